@@ -1,0 +1,263 @@
+"""One typed configuration tree: TOML file, then ``RC_MTA_<SECTION>__<KEY>`` overrides.
+
+Defaults live here; ``conf/rc-mta.toml`` documents every key with its default.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from .errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path("conf/rc-mta.toml")
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
+
+
+def _parse_duration(value: Any) -> Any:
+    """Accept ``30``, ``"30s"``, ``"15m"``, ``"7d"``: people write durations, not seconds."""
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if not match:
+            raise ValueError(f"{value!r} is not a duration like 30s, 15m, 12h or 7d")
+        return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    return value
+
+
+Seconds = Annotated[float, BeforeValidator(_parse_duration), Field(gt=0)]
+
+
+def _parse_size(value: Any) -> Any:
+    if isinstance(value, str):
+        match = re.match(r"^\s*(\d+)\s*([kmg]i?b?|b)?\s*$", value, re.IGNORECASE)
+        if not match:
+            raise ValueError(f"{value!r} is not a size like 1048576, 512KiB or 1MiB")
+        unit = (match.group(2) or "b").lower()[0]
+        return int(match.group(1)) * {"b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}[unit]
+    return value
+
+
+Bytes = Annotated[int, BeforeValidator(_parse_size), Field(gt=0)]
+
+
+def parse_host_port(value: str) -> tuple[str, int]:
+    """Split ``host:port`` or ``[v6]:port``."""
+    match = re.match(r"^\[([0-9a-fA-F:.]+)\]:(\d{1,5})$|^([^:\[\]]*):(\d{1,5})$", value.strip())
+    if not match:
+        raise ValueError(f"{value!r} is not host:port (e.g. 127.0.0.1:2525 or [::1]:2525)")
+    host = match.group(1) or match.group(3) or "0.0.0.0"
+    port = int(match.group(2) or match.group(4))
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port {port} is out of range")
+    return host, port
+
+
+def _check_listen(value: str) -> str:
+    if value:
+        parse_host_port(value)
+    return value
+
+
+Listen = Annotated[str, BeforeValidator(lambda v: _check_listen(str(v)))]
+
+_DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InboundConfig(Section):
+    listen: Listen = "127.0.0.1:2525"
+    lmtp_listen: Listen = ""
+    reply_domain: str = "reply.localhost"
+    local_part: str = "rc"
+    hostname: str = "localhost"
+    max_message_size: Bytes = 1024 * 1024
+    max_recipients: int = Field(default=10, ge=1, le=1000)
+    timeout: Seconds = 300.0
+
+    @field_validator("reply_domain")
+    @classmethod
+    def _domain(cls, value: str) -> str:
+        value = value.strip().lower().rstrip(".")
+        if not _DOMAIN.match(value):
+            raise ValueError(f"{value!r} is not a domain name")
+        return value
+
+    @field_validator("local_part")
+    @classmethod
+    def _local_part(cls, value: str) -> str:
+        if not re.fullmatch(r"[a-z0-9][a-z0-9._-]{0,15}", value.lower()):
+            raise ValueError("must be 1-16 letters, digits, '.', '_' or '-'")
+        return value.lower()
+
+
+class SigningConfig(Section):
+    keys: dict[int, SecretStr] = Field(default_factory=dict)
+    active_key: int | None = None
+    request_ttl: Seconds = 7 * 86400.0
+    generated_key_file: Path = Path("var/signing.key")
+
+    @field_validator("keys")
+    @classmethod
+    def _keys(cls, value: dict[int, SecretStr]) -> dict[int, SecretStr]:
+        for key_id, secret in value.items():
+            if not 1 <= key_id <= 255:
+                raise ValueError(f"key id {key_id} must be a number from 1 to 255")
+            if len(secret.get_secret_value()) < 16:
+                raise ValueError(f"secret of key {key_id} is shorter than 16 characters")
+        return value
+
+    @model_validator(mode="after")
+    def _active_is_known(self) -> SigningConfig:
+        if self.keys and self.active_key is None:
+            raise ValueError("active_key must name one of [signing.keys]")
+        if self.active_key is not None and self.active_key not in self.keys:
+            raise ValueError(f"active_key {self.active_key} is not one of [signing.keys]")
+        return self
+
+
+class OutboundConfig(Section):
+    transport: Literal["outbox", "smtp"] = "outbox"
+    outbox_dir: Path = Path("var/outbox")
+    from_address: str = ""
+    smtp_host: str = "localhost"
+    smtp_port: int = Field(default=25, ge=1, le=65535)
+    smtp_tls: bool = False
+    smtp_starttls: bool = False
+    smtp_username: str = ""
+    smtp_password: SecretStr = SecretStr("")
+    smtp_timeout: Seconds = 30.0
+
+    @model_validator(mode="after")
+    def _one_tls_mode(self) -> OutboundConfig:
+        if self.smtp_tls and self.smtp_starttls:
+            raise ValueError("smtp_tls and smtp_starttls cannot both be true")
+        return self
+
+
+class StoreConfig(Section):
+    url: str = "sqlite:///var/rc-mta.db"
+    busy_timeout: Seconds = 5.0
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not re.match(r"^(sqlite|postgresql)(\+\w+)?://", value):
+            raise ValueError("must start with sqlite:/// or postgresql://")
+        return value
+
+
+class TasksConfig(Section):
+    backend: Literal["embedded"] = "embedded"
+
+
+class HttpConfig(Section):
+    listen: Listen = ""
+
+
+class RepliesConfig(Section):
+    complete_words: list[str] = Field(default_factory=list)
+    fail_words: list[str] = Field(default_factory=list)
+
+
+class LogConfig(Section):
+    level: Literal["trace", "debug", "info", "warning", "error"] = "info"
+
+
+class Settings(BaseSettings):
+    """The whole configuration. Sections mirror the TOML file's tables."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RC_MTA_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+    _toml_path: ClassVar[Path | None] = None
+
+    inbound: InboundConfig = InboundConfig()
+    signing: SigningConfig = SigningConfig()
+    outbound: OutboundConfig = OutboundConfig()
+    store: StoreConfig = StoreConfig()
+    tasks: TasksConfig = TasksConfig()
+    http: HttpConfig = HttpConfig()
+    replies: RepliesConfig = RepliesConfig()
+    log: LogConfig = LogConfig()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if cls._toml_path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=cls._toml_path))
+        return tuple(sources)
+
+    @property
+    def from_address(self) -> str:
+        return self.outbound.from_address or f"rc-mta@{self.inbound.reply_domain}"
+
+
+def config_path(explicit: str | None) -> Path | None:
+    """``--config``, else ``RC_MTA_CONFIG``, else ``conf/rc-mta.toml`` if present."""
+    if explicit:
+        return Path(explicit)
+    if os.environ.get("RC_MTA_CONFIG"):
+        return Path(os.environ["RC_MTA_CONFIG"])
+    return DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.exists() else None
+
+
+def load_settings(explicit_path: str | None = None) -> Settings:
+    """Load and validate; any problem is one ConfigError line naming the key."""
+    path = config_path(explicit_path)
+    if path is not None and not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    Settings._toml_path = path
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise ConfigError(_one_line(exc, path)) from None
+    except (OSError, ValueError) as exc:  # TOML syntax errors are ValueErrors
+        raise ConfigError(f"{path}: {exc}") from None
+    finally:
+        Settings._toml_path = None
+
+
+def _one_line(exc: ValidationError, path: Path | None) -> str:
+    errors = exc.errors()
+    first = errors[0]
+    key = ".".join(str(part) for part in first["loc"])
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        message = "unknown key"
+    where = f"{path}: " if path else ""
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{where}config key {key}: {message}{more}"

@@ -1,0 +1,6 @@
+"""The SMTP and LMTP front: translates protocol stages into pipeline calls."""
+
+from .handler import ReplyHandler
+from .protocol import LmtpServer, SmtpServer, start_listener
+
+__all__ = ["LmtpServer", "ReplyHandler", "SmtpServer", "start_listener"]

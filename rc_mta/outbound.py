@@ -1,0 +1,192 @@
+"""Compose completion requests and hand them to a transport (outbox directory or SMTP).
+
+One request mail carries three signed reply addresses: Complete, Fail (the two mailto
+buttons) and Reply-To (decide from the reply's first words). The decide token also sits
+in the Message-ID, so a plain Reply still finds its request through In-Reply-To, and in
+a metadata block in the body for clients that drop plus-addressing.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from email.utils import format_datetime, formataddr
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import quote
+
+import aiosmtplib
+
+from .config import OutboundConfig, Settings
+from .errors import TemporaryFailure
+from .replies import METADATA_END, METADATA_START
+from .store import Request
+from .tokens import Action, Signer
+
+
+@dataclass(frozen=True)
+class ReplyAddresses:
+    complete: str
+    fail: str
+    reply_to: str
+    message_id: str
+
+
+@dataclass(frozen=True)
+class SentRequest:
+    request_id: str
+    message_id: str
+    to: str
+    reply_to: str
+    complete_address: str
+    fail_address: str
+    path: str | None
+
+    def as_json(self) -> dict[str, str | None]:
+        return {
+            "request_id": self.request_id,
+            "message_id": self.message_id,
+            "to": self.to,
+            "reply_to": self.reply_to,
+            "complete_address": self.complete_address,
+            "fail_address": self.fail_address,
+            "path": self.path,
+        }
+
+
+def reply_addresses(settings: Settings, signer: Signer, request: Request) -> ReplyAddresses:
+    inbound = settings.inbound
+
+    def address(action: Action) -> str:
+        token = signer.issue(request.id, action, int(request.expires_at), request.owner)
+        return f"{inbound.local_part}+{token}@{inbound.reply_domain}"
+
+    reply_to = address(Action.REPLY)
+    decide_token = reply_to.split("+", 1)[1].split("@", 1)[0]
+    return ReplyAddresses(
+        complete=address(Action.COMPLETE),
+        fail=address(Action.FAIL),
+        reply_to=reply_to,
+        message_id=f"<{inbound.local_part}.{decide_token}@{inbound.reply_domain}>",
+    )
+
+
+def _mailto(address: str, subject: str) -> str:
+    # Two empty lines: the cursor lands where the comment goes.
+    return f"mailto:{address}?subject={quote(subject)}&body={quote(chr(10) + chr(10))}"
+
+
+def compose(settings: Settings, request: Request, addresses: ReplyAddresses, now: float) -> EmailMessage:
+    title = request.title
+    expires = datetime.fromtimestamp(request.expires_at, UTC).strftime("%Y-%m-%d %H:%M UTC")
+    complete_subject = f"Complete: {title}"
+    fail_subject = f"Fail: {title}"
+
+    text = "\n".join(
+        [
+            f"Task {request.task_id} is waiting for you: {title}",
+            "",
+            "To complete it, reply to this email starting with the word Complete,",
+            "or write to:",
+            f"  {addresses.complete}",
+            "To fail it, reply starting with the word Fail, or write to:",
+            f"  {addresses.fail}",
+            "Anything else you write becomes the task's comment.",
+            "",
+            f"This request expires at {expires}.",
+            "",
+            METADATA_START,
+            f"Request: {addresses.reply_to}",
+            f"Task: {request.task_id}",
+            METADATA_END,
+            "",
+        ]
+    )
+    button = (
+        '<a href="{href}" style="display:inline-block;padding:10px 22px;margin-right:12px;'
+        'border-radius:4px;color:#ffffff;background:{colour};text-decoration:none;font-weight:bold">{label}</a>'
+    )
+    body_html = f"""<!DOCTYPE html>
+<html><body style="font-family:sans-serif">
+<p>Task <b>{html.escape(request.task_id)}</b> is waiting for you:</p>
+<h2 style="font-size:18px">{html.escape(title)}</h2>
+<p>
+{button.format(href=html.escape(_mailto(addresses.complete, complete_subject)), colour="#2e7d32", label="Complete")}
+{button.format(href=html.escape(_mailto(addresses.fail, fail_subject)), colour="#c62828", label="Fail")}
+</p>
+<p>Press a button, write a comment if you like, and send. Or simply reply to this email
+starting with <i>Complete</i> or <i>Fail</i>.</p>
+<p style="color:#666;font-size:12px">This request expires at {expires}.</p>
+<pre style="color:#999;font-size:11px">{html.escape(METADATA_START)}
+Request: {html.escape(addresses.reply_to)}
+Task: {html.escape(request.task_id)}
+{html.escape(METADATA_END)}</pre>
+</body></html>
+"""
+    message = EmailMessage()
+    message["From"] = formataddr(("rc-mta", settings.from_address))
+    message["To"] = request.owner
+    message["Reply-To"] = addresses.reply_to
+    message["Subject"] = f"Action needed: {title}"
+    message["Date"] = format_datetime(datetime.fromtimestamp(now, UTC))
+    message["Message-ID"] = addresses.message_id
+    message["Auto-Submitted"] = "auto-generated"
+    message["X-Auto-Response-Suppress"] = "OOF, AutoReply"
+    message["X-RC-MTA-Task"] = request.task_id
+    message.set_content(text)
+    message.add_alternative(body_html, subtype="html")
+    return message
+
+
+class Transport(Protocol):
+    async def send(self, message: EmailMessage, request_id: str) -> str | None:
+        """Deliver the message; return a path when it was written to disk."""
+        ...
+
+
+class OutboxTransport:
+    """Writes each request as an .eml file: the default, no mail server needed."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    async def send(self, message: EmailMessage, request_id: str) -> str | None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.directory / f"{request_id}.eml"
+        partial = path.with_suffix(".eml.tmp")
+        partial.write_bytes(bytes(message))
+        os.replace(partial, path)
+        return str(path)
+
+
+class SmtpTransport:
+    """Sends through the site's SMTP server (the seed's SMTP settings)."""
+
+    def __init__(self, config: OutboundConfig) -> None:
+        self.config = config
+
+    async def send(self, message: EmailMessage, request_id: str) -> str | None:
+        cfg = self.config
+        try:
+            await aiosmtplib.send(
+                message,
+                hostname=cfg.smtp_host,
+                port=cfg.smtp_port,
+                use_tls=cfg.smtp_tls,
+                start_tls=cfg.smtp_starttls,
+                username=cfg.smtp_username or None,
+                password=cfg.smtp_password.get_secret_value() or None,
+                timeout=cfg.smtp_timeout,
+            )
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            raise TemporaryFailure(f"could not send through {cfg.smtp_host}:{cfg.smtp_port}: {exc}") from exc
+        return None
+
+
+def make_transport(config: OutboundConfig) -> Transport:
+    if config.transport == "smtp":
+        return SmtpTransport(config)
+    return OutboxTransport(config.outbox_dir)

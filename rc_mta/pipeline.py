@@ -1,0 +1,278 @@
+"""The one path every reply takes, whichever way it arrived (SMTP, LMTP, a mailbox).
+
+Read top to bottom: a recipient is checked when it is named (RCPT), then the message is
+judged (``evaluate``: no side effects, also what ``diagnose`` shows), then acted on
+(``act``: claim the request, drive the task backend, answer). Refusals are
+``PermanentRefusal``; anything that may work later becomes a 4xx so the sender retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from . import smtp_replies as R
+from .config import Settings
+from .errors import PermanentRefusal, TemporaryFailure
+from .replies import (
+    DEFAULT_COMPLETE_WORDS,
+    DEFAULT_FAIL_WORDS,
+    ParsedReply,
+    interpret_action,
+    parse_reply,
+)
+from .smtp_replies import SmtpReply
+from .store import Request, Store
+from .tasks import TaskBackend, TaskNotFound, TaskNotInProgress
+from .tokens import TOKEN_LENGTH, Action, Signer, Token
+
+log = logging.getLogger("rc_mta.pipeline")
+
+# A pending claim older than this belongs to a process that died mid-action.
+STALE_CLAIM_SECONDS = 600.0
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """What we know about how a message reached us."""
+
+    source: str  # smtp | lmtp | file
+    mail_from: str | None  # envelope sender; "" is the null sender <>
+    client_ip: str | None = None
+    helo: str | None = None
+
+
+@dataclass(frozen=True)
+class Recipient:
+    """A recipient accepted at RCPT: its verified token and request, or a bare address."""
+
+    address: str
+    token: Token | None = None
+    request: Request | None = None
+
+
+@dataclass
+class Decision:
+    """What the pipeline makes of one message for one recipient."""
+
+    reply: SmtpReply
+    would: str  # complete | fail | drop | refuse | already_done | retry
+    recipient: Recipient
+    token: Token | None = None
+    request: Request | None = None
+    action: str | None = None
+    comment: str = ""
+    auto_reply: str | None = None
+    checks: dict[str, dict[str, str]] = field(default_factory=dict)
+
+
+_PAST = {"complete": "completed", "fail": "failed"}
+
+
+class Pipeline:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        signer: Signer,
+        backend: TaskBackend,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.signer = signer
+        self.backend = backend
+        self.clock = clock
+        inbound = settings.inbound
+        self._token_in_text = re.compile(
+            rf"{re.escape(inbound.local_part)}[+.]([a-z2-7]{{{TOKEN_LENGTH}}})@{re.escape(inbound.reply_domain)}",
+            re.IGNORECASE,
+        )
+        self.complete_words: Sequence[str] = settings.replies.complete_words or DEFAULT_COMPLETE_WORDS
+        self.fail_words: Sequence[str] = settings.replies.fail_words or DEFAULT_FAIL_WORDS
+
+    # RCPT ------------------------------------------------------------------------------
+
+    async def check_recipient(self, address: str) -> Recipient:
+        """Accept only our reply domain and only a well-formed, signed, live token."""
+        local, _, domain = address.rpartition("@")
+        inbound = self.settings.inbound
+        if domain.lower().rstrip(".") != inbound.reply_domain:
+            raise PermanentRefusal(R.NOT_OUR_DOMAIN.with_text(domain=domain or "(none)"))
+        base, plus, token_text = local.partition("+")
+        if base.lower() != inbound.local_part:
+            raise PermanentRefusal(R.UNKNOWN_MAILBOX)
+        if not plus:
+            # A client that dropped the +token: the token is looked for in the message.
+            return Recipient(address)
+        token, request = await self.verify_token(token_text)
+        return Recipient(address, token, request)
+
+    async def verify_token(self, token_text: str) -> tuple[Token, Request]:
+        token = self.signer.decode(token_text)
+        request = await asyncio.to_thread(self.store.get_request, token.request_id)
+        if request is None:
+            # Never issued here (or deleted): the same answer as a forged signature.
+            raise PermanentRefusal(R.TOKEN_INVALID)
+        self.signer.verify(token, request.owner, self.clock())
+        if request.revoked_at is not None:
+            raise PermanentRefusal(R.TOKEN_REVOKED)
+        return token, request
+
+    # DATA ------------------------------------------------------------------------------
+
+    async def handle_message(self, arrival: Arrival, raw: bytes, recipients: Sequence[Recipient]) -> list[Decision]:
+        """Judge and act on one message for each recipient; one decision per recipient."""
+        parsed = parse_reply(raw, envelope_sender=arrival.mail_from)
+        message_id = parsed.message_id or _synthetic_message_id(raw)
+        decisions = []
+        for recipient in recipients:
+            decision = await self.decide(parsed, message_id, recipient, act=True)
+            await self._record(arrival, message_id, decision)
+            decisions.append(decision)
+        return decisions
+
+    async def evaluate(self, parsed: ParsedReply, message_id: str, recipient: Recipient) -> Decision:
+        """Everything short of acting: which request, whose reply, what action, what comment."""
+        if parsed.auto_reply:
+            return Decision(
+                R.AUTO_REPLY_DROPPED.with_text(why=parsed.auto_reply), "drop", recipient, auto_reply=parsed.auto_reply
+            )
+        token, request = (recipient.token, recipient.request)
+        if token is None or request is None:
+            token, request = await self._token_from_message(parsed)
+        decision = Decision(R.OK, "refuse", recipient, token, request, comment=parsed.comment)
+
+        sender = parsed.from_address
+        owner_ok = sender is not None and sender == request.owner.lower()
+        decision.checks["owner"] = {
+            "result": "pass" if owner_ok else "fail",
+            "from": sender or "",
+            "owner": request.owner,
+        }
+        if not owner_ok:
+            decision.reply = R.OWNER_MISMATCH.with_text(sender=sender or "an unknown sender", owner=request.owner)
+            return decision
+
+        claim = await asyncio.to_thread(self.store.get_claim, request.id)
+        if claim is not None and claim.done:
+            if claim.message_id == message_id:
+                decision.reply = R.ALREADY_DONE.with_text(task_id=request.task_id, action_past=_PAST[claim.action])
+                decision.would, decision.action = "already_done", claim.action
+                return decision
+            raise PermanentRefusal(R.TOKEN_USED.with_text(task_id=request.task_id, action_past=_PAST[claim.action]))
+
+        if token.action is Action.REPLY:
+            decision.action = interpret_action(parsed.comment, self.complete_words, self.fail_words)
+            if decision.action is None:
+                raise PermanentRefusal(R.ACTION_UNCLEAR)
+        else:
+            decision.action = token.action.label
+        decision.would = decision.action
+        decision.reply = R.TASK_ACTED.with_text(task_id=request.task_id, action_past=_PAST[decision.action])
+        return decision
+
+    async def act(self, decision: Decision, message_id: str, actor: str) -> Decision:
+        """Claim the request for this message, then drive the backend; answer only after."""
+        request, action = decision.request, decision.action
+        if decision.would not in ("complete", "fail") or request is None or action is None:
+            return decision
+        ours, claim = await asyncio.to_thread(
+            self.store.claim, request.id, message_id, action, actor, self.clock(), STALE_CLAIM_SECONDS
+        )
+        if not ours:
+            if claim.done and claim.message_id == message_id:
+                decision.reply, decision.would = (
+                    R.ALREADY_DONE.with_text(task_id=request.task_id, action_past=_PAST[claim.action]),
+                    "already_done",
+                )
+                return decision
+            if claim.done:
+                raise PermanentRefusal(R.TOKEN_USED.with_text(task_id=request.task_id, action_past=_PAST[claim.action]))
+            raise TemporaryFailure(f"request {request.id} is being answered by another message")
+        try:
+            if action == "complete":
+                await self.backend.complete(request.task_id, decision.comment, actor)
+            else:
+                await self.backend.fail(request.task_id, decision.comment, actor)
+        except TaskNotInProgress as exc:
+            task = exc.task
+            if task.acted_by == actor and task.status == _PAST[action]:
+                # Our own earlier attempt acted but lost its answer: finish, don't refuse.
+                pass
+            else:
+                await asyncio.to_thread(self.store.release_claim, request.id, message_id)
+                by = f" by {task.acted_by}" if task.acted_by else ""
+                raise PermanentRefusal(
+                    R.TASK_NOT_IN_PROGRESS.with_text(task_id=task.id, status=task.status, by=by)
+                ) from None
+        except TaskNotFound:
+            await asyncio.to_thread(self.store.release_claim, request.id, message_id)
+            raise PermanentRefusal(R.TASK_NOT_FOUND.with_text(task_id=request.task_id)) from None
+        except BaseException:
+            try:
+                await asyncio.to_thread(self.store.release_claim, request.id, message_id)
+            except TemporaryFailure:
+                pass  # the claim goes stale and is taken over later
+            raise
+        await asyncio.to_thread(self.store.finish_claim, request.id, message_id, self.clock())
+        return decision
+
+    # Helpers ---------------------------------------------------------------------------
+
+    async def decide(self, parsed: ParsedReply, message_id: str, recipient: Recipient, *, act: bool) -> Decision:
+        """Evaluate (and, if ``act``, act); refusals and trouble become a 5xx or 4xx decision."""
+        try:
+            decision = await self.evaluate(parsed, message_id, recipient)
+            return await self.act(decision, message_id, parsed.from_address or "") if act else decision
+        except PermanentRefusal as exc:
+            return Decision(exc.reply, "refuse", recipient, recipient.token, recipient.request, comment=parsed.comment)
+        except TemporaryFailure as exc:
+            log.warning("temporary failure for %s: %s", recipient.address, exc)
+            return Decision(R.BACKEND_UNAVAILABLE, "retry", recipient, comment=parsed.comment)
+        except Exception:
+            log.exception("unexpected error handling a reply to %s", recipient.address)
+            return Decision(R.INTERNAL_ERROR, "retry", recipient, comment=parsed.comment)
+
+    async def _token_from_message(self, parsed: ParsedReply) -> tuple[Token, Request]:
+        """For a bare ``rc@`` address: the token from In-Reply-To/References, else the body."""
+        candidates = [*parsed.referenced_ids, parsed.text]
+        for candidate in candidates:
+            for match in self._token_in_text.finditer(candidate):
+                return await self.verify_token(match.group(1))
+        raise PermanentRefusal(R.NO_TOKEN)
+
+    async def _record(self, arrival: Arrival, message_id: str, decision: Decision) -> None:
+        request_id = decision.request.id if decision.request else None
+        try:
+            await asyncio.to_thread(
+                self.store.record_processed,
+                message_id,
+                request_id,
+                arrival.source,
+                decision.reply.name,
+                decision.reply.code,
+                self.clock(),
+            )
+        except TemporaryFailure as exc:
+            log.warning("could not record processed message %s: %s", message_id, exc)
+        log.info(
+            "reply source=%s from=%s rcpt=%s request=%s task=%s would=%s reply=%s",
+            arrival.source,
+            arrival.mail_from,
+            decision.recipient.address,
+            request_id,
+            decision.request.task_id if decision.request else None,
+            decision.would,
+            decision.reply,
+        )
+
+
+def _synthetic_message_id(raw: bytes) -> str:
+    """A stable id for a message without Message-ID, so its retries are recognised."""
+    return f"<sha256.{hashlib.sha256(raw).hexdigest()[:32]}@rc-mta.invalid>"

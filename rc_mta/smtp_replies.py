@@ -1,0 +1,148 @@
+"""Every SMTP reply rc-mta can give, in one table.
+
+A newcomer reads this file and knows every refusal. Each reply has a name; tests
+assert on the name, and the metrics' ``reason`` label is the same name in lower case.
+Enhanced status codes follow RFC 3463 and RFC 7372.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+
+@dataclass(frozen=True)
+class SmtpReply:
+    """A reply: basic code, enhanced code, and a sentence a person understands."""
+
+    name: str
+    code: int
+    enhanced: str
+    text: str
+
+    @property
+    def temporary(self) -> bool:
+        return 400 <= self.code < 500
+
+    @property
+    def accepted(self) -> bool:
+        return 200 <= self.code < 300
+
+    @property
+    def reason(self) -> str:
+        """The metrics label and log field for this reply."""
+        return self.name.lower()
+
+    def with_text(self, **values: object) -> SmtpReply:
+        """Fill the sentence's ``{placeholders}`` with the facts of one case."""
+        return replace(self, text=self.text.format(**values))
+
+    def __str__(self) -> str:
+        return f"{self.code} {self.enhanced} {self.text}"
+
+
+def _reply(name: str, code: int, enhanced: str, text: str) -> SmtpReply:
+    return SmtpReply(name, code, enhanced, text)
+
+
+# Accepted.
+OK = _reply("OK", 250, "2.0.0", "OK")
+RECIPIENT_OK = _reply("RECIPIENT_OK", 250, "2.1.5", "Recipient OK")
+SENDER_OK = _reply("SENDER_OK", 250, "2.1.0", "Sender OK")
+TASK_ACTED = _reply("TASK_ACTED", 250, "2.0.0", "Task {task_id} {action_past}; thank you")
+ALREADY_DONE = _reply("ALREADY_DONE", 250, "2.0.0", "This reply was already processed: task {task_id} {action_past}")
+AUTO_REPLY_DROPPED = _reply("AUTO_REPLY_DROPPED", 250, "2.0.0", "Automatic reply accepted and discarded ({why})")
+
+# Recipient (RCPT) refusals.
+NOT_OUR_DOMAIN = _reply(
+    "NOT_OUR_DOMAIN", 550, "5.7.1", "Relaying denied: {domain} is not a reply domain of this server"
+)
+UNKNOWN_MAILBOX = _reply(
+    "UNKNOWN_MAILBOX", 550, "5.1.1", "No such mailbox here: replies go to the address in the request"
+)
+TOKEN_MALFORMED = _reply(
+    "TOKEN_MALFORMED", 550, "5.1.1", "This reply address is damaged or incomplete: reply to the request email itself"
+)
+TOKEN_INVALID = _reply(
+    "TOKEN_INVALID", 550, "5.7.1", "This reply address was not issued by this server (signature check failed)"
+)
+TOKEN_UNKNOWN_KEY = _reply(
+    "TOKEN_UNKNOWN_KEY", 550, "5.7.1", "This reply address was signed with a key this server no longer accepts"
+)
+TOKEN_EXPIRED = _reply(
+    "TOKEN_EXPIRED", 550, "5.7.1", "This completion request expired at {expired_at}: ask for a new one"
+)
+TOKEN_REVOKED = _reply(
+    "TOKEN_REVOKED", 550, "5.7.1", "This completion request was withdrawn (the task was reassigned or re-sent)"
+)
+TOO_MANY_RECIPIENTS = _reply("TOO_MANY_RECIPIENTS", 452, "4.5.3", "Too many recipients in one message")
+
+# Message (DATA) refusals.
+TOKEN_USED = _reply(
+    "TOKEN_USED", 550, "5.7.1", "This completion request was already answered: task {task_id} {action_past}"
+)
+NO_TOKEN = _reply(
+    "NO_TOKEN", 550, "5.7.1", "Could not find which request this reply answers: reply to the request email itself"
+)
+OWNER_MISMATCH = _reply(
+    "OWNER_MISMATCH", 550, "5.7.1", "This reply comes from {sender}, but the request was sent to {owner}"
+)
+ACTION_UNCLEAR = _reply(
+    "ACTION_UNCLEAR",
+    550,
+    "5.6.0",
+    "Could not tell whether to complete or fail the task: start your reply with Complete or Fail",
+)
+TASK_NOT_FOUND = _reply("TASK_NOT_FOUND", 550, "5.1.1", "Task {task_id} no longer exists")
+TASK_NOT_IN_PROGRESS = _reply(
+    "TASK_NOT_IN_PROGRESS", 550, "5.7.1", "Task {task_id} was already {status}{by}; nothing was changed"
+)
+MESSAGE_TOO_BIG = _reply("MESSAGE_TOO_BIG", 552, "5.3.4", "Message too big: replies are limited to {limit} bytes")
+
+# Temporary trouble: the sender's server retries, nothing is lost.
+BACKEND_UNAVAILABLE = _reply(
+    "BACKEND_UNAVAILABLE", 451, "4.3.0", "Temporary problem acting on the task; please try again later"
+)
+INTERNAL_ERROR = _reply("INTERNAL_ERROR", 451, "4.3.0", "Temporary local problem; please try again later")
+
+
+def _protocol_enhanced(code: int) -> str:
+    """An enhanced code for aiosmtpd's own canned replies, which carry none."""
+    by_code = {
+        221: "2.0.0",
+        250: "2.0.0",
+        252: "2.0.0",
+        451: "4.3.0",
+        452: "4.3.1",
+        500: "5.5.2",
+        501: "5.5.4",
+        502: "5.5.1",
+        503: "5.5.1",
+        504: "5.5.4",
+        530: "5.7.0",
+        550: "5.0.0",
+        552: "5.3.4",
+        553: "5.1.3",
+        554: "5.7.0",
+    }
+    if code in by_code:
+        return by_code[code]
+    return f"{code // 100}.0.0"
+
+
+def with_enhanced_code(line: str) -> str:
+    """Give a bare protocol reply (``"503 Error: need MAIL command"``) an enhanced code.
+
+    Replies that already carry one, greetings, EHLO lines and ``354``/``334`` are
+    returned unchanged.
+    """
+    if len(line) < 4 or not line[:3].isdigit() or line[3] != " ":
+        return line
+    code = int(line[:3])
+    if code in (220, 334, 354) or not 200 <= code < 600:
+        return line
+    rest = line[4:]
+    first = rest.split(" ", 1)[0]
+    parts = first.split(".")
+    if len(parts) == 3 and all(p.isdigit() for p in parts):
+        return line
+    return f"{code} {_protocol_enhanced(code)} {rest}"

@@ -1,0 +1,356 @@
+"""Schema and queries, the same code on SQLite (default) and PostgreSQL.
+
+Exactly-once rests on the database: a task changes state with a conditional UPDATE
+(``WHERE status = 'in_progress'``), and a request is answered at most once because
+``used_tokens`` has the request id as its primary key. No lock in the process is
+needed, so several instances can share one PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    Column,
+    Connection,
+    Engine,
+    Float,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    event,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+
+from .errors import TemporaryFailure
+
+metadata = MetaData()
+
+tasks = Table(
+    "tasks",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("title", Text, nullable=False),
+    Column("owner", String(320), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("acted_by", String(320)),
+    Column("acted_at", Float),
+)
+
+task_comments = Table(
+    "task_comments",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("task_id", String(32), ForeignKey("tasks.id"), nullable=False, index=True),
+    Column("author", String(320), nullable=False),
+    Column("text", Text, nullable=False),
+    Column("at", Float, nullable=False),
+)
+
+requests = Table(
+    "requests",
+    metadata,
+    Column("id", String(16), primary_key=True),
+    Column("task_id", String(255), nullable=False, index=True),
+    Column("owner", String(320), nullable=False),
+    Column("title", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Column("revoked_at", Float),
+    Column("message_id", String(255)),
+)
+
+used_tokens = Table(
+    "used_tokens",
+    metadata,
+    # The primary key is what makes a request answerable once.
+    Column("request_id", String(16), ForeignKey("requests.id"), primary_key=True),
+    Column("message_id", String(998), nullable=False),
+    Column("action", String(16), nullable=False),
+    Column("actor", String(320), nullable=False),
+    Column("state", String(16), nullable=False),  # pending | done
+    Column("claimed_at", Float, nullable=False),
+    Column("done_at", Float),
+)
+
+processed_messages = Table(
+    "processed_messages",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("message_id", String(998), index=True),
+    Column("request_id", String(16)),
+    Column("source", String(16), nullable=False),
+    Column("reply", String(64), nullable=False),
+    Column("code", Integer, nullable=False),
+    Column("at", Float, nullable=False),
+)
+
+IN_PROGRESS = "in_progress"
+COMPLETED = "completed"
+FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class Comment:
+    author: str
+    text: str
+    at: float
+
+
+@dataclass(frozen=True)
+class Task:
+    id: str
+    title: str
+    owner: str
+    status: str
+    created_at: float
+    acted_by: str | None
+    acted_at: float | None
+    comments: tuple[Comment, ...] = ()
+
+
+@dataclass(frozen=True)
+class Request:
+    id: str
+    task_id: str
+    owner: str
+    title: str
+    created_at: float
+    expires_at: float
+    revoked_at: float | None
+    message_id: str | None
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The row that says a request was answered (or is being answered) by one message."""
+
+    request_id: str
+    message_id: str
+    action: str
+    actor: str
+    state: str
+    claimed_at: float
+    done_at: float | None
+
+    @property
+    def done(self) -> bool:
+        return self.state == "done"
+
+
+class Store:
+    """Synchronous queries; the service calls them off the event loop."""
+
+    def __init__(self, url: str, busy_timeout: float = 5.0) -> None:
+        self.url = url
+        self.engine = _make_engine(url, busy_timeout)
+
+    def create_schema(self) -> None:
+        with self._begin() as conn:
+            metadata.create_all(conn)
+
+    def ping(self) -> None:
+        with self._begin() as conn:
+            conn.execute(select(1))
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def _begin(self) -> Iterator[Connection]:
+        """A transaction; database trouble becomes a TemporaryFailure (the sender retries)."""
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except IntegrityError:
+            raise
+        except (OperationalError, DBAPIError) as exc:
+            raise TemporaryFailure(f"store unavailable: {exc.orig or exc}") from exc
+
+    # Tasks (embedded backend) -------------------------------------------------------
+
+    def add_task(self, title: str, owner: str, now: float) -> Task:
+        task_id = "t-" + secrets.token_hex(5)
+        row: dict[str, Any] = {
+            "id": task_id,
+            "title": title,
+            "owner": owner.strip().lower(),
+            "status": IN_PROGRESS,
+            "created_at": now,
+            "acted_by": None,
+            "acted_at": None,
+        }
+        with self._begin() as conn:
+            conn.execute(insert(tasks).values(**row))
+        return Task(**row)
+
+    def get_task(self, task_id: str) -> Task | None:
+        with self._begin() as conn:
+            row = conn.execute(select(tasks).where(tasks.c.id == task_id)).mappings().first()
+            if row is None:
+                return None
+            comments = conn.execute(
+                select(task_comments).where(task_comments.c.task_id == task_id).order_by(task_comments.c.id)
+            ).mappings()
+            return Task(**row, comments=tuple(Comment(c["author"], c["text"], c["at"]) for c in comments))
+
+    def list_tasks(self) -> list[Task]:
+        with self._begin() as conn:
+            rows = conn.execute(select(tasks).order_by(tasks.c.created_at)).mappings().all()
+        return [Task(**row) for row in rows]
+
+    def set_task_status(self, task_id: str, status: str, comment: str, actor: str, now: float) -> bool:
+        """Move an in-progress task to ``status``; False if it was not in progress."""
+        with self._begin() as conn:
+            changed = conn.execute(
+                update(tasks)
+                .where(tasks.c.id == task_id, tasks.c.status == IN_PROGRESS)
+                .values(status=status, acted_by=actor, acted_at=now)
+            ).rowcount
+            if changed != 1:
+                return False
+            if comment:
+                conn.execute(insert(task_comments).values(task_id=task_id, author=actor, text=comment, at=now))
+            return True
+
+    # Requests -----------------------------------------------------------------------
+
+    def add_request(self, request: Request) -> None:
+        with self._begin() as conn:
+            conn.execute(insert(requests).values(**request.__dict__))
+
+    def get_request(self, request_id: str) -> Request | None:
+        with self._begin() as conn:
+            row = conn.execute(select(requests).where(requests.c.id == request_id)).mappings().first()
+        return Request(**row) if row else None
+
+    def revoke_request(self, request_id: str, now: float) -> bool:
+        with self._begin() as conn:
+            return bool(
+                conn.execute(
+                    update(requests)
+                    .where(requests.c.id == request_id, requests.c.revoked_at.is_(None))
+                    .values(revoked_at=now)
+                ).rowcount
+            )
+
+    def revoke_requests_for_task(self, task_id: str, now: float) -> int:
+        with self._begin() as conn:
+            return int(
+                conn.execute(
+                    update(requests)
+                    .where(requests.c.task_id == task_id, requests.c.revoked_at.is_(None))
+                    .values(revoked_at=now)
+                ).rowcount
+            )
+
+    # Used tokens: the exactly-once claim ----------------------------------------------
+
+    def claim(
+        self, request_id: str, message_id: str, action: str, actor: str, now: float, stale_after: float
+    ) -> tuple[bool, Claim]:
+        """Claim a request for one message. Returns (ours, the claim row).
+
+        Ours when the row is new, when it is a pending claim of this same message (the
+        sender retrying), or when a pending claim went stale (its process died).
+        """
+        row: dict[str, Any] = {
+            "request_id": request_id,
+            "message_id": message_id,
+            "action": action,
+            "actor": actor,
+            "state": "pending",
+            "claimed_at": now,
+            "done_at": None,
+        }
+        try:
+            with self._begin() as conn:
+                conn.execute(insert(used_tokens).values(**row))
+            return True, Claim(**row)
+        except IntegrityError:
+            pass
+        with self._begin() as conn:
+            taken = conn.execute(
+                update(used_tokens)
+                .where(
+                    used_tokens.c.request_id == request_id,
+                    used_tokens.c.state == "pending",
+                    (used_tokens.c.message_id == message_id) | (used_tokens.c.claimed_at < now - stale_after),
+                )
+                .values(message_id=message_id, action=action, actor=actor, claimed_at=now)
+            ).rowcount
+            current = conn.execute(select(used_tokens).where(used_tokens.c.request_id == request_id)).mappings().one()
+        return taken == 1, Claim(**current)
+
+    def finish_claim(self, request_id: str, message_id: str, now: float) -> None:
+        with self._begin() as conn:
+            conn.execute(
+                update(used_tokens)
+                .where(used_tokens.c.request_id == request_id, used_tokens.c.message_id == message_id)
+                .values(state="done", done_at=now)
+            )
+
+    def release_claim(self, request_id: str, message_id: str) -> None:
+        """Give a claim back after a temporary failure, so any later reply may try."""
+        with self._begin() as conn:
+            conn.execute(
+                used_tokens.delete().where(
+                    used_tokens.c.request_id == request_id,
+                    used_tokens.c.message_id == message_id,
+                    used_tokens.c.state == "pending",
+                )
+            )
+
+    def get_claim(self, request_id: str) -> Claim | None:
+        with self._begin() as conn:
+            row = conn.execute(select(used_tokens).where(used_tokens.c.request_id == request_id)).mappings().first()
+        return Claim(**row) if row else None
+
+    def record_processed(
+        self, message_id: str | None, request_id: str | None, source: str, reply: str, code: int, now: float
+    ) -> None:
+        with self._begin() as conn:
+            conn.execute(
+                insert(processed_messages).values(
+                    message_id=message_id, request_id=request_id, source=source, reply=reply, code=code, at=now
+                )
+            )
+
+
+def _make_engine(url: str, busy_timeout: float) -> Engine:
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": busy_timeout, "check_same_thread": False})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cursor = dbapi_conn.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
+            cursor.close()
+
+        return engine
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return create_engine(
+        parsed,
+        pool_pre_ping=True,
+        connect_args={"connect_timeout": max(1, int(busy_timeout))},
+    )

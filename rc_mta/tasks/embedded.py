@@ -1,0 +1,33 @@
+"""The built-in task store: tasks live in rc-mta's own database."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from ..store import COMPLETED, FAILED, Store
+from ._base import TaskInfo, TaskNotFound, TaskNotInProgress
+
+
+class EmbeddedBackend:
+    name = "embedded"
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    async def get(self, task_id: str) -> TaskInfo:
+        task = await asyncio.to_thread(self._store.get_task, task_id)
+        if task is None:
+            raise TaskNotFound(task_id)
+        return TaskInfo(task.id, task.title, task.owner, task.status, task.acted_by, task.acted_at)
+
+    async def complete(self, task_id: str, comment: str, actor: str) -> None:
+        await self._set(task_id, COMPLETED, comment, actor)
+
+    async def fail(self, task_id: str, comment: str, actor: str) -> None:
+        await self._set(task_id, FAILED, comment, actor)
+
+    async def _set(self, task_id: str, status: str, comment: str, actor: str) -> None:
+        changed = await asyncio.to_thread(self._store.set_task_status, task_id, status, comment, actor, time.time())
+        if not changed:
+            raise TaskNotInProgress(await self.get(task_id))

@@ -1,0 +1,209 @@
+"""Fixtures that start real servers: rc-mta itself (as a subprocess, through its CLI),
+and PostgreSQL schemas. A server a test needs that is missing fails the run when CI=true."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PG_BASE_URL = os.environ.get("RC_MTA_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+REPLY_DOMAIN = "reply.example.test"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(
+                f"rc-mta exited with {proc.returncode}: {proc.stderr.read().decode() if proc.stderr else ''}"
+            )
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"rc-mta did not listen on {port} within {timeout}s")
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + " }"
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    return json.dumps(str(value))
+
+
+@dataclass
+class RcMta:
+    """One rc-mta instance: its config file, its server process, and its CLI."""
+
+    workdir: Path
+    settings: dict[str, dict[str, Any]]
+    smtp_port: int = 0
+    lmtp_port: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+    log_path: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.log_path = self.workdir / "rc-mta.log"
+
+    @property
+    def config_path(self) -> Path:
+        return self.workdir / "rc-mta.toml"
+
+    def write_config(self) -> None:
+        lines = []
+        for section, values in self.settings.items():
+            lines.append(f"[{section}]")
+            lines.extend(f"{k} = {toml_value(v)}" for k, v in values.items())
+        self.config_path.write_text("\n".join(lines) + "\n")
+
+    def cli(
+        self, *args: str, check: bool = True, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [sys.executable, "-m", "rc_mta", "--config", str(self.config_path), *args],
+            cwd=self.workdir,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, **(env or {})},
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"rc-mta {' '.join(args)} failed ({result.returncode}): {result.stderr}")
+        return result
+
+    def cli_json(self, *args: str) -> Any:
+        return json.loads(self.cli(*args, "--json").stdout)
+
+    def start(self) -> None:
+        self.write_config()
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "rc_mta", "--config", str(self.config_path), "serve"],
+            cwd=self.workdir,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        wait_for_port(self.smtp_port, self.proc)
+        if self.lmtp_port:
+            wait_for_port(self.lmtp_port, self.proc)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    # The walk-through, as a user types it.
+    def add_task(self, title: str = "Approve deploy to prod", owner: str = "alice@example.com") -> str:
+        out = self.cli("task", "add", "--title", title, "--owner", owner).stdout
+        return out.strip().splitlines()[-1]
+
+    def request(self, task_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.cli_json("request", task_id)
+        return result
+
+    def task(self, task_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.cli_json("task", "show", task_id)
+        return result
+
+
+def make_rc_mta(workdir: Path, **overrides: dict[str, Any]) -> RcMta:
+    smtp_port, lmtp_port = free_port(), free_port()
+    settings: dict[str, dict[str, Any]] = {
+        "inbound": {
+            "listen": f"127.0.0.1:{smtp_port}",
+            "lmtp_listen": f"127.0.0.1:{lmtp_port}",
+            "reply_domain": REPLY_DOMAIN,
+            "hostname": "mx.reply.example.test",
+            "max_message_size": 64 * 1024,
+        },
+        "signing": {"keys": {1: secrets.token_hex(16)}, "active_key": 1, "request_ttl": "1d"},
+        "outbound": {"transport": "outbox", "outbox_dir": str(workdir / "outbox")},
+        "store": {"url": f"sqlite:///{workdir / 'rc-mta.db'}", "busy_timeout": "1s"},
+    }
+    for section, values in overrides.items():
+        settings.setdefault(section, {}).update(values)
+    return RcMta(workdir, settings, smtp_port=smtp_port, lmtp_port=lmtp_port)
+
+
+@pytest.fixture(scope="module")
+def rc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RcMta]:
+    """A running rc-mta on its embedded default, shared by one test module."""
+    server = make_rc_mta(tmp_path_factory.mktemp("rc-mta"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fresh_rc(tmp_path: Path) -> Iterator[RcMta]:
+    """An rc-mta of the test's own, not yet started: the test may change its settings."""
+    server = make_rc_mta(tmp_path)
+    yield server
+    server.stop()
+
+
+def postgres_available() -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", 5432), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def require_server(available: bool, what: str) -> None:
+    """Skip locally when a server is missing; in CI, a missing server is a failure."""
+    if available:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{what} is required in CI but is not available")
+    pytest.skip(f"{what} is not available")
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A PostgreSQL URL whose search_path is a fresh schema, dropped afterwards."""
+    require_server(postgres_available(), "PostgreSQL at 127.0.0.1:5432")
+    import psycopg
+
+    schema = "rc_test_" + secrets.token_hex(6)
+    conninfo = PG_BASE_URL.replace("postgresql://", "postgresql://", 1)
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    try:
+        yield f"{PG_BASE_URL}?options=-csearch_path%3D{schema}"
+    finally:
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')

@@ -1,0 +1,132 @@
+"""Key rotation, configuration errors, and the CLI's promises (one-line errors, JSON)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+from pathlib import Path
+
+from conftest import RcMta
+from mailclient import reply_message, send_smtp
+
+
+def _key_id(address: str) -> int:
+    token = address.split("+", 1)[1].split("@", 1)[0]
+    return base64.b32decode(token.upper())[1]
+
+
+def test_rotated_key_still_verifies_old_requests_and_new_key_signs(fresh_rc: RcMta) -> None:
+    old_secret, new_secret = secrets.token_hex(16), secrets.token_hex(16)
+    fresh_rc.settings["signing"].update(keys={1: old_secret}, active_key=1)
+    fresh_rc.start()
+    old_task = fresh_rc.add_task()
+    old_request = fresh_rc.request(old_task)
+    assert _key_id(old_request["complete_address"]) == 1
+
+    fresh_rc.settings["signing"].update(keys={1: old_secret, 2: new_secret}, active_key=2)
+    fresh_rc.restart()
+    new_task = fresh_rc.add_task()
+    new_request = fresh_rc.request(new_task)
+
+    assert _key_id(new_request["complete_address"]) == 2
+    for task_id, request in ((old_task, old_request), (new_task, new_request)):
+        address = request["complete_address"]
+        assert send_smtp(fresh_rc.smtp_port, reply_message(address, "ok"), address).code == 250
+        assert fresh_rc.task(task_id)["status"] == "completed"
+
+
+def test_retired_key_is_refused(fresh_rc: RcMta) -> None:
+    fresh_rc.settings["signing"].update(keys={1: secrets.token_hex(16)}, active_key=1)
+    fresh_rc.start()
+    task_id = fresh_rc.add_task()
+    address = fresh_rc.request(task_id)["complete_address"]
+    fresh_rc.settings["signing"].update(keys={2: secrets.token_hex(16)}, active_key=2)
+    fresh_rc.restart()
+
+    outcome = send_smtp(fresh_rc.smtp_port, reply_message(address, "ok"), address)
+
+    assert (outcome.code, outcome.enhanced) == (550, "5.7.1")
+    assert "no longer accepts" in outcome.text
+
+
+def test_wrong_config_value_is_one_line_naming_the_key(fresh_rc: RcMta) -> None:
+    fresh_rc.settings["inbound"]["listen"] = "not-an-address"
+    fresh_rc.write_config()
+
+    result = fresh_rc.cli("serve", check=False)
+
+    assert result.returncode != 0
+    assert result.stderr.count("\n") == 1
+    assert "inbound.listen" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unknown_config_key_is_refused(fresh_rc: RcMta) -> None:
+    fresh_rc.settings["inbound"]["lisen"] = "127.0.0.1:25"
+    fresh_rc.write_config()
+
+    result = fresh_rc.cli("check-config", check=False)
+
+    assert result.returncode != 0
+    assert "inbound.lisen: unknown key" in result.stderr
+
+
+def test_environment_overrides_the_file(fresh_rc: RcMta) -> None:
+    fresh_rc.write_config()
+
+    result = fresh_rc.cli("check-config", check=False, env={"RC_MTA_STORE__URL": "mysql://nope"})
+
+    assert result.returncode != 0
+    assert "store.url" in result.stderr
+
+
+def test_missing_task_is_a_one_line_error(fresh_rc: RcMta) -> None:
+    fresh_rc.write_config()
+
+    result = fresh_rc.cli("request", "t-doesnotexist", check=False)
+
+    assert result.returncode == 1
+    assert result.stderr.strip() == "rc-mta: error: no task t-doesnotexist"
+
+
+def test_check_config_reports_each_part(fresh_rc: RcMta) -> None:
+    fresh_rc.write_config()
+
+    result = fresh_rc.cli("check-config")
+
+    assert "✓ store reachable" in result.stdout
+    assert "✓ outbox" in result.stdout
+
+
+def test_diagnose_judges_a_saved_reply_without_acting(fresh_rc: RcMta, tmp_path: Path) -> None:
+    fresh_rc.write_config()
+    task_id = fresh_rc.add_task()
+    request = fresh_rc.request(task_id)
+    saved = tmp_path / "reply.eml"
+    saved.write_bytes(bytes(reply_message(request["fail_address"], "Broken build\n\n-- \nAlice")))
+
+    report = json.loads(fresh_rc.cli("diagnose", "--json", str(saved)).stdout)
+
+    assert report["would"] == "fail"
+    assert report["action"] == "fail"
+    assert report["comment"] == "Broken build"
+    assert report["token"]["valid"] is True
+    assert report["token"]["task_id"] == task_id
+    assert report["checks"]["owner"]["result"] == "pass"
+    assert report["smtp_reply"].startswith("250 2.0.0")
+    assert fresh_rc.task(task_id)["status"] == "in_progress"
+
+
+def test_diagnose_shows_why_a_forged_reply_would_be_refused(fresh_rc: RcMta, tmp_path: Path) -> None:
+    fresh_rc.write_config()
+    task_id = fresh_rc.add_task()
+    request = fresh_rc.request(task_id)
+    saved = tmp_path / "forged.eml"
+    saved.write_bytes(bytes(reply_message(request["complete_address"], "ok", sender="mallory@example.com")))
+
+    report = json.loads(fresh_rc.cli("diagnose", "--json", str(saved)).stdout)
+
+    assert report["would"] == "refuse"
+    assert report["smtp_reply"].startswith("550 5.7.1")
+    assert report["checks"]["owner"]["result"] == "fail"

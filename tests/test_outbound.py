@@ -1,0 +1,115 @@
+"""The completion request a person receives, written to the outbox or sent over SMTP."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+from collections.abc import Iterator
+from email.message import EmailMessage
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlparse
+
+import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, Envelope, Session
+from conftest import REPLY_DOMAIN, RcMta, free_port
+
+
+def _load(raw: bytes) -> EmailMessage:
+    message = email.message_from_bytes(raw, policy=email.policy.default)
+    assert isinstance(message, EmailMessage)
+    return message
+
+
+def test_request_mail_has_buttons_reply_to_and_token_in_message_id(rc: RcMta) -> None:
+    task_id = rc.add_task(title="Approve deploy to prod")
+    sent = rc.request(task_id)
+    message = _load(Path(sent["path"]).read_bytes())
+
+    assert message["To"] == "alice@example.com"
+    assert message["Reply-To"] == sent["reply_to"]
+    assert message["Auto-Submitted"] == "auto-generated"
+    assert "Approve deploy to prod" in message["Subject"]
+    decide_token = sent["reply_to"].split("+")[1].split("@")[0]
+    assert message["Message-ID"] == sent["message_id"]
+    assert decide_token in message["Message-ID"]
+    assert len({sent["complete_address"], sent["fail_address"], sent["reply_to"]}) == 3
+    for address in (sent["complete_address"], sent["fail_address"], sent["reply_to"]):
+        assert address.endswith("@" + REPLY_DOMAIN)
+        assert len(address.split("@")[0]) <= 64
+
+    text = message.get_body(("plain",))
+    html = message.get_body(("html",))
+    assert text is not None and html is not None
+    assert sent["reply_to"] in text.get_content()  # the metadata block, for clients that drop +tokens
+    links = [part.split('"')[0] for part in html.get_content().split('href="')[1:]]
+    mailtos = [urlparse(link.replace("&amp;", "&")) for link in links if link.startswith("mailto:")]
+    assert [unquote(m.path) for m in mailtos] == [sent["complete_address"], sent["fail_address"]]
+    subjects = [parse_qs(m.query)["subject"][0] for m in mailtos]
+    assert subjects == ["Complete: Approve deploy to prod", "Fail: Approve deploy to prod"]
+    assert all(parse_qs(m.query, keep_blank_values=True)["body"][0].strip() == "" for m in mailtos)
+
+
+class _Sink:
+    """A real SMTP server that keeps what it receives and asks for AUTH."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[str, list[str], bytes]] = []
+        self.logins: list[tuple[bytes, bytes]] = []
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        self.received.append((envelope.mail_from or "", list(envelope.rcpt_tos), envelope.original_content or b""))
+        return "250 2.0.0 OK"
+
+    def authenticate(self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: object) -> object:
+        from aiosmtpd.smtp import AuthResult, LoginPassword
+
+        assert isinstance(data, LoginPassword)
+        self.logins.append((data.login, data.password))
+        return AuthResult(success=data.login == b"release" and data.password == b"s3cret")
+
+
+@pytest.fixture
+def smtp_sink() -> Iterator[tuple[_Sink, int]]:
+    sink = _Sink()
+    port = free_port()
+    controller = Controller(
+        sink, hostname="127.0.0.1", port=port, authenticator=sink.authenticate, auth_require_tls=False
+    )
+    controller.start()
+    yield sink, port
+    controller.stop()
+
+
+def test_request_is_sent_through_the_configured_smtp_server(fresh_rc: RcMta, smtp_sink: tuple[_Sink, int]) -> None:
+    sink, port = smtp_sink
+    fresh_rc.settings["outbound"].update(
+        transport="smtp",
+        smtp_host="127.0.0.1",
+        smtp_port=port,
+        smtp_username="release",
+        smtp_password="s3cret",
+        from_address="release@example.com",
+    )
+    fresh_rc.write_config()
+    task_id = fresh_rc.add_task()
+
+    sent = fresh_rc.request(task_id)
+
+    assert sent["path"] is None
+    assert sink.logins == [(b"release", b"s3cret")]
+    [(mail_from, rcpts, raw)] = sink.received
+    assert (mail_from, rcpts) == ("release@example.com", ["alice@example.com"])
+    assert _load(raw)["Reply-To"] == sent["reply_to"]
+
+
+def test_unreachable_smtp_server_is_a_one_line_error(fresh_rc: RcMta) -> None:
+    fresh_rc.settings["outbound"].update(transport="smtp", smtp_host="127.0.0.1", smtp_port=free_port())
+    fresh_rc.write_config()
+    task_id = fresh_rc.add_task()
+
+    result = fresh_rc.cli("request", task_id, check=False)
+
+    assert result.returncode == 1
+    assert result.stderr.startswith("rc-mta: error: could not send through 127.0.0.1")
+    assert result.stderr.count("\n") == 1
