@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint install clean
+.PHONY: run test lint install system-deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,10 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check rc_mta tests bench
 	$(BIN)/mypy
 
-test: $(STAMP) lint
+system-deps:
+	scripts/system-deps.sh
+
+test: $(STAMP) system-deps lint
 	$(BIN)/pytest
 
 clean:

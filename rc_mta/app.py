@@ -13,11 +13,13 @@ from email.utils import getaddresses
 from typing import Any
 
 from .config import Settings, SigningConfig
+from .dns import DnsResolver
 from .errors import PermanentRefusal, RcMtaError
 from .inbound import start_listener
 from .outbound import SentRequest, Transport, compose, make_transport, reply_addresses
-from .pipeline import Pipeline, Recipient
+from .pipeline import Arrival, Pipeline, Recipient
 from .replies import parse_reply
+from .sender_auth import Client, SenderAuth
 from .store import Request, Store
 from .tasks import EmbeddedBackend, TaskBackend, TaskNotFound
 from .tokens import Signer, new_request_id
@@ -61,7 +63,8 @@ class Service:
         store.create_schema()
         signer = load_signer(settings.signing)
         backend = make_backend(settings, store)
-        pipeline = Pipeline(settings, store, signer, backend)
+        resolver = DnsResolver(settings.dns.nameservers, settings.dns.port, settings.dns.timeout)
+        pipeline = Pipeline(settings, store, signer, backend, SenderAuth(settings, resolver))
         return cls(settings, store, signer, backend, make_transport(settings.outbound), pipeline)
 
     def close(self) -> None:
@@ -100,9 +103,14 @@ class Service:
             path,
         )
 
-    async def diagnose(self, raw: bytes, mail_from: str | None = None) -> dict[str, Any]:
-        """Judge a saved message as if it had arrived, without acting."""
+    async def diagnose(
+        self, raw: bytes, mail_from: str | None = None, client_ip: str | None = None, helo: str | None = None
+    ) -> dict[str, Any]:
+        """Judge a saved message as if it had arrived (over SMTP, given the client), without acting."""
         parsed = parse_reply(raw, envelope_sender=mail_from)
+        client = Client(ip=client_ip, helo=helo or client_ip, peer_ip=client_ip)
+        arrival = Arrival("file", mail_from if mail_from is not None else parsed.from_address, client)
+        auth = await self.pipeline.authenticate(arrival, raw, parsed)
         message_id = parsed.message_id or "(none)"
         recipient = Recipient("(none)")
         token_view: dict[str, Any] = {"address": None, "valid": False}
@@ -113,9 +121,10 @@ class Service:
                 token_view["valid"] = True
             except PermanentRefusal as exc:
                 token_view["error"] = str(exc.reply)
-                return _diagnosis(token_view, None, parsed.comment, parsed.auto_reply, "refuse", str(exc.reply), {})
+                checks = {name: verdict.as_json() for name, verdict in auth.verdicts.items()}
+                return _diagnosis(token_view, None, parsed.comment, parsed.auto_reply, "refuse", str(exc.reply), checks)
             break
-        decision = await self.pipeline.decide(parsed, message_id, recipient, act=False)
+        decision = await self.pipeline.decide(parsed, message_id, recipient, auth, act=False)
         if decision.token is not None:
             token_view.update(
                 valid=True,
@@ -133,6 +142,7 @@ class Service:
             decision.would,
             str(decision.reply),
             decision.checks,
+            decision.authentication_results,
         )
 
     async def serve(self, stop: asyncio.Event | None = None) -> None:
@@ -171,6 +181,7 @@ def _diagnosis(
     would: str,
     smtp_reply: str,
     checks: dict[str, dict[str, str]],
+    authentication_results: str = "",
 ) -> dict[str, Any]:
     return {
         "checks": checks,
@@ -180,6 +191,7 @@ def _diagnosis(
         "auto_reply": auto_reply,
         "would": would,
         "smtp_reply": smtp_reply,
+        "authentication_results": authentication_results,
     }
 
 

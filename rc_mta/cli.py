@@ -120,13 +120,13 @@ def cmd_diagnose(settings: Settings, args: argparse.Namespace) -> int:
         raise RcMtaError(f"cannot read {args.file}: {exc.strerror}") from None
     service = Service.open(settings)
     try:
-        result = asyncio.run(service.diagnose(raw, mail_from=args.mail_from))
+        result = asyncio.run(service.diagnose(raw, mail_from=args.mail_from, client_ip=args.client_ip, helo=args.helo))
     finally:
         service.close()
     if args.json:
         _print_json(result)
     else:
-        for key in ("would", "smtp_reply", "action", "auto_reply"):
+        for key in ("would", "smtp_reply", "action", "auto_reply", "authentication_results"):
             print(f"{key + ':':<12}{result[key]}")
         print(f"{'token:':<12}{json.dumps(result['token'])}")
         for name, verdict in result["checks"].items():
@@ -191,6 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     diagnose = commands.add_parser("diagnose", help="judge a saved reply (.eml) without acting")
     diagnose.add_argument("file")
     diagnose.add_argument("--mail-from", help="the envelope sender, as if received over SMTP")
+    diagnose.add_argument("--client-ip", help="the sending host's IP, as if it had connected")
+    diagnose.add_argument("--helo", help="the sending host's HELO/EHLO name")
     diagnose.add_argument("--json", action="store_true")
     diagnose.set_defaults(run=cmd_diagnose)
 

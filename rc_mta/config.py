@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -88,6 +89,20 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _check_networks(value: list[str]) -> list[str]:
+    import ipaddress
+
+    for network in value:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise ValueError(f"{network!r} is not a network like 10.0.0.0/8 or ::1/128") from None
+    return value
+
+
+Networks = Annotated[list[str], AfterValidator(_check_networks)]
+
+
 class InboundConfig(Section):
     listen: Listen = "127.0.0.1:2525"
     lmtp_listen: Listen = ""
@@ -97,6 +112,8 @@ class InboundConfig(Section):
     max_message_size: Bytes = 1024 * 1024
     max_recipients: int = Field(default=10, ge=1, le=1000)
     timeout: Seconds = 300.0
+    trusted_relays: Networks = Field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
+    proxy_protocol: bool = False
 
     @field_validator("reply_domain")
     @classmethod
@@ -183,6 +200,59 @@ class RepliesConfig(Section):
     fail_words: list[str] = Field(default_factory=list)
 
 
+class DnsConfig(Section):
+    nameservers: list[str] = Field(default_factory=list)
+    port: int = Field(default=53, ge=1, le=65535)
+    timeout: Seconds = 5.0
+
+
+class PolicyCheck(Section):
+    policy: Literal["off", "tag", "reject"] = "reject"
+
+
+class SpfCheck(PolicyCheck):
+    reject_softfail: bool = False
+
+
+class DkimCheck(PolicyCheck):
+    min_key_bits: int = Field(default=1024, ge=512, le=8192)
+
+
+class DmarcCheck(PolicyCheck):
+    quarantine: Literal["reject", "tag"] = "reject"
+
+
+class WhitelistCheck(Section):
+    enabled: bool = False
+    domains: list[str] = Field(default_factory=list)
+
+
+class OwnerAuthCheck(Section):
+    required: bool = True
+
+
+class RateLimits(Section):
+    window: Seconds = 60.0
+    connections_per_ip: int = Field(default=60, ge=0)
+    messages_per_ip: int = Field(default=120, ge=0)
+    messages_per_domain: int = Field(default=600, ge=0)
+    auth_failures_per_ip: int = Field(default=10, ge=0)
+    auth_failures_per_domain: int = Field(default=50, ge=0)
+
+
+class ChecksConfig(Section):
+    authserv_id: str = ""
+    exempt_networks: Networks = Field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
+    trusted_authserv_ids: list[str] = Field(default_factory=list)
+    spf: SpfCheck = SpfCheck()
+    rdns: PolicyCheck = PolicyCheck()
+    dkim: DkimCheck = DkimCheck(policy="tag")
+    dmarc: DmarcCheck = DmarcCheck()
+    whitelist: WhitelistCheck = WhitelistCheck()
+    owner_auth: OwnerAuthCheck = OwnerAuthCheck()
+    rate_limits: RateLimits = RateLimits()
+
+
 class LogConfig(Section):
     level: Literal["trace", "debug", "info", "warning", "error"] = "info"
 
@@ -205,6 +275,8 @@ class Settings(BaseSettings):
     tasks: TasksConfig = TasksConfig()
     http: HttpConfig = HttpConfig()
     replies: RepliesConfig = RepliesConfig()
+    dns: DnsConfig = DnsConfig()
+    checks: ChecksConfig = ChecksConfig()
     log: LogConfig = LogConfig()
 
     @classmethod
@@ -220,6 +292,10 @@ class Settings(BaseSettings):
         if cls._toml_path is not None:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=cls._toml_path))
         return tuple(sources)
+
+    @property
+    def authserv_id(self) -> str:
+        return self.checks.authserv_id or self.inbound.hostname
 
     @property
     def from_address(self) -> str:

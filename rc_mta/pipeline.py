@@ -13,6 +13,7 @@ import hashlib
 import logging
 import re
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -26,6 +27,7 @@ from .replies import (
     interpret_action,
     parse_reply,
 )
+from .sender_auth import AuthState, Client, SenderAuth
 from .smtp_replies import SmtpReply
 from .store import Request, Store
 from .tasks import TaskBackend, TaskNotFound, TaskNotInProgress
@@ -43,8 +45,8 @@ class Arrival:
 
     source: str  # smtp | lmtp | file
     mail_from: str | None  # envelope sender; "" is the null sender <>
-    client_ip: str | None = None
-    helo: str | None = None
+    client: Client | None = None  # the original sending host; None when unknown (a saved file)
+    auth: AuthState | None = None  # verdicts of the MAIL stage, when there was one
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,7 @@ class Decision:
     comment: str = ""
     auto_reply: str | None = None
     checks: dict[str, dict[str, str]] = field(default_factory=dict)
+    authentication_results: str = ""
 
 
 _PAST = {"complete": "completed", "fail": "failed"}
@@ -81,9 +84,12 @@ class Pipeline:
         store: Store,
         signer: Signer,
         backend: TaskBackend,
+        sender_auth: SenderAuth,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
+        self.sender_auth = sender_auth
+        self.refusals: Counter[tuple[str, str]] = Counter()
         self.store = store
         self.signer = signer
         self.backend = backend
@@ -95,6 +101,15 @@ class Pipeline:
         )
         self.complete_words: Sequence[str] = settings.replies.complete_words or DEFAULT_COMPLETE_WORDS
         self.fail_words: Sequence[str] = settings.replies.fail_words or DEFAULT_FAIL_WORDS
+
+    # MAIL ------------------------------------------------------------------------------
+
+    async def check_sender(self, client: Client, mail_from: str) -> AuthState:
+        """Who is sending: rate limits, FCrDNS, SPF, whitelist (``sender_auth`` applies policy)."""
+        return await self.sender_auth.at_mail(client, mail_from)
+
+    def count_refusal(self, stage: str, reply: SmtpReply) -> None:
+        self.refusals[(stage, reply.reason)] += 1
 
     # RCPT ------------------------------------------------------------------------------
 
@@ -130,23 +145,62 @@ class Pipeline:
         """Judge and act on one message for each recipient; one decision per recipient."""
         parsed = parse_reply(raw, envelope_sender=arrival.mail_from)
         message_id = parsed.message_id or _synthetic_message_id(raw)
+        auth = await self.authenticate(arrival, raw, parsed)
         decisions = []
         for recipient in recipients:
-            decision = await self.decide(parsed, message_id, recipient, act=True)
+            decision = await self.decide(parsed, message_id, recipient, auth, act=True)
             await self._record(arrival, message_id, decision)
             decisions.append(decision)
         return decisions
 
-    async def evaluate(self, parsed: ParsedReply, message_id: str, recipient: Recipient) -> Decision:
-        """Everything short of acting: which request, whose reply, what action, what comment."""
+    async def authenticate(self, arrival: Arrival, raw: bytes, parsed: ParsedReply) -> AuthState:
+        """The DATA-stage checks (DKIM, DMARC, From whitelist, From authenticated)."""
+        client = arrival.client or Client(ip=None, helo=None)
+        state = arrival.auth
+        if state is None:
+            if client.ip is None:
+                # Judging a saved file with no SMTP facts: only what the message itself proves.
+                state = AuthState()
+            else:
+                state = await self.sender_auth.at_mail(client, arrival.mail_from or "")
+        try:
+            return await self.sender_auth.at_data(client, arrival.mail_from, raw, parsed.from_address, state)
+        except Exception:
+            log.exception("sender authentication failed")
+            state.refusal = R.INTERNAL_ERROR
+            return state
+
+    async def evaluate(self, parsed: ParsedReply, message_id: str, recipient: Recipient, auth: AuthState) -> Decision:
+        """Everything short of acting: whose reply, which request, what action, what comment."""
         if parsed.auto_reply:
             return Decision(
                 R.AUTO_REPLY_DROPPED.with_text(why=parsed.auto_reply), "drop", recipient, auto_reply=parsed.auto_reply
             )
+        checks = {name: verdict.as_json() for name, verdict in auth.verdicts.items()}
+        authentication_results = self.sender_auth.authentication_results(auth)
+        if auth.refusal is not None:
+            would = "retry" if auth.refusal.temporary else "refuse"
+            return Decision(
+                auth.refusal,
+                would,
+                recipient,
+                checks=checks,
+                comment=parsed.comment,
+                authentication_results=authentication_results,
+            )
         token, request = (recipient.token, recipient.request)
         if token is None or request is None:
             token, request = await self._token_from_message(parsed)
-        decision = Decision(R.OK, "refuse", recipient, token, request, comment=parsed.comment)
+        decision = Decision(
+            R.OK,
+            "refuse",
+            recipient,
+            token,
+            request,
+            comment=parsed.comment,
+            checks=checks,
+            authentication_results=authentication_results,
+        )
 
         sender = parsed.from_address
         owner_ok = sender is not None and sender == request.owner.lower()
@@ -158,6 +212,14 @@ class Pipeline:
         if not owner_ok:
             decision.reply = R.OWNER_MISMATCH.with_text(sender=sender or "an unknown sender", owner=request.owner)
             return decision
+        owner_auth = auth.verdicts.get("owner_auth")
+        if self.settings.checks.owner_auth.required and not auth.exempt:
+            if owner_auth is not None and owner_auth.temporary:
+                decision.reply, decision.would = R.AUTH_TEMPERROR, "retry"
+                return decision
+            if owner_auth is None or owner_auth.result != "pass":
+                decision.reply = R.OWNER_NOT_AUTHENTICATED.with_text(owner=request.owner)
+                return decision
 
         claim = await asyncio.to_thread(self.store.get_claim, request.id)
         if claim is not None and claim.done:
@@ -225,10 +287,12 @@ class Pipeline:
 
     # Helpers ---------------------------------------------------------------------------
 
-    async def decide(self, parsed: ParsedReply, message_id: str, recipient: Recipient, *, act: bool) -> Decision:
+    async def decide(
+        self, parsed: ParsedReply, message_id: str, recipient: Recipient, auth: AuthState, *, act: bool
+    ) -> Decision:
         """Evaluate (and, if ``act``, act); refusals and trouble become a 5xx or 4xx decision."""
         try:
-            decision = await self.evaluate(parsed, message_id, recipient)
+            decision = await self.evaluate(parsed, message_id, recipient, auth)
             return await self.act(decision, message_id, parsed.from_address or "") if act else decision
         except PermanentRefusal as exc:
             return Decision(exc.reply, "refuse", recipient, recipient.token, recipient.request, comment=parsed.comment)
@@ -261,15 +325,19 @@ class Pipeline:
             )
         except TemporaryFailure as exc:
             log.warning("could not record processed message %s: %s", message_id, exc)
+        if not decision.reply.accepted:
+            self.count_refusal("data", decision.reply)
         log.info(
-            "reply source=%s from=%s rcpt=%s request=%s task=%s would=%s reply=%s",
+            "reply source=%s client=%s from=%s rcpt=%s request=%s task=%s would=%s reply=%s auth=%r",
             arrival.source,
+            arrival.client.ip if arrival.client else None,
             arrival.mail_from,
             decision.recipient.address,
             request_id,
             decision.request.task_id if decision.request else None,
             decision.would,
             decision.reply,
+            decision.authentication_results,
         )
 
 

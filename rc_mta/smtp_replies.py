@@ -98,6 +98,35 @@ TASK_NOT_IN_PROGRESS = _reply(
 )
 MESSAGE_TOO_BIG = _reply("MESSAGE_TOO_BIG", 552, "5.3.4", "Message too big: replies are limited to {limit} bytes")
 
+# Sender authentication (RFC 7372 codes where one exists).
+RDNS_FAIL = _reply("RDNS_FAIL", 550, "5.7.25", "Reverse DNS of {ip} does not check out: {why}")
+RDNS_TEMPERROR = _reply("RDNS_TEMPERROR", 450, "4.7.25", "Could not check the reverse DNS of {ip} now: {why}")
+SPF_FAIL = _reply("SPF_FAIL", 550, "5.7.23", "SPF of {domain} does not allow {ip} to send its mail: {why}")
+SPF_SOFTFAIL = _reply("SPF_SOFTFAIL", 550, "5.7.23", "SPF of {domain} does not authorize {ip} (softfail)")
+SPF_TEMPERROR = _reply("SPF_TEMPERROR", 451, "4.7.24", "Could not evaluate the SPF of {domain} now: {why}")
+SPF_PERMERROR = _reply("SPF_PERMERROR", 550, "5.7.24", "The SPF record of {domain} is broken: {why}")
+WHITELIST = _reply("WHITELIST", 550, "5.7.1", "Replies are not accepted from this domain: {why}")
+DKIM_FAIL = _reply("DKIM_FAIL", 550, "5.7.20", "No valid DKIM signature: {why}")
+DMARC_REJECT = _reply("DMARC_REJECT", 550, "5.7.1", "Rejected by the DMARC policy of {domain}: {why}")
+AUTH_TEMPERROR = _reply(
+    "AUTH_TEMPERROR", 451, "4.4.3", "Could not verify the sender now (DNS trouble); please try again"
+)
+OWNER_NOT_AUTHENTICATED = _reply(
+    "OWNER_NOT_AUTHENTICATED",
+    550,
+    "5.7.26",
+    "Could not verify that this reply comes from {owner}: no aligned SPF, DKIM or DMARC pass",
+)
+RATE_LIMIT_CONNECTIONS = _reply("RATE_LIMIT_CONNECTIONS", 421, "4.7.0", "Too many connections from {ip}; try later")
+RATE_LIMIT_MESSAGES = _reply("RATE_LIMIT_MESSAGES", 450, "4.7.1", "Too many messages from {who}; try later")
+RATE_LIMIT_AUTH_FAILURES = _reply(
+    "RATE_LIMIT_AUTH_FAILURES", 450, "4.7.1", "Too many failed authentications from {who}; try later"
+)
+XCLIENT_DENIED = _reply("XCLIENT_DENIED", 550, "5.7.0", "{command} is not allowed from {ip}")
+XCLIENT_SYNTAX = _reply("XCLIENT_SYNTAX", 501, "5.5.4", "Bad {command} attribute: {why}")
+XFORWARD_OK = _reply("XFORWARD_OK", 250, "2.0.0", "Ok")
+PROXY_DENIED = _reply("PROXY_DENIED", 550, "5.7.0", "PROXY protocol is not allowed from {ip}")
+
 # Temporary trouble: the sender's server retries, nothing is lost.
 BACKEND_UNAVAILABLE = _reply(
     "BACKEND_UNAVAILABLE", 451, "4.3.0", "Temporary problem acting on the task; please try again later"

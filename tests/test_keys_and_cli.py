@@ -106,7 +106,7 @@ def test_diagnose_judges_a_saved_reply_without_acting(fresh_rc: RcMta, tmp_path:
     saved = tmp_path / "reply.eml"
     saved.write_bytes(bytes(reply_message(request["fail_address"], "Broken build\n\n-- \nAlice")))
 
-    report = json.loads(fresh_rc.cli("diagnose", "--json", str(saved)).stdout)
+    report = json.loads(fresh_rc.cli("diagnose", "--json", "--client-ip", "127.0.0.1", str(saved)).stdout)
 
     assert report["would"] == "fail"
     assert report["action"] == "fail"
@@ -125,7 +125,7 @@ def test_diagnose_shows_why_a_forged_reply_would_be_refused(fresh_rc: RcMta, tmp
     saved = tmp_path / "forged.eml"
     saved.write_bytes(bytes(reply_message(request["complete_address"], "ok", sender="mallory@example.com")))
 
-    report = json.loads(fresh_rc.cli("diagnose", "--json", str(saved)).stdout)
+    report = json.loads(fresh_rc.cli("diagnose", "--json", "--client-ip", "127.0.0.1", str(saved)).stdout)
 
     assert report["would"] == "refuse"
     assert report["smtp_reply"].startswith("550 5.7.1")

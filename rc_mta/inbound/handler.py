@@ -2,24 +2,51 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from typing import Any
 
+from aiosmtpd.proxy_protocol import ProxyData
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from .. import smtp_replies as R
 from ..errors import PermanentRefusal, TemporaryFailure
 from ..pipeline import Arrival, Decision, Pipeline, Recipient
+from ..sender_auth import AuthState, Client
 
 log = logging.getLogger("rc_mta.inbound")
 
 
+class ReplySession(Session):
+    """aiosmtpd's session plus the original client a trusted relay told us about."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop)
+        self.xclient: dict[str, str] = {}
+        self.proxy_ip: str | None = None
+
+
 class ReplyEnvelope(Envelope):
-    """aiosmtpd's envelope plus the recipients' verified tokens, in RCPT order."""
+    """aiosmtpd's envelope plus this transaction's XFORWARD facts, verdicts and recipients."""
 
     def __init__(self) -> None:
         super().__init__()
+        self.xforward: dict[str, str] = {}
+        self.auth: AuthState | None = None
         self.recipients: list[Recipient] = []
+
+
+def peer_ip(session: Session) -> str | None:
+    peer = session.peer
+    return str(peer[0]) if isinstance(peer, tuple) else None
+
+
+def original_client(session: Session, envelope: Envelope) -> Client:
+    """XFORWARD (this transaction) beats XCLIENT beats PROXY beats the TCP peer."""
+    assert isinstance(session, ReplySession) and isinstance(envelope, ReplyEnvelope)
+    facts = {**session.xclient, **envelope.xforward}
+    ip = facts.get("ADDR") or session.proxy_ip or peer_ip(session)
+    helo = facts.get("HELO") or session.host_name
+    return Client(ip=ip, helo=helo, peer_ip=peer_ip(session))
 
 
 class ReplyHandler:
@@ -28,16 +55,55 @@ class ReplyHandler:
         self.source = source
         self.max_recipients = max_recipients
 
+    def connect_refusal(self, session: Session) -> str | None:
+        refusal = self.pipeline.sender_auth.at_connect(peer_ip(session))
+        return str(refusal) if refusal else None
+
+    def may_relay_facts(self, session: Session) -> bool:
+        """Only configured trusted relays may tell us who the original client is."""
+        return self.pipeline.sender_auth.is_trusted_relay(peer_ip(session))
+
+    async def handle_PROXY(self, server: SMTP, session: Session, envelope: Envelope, proxy: ProxyData) -> bool:
+        if not self.may_relay_facts(session):
+            log.warning("PROXY header refused from untrusted %s", peer_ip(session))
+            return False
+        assert isinstance(session, ReplySession)
+        session.proxy_ip = str(proxy.src_addr) if proxy.src_addr else None
+        return True
+
     async def handle_EHLO(
         self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
     ) -> list[str]:
         session.host_name = hostname
         # Everything we answer carries an enhanced code; aiosmtpd reads pipelined commands.
-        return [*responses[:-1], "250-ENHANCEDSTATUSCODES", "250-PIPELINING", responses[-1]]
+        extensions = ["250-ENHANCEDSTATUSCODES", "250-PIPELINING"]
+        if self.may_relay_facts(session):
+            extensions += [
+                "250-XCLIENT NAME ADDR PORT PROTO HELO LOGIN",
+                "250-XFORWARD NAME ADDR PORT PROTO HELO SOURCE IDENT",
+            ]
+        return [*responses[:-1], *extensions, responses[-1]]
 
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
+        assert isinstance(envelope, ReplyEnvelope)
+        client = original_client(session, envelope)
+        try:
+            envelope.auth = await self.pipeline.check_sender(client, address)
+        except Exception:
+            log.exception("sender checks failed for %s", client.ip)
+            return str(R.INTERNAL_ERROR)
+        if envelope.auth.refusal is not None:
+            log.info(
+                "mail refused source=%s client=%s from=%s reply=%s",
+                self.source,
+                client.ip,
+                address,
+                envelope.auth.refusal,
+            )
+            self.pipeline.count_refusal("mail", envelope.auth.refusal)
+            return str(envelope.auth.refusal)
         envelope.mail_from = address
         envelope.mail_options.extend(options)
         return str(R.SENDER_OK)
@@ -52,6 +118,7 @@ class ReplyHandler:
             recipient = await self.pipeline.check_recipient(address)
         except PermanentRefusal as exc:
             log.info("rcpt refused source=%s peer=%s rcpt=%s reply=%s", self.source, session.peer, address, exc.reply)
+            self.pipeline.count_refusal("rcpt", exc.reply)
             return str(exc.reply)
         except TemporaryFailure as exc:
             log.warning("rcpt deferred rcpt=%s: %s", address, exc)
@@ -67,15 +134,13 @@ class ReplyHandler:
 
     async def decide(self, session: Session, envelope: Envelope) -> list[Decision]:
         assert isinstance(envelope, ReplyEnvelope)
-        raw = envelope.original_content or b""
-        peer = session.peer
         arrival = Arrival(
             source=self.source,
             mail_from=envelope.mail_from,
-            client_ip=peer[0] if isinstance(peer, tuple) else None,
-            helo=session.host_name,
+            client=original_client(session, envelope),
+            auth=envelope.auth,
         )
-        return await self.pipeline.handle_message(arrival, raw, envelope.recipients)
+        return await self.pipeline.handle_message(arrival, envelope.original_content or b"", envelope.recipients)
 
     async def handle_exception(self, error: Exception) -> str:
         # aiosmtpd's default is a 500: our own trouble must never bounce a reply.
@@ -91,7 +156,7 @@ class LmtpReplyHandler(ReplyHandler):
         return "\r\n".join(str(d.reply) for d in decisions)
 
 
-def _one_reply_for_all(decisions: list[Decision]) -> Any:
+def _one_reply_for_all(decisions: list[Decision]) -> R.SmtpReply:
     """SMTP has one reply per message: a retry beats a refusal beats success.
 
     A retry is safe for recipients already acted on: the same Message-ID is recognised

@@ -1,18 +1,50 @@
-"""aiosmtpd's SMTP and LMTP servers, with an enhanced status code on every reply."""
+"""aiosmtpd's SMTP and LMTP servers, with an enhanced status code on every reply, and the
+XCLIENT / XFORWARD commands (Postfix's, which aiosmtpd lacks) for trusted relays."""
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import re
 from typing import AnyStr
 
-from aiosmtpd.smtp import SMTP, Envelope, syntax
+from aiosmtpd.smtp import SMTP, Envelope, Session, syntax
 
 from .. import smtp_replies as R
 from ..config import InboundConfig, parse_host_port
 from ..pipeline import Pipeline
-from .handler import LmtpReplyHandler, ReplyEnvelope, ReplyHandler
+from .handler import LmtpReplyHandler, ReplyEnvelope, ReplyHandler, ReplySession, peer_ip
 
 _TOO_BIG_PREFIX = "552 Error:"  # aiosmtpd's words for SIZE= too large and DATA too long
+_XCLIENT_ATTRIBUTES = {"NAME", "ADDR", "PORT", "PROTO", "HELO", "LOGIN", "DESTADDR", "DESTPORT"}
+_XFORWARD_ATTRIBUTES = {"NAME", "ADDR", "PORT", "PROTO", "HELO", "SOURCE", "IDENT"}
+
+
+def _xtext_decode(value: str) -> str:
+    return re.sub(r"\+([0-9A-Fa-f]{2})", lambda m: chr(int(m.group(1), 16)), value)
+
+
+def parse_relay_attributes(arg: str, allowed: set[str]) -> dict[str, str]:
+    """``NAME=x ADDR=y`` → dict; unavailable values dropped; raises ValueError saying why."""
+    facts: dict[str, str] = {}
+    for item in arg.split():
+        name, sep, raw = item.partition("=")
+        name = name.upper()
+        if not sep or name not in allowed:
+            raise ValueError(f"unknown attribute {name or item!r}")
+        value = _xtext_decode(raw)
+        if value.upper() in ("[UNAVAILABLE]", "[TEMPUNAVAIL]"):
+            continue
+        if name == "ADDR":
+            value = value[5:] if value.upper().startswith("IPV6:") else value
+            try:
+                value = str(ipaddress.ip_address(value))
+            except ValueError:
+                raise ValueError(f"ADDR {value!r} is not an IP address") from None
+        facts[name] = value
+    if not facts and not arg.strip():
+        raise ValueError("no attributes")
+    return facts
 
 
 class SmtpServer(SMTP):
@@ -25,11 +57,26 @@ class SmtpServer(SMTP):
             timeout=config.timeout,
             enable_SMTPUTF8=True,
             decode_data=False,
+            proxy_protocol_timeout=10.0 if config.proxy_protocol else None,
         )
+        self.reply_handler = handler
         self._size_reply = str(R.MESSAGE_TOO_BIG.with_text(limit=config.max_message_size))
+
+    def _create_session(self) -> Session:
+        return ReplySession(self.loop)
 
     def _create_envelope(self) -> Envelope:
         return ReplyEnvelope()
+
+    async def _handle_client(self) -> None:
+        assert self.session is not None
+        refusal = self.reply_handler.connect_refusal(self.session)
+        if refusal is not None:
+            await self.push(refusal)
+            assert self.transport is not None
+            self.transport.close()
+            return
+        await super()._handle_client()
 
     async def push(self, status: AnyStr) -> None:
         text = status.decode() if isinstance(status, bytes) else status
@@ -38,6 +85,45 @@ class SmtpServer(SMTP):
             for line in text.split("\r\n")
         ]
         await super().push("\r\n".join(lines))
+
+    async def _relay_command(self, command: str, arg: str, allowed: set[str]) -> dict[str, str] | None:
+        """Shared checks of XCLIENT and XFORWARD: who may send them, when, and their syntax."""
+        assert self.session is not None
+        if not self.reply_handler.may_relay_facts(self.session):
+            await self.push(str(R.XCLIENT_DENIED.with_text(command=command, ip=peer_ip(self.session))))
+            return None
+        if self.envelope is not None and self.envelope.mail_from is not None:
+            await self.push("503 5.5.1 Error: MAIL transaction in progress")
+            return None
+        try:
+            return parse_relay_attributes(arg, allowed)
+        except ValueError as exc:
+            await self.push(str(R.XCLIENT_SYNTAX.with_text(command=command, why=exc)))
+            return None
+
+    @syntax("XCLIENT attribute=value ...")
+    async def smtp_XCLIENT(self, arg: str) -> None:
+        """Postfix XCLIENT: the relay speaks for the original client; the session starts over."""
+        facts = await self._relay_command("XCLIENT", arg, _XCLIENT_ATTRIBUTES)
+        if facts is None:
+            return
+        session = self.session
+        assert isinstance(session, ReplySession)
+        session.xclient.update(facts)
+        session.host_name = None
+        session.extended_smtp = False
+        self._set_rset_state()  # type: ignore[no-untyped-call]
+        await self.push(f"220 {self.hostname} {self.__ident__}")
+
+    @syntax("XFORWARD attribute=value ...")
+    async def smtp_XFORWARD(self, arg: str) -> None:
+        """Postfix XFORWARD: facts about the original client for the next mail transaction."""
+        facts = await self._relay_command("XFORWARD", arg, _XFORWARD_ATTRIBUTES)
+        if facts is None:
+            return
+        assert isinstance(self.envelope, ReplyEnvelope)
+        self.envelope.xforward.update(facts)
+        await self.push(str(R.XFORWARD_OK))
 
 
 class LmtpServer(SmtpServer):

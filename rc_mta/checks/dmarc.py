@@ -1,0 +1,172 @@
+"""DMARC (RFC 7489): does an SPF or DKIM pass belong to the domain the reader sees in From:?
+
+SPF and DKIM each authenticate *some* domain; only alignment with the From: domain stops a
+sender from passing both with its own domain while showing someone else's. The record is
+looked up at the From: domain, then at its organizational domain (where ``sp=`` governs
+subdomains). DNS trouble is ``temperror`` so the caller answers 4xx, never 5xx.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Literal
+
+from publicsuffixlist import PublicSuffixList
+
+from rc_mta.checks._base import Verdict
+from rc_mta.checks.dkim import DkimSignature
+from rc_mta.dns import DnsResolver, DnsTemporaryError
+
+POLICIES = ("none", "quarantine", "reject")
+_VERSION = re.compile(r"^v\s*=\s*DMARC1\s*(;|$)")
+
+
+@dataclass(frozen=True)
+class DmarcRecord:
+    """A parsed DMARC policy record and the domain it was published for."""
+
+    policy: str
+    subdomain_policy: str | None
+    adkim: str
+    aspf: str
+    pct: int
+    domain: str
+
+
+class DmarcRecordError(ValueError):
+    """The record is DMARC but has no usable policy."""
+
+
+@lru_cache(maxsize=1)
+def _psl() -> PublicSuffixList:
+    """The bundled list (offline, no fetching); loading it takes a moment, so once."""
+    return PublicSuffixList()
+
+
+def _normalize(domain: str) -> str:
+    domain = domain.strip().rstrip(".").lower()
+    return domain.rsplit("@", 1)[-1]
+
+
+def organizational_domain(domain: str) -> str:
+    """The registered domain (RFC 7489 3.2): one label below the public suffix."""
+    domain = _normalize(domain)
+    labels = domain.split(".")
+    if labels[-1] == "test":  # RFC 2606 test names: not in the list; treat "test" as the suffix.
+        return ".".join(labels[-2:])
+    private = _psl().privatesuffix(domain)
+    return str(private) if private else domain
+
+
+def parse_dmarc_record(text: str, domain: str) -> DmarcRecord:
+    """Tags per RFC 7489 6.3; unknown tags ignored, bad optional values fall back to defaults."""
+    tags: dict[str, str] = {}
+    for part in text.split(";"):
+        name, sep, value = part.partition("=")
+        if sep:
+            tags.setdefault(name.strip().lower(), value.strip())
+    policy = tags.get("p", "").lower()
+    if policy not in POLICIES:
+        # 6.6.3 step 6: without a valid p=, a record with rua= is treated as p=none.
+        if "rua" not in tags:
+            raise DmarcRecordError(f"no valid p= tag in DMARC record for {domain}: {text!r}")
+        policy = "none"
+    subdomain_policy: str | None = tags.get("sp", "").lower() or None
+    if subdomain_policy not in (None, *POLICIES):
+        subdomain_policy = None
+    try:
+        pct = min(100, max(0, int(tags.get("pct", "100"))))
+    except ValueError:
+        pct = 100
+    return DmarcRecord(
+        policy=policy,
+        subdomain_policy=subdomain_policy,
+        adkim=_mode(tags.get("adkim")),
+        aspf=_mode(tags.get("aspf")),
+        pct=pct,
+        domain=domain,
+    )
+
+
+def _mode(value: str | None) -> Literal["r", "s"]:
+    return "s" if (value or "").strip().lower() == "s" else "r"
+
+
+class _MultipleRecords(Exception):
+    pass
+
+
+async def _lookup(resolver: DnsResolver, domain: str) -> str | None:
+    """The one DMARC record at ``_dmarc.<domain>``, or None. Raises on several (6.6.3 step 3)."""
+    records = [r for r in await resolver.resolve(f"_dmarc.{domain}", "TXT") if _VERSION.match(r)]
+    if len(records) > 1:
+        raise _MultipleRecords(f"{len(records)} DMARC records at _dmarc.{domain}")
+    return records[0] if records else None
+
+
+async def find_dmarc_record(resolver: DnsResolver, from_domain: str) -> DmarcRecord | None:
+    """Policy discovery (RFC 7489 6.6.3): the From: domain first, then its organizational domain."""
+    domain = _normalize(from_domain)
+    text = await _lookup(resolver, domain)
+    if text is not None:
+        return parse_dmarc_record(text, domain)
+    org = organizational_domain(domain)
+    if org == domain:
+        return None
+    text = await _lookup(resolver, org)
+    return parse_dmarc_record(text, org) if text is not None else None
+
+
+def _aligned(authenticated: str, from_domain: str, mode: str) -> bool:
+    authenticated = _normalize(authenticated)
+    if mode == "s":
+        return authenticated == from_domain
+    return organizational_domain(authenticated) == organizational_domain(from_domain)
+
+
+async def check_dmarc(
+    resolver: DnsResolver,
+    from_domain: str,
+    spf_result: str,
+    spf_domain: str | None,
+    dkim: Sequence[DkimSignature],
+) -> Verdict:
+    """Pass when a passing SPF or DKIM identity aligns with the From: domain."""
+    domain = _normalize(from_domain)
+    if not domain or "." not in domain:
+        return Verdict("permerror", f"no usable From: domain ({from_domain!r})", {"domain": from_domain})
+    try:
+        record = await find_dmarc_record(resolver, domain)
+    except DnsTemporaryError as exc:
+        return Verdict("temperror", str(exc), {"domain": domain})
+    except _MultipleRecords as exc:
+        return Verdict("none", f"{exc}: DMARC not applied (RFC 7489 6.6.3)", {"domain": domain})
+    except DmarcRecordError as exc:
+        return Verdict("permerror", str(exc), {"domain": domain})
+    if record is None:
+        return Verdict("none", f"no DMARC record for {domain}", {"domain": domain})
+
+    policy = record.policy
+    if record.domain != domain and record.subdomain_policy is not None:
+        policy = record.subdomain_policy
+    spf_aligned = spf_result == "pass" and bool(spf_domain) and _aligned(spf_domain or "", domain, record.aspf)
+    dkim_passes = [s.domain for s in dkim if s.result == "pass"]
+    dkim_aligned = any(_aligned(d, domain, record.adkim) for d in dkim_passes)
+    facts = {
+        "policy": policy,
+        "domain": domain,
+        "record_domain": record.domain,
+        "spf_aligned": "yes" if spf_aligned else "no",
+        "dkim_aligned": "yes" if dkim_aligned else "no",
+    }
+    if spf_aligned or dkim_aligned:
+        how = " and ".join(n for n, ok in (("SPF", spf_aligned), ("DKIM", dkim_aligned)) if ok)
+        return Verdict("pass", f"{how} aligned with {domain}", facts)
+    seen = ", ".join(
+        [f"SPF {spf_result} for {spf_domain or '?'} (aspf={record.aspf})"]
+        + [f"DKIM pass for {d} (adkim={record.adkim})" for d in dkim_passes]
+    )
+    return Verdict("fail", f"nothing aligned with {domain}: {seen}; policy {policy}", facts)

@@ -1,0 +1,82 @@
+"""SPF (RFC 7208) through pyspf, with every DNS lookup going through our caching resolver.
+
+pyspf looks DNS up through its module global ``spf.DNSLookup``, shared by every thread.
+We point it, once and for all, at ``_lookup``, which uses the resolver of the check running
+in the current thread (a context variable set in the worker thread), so concurrent checks
+with different resolvers never cross, and pyspf never falls back to the system's DNS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import ipaddress
+from typing import Any
+
+import spf
+
+from rc_mta.dns import DnsResolver, DnsTemporaryError
+
+from ._base import Result, Verdict
+
+_current_resolver: contextvars.ContextVar[DnsResolver | None] = contextvars.ContextVar(
+    "rc_mta_spf_resolver", default=None
+)
+
+_RESULTS: dict[str, Result] = {
+    "pass": "pass",
+    "fail": "fail",
+    "softfail": "softfail",
+    "neutral": "neutral",
+    "none": "none",
+    "temperror": "temperror",
+    "permerror": "permerror",
+}
+
+
+def _lookup(name: str, qtype: str, strict: bool = True, timeout: float = 0) -> list[tuple[tuple[str, str], object]]:
+    """pyspf's ``DNSLookup``: the current check's resolver, or a TempError if there is none."""
+    resolver = _current_resolver.get()
+    if resolver is None:
+        raise spf.TempError("DNS lookup outside an rc-mta SPF check (no resolver)")
+    return resolver.pyspf_lookup(name, qtype, strict, timeout)
+
+
+def _install() -> None:
+    """(Re)claim pyspf's DNS hook; cheap, and survives anyone else assigning it."""
+    spf.DNSLookup = _lookup
+
+
+_install()
+
+
+def _run(resolver: DnsResolver, ip: str, sender: str, helo: str) -> tuple[str, str, str]:
+    """In a worker thread: bind this check's resolver, run pyspf, return (result, explanation, domain)."""
+    _install()
+    _current_resolver.set(resolver)
+    query: Any = spf.query(i=ip, s=sender, h=helo, timeout=resolver.timeout * 4)
+    result, _code, explanation = query.check()
+    return str(result), str(explanation), str(query.o)
+
+
+async def check_spf(resolver: DnsResolver, client_ip: str, mail_from: str, helo: str) -> Verdict:
+    """The SPF verdict for MAIL FROM (or, for a null sender, postmaster@HELO) from client_ip."""
+    identity = mail_from or f"postmaster@{helo}"
+    facts = {"domain": identity.rpartition("@")[2], "smtp.mailfrom": identity, "smtp.helo": helo}
+    try:
+        address = ipaddress.ip_address(client_ip)
+    except ValueError:
+        return Verdict("permerror", f"{client_ip!r} is not an IP address", facts)
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    if not mail_from and not helo:
+        return Verdict("none", "null sender and no HELO name: no identity to check", facts)
+    try:
+        # asyncio.to_thread runs _run in a copy of this context: the resolver it sets stays in that copy.
+        result, explanation, domain = await asyncio.to_thread(_run, resolver, str(address), mail_from, helo)
+    except DnsTemporaryError as exc:
+        return Verdict("temperror", f"SPF Temporary Error: {exc}", facts)
+    facts["domain"] = domain
+    if result == "none" and not explanation:
+        explanation = f"{domain} publishes no SPF record"
+    return Verdict(_RESULTS.get(result, "permerror"), explanation, facts)

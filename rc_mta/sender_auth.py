@@ -1,0 +1,278 @@
+"""Who is really sending? The sender-authentication checks, stage by stage, with policy.
+
+Each check lives in its own module under ``checks/`` and only returns a Verdict. This
+module decides, per configured policy, what a verdict means for the SMTP answer:
+``off`` skips the check, ``tag`` records it (Authentication-Results, diagnose, logs),
+``reject`` refuses with the RFC 7372 code. DNS trouble is always a 4xx.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from . import smtp_replies as R
+from .authresults import format_authentication_results, trusted_authentication_results
+from .checks import Verdict
+from .checks.dkim import DkimSignature, check_dkim
+from .checks.dmarc import check_dmarc, organizational_domain
+from .checks.rdns import check_rdns
+from .checks.spf import check_spf
+from .checks.whitelist import check_whitelist
+from .config import Settings
+from .dns import DnsResolver
+from .ratelimit import RateLimiter
+from .smtp_replies import SmtpReply
+
+
+@dataclass(frozen=True)
+class Client:
+    """The sending host as the checks must see it: the original client, even behind a relay."""
+
+    ip: str | None
+    helo: str | None
+    peer_ip: str | None = None  # who is actually connected (a trusted relay, or the client itself)
+
+
+@dataclass
+class AuthState:
+    """Verdicts gathered for one message, MAIL stage first, then DATA."""
+
+    verdicts: dict[str, Verdict] = field(default_factory=dict)
+    dkim_signatures: list[DkimSignature] = field(default_factory=list)
+    refusal: SmtpReply | None = None
+    exempt: bool = False
+
+    def header(self, authserv_id: str) -> str:
+        """The RFC 8601 Authentication-Results value for these verdicts."""
+        methods: list[tuple[str, str, dict[str, str]]] = []
+        if spf := self.verdicts.get("spf"):
+            methods.append(("spf", spf.result, {"smtp.mailfrom": spf.facts.get("smtp.mailfrom", "")}))
+        if self.dkim_signatures:
+            methods += [
+                ("dkim", s.result, {"header.d": s.domain, "header.s": s.selector}) for s in self.dkim_signatures
+            ]
+        elif dkim := self.verdicts.get("dkim"):
+            methods.append(
+                ("dkim", dkim.result, {"header.d": dkim.facts["domains"]} if dkim.facts.get("domains") else {})
+            )
+        if dmarc := self.verdicts.get("dmarc"):
+            methods.append(("dmarc", dmarc.result, {"header.from": dmarc.facts.get("domain", "")}))
+        if rdns := self.verdicts.get("rdns"):
+            methods.append(("iprev", rdns.result, {"policy.iprev": rdns.facts.get("ip", "")}))
+        return format_authentication_results(authserv_id, methods)
+
+
+def _domain_of(address: str | None) -> str | None:
+    if not address or "@" not in address:
+        return None
+    return address.rpartition("@")[2].lower().rstrip(".") or None
+
+
+def _in(ip: str | None, networks: Sequence[str]) -> bool:
+    if not ip:
+        return False
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    return any(address in ipaddress.ip_network(n, strict=False) for n in networks)
+
+
+class SenderAuth:
+    def __init__(self, settings: Settings, resolver: DnsResolver, limiter: RateLimiter | None = None) -> None:
+        self.settings = settings
+        self.checks = settings.checks
+        self.resolver = resolver
+        self.limiter = limiter or RateLimiter(settings.checks.rate_limits.window)
+
+    def is_trusted_relay(self, ip: str | None) -> bool:
+        return _in(ip, self.settings.inbound.trusted_relays)
+
+    def is_exempt(self, client: Client) -> bool:
+        return _in(client.ip, self.checks.exempt_networks)
+
+    # Connect ----------------------------------------------------------------------------
+
+    def at_connect(self, peer_ip: str | None) -> SmtpReply | None:
+        if not peer_ip or self.is_trusted_relay(peer_ip):
+            return None
+        if self.limiter.hit("connections", peer_ip, self.checks.rate_limits.connections_per_ip):
+            return R.RATE_LIMIT_CONNECTIONS.with_text(ip=peer_ip)
+        return None
+
+    # MAIL -------------------------------------------------------------------------------
+
+    async def at_mail(self, client: Client, mail_from: str) -> AuthState:
+        """Rate limits, FCrDNS, SPF and the envelope-sender whitelist, while MAIL is pending."""
+        state = AuthState(exempt=self.is_exempt(client))
+        if state.exempt:
+            state.verdicts["exempt"] = Verdict("pass", f"{client.ip} is in exempt_networks")
+            return state
+        ip = client.ip or ""
+        domain = _domain_of(mail_from)
+        limits = self.checks.rate_limits
+        if self.limiter.over("auth_failures", ip, limits.auth_failures_per_ip):
+            state.refusal = R.RATE_LIMIT_AUTH_FAILURES.with_text(who=ip)
+            return state
+        if domain and self.limiter.over("auth_failures_domain", domain, limits.auth_failures_per_domain):
+            state.refusal = R.RATE_LIMIT_AUTH_FAILURES.with_text(who=domain)
+            return state
+        if self.limiter.hit("messages", ip, limits.messages_per_ip):
+            state.refusal = R.RATE_LIMIT_MESSAGES.with_text(who=ip)
+            return state
+        if domain and self.limiter.hit("messages_domain", domain, limits.messages_per_domain):
+            state.refusal = R.RATE_LIMIT_MESSAGES.with_text(who=domain)
+            return state
+
+        if self.checks.rdns.policy != "off" and ip:
+            rdns = await check_rdns(self.resolver, ip)
+            state.verdicts["rdns"] = Verdict(rdns.result, rdns.reason, {**rdns.facts, "ip": ip})
+            if rdns.temporary:
+                state.refusal = R.RDNS_TEMPERROR.with_text(ip=ip, why=rdns.reason)
+            elif rdns.result != "pass" and self.checks.rdns.policy == "reject":
+                state.refusal = R.RDNS_FAIL.with_text(ip=ip, why=rdns.reason)
+            if state.refusal:
+                return self._failed(state, ip, domain)
+
+        if self.checks.spf.policy != "off" and ip:
+            spf = await check_spf(self.resolver, ip, mail_from, client.helo or "")
+            state.verdicts["spf"] = spf
+            state.refusal = self._spf_refusal(spf, ip)
+            if state.refusal:
+                return self._failed(state, ip, domain)
+
+        if self.checks.whitelist.enabled and mail_from:
+            listed = check_whitelist(self.checks.whitelist.domains, envelope_from=mail_from)
+            state.verdicts["whitelist"] = listed
+            if listed.result == "fail":
+                state.refusal = R.WHITELIST.with_text(why=listed.reason)
+                return self._failed(state, ip, domain)
+        return state
+
+    def _spf_refusal(self, spf: Verdict, ip: str) -> SmtpReply | None:
+        domain = spf.facts.get("domain", "?")
+        if spf.result == "temperror":
+            return R.SPF_TEMPERROR.with_text(domain=domain, why=spf.reason)
+        if self.checks.spf.policy != "reject":
+            return None
+        if spf.result == "fail":
+            return R.SPF_FAIL.with_text(domain=domain, ip=ip, why=spf.reason)
+        if spf.result == "softfail" and self.checks.spf.reject_softfail:
+            return R.SPF_SOFTFAIL.with_text(domain=domain, ip=ip)
+        if spf.result == "permerror":
+            return R.SPF_PERMERROR.with_text(domain=domain, why=spf.reason)
+        return None
+
+    def _failed(self, state: AuthState, ip: str, domain: str | None) -> AuthState:
+        """Count a failed authentication (not DNS trouble) towards the per-IP/domain limits."""
+        if state.refusal is not None and not state.refusal.temporary:
+            self.limiter.record("auth_failures", ip)
+            if domain:
+                self.limiter.record("auth_failures_domain", domain)
+        return state
+
+    # DATA -------------------------------------------------------------------------------
+
+    async def at_data(
+        self, client: Client, mail_from: str | None, raw: bytes, header_from: str | None, state: AuthState
+    ) -> AuthState:
+        """DKIM, DMARC, the header-From whitelist, and whether the From is authenticated."""
+        if state.exempt or state.refusal:
+            return state
+        from_domain = _domain_of(header_from)
+        trusted = self._trusted_results(client, raw)
+        if trusted is not None:
+            state.verdicts.update(trusted)
+        else:
+            await self._dkim_and_dmarc(raw, mail_from, from_domain, state)
+        if state.refusal:
+            return state
+
+        if self.checks.whitelist.enabled and header_from:
+            listed = check_whitelist(self.checks.whitelist.domains, header_from=header_from)
+            state.verdicts["whitelist_from"] = listed
+            if listed.result == "fail":
+                state.refusal = R.WHITELIST.with_text(why=listed.reason)
+        state.verdicts["owner_auth"] = self._from_authenticated(from_domain, state)
+        return state
+
+    async def _dkim_and_dmarc(
+        self, raw: bytes, mail_from: str | None, from_domain: str | None, state: AuthState
+    ) -> None:
+        dkim_policy, dmarc_policy = self.checks.dkim.policy, self.checks.dmarc.policy
+        if dkim_policy != "off" or dmarc_policy != "off" or self.checks.owner_auth.required:
+            dkim, signatures = await check_dkim(self.resolver, raw, self.checks.dkim.min_key_bits)
+            state.verdicts["dkim"], state.dkim_signatures = dkim, signatures
+            if dkim.temporary and dkim_policy == "reject":
+                state.refusal = R.AUTH_TEMPERROR
+                return
+            if dkim.result == "fail" and dkim_policy == "reject":
+                state.refusal = R.DKIM_FAIL.with_text(why=dkim.reason)
+                return
+        if from_domain and (dmarc_policy != "off" or self.checks.owner_auth.required):
+            spf = state.verdicts.get("spf")
+            spf_domain = spf.facts.get("domain") if spf else _domain_of(mail_from)
+            dmarc = await check_dmarc(
+                self.resolver, from_domain, spf.result if spf else "none", spf_domain, state.dkim_signatures
+            )
+            state.verdicts["dmarc"] = dmarc
+            if dmarc.temporary:
+                state.refusal = R.AUTH_TEMPERROR
+            elif dmarc.result == "fail" and dmarc_policy == "reject":
+                policy = dmarc.facts.get("policy", "none")
+                if policy == "reject" or (policy == "quarantine" and self.checks.dmarc.quarantine == "reject"):
+                    state.refusal = R.DMARC_REJECT.with_text(domain=from_domain, why=f"p={policy}")
+
+    def _from_authenticated(self, from_domain: str | None, state: AuthState) -> Verdict:
+        """The owner rule: DMARC pass, or a DKIM pass or SPF pass aligned with the From domain."""
+        if not from_domain:
+            return Verdict("fail", "no usable From address")
+        dmarc = state.verdicts.get("dmarc")
+        if dmarc is not None and dmarc.result == "pass":
+            return Verdict("pass", "DMARC pass", {"domain": from_domain})
+        org = organizational_domain(from_domain)
+        for signature in state.dkim_signatures:
+            if signature.result == "pass" and organizational_domain(signature.domain) == org:
+                return Verdict("pass", f"aligned DKIM pass ({signature.domain})", {"domain": from_domain})
+        dkim = state.verdicts.get("dkim")
+        if dkim is not None and dkim.result == "pass" and not state.dkim_signatures:
+            # Verdicts taken from a trusted Authentication-Results header.
+            for domain in dkim.facts.get("domains", "").split(","):
+                if domain and organizational_domain(domain) == org:
+                    return Verdict("pass", f"aligned DKIM pass ({domain})", {"domain": from_domain})
+        spf = state.verdicts.get("spf")
+        if spf is not None and spf.result == "pass":
+            spf_domain = spf.facts.get("domain", "")
+            if spf_domain and organizational_domain(spf_domain) == org:
+                return Verdict("pass", f"aligned SPF pass ({spf_domain})", {"domain": from_domain})
+        if any(v.temporary for v in state.verdicts.values()):
+            return Verdict("temperror", "DNS trouble while authenticating", {"domain": from_domain})
+        return Verdict("fail", f"no aligned SPF, DKIM or DMARC pass for {from_domain}", {"domain": from_domain})
+
+    def _trusted_results(self, client: Client, raw: bytes) -> dict[str, Verdict] | None:
+        """Verdicts stamped by a trusted front MTA, only when that front is who connected."""
+        ids = self.checks.trusted_authserv_ids
+        if not ids or not self.is_trusted_relay(client.peer_ip):
+            return None
+        results = trusted_authentication_results(raw, ids)
+        if not results:
+            return None
+        verdicts: dict[str, Verdict] = {}
+        for result in results:
+            if result.method not in ("spf", "dkim", "dmarc") or result.method in verdicts:
+                continue
+            facts = dict(result.properties)
+            if result.method == "spf":
+                mailfrom = facts.get("smtp.mailfrom", "")
+                facts["domain"] = _domain_of(mailfrom) or mailfrom
+            if result.method == "dkim":
+                facts["domains"] = facts.get("header.d", "")
+            if result.method == "dmarc":
+                facts["domain"] = facts.get("header.from", "")
+            verdicts[result.method] = Verdict(result.result, "from trusted Authentication-Results", facts)  # type: ignore[arg-type]
+        return verdicts
+
+    def authentication_results(self, state: AuthState) -> str:
+        return state.header(self.settings.authserv_id)

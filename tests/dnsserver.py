@@ -1,0 +1,92 @@
+"""A real DNS server for the tests: NSD (Debian's ``nsd``) on a loopback high port,
+serving every zone file in ``tests/zones/`` (the file name, minus ``.zone``, is the zone),
+over UDP and TCP. Also a "black hole" that accepts queries and never answers, for timeouts."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+ZONES_DIR = Path(__file__).parent / "zones"
+
+
+class NsdServer:
+    def __init__(self, workdir: Path, port: int) -> None:
+        self.workdir = workdir
+        self.port = port
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        nsd = shutil.which("nsd") or "/usr/sbin/nsd"
+        zones = sorted(ZONES_DIR.glob("*.zone"))
+        lines = [
+            "server:",
+            f"  ip-address: 127.0.0.1@{self.port}",
+            '  username: ""',
+            '  chroot: ""',
+            f'  zonesdir: "{ZONES_DIR}"',
+            f'  pidfile: "{self.workdir / "nsd.pid"}"',
+            '  database: ""',
+            f'  xfrdfile: "{self.workdir / "xfrd.state"}"',
+            f'  zonelistfile: "{self.workdir / "zone.list"}"',
+            f'  logfile: "{self.workdir / "nsd.log"}"',
+            "  server-count: 1",
+            "  verbosity: 1",
+            "remote-control:",
+            "  control-enable: no",
+        ]
+        for zone in zones:
+            lines += ["zone:", f"  name: {zone.name.removesuffix('.zone')}", f"  zonefile: {zone.name}"]
+        config = self.workdir / "nsd.conf"
+        config.write_text("\n".join(lines) + "\n")
+        check = subprocess.run([shutil.which("nsd-checkconf") or "nsd-checkconf", str(config)], capture_output=True)
+        if check.returncode != 0:
+            raise RuntimeError(f"nsd config rejected: {check.stderr.decode()}")
+        self.proc = subprocess.Popen([nsd, "-d", "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self._wait_until_serving(zones)
+
+    def _wait_until_serving(self, zones: list[Path]) -> None:
+        import dns.message
+        import dns.query
+
+        first = zones[0].name.removesuffix(".zone")
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                log = (self.workdir / "nsd.log").read_text() if (self.workdir / "nsd.log").exists() else ""
+                raise RuntimeError(f"nsd exited: {log}")
+            try:
+                reply = dns.query.udp(dns.message.make_query(first, "SOA"), "127.0.0.1", port=self.port, timeout=0.5)
+                if reply.answer:
+                    return
+            except Exception:
+                time.sleep(0.1)
+        raise RuntimeError("nsd did not start serving")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+            self.proc = None
+
+
+class BlackHole:
+    """A DNS 'server' that reads queries and never answers (UDP and TCP)."""
+
+    def __init__(self) -> None:
+        self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.udp.bind(("127.0.0.1", 0))
+        self.port = int(self.udp.getsockname()[1])
+        self.tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.tcp.bind(("127.0.0.1", self.port))
+        self.tcp.listen(16)
+
+    def close(self) -> None:
+        self.udp.close()
+        self.tcp.close()

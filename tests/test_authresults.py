@@ -1,0 +1,142 @@
+"""Authentication-Results: the header we write, forged copies of it we remove, and the
+headers of trusted receivers we read."""
+
+from __future__ import annotations
+
+from rc_mta.authresults import (
+    ReceivedAuthResult,
+    format_authentication_results,
+    strip_forged_authentication_results,
+    trusted_authentication_results,
+)
+
+OURS = "mx.reply.example.test"
+
+
+def test_results_are_formatted_as_one_header_value() -> None:
+    value = format_authentication_results(
+        OURS,
+        [
+            ("spf", "pass", {"smtp.mailfrom": "a@good.test"}),
+            ("dkim", "pass", {"header.d": "good.test", "header.s": "sel"}),
+            ("dmarc", "pass", {"header.from": "good.test"}),
+        ],
+    )
+    assert value == (
+        "mx.reply.example.test; spf=pass smtp.mailfrom=a@good.test; "
+        "dkim=pass header.d=good.test header.s=sel; dmarc=pass header.from=good.test"
+    )
+
+
+def test_no_results_is_written_as_none() -> None:
+    assert format_authentication_results(OURS, []) == "mx.reply.example.test; none"
+
+
+def test_values_that_are_not_tokens_are_quoted_and_cannot_break_the_header() -> None:
+    value = format_authentication_results(
+        OURS,
+        [("spf", "fail", {"smtp.mailfrom": 'evil "x"@bad.test\r\nX-Injected: 1', "reason": "not permitted"})],
+    )
+    assert value == (
+        'mx.reply.example.test; spf=fail reason="not permitted" smtp.mailfrom="evil \\"x\\"@bad.test X-Injected: 1"'
+    )
+    assert "\r" not in value and "\n" not in value
+
+
+def test_formatted_header_reads_back_the_same() -> None:
+    results = [
+        ("spf", "fail", {"smtp.mailfrom": "odd user@bad.test", "reason": "not permitted; sorry"}),
+        ("dkim", "pass", {"header.d": "good.test", "header.s": "sel"}),
+    ]
+    raw = f"Authentication-Results: {format_authentication_results(OURS, results)}\r\n\r\nbody\r\n".encode()
+    assert trusted_authentication_results(raw, [OURS]) == [
+        ReceivedAuthResult("spf", "fail", {"reason": "not permitted; sorry", "smtp.mailfrom": "odd user@bad.test"}),
+        ReceivedAuthResult("dkim", "pass", {"header.d": "good.test", "header.s": "sel"}),
+    ]
+
+
+FORGED = (
+    b"Received: from attacker.test by mx.reply.example.test\r\n"
+    b"Authentication-Results: MX.Reply.Example.Test (we promise);\r\n"
+    b"\tdmarc=pass header.from=bank.test\r\n"
+    b"Authentication-Results: mx.upstream.test; spf=pass smtp.mailfrom=a@good.test\r\n"
+    b"From: boss@bank.test\r\n"
+    b"Subject: Authentication-Results: mx.reply.example.test; dmarc=pass\r\n"
+    b"\r\n"
+    b"Authentication-Results: mx.reply.example.test; dmarc=pass\r\n"
+)
+
+
+def test_forged_header_with_our_id_is_removed_including_its_folded_line() -> None:
+    stripped = strip_forged_authentication_results(FORGED, OURS)
+    assert stripped == (
+        b"Received: from attacker.test by mx.reply.example.test\r\n"
+        b"Authentication-Results: mx.upstream.test; spf=pass smtp.mailfrom=a@good.test\r\n"
+        b"From: boss@bank.test\r\n"
+        b"Subject: Authentication-Results: mx.reply.example.test; dmarc=pass\r\n"
+        b"\r\n"
+        b"Authentication-Results: mx.reply.example.test; dmarc=pass\r\n"
+    )
+
+
+def test_forgery_is_found_behind_comments_versions_quotes_and_odd_spacing() -> None:
+    raw = (
+        b'authentication-results :(c) "mx.reply.example.test" 1; dkim=pass\n'
+        b"Authentication-Results:\n (folded (nested) comment)\n  mx.reply.example.test.; spf=pass\n"
+        b"Authentication-Results: mx.reply.example.test.evil.test; spf=pass\n"
+        b"To: tasks@reply.example.test\n"
+        b"\n"
+        b"body\n"
+    )
+    assert strip_forged_authentication_results(raw, OURS) == (
+        b"Authentication-Results: mx.reply.example.test.evil.test; spf=pass\nTo: tasks@reply.example.test\n\nbody\n"
+    )
+
+
+def test_message_without_forgeries_is_left_byte_for_byte() -> None:
+    raw = b"From: a@good.test\r\nX-Odd:  spaced \r\n folded\r\n\r\nline one\r\n\r\nline three"
+    assert strip_forged_authentication_results(raw, OURS) == raw
+
+
+def test_only_the_topmost_header_of_a_trusted_receiver_is_read() -> None:
+    raw = (
+        b"Authentication-Results: mx.elsewhere.test; dmarc=pass header.from=bank.test\r\n"
+        b"Authentication-Results: gw.corp.test 1; spf=pass (sender is authorized)\r\n"
+        b"  smtp.mailfrom=alice@good.test;\r\n"
+        b"  dkim=pass (2048-bit key; secure) header.d=good.test header.i=@good.test\r\n"
+        b'   header.s=sel header.b="Ab/9+x=";\r\n'
+        b"  dmarc=pass (p=reject dis=none) header.from=good.test\r\n"
+        b"Authentication-Results: gw.corp.test; dmarc=fail header.from=good.test\r\n"
+        b"\r\n"
+        b"approve\r\n"
+    )
+    assert trusted_authentication_results(raw, ["GW.corp.test"]) == [
+        ReceivedAuthResult("spf", "pass", {"smtp.mailfrom": "alice@good.test"}),
+        ReceivedAuthResult(
+            "dkim",
+            "pass",
+            {"header.d": "good.test", "header.i": "@good.test", "header.s": "sel", "header.b": "Ab/9+x="},
+        ),
+        ReceivedAuthResult("dmarc", "pass", {"header.from": "good.test"}),
+    ]
+
+
+def test_headers_from_untrusted_receivers_are_ignored() -> None:
+    raw = b"Authentication-Results: mx.elsewhere.test; dmarc=pass header.from=bank.test\r\n\r\nbody\r\n"
+    assert trusted_authentication_results(raw, ["gw.corp.test"]) == []
+
+
+def test_trusted_none_header_has_no_results() -> None:
+    raw = b"Authentication-Results: gw.corp.test; none\r\n\r\n"
+    assert trusted_authentication_results(raw, ["gw.corp.test"]) == []
+
+
+def test_unquoted_slashes_and_quoted_local_parts_are_read_whole() -> None:
+    raw = (
+        b'Authentication-Results: gw.corp.test; dkim/1=fail reason="bad sig" header.b=ab/cd+e=;\r\n'
+        b' spf=pass smtp.mailfrom="john doe"@good.test\r\n\r\n'
+    )
+    assert trusted_authentication_results(raw, ["gw.corp.test"]) == [
+        ReceivedAuthResult("dkim", "fail", {"reason": "bad sig", "header.b": "ab/cd+e="}),
+        ReceivedAuthResult("spf", "pass", {"smtp.mailfrom": "john doe@good.test"}),
+    ]

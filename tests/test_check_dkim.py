@@ -1,0 +1,170 @@
+"""DKIM against real DNS (NSD serving tests/zones): messages signed by dkimpy with the keys in
+tests/keys, whose public halves are published in good.test and evil.test."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import dkim
+from dns_fixtures import black_hole_resolver as black_hole_resolver
+from dns_fixtures import dns_server as dns_server
+from dns_fixtures import resolver as resolver
+
+from rc_mta.checks._base import Verdict
+from rc_mta.checks.dkim import MAX_SIGNATURES, DkimSignature, check_dkim
+from rc_mta.dns import DnsResolver
+
+KEYS = Path(__file__).parent / "keys"
+
+MESSAGE = (
+    b"From: Alice <alice@good.test>\r\n"
+    b"To: tasks@reply.example.test\r\n"
+    b"Subject: Re: Approve deploy to prod\r\n"
+    b"Message-ID: <reply-1@good.test>\r\n"
+    b"Date: Mon, 01 Jan 2024 10:00:00 +0000\r\n"
+    b"\r\n"
+    b"approve\r\n"
+)
+
+
+def sign(message: bytes, domain: str, selector: str, key_file: str) -> bytes:
+    """The message with one more DKIM-Signature on top, as a sending MTA would add it."""
+    private_key = (KEYS / key_file).read_bytes()
+    header = dkim.sign(
+        message,
+        selector.encode(),
+        domain.encode(),
+        private_key,
+        include_headers=[b"from", b"to", b"subject", b"message-id", b"date"],
+    )
+    return bytes(header) + message
+
+
+def verify(resolver: DnsResolver, raw: bytes, min_key_bits: int = 1024) -> tuple[Verdict, list[DkimSignature]]:
+    return asyncio.run(check_dkim(resolver, raw, min_key_bits=min_key_bits))
+
+
+def test_valid_signature_passes_with_its_domain_and_key_size(resolver: DnsResolver) -> None:
+    verdict, signatures = verify(resolver, sign(MESSAGE, "good.test", "sel", "good-sel2048.pem"))
+    assert verdict.result == "pass"
+    assert verdict.facts == {"domains": "good.test"}
+    assert signatures == [DkimSignature("good.test", "sel", "pass", "signature verified", 2048)]
+
+
+def test_unsigned_message_has_no_dkim_result(resolver: DnsResolver) -> None:
+    verdict, signatures = verify(resolver, MESSAGE)
+    assert verdict.result == "none"
+    assert signatures == []
+    assert resolver.stats.queries == 0
+
+
+def test_body_changed_after_signing_fails(resolver: DnsResolver) -> None:
+    signed = sign(MESSAGE, "good.test", "sel", "good-sel2048.pem")
+    tampered = signed.replace(b"approve\r\n", b"reject\r\n")
+    verdict, signatures = verify(resolver, tampered)
+    assert verdict.result == "fail"
+    assert [s.result for s in signatures] == ["fail"]
+    assert "body hash mismatch" in signatures[0].reason
+
+
+def test_signed_header_changed_after_signing_fails(resolver: DnsResolver) -> None:
+    signed = sign(MESSAGE, "good.test", "sel", "good-sel2048.pem")
+    tampered = signed.replace(b"Subject: Re: Approve", b"Subject: Re: Reject")
+    verdict, signatures = verify(resolver, tampered)
+    assert verdict.result == "fail"
+    assert signatures[0].reason == "signature did not verify"
+
+
+def test_other_domain_signature_passes_for_that_domain_only(resolver: DnsResolver) -> None:
+    # evil.test signs a message showing From: good.test: DKIM passes, but for evil.test.
+    verdict, signatures = verify(resolver, sign(MESSAGE, "evil.test", "evil", "evil-sel2048.pem"))
+    assert verdict.result == "pass"
+    assert verdict.facts == {"domains": "evil.test"}
+    assert [(s.domain, s.result) for s in signatures] == [("evil.test", "pass")]
+
+
+def test_every_signature_is_checked_and_one_good_one_is_enough(resolver: DnsResolver) -> None:
+    good = sign(MESSAGE, "good.test", "sel", "good-sel2048.pem")
+    # On top, a signature claiming good.test/sel but made with another key: it cannot verify.
+    both = sign(good, "good.test", "sel", "evil-sel2048.pem")
+    verdict, signatures = verify(resolver, both)
+    assert verdict.result == "pass"
+    assert verdict.facts == {"domains": "good.test"}
+    assert [s.result for s in signatures] == ["fail", "pass"]
+    assert signatures[0].reason == "signature did not verify"
+
+
+def test_signatures_from_two_domains_both_pass(resolver: DnsResolver) -> None:
+    both = sign(sign(MESSAGE, "good.test", "sel", "good-sel2048.pem"), "evil.test", "evil", "evil-sel2048.pem")
+    verdict, signatures = verify(resolver, both)
+    assert verdict.facts == {"domains": "evil.test,good.test"}
+    assert [s.result for s in signatures] == ["pass", "pass"]
+
+
+def test_1024_bit_key_passes_by_default(resolver: DnsResolver) -> None:
+    verdict, signatures = verify(resolver, sign(MESSAGE, "good.test", "small", "good-small1024.pem"))
+    assert verdict.result == "pass"
+    assert signatures[0].key_bits == 1024
+
+
+def test_1024_bit_key_is_rejected_when_2048_bits_are_required(resolver: DnsResolver) -> None:
+    signed = sign(MESSAGE, "good.test", "small", "good-small1024.pem")
+    verdict, signatures = verify(resolver, signed, min_key_bits=2048)
+    assert verdict.result == "fail"
+    assert signatures == [
+        DkimSignature("good.test", "small", "fail", "key too short: 1024 bits, at least 2048 required", 1024)
+    ]
+
+
+def test_selector_without_published_key_is_a_permanent_error(resolver: DnsResolver) -> None:
+    verdict, signatures = verify(resolver, sign(MESSAGE, "good.test", "gone", "good-sel2048.pem"))
+    assert verdict.result == "permerror"
+    assert signatures == [
+        DkimSignature("good.test", "gone", "permerror", "no key published at gone._domainkey.good.test", None)
+    ]
+    assert "gone._domainkey.good.test" in verdict.reason
+
+
+def test_unparseable_signature_is_a_permanent_error(resolver: DnsResolver) -> None:
+    broken = b"DKIM-Signature: v=1; a=rsa-sha256; d=good.test; s=sel\r\n" + MESSAGE
+    verdict, signatures = verify(resolver, broken)
+    assert verdict.result == "permerror"
+    assert signatures[0].result == "permerror"
+    assert signatures[0].reason.startswith("unusable signature: missing")
+    assert resolver.stats.queries == 0
+
+
+def test_dns_timeout_is_a_temporary_error(black_hole_resolver: DnsResolver) -> None:
+    verdict, signatures = verify(black_hole_resolver, sign(MESSAGE, "good.test", "sel", "good-sel2048.pem"))
+    assert verdict.result == "temperror"
+    assert verdict.temporary
+    assert signatures[0].result == "temperror"
+    assert "timeout" in signatures[0].reason.lower()
+
+
+def test_missing_key_on_one_signature_does_not_hide_a_passing_one(resolver: DnsResolver) -> None:
+    good = sign(MESSAGE, "good.test", "sel", "good-sel2048.pem")
+    verdict, signatures = verify(resolver, sign(good, "good.test", "gone", "good-sel2048.pem"))
+    assert verdict.result == "pass"
+    assert [s.result for s in signatures] == ["permerror", "pass"]
+
+
+def test_key_lookups_are_cached_by_the_shared_resolver(resolver: DnsResolver) -> None:
+    signed = sign(MESSAGE, "good.test", "sel", "good-sel2048.pem")
+    verify(resolver, signed)
+    verify(resolver, signed)
+    assert resolver.stats.queries == 1
+    assert resolver.stats.cache_hits == 1
+
+
+def test_signature_flood_is_capped_and_says_so(resolver: DnsResolver) -> None:
+    flood = b"".join(
+        f"DKIM-Signature: v=1; a=rsa-sha256; d=good.test; s=gone{i}; h=from; bh=AAAA; b=AAAA\r\n".encode()
+        for i in range(MAX_SIGNATURES + 4)
+    )
+    verdict, signatures = verify(resolver, flood + MESSAGE)
+    assert verdict.result == "permerror"
+    assert len(signatures) == MAX_SIGNATURES
+    assert resolver.stats.queries == MAX_SIGNATURES
+    assert verdict.reason.endswith(f"(only the first {MAX_SIGNATURES} of {MAX_SIGNATURES + 4} signatures were checked)")
