@@ -16,6 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from dns_fixtures import black_hole_resolver as black_hole_resolver  # fixtures for every module
+from dns_fixtures import dns_server as dns_server
+from dns_fixtures import resolver as resolver
+from dnsserver import NsdServer
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_BASE_URL = os.environ.get("RC_MTA_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
@@ -162,6 +166,24 @@ def make_rc_mta(workdir: Path, **overrides: dict[str, Any]) -> RcMta:
 def rc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RcMta]:
     """A running rc-mta on its embedded default, shared by one test module."""
     server = make_rc_mta(tmp_path_factory.mktemp("rc-mta"))
+    server.start()
+    yield server
+    server.stop()
+
+
+def with_real_dns(server: RcMta, dns: NsdServer) -> RcMta:
+    """Checks on, as in production: no exempt networks, DNS from the test NSD, only
+    127.0.0.1 trusted as a relay (clients bind 127.0.0.2, .3, ... to be someone else)."""
+    server.settings["dns"] = {"nameservers": ["127.0.0.1"], "port": dns.port, "timeout": "2s"}
+    server.settings["checks"] = {"exempt_networks": [], "authserv_id": "mx.reply.example.test"}
+    server.settings["inbound"]["trusted_relays"] = ["127.0.0.1/32"]
+    return server
+
+
+@pytest.fixture(scope="module")
+def auth_rc(tmp_path_factory: pytest.TempPathFactory, dns_server: NsdServer) -> Iterator[RcMta]:
+    """A running rc-mta that authenticates senders against the test zones."""
+    server = with_real_dns(make_rc_mta(tmp_path_factory.mktemp("rc-mta-auth")), dns_server)
     server.start()
     yield server
     server.stop()

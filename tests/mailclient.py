@@ -57,13 +57,14 @@ def send_smtp(
     rcpt: str | list[str],
     mail_from: str = "alice@example.com",
     source_address: str = "127.0.0.1",
+    helo: str = "mail.example.com",
 ) -> SmtpOutcome:
     """Send like a real MTA would and report the server's final answer for the message."""
     rcpts = [rcpt] if isinstance(rcpt, str) else rcpt
     # On the wire every line ends in CRLF, as a real MTA sends it.
     raw = message.as_bytes(policy=email.policy.SMTP) if isinstance(message, EmailMessage) else message
     with smtplib.SMTP("127.0.0.1", port, timeout=30, source_address=(source_address, 0)) as client:
-        client.ehlo("mail.example.com")
+        client.ehlo(helo)
         code, text = client.mail(mail_from)
         if code != 250:
             return SmtpOutcome(code, text.decode())

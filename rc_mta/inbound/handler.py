@@ -35,6 +35,11 @@ class ReplyEnvelope(Envelope):
         self.recipients: list[Recipient] = []
 
 
+def _reverse_path(address: str | None) -> str | None:
+    """aiosmtpd keeps the null reverse-path of a bounce as "<>"; the checks want ""."""
+    return "" if address == "<>" else address
+
+
 def peer_ip(session: Session) -> str | None:
     peer = session.peer
     return str(peer[0]) if isinstance(peer, tuple) else None
@@ -90,7 +95,7 @@ class ReplyHandler:
         assert isinstance(envelope, ReplyEnvelope)
         client = original_client(session, envelope)
         try:
-            envelope.auth = await self.pipeline.check_sender(client, address)
+            envelope.auth = await self.pipeline.check_sender(client, _reverse_path(address) or "")
         except Exception:
             log.exception("sender checks failed for %s", client.ip)
             return str(R.INTERNAL_ERROR)
@@ -136,7 +141,7 @@ class ReplyHandler:
         assert isinstance(envelope, ReplyEnvelope)
         arrival = Arrival(
             source=self.source,
-            mail_from=envelope.mail_from,
+            mail_from=_reverse_path(envelope.mail_from),
             client=original_client(session, envelope),
             auth=envelope.auth,
         )
