@@ -114,6 +114,7 @@ class InboundConfig(Section):
     timeout: Seconds = 300.0
     trusted_relays: Networks = Field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
     proxy_protocol: bool = False
+    archive_dir: Path | None = None
 
     @field_validator("reply_domain")
     @classmethod

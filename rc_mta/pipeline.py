@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from . import smtp_replies as R
+from .authresults import strip_forged_authentication_results
 from .config import Settings
 from .errors import PermanentRefusal, TemporaryFailure
 from .replies import (
@@ -151,7 +152,24 @@ class Pipeline:
             decision = await self.decide(parsed, message_id, recipient, auth, act=True)
             await self._record(arrival, message_id, decision)
             decisions.append(decision)
+        if self.settings.inbound.archive_dir and any(d.reply.accepted for d in decisions):
+            await asyncio.to_thread(self._archive, raw, self.sender_auth.authentication_results(auth), message_id)
         return decisions
+
+    def _archive(self, raw: bytes, authentication_results: str, message_id: str) -> None:
+        """Keep an accepted reply for audit, stamped with our verdicts; forged stamps removed."""
+        directory = self.settings.inbound.archive_dir
+        assert directory is not None
+        name = f"{int(self.clock() * 1000)}-{hashlib.sha256(message_id.encode()).hexdigest()[:16]}.eml"
+        stamped = (
+            f"Authentication-Results: {authentication_results}\r\n".encode()
+            + strip_forged_authentication_results(raw, self.settings.authserv_id)
+        )
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            (directory / name).write_bytes(stamped)
+        except OSError as exc:
+            log.error("could not archive %s in %s: %s", message_id, directory, exc)
 
     async def authenticate(self, arrival: Arrival, raw: bytes, parsed: ParsedReply) -> AuthState:
         """The DATA-stage checks (DKIM, DMARC, From whitelist, From authenticated)."""

@@ -90,6 +90,12 @@ class SenderAuth:
     def is_trusted_relay(self, ip: str | None) -> bool:
         return _in(ip, self.settings.inbound.trusted_relays)
 
+    def relays_verdicts(self, client: Client) -> bool:
+        """True for a trusted front MTA that connected without XCLIENT/XFORWARD/PROXY facts."""
+        return (
+            bool(self.checks.trusted_authserv_ids) and client.ip == client.peer_ip and self.is_trusted_relay(client.ip)
+        )
+
     def is_exempt(self, client: Client) -> bool:
         return _in(client.ip, self.checks.exempt_networks)
 
@@ -109,6 +115,11 @@ class SenderAuth:
         state = AuthState(exempt=self.is_exempt(client))
         if state.exempt:
             state.verdicts["exempt"] = Verdict("pass", f"{client.ip} is in exempt_networks")
+            return state
+        if self.relays_verdicts(client):
+            # A front MTA that did not tell us the original client: its own
+            # Authentication-Results (trusted_authserv_ids) speak for SPF at DATA.
+            state.verdicts["relay"] = Verdict("pass", f"{client.ip} is a trusted relay stamping its verdicts")
             return state
         ip = client.ip or ""
         domain = _domain_of(mail_from)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import secrets
 from pathlib import Path
 
+import pytest
 from conftest import RcMta
 from mailclient import reply_message, send_smtp
 
@@ -130,3 +132,13 @@ def test_diagnose_shows_why_a_forged_reply_would_be_refused(fresh_rc: RcMta, tmp
     assert report["would"] == "refuse"
     assert report["smtp_reply"].startswith("550 5.7.1")
     assert report["checks"]["owner"]["result"] == "fail"
+
+
+def test_shipped_config_documents_exactly_the_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rc_mta.config import DEFAULT_CONFIG_PATH, Settings, load_settings
+
+    for name in [n for n in os.environ if n.startswith("RC_MTA_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.chdir(Path(__file__).resolve().parent.parent)
+
+    assert load_settings(str(DEFAULT_CONFIG_PATH)).model_dump() == Settings().model_dump()

@@ -420,3 +420,45 @@ def test_proxy_protocol_from_a_trusted_balancer_gives_checks_the_original_client
     assert greeting.startswith(b"220")
     assert mail.startswith(b"550 5.7.23")  # judged on 127.0.0.5, not on the balancer
     assert untrusted_greeting == b""  # an untrusted host may not claim to be a proxy: closed
+
+
+def test_accepted_reply_is_archived_with_our_verdicts_and_forged_stamps_removed(strict_rc: RcMta) -> None:
+    archive = strict_rc.workdir / "archive"
+    strict_rc.settings["inbound"]["archive_dir"] = str(archive)
+    strict_rc.start()
+    task_id = strict_rc.add_task(owner=OWNER)
+    address, message = reply(strict_rc, task_id)
+    message["Authentication-Results"] = "mx.reply.example.test; dmarc=pass header.from=corp.test"
+    message["Authentication-Results"] = "other.example.net; spf=pass smtp.mailfrom=corp.test"
+
+    outcome = send_smtp(strict_rc.smtp_port, message, address, mail_from=OWNER, source_address="127.0.0.2")
+
+    assert outcome.code == 250, outcome
+    [archived] = list(archive.glob("*.eml"))
+    stamps = email.message_from_bytes(archived.read_bytes(), policy=email.policy.default).get_all(
+        "Authentication-Results"
+    )
+    assert stamps is not None
+    ours = [s for s in stamps if str(s).startswith("mx.reply.example.test;")]
+    assert len(ours) == 1
+    assert "spf=pass" in str(ours[0]) and "iprev=pass" in str(ours[0])
+    assert any(str(s).startswith("other.example.net;") for s in stamps)
+
+
+def test_verdicts_of_a_trusted_front_mta_are_used_only_from_that_front(strict_rc: RcMta) -> None:
+    strict_rc.settings["checks"]["trusted_authserv_ids"] = ["front.example.test"]
+    strict_rc.start()
+    task_id = strict_rc.add_task(owner=OWNER)
+    address, message = reply(strict_rc, task_id)
+    message["Authentication-Results"] = (
+        "front.example.test; spf=pass smtp.mailfrom=alice@corp.test; dmarc=pass header.from=corp.test"
+    )
+
+    from_elsewhere = send_smtp(
+        strict_rc.smtp_port, message, address, mail_from="mallory@evil.test", source_address="127.0.0.6"
+    )
+    from_front = send_smtp(strict_rc.smtp_port, message, address, mail_from=OWNER, source_address="127.0.0.1")
+
+    assert from_elsewhere.code == 550  # the stamp is ignored: DMARC fails on our own evaluation
+    assert from_front.code == 250, from_front
+    assert strict_rc.task(task_id)["status"] == "completed"
