@@ -191,6 +191,8 @@ def write_config(workdir: Path, port: int) -> Path:
                 f"outbox_dir = {json.dumps(str(workdir / 'outbox'))}",
                 "[store]",
                 f"url = {json.dumps('sqlite:///' + str(workdir / 'rc-mta.db'))}",
+                "[http]",
+                'listen = ""',
                 "[log]",
                 'level = "warning"',
                 "",

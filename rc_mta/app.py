@@ -9,25 +9,26 @@ import secrets
 import signal
 import time
 from dataclasses import dataclass
-from email.utils import getaddresses
 from typing import Any
 
+from . import metrics
+from .api import add_api_routes
 from .config import Settings, SigningConfig
 from .dns import DnsResolver
 from .errors import PermanentRefusal, RcMtaError
+from .http import Health, make_app, metrics_app, start_http
 from .inbound import start_listener
+from .logs import install_runtime_controls, sd_notify
+from .mailbox import make_poller
 from .outbound import SentRequest, Transport, compose, make_transport, reply_addresses
-from .pipeline import Arrival, Pipeline, Recipient
+from .pipeline import Arrival, Pipeline, Recipient, our_addresses
 from .replies import parse_reply
 from .sender_auth import Client, SenderAuth
 from .store import Request, Store
-from .tasks import EmbeddedBackend, TaskBackend, TaskNotFound
+from .tasks import TaskBackend, TaskNotFound, make_backend
 from .tokens import Signer, new_request_id
 
 log = logging.getLogger("rc_mta")
-
-TRACE = 5
-logging.addLevelName(TRACE, "TRACE")
 
 
 def load_signer(config: SigningConfig) -> Signer:
@@ -42,10 +43,6 @@ def load_signer(config: SigningConfig) -> Signer:
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_urlsafe(32) + "\n")
     return Signer({0: path.read_text().strip().encode()}, 0)
-
-
-def make_backend(settings: Settings, store: Store) -> TaskBackend:
-    return EmbeddedBackend(store)
 
 
 @dataclass
@@ -63,35 +60,62 @@ class Service:
         store.create_schema()
         signer = load_signer(settings.signing)
         backend = make_backend(settings, store)
-        resolver = DnsResolver(settings.dns.nameservers, settings.dns.port, settings.dns.timeout)
+        resolver = DnsResolver(
+            settings.dns.nameservers, settings.dns.port, settings.dns.timeout, observe=metrics.observe_dns
+        )
         pipeline = Pipeline(settings, store, signer, backend, SenderAuth(settings, resolver))
         return cls(settings, store, signer, backend, make_transport(settings.outbound), pipeline)
 
     def close(self) -> None:
         self.store.close()
 
-    async def send_request(self, task_id: str, owner: str | None = None, title: str | None = None) -> SentRequest:
-        """Record a request for a task and mail it to the owner."""
+    async def send_request_once(self, task_id: str, owner: str | None = None) -> SentRequest:
+        """For one-shot commands: send, then let go of the backend's connections."""
+        try:
+            return await self.send_request(task_id, owner=owner)
+        finally:
+            await self.backend.close()
+
+    async def send_request(
+        self,
+        task_id: str,
+        owner: str | None = None,
+        title: str | None = None,
+        *,
+        context_title: str | None = None,
+        link: str | None = None,
+        expires_in: float | None = None,
+    ) -> SentRequest:
+        """Record a request for a task and mail it to the owner (one request per owner)."""
         try:
             task = await self.backend.get(task_id)
         except TaskNotFound:
             raise RcMtaError(f"no task {task_id}") from None
+        address = (owner or task.owner).strip().lower()
+        if "@" not in address:
+            raise RcMtaError(f"task {task_id} is owned by {address!r}, not an email address: give --owner")
         now = time.time()
         request = Request(
             id=new_request_id(),
             task_id=task.id,
-            owner=(owner or task.owner).strip().lower(),
+            owner=address,
             title=title or task.title,
             created_at=now,
-            expires_at=now + self.settings.signing.request_ttl,
+            expires_at=now + (expires_in or self.settings.signing.request_ttl),
             revoked_at=None,
             message_id=None,
         )
         addresses = reply_addresses(self.settings, self.signer, request)
         request = Request(**{**request.__dict__, "message_id": addresses.message_id})
         await asyncio.to_thread(self.store.add_request, request)
-        message = compose(self.settings, request, addresses, now)
-        path = await self.transport.send(message, request.id)
+        message = compose(self.settings, request, addresses, now, context_title=context_title, link=link)
+        try:
+            path = await self.transport.send(message, request.id)
+        except BaseException:
+            # Never mailed: its addresses must not work if they leak from a log or a retry.
+            await asyncio.to_thread(self.store.revoke_request, request.id, time.time())
+            raise
+        metrics.REQUESTS_SENT.labels(self.settings.outbound.transport).inc()
         log.info("request sent request=%s task=%s to=%s", request.id, task.id, request.owner)
         return SentRequest(
             request.id,
@@ -114,7 +138,7 @@ class Service:
         message_id = parsed.message_id or "(none)"
         recipient = Recipient("(none)")
         token_view: dict[str, Any] = {"address": None, "valid": False}
-        for address in _our_addresses(parsed.message, self.settings.inbound.reply_domain):
+        for address in our_addresses(parsed.message, self.settings.inbound.reply_domain):
             token_view["address"] = address
             try:
                 recipient = await self.pipeline.check_recipient(address)
@@ -124,7 +148,7 @@ class Service:
                 checks = {name: verdict.as_json() for name, verdict in auth.verdicts.items()}
                 return _diagnosis(token_view, None, parsed.comment, parsed.auto_reply, "refuse", str(exc.reply), checks)
             break
-        decision = await self.pipeline.decide(parsed, message_id, recipient, auth, act=False)
+        decision = await self.pipeline.decide(parsed, message_id, recipient, auth, act=False, source="file")
         if decision.token is not None:
             token_view.update(
                 valid=True,
@@ -146,31 +170,63 @@ class Service:
         )
 
     async def serve(self, stop: asyncio.Event | None = None) -> None:
-        """Listen until SIGTERM/SIGINT (or ``stop``)."""
+        """Run every part on this loop until SIGTERM/SIGINT (or ``stop``)."""
         stop = stop or asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        inbound = self.settings.inbound
+        install_runtime_controls(loop, self.settings)
+        health = Health()
+        background = [asyncio.create_task(health.watch_loop(), name="loop-lag")]
+        inbound, http = self.settings.inbound, self.settings.http
+
         servers = [await start_listener(self.pipeline, inbound, lmtp=False)]
         if inbound.lmtp_listen:
             servers.append(await start_listener(self.pipeline, inbound, lmtp=True))
-        where = ", ".join(
+        health.listeners_bound = True
+        health.readiness["store"] = lambda: asyncio.to_thread(self.store.ping)
+        health.readiness["backend"] = self.backend.check
+
+        runners = []
+        if http.listen:
+            app = make_app(health, with_metrics=not http.metrics_listen)
+            add_api_routes(app, self)
+            runners.append(await start_http(app, http.listen))
+        if http.metrics_listen:
+            runners.append(await start_http(metrics_app(), http.metrics_listen))
+
+        poller = make_poller(self.settings, self.pipeline)
+        if poller is not None:
+            health.liveness[poller.source] = poller.staleness
+            background.append(asyncio.create_task(poller.run(), name=f"poller-{poller.source}"))
+
+        where = " ".join(
             f"{'lmtp' if i else 'smtp'}={s.sockets[0].getsockname()[0]}:{s.sockets[0].getsockname()[1]}"
             for i, s in enumerate(servers)
         )
-        log.info("rc-mta ready %s reply_domain=%s store=%s", where, inbound.reply_domain, _safe_url(self.store.url))
+        sd_notify("READY=1")  # systemd Type=notify: listeners are bound, the service is up
+        log.info(
+            "rc-mta ready %s http=%s reply_domain=%s backend=%s store=%s mailbox=%s",
+            where,
+            http.listen or "off",
+            inbound.reply_domain,
+            self.backend.name,
+            _safe_url(self.store.url),
+            self.settings.mailbox.source,
+        )
         await stop.wait()
+        sd_notify("STOPPING=1")
         for server in servers:
             server.close()
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
+        for runner in runners:
+            await runner.cleanup()
         for server in servers:
             await server.wait_closed()
+        await self.backend.close()
         log.info("rc-mta stopped")
-
-
-def _our_addresses(message: Any, reply_domain: str) -> list[str]:
-    headers = [str(v) for name in ("Delivered-To", "X-Original-To", "To", "Cc") for v in message.get_all(name, [])]
-    return [addr for _, addr in getaddresses(headers) if addr.lower().endswith("@" + reply_domain)]
 
 
 def _diagnosis(
@@ -200,10 +256,3 @@ def _safe_url(url: str) -> str:
     from sqlalchemy.engine import make_url
 
     return make_url(url).render_as_string(hide_password=True)
-
-
-def setup_logging(level: str) -> None:
-    numeric = TRACE if level == "trace" else getattr(logging, level.upper())
-    logging.basicConfig(level=numeric, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    # aiosmtpd's protocol exchange is the "trace" level (the seed's -Dmail.debug=true).
-    logging.getLogger("mail.log").setLevel(logging.DEBUG if numeric <= TRACE else logging.WARNING)

@@ -5,16 +5,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import signal
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .app import Service, setup_logging
-from .config import Settings, load_settings
+from .app import Service
+from .config import Settings, config_path, load_settings, parse_host_port
 from .errors import RcMtaError
-from .store import Task
+from .logs import LEVELS, PIDFILE, mask_secrets, running_pid, secret_values, setup_logging
+from .store import Store, Task
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -88,7 +93,7 @@ def cmd_task(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_request(settings: Settings, args: argparse.Namespace) -> int:
     service = Service.open(settings)
     try:
-        sent = asyncio.run(service.send_request(args.task_id, owner=args.owner))
+        sent = asyncio.run(service.send_request_once(args.task_id, owner=args.owner))
     finally:
         service.close()
     if args.json:
@@ -135,28 +140,394 @@ def cmd_diagnose(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_check_config(settings: Settings, args: argparse.Namespace) -> int:
-    from .store import Store
+CHECK_TIMEOUT = 10.0  # seconds per part of check-config, on top of the part's own timeout
 
-    failures = 0
-    print("✓ config parsed")
+
+@dataclass
+class _Check:
+    """One line of check-config: which part, whether it works, and why (not)."""
+
+    part: str
+    ok: bool
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{'✓' if self.ok else '✗'} {self.part}: {self.detail}"
+
+
+async def _run_check(part: str, probe: Callable[[], Awaitable[str]], timeout: float) -> _Check:
+    """Run one probe with a deadline; any exception is a ✗ with its one-line reason."""
+    try:
+        return _Check(part, True, await asyncio.wait_for(probe(), timeout))
+    except TimeoutError:
+        return _Check(part, False, f"no answer within {timeout:g}s")
+    except Exception as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return _Check(part, False, mask_secrets(reason))
+
+
+async def _check_store(store: Store) -> str:
+    await asyncio.to_thread(store.ping)
+    return f"{mask_secrets(store.url)} answers"
+
+
+async def _check_dns(settings: Settings) -> str:
+    """A real query through the configured resolver: the reply domain's MX (an empty answer
+    still proves the resolver works; a timeout or SERVFAIL does not)."""
+    from .dns import DnsResolver
+
+    dns = settings.dns
+    resolver = DnsResolver(dns.nameservers, dns.port, dns.timeout)
+    servers = ", ".join(f"{ns}:{dns.port}" for ns in dns.nameservers) or "/etc/resolv.conf"
+    domain = settings.inbound.reply_domain
+    started = time.monotonic()
+    records = await resolver.resolve(domain, "MX")
+    took = (time.monotonic() - started) * 1000
+    found = ", ".join(records) if records else "no MX record (point it at rc-mta or the front MTA)"
+    return f"{servers} answered in {took:.0f} ms: {domain} MX {found}"
+
+
+async def _check_smtp(settings: Settings) -> str:
+    """Connect, EHLO, TLS as configured, AUTH when credentials are set, QUIT: no mail is sent."""
+    import aiosmtplib
+
+    out = settings.outbound
+    client = aiosmtplib.SMTP(
+        hostname=out.smtp_host,
+        port=out.smtp_port,
+        use_tls=out.smtp_tls,
+        start_tls=False,
+        timeout=min(out.smtp_timeout, CHECK_TIMEOUT),
+    )
+    steps = []
+    await client.connect()
+    try:
+        steps.append("connected" + (" over TLS" if out.smtp_tls else ""))
+        await client.ehlo()
+        steps.append("EHLO")
+        if out.smtp_starttls:
+            await client.starttls()
+            steps.append("STARTTLS")
+        if out.smtp_username:
+            await client.login(out.smtp_username, out.smtp_password.get_secret_value())
+            steps.append(f"AUTH as {out.smtp_username}")
+    finally:
+        try:
+            await client.quit()
+        except aiosmtplib.SMTPException:
+            client.close()
+    return f"{out.smtp_host}:{out.smtp_port} " + ", ".join(steps)
+
+
+def _check_outbox(directory: Path) -> str:
+    directory.mkdir(parents=True, exist_ok=True)
+    probe = directory / f".check-config-{os.getpid()}"
+    probe.write_bytes(b"")
+    probe.unlink()
+    return f"{directory} writable"
+
+
+async def _check_imap(settings: Settings) -> str:
+    """Log in (password, or XOAUTH2 with a token fetched from [mailbox.oauth2]) and open the folder."""
+    import imaplib
+    import ssl
+
+    box = settings.mailbox
+    token = ""
+    if box.oauth2.enabled:
+        token = await _fetch_token(
+            box.oauth2.token_url,
+            box.oauth2.client_id,
+            box.oauth2.client_secret.get_secret_value(),
+            box.oauth2.refresh_token.get_secret_value(),
+            "",
+        )
+
+    def login() -> str:
+        context = ssl.create_default_context()
+        imap: imaplib.IMAP4
+        if box.tls:
+            imap = imaplib.IMAP4_SSL(box.host, box.port, ssl_context=context, timeout=CHECK_TIMEOUT)
+        else:
+            imap = imaplib.IMAP4(box.host, box.port, timeout=CHECK_TIMEOUT)
+            if box.starttls:
+                imap.starttls(context)
+        try:
+            if token:
+                auth = f"user={box.username}\x01auth=Bearer {token}\x01\x01".encode()
+                imap.authenticate("XOAUTH2", lambda _challenge: auth)
+            else:
+                imap.login(box.username, box.password.get_secret_value())
+            status, _ = imap.select(_imap_quote(box.folder), readonly=True)
+            if status != "OK":
+                raise RcMtaError(f"logged in as {box.username}, but folder {box.folder!r} cannot be opened")
+        finally:
+            try:
+                imap.logout()
+            except (imaplib.IMAP4.error, OSError):
+                pass
+        how = "XOAUTH2" if token else "password"
+        return f"{box.host}:{box.port} logged in as {box.username} ({how}), folder {box.folder} opened"
+
+    try:
+        return await asyncio.to_thread(login)
+    except imaplib.IMAP4.error as exc:
+        message = exc.args[0].decode() if exc.args and isinstance(exc.args[0], bytes) else str(exc)
+        raise RcMtaError(f"{box.host}:{box.port} refused: {message}") from None
+
+
+def _imap_quote(folder: str) -> str:
+    return '"' + folder.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+async def _check_graph(settings: Settings) -> str:
+    """Fetch an access token the way the Graph poller does (client credentials or refresh token)."""
+    graph, oauth2 = settings.mailbox.graph, settings.mailbox.oauth2
+    refresh = oauth2.refresh_token.get_secret_value()
+    token_url = (oauth2.token_url if refresh and oauth2.token_url else graph.token_url).replace(
+        "{tenant_id}", graph.tenant_id
+    )
+    client_id = oauth2.client_id if refresh and oauth2.client_id else graph.client_id
+    secret = (oauth2.client_secret if refresh else graph.client_secret).get_secret_value()
+    origin = "/".join(graph.base_url.split("/", 3)[:3])
+    scope = f"{origin}/.default" + (" offline_access" if refresh else "")
+    await _fetch_token(token_url, client_id, secret, refresh, scope)
+    grant = "refresh_token" if refresh else "client_credentials"
+    return f"token endpoint {token_url.split('?')[0]} issued a token ({grant} grant) for {graph.user}"
+
+
+async def _fetch_token(token_url: str, client_id: str, secret: str, refresh_token: str, scope: str) -> str:
+    from .oauth2 import TokenProvider
+
+    provider = TokenProvider(
+        token_url, client_id, secret, refresh_token=refresh_token, scope=scope, timeout=CHECK_TIMEOUT
+    )
+    try:
+        return await provider.access_token()
+    finally:
+        await provider.close()
+
+
+async def _check_backend(settings: Settings, store: Store) -> str:
+    from .tasks import make_backend
+
+    backend = make_backend(settings, store)
+    try:
+        await backend.check()
+    finally:
+        await backend.close()
+    if backend.name == "webhook":
+        return await _check_reachable(settings.tasks.webhook.url)
+    if backend.name == "release":
+        return f"{settings.tasks.release.url} answers and accepts our credentials"
+    return "store answers"
+
+
+async def _check_reachable(url: str) -> str:
+    """A webhook has no read-only call (a probe POST could be taken for an action), so
+    prove only that its host accepts a connection (and a TLS handshake for https)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    secure = parts.scheme == "https"
+    host, port = parts.hostname or "", parts.port or (443 if secure else 80)
+    _, writer = await asyncio.open_connection(host, port, ssl=secure or None)
+    writer.close()
+    try:
+        await writer.wait_closed()
+    except OSError:
+        pass
+    return f"{parts.scheme}://{host}:{port} accepts connections{' over TLS' if secure else ''} (nothing POSTed)"
+
+
+async def _check_all(settings: Settings, store: Store) -> list[_Check]:
+    """Every part the service needs, concurrently, each with its own deadline."""
+    dns_timeout = settings.dns.timeout + 1
+    probes: list[Awaitable[_Check]] = [
+        _run_check("store", lambda: _check_store(store), CHECK_TIMEOUT),
+        _run_check("dns", lambda: _check_dns(settings), dns_timeout),
+    ]
+    out = settings.outbound
+    if out.transport == "smtp":
+        probes.append(_run_check("outbound smtp", lambda: _check_smtp(settings), CHECK_TIMEOUT + 1))
+    else:
+        probes.append(
+            _run_check("outbound outbox", lambda: asyncio.to_thread(_check_outbox, out.outbox_dir), CHECK_TIMEOUT)
+        )
+    if settings.mailbox.source == "imap":
+        probes.append(_run_check("mailbox imap", lambda: _check_imap(settings), 2 * CHECK_TIMEOUT + 1))
+    elif settings.mailbox.source == "graph":
+        probes.append(_run_check("mailbox graph", lambda: _check_graph(settings), CHECK_TIMEOUT + 1))
+    probes.append(_run_check(f"tasks {settings.tasks.backend}", lambda: _check_backend(settings, store), CHECK_TIMEOUT))
+    return list(await asyncio.gather(*probes))
+
+
+def cmd_check_config(settings: Settings, args: argparse.Namespace) -> int:
+    """Reach every part with the real settings, so a mistake shows before the service starts."""
+    where = config_path(args.config)
+    print(_Check("config", True, f"{where or 'defaults and environment'} parsed"), flush=True)
     store = Store(settings.store.url, settings.store.busy_timeout)
     try:
-        store.ping()
-        print("✓ store reachable")
-    except RcMtaError as exc:
-        failures += 1
-        print(f"✗ store: {exc}")
+        results = asyncio.run(_check_all(settings, store))
     finally:
         store.close()
-    if settings.outbound.transport == "outbox":
-        try:
-            settings.outbound.outbox_dir.mkdir(parents=True, exist_ok=True)
-            print(f"✓ outbox {settings.outbound.outbox_dir} writable")
-        except OSError as exc:
-            failures += 1
-            print(f"✗ outbox {settings.outbound.outbox_dir}: {exc.strerror}")
-    return EXIT_ERROR if failures else 0
+    for result in results:
+        print(result)
+    failed = [r.part for r in results if not r.ok]
+    if failed:
+        print(f"{len(failed)} of {len(results) + 1} checks failed: {', '.join(failed)}", file=sys.stderr)
+        return EXIT_ERROR
+    return 0
+
+
+# status -------------------------------------------------------------------------------------
+
+
+def _local_url(listen: str) -> str:
+    """Where a local client reaches a listener (a wildcard address means loopback)."""
+    host, port = parse_host_port(listen)
+    host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _http_get(url: str, timeout: float) -> tuple[int, bytes]:
+    """GET that returns (status, body) for error statuses too; OSError when unreachable."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return int(response.status), bytes(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+    except urllib.error.URLError as exc:
+        reason = exc.reason
+        raise OSError(str(reason.strerror if isinstance(reason, OSError) and reason.strerror else reason)) from None
+
+
+def _json_status(status: int, body: bytes) -> dict[str, Any]:
+    """A health endpoint's JSON report, or what was wrong with its answer."""
+    try:
+        report = json.loads(body)
+    except ValueError:
+        report = None
+    return report if isinstance(report, dict) else {"status": f"HTTP {status} without a JSON report"}
+
+
+def _samples(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """The scrape's samples by name (counters with their _total suffix)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    samples: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples.setdefault(sample.name, []).append((dict(sample.labels), float(sample.value)))
+    return samples
+
+
+def _status_report(health: dict[str, Any], ready: dict[str, Any], samples: dict[str, Any]) -> dict[str, Any]:
+    def by(name: str, *labels: str) -> dict[str, float]:
+        return {"/".join(s[0].get(label, "") for label in labels): s[1] for s in samples.get(name, [])}
+
+    rejections = sorted(by("rc_mta_rejections_total", "stage", "reason").items(), key=lambda kv: -kv[1])
+    now = time.time()
+    pollers = {
+        source: {"last_sync_age_seconds": round(now - ts, 1) if ts else None}
+        for source, ts in by("rc_mta_poller_last_sync_timestamp_seconds", "source").items()
+    }
+    for source, idle in by("rc_mta_poller_idle", "source").items():
+        pollers.setdefault(source, {"last_sync_age_seconds": None})["idle"] = bool(idle)
+    version = next((s[0].get("version") for s in samples.get("rc_mta_build_info", [])), None)
+    return {
+        "version": version,
+        "health": health,
+        "ready": ready,
+        "messages_received": by("rc_mta_messages_received_total", "source"),
+        "rejections_top10": dict(rejections[:10]),
+        "tasks_acted": by("rc_mta_tasks_acted_total", "backend", "action"),
+        "pollers": pollers,
+    }
+
+
+def _print_status(url: str, report: dict[str, Any]) -> None:
+    health, ready = report["health"], report["ready"]
+    print(f"rc-mta {report['version'] or '?'} at {url}")
+    parts = ", ".join(f"{k} {v}" for k, v in health.items() if k != "status")
+    print(f"  health: {health.get('status')} ({parts})")
+    parts = ", ".join(f"{k} {v}" for k, v in ready.items() if k != "status")
+    print(f"  ready:  {ready.get('status')} ({parts})")
+
+    def table(title: str, values: dict[str, float]) -> None:
+        print(f"{title}:" + ("" if values else " none"))
+        for key, value in values.items():
+            print(f"  {key:<40} {value:g}")
+
+    table("messages received (by source)", report["messages_received"])
+    table("rejections (stage/reason, top 10)", report["rejections_top10"])
+    table("tasks acted (backend/action)", report["tasks_acted"])
+    print("pollers:" + ("" if report["pollers"] else " none"))
+    for source, poller in report["pollers"].items():
+        age = poller.get("last_sync_age_seconds")
+        since = f"last sync {age:g}s ago" if age is not None else "no sync yet"
+        idle = {True: ", in IDLE", False: ", not in IDLE"}.get(poller.get("idle"), "")
+        print(f"  {source:<40} {since}{idle}")
+
+
+def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
+    """Ask the running service how it is: /healthz, /readyz and key counters from /metrics."""
+    http = settings.http
+    if not http.listen:
+        raise RcMtaError("[http] listen is off: the service has no health endpoints to ask")
+    url = _local_url(http.listen)
+    metrics_url = _local_url(http.metrics_listen) if http.metrics_listen else url
+    try:
+        health_status, health_body = _http_get(url + "/healthz", args.timeout)
+        ready_status, ready_body = _http_get(url + "/readyz", args.timeout)
+        metrics_status, metrics_body = _http_get(metrics_url + "/metrics", args.timeout)
+    except OSError as exc:
+        raise RcMtaError(f"rc-mta is not answering at {url}: {exc}") from None
+    health, ready = _json_status(health_status, health_body), _json_status(ready_status, ready_body)
+    samples = _samples(metrics_body.decode()) if metrics_status == 200 else {}
+    report = _status_report(health, ready, samples)
+    if args.json:
+        _print_json(report)
+    else:
+        _print_status(url, report)
+    if health_status != 200:
+        print(f"rc-mta: unhealthy: /healthz answered {health_status}", file=sys.stderr)
+        return EXIT_ERROR
+    if ready_status != 200:
+        print(f"rc-mta: not ready: /readyz answered {ready_status}", file=sys.stderr)
+        return EXIT_ERROR
+    return 0
+
+
+# log-level ----------------------------------------------------------------------------------
+
+
+def cmd_log_level(settings: Settings, args: argparse.Namespace) -> int:
+    """Switch the running service's log level with a signal (no control port to secure):
+    ``trace`` is SIGUSR1, the configured level SIGUSR2."""
+    configured = settings.log.level
+    level = configured if args.level == "configured" else args.level
+    if level == "trace" and configured != "trace":
+        sig, what = signal.SIGUSR1, "trace (protocol exchanges logged)"
+    elif level == configured:
+        sig, what = signal.SIGUSR2, f"its configured level, {configured}"
+    else:
+        raise RcMtaError(
+            f"the running service switches between trace and its configured level ({configured}); "
+            f'for {level}, set [log] level = "{level}" and reload it (systemctl reload rc-mta, or kill -HUP)'
+        )
+    try:
+        pid = running_pid(Path(args.pidfile))
+        os.kill(pid, sig)
+    except ProcessLookupError as exc:
+        raise RcMtaError(str(exc) or "rc-mta is not running") from None
+    except PermissionError:
+        raise RcMtaError(f"not allowed to signal rc-mta (pid {pid}): run as its user or root") from None
+    print(f"rc-mta (pid {pid}) switched to {what} ({signal.Signals(sig).name})")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -199,6 +570,18 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("check-config", help="validate the config and reach every part").set_defaults(
         run=cmd_check_config
     )
+
+    status = commands.add_parser("status", help="health and key counters of the running service")
+    status.add_argument("--timeout", type=float, default=5.0, help="seconds per HTTP request (default 5)")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(run=cmd_status)
+
+    log_level = commands.add_parser("log-level", help="switch the running service's log level (trace or back)")
+    log_level.add_argument("level", choices=[*LEVELS, "configured"])
+    log_level.add_argument(
+        "--pidfile", default=str(PIDFILE), help=f"the service's pid file (default {PIDFILE}, under its directory)"
+    )
+    log_level.set_defaults(run=cmd_log_level)
     return parser
 
 
@@ -206,7 +589,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = load_settings(args.config)
-        setup_logging(settings.log.level)
+        setup_logging(
+            settings.log.level,
+            settings.log.format,
+            secrets=secret_values(settings),
+            config_file=config_path(args.config),
+        )
         return int(args.run(settings, args))
     except RcMtaError as exc:
         print(f"rc-mta: error: {exc}", file=sys.stderr)

@@ -188,12 +188,94 @@ class StoreConfig(Section):
         return value
 
 
+class ReleaseConfig(Section):
+    """Digital.ai Release's public REST API."""
+
+    url: str = ""
+    username: str = ""
+    password: SecretStr = SecretStr("")
+    token: SecretStr = SecretStr("")
+    timeout: Seconds = 10.0
+    retries: int = Field(default=2, ge=0, le=10)
+
+
+class WebhookConfig(Section):
+    """A signed JSON POST of each action to a URL of the user's choice."""
+
+    url: str = ""
+    secret: SecretStr = SecretStr("")
+    timeout: Seconds = 10.0
+
+
 class TasksConfig(Section):
-    backend: Literal["embedded"] = "embedded"
+    backend: Literal["embedded", "release", "webhook"] = "embedded"
+    release: ReleaseConfig = ReleaseConfig()
+    webhook: WebhookConfig = WebhookConfig()
+
+    @model_validator(mode="after")
+    def _backend_configured(self) -> TasksConfig:
+        if self.backend == "release" and not self.release.url:
+            raise ValueError("backend 'release' needs [tasks.release] url")
+        if self.backend == "webhook" and not (self.webhook.url and self.webhook.secret.get_secret_value()):
+            raise ValueError("backend 'webhook' needs [tasks.webhook] url and secret")
+        return self
 
 
 class HttpConfig(Section):
-    listen: Listen = ""
+    listen: Listen = "127.0.0.1:8025"
+    metrics_listen: Listen = ""
+    api_tokens: list[SecretStr] = Field(default_factory=list)
+
+
+class OAuth2Config(Section):
+    token_url: str = ""
+    client_id: str = ""
+    client_secret: SecretStr = SecretStr("")
+    refresh_token: SecretStr = SecretStr("")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.token_url)
+
+
+class GraphConfig(Section):
+    tenant_id: str = ""
+    client_id: str = ""
+    client_secret: SecretStr = SecretStr("")
+    user: str = ""
+    base_url: str = "https://graph.microsoft.com/v1.0"
+    token_url: str = "https://login.microsoftonline.com/{tenant_id}/oauth2/v2.0/token"
+
+
+class MailboxConfig(Section):
+    source: Literal["none", "imap", "graph"] = "none"
+    host: str = ""
+    port: int = Field(default=993, ge=1, le=65535)
+    tls: bool = True
+    starttls: bool = False
+    username: str = ""
+    password: SecretStr = SecretStr("")
+    from_address: str = ""
+    folder: str = "INBOX"
+    sync_interval: Seconds = 30.0
+    startup_delay: Annotated[float, BeforeValidator(_parse_duration), Field(ge=0)] = 30.0
+    pool_size: int = Field(default=1, ge=1, le=32)
+    disposition: Literal["delete", "move", "keep"] = "move"
+    processed_folder: str = "Processed"
+    rejected_folder: str = "Rejected"
+    trusted_authserv_ids: list[str] = Field(default_factory=list)
+    oauth2: OAuth2Config = OAuth2Config()
+    graph: GraphConfig = GraphConfig()
+
+    @model_validator(mode="after")
+    def _source_configured(self) -> MailboxConfig:
+        if self.source == "imap" and not (self.host and self.username):
+            raise ValueError("source 'imap' needs host and username")
+        if self.source == "graph" and not (self.graph.tenant_id and self.graph.client_id and self.graph.user):
+            raise ValueError("source 'graph' needs [mailbox.graph] tenant_id, client_id and user")
+        if self.tls and self.starttls:
+            raise ValueError("tls and starttls cannot both be true")
+        return self
 
 
 class RepliesConfig(Section):
@@ -256,6 +338,7 @@ class ChecksConfig(Section):
 
 class LogConfig(Section):
     level: Literal["trace", "debug", "info", "warning", "error"] = "info"
+    format: Literal["text", "json"] = "text"
 
 
 class Settings(BaseSettings):
@@ -278,6 +361,7 @@ class Settings(BaseSettings):
     replies: RepliesConfig = RepliesConfig()
     dns: DnsConfig = DnsConfig()
     checks: ChecksConfig = ChecksConfig()
+    mailbox: MailboxConfig = MailboxConfig()
     log: LogConfig = LogConfig()
 
     @classmethod

@@ -17,6 +17,10 @@ class TemporaryFailure(RcMtaError):
     """Something that may work later (store busy, backend down): the sender retries."""
 
 
+class BackendAuthFailed(TemporaryFailure):
+    """The workflow system refused our credentials: an operator must act; the sender retries."""
+
+
 class PermanentRefusal(RcMtaError):
     """The reply is refused for good, with the SMTP reply that says why."""
 

@@ -79,7 +79,15 @@ def _mailto(address: str, subject: str) -> str:
     return f"mailto:{address}?subject={quote(subject)}&body={quote(chr(10) + chr(10))}"
 
 
-def compose(settings: Settings, request: Request, addresses: ReplyAddresses, now: float) -> EmailMessage:
+def compose(
+    settings: Settings,
+    request: Request,
+    addresses: ReplyAddresses,
+    now: float,
+    *,
+    context_title: str | None = None,
+    link: str | None = None,
+) -> EmailMessage:
     title = request.title
     expires = datetime.fromtimestamp(request.expires_at, UTC).strftime("%Y-%m-%d %H:%M UTC")
     complete_subject = f"Complete: {title}"
@@ -88,6 +96,8 @@ def compose(settings: Settings, request: Request, addresses: ReplyAddresses, now
     text = "\n".join(
         [
             f"Task {request.task_id} is waiting for you: {title}",
+            *([f"In: {context_title}"] if context_title else []),
+            *([f"Open it: {link}"] if link else []),
             "",
             "To complete it, reply to this email starting with the word Complete,",
             "or write to:",
@@ -113,6 +123,8 @@ def compose(settings: Settings, request: Request, addresses: ReplyAddresses, now
 <html><body style="font-family:sans-serif">
 <p>Task <b>{html.escape(request.task_id)}</b> is waiting for you:</p>
 <h2 style="font-size:18px">{html.escape(title)}</h2>
+{f"<p>In: {html.escape(context_title)}</p>" if context_title else ""}
+{f'<p><a href="{html.escape(link)}">Open the task</a></p>' if link else ""}
 <p>
 {button.format(href=html.escape(_mailto(addresses.complete, complete_subject)), colour="#2e7d32", label="Complete")}
 {button.format(href=html.escape(_mailto(addresses.fail, fail_subject)), colour="#c62828", label="Fail")}

@@ -13,14 +13,16 @@ import hashlib
 import logging
 import re
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from email.message import EmailMessage
+from email.utils import getaddresses
 
+from . import metrics
 from . import smtp_replies as R
 from .authresults import strip_forged_authentication_results
 from .config import Settings
-from .errors import PermanentRefusal, TemporaryFailure
+from .errors import BackendAuthFailed, PermanentRefusal, TemporaryFailure
 from .replies import (
     DEFAULT_COMPLETE_WORDS,
     DEFAULT_FAIL_WORDS,
@@ -31,7 +33,7 @@ from .replies import (
 from .sender_auth import AuthState, Client, SenderAuth
 from .smtp_replies import SmtpReply
 from .store import Request, Store
-from .tasks import TaskBackend, TaskNotFound, TaskNotInProgress
+from .tasks import ActionContext, TaskBackend, TaskNotFound, TaskNotInProgress
 from .tokens import TOKEN_LENGTH, Action, Signer, Token
 
 log = logging.getLogger("rc_mta.pipeline")
@@ -48,6 +50,7 @@ class Arrival:
     mail_from: str | None  # envelope sender; "" is the null sender <>
     client: Client | None = None  # the original sending host; None when unknown (a saved file)
     auth: AuthState | None = None  # verdicts of the MAIL stage, when there was one
+    received_at: float = field(default_factory=time.monotonic)
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,19 @@ class Decision:
     authentication_results: str = ""
 
 
+@dataclass(frozen=True)
+class MailboxOutcome:
+    """What a poller does with a message: processed | rejected | retry (leave it)."""
+
+    disposition: str
+    decisions: list[Decision]
+    message_id: str
+
+    @property
+    def reason(self) -> str:
+        return "; ".join(str(d.reply) for d in self.decisions)
+
+
 _PAST = {"complete": "completed", "fail": "failed"}
 
 
@@ -90,7 +106,7 @@ class Pipeline:
     ) -> None:
         self.settings = settings
         self.sender_auth = sender_auth
-        self.refusals: Counter[tuple[str, str]] = Counter()
+
         self.store = store
         self.signer = signer
         self.backend = backend
@@ -110,7 +126,7 @@ class Pipeline:
         return await self.sender_auth.at_mail(client, mail_from)
 
     def count_refusal(self, stage: str, reply: SmtpReply) -> None:
-        self.refusals[(stage, reply.reason)] += 1
+        metrics.REJECTIONS.labels(stage, reply.reason).inc()
 
     # RCPT ------------------------------------------------------------------------------
 
@@ -144,14 +160,17 @@ class Pipeline:
 
     async def handle_message(self, arrival: Arrival, raw: bytes, recipients: Sequence[Recipient]) -> list[Decision]:
         """Judge and act on one message for each recipient; one decision per recipient."""
+        metrics.MESSAGES_RECEIVED.labels(arrival.source).inc()
         parsed = parse_reply(raw, envelope_sender=arrival.mail_from)
         message_id = parsed.message_id or _synthetic_message_id(raw)
         auth = await self.authenticate(arrival, raw, parsed)
         decisions = []
         for recipient in recipients:
-            decision = await self.decide(parsed, message_id, recipient, auth, act=True)
+            decision = await self.decide(parsed, message_id, recipient, auth, act=True, source=arrival.source)
             await self._record(arrival, message_id, decision)
             decisions.append(decision)
+            if decision.would in ("complete", "fail"):
+                metrics.REPLY_TO_COMPLETION.labels(arrival.source).observe(time.monotonic() - arrival.received_at)
         if self.settings.inbound.archive_dir and any(d.reply.accepted for d in decisions):
             await asyncio.to_thread(self._archive, raw, self.sender_auth.authentication_results(auth), message_id)
         return decisions
@@ -170,6 +189,47 @@ class Pipeline:
             (directory / name).write_bytes(stamped)
         except OSError as exc:
             log.error("could not archive %s in %s: %s", message_id, directory, exc)
+
+    async def handle_mailbox_message(self, raw: bytes, source: str, trusted_ids: Sequence[str]) -> MailboxOutcome:
+        """The same path for a message read from a mailbox: its disposition tells the poller
+        to file it as processed, as rejected, or to leave it for the next round."""
+        arrival = Arrival(source=source, mail_from=None)
+        metrics.MESSAGES_RECEIVED.labels(source).inc()
+        parsed = parse_reply(raw, envelope_sender=_return_path(raw))
+        message_id = parsed.message_id or _synthetic_message_id(raw)
+        decisions: list[Decision] = []
+        recipients: list[Recipient] = []
+        seen: set[str] = set()
+        for address in our_addresses(parsed.message, self.settings.inbound.reply_domain):
+            try:
+                recipient = await self.check_recipient(address)
+            except PermanentRefusal as exc:
+                decisions.append(Decision(exc.reply, "refuse", Recipient(address), comment=parsed.comment))
+                continue
+            except TemporaryFailure:
+                decisions.append(Decision(R.BACKEND_UNAVAILABLE, "retry", Recipient(address)))
+                continue
+            key = recipient.request.id if recipient.request else address.lower()
+            if key not in seen:
+                seen.add(key)
+                recipients.append(recipient)
+        if not recipients and not decisions:
+            recipients.append(Recipient("(mailbox)"))  # token from In-Reply-To or the quoted request
+        auth = await self.sender_auth.at_mailbox(raw, _return_path(raw), parsed.from_address, trusted_ids)
+        for recipient in recipients:
+            decision = await self.decide(parsed, message_id, recipient, auth, act=True, source=source)
+            if decision.would in ("complete", "fail"):
+                metrics.REPLY_TO_COMPLETION.labels(source).observe(time.monotonic() - arrival.received_at)
+            decisions.append(decision)
+        for decision in decisions:
+            await self._record(arrival, message_id, decision)
+        if any(d.reply.temporary for d in decisions):
+            disposition = "retry"
+        elif any(d.reply.accepted for d in decisions):
+            disposition = "processed"
+        else:
+            disposition = "rejected"
+        return MailboxOutcome(disposition, decisions, message_id)
 
     async def authenticate(self, arrival: Arrival, raw: bytes, parsed: ParsedReply) -> AuthState:
         """The DATA-stage checks (DKIM, DMARC, From whitelist, From authenticated)."""
@@ -257,7 +317,7 @@ class Pipeline:
         decision.reply = R.TASK_ACTED.with_text(task_id=request.task_id, action_past=_PAST[decision.action])
         return decision
 
-    async def act(self, decision: Decision, message_id: str, actor: str) -> Decision:
+    async def act(self, decision: Decision, message_id: str, actor: str, source: str) -> Decision:
         """Claim the request for this message, then drive the backend; answer only after."""
         request, action = decision.request, decision.action
         if decision.would not in ("complete", "fail") or request is None or action is None:
@@ -265,6 +325,8 @@ class Pipeline:
         ours, claim = await asyncio.to_thread(
             self.store.claim, request.id, message_id, action, actor, self.clock(), STALE_CLAIM_SECONDS
         )
+        if claim is None:
+            raise PermanentRefusal(R.TOKEN_REVOKED)
         if not ours:
             if claim.done and claim.message_id == message_id:
                 decision.reply, decision.would = (
@@ -276,10 +338,10 @@ class Pipeline:
                 raise PermanentRefusal(R.TOKEN_USED.with_text(task_id=request.task_id, action_past=_PAST[claim.action]))
             raise TemporaryFailure(f"request {request.id} is being answered by another message")
         try:
-            if action == "complete":
-                await self.backend.complete(request.task_id, decision.comment, actor)
-            else:
-                await self.backend.fail(request.task_id, decision.comment, actor)
+            context = ActionContext(
+                request.id, message_id, source, {name: v["result"] for name, v in decision.checks.items()}
+            )
+            await self._drive_backend(action, request.task_id, decision.comment, actor, context)
         except TaskNotInProgress as exc:
             task = exc.task
             if task.acted_by == actor and task.status == _PAST[action]:
@@ -301,19 +363,48 @@ class Pipeline:
                 pass  # the claim goes stale and is taken over later
             raise
         await asyncio.to_thread(self.store.finish_claim, request.id, message_id, self.clock())
+        metrics.TASKS_ACTED.labels(self.backend.name, action).inc()
         return decision
 
     # Helpers ---------------------------------------------------------------------------
 
+    async def _drive_backend(self, action: str, task_id: str, comment: str, actor: str, context: ActionContext) -> None:
+        """One backend call, timed and counted; the backend's own refusals pass through."""
+        name = self.backend.name
+        started = time.monotonic()
+        try:
+            if action == "complete":
+                await self.backend.complete(task_id, comment, actor, context)
+            else:
+                await self.backend.fail(task_id, comment, actor, context)
+        except (TaskNotInProgress, TaskNotFound, PermanentRefusal):
+            raise
+        except BackendAuthFailed:
+            metrics.BACKEND_ERRORS.labels(name, "auth").inc()
+            raise
+        except TemporaryFailure:
+            metrics.BACKEND_ERRORS.labels(name, "temporary").inc()
+            raise
+        except Exception:
+            metrics.BACKEND_ERRORS.labels(name, "error").inc()
+            raise
+        finally:
+            metrics.BACKEND_LATENCY.labels(name, action).observe(time.monotonic() - started)
+
     async def decide(
-        self, parsed: ParsedReply, message_id: str, recipient: Recipient, auth: AuthState, *, act: bool
+        self, parsed: ParsedReply, message_id: str, recipient: Recipient, auth: AuthState, *, act: bool, source: str
     ) -> Decision:
         """Evaluate (and, if ``act``, act); refusals and trouble become a 5xx or 4xx decision."""
         try:
             decision = await self.evaluate(parsed, message_id, recipient, auth)
-            return await self.act(decision, message_id, parsed.from_address or "") if act else decision
+            if not act:
+                return decision
+            return await self.act(decision, message_id, parsed.from_address or "", source)
         except PermanentRefusal as exc:
             return Decision(exc.reply, "refuse", recipient, recipient.token, recipient.request, comment=parsed.comment)
+        except BackendAuthFailed as exc:
+            log.error("task backend refused our credentials: %s (fix [tasks] config)", exc)
+            return Decision(R.BACKEND_AUTH_FAILED, "retry", recipient, comment=parsed.comment)
         except TemporaryFailure as exc:
             log.warning("temporary failure for %s: %s", recipient.address, exc)
             return Decision(R.BACKEND_UNAVAILABLE, "retry", recipient, comment=parsed.comment)
@@ -344,7 +435,11 @@ class Pipeline:
         except TemporaryFailure as exc:
             log.warning("could not record processed message %s: %s", message_id, exc)
         if not decision.reply.accepted:
-            self.count_refusal("data", decision.reply)
+            self.count_refusal("mailbox" if arrival.source in ("imap", "graph") else "data", decision.reply)
+        if decision.would == "drop" and decision.auto_reply:
+            report = decision.auto_reply == "null sender" or decision.auto_reply.endswith(" report")
+            kind = "delivery_report" if report else "auto_reply"
+            metrics.AUTO_REPLIES_DROPPED.labels(kind).inc()
         log.info(
             "reply source=%s client=%s from=%s rcpt=%s request=%s task=%s would=%s reply=%s auth=%r",
             arrival.source,
@@ -357,6 +452,22 @@ class Pipeline:
             decision.reply,
             decision.authentication_results,
         )
+
+
+def our_addresses(message: EmailMessage, reply_domain: str) -> list[str]:
+    """The reply addresses of ours a message was sent to, as the delivering server recorded them."""
+    headers = [str(v) for name in ("Delivered-To", "X-Original-To", "To", "Cc") for v in message.get_all(name, [])]
+    return [addr for _, addr in getaddresses(headers) if addr.lower().endswith("@" + reply_domain)]
+
+
+def _return_path(raw: bytes) -> str | None:
+    """The envelope sender the final server recorded; "" for a bounce's <>."""
+    head = raw.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
+    for line in head.splitlines():
+        if line[:12].lower() == b"return-path:":
+            value = line[12:].decode("utf-8", "replace").strip().strip("<>").strip()
+            return value
+    return None
 
 
 def _synthetic_message_id(raw: bytes) -> str:

@@ -193,8 +193,8 @@ class SenderAuth:
         if state.exempt or state.refusal:
             return state
         from_domain = _domain_of(header_from)
-        trusted = self._trusted_results(client, raw)
-        if trusted is not None:
+        trusted = self._stamped_verdicts(raw, self.checks.trusted_authserv_ids)
+        if trusted and self.is_trusted_relay(client.peer_ip):
             state.verdicts.update(trusted)
         else:
             await self._dkim_and_dmarc(raw, mail_from, from_domain, state)
@@ -209,8 +209,33 @@ class SenderAuth:
         state.verdicts["owner_auth"] = self._from_authenticated(from_domain, state)
         return state
 
+    async def at_mailbox(
+        self, raw: bytes, mail_from: str | None, header_from: str | None, trusted_ids: Sequence[str]
+    ) -> AuthState:
+        """Mailbox mode has no SMTP facts: DKIM is verified here; SPF and DMARC are taken from
+        the Authentication-Results of the receiving server we trust (by authserv-id) only."""
+        state = AuthState()
+        from_domain = _domain_of(header_from)
+        stamped = self._stamped_verdicts(raw, trusted_ids)
+        if "spf" in stamped:
+            state.verdicts["spf"] = stamped["spf"]
+        if self.checks.whitelist.enabled:
+            listed = check_whitelist(self.checks.whitelist.domains, envelope_from=mail_from, header_from=header_from)
+            state.verdicts["whitelist"] = listed
+            if listed.result == "fail":
+                state.refusal = R.WHITELIST.with_text(why=listed.reason)
+                return state
+        await self._dkim_and_dmarc(raw, mail_from, from_domain, state, stamped_dmarc=stamped.get("dmarc"))
+        state.verdicts["owner_auth"] = self._from_authenticated(from_domain, state)
+        return state
+
     async def _dkim_and_dmarc(
-        self, raw: bytes, mail_from: str | None, from_domain: str | None, state: AuthState
+        self,
+        raw: bytes,
+        mail_from: str | None,
+        from_domain: str | None,
+        state: AuthState,
+        stamped_dmarc: Verdict | None = None,
     ) -> None:
         dkim_policy, dmarc_policy = self.checks.dkim.policy, self.checks.dmarc.policy
         if dkim_policy != "off" or dmarc_policy != "off" or self.checks.owner_auth.required:
@@ -222,16 +247,18 @@ class SenderAuth:
             if dkim.result == "fail" and dkim_policy == "reject":
                 state.refusal = R.DKIM_FAIL.with_text(why=dkim.reason)
                 return
-        if from_domain and (dmarc_policy != "off" or self.checks.owner_auth.required):
+        if stamped_dmarc is not None:
+            state.verdicts["dmarc"] = stamped_dmarc
+        elif from_domain and (dmarc_policy != "off" or self.checks.owner_auth.required):
             spf = state.verdicts.get("spf")
             spf_domain = spf.facts.get("domain") if spf else _domain_of(mail_from)
-            dmarc = await check_dmarc(
+            state.verdicts["dmarc"] = await check_dmarc(
                 self.resolver, from_domain, spf.result if spf else "none", spf_domain, state.dkim_signatures
             )
-            state.verdicts["dmarc"] = dmarc
+        if (dmarc := state.verdicts.get("dmarc")) is not None and from_domain:
             if dmarc.temporary:
                 state.refusal = R.AUTH_TEMPERROR
-            elif dmarc.result == "fail" and dmarc_policy == "reject":
+            elif dmarc.result == "fail" and dmarc_policy == "reject" and stamped_dmarc is None:
                 policy = dmarc.facts.get("policy", "none")
                 if policy == "reject" or (policy == "quarantine" and self.checks.dmarc.quarantine == "reject"):
                     state.refusal = R.DMARC_REJECT.with_text(domain=from_domain, why=f"p={policy}")
@@ -262,15 +289,12 @@ class SenderAuth:
             return Verdict("temperror", "DNS trouble while authenticating", {"domain": from_domain})
         return Verdict("fail", f"no aligned SPF, DKIM or DMARC pass for {from_domain}", {"domain": from_domain})
 
-    def _trusted_results(self, client: Client, raw: bytes) -> dict[str, Verdict] | None:
-        """Verdicts stamped by a trusted front MTA, only when that front is who connected."""
-        ids = self.checks.trusted_authserv_ids
-        if not ids or not self.is_trusted_relay(client.peer_ip):
-            return None
-        results = trusted_authentication_results(raw, ids)
-        if not results:
-            return None
+    def _stamped_verdicts(self, raw: bytes, trusted_ids: Sequence[str]) -> dict[str, Verdict]:
+        """SPF/DKIM/DMARC verdicts stamped by a receiving server we trust (by authserv-id)."""
+        if not trusted_ids:
+            return {}
         verdicts: dict[str, Verdict] = {}
+        results = trusted_authentication_results(raw, trusted_ids)
         for result in results:
             if result.method not in ("spf", "dkim", "dmarc") or result.method in verdicts:
                 continue

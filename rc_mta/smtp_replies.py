@@ -96,6 +96,7 @@ TASK_NOT_FOUND = _reply("TASK_NOT_FOUND", 550, "5.1.1", "Task {task_id} no longe
 TASK_NOT_IN_PROGRESS = _reply(
     "TASK_NOT_IN_PROGRESS", 550, "5.7.1", "Task {task_id} was already {status}{by}; nothing was changed"
 )
+BACKEND_REFUSED = _reply("BACKEND_REFUSED", 550, "5.7.1", "The workflow system refused this action: {why}")
 MESSAGE_TOO_BIG = _reply("MESSAGE_TOO_BIG", 552, "5.3.4", "Message too big: replies are limited to {limit} bytes")
 
 # Sender authentication (RFC 7372 codes where one exists).
@@ -132,6 +133,12 @@ BACKEND_UNAVAILABLE = _reply(
     "BACKEND_UNAVAILABLE", 451, "4.3.0", "Temporary problem acting on the task; please try again later"
 )
 INTERNAL_ERROR = _reply("INTERNAL_ERROR", 451, "4.3.0", "Temporary local problem; please try again later")
+BACKEND_AUTH_FAILED = _reply(
+    "BACKEND_AUTH_FAILED",
+    451,
+    "4.3.0",
+    "Temporary problem acting on the task (the server's credentials were refused); please try again later",
+)
 
 
 def _protocol_enhanced(code: int) -> str:

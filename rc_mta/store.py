@@ -29,6 +29,7 @@ from sqlalchemy import (
     create_engine,
     event,
     insert,
+    literal,
     select,
     update,
 )
@@ -262,11 +263,12 @@ class Store:
 
     def claim(
         self, request_id: str, message_id: str, action: str, actor: str, now: float, stale_after: float
-    ) -> tuple[bool, Claim]:
+    ) -> tuple[bool, Claim | None]:
         """Claim a request for one message. Returns (ours, the claim row).
 
         Ours when the row is new, when it is a pending claim of this same message (the
-        sender retrying), or when a pending claim went stale (its process died).
+        sender retrying), or when a pending claim went stale (its process died). No row
+        at all means the request was revoked (or never existed).
         """
         row: dict[str, Any] = {
             "request_id": request_id,
@@ -277,10 +279,15 @@ class Store:
             "claimed_at": now,
             "done_at": None,
         }
+        live = requests.c.revoked_at.is_(None)
+        columns = ["request_id", "message_id", "action", "actor", "state", "claimed_at"]
+        # Only a request that is not revoked can be claimed: the check and the insert are one statement.
+        if_live = select(*(literal(row[c]) for c in columns)).where(requests.c.id == request_id, live)
         try:
             with self._begin() as conn:
-                conn.execute(insert(used_tokens).values(**row))
-            return True, Claim(**row)
+                inserted = conn.execute(insert(used_tokens).from_select(columns, if_live)).rowcount
+            if inserted == 1:
+                return True, Claim(**row)
         except IntegrityError:
             pass
         with self._begin() as conn:
@@ -290,11 +297,12 @@ class Store:
                     used_tokens.c.request_id == request_id,
                     used_tokens.c.state == "pending",
                     (used_tokens.c.message_id == message_id) | (used_tokens.c.claimed_at < now - stale_after),
+                    used_tokens.c.request_id.in_(select(requests.c.id).where(live)),
                 )
                 .values(message_id=message_id, action=action, actor=actor, claimed_at=now)
             ).rowcount
-            current = conn.execute(select(used_tokens).where(used_tokens.c.request_id == request_id)).mappings().one()
-        return taken == 1, Claim(**current)
+            current = conn.execute(select(used_tokens).where(used_tokens.c.request_id == request_id)).mappings().first()
+        return taken == 1, (Claim(**current) if current else None)
 
     def finish_claim(self, request_id: str, message_id: str, now: float) -> None:
         with self._begin() as conn:
@@ -329,6 +337,47 @@ class Store:
                     message_id=message_id, request_id=request_id, source=source, reply=reply, code=code, at=now
                 )
             )
+
+    # Request API queries ----------------------------------------------------------------
+
+    def get_request_with_claim(self, request_id: str) -> tuple[Request, Claim | None] | None:
+        """A request and its answer (if any) read together, so the API never shows a torn state."""
+        with self._begin() as conn:
+            row = conn.execute(select(requests).where(requests.c.id == request_id)).mappings().first()
+            if row is None:
+                return None
+            claim = conn.execute(select(used_tokens).where(used_tokens.c.request_id == request_id)).mappings().first()
+        return Request(**row), (Claim(**claim) if claim else None)
+
+    def revoke_unanswered_request(self, request_id: str, now: float, stale_after: float) -> bool:
+        """Revoke unless answered or being answered, in one statement, so a reply racing the
+        revocation cannot both act and be withdrawn. False when a claim stopped it (or it was
+        already revoked, or is unknown). A pending claim older than ``stale_after`` is dead."""
+        blocking_claim = (
+            select(used_tokens.c.request_id)
+            .where(
+                used_tokens.c.request_id == requests.c.id,
+                (used_tokens.c.state == "done") | (used_tokens.c.claimed_at >= now - stale_after),
+            )
+            .exists()
+        )
+        with self._begin() as conn:
+            changed = conn.execute(
+                update(requests)
+                .where(requests.c.id == request_id, requests.c.revoked_at.is_(None), ~blocking_claim)
+                .values(revoked_at=now)
+            ).rowcount
+        return bool(changed)
+
+    def list_tasks_with_comments(self) -> list[Task]:
+        """Every task with its comments, in two queries (``list_tasks`` leaves comments out)."""
+        with self._begin() as conn:
+            rows = conn.execute(select(tasks).order_by(tasks.c.created_at, tasks.c.id)).mappings().all()
+            comment_rows = conn.execute(select(task_comments).order_by(task_comments.c.id)).mappings().all()
+        by_task: dict[str, list[Comment]] = {}
+        for c in comment_rows:
+            by_task.setdefault(c["task_id"], []).append(Comment(c["author"], c["text"], c["at"]))
+        return [Task(**row, comments=tuple(by_task.get(row["id"], ()))) for row in rows]
 
 
 def _make_engine(url: str, busy_timeout: float) -> Engine:

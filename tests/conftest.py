@@ -99,6 +99,10 @@ class RcMta:
             raise AssertionError(f"rc-mta {' '.join(args)} failed ({result.returncode}): {result.stderr}")
         return result
 
+    @property
+    def http_url(self) -> str:
+        return "http://" + str(self.settings["http"]["listen"])
+
     def cli_json(self, *args: str) -> Any:
         return json.loads(self.cli(*args, "--json").stdout)
 
@@ -114,6 +118,9 @@ class RcMta:
         wait_for_port(self.smtp_port, self.proc)
         if self.lmtp_port:
             wait_for_port(self.lmtp_port, self.proc)
+        http_listen = str(self.settings.get("http", {}).get("listen", ""))
+        if http_listen:
+            wait_for_port(int(http_listen.rsplit(":", 1)[1]), self.proc)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -156,6 +163,7 @@ def make_rc_mta(workdir: Path, **overrides: dict[str, Any]) -> RcMta:
         "signing": {"keys": {1: secrets.token_hex(16)}, "active_key": 1, "request_ttl": "1d"},
         "outbound": {"transport": "outbox", "outbox_dir": str(workdir / "outbox")},
         "store": {"url": f"sqlite:///{workdir / 'rc-mta.db'}", "busy_timeout": "1s"},
+        "http": {"listen": f"127.0.0.1:{free_port()}"},
     }
     for section, values in overrides.items():
         settings.setdefault(section, {}).update(values)

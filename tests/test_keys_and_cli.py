@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from conftest import RcMta
+from dnsserver import NsdServer
 from mailclient import reply_message, send_smtp
 
 
@@ -92,13 +93,16 @@ def test_missing_task_is_a_one_line_error(fresh_rc: RcMta) -> None:
     assert result.stderr.strip() == "rc-mta: error: no task t-doesnotexist"
 
 
-def test_check_config_reports_each_part(fresh_rc: RcMta) -> None:
+def test_check_config_reports_each_part(fresh_rc: RcMta, dns_server: NsdServer) -> None:
+    fresh_rc.settings["dns"] = {"nameservers": ["127.0.0.1"], "port": dns_server.port, "timeout": "2s"}
+    fresh_rc.settings["inbound"]["reply_domain"] = "reply.good.test"
     fresh_rc.write_config()
 
     result = fresh_rc.cli("check-config")
 
-    assert "✓ store reachable" in result.stdout
-    assert "✓ outbox" in result.stdout
+    assert "✓ store:" in result.stdout
+    assert "✓ outbound outbox:" in result.stdout
+    assert result.stdout.count("✗") == 0
 
 
 def test_diagnose_judges_a_saved_reply_without_acting(fresh_rc: RcMta, tmp_path: Path) -> None:

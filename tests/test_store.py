@@ -106,7 +106,7 @@ def test_finished_claim_is_never_taken_over(store: Store) -> None:
     ours, claim = store.claim(request.id, "<a@x>", "complete", "alice@example.com", now + 10_000, 600)
 
     assert not ours
-    assert claim.done and claim.message_id == "<a@x>"
+    assert claim is not None and claim.done and claim.message_id == "<a@x>"
 
 
 def test_released_claim_lets_a_later_reply_try(store: Store) -> None:
@@ -125,3 +125,13 @@ def test_revoked_request_is_marked(store: Store) -> None:
     assert not store.revoke_request(request.id, time.time())
     stored = store.get_request(request.id)
     assert stored is not None and stored.revoked_at is not None
+
+
+def test_revoked_request_cannot_be_claimed(store: Store) -> None:
+    request = _request(store, "t-6")
+    store.revoke_request(request.id, time.time())
+
+    ours, claim = store.claim(request.id, "<a@x>", "complete", "alice@example.com", time.time(), 600)
+
+    assert (ours, claim) == (False, None)
+    assert store.get_claim(request.id) is None

@@ -62,7 +62,10 @@ class ReplyHandler:
 
     def connect_refusal(self, session: Session) -> str | None:
         refusal = self.pipeline.sender_auth.at_connect(peer_ip(session))
-        return str(refusal) if refusal else None
+        if refusal is None:
+            return None
+        self.pipeline.count_refusal("connect", refusal)
+        return str(refusal)
 
     def may_relay_facts(self, session: Session) -> bool:
         """Only configured trusted relays may tell us who the original client is."""

@@ -10,6 +10,7 @@ from typing import AnyStr
 
 from aiosmtpd.smtp import SMTP, Envelope, Session, syntax
 
+from .. import metrics
 from .. import smtp_replies as R
 from ..config import InboundConfig, parse_host_port
 from ..pipeline import Pipeline
@@ -64,6 +65,16 @@ class SmtpServer(SMTP):
 
     def _create_session(self) -> Session:
         return ReplySession(self.loop)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self._original_transport is None:  # not the STARTTLS re-entry
+            metrics.CONNECTIONS.labels(self.reply_handler.source).inc()
+            metrics.SESSIONS_ACTIVE.labels(self.reply_handler.source).inc()
+        super().connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        metrics.SESSIONS_ACTIVE.labels(self.reply_handler.source).dec()
+        super().connection_lost(exc)
 
     def _create_envelope(self) -> Envelope:
         return ReplyEnvelope()

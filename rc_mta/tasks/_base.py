@@ -1,12 +1,14 @@
 """The interface every task backend implements (embedded store, Release, webhook).
 
 A backend raises ``TaskNotFound`` / ``TaskNotInProgress`` for refusals a person can
-understand, and ``TemporaryFailure`` when it cannot be reached (the sender retries).
+understand, ``PermanentRefusal`` (e.g. ``BACKEND_REFUSED``) when the workflow system says
+no for its own reason, and ``TemporaryFailure`` when it cannot be reached (the sender
+retries).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 
@@ -18,6 +20,16 @@ class TaskInfo:
     status: str  # in_progress | completed | failed | other backend-specific states
     acted_by: str | None = None
     acted_at: float | None = None
+
+
+@dataclass(frozen=True)
+class ActionContext:
+    """Facts about the reply that acted, for backends that pass them on (the webhook)."""
+
+    request_id: str
+    message_id: str
+    source: str  # smtp | lmtp | imap | graph
+    verdicts: dict[str, str] = field(default_factory=dict)  # check name -> result
 
 
 class TaskNotFound(Exception):
@@ -39,10 +51,18 @@ class TaskBackend(Protocol):
         """The task's status and owner; raises TaskNotFound."""
         ...
 
-    async def complete(self, task_id: str, comment: str, actor: str) -> None:
+    async def complete(self, task_id: str, comment: str, actor: str, context: ActionContext) -> None:
         """Complete an in-progress task; raises TaskNotFound or TaskNotInProgress."""
         ...
 
-    async def fail(self, task_id: str, comment: str, actor: str) -> None:
+    async def fail(self, task_id: str, comment: str, actor: str, context: ActionContext) -> None:
         """Fail an in-progress task; raises TaskNotFound or TaskNotInProgress."""
+        ...
+
+    async def check(self) -> None:
+        """Raise if the backend cannot be reached now (for /readyz and check-config)."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections at shutdown."""
         ...

@@ -6,7 +6,7 @@ import asyncio
 import time
 
 from ..store import COMPLETED, FAILED, Store
-from ._base import TaskInfo, TaskNotFound, TaskNotInProgress
+from ._base import ActionContext, TaskInfo, TaskNotFound, TaskNotInProgress
 
 
 class EmbeddedBackend:
@@ -21,11 +21,17 @@ class EmbeddedBackend:
             raise TaskNotFound(task_id)
         return TaskInfo(task.id, task.title, task.owner, task.status, task.acted_by, task.acted_at)
 
-    async def complete(self, task_id: str, comment: str, actor: str) -> None:
+    async def complete(self, task_id: str, comment: str, actor: str, context: ActionContext) -> None:
         await self._set(task_id, COMPLETED, comment, actor)
 
-    async def fail(self, task_id: str, comment: str, actor: str) -> None:
+    async def fail(self, task_id: str, comment: str, actor: str, context: ActionContext) -> None:
         await self._set(task_id, FAILED, comment, actor)
+
+    async def check(self) -> None:
+        await asyncio.to_thread(self._store.ping)
+
+    async def close(self) -> None:
+        pass
 
     async def _set(self, task_id: str, status: str, comment: str, actor: str) -> None:
         changed = await asyncio.to_thread(self._store.set_task_status, task_id, status, comment, actor, time.time())

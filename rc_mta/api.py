@@ -1,0 +1,633 @@
+"""The HTTP API workflow systems call (requests, tasks). Routes are added to the app that
+also serves /metrics and health.
+
+Every /v1 answer is JSON; every error has one shape, ``{"error": {"code", "message",
+"details"?}}``, so a client needs one error handler. Bodies are validated by the same
+pydantic models the OpenAPI document at ``/openapi.json`` is generated from, so the
+document cannot drift from what the server accepts and answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
+
+from aiohttp import web
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+from pydantic.json_schema import JsonSchemaMode, models_json_schema
+
+from . import __version__
+from .errors import PermanentRefusal, TemporaryFailure
+from .pipeline import STALE_CLAIM_SECONDS
+from .store import Claim, Request, Task
+from .tasks import TaskNotFound
+
+if TYPE_CHECKING:
+    from .app import Service
+
+log = logging.getLogger("rc_mta.api")
+
+MAX_OWNERS = 20
+MIN_EXPIRES_IN = 60
+MAX_EXPIRES_IN = 90 * 86400
+
+# Text that ends up in mail headers (Subject, To, X-RC-MTA-Task) must not hold anything
+# str.splitlines() breaks on, or composing the mail fails: no C0/C1 controls, no U+2028/9.
+_NO_CONTROLS = r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029]+$"
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_EMAIL = rf"^[A-Za-z0-9.!#$%&'*+/=?^_`{{|}}~-]+@{_LABEL}(?:\.{_LABEL})+$"
+_LINK = r"^https?://[^\x00-\x20\x7f-\x9f\u2028\u2029]+$"
+_REQUEST_ID = re.compile(r"[0-9a-f]{16}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+Email = Annotated[
+    str,
+    StringConstraints(max_length=254, pattern=_EMAIL),
+    Field(description="An email address.", examples=["alice@example.com"]),
+]
+Text = Annotated[str, StringConstraints(min_length=1, max_length=500, pattern=_NO_CONTROLS)]
+TaskId = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=_NO_CONTROLS)]
+Link = Annotated[str, StringConstraints(max_length=2048, pattern=_LINK)]
+
+
+def _whole_number(value: Any) -> Any:
+    """JSON Schema counts 3600.0 as an integer, so we do too; 3600.5 and "3600" stay wrong."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+Seconds = Annotated[int, Field(ge=MIN_EXPIRES_IN, le=MAX_EXPIRES_IN), BeforeValidator(_whole_number)]
+Timestamp = Annotated[str, Field(json_schema_extra={"format": "date-time"}, examples=["2025-01-31T12:00:00+00:00"])]
+M = TypeVar("M", bound=BaseModel)
+ErrorCode = Literal["not_found", "unauthorized", "invalid_request", "conflict", "unavailable", "internal"]
+
+
+# Bodies ------------------------------------------------------------------------------------
+
+
+class _Body(BaseModel):
+    """Strict: unknown fields and wrong JSON types are refused, never coerced."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class RequestCreate(_Body):
+    """Mail a completion request for a task to one owner or to several (any one may answer)."""
+
+    model_config = ConfigDict(json_schema_extra={"not": {"required": ["owner", "owners"]}})
+
+    task_id: TaskId
+    owners: Annotated[list[Email], Field(min_length=1, max_length=MAX_OWNERS)] | None = Field(
+        None, description="Who may answer; each gets their own signed addresses. Not together with owner."
+    )
+    owner: Email | None = Field(None, description="One owner. Without owner and owners: the task's owner.")
+    title: Text | None = Field(None, description="The subject; default: the task's title.")
+    context_title: Text | None = Field(None, description="Where the task lives (a release, a pipeline).")
+    link: Link | None = Field(None, description="An http(s) link to the task, shown in the mail.")
+    expires_in: Seconds | None = Field(
+        None, description="Seconds until the reply addresses stop working; default: [signing] request_ttl."
+    )
+
+    @model_validator(mode="after")
+    def _one_way_to_name_owners(self) -> RequestCreate:
+        if {"owner", "owners"} <= self.model_fields_set:
+            raise ValueError("give owner or owners, not both")
+        return self
+
+    def recipients(self) -> list[str | None]:
+        """Distinct owners, case-insensitively; [None] means the task's own owner."""
+        named = self.owners if self.owners is not None else [self.owner] if self.owner is not None else []
+        distinct: dict[str, str] = {}
+        for address in named:
+            distinct.setdefault(address.strip().lower(), address)
+        return list(distinct) or [None]
+
+
+class TaskCreate(_Body):
+    """A task in the embedded store (what ``rc-mta task add`` does)."""
+
+    title: Text
+    owner: Email
+
+
+# Answers -----------------------------------------------------------------------------------
+
+
+class SentRequestOut(BaseModel):
+    request_id: str
+    owner: str
+    message_id: str
+    reply_to: str
+    complete_address: str
+    fail_address: str
+    expires_at: Timestamp
+
+
+class RequestsCreated(BaseModel):
+    task_id: str
+    requests: list[SentRequestOut]
+
+
+class Answer(BaseModel):
+    action: Literal["complete", "fail"]
+    by: str
+    at: Timestamp
+    message_id: str
+
+
+class RequestOut(BaseModel):
+    request_id: str
+    task_id: str
+    owner: str
+    title: str
+    created_at: Timestamp
+    expires_at: Timestamp
+    state: Literal["sent", "answered", "expired", "revoked"]
+    answered: Answer | None
+    revoked_at: Timestamp | None
+
+
+class CommentOut(BaseModel):
+    author: str
+    text: str
+    at: Timestamp
+
+
+class TaskOut(BaseModel):
+    """The shape of ``rc-mta task show --json``."""
+
+    id: str
+    title: str
+    owner: str
+    status: str
+    created_at: Timestamp
+    acted_by: str | None
+    acted_at: Timestamp | None
+    comments: list[CommentOut]
+
+
+class ErrorDetail(BaseModel):
+    field: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    code: ErrorCode
+    message: str
+    details: list[ErrorDetail] | None = None
+
+
+class ErrorOut(BaseModel):
+    error: ErrorBody
+
+
+# Errors ------------------------------------------------------------------------------------
+
+
+class ApiError(Exception):
+    """An answer other than success; the middleware renders it in the one error shape."""
+
+    def __init__(
+        self,
+        status: int,
+        code: ErrorCode,
+        message: str,
+        details: list[ErrorDetail] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.details, self.headers = status, code, message, details, headers
+
+    def response(self) -> web.Response:
+        body = ErrorOut(error=ErrorBody(code=self.code, message=self.message, details=self.details))
+        return web.json_response(
+            body.model_dump(mode="json", exclude_none=True), status=self.status, headers=self.headers
+        )
+
+
+_HTTP_CODES: dict[int, ErrorCode] = {400: "invalid_request", 404: "not_found", 405: "invalid_request"}
+
+
+def _from_http_exception(exc: web.HTTPException) -> ApiError:
+    """aiohttp's own refusals (no such route, wrong method, body too large) in our shape."""
+    code: ErrorCode = _HTTP_CODES.get(exc.status, "invalid_request" if exc.status < 500 else "internal")
+    allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+    return ApiError(exc.status, code, exc.reason, headers=allow)
+
+
+def _validation_details(exc: ValidationError) -> list[ErrorDetail]:
+    return [
+        ErrorDetail(field=".".join(str(part) for part in e["loc"]) or "(body)", message=e["msg"])
+        for e in exc.errors(include_url=False)
+    ]
+
+
+# Helpers -----------------------------------------------------------------------------------
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
+
+
+def _iso_or_none(ts: float | None) -> str | None:
+    return _iso(ts) if ts is not None else None
+
+
+def task_json(task: Task) -> dict[str, Any]:
+    """A task as ``rc-mta task show --json`` prints it."""
+    out = TaskOut(
+        id=task.id,
+        title=task.title,
+        owner=task.owner,
+        status=task.status,
+        created_at=_iso(task.created_at),
+        acted_by=task.acted_by,
+        acted_at=_iso_or_none(task.acted_at),
+        comments=[CommentOut(author=c.author, text=c.text, at=_iso(c.at)) for c in task.comments],
+    )
+    return out.model_dump(mode="json")
+
+
+def request_json(request: Request, claim: Claim | None, now: float) -> dict[str, Any]:
+    """Only a finished (``done``) claim is an answer: a pending one may still be given back."""
+    answered = None
+    if claim is not None and claim.done:
+        answered = Answer(
+            action="fail" if claim.action == "fail" else "complete",
+            by=claim.actor,
+            at=_iso(claim.done_at if claim.done_at is not None else claim.claimed_at),
+            message_id=claim.message_id,
+        )
+    state: Literal["sent", "answered", "expired", "revoked"]
+    if answered is not None:
+        state = "answered"
+    elif request.revoked_at is not None:
+        state = "revoked"
+    elif request.expires_at <= now:
+        state = "expired"
+    else:
+        state = "sent"
+    out = RequestOut(
+        request_id=request.id,
+        task_id=request.task_id,
+        owner=request.owner,
+        title=request.title,
+        created_at=_iso(request.created_at),
+        expires_at=_iso(request.expires_at),
+        state=state,
+        answered=answered,
+        revoked_at=_iso_or_none(request.revoked_at),
+    )
+    return out.model_dump(mode="json")
+
+
+async def _body(request: web.Request, model: type[M]) -> M:
+    raw = await request.read()
+    if not raw.strip():
+        raise ApiError(400, "invalid_request", "the body must be a JSON object")
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        raise ApiError(400, "invalid_request", "the body is not valid", _validation_details(exc)) from None
+
+
+def _request_id(request: web.Request) -> str:
+    """A request id as we issue them; anything else cannot exist, so it is not looked up."""
+    value = request.match_info["request_id"].lower()
+    if not _REQUEST_ID.fullmatch(value):
+        raise ApiError(404, "not_found", f"no request {value[:64]!r}")
+    return value
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class _Api:
+    """The handlers, bound to one service."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        # An empty token would let in 'Bearer ' with nothing after it: it counts as none.
+        self.tokens = [t.get_secret_value().encode() for t in service.settings.http.api_tokens if t.get_secret_value()]
+
+    # Middleware ----------------------------------------------------------------------------
+
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Auth and the one error shape for /v1 (also for unknown routes there: 401 before 404,
+        so an unauthenticated caller learns nothing about which routes exist)."""
+        path = request.path
+        is_api = path == "/v1" or path.startswith("/v1/")
+        if not is_api and path != "/openapi.json":
+            return await handler(request)
+        try:
+            if is_api:
+                self._authenticate(request)
+            return await handler(request)
+        except ApiError as exc:
+            return exc.response()
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            return _from_http_exception(exc).response()
+        except TemporaryFailure as exc:
+            log.warning("api %s %s: temporary failure: %s", request.method, path, exc)
+            return ApiError(503, "unavailable", f"temporarily unavailable, try again: {exc}").response()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("api %s %s failed", request.method, path)
+            return ApiError(500, "internal", "internal error; the server log has the details").response()
+
+    def _authenticate(self, request: web.Request) -> None:
+        challenge = {"WWW-Authenticate": 'Bearer realm="rc-mta"'}
+        if not self.tokens:
+            raise ApiError(
+                401, "unauthorized", "the API is off: no [http] api_tokens are configured", headers=challenge
+            )
+        scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+        given = presented.strip().encode("utf-8", "surrogatepass")
+        matched = False
+        for token in self.tokens:  # every token compared: timing tells nothing about which
+            matched |= scheme.lower() == "bearer" and hmac.compare_digest(given, token)
+        if not matched:
+            challenge["WWW-Authenticate"] += ', error="invalid_token"' if presented else ""
+            raise ApiError(
+                401, "unauthorized", "a valid 'Authorization: Bearer <token>' is required", headers=challenge
+            )
+
+    # Requests ------------------------------------------------------------------------------
+
+    async def create_request(self, request: web.Request) -> web.Response:
+        body = await _body(request, RequestCreate)
+        service = self.service
+        try:
+            task = await service.backend.get(body.task_id)
+        except TaskNotFound:
+            raise ApiError(404, "not_found", f"no task {body.task_id}") from None
+        except PermanentRefusal as exc:
+            raise ApiError(409, "conflict", str(exc.reply)) from None
+        recipients = body.recipients()
+        if recipients == [None] and "@" not in task.owner:
+            raise ApiError(
+                400, "invalid_request", f"task {task.id}'s owner {task.owner!r} is not an email: give owners"
+            )
+        sent = []
+        try:
+            for owner in recipients:
+                one = await service.send_request(
+                    task.id,
+                    owner,
+                    body.title,
+                    context_title=body.context_title,
+                    link=body.link,
+                    expires_in=body.expires_in,
+                )
+                stored = await asyncio.to_thread(service.store.get_request, one.request_id)
+                assert stored is not None
+                sent.append((one, stored))
+        except BaseException:
+            # All or nothing: a client that retries must not leave live twins behind.
+            now = time.time()
+            for one, _ in sent:
+                try:
+                    await asyncio.to_thread(service.store.revoke_request, one.request_id, now)
+                except TemporaryFailure:
+                    log.warning("could not withdraw request %s after a failed send", one.request_id)
+            raise
+        out = RequestsCreated(
+            task_id=task.id,
+            requests=[
+                SentRequestOut(
+                    request_id=one.request_id,
+                    owner=one.to,
+                    message_id=one.message_id,
+                    reply_to=one.reply_to,
+                    complete_address=one.complete_address,
+                    fail_address=one.fail_address,
+                    expires_at=_iso(stored.expires_at),
+                )
+                for one, stored in sent
+            ],
+        )
+        return web.json_response(out.model_dump(mode="json"), status=201)
+
+    async def get_request(self, request: web.Request) -> web.Response:
+        request_id = _request_id(request)
+        found = await asyncio.to_thread(self.service.store.get_request_with_claim, request_id)
+        if found is None:
+            raise ApiError(404, "not_found", f"no request {request_id}")
+        return web.json_response(request_json(*found, time.time()))
+
+    async def revoke_request(self, request: web.Request) -> web.Response:
+        """Withdraw a request (e.g. the task was reassigned): its addresses are refused at RCPT."""
+        request_id = _request_id(request)
+        store = self.service.store
+        now = time.time()
+        await asyncio.to_thread(store.revoke_unanswered_request, request_id, now, STALE_CLAIM_SECONDS)
+        found = await asyncio.to_thread(store.get_request_with_claim, request_id)
+        if found is None:
+            raise ApiError(404, "not_found", f"no request {request_id}")
+        stored, claim = found
+        if stored.revoked_at is None and claim is not None:
+            if claim.done:
+                message = f"request {request_id} was already answered: {claim.action} by {claim.actor}"
+            else:
+                message = f"request {request_id} is being answered right now by {claim.actor}"
+            raise ApiError(409, "conflict", message)
+        return web.json_response(request_json(stored, claim, now))
+
+    # Tasks (embedded backend) --------------------------------------------------------------
+
+    def _embedded_only(self) -> None:
+        backend = self.service.settings.tasks.backend
+        if backend != "embedded":
+            raise ApiError(
+                404,
+                "not_found",
+                f"task endpoints serve the embedded task store, and [tasks] backend is {backend!r}",
+                [ErrorDetail(field="tasks.backend", message=f"is {backend!r}, not 'embedded'")],
+            )
+
+    async def create_task(self, request: web.Request) -> web.Response:
+        self._embedded_only()
+        body = await _body(request, TaskCreate)
+        task = await asyncio.to_thread(self.service.store.add_task, body.title, body.owner, time.time())
+        return web.json_response(task_json(task), status=201)
+
+    async def list_tasks(self, request: web.Request) -> web.Response:
+        self._embedded_only()
+        tasks = await asyncio.to_thread(self.service.store.list_tasks_with_comments)
+        return web.json_response([task_json(t) for t in tasks])
+
+    async def get_task(self, request: web.Request) -> web.Response:
+        self._embedded_only()
+        task_id = request.match_info["task_id"]
+        if len(task_id) > 255 or _CONTROL.search(task_id):
+            raise ApiError(404, "not_found", "no such task")
+        task = await asyncio.to_thread(self.service.store.get_task, task_id)
+        if task is None:
+            raise ApiError(404, "not_found", f"no task {task_id}")
+        return web.json_response(task_json(task))
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        return web.json_response(openapi_document())
+
+
+# OpenAPI -----------------------------------------------------------------------------------
+
+_ERROR_TEXT = {
+    400: "The body is not valid: `details` names each field.",
+    401: "No valid bearer token (or no [http] api_tokens configured).",
+    404: "No such resource.",
+    409: "The resource's state forbids this.",
+    413: "The body is too large.",
+    500: "A bug: the server log has the details.",
+    503: "Something needed is unavailable now (store, task backend, SMTP relay): retry later.",
+}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    return {
+        str(s): {
+            "description": _ERROR_TEXT[s],
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorOut"}}},
+        }
+        for s in sorted({401, 500, 503, *statuses})
+    }
+
+
+def _json(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _ref(model: type[BaseModel]) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+
+def _body_spec(model: type[BaseModel]) -> dict[str, Any]:
+    return {"required": True, "content": {"application/json": {"schema": _ref(model)}}}
+
+
+def _path_param(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "description": description, "schema": schema}
+
+
+_openapi_cache: dict[str, Any] = {}
+
+
+def openapi_document() -> dict[str, Any]:
+    """The OpenAPI 3.1 description of /v1, its schemas generated from the models above."""
+    if _openapi_cache:
+        return _openapi_cache
+    models: list[tuple[type[BaseModel], JsonSchemaMode]] = [
+        (RequestCreate, "validation"),
+        (TaskCreate, "validation"),
+        (RequestsCreated, "serialization"),
+        (RequestOut, "serialization"),
+        (TaskOut, "serialization"),
+        (ErrorOut, "serialization"),
+    ]
+    _, defs = models_json_schema(models, ref_template="#/components/schemas/{model}")
+    request_id = _path_param(
+        "request_id", {"type": "string", "pattern": "^[0-9a-f]{16}$"}, "A request id, as POST /v1/requests returned it."
+    )
+    task_id = _path_param("task_id", {"type": "string", "maxLength": 255}, "A task id of the embedded store.")
+    embedded = ' Only with `[tasks] backend = "embedded"`; otherwise 404.'
+    paths: dict[str, Any] = {
+        "/v1/requests": {
+            "post": {
+                "operationId": "createRequest",
+                "summary": "Mail a completion request for a task to its owner(s)",
+                "description": "One request per owner, each with its own signed reply addresses. Any one owner "
+                "may answer; once one has, the others' replies are refused. All or nothing: when a send fails "
+                "(503), the requests already sent by this call are revoked.",
+                "requestBody": _body_spec(RequestCreate),
+                "responses": {"201": _json("Sent.", _ref(RequestsCreated)), **_errors(400, 404, 409, 413)},
+            }
+        },
+        "/v1/requests/{request_id}": {
+            "parameters": [request_id],
+            "get": {
+                "operationId": "getRequest",
+                "summary": "A request and whether (and by whom) it was answered",
+                "responses": {"200": _json("The request.", _ref(RequestOut)), **_errors(404)},
+            },
+            "delete": {
+                "operationId": "revokeRequest",
+                "summary": "Revoke a request: its reply addresses are refused from now on",
+                "description": "Idempotent. 409 when the request was already answered (or is being answered).",
+                "responses": {"200": _json("Revoked.", _ref(RequestOut)), **_errors(404, 409)},
+            },
+        },
+        "/v1/tasks": {
+            "post": {
+                "operationId": "createTask",
+                "summary": "Add a task to the embedded store",
+                "description": "Like `rc-mta task add`." + embedded,
+                "requestBody": _body_spec(TaskCreate),
+                "responses": {"201": _json("Added.", _ref(TaskOut)), **_errors(400, 404, 413)},
+            },
+            "get": {
+                "operationId": "listTasks",
+                "summary": "Every task of the embedded store, oldest first",
+                "description": "Like `rc-mta task list --json`." + embedded,
+                "responses": {"200": _json("The tasks.", {"type": "array", "items": _ref(TaskOut)}), **_errors(404)},
+            },
+        },
+        "/v1/tasks/{task_id}": {
+            "parameters": [task_id],
+            "get": {
+                "operationId": "getTask",
+                "summary": "One task and its comments",
+                "description": "Like `rc-mta task show --json`." + embedded,
+                "responses": {"200": _json("The task.", _ref(TaskOut)), **_errors(404)},
+            },
+        },
+    }
+    _openapi_cache.update(
+        {
+            "openapi": "3.1.0",
+            "info": {
+                "title": "rc-mta",
+                "version": __version__,
+                "description": "Mail completion requests and see how they were answered. Errors always have "
+                "the shape of ErrorOut.",
+            },
+            "security": [{"bearer": []}],
+            "paths": paths,
+            "components": {
+                "schemas": defs["$defs"],
+                "securitySchemes": {
+                    "bearer": {
+                        "type": "http",
+                        "scheme": "bearer",
+                        "description": "One of the configured `[http] api_tokens`.",
+                    }
+                },
+            },
+        }
+    )
+    return _openapi_cache
+
+
+def add_api_routes(app: web.Application, service: Service) -> None:
+    """Register the /v1 API and /openapi.json on ``app`` (before it starts)."""
+    api = _Api(service)
+
+    @web.middleware
+    async def api_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        return await api.middleware(request, handler)
+
+    app.middlewares.append(api_middleware)
+    app.router.add_post("/v1/requests", api.create_request)
+    app.router.add_get("/v1/requests/{request_id}", api.get_request)
+    app.router.add_delete("/v1/requests/{request_id}", api.revoke_request)
+    app.router.add_post("/v1/tasks", api.create_task)
+    app.router.add_get("/v1/tasks", api.list_tasks)
+    app.router.add_get("/v1/tasks/{task_id}", api.get_task)
+    app.router.add_get("/openapi.json", api.openapi)

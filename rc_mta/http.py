@@ -1,0 +1,101 @@
+"""The HTTP listener on the service's own loop: /metrics, /healthz, /readyz, and the API.
+
+aiohttp, because it is asyncio-native (runs on our loop with no ASGI server in between),
+mature, and gives us the HTTP client for the Release, webhook and Graph back ends too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from . import metrics
+from .config import parse_host_port
+
+
+@dataclass
+class Health:
+    """What /healthz and /readyz report. Parts register their own probes."""
+
+    started: float = field(default_factory=time.time)
+    listeners_bound: bool = False
+    loop_lag: float = 0.0
+    # name → seconds since the part last proved alive, and how old is too old
+    liveness: dict[str, Callable[[], tuple[float, float]]] = field(default_factory=dict)
+    # name → coroutine raising on trouble
+    readiness: dict[str, Callable[[], Awaitable[None]]] = field(default_factory=dict)
+
+    async def watch_loop(self, interval: float = 1.0) -> None:
+        """Measure how late the loop wakes us: a blocked loop shows up here."""
+        while True:
+            before = time.monotonic()
+            await asyncio.sleep(interval)
+            self.loop_lag = max(0.0, time.monotonic() - before - interval)
+
+    def live(self) -> tuple[bool, dict[str, object]]:
+        report: dict[str, object] = {"loop_lag_seconds": round(self.loop_lag, 3)}
+        ok = self.loop_lag < 5.0
+        for name, probe in self.liveness.items():
+            age, limit = probe()
+            fresh = age <= limit
+            report[name] = {"ok": fresh, "age_seconds": round(age, 1), "limit_seconds": limit}
+            ok = ok and fresh
+        return ok, report
+
+    async def ready(self) -> tuple[bool, dict[str, object]]:
+        report: dict[str, object] = {"listeners": self.listeners_bound}
+        ok = self.listeners_bound
+        for name, probe in self.readiness.items():
+            try:
+                await asyncio.wait_for(probe(), timeout=5)
+                report[name] = "ok"
+            except Exception as exc:
+                report[name] = f"{type(exc).__name__}: {exc}"
+                ok = False
+        return ok, report
+
+
+HEALTH_KEY = web.AppKey("health", Health)
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    return web.Response(body=generate_latest(metrics.REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    ok, report = request.app[HEALTH_KEY].live()
+    return web.json_response({"status": "ok" if ok else "failing", **report}, status=200 if ok else 503)
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    ok, report = await request.app[HEALTH_KEY].ready()
+    return web.json_response({"status": "ready" if ok else "not ready", **report}, status=200 if ok else 503)
+
+
+def make_app(health: Health, *, with_metrics: bool = True) -> web.Application:
+    app = web.Application()
+    app[HEALTH_KEY] = health
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz)
+    if with_metrics:
+        app.router.add_get("/metrics", _metrics)
+    return app
+
+
+def metrics_app() -> web.Application:
+    app = web.Application()
+    app.router.add_get("/metrics", _metrics)
+    return app
+
+
+async def start_http(app: web.Application, listen: str) -> web.AppRunner:
+    host, port = parse_host_port(listen)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port, reuse_address=True).start()
+    return runner

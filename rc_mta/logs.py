@@ -1,0 +1,378 @@
+"""Logging for people and for log pipelines, switchable while running, that never shows a secret.
+
+Levels include ``trace`` (the SMTP/IMAP protocol exchange, the seed's JavaMail debug).
+Formats are ``text`` (one readable line) or ``json`` (one object per line, structured
+fields from ``extra={...}`` kept as keys). A running service is steered with signals, as
+mail administrators steer their other daemons:
+
+* SIGUSR1 turns ``trace`` on, SIGUSR2 goes back to the configured level;
+* SIGHUP re-reads ``[log] level`` and ``format`` from the config file (nothing else is
+  applied without a restart, and the log line says so).
+
+The pid file (``var/rc-mta.pid`` under the working directory) tells ``rc-mta log-level``
+whom to signal. ``sd_notify`` tells systemd (Type=notify) when the service is ready.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import json
+import logging
+import os
+import re
+import signal
+import socket
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, SecretStr
+
+if TYPE_CHECKING:
+    from .config import Settings
+
+TRACE = 5
+logging.addLevelName(TRACE, "TRACE")
+
+LEVELS = ("trace", "debug", "info", "warning", "error")
+FORMATS = ("text", "json")
+PIDFILE = Path("var/rc-mta.pid")
+# Third-party loggers that write the protocol exchange at DEBUG: shown only at trace.
+PROTOCOL_LOGGERS = ("mail.log", "aioimaplib")
+MASK = "***"
+
+log = logging.getLogger("rc_mta")
+
+# Attributes every LogRecord has; anything else on a record came from ``extra={...}``.
+_RECORD_ATTRS = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
+
+# Field names whose values are secrets wherever they appear (config keys, URLs, log text).
+_SECRET_NAMES = r"(?:password|passwd|pwd|secret|api_?key|tokens?|keys)"
+_SECRET_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
+    # Authorization: Bearer ..., Basic ...
+    (re.compile(r"(?i)\b(bearer|basic)(\s+)[A-Za-z0-9._~+/=-]{8,}"), rf"\g<1>\g<2>{MASK}"),
+    # user:password@host in URLs
+    (re.compile(r"(?i)(\b[a-z][a-z0-9+.-]*://[^/\s:@]*:)([^/\s@]+)(@)"), rf"\g<1>{MASK}\g<3>"),
+    # SMTP AUTH and IMAP AUTHENTICATE/LOGIN in a protocol trace
+    (re.compile(r"(?i)\b(AUTH(?:ENTICATE)?\s+(?:PLAIN|LOGIN|XOAUTH2|OAUTHBEARER|CRAM-MD5)\s+)\S+"), rf"\g<1>{MASK}"),
+    (re.compile(r"(\b[A-Za-z0-9]+\s+LOGIN\s+\S+\s+)\S+"), rf"\g<1>{MASK}"),
+    # x-release-personal-token and similar headers
+    (re.compile(r"(?i)(\b[\w-]+-token\s*:\s*)\S+"), rf"\g<1>{MASK}"),
+    # password=..., "client_secret": "...", token: ...
+    (re.compile(rf"(?i)(\b\w*{_SECRET_NAMES}\b[\"']?\s*[=:]\s*[\"']?)(?!\*\*\*)([^\s\"',;&}}]+)"), rf"\g<1>{MASK}"),
+)
+
+
+def level_number(level: str) -> int:
+    """A configured level name as the logging module's number (``trace`` is ours)."""
+    if level == "trace":
+        return TRACE
+    number = logging.getLevelName(level.upper())
+    if not isinstance(number, int):
+        raise ValueError(f"unknown log level {level!r} (one of {', '.join(LEVELS)})")
+    return number
+
+
+# Secrets ---------------------------------------------------------------------------------
+
+
+def secret_values(settings: BaseModel) -> list[str]:
+    """Every secret the configuration holds: SecretStr fields (passwords, signing keys, API
+    tokens) and the password of the store URL. Their literal values are masked in every log line."""
+    found: list[str] = []
+
+    def walk(value: object) -> None:
+        if isinstance(value, SecretStr):
+            found.append(value.get_secret_value())
+        elif isinstance(value, BaseModel):
+            for name in type(value).model_fields:
+                walk(getattr(value, name))
+        elif isinstance(value, dict):
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                walk(item)
+
+    walk(settings)
+    store = getattr(settings, "store", None)
+    url = getattr(store, "url", "")
+    match = re.match(r"^[a-z0-9+]+://[^/@:]*:([^/@]+)@", url or "")
+    if match:
+        found.append(match.group(1))
+    # Longest first, so a secret that contains another is masked whole.
+    return sorted({s for s in found if len(s) >= 3}, key=len, reverse=True)
+
+
+def mask_secrets(text: str, secrets: Iterable[str] = ()) -> str:
+    """``text`` with known secret values and anything shaped like a credential replaced by ***."""
+    for secret in secrets:
+        if secret in text:
+            text = text.replace(secret, MASK)
+    for pattern, replacement in _SECRET_PATTERNS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+class SecretFilter(logging.Filter):
+    """Masks secrets in the message, its structured fields and its traceback before any
+    handler formats it. On the handler, so records of every logger pass through it."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        super().__init__()
+        self.secrets = list(secrets)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        masked = mask_secrets(message, self.secrets)
+        if masked != message or record.args:
+            record.msg, record.args = masked, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = mask_secrets(record.exc_text, self.secrets)
+        for key, value in list(record.__dict__.items()):
+            if key in _RECORD_ATTRS:
+                continue
+            if re.fullmatch(rf"(?i)\w*{_SECRET_NAMES}", key):
+                record.__dict__[key] = MASK
+            elif isinstance(value, str):
+                record.__dict__[key] = mask_secrets(value, self.secrets)
+        return True
+
+
+# Formats ---------------------------------------------------------------------------------
+
+
+def _fields(record: logging.LogRecord) -> Iterator[tuple[str, Any]]:
+    for key, value in record.__dict__.items():
+        if key not in _RECORD_ATTRS and not key.startswith("_"):
+            yield key, value
+
+
+class TextFormatter(logging.Formatter):
+    """``2026-01-02 10:00:00,123 INFO rc_mta.pipeline message key=value ...``"""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        extra = " ".join(f"{key}={_text_value(value)}" for key, value in _fields(record))
+        if not extra:
+            return line
+        first, newline, rest = line.partition("\n")
+        return f"{first} {extra}{newline}{rest}"
+
+
+def _text_value(value: Any) -> str:
+    text = str(value)
+    return json.dumps(text) if not text or any(c.isspace() or c in '"=' for c in text) else text
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts, level, logger, msg, then the structured fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key, value in _fields(record):
+            entry.setdefault(key, value)
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            entry["exc"] = record.exc_text
+        return json.dumps(entry, ensure_ascii=False, default=str)
+
+
+# Set-up and runtime changes ----------------------------------------------------------------
+
+
+@dataclass
+class _Runtime:
+    """What the running process was configured with, so signals can go back to it."""
+
+    level: str = "info"
+    fmt: str = "text"
+    secrets: list[str] = field(default_factory=list)
+    config_file: Path | None = None
+    handler: logging.Handler | None = None
+    pidfile: Path | None = None
+
+
+_runtime = _Runtime()
+
+
+def setup_logging(
+    level: str, fmt: str = "text", *, secrets: Iterable[str] = (), config_file: Path | None = None
+) -> None:
+    """Log to stderr (journald and ``docker logs`` read it) in the chosen format.
+
+    ``secrets`` are masked wherever they appear; ``config_file`` is the file SIGHUP re-reads.
+    Calling it again replaces the handler it installed before.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown log format {fmt!r} (one of {', '.join(FORMATS)})")
+    _runtime.level, _runtime.fmt = level, fmt
+    _runtime.secrets = list(secrets)
+    if config_file is not None:
+        _runtime.config_file = config_file
+    root = logging.getLogger()
+    if _runtime.handler is not None:
+        root.removeHandler(_runtime.handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.addFilter(SecretFilter(_runtime.secrets))
+    root.addHandler(handler)
+    _runtime.handler = handler
+    set_level(level)
+
+
+def set_level(level: str) -> None:
+    """Change the level now; the protocol loggers speak only at trace."""
+    number = level_number(level)
+    logging.getLogger().setLevel(number)
+    for name in PROTOCOL_LOGGERS:
+        logging.getLogger(name).setLevel(logging.DEBUG if number <= TRACE else logging.WARNING)
+
+
+def current_level() -> str:
+    number = logging.getLogger().getEffectiveLevel()
+    return "trace" if number <= TRACE else logging.getLevelName(number).lower()
+
+
+def install_runtime_controls(loop: asyncio.AbstractEventLoop, settings: Settings) -> None:
+    """SIGUSR1 → trace, SIGUSR2 → configured level, SIGHUP → re-read ``[log]``; and the pid
+    file ``rc-mta log-level`` signals. Called by ``Service.serve`` once its loop runs."""
+    _runtime.level, _runtime.fmt = settings.log.level, settings.log.format
+    loop.add_signal_handler(signal.SIGUSR1, _trace_on)
+    loop.add_signal_handler(signal.SIGUSR2, _trace_off)
+    loop.add_signal_handler(signal.SIGHUP, _reload, settings)
+    try:
+        write_pidfile(PIDFILE)
+    except OSError as exc:  # the signals still work; only ``rc-mta log-level`` cannot find us
+        log.warning("cannot write pid file %s (%s): rc-mta log-level will not find this process", PIDFILE, exc)
+
+
+def _trace_on() -> None:
+    set_level("trace")
+    log.warning("log level trace (SIGUSR1): protocol exchanges are logged; SIGUSR2 turns it off")
+
+
+def _trace_off() -> None:
+    set_level(_runtime.level)
+    log.warning("log level %s (SIGUSR2): back to the configured level", _runtime.level)
+
+
+def _reload(running: Settings) -> None:
+    """Apply a changed ``[log]`` section; report other changed sections as needing a restart."""
+    from .config import load_settings
+    from .errors import RcMtaError
+
+    sd_notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
+    try:
+        where = str(_runtime.config_file) if _runtime.config_file is not None else None
+        fresh = load_settings(where)
+    except RcMtaError as exc:
+        log.error("reload (SIGHUP) failed, nothing changed: %s", exc)
+        sd_notify("READY=1")
+        return
+    before = (_runtime.level, _runtime.fmt)
+    setup_logging(fresh.log.level, fresh.log.format, secrets=secret_values(fresh))
+    changed = [
+        name for name in type(running).model_fields if name != "log" and getattr(running, name) != getattr(fresh, name)
+    ]
+    restart = (
+        f"; changed and needing a restart: {', '.join(changed)}"
+        if changed
+        else "; every other setting needs a restart to change"
+    )
+    log.warning(
+        "reloaded %s (SIGHUP): log level %s → %s, format %s → %s%s",
+        _runtime.config_file or "config from the environment",
+        before[0],
+        fresh.log.level,
+        before[1],
+        fresh.log.format,
+        restart,
+        extra={"reloaded": "log", "restart_needed": changed},
+    )
+    sd_notify("READY=1")
+
+
+# Pid file --------------------------------------------------------------------------------
+
+
+def write_pidfile(path: Path) -> None:
+    """Write our pid (removed again at exit) so ``rc-mta log-level`` finds us."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".tmp")
+    partial.write_text(f"{os.getpid()}\n")
+    os.replace(partial, path)
+    _runtime.pidfile = path.resolve()
+    atexit.register(_remove_pidfile, _runtime.pidfile, os.getpid())
+
+
+def _remove_pidfile(path: Path, pid: int) -> None:
+    try:
+        if path.read_text().strip() == str(pid):
+            path.unlink()
+    except OSError:
+        pass
+
+
+def running_pid(path: Path = PIDFILE) -> int:
+    """The pid of the running service from its pid file; ProcessLookupError when none runs."""
+    try:
+        pid = int(path.read_text().strip())
+    except FileNotFoundError:
+        raise ProcessLookupError(f"no pid file {path}: is rc-mta serve running in this directory?") from None
+    except (OSError, ValueError) as exc:
+        raise ProcessLookupError(f"unreadable pid file {path}: {exc}") from None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        raise ProcessLookupError(f"stale pid file {path}: process {pid} is not running") from None
+    except PermissionError:
+        pass  # running, as another user: signalling will say whether we may
+    cmdline = Path(f"/proc/{pid}/cmdline")
+    if cmdline.exists():
+        try:
+            argv = cmdline.read_bytes().replace(b"\0", b" ")
+        except OSError:
+            argv = b"rc-mta"
+        if b"rc-mta" not in argv and b"rc_mta" not in argv:
+            raise ProcessLookupError(f"stale pid file {path}: process {pid} is not rc-mta")
+    return pid
+
+
+# systemd readiness -------------------------------------------------------------------------
+
+
+def sd_notify(state: str) -> bool:
+    """Tell systemd our state (``READY=1``, ``STOPPING=1``...) over $NOTIFY_SOCKET.
+
+    The sd_notify protocol is one datagram on a Unix socket: no library needed. Returns
+    False when not run by systemd with Type=notify (no socket), True once sent."""
+    address = os.environ.get("NOTIFY_SOCKET", "")
+    if not address:
+        return False
+    if address.startswith("@"):
+        address = "\0" + address[1:]  # abstract namespace
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.connect(address)
+            sock.sendall(state.encode())
+    except OSError as exc:
+        log.warning("sd_notify %s to %s failed: %s", state.split("\n", 1)[0], address.lstrip("\0"), exc)
+        return False
+    return True

@@ -1,0 +1,342 @@
+"""Mailbox mode over Microsoft Graph v1.0: read replies from an Exchange Online mailbox.
+
+Each sync lists the folder (a delta query, so a round costs one call when nothing changed),
+fetches each new message's MIME, hands it to the pipeline and, only once the pipeline has
+committed the action, files the message away (move, delete or flag). The poll loop itself
+(interval, reconnect, backoff, liveness) is the shared Watcher's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+from yarl import URL
+
+from ..config import MailboxConfig
+from ..errors import TemporaryFailure
+from ..oauth2 import OAuth2Error, TokenProvider
+from ..pipeline import MailboxOutcome, Pipeline
+from ._watcher import Watcher
+
+log = logging.getLogger("rc_mta.mailbox.graph")
+
+SOURCE = "graph"
+SCOPE = "https://graph.microsoft.com/.default"
+PAGE_SIZE = 50
+MAX_THROTTLE_RETRIES = 5  # 429/503 answers honoured per call before the round gives up
+MAX_RETRY_AFTER = 120.0  # never sleep longer than this on one Retry-After
+DEFAULT_RETRY_AFTER = 2.0  # when a 429/503 comes without a usable Retry-After
+MAX_PAGES = 10_000  # a nextLink loop is a server bug; don't follow it forever
+# Answers to a stale or unusable delta link: start again with a full listing.
+BAD_DELTA_CODES = {"syncstatenotfound", "syncstateinvalid", "invalidsynctoken", "resyncrequired"}
+WELL_KNOWN_FOLDERS = {"inbox": "inbox", "junk email": "junkemail", "junkemail": "junkemail", "archive": "archive"}
+
+
+class GraphError(TemporaryFailure):
+    """Graph answered an error we cannot fix by retrying this call; the round is retried later."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"Graph {status} {code}: {message}")
+        self.status = status
+        self.code = code
+
+
+@dataclass
+class _State:
+    """What survives a reconnect: where the delta left off and which messages need another look."""
+
+    delta_link: str | None = None
+    delta_supported: bool = True
+    # Listed but not yet filed: disposition "retry", a round cut short, or filing failed. The
+    # delta link has moved past these, so they are looked at again from here.
+    pending_ids: set[str] = field(default_factory=set)
+    kept_ids: set[str] = field(default_factory=set)  # disposition "keep": handled, left in place
+    folder_ids: dict[str, str] = field(default_factory=dict)  # displayName -> folder id
+
+
+class GraphPoller:
+    """The Poller for ``[mailbox] source = "graph"``."""
+
+    source = SOURCE
+
+    def __init__(self, config: MailboxConfig, pipeline: Pipeline, *, clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.pipeline = pipeline
+        self.state = _State()
+        self.watcher = Watcher(SOURCE, self._connect, config.sync_interval, config.startup_delay, clock=clock)
+
+    def staleness(self) -> tuple[float, float]:
+        return self.watcher.staleness()
+
+    async def run(self) -> None:
+        await self.watcher.run()
+
+    def _token_provider(self) -> TokenProvider:
+        graph, oauth2 = self.config.graph, self.config.oauth2
+        refresh_token = oauth2.refresh_token.get_secret_value()
+        token_url = (oauth2.token_url if refresh_token and oauth2.token_url else graph.token_url).replace(
+            "{tenant_id}", graph.tenant_id
+        )
+        client_id = oauth2.client_id if refresh_token and oauth2.client_id else graph.client_id
+        secret = oauth2.client_secret if refresh_token and oauth2.client_id else graph.client_secret
+        # Delegated (refresh-token) access needs offline_access to keep getting refresh tokens.
+        scope = SCOPE + " offline_access" if refresh_token else SCOPE
+        return TokenProvider(token_url, client_id, secret.get_secret_value(), refresh_token=refresh_token, scope=scope)
+
+    @asynccontextmanager
+    async def _connect(self) -> AsyncIterator[GraphConnection]:
+        tokens = self._token_provider()
+        session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60))
+        try:
+            try:
+                await tokens.access_token()  # fail here, with the identity platform's reason
+            except OAuth2Error as exc:
+                log.error("graph poller: cannot sign in as client %s: %s", tokens.client_id, exc)
+                raise
+            yield GraphConnection(self.config, self.pipeline, self.state, session, tokens)
+        finally:
+            await session.close()
+            await tokens.close()
+
+
+class GraphConnection:
+    """One signed-in HTTP session to Graph; the Watcher makes a new one after any error."""
+
+    def __init__(
+        self,
+        config: MailboxConfig,
+        pipeline: Pipeline,
+        state: _State,
+        session: aiohttp.ClientSession,
+        tokens: TokenProvider,
+    ) -> None:
+        self.config = config
+        self.pipeline = pipeline
+        self.state = state
+        self.session = session
+        self.tokens = tokens
+        self.base = config.graph.base_url.rstrip("/") + "/users/" + quote(config.graph.user, safe="@")
+        folder = config.folder
+        self.folder_ref = WELL_KNOWN_FOLDERS.get(folder.lower(), folder) if folder.upper() != "INBOX" else "inbox"
+        self.folder_url: str | None = None
+
+    async def wait(self, timeout: float) -> None:
+        await asyncio.sleep(timeout)  # Graph has no push without a public webhook: poll
+
+    async def sync(self) -> int:
+        """Handle every message waiting now: new ones from the listing, and earlier retries."""
+        ids = await self._list_ids()
+        ids.extend(sorted(self.state.pending_ids.difference(ids)))
+        self.state.pending_ids.update(ids)
+        handled = 0
+        for message_id in ids:
+            if message_id in self.state.kept_ids:
+                self.state.pending_ids.discard(message_id)
+                continue
+            if await self._handle(message_id):
+                handled += 1
+        return handled
+
+    # -- listing ----------------------------------------------------------------------------
+
+    async def _folder_url(self) -> str:
+        if self.folder_url is None:
+            ref = self.folder_ref
+            if ref not in WELL_KNOWN_FOLDERS.values():
+                ref = await self._find_folder(ref, create=False)
+            self.folder_url = f"{self.base}/mailFolders/{quote(ref, safe='')}"
+        return self.folder_url
+
+    async def _list_ids(self) -> list[str]:
+        folder_url = await self._folder_url()
+        if self.state.delta_supported:
+            try:
+                return await self._delta_ids(folder_url)
+            except GraphError as exc:
+                if self.state.delta_link is None and exc.status in (400, 404, 405, 501):
+                    log.warning("graph: delta query not available (%s); listing the folder every round", exc)
+                    self.state.delta_supported = False
+                elif exc.status == 410 or exc.code.lower() in BAD_DELTA_CODES:
+                    log.info("graph: delta link no longer valid (%s); listing the whole folder", exc)
+                else:
+                    raise
+                self.state.delta_link = None
+        return await self._full_ids(folder_url)
+
+    async def _delta_ids(self, folder_url: str) -> list[str]:
+        url: str | URL = self.state.delta_link or URL(folder_url + "/messages/delta").with_query({"$select": "id"})
+        ids: dict[str, None] = {}  # ordered, without duplicates (a message changed twice shows twice)
+        for _ in range(MAX_PAGES):
+            page = await self._json("GET", url)
+            for item in page.get("value", []):
+                if "@removed" in item:
+                    self.state.kept_ids.discard(str(item.get("id")))  # gone: no need to remember it
+                elif item.get("id"):
+                    ids[str(item["id"])] = None
+            if "@odata.nextLink" in page:
+                url = str(page["@odata.nextLink"])
+                continue
+            if "@odata.deltaLink" in page:
+                self.state.delta_link = str(page["@odata.deltaLink"])
+            return list(ids)
+        raise GraphError(200, "tooManyPages", "the delta query did not end")
+
+    async def _full_ids(self, folder_url: str) -> list[str]:
+        url: str | URL = URL(folder_url + "/messages").with_query({"$select": "id", "$top": str(PAGE_SIZE)})
+        ids: dict[str, None] = {}
+        for _ in range(MAX_PAGES):
+            page = await self._json("GET", url)
+            ids.update((str(m["id"]), None) for m in page.get("value", []) if m.get("id"))
+            if "@odata.nextLink" not in page:
+                return list(ids)
+            url = str(page["@odata.nextLink"])
+        raise GraphError(200, "tooManyPages", "the folder listing did not end")
+
+    # -- one message ------------------------------------------------------------------------
+
+    async def _handle(self, message_id: str) -> bool:
+        """Fetch, decide, file. False when the message is gone (someone else filed it)."""
+        message_url = f"{self.base}/messages/{quote(message_id, safe='')}"
+        try:
+            raw = await self._bytes(message_url + "/$value")
+        except GraphError as exc:
+            if exc.status != 404:
+                raise
+            self.state.pending_ids.discard(message_id)
+            log.info("graph message %s: gone before it was read", message_id)
+            return False
+        outcome = await self.pipeline.handle_mailbox_message(raw, SOURCE, self.config.trusted_authserv_ids)
+        if outcome.disposition == "retry":  # stays pending: read again next round
+            log.info("graph message %s: retry (%s)", message_id, outcome.reason)
+            return True
+        # Filing fails? It stays pending; the action is committed, and the pipeline knows the
+        # message again next round, so nothing is done twice.
+        filed = await self._file(message_url, message_id, outcome)
+        self.state.pending_ids.discard(message_id)
+        log.info("graph message %s: %s (%s) -> %s", message_id, outcome.disposition, outcome.reason, filed)
+        return True
+
+    async def _file(self, message_url: str, message_id: str, outcome: MailboxOutcome) -> str:
+        """Dispose of a handled message as configured; returns what was done, for the log."""
+        disposition = self.config.disposition
+        if disposition == "delete":
+            await self._ignore_gone("DELETE", message_url)
+            return "deleted"
+        if disposition == "keep":
+            await self._ignore_gone("PATCH", message_url, {"flag": {"flagStatus": "flagged"}})
+            self.state.kept_ids.add(message_id)
+            return "flagged"
+        name = self.config.processed_folder if outcome.disposition == "processed" else self.config.rejected_folder
+        for attempt in range(2):
+            folder_id = await self._find_folder(name, create=True)
+            try:
+                await self._ignore_gone("POST", message_url + "/move", {"destinationId": folder_id})
+                return f"moved to {name}"
+            except GraphError as exc:
+                # A 400/404 here most likely means the folder was deleted since we cached its id.
+                if attempt or exc.status not in (400, 404):
+                    raise
+                self.state.folder_ids.pop(name, None)
+        raise AssertionError("unreachable")
+
+    async def _ignore_gone(self, method: str, url: str, body: dict[str, Any] | None = None) -> None:
+        """A message already gone from the folder needs no filing."""
+        try:
+            await self._call(method, url, body)
+        except GraphError as exc:
+            if exc.status != 404 or method == "POST":
+                raise
+            log.info("graph: %s %s: message already gone", method, url)
+
+    async def _find_folder(self, name: str, *, create: bool) -> str:
+        """The id of the top-level folder called ``name``, created when ``create`` and missing."""
+        if name in self.state.folder_ids:
+            return self.state.folder_ids[name]
+        escaped = name.replace("'", "''")  # OData string literal
+        url = URL(f"{self.base}/mailFolders").with_query({"$filter": f"displayName eq '{escaped}'"})
+        page = await self._json("GET", url)
+        found = [f for f in page.get("value", []) if f.get("displayName") == name and f.get("id")]
+        if found:
+            folder_id = str(found[0]["id"])
+        elif not create:
+            raise GraphError(404, "folderNotFound", f"no folder {name!r} under the mailbox root")
+        else:
+            try:
+                folder_id = str((await self._json("POST", f"{self.base}/mailFolders", {"displayName": name}))["id"])
+                log.info("graph: created folder %r", name)
+            except GraphError as exc:
+                if exc.status != 409:  # someone created it meanwhile
+                    raise
+                return await self._find_folder(name, create=False)
+        self.state.folder_ids[name] = folder_id
+        return folder_id
+
+    # -- HTTP -------------------------------------------------------------------------------
+
+    async def _json(self, method: str, url: str | URL, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        data = await self._call(method, url, body)
+        try:
+            parsed = json.loads(data)
+        except ValueError:
+            raise GraphError(502, "badJson", f"{method} {url} did not answer JSON") from None
+        if not isinstance(parsed, dict):
+            raise GraphError(502, "badJson", f"{method} {url} did not answer a JSON object")
+        return parsed
+
+    async def _bytes(self, url: str) -> bytes:
+        return await self._call("GET", url)
+
+    async def _call(self, method: str, url: str | URL, body: dict[str, Any] | None = None) -> bytes:
+        """One Graph call, honouring 429/503 Retry-After (bounded) and renewing the token once on 401."""
+        target = url if isinstance(url, URL) else URL(url, encoded=True)
+        throttled = 0
+        renewed = False
+        while True:
+            headers = {"Authorization": f"Bearer {await self.tokens.access_token()}"}
+            try:
+                async with self.session.request(method, target, json=body, headers=headers) as response:
+                    status = response.status
+                    data = await response.read()
+                    retry_after = response.headers.get("Retry-After")
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                raise TemporaryFailure(f"Graph {method} {target.path}: {type(exc).__name__}: {exc}") from None
+            if status < 300:
+                return data
+            if status in (429, 503) and throttled < MAX_THROTTLE_RETRIES:
+                throttled += 1
+                delay = _retry_after(retry_after)
+                log.info("graph: %s %s throttled (%s); retrying in %.0fs", method, target.path, status, delay)
+                await asyncio.sleep(delay)
+                continue
+            if status == 401 and not renewed:
+                renewed = True
+                self.tokens.invalidate()
+                continue
+            code, message = _error(data)
+            raise GraphError(status, code, message)
+
+
+def _retry_after(value: str | None) -> float:
+    """Retry-After in seconds (Graph sends delta-seconds); an HTTP-date or junk gets the default."""
+    try:
+        return min(MAX_RETRY_AFTER, max(0.0, float(value))) if value else DEFAULT_RETRY_AFTER
+    except ValueError:
+        return DEFAULT_RETRY_AFTER
+
+
+def _error(data: bytes) -> tuple[str, str]:
+    """Graph's ``{"error": {"code", "message"}}``, tolerating anything else."""
+    try:
+        error = json.loads(data).get("error", {})
+        return str(error.get("code", "unknown")), str(error.get("message", ""))[:300]
+    except (ValueError, AttributeError):
+        return "unknown", data[:200].decode("utf-8", "replace")

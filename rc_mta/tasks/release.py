@@ -1,0 +1,267 @@
+"""Digital.ai Release as the task backend, through its public REST API.
+
+``GET /api/v1/tasks/{id}`` reads a task, ``POST /api/v1/tasks/{id}/complete`` and ``/fail``
+act with ``{"comment": ...}``. Task ids are paths (``Applications/Folder1/Release1/Phase1/Task1``)
+and go into the URL as they are. Authentication is HTTP basic or a personal access token
+(``x-release-personal-token``).
+
+Acting twice is the one thing that must never happen, so: a task is read before acting and
+only an ``IN_PROGRESS`` one is acted on; a POST is retried only when it surely did not reach
+Release (no connection) or a proxy said Release was unavailable (502/503/504), and the task
+is read again before each retry. A POST that timed out is not retried here: the sender's
+retry reads the task first, and finds our own attribution line in its comments if the first
+attempt did act — the pipeline then finishes instead of refusing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import re
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any, NoReturn
+
+import aiohttp
+
+from ..config import ReleaseConfig
+from ..errors import BackendAuthFailed, PermanentRefusal, TemporaryFailure
+from ..smtp_replies import BACKEND_REFUSED
+from ._base import ActionContext, TaskInfo, TaskNotFound, TaskNotInProgress
+
+log = logging.getLogger("rc_mta.tasks.release")
+
+IN_PROGRESS = "IN_PROGRESS"
+ATTRIBUTION = "— answered by email by "
+_ATTRIBUTED = re.compile(re.escape(ATTRIBUTION) + r"(\S+)\s*$")
+# Proxies in front of Release answer these when it is down: the POST did not reach it.
+_RETRYABLE_POST_STATUS = frozenset({502, 503, 504})
+_BACKOFF_SECONDS = 0.2
+_BACKOFF_CAP_SECONDS = 2.0
+
+
+def attributed(comment: str, actor: str) -> str:
+    """The comment recorded in Release: the reply's words, then who answered by email."""
+    line = f"{ATTRIBUTION}{actor}"
+    return f"{comment.rstrip()}\n\n{line}" if comment.strip() else line
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    return " ".join(text.split())[:limit]
+
+
+class _Answer:
+    """An HTTP answer read in full (Release's bodies are small)."""
+
+    def __init__(self, status: int, text: str) -> None:
+        self.status = status
+        self.text = text
+
+    def json(self) -> dict[str, Any]:
+        try:
+            value = json.loads(self.text)
+        except ValueError:
+            return {}
+        return value if isinstance(value, dict) else {}
+
+
+class ReleaseBackend:
+    name = "release"
+
+    def __init__(self, config: ReleaseConfig) -> None:
+        self._config = config
+        self._base = config.url.rstrip("/")
+        self._session: aiohttp.ClientSession | None = None
+        self._session_loop: asyncio.AbstractEventLoop | None = None
+
+    # The interface ------------------------------------------------------------------------
+
+    async def get(self, task_id: str) -> TaskInfo:
+        return _task_info(task_id, await self._read_task(task_id))
+
+    async def complete(self, task_id: str, comment: str, actor: str, context: ActionContext) -> None:
+        await self._act(task_id, "complete", comment, actor)
+
+    async def fail(self, task_id: str, comment: str, actor: str, context: ActionContext) -> None:
+        await self._act(task_id, "fail", comment, actor)
+
+    async def check(self) -> None:
+        """A cheap authenticated read: proves Release answers and accepts our credentials."""
+        answer = await self._get_with_retries("/api/v1/releases?page=0&resultsPerPage=1")
+        self._raise_for_auth(answer, "GET /api/v1/releases")
+        if answer.status >= 400:
+            raise TemporaryFailure(f"Release answered {answer.status} to GET /api/v1/releases")
+
+    async def close(self) -> None:
+        # A session made on a loop that has ended cannot be closed from this one.
+        if self._session is not None and self._session_loop is asyncio.get_running_loop():
+            await self._session.close()
+        self._session = None
+        self._session_loop = None
+
+    # Acting -------------------------------------------------------------------------------
+
+    async def _act(self, task_id: str, action: str, comment: str, actor: str) -> None:
+        task = _task_info(task_id, await self._read_task(task_id))
+        if task.status != "in_progress":
+            raise TaskNotInProgress(task)
+        log.info("release: %s task %s (owner %s) for %s", action, task_id, task.owner or "-", actor)
+        path = f"/api/v1/tasks/{task_id}/{action}"
+        body = {"comment": attributed(comment, actor)}
+        for attempt in range(self._config.retries + 1):
+            last = attempt == self._config.retries
+            try:
+                answer = await self._call("POST", path, body)
+            except aiohttp.ClientConnectorError as exc:
+                # Never connected, so the request was not sent: safe to try again.
+                if last:
+                    raise TemporaryFailure(f"cannot reach Release at {self._base}: {exc}") from None
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                # Sent, perhaps acted on: only a fresh read (the sender's retry) can tell.
+                raise TemporaryFailure(f"Release did not answer POST {path}: {_describe(exc)}") from None
+            else:
+                if answer.status < 300:
+                    return
+                if answer.status not in _RETRYABLE_POST_STATUS or last:
+                    await self._refused(task_id, path, answer)
+            await asyncio.sleep(self._backoff(attempt))
+            task = _task_info(task_id, await self._read_task(task_id))
+            if task.status != "in_progress":
+                raise TaskNotInProgress(task)
+
+    async def _refused(self, task_id: str, path: str, answer: _Answer) -> NoReturn:
+        """Turn a POST's error answer into the exception the pipeline maps to a reply."""
+        self._raise_for_auth(answer, f"POST {path}")
+        if answer.status == 404:
+            raise TaskNotFound(task_id)
+        if answer.status in (400, 409):
+            # Usually "not in progress" (someone acted in between): the task says which.
+            task = _task_info(task_id, await self._read_task(task_id))
+            if task.status != "in_progress":
+                raise TaskNotInProgress(task)
+            reason = _one_line(str(answer.json().get("message") or answer.text)) or f"HTTP {answer.status}"
+            raise PermanentRefusal(BACKEND_REFUSED.with_text(why=reason))
+        raise TemporaryFailure(f"Release answered {answer.status} to POST {path}")
+
+    # Reading ------------------------------------------------------------------------------
+
+    async def _read_task(self, task_id: str) -> dict[str, Any]:
+        if not _plausible_id(task_id):
+            raise TaskNotFound(task_id)
+        path = f"/api/v1/tasks/{task_id}"
+        answer = await self._get_with_retries(path)
+        self._raise_for_auth(answer, f"GET {path}")
+        if answer.status == 404:
+            raise TaskNotFound(task_id)
+        if answer.status != 200:
+            raise TemporaryFailure(f"Release answered {answer.status} to GET {path}")
+        task = answer.json()
+        if not task:
+            raise TemporaryFailure(f"Release answered GET {path} with something other than a task")
+        return task
+
+    async def _get_with_retries(self, path: str) -> _Answer:
+        """A GET changes nothing, so connection errors, timeouts and 5xx are retried."""
+        problem = ""
+        for attempt in range(self._config.retries + 1):
+            if attempt:
+                await asyncio.sleep(self._backoff(attempt - 1))
+            try:
+                answer = await self._call("GET", path)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                problem = _describe(exc)
+                continue
+            if answer.status < 500:
+                return answer
+            problem = f"HTTP {answer.status}"
+        raise TemporaryFailure(f"Release at {self._base} did not answer GET {path}: {problem}")
+
+    # HTTP ---------------------------------------------------------------------------------
+
+    async def _call(self, method: str, path: str, body: Mapping[str, str] | None = None) -> _Answer:
+        session = self._client()
+        timeout = aiohttp.ClientTimeout(total=self._config.timeout)
+        async with session.request(method, self._base + path, json=body, timeout=timeout) as response:
+            return _Answer(response.status, await response.text())
+
+    def _client(self) -> aiohttp.ClientSession:
+        """One session per event loop, made on first use (the CLI runs its own short loops)."""
+        loop = asyncio.get_running_loop()
+        if self._session is None or self._session.closed or self._session_loop is not loop:
+            headers = {"Accept": "application/json"}
+            token = self._config.token.get_secret_value()
+            if token:
+                headers["x-release-personal-token"] = token
+            elif self._config.username:
+                pair = f"{self._config.username}:{self._config.password.get_secret_value()}"
+                headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode("ascii")
+            self._session = aiohttp.ClientSession(headers=headers)
+            self._session_loop = loop
+        return self._session
+
+    def _raise_for_auth(self, answer: _Answer, what: str) -> None:
+        if answer.status in (401, 403):
+            how = "token" if self._config.token.get_secret_value() else f"user {self._config.username or '(none)'}"
+            log.error(
+                "Release at %s refused our credentials (%s, HTTP %d on %s): fix [tasks.release] username/password "
+                "or token, or the account's permissions",
+                self._base,
+                how,
+                answer.status,
+                what,
+            )
+            raise BackendAuthFailed(f"Release refused our credentials (HTTP {answer.status})")
+
+    def _backoff(self, attempt: int) -> float:
+        return float(min(_BACKOFF_SECONDS * 2**attempt, _BACKOFF_CAP_SECONDS, self._config.timeout))
+
+
+def _plausible_id(task_id: str) -> bool:
+    """A task id is a path of plain segments; anything else must not reach the URL."""
+    segments = task_id.split("/")
+    return all(s and s not in (".", "..") for s in segments) and not any(c in task_id for c in "?#%\\\r\n\t ")
+
+
+def _task_info(task_id: str, task: Mapping[str, Any]) -> TaskInfo:
+    status = str(task.get("status") or "unknown")
+    acted_by: str | None = None
+    if status != IN_PROGRESS:
+        acted_by = _our_actor(task.get("comments"))
+    return TaskInfo(
+        id=str(task.get("id") or task_id),
+        title=str(task.get("title") or task_id),
+        owner=str(task.get("owner") or ""),
+        status=status.lower(),
+        acted_by=acted_by,
+        acted_at=_epoch(task.get("endDate")),
+    )
+
+
+def _our_actor(comments: Any) -> str | None:
+    """Who answered by email, from the attribution line of the latest comment we wrote."""
+    if not isinstance(comments, list):
+        return None
+    for comment in reversed(comments):
+        text = comment.get("text") if isinstance(comment, dict) else None
+        if isinstance(text, str):
+            match = _ATTRIBUTED.search(text)
+            if match:
+                return match.group(1)
+    return None
+
+
+def _epoch(value: Any) -> float | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return datetime.fromisoformat(value).timestamp()
+    except ValueError:
+        return None
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    return str(exc) or type(exc).__name__

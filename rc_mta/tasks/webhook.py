@@ -1,0 +1,175 @@
+"""A signed JSON POST of each action to a URL of the user's choice.
+
+For workflow systems rc-mta has no client for: the user's receiver acts on the task. Each
+action is one ``POST`` of a JSON object::
+
+    {"task_id", "action": "complete" | "fail", "comment", "actor", "request_id",
+     "message_id", "source", "verdicts": {check: result}, "sent_at": unix seconds}
+
+signed the way GitHub and Stripe sign theirs, so the receiver knows it comes from us and is
+fresh::
+
+    X-RC-MTA-Timestamp: <unix seconds>
+    X-RC-MTA-Signature: sha256=<hex HMAC-SHA256(secret, f"{timestamp}.".encode() + body)>
+
+The receiver recomputes the HMAC over the raw body it received, compares in constant time,
+and rejects timestamps older than a few minutes (replays). Its answer decides ours:
+
+* 2xx: done (``250``).
+* 409: the task is no longer in progress; ``{"status": "completed", "acted_by": ...}``
+  (or ``"detail"``) says how (``550``).
+* 401: it did not accept our signature: an operator must fix the secret (``451``, retried).
+* other 4xx: it refuses, ``{"detail": "why"}`` (or ``"error"``, or the text body) is
+  quoted to the person in the ``550 5.7.1``.
+* 5xx, timeout, no connection: ``451``; the sender's server retries.
+
+A POST that timed out may have acted: the retry carries the same ``request_id``, so a
+receiver answers a repeat of an action it already took with 2xx (or 409 naming the same
+status and ``acted_by``), and nothing is done twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import time
+from typing import Any
+
+import aiohttp
+
+from ..config import WebhookConfig
+from ..errors import BackendAuthFailed, PermanentRefusal, TemporaryFailure
+from ..smtp_replies import BACKEND_REFUSED
+from ._base import ActionContext, TaskInfo, TaskNotInProgress
+
+log = logging.getLogger("rc_mta.tasks.webhook")
+
+TIMESTAMP_HEADER = "X-RC-MTA-Timestamp"
+SIGNATURE_HEADER = "X-RC-MTA-Signature"
+
+
+def signature(secret: bytes, timestamp: str, body: bytes) -> str:
+    """The ``X-RC-MTA-Signature`` value for one body sent at ``timestamp``."""
+    digest = hmac.new(secret, f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"sha256={digest}"
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    return " ".join(text.split())[:limit]
+
+
+class WebhookBackend:
+    name = "webhook"
+
+    def __init__(self, config: WebhookConfig) -> None:
+        self._config = config
+        self._session: aiohttp.ClientSession | None = None
+        self._session_loop: asyncio.AbstractEventLoop | None = None
+
+    async def get(self, task_id: str) -> TaskInfo:
+        """A webhook only speaks when we act, so there is no one to ask: the task is taken
+        as in progress, titled by its id, with no owner (requests name the owner)."""
+        return TaskInfo(task_id, title=task_id, owner="", status="in_progress")
+
+    async def complete(self, task_id: str, comment: str, actor: str, context: ActionContext) -> None:
+        await self._post(task_id, "complete", comment, actor, context)
+
+    async def fail(self, task_id: str, comment: str, actor: str, context: ActionContext) -> None:
+        await self._post(task_id, "fail", comment, actor, context)
+
+    async def check(self) -> None:
+        """Nothing to check: a receiver has no agreed read-only call, and POSTing a probe
+        could be taken for an action. Readiness does not depend on it."""
+        return None
+
+    async def close(self) -> None:
+        # A session made on a loop that has ended cannot be closed from this one.
+        if self._session is not None and self._session_loop is asyncio.get_running_loop():
+            await self._session.close()
+        self._session = None
+        self._session_loop = None
+
+    async def _post(self, task_id: str, action: str, comment: str, actor: str, context: ActionContext) -> None:
+        now = int(time.time())
+        payload: dict[str, Any] = {
+            "task_id": task_id,
+            "action": action,
+            "comment": comment,
+            "actor": actor,
+            "request_id": context.request_id,
+            "message_id": context.message_id,
+            "source": context.source,
+            "verdicts": dict(context.verdicts),
+            "sent_at": now,
+        }
+        body = json.dumps(payload, separators=(",", ":")).encode()
+        timestamp = str(now)
+        headers = {
+            "Content-Type": "application/json",
+            TIMESTAMP_HEADER: timestamp,
+            SIGNATURE_HEADER: signature(self._config.secret.get_secret_value().encode(), timestamp, body),
+        }
+        timeout = aiohttp.ClientTimeout(total=self._config.timeout)
+        try:
+            async with self._client().post(
+                self._config.url, data=body, headers=headers, timeout=timeout, allow_redirects=False
+            ) as response:
+                status, text = response.status, await response.text()
+        except TimeoutError:
+            raise TemporaryFailure(
+                f"webhook {self._config.url} did not answer within {self._config.timeout}s"
+            ) from None
+        except aiohttp.ClientError as exc:
+            raise TemporaryFailure(f"cannot reach webhook {self._config.url}: {exc}") from None
+        if 200 <= status < 300:
+            return
+        answer = _json(text)
+        if status == 409:
+            raise TaskNotInProgress(_closed_task(task_id, answer))
+        if status == 401:
+            log.error(
+                "webhook %s refused our signature (HTTP 401): check [tasks.webhook] secret against the receiver's",
+                self._config.url,
+            )
+            raise BackendAuthFailed("webhook refused our signature (HTTP 401)")
+        if 400 <= status < 500:
+            reason = answer.get("detail") or answer.get("error") or text
+            why = _one_line(str(reason)) or f"HTTP {status}"
+            log.info("webhook refused %s of task %s: HTTP %d %s", action, task_id, status, why)
+            raise PermanentRefusal(BACKEND_REFUSED.with_text(why=why))
+        raise TemporaryFailure(f"webhook {self._config.url} answered HTTP {status}")
+
+    def _client(self) -> aiohttp.ClientSession:
+        """One session per event loop, made on first use."""
+        loop = asyncio.get_running_loop()
+        if self._session is None or self._session.closed or self._session_loop is not loop:
+            self._session = aiohttp.ClientSession()
+            self._session_loop = loop
+        return self._session
+
+
+def _json(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _closed_task(task_id: str, answer: dict[str, Any]) -> TaskInfo:
+    """What a 409 tells us: its status (else its detail, else just "closed") and who acted."""
+    status = _one_line(str(answer.get("status") or ""), 40).lower()
+    detail = _one_line(str(answer.get("detail") or ""))
+    if not status:
+        status = f"closed ({detail})" if detail else "closed"
+    acted_by = answer.get("acted_by")
+    return TaskInfo(
+        task_id,
+        title=task_id,
+        owner="",
+        status=status,
+        acted_by=str(acted_by) if acted_by else None,
+    )

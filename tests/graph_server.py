@@ -1,0 +1,494 @@
+"""A local stand-in for Microsoft Graph v1.0 mail and the Microsoft identity platform token
+endpoint. No real Graph can run here, so this follows Microsoft's documented API for the calls
+rc-mta makes — URL shapes, JSON envelopes (``value``, ``@odata.nextLink``, ``@odata.deltaLink``,
+``@removed``), status codes, ``{"error": {"code", "message"}}`` bodies, Retry-After on 429/503,
+bearer tokens checked on every call — and nothing more. Runs aiohttp in a background thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import itertools
+import re
+import secrets
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+ROOT_ID = "AAMkRoot" + "A" * 8 + "="
+WELL_KNOWN = {"inbox": "Inbox", "deleteditems": "Deleted Items", "msgfolderroot": ""}
+
+
+def _new_id(prefix: str = "AAMkAGI") -> str:
+    """Graph ids are opaque base64-ish strings; these include '=', '-' and '_' like the real ones."""
+    return prefix + base64.urlsafe_b64encode(secrets.token_bytes(24)).decode() + "="
+
+
+@dataclass
+class Folder:
+    id: str
+    display_name: str
+    parent_id: str
+    well_known: str = ""
+
+
+@dataclass
+class Message:
+    id: str
+    raw: bytes
+    folder_id: str
+    changed: int
+    flag: str = "notFlagged"
+
+    def resource(self) -> dict[str, Any]:
+        return {
+            "@odata.etag": f'W/"{self.changed}"',
+            "id": self.id,
+            "parentFolderId": self.folder_id,
+            "flag": {"flagStatus": self.flag},
+        }
+
+
+@dataclass
+class Token:
+    value: str
+    expires_at: float
+
+
+@dataclass
+class Failures:
+    remaining: int = 0
+    status: int = 429
+    retry_after: str | None = "1"
+    route: str = ""  # only calls whose "METHOD /route" ends with this
+
+
+@dataclass
+class GraphServer:
+    """Knobs: add_message(), throttle(), fail_token_endpoint(), token_lifetime, page_size,
+    expire_delta_links(), revoke_tokens(); observation: calls, folder(), tokens_issued."""
+
+    tenant_id: str = "t1"
+    client_id: str = "c1"
+    client_secret: str = "s1"
+    user: str = "replies@example.com"
+    token_lifetime: int = 3600
+    page_size: int = 10
+    rotate_refresh_tokens: bool = True
+    calls: Counter[str] = field(default_factory=Counter)
+    tokens_issued: int = 0
+    unauthorized: int = 0  # Graph calls answered 401
+    throttled: int = 0  # Graph calls answered 429/503 by throttle()
+    grants: list[str] = field(default_factory=list)
+    refresh_tokens: set[str] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.port = 0
+        self._lock = threading.Lock()
+        self._seq = itertools.count(1)
+        self._folders: dict[str, Folder] = {ROOT_ID: Folder(ROOT_ID, "", "", "msgfolderroot")}
+        for name, display in WELL_KNOWN.items():
+            if name != "msgfolderroot":
+                folder_id = _new_id("AAMkFolder")
+                self._folders[folder_id] = Folder(folder_id, display, ROOT_ID, name)
+        self._messages: dict[str, Message] = {}
+        self._removed: list[tuple[int, str, str]] = []  # (seq, folder id, message id)
+        self._tokens: dict[str, Token] = {}
+        self._failures = Failures()
+        self._token_failures = Failures(status=503)
+        self._delta_floor = 0  # delta tokens below this answer 410 (sync state lost)
+        self._pending_pages: dict[str, list[dict[str, Any]]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._runner: web.AppRunner | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> GraphServer:
+        ready = threading.Event()
+
+        def serve() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            app = web.Application()
+            app.router.add_post("/{tenant}/oauth2/v2.0/token", self._token)
+            graph = "/v1.0/users/{user}"
+            app.router.add_get(graph + "/mailFolders", self._list_folders)
+            app.router.add_post(graph + "/mailFolders", self._create_folder)
+            app.router.add_get(graph + "/mailFolders/{folder}/messages", self._list_messages)
+            app.router.add_get(graph + "/mailFolders/{folder}/messages/delta", self._delta)
+            app.router.add_get(graph + "/messages/{id}/$value", self._mime)
+            app.router.add_post(graph + "/messages/{id}/move", self._move)
+            app.router.add_patch(graph + "/messages/{id}", self._update)
+            app.router.add_delete(graph + "/messages/{id}", self._delete)
+            self._runner = web.AppRunner(app)
+            loop.run_until_complete(self._runner.setup())
+            site = web.TCPSite(self._runner, "127.0.0.1", 0)
+            loop.run_until_complete(site.start())
+            self.port = self._runner.addresses[0][1]
+            ready.set()
+            loop.run_forever()
+            loop.run_until_complete(self._runner.cleanup())
+            loop.close()
+
+        self._thread = threading.Thread(target=serve, name="graph-server", daemon=True)
+        self._thread.start()
+        if not ready.wait(10):
+            raise RuntimeError("graph server did not start")
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None and self._thread is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+            self._loop = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1.0"
+
+    @property
+    def token_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/{{tenant_id}}/oauth2/v2.0/token"
+
+    # -- knobs ------------------------------------------------------------------------------
+
+    def add_message(self, raw: bytes, folder: str = "inbox") -> str:
+        """Deliver raw MIME into a folder (well-known name or display name); returns its id."""
+        return self.add_messages([raw], folder)[0]
+
+    def add_messages(self, raws: list[bytes], folder: str = "inbox") -> list[str]:
+        """Deliver several at once, so that no listing sees only some of them."""
+        with self._lock:
+            ids = []
+            for raw in raws:
+                message = Message(_new_id(), raw, self._resolve(folder).id, next(self._seq))
+                self._messages[message.id] = message
+                ids.append(message.id)
+            return ids
+
+    def throttle(self, calls: int, status: int = 429, retry_after: str | None = "1", route: str = "") -> None:
+        """The next ``calls`` Graph calls (to a route ending in ``route``) answer ``status``
+        with this Retry-After."""
+        with self._lock:
+            self._failures = Failures(calls, status, retry_after, route)
+
+    def fail_token_endpoint(self, calls: int, status: int = 503) -> None:
+        with self._lock:
+            self._token_failures = Failures(calls, status, None)
+
+    def revoke_tokens(self) -> None:
+        """Every access token issued so far stops working (as after a password reset)."""
+        with self._lock:
+            self._tokens.clear()
+
+    def expire_delta_links(self) -> None:
+        """Every delta link issued so far answers 410 Gone, as when the sync state is lost."""
+        with self._lock:
+            self._delta_floor = next(self._seq)
+
+    def folder(self, name: str) -> list[Message]:
+        """The messages now in a folder (well-known or display name); empty when it doesn't exist."""
+        with self._lock:
+            try:
+                folder_id = self._resolve(name).id
+            except KeyError:
+                return []
+            return [m for m in self._messages.values() if m.folder_id == folder_id]
+
+    def count(self, method: str, suffix: str) -> int:
+        """How many calls of ``method`` to a route ending in ``suffix`` (e.g. 'GET', '/$value')."""
+        return sum(n for key, n in self.calls.items() if key.startswith(method + " ") and key.endswith(suffix))
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _resolve(self, ref: str) -> Folder:
+        """A folder by id, well-known name or display name (the last only for test knobs)."""
+        if ref in self._folders:
+            return self._folders[ref]
+        for folder in self._folders.values():
+            if folder.well_known and folder.well_known == ref.lower():
+                return folder
+        for folder in self._folders.values():
+            if folder.display_name == ref:
+                return folder
+        raise KeyError(ref)
+
+    @staticmethod
+    def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
+        return web.json_response({"error": {"code": code, "message": message}}, status=status, headers=headers)
+
+    def _gate(self, request: web.Request) -> web.Response | None:
+        """What Graph does before any resource: count, throttle, authenticate, find the user."""
+        route = request.match_info.route.resource
+        key = f"{request.method} {route.canonical if route else request.path}"
+        self.calls[key] += 1
+        if self._failures.remaining > 0 and key.endswith(self._failures.route):
+            self.throttled += 1
+            self._failures.remaining -= 1
+            headers = {"Retry-After": self._failures.retry_after} if self._failures.retry_after else {}
+            if self._failures.status == 429:
+                return self._error(429, "TooManyRequests", "Application is over its MailboxConcurrency limit.", headers)
+            return self._error(self._failures.status, "ServiceUnavailable", "Service is unavailable.", headers)
+        auth = request.headers.get("Authorization", "")
+        token = self._tokens.get(auth[7:]) if auth.startswith("Bearer ") else None
+        if token is None or token.expires_at < time.time():
+            self.unauthorized += 1
+            return self._error(401, "InvalidAuthenticationToken", "Access token has expired or is not yet valid.")
+        if request.match_info.get("user", "").lower() != self.user.lower():
+            return self._error(404, "ErrorInvalidUser", "The requested user is invalid.")
+        return None
+
+    def _message(self, request: web.Request) -> Message | web.Response:
+        message = self._messages.get(request.match_info["id"])
+        if message is None:
+            return self._error(404, "ErrorItemNotFound", "The specified object was not found in the store.")
+        return message
+
+    def _folder_resource(self, folder: Folder) -> dict[str, Any]:
+        inside = [m for m in self._messages.values() if m.folder_id == folder.id]
+        return {
+            "id": folder.id,
+            "displayName": folder.display_name,
+            "parentFolderId": folder.parent_id,
+            "childFolderCount": sum(1 for f in self._folders.values() if f.parent_id == folder.id),
+            "totalItemCount": len(inside),
+            "unreadItemCount": len(inside),
+        }
+
+    def _remove(self, message: Message) -> None:
+        del self._messages[message.id]
+        self._removed.append((next(self._seq), message.folder_id, message.id))
+
+    # -- identity platform ------------------------------------------------------------------
+
+    async def _token(self, request: web.Request) -> web.Response:
+        form = await request.post()
+        with self._lock:
+            self.calls["POST token"] += 1
+            if self._token_failures.remaining > 0:
+                self._token_failures.remaining -= 1
+                return web.json_response(
+                    {"error": "temporarily_unavailable", "error_description": "AADSTS50196: try again"},
+                    status=self._token_failures.status,
+                )
+            if request.match_info["tenant"] != self.tenant_id:
+                return self._oauth_error(
+                    "invalid_request", f"AADSTS90002: Tenant '{request.match_info['tenant']}' not found."
+                )
+            if form.get("client_id") != self.client_id or form.get("client_secret") != self.client_secret:
+                return self._oauth_error("invalid_client", "AADSTS7000215: Invalid client secret provided.")
+            grant = str(form.get("grant_type", ""))
+            scope = str(form.get("scope", ""))
+            body: dict[str, Any] = {
+                "token_type": "Bearer",
+                "expires_in": self.token_lifetime,
+                "ext_expires_in": self.token_lifetime,
+            }
+            if grant == "client_credentials":
+                if not scope.endswith("/.default"):
+                    return self._oauth_error(
+                        "invalid_scope", "AADSTS1002012: The provided value for scope is not valid."
+                    )
+            elif grant == "refresh_token":
+                presented = str(form.get("refresh_token", ""))
+                if presented not in self.refresh_tokens:
+                    return self._oauth_error("invalid_grant", "AADSTS70000: The provided refresh token is invalid.")
+                if self.rotate_refresh_tokens:
+                    self.refresh_tokens.discard(presented)
+                    rotated = "rt-" + secrets.token_urlsafe(16)
+                    self.refresh_tokens.add(rotated)
+                    body["refresh_token"] = rotated
+                body["scope"] = scope
+            else:
+                return self._oauth_error("unsupported_grant_type", f"AADSTS70003: grant_type {grant!r} not supported.")
+            value = "eyJ0eXAi." + secrets.token_urlsafe(24)
+            self._tokens[value] = Token(value, time.time() + self.token_lifetime)
+            self.tokens_issued += 1
+            self.grants.append(grant)
+            body["access_token"] = value
+            return web.json_response(body)
+
+    @staticmethod
+    def _oauth_error(error: str, description: str) -> web.Response:
+        return web.json_response({"error": error, "error_description": description}, status=400)
+
+    # -- Graph mail -------------------------------------------------------------------------
+
+    async def _list_folders(self, request: web.Request) -> web.Response:
+        """GET /users/{id}/mailFolders: the folders directly under msgfolderroot, $filter on displayName."""
+        with self._lock:
+            if (denied := self._gate(request)) is not None:
+                return denied
+            folders = [f for f in self._folders.values() if f.parent_id == ROOT_ID]
+            odata_filter = request.query.get("$filter")
+            if odata_filter is not None:
+                match = re.fullmatch(r"displayName eq '((?:[^']|'')*)'", odata_filter.strip())
+                if match is None:
+                    return self._error(
+                        400, "ErrorInvalidUrlQueryFilter", "The query filter contains one or more invalid nodes."
+                    )
+                wanted = match.group(1).replace("''", "'")
+                folders = [f for f in folders if f.display_name == wanted]
+            return web.json_response({"value": [self._folder_resource(f) for f in folders]})
+
+    async def _create_folder(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        with self._lock:
+            if (denied := self._gate(request)) is not None:
+                return denied
+            name = body.get("displayName") if isinstance(body, dict) else None
+            if not isinstance(name, str) or not name:
+                return self._error(400, "ErrorInvalidRequest", "displayName is required.")
+            if any(f.parent_id == ROOT_ID and f.display_name == name for f in self._folders.values()):
+                return self._error(409, "ErrorFolderExists", "A folder with the specified name already exists.")
+            folder = Folder(_new_id("AAMkFolder"), name, ROOT_ID)
+            self._folders[folder.id] = folder
+            return web.json_response(self._folder_resource(folder), status=201)
+
+    def _folder_or_error(self, request: web.Request) -> Folder | web.Response:
+        ref = request.match_info["folder"]
+        folder = self._folders.get(ref) or next(
+            (f for f in self._folders.values() if f.well_known == ref.lower()), None
+        )
+        if folder is None:
+            return self._error(404, "ErrorItemNotFound", "The specified object was not found in the store.")
+        return folder
+
+    async def _list_messages(self, request: web.Request) -> web.Response:
+        """GET .../mailFolders/{id}/messages with $top and $skip; nextLink carries $skip."""
+        with self._lock:
+            if (denied := self._gate(request)) is not None:
+                return denied
+            folder = self._folder_or_error(request)
+            if isinstance(folder, web.Response):
+                return folder
+            try:
+                top = min(int(request.query.get("$top", "10")), 1000, self.page_size)
+                skip = int(request.query.get("$skip", "0"))
+            except ValueError:
+                return self._error(400, "BadRequest", "Invalid $top or $skip.")
+            inside = sorted((m for m in self._messages.values() if m.folder_id == folder.id), key=lambda m: -m.changed)
+            page = inside[skip : skip + top]
+            body: dict[str, Any] = {"value": [self._select(m.resource(), request) for m in page]}
+            if skip + top < len(inside):
+                query = {k: v for k, v in request.query.items() if k != "$skip"} | {"$skip": str(skip + top)}
+                body["@odata.nextLink"] = str(request.url.with_query(query))
+            return web.json_response(body)
+
+    async def _delta(self, request: web.Request) -> web.Response:
+        """GET .../messages/delta: first round lists everything, then only changes and @removed.
+        Pages carry $skiptoken; the last page a $deltatoken for the next round."""
+        with self._lock:
+            if (denied := self._gate(request)) is not None:
+                return denied
+            folder = self._folder_or_error(request)
+            if isinstance(folder, web.Response):
+                return folder
+            skiptoken = request.query.get("$skiptoken")
+            if skiptoken is not None:
+                items = self._pending_pages.pop(skiptoken, None)
+                if items is None:
+                    return self._error(400, "SyncStateInvalid", "The sync state is invalid.")
+            else:
+                deltatoken = request.query.get("$deltatoken")
+                try:
+                    since = int(deltatoken) if deltatoken is not None else 0
+                except ValueError:
+                    return self._error(400, "SyncStateInvalid", "The delta token is malformed.")
+                if deltatoken is not None and since < self._delta_floor:
+                    return self._error(410, "SyncStateNotFound", "The sync state has expired; resync.")
+                items = [
+                    self._select(m.resource(), request)
+                    for m in sorted(self._messages.values(), key=lambda m: m.changed)
+                    if m.folder_id == folder.id and m.changed > since
+                ]
+                if deltatoken is not None:
+                    items += [
+                        {"id": mid, "@removed": {"reason": "deleted"}}
+                        for seq, fid, mid in self._removed
+                        if fid == folder.id and seq > since
+                    ]
+                items.append({"@deltatoken": str(next(self._seq))})  # sentinel: where this round ends
+            page, rest = items[: self.page_size], items[self.page_size :]
+            body: dict[str, Any] = {"value": [i for i in page if "@deltatoken" not in i]}
+            base = request.url.with_query({k: v for k, v in request.query.items() if not k.endswith("token")})
+            if rest:
+                token = secrets.token_urlsafe(12)
+                self._pending_pages[token] = rest
+                body["@odata.nextLink"] = str(base.update_query({"$skiptoken": token}))
+            else:
+                end = next(i for i in page if "@deltatoken" in i)["@deltatoken"]
+                body["@odata.deltaLink"] = str(base.update_query({"$deltatoken": end}))
+            return web.json_response(body)
+
+    @staticmethod
+    def _select(resource: dict[str, Any], request: web.Request) -> dict[str, Any]:
+        wanted = request.query.get("$select")
+        if not wanted:
+            return resource
+        fields = {f.strip() for f in wanted.split(",")} | {"id", "@odata.etag"}
+        return {k: v for k, v in resource.items() if k in fields}
+
+    async def _mime(self, request: web.Request) -> web.StreamResponse:
+        """GET /users/{id}/messages/{id}/$value: the message's MIME content."""
+        with self._lock:
+            if (denied := self._gate(request)) is not None:
+                return denied
+            message = self._message(request)
+            if isinstance(message, web.Response):
+                return message
+            return web.Response(body=message.raw, content_type="message/rfc822")
+
+    async def _move(self, request: web.Request) -> web.Response:
+        """POST .../messages/{id}/move: a copy in the destination under a new id; 201 with it."""
+        body = await request.json()
+        with self._lock:
+            if (denied := self._gate(request)) is not None:
+                return denied
+            message = self._message(request)
+            if isinstance(message, web.Response):
+                return message
+            destination = body.get("destinationId") if isinstance(body, dict) else None
+            try:
+                folder = self._resolve(str(destination)) if destination else None
+            except KeyError:
+                folder = None
+            if folder is None or (destination not in self._folders and destination not in WELL_KNOWN):
+                return self._error(404, "ErrorItemNotFound", "The specified destination folder was not found.")
+            self._remove(message)
+            moved = Message(_new_id(), message.raw, folder.id, next(self._seq), message.flag)
+            self._messages[moved.id] = moved
+            return web.json_response(moved.resource(), status=201)
+
+    async def _update(self, request: web.Request) -> web.Response:
+        """PATCH /users/{id}/messages/{id}: only flag is writable here."""
+        body = await request.json()
+        with self._lock:
+            if (denied := self._gate(request)) is not None:
+                return denied
+            message = self._message(request)
+            if isinstance(message, web.Response):
+                return message
+            flag = body.get("flag", {}).get("flagStatus") if isinstance(body, dict) else None
+            if flag not in ("notFlagged", "flagged", "complete"):
+                return self._error(400, "ErrorInvalidProperty", "Only flag.flagStatus can be updated here.")
+            message.flag = flag
+            message.changed = next(self._seq)
+            return web.json_response(message.resource())
+
+    async def _delete(self, request: web.Request) -> web.Response:
+        """DELETE /users/{id}/messages/{id}: 204, the message is gone from its folder."""
+        with self._lock:
+            if (denied := self._gate(request)) is not None:
+                return denied
+            message = self._message(request)
+            if isinstance(message, web.Response):
+                return message
+            self._remove(message)
+            return web.Response(status=204)

@@ -1,0 +1,303 @@
+"""Mailbox mode over Microsoft Graph, end to end: a real rc-mta process polls the Graph
+stand-in (tests/graph_server.py), completes tasks from the replies it finds there and files
+each message as configured — only after the action is committed."""
+
+from __future__ import annotations
+
+import asyncio
+import email.policy
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+from conftest import RcMta, make_rc_mta
+from dnsserver import NsdServer
+from graph_server import GraphServer
+from mailclient import reply_message
+
+from rc_mta.config import MailboxConfig
+from rc_mta.http import Health
+from rc_mta.mailbox.graph import GraphPoller
+from rc_mta.pipeline import MailboxOutcome, Pipeline
+
+AUTH_RESULTS = "mx.example.com; spf=pass smtp.mailfrom=alice@example.com; dmarc=pass header.from=example.com"
+
+
+def wait_until(condition: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = condition()
+        if result:
+            return result
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@pytest.fixture
+def graph() -> Iterator[GraphServer]:
+    server = GraphServer().start()
+    yield server
+    server.stop()
+
+
+def mailbox_settings(graph: GraphServer, disposition: str = "move", **graph_overrides: str) -> dict[str, Any]:
+    return {
+        "source": "graph",
+        "sync_interval": "1s",
+        "startup_delay": 0,
+        "disposition": disposition,
+        "trusted_authserv_ids": ["mx.example.com"],
+        "graph": {
+            "tenant_id": graph.tenant_id,
+            "client_id": graph.client_id,
+            "client_secret": graph.client_secret,
+            "user": graph.user,
+            "base_url": graph.base_url,
+            "token_url": graph.token_url,
+        }
+        | graph_overrides,
+    }
+
+
+@pytest.fixture
+def rc_graph(tmp_path: Path, graph: GraphServer, dns_server: NsdServer) -> Iterator[RcMta]:
+    """An rc-mta in Graph mailbox mode, not started yet: the test picks the disposition."""
+    server = make_rc_mta(tmp_path)
+    server.settings["mailbox"] = mailbox_settings(graph)
+    server.settings["dns"] = {"nameservers": ["127.0.0.1"], "port": dns_server.port, "timeout": "2s"}
+    yield server
+    server.stop()
+
+
+def reply(server: RcMta, task_id: str, body: str = "Looks good, ship it", *, forged: bool = False) -> bytes:
+    """The owner's reply as the mailbox's MX stored it, with its Authentication-Results; a forged
+    one comes from a domain in the test zones, so its DMARC lookup answers (and fails)."""
+    request = server.cli_json("request", task_id)
+    if forged:
+        message = reply_message(request["complete_address"], body, sender="mallory@good.test")
+    else:
+        message = reply_message(request["complete_address"], body, headers={"Authentication-Results": AUTH_RESULTS})
+    return message.as_bytes(policy=email.policy.SMTP)
+
+
+def completed(server: RcMta, *task_ids: str) -> bool:
+    """All these tasks completed, read with one CLI call."""
+    statuses = {t["id"]: t["status"] for t in server.cli_json("task", "list")}
+    return all(statuses.get(t) == "completed" for t in task_ids)
+
+
+def test_reply_completes_task_and_is_moved_to_processed(rc_graph: RcMta, graph: GraphServer) -> None:
+    rc_graph.start()
+    task_id = rc_graph.add_task()
+    graph.add_message(reply(rc_graph, task_id))
+
+    wait_until(lambda: completed(rc_graph, task_id), what="task completed")
+    task = rc_graph.task(task_id)
+    assert [(c["author"], c["text"]) for c in task["comments"]] == [("alice@example.com", "Looks good, ship it")]
+    wait_until(lambda: len(graph.folder("Processed")) == 1, what="message moved to Processed")
+    assert graph.folder("inbox") == []
+    assert graph.count("GET", "/$value") == 1
+    wait_until(lambda: "processed" in rc_graph.log_path.read_text(), what="log line")
+    assert "moved to Processed" in rc_graph.log_path.read_text()
+
+
+def test_forged_reply_is_moved_to_rejected_and_task_untouched(rc_graph: RcMta, graph: GraphServer) -> None:
+    rc_graph.start()
+    task_id = rc_graph.add_task()
+    graph.add_message(reply(rc_graph, task_id, forged=True))
+
+    wait_until(lambda: len(graph.folder("Rejected")) == 1, what="message moved to Rejected")
+    assert graph.folder("Processed") == [] and graph.folder("inbox") == []
+    task = rc_graph.task(task_id)
+    assert task["status"] == "in_progress" and task["comments"] == []
+    assert "rejected" in rc_graph.log_path.read_text()
+
+
+def test_delete_disposition_deletes_after_completing(rc_graph: RcMta, graph: GraphServer) -> None:
+    rc_graph.settings["mailbox"]["disposition"] = "delete"
+    rc_graph.start()
+    task_id = rc_graph.add_task()
+    graph.add_message(reply(rc_graph, task_id))
+
+    wait_until(lambda: completed(rc_graph, task_id), what="task completed")
+    wait_until(lambda: graph.count("DELETE", "/messages/{id}") == 1, what="DELETE")
+    assert graph.folder("inbox") == [] and graph.folder("Processed") == []
+
+
+def test_keep_disposition_flags_and_handles_once(rc_graph: RcMta, graph: GraphServer) -> None:
+    rc_graph.settings["mailbox"]["disposition"] = "keep"
+    rc_graph.start()
+    task_id = rc_graph.add_task()
+    message_id = graph.add_message(reply(rc_graph, task_id))
+
+    wait_until(lambda: completed(rc_graph, task_id), what="task completed")
+    wait_until(lambda: [m.flag for m in graph.folder("inbox")] == ["flagged"], what="message flagged")
+    rounds = graph.count("GET", "/delta")
+    wait_until(lambda: graph.count("GET", "/delta") >= rounds + 3, what="three more rounds")
+    assert [m.id for m in graph.folder("inbox")] == [message_id]
+    assert graph.count("GET", "/$value") == 1  # the flag change shows in the delta, but it is not read again
+
+
+@pytest.mark.parametrize("status", [429, 503])
+def test_throttling_with_retry_after_is_honoured(rc_graph: RcMta, graph: GraphServer, status: int) -> None:
+    rc_graph.start()
+    wait_until(lambda: graph.count("GET", "/delta") >= 1, what="first sync")
+    task_id = rc_graph.add_task()
+    graph.throttle(3, status=status, retry_after="1")
+    started = time.monotonic()
+    graph.add_message(reply(rc_graph, task_id))
+
+    wait_until(lambda: len(graph.folder("Processed")) == 1, what="message processed")
+    assert time.monotonic() - started >= 2.5  # three answers of Retry-After: 1, each waited out
+    assert graph.throttled == 3
+    assert completed(rc_graph, task_id)
+    assert graph.count("GET", "/$value") >= 1
+    assert rc_graph.task(task_id)["comments"][0]["text"] == "Looks good, ship it"
+    log = rc_graph.log_path.read_text()
+    assert "throttled" in log and "reconnecting" not in log  # waited within the call, no error round
+    assert log.count("graph message") == 1
+
+
+def test_listing_follows_pages_and_recovers_from_a_lost_delta(rc_graph: RcMta, graph: GraphServer) -> None:
+    graph.page_size = 2
+    rc_graph.write_config()  # the CLI needs it; the server starts once the mailbox is full
+    tasks = [rc_graph.add_task(title=f"Task {i}") for i in range(5)]
+    graph.add_messages([reply(rc_graph, task_id) for task_id in tasks])
+    rc_graph.start()
+
+    wait_until(lambda: completed(rc_graph, *tasks), what="five tasks completed")
+    wait_until(lambda: len(graph.folder("Processed")) == 5, what="five messages moved")
+    assert graph.count("GET", "/delta") >= 3  # 5 messages, 2 a page
+
+    # The sync state is lost (410 Gone): the poller lists the folder in full, page by page.
+    more = [rc_graph.add_task(title=f"More {i}") for i in range(3)]
+    replies = [reply(rc_graph, task_id) for task_id in more]
+    graph.expire_delta_links()
+    graph.add_messages(replies)
+    wait_until(lambda: completed(rc_graph, *more), what="three more tasks completed")
+    wait_until(lambda: len(graph.folder("Processed")) == 8, what="eight messages moved")
+    assert graph.count("GET", "/mailFolders/{folder}/messages") >= 2
+    assert graph.count("GET", "/$value") == 8
+
+
+def test_expired_and_revoked_tokens_are_replaced(rc_graph: RcMta, graph: GraphServer) -> None:
+    graph.token_lifetime = 62  # our provider renews with < 60 s left: every couple of seconds
+    rc_graph.start()
+    wait_until(lambda: graph.tokens_issued >= 2, what="a renewed token")
+
+    assert graph.unauthorized == 0  # renewed before expiry, never refused
+
+    graph.token_lifetime = 3600
+    graph.revoke_tokens()  # the next Graph call answers 401: invalidate and fetch a new one
+    issued = graph.tokens_issued
+    task_id = rc_graph.add_task()
+    graph.add_message(reply(rc_graph, task_id))
+    wait_until(lambda: completed(rc_graph, task_id), what="task completed")
+    assert graph.tokens_issued > issued and graph.unauthorized >= 1
+    assert set(graph.grants) == {"client_credentials"}
+
+
+def test_wrong_client_secret_processes_nothing_and_says_why(rc_graph: RcMta, graph: GraphServer) -> None:
+    rc_graph.settings["mailbox"]["graph"]["client_secret"] = "not-the-secret"
+    rc_graph.start()
+    task_id = rc_graph.add_task()
+    graph.add_message(reply(rc_graph, task_id))
+
+    wait_until(lambda: "invalid_client" in rc_graph.log_path.read_text(), what="the reason in the log")
+    log = rc_graph.log_path.read_text()
+    assert "not-the-secret" not in log
+    assert graph.count("GET", "") == 0  # no Graph call without a token
+    assert len(graph.folder("inbox")) == 1
+    assert rc_graph.task(task_id)["status"] == "in_progress"
+    with urllib.request.urlopen(rc_graph.http_url + "/healthz") as response:  # not stale yet: limit 63 s
+        assert response.status == 200
+
+
+# -- in-process: staleness and retry, where a subprocess would be too slow or too coarse ----
+
+
+class StubPipeline:
+    """Answers from a script, so a test can make the pipeline say "retry"."""
+
+    def __init__(self, dispositions: list[str]) -> None:
+        self.dispositions = dispositions
+        self.seen: list[bytes] = []
+
+    async def handle_mailbox_message(self, raw: bytes, source: str, trusted_ids: list[str]) -> MailboxOutcome:
+        self.seen.append(raw)
+        disposition = self.dispositions.pop(0) if self.dispositions else "processed"
+        return MailboxOutcome(disposition, [], "<stub@example.com>")
+
+
+def poller(
+    graph: GraphServer, pipeline: StubPipeline, clock: Callable[[], float] = time.time, **graph_overrides: str
+) -> GraphPoller:
+    config = MailboxConfig.model_validate(mailbox_settings(graph, **graph_overrides))
+    return GraphPoller(config, cast(Pipeline, pipeline), clock=clock)
+
+
+async def run_for(target: GraphPoller, seconds: float) -> None:
+    task = asyncio.create_task(target.run())
+    await asyncio.sleep(seconds)
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
+
+
+def test_healthz_fails_once_a_poller_that_cannot_sign_in_is_stale(graph: GraphServer) -> None:
+    now = [time.time()]
+    bad = poller(graph, StubPipeline([]), clock=lambda: now[0], client_secret="wrong")
+    health = Health(liveness={"graph": bad.staleness})
+
+    asyncio.run(run_for(bad, 1.5))
+    assert bad.watcher.consecutive_failures >= 1 and bad.watcher.last_sync is None
+    assert health.live()[0]  # within 3 × sync_interval + 60 s of start
+
+    now[0] += 3 * 1 + 60 + 1
+    ok, report = health.live()
+    assert not ok and report["graph"] == {"ok": False, "age_seconds": 64.0, "limit_seconds": 63.0}
+
+    good = poller(graph, StubPipeline([]), clock=lambda: now[0])
+    asyncio.run(run_for(good, 0.5))
+    assert good.staleness()[0] < 1 and good.watcher.last_sync is not None
+
+
+def test_retry_is_seen_again_although_the_delta_does_not_list_it(graph: GraphServer) -> None:
+    pipeline = StubPipeline(["retry", "retry"])
+    graph.add_message(b"From: alice@example.com\r\nSubject: hi\r\n\r\nyes\r\n")
+    target = poller(graph, pipeline)
+
+    asyncio.run(run_for(target, 3.5))
+    assert len(pipeline.seen) == 3  # retry, retry, processed: once per round until it sticks
+    assert graph.folder("inbox") == [] and len(graph.folder("Processed")) == 1
+    assert target.state.pending_ids == set()
+    assert graph.count("GET", "/delta") >= 3 and graph.count("GET", "/mailFolders/{folder}/messages") == 0
+
+
+def test_a_round_cut_short_leaves_its_messages_pending_for_the_next(graph: GraphServer) -> None:
+    pipeline = StubPipeline([])
+    graph.add_message(b"From: alice@example.com\r\nSubject: hi\r\n\r\nyes\r\n")
+    graph.throttle(6, status=503, retry_after="0", route="/$value")  # more than the poller waits out
+    target = poller(graph, pipeline)
+
+    asyncio.run(run_for(target, 2.5))  # round 1 fails, the Watcher reconnects after 1 s
+    assert graph.throttled == 6 and target.watcher.consecutive_failures == 0
+    assert len(pipeline.seen) == 1 and len(graph.folder("Processed")) == 1
+
+
+def test_refresh_token_flow_when_configured(graph: GraphServer) -> None:
+    graph.refresh_tokens = {"rt-1"}
+    pipeline = StubPipeline([])
+    graph.add_message(b"From: alice@example.com\r\nSubject: hi\r\n\r\nyes\r\n")
+    settings = mailbox_settings(graph) | {"oauth2": {"refresh_token": "rt-1"}}
+    target = GraphPoller(MailboxConfig.model_validate(settings), cast(Pipeline, pipeline))
+
+    asyncio.run(run_for(target, 1.5))
+    assert graph.grants and set(graph.grants) == {"refresh_token"}
+    assert len(pipeline.seen) == 1 and len(graph.folder("Processed")) == 1

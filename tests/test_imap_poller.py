@@ -1,0 +1,316 @@
+"""Mailbox mode over IMAP, end to end: a real rc-mta process polls a real Dovecot, replies
+are delivered with a real IMAP client, and the tests look where a user would look: the
+task, the mailbox folders, the servers' logs."""
+
+from __future__ import annotations
+
+import base64
+import email.policy
+import re
+import sqlite3
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import RcMta, make_rc_mta, require_server
+from dnsserver import NsdServer
+from dovecot import Dovecot, available
+from mailclient import reply_message
+from token_introspection import AuthServer
+
+TRUSTED_STAMP = "mx.example.com; spf=pass smtp.mailfrom=alice@example.com; dmarc=pass header.from=example.com"
+
+
+def polling(server: RcMta, dovecot: Dovecot, dns_server: NsdServer, **mailbox: Any) -> RcMta:
+    """``server`` configured to poll ``dovecot``, trusting mx.example.com's stamps; config written,
+    since the CLI (task add, request) reads it before the server starts."""
+    server.workdir.mkdir(exist_ok=True)
+    server.settings["mailbox"] = {
+        "source": "imap",
+        "host": "127.0.0.1",
+        "port": dovecot.port,
+        "tls": False,
+        "username": dovecot.username,
+        "password": dovecot.password,
+        "sync_interval": "2s",
+        "startup_delay": 0,
+        "trusted_authserv_ids": ["mx.example.com"],
+        **mailbox,
+    }
+    server.settings["checks"] = {"dmarc": {"policy": "tag"}}
+    server.settings["dns"] = {"nameservers": ["127.0.0.1"], "port": dns_server.port, "timeout": "2s"}
+    server.settings["log"] = {"level": "trace"}
+    server.write_config()
+    return server
+
+
+@pytest.fixture
+def dovecot(tmp_path: Path) -> Iterator[Dovecot]:
+    require_server(available(), "dovecot (Debian package dovecot-imapd)")
+    server = Dovecot(tmp_path / "dovecot").start()
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+def servers(tmp_path: Path, dovecot: Dovecot, dns_server: NsdServer) -> Iterator[Callable[..., RcMta]]:
+    """Builds the rc-mta under test, polling ``dovecot``; stops it afterwards."""
+    started: list[RcMta] = []
+
+    def build(**mailbox: Any) -> RcMta:
+        server = polling(make_rc_mta(tmp_path / "rc-mta"), dovecot, dns_server, **mailbox)
+        started.append(server)
+        return server
+
+    yield build
+    for server in started:
+        server.stop()
+
+
+def wait_until(condition: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = condition()
+        if result:
+            return result
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def good_reply(server: RcMta, task_id: str, body: str = "Looks good, ship it") -> EmailMessage:
+    """A reply from the owner, stamped by the receiving MX we trust."""
+    address = server.request(task_id)["complete_address"]
+    return reply_message(address, body, headers={"Authentication-Results": TRUSTED_STAMP})
+
+
+def completed(server: RcMta, task_id: str) -> bool:
+    return bool(server.task(task_id)["status"] == "completed")
+
+
+def rc_log(server: RcMta) -> str:
+    return server.log_path.read_text(errors="replace") if server.log_path.exists() else ""
+
+
+def idle_gauge(server: RcMta) -> float:
+    with urllib.request.urlopen(server.http_url + "/metrics", timeout=5) as response:
+        text = response.read().decode()
+    found = re.search(r'^rc_mta_poller_idle\{source="imap"\} (\S+)$', text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def message_ids(messages: list[tuple[set[str], bytes]]) -> list[str]:
+    parsed = (email.message_from_bytes(raw, policy=email.policy.default) for _, raw in messages)
+    return [str(m["Message-ID"]) for m in parsed]
+
+
+def test_reply_arriving_while_idle_completes_the_task_within_seconds(
+    servers: Callable[..., RcMta], dovecot: Dovecot
+) -> None:
+    server = servers(sync_interval="60s", disposition="delete")
+    task_id = server.add_task()
+    reply = good_reply(server, task_id)
+    server.start()
+    wait_until(lambda: idle_gauge(server) == 1.0, what="the poller to idle")
+
+    delivered = time.monotonic()
+    dovecot.deliver(reply)
+    wait_until(lambda: completed(server, task_id), timeout=10, what="the task to complete")
+
+    assert time.monotonic() - delivered < 8  # far sooner than the 60 s sync interval
+    task = server.task(task_id)
+    assert [c["text"] for c in task["comments"]] == ["Looks good, ship it"]
+    assert wait_until(lambda: dovecot.messages() == [], what="the reply to be deleted") is not None
+
+
+def test_pool_of_three_connections_handles_six_replies_side_by_side(
+    servers: Callable[..., RcMta], dovecot: Dovecot
+) -> None:
+    server = servers(pool_size=3, disposition="delete")
+    tasks = [server.add_task(f"Task {i}") for i in range(6)]
+    for task_id in tasks:
+        dovecot.deliver(good_reply(server, task_id))
+    server.start()
+
+    def all_done() -> bool:
+        statuses = {t["id"]: t["status"] for t in server.cli_json("task", "list")}
+        return all(statuses[t] == "completed" for t in tasks)
+
+    wait_until(all_done, timeout=30, what="all six tasks")
+
+    # rc-mta says which connection handled each reply; all three did some of the work...
+    used = set(re.findall(r"imap uid=\d+ processed: .*connection (#\d)\)", rc_log(server)))
+    assert used == {"#0", "#1", "#2"}
+    # ...and Dovecot saw three sessions of that user logged in at the same time.
+    log = dovecot.log_text()
+    logins = log.count(f"Login: user=<{dovecot.username}>")
+    gone = len(re.findall(rf"imap\({re.escape(dovecot.username)}\).*Disconnected", log))
+    assert logins - gone >= 3  # the test's own sessions logged out; rc-mta's three stay open
+    assert wait_until(lambda: dovecot.messages() == [], what="the replies to be deleted") is not None
+
+
+def test_move_files_replies_in_processed_and_forgeries_in_rejected(
+    servers: Callable[..., RcMta], dovecot: Dovecot
+) -> None:
+    server = servers(disposition="move")
+    good_task, forged_task = server.add_task("Good"), server.add_task("Forged", owner="alice@good.test")
+    good = good_reply(server, good_task)
+    # good.test publishes DMARC p=reject; this unsigned reply's only "pass" is from an untrusted stamp.
+    forged_address = server.request(forged_task)["complete_address"]
+    forged = reply_message(
+        forged_address, "Ship it", sender="alice@good.test", headers={"Authentication-Results": "evil.test; dmarc=pass"}
+    )
+    dovecot.deliver(good)
+    dovecot.deliver(forged)
+    server.start()
+
+    wait_until(lambda: len(dovecot.messages("Rejected")) == 1, what="the forgery in Rejected")
+    wait_until(lambda: len(dovecot.messages("Processed")) == 1, what="the reply in Processed")
+
+    assert dovecot.messages() == []
+    assert message_ids(dovecot.messages("Processed")) == [good["Message-ID"]]
+    assert message_ids(dovecot.messages("Rejected")) == [forged["Message-ID"]]
+    assert completed(server, good_task)
+    forged_task_now = server.task(forged_task)
+    assert forged_task_now["status"] not in ("completed", "failed") and forged_task_now["comments"] == []
+    # Read with BODY.PEEK: filed as they arrived, not marked read for whoever looks next.
+    assert all("\\Seen" not in flags for flags, _ in dovecot.messages("Processed"))
+
+
+def test_keep_flags_handled_replies_and_never_acts_on_them_twice(
+    servers: Callable[..., RcMta], dovecot: Dovecot
+) -> None:
+    server = servers(disposition="keep")
+    task_id = server.add_task()
+    dovecot.deliver(good_reply(server, task_id))
+    server.start()
+
+    wait_until(lambda: completed(server, task_id), what="the task to complete")
+    wait_until(lambda: all("\\Flagged" in f for f, _ in dovecot.messages()), what="the reply to be flagged")
+    time.sleep(5)  # two more sync rounds
+
+    [(flags, _)] = dovecot.messages()
+    assert "\\Flagged" in flags and "\\Seen" not in flags
+    assert len(server.task(task_id)["comments"]) == 1
+    assert len(re.findall(r"imap uid=\d+ processed", rc_log(server))) == 1
+
+
+def test_dovecot_restart_midway_loses_no_reply_and_doubles_none(
+    servers: Callable[..., RcMta], dovecot: Dovecot
+) -> None:
+    server = servers(disposition="move")
+    first, second = server.add_task("First"), server.add_task("Second")
+    second_reply = good_reply(server, second)
+    dovecot.deliver(good_reply(server, first))
+    server.start()
+    wait_until(lambda: completed(server, first), what="the first task")
+
+    dovecot.restart()
+    dovecot.deliver(second_reply)
+    wait_until(lambda: completed(server, second), timeout=30, what="the second task after the restart")
+
+    assert "reconnecting" in rc_log(server)
+    for task_id in (first, second):
+        assert len(server.task(task_id)["comments"]) == 1
+    assert dovecot.messages() == []
+    assert len(dovecot.messages("Processed")) == 2
+
+
+def test_reply_stays_in_the_mailbox_while_the_store_is_down_and_acts_once_later(
+    servers: Callable[..., RcMta], dovecot: Dovecot
+) -> None:
+    server = servers(disposition="move")
+    task_id = server.add_task()
+    reply = good_reply(server, task_id)
+    locked, release = threading.Event(), threading.Event()
+
+    def hold_write_lock() -> None:
+        conn = sqlite3.connect(server.workdir / "rc-mta.db", timeout=5)
+        conn.execute("BEGIN IMMEDIATE")
+        locked.set()
+        release.wait(60)
+        conn.rollback()
+        conn.close()
+
+    holder = threading.Thread(target=hold_write_lock)
+    holder.start()
+    try:
+        assert locked.wait(5)
+        server.start()
+        dovecot.deliver(reply)
+        wait_until(lambda: re.search(r"imap uid=\d+ retry", rc_log(server)), timeout=30, what="a deferral")
+        [(flags, _)] = dovecot.messages()  # still in INBOX, untouched
+        assert flags & {"\\Flagged", "\\Deleted", "\\Seen"} == set()
+    finally:
+        release.set()
+        holder.join()
+
+    wait_until(lambda: len(dovecot.messages("Processed")) == 1, timeout=30, what="the reply in Processed")
+    task = server.task(task_id)
+    assert task["status"] == "completed"
+    assert len(task["comments"]) == 1
+    assert dovecot.messages() == []
+
+
+def test_xoauth2_login_with_a_token_from_the_authorization_server(tmp_path: Path, dns_server: NsdServer) -> None:
+    require_server(available(), "dovecot (Debian package dovecot-imapd)")
+    with AuthServer(username="replies@example.test") as auth:
+        dovecot = Dovecot(tmp_path / "dovecot", oauth2_introspection_url=auth.introspection_url).start()
+        server = make_rc_mta(tmp_path / "rc-mta")
+        try:
+            polling(
+                server,
+                dovecot,
+                dns_server,
+                password="",
+                disposition="delete",
+                oauth2={
+                    "token_url": auth.token_url,
+                    "client_id": auth.client_id,
+                    "client_secret": auth.client_secret,
+                    "refresh_token": auth.refresh_token,
+                },
+            )
+            task_id = server.add_task()
+            dovecot.deliver(good_reply(server, task_id))
+            server.start()
+
+            wait_until(lambda: completed(server, task_id), what="the task to complete")
+
+            assert auth.issued and auth.issued[0] in auth.introspected
+            # The exchange is logged at trace level, but never the token, raw or inside the SASL string.
+            sasl = base64.b64encode(f"user={dovecot.username}\x01auth=Bearer {auth.issued[0]}".encode()).decode()
+            logged = rc_log(server)
+            assert "AUTHENTICATE XOAUTH2" in logged
+            assert auth.issued[0] not in logged and sasl[:40] not in logged
+            assert re.search(rf"Login: user=<{re.escape(dovecot.username)}>, method=XOAUTH2", dovecot.log_text())
+            assert wait_until(lambda: dovecot.messages() == [], what="the reply to be deleted") is not None
+        finally:
+            server.stop()
+            dovecot.cleanup()
+
+
+def test_starttls_connection_verifies_the_server_certificate(
+    tmp_path: Path, dns_server: NsdServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    require_server(available(), "dovecot (Debian package dovecot-imapd)")
+    dovecot = Dovecot(tmp_path / "dovecot", tls=True).start()
+    server = polling(make_rc_mta(tmp_path / "rc-mta"), dovecot, dns_server, starttls=True, disposition="delete")
+    try:
+        assert dovecot.ca_file is not None
+        monkeypatch.setenv("SSL_CERT_FILE", str(dovecot.ca_file))  # rc-mta trusts the test certificate
+        task_id = server.add_task()
+        dovecot.deliver(good_reply(server, task_id))
+        server.start()
+
+        wait_until(lambda: completed(server, task_id), what="the task to complete")
+
+        assert "STARTTLS" in rc_log(server)
+        assert re.search(rf"Login: user=<{re.escape(dovecot.username)}>, method=PLAIN, .*\bTLS\b", dovecot.log_text())
+    finally:
+        server.stop()
+        dovecot.cleanup()

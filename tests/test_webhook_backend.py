@@ -1,0 +1,224 @@
+"""The webhook backend: each action a signed JSON POST, checked by a receiver written as a
+user would write one; end to end through a real rc-mta and real SMTP."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import RcMta, make_rc_mta
+from mailclient import reply_message, send_smtp
+from pydantic import SecretStr
+from webhook_receiver import WebhookReceiver
+
+from rc_mta.config import WebhookConfig
+from rc_mta.errors import BackendAuthFailed, PermanentRefusal, TemporaryFailure
+from rc_mta.tasks import ActionContext, TaskNotInProgress
+from rc_mta.tasks.webhook import WebhookBackend
+
+TASK = "JIRA-1234"
+ALICE = "alice@example.com"
+CONTEXT = ActionContext("req-42", "<m42@example.com>", "smtp", {"spf": "pass", "owner": "pass"})
+
+
+@pytest.fixture
+def receiver() -> Iterator[WebhookReceiver]:
+    server = WebhookReceiver().start()
+    yield server
+    server.stop()
+
+
+def act(receiver: WebhookReceiver, action: str = "complete", secret: str | None = None, timeout: float = 2.0) -> None:
+    config = WebhookConfig(url=receiver.url, secret=SecretStr(secret or receiver.secret), timeout=timeout)
+    backend = WebhookBackend(config)
+
+    async def go() -> None:
+        try:
+            if action == "complete":
+                await backend.complete(TASK, "Ship it", ALICE, CONTEXT)
+            else:
+                await backend.fail(TASK, "Broken", ALICE, CONTEXT)
+        finally:
+            await backend.close()
+
+    asyncio.run(go())
+
+
+def post_raw(receiver: WebhookReceiver, body: bytes, timestamp: str, signature: str) -> int:
+    request = urllib.request.Request(
+        receiver.url,
+        data=body,
+        headers={"X-RC-MTA-Timestamp": timestamp, "X-RC-MTA-Signature": signature},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+# The signature -------------------------------------------------------------------------
+
+
+def test_receiver_verifies_the_signature_and_gets_every_documented_field(receiver: WebhookReceiver) -> None:
+    before = int(time.time())
+    act(receiver)
+    assert receiver.rejected == []
+    (payload,) = receiver.payloads
+    assert payload == {
+        "task_id": TASK,
+        "action": "complete",
+        "comment": "Ship it",
+        "actor": ALICE,
+        "request_id": "req-42",
+        "message_id": "<m42@example.com>",
+        "source": "smtp",
+        "verdicts": {"spf": "pass", "owner": "pass"},
+        "sent_at": payload["sent_at"],
+    }
+    assert before <= payload["sent_at"] <= time.time()
+    assert receiver.headers[0]["X-RC-MTA-Signature"].startswith("sha256=")
+
+
+def test_fail_is_sent_as_action_fail(receiver: WebhookReceiver) -> None:
+    act(receiver, "fail")
+    assert (receiver.payloads[0]["action"], receiver.payloads[0]["comment"]) == ("fail", "Broken")
+
+
+def test_receiver_refuses_a_tampered_body(receiver: WebhookReceiver) -> None:
+    timestamp = str(int(time.time()))
+    body = b'{"task_id":"JIRA-1234","action":"complete"}'
+    good = "sha256=" + hmac.new(receiver.secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+    assert post_raw(receiver, body, timestamp, good) == 200
+    assert post_raw(receiver, body.replace(b"complete", b"fail"), timestamp, good) == 401
+    assert receiver.rejected == ["bad signature"]
+
+
+def test_receiver_refuses_a_replay_older_than_five_minutes(receiver: WebhookReceiver) -> None:
+    old = str(int(time.time()) - 301)
+    body = b"{}"
+    signed = "sha256=" + hmac.new(receiver.secret.encode(), f"{old}.".encode() + body, hashlib.sha256).hexdigest()
+    assert post_raw(receiver, body, old, signed) == 401
+    assert receiver.rejected == ["stale timestamp"] and receiver.payloads == []
+
+
+def test_wrong_secret_is_an_auth_failure_the_sender_retries(receiver: WebhookReceiver) -> None:
+    with pytest.raises(BackendAuthFailed):
+        act(receiver, secret="not-the-receivers-secret")
+    assert receiver.rejected == ["bad signature"] and receiver.payloads == []
+
+
+# The receiver's answers ----------------------------------------------------------------
+
+
+def test_409_means_the_task_is_no_longer_in_progress_with_its_status(receiver: WebhookReceiver) -> None:
+    receiver.answer = (409, {"status": "Completed", "acted_by": "bob@example.com"})
+    with pytest.raises(TaskNotInProgress) as refused:
+        act(receiver)
+    assert (refused.value.task.status, refused.value.task.acted_by) == ("completed", "bob@example.com")
+
+
+def test_409_with_only_a_detail_says_it_is_closed_and_why(receiver: WebhookReceiver) -> None:
+    receiver.answer = (409, {"detail": "resolved in Jira"})
+    with pytest.raises(TaskNotInProgress) as refused:
+        act(receiver)
+    assert refused.value.task.status == "closed (resolved in Jira)"
+
+
+def test_422_refusal_carries_the_receivers_reason_on_one_short_line(receiver: WebhookReceiver) -> None:
+    receiver.answer = (422, {"detail": "change freeze\nuntil Monday " + "x" * 300})
+    with pytest.raises(PermanentRefusal) as refused:
+        act(receiver)
+    text = refused.value.reply.text
+    assert text.startswith("The workflow system refused this action: change freeze until Monday x")
+    assert "\n" not in text and len(text) <= len("The workflow system refused this action: ") + 200
+
+
+def test_400_with_a_text_body_quotes_the_text(receiver: WebhookReceiver) -> None:
+    receiver.answer = (400, "unknown task")
+    with pytest.raises(PermanentRefusal) as refused:
+        act(receiver)
+    assert refused.value.reply.text.endswith("unknown task")
+
+
+def test_500_and_an_unreachable_receiver_are_temporary(receiver: WebhookReceiver) -> None:
+    receiver.answer = (500, {"error": "database down"})
+    with pytest.raises(TemporaryFailure):
+        act(receiver)
+    receiver.stop()
+    with pytest.raises(TemporaryFailure):
+        act(receiver)
+
+
+def test_get_and_check_ask_no_one() -> None:
+    backend = WebhookBackend(WebhookConfig(url="http://127.0.0.1:9/never", secret=SecretStr("s" * 16)))
+
+    task = asyncio.run(backend.get(TASK))
+    asyncio.run(backend.check())  # returns without asking anyone (port 9 would refuse)
+    assert (task.id, task.title, task.owner, task.status) == (TASK, TASK, "", "in_progress")
+
+
+# End to end ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def rc_webhook(tmp_path: Path, receiver: WebhookReceiver) -> Iterator[RcMta]:
+    server = make_rc_mta(tmp_path)
+    server.settings["tasks"] = {
+        "backend": "webhook",
+        "webhook": {"url": receiver.url, "secret": receiver.secret, "timeout": "2s"},
+    }
+    server.start()
+    yield server
+    server.stop()
+
+
+def reply_to_request(server: RcMta, body: str = "Ship it") -> tuple[Any, str]:
+    address = server.cli_json("request", TASK, "--owner", ALICE)["complete_address"]
+    return send_smtp(server.smtp_port, reply_message(address, body), address), address
+
+
+def test_reply_by_email_posts_a_signed_action_and_answers_250(rc_webhook: RcMta, receiver: WebhookReceiver) -> None:
+    outcome, _ = reply_to_request(rc_webhook)
+    assert outcome.code == 250, outcome
+    assert receiver.rejected == []
+    (payload,) = receiver.payloads
+    assert (payload["task_id"], payload["action"], payload["comment"], payload["actor"]) == (
+        TASK,
+        "complete",
+        "Ship it",
+        ALICE,
+    )
+    assert payload["source"] == "smtp" and payload["message_id"]
+    assert payload["verdicts"]["owner"] == "pass"  # the checks' results travel along
+
+
+def test_receiver_refusing_with_422_bounces_with_its_reason(rc_webhook: RcMta, receiver: WebhookReceiver) -> None:
+    receiver.answer = (422, {"detail": "Change freeze until Monday"})
+    outcome, _ = reply_to_request(rc_webhook)
+    assert (outcome.code, outcome.enhanced) == (550, "5.7.1")
+    assert "Change freeze until Monday" in outcome.text
+
+
+def test_receiver_failing_with_500_answers_451_and_the_retry_succeeds(
+    rc_webhook: RcMta, receiver: WebhookReceiver
+) -> None:
+    receiver.answer = (500, "oops")
+    address = rc_webhook.cli_json("request", TASK, "--owner", ALICE)["complete_address"]
+    message = reply_message(address, "Ship it")
+    first = send_smtp(rc_webhook.smtp_port, message, address)
+    receiver.answer = None
+    retried = send_smtp(rc_webhook.smtp_port, message, address)
+    assert (first.code, first.enhanced) == (451, "4.3.0")
+    assert retried.code == 250
+    first_try, second_try = receiver.payloads  # the receiver saw both; the retry is the same request
+    assert first_try["request_id"] == second_try["request_id"] and first_try["message_id"] == second_try["message_id"]

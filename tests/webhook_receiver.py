@@ -1,0 +1,101 @@
+"""A webhook receiver as a user would write one, for the tests of the webhook backend.
+
+It verifies each POST the documented way: HMAC-SHA256 over ``f"{timestamp}."`` + the raw
+body, compared in constant time, and the timestamp no older than five minutes (a replayed
+request is refused). Verified payloads are recorded; refusals are counted. ``answer`` makes
+it reply 409/422/500 (or anything) to verified requests. It runs on 127.0.0.1, a free port,
+in a thread with its own event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+MAX_AGE_SECONDS = 300
+
+
+@dataclass
+class WebhookReceiver:
+    secret: str = "webhook-secret-for-tests"
+    answer: tuple[int, Any] | None = None  # (status, JSON object or text) for verified requests
+    payloads: list[dict[str, Any]] = field(default_factory=list)
+    headers: list[dict[str, str]] = field(default_factory=list)
+    rejected: list[str] = field(default_factory=list)  # why each refused request was refused
+    port: int = 0
+    _loop: asyncio.AbstractEventLoop | None = None
+    _thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hooks/rc-mta"
+
+    def verify(self, timestamp: str, signature: str, body: bytes, now: float | None = None) -> str | None:
+        """None when the request is authentic and fresh, else why not."""
+        if not timestamp.isdigit():
+            return "missing or malformed timestamp"
+        if abs((now or time.time()) - int(timestamp)) > MAX_AGE_SECONDS:
+            return "stale timestamp"
+        expected = (
+            "sha256=" + hmac.new(self.secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+        )
+        if not hmac.compare_digest(expected.encode(), signature.encode()):
+            return "bad signature"
+        return None
+
+    async def _receive(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        why = self.verify(
+            request.headers.get("X-RC-MTA-Timestamp", ""), request.headers.get("X-RC-MTA-Signature", ""), body
+        )
+        if why is not None:
+            self.rejected.append(why)
+            return web.json_response({"detail": why}, status=401)
+        self.payloads.append(json.loads(body))
+        self.headers.append(dict(request.headers))
+        if self.answer is None:
+            return web.json_response({"ok": True})
+        status, content = self.answer
+        if isinstance(content, str):
+            return web.Response(status=status, text=content)
+        return web.json_response(content, status=status)
+
+    def start(self) -> WebhookReceiver:
+        ready = threading.Event()
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        self.port = int(sock.getsockname()[1])
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            asyncio.set_event_loop(loop)
+            app = web.Application()
+            app.router.add_post("/hooks/rc-mta", self._receive)
+            runner = web.AppRunner(app, handle_signals=False)
+            loop.run_until_complete(runner.setup())
+            loop.run_until_complete(web.SockSite(runner, sock).start())
+            ready.set()
+            loop.run_forever()
+            loop.run_until_complete(runner.cleanup())
+            loop.close()
+
+        self._thread = threading.Thread(target=run, name="webhook-receiver", daemon=True)
+        self._thread.start()
+        assert ready.wait(10), "webhook receiver did not start"
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None and self._thread is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+        self._loop = self._thread = None
