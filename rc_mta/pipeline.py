@@ -440,17 +440,22 @@ class Pipeline:
             report = decision.auto_reply == "null sender" or decision.auto_reply.endswith(" report")
             kind = "delivery_report" if report else "auto_reply"
             metrics.AUTO_REPLIES_DROPPED.labels(kind).inc()
+        # One line per message and recipient: who, which task, verdicts, answer.
         log.info(
-            "reply source=%s client=%s from=%s rcpt=%s request=%s task=%s would=%s reply=%s auth=%r",
-            arrival.source,
-            arrival.client.ip if arrival.client else None,
-            arrival.mail_from,
-            decision.recipient.address,
-            request_id,
-            decision.request.task_id if decision.request else None,
+            "reply %s",
             decision.would,
-            decision.reply,
-            decision.authentication_results,
+            extra={
+                "source": arrival.source,
+                "client": arrival.client.ip if arrival.client else None,
+                "mail_from": arrival.mail_from,
+                "rcpt": decision.recipient.address,
+                "request": request_id,
+                "task": decision.request.task_id if decision.request else None,
+                "would": decision.would,
+                "reply": str(decision.reply),
+                "reason": decision.reply.reason,
+                "auth": decision.authentication_results,
+            },
         )
 
 

@@ -103,12 +103,17 @@ class ReplyHandler:
             log.exception("sender checks failed for %s", client.ip)
             return str(R.INTERNAL_ERROR)
         if envelope.auth.refusal is not None:
+            refusal = envelope.auth.refusal
             log.info(
-                "mail refused source=%s client=%s from=%s reply=%s",
-                self.source,
-                client.ip,
-                address,
-                envelope.auth.refusal,
+                "mail refused",
+                extra={
+                    "source": self.source,
+                    "client": client.ip,
+                    "mail_from": address,
+                    "reply": str(refusal),
+                    "reason": refusal.reason,
+                    "checks": {k: v.result for k, v in envelope.auth.verdicts.items()},
+                },
             )
             self.pipeline.count_refusal("mail", envelope.auth.refusal)
             return str(envelope.auth.refusal)
@@ -125,11 +130,20 @@ class ReplyHandler:
         try:
             recipient = await self.pipeline.check_recipient(address)
         except PermanentRefusal as exc:
-            log.info("rcpt refused source=%s peer=%s rcpt=%s reply=%s", self.source, session.peer, address, exc.reply)
+            log.info(
+                "rcpt refused",
+                extra={
+                    "source": self.source,
+                    "client": peer_ip(session),
+                    "rcpt": address,
+                    "reply": str(exc.reply),
+                    "reason": exc.reply.reason,
+                },
+            )
             self.pipeline.count_refusal("rcpt", exc.reply)
             return str(exc.reply)
         except TemporaryFailure as exc:
-            log.warning("rcpt deferred rcpt=%s: %s", address, exc)
+            log.warning("rcpt deferred: %s", exc, extra={"source": self.source, "rcpt": address})
             return str(R.BACKEND_UNAVAILABLE)
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(options)
