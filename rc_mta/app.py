@@ -223,6 +223,7 @@ class Service:
         await asyncio.gather(*background, return_exceptions=True)
         for runner in runners:
             await runner.cleanup()
+        await self.pipeline.drain(timeout=30)
         for server in servers:
             await server.wait_closed()
         await self.backend.close()

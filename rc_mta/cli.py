@@ -15,11 +15,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from .api import task_json
 from .app import Service
 from .config import Settings, config_path, load_settings, parse_host_port
 from .errors import RcMtaError
 from .logs import LEVELS, PIDFILE, mask_secrets, running_pid, secret_values, setup_logging
-from .store import Store, Task
+from .store import Store
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -27,19 +28,6 @@ EXIT_USAGE = 2
 
 def _iso(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds") if ts is not None else None
-
-
-def _task_json(task: Task) -> dict[str, Any]:
-    return {
-        "id": task.id,
-        "title": task.title,
-        "owner": task.owner,
-        "status": task.status,
-        "created_at": _iso(task.created_at),
-        "acted_by": task.acted_by,
-        "acted_at": _iso(task.acted_at),
-        "comments": [{"author": c.author, "text": c.text, "at": _iso(c.at)} for c in task.comments],
-    }
 
 
 def _print_json(value: Any) -> None:
@@ -64,14 +52,14 @@ def cmd_task(settings: Settings, args: argparse.Namespace) -> int:
 
             task = store.add_task(args.title, args.owner, time.time())
             if args.json:
-                _print_json(_task_json(task))
+                _print_json(task_json(task))
             else:
                 print(f"added task {task.id}: {task.title} (owner {task.owner})")
                 print(task.id)
         elif args.task_command == "list":
-            tasks = store.list_tasks()
+            tasks = store.list_tasks_with_comments()
             if args.json:
-                _print_json([_task_json(t) for t in tasks])
+                _print_json([task_json(t) for t in tasks])
             else:
                 for t in tasks:
                     print(f"{t.id}  {t.status:<11}  {t.owner:<30}  {t.title}")
@@ -80,7 +68,7 @@ def cmd_task(settings: Settings, args: argparse.Namespace) -> int:
             if found is None:
                 raise RcMtaError(f"no task {args.task_id}")
             if args.json:
-                _print_json(_task_json(found))
+                _print_json(task_json(found))
             else:
                 print(f"{found.id}: {found.title}\n  owner:  {found.owner}\n  status: {found.status}")
                 for c in found.comments:

@@ -34,7 +34,7 @@ from .sender_auth import AuthState, Client, SenderAuth
 from .smtp_replies import SmtpReply
 from .store import Request, Store
 from .tasks import ActionContext, TaskBackend, TaskNotFound, TaskNotInProgress
-from .tokens import TOKEN_LENGTH, Action, Signer, Token
+from .tokens import TOKEN_LENGTH, Action, Signer, Token, redact_address
 
 log = logging.getLogger("rc_mta.pipeline")
 
@@ -106,6 +106,7 @@ class Pipeline:
     ) -> None:
         self.settings = settings
         self.sender_auth = sender_auth
+        self._inflight: set[asyncio.Future[Decision]] = set()
 
         self.store = store
         self.signer = signer
@@ -118,6 +119,11 @@ class Pipeline:
         )
         self.complete_words: Sequence[str] = settings.replies.complete_words or DEFAULT_COMPLETE_WORDS
         self.fail_words: Sequence[str] = settings.replies.fail_words or DEFAULT_FAIL_WORDS
+
+    async def drain(self, timeout: float) -> None:
+        """At shutdown: let task actions under way finish (they are shielded from cancellation)."""
+        if self._inflight:
+            await asyncio.wait(set(self._inflight), timeout=timeout)
 
     # MAIL ------------------------------------------------------------------------------
 
@@ -161,7 +167,8 @@ class Pipeline:
     async def handle_message(self, arrival: Arrival, raw: bytes, recipients: Sequence[Recipient]) -> list[Decision]:
         """Judge and act on one message for each recipient; one decision per recipient."""
         metrics.MESSAGES_RECEIVED.labels(arrival.source).inc()
-        parsed = parse_reply(raw, envelope_sender=arrival.mail_from)
+        # Off the loop: a large message must not stall every other session while it parses.
+        parsed = await asyncio.to_thread(parse_reply, raw, envelope_sender=arrival.mail_from)
         message_id = parsed.message_id or _synthetic_message_id(raw)
         auth = await self.authenticate(arrival, raw, parsed)
         decisions = []
@@ -195,7 +202,7 @@ class Pipeline:
         to file it as processed, as rejected, or to leave it for the next round."""
         arrival = Arrival(source=source, mail_from=None)
         metrics.MESSAGES_RECEIVED.labels(source).inc()
-        parsed = parse_reply(raw, envelope_sender=_return_path(raw))
+        parsed = await asyncio.to_thread(parse_reply, raw, envelope_sender=_return_path(raw))
         message_id = parsed.message_id or _synthetic_message_id(raw)
         decisions: list[Decision] = []
         recipients: list[Recipient] = []
@@ -248,7 +255,9 @@ class Pipeline:
             state.refusal = R.INTERNAL_ERROR
             return state
 
-    async def evaluate(self, parsed: ParsedReply, message_id: str, recipient: Recipient, auth: AuthState) -> Decision:
+    async def evaluate(
+        self, parsed: ParsedReply, message_id: str, recipient: Recipient, auth: AuthState, *, acting: bool = False
+    ) -> Decision:
         """Everything short of acting: whose reply, which request, what action, what comment."""
         if parsed.auto_reply:
             return Decision(
@@ -299,7 +308,8 @@ class Pipeline:
                 decision.reply = R.OWNER_NOT_AUTHENTICATED.with_text(owner=request.owner)
                 return decision
 
-        claim = await asyncio.to_thread(self.store.get_claim, request.id)
+        # Acting, the claim itself says whether the request was answered: no extra read.
+        claim = await asyncio.to_thread(self.store.get_claim, request.id) if not acting else None
         if claim is not None and claim.done:
             if claim.message_id == message_id:
                 decision.reply = R.ALREADY_DONE.with_text(task_id=request.task_id, action_past=_PAST[claim.action])
@@ -396,28 +406,42 @@ class Pipeline:
     ) -> Decision:
         """Evaluate (and, if ``act``, act); refusals and trouble become a 5xx or 4xx decision."""
         try:
-            decision = await self.evaluate(parsed, message_id, recipient, auth)
+            decision = await self.evaluate(parsed, message_id, recipient, auth, acting=act)
             if not act:
                 return decision
-            return await self.act(decision, message_id, parsed.from_address or "", source)
+            # Shielded: a sender hanging up (or a poller's worker cancelled) must not stop an
+            # action half way; shutdown waits for it in ``drain``.
+            action = asyncio.ensure_future(self.act(decision, message_id, parsed.from_address or "", source))
+            self._inflight.add(action)
+            action.add_done_callback(self._inflight.discard)
+            return await asyncio.shield(action)
         except PermanentRefusal as exc:
             return Decision(exc.reply, "refuse", recipient, recipient.token, recipient.request, comment=parsed.comment)
         except BackendAuthFailed as exc:
             log.error("task backend refused our credentials: %s (fix [tasks] config)", exc)
             return Decision(R.BACKEND_AUTH_FAILED, "retry", recipient, comment=parsed.comment)
         except TemporaryFailure as exc:
-            log.warning("temporary failure for %s: %s", recipient.address, exc)
+            log.warning("temporary failure for %s: %s", redact_address(recipient.address), exc)
             return Decision(R.BACKEND_UNAVAILABLE, "retry", recipient, comment=parsed.comment)
         except Exception:
-            log.exception("unexpected error handling a reply to %s", recipient.address)
+            log.exception("unexpected error handling a reply to %s", redact_address(recipient.address))
             return Decision(R.INTERNAL_ERROR, "retry", recipient, comment=parsed.comment)
 
     async def _token_from_message(self, parsed: ParsedReply) -> tuple[Token, Request]:
-        """For a bare ``rc@`` address: the token from In-Reply-To/References, else the body."""
-        candidates = [*parsed.referenced_ids, parsed.text]
-        for candidate in candidates:
+        """For a bare ``rc@`` address: the decide-from-reply token of the request, from
+        In-Reply-To/References, else the quoted request's metadata block.
+
+        Only that token counts: the quoted request also shows the Complete and Fail
+        addresses, and their fixed actions must never stand in for what the person wrote.
+        """
+        for candidate in [*parsed.referenced_ids, parsed.text]:
             for match in self._token_in_text.finditer(candidate):
-                return await self.verify_token(match.group(1))
+                try:
+                    token = self.signer.decode(match.group(1))
+                except PermanentRefusal:
+                    continue
+                if token.action is Action.REPLY:
+                    return await self.verify_token(match.group(1))
         raise PermanentRefusal(R.NO_TOKEN)
 
     async def _record(self, arrival: Arrival, message_id: str, decision: Decision) -> None:
@@ -448,7 +472,7 @@ class Pipeline:
                 "source": arrival.source,
                 "client": arrival.client.ip if arrival.client else None,
                 "mail_from": arrival.mail_from,
-                "rcpt": decision.recipient.address,
+                "rcpt": redact_address(decision.recipient.address),
                 "request": request_id,
                 "task": decision.request.task_id if decision.request else None,
                 "would": decision.would,

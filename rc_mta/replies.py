@@ -710,9 +710,10 @@ def _reply_header_index(lines: list[str]) -> int:
                 joined += " " + follow
                 if _REPLY_HEADER_RE.match(joined) and re.search(r"[\d@]", joined):
                     return index
-        following = [s for s in stripped[index + 1 :] if s][:1]
-        if _UNDERSCORE_LINE_RE.match(line) and following and _FROM_LINE_RE.match(following[0]):
-            return index
+        if _UNDERSCORE_LINE_RE.match(line):
+            following = next((s for s in stripped[index + 1 :] if s), "")
+            if _FROM_LINE_RE.match(following):
+                return index
         if _FROM_LINE_RE.match(line) and index + 1 < len(stripped) and _SENT_LINE_RE.match(stripped[index + 1]):
             return index
     return len(lines)

@@ -124,13 +124,13 @@ class SenderAuth:
         ip = client.ip or ""
         domain = _domain_of(mail_from)
         limits = self.checks.rate_limits
-        if self.limiter.over("auth_failures", ip, limits.auth_failures_per_ip):
+        if ip and self.limiter.over("auth_failures", ip, limits.auth_failures_per_ip):
             state.refusal = R.RATE_LIMIT_AUTH_FAILURES.with_text(who=ip)
             return state
         if domain and self.limiter.over("auth_failures_domain", domain, limits.auth_failures_per_domain):
             state.refusal = R.RATE_LIMIT_AUTH_FAILURES.with_text(who=domain)
             return state
-        if self.limiter.hit("messages", ip, limits.messages_per_ip):
+        if ip and self.limiter.hit("messages", ip, limits.messages_per_ip):
             state.refusal = R.RATE_LIMIT_MESSAGES.with_text(who=ip)
             return state
         if domain and self.limiter.hit("messages_domain", domain, limits.messages_per_domain):
@@ -179,7 +179,8 @@ class SenderAuth:
     def _failed(self, state: AuthState, ip: str, domain: str | None) -> AuthState:
         """Count a failed authentication (not DNS trouble) towards the per-IP/domain limits."""
         if state.refusal is not None and not state.refusal.temporary:
-            self.limiter.record("auth_failures", ip)
+            if ip:
+                self.limiter.record("auth_failures", ip)
             if domain:
                 self.limiter.record("auth_failures_domain", domain)
         return state
@@ -252,9 +253,18 @@ class SenderAuth:
         elif from_domain and (dmarc_policy != "off" or self.checks.owner_auth.required):
             spf = state.verdicts.get("spf")
             spf_domain = spf.facts.get("domain") if spf else _domain_of(mail_from)
-            state.verdicts["dmarc"] = await check_dmarc(
+            computed = await check_dmarc(
                 self.resolver, from_domain, spf.result if spf else "none", spf_domain, state.dkim_signatures
             )
+            org = organizational_domain(from_domain)
+            if computed.result == "fail" and any(
+                sig.result == "temperror" and organizational_domain(sig.domain) == org for sig in state.dkim_signatures
+            ):
+                # An aligned signature we could not check might have passed: not a failure yet.
+                computed = Verdict(
+                    "temperror", "the key of an aligned DKIM signature could not be fetched", computed.facts
+                )
+            state.verdicts["dmarc"] = computed
         if (dmarc := state.verdicts.get("dmarc")) is not None and from_domain:
             if dmarc.temporary:
                 state.refusal = R.AUTH_TEMPERROR

@@ -74,7 +74,9 @@ TOKEN_EXPIRED = _reply(
 TOKEN_REVOKED = _reply(
     "TOKEN_REVOKED", 550, "5.7.1", "This completion request was withdrawn (the task was reassigned or re-sent)"
 )
-TOO_MANY_RECIPIENTS = _reply("TOO_MANY_RECIPIENTS", 452, "4.5.3", "Too many recipients in one message")
+TOO_MANY_RECIPIENTS = _reply(
+    "TOO_MANY_RECIPIENTS", 452, "4.5.3", "Too many reply addresses in one message; send the others separately"
+)
 
 # Message (DATA) refusals.
 TOKEN_USED = _reply(

@@ -249,16 +249,6 @@ class Store:
                 ).rowcount
             )
 
-    def revoke_requests_for_task(self, task_id: str, now: float) -> int:
-        with self._begin() as conn:
-            return int(
-                conn.execute(
-                    update(requests)
-                    .where(requests.c.task_id == task_id, requests.c.revoked_at.is_(None))
-                    .values(revoked_at=now)
-                ).rowcount
-            )
-
     # Used tokens: the exactly-once claim ----------------------------------------------
 
     def claim(

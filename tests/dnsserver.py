@@ -80,12 +80,21 @@ class BlackHole:
     """A DNS 'server' that reads queries and never answers (UDP and TCP)."""
 
     def __init__(self) -> None:
-        self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.udp.bind(("127.0.0.1", 0))
-        self.port = int(self.udp.getsockname()[1])
-        self.tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.tcp.bind(("127.0.0.1", self.port))
-        self.tcp.listen(16)
+        # The same port for UDP and TCP: retry until a UDP port is free for TCP too.
+        for _ in range(50):
+            self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            self.udp.bind(("127.0.0.1", 0))
+            self.port = int(self.udp.getsockname()[1])
+            self.tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                self.tcp.bind(("127.0.0.1", self.port))
+            except OSError:
+                self.udp.close()
+                self.tcp.close()
+                continue
+            self.tcp.listen(16)
+            return
+        raise RuntimeError("no loopback port free for both UDP and TCP")
 
     def close(self) -> None:
         self.udp.close()

@@ -337,7 +337,6 @@ def test_when_the_smtp_relay_is_down_sending_is_503(fresh_rc: RcMta) -> None:
 
 
 def test_task_endpoints_are_404_when_tasks_live_elsewhere(fresh_rc: RcMta) -> None:
-    pytest.importorskip("rc_mta.tasks.webhook")
     fresh_rc.settings["tasks"] = {"backend": "webhook"}
     fresh_rc.settings["tasks.webhook"] = {"url": "http://127.0.0.1:9/hook", "secret": "s" * 32}
     start_with_api(fresh_rc)

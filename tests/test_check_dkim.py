@@ -168,3 +168,15 @@ def test_signature_flood_is_capped_and_says_so(resolver: DnsResolver) -> None:
     assert len(signatures) == MAX_SIGNATURES
     assert resolver.stats.queries == MAX_SIGNATURES
     assert verdict.reason.endswith(f"(only the first {MAX_SIGNATURES} of {MAX_SIGNATURES + 4} signatures were checked)")
+
+
+def test_signature_covering_only_part_of_the_body_does_not_pass(resolver: DnsResolver) -> None:
+    key = (Path(__file__).parent / "keys" / "good-sel2048.pem").read_bytes()
+    raw = b"From: alice@good.test\r\nTo: rc@reply.example.test\r\nSubject: Re\r\n\r\nNo\r\n"
+    signed = bytes(dkim.sign(raw, b"sel", b"good.test", key, include_headers=[b"from"], length=True)) + raw
+
+    verdict, [signature] = asyncio.run(check_dkim(resolver, signed + b"Appended: yes, complete it\r\n"))
+
+    assert signature.result == "policy"
+    assert "l=" in signature.reason
+    assert verdict.result != "pass"

@@ -462,3 +462,20 @@ def test_verdicts_of_a_trusted_front_mta_are_used_only_from_that_front(strict_rc
     assert from_elsewhere.code == 550  # the stamp is ignored: DMARC fails on our own evaluation
     assert from_front.code == 250, from_front
     assert strict_rc.task(task_id)["status"] == "completed"
+
+
+def test_relay_that_cannot_name_the_client_does_not_lend_its_own_exemption(strict_rc: RcMta) -> None:
+    # Postfix on this host, in exempt_networks, forwarding a client it could not identify.
+    strict_rc.settings["checks"]["exempt_networks"] = ["127.0.0.0/8"]
+    strict_rc.start()
+    task_id = strict_rc.add_task(owner=OWNER)
+    address, message = reply(strict_rc, task_id)
+
+    with _session(strict_rc.smtp_port, "127.0.0.1") as client:
+        assert client.docmd("XFORWARD", "ADDR=[UNAVAILABLE] HELO=mx.sender.spf.test")[0] == 250
+        assert client.mail(OWNER)[0] == 250
+        assert client.rcpt(address)[0] == 250
+        code, _ = client.data(message.as_bytes(policy=email.policy.SMTP))
+
+    assert code == 550  # judged on what the message proves (no DKIM, DMARC p=reject), not exempted
+    assert_untouched(strict_rc, task_id)

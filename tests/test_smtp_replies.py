@@ -3,6 +3,8 @@ with its own code and leaves the task untouched. Real SMTP over loopback."""
 
 from __future__ import annotations
 
+import email.policy
+import smtplib
 import sqlite3
 import threading
 import time
@@ -253,23 +255,25 @@ def test_latin1_reply_keeps_its_comment(rc: RcMta) -> None:
     assert rc.task(task_id)["comments"][0]["text"] == "Passt, schöne Grüße"
 
 
-def test_too_many_recipients_are_deferred(rc: RcMta) -> None:
-    task_id = rc.add_task()
-    address = rc.request(task_id)["complete_address"]
-    import smtplib
+def test_a_second_reply_address_in_one_smtp_message_is_deferred(rc: RcMta) -> None:
+    first, second = rc.add_task(), rc.add_task()
+    a, b = rc.request(first)["complete_address"], rc.request(second)["complete_address"]
 
     with smtplib.SMTP("127.0.0.1", rc.smtp_port) as client:
         _, features = client.ehlo("mail.example.com")
         assert b"ENHANCEDSTATUSCODES" in features and b"PIPELINING" in features
         client.mail("alice@example.com")
-        codes = [client.rcpt(address)[0] for _ in range(11)]
-    assert codes[:10] == [250] * 10
-    assert codes[10] == 452
+        codes = [client.rcpt(a), client.rcpt(b)]
+        data = client.data(reply_message(a, "Ship it").as_bytes(policy=email.policy.SMTP))
+
+    assert codes[0][0] == 250
+    assert (codes[1][0], codes[1][1].decode().split()[0]) == (452, "4.5.3")
+    assert data[0] == 250
+    assert rc.task(first)["status"] == "completed"
+    assert rc.task(second)["status"] == "in_progress"  # its own transaction, later
 
 
 def test_protocol_errors_carry_enhanced_codes(rc: RcMta) -> None:
-    import smtplib
-
     with smtplib.SMTP("127.0.0.1", rc.smtp_port) as client:
         client.ehlo("mail.example.com")
         code, text = client.docmd("RCPT", f"TO:<rc@{REPLY_DOMAIN}>")
@@ -321,3 +325,39 @@ def test_task_already_completed_elsewhere_is_explained(rc: RcMta) -> None:
     assert outcome.code == 550
     assert f"Task {task_id} was already completed by alice@example.com" in outcome.text
     assert rc.task(task_id)["status"] == "completed"
+
+
+def test_reply_to_bare_address_decides_from_the_words_not_the_quoted_buttons(rc: RcMta) -> None:
+    task_id = rc.add_task()
+    request = rc.request(task_id)
+    bare = f"rc@{REPLY_DOMAIN}"
+    # A client that dropped In-Reply-To and the +token, quoting the whole request text,
+    # where the Complete address comes first.
+    quoted = "\n".join(
+        f"> {line}"
+        for line in (
+            "To complete it, reply starting with the word Complete, or write to:",
+            f"  {request['complete_address']}",
+            "To fail it, write to:",
+            f"  {request['fail_address']}",
+            "-- rc-mta request --",
+            f"Request: {request['reply_to']}",
+            "-- end of rc-mta request --",
+        )
+    )
+
+    outcome = send_smtp(rc.smtp_port, reply_message(bare, "No, reject this\n\n" + quoted), bare)
+
+    assert outcome.code == 250, outcome
+    assert rc.task(task_id)["status"] == "failed"
+
+
+def test_quoted_button_address_alone_is_not_taken_as_the_answer(rc: RcMta) -> None:
+    task_id = rc.add_task()
+    request = rc.request(task_id)
+    bare = f"rc@{REPLY_DOMAIN}"
+
+    outcome = send_smtp(rc.smtp_port, reply_message(bare, "No\n\n> write to " + request["complete_address"]), bare)
+
+    assert (outcome.code, outcome.enhanced) == (550, "5.7.1")
+    assert rc.task(task_id)["status"] == "in_progress"

@@ -87,6 +87,10 @@ def _verify_one(resolver: DnsResolver, raw: bytes, idx: int, min_key_bits: int) 
         # dkimpy only enforces minkey on signatures that verify; a short key fails either way.
         reason = f"key too short: {key_bits} bits, at least {min_key_bits} required"
         return DkimSignature(domain, selector, "fail", reason, key_bits)
+    if ok and b"l" in fields:
+        # l= signs only the first bytes of the body: text appended after them (a new
+        # text/plain part, say) would ride on the signature. Not good enough to act on.
+        return DkimSignature(domain, selector, "policy", "l= tag: only part of the body is signed", key_bits)
     if ok:
         return DkimSignature(domain, selector, "pass", "signature verified", key_bits)
     return DkimSignature(domain, selector, "fail", failure or "signature did not verify", key_bits)

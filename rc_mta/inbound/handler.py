@@ -12,6 +12,7 @@ from .. import smtp_replies as R
 from ..errors import PermanentRefusal, TemporaryFailure
 from ..pipeline import Arrival, Decision, Pipeline, Recipient
 from ..sender_auth import AuthState, Client
+from ..tokens import redact_address
 
 log = logging.getLogger("rc_mta.inbound")
 
@@ -22,6 +23,7 @@ class ReplySession(Session):
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(loop)
         self.xclient: dict[str, str] = {}
+        self.xclient_used = False
         self.proxy_ip: str | None = None
 
 
@@ -31,6 +33,7 @@ class ReplyEnvelope(Envelope):
     def __init__(self) -> None:
         super().__init__()
         self.xforward: dict[str, str] = {}
+        self.xforward_used = False
         self.auth: AuthState | None = None
         self.recipients: list[Recipient] = []
 
@@ -49,7 +52,12 @@ def original_client(session: Session, envelope: Envelope) -> Client:
     """XFORWARD (this transaction) beats XCLIENT beats PROXY beats the TCP peer."""
     assert isinstance(session, ReplySession) and isinstance(envelope, ReplyEnvelope)
     facts = {**session.xclient, **envelope.xforward}
-    ip = facts.get("ADDR") or session.proxy_ip or peer_ip(session)
+    if session.xclient_used or envelope.xforward_used:
+        # A relay spoke for the client: without its ADDR the client is unknown, never the
+        # relay itself (which may sit in exempt_networks).
+        ip = facts.get("ADDR")
+    else:
+        ip = session.proxy_ip or peer_ip(session)
     helo = facts.get("HELO") or session.host_name
     return Client(ip=ip, helo=helo, peer_ip=peer_ip(session))
 
@@ -126,6 +134,7 @@ class ReplyHandler:
     ) -> str:
         assert isinstance(envelope, ReplyEnvelope)
         if len(envelope.recipients) >= self.max_recipients:
+            self.pipeline.count_refusal("rcpt", R.TOO_MANY_RECIPIENTS)
             return str(R.TOO_MANY_RECIPIENTS)
         try:
             recipient = await self.pipeline.check_recipient(address)
@@ -143,7 +152,7 @@ class ReplyHandler:
             self.pipeline.count_refusal("rcpt", exc.reply)
             return str(exc.reply)
         except TemporaryFailure as exc:
-            log.warning("rcpt deferred: %s", exc, extra={"source": self.source, "rcpt": address})
+            log.warning("rcpt deferred: %s", exc, extra={"source": self.source, "rcpt": redact_address(address)})
             return str(R.BACKEND_UNAVAILABLE)
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(options)

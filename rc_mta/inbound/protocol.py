@@ -121,6 +121,7 @@ class SmtpServer(SMTP):
         session = self.session
         assert isinstance(session, ReplySession)
         session.xclient.update(facts)
+        session.xclient_used = True
         session.host_name = None
         session.extended_smtp = False
         self._set_rset_state()  # type: ignore[no-untyped-call]
@@ -134,6 +135,7 @@ class SmtpServer(SMTP):
             return
         assert isinstance(self.envelope, ReplyEnvelope)
         self.envelope.xforward.update(facts)
+        self.envelope.xforward_used = True
         await self.push(str(R.XFORWARD_OK))
 
 
@@ -145,6 +147,7 @@ class LmtpServer(SmtpServer):
     def __init__(self, handler: ReplyHandler, config: InboundConfig) -> None:
         super().__init__(handler, config)
         self._data_recipients = 0
+        self._owed_error_replies = 0
 
     @syntax("LHLO hostname")
     async def smtp_LHLO(self, arg: str) -> None:
@@ -160,8 +163,17 @@ class LmtpServer(SmtpServer):
         self._data_recipients = len(self.envelope.rcpt_tos) if self.envelope else 0
         try:
             await super().smtp_DATA(arg)
+        except Exception:
+            # aiosmtpd answers our own exception once, through handle_exception: owe one per recipient.
+            self._owed_error_replies = self._data_recipients
+            raise
         finally:
             self._data_recipients = 0
+
+    async def handle_exception(self, error: Exception) -> str:
+        status: str = await super().handle_exception(error)
+        owed, self._owed_error_replies = self._owed_error_replies, 0
+        return "\r\n".join([status] * max(1, owed))
 
     async def push(self, status: AnyStr) -> None:
         text = status.decode() if isinstance(status, bytes) else status
@@ -178,7 +190,10 @@ async def start_listener(pipeline: Pipeline, config: InboundConfig, *, lmtp: boo
     if lmtp:
         handler = LmtpReplyHandler(pipeline, "lmtp", config.max_recipients)
     else:
-        handler = ReplyHandler(pipeline, "smtp", config.max_recipients)
+        # SMTP has one answer per message: with two reply addresses, one could act and the
+        # other be refused, and the sender would get a bounce for a task that was done.
+        # A 452 for the second makes the sending MTA deliver it in a transaction of its own.
+        handler = ReplyHandler(pipeline, "smtp", 1)
     server_class = LmtpServer if lmtp else SmtpServer
     loop = asyncio.get_running_loop()
     return await loop.create_server(lambda: server_class(handler, config), host, port, reuse_address=True)

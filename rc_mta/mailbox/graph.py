@@ -214,7 +214,12 @@ class GraphConnection:
             self.state.pending_ids.discard(message_id)
             log.info("graph message %s: gone before it was read", message_id)
             return False
-        outcome = await self.pipeline.handle_mailbox_message(raw, SOURCE, self.config.trusted_authserv_ids)
+        try:
+            outcome = await self.pipeline.handle_mailbox_message(raw, SOURCE, self.config.trusted_authserv_ids)
+        except Exception:
+            # One bad message must not stop the round for the others: it stays pending.
+            log.exception("graph message %s: could not be handled; retrying next round", message_id)
+            return True
         if outcome.disposition == "retry":  # stays pending: read again next round
             log.info("graph message %s: retry (%s)", message_id, outcome.reason)
             return True

@@ -7,7 +7,7 @@ and go into the URL as they are. Authentication is HTTP basic or a personal acce
 
 Acting twice is the one thing that must never happen, so: a task is read before acting and
 only an ``IN_PROGRESS`` one is acted on; a POST is retried only when it surely did not reach
-Release (no connection) or a proxy said Release was unavailable (502/503/504), and the task
+Release (no connection) or a proxy said Release was unavailable (502/503), and the task
 is read again before each retry. A POST that timed out is not retried here: the sender's
 retry reads the task first, and finds our own attribution line in its comments if the first
 attempt did act — the pipeline then finishes instead of refusing.
@@ -37,7 +37,9 @@ IN_PROGRESS = "IN_PROGRESS"
 ATTRIBUTION = "— answered by email by "
 _ATTRIBUTED = re.compile(re.escape(ATTRIBUTION) + r"(\S+)\s*$")
 # Proxies in front of Release answer these when it is down: the POST did not reach it.
-_RETRYABLE_POST_STATUS = frozenset({502, 503, 504})
+# 502/503: the proxy could not hand the POST to Release. Not 504: the proxy did hand it
+# over and gave up waiting, so Release may have acted; re-POSTing could act twice.
+_RETRYABLE_POST_STATUS = frozenset({502, 503})
 _BACKOFF_SECONDS = 0.2
 _BACKOFF_CAP_SECONDS = 2.0
 

@@ -135,6 +135,8 @@ class WebhookBackend:
                 self._config.url,
             )
             raise BackendAuthFailed("webhook refused our signature (HTTP 401)")
+        if status in (408, 425, 429):  # "try again later", in the receiver's words
+            raise TemporaryFailure(f"webhook {self._config.url} answered HTTP {status}")
         if 400 <= status < 500:
             reason = answer.get("detail") or answer.get("error") or text
             why = _one_line(str(reason)) or f"HTTP {status}"
