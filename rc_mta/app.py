@@ -15,13 +15,13 @@ from . import metrics
 from .api import add_api_routes
 from .config import Settings, SigningConfig
 from .dns import DnsResolver
-from .errors import PermanentRefusal, RcMtaError
+from .errors import RcMtaError
 from .http import Health, make_app, metrics_app, start_http
 from .inbound import start_listener
 from .logs import install_runtime_controls, sd_notify
 from .mailbox import make_poller
 from .outbound import SentRequest, Transport, compose, make_transport, reply_addresses
-from .pipeline import Arrival, Pipeline, Recipient, our_addresses
+from .pipeline import Arrival, Pipeline
 from .replies import parse_reply
 from .sender_auth import Client, SenderAuth
 from .store import Request, Store
@@ -136,18 +136,14 @@ class Service:
         arrival = Arrival("file", mail_from if mail_from is not None else parsed.from_address, client)
         auth = await self.pipeline.authenticate(arrival, raw, parsed)
         message_id = parsed.message_id or "(none)"
-        recipient = Recipient("(none)")
-        token_view: dict[str, Any] = {"address": None, "valid": False}
-        for address in our_addresses(parsed.message, self.settings.inbound.reply_domain):
-            token_view["address"] = address
-            try:
-                recipient = await self.pipeline.check_recipient(address)
-                token_view["valid"] = True
-            except PermanentRefusal as exc:
-                token_view["error"] = str(exc.reply)
-                checks = {name: verdict.as_json() for name, verdict in auth.verdicts.items()}
-                return _diagnosis(token_view, None, parsed.comment, parsed.auto_reply, "refuse", str(exc.reply), checks)
-            break
+        recipients, refused = await self.pipeline.recipients_from_headers(parsed)
+        checks = {name: verdict.as_json() for name, verdict in auth.verdicts.items()}
+        if refused and not recipients:
+            address, reply = refused[0].recipient.address, str(refused[0].reply)
+            token = {"address": address, "valid": False, "error": reply}
+            return _diagnosis(token, None, parsed.comment, parsed.auto_reply, refused[0].would, reply, checks)
+        recipient = recipients[0]
+        token_view: dict[str, Any] = {"address": recipient.address, "valid": False}
         decision = await self.pipeline.decide(parsed, message_id, recipient, auth, act=False, source="file")
         if decision.token is not None:
             token_view.update(

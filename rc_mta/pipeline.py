@@ -204,24 +204,7 @@ class Pipeline:
         metrics.MESSAGES_RECEIVED.labels(source).inc()
         parsed = await asyncio.to_thread(parse_reply, raw, envelope_sender=_return_path(raw))
         message_id = parsed.message_id or _synthetic_message_id(raw)
-        decisions: list[Decision] = []
-        recipients: list[Recipient] = []
-        seen: set[str] = set()
-        for address in our_addresses(parsed.message, self.settings.inbound.reply_domain):
-            try:
-                recipient = await self.check_recipient(address)
-            except PermanentRefusal as exc:
-                decisions.append(Decision(exc.reply, "refuse", Recipient(address), comment=parsed.comment))
-                continue
-            except TemporaryFailure:
-                decisions.append(Decision(R.BACKEND_UNAVAILABLE, "retry", Recipient(address)))
-                continue
-            key = recipient.request.id if recipient.request else address.lower()
-            if key not in seen:
-                seen.add(key)
-                recipients.append(recipient)
-        if not recipients and not decisions:
-            recipients.append(Recipient("(mailbox)"))  # token from In-Reply-To or the quoted request
+        recipients, decisions = await self.recipients_from_headers(parsed)
         auth = await self.sender_auth.at_mailbox(raw, _return_path(raw), parsed.from_address, trusted_ids)
         for recipient in recipients:
             decision = await self.decide(parsed, message_id, recipient, auth, act=True, source=source)
@@ -237,6 +220,30 @@ class Pipeline:
         else:
             disposition = "rejected"
         return MailboxOutcome(disposition, decisions, message_id)
+
+    async def recipients_from_headers(self, parsed: ParsedReply) -> tuple[list[Recipient], list[Decision]]:
+        """Without an SMTP envelope (a mailbox, a saved file): the reply addresses of ours the
+        message names, checked as at RCPT, once per request; refused ones as decisions.
+        Naming none, it is the bare address: the token is looked for in the message."""
+        recipients: list[Recipient] = []
+        refused: list[Decision] = []
+        seen: set[str] = set()
+        for address in our_addresses(parsed.message, self.settings.inbound.reply_domain):
+            try:
+                recipient = await self.check_recipient(address)
+            except PermanentRefusal as exc:
+                refused.append(Decision(exc.reply, "refuse", Recipient(address), comment=parsed.comment))
+                continue
+            except TemporaryFailure:
+                refused.append(Decision(R.BACKEND_UNAVAILABLE, "retry", Recipient(address)))
+                continue
+            key = recipient.request.id if recipient.request else address.lower()
+            if key not in seen:
+                seen.add(key)
+                recipients.append(recipient)
+        if not recipients and not refused:
+            recipients.append(Recipient("(bare address)"))
+        return recipients, refused
 
     async def authenticate(self, arrival: Arrival, raw: bytes, parsed: ParsedReply) -> AuthState:
         """The DATA-stage checks (DKIM, DMARC, From whitelist, From authenticated)."""

@@ -146,3 +146,19 @@ def test_shipped_config_documents_exactly_the_defaults(monkeypatch: pytest.Monke
     monkeypatch.chdir(Path(__file__).resolve().parent.parent)
 
     assert load_settings(str(DEFAULT_CONFIG_PATH)).model_dump() == Settings().model_dump()
+
+
+def test_diagnose_names_a_damaged_reply_address(fresh_rc: RcMta, tmp_path: Path) -> None:
+    fresh_rc.write_config()
+    task_id = fresh_rc.add_task()
+    address = fresh_rc.request(task_id)["complete_address"]
+    local, domain = address.split("@")
+    forged = f"{local[:-1]}{'b' if local[-1] == 'a' else 'a'}@{domain}"
+    saved = tmp_path / "forged-address.eml"
+    saved.write_bytes(bytes(reply_message(forged, "ok")))
+
+    report = json.loads(fresh_rc.cli("diagnose", "--json", "--client-ip", "127.0.0.1", str(saved)).stdout)
+
+    assert report["token"] == {"address": forged, "valid": False, "error": report["smtp_reply"]}
+    assert report["smtp_reply"].startswith("550 5.7.1")
+    assert report["would"] == "refuse"
