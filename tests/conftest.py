@@ -7,10 +7,13 @@ import json
 import os
 import secrets
 import socket
+import sqlite3
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,41 @@ from dnsserver import NsdServer
 ROOT = Path(__file__).resolve().parent.parent
 PG_BASE_URL = os.environ.get("RC_MTA_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 REPLY_DOMAIN = "reply.example.test"
+
+
+def wait_until(condition: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
+    """Poll ``condition`` until it is truthy (its value is returned) or fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = condition()
+        if result:
+            return result
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@contextmanager
+def store_write_locked(db: Path) -> Iterator[None]:
+    """Hold SQLite's write lock on rc-mta's store from another connection, as a busy or
+    failing database would: rc-mta can still read (WAL) but not commit an action."""
+    locked, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        conn = sqlite3.connect(db, timeout=5)
+        conn.execute("BEGIN IMMEDIATE")
+        locked.set()
+        release.wait(60)
+        conn.rollback()
+        conn.close()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert locked.wait(5), "could not take the store's write lock"
+        yield
+    finally:
+        release.set()
+        holder.join()
 
 
 def free_port() -> int:

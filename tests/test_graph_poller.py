@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
-from conftest import RcMta, make_rc_mta
+from conftest import RcMta, make_rc_mta, wait_until
 from dnsserver import NsdServer
 from graph_server import GraphServer
 from mailclient import reply_message
@@ -25,16 +25,6 @@ from rc_mta.mailbox.graph import GraphPoller
 from rc_mta.pipeline import MailboxOutcome, Pipeline
 
 AUTH_RESULTS = "mx.example.com; spf=pass smtp.mailfrom=alice@example.com; dmarc=pass header.from=example.com"
-
-
-def wait_until(condition: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = condition()
-        if result:
-            return result
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 @pytest.fixture

@@ -7,8 +7,6 @@ from __future__ import annotations
 import base64
 import email.policy
 import re
-import sqlite3
-import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -17,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import RcMta, make_rc_mta, require_server
+from conftest import RcMta, make_rc_mta, require_server, store_write_locked, wait_until
 from dnsserver import NsdServer
 from dovecot import Dovecot, available
 from mailclient import reply_message
@@ -70,16 +68,6 @@ def servers(tmp_path: Path, dovecot: Dovecot, dns_server: NsdServer) -> Iterator
     yield build
     for server in started:
         server.stop()
-
-
-def wait_until(condition: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = condition()
-        if result:
-            return result
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def good_reply(server: RcMta, task_id: str, body: str = "Looks good, ship it") -> EmailMessage:
@@ -226,28 +214,13 @@ def test_reply_stays_in_the_mailbox_while_the_store_is_down_and_acts_once_later(
     server = servers(disposition="move")
     task_id = server.add_task()
     reply = good_reply(server, task_id)
-    locked, release = threading.Event(), threading.Event()
 
-    def hold_write_lock() -> None:
-        conn = sqlite3.connect(server.workdir / "rc-mta.db", timeout=5)
-        conn.execute("BEGIN IMMEDIATE")
-        locked.set()
-        release.wait(60)
-        conn.rollback()
-        conn.close()
-
-    holder = threading.Thread(target=hold_write_lock)
-    holder.start()
-    try:
-        assert locked.wait(5)
+    with store_write_locked(server.workdir / "rc-mta.db"):
         server.start()
         dovecot.deliver(reply)
         wait_until(lambda: re.search(r"imap uid=\d+ retry", rc_log(server)), timeout=30, what="a deferral")
         [(flags, _)] = dovecot.messages()  # still in INBOX, untouched
         assert flags & {"\\Flagged", "\\Deleted", "\\Seen"} == set()
-    finally:
-        release.set()
-        holder.join()
 
     wait_until(lambda: len(dovecot.messages("Processed")) == 1, timeout=30, what="the reply in Processed")
     task = server.task(task_id)

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import email.policy
 import smtplib
-import sqlite3
-import threading
 import time
 from pathlib import Path
 
-from conftest import REPLY_DOMAIN, RcMta
+from conftest import REPLY_DOMAIN, RcMta, store_write_locked
 from mailclient import rcpt_reply, reply_message, send_smtp
 
 QUOTED_REQUEST = """
@@ -285,25 +283,8 @@ def test_store_trouble_answers_451_and_the_retry_acts_once(rc: RcMta) -> None:
     task_id = rc.add_task()
     address = rc.request(task_id)["complete_address"]
     message = reply_message(address, "Ship it")
-    db = rc.workdir / "rc-mta.db"
-    locked, release = threading.Event(), threading.Event()
-
-    def hold_write_lock() -> None:
-        conn = sqlite3.connect(db, timeout=5)
-        conn.execute("BEGIN IMMEDIATE")
-        locked.set()
-        release.wait(30)
-        conn.rollback()
-        conn.close()
-
-    holder = threading.Thread(target=hold_write_lock)
-    holder.start()
-    try:
-        assert locked.wait(5)
+    with store_write_locked(rc.workdir / "rc-mta.db"):
         deferred = send_smtp(rc.smtp_port, message, address)
-    finally:
-        release.set()
-        holder.join()
     retried = send_smtp(rc.smtp_port, message, address)
 
     assert (deferred.code, deferred.enhanced) == (451, "4.3.0")
