@@ -23,11 +23,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 from conftest import RcMta, free_port, require_server, wait_for_port
 from dnsserver import BlackHole, NsdServer
 from mailclient import reply_message, send_smtp
+from smtpsink import SmtpRelay, running_relay
 
 from rc_mta.logs import SecretFilter, TextFormatter, sd_notify
 
@@ -166,34 +165,14 @@ def test_broken_config_on_sighup_keeps_the_running_log_settings(fresh_rc: RcMta)
     assert fresh_rc.proc.poll() is None
 
 
-class _AuthSink:
-    """An SMTP server that wants AUTH: the site's relay for completion requests."""
-
-    def __init__(self) -> None:
-        self.received: list[bytes] = []
-
-    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        self.received.append(envelope.original_content or b"")
-        return "250 2.0.0 OK"
-
-    def authenticate(self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: object) -> object:
-        assert isinstance(data, LoginPassword)
-        return AuthResult(success=data.login == b"release" and data.password == SMTP_PASSWORD.encode())
-
-
 @pytest.fixture
-def smtp_relay() -> Iterator[tuple[_AuthSink, int]]:
-    sink = _AuthSink()
+def smtp_relay() -> Iterator[tuple[SmtpRelay, int]]:
     port = free_port()
-    controller = Controller(
-        sink, hostname="127.0.0.1", port=port, authenticator=sink.authenticate, auth_require_tls=False
-    )
-    controller.start()
-    yield sink, port
-    controller.stop()
+    with running_relay(port, SMTP_PASSWORD) as relay:
+        yield relay, port
 
 
-def test_secrets_never_reach_the_log_even_at_trace(fresh_rc: RcMta, smtp_relay: tuple[_AuthSink, int]) -> None:
+def test_secrets_never_reach_the_log_even_at_trace(fresh_rc: RcMta, smtp_relay: tuple[SmtpRelay, int]) -> None:
     sink, port = smtp_relay
     fresh_rc.settings["signing"]["keys"] = {1: SIGNING_SECRET}
     fresh_rc.settings["outbound"].update(
@@ -255,7 +234,7 @@ def check_lines(result: subprocess.CompletedProcess[str]) -> dict[str, str]:
 
 
 def test_check_config_reaches_every_part_and_passes(
-    fresh_rc: RcMta, pg_url: str, dns_server: NsdServer, smtp_relay: tuple[_AuthSink, int]
+    fresh_rc: RcMta, pg_url: str, dns_server: NsdServer, smtp_relay: tuple[SmtpRelay, int]
 ) -> None:
     sink, port = smtp_relay
     fresh_rc.settings["store"]["url"] = pg_url

@@ -10,9 +10,8 @@ from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlparse
 
 import pytest
-from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import SMTP, Envelope, Session
 from conftest import REPLY_DOMAIN, RcMta, free_port
+from smtpsink import SmtpRelay, running_relay
 
 
 def _load(raw: bytes) -> EmailMessage:
@@ -50,38 +49,14 @@ def test_request_mail_has_buttons_reply_to_and_token_in_message_id(rc: RcMta) ->
     assert all(parse_qs(m.query, keep_blank_values=True)["body"][0].strip() == "" for m in mailtos)
 
 
-class _Sink:
-    """A real SMTP server that keeps what it receives and asks for AUTH."""
-
-    def __init__(self) -> None:
-        self.received: list[tuple[str, list[str], bytes]] = []
-        self.logins: list[tuple[bytes, bytes]] = []
-
-    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        self.received.append((envelope.mail_from or "", list(envelope.rcpt_tos), envelope.original_content or b""))
-        return "250 2.0.0 OK"
-
-    def authenticate(self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: object) -> object:
-        from aiosmtpd.smtp import AuthResult, LoginPassword
-
-        assert isinstance(data, LoginPassword)
-        self.logins.append((data.login, data.password))
-        return AuthResult(success=data.login == b"release" and data.password == b"s3cret")
-
-
 @pytest.fixture
-def smtp_sink() -> Iterator[tuple[_Sink, int]]:
-    sink = _Sink()
+def smtp_sink() -> Iterator[tuple[SmtpRelay, int]]:
     port = free_port()
-    controller = Controller(
-        sink, hostname="127.0.0.1", port=port, authenticator=sink.authenticate, auth_require_tls=False
-    )
-    controller.start()
-    yield sink, port
-    controller.stop()
+    with running_relay(port, "s3cret") as relay:
+        yield relay, port
 
 
-def test_request_is_sent_through_the_configured_smtp_server(fresh_rc: RcMta, smtp_sink: tuple[_Sink, int]) -> None:
+def test_request_is_sent_through_the_configured_smtp_server(fresh_rc: RcMta, smtp_sink: tuple[SmtpRelay, int]) -> None:
     sink, port = smtp_sink
     fresh_rc.settings["outbound"].update(
         transport="smtp",
