@@ -52,6 +52,7 @@ from dns_fixtures import free_udp_tcp_port, stop_nsd  # type: ignore[import-not-
 from dnsserver import NsdServer  # type: ignore[import-not-found]
 from dovecot import Dovecot, available  # type: ignore[import-not-found]
 from mailclient import reply_message  # type: ignore[import-not-found]
+from processes import stop_process  # type: ignore[import-not-found]
 
 from rc_mta.app import Service
 from rc_mta.config import load_settings
@@ -193,14 +194,7 @@ class RcMta:
         return found is not None and float(found.group(1)) == 1.0
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc)
 
     def log_tail(self, lines: int = 20) -> str:
         try:

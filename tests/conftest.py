@@ -23,6 +23,7 @@ from dns_fixtures import black_hole_resolver as black_hole_resolver  # fixtures 
 from dns_fixtures import dns_server as dns_server
 from dns_fixtures import resolver as resolver
 from dnsserver import NsdServer
+from processes import stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_BASE_URL = os.environ.get("RC_MTA_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
@@ -161,13 +162,7 @@ class RcMta:
             wait_for_port(int(http_listen.rsplit(":", 1)[1]), self.proc)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.proc = None
 
     def restart(self) -> None:

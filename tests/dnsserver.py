@@ -10,6 +10,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from processes import stop_process
+
 ZONES_DIR = Path(__file__).parent / "zones"
 
 
@@ -67,13 +69,8 @@ class NsdServer:
         raise RuntimeError("nsd did not start serving")
 
     def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-            self.proc = None
+        stop_process(self.proc)
+        self.proc = None
 
 
 class BlackHole:

@@ -20,6 +20,7 @@ from email.message import EmailMessage
 from pathlib import Path
 
 from conftest import free_port
+from processes import stop_process
 
 DOVECOT = "/usr/sbin/dovecot"
 
@@ -170,12 +171,7 @@ class Dovecot:
         outlive its master for a while, and a restart must really cut clients off."""
         if self.proc is not None and self.proc.poll() is None:
             children = _descendants(self.proc.pid)
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            stop_process(self.proc)
             for pid in children:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)

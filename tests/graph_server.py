@@ -7,7 +7,6 @@ bearer tokens checked on every call — and nothing more. Runs aiohttp in a back
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import itertools
 import re
@@ -19,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from appthread import AppThread
 
 ROOT_ID = "AAMkRoot" + "A" * 8 + "="
 WELL_KNOWN = {"inbox": "Inbox", "deleteditems": "Deleted Items", "msgfolderroot": ""}
@@ -103,50 +103,30 @@ class GraphServer:
         self._token_failures = Failures(status=503)
         self._delta_floor = 0  # delta tokens below this answer 410 (sync state lost)
         self._pending_pages: dict[str, list[dict[str, Any]]] = {}
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._runner: web.AppRunner | None = None
-        self._thread: threading.Thread | None = None
+        self._server: AppThread | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
 
     def start(self) -> GraphServer:
-        ready = threading.Event()
-
-        def serve() -> None:
-            loop = asyncio.new_event_loop()
-            self._loop = loop
-            app = web.Application()
-            app.router.add_post("/{tenant}/oauth2/v2.0/token", self._token)
-            graph = "/v1.0/users/{user}"
-            app.router.add_get(graph + "/mailFolders", self._list_folders)
-            app.router.add_post(graph + "/mailFolders", self._create_folder)
-            app.router.add_get(graph + "/mailFolders/{folder}/messages", self._list_messages)
-            app.router.add_get(graph + "/mailFolders/{folder}/messages/delta", self._delta)
-            app.router.add_get(graph + "/messages/{id}/$value", self._mime)
-            app.router.add_post(graph + "/messages/{id}/move", self._move)
-            app.router.add_patch(graph + "/messages/{id}", self._update)
-            app.router.add_delete(graph + "/messages/{id}", self._delete)
-            self._runner = web.AppRunner(app)
-            loop.run_until_complete(self._runner.setup())
-            site = web.TCPSite(self._runner, "127.0.0.1", 0)
-            loop.run_until_complete(site.start())
-            self.port = self._runner.addresses[0][1]
-            ready.set()
-            loop.run_forever()
-            loop.run_until_complete(self._runner.cleanup())
-            loop.close()
-
-        self._thread = threading.Thread(target=serve, name="graph-server", daemon=True)
-        self._thread.start()
-        if not ready.wait(10):
-            raise RuntimeError("graph server did not start")
+        app = web.Application()
+        app.router.add_post("/{tenant}/oauth2/v2.0/token", self._token)
+        graph = "/v1.0/users/{user}"
+        app.router.add_get(graph + "/mailFolders", self._list_folders)
+        app.router.add_post(graph + "/mailFolders", self._create_folder)
+        app.router.add_get(graph + "/mailFolders/{folder}/messages", self._list_messages)
+        app.router.add_get(graph + "/mailFolders/{folder}/messages/delta", self._delta)
+        app.router.add_get(graph + "/messages/{id}/$value", self._mime)
+        app.router.add_post(graph + "/messages/{id}/move", self._move)
+        app.router.add_patch(graph + "/messages/{id}", self._update)
+        app.router.add_delete(graph + "/messages/{id}", self._delete)
+        self._server = AppThread(app, "graph-server")
+        self.port = self._server.start()
         return self
 
     def stop(self) -> None:
-        if self._loop is not None and self._thread is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(10)
-            self._loop = None
+        if self._server is not None:
+            self._server.stop()
+        self._server = None
 
     @property
     def base_url(self) -> str:
@@ -244,7 +224,10 @@ class GraphServer:
             return self._error(404, "ErrorInvalidUser", "The requested user is invalid.")
         return None
 
-    def _message(self, request: web.Request) -> Message | web.Response:
+    def _gated_message(self, request: web.Request) -> Message | web.Response:
+        """The gate, then the message the path names: what every /messages/{id} call does first."""
+        if (denied := self._gate(request)) is not None:
+            return denied
         message = self._messages.get(request.match_info["id"])
         if message is None:
             return self._error(404, "ErrorItemNotFound", "The specified object was not found in the store.")
@@ -438,9 +421,7 @@ class GraphServer:
     async def _mime(self, request: web.Request) -> web.StreamResponse:
         """GET /users/{id}/messages/{id}/$value: the message's MIME content."""
         with self._lock:
-            if (denied := self._gate(request)) is not None:
-                return denied
-            message = self._message(request)
+            message = self._gated_message(request)
             if isinstance(message, web.Response):
                 return message
             return web.Response(body=message.raw, content_type="message/rfc822")
@@ -449,9 +430,7 @@ class GraphServer:
         """POST .../messages/{id}/move: a copy in the destination under a new id; 201 with it."""
         body = await request.json()
         with self._lock:
-            if (denied := self._gate(request)) is not None:
-                return denied
-            message = self._message(request)
+            message = self._gated_message(request)
             if isinstance(message, web.Response):
                 return message
             destination = body.get("destinationId") if isinstance(body, dict) else None
@@ -470,9 +449,7 @@ class GraphServer:
         """PATCH /users/{id}/messages/{id}: only flag is writable here."""
         body = await request.json()
         with self._lock:
-            if (denied := self._gate(request)) is not None:
-                return denied
-            message = self._message(request)
+            message = self._gated_message(request)
             if isinstance(message, web.Response):
                 return message
             flag = body.get("flag", {}).get("flagStatus") if isinstance(body, dict) else None
@@ -485,9 +462,7 @@ class GraphServer:
     async def _delete(self, request: web.Request) -> web.Response:
         """DELETE /users/{id}/messages/{id}: 204, the message is gone from its folder."""
         with self._lock:
-            if (denied := self._gate(request)) is not None:
-                return denied
-            message = self._message(request)
+            message = self._gated_message(request)
             if isinstance(message, web.Response):
                 return message
             self._remove(message)

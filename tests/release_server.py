@@ -34,6 +34,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
+from appthread import AppThread
 
 STATUSES = (
     "PLANNED",
@@ -78,9 +79,7 @@ class FakeRelease:
     calls: Counter[tuple[str, str]] = field(default_factory=Counter)  # (task id, action) -> POSTs received
     actions: list[Action] = field(default_factory=list)  # each change of a task's status
     port: int = 0
-    _loop: asyncio.AbstractEventLoop | None = None
-    _thread: threading.Thread | None = None
-    _runner: web.AppRunner | None = None
+    _server: AppThread | None = None
     _site: web.SockSite | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -126,60 +125,42 @@ class FakeRelease:
             return [a for a in self.actions if a.task_id == task_id]
 
     def start(self) -> FakeRelease:
-        ready = threading.Event()
-
-        def run() -> None:
-            loop = asyncio.new_event_loop()
-            self._loop = loop
-            asyncio.set_event_loop(loop)
-            self._runner = web.AppRunner(self._app(), handle_signals=False)
-            loop.run_until_complete(self._runner.setup())
-            loop.run_until_complete(self._listen())
-            ready.set()
-            loop.run_forever()
-            loop.run_until_complete(self._runner.cleanup())
-            loop.close()
-
-        self._thread = threading.Thread(target=run, name="fake-release", daemon=True)
-        self._thread.start()
-        assert ready.wait(10), "fake Release did not start"
+        self._server = AppThread(self._app(), "fake-release")
+        self._server.start(self._listen)
         return self
 
     def stop(self) -> None:
-        if self._loop is not None and self._thread is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(10)
-        self._loop = self._thread = None
+        if self._server is not None:
+            self._server.stop()
+        self._server = None
 
     def go_down(self) -> None:
         """Stop listening: connections are refused, as when Release is not running."""
-        self._in_loop(self._stop_listening())
+        assert self._server is not None
+        self._server.call(self._stop_listening())
 
     def come_back(self) -> None:
-        self._in_loop(self._listen())
+        assert self._server is not None
+        self._server.call(self._listen(self._server.runner))
 
     # Server side -----------------------------------------------------------------------
 
-    def _in_loop(self, coro: Any) -> None:
-        assert self._loop is not None
-        asyncio.run_coroutine_threadsafe(coro, self._loop).result(10)
-
-    async def _listen(self) -> None:
+    async def _listen(self, runner: web.AppRunner) -> int:
         """Listen on our port (a free one the first time, the same one after come_back)."""
-        assert self._runner is not None
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", self.port))
         self.port = int(sock.getsockname()[1])
-        self._site = web.SockSite(self._runner, sock)
+        self._site = web.SockSite(runner, sock)
         await self._site.start()
+        return self.port
 
     async def _stop_listening(self) -> None:
         if self._site is not None:
             await self._site.stop()
             self._site = None
-        assert self._runner is not None and self._runner.server is not None
-        for connection in self._runner.server.connections:  # kept-alive clients see it go, too
+        assert self._server is not None and self._server.runner.server is not None
+        for connection in self._server.runner.server.connections:  # kept-alive clients see it go, too
             connection.close()
 
     def _app(self) -> web.Application:

@@ -9,17 +9,15 @@ in a thread with its own event loop.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import json
-import socket
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from appthread import AppThread
 
 MAX_AGE_SECONDS = 300
 
@@ -32,8 +30,7 @@ class WebhookReceiver:
     headers: list[dict[str, str]] = field(default_factory=list)
     rejected: list[str] = field(default_factory=list)  # why each refused request was refused
     port: int = 0
-    _loop: asyncio.AbstractEventLoop | None = None
-    _thread: threading.Thread | None = None
+    _server: AppThread | None = None
 
     @property
     def url(self) -> str:
@@ -70,32 +67,13 @@ class WebhookReceiver:
         return web.json_response(content, status=status)
 
     def start(self) -> WebhookReceiver:
-        ready = threading.Event()
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        self.port = int(sock.getsockname()[1])
-
-        def run() -> None:
-            loop = asyncio.new_event_loop()
-            self._loop = loop
-            asyncio.set_event_loop(loop)
-            app = web.Application()
-            app.router.add_post("/hooks/rc-mta", self._receive)
-            runner = web.AppRunner(app, handle_signals=False)
-            loop.run_until_complete(runner.setup())
-            loop.run_until_complete(web.SockSite(runner, sock).start())
-            ready.set()
-            loop.run_forever()
-            loop.run_until_complete(runner.cleanup())
-            loop.close()
-
-        self._thread = threading.Thread(target=run, name="webhook-receiver", daemon=True)
-        self._thread.start()
-        assert ready.wait(10), "webhook receiver did not start"
+        app = web.Application()
+        app.router.add_post("/hooks/rc-mta", self._receive)
+        self._server = AppThread(app, "webhook-receiver")
+        self.port = self._server.start()
         return self
 
     def stop(self) -> None:
-        if self._loop is not None and self._thread is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(10)
-        self._loop = self._thread = None
+        if self._server is not None:
+            self._server.stop()
+        self._server = None
