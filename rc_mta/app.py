@@ -15,14 +15,13 @@ from . import metrics
 from .api import add_api_routes
 from .config import Settings, SigningConfig
 from .dns import DnsResolver
-from .errors import RcMtaError
+from .errors import PermanentRefusal, RcMtaError
 from .http import Health, make_app, metrics_app, start_http
 from .inbound import start_listener
 from .logs import install_runtime_controls, sd_notify
 from .mailbox import make_poller
 from .outbound import SentRequest, Transport, compose, make_transport, reply_addresses
-from .pipeline import Arrival, Pipeline
-from .replies import parse_reply
+from .pipeline import Arrival, Pipeline, read_message
 from .sender_auth import Client, SenderAuth
 from .store import Request, Store
 from .tasks import TaskBackend, TaskNotFound, make_backend
@@ -131,7 +130,11 @@ class Service:
         self, raw: bytes, mail_from: str | None = None, client_ip: str | None = None, helo: str | None = None
     ) -> dict[str, Any]:
         """Judge a saved message as if it had arrived (over SMTP, given the client), without acting."""
-        parsed = parse_reply(raw, envelope_sender=mail_from)
+        try:
+            raw, parsed = read_message(raw, mail_from)
+        except PermanentRefusal as exc:
+            token = {"address": "", "valid": False, "error": str(exc.reply)}
+            return _diagnosis(token, None, "", None, "refuse", str(exc.reply), {})
         client = Client(ip=client_ip, helo=helo or client_ip, peer_ip=client_ip)
         arrival = Arrival("file", mail_from if mail_from is not None else parsed.from_address, client)
         auth = await self.pipeline.authenticate(arrival, raw, parsed)

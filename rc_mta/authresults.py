@@ -182,11 +182,29 @@ class ReceivedAuthResult:
     properties: dict[str, str]
 
 
+_RECEIVED_BY = re.compile(r"\bby\s+([^\s;()]+)", re.IGNORECASE)
+
+
+def _received_by(value: str) -> str:
+    match = _RECEIVED_BY.search(value[:4096])
+    return match.group(1).lower().rstrip(".") if match else ""
+
+
 def trusted_authentication_results(raw: bytes, trusted_ids: Sequence[str]) -> list[ReceivedAuthResult]:
-    """The results in the topmost Authentication-Results field from a receiver we trust."""
+    """The results in the topmost Authentication-Results field from a receiver we trust,
+    if it stands above that receiver's own Received field.
+
+    Header fields are prepended as a message travels, so whatever a sender wrote lies below
+    the Received field of the receiver we trust ("by <its authserv-id>"); only a field above
+    it can be that receiver's. Without such a Received field (a message appended to a
+    mailbox), the field must stand above every Received field.
+    """
     trusted = {t.lower().rstrip(".") for t in trusted_ids}
     fields, _ = _header_fields(raw)
-    for item in fields:
+    received = [i for i, item in enumerate(fields) if item.name == b"received"]
+    ours = [i for i in received if _received_by(fields[i].value) in trusted]
+    boundary = ours[0] if ours else (received[0] if received else len(fields))
+    for item in fields[:boundary]:
         if item.name == HEADER and _authserv_id(item.value) in trusted:
             return _parse_results(item.value)
     return []

@@ -320,7 +320,9 @@ class RateLimits(Section):
     messages_per_ip: int = Field(default=120, ge=0)
     messages_per_domain: int = Field(default=600, ge=0)
     auth_failures_per_ip: int = Field(default=10, ge=0)
+    auth_failures_per_network: int = Field(default=100, ge=0)
     auth_failures_per_domain: int = Field(default=50, ge=0)
+    bad_recipients_per_session: int = Field(default=5, ge=0)
 
 
 class ChecksConfig(Section):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from . import smtp_replies as R
 from .authresults import strip_forged_authentication_results
 from .config import Settings
 from .errors import BackendAuthFailed, PermanentRefusal, TemporaryFailure
+from .rawmessage import canonical_message
 from .replies import (
     DEFAULT_COMPLETE_WORDS,
     DEFAULT_FAIL_WORDS,
@@ -34,7 +34,7 @@ from .sender_auth import AuthState, Client, SenderAuth
 from .smtp_replies import SmtpReply
 from .store import Request, Store
 from .tasks import ActionContext, TaskBackend, TaskNotFound, TaskNotInProgress
-from .tokens import TOKEN_LENGTH, Action, Signer, Token, redact_address
+from .tokens import Action, Signer, Token, redact_address
 
 log = logging.getLogger("rc_mta.pipeline")
 
@@ -112,11 +112,6 @@ class Pipeline:
         self.signer = signer
         self.backend = backend
         self.clock = clock
-        inbound = settings.inbound
-        self._token_in_text = re.compile(
-            rf"{re.escape(inbound.local_part)}[+.]([a-z2-7]{{{TOKEN_LENGTH}}})@{re.escape(inbound.reply_domain)}",
-            re.IGNORECASE,
-        )
         self.complete_words: Sequence[str] = settings.replies.complete_words or DEFAULT_COMPLETE_WORDS
         self.fail_words: Sequence[str] = settings.replies.fail_words or DEFAULT_FAIL_WORDS
 
@@ -167,8 +162,11 @@ class Pipeline:
     async def handle_message(self, arrival: Arrival, raw: bytes, recipients: Sequence[Recipient]) -> list[Decision]:
         """Judge and act on one message for each recipient; one decision per recipient."""
         metrics.MESSAGES_RECEIVED.labels(arrival.source).inc()
-        # Off the loop: a large message must not stall every other session while it parses.
-        parsed = await asyncio.to_thread(parse_reply, raw, envelope_sender=arrival.mail_from)
+        try:
+            # Off the loop: a large message must not stall every other session while it parses.
+            raw, parsed = await asyncio.to_thread(read_message, raw, arrival.mail_from)
+        except PermanentRefusal as exc:
+            return await self._refuse_unreadable(arrival, raw, recipients, exc.reply)
         message_id = parsed.message_id or _synthetic_message_id(raw)
         auth = await self.authenticate(arrival, raw, parsed)
         decisions = []
@@ -180,6 +178,15 @@ class Pipeline:
                 metrics.REPLY_TO_COMPLETION.labels(arrival.source).observe(time.monotonic() - arrival.received_at)
         if self.settings.inbound.archive_dir and any(d.reply.accepted for d in decisions):
             await asyncio.to_thread(self._archive, raw, self.sender_auth.authentication_results(auth), message_id)
+        return decisions
+
+    async def _refuse_unreadable(
+        self, arrival: Arrival, raw: bytes, recipients: Sequence[Recipient], reply: SmtpReply
+    ) -> list[Decision]:
+        """A message the parsers could read two ways: refused whole, for every recipient."""
+        decisions = [Decision(reply, "refuse", recipient) for recipient in recipients or [Recipient("(none)")]]
+        for decision in decisions:
+            await self._record(arrival, _synthetic_message_id(raw), decision)
         return decisions
 
     def _archive(self, raw: bytes, authentication_results: str, message_id: str) -> None:
@@ -202,7 +209,11 @@ class Pipeline:
         to file it as processed, as rejected, or to leave it for the next round."""
         arrival = Arrival(source=source, mail_from=None)
         metrics.MESSAGES_RECEIVED.labels(source).inc()
-        parsed = await asyncio.to_thread(parse_reply, raw, envelope_sender=_return_path(raw))
+        try:
+            raw, parsed = await asyncio.to_thread(read_message, raw, _return_path(raw))
+        except PermanentRefusal as exc:
+            refused = await self._refuse_unreadable(arrival, raw, [Recipient("(mailbox)")], exc.reply)
+            return MailboxOutcome("rejected", refused, _synthetic_message_id(raw))
         message_id = parsed.message_id or _synthetic_message_id(raw)
         recipients, decisions = await self.recipients_from_headers(parsed)
         auth = await self.sender_auth.at_mailbox(raw, _return_path(raw), parsed.from_address, trusted_ids)
@@ -313,6 +324,16 @@ class Pipeline:
                 return decision
             if owner_auth is None or owner_auth.result != "pass":
                 decision.reply = R.OWNER_NOT_AUTHENTICATED.with_text(owner=request.owner)
+                return decision
+            # "For what": what authenticated the message must also tie it to this request.
+            proof = auth.binds(token.text)
+            decision.checks["binding"] = {
+                "result": "pass" if proof else "fail",
+                "via": f"{proof.method} {proof.domain}" if proof else "",
+            }
+            if proof is None:
+                domains = ", ".join(dict.fromkeys(p.domain for p in auth.proofs))
+                decision.reply = R.NOT_BOUND_TO_REQUEST.with_text(domain=domains or request.owner)
                 return decision
 
         # Acting, the claim itself says whether the request was answered: no extra read.
@@ -442,13 +463,13 @@ class Pipeline:
         addresses, and their fixed actions must never stand in for what the person wrote.
         """
         for candidate in [*parsed.referenced_ids, parsed.text]:
-            for match in self._token_in_text.finditer(candidate):
+            for text in self.sender_auth.addresses.tokens_in(candidate):
                 try:
-                    token = self.signer.decode(match.group(1))
+                    token = self.signer.decode(text)
                 except PermanentRefusal:
                     continue
                 if token.action is Action.REPLY:
-                    return await self.verify_token(match.group(1))
+                    return await self.verify_token(text)
         raise PermanentRefusal(R.NO_TOKEN)
 
     async def _record(self, arrival: Arrival, message_id: str, decision: Decision) -> None:
@@ -509,3 +530,9 @@ def _return_path(raw: bytes) -> str | None:
 def _synthetic_message_id(raw: bytes) -> str:
     """A stable id for a message without Message-ID, so its retries are recognised."""
     return f"<sha256.{hashlib.sha256(raw).hexdigest()[:32]}@rc-mta.invalid>"
+
+
+def read_message(raw: bytes, envelope_sender: str | None) -> tuple[bytes, ParsedReply]:
+    """The bytes DKIM and the reader both see, and what they say (blocking: off the loop)."""
+    raw = canonical_message(raw)
+    return raw, parse_reply(raw, envelope_sender=envelope_sender)

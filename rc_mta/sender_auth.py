@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from . import smtp_replies as R
 from .authresults import format_authentication_results, trusted_authentication_results
 from .checks import Verdict
+from .checks.binding import RequestAddresses
 from .checks.dkim import DkimSignature, check_dkim
 from .checks.dmarc import check_dmarc, organizational_domain
 from .checks.rdns import check_rdns
@@ -33,6 +34,21 @@ class Client:
     ip: str | None
     helo: str | None
     peer_ip: str | None = None  # who is actually connected (a trusted relay, or the client itself)
+    relayed: bool = False  # a relay spoke for the client (XCLIENT, XFORWARD or PROXY)
+
+
+@dataclass(frozen=True)
+class OwnerProof:
+    """One thing that shows the From domain sent this message, and what it ties it to.
+
+    ``tokens`` is None for an aligned SPF pass (the owner's own server handed over this
+    very transaction: it is bound by itself); for a DKIM signature it is the reply tokens
+    its signed fields name (``checks/binding.py``).
+    """
+
+    method: str  # spf | dkim
+    domain: str
+    tokens: frozenset[str] | None
 
 
 @dataclass
@@ -41,8 +57,18 @@ class AuthState:
 
     verdicts: dict[str, Verdict] = field(default_factory=dict)
     dkim_signatures: list[DkimSignature] = field(default_factory=list)
+    proofs: list[OwnerProof] = field(default_factory=list)
     refusal: SmtpReply | None = None
     exempt: bool = False
+    # MAIL FROM's domain, once SPF passed for it: only then may counters be keyed on it.
+    authenticated_domain: str | None = None
+
+    def binds(self, token: str) -> OwnerProof | None:
+        """The proof that authenticates an action on reply token ``token``, if any."""
+        for proof in self.proofs:
+            if proof.tokens is None or token.lower() in proof.tokens:
+                return proof
+        return None
 
     def header(self, authserv_id: str) -> str:
         """The RFC 8601 Authentication-Results value for these verdicts."""
@@ -70,6 +96,16 @@ def _domain_of(address: str | None) -> str | None:
     return address.rpartition("@")[2].lower().rstrip(".") or None
 
 
+def _network_of(ip: str) -> str | None:
+    """The client's network for shared limits: its /24 (IPv4) or /64 (IPv6)."""
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return None
+    prefix = 24 if address.version == 4 else 64
+    return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False))
+
+
 def _in(ip: str | None, networks: Sequence[str]) -> bool:
     if not ip:
         return False
@@ -86,14 +122,19 @@ class SenderAuth:
         self.checks = settings.checks
         self.resolver = resolver
         self.limiter = limiter or RateLimiter(settings.checks.rate_limits.window)
+        self.addresses = RequestAddresses(settings.inbound.local_part, settings.inbound.reply_domain)
 
     def is_trusted_relay(self, ip: str | None) -> bool:
         return _in(ip, self.settings.inbound.trusted_relays)
 
     def relays_verdicts(self, client: Client) -> bool:
-        """True for a trusted front MTA that connected without XCLIENT/XFORWARD/PROXY facts."""
+        """True for a trusted front MTA that connected without XCLIENT/XFORWARD/PROXY facts:
+        only then are its Authentication-Results its own verdict about this transaction."""
         return (
-            bool(self.checks.trusted_authserv_ids) and client.ip == client.peer_ip and self.is_trusted_relay(client.ip)
+            bool(self.checks.trusted_authserv_ids)
+            and not client.relayed
+            and client.ip == client.peer_ip
+            and self.is_trusted_relay(client.ip)
         )
 
     def is_exempt(self, client: Client) -> bool:
@@ -124,17 +165,20 @@ class SenderAuth:
         ip = client.ip or ""
         domain = _domain_of(mail_from)
         limits = self.checks.rate_limits
+        if not ip:
+            # PROXY UNKNOWN / LOCAL, or a relay that could not say: an unknown client is never
+            # the relay itself (which may be exempt). Nothing about it can pass; only what the
+            # message itself proves (a DKIM signature bound to the request) can authenticate.
+            state.verdicts["client"] = Verdict("none", "the original client's address is unknown")
         if ip and self.limiter.over("auth_failures", ip, limits.auth_failures_per_ip):
             state.refusal = R.RATE_LIMIT_AUTH_FAILURES.with_text(who=ip)
             return state
-        if domain and self.limiter.over("auth_failures_domain", domain, limits.auth_failures_per_domain):
-            state.refusal = R.RATE_LIMIT_AUTH_FAILURES.with_text(who=domain)
+        network = _network_of(ip)
+        if network and self.limiter.over("auth_failures_network", network, limits.auth_failures_per_network):
+            state.refusal = R.RATE_LIMIT_AUTH_FAILURES.with_text(who=network)
             return state
         if ip and self.limiter.hit("messages", ip, limits.messages_per_ip):
             state.refusal = R.RATE_LIMIT_MESSAGES.with_text(who=ip)
-            return state
-        if domain and self.limiter.hit("messages_domain", domain, limits.messages_per_domain):
-            state.refusal = R.RATE_LIMIT_MESSAGES.with_text(who=domain)
             return state
 
         if self.checks.rdns.policy != "off" and ip:
@@ -145,21 +189,34 @@ class SenderAuth:
             elif rdns.result != "pass" and self.checks.rdns.policy == "reject":
                 state.refusal = R.RDNS_FAIL.with_text(ip=ip, why=rdns.reason)
             if state.refusal:
-                return self._failed(state, ip, domain)
+                return self._failed(state, ip)
 
         if self.checks.spf.policy != "off" and ip:
             spf = await check_spf(self.resolver, ip, mail_from, client.helo or "")
             state.verdicts["spf"] = spf
             state.refusal = self._spf_refusal(spf, ip)
             if state.refusal:
-                return self._failed(state, ip, domain)
+                return self._failed(state, ip)
+            if spf.result == "pass" and domain and spf.facts.get("domain", domain) == domain:
+                state.authenticated_domain = domain
+
+        # Keyed on the sender domain only once it authenticated: else fifty forged MAIL
+        # FROMs would lock a whole domain out.
+        if state.authenticated_domain:
+            authenticated = state.authenticated_domain
+            if self.limiter.over("auth_failures_domain", authenticated, limits.auth_failures_per_domain):
+                state.refusal = R.RATE_LIMIT_AUTH_FAILURES.with_text(who=authenticated)
+                return state
+            if self.limiter.hit("messages_domain", authenticated, limits.messages_per_domain):
+                state.refusal = R.RATE_LIMIT_MESSAGES.with_text(who=authenticated)
+                return state
 
         if self.checks.whitelist.enabled and mail_from:
             listed = check_whitelist(self.checks.whitelist.domains, envelope_from=mail_from)
             state.verdicts["whitelist"] = listed
             if listed.result == "fail":
                 state.refusal = R.WHITELIST.with_text(why=listed.reason)
-                return self._failed(state, ip, domain)
+                return self._failed(state, ip)
         return state
 
     def _spf_refusal(self, spf: Verdict, ip: str) -> SmtpReply | None:
@@ -176,14 +233,21 @@ class SenderAuth:
             return R.SPF_PERMERROR.with_text(domain=domain, why=spf.reason)
         return None
 
-    def _failed(self, state: AuthState, ip: str, domain: str | None) -> AuthState:
-        """Count a failed authentication (not DNS trouble) towards the per-IP/domain limits."""
+    def _failed(self, state: AuthState, ip: str) -> AuthState:
+        """Count a failed authentication (not DNS trouble) towards the per-IP/network limits."""
         if state.refusal is not None and not state.refusal.temporary:
-            if ip:
-                self.limiter.record("auth_failures", ip)
-            if domain:
-                self.limiter.record("auth_failures_domain", domain)
+            self.count_failure(ip, state)
         return state
+
+    def count_failure(self, ip: str | None, state: AuthState | None) -> None:
+        """One refused authentication or forged reply address: per client IP and network,
+        and per sender domain only when that domain authenticated this transaction."""
+        if ip:
+            self.limiter.record("auth_failures", ip)
+            if network := _network_of(ip):
+                self.limiter.record("auth_failures_network", network)
+        if state is not None and state.authenticated_domain:
+            self.limiter.record("auth_failures_domain", state.authenticated_domain)
 
     # DATA -------------------------------------------------------------------------------
 
@@ -194,11 +258,15 @@ class SenderAuth:
         if state.exempt or state.refusal:
             return state
         from_domain = _domain_of(header_from)
-        trusted = self._stamped_verdicts(raw, self.checks.trusted_authserv_ids)
-        if trusted and self.is_trusted_relay(client.peer_ip):
-            state.verdicts.update(trusted)
-        else:
-            await self._dkim_and_dmarc(raw, mail_from, from_domain, state)
+        stamped_dmarc: Verdict | None = None
+        if self.relays_verdicts(client):
+            # A front MTA's own verdicts about the transaction it received. DKIM we still
+            # verify ourselves: only our own verification shows which fields were signed.
+            stamped = self._stamped_verdicts(raw, self.checks.trusted_authserv_ids, from_domain)
+            if "spf" in stamped:
+                state.verdicts["spf"] = stamped["spf"]
+            stamped_dmarc = stamped.get("dmarc")
+        await self._dkim_and_dmarc(raw, mail_from, from_domain, state, stamped_dmarc=stamped_dmarc)
         if state.refusal:
             return state
 
@@ -217,7 +285,7 @@ class SenderAuth:
         the Authentication-Results of the receiving server we trust (by authserv-id) only."""
         state = AuthState()
         from_domain = _domain_of(header_from)
-        stamped = self._stamped_verdicts(raw, trusted_ids)
+        stamped = self._stamped_verdicts(raw, trusted_ids, from_domain)
         if "spf" in stamped:
             state.verdicts["spf"] = stamped["spf"]
         if self.checks.whitelist.enabled:
@@ -274,33 +342,36 @@ class SenderAuth:
                     state.refusal = R.DMARC_REJECT.with_text(domain=from_domain, why=f"p={policy}")
 
     def _from_authenticated(self, from_domain: str | None, state: AuthState) -> Verdict:
-        """The owner rule: DMARC pass, or a DKIM pass or SPF pass aligned with the From domain."""
+        """The owner rule, "who": an SPF pass or a DKIM pass aligned with the From domain.
+
+        Each such pass is kept as a proof with what it binds to (``OwnerProof``); the
+        pipeline then asks whether one of them covers the request acted on ("for what").
+        A DMARC pass is itself made of these, and a DMARC or DKIM pass stamped by another
+        server shows neither which fields were signed nor for whom: it is no proof here.
+        """
         if not from_domain:
             return Verdict("fail", "no usable From address")
-        dmarc = state.verdicts.get("dmarc")
-        if dmarc is not None and dmarc.result == "pass":
-            return Verdict("pass", "DMARC pass", {"domain": from_domain})
         org = organizational_domain(from_domain)
-        for signature in state.dkim_signatures:
-            if signature.result == "pass" and organizational_domain(signature.domain) == org:
-                return Verdict("pass", f"aligned DKIM pass ({signature.domain})", {"domain": from_domain})
-        dkim = state.verdicts.get("dkim")
-        if dkim is not None and dkim.result == "pass" and not state.dkim_signatures:
-            # Verdicts taken from a trusted Authentication-Results header.
-            for domain in dkim.facts.get("domains", "").split(","):
-                if domain and organizational_domain(domain) == org:
-                    return Verdict("pass", f"aligned DKIM pass ({domain})", {"domain": from_domain})
         spf = state.verdicts.get("spf")
         if spf is not None and spf.result == "pass":
             spf_domain = spf.facts.get("domain", "")
             if spf_domain and organizational_domain(spf_domain) == org:
-                return Verdict("pass", f"aligned SPF pass ({spf_domain})", {"domain": from_domain})
+                state.proofs.append(OwnerProof("spf", spf_domain, None))
+        for signature in state.dkim_signatures:
+            if signature.result == "pass" and organizational_domain(signature.domain) == org:
+                tokens = self.addresses.tokens_bound_by(signature.binding_fields)
+                state.proofs.append(OwnerProof("dkim", signature.domain, tokens))
+        if state.proofs:
+            via = ", ".join(f"aligned {p.method.upper()} pass ({p.domain})" for p in state.proofs)
+            return Verdict("pass", via, {"domain": from_domain})
         if any(v.temporary for v in state.verdicts.values()):
             return Verdict("temperror", "DNS trouble while authenticating", {"domain": from_domain})
-        return Verdict("fail", f"no aligned SPF, DKIM or DMARC pass for {from_domain}", {"domain": from_domain})
+        return Verdict("fail", f"no aligned SPF or DKIM pass for {from_domain}", {"domain": from_domain})
 
-    def _stamped_verdicts(self, raw: bytes, trusted_ids: Sequence[str]) -> dict[str, Verdict]:
-        """SPF/DKIM/DMARC verdicts stamped by a receiving server we trust (by authserv-id)."""
+    def _stamped_verdicts(self, raw: bytes, trusted_ids: Sequence[str], from_domain: str | None) -> dict[str, Verdict]:
+        """SPF/DKIM/DMARC verdicts stamped by a receiving server we trust (by authserv-id).
+
+        A DMARC verdict counts only for the From's own domain (``header.from``)."""
         if not trusted_ids:
             return {}
         verdicts: dict[str, Verdict] = {}
@@ -315,7 +386,9 @@ class SenderAuth:
             if result.method == "dkim":
                 facts["domains"] = facts.get("header.d", "")
             if result.method == "dmarc":
-                facts["domain"] = facts.get("header.from", "")
+                facts["domain"] = facts.get("header.from", "").lower().rstrip(".")
+                if not from_domain or facts["domain"] != from_domain:
+                    continue
             verdicts[result.method] = Verdict(result.result, "from trusted Authentication-Results", facts)  # type: ignore[arg-type]
         return verdicts
 

@@ -99,6 +99,9 @@ TASK_NOT_IN_PROGRESS = _reply(
     "TASK_NOT_IN_PROGRESS", 550, "5.7.1", "Task {task_id} was already {status}{by}; nothing was changed"
 )
 BACKEND_REFUSED = _reply("BACKEND_REFUSED", 550, "5.7.1", "The workflow system refused this action: {why}")
+MESSAGE_MALFORMED = _reply(
+    "MESSAGE_MALFORMED", 554, "5.6.0", "Message refused: {why}; send it again from an ordinary mail client"
+)
 MESSAGE_TOO_BIG = _reply("MESSAGE_TOO_BIG", 552, "5.3.4", "Message too big: replies are limited to {limit} bytes")
 
 # Sender authentication (RFC 7372 codes where one exists).
@@ -109,6 +112,13 @@ SPF_SOFTFAIL = _reply("SPF_SOFTFAIL", 550, "5.7.23", "SPF of {domain} does not a
 SPF_TEMPERROR = _reply("SPF_TEMPERROR", 451, "4.7.24", "Could not evaluate the SPF of {domain} now: {why}")
 SPF_PERMERROR = _reply("SPF_PERMERROR", 550, "5.7.24", "The SPF record of {domain} is broken: {why}")
 WHITELIST = _reply("WHITELIST", 550, "5.7.1", "Replies are not accepted from this domain: {why}")
+NOT_BOUND_TO_REQUEST = _reply(
+    "NOT_BOUND_TO_REQUEST",
+    550,
+    "5.7.21",
+    "The signature of {domain} on this message does not show it was written as an answer to this request "
+    "(its signed To/Cc must name the reply address): answer with Reply or a button of the request email",
+)
 DKIM_FAIL = _reply("DKIM_FAIL", 550, "5.7.20", "No valid DKIM signature: {why}")
 DMARC_REJECT = _reply("DMARC_REJECT", 550, "5.7.1", "Rejected by the DMARC policy of {domain}: {why}")
 AUTH_TEMPERROR = _reply(
@@ -122,6 +132,9 @@ OWNER_NOT_AUTHENTICATED = _reply(
 )
 RATE_LIMIT_CONNECTIONS = _reply("RATE_LIMIT_CONNECTIONS", 421, "4.7.0", "Too many connections from {ip}; try later")
 RATE_LIMIT_MESSAGES = _reply("RATE_LIMIT_MESSAGES", 450, "4.7.1", "Too many messages from {who}; try later")
+TOO_MANY_BAD_RECIPIENTS = _reply(
+    "TOO_MANY_BAD_RECIPIENTS", 421, "4.7.0", "Too many invalid reply addresses in one session; closing"
+)
 RATE_LIMIT_AUTH_FAILURES = _reply(
     "RATE_LIMIT_AUTH_FAILURES", 450, "4.7.1", "Too many failed authentications from {who}; try later"
 )

@@ -58,6 +58,11 @@ class Token:
     signed: bytes
     mac: bytes
 
+    @property
+    def text(self) -> str:
+        """The token as it appears in an address (base32, lower case): one spelling per token."""
+        return base64.b32encode(self.signed + self.mac).decode("ascii").lower()
+
 
 def redact_address(address: str) -> str:
     """``rc+abcdef…@domain``: enough to tell addresses apart in a log, not enough to use one."""

@@ -30,6 +30,9 @@ class DkimSignature:
     result: Result
     reason: str
     key_bits: int | None
+    # The signed instances of the fields that can tie a message to a request (To, Cc,
+    # In-Reply-To, References), exactly as dkimpy selected them for verification.
+    binding_fields: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -44,6 +47,22 @@ class _KeyLookup:
 
 def _tag(sig: dict[bytes, bytes], name: bytes) -> str:
     return sig.get(name, b"").decode("ascii", "replace").strip()
+
+
+BINDING_FIELDS = frozenset({b"to", b"cc", b"in-reply-to", b"references"})
+
+
+def _signed_binding_fields(verifier: dkim.DKIM, fields: dict[bytes, bytes]) -> tuple[tuple[str, str], ...]:
+    """The To/Cc/In-Reply-To/References instances the signature covers (RFC 6376 5.4.2:
+    each name in h= picks the next instance from the bottom), as dkimpy itself selects them."""
+    names = [name.strip().lower() for name in fields.get(b"h", b"").split(b":")]
+    signed = dkim.select_headers(getattr(verifier, "headers", None) or [], [n for n in names if n])
+    out: list[tuple[str, str]] = []
+    for name, value in signed:
+        if name.lower() in BINDING_FIELDS:
+            text = value.replace(b"\r\n", b"").replace(b"\n", b"").decode("utf-8", "replace").strip()
+            out.append((name.lower().decode("ascii"), text))
+    return tuple(out)
 
 
 def _verify_one(resolver: DnsResolver, raw: bytes, idx: int, min_key_bits: int) -> DkimSignature:
@@ -92,7 +111,8 @@ def _verify_one(resolver: DnsResolver, raw: bytes, idx: int, min_key_bits: int) 
         # text/plain part, say) would ride on the signature. Not good enough to act on.
         return DkimSignature(domain, selector, "policy", "l= tag: only part of the body is signed", key_bits)
     if ok:
-        return DkimSignature(domain, selector, "pass", "signature verified", key_bits)
+        bound = _signed_binding_fields(verifier, fields) if verifier is not None else ()
+        return DkimSignature(domain, selector, "pass", "signature verified", key_bits, bound)
     return DkimSignature(domain, selector, "fail", failure or "signature did not verify", key_bits)
 
 

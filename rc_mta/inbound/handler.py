@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from aiosmtpd.proxy_protocol import ProxyData
+from aiosmtpd.proxy_protocol import V2_CMD, ProxyData
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from .. import smtp_replies as R
@@ -24,7 +24,9 @@ class ReplySession(Session):
         super().__init__(loop)
         self.xclient: dict[str, str] = {}
         self.xclient_used = False
+        self.proxied = False  # a PROXY header spoke for the client (proxy_ip may be None: unknown)
         self.proxy_ip: str | None = None
+        self.bad_recipients = 0
 
 
 class ReplyEnvelope(Envelope):
@@ -52,14 +54,18 @@ def original_client(session: Session, envelope: Envelope) -> Client:
     """XFORWARD (this transaction) beats XCLIENT beats PROXY beats the TCP peer."""
     assert isinstance(session, ReplySession) and isinstance(envelope, ReplyEnvelope)
     facts = {**session.xclient, **envelope.xforward}
+    relayed = session.xclient_used or envelope.xforward_used or session.proxied
     if session.xclient_used or envelope.xforward_used:
         # A relay spoke for the client: without its ADDR the client is unknown, never the
         # relay itself (which may sit in exempt_networks).
         ip = facts.get("ADDR")
+    elif session.proxied:
+        # Likewise PROXY UNKNOWN (v1) or LOCAL (v2): unknown, not the load balancer.
+        ip = session.proxy_ip
     else:
-        ip = session.proxy_ip or peer_ip(session)
+        ip = peer_ip(session)
     helo = facts.get("HELO") or session.host_name
-    return Client(ip=ip, helo=helo, peer_ip=peer_ip(session))
+    return Client(ip=ip, helo=helo, peer_ip=peer_ip(session), relayed=relayed)
 
 
 class ReplyHandler:
@@ -84,7 +90,10 @@ class ReplyHandler:
             log.warning("PROXY header refused from untrusted %s", peer_ip(session))
             return False
         assert isinstance(session, ReplySession)
-        session.proxy_ip = str(proxy.src_addr) if proxy.src_addr else None
+        session.proxied = True
+        # v1 UNKNOWN and v2 LOCAL carry no client address: the client stays unknown.
+        local = proxy.command == V2_CMD.LOCAL
+        session.proxy_ip = str(proxy.src_addr) if proxy.src_addr and not local else None
         return True
 
     async def handle_EHLO(
@@ -139,6 +148,10 @@ class ReplyHandler:
         try:
             recipient = await self.pipeline.check_recipient(address)
         except PermanentRefusal as exc:
+            if exc.reply.name in _FORGED_RECIPIENT:
+                refusal = self._bad_recipient(server, session, envelope)
+                if refusal is not None:
+                    return str(refusal)
             log.info(
                 "rcpt refused",
                 extra={
@@ -158,6 +171,23 @@ class ReplyHandler:
         envelope.rcpt_options.extend(options)
         envelope.recipients.append(recipient)
         return str(R.RECIPIENT_OK)
+
+    def _bad_recipient(self, server: SMTP, session: Session, envelope: ReplyEnvelope) -> R.SmtpReply | None:
+        """A forged or unknown reply address counts as a failed authentication of the client;
+        after a few in one session the session ends (421), so guessing costs reconnects."""
+        assert isinstance(session, ReplySession)
+        client = original_client(session, envelope)
+        self.pipeline.sender_auth.count_failure(client.ip, envelope.auth)
+        session.bad_recipients += 1
+        limit = self.pipeline.settings.checks.rate_limits.bad_recipients_per_session
+        if limit and session.bad_recipients >= limit:
+            self.pipeline.count_refusal("rcpt", R.TOO_MANY_BAD_RECIPIENTS)
+            transport = server.transport
+            if transport is not None:
+                # Closed once our 421 is written: asyncio flushes a transport before closing it.
+                server.loop.call_soon(transport.close)
+            return R.TOO_MANY_BAD_RECIPIENTS
+        return None
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         decisions = await self.decide(session, envelope)
@@ -185,6 +215,10 @@ class LmtpReplyHandler(ReplyHandler):
         # whatever we return followed by CRLF, so CRLF-joined lines go out as N replies.
         decisions = await self.decide(session, envelope)
         return "\r\n".join(str(d.reply) for d in decisions)
+
+
+# RCPT refusals that say the address was forged or guessed, not merely out of date.
+_FORGED_RECIPIENT = frozenset({"TOKEN_MALFORMED", "TOKEN_INVALID", "TOKEN_UNKNOWN_KEY", "UNKNOWN_MAILBOX"})
 
 
 def _one_reply_for_all(decisions: list[Decision]) -> R.SmtpReply:

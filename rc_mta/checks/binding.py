@@ -1,0 +1,61 @@
+"""For what: does the thing that authenticated a message also tie it to *this* request?
+
+A valid DKIM signature proves that the owner's domain sent a message, not that the owner
+meant it as this answer: a forward of the request to a colleague, or an old reply, is
+just as validly signed. So a signature authenticates an action only through the fields it
+signs. The rule (README, "Sender authentication"):
+
+- its signed To or Cc names the very reply address acted on (``rc+<token>@``), or
+- its signed To or Cc names our bare address (``rc@``, a client that dropped the
+  ``+token``) and its signed In-Reply-To or References holds the request's Message-ID.
+
+An SPF pass aligned with the From domain needs no such proof: the owner's own server
+handed this very transaction to us (or to the trusted receiver that stamped it).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from email.utils import getaddresses
+
+from rc_mta.tokens import TOKEN_LENGTH
+
+
+class RequestAddresses:
+    """Finds our reply addresses and their tokens in header values."""
+
+    def __init__(self, local_part: str, reply_domain: str) -> None:
+        self.local_part = local_part.lower()
+        self.reply_domain = reply_domain.lower().rstrip(".")
+        self._token_in_id = re.compile(
+            rf"{re.escape(self.local_part)}[+.]([a-z2-7]{{{TOKEN_LENGTH}}})@{re.escape(self.reply_domain)}",
+            re.IGNORECASE,
+        )
+
+    def tokens_in(self, text: str) -> list[str]:
+        """Tokens of ours inside a Message-ID list or text (``rc.<token>@`` or ``rc+<token>@``)."""
+        return [match.group(1) for match in self._token_in_id.finditer(text)]
+
+    def tokens_bound_by(self, signed_fields: Iterable[tuple[str, str]]) -> frozenset[str]:
+        """The tokens (lower case) a signature covering ``signed_fields`` may act on."""
+        fields = list(signed_fields)
+        addressed = [value for name, value in fields if name in ("to", "cc")]
+        tokens: set[str] = set()
+        bare = False
+        for _, address in getaddresses(addressed):
+            local, _, domain = address.lower().rpartition("@")
+            if domain.rstrip(".") != self.reply_domain:
+                continue
+            base, plus, token = local.partition("+")
+            if base != self.local_part:
+                continue
+            if not plus:
+                bare = True
+            elif len(token) == TOKEN_LENGTH:
+                tokens.add(token)
+        if bare:
+            for name, value in fields:
+                if name in ("in-reply-to", "references"):
+                    tokens.update(token.lower() for token in self.tokens_in(value))
+        return frozenset(tokens)

@@ -1,0 +1,66 @@
+"""The one byte sequence that every reader of a message sees.
+
+DKIM (dkimpy) and the reader (Python's ``email``) split a message into lines and fields
+by different rules: a bare CR or LF inside the header block, or a line that is neither a
+field nor a continuation, makes "headers" appear to one parser that the other never saw.
+An attacker holding a genuinely signed message would then choose the words we read while
+the signature still verifies. So, before either looks at it, a message is brought to one
+form or refused:
+
+- a message with no CR at all (a mailbox file's LF-only lines) is converted to CRLF;
+- in the header block, every line ends in CRLF and is a field (``name:``) or a folded
+  continuation, else the message is refused;
+- in the body, a bare CR or LF becomes CRLF (both parsers then agree on the lines).
+
+Every step is a linear scan of the bytes.
+"""
+
+from __future__ import annotations
+
+import re
+
+from . import smtp_replies as R
+from .errors import PermanentRefusal
+
+# RFC 5322 field name: printable US-ASCII except ":", then the colon (no space before it).
+_FIELD_START = re.compile(rb"[\x21-\x39\x3b-\x7e]+:")
+_ANY_NEWLINE = re.compile(rb"\r\n|\r|\n")
+
+
+def _refuse(why: str) -> PermanentRefusal:
+    return PermanentRefusal(R.MESSAGE_MALFORMED.with_text(why=why))
+
+
+def canonical_message(raw: bytes) -> bytes:
+    """``raw`` in the one form DKIM and the reader both parse alike; refuses what can't be."""
+    if b"\r" not in raw:
+        raw = raw.replace(b"\n", b"\r\n")
+    if raw.startswith(b"\r\n"):
+        head, body = b"", raw[2:]
+    else:
+        end = raw.find(b"\r\n\r\n")
+        head, body = (raw, b"") if end < 0 else (raw[: end + 2], raw[end + 4 :])
+    _check_header_block(head)
+    if body.count(b"\r") != body.count(b"\n") or body.count(b"\r\n") != body.count(b"\n"):
+        body = _ANY_NEWLINE.sub(b"\r\n", body)
+    if not head:
+        return b"\r\n" + body
+    return head + (b"\r\n" + body if len(raw) > len(head) else b"")
+
+
+def _check_header_block(head: bytes) -> None:
+    if not head:
+        return
+    if head.count(b"\r") != head.count(b"\n") or head.count(b"\r\n") != head.count(b"\n"):
+        raise _refuse("a bare CR or LF in the header section")
+    if b"\x00" in head:
+        raise _refuse("a NUL byte in the header section")
+    lines = head.split(b"\r\n")
+    if lines[-1] != b"":
+        raise _refuse("the header section does not end with CRLF")
+    for number, line in enumerate(lines[:-1]):
+        if line[:1] in (b" ", b"\t"):
+            if number == 0:
+                raise _refuse("the message starts with a continuation line")
+        elif not _FIELD_START.match(line):
+            raise _refuse(f"header line {number + 1} is not a header field")

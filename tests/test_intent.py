@@ -1,0 +1,451 @@
+"""An action needs the owner's intent for *this* request: attacks that used to act, each
+through a real rc-mta listener, NSD serving corp.test's SPF/DKIM/DMARC, and clients bound
+to other loopback addresses (as in test_sender_auth.py).
+
+corp.test (the owner's domain) allows only 127.0.0.2 in SPF, signs with selector "sel",
+publishes p=reject. 127.0.0.5 is a mailing service with good reverse DNS but no SPF for
+corp.test; 127.0.0.6 is mallory's own server, SPF-valid for evil.test.
+"""
+
+from __future__ import annotations
+
+import email.policy
+import smtplib
+import socket
+import struct
+from collections.abc import Iterator
+from email.message import EmailMessage
+from email.utils import make_msgid
+from pathlib import Path
+from typing import Any
+
+import dkim
+import pytest
+from conftest import REPLY_DOMAIN, RcMta, make_rc_mta, with_real_dns
+from dnsserver import NsdServer
+from mailclient import SmtpOutcome, reply_message
+from mailclient import send_smtp as _send_smtp
+
+OWNER = "alice@corp.test"
+KEY = (Path(__file__).parent / "keys" / "good-sel2048.pem").read_bytes()
+HELO = {
+    "127.0.0.1": "relay.spf.test",
+    "127.0.0.2": "mail.pass.spf.test",
+    "127.0.0.5": "mx.sender.spf.test",
+    "127.0.0.6": "mail.evil.spf.test",
+}
+
+# The header fields each provider's outgoing DKIM signature covers on a reply (observed
+# h= lists, reduced to what matters here: all of them sign To and the threading fields).
+CLIENT_SIGNED_FIELDS = {
+    "gmail": ["mime-version", "references", "in-reply-to", "from", "date", "message-id", "subject", "to", "cc"],
+    "outlook": ["from", "to", "subject", "date", "message-id", "in-reply-to", "references", "content-type"],
+    "apple-mail": ["from", "content-type", "mime-version", "subject", "message-id", "date", "to", "in-reply-to"],
+    "thunderbird": [
+        *("cc", "content-type", "date", "from", "in-reply-to", "message-id", "mime-version", "references"),
+        *("subject", "to"),
+    ],
+}
+
+
+def send(port: int, message: EmailMessage | bytes, rcpt: str, mail_from: str, source: str) -> SmtpOutcome:
+    return _send_smtp(port, message, rcpt, mail_from=mail_from, source_address=source, helo=HELO[source])
+
+
+def signed(message: EmailMessage, fields: list[str]) -> bytes:
+    """``message`` as corp.test's outgoing server signs it, covering ``fields``."""
+    raw = message.as_bytes(policy=email.policy.SMTP)
+    names = [name.encode() for name in fields]
+    return bytes(dkim.sign(raw, b"sel", b"corp.test", KEY, include_headers=names)) + raw
+
+
+def untouched(rc: RcMta, task_id: str) -> bool:
+    task = rc.task(task_id)
+    return bool(task["status"] == "in_progress" and task["comments"] == [])
+
+
+def new_request(rc: RcMta) -> tuple[str, dict[str, Any]]:
+    task_id = rc.add_task(owner=OWNER)
+    return task_id, rc.request(task_id)
+
+
+@pytest.fixture(scope="module")
+def rc(tmp_path_factory: pytest.TempPathFactory, dns_server: NsdServer) -> Iterator[RcMta]:
+    server = with_real_dns(make_rc_mta(tmp_path_factory.mktemp("rc-mta-intent")), dns_server)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def strict_rc(tmp_path: Path, dns_server: NsdServer) -> Iterator[RcMta]:
+    server = with_real_dns(make_rc_mta(tmp_path), dns_server)
+    yield server
+    server.stop()
+
+
+# Class 1: a genuine signature proves who, not for what --------------------------------------
+
+
+@pytest.mark.parametrize("client", sorted(CLIENT_SIGNED_FIELDS))
+def test_plain_reply_signed_as_major_clients_sign_it_completes(rc: RcMta, client: str) -> None:
+    task_id, request = new_request(rc)
+    message = reply_message(request["reply_to"], "Approved", sender=OWNER, in_reply_to=request["message_id"])
+
+    # Sent by a mailing service of corp.test's: only the DKIM signature authenticates it.
+    raw = signed(message, CLIENT_SIGNED_FIELDS[client])
+    outcome = send(rc.smtp_port, raw, request["reply_to"], "b@noreply.spf.test", "127.0.0.5")
+
+    assert outcome.code == 250, outcome
+    assert rc.task(task_id)["status"] == "completed"
+
+
+@pytest.mark.parametrize("client", sorted(CLIENT_SIGNED_FIELDS))
+def test_fail_button_signed_as_major_clients_sign_it_fails_the_task(rc: RcMta, client: str) -> None:
+    task_id, request = new_request(rc)
+    message = reply_message(request["fail_address"], "Tests are red", sender=OWNER, subject="Fail")
+
+    outcome = send(
+        rc.smtp_port,
+        signed(message, CLIENT_SIGNED_FIELDS[client]),
+        request["fail_address"],
+        "b@noreply.spf.test",
+        "127.0.0.5",
+    )
+
+    assert outcome.code == 250, outcome
+    assert rc.task(task_id)["status"] == "failed"
+
+
+def test_client_that_dropped_the_plus_token_is_bound_by_its_signed_in_reply_to(rc: RcMta) -> None:
+    task_id, request = new_request(rc)
+    bare = f"rc@{REPLY_DOMAIN}"
+    message = reply_message(bare, "Approved", sender=OWNER, in_reply_to=request["message_id"])
+
+    outcome = send(
+        rc.smtp_port, signed(message, CLIENT_SIGNED_FIELDS["gmail"]), bare, "b@noreply.spf.test", "127.0.0.5"
+    )
+
+    assert outcome.code == 250, outcome
+    assert rc.task(task_id)["status"] == "completed"
+
+
+def test_owners_signed_forward_of_the_request_cannot_be_replayed_to_a_reply_address(rc: RcMta) -> None:
+    task_id, request = new_request(rc)
+    # Alice forwards the request to a colleague: "should I approve this?" Her server signs it.
+    forward = EmailMessage()
+    forward["From"] = f"Alice <{OWNER}>"
+    forward["To"] = "bob@corp.test"
+    forward["Subject"] = "Fwd: Approve deploy to prod"
+    forward["Message-ID"] = make_msgid(domain="corp.test")
+    forward["In-Reply-To"] = request["message_id"]
+    forward["References"] = request["message_id"]
+    forward.set_content(
+        "Approve? I think yes.\n\n---------- Forwarded message ---------\n"
+        f"Complete: {request['complete_address']}\nReply to: {request['reply_to']}\n"
+    )
+    stolen = signed(forward, CLIENT_SIGNED_FIELDS["gmail"])
+
+    # Mallory, who got a copy, re-sends it from her own server to each reply address.
+    outcomes = [
+        send(rc.smtp_port, stolen, address, "mallory@evil.test", "127.0.0.6")
+        for address in (request["complete_address"], request["reply_to"], f"rc@{REPLY_DOMAIN}")
+    ]
+
+    assert [(o.code, o.enhanced) for o in outcomes] == [(550, "5.7.21")] * 3, outcomes
+    assert "written as an answer to this request" in outcomes[0].text
+    assert untouched(rc, task_id)
+
+
+def test_signed_reply_to_one_request_cannot_act_on_another(rc: RcMta) -> None:
+    _, first = new_request(rc)
+    task_id, second = new_request(rc)
+    answer = reply_message(first["complete_address"], "Approved", sender=OWNER, in_reply_to=first["message_id"])
+    stolen = signed(answer, CLIENT_SIGNED_FIELDS["gmail"])
+
+    outcome = send(rc.smtp_port, stolen, second["complete_address"], "mallory@evil.test", "127.0.0.6")
+
+    assert (outcome.code, outcome.enhanced) == (550, "5.7.21"), outcome
+    assert untouched(rc, task_id)
+
+
+def test_signed_complete_cannot_be_redirected_to_the_fail_address(rc: RcMta) -> None:
+    task_id, request = new_request(rc)
+    answer = reply_message(request["complete_address"], "Complete", sender=OWNER)
+    stolen = signed(answer, CLIENT_SIGNED_FIELDS["outlook"])
+
+    outcome = send(rc.smtp_port, stolen, request["fail_address"], "mallory@evil.test", "127.0.0.6")
+
+    assert (outcome.code, outcome.enhanced) == (550, "5.7.21"), outcome
+    assert untouched(rc, task_id)
+
+
+def test_signature_that_does_not_cover_to_authenticates_no_action(rc: RcMta) -> None:
+    task_id, request = new_request(rc)
+    answer = reply_message(request["complete_address"], "Approved", sender=OWNER, in_reply_to=request["message_id"])
+
+    outcome = send(
+        rc.smtp_port,
+        signed(answer, ["from", "subject", "date", "in-reply-to", "references"]),
+        request["complete_address"],
+        "b@noreply.spf.test",
+        "127.0.0.5",
+    )
+
+    assert (outcome.code, outcome.enhanced) == (550, "5.7.21"), outcome
+    assert untouched(rc, task_id)
+
+
+def test_signed_to_below_an_added_unsigned_to_is_what_counts(rc: RcMta) -> None:
+    task_id, request = new_request(rc)
+    # Signed as a note to bob; mallory adds a To: naming the reply address above it.
+    note = reply_message("bob@corp.test", "Approved", sender=OWNER)
+    raw = signed(note, CLIENT_SIGNED_FIELDS["gmail"])
+    forged = f"To: {request['complete_address']}\r\n".encode() + raw
+
+    outcome = send(rc.smtp_port, forged, request["complete_address"], "mallory@evil.test", "127.0.0.6")
+
+    assert outcome.code == 550, outcome
+    assert untouched(rc, task_id)
+
+
+# Class 2: DKIM and the reader see the same bytes ---------------------------------------------
+
+
+def raw_smtp(port: int, data: bytes, rcpt: str, mail_from: str, source: str) -> tuple[int, str]:
+    """SMTP with the DATA bytes exactly as given (smtplib would mend bare CR and LF)."""
+    with socket.create_connection(("127.0.0.1", port), source_address=(source, 0), timeout=30) as sock:
+        reader = sock.makefile("rb")
+
+        def reply() -> tuple[int, str]:
+            while True:
+                line = reader.readline().decode()
+                if line[3:4] != "-":
+                    return int(line[:3]), line[4:].strip()
+
+        reply()
+        for command in (f"EHLO {HELO[source]}", f"MAIL FROM:<{mail_from}>", f"RCPT TO:<{rcpt}>", "DATA"):
+            sock.sendall(command.encode() + b"\r\n")
+            code, text = reply()
+            if code >= 400:
+                return code, text
+        sock.sendall(data + b"\r\n.\r\n")
+        return reply()
+
+
+@pytest.mark.parametrize("bare", [b"\r", b"\n"], ids=["bare-CR", "bare-LF"])
+def test_bare_line_break_in_the_header_is_refused(rc: RcMta, bare: bytes) -> None:
+    task_id, request = new_request(rc)
+    answer = reply_message(request["complete_address"], "Approved", sender=OWNER)
+    raw = signed(answer, CLIENT_SIGNED_FIELDS["gmail"])
+    # A second "From" that only a parser splitting on the bare character would see.
+    smuggled = b"X-Note: x" + bare + b"From: mallory@evil.test\r\n" + raw
+
+    code, text = raw_smtp(rc.smtp_port, smuggled, request["complete_address"], "b@noreply.spf.test", "127.0.0.5")
+
+    assert (code, text.split()[0]) == (554, "5.6.0"), text
+    assert untouched(rc, task_id)
+
+
+@pytest.mark.parametrize("bare", [b"\r", b"\n"], ids=["bare-CR", "bare-LF"])
+def test_bare_line_break_in_the_body_is_read_as_a_line_break(rc: RcMta, bare: bytes) -> None:
+    task_id, request = new_request(rc)
+    answer = reply_message(request["complete_address"], "PLACEHOLDER", sender=OWNER)
+    raw = answer.as_bytes(policy=email.policy.SMTP).replace(b"PLACEHOLDER", b"Ship it" + bare + b"-- " + bare + b"A")
+
+    # From corp.test's own server: SPF authenticates it.
+    code, text = raw_smtp(rc.smtp_port, raw, request["complete_address"], OWNER, "127.0.0.2")
+
+    assert code == 250, text
+    task = rc.task(task_id)
+    assert task["status"] == "completed"
+    assert [c["text"] for c in task["comments"]] == ["Ship it"]
+
+
+def test_header_line_that_is_not_a_field_is_refused(rc: RcMta) -> None:
+    task_id, request = new_request(rc)
+    answer = reply_message(request["complete_address"], "Approved", sender=OWNER)
+    raw = b"To: " + request["complete_address"].encode() + b"\r\nnot a header\r\n" + signed(answer, ["from", "to"])
+
+    code, text = raw_smtp(rc.smtp_port, raw, request["complete_address"], OWNER, "127.0.0.2")
+
+    assert (code, text.split()[0]) == (554, "5.6.0"), text
+    assert untouched(rc, task_id)
+
+
+# Class 3: a trusted front's verdicts only where they are its own ------------------------------
+
+FORGED_STAMP = "front.example.test; spf=pass smtp.mailfrom=alice@corp.test; dmarc=pass header.from=corp.test"
+
+
+def _front_session(port: int) -> smtplib.SMTP:
+    client = smtplib.SMTP(timeout=30, source_address=("127.0.0.1", 0))
+    client.connect("127.0.0.1", port)
+    client.ehlo("front.example.test")
+    return client
+
+
+def test_front_stamps_are_not_believed_when_the_front_speaks_for_another_client(strict_rc: RcMta) -> None:
+    strict_rc.settings["checks"]["trusted_authserv_ids"] = ["front.example.test"]
+    strict_rc.start()
+    task_id, request = new_request(strict_rc)
+    message = reply_message(request["complete_address"], "Approved", sender=OWNER)
+    message["Authentication-Results"] = FORGED_STAMP  # written by mallory, relayed by the front
+
+    with _front_session(strict_rc.smtp_port) as client:
+        assert client.docmd("XFORWARD", "ADDR=127.0.0.6 HELO=mail.evil.spf.test")[0] == 250
+        assert client.mail("mallory@evil.test")[0] == 250
+        assert client.rcpt(request["complete_address"])[0] == 250
+        code, _ = client.data(message.as_bytes(policy=email.policy.SMTP))
+
+    assert code == 550
+    assert untouched(strict_rc, task_id)
+
+
+def test_trusted_dmarc_pass_for_another_domain_does_not_authenticate_the_owner(strict_rc: RcMta) -> None:
+    strict_rc.settings["checks"]["trusted_authserv_ids"] = ["front.example.test"]
+    strict_rc.start()
+    task_id, request = new_request(strict_rc)
+    message = reply_message(request["complete_address"], "Approved", sender=OWNER)
+    message["Authentication-Results"] = (
+        "front.example.test; spf=pass smtp.mailfrom=mallory@evil.test; dkim=pass header.d=corp.test; "
+        "dmarc=pass header.from=evil.test"
+    )
+
+    with _front_session(strict_rc.smtp_port) as client:
+        assert client.mail("mallory@evil.test")[0] == 250
+        assert client.rcpt(request["complete_address"])[0] == 250
+        code, _ = client.data(message.as_bytes(policy=email.policy.SMTP))
+
+    assert code == 550
+    assert untouched(strict_rc, task_id)
+
+
+def test_stamp_below_the_fronts_own_received_field_is_ignored(strict_rc: RcMta) -> None:
+    strict_rc.settings["checks"]["trusted_authserv_ids"] = ["front.example.test"]
+    strict_rc.start()
+    task_id, request = new_request(strict_rc)
+    message = reply_message(request["complete_address"], "Approved", sender=OWNER)
+    message["Authentication-Results"] = FORGED_STAMP
+    # The front prepends its own Received: what lies below it came from the sender.
+    raw = (
+        b"Received: from mail.evil.spf.test (mail.evil.spf.test [127.0.0.6]) by front.example.test "
+        b"with ESMTP id 1; Sun, 29 Nov 2026 03:00:00 +0000\r\n" + message.as_bytes(policy=email.policy.SMTP)
+    )
+
+    with _front_session(strict_rc.smtp_port) as client:
+        assert client.mail(OWNER)[0] == 250
+        assert client.rcpt(request["complete_address"])[0] == 250
+        code, _ = client.data(raw)
+
+    assert code == 550
+    assert untouched(strict_rc, task_id)
+
+
+def test_stamp_above_the_fronts_received_field_is_believed(strict_rc: RcMta) -> None:
+    strict_rc.settings["checks"]["trusted_authserv_ids"] = ["front.example.test"]
+    strict_rc.start()
+    task_id, request = new_request(strict_rc)
+    message = reply_message(request["complete_address"], "Approved", sender=OWNER)
+    raw = (
+        f"Authentication-Results: {FORGED_STAMP}\r\n".encode()
+        + b"Received: from mail.pass.spf.test (mail.pass.spf.test [127.0.0.2]) by front.example.test "
+        b"with ESMTP id 2; Sun, 29 Nov 2026 03:00:00 +0000\r\n" + message.as_bytes(policy=email.policy.SMTP)
+    )
+
+    with _front_session(strict_rc.smtp_port) as client:
+        assert client.mail(OWNER)[0] == 250
+        assert client.rcpt(request["complete_address"])[0] == 250
+        code, text = client.data(raw)
+
+    assert code == 250, text
+    assert strict_rc.task(task_id)["status"] == "completed"
+
+
+# Class 4: PROXY without an address is not the balancer ----------------------------------------
+
+PROXY_V2_LOCAL = b"\r\n\r\n\x00\r\nQUIT\n" + struct.pack("!BBH", 0x20, 0x00, 0)
+
+
+@pytest.mark.parametrize("header", [b"PROXY UNKNOWN\r\n", PROXY_V2_LOCAL], ids=["v1-UNKNOWN", "v2-LOCAL"])
+def test_proxy_without_a_client_address_does_not_lend_the_balancers_exemption(strict_rc: RcMta, header: bytes) -> None:
+    strict_rc.settings["inbound"]["proxy_protocol"] = True
+    strict_rc.settings["checks"]["exempt_networks"] = ["127.0.0.0/8"]  # the balancer is exempt
+    strict_rc.start()
+    task_id, request = new_request(strict_rc)
+    message = reply_message(request["complete_address"], "Approved", sender=OWNER)
+
+    with socket.create_connection(("127.0.0.1", strict_rc.smtp_port), timeout=30) as sock:
+        sock.sendall(header)
+        client = smtplib.SMTP(timeout=30)
+        client.sock, client.file = sock, sock.makefile("rb")
+        assert client.getreply()[0] == 220
+        client.ehlo("mx.sender.spf.test")
+        client.mail(OWNER)
+        client.rcpt(request["complete_address"])
+        code, _ = client.data(message.as_bytes(policy=email.policy.SMTP))
+
+    assert code == 550
+    assert untouched(strict_rc, task_id)
+
+
+# Class 7: nobody can lock others out ---------------------------------------------------------
+
+
+def test_forged_mail_from_cannot_lock_the_owners_domain_out(strict_rc: RcMta) -> None:
+    strict_rc.settings["checks"]["rate_limits"] = {"auth_failures_per_domain": 3}
+    strict_rc.start()
+    task_id, request = new_request(strict_rc)
+
+    forged = []
+    for source in ["127.0.0.5", "127.0.0.6"] * 3:  # SPF fails for corp.test from both
+        with smtplib.SMTP("127.0.0.1", strict_rc.smtp_port, source_address=(source, 0)) as client:
+            client.ehlo(HELO[source])
+            forged.append(client.mail(OWNER)[0])
+    genuine = send(
+        strict_rc.smtp_port,
+        reply_message(request["complete_address"], "Approved", sender=OWNER),
+        request["complete_address"],
+        OWNER,
+        "127.0.0.2",
+    )
+
+    assert forged == [550] * 6
+    assert genuine.code == 250, genuine
+    assert strict_rc.task(task_id)["status"] == "completed"
+
+
+def test_guessing_reply_addresses_ends_the_session_with_421(strict_rc: RcMta) -> None:
+    strict_rc.start()
+    guesses = [f"rc+{'a' * 39}{c}@{REPLY_DOMAIN}" for c in "abcdef"]
+
+    with smtplib.SMTP("127.0.0.1", strict_rc.smtp_port, source_address=("127.0.0.2", 0)) as client:
+        client.ehlo(HELO["127.0.0.2"])
+        assert client.mail(OWNER)[0] == 250
+        replies = []
+        for guess in guesses[:5]:
+            replies.append(client.rcpt(guess))
+        with pytest.raises(smtplib.SMTPServerDisconnected):
+            client.rcpt(guesses[5])
+
+    assert [code for code, _ in replies] == [550, 550, 550, 550, 421]
+    assert replies[-1][1].decode().startswith("4.7.0")
+
+
+def test_forged_reply_addresses_count_as_failed_authentications(strict_rc: RcMta) -> None:
+    strict_rc.settings["checks"]["rate_limits"] = {"auth_failures_per_ip": 3, "bad_recipients_per_session": 0}
+    strict_rc.start()
+
+    with smtplib.SMTP("127.0.0.1", strict_rc.smtp_port, source_address=("127.0.0.2", 0)) as client:
+        client.ehlo(HELO["127.0.0.2"])
+        assert client.mail(OWNER)[0] == 250
+        for c in "abc":
+            assert client.rcpt(f"rc+{'b' * 39}{c}@{REPLY_DOMAIN}")[0] == 550
+        client.rset()
+        code, text = client.mail(OWNER)
+    with smtplib.SMTP("127.0.0.1", strict_rc.smtp_port, source_address=("127.0.0.5", 0)) as other:
+        other.ehlo(HELO["127.0.0.5"])
+        other_code, _ = other.mail("b@noreply.spf.test")
+
+    assert (code, text.decode().split()[0]) == (450, "4.7.1")
+    assert other_code == 250  # another client is not affected
