@@ -364,7 +364,7 @@ def run(replies: int, messages: int, gap: float, as_json: bool) -> int:
         try:
             nsd.start()
             dovecot.start()
-            bed = Bed(workdir, secrets.token_hex(16), dovecot.port, dovecot.username, dovecot.password, nsd.port)
+            bed = Bed(workdir, secrets.token_hex(32), dovecot.port, dovecot.username, dovecot.password, nsd.port)
             config = write_config(bed, "prepare", free_port(), free_port(), pool_size=1, startup_delay=0)
             service = Service.open(load_settings(str(config)))  # in-process: same store and key as rc-mta
             print(f"preparing {replies + 2 * messages} tasks and requests ...", file=sys.stderr)

@@ -183,7 +183,7 @@ def write_config(workdir: Path, port: int) -> Path:
                 f'reply_domain = "{REPLY_DOMAIN}"',
                 'hostname = "mx.reply.bench.test"',
                 "[signing]",
-                f'keys = {{ 1 = "{secrets.token_hex(16)}" }}',
+                f'keys = {{ 1 = "{secrets.token_hex(32)}" }}',
                 "active_key = 1",
                 'request_ttl = "1d"',
                 "[outbound]",

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import secrets
 import signal
 import time
 from dataclasses import dataclass
@@ -15,7 +13,7 @@ from . import metrics
 from .api import add_api_routes
 from .config import Settings, SigningConfig
 from .dns import DnsResolver
-from .errors import PermanentRefusal, RcMtaError
+from .errors import ConfigError, PermanentRefusal, RcMtaError
 from .http import Health, make_app, metrics_app, start_http
 from .inbound import start_listener
 from .logs import install_runtime_controls, sd_notify
@@ -25,23 +23,57 @@ from .pipeline import Arrival, Pipeline, read_message
 from .sender_auth import Client, SenderAuth
 from .store import Request, Store
 from .tasks import TaskBackend, TaskNotFound, make_backend
-from .tokens import Signer, new_request_id
+from .tokens import (
+    GENERATED_KEY_ID,
+    Signer,
+    WeakKeyFile,
+    new_request_id,
+    new_secret,
+    read_key_file,
+    secret_weakness,
+    write_key_file,
+)
 
 log = logging.getLogger("rc_mta")
 
 
-def load_signer(config: SigningConfig) -> Signer:
-    """The configured keys; with none configured, a key generated once under ``var/``."""
+def signing_secrets(config: SigningConfig) -> dict[int, str] | None:
+    """The secrets to sign with: the configured keys, else the generated key file's
+    (None: no file yet). A weak or unreadable one is a ConfigError naming it."""
     if config.keys:
-        assert config.active_key is not None
-        return Signer({k: v.get_secret_value().encode() for k, v in config.keys.items()}, config.active_key)
+        for key_id, secret in sorted(config.keys.items()):
+            if weakness := secret_weakness(secret.get_secret_value()):
+                raise ConfigError(
+                    f"config key signing.keys.{key_id}: {weakness} (generate one with: rc-mta keys generate --print)"
+                )
+        return {k: v.get_secret_value() for k, v in config.keys.items()}
+    try:
+        generated = read_key_file(config.generated_key_file)
+    except WeakKeyFile as exc:
+        raise ConfigError(f"{exc} (replace it with: rc-mta keys generate)") from None
+    return None if generated is None else {GENERATED_KEY_ID: generated}
+
+
+def load_signer(config: SigningConfig, *, generate: bool = False, require: bool = False) -> Signer:
+    """The configured keys, else the generated key file. Only ``serve`` generates that
+    file (``generate``); other commands get a keyless signer, or an error (``require``)."""
+    found = signing_secrets(config)
     path = config.generated_key_file
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_urlsafe(32) + "\n")
-    return Signer({0: path.read_text().strip().encode()}, 0)
+    if found is None and generate:
+        try:
+            write_key_file(path, new_secret())
+        except FileExistsError:
+            pass  # another start made one first: use it
+        except OSError as exc:
+            raise ConfigError(f"cannot write signing key file {path}: {exc.strerror}") from None
+        found = signing_secrets(config)
+    if found is None:
+        missing = f"no signing key yet: {path} does not exist (rc-mta serve creates it, or run: rc-mta keys generate)"
+        if require:
+            raise ConfigError(missing)
+        return Signer({}, None, missing=missing)
+    keys = {key_id: secret.encode("utf-8") for key_id, secret in found.items()}
+    return Signer(keys, config.active_key if config.keys else GENERATED_KEY_ID)
 
 
 @dataclass
@@ -54,10 +86,12 @@ class Service:
     pipeline: Pipeline
 
     @classmethod
-    def open(cls, settings: Settings) -> Service:
+    def open(cls, settings: Settings, *, generate_key: bool = False, require_key: bool = False) -> Service:
+        """``generate_key``: make the signing key if there is none (``serve`` only);
+        ``require_key``: a missing key is an error rather than a signer that has none."""
+        signer = load_signer(settings.signing, generate=generate_key, require=require_key)
         store = Store(settings.store.url, settings.store.busy_timeout)
         store.create_schema()
-        signer = load_signer(settings.signing)
         backend = make_backend(settings, store)
         resolver = DnsResolver(
             settings.dns.nameservers, settings.dns.port, settings.dns.timeout, observe=metrics.observe_dns

@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from .api import task_json
-from .app import Service
+from .app import Service, signing_secrets
 from .config import Settings, config_path, load_settings, parse_host_port
 from .errors import RcMtaError
 from .logs import LEVELS, PIDFILE, mask_secrets, running_pid, secret_values, setup_logging
 from .store import Store
+from .tokens import WeakKeyFile, new_secret, read_key_file, write_key_file
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -35,7 +36,7 @@ def _print_json(value: Any) -> None:
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
-    service = Service.open(settings)
+    service = Service.open(settings, generate_key=True)
     try:
         asyncio.run(service.serve())
     finally:
@@ -111,7 +112,7 @@ def cmd_diagnose(settings: Settings, args: argparse.Namespace) -> int:
         raw = Path(args.file).read_bytes()
     except OSError as exc:
         raise RcMtaError(f"cannot read {args.file}: {exc.strerror}") from None
-    service = Service.open(settings)
+    service = Service.open(settings, require_key=True)
     try:
         result = asyncio.run(service.diagnose(raw, mail_from=args.mail_from, client_ip=args.client_ip, helo=args.helo))
     finally:
@@ -125,6 +126,35 @@ def cmd_diagnose(settings: Settings, args: argparse.Namespace) -> int:
         for name, verdict in result["checks"].items():
             print(f"{'check:':<12}{name} {json.dumps(verdict)}")
         print(f"{'comment:':<12}{result['comment']!r}")
+    return 0
+
+
+def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
+    """``keys generate``: the one way besides ``serve`` to make a signing key, and the way
+    to replace a damaged key file (a sound one is never overwritten)."""
+    secret = new_secret()
+    if args.print:
+        print(secret)
+        return 0
+    if settings.signing.keys:
+        raise RcMtaError(
+            "[signing] keys are configured, so generated_key_file is not used: "
+            "run rc-mta keys generate --print for a secret to add there"
+        )
+    path = settings.signing.generated_key_file
+    try:
+        damaged, existing = False, read_key_file(path)
+    except WeakKeyFile:
+        damaged, existing = True, None
+    if existing is not None:
+        raise RcMtaError(
+            f"{path} already holds a signing key; replacing it voids every request sent, so remove it first"
+        )
+    try:
+        write_key_file(path, secret, replace=damaged)
+    except OSError as exc:
+        raise RcMtaError(f"cannot write signing key file {path}: {exc.strerror}") from None
+    print(f"{'replaced the damaged' if damaged else 'wrote a new'} signing key {path} (mode 0600)")
     return 0
 
 
@@ -328,10 +358,21 @@ async def _check_reachable(url: str) -> str:
     return f"{parts.scheme}://{host}:{port} accepts connections{' over TLS' if secure else ''} (nothing POSTed)"
 
 
+def _check_signing_key(settings: Settings) -> str:
+    """The signing keys are strong enough; a missing generated key is fine (serve makes it)."""
+    found = signing_secrets(settings.signing)
+    if settings.signing.keys:
+        return f"{len(settings.signing.keys)} configured, active key {settings.signing.active_key}, each strong enough"
+    if found is None:
+        return f"{settings.signing.generated_key_file} does not exist yet; rc-mta serve creates it"
+    return f"{settings.signing.generated_key_file} holds a strong enough key"
+
+
 async def _check_all(settings: Settings, store: Store) -> list[_Check]:
     """Every part the service needs, concurrently, each with its own deadline."""
     dns_timeout = settings.dns.timeout + 1
     probes: list[Awaitable[_Check]] = [
+        _run_check("signing key", lambda: asyncio.to_thread(_check_signing_key, settings), CHECK_TIMEOUT),
         _run_check("store", lambda: _check_store(store), CHECK_TIMEOUT),
         _run_check("dns", lambda: _check_dns(settings), dns_timeout),
     ]
@@ -554,6 +595,14 @@ def build_parser() -> argparse.ArgumentParser:
     diagnose.add_argument("--helo", help="the sending host's HELO/EHLO name")
     diagnose.add_argument("--json", action="store_true")
     diagnose.set_defaults(run=cmd_diagnose)
+
+    keys = commands.add_parser("keys", help="signing keys")
+    keys.set_defaults(run=cmd_keys)
+    keys_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    generate = keys_commands.add_parser(
+        "generate", help="write a new key into [signing] generated_key_file (mode 0600)"
+    )
+    generate.add_argument("--print", action="store_true", help="print a new secret for [signing] keys instead")
 
     commands.add_parser("check-config", help="validate the config and reach every part").set_defaults(
         run=cmd_check_config

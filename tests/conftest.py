@@ -193,7 +193,7 @@ def make_rc_mta(workdir: Path, **overrides: dict[str, Any]) -> RcMta:
             "hostname": "mx.reply.example.test",
             "max_message_size": 64 * 1024,
         },
-        "signing": {"keys": {1: secrets.token_hex(16)}, "active_key": 1, "request_ttl": "1d"},
+        "signing": {"keys": {1: secrets.token_hex(32)}, "active_key": 1, "request_ttl": "1d"},
         "outbound": {"transport": "outbox", "outbox_dir": str(workdir / "outbox")},
         "store": {"url": f"sqlite:///{workdir / 'rc-mta.db'}", "busy_timeout": "1s"},
         "http": {"listen": f"127.0.0.1:{free_port()}"},

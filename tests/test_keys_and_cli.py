@@ -20,7 +20,7 @@ def _key_id(address: str) -> int:
 
 
 def test_rotated_key_still_verifies_old_requests_and_new_key_signs(fresh_rc: RcMta) -> None:
-    old_secret, new_secret = secrets.token_hex(16), secrets.token_hex(16)
+    old_secret, new_secret = secrets.token_hex(32), secrets.token_hex(32)
     fresh_rc.settings["signing"].update(keys={1: old_secret}, active_key=1)
     fresh_rc.start()
     old_task = fresh_rc.add_task()
@@ -40,11 +40,11 @@ def test_rotated_key_still_verifies_old_requests_and_new_key_signs(fresh_rc: RcM
 
 
 def test_retired_key_is_refused(fresh_rc: RcMta) -> None:
-    fresh_rc.settings["signing"].update(keys={1: secrets.token_hex(16)}, active_key=1)
+    fresh_rc.settings["signing"].update(keys={1: secrets.token_hex(32)}, active_key=1)
     fresh_rc.start()
     task_id = fresh_rc.add_task()
     address = fresh_rc.request(task_id)["complete_address"]
-    fresh_rc.settings["signing"].update(keys={2: secrets.token_hex(16)}, active_key=2)
+    fresh_rc.settings["signing"].update(keys={2: secrets.token_hex(32)}, active_key=2)
     fresh_rc.restart()
 
     outcome = send_smtp(fresh_rc.smtp_port, reply_message(address, "ok"), address)

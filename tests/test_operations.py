@@ -31,7 +31,7 @@ from smtpsink import SmtpRelay, running_relay
 from rc_mta.logs import SecretFilter, TextFormatter, sd_notify
 
 ROOT = Path(__file__).resolve().parent.parent
-SIGNING_SECRET = "sign1ng-s3cret-that-must-never-show"
+SIGNING_SECRET = "sign1ng-s3cret-that-must-never-show-in-a-log-line"
 SMTP_PASSWORD = "smtp-pa55word-never-logged"
 API_TOKEN = "api-t0ken-never-logged-anywhere"
 
@@ -249,7 +249,7 @@ def test_check_config_reaches_every_part_and_passes(
 
     lines = check_lines(result)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert list(lines) == ["config", "store", "dns", "outbound smtp", "tasks embedded"]
+    assert list(lines) == ["config", "signing key", "store", "dns", "outbound smtp", "tasks embedded"]
     assert all(line.startswith("✓") for line in lines.values())
     assert "postgresql://postgres@127.0.0.1:5432/test" in lines["store"]
     assert f"127.0.0.1:{dns_server.port} answered" in lines["dns"] and "reply.good.test MX" in lines["dns"]
@@ -278,7 +278,7 @@ def test_check_config_fails_on_a_dead_smtp_port_and_a_dns_timeout(fresh_rc: RcMt
     )
     assert lines["dns"].startswith("✗ dns:") and "timeout" in lines["dns"].lower()
     assert lines["outbound smtp"].startswith("✗ outbound smtp:") and f"port {dead}" in lines["outbound smtp"]
-    assert "2 of 5 checks failed: dns, outbound smtp" in result.stderr
+    assert "2 of 6 checks failed: dns, outbound smtp" in result.stderr
     assert took < 10
 
 
