@@ -14,6 +14,7 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
+import dkim
 import pytest
 from conftest import RcMta, make_rc_mta, require_server, store_write_locked, wait_until
 from dnsserver import NsdServer
@@ -21,6 +22,7 @@ from dovecot import Dovecot, available
 from mailclient import reply_message
 from token_introspection import AuthServer
 
+CORP_KEY = (Path(__file__).parent / "keys" / "good-sel2048.pem").read_bytes()  # corp.test's selector "sel"
 TRUSTED_STAMP = "mx.example.com; spf=pass smtp.mailfrom=alice@example.com; dmarc=pass header.from=example.com"
 
 
@@ -287,3 +289,33 @@ def test_starttls_connection_verifies_the_server_certificate(
     finally:
         server.stop()
         dovecot.cleanup()
+
+
+def test_owners_signed_forward_delivered_to_the_mailbox_is_not_an_answer(
+    servers: Callable[..., RcMta], dovecot: Dovecot
+) -> None:
+    server = servers(disposition="move")
+    owner = "alice@corp.test"
+    forwarded_task, answered_task = server.add_task("Forwarded", owner=owner), server.add_task("Answered", owner=owner)
+    forwarded, answered = server.request(forwarded_task), server.request(answered_task)
+    # The mailbox's MX stamps what it saw: corp.test's signature verified, no SPF of corp.test.
+    stamp = "mx.example.com; spf=none; dkim=pass header.d=corp.test; dmarc=pass header.from=corp.test"
+    # Alice forwarded one request to bob; mallory re-sends that signed forward to the mailbox.
+    forward = reply_message("bob@corp.test", "Approve? I think yes.", sender=owner, subject="Fwd: Approve")
+    forward["References"] = forwarded["message_id"]
+    # Alice answered the other with Reply: her signature covers To and In-Reply-To.
+    answer = reply_message(answered["reply_to"], "Approved", sender=owner, in_reply_to=answered["message_id"])
+    for message in (forward, answer):
+        raw = message.as_bytes(policy=email.policy.SMTP)
+        headers = [b"from", b"to", b"subject", b"date", b"message-id", b"in-reply-to", b"references"]
+        raw = bytes(dkim.sign(raw, b"sel", b"corp.test", CORP_KEY, include_headers=headers)) + raw
+        dovecot.deliver(f"Authentication-Results: {stamp}\r\n".encode() + raw)
+    server.start()
+
+    wait_until(lambda: len(dovecot.messages("Rejected")) == 1, what="the forward in Rejected")
+    wait_until(lambda: len(dovecot.messages("Processed")) == 1, what="the answer in Processed")
+
+    assert message_ids(dovecot.messages("Rejected")) == [forward["Message-ID"]]
+    assert server.task(forwarded_task)["status"] == "in_progress"
+    assert completed(server, answered_task)
+    assert "5.7.21" in rc_log(server)
