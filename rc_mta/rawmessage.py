@@ -7,9 +7,10 @@ An attacker holding a genuinely signed message would then choose the words we re
 the signature still verifies. So, before either looks at it, a message is brought to one
 form or refused:
 
-- a message with no CR at all (a mailbox file's LF-only lines) is converted to CRLF;
-- in the header block, every line ends in CRLF and is a field (``name:``) or a folded
-  continuation, else the message is refused;
+- a message with no CR at all (a mailbox file's LF-only lines), or a header block whose
+  lines all end in a bare LF (an old script's), is converted to CRLF;
+- in the header block, a bare CR, CRLF mixed with bare LF, or a line that is neither a
+  field (``name:``) nor a folded continuation refuses the message;
 - in the body, a bare CR or LF becomes CRLF (both parsers then agree on the lines).
 
 Every step is a linear scan of the bytes.
@@ -35,29 +36,38 @@ def canonical_message(raw: bytes) -> bytes:
     """``raw`` in the one form DKIM and the reader both parse alike; refuses what can't be."""
     if b"\r" not in raw:
         raw = raw.replace(b"\n", b"\r\n")
-    if raw.startswith(b"\r\n"):
-        head, body = b"", raw[2:]
-    else:
-        end = raw.find(b"\r\n\r\n")
-        head, body = (raw, b"") if end < 0 else (raw[: end + 2], raw[end + 4 :])
+    end = _header_end(raw)
+    head, body = raw[:end], raw[end:]
+    if head.count(b"\r") != head.count(b"\r\n"):
+        raise _refuse("a bare CR in the header section")
+    crlf, lf = head.count(b"\r\n"), head.count(b"\n")
+    if crlf == 0 and lf:
+        head = head.replace(b"\n", b"\r\n")  # every line ends in a bare LF: one format, not two
+    elif crlf != lf:
+        raise _refuse("CRLF and bare LF line endings mixed in the header section")
     _check_header_block(head)
     if body.count(b"\r") != body.count(b"\n") or body.count(b"\r\n") != body.count(b"\n"):
         body = _ANY_NEWLINE.sub(b"\r\n", body)
-    if not head:
-        return b"\r\n" + body
-    return head + (b"\r\n" + body if len(raw) > len(head) else b"")
+    return head + body
+
+
+def _header_end(raw: bytes) -> int:
+    """Where the header section ends (its empty line included in the body part), reading
+    lines the most permissive way: an LF ends a line, an empty line may carry a CR."""
+    if raw.startswith((b"\n", b"\r\n")):
+        return 0
+    ends = [i + 1 for i in (raw.find(b"\n\n"), raw.find(b"\n\r\n")) if i >= 0]
+    return min(ends) if ends else len(raw)
 
 
 def _check_header_block(head: bytes) -> None:
     if not head:
         return
-    if head.count(b"\r") != head.count(b"\n") or head.count(b"\r\n") != head.count(b"\n"):
-        raise _refuse("a bare CR or LF in the header section")
     if b"\x00" in head:
         raise _refuse("a NUL byte in the header section")
     lines = head.split(b"\r\n")
     if lines[-1] != b"":
-        raise _refuse("the header section does not end with CRLF")
+        raise _refuse("the header section does not end with a line break")
     for number, line in enumerate(lines[:-1]):
         if line[:1] in (b" ", b"\t"):
             if number == 0:
