@@ -2,8 +2,10 @@
 
 Exactly-once rests on the database: a task changes state with a conditional UPDATE
 (``WHERE status = 'in_progress'``), and a request is answered at most once because
-``used_tokens`` has the request id as its primary key. No lock in the process is
-needed, so several instances can share one PostgreSQL.
+``used_tokens`` has the request id as its primary key. Each attempt at answering holds
+the claim under its own random attempt id, so two deliveries of one message (a sender
+retrying, several MX hosts) never both act, and one never gives back the other's claim.
+No lock in the process is needed, so several instances can share one PostgreSQL.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +32,10 @@ from sqlalchemy import (
     create_engine,
     event,
     insert,
+    inspect,
     literal,
     select,
+    text,
     update,
 )
 from sqlalchemy.engine import make_url
@@ -86,6 +91,9 @@ used_tokens = Table(
     Column("state", String(16), nullable=False),  # pending | done
     Column("claimed_at", Float, nullable=False),
     Column("done_at", Float),
+    # Which attempt holds the claim: only it may finish or release it. Nullable because
+    # rows written before this column existed have none (they can only go stale).
+    Column("attempt", String(32)),
 )
 
 processed_messages = Table(
@@ -147,10 +155,29 @@ class Claim:
     state: str
     claimed_at: float
     done_at: float | None
+    attempt: str | None = None
 
     @property
     def done(self) -> bool:
         return self.state == "done"
+
+
+class ClaimOutcome(Enum):
+    """What trying to claim a request found."""
+
+    OURS = "ours"  # this attempt holds the claim: it may act
+    DONE = "done"  # answered already; the claim row says by which message
+    BUSY = "busy"  # another live attempt (maybe a copy of this very message) is answering it
+    REVOKED = "revoked"  # the request row says it was withdrawn
+
+
+# Claiming retries this often when the row it collided with was given back meanwhile.
+CLAIM_TRIES = 5
+
+
+def new_attempt_id() -> str:
+    """A fresh identity for one attempt at acting on a request (one delivery of a reply)."""
+    return secrets.token_hex(12)
 
 
 class Store:
@@ -163,6 +190,23 @@ class Store:
     def create_schema(self) -> None:
         with self._begin() as conn:
             metadata.create_all(conn)
+        self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        """Bring a store made by an older version up to date (``create_all`` adds tables,
+        not columns). Several instances may start at once: a column another one added
+        between our look and our ALTER is fine."""
+        with self._begin() as conn:
+            have = {c["name"] for c in inspect(conn).get_columns("used_tokens")}
+        if "attempt" in have:
+            return
+        try:
+            with self._begin() as conn:
+                conn.execute(text("ALTER TABLE used_tokens ADD COLUMN attempt VARCHAR(32)"))
+        except TemporaryFailure:
+            with self._begin() as conn:
+                if "attempt" not in {c["name"] for c in inspect(conn).get_columns("used_tokens")}:
+                    raise
 
     def ping(self) -> None:
         with self._begin() as conn:
@@ -252,13 +296,21 @@ class Store:
     # Used tokens: the exactly-once claim ----------------------------------------------
 
     def claim(
-        self, request_id: str, message_id: str, action: str, actor: str, now: float, stale_after: float
-    ) -> tuple[bool, Claim | None]:
-        """Claim a request for one message. Returns (ours, the claim row).
+        self,
+        request_id: str,
+        attempt: str,
+        message_id: str,
+        action: str,
+        actor: str,
+        now: float,
+        stale_after: float,
+    ) -> tuple[ClaimOutcome, Claim | None]:
+        """Claim a request for one attempt at answering it with one message.
 
-        Ours when the row is new, when it is a pending claim of this same message (the
-        sender retrying), or when a pending claim went stale (its process died). No row
-        at all means the request was revoked (or never existed).
+        OURS when the row is new or when a pending claim went stale (its process died).
+        A pending claim of another attempt is BUSY even when it is for this same message:
+        that is another delivery of it, still at work. REVOKED only when the request row
+        says so; a claim given back between our insert and our read is claimed again.
         """
         row: dict[str, Any] = {
             "request_id": request_id,
@@ -268,47 +320,80 @@ class Store:
             "state": "pending",
             "claimed_at": now,
             "done_at": None,
+            "attempt": attempt,
         }
         live = requests.c.revoked_at.is_(None)
-        columns = ["request_id", "message_id", "action", "actor", "state", "claimed_at"]
+        columns = ["request_id", "message_id", "action", "actor", "state", "claimed_at", "attempt"]
         # Only a request that is not revoked can be claimed: the check and the insert are one statement.
         if_live = select(*(literal(row[c]) for c in columns)).where(requests.c.id == request_id, live)
-        try:
+        # SQLAlchemy keeps an INSERT's rowcount only when asked (it reads -1 on psycopg otherwise).
+        claim_row = insert(used_tokens).from_select(columns, if_live).execution_options(preserve_rowcount=True)
+        for _ in range(CLAIM_TRIES):
+            try:
+                with self._begin() as conn:
+                    inserted = conn.execute(claim_row).rowcount
+                if inserted == 1:
+                    return ClaimOutcome.OURS, Claim(**row)
+                # Nothing to insert from: the request is revoked (or gone), and no one answered it.
+                return ClaimOutcome.REVOKED, None
+            except IntegrityError:
+                pass
             with self._begin() as conn:
-                inserted = conn.execute(insert(used_tokens).from_select(columns, if_live)).rowcount
-            if inserted == 1:
-                return True, Claim(**row)
-        except IntegrityError:
-            pass
+                # The write first: on SQLite it takes the write lock, so the read below is current.
+                taken = conn.execute(
+                    update(used_tokens)
+                    .where(
+                        used_tokens.c.request_id == request_id,
+                        used_tokens.c.state == "pending",
+                        (used_tokens.c.attempt == attempt) | (used_tokens.c.claimed_at < now - stale_after),
+                        used_tokens.c.request_id.in_(select(requests.c.id).where(live)),
+                    )
+                    .values(message_id=message_id, action=action, actor=actor, claimed_at=now, attempt=attempt)
+                ).rowcount
+                found = (
+                    conn.execute(
+                        select(used_tokens, requests.c.revoked_at)
+                        .join(requests, requests.c.id == used_tokens.c.request_id)
+                        .where(used_tokens.c.request_id == request_id)
+                    )
+                    .mappings()
+                    .first()
+                )
+            if found is None:
+                continue  # given back between our insert and our read: try again
+            current = Claim(**{c.name: found[c.name] for c in used_tokens.c})
+            if taken == 1:
+                return ClaimOutcome.OURS, current
+            if current.done:
+                return ClaimOutcome.DONE, current
+            if found["revoked_at"] is not None:
+                return ClaimOutcome.REVOKED, current
+            return ClaimOutcome.BUSY, current
+        raise TemporaryFailure(f"the claim on request {request_id} kept changing hands")
+
+    def finish_claim(self, request_id: str, attempt: str, now: float) -> bool:
+        """Mark this attempt's claim answered; False if it no longer holds it (it was
+        taken over as stale while the backend call took longer than that)."""
         with self._begin() as conn:
-            taken = conn.execute(
+            changed = conn.execute(
                 update(used_tokens)
                 .where(
                     used_tokens.c.request_id == request_id,
+                    used_tokens.c.attempt == attempt,
                     used_tokens.c.state == "pending",
-                    (used_tokens.c.message_id == message_id) | (used_tokens.c.claimed_at < now - stale_after),
-                    used_tokens.c.request_id.in_(select(requests.c.id).where(live)),
                 )
-                .values(message_id=message_id, action=action, actor=actor, claimed_at=now)
-            ).rowcount
-            current = conn.execute(select(used_tokens).where(used_tokens.c.request_id == request_id)).mappings().first()
-        return taken == 1, (Claim(**current) if current else None)
-
-    def finish_claim(self, request_id: str, message_id: str, now: float) -> None:
-        with self._begin() as conn:
-            conn.execute(
-                update(used_tokens)
-                .where(used_tokens.c.request_id == request_id, used_tokens.c.message_id == message_id)
                 .values(state="done", done_at=now)
-            )
+            ).rowcount
+        return changed == 1
 
-    def release_claim(self, request_id: str, message_id: str) -> None:
-        """Give a claim back after a temporary failure, so any later reply may try."""
+    def release_claim(self, request_id: str, attempt: str) -> None:
+        """Give this attempt's claim back after a failure, so any later reply may try.
+        Another attempt's claim (a copy of the same message included) is left alone."""
         with self._begin() as conn:
             conn.execute(
                 used_tokens.delete().where(
                     used_tokens.c.request_id == request_id,
-                    used_tokens.c.message_id == message_id,
+                    used_tokens.c.attempt == attempt,
                     used_tokens.c.state == "pending",
                 )
             )
@@ -388,8 +473,24 @@ def _make_engine(url: str, busy_timeout: float) -> Engine:
         return engine
     if parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")
-    return create_engine(
+    engine = create_engine(
         parsed,
         pool_pre_ping=True,
         connect_args={"connect_timeout": max(1, int(busy_timeout))},
     )
+    if parsed.get_backend_name() == "postgresql":
+        # PostgreSQL has no busy_timeout: a held lock would stall every transaction for as
+        # long as it is held. Waiting for a lock gives up after busy_timeout, any statement
+        # a while later; both raise OperationalError, which ``_begin`` turns into a 451.
+        lock_ms = max(1, int(busy_timeout * 1000))
+        statement_ms = 3 * lock_ms
+
+        @event.listens_for(engine, "connect")
+        def _postgresql_timeouts(dbapi_conn: Any, _record: Any) -> None:
+            cursor = dbapi_conn.cursor()
+            cursor.execute(f"SET lock_timeout = {lock_ms}")
+            cursor.execute(f"SET statement_timeout = {statement_ms}")
+            cursor.close()
+            dbapi_conn.commit()  # else the pool's reset rolls the settings back
+
+    return engine
