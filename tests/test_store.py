@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import event
+from sqlalchemy import event, text
 
 from rc_mta.store import ClaimOutcome, Request, Store
 from rc_mta.tokens import new_request_id
@@ -240,3 +240,24 @@ def test_a_request_revoked_while_a_claim_is_pending_is_withdrawn_for_the_next_re
     store.revoke_request(request.id, time.time())
 
     assert store.claim(request.id, "b", "<b@x>", "fail", ALICE, time.time(), 600)[0] is ClaimOutcome.REVOKED
+
+
+def test_a_store_from_before_attempt_ids_is_upgraded_and_its_pending_claims_only_go_stale(store: Store) -> None:
+    request = _request(store, "t-8")
+    now = time.time()
+    with store.engine.begin() as conn:
+        conn.execute(text("ALTER TABLE used_tokens DROP COLUMN attempt"))
+        conn.execute(
+            text(
+                "INSERT INTO used_tokens (request_id, message_id, action, actor, state, claimed_at)"
+                " VALUES (:r, '<old@x>', 'complete', :a, 'pending', :t)"
+            ),
+            {"r": request.id, "a": ALICE, "t": now},
+        )
+    store.engine.dispose()  # SQLite caches the old table shape per connection
+
+    store.create_schema()  # what the new version does at start
+
+    assert store.claim(request.id, "a", "<old@x>", "complete", ALICE, now + 1, 600)[0] is ClaimOutcome.BUSY
+    assert store.claim(request.id, "a", "<old@x>", "complete", ALICE, now + 700, 600)[0] is ClaimOutcome.OURS
+    assert store.finish_claim(request.id, "a", now + 701)
