@@ -11,6 +11,7 @@ No lock in the process is needed, so several instances can share one PostgreSQL.
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import ExceptionContext, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from .errors import TemporaryFailure
@@ -105,6 +106,17 @@ processed_messages = Table(
     Column("source", String(16), nullable=False),
     Column("reply", String(64), nullable=False),
     Column("code", Integer, nullable=False),
+    Column("at", Float, nullable=False),
+)
+
+# A probe row is removed a day after its process stopped rewriting it.
+PROBE_KEPT_SECONDS = 86_400.0
+
+store_probe = Table(
+    "store_probe",
+    metadata,
+    # One row per running process, rewritten by each readiness probe: ready means writable.
+    Column("id", String(32), primary_key=True),
     Column("at", Float, nullable=False),
 )
 
@@ -186,6 +198,9 @@ class Store:
     def __init__(self, url: str, busy_timeout: float = 5.0) -> None:
         self.url = url
         self.engine = _make_engine(url, busy_timeout)
+        self._probe_id = secrets.token_hex(8)
+        self._file = _sqlite_file(url)
+        self._file_identity: tuple[int, int] | None = None
 
     def create_schema(self) -> None:
         with self._begin() as conn:
@@ -209,8 +224,16 @@ class Store:
                     raise
 
     def ping(self) -> None:
+        """Prove the store takes a write, not only that it answers: a store that can only
+        be read (a SQLite file opened while it was not writable, a PostgreSQL standby) or
+        whose file was deleted must not look ready. Creates its small table if missing,
+        so ``check-config`` can ask a store no service has started on yet."""
+        now = time.time()
         with self._begin() as conn:
-            conn.execute(select(1))
+            store_probe.create(conn, checkfirst=True)
+            mine_or_old = (store_probe.c.id == self._probe_id) | (store_probe.c.at < now - PROBE_KEPT_SECONDS)
+            conn.execute(store_probe.delete().where(mine_or_old))
+            conn.execute(insert(store_probe).values(id=self._probe_id, at=now))
 
     def close(self) -> None:
         self.engine.dispose()
@@ -218,6 +241,7 @@ class Store:
     @contextmanager
     def _begin(self) -> Iterator[Connection]:
         """A transaction; database trouble becomes a TemporaryFailure (the sender retries)."""
+        self._check_file()
         try:
             with self.engine.begin() as conn:
                 yield conn
@@ -225,6 +249,26 @@ class Store:
             raise
         except (OperationalError, DBAPIError) as exc:
             raise TemporaryFailure(f"store unavailable: {exc.orig or exc}") from exc
+
+    def _check_file(self) -> None:
+        """SQLite keeps writing into a database file that was deleted (or its directory
+        removed) through the connections it has open: every answer would go into a file
+        no one will read. Refuse (451, not ready) once the path no longer leads to the file
+        we opened, until an operator restores it and restarts."""
+        if self._file is None:
+            return
+        try:
+            found = self._file.stat()
+        except FileNotFoundError:
+            if self._file_identity is None:
+                return  # not created yet: the first connection creates it
+            found = None
+        identity = (found.st_dev, found.st_ino) if found else None
+        if self._file_identity is None:
+            self._file_identity = identity
+        elif identity != self._file_identity:
+            self.engine.dispose()  # let go of the deleted file's space
+            raise TemporaryFailure(f"the store file {self._file} was removed or replaced since rc-mta opened it")
 
     # Tasks (embedded backend) -------------------------------------------------------
 
@@ -455,12 +499,27 @@ class Store:
         return [Task(**row, comments=tuple(by_task.get(row["id"], ()))) for row in rows]
 
 
+def _sqlite_file(url: str) -> Path | None:
+    """The absolute path of a SQLite store's file; None for PostgreSQL or in memory."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        return None
+    return Path(parsed.database).absolute()
+
+
 def _make_engine(url: str, busy_timeout: float) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"timeout": busy_timeout, "check_same_thread": False})
+
+        @event.listens_for(engine, "handle_error")
+        def _reopen_when_read_only(context: ExceptionContext) -> None:
+            # A connection opened while the file was not writable stays read-only for good:
+            # treat it as lost, so the pool reopens its connections once the file is writable.
+            if "readonly database" in str(context.original_exception):
+                context.is_disconnect = True
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -1,12 +1,16 @@
-"""Exactly-once across processes: real rc-mta instances sharing one PostgreSQL, the same
-message delivered to each at once (a sender's retry, several MX hosts), and a store that
-is locked. One action reaches the backend; no live reply gets a 5xx; nothing hangs."""
+"""Exactly-once across processes and store faults: real rc-mta instances sharing one
+PostgreSQL, the same message delivered to each at once (a sender's retry, several MX
+hosts); a store that is locked, was not writable for a while, or was deleted. One action
+reaches the backend; no live reply gets a 5xx; nothing hangs; /readyz tells the truth."""
 
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -16,7 +20,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import RcMta, make_rc_mta
+from conftest import RcMta, make_rc_mta, require_server, wait_until
 from mailclient import SmtpOutcome, reply_message, send_smtp
 from webhook_receiver import WebhookReceiver
 
@@ -147,3 +151,68 @@ def test_a_locked_postgresql_table_answers_451_within_the_busy_timeout(tmp_path:
     assert waited < 10 * 1.0  # about busy_timeout, not as long as the lock is held
     assert retried.code == 250, retried
     assert task["status"] == "completed" and len(task["comments"]) == 1
+
+
+# SQLite store faults ---------------------------------------------------------------------
+
+
+def readiness(server: RcMta) -> tuple[int, dict[str, Any]]:
+    try:
+        with urllib.request.urlopen(server.http_url + "/readyz", timeout=10) as answer:
+            return int(answer.status), json.loads(answer.read())
+    except urllib.error.HTTPError as refused:
+        return refused.code, json.loads(refused.read())
+
+
+@contextmanager
+def not_writable(path: Path) -> Iterator[None]:
+    """Make the file unwritable even for root (the tests run as root, so chmod would not do)."""
+    made = subprocess.run(["chattr", "+i", str(path)], capture_output=True, text=True)
+    require_server(made.returncode == 0, f"chattr +i on {path.parent} ({made.stderr.strip()})")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], check=True)
+
+
+def test_a_store_file_not_writable_for_a_while_is_written_again_without_a_restart(fresh_rc: RcMta) -> None:
+    server = fresh_rc
+    server.write_config()
+    task_id = server.add_task()  # the CLI creates the store
+    address = server.request(task_id)["complete_address"]
+    message = reply_message(address, "Ship it")
+
+    with not_writable(server.workdir / "rc-mta.db"):
+        server.start()  # each connection it opens now is read-only
+        unready, report = readiness(server)
+        deferred = send_smtp(server.smtp_port, message, address)
+    wait_until(lambda: readiness(server)[0] == 200, what="/readyz ready once the file is writable")
+    acted = send_smtp(server.smtp_port, message, address)
+
+    assert unready == 503 and "readonly" in report["store"], report
+    assert (deferred.code, deferred.enhanced) == (451, "4.3.0"), deferred
+    assert acted.code == 250, acted
+    assert server.task(task_id)["status"] == "completed"
+
+
+@pytest.mark.parametrize("removed", ["file", "directory"])
+def test_a_deleted_store_makes_rc_mta_unready_and_answer_451_not_250(fresh_rc: RcMta, removed: str) -> None:
+    server = fresh_rc
+    store_dir = server.workdir / "store"
+    server.settings["store"]["url"] = f"sqlite:///{store_dir / 'rc-mta.db'}"
+    server.start()
+    task_id = server.add_task()
+    address = server.request(task_id)["complete_address"]
+    ready_before = readiness(server)[0]
+
+    if removed == "directory":
+        shutil.rmtree(store_dir)
+    else:
+        for path in store_dir.glob("rc-mta.db*"):
+            path.unlink()
+    outcome = send_smtp(server.smtp_port, reply_message(address, "Ship it"), address)
+    ready_after, report = readiness(server)
+
+    assert ready_before == 200
+    assert (outcome.code, outcome.enhanced) == (451, "4.3.0"), outcome
+    assert ready_after == 503 and "removed or replaced" in report["store"], report
