@@ -41,6 +41,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import ExceptionContext, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.schema import CreateTable
 
 from .errors import TemporaryFailure
 
@@ -109,13 +110,13 @@ processed_messages = Table(
     Column("at", Float, nullable=False),
 )
 
-# A probe row is removed a day after its process stopped rewriting it.
-PROBE_KEPT_SECONDS = 86_400.0
+# Rows of the writability probe are kept this long.
+PROBE_KEPT_SECONDS = 60.0
 
 store_probe = Table(
     "store_probe",
     metadata,
-    # One row per running process, rewritten by each readiness probe: ready means writable.
+    # Each readiness probe writes a row here: ready means writable.
     Column("id", String(32), primary_key=True),
     Column("at", Float, nullable=False),
 )
@@ -198,7 +199,6 @@ class Store:
     def __init__(self, url: str, busy_timeout: float = 5.0) -> None:
         self.url = url
         self.engine = _make_engine(url, busy_timeout)
-        self._probe_id = secrets.token_hex(8)
         self._file = _sqlite_file(url)
         self._file_identity: tuple[int, int] | None = None
 
@@ -230,10 +230,11 @@ class Store:
         so ``check-config`` can ask a store no service has started on yet."""
         now = time.time()
         with self._begin() as conn:
-            store_probe.create(conn, checkfirst=True)
-            mine_or_old = (store_probe.c.id == self._probe_id) | (store_probe.c.at < now - PROBE_KEPT_SECONDS)
-            conn.execute(store_probe.delete().where(mine_or_old))
-            conn.execute(insert(store_probe).values(id=self._probe_id, at=now))
+            conn.execute(CreateTable(store_probe, if_not_exists=True))
+            # A fresh row each time: concurrent probes (several instances, or /readyz asked
+            # twice at once) never collide; old rows of anyone's are cleared on the way.
+            conn.execute(store_probe.delete().where(store_probe.c.at < now - PROBE_KEPT_SECONDS))
+            conn.execute(insert(store_probe).values(id=secrets.token_hex(8), at=now))
 
     def close(self) -> None:
         self.engine.dispose()

@@ -261,3 +261,23 @@ def test_a_store_from_before_attempt_ids_is_upgraded_and_its_pending_claims_only
     assert store.claim(request.id, "a", "<old@x>", "complete", ALICE, now + 1, 600)[0] is ClaimOutcome.BUSY
     assert store.claim(request.id, "a", "<old@x>", "complete", ALICE, now + 700, 600)[0] is ClaimOutcome.OURS
     assert store.finish_claim(request.id, "a", now + 701)
+
+
+def test_readiness_probes_at_the_same_moment_all_pass(store: Store) -> None:
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(6)
+
+    def probe() -> None:
+        barrier.wait()
+        try:
+            store.ping()
+        except Exception as exc:  # collected for the assertion
+            errors.append(exc)
+
+    threads = [threading.Thread(target=probe) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    assert errors == []
