@@ -32,7 +32,7 @@ from .replies import (
 )
 from .sender_auth import AuthState, Client, SenderAuth
 from .smtp_replies import SmtpReply
-from .store import Request, Store
+from .store import Claim, ClaimOutcome, Request, Store, new_attempt_id
 from .tasks import ActionContext, TaskBackend, TaskNotFound, TaskNotInProgress
 from .tokens import Action, Signer, Token, redact_address
 
@@ -356,25 +356,23 @@ class Pipeline:
         return decision
 
     async def act(self, decision: Decision, message_id: str, actor: str, source: str) -> Decision:
-        """Claim the request for this message, then drive the backend; answer only after."""
+        """Claim the request for this attempt, then drive the backend; answer only after.
+
+        The attempt has its own claim identity: a copy of this message delivered at the
+        same moment elsewhere holds a claim that is not ours (451), and only our own claim
+        is finished or given back.
+        """
         request, action = decision.request, decision.action
         if decision.would not in ("complete", "fail") or request is None or action is None:
             return decision
-        ours, claim = await asyncio.to_thread(
-            self.store.claim, request.id, message_id, action, actor, self.clock(), STALE_CLAIM_SECONDS
+        attempt = new_attempt_id()
+        outcome, claim = await asyncio.to_thread(
+            self.store.claim, request.id, attempt, message_id, action, actor, self.clock(), STALE_CLAIM_SECONDS
         )
-        if claim is None:
+        if outcome is ClaimOutcome.REVOKED:
             raise PermanentRefusal(R.TOKEN_REVOKED)
-        if not ours:
-            if claim.done and claim.message_id == message_id:
-                decision.reply, decision.would = (
-                    R.ALREADY_DONE.with_text(task_id=request.task_id, action_past=_PAST[claim.action]),
-                    "already_done",
-                )
-                return decision
-            if claim.done:
-                raise PermanentRefusal(R.TOKEN_USED.with_text(task_id=request.task_id, action_past=_PAST[claim.action]))
-            raise TemporaryFailure(f"request {request.id} is being answered by another message")
+        if outcome is not ClaimOutcome.OURS:
+            return _not_ours(decision, request, message_id, outcome, claim)
         try:
             context = ActionContext(
                 request.id, message_id, source, {name: v["result"] for name, v in decision.checks.items()}
@@ -386,21 +384,26 @@ class Pipeline:
                 # Our own earlier attempt acted but lost its answer: finish, don't refuse.
                 pass
             else:
-                await asyncio.to_thread(self.store.release_claim, request.id, message_id)
+                await asyncio.to_thread(self.store.release_claim, request.id, attempt)
                 by = f" by {task.acted_by}" if task.acted_by else ""
                 raise PermanentRefusal(
                     R.TASK_NOT_IN_PROGRESS.with_text(task_id=task.id, status=task.status, by=by)
                 ) from None
         except TaskNotFound:
-            await asyncio.to_thread(self.store.release_claim, request.id, message_id)
+            await asyncio.to_thread(self.store.release_claim, request.id, attempt)
             raise PermanentRefusal(R.TASK_NOT_FOUND.with_text(task_id=request.task_id)) from None
         except BaseException:
             try:
-                await asyncio.to_thread(self.store.release_claim, request.id, message_id)
+                await asyncio.to_thread(self.store.release_claim, request.id, attempt)
             except TemporaryFailure:
                 pass  # the claim goes stale and is taken over later
             raise
-        await asyncio.to_thread(self.store.finish_claim, request.id, message_id, self.clock())
+        if not await asyncio.to_thread(self.store.finish_claim, request.id, attempt, self.clock()):
+            log.error(
+                "request %s: acted, but the claim was taken over as stale meanwhile (the action took over %ss)",
+                request.id,
+                STALE_CLAIM_SECONDS,
+            )
         metrics.TASKS_ACTED.labels(self.backend.name, action).inc()
         return decision
 
@@ -509,6 +512,24 @@ class Pipeline:
                 "auth": decision.authentication_results,
             },
         )
+
+
+def _not_ours(
+    decision: Decision, request: Request, message_id: str, outcome: ClaimOutcome, claim: Claim | None
+) -> Decision:
+    """The answer when another attempt holds the claim: answered already (by this message:
+    250, by another: refused), or still being answered (451, the sender retries)."""
+    assert claim is not None
+    if outcome is ClaimOutcome.DONE:
+        if claim.message_id != message_id:
+            raise PermanentRefusal(R.TOKEN_USED.with_text(task_id=request.task_id, action_past=_PAST[claim.action]))
+        decision.reply = R.ALREADY_DONE.with_text(task_id=request.task_id, action_past=_PAST[claim.action])
+        decision.would = "already_done"
+        return decision
+    log.info("request %s is being answered by another attempt (message %s)", request.id, claim.message_id)
+    decision.reply = R.MESSAGE_IN_PROGRESS if claim.message_id == message_id else R.REQUEST_IN_PROGRESS
+    decision.would = "retry"
+    return decision
 
 
 def our_addresses(message: EmailMessage, reply_domain: str) -> list[str]:

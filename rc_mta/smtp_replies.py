@@ -148,6 +148,18 @@ BACKEND_UNAVAILABLE = _reply(
     "BACKEND_UNAVAILABLE", 451, "4.3.0", "Temporary problem acting on the task; please try again later"
 )
 INTERNAL_ERROR = _reply("INTERNAL_ERROR", 451, "4.3.0", "Temporary local problem; please try again later")
+MESSAGE_IN_PROGRESS = _reply(
+    "MESSAGE_IN_PROGRESS",
+    451,
+    "4.3.0",
+    "Another delivery of this same message is being processed right now; please try again later",
+)
+REQUEST_IN_PROGRESS = _reply(
+    "REQUEST_IN_PROGRESS",
+    451,
+    "4.3.0",
+    "Another reply to this completion request is being processed right now; please try again later",
+)
 BACKEND_AUTH_FAILED = _reply(
     "BACKEND_AUTH_FAILED",
     451,

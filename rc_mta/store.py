@@ -2,16 +2,20 @@
 
 Exactly-once rests on the database: a task changes state with a conditional UPDATE
 (``WHERE status = 'in_progress'``), and a request is answered at most once because
-``used_tokens`` has the request id as its primary key. No lock in the process is
-needed, so several instances can share one PostgreSQL.
+``used_tokens`` has the request id as its primary key. Each attempt at answering holds
+the claim under its own random attempt id, so two deliveries of one message (a sender
+retrying, several MX hosts) never both act, and one never gives back the other's claim.
+No lock in the process is needed, so several instances can share one PostgreSQL.
 """
 
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +33,15 @@ from sqlalchemy import (
     create_engine,
     event,
     insert,
+    inspect,
     literal,
     select,
+    text,
     update,
 )
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import ExceptionContext, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.schema import CreateTable
 
 from .errors import TemporaryFailure
 
@@ -86,6 +93,9 @@ used_tokens = Table(
     Column("state", String(16), nullable=False),  # pending | done
     Column("claimed_at", Float, nullable=False),
     Column("done_at", Float),
+    # Which attempt holds the claim: only it may finish or release it. Nullable because
+    # rows written before this column existed have none (they can only go stale).
+    Column("attempt", String(32)),
 )
 
 processed_messages = Table(
@@ -97,6 +107,17 @@ processed_messages = Table(
     Column("source", String(16), nullable=False),
     Column("reply", String(64), nullable=False),
     Column("code", Integer, nullable=False),
+    Column("at", Float, nullable=False),
+)
+
+# Rows of the writability probe are kept this long.
+PROBE_KEPT_SECONDS = 60.0
+
+store_probe = Table(
+    "store_probe",
+    metadata,
+    # Each readiness probe writes a row here: ready means writable.
+    Column("id", String(32), primary_key=True),
     Column("at", Float, nullable=False),
 )
 
@@ -147,10 +168,29 @@ class Claim:
     state: str
     claimed_at: float
     done_at: float | None
+    attempt: str | None = None
 
     @property
     def done(self) -> bool:
         return self.state == "done"
+
+
+class ClaimOutcome(Enum):
+    """What trying to claim a request found."""
+
+    OURS = "ours"  # this attempt holds the claim: it may act
+    DONE = "done"  # answered already; the claim row says by which message
+    BUSY = "busy"  # another live attempt (maybe a copy of this very message) is answering it
+    REVOKED = "revoked"  # the request row says it was withdrawn
+
+
+# Claiming retries this often when the row it collided with was given back meanwhile.
+CLAIM_TRIES = 5
+
+
+def new_attempt_id() -> str:
+    """A fresh identity for one attempt at acting on a request (one delivery of a reply)."""
+    return secrets.token_hex(12)
 
 
 class Store:
@@ -159,14 +199,42 @@ class Store:
     def __init__(self, url: str, busy_timeout: float = 5.0) -> None:
         self.url = url
         self.engine = _make_engine(url, busy_timeout)
+        self._file = _sqlite_file(url)
+        self._file_identity: tuple[int, int] | None = None
 
     def create_schema(self) -> None:
         with self._begin() as conn:
             metadata.create_all(conn)
+        self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        """Bring a store made by an older version up to date (``create_all`` adds tables,
+        not columns). Several instances may start at once: a column another one added
+        between our look and our ALTER is fine."""
+        with self._begin() as conn:
+            have = {c["name"] for c in inspect(conn).get_columns("used_tokens")}
+        if "attempt" in have:
+            return
+        try:
+            with self._begin() as conn:
+                conn.execute(text("ALTER TABLE used_tokens ADD COLUMN attempt VARCHAR(32)"))
+        except TemporaryFailure:
+            with self._begin() as conn:
+                if "attempt" not in {c["name"] for c in inspect(conn).get_columns("used_tokens")}:
+                    raise
 
     def ping(self) -> None:
+        """Prove the store takes a write, not only that it answers: a store that can only
+        be read (a SQLite file opened while it was not writable, a PostgreSQL standby) or
+        whose file was deleted must not look ready. Creates its small table if missing,
+        so ``check-config`` can ask a store no service has started on yet."""
+        now = time.time()
         with self._begin() as conn:
-            conn.execute(select(1))
+            conn.execute(CreateTable(store_probe, if_not_exists=True))
+            # A fresh row each time: concurrent probes (several instances, or /readyz asked
+            # twice at once) never collide; old rows of anyone's are cleared on the way.
+            conn.execute(store_probe.delete().where(store_probe.c.at < now - PROBE_KEPT_SECONDS))
+            conn.execute(insert(store_probe).values(id=secrets.token_hex(8), at=now))
 
     def close(self) -> None:
         self.engine.dispose()
@@ -174,6 +242,7 @@ class Store:
     @contextmanager
     def _begin(self) -> Iterator[Connection]:
         """A transaction; database trouble becomes a TemporaryFailure (the sender retries)."""
+        self._check_file()
         try:
             with self.engine.begin() as conn:
                 yield conn
@@ -181,6 +250,26 @@ class Store:
             raise
         except (OperationalError, DBAPIError) as exc:
             raise TemporaryFailure(f"store unavailable: {exc.orig or exc}") from exc
+
+    def _check_file(self) -> None:
+        """SQLite keeps writing into a database file that was deleted (or its directory
+        removed) through the connections it has open: every answer would go into a file
+        no one will read. Refuse (451, not ready) once the path no longer leads to the file
+        we opened, until an operator restores it and restarts."""
+        if self._file is None:
+            return
+        try:
+            found = self._file.stat()
+        except FileNotFoundError:
+            if self._file_identity is None:
+                return  # not created yet: the first connection creates it
+            found = None
+        identity = (found.st_dev, found.st_ino) if found else None
+        if self._file_identity is None:
+            self._file_identity = identity
+        elif identity != self._file_identity:
+            self.engine.dispose()  # let go of the deleted file's space
+            raise TemporaryFailure(f"the store file {self._file} was removed or replaced since rc-mta opened it")
 
     # Tasks (embedded backend) -------------------------------------------------------
 
@@ -252,13 +341,21 @@ class Store:
     # Used tokens: the exactly-once claim ----------------------------------------------
 
     def claim(
-        self, request_id: str, message_id: str, action: str, actor: str, now: float, stale_after: float
-    ) -> tuple[bool, Claim | None]:
-        """Claim a request for one message. Returns (ours, the claim row).
+        self,
+        request_id: str,
+        attempt: str,
+        message_id: str,
+        action: str,
+        actor: str,
+        now: float,
+        stale_after: float,
+    ) -> tuple[ClaimOutcome, Claim | None]:
+        """Claim a request for one attempt at answering it with one message.
 
-        Ours when the row is new, when it is a pending claim of this same message (the
-        sender retrying), or when a pending claim went stale (its process died). No row
-        at all means the request was revoked (or never existed).
+        OURS when the row is new or when a pending claim went stale (its process died).
+        A pending claim of another attempt is BUSY even when it is for this same message:
+        that is another delivery of it, still at work. REVOKED only when the request row
+        says so; a claim given back between our insert and our read is claimed again.
         """
         row: dict[str, Any] = {
             "request_id": request_id,
@@ -268,47 +365,80 @@ class Store:
             "state": "pending",
             "claimed_at": now,
             "done_at": None,
+            "attempt": attempt,
         }
         live = requests.c.revoked_at.is_(None)
-        columns = ["request_id", "message_id", "action", "actor", "state", "claimed_at"]
+        columns = ["request_id", "message_id", "action", "actor", "state", "claimed_at", "attempt"]
         # Only a request that is not revoked can be claimed: the check and the insert are one statement.
         if_live = select(*(literal(row[c]) for c in columns)).where(requests.c.id == request_id, live)
-        try:
+        # SQLAlchemy keeps an INSERT's rowcount only when asked (it reads -1 on psycopg otherwise).
+        claim_row = insert(used_tokens).from_select(columns, if_live).execution_options(preserve_rowcount=True)
+        for _ in range(CLAIM_TRIES):
+            try:
+                with self._begin() as conn:
+                    inserted = conn.execute(claim_row).rowcount
+                if inserted == 1:
+                    return ClaimOutcome.OURS, Claim(**row)
+                # Nothing to insert from: the request is revoked (or gone), and no one answered it.
+                return ClaimOutcome.REVOKED, None
+            except IntegrityError:
+                pass
             with self._begin() as conn:
-                inserted = conn.execute(insert(used_tokens).from_select(columns, if_live)).rowcount
-            if inserted == 1:
-                return True, Claim(**row)
-        except IntegrityError:
-            pass
+                # The write first: on SQLite it takes the write lock, so the read below is current.
+                taken = conn.execute(
+                    update(used_tokens)
+                    .where(
+                        used_tokens.c.request_id == request_id,
+                        used_tokens.c.state == "pending",
+                        (used_tokens.c.attempt == attempt) | (used_tokens.c.claimed_at < now - stale_after),
+                        used_tokens.c.request_id.in_(select(requests.c.id).where(live)),
+                    )
+                    .values(message_id=message_id, action=action, actor=actor, claimed_at=now, attempt=attempt)
+                ).rowcount
+                found = (
+                    conn.execute(
+                        select(used_tokens, requests.c.revoked_at)
+                        .join(requests, requests.c.id == used_tokens.c.request_id)
+                        .where(used_tokens.c.request_id == request_id)
+                    )
+                    .mappings()
+                    .first()
+                )
+            if found is None:
+                continue  # given back between our insert and our read: try again
+            current = Claim(**{c.name: found[c.name] for c in used_tokens.c})
+            if taken == 1:
+                return ClaimOutcome.OURS, current
+            if current.done:
+                return ClaimOutcome.DONE, current
+            if found["revoked_at"] is not None:
+                return ClaimOutcome.REVOKED, current
+            return ClaimOutcome.BUSY, current
+        raise TemporaryFailure(f"the claim on request {request_id} kept changing hands")
+
+    def finish_claim(self, request_id: str, attempt: str, now: float) -> bool:
+        """Mark this attempt's claim answered; False if it no longer holds it (it was
+        taken over as stale while the backend call took longer than that)."""
         with self._begin() as conn:
-            taken = conn.execute(
+            changed = conn.execute(
                 update(used_tokens)
                 .where(
                     used_tokens.c.request_id == request_id,
+                    used_tokens.c.attempt == attempt,
                     used_tokens.c.state == "pending",
-                    (used_tokens.c.message_id == message_id) | (used_tokens.c.claimed_at < now - stale_after),
-                    used_tokens.c.request_id.in_(select(requests.c.id).where(live)),
                 )
-                .values(message_id=message_id, action=action, actor=actor, claimed_at=now)
-            ).rowcount
-            current = conn.execute(select(used_tokens).where(used_tokens.c.request_id == request_id)).mappings().first()
-        return taken == 1, (Claim(**current) if current else None)
-
-    def finish_claim(self, request_id: str, message_id: str, now: float) -> None:
-        with self._begin() as conn:
-            conn.execute(
-                update(used_tokens)
-                .where(used_tokens.c.request_id == request_id, used_tokens.c.message_id == message_id)
                 .values(state="done", done_at=now)
-            )
+            ).rowcount
+        return changed == 1
 
-    def release_claim(self, request_id: str, message_id: str) -> None:
-        """Give a claim back after a temporary failure, so any later reply may try."""
+    def release_claim(self, request_id: str, attempt: str) -> None:
+        """Give this attempt's claim back after a failure, so any later reply may try.
+        Another attempt's claim (a copy of the same message included) is left alone."""
         with self._begin() as conn:
             conn.execute(
                 used_tokens.delete().where(
                     used_tokens.c.request_id == request_id,
-                    used_tokens.c.message_id == message_id,
+                    used_tokens.c.attempt == attempt,
                     used_tokens.c.state == "pending",
                 )
             )
@@ -370,12 +500,27 @@ class Store:
         return [Task(**row, comments=tuple(by_task.get(row["id"], ()))) for row in rows]
 
 
+def _sqlite_file(url: str) -> Path | None:
+    """The absolute path of a SQLite store's file; None for PostgreSQL or in memory."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        return None
+    return Path(parsed.database).absolute()
+
+
 def _make_engine(url: str, busy_timeout: float) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"timeout": busy_timeout, "check_same_thread": False})
+
+        @event.listens_for(engine, "handle_error")
+        def _reopen_when_read_only(context: ExceptionContext) -> None:
+            # A connection opened while the file was not writable stays read-only for good:
+            # treat it as lost, so the pool reopens its connections once the file is writable.
+            if "readonly database" in str(context.original_exception):
+                context.is_disconnect = True
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -388,8 +533,24 @@ def _make_engine(url: str, busy_timeout: float) -> Engine:
         return engine
     if parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")
-    return create_engine(
+    engine = create_engine(
         parsed,
         pool_pre_ping=True,
         connect_args={"connect_timeout": max(1, int(busy_timeout))},
     )
+    if parsed.get_backend_name() == "postgresql":
+        # PostgreSQL has no busy_timeout: a held lock would stall every transaction for as
+        # long as it is held. Waiting for a lock gives up after busy_timeout, any statement
+        # a while later; both raise OperationalError, which ``_begin`` turns into a 451.
+        lock_ms = max(1, int(busy_timeout * 1000))
+        statement_ms = 3 * lock_ms
+
+        @event.listens_for(engine, "connect")
+        def _postgresql_timeouts(dbapi_conn: Any, _record: Any) -> None:
+            cursor = dbapi_conn.cursor()
+            cursor.execute(f"SET lock_timeout = {lock_ms}")
+            cursor.execute(f"SET statement_timeout = {statement_ms}")
+            cursor.close()
+            dbapi_conn.commit()  # else the pool's reset rolls the settings back
+
+    return engine

@@ -6,11 +6,15 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from sqlalchemy import event, text
 
-from rc_mta.store import Request, Store
+from rc_mta.store import ClaimOutcome, Request, Store
 from rc_mta.tokens import new_request_id
+
+ALICE = "alice@example.com"
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -72,8 +76,8 @@ def test_racing_claims_on_one_request_let_exactly_one_win(store: Store) -> None:
 
     def claim(i: int) -> None:
         barrier.wait()
-        ours, _ = store.claim(request.id, f"<m{i}@x>", "complete", "alice@example.com", time.time(), 600)
-        if ours:
+        outcome, _ = store.claim(request.id, f"a{i}", f"<m{i}@x>", "complete", ALICE, time.time(), 600)
+        if outcome is ClaimOutcome.OURS:
             wins.append(f"<m{i}@x>")
 
     threads = [threading.Thread(target=claim, args=(i,)) for i in range(6)]
@@ -87,35 +91,128 @@ def test_racing_claims_on_one_request_let_exactly_one_win(store: Store) -> None:
     assert claim_row is not None and claim_row.message_id == wins[0]
 
 
-def test_same_message_may_retake_its_pending_claim_and_others_may_not(store: Store) -> None:
+def test_racing_copies_of_one_message_let_exactly_one_act(store: Store) -> None:
+    request = _request(store, "t-1b")
+    outcomes: list[ClaimOutcome] = []
+    barrier = threading.Barrier(6)
+
+    def claim(i: int) -> None:
+        barrier.wait()
+        outcomes.append(store.claim(request.id, f"a{i}", "<same@x>", "complete", ALICE, time.time(), 600)[0])
+
+    threads = [threading.Thread(target=claim, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    assert sorted(o.value for o in outcomes) == ["busy"] * 5 + ["ours"]
+
+
+def test_another_copy_of_a_message_being_answered_is_not_ours_until_stale(store: Store) -> None:
     request = _request(store, "t-2")
     now = time.time()
-    assert store.claim(request.id, "<a@x>", "complete", "alice@example.com", now, 600)[0]
+    assert store.claim(request.id, "a", "<a@x>", "complete", ALICE, now, 600)[0] is ClaimOutcome.OURS
 
-    assert store.claim(request.id, "<a@x>", "complete", "alice@example.com", now + 1, 600)[0]
-    assert not store.claim(request.id, "<b@x>", "fail", "alice@example.com", now + 2, 600)[0]
-    assert store.claim(request.id, "<b@x>", "fail", "alice@example.com", now + 700, 600)[0]  # stale
+    outcome, claim = store.claim(request.id, "b", "<a@x>", "complete", ALICE, now + 1, 600)
+    assert outcome is ClaimOutcome.BUSY and claim is not None and claim.message_id == "<a@x>"
+    assert store.claim(request.id, "c", "<c@x>", "fail", ALICE, now + 2, 600)[0] is ClaimOutcome.BUSY
+    assert store.claim(request.id, "c", "<c@x>", "fail", ALICE, now + 700, 600)[0] is ClaimOutcome.OURS  # stale
+
+
+def test_a_copy_that_loses_the_claim_cannot_give_back_or_finish_the_winners(store: Store) -> None:
+    request = _request(store, "t-2b")
+    now = time.time()
+    store.claim(request.id, "a", "<a@x>", "complete", ALICE, now, 600)
+    store.claim(request.id, "b", "<a@x>", "complete", ALICE, now, 600)  # BUSY
+
+    store.release_claim(request.id, "b")  # b's backend call "failed": it gives back what it holds
+    assert not store.finish_claim(request.id, "b", now)
+
+    claim = store.get_claim(request.id)
+    assert claim is not None and claim.attempt == "a" and not claim.done
+    assert store.claim(request.id, "c", "<c@x>", "fail", ALICE, now + 1, 600)[0] is ClaimOutcome.BUSY
+    assert store.finish_claim(request.id, "a", now + 2)
+    outcome, claim = store.claim(request.id, "d", "<a@x>", "complete", ALICE, now + 3, 600)
+    assert outcome is ClaimOutcome.DONE and claim is not None and claim.message_id == "<a@x>"
+
+
+def test_the_first_attempt_giving_back_lets_the_copys_retry_claim(store: Store) -> None:
+    request = _request(store, "t-2c")
+    now = time.time()
+    store.claim(request.id, "a", "<a@x>", "complete", ALICE, now, 600)
+    assert store.claim(request.id, "b", "<a@x>", "complete", ALICE, now, 600)[0] is ClaimOutcome.BUSY
+
+    store.release_claim(request.id, "a")  # a's backend call failed
+
+    assert store.claim(request.id, "b", "<a@x>", "complete", ALICE, now + 1, 600)[0] is ClaimOutcome.OURS
+    assert not store.finish_claim(request.id, "a", now + 2)  # a holds nothing any more
+    assert store.finish_claim(request.id, "b", now + 2)
+
+
+def test_a_stale_attempt_taken_over_can_no_longer_finish_or_release(store: Store) -> None:
+    request = _request(store, "t-2d")
+    now = time.time()
+    store.claim(request.id, "a", "<a@x>", "complete", ALICE, now, 600)
+    assert store.claim(request.id, "b", "<b@x>", "fail", ALICE, now + 700, 600)[0] is ClaimOutcome.OURS
+
+    store.release_claim(request.id, "a")
+    assert not store.finish_claim(request.id, "a", now + 701)
+
+    claim = store.get_claim(request.id)
+    assert claim is not None and (claim.attempt, claim.message_id, claim.done) == ("b", "<b@x>", False)
+
+
+def test_a_claim_given_back_between_insert_and_read_is_claimed_not_called_withdrawn(store: Store) -> None:
+    """The window the fault campaign hit: B's insert collides with A's claim, A gives it
+    back, and only then does B look at the row."""
+    request = _request(store, "t-2e")
+    now = time.time()
+    store.claim(request.id, "a", "<a@x>", "complete", ALICE, now, 600)
+    other = Store(store.url, busy_timeout=5)
+    collided: list[bool] = []
+
+    @event.listens_for(store.engine, "handle_error")
+    def _collided(context: Any) -> None:
+        collided.append(True)
+
+    @event.listens_for(store.engine, "before_cursor_execute")
+    def _release_after_collision(*_: Any) -> None:
+        if collided == [True]:
+            collided.append(True)
+            other.release_claim(request.id, "a")  # on its own connection, as another process
+
+    try:
+        outcome, claim = store.claim(request.id, "b", "<b@x>", "fail", ALICE, now + 1, 600)
+    finally:
+        event.remove(store.engine, "handle_error", _collided)
+        event.remove(store.engine, "before_cursor_execute", _release_after_collision)
+        other.close()
+
+    assert collided == [True, True]  # the interleaving happened
+    assert outcome is ClaimOutcome.OURS
+    assert claim is not None and (claim.attempt, claim.message_id) == ("b", "<b@x>")
 
 
 def test_finished_claim_is_never_taken_over(store: Store) -> None:
     request = _request(store, "t-3")
     now = time.time()
-    store.claim(request.id, "<a@x>", "complete", "alice@example.com", now, 600)
-    store.finish_claim(request.id, "<a@x>", now)
+    store.claim(request.id, "a", "<a@x>", "complete", ALICE, now, 600)
+    assert store.finish_claim(request.id, "a", now)
 
-    ours, claim = store.claim(request.id, "<a@x>", "complete", "alice@example.com", now + 10_000, 600)
+    outcome, claim = store.claim(request.id, "b", "<a@x>", "complete", ALICE, now + 10_000, 600)
 
-    assert not ours
+    assert outcome is ClaimOutcome.DONE
     assert claim is not None and claim.done and claim.message_id == "<a@x>"
 
 
 def test_released_claim_lets_a_later_reply_try(store: Store) -> None:
     request = _request(store, "t-4")
     now = time.time()
-    store.claim(request.id, "<a@x>", "complete", "alice@example.com", now, 600)
-    store.release_claim(request.id, "<a@x>")
+    store.claim(request.id, "a", "<a@x>", "complete", ALICE, now, 600)
+    store.release_claim(request.id, "a")
 
-    assert store.claim(request.id, "<b@x>", "fail", "alice@example.com", now, 600)[0]
+    assert store.claim(request.id, "b", "<b@x>", "fail", ALICE, now, 600)[0] is ClaimOutcome.OURS
 
 
 def test_revoked_request_is_marked(store: Store) -> None:
@@ -131,7 +228,56 @@ def test_revoked_request_cannot_be_claimed(store: Store) -> None:
     request = _request(store, "t-6")
     store.revoke_request(request.id, time.time())
 
-    ours, claim = store.claim(request.id, "<a@x>", "complete", "alice@example.com", time.time(), 600)
+    outcome, claim = store.claim(request.id, "a", "<a@x>", "complete", ALICE, time.time(), 600)
 
-    assert (ours, claim) == (False, None)
+    assert (outcome, claim) == (ClaimOutcome.REVOKED, None)
     assert store.get_claim(request.id) is None
+
+
+def test_a_request_revoked_while_a_claim_is_pending_is_withdrawn_for_the_next_reply(store: Store) -> None:
+    request = _request(store, "t-7")
+    store.claim(request.id, "a", "<a@x>", "complete", ALICE, time.time(), 600)
+    store.revoke_request(request.id, time.time())
+
+    assert store.claim(request.id, "b", "<b@x>", "fail", ALICE, time.time(), 600)[0] is ClaimOutcome.REVOKED
+
+
+def test_a_store_from_before_attempt_ids_is_upgraded_and_its_pending_claims_only_go_stale(store: Store) -> None:
+    request = _request(store, "t-8")
+    now = time.time()
+    with store.engine.begin() as conn:
+        conn.execute(text("ALTER TABLE used_tokens DROP COLUMN attempt"))
+        conn.execute(
+            text(
+                "INSERT INTO used_tokens (request_id, message_id, action, actor, state, claimed_at)"
+                " VALUES (:r, '<old@x>', 'complete', :a, 'pending', :t)"
+            ),
+            {"r": request.id, "a": ALICE, "t": now},
+        )
+    store.engine.dispose()  # SQLite caches the old table shape per connection
+
+    store.create_schema()  # what the new version does at start
+
+    assert store.claim(request.id, "a", "<old@x>", "complete", ALICE, now + 1, 600)[0] is ClaimOutcome.BUSY
+    assert store.claim(request.id, "a", "<old@x>", "complete", ALICE, now + 700, 600)[0] is ClaimOutcome.OURS
+    assert store.finish_claim(request.id, "a", now + 701)
+
+
+def test_readiness_probes_at_the_same_moment_all_pass(store: Store) -> None:
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(6)
+
+    def probe() -> None:
+        barrier.wait()
+        try:
+            store.ping()
+        except Exception as exc:  # collected for the assertion
+            errors.append(exc)
+
+    threads = [threading.Thread(target=probe) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    assert errors == []
