@@ -3,23 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import email.policy
 import logging
 import signal
 import time
 from dataclasses import dataclass
+from email.parser import BytesHeaderParser
+from email.utils import getaddresses
 from typing import Any
 
 from . import metrics
 from .api import add_api_routes
 from .config import Settings, SigningConfig
 from .dns import DnsResolver
-from .errors import ConfigError, PermanentRefusal, RcMtaError
+from .errors import ConfigError, RcMtaError
 from .http import Health, make_app, metrics_app, start_http
 from .inbound import start_listener
 from .logs import install_runtime_controls, sd_notify
 from .mailbox import make_poller
 from .outbound import SentRequest, Transport, compose, make_transport, reply_addresses
-from .pipeline import Arrival, Pipeline, read_message
+from .pipeline import Decision, Inbound, Pipeline
 from .sender_auth import Client, SenderAuth
 from .store import Request, Store
 from .tasks import TaskBackend, TaskNotFound, make_backend
@@ -161,46 +164,25 @@ class Service:
         )
 
     async def diagnose(
-        self, raw: bytes, mail_from: str | None = None, client_ip: str | None = None, helo: str | None = None
+        self, raw: bytes, *, client: Client | None, mail_from: str | None = None, as_mailbox: bool = False
     ) -> dict[str, Any]:
-        """Judge a saved message as if it had arrived (over SMTP, given the client), without acting."""
-        try:
-            raw, parsed = read_message(raw, mail_from)
-        except PermanentRefusal as exc:
-            token = {"address": "", "valid": False, "error": str(exc.reply)}
-            return _diagnosis(token, None, "", None, "refuse", str(exc.reply), {})
-        client = Client(ip=client_ip, helo=helo or client_ip, peer_ip=client_ip)
-        arrival = Arrival("file", mail_from if mail_from is not None else parsed.from_address, client)
-        auth = await self.pipeline.authenticate(arrival, raw, parsed)
-        message_id = parsed.message_id or "(none)"
-        recipients, refused = await self.pipeline.recipients_from_headers(parsed)
-        checks = {name: verdict.as_json() for name, verdict in auth.verdicts.items()}
-        if refused and not recipients:
-            address, reply = refused[0].recipient.address, str(refused[0].reply)
-            token = {"address": address, "valid": False, "error": reply}
-            return _diagnosis(token, None, parsed.comment, parsed.auto_reply, refused[0].would, reply, checks)
-        recipient = recipients[0]
-        token_view: dict[str, Any] = {"address": recipient.address, "valid": False}
-        decision = await self.pipeline.decide(parsed, message_id, recipient, auth, act=False, source="file")
-        if decision.token is not None:
-            token_view.update(
-                valid=True,
-                request_id=decision.token.request_id,
-                key_id=decision.token.key_id,
-                token_action=decision.token.action.label,
-                expires_at=decision.token.expires_at,
-                task_id=decision.request.task_id if decision.request else None,
+        """Judge a saved message exactly as the live path would, without acting: over SMTP
+        from ``client`` (unknown when None), or, ``as_mailbox``, as a poller reads it."""
+        if as_mailbox:
+            trusted = tuple(self.settings.mailbox.trusted_authserv_ids)
+            inbound = Inbound(raw, "file", trusted_ids=trusted)
+            assumed = f"read from a mailbox, believing the stamps of {', '.join(trusted) or 'no receiver'}"
+        else:
+            client = client or Client(ip=None, helo=None)
+            mail_from = mail_from if mail_from is not None else _header_from(raw)
+            inbound = Inbound(raw, "file", client=client, mail_from=mail_from)
+            assumed = (
+                f"SMTP from {client.ip or 'an unknown client'}"
+                f" (HELO {client.helo or '-'}, MAIL FROM <{mail_from or ''}>)"
             )
-        return _diagnosis(
-            token_view,
-            decision.action,
-            decision.comment,
-            decision.auto_reply or parsed.auto_reply,
-            decision.would,
-            str(decision.reply),
-            decision.checks,
-            decision.authentication_results,
-        )
+        decisions = await self.pipeline.process(inbound, act=False)
+        views = [_decision_view(d) for d in decisions]
+        return {**views[0], "assumed": assumed, "decisions": views}
 
     async def serve(self, stop: asyncio.Event | None = None) -> None:
         """Run every part on this loop until SIGTERM/SIGINT (or ``stop``)."""
@@ -263,26 +245,35 @@ class Service:
         log.info("rc-mta stopped")
 
 
-def _diagnosis(
-    token: dict[str, Any],
-    action: str | None,
-    comment: str,
-    auto_reply: str | None,
-    would: str,
-    smtp_reply: str,
-    checks: dict[str, dict[str, str]],
-    authentication_results: str = "",
-) -> dict[str, Any]:
+def _decision_view(decision: Decision) -> dict[str, Any]:
+    token: dict[str, Any] = {"address": decision.recipient.address, "valid": decision.token is not None}
+    if decision.token is not None:
+        token.update(
+            request_id=decision.token.request_id,
+            key_id=decision.token.key_id,
+            token_action=decision.token.action.label,
+            expires_at=decision.token.expires_at,
+            task_id=decision.request.task_id if decision.request else None,
+        )
+    elif not decision.reply.accepted:
+        token["error"] = str(decision.reply)
     return {
-        "checks": checks,
+        "checks": decision.checks,
         "token": token,
-        "action": action,
-        "comment": comment,
-        "auto_reply": auto_reply,
-        "would": would,
-        "smtp_reply": smtp_reply,
-        "authentication_results": authentication_results,
+        "action": decision.action.value if decision.action else None,
+        "comment": decision.comment,
+        "auto_reply": decision.auto_reply,
+        "would": decision.outcome.value,
+        "smtp_reply": str(decision.reply),
+        "authentication_results": decision.authentication_results,
     }
+
+
+def _header_from(raw: bytes) -> str | None:
+    """The From address, standing in for MAIL FROM when diagnose is not told one."""
+    parsed = BytesHeaderParser(policy=email.policy.compat32).parsebytes(raw[:65536])
+    found = [address for _, address in getaddresses([str(parsed.get("From", ""))]) if address]
+    return found[0] if len(found) == 1 else None
 
 
 def _safe_url(url: str) -> str:

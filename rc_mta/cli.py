@@ -20,6 +20,7 @@ from .app import Service, signing_secrets
 from .config import Settings, config_path, load_settings, parse_host_port
 from .errors import RcMtaError
 from .logs import LEVELS, PIDFILE, mask_secrets, running_pid, secret_values, setup_logging
+from .sender_auth import Client
 from .store import Store
 from .tokens import WeakKeyFile, new_secret, read_key_file, write_key_file
 
@@ -114,18 +115,22 @@ def cmd_diagnose(settings: Settings, args: argparse.Namespace) -> int:
         raise RcMtaError(f"cannot read {args.file}: {exc.strerror}") from None
     service = Service.open(settings, require_key=True)
     try:
-        result = asyncio.run(service.diagnose(raw, mail_from=args.mail_from, client_ip=args.client_ip, helo=args.helo))
+        as_mailbox = args.as_mailbox or (args.client_ip is None and settings.mailbox.source != "none")
+        client = Client(ip=args.client_ip, helo=args.helo or args.client_ip, peer_ip=args.client_ip)
+        result = asyncio.run(service.diagnose(raw, client=client, mail_from=args.mail_from, as_mailbox=as_mailbox))
     finally:
         service.close()
     if args.json:
         _print_json(result)
     else:
-        for key in ("would", "smtp_reply", "action", "auto_reply", "authentication_results"):
-            print(f"{key + ':':<12}{result[key]}")
-        print(f"{'token:':<12}{json.dumps(result['token'])}")
-        for name, verdict in result["checks"].items():
-            print(f"{'check:':<12}{name} {json.dumps(verdict)}")
-        print(f"{'comment:':<12}{result['comment']!r}")
+        print(f"{'assumed:':<12}{result['assumed']}")
+        for decision in result["decisions"]:
+            for key in ("would", "smtp_reply", "action", "auto_reply", "authentication_results"):
+                print(f"{key + ':':<12}{decision[key]}")
+            print(f"{'token:':<12}{json.dumps(decision['token'])}")
+            for name, verdict in decision["checks"].items():
+                print(f"{'check:':<12}{name} {json.dumps(verdict)}")
+            print(f"{'comment:':<12}{decision['comment']!r}")
     return 0
 
 
@@ -593,6 +598,11 @@ def build_parser() -> argparse.ArgumentParser:
     diagnose.add_argument("--mail-from", help="the envelope sender, as if received over SMTP")
     diagnose.add_argument("--client-ip", help="the sending host's IP, as if it had connected")
     diagnose.add_argument("--helo", help="the sending host's HELO/EHLO name")
+    diagnose.add_argument(
+        "--as-mailbox",
+        action="store_true",
+        help="judge it as a mailbox poller would (the default when [mailbox] source is set and no --client-ip)",
+    )
     diagnose.add_argument("--json", action="store_true")
     diagnose.set_defaults(run=cmd_diagnose)
 

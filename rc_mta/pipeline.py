@@ -1,19 +1,24 @@
-"""The one path every reply takes, whichever way it arrived (SMTP, LMTP, a mailbox).
+"""The one path every reply takes, whichever door it came through.
 
-Read top to bottom: a recipient is checked when it is named (RCPT), then the message is
-judged (``evaluate``: no side effects, also what ``diagnose`` shows), then acted on
-(``act``: claim the request, drive the task backend, answer). Refusals are
-``PermanentRefusal``; anything that may work later becomes a 4xx so the sender retries.
+SMTP, LMTP, the IMAP and Graph pollers and ``rc-mta diagnose`` each build one ``Inbound``
+(the raw message, the connection facts or none, the recipients or none) and call
+``Pipeline.process``. Read top to bottom: the bytes are read once (``read_message``), the
+recipients found, the sender authenticated (SMTP facts, or a mailbox's trusted stamps),
+each recipient judged (``evaluate``: no side effects), acted on when asked (``act``: claim
+the request, drive the task backend), and only then recorded, counted, archived and
+logged (``_after``), the same way for every door. So ``diagnose`` answers what the live
+path would, by construction. Anything that may work later is a 4xx: the sender retries.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from email.message import EmailMessage
 from email.utils import getaddresses
 
@@ -42,15 +47,24 @@ log = logging.getLogger("rc_mta.pipeline")
 STALE_CLAIM_SECONDS = 600.0
 
 
-@dataclass(frozen=True)
-class Arrival:
-    """What we know about how a message reached us."""
+class Outcome(enum.Enum):
+    """What a message comes to, for one recipient."""
 
-    source: str  # smtp | lmtp | file
-    mail_from: str | None  # envelope sender; "" is the null sender <>
-    client: Client | None = None  # the original sending host; None when unknown (a saved file)
-    auth: AuthState | None = None  # verdicts of the MAIL stage, when there was one
-    received_at: float = field(default_factory=time.monotonic)
+    COMPLETE = "complete"
+    FAIL = "fail"
+    DROP = "drop"  # machine mail: accepted and discarded
+    REFUSE = "refuse"
+    ALREADY_DONE = "already_done"  # this very message acted before (a retry)
+    RETRY = "retry"  # a 4xx: the sender (or the poller) tries again
+
+
+class TaskAction(enum.Enum):
+    COMPLETE = "complete"
+    FAIL = "fail"
+
+    @property
+    def past(self) -> str:
+        return "completed" if self is TaskAction.COMPLETE else "failed"
 
 
 @dataclass(frozen=True)
@@ -62,20 +76,41 @@ class Recipient:
     request: Request | None = None
 
 
-@dataclass
+@dataclass(frozen=True)
+class Inbound:
+    """One message at one door: all that differs between SMTP, LMTP, a mailbox and diagnose.
+
+    ``client`` is the sending host as the SMTP session knew it; without one (a mailbox), the
+    sender is judged by the stamps of the receivers in ``trusted_ids`` and by DKIM.
+    ``recipients`` are those accepted at RCPT; without them, they are found in the headers.
+    """
+
+    raw: bytes
+    source: str  # smtp | lmtp | imap | graph | file
+    client: Client | None = None
+    mail_from: str | None = None  # envelope sender; "" is the null sender <>
+    recipients: tuple[Recipient, ...] | None = None
+    mail_auth: AuthState | None = None  # the MAIL stage's verdicts, when it already ran
+    trusted_ids: tuple[str, ...] = ()
+    received_at: float = field(default_factory=time.monotonic)
+
+
+@dataclass(frozen=True)
 class Decision:
-    """What the pipeline makes of one message for one recipient."""
+    """What the pipeline makes of one message for one recipient: always the verdicts and the
+    Authentication-Results with it, whichever way it ends."""
 
     reply: SmtpReply
-    would: str  # complete | fail | drop | refuse | already_done | retry
+    outcome: Outcome
     recipient: Recipient
     token: Token | None = None
     request: Request | None = None
-    action: str | None = None
+    action: TaskAction | None = None
     comment: str = ""
     auto_reply: str | None = None
     checks: dict[str, dict[str, str]] = field(default_factory=dict)
     authentication_results: str = ""
+    message_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -86,12 +121,19 @@ class MailboxOutcome:
     decisions: list[Decision]
     message_id: str
 
+    @classmethod
+    def of(cls, decisions: list[Decision]) -> MailboxOutcome:
+        if any(d.reply.temporary for d in decisions):
+            disposition = "retry"
+        elif any(d.reply.accepted for d in decisions):
+            disposition = "processed"
+        else:
+            disposition = "rejected"
+        return cls(disposition, decisions, decisions[0].message_id if decisions else "")
+
     @property
     def reason(self) -> str:
         return "; ".join(str(d.reply) for d in self.decisions)
-
-
-_PAST = {"complete": "completed", "fail": "failed"}
 
 
 class Pipeline:
@@ -157,82 +199,41 @@ class Pipeline:
             raise PermanentRefusal(R.TOKEN_REVOKED)
         return token, request
 
-    # DATA ------------------------------------------------------------------------------
+    # DATA: one entry for every door ---------------------------------------------------
 
-    async def handle_message(self, arrival: Arrival, raw: bytes, recipients: Sequence[Recipient]) -> list[Decision]:
-        """Judge and act on one message for each recipient; one decision per recipient."""
-        metrics.MESSAGES_RECEIVED.labels(arrival.source).inc()
+    async def process(self, inbound: Inbound, *, act: bool) -> list[Decision]:
+        """Judge one message for each recipient (and act, if ``act``): one decision each.
+
+        Without ``act`` (``diagnose``) nothing is claimed, recorded or counted.
+        """
+        if act:
+            metrics.MESSAGES_RECEIVED.labels(inbound.source).inc()
+        envelope_sender = inbound.mail_from if inbound.client is not None else _return_path(inbound.raw)
         try:
             # Off the loop: a large message must not stall every other session while it parses.
-            raw, parsed = await asyncio.to_thread(read_message, raw, arrival.mail_from)
+            raw, parsed = await asyncio.to_thread(read_message, inbound.raw, envelope_sender)
         except PermanentRefusal as exc:
-            return await self._refuse_unreadable(arrival, raw, recipients, exc.reply)
+            message_id = _synthetic_message_id(inbound.raw)
+            unread = [Decision(exc.reply, Outcome.REFUSE, r, message_id=message_id) for r in _named(inbound)]
+            if act:
+                await self._after(inbound, inbound.raw, unread)
+            return unread
         message_id = parsed.message_id or _synthetic_message_id(raw)
-        auth = await self.authenticate(arrival, raw, parsed)
-        decisions = []
-        for recipient in recipients:
-            decision = await self.decide(parsed, message_id, recipient, auth, act=True, source=arrival.source)
-            await self._record(arrival, message_id, decision)
-            decisions.append(decision)
-            if decision.would in ("complete", "fail"):
-                metrics.REPLY_TO_COMPLETION.labels(arrival.source).observe(time.monotonic() - arrival.received_at)
-        if self.settings.inbound.archive_dir and any(d.reply.accepted for d in decisions):
-            await asyncio.to_thread(self._archive, raw, self.sender_auth.authentication_results(auth), message_id)
-        return decisions
-
-    async def _refuse_unreadable(
-        self, arrival: Arrival, raw: bytes, recipients: Sequence[Recipient], reply: SmtpReply
-    ) -> list[Decision]:
-        """A message the parsers could read two ways: refused whole, for every recipient."""
-        decisions = [Decision(reply, "refuse", recipient) for recipient in recipients or [Recipient("(none)")]]
-        for decision in decisions:
-            await self._record(arrival, _synthetic_message_id(raw), decision)
-        return decisions
-
-    def _archive(self, raw: bytes, authentication_results: str, message_id: str) -> None:
-        """Keep an accepted reply for audit, stamped with our verdicts; forged stamps removed."""
-        directory = self.settings.inbound.archive_dir
-        assert directory is not None
-        name = f"{int(self.clock() * 1000)}-{hashlib.sha256(message_id.encode()).hexdigest()[:16]}.eml"
-        stamped = (
-            f"Authentication-Results: {authentication_results}\r\n".encode()
-            + strip_forged_authentication_results(raw, self.settings.authserv_id)
-        )
-        try:
-            directory.mkdir(parents=True, exist_ok=True)
-            (directory / name).write_bytes(stamped)
-        except OSError as exc:
-            log.error("could not archive %s in %s: %s", message_id, directory, exc)
-
-    async def handle_mailbox_message(self, raw: bytes, source: str, trusted_ids: Sequence[str]) -> MailboxOutcome:
-        """The same path for a message read from a mailbox: its disposition tells the poller
-        to file it as processed, as rejected, or to leave it for the next round."""
-        arrival = Arrival(source=source, mail_from=None)
-        metrics.MESSAGES_RECEIVED.labels(source).inc()
-        try:
-            raw, parsed = await asyncio.to_thread(read_message, raw, _return_path(raw))
-        except PermanentRefusal as exc:
-            refused = await self._refuse_unreadable(arrival, raw, [Recipient("(mailbox)")], exc.reply)
-            return MailboxOutcome("rejected", refused, _synthetic_message_id(raw))
-        message_id = parsed.message_id or _synthetic_message_id(raw)
-        recipients, decisions = await self.recipients_from_headers(parsed)
-        auth = await self.sender_auth.at_mailbox(raw, _return_path(raw), parsed.from_address, trusted_ids)
-        for recipient in recipients:
-            decision = await self.decide(parsed, message_id, recipient, auth, act=True, source=source)
-            if decision.would in ("complete", "fail"):
-                metrics.REPLY_TO_COMPLETION.labels(source).observe(time.monotonic() - arrival.received_at)
-            decisions.append(decision)
-        for decision in decisions:
-            await self._record(arrival, message_id, decision)
-        if any(d.reply.temporary for d in decisions):
-            disposition = "retry"
-        elif any(d.reply.accepted for d in decisions):
-            disposition = "processed"
+        decisions: list[Decision]
+        if inbound.recipients is not None:
+            recipients, decisions = list(inbound.recipients), []
         else:
-            disposition = "rejected"
-        return MailboxOutcome(disposition, decisions, message_id)
+            recipients, decisions = await self.recipients_from_headers(parsed, message_id)
+        auth = await self.authenticate(inbound, raw, parsed, envelope_sender)
+        for recipient in recipients:
+            decisions.append(await self.decide(parsed, message_id, recipient, auth, act=act, source=inbound.source))
+        if act:
+            await self._after(inbound, raw, decisions)
+        return decisions
 
-    async def recipients_from_headers(self, parsed: ParsedReply) -> tuple[list[Recipient], list[Decision]]:
+    async def recipients_from_headers(
+        self, parsed: ParsedReply, message_id: str
+    ) -> tuple[list[Recipient], list[Decision]]:
         """Without an SMTP envelope (a mailbox, a saved file): the reply addresses of ours the
         message names, checked as at RCPT, once per request; refused ones as decisions.
         Naming none, it is the bare address: the token is looked for in the message."""
@@ -240,13 +241,14 @@ class Pipeline:
         refused: list[Decision] = []
         seen: set[str] = set()
         for address in our_addresses(parsed.message, self.settings.inbound.reply_domain):
+            named = Decision(R.OK, Outcome.REFUSE, Recipient(address), comment=parsed.comment, message_id=message_id)
             try:
                 recipient = await self.check_recipient(address)
             except PermanentRefusal as exc:
-                refused.append(Decision(exc.reply, "refuse", Recipient(address), comment=parsed.comment))
+                refused.append(replace(named, reply=exc.reply))
                 continue
             except TemporaryFailure:
-                refused.append(Decision(R.BACKEND_UNAVAILABLE, "retry", Recipient(address)))
+                refused.append(replace(named, reply=R.BACKEND_UNAVAILABLE, outcome=Outcome.RETRY))
                 continue
             key = recipient.request.id if recipient.request else address.lower()
             if key not in seen:
@@ -256,123 +258,105 @@ class Pipeline:
             recipients.append(Recipient("(bare address)"))
         return recipients, refused
 
-    async def authenticate(self, arrival: Arrival, raw: bytes, parsed: ParsedReply) -> AuthState:
-        """The DATA-stage checks (DKIM, DMARC, From whitelist, From authenticated)."""
-        client = arrival.client or Client(ip=None, helo=None)
-        state = arrival.auth
-        if state is None:
-            if client.ip is None:
-                # Judging a saved file with no SMTP facts: only what the message itself proves.
-                state = AuthState()
-            else:
-                state = await self.sender_auth.at_mail(client, arrival.mail_from or "")
+    async def authenticate(
+        self, inbound: Inbound, raw: bytes, parsed: ParsedReply, envelope_sender: str | None
+    ) -> AuthState:
+        """Who sent it: the SMTP checks on the connection's facts (the MAIL stage's, if it ran,
+        then DKIM, DMARC, the From whitelist and the owner rule), or a mailbox's trusted stamps."""
         try:
-            return await self.sender_auth.at_data(client, arrival.mail_from, raw, parsed.from_address, state)
+            if inbound.client is None:
+                return await self.sender_auth.at_mailbox(raw, envelope_sender, parsed.from_address, inbound.trusted_ids)
+            state = inbound.mail_auth or await self.sender_auth.at_mail(inbound.client, inbound.mail_from or "")
+            return await self.sender_auth.at_data(inbound.client, inbound.mail_from, raw, parsed.from_address, state)
         except Exception:
             log.exception("sender authentication failed")
-            state.refusal = R.INTERNAL_ERROR
-            return state
+            return AuthState(refusal=R.INTERNAL_ERROR)
 
     async def evaluate(
         self, parsed: ParsedReply, message_id: str, recipient: Recipient, auth: AuthState, *, acting: bool = False
     ) -> Decision:
-        """Everything short of acting: whose reply, which request, what action, what comment."""
+        """Everything short of acting: whose reply, which request, what action, what comment.
+        Refusals are raised; ``decide`` turns them into decisions that keep the verdicts."""
+        base = Decision(
+            R.OK,
+            Outcome.REFUSE,
+            recipient,
+            recipient.token,
+            recipient.request,
+            comment=parsed.comment,
+            checks={name: verdict.as_json() for name, verdict in auth.verdicts.items()},
+            authentication_results=self.sender_auth.authentication_results(auth),
+            message_id=message_id,
+        )
         if parsed.auto_reply:
-            return Decision(
-                R.AUTO_REPLY_DROPPED.with_text(why=parsed.auto_reply), "drop", recipient, auto_reply=parsed.auto_reply
-            )
-        checks = {name: verdict.as_json() for name, verdict in auth.verdicts.items()}
-        authentication_results = self.sender_auth.authentication_results(auth)
+            reply = R.AUTO_REPLY_DROPPED.with_text(why=parsed.auto_reply)
+            return replace(base, reply=reply, outcome=Outcome.DROP, comment="", auto_reply=parsed.auto_reply)
         if auth.refusal is not None:
-            would = "retry" if auth.refusal.temporary else "refuse"
-            return Decision(
-                auth.refusal,
-                would,
-                recipient,
-                checks=checks,
-                comment=parsed.comment,
-                authentication_results=authentication_results,
-            )
+            return replace(base, reply=auth.refusal, outcome=_failed(auth.refusal))
         token, request = (recipient.token, recipient.request)
         if token is None or request is None:
             token, request = await self._token_from_message(parsed)
-        decision = Decision(
-            R.OK,
-            "refuse",
-            recipient,
-            token,
-            request,
-            comment=parsed.comment,
-            checks=checks,
-            authentication_results=authentication_results,
-        )
+        base = replace(base, token=token, request=request)
 
         sender = parsed.from_address
         owner_ok = sender is not None and sender == request.owner.lower()
-        decision.checks["owner"] = {
-            "result": "pass" if owner_ok else "fail",
-            "from": sender or "",
-            "owner": request.owner,
-        }
+        base.checks["owner"] = {"result": "pass" if owner_ok else "fail", "from": sender or "", "owner": request.owner}
         if not owner_ok:
-            decision.reply = R.OWNER_MISMATCH.with_text(sender=sender or "an unknown sender", owner=request.owner)
-            return decision
+            sender_text = sender or "an unknown sender"
+            return replace(base, reply=R.OWNER_MISMATCH.with_text(sender=sender_text, owner=request.owner))
         owner_auth = auth.verdicts.get("owner_auth")
         if self.settings.checks.owner_auth.required and not auth.exempt:
             if owner_auth is not None and owner_auth.temporary:
-                decision.reply, decision.would = R.AUTH_TEMPERROR, "retry"
-                return decision
+                return replace(base, reply=R.AUTH_TEMPERROR, outcome=Outcome.RETRY)
             if owner_auth is None or owner_auth.result != "pass":
-                decision.reply = R.OWNER_NOT_AUTHENTICATED.with_text(owner=request.owner)
-                return decision
+                return replace(base, reply=R.OWNER_NOT_AUTHENTICATED.with_text(owner=request.owner))
             # "For what": what authenticated the message must also tie it to this request.
             proof = auth.binds(token.text)
-            decision.checks["binding"] = {
+            base.checks["binding"] = {
                 "result": "pass" if proof else "fail",
                 "via": f"{proof.method} {proof.domain}" if proof else "",
             }
             if proof is None:
                 domains = ", ".join(dict.fromkeys(p.domain for p in auth.proofs))
-                decision.reply = R.NOT_BOUND_TO_REQUEST.with_text(domain=domains or request.owner)
-                return decision
+                return replace(base, reply=R.NOT_BOUND_TO_REQUEST.with_text(domain=domains or request.owner))
 
         # Acting, the claim itself says whether the request was answered: no extra read.
         claim = await asyncio.to_thread(self.store.get_claim, request.id) if not acting else None
         if claim is not None and claim.done:
+            done = TaskAction(claim.action)
             if claim.message_id == message_id:
-                decision.reply = R.ALREADY_DONE.with_text(task_id=request.task_id, action_past=_PAST[claim.action])
-                decision.would, decision.action = "already_done", claim.action
-                return decision
-            raise PermanentRefusal(R.TOKEN_USED.with_text(task_id=request.task_id, action_past=_PAST[claim.action]))
+                reply = R.ALREADY_DONE.with_text(task_id=request.task_id, action_past=done.past)
+                return replace(base, reply=reply, outcome=Outcome.ALREADY_DONE, action=done)
+            raise PermanentRefusal(R.TOKEN_USED.with_text(task_id=request.task_id, action_past=done.past))
 
         if token.action is Action.REPLY:
-            decision.action = interpret_action(parsed.comment, self.complete_words, self.fail_words)
-            if decision.action is None:
+            decided = interpret_action(parsed.comment, self.complete_words, self.fail_words)
+            if decided is None:
                 raise PermanentRefusal(R.ACTION_UNCLEAR)
+            action = TaskAction(decided)
         else:
-            decision.action = token.action.label
-        decision.would = decision.action
-        decision.reply = R.TASK_ACTED.with_text(task_id=request.task_id, action_past=_PAST[decision.action])
-        return decision
+            action = TaskAction(token.action.label)
+        reply = R.TASK_ACTED.with_text(task_id=request.task_id, action_past=action.past)
+        return replace(base, reply=reply, outcome=Outcome(action.value), action=action)
 
-    async def act(self, decision: Decision, message_id: str, actor: str, source: str) -> Decision:
+    async def act(self, decision: Decision, actor: str, source: str) -> Decision:
         """Claim the request for this attempt, then drive the backend; answer only after.
 
         The attempt has its own claim identity: a copy of this message delivered at the
         same moment elsewhere holds a claim that is not ours (451), and only our own claim
         is finished or given back.
         """
-        request, action = decision.request, decision.action
-        if decision.would not in ("complete", "fail") or request is None or action is None:
+        request, action, message_id = decision.request, decision.action, decision.message_id
+        if decision.outcome not in (Outcome.COMPLETE, Outcome.FAIL) or request is None or action is None:
             return decision
         attempt = new_attempt_id()
         outcome, claim = await asyncio.to_thread(
-            self.store.claim, request.id, attempt, message_id, action, actor, self.clock(), STALE_CLAIM_SECONDS
+            self.store.claim, request.id, attempt, message_id, action.value, actor, self.clock(), STALE_CLAIM_SECONDS
         )
         if outcome is ClaimOutcome.REVOKED:
             raise PermanentRefusal(R.TOKEN_REVOKED)
         if outcome is not ClaimOutcome.OURS:
-            return _not_ours(decision, request, message_id, outcome, claim)
+            return _not_ours(decision, request, outcome, claim)
         try:
             context = ActionContext(
                 request.id, message_id, source, {name: v["result"] for name, v in decision.checks.items()}
@@ -380,7 +364,7 @@ class Pipeline:
             await self._drive_backend(action, request.task_id, decision.comment, actor, context)
         except TaskNotInProgress as exc:
             task = exc.task
-            if task.acted_by == actor and task.status == _PAST[action]:
+            if task.acted_by == actor and task.status == action.past:
                 # Our own earlier attempt acted but lost its answer: finish, don't refuse.
                 pass
             else:
@@ -404,17 +388,123 @@ class Pipeline:
                 request.id,
                 STALE_CLAIM_SECONDS,
             )
-        metrics.TASKS_ACTED.labels(self.backend.name, action).inc()
+        metrics.TASKS_ACTED.labels(self.backend.name, action.value).inc()
         return decision
+
+    async def decide(
+        self, parsed: ParsedReply, message_id: str, recipient: Recipient, auth: AuthState, *, act: bool, source: str
+    ) -> Decision:
+        """Evaluate (and, if ``act``, act); refusals and trouble become a 5xx or 4xx decision
+        that keeps the verdicts and Authentication-Results gathered so far."""
+        refused = Decision(
+            R.INTERNAL_ERROR,
+            Outcome.RETRY,
+            recipient,
+            recipient.token,
+            recipient.request,
+            comment=parsed.comment,
+            checks={name: verdict.as_json() for name, verdict in auth.verdicts.items()},
+            authentication_results=self.sender_auth.authentication_results(auth),
+            message_id=message_id,
+        )
+        try:
+            decision = await self.evaluate(parsed, message_id, recipient, auth, acting=act)
+            if not act:
+                return decision
+            refused = replace(refused, checks=decision.checks, token=decision.token, request=decision.request)
+            # Shielded: a sender hanging up (or a poller's worker cancelled) must not stop an
+            # action half way; shutdown waits for it in ``drain``.
+            action = asyncio.ensure_future(self.act(decision, parsed.from_address or "", source))
+            self._inflight.add(action)
+            action.add_done_callback(self._inflight.discard)
+            return await asyncio.shield(action)
+        except PermanentRefusal as exc:
+            return replace(refused, reply=exc.reply, outcome=Outcome.REFUSE)
+        except BackendAuthFailed as exc:
+            log.error("task backend refused our credentials: %s (fix [tasks] config)", exc)
+            return replace(refused, reply=R.BACKEND_AUTH_FAILED)
+        except TemporaryFailure as exc:
+            log.warning("temporary failure for %s: %s", redact_address(recipient.address), exc)
+            return replace(refused, reply=R.BACKEND_UNAVAILABLE)
+        except Exception:
+            log.exception("unexpected error handling a reply to %s", redact_address(recipient.address))
+            return refused
+
+    # After: the side effects, once, for every door ---------------------------------------
+
+    async def _after(self, inbound: Inbound, raw: bytes, decisions: Sequence[Decision]) -> None:
+        """Record, count, archive and log what was decided."""
+        for decision in decisions:
+            await self._record(inbound, decision)
+            if decision.outcome in (Outcome.COMPLETE, Outcome.FAIL):
+                metrics.REPLY_TO_COMPLETION.labels(inbound.source).observe(time.monotonic() - inbound.received_at)
+        accepted = [d for d in decisions if d.reply.accepted]
+        if self.settings.inbound.archive_dir and accepted:
+            await asyncio.to_thread(self._archive, raw, accepted[0].authentication_results, accepted[0].message_id)
+
+    def _archive(self, raw: bytes, authentication_results: str, message_id: str) -> None:
+        """Keep an accepted reply for audit, stamped with our verdicts; forged stamps removed."""
+        directory = self.settings.inbound.archive_dir
+        assert directory is not None
+        name = f"{int(self.clock() * 1000)}-{hashlib.sha256(message_id.encode()).hexdigest()[:16]}.eml"
+        stamped = (
+            f"Authentication-Results: {authentication_results}\r\n".encode()
+            + strip_forged_authentication_results(raw, self.settings.authserv_id)
+        )
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            (directory / name).write_bytes(stamped)
+        except OSError as exc:
+            log.error("could not archive %s in %s: %s", message_id, directory, exc)
+
+    async def _record(self, inbound: Inbound, decision: Decision) -> None:
+        request_id = decision.request.id if decision.request else None
+        try:
+            await asyncio.to_thread(
+                self.store.record_processed,
+                decision.message_id,
+                request_id,
+                inbound.source,
+                decision.reply.name,
+                decision.reply.code,
+                self.clock(),
+            )
+        except TemporaryFailure as exc:
+            log.warning("could not record processed message %s: %s", decision.message_id, exc)
+        if not decision.reply.accepted:
+            self.count_refusal("mailbox" if inbound.client is None else "data", decision.reply)
+        if decision.outcome is Outcome.DROP and decision.auto_reply:
+            report = decision.auto_reply == "null sender" or decision.auto_reply.endswith(" report")
+            kind = "delivery_report" if report else "auto_reply"
+            metrics.AUTO_REPLIES_DROPPED.labels(kind).inc()
+        # One line per message and recipient: who, which task, verdicts, answer.
+        log.info(
+            "reply %s",
+            decision.outcome.value,
+            extra={
+                "source": inbound.source,
+                "client": inbound.client.ip if inbound.client else None,
+                "mail_from": inbound.mail_from,
+                "rcpt": redact_address(decision.recipient.address),
+                "request": request_id,
+                "task": decision.request.task_id if decision.request else None,
+                "would": decision.outcome.value,
+                "reply": str(decision.reply),
+                "reason": decision.reply.reason,
+                "auth": decision.authentication_results,
+            },
+        )
 
     # Helpers ---------------------------------------------------------------------------
 
-    async def _drive_backend(self, action: str, task_id: str, comment: str, actor: str, context: ActionContext) -> None:
+    async def _drive_backend(
+        self, action: TaskAction, task_id: str, comment: str, actor: str, context: ActionContext
+    ) -> None:
         """One backend call, timed and counted; the backend's own refusals pass through."""
         name = self.backend.name
         started = time.monotonic()
         try:
-            if action == "complete":
+            if action is TaskAction.COMPLETE:
                 await self.backend.complete(task_id, comment, actor, context)
             else:
                 await self.backend.fail(task_id, comment, actor, context)
@@ -430,33 +520,7 @@ class Pipeline:
             metrics.BACKEND_ERRORS.labels(name, "error").inc()
             raise
         finally:
-            metrics.BACKEND_LATENCY.labels(name, action).observe(time.monotonic() - started)
-
-    async def decide(
-        self, parsed: ParsedReply, message_id: str, recipient: Recipient, auth: AuthState, *, act: bool, source: str
-    ) -> Decision:
-        """Evaluate (and, if ``act``, act); refusals and trouble become a 5xx or 4xx decision."""
-        try:
-            decision = await self.evaluate(parsed, message_id, recipient, auth, acting=act)
-            if not act:
-                return decision
-            # Shielded: a sender hanging up (or a poller's worker cancelled) must not stop an
-            # action half way; shutdown waits for it in ``drain``.
-            action = asyncio.ensure_future(self.act(decision, message_id, parsed.from_address or "", source))
-            self._inflight.add(action)
-            action.add_done_callback(self._inflight.discard)
-            return await asyncio.shield(action)
-        except PermanentRefusal as exc:
-            return Decision(exc.reply, "refuse", recipient, recipient.token, recipient.request, comment=parsed.comment)
-        except BackendAuthFailed as exc:
-            log.error("task backend refused our credentials: %s (fix [tasks] config)", exc)
-            return Decision(R.BACKEND_AUTH_FAILED, "retry", recipient, comment=parsed.comment)
-        except TemporaryFailure as exc:
-            log.warning("temporary failure for %s: %s", redact_address(recipient.address), exc)
-            return Decision(R.BACKEND_UNAVAILABLE, "retry", recipient, comment=parsed.comment)
-        except Exception:
-            log.exception("unexpected error handling a reply to %s", redact_address(recipient.address))
-            return Decision(R.INTERNAL_ERROR, "retry", recipient, comment=parsed.comment)
+            metrics.BACKEND_LATENCY.labels(name, action.value).observe(time.monotonic() - started)
 
     async def _token_from_message(self, parsed: ParsedReply) -> tuple[Token, Request]:
         """For a bare ``rc@`` address: the decide-from-reply token of the request, from
@@ -475,61 +539,28 @@ class Pipeline:
                     return await self.verify_token(text)
         raise PermanentRefusal(R.NO_TOKEN)
 
-    async def _record(self, arrival: Arrival, message_id: str, decision: Decision) -> None:
-        request_id = decision.request.id if decision.request else None
-        try:
-            await asyncio.to_thread(
-                self.store.record_processed,
-                message_id,
-                request_id,
-                arrival.source,
-                decision.reply.name,
-                decision.reply.code,
-                self.clock(),
-            )
-        except TemporaryFailure as exc:
-            log.warning("could not record processed message %s: %s", message_id, exc)
-        if not decision.reply.accepted:
-            self.count_refusal("mailbox" if arrival.source in ("imap", "graph") else "data", decision.reply)
-        if decision.would == "drop" and decision.auto_reply:
-            report = decision.auto_reply == "null sender" or decision.auto_reply.endswith(" report")
-            kind = "delivery_report" if report else "auto_reply"
-            metrics.AUTO_REPLIES_DROPPED.labels(kind).inc()
-        # One line per message and recipient: who, which task, verdicts, answer.
-        log.info(
-            "reply %s",
-            decision.would,
-            extra={
-                "source": arrival.source,
-                "client": arrival.client.ip if arrival.client else None,
-                "mail_from": arrival.mail_from,
-                "rcpt": redact_address(decision.recipient.address),
-                "request": request_id,
-                "task": decision.request.task_id if decision.request else None,
-                "would": decision.would,
-                "reply": str(decision.reply),
-                "reason": decision.reply.reason,
-                "auth": decision.authentication_results,
-            },
-        )
+
+def _failed(reply: SmtpReply) -> Outcome:
+    return Outcome.RETRY if reply.temporary else Outcome.REFUSE
 
 
-def _not_ours(
-    decision: Decision, request: Request, message_id: str, outcome: ClaimOutcome, claim: Claim | None
-) -> Decision:
+def _named(inbound: Inbound) -> tuple[Recipient, ...]:
+    return inbound.recipients or (Recipient("(none)"),)
+
+
+def _not_ours(decision: Decision, request: Request, outcome: ClaimOutcome, claim: Claim | None) -> Decision:
     """The answer when another attempt holds the claim: answered already (by this message:
     250, by another: refused), or still being answered (451, the sender retries)."""
     assert claim is not None
     if outcome is ClaimOutcome.DONE:
-        if claim.message_id != message_id:
-            raise PermanentRefusal(R.TOKEN_USED.with_text(task_id=request.task_id, action_past=_PAST[claim.action]))
-        decision.reply = R.ALREADY_DONE.with_text(task_id=request.task_id, action_past=_PAST[claim.action])
-        decision.would = "already_done"
-        return decision
+        done = TaskAction(claim.action)
+        if claim.message_id != decision.message_id:
+            raise PermanentRefusal(R.TOKEN_USED.with_text(task_id=request.task_id, action_past=done.past))
+        reply = R.ALREADY_DONE.with_text(task_id=request.task_id, action_past=done.past)
+        return replace(decision, reply=reply, outcome=Outcome.ALREADY_DONE)
     log.info("request %s is being answered by another attempt (message %s)", request.id, claim.message_id)
-    decision.reply = R.MESSAGE_IN_PROGRESS if claim.message_id == message_id else R.REQUEST_IN_PROGRESS
-    decision.would = "retry"
-    return decision
+    busy = R.MESSAGE_IN_PROGRESS if claim.message_id == decision.message_id else R.REQUEST_IN_PROGRESS
+    return replace(decision, reply=busy, outcome=Outcome.RETRY)
 
 
 def our_addresses(message: EmailMessage, reply_domain: str) -> list[str]:

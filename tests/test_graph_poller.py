@@ -19,10 +19,11 @@ from dnsserver import NsdServer
 from graph_server import GraphServer
 from mailclient import reply_message
 
+from rc_mta import smtp_replies as R
 from rc_mta.config import MailboxConfig
 from rc_mta.http import Health
 from rc_mta.mailbox.graph import GraphPoller
-from rc_mta.pipeline import MailboxOutcome, Pipeline
+from rc_mta.pipeline import Decision, Inbound, Outcome, Pipeline, Recipient
 
 AUTH_RESULTS = "mx.example.com; spf=pass smtp.mailfrom=alice@example.com; dmarc=pass header.from=example.com"
 
@@ -217,10 +218,15 @@ class StubPipeline:
         self.dispositions = dispositions
         self.seen: list[bytes] = []
 
-    async def handle_mailbox_message(self, raw: bytes, source: str, trusted_ids: list[str]) -> MailboxOutcome:
-        self.seen.append(raw)
+    async def process(self, inbound: Inbound, *, act: bool) -> list[Decision]:
+        self.seen.append(inbound.raw)
         disposition = self.dispositions.pop(0) if self.dispositions else "processed"
-        return MailboxOutcome(disposition, [], "<stub@example.com>")
+        reply, outcome = {
+            "processed": (R.OK, Outcome.COMPLETE),
+            "rejected": (R.NO_TOKEN, Outcome.REFUSE),
+            "retry": (R.BACKEND_UNAVAILABLE, Outcome.RETRY),
+        }[disposition]
+        return [Decision(reply, outcome, Recipient("rc@stub"), message_id="<stub@example.com>")]
 
 
 def poller(

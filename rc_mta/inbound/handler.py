@@ -10,7 +10,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from .. import smtp_replies as R
 from ..errors import PermanentRefusal, TemporaryFailure
-from ..pipeline import Arrival, Decision, Pipeline, Recipient
+from ..pipeline import Decision, Inbound, Pipeline, Recipient
 from ..sender_auth import AuthState, Client
 from ..tokens import redact_address
 
@@ -195,13 +195,15 @@ class ReplyHandler:
 
     async def decide(self, session: Session, envelope: Envelope) -> list[Decision]:
         assert isinstance(envelope, ReplyEnvelope)
-        arrival = Arrival(
+        inbound = Inbound(
+            raw=envelope.original_content or b"",
             source=self.source,
-            mail_from=_reverse_path(envelope.mail_from),
             client=original_client(session, envelope),
-            auth=envelope.auth,
+            mail_from=_reverse_path(envelope.mail_from),
+            recipients=tuple(envelope.recipients),
+            mail_auth=envelope.auth,
         )
-        return await self.pipeline.handle_message(arrival, envelope.original_content or b"", envelope.recipients)
+        return await self.pipeline.process(inbound, act=True)
 
     async def handle_exception(self, error: Exception) -> str:
         # aiosmtpd's default is a 500: our own trouble must never bounce a reply.

@@ -24,7 +24,7 @@ from yarl import URL
 from ..config import MailboxConfig
 from ..errors import TemporaryFailure
 from ..oauth2 import OAuth2Error, TokenProvider
-from ..pipeline import MailboxOutcome, Pipeline
+from ..pipeline import Inbound, MailboxOutcome, Pipeline
 from ._watcher import Watcher
 
 log = logging.getLogger("rc_mta.mailbox.graph")
@@ -215,7 +215,8 @@ class GraphConnection:
             log.info("graph message %s: gone before it was read", message_id)
             return False
         try:
-            outcome = await self.pipeline.handle_mailbox_message(raw, SOURCE, self.config.trusted_authserv_ids)
+            inbound = Inbound(raw, SOURCE, trusted_ids=tuple(self.config.trusted_authserv_ids))
+            outcome = MailboxOutcome.of(await self.pipeline.process(inbound, act=True))
         except Exception:
             # One bad message must not stop the round for the others: it stays pending.
             log.exception("graph message %s: could not be handled; retrying next round", message_id)

@@ -28,7 +28,7 @@ from .. import metrics
 from ..config import MailboxConfig
 from ..logs import TRACE
 from ..oauth2 import TokenProvider
-from ..pipeline import Pipeline
+from ..pipeline import Inbound, MailboxOutcome, Pipeline
 from ._watcher import Watcher
 
 log = logging.getLogger("rc_mta.mailbox.imap")
@@ -460,7 +460,8 @@ class ImapPoller:
             if raw is None:
                 return 0  # expunged by someone else meanwhile
             try:
-                outcome = await self.pipeline.handle_mailbox_message(raw, self.source, self.config.trusted_authserv_ids)
+                inbound = Inbound(raw, self.source, trusted_ids=tuple(self.config.trusted_authserv_ids))
+                outcome = MailboxOutcome.of(await self.pipeline.process(inbound, act=True))
             except Exception:
                 log.exception("imap uid=%d: handling failed; left for the next round", uid)
                 return 1
