@@ -201,6 +201,7 @@ class Store:
         self.engine = _make_engine(url, busy_timeout)
         self._file = _sqlite_file(url)
         self._file_identity: tuple[int, int] | None = None
+        self._probe_table_seen = False
 
     def create_schema(self) -> None:
         with self._begin() as conn:
@@ -228,9 +229,15 @@ class Store:
         be read (a SQLite file opened while it was not writable, a PostgreSQL standby) or
         whose file was deleted must not look ready. Creates its small table if missing,
         so ``check-config`` can ask a store no service has started on yet."""
+        if not self._probe_table_seen:
+            try:
+                with self._begin() as conn:
+                    conn.execute(CreateTable(store_probe, if_not_exists=True))
+                self._probe_table_seen = True
+            except (IntegrityError, TemporaryFailure):
+                pass  # created this moment by a probe elsewhere, or the store is in trouble: the write tells
         now = time.time()
         with self._begin() as conn:
-            conn.execute(CreateTable(store_probe, if_not_exists=True))
             # A fresh row each time: concurrent probes (several instances, or /readyz asked
             # twice at once) never collide; old rows of anyone's are cleared on the way.
             conn.execute(store_probe.delete().where(store_probe.c.at < now - PROBE_KEPT_SECONDS))
@@ -258,16 +265,17 @@ class Store:
         we opened, until an operator restores it and restarts."""
         if self._file is None:
             return
+        known = self._file_identity  # read once: other threads may set it meanwhile
         try:
             found = self._file.stat()
         except FileNotFoundError:
-            if self._file_identity is None:
+            if known is None:
                 return  # not created yet: the first connection creates it
             found = None
         identity = (found.st_dev, found.st_ino) if found else None
-        if self._file_identity is None:
+        if known is None:
             self._file_identity = identity
-        elif identity != self._file_identity:
+        elif identity != known:
             self.engine.dispose()  # let go of the deleted file's space
             raise TemporaryFailure(f"the store file {self._file} was removed or replaced since rc-mta opened it")
 

@@ -263,14 +263,21 @@ def test_a_store_from_before_attempt_ids_is_upgraded_and_its_pending_claims_only
     assert store.finish_claim(request.id, "a", now + 701)
 
 
-def test_readiness_probes_at_the_same_moment_all_pass(store: Store) -> None:
-    errors: list[BaseException] = []
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_readiness_probes_at_the_same_moment_all_pass_even_before_the_schema_exists(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """As ``check-config`` does on a new install: the store and the embedded backend are
+    probed at once, and no service has created the schema yet."""
+    url = f"sqlite:///{tmp_path / 'new.db'}" if backend == "sqlite" else request.getfixturevalue("pg_url")
+    fresh = Store(url, busy_timeout=5)
+    errors: list[Exception] = []
     barrier = threading.Barrier(6)
 
     def probe() -> None:
         barrier.wait()
         try:
-            store.ping()
+            fresh.ping()
         except Exception as exc:  # collected for the assertion
             errors.append(exc)
 
@@ -279,5 +286,6 @@ def test_readiness_probes_at_the_same_moment_all_pass(store: Store) -> None:
         t.start()
     for t in threads:
         t.join()
+    fresh.close()
 
     assert errors == []
