@@ -386,9 +386,20 @@ class _Api:
         except PermanentRefusal as exc:
             raise ApiError(409, "conflict", str(exc.reply)) from None
         recipients = body.recipients()
-        if recipients == [None] and "@" not in task.owner:
+        # The backend's title and owner go into the mail's headers: they must be one line.
+        if recipients == [None] and ("@" not in task.owner or _CONTROL.search(task.owner)):
             raise ApiError(
-                400, "invalid_request", f"task {task.id}'s owner {task.owner!r} is not an email: give owners"
+                400,
+                "invalid_request",
+                f"task {task.id}'s owner {task.owner!r} is not an email: give owners",
+                [ErrorDetail(field="owners", message="required: the task's owner is not an email address")],
+            )
+        if body.title is None and _CONTROL.search(task.title):
+            raise ApiError(
+                400,
+                "invalid_request",
+                f"task {task.id}'s title holds a line break or control character: give a title",
+                [ErrorDetail(field="title", message="required: the task's own title is not one line of text")],
             )
         sent = []
         try:
