@@ -199,15 +199,21 @@ class ApiError(Exception):
         message: str,
         details: list[ErrorDetail] | None = None,
         headers: dict[str, str] | None = None,
+        *,
+        close: bool = False,
     ) -> None:
         super().__init__(message)
         self.status, self.code, self.message, self.details, self.headers = status, code, message, details, headers
+        self.close = close
 
     def response(self) -> web.Response:
         body = ErrorOut(error=ErrorBody(code=self.code, message=self.message, details=self.details))
-        return web.json_response(
+        response = web.json_response(
             body.model_dump(mode="json", exclude_none=True), status=self.status, headers=self.headers
         )
+        if self.close:  # the connection is in an unknown state (e.g. half a body read)
+            response.force_close()
+        return response
 
 
 _HTTP_CODES: dict[int, ErrorCode] = {400: "invalid_request", 404: "not_found", 405: "invalid_request"}
@@ -286,8 +292,16 @@ def request_json(request: Request, claim: Claim | None, now: float) -> dict[str,
     return out.model_dump(mode="json")
 
 
-async def _body(request: web.Request, model: type[M]) -> M:
-    raw = await request.read()
+async def _body(request: web.Request, model: type[M], timeout: float) -> M:
+    """The JSON body as ``model``. A body that trickles in slower than ``timeout`` (a client
+    holding the connection open on purpose) is answered 408 and the connection closed."""
+    try:
+        async with asyncio.timeout(timeout):
+            raw = await request.read()
+    except TimeoutError:
+        raise ApiError(
+            408, "invalid_request", f"the request body did not arrive within {timeout:g} seconds", close=True
+        ) from None
     if not raw.strip():
         raise ApiError(400, "invalid_request", "the body must be a JSON object")
     try:
@@ -363,7 +377,7 @@ class _Api:
     # Requests ------------------------------------------------------------------------------
 
     async def create_request(self, request: web.Request) -> web.Response:
-        body = await _body(request, RequestCreate)
+        body = await _body(request, RequestCreate, self.service.settings.http.body_timeout)
         service = self.service
         try:
             task = await service.backend.get(body.task_id)
@@ -372,9 +386,20 @@ class _Api:
         except PermanentRefusal as exc:
             raise ApiError(409, "conflict", str(exc.reply)) from None
         recipients = body.recipients()
-        if recipients == [None] and "@" not in task.owner:
+        # The backend's title and owner go into the mail's headers: they must be one line.
+        if recipients == [None] and ("@" not in task.owner or _CONTROL.search(task.owner)):
             raise ApiError(
-                400, "invalid_request", f"task {task.id}'s owner {task.owner!r} is not an email: give owners"
+                400,
+                "invalid_request",
+                f"task {task.id}'s owner {task.owner!r} is not an email: give owners",
+                [ErrorDetail(field="owners", message="required: the task's owner is not an email address")],
+            )
+        if body.title is None and _CONTROL.search(task.title):
+            raise ApiError(
+                400,
+                "invalid_request",
+                f"task {task.id}'s title holds a line break or control character: give a title",
+                [ErrorDetail(field="title", message="required: the task's own title is not one line of text")],
             )
         sent = []
         try:
@@ -455,7 +480,7 @@ class _Api:
 
     async def create_task(self, request: web.Request) -> web.Response:
         self._embedded_only()
-        body = await _body(request, TaskCreate)
+        body = await _body(request, TaskCreate, self.service.settings.http.body_timeout)
         task = await asyncio.to_thread(self.service.store.add_task, body.title, body.owner, time.time())
         return web.json_response(task_json(task), status=201)
 
@@ -484,6 +509,7 @@ _ERROR_TEXT = {
     400: "The body is not valid: `details` names each field.",
     401: "No valid bearer token (or no [http] api_tokens configured).",
     404: "No such resource.",
+    408: "The body did not arrive in time ([http] body_timeout); the connection is closed.",
     409: "The resource's state forbids this.",
     413: "The body is too large.",
     500: "A bug: the server log has the details.",
@@ -547,7 +573,7 @@ def openapi_document() -> dict[str, Any]:
                 "may answer; once one has, the others' replies are refused. All or nothing: when a send fails "
                 "(503), the requests already sent by this call are revoked.",
                 "requestBody": _body_spec(RequestCreate),
-                "responses": {"201": _json("Sent.", _ref(RequestsCreated)), **_errors(400, 404, 409, 413)},
+                "responses": {"201": _json("Sent.", _ref(RequestsCreated)), **_errors(400, 404, 408, 409, 413)},
             }
         },
         "/v1/requests/{request_id}": {
@@ -570,7 +596,7 @@ def openapi_document() -> dict[str, Any]:
                 "summary": "Add a task to the embedded store",
                 "description": "Like `rc-mta task add`." + embedded,
                 "requestBody": _body_spec(TaskCreate),
-                "responses": {"201": _json("Added.", _ref(TaskOut)), **_errors(400, 404, 413)},
+                "responses": {"201": _json("Added.", _ref(TaskOut)), **_errors(400, 404, 408, 413)},
             },
             "get": {
                 "operationId": "listTasks",

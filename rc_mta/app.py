@@ -206,9 +206,9 @@ class Service:
         if http.listen:
             app = make_app(health, with_metrics=not http.metrics_listen)
             add_api_routes(app, self)
-            runners.append(await start_http(app, http.listen))
+            runners.append(await start_http(app, http.listen, http))
         if http.metrics_listen:
-            runners.append(await start_http(metrics_app(), http.metrics_listen))
+            runners.append(await start_http(metrics_app(), http.metrics_listen, http))
 
         poller = make_poller(self.settings, self.pipeline)
         if poller is not None:

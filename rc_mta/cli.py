@@ -15,7 +15,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .api import task_json
+from pydantic import ValidationError
+
+from .api import TaskCreate, task_json
 from .app import Service, signing_secrets
 from .config import Settings, config_path, load_settings, parse_host_port
 from .errors import RcMtaError
@@ -45,14 +47,30 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+_TASK_OPTION_RULES = {
+    "title": "--title must be one line of 1 to 500 characters, without line breaks or control characters",
+    "owner": "--owner must be an email address like alice@example.com",
+}
+
+
+def _new_task(title: str, owner: str) -> TaskCreate:
+    """The API's rules for a new task, so a title fit for a Subject line is the only kind stored."""
+    try:
+        return TaskCreate(title=title, owner=owner)
+    except ValidationError as exc:
+        field = str(exc.errors()[0]["loc"][0])
+        raise RcMtaError(_TASK_OPTION_RULES.get(field, f"--{field} is not valid")) from None
+
+
 def cmd_task(settings: Settings, args: argparse.Namespace) -> int:
+    new = _new_task(args.title, args.owner) if args.task_command == "add" else None
     service = Service.open(settings)
     store = service.store
     try:
-        if args.task_command == "add":
+        if new is not None:
             import time
 
-            task = store.add_task(args.title, args.owner, time.time())
+            task = store.add_task(new.title, new.owner, time.time())
             if args.json:
                 _print_json(task_json(task))
             else:

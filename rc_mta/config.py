@@ -223,6 +223,10 @@ class HttpConfig(Section):
     listen: Listen = "127.0.0.1:8025"
     metrics_listen: Listen = ""
     api_tokens: list[SecretStr] = Field(default_factory=list)
+    # A client that has not sent a whole request line and headers by header_timeout (also:
+    # an idle keep-alive connection) is closed; a body not in by body_timeout gets a 408.
+    header_timeout: Seconds = 20.0
+    body_timeout: Seconds = 10.0
 
 
 class OAuth2Config(Section):

@@ -15,7 +15,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from . import metrics
-from .config import parse_host_port
+from .config import HttpConfig, parse_host_port
 
 
 @dataclass
@@ -93,9 +93,18 @@ def metrics_app() -> web.Application:
     return app
 
 
-async def start_http(app: web.Application, listen: str) -> web.AppRunner:
+async def start_http(app: web.Application, listen: str, config: HttpConfig) -> web.AppRunner:
+    """Serve ``app`` at ``listen``; no client holds a connection by sending slowly.
+
+    aiohttp closes a connection whose request line and headers are not all in by
+    ``keepalive_timeout`` (armed when it opens and after each answer): ``header_timeout``.
+    A body the handler did not read (a refusal, a 408) is drained for ``lingering_time``
+    before the connection closes: ``body_timeout``, as for a body it reads.
+    """
     host, port = parse_host_port(listen)
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(
+        app, access_log=None, keepalive_timeout=config.header_timeout, lingering_time=config.body_timeout
+    )
     await runner.setup()
     await web.TCPSite(runner, host, port, reuse_address=True).start()
     return runner

@@ -11,6 +11,11 @@ mail administrators steer their other daemons:
 
 The pid file (``var/rc-mta.pid`` under the working directory) tells ``rc-mta log-level``
 whom to signal. ``sd_notify`` tells systemd (Type=notify) when the service is ready.
+
+Much of what is logged comes from outside (addresses, HELO names, headers). Neither format
+lets it forge a line or drive the terminal: control characters are escaped in the message
+and every field, and in ``text`` the lines of a traceback are indented, so every line that
+starts at column 0 is a record of its own.
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, SecretStr
+
+from .safetext import JSON_ESCAPES, UNSAFE, escape_controls
 
 if TYPE_CHECKING:
     from .config import Settings
@@ -156,23 +163,38 @@ def _fields(record: logging.LogRecord) -> Iterator[tuple[str, Any]]:
 
 
 class TextFormatter(logging.Formatter):
-    """``2026-01-02 10:00:00,123 INFO rc_mta.pipeline message key=value ...``"""
+    """``2026-01-02 10:00:00,123 INFO rc_mta.pipeline message key=value ...``
+
+    One line per record, control characters escaped; a traceback follows on lines indented
+    by two spaces."""
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
+        record.message = record.getMessage()
+        record.asctime = self.formatTime(record, self.datefmt)
+        line = escape_controls(self.formatMessage(record))
         extra = " ".join(f"{key}={_text_value(value)}" for key, value in _fields(record))
-        if not extra:
-            return line
-        first, newline, rest = line.partition("\n")
-        return f"{first} {extra}{newline}{rest}"
+        if extra:
+            line = f"{line} {extra}"
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        for details in (record.exc_text, record.stack_info and self.formatStack(record.stack_info)):
+            if details:
+                line += "".join(f"\n  {escape_controls(part)}" for part in details.split("\n"))
+        return line
+
+
+_NEEDS_QUOTES = re.compile(r'[\s"=]')
 
 
 def _text_value(value: Any) -> str:
+    """A field's value bare, or JSON-quoted (and so escaped) when it holds space, quote,
+    equals sign or a control character."""
     text = str(value)
-    return json.dumps(text) if not text or any(c.isspace() or c in '"=' for c in text) else text
+    quote = not text or _NEEDS_QUOTES.search(text) is not None or UNSAFE.search(text) is not None
+    return json.dumps(text) if quote else text
 
 
 class JsonFormatter(logging.Formatter):
@@ -191,7 +213,9 @@ class JsonFormatter(logging.Formatter):
             record.exc_text = self.formatException(record.exc_info)
         if record.exc_text:
             entry["exc"] = record.exc_text
-        return json.dumps(entry, ensure_ascii=False, default=str)
+        # json escapes C0 controls; DEL, C1, separators, bidi and lone surrogates it leaves
+        # raw inside strings, where a \u escape means the same and shows on no terminal.
+        return json.dumps(entry, ensure_ascii=False, default=str).translate(JSON_ESCAPES)
 
 
 # Set-up and runtime changes ----------------------------------------------------------------

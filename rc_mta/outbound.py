@@ -23,6 +23,7 @@ import aiosmtplib
 from .config import OutboundConfig, Settings
 from .errors import TemporaryFailure
 from .replies import METADATA_END, METADATA_START
+from .safetext import one_line
 from .store import Request
 from .tokens import Action, Signer
 
@@ -88,7 +89,10 @@ def compose(
     context_title: str | None = None,
     link: str | None = None,
 ) -> EmailMessage:
-    title = request.title
+    # The title may come from a backend: a line break in it would start a header of its own
+    # in the Subject (or a line of our metadata block in the body).
+    title = one_line(request.title)
+    context_title = one_line(context_title) if context_title else None
     expires = datetime.fromtimestamp(request.expires_at, UTC).strftime("%Y-%m-%d %H:%M UTC")
     complete_subject = f"Complete: {title}"
     fail_subject = f"Fail: {title}"

@@ -9,15 +9,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from .safetext import excerpt
+
 
 @dataclass(frozen=True)
 class SmtpReply:
-    """A reply: basic code, enhanced code, and a sentence a person understands."""
+    """A reply: basic code, enhanced code, and a sentence a person understands.
+
+    ``echo_limit`` caps each value filled into the sentence: values are often the client's
+    own words (an address, a HELO name) or a DNS record's, and a reply repeats no more
+    than a short, escaped excerpt of them.
+    """
 
     name: str
     code: int
     enhanced: str
     text: str
+    echo_limit: int = 64
 
     @property
     def temporary(self) -> bool:
@@ -33,15 +41,17 @@ class SmtpReply:
         return self.name.lower()
 
     def with_text(self, **values: object) -> SmtpReply:
-        """Fill the sentence's ``{placeholders}`` with the facts of one case."""
-        return replace(self, text=self.text.format(**values))
+        """Fill the sentence's ``{placeholders}`` with the facts of one case, each as a short
+        excerpt with control characters escaped: nothing a client sent can break the reply."""
+        shown = {name: excerpt(str(value), self.echo_limit) for name, value in values.items()}
+        return replace(self, text=self.text.format(**shown))
 
     def __str__(self) -> str:
         return f"{self.code} {self.enhanced} {self.text}"
 
 
-def _reply(name: str, code: int, enhanced: str, text: str) -> SmtpReply:
-    return SmtpReply(name, code, enhanced, text)
+def _reply(name: str, code: int, enhanced: str, text: str, echo_limit: int = 64) -> SmtpReply:
+    return SmtpReply(name, code, enhanced, text, echo_limit)
 
 
 # Accepted.
@@ -98,7 +108,11 @@ TASK_NOT_FOUND = _reply("TASK_NOT_FOUND", 550, "5.1.1", "Task {task_id} no longe
 TASK_NOT_IN_PROGRESS = _reply(
     "TASK_NOT_IN_PROGRESS", 550, "5.7.1", "Task {task_id} was already {status}{by}; nothing was changed"
 )
-BACKEND_REFUSED = _reply("BACKEND_REFUSED", 550, "5.7.1", "The workflow system refused this action: {why}")
+# The workflow system's own reason (already one line of at most 200 characters) is the
+# owner's best clue, so it may be longer than a client's echoed words.
+BACKEND_REFUSED = _reply(
+    "BACKEND_REFUSED", 550, "5.7.1", "The workflow system refused this action: {why}", echo_limit=200
+)
 MESSAGE_MALFORMED = _reply(
     "MESSAGE_MALFORMED", 554, "5.6.0", "Message refused: {why}; send it again from an ordinary mail client"
 )
@@ -142,6 +156,15 @@ XCLIENT_DENIED = _reply("XCLIENT_DENIED", 550, "5.7.0", "{command} is not allowe
 XCLIENT_SYNTAX = _reply("XCLIENT_SYNTAX", 501, "5.5.4", "Bad {command} attribute: {why}")
 XFORWARD_OK = _reply("XFORWARD_OK", 250, "2.0.0", "Ok")
 PROXY_DENIED = _reply("PROXY_DENIED", 550, "5.7.0", "PROXY protocol is not allowed from {ip}")
+
+# Bytes no command may hold: undecodable (not UTF-8) or control characters. RFC 3463:
+# X.1.7 / X.1.3 bad sender / destination address syntax, X.5.2 syntax error.
+SENDER_SYNTAX = _reply("SENDER_SYNTAX", 553, "5.1.7", "The sender address holds {problem}: it cannot be a mailbox")
+RECIPIENT_SYNTAX = _reply(
+    "RECIPIENT_SYNTAX", 553, "5.1.3", "The recipient address holds {problem}: it cannot be a mailbox"
+)
+HELO_SYNTAX = _reply("HELO_SYNTAX", 501, "5.5.2", "The {command} name holds {problem}: give the client's host name")
+UNKNOWN_COMMAND = _reply("UNKNOWN_COMMAND", 500, "5.5.2", 'Command "{command}" is not recognized')
 
 # Temporary trouble: the sender's server retries, nothing is lost.
 BACKEND_UNAVAILABLE = _reply(

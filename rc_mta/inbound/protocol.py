@@ -1,12 +1,21 @@
 """aiosmtpd's SMTP and LMTP servers, with an enhanced status code on every reply, and the
-XCLIENT / XFORWARD commands (Postfix's, which aiosmtpd lacks) for trusted relays."""
+XCLIENT / XFORWARD commands (Postfix's, which aiosmtpd lacks) for trusted relays.
+
+aiosmtpd decodes a command's argument with ``surrogateescape`` and hands it, unchecked,
+to the command's ``smtp_<VERB>`` method. Commands that carry a name or an address are
+screened there first: bytes that are not UTF-8 and control characters get a 5xx syntax
+reply, before anything parses, stores or logs them. Every reply line leaves escaped.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
+import logging
 import re
-from typing import AnyStr
+from collections.abc import Awaitable, Callable
+from typing import Any, AnyStr
 
 from aiosmtpd.smtp import SMTP, Envelope, Session, syntax
 
@@ -14,9 +23,14 @@ from .. import metrics
 from .. import smtp_replies as R
 from ..config import InboundConfig, parse_host_port
 from ..pipeline import Pipeline
+from ..safetext import escape_controls, hostile_character
 from .handler import LmtpReplyHandler, ReplyEnvelope, ReplyHandler, ReplySession, peer_ip
 
+log = logging.getLogger("rc_mta.inbound")
+
 _TOO_BIG_PREFIX = "552 Error:"  # aiosmtpd's words for SIZE= too large and DATA too long
+# aiosmtpd's words for an unknown command, which repeat the command name the client sent.
+_UNKNOWN_COMMAND = re.compile(r'500 Error: command "(.*)" not recognized')
 _XCLIENT_ATTRIBUTES = {"NAME", "ADDR", "PORT", "PROTO", "HELO", "LOGIN", "DESTADDR", "DESTPORT"}
 _XFORWARD_ATTRIBUTES = {"NAME", "ADDR", "PORT", "PROTO", "HELO", "SOURCE", "IDENT"}
 
@@ -25,8 +39,13 @@ def _xtext_decode(value: str) -> str:
     return re.sub(r"\+([0-9A-Fa-f]{2})", lambda m: chr(int(m.group(1), 16)), value)
 
 
-def parse_relay_attributes(arg: str, allowed: set[str]) -> dict[str, str]:
+def parse_relay_attributes(arg: str | None, allowed: set[str]) -> dict[str, str]:
     """``NAME=x ADDR=y`` → dict; unavailable values dropped; raises ValueError saying why."""
+    if arg is None or not arg.strip():
+        raise ValueError("none given (attribute=value ...)")
+    problem = hostile_character(arg)
+    if problem is not None:
+        raise ValueError(f"the command holds {problem}")
     facts: dict[str, str] = {}
     for item in arg.split():
         name, sep, raw = item.partition("=")
@@ -34,6 +53,9 @@ def parse_relay_attributes(arg: str, allowed: set[str]) -> dict[str, str]:
         if not sep or name not in allowed:
             raise ValueError(f"unknown attribute {name or item!r}")
         value = _xtext_decode(raw)
+        problem = hostile_character(value)
+        if problem is not None:  # xtext can spell any byte: +0D+0A, +1B
+            raise ValueError(f"{name} holds {problem}")
         if value.upper() in ("[UNAVAILABLE]", "[TEMPUNAVAIL]"):
             continue
         if name == "ADDR":
@@ -43,9 +65,33 @@ def parse_relay_attributes(arg: str, allowed: set[str]) -> dict[str, str]:
             except ValueError:
                 raise ValueError(f"ADDR {value!r} is not an IP address") from None
         facts[name] = value
-    if not facts and not arg.strip():
-        raise ValueError("no attributes")
     return facts
+
+
+SmtpMethod = Callable[[Any, str | None], Awaitable[None]]
+
+
+def _screened(verb: str, reply: R.SmtpReply) -> Callable[[SmtpMethod], SmtpMethod]:
+    """Answer ``reply`` to a ``verb`` whose argument holds undecodable bytes or control
+    characters; otherwise run the command. Keeps the method's HELP text."""
+
+    def decorate(method: SmtpMethod) -> SmtpMethod:
+        @functools.wraps(method)
+        async def screened(server: SmtpServer, arg: str | None) -> None:
+            problem = hostile_character(arg) if arg else None
+            if problem is None:
+                await method(server, arg)
+                return
+            refusal = reply.with_text(command=verb, problem=problem)
+            assert server.session is not None
+            log.info(
+                "%s refused: %s", verb, problem, extra={"client": peer_ip(server.session), "reason": refusal.reason}
+            )
+            await server.push(str(refusal))
+
+        return screened
+
+    return decorate
 
 
 class SmtpServer(SMTP):
@@ -79,6 +125,11 @@ class SmtpServer(SMTP):
     def _create_envelope(self) -> Envelope:
         return ReplyEnvelope()
 
+    smtp_HELO = _screened("HELO", R.HELO_SYNTAX)(SMTP.smtp_HELO)
+    smtp_EHLO = _screened("EHLO", R.HELO_SYNTAX)(SMTP.smtp_EHLO)
+    smtp_MAIL = _screened("MAIL", R.SENDER_SYNTAX)(SMTP.smtp_MAIL)
+    smtp_RCPT = _screened("RCPT", R.RECIPIENT_SYNTAX)(SMTP.smtp_RCPT)
+
     async def _handle_client(self) -> None:
         assert self.session is not None
         refusal = self.reply_handler.connect_refusal(self.session)
@@ -90,14 +141,21 @@ class SmtpServer(SMTP):
         await super()._handle_client()
 
     async def push(self, status: AnyStr) -> None:
-        text = status.decode() if isinstance(status, bytes) else status
-        lines = [
-            self._size_reply if line.startswith(_TOO_BIG_PREFIX) else R.with_enhanced_code(line)
-            for line in text.split("\r\n")
-        ]
-        await super().push("\r\n".join(lines))
+        text = status.decode(errors="surrogateescape") if isinstance(status, bytes) else status
+        await super().push("\r\n".join(self._reply_line(line) for line in text.split("\r\n")))
 
-    async def _relay_command(self, command: str, arg: str, allowed: set[str]) -> dict[str, str] | None:
+    def _reply_line(self, line: str) -> str:
+        """One reply line as it leaves: our sentence for aiosmtpd's canned ones, an enhanced
+        code, and no control character or undecodable byte (a reply is never a terminal's
+        escape sequence, nor a way to end the line early)."""
+        if line.startswith(_TOO_BIG_PREFIX):
+            return self._size_reply
+        unknown = _UNKNOWN_COMMAND.fullmatch(line)
+        if unknown is not None:
+            return str(R.UNKNOWN_COMMAND.with_text(command=unknown.group(1)))
+        return escape_controls(R.with_enhanced_code(line))
+
+    async def _relay_command(self, command: str, arg: str | None, allowed: set[str]) -> dict[str, str] | None:
         """Shared checks of XCLIENT and XFORWARD: who may send them, when, and their syntax."""
         assert self.session is not None
         if not self.reply_handler.may_relay_facts(self.session):
@@ -113,7 +171,7 @@ class SmtpServer(SMTP):
             return None
 
     @syntax("XCLIENT attribute=value ...")
-    async def smtp_XCLIENT(self, arg: str) -> None:
+    async def smtp_XCLIENT(self, arg: str | None) -> None:
         """Postfix XCLIENT: the relay speaks for the original client; the session starts over."""
         facts = await self._relay_command("XCLIENT", arg, _XCLIENT_ATTRIBUTES)
         if facts is None:
@@ -128,7 +186,7 @@ class SmtpServer(SMTP):
         await self.push(f"220 {self.hostname} {self.__ident__}")
 
     @syntax("XFORWARD attribute=value ...")
-    async def smtp_XFORWARD(self, arg: str) -> None:
+    async def smtp_XFORWARD(self, arg: str | None) -> None:
         """Postfix XFORWARD: facts about the original client for the next mail transaction."""
         facts = await self._relay_command("XFORWARD", arg, _XFORWARD_ATTRIBUTES)
         if facts is None:
@@ -150,13 +208,14 @@ class LmtpServer(SmtpServer):
         self._owed_error_replies = 0
 
     @syntax("LHLO hostname")
-    async def smtp_LHLO(self, arg: str) -> None:
+    @_screened("LHLO", R.HELO_SYNTAX)
+    async def smtp_LHLO(self, arg: str | None) -> None:
         await super().smtp_EHLO(arg)
 
-    async def smtp_HELO(self, arg: str) -> None:
+    async def smtp_HELO(self, arg: str | None) -> None:
         await self.push('500 5.5.1 Error: command "HELO" not recognized')
 
-    async def smtp_EHLO(self, arg: str) -> None:
+    async def smtp_EHLO(self, arg: str | None) -> None:
         await self.push('500 5.5.1 Error: command "EHLO" not recognized')
 
     async def smtp_DATA(self, arg: str) -> None:
