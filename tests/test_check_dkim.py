@@ -49,7 +49,9 @@ def test_valid_signature_passes_with_its_domain_and_key_size(resolver: DnsResolv
     verdict, signatures = verify(resolver, sign(MESSAGE, "good.test", "sel", "good-sel2048.pem"))
     assert verdict.result == "pass"
     assert verdict.facts == {"domains": "good.test"}
-    assert signatures == [DkimSignature("good.test", "sel", "pass", "signature verified", 2048)]
+    # The signed To is kept as the signature covered it: it ties the message to a request.
+    signed_to = (("to", "tasks@reply.example.test"),)
+    assert signatures == [DkimSignature("good.test", "sel", "pass", "signature verified", 2048, signed_to)]
 
 
 def test_unsigned_message_has_no_dkim_result(resolver: DnsResolver) -> None:
