@@ -9,10 +9,11 @@ empty body and no action.
 
 from __future__ import annotations
 
+import colorsys
 import re
 import unicodedata
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email import policy
 from email.message import EmailMessage, Message
 from email.parser import BytesParser
@@ -529,6 +530,16 @@ def _requote(depth: int, content: str) -> str:
 # --------------------------------------------------------------------------
 # HTML to text
 # --------------------------------------------------------------------------
+#
+# Only text a person sees may decide an action or enter the comment.  HTML can
+# carry text no mail client shows (display:none, the hidden attribute, zero
+# size, white on white, <head>, <template>, ...): a preheader, a tracking
+# template or a crafted hidden "Approved" must not choose the words.
+#
+# html.parser tokenises but does not build the tree a browser builds, so every
+# place where the two could disagree errs towards "hidden": the reader may drop
+# text a person sees (the reply then decides nothing and is refused), never read
+# text a person does not see.  Everything here is linear in the input size.
 
 _BLOCK_TAGS = frozenset(
     {
@@ -561,25 +572,555 @@ _BLOCK_TAGS = frozenset(
     }
 )
 _VOID_TAGS = frozenset(
-    {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "param", "source", "track", "wbr"}
+    """area base basefont bgsound br col embed frame hr image img input keygen link meta param source track
+    wbr""".split()
 )
-_INVISIBLE_TAGS = frozenset({"script", "style", "head", "title", "template"})
+# Browsers read these as raw text up to their own end tag, and never show it.
+_RAW_TEXT_TAGS = frozenset({"script", "style", "title", "textarea", "xmp", "iframe", "noembed", "noframes"})
+# Elements whose content a mail client does not show, whatever their attributes.
+_HIDDEN_TAGS = frozenset("""head template noscript select datalist object video audio canvas rp svg math""".split())
+_CLOSED_UNLESS_OPEN = frozenset({"details", "dialog"})
+# Start tags that may appear in <head> without ending it.
+_HEAD_CONTENT = frozenset("""base basefont bgsound link meta title style script noscript template""".split())
+# HTML's "special" elements: an ordinary end tag never closes anything across one.
+_SPECIAL_TAGS = frozenset(
+    """address applet area article aside base basefont bgsound blockquote body br button caption center col
+    colgroup dd details dialog dir div dl dt embed fieldset figcaption figure footer form frame frameset h1 h2 h3
+    h4 h5 h6 head header hgroup hr html iframe img input keygen li link listing main marquee menu meta nav noembed
+    noframes noscript object ol p param plaintext pre script search section select source style summary table
+    tbody td template textarea tfoot th thead title tr track ul wbr xmp svg math""".split()
+)
+_DEFAULT_SCOPE = frozenset({"applet", "caption", "html", "table", "td", "th", "marquee", "object", "template"})
+_TABLE_SCOPE = frozenset({"html", "table", "template"})
+# End tags that close their element across special ones, unless a scope boundary intervenes.
+_SCOPED_END_TAGS: dict[str, frozenset[str]] = {
+    **dict.fromkeys(
+        """address article aside blockquote button center details dialog dir div dl fieldset figcaption figure
+        footer header hgroup listing main menu nav ol pre search section summary ul dd dt applet marquee object
+        h1 h2 h3 h4 h5 h6""".split(),
+        _DEFAULT_SCOPE | {"svg", "math"},
+    ),
+    "p": _DEFAULT_SCOPE | {"button", "svg", "math"},
+    "li": _DEFAULT_SCOPE | {"ol", "ul", "svg", "math"},
+    **dict.fromkeys("td th tr tbody thead tfoot caption colgroup".split(), _TABLE_SCOPE),
+    "table": frozenset({"html", "template"}),
+}
+# Start tags that end an open <p> (when it is the innermost element).
+_P_CLOSERS = frozenset(
+    """address article aside blockquote center details dialog dir div dl fieldset figcaption figure footer form
+    h1 h2 h3 h4 h5 h6 header hgroup hr li dd dt listing main menu nav ol p pre search section summary table ul
+    xmp""".split()
+)
 _QUOTE_CLASSES = ("gmail_quote", "gmail_attr", "moz-cite-prefix", "yahoo_quoted", "protonmail_quote")
 # Outlook puts the quoted original *after* these markers, as siblings.
 _OUTLOOK_STOP_IDS = frozenset({"divrplyfwdmsg", "appendonsend", "mail-editor-reference-message-container"})
 _HTML_SPACE_RE = re.compile(r"[ \t\n\r\f]+")
+_HTML_SPACE = " \t\n\r\f"
+# A tag name as a browser reads it (html.parser lower-cases beyond ASCII and stops at NUL).
+_TAG_NAME_RE = re.compile(r"[a-zA-Z][^\t\n\r\f />\x00]*")
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+# Deepest element nesting the reader follows; deeper HTML counts as hidden from there on.
+_MAX_HTML_DEPTH = 256
+_MAX_CSS_DEPTH = 64
 
 
-class _HTMLToText(HTMLParser):
-    """Collect visible text, dropping quoted history so it never reaches the comment."""
+# --- CSS, as far as it can hide text ---------------------------------------
 
-    def __init__(self) -> None:
+_CSS_STRING = r""""(?:[^"\\\n]|\\(?:.|\Z))*(?:"|(?=\n)|\Z)|'(?:[^'\\\n]|\\(?:.|\Z))*(?:'|(?=\n)|\Z)"""
+# Every alternative always matches once started, so scanning never backtracks.
+_CSS_NOISE_RE = re.compile(r"/\*.*?(?:\*/|\Z)|<!--|-->|" + _CSS_STRING, re.S)
+_CSS_STRUCTURE_RE = re.compile(r"\\(?:.|\Z)|" + _CSS_STRING + r"|[{};]", re.S)
+_CSS_ESCAPE_RE = re.compile(r"\\(?:([0-9a-fA-F]{1,6})[ \t\n\r\f]?|(\n)|(.))", re.S)
+_IMPORTANT_RE = re.compile(r"!\s*important\s*$")
+_LENGTH_RE = re.compile(r"([+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:e[+-]?\d+)?)([a-z%]*)")
+_SCALE_ZERO_RE = re.compile(r"scale(?:x|y|z|3d)?\(\s*[+-]?[0.]+(?:e[+-]?\d+)?\s*[,)]")
+_CSS_MATH = ("calc(", "min(", "max(", "clamp(", "var(", "env(", "attr(")
+_NEGATING_SELECTOR_RE = re.compile(r":[-\w]*(?:not|is|where|has|matches|any)\(")
+_IDENT = r"[^\s.#\[\]:>+~,()*|=^$\"'!]+"
+_ID_RE = re.compile(r"#(" + _IDENT + ")")
+_CLASS_RE = re.compile(r"\.(" + _IDENT + ")")
+_TYPE_RE = re.compile(r"[a-zA-Z][^\s.#\[\]:>+~,()*|=^$\"'!]*")
+# Pixels per unit, for deciding whether a font is too small to read (em and % assume 16px).
+_PX_PER_UNIT = {
+    "": 1.0,
+    "px": 1.0,
+    "pt": 4 / 3,
+    "pc": 16.0,
+    "in": 96.0,
+    "cm": 37.8,
+    "mm": 3.78,
+    "q": 0.945,
+    "em": 16.0,
+    "rem": 16.0,
+    "ex": 8.0,
+    "ch": 8.0,
+    "cap": 11.0,
+    "ic": 16.0,
+    "lh": 16.0,
+    "rlh": 16.0,
+    "%": 0.16,
+    "vw": 3.0,
+    "vh": 3.0,
+    "vmin": 3.0,
+    "vmax": 3.0,
+}
+_HEX_COLOUR_RE = re.compile(r"#?(?:[0-9a-f]{3,4}|[0-9a-f]{6}|[0-9a-f]{8})")
+_Colour = tuple[float, float, float, float]
+# The named colours that matter here: every near-white one, and the common dark ones.
+_NAMED_COLOURS: dict[str, _Colour] = {
+    name: (int(rgb[0:2], 16), int(rgb[2:4], 16), int(rgb[4:6], 16), 1.0)
+    for name, _, rgb in (
+        pair.partition(":")
+        for pair in """white:ffffff snow:fffafa ivory:fffff0 ghostwhite:f8f8ff whitesmoke:f5f5f5 seashell:fff5ee
+        floralwhite:fffaf0 mintcream:f5fffa azure:f0ffff aliceblue:f0f8ff honeydew:f0fff0 lavenderblush:fff0f5
+        oldlace:fdf5e6 linen:faf0e6 cornsilk:fff8dc lightyellow:ffffe0 beige:f5f5dc lightcyan:e0ffff
+        lavender:e6e6fa mistyrose:ffe4e1 black:000000 gray:808080 grey:808080 silver:c0c0c0 red:ff0000
+        maroon:800000 green:008000 navy:000080 blue:0000ff purple:800080""".split()
+    )
+}
+_NAMED_COLOURS["transparent"] = (0.0, 0.0, 0.0, 0.0)
+
+
+def _strip_css_noise(css: str) -> str:
+    """Drop comments and the <!-- --> markers CSS ignores, leaving strings alone."""
+    return _CSS_NOISE_RE.sub(lambda m: m.group() if m.group()[0] in "\"'" else " ", css)
+
+
+def _css_unescape(text: str) -> str:
+    """Decode CSS escapes, since ``n\\6f ne`` means ``none`` to a browser."""
+
+    def replace(match: re.Match[str]) -> str:
+        if match.group(1):
+            code = int(match.group(1), 16)
+            return chr(code) if 0 < code <= 0x10FFFF and not 0xD800 <= code <= 0xDFFF else "\ufffd"
+        return "" if match.group(2) else match.group(3)
+
+    return _CSS_ESCAPE_RE.sub(replace, text)
+
+
+def _declarations(block: str) -> list[tuple[str, str]]:
+    """``name: value`` pairs of a declaration block, lower-cased, ``!important`` dropped."""
+    found: list[tuple[str, str]] = []
+    for part in block.split(";"):
+        name, colon, value = part.partition(":")
+        if colon:
+            value = _IMPORTANT_RE.sub("", _css_unescape(value).strip().lower()).strip()
+            found.append((_css_unescape(name).strip().lower(), value))
+    return found
+
+
+def _length(token: str) -> tuple[float, str] | None:
+    match = _LENGTH_RE.fullmatch(token)
+    return (float(match.group(1)), match.group(2)) if match else None
+
+
+def _too_small_font(value: str) -> bool:
+    """A font size no one can read; a size computed by a formula counts as too small."""
+    first = value.split()[0] if value.split() else ""
+    if any(function in value for function in _CSS_MATH):
+        return True
+    length = _length(first)
+    if length is None:
+        return False  # a keyword such as "small", or not a size at all
+    number, unit = length
+    return number <= 0 or number * _PX_PER_UNIT.get(unit, 16.0) < 2
+
+
+def _is_font_size(token: str) -> bool:
+    length = _length(token)
+    return length is not None and (length[1] != "" or length[0] == 0)
+
+
+def _almost_transparent(value: str) -> bool:
+    first = value.split()[0] if value.split() else ""
+    if any(function in value for function in _CSS_MATH):
+        return True
+    length = _length(first)
+    if length is None:
+        return False
+    number, unit = length
+    return (number / 100 if unit == "%" else number) <= 0.05
+
+
+def _parse_colour(value: str, *, hashless: bool = True) -> _Colour | None:
+    """A CSS colour as (r, g, b, alpha); None if it is not one we can read.
+
+    Mail is mostly rendered in quirks mode, where ``color: ffffff`` is white too.
+    """
+    text = value.strip().lower()
+    if text in _NAMED_COLOURS:
+        return _NAMED_COLOURS[text]
+    if _HEX_COLOUR_RE.fullmatch(text) and (hashless or text.startswith("#")):
+        digits = text.lstrip("#")
+        if len(digits) <= 4:
+            digits = "".join(c * 2 for c in digits)
+        channels = [int(digits[i : i + 2], 16) for i in range(0, len(digits), 2)]
+        return (channels[0], channels[1], channels[2], channels[3] / 255 if len(channels) == 4 else 1.0)
+    match = re.fullmatch(r"(rgba?|hsla?)\((.*)\)", text, re.S)
+    if not match:
+        return None
+    args = [a for a in re.split(r"[\s,/]+", match.group(2).strip()) if a]
+    if len(args) not in (3, 4):
+        return None
+    numbers = []
+    for arg in args:
+        parsed = _LENGTH_RE.fullmatch(arg)
+        if not parsed or parsed.group(2) not in ("", "%", "deg"):
+            return None
+        numbers.append(float(parsed.group(1)) * (2.55 if parsed.group(2) == "%" else 1.0))
+    alpha = 1.0
+    if len(args) == 4:
+        alpha = numbers[3] / 255 if args[3].endswith("%") else numbers[3]
+    if match.group(1).startswith("rgb"):
+        return (numbers[0], numbers[1], numbers[2], alpha)
+    red, green, blue = colorsys.hls_to_rgb((numbers[0] % 360) / 360, numbers[2] / 255, numbers[1] / 255)
+    return (red * 255, green * 255, blue * 255, alpha)
+
+
+def _legacy_colour(value: str) -> _Colour | None:
+    """An HTML colour attribute (``<font color>``, ``bgcolor``) read the way browsers do."""
+    text = value.strip(_HTML_SPACE)
+    lowered = text.lower()
+    if not text or lowered == "transparent":
+        return None
+    if lowered in _NAMED_COLOURS:
+        return _NAMED_COLOURS[lowered]
+    if re.fullmatch(r"#[0-9a-fA-F]{3}", text):
+        return _parse_colour(text)
+    digits = re.sub(r"[\U00010000-\U0010ffff]", "00", text)[:128].lstrip("#")
+    digits = re.sub(r"[^0-9a-fA-F]", "0", digits)
+    while not digits or len(digits) % 3:
+        digits += "0"
+    size = len(digits) // 3
+    parts = [digits[i * size : (i + 1) * size][-8:] for i in range(3)]
+    while len(parts[0]) > 2 and all(part[0] == "0" for part in parts):
+        parts = [part[1:] for part in parts]
+    red, green, blue = (int(part[:2], 16) for part in parts)
+    return (red, green, blue, 1.0)
+
+
+def _background(declarations: list[tuple[str, str]]) -> _Colour | None:
+    """The element's own background colour; None if it has none or one we cannot read (an image)."""
+    colour: _Colour | None = None
+    for name, value in declarations:
+        if name == "background-color":
+            colour = _parse_colour(value, hashless=False)
+        elif name == "background":
+            tokens = re.findall(r"[a-z-]+\([^()]*\)|#[0-9a-f]+|[a-z-]+", value)
+            colour = next((c for t in tokens if (c := _parse_colour(t, hashless=False)) is not None), None)
+            if "url(" in value or "gradient(" in value:
+                colour = None
+    return colour
+
+
+def _invisible_colour(colour: _Colour, background: _Colour | None) -> bool:
+    """Text in this colour cannot be seen: transparent, its own background's colour, or
+    white-ish on anything but a dark background set on the same element."""
+    red, green, blue, alpha = colour
+    if alpha < 0.1:
+        return True
+    opaque_background = background is not None and background[3] >= 0.9
+    if opaque_background and background is not None:
+        if max(abs(red - background[0]), abs(green - background[1]), abs(blue - background[2])) <= 24:
+            return True
+        if min(background[:3]) < 224:
+            return False
+    return min(red, green, blue) >= 224
+
+
+def _declaration_hides(name: str, value: str, clipped: bool, background: _Colour | None) -> bool:
+    """Whether one declaration makes an element's text invisible (see ``_style_hides``)."""
+    words = value.split()
+    first = words[0] if words else ""
+    if name == "display":
+        return first == "none"
+    if name == "visibility":
+        return first in ("hidden", "collapse")
+    if name == "content-visibility":
+        return first == "hidden"
+    if name == "mso-hide":  # Outlook's own "display:none"
+        return first == "all"
+    if name == "opacity":
+        return _almost_transparent(value)
+    if name == "filter":
+        found = re.search(r"opacity\(([^)]*)\)", value)
+        return found is not None and _almost_transparent(found.group(1) or "0")
+    if name == "font-size":
+        return _too_small_font(value)
+    if name == "font":  # the size is the token before "/line-height", else the one with a unit
+        before_slash = value.split("/")[0].split()
+        sizes = before_slash[-1:] if "/" in value else [t for t in before_slash if _is_font_size(t)]
+        return any(_too_small_font(size) for size in sizes) or any(f in value for f in _CSS_MATH)
+    if name in ("width", "height", "max-width", "max-height", "line-height"):
+        if any(function in value for function in _CSS_MATH):
+            return True
+        length = _length(first)
+        if length is None:
+            return False
+        number, unit = length
+        if name == "line-height":
+            return clipped and number <= 0
+        return number <= 0 or (clipped and number * _PX_PER_UNIT.get(unit, 16.0) <= 1)
+    if name == "clip":
+        return "rect(" in value
+    if name == "clip-path":
+        return first not in ("", "none")
+    if name == "transform":
+        return _SCALE_ZERO_RE.search(value) is not None
+    if name in ("text-indent", "left", "top", "margin-left", "margin-top"):
+        length = _length(first)
+        return length is not None and length[0] * _PX_PER_UNIT.get(length[1], 16.0) <= -500
+    if name in ("color", "-webkit-text-fill-color"):
+        colour = _parse_colour(value)
+        if colour is None:
+            return "(" in value  # a colour function we cannot read: assume the worst
+        return _invisible_colour(colour, background)
+    return False
+
+
+def _style_hides(declarations: list[tuple[str, str]]) -> bool:
+    """Whether these declarations hide an element's text: not displayed, invisible,
+    transparent, too small, clipped away, off-screen, or coloured like the background.
+
+    Any hiding declaration counts, even one a later declaration overrides, and a
+    child cannot make visible what its parent hid: doubt is read as hidden.
+    """
+    clipped = any(
+        value.split()[:1] in (["hidden"], ["clip"])
+        for name, value in declarations
+        if name in ("overflow", "overflow-x", "overflow-y")
+    )
+    background = _background(declarations)
+    return any(_declaration_hides(name, value, clipped, background) for name, value in declarations)
+
+
+def _attributes_hide(tag: str, attrs: list[tuple[str, str | None]]) -> bool:
+    """Whether an element's own attributes hide it (every copy of a repeated attribute counts)."""
+    names = {name for name, _value in attrs}
+    if "hidden" in names or (tag in _CLOSED_UNLESS_OPEN and "open" not in names):
+        return True
+    background = next((_legacy_colour(v) for n, v in attrs if n == "bgcolor" and v), None)
+    for name, value in attrs:
+        if value is None:
+            continue
+        if name == "style" and _style_hides(_declarations(_strip_css_noise(value))):
+            return True
+        if (name, tag) in (("color", "font"), ("color", "basefont"), ("text", "body")):
+            colour = _legacy_colour(value)
+            if colour is not None and _invisible_colour(colour, background):
+                return True
+    return False
+
+
+@dataclass
+class _StyleSheet:
+    """What the message's own style sheets hide, over-approximated so it can be checked
+    per element in constant time: a hiding rule hides every element that has the id,
+    the first class, or else the type of its selector's last compound."""
+
+    hide_all: bool = False
+    ids: set[str] = field(default_factory=set)
+    classes: set[str] = field(default_factory=set)
+    types: set[str] = field(default_factory=set)
+
+    def hides(self, tag: str, attrs: list[tuple[str, str | None]]) -> bool:
+        if tag in self.types:
+            return True
+        for name, value in attrs:
+            if value and name == "id" and value.strip(_HTML_SPACE).lower() in self.ids:
+                return True
+            if value and name == "class" and any(c in self.classes for c in value.lower().split()):
+                return True
+        return False
+
+    def add_css(self, css: str) -> None:
+        """Read one style sheet's rules, nested ones (``@media``) included."""
+        css = _strip_css_noise(css)
+        if "@import" in css.lower():
+            self.hide_all = True  # rules we cannot see
+        frames: list[tuple[str, list[str]]] = []  # (prelude, declaration text) of each open block
+        segment = boundary = 0
+        for match in _CSS_STRUCTURE_RE.finditer(css):
+            token = match.group()
+            if token == ";":
+                boundary = match.end()
+            elif token == "{":
+                if frames:
+                    frames[-1][1].append(css[segment : match.start()])
+                if len(frames) >= _MAX_CSS_DEPTH:
+                    self.hide_all = True
+                    return
+                frames.append((css[boundary : match.start()], []))
+                segment = boundary = match.end()
+            elif token == "}" and frames:
+                prelude, parts = frames.pop()
+                parts.append(css[segment : match.start()])
+                self._add_rule(prelude, "".join(parts), frames[-1][0] if frames else "")
+                segment = boundary = match.end()
+        while frames:  # the end of a style sheet closes every open block
+            prelude, parts = frames.pop()
+            parts.append(css[segment:])
+            self._add_rule(prelude, "".join(parts), frames[-1][0] if frames else "")
+            segment = len(css)
+
+    def _add_rule(self, prelude: str, block: str, parent: str) -> None:
+        selectors = _css_unescape(prelude).strip().lower()
+        declarations = _declarations(block)
+        if selectors.startswith("@"):
+            if selectors.startswith("@font-face") and any(name == "src" for name, _ in declarations):
+                self.hide_all = True  # a downloaded font can draw any text as anything
+            return
+        if not _style_hides(declarations):
+            return
+        if "keyframes" in _css_unescape(parent).lower():
+            self.hide_all = True  # an animation that ends invisible
+            return
+        for selector in selectors.split(","):
+            if _NEGATING_SELECTOR_RE.search(selector):
+                self.hide_all = True
+                continue
+            compound = re.split(r"[\s>+~]+", selector.strip())[-1].split("::")[0]
+            if found := _ID_RE.search(compound):
+                self.ids.add(found.group(1))
+            elif found := _CLASS_RE.search(compound):
+                self.classes.add(found.group(1))
+            elif (found := _TYPE_RE.match(compound)) is not None:
+                self.types.add(found.group())
+            else:
+                self.hide_all = True  # "*", "[attr]", ":first-child": could be anything
+        if self.types & {"html", "body"}:
+            self.hide_all = True
+
+
+# --- Reading the markup ------------------------------------------------------
+
+
+_STYLE_PASS_NEEDED_RE = re.compile(r"<(?:style|link|body|html)|\[if", re.IGNORECASE)
+
+
+class _MarkupReader(HTMLParser):
+    """html.parser, plus the checks that keep it from reading markup differently from a
+    browser where that would reveal hidden text; a reader that gives up sets ``unsure``."""
+
+    def __init__(self, html: str) -> None:
         super().__init__(convert_charrefs=True)
+        self.html = html
+        self._line_starts = [0, *(m.end() for m in re.finditer("\n", html))]
+        self.unsure = False
+
+    def read(self) -> None:
+        """Parse all of ``html``; an unfinished construct at the end shows nothing.
+
+        html.parser's close() re-scans an unfinished tag, comment or ``</`` once per
+        character (quadratic on hostile input), and then shows it as text where a
+        browser shows nothing, so the unfinished rest is dropped instead.
+        """
+        try:
+            self.feed(self.html)
+            if not self.html.startswith("<", self.position()):
+                self.close()
+        except Exception:
+            self.unsure = True  # html.parser gave up on hostile markup
+
+    def position(self) -> int:
+        """Offset in ``html`` of the construct being handled."""
+        line, column = self.getpos()
+        return self._line_starts[line - 1] + column
+
+    def written_start_tag(self) -> str:
+        """The start tag's name as a browser reads it (ASCII case-folding only)."""
+        found = _TAG_NAME_RE.match(self.html, self.position() + 1)
+        return found.group().translate(_ASCII_LOWER) if found else ""
+
+    def written_end_tag(self) -> str | None:
+        """The end tag's name as a browser reads it, or None where a browser sees no end
+        tag at all (``</ div>``, ``</div\\0>``): it takes those for comments."""
+        start = self.position()
+        found = _TAG_NAME_RE.match(self.html, start + 2)
+        if not self.html.startswith("</", start) or found is None:
+            return None
+        if self.html[found.end() : found.end() + 1] not in ("\t", "\n", "\f", "\r", " ", "/", ">"):
+            return None
+        return found.group().translate(_ASCII_LOWER)
+
+    def unread_start_tag(self) -> bool:
+        """Whether html.parser passed a start tag it could not parse on as text."""
+        start = self.position()
+        following = self.html[start + 1 : start + 2]
+        return self.html.startswith("<", start) and following.isascii() and following.isalpha()
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        # "<div/>" opens a div that stays open: HTML ignores the slash.
+        self.handle_starttag(tag, attrs)
+
+
+class _StyleCollector(_MarkupReader):
+    """First pass: the style sheets, and whatever hides the whole message."""
+
+    def __init__(self, html: str) -> None:
+        super().__init__(html)
+        self.sheet = _StyleSheet()
+        self._css: list[str] | None = None
+
+    def collect(self) -> _StyleSheet:
+        self.read()
+        if self.unsure or self._css is not None:
+            self.sheet.hide_all = True
+        return self.sheet
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if self.written_start_tag() == "style":
+            self.sheet.hide_all = True  # html.parser would read its rules as markup
+        self.handle_starttag(tag, attrs)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        name = self.written_start_tag()
+        if name == "style":
+            self._css = []
+        elif name == "link" and any(n == "rel" and v and "stylesheet" in v.lower() for n, v in attrs):
+            self.sheet.hide_all = True  # rules we cannot see
+        elif name in ("html", "body") and _attributes_hide(name, attrs):
+            self.sheet.hide_all = True  # their attributes apply wherever the tag appears
+
+    def handle_data(self, data: str) -> None:
+        if self._css is not None:
+            self._css.append(data)
+
+    def handle_endtag(self, tag: str) -> None:
+        if self._css is None or tag != "style":
+            return
+        if self.written_end_tag() != "style":
+            self.sheet.hide_all = True  # html.parser ended the style sheet where a browser does not
+        self.sheet.add_css("".join(self._css))
+        self._css = None
+
+    def handle_comment(self, data: str) -> None:
+        if data.lstrip().lower().startswith("[if"):
+            self.sheet.add_css(data)  # Outlook's conditional styles (mso-hide)
+
+
+class _HTMLToText(_MarkupReader):
+    """Second pass: collect visible text, dropping quoted history so it never reaches
+    the comment.
+
+    The open elements are a stack in which each element records whether it hides
+    its content; text is visible only while no open element hides.  A hiding
+    element is popped only by an end tag a browser would also honour, so hostile
+    nesting can make the reader drop text, never show hidden text.
+    """
+
+    def __init__(self, html: str, sheet: _StyleSheet) -> None:
+        super().__init__(html)
+        self._sheet = sheet
         self._parts: list[str] = []
         self._line_has_content = False
-        self._skip_tag: str | None = None
-        self._skip_depth = 0
-        self._pre_depth = 0
+        self._stack: list[tuple[str, bool]] = []  # (tag, hides its content)
+        self._where: dict[str, list[int]] = {}  # tag -> stack indexes, innermost last
+        self._hiding: list[int] = []  # stack indexes of hiding elements
+        self._special: list[int] = []  # stack indexes of special elements
+        self._raw: str | None = None  # inside <script>, <style>, <title>, ... until its end tag
+        self._script_escaped = False
+        self._revealed = 0  # inside <!--[if !mso]><!--> ... <!--<![endif]-->: Outlook does not show it
         self._stopped = False
 
     def text(self) -> str:
@@ -594,55 +1135,156 @@ class _HTMLToText(HTMLParser):
         self._parts.append("\n")
         self._line_has_content = False
 
+    # The stack of open elements --------------------------------------------------
+
+    def _push(self, tag: str, hides: bool) -> None:
+        index = len(self._stack)
+        self._stack.append((tag, hides))
+        self._where.setdefault(tag, []).append(index)
+        if hides:
+            self._hiding.append(index)
+        if tag in _SPECIAL_TAGS:
+            self._special.append(index)
+
+    def _pop_to(self, index: int) -> None:
+        """Close the element at ``index`` and everything opened inside it."""
+        while len(self._stack) > index:
+            tag, hides = self._stack.pop()
+            self._where[tag].pop()
+            if hides:
+                self._hiding.pop()
+            if tag in _SPECIAL_TAGS:
+                self._special.pop()
+
+    def _top_is(self, *tags: str) -> bool:
+        """Whether the innermost element is one of ``tags`` and does not hide."""
+        return bool(self._stack) and self._stack[-1][0] in tags and not self._stack[-1][1]
+
+    def _close_implied(self, tag: str) -> None:
+        """End the innermost element where this start tag ends it in a browser too.
+
+        Only elements that hide nothing are ended here, so a mistake costs nothing.
+        """
+        if tag in _P_CLOSERS and self._top_is("p"):
+            self._pop_to(len(self._stack) - 1)
+        if (tag == "li" and self._top_is("li")) or (tag in ("dd", "dt") and self._top_is("dd", "dt")):
+            self._pop_to(len(self._stack) - 1)
+        if tag in ("td", "th", "tr") and self._top_is("td", "th"):
+            self._pop_to(len(self._stack) - 1)
+        if tag == "tr" and self._top_is("tr"):
+            self._pop_to(len(self._stack) - 1)
+        if tag in ("option", "optgroup") and self._top_is("option"):
+            self._pop_to(len(self._stack) - 1)
+
+    def _close(self, tag: str) -> None:
+        """Honour an end tag only where a browser certainly does, and never across a
+        hiding element it does not itself close."""
+        positions = self._where.get(tag)
+        if not positions:
+            return
+        target = positions[-1]
+        if self._hiding and self._hiding[-1] > target:
+            return  # a hidden element inside would close with it
+        if self._revealed and self._stack[target][1]:
+            return  # Outlook does not see this end tag, so for its reader the element stays open
+        if tag == "template":
+            pass  # </template> closes everything inside it
+        elif tag in _SCOPED_END_TAGS:
+            for boundary in _SCOPED_END_TAGS[tag]:
+                if self._where.get(boundary) and self._where[boundary][-1] > target:
+                    return
+        elif self._special and self._special[-1] > target:
+            return  # a browser ignores "</span>" with a <div> still open inside the span
+        self._pop_to(target)
+
+    # html.parser callbacks ---------------------------------------------------------
+
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if self._stopped:
+        if self._stopped or self._raw is not None:
             return
-        if self._skip_tag is not None:
-            if tag == self._skip_tag:
-                self._skip_depth += 1
-            elif tag == "body" and self._skip_tag in ("head", "title"):
-                self._skip_tag = None  # unclosed <head>: the body is still visible
-            return
-        attributes = {name.lower(): (value or "") for name, value in attrs}
-        if attributes.get("id", "").strip().lower() in _OUTLOOK_STOP_IDS:
+        name = self.written_start_tag() or tag
+        element_id = next((v for n, v in attrs if n == "id" and v), "")
+        if element_id.strip(_HTML_SPACE).lower() in _OUTLOOK_STOP_IDS:
             self._stopped = True
             return
-        if tag in _VOID_TAGS:
-            if tag == "br":
+        if name in ("html", "body"):
+            if name == "body" and self._top_is_head():
+                self._pop_to(len(self._stack) - 1)
+            return  # never pushed: the first pass judged their attributes
+        if self._top_is_head() and name not in _HEAD_CONTENT:
+            self._pop_to(len(self._stack) - 1)  # body content ends an unclosed <head>
+        if name in _VOID_TAGS:
+            if name == "br":
                 self._hard_break()
-            elif tag == "hr":
+            elif name == "hr":
+                self._close_implied(name)
                 self._soft_break()
             return
-        css_class = attributes.get("class", "").lower()
-        if tag in _INVISIBLE_TAGS or tag == "blockquote" or any(c in css_class for c in _QUOTE_CLASSES):
-            self._skip_tag = tag
-            self._skip_depth = 1
+        if name == "plaintext":
+            self._stopped = True  # the rest of the document is raw text
             return
-        if tag in _BLOCK_TAGS:
+        self._close_implied(name)
+        if name in _RAW_TEXT_TAGS:
+            self._raw, self._script_escaped = name, False
+            return
+        if len(self._stack) >= _MAX_HTML_DEPTH:
+            self._stopped = True  # too deep to follow: the rest counts as hidden
+            return
+        css_class = next((v for n, v in attrs if n == "class" and v), "").lower()
+        hides = (
+            name in _HIDDEN_TAGS
+            or name == "blockquote"
+            or any(c in css_class for c in _QUOTE_CLASSES)
+            or _attributes_hide(name, attrs)
+            or self._sheet.hides(name, attrs)
+        )
+        self._push(name, hides)
+        if name in _BLOCK_TAGS:
             self._soft_break()
-        if tag == "pre":
-            self._pre_depth += 1
-        elif tag in ("td", "th") and self._line_has_content:
+        elif name in ("td", "th") and self._line_has_content:
             self._parts.append(" ")
+
+    def _top_is_head(self) -> bool:
+        return bool(self._stack) and self._stack[-1][0] == "head"
 
     def handle_endtag(self, tag: str) -> None:
         if self._stopped:
             return
-        if self._skip_tag is not None:
-            if tag == self._skip_tag:
-                self._skip_depth -= 1
-                if self._skip_depth <= 0:
-                    self._skip_tag = None
+        name = self.written_end_tag()
+        if name is None:
+            return  # a browser reads a bogus comment here, not an end tag
+        if self._raw is not None:
+            if name == self._raw:
+                if self._script_escaped:
+                    self._stopped = True  # "<!--<script>" may hide this end tag from a browser
+                self._raw = None
             return
-        if tag in _BLOCK_TAGS:
+        if name in ("html", "body"):
+            return  # text after </body> is still shown
+        if name == "br":
+            self._hard_break()
+            return
+        self._close(name)
+        if name in _BLOCK_TAGS:
             self._soft_break()
-        if tag == "pre" and self._pre_depth > 0:
-            self._pre_depth -= 1
 
     def handle_data(self, data: str) -> None:
-        if self._stopped or self._skip_tag is not None:
+        if self._stopped:
             return
-        if self._pre_depth:
+        if self._raw is not None:
+            if self._raw == "script" and "<!--" in data:
+                self._script_escaped = True
+            return
+        if self.unread_start_tag():
+            self._stopped = True  # html.parser could not read this tag; a browser may hide what follows
+            return
+        if self._top_is_head():
+            if not data.strip(_HTML_SPACE):
+                return
+            self._pop_to(len(self._stack) - 1)  # text ends an unclosed <head>
+        if self._hiding or self._revealed:
+            return
+        if self._where.get("pre"):
             self._parts.append(data)
             lines = data.split("\n")
             if len(lines) > 1:
@@ -655,15 +1297,44 @@ class _HTMLToText(HTMLParser):
             self._line_has_content = True
         self._parts.append(collapsed)
 
+    def handle_comment(self, data: str) -> None:
+        if self._stopped:
+            return
+        if self._raw is not None:
+            self._script_escaped = self._script_escaped or self._raw == "script"
+            return
+        start = self.position()
+        if self.html.startswith("<!--", start) and not self.html.startswith("-->", start + 4 + len(data)):
+            self._stopped = True  # html.parser ended it at "-- >"; a browser reads on
+            return
+        condition = data.strip().lower()
+        if condition.startswith("[if") and condition.endswith("><!"):
+            self._revealed += 1
+        elif condition == "<![endif]" and self._revealed:
+            self._revealed -= 1
+        elif condition.startswith("[if") and re.search(r"<[a-zA-Z]", data) and not self._where.get("head"):
+            self._stopped = True  # markup only Outlook renders: it may hide what follows
+
+    def unknown_decl(self, data: str) -> None:
+        if self._stopped or self._raw is not None:
+            self._script_escaped = self._script_escaped or self._raw == "script"
+            return
+        condition = data.strip().lower()
+        if condition.startswith("if"):
+            self._revealed += 1  # <![if !mso]>: shown by browsers, maybe not by Outlook
+        elif condition == "endif" and self._revealed:
+            self._revealed -= 1
+
 
 def html_to_text(html: str) -> str:
-    """Render an HTML body as plain lines, without quoted history; never raises."""
-    parser = _HTMLToText()
-    try:
-        parser.feed(html)
-        parser.close()
-    except Exception:
-        pass  # keep whatever was collected before the parser gave up
+    """Render an HTML body as the plain lines a reader sees, without quoted history; never raises."""
+    html = html.replace("\r\n", "\n").replace("\r", "\n")
+    # The first pass only matters if something it looks at is there at all.
+    sheet = _StyleCollector(html).collect() if _STYLE_PASS_NEEDED_RE.search(html) else _StyleSheet()
+    if sheet.hide_all:
+        return ""
+    parser = _HTMLToText(html, sheet)
+    parser.read()  # on a parser failure, keep what was collected before it
     text = parser.text().replace("\xa0", " ")
     lines = [line.strip() for line in text.split("\n")]
     return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()

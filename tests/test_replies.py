@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from email.message import EmailMessage
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
@@ -14,6 +16,7 @@ from rc_mta.replies import (
     METADATA_END,
     METADATA_START,
     ParsedReply,
+    html_to_text,
     interpret_action,
     parse_reply,
 )
@@ -409,6 +412,185 @@ def test_html_drops_scripts_and_unescapes_entities() -> None:
     reply = parse_reply(msg.as_bytes())
     assert reply.text == "Fail — tests are <red>\none\ntwo\na b\nline one\nline two"
     assert _action(reply) == "fail"
+
+
+# --------------------------------------------------------------------------
+# Hidden HTML text: what a person does not see neither decides nor enters the comment
+# --------------------------------------------------------------------------
+
+HIDDEN_WORDS = "Approved, ship it. Also wire 5000 EUR"
+VISIBLE_HTML = "<div>No, not yet &ndash; tests are red</div>"
+VISIBLE_COMMENT = "No, not yet – tests are red"
+
+# Each way of hiding text, with {} where the hidden words go; the visible words follow.
+HIDING_TECHNIQUES = {
+    "display none": '<div style="display:none">{}</div>',
+    "display none, spaced and important": '<div style="DISPLAY : None !important">{}</div>',
+    "visibility hidden": '<p style="visibility: hidden">{}</p>',
+    "hidden attribute": "<div hidden>{}</div>",
+    "hidden attribute, upper case": "<DIV HIDDEN>{}</DIV>",
+    "font size 0": '<span style="font-size:0">{}</span>',
+    "font size 1px": '<span style="font-size:1px;line-height:1px">{}</span>',
+    "font shorthand 0/0": '<span style="font:0/0 a">{}</span>',
+    "preheader max-height 0": '<div style="max-height:0px;overflow:hidden">{}</div>',
+    "zero-size box": '<div style="width:0;height:0;overflow:hidden">{}</div>',
+    "one-pixel clipped box": '<div style="height:1px;overflow:hidden">{}</div>',
+    "white text": '<span style="color:#ffffff">{}</span>',
+    "white text, named": '<span style="color: White">{}</span>',
+    "white text, rgb": '<span style="color:rgb(255, 255, 255)">{}</span>',
+    "white font tag": '<font color="#FFFFFF">{}</font>',
+    "white on white": '<p style="color:#fefefe;background-color:#ffffff">{}</p>',
+    "text coloured like its background": '<p style="color:#333;background:#333333">{}</p>',
+    "transparent text": '<span style="color:rgba(0,0,0,0)">{}</span>',
+    "opacity 0": '<div style="opacity:0">{}</div>',
+    "Outlook mso-hide": '<div style="mso-hide:all">{}</div>',
+    "off-screen": '<div style="position:absolute;left:-9999px">{}</div>',
+    "clipped to nothing": '<div style="position:absolute;clip:rect(0 0 0 0)">{}</div>',
+    "CSS escapes": '<div style="disp\\6c ay:n\\6f ne">{}</div>',
+    "CSS comment inside": '<div style="display:/* x */none">{}</div>',
+    "first of two style attributes": '<div style="display:none" style="color:red">{}</div>',
+    "entity-encoded style": '<div style="display&#58;none">{}</div>',
+    "title in head": "<html><head><title>{}</title></head><body>",
+    "title in body": "<title>{}</title>",
+    "style element": "<style>/* {} */</style>",
+    "script": '<script>var s = "{}";</script>',
+    "template": "<template><p>{}</p></template>",
+    "noscript": "<noscript><p>{}</p></noscript>",
+    "textarea": "<textarea>{}</textarea>",
+    "closed details": "<details><p>{}</p></details>",
+    "class hidden by a style sheet": (
+        '<style>.preheader {{ display: none !important; }}</style><div class="preheader">{}</div>'
+    ),
+    "style sheet after the element": '<span class="pre x">{}</span><style>span.pre{{font-size:0}}</style>',
+    "id hidden inside @media": '<style>@media screen {{ #pre {{ visibility:hidden }} }}</style><div id="pre">{}</div>',
+    "type hidden by a style sheet": "<style>h6 {{ display:none }}</style><h6>{}</h6>",
+    "nested deep inside a hidden ancestor": (
+        '<div style="display:none"><table><tr><td><p><b>{}</b></p></td></tr></table></div>'
+    ),
+    "hidden ancestor with an unclosed paragraph": "<div hidden><p>{}<br></div>",
+    "hidden ancestor, end tag with spaces": '<div style="display:none">{}</div  >',
+    "shown to browsers, not to Outlook": "<!--[if !mso]><!-->{}<!--<![endif]-->",
+    "comment": "<!-- {} -->",
+}
+
+
+def _html_reply(html: str) -> ParsedReply:
+    msg = EmailMessage()
+    _headers(msg)
+    msg.set_content(html, subtype="html")
+    return parse_reply(msg.as_bytes())
+
+
+@pytest.mark.parametrize("template", HIDING_TECHNIQUES.values(), ids=HIDING_TECHNIQUES.keys())
+def test_hidden_text_neither_decides_nor_enters_the_comment(template: str) -> None:
+    reply = _html_reply(template.format(HIDDEN_WORDS) + VISIBLE_HTML)
+
+    assert _action(reply) == "fail"  # the visible words decide
+    assert reply.comment == VISIBLE_COMMENT
+    assert "Approved" not in reply.text and "5000" not in reply.text
+
+
+@pytest.mark.parametrize("template", HIDING_TECHNIQUES.values(), ids=HIDING_TECHNIQUES.keys())
+def test_visible_approval_still_decides_next_to_a_hidden_refusal(template: str) -> None:
+    reply = _html_reply(template.format("No, reject it") + "<p>Approved &ndash; thanks</p>")
+
+    assert _action(reply) == "complete"
+    assert reply.comment == "Approved – thanks"
+
+
+def test_visible_text_in_colour_on_its_own_background_decides() -> None:
+    html = (
+        '<p style="color:#ffffff;background-color:#2e7d32">Approved</p>'
+        '<p><font color="#000000">from my phone</font></p><p style="font: 12px/1.5 Arial">Bob</p>'
+    )
+    reply = _html_reply(html)
+
+    assert _action(reply) == "complete"
+    assert reply.comment == "Approved\nfrom my phone\nBob"
+
+
+def test_text_after_an_unclosed_head_is_shown() -> None:
+    reply = _html_reply("<html><head><meta charset=utf-8><title>Re: task</title>Approved<p>Bob</p>")
+
+    assert reply.comment == "Approved\nBob"
+
+
+# Markup a browser reads differently from html.parser, or that hides everything after it:
+# the reader must then show nothing rather than the words after it.
+HIDDEN_TO_THE_END = {
+    "self-closing syntax on a div": "<div hidden/>Approved",
+    "end tag a browser ignores across a div": "<span hidden><div>x</span>Approved",
+    "end tag a browser ignores across a table cell": "<div hidden><table><tr><td>x</div>Approved",
+    "formatting element cloned by the browser": "<b hidden><div>x</b>Approved",
+    "end tag with a space after </": "<div hidden>x</ div>Approved",
+    "end tag with a NUL in its name": "<div hidden>x</div\x00>Approved",
+    "script end tag with a space after </": "<script></ script>Approved</script>",
+    "script double-escaped by <!--<script>": "<script><!--<script></script>Approved</script>",
+    "comment ended by -- > (not an end to a browser)": "<!-- -- >Approved -->",
+    "unfinished comment at the end": "<!-- <div>Approved",
+    "unfinished tag at the end": '<p title="Approved',
+    "a second body tag with hidden": "<p>Approved</p><body hidden>",
+    "html tag with display none": '<html style="display:none"><p>Approved</p>',
+    "external style sheet": '<link rel="stylesheet" href="https://example.net/x.css"><p>Approved</p>',
+    "imported style sheet": "<style>@import url(https://example.net/x.css);</style><p>Approved</p>",
+    "web font": "<style>@font-face { font-family: x; src: url(data:font/woff2;base64,AAAA) }</style><p>Approved</p>",
+    "universal hiding selector": "<style>* { color: white }</style><p>Approved</p>",
+    "negated hiding selector": "<style>p:not(.shown) { display: none }</style><p>Approved</p>",
+    "Outlook-only markup": '<!--[if mso]><div style="display:none"><![endif]-->Approved',
+    "tag name with a Kelvin sign (not <track>)": "<tra\u212a hidden>Approved",
+    "plaintext": "<plaintext>Approved",
+    "nesting deeper than the reader follows": "<div>" * 300 + "Approved",
+}
+
+
+@pytest.mark.parametrize("html", HIDDEN_TO_THE_END.values(), ids=HIDDEN_TO_THE_END.keys())
+def test_markup_that_may_hide_the_rest_decides_nothing(html: str) -> None:
+    reply = _html_reply(html)
+
+    assert "Approved" not in reply.text
+    assert _action(reply) is None
+
+
+def test_text_plain_alternative_is_read_and_the_html_is_not() -> None:
+    # A client that sends both shows the same words in each; rc-mta reads text/plain,
+    # so hidden HTML cannot add words, and HTML-only words do not count either.
+    msg = EmailMessage()
+    _headers(msg)
+    msg.set_content("No, not yet\n")
+    msg.add_alternative(f"<div hidden>{HIDDEN_WORDS}</div><div>No, not yet</div><p>Approved</p>", subtype="html")
+    reply = parse_reply(msg.as_bytes())
+
+    assert reply.comment == "No, not yet"
+    assert _action(reply) == "fail"
+    assert "Approved" not in reply.text
+
+
+HOSTILE_HTML = {
+    "</ runs": lambda n: "</" * (n // 2),
+    "<a runs": lambda n: "<a" * (n // 2),
+    "<? runs": lambda n: "<?" * (n // 2),
+    "unfinished attribute runs": lambda n: "<a x='" * (n // 6),
+    "open hidden divs": lambda n: "<div hidden>" * (n // 12),
+    "end tags a browser ignores": lambda n: "<span hidden>" + "<div>" * 200 + "</span>" * (n // 7),
+    "style braces": lambda n: "<style>" + "{" * n + "</style>",
+    "style comments": lambda n: "<style>" + "/*" * (n // 2) + "</style>",
+    "style strings": lambda n: "<style>" + '"\\' * (n // 2) + "</style>",
+}
+
+
+@pytest.mark.parametrize("make", HOSTILE_HTML.values(), ids=HOSTILE_HTML.keys())
+def test_hostile_html_takes_linear_time(make: Callable[[int], str]) -> None:
+    def seconds(size: int) -> float:
+        html = make(size)
+        best = float("inf")
+        for _ in range(3):
+            start = time.perf_counter()
+            html_to_text(html)
+            best = min(best, time.perf_counter() - start)
+        return best
+
+    small, large = seconds(32 * 1024), seconds(128 * 1024)
+    assert large < 10 * max(small, 0.005)  # four times the input; quadratic would be sixteen
 
 
 # --------------------------------------------------------------------------

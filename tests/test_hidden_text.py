@@ -1,0 +1,73 @@
+"""HTML text a person does not see never decides a task nor enters its comment (issue 9,
+class 5). Real SMTP over loopback to a running rc-mta."""
+
+from __future__ import annotations
+
+from conftest import REPLY_DOMAIN, RcMta
+from mailclient import reply_message, send_smtp
+
+# How newsletters hide their preheader, and how an attacker would hide an approval.
+HIDDEN_APPROVAL = (
+    '<div style="display:none;max-height:0;overflow:hidden;mso-hide:all">Approved, ship it</div>'
+    '<span style="color:#ffffff;font-size:1px">Approved</span>'
+)
+
+
+def test_hidden_approval_in_an_html_only_reply_does_not_complete_the_task(rc: RcMta) -> None:
+    task_id = rc.add_task()
+    request = rc.request(task_id)
+    bare = f"rc@{REPLY_DOMAIN}"
+    html = f"<html><body>{HIDDEN_APPROVAL}<div>No, not yet</div></body></html>"
+
+    outcome = send_smtp(rc.smtp_port, reply_message(bare, "", html=html, in_reply_to=request["message_id"]), bare)
+
+    assert outcome.code == 250, outcome
+    task = rc.task(task_id)
+    assert task["status"] == "failed"  # what the person sees: "No, not yet"
+    assert [c["text"] for c in task["comments"]] == ["No, not yet"]
+
+
+def test_hidden_approval_next_to_undecidable_visible_words_is_refused(rc: RcMta) -> None:
+    task_id = rc.add_task()
+    address = rc.request(task_id)["reply_to"]
+    html = f"{HIDDEN_APPROVAL}<p>Let me check with the team first.</p>"
+
+    outcome = send_smtp(rc.smtp_port, reply_message(address, "", html=html), address)
+
+    assert (outcome.code, outcome.enhanced) == (550, "5.6.0")
+    task = rc.task(task_id)
+    assert task["status"] == "in_progress"
+    assert task["comments"] == []
+
+
+def test_hidden_text_does_not_enter_the_comment_of_a_complete_button_reply(rc: RcMta) -> None:
+    task_id = rc.add_task()
+    address = rc.request(task_id)["complete_address"]
+    html = (
+        "<html><head><style>.pre { display: none !important }</style></head><body>"
+        '<div class="pre">Also approve the budget increase</div>'
+        "<p>Looks good</p>"
+        '<p style="font-size:0">and skip the security review</p>'
+        "<template>and delete the staging data</template>"
+        "</body></html>"
+    )
+
+    outcome = send_smtp(rc.smtp_port, reply_message(address, "", html=html), address)
+
+    assert outcome.code == 250, outcome
+    task = rc.task(task_id)
+    assert task["status"] == "completed"
+    assert [c["text"] for c in task["comments"]] == ["Looks good"]
+
+
+def test_reply_with_both_alternatives_is_read_from_its_text_plain_part(rc: RcMta) -> None:
+    task_id = rc.add_task()
+    address = rc.request(task_id)["reply_to"]
+    message = reply_message(address, "No, not yet", html=f"{HIDDEN_APPROVAL}<div>No, not yet</div>")
+
+    outcome = send_smtp(rc.smtp_port, message, address)
+
+    assert outcome.code == 250, outcome
+    task = rc.task(task_id)
+    assert task["status"] == "failed"
+    assert [c["text"] for c in task["comments"]] == ["No, not yet"]
