@@ -23,10 +23,9 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstr
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from . import __version__
-from .errors import PermanentRefusal, TemporaryFailure
+from .errors import RcMtaError, Refusal, TaskNotFound, TemporaryFailure
 from .pipeline import STALE_CLAIM_SECONDS
 from .store import Claim, Request, Task
-from .tasks import TaskNotFound
 
 if TYPE_CHECKING:
     from .app import Service
@@ -348,9 +347,10 @@ class _Api:
             if exc.status < 400:
                 raise
             return _from_http_exception(exc).response()
-        except TemporaryFailure as exc:
-            log.warning("api %s %s: temporary failure: %s", request.method, path, exc)
-            return ApiError(503, "unavailable", f"temporarily unavailable, try again: {exc}").response()
+        except (Refusal, TemporaryFailure) as exc:
+            if isinstance(exc, TemporaryFailure):
+                log.warning("api %s %s: temporary failure: %s", request.method, path, exc)
+            return _api_error_for(exc).response()
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -379,12 +379,7 @@ class _Api:
     async def create_request(self, request: web.Request) -> web.Response:
         body = await _body(request, RequestCreate, self.service.settings.http.body_timeout)
         service = self.service
-        try:
-            task = await service.backend.get(body.task_id)
-        except TaskNotFound:
-            raise ApiError(404, "not_found", f"no task {body.task_id}") from None
-        except PermanentRefusal as exc:
-            raise ApiError(409, "conflict", str(exc.reply)) from None
+        task = await service.backend.get(body.task_id)
         recipients = body.recipients()
         # The backend's title and owner go into the mail's headers: they must be one line.
         if recipients == [None] and ("@" not in task.owner or _CONTROL.search(task.owner)):
@@ -657,3 +652,20 @@ def add_api_routes(app: web.Application, service: Service) -> None:
     app.router.add_get("/v1/tasks", api.list_tasks)
     app.router.add_get("/v1/tasks/{task_id}", api.get_task)
     app.router.add_get("/openapi.json", api.openapi)
+
+
+# The HTTP edge's table: the status each domain error gets (the SMTP edge's is
+# ``smtp_replies.reply_for``). The message is the error's own sentence.
+_HTTP_STATUS: tuple[tuple[type[RcMtaError], int, ErrorCode], ...] = (
+    (TaskNotFound, 404, "not_found"),
+    (Refusal, 409, "conflict"),
+    (TemporaryFailure, 503, "unavailable"),
+)
+
+
+def _api_error_for(error: RcMtaError) -> ApiError:
+    for kind, status, code in _HTTP_STATUS:
+        if isinstance(error, kind):
+            message = f"temporarily unavailable, try again: {error}" if status == 503 else str(error)
+            return ApiError(status, code, message)
+    return ApiError(500, "internal", "internal error; the server log has the details")

@@ -1,8 +1,18 @@
-"""Named errors; their type decides 4xx or 5xx in one place (the pipeline)."""
+"""Every error rc-mta raises on purpose, in one tree, about the domain (a token expired, the
+workflow system is down), never about the edge it surfaces at.
+
+Two tables turn them into answers: ``smtp_replies.reply_for`` (a named SMTP reply) and the
+HTTP API's statuses (``api.py``). Whether the sender should retry follows from the branch:
+a ``TemporaryFailure`` may work later (4xx), a ``Refusal`` never will (5xx).
+"""
 
 from __future__ import annotations
 
-from .smtp_replies import SmtpReply
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .smtp_replies import SmtpReply
+    from .tasks import TaskInfo
 
 
 class RcMtaError(Exception):
@@ -13,17 +23,86 @@ class ConfigError(RcMtaError):
     """The configuration is wrong; the message names the key."""
 
 
+# May work later: the sender (or the poller, or the API client) retries. ----------------------
+
+
 class TemporaryFailure(RcMtaError):
-    """Something that may work later (store busy, backend down): the sender retries."""
+    """Something that may work later (store busy, backend down)."""
 
 
-class BackendAuthFailed(TemporaryFailure):
+class StoreUnavailable(TemporaryFailure):
+    """The database is busy, locked, read-only or gone for now."""
+
+
+class BackendUnavailable(TemporaryFailure):
+    """The workflow system (or a service it needs) could not be reached or answered oddly."""
+
+
+class BackendAuthFailed(BackendUnavailable):
     """The workflow system refused our credentials: an operator must act; the sender retries."""
 
 
-class PermanentRefusal(RcMtaError):
-    """The reply is refused for good, with the SMTP reply that says why."""
+# Never will: the answer is no, with the reason. ----------------------------------------------
+
+
+class Refusal(RcMtaError):
+    """A reply (or request) refused for good."""
+
+
+class TokenMalformed(Refusal):
+    """The reply address is damaged: not one we could have issued."""
+
+
+class TokenForged(Refusal):
+    """The reply address is well-formed but its signature does not check out (or it was never issued)."""
+
+
+class TokenKeyRetired(Refusal):
+    """The reply address was signed with a key this server no longer has."""
+
+
+class TokenExpired(Refusal):
+    def __init__(self, expired_at: str) -> None:
+        super().__init__(f"the reply address expired at {expired_at}")
+        self.expired_at = expired_at
+
+
+class RequestRevoked(Refusal):
+    """The completion request was withdrawn."""
+
+
+class RequestAnswered(Refusal):
+    """Another message already answered the request."""
+
+    def __init__(self, task_id: str, action_past: str) -> None:
+        super().__init__(f"the request was already answered: task {task_id} {action_past}")
+        self.task_id, self.action_past = task_id, action_past
+
+
+class TaskNotFound(Refusal):
+    def __init__(self, task_id: str) -> None:
+        super().__init__(f"task {task_id} not found")
+        self.task_id = task_id
+
+
+class TaskNotInProgress(Refusal):
+    def __init__(self, task: TaskInfo) -> None:
+        super().__init__(f"task {task.id} is {task.status}")
+        self.task = task
+
+
+class BackendRefused(Refusal):
+    """The workflow system said no, for its own reason."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(f"the workflow system refused: {why}")
+        self.why = why
+
+
+class MessageRefused(Refusal):
+    """A refusal whose SMTP reply is decided where it happens (the message itself is at
+    fault: unreadable, not the owner's, undecidable…); ``reply`` says which, and why."""
 
     def __init__(self, reply: SmtpReply) -> None:
-        super().__init__(str(reply))
+        super().__init__(reply.text)
         self.reply = reply

@@ -26,7 +26,17 @@ from . import metrics
 from . import smtp_replies as R
 from .authresults import strip_forged_authentication_results
 from .config import Settings
-from .errors import BackendAuthFailed, PermanentRefusal, TemporaryFailure
+from .errors import (
+    BackendAuthFailed,
+    MessageRefused,
+    Refusal,
+    RequestAnswered,
+    RequestRevoked,
+    TaskNotFound,
+    TaskNotInProgress,
+    TemporaryFailure,
+    TokenForged,
+)
 from .rawmessage import canonical_message
 from .replies import (
     DEFAULT_COMPLETE_WORDS,
@@ -38,7 +48,7 @@ from .replies import (
 from .sender_auth import AuthState, Client, SenderAuth
 from .smtp_replies import SmtpReply
 from .store import Claim, ClaimOutcome, Request, Store, new_attempt_id
-from .tasks import ActionContext, TaskBackend, TaskNotFound, TaskNotInProgress
+from .tasks import ActionContext, TaskBackend
 from .tokens import Action, Signer, Token, redact_address
 
 log = logging.getLogger("rc_mta.pipeline")
@@ -178,10 +188,10 @@ class Pipeline:
         local, _, domain = address.rpartition("@")
         inbound = self.settings.inbound
         if domain.lower().rstrip(".") != inbound.reply_domain:
-            raise PermanentRefusal(R.NOT_OUR_DOMAIN.with_text(domain=domain or "(none)"))
+            raise MessageRefused(R.NOT_OUR_DOMAIN.with_text(domain=domain or "(none)"))
         base, plus, token_text = local.partition("+")
         if base.lower() != inbound.local_part:
-            raise PermanentRefusal(R.UNKNOWN_MAILBOX)
+            raise MessageRefused(R.UNKNOWN_MAILBOX)
         if not plus:
             # A client that dropped the +token: the token is looked for in the message.
             return Recipient(address)
@@ -193,10 +203,10 @@ class Pipeline:
         request = await asyncio.to_thread(self.store.get_request, token.request_id)
         if request is None:
             # Never issued here (or deleted): the same answer as a forged signature.
-            raise PermanentRefusal(R.TOKEN_INVALID)
+            raise TokenForged(f"request {token.request_id} was never issued here")
         self.signer.verify(token, request.owner, self.clock())
         if request.revoked_at is not None:
-            raise PermanentRefusal(R.TOKEN_REVOKED)
+            raise RequestRevoked(f"request {request.id} was withdrawn")
         return token, request
 
     # DATA: one entry for every door ---------------------------------------------------
@@ -212,7 +222,7 @@ class Pipeline:
         try:
             # Off the loop: a large message must not stall every other session while it parses.
             raw, parsed = await asyncio.to_thread(read_message, inbound.raw, envelope_sender)
-        except PermanentRefusal as exc:
+        except MessageRefused as exc:
             message_id = _synthetic_message_id(inbound.raw)
             unread = [Decision(exc.reply, Outcome.REFUSE, r, message_id=message_id) for r in _named(inbound)]
             if act:
@@ -244,11 +254,8 @@ class Pipeline:
             named = Decision(R.OK, Outcome.REFUSE, Recipient(address), comment=parsed.comment, message_id=message_id)
             try:
                 recipient = await self.check_recipient(address)
-            except PermanentRefusal as exc:
-                refused.append(replace(named, reply=exc.reply))
-                continue
-            except TemporaryFailure:
-                refused.append(replace(named, reply=R.BACKEND_UNAVAILABLE, outcome=Outcome.RETRY))
+            except (Refusal, TemporaryFailure) as exc:
+                refused.append(replace(named, reply=R.reply_for(exc), outcome=_failed(R.reply_for(exc))))
                 continue
             key = recipient.request.id if recipient.request else address.lower()
             if key not in seen:
@@ -327,12 +334,12 @@ class Pipeline:
             if claim.message_id == message_id:
                 reply = R.ALREADY_DONE.with_text(task_id=request.task_id, action_past=done.past)
                 return replace(base, reply=reply, outcome=Outcome.ALREADY_DONE, action=done)
-            raise PermanentRefusal(R.TOKEN_USED.with_text(task_id=request.task_id, action_past=done.past))
+            raise RequestAnswered(request.task_id, done.past)
 
         if token.action is Action.REPLY:
             decided = interpret_action(parsed.comment, self.complete_words, self.fail_words)
             if decided is None:
-                raise PermanentRefusal(R.ACTION_UNCLEAR)
+                raise MessageRefused(R.ACTION_UNCLEAR)
             action = TaskAction(decided)
         else:
             action = TaskAction(token.action.label)
@@ -354,7 +361,7 @@ class Pipeline:
             self.store.claim, request.id, attempt, message_id, action.value, actor, self.clock(), STALE_CLAIM_SECONDS
         )
         if outcome is ClaimOutcome.REVOKED:
-            raise PermanentRefusal(R.TOKEN_REVOKED)
+            raise RequestRevoked(f"request {request.id} was withdrawn")
         if outcome is not ClaimOutcome.OURS:
             return _not_ours(decision, request, outcome, claim)
         try:
@@ -369,13 +376,10 @@ class Pipeline:
                 pass
             else:
                 await asyncio.to_thread(self.store.release_claim, request.id, attempt)
-                by = f" by {task.acted_by}" if task.acted_by else ""
-                raise PermanentRefusal(
-                    R.TASK_NOT_IN_PROGRESS.with_text(task_id=task.id, status=task.status, by=by)
-                ) from None
+                raise
         except TaskNotFound:
             await asyncio.to_thread(self.store.release_claim, request.id, attempt)
-            raise PermanentRefusal(R.TASK_NOT_FOUND.with_text(task_id=request.task_id)) from None
+            raise
         except BaseException:
             try:
                 await asyncio.to_thread(self.store.release_claim, request.id, attempt)
@@ -418,14 +422,14 @@ class Pipeline:
             self._inflight.add(action)
             action.add_done_callback(self._inflight.discard)
             return await asyncio.shield(action)
-        except PermanentRefusal as exc:
-            return replace(refused, reply=exc.reply, outcome=Outcome.REFUSE)
+        except Refusal as exc:
+            return replace(refused, reply=R.reply_for(exc), outcome=Outcome.REFUSE)
         except BackendAuthFailed as exc:
             log.error("task backend refused our credentials: %s (fix [tasks] config)", exc)
-            return replace(refused, reply=R.BACKEND_AUTH_FAILED)
+            return replace(refused, reply=R.reply_for(exc))
         except TemporaryFailure as exc:
             log.warning("temporary failure for %s: %s", redact_address(recipient.address), exc)
-            return replace(refused, reply=R.BACKEND_UNAVAILABLE)
+            return replace(refused, reply=R.reply_for(exc))
         except Exception:
             log.exception("unexpected error handling a reply to %s", redact_address(recipient.address))
             return refused
@@ -508,7 +512,7 @@ class Pipeline:
                 await self.backend.complete(task_id, comment, actor, context)
             else:
                 await self.backend.fail(task_id, comment, actor, context)
-        except (TaskNotInProgress, TaskNotFound, PermanentRefusal):
+        except Refusal:
             raise
         except BackendAuthFailed:
             metrics.BACKEND_ERRORS.labels(name, "auth").inc()
@@ -533,11 +537,11 @@ class Pipeline:
             for text in self.sender_auth.addresses.tokens_in(candidate):
                 try:
                     token = self.signer.decode(text)
-                except PermanentRefusal:
+                except Refusal:
                     continue
                 if token.action is Action.REPLY:
                     return await self.verify_token(text)
-        raise PermanentRefusal(R.NO_TOKEN)
+        raise MessageRefused(R.NO_TOKEN)
 
 
 def _failed(reply: SmtpReply) -> Outcome:
@@ -555,7 +559,7 @@ def _not_ours(decision: Decision, request: Request, outcome: ClaimOutcome, claim
     if outcome is ClaimOutcome.DONE:
         done = TaskAction(claim.action)
         if claim.message_id != decision.message_id:
-            raise PermanentRefusal(R.TOKEN_USED.with_text(task_id=request.task_id, action_past=done.past))
+            raise RequestAnswered(request.task_id, done.past)
         reply = R.ALREADY_DONE.with_text(task_id=request.task_id, action_past=done.past)
         return replace(decision, reply=reply, outcome=Outcome.ALREADY_DONE)
     log.info("request %s is being answered by another attempt (message %s)", request.id, claim.message_id)

@@ -21,15 +21,15 @@ from __future__ import annotations
 import re
 
 from . import smtp_replies as R
-from .errors import PermanentRefusal
+from .errors import MessageRefused
 
 # RFC 5322 field name: printable US-ASCII except ":", then the colon (no space before it).
 _FIELD_START = re.compile(rb"[\x21-\x39\x3b-\x7e]+:")
 _ANY_NEWLINE = re.compile(rb"\r\n|\r|\n")
 
 
-def _refuse(why: str) -> PermanentRefusal:
-    return PermanentRefusal(R.MESSAGE_MALFORMED.with_text(why=why))
+def _refuse(why: str) -> MessageRefused:
+    return MessageRefused(R.MESSAGE_MALFORMED.with_text(why=why))
 
 
 def canonical_message(raw: bytes) -> bytes:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from . import errors as E
 from .safetext import excerpt
 
 
@@ -232,3 +233,39 @@ def with_enhanced_code(line: str) -> str:
     if len(parts) == 3 and all(p.isdigit() for p in parts):
         return line
     return f"{code} {_protocol_enhanced(code)} {rest}"
+
+
+# The SMTP edge's table: which reply each domain error gets. ------------------------------
+
+
+def reply_for(error: BaseException) -> SmtpReply:
+    """The reply for an error raised anywhere below the SMTP edge (the HTTP API has its own
+    table); anything unexpected is our own trouble, a 4xx."""
+    match error:
+        case E.MessageRefused():
+            return error.reply
+        case E.TokenMalformed():
+            return TOKEN_MALFORMED
+        case E.TokenForged():
+            return TOKEN_INVALID
+        case E.TokenKeyRetired():
+            return TOKEN_UNKNOWN_KEY
+        case E.TokenExpired():
+            return TOKEN_EXPIRED.with_text(expired_at=error.expired_at)
+        case E.RequestRevoked():
+            return TOKEN_REVOKED
+        case E.RequestAnswered():
+            return TOKEN_USED.with_text(task_id=error.task_id, action_past=error.action_past)
+        case E.TaskNotFound():
+            return TASK_NOT_FOUND.with_text(task_id=error.task_id)
+        case E.TaskNotInProgress():
+            task = error.task
+            by = f" by {task.acted_by}" if task.acted_by else ""
+            return TASK_NOT_IN_PROGRESS.with_text(task_id=task.id, status=task.status, by=by)
+        case E.BackendRefused():
+            return BACKEND_REFUSED.with_text(why=error.why)
+        case E.BackendAuthFailed():
+            return BACKEND_AUTH_FAILED
+        case E.TemporaryFailure():
+            return BACKEND_UNAVAILABLE
+    return INTERNAL_ERROR

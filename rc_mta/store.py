@@ -43,7 +43,7 @@ from sqlalchemy.engine import ExceptionContext, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.schema import CreateTable
 
-from .errors import TemporaryFailure
+from .errors import StoreUnavailable, TemporaryFailure
 
 metadata = MetaData()
 
@@ -248,7 +248,7 @@ class Store:
 
     @contextmanager
     def _begin(self) -> Iterator[Connection]:
-        """A transaction; database trouble becomes a TemporaryFailure (the sender retries)."""
+        """A transaction; database trouble becomes StoreUnavailable (the sender retries)."""
         self._check_file()
         try:
             with self.engine.begin() as conn:
@@ -256,7 +256,7 @@ class Store:
         except IntegrityError:
             raise
         except (OperationalError, DBAPIError) as exc:
-            raise TemporaryFailure(f"store unavailable: {exc.orig or exc}") from exc
+            raise StoreUnavailable(f"store unavailable: {exc.orig or exc}") from exc
 
     def _check_file(self) -> None:
         """SQLite keeps writing into a database file that was deleted (or its directory
@@ -277,7 +277,7 @@ class Store:
             self._file_identity = identity
         elif identity != known:
             self.engine.dispose()  # let go of the deleted file's space
-            raise TemporaryFailure(f"the store file {self._file} was removed or replaced since rc-mta opened it")
+            raise StoreUnavailable(f"the store file {self._file} was removed or replaced since rc-mta opened it")
 
     # Tasks (embedded backend) -------------------------------------------------------
 
@@ -422,7 +422,7 @@ class Store:
             if found["revoked_at"] is not None:
                 return ClaimOutcome.REVOKED, current
             return ClaimOutcome.BUSY, current
-        raise TemporaryFailure(f"the claim on request {request_id} kept changing hands")
+        raise StoreUnavailable(f"the claim on request {request_id} kept changing hands")
 
     def finish_claim(self, request_id: str, attempt: str, now: float) -> bool:
         """Mark this attempt's claim answered; False if it no longer holds it (it was

@@ -29,13 +29,7 @@ from datetime import UTC, datetime
 from enum import Enum
 from pathlib import Path
 
-from .errors import ConfigError, PermanentRefusal, RcMtaError
-from .smtp_replies import (
-    TOKEN_EXPIRED,
-    TOKEN_INVALID,
-    TOKEN_MALFORMED,
-    TOKEN_UNKNOWN_KEY,
-)
+from .errors import ConfigError, RcMtaError, TokenExpired, TokenForged, TokenKeyRetired, TokenMalformed
 
 VERSION = 1
 _HEADER = struct.Struct(">BB8sBI")
@@ -208,26 +202,26 @@ class Signer:
         return base64.b32encode(raw).decode("ascii").lower()
 
     def decode(self, text: str) -> Token:
-        """Parse a token's structure; raises PermanentRefusal naming what is wrong."""
+        """Parse a token's structure; raises a ``Token*`` refusal naming what is wrong."""
         if len(text) != TOKEN_LENGTH:
-            raise PermanentRefusal(TOKEN_MALFORMED)
+            raise TokenMalformed("the reply address is damaged")
         try:
             raw = base64.b32decode(text.upper())
         except (binascii.Error, ValueError):
-            raise PermanentRefusal(TOKEN_MALFORMED) from None
+            raise TokenMalformed("the reply address is damaged") from None
         signed, mac = raw[: _HEADER.size], raw[_HEADER.size :]
         version, key_id, request_id, action_value, expires_at = _HEADER.unpack(signed)
         if version != VERSION or action_value not in {a.value for a in Action}:
-            raise PermanentRefusal(TOKEN_MALFORMED)
+            raise TokenMalformed("the reply address is damaged")
         if key_id not in self._keys:
-            raise PermanentRefusal(TOKEN_UNKNOWN_KEY)
+            raise TokenKeyRetired(f"signed with key {key_id}, which this server no longer has")
         return Token(key_id, request_id.hex(), Action(action_value), expires_at, signed, mac)
 
     def verify(self, token: Token, owner: str, now: float) -> None:
         """Check the MAC (constant time) against the request's owner, then the expiry."""
         expected = self._mac(token.key_id, token.signed, owner)
         if not hmac.compare_digest(expected, token.mac):
-            raise PermanentRefusal(TOKEN_INVALID)
+            raise TokenForged("the reply address's signature does not check out")
         if token.expires_at <= now:
             when = datetime.fromtimestamp(token.expires_at, UTC).strftime("%Y-%m-%d %H:%M UTC")
-            raise PermanentRefusal(TOKEN_EXPIRED.with_text(expired_at=when))
+            raise TokenExpired(when)

@@ -15,8 +15,9 @@ from mailclient import reply_message, send_smtp
 from pydantic import SecretStr
 from release_server import FakeRelease
 
+from rc_mta import smtp_replies as R
 from rc_mta.config import ReleaseConfig
-from rc_mta.errors import BackendAuthFailed, PermanentRefusal, TemporaryFailure
+from rc_mta.errors import BackendAuthFailed, BackendRefused, TemporaryFailure
 from rc_mta.tasks import ActionContext, TaskNotFound, TaskNotInProgress
 from rc_mta.tasks.release import ReleaseBackend
 
@@ -219,9 +220,9 @@ def test_bad_request_on_a_task_still_in_progress_is_a_refusal_with_releases_word
         finally:
             await backend.close()
 
-    with pytest.raises(PermanentRefusal) as refused:
+    with pytest.raises(BackendRefused) as refused:
         asyncio.run(post_garbage())
-    assert "Can't parse the following as a JSON object" in str(refused.value.reply)
+    assert "Can't parse the following as a JSON object" in str(R.reply_for(refused.value))
 
 
 def test_check_passes_with_good_credentials_and_fails_with_bad_ones(release: FakeRelease) -> None:

@@ -19,8 +19,9 @@ from mailclient import reply_message, send_smtp
 from pydantic import SecretStr
 from webhook_receiver import WebhookReceiver
 
+from rc_mta import smtp_replies as R
 from rc_mta.config import WebhookConfig
-from rc_mta.errors import BackendAuthFailed, PermanentRefusal, TemporaryFailure
+from rc_mta.errors import BackendAuthFailed, BackendRefused, TemporaryFailure
 from rc_mta.tasks import ActionContext, TaskNotInProgress
 from rc_mta.tasks.webhook import WebhookBackend
 
@@ -136,18 +137,18 @@ def test_409_with_only_a_detail_says_it_is_closed_and_why(receiver: WebhookRecei
 
 def test_422_refusal_carries_the_receivers_reason_on_one_short_line(receiver: WebhookReceiver) -> None:
     receiver.answer = (422, {"detail": "change freeze\nuntil Monday " + "x" * 300})
-    with pytest.raises(PermanentRefusal) as refused:
+    with pytest.raises(BackendRefused) as refused:
         act(receiver)
-    text = refused.value.reply.text
+    text = R.reply_for(refused.value).text
     assert text.startswith("The workflow system refused this action: change freeze until Monday x")
     assert "\n" not in text and len(text) <= len("The workflow system refused this action: ") + 200
 
 
 def test_400_with_a_text_body_quotes_the_text(receiver: WebhookReceiver) -> None:
     receiver.answer = (400, "unknown task")
-    with pytest.raises(PermanentRefusal) as refused:
+    with pytest.raises(BackendRefused) as refused:
         act(receiver)
-    assert refused.value.reply.text.endswith("unknown task")
+    assert R.reply_for(refused.value).text.endswith("unknown task")
 
 
 def test_500_and_an_unreachable_receiver_are_temporary(receiver: WebhookReceiver) -> None:

@@ -9,7 +9,7 @@ from aiosmtpd.proxy_protocol import V2_CMD, ProxyData
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from .. import smtp_replies as R
-from ..errors import PermanentRefusal, TemporaryFailure
+from ..errors import Refusal, TemporaryFailure, TokenForged, TokenKeyRetired, TokenMalformed
 from ..pipeline import Decision, Inbound, Pipeline, Recipient
 from ..sender_auth import AuthState, Client
 from ..tokens import redact_address
@@ -147,8 +147,9 @@ class ReplyHandler:
             return str(R.TOO_MANY_RECIPIENTS)
         try:
             recipient = await self.pipeline.check_recipient(address)
-        except PermanentRefusal as exc:
-            if exc.reply.name in _FORGED_RECIPIENT:
+        except Refusal as exc:
+            reply = R.reply_for(exc)
+            if isinstance(exc, _FORGED_RECIPIENT) or reply.name == "UNKNOWN_MAILBOX":
                 refusal = self._bad_recipient(server, session, envelope)
                 if refusal is not None:
                     return str(refusal)
@@ -158,12 +159,12 @@ class ReplyHandler:
                     "source": self.source,
                     "client": peer_ip(session),
                     "rcpt": address,
-                    "reply": str(exc.reply),
-                    "reason": exc.reply.reason,
+                    "reply": str(reply),
+                    "reason": reply.reason,
                 },
             )
-            self.pipeline.count_refusal("rcpt", exc.reply)
-            return str(exc.reply)
+            self.pipeline.count_refusal("rcpt", reply)
+            return str(reply)
         except TemporaryFailure as exc:
             log.warning("rcpt deferred: %s", exc, extra={"source": self.source, "rcpt": redact_address(address)})
             return str(R.BACKEND_UNAVAILABLE)
@@ -220,7 +221,7 @@ class LmtpReplyHandler(ReplyHandler):
 
 
 # RCPT refusals that say the address was forged or guessed, not merely out of date.
-_FORGED_RECIPIENT = frozenset({"TOKEN_MALFORMED", "TOKEN_INVALID", "TOKEN_UNKNOWN_KEY", "UNKNOWN_MAILBOX"})
+_FORGED_RECIPIENT = (TokenMalformed, TokenForged, TokenKeyRetired)
 
 
 def _one_reply_for_all(decisions: list[Decision]) -> R.SmtpReply:

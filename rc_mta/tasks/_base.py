@@ -1,15 +1,19 @@
 """The interface every task backend implements (embedded store, Release, webhook).
 
 A backend raises ``TaskNotFound`` / ``TaskNotInProgress`` for refusals a person can
-understand, ``PermanentRefusal`` (e.g. ``BACKEND_REFUSED``) when the workflow system says
-no for its own reason, and ``TemporaryFailure`` when it cannot be reached (the sender
-retries).
+understand, ``BackendRefused`` when the workflow system says no for its own reason, and
+``BackendUnavailable`` (``BackendAuthFailed``) when it cannot be reached (the sender
+retries). All of them live in ``rc_mta.errors``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Protocol
+
+from ..errors import TaskNotFound, TaskNotInProgress
+
+__all__ = ["ActionContext", "TaskBackend", "TaskInfo", "TaskNotFound", "TaskNotInProgress"]
 
 
 @dataclass(frozen=True)
@@ -30,18 +34,6 @@ class ActionContext:
     message_id: str
     source: str  # smtp | lmtp | imap | graph
     verdicts: dict[str, str] = field(default_factory=dict)  # check name -> result
-
-
-class TaskNotFound(Exception):
-    def __init__(self, task_id: str) -> None:
-        super().__init__(f"task {task_id} not found")
-        self.task_id = task_id
-
-
-class TaskNotInProgress(Exception):
-    def __init__(self, task: TaskInfo) -> None:
-        super().__init__(f"task {task.id} is {task.status}")
-        self.task = task
 
 
 class TaskBackend(Protocol):

@@ -27,8 +27,7 @@ from typing import Any, NoReturn
 import aiohttp
 
 from ..config import ReleaseConfig
-from ..errors import BackendAuthFailed, PermanentRefusal, TemporaryFailure
-from ..smtp_replies import BACKEND_REFUSED
+from ..errors import BackendAuthFailed, BackendRefused, BackendUnavailable
 from ._base import ActionContext, TaskInfo, TaskNotFound, TaskNotInProgress
 
 log = logging.getLogger("rc_mta.tasks.release")
@@ -94,7 +93,7 @@ class ReleaseBackend:
         answer = await self._get_with_retries("/api/v1/releases?page=0&resultsPerPage=1")
         self._raise_for_auth(answer, "GET /api/v1/releases")
         if answer.status >= 400:
-            raise TemporaryFailure(f"Release answered {answer.status} to GET /api/v1/releases")
+            raise BackendUnavailable(f"Release answered {answer.status} to GET /api/v1/releases")
 
     async def close(self) -> None:
         # A session made on a loop that has ended cannot be closed from this one.
@@ -119,10 +118,10 @@ class ReleaseBackend:
             except aiohttp.ClientConnectorError as exc:
                 # Never connected, so the request was not sent: safe to try again.
                 if last:
-                    raise TemporaryFailure(f"cannot reach Release at {self._base}: {exc}") from None
+                    raise BackendUnavailable(f"cannot reach Release at {self._base}: {exc}") from None
             except (aiohttp.ClientError, TimeoutError) as exc:
                 # Sent, perhaps acted on: only a fresh read (the sender's retry) can tell.
-                raise TemporaryFailure(f"Release did not answer POST {path}: {_describe(exc)}") from None
+                raise BackendUnavailable(f"Release did not answer POST {path}: {_describe(exc)}") from None
             else:
                 if answer.status < 300:
                     return
@@ -144,8 +143,8 @@ class ReleaseBackend:
             if task.status != "in_progress":
                 raise TaskNotInProgress(task)
             reason = _one_line(str(answer.json().get("message") or answer.text)) or f"HTTP {answer.status}"
-            raise PermanentRefusal(BACKEND_REFUSED.with_text(why=reason))
-        raise TemporaryFailure(f"Release answered {answer.status} to POST {path}")
+            raise BackendRefused(reason)
+        raise BackendUnavailable(f"Release answered {answer.status} to POST {path}")
 
     # Reading ------------------------------------------------------------------------------
 
@@ -158,10 +157,10 @@ class ReleaseBackend:
         if answer.status == 404:
             raise TaskNotFound(task_id)
         if answer.status != 200:
-            raise TemporaryFailure(f"Release answered {answer.status} to GET {path}")
+            raise BackendUnavailable(f"Release answered {answer.status} to GET {path}")
         task = answer.json()
         if not task:
-            raise TemporaryFailure(f"Release answered GET {path} with something other than a task")
+            raise BackendUnavailable(f"Release answered GET {path} with something other than a task")
         return task
 
     async def _get_with_retries(self, path: str) -> _Answer:
@@ -178,7 +177,7 @@ class ReleaseBackend:
             if answer.status < 500:
                 return answer
             problem = f"HTTP {answer.status}"
-        raise TemporaryFailure(f"Release at {self._base} did not answer GET {path}: {problem}")
+        raise BackendUnavailable(f"Release at {self._base} did not answer GET {path}: {problem}")
 
     # HTTP ---------------------------------------------------------------------------------
 

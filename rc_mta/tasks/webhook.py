@@ -41,8 +41,7 @@ from typing import Any
 import aiohttp
 
 from ..config import WebhookConfig
-from ..errors import BackendAuthFailed, PermanentRefusal, TemporaryFailure
-from ..smtp_replies import BACKEND_REFUSED
+from ..errors import BackendAuthFailed, BackendRefused, BackendUnavailable
 from ._base import ActionContext, TaskInfo, TaskNotInProgress
 
 log = logging.getLogger("rc_mta.tasks.webhook")
@@ -119,11 +118,11 @@ class WebhookBackend:
             ) as response:
                 status, text = response.status, await response.text()
         except TimeoutError:
-            raise TemporaryFailure(
+            raise BackendUnavailable(
                 f"webhook {self._config.url} did not answer within {self._config.timeout}s"
             ) from None
         except aiohttp.ClientError as exc:
-            raise TemporaryFailure(f"cannot reach webhook {self._config.url}: {exc}") from None
+            raise BackendUnavailable(f"cannot reach webhook {self._config.url}: {exc}") from None
         if 200 <= status < 300:
             return
         answer = _json(text)
@@ -136,13 +135,13 @@ class WebhookBackend:
             )
             raise BackendAuthFailed("webhook refused our signature (HTTP 401)")
         if status in (408, 425, 429):  # "try again later", in the receiver's words
-            raise TemporaryFailure(f"webhook {self._config.url} answered HTTP {status}")
+            raise BackendUnavailable(f"webhook {self._config.url} answered HTTP {status}")
         if 400 <= status < 500:
             reason = answer.get("detail") or answer.get("error") or text
             why = _one_line(str(reason)) or f"HTTP {status}"
             log.info("webhook refused %s of task %s: HTTP %d %s", action, task_id, status, why)
-            raise PermanentRefusal(BACKEND_REFUSED.with_text(why=why))
-        raise TemporaryFailure(f"webhook {self._config.url} answered HTTP {status}")
+            raise BackendRefused(why)
+        raise BackendUnavailable(f"webhook {self._config.url} answered HTTP {status}")
 
     def _client(self) -> aiohttp.ClientSession:
         """One session per event loop, made on first use."""
