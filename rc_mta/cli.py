@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from pydantic import ValidationError
 
@@ -228,159 +228,6 @@ async def _check_dns(settings: Settings) -> str:
     return f"{servers} answered in {took:.0f} ms: {domain} MX {found}"
 
 
-async def _check_smtp(settings: Settings) -> str:
-    """Connect, EHLO, TLS as configured, AUTH when credentials are set, QUIT: no mail is sent."""
-    import aiosmtplib
-
-    out = settings.outbound
-    client = aiosmtplib.SMTP(
-        hostname=out.smtp_host,
-        port=out.smtp_port,
-        use_tls=out.smtp_tls,
-        start_tls=False,
-        timeout=min(out.smtp_timeout, CHECK_TIMEOUT),
-    )
-    steps = []
-    await client.connect()
-    try:
-        steps.append("connected" + (" over TLS" if out.smtp_tls else ""))
-        await client.ehlo()
-        steps.append("EHLO")
-        if out.smtp_starttls:
-            await client.starttls()
-            steps.append("STARTTLS")
-        if out.smtp_username:
-            await client.login(out.smtp_username, out.smtp_password.get_secret_value())
-            steps.append(f"AUTH as {out.smtp_username}")
-    finally:
-        try:
-            await client.quit()
-        except aiosmtplib.SMTPException:
-            client.close()
-    return f"{out.smtp_host}:{out.smtp_port} " + ", ".join(steps)
-
-
-def _check_outbox(directory: Path) -> str:
-    directory.mkdir(parents=True, exist_ok=True)
-    probe = directory / f".check-config-{os.getpid()}"
-    probe.write_bytes(b"")
-    probe.unlink()
-    return f"{directory} writable"
-
-
-async def _check_imap(settings: Settings) -> str:
-    """Log in (password, or XOAUTH2 with a token fetched from [mailbox.oauth2]) and open the folder."""
-    import imaplib
-    import ssl
-
-    box = settings.mailbox
-    token = ""
-    if box.oauth2.enabled:
-        token = await _fetch_token(
-            box.oauth2.token_url,
-            box.oauth2.client_id,
-            box.oauth2.client_secret.get_secret_value(),
-            box.oauth2.refresh_token.get_secret_value(),
-            "",
-        )
-
-    def login() -> str:
-        context = ssl.create_default_context()
-        imap: imaplib.IMAP4
-        if box.tls:
-            imap = imaplib.IMAP4_SSL(box.host, box.port, ssl_context=context, timeout=CHECK_TIMEOUT)
-        else:
-            imap = imaplib.IMAP4(box.host, box.port, timeout=CHECK_TIMEOUT)
-            if box.starttls:
-                imap.starttls(context)
-        try:
-            if token:
-                auth = f"user={box.username}\x01auth=Bearer {token}\x01\x01".encode()
-                imap.authenticate("XOAUTH2", lambda _challenge: auth)
-            else:
-                imap.login(box.username, box.password.get_secret_value())
-            status, _ = imap.select(_imap_quote(box.folder), readonly=True)
-            if status != "OK":
-                raise RcMtaError(f"logged in as {box.username}, but folder {box.folder!r} cannot be opened")
-        finally:
-            try:
-                imap.logout()
-            except (imaplib.IMAP4.error, OSError):
-                pass
-        how = "XOAUTH2" if token else "password"
-        return f"{box.host}:{box.port} logged in as {box.username} ({how}), folder {box.folder} opened"
-
-    try:
-        return await asyncio.to_thread(login)
-    except imaplib.IMAP4.error as exc:
-        message = exc.args[0].decode() if exc.args and isinstance(exc.args[0], bytes) else str(exc)
-        raise RcMtaError(f"{box.host}:{box.port} refused: {message}") from None
-
-
-def _imap_quote(folder: str) -> str:
-    return '"' + folder.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-async def _check_graph(settings: Settings) -> str:
-    """Fetch an access token the way the Graph poller does (client credentials or refresh token)."""
-    graph, oauth2 = settings.mailbox.graph, settings.mailbox.oauth2
-    refresh = oauth2.refresh_token.get_secret_value()
-    token_url = (oauth2.token_url if refresh and oauth2.token_url else graph.token_url).replace(
-        "{tenant_id}", graph.tenant_id
-    )
-    client_id = oauth2.client_id if refresh and oauth2.client_id else graph.client_id
-    secret = (oauth2.client_secret if refresh else graph.client_secret).get_secret_value()
-    origin = "/".join(graph.base_url.split("/", 3)[:3])
-    scope = f"{origin}/.default" + (" offline_access" if refresh else "")
-    await _fetch_token(token_url, client_id, secret, refresh, scope)
-    grant = "refresh_token" if refresh else "client_credentials"
-    return f"token endpoint {token_url.split('?')[0]} issued a token ({grant} grant) for {graph.user}"
-
-
-async def _fetch_token(token_url: str, client_id: str, secret: str, refresh_token: str, scope: str) -> str:
-    from .oauth2 import TokenProvider
-
-    provider = TokenProvider(
-        token_url, client_id, secret, refresh_token=refresh_token, scope=scope, timeout=CHECK_TIMEOUT
-    )
-    try:
-        return await provider.access_token()
-    finally:
-        await provider.close()
-
-
-async def _check_backend(settings: Settings, store: Store) -> str:
-    from .tasks import make_backend
-
-    backend = make_backend(settings, store)
-    try:
-        await backend.check()
-    finally:
-        await backend.close()
-    if backend.name == "webhook":
-        return await _check_reachable(settings.tasks.webhook.url)
-    if backend.name == "release":
-        return f"{settings.tasks.release.url} answers and accepts our credentials"
-    return "store answers"
-
-
-async def _check_reachable(url: str) -> str:
-    """A webhook has no read-only call (a probe POST could be taken for an action), so
-    prove only that its host accepts a connection (and a TLS handshake for https)."""
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    secure = parts.scheme == "https"
-    host, port = parts.hostname or "", parts.port or (443 if secure else 80)
-    _, writer = await asyncio.open_connection(host, port, ssl=secure or None)
-    writer.close()
-    try:
-        await writer.wait_closed()
-    except OSError:
-        pass
-    return f"{parts.scheme}://{host}:{port} accepts connections{' over TLS' if secure else ''} (nothing POSTed)"
-
-
 def _check_signing_key(settings: Settings) -> str:
     """The signing keys are strong enough; a missing generated key is fine (serve makes it)."""
     found = signing_secrets(settings.signing)
@@ -392,25 +239,31 @@ def _check_signing_key(settings: Settings) -> str:
 
 
 async def _check_all(settings: Settings, store: Store) -> list[_Check]:
-    """Every part the service needs, concurrently, each with its own deadline."""
-    dns_timeout = settings.dns.timeout + 1
+    """Every part the service needs, concurrently, each with its own deadline. Each part
+    proves itself with its own code (``probe``/``check``), the very code the service runs."""
+    from .mailbox import make_poller
+    from .outbound import make_transport
+    from .tasks import make_backend
+
+    transport = make_transport(settings.outbound)
+    poller = make_poller(settings, cast(Any, None))  # a probe never reaches the pipeline
+    backend = make_backend(settings, store)
+
+    async def check_backend() -> str:
+        try:
+            return await backend.check()
+        finally:
+            await backend.close()
+
     probes: list[Awaitable[_Check]] = [
         _run_check("signing key", lambda: asyncio.to_thread(_check_signing_key, settings), CHECK_TIMEOUT),
         _run_check("store", lambda: _check_store(store), CHECK_TIMEOUT),
-        _run_check("dns", lambda: _check_dns(settings), dns_timeout),
+        _run_check("dns", lambda: _check_dns(settings), settings.dns.timeout + 1),
+        _run_check(f"outbound {transport.name}", transport.probe, CHECK_TIMEOUT + 1),
     ]
-    out = settings.outbound
-    if out.transport == "smtp":
-        probes.append(_run_check("outbound smtp", lambda: _check_smtp(settings), CHECK_TIMEOUT + 1))
-    else:
-        probes.append(
-            _run_check("outbound outbox", lambda: asyncio.to_thread(_check_outbox, out.outbox_dir), CHECK_TIMEOUT)
-        )
-    if settings.mailbox.source == "imap":
-        probes.append(_run_check("mailbox imap", lambda: _check_imap(settings), 2 * CHECK_TIMEOUT + 1))
-    elif settings.mailbox.source == "graph":
-        probes.append(_run_check("mailbox graph", lambda: _check_graph(settings), CHECK_TIMEOUT + 1))
-    probes.append(_run_check(f"tasks {settings.tasks.backend}", lambda: _check_backend(settings, store), CHECK_TIMEOUT))
+    if poller is not None:
+        probes.append(_run_check(f"mailbox {poller.source}", poller.probe, 2 * CHECK_TIMEOUT + 1))
+    probes.append(_run_check(f"tasks {backend.name}", check_backend, CHECK_TIMEOUT))
     return list(await asyncio.gather(*probes))
 
 

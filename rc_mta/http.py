@@ -28,7 +28,7 @@ class Health:
     # name → seconds since the part last proved alive, and how old is too old
     liveness: dict[str, Callable[[], tuple[float, float]]] = field(default_factory=dict)
     # name → coroutine raising on trouble
-    readiness: dict[str, Callable[[], Awaitable[None]]] = field(default_factory=dict)
+    readiness: dict[str, Callable[[], Awaitable[object]]] = field(default_factory=dict)
 
     async def watch_loop(self, interval: float = 1.0) -> None:
         """Measure how late the loop wakes us: a blocked loop shows up here."""

@@ -8,6 +8,7 @@ a metadata block in the body for clients that drop plus-addressing.
 
 from __future__ import annotations
 
+import asyncio
 import html
 import os
 from dataclasses import dataclass
@@ -158,16 +159,34 @@ Task: {html.escape(request.task_id)}
 
 
 class Transport(Protocol):
+    name: str  # outbox | smtp
+
     async def send(self, message: EmailMessage, request_id: str) -> str | None:
         """Deliver the message; return a path when it was written to disk."""
+        ...
+
+    async def probe(self) -> str:
+        """Prove the transport works without sending anything; say what was proven."""
         ...
 
 
 class OutboxTransport:
     """Writes each request as an .eml file: the default, no mail server needed."""
 
+    name = "outbox"
+
     def __init__(self, directory: Path) -> None:
         self.directory = directory
+
+    async def probe(self) -> str:
+        def write_and_remove() -> None:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            probe = self.directory / f".probe-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+
+        await asyncio.to_thread(write_and_remove)
+        return f"{self.directory} writable"
 
     async def send(self, message: EmailMessage, request_id: str) -> str | None:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -181,25 +200,41 @@ class OutboxTransport:
 class SmtpTransport:
     """Sends through the site's SMTP server (the seed's SMTP settings)."""
 
+    name = "smtp"
+
     def __init__(self, config: OutboundConfig) -> None:
         self.config = config
+
+    def _client(self) -> aiosmtplib.SMTP:
+        """One client for sending and probing alike: what check-config proves is what sends."""
+        cfg = self.config
+        return aiosmtplib.SMTP(
+            hostname=cfg.smtp_host,
+            port=cfg.smtp_port,
+            use_tls=cfg.smtp_tls,
+            start_tls=cfg.smtp_starttls,
+            username=cfg.smtp_username or None,
+            password=cfg.smtp_password.get_secret_value() or None,
+            timeout=cfg.smtp_timeout,
+        )
 
     async def send(self, message: EmailMessage, request_id: str) -> str | None:
         cfg = self.config
         try:
-            await aiosmtplib.send(
-                message,
-                hostname=cfg.smtp_host,
-                port=cfg.smtp_port,
-                use_tls=cfg.smtp_tls,
-                start_tls=cfg.smtp_starttls,
-                username=cfg.smtp_username or None,
-                password=cfg.smtp_password.get_secret_value() or None,
-                timeout=cfg.smtp_timeout,
-            )
+            async with self._client() as client:
+                await client.send_message(message)
         except (aiosmtplib.SMTPException, OSError) as exc:
             raise TemporaryFailure(f"could not send through {cfg.smtp_host}:{cfg.smtp_port}: {exc}") from exc
         return None
+
+    async def probe(self) -> str:
+        """Connect, EHLO, TLS and AUTH as configured (on connect, as for sending), QUIT."""
+        cfg = self.config
+        async with self._client():
+            pass
+        steps = ["connected over TLS" if cfg.smtp_tls else "connected", "EHLO", "STARTTLS" if cfg.smtp_starttls else ""]
+        steps.append(f"AUTH as {cfg.smtp_username}" if cfg.smtp_username else "")
+        return f"{cfg.smtp_host}:{cfg.smtp_port} " + ", ".join(s for s in steps if s)
 
 
 def make_transport(config: OutboundConfig) -> Transport:

@@ -20,6 +20,10 @@ class Poller(Protocol):
         """(seconds since the last successful sync, how old is too old) for /healthz."""
         ...
 
+    async def probe(self) -> str:
+        """Reach the mailbox the way a sync does (check-config); say what was proven."""
+        ...
+
 
 def make_poller(settings: Settings, pipeline: Pipeline) -> Poller | None:
     """The configured poller, or None when replies arrive over SMTP/LMTP only."""

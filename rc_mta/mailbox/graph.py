@@ -80,6 +80,13 @@ class GraphPoller:
     async def run(self) -> None:
         await self.watcher.run()
 
+    async def probe(self) -> str:
+        """Sign in and read the folder exactly as a sync does; nothing is changed."""
+        async with self._connect() as connection:
+            await connection._json("GET", await connection._folder_url())
+            client = connection.tokens.client_id
+        return f"signed in as client {client}; {self.config.graph.user}'s folder {self.config.folder} readable"
+
     def _token_provider(self) -> TokenProvider:
         graph, oauth2 = self.config.graph, self.config.oauth2
         refresh_token = oauth2.refresh_token.get_secret_value()

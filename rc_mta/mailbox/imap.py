@@ -428,6 +428,21 @@ class ImapPoller:
     def staleness(self) -> tuple[float, float]:
         return self.watcher.staleness()
 
+    async def probe(self) -> str:
+        """Connect, (STARTTLS,) log in and select the folder exactly as a sync does; log out."""
+        config = self.config
+        connection = _Connection(self, "probe")
+        try:
+            await connection.open()
+        except ImapError as exc:
+            raise ImapError(f"{config.host}:{config.port} refused: {exc}") from None
+        finally:
+            await connection.close()
+            if self.tokens is not None:
+                await self.tokens.close()
+        how = "OAuth2" if self.tokens is not None else "password"
+        return f"{config.host}:{config.port} logged in as {config.username} ({how}), folder {config.folder} opened"
+
     @asynccontextmanager
     async def _session(self) -> AsyncIterator[_Session]:
         session = _Session(self)

@@ -51,8 +51,8 @@ class TaskBackend(Protocol):
         """Fail an in-progress task; raises TaskNotFound or TaskNotInProgress."""
         ...
 
-    async def check(self) -> None:
-        """Raise if the backend cannot be reached now (for /readyz and check-config)."""
+    async def check(self) -> str:
+        """Raise if the backend cannot be reached now; else say what was proven (check-config)."""
         ...
 
     async def close(self) -> None:

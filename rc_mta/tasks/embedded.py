@@ -27,8 +27,9 @@ class EmbeddedBackend:
     async def fail(self, task_id: str, comment: str, actor: str, context: ActionContext) -> None:
         await self._set(task_id, FAILED, comment, actor)
 
-    async def check(self) -> None:
+    async def check(self) -> str:
         await asyncio.to_thread(self._store.ping)
+        return "store answers"
 
     async def close(self) -> None:
         pass

@@ -88,12 +88,13 @@ class ReleaseBackend:
     async def fail(self, task_id: str, comment: str, actor: str, context: ActionContext) -> None:
         await self._act(task_id, "fail", comment, actor)
 
-    async def check(self) -> None:
+    async def check(self) -> str:
         """A cheap authenticated read: proves Release answers and accepts our credentials."""
         answer = await self._get_with_retries("/api/v1/releases?page=0&resultsPerPage=1")
         self._raise_for_auth(answer, "GET /api/v1/releases")
         if answer.status >= 400:
             raise BackendUnavailable(f"Release answered {answer.status} to GET /api/v1/releases")
+        return f"{self._base} answers and accepts our credentials"
 
     async def close(self) -> None:
         # A session made on a loop that has ended cannot be closed from this one.

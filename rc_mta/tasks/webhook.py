@@ -37,6 +37,7 @@ import json
 import logging
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -79,10 +80,22 @@ class WebhookBackend:
     async def fail(self, task_id: str, comment: str, actor: str, context: ActionContext) -> None:
         await self._post(task_id, "fail", comment, actor, context)
 
-    async def check(self) -> None:
-        """Nothing to check: a receiver has no agreed read-only call, and POSTing a probe
-        could be taken for an action. Readiness does not depend on it."""
-        return None
+    async def check(self) -> str:
+        """A receiver has no agreed read-only call, and POSTing a probe could be taken for an
+        action: prove only that its host accepts a connection (and a TLS handshake for https)."""
+        parts = urlsplit(self._config.url)
+        secure = parts.scheme == "https"
+        host, port = parts.hostname or "", parts.port or (443 if secure else 80)
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(host, port, ssl=secure or None), 10)
+        except (OSError, TimeoutError) as exc:
+            raise BackendUnavailable(f"cannot reach webhook {parts.scheme}://{host}:{port}: {exc}") from None
+        writer.close()
+        try:
+            await writer.wait_closed()
+        except OSError:
+            pass
+        return f"{parts.scheme}://{host}:{port} accepts connections{' over TLS' if secure else ''} (nothing POSTed)"
 
     async def close(self) -> None:
         # A session made on a loop that has ended cannot be closed from this one.
