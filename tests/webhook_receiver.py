@@ -3,12 +3,14 @@
 It verifies each POST the documented way: HMAC-SHA256 over ``f"{timestamp}."`` + the raw
 body, compared in constant time, and the timestamp no older than five minutes (a replayed
 request is refused). Verified payloads are recorded; refusals are counted. ``answer`` makes
-it reply 409/422/500 (or anything) to verified requests. It runs on 127.0.0.1, a free port,
-in a thread with its own event loop.
+it reply 409/422/500 (or anything) to verified requests; ``delay`` makes it slow to answer
+(a verified request is recorded first). It runs on 127.0.0.1, a free port, in a thread with
+its own event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -29,6 +31,7 @@ class WebhookReceiver:
     payloads: list[dict[str, Any]] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
     rejected: list[str] = field(default_factory=list)  # why each refused request was refused
+    delay: float = 0.0  # seconds to wait before answering a verified request
     port: int = 0
     _server: AppThread | None = None
 
@@ -59,6 +62,8 @@ class WebhookReceiver:
             return web.json_response({"detail": why}, status=401)
         self.payloads.append(json.loads(body))
         self.headers.append(dict(request.headers))
+        if self.delay:
+            await asyncio.sleep(self.delay)
         if self.answer is None:
             return web.json_response({"ok": True})
         status, content = self.answer
