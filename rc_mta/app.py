@@ -23,6 +23,7 @@ from .logs import install_runtime_controls, sd_notify
 from .mailbox import make_poller
 from .outbound import SentRequest, Transport, compose, make_transport, reply_addresses
 from .pipeline import Decision, Inbound, Pipeline
+from .ratelimit import rate_limiter
 from .sender_auth import Client, SenderAuth
 from .store import Request, Store
 from .tasks import TaskBackend, TaskNotFound, make_backend
@@ -194,6 +195,10 @@ class Service:
         health = Health()
         background = [asyncio.create_task(health.watch_loop(), name="loop-lag")]
         inbound, http = self.settings.inbound, self.settings.http
+        # Serving instances count together in a PostgreSQL store; one-shot commands
+        # (diagnose) keep the in-memory limiter and never use up a client's allowance.
+        limiter = rate_limiter(self.settings.checks.rate_limits.window, self.store)
+        self.pipeline.sender_auth.limiter = limiter
 
         servers = [await start_listener(self.pipeline, inbound, lmtp=False)]
         if inbound.lmtp_listen:
@@ -242,6 +247,7 @@ class Service:
         for server in servers:
             await server.wait_closed()
         await self.backend.close()
+        limiter.close()
         log.info("rc-mta stopped")
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Column,
     Connection,
     Engine,
@@ -30,8 +31,11 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    bindparam,
+    cast,
     create_engine,
     event,
+    func,
     insert,
     inspect,
     literal,
@@ -39,6 +43,7 @@ from sqlalchemy import (
     text,
     update,
 )
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import ExceptionContext, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.schema import CreateTable
@@ -506,6 +511,240 @@ class Store:
         for c in comment_rows:
             by_task.setdefault(c["task_id"], []).append(Comment(c["author"], c["text"], c["at"]))
         return [Task(**row, comments=tuple(by_task.get(row["id"], ()))) for row in rows]
+
+    # Several instances on one mailbox: who handles which message -------------------------
+
+    def claim_mailbox_message(
+        self, message: MailboxMessage, holder: str, now: float, stale_after: float
+    ) -> MailboxClaim:
+        """Take a mailbox message for ``holder`` (one poller process) before fetching it.
+
+        Ours when no one had it, when ``holder`` already had it (a reconnect), or when the
+        other holder's claim went stale (its process died). Never ours once it was filed.
+        """
+        row = {
+            "mailbox": message.mailbox,
+            "uidvalidity": message.uidvalidity,
+            "uid": message.uid,
+            "holder": holder,
+            "state": "handling",
+            "disposition": None,
+            "claimed_at": now,
+        }
+        try:
+            with self._begin() as conn:
+                conn.execute(insert(mailbox_claims).values(**row))
+            return MailboxClaim(True, None)
+        except IntegrityError:
+            pass  # someone has (or had) it
+        with self._begin() as conn:
+            taken = conn.execute(
+                update(mailbox_claims)
+                .where(
+                    *_mailbox_key(message),
+                    mailbox_claims.c.state != "filed",
+                    (mailbox_claims.c.holder == holder) | (mailbox_claims.c.claimed_at < now - stale_after),
+                )
+                .values(holder=holder, claimed_at=now)
+            ).rowcount
+            if taken != 1:
+                return MailboxClaim(False, None)
+            disposition = conn.execute(
+                select(mailbox_claims.c.disposition).where(*_mailbox_key(message))
+            ).scalar_one_or_none()
+        return MailboxClaim(True, disposition)
+
+    def settle_mailbox_message(self, message: MailboxMessage, holder: str, disposition: str, now: float) -> None:
+        """Handled: only filing it as ``disposition`` is left (whoever holds it next does that)."""
+        with self._begin() as conn:
+            conn.execute(
+                update(mailbox_claims)
+                .where(*_mailbox_key(message), mailbox_claims.c.holder == holder)
+                .values(state="settled", disposition=disposition, claimed_at=now)
+            )
+
+    def mailbox_message_filed(self, message: MailboxMessage, holder: str, now: float) -> None:
+        """Filed: no poller touches this UID again."""
+        with self._begin() as conn:
+            conn.execute(
+                update(mailbox_claims)
+                .where(*_mailbox_key(message), mailbox_claims.c.holder == holder)
+                .values(state="filed", claimed_at=now)
+            )
+
+    def release_mailbox_message(self, message: MailboxMessage, holder: str) -> None:
+        """Not handled after all (gone, or left for a retry): any poller may take it next round."""
+        with self._begin() as conn:
+            conn.execute(
+                mailbox_claims.delete().where(
+                    *_mailbox_key(message), mailbox_claims.c.holder == holder, mailbox_claims.c.state == "handling"
+                )
+            )
+
+    def prune_mailbox_claims(self, older_than: float) -> int:
+        """Forget claims untouched since ``older_than``: their messages left the folder long ago."""
+        with self._begin() as conn:
+            return int(conn.execute(mailbox_claims.delete().where(mailbox_claims.c.claimed_at < older_than)).rowcount)
+
+    def shared_counters(self, window: float, timeout: float) -> SharedCounters | None:
+        """Counters every instance on this store sees, for the rate limits; None on SQLite,
+        which one instance has to itself (its limiter counts in memory)."""
+        if self.engine.dialect.name != "postgresql":
+            return None
+        return SharedCounters(self.engine.url, window, timeout)
+
+
+# Several instances on one store --------------------------------------------------------
+
+mailbox_claims = Table(
+    "mailbox_claims",
+    metadata,
+    # One row per message a poller took from a folder, so two instances polling the same
+    # mailbox never both handle or both file it. UIDVALIDITY is 32-bit unsigned: BigInteger.
+    Column("mailbox", String(512), primary_key=True),
+    Column("uidvalidity", BigInteger, primary_key=True, autoincrement=False),
+    Column("uid", BigInteger, primary_key=True, autoincrement=False),
+    Column("holder", String(64), nullable=False),  # the poller process that has it
+    Column("state", String(16), nullable=False),  # handling | settled | filed
+    Column("disposition", String(16)),  # processed | rejected, once settled
+    Column("claimed_at", Float, nullable=False),
+)
+
+rate_counts = Table(
+    "rate_counts",
+    metadata,
+    # Rate-limit events per (kind, key) in slots of window/RATE_SLOTS seconds, numbered by
+    # the database's clock so every instance agrees which slot is now (PostgreSQL only).
+    Column("kind", String(32), primary_key=True),
+    Column("key", String(255), primary_key=True),
+    Column("slot", BigInteger, primary_key=True, autoincrement=False),
+    Column("count", Integer, nullable=False),
+)
+
+# A window is counted in this many slots: the limit slides with the clock, a slot at a time.
+RATE_SLOTS = 10
+
+
+@dataclass(frozen=True)
+class MailboxMessage:
+    """A message in a mailbox folder, as IMAP names it for good (RFC 3501 §2.3.1.1)."""
+
+    mailbox: str  # imap://user@host/folder
+    uidvalidity: int
+    uid: int
+
+
+@dataclass(frozen=True)
+class MailboxClaim:
+    """Whether this poller may handle (or file) a message, and how, if that was decided."""
+
+    ours: bool
+    disposition: str | None  # processed | rejected: handled already, only filing is left
+
+
+def _mailbox_key(message: MailboxMessage) -> tuple[Any, ...]:
+    c = mailbox_claims.c
+    return (c.mailbox == message.mailbox, c.uidvalidity == message.uidvalidity, c.uid == message.uid)
+
+
+class SharedCounters:
+    """Rate-limit counters in PostgreSQL, on one connection of their own held open: each
+    question is one statement, one round trip (no pool check-out, no pre-ping), bounded by
+    ``statement_timeout``; the statements are built once. Used from one thread at a time
+    (the limiter's)."""
+
+    def __init__(self, url: Any, window: float, timeout: float) -> None:
+        milliseconds = max(1, int(timeout * 1000))
+        self._engine = create_engine(
+            url,
+            pool_size=1,
+            max_overflow=0,
+            connect_args={"connect_timeout": max(2, int(timeout + 0.999)), "tcp_user_timeout": milliseconds},
+        )
+
+        @event.listens_for(self._engine, "connect")
+        def _bounded(dbapi_conn: Any, _record: Any) -> None:
+            # SET rather than the ``options`` parameter, which would replace the URL's own.
+            with dbapi_conn.cursor() as cursor:
+                cursor.execute(f"SET statement_timeout = {milliseconds}")
+                cursor.execute(f"SET lock_timeout = {milliseconds}")
+                # A count lost in a database crash is harmless; waiting for the disk on
+                # every SMTP command is not.
+                cursor.execute("SET synchronous_commit = off")
+            dbapi_conn.commit()
+
+        self._conn: Connection | None = None
+        self._step = window / RATE_SLOTS
+        self._count, self._add, self._add_under, self._prune = _counter_statements()
+
+    def _run(self, statement: Any, **params: Any) -> Any:
+        try:
+            if self._conn is None:
+                self._conn = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            return self._conn.execute(statement, {"step": self._step, **params})
+        except (OperationalError, DBAPIError) as exc:
+            self._drop()
+            raise StoreUnavailable(f"rate counters unavailable: {exc.orig or exc}") from exc
+
+    def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.invalidate()
+            except Exception:  # the connection is broken anyway
+                pass
+
+    def count(self, kind: str, key: str) -> int:
+        """Events of ``kind`` for ``key`` in the window."""
+        return int(self._run(self._count, kind=kind, key=key).scalar_one())
+
+    def add(self, kind: str, key: str, limit: int | None = None) -> bool:
+        """Count one event, unless that would make more than ``limit`` in the window (then
+        False, nothing counted). Check and count are one statement: the row lock of the
+        slot orders instances counting the same key at the same moment."""
+        if limit is None:
+            self._run(self._add, kind=kind, key=key)
+            return True
+        return self._run(self._add_under, kind=kind, key=key, limit=limit).first() is not None
+
+    def prune(self) -> None:
+        """Drop slots that fell out of the window."""
+        self._run(self._prune)
+
+    def close(self) -> None:
+        self._drop()
+        self._engine.dispose()
+
+
+def _counter_statements() -> tuple[Any, Any, Any, Any]:
+    """count, add, add-unless-over-the-limit and prune, with bound parameters ``step``
+    (seconds per slot), ``kind``, ``key`` and ``limit``."""
+    c = rate_counts.c
+    now = cast(func.floor(func.extract("epoch", func.now()) / bindparam("step", type_=Float)), BigInteger)
+
+    def in_window(table: Any, *, earlier_only: bool) -> Any:
+        last = table.c.slot < now if earlier_only else table.c.slot <= now
+        return select(func.coalesce(func.sum(table.c.count), 0)).where(
+            table.c.kind == bindparam("kind"), table.c.key == bindparam("key"), table.c.slot > now - RATE_SLOTS, last
+        )
+
+    count = in_window(rate_counts, earlier_only=False)
+    add = pg_insert(rate_counts).values(kind=bindparam("kind"), key=bindparam("key"), slot=now, count=1)
+    add = add.on_conflict_do_update(index_elements=["kind", "key", "slot"], set_={"count": c.count + 1})
+    # The slots before this one, read from an alias: never correlated with the row updated.
+    earlier = in_window(rate_counts.alias("earlier"), earlier_only=True).scalar_subquery()
+    limit = bindparam("limit", type_=Integer)
+    new_row: Any = select(bindparam("kind"), bindparam("key"), now, literal(1)).where(earlier < limit)
+    add_under = (
+        pg_insert(rate_counts)
+        .from_select(["kind", "key", "slot", "count"], new_row)
+        .on_conflict_do_update(
+            index_elements=["kind", "key", "slot"], set_={"count": c.count + 1}, where=c.count + earlier < limit
+        )
+        .returning(c.count)
+    )
+    prune = rate_counts.delete().where(c.slot <= now - RATE_SLOTS)
+    return count, add, add_under, prune
 
 
 def _sqlite_file(url: str) -> Path | None:

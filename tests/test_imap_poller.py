@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import email.policy
 import re
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -21,6 +22,7 @@ from dnsserver import NsdServer
 from dovecot import Dovecot, available
 from mailclient import reply_message
 from token_introspection import AuthServer
+from webhook_receiver import WebhookReceiver
 
 CORP_KEY = (Path(__file__).parent / "keys" / "good-sel2048.pem").read_bytes()  # corp.test's selector "sel"
 TRUSTED_STAMP = "mx.example.com; spf=pass smtp.mailfrom=alice@example.com; dmarc=pass header.from=example.com"
@@ -319,3 +321,92 @@ def test_owners_signed_forward_delivered_to_the_mailbox_is_not_an_answer(
     assert server.task(forwarded_task)["status"] == "in_progress"
     assert completed(server, answered_task)
     assert "5.7.21" in rc_log(server)
+
+
+# Several instances on one mailbox ---------------------------------------------------------
+
+
+@pytest.fixture
+def receiver() -> Iterator[WebhookReceiver]:
+    hook = WebhookReceiver(delay=0.5).start()  # a slow backend: the other poller has time to look
+    yield hook
+    hook.stop()
+
+
+def test_two_instances_polling_one_inbox_act_on_and_file_each_reply_once(
+    tmp_path: Path, dovecot: Dovecot, dns_server: NsdServer, pg_url: str, receiver: WebhookReceiver
+) -> None:
+    """Two rc-mta processes share one PostgreSQL store and poll the same INBOX every second:
+    each reply reaches the task backend once and lands in Processed once, and neither
+    instance trips over the other (no error, no reconnect)."""
+    instances = []
+    for name in ("a", "b"):
+        server = make_rc_mta(tmp_path / name)
+        server.settings["store"]["url"] = pg_url
+        server.settings["tasks"] = {
+            "backend": "webhook",
+            "webhook": {"url": receiver.url, "secret": receiver.secret, "timeout": "5s"},
+        }
+        if instances:  # one signing key for both, as for any instances behind one reply domain
+            server.settings["signing"] = instances[0].settings["signing"]
+        instances.append(polling(server, dovecot, dns_server, sync_interval="1s", pool_size=2, disposition="move"))
+    a, b = instances
+    tasks = [f"T-{i}" for i in range(10)]
+    replies = []
+    for task_id in tasks:
+        address = a.cli_json("request", task_id, "--owner", "alice@example.com")["complete_address"]
+        replies.append(reply_message(address, f"Ship {task_id}", headers={"Authentication-Results": TRUSTED_STAMP}))
+    try:
+        for reply in replies[:4]:  # waiting before either starts: both find them in their first sync
+            dovecot.deliver(reply)
+        starting = threading.Thread(target=b.start)
+        starting.start()
+        a.start()
+        starting.join()
+        for reply in replies[4:]:  # and the rest while both idle on the folder
+            dovecot.deliver(reply)
+
+        wait_until(lambda: len(dovecot.messages("Processed")) >= len(replies), timeout=60, what="every reply filed")
+        time.sleep(3)  # a few more sync rounds of each: time for a double action or filing to show
+    finally:
+        a.stop()
+        b.stop()
+
+    acted = sorted(p["task_id"] for p in receiver.payloads)
+    assert acted == sorted(tasks)  # the backend heard of each task exactly once
+    assert sorted(message_ids(dovecot.messages("Processed"))) == sorted(r["Message-ID"] for r in replies)
+    assert dovecot.messages() == [] and dovecot.messages("Rejected") == []
+    for server in (a, b):
+        log = rc_log(server)
+        assert "selected" in log  # both really polled the folder
+        assert "Traceback" not in log and " ERROR " not in log and "reconnecting" not in log, log[-3000:]
+
+
+def test_reply_moved_away_by_someone_else_while_handled_is_not_an_error(
+    servers: Callable[..., RcMta], dovecot: Dovecot, receiver: WebhookReceiver
+) -> None:
+    receiver.delay = 3.0  # the backend thinks; meanwhile a person files the reply elsewhere
+    server = servers(disposition="move")
+    server.settings["tasks"] = {
+        "backend": "webhook",
+        "webhook": {"url": receiver.url, "secret": receiver.secret, "timeout": "10s"},
+    }
+    server.write_config()
+    address = server.cli_json("request", "T-1", "--owner", "alice@example.com")["complete_address"]
+    dovecot.deliver(reply_message(address, "Ship it", headers={"Authentication-Results": TRUSTED_STAMP}))
+    server.start()
+
+    wait_until(lambda: receiver.payloads, what="the backend to be called")
+    with dovecot.client() as person:
+        person.create("Elsewhere")
+        person.select("INBOX")
+        status, _ = person.uid("MOVE", "1", "Elsewhere")
+        assert status == "OK"
+    wait_until(lambda: "imap uid=1 processed" in rc_log(server), what="the reply to be handled")
+    time.sleep(3)  # more sync rounds
+
+    assert [p["task_id"] for p in receiver.payloads] == ["T-1"]
+    assert len(dovecot.messages("Elsewhere")) == 1
+    assert dovecot.messages() == [] and dovecot.messages("Processed") == []
+    log = rc_log(server)
+    assert "reconnecting" not in log and "Traceback" not in log and " ERROR " not in log

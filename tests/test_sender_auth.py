@@ -479,3 +479,75 @@ def test_relay_that_cannot_name_the_client_does_not_lend_its_own_exemption(stric
 
     assert code == 550  # judged on what the message proves (no DKIM, DMARC p=reject), not exempted
     assert_untouched(strict_rc, task_id)
+
+
+# Rate limits across instances --------------------------------------------------------------
+
+
+@pytest.fixture
+def two_rc(tmp_path: Path, dns_server: NsdServer) -> Iterator[tuple[RcMta, RcMta]]:
+    """Two rc-mta instances, not yet started, each with a store of its own (SQLite)."""
+    pair = (
+        with_real_dns(make_rc_mta(tmp_path / "a"), dns_server),
+        with_real_dns(make_rc_mta(tmp_path / "b"), dns_server),
+    )
+    for server in pair:
+        server.workdir.mkdir()
+    yield pair
+    for server in pair:
+        server.stop()
+
+
+def mail_alternating(first: RcMta, second: RcMta, times: int) -> list[int]:
+    """MAIL FROM the owner's server (127.0.0.2) ``times`` times, to each instance in turn."""
+    with _session(first.smtp_port, "127.0.0.2") as one, _session(second.smtp_port, "127.0.0.2") as other:
+        codes = []
+        for i in range(times):
+            client = (one, other)[i % 2]
+            code, text = client.mail(OWNER)
+            codes.append(code)
+            if code == 450:
+                assert text.decode().startswith("4.7.1"), text
+            client.rset()
+    return codes
+
+
+def test_instances_on_one_postgresql_enforce_one_message_limit_together(
+    two_rc: tuple[RcMta, RcMta], pg_url: str
+) -> None:
+    for server in two_rc:
+        server.settings["store"]["url"] = pg_url
+        server.settings["checks"]["rate_limits"] = {"messages_per_ip": 4}
+        server.start()
+
+    # Four messages from one client in the window, however they are spread over the MX hosts.
+    assert mail_alternating(*two_rc, times=6) == [250, 250, 250, 250, 450, 450]
+
+
+def test_instances_on_sqlite_each_count_alone(two_rc: tuple[RcMta, RcMta]) -> None:
+    first, second = two_rc
+    for server in two_rc:
+        server.settings["checks"]["rate_limits"] = {"messages_per_ip": 4}
+        server.start()
+
+    assert mail_alternating(first, second, times=6) == [250] * 6  # three each
+    assert mail_alternating(first, first, times=2) == [250, 450]  # the first's own fifth
+
+
+def test_shared_counters_out_of_reach_fall_back_to_each_instances_own_limit(
+    two_rc: tuple[RcMta, RcMta], pg_url: str
+) -> None:
+    import psycopg
+
+    server, _ = two_rc
+    server.settings["store"]["url"] = pg_url
+    server.settings["checks"]["rate_limits"] = {"messages_per_ip": 2}
+    server.start()
+    with psycopg.connect(pg_url) as holder:
+        holder.execute("LOCK TABLE rate_counts IN ACCESS EXCLUSIVE MODE")  # until this transaction ends
+
+        codes = mail_alternating(server, server, times=3)
+
+    # Neither a bounce nor a 4xx for the store's trouble: the instance's own count still limits.
+    assert codes == [250, 250, 450]
+    assert "shared counters unavailable" in server.log_path.read_text()

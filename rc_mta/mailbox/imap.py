@@ -6,6 +6,10 @@ handle and file messages in parallel (the seed's ``mail.imap.connectionpoolsize`
 are read with ``BODY.PEEK[]`` and addressed by UID only, so a human reading the same mailbox
 sees nothing marked \\Seen and expunges elsewhere never shift what we act on.
 
+Several instances may poll one folder: each message is claimed in the shared store by
+(mailbox, UIDVALIDITY, UID) before it is fetched, so only one instance handles and files
+it; a message another session moved or expunged meanwhile counts as filed, not as an error.
+
 Built on aioimaplib (asyncio, IDLE); what it lacks for a poller is added in ``_Protocol``:
 STARTTLS, and answering the SASL challenge a server sends when it refuses a bearer token.
 """
@@ -16,9 +20,13 @@ import asyncio
 import base64
 import itertools
 import logging
+import os
 import re
+import secrets
+import socket
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Coroutine, Iterable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
@@ -26,9 +34,11 @@ from aioimaplib import aioimaplib as lib
 
 from .. import metrics
 from ..config import MailboxConfig
+from ..errors import TemporaryFailure
 from ..logs import TRACE
 from ..oauth2 import TokenProvider
-from ..pipeline import Inbound, MailboxOutcome, Pipeline
+from ..pipeline import STALE_CLAIM_SECONDS, Inbound, MailboxOutcome, Pipeline
+from ..store import MailboxMessage, Store
 from ._watcher import Watcher
 
 log = logging.getLogger("rc_mta.mailbox.imap")
@@ -40,6 +50,10 @@ IDLE_MAX = 29 * 60.0  # RFC 2177: servers may drop an IDLE client after 30 minut
 KEEPALIVE = 10 * 60.0  # pool connections say NOOP when unused this long
 _UIDVALIDITY = re.compile(rb"\[UIDVALIDITY (\d+)\]")
 _BODY_LITERAL = re.compile(rb"BODY\[\] \{\d+\}$")
+# RFC 5530: the message named is gone (moved or expunged by another session meanwhile).
+_GONE = ("[EXPUNGEISSUED]", "[NONEXISTENT]")
+CLAIMS_KEPT = 7 * 86400.0  # a filed message's claim is forgotten after this long
+CLAIMS_PRUNED_EVERY = 3600.0
 
 
 class ImapError(Exception):
@@ -256,18 +270,34 @@ class _Connection:
                 return bytes(following)
         return None
 
-    async def _store(self, uid: int, flag: str) -> None:
-        await self._ok(self._client.uid("STORE", str(uid), "+FLAGS.SILENT", f"({flag})"), f"UID STORE {uid}")
+    async def _ok_unless_gone(self, awaitable: Awaitable[Any], what: str) -> bool:
+        """Like ``_ok``, but False when the server says the message is no longer there
+        (another session moved or expunged it after we looked: nothing left to file)."""
+        self.last_used = asyncio.get_running_loop().time()
+        response = await self._guard(asyncio.wait_for(awaitable, COMMAND_TIMEOUT))
+        if response.result == "OK":
+            return True
+        if response.result == "NO" and any(code in _text(response).upper() for code in _GONE):
+            log.info("imap %s: the message was already gone (%s)", what, _text(response))
+            return False
+        raise ImapError(f"{what}: {response.result} {_text(response)}")
+
+    async def _store(self, uid: int, flag: str) -> bool:
+        return await self._ok_unless_gone(
+            self._client.uid("STORE", str(uid), "+FLAGS.SILENT", f"({flag})"), f"UID STORE {uid}"
+        )
 
     async def _delete(self, uid: int) -> None:
-        await self._store(uid, "\\Deleted")
+        if not await self._store(uid, "\\Deleted"):
+            return
         if "UIDPLUS" in self.capabilities:
             await self._ok(self._client.uid("EXPUNGE", str(uid)), f"UID EXPUNGE {uid}")
         else:  # also expunges whatever else is marked \Deleted: the best plain IMAP4rev1 allows
             await self._ok(self._client.expunge(), "EXPUNGE")
 
     async def dispose(self, uid: int, disposition: str) -> None:
-        """File a handled message: delete it, move it to Processed/Rejected, or flag it."""
+        """File a handled message: delete it, move it to Processed/Rejected, or flag it.
+        A UID that no longer exists is filed already (UID commands skip it, or say so)."""
         config = self.config
         if config.disposition == "keep":
             await self._store(uid, "\\Flagged")
@@ -276,9 +306,8 @@ class _Connection:
         else:
             folder = config.processed_folder if disposition == "processed" else config.rejected_folder
             if "MOVE" in self.capabilities:
-                await self._ok(self._client.uid("MOVE", str(uid), lib.quoted(folder)), f"UID MOVE {uid}")
-            else:
-                await self._ok(self._client.uid("COPY", str(uid), lib.quoted(folder)), f"UID COPY {uid}")
+                await self._ok_unless_gone(self._client.uid("MOVE", str(uid), lib.quoted(folder)), f"UID MOVE {uid}")
+            elif await self._ok_unless_gone(self._client.uid("COPY", str(uid), lib.quoted(folder)), f"UID COPY {uid}"):
                 await self._delete(uid)
 
     async def wait(self, timeout: float) -> None:
@@ -375,6 +404,7 @@ class _Session:
 
     async def sync(self) -> int:
         criteria = ["UNDELETED", "UNFLAGGED"] if self.poller.config.disposition == "keep" else ["UNDELETED"]
+        await self.poller.prune_claims()
         main, *others = self.connections
         await _all(c.keepalive() for c in others)
         uids = await main.search(*criteria)
@@ -412,10 +442,21 @@ class ImapPoller:
             )
         self.uidvalidity: int | None = None
         # UID -> processed|rejected for messages acted on but not yet filed (the connection
-        # dropped in between): the next round files them without handling them again.
+        # dropped in between): the next round files them without handling them again. The
+        # store's claim says the same to every instance; this covers a store that failed.
         self.settled: dict[int, str] = {}
+        # Names this process in the store's claims on messages: unique per process, so two
+        # instances with the same configuration never take each other's claims for their own.
+        self.holder = f"{socket.gethostname()[:32]}:{os.getpid()}:{secrets.token_hex(4)}"
+        self.mailbox = f"imap://{config.username}@{config.host.lower()}/{config.folder}"
+        self._next_prune = 0.0
         self.watcher = Watcher(self.source, self._session, config.sync_interval, config.startup_delay)
         _show_exchange_at_trace()
+
+    @property
+    def store(self) -> Store:
+        """The store of claims on messages (the pipeline's: a probe, which has none, never needs it)."""
+        return self.pipeline.store
 
     async def run(self) -> None:
         try:
@@ -449,12 +490,13 @@ class ImapPoller:
         try:
             await session.open()
             log.info(
-                "imap: %s@%s:%d/%s selected, %d connection(s)",
+                "imap: %s@%s:%d/%s selected, %d connection(s), as poller %s",
                 self.config.username,
                 self.config.host,
                 self.config.port,
                 self.config.folder,
                 len(session.connections),
+                self.holder,
             )
             yield session
         finally:
@@ -468,17 +510,30 @@ class ImapPoller:
         self.uidvalidity = value
 
     async def handle(self, connection: _Connection, uid: int) -> int:
-        """Fetch, handle and file one message; 1 when it was handled (even if left to retry)."""
-        disposition = self.settled.get(uid)
+        """Claim, fetch, handle and file one message; 1 when it was handled (even if left to
+        retry), 0 when it was gone or is another instance's."""
+        message = MailboxMessage(self.mailbox, connection.uidvalidity, uid)
+        try:
+            claim = await asyncio.to_thread(
+                self.store.claim_mailbox_message, message, self.holder, time.time(), STALE_CLAIM_SECONDS
+            )
+        except TemporaryFailure as exc:
+            log.warning("imap uid=%d retry: cannot claim it (%s); left for the next round", uid, exc)
+            return 0
+        if not claim.ours:
+            return 0  # another instance is handling it, or filed it already
+        disposition = claim.disposition or self.settled.get(uid)
         if disposition is None:
             raw = await connection.fetch(uid)
             if raw is None:
+                await self._store_quietly(self.store.release_mailbox_message, message, self.holder)
                 return 0  # expunged by someone else meanwhile
             try:
                 inbound = Inbound(raw, self.source, trusted_ids=tuple(self.config.trusted_authserv_ids))
                 outcome = MailboxOutcome.of(await self.pipeline.process(inbound, act=True))
             except Exception:
                 log.exception("imap uid=%d: handling failed; left for the next round", uid)
+                await self._store_quietly(self.store.release_mailbox_message, message, self.holder)
                 return 1
             log.info(
                 "imap uid=%d %s: %s (message-id %s, connection %s)",
@@ -489,8 +544,31 @@ class ImapPoller:
                 connection.name,
             )
             if outcome.disposition == "retry":
-                return 1  # untouched: the next round tries again
+                # Untouched: the next round (of any instance) tries again.
+                await self._store_quietly(self.store.release_mailbox_message, message, self.holder)
+                return 1
             disposition = self.settled[uid] = outcome.disposition
+            await self._store_quietly(self.store.settle_mailbox_message, message, self.holder, disposition, time.time())
         await connection.dispose(uid, disposition)
-        del self.settled[uid]
+        self.settled.pop(uid, None)
+        await self._store_quietly(self.store.mailbox_message_filed, message, self.holder, time.time())
         return 1
+
+    async def _store_quietly(self, write: Callable[..., None], *args: Any) -> None:
+        """Note a message's progress in the store. If that fails, the claim stays as it was
+        and goes stale: this process (``settled``) or, later, another files it, not acts again."""
+        try:
+            await asyncio.to_thread(write, *args)
+        except TemporaryFailure as exc:
+            log.warning("imap: could not note a message's progress in the store: %s", exc)
+
+    async def prune_claims(self) -> None:
+        """Now and then, forget the claims on messages filed long ago."""
+        now = time.time()
+        if now < self._next_prune:
+            return
+        self._next_prune = now + CLAIMS_PRUNED_EVERY
+        try:
+            await asyncio.to_thread(self.store.prune_mailbox_claims, now - CLAIMS_KEPT)
+        except TemporaryFailure as exc:
+            log.warning("imap: could not prune old message claims: %s", exc)

@@ -1,0 +1,135 @@
+"""What several instances on one store share besides the exactly-once claims: who handles
+a message of a polled mailbox, and the rate-limit counters (PostgreSQL only)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+from test_store import store as store  # the same store fixture: SQLite and PostgreSQL
+
+from rc_mta.store import MailboxMessage, SharedCounters, Store
+
+T = TypeVar("T")
+
+MESSAGE = MailboxMessage("imap://replies@imap.example.test/INBOX", 4_000_000_000, 7)  # UIDVALIDITY > 2**31
+STALE = 600.0
+
+
+def race(workers: int, work: Callable[[int], T]) -> list[T]:
+    """Run ``work(i)`` on ``workers`` threads released at once; their results."""
+    results: list[T] = []
+    barrier = threading.Barrier(workers)
+
+    def run(i: int) -> None:
+        barrier.wait()
+        results.append(work(i))
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+def test_racing_pollers_get_a_mailbox_message_once(store: Store) -> None:
+    now = time.time()
+    claims = race(6, lambda i: store.claim_mailbox_message(MESSAGE, f"poller-{i}", now, STALE).ours)
+
+    assert sorted(claims) == [False] * 5 + [True]
+
+
+def test_a_poller_keeps_its_own_claim_and_others_take_it_only_when_stale(store: Store) -> None:
+    now = time.time()
+    assert store.claim_mailbox_message(MESSAGE, "a", now, STALE).ours
+
+    assert store.claim_mailbox_message(MESSAGE, "a", now + 1, STALE).ours  # a reconnect of the same process
+    assert not store.claim_mailbox_message(MESSAGE, "b", now + 2, STALE).ours
+    assert store.claim_mailbox_message(MESSAGE, "b", now + STALE + 10, STALE).ours  # "a" died
+    assert not store.claim_mailbox_message(MESSAGE, "a", now + STALE + 11, STALE).ours
+
+
+def test_a_handled_message_is_only_filed_by_whoever_takes_it_over(store: Store) -> None:
+    now = time.time()
+    store.claim_mailbox_message(MESSAGE, "a", now, STALE)
+    store.settle_mailbox_message(MESSAGE, "a", "rejected", now)  # then "a" died before filing it
+
+    taken = store.claim_mailbox_message(MESSAGE, "b", now + STALE + 1, STALE)
+
+    assert taken.ours and taken.disposition == "rejected"  # file it as decided, don't handle it again
+
+
+def test_a_filed_message_is_never_taken_again_until_pruned(store: Store) -> None:
+    now = time.time()
+    store.claim_mailbox_message(MESSAGE, "a", now, STALE)
+    store.mailbox_message_filed(MESSAGE, "a", now)
+
+    assert not store.claim_mailbox_message(MESSAGE, "a", now + 1, STALE).ours
+    assert not store.claim_mailbox_message(MESSAGE, "b", now + 10 * STALE, STALE).ours
+    assert store.prune_mailbox_claims(older_than=now + 1) == 1
+    assert store.claim_mailbox_message(MESSAGE, "b", now + 10 * STALE, STALE).ours
+
+
+def test_a_released_message_is_free_for_any_poller(store: Store) -> None:
+    now = time.time()
+    store.claim_mailbox_message(MESSAGE, "a", now, STALE)
+    store.release_mailbox_message(MESSAGE, "b")  # not b's to give back
+    assert not store.claim_mailbox_message(MESSAGE, "b", now, STALE).ours
+
+    store.release_mailbox_message(MESSAGE, "a")
+
+    assert store.claim_mailbox_message(MESSAGE, "b", now, STALE).ours
+
+
+# Rate-limit counters ------------------------------------------------------------------
+
+
+@pytest.fixture
+def counters(pg_url: str) -> Iterator[Callable[[float], SharedCounters]]:
+    """Opens counters on one PostgreSQL schema, each on its own connection, as instances do."""
+    shared = Store(pg_url)
+    shared.create_schema()
+    opened: list[SharedCounters] = []
+
+    def open_counters(window: float = 60.0) -> SharedCounters:
+        made = shared.shared_counters(window, timeout=2.0)
+        assert made is not None
+        opened.append(made)
+        return made
+
+    yield open_counters
+    for c in opened:
+        c.close()
+    shared.close()
+
+
+def test_sqlite_has_no_shared_counters(tmp_path: Path) -> None:
+    single = Store(f"sqlite:///{tmp_path}/store.db")
+    assert single.shared_counters(60.0, timeout=1.0) is None
+
+
+def test_instances_counting_at_once_admit_exactly_the_limit(counters: Callable[[float], SharedCounters]) -> None:
+    instances = [counters(60.0) for _ in range(4)]
+
+    admitted = race(4, lambda i: sum(instances[i].add("messages", "192.0.2.1", 30) for _ in range(20)))
+
+    assert sum(admitted) == 30
+    assert instances[0].count("messages", "192.0.2.1") == 30
+
+
+def test_events_leave_the_count_when_their_window_has_passed(counters: Callable[[float], SharedCounters]) -> None:
+    c = counters(1.0)
+    assert [c.add("messages", "192.0.2.1", 2) for _ in range(3)] == [True, True, False]
+    c.add("auth_failures", "192.0.2.1")
+    assert c.count("auth_failures", "192.0.2.1") == 1
+
+    time.sleep(1.2)
+    c.prune()
+
+    assert c.count("auth_failures", "192.0.2.1") == 0
+    assert c.add("messages", "192.0.2.1", 2)
