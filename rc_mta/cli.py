@@ -141,14 +141,15 @@ def cmd_diagnose(settings: Settings, args: argparse.Namespace) -> int:
     if args.json:
         _print_json(result)
     else:
-        print(f"{'assumed:':<12}{result['assumed']}")
+        width = len("authentication_results:") + 1
+        print(f"{'assumed:':<{width}}{result['assumed']}")
         for decision in result["decisions"]:
             for key in ("would", "smtp_reply", "action", "auto_reply", "authentication_results"):
-                print(f"{key + ':':<12}{decision[key]}")
-            print(f"{'token:':<12}{json.dumps(decision['token'])}")
+                print(f"{key + ':':<{width}}{decision[key]}")
+            print(f"{'token:':<{width}}{json.dumps(decision['token'])}")
             for name, verdict in decision["checks"].items():
-                print(f"{'check:':<12}{name} {json.dumps(verdict)}")
-            print(f"{'comment:':<12}{decision['comment']!r}")
+                print(f"{'check:':<{width}}{name} {json.dumps(verdict)}")
+            print(f"{'comment:':<{width}}{decision['comment']!r}")
     return 0
 
 
