@@ -20,6 +20,8 @@ from email.parser import BytesParser
 from email.utils import getaddresses
 from html.parser import HTMLParser
 
+from .machine_mail import machine_reason
+
 __all__ = [
     "DEFAULT_COMPLETE_WORDS",
     "DEFAULT_FAIL_WORDS",
@@ -150,7 +152,7 @@ def parse_reply(raw: bytes, *, envelope_sender: str | None = None) -> ParsedRepl
         subject=subject,
         text=text,
         comment=extract_comment(text),
-        auto_reply=_auto_reply_reason(message, subject, envelope_sender),
+        auto_reply=machine_reason(message, envelope_sender),
         referenced_ids=_referenced_ids(message),
     )
 
@@ -298,86 +300,6 @@ def _referenced_ids(message: Message) -> tuple[str, ...]:
                 if msg_id not in found:
                     found.append(msg_id)
     return tuple(found)
-
-
-# --------------------------------------------------------------------------
-# Auto-reply and delivery report detection
-# --------------------------------------------------------------------------
-
-_AUTO_REPLY_HEADERS = ("X-Autoreply", "X-Autorespond", "X-Autoresponder", "X-MS-Exchange-Generated-Message-Source")
-_BULK_PRECEDENCE = frozenset({"bulk", "junk", "list", "auto_reply"})
-
-# Subject prefixes used by out-of-office responders; the reason reports the canonical form.
-_AUTO_SUBJECT_PREFIXES = (
-    "out of office",
-    "out-of-office",
-    "automatic reply",
-    "auto:",
-    "autoreply",
-    "auto-reply",
-    "auto reply",
-    "auto response",
-    "autoresponse",
-    "abwesenheitsnotiz",
-    "automatische antwort",
-    "réponse automatique",
-    "reponse automatique",
-    "respuesta automática",
-    "respuesta automatica",
-    "risposta automatica",
-    "resposta automática",
-    "automatisch antwoord",
-    "absence",
-    "abwesend",
-)
-_AUTO_SUBJECT_RE = re.compile(
-    "^(?:" + "|".join(re.escape(p) + (r"\b" if p[-1].isalnum() else "") for p in _AUTO_SUBJECT_PREFIXES) + ")",
-    re.IGNORECASE,
-)
-
-
-def _auto_reply_reason(message: EmailMessage, subject: str, envelope_sender: str | None) -> str | None:
-    """Why this message was sent by a machine, or None for a human reply.
-
-    Acting on an auto-reply would let an out-of-office notice or a bounce
-    complete or fail a task, and answering it risks a mail loop (RFC 3834).
-    """
-    if envelope_sender is not None and envelope_sender.strip().strip("<>").strip() == "":
-        return "null sender"
-    report = _report_reason(message)
-    if report is not None:
-        return report
-    for value in _raw_headers(message, "Auto-Submitted"):
-        keyword = value.split(";", 1)[0].strip().lower()
-        if keyword != "no":
-            return f"auto-submitted: {keyword}" if keyword else "auto-submitted"
-    for name in _AUTO_REPLY_HEADERS:
-        if _raw_headers(message, name):
-            return name.lower()
-    for value in _raw_headers(message, "Precedence"):
-        keyword = value.split(";", 1)[0].strip().lower()
-        if keyword in _BULK_PRECEDENCE:
-            return f"precedence: {keyword}"
-    match = _AUTO_SUBJECT_RE.match(subject.strip())
-    if match:
-        return "subject: " + match.group(0).lower().rstrip(":")
-    return None
-
-
-def _report_reason(message: Message) -> str | None:
-    """Detect RFC 3464 delivery reports and RFC 8098 read receipts."""
-    try:
-        if message.get_content_type() == "multipart/report":
-            report_type = message.get_param("report-type")
-            kind = report_type.strip().lower() if isinstance(report_type, str) and report_type.strip() else None
-            return f"{kind or 'delivery-status'} report"
-        for part in message.walk():
-            content_type = part.get_content_type()
-            if content_type in ("message/delivery-status", "message/global-delivery-status"):
-                return "delivery-status report"
-    except Exception:
-        return None
-    return None
 
 
 # --------------------------------------------------------------------------

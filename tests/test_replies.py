@@ -660,8 +660,8 @@ def test_interleaved_quote_lines_are_removed_and_blank_runs_collapsed() -> None:
         ({}, "Autoreply: away", "subject: autoreply"),
         ({}, "Abwesenheitsnotiz: [rc-mta] Approve deployment", "subject: abwesenheitsnotiz"),
         ({}, "Automatische Antwort: [rc-mta] Approve", "subject: automatische antwort"),
-        ({}, "Réponse automatique : [rc-mta] Approve", "subject: réponse automatique"),
-        ({}, "Respuesta automática: [rc-mta] Approve", "subject: respuesta automática"),
+        ({}, "Réponse automatique : [rc-mta] Approve", "subject: reponse automatique"),
+        ({}, "Respuesta automática: [rc-mta] Approve", "subject: respuesta automatica"),
         ({}, "Absence: back Monday", "subject: absence"),
     ],
 )
