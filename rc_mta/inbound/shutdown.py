@@ -4,7 +4,9 @@ Each listener keeps a registry of its live sessions (added in ``connection_made`
 ``connection_lost``), so shutdown never waits on ``asyncio.Server.wait_closed()``, which on
 Python 3.12+ waits for every client however long it stays. A session is *in a transaction*
 from its DATA command until the reply to it is written: those may finish within the grace
-period; every other session is told ``421 4.3.2`` and closed at once.
+period; every other session is told ``421 4.3.2`` and closed at once. A session whose
+transaction has just ended may still say QUIT (and get its ``221``, which many clients
+insist on); any other command gets the 421.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from typing import AnyStr
 
 from aiosmtpd.smtp import SMTP
 
@@ -22,6 +25,9 @@ log = logging.getLogger("rc_mta.inbound")
 # After the last 421s: how long closed transports get to flush before they are aborted
 # (a client that stopped reading would otherwise keep its socket open).
 FLUSH_SECONDS = 1.0
+# After the reply to a transaction that ended during shutdown: how long the client has to
+# say QUIT before it is told 421 anyway.
+QUIT_SECONDS = 1.0
 
 
 class ClosableSession(SMTP):
@@ -29,6 +35,7 @@ class ClosableSession(SMTP):
 
     sessions: Sessions | None = None  # set by the listener that made it
     in_transaction = False
+    _last_call: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -36,9 +43,14 @@ class ClosableSession(SMTP):
             self.sessions.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._last_call is not None:
+            self._last_call.cancel()
         if self.sessions is not None:
             self.sessions.discard(self)
         super().connection_lost(exc)
+
+    def _closing(self) -> bool:
+        return self.sessions is not None and self.sessions.closing
 
     async def smtp_DATA(self, arg: str) -> None:
         # aiosmtpd's DATA reads the message, runs the handler and writes its reply(ies):
@@ -48,8 +60,16 @@ class ClosableSession(SMTP):
             await super().smtp_DATA(arg)
         finally:
             self.in_transaction = False
-            if self.sessions is not None and self.sessions.closing:
-                self.goodbye()  # the next command would only get this 421
+            if self._closing():
+                self._last_call = self.loop.call_later(QUIT_SECONDS, self.goodbye)
+
+    async def push(self, status: AnyStr) -> None:
+        """While closing, outside a transaction, every answer but QUIT's 221 becomes the 421."""
+        text = status if isinstance(status, str) else status.decode(errors="replace")
+        if self._closing() and not self.in_transaction and not text.startswith("221"):
+            self.goodbye()
+            return
+        await super().push(status)
 
     def goodbye(self) -> None:
         """Write 421 4.3.2 and close: asyncio sends what is buffered before closing, and
