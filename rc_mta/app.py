@@ -12,13 +12,16 @@ from email.parser import BytesHeaderParser
 from email.utils import getaddresses
 from typing import Any
 
+from aiohttp import web
+
 from . import metrics
 from .api import add_api_routes
 from .config import Settings, SigningConfig
 from .dns import DnsResolver
 from .errors import ConfigError, RcMtaError
 from .http import Health, make_app, metrics_app, start_http
-from .inbound import start_listener
+from .inbound import Listener, start_listener
+from .inbound.shutdown import FLUSH_SECONDS
 from .logs import install_runtime_controls, sd_notify
 from .mailbox import make_poller
 from .outbound import SentRequest, Transport, compose, make_transport, reply_addresses
@@ -200,9 +203,9 @@ class Service:
         limiter = rate_limiter(self.settings.checks.rate_limits.window, self.store)
         self.pipeline.sender_auth.limiter = limiter
 
-        servers = [await start_listener(self.pipeline, inbound, lmtp=False)]
+        listeners = [await start_listener(self.pipeline, inbound, lmtp=False)]
         if inbound.lmtp_listen:
-            servers.append(await start_listener(self.pipeline, inbound, lmtp=True))
+            listeners.append(await start_listener(self.pipeline, inbound, lmtp=True))
         health.listeners_bound = True
         health.readiness["store"] = lambda: asyncio.to_thread(self.store.ping)
         health.readiness["backend"] = self.backend.check
@@ -211,19 +214,16 @@ class Service:
         if http.listen:
             app = make_app(health, with_metrics=not http.metrics_listen)
             add_api_routes(app, self)
-            runners.append(await start_http(app, http.listen, http))
+            runners.append(await start_http(app, http.listen, http, inbound.shutdown_grace))
         if http.metrics_listen:
-            runners.append(await start_http(metrics_app(), http.metrics_listen, http))
+            runners.append(await start_http(metrics_app(), http.metrics_listen, http, inbound.shutdown_grace))
 
         poller = make_poller(self.settings, self.pipeline)
         if poller is not None:
             health.liveness[poller.source] = poller.staleness
             background.append(asyncio.create_task(poller.run(), name=f"poller-{poller.source}"))
 
-        where = " ".join(
-            f"{'lmtp' if i else 'smtp'}={s.sockets[0].getsockname()[0]}:{s.sockets[0].getsockname()[1]}"
-            for i, s in enumerate(servers)
-        )
+        where = " ".join(f"{listener.protocol}={':'.join(map(str, listener.address))}" for listener in listeners)
         sd_notify("READY=1")  # systemd Type=notify: listeners are bound, the service is up
         log.info(
             "rc-mta ready %s http=%s reply_domain=%s backend=%s store=%s mailbox=%s",
@@ -235,20 +235,42 @@ class Service:
             self.settings.mailbox.source,
         )
         await stop.wait()
-        sd_notify("STOPPING=1")
-        for server in servers:
-            server.close()
-        for task in background:
-            task.cancel()
-        await asyncio.gather(*background, return_exceptions=True)
-        for runner in runners:
-            await runner.cleanup()
-        await self.pipeline.drain(timeout=30)
-        for server in servers:
-            await server.wait_closed()
-        await self.backend.close()
+        await self._shut_down(listeners, runners, background)
         limiter.close()
         log.info("rc-mta stopped")
+
+    async def _shut_down(
+        self, listeners: list[Listener], runners: list[web.AppRunner], background: list[asyncio.Task[None]]
+    ) -> None:
+        """In order, and never longer than ``[inbound] shutdown_grace`` (STYLE lesson 16):
+        stop accepting and 421 the idle sessions; stop the pollers and HTTP; let the replies
+        being received or acted on finish and get their answer; then 421 and close the rest."""
+        sd_notify("STOPPING=1")
+        grace = self.settings.inbound.shutdown_grace
+        for listener in listeners:
+            listener.stop_accepting()
+        log.info(
+            "rc-mta stopping: listeners closed, %d session(s) in a transaction get up to %gs",
+            sum(listener.sessions.in_transaction() for listener in listeners),
+            grace,
+        )
+        for task in background:
+            task.cancel()  # a poller's action under way is shielded: ``drain`` waits for it
+        steps = [
+            *background,
+            *(asyncio.create_task(runner.cleanup(), name="http") for runner in runners),
+            asyncio.create_task(self.pipeline.drain(timeout=grace), name="actions"),
+        ]
+        # Each listener gives its transactions the grace period, then 421s and closes the rest.
+        sessions = [asyncio.create_task(listener.finish(grace)) for listener in listeners]
+        await asyncio.wait(steps, timeout=grace)
+        await asyncio.gather(*sessions)
+        for step in steps:
+            if not step.done():
+                step.cancel()
+                log.warning("rc-mta stopping: %s did not finish within %gs: cancelled", step.get_name(), grace)
+        await asyncio.wait(steps, timeout=FLUSH_SECONDS)
+        await self.backend.close()
 
 
 def _decision_view(decision: Decision) -> dict[str, Any]:

@@ -112,6 +112,7 @@ class InboundConfig(Section):
     max_message_size: Bytes = 1024 * 1024
     max_recipients: int = Field(default=10, ge=1, le=1000)
     timeout: Seconds = 300.0
+    shutdown_grace: Seconds = 10.0
     trusted_relays: Networks = Field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
     proxy_protocol: bool = False
     archive_dir: Path | None = None

@@ -93,8 +93,11 @@ def metrics_app() -> web.Application:
     return app
 
 
-async def start_http(app: web.Application, listen: str, config: HttpConfig) -> web.AppRunner:
-    """Serve ``app`` at ``listen``; no client holds a connection by sending slowly.
+async def start_http(
+    app: web.Application, listen: str, config: HttpConfig, shutdown_timeout: float = 10.0
+) -> web.AppRunner:
+    """Serve ``app`` at ``listen``; no client holds a connection by sending slowly, and at
+    ``cleanup`` requests under way get ``shutdown_timeout`` seconds.
 
     aiohttp closes a connection whose request line and headers are not all in by
     ``keepalive_timeout`` (armed when it opens and after each answer): ``header_timeout``.
@@ -103,7 +106,11 @@ async def start_http(app: web.Application, listen: str, config: HttpConfig) -> w
     """
     host, port = parse_host_port(listen)
     runner = web.AppRunner(
-        app, access_log=None, keepalive_timeout=config.header_timeout, lingering_time=config.body_timeout
+        app,
+        access_log=None,
+        keepalive_timeout=config.header_timeout,
+        lingering_time=config.body_timeout,
+        shutdown_timeout=shutdown_timeout,
     )
     await runner.setup()
     await web.TCPSite(runner, host, port, reuse_address=True).start()

@@ -190,6 +190,7 @@ BACKEND_AUTH_FAILED = _reply(
     "4.3.0",
     "Temporary problem acting on the task (the server's credentials were refused); please try again later",
 )
+SHUTTING_DOWN = _reply("SHUTTING_DOWN", 421, "4.3.2", "{hostname} Service shutting down, closing")
 
 
 def _protocol_enhanced(code: int) -> str:

@@ -2,5 +2,6 @@
 
 from .handler import ReplyHandler
 from .protocol import LmtpServer, SmtpServer, start_listener
+from .shutdown import Listener
 
-__all__ = ["LmtpServer", "ReplyHandler", "SmtpServer", "start_listener"]
+__all__ = ["Listener", "LmtpServer", "ReplyHandler", "SmtpServer", "start_listener"]

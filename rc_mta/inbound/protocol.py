@@ -25,6 +25,7 @@ from ..config import InboundConfig, parse_host_port
 from ..pipeline import Pipeline
 from ..safetext import escape_controls, hostile_character
 from .handler import LmtpReplyHandler, ReplyEnvelope, ReplyHandler, ReplySession, peer_ip
+from .shutdown import ClosableSession, Listener, Sessions
 
 log = logging.getLogger("rc_mta.inbound")
 
@@ -94,7 +95,7 @@ def _screened(verb: str, reply: R.SmtpReply) -> Callable[[SmtpMethod], SmtpMetho
     return decorate
 
 
-class SmtpServer(SMTP):
+class SmtpServer(ClosableSession):
     def __init__(self, handler: ReplyHandler, config: InboundConfig) -> None:
         super().__init__(
             handler,
@@ -242,7 +243,7 @@ class LmtpServer(SmtpServer):
         await super().push(text)
 
 
-async def start_listener(pipeline: Pipeline, config: InboundConfig, *, lmtp: bool) -> asyncio.Server:
+async def start_listener(pipeline: Pipeline, config: InboundConfig, *, lmtp: bool) -> Listener:
     """Serve SMTP (or LMTP) on the running loop, at ``listen`` (or ``lmtp_listen``)."""
     host, port = parse_host_port(config.lmtp_listen if lmtp else config.listen)
     handler: ReplyHandler
@@ -254,5 +255,13 @@ async def start_listener(pipeline: Pipeline, config: InboundConfig, *, lmtp: boo
         # A 452 for the second makes the sending MTA deliver it in a transaction of its own.
         handler = ReplyHandler(pipeline, "smtp", 1)
     server_class = LmtpServer if lmtp else SmtpServer
+    sessions = Sessions()
+
+    def new_session() -> SmtpServer:
+        session = server_class(handler, config)
+        session.sessions = sessions
+        return session
+
     loop = asyncio.get_running_loop()
-    return await loop.create_server(lambda: server_class(handler, config), host, port, reuse_address=True)
+    server = await loop.create_server(new_session, host, port, reuse_address=True)
+    return Listener(server, sessions, handler.source)
