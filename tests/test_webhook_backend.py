@@ -160,12 +160,14 @@ def test_500_and_an_unreachable_receiver_are_temporary(receiver: WebhookReceiver
         act(receiver)
 
 
-def test_get_and_check_ask_no_one() -> None:
+def test_get_asks_no_one_and_check_only_knocks() -> None:
     backend = WebhookBackend(WebhookConfig(url="http://127.0.0.1:9/never", secret=SecretStr("s" * 16)))
 
-    task = asyncio.run(backend.get(TASK))
-    asyncio.run(backend.check())  # returns without asking anyone (port 9 would refuse)
+    task = asyncio.run(backend.get(TASK))  # answers without asking anyone (port 9 would refuse)
     assert (task.id, task.title, task.owner, task.status) == (TASK, TASK, "", "in_progress")
+    # check() only opens a connection (a POST could be taken for an action): port 9 refuses it.
+    with pytest.raises(TemporaryFailure):
+        asyncio.run(backend.check())
 
 
 # End to end ----------------------------------------------------------------------------
