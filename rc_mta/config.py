@@ -115,6 +115,18 @@ class InboundConfig(Section):
     trusted_relays: Networks = Field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
     proxy_protocol: bool = False
     archive_dir: Path | None = None
+    # What reading one message may cost (rc_mta/budget.py): over a cap, 552 5.3.4 / 554 5.6.0.
+    max_header_bytes: Bytes = 256 * 1024
+    max_header_fields: int = Field(default=1000, ge=10)
+    max_mime_parts: int = Field(default=100, ge=1)
+    max_mime_depth: int = Field(default=16, ge=1, le=40)
+    max_mime_parameters: int = Field(default=256, ge=1)
+    max_parameter_continuations: int = Field(default=32, ge=0)
+    max_references: int = Field(default=100, ge=2)
+    # Messages are read (parsed, DKIM-verified) by this many threads of their own; when more
+    # than parse_queue wait for one, a new message is answered 451 4.3.2 at once.
+    parse_workers: int = Field(default=2, ge=1, le=64)
+    parse_queue: int = Field(default=8, ge=0)
 
     @field_validator("reply_domain")
     @classmethod
