@@ -32,14 +32,17 @@ from .errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path("conf/rc-mta.toml")
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
+# Matched on stripped text: two runs of optional white space around an optional unit would
+# try every split of a long run between them.
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?")
+_SIZE = re.compile(r"(\d+)\s*([kmg]i?b?|b)?", re.IGNORECASE)
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
 
 
 def _parse_duration(value: Any) -> Any:
     """Accept ``30``, ``"30s"``, ``"15m"``, ``"7d"``: people write durations, not seconds."""
     if isinstance(value, str):
-        match = _DURATION.match(value)
+        match = _DURATION.fullmatch(value.strip())
         if not match:
             raise ValueError(f"{value!r} is not a duration like 30s, 15m, 12h or 7d")
         return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
@@ -51,7 +54,7 @@ Seconds = Annotated[float, BeforeValidator(_parse_duration), Field(gt=0)]
 
 def _parse_size(value: Any) -> Any:
     if isinstance(value, str):
-        match = re.match(r"^\s*(\d+)\s*([kmg]i?b?|b)?\s*$", value, re.IGNORECASE)
+        match = _SIZE.fullmatch(value.strip())
         if not match:
             raise ValueError(f"{value!r} is not a size like 1048576, 512KiB or 1MiB")
         unit = (match.group(2) or "b").lower()[0]
