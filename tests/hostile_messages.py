@@ -8,6 +8,7 @@ Each is what an attacker can send through any MTA: every line ends in CRLF and i
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from functools import lru_cache
 
 LINE = 900  # bytes per folded line, under SMTP's 998
 
@@ -109,9 +110,15 @@ HOSTILE: dict[str, Builder] = {
 def hostile(kind: str, size: int, to: str, sender: str = "alice@example.com", number: int = 0) -> bytes:
     """The ``kind`` message of at most ``size`` bytes (and not much less), with its own
     Message-ID ``number``."""
+    return _with_id(_template(kind, size, to, sender), number)
+
+
+@lru_cache(maxsize=64)
+def _template(kind: str, size: int, to: str, sender: str) -> bytes:
+    """Built once: a sender sending it again should not spend its time building it."""
     budget = size
     raw = HOSTILE[kind](budget, to, sender)
     while len(raw) > size - 32:  # the shape's overhead (folding, long ids) is more than it guessed
         budget = budget * size // len(raw) - 512
         raw = HOSTILE[kind](budget, to, sender)
-    return _with_id(raw, number)
+    return raw

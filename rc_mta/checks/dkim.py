@@ -115,8 +115,9 @@ def _signatures(raw: bytes) -> tuple[list[_Signed], int]:
             continue
         try:
             tags = dkim.util.parse_tag_value(value)
+            dkim.validate_signature_fields(tags)
         except Exception:
-            found.append(_Signed(index))  # dkimpy says what is wrong when it verifies
+            found.append(_Signed(index))  # dkimpy says what is wrong, before any key lookup
             continue
         domain, selector = (tags.get(tag, b"").decode("ascii", "replace").strip() for tag in (b"d", b"s"))
         name = _key_name(tags[b"s"] + b"._domainkey." + tags[b"d"]) if b"s" in tags and b"d" in tags else None
