@@ -38,6 +38,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from email import policy
 from email.message import EmailMessage
+from functools import partial
 from typing import TYPE_CHECKING, TypeVar
 
 from . import smtp_replies as R
@@ -306,15 +307,15 @@ class ReaderBusy(TemporaryFailure):
 class HeavyWork:
     """A bounded pool for parsing and DKIM, apart from the default executor the store uses.
 
-    ``admit`` runs a message's first step only if at most ``queue`` jobs are waiting for a
-    worker; otherwise the sender hears ``451 4.3.2`` at once and retries later. Later steps
-    of an admitted message (``run``) always queue: it is already being read.
+    ``admit`` runs a message's first step only if it would find a worker or at most ``queue``
+    jobs waiting before it; otherwise the sender hears ``451 4.3.2`` at once and retries
+    later. Later steps of an admitted message (``run``) always queue: it is being read.
     """
 
     workers: int = 2
     queue: int = 8
     _executor: ThreadPoolExecutor | None = field(default=None, repr=False)
-    _waiting: int = 0
+    _in_flight: int = 0  # jobs submitted and not finished: running, then waiting
 
     @property
     def executor(self) -> ThreadPoolExecutor:
@@ -324,32 +325,20 @@ class HeavyWork:
 
     @property
     def waiting(self) -> int:
-        """Jobs submitted and not yet started."""
-        return self._waiting
+        """Jobs submitted that no worker has taken yet."""
+        return max(0, self._in_flight - self.workers)
 
     async def admit(self, work: Callable[..., T], *args: object) -> T:
-        if self._waiting >= self.queue:
+        if self._in_flight >= self.workers + self.queue:
             raise ReaderBusy(str(R.READER_BUSY))
         return await self.run(work, *args)
 
     async def run(self, work: Callable[..., T], *args: object) -> T:
-        loop = asyncio.get_running_loop()
-        self._waiting += 1
-        queued = [True]  # touched on the loop only: no lock needed
-
-        def taken() -> None:
-            if queued[0]:
-                queued[0] = False
-                self._waiting -= 1
-
-        def job() -> T:
-            loop.call_soon_threadsafe(taken)
-            return work(*args)
-
+        self._in_flight += 1
         try:
-            return await loop.run_in_executor(self.executor, job)
+            return await asyncio.get_running_loop().run_in_executor(self.executor, partial(work, *args))
         finally:
-            taken()  # cancelled before a worker took it, or already counted
+            self._in_flight -= 1
 
     def shutdown(self) -> None:
         if self._executor is not None:

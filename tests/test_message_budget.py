@@ -130,11 +130,14 @@ def test_a_full_reading_queue_answers_451_at_once() -> None:
         await asyncio.gather(first, second)
         outcomes.append(await pool.admit(lambda: "fourth"))
         pool.shutdown()
+        no_queue = HeavyWork(workers=1, queue=0)  # an idle worker takes a message at once
+        outcomes.append(await no_queue.admit(lambda: "alone"))
+        no_queue.shutdown()
         return outcomes, waiting
 
     outcomes, waiting = asyncio.run(scenario())
 
-    assert outcomes == [str(R.READER_BUSY), "fourth"]
+    assert outcomes == [str(R.READER_BUSY), "fourth", "alone"]
     assert R.READER_BUSY.code == 451 and R.READER_BUSY.enhanced == "4.3.2"
     assert waiting == 1
 
