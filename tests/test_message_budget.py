@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from email.message import EmailMessage
+from pathlib import Path
 
 import pytest
 from conftest import RcMta, make_rc_mta
@@ -190,3 +191,14 @@ def test_the_reader_keeps_the_first_and_last_references() -> None:
     assert references == [ids[0], *ids[-99:]]
     assert view.endswith(b"\r\nSubject: s\r\n\r\nok\r\n")
     assert reader_view(raw.replace(b"References", b"X-Other"), 100) == raw.replace(b"References", b"X-Other")
+
+
+def test_every_message_of_the_corpus_is_within_the_budget() -> None:
+    corpus = sorted((Path(__file__).parent / "corpus").rglob("*.eml"))
+    assert corpus
+    for path in corpus:
+        try:
+            check_budget(canonical_message(path.read_bytes()), DEFAULT_LIMITS)
+        except MessageRefused as exc:
+            if exc.reply.name in ("HEADER_TOO_BIG", "MESSAGE_TOO_COMPLEX"):
+                raise AssertionError(f"{path.name}: {exc.reply}") from None
