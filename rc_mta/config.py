@@ -32,14 +32,17 @@ from .errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path("conf/rc-mta.toml")
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
+# Matched on stripped text: two runs of optional white space around an optional unit would
+# try every split of a long run between them.
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?")
+_SIZE = re.compile(r"(\d+)\s*([kmg]i?b?|b)?", re.IGNORECASE)
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
 
 
 def _parse_duration(value: Any) -> Any:
     """Accept ``30``, ``"30s"``, ``"15m"``, ``"7d"``: people write durations, not seconds."""
     if isinstance(value, str):
-        match = _DURATION.match(value)
+        match = _DURATION.fullmatch(value.strip())
         if not match:
             raise ValueError(f"{value!r} is not a duration like 30s, 15m, 12h or 7d")
         return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
@@ -51,7 +54,7 @@ Seconds = Annotated[float, BeforeValidator(_parse_duration), Field(gt=0)]
 
 def _parse_size(value: Any) -> Any:
     if isinstance(value, str):
-        match = re.match(r"^\s*(\d+)\s*([kmg]i?b?|b)?\s*$", value, re.IGNORECASE)
+        match = _SIZE.fullmatch(value.strip())
         if not match:
             raise ValueError(f"{value!r} is not a size like 1048576, 512KiB or 1MiB")
         unit = (match.group(2) or "b").lower()[0]
@@ -116,6 +119,18 @@ class InboundConfig(Section):
     trusted_relays: Networks = Field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
     proxy_protocol: bool = False
     archive_dir: Path | None = None
+    # What reading one message may cost (rc_mta/budget.py): over a cap, 552 5.3.4 / 554 5.6.0.
+    max_header_bytes: Bytes = 256 * 1024
+    max_header_fields: int = Field(default=1000, ge=10)
+    max_mime_parts: int = Field(default=100, ge=1)
+    max_mime_depth: int = Field(default=16, ge=1, le=40)
+    max_mime_parameters: int = Field(default=256, ge=1)
+    max_parameter_continuations: int = Field(default=32, ge=0)
+    max_references: int = Field(default=100, ge=2)
+    # Messages are read (parsed, DKIM-verified) by this many threads of their own; when more
+    # than parse_queue wait for one, a new message is answered 451 4.3.2 at once.
+    parse_workers: int = Field(default=2, ge=1, le=64)
+    parse_queue: int = Field(default=8, ge=0)
 
     @field_validator("reply_domain")
     @classmethod

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from email.message import EmailMessage
 from email.utils import getaddresses
 
-from . import metrics
+from . import budget, metrics
 from . import smtp_replies as R
 from .authresults import strip_forged_authentication_results
 from .config import Settings
@@ -159,6 +159,9 @@ class Pipeline:
         self.settings = settings
         self.sender_auth = sender_auth
         self._inflight: set[asyncio.Future[Decision]] = set()
+        # Reading a message (and verifying its DKIM) runs in a pool of its own, within limits.
+        self.limits = budget.Limits.of(settings.inbound)
+        self.reader = budget.configure(settings.inbound.parse_workers, settings.inbound.parse_queue)
 
         self.store = store
         self.signer = signer
@@ -220,8 +223,13 @@ class Pipeline:
             metrics.MESSAGES_RECEIVED.labels(inbound.source).inc()
         envelope_sender = inbound.mail_from if inbound.client is not None else _return_path(inbound.raw)
         try:
-            # Off the loop: a large message must not stall every other session while it parses.
-            raw, parsed = await asyncio.to_thread(read_message, inbound.raw, envelope_sender)
+            # Off the loop, in the reading pool: store calls keep their own threads, and when
+            # the pool has a queue already this message is answered 451 now instead of waiting.
+            raw, parsed = await self.reader.admit(read_message, inbound.raw, envelope_sender, self.limits)
+        except budget.ReaderBusy:
+            if act:
+                self.count_refusal("mailbox" if inbound.client is None else "data", R.READER_BUSY)
+            return [Decision(R.READER_BUSY, Outcome.RETRY, r) for r in _named(inbound)]
         except MessageRefused as exc:
             message_id = _synthetic_message_id(inbound.raw)
             unread = [Decision(exc.reply, Outcome.REFUSE, r, message_id=message_id) for r in _named(inbound)]
@@ -588,7 +596,12 @@ def _synthetic_message_id(raw: bytes) -> str:
     return f"<sha256.{hashlib.sha256(raw).hexdigest()[:32]}@rc-mta.invalid>"
 
 
-def read_message(raw: bytes, envelope_sender: str | None) -> tuple[bytes, ParsedReply]:
-    """The bytes DKIM and the reader both see, and what they say (blocking: off the loop)."""
-    raw = canonical_message(raw)
-    return raw, parse_reply(raw, envelope_sender=envelope_sender)
+def read_message(
+    raw: bytes, envelope_sender: str | None, limits: budget.Limits = budget.DEFAULT_LIMITS
+) -> tuple[bytes, ParsedReply]:
+    """The bytes DKIM and the reader both see, and what they say (blocking: off the loop).
+
+    Refused unread when reading would cost more than ``limits`` allow; the reader gets the
+    same bytes, with only the ids of a long References field it needs (``reader_view``)."""
+    raw = canonical_message(raw, limits)
+    return raw, parse_reply(budget.reader_view(raw, limits.references), envelope_sender=envelope_sender)

@@ -13,7 +13,8 @@ form or refused:
   field (``name:``) nor a folded continuation refuses the message;
 - in the body, a bare CR or LF becomes CRLF (both parsers then agree on the lines).
 
-Every step is a linear scan of the bytes.
+Every step is a linear scan of the bytes. Last, ``check_budget`` refuses what would cost
+more to read than any genuine reply does (rc_mta/budget.py), before DKIM or the reader start.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import re
 
 from . import smtp_replies as R
+from .budget import DEFAULT_LIMITS, Limits, check_budget
 from .errors import MessageRefused
 
 # RFC 5322 field name: printable US-ASCII except ":", then the colon (no space before it).
@@ -32,11 +34,14 @@ def _refuse(why: str) -> MessageRefused:
     return MessageRefused(R.MESSAGE_MALFORMED.with_text(why=why))
 
 
-def canonical_message(raw: bytes) -> bytes:
-    """``raw`` in the one form DKIM and the reader both parse alike; refuses what can't be."""
+def canonical_message(raw: bytes, limits: Limits = DEFAULT_LIMITS) -> bytes:
+    """``raw`` in the one form DKIM and the reader both parse alike, within ``limits``;
+    refuses what can't be."""
     if b"\r" not in raw:
         raw = raw.replace(b"\n", b"\r\n")
     end = _header_end(raw)
+    if end > limits.header_bytes:
+        raise MessageRefused(R.HEADER_TOO_BIG.with_text(why=f"the header section is over {limits.header_bytes} bytes"))
     head, body = raw[:end], raw[end:]
     if head.count(b"\r") != head.count(b"\r\n"):
         raise _refuse("a bare CR in the header section")
@@ -48,7 +53,9 @@ def canonical_message(raw: bytes) -> bytes:
     _check_header_block(head)
     if body.count(b"\r") != body.count(b"\n") or body.count(b"\r\n") != body.count(b"\n"):
         body = _ANY_NEWLINE.sub(b"\r\n", body)
-    return head + body
+    raw = head + body
+    check_budget(raw, limits)
+    return raw
 
 
 def _header_end(raw: bytes) -> int:

@@ -118,6 +118,17 @@ MESSAGE_MALFORMED = _reply(
     "MESSAGE_MALFORMED", 554, "5.6.0", "Message refused: {why}; send it again from an ordinary mail client"
 )
 MESSAGE_TOO_BIG = _reply("MESSAGE_TOO_BIG", 552, "5.3.4", "Message too big: replies are limited to {limit} bytes")
+# A message built to be expensive to read (rc_mta/budget.py): refused before any parser runs.
+HEADER_TOO_BIG = _reply(
+    "HEADER_TOO_BIG", 552, "5.3.4", "Message header too big: {why}; send a reply without it", echo_limit=120
+)
+MESSAGE_TOO_COMPLEX = _reply(
+    "MESSAGE_TOO_COMPLEX",
+    554,
+    "5.6.0",
+    "Message refused: {why}; send your reply from an ordinary mail client",
+    echo_limit=120,
+)
 
 # Sender authentication (RFC 7372 codes where one exists).
 RDNS_FAIL = _reply("RDNS_FAIL", 550, "5.7.25", "Reverse DNS of {ip} does not check out: {why}")
@@ -172,6 +183,11 @@ BACKEND_UNAVAILABLE = _reply(
     "BACKEND_UNAVAILABLE", 451, "4.3.0", "Temporary problem acting on the task; please try again later"
 )
 INTERNAL_ERROR = _reply("INTERNAL_ERROR", 451, "4.3.0", "Temporary local problem; please try again later")
+# RFC 3463 X.3.2: system not accepting network messages (for now). Many messages are being
+# read at once: the sender retries rather than wait behind them.
+READER_BUSY = _reply(
+    "READER_BUSY", 451, "4.3.2", "Too many messages are being read right now; please try again in a few minutes"
+)
 MESSAGE_IN_PROGRESS = _reply(
     "MESSAGE_IN_PROGRESS",
     451,

@@ -182,3 +182,41 @@ def test_signature_covering_only_part_of_the_body_does_not_pass(resolver: DnsRes
     assert signature.result == "policy"
     assert "l=" in signature.reason
     assert verdict.result != "pass"
+
+
+def sign_relaxed(message: bytes, domain: str, selector: str, key_file: str) -> bytes:
+    private_key = (KEYS / key_file).read_bytes()
+    header = dkim.sign(
+        message,
+        selector.encode(),
+        domain.encode(),
+        private_key,
+        canonicalize=(b"relaxed", b"relaxed"),
+        include_headers=[b"from", b"to", b"subject", b"message-id", b"date"],
+    )
+    return bytes(header) + message
+
+
+def test_relaxed_signature_over_ordinary_text_passes(resolver: DnsResolver) -> None:
+    table = b"".join(b"Item %d" % i + b" " * 40 + b"42\r\n" for i in range(200))
+    verdict, signatures = verify(resolver, sign_relaxed(MESSAGE + table, "good.test", "sel", "good-sel2048.pem"))
+    assert verdict.result == "pass"
+    assert [s.result for s in signatures] == ["pass"]
+
+
+def test_relaxed_signature_over_a_body_of_endless_white_space_is_not_verified(resolver: DnsResolver) -> None:
+    # dkimpy's relaxed canonicalization takes seconds on runs of spaces that do not end a
+    # line (its pattern tries every start of a run): such a body is not worth verifying.
+    hostile = MESSAGE + (b" " * 990 + b"x\r\n") * 1000
+    verdict, signatures = verify(resolver, sign_relaxed(hostile, "good.test", "sel", "good-sel2048.pem"))
+    assert verdict.result == "permerror"
+    assert [(s.domain, s.result) for s in signatures] == [("good.test", "permerror")]
+    assert "white space" in signatures[0].reason
+
+
+def test_a_signature_field_too_long_to_be_real_is_not_verified(resolver: DnsResolver) -> None:
+    signed = sign(MESSAGE, "good.test", "sel", "good-sel2048.pem")
+    padded = signed.replace(b"DKIM-Signature: ", b"DKIM-Signature: z=" + b"a" * 5000 + b"; ", 1)
+    verdict, signatures = verify(resolver, padded)
+    assert verdict.result == "permerror"
+    assert "over 4096 bytes" in signatures[0].reason

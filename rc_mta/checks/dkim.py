@@ -1,24 +1,41 @@
 """DKIM (RFC 6376): verify every signature on a message, not only the first.
 
 dkimpy is synchronous and swallows DNS and key trouble inside ``verify`` (it logs and
-returns False), so each signature is verified in a worker thread with a DNS function that
-records what the key lookup saw: that is how a DNS timeout becomes ``temperror`` (retry
-later) and a missing key ``permerror``, instead of all three looking like a bad signature.
+returns False), so each signature is verified with a DNS function that records what the key
+lookup saw: that is how a DNS timeout becomes ``temperror`` (retry later) and a missing key
+``permerror``, instead of all three looking like a bad signature.
+
+Verifying is CPU work (hashing, RSA) and runs in the reading pool (rc_mta/budget.py); the
+keys are looked up before, on the loop, so no worker of that small pool ever waits on DNS.
+Two of dkimpy's regular expressions take time growing with the square of their input: the
+check of a signature's ``b=`` (so a signature field over 4 KiB is not verified) and the
+relaxed body canonicalization, on long runs of spaces and tabs (so a body with more of them
+than any text has is not verified with a ``c=*/relaxed`` signature).
 """
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, replace
 
 import dkim
+import dkim.util
 
+from rc_mta.budget import heavy_work
 from rc_mta.checks._base import Result, Verdict
-from rc_mta.dns import DnsResolver
+from rc_mta.dns import DnsResolver, DnsTemporaryError
 
 # Each signature may cost a DNS lookup to a domain the sender chose; a message stuffed with
 # signatures must not turn one delivery into hundreds of lookups.
 MAX_SIGNATURES = 16
+# Real signatures are under 2 KiB (a 4096-bit b= is 684 characters).
+MAX_SIGNATURE_BYTES = 4096
+# Relaxed canonicalization costs about the sum of the squares of the lengths of the body's
+# runs of white space (dkimpy's [\t ]+\r\n tries every start in a run); 10 million steps
+# is some 70 ms. Tables padded with spaces come to a few hundred thousand.
+MAX_WHITESPACE_COST = 10_000_000
+_LONG_WHITESPACE = re.compile(rb"[\t ]{32,}")
 
 
 @dataclass(frozen=True)
@@ -65,14 +82,84 @@ def _signed_binding_fields(verifier: dkim.DKIM, fields: dict[bytes, bytes]) -> t
     return tuple(out)
 
 
-def _verify_one(resolver: DnsResolver, raw: bytes, idx: int, min_key_bits: int) -> DkimSignature:
-    """Verify signature ``idx`` (blocking: runs in a worker thread)."""
+# A key record, None for no record, or the DNS trouble met looking it up.
+Keys = dict[str, bytes | DnsTemporaryError | None]
+
+
+def _key_name(name: bytes | str) -> str:
+    text = name.decode("ascii", "replace") if isinstance(name, bytes) else name
+    return text.lower().rstrip(".")
+
+
+@dataclass(frozen=True)
+class _Signed:
+    """One DKIM-Signature field as dkimpy's own header parse found it, and whether to verify it."""
+
+    index: int
+    key_name: str | None = None  # s._domainkey.d, the name dkimpy will look up
+    unusable: str | None = None  # why it is not verified
+    domain: str = ""
+    selector: str = ""
+
+
+def _signatures(raw: bytes) -> tuple[list[_Signed], int]:
+    """The first ``MAX_SIGNATURES`` DKIM-Signature fields in dkimpy's order (its own parse, so
+    indexes agree), and how many there are. Blocking: runs in the reading pool."""
+    verifier = dkim.DKIM(raw)
+    fields = [value for name, value in verifier.headers if name.lower() == b"dkim-signature"]
+    found: list[_Signed] = []
+    body_cost: int | None = None
+    for index, value in enumerate(fields[:MAX_SIGNATURES]):
+        if len(value) > MAX_SIGNATURE_BYTES:
+            found.append(_Signed(index, unusable=f"signature field over {MAX_SIGNATURE_BYTES} bytes"))
+            continue
+        try:
+            tags = dkim.util.parse_tag_value(value)
+            dkim.validate_signature_fields(tags)
+        except Exception:
+            found.append(_Signed(index))  # dkimpy says what is wrong, before any key lookup
+            continue
+        domain, selector = (tags.get(tag, b"").decode("ascii", "replace").strip() for tag in (b"d", b"s"))
+        name = _key_name(tags[b"s"] + b"._domainkey." + tags[b"d"]) if b"s" in tags and b"d" in tags else None
+        signed = _Signed(index, name, None, domain.lower(), selector)
+        if tags.get(b"c", b"").partition(b"/")[2].strip().lower() == b"relaxed":
+            if body_cost is None:
+                body_cost = sum(len(run) ** 2 // 2 for run in _LONG_WHITESPACE.findall(verifier.body))
+            if body_cost > MAX_WHITESPACE_COST:
+                signed = replace(signed, unusable="the body has longer runs of white space than any text")
+        found.append(signed)
+    return found, len(fields)
+
+
+async def _look_up_keys(resolver: DnsResolver, names: set[str]) -> Keys:
+    """Every key record the signatures name, at once, on the loop (through the shared cache)."""
+
+    async def one(name: str) -> tuple[str, bytes | DnsTemporaryError | None]:
+        try:
+            records = await resolver.resolve(name, "TXT")
+        except DnsTemporaryError as exc:
+            return name, exc
+        return name, records[0].encode("utf-8") if records else None
+
+    return dict(await asyncio.gather(*(one(name) for name in sorted(names))))
+
+
+def _verify_one(resolver: DnsResolver, raw: bytes, idx: int, min_key_bits: int, keys: Keys) -> DkimSignature:
+    """Verify signature ``idx`` with the keys looked up ahead (blocking: in the reading pool)."""
     lookup = _KeyLookup()
 
     def dnsfunc(name: bytes | str, timeout: float = 5) -> bytes | None:
         lookup.called = True
         lookup.names.append(name.decode("ascii", "replace") if isinstance(name, bytes) else name)
-        try:
+        key = _key_name(name)
+        if key in keys:
+            found = keys[key]
+            if isinstance(found, DnsTemporaryError):
+                lookup.error = str(found)
+                raise dkim.DnsTimeoutError(str(found))
+            lookup.record = found
+            return found
+        try:  # a name not looked up ahead (dkimpy read the tags otherwise): ask now
             lookup.record = resolver.dkim_txt(name, timeout=timeout)
         except dkim.DnsTimeoutError as exc:
             lookup.error = str(exc)
@@ -116,31 +203,28 @@ def _verify_one(resolver: DnsResolver, raw: bytes, idx: int, min_key_bits: int) 
     return DkimSignature(domain, selector, "fail", failure or "signature did not verify", key_bits)
 
 
-def _count_signatures(raw: bytes) -> int:
-    """How many DKIM-Signature fields dkimpy sees (its own header parse, so indexes agree)."""
-    verifier = dkim.DKIM(raw)
-    return sum(1 for name, _ in verifier.headers if name.lower() == b"dkim-signature")
-
-
 async def check_dkim(
     resolver: DnsResolver, raw: bytes, min_key_bits: int = 1024
 ) -> tuple[Verdict, list[DkimSignature]]:
     """Verify every DKIM signature off the event loop; pass if any one passes."""
+    pool = heavy_work()
     try:
-        count = await asyncio.to_thread(_count_signatures, raw)
+        checked, count = await pool.run(_signatures, raw)
     except Exception as exc:  # dkimpy's parser on hostile input
         return Verdict("permerror", f"message could not be parsed for DKIM: {exc}"), []
     if count == 0:
         return Verdict("none", "message is not DKIM-signed"), []
-    checked = min(count, MAX_SIGNATURES)
-    signatures = list(
-        await asyncio.gather(
-            *(asyncio.to_thread(_verify_one, resolver, raw, idx, min_key_bits) for idx in range(checked))
-        )
-    )
+    keys = await _look_up_keys(resolver, {s.key_name for s in checked if s.key_name and s.unusable is None})
+
+    async def verify(signed: _Signed) -> DkimSignature:
+        if signed.unusable is not None:
+            return DkimSignature(signed.domain, signed.selector, "permerror", f"not verified: {signed.unusable}", None)
+        return await pool.run(_verify_one, resolver, raw, signed.index, min_key_bits, keys)
+
+    signatures = list(await asyncio.gather(*(verify(signed) for signed in checked)))
     verdict = _overall(signatures)
-    if checked < count:
-        note = f" (only the first {checked} of {count} signatures were checked)"
+    if len(checked) < count:
+        note = f" (only the first {len(checked)} of {count} signatures were checked)"
         verdict = Verdict(verdict.result, verdict.reason + note, verdict.facts)
     return verdict, signatures
 

@@ -1,0 +1,363 @@
+"""What reading one message may cost, checked before any parser sees it, and where reading runs.
+
+Python's ``email`` parser and dkimpy are fine on mail people write and ruinous on mail built
+against them: a From field of 64 KiB of comments takes the address parser 98 s, a
+Content-Type of 1,000 parameters seconds, MIME nested a thousand deep or ten thousand parts
+as long, and each of those holds a worker (and, in C, the interpreter lock) the whole time.
+So ``check_budget`` walks the message once, cheaply (finding bytes, never parsing values),
+and refuses what no mail client writes, before the reader or DKIM starts:
+
+- the header section: more than ``header_bytes`` bytes or ``header_fields`` fields (in the
+  whole message, MIME parts included) → ``552 5.3.4``; a From field over 1 KiB, a Subject
+  over 16 KiB, a Content-Type/-Disposition/-Transfer-Encoding over 2 KiB → ``552 5.3.4``;
+- structure: more than ``mime_parts`` parts, nesting deeper than ``mime_depth``, more than
+  ``mime_parameters`` MIME parameters, a field of more than ``parameter_continuations`` RFC
+  2231 continuations,
+  a field with more quotes, comments or spaces than any client writes, a charset the reader
+  would decode in quadratic time (punycode, idna) → ``554 5.6.0``.
+
+Where a genuine reply can exceed a cap, the reader gets only what it needs instead
+(``reader_view``: of a References field with thousands of ids, the first and the last ones).
+
+The walk follows the MIME structure as Python's parser finds it: the type and boundary of
+each part are read by the ``email`` package itself, on that one field once its size is
+checked, and delimiter lines are found as its feed parser finds them.
+
+``HeavyWork`` is the small thread pool this reading (and DKIM verification) runs in, apart
+from the default executor that store calls use, with a queue that answers ``451 4.3.2``
+when full rather than making a sender wait behind a crowd.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import re
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from email import policy
+from email.message import EmailMessage
+from functools import partial
+from typing import TYPE_CHECKING, TypeVar
+
+from . import smtp_replies as R
+from .errors import MessageRefused, TemporaryFailure
+
+if TYPE_CHECKING:
+    from .config import InboundConfig
+
+T = TypeVar("T")
+
+# Fields the reader parses with the ``email`` package's structured parsers, whose time grows
+# with the square of a field's length on hostile shapes: their own, tighter caps.
+FROM_BYTES = 1024
+SUBJECT_BYTES = 16 * 1024
+MIME_FIELD_BYTES = 2048
+MIME_FIELDS = (b"content-type", b"content-disposition", b"content-transfer-encoding")
+# Quotes, parentheses, backslashes and white space in the fields parsed: each is a token to
+# the parser and its slow shapes are made of them (each costs some 0.2 ms to read). A file
+# name has a dozen; a message with a hundred attachments a few hundred.
+FIELD_SPECIALS = 64
+MESSAGE_SPECIALS = 512
+_SPECIALS = re.compile(rb'["()\\ \t]')
+_CONTINUATION = re.compile(rb"\*[0-9]")
+# A charset given as RFC 2231 parts could hide its name from the checks below.
+_ENCODED_NAME = re.compile(rb"(?i)[;\s](?:charset|boundary)\s*\*")
+_CHARSET = re.compile(rb'(?i)[;\s]charset\s*=\s*"?([^";\s()]{1,64})')
+# Text codecs implemented in Python in quadratic time: no mail is written in them.
+_SLOW_CODECS = frozenset({"punycode", "idna"})
+_IDS = re.compile(rb"<[^<>]*>")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The per-message caps ([inbound] ``max_header_bytes`` …)."""
+
+    header_bytes: int = 256 * 1024
+    header_fields: int = 1000
+    mime_parts: int = 100
+    mime_depth: int = 16
+    mime_parameters: int = 256
+    parameter_continuations: int = 32
+    references: int = 100
+
+    @classmethod
+    def of(cls, inbound: InboundConfig) -> Limits:
+        return cls(
+            inbound.max_header_bytes,
+            inbound.max_header_fields,
+            inbound.max_mime_parts,
+            inbound.max_mime_depth,
+            inbound.max_mime_parameters,
+            inbound.max_parameter_continuations,
+            inbound.max_references,
+        )
+
+
+DEFAULT_LIMITS = Limits()
+
+
+@dataclass
+class _Tally:
+    fields: int = 0
+    parts: int = 0
+    parameters: int = 0
+    specials: int = 0
+
+
+def _too_big(why: str) -> MessageRefused:
+    return MessageRefused(R.HEADER_TOO_BIG.with_text(why=why))
+
+
+def _too_complex(why: str) -> MessageRefused:
+    return MessageRefused(R.MESSAGE_TOO_COMPLEX.with_text(why=why))
+
+
+def check_budget(raw: bytes, limits: Limits) -> None:
+    """Refuse ``raw`` (CRLF lines, as ``canonical_message`` makes it) when reading it would cost
+    more than any genuine reply does. Linear in the message's size."""
+    tally = _Tally()
+    _entity(raw, 0, len(raw), 0, "text/plain", limits, tally)
+
+
+def _header_end(raw: bytes, start: int, end: int) -> tuple[int, int]:
+    """Where an entity's header block ends and its body starts (a blank line between them)."""
+    if raw.startswith(b"\r\n", start, end):
+        return start, start + 2
+    blank = raw.find(b"\r\n\r\n", start, end)
+    if blank < 0:
+        return end, end
+    return blank + 2, blank + 4
+
+
+def _fields(raw: bytes, start: int, end: int) -> Iterator[tuple[bytes, int, int]]:
+    """The fields of a header block as (lower-case name, start, end), continuations joined;
+    one at a time, so a caller counting them stops at its cap."""
+    name, first, position = b"", -1, start
+    while position < end:
+        line_end = raw.find(b"\r\n", position, end)
+        line_end = end if line_end < 0 else line_end + 2
+        if raw[position : position + 1] not in (b" ", b"\t") or first < 0:
+            if first >= 0:
+                yield name, first, position
+            colon = raw.find(b":", position, line_end)
+            name, first = (raw[position:colon].rstrip(b" \t").lower() if colon >= 0 else b""), position
+        position = line_end
+    if first >= 0:
+        yield name, first, end
+
+
+def _entity(raw: bytes, start: int, end: int, depth: int, default_type: str, limits: Limits, tally: _Tally) -> None:
+    """Check one entity (the message, a part, an attached message) and everything inside it."""
+    top = depth == 0
+    if depth > limits.mime_depth:
+        raise _too_complex(f"MIME parts are nested more than {limits.mime_depth} deep")
+    header_end, body = _header_end(raw, start, end)
+    if top and header_end - start > limits.header_bytes:
+        raise _too_big(f"the header section is over {limits.header_bytes} bytes")
+    content_type: bytes | None = None
+    for name, first, last in _fields(raw, start, header_end):
+        tally.fields += 1
+        if tally.fields > limits.header_fields:
+            raise _too_big(f"more than {limits.header_fields} header fields")
+        value = raw[first:last]
+        if name in MIME_FIELDS:
+            _check_mime_field(name, value, limits, tally)
+            if name == b"content-type" and content_type is None:
+                content_type = value
+        elif top and name == b"from":
+            _check_parsed_field("From", value, FROM_BYTES, tally)
+        elif top and name == b"subject" and len(value) > SUBJECT_BYTES:
+            raise _too_big(f"the Subject field is over {SUBJECT_BYTES} bytes")
+    if not top:
+        tally.parts += 1
+        if tally.parts > limits.mime_parts:
+            raise _too_complex(f"more than {limits.mime_parts} MIME parts")
+    maintype, subtype, boundary = _type_of(content_type, default_type)
+    if maintype == "multipart" and boundary is not None:
+        child_default = "message/rfc822" if subtype == "digest" else "text/plain"
+        for part_start, part_end in _parts(raw, body, end, boundary):
+            _entity(raw, part_start, part_end, depth + 1, child_default, limits, tally)
+    elif (maintype, subtype) == ("message", "delivery-status"):
+        # Blocks of fields separated by blank lines, each parsed as a message of its own.
+        tally.parts += raw.count(b"\r\n\r\n", body, end) + 1
+        tally.fields += raw.count(b"\r\n", body, end)
+        if tally.parts > limits.mime_parts or tally.fields > limits.header_fields:
+            raise _too_complex("a delivery report with too many parts or fields")
+    elif maintype == "message":
+        _entity(raw, body, end, depth + 1, "text/plain", limits, tally)
+
+
+def _check_parsed_field(label: str, value: bytes, limit: int, tally: _Tally) -> None:
+    if len(value) > limit:
+        raise _too_big(f"the {label} field is over {limit} bytes")
+    specials = len(_SPECIALS.findall(value))
+    if specials > FIELD_SPECIALS:
+        raise _too_complex(f"the {label} field holds more quotes, comments or spaces than a mail client writes")
+    tally.specials += specials
+    if tally.specials > MESSAGE_SPECIALS:
+        raise _too_complex("its MIME fields hold more quotes, comments or spaces than a mail client writes")
+
+
+def _check_mime_field(name: bytes, value: bytes, limits: Limits, tally: _Tally) -> None:
+    label = name.decode("ascii").title()
+    _check_parsed_field(label, value, MIME_FIELD_BYTES, tally)
+    tally.parameters += value.count(b";")
+    if tally.parameters > limits.mime_parameters:
+        raise _too_complex(f"more than {limits.mime_parameters} MIME parameters")
+    # Continuations cost most when many are in one field (the parser joins them per lookup);
+    # over the message they count as parameters like any other.
+    if len(_CONTINUATION.findall(value)) > limits.parameter_continuations:
+        raise _too_complex(f"a {label} field of more than {limits.parameter_continuations} RFC 2231 continuations")
+    if _ENCODED_NAME.search(value):
+        raise _too_complex(f"a {label} field with an encoded charset or boundary")
+    for charset in _CHARSET.findall(value):
+        try:
+            codec = codecs.lookup(charset.decode("ascii", "replace")).name
+        except LookupError:
+            continue  # unknown: the reader falls back to a lenient decoding
+        if codec in _SLOW_CODECS:
+            raise _too_complex(f"text in the {codec} charset, which is not a mail charset")
+
+
+def _type_of(field: bytes | None, default_type: str) -> tuple[str, str, str | None]:
+    """(maintype, subtype, boundary) of an entity, as the ``email`` package reads them.
+
+    Only called on a Content-Type field whose size and tokens are already checked."""
+    message = EmailMessage(policy=policy.default)
+    message.set_default_type(default_type)
+    if field is not None:
+        lines = field.decode("ascii", "surrogateescape").splitlines(keepends=True)
+        message.set_raw(*policy.default.header_source_parse(lines))
+    try:
+        maintype, subtype = message.get_content_maintype(), message.get_content_subtype()
+        boundary = message.get_boundary() if maintype == "multipart" else None
+    except Exception:  # the parser's own trouble with a field: it reads it as plain text too
+        return "text", "plain", None
+    return maintype, subtype, boundary
+
+
+def _parts(raw: bytes, start: int, end: int, boundary: str) -> list[tuple[int, int]]:
+    """The parts of a multipart body (``start`` is a line start): regions between its
+    delimiter lines, found as the feed parser finds them: ``--boundary``, an optional ``--``
+    (the closing one), spaces or tabs, then the line end."""
+    try:
+        needle = b"\r\n--" + boundary.encode("ascii", "surrogateescape")
+    except UnicodeEncodeError:
+        return []  # a boundary no line of bytes can hold: the parser finds no parts either
+    starts: list[int] = []  # where each part's first line starts
+    ends: list[int] = []  # where each part ends: the line break before the next delimiter
+    position = start
+    while True:
+        found = raw.find(needle, max(position - 2, 0), end)
+        if found < 0:
+            break
+        line_end = raw.find(b"\r\n", found + 2, end)
+        next_line = end if line_end < 0 else line_end + 2
+        rest = raw[found + len(needle) : end if line_end < 0 else line_end]
+        closing = rest.startswith(b"--")
+        position = next_line
+        if (rest[2:] if closing else rest).strip(b" \t"):
+            continue  # --boundary followed by more: not a delimiter line
+        if starts:
+            ends.append(found)
+        if closing:
+            break
+        starts.append(next_line)
+    if len(ends) < len(starts):  # no closing delimiter: the last part runs to the end
+        ends.append(end)
+    return list(zip(starts, ends, strict=True))
+
+
+def reader_view(raw: bytes, keep: int) -> bytes:
+    """``raw`` as the reader sees it: References and In-Reply-To trimmed to ``keep`` ids.
+
+    The reader looks there only for the request's Message-ID: the thread's first id (a
+    request starts its thread) and the last ones (the message answered). A long thread's
+    References may list thousands; the reader gets those ids and no others, so it can only
+    find less than DKIM verified, never more."""
+    header_end, _ = _header_end(raw, 0, len(raw))
+    pieces: list[bytes] = []
+    last = 0
+    for name, first, end in _fields(raw, 0, header_end):
+        if name not in (b"references", b"in-reply-to"):
+            continue
+        colon = raw.find(b":", first, end) + 1
+        value = raw[colon:end]
+        ids = _IDS.findall(value) or [token for token in value.split() if b"@" in token]
+        if len(ids) <= keep:
+            continue
+        kept = [ids[0], *ids[len(ids) - keep + 1 :]] if name == b"references" else ids[:keep]
+        pieces += [raw[last:colon], b" ", b"\r\n ".join(kept), b"\r\n"]
+        last = end
+    return b"".join([*pieces, raw[last:]]) if pieces else raw
+
+
+# Where the reading runs -----------------------------------------------------------------
+
+
+class ReaderBusy(TemporaryFailure):
+    """Too many messages wait to be read: ``451 4.3.2`` now, the sender retries later."""
+
+    reply = R.READER_BUSY
+
+
+@dataclass
+class HeavyWork:
+    """A bounded pool for parsing and DKIM, apart from the default executor the store uses.
+
+    ``admit`` runs a message's first step only if it would find a worker or at most ``queue``
+    jobs waiting before it; otherwise the sender hears ``451 4.3.2`` at once and retries
+    later. Later steps of an admitted message (``run``) always queue: it is being read.
+    """
+
+    workers: int = 2
+    queue: int = 8
+    _executor: ThreadPoolExecutor | None = field(default=None, repr=False)
+    _in_flight: int = 0  # jobs submitted and not finished: running, then waiting
+
+    @property
+    def executor(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="rc-mta-read")
+        return self._executor
+
+    @property
+    def waiting(self) -> int:
+        """Jobs submitted that no worker has taken yet."""
+        return max(0, self._in_flight - self.workers)
+
+    async def admit(self, work: Callable[..., T], *args: object) -> T:
+        if self._in_flight >= self.workers + self.queue:
+            raise ReaderBusy(str(R.READER_BUSY))
+        return await self.run(work, *args)
+
+    async def run(self, work: Callable[..., T], *args: object) -> T:
+        self._in_flight += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.executor, partial(work, *args))
+        finally:
+            self._in_flight -= 1
+
+    def shutdown(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+
+
+_pool = HeavyWork()
+
+
+def heavy_work() -> HeavyWork:
+    """The process's reading pool (configured by ``configure``; two workers until then)."""
+    return _pool
+
+
+def configure(workers: int, queue: int) -> HeavyWork:
+    """Size the process's reading pool from [inbound] ``parse_workers`` and ``parse_queue``."""
+    global _pool
+    if (_pool.workers, _pool.queue) != (workers, queue):
+        _pool.shutdown()
+        _pool = HeavyWork(workers, queue)
+    return _pool

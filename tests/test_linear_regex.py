@@ -1,0 +1,183 @@
+"""Every pattern rc-mta runs on text from outside takes time linear in that text.
+
+Python's ``re`` holds the interpreter lock for a whole match, so one super-linear pattern on
+an attacker's megabyte stalls every session. Each family below runs on inputs shaped to
+hurt it (long runs of its repeated atom, nearly matching prefixes, many separators) of
+2 KiB, 16 KiB, 128 KiB and 1 MiB. No clock is compared with a number: each step is 8 times
+the input, so a linear pattern takes about 8 times as long (we allow 24) and a quadratic
+one 64 times. A new family is one row of ``FAMILIES``: a name, the call under test, and a
+function building its hostile input of a given size.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from rc_mta import authresults, budget, config, logs, rawmessage, safetext, tokens
+from rc_mta.checks import dkim as dkim_check
+from rc_mta.checks import dmarc
+from rc_mta.checks.binding import RequestAddresses
+from rc_mta.inbound import protocol
+from rc_mta.mailbox import imap
+from rc_mta.tasks import release
+
+SIZES = (2 * 1024, 16 * 1024, 128 * 1024, 1024 * 1024)
+LINEAR_RATIO = 24.0  # per step of 8x; quadratic is 64x
+NOISE = 0.002  # seconds: below this at 1 MiB nothing can stall anyone
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    run: Callable[[Any], object]
+    build: Callable[[int], Any]
+
+
+def repeat(atom: str, size: int, tail: str = "") -> str:
+    return atom * (size // len(atom)) + tail
+
+
+def brepeat(atom: bytes, size: int, tail: bytes = b"") -> bytes:
+    return atom * (size // len(atom)) + tail
+
+
+def lines(atom: bytes, size: int) -> bytes:
+    """``atom`` repeated on lines of at most 998 bytes, as a message body carries it."""
+    line = brepeat(atom, 990) + b"\r\n"
+    return line * (size // len(line))
+
+
+def message(head: bytes, body: bytes = b"ok\r\n") -> bytes:
+    return b"From: a@b.example\r\nTo: rc@reply.example\r\n" + head + b"\r\n" + body
+
+
+def _quietly(call: Callable[[Any], object]) -> Callable[[Any], object]:
+    """Run ``call``; a refusal or error is an outcome too (what counts is how long it took)."""
+
+    def run(value: Any) -> object:
+        try:
+            return call(value)
+        except Exception as exc:
+            return exc
+
+    return run
+
+
+ADDRESSES = RequestAddresses("rc", "reply.example")
+
+FAMILIES: list[Family] = [
+    # logs.py: the secret filter sees every log line, attacker text included.
+    Family("mask: scheme-like runs", logs.mask_secrets, lambda n: repeat("a.", n)),
+    Family("mask: header-like runs", logs.mask_secrets, lambda n: repeat("a-", n)),
+    Family("mask: many ://", logs.mask_secrets, lambda n: repeat("x://a:", n)),
+    Family("mask: :// then a long password", logs.mask_secrets, lambda n: "x://u:" + "p" * n),
+    Family("mask: bearer then spaces", logs.mask_secrets, lambda n: repeat("bearer" + " " * 30, n)),
+    Family("mask: LOGIN lines", logs.mask_secrets, lambda n: repeat("a LOGIN b ", n)),
+    Family("mask: words before LOGIN", logs.mask_secrets, lambda n: repeat("abc ", n, "LOGIN")),
+    Family("mask: secret names", logs.mask_secrets, lambda n: repeat("password ", n)),
+    Family("mask: a long word", logs.mask_secrets, lambda n: "a" * n + "password"),
+    Family("mask: name= runs", logs.mask_secrets, lambda n: repeat("token=", n)),
+    Family("mask: -token: runs", logs.mask_secrets, lambda n: repeat("a-token:", n)),
+    Family("mask: AUTH runs", logs.mask_secrets, lambda n: repeat("AUTH ", n)),
+    Family("log field quoting", logs._text_value, lambda n: repeat("a=\x1b", n)),
+    # safetext.py
+    Family("escape controls", safetext.escape_controls, lambda n: repeat("a\x1b\u202e", n)),
+    Family("one line", safetext.one_line, lambda n: repeat(" \t\r\n", n)),
+    Family("command check", safetext.hostile_character, lambda n: "a" * n + "\x00"),
+    # authresults.py: stamps and forged stamps in headers anyone writes.
+    Family("A-R value quoting", authresults._quote, lambda n: repeat("a.", n, "!")),
+    Family("A-R mailbox value", lambda v: authresults._quote(v, allow_mailbox=True), lambda n: "@a" + "-" * n + "!"),
+    Family(
+        "A-R strip forged",
+        lambda raw: authresults.strip_forged_authentication_results(raw, "mx.example"),
+        lambda n: message(b"Authentication-Results: " + brepeat(b"(", n - 100) + b"\r\n"),
+    ),
+    Family(
+        "A-R trusted, many Received",
+        lambda raw: authresults.trusted_authentication_results(raw, ["mx.example"]),
+        lambda n: message(b"".join(b"Received: by by by\r\n" for _ in range(n // 20))),
+    ),
+    Family("A-R lexer", authresults._parse_results, lambda n: "mx; " + repeat('a=b (c "d', n)),
+    # rawmessage.py and budget.py: the walk before any parser.
+    Family(
+        "budget: many header lines",
+        _quietly(rawmessage.canonical_message),
+        lambda n: message(b"".join(b"X-A: b\r\n" for _ in range(n // 8))),
+    ),
+    Family(
+        "budget: near-delimiters",
+        _quietly(rawmessage.canonical_message),
+        lambda n: message(b"Content-Type: multipart/mixed; boundary=b\r\n", brepeat(b"--bX\r\n", n)),
+    ),
+    Family(
+        "budget: near-delimiters, one long line",
+        _quietly(rawmessage.canonical_message),
+        lambda n: message(b"Content-Type: multipart/mixed; boundary=b\r\n", b"--b" + b"-" * n + b"\r\n"),
+    ),
+    Family(
+        "budget: body lines",
+        _quietly(rawmessage.canonical_message),
+        lambda n: message(b"Content-Type: text/plain\r\n", lines(b"a:", n)),
+    ),
+    Family(
+        "reader view: References",
+        lambda raw: budget.reader_view(raw, 100),
+        lambda n: message(b"References: " + b"\r\n ".join(b"<%d@x>" % i for i in range(n // 9)) + b"\r\n"),
+    ),
+    Family(
+        "reader view: bare ids",
+        lambda raw: budget.reader_view(raw, 100),
+        lambda n: message(b"In-Reply-To: " + b"\r\n ".join(b"a@x" for _ in range(n // 6)) + b"\r\n"),
+    ),
+    # checks/: tokens in Message-IDs, DMARC records, DKIM's white space scan.
+    Family("request tokens in ids", ADDRESSES.tokens_in, lambda n: repeat("rc+" + "a" * 39, n)),
+    Family("request tokens, near-misses", ADDRESSES.tokens_in, lambda n: repeat("rc.", n)),
+    Family("DMARC version", dmarc._VERSION.match, lambda n: "v" + " " * n + "x"),
+    Family("DKIM white space scan", dkim_check._LONG_WHITESPACE.findall, lambda n: lines(b" " * 31 + b"x", n)),
+    # tokens.py and config.py: secrets and durations written by people, checked anyway.
+    Family("secret as hex", tokens._HEX.fullmatch, lambda n: "a" * n + "!"),
+    Family("secret as base64", tokens._BASE64.fullmatch, lambda n: "A" * n + "=" * 8 + "!"),
+    Family("config duration", _quietly(config._parse_duration), lambda n: "1" + " " * n + "x"),
+    Family("config size", _quietly(config._parse_size), lambda n: "1" + " " * n + "x"),
+    Family("config host:port", _quietly(config.parse_host_port), lambda n: repeat("a", n, ":x")),
+    Family("config domain", config._DOMAIN.match, lambda n: repeat("a-", n, "!")),
+    # inbound, mailbox, tasks: lines from clients, servers and back ends.
+    Family("unknown command echo", protocol._UNKNOWN_COMMAND.match, lambda n: '500 Error: command "' + "a" * n),
+    Family("xtext decoding", protocol._xtext_decode, lambda n: repeat("+4", n)),
+    Family("IMAP UIDVALIDITY", imap._UIDVALIDITY.search, lambda n: brepeat(b"[UIDVALIDITY 1", n)),
+    Family("IMAP literal", imap._BODY_LITERAL.search, lambda n: brepeat(b"BODY[] {1", n)),
+    Family("Release attribution", release._ATTRIBUTED.search, lambda n: repeat(release.ATTRIBUTION + "a", n, " x")),
+]
+
+
+def seconds(run: Callable[[Any], object], value: Any) -> float:
+    """The least time of a few rounds, each long enough (20 ms) for the clock to be exact."""
+    best = float("inf")
+    for _ in range(3):
+        calls, started = 0, time.perf_counter()
+        while True:
+            run(value)
+            calls += 1
+            elapsed = time.perf_counter() - started
+            if elapsed > 0.02:
+                break
+        best = min(best, elapsed / calls)
+    return best
+
+
+@pytest.mark.parametrize("family", FAMILIES, ids=[f.name for f in FAMILIES])
+def test_pattern_time_grows_linearly_on_hostile_input(family: Family) -> None:
+    times = []
+    for size in SIZES:
+        times.append(seconds(family.run, family.build(size)))
+        if len(times) > 1 and times[-1] > NOISE:
+            ratio = times[-1] / max(times[-2], 1e-7)
+            assert ratio < LINEAR_RATIO, (
+                f"{family.name}: {SIZES[len(times) - 2]} → {size} bytes took {ratio:.0f}x as long "
+                f"({times[-2] * 1000:.2f} ms → {times[-1] * 1000:.2f} ms)"
+            )

@@ -1,0 +1,204 @@
+"""One message can't stall the service: what would cost more to read than any reply does is
+refused before a parser runs, a long References is read only as far as needed, and reading
+runs in a small pool of its own whose full queue answers 451 at once.
+
+Real SMTP over loopback to rc-mta as a subprocess, with max_message_size 1 MiB; the hostile
+messages are tests/hostile_messages.py's, each as large as the server accepts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+from conftest import RcMta, make_rc_mta
+from hostile_messages import hostile
+from mailclient import SmtpOutcome, reply_message, send_smtp
+
+from rc_mta import smtp_replies as R
+from rc_mta.budget import DEFAULT_LIMITS, HeavyWork, ReaderBusy, check_budget, reader_view
+from rc_mta.errors import MessageRefused
+from rc_mta.rawmessage import canonical_message
+
+MIB = 1024 * 1024
+
+# What each hostile shape is refused with (it is refused before any parser runs).
+REFUSED = {
+    "deep_mime": R.MESSAGE_TOO_COMPLEX,
+    "many_parts": R.MESSAGE_TOO_COMPLEX,
+    "rfc2231": R.HEADER_TOO_BIG,
+    "mime_parameters": R.HEADER_TOO_BIG,
+    "many_headers": R.HEADER_TOO_BIG,
+    "from_comments": R.HEADER_TOO_BIG,
+}
+
+
+@pytest.fixture(scope="module")
+def big_rc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RcMta]:
+    """rc-mta accepting messages of up to 1 MiB."""
+    server = make_rc_mta(tmp_path_factory.mktemp("rc-mta-budget"), inbound={"max_message_size": MIB})
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("kind", sorted(REFUSED))
+def test_a_message_built_to_be_expensive_to_read_gets_its_5xx(big_rc: RcMta, kind: str) -> None:
+    task_id = big_rc.add_task()
+    to = big_rc.request(task_id)["complete_address"]
+
+    outcome = send_smtp(big_rc.smtp_port, hostile(kind, MIB, to), to)
+
+    expected = REFUSED[kind]
+    assert (outcome.code, outcome.enhanced) == (expected.code, expected.enhanced), outcome
+    assert big_rc.task(task_id)["status"] == "in_progress"
+
+
+def test_a_reply_in_a_thread_of_thousands_of_messages_finds_its_request(big_rc: RcMta) -> None:
+    task_id = big_rc.add_task()
+    request = big_rc.request(task_id)
+    bare = "rc@" + request["reply_to"].split("@", 1)[1]
+    # The request started the thread; thousands of messages followed it.
+    thread = [request["message_id"], *(f"<{i}.thread@example.com>" for i in range(8000))]
+    message = (
+        f"From: Alice <alice@example.com>\r\nTo: {bare}\r\nSubject: Re: Approve deploy to prod\r\n"
+        "Message-ID: <long-thread@example.com>\r\nIn-Reply-To: <7999.thread@example.com>\r\n"
+        "References: " + "\r\n ".join(thread) + "\r\nContent-Type: text/plain\r\n\r\nApproved\r\n"
+    ).encode()
+
+    outcome = send_smtp(big_rc.smtp_port, message, bare)
+
+    assert outcome.code == 250, outcome
+    assert big_rc.task(task_id)["status"] == "completed"
+
+
+def test_a_genuine_reply_is_accepted_while_eight_hostile_messages_are_in_flight(big_rc: RcMta) -> None:
+    hostile_to = big_rc.request(big_rc.add_task())["complete_address"]
+    baseline_task = big_rc.add_task()
+    baseline_to = big_rc.request(baseline_task)["complete_address"]
+    started = time.monotonic()
+    assert send_smtp(big_rc.smtp_port, reply_message(baseline_to, "Approved"), baseline_to).code == 250
+    quiet = time.monotonic() - started
+
+    task_id = big_rc.add_task()
+    to = big_rc.request(task_id)["complete_address"]
+    messages = [hostile(kind, MIB, hostile_to, number=n) for n, kind in enumerate(sorted(REFUSED))]
+    stop = threading.Event()
+    answers: list[SmtpOutcome] = []
+
+    def keep_sending(number: int) -> None:
+        while not stop.is_set():
+            answers.append(send_smtp(big_rc.smtp_port, messages[number % len(messages)], hostile_to))
+
+    with ThreadPoolExecutor(8) as senders:
+        running = [senders.submit(keep_sending, n) for n in range(8)]
+        time.sleep(1.0)
+        started = time.monotonic()
+        outcome = send_smtp(big_rc.smtp_port, reply_message(to, "Approved"), to)
+        busy = time.monotonic() - started
+        stop.set()
+        for sender in running:
+            sender.result(timeout=60)
+
+    assert outcome.code == 250, outcome
+    assert big_rc.task(task_id)["status"] == "completed"
+    assert answers and all(a.code >= 500 or a.enhanced == "4.3.2" for a in answers), answers
+    # A generous ratio, not a clock: the reply waited behind nobody.
+    assert busy < max(40 * quiet, 2.0), (busy, quiet)
+
+
+def test_a_full_reading_queue_answers_451_at_once() -> None:
+    async def scenario() -> tuple[list[str], int]:
+        pool = HeavyWork(workers=1, queue=1)
+        release = threading.Event()
+        first = asyncio.ensure_future(pool.admit(release.wait, 30))  # holds the one worker
+        await asyncio.sleep(0.2)
+        second = asyncio.ensure_future(pool.admit(lambda: "second"))  # waits for it
+        await asyncio.sleep(0.05)
+        outcomes = []
+        try:
+            await pool.admit(lambda: "third")
+        except ReaderBusy as exc:
+            outcomes.append(str(exc))
+        waiting = pool.waiting
+        release.set()
+        await asyncio.gather(first, second)
+        outcomes.append(await pool.admit(lambda: "fourth"))
+        pool.shutdown()
+        no_queue = HeavyWork(workers=1, queue=0)  # an idle worker takes a message at once
+        outcomes.append(await no_queue.admit(lambda: "alone"))
+        no_queue.shutdown()
+        return outcomes, waiting
+
+    outcomes, waiting = asyncio.run(scenario())
+
+    assert outcomes == [str(R.READER_BUSY), "fourth", "alone"]
+    assert R.READER_BUSY.code == 451 and R.READER_BUSY.enhanced == "4.3.2"
+    assert waiting == 1
+
+
+# What the budget lets through: mail people write ------------------------------------------
+
+
+def ordinary_reply_with_attachments() -> bytes:
+    """Text and HTML, an inline image, attachments with long non-ASCII names (RFC 2231), and
+    a forwarded message: more than most replies carry."""
+    forwarded = EmailMessage()
+    forwarded["From"], forwarded["To"], forwarded["Subject"] = "bob@example.com", "alice@example.com", "Numbers"
+    forwarded.set_content("See the numbers")
+    forwarded.add_alternative("<p>See the numbers</p>", subtype="html")
+    message = EmailMessage()
+    message["From"], message["To"], message["Subject"] = "Alice <alice@example.com>", "rc@reply.example", "Re: Approve"
+    message["References"] = " ".join(f"<{i}@example.com>" for i in range(40))
+    message.set_content("Approved, see attached")
+    message.add_alternative("<p>Approved, see <img src='cid:logo'> attached</p>", subtype="html")
+    message.get_payload()[1].add_related(b"\x89PNG" * 100, "image", "png", cid="logo")
+    for i in range(12):
+        name = f"Übersicht der Quartalszahlen für den Vorstand, Teil {i} – endgültige Fassung (korrigiert).pdf"
+        message.add_attachment(b"%PDF" * 500, "application", "pdf", filename=name)
+    message.add_attachment(forwarded)
+    return bytes(message)
+
+
+def test_an_ordinary_reply_with_attachments_is_within_the_budget() -> None:
+    raw = canonical_message(ordinary_reply_with_attachments())
+
+    check_budget(raw, DEFAULT_LIMITS)
+
+
+def test_text_in_a_quadratic_charset_is_refused_before_reading() -> None:
+    raw = b"From: a@b.example\r\nContent-Type: text/plain; charset=punycode\r\n\r\n" + b"a-" + b"9" * 60000 + b"\r\n"
+
+    with pytest.raises(MessageRefused) as refused:
+        canonical_message(raw)
+
+    assert refused.value.reply.name == "MESSAGE_TOO_COMPLEX" and "punycode" in refused.value.reply.text
+
+
+def test_the_reader_keeps_the_first_and_last_references() -> None:
+    ids = [f"<{i}@x.example>".encode() for i in range(5000)]
+    raw = b"From: a@b.example\r\nReferences: " + b"\r\n ".join(ids) + b"\r\nSubject: s\r\n\r\nok\r\n"
+
+    view = reader_view(raw, 100)
+
+    references = view.split(b"References:", 1)[1].split(b"\r\nSubject:", 1)[0].split()
+    assert references == [ids[0], *ids[-99:]]
+    assert view.endswith(b"\r\nSubject: s\r\n\r\nok\r\n")
+    assert reader_view(raw.replace(b"References", b"X-Other"), 100) == raw.replace(b"References", b"X-Other")
+
+
+def test_every_message_of_the_corpus_is_within_the_budget() -> None:
+    corpus = sorted((Path(__file__).parent / "corpus").rglob("*.eml"))
+    assert corpus
+    for path in corpus:
+        try:
+            check_budget(canonical_message(path.read_bytes()), DEFAULT_LIMITS)
+        except MessageRefused as exc:
+            if exc.reply.name in ("HEADER_TOO_BIG", "MESSAGE_TOO_COMPLEX"):
+                raise AssertionError(f"{path.name}: {exc.reply}") from None
