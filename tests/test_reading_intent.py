@@ -225,11 +225,11 @@ def test_reading_hostile_comments_takes_linear_time(make: object) -> None:
     def seconds(size: int) -> float:
         text = make(size)
         best = float("inf")
-        for _ in range(3):
+        for _ in range(5):
             start = time.perf_counter()
             interpret_action(text, DEFAULT_COMPLETE_WORDS, DEFAULT_FAIL_WORDS)
             best = min(best, time.perf_counter() - start)
         return best
 
     small, large = seconds(8 * 1024), seconds(64 * 1024)
-    assert large < 16 * max(small, 0.002)  # eight times the input; quadratic would be 64
+    assert large < 16 * max(small, 0.005)  # eight times the input; quadratic would be 64
