@@ -112,6 +112,21 @@ QUESTIONS = [
     ("Approved. I'm not sure about the date though.", "complete"),
 ]
 
+# A bare yes or no next to a clause that puts the decision off decides nothing.
+DEFERRALS = [
+    ("OK, I will check tomorrow", None),
+    ("Sure, let me check first", None),
+    ("OK thanks, will review", None),
+    ("No, let me check first", None),
+    ("D'accord, je regarde demain", None),
+    ("Ja, ich schaue morgen", None),
+    ("Let me check", None),
+    ("OK", "complete"),
+    ("OK, go ahead", "complete"),
+    ("Approved. I will check the deploy tomorrow.", "complete"),
+    ("Rejected, let me know when QA has signed off.", "fail"),
+]
+
 LANGUAGES = [
     ("Ja, passt.", "complete"),  # German
     ("Ich bin einverstanden", "complete"),
@@ -165,7 +180,7 @@ LANGUAGES = [
     ("Hay\u0131r", "fail"),
 ]
 
-TABLE = NEGATION + PLAIN_ENGLISH + NOT_DECISIONS + CONFLICTS + QUESTIONS + LANGUAGES
+TABLE = NEGATION + PLAIN_ENGLISH + NOT_DECISIONS + CONFLICTS + QUESTIONS + DEFERRALS + LANGUAGES
 
 
 @pytest.mark.parametrize(("comment", "expected"), TABLE, ids=[repr(comment) for comment, _ in TABLE])

@@ -112,11 +112,12 @@ def _own_lines(lines: list[str]) -> list[str]:
             break
         untagged = _without_banner_tag(plain)
         if untagged != plain:
-            line = plain = untagged
-            if not plain:
-                kept.append("")
+            folded = normalise(untagged[:_MAX_ATTRIBUTION])
+            if not untagged or any(word in folded for word in BANNER_CONTINUATION):
+                kept.append("")  # "[EXTERNAL] This message came from outside …"
                 index += 1
                 continue
+            line = plain = untagged  # "[EXTERNAL] Approved"
         banner_end = _banner_end(stripped, index, plain)
         if banner_end > index:
             kept.extend("" for _ in range(banner_end - index))

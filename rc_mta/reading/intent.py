@@ -18,6 +18,8 @@ else ("no changes", Spanish "si" = if) decide only when they stand alone.
 Every clause is read, and one that contradicts another — or whose rest holds the
 opposite decision ("OK to reject") — makes the whole reply undecidable: a reply is
 never read as the opposite of what the person meant, because a doubt refuses.
+Acknowledgments ("OK", "sure", "yes") decide only when no clause puts the decision
+off ("OK, I'll check tomorrow" decides nothing).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import unicodedata
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from .words import HEDGES, LEADING_WORDS, NEGATORS, POLITE_WORDS, STANDALONE_ONLY
+from .words import DEFERRALS, HEDGES, LEADING_WORDS, NEGATORS, POLITE_WORDS, STANDALONE_ONLY, WEAK_WORDS
 
 __all__ = ["MAX_COMMENT_CHARS", "interpret_action", "normalise", "tokens"]
 
@@ -52,6 +54,7 @@ class _Side(enum.Enum):
     FAIL = "fail"
     NOTHING = "nothing"  # a decision-shaped clause that decides nothing ("not sure")
     CONFLICT = "conflict"  # undecidable: the whole reply is refused
+    DEFER = "defer"  # "let me check": acknowledgments elsewhere decide nothing
 
 
 _Phrase = tuple[str, ...]
@@ -80,6 +83,8 @@ class _Vocabulary:
     decisions: dict[str, list[tuple[_Phrase, _Side]]]
     negators: dict[str, list[_Phrase]]
     leading: dict[str, list[_Phrase]]
+    deferrals: dict[str, list[_Phrase]]
+    weak: frozenset[_Phrase]
 
 
 def _index(phrases: dict[_Phrase, _Side]) -> dict[str, list[tuple[_Phrase, _Side]]]:
@@ -106,7 +111,10 @@ def _vocabulary(complete_words: tuple[str, ...], fail_words: tuple[str, ...]) ->
             if phrase:
                 # A phrase in both lists decides nothing but doubt.
                 phrases[phrase] = side if phrases.get(phrase, side) is side else _Side.CONFLICT
-    return _Vocabulary(_index(phrases), _phrase_index(NEGATORS), _phrase_index(LEADING_WORDS))
+    weak = frozenset(tuple(tokens(normalise(word))) for word in WEAK_WORDS)
+    return _Vocabulary(
+        _index(phrases), _phrase_index(NEGATORS), _phrase_index(LEADING_WORDS), _phrase_index(DEFERRALS), weak
+    )
 
 
 def _starts(words: list[str], at: int, phrase: _Phrase) -> bool:
@@ -162,41 +170,45 @@ def _stands_alone(words: list[str], at: int, vocab: _Vocabulary, *, then: bool =
     return len(found[0]) > 1 or _stands_alone(words, following, vocab, then=False)
 
 
-def _leading_at(words: list[str], at: int, vocab: _Vocabulary) -> int | None:
-    for phrase in vocab.leading.get(words[at], ()):
+def _listed_at(index: dict[str, list[_Phrase]], words: list[str], at: int) -> int | None:
+    """Where the longest phrase of ``index`` starting at ``at`` ends, or None."""
+    for phrase in index.get(words[at], ()):
         if _starts(words, at, phrase):
             return at + len(phrase)
     return None
 
 
-def _read_clause(words: list[str], vocab: _Vocabulary) -> _Side:
-    """What one clause decides: its first decision, unless the rest contradicts it."""
+def _read_clause(words: list[str], vocab: _Vocabulary) -> tuple[_Side, bool]:
+    """What one clause decides (its first decision, unless the rest contradicts it), and
+    whether that decision is only an acknowledgment ("OK")."""
     at = 0
     decision: tuple[_Side, int] | None = None
     for _ in range(_MAX_LEADING + 1):
         if at >= len(words):
-            return _Side.NOTHING
+            break
         decision = _decision_at(words, at, vocab)
         if decision is not None:
             break
-        skipped = _leading_at(words, at, vocab)
+        skipped = _listed_at(vocab.leading, words, at)
         if skipped is None:
-            return _Side.NOTHING
+            break
         at = skipped
-    if decision is None:
-        return _Side.NOTHING
+    if decision is None:  # no decision: does it put one off ("I'll have a look later")?
+        deferring = any(_listed_at(vocab.deferrals, words, where) is not None for where in range(len(words)))
+        return (_Side.DEFER if deferring else _Side.NOTHING), False
+    weak = tuple(words[at : decision[1]]) in vocab.weak
     side, at = decision
     if side in (_Side.NOTHING, _Side.CONFLICT):
-        return side
+        return side, False
     while at < len(words):  # "OK to reject", "Yes I don't approve": undecidable
         later = _decision_at(words, at, vocab)
         if later is None:
             at += 1
             continue
         if later[0] is _Side.CONFLICT or (later[0] in (_Side.COMPLETE, _Side.FAIL) and later[0] is not side):
-            return _Side.CONFLICT
+            return _Side.CONFLICT, False
         at = later[1]
-    return side
+    return side, weak
 
 
 def _clauses(comment: str) -> Iterator[str]:
@@ -211,16 +223,21 @@ def interpret_action(comment: str, complete_words: Sequence[str], fail_words: Se
     """``"complete"``, ``"fail"``, or None when the words decide nothing or contradict
     each other (then the reply is refused, never guessed)."""
     vocab = _vocabulary(tuple(complete_words), tuple(fail_words))
-    found: set[_Side] = set()
+    strong: set[_Side] = set()
+    weak: set[_Side] = set()
+    deferred = False
     for clause in _clauses(normalise(comment[:MAX_COMMENT_CHARS])):
         words = tokens(clause)
         if not words:
             continue
-        side = _read_clause(words, vocab)
+        side, acknowledgment = _read_clause(words, vocab)
         if side is _Side.CONFLICT:
             return None
-        if side in (_Side.COMPLETE, _Side.FAIL):
-            found.add(side)
-    if len(found) != 1:
-        return None
+        if side is _Side.DEFER:
+            deferred = True
+        elif side in (_Side.COMPLETE, _Side.FAIL):
+            (weak if acknowledgment else strong).add(side)
+    found = strong if deferred else strong | weak
+    if len(strong | weak) != 1 or len(found) != 1:
+        return None  # contradictory, or nothing but an acknowledgment of a deferral
     return found.pop().value

@@ -17,6 +17,7 @@ __all__ = [
     "BANNER_WORDS",
     "DEFAULT_COMPLETE_WORDS",
     "DEFAULT_FAIL_WORDS",
+    "DEFERRALS",
     "HEADER_LABELS",
     "HEDGES",
     "LEADING_WORDS",
@@ -24,6 +25,7 @@ __all__ = [
     "NEGATORS",
     "POLITE_WORDS",
     "STANDALONE_ONLY",
+    "WEAK_WORDS",
 ]
 
 #: Words or phrases that, where a sentence starts, complete the task.
@@ -150,6 +152,34 @@ POLITE_WORDS: frozenset[str] = frozenset(
     tack takk tak dziękuję dzięki спасибо kiitos teşekkürler""".split()
 )
 
+#: Bare yes and no, more acknowledgments than decisions: they decide only when nothing
+#: in the reply defers the decision ("OK, I'll check tomorrow" and "No, let me check
+#: first" decide nothing; "OK" and "No" alone do).
+WEAK_WORDS: frozenset[str] = frozenset(
+    """ok okay okej oké ок окей sure fine alright yes yeah yep yup ja oui sí si sì sim tak да kyllä evet
+    tamam はい 好 好的 네 예 了解 了解です 了解しました 承知しました d'accord va bene de acuerdo
+    alles klar klar no nope nah nein non nee nej nei nie нет não ei いいえ 不 아니요 hayır""".split()
+)
+
+#: How a clause puts the decision off ("let me check", "I'll look tomorrow", "je regarde").
+DEFERRALS: tuple[str, ...] = (
+    *("let me", "let's", "let us", "check", "review", "look", "verify", "think", "discuss", "get back"),
+    *("come back", "wait", "hold on", "hold off", "give me", "checking", "looking", "reviewing", "need to"),
+    *("have to", "must check", "later", "tomorrow", "will check", "will look", "will review", "have a look"),
+    *("take a look", "look into", "next week", "first"),
+    *("ich schaue", "schaue", "ich prüfe", "prüfe", "ich melde mich", "melde mich", "warte", "morgen"),
+    *("später", "je regarde", "regarde", "je vérifie", "vérifie", "je reviens", "reviens", "attends"),
+    *("plus tard", "demain", "lo reviso", "reviso", "lo miro", "miro", "espera", "mañana", "luego"),
+    *("más tarde", "controllo", "verifico", "guardo", "ne parliamo", "domani", "dopo", "vou verificar"),
+    *("vou ver", "amanhã", "depois", "ik kijk", "kijk", "ik kom terug", "kom terug", "jag återkommer"),
+    *("återkommer", "jag kollar", "kollar", "imorgon", "jeg vender tilbage", "vender tilbage"),
+    *("jeg kigger", "kigger", "i morgen", "jeg ser på", "ser på", "kommer tilbake", "sprawdzę", "zobaczę"),
+    *("wrócę", "jutro", "później", "посмотрю", "проверю", "вернусь", "завтра", "позже", "tarkistan"),
+    *("katson", "palaan", "huomenna", "bakacağım", "yarın", "kontrol edeceğim", "確認します"),
+    *("明日確認します", "検討します", "後で確認します", "我看一下", "我明天再看", "稍后", "我再看看"),
+    *("我确认一下", "확인하겠습니다", "내일", "검토하겠습니다"),
+)
+
 #: Words that turn the decision after them around: "not approved", "nicht genehmigt".
 NEGATORS: tuple[str, ...] = (
     *("not", "don't", "dont", "do not", "doesn't", "does not", "didn't", "did not", "can't", "cant"),
@@ -173,7 +203,7 @@ LEADING_WORDS: tuple[str, ...] = (
     *("this", "that", "it", "so", "and", "but", "then", "also", "well", "please", "hereby", "i'll"),
     *("i will", "we'll", "we will", "i'd say", "i would say", "i think", "i guess", "for me"),
     *("from my side", "from our side", "all", "hi", "hello", "hey", "thanks", "thank you", "totally"),
-    *("fully", "definitely", "certainly", "happily", "gladly"),
+    *("fully", "definitely", "certainly", "happily", "gladly", "actually", "oh", "hmm", "sorry", "um"),
     # German
     *("ich", "wir", "ich bin", "wir sind", "das ist", "es ist", "ist", "also", "dann", "und", "aber"),
     *("bitte", "hiermit", "von mir", "von meiner seite", "hallo", "danke", "für mich", "ja"),
@@ -201,8 +231,20 @@ LEADING_WORDS: tuple[str, ...] = (
 ATTRIBUTION_VERBS: tuple[str, ...] = (
     *("wrote", "writes", "schrieb", "hat geschrieben", "a écrit", "escribió", "escribio", "ha scritto"),
     *("scrisse", "schreef", "heeft geschreven", "escreveu", "skrev", "napisał", "napisała", "napisał(a)"),
-    *("pisze", "napsal", "napsala", "napsal(a)", "пишет", "написал", "написала", "написал(а)", "kirjoitti"),
-    *("yazdı", "写道", "寫道", "書きました", "のメッセージ", "작성", "írta"),
+    *(
+        "napisana",
+        "pisze",
+        "geschreven",
+        "napsal",
+        "napsala",
+        "napsal(a)",
+        "пишет",
+        "написал",
+        "написала",
+        "написал(а)",
+        "kirjoitti",
+    ),
+    *("yazdı", "写道", "寫道", "書きました", "のメッセージ", "のメール", "작성", "쓴 글", "írta"),
 )
 
 #: Words that open a reply attribution, so a wrapped one is recognised from its first line.
@@ -246,6 +288,7 @@ MOBILE_SIGNATURES: tuple[str, ...] = (
     r"(?:von|gesendet von) meinem .{1,40}(?: gesendet)?",
     r"gesendet (?:von|mit) .{1,40}",
     r"holen sie sich outlook für (?:ios|android)",
+    r"outlook für (?:ios|android) (?:beziehen|herunterladen)",
     r"envoyé (?:de|depuis|à partir de|avec) .{1,50}",
     r"télécharger outlook pour (?:ios|android)",
     r"enviado (?:desde|do|com|con|a partir de) .{1,50}",
