@@ -104,6 +104,18 @@ CONFLICTS = [
     ("Ja nie", None),
 ]
 
+# "But" starts a new clause, in any language; "and" does not ("not" may reach past it).
+CONTRASTS = [
+    ("I'm out of office tomorrow but approved.", "complete"),
+    ("Not tested but approved", "complete"),
+    ("Approved but not deployed", "complete"),
+    ("Not tested and approved", None),
+    ("Je suis absente demain mais c'est valid\u00e9.", "complete"),
+    ("Sono fuori ufficio ma approvato.", "complete"),
+    ("\u6211\u5728\u4f11\u5047\uff0c\u4f46\u540c\u610f\u3002", "complete"),  # "on leave, but agreed"
+    ("\ud734\uac00 \uc911\uc774\uc9c0\ub9cc \uc2b9\uc778\ud569\ub2c8\ub2e4.", "complete"),  # Korean -지만
+]
+
 # Questions decide nothing; the answer after one does.
 QUESTIONS = [
     ("Approved?", None),
@@ -180,7 +192,7 @@ LANGUAGES = [
     ("Hay\u0131r", "fail"),
 ]
 
-TABLE = NEGATION + PLAIN_ENGLISH + NOT_DECISIONS + CONFLICTS + QUESTIONS + DEFERRALS + LANGUAGES
+TABLE = NEGATION + PLAIN_ENGLISH + NOT_DECISIONS + CONFLICTS + CONTRASTS + QUESTIONS + DEFERRALS + LANGUAGES
 
 
 @pytest.mark.parametrize(("comment", "expected"), TABLE, ids=[repr(comment) for comment, _ in TABLE])

@@ -31,7 +31,17 @@ import unicodedata
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from .words import DEFERRALS, HEDGES, LEADING_WORDS, NEGATORS, POLITE_WORDS, STANDALONE_ONLY, WEAK_WORDS
+from .words import (
+    CJK_CONTRASTS,
+    CONTRASTS,
+    DEFERRALS,
+    HEDGES,
+    LEADING_WORDS,
+    NEGATORS,
+    POLITE_WORDS,
+    STANDALONE_ONLY,
+    WEAK_WORDS,
+)
 
 __all__ = ["MAX_COMMENT_CHARS", "interpret_action", "normalise", "tokens"]
 
@@ -46,6 +56,13 @@ _SENTENCE_RE = re.compile(r"([^.!?\u3002\u2026\n]+)([.!?\u3002\u2026\n]*)")
 # Clauses within a sentence: commas, semicolons, colons, brackets and spaced dashes.
 _DASH_RE = re.compile(r"(?:^|\s)[-\u2013\u2014]+(?=\s|$)")
 _CLAUSE_SPLIT_RE = re.compile(r"[,;:()\[\]{}\u3001\"\u201c\u201d\u00ab\u00bb]")
+# "… but approved": a contrast starts a clause; so does Chinese 但 before a word, and a
+# Korean word ending in -지만 ("although") ends one.
+_CONTRAST_RE = re.compile(
+    rf"(?<!\w)(?:{'|'.join(map(re.escape, CONTRASTS))})(?!\w)"
+    rf"|(?<![^\s,])(?:{'|'.join(map(re.escape, CJK_CONTRASTS))})"
+    r"|(?<=\uc9c0\ub9cc)(?=\s)"
+)
 _TOKEN_RE = re.compile(r"[+-]?\d+|\w+(?:'\w+)*|[^\w\s]")
 
 
@@ -216,7 +233,7 @@ def _clauses(comment: str) -> Iterator[str]:
     for match in _SENTENCE_RE.finditer(comment):
         if "?" in match.group(2):
             continue
-        yield from _CLAUSE_SPLIT_RE.split(_DASH_RE.sub(",", match.group(1)))
+        yield from _CLAUSE_SPLIT_RE.split(_CONTRAST_RE.sub(",", _DASH_RE.sub(",", match.group(1))))
 
 
 def interpret_action(comment: str, complete_words: Sequence[str], fail_words: Sequence[str]) -> str | None:

@@ -15,6 +15,8 @@ __all__ = [
     "BANNER_LABELS",
     "BANNER_SENTENCES",
     "BANNER_WORDS",
+    "CJK_CONTRASTS",
+    "CONTRASTS",
     "DEFAULT_COMPLETE_WORDS",
     "DEFAULT_FAIL_WORDS",
     "DEFERRALS",
@@ -179,6 +181,15 @@ DEFERRALS: tuple[str, ...] = (
     *("明日確認します", "検討します", "後で確認します", "我看一下", "我明天再看", "稍后", "我再看看"),
     *("我确认一下", "확인하겠습니다", "내일", "검토하겠습니다"),
 )
+
+#: "But" in many languages: a new clause starts after it ("out tomorrow but approved").
+#: Not "and": "not tested and approved" leaves the reach of "not" unclear.
+CONTRASTS: tuple[str, ...] = (
+    *("but", "however", "aber", "jedoch", "doch", "mais", "pero", "ma", "però", "mas", "porém", "maar"),
+    *("men", "ale", "но", "однако", "mutta", "ama", "fakat", "ancak", "하지만"),
+)
+#: The same, written before the next word without a space (Chinese).
+CJK_CONTRASTS: tuple[str, ...] = ("但是", "但", "不过", "不過", "可是")
 
 #: Words that turn the decision after them around: "not approved", "nicht genehmigt".
 NEGATORS: tuple[str, ...] = (
