@@ -9,6 +9,8 @@ from __future__ import annotations
 import time
 
 import pytest
+from conftest import RcMta
+from mailclient import reply_message, send_smtp
 
 from rc_mta.reading import DEFAULT_COMPLETE_WORDS, DEFAULT_FAIL_WORDS, interpret_action
 
@@ -260,3 +262,45 @@ def test_reading_hostile_comments_takes_linear_time(make: object) -> None:
 
     small, large = seconds(8 * 1024), seconds(64 * 1024)
     assert large < 16 * max(small, 0.005)  # eight times the input; quadratic would be 64
+
+
+# [replies] in the configuration ------------------------------------------------------------
+
+
+def test_configured_words_that_cannot_match_are_a_one_line_error(fresh_rc: RcMta) -> None:
+    fresh_rc.settings["replies"] = {"complete_words": ["freigegeben", "!!!"]}
+    fresh_rc.write_config()
+
+    result = fresh_rc.cli("check-config", check=False)
+
+    assert result.returncode != 0
+    assert "replies.complete_words" in result.stderr
+    assert "'!!!' has no letter, digit or symbol" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_word_configured_as_both_complete_and_fail_is_refused(fresh_rc: RcMta) -> None:
+    fresh_rc.settings["replies"] = {"complete_words": ["OK"], "fail_words": ["ok", "nein"]}
+    fresh_rc.write_config()
+
+    result = fresh_rc.cli("check-config", check=False)
+
+    assert result.returncode != 0
+    assert "'ok' is both a complete word and a fail word" in result.stderr
+
+
+def test_configured_words_replace_the_built_in_ones_in_a_running_rc_mta(fresh_rc: RcMta) -> None:
+    fresh_rc.settings["replies"] = {"complete_words": ["Freigegeben"], "fail_words": ["Abgelehnt"]}
+    fresh_rc.start()
+    outcomes = {}
+    for body in ("Freigegeben, danke.", "Approved", "Nicht freigegeben."):
+        task_id = fresh_rc.add_task()
+        address = fresh_rc.request(task_id)["reply_to"]
+        outcome = send_smtp(fresh_rc.smtp_port, reply_message(address, body), address)
+        outcomes[body] = (outcome.code, fresh_rc.task(task_id)["status"])
+
+    assert outcomes == {
+        "Freigegeben, danke.": (250, "completed"),
+        "Approved": (550, "in_progress"),  # not a configured word any more
+        "Nicht freigegeben.": (250, "failed"),  # the grammar applies to configured words
+    }
