@@ -45,6 +45,7 @@ PLAIN_ENGLISH = [
     ("Looks good to me", "complete"),
     ("Sure, go ahead", "complete"),
     ("Fine by me", "complete"),
+    ("This looks fine to me.", "complete"),
     ("It's fine", "complete"),
     ("This is approved", "complete"),
     ("Please proceed", "complete"),
@@ -137,6 +138,9 @@ DEFERRALS = [
     ("Let me check", None),
     ("OK", "complete"),
     ("OK, go ahead", "complete"),
+    ("OK. Let me know if anything breaks.", "complete"),
+    ("OK, let's do it", "complete"),
+    ("OK, let me see", None),
     ("Approved. I will check the deploy tomorrow.", "complete"),
     ("Rejected, let me know when QA has signed off.", "fail"),
 ]

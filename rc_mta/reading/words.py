@@ -36,7 +36,8 @@ DEFAULT_COMPLETE_WORDS: tuple[str, ...] = (
     *("complete", "completed", "approve", "approved", "done", "yes", "yep", "yeah", "yup", "ok", "okay"),
     *("lgtm", "accept", "accepted", "agree", "agreed", "confirm", "confirmed", "go ahead", "go for it"),
     *("ship it", "proceed", "sure", "of course", "absolutely", "fine", "fine by me", "fine with me"),
-    *("looks good", "looks good to me", "look good", "sounds good", "all good", "good to go"),
+    *("looks good", "looks good to me", "look good", "sounds good", "all good", "good to go", "looks fine"),
+    *("looks fine to me", "seems fine", "sounds fine", "nothing against it"),
     *("works for me", "all set", "authorised", "authorized", "granted", "approval granted", "affirmative"),
     *("no problem", "no problems", "not a problem", "no objection", "no objections", "no issue"),
     *("no issues", "no concerns", "no worries", "no complaints"),
@@ -165,7 +166,8 @@ WEAK_WORDS: frozenset[str] = frozenset(
 
 #: How a clause puts the decision off ("let me check", "I'll look tomorrow", "je regarde").
 DEFERRALS: tuple[str, ...] = (
-    *("let me", "let's", "let us", "check", "review", "look", "verify", "think", "discuss", "get back"),
+    *("check", "review", "look", "verify", "think", "discuss", "talk", "get back", "let me see"),
+    *("let's wait", "let us wait", "let me ask", "let me confirm"),
     *("come back", "wait", "hold on", "hold off", "give me", "checking", "looking", "reviewing", "need to"),
     *("have to", "must check", "later", "tomorrow", "will check", "will look", "will review", "have a look"),
     *("take a look", "look into", "next week", "first"),
