@@ -80,6 +80,10 @@ SHAPES: dict[str, tuple[str, str]] = {
         f"Approved.\n\n________________________________\nFrom: {ROBOT}\nSent: x",
         "Approved.",
     ),
+    "image placeholders are no words": (
+        "Approved.\n\nAlice\n[cid:image001.png@01DAB5C2.5F1A0B70]\n[image: logo.png]",
+        "Approved.\n\nAlice",
+    ),
     # Text below and between quotes.
     "bottom-posting (Thunderbird)": (
         f"On 03/06/2024 09:14, rc-mta wrote:\n{QUOTE}\n\nApproved, thanks.\n\n-- \nCarol",

@@ -74,6 +74,9 @@ _TAG_OPEN, _TAG_CLOSE = "[(\u3010*<", "])\u3011*>"
 _SEPARATOR_CHARS = frozenset("-_=~*\u2013\u2014\u2500\u2501\u2550\u00b7\u2022+# ")
 _DASH_CHARS = frozenset("-=_~\u2013\u2014\u2500")
 _SENTENCE_END = ".!?\u3002\uff01\uff1f"
+# Where a text part stands in for an image: Outlook's "[cid:image001.png@01DA…]", Gmail's
+# "[image: logo.png]".
+_IMAGE_PLACEHOLDER_RE = re.compile(r"\[(?:cid:|image:)[^\[\]\n]{0,200}\]", re.IGNORECASE)
 
 
 def extract_comment(text: str) -> str:
@@ -131,7 +134,7 @@ def _own_lines(lines: list[str]) -> list[str]:
                 index += 1
                 continue
             break
-        if _is_separator(plain):
+        if _is_separator(plain) or _IMAGE_PLACEHOLDER_RE.fullmatch(plain[: _MAX_SHORT_LINE * 2]):
             kept.append("")
             index += 1
             continue
