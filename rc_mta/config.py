@@ -29,6 +29,7 @@ from pydantic_settings import (
 )
 
 from .errors import ConfigError
+from .reading.intent import normalise, tokens
 
 DEFAULT_CONFIG_PATH = Path("conf/rc-mta.toml")
 
@@ -297,8 +298,25 @@ class MailboxConfig(Section):
 
 
 class RepliesConfig(Section):
+    """The decision words of decide-by-reply answers; empty lists use the built-in ones."""
+
     complete_words: list[str] = Field(default_factory=list)
     fail_words: list[str] = Field(default_factory=list)
+
+    @field_validator("complete_words", "fail_words")
+    @classmethod
+    def _words(cls, value: list[str]) -> list[str]:
+        for word in value:
+            if not tokens(normalise(word)):
+                raise ValueError(f"{word!r} has no letter, digit or symbol to match a reply with")
+        return value
+
+    @model_validator(mode="after")
+    def _disjoint(self) -> RepliesConfig:
+        both = {normalise(w) for w in self.complete_words} & {normalise(w) for w in self.fail_words}
+        if both:
+            raise ValueError(f"{sorted(both)[0]!r} is both a complete word and a fail word")
+        return self
 
 
 class DnsConfig(Section):

@@ -23,7 +23,7 @@ import aiosmtplib
 
 from .config import OutboundConfig, Settings
 from .errors import TemporaryFailure
-from .replies import METADATA_END, METADATA_START
+from .reading import METADATA_END, METADATA_START
 from .safetext import one_line
 from .store import Request
 from .tokens import Action, Signer

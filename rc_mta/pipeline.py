@@ -38,7 +38,7 @@ from .errors import (
     TokenForged,
 )
 from .rawmessage import canonical_message
-from .replies import (
+from .reading import (
     DEFAULT_COMPLETE_WORDS,
     DEFAULT_FAIL_WORDS,
     ParsedReply,

@@ -103,7 +103,8 @@ ACTION_UNCLEAR = _reply(
     "ACTION_UNCLEAR",
     550,
     "5.6.0",
-    "Could not tell whether to complete or fail the task: start your reply with Complete or Fail",
+    "Could not tell whether to complete or fail the task: start your reply with Complete or Fail"
+    " (or press a button in the request)",
 )
 TASK_NOT_FOUND = _reply("TASK_NOT_FOUND", 550, "5.1.1", "Task {task_id} no longer exists")
 TASK_NOT_IN_PROGRESS = _reply(

@@ -10,7 +10,7 @@ from email.mime.text import MIMEText
 
 import pytest
 
-from rc_mta.replies import (
+from rc_mta.reading import (
     DEFAULT_COMPLETE_WORDS,
     DEFAULT_FAIL_WORDS,
     METADATA_END,
@@ -852,63 +852,3 @@ def test_malformed_mime_does_not_raise(raw: bytes) -> None:
 def test_truncated_multipart_still_yields_text() -> None:
     reply = parse_reply(MALFORMED[3])
     assert reply.text.strip() == "truncated"
-
-
-# --------------------------------------------------------------------------
-# Action words
-# --------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("comment", "expected"),
-    [
-        ("Approved, go ahead", "complete"),
-        ("approved", "complete"),
-        ("APPROVED!!!", "complete"),
-        ("okay then", "complete"),
-        ("OK", "complete"),
-        ("Ship it!", "complete"),
-        ("ship   it", "complete"),
-        ('"Done."', "complete"),
-        ("**LGTM**", "complete"),
-        ("\n\n  yes\nno", "complete"),
-        ("Ja, genehmigt", "complete"),
-        ("Oui", "complete"),
-        ("Sí", "complete"),
-        ("Approuve\u0301", "complete"),  # decomposed accent, as macOS may send it
-        ("\N{THUMBS UP SIGN}", "complete"),
-        ("No.", "fail"),
-        ("no", "fail"),
-        ("Rejected: numbers are wrong", "fail"),
-        ("Nein", "fail"),
-        ("Non merci", "fail"),
-        ("- declined -", "fail"),
-        ("Nope", None),
-        ("notable changes first", None),
-        ("not now", None),
-        ("Okaying this later", None),
-        ("maybe yes", None),
-        ("", None),
-        ("   \n  ", None),
-        ("yesterday was fine", None),
-    ],
-)
-def test_first_word_decides_action(comment: str, expected: str | None) -> None:
-    assert interpret_action(comment, DEFAULT_COMPLETE_WORDS, DEFAULT_FAIL_WORDS) == expected
-
-
-def test_longer_phrase_wins_over_shorter_word() -> None:
-    assert interpret_action("no problem, go", ["no problem"], ["no"]) == "complete"
-    assert interpret_action("no", ["no problem"], ["no"]) == "fail"
-    assert interpret_action("same", ["Same"], ["same"]) is None
-
-
-def test_custom_word_lists_are_case_insensitive() -> None:
-    assert interpret_action("Freigegeben.", ["FREIGEGEBEN"], []) == "complete"
-    assert interpret_action("approved", [], ["nicht ok"]) is None
-
-
-def test_default_word_lists_do_not_overlap() -> None:
-    assert not set(DEFAULT_COMPLETE_WORDS) & set(DEFAULT_FAIL_WORDS)
-    assert {"complete", "approved", "ship it", "ja", "oui", "sí"} <= set(DEFAULT_COMPLETE_WORDS)
-    assert {"fail", "rejected", "no", "nein", "non", "rechazar"} <= set(DEFAULT_FAIL_WORDS)

@@ -68,7 +68,33 @@ def test_plain_reply_without_a_decision_is_refused(rc: RcMta) -> None:
     outcome = send_smtp(rc.smtp_port, reply_message(request["reply_to"], "Let me think about it"), request["reply_to"])
 
     assert (outcome.code, outcome.enhanced) == (550, "5.6.0")
+    assert "start your reply with Complete or Fail (or press a button in the request)" in outcome.text
     assert rc.task(task_id)["status"] == "in_progress"
+
+
+def test_plain_reply_that_both_approves_and_rejects_is_refused_not_guessed(rc: RcMta) -> None:
+    task_id = rc.add_task()
+    request = rc.request(task_id)
+    body = "Approved for staging.\n\nRejected for production." + QUOTED_REQUEST
+
+    outcome = send_smtp(rc.smtp_port, reply_message(request["reply_to"], body), request["reply_to"])
+
+    assert (outcome.code, outcome.enhanced) == (550, "5.6.0")
+    task = rc.task(task_id)
+    assert (task["status"], task["comments"]) == ("in_progress", [])
+
+
+def test_plain_reply_written_below_the_quote_decides(rc: RcMta) -> None:
+    task_id = rc.add_task()
+    request = rc.request(task_id)
+    body = QUOTED_REQUEST.strip() + "\n\nNo problem, approved.\n\n-- \nAlice\n"
+
+    outcome = send_smtp(rc.smtp_port, reply_message(request["reply_to"], body), request["reply_to"])
+
+    assert outcome.code == 250, outcome
+    task = rc.task(task_id)
+    assert task["status"] == "completed"
+    assert [comment["text"] for comment in task["comments"]] == ["No problem, approved."]
 
 
 def test_reply_to_bare_address_finds_request_through_in_reply_to(rc: RcMta) -> None:

@@ -1,467 +1,31 @@
-"""Interpret one inbound reply message without doing any I/O.
+"""HTML bodies as the plain lines a reader sees.
 
-Everything here is a pure function of the raw message bytes so that the SMTP
-handler, the pipeline and offline diagnosis of a saved ``.eml`` file all see
-exactly the same interpretation.  Inbound mail is hostile and frequently
-malformed, so nothing in this module raises on bad input: the worst case is an
-empty body and no action.
+Only text a person sees may decide an action or enter the comment.  HTML can
+carry text no mail client shows (display:none, the hidden attribute, zero
+size, white on white, <head>, <template>, ...): a preheader, a tracking
+template or a crafted hidden "Approved" must not choose the words.
+
+html.parser tokenises but does not build the tree a browser builds, so every
+place where the two could disagree errs towards "hidden": the reader may drop
+text a person sees (the reply then decides nothing and is refused), never read
+text a person does not see.  Everything here is linear in the input size, and
+input beyond ``MAX_HTML_CHARS`` is not read at all.
 """
 
 from __future__ import annotations
 
 import colorsys
 import re
-import unicodedata
-from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from email import policy
-from email.message import EmailMessage, Message
-from email.parser import BytesParser
-from email.utils import getaddresses
 from html.parser import HTMLParser
 
-from .machine_mail import machine_reason
+__all__ = ["MAX_HTML_CHARS", "QUOTE_MARK", "html_to_text", "render_html"]
 
-__all__ = [
-    "DEFAULT_COMPLETE_WORDS",
-    "DEFAULT_FAIL_WORDS",
-    "METADATA_END",
-    "METADATA_START",
-    "ParsedReply",
-    "interpret_action",
-    "parse_reply",
-]
-
-#: First line of the metadata block our outgoing request carries; replies quote
-#: it back, and it must never be mistaken for the person's own words.
-METADATA_START = "-- rc-mta request --"
-#: Last line of that metadata block.
-METADATA_END = "-- end of rc-mta request --"
-
-#: Words or phrases that, at the start of a reply, complete the task.
-DEFAULT_COMPLETE_WORDS: tuple[str, ...] = (
-    "complete",
-    "completed",
-    "approve",
-    "approved",
-    "done",
-    "yes",
-    "ok",
-    "okay",
-    "lgtm",
-    "accept",
-    "accepted",
-    "agreed",
-    "confirm",
-    "confirmed",
-    "go ahead",
-    "ship it",
-    "+1",
-    "\N{THUMBS UP SIGN}",
-    # German
-    "ja",
-    "genehmigt",
-    "erledigt",
-    "akzeptiert",
-    "einverstanden",
-    # French
-    "oui",
-    "approuvé",
-    "accepté",
-    "validé",
-    "d'accord",
-    # Spanish
-    "sí",
-    "si",
-    "aprobado",
-    "hecho",
-    "de acuerdo",
-    # Dutch
-    "akkoord",
-    "goedgekeurd",
-    "gedaan",
-)
-
-#: Words or phrases that, at the start of a reply, fail the task.
-DEFAULT_FAIL_WORDS: tuple[str, ...] = (
-    "fail",
-    "failed",
-    "reject",
-    "rejected",
-    "no",
-    "deny",
-    "denied",
-    "decline",
-    "declined",
-    "abort",
-    "refuse",
-    "refused",
-    "disapprove",
-    "disapproved",
-    "\N{THUMBS DOWN SIGN}",
-    # German
-    "nein",
-    "abgelehnt",
-    "ablehnen",
-    # French
-    "non",
-    "refusé",
-    "rejeté",
-    # Spanish
-    "rechazar",
-    "rechazado",
-    "denegado",
-    # Dutch
-    "nee",
-    "afgewezen",
-)
-
-
-@dataclass(frozen=True)
-class ParsedReply:
-    """What one inbound reply says, reduced to the facts the pipeline acts on."""
-
-    message: EmailMessage
-    message_id: str | None
-    from_address: str | None
-    subject: str
-    text: str
-    comment: str
-    auto_reply: str | None
-    referenced_ids: tuple[str, ...]
-
-
-# --------------------------------------------------------------------------
-# Entry points
-# --------------------------------------------------------------------------
-
-
-def parse_reply(raw: bytes, *, envelope_sender: str | None = None) -> ParsedReply:
-    """Parse a raw reply; ``envelope_sender=""`` (the null reverse-path) marks a bounce.
-
-    ``None`` for the envelope sender means "unknown" (e.g. a saved file), which
-    must not be confused with the null sender of a bounce.
-    """
-    message = _parse_message(raw)
-    subject = (_header_text(message, "Subject") or "").strip()
-    text = _extract_text(message)
-    return ParsedReply(
-        message=message,
-        message_id=_message_id(message),
-        from_address=_from_address(message),
-        subject=subject,
-        text=text,
-        comment=extract_comment(text),
-        auto_reply=machine_reason(message, envelope_sender),
-        referenced_ids=_referenced_ids(message),
-    )
-
-
-def interpret_action(comment: str, complete_words: Sequence[str], fail_words: Sequence[str]) -> str | None:
-    """Map the first line of a comment to ``"complete"``, ``"fail"`` or ``None``.
-
-    Only the start of the first non-empty line counts, so a long explanation
-    below the decision cannot accidentally trigger the other action, and a
-    whole-word match is required so that "notable" is not read as "no".
-    """
-    line = _first_line_for_action(comment)
-    if not line:
-        return None
-    complete_len = _longest_match(line, complete_words)
-    fail_len = _longest_match(line, fail_words)
-    if complete_len > fail_len:
-        return "complete"
-    if fail_len > complete_len:
-        return "fail"
-    return None  # neither matched, or an ambiguous tie
-
-
-def extract_comment(text: str) -> str:
-    """Reduce a reply body to the person's own words.
-
-    Quoted history, reply attributions, signatures and our own metadata block
-    are removed because they contain words (including action words) that the
-    person did not write in this reply.
-    """
-    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-    lines = _remove_metadata_block(lines)
-    lines = lines[: _reply_header_index(lines)]
-    lines = [line for line in lines if not line.lstrip().startswith(">")]
-    lines = lines[: _signature_index(lines)]
-    joined = "\n".join(line.rstrip() for line in lines)
-    return re.sub(r"\n{3,}", "\n\n", joined).strip()
-
-
-# --------------------------------------------------------------------------
-# Headers
-# --------------------------------------------------------------------------
-
-
-def _parse_message(raw: bytes) -> EmailMessage:
-    """Parse with the modern policy; fall back to an empty message rather than raise."""
-    try:
-        parsed = BytesParser(policy=policy.default).parsebytes(raw)
-    except Exception:
-        return EmailMessage(policy=policy.default)
-    if isinstance(parsed, EmailMessage):
-        return parsed
-    return EmailMessage(policy=policy.default)  # pragma: no cover - policy.default always builds EmailMessage
-
-
-def _fix_surrogates(value: str) -> str:
-    """Turn undecodable 8-bit header bytes (kept as surrogates) into real text."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        data = value.encode("utf-8", "surrogateescape")
-        try:
-            return data.decode("utf-8")
-        except UnicodeDecodeError:
-            return data.decode("cp1252", "replace")
-    return value
-
-
-def _raw_headers(message: Message, name: str) -> list[str]:
-    """Unparsed, unfolded values of every header called ``name``; never raises."""
-    wanted = name.lower()
-    try:
-        items = list(message.raw_items())
-    except Exception:
-        return []
-    values: list[str] = []
-    for key, value in items:
-        if str(key).lower() == wanted:
-            unfolded = re.sub(r"\r?\n(?=[ \t])", "", str(value))
-            values.append(_fix_surrogates(unfolded).strip())
-    return values
-
-
-def _header_text(message: Message, name: str) -> str | None:
-    """Decoded (RFC 2047) header value, falling back to the raw value if decoding fails."""
-    try:
-        value = message.get(name)
-    except Exception:
-        value = None
-    if value is not None:
-        return _fix_surrogates(str(value))
-    raw = _raw_headers(message, name)
-    return raw[0] if raw else None
-
-
-def _message_id(message: Message) -> str | None:
-    """Raw Message-ID, as sent, so it can be compared byte-for-byte with stored ids."""
-    values = _raw_headers(message, "Message-ID")
-    if not values or not values[0]:
-        return None
-    return values[0]
-
-
-_ADDR_SPEC_RE = re.compile(r"[^\s@<>()\[\],;:\"\\]+@[^\s@<>()\[\],;:\"\\.][^\s@<>()\[\],;:\"\\]*")
-
-
-def _from_address(message: EmailMessage) -> str | None:
-    """The one From address, or None if there is any doubt about who sent it.
-
-    The address decides who may act on a task, so two independent parsers must
-    agree on it; a disagreement is a sign of a crafted header.
-    """
-    raw_values = _raw_headers(message, "From")
-    if len(raw_values) != 1:
-        return None
-    try:
-        header = message["From"]
-        addresses = tuple(getattr(header, "addresses", ()))
-        if len(addresses) != 1:
-            return None
-        structured = str(addresses[0].addr_spec)
-    except Exception:
-        return None
-    try:
-        simple = [addr for _name, addr in getaddresses(raw_values) if addr]
-    except Exception:
-        return None
-    if len(simple) != 1 or simple[0].lower() != structured.lower():
-        return None
-    if not _ADDR_SPEC_RE.fullmatch(structured) or ".." in structured or structured.endswith("."):
-        return None
-    return structured.lower()
-
-
-def _referenced_ids(message: Message) -> tuple[str, ...]:
-    """Message-IDs this reply points at, in header order, so the caller can find the request."""
-    found: list[str] = []
-    for name in ("In-Reply-To", "References"):
-        for value in _raw_headers(message, name):
-            ids = re.findall(r"<\s*([^<>\s]+)\s*>", value)
-            if not ids and "<" not in value:
-                # Some broken clients drop the angle brackets entirely.
-                ids = [token for token in value.split() if "@" in token]
-            for msg_id in ids:
-                if msg_id not in found:
-                    found.append(msg_id)
-    return tuple(found)
-
-
-# --------------------------------------------------------------------------
-# Body text
-# --------------------------------------------------------------------------
-
-
-def _leaf_parts(part: Message, depth: int = 0) -> Iterator[Message]:
-    """Body leaves in order, not descending into attached/forwarded messages."""
-    if depth > 40:
-        return
-    try:
-        if depth > 0 and part.get_content_maintype() == "message":
-            return
-        if part.is_multipart():
-            payload = part.get_payload()
-            if isinstance(payload, list):
-                for sub in payload:
-                    if isinstance(sub, Message):
-                        yield from _leaf_parts(sub, depth + 1)
-            return
-    except Exception:
-        return
-    yield part
-
-
-def _is_attachment(part: Message) -> bool:
-    try:
-        return part.get_content_disposition() == "attachment" or bool(part.get_filename())
-    except Exception:
-        return True
-
-
-def _extract_text(message: Message) -> str:
-    """The reply body as plain text: first inline text/plain, else first text/html."""
-    html_part: Message | None = None
-    try:
-        for part in _leaf_parts(message):
-            content_type = part.get_content_type()
-            if content_type not in ("text/plain", "text/html") or _is_attachment(part):
-                continue
-            if content_type == "text/plain":
-                return _plain_part_text(part)
-            if html_part is None:
-                html_part = part
-        if html_part is not None:
-            return html_to_text(_decoded_part(html_part))
-    except Exception:
-        return ""
-    return ""
-
-
-def _plain_part_text(part: Message) -> str:
-    text = _decoded_part(part)
-    try:
-        flowed = str(part.get_param("format") or "").lower() == "flowed"
-        delsp = str(part.get_param("delsp") or "").lower() == "yes"
-    except Exception:
-        flowed = delsp = False
-    return _unflow(text, delsp=delsp) if flowed else text
-
-
-def _decoded_part(part: Message) -> str:
-    """Undo the transfer encoding and decode the declared charset, never raising."""
-    try:
-        payload = part.get_payload(decode=True)
-    except Exception:
-        payload = None
-    if not isinstance(payload, bytes):
-        try:
-            raw = part.get_payload()
-        except Exception:
-            return ""
-        if not isinstance(raw, str):
-            return ""
-        payload = raw.encode("utf-8", "surrogateescape")
-    try:
-        charset = part.get_content_charset()
-    except Exception:
-        charset = None
-    text = decode_bytes(payload, charset)
-    return text.replace("\r\n", "\n").replace("\r", "\n")
-
-
-_LATIN1_NAMES = frozenset({"iso-8859-1", "iso8859-1", "iso_8859-1", "latin-1", "latin1", "l1", "8859-1"})
-_ASCII_NAMES = frozenset({"us-ascii", "ascii", "ansi_x3.4-1968", "us"})
-# Labels that mail clients emit but whose bytes usually use a wider superset.
-_SUPERSETS = {"gb2312": "gb18030", "gbk": "gb18030", "ks_c_5601-1987": "cp949", "euc-kr": "cp949"}
-
-
-def decode_bytes(data: bytes, charset: str | None) -> str:
-    """Decode body bytes using a declared charset, tolerating mislabelled and unknown ones.
-
-    iso-8859-1 is read as windows-1252 (as browsers do) because Windows clients
-    routinely label cp1252 text (curly quotes, euro sign) as latin-1.
-    """
-    label = (charset or "").strip().strip("\"'").lower()
-    label = _SUPERSETS.get(label, label)
-    if label in _LATIN1_NAMES:
-        return _first_decoding(data, ("cp1252",), fallback="latin-1")
-    if not label or label in _ASCII_NAMES:
-        return _first_decoding(data, ("ascii", "utf-8", "cp1252"), fallback="latin-1")
-    try:
-        return data.decode(label, "replace")
-    except Exception:
-        # Unknown label, or a non-text codec such as "base64" or "zlib".
-        return _first_decoding(data, ("utf-8", "cp1252"), fallback="latin-1")
-
-
-def _first_decoding(data: bytes, encodings: Sequence[str], *, fallback: str) -> str:
-    for encoding in encodings:
-        try:
-            return data.decode(encoding)
-        except UnicodeDecodeError:
-            continue
-    return data.decode(fallback, "replace")
-
-
-def _unflow(text: str, *, delsp: bool) -> str:
-    """Join RFC 3676 format=flowed soft line breaks so wrapped attributions are whole lines."""
-    out: list[str] = []
-    pending: tuple[int, str] | None = None
-    for line in text.split("\n"):
-        depth = len(line) - len(line.lstrip(">"))
-        content = line[depth:]
-        if content.startswith(" "):
-            content = content[1:]  # space-stuffing or the space after the quote marks
-        if pending is not None:
-            pending_depth, pending_text = pending
-            pending = None
-            if pending_depth == depth and content != "-- ":
-                content = pending_text + content
-            else:
-                out.append(_requote(pending_depth, pending_text))
-        if content.endswith(" ") and content != "-- ":
-            pending = (depth, content[:-1] if delsp else content)
-        else:
-            out.append(_requote(depth, content))
-    if pending is not None:
-        out.append(_requote(*pending))
-    return "\n".join(out)
-
-
-def _requote(depth: int, content: str) -> str:
-    if depth == 0:
-        return content
-    return ">" * depth + (" " + content if content else "")
-
-
-# --------------------------------------------------------------------------
-# HTML to text
-# --------------------------------------------------------------------------
-#
-# Only text a person sees may decide an action or enter the comment.  HTML can
-# carry text no mail client shows (display:none, the hidden attribute, zero
-# size, white on white, <head>, <template>, ...): a preheader, a tracking
-# template or a crafted hidden "Approved" must not choose the words.
-#
-# html.parser tokenises but does not build the tree a browser builds, so every
-# place where the two could disagree errs towards "hidden": the reader may drop
-# text a person sees (the reply then decides nothing and is refused), never read
-# text a person does not see.  Everything here is linear in the input size.
+#: Longest HTML body read; a longer one shows nothing (and so decides nothing).
+MAX_HTML_CHARS = 1024 * 1024
+#: A line of its own where quoted history (a blockquote, a client's quote block) was left
+#: out, so the comment reader knows what follows it was written below the quote.
+QUOTE_MARK = "\ue000"  # a private-use character: never whitespace, never shown
 
 _BLOCK_TAGS = frozenset(
     {
@@ -534,8 +98,11 @@ _P_CLOSERS = frozenset(
     xmp""".split()
 )
 _QUOTE_CLASSES = ("gmail_quote", "gmail_attr", "moz-cite-prefix", "yahoo_quoted", "protonmail_quote")
-# Outlook puts the quoted original *after* these markers, as siblings.
-_OUTLOOK_STOP_IDS = frozenset({"divrplyfwdmsg", "appendonsend", "mail-editor-reference-message-container"})
+# Outlook puts the quoted original *after* these markers, as siblings; so do Hotmail
+# (<hr id="stopSpelling">) and Zimbra (<hr id="zwchr">).
+_OUTLOOK_STOP_IDS = frozenset(
+    {"divrplyfwdmsg", "appendonsend", "mail-editor-reference-message-container", "stopspelling", "zwchr"}
+)
 _HTML_SPACE_RE = re.compile(r"[ \t\n\r\f]+")
 _HTML_SPACE = " \t\n\r\f"
 # A tag name as a browser reads it (html.parser lower-cases beyond ASCII and stops at NUL).
@@ -1153,13 +720,12 @@ class _HTMLToText(_MarkupReader):
             self._stopped = True  # too deep to follow: the rest counts as hidden
             return
         css_class = next((v for n, v in attrs if n == "class" and v), "").lower()
-        hides = (
-            name in _HIDDEN_TAGS
-            or name == "blockquote"
-            or any(c in css_class for c in _QUOTE_CLASSES)
-            or _attributes_hide(name, attrs)
-            or self._sheet.hides(name, attrs)
-        )
+        quote = name == "blockquote" or any(c in css_class for c in _QUOTE_CLASSES)
+        hides = quote or name in _HIDDEN_TAGS or _attributes_hide(name, attrs) or self._sheet.hides(name, attrs)
+        if quote and not self._hiding and not self._revealed:
+            self._soft_break()
+            self._parts.append(QUOTE_MARK + "\n")  # what follows was written below the quote
+            self._line_has_content = False
         self._push(name, hides)
         if name in _BLOCK_TAGS:
             self._soft_break()
@@ -1206,6 +772,7 @@ class _HTMLToText(_MarkupReader):
             self._pop_to(len(self._stack) - 1)  # text ends an unclosed <head>
         if self._hiding or self._revealed:
             return
+        data = data.replace(QUOTE_MARK, "")
         if self._where.get("pre"):
             self._parts.append(data)
             lines = data.split("\n")
@@ -1250,6 +817,14 @@ class _HTMLToText(_MarkupReader):
 
 def html_to_text(html: str) -> str:
     """Render an HTML body as the plain lines a reader sees, without quoted history; never raises."""
+    lines = render_html(html).split("\n")
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(line for line in lines if line != QUOTE_MARK)).strip()
+
+
+def render_html(html: str) -> str:
+    """``html_to_text``, with a ``QUOTE_MARK`` line where each quoted block was left out."""
+    if len(html) > MAX_HTML_CHARS:
+        return ""  # bounded before it starts: too long to read, so it decides nothing
     html = html.replace("\r\n", "\n").replace("\r", "\n")
     # The first pass only matters if something it looks at is there at all.
     sheet = _StyleCollector(html).collect() if _STYLE_PASS_NEEDED_RE.search(html) else _StyleSheet()
@@ -1260,114 +835,3 @@ def html_to_text(html: str) -> str:
     text = parser.text().replace("\xa0", " ")
     lines = [line.strip() for line in text.split("\n")]
     return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
-
-
-# --------------------------------------------------------------------------
-# Comment extraction
-# --------------------------------------------------------------------------
-
-_REPLY_INTRO = r"(?:on|le|am|el|il|op|em)"
-_REPLY_VERB = r"(?:wrote|a\s+écrit|schrieb|escribió|escribio|ha\s+scritto|schreef|escreveu)"
-_REPLY_HEADER_RE = re.compile(rf"^{_REPLY_INTRO}\s.*?\s{_REPLY_VERB}(?:\s.*)?:$", re.IGNORECASE)
-_REPLY_INTRO_RE = re.compile(rf"^{_REPLY_INTRO}\s", re.IGNORECASE)
-_ORIGINAL_MESSAGE_RE = re.compile(
-    r"^-{3,}\s*(?:original message|ursprüngliche nachricht|message d'origine|mensaje original"
-    r"|messaggio originale|oorspronkelijk bericht|mensagem original)\s*-{3,}$",
-    re.IGNORECASE,
-)
-_UNDERSCORE_LINE_RE = re.compile(r"^_{8,}$")
-_FROM_LINE_RE = re.compile(r"^\*?(?:from|von|de|van|da|från|fra)\s*:", re.IGNORECASE)
-_SENT_LINE_RE = re.compile(
-    r"^\*?(?:sent|date|gesendet|datum|envoyé|enviado|fecha|verzonden|inviato|data)\s*:", re.IGNORECASE
-)
-_MOBILE_SIGNATURE_RE = re.compile(
-    r"^(?:sent from my .{1,40}|get outlook for (?:ios|android)|von meinem .{1,40} gesendet|envoyé de mon .{1,40})$",
-    re.IGNORECASE,
-)
-
-
-def _reply_header_index(lines: list[str]) -> int:
-    """Index of the first line that introduces quoted history, or len(lines)."""
-    stripped = [line.strip() for line in lines]
-    for index, line in enumerate(stripped):
-        if not line or line.startswith(">"):
-            continue
-        if _REPLY_HEADER_RE.match(line) or _ORIGINAL_MESSAGE_RE.match(line):
-            return index
-        if _REPLY_INTRO_RE.match(line):
-            # Gmail wraps long attributions over two (sometimes three) lines.
-            joined = line
-            for follow in stripped[index + 1 : index + 3]:
-                if not follow:
-                    break
-                joined += " " + follow
-                if _REPLY_HEADER_RE.match(joined) and re.search(r"[\d@]", joined):
-                    return index
-        if _UNDERSCORE_LINE_RE.match(line):
-            following = next((s for s in stripped[index + 1 :] if s), "")
-            if _FROM_LINE_RE.match(following):
-                return index
-        if _FROM_LINE_RE.match(line) and index + 1 < len(stripped) and _SENT_LINE_RE.match(stripped[index + 1]):
-            return index
-    return len(lines)
-
-
-def _signature_index(lines: list[str]) -> int:
-    """Index of the signature separator ("-- ", or a bare "--"), or len(lines)."""
-    for index, line in enumerate(lines):
-        if line.rstrip() == "--" or _MOBILE_SIGNATURE_RE.match(line.strip()):
-            return index
-    return len(lines)
-
-
-def _unquote_marker(line: str) -> str:
-    return re.sub(r"^[\s>]*", "", line).rstrip()
-
-
-def _remove_metadata_block(lines: list[str]) -> list[str]:
-    """Drop every METADATA_START..METADATA_END block, quoted or not, to the end if unterminated."""
-    kept: list[str] = []
-    inside = False
-    for line in lines:
-        marker = _unquote_marker(line)
-        if inside:
-            if marker == METADATA_END:
-                inside = False
-            continue
-        if marker == METADATA_START:
-            inside = True
-            continue
-        kept.append(line)
-    return kept
-
-
-# --------------------------------------------------------------------------
-# Action words
-# --------------------------------------------------------------------------
-
-_EDGE_PUNCTUATION = " \t.,!?:;-–—*_~\"'`«»“”„‘’‚()[]"
-
-
-def _normalise(text: str) -> str:
-    return re.sub(r"\s+", " ", unicodedata.normalize("NFC", text).lower()).strip()
-
-
-def _first_line_for_action(comment: str) -> str:
-    for line in comment.splitlines():
-        cleaned = _normalise(line).strip(_EDGE_PUNCTUATION)
-        if cleaned:
-            return cleaned
-    return ""
-
-
-def _longest_match(line: str, words: Sequence[str]) -> int:
-    """Length of the longest word/phrase that starts ``line`` as a whole word (0 if none)."""
-    best = 0
-    for word in words:
-        candidate = _normalise(word).strip(" ")
-        if not candidate or not line.startswith(candidate) or len(candidate) <= best:
-            continue
-        rest = line[len(candidate) :]
-        if not rest or not (rest[0].isalnum() or rest[0] == "_"):
-            best = len(candidate)
-    return best

@@ -1,0 +1,260 @@
+"""What a person's own words decide: complete, fail, or nothing (the reply is refused).
+
+A small grammar, read clause by clause over the whole comment (top, between quotes,
+bottom).  A clause is what lies between punctuation; questions are skipped. A clause
+decides when it *starts* with a decision, perhaps after a few leading words ("I",
+"this is", "so", "hi"):
+
+    clause   := leading* decision rest
+    decision := phrase | negator phrase          "approved" | "not approved"
+    leading  := "i" | "we" | "this is" | ...     (words.LEADING_WORDS, at most four)
+
+A negated complete word fails ("not approved", "nicht genehmigt"), unless it is a hedge
+("not sure", "not done yet": no reading). A negated fail word ("don't reject") and a
+phrase that is in both lists are undecidable. "No problem", "no objections" are complete
+phrases of their own; the longest phrase at a place wins. Words that also mean something
+else ("no changes", Spanish "si" = if) decide only when they stand alone.
+
+Every clause is read, and one that contradicts another — or whose rest holds the
+opposite decision ("OK to reject") — makes the whole reply undecidable: a reply is
+never read as the opposite of what the person meant, because a doubt refuses.
+Acknowledgments ("OK", "sure", "yes") decide only when no clause puts the decision
+off ("OK, I'll check tomorrow" decides nothing).
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import re
+import unicodedata
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from .words import (
+    CJK_CONTRASTS,
+    CONTRASTS,
+    DEFERRALS,
+    HEDGES,
+    LEADING_WORDS,
+    NEGATORS,
+    POLITE_WORDS,
+    STANDALONE_ONLY,
+    WEAK_WORDS,
+)
+
+__all__ = ["MAX_COMMENT_CHARS", "interpret_action", "normalise", "tokens"]
+
+#: Longest comment read for a decision (the comment itself is already bounded).
+MAX_COMMENT_CHARS = 64 * 1024
+#: Leading words skipped before a decision, at most.
+_MAX_LEADING = 4
+
+_APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'", "\u00b4": "'", "`": "'"})
+# Sentences end at . ! ? 。 … or a line break; a question ("Approved?") decides nothing.
+_SENTENCE_RE = re.compile(r"([^.!?\u3002\u2026\n]+)([.!?\u3002\u2026\n]*)")
+# Clauses within a sentence: commas, semicolons, colons, brackets and spaced dashes.
+_DASH_RE = re.compile(r"(?:^|\s)[-\u2013\u2014]+(?=\s|$)")
+_CLAUSE_SPLIT_RE = re.compile(r"[,;:()\[\]{}\u3001\"\u201c\u201d\u00ab\u00bb]")
+# "… but approved": a contrast starts a clause; so does Chinese 但 before a word, and a
+# Korean word ending in -지만 ("although") ends one.
+_CONTRAST_RE = re.compile(
+    rf"(?<!\w)(?:{'|'.join(map(re.escape, CONTRASTS))})(?!\w)"
+    rf"|(?<![^\s,])(?:{'|'.join(map(re.escape, CJK_CONTRASTS))})"
+    r"|(?<=\uc9c0\ub9cc)(?=\s)"
+)
+_TOKEN_RE = re.compile(r"[+-]?\d+|\w+(?:'\w+)*|[^\w\s]")
+
+
+class _Side(enum.Enum):
+    COMPLETE = "complete"
+    FAIL = "fail"
+    NOTHING = "nothing"  # a decision-shaped clause that decides nothing ("not sure")
+    CONFLICT = "conflict"  # undecidable: the whole reply is refused
+    DEFER = "defer"  # "let me check": acknowledgments elsewhere decide nothing
+
+
+_Phrase = tuple[str, ...]
+
+
+def normalise(text: str) -> str:
+    """NFKC, case-folded, one kind of apostrophe: how every word is compared."""
+    folded = unicodedata.normalize("NFKC", text).casefold().translate(_APOSTROPHES)
+    return folded.replace("\u0307", "")  # Turkish "İ" folds to "i" plus a combining dot
+
+
+def tokens(text: str) -> list[str]:
+    """Words, numbers ("+1") and symbols (emoji) of normalised text; punctuation dropped."""
+    found = []
+    for token in _TOKEN_RE.findall(text):
+        first = token[0]
+        if first.isalnum() or first == "_" or token[-1].isdigit() or unicodedata.category(first) == "So":
+            found.append(token)
+    return found
+
+
+@dataclass(frozen=True)
+class _Vocabulary:
+    """The word lists as phrases indexed by their first word, longest first."""
+
+    decisions: dict[str, list[tuple[_Phrase, _Side]]]
+    negators: dict[str, list[_Phrase]]
+    leading: dict[str, list[_Phrase]]
+    deferrals: dict[str, list[_Phrase]]
+    weak: frozenset[_Phrase]
+
+
+def _index(phrases: dict[_Phrase, _Side]) -> dict[str, list[tuple[_Phrase, _Side]]]:
+    index: dict[str, list[tuple[_Phrase, _Side]]] = {}
+    for phrase, side in sorted(phrases.items(), key=lambda item: -len(item[0])):
+        index.setdefault(phrase[0], []).append((phrase, side))
+    return index
+
+
+def _phrase_index(words: Sequence[str]) -> dict[str, list[_Phrase]]:
+    phrases = {tuple(tokens(normalise(word))) for word in words}
+    index: dict[str, list[_Phrase]] = {}
+    for phrase in sorted((p for p in phrases if p), key=len, reverse=True):
+        index.setdefault(phrase[0], []).append(phrase)
+    return index
+
+
+@functools.lru_cache(maxsize=8)
+def _vocabulary(complete_words: tuple[str, ...], fail_words: tuple[str, ...]) -> _Vocabulary:
+    phrases: dict[_Phrase, _Side] = {}
+    for words, side in ((complete_words, _Side.COMPLETE), (fail_words, _Side.FAIL)):
+        for word in words:
+            phrase = tuple(tokens(normalise(word)))
+            if phrase:
+                # A phrase in both lists decides nothing but doubt.
+                phrases[phrase] = side if phrases.get(phrase, side) is side else _Side.CONFLICT
+    weak = frozenset(tuple(tokens(normalise(word))) for word in WEAK_WORDS)
+    return _Vocabulary(
+        _index(phrases), _phrase_index(NEGATORS), _phrase_index(LEADING_WORDS), _phrase_index(DEFERRALS), weak
+    )
+
+
+def _starts(words: list[str], at: int, phrase: _Phrase) -> bool:
+    return tuple(words[at : at + len(phrase)]) == phrase
+
+
+def _phrase_at(words: list[str], at: int, vocab: _Vocabulary) -> tuple[_Phrase, _Side] | None:
+    """The longest decision phrase starting at ``at``."""
+    for phrase, side in vocab.decisions.get(words[at], ()):
+        if _starts(words, at, phrase):
+            return phrase, side
+    return None
+
+
+def _decision_at(words: list[str], at: int, vocab: _Vocabulary) -> tuple[_Side, int] | None:
+    """The decision starting at ``at`` and where it ends, or None if there is none."""
+    best: tuple[_Side, int] | None = None
+    found = _phrase_at(words, at, vocab)
+    if found is not None:
+        best = (found[1], at + len(found[0]))
+    for negator in vocab.negators.get(words[at], ()):
+        after = at + len(negator)
+        if not _starts(words, at, negator) or after >= len(words):
+            continue
+        negated = _phrase_at(words, after, vocab)
+        if negated is None:
+            continue
+        phrase, side = negated
+        end = after + len(phrase)
+        if best is None or end > best[1]:
+            if side is _Side.COMPLETE:
+                best = (_Side.NOTHING if len(phrase) == 1 and phrase[0] in HEDGES else _Side.FAIL, end)
+            else:
+                best = (_Side.CONFLICT, end)  # "don't reject": not a decision we can trust
+        break
+    if best is not None and best[1] == at + 1 and not _stands_alone(words, at, vocab):
+        return None  # "no changes", "si puedes": not a decision
+    return best
+
+
+def _stands_alone(words: list[str], at: int, vocab: _Vocabulary, *, then: bool = True) -> bool:
+    """Whether the word at ``at`` decides where it is: always, unless it is one of
+    ``STANDALONE_ONLY``; those only at the end of the clause, before a polite word
+    ("no thanks") or before another decision ("ja, genehmigt")."""
+    if words[at] not in STANDALONE_ONLY:
+        return True
+    following = at + 1
+    if following == len(words) or words[following] in POLITE_WORDS:
+        return True
+    found = _phrase_at(words, following, vocab) if then else None
+    if found is None:
+        return False
+    return len(found[0]) > 1 or _stands_alone(words, following, vocab, then=False)
+
+
+def _listed_at(index: dict[str, list[_Phrase]], words: list[str], at: int) -> int | None:
+    """Where the longest phrase of ``index`` starting at ``at`` ends, or None."""
+    for phrase in index.get(words[at], ()):
+        if _starts(words, at, phrase):
+            return at + len(phrase)
+    return None
+
+
+def _read_clause(words: list[str], vocab: _Vocabulary) -> tuple[_Side, bool]:
+    """What one clause decides (its first decision, unless the rest contradicts it), and
+    whether that decision is only an acknowledgment ("OK")."""
+    at = 0
+    decision: tuple[_Side, int] | None = None
+    for _ in range(_MAX_LEADING + 1):
+        if at >= len(words):
+            break
+        decision = _decision_at(words, at, vocab)
+        if decision is not None:
+            break
+        skipped = _listed_at(vocab.leading, words, at)
+        if skipped is None:
+            break
+        at = skipped
+    if decision is None:  # no decision: does it put one off ("I'll have a look later")?
+        deferring = any(_listed_at(vocab.deferrals, words, where) is not None for where in range(len(words)))
+        return (_Side.DEFER if deferring else _Side.NOTHING), False
+    weak = tuple(words[at : decision[1]]) in vocab.weak
+    side, at = decision
+    if side in (_Side.NOTHING, _Side.CONFLICT):
+        return side, False
+    while at < len(words):  # "OK to reject", "Yes I don't approve": undecidable
+        later = _decision_at(words, at, vocab)
+        if later is None:
+            at += 1
+            continue
+        if later[0] is _Side.CONFLICT or (later[0] in (_Side.COMPLETE, _Side.FAIL) and later[0] is not side):
+            return _Side.CONFLICT, False
+        at = later[1]
+    return side, weak
+
+
+def _clauses(comment: str) -> Iterator[str]:
+    """The clauses of every sentence that is not a question."""
+    for match in _SENTENCE_RE.finditer(comment):
+        if "?" in match.group(2):
+            continue
+        yield from _CLAUSE_SPLIT_RE.split(_CONTRAST_RE.sub(",", _DASH_RE.sub(",", match.group(1))))
+
+
+def interpret_action(comment: str, complete_words: Sequence[str], fail_words: Sequence[str]) -> str | None:
+    """``"complete"``, ``"fail"``, or None when the words decide nothing or contradict
+    each other (then the reply is refused, never guessed)."""
+    vocab = _vocabulary(tuple(complete_words), tuple(fail_words))
+    strong: set[_Side] = set()
+    weak: set[_Side] = set()
+    deferred = False
+    for clause in _clauses(normalise(comment[:MAX_COMMENT_CHARS])):
+        words = tokens(clause)
+        if not words:
+            continue
+        side, acknowledgment = _read_clause(words, vocab)
+        if side is _Side.CONFLICT:
+            return None
+        if side is _Side.DEFER:
+            deferred = True
+        elif side in (_Side.COMPLETE, _Side.FAIL):
+            (weak if acknowledgment else strong).add(side)
+    found = strong if deferred else strong | weak
+    if len(strong | weak) != 1 or len(found) != 1:
+        return None  # contradictory, or nothing but an acknowledgment of a deferral
+    return found.pop().value

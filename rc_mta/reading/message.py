@@ -1,0 +1,332 @@
+"""Read one inbound reply message without doing any I/O: headers, body text, comment.
+
+Everything here is a pure function of the raw message bytes so that the SMTP
+handler, the pipeline and offline diagnosis of a saved ``.eml`` file all see
+exactly the same reading.  Inbound mail is hostile and frequently malformed, so
+nothing in this module raises on bad input: the worst case is an empty body and
+no action.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from email import policy
+from email.message import EmailMessage, Message
+from email.parser import BytesParser
+from email.utils import getaddresses
+
+from ..machine_mail import machine_reason
+from .comment import extract_comment
+from .html import QUOTE_MARK, render_html
+
+__all__ = ["ParsedReply", "decode_bytes", "parse_reply"]
+
+
+@dataclass(frozen=True)
+class ParsedReply:
+    """What one inbound reply says, reduced to the facts the pipeline acts on."""
+
+    message: EmailMessage
+    message_id: str | None
+    from_address: str | None
+    subject: str
+    text: str
+    comment: str
+    auto_reply: str | None
+    referenced_ids: tuple[str, ...]
+
+
+# --------------------------------------------------------------------------
+# Entry points
+# --------------------------------------------------------------------------
+
+
+def parse_reply(raw: bytes, *, envelope_sender: str | None = None) -> ParsedReply:
+    """Parse a raw reply; ``envelope_sender=""`` (the null reverse-path) marks a bounce.
+
+    ``None`` for the envelope sender means "unknown" (e.g. a saved file), which
+    must not be confused with the null sender of a bounce.
+    """
+    message = _parse_message(raw)
+    subject = (_header_text(message, "Subject") or "").strip()
+    marked = _extract_text(message)
+    return ParsedReply(
+        message=message,
+        message_id=_message_id(message),
+        from_address=_from_address(message),
+        subject=subject,
+        text=_without_quote_marks(marked),
+        comment=extract_comment(marked),
+        auto_reply=machine_reason(message, envelope_sender),
+        referenced_ids=_referenced_ids(message),
+    )
+
+
+# --------------------------------------------------------------------------
+# Headers
+# --------------------------------------------------------------------------
+
+
+def _parse_message(raw: bytes) -> EmailMessage:
+    """Parse with the modern policy; fall back to an empty message rather than raise."""
+    try:
+        parsed = BytesParser(policy=policy.default).parsebytes(raw)
+    except Exception:
+        return EmailMessage(policy=policy.default)
+    if isinstance(parsed, EmailMessage):
+        return parsed
+    return EmailMessage(policy=policy.default)  # pragma: no cover - policy.default always builds EmailMessage
+
+
+def _fix_surrogates(value: str) -> str:
+    """Turn undecodable 8-bit header bytes (kept as surrogates) into real text."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        data = value.encode("utf-8", "surrogateescape")
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError:
+            return data.decode("cp1252", "replace")
+    return value
+
+
+def _raw_headers(message: Message, name: str) -> list[str]:
+    """Unparsed, unfolded values of every header called ``name``; never raises."""
+    wanted = name.lower()
+    try:
+        items = list(message.raw_items())
+    except Exception:
+        return []
+    values: list[str] = []
+    for key, value in items:
+        if str(key).lower() == wanted:
+            unfolded = re.sub(r"\r?\n(?=[ \t])", "", str(value))
+            values.append(_fix_surrogates(unfolded).strip())
+    return values
+
+
+def _header_text(message: Message, name: str) -> str | None:
+    """Decoded (RFC 2047) header value, falling back to the raw value if decoding fails."""
+    try:
+        value = message.get(name)
+    except Exception:
+        value = None
+    if value is not None:
+        return _fix_surrogates(str(value))
+    raw = _raw_headers(message, name)
+    return raw[0] if raw else None
+
+
+def _message_id(message: Message) -> str | None:
+    """Raw Message-ID, as sent, so it can be compared byte-for-byte with stored ids."""
+    values = _raw_headers(message, "Message-ID")
+    if not values or not values[0]:
+        return None
+    return values[0]
+
+
+_ADDR_SPEC_RE = re.compile(r"[^\s@<>()\[\],;:\"\\]+@[^\s@<>()\[\],;:\"\\.][^\s@<>()\[\],;:\"\\]*")
+
+
+def _from_address(message: EmailMessage) -> str | None:
+    """The one From address, or None if there is any doubt about who sent it.
+
+    The address decides who may act on a task, so two independent parsers must
+    agree on it; a disagreement is a sign of a crafted header.
+    """
+    raw_values = _raw_headers(message, "From")
+    if len(raw_values) != 1:
+        return None
+    try:
+        header = message["From"]
+        addresses = tuple(getattr(header, "addresses", ()))
+        if len(addresses) != 1:
+            return None
+        structured = str(addresses[0].addr_spec)
+    except Exception:
+        return None
+    try:
+        simple = [addr for _name, addr in getaddresses(raw_values) if addr]
+    except Exception:
+        return None
+    if len(simple) != 1 or simple[0].lower() != structured.lower():
+        return None
+    if not _ADDR_SPEC_RE.fullmatch(structured) or ".." in structured or structured.endswith("."):
+        return None
+    return structured.lower()
+
+
+def _referenced_ids(message: Message) -> tuple[str, ...]:
+    """Message-IDs this reply points at, in header order, so the caller can find the request."""
+    found: list[str] = []
+    for name in ("In-Reply-To", "References"):
+        for value in _raw_headers(message, name):
+            ids = re.findall(r"<\s*([^<>\s]+)\s*>", value)
+            if not ids and "<" not in value:
+                # Some broken clients drop the angle brackets entirely.
+                ids = [token for token in value.split() if "@" in token]
+            for msg_id in ids:
+                if msg_id not in found:
+                    found.append(msg_id)
+    return tuple(found)
+
+
+# Machine mail (auto-replies, bounces, reports) is told apart in ``rc_mta.machine_mail``.
+
+
+# --------------------------------------------------------------------------
+# Body text
+# --------------------------------------------------------------------------
+
+
+def _leaf_parts(part: Message, depth: int = 0) -> Iterator[Message]:
+    """Body leaves in order, not descending into attached/forwarded messages."""
+    if depth > 40:
+        return
+    try:
+        if depth > 0 and part.get_content_maintype() == "message":
+            return
+        if part.is_multipart():
+            payload = part.get_payload()
+            if isinstance(payload, list):
+                for sub in payload:
+                    if isinstance(sub, Message):
+                        yield from _leaf_parts(sub, depth + 1)
+            return
+    except Exception:
+        return
+    yield part
+
+
+def _is_attachment(part: Message) -> bool:
+    try:
+        return part.get_content_disposition() == "attachment" or bool(part.get_filename())
+    except Exception:
+        return True
+
+
+def _extract_text(message: Message) -> str:
+    """The reply body as plain text: first inline text/plain, else first text/html, with
+    a ``QUOTE_MARK`` line where the HTML had a quote block (and nowhere else)."""
+    html_part: Message | None = None
+    try:
+        for part in _leaf_parts(message):
+            content_type = part.get_content_type()
+            if content_type not in ("text/plain", "text/html") or _is_attachment(part):
+                continue
+            if content_type == "text/plain":
+                return _plain_part_text(part).replace(QUOTE_MARK, "")
+            if html_part is None:
+                html_part = part
+        if html_part is not None:
+            return render_html(_decoded_part(html_part))
+    except Exception:
+        return ""
+    return ""
+
+
+def _without_quote_marks(text: str) -> str:
+    if QUOTE_MARK not in text:
+        return text
+    lines = [line for line in text.split("\n") if line != QUOTE_MARK]
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+
+
+def _plain_part_text(part: Message) -> str:
+    text = _decoded_part(part)
+    try:
+        flowed = str(part.get_param("format") or "").lower() == "flowed"
+        delsp = str(part.get_param("delsp") or "").lower() == "yes"
+    except Exception:
+        flowed = delsp = False
+    return _unflow(text, delsp=delsp) if flowed else text
+
+
+def _decoded_part(part: Message) -> str:
+    """Undo the transfer encoding and decode the declared charset, never raising."""
+    try:
+        payload = part.get_payload(decode=True)
+    except Exception:
+        payload = None
+    if not isinstance(payload, bytes):
+        try:
+            raw = part.get_payload()
+        except Exception:
+            return ""
+        if not isinstance(raw, str):
+            return ""
+        payload = raw.encode("utf-8", "surrogateescape")
+    try:
+        charset = part.get_content_charset()
+    except Exception:
+        charset = None
+    text = decode_bytes(payload, charset)
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+_LATIN1_NAMES = frozenset({"iso-8859-1", "iso8859-1", "iso_8859-1", "latin-1", "latin1", "l1", "8859-1"})
+_ASCII_NAMES = frozenset({"us-ascii", "ascii", "ansi_x3.4-1968", "us"})
+# Labels that mail clients emit but whose bytes usually use a wider superset.
+_SUPERSETS = {"gb2312": "gb18030", "gbk": "gb18030", "ks_c_5601-1987": "cp949", "euc-kr": "cp949"}
+
+
+def decode_bytes(data: bytes, charset: str | None) -> str:
+    """Decode body bytes using a declared charset, tolerating mislabelled and unknown ones.
+
+    iso-8859-1 is read as windows-1252 (as browsers do) because Windows clients
+    routinely label cp1252 text (curly quotes, euro sign) as latin-1.
+    """
+    label = (charset or "").strip().strip("\"'").lower()
+    label = _SUPERSETS.get(label, label)
+    if label in _LATIN1_NAMES:
+        return _first_decoding(data, ("cp1252",), fallback="latin-1")
+    if not label or label in _ASCII_NAMES:
+        return _first_decoding(data, ("ascii", "utf-8", "cp1252"), fallback="latin-1")
+    try:
+        return data.decode(label, "replace")
+    except Exception:
+        # Unknown label, or a non-text codec such as "base64" or "zlib".
+        return _first_decoding(data, ("utf-8", "cp1252"), fallback="latin-1")
+
+
+def _first_decoding(data: bytes, encodings: Sequence[str], *, fallback: str) -> str:
+    for encoding in encodings:
+        try:
+            return data.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+    return data.decode(fallback, "replace")
+
+
+def _unflow(text: str, *, delsp: bool) -> str:
+    """Join RFC 3676 format=flowed soft line breaks so wrapped attributions are whole lines."""
+    out: list[str] = []
+    pending: tuple[int, str] | None = None
+    for line in text.split("\n"):
+        depth = len(line) - len(line.lstrip(">"))
+        content = line[depth:]
+        if content.startswith(" "):
+            content = content[1:]  # space-stuffing or the space after the quote marks
+        if pending is not None:
+            pending_depth, pending_text = pending
+            pending = None
+            if pending_depth == depth and content != "-- ":
+                content = pending_text + content
+            else:
+                out.append(_requote(pending_depth, pending_text))
+        if content.endswith(" ") and content != "-- ":
+            pending = (depth, content[:-1] if delsp else content)
+        else:
+            out.append(_requote(depth, content))
+    if pending is not None:
+        out.append(_requote(*pending))
+    return "\n".join(out)
+
+
+def _requote(depth: int, content: str) -> str:
+    if depth == 0:
+        return content
+    return ">" * depth + (" " + content if content else "")

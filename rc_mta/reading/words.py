@@ -1,0 +1,371 @@
+"""The words replies are read with, as data in one place.
+
+The decision words (``DEFAULT_COMPLETE_WORDS``, ``DEFAULT_FAIL_WORDS``) can be replaced
+in ``[replies]``; the rest is the grammar around them (negation, the words that may come
+before a decision, client layouts) and is built in.  Everything is compared after NFKC
+normalisation and case folding, so "ＯＫ", "OK" and "ok" are one word.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ATTRIBUTION_INTROS",
+    "ATTRIBUTION_VERBS",
+    "BANNER_CONTINUATION",
+    "BANNER_LABELS",
+    "BANNER_SENTENCES",
+    "BANNER_WORDS",
+    "CJK_CONTRASTS",
+    "CONTRASTS",
+    "DEFAULT_COMPLETE_WORDS",
+    "DEFAULT_FAIL_WORDS",
+    "DEFERRALS",
+    "HEADER_LABELS",
+    "HEDGES",
+    "LEADING_WORDS",
+    "MOBILE_SIGNATURES",
+    "NEGATORS",
+    "POLITE_WORDS",
+    "STANDALONE_ONLY",
+    "WEAK_WORDS",
+]
+
+#: Words or phrases that, where a sentence starts, complete the task.
+DEFAULT_COMPLETE_WORDS: tuple[str, ...] = (
+    # English
+    *("complete", "completed", "approve", "approved", "done", "yes", "yep", "yeah", "yup", "ok", "okay"),
+    *("lgtm", "accept", "accepted", "agree", "agreed", "confirm", "confirmed", "go ahead", "go for it"),
+    *("ship it", "proceed", "sure", "of course", "absolutely", "fine", "fine by me", "fine with me"),
+    *("looks good", "looks good to me", "look good", "sounds good", "all good", "good to go", "looks fine"),
+    *("looks fine to me", "seems fine", "sounds fine", "nothing against it"),
+    *("works for me", "all set", "authorised", "authorized", "granted", "approval granted", "affirmative"),
+    *("no problem", "no problems", "not a problem", "no objection", "no objections", "no issue"),
+    *("no issues", "no concerns", "no worries", "no complaints"),
+    *("+1", "\N{THUMBS UP SIGN}", "\N{WHITE HEAVY CHECK MARK}", "\N{HEAVY CHECK MARK}"),
+    *("\N{BALLOT BOX WITH CHECK}", "\N{OK HAND SIGN}"),
+    # German
+    *("ja", "jawohl", "genehmigt", "genehmige", "freigegeben", "erledigt", "akzeptiert", "akzeptiere"),
+    *("einverstanden", "bestätigt", "bestätige", "passt", "in ordnung", "alles klar", "gerne", "geht klar"),
+    *("kein problem", "keine probleme", "keine einwände", "keine bedenken", "nichts dagegen"),
+    # French
+    *("oui", "approuvé", "approuvée", "j'approuve", "validé", "validée", "je valide", "accepté", "acceptée"),
+    *("j'accepte", "d'accord", "je suis d'accord", "c'est bon", "c'est ok", "ça marche", "ça me va"),
+    *("parfait", "fait", "bon pour moi", "je confirme", "confirmé", "allez-y", "feu vert", "bien sûr"),
+    *("pas de problème", "aucun problème", "aucune objection", "pas d'objection", "sans problème"),
+    # Spanish
+    *("sí", "si", "aprobado", "aprobada", "apruebo", "de acuerdo", "estoy de acuerdo", "adelante", "hecho"),
+    *("listo", "conforme", "claro", "por supuesto", "confirmado", "acepto", "aceptado", "perfecto"),
+    *("sin problema", "sin problemas", "ningún problema", "no hay problema", "sin objeciones"),
+    *("ninguna objeción",),
+    # Italian
+    *("sì", "approvato", "approvata", "approvo", "va bene", "d'accordo", "fatto", "confermo", "confermato"),
+    *("procedi", "procedete", "accetto", "accettato", "certo", "perfetto", "nessun problema"),
+    *("nessuna obiezione",),
+    # Portuguese
+    *("sim", "aprovado", "aprovada", "aprovo", "de acordo", "pode seguir", "pode avançar", "feito"),
+    *("concluído", "aceito", "sem problema", "sem problemas", "nenhum problema", "sem objeções"),
+    *("não há problema",),
+    # Dutch
+    *("akkoord", "accoord", "goedgekeurd", "gedaan", "prima", "oké", "klaar", "in orde", "bevestigd"),
+    *("ga je gang", "ga maar door", "geen probleem", "geen bezwaar", "geen bezwaren"),
+    # Swedish, Danish, Norwegian
+    *("godkänd", "godkänt", "godkänner", "godkänns", "okej", "klart", "det går bra", "går bra"),
+    *("inga problem", "inget problem", "inga invändningar", "bekräftat"),
+    *("godkendt", "godkender", "fint", "det er fint", "helt fint", "intet problem", "ingen problemer"),
+    *("ingen indvendinger", "bekræftet"),
+    *("godkjent", "godkjenner", "greit", "det er greit", "ikke noe problem", "ingen problem"),
+    *("ingen innvendinger", "bekreftet", "kjør på"),
+    # Polish
+    *("tak", "zatwierdzam", "zatwierdzone", "zatwierdzony", "akceptuję", "akceptuje", "zaakceptowane"),
+    *("zgoda", "zgadzam się", "w porządku", "gotowe", "potwierdzam", "jasne", "oczywiście"),
+    *("bez problemu", "nie ma problemu", "brak zastrzeżeń", "bez zastrzeżeń"),
+    # Russian
+    *("да", "согласовано", "согласен", "согласна", "согласны", "одобрено", "одобряю", "утверждаю"),
+    *("утверждено", "принято", "готово", "ок", "хорошо", "подтверждаю", "конечно", "выполнено"),
+    *("без проблем", "нет проблем", "нет возражений", "возражений нет"),
+    # Finnish
+    *("kyllä", "hyväksytty", "hyväksyn", "selvä", "valmis", "sopii", "vahvistettu", "ei ongelmaa"),
+    *("ei ongelmia", "ei vastalauseita"),
+    # Turkish
+    *("evet", "onaylandı", "onaylıyorum", "onayladım", "tamam", "kabul", "kabul ediyorum", "sorun yok"),
+    *("itirazım yok",),
+    # Japanese
+    *("はい", "承認", "承認します", "承認しました", "承認いたします", "承認です", "了解", "了解です"),
+    *("了解しました", "承知しました", "完了", "完了しました", "完了です", "okです", "問題ありません"),
+    *("問題ないです", "問題なし", "異議なし", "異論ありません", "大丈夫です", "進めてください"),
+    # Chinese
+    *("是的", "好", "好的", "同意", "我同意", "同意了", "批准", "已批准", "通过", "通過", "可以"),
+    *("完成", "已完成", "确认", "確認", "没问题", "沒問題", "没有问题", "無異議", "无异议"),
+    # Korean
+    *("네", "예", "승인", "승인합니다", "승인했습니다", "좋습니다", "확인했습니다", "완료했습니다"),
+    *("문제 없습니다", "문제없습니다"),
+)
+
+#: Words or phrases that, where a sentence starts, fail the task.
+DEFAULT_FAIL_WORDS: tuple[str, ...] = (
+    # English
+    *("fail", "failed", "reject", "rejected", "no", "nope", "nah", "deny", "denied", "decline"),
+    *("declined", "abort", "refuse", "refused", "disapprove", "disapproved", "veto", "vetoed", "no way"),
+    *("no go", "\N{THUMBS DOWN SIGN}", "\N{CROSS MARK}", "\N{HEAVY MULTIPLICATION X}", "\N{NO ENTRY}"),
+    *("\N{NO ENTRY SIGN}",),
+    # German
+    *("nein", "abgelehnt", "ablehnen", "lehne ab", "abgewiesen", "verweigert", "auf keinen fall"),
+    # French
+    *("non", "refusé", "refusée", "je refuse", "rejeté", "rejetée", "je rejette", "pas d'accord"),
+    *("je ne suis pas d'accord", "hors de question"),
+    # Spanish
+    *("rechazar", "rechazado", "rechazada", "rechazo", "denegado", "denegada", "no estoy de acuerdo"),
+    *("de ninguna manera",),
+    # Italian
+    *("rifiutato", "rifiutata", "rifiuto", "respinto", "respinta"),
+    # Portuguese
+    *("não", "rejeitado", "rejeitada", "recusado", "recusada", "reprovado", "reprovada"),
+    # Dutch
+    *("nee", "afgewezen", "afgekeurd"),
+    # Swedish, Danish, Norwegian
+    *("nej", "avslås", "avslaget", "avslagen", "avvisad", "avvisat", "nekad", "nekas"),
+    *("afvist", "afviser", "nei", "avvist", "avviser", "avslått"),
+    # Polish
+    *("nie", "odrzucam", "odrzucone", "odrzucony", "odmawiam"),
+    # Russian
+    *("нет", "отклонено", "отклоняю", "отказано", "отказываю"),
+    # Finnish
+    *("ei", "hylätty", "hylkään", "en hyväksy"),
+    # Turkish
+    *("hayır", "reddedildi", "reddediyorum", "kabul etmiyorum", "onaylamıyorum"),
+    # Japanese
+    *("いいえ", "却下", "却下します", "却下いたします", "承認しません", "承認できません", "否認"),
+    *("否認します", "不可", "差し戻します", "拒否", "拒否します"),
+    # Chinese
+    *("不", "不同意", "我不同意", "不批准", "拒绝", "拒絕", "驳回", "駁回", "不行", "不可以", "否决", "否決"),
+    # Korean
+    *("아니요", "아니오", "거절", "거절합니다", "반려", "반려합니다", "승인하지 않습니다"),
+)
+
+#: Decision words that also mean something else ("no changes", Polish "ja" = "I", Spanish
+#: "si" = "if", Danish "tak" = "thanks", Italian "nei" = "in the"): they decide only alone
+#: in their clause, before a word of ``POLITE_WORDS``, or before another decision.
+STANDALONE_ONLY: frozenset[str] = frozenset(
+    {"no", "non", "nie", "ne", "nei", "ei", "нет", "não", "nao", "ja", "si", "tak", "不", "好", "예"}
+)
+
+#: Words after a standalone decision word that keep it one: "No thanks", "Non merci".
+POLITE_WORDS: frozenset[str] = frozenset(
+    """thanks thank thx sorry please way go danke bitte merci gracias grazie obrigado obrigada bedankt dank
+    tack takk tak dziękuję dzięki спасибо kiitos teşekkürler""".split()
+)
+
+#: Bare yes and no, more acknowledgments than decisions: they decide only when nothing
+#: in the reply defers the decision ("OK, I'll check tomorrow" and "No, let me check
+#: first" decide nothing; "OK" and "No" alone do).
+WEAK_WORDS: frozenset[str] = frozenset(
+    """ok okay okej oké ок окей sure fine alright yes yeah yep yup ja oui sí si sì sim tak да kyllä evet
+    tamam はい 好 好的 네 예 了解 了解です 了解しました 承知しました d'accord va bene de acuerdo
+    alles klar klar no nope nah nein non nee nej nei nie нет não ei いいえ 不 아니요 hayır""".split()
+)
+
+#: How a clause puts the decision off ("let me check", "I'll look tomorrow", "je regarde").
+DEFERRALS: tuple[str, ...] = (
+    *("check", "review", "look", "verify", "think", "discuss", "talk", "get back", "let me see"),
+    *("let's wait", "let us wait", "let me ask", "let me confirm"),
+    *("come back", "wait", "hold on", "hold off", "give me", "checking", "looking", "reviewing", "need to"),
+    *("have to", "must check", "later", "tomorrow", "will check", "will look", "will review", "have a look"),
+    *("take a look", "look into", "next week", "first"),
+    *("ich schaue", "schaue", "ich prüfe", "prüfe", "ich melde mich", "melde mich", "warte", "morgen"),
+    *("später", "je regarde", "regarde", "je vérifie", "vérifie", "je reviens", "reviens", "attends"),
+    *("plus tard", "demain", "lo reviso", "reviso", "lo miro", "miro", "espera", "mañana", "luego"),
+    *("más tarde", "controllo", "verifico", "guardo", "ne parliamo", "domani", "dopo", "vou verificar"),
+    *("vou ver", "amanhã", "depois", "ik kijk", "kijk", "ik kom terug", "kom terug", "jag återkommer"),
+    *("återkommer", "jag kollar", "kollar", "imorgon", "jeg vender tilbage", "vender tilbage"),
+    *("jeg kigger", "kigger", "i morgen", "jeg ser på", "ser på", "kommer tilbake", "sprawdzę", "zobaczę"),
+    *("wrócę", "jutro", "później", "посмотрю", "проверю", "вернусь", "завтра", "позже", "tarkistan"),
+    *("katson", "palaan", "huomenna", "bakacağım", "yarın", "kontrol edeceğim", "確認します"),
+    *("明日確認します", "検討します", "後で確認します", "我看一下", "我明天再看", "稍后", "我再看看"),
+    *("我确认一下", "확인하겠습니다", "내일", "검토하겠습니다"),
+)
+
+#: "But" in many languages: a new clause starts after it ("out tomorrow but approved").
+#: Not "and": "not tested and approved" leaves the reach of "not" unclear.
+CONTRASTS: tuple[str, ...] = (
+    *("but", "however", "aber", "jedoch", "doch", "mais", "pero", "ma", "però", "mas", "porém", "maar"),
+    *("men", "ale", "но", "однако", "mutta", "ama", "fakat", "ancak", "하지만"),
+)
+#: The same, written before the next word without a space (Chinese).
+CJK_CONTRASTS: tuple[str, ...] = ("但是", "但", "不过", "不過", "可是")
+
+#: Words that turn the decision after them around: "not approved", "nicht genehmigt".
+NEGATORS: tuple[str, ...] = (
+    *("not", "don't", "dont", "do not", "doesn't", "does not", "didn't", "did not", "can't", "cant"),
+    *("cannot", "can not", "couldn't", "could not", "won't", "will not", "wouldn't", "would not"),
+    *("shouldn't", "should not", "isn't", "is not", "aren't", "are not", "wasn't", "was not", "never"),
+    *("no", "nicht", "kein", "keine", "nie", "niemals", "pas", "ne", "non", "niet", "geen", "inte", "ej"),
+    *("ikke", "не", "não", "nao", "ei"),
+)
+
+#: Decision words whose negation is doubt, not a refusal: "not sure", "not done yet".
+HEDGES: frozenset[str] = frozenset(
+    """sure done complete completed finished ready yet fertig erledigt sûr fait seguro hecho listo sicuro
+    fatto klaar gedaan klart valmis готово""".split()
+)
+
+#: Words that may come before the decision without changing it: greetings, "I", "this is",
+#: "so", "please" (at most a few of them are skipped).
+LEADING_WORDS: tuple[str, ...] = (
+    # English
+    *("i", "we", "i'm", "im", "we're", "i am", "we are", "it's", "it is", "this is", "that's", "that is"),
+    *("this", "that", "it", "so", "and", "but", "then", "also", "well", "please", "hereby", "i'll"),
+    *("i will", "we'll", "we will", "i'd say", "i would say", "i think", "i guess", "for me"),
+    *("from my side", "from our side", "all", "hi", "hello", "hey", "thanks", "thank you", "totally"),
+    *("fully", "definitely", "certainly", "happily", "gladly", "actually", "oh", "hmm", "sorry", "um"),
+    # German
+    *("ich", "wir", "ich bin", "wir sind", "das ist", "es ist", "ist", "also", "dann", "und", "aber"),
+    *("bitte", "hiermit", "von mir", "von meiner seite", "hallo", "danke", "für mich", "ja"),
+    # French
+    *("je", "nous", "je suis", "nous sommes", "c'est", "et", "mais", "alors", "donc", "svp", "merci"),
+    *("bonjour", "pour moi", "de mon côté"),
+    # Spanish, Italian, Portuguese
+    *("yo", "estoy", "estamos", "está", "es", "y", "pero", "entonces", "pues", "por favor", "gracias"),
+    *("hola", "por mi parte", "para mí", "si", "io", "sono", "è", "e", "ma", "allora", "quindi"),
+    *("per favore", "grazie", "ciao", "per me", "eu", "estou", "é", "mas", "então", "obrigado"),
+    *("obrigada", "olá", "para mim", "da minha parte"),
+    # Dutch, Scandinavian
+    *("ik", "wij", "ik ben", "het is", "dat is", "is", "en", "maar", "dan", "dus", "graag", "bedankt"),
+    *("voor mij", "van mijn kant", "jag", "vi", "det är", "är", "och", "men", "så", "tack", "hej"),
+    *("för mig", "jeg", "det er", "er", "og", "takk", "hei", "for meg", "for mig"),
+    # Polish, Russian, Finnish, Turkish
+    *("my", "to jest", "jest", "ale", "więc", "proszę", "dziękuję", "dzięki", "cześć", "dla mnie"),
+    *("z mojej strony", "tak", "я", "мы", "это", "и", "но", "так", "тогда", "пожалуйста", "спасибо"),
+    *("здравствуйте", "привет", "для меня", "с моей стороны", "minä", "me", "se on", "on", "ja"),
+    *("mutta", "joten", "kiitos", "minulle", "ben", "biz", "bu", "ve", "ama", "lütfen", "teşekkürler"),
+    *("merhaba", "benim için"),
+)
+
+#: Verbs of reply attribution lines ("On … Bob wrote:"), in the forms clients write them.
+ATTRIBUTION_VERBS: tuple[str, ...] = (
+    *("wrote", "writes", "schrieb", "hat geschrieben", "a écrit", "escribió", "escribio", "ha scritto"),
+    *("scrisse", "schreef", "heeft geschreven", "escreveu", "skrev", "napisał", "napisała", "napisał(a)"),
+    *(
+        "napisana",
+        "pisze",
+        "geschreven",
+        "napsal",
+        "napsala",
+        "napsal(a)",
+        "пишет",
+        "написал",
+        "написала",
+        "написал(а)",
+        "kirjoitti",
+    ),
+    *("yazdı", "写道", "寫道", "書きました", "のメッセージ", "のメール", "작성", "쓴 글", "írta"),
+)
+
+#: Words that open a reply attribution, so a wrapped one is recognised from its first line.
+ATTRIBUTION_INTROS: tuple[str, ...] = (
+    *("on", "le", "am", "el", "il", "il giorno", "op", "em", "den", "dne", "w dniu", "в", "在", "på"),
+)
+
+#: Labels of the header block that Outlook and webmails put above the quoted original,
+#: by the field they name.
+HEADER_LABELS: dict[str, tuple[str, ...]] = {
+    "from": (
+        *("from", "von", "de", "van", "da", "från", "fra", "od", "от", "от кого", "lähettäjä", "差出人"),
+        *("送信者", "发件人", "寄件者", "寄件人", "kimden", "보낸 사람", "odesílatel", "feladó", "dari"),
+    ),
+    "date": (
+        *("date", "sent", "datum", "gesendet", "envoyé", "envoyé le", "enviado", "enviado el", "enviada"),
+        *("fecha", "verzonden", "inviato", "data", "skickat", "sendt", "wysłano", "wysłane", "отправлено"),
+        *("дата", "lähetetty", "päivämäärä", "送信日時", "日付", "发送时间", "發送時間", "日期", "寄件日期"),
+        *("时间", "時間", "tarih", "gönderildi", "gönderilme tarihi", "보낸 날짜", "odesláno", "elküldve"),
+    ),
+    "to": (
+        *("to", "an", "à", "a", "para", "aan", "till", "til", "do", "кому", "vastaanottaja", "宛先"),
+        *("收件人", "收件者", "kime", "받는 사람", "komu", "címzett", "per"),
+    ),
+    "cc": ("cc", "kopie", "kopia", "kopi", "копия", "抄送", "副本", "bilgi", "참조", "másolat"),
+    "subject": (
+        *("subject", "betreff", "objet", "asunto", "oggetto", "assunto", "onderwerp", "ämne", "emne"),
+        *("temat", "тема", "aihe", "件名", "主题", "主旨", "konu", "제목", "předmět", "tárgy"),
+    ),
+    "reply-to": (
+        *("reply-to", "reply to", "antwort an", "répondre à", "responder a", "rispondi a"),
+        *("antwoorden aan", "svara till", "odpowiedz do", "ответить"),
+    ),
+}
+
+#: Lines mobile clients and webmails add below the reply instead of a "-- " signature
+#: (regular expressions, matched against a whole line of at most 120 characters).
+MOBILE_SIGNATURES: tuple[str, ...] = (
+    r"sent (?:from|with|via|using) .{1,60}",
+    r"get outlook for (?:ios|android)",
+    r"(?:von|gesendet von) meinem .{1,40}(?: gesendet)?",
+    r"gesendet (?:von|mit) .{1,40}",
+    r"holen sie sich outlook für (?:ios|android)",
+    r"outlook für (?:ios|android) (?:beziehen|herunterladen)",
+    r"envoyé (?:de|depuis|à partir de|avec) .{1,50}",
+    r"télécharger outlook pour (?:ios|android)",
+    r"enviado (?:desde|do|com|con|a partir de) .{1,50}",
+    r"obtener outlook para (?:ios|android)",
+    r"obter o outlook para (?:ios|android)",
+    r"inviato (?:da|dal|dal mio|con) .{1,50}",
+    r"scarica outlook per (?:ios|android)",
+    r"(?:verzonden|verstuurd) (?:vanaf|van|met) .{1,50}",
+    r"outlook voor (?:ios|android) downloaden",
+    r"skickat från .{1,50}",
+    r"hämta outlook för (?:ios|android)",
+    r"sendt fra .{1,50}",
+    r"hent outlook (?:til|for) (?:ios|android)",
+    r"wysłane (?:z|ze|przy użyciu) .{1,50}",
+    r"pobierz (?:aplikację )?outlook dla (?:systemu )?(?:ios|android)",
+    r"отправлено (?:с|из|со) .{1,50}",
+    r"получите outlook для (?:ios|android)",
+    r"lähetetty .{1,50}",
+    r"odesláno z .{1,50}",
+    r".{1,40}(?:'|’)?(?:dan|den|tan|ten) gönderildi",
+    r".{1,30}から送信",
+    r"(?:ios|android) 用 outlook を入手",
+    r"发自我的.{1,30}",
+    r"發自我的.{1,30}",
+    r"从我的.{1,30}发送",
+    r".{1,30}에서 보냄",
+)
+
+#: How mail gateways' warnings start: a label and a colon ("CAUTION: This email
+#: originated from outside…", "EXTERNAL EMAIL:", "ACHTUNG:", "注意:")…
+BANNER_LABELS: tuple[str, ...] = (
+    *("caution", "warning", "attention", "external", "external email", "external sender", "notice"),
+    *("important", "achtung", "vorsicht", "warnung", "externe e-mail", "hinweis", "avertissement"),
+    *("précaution", "precaución", "atención", "advertencia", "aviso", "correo externo", "attenzione"),
+    *("avviso", "let op", "waarschuwing", "varning", "obs", "advarsel", "uwaga", "ostrzeżenie"),
+    *("внимание", "предупреждение", "внешнее письмо", "注意", "警告", "huomio", "varoitus", "atenção"),
+    *("dikkat", "uyarı", "주의", "경고"),
+)
+
+#: …or a sentence of their own.
+BANNER_SENTENCES: tuple[str, ...] = (
+    *("you don't often get email from", "this email originated", "this message originated"),
+    *("this message came from outside", "this email came from outside", "this email is from an external"),
+    *("this message is from an external", "diese e-mail stammt von außerhalb", "diese nachricht stammt von"),
+    *("ce message provient de l'extérieur", "ce courriel provient de l'extérieur"),
+    *("este correo se originó fuera", "este mensaje se originó fuera", "questa email proviene dall'esterno"),
+    *("deze e-mail is afkomstig van buiten",),
+)
+
+#: Words one of those warnings contains, so a person's own "Caution: …" is not taken for one.
+BANNER_WORDS: tuple[str, ...] = (
+    *("originated", "outside", "external", "extern", "externe", "externa", "externo", "esterno"),
+    *("esterna", "außerhalb", "ausserhalb", "extérieur", "exterieur", "fuera", "buiten", "utanför"),
+    *("udenfor", "utenfor", "spoza", "zewnętrz", "извне", "внешн", "за пределами", "外部", "組織外"),
+    *("组织外", "ulkopuol", "ulkoinen", "fora da", "dışından", "harici", "외부", "ekstern"),
+    *("don't often get email", "do not click", "unless you recognize", "unless you recognise"),
+)
+
+#: Words of a warning's later lines ("Do not click links or open attachments…").
+BANNER_CONTINUATION: tuple[str, ...] = (
+    *BANNER_WORDS,
+    *("click", "links", "attachment", "sender", "content is safe", "liens", "pièces jointes", "enlaces"),
+    *("adjunto", "collegament", "allegat", "anhänge", "anhang", "absender", "bijlage", "bilag", "vedhæft"),
+    *("vedlegg", "załącz", "nadawc", "вложени", "ссылк", "отправител", "リンク", "添付", "链接", "附件"),
+    *("liitte", "linkk", "lähettäj", "anexo", "ekler", "bağlantı", "링크", "첨부", "afsender", "avsender"),
+    *("avsändare", "expéditeur", "remitente", "mittente", "afzender", "remetente", "gönderen"),
+)

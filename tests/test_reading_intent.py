@@ -1,0 +1,310 @@
+"""What a person's own words decide, as a table: the intent grammar of rc_mta.reading.intent.
+
+Each row is a comment (the words left once quotes and signatures are gone) and what it
+decides: "complete", "fail", or None (refused with 550 5.6.0, never guessed).
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from conftest import RcMta
+from mailclient import reply_message, send_smtp
+
+from rc_mta.reading import DEFAULT_COMPLETE_WORDS, DEFAULT_FAIL_WORDS, interpret_action
+
+NEGATION = [
+    # The issue's misreadings: a leading "No" must not win over an approval.
+    ("No problem, approved", "complete"),
+    ("No objections", "complete"),
+    ("No objections from my side.", "complete"),
+    ("No issues, ship it", "complete"),
+    ("Not a problem - go ahead", "complete"),
+    ("Not approved", "fail"),
+    ("Not OK, the numbers are wrong", "fail"),
+    ("I do not approve this", "fail"),
+    ("I can't approve this yet", "fail"),
+    ("We won't proceed", "fail"),
+    ("That's not ok", "fail"),
+    ("Please don't proceed", "fail"),
+    # Negated doubt is no refusal, and a negated refusal is no approval.
+    ("I'm not sure", None),
+    ("Not done yet", None),
+    ("Don't reject it", None),
+    ("No doubt", None),
+    ("not now", None),
+]
+
+PLAIN_ENGLISH = [
+    ("Complete", "complete"),
+    ("COMPLETE.", "complete"),
+    ("Fail", "fail"),
+    ("Approved, go ahead", "complete"),
+    ("I approve", "complete"),
+    ("Looks good to me", "complete"),
+    ("Sure, go ahead", "complete"),
+    ("Fine by me", "complete"),
+    ("This looks fine to me.", "complete"),
+    ("It's fine", "complete"),
+    ("This is approved", "complete"),
+    ("Please proceed", "complete"),
+    ("okay then", "complete"),
+    ("Ship it!", "complete"),
+    ("ship   it", "complete"),
+    ('"Done."', "complete"),
+    ("**LGTM**", "complete"),
+    ("Thanks, looks good", "complete"),
+    ("Good morning, approved", "complete"),
+    ("Hi Bob,\n\nApproved.\n\nThanks,\nAlice", "complete"),
+    ("Nope", "fail"),
+    ("Nah", "fail"),
+    ("No.", "fail"),
+    ("No thanks", "fail"),
+    ("Rejected: numbers are wrong", "fail"),
+    ("- declined -", "fail"),
+    ("Rejected \u2013 budget not signed off yet.\n\nBob", "fail"),
+    ("Rejected because the numbers are not ok", "fail"),
+    ("\N{THUMBS UP SIGN}", "complete"),
+    ("\N{THUMBS UP SIGN}\N{EMOJI MODIFIER FITZPATRICK TYPE-1-2}", "complete"),
+    ("\N{WHITE HEAVY CHECK MARK} Approved", "complete"),
+    ("+1", "complete"),
+    ("\N{CROSS MARK}", "fail"),
+    ("\uff2f\uff2b", "complete"),  # full-width "OK"
+    ("Approuve\u0301", "complete"),  # decomposed accent, as macOS may send it
+]
+
+# Words that also mean something else decide only alone, and what is no decision stays none.
+NOT_DECISIONS = [
+    ("no changes needed", None),
+    ("Let me think about it", None),
+    ("notable changes first", None),
+    ("Okaying this later", None),
+    ("maybe yes", None),
+    ("yesterday was fine", None),
+    ("Good morning", None),
+    ("", None),
+    ("   \n  ", None),
+    ("Si puedes revisar antes", None),  # Spanish "si" = if
+    ("Tak for info", None),  # Danish "tak" = thanks
+    ("Nie wiem", None),  # Polish "I don't know"
+    ("Ja nie wiem", None),
+    ("Non so ancora", None),  # Italian "I don't know yet"
+    ("\u041d\u0435\u0442 \u0432\u0440\u0435\u043c\u0435\u043d\u0438", None),  # Russian "no time"
+]
+
+# A reply holding two readings in the person's own words is refused.
+CONFLICTS = [
+    ("OK to reject", None),
+    ("Yes\nNo", None),
+    ("\n\n  yes\nno", None),
+    ("Yes and no", None),
+    ("No, approved", None),
+    ("Approved. Rejected.", None),
+    ("If the numbers add up, approve. If not, reject.", None),
+    ("Yes, but I don't approve the budget", None),
+    ("Done, thanks. Not approved for prod though.", None),
+    ("Ja nie", None),
+]
+
+# "But" starts a new clause, in any language; "and" does not ("not" may reach past it).
+CONTRASTS = [
+    ("I'm out of office tomorrow but approved.", "complete"),
+    ("Not tested but approved", "complete"),
+    ("Approved but not deployed", "complete"),
+    ("Not tested and approved", None),
+    ("Je suis absente demain mais c'est valid\u00e9.", "complete"),
+    ("Sono fuori ufficio ma approvato.", "complete"),
+    ("\u6211\u5728\u4f11\u5047\uff0c\u4f46\u540c\u610f\u3002", "complete"),  # "on leave, but agreed"
+    ("\ud734\uac00 \uc911\uc774\uc9c0\ub9cc \uc2b9\uc778\ud569\ub2c8\ub2e4.", "complete"),  # Korean -지만
+]
+
+# Questions decide nothing; the answer after one does.
+QUESTIONS = [
+    ("Approved?", None),
+    ("Approved? No.", "fail"),
+    ("\u00bfAprobado?", None),
+    ("Approved. I'm not sure about the date though.", "complete"),
+]
+
+# A bare yes or no next to a clause that puts the decision off decides nothing.
+DEFERRALS = [
+    ("OK, I will check tomorrow", None),
+    ("Sure, let me check first", None),
+    ("OK thanks, will review", None),
+    ("No, let me check first", None),
+    ("D'accord, je regarde demain", None),
+    ("Ja, ich schaue morgen", None),
+    ("Let me check", None),
+    ("OK", "complete"),
+    ("OK, go ahead", "complete"),
+    ("OK. Let me know if anything breaks.", "complete"),
+    ("OK, let's do it", "complete"),
+    ("OK, let me see", None),
+    ("Approved. I will check the deploy tomorrow.", "complete"),
+    ("Rejected, let me know when QA has signed off.", "fail"),
+]
+
+LANGUAGES = [
+    ("Ja, passt.", "complete"),  # German
+    ("Ich bin einverstanden", "complete"),
+    ("Kein Problem, freigegeben", "complete"),
+    ("Nein, bitte noch nicht freigeben.", "fail"),
+    ("Nicht genehmigt", "fail"),
+    ("Ich bin nicht einverstanden", "fail"),
+    ("Oui, c'est bon", "complete"),  # French
+    ("Pas de probl\u00e8me", "complete"),
+    ("Non merci", "fail"),
+    ("Je ne suis pas d'accord", "fail"),
+    ("Pas d'accord", "fail"),
+    ("S\u00ed, aprobado", "complete"),  # Spanish
+    ("Sin problema", "complete"),
+    ("No aprobado", "fail"),
+    ("No estoy de acuerdo", "fail"),
+    ("S\u00ec, va bene", "complete"),  # Italian
+    ("Nessun problema", "complete"),
+    ("Non approvato", "fail"),
+    ("Sim, aprovado", "complete"),  # Portuguese
+    ("N\u00e3o aprovado", "fail"),
+    ("N\u00e3o", "fail"),
+    ("Ja, akkoord", "complete"),  # Dutch
+    ("Geen bezwaar", "complete"),
+    ("Nee, afgekeurd", "fail"),
+    ("Niet akkoord", "fail"),
+    ("Ja, godk\u00e4nd", "complete"),  # Swedish
+    ("Inte godk\u00e4nd", "fail"),
+    ("Nej", "fail"),
+    ("Godkendt", "complete"),  # Danish
+    ("Ikke godkendt", "fail"),
+    ("Godkjent", "complete"),  # Norwegian
+    ("Nei", "fail"),
+    ("Zatwierdzam", "complete"),  # Polish
+    ("Tak", "complete"),
+    ("Nie zgadzam si\u0119", "fail"),
+    ("Ja nie akceptuj\u0119", "fail"),
+    ("\u0421\u043e\u0433\u043b\u0430\u0441\u043e\u0432\u0430\u043d\u043e", "complete"),  # Russian
+    ("\u041d\u0435\u0442, \u043d\u0435 \u0441\u043e\u0433\u043b\u0430\u0441\u043e\u0432\u0430\u043d\u043e", "fail"),
+    ("\u041d\u0435 \u0441\u043e\u0433\u043b\u0430\u0441\u0435\u043d", "fail"),
+    ("Hyv\u00e4ksytty", "complete"),  # Finnish
+    ("Ei", "fail"),
+    ("\u627f\u8a8d\u3057\u307e\u3059\u3002", "complete"),  # Japanese
+    ("\u554f\u984c\u3042\u308a\u307e\u305b\u3093", "complete"),
+    ("\u627f\u8a8d\u3067\u304d\u307e\u305b\u3093\u3002", "fail"),
+    ("\u540c\u610f", "complete"),  # Chinese
+    ("\u6ca1\u95ee\u9898", "complete"),
+    ("\u4e0d\u540c\u610f", "fail"),
+    ("\uc2b9\uc778\ud569\ub2c8\ub2e4", "complete"),  # Korean
+    ("Evet", "complete"),  # Turkish
+    ("Hay\u0131r", "fail"),
+]
+
+TABLE = NEGATION + PLAIN_ENGLISH + NOT_DECISIONS + CONFLICTS + CONTRASTS + QUESTIONS + DEFERRALS + LANGUAGES
+
+
+@pytest.mark.parametrize(("comment", "expected"), TABLE, ids=[repr(comment) for comment, _ in TABLE])
+def test_words_decide(comment: str, expected: str | None) -> None:
+    assert interpret_action(comment, DEFAULT_COMPLETE_WORDS, DEFAULT_FAIL_WORDS) == expected
+
+
+def test_no_reading_in_the_table_is_the_opposite_of_another_rows() -> None:
+    # The table itself must not contradict: the same comment never expects two actions.
+    seen: dict[str, str | None] = {}
+    for comment, expected in TABLE:
+        assert seen.setdefault(comment, expected) == expected, comment
+
+
+def test_longer_phrase_wins_over_shorter_word() -> None:
+    assert interpret_action("no problem, go", ["no problem"], ["no"]) == "complete"
+    assert interpret_action("no", ["no problem"], ["no"]) == "fail"
+
+
+def test_a_word_in_both_lists_decides_nothing() -> None:
+    assert interpret_action("same", ["Same"], ["same"]) is None
+    assert interpret_action("approved. same", ["approved", "same"], ["same"]) is None
+
+
+def test_configured_word_lists_replace_the_defaults_and_ignore_case() -> None:
+    assert interpret_action("Freigegeben.", ["FREIGEGEBEN"], []) == "complete"
+    assert interpret_action("approved", [], ["nicht ok"]) is None
+    assert interpret_action("nicht ok", [], ["nicht ok"]) == "fail"
+    # The grammar still applies to configured words: negation and conflicts.
+    assert interpret_action("nicht freigegeben", ["freigegeben"], ["abgelehnt"]) == "fail"
+    assert interpret_action("freigegeben. abgelehnt.", ["freigegeben"], ["abgelehnt"]) is None
+
+
+def test_default_word_lists_do_not_overlap() -> None:
+    assert not set(DEFAULT_COMPLETE_WORDS) & set(DEFAULT_FAIL_WORDS)
+    assert {"complete", "approved", "ship it", "ja", "oui", "s\u00ed", "no problem"} <= set(DEFAULT_COMPLETE_WORDS)
+    assert {"fail", "rejected", "no", "nope", "nein", "non", "rechazar"} <= set(DEFAULT_FAIL_WORDS)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda n: "no " * (n // 3),
+        lambda n: "ja " * (n // 3),
+        lambda n: "not " * (n // 4),
+        lambda n: "approved, " * (n // 10),
+        lambda n: "i " * (n // 2),
+        lambda n: "?" * n,
+        lambda n: "- " * (n // 2),
+        lambda n: "a" * n,
+    ],
+    ids=["no runs", "ja runs", "not runs", "clauses", "leading words", "question marks", "dashes", "one word"],
+)
+def test_reading_hostile_comments_takes_linear_time(make: object) -> None:
+    assert callable(make)
+
+    def seconds(size: int) -> float:
+        text = make(size)
+        best = float("inf")
+        for _ in range(5):
+            start = time.perf_counter()
+            interpret_action(text, DEFAULT_COMPLETE_WORDS, DEFAULT_FAIL_WORDS)
+            best = min(best, time.perf_counter() - start)
+        return best
+
+    small, large = seconds(8 * 1024), seconds(64 * 1024)
+    assert large < 16 * max(small, 0.005)  # eight times the input; quadratic would be 64
+
+
+# [replies] in the configuration ------------------------------------------------------------
+
+
+def test_configured_words_that_cannot_match_are_a_one_line_error(fresh_rc: RcMta) -> None:
+    fresh_rc.settings["replies"] = {"complete_words": ["freigegeben", "!!!"]}
+    fresh_rc.write_config()
+
+    result = fresh_rc.cli("check-config", check=False)
+
+    assert result.returncode != 0
+    assert "replies.complete_words" in result.stderr
+    assert "'!!!' has no letter, digit or symbol" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_word_configured_as_both_complete_and_fail_is_refused(fresh_rc: RcMta) -> None:
+    fresh_rc.settings["replies"] = {"complete_words": ["OK"], "fail_words": ["ok", "nein"]}
+    fresh_rc.write_config()
+
+    result = fresh_rc.cli("check-config", check=False)
+
+    assert result.returncode != 0
+    assert "'ok' is both a complete word and a fail word" in result.stderr
+
+
+def test_configured_words_replace_the_built_in_ones_in_a_running_rc_mta(fresh_rc: RcMta) -> None:
+    fresh_rc.settings["replies"] = {"complete_words": ["Freigegeben"], "fail_words": ["Abgelehnt"]}
+    fresh_rc.start()
+    outcomes = {}
+    for body in ("Freigegeben, danke.", "Approved", "Nicht freigegeben."):
+        task_id = fresh_rc.add_task()
+        address = fresh_rc.request(task_id)["reply_to"]
+        outcome = send_smtp(fresh_rc.smtp_port, reply_message(address, body), address)
+        outcomes[body] = (outcome.code, fresh_rc.task(task_id)["status"])
+
+    assert outcomes == {
+        "Freigegeben, danke.": (250, "completed"),
+        "Approved": (550, "in_progress"),  # not a configured word any more
+        "Nicht freigegeben.": (250, "failed"),  # the grammar applies to configured words
+    }
