@@ -26,7 +26,7 @@ system-deps:
 	scripts/system-deps.sh
 
 test: $(STAMP) system-deps lint
-	$(BIN)/pytest
+	$(BIN)/pytest --durations=15
 
 clean:
 	rm -rf $(VENV) var build *.egg-info
