@@ -111,6 +111,10 @@ CONFLICTS = [
 CONTRASTS = [
     ("I'm out of office tomorrow but approved.", "complete"),
     ("Not tested but approved", "complete"),
+    # A deferral right after "but" is a condition on the decision: refused, never guessed.
+    ("Looks good, but wait for Bob", None),
+    ("Yes, but let me check first", None),
+    ("Ja, aber warte noch auf Bob", None),
     ("Approved but not deployed", "complete"),
     ("Not tested and approved", None),
     ("Je suis absente demain mais c'est valid\u00e9.", "complete"),

@@ -228,12 +228,15 @@ def _read_clause(words: list[str], vocab: _Vocabulary) -> tuple[_Side, bool]:
     return side, weak
 
 
-def _clauses(comment: str) -> Iterator[str]:
-    """The clauses of every sentence that is not a question."""
+def _clauses(comment: str) -> Iterator[tuple[str, bool]]:
+    """The clauses of every sentence that is not a question, each with whether it opens
+    right after a contrast ("looks good, *but* wait for Bob")."""
     for match in _SENTENCE_RE.finditer(comment):
         if "?" in match.group(2):
             continue
-        yield from _CLAUSE_SPLIT_RE.split(_CONTRAST_RE.sub(",", _DASH_RE.sub(",", match.group(1))))
+        for n, part in enumerate(_CONTRAST_RE.split(_DASH_RE.sub(",", match.group(1)))):
+            for m, clause in enumerate(_CLAUSE_SPLIT_RE.split(part)):
+                yield clause, n > 0 and m == 0
 
 
 def interpret_action(comment: str, complete_words: Sequence[str], fail_words: Sequence[str]) -> str | None:
@@ -243,13 +246,15 @@ def interpret_action(comment: str, complete_words: Sequence[str], fail_words: Se
     strong: set[_Side] = set()
     weak: set[_Side] = set()
     deferred = False
-    for clause in _clauses(normalise(comment[:MAX_COMMENT_CHARS])):
+    for clause, after_contrast in _clauses(normalise(comment[:MAX_COMMENT_CHARS])):
         words = tokens(clause)
         if not words:
             continue
         side, acknowledgment = _read_clause(words, vocab)
         if side is _Side.CONFLICT:
             return None
+        if side is _Side.DEFER and after_contrast:
+            return None  # "looks good, but wait for Bob": a condition on the decision, not one
         if side is _Side.DEFER:
             deferred = True
         elif side in (_Side.COMPLETE, _Side.FAIL):
