@@ -287,14 +287,19 @@ class Pipeline:
             log.exception("sender authentication failed")
             return AuthState(refusal=R.INTERNAL_ERROR)
 
-    async def evaluate(
-        self, parsed: ParsedReply, message_id: str, recipient: Recipient, auth: AuthState, *, acting: bool = False
+    def _judged(
+        self,
+        parsed: ParsedReply,
+        message_id: str,
+        recipient: Recipient,
+        auth: AuthState,
+        reply: SmtpReply,
+        outcome: Outcome,
     ) -> Decision:
-        """Everything short of acting: whose reply, which request, what action, what comment.
-        Refusals are raised; ``decide`` turns them into decisions that keep the verdicts."""
-        base = Decision(
-            R.OK,
-            Outcome.REFUSE,
+        """A decision that carries the verdicts and Authentication-Results gathered so far."""
+        return Decision(
+            reply,
+            outcome,
             recipient,
             recipient.token,
             recipient.request,
@@ -303,6 +308,13 @@ class Pipeline:
             authentication_results=self.sender_auth.authentication_results(auth),
             message_id=message_id,
         )
+
+    async def evaluate(
+        self, parsed: ParsedReply, message_id: str, recipient: Recipient, auth: AuthState, *, acting: bool = False
+    ) -> Decision:
+        """Everything short of acting: whose reply, which request, what action, what comment.
+        Refusals are raised; ``decide`` turns them into decisions that keep the verdicts."""
+        base = self._judged(parsed, message_id, recipient, auth, R.OK, Outcome.REFUSE)
         if parsed.auto_reply:
             reply = R.AUTO_REPLY_DROPPED.with_text(why=parsed.auto_reply)
             return replace(base, reply=reply, outcome=Outcome.DROP, comment="", auto_reply=parsed.auto_reply)
@@ -408,17 +420,7 @@ class Pipeline:
     ) -> Decision:
         """Evaluate (and, if ``act``, act); refusals and trouble become a 5xx or 4xx decision
         that keeps the verdicts and Authentication-Results gathered so far."""
-        refused = Decision(
-            R.INTERNAL_ERROR,
-            Outcome.RETRY,
-            recipient,
-            recipient.token,
-            recipient.request,
-            comment=parsed.comment,
-            checks={name: verdict.as_json() for name, verdict in auth.verdicts.items()},
-            authentication_results=self.sender_auth.authentication_results(auth),
-            message_id=message_id,
-        )
+        refused = self._judged(parsed, message_id, recipient, auth, R.INTERNAL_ERROR, Outcome.RETRY)
         try:
             decision = await self.evaluate(parsed, message_id, recipient, auth, acting=act)
             if not act:
