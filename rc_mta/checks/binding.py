@@ -21,6 +21,8 @@ from email.utils import getaddresses
 
 from rc_mta.tokens import TOKEN_LENGTH
 
+MAX_FIELD_CHARS = 16384
+
 
 class RequestAddresses:
     """Finds our reply addresses and their tokens in header values."""
@@ -40,7 +42,8 @@ class RequestAddresses:
     def tokens_bound_by(self, signed_fields: Iterable[tuple[str, str]]) -> frozenset[str]:
         """The tokens (lower case) a signature covering ``signed_fields`` may act on."""
         fields = list(signed_fields)
-        addressed = [value for name, value in fields if name in ("to", "cc")]
+        # Bounded before the address parser sees it: a real To/Cc list fits in far less.
+        addressed = [value[:MAX_FIELD_CHARS] for name, value in fields if name in ("to", "cc")]
         tokens: set[str] = set()
         bare = False
         for _, address in getaddresses(addressed):
@@ -57,5 +60,5 @@ class RequestAddresses:
         if bare:
             for name, value in fields:
                 if name in ("in-reply-to", "references"):
-                    tokens.update(token.lower() for token in self.tokens_in(value))
+                    tokens.update(token.lower() for token in self.tokens_in(value[:MAX_FIELD_CHARS]))
         return frozenset(tokens)
