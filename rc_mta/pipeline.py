@@ -577,9 +577,16 @@ def _not_ours(decision: Decision, request: Request, outcome: ClaimOutcome, claim
     return replace(decision, reply=busy, outcome=Outcome.RETRY)
 
 
+_MAX_ADDRESS_FIELD = 16384
+
+
 def our_addresses(message: EmailMessage, reply_domain: str) -> list[str]:
-    """The reply addresses of ours a message was sent to, as the delivering server recorded them."""
-    headers = [str(v) for name in ("Delivered-To", "X-Original-To", "To", "Cc") for v in message.get_all(name, [])]
+    """The reply addresses of ours a message was sent to, as the delivering server recorded them.
+
+    Read from the raw, bounded values: the email library's structured address parser is
+    not linear in a hostile To/Cc, and this runs on the event loop."""
+    wanted = {"delivered-to", "x-original-to", "to", "cc"}
+    headers = [str(value)[:_MAX_ADDRESS_FIELD] for name, value in message.raw_items() if str(name).lower() in wanted]
     return [addr for _, addr in getaddresses(headers) if addr.lower().endswith("@" + reply_domain)]
 
 
