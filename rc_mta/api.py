@@ -336,7 +336,12 @@ class _Api:
         path = request.path
         is_api = path == "/v1" or path.startswith("/v1/")
         if not is_api and path != "/openapi.json":
-            return await handler(request)
+            try:
+                return await handler(request)
+            except web.HTTPException as exc:  # GET / and other unknown paths: the same JSON shape
+                if exc.status < 400:
+                    raise
+                return _from_http_exception(exc).response()
         try:
             if is_api:
                 self._authenticate(request)

@@ -28,8 +28,8 @@ from .outbound import SentRequest, Transport, compose, make_transport, reply_add
 from .pipeline import Decision, Inbound, Pipeline
 from .ratelimit import rate_limiter
 from .sender_auth import Client, SenderAuth
-from .store import Request, Store
-from .tasks import TaskBackend, TaskNotFound, make_backend
+from .store import IN_PROGRESS, Request, Store
+from .tasks import TaskBackend, TaskNotFound, TaskNotInProgress, make_backend
 from .tokens import (
     GENERATED_KEY_ID,
     Signer,
@@ -131,6 +131,10 @@ class Service:
             task = await self.backend.get(task_id)
         except TaskNotFound:
             raise RcMtaError(f"no task {task_id}") from None
+        if task.status != IN_PROGRESS:
+            # A reply to it could only be refused, or worse, look answered while its
+            # comment goes nowhere.
+            raise TaskNotInProgress(task)
         address = (owner or task.owner).strip().lower()
         if "@" not in address:
             raise RcMtaError(f"task {task_id} is owned by {address!r}, not an email address: give --owner")
