@@ -24,9 +24,10 @@ from .inbound import Listener, start_listener
 from .inbound.shutdown import FLUSH_SECONDS
 from .logs import install_runtime_controls, sd_notify
 from .mailbox import make_poller
-from .outbound import SentRequest, Transport, compose, make_transport, reply_addresses
+from .outbound import SentRequest, Transport, make_transport, reply_addresses
 from .pipeline import Decision, Inbound, Pipeline
 from .ratelimit import rate_limiter
+from .request_mail import Language, RequestContext, compose
 from .sender_auth import Client, SenderAuth
 from .store import IN_PROGRESS, Request, Store
 from .tasks import TaskBackend, TaskNotFound, TaskNotInProgress, make_backend
@@ -109,10 +110,12 @@ class Service:
     def close(self) -> None:
         self.store.close()
 
-    async def send_request_once(self, task_id: str, owner: str | None = None) -> SentRequest:
+    async def send_request_once(
+        self, task_id: str, owner: str | None = None, language: Language | None = None
+    ) -> SentRequest:
         """For one-shot commands: send, then let go of the backend's connections."""
         try:
-            return await self.send_request(task_id, owner=owner)
+            return await self.send_request(task_id, owner=owner, language=language)
         finally:
             await self.backend.close()
 
@@ -122,11 +125,12 @@ class Service:
         owner: str | None = None,
         title: str | None = None,
         *,
-        context_title: str | None = None,
-        link: str | None = None,
+        context: RequestContext | None = None,
+        language: Language | None = None,
         expires_in: float | None = None,
     ) -> SentRequest:
-        """Record a request for a task and mail it to the owner (one request per owner)."""
+        """Record a request for a task and mail it to the owner (one request per owner), in
+        ``language`` (default: ``[outbound] language``)."""
         try:
             task = await self.backend.get(task_id)
         except TaskNotFound:
@@ -152,7 +156,8 @@ class Service:
         addresses = reply_addresses(self.settings, self.signer, request)
         request = Request(**{**request.__dict__, "message_id": addresses.message_id})
         await asyncio.to_thread(self.store.add_request, request)
-        message = compose(self.settings, request, addresses, now, context_title=context_title, link=link)
+        language = language or self.settings.outbound.language
+        message = compose(self.settings, request, addresses, now, context=context, language=language)
         try:
             path = await self.transport.send(message, request.id)
         except BaseException:

@@ -101,7 +101,7 @@ def cmd_task(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_request(settings: Settings, args: argparse.Namespace) -> int:
     service = Service.open(settings)
     try:
-        sent = asyncio.run(service.send_request_once(args.task_id, owner=args.owner))
+        sent = asyncio.run(service.send_request_once(args.task_id, owner=args.owner, language=args.language))
     finally:
         service.close()
     if args.json:
@@ -477,6 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
     request = commands.add_parser("request", help="mail a completion request for a task")
     request.add_argument("task_id")
     request.add_argument("--owner", help="send to this address instead of the task's owner")
+    request.add_argument("--language", choices=["en", "de", "fr"], help="of the mail (default: [outbound] language)")
     request.add_argument("--json", action="store_true")
     request.set_defaults(run=cmd_request)
 

@@ -184,6 +184,7 @@ class OutboundConfig(Section):
     smtp_username: str = ""
     smtp_password: SecretStr = SecretStr("")
     smtp_timeout: Seconds = 30.0
+    language: Literal["en", "de", "fr"] = "en"  # of request mails; a request may choose its own
 
     @model_validator(mode="after")
     def _one_tls_mode(self) -> OutboundConfig:
