@@ -21,7 +21,7 @@ import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import pytest
@@ -32,7 +32,7 @@ from rc_mta.watchdog import watchdog_interval
 
 WATCHDOG_USEC = 1_000_000  # pings every 0.5 s
 PING_EVERY = WATCHDOG_USEC / 2_000_000
-MAX_LOOP_LAG = 0.5
+MAX_LOOP_LAG = 1.0
 
 
 def get(url: str) -> tuple[int, bytes]:
@@ -123,9 +123,11 @@ def test_a_stuck_loop_stops_the_pings_and_healthz_then_reports_the_lag(fresh_rc:
             assert status == 200
 
             reading.clear()  # the log reader stops reading: the pipe fills up
-            with socket.create_connection(("127.0.0.1", fresh_rc.smtp_port), timeout=5) as client:
+            with ExitStack() as clients:
                 silent = None
                 for _ in range(200):
+                    # Each its own session (a session cap on NOOPs must not end the noise).
+                    client = clients.enter_context(socket.create_connection(("127.0.0.1", fresh_rc.smtp_port), 5))
                     client.sendall(b"NOOP " + b"x" * 500 + b"\r\n")
                     silent = next_state(listener, 4 * PING_EVERY)
                     if silent is None:
