@@ -31,6 +31,7 @@ import secrets
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from collections import Counter
 from collections.abc import Sequence
@@ -198,8 +199,13 @@ async def noop_probe(port: int, stop: asyncio.Event, figures: Figures) -> None:
 
 
 def _healthz(url: str) -> float:
-    with urllib.request.urlopen(url, timeout=30) as response:  # loopback only
-        return float(json.loads(response.read())["loop_lag_seconds"])
+    """The lag /healthz reports, also when it answers 503 because of it."""
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response:  # loopback only
+            body = response.read()
+    except urllib.error.HTTPError as exc:
+        body = exc.read()
+    return float(json.loads(body)["loop_lag_seconds"])
 
 
 async def health_probe(http_port: int, stop: asyncio.Event, figures: Figures) -> None:

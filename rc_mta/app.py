@@ -41,6 +41,7 @@ from .tokens import (
     secret_weakness,
     write_key_file,
 )
+from .watchdog import keep_alive, watchdog_interval
 
 log = logging.getLogger("rc_mta")
 
@@ -204,9 +205,9 @@ class Service:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         install_runtime_controls(loop, self.settings)
-        health = Health()
-        background = [asyncio.create_task(health.watch_loop(), name="loop-lag")]
         inbound, http = self.settings.inbound, self.settings.http
+        health = Health(max_loop_lag=http.max_loop_lag)
+        background = [asyncio.create_task(health.loop_lag.run(), name="loop-lag")]
         # Serving instances count together in a PostgreSQL store; one-shot commands
         # (diagnose) keep the in-memory limiter and never use up a client's allowance.
         limiter = rate_limiter(self.settings.checks.rate_limits.window, self.store)
@@ -234,6 +235,8 @@ class Service:
 
         where = " ".join(f"{listener.protocol}={':'.join(map(str, listener.address))}" for listener in listeners)
         sd_notify("READY=1")  # systemd Type=notify: listeners are bound, the service is up
+        if (every := watchdog_interval()) is not None:  # systemd WatchdogSec=
+            background.append(asyncio.create_task(keep_alive(every), name="watchdog"))
         log.info(
             "rc-mta ready %s http=%s reply_domain=%s backend=%s store=%s mailbox=%s",
             where,

@@ -246,6 +246,8 @@ class HttpConfig(Section):
     # an idle keep-alive connection) is closed; a body not in by body_timeout gets a 408.
     header_timeout: Seconds = 20.0
     body_timeout: Seconds = 10.0
+    # /healthz answers 503 while the event loop ran a timer later than this (worst of 10 s).
+    max_loop_lag: Seconds = 1.0
 
 
 class OAuth2Config(Section):

@@ -16,6 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from . import metrics
 from .config import HttpConfig, parse_host_port
+from .watchdog import LoopLag
 
 
 @dataclass
@@ -24,28 +25,45 @@ class Health:
 
     started: float = field(default_factory=time.time)
     listeners_bound: bool = False
-    loop_lag: float = 0.0
+    # /healthz fails while the loop's worst recent lag is over this ([http] max_loop_lag)
+    max_loop_lag: float = 1.0
+    loop_lag: LoopLag = field(default_factory=LoopLag)
     # name → seconds since the part last proved alive, and how old is too old
     liveness: dict[str, Callable[[], tuple[float, float]]] = field(default_factory=dict)
     # name → coroutine raising on trouble
     readiness: dict[str, Callable[[], Awaitable[object]]] = field(default_factory=dict)
 
-    async def watch_loop(self, interval: float = 1.0) -> None:
-        """Measure how late the loop wakes us: a blocked loop shows up here."""
-        while True:
-            before = time.monotonic()
-            await asyncio.sleep(interval)
-            self.loop_lag = max(0.0, time.monotonic() - before - interval)
-
     def live(self) -> tuple[bool, dict[str, object]]:
-        report: dict[str, object] = {"loop_lag_seconds": round(self.loop_lag, 3)}
-        ok = self.loop_lag < 5.0
+        lag = self.loop_lag.worst()
+        report: dict[str, object] = {"loop_lag_seconds": round(lag, 3)}
+        ok = lag <= self.max_loop_lag
         for name, probe in self.liveness.items():
             age, limit = probe()
             fresh = age <= limit
             report[name] = {"ok": fresh, "age_seconds": round(age, 1), "limit_seconds": limit}
             ok = ok and fresh
         return ok, report
+
+    def problems(self, report: dict[str, object]) -> list[dict[str, str]]:
+        """What ``live`` found wrong, one item per part, as the API's error details."""
+        found = []
+        lag = report["loop_lag_seconds"]
+        if isinstance(lag, float | int) and lag > self.max_loop_lag:
+            found.append(
+                {
+                    "field": "loop_lag_seconds",
+                    "message": f"the event loop ran {lag:g}s late (max_loop_lag is {self.max_loop_lag:g}s)",
+                }
+            )
+        for name, part in report.items():
+            if isinstance(part, dict) and not part.get("ok", True):
+                found.append(
+                    {
+                        "field": name,
+                        "message": f"last alive {part['age_seconds']}s ago (limit {part['limit_seconds']}s)",
+                    }
+                )
+        return found
 
     async def ready(self) -> tuple[bool, dict[str, object]]:
         report: dict[str, object] = {"listeners": self.listeners_bound}
@@ -68,8 +86,13 @@ async def _metrics(request: web.Request) -> web.Response:
 
 
 async def _healthz(request: web.Request) -> web.Response:
-    ok, report = request.app[HEALTH_KEY].live()
-    return web.json_response({"status": "ok" if ok else "failing", **report}, status=200 if ok else 503)
+    """200 with the report; 503 with the report and the API's error shape saying what failed."""
+    health = request.app[HEALTH_KEY]
+    ok, report = health.live()
+    if ok:
+        return web.json_response({"status": "ok", **report})
+    error = {"code": "unavailable", "message": "rc-mta is not healthy", "details": health.problems(report)}
+    return web.json_response({"status": "failing", **report, "error": error}, status=503)
 
 
 async def _readyz(request: web.Request) -> web.Response:

@@ -407,7 +407,7 @@ def sd_notify(state: str) -> bool:
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
             sock.connect(address)
-            sock.sendall(state.encode())
+            sock.send(state.encode(), socket.MSG_DONTWAIT)  # a listener that stopped reading never blocks us
     except OSError as exc:
         log.warning("sd_notify %s to %s failed: %s", state.split("\n", 1)[0], address.lstrip("\0"), exc)
         return False

@@ -20,6 +20,11 @@ BUILD.info({"version": __version__})
 
 CONNECTIONS = Counter("rc_mta_connections", "SMTP/LMTP connections accepted.", ["protocol"], registry=REGISTRY)
 SESSIONS_ACTIVE = Gauge("rc_mta_sessions_active", "SMTP/LMTP sessions open now.", ["protocol"], registry=REGISTRY)
+LOOP_LAG = Gauge(
+    "rc_mta_event_loop_lag_seconds",
+    "Worst lag of the event loop over the last 10 s: how late it ran a timer (/healthz's figure).",
+    registry=REGISTRY,
+)
 MESSAGES_RECEIVED = Counter(
     "rc_mta_messages_received", "Messages received, by how they arrived.", ["source"], registry=REGISTRY
 )

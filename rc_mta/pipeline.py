@@ -221,7 +221,9 @@ class Pipeline:
         """
         if act:
             metrics.MESSAGES_RECEIVED.labels(inbound.source).inc()
-        envelope_sender = inbound.mail_from if inbound.client is not None else _return_path(inbound.raw)
+        envelope_sender = inbound.mail_from
+        if inbound.client is None:  # a mailbox's message: the final server recorded it
+            envelope_sender = _return_path(inbound.raw, self.limits.header_bytes)
         try:
             # Off the loop, in the reading pool: store calls keep their own threads, and when
             # the pool has a queue already this message is answered 451 now instead of waiting.
@@ -590,14 +592,21 @@ def our_addresses(message: EmailMessage, reply_domain: str) -> list[str]:
     return [addr for _, addr in getaddresses(headers) if addr.lower().endswith("@" + reply_domain)]
 
 
-def _return_path(raw: bytes) -> str | None:
-    """The envelope sender the final server recorded; "" for a bounce's <>."""
-    head = raw.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
-    for line in head.splitlines():
-        if line[:12].lower() == b"return-path:":
-            value = line[12:].decode("utf-8", "replace").strip().strip("<>").strip()
-            return value
-    return None
+def _return_path(raw: bytes, header_bytes: int = budget.DEFAULT_LIMITS.header_bytes) -> str | None:
+    """The envelope sender the final server recorded; "" for a bounce's <>.
+
+    Runs on the event loop, on a message of any size (a mailbox's), before the budget is
+    checked: it reads no more than the header may hold (``header_bytes``), with searches
+    over bytes rather than a Python loop over a header of ten thousand lines."""
+    head = raw[:header_bytes]
+    for blank in (b"\r\n\r\n", b"\n\n"):
+        if (end := head.find(blank)) >= 0:
+            head = head[:end]
+    found = (b"\n" + head.lower()).find(b"\nreturn-path:")
+    if found < 0:
+        return None
+    value = head[found + 12 :].split(b"\n", 1)[0]
+    return value.decode("utf-8", "replace").strip().strip("<>").strip()
 
 
 def _synthetic_message_id(raw: bytes) -> str:

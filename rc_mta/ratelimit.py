@@ -8,6 +8,7 @@ in-process counts for a while (logged), never to a refusal of its own making.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import hashlib
 import logging
@@ -47,13 +48,23 @@ class RateLimiter:
             hits.popleft()
         return hits
 
-    def over(self, kind: str, key: str, limit: int) -> bool:
+    async def over(self, kind: str, key: str, limit: int) -> bool:
         """True when ``key`` already used its ``limit`` in the window (0 means no limit)."""
+        return self._over_here(kind, key, limit)
+
+    async def hit(self, kind: str, key: str, limit: int) -> bool:
+        """Count one event; True when that goes over the limit (the event is refused)."""
+        return self._hit_here(kind, key, limit)
+
+    def hit_now(self, kind: str, key: str, limit: int) -> bool:
+        """``hit``, answered at once, for a caller that cannot wait (a connection's greeting)."""
+        return self._hit_here(kind, key, limit)
+
+    def _over_here(self, kind: str, key: str, limit: int) -> bool:
         return limit > 0 and len(self._recent(kind, key)) >= limit
 
-    def hit(self, kind: str, key: str, limit: int) -> bool:
-        """Count one event; True when that goes over the limit (the event is refused)."""
-        if self.over(kind, key, limit):
+    def _hit_here(self, kind: str, key: str, limit: int) -> bool:
+        if self._over_here(kind, key, limit):
             return True
         self._recent(kind, key).append(self._clock())
         return False
@@ -73,14 +84,18 @@ class RateLimiter:
 class SharedRateLimiter(RateLimiter):
     """The same limits, counted in the shared store (one statement per check).
 
-    The checks are synchronous calls on the event loop (a connection's greeting is decided
-    in aiosmtpd's ``connection_made``), so each runs on one worker thread and the loop
-    waits at most ``timeout`` for it. Every event is also counted in memory, as
-    ``RateLimiter`` does: when the store fails or is slow, those counts decide for
-    ``retry_after`` seconds — this instance still limits by itself, it just no longer
-    knows what the others counted. A 5xx for a store fault would bounce good mail, and
-    a 4xx for every client would make a counter outage a mail outage; a limit is a brake
-    on abuse, and the per-instance brake holds meanwhile.
+    The store's answers come from one worker thread (its connection is its own, and the
+    checks keep their order); the event loop never waits for one: ``over`` and ``hit`` are
+    awaited, for at most ``timeout``. The connect stage decides at once (``hit_now``): from
+    this instance's own counts and the store's last word on that client, brought up to
+    date on the worker meanwhile — so N instances hold a connection limit together up to
+    one connection each that slips through before the store's "over" reaches it.
+
+    Every event is also counted in memory, as ``RateLimiter`` does: when the store fails or
+    is slow, those counts decide for ``retry_after`` seconds — this instance still limits
+    by itself, it just no longer knows what the others counted. A 5xx for a store fault
+    would bounce good mail, and a 4xx for every client would make a counter outage a mail
+    outage; a limit is a brake on abuse, and the per-instance brake holds meanwhile.
     """
 
     def __init__(
@@ -90,30 +105,48 @@ class SharedRateLimiter(RateLimiter):
         timeout: float = SHARED_TIMEOUT,
         retry_after: float = SHARED_RETRY_AFTER,
         clock: Callable[[], float] = time.monotonic,
+        max_keys: int = 100_000,
     ) -> None:
-        super().__init__(window, clock)
+        super().__init__(window, clock, max_keys)
         self._counters = counters
         self._timeout = timeout
         self._retry_after = retry_after
         self._worker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="rate-limits")
         self._local_until = float("-inf")
         self._next_prune = clock() + window
+        # (kind, key) the store last said were over their limit (hit_now's view; the worker writes it)
+        self._over_elsewhere: set[tuple[str, str]] = set()
 
-    def over(self, kind: str, key: str, limit: int) -> bool:
+    async def over(self, kind: str, key: str, limit: int) -> bool:
         if limit <= 0:
             return False
-        used = self._shared(lambda: self._counters.count(kind, _stored(key)))
-        return super().over(kind, key, limit) if used is None else used >= limit
+        used = await self._shared(lambda: self._counters.count(kind, _stored(key)))
+        return self._over_here(kind, key, limit) if used is None else used >= limit
 
-    def hit(self, kind: str, key: str, limit: int) -> bool:
+    async def hit(self, kind: str, key: str, limit: int) -> bool:
         if limit <= 0:
             return False
-        counted = self._shared(lambda: self._counters.add(kind, _stored(key), limit))
+        counted = await self._shared(lambda: self._counters.add(kind, _stored(key), limit))
         if counted is None:
-            return super().hit(kind, key, limit)
+            return self._hit_here(kind, key, limit)
         if counted:
             self._recent(kind, key).append(self._clock())
         return not counted
+
+    def hit_now(self, kind: str, key: str, limit: int) -> bool:
+        if limit <= 0:
+            return False
+        if not self._asking_store():
+            return self._hit_here(kind, key, limit)
+        stored, slot = _stored(key), (kind, key)
+        if slot in self._over_elsewhere:
+            # Refused; whether the window has moved on is asked without counting this one.
+            self._learn(slot, lambda: self._counters.count(kind, stored) >= limit)
+            return True
+        if self._hit_here(kind, key, limit):
+            return True
+        self._learn(slot, lambda: not self._counters.add(kind, stored, limit))
+        return False
 
     def record(self, kind: str, key: str) -> None:
         super().record(kind, key)
@@ -129,21 +162,38 @@ class SharedRateLimiter(RateLimiter):
         self._worker.submit(self._quietly, self._counters.close)
         self._worker.shutdown(wait=False)
 
-    def _shared(self, question: Callable[[], T]) -> T | None:
-        """The store's answer, or None when it is unavailable (then the local counts decide)."""
+    def _asking_store(self) -> bool:
+        """False while this instance counts alone; also prunes the store once per window."""
         now = self._clock()
         if now < self._local_until:
-            return None
+            return False
         if now >= self._next_prune:
             self._next_prune = now + self.window
             self._worker.submit(self._quietly, self._counters.prune)
+        return True
+
+    async def _shared(self, question: Callable[[], T]) -> T | None:
+        """The store's answer, or None when it is unavailable (then the local counts decide)."""
+        if not self._asking_store():
+            return None
         try:
-            return self._worker.submit(question).result(timeout=self._timeout)
-        except concurrent.futures.TimeoutError:
+            return await asyncio.wait_for(asyncio.wrap_future(self._worker.submit(question)), self._timeout)
+        except TimeoutError:
             self._fall_back(f"no answer within {self._timeout:g}s")
         except Exception as exc:  # any store trouble: count locally, never refuse for it
             self._fall_back(str(exc))
         return None
+
+    def _learn(self, slot: tuple[str, str], over: Callable[[], bool]) -> None:
+        """Ask the store on the worker whether ``slot`` is over its limit; remember the answer."""
+
+        def ask() -> None:
+            if not over():
+                self._over_elsewhere.discard(slot)
+            elif len(self._over_elsewhere) < self._max_keys:
+                self._over_elsewhere.add(slot)
+
+        self._worker.submit(self._quietly, ask)
 
     def _fall_back(self, why: str) -> None:
         self._local_until = self._clock() + self._retry_after

@@ -145,7 +145,7 @@ class SenderAuth:
     def at_connect(self, peer_ip: str | None) -> SmtpReply | None:
         if not peer_ip or self.is_trusted_relay(peer_ip):
             return None
-        if self.limiter.hit("connections", peer_ip, self.checks.rate_limits.connections_per_ip):
+        if self.limiter.hit_now("connections", peer_ip, self.checks.rate_limits.connections_per_ip):
             return R.RATE_LIMIT_CONNECTIONS.with_text(ip=peer_ip)
         return None
 
@@ -170,14 +170,14 @@ class SenderAuth:
             # the relay itself (which may be exempt). Nothing about it can pass; only what the
             # message itself proves (a DKIM signature bound to the request) can authenticate.
             state.verdicts["client"] = Verdict("none", "the original client's address is unknown")
-        if ip and self.limiter.over("auth_failures", ip, limits.auth_failures_per_ip):
+        if ip and await self.limiter.over("auth_failures", ip, limits.auth_failures_per_ip):
             state.refusal = R.RATE_LIMIT_AUTH_FAILURES.with_text(who=ip)
             return state
         network = _network_of(ip)
-        if network and self.limiter.over("auth_failures_network", network, limits.auth_failures_per_network):
+        if network and await self.limiter.over("auth_failures_network", network, limits.auth_failures_per_network):
             state.refusal = R.RATE_LIMIT_AUTH_FAILURES.with_text(who=network)
             return state
-        if ip and self.limiter.hit("messages", ip, limits.messages_per_ip):
+        if ip and await self.limiter.hit("messages", ip, limits.messages_per_ip):
             state.refusal = R.RATE_LIMIT_MESSAGES.with_text(who=ip)
             return state
 
@@ -204,10 +204,10 @@ class SenderAuth:
         # FROMs would lock a whole domain out.
         if state.authenticated_domain:
             authenticated = state.authenticated_domain
-            if self.limiter.over("auth_failures_domain", authenticated, limits.auth_failures_per_domain):
+            if await self.limiter.over("auth_failures_domain", authenticated, limits.auth_failures_per_domain):
                 state.refusal = R.RATE_LIMIT_AUTH_FAILURES.with_text(who=authenticated)
                 return state
-            if self.limiter.hit("messages_domain", authenticated, limits.messages_per_domain):
+            if await self.limiter.hit("messages_domain", authenticated, limits.messages_per_domain):
                 state.refusal = R.RATE_LIMIT_MESSAGES.with_text(who=authenticated)
                 return state
 

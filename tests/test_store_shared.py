@@ -3,6 +3,7 @@ a message of a polled mailbox, and the rate-limit counters (PostgreSQL only)."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -10,8 +11,10 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
+from conftest import wait_until
 from test_store import store as store  # the same store fixture: SQLite and PostgreSQL
 
+from rc_mta.ratelimit import SharedRateLimiter
 from rc_mta.store import MailboxMessage, SharedCounters, Store
 
 T = TypeVar("T")
@@ -133,3 +136,69 @@ def test_events_leave_the_count_when_their_window_has_passed(counters: Callable[
 
     assert c.count("auth_failures", "192.0.2.1") == 0
     assert c.add("messages", "192.0.2.1", 2)
+
+
+# The limiter on the event loop ------------------------------------------------------------
+
+
+@pytest.fixture
+def locked_counters(pg_url: str) -> Iterator[None]:
+    """The shared counts held by someone else's transaction: every question waits for it."""
+    import psycopg
+
+    with psycopg.connect(pg_url) as holder:
+        holder.execute("LOCK TABLE rate_counts IN ACCESS EXCLUSIVE MODE")
+        yield
+
+
+def test_the_loop_runs_on_while_a_rate_check_waits_for_the_store(
+    counters: Callable[[float], SharedCounters], pg_url: str, locked_counters: None
+) -> None:
+    limiter = SharedRateLimiter(60.0, counters(60.0), timeout=1.0)
+    ran: list[str] = []
+
+    async def other_session() -> None:
+        await asyncio.sleep(0)
+        ran.append("another session")
+
+    async def check() -> bool:
+        other = asyncio.create_task(other_session())
+        refused = await limiter.hit("messages", "192.0.2.1", 2)
+        ran.append("rate check")
+        await other
+        return refused
+
+    try:
+        refused = asyncio.run(check())
+    finally:
+        limiter.close()
+
+    assert ran == ["another session", "rate check"]  # served while the store was asked
+    assert refused is False  # the store did not answer: this instance's own count decides
+
+
+def test_a_connection_is_decided_at_once_and_counted_in_the_store_meanwhile(
+    counters: Callable[[float], SharedCounters], pg_url: str
+) -> None:
+    import psycopg
+
+    other_instance = counters(60.0)
+    limiter = SharedRateLimiter(60.0, counters(60.0), timeout=30.0)
+    try:
+        with psycopg.connect(pg_url) as holder:
+            holder.execute("LOCK TABLE rate_counts IN ACCESS EXCLUSIVE MODE")
+            # The store cannot answer for now: the greeting is decided without it.
+            assert limiter.hit_now("connections", "192.0.2.7", 3) is False
+        wait_until(lambda: other_instance.count("connections", "192.0.2.7") == 1, what="the count to reach the store")
+
+        assert other_instance.add("connections", "192.0.2.7", 3) and other_instance.add("connections", "192.0.2.7", 3)
+        # The limit is reached across instances (this one counted 1 of 3 itself): the next
+        # connection here still slips through, and the store's "over" comes back meanwhile
+        # (``over`` asks on the same worker, after it) ...
+        assert limiter.hit_now("connections", "192.0.2.7", 3) is False
+        assert asyncio.run(limiter.over("connections", "192.0.2.7", 3)) is True
+        # ... so the one after is refused, though this instance counted only 2 itself.
+        assert limiter.hit_now("connections", "192.0.2.7", 3) is True
+    finally:
+        limiter.close()
+    assert other_instance.count("connections", "192.0.2.7") == 3  # refused ones are not counted
