@@ -29,6 +29,8 @@ class Health:
     liveness: dict[str, Callable[[], tuple[float, float]]] = field(default_factory=dict)
     # name → coroutine raising on trouble
     readiness: dict[str, Callable[[], Awaitable[object]]] = field(default_factory=dict)
+    # name → coroutine returning a warning (or None): reported, but ready all the same
+    warnings: dict[str, Callable[[], Awaitable[str | None]]] = field(default_factory=dict)
 
     async def watch_loop(self, interval: float = 1.0) -> None:
         """Measure how late the loop wakes us: a blocked loop shows up here."""
@@ -57,6 +59,16 @@ class Health:
             except Exception as exc:
                 report[name] = f"{type(exc).__name__}: {exc}"
                 ok = False
+        warnings: dict[str, str] = {}
+        for name, warn in self.warnings.items():
+            try:
+                warning = await asyncio.wait_for(warn(), timeout=5)
+            except Exception as exc:
+                warning = f"{type(exc).__name__}: {exc}"
+            if warning:
+                warnings[name] = warning
+        if warnings:
+            report["warnings"] = warnings
         return ok, report
 
 
