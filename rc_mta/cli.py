@@ -117,7 +117,8 @@ def cmd_request(settings: Settings, args: argparse.Namespace) -> int:
         elif sent.delivery.value == "failed":
             print(f"request {sent.request_id} to {sent.to} FAILED: {sent.last_answer}")
         else:
-            print(f"request {sent.request_id} to {sent.to} queued ({sent.last_answer}); rc-mta serve delivers it")
+            why = sent.last_answer or "not tried yet"
+            print(f"request {sent.request_id} to {sent.to} queued ({why}); rc-mta serve delivers it")
         print(f"  complete: {sent.complete_address}\n  fail:     {sent.fail_address}")
     return EXIT_ERROR if sent.delivery.value == "failed" else 0
 

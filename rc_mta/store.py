@@ -486,6 +486,8 @@ class Store:
             values["next_attempt_at"] = next_attempt_at if next_attempt_at is not None else now
         else:
             values["done_at"] = now
+        if state is Delivery.SENT:
+            values["message"] = b""  # the relay has it: the store keeps the record, not the mail
         if path is not None:
             values["path"] = path
         with self._begin() as conn:

@@ -142,6 +142,19 @@ def test_relay_answering_5xx_fails_the_request_visibly_and_tells_the_webhook(fre
         receiver.stop()
 
 
+def test_a_request_the_relay_never_takes_fails_after_the_queue_lifetime(fresh_rc: RcMta) -> None:
+    rc = _with_relay(fresh_rc, free_port())  # no relay there, ever
+    rc.settings["outbound"]["queue_lifetime"] = "2s"
+    rc.start()
+
+    sent = rc.request(rc.add_task())
+
+    assert sent["delivery"] == "deferred"
+    wait_until(lambda: _delivery(rc, sent["request_id"])["state"] == "failed", what="the request failed")
+    answer = _delivery(rc, sent["request_id"])["last_answer"]
+    assert answer.startswith("not delivered within 2s; last: could not send through 127.0.0.1")
+
+
 def test_outbox_delivery_is_the_queue_writing_the_file(fresh_rc: RcMta) -> None:
     fresh_rc.write_config()
     task_id = fresh_rc.add_task()
