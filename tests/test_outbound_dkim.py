@@ -113,3 +113,20 @@ def test_check_config_says_when_no_key_is_published(fresh_rc: RcMta, dns_server:
     line = _dkim_line(rc.cli("check-config", check=False).stdout)
 
     assert line.startswith("✗ outbound dkim: gone._domainkey.good.test has no DKIM key; publish: TXT 'v=DKIM1; k=rsa;")
+
+
+def test_a_key_file_that_is_not_a_key_stops_sending_with_one_line(
+    fresh_rc: RcMta, dns_server: NsdServer, tmp_path: Path
+) -> None:
+    (tmp_path / "dkim.pem").write_text("not a key\n")
+    rc = _signing(fresh_rc, dns_server, free_port(), "sel", "good-sel2048.pem", "rsa-sha256")
+    rc.settings["outbound"]["dkim"]["key_file"] = str(tmp_path / "dkim.pem")
+    rc.write_config()
+
+    result = rc.cli("request", "t-1", check=False)
+
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"rc-mta: error: config key outbound.dkim.key_file: {tmp_path / 'dkim.pem'}: "
+        "not an RSA private key in PEM form (openssl genrsa makes one)\n"
+    )

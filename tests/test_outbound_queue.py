@@ -155,6 +155,20 @@ def test_a_request_the_relay_never_takes_fails_after_the_queue_lifetime(fresh_rc
     assert answer.startswith("not delivered within 2s; last: could not send through 127.0.0.1")
 
 
+def test_a_request_revoked_while_it_waits_is_never_sent(fresh_rc: RcMta) -> None:
+    port = free_port()
+    rc = _with_relay(fresh_rc, port)
+    rc.start()
+    sent = rc.request(rc.add_task())
+    assert sent["delivery"] == "deferred"
+
+    rc.cli("revoke", sent["request_id"])
+    with running_relay(port, PASSWORD) as relay:
+        wait_until(lambda: _delivery(rc, sent["request_id"])["state"] == "failed", what="the revoked request failed")
+        assert relay.received == []
+    assert _delivery(rc, sent["request_id"])["last_answer"] == "revoked before it was sent"
+
+
 def test_outbox_delivery_is_the_queue_writing_the_file(fresh_rc: RcMta) -> None:
     fresh_rc.write_config()
     task_id = fresh_rc.add_task()
