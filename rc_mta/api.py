@@ -19,12 +19,22 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 from aiohttp import web
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from . import __version__
 from .errors import RcMtaError, Refusal, TaskNotFound, TemporaryFailure
 from .pipeline import STALE_CLAIM_SECONDS
+from .request_mail import MAX_DESCRIPTION_CHARS, RequestContext
 from .store import Claim, Delivery, OutboundMail, Request, Task
 
 if TYPE_CHECKING:
@@ -53,6 +63,11 @@ Email = Annotated[
 Text = Annotated[str, StringConstraints(min_length=1, max_length=500, pattern=_NO_CONTROLS)]
 TaskId = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=_NO_CONTROLS)]
 Link = Annotated[str, StringConstraints(max_length=2048, pattern=_LINK)]
+# Paragraphs: line breaks and tabs, but no other control character.
+Description = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=MAX_DESCRIPTION_CHARS, pattern=r"^[^\x00-\x08\x0b-\x1f\x7f-\x9f]+$"),
+]
 
 
 def _whole_number(value: Any) -> Any:
@@ -88,6 +103,14 @@ class RequestCreate(_Body):
     title: Text | None = Field(None, description="The subject; default: the task's title.")
     context_title: Text | None = Field(None, description="Where the task lives (a release, a pipeline).")
     link: Link | None = Field(None, description="An http(s) link to the task, shown in the mail.")
+    requested_by: Text | None = Field(None, description="Who asks for the decision, as the mail shows it.")
+    due: AwareDatetime | None = Field(None, description="When the decision is due (with a time zone).")
+    description: Description | None = Field(
+        None, description="What the task is about: plain text, paragraphs separated by an empty line."
+    )
+    language: Literal["en", "de", "fr"] | None = Field(
+        None, description="The mail's language; default: [outbound] language."
+    )
     expires_in: Seconds | None = Field(
         None, description="Seconds until the reply addresses stop working; default: [signing] request_ttl."
     )
@@ -364,7 +387,12 @@ class _Api:
         path = request.path
         is_api = path == "/v1" or path.startswith("/v1/")
         if not is_api and path != "/openapi.json":
-            return await handler(request)
+            try:
+                return await handler(request)
+            except web.HTTPException as exc:  # GET / and other unknown paths: the same JSON shape
+                if exc.status < 400:
+                    raise
+                return _from_http_exception(exc).response()
         try:
             if is_api:
                 self._authenticate(request)
@@ -424,6 +452,13 @@ class _Api:
                 f"task {task.id}'s title holds a line break or control character: give a title",
                 [ErrorDetail(field="title", message="required: the task's own title is not one line of text")],
             )
+        context = RequestContext(
+            context_title=body.context_title,
+            link=body.link,
+            requested_by=body.requested_by,
+            due=body.due,
+            description=body.description,
+        )
         sent = []
         try:
             for owner in recipients:
@@ -431,8 +466,8 @@ class _Api:
                     task.id,
                     owner,
                     body.title,
-                    context_title=body.context_title,
-                    link=body.link,
+                    context=context,
+                    language=body.language,
                     expires_in=body.expires_in,
                 )
                 stored = await asyncio.to_thread(service.store.get_request, one.request_id)

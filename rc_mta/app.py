@@ -25,13 +25,14 @@ from .inbound import Listener, start_listener
 from .inbound.shutdown import FLUSH_SECONDS
 from .logs import install_runtime_controls, sd_notify
 from .mailbox import make_poller
-from .outbound import SentRequest, Transport, compose, make_transport, reply_addresses, wire_bytes
+from .outbound import SentRequest, Transport, make_transport, reply_addresses, wire_bytes
 from .outbound_queue import OutboundQueue
 from .pipeline import Decision, Inbound, Pipeline
 from .ratelimit import rate_limiter
+from .request_mail import Language, RequestContext, compose
 from .sender_auth import Client, SenderAuth
-from .store import Delivery, Request, Store
-from .tasks import RequestFailureListener, TaskBackend, TaskNotFound, make_backend
+from .store import IN_PROGRESS, Delivery, Request, Store
+from .tasks import RequestFailureListener, TaskBackend, TaskNotFound, TaskNotInProgress, make_backend
 from .tokens import (
     GENERATED_KEY_ID,
     Signer,
@@ -126,10 +127,12 @@ class Service:
     def close(self) -> None:
         self.store.close()
 
-    async def send_request_once(self, task_id: str, owner: str | None = None) -> SentRequest:
+    async def send_request_once(
+        self, task_id: str, owner: str | None = None, language: Language | None = None
+    ) -> SentRequest:
         """For one-shot commands: send, then let go of the backend's connections."""
         try:
-            return await self.send_request(task_id, owner=owner)
+            return await self.send_request(task_id, owner=owner, language=language)
         finally:
             await self.backend.close()
 
@@ -139,15 +142,20 @@ class Service:
         owner: str | None = None,
         title: str | None = None,
         *,
-        context_title: str | None = None,
-        link: str | None = None,
+        context: RequestContext | None = None,
+        language: Language | None = None,
         expires_in: float | None = None,
     ) -> SentRequest:
-        """Record a request for a task and mail it to the owner (one request per owner)."""
+        """Record a request for a task and mail it to the owner (one request per owner), in
+        ``language`` (default: ``[outbound] language``)."""
         try:
             task = await self.backend.get(task_id)
         except TaskNotFound:
             raise RcMtaError(f"no task {task_id}") from None
+        if task.status != IN_PROGRESS:
+            # A reply to it could only be refused, or worse, look answered while its
+            # comment goes nowhere.
+            raise TaskNotInProgress(task)
         address = (owner or task.owner).strip().lower()
         if "@" not in address:
             raise RcMtaError(f"task {task_id} is owned by {address!r}, not an email address: give --owner")
@@ -164,7 +172,8 @@ class Service:
         )
         addresses = reply_addresses(self.settings, self.signer, request)
         request = Request(**{**request.__dict__, "message_id": addresses.message_id})
-        message = wire_bytes(compose(self.settings, request, addresses, now, context_title=context_title, link=link))
+        language = language or self.settings.outbound.language
+        message = wire_bytes(compose(self.settings, request, addresses, now, context=context, language=language))
         if self.dkim is not None:
             message = self.dkim.sign(message)
         # Stored before any attempt to send: from here on the request is not lost.

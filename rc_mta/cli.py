@@ -105,7 +105,7 @@ def cmd_request(settings: Settings, args: argparse.Namespace) -> int:
         raise RcMtaError(f"unexpected argument {args.request_id!r} (to see a request: rc-mta request show ID)")
     service = Service.open(settings)
     try:
-        sent = asyncio.run(service.send_request_once(args.task_id, owner=args.owner))
+        sent = asyncio.run(service.send_request_once(args.task_id, owner=args.owner, language=args.language))
     finally:
         service.close()
     if args.json:
@@ -156,15 +156,25 @@ def cmd_request_show(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_revoke(settings: Settings, args: argparse.Namespace) -> int:
-    import time
+    """Withdraw a request unless it was answered (the API's DELETE does the same)."""
+    from .pipeline import STALE_CLAIM_SECONDS
 
-    service = Service.open(settings)
+    store = Store(settings.store.url, settings.store.busy_timeout)
     try:
-        if not service.store.revoke_request(args.request_id, time.time()):
-            raise RcMtaError(f"no live request {args.request_id}")
+        found = store.find_request(args.request)
+        if found is None:
+            raise RcMtaError(f"no request {args.request} (give the request id or the request mail's Message-ID)")
+        if found.revoked_at is not None:
+            raise RcMtaError(f"request {found.id} was already revoked")
+        if not store.revoke_unanswered_request(found.id, time.time(), STALE_CLAIM_SECONDS):
+            claim = store.get_request_with_claim(found.id)
+            answer = claim[1] if claim else None
+            if answer is not None and answer.done:
+                raise RcMtaError(f"request {found.id} was already answered: {answer.action} by {answer.actor}")
+            raise RcMtaError(f"request {found.id} is being answered right now; try again in a minute")
     finally:
-        service.close()
-    print(f"request {args.request_id} revoked")
+        store.close()
+    print(f"request {found.id} revoked")
     return 0
 
 
@@ -234,15 +244,22 @@ class _Check:
     part: str
     ok: bool
     detail: str
+    warn: bool = False
 
     def __str__(self) -> str:
-        return f"{'✓' if self.ok else '✗'} {self.part}: {self.detail}"
+        mark = "✗" if not self.ok else "!" if self.warn else "✓"
+        return f"{mark} {self.part}: {self.detail}"
+
+
+class _Warning(str):
+    """A probe's answer that works but needs the operator's eye (shown with "!", not a ✗)."""
 
 
 async def _run_check(part: str, probe: Callable[[], Awaitable[str]], timeout: float) -> _Check:
     """Run one probe with a deadline; any exception is a ✗ with its one-line reason."""
     try:
-        return _Check(part, True, await asyncio.wait_for(probe(), timeout))
+        detail = await asyncio.wait_for(probe(), timeout)
+        return _Check(part, True, detail, warn=isinstance(detail, _Warning))
     except TimeoutError:
         return _Check(part, False, f"no answer within {timeout:g}s")
     except Exception as exc:
@@ -267,8 +284,10 @@ async def _check_dns(settings: Settings) -> str:
     started = time.monotonic()
     records = await resolver.resolve(domain, "MX")
     took = (time.monotonic() - started) * 1000
-    found = ", ".join(records) if records else "no MX record (point it at rc-mta or the front MTA)"
-    return f"{servers} answered in {took:.0f} ms: {domain} MX {found}"
+    answered = f"{servers} answered in {took:.0f} ms: {domain} MX"
+    if not records:
+        return _Warning(f"{answered}: none; mail to it won't arrive until an MX points at rc-mta or the front MTA")
+    return f"{answered} {', '.join(records)}"
 
 
 def _check_signing_key(settings: Settings) -> str:
@@ -513,11 +532,12 @@ def build_parser() -> argparse.ArgumentParser:
     request.add_argument("task_id", help="the task (or 'show', followed by a request id)")
     request.add_argument("request_id", nargs="?", help=argparse.SUPPRESS)
     request.add_argument("--owner", help="send to this address instead of the task's owner")
+    request.add_argument("--language", choices=["en", "de", "fr"], help="of the mail (default: [outbound] language)")
     request.add_argument("--json", action="store_true")
     request.set_defaults(run=cmd_request)
 
     revoke = commands.add_parser("revoke", help="withdraw a request: its reply addresses stop working")
-    revoke.add_argument("request_id")
+    revoke.add_argument("request", metavar="REQUEST", help="the request id, or the request mail's Message-ID")
     revoke.set_defaults(run=cmd_revoke)
 
     diagnose = commands.add_parser("diagnose", help="judge a saved reply (.eml) without acting")
@@ -562,7 +582,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        settings = load_settings(args.config)
+        # Only check-config may run on the built-in defaults: it says which file it read.
+        settings = load_settings(args.config, require_file=args.run is not cmd_check_config)
         setup_logging(
             settings.log.level,
             settings.log.format,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -219,6 +220,7 @@ class OutboundConfig(Section):
     smtp_username: str = ""
     smtp_password: SecretStr = SecretStr("")
     smtp_timeout: Seconds = 30.0
+    language: Literal["en", "de", "fr"] = "en"  # of request mails; a request may choose its own
     # The queue: a request is stored first, then delivered; a relay that answers 4xx or
     # cannot be reached is tried again after retry_min, doubling up to retry_max, until
     # queue_lifetime has passed (then the request fails). 5xx fails it at once.
@@ -480,29 +482,67 @@ def config_path(explicit: str | None) -> Path | None:
     return DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.exists() else None
 
 
-def load_settings(explicit_path: str | None = None) -> Settings:
-    """Load and validate; any problem is one ConfigError line naming the key."""
+ENV_PREFIX = "RC_MTA_"
+# RC_MTA_ variables that are not config keys: the file's path, and the test/bench suites'.
+_ENV_NOT_KEYS = frozenset({"RC_MTA_CONFIG"})
+
+
+def load_settings(explicit_path: str | None = None, *, require_file: bool = False) -> Settings:
+    """Load and validate; any problem is one ConfigError line naming the key and where it
+    was set. ``require_file``: a command run away from its config must say so rather than
+    quietly use the defaults (and a database in the wrong directory)."""
     path = config_path(explicit_path)
     if path is not None and not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
+    if path is None and require_file:
+        raise ConfigError(
+            f"no config file: {DEFAULT_CONFIG_PATH} is not in {Path.cwd()}; "
+            "run from the directory that holds it, or give --config FILE (or RC_MTA_CONFIG)"
+        )
+    _check_env_names(os.environ)
     Settings._toml_path = path
     try:
         return Settings()
     except ValidationError as exc:
-        raise ConfigError(_one_line(exc, path)) from None
+        raise ConfigError(_one_line(exc, path, os.environ)) from None
     except (OSError, ValueError) as exc:  # TOML syntax errors are ValueErrors
         raise ConfigError(f"{path}: {exc}") from None
     finally:
         Settings._toml_path = None
 
 
-def _one_line(exc: ValidationError, path: Path | None) -> str:
+def _check_env_names(environ: Mapping[str, str]) -> None:
+    """A misspelt override would be ignored silently (pydantic-settings skips names it
+    doesn't know), and the service would run on a value nobody chose."""
+    sections = set(Settings.model_fields)
+    for name in sorted(environ):
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX) or upper in _ENV_NOT_KEYS:
+            continue
+        rest = upper.removeprefix(ENV_PREFIX).lower()
+        section, nested, _ = rest.partition("__")
+        if nested and section not in sections:
+            raise ConfigError(f"environment variable {name}: no config section {section!r}")
+        if not nested and any(rest.startswith(f"{known}_") for known in sections):
+            known = next(known for known in sections if rest.startswith(f"{known}_"))
+            hint = f"{ENV_PREFIX}{known.upper()}__{rest.removeprefix(known + '_').upper()}"
+            raise ConfigError(f"environment variable {name}: sections and keys are joined by two underscores: {hint}")
+
+
+def _env_name_for(loc: tuple[int | str, ...], environ: Mapping[str, str]) -> str | None:
+    """The environment variable that set the key at ``loc``, if one did."""
+    wanted = ENV_PREFIX + "__".join(str(part) for part in loc).upper()
+    return next((name for name in environ if name.upper() == wanted), None)
+
+
+def _one_line(exc: ValidationError, path: Path | None, environ: Mapping[str, str]) -> str:
     errors = exc.errors()
     first = errors[0]
     key = ".".join(str(part) for part in first["loc"])
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         message = "unknown key"
-    where = f"{path}: " if path else ""
+    env_name = _env_name_for(first["loc"], environ)
+    where = f"environment variable {env_name}: " if env_name else f"{path}: " if path else ""
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
     return f"{where}config key {key}: {message}{more}"

@@ -1,4 +1,5 @@
-"""Compose completion requests and hand them to a transport (outbox directory or SMTP).
+"""A request's signed reply addresses, and the transports that hand its mail on (outbox
+directory or SMTP); ``request_mail`` writes the mail itself.
 
 One request mail carries three signed reply addresses: Complete, Fail (the two mailto
 buttons) and Reply-To (decide from the reply's first words). The decide token also sits
@@ -9,32 +10,20 @@ a metadata block in the body for clients that drop plus-addressing.
 from __future__ import annotations
 
 import asyncio
-import html
 import os
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from email.message import EmailMessage
-from email.utils import format_datetime, formataddr
 from pathlib import Path
 from typing import Protocol
-from urllib.parse import quote
 
 import aiosmtplib
 
 from .config import OutboundConfig, Settings
 from .errors import RcMtaError, TemporaryFailure
-from .reading import METADATA_END, METADATA_START
+from .request_mail import ReplyAddresses
 from .safetext import one_line
 from .store import Delivery, OutboundMail, Request
 from .tokens import Action, Signer
-
-
-@dataclass(frozen=True)
-class ReplyAddresses:
-    complete: str
-    fail: str
-    reply_to: str
-    message_id: str
 
 
 @dataclass(frozen=True)
@@ -78,88 +67,6 @@ def reply_addresses(settings: Settings, signer: Signer, request: Request) -> Rep
         reply_to=reply_to,
         message_id=f"<{inbound.local_part}.{decide_token}@{inbound.reply_domain}>",
     )
-
-
-def _mailto(address: str, subject: str) -> str:
-    # Two empty lines: the cursor lands where the comment goes.
-    return f"mailto:{address}?subject={quote(subject)}&body={quote(chr(10) + chr(10))}"
-
-
-def compose(
-    settings: Settings,
-    request: Request,
-    addresses: ReplyAddresses,
-    now: float,
-    *,
-    context_title: str | None = None,
-    link: str | None = None,
-) -> EmailMessage:
-    # The title may come from a backend: a line break in it would start a header of its own
-    # in the Subject (or a line of our metadata block in the body).
-    title = one_line(request.title)
-    context_title = one_line(context_title) if context_title else None
-    expires = datetime.fromtimestamp(request.expires_at, UTC).strftime("%Y-%m-%d %H:%M UTC")
-    complete_subject = f"Complete: {title}"
-    fail_subject = f"Fail: {title}"
-
-    text = "\n".join(
-        [
-            f"Task {request.task_id} is waiting for you: {title}",
-            *([f"In: {context_title}"] if context_title else []),
-            *([f"Open it: {link}"] if link else []),
-            "",
-            "To complete it, reply to this email starting with the word Complete,",
-            "or write to:",
-            f"  {addresses.complete}",
-            "To fail it, reply starting with the word Fail, or write to:",
-            f"  {addresses.fail}",
-            "Anything else you write becomes the task's comment.",
-            "",
-            f"This request expires at {expires}.",
-            "",
-            METADATA_START,
-            f"Request: {addresses.reply_to}",
-            f"Task: {request.task_id}",
-            METADATA_END,
-            "",
-        ]
-    )
-    button = (
-        '<a href="{href}" style="display:inline-block;padding:10px 22px;margin-right:12px;'
-        'border-radius:4px;color:#ffffff;background:{colour};text-decoration:none;font-weight:bold">{label}</a>'
-    )
-    body_html = f"""<!DOCTYPE html>
-<html><body style="font-family:sans-serif">
-<p>Task <b>{html.escape(request.task_id)}</b> is waiting for you:</p>
-<h2 style="font-size:18px">{html.escape(title)}</h2>
-{f"<p>In: {html.escape(context_title)}</p>" if context_title else ""}
-{f'<p><a href="{html.escape(link)}">Open the task</a></p>' if link else ""}
-<p>
-{button.format(href=html.escape(_mailto(addresses.complete, complete_subject)), colour="#2e7d32", label="Complete")}
-{button.format(href=html.escape(_mailto(addresses.fail, fail_subject)), colour="#c62828", label="Fail")}
-</p>
-<p>Press a button, write a comment if you like, and send. Or simply reply to this email
-starting with <i>Complete</i> or <i>Fail</i>.</p>
-<p style="color:#666;font-size:12px">This request expires at {expires}.</p>
-<pre style="color:#999;font-size:11px">{html.escape(METADATA_START)}
-Request: {html.escape(addresses.reply_to)}
-Task: {html.escape(request.task_id)}
-{html.escape(METADATA_END)}</pre>
-</body></html>
-"""
-    message = EmailMessage()
-    message["From"] = formataddr(("rc-mta", settings.from_address))
-    message["To"] = request.owner
-    message["Reply-To"] = addresses.reply_to
-    message["Subject"] = f"Action needed: {title}"
-    message["Date"] = format_datetime(datetime.fromtimestamp(now, UTC))
-    message["Message-ID"] = addresses.message_id
-    message["Auto-Submitted"] = "auto-generated"
-    message["X-Auto-Response-Suppress"] = "OOF, AutoReply"
-    message["X-RC-MTA-Task"] = request.task_id
-    message.set_content(text)
-    message.add_alternative(body_html, subtype="html")
-    return message
 
 
 @dataclass(frozen=True)

@@ -400,6 +400,23 @@ class Store:
             row = conn.execute(select(requests).where(requests.c.id == request_id)).mappings().first()
         return Request(**row) if row else None
 
+    def find_request(self, reference: str) -> Request | None:
+        """A request by its id or by the Message-ID of its mail (with or without <>): people
+        hold whichever the command or the mail showed them."""
+        reference = reference.strip()
+        message_id = reference if reference.startswith("<") else f"<{reference}>"
+        with self._begin() as conn:
+            row = (
+                conn.execute(
+                    select(requests)
+                    .where((requests.c.id == reference) | (requests.c.message_id == message_id))
+                    .limit(1)
+                )
+                .mappings()
+                .first()
+            )
+        return Request(**row) if row else None
+
     def revoke_request(self, request_id: str, now: float) -> bool:
         with self._begin() as conn:
             return bool(

@@ -2,7 +2,8 @@
 # What the test suite needs from the machine, installed or started only when missing.
 # Debian packages the test suite starts as real servers: NSD (DNS zones for SPF, rDNS,
 # DKIM, DMARC), Postfix (a real front MTA) and Dovecot (IMAP for mailbox mode); promtool
-# and systemd-analyze check the metrics, dashboard and unit; PostgreSQL is started.
+# and systemd-analyze check the metrics, dashboard and unit; Chromium renders the request
+# mail; PostgreSQL is started.
 set -euo pipefail
 need=()
 command -v nsd >/dev/null 2>&1 || [ -x /usr/sbin/nsd ] || need+=(nsd)
@@ -10,6 +11,7 @@ command -v nsd >/dev/null 2>&1 || [ -x /usr/sbin/nsd ] || need+=(nsd)
 [ -x /usr/sbin/dovecot ] || need+=(dovecot-imapd)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)        # promtool checks /metrics and the dashboard
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)    # verifies the unit (not started here)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)          # renders the request mail, light and dark
 if [ "$(id -u)" -ne 0 ]; then
   SUDO=sudo
 else
