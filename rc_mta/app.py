@@ -31,7 +31,7 @@ from .pipeline import Decision, Inbound, Pipeline
 from .ratelimit import rate_limiter
 from .request_mail import Language, RequestContext, compose
 from .sender_auth import Client, SenderAuth
-from .store import IN_PROGRESS, Delivery, Request, Store
+from .store import IN_PROGRESS, Request, Store
 from .tasks import RequestFailureListener, TaskBackend, TaskNotFound, TaskNotInProgress, make_backend
 from .tokens import (
     GENERATED_KEY_ID,
@@ -177,15 +177,13 @@ class Service:
         if self.dkim is not None:
             message = self.dkim.sign(message)
         # Stored before any attempt to send: from here on the request is not lost.
-        await asyncio.to_thread(self.store.add_request_with_mail, request, message, self.settings.from_address, now)
-        self.queue.wake()
-        mail = await self.queue.deliver_now(request.id)
+        mail = await self.queue.submit(request, message, self.settings.from_address)
         log.info(
             "request queued request=%s task=%s to=%s delivery=%s",
             request.id,
             task.id,
             request.owner,
-            mail.state.value if mail else "queued",
+            mail.state.value,
         )
         return SentRequest(
             request.id,
@@ -194,9 +192,9 @@ class Service:
             addresses.reply_to,
             addresses.complete,
             addresses.fail,
-            mail.path if mail else None,
-            mail.state if mail else Delivery.QUEUED,
-            mail.last_answer if mail else None,
+            mail.path,
+            mail.state,
+            mail.last_answer,
         )
 
     async def diagnose(

@@ -19,7 +19,7 @@ from . import metrics
 from .config import OutboundConfig
 from .errors import TemporaryFailure
 from .outbound import Delivered, DeliveryDeferred, DeliveryRefused, Transport
-from .store import Delivery, OutboundMail, Store
+from .store import Delivery, OutboundMail, Request, Store
 
 log = logging.getLogger("rc_mta.outbound")
 
@@ -43,40 +43,30 @@ class OutboundQueue:
         # Long enough for one delivery attempt (bounded below), short enough that a
         # crashed instance's mails are picked up by another within minutes.
         self.lease = max(60.0, 4 * config.smtp_timeout)
-        self._wake: asyncio.Event | None = None
 
     def backoff(self, attempts: int) -> float:
         """Seconds before the next try after ``attempts`` tries: doubling, capped."""
         return float(min(self.config.retry_max, self.config.retry_min * 2 ** min(attempts - 1, 30)))
 
-    def wake(self) -> None:
-        """Something was queued in this process: look now rather than at the next poll."""
-        if self._wake is not None:
-            self._wake.set()
-
-    async def deliver_now(self, request_id: str) -> OutboundMail | None:
-        """Try one mail at once (a request just created): its state after the attempt.
-        If another instance holds it, it is left to that one."""
+    async def submit(self, request: Request, message: bytes, sender: str) -> OutboundMail:
+        """Store a new request with its mail, then try to deliver it at once: its state
+        after that attempt. The row is ours from the start, so no sender loop (ours or
+        another instance's) takes it meanwhile; should we die, the lease hands it on."""
         now = time.time()
-        taken = await asyncio.to_thread(self.store.claim_outbound, self.holder, now, self.lease, 1, request_id)
-        for mail in taken:
-            await self._deliver(mail)
-        return await asyncio.to_thread(self.store.get_outbound, request_id)
+        mail = await asyncio.to_thread(
+            self.store.add_request_with_mail, request, message, sender, now, self.holder, self.lease
+        )
+        await self._deliver(mail)
+        return await asyncio.to_thread(self.store.get_outbound, request.id) or mail
 
     async def run(self) -> None:
-        """The sender loop: every ``queue_poll_interval`` (or when woken), deliver what is due."""
-        self._wake = asyncio.Event()
+        """The sender loop: every ``queue_poll_interval``, deliver what is due."""
         while True:
             try:
                 await self.round()
             except TemporaryFailure as exc:
                 log.warning("outbound queue: %s; trying again in %gs", exc, self.config.queue_poll_interval)
-            try:
-                async with asyncio.timeout(self.config.queue_poll_interval):
-                    await self._wake.wait()
-            except TimeoutError:
-                pass
-            self._wake.clear()
+            await asyncio.sleep(self.config.queue_poll_interval)
 
     async def round(self) -> None:
         """Deliver every mail due now (in batches), then publish the queue's counts."""

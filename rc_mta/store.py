@@ -429,30 +429,33 @@ class Store:
 
     # Outbound queue: a request mail is stored with its request, then delivered ---------
 
-    def add_request_with_mail(self, request: Request, message: bytes, sender: str, now: float) -> None:
-        """Record a request and its mail in one transaction: from here on it is not lost."""
+    def add_request_with_mail(
+        self, request: Request, message: bytes, sender: str, now: float, holder: str, lease: float
+    ) -> OutboundMail:
+        """Record a request and its mail in one transaction: from here on it is not lost.
+        ``holder`` holds it for its first delivery attempt (others take it after ``lease``)."""
+        row: dict[str, Any] = {
+            "request_id": request.id,
+            "message": message,
+            "sender": sender,
+            "recipient": request.owner,
+            "state": Delivery.QUEUED.value,
+            "attempts": 0,
+            "created_at": now,
+            "next_attempt_at": now,
+            "last_answer": None,
+            "done_at": None,
+            "path": None,
+        }
         with self._begin() as conn:
             conn.execute(insert(requests).values(**request.__dict__))
-            conn.execute(
-                insert(outbound_queue).values(
-                    request_id=request.id,
-                    message=message,
-                    sender=sender,
-                    recipient=request.owner,
-                    state=Delivery.QUEUED.value,
-                    attempts=0,
-                    created_at=now,
-                    next_attempt_at=now,
-                )
-            )
+            conn.execute(insert(outbound_queue).values(**row, holder=holder, lease_until=now + lease))
+        return _outbound_mail(row)
 
-    def claim_outbound(
-        self, holder: str, now: float, lease: float, limit: int, request_id: str | None = None
-    ) -> list[OutboundMail]:
-        """Take up to ``limit`` mails that are due (or ``request_id`` alone, if due) for
-        ``holder`` until ``now + lease``. Each row is taken by a conditional UPDATE, so of
-        two instances asking at once only one gets it; a holder that died loses it when its
-        lease runs out."""
+    def claim_outbound(self, holder: str, now: float, lease: float, limit: int) -> list[OutboundMail]:
+        """Take up to ``limit`` mails that are due for ``holder`` until ``now + lease``. Each
+        row is taken by a conditional UPDATE, so of two instances asking at once only one
+        gets it; a holder that died loses it when its lease runs out."""
         q = outbound_queue.c
         due = (
             q.state.in_([Delivery.QUEUED.value, Delivery.DEFERRED.value]),
@@ -461,8 +464,6 @@ class Store:
         )
         with self._begin() as conn:
             wanted = select(q.request_id).where(*due).order_by(q.next_attempt_at).limit(limit)
-            if request_id is not None:
-                wanted = wanted.where(q.request_id == request_id)
             candidates = list(conn.execute(wanted).scalars())
         taken: list[OutboundMail] = []
         for candidate in candidates:

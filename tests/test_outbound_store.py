@@ -15,13 +15,24 @@ from rc_mta.tokens import new_request_id
 
 def _queued(store: Store, now: float) -> Request:
     request = Request(new_request_id(), "t-1", "alice@example.com", "t", now, now + 3600, None, None)
-    store.add_request_with_mail(request, b"Subject: hi\r\n\r\nbody\r\n", "rc-mta@reply.test", now)
+    # Held by its creator for a moment (its first attempt), as the service does.
+    store.add_request_with_mail(request, b"Subject: hi\r\n\r\nbody\r\n", "rc-mta@reply.test", now, "creator", 1)
     return request
 
 
-def test_racing_senders_take_a_queued_mail_once(store: Store) -> None:
+def test_a_new_mail_is_its_creators_until_the_first_attempt_lease_ends(store: Store) -> None:
     now = time.time()
     request = _queued(store, now)
+
+    assert store.claim_outbound("loop", now, 60, 10) == []
+    [mail] = store.claim_outbound("loop", now + 2, 60, 10)
+    assert mail.request_id == request.id and mail.state is Delivery.QUEUED
+
+
+def test_racing_senders_take_a_queued_mail_once(store: Store) -> None:
+    start = time.time()
+    request = _queued(store, start)
+    now = start + 2
     taken: list[str] = []
     barrier = threading.Barrier(6)
 
@@ -40,8 +51,8 @@ def test_racing_senders_take_a_queued_mail_once(store: Store) -> None:
 
 
 def test_a_mail_held_by_a_sender_that_died_is_taken_after_its_lease(store: Store) -> None:
-    now = time.time()
-    request = _queued(store, now)
+    now = time.time() + 2
+    request = _queued(store, now - 2)
     [mail] = store.claim_outbound("dead", now, 60, 10)
 
     assert store.claim_outbound("alive", now + 59, 60, 10) == []
@@ -56,14 +67,16 @@ def test_a_mail_held_by_a_sender_that_died_is_taken_after_its_lease(store: Store
 
 
 def test_a_deferred_mail_waits_for_its_next_attempt_and_sent_is_never_taken_again(store: Store) -> None:
-    now = time.time()
-    request = _queued(store, now)
-    store.claim_outbound("s", now, 60, 10)
-    assert store.settle_outbound(request.id, "s", Delivery.DEFERRED, "451 4.3.0 later", now, next_attempt_at=now + 30)
+    created = time.time()
+    request = _queued(store, created)
+    now = created + 2
+    assert store.settle_outbound(
+        request.id, "creator", Delivery.DEFERRED, "451 4.3.0 later", now, next_attempt_at=now + 30
+    )
 
     assert store.claim_outbound("s", now + 29, 60, 10) == []
     summary = store.outbound_summary()
-    assert summary.counts[Delivery.DEFERRED] == 1 and summary.oldest_pending_at == now
+    assert summary.counts[Delivery.DEFERRED] == 1 and summary.oldest_pending_at == created
     [mail] = store.claim_outbound("s", now + 31, 60, 10)
     assert mail.attempts == 1
     assert store.settle_outbound(request.id, "s", Delivery.SENT, "250 OK", now + 31)
