@@ -35,7 +35,7 @@ from . import __version__
 from .errors import RcMtaError, Refusal, TaskNotFound, TemporaryFailure
 from .pipeline import STALE_CLAIM_SECONDS
 from .request_mail import MAX_DESCRIPTION_CHARS, RequestContext
-from .store import Claim, Request, Task
+from .store import Claim, Delivery, OutboundMail, Request, Task
 
 if TYPE_CHECKING:
     from .app import Service
@@ -148,6 +148,8 @@ class SentRequestOut(BaseModel):
     complete_address: str
     fail_address: str
     expires_at: Timestamp
+    delivery: Delivery = Field(description="Where the mail is after the first attempt to send it.")
+    last_answer: str | None = Field(description="The relay's answer to that attempt (or the file written).")
 
 
 class RequestsCreated(BaseModel):
@@ -162,6 +164,17 @@ class Answer(BaseModel):
     message_id: str
 
 
+class DeliveryOut(BaseModel):
+    """The request mail's way to the relay: the outbound queue's record of it."""
+
+    state: Delivery
+    attempts: int
+    last_answer: str | None
+    queued_at: Timestamp
+    next_attempt_at: Timestamp | None = Field(description="When it is tried again (queued or deferred only).")
+    done_at: Timestamp | None = Field(description="When it was sent, or failed.")
+
+
 class RequestOut(BaseModel):
     request_id: str
     task_id: str
@@ -172,6 +185,7 @@ class RequestOut(BaseModel):
     state: Literal["sent", "answered", "expired", "revoked"]
     answered: Answer | None
     revoked_at: Timestamp | None
+    delivery: DeliveryOut | None = Field(description="None for requests made before the outbound queue existed.")
 
 
 class CommentOut(BaseModel):
@@ -281,7 +295,20 @@ def task_json(task: Task) -> dict[str, Any]:
     return out.model_dump(mode="json")
 
 
-def request_json(request: Request, claim: Claim | None, now: float) -> dict[str, Any]:
+def delivery_out(mail: OutboundMail | None) -> DeliveryOut | None:
+    if mail is None:
+        return None
+    return DeliveryOut(
+        state=mail.state,
+        attempts=mail.attempts,
+        last_answer=mail.last_answer,
+        queued_at=_iso(mail.created_at),
+        next_attempt_at=_iso(mail.next_attempt_at) if mail.state.pending else None,
+        done_at=_iso_or_none(mail.done_at),
+    )
+
+
+def request_json(request: Request, claim: Claim | None, now: float, mail: OutboundMail | None = None) -> dict[str, Any]:
     """Only a finished (``done``) claim is an answer: a pending one may still be given back."""
     answered = None
     if claim is not None and claim.done:
@@ -310,6 +337,7 @@ def request_json(request: Request, claim: Claim | None, now: float) -> dict[str,
         state=state,
         answered=answered,
         revoked_at=_iso_or_none(request.revoked_at),
+        delivery=delivery_out(mail),
     )
     return out.model_dump(mode="json")
 
@@ -465,6 +493,8 @@ class _Api:
                     complete_address=one.complete_address,
                     fail_address=one.fail_address,
                     expires_at=_iso(stored.expires_at),
+                    delivery=one.delivery,
+                    last_answer=one.last_answer,
                 )
                 for one, stored in sent
             ],
@@ -476,7 +506,8 @@ class _Api:
         found = await asyncio.to_thread(self.service.store.get_request_with_claim, request_id)
         if found is None:
             raise ApiError(404, "not_found", f"no request {request_id}")
-        return web.json_response(request_json(*found, time.time()))
+        mail = await asyncio.to_thread(self.service.store.get_outbound, request_id)
+        return web.json_response(request_json(*found, time.time(), mail))
 
     async def revoke_request(self, request: web.Request) -> web.Response:
         """Withdraw a request (e.g. the task was reassigned): its addresses are refused at RCPT."""
@@ -494,7 +525,8 @@ class _Api:
             else:
                 message = f"request {request_id} is being answered right now by {claim.actor}"
             raise ApiError(409, "conflict", message)
-        return web.json_response(request_json(stored, claim, now))
+        mail = await asyncio.to_thread(store.get_outbound, request_id)
+        return web.json_response(request_json(stored, claim, now, mail))
 
     # Tasks (embedded backend) --------------------------------------------------------------
 
@@ -543,7 +575,7 @@ _ERROR_TEXT = {
     409: "The resource's state forbids this.",
     413: "The body is too large.",
     500: "A bug: the server log has the details.",
-    503: "Something needed is unavailable now (store, task backend, SMTP relay): retry later.",
+    503: "Something needed is unavailable now (store, task backend): retry later.",
 }
 
 
@@ -600,8 +632,10 @@ def openapi_document() -> dict[str, Any]:
                 "operationId": "createRequest",
                 "summary": "Mail a completion request for a task to its owner(s)",
                 "description": "One request per owner, each with its own signed reply addresses. Any one owner "
-                "may answer; once one has, the others' replies are refused. All or nothing: when a send fails "
-                "(503), the requests already sent by this call are revoked.",
+                "may answer; once one has, the others' replies are refused. Each request is stored with its mail "
+                "before the mail is sent; `delivery` says how the first attempt went (a relay that is down or "
+                "answers 4xx defers it, and it is tried again; a 5xx fails it). All or nothing: when storing "
+                "fails (503), the requests already made by this call are revoked.",
                 "requestBody": _body_spec(RequestCreate),
                 "responses": {"201": _json("Sent.", _ref(RequestsCreated)), **_errors(400, 404, 408, 409, 413)},
             }
@@ -610,7 +644,7 @@ def openapi_document() -> dict[str, Any]:
             "parameters": [request_id],
             "get": {
                 "operationId": "getRequest",
-                "summary": "A request and whether (and by whom) it was answered",
+                "summary": "A request, its mail's delivery, and whether (and by whom) it was answered",
                 "responses": {"200": _json("The request.", _ref(RequestOut)), **_errors(404)},
             },
             "delete": {

@@ -17,6 +17,7 @@ from aiohttp import web
 from . import metrics
 from .api import add_api_routes
 from .config import Settings, SigningConfig
+from .dkim_signing import DkimSigner, make_dkim_signer
 from .dns import DnsResolver
 from .errors import ConfigError, RcMtaError
 from .http import Health, make_app, metrics_app, start_http
@@ -24,13 +25,14 @@ from .inbound import Listener, start_listener
 from .inbound.shutdown import FLUSH_SECONDS
 from .logs import install_runtime_controls, sd_notify
 from .mailbox import make_poller
-from .outbound import SentRequest, Transport, make_transport, reply_addresses
+from .outbound import SentRequest, Transport, make_transport, reply_addresses, wire_bytes
+from .outbound_queue import OutboundQueue
 from .pipeline import Decision, Inbound, Pipeline
 from .ratelimit import rate_limiter
 from .request_mail import Language, RequestContext, compose
 from .sender_auth import Client, SenderAuth
 from .store import IN_PROGRESS, Request, Store
-from .tasks import TaskBackend, TaskNotFound, TaskNotInProgress, make_backend
+from .tasks import RequestFailureListener, TaskBackend, TaskNotFound, TaskNotInProgress, make_backend
 from .tokens import (
     GENERATED_KEY_ID,
     Signer,
@@ -93,6 +95,8 @@ class Service:
     backend: TaskBackend
     transport: Transport
     pipeline: Pipeline
+    queue: OutboundQueue
+    dkim: DkimSigner | None
 
     @classmethod
     def open(cls, settings: Settings, *, generate_key: bool = False, require_key: bool = False) -> Service:
@@ -106,7 +110,20 @@ class Service:
             settings.dns.nameservers, settings.dns.port, settings.dns.timeout, observe=metrics.observe_dns
         )
         pipeline = Pipeline(settings, store, signer, backend, SenderAuth(settings, resolver))
-        return cls(settings, store, signer, backend, make_transport(settings.outbound), pipeline)
+        transport = make_transport(settings.outbound)
+        dkim = make_dkim_signer(settings.outbound.dkim)
+        queue = OutboundQueue(settings.outbound, store, transport)
+        service = cls(settings, store, signer, backend, transport, pipeline, queue, dkim)
+        service.queue.on_failure = service._request_failed
+        return service
+
+    async def _request_failed(self, request_id: str, answer: str) -> None:
+        """Tell the workflow, where its backend listens, that a request will never arrive."""
+        if not isinstance(self.backend, RequestFailureListener):
+            return
+        request = await asyncio.to_thread(self.store.get_request, request_id)
+        if request is not None:
+            await self.backend.request_failed(request.task_id, request.id, request.owner, answer)
 
     def close(self) -> None:
         self.store.close()
@@ -156,17 +173,19 @@ class Service:
         )
         addresses = reply_addresses(self.settings, self.signer, request)
         request = Request(**{**request.__dict__, "message_id": addresses.message_id})
-        await asyncio.to_thread(self.store.add_request, request)
         language = language or self.settings.outbound.language
-        message = compose(self.settings, request, addresses, now, context=context, language=language)
-        try:
-            path = await self.transport.send(message, request.id)
-        except BaseException:
-            # Never mailed: its addresses must not work if they leak from a log or a retry.
-            await asyncio.to_thread(self.store.revoke_request, request.id, time.time())
-            raise
-        metrics.REQUESTS_SENT.labels(self.settings.outbound.transport).inc()
-        log.info("request sent request=%s task=%s to=%s", request.id, task.id, request.owner)
+        message = wire_bytes(compose(self.settings, request, addresses, now, context=context, language=language))
+        if self.dkim is not None:
+            message = self.dkim.sign(message)
+        # Stored before any attempt to send: from here on the request is not lost.
+        mail = await self.queue.submit(request, message, self.settings.from_address)
+        log.info(
+            "request queued request=%s task=%s to=%s delivery=%s",
+            request.id,
+            task.id,
+            request.owner,
+            mail.state.value,
+        )
         return SentRequest(
             request.id,
             addresses.message_id,
@@ -174,7 +193,9 @@ class Service:
             addresses.reply_to,
             addresses.complete,
             addresses.fail,
-            path,
+            mail.path,
+            mail.state,
+            mail.last_answer,
         )
 
     async def diagnose(
@@ -219,6 +240,8 @@ class Service:
         health.listeners_bound = True
         health.readiness["store"] = lambda: asyncio.to_thread(self.store.ping)
         health.readiness["backend"] = self.backend.check
+        health.warnings["outbound_queue"] = self.queue.oldest_waiting
+        background.append(asyncio.create_task(self.queue.run(), name="outbound-queue"))
 
         runners = []
         if http.listen:

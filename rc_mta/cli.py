@@ -99,6 +99,10 @@ def cmd_task(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_request(settings: Settings, args: argparse.Namespace) -> int:
+    if args.task_id == "show" and args.request_id is not None:
+        return cmd_request_show(settings, args)
+    if args.request_id is not None:
+        raise RcMtaError(f"unexpected argument {args.request_id!r} (to see a request: rc-mta request show ID)")
     service = Service.open(settings)
     try:
         sent = asyncio.run(service.send_request_once(args.task_id, owner=args.owner, language=args.language))
@@ -108,8 +112,46 @@ def cmd_request(settings: Settings, args: argparse.Namespace) -> int:
         _print_json(sent.as_json())
     else:
         where = f" (written to {sent.path})" if sent.path else ""
-        print(f"request {sent.request_id} sent to {sent.to}{where}")
+        if sent.delivery.value == "sent":
+            print(f"request {sent.request_id} sent to {sent.to}{where}")
+        elif sent.delivery.value == "failed":
+            print(f"request {sent.request_id} to {sent.to} FAILED: {sent.last_answer}")
+        else:
+            why = sent.last_answer or "not tried yet"
+            print(f"request {sent.request_id} to {sent.to} queued ({why}); rc-mta serve delivers it")
         print(f"  complete: {sent.complete_address}\n  fail:     {sent.fail_address}")
+    return EXIT_ERROR if sent.delivery.value == "failed" else 0
+
+
+def cmd_request_show(settings: Settings, args: argparse.Namespace) -> int:
+    """``request show ID``: the request, its mail's delivery and its answer, as the API shows them."""
+    from .api import request_json
+
+    store = Store(settings.store.url, settings.store.busy_timeout)
+    try:
+        store.create_schema()
+        found = store.get_request_with_claim(args.request_id.lower())
+        mail = store.get_outbound(args.request_id.lower()) if found else None
+    finally:
+        store.close()
+    if found is None:
+        raise RcMtaError(f"no request {args.request_id}")
+    shown = request_json(*found, time.time(), mail)
+    if args.json:
+        _print_json(shown)
+        return 0
+    print(f"request {shown['request_id']} for task {shown['task_id']}: {shown['title']}")
+    print(f"  owner:    {shown['owner']}\n  state:    {shown['state']} (expires {shown['expires_at']})")
+    delivery = shown["delivery"]
+    if delivery is None:
+        print("  delivery: not recorded (sent before the outbound queue existed)")
+    else:
+        when = delivery["done_at"] or f"next try {delivery['next_attempt_at']}"
+        print(f"  delivery: {delivery['state']} after {delivery['attempts']} attempt(s), {when}")
+        print(f"  answer:   {delivery['last_answer'] or '-'}")
+    if shown["answered"]:
+        answered = shown["answered"]
+        print(f"  answered: {answered['action']} by {answered['by']} at {answered['at']}")
     return 0
 
 
@@ -275,12 +317,22 @@ async def _check_all(settings: Settings, store: Store) -> list[_Check]:
         finally:
             await backend.close()
 
+    async def check_dkim() -> str:
+        from .dkim_signing import DkimSigner
+        from .dns import DnsResolver
+
+        dns = settings.dns
+        signer = DkimSigner(settings.outbound.dkim)
+        return await signer.probe(DnsResolver(dns.nameservers, dns.port, dns.timeout))
+
     probes: list[Awaitable[_Check]] = [
         _run_check("signing key", lambda: asyncio.to_thread(_check_signing_key, settings), CHECK_TIMEOUT),
         _run_check("store", lambda: _check_store(store), CHECK_TIMEOUT),
         _run_check("dns", lambda: _check_dns(settings), settings.dns.timeout + 1),
         _run_check(f"outbound {transport.name}", transport.probe, CHECK_TIMEOUT + 1),
     ]
+    if settings.outbound.dkim.enabled:
+        probes.append(_run_check("outbound dkim", check_dkim, settings.dns.timeout + 1))
     if poller is not None:
         probes.append(_run_check(f"mailbox {poller.source}", poller.probe, 2 * CHECK_TIMEOUT + 1))
     probes.append(_run_check(f"tasks {backend.name}", check_backend, CHECK_TIMEOUT))
@@ -474,8 +526,11 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("task_id")
     show.add_argument("--json", action="store_true")
 
-    request = commands.add_parser("request", help="mail a completion request for a task")
-    request.add_argument("task_id")
+    request = commands.add_parser(
+        "request", help="mail a completion request for a task (or: request show ID, to see one)"
+    )
+    request.add_argument("task_id", help="the task (or 'show', followed by a request id)")
+    request.add_argument("request_id", nargs="?", help=argparse.SUPPRESS)
     request.add_argument("--owner", help="send to this address instead of the task's owner")
     request.add_argument("--language", choices=["en", "de", "fr"], help="of the mail (default: [outbound] language)")
     request.add_argument("--json", action="store_true")

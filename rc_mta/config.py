@@ -173,6 +173,42 @@ class SigningConfig(Section):
         return self
 
 
+class OutboundDkimConfig(Section):
+    """DKIM-signing of the requests we send: off until selector, domain and key_file are set."""
+
+    selector: str = ""
+    domain: str = ""
+    key_file: Path | None = None
+    algorithm: Literal["rsa-sha256", "ed25519-sha256"] = "rsa-sha256"
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.selector)
+
+    @field_validator("selector")
+    @classmethod
+    def _selector(cls, value: str) -> str:
+        value = value.strip().lower()
+        if value and not _DOMAIN.match(value):
+            raise ValueError(f"{value!r} is not a selector (DNS labels like s2025 or mail.s1)")
+        return value
+
+    @field_validator("domain")
+    @classmethod
+    def _dkim_domain(cls, value: str) -> str:
+        value = value.strip().lower().rstrip(".")
+        if value and not _DOMAIN.match(value):
+            raise ValueError(f"{value!r} is not a domain name")
+        return value
+
+    @model_validator(mode="after")
+    def _all_or_nothing(self) -> OutboundDkimConfig:
+        given = [bool(self.selector), bool(self.domain), self.key_file is not None]
+        if any(given) and not all(given):
+            raise ValueError("selector, domain and key_file go together: set all three, or none")
+        return self
+
+
 class OutboundConfig(Section):
     transport: Literal["outbox", "smtp"] = "outbox"
     outbox_dir: Path = Path("var/outbox")
@@ -185,6 +221,16 @@ class OutboundConfig(Section):
     smtp_password: SecretStr = SecretStr("")
     smtp_timeout: Seconds = 30.0
     language: Literal["en", "de", "fr"] = "en"  # of request mails; a request may choose its own
+    # The queue: a request is stored first, then delivered; a relay that answers 4xx or
+    # cannot be reached is tried again after retry_min, doubling up to retry_max, until
+    # queue_lifetime has passed (then the request fails). 5xx fails it at once.
+    retry_min: Seconds = 60.0
+    retry_max: Seconds = 1800.0
+    queue_lifetime: Seconds = 5 * 86400.0
+    queue_poll_interval: Seconds = 5.0
+    # /readyz warns when a request has waited for delivery longer than this.
+    queue_warn_after: Seconds = 3600.0
+    dkim: OutboundDkimConfig = OutboundDkimConfig()
 
     @model_validator(mode="after")
     def _one_tls_mode(self) -> OutboundConfig:

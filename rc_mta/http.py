@@ -32,6 +32,8 @@ class Health:
     liveness: dict[str, Callable[[], tuple[float, float]]] = field(default_factory=dict)
     # name → coroutine raising on trouble
     readiness: dict[str, Callable[[], Awaitable[object]]] = field(default_factory=dict)
+    # name → coroutine returning a warning (or None): reported, but ready all the same
+    warnings: dict[str, Callable[[], Awaitable[str | None]]] = field(default_factory=dict)
 
     def live(self) -> tuple[bool, dict[str, object]]:
         lag = self.loop_lag.worst()
@@ -75,6 +77,16 @@ class Health:
             except Exception as exc:
                 report[name] = f"{type(exc).__name__}: {exc}"
                 ok = False
+        warnings: dict[str, str] = {}
+        for name, warn in self.warnings.items():
+            try:
+                warning = await asyncio.wait_for(warn(), timeout=5)
+            except Exception as exc:
+                warning = f"{type(exc).__name__}: {exc}"
+            if warning:
+                warnings[name] = warning
+        if warnings:
+            report["warnings"] = warnings
         return ok, report
 
 

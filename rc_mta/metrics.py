@@ -66,6 +66,12 @@ DNS_CACHE = Counter(
 REQUESTS_SENT = Counter(
     "rc_mta_requests_sent", "Completion requests mailed, by transport.", ["transport"], registry=REGISTRY
 )
+OUTBOUND_QUEUE = Gauge(
+    "rc_mta_outbound_queue",
+    "Request mails in the outbound queue (shared by every instance on the store), by state.",
+    ["state"],
+    registry=REGISTRY,
+)
 REPLY_TO_COMPLETION = Histogram(
     "rc_mta_reply_to_completion_seconds",
     "From a reply's arrival to its task action being committed.",

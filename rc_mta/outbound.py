@@ -19,9 +19,10 @@ from typing import Protocol
 import aiosmtplib
 
 from .config import OutboundConfig, Settings
-from .errors import TemporaryFailure
+from .errors import RcMtaError, TemporaryFailure
 from .request_mail import ReplyAddresses
-from .store import Request
+from .safetext import one_line
+from .store import Delivery, OutboundMail, Request
 from .tokens import Action, Signer
 
 
@@ -34,9 +35,13 @@ class SentRequest:
     complete_address: str
     fail_address: str
     path: str | None
+    delivery: Delivery = Delivery.QUEUED
+    last_answer: str | None = None
 
     def as_json(self) -> dict[str, str | None]:
         return {
+            "delivery": self.delivery.value,
+            "last_answer": self.last_answer,
             "request_id": self.request_id,
             "message_id": self.message_id,
             "to": self.to,
@@ -64,11 +69,32 @@ def reply_addresses(settings: Settings, signer: Signer, request: Request) -> Rep
     )
 
 
+@dataclass(frozen=True)
+class Delivered:
+    """What the transport did with a mail: the relay's answer (or the file written)."""
+
+    answer: str
+    path: str | None = None
+
+
+class DeliveryDeferred(TemporaryFailure):
+    """Not delivered this time (relay down, 4xx, timeout): the queue tries again later."""
+
+
+class DeliveryRefused(RcMtaError):
+    """The relay refused the mail for good (5xx): the request fails."""
+
+
+def wire_bytes(message: EmailMessage) -> bytes:
+    """The mail as it goes on the wire (CRLF line ends): what is signed, stored and sent."""
+    return message.as_bytes(policy=message.policy.clone(linesep="\r\n"))
+
+
 class Transport(Protocol):
     name: str  # outbox | smtp
 
-    async def send(self, message: EmailMessage, request_id: str) -> str | None:
-        """Deliver the message; return a path when it was written to disk."""
+    async def deliver(self, mail: OutboundMail) -> Delivered:
+        """Hand one queued mail on; DeliveryDeferred or DeliveryRefused when that did not work."""
         ...
 
     async def probe(self) -> str:
@@ -94,13 +120,20 @@ class OutboxTransport:
         await asyncio.to_thread(write_and_remove)
         return f"{self.directory} writable"
 
-    async def send(self, message: EmailMessage, request_id: str) -> str | None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        path = self.directory / f"{request_id}.eml"
-        partial = path.with_suffix(".eml.tmp")
-        partial.write_bytes(bytes(message))
-        os.replace(partial, path)
-        return str(path)
+    async def deliver(self, mail: OutboundMail) -> Delivered:
+        path = self.directory / f"{mail.request_id}.eml"
+
+        def write() -> None:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            partial = path.with_suffix(".eml.tmp")
+            partial.write_bytes(mail.message)
+            os.replace(partial, path)
+
+        try:
+            await asyncio.to_thread(write)
+        except OSError as exc:
+            raise DeliveryDeferred(f"cannot write {path}: {exc.strerror or exc}") from None
+        return Delivered(f"written to {path}", str(path))
 
 
 class SmtpTransport:
@@ -124,14 +157,26 @@ class SmtpTransport:
             timeout=cfg.smtp_timeout,
         )
 
-    async def send(self, message: EmailMessage, request_id: str) -> str | None:
-        cfg = self.config
+    async def deliver(self, mail: OutboundMail) -> Delivered:
+        """Only a 5xx to MAIL, RCPT or DATA refuses the mail; anything else (no connection,
+        a 4xx, a refused greeting or login, which an operator fixes) defers it."""
+        relay = f"{self.config.smtp_host}:{self.config.smtp_port}"
         try:
             async with self._client() as client:
-                await client.send_message(message)
+                _, answer = await client.sendmail(mail.sender, [mail.recipient], mail.message)
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            code, text = (exc.recipients[0].code, exc.recipients[0].message) if exc.recipients else (451, str(exc))
+        except (aiosmtplib.SMTPSenderRefused, aiosmtplib.SMTPRecipientRefused, aiosmtplib.SMTPDataError) as exc:
+            code, text = exc.code, exc.message
         except (aiosmtplib.SMTPException, OSError) as exc:
-            raise TemporaryFailure(f"could not send through {cfg.smtp_host}:{cfg.smtp_port}: {exc}") from exc
-        return None
+            why = one_line(str(exc)) or type(exc).__name__
+            raise DeliveryDeferred(f"could not send through {relay}: {why}") from exc
+        else:
+            return Delivered(f"{relay} answered: {one_line(answer)}")
+        said = f"{relay} answered: {code} {one_line(text)}"
+        if 500 <= code < 600:
+            raise DeliveryRefused(said)
+        raise DeliveryDeferred(said)
 
     async def probe(self) -> str:
         """Connect, EHLO, TLS and AUTH as configured (on connect, as for sending), QUIT."""

@@ -27,6 +27,7 @@ from sqlalchemy import (
     Float,
     ForeignKey,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -126,6 +127,26 @@ store_probe = Table(
     Column("at", Float, nullable=False),
 )
 
+outbound_queue = Table(
+    "outbound_queue",
+    metadata,
+    # One row per request mail, written with the request: what the sender loop delivers.
+    Column("request_id", String(16), ForeignKey("requests.id"), primary_key=True),
+    Column("message", LargeBinary, nullable=False),  # the mail as sent, signature included
+    Column("sender", String(320), nullable=False),
+    Column("recipient", String(320), nullable=False),
+    Column("state", String(16), nullable=False, index=True),  # queued | deferred | sent | failed
+    Column("attempts", Integer, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("next_attempt_at", Float, nullable=False),
+    Column("last_answer", Text),  # the relay's last answer, or what went wrong reaching it
+    Column("done_at", Float),
+    Column("path", Text),  # where the outbox transport wrote it
+    # Which sender holds the row, until when: another instance takes it only after the lease.
+    Column("holder", String(32)),
+    Column("lease_until", Float),
+)
+
 IN_PROGRESS = "in_progress"
 COMPLETED = "completed"
 FAILED = "failed"
@@ -178,6 +199,44 @@ class Claim:
     @property
     def done(self) -> bool:
         return self.state == "done"
+
+
+class Delivery(Enum):
+    """Where a request mail is on its way to the relay."""
+
+    QUEUED = "queued"  # stored, not tried yet
+    DEFERRED = "deferred"  # tried; the relay was down or answered 4xx: tried again later
+    SENT = "sent"  # the relay took it (or the outbox file is written)
+    FAILED = "failed"  # the relay refused it (5xx), or it waited longer than the queue lifetime
+
+    @property
+    def pending(self) -> bool:
+        return self in (Delivery.QUEUED, Delivery.DEFERRED)
+
+
+@dataclass(frozen=True)
+class OutboundMail:
+    """A request mail in the outbound queue and what became of it so far."""
+
+    request_id: str
+    message: bytes
+    sender: str
+    recipient: str
+    state: Delivery
+    attempts: int
+    created_at: float
+    next_attempt_at: float
+    last_answer: str | None
+    done_at: float | None
+    path: str | None
+
+
+@dataclass(frozen=True)
+class QueueSummary:
+    """How many mails are in each state, and how long the oldest undelivered one waited."""
+
+    counts: dict[Delivery, int]
+    oldest_pending_at: float | None
 
 
 class ClaimOutcome(Enum):
@@ -367,6 +426,111 @@ class Store:
                     .values(revoked_at=now)
                 ).rowcount
             )
+
+    # Outbound queue: a request mail is stored with its request, then delivered ---------
+
+    def add_request_with_mail(
+        self, request: Request, message: bytes, sender: str, now: float, holder: str, lease: float
+    ) -> OutboundMail:
+        """Record a request and its mail in one transaction: from here on it is not lost.
+        ``holder`` holds it for its first delivery attempt (others take it after ``lease``)."""
+        row: dict[str, Any] = {
+            "request_id": request.id,
+            "message": message,
+            "sender": sender,
+            "recipient": request.owner,
+            "state": Delivery.QUEUED.value,
+            "attempts": 0,
+            "created_at": now,
+            "next_attempt_at": now,
+            "last_answer": None,
+            "done_at": None,
+            "path": None,
+        }
+        with self._begin() as conn:
+            conn.execute(insert(requests).values(**request.__dict__))
+            conn.execute(insert(outbound_queue).values(**row, holder=holder, lease_until=now + lease))
+        return _outbound_mail(row)
+
+    def claim_outbound(self, holder: str, now: float, lease: float, limit: int) -> list[OutboundMail]:
+        """Take up to ``limit`` mails that are due for ``holder`` until ``now + lease``. Each
+        row is taken by a conditional UPDATE, so of two instances asking at once only one
+        gets it; a holder that died loses it when its lease runs out."""
+        q = outbound_queue.c
+        due = (
+            q.state.in_([Delivery.QUEUED.value, Delivery.DEFERRED.value]),
+            q.next_attempt_at <= now,
+            q.lease_until.is_(None) | (q.lease_until < now),
+        )
+        with self._begin() as conn:
+            wanted = select(q.request_id).where(*due).order_by(q.next_attempt_at).limit(limit)
+            candidates = list(conn.execute(wanted).scalars())
+        taken: list[OutboundMail] = []
+        for candidate in candidates:
+            with self._begin() as conn:
+                changed = conn.execute(
+                    update(outbound_queue)
+                    .where(q.request_id == candidate, *due)
+                    .values(holder=holder, lease_until=now + lease)
+                ).rowcount
+                if changed != 1:
+                    continue  # another instance took it first
+                row = conn.execute(select(outbound_queue).where(q.request_id == candidate)).mappings().one()
+            taken.append(_outbound_mail(row))
+        return taken
+
+    def settle_outbound(
+        self,
+        request_id: str,
+        holder: str,
+        state: Delivery,
+        answer: str,
+        now: float,
+        *,
+        next_attempt_at: float | None = None,
+        path: str | None = None,
+    ) -> bool:
+        """Record what one delivery attempt found and give the row back; False when
+        ``holder`` no longer held it (its lease ran out and someone else took it)."""
+        q = outbound_queue.c
+        values: dict[str, Any] = {
+            "state": state.value,
+            "attempts": q.attempts + 1,
+            "last_answer": answer[:1000],
+            "holder": None,
+            "lease_until": None,
+        }
+        if state.pending:
+            values["next_attempt_at"] = next_attempt_at if next_attempt_at is not None else now
+        else:
+            values["done_at"] = now
+        if state is Delivery.SENT:
+            values["message"] = b""  # the relay has it: the store keeps the record, not the mail
+        if path is not None:
+            values["path"] = path
+        with self._begin() as conn:
+            changed = conn.execute(
+                update(outbound_queue).where(q.request_id == request_id, q.holder == holder).values(**values)
+            ).rowcount
+        return changed == 1
+
+    def get_outbound(self, request_id: str) -> OutboundMail | None:
+        with self._begin() as conn:
+            row = (
+                conn.execute(select(outbound_queue).where(outbound_queue.c.request_id == request_id)).mappings().first()
+            )
+        return _outbound_mail(row) if row else None
+
+    def outbound_summary(self) -> QueueSummary:
+        q = outbound_queue.c
+        pending = q.state.in_([Delivery.QUEUED.value, Delivery.DEFERRED.value])
+        with self._begin() as conn:
+            rows = conn.execute(select(q.state, func.count()).group_by(q.state)).all()
+            oldest = conn.execute(select(func.min(q.created_at)).where(pending)).scalar()
+        counts = dict.fromkeys(Delivery, 0)
+        for state, count in rows:
+            counts[Delivery(state)] = int(count)
+        return QueueSummary(counts, float(oldest) if oldest is not None else None)
 
     # Used tokens: the exactly-once claim ----------------------------------------------
 
@@ -657,6 +821,22 @@ class MailboxClaim:
 
     ours: bool
     disposition: str | None  # processed | rejected: handled already, only filing is left
+
+
+def _outbound_mail(row: Any) -> OutboundMail:
+    return OutboundMail(
+        request_id=row["request_id"],
+        message=bytes(row["message"]),
+        sender=row["sender"],
+        recipient=row["recipient"],
+        state=Delivery(row["state"]),
+        attempts=row["attempts"],
+        created_at=row["created_at"],
+        next_attempt_at=row["next_attempt_at"],
+        last_answer=row["last_answer"],
+        done_at=row["done_at"],
+        path=row["path"],
+    )
 
 
 def _mailbox_key(message: MailboxMessage) -> tuple[Any, ...]:

@@ -326,14 +326,20 @@ def test_unknown_routes_and_methods_answer_in_the_error_shape(api: RcMta) -> Non
     assert "POST" in wrong_method.headers["Allow"]
 
 
-def test_when_the_smtp_relay_is_down_sending_is_503(fresh_rc: RcMta) -> None:
+def test_when_the_smtp_relay_is_down_the_requests_are_kept_and_deferred(fresh_rc: RcMta) -> None:
     fresh_rc.settings["outbound"] = {"transport": "smtp", "smtp_host": "127.0.0.1", "smtp_port": 9, "smtp_timeout": 2}
     start_with_api(fresh_rc)
     task_id = new_task(fresh_rc)
 
     answer = call(fresh_rc, "POST", "/v1/requests", {"task_id": task_id, "owners": ["a@example.com", "b@example.com"]})
 
-    assert (answer.status, answer.error_code) == (503, "unavailable")
+    assert answer.status == 201
+    for made in answer.body["requests"]:
+        assert made["delivery"] == "deferred"
+        assert "could not send through 127.0.0.1:9" in made["last_answer"]
+        shown = call(fresh_rc, "GET", f"/v1/requests/{made['request_id']}").body
+        assert (shown["state"], shown["delivery"]["state"]) == ("sent", "deferred")
+        assert shown["delivery"]["next_attempt_at"] is not None
 
 
 def test_task_endpoints_are_404_when_tasks_live_elsewhere(fresh_rc: RcMta) -> None:

@@ -78,13 +78,15 @@ def test_request_is_sent_through_the_configured_smtp_server(fresh_rc: RcMta, smt
     assert _load(raw)["Reply-To"] == sent["reply_to"]
 
 
-def test_unreachable_smtp_server_is_a_one_line_error(fresh_rc: RcMta) -> None:
+def test_unreachable_smtp_server_keeps_the_request_queued_with_one_line_saying_why(fresh_rc: RcMta) -> None:
     fresh_rc.settings["outbound"].update(transport="smtp", smtp_host="127.0.0.1", smtp_port=free_port())
     fresh_rc.write_config()
     task_id = fresh_rc.add_task()
 
     result = fresh_rc.cli("request", task_id, check=False)
 
-    assert result.returncode == 1
-    assert result.stderr.startswith("rc-mta: error: could not send through 127.0.0.1")
-    assert result.stderr.count("\n") == 1
+    assert result.returncode == 0
+    first = result.stdout.splitlines()[0]
+    assert first.startswith("request ") and "queued (could not send through 127.0.0.1" in first
+    assert "rc-mta serve delivers it" in first
+    assert "Traceback" not in result.stderr

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from ..config import Settings
 from ..store import Store
-from ._base import ActionContext, TaskBackend, TaskInfo, TaskNotFound, TaskNotInProgress
+from ._base import ActionContext, RequestFailureListener, TaskBackend, TaskInfo, TaskNotFound, TaskNotInProgress
 from .embedded import EmbeddedBackend
 
 __all__ = [
     "ActionContext",
     "EmbeddedBackend",
+    "RequestFailureListener",
     "TaskBackend",
     "TaskInfo",
     "TaskNotFound",

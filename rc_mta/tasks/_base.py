@@ -9,11 +9,11 @@ retries). All of them live in ``rc_mta.errors``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from ..errors import TaskNotFound, TaskNotInProgress
 
-__all__ = ["ActionContext", "TaskBackend", "TaskInfo", "TaskNotFound", "TaskNotInProgress"]
+__all__ = ["ActionContext", "RequestFailureListener", "TaskBackend", "TaskInfo", "TaskNotFound", "TaskNotInProgress"]
 
 
 @dataclass(frozen=True)
@@ -58,3 +58,12 @@ class TaskBackend(Protocol):
     async def close(self) -> None:
         """Release connections at shutdown."""
         ...
+
+
+@runtime_checkable
+class RequestFailureListener(Protocol):
+    """A backend that can be told a request mail will never arrive (the relay refused it),
+    so the workflow can reach its owner another way. Backends without a channel for it
+    (the embedded store: the request API shows it) leave it out."""
+
+    async def request_failed(self, task_id: str, request_id: str, owner: str, answer: str) -> None: ...

@@ -23,6 +23,13 @@ and rejects timestamps older than a few minutes (replays). Its answer decides ou
   quoted to the person in the ``550 5.7.1``.
 * 5xx, timeout, no connection: ``451``; the sender's server retries.
 
+When a request mail cannot be delivered (the relay answered 5xx, or it waited longer than
+``[outbound] queue_lifetime``), the receiver is told with one POST of the same signing::
+
+    {"event": "request_failed", "task_id", "request_id", "owner", "answer", "sent_at"}
+
+It has no ``action``: a receiver that does not know the event answers 4xx and nothing acts.
+
 A POST that timed out may have acted: the retry carries the same ``request_id``, so a
 receiver answers a repeat of an action it already took with 2xx (or 409 naming the same
 status and ``acted_by``), and nothing is done twice.
@@ -104,6 +111,42 @@ class WebhookBackend:
         self._session = None
         self._session_loop = None
 
+    async def request_failed(self, task_id: str, request_id: str, owner: str, answer: str) -> None:
+        """Tell the receiver a request mail will never arrive; any answer but 2xx is logged."""
+        payload = {
+            "event": "request_failed",
+            "task_id": task_id,
+            "request_id": request_id,
+            "owner": owner,
+            "answer": answer,
+            "sent_at": int(time.time()),
+        }
+        status, text = await self._send(payload)
+        if not 200 <= status < 300:
+            log.warning("webhook answered HTTP %d to request_failed of %s: %s", status, request_id, _one_line(text))
+
+    async def _send(self, payload: dict[str, Any]) -> tuple[int, str]:
+        """POST one signed JSON body; its status and text. BackendUnavailable when unreachable."""
+        body = json.dumps(payload, separators=(",", ":")).encode()
+        timestamp = str(payload["sent_at"])
+        headers = {
+            "Content-Type": "application/json",
+            TIMESTAMP_HEADER: timestamp,
+            SIGNATURE_HEADER: signature(self._config.secret.get_secret_value().encode(), timestamp, body),
+        }
+        timeout = aiohttp.ClientTimeout(total=self._config.timeout)
+        try:
+            async with self._client().post(
+                self._config.url, data=body, headers=headers, timeout=timeout, allow_redirects=False
+            ) as response:
+                return response.status, await response.text()
+        except TimeoutError:
+            raise BackendUnavailable(
+                f"webhook {self._config.url} did not answer within {self._config.timeout}s"
+            ) from None
+        except aiohttp.ClientError as exc:
+            raise BackendUnavailable(f"cannot reach webhook {self._config.url}: {exc}") from None
+
     async def _post(self, task_id: str, action: str, comment: str, actor: str, context: ActionContext) -> None:
         now = int(time.time())
         payload: dict[str, Any] = {
@@ -117,25 +160,7 @@ class WebhookBackend:
             "verdicts": dict(context.verdicts),
             "sent_at": now,
         }
-        body = json.dumps(payload, separators=(",", ":")).encode()
-        timestamp = str(now)
-        headers = {
-            "Content-Type": "application/json",
-            TIMESTAMP_HEADER: timestamp,
-            SIGNATURE_HEADER: signature(self._config.secret.get_secret_value().encode(), timestamp, body),
-        }
-        timeout = aiohttp.ClientTimeout(total=self._config.timeout)
-        try:
-            async with self._client().post(
-                self._config.url, data=body, headers=headers, timeout=timeout, allow_redirects=False
-            ) as response:
-                status, text = response.status, await response.text()
-        except TimeoutError:
-            raise BackendUnavailable(
-                f"webhook {self._config.url} did not answer within {self._config.timeout}s"
-            ) from None
-        except aiohttp.ClientError as exc:
-            raise BackendUnavailable(f"cannot reach webhook {self._config.url}: {exc}") from None
+        status, text = await self._send(payload)
         if 200 <= status < 300:
             return
         answer = _json(text)
