@@ -18,6 +18,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, AnyStr
 
+from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP, Envelope, Session, syntax
 
 from .. import metrics
@@ -345,26 +346,23 @@ class SmtpServer(ClosableSession, DataReading):
         await self.push(str(R.XFORWARD_OK))
 
 
-class LmtpServer(SmtpServer):
-    """LMTP (RFC 2033): LHLO instead of HELO/EHLO, one DATA reply per recipient."""
+class LmtpServer(SmtpServer, LMTP):
+    """LMTP (RFC 2033) as aiosmtpd's ``LMTP`` speaks it (LHLO instead of HELO/EHLO), with
+    our screening and limits, and one DATA reply per recipient."""
 
-    show_smtp_greeting = False
+    # LMTP's greetings come before the SMTP ones SmtpServer screens; LHLO is screened alike.
+    smtp_LHLO = _screened("LHLO", R.HELO_SYNTAX)(LMTP.smtp_LHLO)
+
+    async def smtp_HELO(self, arg: str | None) -> None:
+        await LMTP.smtp_HELO(self, arg or "")
+
+    async def smtp_EHLO(self, arg: str | None) -> None:
+        await LMTP.smtp_EHLO(self, arg or "")
 
     def __init__(self, handler: ReplyHandler, config: InboundConfig, limits: SessionLimits) -> None:
         super().__init__(handler, config, limits)
         self._data_recipients = 0
         self._owed_error_replies = 0
-
-    @syntax("LHLO hostname")
-    @_screened("LHLO", R.HELO_SYNTAX)
-    async def smtp_LHLO(self, arg: str | None) -> None:
-        await super().smtp_EHLO(arg)
-
-    async def smtp_HELO(self, arg: str | None) -> None:
-        await self.push('500 5.5.1 Error: command "HELO" not recognized')
-
-    async def smtp_EHLO(self, arg: str | None) -> None:
-        await self.push('500 5.5.1 Error: command "EHLO" not recognized')
 
     async def smtp_DATA(self, arg: str) -> None:
         self._data_recipients = len(self.envelope.rcpt_tos) if self.envelope else 0
