@@ -16,24 +16,11 @@ from conftest import free_port
 
 from rc_mta.inbound import aiosmtpd_private as P
 from rc_mta.inbound.data import LINE_TOO_LONG, TOO_MUCH_DATA, DataReading
+from rc_mta.inbound.handler import ReplyEnvelope, ReplySession
 
 
-class MarkedSession(Session):
-    pass
-
-
-class MarkedEnvelope(Envelope):
-    pass
-
-
-class Probe(SMTP):
+class Probe(P.ReplyObjects):
     """aiosmtpd's server with our session and envelope classes, as rc-mta's front has."""
-
-    def _create_session(self) -> Session:
-        return MarkedSession(self.loop)
-
-    def _create_envelope(self) -> Envelope:
-        return MarkedEnvelope()
 
 
 class Recorder:
@@ -129,10 +116,10 @@ def test_the_session_envelope_and_reader_members_are_what_the_front_uses(probe: 
     with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
         client.sendmail("alice@example.com", ["rc@reply.example.test"], b"Subject: x\r\n\r\nhi\r\n")
 
-    assert recorder.seen["session"] is MarkedSession and recorder.seen["envelope"] is MarkedEnvelope
+    assert recorder.seen["session"] is ReplySession and recorder.seen["envelope"] is ReplyEnvelope
     assert recorder.seen["reader"] == "StreamReader" and recorder.seen["reader_limit"] == SMTP.line_length_limit
-    assert recorder.seen["after_data"] == (MarkedEnvelope, True)
-    assert recorder.seen["after_rset"] == (MarkedEnvelope, True)
+    assert recorder.seen["after_data"] == (ReplyEnvelope, True)
+    assert recorder.seen["after_rset"] == (ReplyEnvelope, True)
 
 
 def test_the_canned_replies_the_front_rewords_are_worded_as_expected(probe: tuple[Recorder, int]) -> None:

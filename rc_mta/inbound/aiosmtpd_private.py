@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 
-from aiosmtpd.smtp import SMTP
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from .handler import ReplyEnvelope, ReplySession
 
 # aiosmtpd's canned replies that rc-mta replaces with its own sentence.
 TOO_BIG_PREFIX = "552 Error:"  # SIZE= too large, and DATA over the limit
@@ -33,3 +35,14 @@ def new_transaction(server: SMTP) -> None:
 def reset_transaction(server: SMTP) -> None:
     """A fresh envelope, as after RSET or a new greeting (``_set_rset_state``)."""
     server._set_rset_state()  # type: ignore[no-untyped-call]
+
+
+class ReplyObjects(SMTP):
+    """Sessions and envelopes of our own classes, which carry XCLIENT/XFORWARD facts and
+    verdicts: aiosmtpd makes them in ``_create_session`` / ``_create_envelope``."""
+
+    def _create_session(self) -> Session:
+        return ReplySession(self.loop)
+
+    def _create_envelope(self) -> Envelope:
+        return ReplyEnvelope()

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, AnyStr
 
 from aiosmtpd.lmtp import LMTP
-from aiosmtpd.smtp import SMTP, Envelope, Session, syntax
+from aiosmtpd.smtp import SMTP, syntax
 
 from .. import metrics
 from .. import smtp_replies as R
@@ -30,6 +30,7 @@ from .aiosmtpd_private import (
     TOO_BIG_PREFIX,
     UNKNOWN_COMMAND_PATTERN,
     VRFY_UNPARSEABLE_PREFIX,
+    ReplyObjects,
     reset_transaction,
 )
 from .data import DataReading
@@ -138,7 +139,7 @@ def _transport_fileno(transport: asyncio.BaseTransport) -> int:
     return int(sock.fileno()) if sock is not None else -1
 
 
-class SmtpServer(ClosableSession, DataReading):
+class SmtpServer(ClosableSession, DataReading, ReplyObjects):
     def __init__(self, handler: ReplyHandler, config: InboundConfig, limits: SessionLimits) -> None:
         super().__init__(
             handler,
@@ -164,9 +165,6 @@ class SmtpServer(ClosableSession, DataReading):
         self._feeding = False
         self._held = False
         self._eof_held = False
-
-    def _create_session(self) -> Session:
-        return ReplySession(self.loop)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Session caps, descriptors and the connection rate limit first: a refused client is
@@ -264,9 +262,6 @@ class SmtpServer(ClosableSession, DataReading):
             self._eof_held = True
             return True
         return super().eof_received()
-
-    def _create_envelope(self) -> Envelope:
-        return ReplyEnvelope()
 
     smtp_HELO = _screened("HELO", R.HELO_SYNTAX)(SMTP.smtp_HELO)
     smtp_EHLO = _screened("EHLO", R.HELO_SYNTAX)(SMTP.smtp_EHLO)
