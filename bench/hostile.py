@@ -67,6 +67,7 @@ class Figures:
     loop_lag_s: list[float] = field(default_factory=list)
     healthz_ms: list[float] = field(default_factory=list)
     noop_clients_held: int = 0
+    probe_reconnects: int = 0
 
 
 def percentile(values: Sequence[float], p: float) -> float:
@@ -186,12 +187,21 @@ async def noop_holder(port: int, stop: asyncio.Event, figures: Figures) -> None:
 
 
 async def noop_probe(port: int, stop: asyncio.Event, figures: Figures) -> None:
-    """A genuine session's view of the loop: the round trip of a NOOP every 50 ms."""
+    """A genuine session's view of the loop: the round trip of a NOOP every 50 ms. Told 421
+    after ``max_idle_commands`` NOOPs (as any client that sends no mail is), it reconnects."""
     client = await connect(port, 60)
     try:
         while not stop.is_set():
             began = time.perf_counter()
-            await client.noop()
+            try:
+                await client.noop()
+            except aiosmtplib.SMTPResponseException as exc:
+                if exc.code != 421:
+                    raise
+                client.close()
+                client = await connect(port, 60)
+                figures.probe_reconnects += 1
+                continue
             figures.noop_ms.append((time.perf_counter() - began) * 1000)
             await asyncio.sleep(0.05)
     finally:
@@ -316,6 +326,7 @@ def report(figures: Figures, args: argparse.Namespace) -> None:
         "/healthz answer max (ms)": f"{max(figures.healthz_ms, default=math.nan):.1f}",
         "hostile answer p50 (ms)": f"{percentile(figures.hostile_ms, 50):.1f}",
         "NOOP clients held": f"{figures.noop_clients_held}/{args.noop_clients}",
+        "NOOP probe reconnects (421)": f"{figures.probe_reconnects}",
     }
     print(f"\nhostile messages of {args.size} bytes; mix {args.mix}")
     for label, value in rows.items():

@@ -21,7 +21,7 @@ from .dkim_signing import DkimSigner, make_dkim_signer
 from .dns import DnsResolver
 from .errors import ConfigError, RcMtaError
 from .http import Health, make_app, metrics_app, start_http
-from .inbound import Listener, start_listener
+from .inbound import Listener, session_limits, start_listener
 from .inbound.shutdown import FLUSH_SECONDS
 from .logs import install_runtime_controls, sd_notify
 from .mailbox import make_poller
@@ -234,9 +234,10 @@ class Service:
         limiter = rate_limiter(self.settings.checks.rate_limits.window, self.store)
         self.pipeline.sender_auth.limiter = limiter
 
-        listeners = [await start_listener(self.pipeline, inbound, lmtp=False)]
+        limits = session_limits(self.pipeline, inbound)  # SMTP and LMTP together
+        listeners = [await start_listener(self.pipeline, inbound, lmtp=False, limits=limits)]
         if inbound.lmtp_listen:
-            listeners.append(await start_listener(self.pipeline, inbound, lmtp=True))
+            listeners.append(await start_listener(self.pipeline, inbound, lmtp=True, limits=limits))
         health.listeners_bound = True
         health.readiness["store"] = lambda: asyncio.to_thread(self.store.ping)
         health.readiness["backend"] = self.backend.check

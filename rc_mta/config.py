@@ -121,6 +121,18 @@ class InboundConfig(Section):
     trusted_relays: Networks = Field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
     proxy_protocol: bool = False
     archive_dir: Path | None = None
+    # Session limits (rc_mta/inbound/limits.py); beyond them a client is told 421 and closed.
+    # Sessions open at once over SMTP and LMTP together, and from one client IP (trusted
+    # relays apart: they speak for many clients).
+    max_sessions: int = Field(default=1000, ge=1, le=100_000)
+    max_sessions_per_ip: int = Field(default=20, ge=1)
+    # A session ends after this long whatever it does (a message being received or acted
+    # on finishes first), and after this many replies without an accepted recipient or
+    # message (NOOP, RSET, HELP, VRFY, refused commands...).
+    session_lifetime: Seconds = 1800.0
+    max_idle_commands: int = Field(default=25, ge=5)
+    # Connections the kernel queues for rc-mta to accept (capped by net.core.somaxconn).
+    listen_backlog: int = Field(default=1024, ge=1, le=65535)
     # What reading one message may cost (rc_mta/budget.py): over a cap, 552 5.3.4 / 554 5.6.0.
     max_header_bytes: Bytes = 256 * 1024
     max_header_fields: int = Field(default=1000, ge=10)

@@ -162,6 +162,22 @@ RATE_LIMIT_MESSAGES = _reply("RATE_LIMIT_MESSAGES", 450, "4.7.1", "Too many mess
 TOO_MANY_BAD_RECIPIENTS = _reply(
     "TOO_MANY_BAD_RECIPIENTS", 421, "4.7.0", "Too many invalid reply addresses in one session; closing"
 )
+# Session limits (rc_mta/inbound/limits.py): no crowd and no single client can hold the
+# file descriptors; the sender's server retries later or on a new connection.
+TOO_MANY_SESSIONS = _reply("TOO_MANY_SESSIONS", 421, "4.7.0", "Too many sessions open right now; try again later")
+TOO_MANY_SESSIONS_FROM_IP = _reply(
+    "TOO_MANY_SESSIONS_FROM_IP", 421, "4.7.0", "Too many sessions open from {ip}; finish one, then try again"
+)
+SESSION_TOO_LONG = _reply(
+    "SESSION_TOO_LONG", 421, "4.4.2", "This session has lasted longer than {limit}; closing (connect again to go on)"
+)
+NO_PROGRESS = _reply(
+    "NO_PROGRESS", 421, "4.7.0", "Too many commands without a recipient or message being accepted; closing"
+)
+# RFC 3463 X.3.2: the system is not accepting network messages (for now).
+DESCRIPTORS_SHORT = _reply(
+    "DESCRIPTORS_SHORT", 421, "4.3.2", "Out of connection resources right now; please try again later"
+)
 RATE_LIMIT_AUTH_FAILURES = _reply(
     "RATE_LIMIT_AUTH_FAILURES", 450, "4.7.1", "Too many failed authentications from {who}; try later"
 )
@@ -177,6 +193,7 @@ RECIPIENT_SYNTAX = _reply(
     "RECIPIENT_SYNTAX", 553, "5.1.3", "The recipient address holds {problem}: it cannot be a mailbox"
 )
 HELO_SYNTAX = _reply("HELO_SYNTAX", 501, "5.5.2", "The {command} name holds {problem}: give the client's host name")
+VRFY_UNPARSEABLE = _reply("VRFY_UNPARSEABLE", 502, "5.5.4", "Could not VRFY {argument}: not an address")
 UNKNOWN_COMMAND = _reply("UNKNOWN_COMMAND", 500, "5.5.2", 'Command "{command}" is not recognized')
 
 # Temporary trouble: the sender's server retries, nothing is lost.

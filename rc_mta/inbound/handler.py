@@ -74,12 +74,13 @@ class ReplyHandler:
         self.source = source
         self.max_recipients = max_recipients
 
-    def connect_refusal(self, session: Session) -> str | None:
-        refusal = self.pipeline.sender_auth.at_connect(peer_ip(session))
+    def connect_refusal(self, ip: str | None) -> R.SmtpReply | None:
+        """The connection rate limit of a client at ``ip`` (the TCP peer)."""
+        refusal = self.pipeline.sender_auth.at_connect(ip)
         if refusal is None:
             return None
         self.pipeline.count_refusal("connect", refusal)
-        return str(refusal)
+        return refusal
 
     def may_relay_facts(self, session: Session) -> bool:
         """Only configured trusted relays may tell us who the original client is."""

@@ -14,24 +14,44 @@ import functools
 import ipaddress
 import logging
 import re
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, AnyStr
 
-from aiosmtpd.smtp import SMTP, Envelope, Session, syntax
+from aiosmtpd.lmtp import LMTP
+from aiosmtpd.smtp import SMTP, syntax
 
 from .. import metrics
 from .. import smtp_replies as R
 from ..config import InboundConfig, parse_host_port
 from ..pipeline import Pipeline
 from ..safetext import escape_controls, hostile_character
+from .aiosmtpd_private import (
+    TOO_BIG_PREFIX,
+    UNKNOWN_COMMAND_PATTERN,
+    VRFY_UNPARSEABLE_PREFIX,
+    ReplyObjects,
+    reset_transaction,
+)
+from .data import DataReading
 from .handler import LmtpReplyHandler, ReplyEnvelope, ReplyHandler, ReplySession, peer_ip
+from .limits import SessionLimits
 from .shutdown import ClosableSession, Listener, Sessions
 
 log = logging.getLogger("rc_mta.inbound")
 
-_TOO_BIG_PREFIX = "552 Error:"  # aiosmtpd's words for SIZE= too large and DATA too long
-# aiosmtpd's words for an unknown command, which repeat the command name the client sent.
-_UNKNOWN_COMMAND = re.compile(r'500 Error: command "(.*)" not recognized')
+_UNKNOWN_COMMAND = re.compile(UNKNOWN_COMMAND_PATTERN)
+# RFC 5321 4.5.3.1.5: a reply line is at most 512 octets with its CRLF.
+_MAX_REPLY_LINE = 510
+# aiosmtpd reads DATA and pipelined commands a line at a time on the event loop, and
+# asyncio's StreamReader hands out lines it already holds without yielding: one 256 KiB
+# read of short lines would keep every other session waiting for a quarter of a second.
+# So the socket's bytes reach the reader a slice per turn of the loop: READ_SLICE bytes, or
+# fewer so that a slice holds about READ_SLICE_LINES lines (the cost is per line). While
+# more than READ_HIGH_WATER bytes wait, the socket is not read.
+READ_SLICE = 4096
+READ_SLICE_LINES = 128
+READ_HIGH_WATER = 64 * 1024
 _XCLIENT_ATTRIBUTES = {"NAME", "ADDR", "PORT", "PROTO", "HELO", "LOGIN", "DESTADDR", "DESTPORT"}
 _XFORWARD_ATTRIBUTES = {"NAME", "ADDR", "PORT", "PROTO", "HELO", "SOURCE", "IDENT"}
 
@@ -95,8 +115,32 @@ def _screened(verb: str, reply: R.SmtpReply) -> Callable[[SmtpMethod], SmtpMetho
     return decorate
 
 
-class SmtpServer(ClosableSession):
-    def __init__(self, handler: ReplyHandler, config: InboundConfig) -> None:
+def _progress(method: SmtpMethod) -> SmtpMethod:
+    """A command that may advance a transaction (RCPT): an accepted recipient starts the
+    count of commands without progress anew. Keeps the method's HELP text."""
+
+    @functools.wraps(method)
+    async def counted(server: SmtpServer, arg: str | None) -> None:
+        before = len(server.envelope.rcpt_tos) if server.envelope is not None else 0
+        await method(server, arg)
+        if server.envelope is not None and len(server.envelope.rcpt_tos) > before:
+            server.idle_replies = 0
+
+    return counted
+
+
+def _transport_peer_ip(transport: asyncio.BaseTransport) -> str | None:
+    peer = transport.get_extra_info("peername")
+    return str(peer[0]) if isinstance(peer, tuple) and peer else None
+
+
+def _transport_fileno(transport: asyncio.BaseTransport) -> int:
+    sock = transport.get_extra_info("socket")
+    return int(sock.fileno()) if sock is not None else -1
+
+
+class SmtpServer(ClosableSession, DataReading, ReplyObjects):
+    def __init__(self, handler: ReplyHandler, config: InboundConfig, limits: SessionLimits) -> None:
         super().__init__(
             handler,
             data_size_limit=config.max_message_size,
@@ -109,52 +153,151 @@ class SmtpServer(ClosableSession):
         )
         self.reply_handler = handler
         self._size_reply = str(R.MESSAGE_TOO_BIG.with_text(limit=config.max_message_size))
-
-    def _create_session(self) -> Session:
-        return ReplySession(self.loop)
+        self.limits = limits
+        self._lifetime = config.session_lifetime
+        self._max_idle_replies = config.max_idle_commands
+        self.idle_replies = 0  # replies since the last accepted recipient
+        self._refused = False  # told 421 at connect: aiosmtpd never saw this connection
+        self._admitted_ip: str | None = None
+        self._lifetime_call: asyncio.TimerHandle | None = None
+        self._pending: deque[memoryview] = deque()
+        self._pending_bytes = 0
+        self._feeding = False
+        self._held = False
+        self._eof_held = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if self._original_transport is None:  # not the STARTTLS re-entry
-            metrics.CONNECTIONS.labels(self.reply_handler.source).inc()
-            metrics.SESSIONS_ACTIVE.labels(self.reply_handler.source).inc()
+        """Session caps, descriptors and the connection rate limit first: a refused client is
+        told 421 and closed without a session (aiosmtpd never sees it)."""
+        metrics.CONNECTIONS.labels(self.reply_handler.source).inc()
+        ip = _transport_peer_ip(transport)
+        refusal = self.limits.admit(ip, _transport_fileno(transport))
+        if refusal is None:
+            self._admitted_ip = ip
+            refusal = self.reply_handler.connect_refusal(ip)
+            if refusal is not None:
+                self.limits.release(ip)
+        else:
+            self.reply_handler.pipeline.count_refusal("connect", refusal)
+        if refusal is not None:
+            self._refused = True
+            if isinstance(transport, asyncio.WriteTransport):
+                transport.write(f"{refusal}\r\n".encode())
+            transport.close()  # what is written is sent first
+            return
+        metrics.SESSIONS_ACTIVE.labels(self.reply_handler.source).inc()
+        self._lifetime_call = self.loop.call_later(self._lifetime, self._lifetime_over)
         super().connection_made(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._refused:
+            return
+        self.limits.release(self._admitted_ip)
+        if self._lifetime_call is not None:
+            self._lifetime_call.cancel()
+        self._pending.clear()
+        self._pending_bytes = 0
         metrics.SESSIONS_ACTIVE.labels(self.reply_handler.source).dec()
         super().connection_lost(exc)
 
-    def _create_envelope(self) -> Envelope:
-        return ReplyEnvelope()
+    def _lifetime_over(self) -> None:
+        log.info("session of %s ended: it lasted %g s", self._admitted_ip, self._lifetime)
+        self.end(str(R.SESSION_TOO_LONG.with_text(limit=f"{self._lifetime:g} seconds")))
+
+    # Reading, a slice per turn of the loop (READ_SLICE) ----------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused or not data:
+            return
+        self._pending.append(memoryview(data))
+        self._pending_bytes += len(data)
+        if not self._feeding:
+            self._feed()
+        elif self._pending_bytes > READ_HIGH_WATER:
+            self._hold()
+
+    def _feed(self) -> None:
+        """Hand the reader one slice; the next one on the loop's next turn."""
+        self._feeding = False
+        if self.transport is None:
+            return
+        first = self._pending[0]
+        size = min(len(first), READ_SLICE)
+        lines = first[:size].tobytes().count(b"\n")
+        if lines > READ_SLICE_LINES:
+            size = max(1, size * READ_SLICE_LINES // lines)
+        if size == len(first):
+            self._pending.popleft()
+            chunk = first.tobytes()
+        else:
+            chunk = first[:size].tobytes()
+            self._pending[0] = first[size:]
+        self._pending_bytes -= len(chunk)
+        super().data_received(chunk)
+        if self._pending:
+            self._feeding = True
+            self.loop.call_soon(self._feed)
+            if self._pending_bytes > READ_HIGH_WATER:
+                self._hold()  # again: the reader may have resumed the socket meanwhile
+            return
+        if self._held:
+            self._held = False
+            assert isinstance(self.transport, asyncio.ReadTransport)
+            self.transport.resume_reading()
+        if self._eof_held:
+            self._eof_held = False
+            if not super().eof_received() and self.transport is not None:
+                self.transport.close()
+
+    def _hold(self) -> None:
+        transport = self.transport
+        if not self._held and isinstance(transport, asyncio.ReadTransport) and not transport.is_closing():
+            transport.pause_reading()
+            self._held = True
+
+    def eof_received(self) -> bool | None:
+        if self._refused:
+            return False
+        if self._pending:  # the client's last bytes are read before its end of stream
+            self._eof_held = True
+            return True
+        return super().eof_received()
 
     smtp_HELO = _screened("HELO", R.HELO_SYNTAX)(SMTP.smtp_HELO)
     smtp_EHLO = _screened("EHLO", R.HELO_SYNTAX)(SMTP.smtp_EHLO)
     smtp_MAIL = _screened("MAIL", R.SENDER_SYNTAX)(SMTP.smtp_MAIL)
-    smtp_RCPT = _screened("RCPT", R.RECIPIENT_SYNTAX)(SMTP.smtp_RCPT)
-
-    async def _handle_client(self) -> None:
-        assert self.session is not None
-        refusal = self.reply_handler.connect_refusal(self.session)
-        if refusal is not None:
-            await self.push(refusal)
-            assert self.transport is not None
-            self.transport.close()
-            return
-        await super()._handle_client()
+    smtp_RCPT = _progress(_screened("RCPT", R.RECIPIENT_SYNTAX)(SMTP.smtp_RCPT))
 
     async def push(self, status: AnyStr) -> None:
         text = status.decode(errors="surrogateescape") if isinstance(status, bytes) else status
+        if self._idle_too_long(text):
+            log.info("session of %s ended: %d replies without progress", self._admitted_ip, self.idle_replies - 1)
+            self.end(str(R.NO_PROGRESS))
+            return
         await super().push("\r\n".join(self._reply_line(line) for line in text.split("\r\n")))
+
+    def _idle_too_long(self, text: str) -> bool:
+        """Count one reply (a multi-line one once, at its last line) outside a transaction;
+        True when this one is over ``max_idle_commands`` since the last accepted recipient."""
+        last = text.rsplit("\r\n", 1)[-1]
+        if self.in_transaction or last[3:4] == "-":
+            return False
+        self.idle_replies += 1
+        return self.idle_replies > self._max_idle_replies
 
     def _reply_line(self, line: str) -> str:
         """One reply line as it leaves: our sentence for aiosmtpd's canned ones, an enhanced
         code, and no control character or undecodable byte (a reply is never a terminal's
         escape sequence, nor a way to end the line early)."""
-        if line.startswith(_TOO_BIG_PREFIX):
+        if line.startswith(TOO_BIG_PREFIX):
             return self._size_reply
+        if line.startswith(VRFY_UNPARSEABLE_PREFIX):
+            return str(R.VRFY_UNPARSEABLE.with_text(argument=line[len(VRFY_UNPARSEABLE_PREFIX) :]))
         unknown = _UNKNOWN_COMMAND.fullmatch(line)
         if unknown is not None:
             return str(R.UNKNOWN_COMMAND.with_text(command=unknown.group(1)))
-        return escape_controls(R.with_enhanced_code(line))
+        line = escape_controls(R.with_enhanced_code(line))
+        return line if len(line) <= _MAX_REPLY_LINE else line[: _MAX_REPLY_LINE - 3] + "..."
 
     async def _relay_command(self, command: str, arg: str | None, allowed: set[str]) -> dict[str, str] | None:
         """Shared checks of XCLIENT and XFORWARD: who may send them, when, and their syntax."""
@@ -183,7 +326,7 @@ class SmtpServer(ClosableSession):
         session.xclient_used = True
         session.host_name = None
         session.extended_smtp = False
-        self._set_rset_state()  # type: ignore[no-untyped-call]
+        reset_transaction(self)
         await self.push(f"220 {self.hostname} {self.__ident__}")
 
     @syntax("XFORWARD attribute=value ...")
@@ -198,26 +341,23 @@ class SmtpServer(ClosableSession):
         await self.push(str(R.XFORWARD_OK))
 
 
-class LmtpServer(SmtpServer):
-    """LMTP (RFC 2033): LHLO instead of HELO/EHLO, one DATA reply per recipient."""
+class LmtpServer(SmtpServer, LMTP):
+    """LMTP (RFC 2033) as aiosmtpd's ``LMTP`` speaks it (LHLO instead of HELO/EHLO), with
+    our screening and limits, and one DATA reply per recipient."""
 
-    show_smtp_greeting = False
-
-    def __init__(self, handler: ReplyHandler, config: InboundConfig) -> None:
-        super().__init__(handler, config)
-        self._data_recipients = 0
-        self._owed_error_replies = 0
-
-    @syntax("LHLO hostname")
-    @_screened("LHLO", R.HELO_SYNTAX)
-    async def smtp_LHLO(self, arg: str | None) -> None:
-        await super().smtp_EHLO(arg)
+    # LMTP's greetings come before the SMTP ones SmtpServer screens; LHLO is screened alike.
+    smtp_LHLO = _screened("LHLO", R.HELO_SYNTAX)(LMTP.smtp_LHLO)
 
     async def smtp_HELO(self, arg: str | None) -> None:
-        await self.push('500 5.5.1 Error: command "HELO" not recognized')
+        await LMTP.smtp_HELO(self, arg or "")
 
     async def smtp_EHLO(self, arg: str | None) -> None:
-        await self.push('500 5.5.1 Error: command "EHLO" not recognized')
+        await LMTP.smtp_EHLO(self, arg or "")
+
+    def __init__(self, handler: ReplyHandler, config: InboundConfig, limits: SessionLimits) -> None:
+        super().__init__(handler, config, limits)
+        self._data_recipients = 0
+        self._owed_error_replies = 0
 
     async def smtp_DATA(self, arg: str) -> None:
         self._data_recipients = len(self.envelope.rcpt_tos) if self.envelope else 0
@@ -243,8 +383,18 @@ class LmtpServer(SmtpServer):
         await super().push(text)
 
 
-async def start_listener(pipeline: Pipeline, config: InboundConfig, *, lmtp: bool) -> Listener:
-    """Serve SMTP (or LMTP) on the running loop, at ``listen`` (or ``lmtp_listen``)."""
+def session_limits(pipeline: Pipeline, config: InboundConfig) -> SessionLimits:
+    """The session caps every listener of one process shares; trusted relays are exempt
+    from the per-IP cap."""
+    return SessionLimits(config, pipeline.sender_auth.is_trusted_relay)
+
+
+async def start_listener(
+    pipeline: Pipeline, config: InboundConfig, *, lmtp: bool, limits: SessionLimits | None = None
+) -> Listener:
+    """Serve SMTP (or LMTP) on the running loop, at ``listen`` (or ``lmtp_listen``), within
+    ``limits`` (shared by the process's listeners; a listener of its own if none)."""
+    limits = limits or session_limits(pipeline, config)
     host, port = parse_host_port(config.lmtp_listen if lmtp else config.listen)
     handler: ReplyHandler
     if lmtp:
@@ -258,10 +408,10 @@ async def start_listener(pipeline: Pipeline, config: InboundConfig, *, lmtp: boo
     sessions = Sessions()
 
     def new_session() -> SmtpServer:
-        session = server_class(handler, config)
+        session = server_class(handler, config, limits)
         session.sessions = sessions
         return session
 
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(new_session, host, port, reuse_address=True)
+    server = await loop.create_server(new_session, host, port, reuse_address=True, backlog=config.listen_backlog)
     return Listener(server, sessions, handler.source)

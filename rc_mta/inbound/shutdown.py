@@ -35,6 +35,7 @@ class ClosableSession(SMTP):
 
     sessions: Sessions | None = None  # set by the listener that made it
     in_transaction = False
+    farewell: str | None = None  # this session's own 421, once it must end (rc_mta/inbound/limits.py)
     _last_call: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -49,8 +50,18 @@ class ClosableSession(SMTP):
             self.sessions.discard(self)
         super().connection_lost(exc)
 
-    def _closing(self) -> bool:
+    def _service_closing(self) -> bool:
         return self.sessions is not None and self.sessions.closing
+
+    def _closing(self) -> bool:
+        return self.farewell is not None or self._service_closing()
+
+    def end(self, reply: str) -> None:
+        """This session must end with ``reply`` (a 421): now, or once the reply to its
+        transaction is written, as at shutdown."""
+        self.farewell = reply
+        if not self.in_transaction:
+            self.goodbye()
 
     async def smtp_DATA(self, arg: str) -> None:
         # aiosmtpd's DATA reads the message, runs the handler and writes its reply(ies):
@@ -72,12 +83,16 @@ class ClosableSession(SMTP):
         await super().push(status)
 
     def goodbye(self) -> None:
-        """Write 421 4.3.2 and close: asyncio sends what is buffered before closing, and
-        aiosmtpd's ``connection_lost`` ends the session's task."""
+        """Write the 421 (4.3.2 at shutdown, else this session's farewell) and close: asyncio
+        sends what is buffered before closing, and aiosmtpd's ``connection_lost`` ends the
+        session's task."""
         transport = self.transport
         if not isinstance(transport, asyncio.WriteTransport) or transport.is_closing():
             return
-        transport.write(f"{R.SHUTTING_DOWN.with_text(hostname=self.hostname)}\r\n".encode())
+        reply = self.farewell
+        if reply is None or self._service_closing():
+            reply = str(R.SHUTTING_DOWN.with_text(hostname=self.hostname))
+        transport.write(f"{reply}\r\n".encode())
         transport.close()
 
     def abort(self) -> None:

@@ -1,0 +1,48 @@
+"""Every use rc-mta makes of aiosmtpd's private members and exact wording, in one place.
+
+aiosmtpd (1.4) has no public way to read DATA ourselves, to start a new transaction, to
+give a session or envelope our own class, or to recognise its canned replies. What the
+front needs of each is a one-line function or constant here, and
+``tests/test_aiosmtpd_private.py`` pins each against the installed aiosmtpd, so an upgrade
+that changes one fails there, loudly, rather than in production.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from .handler import ReplyEnvelope, ReplySession
+
+# aiosmtpd's canned replies that rc-mta replaces with its own sentence.
+TOO_BIG_PREFIX = "552 Error:"  # SIZE= too large, and DATA over the limit
+UNKNOWN_COMMAND_PATTERN = r'500 Error: command "(.*)" not recognized'  # repeats the command
+VRFY_UNPARSEABLE_PREFIX = "502 Could not VRFY "  # repeats the whole argument
+
+
+def stream_reader(server: SMTP) -> asyncio.StreamReader:
+    """The session's reader, which aiosmtpd keeps as ``_reader``."""
+    reader: asyncio.StreamReader = server._reader
+    return reader
+
+
+def new_transaction(server: SMTP) -> None:
+    """A fresh envelope, as after a message (``_set_post_data_state``)."""
+    server._set_post_data_state()  # type: ignore[no-untyped-call]
+
+
+def reset_transaction(server: SMTP) -> None:
+    """A fresh envelope, as after RSET or a new greeting (``_set_rset_state``)."""
+    server._set_rset_state()  # type: ignore[no-untyped-call]
+
+
+class ReplyObjects(SMTP):
+    """Sessions and envelopes of our own classes, which carry XCLIENT/XFORWARD facts and
+    verdicts: aiosmtpd makes them in ``_create_session`` / ``_create_envelope``."""
+
+    def _create_session(self) -> Session:
+        return ReplySession(self.loop)
+
+    def _create_envelope(self) -> Envelope:
+        return ReplyEnvelope()
