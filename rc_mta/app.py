@@ -222,6 +222,10 @@ class Service:
         if poller is not None:
             health.liveness[poller.source] = poller.staleness
             background.append(asyncio.create_task(poller.run(), name=f"poller-{poller.source}"))
+        if self.settings.tasks.release.watch:
+            from .tasks.release_watch import ReleaseWatcher
+
+            background.append(asyncio.create_task(ReleaseWatcher(self).run(), name="release-watch"))
 
         where = " ".join(f"{listener.protocol}={':'.join(map(str, listener.address))}" for listener in listeners)
         sd_notify("READY=1")  # systemd Type=notify: listeners are bound, the service is up

@@ -212,6 +212,11 @@ class ReleaseConfig(Section):
     token: SecretStr = SecretStr("")
     timeout: Seconds = 10.0
     retries: int = Field(default=2, ge=0, le=10)
+    # Watch mode (rc_mta/tasks/release_watch.py): tasks tagged ``watch_tag`` get their
+    # request mailed when they start, with no script task; revoked when they leave.
+    watch: bool = False
+    watch_tag: str = Field(default="email-completion", min_length=1, max_length=100)
+    watch_interval: Seconds = 10.0
 
 
 class WebhookConfig(Section):
@@ -231,6 +236,8 @@ class TasksConfig(Section):
     def _backend_configured(self) -> TasksConfig:
         if self.backend == "release" and not self.release.url:
             raise ValueError("backend 'release' needs [tasks.release] url")
+        if self.release.watch and self.backend != "release":
+            raise ValueError("[tasks.release] watch = true needs backend 'release'")
         if self.backend == "webhook" and not (self.webhook.url and self.webhook.secret.get_secret_value()):
             raise ValueError("backend 'webhook' needs [tasks.webhook] url and secret")
         return self

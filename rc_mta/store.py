@@ -593,6 +593,53 @@ class Store:
             return None
         return SharedCounters(self.engine.url, window, timeout)
 
+    # Watch mode: which instance mails the request for a task that started ---------------
+
+    def claim_watched_task(self, task_id: str, owner: str, holder: str, now: float, stale_after: float) -> bool:
+        """Take the sending of ``task_id``'s request to ``owner`` for ``holder`` (one rc-mta).
+
+        True when no one had it, when it was closed (the task came back to this owner), or
+        when another holder's send went stale (its process died mid-send). The insert or
+        the conditional update is the one decision: two instances never both send."""
+        row = {"task_id": task_id, "owner": owner, "holder": holder, "state": "sending", "claimed_at": now}
+        try:
+            with self._begin() as conn:
+                conn.execute(insert(watched_tasks).values(**row))
+            return True
+        except IntegrityError:
+            pass
+        c = watched_tasks.c
+        with self._begin() as conn:
+            taken = conn.execute(
+                update(watched_tasks)
+                .where(
+                    c.task_id == task_id,
+                    c.owner == owner,
+                    (c.state == "closed") | ((c.state == "sending") & (c.claimed_at < now - stale_after)),
+                )
+                .values(holder=holder, state="sending", claimed_at=now)
+            ).rowcount
+        return taken == 1
+
+    def watched_task_sent(self, task_id: str, owner: str, holder: str, now: float) -> None:
+        c = watched_tasks.c
+        with self._begin() as conn:
+            conn.execute(
+                update(watched_tasks)
+                .where(c.task_id == task_id, c.owner == owner, c.holder == holder, c.state == "sending")
+                .values(state="sent", claimed_at=now)
+            )
+
+    def release_watched_task(self, task_id: str, owner: str, holder: str) -> None:
+        """The send failed: give it back so the next round (of anyone) tries again."""
+        c = watched_tasks.c
+        with self._begin() as conn:
+            conn.execute(
+                watched_tasks.delete().where(
+                    c.task_id == task_id, c.owner == owner, c.holder == holder, c.state == "sending"
+                )
+            )
+
 
 # Several instances on one store --------------------------------------------------------
 
@@ -619,6 +666,18 @@ rate_counts = Table(
     Column("key", String(255), primary_key=True),
     Column("slot", BigInteger, primary_key=True, autoincrement=False),
     Column("count", Integer, nullable=False),
+)
+
+watched_tasks = Table(
+    "watched_tasks",
+    metadata,
+    # Watch mode: one row per (Release task, owner) a request was mailed for, so one
+    # instance sends however many run, and the one that sees the task leave revokes.
+    Column("task_id", String(255), primary_key=True),
+    Column("owner", String(320), primary_key=True),
+    Column("holder", String(64), nullable=False),  # the instance sending (or that sent) it
+    Column("state", String(16), nullable=False),  # sending | sent | closed
+    Column("claimed_at", Float, nullable=False),
 )
 
 # A window is counted in this many slots: the limit slides with the clock, a slot at a time.
