@@ -68,7 +68,12 @@ class TokenExpired(Refusal):
 
 
 class RequestRevoked(Refusal):
-    """The completion request was withdrawn."""
+    """The completion request was withdrawn; ``now_with`` says who has the task now, when
+    it was withdrawn because the task went to someone else."""
+
+    def __init__(self, message: str, now_with: str | None = None) -> None:
+        super().__init__(message)
+        self.now_with = now_with
 
 
 class RequestAnswered(Refusal):

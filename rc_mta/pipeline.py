@@ -209,7 +209,8 @@ class Pipeline:
             raise TokenForged(f"request {token.request_id} was never issued here")
         self.signer.verify(token, request.owner, self.clock())
         if request.revoked_at is not None:
-            raise RequestRevoked(f"request {request.id} was withdrawn")
+            now_with = await asyncio.to_thread(self.store.handover_of, request.id)
+            raise RequestRevoked(f"request {request.id} was withdrawn", now_with)
         return token, request
 
     # DATA: one entry for every door ---------------------------------------------------

@@ -85,6 +85,12 @@ TOKEN_EXPIRED = _reply(
 TOKEN_REVOKED = _reply(
     "TOKEN_REVOKED", 550, "5.7.1", "This completion request was withdrawn (the task was reassigned or re-sent)"
 )
+TOKEN_HANDED_OVER = _reply(
+    "TOKEN_HANDED_OVER",
+    550,
+    "5.7.1",
+    "This completion request was withdrawn (the task was reassigned): {now_with} has the task now",
+)
 TOO_MANY_RECIPIENTS = _reply(
     "TOO_MANY_RECIPIENTS", 452, "4.5.3", "Too many reply addresses in one message; send the others separately"
 )
@@ -270,6 +276,8 @@ def reply_for(error: BaseException) -> SmtpReply:
             return TOKEN_UNKNOWN_KEY
         case E.TokenExpired():
             return TOKEN_EXPIRED.with_text(expired_at=error.expired_at)
+        case E.RequestRevoked() if error.now_with:
+            return TOKEN_HANDED_OVER.with_text(now_with=error.now_with)
         case E.RequestRevoked():
             return TOKEN_REVOKED
         case E.RequestAnswered():

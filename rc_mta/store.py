@@ -640,6 +640,48 @@ class Store:
                 )
             )
 
+    def sent_watched_tasks(self) -> list[tuple[str, str]]:
+        """(task id, owner) of every request sent in watch mode whose task was not seen leave yet."""
+        c = watched_tasks.c
+        with self._begin() as conn:
+            rows = conn.execute(select(c.task_id, c.owner).where(c.state == "sent")).all()
+        return [(row[0], row[1]) for row in rows]
+
+    def close_watched_task(self, task_id: str, owner: str, now: float) -> bool:
+        """The task left ``owner`` (reassigned, skipped, aborted, done): True for the one
+        instance that closes it, which then revokes its requests."""
+        c = watched_tasks.c
+        with self._begin() as conn:
+            changed = conn.execute(
+                update(watched_tasks)
+                .where(c.task_id == task_id, c.owner == owner, c.state == "sent")
+                .values(state="closed", claimed_at=now)
+            ).rowcount
+        return changed == 1
+
+    def open_requests_for(self, task_id: str, owner: str) -> list[str]:
+        """Ids of the requests for ``task_id`` to ``owner`` that were not revoked."""
+        with self._begin() as conn:
+            rows = conn.execute(
+                select(requests.c.id).where(
+                    requests.c.task_id == task_id, requests.c.owner == owner, requests.c.revoked_at.is_(None)
+                )
+            ).all()
+        return [row[0] for row in rows]
+
+    def record_handover(self, request_id: str, now_with: str, now: float) -> None:
+        """Say who has the task of a request that is being withdrawn, for a late reply."""
+        with self._begin() as conn:
+            conn.execute(request_handovers.delete().where(request_handovers.c.request_id == request_id))
+            conn.execute(insert(request_handovers).values(request_id=request_id, now_with=now_with, at=now))
+
+    def handover_of(self, request_id: str) -> str | None:
+        with self._begin() as conn:
+            found = conn.execute(
+                select(request_handovers.c.now_with).where(request_handovers.c.request_id == request_id)
+            ).scalar_one_or_none()
+        return str(found) if found is not None else None
+
 
 # Several instances on one store --------------------------------------------------------
 
@@ -678,6 +720,15 @@ watched_tasks = Table(
     Column("holder", String(64), nullable=False),  # the instance sending (or that sent) it
     Column("state", String(16), nullable=False),  # sending | sent | closed
     Column("claimed_at", Float, nullable=False),
+)
+
+request_handovers = Table(
+    "request_handovers",
+    metadata,
+    # A request withdrawn because its task went to someone else: who has it now.
+    Column("request_id", String(16), primary_key=True),
+    Column("now_with", Text, nullable=False),
+    Column("at", Float, nullable=False),
 )
 
 # A window is counted in this many slots: the limit slides with the clock, a slot at a time.

@@ -16,6 +16,8 @@ from conftest import RcMta, make_rc_mta, wait_until
 from mailclient import reply_message, send_smtp
 from release_server import FakeRelease
 
+from rc_mta import smtp_replies as R
+
 TASK = "Applications/Folder1/Release1/Phase1/Task1"
 TAG = "email-completion"
 TOKEN = "release-personal-token-0123"
@@ -161,3 +163,59 @@ def test_two_instances_on_one_postgresql_store_send_once(tmp_path: Path, pg_url:
     finally:
         first.stop()
         second.stop()
+
+
+# Part 2: reassigned, skipped, aborted or done in the UI -----------------------------------
+
+
+def withdrawn(server: RcMta, address: str) -> Any:
+    """The answer to a reply to ``address`` once it says the request was withdrawn, else None
+    (until the watcher sees the change, Release's own state refuses it: not in progress)."""
+    outcome = send_smtp(server.smtp_port, reply_message(address, "Ship it"), address)
+    return outcome if "withdrawn" in outcome.text else None
+
+
+def test_reassigning_revokes_the_old_request_and_mails_the_new_owner(rc_watch: RcMta, release: FakeRelease) -> None:
+    release.add_task(TASK, owner="alice", tags=(TAG,))
+    old = complete_address(wait_for_request(ALICE, rc_watch))
+    release.reassign(TASK, "bob")
+    new = complete_address(wait_for_request(BOB, rc_watch))
+    # The old request is withdrawn before the new one goes out.
+    outcome = send_smtp(rc_watch.smtp_port, reply_message(old, "Ship it"), old)
+    assert (outcome.code, outcome.enhanced) == (550, "5.7.1")
+    assert outcome.text.endswith(R.TOKEN_HANDED_OVER.with_text(now_with=BOB).text)
+    assert release.status(TASK) == "IN_PROGRESS"
+    done = send_smtp(rc_watch.smtp_port, reply_message(new, "Ship it", sender=BOB), new, mail_from=BOB)
+    assert done.code == 250, done
+    assert release.status(TASK) == "COMPLETED"
+
+
+@pytest.mark.parametrize("status", ["SKIPPED", "ABORTED", "COMPLETED"])
+def test_task_that_left_in_the_ui_has_its_request_withdrawn(rc_watch: RcMta, release: FakeRelease, status: str) -> None:
+    release.add_task(TASK, owner="alice", tags=(TAG,))
+    address = complete_address(wait_for_request(ALICE, rc_watch))
+    release.set_status(TASK, status)
+
+    outcome = wait_until(lambda: withdrawn(rc_watch, address), what="the request withdrawn")
+    assert (outcome.code, outcome.enhanced) == (550, "5.7.1")
+    assert R.TOKEN_REVOKED.text in outcome.text
+    assert not release.calls  # nothing was acted on
+
+
+def test_aborted_release_withdraws_its_requests(rc_watch: RcMta, release: FakeRelease) -> None:
+    release.add_task(TASK, owner="alice", tags=(TAG,))
+    address = complete_address(wait_for_request(ALICE, rc_watch))
+    release.release_status["Applications/Folder1/Release1"] = "ABORTED"
+
+    outcome = wait_until(lambda: withdrawn(rc_watch, address), what="the request withdrawn")
+    assert R.TOKEN_REVOKED.text in outcome.text
+    assert not release.calls
+
+
+def test_task_back_with_its_first_owner_is_mailed_again(rc_watch: RcMta, release: FakeRelease) -> None:
+    release.add_task(TASK, owner="alice", tags=(TAG,))
+    wait_for_request(ALICE, rc_watch)
+    release.reassign(TASK, "bob")
+    wait_for_request(BOB, rc_watch)
+    release.reassign(TASK, "alice")
+    wait_until(lambda: len(mailed_to(ALICE, rc_watch)) == 2, what="a second request to alice")

@@ -4,7 +4,10 @@ Every ``[tasks.release] watch_interval`` one round:
 
 1. find the ``IN_PROGRESS`` tasks tagged ``watch_tag`` (``ReleaseBackend.started_tasks``)
    and where each one's request goes (the owner's email, or the team members' emails);
-2. for each (task, email) not mailed yet, claim it in the store (``watched_tasks``) and
+2. for each (task, email) mailed earlier that is no longer wanted — the task was
+   reassigned, skipped, aborted, completed or failed in the UI — close it and revoke its
+   unanswered requests; when the task went to someone else, a late reply is told who;
+3. for each (task, email) not mailed yet, claim it in the store (``watched_tasks``) and
    send through ``Service.send_request``: one instance sends, however many run.
 
 A round that could not read everything (Release down, a user lookup failed) changes
@@ -31,6 +34,8 @@ log = logging.getLogger("rc_mta.tasks.release_watch")
 
 # A send claimed this long ago and not finished: its instance died; another may take it.
 STALE_SEND_SECONDS = 300.0
+# A reply's claim younger than this blocks a revocation (as the API's revoke does).
+STALE_ANSWER_SECONDS = 120.0
 
 
 class ReleaseWatcher:
@@ -69,6 +74,8 @@ class ReleaseWatcher:
             if not emails:
                 log.warning("release watch: task %s has no owner with an email in Release: not mailed", task.id)
             wanted[task.id] = (task, emails)
+        # Withdraw first: a task reassigned to someone else is never answerable by both.
+        await self._close_the_ones_that_left(wanted)
         for task, emails in wanted.values():
             for email in emails:
                 await self._send(task, email)
@@ -87,3 +94,21 @@ class ReleaseWatcher:
             raise
         await asyncio.to_thread(store.watched_task_sent, task.id, email, self.holder, time.time())
         log.info("release watch: task %s started: request %s mailed to %s", task.id, sent.request_id, email)
+
+    async def _close_the_ones_that_left(self, wanted: dict[str, tuple[StartedTask, tuple[str, ...]]]) -> None:
+        store = self._store
+        for task_id, owner in await asyncio.to_thread(store.sent_watched_tasks):
+            now_with = wanted[task_id][1] if task_id in wanted else ()
+            if owner in now_with:
+                continue
+            if not await asyncio.to_thread(store.close_watched_task, task_id, owner, time.time()):
+                continue  # another instance closed it
+            for request_id in await asyncio.to_thread(store.open_requests_for, task_id, owner):
+                if now_with:
+                    await asyncio.to_thread(store.record_handover, request_id, ", ".join(now_with), time.time())
+                revoked = await asyncio.to_thread(
+                    store.revoke_unanswered_request, request_id, time.time(), STALE_ANSWER_SECONDS
+                )
+                if revoked:
+                    why = f"now with {', '.join(now_with)}" if now_with else "no longer in progress for them"
+                    log.info("release watch: task %s %s: request %s to %s revoked", task_id, why, request_id, owner)
