@@ -226,6 +226,9 @@ class Service:
             from .tasks.release_watch import ReleaseWatcher
 
             background.append(asyncio.create_task(ReleaseWatcher(self).run(), name="release-watch"))
+        from .followups import FollowUps
+
+        background.append(asyncio.create_task(FollowUps(self).run(), name="followups"))
 
         where = " ".join(f"{listener.protocol}={':'.join(map(str, listener.address))}" for listener in listeners)
         sd_notify("READY=1")  # systemd Type=notify: listeners are bound, the service is up

@@ -5,6 +5,7 @@ Defaults live here; ``conf/rc-mta.toml`` documents every key with its default.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 from pathlib import Path
@@ -189,6 +190,22 @@ class OutboundConfig(Section):
         if self.smtp_tls and self.smtp_starttls:
             raise ValueError("smtp_tls and smtp_starttls cannot both be true")
         return self
+
+
+class RequestsConfig(Section):
+    """Follow-ups of each request sent (rc_mta/followups.py): reminder mails in the request's
+    thread ``reminders`` after it was sent while no one answered, and, when it expires
+    unanswered, a word to the backend (a Release comment, a webhook ``expired`` event)."""
+
+    reminders: list[Seconds] = Field(default_factory=list, max_length=10)
+    followup_interval: Seconds = 60.0
+
+    @field_validator("reminders")
+    @classmethod
+    def _increasing(cls, value: list[float]) -> list[float]:
+        if any(later <= earlier for earlier, later in itertools.pairwise(value)):
+            raise ValueError('reminders must be increasing delays, like ["1d", "3d"]')
+        return value
 
 
 class StoreConfig(Section):
@@ -401,6 +418,7 @@ class Settings(BaseSettings):
     signing: SigningConfig = SigningConfig()
     outbound: OutboundConfig = OutboundConfig()
     store: StoreConfig = StoreConfig()
+    requests: RequestsConfig = RequestsConfig()
     tasks: TasksConfig = TasksConfig()
     http: HttpConfig = HttpConfig()
     replies: RepliesConfig = RepliesConfig()

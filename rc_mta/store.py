@@ -682,6 +682,91 @@ class Store:
             ).scalar_one_or_none()
         return str(found) if found is not None else None
 
+    # Follow-ups of a request: reminders, the expiry notice ---------------------------
+
+    def due_followups(
+        self, now: float, reminders: tuple[float, ...], expired_since: float, limit: int = 100
+    ) -> list[tuple[Request, str]]:
+        """Unanswered, unrevoked requests with a follow-up due: ``reminder-N`` once the
+        N-th delay has passed (and not the next one: a late round sends the latest only),
+        ``expired`` once it expired (since ``expired_since``). Each step at most once."""
+        r = requests.c
+        unanswered = ~select(used_tokens.c.request_id).where(used_tokens.c.request_id == r.id).exists()
+
+        def not_done(step: str) -> Any:
+            f = request_followups.c
+            return ~select(f.request_id).where(f.request_id == r.id, f.step == step).exists()
+
+        due: list[tuple[Request, str]] = []
+        with self._begin() as conn:
+            for n, delay in enumerate(reminders, 1):
+                step = f"reminder-{n}"
+                window = [r.created_at <= now - delay]
+                if n < len(reminders):
+                    window.append(r.created_at > now - reminders[n])
+                rows = conn.execute(
+                    select(requests)
+                    .where(r.revoked_at.is_(None), r.expires_at > now, *window, unanswered, not_done(step))
+                    .order_by(r.created_at)
+                    .limit(limit)
+                ).mappings()
+                due.extend((Request(**row), step) for row in rows)
+            rows = conn.execute(
+                select(requests)
+                .where(r.revoked_at.is_(None), r.expires_at <= now, r.expires_at > expired_since, unanswered)
+                .where(not_done("expired"))
+                .order_by(r.expires_at)
+                .limit(limit)
+            ).mappings()
+            due.extend((Request(**row), "expired") for row in rows)
+        return due
+
+    def claim_followup(self, request_id: str, step: str, holder: str, now: float, stale_after: float) -> bool:
+        """Take one follow-up for ``holder``: True for exactly one instance (or for anyone
+        once the holder's claim went stale: it died before finishing)."""
+        try:
+            with self._begin() as conn:
+                conn.execute(
+                    insert(request_followups).values(
+                        request_id=request_id, step=step, holder=holder, state="sending", at=now
+                    )
+                )
+            return True
+        except IntegrityError:
+            pass
+        f = request_followups.c
+        with self._begin() as conn:
+            taken = conn.execute(
+                update(request_followups)
+                .where(f.request_id == request_id, f.step == step, f.state == "sending", f.at < now - stale_after)
+                .values(holder=holder, at=now)
+            ).rowcount
+        return taken == 1
+
+    def followup_done(self, request_id: str, step: str, holder: str, now: float) -> None:
+        f = request_followups.c
+        with self._begin() as conn:
+            conn.execute(
+                update(request_followups)
+                .where(f.request_id == request_id, f.step == step, f.holder == holder)
+                .values(state="done", at=now)
+            )
+
+    def release_followup(self, request_id: str, step: str, holder: str) -> None:
+        """It failed: the next round (of anyone) tries again."""
+        f = request_followups.c
+        with self._begin() as conn:
+            conn.execute(
+                request_followups.delete().where(
+                    f.request_id == request_id, f.step == step, f.holder == holder, f.state == "sending"
+                )
+            )
+
+    def add_task_comment(self, task_id: str, author: str, text: str, now: float) -> None:
+        """A comment on an embedded task that changes nothing else (an expiry notice)."""
+        with self._begin() as conn:
+            conn.execute(insert(task_comments).values(task_id=task_id, author=author, text=text, at=now))
+
 
 # Several instances on one store --------------------------------------------------------
 
@@ -728,6 +813,17 @@ request_handovers = Table(
     # A request withdrawn because its task went to someone else: who has it now.
     Column("request_id", String(16), primary_key=True),
     Column("now_with", Text, nullable=False),
+    Column("at", Float, nullable=False),
+)
+
+request_followups = Table(
+    "request_followups",
+    metadata,
+    # What was done after a request was sent, once each: reminder-1, reminder-2, ..., expired.
+    Column("request_id", String(16), primary_key=True),
+    Column("step", String(16), primary_key=True),
+    Column("holder", String(64), nullable=False),
+    Column("state", String(16), nullable=False),  # sending | done
     Column("at", Float, nullable=False),
 )
 

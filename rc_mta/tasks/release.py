@@ -32,7 +32,7 @@ import aiohttp
 
 from ..config import ReleaseConfig
 from ..errors import BackendAuthFailed, BackendRefused, BackendUnavailable
-from ._base import ActionContext, TaskInfo, TaskNotFound, TaskNotInProgress
+from ._base import ActionContext, TaskInfo, TaskNotFound, TaskNotInProgress, expiry_note
 
 log = logging.getLogger("rc_mta.tasks.release")
 
@@ -110,6 +110,10 @@ class ReleaseBackend:
 
     async def fail(self, task_id: str, comment: str, actor: str, context: ActionContext) -> None:
         await self._act(task_id, "fail", comment, actor)
+
+    async def expired(self, task_id: str, owner: str, request_id: str, expired_at: float) -> None:
+        """A comment on the task, so the people watching it in Release see it."""
+        await self.add_comment(task_id, expiry_note(owner, expired_at))
 
     async def check(self) -> str:
         """A cheap authenticated read: proves Release answers and accepts our credentials."""

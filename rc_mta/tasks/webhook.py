@@ -36,7 +36,7 @@ import hmac
 import json
 import logging
 import time
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -117,6 +117,46 @@ class WebhookBackend:
             "verdicts": dict(context.verdicts),
             "sent_at": now,
         }
+        status, text = await self._deliver(payload)
+        if 200 <= status < 300:
+            return
+        answer = _json(text)
+        if status == 409:
+            raise TaskNotInProgress(_closed_task(task_id, answer))
+        if 400 <= status < 500 and status not in (401, 408, 425, 429):
+            reason = answer.get("detail") or answer.get("error") or text
+            why = _one_line(str(reason)) or f"HTTP {status}"
+            log.info("webhook refused %s of task %s: HTTP %d %s", action, task_id, status, why)
+            raise BackendRefused(why)
+        self._unavailable(status)
+
+    async def expired(self, task_id: str, owner: str, request_id: str, expired_at: float) -> None:
+        """``{"event": "expired", "task_id", "owner", "request_id", "expired_at", "sent_at"}``,
+        signed like an action; any 2xx (or 409: the task is closed anyway) is taken."""
+        payload: dict[str, Any] = {
+            "event": "expired",
+            "task_id": task_id,
+            "owner": owner,
+            "request_id": request_id,
+            "expired_at": int(expired_at),
+            "sent_at": int(time.time()),
+        }
+        status, _ = await self._deliver(payload)
+        if not (200 <= status < 300 or status == 409):
+            self._unavailable(status)
+
+    def _unavailable(self, status: int) -> NoReturn:
+        if status == 401:
+            log.error(
+                "webhook %s refused our signature (HTTP 401): check [tasks.webhook] secret against the receiver's",
+                self._config.url,
+            )
+            raise BackendAuthFailed("webhook refused our signature (HTTP 401)")
+        raise BackendUnavailable(f"webhook {self._config.url} answered HTTP {status}")
+
+    async def _deliver(self, payload: dict[str, Any]) -> tuple[int, str]:
+        """POST one signed payload; the receiver's status and body."""
+        now = int(payload["sent_at"])
         body = json.dumps(payload, separators=(",", ":")).encode()
         timestamp = str(now)
         headers = {
@@ -136,25 +176,7 @@ class WebhookBackend:
             ) from None
         except aiohttp.ClientError as exc:
             raise BackendUnavailable(f"cannot reach webhook {self._config.url}: {exc}") from None
-        if 200 <= status < 300:
-            return
-        answer = _json(text)
-        if status == 409:
-            raise TaskNotInProgress(_closed_task(task_id, answer))
-        if status == 401:
-            log.error(
-                "webhook %s refused our signature (HTTP 401): check [tasks.webhook] secret against the receiver's",
-                self._config.url,
-            )
-            raise BackendAuthFailed("webhook refused our signature (HTTP 401)")
-        if status in (408, 425, 429):  # "try again later", in the receiver's words
-            raise BackendUnavailable(f"webhook {self._config.url} answered HTTP {status}")
-        if 400 <= status < 500:
-            reason = answer.get("detail") or answer.get("error") or text
-            why = _one_line(str(reason)) or f"HTTP {status}"
-            log.info("webhook refused %s of task %s: HTTP %d %s", action, task_id, status, why)
-            raise BackendRefused(why)
-        raise BackendUnavailable(f"webhook {self._config.url} answered HTTP {status}")
+        return status, text
 
     def _client(self) -> aiohttp.ClientSession:
         """One session per event loop, made on first use."""
