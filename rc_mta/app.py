@@ -125,8 +125,10 @@ class Service:
         context_title: str | None = None,
         link: str | None = None,
         expires_in: float | None = None,
+        approval_group: str | None = None,
     ) -> SentRequest:
-        """Record a request for a task and mail it to the owner (one request per owner)."""
+        """Record a request for a task and mail it to the owner (one request per owner);
+        ``approval_group``: it decides the task together with others (N of M)."""
         try:
             task = await self.backend.get(task_id)
         except TaskNotFound:
@@ -148,6 +150,8 @@ class Service:
         addresses = reply_addresses(self.settings, self.signer, request)
         request = Request(**{**request.__dict__, "message_id": addresses.message_id})
         await asyncio.to_thread(self.store.add_request, request)
+        if approval_group is not None:
+            await asyncio.to_thread(self.store.add_approval_member, request.id, approval_group)
         message = compose(self.settings, request, addresses, now, context_title=context_title, link=link)
         try:
             path = await self.transport.send(message, request.id)

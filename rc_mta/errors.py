@@ -84,6 +84,14 @@ class RequestAnswered(Refusal):
         self.task_id, self.action_past = task_id, action_past
 
 
+class DecisionMade(Refusal):
+    """Several owners decide this task together, and they already did (or one failed it)."""
+
+    def __init__(self, task_id: str, action_past: str, by: str) -> None:
+        super().__init__(f"the decision on task {task_id} was already made: {action_past} by {by}")
+        self.task_id, self.action_past, self.by = task_id, action_past, by
+
+
 class TaskNotFound(Refusal):
     def __init__(self, task_id: str) -> None:
         super().__init__(f"task {task_id} not found")

@@ -767,6 +767,104 @@ class Store:
         with self._begin() as conn:
             conn.execute(insert(task_comments).values(task_id=task_id, author=author, text=text, at=now))
 
+    # N-of-M approvals: several owners' requests that decide one task together ---------
+
+    def add_approval_group(self, task_id: str, needed: int, now: float) -> str:
+        group_id = "g-" + secrets.token_hex(8)
+        with self._begin() as conn:
+            conn.execute(
+                insert(approval_groups).values(id=group_id, task_id=task_id, needed=needed, approvals=0, created_at=now)
+            )
+        return group_id
+
+    def add_approval_member(self, request_id: str, group_id: str) -> None:
+        """Before the request is mailed: no answer to it may act alone."""
+        with self._begin() as conn:
+            conn.execute(insert(approval_members).values(request_id=request_id, group_id=group_id))
+
+    def approval_group_of(self, request_id: str) -> ApprovalGroup | None:
+        g = approval_groups.c
+        with self._begin() as conn:
+            row = (
+                conn.execute(
+                    select(approval_groups)
+                    .join(approval_members, approval_members.c.group_id == g.id)
+                    .where(approval_members.c.request_id == request_id)
+                )
+                .mappings()
+                .first()
+            )
+        return ApprovalGroup(**row) if row else None
+
+    def count_approval(self, group_id: str, actor: str, now: float) -> int | None:
+        """One more approval, in one statement: the new count, or None when the group was
+        decided already. The approval that reaches ``needed`` decides (complete)."""
+        g = approval_groups.c
+        with self._begin() as conn:
+            count = conn.execute(
+                update(approval_groups)
+                .where(g.id == group_id, g.decided_at.is_(None))
+                .values(approvals=g.approvals + 1)
+                .returning(g.approvals, g.needed)
+            ).first()
+            if count is None:
+                return None
+            if count[0] >= count[1]:
+                conn.execute(
+                    update(approval_groups)
+                    .where(g.id == group_id)
+                    .values(decided_at=now, decision="complete", decided_by=self._approvers(conn, group_id, actor))
+                )
+            return int(count[0])
+
+    def decide_group_fail(self, group_id: str, actor: str, now: float) -> bool:
+        """A fail from anyone decides: True for the one answer that did."""
+        g = approval_groups.c
+        with self._begin() as conn:
+            changed = conn.execute(
+                update(approval_groups)
+                .where(g.id == group_id, g.decided_at.is_(None))
+                .values(decided_at=now, decision="fail", decided_by=actor)
+            ).rowcount
+        return changed == 1
+
+    def undo_group_decision(self, group_id: str, counted: bool) -> None:
+        """The backend could not be told: the decision (and this approval) are taken back,
+        so the sender's retry decides again."""
+        g = approval_groups.c
+        values: dict[str, Any] = {"decided_at": None, "decision": None, "decided_by": None}
+        if counted:
+            values["approvals"] = g.approvals - 1
+        with self._begin() as conn:
+            conn.execute(update(approval_groups).where(g.id == group_id).values(**values))
+
+    def uncount_approval(self, group_id: str) -> None:
+        g = approval_groups.c
+        with self._begin() as conn:
+            conn.execute(
+                update(approval_groups)
+                .where(g.id == group_id, g.decided_at.is_(None))
+                .values(approvals=g.approvals - 1)
+            )
+
+    @staticmethod
+    def _approvers(conn: Connection, group_id: str, actor: str) -> str:
+        """Who approved: the answered requests of the group, then ``actor``, each once."""
+        rows = conn.execute(
+            select(used_tokens.c.actor)
+            .join(approval_members, approval_members.c.request_id == used_tokens.c.request_id)
+            .where(
+                approval_members.c.group_id == group_id,
+                used_tokens.c.state == "done",
+                used_tokens.c.action == "complete",
+            )
+            .order_by(used_tokens.c.done_at)
+        ).all()
+        names: dict[str, None] = {}
+        for name in [*(row[0] for row in rows), actor]:
+            names.setdefault(name)
+        return ", ".join(names)
+
 
 # Several instances on one store --------------------------------------------------------
 
@@ -826,6 +924,41 @@ request_followups = Table(
     Column("state", String(16), nullable=False),  # sending | done
     Column("at", Float, nullable=False),
 )
+
+approval_groups = Table(
+    "approval_groups",
+    metadata,
+    # Requests to several owners that decide one task together: ``needed`` approvals
+    # complete it, one fail fails it. ``approvals`` is counted in one statement per answer.
+    Column("id", String(32), primary_key=True),
+    Column("task_id", String(255), nullable=False),
+    Column("needed", Integer, nullable=False),
+    Column("approvals", Integer, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("decided_at", Float),
+    Column("decision", String(16)),  # complete | fail
+    Column("decided_by", Text),  # who: the approvers, or the one who failed it
+)
+
+approval_members = Table(
+    "approval_members",
+    metadata,
+    Column("request_id", String(16), primary_key=True),
+    Column("group_id", String(32), nullable=False, index=True),
+)
+
+
+@dataclass(frozen=True)
+class ApprovalGroup:
+    id: str
+    task_id: str
+    needed: int
+    approvals: int
+    created_at: float
+    decided_at: float | None
+    decision: str | None
+    decided_by: str | None
+
 
 # A window is counted in this many slots: the limit slides with the clock, a slot at a time.
 RATE_SLOTS = 10
