@@ -29,7 +29,8 @@ at once, the answer comes late, as a slow Release that commits before it answers
 ``gateway_errors`` (a proxy's 502 for the next calls, before or after Release acted), and
 ``calls``/``actions`` (what arrived, what changed), ``seen`` (every call: method, path, who).
 A task's release is its id up to the ``Release…`` segment; ``users``, ``teams``,
-``release_status``, ``reassign()`` and ``set_status()`` play what people do in the UI.
+``release_status``, ``reassign()``, ``set_status()`` and ``abort_release()`` play what
+people do in the UI.
 """
 
 from __future__ import annotations
@@ -141,6 +142,14 @@ class FakeRelease:
         assert status in STATUSES, status
         with self._lock:
             self.tasks[task_id]["status"] = status
+
+    def abort_release(self, release_id: str) -> None:
+        """As Release does: the release and its unfinished tasks are aborted."""
+        with self._lock:
+            self.release_status[release_id] = "ABORTED"
+            for task_id, task in self.tasks.items():
+                if _release_of(task_id) == release_id and task["status"] not in ("COMPLETED", "SKIPPED", "FAILED"):
+                    task["status"] = "ABORTED"
 
     def calls_by(self, user: str, method: str, path_start: str) -> int:
         with self._lock:

@@ -205,7 +205,7 @@ def test_task_that_left_in_the_ui_has_its_request_withdrawn(rc_watch: RcMta, rel
 def test_aborted_release_withdraws_its_requests(rc_watch: RcMta, release: FakeRelease) -> None:
     release.add_task(TASK, owner="alice", tags=(TAG,))
     address = complete_address(wait_for_request(ALICE, rc_watch))
-    release.release_status["Applications/Folder1/Release1"] = "ABORTED"
+    release.abort_release("Applications/Folder1/Release1")
 
     outcome = wait_until(lambda: withdrawn(rc_watch, address), what="the request withdrawn")
     assert R.TOKEN_REVOKED.text in outcome.text

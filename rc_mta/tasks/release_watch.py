@@ -96,19 +96,25 @@ class ReleaseWatcher:
         log.info("release watch: task %s started: request %s mailed to %s", task.id, sent.request_id, email)
 
     async def _close_the_ones_that_left(self, wanted: dict[str, tuple[StartedTask, tuple[str, ...]]]) -> None:
+        """Withdraw what is no longer wanted. A request being answered at this very moment
+        cannot be withdrawn (the reply may be acting): it is tried again next round, and the
+        (task, owner) is closed only once each of its requests is withdrawn or answered."""
         store = self._store
         for task_id, owner in await asyncio.to_thread(store.sent_watched_tasks):
             now_with = wanted[task_id][1] if task_id in wanted else ()
             if owner in now_with:
                 continue
-            if not await asyncio.to_thread(store.close_watched_task, task_id, owner, time.time()):
-                continue  # another instance closed it
+            settled = True
             for request_id in await asyncio.to_thread(store.open_requests_for, task_id, owner):
                 if now_with:
                     await asyncio.to_thread(store.record_handover, request_id, ", ".join(now_with), time.time())
-                revoked = await asyncio.to_thread(
+                if await asyncio.to_thread(
                     store.revoke_unanswered_request, request_id, time.time(), STALE_ANSWER_SECONDS
-                )
-                if revoked:
+                ):
                     why = f"now with {', '.join(now_with)}" if now_with else "no longer in progress for them"
                     log.info("release watch: task %s %s: request %s to %s revoked", task_id, why, request_id, owner)
+                    continue
+                claim = await asyncio.to_thread(store.get_claim, request_id)
+                settled = settled and claim is not None and claim.done
+            if settled:
+                await asyncio.to_thread(store.close_watched_task, task_id, owner, time.time())
