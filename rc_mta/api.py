@@ -114,12 +114,26 @@ class RequestCreate(_Body):
     expires_in: Seconds | None = Field(
         None, description="Seconds until the reply addresses stop working; default: [signing] request_ttl."
     )
+    approvals: (
+        Annotated[int, Field(ge=1, le=MAX_OWNERS), BeforeValidator(_whole_number)] | Literal["any", "all"] | None
+    ) = Field(
+        None,
+        description="How many owners must approve: any (one; the default), all, or a number (more than"
+        " the owners means all). A fail from anyone fails the task; the task acts once, when the rule is met.",
+    )
 
     @model_validator(mode="after")
     def _one_way_to_name_owners(self) -> RequestCreate:
         if {"owner", "owners"} <= self.model_fields_set:
             raise ValueError("give owner or owners, not both")
         return self
+
+    def needed(self, owners: int) -> int:
+        """Approvals the task needs from ``owners`` owners."""
+        if self.approvals is None or self.approvals == "any":
+            return 1
+        # More than there are owners is all of them: the answer's approvals_needed says so.
+        return owners if self.approvals == "all" else min(self.approvals, owners)
 
     def recipients(self) -> list[str | None]:
         """Distinct owners, case-insensitively; [None] means the task's own owner."""
@@ -154,6 +168,7 @@ class SentRequestOut(BaseModel):
 
 class RequestsCreated(BaseModel):
     task_id: str
+    approvals_needed: int
     requests: list[SentRequestOut]
 
 
@@ -459,6 +474,10 @@ class _Api:
             due=body.due,
             description=body.description,
         )
+        needed = body.needed(len(recipients))
+        group = None
+        if needed > 1:
+            group = await asyncio.to_thread(service.store.add_approval_group, task.id, needed, time.time())
         sent = []
         try:
             for owner in recipients:
@@ -469,6 +488,7 @@ class _Api:
                     context=context,
                     language=body.language,
                     expires_in=body.expires_in,
+                    approval_group=group,
                 )
                 stored = await asyncio.to_thread(service.store.get_request, one.request_id)
                 assert stored is not None
@@ -484,6 +504,7 @@ class _Api:
             raise
         out = RequestsCreated(
             task_id=task.id,
+            approvals_needed=needed,
             requests=[
                 SentRequestOut(
                     request_id=one.request_id,

@@ -146,9 +146,11 @@ class Service:
         context: RequestContext | None = None,
         language: Language | None = None,
         expires_in: float | None = None,
+        approval_group: str | None = None,
     ) -> SentRequest:
         """Record a request for a task and mail it to the owner (one request per owner), in
-        ``language`` (default: ``[outbound] language``)."""
+        ``language`` (default: ``[outbound] language``); ``approval_group``: it decides the
+        task together with others (N of M)."""
         try:
             task = await self.backend.get(task_id)
         except TaskNotFound:
@@ -177,6 +179,9 @@ class Service:
         message = wire_bytes(compose(self.settings, request, addresses, now, context=context, language=language))
         if self.dkim is not None:
             message = self.dkim.sign(message)
+        if approval_group is not None:
+            # Before the mail can leave: no answer to it may act alone.
+            await asyncio.to_thread(self.store.add_approval_member, request.id, approval_group)
         # Stored before any attempt to send: from here on the request is not lost.
         mail = await self.queue.submit(request, message, self.settings.from_address)
         log.info(
@@ -256,6 +261,13 @@ class Service:
         if poller is not None:
             health.liveness[poller.source] = poller.staleness
             background.append(asyncio.create_task(poller.run(), name=f"poller-{poller.source}"))
+        if self.settings.tasks.release.watch:
+            from .tasks.release_watch import ReleaseWatcher
+
+            background.append(asyncio.create_task(ReleaseWatcher(self).run(), name="release-watch"))
+        from .followups import FollowUps
+
+        background.append(asyncio.create_task(FollowUps(self).run(), name="followups"))
 
         where = " ".join(f"{listener.protocol}={':'.join(map(str, listener.address))}" for listener in listeners)
         sd_notify("READY=1")  # systemd Type=notify: listeners are bound, the service is up

@@ -5,6 +5,7 @@ Defaults live here; ``conf/rc-mta.toml`` documents every key with its default.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 from collections.abc import Mapping
@@ -251,6 +252,22 @@ class OutboundConfig(Section):
         return self
 
 
+class RequestsConfig(Section):
+    """Follow-ups of each request sent (rc_mta/followups.py): reminder mails in the request's
+    thread ``reminders`` after it was sent while no one answered, and, when it expires
+    unanswered, a word to the backend (a Release comment, a webhook ``expired`` event)."""
+
+    reminders: list[Seconds] = Field(default_factory=list, max_length=10)
+    followup_interval: Seconds = 60.0
+
+    @field_validator("reminders")
+    @classmethod
+    def _increasing(cls, value: list[float]) -> list[float]:
+        if any(later <= earlier for earlier, later in itertools.pairwise(value)):
+            raise ValueError('reminders must be increasing delays, like ["1d", "3d"]')
+        return value
+
+
 class StoreConfig(Section):
     url: str = "sqlite:///var/rc-mta.db"
     busy_timeout: Seconds = 5.0
@@ -272,6 +289,11 @@ class ReleaseConfig(Section):
     token: SecretStr = SecretStr("")
     timeout: Seconds = 10.0
     retries: int = Field(default=2, ge=0, le=10)
+    # Watch mode (rc_mta/tasks/release_watch.py): tasks tagged ``watch_tag`` get their
+    # request mailed when they start, with no script task; revoked when they leave.
+    watch: bool = False
+    watch_tag: str = Field(default="email-completion", min_length=1, max_length=100)
+    watch_interval: Seconds = 10.0
 
 
 class WebhookConfig(Section):
@@ -291,6 +313,8 @@ class TasksConfig(Section):
     def _backend_configured(self) -> TasksConfig:
         if self.backend == "release" and not self.release.url:
             raise ValueError("backend 'release' needs [tasks.release] url")
+        if self.release.watch and self.backend != "release":
+            raise ValueError("[tasks.release] watch = true needs backend 'release'")
         if self.backend == "webhook" and not (self.webhook.url and self.webhook.secret.get_secret_value()):
             raise ValueError("backend 'webhook' needs [tasks.webhook] url and secret")
         return self
@@ -456,6 +480,7 @@ class Settings(BaseSettings):
     signing: SigningConfig = SigningConfig()
     outbound: OutboundConfig = OutboundConfig()
     store: StoreConfig = StoreConfig()
+    requests: RequestsConfig = RequestsConfig()
     tasks: TasksConfig = TasksConfig()
     http: HttpConfig = HttpConfig()
     replies: RepliesConfig = RepliesConfig()

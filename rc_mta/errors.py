@@ -68,7 +68,12 @@ class TokenExpired(Refusal):
 
 
 class RequestRevoked(Refusal):
-    """The completion request was withdrawn."""
+    """The completion request was withdrawn; ``now_with`` says who has the task now, when
+    it was withdrawn because the task went to someone else."""
+
+    def __init__(self, message: str, now_with: str | None = None) -> None:
+        super().__init__(message)
+        self.now_with = now_with
 
 
 class RequestAnswered(Refusal):
@@ -77,6 +82,14 @@ class RequestAnswered(Refusal):
     def __init__(self, task_id: str, action_past: str) -> None:
         super().__init__(f"the request was already answered: task {task_id} {action_past}")
         self.task_id, self.action_past = task_id, action_past
+
+
+class DecisionMade(Refusal):
+    """Several owners decide this task together, and they already did (or one failed it)."""
+
+    def __init__(self, task_id: str, action_past: str, by: str) -> None:
+        super().__init__(f"the decision on task {task_id} was already made: {action_past} by {by}")
+        self.task_id, self.action_past, self.by = task_id, action_past, by
 
 
 class TaskNotFound(Refusal):

@@ -28,6 +28,7 @@ from .authresults import strip_forged_authentication_results
 from .config import Settings
 from .errors import (
     BackendAuthFailed,
+    DecisionMade,
     MessageRefused,
     Refusal,
     RequestAnswered,
@@ -47,7 +48,7 @@ from .reading import (
 )
 from .sender_auth import AuthState, Client, SenderAuth
 from .smtp_replies import SmtpReply
-from .store import Claim, ClaimOutcome, Request, Store, new_attempt_id
+from .store import ApprovalGroup, Claim, ClaimOutcome, Request, Store, new_attempt_id
 from .tasks import ActionContext, TaskBackend
 from .tokens import Action, Signer, Token, redact_address
 
@@ -209,7 +210,8 @@ class Pipeline:
             raise TokenForged(f"request {token.request_id} was never issued here")
         self.signer.verify(token, request.owner, self.clock())
         if request.revoked_at is not None:
-            raise RequestRevoked(f"request {request.id} was withdrawn")
+            now_with = await asyncio.to_thread(self.store.handover_of, request.id)
+            raise RequestRevoked(f"request {request.id} was withdrawn", now_with)
         return token, request
 
     # DATA: one entry for every door ---------------------------------------------------
@@ -386,6 +388,9 @@ class Pipeline:
             raise RequestRevoked(f"request {request.id} was withdrawn")
         if outcome is not ClaimOutcome.OURS:
             return _not_ours(decision, request, outcome, claim)
+        group = await self._approval_group(request, attempt)
+        if group is not None:
+            return await self._act_together(decision, group, attempt, actor, source)
         try:
             context = ActionContext(
                 request.id, message_id, source, {name: v["result"] for name, v in decision.checks.items()}
@@ -416,6 +421,74 @@ class Pipeline:
             )
         metrics.TASKS_ACTED.labels(self.backend.name, action.value).inc()
         return decision
+
+    async def _approval_group(self, request: Request, attempt: str) -> ApprovalGroup | None:
+        """The group deciding this request's task together (N of M), if it has one."""
+        try:
+            group = await asyncio.to_thread(self.store.approval_group_of, request.id)
+        except BaseException:
+            await asyncio.to_thread(self.store.release_claim, request.id, attempt)
+            raise
+        return group if group is not None and group.needed > 1 else None
+
+    async def _act_together(
+        self, decision: Decision, group: ApprovalGroup, attempt: str, actor: str, source: str
+    ) -> Decision:
+        """N of M: an approval is counted (in one statement, so two at once are both
+        counted); the one that reaches ``needed``, or any fail, decides and drives the
+        backend, once. An answer after the decision is refused, saying by whom."""
+        request, action = decision.request, decision.action
+        assert request is not None and action is not None
+        store, now = self.store, self.clock()
+        counted = decided = False
+        try:
+            if action is TaskAction.FAIL:
+                decided = await asyncio.to_thread(store.decide_group_fail, group.id, actor, now)
+                if not decided:
+                    raise await self._decision_made(request)
+            else:
+                count = await asyncio.to_thread(store.count_approval, group.id, actor, now)
+                if count is None:
+                    raise await self._decision_made(request)
+                counted = True
+                if count < group.needed:
+                    await asyncio.to_thread(store.finish_claim, request.id, attempt, self.clock())
+                    log.info("request %s: approval %d of %d by %s", request.id, count, group.needed, actor)
+                    reply = R.APPROVAL_RECORDED.with_text(task_id=request.task_id, count=count, needed=group.needed)
+                    return replace(decision, reply=reply)
+                decided = True
+            settled = await asyncio.to_thread(store.approval_group_of, request.id)
+            by = settled.decided_by if settled is not None and settled.decided_by else actor
+            comment = (
+                decision.comment if action is TaskAction.FAIL else f"{decision.comment}\n\nApproved by {by}".strip()
+            )
+            context = ActionContext(
+                request.id, decision.message_id, source, {name: v["result"] for name, v in decision.checks.items()}
+            )
+            try:
+                await self._drive_backend(action, request.task_id, comment, actor, context)
+            except TaskNotInProgress as exc:
+                if not (exc.task.acted_by == actor and exc.task.status == action.past):
+                    raise
+        except BaseException:
+            try:
+                if decided:
+                    await asyncio.to_thread(store.undo_group_decision, group.id, counted)
+                elif counted:
+                    await asyncio.to_thread(store.uncount_approval, group.id)
+                await asyncio.to_thread(store.release_claim, request.id, attempt)
+            except TemporaryFailure:
+                pass  # the claim goes stale and is taken over later
+            raise
+        await asyncio.to_thread(store.finish_claim, request.id, attempt, self.clock())
+        metrics.TASKS_ACTED.labels(self.backend.name, action.value).inc()
+        return decision
+
+    async def _decision_made(self, request: Request) -> DecisionMade:
+        group = await asyncio.to_thread(self.store.approval_group_of, request.id)
+        if group is None or group.decision is None:
+            return DecisionMade(request.task_id, "decided", "the other owners")
+        return DecisionMade(request.task_id, TaskAction(group.decision).past, group.decided_by or "the other owners")
 
     async def decide(
         self, parsed: ParsedReply, message_id: str, recipient: Recipient, auth: AuthState, *, act: bool, source: str

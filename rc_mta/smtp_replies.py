@@ -60,6 +60,12 @@ OK = _reply("OK", 250, "2.0.0", "OK")
 RECIPIENT_OK = _reply("RECIPIENT_OK", 250, "2.1.5", "Recipient OK")
 SENDER_OK = _reply("SENDER_OK", 250, "2.1.0", "Sender OK")
 TASK_ACTED = _reply("TASK_ACTED", 250, "2.0.0", "Task {task_id} {action_past}; thank you")
+APPROVAL_RECORDED = _reply(
+    "APPROVAL_RECORDED",
+    250,
+    "2.0.0",
+    "Your approval of task {task_id} is recorded: {count} of the {needed} needed; thank you",
+)
 ALREADY_DONE = _reply("ALREADY_DONE", 250, "2.0.0", "This reply was already processed: task {task_id} {action_past}")
 AUTO_REPLY_DROPPED = _reply("AUTO_REPLY_DROPPED", 250, "2.0.0", "Automatic reply accepted and discarded ({why})")
 
@@ -85,6 +91,12 @@ TOKEN_EXPIRED = _reply(
 TOKEN_REVOKED = _reply(
     "TOKEN_REVOKED", 550, "5.7.1", "This completion request was withdrawn (the task was reassigned or re-sent)"
 )
+TOKEN_HANDED_OVER = _reply(
+    "TOKEN_HANDED_OVER",
+    550,
+    "5.7.1",
+    "This completion request was withdrawn (the task was reassigned): {now_with} has the task now",
+)
 TOO_MANY_RECIPIENTS = _reply(
     "TOO_MANY_RECIPIENTS", 452, "4.5.3", "Too many reply addresses in one message; send the others separately"
 )
@@ -92,6 +104,13 @@ TOO_MANY_RECIPIENTS = _reply(
 # Message (DATA) refusals.
 TOKEN_USED = _reply(
     "TOKEN_USED", 550, "5.7.1", "This completion request was already answered: task {task_id} {action_past}"
+)
+DECISION_MADE = _reply(
+    "DECISION_MADE",
+    550,
+    "5.7.1",
+    "The decision on task {task_id} was already made: {action_past} by {by}; nothing was changed",
+    echo_limit=200,
 )
 NO_TOKEN = _reply(
     "NO_TOKEN", 550, "5.7.1", "Could not find which request this reply answers: reply to the request email itself"
@@ -287,10 +306,14 @@ def reply_for(error: BaseException) -> SmtpReply:
             return TOKEN_UNKNOWN_KEY
         case E.TokenExpired():
             return TOKEN_EXPIRED.with_text(expired_at=error.expired_at)
+        case E.RequestRevoked() if error.now_with:
+            return TOKEN_HANDED_OVER.with_text(now_with=error.now_with)
         case E.RequestRevoked():
             return TOKEN_REVOKED
         case E.RequestAnswered():
             return TOKEN_USED.with_text(task_id=error.task_id, action_past=error.action_past)
+        case E.DecisionMade():
+            return DECISION_MADE.with_text(task_id=error.task_id, action_past=error.action_past, by=error.by)
         case E.TaskNotFound():
             return TASK_NOT_FOUND.with_text(task_id=error.task_id)
         case E.TaskNotInProgress():

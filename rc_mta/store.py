@@ -774,6 +774,278 @@ class Store:
             return None
         return SharedCounters(self.engine.url, window, timeout)
 
+    # Watch mode: which instance mails the request for a task that started ---------------
+
+    def claim_watched_task(self, task_id: str, owner: str, holder: str, now: float, stale_after: float) -> bool:
+        """Take the sending of ``task_id``'s request to ``owner`` for ``holder`` (one rc-mta).
+
+        True when no one had it, when it was closed (the task came back to this owner), or
+        when another holder's send went stale (its process died mid-send). The insert or
+        the conditional update is the one decision: two instances never both send."""
+        row = {"task_id": task_id, "owner": owner, "holder": holder, "state": "sending", "claimed_at": now}
+        try:
+            with self._begin() as conn:
+                conn.execute(insert(watched_tasks).values(**row))
+            return True
+        except IntegrityError:
+            pass
+        c = watched_tasks.c
+        with self._begin() as conn:
+            taken = conn.execute(
+                update(watched_tasks)
+                .where(
+                    c.task_id == task_id,
+                    c.owner == owner,
+                    (c.state == "closed") | ((c.state == "sending") & (c.claimed_at < now - stale_after)),
+                )
+                .values(holder=holder, state="sending", claimed_at=now)
+            ).rowcount
+        return taken == 1
+
+    def watched_task_sent(self, task_id: str, owner: str, holder: str, now: float) -> None:
+        c = watched_tasks.c
+        with self._begin() as conn:
+            conn.execute(
+                update(watched_tasks)
+                .where(c.task_id == task_id, c.owner == owner, c.holder == holder, c.state == "sending")
+                .values(state="sent", claimed_at=now)
+            )
+
+    def release_watched_task(self, task_id: str, owner: str, holder: str) -> None:
+        """The send failed: give it back so the next round (of anyone) tries again."""
+        c = watched_tasks.c
+        with self._begin() as conn:
+            conn.execute(
+                watched_tasks.delete().where(
+                    c.task_id == task_id, c.owner == owner, c.holder == holder, c.state == "sending"
+                )
+            )
+
+    def sent_watched_tasks(self) -> list[tuple[str, str]]:
+        """(task id, owner) of every request sent in watch mode whose task was not seen leave yet."""
+        c = watched_tasks.c
+        with self._begin() as conn:
+            rows = conn.execute(select(c.task_id, c.owner).where(c.state == "sent")).all()
+        return [(row[0], row[1]) for row in rows]
+
+    def close_watched_task(self, task_id: str, owner: str, now: float) -> bool:
+        """The task left ``owner`` (reassigned, skipped, aborted, done): True for the one
+        instance that closes it, which then revokes its requests."""
+        c = watched_tasks.c
+        with self._begin() as conn:
+            changed = conn.execute(
+                update(watched_tasks)
+                .where(c.task_id == task_id, c.owner == owner, c.state == "sent")
+                .values(state="closed", claimed_at=now)
+            ).rowcount
+        return changed == 1
+
+    def open_requests_for(self, task_id: str, owner: str) -> list[str]:
+        """Ids of the requests for ``task_id`` to ``owner`` that were not revoked."""
+        with self._begin() as conn:
+            rows = conn.execute(
+                select(requests.c.id).where(
+                    requests.c.task_id == task_id, requests.c.owner == owner, requests.c.revoked_at.is_(None)
+                )
+            ).all()
+        return [row[0] for row in rows]
+
+    def record_handover(self, request_id: str, now_with: str, now: float) -> None:
+        """Say who has the task of a request that is being withdrawn, for a late reply."""
+        with self._begin() as conn:
+            conn.execute(request_handovers.delete().where(request_handovers.c.request_id == request_id))
+            conn.execute(insert(request_handovers).values(request_id=request_id, now_with=now_with, at=now))
+
+    def handover_of(self, request_id: str) -> str | None:
+        with self._begin() as conn:
+            found = conn.execute(
+                select(request_handovers.c.now_with).where(request_handovers.c.request_id == request_id)
+            ).scalar_one_or_none()
+        return str(found) if found is not None else None
+
+    # Follow-ups of a request: reminders, the expiry notice ---------------------------
+
+    def due_followups(
+        self, now: float, reminders: tuple[float, ...], expired_since: float, limit: int = 100
+    ) -> list[tuple[Request, str]]:
+        """Unanswered, unrevoked requests with a follow-up due: ``reminder-N`` once the
+        N-th delay has passed (and not the next one: a late round sends the latest only),
+        ``expired`` once it expired (since ``expired_since``). Each step at most once."""
+        r = requests.c
+        unanswered = ~select(used_tokens.c.request_id).where(used_tokens.c.request_id == r.id).exists()
+
+        def not_done(step: str) -> Any:
+            f = request_followups.c
+            return ~select(f.request_id).where(f.request_id == r.id, f.step == step).exists()
+
+        due: list[tuple[Request, str]] = []
+        with self._begin() as conn:
+            for n, delay in enumerate(reminders, 1):
+                step = f"reminder-{n}"
+                window = [r.created_at <= now - delay]
+                if n < len(reminders):
+                    window.append(r.created_at > now - reminders[n])
+                rows = conn.execute(
+                    select(requests)
+                    .where(r.revoked_at.is_(None), r.expires_at > now, *window, unanswered, not_done(step))
+                    .order_by(r.created_at)
+                    .limit(limit)
+                ).mappings()
+                due.extend((Request(**row), step) for row in rows)
+            rows = conn.execute(
+                select(requests)
+                .where(r.revoked_at.is_(None), r.expires_at <= now, r.expires_at > expired_since, unanswered)
+                .where(not_done("expired"))
+                .order_by(r.expires_at)
+                .limit(limit)
+            ).mappings()
+            due.extend((Request(**row), "expired") for row in rows)
+        return due
+
+    def claim_followup(self, request_id: str, step: str, holder: str, now: float, stale_after: float) -> bool:
+        """Take one follow-up for ``holder``: True for exactly one instance (or for anyone
+        once the holder's claim went stale: it died before finishing)."""
+        try:
+            with self._begin() as conn:
+                conn.execute(
+                    insert(request_followups).values(
+                        request_id=request_id, step=step, holder=holder, state="sending", at=now
+                    )
+                )
+            return True
+        except IntegrityError:
+            pass
+        f = request_followups.c
+        with self._begin() as conn:
+            taken = conn.execute(
+                update(request_followups)
+                .where(f.request_id == request_id, f.step == step, f.state == "sending", f.at < now - stale_after)
+                .values(holder=holder, at=now)
+            ).rowcount
+        return taken == 1
+
+    def followup_done(self, request_id: str, step: str, holder: str, now: float) -> None:
+        f = request_followups.c
+        with self._begin() as conn:
+            conn.execute(
+                update(request_followups)
+                .where(f.request_id == request_id, f.step == step, f.holder == holder)
+                .values(state="done", at=now)
+            )
+
+    def release_followup(self, request_id: str, step: str, holder: str) -> None:
+        """It failed: the next round (of anyone) tries again."""
+        f = request_followups.c
+        with self._begin() as conn:
+            conn.execute(
+                request_followups.delete().where(
+                    f.request_id == request_id, f.step == step, f.holder == holder, f.state == "sending"
+                )
+            )
+
+    def add_task_comment(self, task_id: str, author: str, text: str, now: float) -> None:
+        """A comment on an embedded task that changes nothing else (an expiry notice)."""
+        with self._begin() as conn:
+            conn.execute(insert(task_comments).values(task_id=task_id, author=author, text=text, at=now))
+
+    # N-of-M approvals: several owners' requests that decide one task together ---------
+
+    def add_approval_group(self, task_id: str, needed: int, now: float) -> str:
+        group_id = "g-" + secrets.token_hex(8)
+        with self._begin() as conn:
+            conn.execute(
+                insert(approval_groups).values(id=group_id, task_id=task_id, needed=needed, approvals=0, created_at=now)
+            )
+        return group_id
+
+    def add_approval_member(self, request_id: str, group_id: str) -> None:
+        """Before the request is mailed: no answer to it may act alone."""
+        with self._begin() as conn:
+            conn.execute(insert(approval_members).values(request_id=request_id, group_id=group_id))
+
+    def approval_group_of(self, request_id: str) -> ApprovalGroup | None:
+        g = approval_groups.c
+        with self._begin() as conn:
+            row = (
+                conn.execute(
+                    select(approval_groups)
+                    .join(approval_members, approval_members.c.group_id == g.id)
+                    .where(approval_members.c.request_id == request_id)
+                )
+                .mappings()
+                .first()
+            )
+        return ApprovalGroup(**row) if row else None
+
+    def count_approval(self, group_id: str, actor: str, now: float) -> int | None:
+        """One more approval, in one statement: the new count, or None when the group was
+        decided already. The approval that reaches ``needed`` decides (complete)."""
+        g = approval_groups.c
+        with self._begin() as conn:
+            count = conn.execute(
+                update(approval_groups)
+                .where(g.id == group_id, g.decided_at.is_(None))
+                .values(approvals=g.approvals + 1)
+                .returning(g.approvals, g.needed)
+            ).first()
+            if count is None:
+                return None
+            if count[0] >= count[1]:
+                conn.execute(
+                    update(approval_groups)
+                    .where(g.id == group_id)
+                    .values(decided_at=now, decision="complete", decided_by=self._approvers(conn, group_id, actor))
+                )
+            return int(count[0])
+
+    def decide_group_fail(self, group_id: str, actor: str, now: float) -> bool:
+        """A fail from anyone decides: True for the one answer that did."""
+        g = approval_groups.c
+        with self._begin() as conn:
+            changed = conn.execute(
+                update(approval_groups)
+                .where(g.id == group_id, g.decided_at.is_(None))
+                .values(decided_at=now, decision="fail", decided_by=actor)
+            ).rowcount
+        return changed == 1
+
+    def undo_group_decision(self, group_id: str, counted: bool) -> None:
+        """The backend could not be told: the decision (and this approval) are taken back,
+        so the sender's retry decides again."""
+        g = approval_groups.c
+        values: dict[str, Any] = {"decided_at": None, "decision": None, "decided_by": None}
+        if counted:
+            values["approvals"] = g.approvals - 1
+        with self._begin() as conn:
+            conn.execute(update(approval_groups).where(g.id == group_id).values(**values))
+
+    def uncount_approval(self, group_id: str) -> None:
+        g = approval_groups.c
+        with self._begin() as conn:
+            conn.execute(
+                update(approval_groups)
+                .where(g.id == group_id, g.decided_at.is_(None))
+                .values(approvals=g.approvals - 1)
+            )
+
+    @staticmethod
+    def _approvers(conn: Connection, group_id: str, actor: str) -> str:
+        """Who approved: the answered requests of the group, then ``actor``, each once."""
+        rows = conn.execute(
+            select(used_tokens.c.actor)
+            .join(approval_members, approval_members.c.request_id == used_tokens.c.request_id)
+            .where(
+                approval_members.c.group_id == group_id,
+                used_tokens.c.state == "done",
+                used_tokens.c.action == "complete",
+            )
+            .order_by(used_tokens.c.done_at)
+        ).all()
+        names: dict[str, None] = {}
+        for name in [*(row[0] for row in rows), actor]:
+            names.setdefault(name)
+        return ", ".join(names)
+
 
 # Several instances on one store --------------------------------------------------------
 
@@ -801,6 +1073,73 @@ rate_counts = Table(
     Column("slot", BigInteger, primary_key=True, autoincrement=False),
     Column("count", Integer, nullable=False),
 )
+
+watched_tasks = Table(
+    "watched_tasks",
+    metadata,
+    # Watch mode: one row per (Release task, owner) a request was mailed for, so one
+    # instance sends however many run, and the one that sees the task leave revokes.
+    Column("task_id", String(255), primary_key=True),
+    Column("owner", String(320), primary_key=True),
+    Column("holder", String(64), nullable=False),  # the instance sending (or that sent) it
+    Column("state", String(16), nullable=False),  # sending | sent | closed
+    Column("claimed_at", Float, nullable=False),
+)
+
+request_handovers = Table(
+    "request_handovers",
+    metadata,
+    # A request withdrawn because its task went to someone else: who has it now.
+    Column("request_id", String(16), primary_key=True),
+    Column("now_with", Text, nullable=False),
+    Column("at", Float, nullable=False),
+)
+
+request_followups = Table(
+    "request_followups",
+    metadata,
+    # What was done after a request was sent, once each: reminder-1, reminder-2, ..., expired.
+    Column("request_id", String(16), primary_key=True),
+    Column("step", String(16), primary_key=True),
+    Column("holder", String(64), nullable=False),
+    Column("state", String(16), nullable=False),  # sending | done
+    Column("at", Float, nullable=False),
+)
+
+approval_groups = Table(
+    "approval_groups",
+    metadata,
+    # Requests to several owners that decide one task together: ``needed`` approvals
+    # complete it, one fail fails it. ``approvals`` is counted in one statement per answer.
+    Column("id", String(32), primary_key=True),
+    Column("task_id", String(255), nullable=False),
+    Column("needed", Integer, nullable=False),
+    Column("approvals", Integer, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("decided_at", Float),
+    Column("decision", String(16)),  # complete | fail
+    Column("decided_by", Text),  # who: the approvers, or the one who failed it
+)
+
+approval_members = Table(
+    "approval_members",
+    metadata,
+    Column("request_id", String(16), primary_key=True),
+    Column("group_id", String(32), nullable=False, index=True),
+)
+
+
+@dataclass(frozen=True)
+class ApprovalGroup:
+    id: str
+    task_id: str
+    needed: int
+    approvals: int
+    created_at: float
+    decided_at: float | None
+    decision: str | None
+    decided_by: str | None
+
 
 # A window is counted in this many slots: the limit slides with the clock, a slot at a time.
 RATE_SLOTS = 10

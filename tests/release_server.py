@@ -9,6 +9,15 @@ for the calls rc-mta makes, with the documented shapes and codes:
   updated task; 400 for a body that is not a JSON object, 400 (or 409, a knob) when the task
   is not ``IN_PROGRESS``.
 * ``GET /api/v1/releases?page=&resultsPerPage=``: a page of releases (for ``check()``).
+* Watch mode: ``POST /api/v1/releases/search?page=&resultsPerPage=`` with a ReleasesFilters
+  body (``{"inProgress": true}``): a page of the releases in that state;
+  ``GET /api/v1/releases/{releaseId}/active-tasks``: the release's active tasks (in
+  progress, failing, failed, waiting for input), each with its ``tags``;
+  ``GET /api/v1/releases/{releaseId}/teams``: its teams (``teamName``, ``members`` with
+  ``name`` and ``type``); ``GET /api/v1/users/{username}``: a user (``username``,
+  ``email``, ``fullName``), 404 if unknown.
+* ``POST /api/v1/tasks/{taskId}/comment`` with ``{"comment": "..."}``: adds a comment, answers
+  the task.
 * 401 for wrong basic credentials or personal token (``x-release-personal-token``); 403
   when the account lacks permission on a task.
 
@@ -18,7 +27,10 @@ credentials, ``go_down()``/``come_back()`` (stop and resume listening), ``unavai
 (answer 503), ``delay`` (every answer is late), ``action_delay`` (complete/fail take effect
 at once, the answer comes late, as a slow Release that commits before it answers),
 ``gateway_errors`` (a proxy's 502 for the next calls, before or after Release acted), and
-``calls``/``actions`` (what arrived, what changed).
+``calls``/``actions`` (what arrived, what changed), ``seen`` (every call: method, path, who).
+A task's release is its id up to the ``Release…`` segment; ``users``, ``teams``,
+``release_status``, ``reassign()``, ``set_status()`` and ``abort_release()`` play what
+people do in the UI.
 """
 
 from __future__ import annotations
@@ -78,6 +90,10 @@ class FakeRelease:
     forbidden: set[str] = field(default_factory=set)
     calls: Counter[tuple[str, str]] = field(default_factory=Counter)  # (task id, action) -> POSTs received
     actions: list[Action] = field(default_factory=list)  # each change of a task's status
+    seen: list[tuple[str, str, str]] = field(default_factory=list)  # (method, path, user) of every call
+    users: dict[str, dict[str, Any]] = field(default_factory=dict)  # username -> Release user
+    teams: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # release id -> its teams
+    release_status: dict[str, str] = field(default_factory=dict)  # release id -> status (IN_PROGRESS)
     port: int = 0
     _server: AppThread | None = None
     _site: web.SockSite | None = None
@@ -96,6 +112,7 @@ class FakeRelease:
         owner: str = "alice",
         status: str = "IN_PROGRESS",
         team: str | None = "Release Admin",
+        tags: tuple[str, ...] = (),
     ) -> str:
         assert status in STATUSES, status
         with self._lock:
@@ -106,11 +123,37 @@ class FakeRelease:
                 "status": status,
                 "owner": owner,
                 "team": team,
+                "tags": list(tags),
                 "comments": [],
                 "startDate": _now(),
                 "endDate": None,
             }
         return task_id
+
+    def add_user(self, username: str, email: str | None) -> None:
+        with self._lock:
+            self.users[username] = {"username": username, "email": email, "fullName": username.title()}
+
+    def reassign(self, task_id: str, owner: str | None) -> None:
+        with self._lock:
+            self.tasks[task_id]["owner"] = owner
+
+    def set_status(self, task_id: str, status: str) -> None:
+        assert status in STATUSES, status
+        with self._lock:
+            self.tasks[task_id]["status"] = status
+
+    def abort_release(self, release_id: str) -> None:
+        """As Release does: the release and its unfinished tasks are aborted."""
+        with self._lock:
+            self.release_status[release_id] = "ABORTED"
+            for task_id, task in self.tasks.items():
+                if _release_of(task_id) == release_id and task["status"] not in ("COMPLETED", "SKIPPED", "FAILED"):
+                    task["status"] = "ABORTED"
+
+    def calls_by(self, user: str, method: str, path_start: str) -> int:
+        with self._lock:
+            return sum(1 for m, p, u in self.seen if u == user and m == method and p.startswith(path_start))
 
     def status(self, task_id: str) -> str:
         with self._lock:
@@ -166,6 +209,11 @@ class FakeRelease:
     def _app(self) -> web.Application:
         app = web.Application(middlewares=[self._gate])
         app.router.add_get("/api/v1/releases", self._releases)
+        app.router.add_post("/api/v1/releases/search", self._search_releases)
+        app.router.add_get("/api/v1/releases/{release_id:.+}/active-tasks", self._active_tasks)
+        app.router.add_get("/api/v1/releases/{release_id:.+}/teams", self._teams)
+        app.router.add_get("/api/v1/users/{username}", self._get_user)
+        app.router.add_post("/api/v1/tasks/{task_id:.+}/comment", self._comment)
         app.router.add_get("/api/v1/tasks/{task_id:.+}", self._get_task)
         app.router.add_post("/api/v1/tasks/{task_id:.+}/{action:complete|fail}", self._act)
         return app
@@ -178,6 +226,8 @@ class FakeRelease:
             return web.Response(status=503, text="Service Unavailable")
         if not self._authenticated(request):
             return web.Response(status=401, headers={"WWW-Authenticate": 'Basic realm="Release"'})
+        with self._lock:
+            self.seen.append((request.method, request.path, self._user(request)))
         response: web.StreamResponse = await handler(request)
         return response
 
@@ -201,6 +251,65 @@ class FakeRelease:
         size = int(request.query.get("resultsPerPage", "100"))
         page = [{"id": "Applications/Folder1/Release1", "type": "xlrelease.Release", "status": "IN_PROGRESS"}]
         return web.json_response(page[:size])
+
+    async def _search_releases(self, request: web.Request) -> web.Response:
+        try:
+            filters = await request.json()
+        except ValueError:
+            filters = None
+        if not isinstance(filters, dict):
+            return _error(400, f"Can't parse the following as a JSON object: {filters!r}")
+        page, size = int(request.query.get("page", "0")), int(request.query.get("resultsPerPage", "100"))
+        wanted = {status for key, status in _RELEASE_FILTERS.items() if filters.get(key) is True}
+        with self._lock:
+            ids = sorted({_release_of(task_id) for task_id in self.tasks})
+            found = [
+                {"id": i, "type": "xlrelease.Release", "title": i.rsplit("/", 1)[-1], "status": status}
+                for i in ids
+                if (status := self.release_status.get(i, "IN_PROGRESS")) in wanted or not wanted
+            ]
+        return web.json_response(found[page * size : (page + 1) * size])
+
+    async def _active_tasks(self, request: web.Request) -> web.Response:
+        release_id = request.match_info["release_id"]
+        with self._lock:
+            found = [
+                json.loads(json.dumps(task))
+                for task_id, task in self.tasks.items()
+                if _release_of(task_id) == release_id and task["status"] in _ACTIVE
+            ]
+        if not found and not any(_release_of(t) == release_id for t in self.tasks):
+            return _error(404, f"Repository entity [{release_id}] not found")
+        return web.json_response(found)
+
+    async def _teams(self, request: web.Request) -> web.Response:
+        with self._lock:
+            return web.json_response(list(self.teams.get(request.match_info["release_id"], [])))
+
+    async def _get_user(self, request: web.Request) -> web.Response:
+        with self._lock:
+            user = self.users.get(request.match_info["username"])
+        if user is None:
+            return _error(404, f"User [{request.match_info['username']}] not found")
+        return web.json_response(user)
+
+    async def _comment(self, request: web.Request) -> web.Response:
+        task_id = request.match_info["task_id"]
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict) or not isinstance(body.get("comment"), str):
+            return _error(400, f"Can't parse the following as a JSON object: {body!r}")
+        with self._lock:
+            task = self.tasks.get(task_id)
+            if task is None:
+                return _error(404, f"Repository entity [{task_id}] not found")
+            task["comments"].append(
+                {"id": f"{task_id}/Comment{len(task['comments']) + 1}", "type": "xlrelease.Comment"}
+                | {"author": self._user(request), "date": _now(), "text": body["comment"]}
+            )
+            return web.json_response(json.loads(json.dumps(task)))
 
     async def _get_task(self, request: web.Request) -> web.Response:
         task_id = request.match_info["task_id"]
@@ -251,3 +360,26 @@ class FakeRelease:
 
 def _error(status: int, message: str) -> web.Response:
     return web.Response(status=status, text=message, content_type="text/plain")
+
+
+# ReleasesFilters keys and the release status each one selects.
+_RELEASE_FILTERS = {
+    "planned": "PLANNED",
+    "inProgress": "IN_PROGRESS",
+    "paused": "PAUSED",
+    "failing": "FAILING",
+    "failed": "FAILED",
+    "completed": "COMPLETED",
+    "aborted": "ABORTED",
+}
+# What Release counts as a release's active tasks.
+_ACTIVE = frozenset({"IN_PROGRESS", "FAILING", "FAILED", "WAITING_FOR_INPUT"})
+
+
+def _release_of(task_id: str) -> str:
+    """The release a task lives in: its id up to the ``Release…`` segment."""
+    segments = task_id.split("/")
+    for i, segment in enumerate(segments):
+        if segment.startswith("Release"):
+            return "/".join(segments[: i + 1])
+    return "/".join(segments[:-2])

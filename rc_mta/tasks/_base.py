@@ -9,11 +9,26 @@ retries). All of them live in ``rc_mta.errors``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Protocol, runtime_checkable
 
 from ..errors import TaskNotFound, TaskNotInProgress
 
-__all__ = ["ActionContext", "RequestFailureListener", "TaskBackend", "TaskInfo", "TaskNotFound", "TaskNotInProgress"]
+__all__ = [
+    "ActionContext",
+    "RequestFailureListener",
+    "TaskBackend",
+    "TaskInfo",
+    "TaskNotFound",
+    "TaskNotInProgress",
+    "expiry_note",
+]
+
+
+def expiry_note(owner: str, expired_at: float) -> str:
+    """What the task's comments say when a request expired unanswered."""
+    when = datetime.fromtimestamp(expired_at, UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return f"The email request to {owner} expired unanswered at {when}; rc-mta sends no more reminders."
 
 
 @dataclass(frozen=True)
@@ -49,6 +64,10 @@ class TaskBackend(Protocol):
 
     async def fail(self, task_id: str, comment: str, actor: str, context: ActionContext) -> None:
         """Fail an in-progress task; raises TaskNotFound or TaskNotInProgress."""
+        ...
+
+    async def expired(self, task_id: str, owner: str, request_id: str, expired_at: float) -> None:
+        """Tell the workflow that the request to ``owner`` expired unanswered."""
         ...
 
     async def check(self) -> str:

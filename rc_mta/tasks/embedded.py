@@ -6,7 +6,7 @@ import asyncio
 import time
 
 from ..store import COMPLETED, FAILED, Store
-from ._base import ActionContext, TaskInfo, TaskNotFound, TaskNotInProgress
+from ._base import ActionContext, TaskInfo, TaskNotFound, TaskNotInProgress, expiry_note
 
 
 class EmbeddedBackend:
@@ -26,6 +26,10 @@ class EmbeddedBackend:
 
     async def fail(self, task_id: str, comment: str, actor: str, context: ActionContext) -> None:
         await self._set(task_id, FAILED, comment, actor)
+
+    async def expired(self, task_id: str, owner: str, request_id: str, expired_at: float) -> None:
+        text = expiry_note(owner, expired_at)
+        await asyncio.to_thread(self._store.add_task_comment, task_id, "rc-mta", text, time.time())
 
     async def check(self) -> str:
         await asyncio.to_thread(self._store.ping)

@@ -5,6 +5,9 @@ act with ``{"comment": ...}``. Task ids are paths (``Applications/Folder1/Releas
 and go into the URL as they are. Authentication is HTTP basic or a personal access token
 (``x-release-personal-token``).
 
+Watch mode (``release_watch.py``) also reads ``POST /api/v1/releases/search``,
+``GET /api/v1/releases/{id}/active-tasks``, ``…/teams`` and ``GET /api/v1/users/{username}``.
+
 Acting twice is the one thing that must never happen, so: a task is read before acting and
 only an ``IN_PROGRESS`` one is acted on; a POST is retried only when it surely did not reach
 Release (no connection) or a proxy said Release was unavailable (502/503), and the task
@@ -21,6 +24,7 @@ import json
 import logging
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NoReturn
 
@@ -28,7 +32,7 @@ import aiohttp
 
 from ..config import ReleaseConfig
 from ..errors import BackendAuthFailed, BackendRefused, BackendUnavailable
-from ._base import ActionContext, TaskInfo, TaskNotFound, TaskNotInProgress
+from ._base import ActionContext, TaskInfo, TaskNotFound, TaskNotInProgress, expiry_note
 
 log = logging.getLogger("rc_mta.tasks.release")
 
@@ -41,6 +45,9 @@ _ATTRIBUTED = re.compile(re.escape(ATTRIBUTION) + r"(\S+)\s*$")
 _RETRYABLE_POST_STATUS = frozenset({502, 503})
 _BACKOFF_SECONDS = 0.2
 _BACKOFF_CAP_SECONDS = 2.0
+# Watch mode reads releases a page at a time, and at most this many pages per round.
+_PAGE_SIZE = 100
+_MAX_PAGES = 50
 
 
 def attributed(comment: str, actor: str) -> str:
@@ -51,6 +58,22 @@ def attributed(comment: str, actor: str) -> str:
 
 def _one_line(text: str, limit: int = 200) -> str:
     return " ".join(text.split())[:limit]
+
+
+@dataclass(frozen=True)
+class StartedTask:
+    """A task that is in progress and marked for email (watch mode)."""
+
+    id: str
+    title: str
+    release_id: str
+    release_title: str
+    owner: str | None  # a Release username
+    team: str | None
+
+
+def _name(value: Any) -> str | None:
+    return value.strip() if isinstance(value, str) and value.strip() else None
 
 
 class _Answer:
@@ -88,6 +111,10 @@ class ReleaseBackend:
     async def fail(self, task_id: str, comment: str, actor: str, context: ActionContext) -> None:
         await self._act(task_id, "fail", comment, actor)
 
+    async def expired(self, task_id: str, owner: str, request_id: str, expired_at: float) -> None:
+        """A comment on the task, so the people watching it in Release see it."""
+        await self.add_comment(task_id, expiry_note(owner, expired_at))
+
     async def check(self) -> str:
         """A cheap authenticated read: proves Release answers and accepts our credentials."""
         answer = await self._get_with_retries("/api/v1/releases?page=0&resultsPerPage=1")
@@ -102,6 +129,125 @@ class ReleaseBackend:
             await self._session.close()
         self._session = None
         self._session_loop = None
+
+    # Watch mode: finding the tasks that started -----------------------------------------
+
+    async def started_tasks(self, tag: str) -> list[StartedTask]:
+        """Every ``IN_PROGRESS`` task tagged ``tag`` (case-insensitively) in a release that is
+        in progress: ``POST /api/v1/releases/search`` pages through the releases, then
+        ``GET /api/v1/releases/{id}/active-tasks`` lists each one's active tasks."""
+        wanted = tag.strip().lower()
+        found: list[StartedTask] = []
+        for release in await self._releases_in_progress():
+            release_id = str(release.get("id") or "")
+            if not _plausible_id(release_id):
+                continue
+            path = f"/api/v1/releases/{release_id}/active-tasks"
+            for task in await self._read_list(path):
+                task_id = str(task.get("id") or "")
+                tags = task.get("tags")
+                tagged = isinstance(tags, list) and any(
+                    isinstance(t, str) and t.strip().lower() == wanted for t in tags
+                )
+                if not tagged or task.get("status") != IN_PROGRESS or not _plausible_id(task_id):
+                    continue
+                found.append(
+                    StartedTask(
+                        id=task_id,
+                        title=str(task.get("title") or task_id),
+                        release_id=release_id,
+                        release_title=str(release.get("title") or release_id),
+                        owner=_name(task.get("owner")),
+                        team=_name(task.get("team")),
+                    )
+                )
+        return found
+
+    async def owner_emails(self, task: StartedTask) -> tuple[str, ...]:
+        """Where the request goes: the owner's email (``GET /api/v1/users/{username}``), or,
+        for a task assigned to a team only, the emails of the team's user members
+        (``GET /api/v1/releases/{id}/teams``). Users without an email are left out."""
+        if task.owner:
+            names: list[str] = [task.owner]
+        elif task.team:
+            names = await self._team_members(task.release_id, task.team)
+        else:
+            names = []
+        emails: dict[str, None] = {}
+        for name in names:
+            email = await self.user_email(name)
+            if email:
+                emails.setdefault(email)
+        return tuple(emails)
+
+    async def user_email(self, username: str) -> str | None:
+        if "@" in username:
+            return username.strip().lower()
+        if not _plausible_id(username) or "/" in username:
+            return None
+        path = f"/api/v1/users/{username}"
+        answer = await self._get_with_retries(path)
+        self._raise_for_auth(answer, f"GET {path}")
+        if answer.status == 404:
+            return None
+        if answer.status != 200:
+            raise BackendUnavailable(f"Release answered {answer.status} to GET {path}")
+        email = str(answer.json().get("email") or "").strip().lower()
+        return email if "@" in email and not any(c.isspace() or ord(c) < 32 for c in email) else None
+
+    async def add_comment(self, task_id: str, text: str) -> None:
+        """``POST /api/v1/tasks/{id}/comment``: tell the people in Release something."""
+        if not _plausible_id(task_id):
+            raise TaskNotFound(task_id)
+        path = f"/api/v1/tasks/{task_id}/comment"
+        try:
+            answer = await self._call("POST", path, {"comment": text})
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise BackendUnavailable(f"Release did not answer POST {path}: {_describe(exc)}") from None
+        self._raise_for_auth(answer, f"POST {path}")
+        if answer.status == 404:
+            raise TaskNotFound(task_id)
+        if answer.status >= 300:
+            raise BackendUnavailable(f"Release answered {answer.status} to POST {path}")
+
+    async def _releases_in_progress(self) -> list[dict[str, Any]]:
+        releases: list[dict[str, Any]] = []
+        for page in range(_MAX_PAGES):
+            path = f"/api/v1/releases/search?page={page}&resultsPerPage={_PAGE_SIZE}"
+            try:
+                answer = await self._call("POST", path, {"inProgress": True})
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise BackendUnavailable(f"Release did not answer POST {path}: {_describe(exc)}") from None
+            batch = self._listed(answer, f"POST {path}")
+            releases.extend(batch)
+            if len(batch) < _PAGE_SIZE:
+                break
+        return releases
+
+    async def _team_members(self, release_id: str, team: str) -> list[str]:
+        for found in await self._read_list(f"/api/v1/releases/{release_id}/teams"):
+            if found.get("teamName") == team and isinstance(found.get("members"), list):
+                return [
+                    str(m["name"])
+                    for m in found["members"]
+                    if isinstance(m, dict) and m.get("type", "PRINCIPAL") == "PRINCIPAL" and m.get("name")
+                ]
+        return []
+
+    async def _read_list(self, path: str) -> list[dict[str, Any]]:
+        return self._listed(await self._get_with_retries(path), f"GET {path}")
+
+    def _listed(self, answer: _Answer, what: str) -> list[dict[str, Any]]:
+        self._raise_for_auth(answer, what)
+        if answer.status != 200:
+            raise BackendUnavailable(f"Release answered {answer.status} to {what}")
+        try:
+            value = json.loads(answer.text)
+        except ValueError:
+            value = None
+        if not isinstance(value, list):
+            raise BackendUnavailable(f"Release answered {what} with something other than a list")
+        return [item for item in value if isinstance(item, dict)]
 
     # Acting -------------------------------------------------------------------------------
 
@@ -182,7 +328,7 @@ class ReleaseBackend:
 
     # HTTP ---------------------------------------------------------------------------------
 
-    async def _call(self, method: str, path: str, body: Mapping[str, str] | None = None) -> _Answer:
+    async def _call(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> _Answer:
         session = self._client()
         timeout = aiohttp.ClientTimeout(total=self._config.timeout)
         async with session.request(method, self._base + path, json=body, timeout=timeout) as response:

@@ -181,6 +181,24 @@ class WebhookBackend:
             raise BackendRefused(why)
         raise BackendUnavailable(f"webhook {self._config.url} answered HTTP {status}")
 
+    async def expired(self, task_id: str, owner: str, request_id: str, expired_at: float) -> None:
+        """``{"event": "expired", "task_id", "owner", "request_id", "expired_at", "sent_at"}``,
+        signed like an action; any 2xx (or 409: the task is closed anyway) is taken."""
+        payload: dict[str, Any] = {
+            "event": "expired",
+            "task_id": task_id,
+            "owner": owner,
+            "request_id": request_id,
+            "expired_at": int(expired_at),
+            "sent_at": int(time.time()),
+        }
+        status, _ = await self._send(payload)
+        if 200 <= status < 300 or status == 409:
+            return
+        if status == 401:
+            raise BackendAuthFailed("webhook refused our signature (HTTP 401)")
+        raise BackendUnavailable(f"webhook {self._config.url} answered HTTP {status} to the expired event")
+
     def _client(self) -> aiohttp.ClientSession:
         """One session per event loop, made on first use."""
         loop = asyncio.get_running_loop()

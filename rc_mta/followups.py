@@ -1,0 +1,124 @@
+"""What happens to a request after it was sent, while no one answers it.
+
+Every ``[requests] followup_interval`` one round, on every instance (the store decides who
+does each step, once):
+
+* ``reminder-N``: ``[requests] reminders`` delays after it was sent, the request again, in
+  its thread (``In-Reply-To``/``References`` its Message-ID, ``Reminder:`` subject), with
+  the same reply addresses. A round that comes late sends only the latest reminder due.
+* ``expired``: once it expired, the backend is told (``TaskBackend.expired``: a comment on
+  a Release or embedded task, an ``expired`` event to a webhook). A reply after that gets
+  the expired-token refusal, which says when it expired.
+
+Answered and revoked requests get neither.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import socket
+import time
+from email.message import EmailMessage
+from typing import TYPE_CHECKING
+
+from .config import Settings
+from .outbound import reply_addresses, wire_bytes
+from .request_mail import compose
+from .store import Delivery, OutboundMail, Request
+from .tokens import Signer
+
+if TYPE_CHECKING:
+    from .app import Service
+
+log = logging.getLogger("rc_mta.followups")
+
+# A follow-up claimed this long ago and not finished: its instance died; another may take it.
+STALE_SECONDS = 300.0
+# Requests that expired longer ago than this are not reported (a store from before follow-ups).
+EXPIRY_NOTICE_WINDOW = 86400.0
+
+
+def reminder(settings: Settings, signer: Signer, request: Request, number: int, now: float) -> EmailMessage:
+    """The request mailed again, in its own thread, with the same reply addresses."""
+    addresses = reply_addresses(settings, signer, request)
+    message = compose(settings, request, addresses, now, language=settings.outbound.language)
+    inbound = settings.inbound
+    subject = str(message["Subject"])
+    del message["Subject"], message["Message-ID"]
+    message["Subject"] = f"Reminder: {subject}"
+    message["Message-ID"] = f"<{inbound.local_part}.reminder{number}.{request.id}@{inbound.reply_domain}>"
+    if request.message_id:
+        message["In-Reply-To"] = request.message_id
+        message["References"] = request.message_id
+    return message
+
+
+class FollowUps:
+    source = "followups"
+
+    def __init__(self, service: Service) -> None:
+        self._service = service
+        self._config = service.settings.requests
+        self.holder = f"{socket.gethostname()[:40]}:{os.getpid()}:{secrets.token_hex(4)}"
+
+    async def run(self) -> None:
+        """Until cancelled; a failed round is logged and the next one tries again."""
+        while True:
+            try:
+                await self.round()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("follow-ups: %s: %s", type(exc).__name__, exc)
+            await asyncio.sleep(self._config.followup_interval)
+
+    async def round(self) -> None:
+        store, now = self._service.store, time.time()
+        due = await asyncio.to_thread(
+            store.due_followups, now, tuple(self._config.reminders), now - EXPIRY_NOTICE_WINDOW
+        )
+        for request, step in due:
+            if not await asyncio.to_thread(store.claim_followup, request.id, step, self.holder, now, STALE_SECONDS):
+                continue
+            try:
+                await self._do(request, step)
+            except asyncio.CancelledError:
+                await asyncio.to_thread(store.release_followup, request.id, step, self.holder)
+                raise
+            except Exception as exc:
+                await asyncio.to_thread(store.release_followup, request.id, step, self.holder)
+                log.warning("follow-up %s of request %s: %s: %s", step, request.id, type(exc).__name__, exc)
+                continue
+            await asyncio.to_thread(store.followup_done, request.id, step, self.holder, time.time())
+
+    async def _do(self, request: Request, step: str) -> None:
+        service = self._service
+        if step == "expired":
+            await service.backend.expired(request.task_id, request.owner, request.id, request.expires_at)
+            log.info("request %s to %s expired unanswered: task %s told", request.id, request.owner, request.task_id)
+            return
+        number = int(step.removeprefix("reminder-"))
+        now = time.time()
+        message = wire_bytes(reminder(service.settings, service.signer, request, number, now))
+        if service.dkim is not None:
+            message = service.dkim.sign(message)
+        # Straight to the transport: the step stays claimed, not done, until the relay took
+        # it, so a relay that is down (DeliveryDeferred) or refuses means another round tries.
+        mail = OutboundMail(
+            request_id=f"{request.id}-{step}",
+            message=message,
+            sender=service.settings.from_address,
+            recipient=request.owner,
+            state=Delivery.QUEUED,
+            attempts=0,
+            created_at=now,
+            next_attempt_at=now,
+            last_answer=None,
+            done_at=None,
+            path=None,
+        )
+        delivered = await service.transport.deliver(mail)
+        log.info("request %s: %s mailed to %s (%s)", request.id, step, request.owner, delivered.answer)

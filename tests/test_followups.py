@@ -1,0 +1,140 @@
+"""Reminders and expiry: a request nobody answers is mailed again in its thread after the
+configured delays, and when it expires the backend is told (a comment on the embedded or
+Release task, an ``expired`` event to the webhook). Real rc-mta processes throughout."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+from collections.abc import Iterator
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import RcMta, make_rc_mta, wait_until
+from mailclient import reply_message, send_smtp
+from release_server import FakeRelease
+from webhook_receiver import WebhookReceiver
+
+ALICE = "alice@example.com"
+TASK = "Applications/Folder1/Release1/Phase1/Task1"
+TOKEN = "release-personal-token-0123"
+
+
+def following_up(workdir: Path, *, reminders: list[str], ttl: str = "1d") -> RcMta:
+    server = make_rc_mta(workdir)
+    server.settings["signing"]["request_ttl"] = ttl
+    server.settings["requests"] = {"reminders": reminders, "followup_interval": "0.2s"}
+    return server
+
+
+@pytest.fixture
+def reminding(tmp_path: Path) -> Iterator[RcMta]:
+    server = following_up(tmp_path, reminders=["1s", "2s"])
+    server.start()
+    yield server
+    server.stop()
+
+
+def outbox_mail(server: RcMta, name: str) -> EmailMessage | None:
+    path = server.workdir / "outbox" / f"{name}.eml"
+    if not path.exists():
+        return None
+    message = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+    assert isinstance(message, EmailMessage)
+    return message
+
+
+def wait_for_mail(server: RcMta, name: str) -> EmailMessage:
+    found: EmailMessage = wait_until(lambda: outbox_mail(server, name), what=f"{name}.eml in the outbox")
+    return found
+
+
+def test_reminders_go_out_in_the_requests_thread_with_the_same_addresses(reminding: RcMta) -> None:
+    task = reminding.add_task()
+    sent = reminding.request(task)
+    first = wait_for_mail(reminding, f"{sent['request_id']}-reminder-1")
+    second = wait_for_mail(reminding, f"{sent['request_id']}-reminder-2")
+    for n, reminder in enumerate((first, second), 1):
+        assert reminder["To"] == ALICE
+        assert reminder["Subject"] == "Reminder: action needed: Approve deploy to prod"
+        assert reminder["In-Reply-To"] == sent["message_id"]
+        assert reminder["References"] == sent["message_id"]
+        assert reminder["Message-ID"] != sent["message_id"]
+        assert reminder["Reply-To"] == sent["reply_to"]
+        body = reminder.get_body(("plain",))
+        assert body is not None and sent["complete_address"] in body.get_content(), n
+    address = sent["complete_address"]
+    outcome = send_smtp(reminding.smtp_port, reply_message(address, "Done"), address)
+    assert outcome.code == 250, outcome
+    assert reminding.task(task)["status"] == "completed"
+
+
+def test_an_answered_request_gets_no_reminder(tmp_path: Path) -> None:
+    server = following_up(tmp_path, reminders=["6s"])  # time to answer before the reminder is due
+    server.start()
+    try:
+        answered = server.request(server.add_task())
+        address = answered["complete_address"]
+        assert send_smtp(server.smtp_port, reply_message(address, "Done"), address).code == 250
+        later = server.request(server.add_task())
+        wait_for_mail(server, f"{later['request_id']}-reminder-1")  # the answered one's delay passed earlier
+        assert outbox_mail(server, f"{answered['request_id']}-reminder-1") is None
+    finally:
+        server.stop()
+
+
+def test_expiry_is_noted_on_the_embedded_task_and_a_late_reply_is_told_it_expired(tmp_path: Path) -> None:
+    server = following_up(tmp_path, reminders=[], ttl="1s")
+    server.start()
+    try:
+        task = server.add_task()
+        address = server.request(task)["complete_address"]
+        comments = wait_until(lambda: server.task(task)["comments"], what="the expiry noted on the task")
+        assert [c["author"] for c in comments] == ["rc-mta"]
+        assert comments[0]["text"].startswith(f"The email request to {ALICE} expired unanswered at ")
+        outcome = send_smtp(server.smtp_port, reply_message(address, "Done"), address)
+        assert (outcome.code, outcome.enhanced) == (550, "5.7.1")
+        assert "This completion request expired at " in outcome.text
+        assert server.task(task)["status"] == "in_progress"
+    finally:
+        server.stop()
+
+
+def test_expiry_is_a_comment_on_the_release_task(tmp_path: Path) -> None:
+    release = FakeRelease(token=TOKEN).start()
+    release.add_task(TASK, owner="alice")
+    server = following_up(tmp_path, reminders=[], ttl="1s")
+    server.settings["tasks"] = {"backend": "release", "release": {"url": release.url, "token": TOKEN, "timeout": "2s"}}
+    try:
+        server.start()
+        server.cli_json("request", TASK, "--owner", ALICE)
+        comments: list[dict[str, Any]] = wait_until(lambda: release.comments(TASK), what="a comment in Release")
+        assert comments[0]["text"].startswith(f"The email request to {ALICE} expired unanswered at ")
+        assert release.status(TASK) == "IN_PROGRESS" and not release.calls
+    finally:
+        server.stop()
+        release.stop()
+
+
+def test_expiry_is_an_expired_event_to_the_webhook(tmp_path: Path) -> None:
+    receiver = WebhookReceiver().start()
+    server = following_up(tmp_path, reminders=[], ttl="1s")
+    server.settings["tasks"] = {"backend": "webhook", "webhook": {"url": receiver.url, "secret": receiver.secret}}
+    try:
+        server.start()
+        sent = server.cli_json("request", "ticket-42", "--owner", ALICE)
+        payloads = wait_until(lambda: receiver.payloads, what="an expired event")
+        assert len(payloads) == 1 and not receiver.rejected
+        event = payloads[0]
+        assert (event["event"], event["task_id"], event["owner"], event["request_id"]) == (
+            "expired",
+            "ticket-42",
+            ALICE,
+            sent["request_id"],
+        )
+        assert "action" not in event
+    finally:
+        server.stop()
+        receiver.stop()

@@ -1,0 +1,221 @@
+"""Release without scripting: with ``[tasks.release] watch = true`` a task tagged for email
+gets its request when it starts, and loses it when it leaves its owner in the UI. Real
+rc-mta processes against the Release stand-in; two of them on one PostgreSQL store."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+from collections.abc import Iterator
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import RcMta, make_rc_mta, wait_until
+from mailclient import reply_message, send_smtp
+from release_server import FakeRelease
+
+from rc_mta import smtp_replies as R
+
+TASK = "Applications/Folder1/Release1/Phase1/Task1"
+TAG = "email-completion"
+TOKEN = "release-personal-token-0123"
+ALICE, BOB, CAROL = "alice@example.com", "bob@example.com", "carol@example.com"
+
+
+@pytest.fixture
+def release() -> Iterator[FakeRelease]:
+    server = FakeRelease(token=TOKEN).start()
+    server.add_user("alice", ALICE)
+    server.add_user("bob", BOB)
+    server.add_user("carol", CAROL)
+    yield server
+    server.stop()
+
+
+def watching(workdir: Path, release: FakeRelease, *, basic: bool = False, **store: Any) -> RcMta:
+    """An rc-mta watching the stand-in every 0.2 s (by token, or by basic auth to tell two apart)."""
+    workdir.mkdir(exist_ok=True)
+    server = make_rc_mta(workdir, **({"store": store} if store else {}))
+    credentials = {"username": release.username, "password": release.password} if basic else {"token": TOKEN}
+    server.settings["tasks"] = {
+        "backend": "release",
+        "release": {"url": release.url, "timeout": "2s", "retries": 1, "watch": True, "watch_interval": "0.2s"}
+        | credentials,
+    }
+    return server
+
+
+@pytest.fixture
+def rc_watch(tmp_path: Path, release: FakeRelease) -> Iterator[RcMta]:
+    server = watching(tmp_path, release)
+    server.start()
+    yield server
+    server.stop()
+
+
+def mailed(*servers: RcMta) -> list[EmailMessage]:
+    """Every request in the servers' outboxes."""
+    found = []
+    for server in servers:
+        outbox = server.workdir / "outbox"
+        for path in sorted(outbox.glob("*.eml")) if outbox.is_dir() else []:
+            message = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+            assert isinstance(message, EmailMessage)
+            found.append(message)
+    return found
+
+
+def mailed_to(address: str, *servers: RcMta) -> list[EmailMessage]:
+    return [m for m in mailed(*servers) if m["To"] == address]
+
+
+def wait_for_request(address: str, *servers: RcMta) -> EmailMessage:
+    found: list[EmailMessage] = wait_until(lambda: mailed_to(address, *servers), what=f"a request mailed to {address}")
+    return found[0]
+
+
+def complete_address(request: EmailMessage) -> str:
+    body = request.get_body(("plain",))
+    assert body is not None
+    lines = body.get_content().splitlines()
+    return lines[lines.index("or write to:") + 1].strip()
+
+
+def watched_again(release: FakeRelease, user: str = "token-user", rounds: int = 2) -> None:
+    """Wait until the watcher has looked at Release ``rounds`` more times."""
+    seen = release.calls_by(user, "POST", "/api/v1/releases/search")
+    wait_until(
+        lambda: release.calls_by(user, "POST", "/api/v1/releases/search") >= seen + rounds,
+        what="more watch rounds",
+    )
+
+
+# Part 1: the request goes out when the task starts ----------------------------------------
+
+
+def test_task_tagged_for_email_gets_its_request_when_it_starts(rc_watch: RcMta, release: FakeRelease) -> None:
+    release.add_task(TASK, owner="alice", status="PLANNED", tags=(TAG,))
+    watched_again(release)
+    assert mailed(rc_watch) == []  # planned: not yet
+    release.set_status(TASK, "IN_PROGRESS")
+    request = wait_for_request(ALICE, rc_watch)
+    assert request["X-RC-MTA-Task"] == TASK
+    assert request["Subject"] == "Action needed: Approve deploy to prod"
+    watched_again(release)
+    assert len(mailed(rc_watch)) == 1  # once, however many rounds see it
+
+
+def test_reply_to_a_watched_request_completes_the_release_task(rc_watch: RcMta, release: FakeRelease) -> None:
+    release.add_task(TASK, owner="alice", tags=("Email-Completion",))
+    address = complete_address(wait_for_request(ALICE, rc_watch))
+    outcome = send_smtp(rc_watch.smtp_port, reply_message(address, "Ship it"), address)
+    assert outcome.code == 250, outcome
+    assert release.status(TASK) == "COMPLETED"
+
+
+def test_task_without_the_tag_gets_no_request(rc_watch: RcMta, release: FakeRelease) -> None:
+    release.add_task(TASK, owner="alice", tags=("other",))
+    watched_again(release)
+    assert mailed(rc_watch) == []
+
+
+def test_team_task_goes_to_each_member_with_an_email(rc_watch: RcMta, release: FakeRelease) -> None:
+    release.add_user("dave", None)  # no email in Release: left out
+    release.teams["Applications/Folder1/Release1"] = [
+        {
+            "id": "Team1",
+            "teamName": "Approvers",
+            "members": [{"name": n, "type": "PRINCIPAL"} for n in ("bob", "carol", "dave")],
+        }
+        | {"roles": []},
+    ]
+    release.add_task(TASK, owner=None, team="Approvers", tags=(TAG,))
+    wait_for_request(BOB, rc_watch)
+    wait_for_request(CAROL, rc_watch)
+    watched_again(release)
+    assert sorted(m["To"] for m in mailed(rc_watch)) == [BOB, CAROL]
+
+
+def test_release_down_during_a_round_sends_once_it_is_back(rc_watch: RcMta, release: FakeRelease) -> None:
+    release.unavailable = True
+    release.add_task(TASK, owner="alice", tags=(TAG,))
+    release.unavailable = False
+    wait_for_request(ALICE, rc_watch)
+
+
+def test_two_instances_on_one_postgresql_store_send_once(tmp_path: Path, pg_url: str, release: FakeRelease) -> None:
+    first = watching(tmp_path / "one", release, url=pg_url, busy_timeout="2s")
+    second = watching(tmp_path / "two", release, basic=True, url=pg_url, busy_timeout="2s")
+    try:
+        first.start()
+        second.start()
+        for n in range(1, 4):
+            release.add_task(f"Applications/Folder1/Release{n}/Phase1/Task1", owner="alice", tags=(TAG,))
+        wait_until(lambda: len(mailed(first, second)) == 3, what="three requests")
+        watched_again(release, "token-user")  # both looked at every task after it started
+        watched_again(release, release.username)
+        assert len(mailed(first, second)) == 3
+        assert sorted(m["X-RC-MTA-Task"] for m in mailed(first, second)) == [
+            f"Applications/Folder1/Release{n}/Phase1/Task1" for n in range(1, 4)
+        ]
+    finally:
+        first.stop()
+        second.stop()
+
+
+# Part 2: reassigned, skipped, aborted or done in the UI -----------------------------------
+
+
+def withdrawn(server: RcMta, address: str) -> Any:
+    """The answer to a reply to ``address`` once it says the request was withdrawn, else None
+    (until the watcher sees the change, Release's own state refuses it: not in progress)."""
+    outcome = send_smtp(server.smtp_port, reply_message(address, "Ship it"), address)
+    return outcome if "withdrawn" in outcome.text else None
+
+
+def test_reassigning_revokes_the_old_request_and_mails_the_new_owner(rc_watch: RcMta, release: FakeRelease) -> None:
+    release.add_task(TASK, owner="alice", tags=(TAG,))
+    old = complete_address(wait_for_request(ALICE, rc_watch))
+    release.reassign(TASK, "bob")
+    new = complete_address(wait_for_request(BOB, rc_watch))
+    # The old request is withdrawn before the new one goes out.
+    outcome = send_smtp(rc_watch.smtp_port, reply_message(old, "Ship it"), old)
+    assert (outcome.code, outcome.enhanced) == (550, "5.7.1")
+    assert outcome.text.endswith(R.TOKEN_HANDED_OVER.with_text(now_with=BOB).text)
+    assert release.status(TASK) == "IN_PROGRESS"
+    done = send_smtp(rc_watch.smtp_port, reply_message(new, "Ship it", sender=BOB), new, mail_from=BOB)
+    assert done.code == 250, done
+    assert release.status(TASK) == "COMPLETED"
+
+
+@pytest.mark.parametrize("status", ["SKIPPED", "ABORTED", "COMPLETED"])
+def test_task_that_left_in_the_ui_has_its_request_withdrawn(rc_watch: RcMta, release: FakeRelease, status: str) -> None:
+    release.add_task(TASK, owner="alice", tags=(TAG,))
+    address = complete_address(wait_for_request(ALICE, rc_watch))
+    release.set_status(TASK, status)
+
+    outcome = wait_until(lambda: withdrawn(rc_watch, address), what="the request withdrawn")
+    assert (outcome.code, outcome.enhanced) == (550, "5.7.1")
+    assert R.TOKEN_REVOKED.text in outcome.text
+    assert not release.calls  # nothing was acted on
+
+
+def test_aborted_release_withdraws_its_requests(rc_watch: RcMta, release: FakeRelease) -> None:
+    release.add_task(TASK, owner="alice", tags=(TAG,))
+    address = complete_address(wait_for_request(ALICE, rc_watch))
+    release.abort_release("Applications/Folder1/Release1")
+
+    outcome = wait_until(lambda: withdrawn(rc_watch, address), what="the request withdrawn")
+    assert R.TOKEN_REVOKED.text in outcome.text
+    assert not release.calls
+
+
+def test_task_back_with_its_first_owner_is_mailed_again(rc_watch: RcMta, release: FakeRelease) -> None:
+    release.add_task(TASK, owner="alice", tags=(TAG,))
+    wait_for_request(ALICE, rc_watch)
+    release.reassign(TASK, "bob")
+    wait_for_request(BOB, rc_watch)
+    release.reassign(TASK, "alice")
+    wait_until(lambda: len(mailed_to(ALICE, rc_watch)) == 2, what="a second request to alice")
