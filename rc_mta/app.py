@@ -24,6 +24,7 @@ from .inbound import Listener, start_listener
 from .inbound.shutdown import FLUSH_SECONDS
 from .logs import install_runtime_controls, sd_notify
 from .mailbox import make_poller
+from .mailbox.graph_push import add_push_route
 from .outbound import SentRequest, Transport, make_transport, reply_addresses
 from .pipeline import Decision, Inbound, Pipeline
 from .ratelimit import rate_limiter
@@ -219,15 +220,16 @@ class Service:
         health.readiness["store"] = lambda: asyncio.to_thread(self.store.ping)
         health.readiness["backend"] = self.backend.check
 
+        poller = make_poller(self.settings, self.pipeline)
         runners = []
         if http.listen:
             app = make_app(health, with_metrics=not http.metrics_listen)
             add_api_routes(app, self)
+            add_push_route(app, poller)
             runners.append(await start_http(app, http.listen, http, inbound.shutdown_grace))
         if http.metrics_listen:
             runners.append(await start_http(metrics_app(), http.metrics_listen, http, inbound.shutdown_grace))
 
-        poller = make_poller(self.settings, self.pipeline)
         if poller is not None:
             health.liveness[poller.source] = poller.staleness
             background.append(asyncio.create_task(poller.run(), name=f"poller-{poller.source}"))
