@@ -120,6 +120,14 @@ def parse_graph_time(value: object) -> float | None:
     return datetime.fromisoformat(f"{match.group(1)}.{fraction.ljust(6, '0')}{zone}").timestamp()
 
 
+async def _json_or_none(request: web.Request) -> Any:
+    """The request's JSON body, or None when it is not JSON (the handler says what it wanted)."""
+    try:
+        return await request.json()
+    except ValueError:
+        return None
+
+
 # The mail resources a subscription may name here: a folder's messages.
 _RESOURCE = re.compile(r"/?(?:users|Users)/([^/]+)/mailFolders(?:\('([^']+)'\)|/([^/()]+))/messages")
 VALIDATION_TIMEOUT = 10.0  # Graph's: the endpoint must echo the token within 10 seconds
@@ -486,10 +494,7 @@ class GraphServer:
 
     async def _subscribe(self, request: web.Request) -> web.Response:
         """POST /subscriptions: validate the endpoints, then 201 with the subscription."""
-        try:
-            body = await request.json()
-        except ValueError:
-            body = None
+        body = await _json_or_none(request)
         with self._lock:
             if (denied := self._gate(request)) is not None:
                 return denied
@@ -513,17 +518,11 @@ class GraphServer:
 
     async def _renew(self, request: web.Request) -> web.Response:
         """PATCH /subscriptions/{id}: a new expirationDateTime (renewal, reauthorization)."""
-        try:
-            body = await request.json()
-        except ValueError:
-            body = None
+        body = await _json_or_none(request)
         with self._lock:
-            if (denied := self._gate(request)) is not None:
-                return denied
-            self._expire_subscriptions()
-            subscription = self._subscriptions.get(request.match_info["sid"])
-            if subscription is None:
-                return self._error(404, "ResourceNotFound", "The object was not found.")
+            subscription = self._gated_subscription(request)
+            if isinstance(subscription, web.Response):
+                return subscription
             expires = self._expiry_or_error(body if isinstance(body, dict) else {})
             if isinstance(expires, web.Response):
                 return expires
@@ -532,12 +531,21 @@ class GraphServer:
 
     async def _unsubscribe(self, request: web.Request) -> web.Response:
         with self._lock:
-            if (denied := self._gate(request)) is not None:
-                return denied
-            self._expire_subscriptions()
-            if self._subscriptions.pop(request.match_info["sid"], None) is None:
-                return self._error(404, "ResourceNotFound", "The object was not found.")
+            subscription = self._gated_subscription(request)
+            if isinstance(subscription, web.Response):
+                return subscription
+            del self._subscriptions[subscription.id]
             return web.Response(status=204)
+
+    def _gated_subscription(self, request: web.Request) -> Subscription | web.Response:
+        """The gate, then the live subscription the path names (lock held)."""
+        if (denied := self._gate(request)) is not None:
+            return denied
+        self._expire_subscriptions()
+        subscription = self._subscriptions.get(request.match_info["sid"])
+        if subscription is None:
+            return self._error(404, "ResourceNotFound", "The object was not found.")
+        return subscription
 
     def _remove(self, message: Message) -> None:
         del self._messages[message.id]
