@@ -288,9 +288,9 @@ class GraphPushConfig(Section):
             return self
         secret = self.client_state.get_secret_value()
         if not 16 <= len(secret) <= 128:
-            raise ValueError("push.client_state must be 16 to 128 characters (Graph allows 128)")
+            raise ValueError("client_state must be 16 to 128 characters (Graph allows 128)")
         if not self.path.startswith("/"):
-            raise ValueError("push.path must start with /")
+            raise ValueError("path must start with /")
         for url in (self.notification_url, self.lifecycle_notification_url):
             if url and not url.startswith(("https://", "http://")):
                 raise ValueError(f"{url!r} is not an http(s) URL")
