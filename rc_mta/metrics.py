@@ -7,7 +7,7 @@ Label values are bounded: ``reason`` is the name of an SMTP reply from
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Histogram, Info
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from . import __version__
 
@@ -92,10 +92,11 @@ GRAPH_NOTIFICATIONS = Counter(
     ["kind", "result"],
     registry=REGISTRY,
 )
-GRAPH_SUBSCRIPTION_STATE = Enum(
-    "rc_mta_graph_subscription",
-    "The Graph change-notification subscription: none, active, or failed (polling only).",
-    states=["none", "active", "failed"],
+GRAPH_SUBSCRIPTION_STATE = Gauge(
+    "rc_mta_graph_subscription_state",
+    "1 for the Graph change-notification subscription's state (none, active, or failed:"
+    " polling only), 0 for the others.",
+    ["state"],
     registry=REGISTRY,
 )
 GRAPH_SUBSCRIPTION_EXPIRY = Gauge(

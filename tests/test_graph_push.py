@@ -93,7 +93,7 @@ def test_reply_is_acted_on_when_graph_notifies_long_before_the_poll(rc_push: RcM
     assert graph.count("GET", "/delta") > first_rounds
     wait_until(lambda: len(graph.folder("Processed")) == 1, timeout=SOON, what="reply filed")
     assert metric(rc_push, 'rc_mta_graph_notifications_total{kind="change",result="accepted"}') == 1
-    assert metric(rc_push, 'rc_mta_graph_subscription{rc_mta_graph_subscription="active"}') == 1
+    assert metric(rc_push, 'rc_mta_graph_subscription_state{state="active"}') == 1
 
 
 def test_validation_handshake_echoes_the_token_as_plain_text(rc_push: RcMta, graph: GraphServer) -> None:
@@ -119,7 +119,7 @@ def test_endpoint_that_does_not_echo_means_no_subscription_and_polling_goes_on(
     task_id = rc_push.add_task()
     graph.add_message(reply(rc_push, task_id))
     wait_until(lambda: completed(rc_push, task_id), what="task completed by polling")
-    assert metric(rc_push, 'rc_mta_graph_subscription{rc_mta_graph_subscription="failed"}') == 1
+    assert metric(rc_push, 'rc_mta_graph_subscription_state{state="failed"}') == 1
     assert "no subscription" in rc_push.log_path.read_text()
 
 

@@ -261,7 +261,8 @@ class GraphPush:
 
     def _set_state(self, state: SubscriptionState) -> None:
         self.state = state
-        metrics.GRAPH_SUBSCRIPTION_STATE.state(state.value)
+        for each in SubscriptionState:
+            metrics.GRAPH_SUBSCRIPTION_STATE.labels(each.value).set(1 if each is state else 0)
 
 
 def _object(data: bytes) -> dict[str, Any]:
