@@ -34,6 +34,7 @@ log = logging.getLogger("rc_mta.mailbox.graph")
 MAX_VALIDATION_TOKEN = 4096  # Graph's tokens are far shorter; anything longer is not Graph
 MAX_RETRY = 900.0  # a failing subscription call is retried at most this far apart
 FIRST_RETRY = 5.0
+MIN_RENEWAL_GAP = 1.0  # seconds between two renewals, whatever Graph grants
 
 # One Graph call: (method, url, JSON body) -> the answer's body; raises TemporaryFailure.
 GraphCall = Callable[[str, str, dict[str, Any] | None], Awaitable[bytes]]
@@ -70,6 +71,7 @@ class GraphPush:
         self._secret = config.client_state.get_secret_value().encode("utf-8")
         self.subscription_id: str | None = None
         self.expires_at = 0.0  # wall-clock expiry Graph confirmed
+        self._confirmed_at = 0.0  # when it did
         self.state = SubscriptionState.NONE
         self._changed = False  # a notification says mail arrived: sync now
         self._renew = False  # Graph asked for reauthorization
@@ -180,8 +182,10 @@ class GraphPush:
         return max(0.0, self._renew_at() - now, self._retry_at - now)
 
     def _renew_at(self) -> float:
-        lead = min(self.config.renew_before, self.config.subscription_lifetime / 2)
-        return self.expires_at - lead
+        """When ``renew_before`` is left, but never before half of what Graph granted has
+        passed: a short grant must not turn into a stream of renewals."""
+        granted = self.expires_at - self._confirmed_at
+        return max(self.expires_at - min(self.config.renew_before, granted / 2), self._confirmed_at + MIN_RENEWAL_GAP)
 
     async def maintain(self, call: GraphCall, resource: str) -> None:
         """Create, renew or re-create the subscription when due; a failure leaves polling
@@ -244,7 +248,8 @@ class GraphPush:
     def _confirmed(self, answer: dict[str, Any]) -> None:
         """Take Graph's expirationDateTime: it may grant less than we asked."""
         granted = _parse_iso(answer.get("expirationDateTime"))
-        self.expires_at = granted if granted is not None else time.time() + self.config.subscription_lifetime
+        self._confirmed_at = time.time()
+        self.expires_at = granted if granted is not None else self._confirmed_at + self.config.subscription_lifetime
         metrics.GRAPH_SUBSCRIPTION_EXPIRY.set(self.expires_at)
 
     async def unsubscribe(self, call: GraphCall) -> None:
