@@ -7,6 +7,7 @@ documents."""
 from __future__ import annotations
 
 import json
+import re
 import time
 import urllib.error
 import urllib.request
@@ -17,7 +18,10 @@ import pytest
 from conftest import RcMta, make_rc_mta, wait_until
 from dnsserver import NsdServer
 from graph_server import GraphServer
+from pydantic import ValidationError
 from test_graph_poller import completed, mailbox_settings, reply
+
+from rc_mta.config import Settings
 
 SECRET = "a-client-state-only-rc-mta-and-graph-know"
 # Long enough that no poll can fall inside a test: whatever happens sooner was a notification.
@@ -230,3 +234,28 @@ def test_clean_shutdown_deletes_the_subscription(rc_push: RcMta, graph: GraphSer
     rc_push.stop()
     assert graph.subscriptions() == []
     assert graph.count("DELETE", "/subscriptions/{sid}") == 1
+
+
+def test_missed_lifecycle_notification_runs_a_delta_round(rc_push: RcMta, graph: GraphServer) -> None:
+    rc_push.start()
+    subscribed(graph)
+    task_id = rc_push.add_task()
+    graph.add_message(reply(rc_push, task_id), notify=False)  # the notification Graph could not deliver
+
+    graph.send_lifecycle("missed")
+    wait_until(lambda: completed(rc_push, task_id), timeout=SOON, what="task completed after 'missed'")
+
+
+@pytest.mark.parametrize(
+    ("push", "http", "error"),
+    [
+        ({"client_state": "short"}, {}, "client_state must be 16 to 128 characters"),
+        ({"client_state": SECRET}, {"listen": ""}, "needs [http] listen"),
+        ({"client_state": SECRET, "notification_url": "ftp://x/"}, {}, "is not an http(s) URL"),
+    ],
+)
+def test_push_config_mistakes_are_named(push: dict[str, str], http: dict[str, str], error: str) -> None:
+    graph = {"tenant_id": "t", "client_id": "c", "user": "u@example.com"}
+    mailbox = {"source": "graph", "graph": graph | {"push": {"notification_url": "https://h/graph"} | push}}
+    with pytest.raises(ValidationError, match=re.escape(error)):
+        Settings(mailbox=mailbox, http=http)  # type: ignore[arg-type]
