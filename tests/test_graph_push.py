@@ -197,6 +197,19 @@ def test_subscription_is_renewed_before_it_expires_and_recreated_when_renewal_fa
     wait_until(lambda: completed(rc_push, task_id), timeout=SOON, what="task completed after the notification")
 
 
+def test_renewal_that_fails_for_a_while_is_retried_on_the_same_subscription(rc_push: RcMta, graph: GraphServer) -> None:
+    push_settings(rc_push).update(subscription_lifetime="20s", renew_before="20s")  # renew after 10 s
+    rc_push.start()
+    subscription_id = subscribed(graph)
+    graph.throttle(6, status=503, retry_after="0", route="/subscriptions/{sid}")  # more than one call waits out
+
+    wait_until(lambda: graph.throttled == 6, what="the renewal refused", timeout=30)
+    wait_until(lambda: graph.count("PATCH", "/subscriptions/{sid}") == 7, what="a renewal that works", timeout=30)
+    assert [s.id for s in graph.subscriptions()] == [subscription_id]
+    assert graph.count("POST", "/subscriptions") == 1
+    assert "no subscription" in rc_push.log_path.read_text()
+
+
 def test_reauthorization_required_leads_to_a_renewal(rc_push: RcMta, graph: GraphServer) -> None:
     rc_push.start()
     subscription_id = subscribed(graph)

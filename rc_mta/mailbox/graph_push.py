@@ -34,6 +34,7 @@ log = logging.getLogger("rc_mta.mailbox.graph")
 MAX_VALIDATION_TOKEN = 4096  # Graph's tokens are far shorter; anything longer is not Graph
 MAX_RETRY = 900.0  # a failing subscription call is retried at most this far apart
 FIRST_RETRY = 5.0
+RENEWAL_REFUSED = {400, 403, 404, 410}  # a renewal answered so is not worth repeating
 MIN_RENEWAL_GAP = 1.0  # seconds between two renewals, whatever Graph grants
 
 # One Graph call: (method, url, JSON body) -> the answer's body; raises TemporaryFailure.
@@ -194,13 +195,21 @@ class GraphPush:
         due = self._renew or self._recreate or self.subscription_id is None or now >= self._renew_at()
         if not due or now < self._retry_at:
             return
+        from .graph import GraphError  # here: graph.py imports this module
+
+        if self.subscription_id is not None and now >= self.expires_at:
+            self._recreate = True  # lapsed while renewals failed: Graph has dropped it
         try:
             if self.subscription_id is None or self._recreate:
                 await self._create(call, resource)
             else:
                 try:
                     await self._patch(call)
-                except TemporaryFailure as exc:
+                except GraphError as exc:
+                    # Graph refused this renewal (gone, or no longer allowed): a new one. A
+                    # transient failure (network, 5xx) is retried on the same subscription.
+                    if exc.status not in RENEWAL_REFUSED:
+                        raise
                     log.warning(
                         "graph push: renewing subscription %s failed (%s); creating a new one",
                         self.subscription_id,
