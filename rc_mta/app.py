@@ -25,6 +25,7 @@ from .inbound import Listener, session_limits, start_listener
 from .inbound.shutdown import FLUSH_SECONDS
 from .logs import install_runtime_controls, sd_notify
 from .mailbox import make_poller
+from .mailbox.graph_push import add_push_route
 from .outbound import SentRequest, Transport, make_transport, reply_addresses, wire_bytes
 from .outbound_queue import OutboundQueue
 from .pipeline import Decision, Inbound, Pipeline
@@ -249,15 +250,16 @@ class Service:
         health.warnings["outbound_queue"] = self.queue.oldest_waiting
         background.append(asyncio.create_task(self.queue.run(), name="outbound-queue"))
 
+        poller = make_poller(self.settings, self.pipeline)
         runners = []
         if http.listen:
             app = make_app(health, with_metrics=not http.metrics_listen)
             add_api_routes(app, self)
+            add_push_route(app, poller)
             runners.append(await start_http(app, http.listen, http, inbound.shutdown_grace))
         if http.metrics_listen:
             runners.append(await start_http(metrics_app(), http.metrics_listen, http, inbound.shutdown_grace))
 
-        poller = make_poller(self.settings, self.pipeline)
         if poller is not None:
             health.liveness[poller.source] = poller.staleness
             background.append(asyncio.create_task(poller.run(), name=f"poller-{poller.source}"))

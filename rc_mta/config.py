@@ -343,6 +343,44 @@ class OAuth2Config(Section):
         return bool(self.token_url)
 
 
+# Graph keeps a subscription to Outlook mail at most 4230 minutes.
+GRAPH_MAX_SUBSCRIPTION = 4230 * 60.0
+
+
+class GraphPushConfig(Section):
+    """Change notifications: Graph POSTs to ``notification_url`` when mail arrives, which
+    only wakes the delta poll early. Off while ``notification_url`` is empty."""
+
+    notification_url: str = ""  # public HTTPS URL the operator fronts onto ``path``
+    lifecycle_notification_url: str = ""  # default: notification_url
+    client_state: SecretStr = SecretStr("")  # shared secret Graph echoes in every notification
+    path: str = "/graph/notifications"  # the route on [http] listen
+    subscription_lifetime: Annotated[
+        float, BeforeValidator(_parse_duration), Field(gt=0, le=GRAPH_MAX_SUBSCRIPTION)
+    ] = 4200 * 60.0  # 70 h: Graph refuses more than 70.5 h for mail
+    renew_before: Seconds = 24 * 3600.0  # renew when this much of the lifetime is left
+    max_body: Bytes = 256 * 1024
+    max_notifications: int = Field(default=100, ge=1, le=10_000)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.notification_url)
+
+    @model_validator(mode="after")
+    def _usable(self) -> GraphPushConfig:
+        if not self.enabled:
+            return self
+        secret = self.client_state.get_secret_value()
+        if not 16 <= len(secret) <= 128:
+            raise ValueError("client_state must be 16 to 128 characters (Graph allows 128)")
+        if not self.path.startswith("/"):
+            raise ValueError("path must start with /")
+        for url in (self.notification_url, self.lifecycle_notification_url):
+            if url and not url.startswith(("https://", "http://")):
+                raise ValueError(f"{url!r} is not an http(s) URL")
+        return self
+
+
 class GraphConfig(Section):
     tenant_id: str = ""
     client_id: str = ""
@@ -350,6 +388,7 @@ class GraphConfig(Section):
     user: str = ""
     base_url: str = "https://graph.microsoft.com/v1.0"
     token_url: str = "https://login.microsoftonline.com/{tenant_id}/oauth2/v2.0/token"
+    push: GraphPushConfig = GraphPushConfig()
 
 
 class MailboxConfig(Section):
@@ -502,6 +541,12 @@ class Settings(BaseSettings):
         if cls._toml_path is not None:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=cls._toml_path))
         return tuple(sources)
+
+    @model_validator(mode="after")
+    def _push_needs_http(self) -> Settings:
+        if self.mailbox.source == "graph" and self.mailbox.graph.push.enabled and not self.http.listen:
+            raise ValueError("[mailbox.graph.push] notification_url needs [http] listen: Graph posts to it")
+        return self
 
     @property
     def authserv_id(self) -> str:
