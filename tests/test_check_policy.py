@@ -82,7 +82,8 @@ def test_dmarc_follows_the_published_policy_and_never_a_stamp() -> None:
     facts = {"domain": "example.test", "policy": "quarantine"}
     failing = Verdict("fail", "nothing aligned", facts)
     refused = PolicyTable(_config("reject")).answer("dmarc", failing, CONTEXT)
-    assert refused is not None and str(refused) == "550 5.7.1 Rejected by the DMARC policy of example.test: p=quarantine"
+    expected = "550 5.7.1 Rejected by the DMARC policy of example.test: p=quarantine"
+    assert refused is not None and str(refused) == expected
     assert PolicyTable(_config("reject", quarantine="tag")).answer("dmarc", failing, CONTEXT) is None
     none = Verdict("fail", "nothing aligned", {**facts, "policy": "none"})
     assert PolicyTable(_config("reject")).answer("dmarc", none, CONTEXT) is None

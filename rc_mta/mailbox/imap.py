@@ -34,10 +34,11 @@ from aioimaplib import aioimaplib as lib
 
 from .. import metrics
 from ..config import MailboxConfig
-from ..errors import TemporaryFailure
+from ..errors import ConfigError, TemporaryFailure
 from ..logs import TRACE
 from ..oauth2 import TokenProvider
 from ..pipeline import STALE_CLAIM_SECONDS, Inbound, MailboxOutcome, Pipeline
+from ..registry import MAILBOX_SOURCES
 from ..store import MailboxMessage, Store
 from ._watcher import Watcher
 
@@ -572,3 +573,12 @@ class ImapPoller:
             await asyncio.to_thread(self.store.prune_mailbox_claims, now - CLAIMS_KEPT)
         except TemporaryFailure as exc:
             log.warning("imap: could not prune old message claims: %s", exc)
+
+
+@MAILBOX_SOURCES.register("imap")
+def create(config: MailboxConfig, pipeline: Pipeline) -> ImapPoller:
+    """``[mailbox] source = "imap"``: the IMAP keys are [mailbox]'s own."""
+    for key in ("host", "username"):
+        if not getattr(config, key):
+            raise ConfigError(f"config key mailbox.{key}: source 'imap' needs it")
+    return ImapPoller(config, pipeline)
