@@ -12,8 +12,6 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from .checks._base import Verdict, domain_of
-
 HEADER = b"authentication-results"
 
 # RFC 2045 token: printable US-ASCII except SPACE, CTLs and tspecials.
@@ -210,27 +208,6 @@ def trusted_authentication_results(raw: bytes, trusted_ids: Sequence[str]) -> li
         if item.name == HEADER and _authserv_id(item.value) in trusted:
             return _parse_results(item.value)
     return []
-
-
-def trusted_verdicts(raw: bytes, trusted_ids: Sequence[str], from_domain: str | None) -> dict[str, Verdict]:
-    """SPF and DMARC as a receiver we trust stamped them, to stand in for checks we cannot
-    run without the SMTP facts. A DMARC verdict counts only for the From's own domain
-    (``header.from``); the first statement of each method wins."""
-    verdicts: dict[str, Verdict] = {}
-    for result in trusted_authentication_results(raw, trusted_ids):
-        if result.method not in ("spf", "dmarc") or result.method in verdicts:
-            continue
-        facts = dict(result.properties)
-        if result.method == "spf":
-            mailfrom = facts.get("smtp.mailfrom", "")
-            facts["domain"] = domain_of(mailfrom) or mailfrom
-        else:
-            facts["domain"] = facts.get("header.from", "").lower().rstrip(".")
-            if not from_domain or facts["domain"] != from_domain:
-                continue
-        reason = "from trusted Authentication-Results"
-        verdicts[result.method] = Verdict(result.result, reason, facts, stamped=True)  # type: ignore[arg-type]
-    return verdicts
 
 
 def _parse_results(value: str) -> list[ReceivedAuthResult]:

@@ -20,8 +20,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from .errors import ConfigError
-
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -74,7 +72,7 @@ class Registry:
         try:
             return self.parts[name]
         except KeyError:
-            raise ConfigError(f"config key {self.key}: {name!r} is not one of {', '.join(self.names())}") from None
+            raise LookupError(f"{self.key}: {name!r} is not one of {', '.join(self.names())}") from None
 
 
 TASK_BACKENDS = Registry("rc_mta.tasks", "tasks.backend")

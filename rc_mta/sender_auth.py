@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from . import smtp_replies as R
-from .authresults import format_authentication_results, trusted_verdicts
+from .authresults import format_authentication_results
 from .checks import Check, CheckContext, DkimSignature, OwnerProof, Verdict
 from .checks._base import domain_of
 from .checks.binding import RequestAddresses
@@ -24,6 +24,7 @@ from .checks.owner import OwnerCheck
 from .checks.policy import PolicyTable
 from .checks.rdns import RdnsCheck
 from .checks.spf import SpfCheck
+from .checks.stamped import trusted_verdicts
 from .checks.whitelist import WhitelistCheck
 from .config import Settings
 from .dns import DnsResolver
