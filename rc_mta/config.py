@@ -32,6 +32,7 @@ from pydantic_settings import (
 
 from .errors import ConfigError
 from .reading.intent import normalise, tokens
+from .registry import MAILBOX_SOURCES, TASK_BACKENDS
 
 DEFAULT_CONFIG_PATH = Path("conf/rc-mta.toml")
 
@@ -305,19 +306,40 @@ class WebhookConfig(Section):
 
 
 class TasksConfig(Section):
-    backend: Literal["embedded", "release", "webhook"] = "embedded"
+    """``backend`` names a task backend (``rc_mta/tasks/<name>.py``, or one registered in
+    ``rc_mta.registry``); ``[tasks.<name>]`` is its own section. The built-in ones are typed
+    here; another backend's section is checked against the model it registered when it is
+    built. What a backend needs of its section it says itself, when it is built."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    backend: str = "embedded"
     release: ReleaseConfig = ReleaseConfig()
     webhook: WebhookConfig = WebhookConfig()
 
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, value: str) -> str:
+        return TASK_BACKENDS.check(value)
+
     @model_validator(mode="after")
-    def _backend_configured(self) -> TasksConfig:
-        if self.backend == "release" and not self.release.url:
-            raise ValueError("backend 'release' needs [tasks.release] url")
+    def _sections_are_backends(self) -> TasksConfig:
+        for name, value in (self.model_extra or {}).items():
+            try:
+                TASK_BACKENDS.check(name)
+            except ValueError:
+                raise ValueError(f"{name!r} is neither a key nor a task backend's section") from None
+            if not isinstance(value, dict):
+                raise ValueError(f"[tasks.{name}] must be a table of that backend's keys")
         if self.release.watch and self.backend != "release":
             raise ValueError("[tasks.release] watch = true needs backend 'release'")
-        if self.backend == "webhook" and not (self.webhook.url and self.webhook.secret.get_secret_value()):
-            raise ValueError("backend 'webhook' needs [tasks.webhook] url and secret")
         return self
+
+    def section(self, name: str) -> Any:
+        """The section of backend ``name``: typed for the built-in ones, as written otherwise."""
+        if name in type(self).model_fields:
+            return getattr(self, name)
+        return (self.model_extra or {}).get(name, {})
 
 
 class HttpConfig(Section):
@@ -392,7 +414,10 @@ class GraphConfig(Section):
 
 
 class MailboxConfig(Section):
-    source: Literal["none", "imap", "graph"] = "none"
+    """``source`` names a poller (``rc_mta/mailbox/<name>.py``, or one registered), or
+    ``none``; what a poller needs of these keys it says itself, when it is built."""
+
+    source: str = "none"
     host: str = ""
     port: int = Field(default=993, ge=1, le=65535)
     tls: bool = True
@@ -411,12 +436,15 @@ class MailboxConfig(Section):
     oauth2: OAuth2Config = OAuth2Config()
     graph: GraphConfig = GraphConfig()
 
+    @field_validator("source")
+    @classmethod
+    def _known_source(cls, value: str) -> str:
+        if value != "none" and value not in MAILBOX_SOURCES.names():
+            raise ValueError(f"{value!r} is not one of none, {', '.join(MAILBOX_SOURCES.names())}")
+        return value
+
     @model_validator(mode="after")
-    def _source_configured(self) -> MailboxConfig:
-        if self.source == "imap" and not (self.host and self.username):
-            raise ValueError("source 'imap' needs host and username")
-        if self.source == "graph" and not (self.graph.tenant_id and self.graph.client_id and self.graph.user):
-            raise ValueError("source 'graph' needs [mailbox.graph] tenant_id, client_id and user")
+    def _one_tls_mode(self) -> MailboxConfig:
         if self.tls and self.starttls:
             raise ValueError("tls and starttls cannot both be true")
         return self

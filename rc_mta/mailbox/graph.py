@@ -22,9 +22,10 @@ import aiohttp
 from yarl import URL
 
 from ..config import MailboxConfig
-from ..errors import TemporaryFailure
+from ..errors import ConfigError, TemporaryFailure
 from ..oauth2 import OAuth2Error, TokenProvider
 from ..pipeline import Inbound, MailboxOutcome, Pipeline
+from ..registry import MAILBOX_SOURCES
 from ._watcher import Watcher
 from .graph_push import GraphPush
 
@@ -376,3 +377,12 @@ def _error(data: bytes) -> tuple[str, str]:
         return str(error.get("code", "unknown")), str(error.get("message", ""))[:300]
     except (ValueError, AttributeError):
         return "unknown", data[:200].decode("utf-8", "replace")
+
+
+@MAILBOX_SOURCES.register(SOURCE)
+def create(config: MailboxConfig, pipeline: Pipeline) -> GraphPoller:
+    """``[mailbox] source = "graph"``: its keys are [mailbox.graph]."""
+    for key in ("tenant_id", "client_id", "user"):
+        if not getattr(config.graph, key):
+            raise ConfigError(f"config key mailbox.graph.{key}: source 'graph' needs it")
+    return GraphPoller(config, pipeline)
