@@ -36,6 +36,7 @@ import base64
 import email.policy
 import json
 import math
+import os
 import secrets
 import socket
 import statistics
@@ -117,6 +118,12 @@ class RunResult:
     elapsed_s: float
     latencies_ms: list[float] = field(default_factory=list)
     errors: Counter[str] = field(default_factory=Counter)
+    server_cpu_s: float = math.nan  # the server's CPU time during the run, measured by the driver
+
+    @property
+    def cpu_ms_each(self) -> float:
+        """Server CPU per message: unlike throughput, hardly moved by other load on the machine."""
+        return self.server_cpu_s * 1000 / self.messages if self.messages else math.nan
 
     @property
     def accepted(self) -> int:
@@ -198,6 +205,15 @@ def proc_status_mb(pid: int, key: str) -> float:
     except OSError:
         pass
     return float("nan")
+
+
+def cpu_seconds(pid: int) -> float:
+    """The process's CPU time so far (user + system, all threads), from /proc/PID/stat."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return math.nan
 
 
 def tail(path: Path, lines: int = 20) -> str:
@@ -459,14 +475,18 @@ def client_argv(job: Path) -> list[str]:
     return [sys.executable, str(Path(__file__).resolve()), "--client", str(job)]
 
 
-def run_client(workdir: Path, job: dict[str, Any]) -> RunResult:
-    """Run one job in a fresh client process; its stdout's last line is the result."""
+def run_client(workdir: Path, job: dict[str, Any], server_pid: int) -> RunResult:
+    """Run one job in a fresh client process; its stdout's last line is the result. The
+    server's CPU time is read around it (the client's start-up is in it, the server idles)."""
     path = workdir / "job.json"
     path.write_text(json.dumps(job))
+    cpu_before = cpu_seconds(server_pid)
     done = subprocess.run(client_argv(path), capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"load client failed:\n{done.stderr[-2000:]}")
-    return RunResult.of(json.loads(done.stdout.strip().splitlines()[-1]))
+    result = RunResult.of(json.loads(done.stdout.strip().splitlines()[-1]))
+    result.server_cpu_s = cpu_seconds(server_pid) - cpu_before
+    return result
 
 
 def reply_job(name: str, port: int, replies: Sequence[Reply], concurrency: int) -> dict[str, Any]:
@@ -532,6 +552,11 @@ class Figures:
     def ratios(self) -> list[float]:
         return [r.msgs_per_s / s.msgs_per_s for r, s in zip(self.rc, self.sink, strict=True) if s.msgs_per_s]
 
+    def cpu_ratios(self) -> list[float]:
+        """How many replies rc-mta serves in the CPU time the sink needs for one, per round."""
+        pairs = zip(self.rc, self.sink, strict=True)
+        return [s.cpu_ms_each / r.cpu_ms_each for r, s in pairs if r.cpu_ms_each > 0]
+
     def refusal_ratios(self) -> list[float]:
         pairs = zip(self.rc_refusals, self.sink_refusals, strict=True)
         return [r.msgs_per_s / s.msgs_per_s for r, s in pairs if s.msgs_per_s]
@@ -554,12 +579,20 @@ def print_table(f: Figures, messages: int, concurrency: int) -> None:
     row("throughput (msgs/s)", spread([r.msgs_per_s for r in f.rc]), spread([s.msgs_per_s for s in f.sink]))
     row("latency p50 (ms)", spread([r.percentile(50) for r in f.rc], 2), spread([s.percentile(50) for s in f.sink], 2))
     row("latency p99 (ms)", spread([r.percentile(99) for r in f.rc], 2), spread([s.percentile(99) for s in f.sink], 2))
+    row(
+        "server CPU per reply (ms)",
+        spread([r.cpu_ms_each for r in f.rc], 2),
+        spread([s.cpu_ms_each for s in f.sink], 2),
+    )
     rc_ref = [r.msgs_per_s for r in f.rc_refusals]
     row("forged RCPTs (/s)", spread(rc_ref), spread([s.msgs_per_s for s in f.sink_refusals]))
+    rc_ref_cpu = [r.cpu_ms_each for r in f.rc_refusals]
+    row("server CPU per refusal (ms)", spread(rc_ref_cpu, 3), spread([s.cpu_ms_each for s in f.sink_refusals], 3))
     row("peak RSS (MiB)", f"{f.rc_rss:.1f}", f"{f.sink_rss:.1f}")
     row(f"RSS, {IDLE_SESSIONS} idle sessions (MiB)", f"{f.rc_idle_rss:.1f}", f"{f.sink_idle_rss:.1f}")
     print(f"throughput ratio rc-mta / sink: {spread(f.ratios(), 3)}")
     print(f"refusal ratio rc-mta / sink:    {spread(f.refusal_ratios(), 3)}")
+    print(f"CPU ratio sink / rc-mta per reply (the load-independent figure): {spread(f.cpu_ratios(), 3)}")
     print(f"tasks completed in the store: {f.completed}/{sum(r.messages for r in f.rc)}")
     refusal_answers = Counter[str]()
     for r in f.rc_refusals:
@@ -602,18 +635,23 @@ async def run(messages: int, rounds: int, warmup: int, concurrency: int, as_json
 
             print(f"warming up with {warmup} replies each ...", file=sys.stderr)
             warm = replies[:warmup]
-            run_client(workdir, reply_job("sink", sink_port, warm, concurrency))
-            run_client(workdir, reply_job("rc-mta", rc_port, warm, concurrency))
+            run_client(workdir, reply_job("sink", sink_port, warm, concurrency), sink_proc.pid)
+            run_client(workdir, reply_job("rc-mta", rc_port, warm, concurrency), rc_proc.pid)
             measured = replies[warmup:]
             bad = [forged(r.rcpt_to) for r in measured[:messages]]
             for i in range(rounds):
                 batch = measured[i * messages : (i + 1) * messages]
                 print(f"round {i + 1}/{rounds} ...", file=sys.stderr)
-                figures.sink.append(run_client(workdir, reply_job("sink", sink_port, batch, concurrency)))
-                figures.rc.append(run_client(workdir, reply_job("rc-mta", rc_port, batch, concurrency)))
+                sink_job, rc_job = (
+                    reply_job("sink", sink_port, batch, concurrency),
+                    reply_job("rc-mta", rc_port, batch, concurrency),
+                )
+                figures.sink.append(run_client(workdir, sink_job, sink_proc.pid))
+                figures.rc.append(run_client(workdir, rc_job, rc_proc.pid))
                 refusals = {"kind": "refusals", "port": sink_port, "concurrency": concurrency, "items": bad}
-                figures.sink_refusals.append(run_client(workdir, {**refusals, "name": "sink"}))
-                figures.rc_refusals.append(run_client(workdir, {**refusals, "name": "rc-mta", "port": rc_port}))
+                figures.sink_refusals.append(run_client(workdir, {**refusals, "name": "sink"}, sink_proc.pid))
+                rc_refusals = {**refusals, "name": "rc-mta", "port": rc_port}
+                figures.rc_refusals.append(run_client(workdir, rc_refusals, rc_proc.pid))
             figures.completed = sum(
                 1
                 for reply in measured
@@ -653,6 +691,9 @@ async def run(messages: int, rounds: int, warmup: int, concurrency: int, as_json
                 "peak_rss_mb": finite(figures.rc_rss, 1),
                 "refusal_ratio": finite(median(figures.refusal_ratios()), 4),
                 "idle_rss_mb": finite(figures.rc_idle_rss, 1),
+                "cpu_ms_per_reply": finite(median([r.cpu_ms_each for r in figures.rc]), 3),
+                "sink_cpu_ms_per_reply": finite(median([s.cpu_ms_each for s in figures.sink]), 3),
+                "cpu_ratio": finite(median(figures.cpu_ratios()), 4),
             }
             print(json.dumps(out))
         return 0 if ok else 1

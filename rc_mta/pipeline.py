@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from email.message import EmailMessage
+from email.message import Message
 from email.utils import getaddresses
 
 from . import budget, metrics
@@ -580,7 +580,7 @@ def _not_ours(decision: Decision, request: Request, outcome: ClaimOutcome, claim
 _MAX_ADDRESS_FIELD = 16384
 
 
-def our_addresses(message: EmailMessage, reply_domain: str) -> list[str]:
+def our_addresses(message: Message, reply_domain: str) -> list[str]:
     """The reply addresses of ours a message was sent to, as the delivering server recorded them.
 
     Read from the raw, bounded values: the email library's structured address parser is
