@@ -16,8 +16,8 @@ from email import policy
 from email.message import Message
 from email.parser import BytesParser
 from email.utils import getaddresses
-from typing import Any
 
+from ..headers import structured_header
 from ..machine_mail import machine_reason
 from .comment import extract_comment
 from .html import QUOTE_MARK, render_html
@@ -111,22 +111,13 @@ def _raw_headers(message: Message, name: str) -> list[str]:
     return [_fix_surrogates(re.sub(r"\r?\n(?=[ \t])", "", value)).strip() for value in _raw_headers_kept(message, name)]
 
 
-_LINE_BREAKS = re.compile(r"[\r\n]")
-
-
-def _structured(name: str, raw: str) -> Any:
-    """One header as the modern policy reads it (RFC 2047 decoded, addresses parsed), its
-    line breaks removed first as ``EmailPolicy.header_fetch_parse`` does."""
-    return policy.default.header_factory(name, _LINE_BREAKS.sub("", raw))
-
-
 def _header_text(message: Message, name: str) -> str | None:
     """Decoded (RFC 2047) first header value, falling back to the raw value if decoding fails."""
     raw = _raw_headers_kept(message, name)
     if not raw:
         return None
     try:
-        return _fix_surrogates(str(_structured(name, raw[0])))
+        return _fix_surrogates(str(structured_header(name, raw[0])))
     except Exception:
         return _fix_surrogates(re.sub(r"\r?\n(?=[ \t])", "", raw[0])).strip()
 
@@ -152,7 +143,7 @@ def _from_address(message: Message) -> str | None:
     if len(raw_values) != 1:
         return None
     try:
-        header = _structured("From", _raw_headers_kept(message, "From")[0])
+        header = structured_header("From", _raw_headers_kept(message, "From")[0])
         addresses = tuple(getattr(header, "addresses", ()))
         if len(addresses) != 1:
             return None
