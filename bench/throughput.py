@@ -45,12 +45,12 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosmtplib
 
@@ -64,6 +64,8 @@ OWNER = "alice@corp.test"  # DKIM selector "sel", DMARC p=reject
 DKIM_KEY = TESTS / "keys" / "good-sel2048.pem"
 SIGNED_FIELDS = [b"from", b"to", b"subject", b"date", b"message-id", b"in-reply-to", b"references"]
 IDLE_SESSIONS = 1000
+
+T = TypeVar("T")
 
 # The sink: aiosmtpd with a handler that accepts everything. It advertises PIPELINING as
 # rc-mta does, so the client speaks exactly the same protocol to both servers.
@@ -363,38 +365,38 @@ async def connect(port: int) -> aiosmtplib.SMTP:
     return client
 
 
-async def send_all(name: str, port: int, replies: Sequence[Reply], concurrency: int) -> RunResult:
-    """C workers, each on its own connection, take the next reply until none are left."""
-    clients = [await connect(port) for _ in range(min(concurrency, len(replies)))]
-    result = RunResult(name, len(replies), 0.0)
-    queue: asyncio.Queue[Reply] = asyncio.Queue()
-    for reply in replies:
-        queue.put_nowait(reply)
+async def on_connections(
+    name: str,
+    port: int,
+    items: Sequence[T],
+    concurrency: int,
+    one: Callable[[aiosmtplib.SMTP, T, RunResult], Awaitable[bool]],
+) -> RunResult:
+    """C workers, each on its own connection, take the next item until none are left;
+    ``one`` does an item's exchange and says whether to time it (False: an error, or the
+    connection was lost and is to be opened again)."""
+    clients = [await connect(port) for _ in range(min(concurrency, len(items)))]
+    result = RunResult(name, len(items), 0.0)
+    queue: asyncio.Queue[T] = asyncio.Queue()
+    for item in items:
+        queue.put_nowait(item)
 
     async def worker(index: int) -> None:
         while True:
             try:
-                reply = queue.get_nowait()
+                item = queue.get_nowait()
             except asyncio.QueueEmpty:
                 return
-            client = clients[index]
             began = time.perf_counter()
             try:
-                # sendmail raises on any refusal: MAIL, RCPT, or the final answer after DATA.
-                await client.sendmail(reply.mail_from, [reply.rcpt_to], reply.data)
-            except aiosmtplib.SMTPRecipientsRefused as exc:
-                refused = exc.recipients[0]
-                result.errors[f"{refused.code} {refused.message}"] += 1
-                continue
-            except aiosmtplib.SMTPResponseException as exc:
-                result.errors[f"{exc.code} {exc.message}"] += 1
-                continue
-            except (aiosmtplib.SMTPException, OSError) as exc:
+                timed = await one(clients[index], item, result)
+            except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPConnectError, OSError) as exc:
                 result.errors[f"connection: {exc!r}"] += 1
-                client.close()
+                clients[index].close()
                 clients[index] = await connect(port)
                 continue
-            result.latencies_ms.append((time.perf_counter() - began) * 1000)
+            if timed:
+                result.latencies_ms.append((time.perf_counter() - began) * 1000)
 
     started = time.perf_counter()
     await asyncio.gather(*(worker(i) for i in range(len(clients))))
@@ -403,37 +405,32 @@ async def send_all(name: str, port: int, replies: Sequence[Reply], concurrency: 
     return result
 
 
-async def refuse_all(name: str, port: int, rcpts: Sequence[str], concurrency: int) -> RunResult:
-    """MAIL, RCPT, RSET per address, C connections at once; a "latency" is one RCPT's
-    answer, whatever it was (a refusal is the expected answer from rc-mta)."""
-    clients = [await connect(port) for _ in range(min(concurrency, len(rcpts)))]
-    result = RunResult(name, len(rcpts), 0.0)
-    queue: asyncio.Queue[str] = asyncio.Queue()
-    for rcpt in rcpts:
-        queue.put_nowait(rcpt)
+async def send_reply(client: aiosmtplib.SMTP, reply: Reply, result: RunResult) -> bool:
+    """One whole transaction; only an accepted reply is timed."""
+    try:
+        # sendmail raises on any refusal: MAIL, RCPT, or the final answer after DATA.
+        await client.sendmail(reply.mail_from, [reply.rcpt_to], reply.data)
+    except aiosmtplib.SMTPRecipientsRefused as exc:
+        refused = exc.recipients[0]
+        result.errors[f"{refused.code} {refused.message}"] += 1
+        return False
+    except aiosmtplib.SMTPResponseException as exc:
+        result.errors[f"{exc.code} {exc.message}"] += 1
+        return False
+    return True
 
-    async def worker(index: int) -> None:
-        client = clients[index]
-        while True:
-            try:
-                rcpt = queue.get_nowait()
-            except asyncio.QueueEmpty:
-                return
-            began = time.perf_counter()
-            await client.mail(OWNER)
-            try:
-                answer = await client.rcpt(rcpt)
-                result.errors[f"{answer.code}"] += 1
-            except aiosmtplib.SMTPRecipientRefused as exc:
-                result.errors[f"{exc.code}"] += 1
-            await client.rset()
-            result.latencies_ms.append((time.perf_counter() - began) * 1000)
 
-    started = time.perf_counter()
-    await asyncio.gather(*(worker(i) for i in range(len(clients))))
-    result.elapsed_s = time.perf_counter() - started
-    await quit_all(clients)
-    return result
+async def send_rcpt(client: aiosmtplib.SMTP, rcpt: str, result: RunResult) -> bool:
+    """MAIL, RCPT, RSET: timed whatever RCPT's answer (a refusal is what rc-mta should say),
+    which is counted under its code in ``errors``."""
+    await client.mail(OWNER)
+    try:
+        answer = await client.rcpt(rcpt)
+        result.errors[f"{answer.code}"] += 1
+    except aiosmtplib.SMTPRecipientRefused as exc:
+        result.errors[f"{exc.code}"] += 1
+    await client.rset()
+    return True
 
 
 async def hold_idle(port: int, count: int) -> None:
@@ -461,9 +458,9 @@ def client_main(job_path: str) -> int:
     port, concurrency = job["port"], job["concurrency"]
     if job["kind"] == "replies":
         replies = [Reply(r["task_id"], r["mail_from"], r["rcpt_to"], base64.b64decode(r["data"])) for r in job["items"]]
-        result = asyncio.run(send_all(job["name"], port, replies, concurrency))
+        result = asyncio.run(on_connections(job["name"], port, replies, concurrency, send_reply))
     elif job["kind"] == "refusals":
-        result = asyncio.run(refuse_all(job["name"], port, job["items"], concurrency))
+        result = asyncio.run(on_connections(job["name"], port, job["items"], concurrency, send_rcpt))
     else:
         asyncio.run(hold_idle(port, job["count"]))
         return 0
