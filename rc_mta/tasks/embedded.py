@@ -16,6 +16,10 @@ class EmbeddedBackend:
     def __init__(self, store: Store) -> None:
         self._store = store
 
+    def keeps_tasks_in(self, store: Store) -> bool:
+        """Whether the tasks live in ``store``: the pipeline may then act in its transaction."""
+        return self._store is store
+
     async def get(self, task_id: str) -> TaskInfo:
         task = await asyncio.to_thread(self._store.get_task, task_id)
         if task is None:
