@@ -26,7 +26,7 @@ from .inbound import Listener, session_limits, start_listener
 from .inbound.shutdown import FLUSH_SECONDS
 from .logs import install_runtime_controls, sd_notify
 from .mailbox import make_poller
-from .mailbox.graph_push import add_push_route
+from .mailbox._graph_push import add_push_route
 from .outbound import SentRequest, Transport, make_transport, reply_addresses, wire_bytes
 from .outbound_queue import OutboundQueue
 from .pipeline import Decision, Inbound, Pipeline

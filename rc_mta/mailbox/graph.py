@@ -26,8 +26,8 @@ from ..errors import ConfigError, TemporaryFailure
 from ..oauth2 import OAuth2Error, TokenProvider
 from ..pipeline import Inbound, MailboxOutcome, Pipeline
 from ..registry import MAILBOX_SOURCES
+from ._graph_push import GraphPush
 from ._watcher import Watcher
-from .graph_push import GraphPush
 
 log = logging.getLogger("rc_mta.mailbox.graph")
 
