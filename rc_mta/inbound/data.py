@@ -14,10 +14,15 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import logging
 
 from aiosmtpd.smtp import SMTP, syntax
 
 from .aiosmtpd_private import new_transaction, stream_reader
+
+# aiosmtpd's protocol logger: at trace (it speaks only then) each DATA line is shown, as
+# aiosmtpd's own DATA does; the secret filter masks what needs masking.
+protocol_log = logging.getLogger("mail.log")
 
 # aiosmtpd's words for a line or a message too long (the session maps them to ours).
 LINE_TOO_LONG = "500 Line too long (see RFC5321 4.5.3.1.6)"
@@ -66,9 +71,12 @@ class DataReading(SMTP):
         size = 0
         state = _Read.NOMINAL
         in_long_line = False  # the rest of a line the reader could not hold is no end mark
+        trace = protocol_log.isEnabledFor(logging.DEBUG)  # asked once: a message has many lines
         while True:
             try:
                 line = await reader.readuntil(b"\r\n")
+                if trace:
+                    protocol_log.debug("DATA readline: %s", line)
             except asyncio.LimitOverrunError as exc:
                 size += len(await reader.read(exc.consumed))
                 in_long_line = True
