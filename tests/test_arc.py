@@ -9,6 +9,7 @@ corp.test's aligns any more: only the gateway's seal can vouch for her.
 
 from __future__ import annotations
 
+import asyncio
 import email.policy
 import json
 from collections.abc import Iterator
@@ -19,9 +20,17 @@ from typing import Any
 import dkim
 import pytest
 from conftest import REPLY_DOMAIN, RcMta, make_rc_mta, wait_until, with_real_dns
+from dns_fixtures import black_hole_resolver as black_hole_resolver
+from dns_fixtures import resolver as resolver
 from dnsserver import NsdServer
 from mailclient import SmtpOutcome, reply_message
 from mailclient import send_smtp as _send_smtp
+
+from rc_mta.checks import CheckContext, Verdict
+from rc_mta.checks.arc import MAX_ARC_SETS, ArcCheck
+from rc_mta.checks.binding import RequestAddresses
+from rc_mta.checks.dmarc import DmarcCheck
+from rc_mta.dns import DnsResolver
 
 OWNER = "alice@corp.test"
 KEYS = Path(__file__).parent / "keys"
@@ -218,3 +227,52 @@ def test_diagnose_as_mailbox_shows_the_seal_vouching_for_the_owner(rc: RcMta, tm
     assert report["checks"]["dmarc"]["via_arc"] == "sealer.test"
     assert report["checks"]["binding"]["via"] == "arc sealer.test"
     assert untouched(rc, task_id)
+
+
+# The check on its own: what reaches no listener -----------------------------------------
+
+
+def arc_verdict(resolver: DnsResolver, raw: bytes, sealers: list[str] | None = None) -> Verdict | None:
+    check = ArcCheck(resolver, sealers or ["sealer.test"], RequestAddresses("rc", REPLY_DOMAIN), 1024)
+    return asyncio.run(check.evaluate(CheckContext(raw=raw, header_from=OWNER)))
+
+
+def sealed_sample() -> bytes:
+    message = reply_message(f"rc@{REPLY_DOMAIN}", "Approved", sender=OWNER, in_reply_to="<x@reply.example.test>")
+    return through_gateway(owner_signed(message))
+
+
+def test_dns_trouble_with_a_trusted_seal_defers_rather_than_refuses(
+    black_hole_resolver: DnsResolver, resolver: DnsResolver
+) -> None:
+    arc = arc_verdict(black_hole_resolver, sealed_sample())
+    assert arc is not None and arc.result == "temperror", arc
+
+    dkim_failed = Verdict("fail", "signature did not verify")
+    context = CheckContext(raw=b"", header_from=OWNER, verdicts={"dkim": dkim_failed, "arc": arc})
+    dmarc = asyncio.run(DmarcCheck(resolver).evaluate(context))
+
+    assert dmarc is not None and dmarc.result == "temperror", dmarc
+    assert "sealer.test" in dmarc.reason
+
+
+def test_untrusted_seal_is_not_verified_at_all(black_hole_resolver: DnsResolver) -> None:
+    # Its keys would be looked up at a black hole: not looking is what keeps this quick and sure.
+    verdict = arc_verdict(black_hole_resolver, sealed_sample(), sealers=["microsoft.com"])
+
+    assert verdict is not None and verdict.result == "neutral", verdict
+    assert verdict.facts["trusted"] == "no"
+
+
+def test_chain_longer_than_any_real_one_is_not_verified(black_hole_resolver: DnsResolver) -> None:
+    sets = b"".join(
+        b"ARC-Seal: i=%d; cv=pass; a=rsa-sha256; d=sealer.test; s=arc; b=AAAA\r\n"
+        b"ARC-Message-Signature: i=%d; a=rsa-sha256; d=sealer.test; s=arc; h=from; bh=AAAA; b=AAAA\r\n"
+        b"ARC-Authentication-Results: i=%d; gw.sealer.test; dmarc=pass header.from=corp.test\r\n" % (i, i, i)
+        for i in range(MAX_ARC_SETS + 1, 0, -1)
+    )
+
+    verdict = arc_verdict(black_hole_resolver, sets + sealed_sample())
+
+    assert verdict is not None and verdict.result == "fail", verdict
+    assert f"more than {MAX_ARC_SETS} ARC sets" in verdict.reason
