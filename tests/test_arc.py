@@ -40,6 +40,8 @@ GATEWAY = "127.0.0.5"  # mx.sender.spf.test: good reverse DNS, SPF-valid for nor
 OWNER_SIGNS = ["from", "to", "cc", "subject", "date", "message-id", "in-reply-to", "references"]
 SEALER_SIGNS = ["from", "to", "cc", "subject", "date", "message-id", "in-reply-to", "references"]
 FOOTER = b"\r\n-- \r\n[External] Scanned by the corp.test mail filter\r\n"
+# What the gateway records for mail that failed on arrival.
+RECORDED_FAIL = "spf=fail smtp.mailfrom=alice@corp.test; dkim=fail header.d=corp.test; dmarc=fail header.from=corp.test"
 
 
 def owner_signed(message: EmailMessage) -> bytes:
@@ -81,33 +83,33 @@ def answer(request: dict[str, Any], body: str = "Approved", to: str | None = Non
     return reply_message(to or request["reply_to"], body, sender=OWNER, in_reply_to=request["message_id"])
 
 
-def untouched(rc: RcMta, task_id: str) -> bool:
-    return bool(rc.task(task_id)["status"] == "in_progress")
+def assert_refused(rc: RcMta, task_id: str, outcome: SmtpOutcome, code: tuple[int, str], *why: str) -> None:
+    """Refused with ``code``, saying each of ``why``, and the task left as it was."""
+    assert (outcome.code, outcome.enhanced) == code, outcome
+    for words in why:
+        assert words in outcome.text, outcome
+    assert rc.task(task_id)["status"] == "in_progress"
 
 
-def _server(workdir: Path, dns: NsdServer, sealers: list[str]) -> RcMta:
-    server = with_real_dns(make_rc_mta(workdir), dns)
+def _running(factory: pytest.TempPathFactory, dns: NsdServer, sealers: list[str]) -> Iterator[RcMta]:
+    server = with_real_dns(make_rc_mta(factory.mktemp("rc-mta-arc")), dns)
     server.settings["checks"]["arc"] = {"trusted_sealers": sealers}
-    server.settings["inbound"]["archive_dir"] = str(workdir / "archive")
-    return server
+    server.settings["inbound"]["archive_dir"] = str(server.workdir / "archive")
+    server.start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="module")
 def rc(tmp_path_factory: pytest.TempPathFactory, dns_server: NsdServer) -> Iterator[RcMta]:
     """rc-mta trusting the gateway's seal."""
-    server = _server(tmp_path_factory.mktemp("rc-mta-arc"), dns_server, ["sealer.test"])
-    server.start()
-    yield server
-    server.stop()
+    yield from _running(tmp_path_factory, dns_server, ["sealer.test"])
 
 
 @pytest.fixture(scope="module")
 def untrusting_rc(tmp_path_factory: pytest.TempPathFactory, dns_server: NsdServer) -> Iterator[RcMta]:
     """rc-mta trusting some other gateway only."""
-    server = _server(tmp_path_factory.mktemp("rc-mta-arc-untrusting"), dns_server, ["microsoft.com"])
-    server.start()
-    yield server
-    server.stop()
+    yield from _running(tmp_path_factory, dns_server, ["microsoft.com"])
 
 
 def test_reply_whose_dkim_a_trusted_gateway_broke_acts_on_its_seal(rc: RcMta) -> None:
@@ -153,26 +155,27 @@ def test_same_sealed_reply_is_refused_where_the_gateway_is_not_trusted(untrustin
 
     outcome = relay(untrusting_rc, through_gateway(owner_signed(answer(request))), request["reply_to"])
 
-    assert (outcome.code, outcome.enhanced) == (550, "5.7.1"), outcome
-    assert "DMARC policy of corp.test: p=reject" in outcome.text
-    assert "sealed by sealer.test, not a trusted ARC sealer" in outcome.text
-    assert untouched(untrusting_rc, task_id)
+    assert_refused(
+        untrusting_rc,
+        task_id,
+        outcome,
+        (550, "5.7.1"),
+        "DMARC policy of corp.test: p=reject",
+        "sealed by sealer.test, not a trusted ARC sealer",
+    )
 
 
 def test_broken_chain_is_refused_as_if_unsealed(rc: RcMta) -> None:
     task_id, request = new_request(rc)
     # The gateway found Alice's signature broken already; someone rewrote its record to
     # claim a pass. The seal covers the record, so the chain no longer validates.
-    failed = "spf=fail smtp.mailfrom=alice@corp.test; dkim=fail header.d=corp.test; dmarc=fail header.from=corp.test"
-    sealed = through_gateway(owner_signed(answer(request)), recorded=failed)
+    sealed = through_gateway(owner_signed(answer(request)), recorded=RECORDED_FAIL)
     forged = sealed.replace(b"dkim=fail", b"dkim=pass").replace(b"dmarc=fail", b"dmarc=pass")
     assert forged != sealed
 
     outcome = relay(rc, forged, request["reply_to"])
 
-    assert (outcome.code, outcome.enhanced) == (550, "5.7.1"), outcome
-    assert "the ARC chain sealed by sealer.test does not validate" in outcome.text
-    assert untouched(rc, task_id)
+    assert_refused(rc, task_id, outcome, (550, "5.7.1"), "the ARC chain sealed by sealer.test does not validate")
 
 
 def test_seal_replayed_onto_another_message_is_refused(rc: RcMta) -> None:
@@ -184,9 +187,7 @@ def test_seal_replayed_onto_another_message_is_refused(rc: RcMta) -> None:
 
     outcome = relay(rc, replayed, request["reply_to"])
 
-    assert (outcome.code, outcome.enhanced) == (550, "5.7.1"), outcome
-    assert "the ARC chain sealed by sealer.test does not validate" in outcome.text
-    assert untouched(rc, task_id)
+    assert_refused(rc, task_id, outcome, (550, "5.7.1"), "the ARC chain sealed by sealer.test does not validate")
 
 
 def test_seal_whose_message_signature_does_not_sign_to_is_not_bound_to_the_request(rc: RcMta) -> None:
@@ -195,21 +196,17 @@ def test_seal_whose_message_signature_does_not_sign_to_is_not_bound_to_the_reque
 
     outcome = relay(rc, through_gateway(owner_signed(answer(request)), sealer_signs=unbound), request["reply_to"])
 
-    assert (outcome.code, outcome.enhanced) == (550, "5.7.21"), outcome
-    assert "The signature of sealer.test" in outcome.text
-    assert "written as an answer to this request" in outcome.text
-    assert untouched(rc, task_id)
+    assert_refused(
+        rc, task_id, outcome, (550, "5.7.21"), "The signature of sealer.test", "written as an answer to this request"
+    )
 
 
 def test_seal_that_recorded_no_pass_for_the_owner_changes_nothing(rc: RcMta) -> None:
     task_id, request = new_request(rc)
-    failed = "spf=fail smtp.mailfrom=alice@corp.test; dkim=fail header.d=corp.test; dmarc=fail header.from=corp.test"
 
-    outcome = relay(rc, through_gateway(owner_signed(answer(request)), recorded=failed), request["reply_to"])
+    outcome = relay(rc, through_gateway(owner_signed(answer(request)), recorded=RECORDED_FAIL), request["reply_to"])
 
-    assert (outcome.code, outcome.enhanced) == (550, "5.7.1"), outcome
-    assert "the ARC seal of sealer.test does not vouch for corp.test" in outcome.text
-    assert untouched(rc, task_id)
+    assert_refused(rc, task_id, outcome, (550, "5.7.1"), "the ARC seal of sealer.test does not vouch for corp.test")
 
 
 def test_diagnose_as_mailbox_shows_the_seal_vouching_for_the_owner(rc: RcMta, tmp_path: Path) -> None:
@@ -226,7 +223,7 @@ def test_diagnose_as_mailbox_shows_the_seal_vouching_for_the_owner(rc: RcMta, tm
     assert report["checks"]["dmarc"]["result"] == "pass"
     assert report["checks"]["dmarc"]["via_arc"] == "sealer.test"
     assert report["checks"]["binding"]["via"] == "arc sealer.test"
-    assert untouched(rc, task_id)
+    assert rc.task(task_id)["status"] == "in_progress"
 
 
 # The check on its own: what reaches no listener -----------------------------------------
