@@ -126,15 +126,11 @@ def _verify_chain(resolver: DnsResolver, raw: bytes, min_key_bits: int, keys: Ke
     if chain.cv != "pass" or not results:
         return chain
     newest = results[0]  # dkimpy lists the sets from the latest down
-    tags: dict[bytes, bytes] = {}
-    for name, value in arc.headers:
-        if name.lower() == _AMS:
-            try:
-                parsed = dkim.util.parse_tag_value(value)
-            except Exception:
-                continue  # an earlier set's: the latest one parsed, or the chain had failed
-            if parsed.get(b"i", b"").strip() == str(latest).encode():
-                tags = parsed
+    # The very field dkimpy verified as the latest AMS: found as dkimpy found it (by its
+    # instance in dkimpy's own sort), not by a parse of ours that might pick another.
+    _, fields = arc.sorted_arc_headers()
+    ams = [value for instance, (name, value) in fields if instance == latest and name.lower() == _AMS]
+    tags: dict[bytes, bytes] = dkim.util.parse_tag_value(ams[0]) if len(ams) == 1 else {}
     signed = [n.strip().lower() for n in tags.get(b"h", b"").split(b":")]
     return _Chain(
         "pass",
