@@ -39,16 +39,19 @@ def _keyword(value: str, what: str) -> str:
 
 
 def format_authentication_results(authserv_id: str, results: Sequence[tuple[str, str, dict[str, str]]]) -> str:
-    """The header field's value (without the name): ``id; method=result ptype.prop=value ...``."""
+    """The header field's value (without the name): ``id; method=result (comment)
+    reason=... ptype.prop=value ...``; the properties "comment" and "reason" are those two."""
     parts = [_quote(authserv_id)]
     if not results:
         return f"{parts[0]}; none"
     for method, result, properties in results:
         item = f"{_keyword(method, 'method')}={_keyword(result, 'result')}"
+        if "comment" in properties:  # RFC 8601 CFWS, as RFC 8617 receivers note an ARC chain
+            item += " (" + re.sub(r"[\x00-\x1f\x7f()\\]+", " ", properties["comment"]) + ")"
         if "reason" in properties:
             item += f" reason={_quote(properties['reason'])}"
         for name, value in properties.items():
-            if name == "reason":
+            if name in ("reason", "comment"):
                 continue
             if not _PROPERTY.match(name):
                 raise ValueError(f"not a valid Authentication-Results property: {name!r}")
@@ -208,6 +211,16 @@ def trusted_authentication_results(raw: bytes, trusted_ids: Sequence[str]) -> li
         if item.name == HEADER and _authserv_id(item.value) in trusted:
             return _parse_results(item.value)
     return []
+
+
+_ARC_INSTANCE = re.compile(r"^\s*i\s*=\s*[0-9]{1,3}\s*;")
+
+
+def arc_authentication_results(value: str) -> list[ReceivedAuthResult]:
+    """The results an ARC-Authentication-Results value (RFC 8617 4.1.1: ``i=N;`` and then
+    an Authentication-Results value) records; none if it does not start with its instance."""
+    match = _ARC_INSTANCE.match(value)
+    return _parse_results(value[match.end() :]) if match else []
 
 
 def _parse_results(value: str) -> list[ReceivedAuthResult]:

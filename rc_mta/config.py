@@ -494,6 +494,22 @@ class DmarcCheck(PolicyCheck):
     quarantine: Literal["reject", "tag"] = "reject"
 
 
+class ArcCheck(Section):
+    """Gateways whose ARC seal (RFC 8617) may vouch for a message whose DKIM they broke."""
+
+    # The d= of their ARC-Seal: exact, "*.D" for D's subdomains. Empty: ARC changes nothing.
+    trusted_sealers: list[str] = Field(default_factory=list)
+
+    @field_validator("trusted_sealers")
+    @classmethod
+    def _sealers(cls, value: list[str]) -> list[str]:
+        out = [name.strip().lower().rstrip(".") for name in value]
+        for name in out:
+            if not _DOMAIN.match(name.removeprefix("*.")):
+                raise ValueError(f"{name!r} is not a domain name (or *.domain)")
+        return out
+
+
 class WhitelistCheck(Section):
     enabled: bool = False
     domains: list[str] = Field(default_factory=list)
@@ -522,6 +538,7 @@ class ChecksConfig(Section):
     rdns: PolicyCheck = PolicyCheck()
     dkim: DkimCheck = DkimCheck(policy="tag")
     dmarc: DmarcCheck = DmarcCheck()
+    arc: ArcCheck = ArcCheck()
     whitelist: WhitelistCheck = WhitelistCheck()
     owner_auth: OwnerAuthCheck = OwnerAuthCheck()
     rate_limits: RateLimits = RateLimits()

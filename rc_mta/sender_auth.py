@@ -3,7 +3,7 @@
 Each check (``checks/*``) is one object that turns a ``CheckContext`` into a Verdict; the
 policy table (``checks/policy.py``) says what a verdict answers: refuse, defer or only
 note it. This module runs them: at MAIL the rate limits, FCrDNS, SPF and the envelope
-whitelist; at DATA DKIM, DMARC, the From whitelist and the owner rule; for a mailbox, the
+whitelist; at DATA DKIM, ARC, DMARC, the From whitelist and the owner rule; for a mailbox, the
 trusted receiver's stamps instead of the connection's facts. The first answer stops a stage.
 """
 
@@ -17,6 +17,7 @@ from . import smtp_replies as R
 from .authresults import format_authentication_results
 from .checks import Check, CheckContext, DkimSignature, OwnerProof, Verdict
 from .checks._base import domain_of
+from .checks.arc import ArcCheck
 from .checks.binding import RequestAddresses
 from .checks.dkim import DkimCheck
 from .checks.dmarc import DmarcCheck
@@ -84,11 +85,24 @@ class AuthState:
             methods.append(
                 ("dkim", dkim.result, {"header.d": dkim.facts["domains"]} if dkim.facts.get("domains") else {})
             )
+        if (arc := self.verdicts.get("arc")) and arc.result != "neutral":  # neutral: not evaluated
+            methods.append(("arc", arc.result, _arc_comment(arc)))
         if dmarc := self.verdicts.get("dmarc"):
-            methods.append(("dmarc", dmarc.result, {"header.from": dmarc.facts.get("domain", "")}))
+            via = {"reason": f"via ARC from {dmarc.facts['via_arc']}"} if "via_arc" in dmarc.facts else {}
+            methods.append(("dmarc", dmarc.result, {**via, "header.from": dmarc.facts.get("domain", "")}))
         if rdns := self.verdicts.get("rdns"):
             methods.append(("iprev", rdns.result, {"policy.iprev": rdns.facts.get("ip", "")}))
         return format_authentication_results(authserv_id, methods)
+
+
+def _arc_comment(arc: Verdict) -> dict[str, str]:
+    """RFC 8617 style: which seal the chain ends with (``as.2.d=… as.2.s=…``)."""
+    facts = arc.facts
+    if "sealer" not in facts or "instance" not in facts:
+        return {}
+    instance = facts["instance"]
+    seal = f"as.{instance}.d={facts['sealer']}"
+    return {"comment": f"{seal} as.{instance}.s={facts['selector']}" if facts.get("selector") else seal}
 
 
 def _network_of(ip: str) -> str | None:
@@ -121,12 +135,14 @@ class SenderAuth:
         self.policy = PolicyTable(settings.checks)
         listed = settings.checks.whitelist.domains
         dkim, dmarc = DkimCheck(resolver, settings.checks.dkim.min_key_bits), DmarcCheck(resolver)
+        arc = ArcCheck(resolver, settings.checks.arc.trusted_sealers, self.addresses, settings.checks.dkim.min_key_bits)
         # The stages, in order. Between MAIL's two groups come the per-domain limits.
         self.mail_checks: tuple[Check, ...] = (RdnsCheck(resolver), SpfCheck(resolver))
         self.mail_checks_after_limits: tuple[Check, ...] = (WhitelistCheck("whitelist", listed, ("envelope_from",)),)
-        self.data_checks: tuple[Check, ...] = (dkim, dmarc, WhitelistCheck("whitelist_from", listed, ("header_from",)))
+        from_listed = WhitelistCheck("whitelist_from", listed, ("header_from",))
+        self.data_checks: tuple[Check, ...] = (dkim, arc, dmarc, from_listed)
         both = WhitelistCheck("whitelist", listed, ("envelope_from", "header_from"))
-        self.mailbox_checks: tuple[Check, ...] = (both, dkim, dmarc)
+        self.mailbox_checks: tuple[Check, ...] = (both, dkim, arc, dmarc)
         self.owner = OwnerCheck(self.addresses)
 
     def is_trusted_relay(self, ip: str | None) -> bool:

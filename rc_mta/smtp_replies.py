@@ -166,7 +166,8 @@ NOT_BOUND_TO_REQUEST = _reply(
     "(its signed To/Cc must name the reply address): answer with Reply or a button of the request email",
 )
 DKIM_FAIL = _reply("DKIM_FAIL", 550, "5.7.20", "No valid DKIM signature: {why}")
-DMARC_REJECT = _reply("DMARC_REJECT", 550, "5.7.1", "Rejected by the DMARC policy of {domain}: {why}")
+# {why}: the policy, and what an ARC seal on the message did not do (checks/arc.py).
+DMARC_REJECT = _reply("DMARC_REJECT", 550, "5.7.1", "Rejected by the DMARC policy of {domain}: {why}", echo_limit=120)
 AUTH_TEMPERROR = _reply(
     "AUTH_TEMPERROR", 451, "4.4.3", "Could not verify the sender now (DNS trouble); please try again"
 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from rc_mta.authresults import (
     ReceivedAuthResult,
+    arc_authentication_results,
     format_authentication_results,
     strip_forged_authentication_results,
     trusted_authentication_results,
@@ -53,6 +54,32 @@ def test_formatted_header_reads_back_the_same() -> None:
         ReceivedAuthResult("spf", "fail", {"reason": "not permitted; sorry", "smtp.mailfrom": "odd user@bad.test"}),
         ReceivedAuthResult("dkim", "pass", {"header.d": "good.test", "header.s": "sel"}),
     ]
+
+
+def test_arc_comment_cannot_close_itself_and_add_results() -> None:
+    # The selector is the sealer's own word: a ")" in it must not end the comment.
+    comment = "as.1.d=sealer.test as.1.s=x) dmarc=pass (y\r\nX-Injected: 1"
+    results = [("arc", "pass", {"comment": comment}), ("dmarc", "fail", {"header.from": "corp.test"})]
+    value = format_authentication_results(OURS, results)
+    raw = f"Authentication-Results: {value}\r\n\r\nbody\r\n".encode()
+
+    assert value.startswith(
+        "mx.reply.example.test; arc=pass (as.1.d=sealer.test as.1.s=x  dmarc=pass  y X-Injected: 1)"
+    )
+    assert trusted_authentication_results(raw, [OURS]) == [
+        ReceivedAuthResult("arc", "pass", {}),
+        ReceivedAuthResult("dmarc", "fail", {"header.from": "corp.test"}),
+    ]
+
+
+def test_arc_authentication_results_are_read_after_their_instance() -> None:
+    value = "i=2; gw.sealer.test; dkim=pass header.d=corp.test; dmarc=pass header.from=corp.test"
+
+    assert arc_authentication_results(value) == [
+        ReceivedAuthResult("dkim", "pass", {"header.d": "corp.test"}),
+        ReceivedAuthResult("dmarc", "pass", {"header.from": "corp.test"}),
+    ]
+    assert arc_authentication_results("gw.sealer.test; dmarc=pass header.from=corp.test") == []
 
 
 FORGED = (

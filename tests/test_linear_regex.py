@@ -103,6 +103,9 @@ FAMILIES: list[Family] = [
         lambda n: message(b"".join(b"Received: by by by\r\n" for _ in range(n // 20))),
     ),
     Family("A-R lexer", authresults._parse_results, lambda n: "mx; " + repeat('a=b (c "d', n)),
+    # An ARC-Authentication-Results value from any sealer on the message (checks/arc.py).
+    Family("ARC-A-R instance", authresults.arc_authentication_results, lambda n: " " * n + "i" + " " * n + "=1"),
+    Family("ARC-A-R value", authresults.arc_authentication_results, lambda n: "i=1; mx; " + repeat('a=b (c "d', n)),
     # rawmessage.py and budget.py: the walk before any parser.
     Family(
         "budget: many header lines",

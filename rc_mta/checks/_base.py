@@ -33,11 +33,11 @@ class OwnerProof:
     """One thing that shows the From domain sent this message, and what it ties it to.
 
     ``tokens`` is None for an aligned SPF pass (the owner's own server handed over this
-    very transaction: it is bound by itself); for a DKIM signature it is the reply tokens
-    its signed fields name (``checks/binding.py``).
+    very transaction: it is bound by itself); for a DKIM signature, or a trusted sealer's
+    ARC-Message-Signature, it is the reply tokens its signed fields name (``checks/binding.py``).
     """
 
-    method: str  # spf | dkim
+    method: str  # spf | dkim | arc
     domain: str
     tokens: frozenset[str] | None
 

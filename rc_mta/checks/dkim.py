@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import dkim
@@ -41,8 +42,8 @@ _LONG_WHITESPACE = re.compile(rb"[\t ]{32,}")
 
 
 @dataclass
-class _KeyLookup:
-    """What dkimpy's DNS callback saw for one signature."""
+class KeyLookup:
+    """What dkimpy's DNS callback saw for one signature (or, for ARC, one chain)."""
 
     called: bool = False
     record: bytes | None = None
@@ -57,7 +58,7 @@ def _tag(sig: dict[bytes, bytes], name: bytes) -> str:
 BINDING_FIELDS = frozenset({b"to", b"cc", b"in-reply-to", b"references"})
 
 
-def _signed_binding_fields(verifier: dkim.DKIM, fields: dict[bytes, bytes]) -> tuple[tuple[str, str], ...]:
+def signed_binding_fields(verifier: dkim.DomainSigner, fields: dict[bytes, bytes]) -> tuple[tuple[str, str], ...]:
     """The To/Cc/In-Reply-To/References instances the signature covers (RFC 6376 5.4.2:
     each name in h= picks the next instance from the bottom), as dkimpy itself selects them."""
     names = [name.strip().lower() for name in fields.get(b"h", b"").split(b":")]
@@ -74,7 +75,7 @@ def _signed_binding_fields(verifier: dkim.DKIM, fields: dict[bytes, bytes]) -> t
 Keys = dict[str, bytes | DnsTemporaryError | None]
 
 
-def _key_name(name: bytes | str) -> str:
+def key_name(name: bytes | str) -> str:
     text = name.decode("ascii", "replace") if isinstance(name, bytes) else name
     return text.lower().rstrip(".")
 
@@ -108,18 +109,23 @@ def _signatures(raw: bytes) -> tuple[list[_Signed], int]:
             found.append(_Signed(index))  # dkimpy says what is wrong, before any key lookup
             continue
         domain, selector = (tags.get(tag, b"").decode("ascii", "replace").strip() for tag in (b"d", b"s"))
-        name = _key_name(tags[b"s"] + b"._domainkey." + tags[b"d"]) if b"s" in tags and b"d" in tags else None
+        name = key_name(tags[b"s"] + b"._domainkey." + tags[b"d"]) if b"s" in tags and b"d" in tags else None
         signed = _Signed(index, name, None, domain.lower(), selector)
         if tags.get(b"c", b"").partition(b"/")[2].strip().lower() == b"relaxed":
             if body_cost is None:
-                body_cost = sum(len(run) ** 2 // 2 for run in _LONG_WHITESPACE.findall(verifier.body))
+                body_cost = relaxed_body_cost(verifier.body)
             if body_cost > MAX_WHITESPACE_COST:
                 signed = replace(signed, unusable="the body has longer runs of white space than any text")
         found.append(signed)
     return found, len(fields)
 
 
-async def _look_up_keys(resolver: DnsResolver, names: set[str]) -> Keys:
+def relaxed_body_cost(body: bytes) -> int:
+    """About how many steps dkimpy's relaxed body canonicalization takes on ``body``."""
+    return sum(len(run) ** 2 // 2 for run in _LONG_WHITESPACE.findall(body))
+
+
+async def look_up_keys(resolver: DnsResolver, names: set[str]) -> Keys:
     """Every key record the signatures name, at once, on the loop (through the shared cache)."""
 
     async def one(name: str) -> tuple[str, bytes | DnsTemporaryError | None]:
@@ -132,14 +138,15 @@ async def _look_up_keys(resolver: DnsResolver, names: set[str]) -> Keys:
     return dict(await asyncio.gather(*(one(name) for name in sorted(names))))
 
 
-def _verify_one(resolver: DnsResolver, raw: bytes, idx: int, min_key_bits: int, keys: Keys) -> DkimSignature:
-    """Verify signature ``idx`` with the keys looked up ahead (blocking: in the reading pool)."""
-    lookup = _KeyLookup()
+def prefetched_dnsfunc(resolver: DnsResolver, keys: Keys, lookup: KeyLookup) -> Callable[..., bytes | None]:
+    """dkimpy's ``dnsfunc``, answering from ``keys`` (looked up ahead on the loop) and
+    recording in ``lookup`` what it was asked and met: DNS trouble raises dkimpy's own
+    timeout error, which dkimpy then reports as a mere failure, so the caller reads it here."""
 
     def dnsfunc(name: bytes | str, timeout: float = 5) -> bytes | None:
         lookup.called = True
         lookup.names.append(name.decode("ascii", "replace") if isinstance(name, bytes) else name)
-        key = _key_name(name)
+        key = key_name(name)
         if key in keys:
             found = keys[key]
             if isinstance(found, DnsTemporaryError):
@@ -154,6 +161,13 @@ def _verify_one(resolver: DnsResolver, raw: bytes, idx: int, min_key_bits: int, 
             raise
         return lookup.record
 
+    return dnsfunc
+
+
+def _verify_one(resolver: DnsResolver, raw: bytes, idx: int, min_key_bits: int, keys: Keys) -> DkimSignature:
+    """Verify signature ``idx`` with the keys looked up ahead (blocking: in the reading pool)."""
+    lookup = KeyLookup()
+    dnsfunc = prefetched_dnsfunc(resolver, keys, lookup)
     verifier: dkim.DKIM | None = None
     try:
         verifier = dkim.DKIM(raw, minkey=min_key_bits)
@@ -186,7 +200,7 @@ def _verify_one(resolver: DnsResolver, raw: bytes, idx: int, min_key_bits: int, 
         # text/plain part, say) would ride on the signature. Not good enough to act on.
         return DkimSignature(domain, selector, "policy", "l= tag: only part of the body is signed", key_bits)
     if ok:
-        bound = _signed_binding_fields(verifier, fields) if verifier is not None else ()
+        bound = signed_binding_fields(verifier, fields) if verifier is not None else ()
         return DkimSignature(domain, selector, "pass", "signature verified", key_bits, bound)
     return DkimSignature(domain, selector, "fail", failure or "signature did not verify", key_bits)
 
@@ -202,7 +216,7 @@ async def check_dkim(
         return Verdict("permerror", f"message could not be parsed for DKIM: {exc}"), []
     if count == 0:
         return Verdict("none", "message is not DKIM-signed"), []
-    keys = await _look_up_keys(resolver, {s.key_name for s in checked if s.key_name and s.unusable is None})
+    keys = await look_up_keys(resolver, {s.key_name for s in checked if s.key_name and s.unusable is None})
 
     async def verify(signed: _Signed) -> DkimSignature:
         if signed.unusable is not None:

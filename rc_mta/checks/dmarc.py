@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Literal
 
@@ -171,8 +171,21 @@ async def check_dmarc(
     return Verdict("fail", f"nothing aligned with {domain}: {seen}; policy {policy}", facts)
 
 
+def _arc_note(arc: Verdict, from_domain: str) -> str | None:
+    """Why an ARC seal on a failing message did not help, for the refusal's sentence."""
+    sealer = arc.facts.get("sealer")
+    if not sealer:
+        return None
+    if arc.result == "neutral":
+        return f"sealed by {sealer}, not a trusted ARC sealer"
+    if arc.result in ("fail", "permerror"):
+        return f"the ARC chain sealed by {sealer} does not validate"
+    return f"the ARC seal of {sealer} does not vouch for {from_domain}"
+
+
 class DmarcCheck:
-    """DMARC of the From domain, from the SPF and DKIM verdicts already reached for this message."""
+    """DMARC of the From domain, from the SPF and DKIM verdicts already reached for this
+    message, and a trusted ARC sealer's record where our own evaluation fails."""
 
     name = "dmarc"
 
@@ -188,6 +201,19 @@ class DmarcCheck:
         signatures = dkim.signatures if dkim else ()
         spf_domain = spf.facts.get("domain") if spf else domain_of(context.mail_from)
         verdict = await check_dmarc(self.resolver, from_domain, spf.result if spf else "none", spf_domain, signatures)
+        arc = context.verdicts.get("arc")
+        if verdict.result == "fail" and arc is not None:
+            # A trusted gateway's seal recorded the pass its own changes broke (checks/arc.py).
+            sealer = arc.facts.get("sealer", "?")
+            if arc.proofs:
+                return Verdict("pass", f"via ARC from {sealer}: {arc.reason}", {**verdict.facts, "via_arc": sealer})
+            if arc.temporary:
+                why = f"the ARC seal of trusted sealer {sealer} could not be checked now"
+                return Verdict("temperror", why, verdict.facts)
+            if note := _arc_note(arc, from_domain):
+                verdict = replace(
+                    verdict, reason=f"{verdict.reason}; {note}", facts={**verdict.facts, "arc_note": note}
+                )
         org = organizational_domain(from_domain)
         if verdict.result == "fail" and any(
             sig.result == "temperror" and organizational_domain(sig.domain) == org for sig in signatures

@@ -1,7 +1,9 @@
 """The owner rule, "who": an SPF or a DKIM pass aligned with the From domain.
 
-Each such pass is kept as a proof with what it binds to (``OwnerProof``); the pipeline
-then asks whether one of them covers the request acted on ("for what", ``binding.py``).
+Each such pass is kept as a proof with what it binds to (``OwnerProof``), and so is a
+trusted ARC sealer's record of one (``arc.py``: its ARC-Message-Signature shows what it
+signed); the pipeline then asks whether one of them covers the request acted on ("for
+what", ``binding.py``).
 A DMARC pass is itself made of these, and a DMARC or DKIM pass stamped by another server
 shows neither which fields were signed nor for whom: it is no proof here.
 """
@@ -37,6 +39,8 @@ class OwnerCheck:
             if signature.result == "pass" and organizational_domain(signature.domain) == org:
                 tokens = self.addresses.tokens_bound_by(signature.binding_fields)
                 proofs.append(OwnerProof("dkim", signature.domain, tokens))
+        arc = context.verdicts.get("arc")
+        proofs.extend(arc.proofs if arc else ())  # a trusted sealer vouching for from_domain
         facts = {"domain": from_domain}
         if proofs:
             via = ", ".join(f"aligned {p.method.upper()} pass ({p.domain})" for p in proofs)

@@ -29,6 +29,12 @@ def _reason(verdict: Verdict) -> str:
     return verdict.reason
 
 
+def _dmarc_why(verdict: Verdict) -> str:
+    """The policy, and what an ARC seal on the message did not do (``checks/arc.py``)."""
+    note = verdict.facts.get("arc_note")
+    return f"p={verdict.facts.get('policy', 'none')}" + (f"; {note}" if note else "")
+
+
 @dataclass(frozen=True)
 class Rule:
     """A verdict with one of ``results`` (and ``when`` it holds) is answered ``reply``."""
@@ -80,6 +86,9 @@ def policy_table(config: ChecksConfig) -> dict[str, CheckPolicy]:
             ),
         ),
         "whitelist": whitelist,
+        # Refuses nothing by itself: what a trusted seal vouches for counts in DMARC's
+        # verdict and the owner rule; without trusted sealers it does not run at all.
+        "arc": CheckPolicy(bool(config.arc.trusted_sealers)),
         "whitelist_from": whitelist,
         "dkim": CheckPolicy(
             dkim.policy != "off" or dmarc.policy != "off" or owner_rule,
@@ -97,7 +106,7 @@ def policy_table(config: ChecksConfig) -> dict[str, CheckPolicy]:
                         frozenset({"fail"}),
                         R.DMARC_REJECT,
                         when=lambda v: not v.stamped and v.facts.get("policy", "none") in refused_dmarc,
-                        why=lambda v: f"p={v.facts.get('policy', 'none')}",
+                        why=_dmarc_why,
                     ),
                 ),
             ),

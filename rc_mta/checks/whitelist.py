@@ -22,7 +22,8 @@ def _domain_of(address: str) -> str:
     return _normalize(domain) if at else ""
 
 
-def _allowed(domain: str, allowed: Sequence[str]) -> bool:
+def domain_listed(domain: str, allowed: Sequence[str]) -> bool:
+    """``domain`` is an entry, or a subdomain of a "*.D" entry (also ARC's trusted sealers)."""
     for entry in allowed:
         entry = _normalize(entry)
         if entry.startswith("*."):
@@ -49,7 +50,7 @@ def check_whitelist(allowed: Sequence[str], **addresses: str | None) -> Verdict:
         if not _domain_of(address):
             return Verdict("fail", f"sender address {address!r} has no domain", facts)
     for domain in domains:
-        if not _allowed(domain, allowed):
+        if not domain_listed(domain, allowed):
             return Verdict("fail", f"sender domain {domain} is not whitelisted", facts)
     return Verdict("pass", f"sender domain {', '.join(domains)} whitelisted", facts)
 
