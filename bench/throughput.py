@@ -1,48 +1,71 @@
-"""Throughput of rc-mta against a bare aiosmtpd sink, in one run.
+"""Throughput of rc-mta doing its production work, against a bare aiosmtpd sink, fairly.
 
-Why: rc-mta does real work before it answers 250 (verify the signed token at RCPT, parse
-the reply, claim the request, complete the task), so the useful question is how much that
-costs next to an SMTP server that does nothing. What: start rc-mta (embedded SQLite store)
-and a bare aiosmtpd sink as subprocesses on loopback, prepare N tasks and requests before
-timing, then send the same N valid replies (same bytes, same envelopes) to each at the
-same concurrency, over connections reused like an MTA's. Print both throughputs, their
-ratio, p50/p99 reply-to-completion latency (MAIL FROM until the final 250 after DATA,
-which rc-mta sends only once the task is completed) and the servers' peak RSS.
+Why: rc-mta does real work before it answers 250 (SPF, FCrDNS, DKIM, DMARC, the signed
+token, reading the reply, claiming the request, completing the task), so the useful
+question is how much that costs next to an SMTP server that does nothing, measured the
+same way on the same machine at the same moment.
 
-    python bench/throughput.py [--messages N] [--concurrency C] [--json]
+What, so that the comparison is fair:
+
+- rc-mta runs as in production: checks on (no exempt network), a real DNS server (NSD,
+  serving tests/zones/: SPF, PTR, DKIM and DMARC for corp.test), ``info`` logging, the
+  default SQLite store. Clients connect from 127.0.0.2, a non-exempt address whose SPF
+  and FCrDNS pass; each reply is a ~3 KiB DKIM-signed answer from the task's owner.
+- The load client runs in a process of its own (``--client``), never in a server's.
+- Both servers are warmed up, then measured in interleaved rounds (sink, rc-mta, sink,
+  rc-mta…); the report gives each figure's median and range over the rounds, and the
+  throughput ratio of each round's pair.
+- Refusals: forged-token RCPTs per second (MAIL, RCPT with a bad MAC, RSET, repeated),
+  against the sink's rate for the same commands: an MX spends most of its life refusing.
+- Memory: the servers' RSS while holding 1,000 idle sessions (after EHLO).
+
+    python bench/throughput.py [--messages N] [--rounds R] [--concurrency C] [--json]
 
 With ``--json`` the last line is one JSON object: ``rc_msgs_per_s``, ``sink_msgs_per_s``,
-``ratio``, ``p50_ms``, ``p99_ms``, ``peak_rss_mb``. Exit status 1 when any reply is not
-accepted or any task is left incomplete. Linux only (peak RSS is ``VmHWM`` from /proc).
+``ratio``, ``p50_ms``, ``p99_ms``, ``peak_rss_mb`` (medians over the rounds; ``ratio`` is
+the median of the per-round ratios), plus ``refusal_ratio`` and ``idle_rss_mb``.
+Exit status 1 when any reply is not accepted or any task is left incomplete.
+Linux only (RSS from /proc); needs ``nsd`` (scripts/system-deps.sh installs it).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import email.policy
 import json
 import math
+import os
 import secrets
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from email.message import EmailMessage
-from email.utils import make_msgid
+from email.utils import formatdate, make_msgid
 from pathlib import Path
+from typing import Any, TypeVar
 
 import aiosmtplib
 
-from rc_mta.app import Service
-from rc_mta.config import load_settings
+REPO = Path(__file__).resolve().parent.parent
+TESTS = REPO / "tests"
 
 REPLY_DOMAIN = "reply.bench.test"
-CLIENT_HOSTNAME = "mta.bench.test"  # set explicitly: the default is a getfqdn() lookup per connection
+CLIENT_HOSTNAME = "mail.pass.spf.test"  # 127.0.0.2's PTR name in tests/zones: FCrDNS passes
+CLIENT_IP = "127.0.0.2"  # not exempt, and SPF-authorised for corp.test
+OWNER = "alice@corp.test"  # DKIM selector "sel", DMARC p=reject
+DKIM_KEY = TESTS / "keys" / "good-sel2048.pem"
+SIGNED_FIELDS = [b"from", b"to", b"subject", b"date", b"message-id", b"in-reply-to", b"references"]
+IDLE_SESSIONS = 1000
+
+T = TypeVar("T")
 
 # The sink: aiosmtpd with a handler that accepts everything. It advertises PIPELINING as
 # rc-mta does, so the client speaks exactly the same protocol to both servers.
@@ -68,6 +91,7 @@ async def main():
         "127.0.0.1",
         int(sys.argv[1]),
         reuse_address=True,
+        backlog=2048,
     )
     await stop.wait()
     server.close()
@@ -89,13 +113,19 @@ class Reply:
 
 @dataclass
 class RunResult:
-    """What one timed run against one server measured."""
+    """What one timed run against one server measured (computed in the client process)."""
 
     name: str
     messages: int
     elapsed_s: float
     latencies_ms: list[float] = field(default_factory=list)
     errors: Counter[str] = field(default_factory=Counter)
+    server_cpu_s: float = math.nan  # the server's CPU time during the run, measured by the driver
+
+    @property
+    def cpu_ms_each(self) -> float:
+        """Server CPU per message: unlike throughput, hardly moved by other load on the machine."""
+        return self.server_cpu_s * 1000 / self.messages if self.messages else math.nan
 
     @property
     def accepted(self) -> int:
@@ -112,6 +142,19 @@ class RunResult:
         ordered = sorted(self.latencies_ms)
         rank = max(1, math.ceil(p / 100 * len(ordered)))
         return ordered[rank - 1]
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "messages": self.messages,
+            "elapsed_s": self.elapsed_s,
+            "latencies_ms": self.latencies_ms,
+            "errors": dict(self.errors),
+        }
+
+    @classmethod
+    def of(cls, data: dict[str, Any]) -> RunResult:
+        return cls(data["name"], data["messages"], data["elapsed_s"], data["latencies_ms"], Counter(data["errors"]))
 
 
 # Servers ------------------------------------------------------------------------------
@@ -155,15 +198,24 @@ def stop_server(proc: subprocess.Popen[bytes] | None) -> None:
         proc.wait()
 
 
-def peak_rss_mb(pid: int) -> float:
-    """The process's peak resident set size (VmHWM), in MiB; NaN where /proc has none."""
+def proc_status_mb(pid: int, key: str) -> float:
+    """A ``/proc/PID/status`` size (``VmHWM`` peak, ``VmRSS`` now), in MiB; NaN where none."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{key}:"):
                 return int(line.split()[1]) / 1024  # reported in kB
     except OSError:
         pass
     return float("nan")
+
+
+def cpu_seconds(pid: int) -> float:
+    """The process's CPU time so far (user + system, all threads), from /proc/PID/stat."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return math.nan
 
 
 def tail(path: Path, lines: int = 20) -> str:
@@ -173,7 +225,9 @@ def tail(path: Path, lines: int = 20) -> str:
         return "(no log)"
 
 
-def write_config(workdir: Path, port: int) -> Path:
+def write_config(workdir: Path, port: int, dns_port: int) -> Path:
+    """rc-mta as in production: every check on, real DNS, info logging, default store.
+    Only the rate limits are off: the bench is one client address sending thousands."""
     path = workdir / "rc-mta.toml"
     path.write_text(
         "\n".join(
@@ -182,6 +236,7 @@ def write_config(workdir: Path, port: int) -> Path:
                 f'listen = "127.0.0.1:{port}"',
                 f'reply_domain = "{REPLY_DOMAIN}"',
                 'hostname = "mx.reply.bench.test"',
+                'trusted_relays = ["127.0.0.1/32"]',
                 "[signing]",
                 f'keys = {{ 1 = "{secrets.token_hex(32)}" }}',
                 "active_key = 1",
@@ -193,8 +248,22 @@ def write_config(workdir: Path, port: int) -> Path:
                 f"url = {json.dumps('sqlite:///' + str(workdir / 'rc-mta.db'))}",
                 "[http]",
                 'listen = ""',
+                "[dns]",
+                'nameservers = ["127.0.0.1"]',
+                f"port = {dns_port}",
+                'timeout = "2s"',
+                "[checks]",
+                "exempt_networks = []",
+                "[checks.rate_limits]",
+                "connections_per_ip = 0",
+                "messages_per_ip = 0",
+                "messages_per_domain = 0",
+                "auth_failures_per_ip = 0",
+                "auth_failures_per_network = 0",
+                "auth_failures_per_domain = 0",
+                "bad_recipients_per_session = 0",
                 "[log]",
-                'level = "warning"',
+                'level = "info"',
                 "",
             ]
         )
@@ -204,102 +273,258 @@ def write_config(workdir: Path, port: int) -> Path:
 
 # Preparation (untimed) ----------------------------------------------------------------
 
+QUOTED_REQUEST = """\
+> Hello Alice,
+>
+> The task "Approve deploy #{i}" in release "Quarterly platform upgrade" is waiting
+> for you. It was assigned to you by the release manager and is due today.
+>
+> To complete it, reply to this message with "complete" (or just "yes"), or send an
+> empty message to the Complete address below. To fail it, reply with "fail" and a
+> sentence saying why; your words are kept as the task's comment.
+>
+> Release: Quarterly platform upgrade
+> Phase:   Production rollout
+> Task:    Approve deploy #{i}
+> Owner:   alice@corp.test
+> Due:     today, 18:00 UTC
+>
+> Checklist before approving:
+>   - the staging smoke tests passed (see the release's test report)
+>   - the database migration was reviewed by the on-call DBA
+>   - the rollback plan is attached to the change ticket
+>   - customer support was told about the maintenance window
+>
+> This message was sent by rc-mta on behalf of the release automation. Replies are
+> read by a machine: write your answer in the first lines, above this quote.
+"""
 
-async def prepare(service: Service, count: int) -> list[Reply]:
-    """N tasks, one request each, and the owner's reply to each request's Complete address."""
+SIGNATURE = """\
+--
+Alice Example
+Release manager, Platform team
+Corp Inc. - 1 Example Street - Example City
+Phone +1 555 0100 (office) - +1 555 0199 (mobile)
+This e-mail may contain confidential information. If you are not the intended
+recipient, please tell the sender and delete it; do not copy or forward it.
+"""
+
+
+def reply_bytes(i: int, to: str, in_reply_to: str) -> bytes:
+    """A ~3 KiB reply as a mail client writes it, DKIM-signed by the owner's domain."""
+    import dkim
+
+    message = EmailMessage()
+    message["From"] = f"Alice Example <{OWNER}>"
+    message["To"] = to
+    message["Subject"] = f"Re: Action needed: Approve deploy #{i}"
+    message["Date"] = formatdate(localtime=False)
+    message["Message-ID"] = make_msgid(domain="corp.test")
+    message["In-Reply-To"] = in_reply_to
+    message["References"] = in_reply_to
+    message["User-Agent"] = "Mozilla/5.0 (X11; Linux x86_64; rv:115.0) Gecko/20100101 Thunderbird/115.6.0"
+    body = f"Ship it, the checklist is done.\n\nThanks,\nAlice\n\n{SIGNATURE}\nOn Mon, Alice wrote:\n"
+    message.set_content(body + QUOTED_REQUEST.format(i=i) * 2)
+    raw = message.as_bytes(policy=email.policy.SMTP)
+    signature = dkim.sign(raw, b"sel", b"corp.test", DKIM_KEY.read_bytes(), include_headers=SIGNED_FIELDS)
+    return bytes(signature) + raw
+
+
+async def prepare(service: Any, count: int) -> list[Reply]:
+    """N tasks, one request each, and the owner's signed reply to each Complete address."""
     replies = []
     for i in range(count):
-        owner = f"owner{i}@example.com"
-        task = service.store.add_task(f"Approve deploy #{i}", owner, time.time())
+        task = service.store.add_task(f"Approve deploy #{i}", OWNER, time.time())
         sent = await service.send_request(task.id)
-        message = EmailMessage()
-        message["From"] = owner
-        message["To"] = sent.complete_address
-        message["Subject"] = f"Complete: Approve deploy #{i}"
-        message["Message-ID"] = make_msgid(domain="example.com")
-        message.set_content("Ship it")
-        replies.append(Reply(task.id, owner, sent.complete_address, message.as_bytes(policy=email.policy.SMTP)))
+        data = reply_bytes(i, sent.complete_address, sent.message_id)
+        replies.append(Reply(task.id, OWNER, sent.complete_address, data))
     return replies
 
 
-# Sending (timed) ----------------------------------------------------------------------
+def forged(address: str) -> str:
+    """The same reply address with one character of its token changed: a bad MAC."""
+    local, _, domain = address.partition("@")
+    last = local[-1]
+    return f"{local[:-1]}{'a' if last != 'a' else 'b'}@{domain}"
+
+
+# The load client (a process of its own) -----------------------------------------------
 
 
 async def connect(port: int) -> aiosmtplib.SMTP:
     client = aiosmtplib.SMTP(
-        hostname="127.0.0.1", port=port, local_hostname=CLIENT_HOSTNAME, start_tls=False, timeout=60
+        hostname="127.0.0.1",
+        port=port,
+        local_hostname=CLIENT_HOSTNAME,
+        source_address=(CLIENT_IP, 0),
+        start_tls=False,
+        timeout=60,
     )
     await client.connect()
     await client.ehlo()
     return client
 
 
-async def send_all(name: str, port: int, replies: Sequence[Reply], concurrency: int) -> RunResult:
-    """C workers, each on its own connection, take the next reply until none are left."""
-    clients = [await connect(port) for _ in range(min(concurrency, len(replies)))]
-    result = RunResult(name, len(replies), 0.0)
-    queue: asyncio.Queue[Reply] = asyncio.Queue()
-    for reply in replies:
-        queue.put_nowait(reply)
+async def on_connections(
+    name: str,
+    port: int,
+    items: Sequence[T],
+    concurrency: int,
+    one: Callable[[aiosmtplib.SMTP, T, RunResult], Awaitable[bool]],
+) -> RunResult:
+    """C workers, each on its own connection, take the next item until none are left;
+    ``one`` does an item's exchange and says whether to time it (False: an error, or the
+    connection was lost and is to be opened again)."""
+    clients = [await connect(port) for _ in range(min(concurrency, len(items)))]
+    result = RunResult(name, len(items), 0.0)
+    queue: asyncio.Queue[T] = asyncio.Queue()
+    for item in items:
+        queue.put_nowait(item)
 
     async def worker(index: int) -> None:
         while True:
             try:
-                reply = queue.get_nowait()
+                item = queue.get_nowait()
             except asyncio.QueueEmpty:
                 return
-            client = clients[index]
             began = time.perf_counter()
             try:
-                # sendmail raises on any refusal: MAIL, RCPT, or the final answer after DATA.
-                await client.sendmail(reply.mail_from, [reply.rcpt_to], reply.data)
-            except aiosmtplib.SMTPRecipientsRefused as exc:
-                refused = exc.recipients[0]
-                result.errors[f"{refused.code} {refused.message}"] += 1
-                continue
-            except aiosmtplib.SMTPResponseException as exc:
-                result.errors[f"{exc.code} {exc.message}"] += 1
-                continue
-            except (aiosmtplib.SMTPException, OSError) as exc:
+                timed = await one(clients[index], item, result)
+            except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPConnectError, OSError) as exc:
                 result.errors[f"connection: {exc!r}"] += 1
-                client.close()
+                clients[index].close()
                 clients[index] = await connect(port)
                 continue
-            result.latencies_ms.append((time.perf_counter() - began) * 1000)
+            if timed:
+                result.latencies_ms.append((time.perf_counter() - began) * 1000)
 
     started = time.perf_counter()
     await asyncio.gather(*(worker(i) for i in range(len(clients))))
     result.elapsed_s = time.perf_counter() - started
+    await quit_all(clients)
+    return result
+
+
+async def send_reply(client: aiosmtplib.SMTP, reply: Reply, result: RunResult) -> bool:
+    """One whole transaction; only an accepted reply is timed."""
+    try:
+        # sendmail raises on any refusal: MAIL, RCPT, or the final answer after DATA.
+        await client.sendmail(reply.mail_from, [reply.rcpt_to], reply.data)
+    except aiosmtplib.SMTPRecipientsRefused as exc:
+        refused = exc.recipients[0]
+        result.errors[f"{refused.code} {refused.message}"] += 1
+        return False
+    except aiosmtplib.SMTPResponseException as exc:
+        result.errors[f"{exc.code} {exc.message}"] += 1
+        return False
+    return True
+
+
+async def send_rcpt(client: aiosmtplib.SMTP, rcpt: str, result: RunResult) -> bool:
+    """MAIL, RCPT, RSET: timed whatever RCPT's answer (a refusal is what rc-mta should say),
+    which is counted under its code in ``errors``."""
+    await client.mail(OWNER)
+    try:
+        answer = await client.rcpt(rcpt)
+        result.errors[f"{answer.code}"] += 1
+    except aiosmtplib.SMTPRecipientRefused as exc:
+        result.errors[f"{exc.code}"] += 1
+    await client.rset()
+    return True
+
+
+async def hold_idle(port: int, count: int) -> None:
+    """Open ``count`` sessions (greeting and EHLO read), say so, hold them until told."""
+    clients: list[aiosmtplib.SMTP] = []
+    for _ in range(count):
+        clients.append(await connect(port))
+    print("ready", flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    for client in clients:
+        client.close()
+
+
+async def quit_all(clients: Sequence[aiosmtplib.SMTP]) -> None:
     for client in clients:
         try:
             await client.quit()
         except (aiosmtplib.SMTPException, OSError):
             client.close()
+
+
+def client_main(job_path: str) -> int:
+    """``--client JOB``: run one job (written by the driver as JSON) and print its result."""
+    job = json.loads(Path(job_path).read_text())
+    port, concurrency = job["port"], job["concurrency"]
+    if job["kind"] == "replies":
+        replies = [Reply(r["task_id"], r["mail_from"], r["rcpt_to"], base64.b64decode(r["data"])) for r in job["items"]]
+        result = asyncio.run(on_connections(job["name"], port, replies, concurrency, send_reply))
+    elif job["kind"] == "refusals":
+        result = asyncio.run(on_connections(job["name"], port, job["items"], concurrency, send_rcpt))
+    else:
+        asyncio.run(hold_idle(port, job["count"]))
+        return 0
+    print(json.dumps(result.as_json()))
+    return 0
+
+
+def client_argv(job: Path) -> list[str]:
+    return [sys.executable, str(Path(__file__).resolve()), "--client", str(job)]
+
+
+def run_client(workdir: Path, job: dict[str, Any], server_pid: int) -> RunResult:
+    """Run one job in a fresh client process; its stdout's last line is the result. The
+    server's CPU time is read around it (the client's start-up is in it, the server idles)."""
+    path = workdir / "job.json"
+    path.write_text(json.dumps(job))
+    cpu_before = cpu_seconds(server_pid)
+    done = subprocess.run(client_argv(path), capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"load client failed:\n{done.stderr[-2000:]}")
+    result = RunResult.of(json.loads(done.stdout.strip().splitlines()[-1]))
+    result.server_cpu_s = cpu_seconds(server_pid) - cpu_before
     return result
+
+
+def reply_job(name: str, port: int, replies: Sequence[Reply], concurrency: int) -> dict[str, Any]:
+    items = [
+        {
+            "task_id": r.task_id,
+            "mail_from": r.mail_from,
+            "rcpt_to": r.rcpt_to,
+            "data": base64.b64encode(r.data).decode(),
+        }
+        for r in replies
+    ]
+    return {"kind": "replies", "name": name, "port": port, "concurrency": concurrency, "items": items}
+
+
+def idle_rss_mb(workdir: Path, pid: int, port: int) -> float:
+    """The server's RSS while a client process holds IDLE_SESSIONS idle sessions on it."""
+    path = workdir / "idle.json"
+    path.write_text(json.dumps({"kind": "idle", "port": port, "concurrency": 1, "count": IDLE_SESSIONS}))
+    client = subprocess.Popen(client_argv(path), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert client.stdin is not None and client.stdout is not None
+    try:
+        if client.stdout.readline().strip() != "ready":
+            raise RuntimeError("the idle client could not open its sessions")
+        time.sleep(1.0)  # let the server settle: every session greeted and idle
+        return proc_status_mb(pid, "VmRSS")
+    finally:
+        client.stdin.write("\n")
+        client.stdin.close()
+        client.wait(timeout=60)
+        client.stdout.close()
 
 
 # Report -------------------------------------------------------------------------------
 
 
-def print_table(rc: RunResult, sink: RunResult, completed: int, rc_rss: float, sink_rss: float, c: int) -> None:
-    def row(label: str, a: str, b: str) -> None:
-        print(f"{label:<28}{a:>14}{b:>14}")
-
-    print(f"\n{rc.messages} valid replies, {c} concurrent connections, loopback")
-    row("", "rc-mta", "sink")
-    row("accepted (250)", f"{rc.accepted}", f"{sink.accepted}")
-    row("errors", f"{sum(rc.errors.values())}", f"{sum(sink.errors.values())}")
-    row("wall time (s)", f"{rc.elapsed_s:.3f}", f"{sink.elapsed_s:.3f}")
-    row("throughput (msgs/s)", f"{rc.msgs_per_s:.1f}", f"{sink.msgs_per_s:.1f}")
-    row("latency p50 (ms)", f"{rc.percentile(50):.2f}", f"{sink.percentile(50):.2f}")
-    row("latency p99 (ms)", f"{rc.percentile(99):.2f}", f"{sink.percentile(99):.2f}")
-    row("peak RSS (MiB)", f"{rc_rss:.1f}", f"{sink_rss:.1f}")
-    ratio = rc.msgs_per_s / sink.msgs_per_s if sink.msgs_per_s else float("nan")
-    print(f"ratio rc-mta / sink: {ratio:.3f}")
-    print(f"tasks completed in the store: {completed}/{rc.messages}")
-    for result in (rc, sink):
-        for text, count in result.errors.most_common(5):
-            print(f"{result.name} error x{count}: {text}", file=sys.stderr)
+def spread(values: Sequence[float], digits: int = 1) -> str:
+    """Median and range, e.g. ``412.3 [398.0–431.2]``."""
+    if not values:
+        return "n/a"
+    return f"{statistics.median(values):.{digits}f} [{min(values):.{digits}f}–{max(values):.{digits}f}]"
 
 
 def finite(value: float, digits: int) -> float | None:
@@ -307,65 +532,184 @@ def finite(value: float, digits: int) -> float | None:
     return round(value, digits) if math.isfinite(value) else None
 
 
-async def run(messages: int, concurrency: int, as_json: bool) -> int:
+@dataclass
+class Figures:
+    """Everything measured, round by round."""
+
+    rc: list[RunResult] = field(default_factory=list)
+    sink: list[RunResult] = field(default_factory=list)
+    rc_refusals: list[RunResult] = field(default_factory=list)
+    sink_refusals: list[RunResult] = field(default_factory=list)
+    completed: int = 0
+    rc_rss: float = math.nan
+    sink_rss: float = math.nan
+    rc_idle_rss: float = math.nan
+    sink_idle_rss: float = math.nan
+
+    def ratios(self) -> list[float]:
+        return [r.msgs_per_s / s.msgs_per_s for r, s in zip(self.rc, self.sink, strict=True) if s.msgs_per_s]
+
+    def cpu_ratios(self) -> list[float]:
+        """How many replies rc-mta serves in the CPU time the sink needs for one, per round."""
+        pairs = zip(self.rc, self.sink, strict=True)
+        return [s.cpu_ms_each / r.cpu_ms_each for r, s in pairs if r.cpu_ms_each > 0]
+
+    def refusal_ratios(self) -> list[float]:
+        pairs = zip(self.rc_refusals, self.sink_refusals, strict=True)
+        return [r.msgs_per_s / s.msgs_per_s for r, s in pairs if s.msgs_per_s]
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else math.nan
+
+
+def print_table(f: Figures, messages: int, concurrency: int) -> None:
+    def row(label: str, a: str, b: str) -> None:
+        print(f"{label:<30}{a:>26}{b:>26}")
+
+    rounds = len(f.rc)
+    print(f"\n{rounds} interleaved rounds of {messages} signed replies, {concurrency} connections, from {CLIENT_IP}")
+    print("figures: median [min–max] over the rounds")
+    row("", "rc-mta", "sink")
+    row("accepted (250)", f"{sum(r.accepted for r in f.rc)}", f"{sum(s.accepted for s in f.sink)}")
+    row("errors", f"{sum(sum(r.errors.values()) for r in f.rc)}", f"{sum(sum(s.errors.values()) for s in f.sink)}")
+    row("throughput (msgs/s)", spread([r.msgs_per_s for r in f.rc]), spread([s.msgs_per_s for s in f.sink]))
+    row("latency p50 (ms)", spread([r.percentile(50) for r in f.rc], 2), spread([s.percentile(50) for s in f.sink], 2))
+    row("latency p99 (ms)", spread([r.percentile(99) for r in f.rc], 2), spread([s.percentile(99) for s in f.sink], 2))
+    row(
+        "server CPU per reply (ms)",
+        spread([r.cpu_ms_each for r in f.rc], 2),
+        spread([s.cpu_ms_each for s in f.sink], 2),
+    )
+    rc_ref = [r.msgs_per_s for r in f.rc_refusals]
+    row("forged RCPTs (/s)", spread(rc_ref), spread([s.msgs_per_s for s in f.sink_refusals]))
+    rc_ref_cpu = [r.cpu_ms_each for r in f.rc_refusals]
+    row("server CPU per refusal (ms)", spread(rc_ref_cpu, 3), spread([s.cpu_ms_each for s in f.sink_refusals], 3))
+    row("peak RSS (MiB)", f"{f.rc_rss:.1f}", f"{f.sink_rss:.1f}")
+    row(f"RSS, {IDLE_SESSIONS} idle sessions (MiB)", f"{f.rc_idle_rss:.1f}", f"{f.sink_idle_rss:.1f}")
+    print(f"throughput ratio rc-mta / sink: {spread(f.ratios(), 3)}")
+    print(f"refusal ratio rc-mta / sink:    {spread(f.refusal_ratios(), 3)}")
+    print(f"CPU ratio sink / rc-mta per reply (the load-independent figure): {spread(f.cpu_ratios(), 3)}")
+    print(f"tasks completed in the store: {f.completed}/{sum(r.messages for r in f.rc)}")
+    refusal_answers = Counter[str]()
+    for r in f.rc_refusals:
+        refusal_answers.update(r.errors)
+    print(f"rc-mta's answers to forged RCPTs: {dict(refusal_answers)}")
+    for results in (f.rc, f.sink):
+        errors = Counter[str]()
+        for result in results:
+            errors.update(result.errors)
+        for text, count in errors.most_common(5):
+            print(f"{results[0].name} error x{count}: {text}", file=sys.stderr)
+
+
+async def run(messages: int, rounds: int, warmup: int, concurrency: int, as_json: bool) -> int:
+    sys.path.insert(0, str(TESTS))
+    from dnsserver import NsdServer
+
+    from rc_mta.app import Service
+    from rc_mta.config import load_settings
+
     with tempfile.TemporaryDirectory(prefix="rc-mta-bench-") as tmp:
         workdir = Path(tmp)
+        (workdir / "nsd").mkdir()
+        dns = NsdServer(workdir / "nsd", free_port())
+        dns.start()
         rc_port, sink_port = free_port(), free_port()
-        settings = load_settings(str(write_config(workdir, rc_port)))
+        settings = load_settings(str(write_config(workdir, rc_port, dns.port)))
         service = Service.open(settings)
         rc_proc: subprocess.Popen[bytes] | None = None
         sink_proc: subprocess.Popen[bytes] | None = None
+        figures = Figures()
         try:
-            print(f"preparing {messages} tasks and requests ...", file=sys.stderr)
-            replies = await prepare(service, messages)
+            total = warmup + rounds * messages
+            print(f"preparing {total} tasks, requests and signed replies ...", file=sys.stderr)
+            replies = await prepare(service, total)
             rc_argv = [sys.executable, "-m", "rc_mta", "--config", str(workdir / "rc-mta.toml"), "serve"]
             rc_proc = start_server("rc-mta", rc_argv, rc_port, workdir)
-            sink_proc = start_server("sink", [sys.executable, "-c", SINK_SCRIPT, str(sink_port)], sink_port, workdir)
+            sink_argv = [sys.executable, "-c", SINK_SCRIPT, str(sink_port)]
+            sink_proc = start_server("sink", sink_argv, sink_port, workdir)
 
-            print("sending to rc-mta ...", file=sys.stderr)
-            rc = await send_all("rc-mta", rc_port, replies, concurrency)
-            completed = sum(
+            print(f"warming up with {warmup} replies each ...", file=sys.stderr)
+            warm = replies[:warmup]
+            run_client(workdir, reply_job("sink", sink_port, warm, concurrency), sink_proc.pid)
+            run_client(workdir, reply_job("rc-mta", rc_port, warm, concurrency), rc_proc.pid)
+            measured = replies[warmup:]
+            bad = [forged(r.rcpt_to) for r in measured[:messages]]
+            for i in range(rounds):
+                batch = measured[i * messages : (i + 1) * messages]
+                print(f"round {i + 1}/{rounds} ...", file=sys.stderr)
+                sink_job, rc_job = (
+                    reply_job("sink", sink_port, batch, concurrency),
+                    reply_job("rc-mta", rc_port, batch, concurrency),
+                )
+                figures.sink.append(run_client(workdir, sink_job, sink_proc.pid))
+                figures.rc.append(run_client(workdir, rc_job, rc_proc.pid))
+                refusals = {"kind": "refusals", "port": sink_port, "concurrency": concurrency, "items": bad}
+                figures.sink_refusals.append(run_client(workdir, {**refusals, "name": "sink"}, sink_proc.pid))
+                rc_refusals = {**refusals, "name": "rc-mta", "port": rc_port}
+                figures.rc_refusals.append(run_client(workdir, rc_refusals, rc_proc.pid))
+            figures.completed = sum(
                 1
-                for reply in replies
+                for reply in measured
                 if (task := service.store.get_task(reply.task_id)) is not None and task.status == "completed"
             )
-            print("sending to sink ...", file=sys.stderr)
-            sink = await send_all("sink", sink_port, replies, concurrency)
-
-            rc_rss, sink_rss = peak_rss_mb(rc_proc.pid), peak_rss_mb(sink_proc.pid)
+            figures.rc_rss = proc_status_mb(rc_proc.pid, "VmHWM")
+            figures.sink_rss = proc_status_mb(sink_proc.pid, "VmHWM")
+            print(f"holding {IDLE_SESSIONS} idle sessions on each ...", file=sys.stderr)
+            figures.sink_idle_rss = idle_rss_mb(workdir, sink_proc.pid, sink_port)
+            figures.rc_idle_rss = idle_rss_mb(workdir, rc_proc.pid, rc_port)
             if rc_proc.poll() is not None:
                 print(f"rc-mta exited during the run:\n{tail(workdir / 'rc-mta.log')}", file=sys.stderr)
         finally:
             stop_server(rc_proc)
             stop_server(sink_proc)
             service.close()
+            dns.stop()
+            if dns.proc is not None and dns.proc.stderr is not None:
+                dns.proc.stderr.close()
 
-        print_table(rc, sink, completed, rc_rss, sink_rss, concurrency)
-        ok = rc.accepted == messages and completed == messages and sink.accepted == messages
+        print_table(figures, messages, concurrency)
+        expected = rounds * messages
+        ok = (
+            sum(r.accepted for r in figures.rc) == expected
+            and figures.completed == expected
+            and sum(s.accepted for s in figures.sink) == expected
+        )
         if not ok:
             print(f"FAILED: rc-mta log tail:\n{tail(workdir / 'rc-mta.log')}", file=sys.stderr)
         if as_json:
-            figures = {
-                "rc_msgs_per_s": finite(rc.msgs_per_s, 1),
-                "sink_msgs_per_s": finite(sink.msgs_per_s, 1),
-                "ratio": finite(rc.msgs_per_s / sink.msgs_per_s if sink.msgs_per_s else math.nan, 4),
-                "p50_ms": finite(rc.percentile(50), 2),
-                "p99_ms": finite(rc.percentile(99), 2),
-                "peak_rss_mb": finite(rc_rss, 1),
+            out = {
+                "rc_msgs_per_s": finite(median([r.msgs_per_s for r in figures.rc]), 1),
+                "sink_msgs_per_s": finite(median([s.msgs_per_s for s in figures.sink]), 1),
+                "ratio": finite(median(figures.ratios()), 4),
+                "p50_ms": finite(median([r.percentile(50) for r in figures.rc]), 2),
+                "p99_ms": finite(median([r.percentile(99) for r in figures.rc]), 2),
+                "peak_rss_mb": finite(figures.rc_rss, 1),
+                "refusal_ratio": finite(median(figures.refusal_ratios()), 4),
+                "idle_rss_mb": finite(figures.rc_idle_rss, 1),
+                "cpu_ms_per_reply": finite(median([r.cpu_ms_each for r in figures.rc]), 3),
+                "sink_cpu_ms_per_reply": finite(median([s.cpu_ms_each for s in figures.sink]), 3),
+                "cpu_ratio": finite(median(figures.cpu_ratios()), 4),
             }
-            print(json.dumps(figures))
+            print(json.dumps(out))
         return 0 if ok else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--messages", type=int, default=500, help="replies sent to each server (default 500)")
+    parser.add_argument("--messages", type=int, default=400, help="replies per round and server (default 400)")
+    parser.add_argument("--rounds", type=int, default=4, help="interleaved rounds (default 4)")
+    parser.add_argument("--warmup", type=int, default=100, help="untimed replies to each server first (default 100)")
     parser.add_argument("--concurrency", type=int, default=10, help="concurrent SMTP connections (default 10)")
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object, last line")
+    parser.add_argument("--client", metavar="JOB", help=argparse.SUPPRESS)  # the load client's own process
     args = parser.parse_args(argv)
-    if args.messages < 1 or args.concurrency < 1:
-        parser.error("--messages and --concurrency must be at least 1")
-    return asyncio.run(run(args.messages, args.concurrency, args.json))
+    if args.client:
+        return client_main(args.client)
+    if args.messages < 1 or args.concurrency < 1 or args.rounds < 1 or args.warmup < 0:
+        parser.error("--messages, --rounds and --concurrency must be at least 1, --warmup at least 0")
+    return asyncio.run(run(args.messages, args.rounds, args.warmup, args.concurrency, args.json))
 
 
 if __name__ == "__main__":

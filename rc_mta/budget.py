@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from email import policy
-from email.message import EmailMessage
+from email.message import Message
 from functools import partial
 from typing import TYPE_CHECKING, TypeVar
 
@@ -225,11 +225,11 @@ def _type_of(field: bytes | None, default_type: str) -> tuple[str, str, str | No
     """(maintype, subtype, boundary) of an entity, as the ``email`` package reads them.
 
     Only called on a Content-Type field whose size and tokens are already checked."""
-    message = EmailMessage(policy=policy.default)
+    message = Message(policy=policy.compat32)  # as the reader parses (rc_mta/reading/message.py)
     message.set_default_type(default_type)
     if field is not None:
         lines = field.decode("ascii", "surrogateescape").splitlines(keepends=True)
-        message.set_raw(*policy.default.header_source_parse(lines))
+        message.set_raw(*policy.compat32.header_source_parse(lines))
     try:
         maintype, subtype = message.get_content_maintype(), message.get_content_subtype()
         boundary = message.get_boundary() if maintype == "multipart" else None

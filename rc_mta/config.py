@@ -32,6 +32,7 @@ from pydantic_settings import (
 
 from .errors import ConfigError
 from .reading.intent import normalise, tokens
+from .registry import MAILBOX_SOURCES, TASK_BACKENDS
 
 DEFAULT_CONFIG_PATH = Path("conf/rc-mta.toml")
 
@@ -344,19 +345,40 @@ class WebhookConfig(Section):
 
 
 class TasksConfig(Section):
-    backend: Literal["embedded", "release", "webhook"] = "embedded"
+    """``backend`` names a task backend (``rc_mta/tasks/<name>.py``, or one registered in
+    ``rc_mta.registry``); ``[tasks.<name>]`` is its own section. The built-in ones are typed
+    here; another backend's section is checked against the model it registered when it is
+    built. What a backend needs of its section it says itself, when it is built."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    backend: str = "embedded"
     release: ReleaseConfig = ReleaseConfig()
     webhook: WebhookConfig = WebhookConfig()
 
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, value: str) -> str:
+        return TASK_BACKENDS.check(value)
+
     @model_validator(mode="after")
-    def _backend_configured(self) -> TasksConfig:
-        if self.backend == "release" and not self.release.url:
-            raise ValueError("backend 'release' needs [tasks.release] url")
+    def _sections_are_backends(self) -> TasksConfig:
+        for name, value in (self.model_extra or {}).items():
+            try:
+                TASK_BACKENDS.check(name)
+            except ValueError:
+                raise ValueError(f"{name!r} is neither a key nor a task backend's section") from None
+            if not isinstance(value, dict):
+                raise ValueError(f"[tasks.{name}] must be a table of that backend's keys")
         if self.release.watch and self.backend != "release":
             raise ValueError("[tasks.release] watch = true needs backend 'release'")
-        if self.backend == "webhook" and not (self.webhook.url and self.webhook.secret.get_secret_value()):
-            raise ValueError("backend 'webhook' needs [tasks.webhook] url and secret")
         return self
+
+    def section(self, name: str) -> Any:
+        """The section of backend ``name``: typed for the built-in ones, as written otherwise."""
+        if name in type(self).model_fields:
+            return getattr(self, name)
+        return (self.model_extra or {}).get(name, {})
 
 
 class MtaStsConfig(Section):
@@ -407,6 +429,44 @@ class OAuth2Config(Section):
         return bool(self.token_url)
 
 
+# Graph keeps a subscription to Outlook mail at most 4230 minutes.
+GRAPH_MAX_SUBSCRIPTION = 4230 * 60.0
+
+
+class GraphPushConfig(Section):
+    """Change notifications: Graph POSTs to ``notification_url`` when mail arrives, which
+    only wakes the delta poll early. Off while ``notification_url`` is empty."""
+
+    notification_url: str = ""  # public HTTPS URL the operator fronts onto ``path``
+    lifecycle_notification_url: str = ""  # default: notification_url
+    client_state: SecretStr = SecretStr("")  # shared secret Graph echoes in every notification
+    path: str = "/graph/notifications"  # the route on [http] listen
+    subscription_lifetime: Annotated[
+        float, BeforeValidator(_parse_duration), Field(gt=0, le=GRAPH_MAX_SUBSCRIPTION)
+    ] = 4200 * 60.0  # 70 h: Graph refuses more than 70.5 h for mail
+    renew_before: Seconds = 24 * 3600.0  # renew when this much of the lifetime is left
+    max_body: Bytes = 256 * 1024
+    max_notifications: int = Field(default=100, ge=1, le=10_000)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.notification_url)
+
+    @model_validator(mode="after")
+    def _usable(self) -> GraphPushConfig:
+        if not self.enabled:
+            return self
+        secret = self.client_state.get_secret_value()
+        if not 16 <= len(secret) <= 128:
+            raise ValueError("client_state must be 16 to 128 characters (Graph allows 128)")
+        if not self.path.startswith("/"):
+            raise ValueError("path must start with /")
+        for url in (self.notification_url, self.lifecycle_notification_url):
+            if url and not url.startswith(("https://", "http://")):
+                raise ValueError(f"{url!r} is not an http(s) URL")
+        return self
+
+
 class GraphConfig(Section):
     tenant_id: str = ""
     client_id: str = ""
@@ -414,10 +474,14 @@ class GraphConfig(Section):
     user: str = ""
     base_url: str = "https://graph.microsoft.com/v1.0"
     token_url: str = "https://login.microsoftonline.com/{tenant_id}/oauth2/v2.0/token"
+    push: GraphPushConfig = GraphPushConfig()
 
 
 class MailboxConfig(Section):
-    source: Literal["none", "imap", "graph"] = "none"
+    """``source`` names a poller (``rc_mta/mailbox/<name>.py``, or one registered), or
+    ``none``; what a poller needs of these keys it says itself, when it is built."""
+
+    source: str = "none"
     host: str = ""
     port: int = Field(default=993, ge=1, le=65535)
     tls: bool = True
@@ -436,12 +500,15 @@ class MailboxConfig(Section):
     oauth2: OAuth2Config = OAuth2Config()
     graph: GraphConfig = GraphConfig()
 
+    @field_validator("source")
+    @classmethod
+    def _known_source(cls, value: str) -> str:
+        if value != "none" and value not in MAILBOX_SOURCES.names():
+            raise ValueError(f"{value!r} is not one of none, {', '.join(MAILBOX_SOURCES.names())}")
+        return value
+
     @model_validator(mode="after")
-    def _source_configured(self) -> MailboxConfig:
-        if self.source == "imap" and not (self.host and self.username):
-            raise ValueError("source 'imap' needs host and username")
-        if self.source == "graph" and not (self.graph.tenant_id and self.graph.client_id and self.graph.user):
-            raise ValueError("source 'graph' needs [mailbox.graph] tenant_id, client_id and user")
+    def _one_tls_mode(self) -> MailboxConfig:
         if self.tls and self.starttls:
             raise ValueError("tls and starttls cannot both be true")
         return self
@@ -566,6 +633,12 @@ class Settings(BaseSettings):
         if cls._toml_path is not None:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=cls._toml_path))
         return tuple(sources)
+
+    @model_validator(mode="after")
+    def _push_needs_http(self) -> Settings:
+        if self.mailbox.source == "graph" and self.mailbox.graph.push.enabled and not self.http.listen:
+            raise ValueError("[mailbox.graph.push] notification_url needs [http] listen: Graph posts to it")
+        return self
 
     @property
     def authserv_id(self) -> str:

@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -81,6 +82,36 @@ _CREDENTIALS = re.compile(
     # password=..., "client_secret": "...", token: ...
     rf"|(?P<named>\b\w{{0,64}}{_SECRET_NAMES}\b[\"']?[ \t]{{0,16}}[=:][ \t]{{0,16}}[\"']?)(?!\*\*\*)[^\s\"',;&}}]+"
 )
+
+# Every alternative above starts at one of these words (case aside): text holding none of
+# them cannot match, and most log text holds none. Looking for them first is one cheap
+# scan per string instead of the full pattern tried at every position.
+_CREDENTIAL_WORDS = (
+    "bearer",
+    "basic",
+    "://",
+    "auth",
+    "login",
+    "token",
+    "passw",
+    "pwd",
+    "secret",
+    "apikey",
+    "api_key",
+    "keys",
+)
+
+
+def _may_hold_credential(text: str) -> bool:
+    lowered = text.lower()
+    return any(word in lowered for word in _CREDENTIAL_WORDS)
+
+
+@lru_cache(maxsize=256)
+def _is_secret_field(name: str) -> bool:
+    """A structured field named like a secret (``password``, ``api_key``…): masked whole.
+    Field names are ours (``extra={...}``), so the cache stays small."""
+    return _SECRET_FIELD.fullmatch(name) is not None
 
 
 def _keep_name(match: re.Match[str]) -> str:
@@ -135,7 +166,7 @@ def mask_secrets(text: str, secrets: Iterable[str] = ()) -> str:
     for secret in secrets:
         if secret in text:
             text = text.replace(secret, MASK)
-    return _CREDENTIALS.sub(_keep_name, text)
+    return _CREDENTIALS.sub(_keep_name, text) if _may_hold_credential(text) else text
 
 
 class SecretFilter(logging.Filter):
@@ -158,7 +189,7 @@ class SecretFilter(logging.Filter):
         for key, value in list(record.__dict__.items()):
             if key in _RECORD_ATTRS:
                 continue
-            if _SECRET_FIELD.fullmatch(key):  # a named secret: masked whole, its text unread
+            if _is_secret_field(key):  # a named secret: masked whole, its text unread
                 record.__dict__[key] = MASK
             elif isinstance(value, str):
                 record.__dict__[key] = mask_secrets(value, self.secrets)

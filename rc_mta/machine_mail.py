@@ -19,10 +19,11 @@ import re
 import unicodedata
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from email import policy
 from email.message import Message
 from email.utils import getaddresses
 from html.parser import HTMLParser
+
+from .headers import structured_header
 
 __all__ = ["DETECTORS", "Detector", "Mail", "machine_reason", "read_mail"]
 
@@ -130,7 +131,7 @@ def _decoded(name: str, raw: str) -> str:
     """RFC 2047-decoded value of a header cut to a few KiB first: the library's header
     parser is not linear on a long value, so it never sees one."""
     try:
-        return _fix_surrogates(str(policy.default.header_factory(name, raw[:_HEADER_CHARS])))
+        return _fix_surrogates(str(structured_header(name, raw[:_HEADER_CHARS])))
     except Exception:
         return raw[:_HEADER_CHARS]
 

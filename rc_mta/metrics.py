@@ -111,6 +111,25 @@ POLLER_IDLE = Gauge(
     "rc_mta_poller_idle", "1 while the IMAP poller waits in IDLE, else 0.", ["source"], registry=REGISTRY
 )
 POLLER_ERRORS = Counter("rc_mta_poller_errors", "Poller cycles that failed.", ["source"], registry=REGISTRY)
+GRAPH_NOTIFICATIONS = Counter(
+    "rc_mta_graph_notifications",
+    "Graph change notifications received, by kind (change, lifecycle, validation) and result"
+    " (accepted, or rejected: wrong clientState, malformed, too large).",
+    ["kind", "result"],
+    registry=REGISTRY,
+)
+GRAPH_SUBSCRIPTION_STATE = Gauge(
+    "rc_mta_graph_subscription_state",
+    "1 for the Graph change-notification subscription's state (none, active, or failed:"
+    " polling only), 0 for the others.",
+    ["state"],
+    registry=REGISTRY,
+)
+GRAPH_SUBSCRIPTION_EXPIRY = Gauge(
+    "rc_mta_graph_subscription_expiry_timestamp_seconds",
+    "Unix time at which Graph will drop the subscription unless it is renewed.",
+    registry=REGISTRY,
+)
 
 
 def observe_dns(rdtype: str, seconds: float, cached: bool) -> None:

@@ -20,7 +20,7 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from email.message import EmailMessage
+from email.message import Message
 from email.utils import formatdate, getaddresses
 from typing import TYPE_CHECKING
 
@@ -50,8 +50,8 @@ from .reading import (
 )
 from .sender_auth import AuthState, Client, SenderAuth
 from .smtp_replies import SmtpReply
-from .store import ApprovalGroup, Claim, ClaimOutcome, Request, Store, new_attempt_id
-from .tasks import ActionContext, TaskBackend
+from .store import COMPLETED, FAILED, Answer, ApprovalGroup, Claim, ClaimOutcome, Request, Store, new_attempt_id
+from .tasks import ActionContext, EmbeddedBackend, TaskBackend
 from .tokens import Action, Signer, Token, redact_address
 
 if TYPE_CHECKING:
@@ -130,6 +130,7 @@ class Decision:
     checks: dict[str, dict[str, str]] = field(default_factory=dict)
     authentication_results: str = ""
     message_id: str = ""
+    recorded: bool = False  # processed_messages has it already (written with the action)
 
 
 @dataclass(frozen=True)
@@ -175,6 +176,8 @@ class Pipeline:
         self.store = store
         self.signer = signer
         self.backend = backend
+        # Tasks in this very store: claim, task, comment and record go in one transaction.
+        self._acts_in_store = isinstance(backend, EmbeddedBackend) and backend.keeps_tasks_in(store)
         self.clock = clock
         self.complete_words: Sequence[str] = settings.replies.complete_words or DEFAULT_COMPLETE_WORDS
         self.fail_words: Sequence[str] = settings.replies.fail_words or DEFAULT_FAIL_WORDS
@@ -389,6 +392,8 @@ class Pipeline:
         if decision.outcome not in (Outcome.COMPLETE, Outcome.FAIL) or request is None or action is None:
             return decision
         attempt = new_attempt_id()
+        if self._acts_in_store and await self._act_at_once(decision, request, action, attempt, actor, source):
+            return replace(decision, recorded=True)
         outcome, claim = await asyncio.to_thread(
             self.store.claim, request.id, attempt, message_id, action.value, actor, self.clock(), STALE_CLAIM_SECONDS
         )
@@ -498,6 +503,32 @@ class Pipeline:
             return DecisionMade(request.task_id, "decided", "the other owners")
         return DecisionMade(request.task_id, TaskAction(group.decision).past, group.decided_by or "the other owners")
 
+    async def _act_at_once(
+        self, decision: Decision, request: Request, action: TaskAction, attempt: str, actor: str, source: str
+    ) -> bool:
+        """The usual case of an embedded task in one transaction and one thread hop; False
+        when it does not apply and nothing was written (see ``Store.answer_at_once``)."""
+        answer = Answer(
+            request.id,
+            attempt,
+            decision.message_id,
+            action.value,
+            actor,
+            self.clock(),
+            request.task_id,
+            COMPLETED if action is TaskAction.COMPLETE else FAILED,
+            decision.comment,
+            source,
+            decision.reply.name,
+            decision.reply.code,
+        )
+        started = time.monotonic()
+        done = await asyncio.to_thread(self.store.answer_at_once, answer)
+        if done:
+            metrics.BACKEND_LATENCY.labels(self.backend.name, action.value).observe(time.monotonic() - started)
+            metrics.TASKS_ACTED.labels(self.backend.name, action.value).inc()
+        return done
+
     async def decide(
         self, parsed: ParsedReply, message_id: str, recipient: Recipient, auth: AuthState, *, act: bool, source: str
     ) -> Decision:
@@ -578,15 +609,16 @@ class Pipeline:
     async def _record(self, inbound: Inbound, decision: Decision) -> None:
         request_id = decision.request.id if decision.request else None
         try:
-            await asyncio.to_thread(
-                self.store.record_processed,
-                decision.message_id,
-                request_id,
-                inbound.source,
-                decision.reply.name,
-                decision.reply.code,
-                self.clock(),
-            )
+            if not decision.recorded:  # else written with the action, in its transaction
+                await asyncio.to_thread(
+                    self.store.record_processed,
+                    decision.message_id,
+                    request_id,
+                    inbound.source,
+                    decision.reply.name,
+                    decision.reply.code,
+                    self.clock(),
+                )
         except TemporaryFailure as exc:
             log.warning("could not record processed message %s: %s", decision.message_id, exc)
         if not decision.reply.accepted:
@@ -685,7 +717,7 @@ def _not_ours(decision: Decision, request: Request, outcome: ClaimOutcome, claim
 _MAX_ADDRESS_FIELD = 16384
 
 
-def our_addresses(message: EmailMessage, reply_domain: str) -> list[str]:
+def our_addresses(message: Message, reply_domain: str) -> list[str]:
     """The reply addresses of ours a message was sent to, as the delivering server recorded them.
 
     Read from the raw, bounded values: the email library's structured address parser is

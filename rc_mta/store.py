@@ -11,6 +11,7 @@ No lock in the process is needed, so several instances can share one PostgreSQL.
 from __future__ import annotations
 
 import secrets
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -248,6 +249,28 @@ class ClaimOutcome(Enum):
     REVOKED = "revoked"  # the request row says it was withdrawn
 
 
+@dataclass(frozen=True)
+class Answer:
+    """Everything ``Store.answer_at_once`` writes for one reply to an embedded task."""
+
+    request_id: str
+    attempt: str
+    message_id: str
+    action: str
+    actor: str
+    now: float
+    task_id: str
+    status: str  # COMPLETED or FAILED
+    comment: str
+    source: str  # for processed_messages, as ``record_processed`` takes them
+    reply: str
+    code: int
+
+
+class _NotAtOnce(Exception):
+    """Raised inside ``answer_at_once``'s transaction to roll it back."""
+
+
 # Claiming retries this often when the row it collided with was given back meanwhile.
 CLAIM_TRIES = 5
 
@@ -263,6 +286,11 @@ class Store:
     def __init__(self, url: str, busy_timeout: float = 5.0) -> None:
         self.url = url
         self.engine = _make_engine(url, busy_timeout)
+        # SQLite takes one writer at a time, and a writer that finds the lock taken sleeps in
+        # its busy handler (1, 2, 5, 10… ms, whatever happens meanwhile). Our own threads
+        # queue here instead and go on the moment the lock is free; other processes on the
+        # file (CLI commands) still meet the busy handler. PostgreSQL needs no such lock.
+        self._one_at_a_time: threading.Lock | None = threading.Lock() if self.engine.dialect.name == "sqlite" else None
         self._file = _sqlite_file(url)
         self._file_identity: tuple[int, int] | None = None
         self._probe_table_seen = False
@@ -312,8 +340,12 @@ class Store:
 
     @contextmanager
     def _begin(self) -> Iterator[Connection]:
-        """A transaction; database trouble becomes StoreUnavailable (the sender retries)."""
+        """A transaction; database trouble becomes StoreUnavailable (the sender retries).
+        On SQLite, one of this process's transactions at a time (see ``__init__``)."""
         self._check_file()
+        lock = self._one_at_a_time
+        if lock is not None:
+            lock.acquire()
         try:
             with self.engine.begin() as conn:
                 yield conn
@@ -321,6 +353,9 @@ class Store:
             raise
         except (OperationalError, DBAPIError) as exc:
             raise StoreUnavailable(f"store unavailable: {exc.orig or exc}") from exc
+        finally:
+            if lock is not None:
+                lock.release()
 
     def _check_file(self) -> None:
         """SQLite keeps writing into a database file that was deleted (or its directory
@@ -609,6 +644,42 @@ class Store:
                 return ClaimOutcome.REVOKED, current
             return ClaimOutcome.BUSY, current
         raise StoreUnavailable(f"the claim on request {request_id} kept changing hands")
+
+    def answer_at_once(self, answer: Answer) -> bool:
+        """The usual case of an embedded task, in one write transaction: claim the request
+        for this attempt (already done), move the task, keep the comment, record the message.
+
+        True when all of it was written. False when nothing was: the request was claimed
+        before (by anyone, this very message included), is revoked, is one of an N-of-M
+        group, or its task is not in progress; the caller then takes the general path (``claim`` and the backend), which
+        tells those cases apart. Exactly-once is the claim row's primary key, as there.
+        """
+        values = {
+            "request_id": answer.request_id,
+            "message_id": answer.message_id,
+            "action": answer.action,
+            "actor": answer.actor,
+            "attempt": answer.attempt,
+            "now": answer.now,
+            "task_id": answer.task_id,
+            "status": answer.status,
+            "text": answer.comment,
+            "source": answer.source,
+            "reply": answer.reply,
+            "code": answer.code,
+        }
+        try:
+            with self._begin() as conn:
+                if conn.execute(_ANSWER.claim_done, values).rowcount != 1:
+                    raise _NotAtOnce  # revoked, one of several approvals, or no such request
+                if conn.execute(_ANSWER.move_task, values).rowcount != 1:
+                    raise _NotAtOnce  # not in progress (or unknown): the general path says which
+                if answer.comment:
+                    conn.execute(_ANSWER.add_comment, values)
+                conn.execute(_ANSWER.record, values)
+        except (IntegrityError, _NotAtOnce):
+            return False  # rolled back: nothing of it was written
+        return True
 
     def finish_claim(self, request_id: str, attempt: str, now: float) -> bool:
         """Mark this attempt's claim answered; False if it no longer holds it (it was
@@ -1281,6 +1352,55 @@ def _counter_statements() -> tuple[Any, Any, Any, Any]:
     )
     prune = rate_counts.delete().where(c.slot <= now - RATE_SLOTS)
     return count, add, add_under, prune
+
+
+@dataclass(frozen=True)
+class _AnswerStatements:
+    """``answer_at_once``'s statements, built once with named parameters: SQLAlchemy then
+    compiles each once and reuses it (its compiled cache is keyed on the statement)."""
+
+    claim_done: Any
+    move_task: Any
+    add_comment: Any
+    record: Any
+
+
+def _answer_statements() -> _AnswerStatements:
+    p = bindparam
+    columns = ["request_id", "message_id", "action", "actor", "state", "claimed_at", "done_at", "attempt"]
+    claim_values = select(
+        p("request_id", type_=String),
+        p("message_id", type_=String),
+        p("action", type_=String),
+        p("actor", type_=String),
+        literal("done"),
+        p("now", type_=Float),
+        p("now", type_=Float),
+        p("attempt", type_=String),
+    ).where(
+        requests.c.id == p("request_id"),
+        requests.c.revoked_at.is_(None),
+        # N of M: one answer never acts alone; the general path counts it.
+        ~select(approval_members.c.request_id).where(approval_members.c.request_id == p("request_id")).exists(),
+    )
+    return _AnswerStatements(
+        claim_done=insert(used_tokens).from_select(columns, claim_values).execution_options(preserve_rowcount=True),
+        move_task=update(tasks)
+        .where(tasks.c.id == p("task_id"), tasks.c.status == IN_PROGRESS)
+        .values(status=p("status"), acted_by=p("actor"), acted_at=p("now")),
+        add_comment=insert(task_comments).values(task_id=p("task_id"), author=p("actor"), text=p("text"), at=p("now")),
+        record=insert(processed_messages).values(
+            message_id=p("message_id"),
+            request_id=p("request_id"),
+            source=p("source"),
+            reply=p("reply"),
+            code=p("code"),
+            at=p("now"),
+        ),
+    )
+
+
+_ANSWER = _answer_statements()
 
 
 def _sqlite_file(url: str) -> Path | None:

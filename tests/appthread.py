@@ -4,6 +4,7 @@ stand-ins (Release, the webhook receiver, Graph) run beside a synchronous test."
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
@@ -62,6 +63,11 @@ class AppThread:
         """Run a coroutine on the server's loop (e.g. stop listening) and wait for it."""
         assert self._loop is not None
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(10)
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        """Start a coroutine on the server's loop without waiting for it (e.g. a callback)."""
+        assert self._loop is not None
+        return asyncio.run_coroutine_threadsafe(coro, self._loop)
 
     def stop(self) -> None:
         if self._loop is not None and self._thread is not None:

@@ -3,6 +3,17 @@ endpoint. No real Graph can run here, so this follows Microsoft's documented API
 rc-mta makes — URL shapes, JSON envelopes (``value``, ``@odata.nextLink``, ``@odata.deltaLink``,
 ``@removed``), status codes, ``{"error": {"code", "message"}}`` bodies, Retry-After on 429/503,
 bearer tokens checked on every call — and nothing more. Runs aiohttp in a background thread.
+
+Change notifications follow the documented webhook API too: ``POST /subscriptions`` first
+POSTs ``?validationToken=...`` (text/plain) to the notificationUrl and the
+lifecycleNotificationUrl and refuses the subscription (400 ValidationError) unless each
+answers 200 with exactly that token within 10 s; the expiry may not pass
+``max_subscription_lifetime`` (4230 minutes for mail); ``PATCH /subscriptions/{id}`` renews,
+``DELETE`` removes, an expired subscription is gone (404). A message created in a subscribed
+folder is announced by a changeNotificationCollection POSTed to the notificationUrl, carrying
+the subscription's clientState and no message content. ``send_lifecycle()`` sends a lifecycle
+notification (reauthorizationRequired, subscriptionRemoved, missed). One deviation: Graph
+requires an https:// notificationUrl; the tests have no TLS, so http://127.0.0.1 is accepted.
 """
 
 from __future__ import annotations
@@ -15,8 +26,10 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 from appthread import AppThread
 
@@ -61,6 +74,66 @@ class Token:
 
 
 @dataclass
+class Subscription:
+    id: str
+    resource: str
+    folder_id: str
+    change_types: frozenset[str]
+    notification_url: str
+    lifecycle_url: str
+    client_state: str | None
+    expires_at: float
+
+    def resource_json(self, application_id: str) -> dict[str, Any]:
+        return {
+            "@odata.context": "https://graph.microsoft.com/v1.0/$metadata#subscriptions/$entity",
+            "id": self.id,
+            "resource": self.resource,
+            "applicationId": application_id,
+            "changeType": ",".join(sorted(self.change_types)),
+            "clientState": self.client_state,
+            "notificationUrl": self.notification_url,
+            "lifecycleNotificationUrl": self.lifecycle_url or None,
+            "expirationDateTime": graph_time(self.expires_at),
+            "creatorId": application_id,
+            "includeResourceData": False,
+            "latestSupportedTlsVersion": "v1_2",
+            "encryptionCertificate": None,
+            "encryptionCertificateId": None,
+            "notificationUrlAppId": None,
+        }
+
+
+def graph_time(timestamp: float) -> str:
+    """Graph's timestamps: UTC, seven fractional digits, Z."""
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f0Z")
+
+
+def parse_graph_time(value: object) -> float | None:
+    if not isinstance(value, str):
+        return None
+    match = re.fullmatch(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,7}))?(Z|[+-]\d\d:\d\d)", value)
+    if match is None:
+        return None
+    zone = "+00:00" if match.group(3) == "Z" else match.group(3)
+    fraction = (match.group(2) or "0")[:6]
+    return datetime.fromisoformat(f"{match.group(1)}.{fraction.ljust(6, '0')}{zone}").timestamp()
+
+
+async def _json_or_none(request: web.Request) -> Any:
+    """The request's JSON body, or None when it is not JSON (the handler says what it wanted)."""
+    try:
+        return await request.json()
+    except ValueError:
+        return None
+
+
+# The mail resources a subscription may name here: a folder's messages.
+_RESOURCE = re.compile(r"/?(?:users|Users)/([^/]+)/mailFolders(?:\('([^']+)'\)|/([^/()]+))/messages")
+VALIDATION_TIMEOUT = 10.0  # Graph's: the endpoint must echo the token within 10 seconds
+
+
+@dataclass
 class Failures:
     remaining: int = 0
     status: int = 429
@@ -86,6 +159,10 @@ class GraphServer:
     throttled: int = 0  # Graph calls answered 429/503 by throttle()
     grants: list[str] = field(default_factory=list)
     refresh_tokens: set[str] = field(default_factory=set)
+    max_subscription_lifetime: float = 4230 * 60.0  # Outlook messages: 4230 minutes
+    # Observation: every POST to a subscriber, (kind, url, HTTP status or -1 when unreachable).
+    deliveries: list[tuple[str, str, int]] = field(default_factory=list)
+    validations_refused: int = 0
 
     def __post_init__(self) -> None:
         self.port = 0
@@ -103,6 +180,7 @@ class GraphServer:
         self._token_failures = Failures(status=503)
         self._delta_floor = 0  # delta tokens below this answer 410 (sync state lost)
         self._pending_pages: dict[str, list[dict[str, Any]]] = {}
+        self._subscriptions: dict[str, Subscription] = {}
         self._server: AppThread | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -119,6 +197,9 @@ class GraphServer:
         app.router.add_post(graph + "/messages/{id}/move", self._move)
         app.router.add_patch(graph + "/messages/{id}", self._update)
         app.router.add_delete(graph + "/messages/{id}", self._delete)
+        app.router.add_post("/v1.0/subscriptions", self._subscribe)
+        app.router.add_patch("/v1.0/subscriptions/{sid}", self._renew)
+        app.router.add_delete("/v1.0/subscriptions/{sid}", self._unsubscribe)
         self._server = AppThread(app, "graph-server")
         self.port = self._server.start()
         return self
@@ -138,19 +219,23 @@ class GraphServer:
 
     # -- knobs ------------------------------------------------------------------------------
 
-    def add_message(self, raw: bytes, folder: str = "inbox") -> str:
+    def add_message(self, raw: bytes, folder: str = "inbox", *, notify: bool = True) -> str:
         """Deliver raw MIME into a folder (well-known name or display name); returns its id."""
-        return self.add_messages([raw], folder)[0]
+        return self.add_messages([raw], folder, notify=notify)[0]
 
-    def add_messages(self, raws: list[bytes], folder: str = "inbox") -> list[str]:
-        """Deliver several at once, so that no listing sees only some of them."""
+    def add_messages(self, raws: list[bytes], folder: str = "inbox", *, notify: bool = True) -> list[str]:
+        """Deliver several at once, so that no listing sees only some of them; subscribers
+        to the folder are notified (unless ``notify`` is False: a notification Graph lost)."""
         with self._lock:
-            ids = []
+            messages = []
             for raw in raws:
                 message = Message(_new_id(), raw, self._resolve(folder).id, next(self._seq))
                 self._messages[message.id] = message
-                ids.append(message.id)
-            return ids
+                messages.append(message)
+            if notify:
+                for message in messages:
+                    self._announce(message)
+            return [m.id for m in messages]
 
     def throttle(self, calls: int, status: int = 429, retry_after: str | None = "1", route: str = "") -> None:
         """The next ``calls`` Graph calls (to a route ending in ``route``) answer ``status``
@@ -180,6 +265,37 @@ class GraphServer:
             except KeyError:
                 return []
             return [m for m in self._messages.values() if m.folder_id == folder_id]
+
+    def subscriptions(self) -> list[Subscription]:
+        """The subscriptions alive now (an expired one is gone)."""
+        with self._lock:
+            self._expire_subscriptions()
+            return list(self._subscriptions.values())
+
+    def forget_subscriptions(self) -> None:
+        """Every subscription is gone without a word, as when Graph loses one: renewals 404."""
+        with self._lock:
+            self._subscriptions.clear()
+
+    def send_lifecycle(self, event: str, subscription_id: str | None = None) -> None:
+        """Post a lifecycle notification for a subscription (default: the only one), as Graph
+        does; ``subscriptionRemoved`` also removes it."""
+        with self._lock:
+            self._expire_subscriptions()
+            subscription = (
+                self._subscriptions[subscription_id] if subscription_id else next(iter(self._subscriptions.values()))
+            )
+            if event == "subscriptionRemoved":
+                del self._subscriptions[subscription.id]
+            item = {
+                "subscriptionId": subscription.id,
+                "subscriptionExpirationDateTime": graph_time(subscription.expires_at),
+                "tenantId": self.tenant_id,
+                "clientState": subscription.client_state,
+                "lifecycleEvent": event,
+            }
+            url = subscription.lifecycle_url or subscription.notification_url
+        self._post_soon("lifecycle", url, {"value": [item]})
 
     def count(self, method: str, suffix: str) -> int:
         """How many calls of ``method`` to a route ending in ``suffix`` (e.g. 'GET', '/$value')."""
@@ -220,7 +336,7 @@ class GraphServer:
         if token is None or token.expires_at < time.time():
             self.unauthorized += 1
             return self._error(401, "InvalidAuthenticationToken", "Access token has expired or is not yet valid.")
-        if request.match_info.get("user", "").lower() != self.user.lower():
+        if "user" in request.match_info and request.match_info["user"].lower() != self.user.lower():
             return self._error(404, "ErrorInvalidUser", "The requested user is invalid.")
         return None
 
@@ -243,6 +359,193 @@ class GraphServer:
             "totalItemCount": len(inside),
             "unreadItemCount": len(inside),
         }
+
+    # -- change notifications ---------------------------------------------------------------
+
+    def _expire_subscriptions(self) -> None:
+        now = time.time()
+        for subscription in [s for s in self._subscriptions.values() if s.expires_at <= now]:
+            del self._subscriptions[subscription.id]
+
+    def _announce(self, message: Message) -> None:
+        """A changeNotificationCollection per subscriber to the message's folder (lock held)."""
+        self._expire_subscriptions()
+        for subscription in self._subscriptions.values():
+            if subscription.folder_id != message.folder_id or "created" not in subscription.change_types:
+                continue
+            path = f"Users/{self.user}/Messages/{message.id}"
+            item = {
+                "subscriptionId": subscription.id,
+                "subscriptionExpirationDateTime": graph_time(subscription.expires_at),
+                "changeType": "created",
+                "resource": path,
+                "resourceData": {
+                    "@odata.type": "#Microsoft.Graph.Message",
+                    "@odata.id": path,
+                    "@odata.etag": f'W/"{message.changed}"',
+                    "id": message.id,
+                },
+                "clientState": subscription.client_state,
+                "tenantId": self.tenant_id,
+            }
+            self._post_soon("change", subscription.notification_url, {"value": [item]})
+
+    def _post_soon(self, kind: str, url: str, body: dict[str, Any]) -> None:
+        """Deliver from the server's loop, after the call that caused it has returned."""
+        if self._server is not None:
+            self._server.submit(self._post_notification(kind, url, body))
+
+    async def _post_notification(self, kind: str, url: str, body: dict[str, Any]) -> None:
+        # Graph expects an answer within 3 seconds; slower endpoints get dropped notifications.
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3)) as session,
+                session.post(url, json=body) as response,
+            ):
+                status = response.status
+        except (TimeoutError, aiohttp.ClientError):
+            status = -1
+        with self._lock:
+            self.deliveries.append((kind, url, status))
+
+    async def _validate_endpoint(self, url: str) -> bool:
+        """Graph's handshake: POST ?validationToken=... and expect it back, 200 text/plain."""
+        token = (
+            f"Validation: Testing client application reachability for subscription Request-Id: {secrets.token_hex(16)}"
+        )
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=VALIDATION_TIMEOUT)) as session,
+                session.post(
+                    url,
+                    params={"validationToken": token},
+                    data=b"",
+                    headers={"Content-Type": "text/plain; charset=utf-8"},
+                ) as response,
+            ):
+                text = await response.text()
+                ok = response.status == 200 and response.content_type == "text/plain" and text == token
+                status = response.status
+        except (TimeoutError, aiohttp.ClientError, UnicodeDecodeError):
+            ok, status = False, -1
+        with self._lock:
+            self.deliveries.append(("validation", url, status))
+        return ok
+
+    def _subscription_fields(self, body: Any) -> dict[str, Any] | web.Response:
+        """The create request's fields, checked as Graph checks them."""
+        if not isinstance(body, dict):
+            return self._error(400, "InvalidRequest", "The request body must be a subscription.")
+        change_types = frozenset(str(body.get("changeType", "")).split(","))
+        if not change_types or not change_types <= {"created", "updated", "deleted"}:
+            return self._error(400, "InvalidRequest", "changeType must be created, updated or deleted.")
+        urls = [body.get("notificationUrl"), body.get("lifecycleNotificationUrl") or ""]
+        for url in urls:
+            if not isinstance(url, str) or (url and not url.startswith(("https://", "http://127.0.0.1"))):
+                return self._error(400, "InvalidRequest", "The notification URL must use https.")
+        if not urls[0]:
+            return self._error(400, "InvalidRequest", "notificationUrl is required.")
+        client_state = body.get("clientState")
+        if client_state is not None and (not isinstance(client_state, str) or len(client_state) > 128):
+            return self._error(400, "InvalidRequest", "clientState may be at most 128 characters.")
+        expires = self._expiry_or_error(body)
+        if isinstance(expires, web.Response):
+            return expires
+        resource = body.get("resource")
+        match = _RESOURCE.fullmatch(resource) if isinstance(resource, str) else None
+        if match is None or match.group(1).lower() != self.user.lower():
+            return self._error(400, "InvalidRequest", "Resource is not supported for change notifications.")
+        try:
+            folder = self._resolve_ref(match.group(2) or match.group(3))
+        except KeyError:
+            return self._error(404, "ResourceNotFound", "The specified folder was not found.")
+        return {
+            "resource": resource,
+            "folder_id": folder.id,
+            "change_types": change_types,
+            "notification_url": urls[0],
+            "lifecycle_url": urls[1],
+            "client_state": client_state,
+            "expires_at": expires,
+        }
+
+    def _resolve_ref(self, ref: str) -> Folder:
+        """A folder as the API names it: its id or a well-known name."""
+        folder = self._folders.get(ref) or next(
+            (f for f in self._folders.values() if f.well_known == ref.lower()), None
+        )
+        if folder is None:
+            raise KeyError(ref)
+        return folder
+
+    def _expiry_or_error(self, body: dict[str, Any]) -> float | web.Response:
+        expires = parse_graph_time(body.get("expirationDateTime"))
+        if expires is None:
+            return self._error(400, "InvalidRequest", "expirationDateTime is required, in ISO 8601 UTC.")
+        now = time.time()
+        if expires <= now:
+            return self._error(400, "InvalidRequest", "Subscription expiration must be in the future.")
+        if expires > now + self.max_subscription_lifetime + 60:  # a minute's clock skew
+            minutes = self.max_subscription_lifetime / 60
+            return self._error(
+                400, "InvalidRequest", f"Subscription expiration can only be {minutes:g} minutes in the future."
+            )
+        return expires
+
+    async def _subscribe(self, request: web.Request) -> web.Response:
+        """POST /subscriptions: validate the endpoints, then 201 with the subscription."""
+        body = await _json_or_none(request)
+        with self._lock:
+            if (denied := self._gate(request)) is not None:
+                return denied
+            fields = self._subscription_fields(body)
+            if isinstance(fields, web.Response):
+                return fields
+        for url in dict.fromkeys(u for u in (fields["notification_url"], fields["lifecycle_url"]) if u):
+            if not await self._validate_endpoint(url):
+                with self._lock:
+                    self.validations_refused += 1
+                return self._error(
+                    400,
+                    "ValidationError",
+                    "Subscription validation request failed."
+                    " Response must exactly match validationToken query parameter.",
+                )
+        with self._lock:
+            subscription = Subscription(_new_id("sub-").rstrip("="), **fields)
+            self._subscriptions[subscription.id] = subscription
+            return web.json_response(subscription.resource_json(self.client_id), status=201)
+
+    async def _renew(self, request: web.Request) -> web.Response:
+        """PATCH /subscriptions/{id}: a new expirationDateTime (renewal, reauthorization)."""
+        body = await _json_or_none(request)
+        with self._lock:
+            subscription = self._gated_subscription(request)
+            if isinstance(subscription, web.Response):
+                return subscription
+            expires = self._expiry_or_error(body if isinstance(body, dict) else {})
+            if isinstance(expires, web.Response):
+                return expires
+            subscription.expires_at = expires
+            return web.json_response(subscription.resource_json(self.client_id))
+
+    async def _unsubscribe(self, request: web.Request) -> web.Response:
+        with self._lock:
+            subscription = self._gated_subscription(request)
+            if isinstance(subscription, web.Response):
+                return subscription
+            del self._subscriptions[subscription.id]
+            return web.Response(status=204)
+
+    def _gated_subscription(self, request: web.Request) -> Subscription | web.Response:
+        """The gate, then the live subscription the path names (lock held)."""
+        if (denied := self._gate(request)) is not None:
+            return denied
+        self._expire_subscriptions()
+        subscription = self._subscriptions.get(request.match_info["sid"])
+        if subscription is None:
+            return self._error(404, "ResourceNotFound", "The object was not found.")
+        return subscription
 
     def _remove(self, message: Message) -> None:
         del self._messages[message.id]
@@ -335,13 +638,10 @@ class GraphServer:
             return web.json_response(self._folder_resource(folder), status=201)
 
     def _folder_or_error(self, request: web.Request) -> Folder | web.Response:
-        ref = request.match_info["folder"]
-        folder = self._folders.get(ref) or next(
-            (f for f in self._folders.values() if f.well_known == ref.lower()), None
-        )
-        if folder is None:
+        try:
+            return self._resolve_ref(request.match_info["folder"])
+        except KeyError:
             return self._error(404, "ErrorItemNotFound", "The specified object was not found in the store.")
-        return folder
 
     async def _list_messages(self, request: web.Request) -> web.Response:
         """GET .../mailFolders/{id}/messages with $top and $skip; nextLink carries $skip."""

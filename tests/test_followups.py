@@ -58,7 +58,7 @@ def test_reminders_go_out_in_the_requests_thread_with_the_same_addresses(remindi
     second = wait_for_mail(reminding, f"{sent['request_id']}-reminder-2")
     for n, reminder in enumerate((first, second), 1):
         assert reminder["To"] == ALICE
-        assert reminder["Subject"] == "Reminder: action needed: Approve deploy to prod"
+        assert reminder["Subject"] == "Reminder: Action needed: Approve deploy to prod"
         assert reminder["In-Reply-To"] == sent["message_id"]
         assert reminder["References"] == sent["message_id"]
         assert reminder["Message-ID"] != sent["message_id"]

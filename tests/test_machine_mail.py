@@ -224,9 +224,9 @@ def test_broken_message_is_read_without_raising() -> None:
 def _elapsed(func: Any, *args: Any) -> float:
     best = float("inf")
     for _ in range(3):
-        start = time.perf_counter()
+        start = time.thread_time()
         func(*args)
-        best = min(best, time.perf_counter() - start)
+        best = min(best, time.thread_time() - start)
     return best
 
 

@@ -230,9 +230,9 @@ def test_reading_the_return_path_costs_the_same_for_a_header_of_any_size() -> No
         raw = line * (size // len(line)) + b"Return-Path: <late@example.com>\r\n\r\nbody\r\n"
         best = float("inf")
         for _ in range(3):
-            began = time.perf_counter()
+            began = time.thread_time()
             _return_path(raw)
-            best = min(best, time.perf_counter() - began)
+            best = min(best, time.thread_time() - began)
         return best
 
     small, huge = cost(256 * 1024), cost(16 * MIB)

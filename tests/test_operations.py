@@ -28,7 +28,7 @@ from dnsserver import BlackHole, NsdServer
 from mailclient import reply_message, send_smtp
 from smtpsink import SmtpRelay, running_relay
 
-from rc_mta.logs import SecretFilter, TextFormatter, sd_notify
+from rc_mta.logs import SecretFilter, TextFormatter, mask_secrets, sd_notify
 
 ROOT = Path(__file__).resolve().parent.parent
 SIGNING_SECRET = "sign1ng-s3cret-that-must-never-show-in-a-log-line"
@@ -218,6 +218,25 @@ def test_secret_filter_masks_messages_fields_and_tracebacks() -> None:
     assert "token=*** rejected" in line
     for secret in ("hunter2-secret", "plain", "dbpass", "abcdef123456"):
         assert secret not in line
+
+
+@pytest.mark.parametrize(
+    ("text", "kept"),
+    [
+        ("Authorization: BEARER abcdefgh12345678", "Authorization: BEARER ***"),
+        ("header Basic dXNlcjpwYXNzd29yZA==", "header Basic ***"),
+        ("connect to imaps://alice:Hunter2@mail", "connect to imaps://alice:***@mail"),
+        ("C: AUTH PLAIN AGFsaWNlAGh1bnRlcjI=", "C: AUTH PLAIN ***"),
+        ("a1 LOGIN alice hunter2", "a1 LOGIN alice ***"),
+        ("X-Release-Personal-Token: abc123", "X-Release-Personal-Token: ***"),
+        ('{"client_SECRET": "xyz"}', '{"client_SECRET": "***"}'),
+        ("PWD=foo; ApiKey: bar", "PWD=***; ApiKey: ***"),
+        ("reply complete from alice@corp.test: 250 2.0.0 done", "reply complete from alice@corp.test: 250 2.0.0 done"),
+    ],
+)
+def test_every_credential_shape_is_masked_and_other_text_is_left_alone(text: str, kept: str) -> None:
+    # The masking looks for the shapes' keywords first (cheap) and runs the pattern only then.
+    assert mask_secrets(text) == kept
 
 
 # check-config --------------------------------------------------------------------------------

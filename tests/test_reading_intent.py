@@ -263,9 +263,9 @@ def test_reading_hostile_comments_takes_linear_time(make: object) -> None:
         text = make(size)
         best = float("inf")
         for _ in range(5):
-            start = time.perf_counter()
+            start = time.thread_time()
             interpret_action(text, DEFAULT_COMPLETE_WORDS, DEFAULT_FAIL_WORDS)
-            best = min(best, time.perf_counter() - start)
+            best = min(best, time.thread_time() - start)
         return best
 
     small, large = seconds(8 * 1024), seconds(64 * 1024)

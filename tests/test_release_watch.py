@@ -80,7 +80,7 @@ def complete_address(request: EmailMessage) -> str:
     body = request.get_body(("plain",))
     assert body is not None
     lines = body.get_content().splitlines()
-    return lines[lines.index("or write to:") + 1].strip()
+    return lines[lines.index("To complete it, write to:") + 1].strip()
 
 
 def watched_again(release: FakeRelease, user: str = "token-user", rounds: int = 2) -> None:

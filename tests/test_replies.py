@@ -584,9 +584,9 @@ def test_hostile_html_takes_linear_time(make: Callable[[int], str]) -> None:
         html = make(size)
         best = float("inf")
         for _ in range(3):
-            start = time.perf_counter()
+            start = time.thread_time()
             html_to_text(html)
-            best = min(best, time.perf_counter() - start)
+            best = min(best, time.thread_time() - start)
         return best
 
     small, large = seconds(32 * 1024), seconds(128 * 1024)

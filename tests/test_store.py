@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from sqlalchemy import event, text
 
-from rc_mta.store import ClaimOutcome, Request, Store
+from rc_mta.store import Answer, ClaimOutcome, Request, Store
 from rc_mta.tokens import new_request_id
 
 ALICE = "alice@example.com"
@@ -289,3 +289,89 @@ def test_readiness_probes_at_the_same_moment_all_pass_even_before_the_schema_exi
     fresh.close()
 
     assert errors == []
+
+
+def _answer(request: Request, attempt: str = "a1", comment: str = "ship it") -> Answer:
+    return Answer(
+        request.id,
+        attempt,
+        "<m1@example.com>",
+        "complete",
+        ALICE,
+        time.time(),
+        request.task_id,
+        "completed",
+        comment,
+        "smtp",
+        "TASK_ACTED",
+        250,
+    )
+
+
+def _records(store: Store, request_id: str) -> list[tuple[Any, ...]]:
+    with store.engine.connect() as conn:
+        query = text("SELECT reply, code FROM processed_messages WHERE request_id = :r")
+        return [tuple(row) for row in conn.execute(query, {"r": request_id})]
+
+
+def test_an_answer_at_once_writes_claim_task_comment_and_record_together(store: Store) -> None:
+    task = store.add_task("Deploy", ALICE, time.time())
+    request = _request(store, task.id)
+
+    assert store.answer_at_once(_answer(request)) is True
+
+    claim = store.get_claim(request.id)
+    assert claim is not None and claim.done and claim.attempt == "a1"
+    stored = store.get_task(task.id)
+    assert stored is not None and stored.status == "completed" and stored.acted_by == ALICE
+    assert [c.text for c in stored.comments] == ["ship it"]
+    assert _records(store, request.id) == [("TASK_ACTED", 250)]
+
+
+def test_an_answer_at_once_to_a_task_no_longer_in_progress_writes_nothing(store: Store) -> None:
+    task = store.add_task("Deploy", ALICE, time.time())
+    request = _request(store, task.id)
+    store.set_task_status(task.id, "failed", "", "bob@example.com", time.time())
+
+    assert store.answer_at_once(_answer(request)) is False
+
+    assert store.get_claim(request.id) is None  # the general path may still claim it and say why
+    stored = store.get_task(task.id)
+    assert stored is not None and stored.status == "failed" and stored.comments == ()
+    assert _records(store, request.id) == []
+
+
+def test_an_answer_at_once_leaves_a_request_another_attempt_holds(store: Store) -> None:
+    task = store.add_task("Deploy", ALICE, time.time())
+    request = _request(store, task.id)
+    outcome, _ = store.claim(request.id, "other", "<m1@example.com>", "complete", ALICE, time.time(), 300)
+    assert outcome is ClaimOutcome.OURS
+
+    assert store.answer_at_once(_answer(request, attempt="mine")) is False
+
+    claim = store.get_claim(request.id)
+    assert claim is not None and claim.attempt == "other" and not claim.done
+    stored = store.get_task(task.id)
+    assert stored is not None and stored.status == "in_progress"
+
+
+def test_racing_answers_at_once_let_exactly_one_act(store: Store) -> None:
+    task = store.add_task("Deploy", ALICE, time.time())
+    request = _request(store, task.id)
+    results: list[bool] = []
+    barrier = threading.Barrier(8)
+
+    def act(i: int) -> None:
+        barrier.wait()
+        results.append(store.answer_at_once(_answer(request, attempt=f"a{i}", comment=f"c{i}")))
+
+    threads = [threading.Thread(target=act, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert sorted(results) == [False] * 7 + [True]
+    stored = store.get_task(task.id)
+    assert stored is not None and len(stored.comments) == 1
+    assert len(_records(store, request.id)) == 1

@@ -1,21 +1,63 @@
-"""What every check returns, and what a policy does with it."""
+"""What every check is: one object with a name that turns a ``CheckContext`` into a Verdict.
+
+A check only judges; what its verdict means for the answer (refuse, defer, or note it in
+Authentication-Results) is the policy table's business (``checks/policy.py``), and which
+check runs when is ``sender_auth``'s.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
 Result = Literal["pass", "fail", "softfail", "neutral", "none", "temperror", "permerror", "policy"]
-Policy = Literal["off", "tag", "reject"]
+
+
+@dataclass(frozen=True)
+class DkimSignature:
+    """One DKIM-Signature header field and what verifying it gave."""
+
+    domain: str
+    selector: str
+    result: Result
+    reason: str
+    key_bits: int | None
+    # The signed instances of the fields that can tie a message to a request (To, Cc,
+    # In-Reply-To, References), exactly as dkimpy selected them for verification.
+    binding_fields: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class OwnerProof:
+    """One thing that shows the From domain sent this message, and what it ties it to.
+
+    ``tokens`` is None for an aligned SPF pass (the owner's own server handed over this
+    very transaction: it is bound by itself); for a DKIM signature it is the reply tokens
+    its signed fields name (``checks/binding.py``).
+    """
+
+    method: str  # spf | dkim
+    domain: str
+    tokens: frozenset[str] | None
 
 
 @dataclass(frozen=True)
 class Verdict:
-    """One check's result (RFC 8601 vocabulary) and why, plus the facts it looked at."""
+    """One check's result (RFC 8601 vocabulary) and why, plus the facts it looked at.
+
+    ``signatures`` holds each DKIM signature's own verdict (for DMARC, the owner rule and
+    Authentication-Results), ``proofs`` what the owner rule found; ``stamped`` marks a
+    verdict read from a trusted receiver's Authentication-Results rather than reached here.
+    None of them shows in ``as_json``.
+    """
 
     result: Result
     reason: str = ""
     facts: dict[str, str] = field(default_factory=dict)
+    signatures: tuple[DkimSignature, ...] = ()
+    proofs: tuple[OwnerProof, ...] = ()
+    stamped: bool = False
 
     @property
     def temporary(self) -> bool:
@@ -23,3 +65,40 @@ class Verdict:
 
     def as_json(self) -> dict[str, str]:
         return {"result": self.result, "reason": self.reason, **self.facts}
+
+
+def domain_of(address: str | None) -> str | None:
+    """The domain of an address, lower case, without a trailing dot; None if it has none."""
+    if not address or "@" not in address:
+        return None
+    return address.rpartition("@")[2].lower().rstrip(".") or None
+
+
+@dataclass(frozen=True)
+class CheckContext:
+    """All a check may look at: the connection's facts and, from DATA on, the message.
+
+    ``verdicts`` are those reached so far for this message (DMARC reads SPF's and DKIM's);
+    ``stamped`` those a trusted receiver wrote in its Authentication-Results.
+    """
+
+    client_ip: str = ""  # "" when the original client is unknown (or a mailbox)
+    helo: str = ""
+    mail_from: str | None = None  # envelope sender; "" is the null sender
+    raw: bytes = b""
+    header_from: str | None = None
+    verdicts: Mapping[str, Verdict] = field(default_factory=dict)
+    stamped: Mapping[str, Verdict] = field(default_factory=dict)
+
+    @property
+    def from_domain(self) -> str | None:
+        return domain_of(self.header_from)
+
+
+class Check(Protocol):
+    """One sender check. ``evaluate`` returns None when there is nothing for it to judge
+    (no client address, no sender address): then no verdict is recorded at all."""
+
+    name: str
+
+    async def evaluate(self, context: CheckContext) -> Verdict | None: ...

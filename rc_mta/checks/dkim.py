@@ -23,7 +23,9 @@ import dkim
 import dkim.util
 
 from rc_mta.budget import heavy_work
-from rc_mta.checks._base import Result, Verdict
+from rc_mta.checks._base import CheckContext, DkimSignature, Verdict
+
+__all__ = ["MAX_SIGNATURES", "DkimCheck", "DkimSignature", "check_dkim"]
 from rc_mta.dns import DnsResolver, DnsTemporaryError
 
 # Each signature may cost a DNS lookup to a domain the sender chose; a message stuffed with
@@ -36,20 +38,6 @@ MAX_SIGNATURE_BYTES = 4096
 # is some 70 ms. Tables padded with spaces come to a few hundred thousand.
 MAX_WHITESPACE_COST = 10_000_000
 _LONG_WHITESPACE = re.compile(rb"[\t ]{32,}")
-
-
-@dataclass(frozen=True)
-class DkimSignature:
-    """One DKIM-Signature header field and what verifying it gave."""
-
-    domain: str
-    selector: str
-    result: Result
-    reason: str
-    key_bits: int | None
-    # The signed instances of the fields that can tie a message to a request (To, Cc,
-    # In-Reply-To, References), exactly as dkimpy selected them for verification.
-    binding_fields: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -240,3 +228,17 @@ def _overall(signatures: list[DkimSignature]) -> Verdict:
     if all(s.result == "permerror" for s in signatures):
         return Verdict("permerror", summary)
     return Verdict("fail", summary)
+
+
+class DkimCheck:
+    """Every signature verified; the verdict carries each one's own (``Verdict.signatures``)."""
+
+    name = "dkim"
+
+    def __init__(self, resolver: DnsResolver, min_key_bits: int) -> None:
+        self.resolver = resolver
+        self.min_key_bits = min_key_bits
+
+    async def evaluate(self, context: CheckContext) -> Verdict:
+        verdict, signatures = await check_dkim(self.resolver, context.raw, self.min_key_bits)
+        return replace(verdict, signatures=tuple(signatures))

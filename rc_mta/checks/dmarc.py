@@ -16,8 +16,7 @@ from typing import Literal
 
 from publicsuffixlist import PublicSuffixList
 
-from rc_mta.checks._base import Verdict
-from rc_mta.checks.dkim import DkimSignature
+from rc_mta.checks._base import CheckContext, DkimSignature, Verdict, domain_of
 from rc_mta.dns import DnsResolver, DnsTemporaryError
 
 POLICIES = ("none", "quarantine", "reject")
@@ -170,3 +169,30 @@ async def check_dmarc(
         + [f"DKIM pass for {d} (adkim={record.adkim})" for d in dkim_passes]
     )
     return Verdict("fail", f"nothing aligned with {domain}: {seen}; policy {policy}", facts)
+
+
+class DmarcCheck:
+    """DMARC of the From domain, from the SPF and DKIM verdicts already reached for this message."""
+
+    name = "dmarc"
+
+    def __init__(self, resolver: DnsResolver) -> None:
+        self.resolver = resolver
+
+    async def evaluate(self, context: CheckContext) -> Verdict | None:
+        from_domain = context.from_domain
+        if not from_domain:
+            return None
+        spf = context.verdicts.get("spf")
+        dkim = context.verdicts.get("dkim")
+        signatures = dkim.signatures if dkim else ()
+        spf_domain = spf.facts.get("domain") if spf else domain_of(context.mail_from)
+        verdict = await check_dmarc(self.resolver, from_domain, spf.result if spf else "none", spf_domain, signatures)
+        org = organizational_domain(from_domain)
+        if verdict.result == "fail" and any(
+            sig.result == "temperror" and organizational_domain(sig.domain) == org for sig in signatures
+        ):
+            # An aligned signature we could not check might have passed: not a failure yet.
+            reason = "the key of an aligned DKIM signature could not be fetched"
+            return Verdict("temperror", reason, verdict.facts)
+        return verdict

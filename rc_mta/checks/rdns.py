@@ -11,7 +11,7 @@ import ipaddress
 
 from rc_mta.dns import DnsResolver, DnsTemporaryError
 
-from ._base import Verdict
+from ._base import CheckContext, Verdict
 
 # Bound the work one client can cause, as RFC 7208 5.5 does for the ptr mechanism.
 MAX_PTR_NAMES = 10
@@ -64,3 +64,18 @@ async def check_rdns(resolver: DnsResolver, client_ip: str) -> Verdict:
     listed = ", ".join(names)
     verb = "does" if len(names) == 1 else "do"
     return Verdict("fail", f"{ip} → {listed} {verb} not resolve back to {ip}", {"ptr": names[0]})
+
+
+class RdnsCheck:
+    """FCrDNS of a known client; the verdict names the address it judged (``policy.iprev``)."""
+
+    name = "rdns"
+
+    def __init__(self, resolver: DnsResolver) -> None:
+        self.resolver = resolver
+
+    async def evaluate(self, context: CheckContext) -> Verdict | None:
+        if not context.client_ip:
+            return None
+        verdict = await check_rdns(self.resolver, context.client_ip)
+        return Verdict(verdict.result, verdict.reason, {**verdict.facts, "ip": context.client_ip})

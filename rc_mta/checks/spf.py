@@ -17,7 +17,7 @@ import spf
 
 from rc_mta.dns import DnsResolver, DnsTemporaryError
 
-from ._base import Result, Verdict
+from ._base import CheckContext, Result, Verdict
 
 _current_resolver: contextvars.ContextVar[DnsResolver | None] = contextvars.ContextVar(
     "rc_mta_spf_resolver", default=None
@@ -80,3 +80,17 @@ async def check_spf(resolver: DnsResolver, client_ip: str, mail_from: str, helo:
     if result == "none" and not explanation:
         explanation = f"{domain} publishes no SPF record"
     return Verdict(_RESULTS.get(result, "permerror"), explanation, facts)
+
+
+class SpfCheck:
+    """SPF of MAIL FROM (of the HELO name for the null sender), for a known client only."""
+
+    name = "spf"
+
+    def __init__(self, resolver: DnsResolver) -> None:
+        self.resolver = resolver
+
+    async def evaluate(self, context: CheckContext) -> Verdict | None:
+        if not context.client_ip:
+            return None
+        return await check_spf(self.resolver, context.client_ip, context.mail_from or "", context.helo)

@@ -7,8 +7,9 @@ never grants more than its author wrote.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
-from ._base import Verdict
+from ._base import CheckContext, Verdict
 
 
 def _normalize(domain: str) -> str:
@@ -51,3 +52,25 @@ def check_whitelist(allowed: Sequence[str], **addresses: str | None) -> Verdict:
         if not _allowed(domain, allowed):
             return Verdict("fail", f"sender domain {domain} is not whitelisted", facts)
     return Verdict("pass", f"sender domain {', '.join(domains)} whitelisted", facts)
+
+
+Address = Literal["envelope_from", "header_from"]
+
+
+class WhitelistCheck:
+    """The whitelist applied to the envelope sender (at MAIL), the From (at DATA), or both
+    (a mailbox): one check under as many names as it is used at stages."""
+
+    def __init__(self, name: str, domains: Sequence[str], addresses: tuple[Address, ...]) -> None:
+        self.name = name
+        self.domains = tuple(domains)
+        self.addresses = addresses
+
+    async def evaluate(self, context: CheckContext) -> Verdict | None:
+        given = {
+            "envelope_from": context.mail_from if "envelope_from" in self.addresses else None,
+            "header_from": context.header_from if "header_from" in self.addresses else None,
+        }
+        if len(self.addresses) == 1 and not any(given.values()):
+            return None  # the one address this stage judges is null: nothing to check here
+        return check_whitelist(self.domains, **{name: value for name, value in given.items() if name in self.addresses})

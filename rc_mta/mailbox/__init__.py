@@ -1,5 +1,6 @@
 """Mailbox mode: pollers that read replies from a mailbox (IMAP, Microsoft Graph) and feed
-them to the same pipeline as SMTP. One poller per file, behind one small interface."""
+them to the same pipeline as SMTP. One poller per file, behind one small interface, each
+registered by name (``rc_mta.registry.MAILBOX_SOURCES``) and chosen by ``[mailbox] source``."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Protocol
 
 from ..config import Settings
 from ..pipeline import Pipeline
+from ..registry import MAILBOX_SOURCES
 
 
 class Poller(Protocol):
@@ -26,13 +28,9 @@ class Poller(Protocol):
 
 
 def make_poller(settings: Settings, pipeline: Pipeline) -> Poller | None:
-    """The configured poller, or None when replies arrive over SMTP/LMTP only."""
-    if settings.mailbox.source == "imap":
-        from .imap import ImapPoller
-
-        return ImapPoller(settings.mailbox, pipeline)
-    if settings.mailbox.source == "graph":
-        from .graph import GraphPoller
-
-        return GraphPoller(settings.mailbox, pipeline)
-    return None
+    """The configured poller (only its own module is imported), or None when replies
+    arrive over SMTP/LMTP only."""
+    if settings.mailbox.source == "none":
+        return None
+    poller: Poller = MAILBOX_SOURCES.get(settings.mailbox.source).factory(settings.mailbox, pipeline)
+    return poller

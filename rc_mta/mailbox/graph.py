@@ -22,10 +22,12 @@ import aiohttp
 from yarl import URL
 
 from ..config import MailboxConfig
-from ..errors import TemporaryFailure
+from ..errors import ConfigError, TemporaryFailure
 from ..oauth2 import OAuth2Error, TokenProvider
 from ..pipeline import Inbound, MailboxOutcome, Pipeline
+from ..registry import MAILBOX_SOURCES
 from ._watcher import Watcher
+from .graph_push import GraphPush
 
 log = logging.getLogger("rc_mta.mailbox.graph")
 
@@ -35,6 +37,7 @@ PAGE_SIZE = 50
 MAX_THROTTLE_RETRIES = 5  # 429/503 answers honoured per call before the round gives up
 MAX_RETRY_AFTER = 120.0  # never sleep longer than this on one Retry-After
 DEFAULT_RETRY_AFTER = 2.0  # when a 429/503 comes without a usable Retry-After
+UNSUBSCRIBE_SECONDS = 5.0  # at shutdown, for deleting the change-notification subscription
 MAX_PAGES = 10_000  # a nextLink loop is a server bug; don't follow it forever
 # Answers to a stale or unusable delta link: start again with a full listing.
 BAD_DELTA_CODES = {"syncstatenotfound", "syncstateinvalid", "invalidsynctoken", "resyncrequired"}
@@ -73,12 +76,26 @@ class GraphPoller:
         self.pipeline = pipeline
         self.state = _State()
         self.watcher = Watcher(SOURCE, self._connect, config.sync_interval, config.startup_delay, clock=clock)
+        # Change notifications only wake the poll early; the delta stays the source of truth.
+        self.push = GraphPush(config.graph.push, config.graph.base_url) if config.graph.push.enabled else None
 
     def staleness(self) -> tuple[float, float]:
         return self.watcher.staleness()
 
     async def run(self) -> None:
-        await self.watcher.run()
+        try:
+            await self.watcher.run()
+        finally:
+            if self.push is not None and self.push.subscription_id is not None:
+                await self._unsubscribe(self.push)
+
+    async def _unsubscribe(self, push: GraphPush) -> None:
+        """Clean shutdown: delete the subscription, within a few seconds or not at all."""
+        try:
+            async with asyncio.timeout(UNSUBSCRIBE_SECONDS), self._connect() as connection:
+                await push.unsubscribe(connection._call)
+        except (TimeoutError, TemporaryFailure, OAuth2Error) as exc:
+            log.warning("graph push: subscription left to expire: %s", exc)
 
     async def probe(self) -> str:
         """Sign in and read the folder exactly as a sync does; nothing is changed."""
@@ -109,7 +126,7 @@ class GraphPoller:
             except OAuth2Error as exc:
                 log.error("graph poller: cannot sign in as client %s: %s", tokens.client_id, exc)
                 raise
-            yield GraphConnection(self.config, self.pipeline, self.state, session, tokens)
+            yield GraphConnection(self.config, self.pipeline, self.state, session, tokens, self.push)
         finally:
             await session.close()
             await tokens.close()
@@ -125,8 +142,10 @@ class GraphConnection:
         state: _State,
         session: aiohttp.ClientSession,
         tokens: TokenProvider,
+        push: GraphPush | None = None,
     ) -> None:
         self.config = config
+        self.push = push
         self.pipeline = pipeline
         self.state = state
         self.session = session
@@ -137,7 +156,12 @@ class GraphConnection:
         self.folder_url: str | None = None
 
     async def wait(self, timeout: float) -> None:
-        await asyncio.sleep(timeout)  # Graph has no push without a public webhook: poll
+        if self.push is None:
+            await asyncio.sleep(timeout)  # no change notifications configured: poll
+            return
+        folder_url = await self._folder_url()
+        resource = folder_url[len(self.config.graph.base_url.rstrip("/")) :] + "/messages"
+        await self.push.wait(timeout, self._call, resource)
 
     async def sync(self) -> int:
         """Handle every message waiting now: new ones from the listing, and earlier retries."""
@@ -353,3 +377,12 @@ def _error(data: bytes) -> tuple[str, str]:
         return str(error.get("code", "unknown")), str(error.get("message", ""))[:300]
     except (ValueError, AttributeError):
         return "unknown", data[:200].decode("utf-8", "replace")
+
+
+@MAILBOX_SOURCES.register(SOURCE)
+def create(config: MailboxConfig, pipeline: Pipeline) -> GraphPoller:
+    """``[mailbox] source = "graph"``: its keys are [mailbox.graph]."""
+    for key in ("tenant_id", "client_id", "user"):
+        if not getattr(config.graph, key):
+            raise ConfigError(f"config key mailbox.graph.{key}: source 'graph' needs it")
+    return GraphPoller(config, pipeline)

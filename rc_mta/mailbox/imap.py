@@ -10,8 +10,9 @@ Several instances may poll one folder: each message is claimed in the shared sto
 (mailbox, UIDVALIDITY, UID) before it is fetched, so only one instance handles and files
 it; a message another session moved or expunged meanwhile counts as filed, not as an error.
 
-Built on aioimaplib (asyncio, IDLE); what it lacks for a poller is added in ``_Protocol``:
-STARTTLS, and answering the SASL challenge a server sends when it refuses a bearer token.
+Built on aioimaplib (asyncio, IDLE); what it lacks for a poller (STARTTLS, answering the
+SASL challenge a server sends when it refuses a bearer token) is added in ``_aioimaplib``,
+the one module that depends on the library's insides.
 """
 
 from __future__ import annotations
@@ -34,11 +35,13 @@ from aioimaplib import aioimaplib as lib
 
 from .. import metrics
 from ..config import MailboxConfig
-from ..errors import TemporaryFailure
+from ..errors import ConfigError, TemporaryFailure
 from ..logs import TRACE
 from ..oauth2 import TokenProvider
 from ..pipeline import STALE_CLAIM_SECONDS, Inbound, MailboxOutcome, Pipeline
+from ..registry import MAILBOX_SOURCES
 from ..store import MailboxMessage, Store
+from ._aioimaplib import Client
 from ._watcher import Watcher
 
 log = logging.getLogger("rc_mta.mailbox.imap")
@@ -73,71 +76,6 @@ def _show_exchange_at_trace() -> None:
     library_log = logging.getLogger(lib.__name__)
     if not any(isinstance(f, _TraceOnly) for f in library_log.filters):
         library_log.addFilter(_TraceOnly())
-
-
-class _Protocol(lib.IMAP4ClientProtocol):  # type: ignore[misc]
-    """aioimaplib's protocol plus STARTTLS and SASL challenge answers."""
-
-    transport: Any
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, conn_lost_cb: Any) -> None:
-        super().__init__(loop, conn_lost_cb)
-        self.sasl_replies: list[bytes] = []
-        self.sasl_challenge = ""
-
-    def _continuation(self, line: bytes) -> None:
-        command = self.pending_sync_command
-        if command is None or command.name != "AUTHENTICATE":
-            super()._continuation(line)
-            return
-        # Either the server wants the initial response (no SASL-IR), or it refuses a token and
-        # sends its reason as a challenge that must be answered before its NO (RFC 7628 §3.2.3).
-        challenge = line[1:].strip()
-        if challenge:
-            try:
-                self.sasl_challenge = base64.b64decode(challenge).decode("utf-8", "replace")
-            except ValueError:
-                self.sasl_challenge = challenge.decode("ascii", "replace")
-        reply = self.sasl_replies.pop(0) if self.sasl_replies else b"*"  # "*" cancels (RFC 3501 §6.2.2)
-        log.log(TRACE, "imap C: (SASL response, %d bytes)", len(reply))
-        self.transport.write(reply + lib.CRLF)
-
-    async def authenticate(self, mechanism: str, replies: list[bytes], initial: str | None) -> Any:
-        """AUTHENTICATE with ``initial`` on the command line (SASL-IR) when given, and
-        ``replies`` sent in turn to the server's challenges; the secret is never logged."""
-        self.sasl_replies = list(replies)
-        self.sasl_challenge = ""
-        args = [mechanism] if initial is None else [mechanism, initial]
-        command = lib.Command("AUTHENTICATE", self.new_tag(), *args, loop=self.loop)
-        response = await self.execute(command, scrub=initial or None)
-        if response.result == "OK":
-            self.state = lib.AUTH
-        return response
-
-    async def starttls(self, host: str, context: ssl.SSLContext) -> Any:
-        response = await self.execute(lib.Command("STARTTLS", self.new_tag(), loop=self.loop))
-        if response.result == "OK":
-            self.transport = await self.loop.start_tls(self.transport, self, context, server_hostname=host)
-            await self.capability()  # RFC 3501 §6.2.1: forget what was said before TLS
-        return response
-
-
-class _Client(lib.IMAP4):  # type: ignore[misc]
-    """aioimaplib's client, built on ``_Protocol``."""
-
-    def create_client(
-        self,
-        host: str,
-        port: int,
-        loop: asyncio.AbstractEventLoop | None,
-        conn_lost_cb: Any = None,
-        ssl_context: ssl.SSLContext | None = None,
-    ) -> None:
-        running = loop or asyncio.get_running_loop()
-        self.protocol = _Protocol(running, conn_lost_cb)
-        self._client_task = running.create_task(
-            running.create_connection(lambda: self.protocol, host, port, ssl=ssl_context)
-        )
 
 
 def _text(response: Any) -> str:
@@ -188,7 +126,7 @@ class _Connection:
     async def open(self) -> None:
         config = self.config
         context = ssl.create_default_context() if config.tls or config.starttls else None
-        self._client = _Client(
+        self._client = Client(
             config.host,
             config.port,
             timeout=COMMAND_TIMEOUT,
@@ -362,7 +300,6 @@ class _Connection:
         except Exception as exc:  # closing anyway
             log.debug("imap %s: logout failed: %s", self.name, exc)
         finally:
-            client._client_task.cancel()  # still connecting, if the server never answered
             transport = client.protocol.transport
             if transport is not None:
                 transport.close()
@@ -572,3 +509,12 @@ class ImapPoller:
             await asyncio.to_thread(self.store.prune_mailbox_claims, now - CLAIMS_KEPT)
         except TemporaryFailure as exc:
             log.warning("imap: could not prune old message claims: %s", exc)
+
+
+@MAILBOX_SOURCES.register("imap")
+def create(config: MailboxConfig, pipeline: Pipeline) -> ImapPoller:
+    """``[mailbox] source = "imap"``: the IMAP keys are [mailbox]'s own."""
+    for key in ("host", "username"):
+        if not getattr(config, key):
+            raise ConfigError(f"config key mailbox.{key}: source 'imap' needs it")
+    return ImapPoller(config, pipeline)

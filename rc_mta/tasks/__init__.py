@@ -1,8 +1,15 @@
-"""Task backends: one small interface (``TaskBackend``), one file per backend."""
+"""Task backends: one small interface (``TaskBackend``), one file per backend, each
+registered by name (``rc_mta.registry.TASK_BACKENDS``) and chosen by ``[tasks] backend``."""
 
 from __future__ import annotations
 
+from typing import Any
+
+from pydantic import ValidationError
+
 from ..config import Settings
+from ..errors import ConfigError
+from ..registry import TASK_BACKENDS
 from ..store import Store
 from ._base import ActionContext, RequestFailureListener, TaskBackend, TaskInfo, TaskNotFound, TaskNotInProgress
 from .embedded import EmbeddedBackend
@@ -20,13 +27,16 @@ __all__ = [
 
 
 def make_backend(settings: Settings, store: Store) -> TaskBackend:
-    """The configured backend; the others are imported only when chosen."""
-    if settings.tasks.backend == "release":
-        from .release import ReleaseBackend
-
-        return ReleaseBackend(settings.tasks.release)
-    if settings.tasks.backend == "webhook":
-        from .webhook import WebhookBackend
-
-        return WebhookBackend(settings.tasks.webhook)
-    return EmbeddedBackend(store)
+    """The configured backend; only its own module is imported."""
+    name = settings.tasks.backend
+    part = TASK_BACKENDS.get(name)
+    section: Any = settings.tasks.section(name)
+    if part.config is not None and not isinstance(section, part.config):
+        try:
+            section = part.config.model_validate(section)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            key = ".".join(["tasks", name, *(str(p) for p in first["loc"])])
+            raise ConfigError(f"config key {key}: {first['msg'].removeprefix('Value error, ')}") from None
+    backend: TaskBackend = part.factory(section, store)
+    return backend

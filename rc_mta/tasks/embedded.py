@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+from ..registry import TASK_BACKENDS
 from ..store import COMPLETED, FAILED, Store
 from ._base import ActionContext, TaskInfo, TaskNotFound, TaskNotInProgress, expiry_note
 
@@ -14,6 +15,10 @@ class EmbeddedBackend:
 
     def __init__(self, store: Store) -> None:
         self._store = store
+
+    def keeps_tasks_in(self, store: Store) -> bool:
+        """Whether the tasks live in ``store``: the pipeline may then act in its transaction."""
+        return self._store is store
 
     async def get(self, task_id: str) -> TaskInfo:
         task = await asyncio.to_thread(self._store.get_task, task_id)
@@ -42,3 +47,9 @@ class EmbeddedBackend:
         changed = await asyncio.to_thread(self._store.set_task_status, task_id, status, comment, actor, time.time())
         if not changed:
             raise TaskNotInProgress(await self.get(task_id))
+
+
+@TASK_BACKENDS.register("embedded")
+def create(config: object, store: Store) -> EmbeddedBackend:
+    """rc-mta's own task store: no section of its own."""
+    return EmbeddedBackend(store)

@@ -31,7 +31,9 @@ from typing import Any, NoReturn
 import aiohttp
 
 from ..config import ReleaseConfig
-from ..errors import BackendAuthFailed, BackendRefused, BackendUnavailable
+from ..errors import BackendAuthFailed, BackendRefused, BackendUnavailable, ConfigError
+from ..registry import TASK_BACKENDS
+from ..store import Store
 from ._base import ActionContext, TaskInfo, TaskNotFound, TaskNotInProgress, expiry_note
 
 log = logging.getLogger("rc_mta.tasks.release")
@@ -413,3 +415,10 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "timed out"
     return str(exc) or type(exc).__name__
+
+
+@TASK_BACKENDS.register("release", ReleaseConfig)
+def create(config: ReleaseConfig, store: Store) -> ReleaseBackend:
+    if not config.url:
+        raise ConfigError("config key tasks.release.url: backend 'release' needs the URL of Release")
+    return ReleaseBackend(config)

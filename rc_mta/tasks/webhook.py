@@ -49,7 +49,9 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from ..config import WebhookConfig
-from ..errors import BackendAuthFailed, BackendRefused, BackendUnavailable
+from ..errors import BackendAuthFailed, BackendRefused, BackendUnavailable, ConfigError
+from ..registry import TASK_BACKENDS
+from ..store import Store
 from ._base import ActionContext, TaskInfo, TaskNotInProgress
 
 log = logging.getLogger("rc_mta.tasks.webhook")
@@ -230,3 +232,11 @@ def _closed_task(task_id: str, answer: dict[str, Any]) -> TaskInfo:
         status=status,
         acted_by=str(acted_by) if acted_by else None,
     )
+
+
+@TASK_BACKENDS.register("webhook", WebhookConfig)
+def create(config: WebhookConfig, store: Store) -> WebhookBackend:
+    for key, value in (("url", config.url), ("secret", config.secret.get_secret_value())):
+        if not value:
+            raise ConfigError(f"config key tasks.webhook.{key}: backend 'webhook' needs it")
+    return WebhookBackend(config)

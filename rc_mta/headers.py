@@ -1,0 +1,30 @@
+"""The modern ``email`` header parser, for the few header fields whose meaning we need.
+
+Messages are parsed with ``compat32`` (raw values, no parsing on access); Subject and From
+are then read once each with ``policy.default``'s structured headers (RFC 2047 decoding,
+addresses). Its registry builds a new class on every call; the class for a name is the
+same each time, so it is built once here.
+"""
+
+from __future__ import annotations
+
+import re
+from email.headerregistry import BaseHeader, HeaderRegistry
+from functools import lru_cache
+
+_LINE_BREAKS = re.compile(r"[\r\n]")
+
+
+_REGISTRY = HeaderRegistry()  # the registry policy.default has: the same classes
+
+
+@lru_cache(maxsize=32)
+def _header_class(name: str) -> type[BaseHeader]:
+    return _REGISTRY[name]
+
+
+def structured_header(name: str, value: str) -> BaseHeader:
+    """``value`` as ``policy.default`` reads a field ``name``: its line breaks removed (as
+    ``EmailPolicy.header_fetch_parse`` does), then parsed. ``name`` is one of ours, never
+    the message's: the cache is keyed on it."""
+    return _header_class(name.lower())(name, _LINE_BREAKS.sub("", value))
