@@ -304,3 +304,14 @@ def test_postfix_delivers_over_starttls_when_it_must_encrypt(tmp_path: Path, ca:
     finally:
         front.stop()
         server.stop()
+
+
+def test_a_key_that_is_not_the_certificates_stops_serve_with_one_line(tmp_path: Path, ca: TestCa) -> None:
+    server = with_tls(make_rc_mta(tmp_path), ca)
+    _, other_key, _ = ca.issue(HOST)
+    server.settings["inbound.tls"]["key_file"] = str(other_key)
+    server.write_config()
+    result = server.cli("serve", check=False)
+    cert = server.settings["inbound.tls"]["cert_file"]
+    assert result.returncode != 0
+    assert result.stderr.strip() == f"rc-mta: error: TLS: {other_key} is not the key of the certificate in {cert}"

@@ -137,18 +137,24 @@ def inspect(context: ssl.SSLContext, cert_file: Path) -> CertificateInfo:
     wires = [ssl.MemoryBIO() for _ in range(4)]
     server_side = context.wrap_bio(wires[0], wires[1], server_side=True)
     client_side = client.wrap_bio(wires[2], wires[3])
-    for _ in range(8):  # a TLS 1.2 or 1.3 handshake takes at most three flights each way
-        done = 0
-        for side, inbox, outbox in ((client_side, wires[0], wires[3]), (server_side, wires[2], wires[1])):
-            try:
-                side.do_handshake()
-                done += 1
-            except ssl.SSLWantReadError:
-                pass
-            if data := outbox.read():
-                inbox.write(data)
-        if done == 2:
-            break
+    done = 0
+    try:
+        for _ in range(8):  # a TLS 1.2 or 1.3 handshake takes at most three flights each way
+            done = 0
+            for side, inbox, outbox in ((client_side, wires[0], wires[3]), (server_side, wires[2], wires[1])):
+                try:
+                    side.do_handshake()
+                    done += 1
+                except ssl.SSLWantReadError:
+                    pass
+                if data := outbox.read():
+                    inbox.write(data)
+            if done == 2:
+                break
+    except ssl.SSLError as exc:
+        raise ConfigError(f"TLS: {cert_file}: a test handshake with it failed: {exc.reason or exc}") from None
+    if done != 2:
+        raise ConfigError(f"TLS: {cert_file}: a test handshake with it did not finish")
     seen = client_side.getpeercert()
     if not seen:
         raise ConfigError(f"TLS: {cert_file}: no certificate presented in a test handshake")
@@ -240,7 +246,7 @@ class TlsContexts:
         self._stamp = self._files_stamp()
         try:
             context, info = self._load()
-        except (ConfigError, OSError, ssl.SSLError) as exc:
+        except (ConfigError, OSError, ValueError) as exc:  # ssl.SSLError is an OSError
             log.error("TLS: reload (%s) failed, the previous certificate still serves: %s", why, exc)
             return False
         self.current, self.info = context, info
