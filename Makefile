@@ -14,8 +14,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# STARTTLS with a self-signed pair made under var/tls/, unless [inbound.tls] names one.
 run: $(STAMP)
-	$(BIN)/rc-mta serve
+	RC_MTA_INBOUND__TLS__SELF_SIGNED=true $(BIN)/rc-mta serve
 
 lint: $(STAMP)
 	$(BIN)/ruff check rc_mta tests bench

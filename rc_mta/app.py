@@ -21,9 +21,10 @@ from .config import Settings, SigningConfig
 from .dkim_signing import DkimSigner, make_dkim_signer
 from .dns import DnsResolver
 from .errors import ConfigError, RcMtaError
-from .http import Health, make_app, metrics_app, start_http
+from .http import Health, add_mta_sts_route, make_app, metrics_app, start_http
 from .inbound import Listener, session_limits, start_listener
 from .inbound.shutdown import FLUSH_SECONDS
+from .inbound.tls import TlsContexts
 from .logs import install_runtime_controls, sd_notify
 from .mailbox import make_poller
 from .mailbox._graph_push import add_push_route
@@ -232,8 +233,10 @@ class Service:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        install_runtime_controls(loop, self.settings)
         inbound, http = self.settings.inbound, self.settings.http
+        tls = await asyncio.to_thread(TlsContexts.from_config, inbound.tls, inbound.hostname)
+        reload_tls = None if tls is None else (lambda: loop.run_in_executor(None, tls.reload, "SIGHUP"))
+        install_runtime_controls(loop, self.settings, reload_tls)
         health = Health(max_loop_lag=http.max_loop_lag)
         background = [asyncio.create_task(health.loop_lag.run(), name="loop-lag")]
         # Serving instances count together in a PostgreSQL store; one-shot commands
@@ -242,9 +245,15 @@ class Service:
         self.pipeline.sender_auth.limiter = limiter
 
         limits = session_limits(self.pipeline, inbound)  # SMTP and LMTP together
-        listeners = [await start_listener(self.pipeline, inbound, lmtp=False, limits=limits)]
+        listeners = [await start_listener(self.pipeline, inbound, lmtp=False, limits=limits, tls=tls)]
         if inbound.lmtp_listen:
-            listeners.append(await start_listener(self.pipeline, inbound, lmtp=True, limits=limits))
+            listeners.append(await start_listener(self.pipeline, inbound, lmtp=True, limits=limits, tls=tls))
+        if inbound.tls_listen:
+            listeners.append(
+                await start_listener(self.pipeline, inbound, lmtp=False, limits=limits, tls=tls, implicit_tls=True)
+            )
+        if tls is not None:
+            background.append(asyncio.create_task(tls.watch(), name="tls-reload"))
         health.listeners_bound = True
         health.readiness["store"] = lambda: asyncio.to_thread(self.store.ping)
         health.readiness["backend"] = self.backend.check
@@ -256,6 +265,8 @@ class Service:
         if http.listen:
             app = make_app(health, with_metrics=not http.metrics_listen)
             add_api_routes(app, self)
+            if http.mta_sts.enabled:
+                add_mta_sts_route(app, http.mta_sts)
             add_push_route(app, poller)
             runners.append(await start_http(app, http.listen, http, inbound.shutdown_grace))
         if http.metrics_listen:
@@ -273,6 +284,8 @@ class Service:
         background.append(asyncio.create_task(FollowUps(self).run(), name="followups"))
 
         where = " ".join(f"{listener.protocol}={':'.join(map(str, listener.address))}" for listener in listeners)
+        if tls is not None:
+            where += f" tls={tls.info.describe()}"
         # What start-up built (modules, config, compiled statements) lives as long as the
         # process: out of the collector's sight, a full collection no longer walks it (a
         # pause of tens of ms in the middle of some SMTP answer).

@@ -325,12 +325,20 @@ async def _check_all(settings: Settings, store: Store) -> list[_Check]:
         signer = DkimSigner(settings.outbound.dkim)
         return await signer.probe(DnsResolver(dns.nameservers, dns.port, dns.timeout))
 
+    async def check_tls() -> str:
+        from .inbound.tls import check_pair
+
+        detail, look = await asyncio.to_thread(check_pair, settings.inbound.tls, settings.inbound.hostname)
+        return _Warning(detail) if look else detail
+
     probes: list[Awaitable[_Check]] = [
         _run_check("signing key", lambda: asyncio.to_thread(_check_signing_key, settings), CHECK_TIMEOUT),
         _run_check("store", lambda: _check_store(store), CHECK_TIMEOUT),
         _run_check("dns", lambda: _check_dns(settings), settings.dns.timeout + 1),
         _run_check(f"outbound {transport.name}", transport.probe, CHECK_TIMEOUT + 1),
     ]
+    if settings.inbound.tls.enabled:
+        probes.append(_run_check("inbound tls", check_tls, CHECK_TIMEOUT))
     if settings.outbound.dkim.enabled:
         probes.append(_run_check("outbound dkim", check_dkim, settings.dns.timeout + 1))
     if poller is not None:

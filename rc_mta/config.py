@@ -110,9 +110,41 @@ def _check_networks(value: list[str]) -> list[str]:
 Networks = Annotated[list[str], AfterValidator(_check_networks)]
 
 
+class InboundTlsConfig(Section):
+    """TLS of the SMTP/LMTP listeners (rc_mta/inbound/tls.py): STARTTLS is offered, and the
+    ``[inbound] tls_listen`` port speaks TLS from the first byte, once a pair is set."""
+
+    cert_file: Path | None = None  # PEM: the certificate, then its chain
+    key_file: Path | None = None  # PEM private key (mode 0600)
+    # Listeners that refuse MAIL (530 5.7.0) until the client said STARTTLS. A public MX
+    # must not require it (RFC 3207); a front MTA handing over LMTP may well.
+    require_tls: list[Literal["smtp", "lmtp"]] = Field(default_factory=list)
+    # The pair is re-read when either file changes (polled this often) and on SIGHUP; new
+    # handshakes use it, open sessions keep theirs.
+    reload_interval: Seconds = 60.0
+    # With no cert_file: make a self-signed pair under var/tls/ and use it (make run sets
+    # this: for trying rc-mta out, never for mail from the internet).
+    self_signed: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.cert_file is not None or self.self_signed
+
+    @model_validator(mode="after")
+    def _pair(self) -> InboundTlsConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together: set both, or neither")
+        if self.require_tls and not self.enabled:
+            raise ValueError("require_tls needs cert_file and key_file")
+        return self
+
+
 class InboundConfig(Section):
     listen: Listen = "127.0.0.1:2525"
     lmtp_listen: Listen = ""
+    # SMTP over TLS from the first byte (implicit TLS, like port 465), besides STARTTLS on
+    # ``listen``; needs [inbound.tls]. "" turns it off.
+    tls_listen: Listen = ""
     reply_domain: str = "reply.localhost"
     local_part: str = "rc"
     hostname: str = "localhost"
@@ -147,6 +179,13 @@ class InboundConfig(Section):
     # than parse_queue wait for one, a new message is answered 451 4.3.2 at once.
     parse_workers: int = Field(default=2, ge=1, le=64)
     parse_queue: int = Field(default=8, ge=0)
+    tls: InboundTlsConfig = InboundTlsConfig()
+
+    @model_validator(mode="after")
+    def _tls_listen_has_tls(self) -> InboundConfig:
+        if self.tls_listen and not self.tls.enabled:
+            raise ValueError("tls_listen needs [inbound.tls] cert_file and key_file")
+        return self
 
     @field_validator("reply_domain")
     @classmethod
@@ -342,6 +381,30 @@ class TasksConfig(Section):
         return (self.model_extra or {}).get(name, {})
 
 
+class MtaStsConfig(Section):
+    """The MTA-STS policy (RFC 8461) served at /.well-known/mta-sts.txt; off while ``mx`` is
+    empty. The operator fronts it with HTTPS on mta-sts.<reply domain>."""
+
+    mode: Literal["enforce", "testing", "none"] = "testing"
+    mx: list[str] = Field(default_factory=list)  # the MX host names, "*.example.com" allowed
+    max_age: Annotated[int, BeforeValidator(_parse_duration), Field(ge=0, le=31557600)] = 604800
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.mx)
+
+    @field_validator("mx")
+    @classmethod
+    def _mx(cls, value: list[str]) -> list[str]:
+        names = []
+        for name in value:
+            name = name.strip().lower().rstrip(".")
+            if not _DOMAIN.match(name.removeprefix("*.")):
+                raise ValueError(f"{name!r} is not an MX host name (mx.example.com or *.example.com)")
+            names.append(name)
+        return names
+
+
 class HttpConfig(Section):
     listen: Listen = "127.0.0.1:8025"
     metrics_listen: Listen = ""
@@ -352,6 +415,7 @@ class HttpConfig(Section):
     body_timeout: Seconds = 10.0
     # /healthz answers 503 while the event loop ran a timer later than this (worst of 10 s).
     max_loop_lag: Seconds = 1.0
+    mta_sts: MtaStsConfig = MtaStsConfig()
 
 
 class OAuth2Config(Section):

@@ -15,7 +15,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from . import metrics
-from .config import HttpConfig, parse_host_port
+from .config import HttpConfig, MtaStsConfig, parse_host_port
 from .watchdog import LoopLag
 
 
@@ -120,6 +120,23 @@ def make_app(health: Health, *, with_metrics: bool = True) -> web.Application:
     if with_metrics:
         app.router.add_get("/metrics", _metrics)
     return app
+
+
+def mta_sts_policy(config: MtaStsConfig) -> str:
+    """The MTA-STS policy file (RFC 8461 3.2): CRLF-separated ``key: value`` lines."""
+    lines = ["version: STSv1", f"mode: {config.mode}", *(f"mx: {mx}" for mx in config.mx), f"max_age: {config.max_age}"]
+    return "\r\n".join(lines) + "\r\n"
+
+
+def add_mta_sts_route(app: web.Application, config: MtaStsConfig) -> None:
+    """Serve the policy at /.well-known/mta-sts.txt, for an HTTPS front on mta-sts.<domain>
+    (senders fetch it only over HTTPS with a valid certificate, and follow no redirect)."""
+    body = mta_sts_policy(config)
+
+    async def policy(request: web.Request) -> web.Response:
+        return web.Response(text=body, content_type="text/plain", headers={"Cache-Control": "max-age=300"})
+
+    app.router.add_get("/.well-known/mta-sts.txt", policy)
 
 
 def metrics_app() -> web.Application:

@@ -30,7 +30,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -317,13 +317,22 @@ def current_level() -> str:
     return "trace" if number <= TRACE else logging.getLevelName(number).lower()
 
 
-def install_runtime_controls(loop: asyncio.AbstractEventLoop, settings: Settings) -> None:
-    """SIGUSR1 → trace, SIGUSR2 → configured level, SIGHUP → re-read ``[log]``; and the pid
-    file ``rc-mta log-level`` signals. Called by ``Service.serve`` once its loop runs."""
+def install_runtime_controls(
+    loop: asyncio.AbstractEventLoop, settings: Settings, also_on_reload: Callable[[], object] | None = None
+) -> None:
+    """SIGUSR1 → trace, SIGUSR2 → configured level, SIGHUP → re-read ``[log]`` (and run
+    ``also_on_reload``: the TLS certificate's reload); and the pid file ``rc-mta log-level``
+    signals. Called by ``Service.serve`` once its loop runs."""
     _runtime.level, _runtime.fmt = settings.log.level, settings.log.format
     loop.add_signal_handler(signal.SIGUSR1, _trace_on)
     loop.add_signal_handler(signal.SIGUSR2, _trace_off)
-    loop.add_signal_handler(signal.SIGHUP, _reload, settings)
+
+    def on_hup() -> None:
+        _reload(settings)
+        if also_on_reload is not None:
+            also_on_reload()
+
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
     try:
         write_pidfile(PIDFILE)
     except OSError as exc:  # the signals still work; only ``rc-mta log-level`` cannot find us

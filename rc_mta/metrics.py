@@ -2,7 +2,8 @@
 
 Label values are bounded: ``reason`` is the name of an SMTP reply from
 ``smtp_replies.py`` in lower case, ``stage`` one of connect/mail/rcpt/data/mailbox,
-``source`` one of smtp/lmtp/imap/graph/file, ``backend`` a backend's name.
+``source`` one of smtp/lmtp/imap/graph/file, ``backend`` a backend's name; TLS ``version``
+and ``cipher`` are those of rc-mta's own short list (rc_mta/inbound/tls.py).
 """
 
 from __future__ import annotations
@@ -20,6 +21,20 @@ BUILD.info({"version": __version__})
 
 CONNECTIONS = Counter("rc_mta_connections", "SMTP/LMTP connections accepted.", ["protocol"], registry=REGISTRY)
 SESSIONS_ACTIVE = Gauge("rc_mta_sessions_active", "SMTP/LMTP sessions open now.", ["protocol"], registry=REGISTRY)
+TLS_SESSIONS = Counter(
+    "rc_mta_tls_sessions",
+    "SMTP/LMTP sessions encrypted (STARTTLS or the implicit TLS port), by TLS version and cipher.",
+    ["protocol", "version", "cipher"],
+    registry=REGISTRY,
+)
+TLS_HANDSHAKE_FAILURES = Counter(
+    "rc_mta_tls_handshake_failures", "STARTTLS handshakes that failed.", ["protocol"], registry=REGISTRY
+)
+TLS_CERTIFICATE_EXPIRY = Gauge(
+    "rc_mta_tls_certificate_expiry_timestamp_seconds",
+    "Unix time the serving TLS certificate expires (alert well before: ACME renews at 30 days).",
+    registry=REGISTRY,
+)
 LOOP_LAG = Gauge(
     "rc_mta_event_loop_lag_seconds",
     "Worst lag of the event loop over the last 10 s: how late it ran a timer (/healthz's figure).",

@@ -16,11 +16,13 @@ import asyncio
 import enum
 import hashlib
 import logging
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from email.message import Message
-from email.utils import getaddresses
+from email.utils import formatdate, getaddresses
+from typing import TYPE_CHECKING
 
 from . import budget, metrics
 from . import smtp_replies as R
@@ -52,8 +54,13 @@ from .store import COMPLETED, FAILED, Answer, ApprovalGroup, Claim, ClaimOutcome
 from .tasks import ActionContext, EmbeddedBackend, TaskBackend
 from .tokens import Action, Signer, Token, redact_address
 
+if TYPE_CHECKING:
+    from .inbound.tls import TlsFacts
+
 log = logging.getLogger("rc_mta.pipeline")
 
+# A HELO name fit to stand in our Received field (anything else shows as "unknown").
+_TRACE_NAME = re.compile(r"[A-Za-z0-9.:\[\]-]{1,255}")
 # A pending claim older than this belongs to a process that died mid-action.
 STALE_CLAIM_SECONDS = 600.0
 
@@ -104,6 +111,7 @@ class Inbound:
     mail_auth: AuthState | None = None  # the MAIL stage's verdicts, when it already ran
     trusted_ids: tuple[str, ...] = ()
     received_at: float = field(default_factory=time.monotonic)
+    tls: TlsFacts | None = None  # what the SMTP/LMTP session negotiated; None: in clear
 
 
 @dataclass(frozen=True)
@@ -560,15 +568,36 @@ class Pipeline:
                 metrics.REPLY_TO_COMPLETION.labels(inbound.source).observe(time.monotonic() - inbound.received_at)
         accepted = [d for d in decisions if d.reply.accepted]
         if self.settings.inbound.archive_dir and accepted:
-            await asyncio.to_thread(self._archive, raw, accepted[0].authentication_results, accepted[0].message_id)
+            received = self._received_field(inbound)
+            first = accepted[0]
+            await asyncio.to_thread(self._archive, raw, first.authentication_results, first.message_id, received)
 
-    def _archive(self, raw: bytes, authentication_results: str, message_id: str) -> None:
-        """Keep an accepted reply for audit, stamped with our verdicts; forged stamps removed."""
+    def _received_field(self, inbound: Inbound) -> str:
+        """Our Received trace field (RFC 5321 4.4) for a message an SMTP/LMTP session handed
+        us: the client, and the TLS it spoke (RFC 3848's ESMTPS/LMTPS, with version and
+        cipher as a comment, as Postfix writes them); "" for a mailbox's message."""
+        client = inbound.client
+        if client is None or inbound.source not in ("smtp", "lmtp"):
+            return ""
+        helo = client.helo if client.helo and _TRACE_NAME.fullmatch(client.helo) else "unknown"
+        protocol = "ESMTP" if inbound.source == "smtp" else "LMTP"
+        using = ""
+        if inbound.tls is not None:
+            protocol += "S"
+            using = f" (using {inbound.tls.version} with cipher {inbound.tls.cipher} ({inbound.tls.bits} bits))"
+        when = formatdate(self.clock(), usegmt=True)
+        by = self.settings.inbound.hostname
+        client_ip = client.ip or "unknown"
+        return f"Received: from {helo} ([{client_ip}])\r\n\tby {by} with {protocol}{using};\r\n\t{when}\r\n"
+
+    def _archive(self, raw: bytes, authentication_results: str, message_id: str, received: str = "") -> None:
+        """Keep an accepted reply for audit, stamped with our verdicts (and our Received
+        field); forged stamps removed."""
         directory = self.settings.inbound.archive_dir
         assert directory is not None
         name = f"{int(self.clock() * 1000)}-{hashlib.sha256(message_id.encode()).hexdigest()[:16]}.eml"
         stamped = (
-            f"Authentication-Results: {authentication_results}\r\n".encode()
+            f"Authentication-Results: {authentication_results}\r\n{received}".encode()
             + strip_forged_authentication_results(raw, self.settings.authserv_id)
         )
         try:
@@ -613,6 +642,7 @@ class Pipeline:
                 "reply": str(decision.reply),
                 "reason": decision.reply.reason,
                 "auth": decision.authentication_results,
+                "tls": str(inbound.tls) if inbound.tls else None,
             },
         )
 

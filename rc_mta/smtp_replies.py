@@ -201,6 +201,12 @@ DESCRIPTORS_SHORT = _reply(
 RATE_LIMIT_AUTH_FAILURES = _reply(
     "RATE_LIMIT_AUTH_FAILURES", 450, "4.7.1", "Too many failed authentications from {who}; try later"
 )
+# TLS (rc_mta/inbound/tls.py): [inbound.tls] require_tls refuses MAIL before STARTTLS.
+TLS_REQUIRED = _reply(
+    "TLS_REQUIRED", 530, "5.7.0", "Must issue a STARTTLS command first: this server accepts mail only over TLS"
+)
+TLS_ACTIVE = _reply("TLS_ACTIVE", 503, "5.5.1", "TLS is already active on this connection")
+TLS_UNAVAILABLE = _reply("TLS_UNAVAILABLE", 454, "4.7.0", "TLS is not available on this listener")
 XCLIENT_DENIED = _reply("XCLIENT_DENIED", 550, "5.7.0", "{command} is not allowed from {ip}")
 XCLIENT_SYNTAX = _reply("XCLIENT_SYNTAX", 501, "5.5.4", "Bad {command} attribute: {why}")
 XFORWARD_OK = _reply("XFORWARD_OK", 250, "2.0.0", "Ok")

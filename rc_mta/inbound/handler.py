@@ -6,13 +6,15 @@ import asyncio
 import logging
 
 from aiosmtpd.proxy_protocol import V2_CMD, ProxyData
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, Envelope, Session, TLSSetupException
 
+from .. import metrics
 from .. import smtp_replies as R
 from ..errors import Refusal, TemporaryFailure, TokenForged, TokenKeyRetired, TokenMalformed
 from ..pipeline import Decision, Inbound, Pipeline, Recipient
 from ..sender_auth import AuthState, Client
 from ..tokens import redact_address
+from .tls import negotiated
 
 log = logging.getLogger("rc_mta.inbound")
 
@@ -69,10 +71,11 @@ def original_client(session: Session, envelope: Envelope) -> Client:
 
 
 class ReplyHandler:
-    def __init__(self, pipeline: Pipeline, source: str, max_recipients: int) -> None:
+    def __init__(self, pipeline: Pipeline, source: str, max_recipients: int, *, require_tls: bool = False) -> None:
         self.pipeline = pipeline
         self.source = source
         self.max_recipients = max_recipients
+        self.require_tls = require_tls  # MAIL only once the session is encrypted
 
     def connect_refusal(self, ip: str | None) -> R.SmtpReply | None:
         """The connection rate limit of a client at ``ip`` (the TCP peer)."""
@@ -108,12 +111,17 @@ class ReplyHandler:
                 "250-XCLIENT NAME ADDR PORT PROTO HELO LOGIN",
                 "250-XFORWARD NAME ADDR PORT PROTO HELO SOURCE IDENT",
             ]
-        return [*responses[:-1], *extensions, responses[-1]]
+        # aiosmtpd offers AUTH once TLS is on; rc-mta has no logins to offer.
+        offered = [line for line in responses[:-1] if not line.startswith("250-AUTH")]
+        return [*offered, *extensions, responses[-1]]
 
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
         assert isinstance(envelope, ReplyEnvelope)
+        if self.require_tls and negotiated(server.transport) is None:
+            self.pipeline.count_refusal("mail", R.TLS_REQUIRED)
+            return str(R.TLS_REQUIRED)
         client = original_client(session, envelope)
         try:
             envelope.auth = await self.pipeline.check_sender(client, _reverse_path(address) or "")
@@ -192,15 +200,16 @@ class ReplyHandler:
         return None
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        decisions = await self.decide(session, envelope)
+        decisions = await self.decide(server, session, envelope)
         return str(_one_reply_for_all(decisions))
 
-    async def decide(self, session: Session, envelope: Envelope) -> list[Decision]:
+    async def decide(self, server: SMTP, session: Session, envelope: Envelope) -> list[Decision]:
         assert isinstance(envelope, ReplyEnvelope)
         inbound = Inbound(
             raw=envelope.original_content or b"",
             source=self.source,
             client=original_client(session, envelope),
+            tls=negotiated(server.transport),
             mail_from=_reverse_path(envelope.mail_from),
             recipients=tuple(envelope.recipients),
             mail_auth=envelope.auth,
@@ -208,6 +217,12 @@ class ReplyHandler:
         return await self.pipeline.process(inbound, act=True)
 
     async def handle_exception(self, error: Exception) -> str:
+        if isinstance(error, TLSSetupException):
+            # The client's handshake after STARTTLS failed (no common version or cipher, or
+            # it hung up): aiosmtpd closes the connection; nothing of ours went wrong.
+            metrics.TLS_HANDSHAKE_FAILURES.labels(self.source).inc()
+            log.info("TLS handshake failed: %s", error.__cause__ or error, extra={"source": self.source})
+            return str(R.TLS_UNAVAILABLE)  # never sent: the connection is closed
         # aiosmtpd's default is a 500: our own trouble must never bounce a reply.
         log.error("session error: %r", error, exc_info=error)
         return str(R.INTERNAL_ERROR)
@@ -217,7 +232,7 @@ class LmtpReplyHandler(ReplyHandler):
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         # RFC 2033: one reply per accepted recipient, in RCPT order. aiosmtpd writes
         # whatever we return followed by CRLF, so CRLF-joined lines go out as N replies.
-        decisions = await self.decide(session, envelope)
+        decisions = await self.decide(server, session, envelope)
         return "\r\n".join(str(d.reply) for d in decisions)
 
 

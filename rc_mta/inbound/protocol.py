@@ -14,6 +14,7 @@ import functools
 import ipaddress
 import logging
 import re
+import ssl
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, AnyStr
@@ -37,6 +38,7 @@ from .data import DataReading
 from .handler import LmtpReplyHandler, ReplyEnvelope, ReplyHandler, ReplySession, peer_ip
 from .limits import SessionLimits
 from .shutdown import ClosableSession, Listener, Sessions
+from .tls import TlsContexts, count_handshake, negotiated
 
 log = logging.getLogger("rc_mta.inbound")
 
@@ -140,7 +142,13 @@ def _transport_fileno(transport: asyncio.BaseTransport) -> int:
 
 
 class SmtpServer(ClosableSession, DataReading, ReplyObjects):
-    def __init__(self, handler: ReplyHandler, config: InboundConfig, limits: SessionLimits) -> None:
+    def __init__(
+        self,
+        handler: ReplyHandler,
+        config: InboundConfig,
+        limits: SessionLimits,
+        tls_context: ssl.SSLContext | None = None,
+    ) -> None:
         super().__init__(
             handler,
             data_size_limit=config.max_message_size,
@@ -150,6 +158,7 @@ class SmtpServer(ClosableSession, DataReading, ReplyObjects):
             enable_SMTPUTF8=True,
             decode_data=False,
             proxy_protocol_timeout=10.0 if config.proxy_protocol else None,
+            tls_context=tls_context,  # STARTTLS offered when set (require_tls is the handler's, at MAIL)
         )
         self.reply_handler = handler
         self._size_reply = str(R.MESSAGE_TOO_BIG.with_text(limit=config.max_message_size))
@@ -165,10 +174,14 @@ class SmtpServer(ClosableSession, DataReading, ReplyObjects):
         self._feeding = False
         self._held = False
         self._eof_held = False
+        self._starting_tls = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Session caps, descriptors and the connection rate limit first: a refused client is
         told 421 and closed without a session (aiosmtpd never sees it)."""
+        if self._starting_tls:
+            self._tls_established(transport)
+            return
         metrics.CONNECTIONS.labels(self.reply_handler.source).inc()
         ip = _transport_peer_ip(transport)
         refusal = self.limits.admit(ip, _transport_fileno(transport))
@@ -188,6 +201,43 @@ class SmtpServer(ClosableSession, DataReading, ReplyObjects):
         metrics.SESSIONS_ACTIVE.labels(self.reply_handler.source).inc()
         self._lifetime_call = self.loop.call_later(self._lifetime, self._lifetime_over)
         super().connection_made(transport)
+        count_handshake(self.reply_handler.source, negotiated(transport))  # the implicit TLS port
+
+    # STARTTLS (RFC 3207) ------------------------------------------------------------------
+
+    @syntax("STARTTLS", when="tls_context")
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        if negotiated(self.transport) is not None:
+            await self.push(str(R.TLS_ACTIVE))
+            return
+        if self.tls_context is None:
+            await self.push(str(R.TLS_UNAVAILABLE))
+            return
+        # Whatever the client pipelined after STARTTLS came in clear: it is never a command.
+        self._discard_pending()
+        self._starting_tls = not arg
+        await SMTP.smtp_STARTTLS(self, arg)
+
+    def _tls_established(self, transport: asyncio.BaseTransport) -> None:
+        """The handshake after STARTTLS is done and asyncio hands us the encrypted transport:
+        aiosmtpd starts the session over (RFC 3207 4.2); the session's caps, lifetime and
+        forged-recipient count go on."""
+        self._starting_tls = False
+        self._discard_pending()
+        session = self.session
+        bad_recipients = session.bad_recipients if isinstance(session, ReplySession) else 0
+        super().connection_made(transport)
+        if isinstance(self.session, ReplySession):
+            self.session.bad_recipients = bad_recipients
+        count_handshake(self.reply_handler.source, negotiated(transport))
+
+    def _discard_pending(self) -> None:
+        self._pending.clear()
+        self._pending_bytes = 0
+        if self._held:
+            self._held = False
+            if isinstance(self.transport, asyncio.ReadTransport):
+                self.transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._refused:
@@ -219,7 +269,7 @@ class SmtpServer(ClosableSession, DataReading, ReplyObjects):
     def _feed(self) -> None:
         """Hand the reader one slice; the next one on the loop's next turn."""
         self._feeding = False
-        if self.transport is None:
+        if self.transport is None or not self._pending:
             return
         first = self._pending[0]
         size = min(len(first), READ_SLICE)
@@ -354,10 +404,9 @@ class LmtpServer(SmtpServer, LMTP):
     async def smtp_EHLO(self, arg: str | None) -> None:
         await LMTP.smtp_EHLO(self, arg or "")
 
-    def __init__(self, handler: ReplyHandler, config: InboundConfig, limits: SessionLimits) -> None:
-        super().__init__(handler, config, limits)
-        self._data_recipients = 0
-        self._owed_error_replies = 0
+    # Per session (ints: assigning one on the instance never touches the class's).
+    _data_recipients = 0
+    _owed_error_replies = 0
 
     async def smtp_DATA(self, arg: str) -> None:
         self._data_recipients = len(self.envelope.rcpt_tos) if self.envelope else 0
@@ -390,28 +439,48 @@ def session_limits(pipeline: Pipeline, config: InboundConfig) -> SessionLimits:
 
 
 async def start_listener(
-    pipeline: Pipeline, config: InboundConfig, *, lmtp: bool, limits: SessionLimits | None = None
+    pipeline: Pipeline,
+    config: InboundConfig,
+    *,
+    lmtp: bool,
+    limits: SessionLimits | None = None,
+    tls: TlsContexts | None = None,
+    implicit_tls: bool = False,
 ) -> Listener:
-    """Serve SMTP (or LMTP) on the running loop, at ``listen`` (or ``lmtp_listen``), within
-    ``limits`` (shared by the process's listeners; a listener of its own if none)."""
+    """Serve SMTP (or LMTP) on the running loop, at ``listen`` (or ``lmtp_listen``; with
+    ``implicit_tls``, SMTP over TLS at ``tls_listen``), within ``limits`` (shared by the
+    process's listeners; a listener of its own if none). With ``tls``, STARTTLS is offered."""
     limits = limits or session_limits(pipeline, config)
-    host, port = parse_host_port(config.lmtp_listen if lmtp else config.listen)
+    where = config.tls_listen if implicit_tls else config.lmtp_listen if lmtp else config.listen
+    host, port = parse_host_port(where)
     handler: ReplyHandler
+    source = "lmtp" if lmtp else "smtp"
+    require_tls = source in config.tls.require_tls
     if lmtp:
-        handler = LmtpReplyHandler(pipeline, "lmtp", config.max_recipients)
+        handler = LmtpReplyHandler(pipeline, "lmtp", config.max_recipients, require_tls=require_tls)
     else:
         # SMTP has one answer per message: with two reply addresses, one could act and the
         # other be refused, and the sender would get a bounce for a task that was done.
         # A 452 for the second makes the sending MTA deliver it in a transaction of its own.
-        handler = ReplyHandler(pipeline, "smtp", 1)
+        handler = ReplyHandler(pipeline, "smtp", 1, require_tls=require_tls)
     server_class = LmtpServer if lmtp else SmtpServer
     sessions = Sessions()
+    # The implicit TLS port encrypts before the session starts, so it offers no STARTTLS.
+    starttls = tls.front if tls is not None and not implicit_tls else None
 
     def new_session() -> SmtpServer:
-        session = server_class(handler, config, limits)
+        session = server_class(handler, config, limits, starttls)
         session.sessions = sessions
         return session
 
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(new_session, host, port, reuse_address=True, backlog=config.listen_backlog)
-    return Listener(server, sessions, handler.source)
+    server = await loop.create_server(
+        new_session,
+        host,
+        port,
+        reuse_address=True,
+        backlog=config.listen_backlog,
+        ssl=tls.front if implicit_tls and tls is not None else None,
+        ssl_handshake_timeout=min(config.timeout, 30.0) if implicit_tls else None,
+    )
+    return Listener(server, sessions, "smtps" if implicit_tls else handler.source)
