@@ -129,6 +129,35 @@ def test_pid_file_names_the_service_while_it_runs_and_is_gone_after(fresh_rc: Rc
     assert not pidfile.exists()
 
 
+def test_a_second_serve_is_refused_and_leaves_the_first_ones_pid_file(fresh_rc: RcMta) -> None:
+    fresh_rc.start()
+    assert fresh_rc.proc is not None
+    pidfile = fresh_rc.workdir / "var" / "rc-mta.pid"
+    wait_for_log(fresh_rc, "rc-mta ready")
+
+    second = fresh_rc.cli("serve", check=False)
+
+    assert second.returncode == 1
+    assert second.stderr == (
+        f"rc-mta: error: rc-mta is already running here (pid {fresh_rc.proc.pid}, pid file var/rc-mta.pid): "
+        "stop it first\n"
+    )
+    assert pidfile.read_text().strip() == str(fresh_rc.proc.pid)
+    assert str(fresh_rc.proc.pid) in fresh_rc.cli("log-level", "trace").stdout
+
+
+def test_serve_starts_over_a_stale_pid_file(fresh_rc: RcMta) -> None:
+    pidfile = fresh_rc.workdir / "var" / "rc-mta.pid"
+    pidfile.parent.mkdir()
+    pidfile.write_text("999999999\n")  # a crashed service's: no process holds its lock
+
+    fresh_rc.start()
+    assert fresh_rc.proc is not None
+    wait_for_log(fresh_rc, "rc-mta ready")
+
+    assert pidfile.read_text().strip() == str(fresh_rc.proc.pid)
+
+
 def test_sighup_applies_a_new_log_level_and_names_what_needs_a_restart(fresh_rc: RcMta) -> None:
     fresh_rc.start()
     assert fresh_rc.proc is not None
@@ -360,6 +389,27 @@ def test_status_of_a_running_service_shows_health_and_counters(fresh_rc: RcMta) 
     assert "pollers: none" in result.stdout
     assert as_json["tasks_acted"] == {"embedded/complete": 1.0}
     assert as_json["version"]
+
+
+def test_status_json_into_a_closed_pipe_stops_quietly(fresh_rc: RcMta) -> None:
+    """``rc-mta status --json | head -c1``: the reader is gone before rc-mta writes."""
+    fresh_rc.start()
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "rc_mta", "--config", str(fresh_rc.config_path), "status", "--json"],
+            cwd=fresh_rc.workdir,
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        os.close(write_end)
+
+    assert result.stderr == ""
+    assert result.returncode == 128 + signal.SIGPIPE
 
 
 def test_status_of_a_service_that_is_not_running_fails(fresh_rc: RcMta) -> None:
