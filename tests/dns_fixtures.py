@@ -16,10 +16,14 @@ from rc_mta.dns import DnsResolver
 
 def free_udp_tcp_port() -> int:
     """A loopback port free for both UDP and TCP, since NSD listens on both."""
-    for _ in range(50):
+    from conftest import port_for_this_worker
+
+    for _ in range(200):
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
             udp.bind(("127.0.0.1", 0))
             port = int(udp.getsockname()[1])
+            if not port_for_this_worker(port):
+                continue
             with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
                 try:
                     tcp.bind(("127.0.0.1", port))
