@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import pwd
+import random
 import secrets
 import shutil
 import socket
@@ -68,24 +69,43 @@ def store_write_locked(db: Path) -> Iterator[None]:
         holder.join()
 
 
-def port_for_this_worker(port: int) -> bool:
-    """Under pytest-xdist each worker takes only the ports in its own residue class (port
-    modulo the number of workers): a port one worker found free and is about to hand to a
-    server can never be the one another worker found free at the same moment."""
-    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
-    return port % count == worker % count
+# Servers get ports from below Linux's ephemeral range (32768 and up), so no client
+# connection's source port takes one between free_port() and the server's bind; each
+# pytest-xdist worker draws from its own slice, so two workers never hand out the same.
+_PORTS = range(20000, 32768)
+_handed_out: set[int] = set()
 
 
-def free_port() -> int:
-    """A loopback TCP port free now, for a server started next (and this worker's own)."""
-    for _ in range(200):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if port_for_this_worker(port):
+def _worker_ports() -> range:
+    count = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0) % count
+    size = len(_PORTS) // count
+    return range(_PORTS.start + worker * size, _PORTS.start + (worker + 1) * size)
+
+
+def _bindable(port: int, kind: socket.SocketKind) -> bool:
+    with socket.socket(socket.AF_INET, kind) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(udp: bool = False) -> int:
+    """A loopback port free now for a server started next (TCP, and UDP too with ``udp``),
+    never handed out before in this process."""
+    ports = _worker_ports()
+    if len(_handed_out) > len(ports) // 2:
+        _handed_out.clear()  # a long run: the early servers are long gone
+    for _ in range(1000):
+        port = random.choice(ports)
+        if port in _handed_out:
+            continue
+        if _bindable(port, socket.SOCK_STREAM) and (not udp or _bindable(port, socket.SOCK_DGRAM)):
+            _handed_out.add(port)
             return port
-    raise RuntimeError("no free loopback port")
+    raise RuntimeError(f"no free loopback port in {ports}")
 
 
 def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:

@@ -421,6 +421,25 @@ def test_status_of_a_service_that_is_not_running_fails(fresh_rc: RcMta) -> None:
     assert result.stderr.startswith(f"rc-mta: error: rc-mta is not answering at {fresh_rc.http_url}")
 
 
+# make run ------------------------------------------------------------------------------------
+
+
+def test_make_run_installs_the_runtime_and_make_test_the_test_tools(tmp_path: Path) -> None:
+    """A fresh clone's ``make run`` installs rc-mta alone (a quick first start); the test
+    tools come with ``make test``. ``make -n`` lists the commands without running them."""
+    for name in ("Makefile", "pyproject.toml"):
+        shutil.copy(ROOT / name, tmp_path / name)
+
+    def installs(target: str) -> list[str]:
+        planned = subprocess.run(["make", "-n", target], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        assert planned.returncode == 0, planned.stderr
+        return [line for line in planned.stdout.splitlines() if "pip install" in line]
+
+    run, test = installs("run"), installs("test")
+    assert len(run) == 1 and run[0].endswith(" -e ."), run
+    assert len(test) == 1 and test[0].endswith(" -e '.[test]'"), test
+
+
 # systemd -------------------------------------------------------------------------------------
 
 
