@@ -1,24 +1,34 @@
-# The two commands of the README: `make run` and `make test`. Both install what they need.
+# The two commands of the README: `make run` and `make test`. Both install what they need:
+# `make run` the runtime only, `make test` the test tools too (a stamp each).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
+RUNTIME_STAMP := $(VENV)/.installed-runtime
+TEST_STAMP    := $(VENV)/.installed-test
+# Test processes in parallel (pytest-xdist): one per core, at most 4; each starts its own
+# NSD and PostgreSQL. `make test TEST_WORKERS=1` runs them in one process.
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ "$$n" -gt 4 ] && n=4; echo $$n)
 
 .PHONY: run test lint install system-deps clean
 
-$(STAMP): pyproject.toml
+$(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
-	touch $(STAMP)
 
-install: $(STAMP)
+$(RUNTIME_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-compile -e .
+	touch $@
+
+$(TEST_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-compile -e '.[test]'
+	touch $@ $(RUNTIME_STAMP)
+
+install: $(TEST_STAMP)
 
 # STARTTLS with a self-signed pair made under var/tls/, unless [inbound.tls] names one.
-run: $(STAMP)
+run: $(RUNTIME_STAMP)
 	RC_MTA_INBOUND__TLS__SELF_SIGNED=true $(BIN)/rc-mta serve
 
-lint: $(STAMP)
+lint: $(TEST_STAMP)
 	$(BIN)/ruff check rc_mta tests bench
 	$(BIN)/ruff format --check rc_mta tests bench
 	$(BIN)/mypy
@@ -26,8 +36,8 @@ lint: $(STAMP)
 system-deps:
 	scripts/system-deps.sh
 
-test: $(STAMP) system-deps lint
-	$(BIN)/pytest --durations=15
+test: $(TEST_STAMP) system-deps lint
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 clean:
 	rm -rf $(VENV) var build *.egg-info

@@ -15,7 +15,6 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 from aiohttp import web
@@ -35,7 +34,11 @@ from . import __version__
 from .errors import RcMtaError, Refusal, TaskNotFound, TemporaryFailure
 from .pipeline import STALE_CLAIM_SECONDS
 from .request_mail import MAX_DESCRIPTION_CHARS, RequestContext
-from .store import Claim, Delivery, OutboundMail, Request, Task
+from .shapes import Email, Link, TaskCreate, TaskId, TaskOut, Text, Timestamp, task_json
+from .shapes import StrictBody as _Body
+from .shapes import iso as _iso
+from .shapes import iso_or_none as _iso_or_none
+from .store import Claim, Delivery, OutboundMail, Request
 
 if TYPE_CHECKING:
     from .app import Service
@@ -46,23 +49,9 @@ MAX_OWNERS = 20
 MIN_EXPIRES_IN = 60
 MAX_EXPIRES_IN = 90 * 86400
 
-# Text that ends up in mail headers (Subject, To, X-RC-MTA-Task) must not hold anything
-# str.splitlines() breaks on, or composing the mail fails: no C0/C1 controls, no U+2028/9.
-_NO_CONTROLS = r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029]+$"
-_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-_EMAIL = rf"^[A-Za-z0-9.!#$%&'*+/=?^_`{{|}}~-]+@{_LABEL}(?:\.{_LABEL})+$"
-_LINK = r"^https?://[^\x00-\x20\x7f-\x9f\u2028\u2029]+$"
 _REQUEST_ID = re.compile(r"[0-9a-f]{16}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
-Email = Annotated[
-    str,
-    StringConstraints(max_length=254, pattern=_EMAIL),
-    Field(description="An email address.", examples=["alice@example.com"]),
-]
-Text = Annotated[str, StringConstraints(min_length=1, max_length=500, pattern=_NO_CONTROLS)]
-TaskId = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=_NO_CONTROLS)]
-Link = Annotated[str, StringConstraints(max_length=2048, pattern=_LINK)]
 # Paragraphs: line breaks and tabs, but no other control character.
 Description = Annotated[
     str,
@@ -76,18 +65,11 @@ def _whole_number(value: Any) -> Any:
 
 
 Seconds = Annotated[int, Field(ge=MIN_EXPIRES_IN, le=MAX_EXPIRES_IN), BeforeValidator(_whole_number)]
-Timestamp = Annotated[str, Field(json_schema_extra={"format": "date-time"}, examples=["2025-01-31T12:00:00+00:00"])]
 M = TypeVar("M", bound=BaseModel)
 ErrorCode = Literal["not_found", "unauthorized", "invalid_request", "conflict", "unavailable", "internal"]
 
 
 # Bodies ------------------------------------------------------------------------------------
-
-
-class _Body(BaseModel):
-    """Strict: unknown fields and wrong JSON types are refused, never coerced."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class RequestCreate(_Body):
@@ -144,13 +126,6 @@ class RequestCreate(_Body):
         return list(distinct) or [None]
 
 
-class TaskCreate(_Body):
-    """A task in the embedded store (what ``rc-mta task add`` does)."""
-
-    title: Text
-    owner: Email
-
-
 # Answers -----------------------------------------------------------------------------------
 
 
@@ -201,25 +176,6 @@ class RequestOut(BaseModel):
     answered: Answer | None
     revoked_at: Timestamp | None
     delivery: DeliveryOut | None = Field(description="None for requests made before the outbound queue existed.")
-
-
-class CommentOut(BaseModel):
-    author: str
-    text: str
-    at: Timestamp
-
-
-class TaskOut(BaseModel):
-    """The shape of ``rc-mta task show --json``."""
-
-    id: str
-    title: str
-    owner: str
-    status: str
-    created_at: Timestamp
-    acted_by: str | None
-    acted_at: Timestamp | None
-    comments: list[CommentOut]
 
 
 class ErrorDetail(BaseModel):
@@ -285,29 +241,6 @@ def _validation_details(exc: ValidationError) -> list[ErrorDetail]:
 
 
 # Helpers -----------------------------------------------------------------------------------
-
-
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
-
-
-def _iso_or_none(ts: float | None) -> str | None:
-    return _iso(ts) if ts is not None else None
-
-
-def task_json(task: Task) -> dict[str, Any]:
-    """A task as ``rc-mta task show --json`` prints it."""
-    out = TaskOut(
-        id=task.id,
-        title=task.title,
-        owner=task.owner,
-        status=task.status,
-        created_at=_iso(task.created_at),
-        acted_by=task.acted_by,
-        acted_at=_iso_or_none(task.acted_at),
-        comments=[CommentOut(author=c.author, text=c.text, at=_iso(c.at)) for c in task.comments],
-    )
-    return out.model_dump(mode="json")
 
 
 def delivery_out(mail: OutboundMail | None) -> DeliveryOut | None:

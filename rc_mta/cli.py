@@ -13,18 +13,18 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
-from pydantic import ValidationError
-
-from .api import TaskCreate, task_json
-from .app import Service, signing_secrets
-from .config import Settings, config_path, load_settings, parse_host_port
+from . import __version__
 from .errors import RcMtaError
 from .logs import LEVELS, PIDFILE, mask_secrets, running_pid, secret_values, setup_logging
-from .sender_auth import Client
-from .store import Store
-from .tokens import WeakKeyFile, new_secret, read_key_file, write_key_file
+
+# Imported by the commands that use them: ``--help`` and the store-only commands must not
+# pay for the API, the SMTP server, the checks and the HTTP client (issue 17: ≤ 0.3 s).
+if TYPE_CHECKING:
+    from .config import Settings
+    from .shapes import TaskCreate
+    from .store import Store
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -39,6 +39,8 @@ def _print_json(value: Any) -> None:
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    from .app import Service
+
     service = Service.open(settings, generate_key=True)
     try:
         asyncio.run(service.serve())
@@ -55,6 +57,10 @@ _TASK_OPTION_RULES = {
 
 def _new_task(title: str, owner: str) -> TaskCreate:
     """The API's rules for a new task, so a title fit for a Subject line is the only kind stored."""
+    from pydantic import ValidationError
+
+    from .shapes import TaskCreate
+
     try:
         return TaskCreate(title=title, owner=owner)
     except ValidationError as exc:
@@ -63,13 +69,15 @@ def _new_task(title: str, owner: str) -> TaskCreate:
 
 
 def cmd_task(settings: Settings, args: argparse.Namespace) -> int:
-    new = _new_task(args.title, args.owner) if args.task_command == "add" else None
-    service = Service.open(settings)
-    store = service.store
-    try:
-        if new is not None:
-            import time
+    """The embedded backend's tasks, straight from the store: no signer, transport or checks."""
+    from .shapes import task_json
+    from .store import Store
 
+    new = _new_task(args.title, args.owner) if args.task_command == "add" else None
+    store = Store(settings.store.url, settings.store.busy_timeout)
+    try:
+        store.create_schema()
+        if new is not None:
             task = store.add_task(new.title, new.owner, time.time())
             if args.json:
                 _print_json(task_json(task))
@@ -95,7 +103,7 @@ def cmd_task(settings: Settings, args: argparse.Namespace) -> int:
                     print(f"  comment by {c.author} at {_iso(c.at)}: {c.text}")
         return 0
     finally:
-        service.close()
+        store.close()
 
 
 def cmd_request(settings: Settings, args: argparse.Namespace) -> int:
@@ -103,6 +111,8 @@ def cmd_request(settings: Settings, args: argparse.Namespace) -> int:
         return cmd_request_show(settings, args)
     if args.request_id is not None:
         raise RcMtaError(f"unexpected argument {args.request_id!r} (to see a request: rc-mta request show ID)")
+    from .app import Service
+
     service = Service.open(settings)
     try:
         sent = asyncio.run(service.send_request_once(args.task_id, owner=args.owner, language=args.language))
@@ -126,6 +136,7 @@ def cmd_request(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_request_show(settings: Settings, args: argparse.Namespace) -> int:
     """``request show ID``: the request, its mail's delivery and its answer, as the API shows them."""
     from .api import request_json
+    from .store import Store
 
     store = Store(settings.store.url, settings.store.busy_timeout)
     try:
@@ -158,6 +169,7 @@ def cmd_request_show(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_revoke(settings: Settings, args: argparse.Namespace) -> int:
     """Withdraw a request unless it was answered (the API's DELETE does the same)."""
     from .pipeline import STALE_CLAIM_SECONDS
+    from .store import Store
 
     store = Store(settings.store.url, settings.store.busy_timeout)
     try:
@@ -183,6 +195,9 @@ def cmd_diagnose(settings: Settings, args: argparse.Namespace) -> int:
         raw = Path(args.file).read_bytes()
     except OSError as exc:
         raise RcMtaError(f"cannot read {args.file}: {exc.strerror}") from None
+    from .app import Service
+    from .sender_auth import Client
+
     service = Service.open(settings, require_key=True)
     try:
         as_mailbox = args.as_mailbox or (args.client_ip is None and settings.mailbox.source != "none")
@@ -208,6 +223,8 @@ def cmd_diagnose(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
     """``keys generate``: the one way besides ``serve`` to make a signing key, and the way
     to replace a damaged key file (a sound one is never overwritten)."""
+    from .tokens import WeakKeyFile, new_secret, read_key_file, write_key_file
+
     secret = new_secret()
     if args.print:
         print(secret)
@@ -292,6 +309,8 @@ async def _check_dns(settings: Settings) -> str:
 
 def _check_signing_key(settings: Settings) -> str:
     """The signing keys are strong enough; a missing generated key is fine (serve makes it)."""
+    from .app import signing_secrets
+
     found = signing_secrets(settings.signing)
     if settings.signing.keys:
         return f"{len(settings.signing.keys)} configured, active key {settings.signing.active_key}, each strong enough"
@@ -349,6 +368,9 @@ async def _check_all(settings: Settings, store: Store) -> list[_Check]:
 
 def cmd_check_config(settings: Settings, args: argparse.Namespace) -> int:
     """Reach every part with the real settings, so a mistake shows before the service starts."""
+    from .config import config_path
+    from .store import Store
+
     where = config_path(args.config)
     print(_Check("config", True, f"{where or 'defaults and environment'} parsed"), flush=True)
     store = Store(settings.store.url, settings.store.busy_timeout)
@@ -370,6 +392,8 @@ def cmd_check_config(settings: Settings, args: argparse.Namespace) -> int:
 
 def _local_url(listen: str) -> str:
     """Where a local client reaches a listener (a wildcard address means loopback)."""
+    from .config import parse_host_port
+
     host, port = parse_host_port(listen)
     host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
@@ -518,6 +542,7 @@ def cmd_log_level(settings: Settings, args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rc-mta", description="Complete or fail workflow tasks by email.")
     parser.add_argument("--config", metavar="PATH", help="TOML config (default: $RC_MTA_CONFIG, else conf/rc-mta.toml)")
+    parser.add_argument("--version", action="version", version=f"rc-mta {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     commands.add_parser("serve", help="receive replies over SMTP/LMTP").set_defaults(run=cmd_serve)
@@ -587,9 +612,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _reader_gone() -> int:
+    """The reader of our output left (``rc-mta status --json | head -c1``): stop quietly, as
+    a command killed by SIGPIPE would, without Python's complaint when it flushes at exit."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 128 + signal.SIGPIPE
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        from .config import config_path, load_settings
+
         # Only check-config may run on the built-in defaults: it says which file it read.
         settings = load_settings(args.config, require_file=args.run is not cmd_check_config)
         setup_logging(
@@ -598,7 +634,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             secrets=secret_values(settings),
             config_file=config_path(args.config),
         )
-        return int(args.run(settings, args))
+        code = int(args.run(settings, args))
+        sys.stdout.flush()  # here, so a reader that went away is handled below, not at exit
+        return code
+    except BrokenPipeError:
+        return _reader_gone()
     except RcMtaError as exc:
         print(f"rc-mta: error: {exc}", file=sys.stderr)
         return EXIT_ERROR

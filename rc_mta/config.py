@@ -31,7 +31,6 @@ from pydantic_settings import (
 )
 
 from .errors import ConfigError
-from .reading.intent import normalise, tokens
 from .registry import MAILBOX_SOURCES, TASK_BACKENDS
 
 DEFAULT_CONFIG_PATH = Path("conf/rc-mta.toml")
@@ -523,6 +522,8 @@ class RepliesConfig(Section):
     @field_validator("complete_words", "fail_words")
     @classmethod
     def _words(cls, value: list[str]) -> list[str]:
+        from .reading.intent import normalise, tokens  # the reply reader, loaded only when words are set
+
         for word in value:
             if not tokens(normalise(word)):
                 raise ValueError(f"{word!r} has no letter, digit or symbol to match a reply with")
@@ -530,6 +531,10 @@ class RepliesConfig(Section):
 
     @model_validator(mode="after")
     def _disjoint(self) -> RepliesConfig:
+        if not (self.complete_words and self.fail_words):
+            return self
+        from .reading.intent import normalise
+
         both = {normalise(w) for w in self.complete_words} & {normalise(w) for w in self.fail_words}
         if both:
             raise ValueError(f"{sorted(both)[0]!r} is both a complete word and a fail word")

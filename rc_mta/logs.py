@@ -274,6 +274,7 @@ class _Runtime:
     config_file: Path | None = None
     handler: logging.Handler | None = None
     pidfile: Path | None = None
+    pidfile_lock: int | None = None  # the open pid file, locked while we run
 
 
 _runtime = _Runtime()
@@ -389,12 +390,25 @@ def _reload(running: Settings) -> None:
 
 
 def write_pidfile(path: Path) -> None:
-    """Write our pid (removed again at exit) so ``rc-mta log-level`` finds us."""
+    """Write our pid (removed again at exit) so ``rc-mta log-level`` finds us, and hold a lock
+    on the file while we run: a second ``serve`` here is refused (RcMtaError) instead of
+    taking the file over and deleting it when it exits. The kernel drops the lock of a
+    process that dies, so a stale file never blocks a start."""
+    import fcntl
+
+    from .errors import RcMtaError
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".tmp")
-    partial.write_text(f"{os.getpid()}\n")
-    os.replace(partial, path)
-    _runtime.pidfile = path.resolve()
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        other = os.read(fd, 32).decode("ascii", "replace").strip() or "?"
+        os.close(fd)
+        raise RcMtaError(f"rc-mta is already running here (pid {other}, pid file {path}): stop it first") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    _runtime.pidfile, _runtime.pidfile_lock = path.resolve(), fd
     atexit.register(_remove_pidfile, _runtime.pidfile, os.getpid())
 
 

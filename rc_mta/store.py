@@ -45,7 +45,6 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import ExceptionContext, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.schema import CreateTable
@@ -1326,6 +1325,8 @@ class SharedCounters:
 def _counter_statements() -> tuple[Any, Any, Any, Any]:
     """count, add, add-unless-over-the-limit and prune, with bound parameters ``step``
     (seconds per slot), ``kind``, ``key`` and ``limit``."""
+    from sqlalchemy.dialects.postgresql import insert as pg_insert  # only shared (PostgreSQL) stores count here
+
     c = rate_counts.c
     now = cast(func.floor(func.extract("epoch", func.now()) / bindparam("step", type_=Float)), BigInteger)
 

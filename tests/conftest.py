@@ -3,17 +3,22 @@ and PostgreSQL schemas. A server a test needs that is missing fails the run when
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import pwd
+import random
 import secrets
+import shutil
 import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +31,6 @@ from dnsserver import NsdServer
 from processes import stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
-PG_BASE_URL = os.environ.get("RC_MTA_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 REPLY_DOMAIN = "reply.example.test"
 
 
@@ -41,7 +45,7 @@ def wait_until(condition: Callable[[], Any], timeout: float = 20.0, what: str = 
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-@contextmanager
+@contextlib.contextmanager
 def store_write_locked(db: Path) -> Iterator[None]:
     """Hold SQLite's write lock on rc-mta's store from another connection, as a busy or
     failing database would: rc-mta can still read (WAL) but not commit an action."""
@@ -65,10 +69,43 @@ def store_write_locked(db: Path) -> Iterator[None]:
         holder.join()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+# Servers get ports from below Linux's ephemeral range (32768 and up), so no client
+# connection's source port takes one between free_port() and the server's bind; each
+# pytest-xdist worker draws from its own slice, so two workers never hand out the same.
+_PORTS = range(20000, 32768)
+_handed_out: set[int] = set()
+
+
+def _worker_ports() -> range:
+    count = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0) % count
+    size = len(_PORTS) // count
+    return range(_PORTS.start + worker * size, _PORTS.start + (worker + 1) * size)
+
+
+def _bindable(port: int, kind: socket.SocketKind) -> bool:
+    with socket.socket(socket.AF_INET, kind) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(udp: bool = False) -> int:
+    """A loopback port free now for a server started next (TCP, and UDP too with ``udp``),
+    never handed out before in this process."""
+    ports = _worker_ports()
+    if len(_handed_out) > len(ports) // 2:
+        _handed_out.clear()  # a long run: the early servers are long gone
+    for _ in range(1000):
+        port = random.choice(ports)
+        if port in _handed_out:
+            continue
+        if _bindable(port, socket.SOCK_STREAM) and (not udp or _bindable(port, socket.SOCK_DGRAM)):
+            _handed_out.add(port)
+            return port
+    raise RuntimeError(f"no free loopback port in {ports}")
 
 
 def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
@@ -238,14 +275,6 @@ def fresh_rc(tmp_path: Path) -> Iterator[RcMta]:
     server.stop()
 
 
-def postgres_available() -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", 5432), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
 def require_server(available: bool, what: str) -> None:
     """Skip locally when a server is missing; in CI, a missing server is a failure."""
     if available:
@@ -255,18 +284,126 @@ def require_server(available: bool, what: str) -> None:
     pytest.skip(f"{what} is not available")
 
 
+class PostgresCluster:
+    """A throw-away PostgreSQL cluster in a temporary directory, from Debian's own binaries
+    (initdb, pg_ctl), on a free loopback port with trust auth and a database ``test``: the
+    machine's cluster is never used. Durability is off (fsync, synchronous_commit): the data
+    lives only as long as the run. As root, the server runs as the ``postgres`` user (or
+    ``nobody``), since PostgreSQL refuses to run as root."""
+
+    def __init__(self, bindir: Path) -> None:
+        self.bindir = bindir
+        self.dir = Path(tempfile.mkdtemp(prefix="rc-pg-"))
+        self.data = self.dir / "data"
+        self.log_path = self.dir / "postgresql.log"
+        self.port = 0
+        self.user: str | None = None
+        if os.getuid() == 0:
+            self.user = "postgres" if _user_exists("postgres") else "nobody"
+            shutil.chown(self.dir, self.user)
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/test"
+
+    def _run(self, *argv: str) -> None:
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=120, user=self.user, cwd=self.dir)
+        if result.returncode != 0:
+            log = self.log_path.read_text(errors="replace")[-2000:] if self.log_path.exists() else ""
+            raise RuntimeError(f"{Path(argv[0]).name} failed: {result.stderr.strip()}\n{log}")
+
+    def start(self) -> None:
+        initdb = [str(self.bindir / "initdb"), "-D", str(self.data), "-U", "postgres", "-A", "trust", "-E", "UTF8"]
+        self._run(*initdb, "--no-sync", "--no-instructions")
+        for attempt in range(5):  # a port taken between free_port() and the bind: take another
+            self.port = free_port()
+            options = (
+                f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.dir} "
+                "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
+            )
+            try:
+                self._run(
+                    str(self.bindir / "pg_ctl"),
+                    "-D",
+                    str(self.data),
+                    "-l",
+                    str(self.log_path),
+                    "-w",
+                    "-t",
+                    "60",
+                    "-o",
+                    options,
+                    "start",
+                )
+                break
+            except RuntimeError:
+                if attempt == 4:
+                    raise
+        import psycopg
+
+        with psycopg.connect(self.url.replace("/test", "/postgres"), autocommit=True) as conn:
+            conn.execute("CREATE DATABASE test")
+
+    def stop(self) -> None:
+        if self.port:
+            with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
+                self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop")
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _user_exists(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
+
+
+def postgres_bindir() -> Path | None:
+    """The newest Debian PostgreSQL's binaries (package postgresql), if installed."""
+    found = [p for p in Path("/usr/lib/postgresql").glob("*/bin") if (p / "initdb").exists()]
+    return max(found, key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0) if found else None
+
+
+def _reachable(url: str) -> bool:
+    parts = urllib.parse.urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 5432), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def pg_base_url() -> Iterator[str]:
+    """A PostgreSQL server for the run: $RC_MTA_TEST_PG if set, else a throw-away cluster
+    of this test process's own (each xdist worker starts one)."""
+    configured = os.environ.get("RC_MTA_TEST_PG")
+    if configured:
+        require_server(_reachable(configured), f"PostgreSQL at $RC_MTA_TEST_PG ({configured})")
+        yield configured
+        return
+    bindir = postgres_bindir()
+    require_server(bindir is not None, "PostgreSQL's initdb and pg_ctl (Debian package postgresql)")
+    assert bindir is not None
+    cluster = PostgresCluster(bindir)
+    try:
+        cluster.start()
+        yield cluster.url
+    finally:
+        cluster.stop()
+
+
 @pytest.fixture
-def pg_url() -> Iterator[str]:
+def pg_url(pg_base_url: str) -> Iterator[str]:
     """A PostgreSQL URL whose search_path is a fresh schema, dropped afterwards."""
-    require_server(postgres_available(), "PostgreSQL at 127.0.0.1:5432")
     import psycopg
 
     schema = "rc_test_" + secrets.token_hex(6)
-    conninfo = PG_BASE_URL.replace("postgresql://", "postgresql://", 1)
-    with psycopg.connect(conninfo, autocommit=True) as conn:
+    with psycopg.connect(pg_base_url, autocommit=True) as conn:
         conn.execute(f'CREATE SCHEMA "{schema}"')
     try:
-        yield f"{PG_BASE_URL}?options=-csearch_path%3D{schema}"
+        yield f"{pg_base_url}?options=-csearch_path%3D{schema}"
     finally:
-        with psycopg.connect(conninfo, autocommit=True) as conn:
+        with psycopg.connect(pg_base_url, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA "{schema}" CASCADE')

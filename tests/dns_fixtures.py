@@ -5,7 +5,6 @@ modules (and later conftest), so conftest's helpers are imported lazily to avoid
 from __future__ import annotations
 
 import shutil
-import socket
 from collections.abc import Iterator
 
 import pytest
@@ -16,17 +15,9 @@ from rc_mta.dns import DnsResolver
 
 def free_udp_tcp_port() -> int:
     """A loopback port free for both UDP and TCP, since NSD listens on both."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind(("127.0.0.1", 0))
-            port = int(udp.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-                try:
-                    tcp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return port
-    raise RuntimeError("no free loopback port for both UDP and TCP")
+    from conftest import free_port
+
+    return free_port(udp=True)
 
 
 def stop_nsd(server: NsdServer) -> None:

@@ -6,12 +6,16 @@ import base64
 import json
 import os
 import secrets
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from conftest import RcMta
 from dnsserver import NsdServer
 from mailclient import reply_message, send_smtp
+
+import rc_mta
 
 
 def _key_id(address: str) -> int:
@@ -162,3 +166,11 @@ def test_diagnose_names_a_damaged_reply_address(fresh_rc: RcMta, tmp_path: Path)
     assert report["token"] == {"address": forged, "valid": False, "error": report["smtp_reply"]}
     assert report["smtp_reply"].startswith("550 5.7.1")
     assert report["would"] == "refuse"
+
+
+def test_version_prints_the_package_version(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "rc_mta", "--version"], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+
+    assert (result.returncode, result.stdout, result.stderr) == (0, f"rc-mta {rc_mta.__version__}\n", "")

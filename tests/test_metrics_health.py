@@ -11,6 +11,7 @@ import subprocess
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -190,9 +191,10 @@ def wait_for_status(url: str, expected: int, timeout: float = 15.0) -> dict[str,
 
 
 def test_readyz_answers_503_while_the_database_is_unreachable_and_recovers(tmp_path: Path, pg_url: str) -> None:
-    proxy = TcpProxy(("127.0.0.1", 5432))
+    port = urllib.parse.urlsplit(pg_url).port
+    proxy = TcpProxy(("127.0.0.1", port or 5432))
     proxy.open()
-    rc = make_rc_mta(tmp_path, store={"url": pg_url.replace(":5432/", f":{proxy.port}/")})
+    rc = make_rc_mta(tmp_path, store={"url": pg_url.replace(f":{port}/", f":{proxy.port}/", 1)})
     rc.start()
     try:
         wait_for_status(rc.http_url + "/readyz", 200)

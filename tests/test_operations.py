@@ -129,6 +129,35 @@ def test_pid_file_names_the_service_while_it_runs_and_is_gone_after(fresh_rc: Rc
     assert not pidfile.exists()
 
 
+def test_a_second_serve_is_refused_and_leaves_the_first_ones_pid_file(fresh_rc: RcMta) -> None:
+    fresh_rc.start()
+    assert fresh_rc.proc is not None
+    pidfile = fresh_rc.workdir / "var" / "rc-mta.pid"
+    wait_for_log(fresh_rc, "rc-mta ready")
+
+    second = fresh_rc.cli("serve", check=False)
+
+    assert second.returncode == 1
+    assert second.stderr == (
+        f"rc-mta: error: rc-mta is already running here (pid {fresh_rc.proc.pid}, pid file var/rc-mta.pid): "
+        "stop it first\n"
+    )
+    assert pidfile.read_text().strip() == str(fresh_rc.proc.pid)
+    assert str(fresh_rc.proc.pid) in fresh_rc.cli("log-level", "trace").stdout
+
+
+def test_serve_starts_over_a_stale_pid_file(fresh_rc: RcMta) -> None:
+    pidfile = fresh_rc.workdir / "var" / "rc-mta.pid"
+    pidfile.parent.mkdir()
+    pidfile.write_text("999999999\n")  # a crashed service's: no process holds its lock
+
+    fresh_rc.start()
+    assert fresh_rc.proc is not None
+    wait_for_log(fresh_rc, "rc-mta ready")
+
+    assert pidfile.read_text().strip() == str(fresh_rc.proc.pid)
+
+
 def test_sighup_applies_a_new_log_level_and_names_what_needs_a_restart(fresh_rc: RcMta) -> None:
     fresh_rc.start()
     assert fresh_rc.proc is not None
@@ -270,7 +299,7 @@ def test_check_config_reaches_every_part_and_passes(
     assert result.returncode == 0, result.stdout + result.stderr
     assert list(lines) == ["config", "signing key", "store", "dns", "outbound smtp", "tasks embedded"]
     assert all(line.startswith("✓") for line in lines.values())
-    assert "postgresql://postgres@127.0.0.1:5432/test" in lines["store"]
+    assert pg_url.split("?")[0] in lines["store"]
     assert f"127.0.0.1:{dns_server.port} answered" in lines["dns"]
     assert "reply.good.test MX 10 mx.good.test" in lines["dns"]
     assert f"127.0.0.1:{port} connected, EHLO, AUTH as release" in lines["outbound smtp"]
@@ -382,6 +411,27 @@ def test_status_of_a_running_service_shows_health_and_counters(fresh_rc: RcMta) 
     assert as_json["version"]
 
 
+def test_status_json_into_a_closed_pipe_stops_quietly(fresh_rc: RcMta) -> None:
+    """``rc-mta status --json | head -c1``: the reader is gone before rc-mta writes."""
+    fresh_rc.start()
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "rc_mta", "--config", str(fresh_rc.config_path), "status", "--json"],
+            cwd=fresh_rc.workdir,
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        os.close(write_end)
+
+    assert result.stderr == ""
+    assert result.returncode == 128 + signal.SIGPIPE
+
+
 def test_status_of_a_service_that_is_not_running_fails(fresh_rc: RcMta) -> None:
     fresh_rc.write_config()
 
@@ -389,6 +439,25 @@ def test_status_of_a_service_that_is_not_running_fails(fresh_rc: RcMta) -> None:
 
     assert result.returncode == 1
     assert result.stderr.startswith(f"rc-mta: error: rc-mta is not answering at {fresh_rc.http_url}")
+
+
+# make run ------------------------------------------------------------------------------------
+
+
+def test_make_run_installs_the_runtime_and_make_test_the_test_tools(tmp_path: Path) -> None:
+    """A fresh clone's ``make run`` installs rc-mta alone (a quick first start); the test
+    tools come with ``make test``. ``make -n`` lists the commands without running them."""
+    for name in ("Makefile", "pyproject.toml"):
+        shutil.copy(ROOT / name, tmp_path / name)
+
+    def installs(target: str) -> list[str]:
+        planned = subprocess.run(["make", "-n", target], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        assert planned.returncode == 0, planned.stderr
+        return [line for line in planned.stdout.splitlines() if "pip install" in line]
+
+    run, test = installs("run"), installs("test")
+    assert len(run) == 1 and run[0].endswith(" -e ."), run
+    assert len(test) == 1 and test[0].endswith(" -e '.[test]'"), test
 
 
 # systemd -------------------------------------------------------------------------------------
