@@ -9,7 +9,7 @@ TEST_STAMP    := $(VENV)/.installed-test
 # NSD and PostgreSQL. `make test TEST_WORKERS=1` runs them in one process.
 TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ "$$n" -gt 4 ] && n=4; echo $$n)
 
-.PHONY: run test lint install system-deps clean
+.PHONY: run test lint install install-system system-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,16 @@ install: $(TEST_STAMP)
 # STARTTLS with a self-signed pair made under var/tls/, unless [inbound.tls] names one.
 run: $(RUNTIME_STAMP)
 	RC_MTA_INBOUND__TLS__SELF_SIGNED=true $(BIN)/rc-mta serve
+
+# On a server, as root: a venv at PREFIX with the runtime alone, the systemd unit pointing
+# there, the rc-mta user and its directories, and /etc/rc-mta/rc-mta.toml unless one is
+# there (scripts/install.sh). DESTDIR stages it all under another root for a package.
+# SERVER_PYTHON: the distribution's, not a pyenv one under /root (the unit hides /root).
+PREFIX  ?= /opt/rc-mta
+DESTDIR ?=
+SERVER_PYTHON ?= /usr/bin/python3
+install-system:
+	PREFIX='$(PREFIX)' DESTDIR='$(DESTDIR)' PYTHON='$(SERVER_PYTHON)' scripts/install.sh
 
 lint: $(TEST_STAMP)
 	$(BIN)/ruff check rc_mta tests bench

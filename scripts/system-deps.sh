@@ -16,6 +16,7 @@ compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)        # promtool checks /metrics and the dashboard
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)    # verifies the unit (not started here)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)          # renders the request mail, light and dark
+/usr/bin/python3 -c 'import ensurepip' >/dev/null 2>&1 || need+=(python3-venv)  # make install-system's venv
 [ ${#need[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -463,27 +463,101 @@ def test_make_run_installs_the_runtime_and_make_test_the_test_tools(tmp_path: Pa
 # systemd -------------------------------------------------------------------------------------
 
 
-def unit_with_local_paths(tmp_path: Path) -> Path:
-    """The unit as shipped, with ExecStart pointing at this checkout's rc-mta (verify wants
-    the executable to exist); nothing else changed."""
-    rc_mta = Path(sys.executable).parent / "rc-mta"
-    text = (ROOT / "systemd" / "rc-mta.service").read_text().replace("/usr/bin/rc-mta", str(rc_mta))
-    unit = tmp_path / "rc-mta.service"
-    unit.write_text(text)
-    return unit
+SERVER_PREFIX = "/opt/rc-mta"
 
 
-def test_systemd_unit_verifies_without_warnings(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``make install-system`` staged under a DESTDIR, as a package build runs it: the venv
+    at DESTDIR/opt/rc-mta, the unit, sysusers and tmpfiles files and the config beside it."""
+    python = Path("/usr/bin/python3")
+    venv_ready = python.exists() and subprocess.run([python, "-c", "import ensurepip"]).returncode == 0
+    require_server(venv_ready, "/usr/bin/python3 with venv (Debian package python3-venv)")
+    destdir = tmp_path_factory.mktemp("destdir")
+    result = subprocess.run(
+        ["make", "-C", str(ROOT), "install-system", f"DESTDIR={destdir}"], capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return destdir
+
+
+def test_install_system_puts_a_runtime_venv_at_opt_rc_mta_that_runs(installed: Path) -> None:
+    venv = installed / SERVER_PREFIX.lstrip("/")
+    script = venv / "bin" / "rc-mta"
+
+    # The staged scripts name the python at /opt/rc-mta, where the package puts them; here
+    # the staged venv's own python runs them (a venv finds itself from its python's place).
+    version = subprocess.run(
+        [venv / "bin" / "python3", script, "--version"], cwd=installed, capture_output=True, text=True, timeout=60
+    )
+    where = subprocess.run(
+        [venv / "bin" / "python3", "-I", "-c", "import importlib.util as u; print(u.find_spec('rc_mta').origin)"],
+        cwd=installed,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    test_tools = subprocess.run(
+        [venv / "bin" / "python3", "-I", "-c", "import pytest"], cwd=installed, capture_output=True, timeout=60
+    )
+
+    assert version.returncode == 0 and version.stdout.strip() == "rc-mta 0.1.0", version.stderr
+    assert Path(where.stdout.strip()).is_relative_to(venv / "lib"), where.stdout  # a copy, not the checkout
+    assert test_tools.returncode != 0  # the runtime alone
+    assert script.read_text().splitlines()[0] == f"#!{SERVER_PREFIX}/bin/python3"
+    assert os.readlink(installed / "usr/local/bin/rc-mta") == f"{SERVER_PREFIX}/bin/rc-mta"
+    config = installed / "etc/rc-mta/rc-mta.toml"
+    assert config.read_text() == (ROOT / "conf" / "rc-mta.toml").read_text()
+    assert config.stat().st_mode & 0o777 == 0o640
+
+
+def test_installed_systemd_unit_starts_the_installed_rc_mta_and_verifies(installed: Path) -> None:
     analyze = shutil.which("systemd-analyze")
     require_server(analyze is not None, "systemd-analyze (Debian package systemd)")
     assert analyze is not None
+    unit = installed / "etc/systemd/system/rc-mta.service"
+    exec_start = re.search(r"^ExecStart=(\S+) (.*)$", unit.read_text(), re.MULTILINE)
+    # verify wants ExecStart's program to exist: the same unit, pointed into the DESTDIR.
+    staged = installed / "staged-unit" / "rc-mta.service"
+    staged.parent.mkdir()
+    staged.write_text(unit.read_text().replace(f"{SERVER_PREFIX}/", f"{installed}{SERVER_PREFIX}/"))
 
-    result = subprocess.run(
-        [analyze, "verify", str(unit_with_local_paths(tmp_path))], capture_output=True, text=True, timeout=60
+    result = subprocess.run([analyze, "verify", str(staged)], capture_output=True, text=True, timeout=60)
+
+    assert exec_start and exec_start.groups() == (
+        f"{SERVER_PREFIX}/bin/rc-mta",
+        "--config /etc/rc-mta/rc-mta.toml serve",
     )
-
+    assert unit.read_text() == (ROOT / "systemd" / "rc-mta.service").read_text()  # hardening and all, as shipped
     assert result.returncode == 0, result.stderr
     assert result.stdout + result.stderr == ""
+
+
+def test_installed_sysusers_and_tmpfiles_make_the_user_and_its_private_directories(installed: Path) -> None:
+    sysusers, tmpfiles = shutil.which("systemd-sysusers"), shutil.which("systemd-tmpfiles")
+    require_server(sysusers is not None and tmpfiles is not None, "systemd-sysusers (Debian package systemd)")
+    assert sysusers is not None and tmpfiles is not None
+    if os.geteuid() != 0:
+        pytest.skip("giving files to the rc-mta user takes root")
+
+    # What the package's postinst (or install.sh itself, without DESTDIR) runs, on the DESTDIR.
+    made_user = subprocess.run([sysusers, f"--root={installed}"], capture_output=True, text=True, timeout=60)
+    made_dirs = subprocess.run(
+        [tmpfiles, f"--root={installed}", "--create", "rc-mta.conf"], capture_output=True, text=True, timeout=60
+    )
+
+    assert made_user.returncode == 0, made_user.stderr
+    assert made_dirs.returncode == 0, made_dirs.stderr
+    [user] = [
+        line.split(":") for line in (installed / "etc/passwd").read_text().splitlines() if line.startswith("rc-mta:")
+    ]
+    uid, gid = int(user[2]), int(user[3])
+    assert user[5:] == ["/var/lib/rc-mta", "/usr/sbin/nologin"]
+    state, etc = (installed / "var/lib/rc-mta").stat(), (installed / "etc/rc-mta").stat()
+    config = (installed / "etc/rc-mta/rc-mta.toml").stat()
+    assert (state.st_uid, state.st_gid, state.st_mode & 0o777) == (uid, gid, 0o750)
+    assert (etc.st_uid, etc.st_gid, etc.st_mode & 0o777) == (0, gid, 0o750)
+    assert (config.st_uid, config.st_gid, config.st_mode & 0o777) == (0, gid, 0o640)
 
 
 def test_systemd_unit_exposure_is_rated_ok(tmp_path: Path) -> None:
