@@ -16,6 +16,7 @@ set -euo pipefail
 
 PREFIX=${PREFIX:-/opt/rc-mta}
 DESTDIR=${DESTDIR:-}
+DESTDIR=${DESTDIR%/}
 # The distribution's Python: apt keeps it patched, and it is outside /home and /root,
 # which the unit's ProtectHome=yes hides from the service (a pyenv one would not start).
 PYTHON=${PYTHON:-/usr/bin/python3}
@@ -44,8 +45,8 @@ tar -C "$SRC" --exclude=__pycache__ -cf - pyproject.toml README.md rc_mta | tar 
 "$venv/bin/pip" install --quiet --disable-pip-version-check "$build"
 if [ -n "$DESTDIR" ]; then
   # The venv's scripts name the python they were made with: make it the one at PREFIX.
-  grep -rlI --null -F "$venv" "$venv/bin" | xargs -0 -r sed -i "s|$venv|$PREFIX|g"
-  sed -i "s|$venv|$PREFIX|g" "$venv/pyvenv.cfg"
+  grep -rlI --null -F "$venv" "$venv/bin" "$venv/pyvenv.cfg" | xargs -0 -r sed -i "s|$venv|$PREFIX|g"
+  if grep -rlI -F "$DESTDIR" "$venv/bin" "$venv/pyvenv.cfg"; then fail "these still name $DESTDIR"; fi
 fi
 install -d -m 0755 "$venv/share/doc/rc-mta"
 install -m 0644 "$SRC/docs/operations.md" "$venv/share/doc/rc-mta/operations.md"
