@@ -227,7 +227,8 @@ def tail(path: Path, lines: int = 20) -> str:
 
 def write_config(workdir: Path, port: int, dns_port: int) -> Path:
     """rc-mta as in production: every check on, real DNS, info logging, default store.
-    Only the rate limits are off: the bench is one client address sending thousands."""
+    Only the rate limits and per-client session caps are off: the bench is one client
+    address sending thousands, on a thousand idle sessions and on long refusal sessions."""
     path = workdir / "rc-mta.toml"
     path.write_text(
         "\n".join(
@@ -237,6 +238,9 @@ def write_config(workdir: Path, port: int, dns_port: int) -> Path:
                 f'reply_domain = "{REPLY_DOMAIN}"',
                 'hostname = "mx.reply.bench.test"',
                 'trusted_relays = ["127.0.0.1/32"]',
+                "max_sessions = 5000",
+                "max_sessions_per_ip = 5000",
+                "max_idle_commands = 1000000000",
                 "[signing]",
                 f'keys = {{ 1 = "{secrets.token_hex(32)}" }}',
                 "active_key = 1",
