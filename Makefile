@@ -15,12 +15,16 @@ TEST_WORKERS ?= $(shell n=$$(( $$(nproc 2>/dev/null || echo 1) * 2 )); [ "$$n" -
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
+# Byte-compiled at install: where PYTHONDONTWRITEBYTECODE is set nothing is cached later,
+# and every CLI call would compile SQLAlchemy and pydantic again (0.9 s instead of 0.45 s).
 $(RUNTIME_STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet --disable-pip-version-check --no-compile -e .
+	$(BIN)/pip install --quiet --disable-pip-version-check -e .
+	$(BIN)/python -m compileall -q rc_mta
 	touch $@
 
 $(TEST_STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet --disable-pip-version-check --no-compile -e '.[test]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(BIN)/python -m compileall -q rc_mta
 	touch $@ $(RUNTIME_STAMP)
 
 install: $(TEST_STAMP)
