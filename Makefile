@@ -29,9 +29,10 @@ $(TEST_STAMP): pyproject.toml | $(BIN)/python
 
 install: $(TEST_STAMP)
 
-# STARTTLS with a self-signed pair made under var/tls/, unless [inbound.tls] names one.
+# STARTTLS with a self-signed pair made under var/tls/, unless [inbound.tls] names one;
+# without the openssl command (it makes the pair) plain SMTP, rather than no service.
 run: $(RUNTIME_STAMP)
-	RC_MTA_INBOUND__TLS__SELF_SIGNED=true $(BIN)/rc-mta serve
+	RC_MTA_INBOUND__TLS__SELF_SIGNED=$$(command -v openssl >/dev/null && echo true || echo false) $(BIN)/rc-mta serve
 
 # On a server, as root: a venv at PREFIX with the runtime alone, the systemd unit pointing
 # there, the rc-mta user and its directories, and /etc/rc-mta/rc-mta.toml unless one is

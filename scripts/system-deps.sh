@@ -17,6 +17,9 @@ command -v promtool >/dev/null 2>&1 || need+=(prometheus)        # promtool chec
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)    # verifies the unit (not started here)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)          # renders the request mail, light and dark
 /usr/bin/python3 -c 'import ensurepip' >/dev/null 2>&1 || need+=(python3-venv)  # make install-system's venv
+command -v openssl >/dev/null 2>&1 || need+=(openssl)            # the tests' CA and Dovecot's certificate
+command -v ss >/dev/null 2>&1 || need+=(iproute2)                # reads the listen backlog in a test
+command -v prlimit >/dev/null 2>&1 || need+=(util-linux)         # lowers a running server's descriptor limit
 [ ${#need[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" -ne 0 ]; then
