@@ -13,7 +13,7 @@ TEST_WORKERS ?= $(shell n=$$(( $$(nproc 2>/dev/null || echo 1) * 2 )); [ "$$n" -
 .PHONY: run test lint install install-system system-deps clean
 
 $(BIN)/python:
-	$(PYTHON) -m venv $(VENV)
+	$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); echo "rc-mta: $(PYTHON) cannot make a venv: install python3-venv (Debian) and try again" >&2; exit 1; }
 
 # Byte-compiled at install: where PYTHONDONTWRITEBYTECODE is set nothing is cached later,
 # and every CLI call would compile SQLAlchemy and pydantic again (0.9 s instead of 0.45 s).
@@ -52,7 +52,8 @@ lint: $(TEST_STAMP)
 system-deps:
 	scripts/system-deps.sh
 
-test: $(TEST_STAMP) system-deps lint
+# system-deps first: on Debian the venv itself needs python3-venv.
+test: system-deps $(TEST_STAMP) lint
 	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 clean:

@@ -181,7 +181,7 @@ class Service:
         language = language or self.settings.outbound.language
         message = wire_bytes(compose(self.settings, request, addresses, now, context=context, language=language))
         if self.dkim is not None:
-            message = self.dkim.sign(message)
+            message = await asyncio.to_thread(self.dkim.sign, message)  # RSA: off the loop
         if approval_group is not None:
             # Before the mail can leave: no answer to it may act alone.
             await asyncio.to_thread(self.store.add_approval_member, request.id, approval_group)

@@ -81,10 +81,16 @@ class FollowUps:
             store.due_followups, now, tuple(self._config.reminders), now - EXPIRY_NOTICE_WINDOW
         )
         for request, step in due:
-            if not await asyncio.to_thread(store.claim_followup, request.id, step, self.holder, now, STALE_SECONDS):
+            # Stamped when taken (not when the round began), and never held longer than a
+            # stale claim lasts, so no other instance takes it while it is being done.
+            taken_at = time.time()
+            if not await asyncio.to_thread(
+                store.claim_followup, request.id, step, self.holder, taken_at, STALE_SECONDS
+            ):
                 continue
             try:
-                await self._do(request, step)
+                async with asyncio.timeout(STALE_SECONDS / 2):
+                    await self._do(request, step)
             except asyncio.CancelledError:
                 await asyncio.to_thread(store.release_followup, request.id, step, self.holder)
                 raise
@@ -104,7 +110,7 @@ class FollowUps:
         now = time.time()
         message = wire_bytes(reminder(service.settings, service.signer, request, number, now))
         if service.dkim is not None:
-            message = service.dkim.sign(message)
+            message = await asyncio.to_thread(service.dkim.sign, message)
         # Straight to the transport: the step stays claimed, not done, until the relay took
         # it, so a relay that is down (DeliveryDeferred) or refuses means another round tries.
         mail = OutboundMail(

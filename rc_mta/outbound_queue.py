@@ -23,7 +23,10 @@ from .store import Delivery, OutboundMail, Request, Store
 
 log = logging.getLogger("rc_mta.outbound")
 
-BATCH = 20  # mails taken per round: a long backlog is worked through round by round
+# Mails taken per claim. One: each lease starts right before its own delivery, so slow
+# deliveries earlier in a batch can never run a later mail's lease out while it waits
+# (another instance would then take it and send it too).
+BATCH = 1
 
 # Told when a request could not be delivered: (request id, the relay's answer).
 FailureHook = Callable[[str, str], Awaitable[None]]
@@ -56,8 +59,14 @@ class OutboundQueue:
         mail = await asyncio.to_thread(
             self.store.add_request_with_mail, request, message, sender, now, self.holder, self.lease
         )
-        await self._deliver(mail)
-        return await asyncio.to_thread(self.store.get_outbound, request.id) or mail
+        # Stored: from here the sender loop delivers it whatever happens, so a failure of
+        # this first attempt must not reach the caller (who would retry and make a twin).
+        try:
+            await self._deliver(mail)
+            return await asyncio.to_thread(self.store.get_outbound, request.id) or mail
+        except Exception as exc:
+            log.warning("request %s queued; its first delivery attempt failed: %s", request.id, exc)
+            return mail
 
     async def run(self) -> None:
         """The sender loop: every ``queue_poll_interval``, deliver what is due."""

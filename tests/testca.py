@@ -9,8 +9,6 @@ import ssl
 import subprocess
 from pathlib import Path
 
-import pytest
-
 
 def openssl(*args: str) -> None:
     result = subprocess.run(["openssl", *args], capture_output=True, text=True, timeout=30)
@@ -25,8 +23,9 @@ class TestCa:
     __test__ = False  # not a test class, whatever its name
 
     def __init__(self, directory: Path) -> None:
-        if shutil.which("openssl") is None:
-            pytest.skip("the openssl command is not installed")
+        from conftest import require_server
+
+        require_server(shutil.which("openssl") is not None, "the openssl command (Debian package openssl)")
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
         self.cert = directory / "ca.pem"

@@ -24,7 +24,7 @@ import socket
 import time
 from typing import TYPE_CHECKING
 
-from ..errors import RcMtaError
+from ..errors import RcMtaError, TemporaryFailure
 from ..request_mail import RequestContext
 from .release import ReleaseBackend, StartedTask
 
@@ -79,7 +79,14 @@ class ReleaseWatcher:
         await self._close_the_ones_that_left(wanted)
         for task, emails in wanted.values():
             for email in emails:
-                await self._send(task, email)
+                try:
+                    await self._send(task, email)
+                except (asyncio.CancelledError, TemporaryFailure):
+                    raise  # the round is retried as a whole
+                except Exception as exc:  # this task's trouble (it moved on, a bad owner): not the others'
+                    log.warning(
+                        "release watch: task %s to %s not mailed: %s: %s", task.id, email, type(exc).__name__, exc
+                    )
 
     async def _send(self, task: StartedTask, email: str) -> None:
         store = self._store
