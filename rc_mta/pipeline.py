@@ -456,11 +456,11 @@ class Pipeline:
         counted = decided = False
         try:
             if action is TaskAction.FAIL:
-                decided = await asyncio.to_thread(store.decide_group_fail, group.id, actor, now)
+                decided = await asyncio.to_thread(store.decide_group_fail, group.id, request.id, actor, now)
                 if not decided:
                     raise await self._decision_made(request)
             else:
-                count = await asyncio.to_thread(store.count_approval, group.id, actor, now)
+                count = await asyncio.to_thread(store.count_approval, group.id, request.id, actor, now)
                 if count is None:
                     raise await self._decision_made(request)
                 counted = True
@@ -486,9 +486,9 @@ class Pipeline:
         except BaseException:
             try:
                 if decided:
-                    await asyncio.to_thread(store.undo_group_decision, group.id, counted)
+                    await asyncio.to_thread(store.undo_group_decision, group.id, request.id, counted)
                 elif counted:
-                    await asyncio.to_thread(store.uncount_approval, group.id)
+                    await asyncio.to_thread(store.uncount_approval, group.id, request.id)
                 await asyncio.to_thread(store.release_claim, request.id, attempt)
             except TemporaryFailure:
                 pass  # the claim goes stale and is taken over later

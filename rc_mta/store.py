@@ -267,7 +267,7 @@ class Answer:
 
 
 class _NotAtOnce(Exception):
-    """Raised inside ``answer_at_once``'s transaction to roll it back."""
+    """Raised inside a transaction (``answer_at_once``, ``count_approval``) to roll it back."""
 
 
 # Claiming retries this often when the row it collided with was given back meanwhile.
@@ -1047,56 +1047,92 @@ class Store:
             )
         return ApprovalGroup(**row) if row else None
 
-    def count_approval(self, group_id: str, actor: str, now: float) -> int | None:
-        """One more approval, in one statement: the new count, or None when the group was
-        decided already. The approval that reaches ``needed`` decides (complete)."""
-        g = approval_groups.c
-        with self._begin() as conn:
-            count = conn.execute(
-                update(approval_groups)
-                .where(g.id == group_id, g.decided_at.is_(None))
-                .values(approvals=g.approvals + 1)
-                .returning(g.approvals, g.needed)
-            ).first()
-            if count is None:
-                return None
-            if count[0] >= count[1]:
-                conn.execute(
+    def count_approval(self, group_id: str, request_id: str, actor: str, now: float) -> int | None:
+        """This request's approval, counted once however often its reply comes again: the
+        group's count, or None when the group was decided by another answer. The approval
+        that reaches ``needed`` decides (complete)."""
+        g, m = approval_groups.c, approval_members.c
+        try:
+            with self._begin() as conn:
+                first = conn.execute(
+                    update(approval_members)
+                    .where(m.request_id == request_id, m.group_id == group_id, m.approved_at.is_(None))
+                    .values(approved_at=now)
+                ).rowcount
+                if not first:  # counted before: a retry after a crash or a stale claim
+                    row = conn.execute(
+                        select(g.approvals, g.decided_at, g.decided_request).where(g.id == group_id)
+                    ).first()
+                    if row is None or (row.decided_at is not None and row.decided_request != request_id):
+                        return None
+                    return int(row.approvals)
+                count = conn.execute(
                     update(approval_groups)
-                    .where(g.id == group_id)
-                    .values(decided_at=now, decision="complete", decided_by=self._approvers(conn, group_id, actor))
-                )
-            return int(count[0])
+                    .where(g.id == group_id, g.decided_at.is_(None))
+                    .values(approvals=g.approvals + 1)
+                    .returning(g.approvals, g.needed)
+                ).first()
+                if count is None:
+                    raise _NotAtOnce  # decided meanwhile: roll this approval's mark back too
+                if count[0] >= count[1]:
+                    conn.execute(
+                        update(approval_groups)
+                        .where(g.id == group_id)
+                        .values(
+                            decided_at=now,
+                            decision="complete",
+                            decided_by=self._approvers(conn, group_id, actor),
+                            decided_request=request_id,
+                        )
+                    )
+                return int(count[0])
+        except _NotAtOnce:
+            return None
 
-    def decide_group_fail(self, group_id: str, actor: str, now: float) -> bool:
-        """A fail from anyone decides: True for the one answer that did."""
+    def decide_group_fail(self, group_id: str, request_id: str, actor: str, now: float) -> bool:
+        """A fail from anyone decides: True for the one answer that did (and for its retry)."""
         g = approval_groups.c
         with self._begin() as conn:
             changed = conn.execute(
                 update(approval_groups)
                 .where(g.id == group_id, g.decided_at.is_(None))
-                .values(decided_at=now, decision="fail", decided_by=actor)
+                .values(decided_at=now, decision="fail", decided_by=actor, decided_request=request_id)
             ).rowcount
-        return changed == 1
+            if changed == 1:
+                return True
+            row = conn.execute(select(g.decision, g.decided_request).where(g.id == group_id)).first()
+        return row is not None and row.decision == "fail" and row.decided_request == request_id
 
-    def undo_group_decision(self, group_id: str, counted: bool) -> None:
+    def undo_group_decision(self, group_id: str, request_id: str, counted: bool) -> None:
         """The backend could not be told: the decision (and this approval) are taken back,
         so the sender's retry decides again."""
         g = approval_groups.c
-        values: dict[str, Any] = {"decided_at": None, "decision": None, "decided_by": None}
-        if counted:
-            values["approvals"] = g.approvals - 1
+        values: dict[str, Any] = {"decided_at": None, "decision": None, "decided_by": None, "decided_request": None}
         with self._begin() as conn:
+            if counted and self._unmark_approval(conn, request_id):
+                values["approvals"] = g.approvals - 1
             conn.execute(update(approval_groups).where(g.id == group_id).values(**values))
 
-    def uncount_approval(self, group_id: str) -> None:
+    def uncount_approval(self, group_id: str, request_id: str) -> None:
         g = approval_groups.c
         with self._begin() as conn:
+            if self._unmark_approval(conn, request_id):
+                conn.execute(
+                    update(approval_groups)
+                    .where(g.id == group_id, g.decided_at.is_(None))
+                    .values(approvals=g.approvals - 1)
+                )
+
+    @staticmethod
+    def _unmark_approval(conn: Connection, request_id: str) -> bool:
+        m = approval_members.c
+        return bool(
             conn.execute(
-                update(approval_groups)
-                .where(g.id == group_id, g.decided_at.is_(None))
-                .values(approvals=g.approvals - 1)
-            )
+                update(approval_members)
+                .where(m.request_id == request_id, m.approved_at.is_not(None))
+                .values(approved_at=None)
+            ).rowcount
+        )
 
     @staticmethod
     def _approvers(conn: Connection, group_id: str, actor: str) -> str:
@@ -1189,6 +1225,7 @@ approval_groups = Table(
     Column("decided_at", Float),
     Column("decision", String(16)),  # complete | fail
     Column("decided_by", Text),  # who: the approvers, or the one who failed it
+    Column("decided_request", String(16)),  # whose answer decided: its retry may finish the job
 )
 
 approval_members = Table(
@@ -1196,6 +1233,8 @@ approval_members = Table(
     metadata,
     Column("request_id", String(16), primary_key=True),
     Column("group_id", String(32), nullable=False, index=True),
+    # Set when this request's approval was counted: a retried reply is never counted twice.
+    Column("approved_at", Float),
 )
 
 
@@ -1209,6 +1248,7 @@ class ApprovalGroup:
     decided_at: float | None
     decision: str | None
     decided_by: str | None
+    decided_request: str | None = None
 
 
 # A window is counted in this many slots: the limit slides with the clock, a slot at a time.

@@ -375,3 +375,36 @@ def test_racing_answers_at_once_let_exactly_one_act(store: Store) -> None:
     stored = store.get_task(task.id)
     assert stored is not None and len(stored.comments) == 1
     assert len(_records(store, request.id)) == 1
+
+
+# N of M: an approval counts once, whatever retries its reply ---------------------------------
+
+
+def test_a_retried_approval_is_counted_once_and_only_the_deciding_answer_may_finish(store: Store) -> None:
+    group = store.add_approval_group("t-nofm", 2, 1.0)
+    for request_id in ("a" * 16, "b" * 16, "c" * 16):
+        store.add_approval_member(request_id, group)
+
+    assert store.count_approval(group, "a" * 16, "alice@example.com", 2.0) == 1
+    # Alice's reply again (her first attempt died before it answered): still one approval.
+    assert store.count_approval(group, "a" * 16, "alice@example.com", 3.0) == 1
+    assert store.count_approval(group, "b" * 16, "bob@example.com", 4.0) == 2  # decides
+    # Bob's own retry may finish telling the backend; Carol, late, may not act.
+    assert store.count_approval(group, "b" * 16, "bob@example.com", 5.0) == 2
+    assert store.count_approval(group, "c" * 16, "carol@example.com", 6.0) is None
+
+    # The backend could not be told: Bob's decision and approval are taken back, once.
+    store.undo_group_decision(group, "b" * 16, counted=True)
+    store.undo_group_decision(group, "b" * 16, counted=True)
+    assert store.count_approval(group, "c" * 16, "carol@example.com", 7.0) == 2
+
+
+def test_a_fail_decides_once_and_its_retry_may_finish(store: Store) -> None:
+    group = store.add_approval_group("t-nofm-fail", 2, 1.0)
+    for request_id in ("d" * 16, "e" * 16):
+        store.add_approval_member(request_id, group)
+
+    assert store.decide_group_fail(group, "d" * 16, "dave@example.com", 2.0) is True
+    assert store.decide_group_fail(group, "d" * 16, "dave@example.com", 3.0) is True  # its retry
+    assert store.decide_group_fail(group, "e" * 16, "erin@example.com", 4.0) is False
+    assert store.count_approval(group, "e" * 16, "erin@example.com", 5.0) is None
