@@ -42,7 +42,7 @@ from functools import partial
 from typing import TYPE_CHECKING, TypeVar
 
 from . import smtp_replies as R
-from .errors import MessageRefused, TemporaryFailure
+from .errors import MessageRefused, ReaderBusy
 
 if TYPE_CHECKING:
     from .config import InboundConfig
@@ -295,12 +295,6 @@ def reader_view(raw: bytes, keep: int) -> bytes:
 
 
 # Where the reading runs -----------------------------------------------------------------
-
-
-class ReaderBusy(TemporaryFailure):
-    """Too many messages wait to be read: ``451 4.3.2`` now, the sender retries later."""
-
-    reply = R.READER_BUSY
 
 
 @dataclass

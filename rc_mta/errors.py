@@ -34,6 +34,10 @@ class StoreUnavailable(TemporaryFailure):
     """The database is busy, locked, read-only or gone for now."""
 
 
+class ReaderBusy(TemporaryFailure):
+    """Too many messages wait to be read: the sender retries in a few minutes."""
+
+
 class BackendUnavailable(TemporaryFailure):
     """The workflow system (or a service it needs) could not be reached or answered oddly."""
 

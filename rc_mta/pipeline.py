@@ -32,6 +32,7 @@ from .errors import (
     BackendAuthFailed,
     DecisionMade,
     MessageRefused,
+    ReaderBusy,
     Refusal,
     RequestAnswered,
     RequestRevoked,
@@ -241,7 +242,7 @@ class Pipeline:
             # Off the loop, in the reading pool: store calls keep their own threads, and when
             # the pool has a queue already this message is answered 451 now instead of waiting.
             raw, parsed = await self.reader.admit(read_message, inbound.raw, envelope_sender, self.limits)
-        except budget.ReaderBusy:
+        except ReaderBusy:
             if act:
                 self.count_refusal("mailbox" if inbound.client is None else "data", R.READER_BUSY)
             return [Decision(R.READER_BUSY, Outcome.RETRY, r) for r in _named(inbound)]

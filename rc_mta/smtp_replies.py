@@ -331,6 +331,8 @@ def reply_for(error: BaseException) -> SmtpReply:
             return BACKEND_REFUSED.with_text(why=error.why)
         case E.BackendAuthFailed():
             return BACKEND_AUTH_FAILED
+        case E.ReaderBusy():
+            return READER_BUSY
         case E.TemporaryFailure():
             return BACKEND_UNAVAILABLE
     return INTERNAL_ERROR

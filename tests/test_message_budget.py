@@ -22,8 +22,8 @@ from hostile_messages import hostile
 from mailclient import SmtpOutcome, reply_message, send_smtp
 
 from rc_mta import smtp_replies as R
-from rc_mta.budget import DEFAULT_LIMITS, HeavyWork, ReaderBusy, check_budget, reader_view
-from rc_mta.errors import MessageRefused
+from rc_mta.budget import DEFAULT_LIMITS, HeavyWork, check_budget, reader_view
+from rc_mta.errors import MessageRefused, ReaderBusy
 from rc_mta.pipeline import _return_path
 from rc_mta.rawmessage import canonical_message
 

@@ -75,7 +75,10 @@ def _survey(raw: bytes) -> _Survey:
     if latest > MAX_ARC_SETS or len(fields) > 3 * MAX_ARC_SETS:
         return _Survey(latest, sealer, unusable=f"more than {MAX_ARC_SETS} ARC sets")
     signatures = [value for _, (name, value) in fields if name.lower() in (_SEAL, _AMS)]
-    if any(len(value) > MAX_SIGNATURE_BYTES for value in signatures):
+    # Measured as they stand in the message: dkimpy's b= pattern runs on the raw fields,
+    # whose folded white space the canonical values above no longer show.
+    raw_fields = [value for name, value in arc.headers if name.lower() in (_SEAL, _AMS)]
+    if any(len(value) > MAX_SIGNATURE_BYTES for value in raw_fields):
         return _Survey(latest, sealer, unusable=f"an ARC field over {MAX_SIGNATURE_BYTES} bytes")
     if relaxed_body_cost(arc.body) > MAX_WHITESPACE_COST:  # ARC always canonicalizes relaxed
         return _Survey(latest, sealer, unusable="the body has longer runs of white space than any text")

@@ -60,5 +60,6 @@ class RequestAddresses:
         if bare:
             for name, value in fields:
                 if name in ("in-reply-to", "references"):
-                    tokens.update(token.lower() for token in self.tokens_in(value[:MAX_FIELD_CHARS]))
+                    # The end: the request a reply answers is the last id of a long References.
+                    tokens.update(token.lower() for token in self.tokens_in(value[-MAX_FIELD_CHARS:]))
         return frozenset(tokens)

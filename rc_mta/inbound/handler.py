@@ -176,7 +176,7 @@ class ReplyHandler:
             return str(reply)
         except TemporaryFailure as exc:
             log.warning("rcpt deferred: %s", exc, extra={"source": self.source, "rcpt": redact_address(address)})
-            return str(R.BACKEND_UNAVAILABLE)
+            return str(R.reply_for(exc))  # the one table: a busy store says so, as a 4xx
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(options)
         envelope.recipients.append(recipient)
