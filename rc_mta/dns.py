@@ -5,15 +5,23 @@ get ``resolve_sync`` and the adapters below, backed by the same TTL-respecting c
 and are run off the event loop. Trouble (timeout, SERVFAIL, no server answering) is a
 ``DnsTemporaryError``: it must become a 4xx, never a 5xx. A name that does not exist, or
 has no record of the type, is an empty answer.
+
+A verdict computed from DNS answers alone (SPF for one client, sender and HELO name) may
+be kept beside them (``derived``/``keep_derived``) for as long as the first of the records
+it read stays cached (``reading``): asking again would read the same records and come to
+the same verdict, so the cached one is what a new evaluation would say.
 """
 
 from __future__ import annotations
 
+import contextvars
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import dns.asyncresolver
 import dns.exception
@@ -25,6 +33,11 @@ import dns.reversename
 
 NEGATIVE_TTL = 60.0
 MAX_TTL = 86400.0
+# A derived verdict is kept at most this long, whatever the TTLs of the records it read.
+MAX_DERIVED_SECONDS = 300.0
+
+# The expiry times of the cache entries read in this context, while ``reading`` records them.
+_reads: contextvars.ContextVar[list[float] | None] = contextvars.ContextVar("rc_mta_dns_reads", default=None)
 
 
 class DnsTemporaryError(Exception):
@@ -75,6 +88,7 @@ class DnsResolver:
             resolver.lifetime = timeout
         self.timeout = timeout
         self._cache: OrderedDict[tuple[str, str], _Cached] = OrderedDict()
+        self._derived: OrderedDict[Hashable, tuple[float, Any]] = OrderedDict()
         self._lock = threading.Lock()
         self._max_entries = max_entries
         self._observe = observe
@@ -111,6 +125,43 @@ class DnsResolver:
     def clear(self) -> None:
         with self._lock:
             self._cache.clear()
+            self._derived.clear()
+
+    # Verdicts derived from the cached records ---------------------------------------------
+
+    @staticmethod
+    @contextmanager
+    def reading() -> Iterator[list[float]]:
+        """Collect the expiry of every record read in this context (this thread, or the
+        copy of the context a worker thread runs in) until the block ends."""
+        reads: list[float] = []
+        token = _reads.set(reads)
+        try:
+            yield reads
+        finally:
+            _reads.reset(token)
+
+    def derived(self, key: Hashable) -> Any | None:
+        """A verdict kept by ``keep_derived`` whose records are all still fresh, or None."""
+        with self._lock:
+            entry = self._derived.get(key)
+            if entry is None:
+                return None
+            if entry[0] <= time.monotonic():
+                del self._derived[key]
+                return None
+            self._derived.move_to_end(key)
+            return entry[1]
+
+    def keep_derived(self, key: Hashable, value: Any, reads: list[float]) -> None:
+        """Keep ``value`` until the first of the records it was computed from (``reads``,
+        from ``reading``) expires; never longer than ``MAX_DERIVED_SECONDS``."""
+        expires = min([*reads, time.monotonic() + MAX_DERIVED_SECONDS])
+        with self._lock:
+            self._derived[key] = (expires, value)
+            self._derived.move_to_end(key)
+            while len(self._derived) > self._max_entries:
+                self._derived.popitem(last=False)
 
     # Cache ------------------------------------------------------------------------------
 
@@ -123,14 +174,19 @@ class DnsResolver:
                 del self._cache[key]
                 return None
             self._cache.move_to_end(key)
+        if (reads := _reads.get()) is not None:
+            reads.append(entry.expires)
         self.stats.cache_hits += 1
         if self._observe:
             self._observe(key[1], 0.0, True)
         return list(entry.records)
 
     def _put(self, key: tuple[str, str], records: tuple[str, ...], ttl: float) -> None:
+        expires = time.monotonic() + min(ttl, MAX_TTL)
+        if (reads := _reads.get()) is not None:
+            reads.append(expires)
         with self._lock:
-            self._cache[key] = _Cached(time.monotonic() + min(ttl, MAX_TTL), records)
+            self._cache[key] = _Cached(expires, records)
             self._cache.move_to_end(key)
             while len(self._cache) > self._max_entries:
                 self._cache.popitem(last=False)

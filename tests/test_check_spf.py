@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import spf
 from dns_fixtures import black_hole_resolver as black_hole_resolver
@@ -129,8 +130,33 @@ def test_second_check_is_answered_from_the_cache(resolver: DnsResolver) -> None:
     second = asyncio.run(check_spf(resolver, "127.0.0.5", "ops@mx.spf.test", "mx.sender.spf.test"))
     assert first == second
     assert first.result == "pass"
+    # The verdict itself was kept: no query, not even a read of the cached records.
+    assert (resolver.stats.queries, resolver.stats.cache_hits) == (queries, hits)
+    # Its records are still cached: evaluated again (other HELO), no query either.
+    third = asyncio.run(check_spf(resolver, "127.0.0.5", "ops@mx.spf.test", "other.spf.test"))
+    assert third.result == "pass"
     assert resolver.stats.queries == queries
     assert resolver.stats.cache_hits >= hits + 3  # TXT, MX, and the exchanger's A
+
+
+def test_a_kept_verdict_lasts_no_longer_than_the_records_it_read(resolver: DnsResolver) -> None:
+    # short.spf.test's TXT record has a TTL of 1 s.
+    first = asyncio.run(check_spf(resolver, "127.0.0.2", "a@short.spf.test", "mail.pass.spf.test"))
+    queries = resolver.stats.queries
+    assert asyncio.run(check_spf(resolver, "127.0.0.2", "a@short.spf.test", "mail.pass.spf.test")) == first
+    assert resolver.stats.queries == queries
+    time.sleep(1.2)
+    again = asyncio.run(check_spf(resolver, "127.0.0.2", "a@short.spf.test", "mail.pass.spf.test"))
+    assert again.result == first.result == "pass"
+    assert resolver.stats.queries == queries + 1  # the record was asked for again
+
+
+def test_dns_trouble_is_never_kept(black_hole_resolver: DnsResolver) -> None:
+    asyncio.run(check_spf(black_hole_resolver, "127.0.0.2", "a@pass.spf.test", "mail.pass.spf.test"))
+    failures = black_hole_resolver.stats.failures
+    verdict = asyncio.run(check_spf(black_hole_resolver, "127.0.0.2", "a@pass.spf.test", "mail.pass.spf.test"))
+    assert verdict.result == "temperror"
+    assert black_hole_resolver.stats.failures > failures  # asked again, not answered from a kept verdict
 
 
 def test_concurrent_checks_each_use_their_own_resolver(resolver: DnsResolver, black_hole_resolver: DnsResolver) -> None:

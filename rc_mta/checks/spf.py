@@ -4,6 +4,10 @@ pyspf looks DNS up through its module global ``spf.DNSLookup``, shared by every 
 We point it, once and for all, at ``_lookup``, which uses the resolver of the check running
 in the current thread (a context variable set in the worker thread), so concurrent checks
 with different resolvers never cross, and pyspf never falls back to the system's DNS.
+
+A verdict is kept (``DnsResolver.keep_derived``) for one client address, envelope sender
+and HELO name until the first DNS record it read expires: the next MAIL FROM of that
+client for that sender is answered without a thread or a lookup. DNS trouble is never kept.
 """
 
 from __future__ import annotations
@@ -50,13 +54,15 @@ def _install() -> None:
 _install()
 
 
-def _run(resolver: DnsResolver, ip: str, sender: str, helo: str) -> tuple[str, str, str]:
-    """In a worker thread: bind this check's resolver, run pyspf, return (result, explanation, domain)."""
+def _run(resolver: DnsResolver, ip: str, sender: str, helo: str) -> tuple[str, str, str, list[float]]:
+    """In a worker thread: bind this check's resolver, run pyspf, return (result,
+    explanation, domain, and when the records it read expire)."""
     _install()
     _current_resolver.set(resolver)
-    query: Any = spf.query(i=ip, s=sender, h=helo, timeout=resolver.timeout * 4)
-    result, _code, explanation = query.check()
-    return str(result), str(explanation), str(query.o)
+    with resolver.reading() as reads:
+        query: Any = spf.query(i=ip, s=sender, h=helo, timeout=resolver.timeout * 4)
+        result, _code, explanation = query.check()
+    return str(result), str(explanation), str(query.o), reads
 
 
 async def check_spf(resolver: DnsResolver, client_ip: str, mail_from: str, helo: str) -> Verdict:
@@ -71,15 +77,22 @@ async def check_spf(resolver: DnsResolver, client_ip: str, mail_from: str, helo:
         address = address.ipv4_mapped
     if not mail_from and not helo:
         return Verdict("none", "null sender and no HELO name: no identity to check", facts)
+    key = ("spf", str(address), mail_from.lower(), helo.lower())
+    kept = resolver.derived(key)
+    if isinstance(kept, Verdict):
+        return Verdict(kept.result, kept.reason, dict(kept.facts))
     try:
         # asyncio.to_thread runs _run in a copy of this context: the resolver it sets stays in that copy.
-        result, explanation, domain = await asyncio.to_thread(_run, resolver, str(address), mail_from, helo)
+        result, explanation, domain, reads = await asyncio.to_thread(_run, resolver, str(address), mail_from, helo)
     except DnsTemporaryError as exc:
         return Verdict("temperror", f"SPF Temporary Error: {exc}", facts)
     facts["domain"] = domain
     if result == "none" and not explanation:
         explanation = f"{domain} publishes no SPF record"
-    return Verdict(_RESULTS.get(result, "permerror"), explanation, facts)
+    verdict = Verdict(_RESULTS.get(result, "permerror"), explanation, facts)
+    if not verdict.temporary:
+        resolver.keep_derived(key, Verdict(verdict.result, verdict.reason, dict(facts)), reads)
+    return verdict
 
 
 class SpfCheck:
