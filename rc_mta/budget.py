@@ -98,12 +98,56 @@ class Limits:
 DEFAULT_LIMITS = Limits()
 
 
+# A message at most this large, and as plain as ``Cost.light`` asks, is read (and its DKIM
+# verified) on the event loop: that takes less than handing it to a thread and back (two
+# hops of ~0.2 ms and the interpreter lock passed back and forth), and within these caps at
+# most a few milliseconds whatever its shape (bench/inline_read.py measures the worst).
+INLINE_BYTES = 32 * 1024
+INLINE_FIELDS = 100
+INLINE_PARTS = 8
+INLINE_PARAMETERS = 16
+INLINE_SPECIALS = 32
+INLINE_SIGNATURE_BYTES = 2048
+# HTML is what costs most per byte (``</`` repeated: ~1.2 µs a byte in the HTML parser).
+INLINE_HTML_BYTES = 1024
+# dkimpy's relaxed canonicalization on runs of white space (``relaxed_body_cost``): ~3 ns a
+# step and more on short runs: this is at most 3 ms (bench/inline_read.py).
+INLINE_WHITESPACE_COST = 100_000
+_LONG_WHITESPACE = re.compile(rb"[\t ]{32,}")
+
+
+def relaxed_body_cost(body: bytes) -> int:
+    """About how many steps dkimpy's relaxed body canonicalization takes on ``body``: its
+    pattern tries every start of a run of white space that does not end a line."""
+    return sum(len(run) ** 2 // 2 for run in _LONG_WHITESPACE.findall(body))
+
+
 @dataclass
-class _Tally:
+class Cost:
+    """What ``check_budget`` counted in a message: what its reading will cost."""
+
+    size: int = 0
     fields: int = 0
     parts: int = 0
     parameters: int = 0
     specials: int = 0
+    signature_bytes: int = 0  # DKIM-Signature and ARC fields of the message's own header
+    html_bytes: int = 0  # bodies of text/html parts
+    whitespace_cost: int = 0  # ``relaxed_body_cost`` of the body, for a message of INLINE_BYTES at most
+
+    @property
+    def light(self) -> bool:
+        """Cheap enough to read on the event loop (see ``INLINE_BYTES``)."""
+        return (
+            self.size <= INLINE_BYTES
+            and self.fields <= INLINE_FIELDS
+            and self.parts <= INLINE_PARTS
+            and self.parameters <= INLINE_PARAMETERS
+            and self.specials <= INLINE_SPECIALS
+            and self.signature_bytes <= INLINE_SIGNATURE_BYTES
+            and self.html_bytes <= INLINE_HTML_BYTES
+            and self.whitespace_cost <= INLINE_WHITESPACE_COST
+        )
 
 
 def _too_big(why: str) -> MessageRefused:
@@ -114,11 +158,14 @@ def _too_complex(why: str) -> MessageRefused:
     return MessageRefused(R.MESSAGE_TOO_COMPLEX.with_text(why=why))
 
 
-def check_budget(raw: bytes, limits: Limits) -> None:
+def check_budget(raw: bytes, limits: Limits) -> Cost:
     """Refuse ``raw`` (CRLF lines, as ``canonical_message`` makes it) when reading it would cost
-    more than any genuine reply does. Linear in the message's size."""
-    tally = _Tally()
+    more than any genuine reply does; else say what it will cost. Linear in the message's size."""
+    tally = Cost(size=len(raw))
     _entity(raw, 0, len(raw), 0, "text/plain", limits, tally)
+    if tally.size <= INLINE_BYTES:
+        tally.whitespace_cost = relaxed_body_cost(raw[_header_end(raw, 0, len(raw))[1] :])
+    return tally
 
 
 def _header_end(raw: bytes, start: int, end: int) -> tuple[int, int]:
@@ -148,7 +195,7 @@ def _fields(raw: bytes, start: int, end: int) -> Iterator[tuple[bytes, int, int]
         yield name, first, end
 
 
-def _entity(raw: bytes, start: int, end: int, depth: int, default_type: str, limits: Limits, tally: _Tally) -> None:
+def _entity(raw: bytes, start: int, end: int, depth: int, default_type: str, limits: Limits, tally: Cost) -> None:
     """Check one entity (the message, a part, an attached message) and everything inside it."""
     top = depth == 0
     if depth > limits.mime_depth:
@@ -170,6 +217,8 @@ def _entity(raw: bytes, start: int, end: int, depth: int, default_type: str, lim
             _check_parsed_field("From", value, FROM_BYTES, tally)
         elif top and name == b"subject" and len(value) > SUBJECT_BYTES:
             raise _too_big(f"the Subject field is over {SUBJECT_BYTES} bytes")
+        elif top and (name == b"dkim-signature" or name.startswith(b"arc-")):
+            tally.signature_bytes += len(value)
     if not top:
         tally.parts += 1
         if tally.parts > limits.mime_parts:
@@ -187,9 +236,11 @@ def _entity(raw: bytes, start: int, end: int, depth: int, default_type: str, lim
             raise _too_complex("a delivery report with too many parts or fields")
     elif maintype == "message":
         _entity(raw, body, end, depth + 1, "text/plain", limits, tally)
+    elif (maintype, subtype) == ("text", "html"):
+        tally.html_bytes += end - body
 
 
-def _check_parsed_field(label: str, value: bytes, limit: int, tally: _Tally) -> None:
+def _check_parsed_field(label: str, value: bytes, limit: int, tally: Cost) -> None:
     if len(value) > limit:
         raise _too_big(f"the {label} field is over {limit} bytes")
     specials = len(_SPECIALS.findall(value))
@@ -200,7 +251,7 @@ def _check_parsed_field(label: str, value: bytes, limit: int, tally: _Tally) -> 
         raise _too_complex("its MIME fields hold more quotes, comments or spaces than a mail client writes")
 
 
-def _check_mime_field(name: bytes, value: bytes, limits: Limits, tally: _Tally) -> None:
+def _check_mime_field(name: bytes, value: bytes, limits: Limits, tally: Cost) -> None:
     label = name.decode("ascii").title()
     _check_parsed_field(label, value, MIME_FIELD_BYTES, tally)
     tally.parameters += value.count(b";")

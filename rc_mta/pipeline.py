@@ -18,11 +18,12 @@ import hashlib
 import logging
 import re
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from email.message import Message
 from email.utils import formatdate, getaddresses
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from . import budget, metrics
 from . import smtp_replies as R
@@ -41,7 +42,7 @@ from .errors import (
     TemporaryFailure,
     TokenForged,
 )
-from .rawmessage import canonical_message
+from .rawmessage import canonical_message, measured_message
 from .reading import (
     DEFAULT_COMPLETE_WORDS,
     DEFAULT_FAIL_WORDS,
@@ -64,6 +65,31 @@ log = logging.getLogger("rc_mta.pipeline")
 _TRACE_NAME = re.compile(r"[A-Za-z0-9.:\[\]-]{1,255}")
 # A pending claim older than this belongs to a process that died mid-action.
 STALE_CLAIM_SECONDS = 600.0
+# Owners of the requests whose tokens verified lately (an id and an address each).
+OWNERS_KEPT = 10_000
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class _Recent(Generic[K, V]):
+    """The last ``size`` values put, by key (least recently used dropped first)."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._items: OrderedDict[K, V] = OrderedDict()
+
+    def get(self, key: K) -> V | None:
+        value = self._items.get(key)
+        if value is not None:
+            self._items.move_to_end(key)
+        return value
+
+    def put(self, key: K, value: V) -> None:
+        self._items[key] = value
+        self._items.move_to_end(key)
+        if len(self._items) > self._size:
+            self._items.popitem(last=False)
 
 
 class Outcome(enum.Enum):
@@ -176,6 +202,7 @@ class Pipeline:
 
         self.store = store
         self.signer = signer
+        self._owners = _Recent[str, str](OWNERS_KEPT)
         self.backend = backend
         # Tasks in this very store: claim, task, comment and record go in one transaction.
         self._acts_in_store = isinstance(backend, EmbeddedBackend) and backend.keeps_tasks_in(store)
@@ -216,11 +243,15 @@ class Pipeline:
 
     async def verify_token(self, token_text: str) -> tuple[Token, Request]:
         token = self.signer.decode(token_text)
+        if (owner := self._owners.get(token.request_id)) is not None:
+            # A request's owner never changes: a forged MAC is refused without a store read.
+            self.signer.verify(token, owner, self.clock())
         request = await asyncio.to_thread(self.store.get_request, token.request_id)
         if request is None:
             # Never issued here (or deleted): the same answer as a forged signature.
             raise TokenForged(f"request {token.request_id} was never issued here")
         self.signer.verify(token, request.owner, self.clock())
+        self._owners.put(request.id, request.owner)
         if request.revoked_at is not None:
             now_with = await asyncio.to_thread(self.store.handover_of, request.id)
             raise RequestRevoked(f"request {request.id} was withdrawn", now_with)
@@ -239,9 +270,7 @@ class Pipeline:
         if inbound.client is None:  # a mailbox's message: the final server recorded it
             envelope_sender = _return_path(inbound.raw, self.limits.header_bytes)
         try:
-            # Off the loop, in the reading pool: store calls keep their own threads, and when
-            # the pool has a queue already this message is answered 451 now instead of waiting.
-            raw, parsed = await self.reader.admit(read_message, inbound.raw, envelope_sender, self.limits)
+            raw, parsed, light = await self._read(inbound.raw, envelope_sender)
         except ReaderBusy:
             if act:
                 self.count_refusal("mailbox" if inbound.client is None else "data", R.READER_BUSY)
@@ -258,12 +287,25 @@ class Pipeline:
             recipients, decisions = list(inbound.recipients), []
         else:
             recipients, decisions = await self.recipients_from_headers(parsed, message_id)
-        auth = await self.authenticate(inbound, raw, parsed, envelope_sender)
+        auth = await self.authenticate(inbound, raw, parsed, envelope_sender, light)
         for recipient in recipients:
             decisions.append(await self.decide(parsed, message_id, recipient, auth, act=act, source=inbound.source))
         if act:
             await self._after(inbound, raw, decisions)
         return decisions
+
+    async def _read(self, raw: bytes, envelope_sender: str | None) -> tuple[bytes, ParsedReply, bool]:
+        """The message read once: a small, plain one (``budget.Cost.light``) here on the loop,
+        where it costs less than a thread hop; any other in the reading pool, where store calls
+        keep their own threads, and a pool with a queue already answers 451 now rather than
+        make the sender wait. The flag says which, so DKIM verification follows suit."""
+        if len(raw) <= budget.INLINE_BYTES:
+            canonical, cost = measured_message(raw, self.limits)
+            if cost.light:
+                view = budget.reader_view(canonical, self.limits.references)
+                return canonical, parse_reply(view, envelope_sender=envelope_sender), True
+        canonical, parsed = await self.reader.admit(read_message, raw, envelope_sender, self.limits)
+        return canonical, parsed, False
 
     async def recipients_from_headers(
         self, parsed: ParsedReply, message_id: str
@@ -290,15 +332,17 @@ class Pipeline:
         return recipients, refused
 
     async def authenticate(
-        self, inbound: Inbound, raw: bytes, parsed: ParsedReply, envelope_sender: str | None
+        self, inbound: Inbound, raw: bytes, parsed: ParsedReply, envelope_sender: str | None, light: bool = False
     ) -> AuthState:
         """Who sent it: the SMTP checks on the connection's facts (the MAIL stage's, if it ran,
-        then DKIM, DMARC, the From whitelist and the owner rule), or a mailbox's trusted stamps."""
+        then DKIM, DMARC, the From whitelist and the owner rule), or a mailbox's trusted stamps.
+        ``light``: the message is small and plain enough to verify on the loop."""
+        auth = self.sender_auth
         try:
             if inbound.client is None:
-                return await self.sender_auth.at_mailbox(raw, envelope_sender, parsed.from_address, inbound.trusted_ids)
-            state = inbound.mail_auth or await self.sender_auth.at_mail(inbound.client, inbound.mail_from or "")
-            return await self.sender_auth.at_data(inbound.client, inbound.mail_from, raw, parsed.from_address, state)
+                return await auth.at_mailbox(raw, envelope_sender, parsed.from_address, inbound.trusted_ids, light)
+            state = inbound.mail_auth or await auth.at_mail(inbound.client, inbound.mail_from or "")
+            return await auth.at_data(inbound.client, inbound.mail_from, raw, parsed.from_address, state, light)
         except Exception:
             log.exception("sender authentication failed")
             return AuthState(refusal=R.INTERNAL_ERROR)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 
 from . import smtp_replies as R
-from .budget import DEFAULT_LIMITS, Limits, check_budget
+from .budget import DEFAULT_LIMITS, Cost, Limits, check_budget
 from .errors import MessageRefused
 
 # RFC 5322 field name: printable US-ASCII except ":", then the colon (no space before it).
@@ -37,6 +37,11 @@ def _refuse(why: str) -> MessageRefused:
 def canonical_message(raw: bytes, limits: Limits = DEFAULT_LIMITS) -> bytes:
     """``raw`` in the one form DKIM and the reader both parse alike, within ``limits``;
     refuses what can't be."""
+    return measured_message(raw, limits)[0]
+
+
+def measured_message(raw: bytes, limits: Limits = DEFAULT_LIMITS) -> tuple[bytes, Cost]:
+    """``canonical_message``, and what reading it will cost (``budget.Cost``)."""
     if b"\r" not in raw:
         raw = raw.replace(b"\n", b"\r\n")
     end = _header_end(raw)
@@ -54,8 +59,7 @@ def canonical_message(raw: bytes, limits: Limits = DEFAULT_LIMITS) -> bytes:
     if body.count(b"\r") != body.count(b"\n") or body.count(b"\r\n") != body.count(b"\n"):
         body = _ANY_NEWLINE.sub(b"\r\n", body)
     raw = head + body
-    check_budget(raw, limits)
-    return raw
+    return raw, check_budget(raw, limits)
 
 
 def _header_end(raw: bytes) -> int:

@@ -261,7 +261,13 @@ class SenderAuth:
     # DATA -------------------------------------------------------------------------------
 
     async def at_data(
-        self, client: Client, mail_from: str | None, raw: bytes, header_from: str | None, state: AuthState
+        self,
+        client: Client,
+        mail_from: str | None,
+        raw: bytes,
+        header_from: str | None,
+        state: AuthState,
+        light: bool = False,
     ) -> AuthState:
         """DKIM, DMARC, the header-From whitelist, and whether the From is authenticated."""
         if state.exempt or state.refusal:
@@ -270,17 +276,24 @@ class SenderAuth:
         # still verify ourselves: only our own verification shows which fields were signed.
         trusted = self.checks.trusted_authserv_ids if self.relays_verdicts(client) else ()
         stamped = self._stamped(raw, trusted, header_from)
-        context = CheckContext(client.ip or "", client.helo or "", mail_from, raw, header_from, state.verdicts, stamped)
+        context = CheckContext(
+            client.ip or "", client.helo or "", mail_from, raw, header_from, state.verdicts, stamped, light
+        )
         return await self._data_stage(self.data_checks, context, state)
 
     async def at_mailbox(
-        self, raw: bytes, mail_from: str | None, header_from: str | None, trusted_ids: Sequence[str]
+        self,
+        raw: bytes,
+        mail_from: str | None,
+        header_from: str | None,
+        trusted_ids: Sequence[str],
+        light: bool = False,
     ) -> AuthState:
         """Mailbox mode has no SMTP facts: DKIM is verified here; SPF and DMARC are taken from
         the Authentication-Results of the receiving server we trust (by authserv-id) only."""
         state = AuthState()
         stamped = self._stamped(raw, trusted_ids, header_from)
-        context = CheckContext("", "", mail_from, raw, header_from, state.verdicts, stamped)
+        context = CheckContext("", "", mail_from, raw, header_from, state.verdicts, stamped, light)
         return await self._data_stage(self.mailbox_checks, context, state)
 
     async def _data_stage(self, checks: Sequence[Check], context: CheckContext, state: AuthState) -> AuthState:

@@ -7,12 +7,13 @@ import asyncio
 from pathlib import Path
 
 import dkim
+import pytest
 from dns_fixtures import black_hole_resolver as black_hole_resolver
 from dns_fixtures import dns_server as dns_server
 from dns_fixtures import resolver as resolver
 
 from rc_mta.checks._base import Verdict
-from rc_mta.checks.dkim import MAX_SIGNATURES, DkimSignature, check_dkim
+from rc_mta.checks.dkim import MAX_SIGNATURES, DkimSignature, NeedsThread, _verify_one, check_dkim
 from rc_mta.dns import DnsResolver
 
 KEYS = Path(__file__).parent / "keys"
@@ -220,3 +221,35 @@ def test_a_signature_field_too_long_to_be_real_is_not_verified(resolver: DnsReso
     verdict, signatures = verify(resolver, padded)
     assert verdict.result == "permerror"
     assert "over 4096 bytes" in signatures[0].reason
+
+
+# On the loop (a light message) and in the reading pool: the same verdicts -------------------
+
+
+def test_verifying_on_the_loop_agrees_with_the_pool_for_every_kind_of_signature(resolver: DnsResolver) -> None:
+    good = sign(MESSAGE, "good.test", "sel", "good-sel2048.pem")
+    cases = {
+        "pass": good,
+        "body changed": good.replace(b"approve\r\n", b"reject\r\n"),
+        "header changed": good.replace(b"Subject: Re: Approve", b"Subject: Re: Reject"),
+        "unsigned": MESSAGE,
+        "no key published": sign(MESSAGE, "good.test", "gone", "good-sel2048.pem"),
+        "unparseable": b"DKIM-Signature: v=1; a=rsa-sha256; d=good.test; s=sel\r\n" + MESSAGE,
+        "two domains": sign(good, "evil.test", "evil", "evil-sel2048.pem"),
+        "short key": sign(MESSAGE, "good.test", "small", "good-small1024.pem"),
+        "relaxed": sign_relaxed(MESSAGE, "good.test", "sel", "good-sel2048.pem"),
+    }
+    for name, raw in cases.items():
+        for bits in (1024, 2048):
+            in_pool = asyncio.run(check_dkim(resolver, raw, min_key_bits=bits))
+            on_loop = asyncio.run(check_dkim(resolver, raw, min_key_bits=bits, on_loop=True))
+            assert on_loop == in_pool, name
+
+
+def test_a_key_not_looked_up_ahead_sends_the_verification_to_the_pool(resolver: DnsResolver) -> None:
+    raw = sign(MESSAGE, "good.test", "sel", "good-sel2048.pem")
+    # On the loop nothing may wait for DNS: without the key at hand, verification moves.
+    with pytest.raises(NeedsThread):
+        _verify_one(resolver, raw, 0, 1024, {}, on_loop=True)
+    # In the pool the same call asks DNS itself and verifies.
+    assert _verify_one(resolver, raw, 0, 1024, {}).result == "pass"

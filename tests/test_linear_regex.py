@@ -19,7 +19,6 @@ from typing import Any
 import pytest
 
 from rc_mta import authresults, budget, config, logs, rawmessage, safetext, tokens
-from rc_mta.checks import dkim as dkim_check
 from rc_mta.checks import dmarc
 from rc_mta.checks.binding import RequestAddresses
 from rc_mta.inbound import protocol
@@ -141,7 +140,7 @@ FAMILIES: list[Family] = [
     Family("request tokens in ids", ADDRESSES.tokens_in, lambda n: repeat("rc+" + "a" * 39, n)),
     Family("request tokens, near-misses", ADDRESSES.tokens_in, lambda n: repeat("rc.", n)),
     Family("DMARC version", dmarc._VERSION.match, lambda n: "v" + " " * n + "x"),
-    Family("DKIM white space scan", dkim_check._LONG_WHITESPACE.findall, lambda n: lines(b" " * 31 + b"x", n)),
+    Family("DKIM white space scan", budget._LONG_WHITESPACE.findall, lambda n: lines(b" " * 31 + b"x", n)),
     # tokens.py and config.py: secrets and durations written by people, checked anyway.
     Family("secret as hex", tokens._HEX.fullmatch, lambda n: "a" * n + "!"),
     Family("secret as base64", tokens._BASE64.fullmatch, lambda n: "A" * n + "=" * 8 + "!"),

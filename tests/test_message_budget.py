@@ -22,10 +22,10 @@ from hostile_messages import hostile
 from mailclient import SmtpOutcome, reply_message, send_smtp
 
 from rc_mta import smtp_replies as R
-from rc_mta.budget import DEFAULT_LIMITS, HeavyWork, check_budget, reader_view
+from rc_mta.budget import DEFAULT_LIMITS, INLINE_WHITESPACE_COST, Cost, HeavyWork, check_budget, reader_view
 from rc_mta.errors import MessageRefused, ReaderBusy
 from rc_mta.pipeline import _return_path
-from rc_mta.rawmessage import canonical_message
+from rc_mta.rawmessage import canonical_message, measured_message
 
 MIB = 1024 * 1024
 
@@ -142,6 +142,64 @@ def test_a_full_reading_queue_answers_451_at_once() -> None:
     assert outcomes == [str(R.READER_BUSY), "fourth", "alone"]
     assert R.READER_BUSY.code == 451 and R.READER_BUSY.enhanced == "4.3.2"
     assert waiting == 1
+
+
+def test_a_light_reply_is_read_at_once_while_the_reading_pool_is_full(tmp_path: Path) -> None:
+    # A small plain reply is read on the loop (budget.Cost.light): a pool full of expensive
+    # messages makes the heavy ones wait or hear 451, not the ordinary replies.
+    from rc_mta.app import Service
+    from rc_mta.config import InboundConfig, Settings, SigningConfig, StoreConfig
+
+    service = Service.open(
+        Settings(
+            store=StoreConfig(url=f"sqlite:///{tmp_path / 'db.sqlite'}"),
+            signing=SigningConfig(generated_key_file=tmp_path / "key"),
+            inbound=InboundConfig(parse_workers=1, parse_queue=0),
+        )
+    )
+    plain = bytes(reply_message("rc@reply.example.com", "Approved, thanks"))
+    html = bytes(reply_message("rc@reply.example.com", "Approved", html="<p>" + "Approved, thanks. " * 200 + "</p>"))
+    assert canonical_message_cost(plain).light and not canonical_message_cost(html).light
+
+    async def scenario() -> tuple[str, str]:
+        release = threading.Event()
+        held = asyncio.ensure_future(service.pipeline.reader.admit(release.wait, 30))
+        await asyncio.sleep(0)  # admitted: the one worker is taken, no queue
+        try:
+            light = await service.diagnose(plain, client=None)
+            heavy = await service.diagnose(html, client=None)
+        finally:
+            release.set()
+            await held
+        return light["smtp_reply"], heavy["smtp_reply"]
+
+    try:
+        light, heavy = asyncio.run(scenario())
+    finally:
+        service.close()
+    assert heavy == str(R.READER_BUSY)
+    assert not light.startswith("451"), light  # read and judged (no request matches: refused)
+
+
+def canonical_message_cost(raw: bytes) -> Cost:
+    return measured_message(raw)[1]
+
+
+def test_what_makes_a_message_too_heavy_to_read_on_the_loop() -> None:
+    plain = bytes(reply_message("rc@reply.example.com", "Approved"))
+    assert canonical_message_cost(plain).light
+    too_big = bytes(reply_message("rc@reply.example.com", "Approved\n" + "Our change board met today. " * 1500))
+    assert not canonical_message_cost(too_big).light
+    spaced = bytes(reply_message("rc@reply.example.com", "Approved\n" + ("x" + " " * 200 + "y\n") * 20))
+    assert canonical_message_cost(spaced).whitespace_cost > INLINE_WHITESPACE_COST
+    assert not canonical_message_cost(spaced).light
+    assert not canonical_message_cost(ordinary_reply_with_attachments()).light  # parts and size
+    for kind in ("references", "html", "from_comments"):
+        try:
+            cost = canonical_message_cost(hostile(kind, 16 * 1024, "rc@reply.example.com"))
+        except MessageRefused:
+            continue
+        assert not cost.light or kind == "references", kind  # a long References is cut for the reader
 
 
 # What the budget lets through: mail people write ------------------------------------------

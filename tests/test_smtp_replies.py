@@ -142,6 +142,33 @@ def test_forged_signature_is_refused_at_rcpt(rc: RcMta) -> None:
     assert rc.task(task_id)["status"] == "in_progress"
 
 
+def test_a_forged_signature_is_refused_alike_once_the_genuine_token_was_seen(rc: RcMta) -> None:
+    # The owner of a request whose token verified is kept, so a forged MAC for that request
+    # is refused without a store read: with the same answer, and the genuine one still works.
+    task_id = rc.add_task()
+    address = rc.request(task_id)["complete_address"]
+    local, domain = address.split("@")
+    forged = f"{local[:-1]}{'a' if local[-1] != 'a' else 'b'}@{domain}"
+    before = rcpt_reply(rc.smtp_port, forged)
+    assert rcpt_reply(rc.smtp_port, address).code == 250  # verified: its owner is now known
+
+    after = rcpt_reply(rc.smtp_port, forged)
+    reply = send_smtp(rc.smtp_port, reply_message(address, "Approved"), address)
+
+    assert (
+        (after.code, after.enhanced, after.text)
+        == (before.code, before.enhanced, before.text)
+        == (
+            550,
+            "5.7.1",
+            before.text,
+        )
+    )
+    assert "signature" in after.text
+    assert reply.code == 250, reply
+    assert rc.task(task_id)["status"] == "completed"
+
+
 def test_damaged_token_and_unknown_mailbox_are_refused_at_rcpt(rc: RcMta) -> None:
     damaged = rcpt_reply(rc.smtp_port, f"rc+abc@{REPLY_DOMAIN}")
     unknown = rcpt_reply(rc.smtp_port, f"postmaster2@{REPLY_DOMAIN}")

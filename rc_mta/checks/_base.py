@@ -89,6 +89,7 @@ class CheckContext:
     header_from: str | None = None
     verdicts: Mapping[str, Verdict] = field(default_factory=dict)
     stamped: Mapping[str, Verdict] = field(default_factory=dict)
+    light: bool = False  # small and plain enough to verify on the event loop (budget.Cost.light)
 
     @property
     def from_domain(self) -> str | None:

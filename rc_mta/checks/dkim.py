@@ -16,14 +16,13 @@ than any text has is not verified with a ``c=*/relaxed`` signature).
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import dkim
 import dkim.util
 
-from rc_mta.budget import heavy_work
+from rc_mta.budget import heavy_work, relaxed_body_cost
 from rc_mta.checks._base import CheckContext, DkimSignature, Verdict
 
 __all__ = ["MAX_SIGNATURES", "DkimCheck", "DkimSignature", "check_dkim"]
@@ -38,7 +37,6 @@ MAX_SIGNATURE_BYTES = 4096
 # runs of white space (dkimpy's [\t ]+\r\n tries every start in a run); 10 million steps
 # is some 70 ms. Tables padded with spaces come to a few hundred thousand.
 MAX_WHITESPACE_COST = 10_000_000
-_LONG_WHITESPACE = re.compile(rb"[\t ]{32,}")
 
 
 @dataclass
@@ -49,6 +47,12 @@ class KeyLookup:
     record: bytes | None = None
     error: str | None = None
     names: list[str] = field(default_factory=list)
+    on_loop: bool = False  # verifying on the event loop: a lookup not made ahead can't wait here
+    deferred: bool = False  # so it was not made: verify again in the reading pool
+
+
+class NeedsThread(Exception):
+    """Verification on the loop met a key not looked up ahead: do it again in the pool."""
 
 
 def _tag(sig: dict[bytes, bytes], name: bytes) -> str:
@@ -120,11 +124,6 @@ def _signatures(raw: bytes) -> tuple[list[_Signed], int]:
     return found, len(fields)
 
 
-def relaxed_body_cost(body: bytes) -> int:
-    """About how many steps dkimpy's relaxed body canonicalization takes on ``body``."""
-    return sum(len(run) ** 2 // 2 for run in _LONG_WHITESPACE.findall(body))
-
-
 async def look_up_keys(resolver: DnsResolver, names: set[str]) -> Keys:
     """Every key record the signatures name, at once, on the loop (through the shared cache)."""
 
@@ -154,6 +153,9 @@ def prefetched_dnsfunc(resolver: DnsResolver, keys: Keys, lookup: KeyLookup) -> 
                 raise dkim.DnsTimeoutError(str(found))
             lookup.record = found
             return found
+        if lookup.on_loop:  # no blocking lookup on the loop: the caller goes to the pool
+            lookup.deferred = True
+            raise dkim.DnsTimeoutError(f"{key} was not looked up ahead")
         try:  # a name not looked up ahead (dkimpy read the tags otherwise): ask now
             lookup.record = resolver.dkim_txt(name, timeout=timeout)
         except dkim.DnsTimeoutError as exc:
@@ -164,9 +166,12 @@ def prefetched_dnsfunc(resolver: DnsResolver, keys: Keys, lookup: KeyLookup) -> 
     return dnsfunc
 
 
-def _verify_one(resolver: DnsResolver, raw: bytes, idx: int, min_key_bits: int, keys: Keys) -> DkimSignature:
-    """Verify signature ``idx`` with the keys looked up ahead (blocking: in the reading pool)."""
-    lookup = KeyLookup()
+def _verify_one(
+    resolver: DnsResolver, raw: bytes, idx: int, min_key_bits: int, keys: Keys, on_loop: bool = False
+) -> DkimSignature:
+    """Verify signature ``idx`` with the keys looked up ahead (blocking: in the reading pool,
+    or ``on_loop`` for a light message, raising NeedsThread if a key was not looked up)."""
+    lookup = KeyLookup(on_loop=on_loop)
     dnsfunc = prefetched_dnsfunc(resolver, keys, lookup)
     verifier: dkim.DKIM | None = None
     try:
@@ -175,6 +180,8 @@ def _verify_one(resolver: DnsResolver, raw: bytes, idx: int, min_key_bits: int, 
         failure: str | None = None if ok else "signature did not verify"
     except Exception as exc:  # dkimpy raises more than DKIMException on hostile input
         ok, failure = False, str(exc) or type(exc).__name__
+    if lookup.deferred:
+        raise NeedsThread(f"signature {idx}: a key was not looked up ahead")
     fields: dict[bytes, bytes] = getattr(verifier, "signature_fields", None) or {}
     domain = _tag(fields, b"d").lower()
     selector = _tag(fields, b"s")
@@ -206,12 +213,14 @@ def _verify_one(resolver: DnsResolver, raw: bytes, idx: int, min_key_bits: int, 
 
 
 async def check_dkim(
-    resolver: DnsResolver, raw: bytes, min_key_bits: int = 1024
+    resolver: DnsResolver, raw: bytes, min_key_bits: int = 1024, *, on_loop: bool = False
 ) -> tuple[Verdict, list[DkimSignature]]:
-    """Verify every DKIM signature off the event loop; pass if any one passes."""
+    """Verify every DKIM signature; pass if any one passes. In the reading pool, or here on
+    the loop when the caller found the message light (``budget.Cost.light``: small, with
+    short signature fields), which costs less than the thread hops would."""
     pool = heavy_work()
     try:
-        checked, count = await pool.run(_signatures, raw)
+        checked, count = _signatures(raw) if on_loop else await pool.run(_signatures, raw)
     except Exception as exc:  # dkimpy's parser on hostile input
         return Verdict("permerror", f"message could not be parsed for DKIM: {exc}"), []
     if count == 0:
@@ -221,6 +230,11 @@ async def check_dkim(
     async def verify(signed: _Signed) -> DkimSignature:
         if signed.unusable is not None:
             return DkimSignature(signed.domain, signed.selector, "permerror", f"not verified: {signed.unusable}", None)
+        if on_loop:
+            try:
+                return _verify_one(resolver, raw, signed.index, min_key_bits, keys, on_loop=True)
+            except NeedsThread:
+                pass
         return await pool.run(_verify_one, resolver, raw, signed.index, min_key_bits, keys)
 
     signatures = list(await asyncio.gather(*(verify(signed) for signed in checked)))
@@ -254,5 +268,5 @@ class DkimCheck:
         self.min_key_bits = min_key_bits
 
     async def evaluate(self, context: CheckContext) -> Verdict:
-        verdict, signatures = await check_dkim(self.resolver, context.raw, self.min_key_bits)
+        verdict, signatures = await check_dkim(self.resolver, context.raw, self.min_key_bits, on_loop=context.light)
         return replace(verdict, signatures=tuple(signatures))
