@@ -27,7 +27,7 @@ import dkim
 import dkim.util
 
 from rc_mta.authresults import ReceivedAuthResult, arc_authentication_results
-from rc_mta.budget import heavy_work
+from rc_mta.budget import heavy_work, relaxed_body_cost
 from rc_mta.checks._base import CheckContext, OwnerProof, Verdict, domain_of
 from rc_mta.checks.binding import RequestAddresses
 from rc_mta.checks.dkim import (
@@ -38,7 +38,6 @@ from rc_mta.checks.dkim import (
     key_name,
     look_up_keys,
     prefetched_dnsfunc,
-    relaxed_body_cost,
     signed_binding_fields,
 )
 from rc_mta.checks.dmarc import organizational_domain
