@@ -4,6 +4,7 @@ smtplib. An aiosmtpd upgrade that renames a member or rewords a reply fails here
 
 from __future__ import annotations
 
+import asyncio
 import re
 import smtplib
 from collections.abc import Iterator
@@ -13,6 +14,8 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from conftest import free_port
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rc_mta.inbound import aiosmtpd_private as P
 from rc_mta.inbound.data import LINE_TOO_LONG, TOO_MUCH_DATA, DataReading
@@ -144,3 +147,58 @@ def test_our_data_reader_answers_in_aiosmtpds_words(probe: tuple[Recorder, int],
     code, text = raw_data(port, body + b".\r\n")
 
     assert f"{code} {text.decode()}" == expected
+
+
+# Addresses: the plain form read without the header parser, to aiosmtpd's own answer ---------
+
+_ATEXT = "abcXYZ09!#$%&'*+/=?^_`{|}~-"
+_atoms = st.text(alphabet=_ATEXT, min_size=1, max_size=8)
+_labels = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9-]{0,10}", fullmatch=True)
+_plain = st.builds(
+    lambda local, domain, rest: f"<{'.'.join(local)}@{'.'.join(domain)}>{rest}",
+    st.lists(_atoms, min_size=1, max_size=3),
+    st.lists(_labels, min_size=1, max_size=3),
+    st.sampled_from(["", " SIZE=1024", "\tBODY=8BITMIME SMTPUTF8", "  ", "x", " (comment) SIZE=1", "(c)", " \t(a(b))"]),
+)
+# Near misses: the fast path must step aside and leave them to aiosmtpd.
+_odd = st.one_of(
+    st.text(alphabet=_ATEXT + '<>@."() \\[]:;,\t', max_size=40),
+    _plain.map(lambda a: " " + a),
+    _plain.map(lambda a: a.replace("@", "@@", 1)),
+    _plain.map(lambda a: a.replace("<", '<"q"', 1)),
+    _plain.map(lambda a: a.replace(">", "", 1)),
+    _plain.map(lambda a: a.replace("@", "..@", 1)),
+)
+
+
+@pytest.fixture(scope="module")
+def servers() -> Iterator[tuple[SMTP, SMTP]]:
+    loop = asyncio.new_event_loop()
+    ours, theirs = P.ReplyObjects(Recorder(), loop=loop), SMTP(Recorder(), loop=loop)
+    yield ours, theirs
+    loop.close()
+
+
+@settings(max_examples=400, deadline=None)
+@given(arg=st.one_of(_plain, _odd))
+def test_an_address_is_read_as_aiosmtpd_reads_it(servers: tuple[SMTP, SMTP], arg: str) -> None:
+    ours, theirs = servers
+    assert _read(ours, arg) == _read(theirs, arg)
+
+
+def _read(server: SMTP, arg: str) -> object:
+    """What ``_getaddr`` answers, or the exception it raises (aiosmtpd's own: "<" alone)."""
+    try:
+        return server._getaddr(arg)
+    except Exception as exc:
+        return type(exc)
+
+
+def test_the_local_part_limit_still_applies_to_plain_addresses(servers: tuple[SMTP, SMTP]) -> None:
+    ours, _ = servers
+    ours.local_part_limit = 8
+    try:
+        assert ours._getaddr("<toolongalocalpart@example.com>") == (None, None)
+        assert ours._getaddr("<short@example.com> SIZE=1") == ("short@example.com", "SIZE=1")
+    finally:
+        ours.local_part_limit = 0
