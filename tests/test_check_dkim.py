@@ -13,7 +13,7 @@ from dns_fixtures import dns_server as dns_server
 from dns_fixtures import resolver as resolver
 
 from rc_mta.checks._base import Verdict
-from rc_mta.checks.dkim import MAX_SIGNATURES, DkimSignature, NeedsThread, _verify_one, check_dkim
+from rc_mta.checks.dkim import MAX_SIGNATURES, DkimSignature, NeedsThread, _parse, _verify_one, check_dkim
 from rc_mta.dns import DnsResolver
 
 KEYS = Path(__file__).parent / "keys"
@@ -250,6 +250,6 @@ def test_a_key_not_looked_up_ahead_sends_the_verification_to_the_pool(resolver: 
     raw = sign(MESSAGE, "good.test", "sel", "good-sel2048.pem")
     # On the loop nothing may wait for DNS: without the key at hand, verification moves.
     with pytest.raises(NeedsThread):
-        _verify_one(resolver, raw, 0, 1024, {}, on_loop=True)
+        _verify_one(resolver, raw, 0, 1024, {}, _parse(raw))
     # In the pool the same call asks DNS itself and verifies.
     assert _verify_one(resolver, raw, 0, 1024, {}).result == "pass"

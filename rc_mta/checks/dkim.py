@@ -95,11 +95,30 @@ class _Signed:
     selector: str = ""
 
 
-def _signatures(raw: bytes) -> tuple[list[_Signed], int]:
+# A message as dkimpy splits it (``rfc822_parse``): its header fields and its body.
+Parsed = tuple[list[tuple[bytes, bytes]], bytes]
+
+
+def _parse(raw: bytes) -> Parsed:
+    headers, body = dkim.rfc822_parse(raw)
+    return headers, body
+
+
+def _verifier(raw: bytes, min_key_bits: int, parsed: Parsed | None) -> dkim.DKIM:
+    """dkimpy's verifier for ``raw``, on the split made once already when there is one."""
+    if parsed is None:
+        return dkim.DKIM(raw, minkey=min_key_bits)
+    verifier = dkim.DKIM(minkey=min_key_bits)
+    verifier.headers, verifier.body = list(parsed[0]), parsed[1]
+    return verifier
+
+
+def _signatures(raw: bytes, parsed: Parsed | None = None) -> tuple[list[_Signed], int]:
     """The first ``MAX_SIGNATURES`` DKIM-Signature fields in dkimpy's order (its own parse, so
-    indexes agree), and how many there are. Blocking: runs in the reading pool."""
-    verifier = dkim.DKIM(raw)
-    fields = [value for name, value in verifier.headers if name.lower() == b"dkim-signature"]
+    indexes agree), and how many there are. Blocking: in the reading pool, or on the loop
+    for a light message (with its split, ``parsed``, shared with the verifications)."""
+    headers, body = parsed or _parse(raw)
+    fields = [value for name, value in headers if name.lower() == b"dkim-signature"]
     found: list[_Signed] = []
     body_cost: int | None = None
     for index, value in enumerate(fields[:MAX_SIGNATURES]):
@@ -117,7 +136,7 @@ def _signatures(raw: bytes) -> tuple[list[_Signed], int]:
         signed = _Signed(index, name, None, domain.lower(), selector)
         if tags.get(b"c", b"").partition(b"/")[2].strip().lower() == b"relaxed":
             if body_cost is None:
-                body_cost = relaxed_body_cost(verifier.body)
+                body_cost = relaxed_body_cost(body)
             if body_cost > MAX_WHITESPACE_COST:
                 signed = replace(signed, unusable="the body has longer runs of white space than any text")
         found.append(signed)
@@ -167,15 +186,16 @@ def prefetched_dnsfunc(resolver: DnsResolver, keys: Keys, lookup: KeyLookup) -> 
 
 
 def _verify_one(
-    resolver: DnsResolver, raw: bytes, idx: int, min_key_bits: int, keys: Keys, on_loop: bool = False
+    resolver: DnsResolver, raw: bytes, idx: int, min_key_bits: int, keys: Keys, parsed: Parsed | None = None
 ) -> DkimSignature:
-    """Verify signature ``idx`` with the keys looked up ahead (blocking: in the reading pool,
-    or ``on_loop`` for a light message, raising NeedsThread if a key was not looked up)."""
-    lookup = KeyLookup(on_loop=on_loop)
+    """Verify signature ``idx`` with the keys looked up ahead (blocking: in the reading pool;
+    or, given the message's split ``parsed``, on the loop for a light message, raising
+    NeedsThread if a key was not looked up ahead)."""
+    lookup = KeyLookup(on_loop=parsed is not None)
     dnsfunc = prefetched_dnsfunc(resolver, keys, lookup)
     verifier: dkim.DKIM | None = None
     try:
-        verifier = dkim.DKIM(raw, minkey=min_key_bits)
+        verifier = _verifier(raw, min_key_bits, parsed)
         ok = bool(verifier.verify(idx=idx, dnsfunc=dnsfunc))
         failure: str | None = None if ok else "signature did not verify"
     except Exception as exc:  # dkimpy raises more than DKIMException on hostile input
@@ -219,8 +239,13 @@ async def check_dkim(
     the loop when the caller found the message light (``budget.Cost.light``: small, with
     short signature fields), which costs less than the thread hops would."""
     pool = heavy_work()
+    parsed: Parsed | None = None
     try:
-        checked, count = _signatures(raw) if on_loop else await pool.run(_signatures, raw)
+        if on_loop:
+            parsed = _parse(raw)
+            checked, count = _signatures(raw, parsed)
+        else:
+            checked, count = await pool.run(_signatures, raw)
     except Exception as exc:  # dkimpy's parser on hostile input
         return Verdict("permerror", f"message could not be parsed for DKIM: {exc}"), []
     if count == 0:
@@ -230,9 +255,9 @@ async def check_dkim(
     async def verify(signed: _Signed) -> DkimSignature:
         if signed.unusable is not None:
             return DkimSignature(signed.domain, signed.selector, "permerror", f"not verified: {signed.unusable}", None)
-        if on_loop:
+        if parsed is not None:
             try:
-                return _verify_one(resolver, raw, signed.index, min_key_bits, keys, on_loop=True)
+                return _verify_one(resolver, raw, signed.index, min_key_bits, keys, parsed)
             except NeedsThread:
                 pass
         return await pool.run(_verify_one, resolver, raw, signed.index, min_key_bits, keys)
