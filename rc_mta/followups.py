@@ -10,7 +10,12 @@ does each step, once):
   a Release or embedded task, an ``expired`` event to a webhook). A reply after that gets
   the expired-token refusal, which says when it expired.
 
-Answered and revoked requests get neither.
+Answered and revoked requests get neither, and neither goes out for a task that was
+decided another way: before each step the task is read (``TaskBackend.get``: the embedded
+store, Release), and where the backend cannot be read (the webhook) rc-mta's own record
+says whether another request of the task was answered since. A task no longer in progress
+withdraws the step (logged, recorded, never tried again); a backend that cannot tell now
+(down) leaves the step for the next round: nothing is sent blindly, nothing is dropped.
 """
 
 from __future__ import annotations
@@ -25,9 +30,11 @@ from email.message import EmailMessage
 from typing import TYPE_CHECKING
 
 from .config import Settings
+from .errors import BackendUnavailable, StoreUnavailable, TemporaryFailure
 from .outbound import reply_addresses, wire_bytes
 from .request_mail import compose
-from .store import Delivery, OutboundMail, Request
+from .store import IN_PROGRESS, Delivery, OutboundMail, Request
+from .tasks import TaskNotFound
 from .tokens import Signer
 
 if TYPE_CHECKING:
@@ -54,6 +61,38 @@ def reminder(settings: Settings, signer: Signer, request: Request, number: int, 
         message["In-Reply-To"] = request.message_id
         message["References"] = request.message_id
     return message
+
+
+async def withheld_because(service: Service, request: Request) -> str | None:
+    """Why no follow-up of ``request`` may go out, or None when it is still wanted: the
+    request is open and its task in progress. Raises TemporaryFailure when that cannot be
+    told now (the backend or the store is down, a reply is being handled): ask again later."""
+    store = service.store
+    found = await asyncio.to_thread(store.get_request_with_claim, request.id)
+    if found is None:
+        return "the request is gone"
+    current, claim = found
+    if current.revoked_at is not None:
+        return "the request was revoked"
+    if claim is not None:
+        if not claim.done:
+            raise TemporaryFailure(f"request {request.id} is being answered right now")
+        return f"the request was answered ({claim.action} by {claim.actor})"
+    try:
+        task = await service.backend.get(request.task_id)
+    except TaskNotFound:
+        return f"task {request.task_id} no longer exists"
+    if task.known:
+        if task.status == IN_PROGRESS:
+            return None
+        by = f" by {task.acted_by}" if task.acted_by else ""
+        return f"task {request.task_id} is {task.status}{by}"
+    sibling = await asyncio.to_thread(store.decided_by_sibling, request.id)
+    if sibling is None:
+        return None
+    action, actor, other = sibling
+    past = "failed" if action == "fail" else "completed"
+    return f"task {request.task_id} was {past} by {actor} (request {other})"
 
 
 class FollowUps:
@@ -90,13 +129,27 @@ class FollowUps:
                 continue
             try:
                 async with asyncio.timeout(STALE_SECONDS / 2):
-                    await self._do(request, step)
+                    why_not = await withheld_because(self._service, request)
+                    if why_not is None:
+                        await self._do(request, step)
             except asyncio.CancelledError:
                 await asyncio.to_thread(store.release_followup, request.id, step, self.holder)
                 raise
             except Exception as exc:
                 await asyncio.to_thread(store.release_followup, request.id, step, self.holder)
-                log.warning("follow-up %s of request %s: %s: %s", step, request.id, type(exc).__name__, exc)
+                log.warning(
+                    "follow-up %s of request %s left for the next round: %s: %s",
+                    step,
+                    request.id,
+                    type(exc).__name__,
+                    exc,
+                )
+                if isinstance(exc, (BackendUnavailable, StoreUnavailable)):
+                    break  # the others would only wait for it too
+                continue
+            if why_not is not None:
+                await asyncio.to_thread(store.followup_done, request.id, step, self.holder, time.time(), withdrawn=True)
+                log.info("request %s: %s withdrawn, nothing sent: %s", request.id, step, why_not)
                 continue
             await asyncio.to_thread(store.followup_done, request.id, step, self.holder, time.time())
 

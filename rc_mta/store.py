@@ -994,14 +994,53 @@ class Store:
             ).rowcount
         return taken == 1
 
-    def followup_done(self, request_id: str, step: str, holder: str, now: float) -> None:
+    def followup_done(self, request_id: str, step: str, holder: str, now: float, *, withdrawn: bool = False) -> None:
+        """The step is over: done, or ``withdrawn`` (nothing was sent: the task was decided
+        another way). Either way no round takes it again."""
         f = request_followups.c
         with self._begin() as conn:
             conn.execute(
                 update(request_followups)
                 .where(f.request_id == request_id, f.step == step, f.holder == holder)
-                .values(state="done", at=now)
+                .values(state="withdrawn" if withdrawn else "done", at=now)
             )
+
+    def followup_state(self, request_id: str, step: str) -> str | None:
+        """``sending``, ``done`` or ``withdrawn``; None when the step was not taken yet."""
+        f = request_followups.c
+        with self._begin() as conn:
+            found = conn.execute(select(f.state).where(f.request_id == request_id, f.step == step)).scalar_one_or_none()
+        return str(found) if found is not None else None
+
+    def decided_by_sibling(self, request_id: str) -> tuple[str, str, str] | None:
+        """(action, actor, request id) of another request of the same task whose answer,
+        given since this one was made, decided the task: for a backend that cannot be asked
+        (the webhook), rc-mta's own record of it. An approval that did not (yet) decide its
+        N-of-M group decided nothing."""
+        mine = requests.alias("mine")
+        r, u, m, g = requests.c, used_tokens.c, approval_members.c, approval_groups.c
+        undecided_approval = (
+            select(m.request_id)
+            .join(approval_groups, g.id == m.group_id)
+            .where(m.request_id == r.id, g.needed > 1, g.decided_at.is_(None))
+            .exists()
+        )
+        query = (
+            select(u.action, u.actor, r.id)
+            .select_from(used_tokens.join(requests, r.id == u.request_id).join(mine, mine.c.task_id == r.task_id))
+            .where(
+                mine.c.id == request_id,
+                r.id != request_id,
+                u.state == "done",
+                u.done_at >= mine.c.created_at,
+                ~undecided_approval,
+            )
+            .order_by(u.done_at)
+            .limit(1)
+        )
+        with self._begin() as conn:
+            row = conn.execute(query).first()
+        return (str(row[0]), str(row[1]), str(row[2])) if row is not None else None
 
     def release_followup(self, request_id: str, step: str, holder: str) -> None:
         """It failed: the next round (of anyone) tries again."""
@@ -1208,7 +1247,7 @@ request_followups = Table(
     Column("request_id", String(16), primary_key=True),
     Column("step", String(16), primary_key=True),
     Column("holder", String(64), nullable=False),
-    Column("state", String(16), nullable=False),  # sending | done
+    Column("state", String(16), nullable=False),  # sending | done | withdrawn (the task was decided another way)
     Column("at", Float, nullable=False),
 )
 

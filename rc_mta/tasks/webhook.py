@@ -80,8 +80,9 @@ class WebhookBackend:
 
     async def get(self, task_id: str) -> TaskInfo:
         """A webhook only speaks when we act, so there is no one to ask: the task is taken
-        as in progress, titled by its id, with no owner (requests name the owner)."""
-        return TaskInfo(task_id, title=task_id, owner="", status="in_progress")
+        as in progress (``known=False``: assumed, not read), titled by its id, with no owner
+        (requests name the owner)."""
+        return TaskInfo(task_id, title=task_id, owner="", status="in_progress", known=False)
 
     async def complete(self, task_id: str, comment: str, actor: str, context: ActionContext) -> None:
         await self._post(task_id, "complete", comment, actor, context)
