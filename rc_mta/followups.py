@@ -6,6 +6,9 @@ does each step, once):
 * ``reminder-N``: ``[requests] reminders`` delays after it was sent, the request again, in
   its thread (``In-Reply-To``/``References`` its Message-ID, ``Reminder:`` subject), with
   the same reply addresses. A round that comes late sends only the latest reminder due.
+  The reminder goes into the outbound queue (``outbound_queue.py``) like the request mail,
+  keyed by (request, ``reminder-N``): the same lease, back-off and lifetime, and the step is
+  done once it is queued.
 * ``expired``: once it expired, the backend is told (``TaskBackend.expired``: a comment on
   a Release or embedded task, an ``expired`` event to a webhook). A reply after that gets
   the expired-token refusal, which says when it expired.
@@ -33,7 +36,7 @@ from .config import Settings
 from .errors import BackendUnavailable, StoreUnavailable, TemporaryFailure
 from .outbound import reply_addresses, wire_bytes
 from .request_mail import compose
-from .store import IN_PROGRESS, Delivery, OutboundMail, Request
+from .store import IN_PROGRESS, Request
 from .tasks import TaskNotFound
 from .tokens import Signer
 
@@ -150,34 +153,25 @@ class FollowUps:
             if why_not is not None:
                 await asyncio.to_thread(store.followup_done, request.id, step, self.holder, time.time(), withdrawn=True)
                 log.info("request %s: %s withdrawn, nothing sent: %s", request.id, step, why_not)
-                continue
-            await asyncio.to_thread(store.followup_done, request.id, step, self.holder, time.time())
 
     async def _do(self, request: Request, step: str) -> None:
-        service = self._service
+        """Do one step this instance holds, and mark it done (or leave it to the caller's
+        error path, which gives it back for the next round)."""
+        service, store = self._service, self._service.store
         if step == "expired":
             await service.backend.expired(request.task_id, request.owner, request.id, request.expires_at)
+            await asyncio.to_thread(store.followup_done, request.id, step, self.holder, time.time())
             log.info("request %s to %s expired unanswered: task %s told", request.id, request.owner, request.task_id)
             return
         number = int(step.removeprefix("reminder-"))
-        now = time.time()
-        message = wire_bytes(reminder(service.settings, service.signer, request, number, now))
+        message = wire_bytes(reminder(service.settings, service.signer, request, number, time.time()))
         if service.dkim is not None:
             message = await asyncio.to_thread(service.dkim.sign, message)
-        # Straight to the transport: the step stays claimed, not done, until the relay took
-        # it, so a relay that is down (DeliveryDeferred) or refuses means another round tries.
-        mail = OutboundMail(
-            request_id=f"{request.id}-{step}",
-            message=message,
-            sender=service.settings.from_address,
-            recipient=request.owner,
-            state=Delivery.QUEUED,
-            attempts=0,
-            created_at=now,
-            next_attempt_at=now,
-            last_answer=None,
-            done_at=None,
-            path=None,
-        )
-        delivered = await service.transport.deliver(mail)
-        log.info("request %s: %s mailed to %s (%s)", request.id, step, request.owner, delivered.answer)
+        # Into the outbound queue, the step marked done with it in one transaction: from
+        # here the sender loop delivers it (back-off, lifetime, a revocation honoured) and
+        # the step is never taken again, so no relay trouble can make a second reminder.
+        mail = await service.queue.submit_followup(request, step, message, service.settings.from_address, self.holder)
+        if mail is None:
+            log.warning("request %s: %s was taken over by another instance meanwhile", request.id, step)
+            return
+        log.info("request %s: %s queued for %s (%s)", request.id, step, request.owner, mail.state.value)

@@ -127,11 +127,17 @@ store_probe = Table(
     Column("at", Float, nullable=False),
 )
 
+# What a store made before reminders went through the queue lacks (``Store._key_outbound_by_kind``).
+REQUEST_MAIL = "request"
+
 outbound_queue = Table(
     "outbound_queue",
     metadata,
-    # One row per request mail, written with the request: what the sender loop delivers.
+    # One row per mail of a request: the request mail, written with the request, and each
+    # reminder, written when it is due. What the sender loop delivers.
     Column("request_id", String(16), ForeignKey("requests.id"), primary_key=True),
+    # request | reminder-1 | reminder-2 ...: one mail of each kind per request, ever.
+    Column("kind", String(16), primary_key=True, server_default=REQUEST_MAIL),
     Column("message", LargeBinary, nullable=False),  # the mail as sent, signature included
     Column("sender", String(320), nullable=False),
     Column("recipient", String(320), nullable=False),
@@ -216,7 +222,7 @@ class Delivery(Enum):
 
 @dataclass(frozen=True)
 class OutboundMail:
-    """A request mail in the outbound queue and what became of it so far."""
+    """A mail of a request in the outbound queue and what became of it so far."""
 
     request_id: str
     message: bytes
@@ -229,6 +235,20 @@ class OutboundMail:
     last_answer: str | None
     done_at: float | None
     path: str | None
+    kind: str = REQUEST_MAIL  # request | reminder-N
+
+    @property
+    def name(self) -> str:
+        """Unique among mails: the request id, with the kind for any but the request mail
+        (the outbox file's name: ``<request>.eml``, ``<request>-reminder-1.eml``)."""
+        return self.request_id if self.kind == REQUEST_MAIL else f"{self.request_id}-{self.kind}"
+
+    @property
+    def label(self) -> str:
+        """How logs name it: ``request X``, ``reminder-1 of request X``."""
+        return (
+            f"request {self.request_id}" if self.kind == REQUEST_MAIL else f"{self.kind} of request {self.request_id}"
+        )
 
 
 @dataclass(frozen=True)
@@ -298,6 +318,7 @@ class Store:
         with self._begin() as conn:
             metadata.create_all(conn)
         self._add_missing_columns()
+        self._key_outbound_by_kind()
 
     def _add_missing_columns(self) -> None:
         """Bring a store made by an older version up to date (``create_all`` adds tables,
@@ -468,22 +489,41 @@ class Store:
     ) -> OutboundMail:
         """Record a request and its mail in one transaction: from here on it is not lost.
         ``holder`` holds it for its first delivery attempt (others take it after ``lease``)."""
-        row: dict[str, Any] = {
-            "request_id": request.id,
-            "message": message,
-            "sender": sender,
-            "recipient": request.owner,
-            "state": Delivery.QUEUED.value,
-            "attempts": 0,
-            "created_at": now,
-            "next_attempt_at": now,
-            "last_answer": None,
-            "done_at": None,
-            "path": None,
-        }
+        row = _new_mail(request.id, REQUEST_MAIL, message, sender, request.owner, now)
         with self._begin() as conn:
             conn.execute(insert(requests).values(**request.__dict__))
             conn.execute(insert(outbound_queue).values(**row, holder=holder, lease_until=now + lease))
+        return _outbound_mail(row)
+
+    def queue_followup_mail(
+        self,
+        request: Request,
+        step: str,
+        step_holder: str,
+        message: bytes,
+        sender: str,
+        now: float,
+        holder: str,
+        lease: float,
+    ) -> OutboundMail | None:
+        """Queue the mail of a follow-up step (a reminder) and mark the step done, in one
+        transaction: the step's claim (``step_holder``'s) and the key (request, kind) make
+        it one mail whatever happens. None, with nothing written, when ``step_holder`` no
+        longer holds the step. ``holder`` holds the mail for its first attempt, as above."""
+        f = request_followups.c
+        row = _new_mail(request.id, step, message, sender, request.owner, now)
+        try:
+            with self._begin() as conn:
+                took = conn.execute(
+                    update(request_followups)
+                    .where(f.request_id == request.id, f.step == step, f.holder == step_holder, f.state == "sending")
+                    .values(state="done", at=now)
+                ).rowcount
+                if took != 1:
+                    raise _NotAtOnce  # taken over as stale: the other holder queues it
+                conn.execute(insert(outbound_queue).values(**row, holder=holder, lease_until=now + lease))
+        except (IntegrityError, _NotAtOnce):
+            return None
         return _outbound_mail(row)
 
     def claim_outbound(self, holder: str, now: float, lease: float, limit: int) -> list[OutboundMail]:
@@ -497,19 +537,18 @@ class Store:
             q.lease_until.is_(None) | (q.lease_until < now),
         )
         with self._begin() as conn:
-            wanted = select(q.request_id).where(*due).order_by(q.next_attempt_at).limit(limit)
-            candidates = list(conn.execute(wanted).scalars())
+            wanted = select(q.request_id, q.kind).where(*due).order_by(q.next_attempt_at).limit(limit)
+            candidates = [(row[0], row[1]) for row in conn.execute(wanted)]
         taken: list[OutboundMail] = []
-        for candidate in candidates:
+        for request_id, kind in candidates:
+            this = (q.request_id == request_id, q.kind == kind)
             with self._begin() as conn:
                 changed = conn.execute(
-                    update(outbound_queue)
-                    .where(q.request_id == candidate, *due)
-                    .values(holder=holder, lease_until=now + lease)
+                    update(outbound_queue).where(*this, *due).values(holder=holder, lease_until=now + lease)
                 ).rowcount
                 if changed != 1:
                     continue  # another instance took it first
-                row = conn.execute(select(outbound_queue).where(q.request_id == candidate)).mappings().one()
+                row = conn.execute(select(outbound_queue).where(*this)).mappings().one()
             taken.append(_outbound_mail(row))
         return taken
 
@@ -523,6 +562,7 @@ class Store:
         *,
         next_attempt_at: float | None = None,
         path: str | None = None,
+        kind: str = REQUEST_MAIL,
     ) -> bool:
         """Record what one delivery attempt found and give the row back; False when
         ``holder`` no longer held it (its lease ran out and someone else took it)."""
@@ -544,16 +584,73 @@ class Store:
             values["path"] = path
         with self._begin() as conn:
             changed = conn.execute(
-                update(outbound_queue).where(q.request_id == request_id, q.holder == holder).values(**values)
+                update(outbound_queue)
+                .where(q.request_id == request_id, q.kind == kind, q.holder == holder)
+                .values(**values)
             ).rowcount
         return changed == 1
 
-    def get_outbound(self, request_id: str) -> OutboundMail | None:
+    def get_outbound(self, request_id: str, kind: str = REQUEST_MAIL) -> OutboundMail | None:
+        """One mail of a request: by default the request mail itself."""
+        q = outbound_queue.c
         with self._begin() as conn:
             row = (
-                conn.execute(select(outbound_queue).where(outbound_queue.c.request_id == request_id)).mappings().first()
+                conn.execute(select(outbound_queue).where(q.request_id == request_id, q.kind == kind))
+                .mappings()
+                .first()
             )
         return _outbound_mail(row) if row else None
+
+    def outbound_mails(self, request_id: str) -> list[OutboundMail]:
+        """Every mail of a request, the request mail first, then its reminders as queued."""
+        q = outbound_queue.c
+        with self._begin() as conn:
+            rows = conn.execute(
+                select(outbound_queue).where(q.request_id == request_id).order_by(q.created_at, q.kind)
+            ).mappings()
+            mails = [_outbound_mail(row) for row in rows]
+        return sorted(mails, key=lambda mail: mail.kind != REQUEST_MAIL)
+
+    def _key_outbound_by_kind(self) -> None:
+        """A store from before reminders went through the queue keys ``outbound_queue`` by
+        request alone: key it by (request, kind), each row it holds a request mail. One
+        transaction that first takes the table, then looks again, so of several instances
+        starting at once one rebuilds and the others find it done."""
+        if self._outbound_has_kind():
+            return
+        with self._begin() as conn:
+            sqlite = conn.dialect.name == "sqlite"
+            # SQLite: the write lock at once (Python's sqlite3 would begin only at the first
+            # INSERT, leaving the CREATE before it outside the transaction).
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if sqlite else "LOCK TABLE outbound_queue IN ACCESS EXCLUSIVE MODE")
+            if "kind" in {c["name"] for c in inspect(conn).get_columns("outbound_queue")}:
+                return  # another instance did it meanwhile
+            if sqlite:
+                # SQLite cannot change a primary key: a new table, the rows copied, renamed.
+                scratch = MetaData()
+                requests.to_metadata(scratch)
+                rekeyed = outbound_queue.to_metadata(scratch, name="outbound_queue_rekeyed")
+                conn.execute(CreateTable(rekeyed))
+                old = ", ".join(c.name for c in outbound_queue.c if c.name != "kind")
+                conn.exec_driver_sql(
+                    f"INSERT INTO outbound_queue_rekeyed ({old}, kind) "
+                    f"SELECT {old}, '{REQUEST_MAIL}' FROM outbound_queue"
+                )
+                conn.exec_driver_sql("DROP TABLE outbound_queue")
+                conn.exec_driver_sql("ALTER TABLE outbound_queue_rekeyed RENAME TO outbound_queue")
+                for index in outbound_queue.indexes:
+                    index.create(conn)
+            else:
+                key = inspect(conn).get_pk_constraint("outbound_queue")["name"]
+                conn.exec_driver_sql(
+                    f"ALTER TABLE outbound_queue ADD COLUMN kind VARCHAR(16) DEFAULT '{REQUEST_MAIL}' NOT NULL"
+                )
+                conn.exec_driver_sql(f'ALTER TABLE outbound_queue DROP CONSTRAINT "{key}"')
+                conn.exec_driver_sql("ALTER TABLE outbound_queue ADD PRIMARY KEY (request_id, kind)")
+
+    def _outbound_has_kind(self) -> bool:
+        with self._begin() as conn:
+            return "kind" in {c["name"] for c in inspect(conn).get_columns("outbound_queue")}
 
     def outbound_summary(self) -> QueueSummary:
         q = outbound_queue.c
@@ -1311,8 +1408,27 @@ class MailboxClaim:
     disposition: str | None  # processed | rejected: handled already, only filing is left
 
 
+def _new_mail(request_id: str, kind: str, message: bytes, sender: str, recipient: str, now: float) -> dict[str, Any]:
+    """The row of a mail just queued: due at once, not tried yet."""
+    return {
+        "request_id": request_id,
+        "kind": kind,
+        "message": message,
+        "sender": sender,
+        "recipient": recipient,
+        "state": Delivery.QUEUED.value,
+        "attempts": 0,
+        "created_at": now,
+        "next_attempt_at": now,
+        "last_answer": None,
+        "done_at": None,
+        "path": None,
+    }
+
+
 def _outbound_mail(row: Any) -> OutboundMail:
     return OutboundMail(
+        kind=row["kind"],
         request_id=row["request_id"],
         message=bytes(row["message"]),
         sender=row["sender"],
