@@ -13,6 +13,11 @@ does each step, once):
   a Release or embedded task, an ``expired`` event to a webhook). A reply after that gets
   the expired-token refusal, which says when it expired.
 
+Each round also tells the backend, where it listens (``RequestFailureListener``), of the
+request mails that failed for good and it has not yet been told of (``FailureNotices``):
+recorded when the mail fails and tried at once, then again with the outbound queue's
+back-off until ``[outbound] queue_lifetime``, then given up with an ERROR.
+
 Answered and revoked requests get neither, and neither goes out for a task that was
 decided another way: before each step the task is read (``TaskBackend.get``: the embedded
 store, Release), and where the backend cannot be read (the webhook) rc-mta's own record
@@ -36,8 +41,8 @@ from .config import Settings
 from .errors import BackendUnavailable, StoreUnavailable, TemporaryFailure
 from .outbound import reply_addresses, wire_bytes
 from .request_mail import compose
-from .store import IN_PROGRESS, Request
-from .tasks import TaskNotFound
+from .store import IN_PROGRESS, Notice, Request
+from .tasks import RequestFailureListener, TaskNotFound
 from .tokens import Signer
 
 if TYPE_CHECKING:
@@ -98,13 +103,94 @@ async def withheld_because(service: Service, request: Request) -> str | None:
     return f"task {request.task_id} was {past} by {actor} (request {other})"
 
 
+def _holder() -> str:
+    """Who holds a step or a notice: this process, and this one object in it."""
+    return f"{socket.gethostname()[:40]}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+class FailureNotices:
+    """``request_failed`` told to the backend for good: a record in the store first (so
+    neither a backend that is down nor a restart loses it), an attempt at once, then one
+    in each follow-up round that finds it due, with the outbound queue's back-off, until
+    ``[outbound] queue_lifetime``. Of several instances one tells it at a time (a lease)."""
+
+    EVENT = "request_failed"
+
+    def __init__(self, service: Service) -> None:
+        self._service = service
+        self.holder = _holder()
+
+    async def record(self, request_id: str, answer: str) -> None:
+        """A request mail failed for good: tell the backend, now or later."""
+        service = self._service
+        if not isinstance(service.backend, RequestFailureListener):
+            return  # the embedded store: the request API shows it
+        try:
+            notice = await asyncio.to_thread(
+                service.store.add_notice, request_id, self.EVENT, answer, time.time(), self.holder, STALE_SECONDS
+            )
+        except TemporaryFailure as exc:
+            # Cannot keep it: one attempt now is all that is left.
+            log.warning("request %s failed; could not record it for the backend (%s): telling it once", request_id, exc)
+            request = await asyncio.to_thread(service.store.get_request, request_id)
+            if request is not None:
+                await service.backend.request_failed(request.task_id, request.id, request.owner, answer)
+            return
+        if notice is not None:
+            await self._tell(notice)
+
+    async def round(self) -> None:
+        """Tell what is due again."""
+        if not isinstance(self._service.backend, RequestFailureListener):
+            return
+        store = self._service.store
+        for notice in await asyncio.to_thread(store.claim_notices, self.holder, time.time(), STALE_SECONDS):
+            await self._tell(notice)
+
+    async def _tell(self, notice: Notice) -> None:
+        service, store = self._service, self._service.store
+        backend = service.backend
+        assert isinstance(backend, RequestFailureListener)
+        try:
+            async with asyncio.timeout(STALE_SECONDS / 2):
+                await backend.request_failed(notice.task_id, notice.request_id, notice.owner, notice.answer)
+        except asyncio.CancelledError:
+            raise  # still held: another round takes it after the lease
+        except Exception as exc:
+            why = f"{type(exc).__name__}: {exc}"
+            now, attempts = time.time(), notice.attempts + 1
+            lifetime = service.settings.outbound.queue_lifetime
+            if now - notice.created_at >= lifetime:
+                await asyncio.to_thread(store.settle_notice, notice, self.holder, "given_up", now, error=why)
+                log.error(
+                    "gave up telling the backend that request %s to %s failed, after %d attempt(s) in %gs: %s",
+                    notice.request_id,
+                    notice.owner,
+                    attempts,
+                    lifetime,
+                    why,
+                )
+                return
+            delay = service.queue.backoff(attempts)
+            await asyncio.to_thread(
+                store.settle_notice, notice, self.holder, "pending", now, error=why, next_attempt_at=now + delay
+            )
+            log.warning(
+                "could not tell the backend that request %s failed (%s); next try in %gs", notice.request_id, why, delay
+            )
+            return
+        await asyncio.to_thread(store.settle_notice, notice, self.holder, "told", time.time())
+        log.info("backend told that request %s to %s failed", notice.request_id, notice.owner)
+
+
 class FollowUps:
     source = "followups"
 
     def __init__(self, service: Service) -> None:
         self._service = service
         self._config = service.settings.requests
-        self.holder = f"{socket.gethostname()[:40]}:{os.getpid()}:{secrets.token_hex(4)}"
+        self.holder = _holder()
+        self._notices = FailureNotices(service)
 
     async def run(self) -> None:
         """Until cancelled; a failed round is logged and the next one tries again."""
@@ -118,6 +204,14 @@ class FollowUps:
             await asyncio.sleep(self._config.followup_interval)
 
     async def round(self) -> None:
+        """The steps due, then the notices due: trouble with the one does not stop the other."""
+        try:
+            await self._steps()
+        except Exception as exc:
+            log.warning("follow-ups: %s: %s", type(exc).__name__, exc)
+        await self._notices.round()
+
+    async def _steps(self) -> None:
         store, now = self._service.store, time.time()
         due = await asyncio.to_thread(
             store.due_followups, now, tuple(self._config.reminders), now - EXPIRY_NOTICE_WINDOW

@@ -1149,6 +1149,95 @@ class Store:
                 )
             )
 
+    # Notices to the task backend about a request (request_failed), until told ----------
+
+    def add_notice(
+        self, request_id: str, event: str, answer: str, now: float, holder: str, lease: float
+    ) -> Notice | None:
+        """Record that the backend must be told ``event``, held by ``holder`` for its first
+        attempt. None when it was recorded before (by anyone): that one is told, not this."""
+        row: dict[str, Any] = {
+            "request_id": request_id,
+            "event": event,
+            "answer": answer[:1000],
+            "state": "pending",
+            "attempts": 0,
+            "created_at": now,
+            "next_attempt_at": now,
+            "last_error": None,
+            "done_at": None,
+        }
+        try:
+            with self._begin() as conn:
+                conn.execute(insert(request_notices).values(**row, holder=holder, lease_until=now + lease))
+        except IntegrityError:
+            return None
+        return self.get_notice(request_id, event)
+
+    def claim_notices(self, holder: str, now: float, lease: float, limit: int = 100) -> list[Notice]:
+        """Take the notices due for another attempt, each by a conditional UPDATE: of several
+        instances asking at once only one gets it; a dead holder's goes after its lease."""
+        n = request_notices.c
+        due = (n.state == "pending", n.next_attempt_at <= now, n.lease_until.is_(None) | (n.lease_until < now))
+        with self._begin() as conn:
+            rows = conn.execute(select(n.request_id, n.event).where(*due).order_by(n.next_attempt_at).limit(limit))
+            candidates = [(row[0], row[1]) for row in rows]
+        taken: list[Notice] = []
+        for request_id, what in candidates:
+            with self._begin() as conn:
+                changed = conn.execute(
+                    update(request_notices)
+                    .where(n.request_id == request_id, n.event == what, *due)
+                    .values(holder=holder, lease_until=now + lease)
+                ).rowcount
+            if changed == 1 and (notice := self.get_notice(request_id, what)) is not None:
+                taken.append(notice)
+        return taken
+
+    def settle_notice(
+        self,
+        notice: Notice,
+        holder: str,
+        state: str,
+        now: float,
+        *,
+        error: str | None = None,
+        next_attempt_at: float | None = None,
+    ) -> bool:
+        """Record one attempt (``told``, ``given_up``, or ``pending`` again until
+        ``next_attempt_at``) and let go; False when ``holder`` no longer held it."""
+        n = request_notices.c
+        values: dict[str, Any] = {"state": state, "attempts": n.attempts + 1, "holder": None, "lease_until": None}
+        if error is not None:
+            values["last_error"] = error[:1000]
+        if state == "pending":
+            values["next_attempt_at"] = next_attempt_at if next_attempt_at is not None else now
+        else:
+            values["done_at"] = now
+        with self._begin() as conn:
+            changed = conn.execute(
+                update(request_notices)
+                .where(n.request_id == notice.request_id, n.event == notice.event, n.holder == holder)
+                .values(**values)
+            ).rowcount
+        return changed == 1
+
+    def get_notice(self, request_id: str, event: str) -> Notice | None:
+        n, r = request_notices.c, requests.c
+        with self._begin() as conn:
+            row = (
+                conn.execute(
+                    select(request_notices, r.task_id, r.owner)
+                    .join(requests, r.id == n.request_id)
+                    .where(n.request_id == request_id, n.event == event)
+                )
+                .mappings()
+                .first()
+            )
+        if row is None:
+            return None
+        return Notice(**{k: row[k] for k in Notice.__dataclass_fields__})
+
     def add_task_comment(self, task_id: str, author: str, text: str, now: float) -> None:
         """A comment on an embedded task that changes nothing else (an expiry notice)."""
         with self._begin() as conn:
@@ -1348,6 +1437,25 @@ request_followups = Table(
     Column("at", Float, nullable=False),
 )
 
+request_notices = Table(
+    "request_notices",
+    metadata,
+    # What the task backend must still be told about a request, until it was: ``request_failed``
+    # (its mail will never arrive). Tried at once, then each follow-up round with back-off.
+    Column("request_id", String(16), ForeignKey("requests.id"), primary_key=True),
+    Column("event", String(32), primary_key=True),
+    Column("answer", Text, nullable=False),  # the relay's answer that failed the mail
+    Column("state", String(16), nullable=False),  # pending | told | given_up
+    Column("attempts", Integer, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("next_attempt_at", Float, nullable=False),
+    Column("last_error", Text),  # why the last attempt did not reach the backend
+    Column("done_at", Float),
+    # Which instance is telling it, until when: another takes it only after the lease.
+    Column("holder", String(64)),
+    Column("lease_until", Float),
+)
+
 approval_groups = Table(
     "approval_groups",
     metadata,
@@ -1372,6 +1480,22 @@ approval_members = Table(
     # Set when this request's approval was counted: a retried reply is never counted twice.
     Column("approved_at", Float),
 )
+
+
+@dataclass(frozen=True)
+class Notice:
+    """Something the task backend must be told about a request (``request_failed``)."""
+
+    request_id: str
+    event: str
+    task_id: str
+    owner: str
+    answer: str
+    state: str  # pending | told | given_up
+    attempts: int
+    created_at: float
+    next_attempt_at: float
+    last_error: str | None
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,11 @@
 """The follow-ups' own queries, on SQLite and on PostgreSQL: rc-mta's record of whether a
-sibling request decided a task (what a webhook task's follow-ups go by), and that a
-withdrawn step is never due again."""
+sibling request decided a task (what a webhook task's follow-ups go by), that a withdrawn
+step is never due again, and that a notice for the backend is recorded once and taken by
+one instance at a time."""
 
 from __future__ import annotations
 
+import threading
 import time
 
 from test_store import store as store  # the same store fixture: SQLite and PostgreSQL
@@ -76,3 +78,38 @@ def test_a_withdrawn_step_is_never_due_again(store: Store) -> None:
     assert store.followup_state(request.id, "reminder-1") == "withdrawn"
     assert store.due_followups(now + 1, (5.0,), now - 86400) == []
     assert not store.claim_followup(request.id, "reminder-1", "other", now + 1000, 300)
+
+
+def test_a_notice_is_recorded_once_and_retried_by_one_instance_at_a_time(store: Store) -> None:
+    now = time.time()
+    request = _request(store, "ticket-6", "bob@example.com", now)
+    first = store.add_notice(request.id, "request_failed", "550 no", now, "failer", 300)
+    assert first is not None and (first.task_id, first.owner, first.state) == ("ticket-6", request.owner, "pending")
+    assert store.add_notice(request.id, "request_failed", "550 no", now, "twin", 300) is None
+
+    assert store.claim_notices("round", now + 1, 300) == []  # its recorder holds it for the first try
+    assert store.settle_notice(first, "failer", "pending", now + 1, error="down", next_attempt_at=now + 60)
+    assert store.claim_notices("round", now + 59, 300) == []  # backing off
+
+    taken: list[str] = []
+    barrier = threading.Barrier(4)
+
+    def instance(i: int) -> None:
+        barrier.wait()
+        taken.extend(f"{i}:{n.request_id}" for n in store.claim_notices(f"instance-{i}", now + 61, 300))
+
+    threads = [threading.Thread(target=instance, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(taken) == 1
+    holder = "instance-" + taken[0].split(":")[0]
+
+    again = store.get_notice(request.id, "request_failed")
+    assert again is not None and (again.attempts, again.last_error) == (1, "down")
+    assert not store.settle_notice(again, "failer", "told", now + 62)  # no longer the holder
+    assert store.settle_notice(again, holder, "told", now + 62)
+    told = store.get_notice(request.id, "request_failed")
+    assert told is not None and (told.state, told.attempts) == ("told", 2)
+    assert store.claim_notices("round", now + 10_000, 300) == []

@@ -19,6 +19,8 @@ from mailclient import reply_message, send_smtp
 from smtpsink import RELAY_USER, running_relay
 from webhook_receiver import WebhookReceiver
 
+from rc_mta.store import Notice, Store
+
 TOKEN = "queue-test-token"
 PASSWORD = "relay-secret"
 
@@ -346,3 +348,72 @@ def test_two_instances_on_one_postgresql_store_send_each_reminder_once(tmp_path:
     finally:
         for rc in instances:
             rc.stop()
+
+
+# A failed request told to a webhook that is down ---------------------------------------------
+
+
+def _notice(server: RcMta, request_id: str) -> Notice | None:
+    store = Store(server.settings["store"]["url"])
+    try:
+        return store.get_notice(request_id, "request_failed")
+    finally:
+        store.close()
+
+
+def _failed_request_to_a_webhook(rc: RcMta, receiver: WebhookReceiver, port: int) -> str:
+    """A request the relay refuses (5xx), made while rc-mta serves; its id."""
+    rc.settings["tasks"] = {"backend": "webhook", "webhook": {"url": receiver.url, "secret": receiver.secret}}
+    rc.settings["requests"] = {"followup_interval": "0.2s"}
+    rc.start()
+    with running_relay(port, PASSWORD, answers=["550 5.7.1 Sender not allowed"]):
+        result = rc.cli("request", "JIRA-9", "--owner", "bob@example.com", check=False)
+    assert result.returncode == 1 and "FAILED" in result.stdout
+    return result.stdout.split()[1]
+
+
+def test_request_failed_is_told_to_a_webhook_that_was_down_once_it_is_up(fresh_rc: RcMta) -> None:
+    port = free_port()
+    receiver = WebhookReceiver(port=free_port())  # its URL given out, nothing listening yet
+    rc = _with_relay(fresh_rc, port)
+    try:
+        request_id = _failed_request_to_a_webhook(rc, receiver, port)
+        # Kept, and tried again by the serving instance with back-off, not dropped.
+        wait_until(
+            lambda: (n := _notice(rc, request_id)) is not None and n.attempts >= 2, what="request_failed tried again"
+        )
+        notice = _notice(rc, request_id)
+        assert notice is not None and notice.state == "pending" and "cannot reach webhook" in (notice.last_error or "")
+
+        receiver.start()
+        wait_until(lambda: (n := _notice(rc, request_id)) is not None and n.state == "told", what="request_failed told")
+        [event] = receiver.payloads  # once: nothing after it was told
+        assert (event["event"], event["task_id"], event["request_id"]) == ("request_failed", "JIRA-9", request_id)
+        assert "550 5.7.1 Sender not allowed" in event["answer"]
+        assert f"backend told that request {request_id} to bob@example.com failed" in rc.log_path.read_text()
+    finally:
+        receiver.stop()
+
+
+def test_request_failed_a_webhook_never_takes_is_given_up_with_an_error_after_the_lifetime(fresh_rc: RcMta) -> None:
+    port = free_port()
+    receiver = WebhookReceiver(answer=(503, {"detail": "maintenance"})).start()
+    rc = _with_relay(fresh_rc, port)
+    rc.settings["outbound"]["queue_lifetime"] = "2s"
+    try:
+        request_id = _failed_request_to_a_webhook(rc, receiver, port)
+
+        wait_until(
+            lambda: (n := _notice(rc, request_id)) is not None and n.state == "given_up", what="request_failed given up"
+        )
+        log = rc.log_path.read_text()
+        assert (
+            f"ERROR rc_mta.followups gave up telling the backend that request {request_id} to bob@example.com failed"
+            in log
+        )
+        assert "HTTP 503" in log
+        attempts = len(receiver.payloads)
+        notice = _notice(rc, request_id)
+        assert notice is not None and notice.attempts == attempts >= 2  # each try reached it; none after
+    finally:
+        receiver.stop()
