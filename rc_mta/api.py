@@ -14,7 +14,7 @@ import hmac
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 from aiohttp import web
@@ -38,7 +38,7 @@ from .shapes import Email, Link, TaskCreate, TaskId, TaskOut, Text, Timestamp, t
 from .shapes import StrictBody as _Body
 from .shapes import iso as _iso
 from .shapes import iso_or_none as _iso_or_none
-from .store import Claim, Delivery, OutboundMail, Request
+from .store import REQUEST_MAIL, Claim, Delivery, OutboundMail, Request
 
 if TYPE_CHECKING:
     from .app import Service
@@ -165,6 +165,12 @@ class DeliveryOut(BaseModel):
     done_at: Timestamp | None = Field(description="When it was sent, or failed.")
 
 
+class ReminderOut(DeliveryOut):
+    """A reminder mail of the request (``[requests] reminders``), queued when it was due."""
+
+    kind: str = Field(description="Which reminder: reminder-1, reminder-2, ...")
+
+
 class RequestOut(BaseModel):
     request_id: str
     task_id: str
@@ -175,7 +181,14 @@ class RequestOut(BaseModel):
     state: Literal["sent", "answered", "expired", "revoked"]
     answered: Answer | None
     revoked_at: Timestamp | None
-    delivery: DeliveryOut | None = Field(description="None for requests made before the outbound queue existed.")
+    delivery: DeliveryOut | None = Field(
+        description="The request mail's (the first mail's); None for requests made before the outbound queue existed."
+    )
+    reminders: list[ReminderOut] = Field(
+        default_factory=list,
+        description="Each reminder mail queued so far, in order; a reminder withdrawn or revoked before it "
+        "was sent is `failed` with `last_answer` saying why.",
+    )
 
 
 class ErrorDetail(BaseModel):
@@ -256,8 +269,18 @@ def delivery_out(mail: OutboundMail | None) -> DeliveryOut | None:
     )
 
 
-def request_json(request: Request, claim: Claim | None, now: float, mail: OutboundMail | None = None) -> dict[str, Any]:
-    """Only a finished (``done``) claim is an answer: a pending one may still be given back."""
+def request_json(
+    request: Request, claim: Claim | None, now: float, mails: Sequence[OutboundMail] = ()
+) -> dict[str, Any]:
+    """Only a finished (``done``) claim is an answer: a pending one may still be given back.
+    ``mails``: the request's mails in the queue (``Store.outbound_mails``): ``delivery`` is
+    the request mail's, ``reminders`` the others'."""
+    mail = next((m for m in mails if m.kind == REQUEST_MAIL), None)
+    reminders = [
+        ReminderOut(kind=m.kind, **delivery.model_dump())
+        for m in mails
+        if m.kind != REQUEST_MAIL and (delivery := delivery_out(m)) is not None
+    ]
     answered = None
     if claim is not None and claim.done:
         answered = Answer(
@@ -286,6 +309,7 @@ def request_json(request: Request, claim: Claim | None, now: float, mail: Outbou
         answered=answered,
         revoked_at=_iso_or_none(request.revoked_at),
         delivery=delivery_out(mail),
+        reminders=reminders,
     )
     return out.model_dump(mode="json")
 
@@ -460,8 +484,8 @@ class _Api:
         found = await asyncio.to_thread(self.service.store.get_request_with_claim, request_id)
         if found is None:
             raise ApiError(404, "not_found", f"no request {request_id}")
-        mail = await asyncio.to_thread(self.service.store.get_outbound, request_id)
-        return web.json_response(request_json(*found, time.time(), mail))
+        mails = await asyncio.to_thread(self.service.store.outbound_mails, request_id)
+        return web.json_response(request_json(*found, time.time(), mails))
 
     async def revoke_request(self, request: web.Request) -> web.Response:
         """Withdraw a request (e.g. the task was reassigned): its addresses are refused at RCPT."""
@@ -479,8 +503,8 @@ class _Api:
             else:
                 message = f"request {request_id} is being answered right now by {claim.actor}"
             raise ApiError(409, "conflict", message)
-        mail = await asyncio.to_thread(store.get_outbound, request_id)
-        return web.json_response(request_json(stored, claim, now, mail))
+        mails = await asyncio.to_thread(store.outbound_mails, request_id)
+        return web.json_response(request_json(stored, claim, now, mails))
 
     # Tasks (embedded backend) --------------------------------------------------------------
 
@@ -598,7 +622,7 @@ def openapi_document() -> dict[str, Any]:
             "parameters": [request_id],
             "get": {
                 "operationId": "getRequest",
-                "summary": "A request, its mail's delivery, and whether (and by whom) it was answered",
+                "summary": "A request, its mails' delivery (request, reminders), and whether it was answered",
                 "responses": {"200": _json("The request.", _ref(RequestOut)), **_errors(404)},
             },
             "delete": {

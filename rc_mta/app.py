@@ -118,15 +118,23 @@ class Service:
         queue = OutboundQueue(settings.outbound, store, transport)
         service = cls(settings, store, signer, backend, transport, pipeline, queue, dkim)
         service.queue.on_failure = service._request_failed
+        service.queue.withheld = service._reminder_withheld
         return service
 
+    async def _reminder_withheld(self, request: Request) -> str | None:
+        """Why a queued reminder of ``request`` must not go out now (see ``followups``)."""
+        from .followups import withheld_because
+
+        return await withheld_because(self, request)
+
     async def _request_failed(self, request_id: str, answer: str) -> None:
-        """Tell the workflow, where its backend listens, that a request will never arrive."""
+        """Tell the workflow, where its backend listens, that a request will never arrive:
+        now, or in a later follow-up round while it cannot be reached."""
         if not isinstance(self.backend, RequestFailureListener):
             return
-        request = await asyncio.to_thread(self.store.get_request, request_id)
-        if request is not None:
-            await self.backend.request_failed(request.task_id, request.id, request.owner, answer)
+        from .followups import FailureNotices
+
+        await FailureNotices(self).record(request_id, answer)
 
     def close(self) -> None:
         self.store.close()

@@ -142,12 +142,12 @@ def cmd_request_show(settings: Settings, args: argparse.Namespace) -> int:
     try:
         store.create_schema()
         found = store.get_request_with_claim(args.request_id.lower())
-        mail = store.get_outbound(args.request_id.lower()) if found else None
+        mails = store.outbound_mails(args.request_id.lower()) if found else []
     finally:
         store.close()
     if found is None:
         raise RcMtaError(f"no request {args.request_id}")
-    shown = request_json(*found, time.time(), mail)
+    shown = request_json(*found, time.time(), mails)
     if args.json:
         _print_json(shown)
         return 0
@@ -160,6 +160,10 @@ def cmd_request_show(settings: Settings, args: argparse.Namespace) -> int:
         when = delivery["done_at"] or f"next try {delivery['next_attempt_at']}"
         print(f"  delivery: {delivery['state']} after {delivery['attempts']} attempt(s), {when}")
         print(f"  answer:   {delivery['last_answer'] or '-'}")
+    for reminder in shown["reminders"]:
+        when = reminder["done_at"] or f"next try {reminder['next_attempt_at']}"
+        print(f"  {reminder['kind']}: {reminder['state']} after {reminder['attempts']} attempt(s), {when}")
+        print(f"    answer: {reminder['last_answer'] or '-'}")
     if shown["answered"]:
         answered = shown["answered"]
         print(f"  answered: {answered['action']} by {answered['by']} at {answered['at']}")

@@ -6,11 +6,24 @@ does each step, once):
 * ``reminder-N``: ``[requests] reminders`` delays after it was sent, the request again, in
   its thread (``In-Reply-To``/``References`` its Message-ID, ``Reminder:`` subject), with
   the same reply addresses. A round that comes late sends only the latest reminder due.
+  The reminder goes into the outbound queue (``outbound_queue.py``) like the request mail,
+  keyed by (request, ``reminder-N``): the same lease, back-off and lifetime, and the step is
+  done once it is queued.
 * ``expired``: once it expired, the backend is told (``TaskBackend.expired``: a comment on
   a Release or embedded task, an ``expired`` event to a webhook). A reply after that gets
   the expired-token refusal, which says when it expired.
 
-Answered and revoked requests get neither.
+Each round also tells the backend, where it listens (``RequestFailureListener``), of the
+request mails that failed for good and it has not yet been told of (``FailureNotices``):
+recorded when the mail fails and tried at once, then again with the outbound queue's
+back-off until ``[outbound] queue_lifetime``, then given up with an ERROR.
+
+Answered and revoked requests get neither, and neither goes out for a task that was
+decided another way: before each step the task is read (``TaskBackend.get``: the embedded
+store, Release), and where the backend cannot be read (the webhook) rc-mta's own record
+says whether another request of the task was answered since. A task no longer in progress
+withdraws the step (logged, recorded, never tried again); a backend that cannot tell now
+(down) leaves the step for the next round: nothing is sent blindly, nothing is dropped.
 """
 
 from __future__ import annotations
@@ -25,9 +38,11 @@ from email.message import EmailMessage
 from typing import TYPE_CHECKING
 
 from .config import Settings
+from .errors import BackendUnavailable, StoreUnavailable, TemporaryFailure
 from .outbound import reply_addresses, wire_bytes
 from .request_mail import compose
-from .store import Delivery, OutboundMail, Request
+from .store import IN_PROGRESS, Notice, Request
+from .tasks import RequestFailureListener, TaskNotFound
 from .tokens import Signer
 
 if TYPE_CHECKING:
@@ -56,13 +71,126 @@ def reminder(settings: Settings, signer: Signer, request: Request, number: int, 
     return message
 
 
+async def withheld_because(service: Service, request: Request) -> str | None:
+    """Why no follow-up of ``request`` may go out, or None when it is still wanted: the
+    request is open and its task in progress. Raises TemporaryFailure when that cannot be
+    told now (the backend or the store is down, a reply is being handled): ask again later."""
+    store = service.store
+    found = await asyncio.to_thread(store.get_request_with_claim, request.id)
+    if found is None:
+        return "the request is gone"
+    current, claim = found
+    if current.revoked_at is not None:
+        return "the request was revoked"
+    if claim is not None:
+        if not claim.done:
+            raise TemporaryFailure(f"request {request.id} is being answered right now")
+        return f"the request was answered ({claim.action} by {claim.actor})"
+    try:
+        task = await service.backend.get(request.task_id)
+    except TaskNotFound:
+        return f"task {request.task_id} no longer exists"
+    if task.known:
+        if task.status == IN_PROGRESS:
+            return None
+        by = f" by {task.acted_by}" if task.acted_by else ""
+        return f"task {request.task_id} is {task.status}{by}"
+    sibling = await asyncio.to_thread(store.decided_by_sibling, request.id)
+    if sibling is None:
+        return None
+    action, actor, other = sibling
+    past = "failed" if action == "fail" else "completed"
+    return f"task {request.task_id} was {past} by {actor} (request {other})"
+
+
+def _holder() -> str:
+    """Who holds a step or a notice: this process, and this one object in it."""
+    return f"{socket.gethostname()[:40]}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+class FailureNotices:
+    """``request_failed`` told to the backend for good: a record in the store first (so
+    neither a backend that is down nor a restart loses it), an attempt at once, then one
+    in each follow-up round that finds it due, with the outbound queue's back-off, until
+    ``[outbound] queue_lifetime``. Of several instances one tells it at a time (a lease)."""
+
+    EVENT = "request_failed"
+
+    def __init__(self, service: Service) -> None:
+        self._service = service
+        self.holder = _holder()
+
+    async def record(self, request_id: str, answer: str) -> None:
+        """A request mail failed for good: tell the backend, now or later."""
+        service = self._service
+        if not isinstance(service.backend, RequestFailureListener):
+            return  # the embedded store: the request API shows it
+        try:
+            notice = await asyncio.to_thread(
+                service.store.add_notice, request_id, self.EVENT, answer, time.time(), self.holder, STALE_SECONDS
+            )
+        except TemporaryFailure as exc:
+            # Cannot keep it: one attempt now is all that is left.
+            log.warning("request %s failed; could not record it for the backend (%s): telling it once", request_id, exc)
+            request = await asyncio.to_thread(service.store.get_request, request_id)
+            if request is not None:
+                await service.backend.request_failed(request.task_id, request.id, request.owner, answer)
+            return
+        if notice is not None:
+            await self._tell(notice)
+
+    async def round(self) -> None:
+        """Tell what is due again."""
+        if not isinstance(self._service.backend, RequestFailureListener):
+            return
+        store = self._service.store
+        for notice in await asyncio.to_thread(store.claim_notices, self.holder, time.time(), STALE_SECONDS):
+            await self._tell(notice)
+
+    async def _tell(self, notice: Notice) -> None:
+        service, store = self._service, self._service.store
+        backend = service.backend
+        assert isinstance(backend, RequestFailureListener)
+        try:
+            async with asyncio.timeout(STALE_SECONDS / 2):
+                await backend.request_failed(notice.task_id, notice.request_id, notice.owner, notice.answer)
+        except asyncio.CancelledError:
+            raise  # still held: another round takes it after the lease
+        except Exception as exc:
+            why = f"{type(exc).__name__}: {exc}"
+            now, attempts = time.time(), notice.attempts + 1
+            lifetime = service.settings.outbound.queue_lifetime
+            if now - notice.created_at >= lifetime:
+                await asyncio.to_thread(store.settle_notice, notice, self.holder, "given_up", now, error=why)
+                log.error(
+                    "gave up telling the backend that request %s to %s failed, after %d attempt(s) in %gs: %s",
+                    notice.request_id,
+                    notice.owner,
+                    attempts,
+                    lifetime,
+                    why,
+                )
+                return
+            delay = service.queue.backoff(attempts)
+            await asyncio.to_thread(
+                store.settle_notice, notice, self.holder, "pending", now, error=why, next_attempt_at=now + delay
+            )
+            log.warning(
+                "could not tell the backend that request %s failed (%s); next try in %gs", notice.request_id, why, delay
+            )
+            return
+        await asyncio.to_thread(store.settle_notice, notice, self.holder, "told", time.time())
+        log.info("backend told that request %s to %s failed", notice.request_id, notice.owner)
+
+
 class FollowUps:
     source = "followups"
 
     def __init__(self, service: Service) -> None:
         self._service = service
         self._config = service.settings.requests
-        self.holder = f"{socket.gethostname()[:40]}:{os.getpid()}:{secrets.token_hex(4)}"
+        self.holder = _holder()
+        self._notices = FailureNotices(service)
 
     async def run(self) -> None:
         """Until cancelled; a failed round is logged and the next one tries again."""
@@ -76,6 +204,14 @@ class FollowUps:
             await asyncio.sleep(self._config.followup_interval)
 
     async def round(self) -> None:
+        """The steps due, then the notices due: trouble with the one does not stop the other."""
+        try:
+            await self._steps()
+        except Exception as exc:
+            log.warning("follow-ups: %s: %s", type(exc).__name__, exc)
+        await self._notices.round()
+
+    async def _steps(self) -> None:
         store, now = self._service.store, time.time()
         due = await asyncio.to_thread(
             store.due_followups, now, tuple(self._config.reminders), now - EXPIRY_NOTICE_WINDOW
@@ -90,41 +226,46 @@ class FollowUps:
                 continue
             try:
                 async with asyncio.timeout(STALE_SECONDS / 2):
-                    await self._do(request, step)
+                    why_not = await withheld_because(self._service, request)
+                    if why_not is None:
+                        await self._do(request, step)
             except asyncio.CancelledError:
                 await asyncio.to_thread(store.release_followup, request.id, step, self.holder)
                 raise
             except Exception as exc:
                 await asyncio.to_thread(store.release_followup, request.id, step, self.holder)
-                log.warning("follow-up %s of request %s: %s: %s", step, request.id, type(exc).__name__, exc)
+                log.warning(
+                    "follow-up %s of request %s left for the next round: %s: %s",
+                    step,
+                    request.id,
+                    type(exc).__name__,
+                    exc,
+                )
+                if isinstance(exc, (BackendUnavailable, StoreUnavailable)):
+                    break  # the others would only wait for it too
                 continue
-            await asyncio.to_thread(store.followup_done, request.id, step, self.holder, time.time())
+            if why_not is not None:
+                await asyncio.to_thread(store.followup_done, request.id, step, self.holder, time.time(), withdrawn=True)
+                log.info("request %s: %s withdrawn, nothing sent: %s", request.id, step, why_not)
 
     async def _do(self, request: Request, step: str) -> None:
-        service = self._service
+        """Do one step this instance holds, and mark it done (or leave it to the caller's
+        error path, which gives it back for the next round)."""
+        service, store = self._service, self._service.store
         if step == "expired":
             await service.backend.expired(request.task_id, request.owner, request.id, request.expires_at)
+            await asyncio.to_thread(store.followup_done, request.id, step, self.holder, time.time())
             log.info("request %s to %s expired unanswered: task %s told", request.id, request.owner, request.task_id)
             return
         number = int(step.removeprefix("reminder-"))
-        now = time.time()
-        message = wire_bytes(reminder(service.settings, service.signer, request, number, now))
+        message = wire_bytes(reminder(service.settings, service.signer, request, number, time.time()))
         if service.dkim is not None:
             message = await asyncio.to_thread(service.dkim.sign, message)
-        # Straight to the transport: the step stays claimed, not done, until the relay took
-        # it, so a relay that is down (DeliveryDeferred) or refuses means another round tries.
-        mail = OutboundMail(
-            request_id=f"{request.id}-{step}",
-            message=message,
-            sender=service.settings.from_address,
-            recipient=request.owner,
-            state=Delivery.QUEUED,
-            attempts=0,
-            created_at=now,
-            next_attempt_at=now,
-            last_answer=None,
-            done_at=None,
-            path=None,
-        )
-        delivered = await service.transport.deliver(mail)
-        log.info("request %s: %s mailed to %s (%s)", request.id, step, request.owner, delivered.answer)
+        # Into the outbound queue, the step marked done with it in one transaction: from
+        # here the sender loop delivers it (back-off, lifetime, a revocation honoured) and
+        # the step is never taken again, so no relay trouble can make a second reminder.
+        mail = await service.queue.submit_followup(request, step, message, service.settings.from_address, self.holder)
+        if mail is None:
+            log.warning("request %s: %s was taken over by another instance meanwhile", request.id, step)
+            return
+        log.info("request %s: %s queued for %s (%s)", request.id, step, request.owner, mail.state.value)

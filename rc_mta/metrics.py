@@ -83,7 +83,7 @@ REQUESTS_SENT = Counter(
 )
 OUTBOUND_QUEUE = Gauge(
     "rc_mta_outbound_queue",
-    "Request mails in the outbound queue (shared by every instance on the store), by state.",
+    "Request and reminder mails in the outbound queue (shared by every instance on the store), by state.",
     ["state"],
     registry=REGISTRY,
 )

@@ -103,7 +103,8 @@ class Transport(Protocol):
 
 
 class OutboxTransport:
-    """Writes each request as an .eml file: the default, no mail server needed."""
+    """Writes each mail as an .eml file (``<request>.eml``, ``<request>-reminder-1.eml``):
+    the default, no mail server needed."""
 
     name = "outbox"
 
@@ -121,7 +122,7 @@ class OutboxTransport:
         return f"{self.directory} writable"
 
     async def deliver(self, mail: OutboundMail) -> Delivered:
-        path = self.directory / f"{mail.request_id}.eml"
+        path = self.directory / f"{mail.name}.eml"
 
         def write() -> None:
             self.directory.mkdir(parents=True, exist_ok=True)

@@ -1,10 +1,14 @@
-"""The durable outbound queue: a request mail is stored with its request, then delivered.
+"""The durable outbound queue: a request mail is stored with its request, a reminder when
+it is due (``followups.py``), then each is delivered.
 
 The sender loop takes due mails from the store under a lease (so of several instances on
 one PostgreSQL only one sends a given mail), hands each to the transport, and records the
 answer: sent; deferred with a doubling back-off when the relay is down or answers 4xx;
-failed when it answers 5xx or the mail waited longer than ``queue_lifetime``. A failure is
-told to the task backend where it listens (``RequestFailureListener``).
+failed when it answers 5xx or the mail waited longer than ``queue_lifetime``. A mail of a
+request revoked meanwhile is never sent; nor is a reminder of a request answered, expired,
+or whose task was decided meanwhile (asked again before each attempt). A request mail's
+failure is told to the task backend where it listens (``RequestFailureListener``); a
+reminder's is only logged (its request did arrive).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from . import metrics
 from .config import OutboundConfig
 from .errors import TemporaryFailure
 from .outbound import Delivered, DeliveryDeferred, DeliveryRefused, Transport
-from .store import Delivery, OutboundMail, Request, Store
+from .store import REQUEST_MAIL, Delivery, OutboundMail, Request, Store
 
 log = logging.getLogger("rc_mta.outbound")
 
@@ -30,6 +34,9 @@ BATCH = 1
 
 # Told when a request could not be delivered: (request id, the relay's answer).
 FailureHook = Callable[[str, str], Awaitable[None]]
+# Asked before a reminder is sent: why it must not be (None: send it); TemporaryFailure
+# when that cannot be told now (the mail is deferred, never sent on a guess).
+WithheldHook = Callable[[Request], Awaitable[str | None]]
 
 
 class OutboundQueue:
@@ -42,6 +49,7 @@ class OutboundQueue:
         self.store = store
         self.transport = transport
         self.on_failure = on_failure
+        self.withheld: WithheldHook | None = None
         self.holder = secrets.token_hex(8)
         # Long enough for one delivery attempt (bounded below), short enough that a
         # crashed instance's mails are picked up by another within minutes.
@@ -66,6 +74,25 @@ class OutboundQueue:
             return await asyncio.to_thread(self.store.get_outbound, request.id) or mail
         except Exception as exc:
             log.warning("request %s queued; its first delivery attempt failed: %s", request.id, exc)
+            return mail
+
+    async def submit_followup(
+        self, request: Request, step: str, message: bytes, sender: str, step_holder: str
+    ) -> OutboundMail | None:
+        """Queue the mail of a follow-up step ``step_holder`` holds (the step is marked done
+        with it, in one transaction), then try it at once, as ``submit`` does: its state
+        after that attempt. None when the step was no longer ours: nothing was queued."""
+        now = time.time()
+        mail = await asyncio.to_thread(
+            self.store.queue_followup_mail, request, step, step_holder, message, sender, now, self.holder, self.lease
+        )
+        if mail is None:
+            return None
+        try:
+            await self._deliver(mail, checked=True)
+            return await asyncio.to_thread(self.store.get_outbound, request.id, step) or mail
+        except Exception as exc:
+            log.warning("%s queued; its first delivery attempt failed: %s", mail.label, exc)
             return mail
 
     async def run(self) -> None:
@@ -99,38 +126,63 @@ class OutboundQueue:
             return None
         waiting = summary.counts[Delivery.QUEUED] + summary.counts[Delivery.DEFERRED]
         return (
-            f"{waiting} request mail(s) waiting for delivery, the oldest for {waited:.0f}s "
+            f"{waiting} mail(s) waiting for delivery, the oldest for {waited:.0f}s "
             f"(warn after {self.config.queue_warn_after:g}s): is the relay down?"
         )
 
-    async def _deliver(self, mail: OutboundMail) -> None:
+    async def _deliver(self, mail: OutboundMail, *, checked: bool = False) -> None:
+        """One attempt. ``checked``: a reminder whose follow-up step has just asked whether
+        it is still wanted (not asked twice in a row)."""
         request = await asyncio.to_thread(self.store.get_request, mail.request_id)
         if request is not None and request.revoked_at is not None:
             await self._settle(mail, Delivery.FAILED, "revoked before it was sent")
             return
+        if mail.kind != REQUEST_MAIL and request is not None and not checked:
+            try:
+                why_not = await self._withheld(request)
+            except TemporaryFailure as exc:
+                await self._defer(mail, f"not sent yet, as it cannot be told whether it is still wanted: {exc}")
+                return
+            if why_not is not None:
+                log.info("%s withdrawn, nothing sent: %s", mail.label, why_not)
+                await self._settle(mail, Delivery.FAILED, f"not sent: {why_not}")
+                return
         try:
             async with asyncio.timeout(self.lease / 2):
                 delivered: Delivered = await self.transport.deliver(mail)
         except DeliveryRefused as exc:
             await self._fail(mail, str(exc))
         except (DeliveryDeferred, TimeoutError) as exc:
-            answer = str(exc) or f"no answer within {self.lease / 2:g}s"
-            now = time.time()
-            if now - mail.created_at >= self.config.queue_lifetime:
-                waited = self.config.queue_lifetime
-                await self._fail(mail, f"not delivered within {waited:g}s; last: {answer}")
-                return
-            delay = self.backoff(mail.attempts + 1)
-            log.warning("request %s deferred, next try in %gs: %s", mail.request_id, delay, answer)
-            await self._settle(mail, Delivery.DEFERRED, answer, next_attempt_at=now + delay)
+            await self._defer(mail, str(exc) or f"no answer within {self.lease / 2:g}s")
         else:
-            metrics.REQUESTS_SENT.labels(self.transport.name).inc()
-            log.info("request %s sent to %s: %s", mail.request_id, mail.recipient, delivered.answer)
+            if mail.kind == REQUEST_MAIL:
+                metrics.REQUESTS_SENT.labels(self.transport.name).inc()
+            log.info("%s sent to %s: %s", mail.label, mail.recipient, delivered.answer)
             await self._settle(mail, Delivery.SENT, delivered.answer, path=delivered.path)
 
+    async def _withheld(self, request: Request) -> str | None:
+        """Why a reminder of ``request`` must not go out now (None: it may)."""
+        if request.expires_at <= time.time():
+            return "the request expired"
+        return await self.withheld(request) if self.withheld is not None else None
+
+    async def _defer(self, mail: OutboundMail, answer: str) -> None:
+        """Not this time: again after the back-off, or failed once ``queue_lifetime`` is up."""
+        now = time.time()
+        if now - mail.created_at >= self.config.queue_lifetime:
+            waited = self.config.queue_lifetime
+            await self._fail(mail, f"not delivered within {waited:g}s; last: {answer}")
+            return
+        delay = self.backoff(mail.attempts + 1)
+        log.warning("%s deferred, next try in %gs: %s", mail.label, delay, answer)
+        await self._settle(mail, Delivery.DEFERRED, answer, next_attempt_at=now + delay)
+
     async def _fail(self, mail: OutboundMail, answer: str) -> None:
-        log.error("request %s to %s failed: %s", mail.request_id, mail.recipient, answer)
-        if await self._settle(mail, Delivery.FAILED, answer) and self.on_failure is not None:
+        log.error("%s to %s failed: %s", mail.label, mail.recipient, answer)
+        settled = await self._settle(mail, Delivery.FAILED, answer)
+        # Only the request mail's failure means the owner was never asked: a reminder's
+        # request did arrive.
+        if settled and mail.kind == REQUEST_MAIL and self.on_failure is not None:
             try:
                 await self.on_failure(mail.request_id, answer)
             except Exception as exc:  # the failure is recorded either way; telling is best effort
@@ -154,7 +206,8 @@ class OutboundQueue:
             time.time(),
             next_attempt_at=next_attempt_at,
             path=path,
+            kind=mail.kind,
         )
         if not settled:
-            log.warning("request %s: our lease ran out during delivery; another instance has it", mail.request_id)
+            log.warning("%s: our lease ran out during delivery; another instance has it", mail.label)
         return settled

@@ -127,11 +127,17 @@ store_probe = Table(
     Column("at", Float, nullable=False),
 )
 
+# What a store made before reminders went through the queue lacks (``Store._key_outbound_by_kind``).
+REQUEST_MAIL = "request"
+
 outbound_queue = Table(
     "outbound_queue",
     metadata,
-    # One row per request mail, written with the request: what the sender loop delivers.
+    # One row per mail of a request: the request mail, written with the request, and each
+    # reminder, written when it is due. What the sender loop delivers.
     Column("request_id", String(16), ForeignKey("requests.id"), primary_key=True),
+    # request | reminder-1 | reminder-2 ...: one mail of each kind per request, ever.
+    Column("kind", String(16), primary_key=True, server_default=REQUEST_MAIL),
     Column("message", LargeBinary, nullable=False),  # the mail as sent, signature included
     Column("sender", String(320), nullable=False),
     Column("recipient", String(320), nullable=False),
@@ -216,7 +222,7 @@ class Delivery(Enum):
 
 @dataclass(frozen=True)
 class OutboundMail:
-    """A request mail in the outbound queue and what became of it so far."""
+    """A mail of a request in the outbound queue and what became of it so far."""
 
     request_id: str
     message: bytes
@@ -229,6 +235,20 @@ class OutboundMail:
     last_answer: str | None
     done_at: float | None
     path: str | None
+    kind: str = REQUEST_MAIL  # request | reminder-N
+
+    @property
+    def name(self) -> str:
+        """Unique among mails: the request id, with the kind for any but the request mail
+        (the outbox file's name: ``<request>.eml``, ``<request>-reminder-1.eml``)."""
+        return self.request_id if self.kind == REQUEST_MAIL else f"{self.request_id}-{self.kind}"
+
+    @property
+    def label(self) -> str:
+        """How logs name it: ``request X``, ``reminder-1 of request X``."""
+        return (
+            f"request {self.request_id}" if self.kind == REQUEST_MAIL else f"{self.kind} of request {self.request_id}"
+        )
 
 
 @dataclass(frozen=True)
@@ -298,6 +318,7 @@ class Store:
         with self._begin() as conn:
             metadata.create_all(conn)
         self._add_missing_columns()
+        self._key_outbound_by_kind()
 
     def _add_missing_columns(self) -> None:
         """Bring a store made by an older version up to date (``create_all`` adds tables,
@@ -468,22 +489,41 @@ class Store:
     ) -> OutboundMail:
         """Record a request and its mail in one transaction: from here on it is not lost.
         ``holder`` holds it for its first delivery attempt (others take it after ``lease``)."""
-        row: dict[str, Any] = {
-            "request_id": request.id,
-            "message": message,
-            "sender": sender,
-            "recipient": request.owner,
-            "state": Delivery.QUEUED.value,
-            "attempts": 0,
-            "created_at": now,
-            "next_attempt_at": now,
-            "last_answer": None,
-            "done_at": None,
-            "path": None,
-        }
+        row = _new_mail(request.id, REQUEST_MAIL, message, sender, request.owner, now)
         with self._begin() as conn:
             conn.execute(insert(requests).values(**request.__dict__))
             conn.execute(insert(outbound_queue).values(**row, holder=holder, lease_until=now + lease))
+        return _outbound_mail(row)
+
+    def queue_followup_mail(
+        self,
+        request: Request,
+        step: str,
+        step_holder: str,
+        message: bytes,
+        sender: str,
+        now: float,
+        holder: str,
+        lease: float,
+    ) -> OutboundMail | None:
+        """Queue the mail of a follow-up step (a reminder) and mark the step done, in one
+        transaction: the step's claim (``step_holder``'s) and the key (request, kind) make
+        it one mail whatever happens. None, with nothing written, when ``step_holder`` no
+        longer holds the step. ``holder`` holds the mail for its first attempt, as above."""
+        f = request_followups.c
+        row = _new_mail(request.id, step, message, sender, request.owner, now)
+        try:
+            with self._begin() as conn:
+                took = conn.execute(
+                    update(request_followups)
+                    .where(f.request_id == request.id, f.step == step, f.holder == step_holder, f.state == "sending")
+                    .values(state="done", at=now)
+                ).rowcount
+                if took != 1:
+                    raise _NotAtOnce  # taken over as stale: the other holder queues it
+                conn.execute(insert(outbound_queue).values(**row, holder=holder, lease_until=now + lease))
+        except (IntegrityError, _NotAtOnce):
+            return None
         return _outbound_mail(row)
 
     def claim_outbound(self, holder: str, now: float, lease: float, limit: int) -> list[OutboundMail]:
@@ -497,19 +537,18 @@ class Store:
             q.lease_until.is_(None) | (q.lease_until < now),
         )
         with self._begin() as conn:
-            wanted = select(q.request_id).where(*due).order_by(q.next_attempt_at).limit(limit)
-            candidates = list(conn.execute(wanted).scalars())
+            wanted = select(q.request_id, q.kind).where(*due).order_by(q.next_attempt_at).limit(limit)
+            candidates = [(row[0], row[1]) for row in conn.execute(wanted)]
         taken: list[OutboundMail] = []
-        for candidate in candidates:
+        for request_id, kind in candidates:
+            this = (q.request_id == request_id, q.kind == kind)
             with self._begin() as conn:
                 changed = conn.execute(
-                    update(outbound_queue)
-                    .where(q.request_id == candidate, *due)
-                    .values(holder=holder, lease_until=now + lease)
+                    update(outbound_queue).where(*this, *due).values(holder=holder, lease_until=now + lease)
                 ).rowcount
                 if changed != 1:
                     continue  # another instance took it first
-                row = conn.execute(select(outbound_queue).where(q.request_id == candidate)).mappings().one()
+                row = conn.execute(select(outbound_queue).where(*this)).mappings().one()
             taken.append(_outbound_mail(row))
         return taken
 
@@ -523,6 +562,7 @@ class Store:
         *,
         next_attempt_at: float | None = None,
         path: str | None = None,
+        kind: str = REQUEST_MAIL,
     ) -> bool:
         """Record what one delivery attempt found and give the row back; False when
         ``holder`` no longer held it (its lease ran out and someone else took it)."""
@@ -544,16 +584,73 @@ class Store:
             values["path"] = path
         with self._begin() as conn:
             changed = conn.execute(
-                update(outbound_queue).where(q.request_id == request_id, q.holder == holder).values(**values)
+                update(outbound_queue)
+                .where(q.request_id == request_id, q.kind == kind, q.holder == holder)
+                .values(**values)
             ).rowcount
         return changed == 1
 
-    def get_outbound(self, request_id: str) -> OutboundMail | None:
+    def get_outbound(self, request_id: str, kind: str = REQUEST_MAIL) -> OutboundMail | None:
+        """One mail of a request: by default the request mail itself."""
+        q = outbound_queue.c
         with self._begin() as conn:
             row = (
-                conn.execute(select(outbound_queue).where(outbound_queue.c.request_id == request_id)).mappings().first()
+                conn.execute(select(outbound_queue).where(q.request_id == request_id, q.kind == kind))
+                .mappings()
+                .first()
             )
         return _outbound_mail(row) if row else None
+
+    def outbound_mails(self, request_id: str) -> list[OutboundMail]:
+        """Every mail of a request, the request mail first, then its reminders as queued."""
+        q = outbound_queue.c
+        with self._begin() as conn:
+            rows = conn.execute(
+                select(outbound_queue).where(q.request_id == request_id).order_by(q.created_at, q.kind)
+            ).mappings()
+            mails = [_outbound_mail(row) for row in rows]
+        return sorted(mails, key=lambda mail: mail.kind != REQUEST_MAIL)
+
+    def _key_outbound_by_kind(self) -> None:
+        """A store from before reminders went through the queue keys ``outbound_queue`` by
+        request alone: key it by (request, kind), each row it holds a request mail. One
+        transaction that first takes the table, then looks again, so of several instances
+        starting at once one rebuilds and the others find it done."""
+        if self._outbound_has_kind():
+            return
+        with self._begin() as conn:
+            sqlite = conn.dialect.name == "sqlite"
+            # SQLite: the write lock at once (Python's sqlite3 would begin only at the first
+            # INSERT, leaving the CREATE before it outside the transaction).
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if sqlite else "LOCK TABLE outbound_queue IN ACCESS EXCLUSIVE MODE")
+            if "kind" in {c["name"] for c in inspect(conn).get_columns("outbound_queue")}:
+                return  # another instance did it meanwhile
+            if sqlite:
+                # SQLite cannot change a primary key: a new table, the rows copied, renamed.
+                scratch = MetaData()
+                requests.to_metadata(scratch)
+                rekeyed = outbound_queue.to_metadata(scratch, name="outbound_queue_rekeyed")
+                conn.execute(CreateTable(rekeyed))
+                old = ", ".join(c.name for c in outbound_queue.c if c.name != "kind")
+                conn.exec_driver_sql(
+                    f"INSERT INTO outbound_queue_rekeyed ({old}, kind) "
+                    f"SELECT {old}, '{REQUEST_MAIL}' FROM outbound_queue"
+                )
+                conn.exec_driver_sql("DROP TABLE outbound_queue")
+                conn.exec_driver_sql("ALTER TABLE outbound_queue_rekeyed RENAME TO outbound_queue")
+                for index in outbound_queue.indexes:
+                    index.create(conn)
+            else:
+                key = inspect(conn).get_pk_constraint("outbound_queue")["name"]
+                conn.exec_driver_sql(
+                    f"ALTER TABLE outbound_queue ADD COLUMN kind VARCHAR(16) DEFAULT '{REQUEST_MAIL}' NOT NULL"
+                )
+                conn.exec_driver_sql(f'ALTER TABLE outbound_queue DROP CONSTRAINT "{key}"')
+                conn.exec_driver_sql("ALTER TABLE outbound_queue ADD PRIMARY KEY (request_id, kind)")
+
+    def _outbound_has_kind(self) -> bool:
+        with self._begin() as conn:
+            return "kind" in {c["name"] for c in inspect(conn).get_columns("outbound_queue")}
 
     def outbound_summary(self) -> QueueSummary:
         q = outbound_queue.c
@@ -994,14 +1091,53 @@ class Store:
             ).rowcount
         return taken == 1
 
-    def followup_done(self, request_id: str, step: str, holder: str, now: float) -> None:
+    def followup_done(self, request_id: str, step: str, holder: str, now: float, *, withdrawn: bool = False) -> None:
+        """The step is over: done, or ``withdrawn`` (nothing was sent: the task was decided
+        another way). Either way no round takes it again."""
         f = request_followups.c
         with self._begin() as conn:
             conn.execute(
                 update(request_followups)
                 .where(f.request_id == request_id, f.step == step, f.holder == holder)
-                .values(state="done", at=now)
+                .values(state="withdrawn" if withdrawn else "done", at=now)
             )
+
+    def followup_state(self, request_id: str, step: str) -> str | None:
+        """``sending``, ``done`` or ``withdrawn``; None when the step was not taken yet."""
+        f = request_followups.c
+        with self._begin() as conn:
+            found = conn.execute(select(f.state).where(f.request_id == request_id, f.step == step)).scalar_one_or_none()
+        return str(found) if found is not None else None
+
+    def decided_by_sibling(self, request_id: str) -> tuple[str, str, str] | None:
+        """(action, actor, request id) of another request of the same task whose answer,
+        given since this one was made, decided the task: for a backend that cannot be asked
+        (the webhook), rc-mta's own record of it. An approval that did not (yet) decide its
+        N-of-M group decided nothing."""
+        mine = requests.alias("mine")
+        r, u, m, g = requests.c, used_tokens.c, approval_members.c, approval_groups.c
+        undecided_approval = (
+            select(m.request_id)
+            .join(approval_groups, g.id == m.group_id)
+            .where(m.request_id == r.id, g.needed > 1, g.decided_at.is_(None))
+            .exists()
+        )
+        query = (
+            select(u.action, u.actor, r.id)
+            .select_from(used_tokens.join(requests, r.id == u.request_id).join(mine, mine.c.task_id == r.task_id))
+            .where(
+                mine.c.id == request_id,
+                r.id != request_id,
+                u.state == "done",
+                u.done_at >= mine.c.created_at,
+                ~undecided_approval,
+            )
+            .order_by(u.done_at)
+            .limit(1)
+        )
+        with self._begin() as conn:
+            row = conn.execute(query).first()
+        return (str(row[0]), str(row[1]), str(row[2])) if row is not None else None
 
     def release_followup(self, request_id: str, step: str, holder: str) -> None:
         """It failed: the next round (of anyone) tries again."""
@@ -1012,6 +1148,95 @@ class Store:
                     f.request_id == request_id, f.step == step, f.holder == holder, f.state == "sending"
                 )
             )
+
+    # Notices to the task backend about a request (request_failed), until told ----------
+
+    def add_notice(
+        self, request_id: str, event: str, answer: str, now: float, holder: str, lease: float
+    ) -> Notice | None:
+        """Record that the backend must be told ``event``, held by ``holder`` for its first
+        attempt. None when it was recorded before (by anyone): that one is told, not this."""
+        row: dict[str, Any] = {
+            "request_id": request_id,
+            "event": event,
+            "answer": answer[:1000],
+            "state": "pending",
+            "attempts": 0,
+            "created_at": now,
+            "next_attempt_at": now,
+            "last_error": None,
+            "done_at": None,
+        }
+        try:
+            with self._begin() as conn:
+                conn.execute(insert(request_notices).values(**row, holder=holder, lease_until=now + lease))
+        except IntegrityError:
+            return None
+        return self.get_notice(request_id, event)
+
+    def claim_notices(self, holder: str, now: float, lease: float, limit: int = 100) -> list[Notice]:
+        """Take the notices due for another attempt, each by a conditional UPDATE: of several
+        instances asking at once only one gets it; a dead holder's goes after its lease."""
+        n = request_notices.c
+        due = (n.state == "pending", n.next_attempt_at <= now, n.lease_until.is_(None) | (n.lease_until < now))
+        with self._begin() as conn:
+            rows = conn.execute(select(n.request_id, n.event).where(*due).order_by(n.next_attempt_at).limit(limit))
+            candidates = [(row[0], row[1]) for row in rows]
+        taken: list[Notice] = []
+        for request_id, what in candidates:
+            with self._begin() as conn:
+                changed = conn.execute(
+                    update(request_notices)
+                    .where(n.request_id == request_id, n.event == what, *due)
+                    .values(holder=holder, lease_until=now + lease)
+                ).rowcount
+            if changed == 1 and (notice := self.get_notice(request_id, what)) is not None:
+                taken.append(notice)
+        return taken
+
+    def settle_notice(
+        self,
+        notice: Notice,
+        holder: str,
+        state: str,
+        now: float,
+        *,
+        error: str | None = None,
+        next_attempt_at: float | None = None,
+    ) -> bool:
+        """Record one attempt (``told``, ``given_up``, or ``pending`` again until
+        ``next_attempt_at``) and let go; False when ``holder`` no longer held it."""
+        n = request_notices.c
+        values: dict[str, Any] = {"state": state, "attempts": n.attempts + 1, "holder": None, "lease_until": None}
+        if error is not None:
+            values["last_error"] = error[:1000]
+        if state == "pending":
+            values["next_attempt_at"] = next_attempt_at if next_attempt_at is not None else now
+        else:
+            values["done_at"] = now
+        with self._begin() as conn:
+            changed = conn.execute(
+                update(request_notices)
+                .where(n.request_id == notice.request_id, n.event == notice.event, n.holder == holder)
+                .values(**values)
+            ).rowcount
+        return changed == 1
+
+    def get_notice(self, request_id: str, event: str) -> Notice | None:
+        n, r = request_notices.c, requests.c
+        with self._begin() as conn:
+            row = (
+                conn.execute(
+                    select(request_notices, r.task_id, r.owner)
+                    .join(requests, r.id == n.request_id)
+                    .where(n.request_id == request_id, n.event == event)
+                )
+                .mappings()
+                .first()
+            )
+        if row is None:
+            return None
+        return Notice(**{k: row[k] for k in Notice.__dataclass_fields__})
 
     def add_task_comment(self, task_id: str, author: str, text: str, now: float) -> None:
         """A comment on an embedded task that changes nothing else (an expiry notice)."""
@@ -1208,8 +1433,27 @@ request_followups = Table(
     Column("request_id", String(16), primary_key=True),
     Column("step", String(16), primary_key=True),
     Column("holder", String(64), nullable=False),
-    Column("state", String(16), nullable=False),  # sending | done
+    Column("state", String(16), nullable=False),  # sending | done | withdrawn (the task was decided another way)
     Column("at", Float, nullable=False),
+)
+
+request_notices = Table(
+    "request_notices",
+    metadata,
+    # What the task backend must still be told about a request, until it was: ``request_failed``
+    # (its mail will never arrive). Tried at once, then each follow-up round with back-off.
+    Column("request_id", String(16), ForeignKey("requests.id"), primary_key=True),
+    Column("event", String(32), primary_key=True),
+    Column("answer", Text, nullable=False),  # the relay's answer that failed the mail
+    Column("state", String(16), nullable=False),  # pending | told | given_up
+    Column("attempts", Integer, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("next_attempt_at", Float, nullable=False),
+    Column("last_error", Text),  # why the last attempt did not reach the backend
+    Column("done_at", Float),
+    # Which instance is telling it, until when: another takes it only after the lease.
+    Column("holder", String(64)),
+    Column("lease_until", Float),
 )
 
 approval_groups = Table(
@@ -1236,6 +1480,22 @@ approval_members = Table(
     # Set when this request's approval was counted: a retried reply is never counted twice.
     Column("approved_at", Float),
 )
+
+
+@dataclass(frozen=True)
+class Notice:
+    """Something the task backend must be told about a request (``request_failed``)."""
+
+    request_id: str
+    event: str
+    task_id: str
+    owner: str
+    answer: str
+    state: str  # pending | told | given_up
+    attempts: int
+    created_at: float
+    next_attempt_at: float
+    last_error: str | None
 
 
 @dataclass(frozen=True)
@@ -1272,8 +1532,27 @@ class MailboxClaim:
     disposition: str | None  # processed | rejected: handled already, only filing is left
 
 
+def _new_mail(request_id: str, kind: str, message: bytes, sender: str, recipient: str, now: float) -> dict[str, Any]:
+    """The row of a mail just queued: due at once, not tried yet."""
+    return {
+        "request_id": request_id,
+        "kind": kind,
+        "message": message,
+        "sender": sender,
+        "recipient": recipient,
+        "state": Delivery.QUEUED.value,
+        "attempts": 0,
+        "created_at": now,
+        "next_attempt_at": now,
+        "last_answer": None,
+        "done_at": None,
+        "path": None,
+    }
+
+
 def _outbound_mail(row: Any) -> OutboundMail:
     return OutboundMail(
+        kind=row["kind"],
         request_id=row["request_id"],
         message=bytes(row["message"]),
         sender=row["sender"],

@@ -17,8 +17,12 @@ from mailclient import reply_message, send_smtp
 from release_server import FakeRelease
 from webhook_receiver import WebhookReceiver
 
+from rc_mta.store import Store
+
 ALICE = "alice@example.com"
+BOB = "bob@example.com"
 TASK = "Applications/Folder1/Release1/Phase1/Task1"
+TASK2 = "Applications/Folder1/Release1/Phase1/Task2"
 TOKEN = "release-personal-token-0123"
 
 
@@ -138,3 +142,113 @@ def test_expiry_is_an_expired_event_to_the_webhook(tmp_path: Path) -> None:
     finally:
         server.stop()
         receiver.stop()
+
+
+def followup_state(server: RcMta, request_id: str, step: str) -> str | None:
+    """What the store recorded for one follow-up step (None: not taken yet)."""
+    store = Store(server.settings["store"]["url"])
+    try:
+        return store.followup_state(request_id, step)
+    finally:
+        store.close()
+
+
+def logged(server: RcMta, text: str) -> bool:
+    return text in server.log_path.read_text(errors="replace")
+
+
+def answered_by_bob(server: RcMta, task: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Requests for ``task`` to Alice and to Bob, and Bob's answer (Complete) to his."""
+    alice = server.cli_json("request", task, "--owner", ALICE)
+    bob = server.cli_json("request", task, "--owner", BOB)
+    address = bob["complete_address"]
+    outcome = send_smtp(server.smtp_port, reply_message(address, "Done", sender=BOB), address, mail_from=BOB)
+    assert outcome.code == 250, outcome
+    return alice, bob
+
+
+def test_no_reminder_for_a_task_another_owners_request_completed(tmp_path: Path) -> None:
+    # First no reminders at all, while Bob answers; then reminders due at once for both.
+    server = following_up(tmp_path, reminders=[])
+    try:
+        server.start()
+        task = server.add_task()
+        alice, bob = answered_by_bob(server, task)
+        assert server.task(task)["status"] == "completed"
+        server.stop()
+        server.settings["requests"]["reminders"] = ["1s"]
+        server.start()
+
+        line = f"request {alice['request_id']}: reminder-1 withdrawn, nothing sent: task {task} is completed by {BOB}"
+        wait_until(lambda: logged(server, line), what="the reminder withdrawn")
+        assert followup_state(server, alice["request_id"], "reminder-1") == "withdrawn"  # never tried again
+        assert outbox_mail(server, f"{alice['request_id']}-reminder-1") is None
+        assert followup_state(server, bob["request_id"], "reminder-1") is None  # answered: never due
+    finally:
+        server.stop()
+
+
+def test_webhook_task_decided_by_a_sibling_request_gets_no_reminder_and_no_expired_event(tmp_path: Path) -> None:
+    """The webhook cannot be asked about a task: rc-mta's own record of Bob's answer tells."""
+    receiver = WebhookReceiver().start()
+    server = following_up(tmp_path, reminders=[], ttl="15s")
+    server.settings["tasks"] = {"backend": "webhook", "webhook": {"url": receiver.url, "secret": receiver.secret}}
+    try:
+        server.start()
+        alice, _ = answered_by_bob(server, "ticket-7")
+        [action] = receiver.payloads
+        assert (action["action"], action["actor"]) == ("complete", BOB)
+        server.stop()
+        server.settings["requests"]["reminders"] = ["1s"]
+        server.start()
+
+        why = f"task ticket-7 was completed by {BOB}"
+        request_id = alice["request_id"]
+        wait_until(lambda: logged(server, f"request {request_id}: reminder-1 withdrawn, nothing sent: {why}"))
+        wait_until(
+            lambda: logged(server, f"request {request_id}: expired withdrawn, nothing sent: {why}"),
+            timeout=30,
+            what="the expiry notice withdrawn",
+        )
+        assert followup_state(server, request_id, "expired") == "withdrawn"
+        assert receiver.payloads == [action]  # no expired event
+        assert outbox_mail(server, f"{request_id}-reminder-1") is None
+    finally:
+        server.stop()
+        receiver.stop()
+
+
+def test_release_task_completed_in_the_ui_gets_no_reminder_and_release_down_defers_it(tmp_path: Path) -> None:
+    release = FakeRelease(token=TOKEN).start()
+    release.add_task(TASK, owner="alice")
+    release.add_task(TASK2, owner="alice")
+    server = following_up(tmp_path, reminders=["1s"])
+    server.settings["tasks"] = {
+        "backend": "release",
+        "release": {"url": release.url, "token": TOKEN, "timeout": "2s", "retries": 0},
+    }
+    server.write_config()
+    try:
+        # Made before rc-mta serves: the reminders are due at its first round.
+        done_in_ui = server.cli_json("request", TASK, "--owner", ALICE)
+        still_open = server.cli_json("request", TASK2, "--owner", ALICE)
+        release.set_status(TASK, "COMPLETED")
+        release.go_down()
+        server.start()
+
+        # Release cannot tell: nothing is sent, nothing is withdrawn; the next round asks again.
+        wait_until(lambda: logged(server, "reminder-1 of request") and logged(server, "left for the next round"))
+        for sent in (done_in_ui, still_open):
+            assert outbox_mail(server, f"{sent['request_id']}-reminder-1") is None
+            assert followup_state(server, sent["request_id"], "reminder-1") is None
+
+        release.come_back()
+        wait_for_mail(server, f"{still_open['request_id']}-reminder-1")
+        line = f"request {done_in_ui['request_id']}: reminder-1 withdrawn, nothing sent: task {TASK} is completed"
+        wait_until(lambda: logged(server, line), what="the reminder of the completed task withdrawn")
+        assert followup_state(server, done_in_ui["request_id"], "reminder-1") == "withdrawn"
+        assert outbox_mail(server, f"{done_in_ui['request_id']}-reminder-1") is None
+        assert followup_state(server, still_open["request_id"], "reminder-1") == "done"
+    finally:
+        server.stop()
+        release.stop()

@@ -1,7 +1,8 @@
 """The durable outbound queue, against a real relay on loopback (tests/smtpsink.py): a
 request is stored first and delivered by the sender loop, so a relay that is down, or
-answers 4xx, loses nothing; a 5xx fails the request where everyone can see it; and two
-instances on one PostgreSQL store send each request once."""
+answers 4xx, loses nothing; a 5xx fails the request where everyone can see it; two
+instances on one PostgreSQL store send each request once; and reminders are mails of the
+same queue."""
 
 from __future__ import annotations
 
@@ -14,8 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from conftest import RcMta, free_port, make_rc_mta, wait_until
+from mailclient import reply_message, send_smtp
 from smtpsink import RELAY_USER, running_relay
 from webhook_receiver import WebhookReceiver
+
+from rc_mta.store import Notice, Store
 
 TOKEN = "queue-test-token"
 PASSWORD = "relay-secret"
@@ -212,3 +216,204 @@ def test_two_instances_on_one_postgresql_store_send_each_request_once(tmp_path: 
     finally:
         for rc in instances:
             rc.stop()
+
+
+# Reminders go through the same queue ---------------------------------------------------------
+
+
+def _reminding(server: RcMta, port: int) -> RcMta:
+    """Reminder 1 a second after each request, looked for five times a second."""
+    server.settings["requests"] = {"reminders": ["1s"], "followup_interval": "0.2s"}
+    return _with_relay(server, port)
+
+
+def _mails(server: RcMta, request_id: str) -> list[dict[str, Any]]:
+    """The request mail's delivery, then each reminder's, as the API shows them."""
+    status, body = _get(server, f"/v1/requests/{request_id}")
+    assert status == 200, body
+    return [{"kind": "request", **body["delivery"]}, *body["reminders"]]
+
+
+def _reminder_state(server: RcMta, request_id: str) -> str | None:
+    mails = _mails(server, request_id)
+    return str(mails[1]["state"]) if len(mails) > 1 else None
+
+
+def test_a_reminder_waits_in_the_queue_while_the_relay_is_down_and_is_sent_once_it_is_up(fresh_rc: RcMta) -> None:
+    port = free_port()
+    rc = _reminding(fresh_rc, port)
+    rc.start()
+    sent = rc.request(rc.add_task())
+    assert sent["delivery"] == "deferred"
+
+    wait_until(lambda: _reminder_state(rc, sent["request_id"]) == "deferred", what="the reminder deferred")
+    shown = rc.cli("request", "show", sent["request_id"]).stdout
+    assert "reminder-1: deferred after " in shown and "could not send through" in shown
+
+    with running_relay(port, PASSWORD) as relay:
+        wait_until(
+            lambda: [m["state"] for m in _mails(rc, sent["request_id"])] == ["sent", "sent"], what="both mails sent"
+        )
+        received = [email.message_from_bytes(raw, policy=email.policy.default) for _, _, raw in relay.received]
+    reminders = [m for m in received if m["In-Reply-To"] == sent["message_id"]]
+    assert len(received) == 2 and len(reminders) == 1  # each mail once
+    assert str(reminders[0]["Subject"]).startswith("Reminder: ")
+    assert rc.cli_json("request", "show", sent["request_id"])["delivery"]["state"] == "sent"  # the request mail's
+
+
+def test_a_queued_reminder_of_a_request_revoked_answered_or_decided_meanwhile_is_never_sent(fresh_rc: RcMta) -> None:
+    port = free_port()
+    rc = _reminding(fresh_rc, port)
+    rc.start()
+    revoked = rc.request(rc.add_task(title="Approve A"))
+    task = rc.add_task(title="Approve B")
+    alice = rc.request(task)
+    bob = rc.cli_json("request", task, "--owner", "bob@example.com")
+    everyone = (revoked, alice, bob)
+    for sent in everyone:  # queued while the relay is down, before anything was decided
+        wait_until(lambda s=sent: _reminder_state(rc, s["request_id"]) == "deferred", what="a reminder deferred")
+
+    rc.cli("revoke", revoked["request_id"])
+    address = bob["complete_address"]
+    reply = reply_message(address, "Done", sender="bob@example.com")
+    assert send_smtp(rc.smtp_port, reply, address, mail_from="bob@example.com").code == 250
+
+    with running_relay(port, PASSWORD) as relay:
+        wait_until(
+            lambda: all(m["state"] in ("sent", "failed") for s in everyone for m in _mails(rc, s["request_id"])),
+            what="every mail settled",
+        )
+        received = _message_ids(relay.received)
+    assert sorted(received) == sorted([alice["message_id"], bob["message_id"]])  # the request mails only
+    answers = {s["request_id"]: _mails(rc, s["request_id"])[1]["last_answer"] for s in everyone}
+    assert answers == {
+        revoked["request_id"]: "revoked before it was sent",
+        alice["request_id"]: f"not sent: task {task} is completed by bob@example.com",
+        bob["request_id"]: "not sent: the request was answered (complete by bob@example.com)",
+    }
+    assert f"reminder-1 of request {alice['request_id']} withdrawn, nothing sent" in rc.log_path.read_text()
+
+
+def test_a_reminder_the_relay_refuses_is_not_told_to_the_webhook_as_a_failed_request(fresh_rc: RcMta) -> None:
+    receiver = WebhookReceiver().start()
+    port = free_port()
+    rc = _reminding(fresh_rc, port)
+    rc.settings["tasks"] = {"backend": "webhook", "webhook": {"url": receiver.url, "secret": receiver.secret}}
+    try:
+        with running_relay(port, PASSWORD, answers=["250 2.0.0 OK", "550 5.7.1 No more"]) as relay:
+            rc.start()
+            sent = rc.cli_json("request", "JIRA-8", "--owner", "bob@example.com")
+            assert sent["delivery"] == "sent"
+            wait_until(lambda: _reminder_state(rc, sent["request_id"]) == "failed", what="the reminder refused")
+            assert relay.answered == ["250 2.0.0 OK", "550 5.7.1 No more"]
+        assert _mails(rc, sent["request_id"])[1]["last_answer"].endswith("550 5.7.1 No more")
+        assert f"reminder-1 of request {sent['request_id']} to bob@example.com failed" in rc.log_path.read_text()
+        assert receiver.payloads == []  # the request itself did arrive
+    finally:
+        receiver.stop()
+
+
+def test_two_instances_on_one_postgresql_store_send_each_reminder_once(tmp_path: Path, pg_url: str) -> None:
+    port = free_port()
+    instances = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        instances.append(make_rc_mta(tmp_path / name, store={"url": pg_url, "busy_timeout": "5s"}))
+    for rc in instances:
+        rc.settings["signing"] = instances[0].settings["signing"]  # one deployment: the same keys
+        _reminding(rc, port)
+    try:
+        for rc in instances:
+            rc.start()
+        first = instances[0]
+        # Made while the relay is down: both instances' rounds find every reminder due, and
+        # both sender loops find every mail waiting when it comes up.
+        requests = [first.request(first.add_task(title=f"Approve release {n}")) for n in range(4)]
+        wait_until(
+            lambda: all(_reminder_state(first, r["request_id"]) == "deferred" for r in requests),
+            what="every reminder queued",
+        )
+        with running_relay(port, PASSWORD) as relay:
+            wait_until(
+                lambda: all([m["state"] for m in _mails(first, r["request_id"])] == ["sent", "sent"] for r in requests),
+                timeout=60,
+                what="every mail sent",
+            )
+            received = [email.message_from_bytes(raw, policy=email.policy.default) for _, _, raw in relay.received]
+        ids = [str(m["Message-ID"]) for m in received]
+        assert len(ids) == len(set(ids)) == 2 * len(requests)  # each once, none twice
+        assert sorted(str(m["In-Reply-To"]) for m in received if m["In-Reply-To"]) == sorted(
+            r["message_id"] for r in requests
+        )
+    finally:
+        for rc in instances:
+            rc.stop()
+
+
+# A failed request told to a webhook that is down ---------------------------------------------
+
+
+def _notice(server: RcMta, request_id: str) -> Notice | None:
+    store = Store(server.settings["store"]["url"])
+    try:
+        return store.get_notice(request_id, "request_failed")
+    finally:
+        store.close()
+
+
+def _failed_request_to_a_webhook(rc: RcMta, receiver: WebhookReceiver, port: int) -> str:
+    """A request the relay refuses (5xx), made while rc-mta serves; its id."""
+    rc.settings["tasks"] = {"backend": "webhook", "webhook": {"url": receiver.url, "secret": receiver.secret}}
+    rc.settings["requests"] = {"followup_interval": "0.2s"}
+    rc.start()
+    with running_relay(port, PASSWORD, answers=["550 5.7.1 Sender not allowed"]):
+        result = rc.cli("request", "JIRA-9", "--owner", "bob@example.com", check=False)
+    assert result.returncode == 1 and "FAILED" in result.stdout
+    return result.stdout.split()[1]
+
+
+def test_request_failed_is_told_to_a_webhook_that_was_down_once_it_is_up(fresh_rc: RcMta) -> None:
+    port = free_port()
+    receiver = WebhookReceiver(port=free_port())  # its URL given out, nothing listening yet
+    rc = _with_relay(fresh_rc, port)
+    try:
+        request_id = _failed_request_to_a_webhook(rc, receiver, port)
+        # Kept, and tried again by the serving instance with back-off, not dropped.
+        wait_until(
+            lambda: (n := _notice(rc, request_id)) is not None and n.attempts >= 2, what="request_failed tried again"
+        )
+        notice = _notice(rc, request_id)
+        assert notice is not None and notice.state == "pending" and "cannot reach webhook" in (notice.last_error or "")
+
+        receiver.start()
+        wait_until(lambda: (n := _notice(rc, request_id)) is not None and n.state == "told", what="request_failed told")
+        [event] = receiver.payloads  # once: nothing after it was told
+        assert (event["event"], event["task_id"], event["request_id"]) == ("request_failed", "JIRA-9", request_id)
+        assert "550 5.7.1 Sender not allowed" in event["answer"]
+        assert f"backend told that request {request_id} to bob@example.com failed" in rc.log_path.read_text()
+    finally:
+        receiver.stop()
+
+
+def test_request_failed_a_webhook_never_takes_is_given_up_with_an_error_after_the_lifetime(fresh_rc: RcMta) -> None:
+    port = free_port()
+    receiver = WebhookReceiver(answer=(503, {"detail": "maintenance"})).start()
+    rc = _with_relay(fresh_rc, port)
+    rc.settings["outbound"]["queue_lifetime"] = "2s"
+    try:
+        request_id = _failed_request_to_a_webhook(rc, receiver, port)
+
+        wait_until(
+            lambda: (n := _notice(rc, request_id)) is not None and n.state == "given_up", what="request_failed given up"
+        )
+        log = rc.log_path.read_text()
+        assert (
+            f"ERROR rc_mta.followups gave up telling the backend that request {request_id} to bob@example.com failed"
+            in log
+        )
+        assert "HTTP 503" in log
+        attempts = len(receiver.payloads)
+        notice = _notice(rc, request_id)
+        assert notice is not None and notice.attempts == attempts >= 2  # each try reached it; none after
+    finally:
+        receiver.stop()

@@ -1,15 +1,17 @@
 """The outbound queue's table, on SQLite and on PostgreSQL: of several senders asking at
-once only one takes a mail, a lease that runs out hands it on, and a deferred mail waits
-for its time."""
+once only one takes a mail, a lease that runs out hands it on, a deferred mail waits for
+its time, a reminder is one more mail of its request (once, whoever queues it), and a
+store from before reminders were queued is re-keyed as it starts."""
 
 from __future__ import annotations
 
 import threading
 import time
 
+from sqlalchemy import Column, Float, ForeignKey, Integer, LargeBinary, MetaData, String, Table, Text, inspect, text
 from test_store import store as store  # the same store fixture: SQLite and PostgreSQL
 
-from rc_mta.store import Delivery, Request, Store
+from rc_mta.store import Delivery, Request, Store, requests
 from rc_mta.tokens import new_request_id
 
 
@@ -84,3 +86,117 @@ def test_a_deferred_mail_waits_for_its_next_attempt_and_sent_is_never_taken_agai
     assert store.claim_outbound("s", now + 10_000, 60, 10) == []
     summary = store.outbound_summary()
     assert summary.counts[Delivery.SENT] == 1 and summary.oldest_pending_at is None
+
+
+def _reminder(store: Store, request: Request, holder: str, now: float) -> None:
+    """Reminder 1 of ``request`` taken by ``holder`` and queued, as a follow-up round does."""
+    assert store.claim_followup(request.id, "reminder-1", holder, now, 300)
+    mail = store.queue_followup_mail(request, "reminder-1", holder, b"Subject: again\r\n\r\n", "rc@x", now, "q", 1)
+    assert mail is not None and (mail.kind, mail.name) == ("reminder-1", f"{request.id}-reminder-1")
+
+
+def test_a_reminder_is_a_mail_of_its_own_beside_the_request_mail(store: Store) -> None:
+    now = time.time()
+    request = _queued(store, now)
+    _reminder(store, request, "round", now)
+
+    taken = store.claim_outbound("loop", now + 2, 60, 10)
+    assert sorted(mail.kind for mail in taken) == ["reminder-1", "request"]
+    assert all(mail.request_id == request.id for mail in taken)
+    assert store.settle_outbound(request.id, "loop", Delivery.FAILED, "550 no", now + 3, kind="reminder-1")
+    assert store.settle_outbound(request.id, "loop", Delivery.SENT, "250 OK", now + 3)
+
+    first, second = store.outbound_mails(request.id)
+    assert (first.kind, first.state, first.last_answer) == ("request", Delivery.SENT, "250 OK")
+    assert (second.kind, second.state, second.last_answer) == ("reminder-1", Delivery.FAILED, "550 no")
+    assert store.followup_state(request.id, "reminder-1") == "done"  # queued and done in one go
+
+
+def test_a_reminder_is_queued_once_even_when_its_step_was_taken_over(store: Store) -> None:
+    """The first holder stalled past the stale time: the one that took the step over queues
+    the reminder, the first one's late attempt writes nothing."""
+    now = time.time()
+    request = _queued(store, now)
+    assert store.claim_followup(request.id, "reminder-1", "slow", now, 300)
+    assert store.claim_followup(request.id, "reminder-1", "fast", now + 301, 300)
+
+    assert store.queue_followup_mail(request, "reminder-1", "slow", b"x", "rc@x", now + 302, "q1", 60) is None
+    assert store.queue_followup_mail(request, "reminder-1", "fast", b"x", "rc@x", now + 302, "q2", 60) is not None
+    assert store.queue_followup_mail(request, "reminder-1", "fast", b"x", "rc@x", now + 303, "q2", 60) is None
+
+    assert [mail.kind for mail in store.outbound_mails(request.id)] == ["request", "reminder-1"]
+
+
+def _old_outbound_table(store: Store, request: Request, now: float) -> None:
+    """``outbound_queue`` as versions before queued reminders made it (keyed by request), with
+    one mail in it."""
+    old = MetaData()
+    requests.to_metadata(old)
+    table = Table(
+        "outbound_queue",
+        old,
+        Column("request_id", String(16), ForeignKey("requests.id"), primary_key=True),
+        Column("message", LargeBinary, nullable=False),
+        Column("sender", String(320), nullable=False),
+        Column("recipient", String(320), nullable=False),
+        Column("state", String(16), nullable=False, index=True),
+        Column("attempts", Integer, nullable=False),
+        Column("created_at", Float, nullable=False),
+        Column("next_attempt_at", Float, nullable=False),
+        Column("last_answer", Text),
+        Column("done_at", Float),
+        Column("path", Text),
+        Column("holder", String(32)),
+        Column("lease_until", Float),
+    )
+    with store.engine.begin() as conn:
+        conn.execute(text("DROP TABLE outbound_queue"))
+        table.create(conn)
+        conn.execute(
+            table.insert().values(
+                request_id=request.id,
+                message=b"Subject: hi\r\n\r\n",
+                sender="rc@x",
+                recipient=request.owner,
+                state="deferred",
+                attempts=2,
+                created_at=now,
+                next_attempt_at=now + 30,
+                last_answer="451 later",
+            )
+        )
+    store.engine.dispose()  # SQLite caches the old table shape per connection
+
+
+def test_a_store_from_before_queued_reminders_is_rekeyed_at_start_by_one_of_several(store: Store) -> None:
+    now = time.time()
+    request = Request(new_request_id(), "t-1", "alice@example.com", "t", now, now + 3600, None, None)
+    store.add_request(request)
+    _old_outbound_table(store, request, now)
+    starting = [Store(store.url, busy_timeout=5) for _ in range(3)]
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(len(starting))
+
+    def start(instance: Store) -> None:
+        barrier.wait()
+        try:
+            instance.create_schema()  # what each new instance does as it starts
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start, args=(s,)) for s in starting]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for instance in starting:
+        instance.close()
+
+    assert errors == []
+    with store.engine.connect() as conn:
+        assert inspect(conn).get_pk_constraint("outbound_queue")["constrained_columns"] == ["request_id", "kind"]
+        assert any(index["column_names"] == ["state"] for index in inspect(conn).get_indexes("outbound_queue"))
+    [kept] = store.outbound_mails(request.id)
+    assert (kept.kind, kept.state, kept.attempts, kept.last_answer) == ("request", Delivery.DEFERRED, 2, "451 later")
+    _reminder(store, request, "round", now)
+    assert sorted(mail.kind for mail in store.claim_outbound("loop", now + 31, 60, 10)) == ["reminder-1", "request"]

@@ -4,8 +4,8 @@ It verifies each POST the documented way: HMAC-SHA256 over ``f"{timestamp}."`` +
 body, compared in constant time, and the timestamp no older than five minutes (a replayed
 request is refused). Verified payloads are recorded; refusals are counted. ``answer`` makes
 it reply 409/422/500 (or anything) to verified requests; ``delay`` makes it slow to answer
-(a verified request is recorded first). It runs on 127.0.0.1, a free port, in a thread with
-its own event loop.
+(a verified request is recorded first). It runs on 127.0.0.1, a free port (or ``port``), in a
+thread with its own event loop.
 """
 
 from __future__ import annotations
@@ -72,11 +72,18 @@ class WebhookReceiver:
         return web.json_response(content, status=status)
 
     def start(self) -> WebhookReceiver:
+        """Listen on ``port``, or on a free one when it is 0 (a receiver that comes up late
+        is made with the port its URL was given out with)."""
         app = web.Application()
         app.router.add_post("/hooks/rc-mta", self._receive)
         self._server = AppThread(app, "webhook-receiver")
-        self.port = self._server.start()
+        self.port = self._server.start(self._listen)
         return self
+
+    async def _listen(self, runner: web.AppRunner) -> int:
+        site = web.TCPSite(runner, "127.0.0.1", self.port)
+        await site.start()
+        return int(runner.addresses[-1][1])
 
     def stop(self) -> None:
         if self._server is not None:

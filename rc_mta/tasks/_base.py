@@ -39,6 +39,9 @@ class TaskInfo:
     status: str  # in_progress | completed | failed | other backend-specific states
     acted_by: str | None = None
     acted_at: float | None = None
+    # False when the backend has no way to read a task (the webhook) and ``status`` is only
+    # assumed: callers that must not act on a closed task look for other evidence then.
+    known: bool = True
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,10 @@ When a request mail cannot be delivered (the relay answered 5xx, or it waited lo
     {"event": "request_failed", "task_id", "request_id", "owner", "answer", "sent_at"}
 
 It has no ``action``: a receiver that does not know the event answers 4xx and nothing acts.
+While the receiver cannot take it (down, 5xx, 401), it is kept in the store and POSTed
+again each follow-up round with the outbound queue's back-off, until ``queue_lifetime``
+(``followups.FailureNotices``); a POST that timed out may have arrived, so a receiver may
+see it more than once, with the same ``request_id``.
 
 A POST that timed out may have acted: the retry carries the same ``request_id``, so a
 receiver answers a repeat of an action it already took with 2xx (or 409 naming the same
@@ -80,8 +84,9 @@ class WebhookBackend:
 
     async def get(self, task_id: str) -> TaskInfo:
         """A webhook only speaks when we act, so there is no one to ask: the task is taken
-        as in progress, titled by its id, with no owner (requests name the owner)."""
-        return TaskInfo(task_id, title=task_id, owner="", status="in_progress")
+        as in progress (``known=False``: assumed, not read), titled by its id, with no owner
+        (requests name the owner)."""
+        return TaskInfo(task_id, title=task_id, owner="", status="in_progress", known=False)
 
     async def complete(self, task_id: str, comment: str, actor: str, context: ActionContext) -> None:
         await self._post(task_id, "complete", comment, actor, context)
@@ -114,7 +119,10 @@ class WebhookBackend:
         self._session_loop = None
 
     async def request_failed(self, task_id: str, request_id: str, owner: str, answer: str) -> None:
-        """Tell the receiver a request mail will never arrive; any answer but 2xx is logged."""
+        """Tell the receiver a request mail will never arrive. 2xx: told. A receiver that
+        cannot take it now (no connection, timeout, 5xx, 408/425/429, or 401: our secret)
+        raises BackendUnavailable, and the caller tries again later; any other 4xx says it
+        does not want the event: logged, and taken as its answer."""
         payload = {
             "event": "request_failed",
             "task_id": task_id,
@@ -124,8 +132,13 @@ class WebhookBackend:
             "sent_at": int(time.time()),
         }
         status, text = await self._send(payload)
-        if not 200 <= status < 300:
-            log.warning("webhook answered HTTP %d to request_failed of %s: %s", status, request_id, _one_line(text))
+        if 200 <= status < 300:
+            return
+        if status == 401:
+            raise BackendAuthFailed("webhook refused our signature (HTTP 401)")
+        if status >= 500 or status in (408, 425, 429):
+            raise BackendUnavailable(f"webhook {self._config.url} answered HTTP {status} to request_failed")
+        log.warning("webhook answered HTTP %d to request_failed of %s: %s", status, request_id, _one_line(text))
 
     async def _send(self, payload: dict[str, Any]) -> tuple[int, str]:
         """POST one signed JSON body; its status and text. BackendUnavailable when unreachable."""

@@ -1,0 +1,115 @@
+"""The follow-ups' own queries, on SQLite and on PostgreSQL: rc-mta's record of whether a
+sibling request decided a task (what a webhook task's follow-ups go by), that a withdrawn
+step is never due again, and that a notice for the backend is recorded once and taken by
+one instance at a time."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from test_store import store as store  # the same store fixture: SQLite and PostgreSQL
+
+from rc_mta.store import Request, Store
+from rc_mta.tokens import new_request_id
+
+
+def _request(store: Store, task_id: str, owner: str, created: float) -> Request:
+    request = Request(new_request_id(), task_id, owner, "t", created, created + 3600, None, None)
+    store.add_request(request)
+    return request
+
+
+def _answer(store: Store, request: Request, action: str, at: float) -> None:
+    store.claim(request.id, f"a-{request.id}", f"<{request.id}@x>", action, request.owner, at, 600)
+    assert store.finish_claim(request.id, f"a-{request.id}", at)
+
+
+def test_a_sibling_answered_since_decides_the_task(store: Store) -> None:
+    now = time.time()
+    alice = _request(store, "ticket-1", "alice@example.com", now)
+    bob = _request(store, "ticket-1", "bob@example.com", now)
+    other_task = _request(store, "ticket-2", "carol@example.com", now)
+    assert store.decided_by_sibling(alice.id) is None
+
+    _answer(store, other_task, "complete", now + 1)
+    assert store.decided_by_sibling(alice.id) is None  # another task's answer says nothing
+    _answer(store, bob, "fail", now + 2)
+
+    assert store.decided_by_sibling(alice.id) == ("fail", "bob@example.com", bob.id)
+    assert store.decided_by_sibling(bob.id) is None  # its own answer is not a sibling's
+
+
+def test_an_answer_from_before_the_request_was_made_decides_nothing(store: Store) -> None:
+    """The task was in progress again when the later request was made (a retried task)."""
+    now = time.time()
+    earlier = _request(store, "ticket-3", "bob@example.com", now)
+    _answer(store, earlier, "fail", now + 1)
+    later = _request(store, "ticket-3", "alice@example.com", now + 2)
+
+    assert store.decided_by_sibling(later.id) is None
+
+
+def test_an_approval_decides_only_once_its_group_is_decided(store: Store) -> None:
+    now = time.time()
+    group = store.add_approval_group("ticket-4", 2, now)
+    members = [_request(store, "ticket-4", f"{name}@example.com", now) for name in ("alice", "bob", "carol")]
+    for member in members:
+        store.add_approval_member(member.id, group)
+    alice, bob, carol = members
+
+    assert store.count_approval(group, alice.id, alice.owner, now + 1) == 1
+    _answer(store, alice, "complete", now + 1)
+    assert store.decided_by_sibling(carol.id) is None  # one approval of two: still open
+
+    assert store.count_approval(group, bob.id, bob.owner, now + 2) == 2
+    _answer(store, bob, "complete", now + 2)
+    assert store.decided_by_sibling(carol.id) == ("complete", alice.owner, alice.id)
+
+
+def test_a_withdrawn_step_is_never_due_again(store: Store) -> None:
+    now = time.time()
+    request = _request(store, "ticket-5", "alice@example.com", now - 10)
+    assert store.due_followups(now, (5.0,), now - 86400) == [(request, "reminder-1")]
+    assert store.claim_followup(request.id, "reminder-1", "me", now, 300)
+
+    store.followup_done(request.id, "reminder-1", "me", now, withdrawn=True)
+
+    assert store.followup_state(request.id, "reminder-1") == "withdrawn"
+    assert store.due_followups(now + 1, (5.0,), now - 86400) == []
+    assert not store.claim_followup(request.id, "reminder-1", "other", now + 1000, 300)
+
+
+def test_a_notice_is_recorded_once_and_retried_by_one_instance_at_a_time(store: Store) -> None:
+    now = time.time()
+    request = _request(store, "ticket-6", "bob@example.com", now)
+    first = store.add_notice(request.id, "request_failed", "550 no", now, "failer", 300)
+    assert first is not None and (first.task_id, first.owner, first.state) == ("ticket-6", request.owner, "pending")
+    assert store.add_notice(request.id, "request_failed", "550 no", now, "twin", 300) is None
+
+    assert store.claim_notices("round", now + 1, 300) == []  # its recorder holds it for the first try
+    assert store.settle_notice(first, "failer", "pending", now + 1, error="down", next_attempt_at=now + 60)
+    assert store.claim_notices("round", now + 59, 300) == []  # backing off
+
+    taken: list[str] = []
+    barrier = threading.Barrier(4)
+
+    def instance(i: int) -> None:
+        barrier.wait()
+        taken.extend(f"{i}:{n.request_id}" for n in store.claim_notices(f"instance-{i}", now + 61, 300))
+
+    threads = [threading.Thread(target=instance, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(taken) == 1
+    holder = "instance-" + taken[0].split(":")[0]
+
+    again = store.get_notice(request.id, "request_failed")
+    assert again is not None and (again.attempts, again.last_error) == (1, "down")
+    assert not store.settle_notice(again, "failer", "told", now + 62)  # no longer the holder
+    assert store.settle_notice(again, holder, "told", now + 62)
+    told = store.get_notice(request.id, "request_failed")
+    assert told is not None and (told.state, told.attempts) == ("told", 2)
+    assert store.claim_notices("round", now + 10_000, 300) == []
