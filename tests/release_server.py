@@ -24,12 +24,13 @@ for the calls rc-mta makes, with the documented shapes and codes:
 Task ids are paths (``Applications/Folder1/Release1/Phase1/Task1``) and arrive unencoded.
 It runs on 127.0.0.1, a free port, in a thread with its own event loop. Knobs: tasks,
 credentials, ``go_down()``/``come_back()`` (stop and resume listening), ``unavailable``
-(answer 503 to every call while set) and ``unavailable_paths`` (only to calls whose path starts
-with one of these: a Release that fails part-way through a round), with ``refused`` keeping
-each call so answered as ``seen`` keeps the served ones, ``delay`` (every answer is late), ``action_delay`` (complete/fail take effect
-at once, the answer comes late, as a slow Release that commits before it answers),
-``gateway_errors`` (a proxy's 502 for the next calls, before or after Release acted), and
-``calls``/``actions`` (what arrived, what changed), ``seen`` (every call: method, path, who).
+(answer 503 to every call while set) and ``unavailable_paths`` (only to calls whose path
+starts with one of these: a Release failing part-way through a round), ``delay`` (every
+answer is late), ``action_delay`` (complete/fail take effect at once, the answer comes late,
+as a slow Release that commits before it answers), ``gateway_errors`` (a proxy's 502 for the
+next calls, before or after Release acted), and ``calls``/``actions`` (what arrived, what
+changed), ``seen`` (every call served: method, path, who), ``refused`` (every call answered
+503 for being unavailable: method, path).
 A task's release is its id up to the ``Release…`` segment; ``users``, ``teams``,
 ``release_status``, ``reassign()``, ``set_status()`` and ``abort_release()`` play what
 people do in the UI.
