@@ -219,7 +219,10 @@ RECIPIENT_SYNTAX = _reply(
     "RECIPIENT_SYNTAX", 553, "5.1.3", "The recipient address holds {problem}: it cannot be a mailbox"
 )
 HELO_SYNTAX = _reply("HELO_SYNTAX", 501, "5.5.2", "The {command} name holds {problem}: give the client's host name")
-VRFY_UNPARSEABLE = _reply("VRFY_UNPARSEABLE", 502, "5.5.4", "Could not VRFY {argument}: not an address")
+# VRFY is implemented (an address gets 252), so an argument that is no address is a syntax
+# error in parameters (RFC 5321 4.2.2: 501, one of VRFY's replies in 4.3.2), not 502 "command
+# not implemented" as aiosmtpd says; X.5.4 invalid command arguments (RFC 3463 3.6).
+VRFY_UNPARSEABLE = _reply("VRFY_UNPARSEABLE", 501, "5.5.4", "Could not VRFY {argument}: not an address")
 UNKNOWN_COMMAND = _reply("UNKNOWN_COMMAND", 500, "5.5.2", 'Command "{command}" is not recognized')
 
 # Temporary trouble: the sender's server retries, nothing is lost.

@@ -24,10 +24,13 @@ for the calls rc-mta makes, with the documented shapes and codes:
 Task ids are paths (``Applications/Folder1/Release1/Phase1/Task1``) and arrive unencoded.
 It runs on 127.0.0.1, a free port, in a thread with its own event loop. Knobs: tasks,
 credentials, ``go_down()``/``come_back()`` (stop and resume listening), ``unavailable``
-(answer 503), ``delay`` (every answer is late), ``action_delay`` (complete/fail take effect
-at once, the answer comes late, as a slow Release that commits before it answers),
-``gateway_errors`` (a proxy's 502 for the next calls, before or after Release acted), and
-``calls``/``actions`` (what arrived, what changed), ``seen`` (every call: method, path, who).
+(answer 503 to every call while set) and ``unavailable_paths`` (only to calls whose path
+starts with one of these: a Release failing part-way through a round), ``delay`` (every
+answer is late), ``action_delay`` (complete/fail take effect at once, the answer comes late,
+as a slow Release that commits before it answers), ``gateway_errors`` (a proxy's 502 for the
+next calls, before or after Release acted), and ``calls``/``actions`` (what arrived, what
+changed), ``seen`` (every call served: method, path, who), ``refused`` (every call answered
+503 for being unavailable: method, path).
 A task's release is its id up to the ``Release…`` segment; ``users``, ``teams``,
 ``release_status``, ``reassign()``, ``set_status()`` and ``abort_release()`` play what
 people do in the UI.
@@ -81,7 +84,8 @@ class FakeRelease:
     password: str = "s3cret-password"
     token: str = ""
     conflict_status: int = 400  # what a complete/fail of a task not in progress answers
-    unavailable: bool = False
+    unavailable: bool = False  # every call answers 503 ...
+    unavailable_paths: tuple[str, ...] = ()  # ... or only those whose path starts with one of these
     delay: float = 0.0
     action_delay: float = 0.0
     gateway_errors: int = 0  # the next N complete/fail calls get a proxy's 502 ...
@@ -90,7 +94,8 @@ class FakeRelease:
     forbidden: set[str] = field(default_factory=set)
     calls: Counter[tuple[str, str]] = field(default_factory=Counter)  # (task id, action) -> POSTs received
     actions: list[Action] = field(default_factory=list)  # each change of a task's status
-    seen: list[tuple[str, str, str]] = field(default_factory=list)  # (method, path, user) of every call
+    seen: list[tuple[str, str, str]] = field(default_factory=list)  # (method, path, user) of every call served
+    refused: list[tuple[str, str]] = field(default_factory=list)  # (method, path) of every call answered 503
     users: dict[str, dict[str, Any]] = field(default_factory=dict)  # username -> Release user
     teams: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # release id -> its teams
     release_status: dict[str, str] = field(default_factory=dict)  # release id -> status (IN_PROGRESS)
@@ -154,6 +159,11 @@ class FakeRelease:
     def calls_by(self, user: str, method: str, path_start: str) -> int:
         with self._lock:
             return sum(1 for m, p, u in self.seen if u == user and m == method and p.startswith(path_start))
+
+    def refusals(self, method: str, path_start: str) -> int:
+        """How many calls were answered 503 for being unavailable (method, path starting so)."""
+        with self._lock:
+            return sum(1 for m, p in self.refused if m == method and p.startswith(path_start))
 
     def status(self, task_id: str) -> str:
         with self._lock:
@@ -222,7 +232,9 @@ class FakeRelease:
     async def _gate(self, request: web.Request, handler: Any) -> web.StreamResponse:
         if self.delay:
             await asyncio.sleep(self.delay)
-        if self.unavailable:
+        if self.unavailable or request.path.startswith(self.unavailable_paths):
+            with self._lock:
+                self.refused.append((request.method, request.path))
             return web.Response(status=503, text="Service Unavailable")
         if not self._authenticated(request):
             return web.Response(status=401, headers={"WWW-Authenticate": 'Basic realm="Release"'})

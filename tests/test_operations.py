@@ -90,7 +90,11 @@ def test_sigusr1_logs_the_next_smtp_exchange_and_sigusr2_stops_it(fresh_rc: RcMt
     fresh_rc.cli("log-level", "info")
     wait_for_log(fresh_rc, "log level info (SIGUSR2)")
     smtp_session(fresh_rc.smtp_port, "after-trace.example")
-    time.sleep(0.3)
+    # A marker after it, traced again: once its EHLO is in the log, so would the one before be.
+    fresh_rc.cli("log-level", "trace")
+    wait_for_log(fresh_rc, "log level trace (SIGUSR1)")
+    smtp_session(fresh_rc.smtp_port, "marker.example")
+    wait_for_log(fresh_rc, "ehlo marker.example")
 
     text = log_text(fresh_rc)
     assert "(SIGUSR1)" in switched.stdout and fresh_rc.proc is not None and str(fresh_rc.proc.pid) in switched.stdout
@@ -314,9 +318,7 @@ def test_check_config_fails_on_a_dead_smtp_port_and_a_dns_timeout(fresh_rc: RcMt
     fresh_rc.settings["outbound"].update(transport="smtp", smtp_host="127.0.0.1", smtp_port=dead)
     fresh_rc.write_config()
     try:
-        started = time.monotonic()
-        result = fresh_rc.cli("check-config", check=False)
-        took = time.monotonic() - started
+        result = fresh_rc.cli("check-config", check=False)  # a hang fails it at cli's deadline
     finally:
         hole.close()
 
@@ -325,10 +327,11 @@ def test_check_config_fails_on_a_dead_smtp_port_and_a_dns_timeout(fresh_rc: RcMt
     assert (
         lines["config"].startswith("✓") and lines["store"].startswith("✓") and lines["tasks embedded"].startswith("✓")
     )
-    assert lines["dns"].startswith("✗ dns:") and "timeout" in lines["dns"].lower()
+    # The resolver's own 1 s timeout ended the query, not check-config's outer deadline for it.
+    assert lines["dns"].startswith("✗ dns: DNS timeout looking up "), lines["dns"]
     assert lines["outbound smtp"].startswith("✗ outbound smtp:") and f"port {dead}" in lines["outbound smtp"]
     assert "2 of 6 checks failed: dns, outbound smtp" in result.stderr
-    assert took < 10
+    assert not any("no answer within" in line for line in lines.values()), lines
 
 
 def test_check_config_reports_an_outbox_it_cannot_write(fresh_rc: RcMta) -> None:

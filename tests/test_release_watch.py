@@ -138,11 +138,39 @@ def test_team_task_goes_to_each_member_with_an_email(rc_watch: RcMta, release: F
     assert sorted(m["To"] for m in mailed(rc_watch)) == [BOB, CAROL]
 
 
-def test_release_down_during_a_round_sends_once_it_is_back(rc_watch: RcMta, release: FakeRelease) -> None:
-    release.unavailable = True
+def failed_rounds(server: RcMta) -> int:
+    """Rounds the watcher logged as failed (it tries again next round)."""
+    text = server.log_path.read_text(errors="replace") if server.log_path.exists() else ""
+    return sum(1 for line in text.splitlines() if "release watch: " in line and "trying again in" in line)
+
+
+# Where Release answers 503 from: the round's first call, a read part-way through it, or
+# reading the task to write the request, after this instance claimed the (task, owner).
+OUTAGES = {
+    "whole round": ("POST", "/api/v1/releases/search"),
+    "user lookup": ("GET", "/api/v1/users/"),
+    "task read after the claim": ("GET", "/api/v1/tasks/"),
+}
+
+
+@pytest.mark.parametrize(("method", "down"), OUTAGES.values(), ids=OUTAGES.keys())
+def test_release_down_during_a_round_sends_once_it_is_back(
+    rc_watch: RcMta, release: FakeRelease, method: str, down: str
+) -> None:
+    release.unavailable_paths = (down,)
     release.add_task(TASK, owner="alice", tags=(TAG,))
-    release.unavailable = False
-    wait_for_request(ALICE, rc_watch)
+    # Two rounds really met the outage (503s counted at Release, failures logged by rc-mta)...
+    wait_until(
+        lambda: release.refusals(method, down) and failed_rounds(rc_watch) >= 2, what="two rounds that met a 503"
+    )
+    assert mailed(rc_watch) == []  # ...and sent nothing
+
+    release.unavailable_paths = ()
+    request = wait_for_request(ALICE, rc_watch)
+    assert request["X-RC-MTA-Task"] == TASK
+    assert release.calls_by("token-user", method, down) >= 1  # served once back
+    watched_again(release)
+    assert len(mailed(rc_watch)) == 1  # once: the failed rounds left no half-sent request behind
 
 
 def test_two_instances_on_one_postgresql_store_send_once(tmp_path: Path, pg_url: str, release: FakeRelease) -> None:
