@@ -67,8 +67,18 @@ def test_second_check_of_same_client_is_answered_from_cache(resolver: DnsResolve
     second = asyncio.run(check_rdns(resolver, "127.0.0.5"))
     assert first == second
     assert first.facts == {"ptr": "mx.sender.spf.test"}
-    assert resolver.stats.queries == queries  # PTR and A both came from the cache
-    assert resolver.stats.cache_hits == hits + 2
+    # The verdict itself was kept: not even the cached PTR and A records were read again.
+    assert (resolver.stats.queries, resolver.stats.cache_hits) == (queries, hits)
+    resolver.clear()  # the records gone, the verdict goes with them
+    assert asyncio.run(check_rdns(resolver, "127.0.0.5")) == first
+    assert resolver.stats.queries == queries + 2  # PTR and A asked again
+
+
+def test_dns_trouble_is_never_kept(black_hole_resolver: DnsResolver) -> None:
+    asyncio.run(check_rdns(black_hole_resolver, "127.0.0.2"))
+    failures = black_hole_resolver.stats.failures
+    assert asyncio.run(check_rdns(black_hole_resolver, "127.0.0.2")).temporary
+    assert black_hole_resolver.stats.failures > failures
 
 
 def test_garbage_client_address_is_permerror(resolver: DnsResolver) -> None:

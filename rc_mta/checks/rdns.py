@@ -39,11 +39,24 @@ async def _points_back(resolver: DnsResolver, name: str, address: IPAddress) -> 
 
 
 async def check_rdns(resolver: DnsResolver, client_ip: str) -> Verdict:
-    """pass if some PTR name of the client resolves back to it; temperror if DNS can't say."""
+    """pass if some PTR name of the client resolves back to it; temperror if DNS can't say.
+    A verdict is kept for as long as the records it read (``DnsResolver.keep_derived``)."""
     try:
         address = _client_address(client_ip)
     except ValueError:
         return Verdict("permerror", f"{client_ip!r} is not an IP address")
+    key = ("rdns", str(address))
+    kept = resolver.derived(key)
+    if isinstance(kept, Verdict):
+        return Verdict(kept.result, kept.reason, dict(kept.facts))
+    with resolver.reading() as reads:
+        verdict = await _check(resolver, address)
+    if not verdict.temporary:
+        resolver.keep_derived(key, Verdict(verdict.result, verdict.reason, dict(verdict.facts)), reads)
+    return verdict
+
+
+async def _check(resolver: DnsResolver, address: IPAddress) -> Verdict:
     ip = str(address)
     try:
         names = (await resolver.reverse(ip))[:MAX_PTR_NAMES]
