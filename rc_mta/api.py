@@ -50,6 +50,7 @@ MIN_EXPIRES_IN = 60
 MAX_EXPIRES_IN = 90 * 86400
 
 _REQUEST_ID = re.compile(r"[0-9a-f]{16}")
+_GROUP_ID = r"^g-[0-9a-f]{16}$"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 # Paragraphs: line breaks and tabs, but no other control character.
@@ -75,7 +76,14 @@ ErrorCode = Literal["not_found", "unauthorized", "invalid_request", "conflict", 
 class RequestCreate(_Body):
     """Mail a completion request for a task to one owner or to several (any one may answer)."""
 
-    model_config = ConfigDict(json_schema_extra={"not": {"required": ["owner", "owners"]}})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "allOf": [
+                {"not": {"required": ["owner", "owners"]}},
+                {"not": {"required": ["approvals", "approval_group"]}},
+            ]
+        }
+    )
 
     task_id: TaskId
     owners: Annotated[list[Email], Field(min_length=1, max_length=MAX_OWNERS)] | None = Field(
@@ -101,17 +109,26 @@ class RequestCreate(_Body):
     ) = Field(
         None,
         description="How many owners must approve: any (one; the default), all, or a number (more than"
-        " the owners means all). A fail from anyone fails the task; the task acts once, when the rule is met.",
+        " the owners means all). A fail from anyone fails the task; the task acts once, when the rule is met."
+        " While such a group may still decide the task, a request outside it is refused (409).",
+    )
+    approval_group: Annotated[str, StringConstraints(pattern=_GROUP_ID)] | None = Field(
+        None,
+        description="Ask these owners in the task's undecided approval group (its id, as approval_group in an"
+        " earlier answer), under its rule: as many approvals as it needed, from more people. Not together with"
+        " approvals.",
     )
 
     @model_validator(mode="after")
     def _one_way_to_name_owners(self) -> RequestCreate:
         if {"owner", "owners"} <= self.model_fields_set:
             raise ValueError("give owner or owners, not both")
+        if {"approvals", "approval_group"} <= self.model_fields_set:
+            raise ValueError("give approvals (a new group) or approval_group (an existing one), not both")
         return self
 
     def needed(self, owners: int) -> int:
-        """Approvals the task needs from ``owners`` owners."""
+        """Approvals the task needs from ``owners`` owners (a new group's rule)."""
         if self.approvals is None or self.approvals == "any":
             return 1
         # More than there are owners is all of them: the answer's approvals_needed says so.
@@ -144,6 +161,10 @@ class SentRequestOut(BaseModel):
 class RequestsCreated(BaseModel):
     task_id: str
     approvals_needed: int
+    approval_group: str | None = Field(
+        description="The group the requests decide in (when more than one approval is needed): give it as"
+        " approval_group to ask more people in it."
+    )
     requests: list[SentRequestOut]
 
 
@@ -431,10 +452,7 @@ class _Api:
             due=body.due,
             description=body.description,
         )
-        needed = body.needed(len(recipients))
-        group = None
-        if needed > 1:
-            group = await asyncio.to_thread(service.store.add_approval_group, task.id, needed, time.time())
+        needed, group = await self._approval_group(body, task.id, len(recipients))
         sent = []
         try:
             for owner in recipients:
@@ -462,6 +480,7 @@ class _Api:
         out = RequestsCreated(
             task_id=task.id,
             approvals_needed=needed,
+            approval_group=group,
             requests=[
                 SentRequestOut(
                     request_id=one.request_id,
@@ -478,6 +497,27 @@ class _Api:
             ],
         )
         return web.json_response(out.model_dump(mode="json"), status=201)
+
+    async def _approval_group(self, body: RequestCreate, task_id: str, owners: int) -> tuple[int, str | None]:
+        """The approvals needed and the group the new requests decide in: the one named (it
+        must be this task's), a new one when more than one approval is needed, else none.
+        Refused (409) when the task's groups or lone requests stand in the way."""
+        store = self.service.store
+        if body.approval_group is not None:
+            found = await asyncio.to_thread(store.approval_group, body.approval_group)
+            if found is None or found[0].task_id != task_id:
+                raise ApiError(
+                    404,
+                    "not_found",
+                    f"task {task_id} has no approval group {body.approval_group}",
+                    [ErrorDetail(field="approval_group", message=f"not a group of task {task_id}")],
+                )
+            return found[0].needed, body.approval_group
+        needed = body.needed(owners)
+        if needed == 1:
+            return 1, None
+        await self.service.check_approvals(task_id, None, None, new_group=True)
+        return needed, await asyncio.to_thread(store.add_approval_group, task_id, needed, time.time())
 
     async def get_request(self, request: web.Request) -> web.Response:
         request_id = _request_id(request)
@@ -610,10 +650,12 @@ def openapi_document() -> dict[str, Any]:
                 "operationId": "createRequest",
                 "summary": "Mail a completion request for a task to its owner(s)",
                 "description": "One request per owner, each with its own signed reply addresses. Any one owner "
-                "may answer; once one has, the others' replies are refused. Each request is stored with its mail "
-                "before the mail is sent; `delivery` says how the first attempt went (a relay that is down or "
-                "answers 4xx defers it, and it is tried again; a 5xx fails it). All or nothing: when storing "
-                "fails (503), the requests already made by this call are revoked.",
+                "may answer (or, with `approvals`, as many as it says); once the task is decided, the others' "
+                "replies are refused. 409 when the task's approval group (or, for a new group, its requests "
+                "outside any group) may still decide it: the message says what to do. Each request is stored "
+                "with its mail before the mail is sent; `delivery` says how the first attempt went (a relay that "
+                "is down or answers 4xx defers it, and it is tried again; a 5xx fails it). All or nothing: when "
+                "storing fails (503), the requests already made by this call are revoked.",
                 "requestBody": _body_spec(RequestCreate),
                 "responses": {"201": _json("Sent.", _ref(RequestsCreated)), **_errors(400, 404, 408, 409, 413)},
             }

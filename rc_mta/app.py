@@ -20,7 +20,7 @@ from .api import add_api_routes
 from .config import Settings, SigningConfig
 from .dkim_signing import DkimSigner, make_dkim_signer
 from .dns import DnsResolver
-from .errors import ConfigError, RcMtaError
+from .errors import ApprovalConflict, ConfigError, RcMtaError
 from .http import Health, add_mta_sts_route, make_app, metrics_app, start_http
 from .inbound import Listener, session_limits, start_listener
 from .inbound.shutdown import FLUSH_SECONDS
@@ -140,13 +140,57 @@ class Service:
         self.store.close()
 
     async def send_request_once(
-        self, task_id: str, owner: str | None = None, language: Language | None = None
+        self,
+        task_id: str,
+        owner: str | None = None,
+        language: Language | None = None,
+        approval_group: str | None = None,
     ) -> SentRequest:
         """For one-shot commands: send, then let go of the backend's connections."""
         try:
-            return await self.send_request(task_id, owner=owner, language=language)
+            return await self.send_request(task_id, owner=owner, language=language, approval_group=approval_group)
         finally:
             await self.backend.close()
+
+    async def check_approvals(self, task_id: str, owner: str | None, group_id: str | None, *, new_group: bool) -> None:
+        """The rule around N-of-M groups, for a new request (to ``owner``; in ``group_id``, or
+        in a group about to be made, or alone): while a group may still decide the task, no
+        request outside it may (it would decide alone); a group is not made, or added to, while
+        requests outside any group may still decide it; a person is asked once in a group.
+        Two requests made at the same moment may both pass this look: answers are held to the
+        same rule when they come (``Pipeline.evaluate``), and one person's approvals count once
+        (``Store.count_approval``), so neither decides past it."""
+        found = await asyncio.to_thread(self.store.task_approvals, task_id, time.time())
+        if group_id is not None:
+            known = await asyncio.to_thread(self.store.approval_group, group_id)
+            if known is None or known[0].task_id != task_id:
+                raise RcMtaError(f"task {task_id} has no approval group {group_id}")
+            group, asked = known
+            if group.decided_at is not None:
+                past = "completed" if group.decision == "complete" else "failed"
+                why = f"approval group {group_id} of task {task_id} was already decided: {past} by {group.decided_by}"
+                raise ApprovalConflict(why, "nothing is left to approve")
+            if owner is not None and owner in asked:
+                raise ApprovalConflict(
+                    f"{owner} is already asked in approval group {group_id}",
+                    "one person's approval counts once; revoke their request first to ask them again",
+                )
+        for other in found.groups:
+            if other.id != group_id:
+                many = f"{other.needed} must approve, {other.approvals} did so far"
+                outside = "a request outside it" if group_id is None and not new_group else "another group"
+                raise ApprovalConflict(
+                    f"task {task_id} is decided by approval group {other.id} ({many}), and {outside} would decide"
+                    " past its rule",
+                    "revoke the group's requests first, or add the person to the group",
+                    other.id,
+                )
+        if (group_id is not None or new_group) and found.alone:
+            raise ApprovalConflict(
+                f"task {task_id} has {len(found.alone)} request(s) outside any approval group that may still decide"
+                f" it alone ({', '.join(found.alone)})",
+                "revoke them first, then ask the group",
+            )
 
     async def send_request(
         self,
@@ -173,6 +217,7 @@ class Service:
         address = (owner or task.owner).strip().lower()
         if "@" not in address:
             raise RcMtaError(f"task {task_id} is owned by {address!r}, not an email address: give --owner")
+        await self.check_approvals(task.id, address, approval_group, new_group=False)
         now = time.time()
         request = Request(
             id=new_request_id(),

@@ -112,10 +112,16 @@ def cmd_request(settings: Settings, args: argparse.Namespace) -> int:
     if args.request_id is not None:
         raise RcMtaError(f"unexpected argument {args.request_id!r} (to see a request: rc-mta request show ID)")
     from .app import Service
+    from .errors import ApprovalConflict
 
     service = Service.open(settings)
     try:
-        sent = asyncio.run(service.send_request_once(args.task_id, owner=args.owner, language=args.language))
+        asked = service.send_request_once(
+            args.task_id, owner=args.owner, language=args.language, approval_group=args.approval_group
+        )
+        sent = asyncio.run(asked)
+    except ApprovalConflict as exc:
+        raise RcMtaError(exc.said(f"--approval-group {exc.group_id}")) from None
     finally:
         service.close()
     if args.json:
@@ -570,6 +576,11 @@ def build_parser() -> argparse.ArgumentParser:
     request.add_argument("request_id", nargs="?", help=argparse.SUPPRESS)
     request.add_argument("--owner", help="send to this address instead of the task's owner")
     request.add_argument("--language", choices=["en", "de", "fr"], help="of the mail (default: [outbound] language)")
+    request.add_argument(
+        "--approval-group",
+        metavar="GROUP",
+        help="ask the owner in this N-of-M approval group of the task (its rule stays), instead of alone",
+    )
     request.add_argument("--json", action="store_true")
     request.set_defaults(run=cmd_request)
 

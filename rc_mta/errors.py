@@ -96,6 +96,29 @@ class DecisionMade(Refusal):
         self.task_id, self.action_past, self.by = task_id, action_past, by
 
 
+class NotInApprovalGroup(Refusal):
+    """An answer to a request outside the N-of-M group that decides its task: one person's
+    answer must not decide what several must decide together."""
+
+    def __init__(self, task_id: str, needed: int) -> None:
+        super().__init__(f"task {task_id} is decided by a group of approvers ({needed} must approve)")
+        self.task_id, self.needed = task_id, needed
+
+
+class ApprovalConflict(Refusal):
+    """A new request that would let its task be decided past an N-of-M group's rule (or a
+    group past requests that may already decide it); the message says what to do instead.
+    ``group_id`` names the group the person may be added to instead."""
+
+    def __init__(self, why: str, remedy: str, group_id: str | None = None) -> None:
+        self.why, self.remedy, self.group_id = why, remedy, group_id
+        super().__init__(self.said(f'"approval_group": "{group_id}"'))
+
+    def said(self, how_to_add: str) -> str:
+        """The sentence, with how to add the person to the group as the door spells it."""
+        return f"{self.why}: {self.remedy}" + (f" ({how_to_add})" if self.group_id else "")
+
+
 class TaskNotFound(Refusal):
     def __init__(self, task_id: str) -> None:
         super().__init__(f"task {task_id} not found")

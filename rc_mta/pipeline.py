@@ -33,6 +33,7 @@ from .errors import (
     BackendAuthFailed,
     DecisionMade,
     MessageRefused,
+    NotInApprovalGroup,
     ReaderBusy,
     Refusal,
     RequestAnswered,
@@ -52,7 +53,18 @@ from .reading import (
 )
 from .sender_auth import AuthState, Client, SenderAuth
 from .smtp_replies import SmtpReply
-from .store import COMPLETED, FAILED, Answer, ApprovalGroup, Claim, ClaimOutcome, Request, Store, new_attempt_id
+from .store import (
+    COMPLETED,
+    FAILED,
+    Answer,
+    ApprovalGroup,
+    ApprovalStanding,
+    Claim,
+    ClaimOutcome,
+    Request,
+    Store,
+    new_attempt_id,
+)
 from .tasks import ActionContext, EmbeddedBackend, TaskBackend
 from .tokens import Action, Signer, Token, redact_address
 
@@ -98,6 +110,7 @@ class Outcome(enum.Enum):
     COMPLETE = "complete"
     FAIL = "fail"
     DROP = "drop"  # machine mail: accepted and discarded
+    APPROVE = "approve"  # N of M: the approval is counted, the task waits for more
     REFUSE = "refuse"
     ALREADY_DONE = "already_done"  # this very message acted before (a retry)
     RETRY = "retry"  # a 4xx: the sender (or the poller) tries again
@@ -158,6 +171,7 @@ class Decision:
     authentication_results: str = ""
     message_id: str = ""
     recorded: bool = False  # processed_messages has it already (written with the action)
+    group: ApprovalGroup | None = None  # N of M: the group this answer decides in, with others
 
 
 @dataclass(frozen=True)
@@ -410,11 +424,7 @@ class Pipeline:
         # Acting, the claim itself says whether the request was answered: no extra read.
         claim = await asyncio.to_thread(self.store.get_claim, request.id) if not acting else None
         if claim is not None and claim.done:
-            done = TaskAction(claim.action)
-            if claim.message_id == message_id:
-                reply = R.ALREADY_DONE.with_text(task_id=request.task_id, action_past=done.past)
-                return replace(base, reply=reply, outcome=Outcome.ALREADY_DONE, action=done)
-            raise RequestAnswered(request.task_id, done.past)
+            return _answered(base, request, claim)
 
         if token.action is Action.REPLY:
             decided = interpret_action(parsed.comment, self.complete_words, self.fail_words)
@@ -423,8 +433,24 @@ class Pipeline:
             action = TaskAction(decided)
         else:
             action = TaskAction(token.action.label)
+
+        # N of M: the one place that asks which group this answer decides in, or stands outside.
+        standing = await asyncio.to_thread(self.store.approval_standing, request.id, request.task_id, self.clock())
+        refusal = _group_refusal(request, standing, action)
+        if refusal is not None:
+            # The claim speaks first: the very message that acted, sent again, still gets its 250.
+            if acting and (claim := await asyncio.to_thread(self.store.get_claim, request.id)) and claim.done:
+                return _answered(base, request, claim)
+            raise refusal
+        group = standing.group
+        if group is not None and action is TaskAction.COMPLETE:
+            counted = standing.counted or standing.owner_counted or group.decided_request == request.id
+            count = group.approvals + (0 if counted else 1)
+            if count < group.needed:
+                reply = R.APPROVAL_RECORDED.with_text(task_id=request.task_id, count=count, needed=group.needed)
+                return replace(base, reply=reply, outcome=Outcome.APPROVE, action=action, group=group)
         reply = R.TASK_ACTED.with_text(task_id=request.task_id, action_past=action.past)
-        return replace(base, reply=reply, outcome=Outcome(action.value), action=action)
+        return replace(base, reply=reply, outcome=Outcome(action.value), action=action, group=group)
 
     async def act(self, decision: Decision, actor: str, source: str) -> Decision:
         """Claim the request for this attempt, then drive the backend; answer only after.
@@ -434,10 +460,11 @@ class Pipeline:
         is finished or given back.
         """
         request, action, message_id = decision.request, decision.action, decision.message_id
-        if decision.outcome not in (Outcome.COMPLETE, Outcome.FAIL) or request is None or action is None:
+        if decision.outcome not in _ACTING or request is None or action is None:
             return decision
         attempt = new_attempt_id()
-        if self._acts_in_store and await self._act_at_once(decision, request, action, attempt, actor, source):
+        alone = decision.group is None
+        if alone and self._acts_in_store and await self._act_at_once(decision, request, action, attempt, actor, source):
             return replace(decision, recorded=True)
         outcome, claim = await asyncio.to_thread(
             self.store.claim, request.id, attempt, message_id, action.value, actor, self.clock(), STALE_CLAIM_SECONDS
@@ -446,9 +473,8 @@ class Pipeline:
             raise RequestRevoked(f"request {request.id} was withdrawn")
         if outcome is not ClaimOutcome.OURS:
             return _not_ours(decision, request, outcome, claim)
-        group = await self._approval_group(request, attempt)
-        if group is not None:
-            return await self._act_together(decision, group, attempt, actor, source)
+        if decision.group is not None:
+            return await self._act_together(decision, decision.group, attempt, actor, source)
         try:
             context = ActionContext(
                 request.id, message_id, source, {name: v["result"] for name, v in decision.checks.items()}
@@ -480,15 +506,6 @@ class Pipeline:
         metrics.TASKS_ACTED.labels(self.backend.name, action.value).inc()
         return decision
 
-    async def _approval_group(self, request: Request, attempt: str) -> ApprovalGroup | None:
-        """The group deciding this request's task together (N of M), if it has one."""
-        try:
-            group = await asyncio.to_thread(self.store.approval_group_of, request.id)
-        except BaseException:
-            await asyncio.to_thread(self.store.release_claim, request.id, attempt)
-            raise
-        return group if group is not None and group.needed > 1 else None
-
     async def _act_together(
         self, decision: Decision, group: ApprovalGroup, attempt: str, actor: str, source: str
     ) -> Decision:
@@ -513,7 +530,7 @@ class Pipeline:
                     await asyncio.to_thread(store.finish_claim, request.id, attempt, self.clock())
                     log.info("request %s: approval %d of %d by %s", request.id, count, group.needed, actor)
                     reply = R.APPROVAL_RECORDED.with_text(task_id=request.task_id, count=count, needed=group.needed)
-                    return replace(decision, reply=reply)
+                    return replace(decision, reply=reply, outcome=Outcome.APPROVE)
                 decided = True
             settled = await asyncio.to_thread(store.approval_group_of, request.id)
             by = settled.decided_by if settled is not None and settled.decided_by else actor
@@ -540,7 +557,9 @@ class Pipeline:
             raise
         await asyncio.to_thread(store.finish_claim, request.id, attempt, self.clock())
         metrics.TASKS_ACTED.labels(self.backend.name, action.value).inc()
-        return decision
+        # Judged an approval to be counted, it may have been the one that decided meanwhile.
+        reply = R.TASK_ACTED.with_text(task_id=request.task_id, action_past=action.past)
+        return replace(decision, reply=reply, outcome=Outcome(action.value))
 
     async def _decision_made(self, request: Request) -> DecisionMade:
         group = await asyncio.to_thread(self.store.approval_group_of, request.id)
@@ -738,6 +757,36 @@ class Pipeline:
 
 def _failed(reply: SmtpReply) -> Outcome:
     return Outcome.RETRY if reply.temporary else Outcome.REFUSE
+
+
+# What ``act`` acts on: a decision, or an approval to count (N of M).
+_ACTING = (Outcome.COMPLETE, Outcome.FAIL, Outcome.APPROVE)
+
+
+def _answered(base: Decision, request: Request, claim: Claim) -> Decision:
+    """A request answered already: by this very message (a retry, 250) or another (refused)."""
+    done = TaskAction(claim.action)
+    if claim.message_id == base.message_id:
+        reply = R.ALREADY_DONE.with_text(task_id=request.task_id, action_past=done.past)
+        return replace(base, reply=reply, outcome=Outcome.ALREADY_DONE, action=done)
+    raise RequestAnswered(request.task_id, done.past)
+
+
+def _group_refusal(request: Request, standing: ApprovalStanding, action: TaskAction) -> Refusal | None:
+    """Why this answer may not act, as its task's N-of-M groups stand: another group of the
+    task may still decide it (then no answer outside that group acts, whatever its own
+    request), or its own group was decided by another answer. ``Store.count_approval`` and
+    ``decide_group_fail`` apply the same rule when acting; only the answer that decided
+    may come again, to finish telling the backend."""
+    if standing.blocking is not None:
+        return NotInApprovalGroup(request.task_id, standing.blocking.needed)
+    group = standing.group
+    if group is None or group.decided_at is None:
+        return None
+    if group.decided_request == request.id and group.decision == action.value:
+        return None
+    past = TaskAction(group.decision).past if group.decision else "decided"
+    return DecisionMade(request.task_id, past, group.decided_by or "the other owners")
 
 
 def _named(inbound: Inbound) -> tuple[Recipient, ...]:

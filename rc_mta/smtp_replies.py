@@ -112,6 +112,13 @@ DECISION_MADE = _reply(
     "The decision on task {task_id} was already made: {action_past} by {by}; nothing was changed",
     echo_limit=200,
 )
+NOT_IN_APPROVAL_GROUP = _reply(
+    "NOT_IN_APPROVAL_GROUP",
+    550,
+    "5.7.1",
+    "Task {task_id} is decided by a group of approvers ({needed} of them must approve), and this request is not"
+    " one of theirs; nothing was changed",
+)
 NO_TOKEN = _reply(
     "NO_TOKEN", 550, "5.7.1", "Could not find which request this reply answers: reply to the request email itself"
 )
@@ -324,6 +331,8 @@ def reply_for(error: BaseException) -> SmtpReply:
             return TOKEN_USED.with_text(task_id=error.task_id, action_past=error.action_past)
         case E.DecisionMade():
             return DECISION_MADE.with_text(task_id=error.task_id, action_past=error.action_past, by=error.by)
+        case E.NotInApprovalGroup():
+            return NOT_IN_APPROVAL_GROUP.with_text(task_id=error.task_id, needed=error.needed)
         case E.TaskNotFound():
             return TASK_NOT_FOUND.with_text(task_id=error.task_id)
         case E.TaskNotInProgress():

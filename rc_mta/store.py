@@ -33,6 +33,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    and_,
     bindparam,
     cast,
     create_engine,
@@ -287,7 +288,7 @@ class Answer:
 
 
 class _NotAtOnce(Exception):
-    """Raised inside a transaction (``answer_at_once``, ``count_approval``) to roll it back."""
+    """Raised inside ``answer_at_once``'s transaction to roll it back."""
 
 
 # Claiming retries this often when the row it collided with was given back meanwhile.
@@ -319,6 +320,7 @@ class Store:
             metadata.create_all(conn)
         self._add_missing_columns()
         self._key_outbound_by_kind()
+        self._index_approval_groups()
 
     def _add_missing_columns(self) -> None:
         """Bring a store made by an older version up to date (``create_all`` adds tables,
@@ -1244,6 +1246,23 @@ class Store:
             conn.execute(insert(task_comments).values(task_id=task_id, author=author, text=text, at=now))
 
     # N-of-M approvals: several owners' requests that decide one task together ---------
+    #
+    # The rule around a group: while it may still decide its task (undecided, with a member
+    # request someone may still answer), no request outside it may decide that task alone,
+    # and no group is made while requests outside any group may still decide it. Requests are
+    # checked when made (``task_approvals``) and answers when they come (``approval_standing``).
+
+    def _index_approval_groups(self) -> None:
+        """Every answer looks up its task's groups: a store made before that gets the index
+        (``create_all`` makes the indexes of new tables only)."""
+        name = "ix_approval_groups_task_id"
+        try:
+            with self._begin() as conn:
+                conn.execute(text(f"CREATE INDEX IF NOT EXISTS {name} ON approval_groups (task_id)"))
+        except (IntegrityError, TemporaryFailure):
+            with self._begin() as conn:  # another instance starting at the same moment made it
+                if name not in {i["name"] for i in inspect(conn).get_indexes("approval_groups")}:
+                    raise
 
     def add_approval_group(self, task_id: str, needed: int, now: float) -> str:
         group_id = "g-" + secrets.token_hex(8)
@@ -1272,47 +1291,94 @@ class Store:
             )
         return ApprovalGroup(**row) if row else None
 
+    def approval_group(self, group_id: str) -> tuple[ApprovalGroup, frozenset[str]] | None:
+        """A group, and the owners asked in it (by a request not withdrawn): one person is
+        asked once, or their one approval could count twice."""
+        g, m, r = approval_groups.c, approval_members.c, requests.c
+        with self._begin() as conn:
+            row = conn.execute(select(approval_groups).where(g.id == group_id)).mappings().first()
+            if row is None:
+                return None
+            owners = conn.execute(
+                select(r.owner)
+                .join(approval_members, m.request_id == r.id)
+                .where(m.group_id == group_id, r.revoked_at.is_(None))
+            ).scalars()
+            return ApprovalGroup(**row), frozenset(owners)
+
+    def task_approvals(self, task_id: str, now: float) -> TaskApprovals:
+        """What may still decide ``task_id``, for a new request to be checked against: its
+        groups that may still decide it, and its requests outside any group that may still
+        be answered."""
+        values = {"task_id": task_id, "now": now}
+        with self._begin() as conn:
+            groups = conn.execute(_APPROVALS.live_groups, values).mappings().all()
+            alone = conn.execute(_APPROVALS.alone, values).scalars().all()
+        return TaskApprovals(tuple(ApprovalGroup(**row) for row in groups), tuple(alone))
+
+    def approval_standing(self, request_id: str, task_id: str, now: float) -> ApprovalStanding:
+        """Where an answer to this request stands: the group it decides in (None: alone),
+        whether its owner's approval is counted there already, and a group of its task it is
+        not part of that may still decide the task (then this answer must not act). Every
+        answer asks this: its statements are built once (``_APPROVALS``)."""
+        values = {"request_id": request_id, "task_id": task_id, "now": now}
+        with self._begin() as conn:
+            own = conn.execute(_APPROVALS.own_group, values).mappings().first()
+            group = ApprovalGroup(**{c.name: own[c.name] for c in approval_groups.c}) if own else None
+            owner_counted = False
+            if group is not None:
+                found = conn.execute(_APPROVALS.owner_counted, {**values, "group_id": group.id}).first()
+                owner_counted = found is not None
+            live = conn.execute(_APPROVALS.live_groups, values).mappings().all()
+        blocking = next((ApprovalGroup(**row) for row in live if group is None or row["id"] != group.id), None)
+        return ApprovalStanding(group, own is not None and own["approved_at"] is not None, owner_counted, blocking)
+
     def count_approval(self, group_id: str, request_id: str, actor: str, now: float) -> int | None:
-        """This request's approval, counted once however often its reply comes again: the
-        group's count, or None when the group was decided by another answer. The approval
-        that reaches ``needed`` decides (complete)."""
-        g, m = approval_groups.c, approval_members.c
-        try:
-            with self._begin() as conn:
-                first = conn.execute(
-                    update(approval_members)
-                    .where(m.request_id == request_id, m.group_id == group_id, m.approved_at.is_(None))
-                    .values(approved_at=now)
-                ).rowcount
-                if not first:  # counted before: a retry after a crash or a stale claim
-                    row = conn.execute(
-                        select(g.approvals, g.decided_at, g.decided_request).where(g.id == group_id)
-                    ).first()
-                    if row is None or (row.decided_at is not None and row.decided_request != request_id):
-                        return None
-                    return int(row.approvals)
-                count = conn.execute(
-                    update(approval_groups)
-                    .where(g.id == group_id, g.decided_at.is_(None))
-                    .values(approvals=g.approvals + 1)
-                    .returning(g.approvals, g.needed)
-                ).first()
-                if count is None:
-                    raise _NotAtOnce  # decided meanwhile: roll this approval's mark back too
-                if count[0] >= count[1]:
-                    conn.execute(
-                        update(approval_groups)
-                        .where(g.id == group_id)
-                        .values(
-                            decided_at=now,
-                            decision="complete",
-                            decided_by=self._approvers(conn, group_id, actor),
-                            decided_request=request_id,
-                        )
-                    )
-                return int(count[0])
-        except _NotAtOnce:
-            return None
+        """This request's approval, counted once however often its reply comes again, and
+        once per person however many of the group's requests name them: the group's count,
+        or None when the group was decided by another answer. The approval that reaches
+        ``needed`` decides (complete); its retry gets the count again, to finish the job."""
+        g, m, r = approval_groups.c, approval_members.c, requests.c
+        with self._begin() as conn:
+            # The group's row first, by a write (a lock on PostgreSQL, the write lock on
+            # SQLite): two approvals at once take turns, and the second sees the first's mark.
+            group = conn.execute(
+                update(approval_groups)
+                .where(g.id == group_id)
+                .values(approvals=g.approvals)
+                .returning(g.approvals, g.needed, g.decided_at, g.decision, g.decided_request)
+            ).first()
+            if group is None:
+                return None
+            if group.decided_at is not None:
+                decided_here = group.decision == "complete" and group.decided_request == request_id
+                return int(group.approvals) if decided_here else None
+            others = approval_members.alias("others")
+            owner = select(r.owner).where(r.id == request_id).scalar_subquery()
+            owner_counted = (
+                select(others.c.request_id)
+                .join(requests, r.id == others.c.request_id)
+                .where(others.c.group_id == group_id, others.c.approved_at.is_not(None), r.owner == owner)
+                .exists()
+            )
+            marked = conn.execute(
+                update(approval_members)
+                .where(m.request_id == request_id, m.group_id == group_id, m.approved_at.is_(None), ~owner_counted)
+                .values(approved_at=now)
+            ).rowcount
+            if not marked:  # counted before (a retry), or its owner approved through another request
+                return int(group.approvals)
+            count = int(group.approvals) + 1
+            values: dict[str, Any] = {"approvals": g.approvals + 1}
+            if count >= group.needed:
+                values.update(
+                    decided_at=now,
+                    decision="complete",
+                    decided_by=self._approvers(conn, group_id, actor),
+                    decided_request=request_id,
+                )
+            conn.execute(update(approval_groups).where(g.id == group_id).values(**values))
+            return count
 
     def decide_group_fail(self, group_id: str, request_id: str, actor: str, now: float) -> bool:
         """A fail from anyone decides: True for the one answer that did (and for its retry)."""
@@ -1462,7 +1528,7 @@ approval_groups = Table(
     # Requests to several owners that decide one task together: ``needed`` approvals
     # complete it, one fail fails it. ``approvals`` is counted in one statement per answer.
     Column("id", String(32), primary_key=True),
-    Column("task_id", String(255), nullable=False),
+    Column("task_id", String(255), nullable=False, index=True),
     Column("needed", Integer, nullable=False),
     Column("approvals", Integer, nullable=False),
     Column("created_at", Float, nullable=False),
@@ -1509,6 +1575,76 @@ class ApprovalGroup:
     decision: str | None
     decided_by: str | None
     decided_request: str | None = None
+
+
+@dataclass(frozen=True)
+class ApprovalStanding:
+    """Where an answer to one request stands among its task's N-of-M groups."""
+
+    group: ApprovalGroup | None  # the group the request decides in; None: it decides alone
+    counted: bool = False  # this request's approval is counted in it
+    owner_counted: bool = False  # its owner's approval is counted there through another request
+    blocking: ApprovalGroup | None = None  # a group it is not part of that may still decide the task
+
+
+@dataclass(frozen=True)
+class TaskApprovals:
+    """What may still decide a task, against which a new request for it is checked."""
+
+    groups: tuple[ApprovalGroup, ...]  # undecided, with a member request someone may still answer
+    alone: tuple[str, ...]  # ids of requests outside any group someone may still answer
+
+
+@dataclass(frozen=True)
+class _ApprovalStatements:
+    """The statements that say what may still decide a task, built once with named
+    parameters (as ``_AnswerStatements``): every answer runs them, and building them each
+    time cost more than running them."""
+
+    own_group: Any  # the request's group (N of M) and its approval mark
+    owner_counted: Any  # another request of the group, of the same owner, whose approval counted
+    live_groups: Any  # the task's groups that may still decide it, oldest first
+    alone: Any  # the task's requests outside any group that may still be answered
+
+
+def _approval_statements() -> _ApprovalStatements:
+    p = bindparam
+    g, m, r, t = approval_groups.c, approval_members.c, requests.c, used_tokens.c
+    now = p("now", type_=Float)
+    # A request someone may still answer: not withdrawn, not expired, not answered.
+    answered = select(t.request_id).where(t.request_id == r.id, t.state == "done").exists()
+    may_be_answered = and_(r.revoked_at.is_(None), r.expires_at > now, ~answered)
+    others = approval_members.alias("others")
+    owner = select(r.owner).where(r.id == p("request_id")).scalar_subquery()
+    # Undecided, with a member request someone may still answer: a group whose requests were
+    # all withdrawn, expired or answered without deciding stands in no one's way.
+    member_may_answer = (
+        select(m.request_id).join(requests, r.id == m.request_id).where(m.group_id == g.id, may_be_answered).exists()
+    )
+    return _ApprovalStatements(
+        own_group=select(approval_groups, m.approved_at)
+        .join(approval_members, m.group_id == g.id)
+        .where(m.request_id == p("request_id"), g.needed > 1),
+        owner_counted=select(others.c.request_id)
+        .join(requests, r.id == others.c.request_id)
+        .where(
+            others.c.group_id == p("group_id"),
+            others.c.request_id != p("request_id"),
+            others.c.approved_at.is_not(None),
+            r.owner == owner,
+        )
+        .limit(1),
+        live_groups=select(approval_groups)
+        .where(g.task_id == p("task_id"), g.decided_at.is_(None), g.needed > 1, member_may_answer)
+        .order_by(g.created_at, g.id),
+        alone=select(r.id)
+        .where(r.task_id == p("task_id"), may_be_answered)
+        .where(~select(m.request_id).where(m.request_id == r.id).exists())
+        .order_by(r.created_at),
+    )
+
+
+_APPROVALS = _approval_statements()
 
 
 # A window is counted in this many slots: the limit slides with the clock, a slot at a time.

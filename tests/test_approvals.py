@@ -1,10 +1,15 @@
 """N of M approvals: a request to several owners may need any one (the default), all, or a
 count; a fail from anyone fails it; the task acts once when the rule is met; a late answer
-is refused saying who decided. Real rc-mta processes, replies over real SMTP."""
+is refused saying who decided. While a group may still decide its task, nothing outside it
+may: no request is made outside it, and an answer to one (made before that rule) is
+refused. Real rc-mta processes, replies over real SMTP, on SQLite and PostgreSQL where the
+store's own statements decide."""
 
 from __future__ import annotations
 
+import email.policy
 import json
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -18,9 +23,12 @@ from mailclient import SmtpOutcome, reply_message, send_smtp
 from webhook_receiver import WebhookReceiver
 
 from rc_mta import smtp_replies as R
+from rc_mta.store import Request, Store
+from rc_mta.tokens import new_request_id
 
 TOKEN = "approvals-api-token-5d1e"
 ALICE, BOB, CAROL = "alice@example.com", "bob@example.com", "carol@example.com"
+DAVE = "dave@example.com"
 
 
 def post(server: RcMta, path: str, body: dict[str, Any]) -> tuple[int, Any]:
@@ -57,6 +65,17 @@ def api(tmp_path: Path) -> Iterator[RcMta]:
     server.stop()
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def both(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RcMta]:
+    """The API server on each store: what may still decide a task is asked of the store."""
+    server = make_rc_mta(tmp_path, http={"api_tokens": [TOKEN]})
+    if request.param == "postgresql":
+        server.settings["store"] = {"url": request.getfixturevalue("pg_url"), "busy_timeout": "2s"}
+    server.start()
+    yield server
+    server.stop()
+
+
 def test_two_of_three_completes_on_the_second_approval_and_refuses_the_third(api: RcMta) -> None:
     task = api.add_task(owner=ALICE)
     sent = ask(api, task, [ALICE, BOB, CAROL], 2)
@@ -87,14 +106,14 @@ def test_a_fail_from_anyone_fails_a_request_that_needs_all(api: RcMta) -> None:
     assert f"already made: failed by {BOB}" in late.text
 
 
-def test_two_approvals_at_the_same_moment_are_both_counted_and_act_once(api: RcMta) -> None:
-    task = api.add_task(owner=ALICE)
-    sent = ask(api, task, [ALICE, BOB, CAROL], 2)
+def test_two_approvals_at_the_same_moment_are_both_counted_and_act_once(both: RcMta) -> None:
+    task = both.add_task(owner=ALICE)
+    sent = ask(both, task, [ALICE, BOB, CAROL], 2)
     with ThreadPoolExecutor(2) as pool:
-        outcomes = list(pool.map(lambda owner: answer(api, sent, owner), [ALICE, BOB]))
+        outcomes = list(pool.map(lambda owner: answer(both, sent, owner), [ALICE, BOB]))
     assert [o.code for o in outcomes] == [250, 250], outcomes
     assert sum("is recorded: 1 of the 2" in o.text for o in outcomes) == 1
-    shown = api.task(task)
+    shown = both.task(task)
     assert shown["status"] == "completed"
 
 
@@ -135,3 +154,167 @@ def test_webhook_is_posted_once_when_two_of_three_approved(tmp_path: Path) -> No
     finally:
         server.stop()
         receiver.stop()
+
+
+# Nothing outside the group decides while the group may ----------------------------------------
+
+
+def refused_cli(server: RcMta, *args: str) -> str:
+    """A CLI command that must fail: its one line of error."""
+    result = server.cli(*args, check=False)
+    assert result.returncode == 1, result
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("rc-mta: error: "), result.stderr
+    return lines[0]
+
+
+def test_no_request_outside_an_undecided_group_is_made(both: RcMta) -> None:
+    task = both.add_task(owner=ALICE)
+    status, body = post(both, "/v1/requests", {"task_id": task, "owners": [ALICE, BOB, CAROL], "approvals": 2})
+    assert status == 201, body
+    group = body["approval_group"]
+    assert group.startswith("g-")
+
+    line = refused_cli(both, "request", task, "--owner", DAVE)
+    assert f"task {task} is decided by approval group {group} (2 must approve, 0 did so far)" in line
+    assert line.endswith(
+        f"revoke the group's requests first, or add the person to the group (--approval-group {group})"
+    )
+    for alone in ({"task_id": task, "owner": DAVE}, {"task_id": task, "owners": [DAVE, ALICE], "approvals": "any"}):
+        status, refused = post(both, "/v1/requests", alone)
+        assert status == 409, refused
+        assert refused["error"]["code"] == "conflict"
+        assert refused["error"]["message"].endswith(
+            f'revoke the group\'s requests first, or add the person to the group ("approval_group": "{group}")'
+        )
+    # A second group would decide past the first one's rule just the same.
+    status, refused = post(both, "/v1/requests", {"task_id": task, "owners": [DAVE, ALICE], "approvals": "all"})
+    assert status == 409 and f"decided by approval group {group}" in refused["error"]["message"], refused
+
+    sent = {r["owner"]: r for r in body["requests"]}
+    assert "1 of the 2" in answer(both, sent, ALICE).text
+    assert answer(both, sent, BOB).code == 250
+    assert both.task(task)["status"] == "completed"
+
+
+def test_no_group_is_made_while_a_request_outside_one_may_still_decide(both: RcMta) -> None:
+    task = both.add_task(owner=ALICE)
+    alone = both.request(task)
+    status, refused = post(both, "/v1/requests", {"task_id": task, "owners": [ALICE, BOB], "approvals": "all"})
+    assert status == 409, refused
+    assert refused["error"]["message"] == (
+        f"task {task} has 1 request(s) outside any approval group that may still decide it alone"
+        f" ({alone['request_id']}): revoke them first, then ask the group"
+    )
+
+    both.cli("revoke", alone["request_id"])
+    ask(both, task, [ALICE, BOB], "all")
+
+
+def test_the_person_is_added_to_the_group_under_its_rule(api: RcMta) -> None:
+    task = api.add_task(owner=ALICE)
+    status, body = post(api, "/v1/requests", {"task_id": task, "owners": [ALICE, BOB], "approvals": "all"})
+    assert status == 201, body
+    group = body["approval_group"]
+    sent = {r["owner"]: r for r in body["requests"]}
+
+    added = api.cli_json("request", task, "--owner", DAVE, "--approval-group", group)
+    status, joined = post(api, "/v1/requests", {"task_id": task, "owners": [CAROL], "approval_group": group})
+    assert status == 201 and (joined["approvals_needed"], joined["approval_group"]) == (2, group), joined
+    sent[DAVE], sent[CAROL] = added, joined["requests"][0]
+
+    # One person is asked once in a group: twice, their one approval could count twice.
+    line = refused_cli(api, "request", task, "--owner", ALICE, "--approval-group", group)
+    assert line.endswith(
+        f"{ALICE} is already asked in approval group {group}: one person's approval counts once;"
+        " revoke their request first to ask them again"
+    )
+    other = api.add_task(owner=ALICE)
+    status, refused = post(api, "/v1/requests", {"task_id": other, "owner": DAVE, "approval_group": group})
+    assert (status, refused["error"]["details"][0]["field"]) == (404, "approval_group"), refused
+
+    assert "1 of the 2" in answer(api, sent, DAVE).text
+    assert answer(api, sent, CAROL).code == 250
+    shown = api.task(task)
+    assert (shown["status"], shown["acted_by"]) == ("completed", CAROL)
+    assert shown["comments"][-1]["text"].endswith(f"Approved by {DAVE}, {CAROL}")
+    late = answer(api, sent, ALICE)
+    assert (late.code, late.enhanced) == (550, "5.7.1")
+
+
+def test_once_the_groups_requests_are_withdrawn_a_request_alone_decides(both: RcMta) -> None:
+    task = both.add_task(owner=ALICE)
+    sent = ask(both, task, [ALICE, BOB, CAROL], 2)
+    assert "1 of the 2" in answer(both, sent, ALICE).text  # answered: it can no longer be withdrawn
+    refused_cli(both, "request", task, "--owner", DAVE)
+    for owner in (BOB, CAROL):
+        both.cli("revoke", sent[owner]["request_id"])
+
+    alone = both.cli_json("request", task, "--owner", DAVE)
+    acted = send_smtp(
+        both.smtp_port,
+        reply_message(alone["complete_address"], "Ship it", sender=DAVE),
+        alone["complete_address"],
+        mail_from=DAVE,
+    )
+    assert acted.code == 250 and acted.text.endswith(R.TASK_ACTED.with_text(task_id=task, action_past="completed").text)
+    assert (both.task(task)["status"], both.task(task)["acted_by"]) == ("completed", DAVE)
+
+
+def write_older_group(server: RcMta, task_id: str, owners: list[str], needed: int) -> None:
+    """A group beside a request alone, as a version before the rule let them be made: its
+    member requests written straight into the store (no mail needed: they are only there)."""
+    store = Store(str(server.settings["store"]["url"]))
+    try:
+        now = time.time()
+        group = store.add_approval_group(task_id, needed, now)
+        for owner in owners:
+            request = Request(new_request_id(), task_id, owner, "Approve deploy to prod", now, now + 3600, None, None)
+            store.add_approval_member(request.id, group)
+            store.add_request(request)
+    finally:
+        store.close()
+
+
+def diagnose(server: RcMta, tmp_path: Path, message: Any, sender: str) -> dict[str, Any]:
+    saved = tmp_path / f"reply-{time.monotonic_ns()}.eml"
+    saved.write_bytes(message.as_bytes(policy=email.policy.SMTP))
+    args = ["--client-ip", "127.0.0.1", "--helo", "mail.example.com", "--mail-from", sender]
+    report: dict[str, Any] = json.loads(server.cli("diagnose", "--json", *args, str(saved)).stdout)
+    return report
+
+
+def test_an_older_request_outside_the_group_cannot_decide_alone(both: RcMta, tmp_path: Path) -> None:
+    task = both.add_task(owner=ALICE)
+    alone = both.request(task)
+    write_older_group(both, task, [BOB, CAROL], 2)
+    for address in (alone["complete_address"], alone["fail_address"]):
+        message = reply_message(address, "Ship it", sender=ALICE)
+        predicted = diagnose(both, tmp_path, message, ALICE)
+        refused = send_smtp(both.smtp_port, message, address, mail_from=ALICE)
+
+        assert (refused.code, refused.enhanced) == (550, "5.7.1")
+        assert refused.text.endswith(R.NOT_IN_APPROVAL_GROUP.with_text(task_id=task, needed=2).text)
+        assert predicted["smtp_reply"] == f"{refused.code} {refused.text}" and predicted["would"] == "refuse"
+    assert both.task(task)["status"] == "in_progress"
+    assert both.cli_json("request", "show", alone["request_id"])["state"] == "sent"
+
+
+def test_diagnose_of_each_members_answer_says_what_the_server_answers(api: RcMta, tmp_path: Path) -> None:
+    task = api.add_task(owner=ALICE)
+    sent = ask(api, task, [ALICE, BOB, CAROL], 2)
+    expected = [
+        (ALICE, "approve", R.APPROVAL_RECORDED.with_text(task_id=task, count=1, needed=2)),
+        (BOB, "complete", R.TASK_ACTED.with_text(task_id=task, action_past="completed")),
+        (CAROL, "refuse", R.DECISION_MADE.with_text(task_id=task, action_past="completed", by=f"{ALICE}, {BOB}")),
+    ]
+    for owner, would, reply in expected:
+        address = sent[owner]["complete_address"]
+        message = reply_message(address, "Approved", sender=owner)
+        predicted = diagnose(api, tmp_path, message, owner)
+        told = send_smtp(api.smtp_port, message, address, mail_from=owner)
+
+        assert predicted["smtp_reply"] == f"{told.code} {told.text}" == str(reply), (owner, predicted)
+        assert predicted["would"] == would
+        assert predicted["action"] == (None if would == "refuse" else "complete")
+    assert api.task(task)["status"] == "completed"

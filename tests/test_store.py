@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import event, text
+from sqlalchemy import event, inspect, text
 
 from rc_mta.store import Answer, ClaimOutcome, Request, Store
 from rc_mta.tokens import new_request_id
@@ -408,3 +408,80 @@ def test_a_fail_decides_once_and_its_retry_may_finish(store: Store) -> None:
     assert store.decide_group_fail(group, "d" * 16, "dave@example.com", 3.0) is True  # its retry
     assert store.decide_group_fail(group, "e" * 16, "erin@example.com", 4.0) is False
     assert store.count_approval(group, "e" * 16, "erin@example.com", 5.0) is None
+
+
+def _asked(store: Store, task_id: str, owner: str, group: str | None = None, expires_in: float = 60) -> Request:
+    now = time.time()
+    request = Request(new_request_id(), task_id, owner, "t", now, now + expires_in, None, None)
+    if group is not None:
+        store.add_approval_member(request.id, group)
+    store.add_request(request)
+    return request
+
+
+def _one_person_approves_twice_at_once(store: Store, task_id: str) -> None:
+    group = store.add_approval_group(task_id, 2, 1.0)
+    first, second = _asked(store, task_id, ALICE, group), _asked(store, task_id, ALICE, group)
+    bob = _asked(store, task_id, "bob@example.com", group)
+    barrier = threading.Barrier(2)
+    counts: list[int | None] = []
+
+    def approve(request: Request) -> None:
+        barrier.wait()
+        counts.append(store.count_approval(group, request.id, ALICE, time.time()))
+
+    threads = [threading.Thread(target=approve, args=(r,)) for r in (first, second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert counts == [1, 1], counts
+    found = store.approval_group(group)
+    assert found is not None and found[0].approvals == 1
+    assert store.approval_standing(first.id, task_id, time.time()).owner_counted != (
+        store.approval_standing(second.id, task_id, time.time()).owner_counted
+    )
+    assert store.count_approval(group, bob.id, "bob@example.com", time.time()) == 2  # Bob's decides
+
+
+def test_one_person_asked_twice_in_a_group_is_counted_once_even_at_the_same_moment(store: Store) -> None:
+    for round_ in range(5):
+        _one_person_approves_twice_at_once(store, f"t-twice-{round_}")
+
+
+def test_a_group_stands_in_the_way_while_one_of_its_requests_may_still_be_answered(store: Store) -> None:
+    task_id = "t-standing"
+    alone = _asked(store, task_id, "dave@example.com")
+    group = store.add_approval_group(task_id, 2, 1.0)
+    alice, bob = _asked(store, task_id, ALICE, group), _asked(store, task_id, "bob@example.com", group)
+    _asked(store, task_id, "carol@example.com", group, expires_in=-1)  # expired: answers no one
+
+    found = store.task_approvals(task_id, time.time())
+    assert ([g.id for g in found.groups], found.alone) == ([group], (alone.id,))
+    standing = store.approval_standing(alone.id, task_id, time.time())
+    assert (standing.group, standing.blocking and standing.blocking.id) == (None, group)
+    member = store.approval_standing(alice.id, task_id, time.time())
+    assert member.group is not None and (member.group.id, member.blocking) == (group, None)
+
+    # Alice approves (answered: no longer answerable), Bob's is withdrawn: nothing of the group is left.
+    assert store.claim(alice.id, "attempt-a", "<m1@x>", "complete", ALICE, time.time(), 600)[0] is ClaimOutcome.OURS
+    assert store.count_approval(group, alice.id, ALICE, time.time()) == 1
+    assert store.finish_claim(alice.id, "attempt-a", time.time())
+    assert [g.id for g in store.task_approvals(task_id, time.time()).groups] == [group]
+    assert store.revoke_unanswered_request(bob.id, time.time(), 600)
+
+    assert store.task_approvals(task_id, time.time()).groups == ()
+    assert store.approval_standing(alone.id, task_id, time.time()).blocking is None
+
+
+def test_a_store_from_before_the_task_index_of_approval_groups_gets_it(store: Store) -> None:
+    with store.engine.begin() as conn:
+        conn.execute(text("DROP INDEX ix_approval_groups_task_id"))
+    store.engine.dispose()
+
+    store.create_schema()  # what the new version does at start
+
+    with store.engine.connect() as conn:
+        indexes = {i["name"]: i["column_names"] for i in inspect(conn).get_indexes("approval_groups")}
+    assert indexes["ix_approval_groups_task_id"] == ["task_id"]
