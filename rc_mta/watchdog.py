@@ -48,7 +48,8 @@ class LoopLag:
         self.interval = interval
         self.window = window
         self._clock = clock
-        self._samples: deque[tuple[float, float]] = deque(maxlen=max(1, round(window / interval)))
+        # (when, lag), lags decreasing: the worst of the window is always the first one left.
+        self._samples: deque[tuple[float, float]] = deque()
         self._due: float | None = None
 
     async def run(self) -> None:
@@ -57,13 +58,21 @@ class LoopLag:
             self._due = self._clock() + self.interval
             await asyncio.sleep(self.interval)
             now = self._clock()
-            self._samples.append((now, max(0.0, now - self._due)))
+            self.record(now, max(0.0, now - self._due))
             metrics.LOOP_LAG.set(self.worst())
+
+    def record(self, now: float, lag: float) -> None:
+        """One wake-up ``lag`` seconds late, at ``now``."""
+        while self._samples and self._samples[-1][1] <= lag:
+            self._samples.pop()  # never the worst again: a later sample lags as much
+        self._samples.append((now, lag))
 
     def worst(self) -> float:
         now = self._clock()
+        while self._samples and self._samples[0][0] < now - self.window:
+            self._samples.popleft()
         overdue = 0.0 if self._due is None else max(0.0, now - self._due)
-        return max([overdue, *(lag for at, lag in self._samples if at >= now - self.window)])
+        return max(overdue, self._samples[0][1]) if self._samples else overdue
 
 
 def watchdog_interval(environ: Mapping[str, str] = os.environ) -> float | None:

@@ -26,9 +26,11 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, RcMta, wait_for_port
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
-from rc_mta.watchdog import watchdog_interval
+from rc_mta.watchdog import LoopLag, watchdog_interval
 
 WATCHDOG_USEC = 1_000_000  # pings every 0.5 s
 PING_EVERY = WATCHDOG_USEC / 2_000_000
@@ -180,3 +182,20 @@ def test_the_unit_restarts_a_service_whose_pings_stop() -> None:
 def _no_inherited_watchdog(monkeypatch: pytest.MonkeyPatch) -> None:
     """A test runner started by systemd must not hand its own watchdog to rc-mta."""
     monkeypatch.delenv("WATCHDOG_PID", raising=False)
+
+
+@settings(max_examples=200, deadline=None)
+@given(steps=st.lists(st.tuples(st.floats(0.0, 3.0), st.floats(0.0, 2.0)), max_size=60))
+def test_the_lag_reported_is_the_worst_of_the_window(steps: list[tuple[float, float]]) -> None:
+    # The probe keeps only the samples that may still be the worst; what it reports must be
+    # what a scan of every sample of the window would say.
+    now = [1000.0]
+    probe = LoopLag(interval=0.1, window=5.0, clock=lambda: now[0])
+    seen: list[tuple[float, float]] = []
+    for advance, lag in steps:
+        now[0] += advance
+        probe.record(now[0], lag)
+        seen.append((now[0], lag))
+        assert probe.worst() == max(late for at, late in seen if at >= now[0] - 5.0)
+    now[0] += 6.0
+    assert probe.worst() == 0.0  # the window moved past every sample
