@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import signal
@@ -20,7 +19,8 @@ from .errors import RcMtaError
 from .logs import LEVELS, PIDFILE, mask_secrets, running_pid, secret_values, setup_logging
 
 # Imported by the commands that use them: ``--help`` and the store-only commands must not
-# pay for the API, the SMTP server, the checks and the HTTP client (issue 17: ≤ 0.3 s).
+# pay for the API, the SMTP server, the checks, the HTTP client or asyncio (issue 17: ≤ 0.3 s;
+# tests/test_cli_imports.py holds the task commands and --help to it).
 if TYPE_CHECKING:
     from .config import Settings
     from .shapes import TaskCreate
@@ -39,6 +39,8 @@ def _print_json(value: Any) -> None:
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    import asyncio
+
     from .app import Service
 
     service = Service.open(settings, generate_key=True)
@@ -111,6 +113,8 @@ def cmd_request(settings: Settings, args: argparse.Namespace) -> int:
         return cmd_request_show(settings, args)
     if args.request_id is not None:
         raise RcMtaError(f"unexpected argument {args.request_id!r} (to see a request: rc-mta request show ID)")
+    import asyncio
+
     from .app import Service
 
     service = Service.open(settings)
@@ -195,6 +199,8 @@ def cmd_diagnose(settings: Settings, args: argparse.Namespace) -> int:
         raw = Path(args.file).read_bytes()
     except OSError as exc:
         raise RcMtaError(f"cannot read {args.file}: {exc.strerror}") from None
+    import asyncio
+
     from .app import Service
     from .sender_auth import Client
 
@@ -274,6 +280,8 @@ class _Warning(str):
 
 async def _run_check(part: str, probe: Callable[[], Awaitable[str]], timeout: float) -> _Check:
     """Run one probe with a deadline; any exception is a ✗ with its one-line reason."""
+    import asyncio
+
     try:
         detail = await asyncio.wait_for(probe(), timeout)
         return _Check(part, True, detail, warn=isinstance(detail, _Warning))
@@ -285,6 +293,8 @@ async def _run_check(part: str, probe: Callable[[], Awaitable[str]], timeout: fl
 
 
 async def _check_store(store: Store) -> str:
+    import asyncio
+
     await asyncio.to_thread(store.ping)
     return f"{mask_secrets(store.url)} answers"
 
@@ -322,6 +332,8 @@ def _check_signing_key(settings: Settings) -> str:
 async def _check_all(settings: Settings, store: Store) -> list[_Check]:
     """Every part the service needs, concurrently, each with its own deadline. Each part
     proves itself with its own code (``probe``/``check``), the very code the service runs."""
+    import asyncio
+
     from .mailbox import make_poller
     from .outbound import make_transport
     from .tasks import make_backend
@@ -368,6 +380,8 @@ async def _check_all(settings: Settings, store: Store) -> list[_Check]:
 
 def cmd_check_config(settings: Settings, args: argparse.Namespace) -> int:
     """Reach every part with the real settings, so a mistake shows before the service starts."""
+    import asyncio
+
     from .config import config_path
     from .store import Store
 
