@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import signal
@@ -637,6 +638,20 @@ def _reader_gone() -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # A one-shot command runs without the cycle collector: it lives for a moment, and the
+    # collector would spend a twentieth of ``task show`` walking what its imports made,
+    # none of it garbage (issue 17). ``serve`` runs for months and keeps it.
+    collecting = gc.isenabled()
+    if args.run is not cmd_serve:
+        gc.disable()
+    try:
+        return _run(args)
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         from .config import config_path, load_settings
 
