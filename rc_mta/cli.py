@@ -25,7 +25,7 @@ from .logs import LEVELS, PIDFILE, mask_secrets, running_pid, secret_values, set
 if TYPE_CHECKING:
     from .config import Settings
     from .shapes import TaskCreate
-    from .store import Store
+    from .store import Store, Task
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -71,9 +71,15 @@ def _new_task(title: str, owner: str) -> TaskCreate:
         raise RcMtaError(_TASK_OPTION_RULES.get(field, f"--{field} is not valid")) from None
 
 
+def _task_json(task: Task) -> dict[str, Any]:
+    """A task as the API shows it; its pydantic models are loaded for ``--json`` only."""
+    from .shapes import task_json
+
+    return task_json(task)
+
+
 def cmd_task(settings: Settings, args: argparse.Namespace) -> int:
     """The embedded backend's tasks, straight from the store: no signer, transport or checks."""
-    from .shapes import task_json
     from .store import Store
 
     new = _new_task(args.title, args.owner) if args.task_command == "add" else None
@@ -83,14 +89,14 @@ def cmd_task(settings: Settings, args: argparse.Namespace) -> int:
         if new is not None:
             task = store.add_task(new.title, new.owner, time.time())
             if args.json:
-                _print_json(task_json(task))
+                _print_json(_task_json(task))
             else:
                 print(f"added task {task.id}: {task.title} (owner {task.owner})")
                 print(task.id)
         elif args.task_command == "list":
             tasks = store.list_tasks_with_comments()
             if args.json:
-                _print_json([task_json(t) for t in tasks])
+                _print_json([_task_json(t) for t in tasks])
             else:
                 for t in tasks:
                     print(f"{t.id}  {t.status:<11}  {t.owner:<30}  {t.title}")
@@ -99,7 +105,7 @@ def cmd_task(settings: Settings, args: argparse.Namespace) -> int:
             if found is None:
                 raise RcMtaError(f"no task {args.task_id}")
             if args.json:
-                _print_json(task_json(found))
+                _print_json(_task_json(found))
             else:
                 print(f"{found.id}: {found.title}\n  owner:  {found.owner}\n  status: {found.status}")
                 for c in found.comments:
