@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
+import gc
 import json
 import os
 import signal
@@ -20,11 +20,12 @@ from .errors import RcMtaError
 from .logs import LEVELS, PIDFILE, mask_secrets, running_pid, secret_values, setup_logging
 
 # Imported by the commands that use them: ``--help`` and the store-only commands must not
-# pay for the API, the SMTP server, the checks and the HTTP client (issue 17: ≤ 0.3 s).
+# pay for the API, the SMTP server, the checks, the HTTP client or asyncio (issue 17: ≤ 0.3 s;
+# tests/test_cli_imports.py holds the task commands and --help to it).
 if TYPE_CHECKING:
     from .config import Settings
     from .shapes import TaskCreate
-    from .store import Store
+    from .store import Store, Task
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -39,6 +40,8 @@ def _print_json(value: Any) -> None:
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    import asyncio
+
     from .app import Service
 
     service = Service.open(settings, generate_key=True)
@@ -68,9 +71,15 @@ def _new_task(title: str, owner: str) -> TaskCreate:
         raise RcMtaError(_TASK_OPTION_RULES.get(field, f"--{field} is not valid")) from None
 
 
+def _task_json(task: Task) -> dict[str, Any]:
+    """A task as the API shows it; its pydantic models are loaded for ``--json`` only."""
+    from .shapes import task_json
+
+    return task_json(task)
+
+
 def cmd_task(settings: Settings, args: argparse.Namespace) -> int:
     """The embedded backend's tasks, straight from the store: no signer, transport or checks."""
-    from .shapes import task_json
     from .store import Store
 
     new = _new_task(args.title, args.owner) if args.task_command == "add" else None
@@ -80,14 +89,14 @@ def cmd_task(settings: Settings, args: argparse.Namespace) -> int:
         if new is not None:
             task = store.add_task(new.title, new.owner, time.time())
             if args.json:
-                _print_json(task_json(task))
+                _print_json(_task_json(task))
             else:
                 print(f"added task {task.id}: {task.title} (owner {task.owner})")
                 print(task.id)
         elif args.task_command == "list":
             tasks = store.list_tasks_with_comments()
             if args.json:
-                _print_json([task_json(t) for t in tasks])
+                _print_json([_task_json(t) for t in tasks])
             else:
                 for t in tasks:
                     print(f"{t.id}  {t.status:<11}  {t.owner:<30}  {t.title}")
@@ -96,7 +105,7 @@ def cmd_task(settings: Settings, args: argparse.Namespace) -> int:
             if found is None:
                 raise RcMtaError(f"no task {args.task_id}")
             if args.json:
-                _print_json(task_json(found))
+                _print_json(_task_json(found))
             else:
                 print(f"{found.id}: {found.title}\n  owner:  {found.owner}\n  status: {found.status}")
                 for c in found.comments:
@@ -111,6 +120,8 @@ def cmd_request(settings: Settings, args: argparse.Namespace) -> int:
         return cmd_request_show(settings, args)
     if args.request_id is not None:
         raise RcMtaError(f"unexpected argument {args.request_id!r} (to see a request: rc-mta request show ID)")
+    import asyncio
+
     from .app import Service
     from .errors import ApprovalConflict
 
@@ -205,6 +216,8 @@ def cmd_diagnose(settings: Settings, args: argparse.Namespace) -> int:
         raw = Path(args.file).read_bytes()
     except OSError as exc:
         raise RcMtaError(f"cannot read {args.file}: {exc.strerror}") from None
+    import asyncio
+
     from .app import Service
     from .sender_auth import Client
 
@@ -284,6 +297,8 @@ class _Warning(str):
 
 async def _run_check(part: str, probe: Callable[[], Awaitable[str]], timeout: float) -> _Check:
     """Run one probe with a deadline; any exception is a ✗ with its one-line reason."""
+    import asyncio
+
     try:
         detail = await asyncio.wait_for(probe(), timeout)
         return _Check(part, True, detail, warn=isinstance(detail, _Warning))
@@ -295,6 +310,8 @@ async def _run_check(part: str, probe: Callable[[], Awaitable[str]], timeout: fl
 
 
 async def _check_store(store: Store) -> str:
+    import asyncio
+
     await asyncio.to_thread(store.ping)
     return f"{mask_secrets(store.url)} answers"
 
@@ -332,6 +349,8 @@ def _check_signing_key(settings: Settings) -> str:
 async def _check_all(settings: Settings, store: Store) -> list[_Check]:
     """Every part the service needs, concurrently, each with its own deadline. Each part
     proves itself with its own code (``probe``/``check``), the very code the service runs."""
+    import asyncio
+
     from .mailbox import make_poller
     from .outbound import make_transport
     from .tasks import make_backend
@@ -378,6 +397,8 @@ async def _check_all(settings: Settings, store: Store) -> list[_Check]:
 
 def cmd_check_config(settings: Settings, args: argparse.Namespace) -> int:
     """Reach every part with the real settings, so a mistake shows before the service starts."""
+    import asyncio
+
     from .config import config_path
     from .store import Store
 
@@ -638,6 +659,20 @@ def _reader_gone() -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # A one-shot command runs without the cycle collector: it lives for a moment, and the
+    # collector would spend a twentieth of ``task show`` walking what its imports made,
+    # none of it garbage (issue 17). ``serve`` runs for months and keeps it.
+    collecting = gc.isenabled()
+    if args.run is not cmd_serve:
+        gc.disable()
+    try:
+        return _run(args)
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         from .config import config_path, load_settings
 

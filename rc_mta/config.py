@@ -1,16 +1,20 @@
 """One typed configuration tree: TOML file, then ``RC_MTA_<SECTION>__<KEY>`` overrides.
 
-Defaults live here; ``conf/rc-mta.toml`` documents every key with its default.
+Defaults live here; ``conf/rc-mta.toml`` documents every key with its default. The
+environment is read here too (``_env_tree``), as pydantic-settings read it before, without
+its import and sources on every CLI call (issue 17).
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import re
+import types
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import (
     AfterValidator,
@@ -22,12 +26,6 @@ from pydantic import (
     ValidationError,
     field_validator,
     model_validator,
-)
-from pydantic_settings import (
-    BaseSettings,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-    TomlConfigSettingsSource,
 )
 
 from .errors import ConfigError
@@ -522,6 +520,8 @@ class RepliesConfig(Section):
     @field_validator("complete_words", "fail_words")
     @classmethod
     def _words(cls, value: list[str]) -> list[str]:
+        if not value:  # the file's ``complete_words = []``: no reply reader to load (issue 17)
+            return value
         from .reading.intent import normalise, tokens  # the reply reader, loaded only when words are set
 
         for word in value:
@@ -618,16 +618,11 @@ class LogConfig(Section):
     format: Literal["text", "json"] = "text"
 
 
-class Settings(BaseSettings):
-    """The whole configuration. Sections mirror the TOML file's tables."""
+class Settings(BaseModel):
+    """The whole configuration. Sections mirror the TOML file's tables; ``load_settings``
+    fills it from the file and the environment."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="RC_MTA_",
-        env_nested_delimiter="__",
-        extra="forbid",
-        frozen=True,
-    )
-    _toml_path: ClassVar[Path | None] = None
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
     inbound: InboundConfig = InboundConfig()
     signing: SigningConfig = SigningConfig()
@@ -641,20 +636,6 @@ class Settings(BaseSettings):
     checks: ChecksConfig = ChecksConfig()
     mailbox: MailboxConfig = MailboxConfig()
     log: LogConfig = LogConfig()
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        if cls._toml_path is not None:
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=cls._toml_path))
-        return tuple(sources)
 
     @model_validator(mode="after")
     def _push_needs_http(self) -> Settings:
@@ -698,20 +679,139 @@ def load_settings(explicit_path: str | None = None, *, require_file: bool = Fals
             "run from the directory that holds it, or give --config FILE (or RC_MTA_CONFIG)"
         )
     _check_env_names(os.environ)
-    Settings._toml_path = path
     try:
-        return Settings()
-    except ValidationError as exc:
-        raise ConfigError(_one_line(exc, path, os.environ)) from None
+        values = _file_tree(path) if path is not None else {}
     except (OSError, ValueError) as exc:  # TOML syntax errors are ValueErrors
         raise ConfigError(f"{path}: {exc}") from None
-    finally:
-        Settings._toml_path = None
+    overrides = _env_tree(os.environ)
+    try:
+        return Settings.model_validate(_merged(values, overrides))
+    except ValidationError as exc:
+        raise ConfigError(_one_line(exc, path, os.environ)) from None
+    except (OSError, ValueError) as exc:  # a validator's own trouble, as before
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def _file_tree(path: Path) -> dict[str, Any]:
+    """The TOML file's tables, a section's name in any case (``[Inbound]`` is ``inbound``;
+    of two spellings of one section, the first)."""
+    import tomllib
+
+    with path.open("rb") as file:
+        found = tomllib.load(file)
+    sections = {name.lower(): name for name in Settings.model_fields}
+    tree: dict[str, Any] = {}
+    for key, value in found.items():
+        section = sections.get(key.lower())
+        if section is None:
+            tree[key] = value  # refused as an unknown key
+        else:
+            tree.setdefault(section, value)
+    return tree
+
+
+def _merged(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``over`` on top, table by table: the environment sets one key of a
+    section and the file's other keys stay."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merged(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _env_tree(environ: Mapping[str, str]) -> dict[str, Any]:
+    """``RC_MTA_<SECTION>__<KEY>[__<KEY>…]`` variables (names in any case) as a tree of the
+    config's shape. A list, table or section is written as JSON (``RC_MTA_DNS__NAMESERVERS=
+    '["10.0.0.53"]'``, or a whole section as ``RC_MTA_LOG='{"level": "debug"}'``); anything
+    else as it is, for pydantic to check. Keys no model knows are kept, so they are refused
+    naming their variable (``_one_line``)."""
+    names = sorted((name.lower(), name, value) for name, value in environ.items())
+    tree: dict[str, Any] = {}
+    for section, field in Settings.model_fields.items():
+        whole = f"rc_mta_{section}"
+        for lowered, name, value in names:
+            if lowered == whole:
+                tree[section] = _json_value(name, section, value)
+            elif lowered.startswith(whole + "__"):
+                *keys, last = lowered[len(whole) + 2 :].split("__")
+                found: Any = value
+                target = _key_type(field.annotation, [*keys, last])
+                if target is not _UNKNOWN and value and _is_complex(target):
+                    found = _json_value(name, ".".join([section, *keys, last]), value)
+                where = tree.setdefault(section, {})
+                for key in keys:  # sorted names: a table's own variable came first
+                    where = where.setdefault(key, {}) if isinstance(where, dict) else where
+                if not isinstance(where, dict):
+                    continue  # below a value that is not a table: pydantic refuses that value
+                if isinstance(where.get(last), dict) and isinstance(found, dict):
+                    found = _merged(where[last], found)
+                where[last] = found
+    return tree
+
+
+def _json_value(name: str, key: str, value: str) -> Any:
+    try:
+        return json.loads(value)
+    except ValueError:
+        raise ConfigError(
+            f"environment variable {name}: config key {key}: {value!r} is not JSON, "
+            'as a list, table or section is written here (e.g. ["a", "b"] or {"key": "value"})'
+        ) from None
+
+
+_UNKNOWN = object()
+
+
+def _key_type(annotation: Any, keys: list[str]) -> Any:
+    """The type of the key at ``keys`` below ``annotation`` (a section, a table, a dict's
+    values), or ``_UNKNOWN`` where no model says."""
+    for key in keys:
+        annotation = _inner_type(annotation, key)
+        if annotation is _UNKNOWN:
+            break
+    return annotation
+
+
+def _inner_type(annotation: Any, key: str) -> Any:
+    annotation = _unannotated(annotation)
+    origin = get_origin(annotation)
+    if origin is dict:
+        return get_args(annotation)[-1]
+    if origin in (Union, types.UnionType):
+        for member in get_args(annotation):
+            found = _inner_type(member, key)
+            if found is not _UNKNOWN:
+                return found
+        return _UNKNOWN
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        field = annotation.model_fields.get(key)
+        return field.annotation if field is not None else _UNKNOWN
+    return _UNKNOWN
+
+
+def _unannotated(annotation: Any) -> Any:
+    while get_origin(annotation) is Annotated:
+        annotation = get_args(annotation)[0]
+    return annotation
+
+
+def _is_complex(annotation: Any) -> bool:
+    """A list, table or model: written as JSON in the environment (a union when any of its
+    members is)."""
+    annotation = _unannotated(annotation)
+    origin = get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        return any(_is_complex(member) for member in get_args(annotation))
+    kind = origin if origin is not None else annotation
+    return isinstance(kind, type) and issubclass(kind, (BaseModel, dict, list, tuple, set, frozenset))
 
 
 def _check_env_names(environ: Mapping[str, str]) -> None:
-    """A misspelt override would be ignored silently (pydantic-settings skips names it
-    doesn't know), and the service would run on a value nobody chose."""
+    """A misspelt override would be ignored silently (``_env_tree`` reads the sections'
+    names only), and the service would run on a value nobody chose."""
     sections = set(Settings.model_fields)
     for name in sorted(environ):
         upper = name.upper()

@@ -20,7 +20,6 @@ starts at column 0 is a record of its own.
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import json
 import logging
@@ -33,15 +32,18 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, SecretStr
+from .safetext import escape_controls, has_unsafe, json_escapes
 
-from .safetext import JSON_ESCAPES, UNSAFE, escape_controls
-
+# Every CLI call imports this module, ``--help`` too: asyncio and pydantic only when used.
 if TYPE_CHECKING:
+    import asyncio
+
+    from pydantic import BaseModel
+
     from .config import Settings
 
 TRACE = 5
@@ -67,7 +69,7 @@ _SECRET_FIELD = re.compile(rf"(?i)\w{{0,64}}{_SECRET_NAMES}")
 # keyword and allows only bounded runs before the value it masks: the time is linear in the
 # line whatever it holds (tests/test_linear_regex.py). Each alternative's named group is the
 # part kept; what follows it is the secret.
-_CREDENTIALS = re.compile(
+_CREDENTIALS = (
     r"(?i)"
     # Authorization: Bearer ..., Basic ...
     r"(?P<scheme>\b(?:bearer|basic)[ \t]{1,16})[A-Za-z0-9._~+/=-]{8,}"
@@ -82,6 +84,14 @@ _CREDENTIALS = re.compile(
     # password=..., "client_secret": "...", token: ...
     rf"|(?P<named>\b\w{{0,64}}{_SECRET_NAMES}\b[\"']?[ \t]{{0,16}}[=:][ \t]{{0,16}}[\"']?)(?!\*\*\*)[^\s\"',;&}}]+"
 )
+
+
+@cache
+def _credentials() -> re.Pattern[str]:
+    """``_CREDENTIALS`` compiled when a text first may hold one: every CLI call imports this
+    module, most never log, and the pattern takes milliseconds to compile (issue 17)."""
+    return re.compile(_CREDENTIALS)
+
 
 # Every alternative above starts at one of these words (case aside): text holding none of
 # them cannot match, and most log text holds none. Looking for them first is one cheap
@@ -135,6 +145,8 @@ def level_number(level: str) -> int:
 def secret_values(settings: BaseModel) -> list[str]:
     """Every secret the configuration holds: SecretStr fields (passwords, signing keys, API
     tokens) and the password of the store URL. Their literal values are masked in every log line."""
+    from pydantic import BaseModel, SecretStr
+
     found: list[str] = []
 
     def walk(value: object) -> None:
@@ -166,7 +178,7 @@ def mask_secrets(text: str, secrets: Iterable[str] = ()) -> str:
     for secret in secrets:
         if secret in text:
             text = text.replace(secret, MASK)
-    return _CREDENTIALS.sub(_keep_name, text) if _may_hold_credential(text) else text
+    return _credentials().sub(_keep_name, text) if _may_hold_credential(text) else text
 
 
 class SecretFilter(logging.Filter):
@@ -236,7 +248,7 @@ def _text_value(value: Any) -> str:
     """A field's value bare, or JSON-quoted (and so escaped) when it holds space, quote,
     equals sign or a control character."""
     text = str(value)
-    quote = not text or _NEEDS_QUOTES.search(text) is not None or UNSAFE.search(text) is not None
+    quote = not text or _NEEDS_QUOTES.search(text) is not None or has_unsafe(text)
     return json.dumps(text) if quote else text
 
 
@@ -258,7 +270,7 @@ class JsonFormatter(logging.Formatter):
             entry["exc"] = record.exc_text
         # json escapes C0 controls; DEL, C1, separators, bidi and lone surrogates it leaves
         # raw inside strings, where a \u escape means the same and shows on no terminal.
-        return json.dumps(entry, ensure_ascii=False, default=str).translate(JSON_ESCAPES)
+        return json.dumps(entry, ensure_ascii=False, default=str).translate(json_escapes())
 
 
 # Set-up and runtime changes ----------------------------------------------------------------

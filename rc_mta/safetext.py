@@ -10,6 +10,8 @@ by ``surrogateescape`` as U+DC80..U+DCFF) show as the byte they were (``\\xff``)
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from functools import cache
 
 Ranges = tuple[tuple[int, int], ...]
 # C0 and C1 controls, DEL, line and paragraph separators; TAB apart, as commands may hold it.
@@ -21,12 +23,15 @@ _BIDI: Ranges = ((0x200E, 0x200F), (0x202A, 0x202E), (0x2066, 0x2069))
 _SURROGATES: Ranges = ((0xD800, 0xDFFF),)
 
 
-def _char_class(*groups: Ranges) -> re.Pattern[str]:
-    return re.compile("[" + "".join(f"\\u{lo:04x}-\\u{hi:04x}" for group in groups for lo, hi in group) + "]")
+def _char_class(*groups: Ranges) -> Callable[[], re.Pattern[str]]:
+    """The class's pattern, compiled when first used: every CLI call imports this module,
+    and classes beyond U+00FF cost milliseconds to compile (issue 17)."""
+    source = "[" + "".join(f"\\u{lo:04x}-\\u{hi:04x}" for group in groups for lo, hi in group) + "]"
+    return cache(lambda: re.compile(source))
 
 
-UNSAFE = _char_class(_CONTROLS, _TAB, _BIDI, _SURROGATES)
-_UNFIT_FOR_COMMAND = _char_class(_CONTROLS, _SURROGATES)
+_unsafe = _char_class(_CONTROLS, _TAB, _BIDI, _SURROGATES)
+_unfit_for_command = _char_class(_CONTROLS, _SURROGATES)
 _NAMED = {0x09: "\\t", 0x0A: "\\n", 0x0D: "\\r"}
 
 
@@ -38,19 +43,32 @@ def _escape_of(code: int) -> str:
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
-_UNSAFE_CODES = [
-    code for group in (_CONTROLS, _TAB, _BIDI, _SURROGATES) for lo, hi in group for code in range(lo, hi + 1)
-]
-_ESCAPES = {code: _escape_of(code) for code in _UNSAFE_CODES}
-# The same characters as JSON escapes: a JSON reader gets the very same string back.
-JSON_ESCAPES = {code: f"\\u{code:04x}" for code in _UNSAFE_CODES}
+def _unsafe_codes() -> list[int]:
+    return [code for group in (_CONTROLS, _TAB, _BIDI, _SURROGATES) for lo, hi in group for code in range(lo, hi + 1)]
+
+
+@cache
+def _escapes() -> dict[int, str]:
+    return {code: _escape_of(code) for code in _unsafe_codes()}
+
+
+@cache
+def json_escapes() -> dict[int, str]:
+    """The same characters as JSON escapes, for ``str.translate``: a JSON reader gets the
+    very same string back."""
+    return {code: f"\\u{code:04x}" for code in _unsafe_codes()}
+
+
+def has_unsafe(text: str) -> bool:
+    """Whether ``text`` holds a character ``escape_controls`` would escape."""
+    return _unsafe().search(text) is not None
 
 
 def escape_controls(text: str) -> str:
     """``text`` with every control character written as a visible escape; one line always."""
-    if UNSAFE.search(text) is None:
+    if not has_unsafe(text):
         return text
-    return text.translate(_ESCAPES)
+    return text.translate(_escapes())
 
 
 def excerpt(text: str, limit: int = 64) -> str:
@@ -66,7 +84,7 @@ def hostile_character(text: str) -> str | None:
     is left to the protocol's own parser (some senders use it for a space), and bidi marks
     to the checks (an internationalised address may hold them); logs escape both.
     """
-    found = _UNFIT_FOR_COMMAND.search(text)
+    found = _unfit_for_command().search(text)
     if found is None:
         return None
     char = found.group()
@@ -76,10 +94,10 @@ def hostile_character(text: str) -> str | None:
     return f"a control character ({shown})"
 
 
-_LINE_BREAKING = _char_class(_CONTROLS, _TAB)
+_line_breaking = _char_class(_CONTROLS, _TAB)
 
 
 def one_line(text: str) -> str:
     """``text`` for a mail header or a line of its own: control characters and line breaks
     become spaces, runs of spaces one."""
-    return " ".join(_LINE_BREAKING.sub(" ", text).split())
+    return " ".join(_line_breaking().sub(" ", text).split())

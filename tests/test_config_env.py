@@ -1,0 +1,81 @@
+"""``RC_MTA_<SECTION>__<KEY>`` overrides, as the documented config reads them: over the
+file key by key, lists and tables as JSON, names in any case, and every mistake one line
+naming the variable."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from rc_mta.config import load_settings
+from rc_mta.errors import ConfigError
+
+
+@pytest.fixture
+def config_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    for name in list(os.environ):
+        if name.upper().startswith("RC_MTA_"):
+            monkeypatch.delenv(name)
+    path = tmp_path / "rc-mta.toml"
+    path.write_text(
+        '[inbound]\nlisten = "127.0.0.1:2525"\nhostname = "mx.from-file.example"\n'
+        '[store]\nurl = "sqlite:///from-file.db"\nbusy_timeout = "9s"\n'
+    )
+    return path
+
+
+def test_a_variable_overrides_one_key_and_the_file_keeps_the_others(
+    config_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RC_MTA_INBOUND__LISTEN", "0.0.0.0:25")
+    monkeypatch.setenv("rc_mta_store__URL", "sqlite:///from-env.db")  # names in any case
+
+    settings = load_settings(str(config_file))
+
+    assert settings.inbound.listen == "0.0.0.0:25"
+    assert settings.inbound.hostname == "mx.from-file.example"
+    assert (settings.store.url, settings.store.busy_timeout) == ("sqlite:///from-env.db", 9.0)
+
+
+def test_lists_tables_and_nested_sections_come_as_json_or_by_key(
+    config_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = "k" * 40
+    monkeypatch.setenv("RC_MTA_DNS__NAMESERVERS", '["10.0.0.53", "10.0.1.53"]')
+    monkeypatch.setenv("RC_MTA_SIGNING__KEYS__3", secret)
+    monkeypatch.setenv("RC_MTA_SIGNING__ACTIVE_KEY", "3")
+    monkeypatch.setenv("RC_MTA_CHECKS__DKIM__MIN_KEY_BITS", "2048")
+    monkeypatch.setenv("RC_MTA_LOG", '{"level": "debug", "format": "text"}')
+    monkeypatch.setenv("RC_MTA_LOG__FORMAT", "json")  # a key beats its section's JSON
+
+    settings = load_settings(str(config_file))
+
+    assert settings.dns.nameservers == ["10.0.0.53", "10.0.1.53"]
+    assert settings.signing.keys[3].get_secret_value() == secret
+    assert settings.signing.active_key == 3
+    assert settings.checks.dkim.min_key_bits == 2048
+    assert (settings.log.level, settings.log.format) == ("debug", "json")
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "said"),
+    [
+        ("RC_MTA_DNS__NAMESERVERS", "10.0.0.53", "config key dns.nameservers: '10.0.0.53' is not JSON"),
+        ("RC_MTA_LOG", "debug", "config key log: 'debug' is not JSON"),
+        ("RC_MTA_INBOUND__TLS__NOPE", "1", "config key inbound.tls.nope: unknown key"),
+        ("RC_MTA_INBOUND__MAX_RECIPIENTS", "many", "config key inbound.max_recipients:"),
+    ],
+)
+def test_a_wrong_variable_is_named_in_one_line(
+    config_file: Path, monkeypatch: pytest.MonkeyPatch, name: str, value: str, said: str
+) -> None:
+    monkeypatch.setenv(name, value)
+
+    with pytest.raises(ConfigError) as raised:
+        load_settings(str(config_file))
+
+    message = str(raised.value)
+    assert message.startswith(f"environment variable {name}: {said}"), message
+    assert "\n" not in message
