@@ -697,3 +697,12 @@ def test_container_entrypoint_serves_and_its_healthcheck_passes(tmp_path: Path) 
     assert unhealthy.returncode != 0
     assert (workdir / "var" / "rc-mta.db").exists()  # state lands under WORKDIR
     assert dict(steps)["WORKDIR"] == "/var/lib/rc-mta"
+
+
+def test_text_lines_carry_the_librarys_own_timestamps_second_after_second() -> None:
+    ours, library = TextFormatter(), logging.Formatter()
+    for created in (1767348000.123, 1767348000.999, 1767348001.0, 1767348001.5, 1767348000.2):
+        record = logging.LogRecord("rc_mta.test", logging.INFO, __file__, 1, "m", None, None)
+        record.created, record.msecs = created, (created - int(created)) * 1000
+        assert ours.formatTime(record) == library.formatTime(record)
+        assert ours.format(record).startswith(library.formatTime(record) + " INFO rc_mta.test m")
