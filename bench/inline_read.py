@@ -36,7 +36,7 @@ from rc_mta.rawmessage import measured_message  # noqa: E402
 KEY = (REPO / "tests" / "keys" / "good-sel2048.pem").read_bytes()
 ZONE = (REPO / "tests" / "zones" / "good.test.zone").read_text()
 HEAD = b"From: Alice <alice@good.test>\r\nTo: rc@reply.example.test\r\nSubject: Re: deploy\r\n\r\n"
-SIZES = (2048, 4096, 8192, 16384, 24576, budget.INLINE_BYTES - 512)
+SIZES = (1024, 2048, 4096, 6144, budget.INLINE_BYTES - 256)
 
 
 def public_key() -> bytes:
@@ -52,6 +52,15 @@ def white_space(size: int, run: int) -> bytes:
         raw, b"sel", b"good.test", KEY, canonicalize=(b"relaxed", b"relaxed"), include_headers=[b"from"]
     )
     return bytes(signature) + raw
+
+
+def lines_of(size: int, line: bytes) -> bytes:
+    """A text body of ``line`` repeated, with two relaxed signatures."""
+    body = (line + b"\r\n") * max(1, (size - len(HEAD) - 1200) // (len(line) + 2))
+    raw = HEAD.replace(b"\r\n\r\n", b"\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n") + body
+    for _ in range(2):
+        raw = bytes(dkim.sign(raw, b"sel", b"good.test", KEY, canonicalize=(b"relaxed", b"relaxed"))) + raw
+    return raw
 
 
 def cost_ms(raw: bytes, record: bytes) -> float | None:
@@ -80,6 +89,10 @@ def main() -> int:
     shapes = {kind: (lambda size, kind=kind: hostile(kind, size, "rc@reply.example.test")) for kind in HOSTILE}
     for run in (40, 100, 300, 1000):
         shapes[f"white space runs of {run}"] = lambda size, run=run: white_space(size, run)
+    # Lines the comment reader weighs one by one (quote headers, attributions, banners,
+    # NFKC-expanding characters), as many as fit, signed twice (each hashes the body).
+    for line in (b"Sent: a", b"From: a", b"1 a:", b"On 1 a wrote:", b"[EXTERNAL] a", "\ufdfa".encode(), b"a"):
+        shapes[f"lines of {line[:14]!r}"] = lambda size, line=line: lines_of(size, line)
     for kind, build in shapes.items():
         for size in SIZES:
             spent = cost_ms(build(size), record)

@@ -101,12 +101,19 @@ DEFAULT_LIMITS = Limits()
 # A message at most this large, and as plain as ``Cost.light`` asks, is read (and its DKIM
 # verified) on the event loop: that takes less than handing it to a thread and back (two
 # hops of ~0.2 ms and the interpreter lock passed back and forth), and within these caps at
-# most a few milliseconds whatever its shape (bench/inline_read.py measures the worst).
-INLINE_BYTES = 32 * 1024
-INLINE_FIELDS = 100
+# most a few milliseconds whatever its shape (bench/inline_read.py measures the worst). The
+# reader's cost grows with lines of text (the comment's lines are weighed one by one, some
+# 5-30 µs each), decoded text (base64 turns short lines into many; NFKC can make one
+# character eighteen) and signatures (each hashes the body again): each has its cap.
+INLINE_BYTES = 8 * 1024
+INLINE_LINES = 200
+INLINE_FIELDS = 50
 INLINE_PARTS = 8
 INLINE_PARAMETERS = 16
 INLINE_SPECIALS = 32
+INLINE_SUBJECT_BYTES = 512
+INLINE_NON_ASCII_BYTES = 512
+INLINE_SIGNATURES = 2
 INLINE_SIGNATURE_BYTES = 2048
 # HTML is what costs most per byte (``</`` repeated: ~1.2 µs a byte in the HTML parser).
 INLINE_HTML_BYTES = 1024
@@ -131,21 +138,32 @@ class Cost:
     parts: int = 0
     parameters: int = 0
     specials: int = 0
-    signature_bytes: int = 0  # DKIM-Signature and ARC fields of the message's own header
+    signatures: int = 0  # DKIM-Signature and ARC fields of the message's own header
+    signature_bytes: int = 0  # and their size
+    subject_bytes: int = 0
     html_bytes: int = 0  # bodies of text/html parts
-    whitespace_cost: int = 0  # ``relaxed_body_cost`` of the body, for a message of INLINE_BYTES at most
+    base64_parts: int = 0  # parts whose text the reader would decode from base64
+    # Measured only for a message of INLINE_BYTES at most (it can't be light otherwise):
+    lines: int = 0  # of the body
+    non_ascii_bytes: int = 0
+    whitespace_cost: int = 0  # ``relaxed_body_cost`` of the body
 
     @property
     def light(self) -> bool:
         """Cheap enough to read on the event loop (see ``INLINE_BYTES``)."""
         return (
             self.size <= INLINE_BYTES
+            and self.lines <= INLINE_LINES
             and self.fields <= INLINE_FIELDS
             and self.parts <= INLINE_PARTS
             and self.parameters <= INLINE_PARAMETERS
             and self.specials <= INLINE_SPECIALS
+            and self.subject_bytes <= INLINE_SUBJECT_BYTES
+            and self.non_ascii_bytes <= INLINE_NON_ASCII_BYTES
+            and self.signatures <= INLINE_SIGNATURES
             and self.signature_bytes <= INLINE_SIGNATURE_BYTES
             and self.html_bytes <= INLINE_HTML_BYTES
+            and self.base64_parts == 0
             and self.whitespace_cost <= INLINE_WHITESPACE_COST
         )
 
@@ -164,8 +182,14 @@ def check_budget(raw: bytes, limits: Limits) -> Cost:
     tally = Cost(size=len(raw))
     _entity(raw, 0, len(raw), 0, "text/plain", limits, tally)
     if tally.size <= INLINE_BYTES:
-        tally.whitespace_cost = relaxed_body_cost(raw[_header_end(raw, 0, len(raw))[1] :])
+        body = raw[_header_end(raw, 0, len(raw))[1] :]
+        tally.lines = body.count(b"\n")
+        tally.non_ascii_bytes = len(raw.translate(None, _ASCII))
+        tally.whitespace_cost = relaxed_body_cost(body)
     return tally
+
+
+_ASCII = bytes(range(128))
 
 
 def _header_end(raw: bytes, start: int, end: int) -> tuple[int, int]:
@@ -213,11 +237,16 @@ def _entity(raw: bytes, start: int, end: int, depth: int, default_type: str, lim
             _check_mime_field(name, value, limits, tally)
             if name == b"content-type" and content_type is None:
                 content_type = value
+            elif name == b"content-transfer-encoding" and b"base64" in value.lower():
+                tally.base64_parts += 1
         elif top and name == b"from":
             _check_parsed_field("From", value, FROM_BYTES, tally)
-        elif top and name == b"subject" and len(value) > SUBJECT_BYTES:
-            raise _too_big(f"the Subject field is over {SUBJECT_BYTES} bytes")
+        elif top and name == b"subject":
+            if len(value) > SUBJECT_BYTES:
+                raise _too_big(f"the Subject field is over {SUBJECT_BYTES} bytes")
+            tally.subject_bytes += len(value)
         elif top and (name == b"dkim-signature" or name.startswith(b"arc-")):
+            tally.signatures += 1
             tally.signature_bytes += len(value)
     if not top:
         tally.parts += 1
