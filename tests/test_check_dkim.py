@@ -4,6 +4,7 @@ tests/keys, whose public halves are published in good.test and evil.test."""
 from __future__ import annotations
 
 import asyncio
+import base64
 from pathlib import Path
 
 import dkim
@@ -13,7 +14,15 @@ from dns_fixtures import dns_server as dns_server
 from dns_fixtures import resolver as resolver
 
 from rc_mta.checks._base import Verdict
-from rc_mta.checks.dkim import MAX_SIGNATURES, DkimSignature, NeedsThread, _parse, _verify_one, check_dkim
+from rc_mta.checks.dkim import (
+    MAX_SIGNATURES,
+    DkimSignature,
+    NeedsThread,
+    _parse,
+    _verify_one,
+    check_dkim,
+    unreasonable_key,
+)
 from rc_mta.dns import DnsResolver
 
 KEYS = Path(__file__).parent / "keys"
@@ -253,3 +262,44 @@ def test_a_key_not_looked_up_ahead_sends_the_verification_to_the_pool(resolver: 
         _verify_one(resolver, raw, 0, 1024, {}, _parse(raw))
     # In the pool the same call asks DNS itself and verifies.
     assert _verify_one(resolver, raw, 0, 1024, {}).result == "pass"
+
+
+# Keys a sender publishes to make verification cost seconds -----------------------------------
+
+
+def _der(tag: int, body: bytes) -> bytes:
+    size = len(body)
+    length = (
+        bytes([size])
+        if size < 128
+        else bytes([0x80 | ((size.bit_length() + 7) // 8)]) + size.to_bytes((size.bit_length() + 7) // 8, "big")
+    )
+    return bytes([tag]) + length + body
+
+
+def rsa_record(modulus_bits: int, exponent: int) -> bytes:
+    """A DKIM key record for an RSA key of that size and exponent (any odd numbers: it is
+    refused, or its signatures fail, before anything else matters)."""
+
+    def integer(value: int) -> bytes:
+        return _der(0x02, value.to_bytes((value.bit_length() + 8) // 8, "big"))
+
+    modulus = (1 << (modulus_bits - 1)) | 1
+    key = _der(0x30, integer(modulus) + integer(exponent))
+    algorithm = _der(0x30, _der(0x06, bytes.fromhex("2a864886f70d010101")) + b"\x05\x00")
+    return b"v=DKIM1; k=rsa; p=" + base64.b64encode(_der(0x30, algorithm + _der(0x03, b"\x00" + key)))
+
+
+def test_a_key_too_large_or_with_a_huge_exponent_is_refused_before_use(resolver: DnsResolver) -> None:
+    assert unreasonable_key(rsa_record(2048, 65537)) is None
+    assert unreasonable_key(rsa_record(16384, 65537)) == "a 16384-bit key, over the 8192 bits verified here"
+    assert unreasonable_key(rsa_record(2048, (1 << 2047) | 1)) == "a public exponent over 2^32 (real keys use 65537)"
+    raw = sign(MESSAGE, "good.test", "sel", "good-sel2048.pem").replace(b"s=sel", b"s=huge", 1)
+    keys = {"huge._domainkey.good.test": rsa_record(4096, (1 << 4095) | 1)}
+
+    signature = _verify_one(resolver, raw, 0, 1024, keys)
+
+    assert (signature.result, signature.reason) == (
+        "permerror",
+        "unusable key at huge._domainkey.good.test: a public exponent over 2^32 (real keys use 65537)",
+    )

@@ -16,10 +16,12 @@ than any text has is not verified with a ``c=*/relaxed`` signature).
 from __future__ import annotations
 
 import asyncio
+import base64
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import dkim
+import dkim.crypto
 import dkim.util
 
 from rc_mta.budget import heavy_work, relaxed_body_cost
@@ -48,6 +50,7 @@ class KeyLookup:
     error: str | None = None
     names: list[str] = field(default_factory=list)
     on_loop: bool = False  # verifying on the event loop: a lookup not made ahead can't wait here
+    unusable: str | None = None  # the key found, refused before dkimpy computes with it
     deferred: bool = False  # so it was not made: verify again in the reading pool
 
 
@@ -156,6 +159,33 @@ async def look_up_keys(resolver: DnsResolver, names: set[str]) -> Keys:
     return dict(await asyncio.gather(*(one(name) for name in sorted(names))))
 
 
+# RSA keys beyond these cost seconds in one pow() that holds the interpreter lock (a
+# 16384-bit key with a huge exponent: 7.9 s), wherever it runs. Real keys are 1024-4096 bits
+# with exponent 65537 (RFC 8301 asks verifiers for 1024-4096).
+MAX_KEY_BITS = 8192
+MAX_KEY_EXPONENT = 2**32
+
+
+def unreasonable_key(record: bytes | None) -> str | None:
+    """Why a published RSA key is refused before use (too large a modulus or exponent), or
+    None: also None for what is not an RSA key dkimpy could use (it says why itself)."""
+    if not record:
+        return None
+    try:
+        tags = dkim.util.parse_tag_value(record)
+        if tags.get(b"k", b"rsa").strip().lower() != b"rsa" or not tags.get(b"p"):
+            return None
+        key = dkim.crypto.parse_public_key(base64.b64decode(b"".join(tags[b"p"].split())))
+    except Exception:
+        return None  # dkimpy's own parse will refuse it with its reason
+    bits = int(key["modulus"]).bit_length()
+    if bits > MAX_KEY_BITS:
+        return f"a {bits}-bit key, over the {MAX_KEY_BITS} bits verified here"
+    if int(key["publicExponent"]) > MAX_KEY_EXPONENT:
+        return "a public exponent over 2^32 (real keys use 65537)"
+    return None
+
+
 def prefetched_dnsfunc(resolver: DnsResolver, keys: Keys, lookup: KeyLookup) -> Callable[..., bytes | None]:
     """dkimpy's ``dnsfunc``, answering from ``keys`` (looked up ahead on the loop) and
     recording in ``lookup`` what it was asked and met: DNS trouble raises dkimpy's own
@@ -171,7 +201,7 @@ def prefetched_dnsfunc(resolver: DnsResolver, keys: Keys, lookup: KeyLookup) -> 
                 lookup.error = str(found)
                 raise dkim.DnsTimeoutError(str(found))
             lookup.record = found
-            return found
+            return _usable(found, lookup)
         if lookup.on_loop:  # no blocking lookup on the loop: the caller goes to the pool
             lookup.deferred = True
             raise dkim.DnsTimeoutError(f"{key} was not looked up ahead")
@@ -180,9 +210,15 @@ def prefetched_dnsfunc(resolver: DnsResolver, keys: Keys, lookup: KeyLookup) -> 
         except dkim.DnsTimeoutError as exc:
             lookup.error = str(exc)
             raise
-        return lookup.record
+        return _usable(lookup.record, lookup)
 
     return dnsfunc
+
+
+def _usable(record: bytes | None, lookup: KeyLookup) -> bytes | None:
+    """``record``, or None (no key for dkimpy) when it is unreasonable (``lookup.unusable``)."""
+    lookup.unusable = unreasonable_key(record)
+    return None if lookup.unusable else record
 
 
 def _verify_one(
@@ -214,6 +250,8 @@ def _verify_one(
     if lookup.error is not None:
         return DkimSignature(domain, selector, "temperror", f"key lookup failed: {lookup.error}", None)
     key_name = lookup.names[-1].rstrip(".")
+    if lookup.unusable is not None:
+        return DkimSignature(domain, selector, "permerror", f"unusable key at {key_name}: {lookup.unusable}", None)
     if lookup.record is None:
         return DkimSignature(domain, selector, "permerror", f"no key published at {key_name}", None)
     if key_bits is None:
