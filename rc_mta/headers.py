@@ -29,11 +29,19 @@ def _header_class(name: str) -> type[BaseHeader]:
 def structured_header(name: str, value: str) -> BaseHeader:
     """``value`` as ``policy.default`` reads a field ``name``: its line breaks removed (as
     ``EmailPolicy.header_fetch_parse`` does), then parsed. ``name`` is one of ours, never
-    the message's: the caches are keyed on it. White space around the value means nothing
-    to the parsers (folding white space): it is trimmed so both readers share one parse."""
-    return _parsed(name, _LINE_BREAKS.sub("", value).strip())
+    the message's: the caches are keyed on it. Folding white space around the value means
+    nothing to the parsers: it is trimmed, so both readers share one parse."""
+    value = _LINE_BREAKS.sub("", value).strip(" \t")
+    if len(value) > KEPT_VALUE_CHARS:
+        return _header_class(name.lower())(name, value)
+    return _parsed(name.lower(), value)
+
+
+# A parsed value keeps its whole parse tree (some 8 MiB for a 16 KiB Subject): only short
+# ones are kept, which is what From and Subject fields are.
+KEPT_VALUE_CHARS = 512
 
 
 @lru_cache(maxsize=256)
 def _parsed(name: str, value: str) -> BaseHeader:
-    return _header_class(name.lower())(name, value)
+    return _header_class(name)(name, value)

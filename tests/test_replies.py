@@ -802,6 +802,11 @@ def test_missing_headers_give_none() -> None:
         b"undisclosed-recipients:;",
         b"not an address",
         b"alice@example.com)<mallory@evil.example>",
+        # Control characters before the address: the two parsers disagree, so no address
+        # (trimming them away, as str.strip would, must not make them agree).
+        b"\x0balice@example.com",
+        b"\x0calice@example.com",
+        b"\x1falice@example.com",
     ],
 )
 def test_ambiguous_from_gives_no_address(from_header: bytes) -> None:
