@@ -158,7 +158,12 @@ _plain = st.builds(
     lambda local, domain, rest: f"<{'.'.join(local)}@{'.'.join(domain)}>{rest}",
     st.lists(_atoms, min_size=1, max_size=3),
     st.lists(_labels, min_size=1, max_size=3),
-    st.sampled_from(["", " SIZE=1024", "\tBODY=8BITMIME SMTPUTF8", "  ", "x", " (comment) SIZE=1", "(c)", " \t(a(b))"]),
+    st.sampled_from(
+        [
+            *["", " SIZE=1024", "\tBODY=8BITMIME SMTPUTF8", "  ", "x", " (comment) SIZE=1", "(c)", " \t(a(b))"],
+            *[" \x0b", "\x0b", " \x0c\x1c x", "\x85", " \u3000(c)", "\t\x85 SIZE=1"],  # other white space
+        ]
+    ),
 )
 # Near misses: the fast path must step aside and leave them to aiosmtpd.
 _odd = st.one_of(

@@ -60,7 +60,9 @@ class ReplyObjects(SMTP):
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         plain = _PLAIN_ANGLE_ADDRESS.match(arg)
-        rest = arg[plain.end() :].lstrip(" \t") if plain else ""  # the parser takes the white space
+        rest = arg[plain.end() :] if plain else ""
+        if rest[:1] in (" ", "\t"):
+            rest = rest.lstrip()  # folding white space: the parser then takes every kind there
         limit = self.local_part_limit
         if plain is None or rest.startswith("(") or (limit and plain.group(1).index("@") > limit):
             return super()._getaddr(arg)  # and comments after the address: its own reading
