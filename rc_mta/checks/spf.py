@@ -77,7 +77,7 @@ async def check_spf(resolver: DnsResolver, client_ip: str, mail_from: str, helo:
         address = address.ipv4_mapped
     if not mail_from and not helo:
         return Verdict("none", "null sender and no HELO name: no identity to check", facts)
-    key = ("spf", str(address), mail_from.lower(), helo.lower())
+    key = ("spf", str(address), mail_from, helo)  # as given: the verdict's facts and text quote them
     kept = resolver.derived(key)
     if isinstance(kept, Verdict):
         return Verdict(kept.result, kept.reason, dict(kept.facts))
