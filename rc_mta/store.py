@@ -128,7 +128,7 @@ store_probe = Table(
     Column("at", Float, nullable=False),
 )
 
-# What a store made before reminders went through the queue lacks (``Store._key_outbound_by_kind``).
+# What a store made before reminders went through the queue lacks (``_key_outbound_by_kind``).
 REQUEST_MAIL = "request"
 
 outbound_queue = Table(
@@ -316,27 +316,22 @@ class Store:
         self._probe_table_seen = False
 
     def create_schema(self) -> None:
+        """Make what this version uses and the store lacks, on a new store or one an older
+        version made. A store already complete is only read (a service may start on a file
+        it cannot write yet, a CLI command on a busy store). Otherwise everything is done in
+        one transaction under the schema lock (``_lock_schema``): of several instances
+        starting at once one makes it, the others wait, look again and find it done."""
         with self._begin() as conn:
+            if not _schema_lacks(conn):
+                return
+        with self._begin() as conn:
+            _lock_schema(conn)
+            if not _schema_lacks(conn):
+                return  # made by another instance while we waited
             metadata.create_all(conn)
-        self._add_missing_columns()
-        self._key_outbound_by_kind()
-        self._index_approval_groups()
-
-    def _add_missing_columns(self) -> None:
-        """Bring a store made by an older version up to date (``create_all`` adds tables,
-        not columns). Several instances may start at once: a column another one added
-        between our look and our ALTER is fine."""
-        with self._begin() as conn:
-            have = {c["name"] for c in inspect(conn).get_columns("used_tokens")}
-        if "attempt" in have:
-            return
-        try:
-            with self._begin() as conn:
-                conn.execute(text("ALTER TABLE used_tokens ADD COLUMN attempt VARCHAR(32)"))
-        except TemporaryFailure:
-            with self._begin() as conn:
-                if "attempt" not in {c["name"] for c in inspect(conn).get_columns("used_tokens")}:
-                    raise
+            _add_missing_columns(conn)
+            _key_outbound_by_kind(conn)
+            _add_missing_indexes(conn)
 
     def ping(self) -> None:
         """Prove the store takes a write, not only that it answers: a store that can only
@@ -346,6 +341,7 @@ class Store:
         if not self._probe_table_seen:
             try:
                 with self._begin() as conn:
+                    _lock_schema(conn)  # not in the middle of an instance's create_all
                     conn.execute(CreateTable(store_probe, if_not_exists=True))
                 self._probe_table_seen = True
             except (IntegrityError, TemporaryFailure):
@@ -612,47 +608,6 @@ class Store:
             ).mappings()
             mails = [_outbound_mail(row) for row in rows]
         return sorted(mails, key=lambda mail: mail.kind != REQUEST_MAIL)
-
-    def _key_outbound_by_kind(self) -> None:
-        """A store from before reminders went through the queue keys ``outbound_queue`` by
-        request alone: key it by (request, kind), each row it holds a request mail. One
-        transaction that first takes the table, then looks again, so of several instances
-        starting at once one rebuilds and the others find it done."""
-        if self._outbound_has_kind():
-            return
-        with self._begin() as conn:
-            sqlite = conn.dialect.name == "sqlite"
-            # SQLite: the write lock at once (Python's sqlite3 would begin only at the first
-            # INSERT, leaving the CREATE before it outside the transaction).
-            conn.exec_driver_sql("BEGIN IMMEDIATE" if sqlite else "LOCK TABLE outbound_queue IN ACCESS EXCLUSIVE MODE")
-            if "kind" in {c["name"] for c in inspect(conn).get_columns("outbound_queue")}:
-                return  # another instance did it meanwhile
-            if sqlite:
-                # SQLite cannot change a primary key: a new table, the rows copied, renamed.
-                scratch = MetaData()
-                requests.to_metadata(scratch)
-                rekeyed = outbound_queue.to_metadata(scratch, name="outbound_queue_rekeyed")
-                conn.execute(CreateTable(rekeyed))
-                old = ", ".join(c.name for c in outbound_queue.c if c.name != "kind")
-                conn.exec_driver_sql(
-                    f"INSERT INTO outbound_queue_rekeyed ({old}, kind) "
-                    f"SELECT {old}, '{REQUEST_MAIL}' FROM outbound_queue"
-                )
-                conn.exec_driver_sql("DROP TABLE outbound_queue")
-                conn.exec_driver_sql("ALTER TABLE outbound_queue_rekeyed RENAME TO outbound_queue")
-                for index in outbound_queue.indexes:
-                    index.create(conn)
-            else:
-                key = inspect(conn).get_pk_constraint("outbound_queue")["name"]
-                conn.exec_driver_sql(
-                    f"ALTER TABLE outbound_queue ADD COLUMN kind VARCHAR(16) DEFAULT '{REQUEST_MAIL}' NOT NULL"
-                )
-                conn.exec_driver_sql(f'ALTER TABLE outbound_queue DROP CONSTRAINT "{key}"')
-                conn.exec_driver_sql("ALTER TABLE outbound_queue ADD PRIMARY KEY (request_id, kind)")
-
-    def _outbound_has_kind(self) -> bool:
-        with self._begin() as conn:
-            return "kind" in {c["name"] for c in inspect(conn).get_columns("outbound_queue")}
 
     def outbound_summary(self) -> QueueSummary:
         q = outbound_queue.c
@@ -1252,18 +1207,6 @@ class Store:
     # and no group is made while requests outside any group may still decide it. Requests are
     # checked when made (``task_approvals``) and answers when they come (``approval_standing``).
 
-    def _index_approval_groups(self) -> None:
-        """Every answer looks up its task's groups: a store made before that gets the index
-        (``create_all`` makes the indexes of new tables only)."""
-        name = "ix_approval_groups_task_id"
-        try:
-            with self._begin() as conn:
-                conn.execute(text(f"CREATE INDEX IF NOT EXISTS {name} ON approval_groups (task_id)"))
-        except (IntegrityError, TemporaryFailure):
-            with self._begin() as conn:  # another instance starting at the same moment made it
-                if name not in {i["name"] for i in inspect(conn).get_indexes("approval_groups")}:
-                    raise
-
     def add_approval_group(self, task_id: str, needed: int, now: float) -> str:
         group_id = "g-" + secrets.token_hex(8)
         with self._begin() as conn:
@@ -1546,6 +1489,91 @@ approval_members = Table(
     # Set when this request's approval was counted: a retried reply is never counted twice.
     Column("approved_at", Float),
 )
+
+
+# The schema: made, or brought up to date, as an instance starts --------------------------
+
+# PostgreSQL advisory lock key (with the schema's name hashed as the second half) that
+# ``create_schema`` takes: any number, as long as it is the same in every version.
+SCHEMA_LOCK = 0x72636D74  # "rcmt"
+
+
+def _lock_schema(conn: Connection) -> None:
+    """Take, for the rest of ``conn``'s transaction, the lock that makes schema changes one
+    instance at a time: ``create_all`` looks whether a table exists, then creates it, and
+    two instances doing that at once fail on each other's table. PostgreSQL: an advisory
+    lock for this schema (search_path), held until commit; SQLite: the write lock, taken
+    now (Python's sqlite3 would begin only at the first INSERT, leaving DDL before it
+    outside the transaction). Waits as long as any lock: busy_timeout."""
+    if conn.dialect.name == "sqlite":
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+    else:
+        conn.execute(text(f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK}, hashtext(current_schema()))"))
+
+
+def _schema_lacks(conn: Connection) -> bool:
+    """Whether any table, column or index of this version is missing (only reads)."""
+    found = inspect(conn)
+    tables = set(found.get_table_names())
+    if any(table.name not in tables for table in metadata.tables.values()):
+        return True
+    columns = found.get_multi_columns()
+    indexes = found.get_multi_indexes()
+    for table in metadata.tables.values():
+        key = (None, table.name)
+        if not {c.name for c in table.columns} <= {c["name"] for c in columns.get(key, [])}:
+            return True
+        if not {i.name for i in table.indexes} <= {i["name"] for i in indexes.get(key, [])}:
+            return True
+    return False
+
+
+def _add_missing_columns(conn: Connection) -> None:
+    """Bring a store made by an older version up to date (``create_all`` adds tables, not
+    columns). Under the schema lock: no other instance changes it meanwhile."""
+    if "attempt" not in {c["name"] for c in inspect(conn).get_columns("used_tokens")}:
+        conn.execute(text("ALTER TABLE used_tokens ADD COLUMN attempt VARCHAR(32)"))
+
+
+def _key_outbound_by_kind(conn: Connection) -> None:
+    """A store from before reminders went through the queue keys ``outbound_queue`` by
+    request alone: key it by (request, kind), each row it holds a request mail. Under the
+    schema lock, in ``create_schema``'s transaction: all of it or nothing."""
+    if "kind" in {c["name"] for c in inspect(conn).get_columns("outbound_queue")}:
+        return
+    if conn.dialect.name == "sqlite":
+        # SQLite cannot change a primary key: a new table, the rows copied, renamed.
+        scratch = MetaData()
+        requests.to_metadata(scratch)
+        rekeyed = outbound_queue.to_metadata(scratch, name="outbound_queue_rekeyed")
+        conn.execute(CreateTable(rekeyed))
+        old = ", ".join(c.name for c in outbound_queue.c if c.name != "kind")
+        conn.exec_driver_sql(
+            f"INSERT INTO outbound_queue_rekeyed ({old}, kind) SELECT {old}, '{REQUEST_MAIL}' FROM outbound_queue"
+        )
+        conn.exec_driver_sql("DROP TABLE outbound_queue")
+        conn.exec_driver_sql("ALTER TABLE outbound_queue_rekeyed RENAME TO outbound_queue")
+        for index in outbound_queue.indexes:
+            index.create(conn)
+    else:
+        key = inspect(conn).get_pk_constraint("outbound_queue")["name"]
+        conn.exec_driver_sql(
+            f"ALTER TABLE outbound_queue ADD COLUMN kind VARCHAR(16) DEFAULT '{REQUEST_MAIL}' NOT NULL"
+        )
+        conn.exec_driver_sql(f'ALTER TABLE outbound_queue DROP CONSTRAINT "{key}"')
+        conn.exec_driver_sql("ALTER TABLE outbound_queue ADD PRIMARY KEY (request_id, kind)")
+
+
+def _add_missing_indexes(conn: Connection) -> None:
+    """``create_all`` makes the indexes of the tables it creates only: an index added to a
+    table an older version made (approval_groups by task, which every answer looks up)
+    is made here. Under the schema lock."""
+    found = inspect(conn)
+    for table in metadata.tables.values():
+        have = {i["name"] for i in found.get_indexes(table.name)}
+        for index in table.indexes:
+            if index.name not in have:
+                index.create(conn)
 
 
 @dataclass(frozen=True)
