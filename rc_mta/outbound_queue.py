@@ -23,7 +23,7 @@ from . import metrics
 from .config import OutboundConfig
 from .errors import TemporaryFailure
 from .outbound import Delivered, DeliveryDeferred, DeliveryRefused, Transport
-from .store import REQUEST_MAIL, Delivery, OutboundMail, Request, Store
+from .store import REQUEST_MAIL, Delivery, NoticeTerms, OutboundMail, Request, Store
 
 log = logging.getLogger("rc_mta.outbound")
 
@@ -49,6 +49,10 @@ class OutboundQueue:
         self.store = store
         self.transport = transport
         self.on_failure = on_failure
+        # Set where the task backend must be told of a request mail that failed for good:
+        # that notice is written with the mail's FAILED state, in one transaction (so no
+        # crash or store error between the two loses it); ``on_failure`` then tells it.
+        self.failure_notice: NoticeTerms | None = None
         self.withheld: WithheldHook | None = None
         self.holder = secrets.token_hex(8)
         # Long enough for one delivery attempt (bounded below), short enough that a
@@ -200,10 +204,11 @@ class OutboundQueue:
 
     async def _fail(self, mail: OutboundMail, answer: str) -> None:
         log.error("%s to %s failed: %s", mail.label, mail.recipient, answer)
-        settled = await self._settle(mail, Delivery.FAILED, answer)
         # Only the request mail's failure means the owner was never asked: a reminder's
         # request did arrive.
-        if settled and mail.kind == REQUEST_MAIL and self.on_failure is not None:
+        told = mail.kind == REQUEST_MAIL
+        settled = await self._settle(mail, Delivery.FAILED, answer, notice=self.failure_notice if told else None)
+        if settled and told and self.on_failure is not None:
             try:
                 await self.on_failure(mail.request_id, answer)
             except Exception as exc:  # the failure is recorded either way; telling is best effort
@@ -217,6 +222,7 @@ class OutboundQueue:
         *,
         next_attempt_at: float | None = None,
         path: str | None = None,
+        notice: NoticeTerms | None = None,
     ) -> bool:
         settled = await asyncio.to_thread(
             self.store.settle_outbound,
@@ -228,6 +234,7 @@ class OutboundQueue:
             next_attempt_at=next_attempt_at,
             path=path,
             kind=mail.kind,
+            notice=notice,
         )
         if not settled:
             log.warning("%s: our lease ran out during delivery; another instance has it", mail.label)

@@ -561,9 +561,13 @@ class Store:
         next_attempt_at: float | None = None,
         path: str | None = None,
         kind: str = REQUEST_MAIL,
+        notice: NoticeTerms | None = None,
     ) -> bool:
         """Record what one delivery attempt found and give the row back; False when
-        ``holder`` no longer held it (its lease ran out and someone else took it)."""
+        ``holder`` no longer held it (its lease ran out and someone else took it), and then
+        nothing was written. ``notice``: a FAILED request mail's notice to the task backend,
+        written in the same transaction, so no crash or store error between the two loses
+        it (``request_notices``)."""
         q = outbound_queue.c
         values: dict[str, Any] = {
             "state": state.value,
@@ -586,6 +590,13 @@ class Store:
                 .where(q.request_id == request_id, q.kind == kind, q.holder == holder)
                 .values(**values)
             ).rowcount
+            if changed == 1 and notice is not None and state is Delivery.FAILED:
+                row = _new_notice(request_id, notice.event, answer, now)
+                conn.execute(
+                    _insert_unless_there(conn, request_notices).values(
+                        **row, holder=notice.holder, lease_until=now + notice.lease
+                    )
+                )
         return changed == 1
 
     def get_outbound(self, request_id: str, kind: str = REQUEST_MAIL) -> OutboundMail | None:
@@ -1108,29 +1119,6 @@ class Store:
 
     # Notices to the task backend about a request (request_failed), until told ----------
 
-    def add_notice(
-        self, request_id: str, event: str, answer: str, now: float, holder: str, lease: float
-    ) -> Notice | None:
-        """Record that the backend must be told ``event``, held by ``holder`` for its first
-        attempt. None when it was recorded before (by anyone): that one is told, not this."""
-        row: dict[str, Any] = {
-            "request_id": request_id,
-            "event": event,
-            "answer": answer[:1000],
-            "state": "pending",
-            "attempts": 0,
-            "created_at": now,
-            "next_attempt_at": now,
-            "last_error": None,
-            "done_at": None,
-        }
-        try:
-            with self._begin() as conn:
-                conn.execute(insert(request_notices).values(**row, holder=holder, lease_until=now + lease))
-        except IntegrityError:
-            return None
-        return self.get_notice(request_id, event)
-
     def claim_notices(self, holder: str, now: float, lease: float, limit: int = 100) -> list[Notice]:
         """Take the notices due for another attempt, each by a conditional UPDATE: of several
         instances asking at once only one gets it; a dead holder's goes after its lease."""
@@ -1593,6 +1581,16 @@ class Notice:
 
 
 @dataclass(frozen=True)
+class NoticeTerms:
+    """The notice ``settle_outbound`` writes with a request mail's FAILED state: ``event``,
+    held by ``holder`` for its first attempt, for ``lease`` seconds."""
+
+    event: str
+    holder: str
+    lease: float
+
+
+@dataclass(frozen=True)
 class ApprovalGroup:
     id: str
     task_id: str
@@ -1712,6 +1710,33 @@ def _new_mail(request_id: str, kind: str, message: bytes, sender: str, recipient
         "done_at": None,
         "path": None,
     }
+
+
+def _new_notice(request_id: str, event: str, answer: str, now: float) -> dict[str, Any]:
+    """The row of a notice just recorded: due at once, not tried yet."""
+    return {
+        "request_id": request_id,
+        "event": event,
+        "answer": answer[:1000],
+        "state": "pending",
+        "attempts": 0,
+        "created_at": now,
+        "next_attempt_at": now,
+        "last_error": None,
+        "done_at": None,
+    }
+
+
+def _insert_unless_there(conn: Connection, table: Table) -> Any:
+    """An INSERT that leaves a row with the same key alone (ON CONFLICT DO NOTHING): in a
+    transaction that must go on, unlike an IntegrityError, which on PostgreSQL ends it."""
+    if conn.dialect.name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert(table).on_conflict_do_nothing()
+    from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+    return pg_insert(table).on_conflict_do_nothing()
 
 
 def _outbound_mail(row: Any) -> OutboundMail:

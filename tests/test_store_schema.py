@@ -12,7 +12,7 @@ from sqlalchemy import inspect, text
 from test_outbound_store import _old_outbound_table
 from test_store import store as store  # SQLite and PostgreSQL
 
-from rc_mta.store import Delivery, Request, Store, metadata
+from rc_mta.store import Delivery, NoticeTerms, Request, Store, metadata
 from rc_mta.tokens import new_request_id
 
 # What each age of store lacks, newest first: what it takes to make one.
@@ -98,9 +98,12 @@ def test_instances_starting_together_on_a_store_of_any_age_all_start_and_complet
     if kept is not None:  # the old mail is still there, now the request mail of its request
         [mail] = store.outbound_mails(kept.id)
         assert (mail.kind, mail.state, mail.attempts) == ("request", Delivery.DEFERRED, 2)
-    request = Request(new_request_id(), "t-2", "bob@example.com", "t", time.time(), time.time() + 60, None, None)
-    store.add_request(request)
-    assert store.add_notice(request.id, "request_failed", "550 no", time.time(), "me", 60) is not None
+    now = time.time()
+    request = Request(new_request_id(), "t-2", "bob@example.com", "t", now, now + 60, None, None)
+    store.add_request_with_mail(request, b"Subject: t\r\n\r\n", "rc@x", now, "me", 60)
+    failed = NoticeTerms("request_failed", "me", 60)
+    assert store.settle_outbound(request.id, "me", Delivery.FAILED, "550 no", now, notice=failed)
+    assert store.get_notice(request.id, "request_failed") is not None
 
 
 def test_readiness_probes_while_instances_start_on_a_new_store_stop_none_of_them(store: Store) -> None:
