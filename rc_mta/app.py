@@ -118,6 +118,10 @@ class Service:
         queue = OutboundQueue(settings.outbound, store, transport)
         service = cls(settings, store, signer, backend, transport, pipeline, queue, dkim)
         service.queue.on_failure = service._request_failed
+        if isinstance(backend, RequestFailureListener):
+            from .followups import FailureNotices
+
+            service.queue.failure_notice = FailureNotices.terms(service.queue.holder)
         service.queue.withheld = service._reminder_withheld
         return service
 
@@ -129,12 +133,13 @@ class Service:
 
     async def _request_failed(self, request_id: str, answer: str) -> None:
         """Tell the workflow, where its backend listens, that a request will never arrive:
-        now, or in a later follow-up round while it cannot be reached."""
+        now, or in a later follow-up round while it cannot be reached. The notice was
+        written with the mail's failure, held by the queue (``queue.failure_notice``)."""
         if not isinstance(self.backend, RequestFailureListener):
             return
         from .followups import FailureNotices
 
-        await FailureNotices(self).record(request_id, answer)
+        await FailureNotices(self, holder=self.queue.holder).tell_recorded(request_id)
 
     def close(self) -> None:
         self.store.close()

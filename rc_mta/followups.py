@@ -15,8 +15,8 @@ does each step, once):
 
 Each round also tells the backend, where it listens (``RequestFailureListener``), of the
 request mails that failed for good and it has not yet been told of (``FailureNotices``):
-recorded when the mail fails and tried at once, then again with the outbound queue's
-back-off until ``[outbound] queue_lifetime``, then given up with an ERROR.
+recorded with the mail's failure (one transaction) and tried at once, then again with the
+outbound queue's back-off until ``[outbound] queue_lifetime``, then given up with an ERROR.
 
 Answered and revoked requests get neither, and neither goes out for a task that was
 decided another way: before each step the task is read (``TaskBackend.get``: the embedded
@@ -41,7 +41,7 @@ from .config import Settings
 from .errors import BackendUnavailable, StoreUnavailable, TemporaryFailure
 from .outbound import reply_addresses, wire_bytes
 from .request_mail import compose
-from .store import IN_PROGRESS, Notice, Request
+from .store import IN_PROGRESS, Notice, NoticeTerms, Request
 from .tasks import RequestFailureListener, TaskNotFound
 from .tokens import Signer
 
@@ -109,34 +109,30 @@ def _holder() -> str:
 
 
 class FailureNotices:
-    """``request_failed`` told to the backend for good: a record in the store first (so
-    neither a backend that is down nor a restart loses it), an attempt at once, then one
-    in each follow-up round that finds it due, with the outbound queue's back-off, until
-    ``[outbound] queue_lifetime``. Of several instances one tells it at a time (a lease)."""
+    """``request_failed`` told to the backend for good: a record in the store first, with
+    the mail's failure (so neither a backend that is down nor a crash loses it), an attempt
+    at once, then one in each follow-up round that finds it due, with the outbound queue's
+    back-off, until ``[outbound] queue_lifetime``. Of several instances one tells it at a
+    time (a lease)."""
 
     EVENT = "request_failed"
 
-    def __init__(self, service: Service) -> None:
+    def __init__(self, service: Service, holder: str | None = None) -> None:
         self._service = service
-        self.holder = _holder()
+        self.holder = holder or _holder()
 
-    async def record(self, request_id: str, answer: str) -> None:
-        """A request mail failed for good: tell the backend, now or later."""
-        service = self._service
-        if not isinstance(service.backend, RequestFailureListener):
-            return  # the embedded store: the request API shows it
-        try:
-            notice = await asyncio.to_thread(
-                service.store.add_notice, request_id, self.EVENT, answer, time.time(), self.holder, STALE_SECONDS
-            )
-        except TemporaryFailure as exc:
-            # Cannot keep it: one attempt now is all that is left.
-            log.warning("request %s failed; could not record it for the backend (%s): telling it once", request_id, exc)
-            request = await asyncio.to_thread(service.store.get_request, request_id)
-            if request is not None:
-                await service.backend.request_failed(request.task_id, request.id, request.owner, answer)
-            return
-        if notice is not None:
+    @classmethod
+    def terms(cls, holder: str) -> NoticeTerms:
+        """The notice the outbound queue writes with a request mail's FAILED state (in one
+        transaction: nothing between the two can lose it), held by ``holder`` (who tells
+        it at once: ``tell_recorded``) for as long as a stale step lasts."""
+        return NoticeTerms(cls.EVENT, holder, STALE_SECONDS)
+
+    async def tell_recorded(self, request_id: str) -> None:
+        """A request mail failed for good and its notice, held by us, was written with it:
+        tell the backend now; should that not work, the follow-up rounds try again."""
+        notice = await asyncio.to_thread(self._service.store.get_notice, request_id, self.EVENT)
+        if notice is not None and notice.state == "pending":
             await self._tell(notice)
 
     async def round(self) -> None:

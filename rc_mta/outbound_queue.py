@@ -23,7 +23,7 @@ from . import metrics
 from .config import OutboundConfig
 from .errors import TemporaryFailure
 from .outbound import Delivered, DeliveryDeferred, DeliveryRefused, Transport
-from .store import REQUEST_MAIL, Delivery, OutboundMail, Request, Store
+from .store import REQUEST_MAIL, Delivery, NoticeTerms, OutboundMail, Request, Store
 
 log = logging.getLogger("rc_mta.outbound")
 
@@ -49,6 +49,10 @@ class OutboundQueue:
         self.store = store
         self.transport = transport
         self.on_failure = on_failure
+        # Set where the task backend must be told of a request mail that failed for good:
+        # that notice is written with the mail's FAILED state, in one transaction (so no
+        # crash or store error between the two loses it); ``on_failure`` then tells it.
+        self.failure_notice: NoticeTerms | None = None
         self.withheld: WithheldHook | None = None
         self.holder = secrets.token_hex(8)
         # Long enough for one delivery attempt (bounded below), short enough that a
@@ -70,7 +74,7 @@ class OutboundQueue:
         # Stored: from here the sender loop delivers it whatever happens, so a failure of
         # this first attempt must not reach the caller (who would retry and make a twin).
         try:
-            await self._deliver(mail)
+            await self._deliver(mail, now)
             return await asyncio.to_thread(self.store.get_outbound, request.id) or mail
         except Exception as exc:
             log.warning("request %s queued; its first delivery attempt failed: %s", request.id, exc)
@@ -89,7 +93,7 @@ class OutboundQueue:
         if mail is None:
             return None
         try:
-            await self._deliver(mail, checked=True)
+            await self._deliver(mail, now, checked=True)
             return await asyncio.to_thread(self.store.get_outbound, request.id, step) or mail
         except Exception as exc:
             log.warning("%s queued; its first delivery attempt failed: %s", mail.label, exc)
@@ -107,9 +111,10 @@ class OutboundQueue:
     async def round(self) -> None:
         """Deliver every mail due now (in batches), then publish the queue's counts."""
         while True:
-            taken = await asyncio.to_thread(self.store.claim_outbound, self.holder, time.time(), self.lease, BATCH)
+            now = time.time()
+            taken = await asyncio.to_thread(self.store.claim_outbound, self.holder, now, self.lease, BATCH)
             for mail in taken:
-                await self._deliver(mail)
+                await self._deliver(mail, now)
             if len(taken) < BATCH:
                 break
         summary = await asyncio.to_thread(self.store.outbound_summary)
@@ -130,35 +135,55 @@ class OutboundQueue:
             f"(warn after {self.config.queue_warn_after:g}s): is the relay down?"
         )
 
-    async def _deliver(self, mail: OutboundMail, *, checked: bool = False) -> None:
-        """One attempt. ``checked``: a reminder whose follow-up step has just asked whether
-        it is still wanted (not asked twice in a row)."""
-        request = await asyncio.to_thread(self.store.get_request, mail.request_id)
-        if request is not None and request.revoked_at is not None:
-            await self._settle(mail, Delivery.FAILED, "revoked before it was sent")
-            return
-        if mail.kind != REQUEST_MAIL and request is not None and not checked:
-            try:
-                why_not = await self._withheld(request)
-            except TemporaryFailure as exc:
-                await self._defer(mail, f"not sent yet, as it cannot be told whether it is still wanted: {exc}")
-                return
-            if why_not is not None:
-                log.info("%s withdrawn, nothing sent: %s", mail.label, why_not)
-                await self._settle(mail, Delivery.FAILED, f"not sent: {why_not}")
-                return
+    async def _deliver(self, mail: OutboundMail, leased_at: float, *, checked: bool = False) -> None:
+        """One attempt at a mail held since ``leased_at``. ``checked``: a reminder whose
+        follow-up step has just asked whether it is still wanted (not asked twice in a row).
+
+        The look at whether it is still wanted (for a reminder the task, asked of a backend
+        that may retry for long) and the delivery end together within half the lease: past
+        the lease another instance may take the mail, and both would send it. A look that
+        cannot finish in time defers the mail: it is never sent blindly."""
+        budget = leased_at + self.lease / 2 - time.time()
+        sending = False
         try:
-            async with asyncio.timeout(self.lease / 2):
-                delivered: Delivered = await self.transport.deliver(mail)
+            async with asyncio.timeout(max(0.0, budget)):
+                not_sent = await self._not_wanted(mail, checked)
+                if not_sent is None:
+                    sending = True
+                    delivered: Delivered = await self.transport.deliver(mail)
         except DeliveryRefused as exc:
             await self._fail(mail, str(exc))
-        except (DeliveryDeferred, TimeoutError) as exc:
-            await self._defer(mail, str(exc) or f"no answer within {self.lease / 2:g}s")
+        except DeliveryDeferred as exc:
+            await self._defer(mail, str(exc))
+        except TimeoutError as exc:
+            if sending:
+                await self._defer(mail, str(exc) or f"no answer within {self.lease / 2:g}s")
+            else:
+                why = f"could not be told within {self.lease / 2:g}s whether it is still wanted"
+                await self._defer(mail, f"not sent yet, as it {why}")
+        except TemporaryFailure as exc:  # the look, not the delivery (DeliveryDeferred above)
+            await self._defer(mail, f"not sent yet, as it cannot be told whether it is still wanted: {exc}")
         else:
+            if not_sent is not None:
+                await self._settle(mail, Delivery.FAILED, not_sent)
+                return
             if mail.kind == REQUEST_MAIL:
                 metrics.REQUESTS_SENT.labels(self.transport.name).inc()
             log.info("%s sent to %s: %s", mail.label, mail.recipient, delivered.answer)
             await self._settle(mail, Delivery.SENT, delivered.answer, path=delivered.path)
+
+    async def _not_wanted(self, mail: OutboundMail, checked: bool) -> str | None:
+        """Why ``mail`` must not be sent (what its row records), None when it may be; raises
+        TemporaryFailure when that cannot be told now."""
+        request = await asyncio.to_thread(self.store.get_request, mail.request_id)
+        if request is not None and request.revoked_at is not None:
+            return "revoked before it was sent"
+        if mail.kind != REQUEST_MAIL and request is not None and not checked:
+            why_not = await self._withheld(request)
+            if why_not is not None:
+                log.info("%s withdrawn, nothing sent: %s", mail.label, why_not)
+                return f"not sent: {why_not}"
+        return None
 
     async def _withheld(self, request: Request) -> str | None:
         """Why a reminder of ``request`` must not go out now (None: it may)."""
@@ -179,10 +204,11 @@ class OutboundQueue:
 
     async def _fail(self, mail: OutboundMail, answer: str) -> None:
         log.error("%s to %s failed: %s", mail.label, mail.recipient, answer)
-        settled = await self._settle(mail, Delivery.FAILED, answer)
         # Only the request mail's failure means the owner was never asked: a reminder's
         # request did arrive.
-        if settled and mail.kind == REQUEST_MAIL and self.on_failure is not None:
+        told = mail.kind == REQUEST_MAIL
+        settled = await self._settle(mail, Delivery.FAILED, answer, notice=self.failure_notice if told else None)
+        if settled and told and self.on_failure is not None:
             try:
                 await self.on_failure(mail.request_id, answer)
             except Exception as exc:  # the failure is recorded either way; telling is best effort
@@ -196,6 +222,7 @@ class OutboundQueue:
         *,
         next_attempt_at: float | None = None,
         path: str | None = None,
+        notice: NoticeTerms | None = None,
     ) -> bool:
         settled = await asyncio.to_thread(
             self.store.settle_outbound,
@@ -207,6 +234,7 @@ class OutboundQueue:
             next_attempt_at=next_attempt_at,
             path=path,
             kind=mail.kind,
+            notice=notice,
         )
         if not settled:
             log.warning("%s: our lease ran out during delivery; another instance has it", mail.label)

@@ -128,7 +128,7 @@ store_probe = Table(
     Column("at", Float, nullable=False),
 )
 
-# What a store made before reminders went through the queue lacks (``Store._key_outbound_by_kind``).
+# What a store made before reminders went through the queue lacks (``_key_outbound_by_kind``).
 REQUEST_MAIL = "request"
 
 outbound_queue = Table(
@@ -316,27 +316,22 @@ class Store:
         self._probe_table_seen = False
 
     def create_schema(self) -> None:
+        """Make what this version uses and the store lacks, on a new store or one an older
+        version made. A store already complete is only read (a service may start on a file
+        it cannot write yet, a CLI command on a busy store). Otherwise everything is done in
+        one transaction under the schema lock (``_lock_schema``): of several instances
+        starting at once one makes it, the others wait, look again and find it done."""
         with self._begin() as conn:
+            if not _schema_lacks(conn):
+                return
+        with self._begin() as conn:
+            _lock_schema(conn)
+            if not _schema_lacks(conn):
+                return  # made by another instance while we waited
             metadata.create_all(conn)
-        self._add_missing_columns()
-        self._key_outbound_by_kind()
-        self._index_approval_groups()
-
-    def _add_missing_columns(self) -> None:
-        """Bring a store made by an older version up to date (``create_all`` adds tables,
-        not columns). Several instances may start at once: a column another one added
-        between our look and our ALTER is fine."""
-        with self._begin() as conn:
-            have = {c["name"] for c in inspect(conn).get_columns("used_tokens")}
-        if "attempt" in have:
-            return
-        try:
-            with self._begin() as conn:
-                conn.execute(text("ALTER TABLE used_tokens ADD COLUMN attempt VARCHAR(32)"))
-        except TemporaryFailure:
-            with self._begin() as conn:
-                if "attempt" not in {c["name"] for c in inspect(conn).get_columns("used_tokens")}:
-                    raise
+            _add_missing_columns(conn)
+            _key_outbound_by_kind(conn)
+            _add_missing_indexes(conn)
 
     def ping(self) -> None:
         """Prove the store takes a write, not only that it answers: a store that can only
@@ -346,6 +341,7 @@ class Store:
         if not self._probe_table_seen:
             try:
                 with self._begin() as conn:
+                    _lock_schema(conn)  # not in the middle of an instance's create_all
                     conn.execute(CreateTable(store_probe, if_not_exists=True))
                 self._probe_table_seen = True
             except (IntegrityError, TemporaryFailure):
@@ -565,9 +561,13 @@ class Store:
         next_attempt_at: float | None = None,
         path: str | None = None,
         kind: str = REQUEST_MAIL,
+        notice: NoticeTerms | None = None,
     ) -> bool:
         """Record what one delivery attempt found and give the row back; False when
-        ``holder`` no longer held it (its lease ran out and someone else took it)."""
+        ``holder`` no longer held it (its lease ran out and someone else took it), and then
+        nothing was written. ``notice``: a FAILED request mail's notice to the task backend,
+        written in the same transaction, so no crash or store error between the two loses
+        it (``request_notices``)."""
         q = outbound_queue.c
         values: dict[str, Any] = {
             "state": state.value,
@@ -590,6 +590,13 @@ class Store:
                 .where(q.request_id == request_id, q.kind == kind, q.holder == holder)
                 .values(**values)
             ).rowcount
+            if changed == 1 and notice is not None and state is Delivery.FAILED:
+                row = _new_notice(request_id, notice.event, answer, now)
+                conn.execute(
+                    _insert_unless_there(conn, request_notices).values(
+                        **row, holder=notice.holder, lease_until=now + notice.lease
+                    )
+                )
         return changed == 1
 
     def get_outbound(self, request_id: str, kind: str = REQUEST_MAIL) -> OutboundMail | None:
@@ -612,47 +619,6 @@ class Store:
             ).mappings()
             mails = [_outbound_mail(row) for row in rows]
         return sorted(mails, key=lambda mail: mail.kind != REQUEST_MAIL)
-
-    def _key_outbound_by_kind(self) -> None:
-        """A store from before reminders went through the queue keys ``outbound_queue`` by
-        request alone: key it by (request, kind), each row it holds a request mail. One
-        transaction that first takes the table, then looks again, so of several instances
-        starting at once one rebuilds and the others find it done."""
-        if self._outbound_has_kind():
-            return
-        with self._begin() as conn:
-            sqlite = conn.dialect.name == "sqlite"
-            # SQLite: the write lock at once (Python's sqlite3 would begin only at the first
-            # INSERT, leaving the CREATE before it outside the transaction).
-            conn.exec_driver_sql("BEGIN IMMEDIATE" if sqlite else "LOCK TABLE outbound_queue IN ACCESS EXCLUSIVE MODE")
-            if "kind" in {c["name"] for c in inspect(conn).get_columns("outbound_queue")}:
-                return  # another instance did it meanwhile
-            if sqlite:
-                # SQLite cannot change a primary key: a new table, the rows copied, renamed.
-                scratch = MetaData()
-                requests.to_metadata(scratch)
-                rekeyed = outbound_queue.to_metadata(scratch, name="outbound_queue_rekeyed")
-                conn.execute(CreateTable(rekeyed))
-                old = ", ".join(c.name for c in outbound_queue.c if c.name != "kind")
-                conn.exec_driver_sql(
-                    f"INSERT INTO outbound_queue_rekeyed ({old}, kind) "
-                    f"SELECT {old}, '{REQUEST_MAIL}' FROM outbound_queue"
-                )
-                conn.exec_driver_sql("DROP TABLE outbound_queue")
-                conn.exec_driver_sql("ALTER TABLE outbound_queue_rekeyed RENAME TO outbound_queue")
-                for index in outbound_queue.indexes:
-                    index.create(conn)
-            else:
-                key = inspect(conn).get_pk_constraint("outbound_queue")["name"]
-                conn.exec_driver_sql(
-                    f"ALTER TABLE outbound_queue ADD COLUMN kind VARCHAR(16) DEFAULT '{REQUEST_MAIL}' NOT NULL"
-                )
-                conn.exec_driver_sql(f'ALTER TABLE outbound_queue DROP CONSTRAINT "{key}"')
-                conn.exec_driver_sql("ALTER TABLE outbound_queue ADD PRIMARY KEY (request_id, kind)")
-
-    def _outbound_has_kind(self) -> bool:
-        with self._begin() as conn:
-            return "kind" in {c["name"] for c in inspect(conn).get_columns("outbound_queue")}
 
     def outbound_summary(self) -> QueueSummary:
         q = outbound_queue.c
@@ -1153,29 +1119,6 @@ class Store:
 
     # Notices to the task backend about a request (request_failed), until told ----------
 
-    def add_notice(
-        self, request_id: str, event: str, answer: str, now: float, holder: str, lease: float
-    ) -> Notice | None:
-        """Record that the backend must be told ``event``, held by ``holder`` for its first
-        attempt. None when it was recorded before (by anyone): that one is told, not this."""
-        row: dict[str, Any] = {
-            "request_id": request_id,
-            "event": event,
-            "answer": answer[:1000],
-            "state": "pending",
-            "attempts": 0,
-            "created_at": now,
-            "next_attempt_at": now,
-            "last_error": None,
-            "done_at": None,
-        }
-        try:
-            with self._begin() as conn:
-                conn.execute(insert(request_notices).values(**row, holder=holder, lease_until=now + lease))
-        except IntegrityError:
-            return None
-        return self.get_notice(request_id, event)
-
     def claim_notices(self, holder: str, now: float, lease: float, limit: int = 100) -> list[Notice]:
         """Take the notices due for another attempt, each by a conditional UPDATE: of several
         instances asking at once only one gets it; a dead holder's goes after its lease."""
@@ -1251,18 +1194,6 @@ class Store:
     # request someone may still answer), no request outside it may decide that task alone,
     # and no group is made while requests outside any group may still decide it. Requests are
     # checked when made (``task_approvals``) and answers when they come (``approval_standing``).
-
-    def _index_approval_groups(self) -> None:
-        """Every answer looks up its task's groups: a store made before that gets the index
-        (``create_all`` makes the indexes of new tables only)."""
-        name = "ix_approval_groups_task_id"
-        try:
-            with self._begin() as conn:
-                conn.execute(text(f"CREATE INDEX IF NOT EXISTS {name} ON approval_groups (task_id)"))
-        except (IntegrityError, TemporaryFailure):
-            with self._begin() as conn:  # another instance starting at the same moment made it
-                if name not in {i["name"] for i in inspect(conn).get_indexes("approval_groups")}:
-                    raise
 
     def add_approval_group(self, task_id: str, needed: int, now: float) -> str:
         group_id = "g-" + secrets.token_hex(8)
@@ -1548,6 +1479,91 @@ approval_members = Table(
 )
 
 
+# The schema: made, or brought up to date, as an instance starts --------------------------
+
+# PostgreSQL advisory lock key (with the schema's name hashed as the second half) that
+# ``create_schema`` takes: any number, as long as it is the same in every version.
+SCHEMA_LOCK = 0x72636D74  # "rcmt"
+
+
+def _lock_schema(conn: Connection) -> None:
+    """Take, for the rest of ``conn``'s transaction, the lock that makes schema changes one
+    instance at a time: ``create_all`` looks whether a table exists, then creates it, and
+    two instances doing that at once fail on each other's table. PostgreSQL: an advisory
+    lock for this schema (search_path), held until commit; SQLite: the write lock, taken
+    now (Python's sqlite3 would begin only at the first INSERT, leaving DDL before it
+    outside the transaction). Waits as long as any lock: busy_timeout."""
+    if conn.dialect.name == "sqlite":
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+    else:
+        conn.execute(text(f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK}, hashtext(current_schema()))"))
+
+
+def _schema_lacks(conn: Connection) -> bool:
+    """Whether any table, column or index of this version is missing (only reads)."""
+    found = inspect(conn)
+    tables = set(found.get_table_names())
+    if any(table.name not in tables for table in metadata.tables.values()):
+        return True
+    columns = found.get_multi_columns()
+    indexes = found.get_multi_indexes()
+    for table in metadata.tables.values():
+        key = (None, table.name)
+        if not {c.name for c in table.columns} <= {c["name"] for c in columns.get(key, [])}:
+            return True
+        if not {i.name for i in table.indexes} <= {i["name"] for i in indexes.get(key, [])}:
+            return True
+    return False
+
+
+def _add_missing_columns(conn: Connection) -> None:
+    """Bring a store made by an older version up to date (``create_all`` adds tables, not
+    columns). Under the schema lock: no other instance changes it meanwhile."""
+    if "attempt" not in {c["name"] for c in inspect(conn).get_columns("used_tokens")}:
+        conn.execute(text("ALTER TABLE used_tokens ADD COLUMN attempt VARCHAR(32)"))
+
+
+def _key_outbound_by_kind(conn: Connection) -> None:
+    """A store from before reminders went through the queue keys ``outbound_queue`` by
+    request alone: key it by (request, kind), each row it holds a request mail. Under the
+    schema lock, in ``create_schema``'s transaction: all of it or nothing."""
+    if "kind" in {c["name"] for c in inspect(conn).get_columns("outbound_queue")}:
+        return
+    if conn.dialect.name == "sqlite":
+        # SQLite cannot change a primary key: a new table, the rows copied, renamed.
+        scratch = MetaData()
+        requests.to_metadata(scratch)
+        rekeyed = outbound_queue.to_metadata(scratch, name="outbound_queue_rekeyed")
+        conn.execute(CreateTable(rekeyed))
+        old = ", ".join(c.name for c in outbound_queue.c if c.name != "kind")
+        conn.exec_driver_sql(
+            f"INSERT INTO outbound_queue_rekeyed ({old}, kind) SELECT {old}, '{REQUEST_MAIL}' FROM outbound_queue"
+        )
+        conn.exec_driver_sql("DROP TABLE outbound_queue")
+        conn.exec_driver_sql("ALTER TABLE outbound_queue_rekeyed RENAME TO outbound_queue")
+        for index in outbound_queue.indexes:
+            index.create(conn)
+    else:
+        key = inspect(conn).get_pk_constraint("outbound_queue")["name"]
+        conn.exec_driver_sql(
+            f"ALTER TABLE outbound_queue ADD COLUMN kind VARCHAR(16) DEFAULT '{REQUEST_MAIL}' NOT NULL"
+        )
+        conn.exec_driver_sql(f'ALTER TABLE outbound_queue DROP CONSTRAINT "{key}"')
+        conn.exec_driver_sql("ALTER TABLE outbound_queue ADD PRIMARY KEY (request_id, kind)")
+
+
+def _add_missing_indexes(conn: Connection) -> None:
+    """``create_all`` makes the indexes of the tables it creates only: an index added to a
+    table an older version made (approval_groups by task, which every answer looks up)
+    is made here. Under the schema lock."""
+    found = inspect(conn)
+    for table in metadata.tables.values():
+        have = {i["name"] for i in found.get_indexes(table.name)}
+        for index in table.indexes:
+            if index.name not in have:
+                index.create(conn)
+
+
 @dataclass(frozen=True)
 class Notice:
     """Something the task backend must be told about a request (``request_failed``)."""
@@ -1562,6 +1578,16 @@ class Notice:
     created_at: float
     next_attempt_at: float
     last_error: str | None
+
+
+@dataclass(frozen=True)
+class NoticeTerms:
+    """The notice ``settle_outbound`` writes with a request mail's FAILED state: ``event``,
+    held by ``holder`` for its first attempt, for ``lease`` seconds."""
+
+    event: str
+    holder: str
+    lease: float
 
 
 @dataclass(frozen=True)
@@ -1684,6 +1710,33 @@ def _new_mail(request_id: str, kind: str, message: bytes, sender: str, recipient
         "done_at": None,
         "path": None,
     }
+
+
+def _new_notice(request_id: str, event: str, answer: str, now: float) -> dict[str, Any]:
+    """The row of a notice just recorded: due at once, not tried yet."""
+    return {
+        "request_id": request_id,
+        "event": event,
+        "answer": answer[:1000],
+        "state": "pending",
+        "attempts": 0,
+        "created_at": now,
+        "next_attempt_at": now,
+        "last_error": None,
+        "done_at": None,
+    }
+
+
+def _insert_unless_there(conn: Connection, table: Table) -> Any:
+    """An INSERT that leaves a row with the same key alone (ON CONFLICT DO NOTHING): in a
+    transaction that must go on, unlike an IntegrityError, which on PostgreSQL ends it."""
+    if conn.dialect.name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert(table).on_conflict_do_nothing()
+    from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+    return pg_insert(table).on_conflict_do_nothing()
 
 
 def _outbound_mail(row: Any) -> OutboundMail:

@@ -8,9 +8,12 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
+from sqlalchemy import text
 from test_store import store as store  # the same store fixture: SQLite and PostgreSQL
 
-from rc_mta.store import Request, Store
+from rc_mta.errors import StoreUnavailable
+from rc_mta.store import Delivery, NoticeTerms, Request, Store
 from rc_mta.tokens import new_request_id
 
 
@@ -80,12 +83,24 @@ def test_a_withdrawn_step_is_never_due_again(store: Store) -> None:
     assert not store.claim_followup(request.id, "reminder-1", "other", now + 1000, 300)
 
 
-def test_a_notice_is_recorded_once_and_retried_by_one_instance_at_a_time(store: Store) -> None:
+def _request_mail(store: Store, task_id: str, owner: str, now: float, holder: str) -> Request:
+    """A request whose mail ``holder`` is sending."""
+    request = Request(new_request_id(), task_id, owner, "t", now, now + 3600, None, None)
+    store.add_request_with_mail(request, b"Subject: t\r\n\r\n", "rc@x", now, holder, 300)
+    return request
+
+
+def test_a_notice_is_recorded_once_with_its_failed_mail_and_retried_by_one_instance_at_a_time(store: Store) -> None:
     now = time.time()
-    request = _request(store, "ticket-6", "bob@example.com", now)
-    first = store.add_notice(request.id, "request_failed", "550 no", now, "failer", 300)
+    request = _request_mail(store, "ticket-6", "bob@example.com", now, "failer")
+    failed = NoticeTerms("request_failed", "failer", 300)
+    assert store.settle_outbound(request.id, "failer", Delivery.FAILED, "550 no", now, notice=failed)
+    first = store.get_notice(request.id, "request_failed")
     assert first is not None and (first.task_id, first.owner, first.state) == ("ticket-6", request.owner, "pending")
-    assert store.add_notice(request.id, "request_failed", "550 no", now, "twin", 300) is None
+    assert first.answer == "550 no"
+    twin = NoticeTerms("request_failed", "twin", 300)  # one that no longer holds the mail
+    assert not store.settle_outbound(request.id, "twin", Delivery.FAILED, "550 other", now, notice=twin)
+    assert store.get_notice(request.id, "request_failed") == first
 
     assert store.claim_notices("round", now + 1, 300) == []  # its recorder holds it for the first try
     assert store.settle_notice(first, "failer", "pending", now + 1, error="down", next_attempt_at=now + 60)
@@ -113,3 +128,39 @@ def test_a_notice_is_recorded_once_and_retried_by_one_instance_at_a_time(store: 
     told = store.get_notice(request.id, "request_failed")
     assert told is not None and (told.state, told.attempts) == ("told", 2)
     assert store.claim_notices("round", now + 10_000, 300) == []
+
+
+def test_a_request_mail_is_failed_only_with_its_notice_written_too(store: Store) -> None:
+    """What cannot keep the notice (here its table is gone) does not fail the mail either:
+    it stays held, and after the lease another attempt fails it with its notice."""
+    now = time.time()
+    request = _request_mail(store, "ticket-7", "bob@example.com", now, "failer")
+    with store.engine.begin() as conn:
+        conn.execute(text("DROP TABLE request_notices"))
+    store.engine.dispose()
+
+    with pytest.raises(StoreUnavailable):
+        store.settle_outbound(
+            request.id, "failer", Delivery.FAILED, "550 no", now, notice=NoticeTerms("request_failed", "failer", 300)
+        )
+
+    mail = store.get_outbound(request.id)
+    assert mail is not None and (mail.state, mail.attempts, mail.last_answer) == (Delivery.QUEUED, 0, None)
+    store.create_schema()
+    [again] = store.claim_outbound("other", now + 301, 60, 10)
+    retry = NoticeTerms("request_failed", "other", 300)
+    assert store.settle_outbound(again.request_id, "other", Delivery.FAILED, "550 no", now + 302, notice=retry)
+    notice = store.get_notice(request.id, "request_failed")
+    assert notice is not None and (notice.state, notice.answer) == ("pending", "550 no")
+
+
+def test_a_mail_sent_or_deferred_records_no_notice(store: Store) -> None:
+    now = time.time()
+    terms = NoticeTerms("request_failed", "sender", 300)
+    sent = _request_mail(store, "ticket-8", "bob@example.com", now, "sender")
+    assert store.settle_outbound(sent.id, "sender", Delivery.SENT, "250 ok", now, notice=terms)
+    deferred = _request_mail(store, "ticket-8", "carol@example.com", now, "sender")
+    assert store.settle_outbound(deferred.id, "sender", Delivery.DEFERRED, "451 later", now, notice=terms)
+
+    assert store.get_notice(sent.id, "request_failed") is None
+    assert store.get_notice(deferred.id, "request_failed") is None

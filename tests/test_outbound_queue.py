@@ -6,23 +6,30 @@ same queue."""
 
 from __future__ import annotations
 
+import asyncio
 import email
 import email.policy
 import json
+import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from conftest import RcMta, free_port, make_rc_mta, wait_until
 from mailclient import reply_message, send_smtp
+from release_server import FakeRelease
 from smtpsink import RELAY_USER, running_relay
+from test_store import store as store  # SQLite and PostgreSQL
 from webhook_receiver import WebhookReceiver
 
-from rc_mta.store import Notice, Store
+from rc_mta.store import Delivery, Notice, OutboundMail, Request, Store
+from rc_mta.tokens import new_request_id
 
 TOKEN = "queue-test-token"
 PASSWORD = "relay-secret"
+RELEASE_TOKEN = "release-personal-token-0123"
 
 
 def _with_relay(server: RcMta, port: int) -> RcMta:
@@ -417,3 +424,95 @@ def test_request_failed_a_webhook_never_takes_is_given_up_with_an_error_after_th
         assert notice is not None and notice.attempts == attempts >= 2  # each try reached it; none after
     finally:
         receiver.stop()
+
+
+# The look at whether a reminder is still wanted counts against its lease ----------------------
+
+
+async def _until(condition: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
+    """``wait_until`` for a test that runs rc-mta's loops on its own event loop: the
+    condition (a store read) runs off the loop, so the loops go on meanwhile."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if found := await asyncio.to_thread(condition):
+            return found
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def test_a_reminder_whose_task_cannot_be_read_within_its_lease_is_deferred_and_sent_once_by_two_instances(
+    store: Store, tmp_path: Path
+) -> None:
+    """Release answers the look at the task (is it still in progress?) later than the
+    mail's lease lasts. Were the look outside the time that bounds the delivery, the
+    instance holding the reminder would send it after its lease ran out, and the other
+    instance, which took it meanwhile, would send it too. Each attempt defers it instead,
+    and once Release answers in time one instance sends it, once."""
+    from rc_mta.app import Service
+    from rc_mta.config import OutboundConfig, ReleaseConfig, Settings, SigningConfig, StoreConfig, TasksConfig
+
+    release = FakeRelease(token=RELEASE_TOKEN).start()
+    task = release.add_task()
+    port = free_port()
+    settings = Settings(
+        store=StoreConfig(url=store.url),
+        signing=SigningConfig(generated_key_file=tmp_path / "key"),
+        tasks=TasksConfig(backend="release", release=ReleaseConfig(url=release.url, token=RELEASE_TOKEN, retries=0)),
+        outbound=OutboundConfig(
+            transport="smtp",
+            smtp_host="127.0.0.1",
+            smtp_port=port,
+            smtp_username=RELAY_USER,
+            smtp_password=PASSWORD,
+            smtp_timeout="5s",
+            from_address="release@example.com",
+            retry_min="0.2s",
+            retry_max="0.2s",
+            queue_poll_interval="0.1s",
+        ),
+    )
+    instances = [Service.open(settings, generate_key=True) for _ in range(2)]
+    for service in instances:
+        service.queue.lease = 4.0  # of at least 60 s otherwise: the look takes longer than this
+    now = time.time()
+    request = Request(new_request_id(), task, "alice@example.com", "Approve deploy", now, now + 3600, None, None)
+    store.add_request(request)
+    assert store.claim_followup(request.id, "reminder-1", "round", now, 300)
+    message = b"Subject: Reminder: Approve deploy\r\nMessage-ID: <reminder-1@example.com>\r\n\r\nStill waiting.\r\n"
+    # Queued as a follow-up round does, its lease over at once: either sender loop takes it.
+    assert store.queue_followup_mail(request, "reminder-1", "round", message, "release@example.com", now, "-", 0)
+    release.delay = 5.0  # longer than the whole lease
+
+    def reminder() -> OutboundMail:
+        mail = store.get_outbound(request.id, "reminder-1")
+        assert mail is not None
+        return mail
+
+    async def scenario() -> OutboundMail:
+        loops = [asyncio.create_task(service.queue.run()) for service in instances]
+        try:
+            deferred = await _until(lambda: (m := reminder()).attempts >= 2 and m, what="two attempts deferred")
+            release.delay = 0.0
+            await _until(lambda: reminder().state is Delivery.SENT, what="the reminder sent")
+        finally:
+            for loop in loops:
+                loop.cancel()
+            await asyncio.gather(*loops, return_exceptions=True)
+            for service in instances:
+                await service.backend.close()
+        assert isinstance(deferred, OutboundMail)
+        return deferred
+
+    try:
+        with running_relay(port, PASSWORD) as relay:
+            deferred = asyncio.run(scenario())
+            received = _message_ids(relay.received)
+    finally:
+        for service in instances:
+            service.close()
+        release.stop()
+
+    assert deferred.state is Delivery.DEFERRED
+    assert deferred.last_answer == "not sent yet, as it could not be told within 2s whether it is still wanted"
+    assert received == ["<reminder-1@example.com>"]  # once, by one of the two
+    assert reminder().attempts >= 3

@@ -1,0 +1,118 @@
+"""The schema as instances make it at start, on SQLite and on PostgreSQL: several instances
+starting together on one store (new, or made by an older version) all start, and the store
+they leave has every table, column and index this version uses."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from sqlalchemy import inspect, text
+from test_outbound_store import _old_outbound_table
+from test_store import store as store  # SQLite and PostgreSQL
+
+from rc_mta.store import Delivery, NoticeTerms, Request, Store, metadata
+from rc_mta.tokens import new_request_id
+
+# What each age of store lacks, newest first: what it takes to make one.
+AGES = ["new", "before notices and approvals", "before attempts, reminders and notices"]
+
+
+def _make_older(store: Store, age: str) -> Request | None:
+    """Turn the fixture's complete store into one of ``age``; the request whose queued mail
+    must survive the upgrade, if that age had one."""
+    if age == "new":
+        with store.engine.begin() as conn:
+            metadata.drop_all(conn)
+        store.engine.dispose()
+        return None
+    with store.engine.begin() as conn:
+        for table in ("request_notices", "approval_members", "approval_groups"):
+            conn.execute(text(f"DROP TABLE {table}"))
+    store.engine.dispose()
+    if age == "before notices and approvals":
+        return None
+    now = time.time()
+    request = Request(new_request_id(), "t-1", "alice@example.com", "t", now, now + 3600, None, None)
+    store.add_request(request)
+    with store.engine.begin() as conn:
+        conn.execute(text("ALTER TABLE used_tokens DROP COLUMN attempt"))
+    _old_outbound_table(store, request, now)  # keyed by request, one deferred mail in it
+    return request
+
+
+def _start_at_once(url: str, instances: int, probes: int = 0) -> list[str]:
+    """What ``instances`` services starting together do first, each with its own Store,
+    while ``probes`` readiness probes (``check-config``, /readyz) ask the same store."""
+    starting = [Store(url, busy_timeout=5) for _ in range(instances + probes)]
+    errors: list[str] = []
+    barrier = threading.Barrier(len(starting))
+
+    def start(instance: Store, probe: bool) -> None:
+        barrier.wait()
+        try:
+            instance.ping() if probe else instance.create_schema()
+        except BaseException as exc:  # collected for the assertion
+            errors.append(f"{'ping' if probe else 'create_schema'}: {type(exc).__name__}: {exc}")
+
+    threads = [threading.Thread(target=start, args=(s, i >= instances)) for i, s in enumerate(starting)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for instance in starting:
+        instance.close()
+    return errors
+
+
+def _missing(store: Store) -> list[str]:
+    """Every table, column and index of this version's schema the store lacks."""
+    lacking: list[str] = []
+    with store.engine.connect() as conn:
+        found = inspect(conn)
+        tables = set(found.get_table_names())
+        for table in metadata.sorted_tables:
+            if table.name not in tables:
+                lacking.append(table.name)
+                continue
+            columns = {c["name"] for c in found.get_columns(table.name)}
+            lacking += [f"{table.name}.{c.name}" for c in table.columns if c.name not in columns]
+            indexes = {i["name"] for i in found.get_indexes(table.name)}
+            lacking += [f"index {i.name}" for i in table.indexes if i.name not in indexes]
+            key = found.get_pk_constraint(table.name)["constrained_columns"]
+            if key != [c.name for c in table.primary_key.columns]:
+                lacking.append(f"{table.name} keyed by {key}")
+    return lacking
+
+
+@pytest.mark.parametrize("age", AGES)
+def test_instances_starting_together_on_a_store_of_any_age_all_start_and_complete_it(store: Store, age: str) -> None:
+    kept = _make_older(store, age)
+    assert _missing(store) != []
+
+    errors = _start_at_once(store.url, 4)
+
+    assert errors == []
+    assert _missing(store) == []
+    if kept is not None:  # the old mail is still there, now the request mail of its request
+        [mail] = store.outbound_mails(kept.id)
+        assert (mail.kind, mail.state, mail.attempts) == ("request", Delivery.DEFERRED, 2)
+    now = time.time()
+    request = Request(new_request_id(), "t-2", "bob@example.com", "t", now, now + 60, None, None)
+    store.add_request_with_mail(request, b"Subject: t\r\n\r\n", "rc@x", now, "me", 60)
+    failed = NoticeTerms("request_failed", "me", 60)
+    assert store.settle_outbound(request.id, "me", Delivery.FAILED, "550 no", now, notice=failed)
+    assert store.get_notice(request.id, "request_failed") is not None
+
+
+def test_readiness_probes_while_instances_start_on_a_new_store_stop_none_of_them(store: Store) -> None:
+    """A probe makes its own small table (``check-config`` on a new install, /readyz of an
+    instance already up) while the services make the whole schema: none may fail on a
+    table another made meanwhile."""
+    _make_older(store, "new")
+
+    errors = _start_at_once(store.url, 3, probes=3)
+
+    assert errors == []
+    assert _missing(store) == []
