@@ -13,7 +13,8 @@ import json
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -193,18 +194,30 @@ def test_outbox_delivery_is_the_queue_writing_the_file(fresh_rc: RcMta) -> None:
     assert shown["delivery"]["last_answer"] == f"written to {sent['path']}"
 
 
-def test_two_instances_on_one_postgresql_store_send_each_request_once(tmp_path: Path, pg_url: str) -> None:
-    port = free_port()
+@contextmanager
+def _two_instances(
+    tmp_path: Path, pg_url: str, port: int, configure: Callable[[RcMta, int], RcMta]
+) -> Iterator[list[RcMta]]:
+    """Two instances of one deployment (the same keys) on one PostgreSQL store, running."""
     instances = []
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
         instances.append(make_rc_mta(tmp_path / name, store={"url": pg_url, "busy_timeout": "5s"}))
     for rc in instances:
-        rc.settings["signing"] = instances[0].settings["signing"]  # one deployment: the same keys
-        _with_relay(rc, port)
+        rc.settings["signing"] = instances[0].settings["signing"]
+        configure(rc, port)
     try:
         for rc in instances:
             rc.start()
+        yield instances
+    finally:
+        for rc in instances:
+            rc.stop()
+
+
+def test_two_instances_on_one_postgresql_store_send_each_request_once(tmp_path: Path, pg_url: str) -> None:
+    port = free_port()
+    with _two_instances(tmp_path, pg_url, port, _with_relay) as instances:
         first = instances[0]
         # Made while the relay is down: every one is waiting when it comes up, for both.
         requests = [first.request(first.add_task(title=f"Approve release {n}")) for n in range(6)]
@@ -220,9 +233,6 @@ def test_two_instances_on_one_postgresql_store_send_each_request_once(tmp_path: 
         assert sorted(received) == sorted(r["message_id"] for r in requests)  # each once, none twice
         senders = [rc.log_path.read_text().count("sent to alice@example.com") for rc in instances]
         assert sum(senders) == len(requests)
-    finally:
-        for rc in instances:
-            rc.stop()
 
 
 # Reminders go through the same queue ---------------------------------------------------------
@@ -322,16 +332,7 @@ def test_a_reminder_the_relay_refuses_is_not_told_to_the_webhook_as_a_failed_req
 
 def test_two_instances_on_one_postgresql_store_send_each_reminder_once(tmp_path: Path, pg_url: str) -> None:
     port = free_port()
-    instances = []
-    for name in ("a", "b"):
-        (tmp_path / name).mkdir()
-        instances.append(make_rc_mta(tmp_path / name, store={"url": pg_url, "busy_timeout": "5s"}))
-    for rc in instances:
-        rc.settings["signing"] = instances[0].settings["signing"]  # one deployment: the same keys
-        _reminding(rc, port)
-    try:
-        for rc in instances:
-            rc.start()
+    with _two_instances(tmp_path, pg_url, port, _reminding) as instances:
         first = instances[0]
         # Made while the relay is down: both instances' rounds find every reminder due, and
         # both sender loops find every mail waiting when it comes up.
@@ -352,9 +353,6 @@ def test_two_instances_on_one_postgresql_store_send_each_reminder_once(tmp_path:
         assert sorted(str(m["In-Reply-To"]) for m in received if m["In-Reply-To"]) == sorted(
             r["message_id"] for r in requests
         )
-    finally:
-        for rc in instances:
-            rc.stop()
 
 
 # A failed request told to a webhook that is down ---------------------------------------------
