@@ -1112,34 +1112,50 @@ class Store:
         return str(found) if found is not None else None
 
     def decided_by_sibling(self, request_id: str) -> tuple[str, str, str] | None:
-        """(action, actor, request id) of another request of the same task whose answer,
-        given since this one was made, decided the task: for a backend that cannot be asked
-        (the webhook), rc-mta's own record of it. An approval that did not (yet) decide its
-        N-of-M group decided nothing."""
+        """(action, actor, request id) of what decided this request's task since it was
+        made, by rc-mta's own record (for a backend that cannot be asked, the webhook):
+        another request's answer, or an N-of-M group's decision with its approvers (or who
+        failed it) and the answer that decided. An approval that did not decide its group
+        decided nothing, and one that came before the decision is not what decided."""
         mine = requests.alias("mine")
         r, u, m, g = requests.c, used_tokens.c, approval_members.c, approval_groups.c
-        undecided_approval = (
+        in_group = (
             select(m.request_id)
             .join(approval_groups, g.id == m.group_id)
-            .where(m.request_id == r.id, g.needed > 1, g.decided_at.is_(None))
+            .where(m.request_id == r.id, g.needed > 1)
             .exists()
         )
-        query = (
-            select(u.action, u.actor, r.id)
+        alone = (
+            select(u.done_at, u.action, u.actor, r.id)
             .select_from(used_tokens.join(requests, r.id == u.request_id).join(mine, mine.c.task_id == r.task_id))
             .where(
                 mine.c.id == request_id,
                 r.id != request_id,
                 u.state == "done",
                 u.done_at >= mine.c.created_at,
-                ~undecided_approval,
+                ~in_group,
             )
             .order_by(u.done_at)
             .limit(1)
         )
+        groups = (
+            select(g.decided_at, g.decision, g.decided_by, g.decided_request)
+            .join(mine, mine.c.task_id == g.task_id)
+            .where(
+                mine.c.id == request_id,
+                g.needed > 1,
+                g.decided_at >= mine.c.created_at,
+                g.decided_request != request_id,
+            )
+            .order_by(g.decided_at)
+            .limit(1)
+        )
         with self._begin() as conn:
-            row = conn.execute(query).first()
-        return (str(row[0]), str(row[1]), str(row[2])) if row is not None else None
+            found = [row for row in (conn.execute(alone).first(), conn.execute(groups).first()) if row is not None]
+        if not found:
+            return None
+        first = min(found, key=lambda row: float(row[0]))
+        return str(first[1]), str(first[2] or "the other owners"), str(first[3])
 
     def release_followup(self, request_id: str, step: str, holder: str) -> None:
         """It failed: the next round (of anyone) tries again."""

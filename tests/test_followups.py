@@ -15,12 +15,16 @@ import pytest
 from conftest import RcMta, make_rc_mta, wait_until
 from mailclient import reply_message, send_smtp
 from release_server import FakeRelease
+from test_approvals import TOKEN as API_TOKEN
+from test_approvals import answer, ask
 from webhook_receiver import WebhookReceiver
 
 from rc_mta.store import Store
 
 ALICE = "alice@example.com"
 BOB = "bob@example.com"
+CAROL = "carol@example.com"
+DAVE = "dave@example.com"
 TASK = "Applications/Folder1/Release1/Phase1/Task1"
 TASK2 = "Applications/Folder1/Release1/Phase1/Task2"
 TOKEN = "release-personal-token-0123"
@@ -213,6 +217,33 @@ def test_webhook_task_decided_by_a_sibling_request_gets_no_reminder_and_no_expir
         assert followup_state(server, request_id, "expired") == "withdrawn"
         assert receiver.payloads == [action]  # no expired event
         assert outbox_mail(server, f"{request_id}-reminder-1") is None
+    finally:
+        server.stop()
+        receiver.stop()
+
+
+def test_a_webhook_group_failed_by_one_withdraws_reminders_saying_who_failed_it(tmp_path: Path) -> None:
+    """What decided is the group: Alice approved, then Dave failed it; Carol's reminder is
+    withdrawn saying Dave failed it, not that Alice's approval completed it."""
+    receiver = WebhookReceiver().start()
+    server = following_up(tmp_path, reminders=[])
+    server.settings["http"]["api_tokens"] = [API_TOKEN]
+    server.settings["tasks"] = {"backend": "webhook", "webhook": {"url": receiver.url, "secret": receiver.secret}}
+    try:
+        server.start()
+        sent = ask(server, "CHANGE-5", [ALICE, DAVE, CAROL], 2)
+        assert "1 of the 2" in answer(server, sent, ALICE).text
+        assert answer(server, sent, DAVE, "fail").code == 250
+        server.stop()
+        server.settings["requests"]["reminders"] = ["1s"]
+        server.start()
+
+        carols, daves = sent[CAROL]["request_id"], sent[DAVE]["request_id"]
+        why = f"task CHANGE-5 was failed by {DAVE} (request {daves})"
+        line = f"request {carols}: reminder-1 withdrawn, nothing sent: {why}"
+        wait_until(lambda: logged(server, line), what="Carol's reminder withdrawn")
+        assert followup_state(server, carols, "reminder-1") == "withdrawn"
+        assert not logged(server, f"was completed by {ALICE}")
     finally:
         server.stop()
         receiver.stop()

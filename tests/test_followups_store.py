@@ -51,6 +51,7 @@ def test_an_answer_from_before_the_request_was_made_decides_nothing(store: Store
 
 
 def test_an_approval_decides_only_once_its_group_is_decided(store: Store) -> None:
+    """What decided is the group: its decision and approvers, and the answer that decided."""
     now = time.time()
     group = store.add_approval_group("ticket-4", 2, now)
     members = [_request(store, "ticket-4", f"{name}@example.com", now) for name in ("alice", "bob", "carol")]
@@ -58,13 +59,31 @@ def test_an_approval_decides_only_once_its_group_is_decided(store: Store) -> Non
         store.add_approval_member(member.id, group)
     alice, bob, carol = members
 
-    assert store.count_approval(group, alice.id, alice.owner, now + 1) == 1
     _answer(store, alice, "complete", now + 1)
+    assert store.count_approval(group, alice.id, alice.owner, now + 1) == 1
     assert store.decided_by_sibling(carol.id) is None  # one approval of two: still open
 
-    assert store.count_approval(group, bob.id, bob.owner, now + 2) == 2
     _answer(store, bob, "complete", now + 2)
-    assert store.decided_by_sibling(carol.id) == ("complete", alice.owner, alice.id)
+    assert store.count_approval(group, bob.id, bob.owner, now + 2) == 2
+    approvers = f"{alice.owner}, {bob.owner}"
+    assert store.decided_by_sibling(carol.id) == ("complete", approvers, bob.id)
+    assert store.decided_by_sibling(alice.id) == ("complete", approvers, bob.id)
+
+
+def test_a_group_failed_by_one_is_reported_failed_by_them(store: Store) -> None:
+    now = time.time()
+    group = store.add_approval_group("ticket-8", 2, now)
+    members = [_request(store, "ticket-8", f"{name}@example.com", now) for name in ("alice", "dave", "carol")]
+    for member in members:
+        store.add_approval_member(member.id, group)
+    alice, dave, carol = members
+
+    _answer(store, alice, "complete", now + 1)
+    assert store.count_approval(group, alice.id, alice.owner, now + 1) == 1
+    _answer(store, dave, "fail", now + 2)
+    assert store.decide_group_fail(group, dave.id, dave.owner, now + 2)
+
+    assert store.decided_by_sibling(carol.id) == ("fail", dave.owner, dave.id)
 
 
 def test_a_withdrawn_step_is_never_due_again(store: Store) -> None:
