@@ -32,13 +32,12 @@ from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from . import __version__
 from .errors import RcMtaError, Refusal, TaskNotFound, TemporaryFailure
-from .pipeline import STALE_CLAIM_SECONDS
 from .request_mail import MAX_DESCRIPTION_CHARS, RequestContext
 from .shapes import Email, Link, TaskCreate, TaskId, TaskOut, Text, Timestamp, task_json
 from .shapes import StrictBody as _Body
 from .shapes import iso as _iso
 from .shapes import iso_or_none as _iso_or_none
-from .store import REQUEST_MAIL, Claim, Delivery, OutboundMail, Request
+from .store import REQUEST_MAIL, STALE_CLAIM_SECONDS, Claim, Delivery, OutboundMail, Request
 
 if TYPE_CHECKING:
     from .app import Service

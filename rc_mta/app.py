@@ -34,7 +34,7 @@ from .pipeline import Decision, Inbound, Pipeline
 from .ratelimit import rate_limiter
 from .request_mail import Language, RequestContext, compose
 from .sender_auth import Client, SenderAuth
-from .store import IN_PROGRESS, Request, Store
+from .store import IN_PROGRESS, GroupState, Request, Store
 from .tasks import RequestFailureListener, TaskBackend, TaskNotFound, TaskNotInProgress, make_backend
 from .tokens import (
     GENERATED_KEY_ID,
@@ -166,10 +166,13 @@ class Service:
             if known is None or known[0].task_id != task_id:
                 raise RcMtaError(f"task {task_id} has no approval group {group_id}")
             group, asked = known
-            if group.decided_at is not None:
+            if group.state is GroupState.DECIDED:
                 past = "completed" if group.decision == "complete" else "failed"
                 why = f"approval group {group_id} of task {task_id} was already decided: {past} by {group.decided_by}"
                 raise ApprovalConflict(why, "nothing is left to approve")
+            if group.state is GroupState.DECIDING:
+                why = f"approval group {group_id} of task {task_id} is being decided right now"
+                raise ApprovalConflict(why, "ask again once the backend was told (or the decision taken back)")
             if owner is not None and owner in asked:
                 raise ApprovalConflict(
                     f"{owner} is already asked in approval group {group_id}",

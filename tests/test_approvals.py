@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import email.policy
 import json
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import RcMta, make_rc_mta
+from conftest import RcMta, make_rc_mta, wait_until
 from mailclient import SmtpOutcome, reply_message, send_smtp
 from webhook_receiver import WebhookReceiver
 
@@ -152,6 +153,61 @@ def test_webhook_is_posted_once_when_two_of_three_approved(tmp_path: Path) -> No
         assert (posted["task_id"], posted["action"], posted["actor"]) == ("CHANGE-7", "complete", ALICE)
         assert posted["comment"].endswith(f"Approved by {CAROL}, {ALICE}")
     finally:
+        server.stop()
+        receiver.stop()
+
+
+def webhook_server(tmp_path: Path, store: str, request: pytest.FixtureRequest, receiver: WebhookReceiver) -> RcMta:
+    """An API server whose tasks are a webhook's, on the ``store`` named (sqlite, postgresql)."""
+    server = make_rc_mta(tmp_path, http={"api_tokens": [TOKEN]})
+    webhook = {"url": receiver.url, "secret": receiver.secret, "timeout": "30s"}
+    server.settings["tasks"] = {"backend": "webhook", "webhook": webhook}
+    if store == "postgresql":
+        server.settings["store"] = {"url": request.getfixturevalue("pg_url"), "busy_timeout": "2s"}
+    return server
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
+def test_an_answer_while_the_decision_is_being_told_waits_and_counts_once_it_is_taken_back(
+    store: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """Bob's approval decides 2 of 3, but a decision is final only once the backend was told:
+    Carol's fail meanwhile is asked to come again (451), the webhook answers 503 so Bob's
+    decision is taken back, and Carol's fail, retried, decides. Bob's retry is refused."""
+    gate = threading.Event()
+    receiver = WebhookReceiver(answer=(503, {"detail": "maintenance"}), gate=gate).start()
+    server = webhook_server(tmp_path, store, request, receiver)
+    try:
+        server.start()
+        sent = ask(server, "CHANGE-9", [ALICE, BOB, CAROL], 2)
+        assert "1 of the 2" in answer(server, sent, ALICE).text
+        bobs = reply_message(sent[BOB]["complete_address"], "Approved", sender=BOB)
+        carols = reply_message(sent[CAROL]["fail_address"], "No, not this week", sender=CAROL)
+        waiting = R.DECISION_IN_PROGRESS.with_text(task_id="CHANGE-9")
+        with ThreadPoolExecutor(1) as pool:
+            deciding = pool.submit(send_smtp, server.smtp_port, bobs, sent[BOB]["complete_address"], BOB)
+            wait_until(lambda: len(receiver.payloads) == 1, what="Bob's deciding POST under way")
+            predicted = diagnose(server, tmp_path, carols, CAROL)
+            told = send_smtp(server.smtp_port, carols, sent[CAROL]["fail_address"], mail_from=CAROL)
+            assert f"{told.code} {told.text}" == predicted["smtp_reply"] == str(waiting), predicted
+            assert predicted["would"] == "retry"
+            gate.set()
+            bob_first = deciding.result()
+        assert (bob_first.code, bob_first.enhanced) == (451, "4.3.0"), bob_first  # the webhook's 503
+
+        receiver.answer = None
+        again = send_smtp(server.smtp_port, carols, sent[CAROL]["fail_address"], mail_from=CAROL)
+        assert again.code == 250 and again.text.endswith(
+            R.TASK_ACTED.with_text(task_id="CHANGE-9", action_past="failed").text
+        ), again
+        bob_again = send_smtp(server.smtp_port, bobs, sent[BOB]["complete_address"], mail_from=BOB)
+        assert (bob_again.code, bob_again.enhanced) == (550, "5.7.1"), bob_again
+        assert bob_again.text.endswith(
+            R.DECISION_MADE.with_text(task_id="CHANGE-9", action_past="failed", by=CAROL).text
+        )
+        assert [(p["action"], p["actor"]) for p in receiver.payloads] == [("complete", BOB), ("fail", CAROL)]
+    finally:
+        gate.set()
         server.stop()
         receiver.stop()
 
