@@ -452,6 +452,10 @@ class _Api:
             description=body.description,
         )
         needed, group = await self._approval_group(body, task.id, len(recipients))
+        # Every owner is checked before anyone is asked: a 409 for one (already asked in the
+        # group, say) must not come after another's mail went out.
+        for owner in recipients:
+            await service.check_approvals(task.id, (owner or task.owner).strip().lower(), group, new_group=False)
         sent = []
         try:
             for owner in recipients:

@@ -21,10 +21,11 @@ from typing import Any
 import pytest
 from conftest import RcMta, make_rc_mta, wait_until
 from mailclient import SmtpOutcome, reply_message, send_smtp
+from sqlalchemy import select
 from webhook_receiver import WebhookReceiver
 
 from rc_mta import smtp_replies as R
-from rc_mta.store import Request, Store
+from rc_mta.store import Request, Store, requests
 from rc_mta.tokens import new_request_id
 
 TOKEN = "approvals-api-token-5d1e"
@@ -296,6 +297,34 @@ def test_the_person_is_added_to_the_group_under_its_rule(api: RcMta) -> None:
     assert shown["comments"][-1]["text"].endswith(f"Approved by {DAVE}, {CAROL}")
     late = answer(api, sent, ALICE)
     assert (late.code, late.enhanced) == (550, "5.7.1")
+
+
+def test_people_added_together_are_each_checked_before_anyone_is_asked(api: RcMta, tmp_path: Path) -> None:
+    """Carol and Alice added to a group Alice is asked in already: refused before Carol is
+    mailed, so she gets no request that is withdrawn at once."""
+    task = api.add_task(owner=ALICE)
+    status, body = post(api, "/v1/requests", {"task_id": task, "owners": [ALICE, BOB], "approvals": "all"})
+    assert status == 201, body
+    group = body["approval_group"]
+    outbox = tmp_path / "outbox"
+    mailed = sorted(p.name for p in outbox.glob("*.eml"))
+    assert mailed == sorted(f"{r['request_id']}.eml" for r in body["requests"])
+
+    status, refused = post(api, "/v1/requests", {"task_id": task, "owners": [CAROL, ALICE], "approval_group": group})
+    assert status == 409, refused
+    assert refused["error"]["message"].startswith(f"{ALICE} is already asked in approval group {group}")
+    assert sorted(p.name for p in outbox.glob("*.eml")) == mailed  # the send is done before the answer
+    store = Store(str(api.settings["store"]["url"]))
+    try:
+        with store.engine.connect() as conn:
+            owners = conn.execute(select(requests.c.owner).where(requests.c.task_id == task)).scalars().all()
+    finally:
+        store.close()
+    assert sorted(owners) == [ALICE, BOB]  # no request for Carol, not even a withdrawn one
+
+    status, joined = post(api, "/v1/requests", {"task_id": task, "owners": [CAROL], "approval_group": group})
+    assert status == 201, joined
+    assert (outbox / f"{joined['requests'][0]['request_id']}.eml").exists()
 
 
 def test_once_the_groups_requests_are_withdrawn_a_request_alone_decides(both: RcMta) -> None:
