@@ -206,8 +206,10 @@ class RequestOut(BaseModel):
     )
     reminders: list[ReminderOut] = Field(
         default_factory=list,
-        description="Each reminder mail queued so far, in order; a reminder withdrawn or revoked before it "
-        "was sent is `failed` with `last_answer` saying why.",
+        description="Each reminder mail queued so far, in order; one withheld in the queue before it was sent"
+        " (its request revoked, expired or answered, its task decided meanwhile) is `failed` with `last_answer`"
+        " saying why. A reminder withdrawn by the follow-up round when it came due was never queued and is not"
+        " listed (the log says why).",
     )
 
 

@@ -157,9 +157,13 @@ class Service:
         in a group about to be made, or alone): while a group may still decide the task, no
         request outside it may (it would decide alone); a group is not made, or added to, while
         requests outside any group may still decide it; a person is asked once in a group.
-        Two requests made at the same moment may both pass this look: answers are held to the
-        same rule when they come (``Pipeline.evaluate``), and one person's approvals count once
-        (``Store.count_approval``), so neither decides past it."""
+        This look is not one with making the request: two made at the same moment may both
+        pass it. Then only answers keep the rule, and only one way (``Pipeline.evaluate``): an
+        answer is refused while a group of its task it is not part of may still decide it. So
+        a lone request made beside a new group never decides while the group may, but the
+        group is not held back by it; and two groups made at once refuse each other's answers
+        until one group's requests are revoked. One person's approvals count once in a group
+        (``Store.count_approval``)."""
         found = await asyncio.to_thread(self.store.task_approvals, task_id, time.time())
         if group_id is not None:
             known = await asyncio.to_thread(self.store.approval_group, group_id)
