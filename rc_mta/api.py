@@ -32,13 +32,12 @@ from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from . import __version__
 from .errors import RcMtaError, Refusal, TaskNotFound, TemporaryFailure
-from .pipeline import STALE_CLAIM_SECONDS
 from .request_mail import MAX_DESCRIPTION_CHARS, RequestContext
 from .shapes import Email, Link, TaskCreate, TaskId, TaskOut, Text, Timestamp, task_json
 from .shapes import StrictBody as _Body
 from .shapes import iso as _iso
 from .shapes import iso_or_none as _iso_or_none
-from .store import REQUEST_MAIL, Claim, Delivery, OutboundMail, Request
+from .store import REQUEST_MAIL, STALE_CLAIM_SECONDS, Claim, Delivery, OutboundMail, Request
 
 if TYPE_CHECKING:
     from .app import Service
@@ -207,8 +206,10 @@ class RequestOut(BaseModel):
     )
     reminders: list[ReminderOut] = Field(
         default_factory=list,
-        description="Each reminder mail queued so far, in order; a reminder withdrawn or revoked before it "
-        "was sent is `failed` with `last_answer` saying why.",
+        description="Each reminder mail queued so far, in order; one withheld in the queue before it was sent"
+        " (its request revoked, expired or answered, its task decided meanwhile) is `failed` with `last_answer`"
+        " saying why. A reminder withdrawn by the follow-up round when it came due was never queued and is not"
+        " listed (the log says why).",
     )
 
 
@@ -453,6 +454,10 @@ class _Api:
             description=body.description,
         )
         needed, group = await self._approval_group(body, task.id, len(recipients))
+        # Every owner is checked before anyone is asked: a 409 for one (already asked in the
+        # group, say) must not come after another's mail went out.
+        for owner in recipients:
+            await service.check_approvals(task.id, (owner or task.owner).strip().lower(), group, new_group=False)
         sent = []
         try:
             for owner in recipients:

@@ -34,7 +34,7 @@ from .pipeline import Decision, Inbound, Pipeline
 from .ratelimit import rate_limiter
 from .request_mail import Language, RequestContext, compose
 from .sender_auth import Client, SenderAuth
-from .store import IN_PROGRESS, Request, Store
+from .store import IN_PROGRESS, GroupState, Request, Store
 from .tasks import RequestFailureListener, TaskBackend, TaskNotFound, TaskNotInProgress, make_backend
 from .tokens import (
     GENERATED_KEY_ID,
@@ -162,19 +162,26 @@ class Service:
         in a group about to be made, or alone): while a group may still decide the task, no
         request outside it may (it would decide alone); a group is not made, or added to, while
         requests outside any group may still decide it; a person is asked once in a group.
-        Two requests made at the same moment may both pass this look: answers are held to the
-        same rule when they come (``Pipeline.evaluate``), and one person's approvals count once
-        (``Store.count_approval``), so neither decides past it."""
+        This look is not one with making the request: two made at the same moment may both
+        pass it. Then only answers keep the rule, and only one way (``Pipeline.evaluate``): an
+        answer is refused while a group of its task it is not part of may still decide it. So
+        a lone request made beside a new group never decides while the group may, but the
+        group is not held back by it; and two groups made at once refuse each other's answers
+        until one group's requests are revoked. One person's approvals count once in a group
+        (``Store.count_approval``)."""
         found = await asyncio.to_thread(self.store.task_approvals, task_id, time.time())
         if group_id is not None:
             known = await asyncio.to_thread(self.store.approval_group, group_id)
             if known is None or known[0].task_id != task_id:
                 raise RcMtaError(f"task {task_id} has no approval group {group_id}")
             group, asked = known
-            if group.decided_at is not None:
+            if group.state is GroupState.DECIDED:
                 past = "completed" if group.decision == "complete" else "failed"
                 why = f"approval group {group_id} of task {task_id} was already decided: {past} by {group.decided_by}"
                 raise ApprovalConflict(why, "nothing is left to approve")
+            if group.state is GroupState.DECIDING:
+                why = f"approval group {group_id} of task {task_id} is being decided right now"
+                raise ApprovalConflict(why, "ask again once the backend was told (or the decision taken back)")
             if owner is not None and owner in asked:
                 raise ApprovalConflict(
                     f"{owner} is already asked in approval group {group_id}",

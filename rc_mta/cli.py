@@ -189,8 +189,7 @@ def cmd_request_show(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_revoke(settings: Settings, args: argparse.Namespace) -> int:
     """Withdraw a request unless it was answered (the API's DELETE does the same)."""
-    from .pipeline import STALE_CLAIM_SECONDS
-    from .store import Store
+    from .store import STALE_CLAIM_SECONDS, Store
 
     store = Store(settings.store.url, settings.store.busy_timeout)
     try:

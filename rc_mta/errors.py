@@ -42,6 +42,16 @@ class BackendUnavailable(TemporaryFailure):
     """The workflow system (or a service it needs) could not be reached or answered oddly."""
 
 
+class DecisionPending(TemporaryFailure):
+    """Another answer decided this N-of-M task and is telling the backend right now: the
+    decision is not final (if the backend cannot be told, it is taken back), so this one
+    waits and is tried again."""
+
+    def __init__(self, task_id: str) -> None:
+        super().__init__(f"task {task_id} is being decided by another answer right now")
+        self.task_id = task_id
+
+
 class BackendAuthFailed(BackendUnavailable):
     """The workflow system refused our credentials: an operator must act; the sender retries."""
 

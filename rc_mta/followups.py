@@ -21,9 +21,11 @@ outbound queue's back-off until ``[outbound] queue_lifetime``, then given up wit
 Answered and revoked requests get neither, and neither goes out for a task that was
 decided another way: before each step the task is read (``TaskBackend.get``: the embedded
 store, Release), and where the backend cannot be read (the webhook) rc-mta's own record
-says whether another request of the task was answered since. A task no longer in progress
-withdraws the step (logged, recorded, never tried again); a backend that cannot tell now
-(down) leaves the step for the next round: nothing is sent blindly, nothing is dropped.
+says whether another request of the task was answered since, or its N-of-M group decided
+(with the group's decision and approvers). A task no longer in progress withdraws the step
+(logged, recorded, never tried again); a backend that cannot tell now (down), or a group
+decision still being told to the backend (it may yet be taken back), leaves the step for
+the next round: nothing is sent blindly, nothing is dropped.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from email.message import EmailMessage
 from typing import TYPE_CHECKING
 
 from .config import Settings
-from .errors import BackendUnavailable, StoreUnavailable, TemporaryFailure
+from .errors import BackendUnavailable, DecisionPending, StoreUnavailable, TemporaryFailure
 from .outbound import reply_addresses, wire_bytes
 from .request_mail import compose
 from .store import IN_PROGRESS, Notice, NoticeTerms, Request
@@ -95,12 +97,14 @@ async def withheld_because(service: Service, request: Request) -> str | None:
             return None
         by = f" by {task.acted_by}" if task.acted_by else ""
         return f"task {request.task_id} is {task.status}{by}"
-    sibling = await asyncio.to_thread(store.decided_by_sibling, request.id)
+    sibling = await asyncio.to_thread(store.decided_by_sibling, request.id, time.time())
     if sibling is None:
         return None
-    action, actor, other = sibling
-    past = "failed" if action == "fail" else "completed"
-    return f"task {request.task_id} was {past} by {actor} (request {other})"
+    if not sibling.final:
+        # Its decision may yet be taken back (the backend cannot be told): not withdrawn for it.
+        raise DecisionPending(request.task_id)
+    past = "failed" if sibling.action == "fail" else "completed"
+    return f"task {request.task_id} was {past} by {sibling.actor} (request {sibling.request_id})"
 
 
 def _holder() -> str:

@@ -32,8 +32,10 @@ from .config import Settings
 from .errors import (
     BackendAuthFailed,
     DecisionMade,
+    DecisionPending,
     MessageRefused,
     NotInApprovalGroup,
+    RcMtaError,
     ReaderBusy,
     Refusal,
     RequestAnswered,
@@ -56,11 +58,13 @@ from .smtp_replies import SmtpReply
 from .store import (
     COMPLETED,
     FAILED,
+    STALE_CLAIM_SECONDS,
     Answer,
     ApprovalGroup,
     ApprovalStanding,
     Claim,
     ClaimOutcome,
+    GroupState,
     Request,
     Store,
     new_attempt_id,
@@ -75,8 +79,6 @@ log = logging.getLogger("rc_mta.pipeline")
 
 # A HELO name fit to stand in our Received field (anything else shows as "unknown").
 _TRACE_NAME = re.compile(r"[A-Za-z0-9.:\[\]-]{1,255}")
-# A pending claim older than this belongs to a process that died mid-action.
-STALE_CLAIM_SECONDS = 600.0
 # Owners of the requests whose tokens verified lately (an id and an address each).
 OWNERS_KEPT = 10_000
 
@@ -436,7 +438,7 @@ class Pipeline:
 
         # N of M: the one place that asks which group this answer decides in, or stands outside.
         standing = await asyncio.to_thread(self.store.approval_standing, request.id, request.task_id, self.clock())
-        refusal = _group_refusal(request, standing, action)
+        refusal = _group_refusal(request, standing)
         if refusal is not None:
             # The claim speaks first: the very message that acted, sent again, still gets its 250.
             if acting and (claim := await asyncio.to_thread(self.store.get_claim, request.id)) and claim.done:
@@ -511,7 +513,9 @@ class Pipeline:
     ) -> Decision:
         """N of M: an approval is counted (in one statement, so two at once are both
         counted); the one that reaches ``needed``, or any fail, decides and drives the
-        backend, once. An answer after the decision is refused, saying by whom."""
+        backend, once. The decision is final once this claim is finished: until then
+        another answer waits (451), and if the backend cannot be told it is taken back.
+        An answer after the final decision is refused, saying by whom."""
         request, action = decision.request, decision.action
         assert request is not None and action is not None
         store, now = self.store, self.clock()
@@ -527,7 +531,7 @@ class Pipeline:
                     raise await self._decision_made(request)
                 counted = True
                 if count < group.needed:
-                    await asyncio.to_thread(store.finish_claim, request.id, attempt, self.clock())
+                    await self._finish(request, attempt)
                     log.info("request %s: approval %d of %d by %s", request.id, count, group.needed, actor)
                     reply = R.APPROVAL_RECORDED.with_text(task_id=request.task_id, count=count, needed=group.needed)
                     return replace(decision, reply=reply, outcome=Outcome.APPROVE)
@@ -555,16 +559,28 @@ class Pipeline:
             except TemporaryFailure:
                 pass  # the claim goes stale and is taken over later
             raise
-        await asyncio.to_thread(store.finish_claim, request.id, attempt, self.clock())
+        await self._finish(request, attempt)  # the decision is final from here
         metrics.TASKS_ACTED.labels(self.backend.name, action.value).inc()
         # Judged an approval to be counted, it may have been the one that decided meanwhile.
         reply = R.TASK_ACTED.with_text(task_id=request.task_id, action_past=action.past)
         return replace(decision, reply=reply, outcome=Outcome(action.value))
 
-    async def _decision_made(self, request: Request) -> DecisionMade:
-        group = await asyncio.to_thread(self.store.approval_group_of, request.id)
-        if group is None or group.decision is None:
+    async def _finish(self, request: Request, attempt: str) -> None:
+        if not await asyncio.to_thread(self.store.finish_claim, request.id, attempt, self.clock()):
+            log.error(
+                "request %s: acted, but the claim was taken over as stale meanwhile (the action took over %ss)",
+                request.id,
+                STALE_CLAIM_SECONDS,
+            )
+
+    async def _decision_made(self, request: Request) -> DecisionMade | DecisionPending:
+        """Why another answer's decision stops this one: made for good (refused), or still
+        being told to the backend, or taken back meanwhile (the sender retries)."""
+        group = await asyncio.to_thread(self.store.approval_group_of, request.id, self.clock())
+        if group is None:
             return DecisionMade(request.task_id, "decided", "the other owners")
+        if group.state is not GroupState.DECIDED or group.decision is None:
+            return DecisionPending(request.task_id)
         return DecisionMade(request.task_id, TaskAction(group.decision).past, group.decided_by or "the other owners")
 
     async def _act_at_once(
@@ -772,19 +788,21 @@ def _answered(base: Decision, request: Request, claim: Claim) -> Decision:
     raise RequestAnswered(request.task_id, done.past)
 
 
-def _group_refusal(request: Request, standing: ApprovalStanding, action: TaskAction) -> Refusal | None:
+def _group_refusal(request: Request, standing: ApprovalStanding) -> RcMtaError | None:
     """Why this answer may not act, as its task's N-of-M groups stand: another group of the
     task may still decide it (then no answer outside that group acts, whatever its own
-    request), or its own group was decided by another answer. ``Store.count_approval`` and
-    ``decide_group_fail`` apply the same rule when acting; only the answer that decided
-    may come again, to finish telling the backend."""
+    request), or its own group was decided by another answer: for good (refused), or that
+    answer is still telling the backend (a 4xx: if it cannot, the decision is taken back,
+    and this answer counts when it comes again). ``Store.count_approval`` and
+    ``decide_group_fail`` apply the same rule when acting. The request that decided is let
+    through: its claim says whether it is done or still being answered."""
     if standing.blocking is not None:
         return NotInApprovalGroup(request.task_id, standing.blocking.needed)
     group = standing.group
-    if group is None or group.decided_at is None:
+    if group is None or group.state is GroupState.OPEN or group.decided_request == request.id:
         return None
-    if group.decided_request == request.id and group.decision == action.value:
-        return None
+    if group.state is GroupState.DECIDING:
+        return DecisionPending(request.task_id)
     past = TaskAction(group.decision).past if group.decision else "decided"
     return DecisionMade(request.task_id, past, group.decided_by or "the other owners")
 

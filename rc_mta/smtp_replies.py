@@ -242,6 +242,12 @@ INTERNAL_ERROR = _reply("INTERNAL_ERROR", 451, "4.3.0", "Temporary local problem
 READER_BUSY = _reply(
     "READER_BUSY", 451, "4.3.2", "Too many messages are being read right now; please try again in a few minutes"
 )
+DECISION_IN_PROGRESS = _reply(
+    "DECISION_IN_PROGRESS",
+    451,
+    "4.3.0",
+    "Task {task_id} is being decided by another answer right now; please try again later",
+)
 MESSAGE_IN_PROGRESS = _reply(
     "MESSAGE_IN_PROGRESS",
     451,
@@ -345,6 +351,8 @@ def reply_for(error: BaseException) -> SmtpReply:
             return BACKEND_AUTH_FAILED
         case E.ReaderBusy():
             return READER_BUSY
+        case E.DecisionPending():
+            return DECISION_IN_PROGRESS.with_text(task_id=error.task_id)
         case E.TemporaryFailure():
             return BACKEND_UNAVAILABLE
     return INTERNAL_ERROR

@@ -10,6 +10,7 @@ No lock in the process is needed, so several instances can share one PostgreSQL.
 
 from __future__ import annotations
 
+import logging
 import secrets
 import threading
 import time
@@ -51,6 +52,8 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.schema import CreateTable
 
 from .errors import StoreUnavailable, TemporaryFailure
+
+log = logging.getLogger("rc_mta.store")
 
 metadata = MetaData()
 
@@ -293,6 +296,9 @@ class _NotAtOnce(Exception):
 
 # Claiming retries this often when the row it collided with was given back meanwhile.
 CLAIM_TRIES = 5
+# A pending claim older than this belongs to a process that died mid-action: another attempt
+# may take it over, and an N-of-M decision it made is taken back (``GroupState``).
+STALE_CLAIM_SECONDS = 600.0
 
 
 def new_attempt_id() -> str:
@@ -1077,35 +1083,67 @@ class Store:
             found = conn.execute(select(f.state).where(f.request_id == request_id, f.step == step)).scalar_one_or_none()
         return str(found) if found is not None else None
 
-    def decided_by_sibling(self, request_id: str) -> tuple[str, str, str] | None:
-        """(action, actor, request id) of another request of the same task whose answer,
-        given since this one was made, decided the task: for a backend that cannot be asked
-        (the webhook), rc-mta's own record of it. An approval that did not (yet) decide its
-        N-of-M group decided nothing."""
+    def decided_by_sibling(
+        self, request_id: str, now: float | None = None, stale_after: float = STALE_CLAIM_SECONDS
+    ) -> SiblingDecision | None:
+        """What decided this request's task since the request was made, by rc-mta's own
+        record (for a backend that cannot be asked, the webhook): another request's answer,
+        or an N-of-M group's decision, with its approvers. An approval that did not decide
+        its group decided nothing. A group decision still being told to the backend is
+        returned not ``final`` (it may yet be taken back: ask again later); one whose
+        deciding attempt died decided nothing."""
         mine = requests.alias("mine")
         r, u, m, g = requests.c, used_tokens.c, approval_members.c, approval_groups.c
-        undecided_approval = (
+        in_group = (
             select(m.request_id)
             .join(approval_groups, g.id == m.group_id)
-            .where(m.request_id == r.id, g.needed > 1, g.decided_at.is_(None))
+            .where(m.request_id == r.id, g.needed > 1)
             .exists()
         )
-        query = (
-            select(u.action, u.actor, r.id)
+        alone = (
+            select(u.action, u.actor, r.id, u.done_at)
             .select_from(used_tokens.join(requests, r.id == u.request_id).join(mine, mine.c.task_id == r.task_id))
             .where(
                 mine.c.id == request_id,
                 r.id != request_id,
                 u.state == "done",
                 u.done_at >= mine.c.created_at,
-                ~undecided_approval,
+                ~in_group,
             )
             .order_by(u.done_at)
             .limit(1)
         )
+        d = _DECIDER.c
+        groups = (
+            select(g.decision, g.decided_by, g.decided_request, d.state, d.claimed_at, d.done_at)
+            .select_from(
+                approval_groups.join(mine, mine.c.task_id == g.task_id).join(
+                    _DECIDER, d.request_id == g.decided_request
+                )
+            )
+            .where(
+                mine.c.id == request_id,
+                g.needed > 1,
+                g.decided_at >= mine.c.created_at,
+                g.decided_request != request_id,
+            )
+        )
         with self._begin() as conn:
-            row = conn.execute(query).first()
-        return (str(row[0]), str(row[1]), str(row[2])) if row is not None else None
+            lone = conn.execute(alone).first()
+            decided = conn.execute(groups).all()
+        found: list[tuple[float, SiblingDecision]] = []
+        if lone is not None:
+            found.append((float(lone.done_at), SiblingDecision(str(lone[0]), str(lone[1]), str(lone[2]))))
+        being_told: SiblingDecision | None = None
+        for row in decided:
+            by = str(row.decided_by or "the other owners")
+            if row.state == "done":
+                found.append((float(row.done_at), SiblingDecision(str(row.decision), by, str(row.decided_request))))
+            elif row.claimed_at >= _now(now) - stale_after:
+                being_told = SiblingDecision(str(row.decision), by, str(row.decided_request), final=False)
+        if found:
+            return min(found, key=lambda at_and_decision: at_and_decision[0])[1]
+        return being_told
 
     def release_followup(self, request_id: str, step: str, holder: str) -> None:
         """It failed: the next round (of anyone) tries again."""
@@ -1208,26 +1246,43 @@ class Store:
         with self._begin() as conn:
             conn.execute(insert(approval_members).values(request_id=request_id, group_id=group_id))
 
-    def approval_group_of(self, request_id: str) -> ApprovalGroup | None:
+    def approval_group_of(
+        self, request_id: str, now: float | None = None, stale_after: float = STALE_CLAIM_SECONDS
+    ) -> ApprovalGroup | None:
+        """The group the request decides in, with how its decision stands at ``now``."""
         g = approval_groups.c
         with self._begin() as conn:
             row = (
                 conn.execute(
-                    select(approval_groups)
-                    .join(approval_members, approval_members.c.group_id == g.id)
+                    select(approval_groups, *_DECIDER_COLUMNS)
+                    .select_from(
+                        approval_groups.join(approval_members, approval_members.c.group_id == g.id).outerjoin(
+                            _DECIDER, _DECIDER.c.request_id == g.decided_request
+                        )
+                    )
                     .where(approval_members.c.request_id == request_id)
                 )
                 .mappings()
                 .first()
             )
-        return ApprovalGroup(**row) if row else None
+        return _group(row, _now(now), stale_after) if row else None
 
-    def approval_group(self, group_id: str) -> tuple[ApprovalGroup, frozenset[str]] | None:
+    def approval_group(
+        self, group_id: str, now: float | None = None, stale_after: float = STALE_CLAIM_SECONDS
+    ) -> tuple[ApprovalGroup, frozenset[str]] | None:
         """A group, and the owners asked in it (by a request not withdrawn): one person is
         asked once, or their one approval could count twice."""
         g, m, r = approval_groups.c, approval_members.c, requests.c
         with self._begin() as conn:
-            row = conn.execute(select(approval_groups).where(g.id == group_id)).mappings().first()
+            row = (
+                conn.execute(
+                    select(approval_groups, *_DECIDER_COLUMNS)
+                    .select_from(approval_groups.outerjoin(_DECIDER, _DECIDER.c.request_id == g.decided_request))
+                    .where(g.id == group_id)
+                )
+                .mappings()
+                .first()
+            )
             if row is None:
                 return None
             owners = conn.execute(
@@ -1235,55 +1290,63 @@ class Store:
                 .join(approval_members, m.request_id == r.id)
                 .where(m.group_id == group_id, r.revoked_at.is_(None))
             ).scalars()
-            return ApprovalGroup(**row), frozenset(owners)
+            return _group(row, _now(now), stale_after), frozenset(owners)
 
-    def task_approvals(self, task_id: str, now: float) -> TaskApprovals:
+    def task_approvals(self, task_id: str, now: float, stale_after: float = STALE_CLAIM_SECONDS) -> TaskApprovals:
         """What may still decide ``task_id``, for a new request to be checked against: its
-        groups that may still decide it, and its requests outside any group that may still
-        be answered."""
+        groups that may still decide it (a decision not yet told to the backend included),
+        and its requests outside any group that may still be answered."""
         values = {"task_id": task_id, "now": now}
         with self._begin() as conn:
             groups = conn.execute(_APPROVALS.live_groups, values).mappings().all()
             alone = conn.execute(_APPROVALS.alone, values).scalars().all()
-        return TaskApprovals(tuple(ApprovalGroup(**row) for row in groups), tuple(alone))
+        return TaskApprovals(tuple(_group(row, now, stale_after) for row in groups), tuple(alone))
 
-    def approval_standing(self, request_id: str, task_id: str, now: float) -> ApprovalStanding:
-        """Where an answer to this request stands: the group it decides in (None: alone),
-        whether its owner's approval is counted there already, and a group of its task it is
-        not part of that may still decide the task (then this answer must not act). Every
-        answer asks this: its statements are built once (``_APPROVALS``)."""
+    def approval_standing(
+        self, request_id: str, task_id: str, now: float, stale_after: float = STALE_CLAIM_SECONDS
+    ) -> ApprovalStanding:
+        """Where an answer to this request stands: the group it decides in (None: alone) and
+        how its decision stands, whether its owner's approval is counted there already, and a
+        group of its task it is not part of that may still decide the task (then this answer
+        must not act). Every answer asks this: its statements are built once (``_APPROVALS``)."""
         values = {"request_id": request_id, "task_id": task_id, "now": now}
         with self._begin() as conn:
             own = conn.execute(_APPROVALS.own_group, values).mappings().first()
-            group = ApprovalGroup(**{c.name: own[c.name] for c in approval_groups.c}) if own else None
+            group = _group(own, now, stale_after) if own else None
             owner_counted = False
             if group is not None:
                 found = conn.execute(_APPROVALS.owner_counted, {**values, "group_id": group.id}).first()
                 owner_counted = found is not None
             live = conn.execute(_APPROVALS.live_groups, values).mappings().all()
-        blocking = next((ApprovalGroup(**row) for row in live if group is None or row["id"] != group.id), None)
+        blocking = next((_group(row, now, stale_after) for row in live if group is None or row["id"] != group.id), None)
         return ApprovalStanding(group, own is not None and own["approved_at"] is not None, owner_counted, blocking)
 
-    def count_approval(self, group_id: str, request_id: str, actor: str, now: float) -> int | None:
+    # Deciding a group. Each of these is called by the attempt that holds the request's claim
+    # (``claim``), so a decision this request made earlier was made by an attempt that is gone.
+    # A decision is final once its deciding claim is finished (``finish_claim``): until then
+    # it may still be taken back (``undo_group_decision``), and other answers wait (``DECIDING``).
+    # One whose deciding claim went stale (its process died) is taken back by the next answer.
+
+    def count_approval(
+        self, group_id: str, request_id: str, actor: str, now: float, stale_after: float = STALE_CLAIM_SECONDS
+    ) -> int | None:
         """This request's approval, counted once however often its reply comes again, and
         once per person however many of the group's requests name them: the group's count,
-        or None when the group was decided by another answer. The approval that reaches
-        ``needed`` decides (complete); its retry gets the count again, to finish the job."""
+        or None when the group was decided by another answer (for good, or being told to
+        the backend). The approval that reaches ``needed`` decides (complete); its retry
+        gets the count again, to finish the job."""
         g, m, r = approval_groups.c, approval_members.c, requests.c
         with self._begin() as conn:
-            # The group's row first, by a write (a lock on PostgreSQL, the write lock on
-            # SQLite): two approvals at once take turns, and the second sees the first's mark.
-            group = conn.execute(
-                update(approval_groups)
-                .where(g.id == group_id)
-                .values(approvals=g.approvals)
-                .returning(g.approvals, g.needed, g.decided_at, g.decision, g.decided_request)
-            ).first()
+            group = self._lock_group(conn, group_id)
             if group is None:
                 return None
+            approvals = int(group.approvals)
             if group.decided_at is not None:
-                decided_here = group.decision == "complete" and group.decided_request == request_id
-                return int(group.approvals) if decided_here else None
+                if group.decided_request == request_id and group.decision == "complete":
+                    return approvals  # our own earlier attempt decided: finish telling the backend
+                if group.decided_request != request_id and not self._decider_gone(conn, group, now, stale_after):
+                    return None
+                approvals = self._take_back(conn, group)  # gone, or our own earlier fail: decide anew
             others = approval_members.alias("others")
             owner = select(r.owner).where(r.id == request_id).scalar_subquery()
             owner_counted = (
@@ -1298,8 +1361,8 @@ class Store:
                 .values(approved_at=now)
             ).rowcount
             if not marked:  # counted before (a retry), or its owner approved through another request
-                return int(group.approvals)
-            count = int(group.approvals) + 1
+                return approvals
+            count = approvals + 1
             values: dict[str, Any] = {"approvals": g.approvals + 1}
             if count >= group.needed:
                 values.update(
@@ -1311,29 +1374,41 @@ class Store:
             conn.execute(update(approval_groups).where(g.id == group_id).values(**values))
             return count
 
-    def decide_group_fail(self, group_id: str, request_id: str, actor: str, now: float) -> bool:
-        """A fail from anyone decides: True for the one answer that did (and for its retry)."""
+    def decide_group_fail(
+        self, group_id: str, request_id: str, actor: str, now: float, stale_after: float = STALE_CLAIM_SECONDS
+    ) -> bool:
+        """A fail from anyone decides: True for the one answer that did (and for its retry);
+        False when another answer decided (for good, or being told to the backend)."""
         g = approval_groups.c
         with self._begin() as conn:
-            changed = conn.execute(
+            group = self._lock_group(conn, group_id)
+            if group is None:
+                return False
+            if group.decided_at is not None:
+                if group.decided_request == request_id and group.decision == "fail":
+                    return True
+                if group.decided_request != request_id and not self._decider_gone(conn, group, now, stale_after):
+                    return False
+                self._take_back(conn, group)  # gone, or our own earlier approval: decide anew
+            conn.execute(
                 update(approval_groups)
-                .where(g.id == group_id, g.decided_at.is_(None))
+                .where(g.id == group_id)
                 .values(decided_at=now, decision="fail", decided_by=actor, decided_request=request_id)
-            ).rowcount
-            if changed == 1:
-                return True
-            row = conn.execute(select(g.decision, g.decided_request).where(g.id == group_id)).first()
-        return row is not None and row.decision == "fail" and row.decided_request == request_id
+            )
+            return True
 
     def undo_group_decision(self, group_id: str, request_id: str, counted: bool) -> None:
-        """The backend could not be told: the decision (and this approval) are taken back,
-        so the sender's retry decides again."""
+        """The backend could not be told: this request's decision (and its approval) are
+        taken back, so the sender's retry decides again. A decision that is no longer this
+        request's (taken back meanwhile, and maybe made by another answer) is left alone."""
         g = approval_groups.c
-        values: dict[str, Any] = {"decided_at": None, "decision": None, "decided_by": None, "decided_request": None}
+        cleared = {"decided_at": None, "decision": None, "decided_by": None, "decided_request": None}
         with self._begin() as conn:
+            conn.execute(
+                update(approval_groups).where(g.id == group_id, g.decided_request == request_id).values(**cleared)
+            )
             if counted and self._unmark_approval(conn, request_id):
-                values["approvals"] = g.approvals - 1
-            conn.execute(update(approval_groups).where(g.id == group_id).values(**values))
+                conn.execute(update(approval_groups).where(g.id == group_id).values(approvals=g.approvals - 1))
 
     def uncount_approval(self, group_id: str, request_id: str) -> None:
         g = approval_groups.c
@@ -1344,6 +1419,58 @@ class Store:
                     .where(g.id == group_id, g.decided_at.is_(None))
                     .values(approvals=g.approvals - 1)
                 )
+
+    @staticmethod
+    def _lock_group(conn: Connection, group_id: str) -> Any:
+        """The group's row, taken by a write (a row lock on PostgreSQL, the write lock on
+        SQLite): two answers at once take turns, and the second sees what the first did."""
+        g = approval_groups.c
+        return conn.execute(
+            update(approval_groups)
+            .where(g.id == group_id)
+            .values(approvals=g.approvals)
+            .returning(g.id, g.approvals, g.needed, g.decided_at, g.decision, g.decided_request)
+        ).first()
+
+    @staticmethod
+    def _decider_gone(conn: Connection, group: Any, now: float, stale_after: float) -> bool:
+        """Whether the attempt that decided ``group`` died before it finished: its claim is
+        pending and stale (then it is given back here, so that attempt can no longer finish
+        it), or gone. A finished claim (final) or a live one (telling the backend) stands."""
+        t = used_tokens.c
+        given_back = conn.execute(
+            used_tokens.delete().where(
+                t.request_id == group.decided_request, t.state == "pending", t.claimed_at < now - stale_after
+            )
+        ).rowcount
+        if given_back:
+            return True
+        return conn.execute(select(t.state).where(t.request_id == group.decided_request)).first() is None
+
+    def _take_back(self, conn: Connection, group: Any) -> int:
+        """Clear a decision whose deciding attempt is gone, and its approval with it (its
+        sender's retry counts it again): the group's count after."""
+        g = approval_groups.c
+        unmarked = self._unmark_approval(conn, group.decided_request)
+        conn.execute(
+            update(approval_groups)
+            .where(g.id == group.id)
+            .values(
+                decided_at=None,
+                decision=None,
+                decided_by=None,
+                decided_request=None,
+                approvals=g.approvals - (1 if unmarked else 0),
+            )
+        )
+        log.warning(
+            "approval group %s: the %s decided by request %s is taken back: its attempt ended without telling"
+            " the backend for sure; the group decides again",
+            group.id,
+            group.decision,
+            group.decided_request,
+        )
+        return int(group.approvals) - (1 if unmarked else 0)
 
     @staticmethod
     def _unmark_approval(conn: Connection, request_id: str) -> bool:
@@ -1580,6 +1707,15 @@ class Notice:
     last_error: str | None
 
 
+class GroupState(Enum):
+    """How an N-of-M group's decision stands. Decided is not yet final: the deciding answer
+    still has to tell the backend, and if it cannot, the decision is taken back."""
+
+    OPEN = "open"  # undecided, or decided by an attempt that died (the next answer decides again)
+    DECIDING = "deciding"  # decided; the deciding answer is telling the backend: others wait (4xx)
+    DECIDED = "decided"  # decided, and the deciding answer finished: for good
+
+
 @dataclass(frozen=True)
 class NoticeTerms:
     """The notice ``settle_outbound`` writes with a request mail's FAILED state: ``event``,
@@ -1601,6 +1737,38 @@ class ApprovalGroup:
     decision: str | None
     decided_by: str | None
     decided_request: str | None = None
+    state: GroupState = GroupState.OPEN
+
+
+@dataclass(frozen=True)
+class SiblingDecision:
+    """What decided a task, by rc-mta's own record: another request's answer, or its N-of-M
+    group's decision (its decision and approvers, and the answer that decided)."""
+
+    action: str  # complete | fail
+    actor: str  # who answered; for a group, who approved (or who failed it)
+    request_id: str  # the answer that decided
+    final: bool = True  # False: that answer is telling the backend now and may still be taken back
+
+
+# The claim of the answer that decided a group: whether it finished says whether the decision is final.
+_DECIDER = used_tokens.alias("decider")
+_DECIDER_COLUMNS = (_DECIDER.c.state.label("decider_state"), _DECIDER.c.claimed_at.label("decider_claimed_at"))
+
+
+def _group(row: Any, now: float, stale_after: float) -> ApprovalGroup:
+    """A group read with its deciding claim (``_DECIDER_COLUMNS``), and how its decision stands."""
+    state = GroupState.OPEN
+    if row["decided_at"] is not None:
+        if row["decider_state"] == "done":
+            state = GroupState.DECIDED
+        elif row["decider_state"] == "pending" and row["decider_claimed_at"] >= now - stale_after:
+            state = GroupState.DECIDING
+    return ApprovalGroup(**{c.name: row[c.name] for c in approval_groups.c}, state=state)
+
+
+def _now(now: float | None) -> float:
+    return time.time() if now is None else now
 
 
 @dataclass(frozen=True)
@@ -1629,7 +1797,7 @@ class _ApprovalStatements:
 
     own_group: Any  # the request's group (N of M) and its approval mark
     owner_counted: Any  # another request of the group, of the same owner, whose approval counted
-    live_groups: Any  # the task's groups that may still decide it, oldest first
+    live_groups: Any  # the task's groups that may still decide it (not decided for good), oldest first
     alone: Any  # the task's requests outside any group that may still be answered
 
 
@@ -1647,9 +1815,16 @@ def _approval_statements() -> _ApprovalStatements:
     member_may_answer = (
         select(m.request_id).join(requests, r.id == m.request_id).where(m.group_id == g.id, may_be_answered).exists()
     )
+    # Decided for good: the answer that decided finished telling the backend. A group whose
+    # decision is still being told (or whose deciding attempt died) may still decide.
+    decided_for_good = and_(
+        g.decided_at.is_not(None),
+        select(t.request_id).where(t.request_id == g.decided_request, t.state == "done").exists(),
+    )
+    with_decider = approval_groups.outerjoin(_DECIDER, _DECIDER.c.request_id == g.decided_request)
     return _ApprovalStatements(
-        own_group=select(approval_groups, m.approved_at)
-        .join(approval_members, m.group_id == g.id)
+        own_group=select(approval_groups, m.approved_at, *_DECIDER_COLUMNS)
+        .select_from(with_decider.join(approval_members, m.group_id == g.id))
         .where(m.request_id == p("request_id"), g.needed > 1),
         owner_counted=select(others.c.request_id)
         .join(requests, r.id == others.c.request_id)
@@ -1660,8 +1835,9 @@ def _approval_statements() -> _ApprovalStatements:
             r.owner == owner,
         )
         .limit(1),
-        live_groups=select(approval_groups)
-        .where(g.task_id == p("task_id"), g.decided_at.is_(None), g.needed > 1, member_may_answer)
+        live_groups=select(approval_groups, *_DECIDER_COLUMNS)
+        .select_from(with_decider)
+        .where(g.task_id == p("task_id"), ~decided_for_good, g.needed > 1, member_may_answer)
         .order_by(g.created_at, g.id),
         alone=select(r.id)
         .where(r.task_id == p("task_id"), may_be_answered)

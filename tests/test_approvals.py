@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import email.policy
 import json
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -18,12 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import RcMta, make_rc_mta
+from conftest import RcMta, make_rc_mta, wait_until
 from mailclient import SmtpOutcome, reply_message, send_smtp
+from sqlalchemy import select
 from webhook_receiver import WebhookReceiver
 
 from rc_mta import smtp_replies as R
-from rc_mta.store import Request, Store
+from rc_mta.store import Request, Store, requests
 from rc_mta.tokens import new_request_id
 
 TOKEN = "approvals-api-token-5d1e"
@@ -156,6 +158,61 @@ def test_webhook_is_posted_once_when_two_of_three_approved(tmp_path: Path) -> No
         receiver.stop()
 
 
+def webhook_server(tmp_path: Path, store: str, request: pytest.FixtureRequest, receiver: WebhookReceiver) -> RcMta:
+    """An API server whose tasks are a webhook's, on the ``store`` named (sqlite, postgresql)."""
+    server = make_rc_mta(tmp_path, http={"api_tokens": [TOKEN]})
+    webhook = {"url": receiver.url, "secret": receiver.secret, "timeout": "30s"}
+    server.settings["tasks"] = {"backend": "webhook", "webhook": webhook}
+    if store == "postgresql":
+        server.settings["store"] = {"url": request.getfixturevalue("pg_url"), "busy_timeout": "2s"}
+    return server
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
+def test_an_answer_while_the_decision_is_being_told_waits_and_counts_once_it_is_taken_back(
+    store: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """Bob's approval decides 2 of 3, but a decision is final only once the backend was told:
+    Carol's fail meanwhile is asked to come again (451), the webhook answers 503 so Bob's
+    decision is taken back, and Carol's fail, retried, decides. Bob's retry is refused."""
+    gate = threading.Event()
+    receiver = WebhookReceiver(answer=(503, {"detail": "maintenance"}), gate=gate).start()
+    server = webhook_server(tmp_path, store, request, receiver)
+    try:
+        server.start()
+        sent = ask(server, "CHANGE-9", [ALICE, BOB, CAROL], 2)
+        assert "1 of the 2" in answer(server, sent, ALICE).text
+        bobs = reply_message(sent[BOB]["complete_address"], "Approved", sender=BOB)
+        carols = reply_message(sent[CAROL]["fail_address"], "No, not this week", sender=CAROL)
+        waiting = R.DECISION_IN_PROGRESS.with_text(task_id="CHANGE-9")
+        with ThreadPoolExecutor(1) as pool:
+            deciding = pool.submit(send_smtp, server.smtp_port, bobs, sent[BOB]["complete_address"], BOB)
+            wait_until(lambda: len(receiver.payloads) == 1, what="Bob's deciding POST under way")
+            predicted = diagnose(server, tmp_path, carols, CAROL)
+            told = send_smtp(server.smtp_port, carols, sent[CAROL]["fail_address"], mail_from=CAROL)
+            assert f"{told.code} {told.text}" == predicted["smtp_reply"] == str(waiting), predicted
+            assert predicted["would"] == "retry"
+            gate.set()
+            bob_first = deciding.result()
+        assert (bob_first.code, bob_first.enhanced) == (451, "4.3.0"), bob_first  # the webhook's 503
+
+        receiver.answer = None
+        again = send_smtp(server.smtp_port, carols, sent[CAROL]["fail_address"], mail_from=CAROL)
+        assert again.code == 250 and again.text.endswith(
+            R.TASK_ACTED.with_text(task_id="CHANGE-9", action_past="failed").text
+        ), again
+        bob_again = send_smtp(server.smtp_port, bobs, sent[BOB]["complete_address"], mail_from=BOB)
+        assert (bob_again.code, bob_again.enhanced) == (550, "5.7.1"), bob_again
+        assert bob_again.text.endswith(
+            R.DECISION_MADE.with_text(task_id="CHANGE-9", action_past="failed", by=CAROL).text
+        )
+        assert [(p["action"], p["actor"]) for p in receiver.payloads] == [("complete", BOB), ("fail", CAROL)]
+    finally:
+        gate.set()
+        server.stop()
+        receiver.stop()
+
+
 # Nothing outside the group decides while the group may ----------------------------------------
 
 
@@ -240,6 +297,34 @@ def test_the_person_is_added_to_the_group_under_its_rule(api: RcMta) -> None:
     assert shown["comments"][-1]["text"].endswith(f"Approved by {DAVE}, {CAROL}")
     late = answer(api, sent, ALICE)
     assert (late.code, late.enhanced) == (550, "5.7.1")
+
+
+def test_people_added_together_are_each_checked_before_anyone_is_asked(api: RcMta, tmp_path: Path) -> None:
+    """Carol and Alice added to a group Alice is asked in already: refused before Carol is
+    mailed, so she gets no request that is withdrawn at once."""
+    task = api.add_task(owner=ALICE)
+    status, body = post(api, "/v1/requests", {"task_id": task, "owners": [ALICE, BOB], "approvals": "all"})
+    assert status == 201, body
+    group = body["approval_group"]
+    outbox = tmp_path / "outbox"
+    mailed = sorted(p.name for p in outbox.glob("*.eml"))
+    assert mailed == sorted(f"{r['request_id']}.eml" for r in body["requests"])
+
+    status, refused = post(api, "/v1/requests", {"task_id": task, "owners": [CAROL, ALICE], "approval_group": group})
+    assert status == 409, refused
+    assert refused["error"]["message"].startswith(f"{ALICE} is already asked in approval group {group}")
+    assert sorted(p.name for p in outbox.glob("*.eml")) == mailed  # the send is done before the answer
+    store = Store(str(api.settings["store"]["url"]))
+    try:
+        with store.engine.connect() as conn:
+            owners = conn.execute(select(requests.c.owner).where(requests.c.task_id == task)).scalars().all()
+    finally:
+        store.close()
+    assert sorted(owners) == [ALICE, BOB]  # no request for Carol, not even a withdrawn one
+
+    status, joined = post(api, "/v1/requests", {"task_id": task, "owners": [CAROL], "approval_group": group})
+    assert status == 201, joined
+    assert (outbox / f"{joined['requests'][0]['request_id']}.eml").exists()
 
 
 def test_once_the_groups_requests_are_withdrawn_a_request_alone_decides(both: RcMta) -> None:

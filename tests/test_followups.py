@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import email
 import email.policy
+import smtplib
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -15,12 +18,17 @@ import pytest
 from conftest import RcMta, make_rc_mta, wait_until
 from mailclient import reply_message, send_smtp
 from release_server import FakeRelease
+from sqlalchemy import update
+from test_approvals import TOKEN as API_TOKEN
+from test_approvals import answer, ask
 from webhook_receiver import WebhookReceiver
 
-from rc_mta.store import Store
+from rc_mta.store import STALE_CLAIM_SECONDS, Store, used_tokens
 
 ALICE = "alice@example.com"
 BOB = "bob@example.com"
+CAROL = "carol@example.com"
+DAVE = "dave@example.com"
 TASK = "Applications/Folder1/Release1/Phase1/Task1"
 TASK2 = "Applications/Folder1/Release1/Phase1/Task2"
 TOKEN = "release-personal-token-0123"
@@ -214,6 +222,95 @@ def test_webhook_task_decided_by_a_sibling_request_gets_no_reminder_and_no_expir
         assert receiver.payloads == [action]  # no expired event
         assert outbox_mail(server, f"{request_id}-reminder-1") is None
     finally:
+        server.stop()
+        receiver.stop()
+
+
+def test_a_webhook_group_failed_by_one_withdraws_reminders_saying_who_failed_it(tmp_path: Path) -> None:
+    """What decided is the group: Alice approved, then Dave failed it; Carol's reminder is
+    withdrawn saying Dave failed it, not that Alice's approval completed it."""
+    receiver = WebhookReceiver().start()
+    server = following_up(tmp_path, reminders=[])
+    server.settings["http"]["api_tokens"] = [API_TOKEN]
+    server.settings["tasks"] = {"backend": "webhook", "webhook": {"url": receiver.url, "secret": receiver.secret}}
+    try:
+        server.start()
+        sent = ask(server, "CHANGE-5", [ALICE, DAVE, CAROL], 2)
+        assert "1 of the 2" in answer(server, sent, ALICE).text
+        assert answer(server, sent, DAVE, "fail").code == 250
+        server.stop()
+        server.settings["requests"]["reminders"] = ["1s"]
+        server.start()
+
+        carols, daves = sent[CAROL]["request_id"], sent[DAVE]["request_id"]
+        why = f"task CHANGE-5 was failed by {DAVE} (request {daves})"
+        line = f"request {carols}: reminder-1 withdrawn, nothing sent: {why}"
+        wait_until(lambda: logged(server, line), what="Carol's reminder withdrawn")
+        assert followup_state(server, carols, "reminder-1") == "withdrawn"
+        assert not logged(server, f"was completed by {ALICE}")
+    finally:
+        server.stop()
+        receiver.stop()
+
+
+def claim_taken_earlier(server: RcMta, request_id: str, seconds: float) -> None:
+    """As if ``seconds`` had passed since the request's answer was claimed."""
+    store = Store(server.settings["store"]["url"])
+    try:
+        with store.engine.begin() as conn:
+            claim = used_tokens.c
+            conn.execute(
+                update(used_tokens).where(claim.request_id == request_id).values(claimed_at=claim.claimed_at - seconds)
+            )
+    finally:
+        store.close()
+
+
+def test_a_group_decision_not_yet_told_defers_a_reminder_and_one_whose_attempt_died_lets_it_go(
+    tmp_path: Path,
+) -> None:
+    """Bob's approval decides 2 of 3 and the instance dies while telling the webhook. Carol's
+    reminder is due: while Bob's decision may still be told (his claim is young) it waits,
+    neither sent nor withdrawn; once his attempt is taken for dead, it goes, and Carol's
+    answer to it decides the group."""
+    gate = threading.Event()
+    receiver = WebhookReceiver(gate=gate).start()
+    server = following_up(tmp_path, reminders=[])
+    server.settings["http"]["api_tokens"] = [API_TOKEN]
+    server.settings["tasks"] = {"backend": "webhook", "webhook": {"url": receiver.url, "secret": receiver.secret}}
+    try:
+        server.start()
+        sent = ask(server, "CHANGE-4", [ALICE, BOB, CAROL], 2)
+        assert answer(server, sent, ALICE).code == 250  # 1 of 2
+        with ThreadPoolExecutor(1) as pool:
+            bobs = pool.submit(answer, server, sent, BOB)
+            wait_until(lambda: len(receiver.payloads) == 1, what="Bob's deciding POST under way")
+            assert server.proc is not None
+            server.proc.kill()  # the instance dies mid-action
+            server.proc.wait()
+            assert isinstance(bobs.exception(), (smtplib.SMTPException, OSError))
+        gate.set()
+        server.settings["requests"]["reminders"] = ["1s"]
+        server.start()
+
+        carols = sent[CAROL]["request_id"]
+        waits = f"follow-up reminder-1 of request {carols} left for the next round: DecisionPending: task CHANGE-4"
+        wait_until(lambda: logged(server, waits), what="Carol's reminder deferred")
+        assert followup_state(server, carols, "reminder-1") is None  # not withdrawn
+        assert outbox_mail(server, f"{carols}-reminder-1") is None
+
+        claim_taken_earlier(server, sent[BOB]["request_id"], STALE_CLAIM_SECONDS + 1)
+        wait_for_mail(server, f"{carols}-reminder-1")
+        assert followup_state(server, carols, "reminder-1") == "done"
+
+        failed = answer(server, sent, CAROL, "fail")
+        assert failed.code == 250 and "CHANGE-4 failed" in failed.text, failed
+        assert logged(server, f"the complete decided by request {sent[BOB]['request_id']} is taken back")
+        late = answer(server, sent, BOB)
+        assert (late.code, late.enhanced) == (550, "5.7.1") and f"already made: failed by {CAROL}" in late.text
+        assert [(p["action"], p["actor"]) for p in receiver.payloads] == [("complete", BOB), ("fail", CAROL)]
+    finally:
+        gate.set()
         server.stop()
         receiver.stop()
 

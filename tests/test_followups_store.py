@@ -13,7 +13,15 @@ from sqlalchemy import text
 from test_store import store as store  # the same store fixture: SQLite and PostgreSQL
 
 from rc_mta.errors import StoreUnavailable
-from rc_mta.store import Delivery, NoticeTerms, Request, Store
+from rc_mta.store import (
+    STALE_CLAIM_SECONDS,
+    Delivery,
+    NoticeTerms,
+    Request,
+    SiblingDecision,
+    Store,
+    new_attempt_id,
+)
 from rc_mta.tokens import new_request_id
 
 
@@ -39,7 +47,7 @@ def test_a_sibling_answered_since_decides_the_task(store: Store) -> None:
     assert store.decided_by_sibling(alice.id) is None  # another task's answer says nothing
     _answer(store, bob, "fail", now + 2)
 
-    assert store.decided_by_sibling(alice.id) == ("fail", "bob@example.com", bob.id)
+    assert store.decided_by_sibling(alice.id) == SiblingDecision("fail", "bob@example.com", bob.id)
     assert store.decided_by_sibling(bob.id) is None  # its own answer is not a sibling's
 
 
@@ -53,21 +61,63 @@ def test_an_answer_from_before_the_request_was_made_decides_nothing(store: Store
     assert store.decided_by_sibling(later.id) is None
 
 
-def test_an_approval_decides_only_once_its_group_is_decided(store: Store) -> None:
+def _group(store: Store, task_id: str, needed: int, *names: str) -> tuple[str, list[Request]]:
     now = time.time()
-    group = store.add_approval_group("ticket-4", 2, now)
-    members = [_request(store, "ticket-4", f"{name}@example.com", now) for name in ("alice", "bob", "carol")]
+    group = store.add_approval_group(task_id, needed, now)
+    members = [_request(store, task_id, f"{name}@example.com", now) for name in names]
     for member in members:
         store.add_approval_member(member.id, group)
-    alice, bob, carol = members
+    return group, members
 
+
+def _claim(store: Store, request: Request, action: str, at: float) -> str:
+    attempt = new_attempt_id()
+    store.claim(request.id, attempt, f"<{attempt}@x>", action, request.owner, at, STALE_CLAIM_SECONDS)
+    return attempt
+
+
+def test_an_approval_decides_only_once_its_group_is_decided(store: Store) -> None:
+    """What decided is the group: its decision and approvers, final once the deciding
+    answer told the backend (until then it may yet be taken back)."""
+    now = time.time()
+    group, (alice, bob, carol) = _group(store, "ticket-4", 2, "alice", "bob", "carol")
+
+    alices = _claim(store, alice, "complete", now + 1)
     assert store.count_approval(group, alice.id, alice.owner, now + 1) == 1
-    _answer(store, alice, "complete", now + 1)
-    assert store.decided_by_sibling(carol.id) is None  # one approval of two: still open
+    assert store.finish_claim(alice.id, alices, now + 1)
+    assert store.decided_by_sibling(carol.id, now + 1) is None  # one approval of two: still open
 
+    bobs = _claim(store, bob, "complete", now + 2)
     assert store.count_approval(group, bob.id, bob.owner, now + 2) == 2
-    _answer(store, bob, "complete", now + 2)
-    assert store.decided_by_sibling(carol.id) == ("complete", alice.owner, alice.id)
+    approvers = f"{alice.owner}, {bob.owner}"
+    being_told = SiblingDecision("complete", approvers, bob.id, final=False)
+    assert store.decided_by_sibling(carol.id, now + 2) == being_told
+    assert store.finish_claim(bob.id, bobs, now + 2)
+    assert store.decided_by_sibling(carol.id, now + 2) == SiblingDecision("complete", approvers, bob.id)
+    assert store.decided_by_sibling(alice.id, now + 2) == SiblingDecision("complete", approvers, bob.id)
+
+
+def test_a_group_failed_by_one_is_reported_failed_by_them(store: Store) -> None:
+    now = time.time()
+    group, (alice, dave, carol) = _group(store, "ticket-8", 2, "alice", "dave", "carol")
+    alices = _claim(store, alice, "complete", now + 1)
+    assert store.count_approval(group, alice.id, alice.owner, now + 1) == 1
+    assert store.finish_claim(alice.id, alices, now + 1)
+    daves = _claim(store, dave, "fail", now + 2)
+    assert store.decide_group_fail(group, dave.id, dave.owner, now + 2)
+    assert store.finish_claim(dave.id, daves, now + 2)
+
+    assert store.decided_by_sibling(carol.id, now + 3) == SiblingDecision("fail", dave.owner, dave.id)
+
+
+def test_a_group_decision_whose_attempt_died_decided_nothing(store: Store) -> None:
+    group, (alice, bob) = _group(store, "ticket-9", 2, "alice", "bob")
+    now = time.time()
+    _claim(store, bob, "fail", now)
+    assert store.decide_group_fail(group, bob.id, bob.owner, now)
+    assert store.decided_by_sibling(alice.id, now + 1) == SiblingDecision("fail", bob.owner, bob.id, final=False)
+
+    assert store.decided_by_sibling(alice.id, now + STALE_CLAIM_SECONDS + 1) is None
 
 
 def test_a_withdrawn_step_is_never_due_again(store: Store) -> None:

@@ -15,6 +15,8 @@ import pytest
 from conftest import RcMta, make_rc_mta, wait_until
 from mailclient import reply_message, send_smtp
 from release_server import FakeRelease
+from test_approvals import TOKEN as API_TOKEN
+from test_approvals import post
 
 from rc_mta import smtp_replies as R
 
@@ -191,6 +193,37 @@ def test_two_instances_on_one_postgresql_store_send_once(tmp_path: Path, pg_url:
     finally:
         first.stop()
         second.stop()
+
+
+def test_a_task_an_approval_group_decides_is_not_mailed_alone_and_that_is_logged_once(
+    tmp_path: Path, release: FakeRelease
+) -> None:
+    """Bob and Carol were asked (2 of 2) through the API before the watch was on: Alice's
+    request would decide past their rule, so it is refused each round, said once at WARNING;
+    once the group's requests are revoked, Alice is mailed."""
+    server = watching(tmp_path, release)
+    server.settings["http"]["api_tokens"] = [API_TOKEN]
+    server.settings["tasks"]["release"]["watch"] = False
+    try:
+        server.start()
+        release.add_task(TASK, owner="alice", tags=(TAG,))
+        status, body = post(server, "/v1/requests", {"task_id": TASK, "owners": [BOB, CAROL], "approvals": "all"})
+        assert status == 201, body
+        server.stop()
+        server.settings["tasks"]["release"]["watch"] = True
+        server.start()
+
+        refused = f"release watch: task {TASK} to {ALICE} not mailed: ApprovalConflict: task {TASK} is decided by"
+        wait_until(lambda: refused in server.log_path.read_text(errors="replace"), what="Alice's request refused")
+        watched_again(release, rounds=3)
+        assert server.log_path.read_text(errors="replace").count(refused) == 1
+        assert mailed_to(ALICE, server) == []
+
+        for asked in body["requests"]:
+            server.cli("revoke", asked["request_id"])
+        assert wait_for_request(ALICE, server)["X-RC-MTA-Task"] == TASK
+    finally:
+        server.stop()
 
 
 # Part 2: reassigned, skipped, aborted or done in the UI -----------------------------------

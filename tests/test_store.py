@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from sqlalchemy import event, inspect, text
 
-from rc_mta.store import Answer, ClaimOutcome, Request, Store
+from rc_mta.store import STALE_CLAIM_SECONDS, Answer, ClaimOutcome, GroupState, Request, Store, new_attempt_id
 from rc_mta.tokens import new_request_id
 
 ALICE = "alice@example.com"
@@ -380,34 +380,142 @@ def test_racing_answers_at_once_let_exactly_one_act(store: Store) -> None:
 # N of M: an approval counts once, whatever retries its reply ---------------------------------
 
 
+def _claimed(store: Store, request: Request, at: float, action: str = "complete") -> str:
+    """The claim an answer takes before it counts (as ``Pipeline.act`` does): its attempt id."""
+    attempt = new_attempt_id()
+    outcome, _ = store.claim(request.id, attempt, f"<{attempt}@x>", action, request.owner, at, STALE_CLAIM_SECONDS)
+    assert outcome is ClaimOutcome.OURS
+    return attempt
+
+
 def test_a_retried_approval_is_counted_once_and_only_the_deciding_answer_may_finish(store: Store) -> None:
     group = store.add_approval_group("t-nofm", 2, 1.0)
-    for request_id in ("a" * 16, "b" * 16, "c" * 16):
-        store.add_approval_member(request_id, group)
+    alice, bob, carol = (_asked(store, "t-nofm", f"{n}@example.com", group) for n in ("alice", "bob", "carol"))
+    now = time.time()
+    for request in (alice, bob, carol):
+        _claimed(store, request, now)
 
-    assert store.count_approval(group, "a" * 16, "alice@example.com", 2.0) == 1
+    assert store.count_approval(group, alice.id, alice.owner, now + 1) == 1
     # Alice's reply again (her first attempt died before it answered): still one approval.
-    assert store.count_approval(group, "a" * 16, "alice@example.com", 3.0) == 1
-    assert store.count_approval(group, "b" * 16, "bob@example.com", 4.0) == 2  # decides
-    # Bob's own retry may finish telling the backend; Carol, late, may not act.
-    assert store.count_approval(group, "b" * 16, "bob@example.com", 5.0) == 2
-    assert store.count_approval(group, "c" * 16, "carol@example.com", 6.0) is None
+    assert store.count_approval(group, alice.id, alice.owner, now + 2) == 1
+    assert store.count_approval(group, bob.id, bob.owner, now + 3) == 2  # decides
+    # Bob's own retry may finish telling the backend; Carol may not act meanwhile.
+    assert store.count_approval(group, bob.id, bob.owner, now + 4) == 2
+    assert store.count_approval(group, carol.id, carol.owner, now + 5) is None
 
     # The backend could not be told: Bob's decision and approval are taken back, once.
-    store.undo_group_decision(group, "b" * 16, counted=True)
-    store.undo_group_decision(group, "b" * 16, counted=True)
-    assert store.count_approval(group, "c" * 16, "carol@example.com", 7.0) == 2
+    store.undo_group_decision(group, bob.id, counted=True)
+    store.undo_group_decision(group, bob.id, counted=True)
+    assert store.count_approval(group, carol.id, carol.owner, now + 6) == 2
 
 
 def test_a_fail_decides_once_and_its_retry_may_finish(store: Store) -> None:
     group = store.add_approval_group("t-nofm-fail", 2, 1.0)
-    for request_id in ("d" * 16, "e" * 16):
-        store.add_approval_member(request_id, group)
+    dave, erin = (_asked(store, "t-nofm-fail", f"{n}@example.com", group) for n in ("dave", "erin"))
+    now = time.time()
+    _claimed(store, dave, now, "fail")
+    _claimed(store, erin, now)
 
-    assert store.decide_group_fail(group, "d" * 16, "dave@example.com", 2.0) is True
-    assert store.decide_group_fail(group, "d" * 16, "dave@example.com", 3.0) is True  # its retry
-    assert store.decide_group_fail(group, "e" * 16, "erin@example.com", 4.0) is False
-    assert store.count_approval(group, "e" * 16, "erin@example.com", 5.0) is None
+    assert store.decide_group_fail(group, dave.id, dave.owner, now + 1) is True
+    assert store.decide_group_fail(group, dave.id, dave.owner, now + 2) is True  # its retry
+    assert store.decide_group_fail(group, erin.id, erin.owner, now + 3) is False
+    assert store.count_approval(group, erin.id, erin.owner, now + 4) is None
+
+
+def _state(store: Store, request: Request, at: float) -> GroupState:
+    found = store.approval_group_of(request.id, at)
+    assert found is not None
+    return found.state
+
+
+def test_a_decision_is_final_only_once_its_answer_told_the_backend(store: Store) -> None:
+    """Decided is not final: while Bob's deciding answer is telling the backend, Carol's is
+    neither counted nor refused for good, and the group still stands in anyone's way."""
+    group = store.add_approval_group("t-deciding", 2, 1.0)
+    alice, bob, carol = (_asked(store, "t-deciding", f"{n}@example.com", group) for n in ("alice", "bob", "carol"))
+    now = time.time()
+    alices = _claimed(store, alice, now)
+    assert store.count_approval(group, alice.id, alice.owner, now) == 1
+    assert store.finish_claim(alice.id, alices, now)
+    bobs = _claimed(store, bob, now + 1)
+    assert store.count_approval(group, bob.id, bob.owner, now + 1) == 2
+    _claimed(store, carol, now + 2, "fail")
+
+    assert _state(store, carol, now + 2) is GroupState.DECIDING
+    assert store.decide_group_fail(group, carol.id, carol.owner, now + 2) is False
+    assert store.count_approval(group, carol.id, carol.owner, now + 2) is None
+    assert [g.id for g in store.task_approvals("t-deciding", now + 2).groups] == [group]
+
+    assert store.finish_claim(bob.id, bobs, now + 3)
+    assert _state(store, carol, now + 3) is GroupState.DECIDED
+    assert store.task_approvals("t-deciding", now + 3).groups == ()
+    # Final now, however long ago Bob's claim was taken.
+    assert _state(store, carol, now + 10 * STALE_CLAIM_SECONDS) is GroupState.DECIDED
+    assert store.decide_group_fail(group, carol.id, carol.owner, now + 10 * STALE_CLAIM_SECONDS) is False
+
+
+def test_a_decision_whose_attempt_died_is_taken_back_by_the_next_answer(store: Store) -> None:
+    """Bob's deciding attempt died (its claim went stale): Carol's fail decides instead, and
+    Bob's dead claim is given back, so that attempt can never finish it; Bob's retry is told."""
+    group = store.add_approval_group("t-died", 2, 1.0)
+    alice, bob, carol = (_asked(store, "t-died", f"{n}@example.com", group) for n in ("alice", "bob", "carol"))
+    now = time.time()
+    alices = _claimed(store, alice, now)
+    assert store.count_approval(group, alice.id, alice.owner, now) == 1
+    assert store.finish_claim(alice.id, alices, now)
+    bobs = _claimed(store, bob, now + 1)
+    assert store.count_approval(group, bob.id, bob.owner, now + 1) == 2
+
+    later = now + 1 + STALE_CLAIM_SECONDS + 1
+    assert _state(store, carol, later - 2) is GroupState.DECIDING
+    assert _state(store, carol, later) is GroupState.OPEN
+    carols = _claimed(store, carol, later, "fail")
+    assert store.decide_group_fail(group, carol.id, carol.owner, later) is True
+
+    assert store.get_claim(bob.id) is None
+    assert not store.finish_claim(bob.id, bobs, later)  # the dead attempt, woken up, cannot finish
+    found = store.approval_group(group, later)
+    assert found is not None
+    decided = found[0]
+    assert (decided.decision, decided.decided_by, decided.approvals) == ("fail", carol.owner, 1)
+    assert decided.state is GroupState.DECIDING
+    _claimed(store, bob, later + 1)
+    assert store.count_approval(group, bob.id, bob.owner, later + 1) is None  # Carol's is being told
+    assert store.finish_claim(carol.id, carols, later + 2)
+    assert _state(store, bob, later + 2) is GroupState.DECIDED
+
+
+def test_the_deciding_requests_next_attempt_decides_anew(store: Store) -> None:
+    """Bob approved and decided, his attempt died; his next reply says fail: it decides."""
+    group = store.add_approval_group("t-anew", 2, 1.0)
+    alice, bob = (_asked(store, "t-anew", f"{n}@example.com", group) for n in ("alice", "bob"))
+    now = time.time()
+    alices = _claimed(store, alice, now)
+    assert store.count_approval(group, alice.id, alice.owner, now) == 1
+    assert store.finish_claim(alice.id, alices, now)
+    _claimed(store, bob, now)
+    assert store.count_approval(group, bob.id, bob.owner, now) == 2
+
+    later = now + STALE_CLAIM_SECONDS + 1
+    _claimed(store, bob, later, "fail")  # the stale claim taken over
+    assert store.decide_group_fail(group, bob.id, bob.owner, later) is True
+    found = store.approval_group(group, later)
+    assert found is not None and (found[0].decision, found[0].approvals) == ("fail", 1)
+
+
+def test_an_undo_leaves_a_decision_that_is_no_longer_its_own(store: Store) -> None:
+    group = store.add_approval_group("t-undo", 2, 1.0)
+    bob, carol = (_asked(store, "t-undo", f"{n}@example.com", group) for n in ("bob", "carol"))
+    now = time.time()
+    _claimed(store, bob, now)
+    assert store.decide_group_fail(group, bob.id, bob.owner, now) is True
+    later = now + STALE_CLAIM_SECONDS + 1
+    _claimed(store, carol, later, "fail")
+    assert store.decide_group_fail(group, carol.id, carol.owner, later) is True  # Bob's died
+
+    store.undo_group_decision(group, bob.id, counted=False)  # Bob's attempt, late, could not tell
+    found = store.approval_group(group, later)
+    assert found is not None and (found[0].decision, found[0].decided_request) == ("fail", carol.id)
 
 
 def _asked(store: Store, task_id: str, owner: str, group: str | None = None, expires_in: float = 60) -> Request:

@@ -3,8 +3,9 @@
 It verifies each POST the documented way: HMAC-SHA256 over ``f"{timestamp}."`` + the raw
 body, compared in constant time, and the timestamp no older than five minutes (a replayed
 request is refused). Verified payloads are recorded; refusals are counted. ``answer`` makes
-it reply 409/422/500 (or anything) to verified requests; ``delay`` makes it slow to answer
-(a verified request is recorded first). It runs on 127.0.0.1, a free port (or ``port``), in a
+it reply 409/422/500 (or anything) to verified requests; ``delay`` makes it slow to answer,
+and ``gate`` holds each answer until the test opens it (a verified request is recorded
+first, so a test can wait for it to be under way). It runs on 127.0.0.1, a free port (or ``port``), in a
 thread with its own event loop.
 """
 
@@ -14,6 +15,7 @@ import asyncio
 import hashlib
 import hmac
 import json
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +34,7 @@ class WebhookReceiver:
     headers: list[dict[str, str]] = field(default_factory=list)
     rejected: list[str] = field(default_factory=list)  # why each refused request was refused
     delay: float = 0.0  # seconds to wait before answering a verified request
+    gate: threading.Event | None = None  # when given, each answer waits until it is set
     port: int = 0
     _server: AppThread | None = None
 
@@ -64,6 +67,8 @@ class WebhookReceiver:
         self.headers.append(dict(request.headers))
         if self.delay:
             await asyncio.sleep(self.delay)
+        if self.gate is not None:
+            await asyncio.to_thread(self.gate.wait, 60)
         if self.answer is None:
             return web.json_response({"ok": True})
         status, content = self.answer

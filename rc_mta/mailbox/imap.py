@@ -38,9 +38,9 @@ from ..config import MailboxConfig
 from ..errors import ConfigError, TemporaryFailure
 from ..logs import TRACE
 from ..oauth2 import TokenProvider
-from ..pipeline import STALE_CLAIM_SECONDS, Inbound, MailboxOutcome, Pipeline
+from ..pipeline import Inbound, MailboxOutcome, Pipeline
 from ..registry import MAILBOX_SOURCES
-from ..store import MailboxMessage, Store
+from ..store import STALE_CLAIM_SECONDS, MailboxMessage, Store
 from ._aioimaplib import Client
 from ._watcher import Watcher
 

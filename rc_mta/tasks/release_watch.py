@@ -51,6 +51,9 @@ class ReleaseWatcher:
         self._store = service.store
         self.holder = f"{socket.gethostname()[:40]}:{os.getpid()}:{secrets.token_hex(4)}"
         self.last_round: float | None = None
+        # Why each (task, email) was last not mailed: a refusal that lasts (an N-of-M group
+        # of the task stands in the way until its requests are revoked) is logged once.
+        self._not_mailed: dict[tuple[str, str], str] = {}
 
     async def run(self) -> None:
         """Watch until cancelled; a failed round is logged and the next one tries again."""
@@ -73,7 +76,7 @@ class ReleaseWatcher:
         for task in await self._backend.started_tasks(self._config.watch_tag):
             emails = await self._backend.owner_emails(task)
             if not emails:
-                log.warning("release watch: task %s has no owner with an email in Release: not mailed", task.id)
+                self._not_mailed_because(task.id, "anyone", "the task has no owner with an email in Release")
             wanted[task.id] = (task, emails)
         # Withdraw first: a task reassigned to someone else is never answerable by both.
         await self._close_the_ones_that_left(wanted)
@@ -84,9 +87,17 @@ class ReleaseWatcher:
                 except (asyncio.CancelledError, TemporaryFailure):
                     raise  # the round is retried as a whole
                 except Exception as exc:  # this task's trouble (it moved on, a bad owner): not the others'
-                    log.warning(
-                        "release watch: task %s to %s not mailed: %s: %s", task.id, email, type(exc).__name__, exc
-                    )
+                    self._not_mailed_because(task.id, email, f"{type(exc).__name__}: {exc}")
+        # What left Release is forgotten: should it come back, its trouble is told again.
+        self._not_mailed = {key: why for key, why in self._not_mailed.items() if key[0] in wanted}
+
+    def _not_mailed_because(self, task_id: str, email: str, why: str) -> None:
+        """A WARNING the first round it happens, then DEBUG each round while the reason stays."""
+        again = self._not_mailed.get((task_id, email)) == why
+        self._not_mailed[(task_id, email)] = why
+        level = logging.DEBUG if again else logging.WARNING
+        until = "" if again else " (tried each round; logged again only if the reason changes)"
+        log.log(level, "release watch: task %s to %s not mailed: %s%s", task_id, email, why, until)
 
     async def _send(self, task: StartedTask, email: str) -> None:
         store = self._store
@@ -102,6 +113,7 @@ class ReleaseWatcher:
             await asyncio.to_thread(store.release_watched_task, task.id, email, self.holder)
             raise
         await asyncio.to_thread(store.watched_task_sent, task.id, email, self.holder, time.time())
+        self._not_mailed.pop((task.id, email), None)
         log.info("release watch: task %s started: request %s mailed to %s", task.id, sent.request_id, email)
 
     async def _close_the_ones_that_left(self, wanted: dict[str, tuple[StartedTask, tuple[str, ...]]]) -> None:
