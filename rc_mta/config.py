@@ -556,6 +556,10 @@ class SpfCheck(PolicyCheck):
 
 
 class DkimCheck(PolicyCheck):
+    # "tag": a failed signature alone proves little (lists and forwarders break them); DMARC
+    # and the owner rule decide. The section's own default, so a [checks.dkim] that sets
+    # only min_key_bits keeps it too.
+    policy: Literal["off", "tag", "reject"] = "tag"
     min_key_bits: int = Field(default=1024, ge=512, le=8192)
 
 
@@ -605,7 +609,7 @@ class ChecksConfig(Section):
     trusted_authserv_ids: list[str] = Field(default_factory=list)
     spf: SpfCheck = SpfCheck()
     rdns: PolicyCheck = PolicyCheck()
-    dkim: DkimCheck = DkimCheck(policy="tag")
+    dkim: DkimCheck = DkimCheck()
     dmarc: DmarcCheck = DmarcCheck()
     arc: ArcCheck = ArcCheck()
     whitelist: WhitelistCheck = WhitelistCheck()

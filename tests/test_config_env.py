@@ -79,3 +79,17 @@ def test_a_wrong_variable_is_named_in_one_line(
     message = str(raised.value)
     assert message.startswith(f"environment variable {name}: {said}"), message
     assert "\n" not in message
+
+
+def test_a_section_given_in_part_keeps_the_defaults_of_the_keys_it_leaves_out(
+    config_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # [checks.dkim] with only min_key_bits once turned DKIM's policy from "tag" to "reject".
+    config_file.write_text(config_file.read_text() + "[checks.dkim]\nmin_key_bits = 2048\n")
+    monkeypatch.setenv("RC_MTA_CHECKS__SPF__REJECT_SOFTFAIL", "true")
+
+    settings = load_settings(str(config_file))
+
+    assert (settings.checks.dkim.policy, settings.checks.dkim.min_key_bits) == ("tag", 2048)
+    assert (settings.checks.spf.policy, settings.checks.spf.reject_softfail) == ("reject", True)
+    assert load_settings(None).checks.dkim.policy == "tag"
