@@ -5,10 +5,10 @@ one instance at a time."""
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
+from racing import all_at_once
 from sqlalchemy import text
 from test_store import store as store  # the same store fixture: SQLite and PostgreSQL
 
@@ -156,18 +156,8 @@ def test_a_notice_is_recorded_once_with_its_failed_mail_and_retried_by_one_insta
     assert store.settle_notice(first, "failer", "pending", now + 1, error="down", next_attempt_at=now + 60)
     assert store.claim_notices("round", now + 59, 300) == []  # backing off
 
-    taken: list[str] = []
-    barrier = threading.Barrier(4)
-
-    def instance(i: int) -> None:
-        barrier.wait()
-        taken.extend(f"{i}:{n.request_id}" for n in store.claim_notices(f"instance-{i}", now + 61, 300))
-
-    threads = [threading.Thread(target=instance, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    claimed = all_at_once(4, lambda i: store.claim_notices(f"instance-{i}", now + 61, 300))
+    taken = [f"{i}:{n.request_id}" for i, notices in enumerate(claimed) for n in notices]
     assert len(taken) == 1
     holder = "instance-" + taken[0].split(":")[0]
 

@@ -5,9 +5,9 @@ store from before reminders were queued is re-keyed as it starts."""
 
 from __future__ import annotations
 
-import threading
 import time
 
+from racing import all_at_once
 from sqlalchemy import Column, Float, ForeignKey, Integer, LargeBinary, MetaData, String, Table, Text, inspect, text
 from test_store import store as store  # the same store fixture: SQLite and PostgreSQL
 
@@ -35,19 +35,8 @@ def test_racing_senders_take_a_queued_mail_once(store: Store) -> None:
     start = time.time()
     request = _queued(store, start)
     now = start + 2
-    taken: list[str] = []
-    barrier = threading.Barrier(6)
-
-    def sender(i: int) -> None:
-        barrier.wait()
-        for mail in store.claim_outbound(f"sender-{i}", now, 60, 10):
-            taken.append(f"sender-{i}:{mail.request_id}")
-
-    threads = [threading.Thread(target=sender, args=(i,)) for i in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    claimed = all_at_once(6, lambda i: store.claim_outbound(f"sender-{i}", now, 60, 10))
+    taken = [f"sender-{i}:{mail.request_id}" for i, mails in enumerate(claimed) for mail in mails]
 
     assert len(taken) == 1 and taken[0].endswith(request.id)
 
@@ -174,21 +163,15 @@ def test_a_store_from_before_queued_reminders_is_rekeyed_at_start_by_one_of_seve
     store.add_request(request)
     _old_outbound_table(store, request, now)
     starting = [Store(store.url, busy_timeout=5) for _ in range(3)]
-    errors: list[BaseException] = []
-    barrier = threading.Barrier(len(starting))
 
-    def start(instance: Store) -> None:
-        barrier.wait()
+    def start(i: int) -> BaseException | None:
         try:
-            instance.create_schema()  # what each new instance does as it starts
+            starting[i].create_schema()  # what each new instance does as it starts
         except BaseException as exc:
-            errors.append(exc)
+            return exc
+        return None
 
-    threads = [threading.Thread(target=start, args=(s,)) for s in starting]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    errors = [e for e in all_at_once(len(starting), start) if e is not None]
     for instance in starting:
         instance.close()
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from racing import all_at_once
 from sqlalchemy import event, inspect, text
 
 from rc_mta.store import STALE_CLAIM_SECONDS, Answer, ClaimOutcome, GroupState, Request, Store, new_attempt_id
@@ -51,18 +51,9 @@ def test_task_changes_state_once(store: Store) -> None:
 
 def test_racing_actions_on_one_task_let_exactly_one_win(store: Store) -> None:
     task = store.add_task("Deploy", "alice@example.com", time.time())
-    results: list[bool] = []
-    barrier = threading.Barrier(8)
-
-    def act(i: int) -> None:
-        barrier.wait()
-        results.append(store.set_task_status(task.id, "completed", f"c{i}", "alice@example.com", time.time()))
-
-    threads = [threading.Thread(target=act, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    results = all_at_once(
+        8, lambda i: store.set_task_status(task.id, "completed", f"c{i}", "alice@example.com", time.time())
+    )
 
     assert sorted(results) == [False] * 7 + [True]
     stored = store.get_task(task.id)
@@ -71,20 +62,10 @@ def test_racing_actions_on_one_task_let_exactly_one_win(store: Store) -> None:
 
 def test_racing_claims_on_one_request_let_exactly_one_win(store: Store) -> None:
     request = _request(store, "t-1")
-    wins: list[str] = []
-    barrier = threading.Barrier(6)
-
-    def claim(i: int) -> None:
-        barrier.wait()
-        outcome, _ = store.claim(request.id, f"a{i}", f"<m{i}@x>", "complete", ALICE, time.time(), 600)
-        if outcome is ClaimOutcome.OURS:
-            wins.append(f"<m{i}@x>")
-
-    threads = [threading.Thread(target=claim, args=(i,)) for i in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    outcomes = all_at_once(
+        6, lambda i: store.claim(request.id, f"a{i}", f"<m{i}@x>", "complete", ALICE, time.time(), 600)[0]
+    )
+    wins = [f"<m{i}@x>" for i, outcome in enumerate(outcomes) if outcome is ClaimOutcome.OURS]
 
     assert len(wins) == 1
     claim_row = store.get_claim(request.id)
@@ -93,18 +74,9 @@ def test_racing_claims_on_one_request_let_exactly_one_win(store: Store) -> None:
 
 def test_racing_copies_of_one_message_let_exactly_one_act(store: Store) -> None:
     request = _request(store, "t-1b")
-    outcomes: list[ClaimOutcome] = []
-    barrier = threading.Barrier(6)
-
-    def claim(i: int) -> None:
-        barrier.wait()
-        outcomes.append(store.claim(request.id, f"a{i}", "<same@x>", "complete", ALICE, time.time(), 600)[0])
-
-    threads = [threading.Thread(target=claim, args=(i,)) for i in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    outcomes = all_at_once(
+        6, lambda i: store.claim(request.id, f"a{i}", "<same@x>", "complete", ALICE, time.time(), 600)[0]
+    )
 
     assert sorted(o.value for o in outcomes) == ["busy"] * 5 + ["ours"]
 
@@ -271,21 +243,15 @@ def test_readiness_probes_at_the_same_moment_all_pass_even_before_the_schema_exi
     probed at once, and no service has created the schema yet."""
     url = f"sqlite:///{tmp_path / 'new.db'}" if backend == "sqlite" else request.getfixturevalue("pg_url")
     fresh = Store(url, busy_timeout=5)
-    errors: list[Exception] = []
-    barrier = threading.Barrier(6)
 
-    def probe() -> None:
-        barrier.wait()
+    def probe(_: int) -> Exception | None:
         try:
             fresh.ping()
         except Exception as exc:  # collected for the assertion
-            errors.append(exc)
+            return exc
+        return None
 
-    threads = [threading.Thread(target=probe) for _ in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    errors = [e for e in all_at_once(6, probe) if e is not None]
     fresh.close()
 
     assert errors == []
@@ -358,18 +324,7 @@ def test_an_answer_at_once_leaves_a_request_another_attempt_holds(store: Store) 
 def test_racing_answers_at_once_let_exactly_one_act(store: Store) -> None:
     task = store.add_task("Deploy", ALICE, time.time())
     request = _request(store, task.id)
-    results: list[bool] = []
-    barrier = threading.Barrier(8)
-
-    def act(i: int) -> None:
-        barrier.wait()
-        results.append(store.answer_at_once(_answer(request, attempt=f"a{i}", comment=f"c{i}")))
-
-    threads = [threading.Thread(target=act, args=(i,)) for i in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    results = all_at_once(8, lambda i: store.answer_at_once(_answer(request, attempt=f"a{i}", comment=f"c{i}")))
 
     assert sorted(results) == [False] * 7 + [True]
     stored = store.get_task(task.id)
@@ -531,18 +486,7 @@ def _one_person_approves_twice_at_once(store: Store, task_id: str) -> None:
     group = store.add_approval_group(task_id, 2, 1.0)
     first, second = _asked(store, task_id, ALICE, group), _asked(store, task_id, ALICE, group)
     bob = _asked(store, task_id, "bob@example.com", group)
-    barrier = threading.Barrier(2)
-    counts: list[int | None] = []
-
-    def approve(request: Request) -> None:
-        barrier.wait()
-        counts.append(store.count_approval(group, request.id, ALICE, time.time()))
-
-    threads = [threading.Thread(target=approve, args=(r,)) for r in (first, second)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    counts = all_at_once(2, lambda i: store.count_approval(group, (first, second)[i].id, ALICE, time.time()))
 
     assert counts == [1, 1], counts
     found = store.approval_group(group)

@@ -4,10 +4,10 @@ they leave has every table, column and index this version uses."""
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
+from racing import all_at_once
 from sqlalchemy import inspect, text
 from test_outbound_store import _old_outbound_table
 from test_store import store as store  # SQLite and PostgreSQL
@@ -46,21 +46,16 @@ def _start_at_once(url: str, instances: int, probes: int = 0) -> list[str]:
     """What ``instances`` services starting together do first, each with its own Store,
     while ``probes`` readiness probes (``check-config``, /readyz) ask the same store."""
     starting = [Store(url, busy_timeout=5) for _ in range(instances + probes)]
-    errors: list[str] = []
-    barrier = threading.Barrier(len(starting))
 
-    def start(instance: Store, probe: bool) -> None:
-        barrier.wait()
+    def start(i: int) -> str | None:
+        probe = i >= instances
         try:
-            instance.ping() if probe else instance.create_schema()
+            starting[i].ping() if probe else starting[i].create_schema()
         except BaseException as exc:  # collected for the assertion
-            errors.append(f"{'ping' if probe else 'create_schema'}: {type(exc).__name__}: {exc}")
+            return f"{'ping' if probe else 'create_schema'}: {type(exc).__name__}: {exc}"
+        return None
 
-    threads = [threading.Thread(target=start, args=(s, i >= instances)) for i, s in enumerate(starting)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    errors = [e for e in all_at_once(len(starting), start) if e is not None]
     for instance in starting:
         instance.close()
     return errors

@@ -4,7 +4,6 @@ a message of a polled mailbox, and the rate-limit counters (PostgreSQL only)."""
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import TypeVar
 
 import pytest
 from conftest import wait_until
+from racing import all_at_once
 from test_store import store as store  # the same store fixture: SQLite and PostgreSQL
 
 from rc_mta.ratelimit import SharedRateLimiter
@@ -23,26 +23,9 @@ MESSAGE = MailboxMessage("imap://replies@imap.example.test/INBOX", 4_000_000_000
 STALE = 600.0
 
 
-def race(workers: int, work: Callable[[int], T]) -> list[T]:
-    """Run ``work(i)`` on ``workers`` threads released at once; their results."""
-    results: list[T] = []
-    barrier = threading.Barrier(workers)
-
-    def run(i: int) -> None:
-        barrier.wait()
-        results.append(work(i))
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(workers)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return results
-
-
 def test_racing_pollers_get_a_mailbox_message_once(store: Store) -> None:
     now = time.time()
-    claims = race(6, lambda i: store.claim_mailbox_message(MESSAGE, f"poller-{i}", now, STALE).ours)
+    claims = all_at_once(6, lambda i: store.claim_mailbox_message(MESSAGE, f"poller-{i}", now, STALE).ours)
 
     assert sorted(claims) == [False] * 5 + [True]
 
@@ -119,7 +102,7 @@ def test_sqlite_has_no_shared_counters(tmp_path: Path) -> None:
 def test_instances_counting_at_once_admit_exactly_the_limit(counters: Callable[[float], SharedCounters]) -> None:
     instances = [counters(60.0) for _ in range(4)]
 
-    admitted = race(4, lambda i: sum(instances[i].add("messages", "192.0.2.1", 30) for _ in range(20)))
+    admitted = all_at_once(4, lambda i: sum(instances[i].add("messages", "192.0.2.1", 30) for _ in range(20)))
 
     assert sum(admitted) == 30
     assert instances[0].count("messages", "192.0.2.1") == 30
