@@ -697,8 +697,8 @@ def load_settings(explicit_path: str | None = None, *, require_file: bool = Fals
 
 
 def _file_tree(path: Path) -> dict[str, Any]:
-    """The TOML file's tables, a section's name in any case (``[Inbound]`` is ``inbound``;
-    of two spellings of one section, the first)."""
+    """The TOML file's tables, a section's name in any case (``[Inbound]`` is ``inbound``);
+    two spellings of one section are refused rather than one of them dropped."""
     import tomllib
 
     with path.open("rb") as file:
@@ -709,8 +709,10 @@ def _file_tree(path: Path) -> dict[str, Any]:
         section = sections.get(key.lower())
         if section is None:
             tree[key] = value  # refused as an unknown key
+        elif section in tree:
+            raise ConfigError(f"{path}: [{key}] and another spelling of it are the same section: keep one")
         else:
-            tree.setdefault(section, value)
+            tree[section] = value
     return tree
 
 
@@ -749,7 +751,7 @@ def _env_tree(environ: Mapping[str, str]) -> dict[str, Any]:
                 for key in keys:  # sorted names: a table's own variable came first
                     where = where.setdefault(key, {}) if isinstance(where, dict) else where
                 if not isinstance(where, dict):
-                    continue  # below a value that is not a table: pydantic refuses that value
+                    raise ConfigError(f"environment variable {name}: {'.'.join([section, *keys])} is not a table")
                 if isinstance(where.get(last), dict) and isinstance(found, dict):
                     found = _merged(where[last], found)
                 where[last] = found
@@ -760,8 +762,9 @@ def _json_value(name: str, key: str, value: str) -> Any:
     try:
         return json.loads(value)
     except ValueError:
+        # The value itself is not repeated: it may be an API token or a signing key.
         raise ConfigError(
-            f"environment variable {name}: config key {key}: {value!r} is not JSON, "
+            f"environment variable {name}: config key {key}: its value ({len(value)} characters) is not JSON, "
             'as a list, table or section is written here (e.g. ["a", "b"] or {"key": "value"})'
         ) from None
 

@@ -62,8 +62,8 @@ def test_lists_tables_and_nested_sections_come_as_json_or_by_key(
 @pytest.mark.parametrize(
     ("name", "value", "said"),
     [
-        ("RC_MTA_DNS__NAMESERVERS", "10.0.0.53", "config key dns.nameservers: '10.0.0.53' is not JSON"),
-        ("RC_MTA_LOG", "debug", "config key log: 'debug' is not JSON"),
+        ("RC_MTA_DNS__NAMESERVERS", "10.0.0.53", "config key dns.nameservers: its value (9 characters) is not JSON"),
+        ("RC_MTA_LOG", "debug", "config key log: its value (5 characters) is not JSON"),
         ("RC_MTA_INBOUND__TLS__NOPE", "1", "config key inbound.tls.nope: unknown key"),
         ("RC_MTA_INBOUND__MAX_RECIPIENTS", "many", "config key inbound.max_recipients:"),
     ],
@@ -93,3 +93,36 @@ def test_a_section_given_in_part_keeps_the_defaults_of_the_keys_it_leaves_out(
     assert (settings.checks.dkim.policy, settings.checks.dkim.min_key_bits) == ("tag", 2048)
     assert (settings.checks.spf.policy, settings.checks.spf.reject_softfail) == ("reject", True)
     assert load_settings(None).checks.dkim.policy == "tag"
+
+
+def test_a_secret_written_wrong_is_not_repeated_in_the_error(
+    config_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RC_MTA_HTTP__API_TOKENS", "tok-SuperSecret-abc123")  # meant as ["tok-…"]
+
+    with pytest.raises(ConfigError) as raised:
+        load_settings(str(config_file))
+
+    assert "RC_MTA_HTTP__API_TOKENS" in str(raised.value)
+    assert "SuperSecret" not in str(raised.value)
+
+
+def test_a_key_below_a_value_that_is_set_is_refused_not_dropped(
+    config_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RC_MTA_LOG__LEVEL", "info")
+    monkeypatch.setenv("RC_MTA_LOG__LEVEL__X", "1")
+
+    with pytest.raises(ConfigError) as raised:
+        load_settings(str(config_file))
+
+    assert str(raised.value) == "environment variable RC_MTA_LOG__LEVEL__X: log.level is not a table"
+
+
+def test_two_spellings_of_one_section_in_the_file_are_refused(config_file: Path) -> None:
+    config_file.write_text(config_file.read_text() + '[log]\nlevel = "debug"\n[Log]\nformat = "json"\n')
+
+    with pytest.raises(ConfigError) as raised:
+        load_settings(str(config_file))
+
+    assert "[Log] and another spelling of it are the same section" in str(raised.value)
