@@ -797,6 +797,10 @@ def _group_refusal(request: Request, standing: ApprovalStanding) -> RcMtaError |
     ``decide_group_fail`` apply the same rule when acting. The request that decided is let
     through: its claim says whether it is done or still being answered."""
     if standing.blocking is not None:
+        if standing.blocking.state is GroupState.DECIDING:
+            # Its decision is being told to the backend: once told, this answer is judged
+            # as any other; if it can't be told, the group still stands. A 4xx either way.
+            return DecisionPending(request.task_id)
         return NotInApprovalGroup(request.task_id, standing.blocking.needed)
     group = standing.group
     if group is None or group.state is GroupState.OPEN or group.decided_request == request.id:

@@ -15,6 +15,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -403,3 +404,26 @@ def test_diagnose_of_each_members_answer_says_what_the_server_answers(api: RcMta
         assert predicted["would"] == would
         assert predicted["action"] == (None if would == "refuse" else "complete")
     assert api.task(task)["status"] == "completed"
+
+
+def test_an_answer_outside_a_group_whose_decision_is_being_told_waits_rather_than_bounces() -> None:
+    # The group may still decide (it is told to the backend now, and taken back if that
+    # fails): a doubt that lasts seconds is a 4xx, and only a group that may still decide
+    # for itself refuses the answer for good.
+    from rc_mta.errors import DecisionPending, NotInApprovalGroup
+    from rc_mta.pipeline import _group_refusal
+    from rc_mta.store import ApprovalGroup, ApprovalStanding, GroupState
+
+    lone = Request(new_request_id(), "CHANGE-11", ALICE, "Approve", 0.0, 3600.0, None, None)
+
+    def blocking(state: GroupState) -> ApprovalStanding:
+        group = ApprovalGroup("g-1", "CHANGE-11", 1, 1 if state is GroupState.DECIDING else 0, 0.0, None, None, None)
+        if state is GroupState.DECIDING:
+            group = replace(group, decided_at=1.0, decision="complete", decided_by=BOB, decided_request="r-bob")
+        return ApprovalStanding(None, blocking=replace(group, state=state))
+
+    deciding = _group_refusal(lone, blocking(GroupState.DECIDING))
+    open_group = _group_refusal(lone, blocking(GroupState.OPEN))
+
+    assert isinstance(deciding, DecisionPending) and R.reply_for(deciding).code == 451
+    assert isinstance(open_group, NotInApprovalGroup) and R.reply_for(open_group).code == 550
