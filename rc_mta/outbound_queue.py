@@ -142,12 +142,15 @@ class OutboundQueue:
         The look at whether it is still wanted (for a reminder the task, asked of a backend
         that may retry for long) and the delivery end together within half the lease: past
         the lease another instance may take the mail, and both would send it. A look that
-        cannot finish in time defers the mail: it is never sent blindly."""
+        cannot finish in time defers the mail: it is never sent blindly. The look ends a
+        quarter lease (at least the relay's timeout) before that, so a delivery never starts
+        too late to finish: cut after its final dot, it would be sent again."""
         budget = leased_at + self.lease / 2 - time.time()
         sending = False
         try:
             async with asyncio.timeout(max(0.0, budget)):
-                not_sent = await self._not_wanted(mail, checked)
+                async with asyncio.timeout(max(0.0, budget - self.lease / 4)):
+                    not_sent = await self._not_wanted(mail, checked)
                 if not_sent is None:
                     sending = True
                     delivered: Delivered = await self.transport.deliver(mail)
@@ -159,7 +162,7 @@ class OutboundQueue:
             if sending:
                 await self._defer(mail, str(exc) or f"no answer within {self.lease / 2:g}s")
             else:
-                why = f"could not be told within {self.lease / 2:g}s whether it is still wanted"
+                why = f"could not be told within {self.lease / 4:g}s whether it is still wanted"
                 await self._defer(mail, f"not sent yet, as it {why}")
         except TemporaryFailure as exc:  # the look, not the delivery (DeliveryDeferred above)
             await self._defer(mail, f"not sent yet, as it cannot be told whether it is still wanted: {exc}")

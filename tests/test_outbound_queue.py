@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import RcMta, free_port, make_rc_mta, wait_until
 from mailclient import reply_message, send_smtp
 from release_server import FakeRelease
@@ -438,14 +439,17 @@ async def _until(condition: Callable[[], Any], what: str, timeout: float = 30.0)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+@pytest.mark.parametrize("look", [5.0, 1.5])
 def test_a_reminder_whose_task_cannot_be_read_within_its_lease_is_deferred_and_sent_once_by_two_instances(
-    store: Store, tmp_path: Path
+    store: Store, tmp_path: Path, look: float
 ) -> None:
     """Release answers the look at the task (is it still in progress?) later than the
-    mail's lease lasts. Were the look outside the time that bounds the delivery, the
-    instance holding the reminder would send it after its lease ran out, and the other
-    instance, which took it meanwhile, would send it too. Each attempt defers it instead,
-    and once Release answers in time one instance sends it, once."""
+    mail's lease lasts (5 s), or so late that the delivery would start with too little of
+    its time left (1.5 s of 2: cut after its final dot, it would be sent again). Were the
+    look outside the time that bounds the delivery, the instance holding the reminder would
+    send it after its lease ran out, and the other instance, which took it meanwhile,
+    would send it too. Each attempt defers it instead, and once Release answers in time
+    one instance sends it, once."""
     from rc_mta.app import Service
     from rc_mta.config import OutboundConfig, ReleaseConfig, Settings, SigningConfig, StoreConfig, TasksConfig
 
@@ -479,7 +483,7 @@ def test_a_reminder_whose_task_cannot_be_read_within_its_lease_is_deferred_and_s
     message = b"Subject: Reminder: Approve deploy\r\nMessage-ID: <reminder-1@example.com>\r\n\r\nStill waiting.\r\n"
     # Queued as a follow-up round does, its lease over at once: either sender loop takes it.
     assert store.queue_followup_mail(request, "reminder-1", "round", message, "release@example.com", now, "-", 0)
-    release.delay = 5.0  # longer than the whole lease
+    release.delay = look
 
     def reminder() -> OutboundMail:
         mail = store.get_outbound(request.id, "reminder-1")
@@ -511,6 +515,6 @@ def test_a_reminder_whose_task_cannot_be_read_within_its_lease_is_deferred_and_s
         release.stop()
 
     assert deferred.state is Delivery.DEFERRED
-    assert deferred.last_answer == "not sent yet, as it could not be told within 2s whether it is still wanted"
+    assert deferred.last_answer == "not sent yet, as it could not be told within 1s whether it is still wanted"
     assert received == ["<reminder-1@example.com>"]  # once, by one of the two
     assert reminder().attempts >= 3
