@@ -21,6 +21,7 @@ import pytest
 from rc_mta import authresults, budget, config, logs, rawmessage, safetext, tokens
 from rc_mta.checks import dmarc
 from rc_mta.checks.binding import RequestAddresses
+from rc_mta.inbound import aiosmtpd_private as private
 from rc_mta.inbound import protocol
 from rc_mta.mailbox import imap
 from rc_mta.tasks import release
@@ -141,6 +142,9 @@ FAMILIES: list[Family] = [
     Family("request tokens, near-misses", ADDRESSES.tokens_in, lambda n: repeat("rc.", n)),
     Family("DMARC version", dmarc._VERSION.match, lambda n: "v" + " " * n + "x"),
     Family("DKIM white space scan", budget._LONG_WHITESPACE.findall, lambda n: lines(b" " * 31 + b"x", n)),
+    # inbound/aiosmtpd_private.py: MAIL FROM / RCPT TO read without the header parser.
+    Family("SMTP address, near-miss", private._PLAIN_ANGLE_ADDRESS.match, lambda n: "<" + repeat("a.", n, "@a-")),
+    Family("SMTP address, long domain", private._PLAIN_ANGLE_ADDRESS.match, lambda n: "<a@" + repeat("a.", n, "!")),
     # tokens.py and config.py: secrets and durations written by people, checked anyway.
     Family("secret as hex", tokens._HEX.fullmatch, lambda n: "a" * n + "!"),
     Family("secret as base64", tokens._BASE64.fullmatch, lambda n: "A" * n + "=" * 8 + "!"),
