@@ -143,8 +143,8 @@ FAMILIES: list[Family] = [
     Family("DMARC version", dmarc._VERSION.match, lambda n: "v" + " " * n + "x"),
     Family("DKIM white space scan", budget._LONG_WHITESPACE.findall, lambda n: lines(b" " * 31 + b"x", n)),
     # inbound/aiosmtpd_private.py: MAIL FROM / RCPT TO read without the header parser.
-    Family("SMTP address, near-miss", private._PLAIN_ANGLE_ADDRESS.match, lambda n: "<" + repeat("a.", n, "@a-")),
-    Family("SMTP address, long domain", private._PLAIN_ANGLE_ADDRESS.match, lambda n: "<a@" + repeat("a.", n, "!")),
+    Family("SMTP address, near-miss", private.plain_address, lambda n: "<" + repeat("a.", n, "@a-")),
+    Family("SMTP address, long domain", private.plain_address, lambda n: "<a@" + repeat("a.", n, "!")),
     # tokens.py and config.py: secrets and durations written by people, checked anyway.
     Family("secret as hex", tokens._HEX.fullmatch, lambda n: "a" * n + "!"),
     Family("secret as base64", tokens._BASE64.fullmatch, lambda n: "A" * n + "=" * 8 + "!"),

@@ -47,6 +47,16 @@ _PLAIN_ANGLE_ADDRESS = re.compile(
 )
 
 
+# RFC 5321 4.5.3.1.3: a path is at most 256 octets; longer text is aiosmtpd's to read.
+MAX_PATH = 256
+
+
+def plain_address(arg: str) -> re.Match[str] | None:
+    """The plain ``<dot-atom@domain>`` at the start of a MAIL/RCPT argument; the pattern
+    never looks past the longest path there is, whatever the client sent."""
+    return _PLAIN_ANGLE_ADDRESS.match(arg, 0, MAX_PATH + 2)
+
+
 class ReplyObjects(SMTP):
     """Sessions and envelopes of our own classes, which carry XCLIENT/XFORWARD facts and
     verdicts: aiosmtpd makes them in ``_create_session`` / ``_create_envelope``. And the
@@ -59,7 +69,7 @@ class ReplyObjects(SMTP):
         return ReplyEnvelope()
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
-        plain = _PLAIN_ANGLE_ADDRESS.match(arg)
+        plain = plain_address(arg)
         rest = arg[plain.end() :] if plain else ""
         if rest[:1] in (" ", "\t"):
             rest = rest.lstrip()  # folding white space: the parser then takes every kind there
