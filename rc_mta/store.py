@@ -224,6 +224,18 @@ class Delivery(Enum):
         return self in (Delivery.QUEUED, Delivery.DEFERRED)
 
 
+class Settled(Enum):
+    """What ``settle_outbound`` wrote. False only as ``LOST``: the holder's lease had run out
+    and someone else held the mail, so nothing was written."""
+
+    LOST = "lost"
+    SETTLED = "settled"  # the attempt, and no notice (none asked for, or one was there already)
+    WITH_NOTICE = "with_notice"  # the attempt, and the notice to the task backend with it
+
+    def __bool__(self) -> bool:
+        return self is not Settled.LOST
+
+
 @dataclass(frozen=True)
 class OutboundMail:
     """A mail of a request in the outbound queue and what became of it so far."""
@@ -568,12 +580,13 @@ class Store:
         path: str | None = None,
         kind: str = REQUEST_MAIL,
         notice: NoticeTerms | None = None,
-    ) -> bool:
-        """Record what one delivery attempt found and give the row back; False when
+    ) -> Settled:
+        """Record what one delivery attempt found and give the row back; ``LOST`` when
         ``holder`` no longer held it (its lease ran out and someone else took it), and then
         nothing was written. ``notice``: a FAILED request mail's notice to the task backend,
         written in the same transaction, so no crash or store error between the two loses
-        it (``request_notices``)."""
+        it (``request_notices``); ``WITH_NOTICE`` when this transaction wrote it, so its
+        writer tells it, and no one else's notice (one already there) is told twice."""
         q = outbound_queue.c
         values: dict[str, Any] = {
             "state": state.value,
@@ -590,6 +603,7 @@ class Store:
             values["message"] = b""  # the relay has it: the store keeps the record, not the mail
         if path is not None:
             values["path"] = path
+        written = 0
         with self._begin() as conn:
             changed = conn.execute(
                 update(outbound_queue)
@@ -598,12 +612,14 @@ class Store:
             ).rowcount
             if changed == 1 and notice is not None and state is Delivery.FAILED:
                 row = _new_notice(request_id, notice.event, answer, now)
-                conn.execute(
-                    _insert_unless_there(conn, request_notices).values(
-                        **row, holder=notice.holder, lease_until=now + notice.lease
-                    )
-                )
-        return changed == 1
+                written = conn.execute(
+                    _insert_unless_there(conn, request_notices)
+                    .values(**row, holder=notice.holder, lease_until=now + notice.lease)
+                    .execution_options(preserve_rowcount=True)  # an INSERT's is kept only when asked
+                ).rowcount
+        if changed != 1:
+            return Settled.LOST
+        return Settled.WITH_NOTICE if written == 1 else Settled.SETTLED
 
     def get_outbound(self, request_id: str, kind: str = REQUEST_MAIL) -> OutboundMail | None:
         """One mail of a request: by default the request mail itself."""
