@@ -34,19 +34,23 @@ PASSWORD = "relay-secret"
 RELEASE_TOKEN = "release-personal-token-0123"
 
 
+def _relay_outbound(port: int) -> dict[str, Any]:
+    """The [outbound] keys that send through the test relay at ``port``."""
+    return {
+        "transport": "smtp",
+        "smtp_host": "127.0.0.1",
+        "smtp_port": port,
+        "smtp_username": RELAY_USER,
+        "smtp_password": PASSWORD,
+        "smtp_timeout": "5s",
+        "from_address": "release@example.com",
+    }
+
+
 def _with_relay(server: RcMta, port: int) -> RcMta:
     """Send through the relay at ``port``, retry after a second, look twice a second."""
     server.settings["outbound"].update(
-        transport="smtp",
-        smtp_host="127.0.0.1",
-        smtp_port=port,
-        smtp_username=RELAY_USER,
-        smtp_password=PASSWORD,
-        smtp_timeout="5s",
-        from_address="release@example.com",
-        retry_min="1s",
-        retry_max="2s",
-        queue_poll_interval="0.3s",
+        _relay_outbound(port), retry_min="1s", retry_max="2s", queue_poll_interval="0.3s"
     )
     server.settings["http"]["api_tokens"] = [TOKEN]
     server.write_config()
@@ -461,16 +465,7 @@ def test_a_reminder_whose_task_cannot_be_read_within_its_lease_is_deferred_and_s
         signing=SigningConfig(generated_key_file=tmp_path / "key"),
         tasks=TasksConfig(backend="release", release=ReleaseConfig(url=release.url, token=RELEASE_TOKEN, retries=0)),
         outbound=OutboundConfig(
-            transport="smtp",
-            smtp_host="127.0.0.1",
-            smtp_port=port,
-            smtp_username=RELAY_USER,
-            smtp_password=PASSWORD,
-            smtp_timeout="5s",
-            from_address="release@example.com",
-            retry_min="0.2s",
-            retry_max="0.2s",
-            queue_poll_interval="0.1s",
+            **_relay_outbound(port), retry_min="0.2s", retry_max="0.2s", queue_poll_interval="0.1s"
         ),
     )
     instances = [Service.open(settings, generate_key=True) for _ in range(2)]
@@ -539,15 +534,7 @@ def test_a_failed_request_is_told_to_the_webhook_only_where_its_failing_transact
         store=StoreConfig(url=store.url),
         signing=SigningConfig(generated_key_file=tmp_path / "key"),
         tasks=TasksConfig(backend="webhook", webhook=WebhookConfig(url=receiver.url, secret=receiver.secret)),
-        outbound=OutboundConfig(
-            transport="smtp",
-            smtp_host="127.0.0.1",
-            smtp_port=port,
-            smtp_username=RELAY_USER,
-            smtp_password=PASSWORD,
-            smtp_timeout="5s",
-            from_address="release@example.com",
-        ),
+        outbound=OutboundConfig(**_relay_outbound(port)),
     )
     service = Service.open(settings, generate_key=True)
     now = time.time()
