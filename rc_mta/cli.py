@@ -115,8 +115,17 @@ def cmd_task(settings: Settings, args: argparse.Namespace) -> int:
         store.close()
 
 
+# What only sending a request takes: ``request show`` refuses them rather than drop them.
+_SENDING_OPTIONS = {"owner": "--owner", "language": "--language", "approval_group": "--approval-group"}
+
+
 def cmd_request(settings: Settings, args: argparse.Namespace) -> int:
-    if args.task_id == "show" and args.request_id is not None:
+    if args.task_id == "show":  # always the word: ``request show`` alone never asks a task "show"
+        if args.request_id is None:
+            raise RcMtaError("request show needs the request's id: rc-mta request show REQUEST_ID")
+        given = [option for name, option in _SENDING_OPTIONS.items() if getattr(args, name) is not None]
+        if given:
+            raise RcMtaError(f"{given[0]} is for sending a request; request show takes REQUEST_ID and --json")
         return cmd_request_show(settings, args)
     if args.request_id is not None:
         raise RcMtaError(f"unexpected argument {args.request_id!r} (to see a request: rc-mta request show ID)")
@@ -590,10 +599,13 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--json", action="store_true")
 
     request = commands.add_parser(
-        "request", help="mail a completion request for a task (or: request show ID, to see one)"
+        "request",
+        help="mail a completion request for a task (or: request show REQUEST_ID, to see one)",
+        usage="%(prog)s [--owner OWNER] [--language {en,de,fr}] [--approval-group GROUP] [--json] TASK_ID\n"
+        "       %(prog)s show REQUEST_ID [--json]",
     )
-    request.add_argument("task_id", help="the task (or 'show', followed by a request id)")
-    request.add_argument("request_id", nargs="?", help=argparse.SUPPRESS)
+    request.add_argument("task_id", metavar="TASK_ID", help="the task to ask its owner about")
+    request.add_argument("request_id", metavar="REQUEST_ID", nargs="?", help="after the word show: the request to see")
     request.add_argument("--owner", help="send to this address instead of the task's owner")
     request.add_argument("--language", choices=["en", "de", "fr"], help="of the mail (default: [outbound] language)")
     request.add_argument(

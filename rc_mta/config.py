@@ -691,7 +691,7 @@ def load_settings(explicit_path: str | None = None, *, require_file: bool = Fals
     try:
         return Settings.model_validate(_merged(values, overrides))
     except ValidationError as exc:
-        raise ConfigError(_one_line(exc, path, os.environ)) from None
+        raise ConfigError(_one_line(exc, path, os.environ, overrides, values)) from None
     except (OSError, ValueError) as exc:  # a validator's own trouble, as before
         raise ConfigError(f"{path}: {exc}") from None
 
@@ -743,6 +743,12 @@ def _env_tree(environ: Mapping[str, str]) -> dict[str, Any]:
                 tree[section] = _json_value(name, section, value)
             elif lowered.startswith(whole + "__"):
                 *keys, last = lowered[len(whole) + 2 :].split("__")
+                for depth in range(1, len(keys) + 1):  # a key below a value is no key
+                    above = _key_type(field.annotation, keys[:depth])
+                    if above is not _UNKNOWN and not _is_table(above):
+                        raise ConfigError(
+                            f"environment variable {name}: {'.'.join([section, *keys[:depth]])} is not a table"
+                        )
                 found: Any = value
                 target = _key_type(field.annotation, [*keys, last])
                 if target is not _UNKNOWN and value and _is_complex(target):
@@ -816,6 +822,19 @@ def _is_complex(annotation: Any) -> bool:
     return isinstance(kind, type) and issubclass(kind, (BaseModel, dict, list, tuple, set, frozenset))
 
 
+def _is_table(annotation: Any) -> bool:
+    """A model or a dict: it has keys, so a variable may set one of them (a union when
+    any of its members does; ``Any`` as well)."""
+    annotation = _unannotated(annotation)
+    if annotation is Any:
+        return True
+    origin = get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        return any(_is_table(member) for member in get_args(annotation))
+    kind = origin if origin is not None else annotation
+    return isinstance(kind, type) and issubclass(kind, (BaseModel, dict))
+
+
 def _check_env_names(environ: Mapping[str, str]) -> None:
     """A misspelt override would be ignored silently (``_env_tree`` reads the sections'
     names only), and the service would run on a value nobody chose."""
@@ -834,20 +853,54 @@ def _check_env_names(environ: Mapping[str, str]) -> None:
             raise ConfigError(f"environment variable {name}: sections and keys are joined by two underscores: {hint}")
 
 
-def _env_name_for(loc: tuple[int | str, ...], environ: Mapping[str, str]) -> str | None:
-    """The environment variable that set the key at ``loc``, if one did."""
-    wanted = ENV_PREFIX + "__".join(str(part) for part in loc).upper()
-    return next((name for name in environ if name.upper() == wanted), None)
+def _env_name_for(
+    loc: tuple[int | str, ...], environ: Mapping[str, str], overrides: Mapping[str, Any], from_file: Mapping[str, Any]
+) -> str | None:
+    """The environment variable that set the key at ``loc``, if one did: the key's own, else
+    one that set a key below a key the file does not have (``RC_MTA_INBOUND__NOPE__X`` made
+    ``inbound.nope``), else the nearest that set a table above it as JSON
+    (``RC_MTA_LOG='{"level": …}'``)."""
+    wanted = tuple(str(part).lower() for part in loc)
+    if not _holds(overrides, wanted):
+        return None
+    paths = sorted(
+        (tuple(name.lower().removeprefix(ENV_PREFIX.lower()).split("__")), name)
+        for name in environ
+        if name.upper().startswith(ENV_PREFIX)
+    )
+    exact = [name for path, name in paths if path == wanted]
+    below = [name for path, name in paths if path[: len(wanted)] == wanted and not _holds(from_file, wanted)]
+    above = [name for path, name in paths if wanted[: len(path)] == path]
+    return next(iter(exact + below + above[::-1]), None)
 
 
-def _one_line(exc: ValidationError, path: Path | None, environ: Mapping[str, str]) -> str:
+def _holds(tree: Any, path: tuple[str, ...]) -> bool:
+    """Whether ``tree`` (the file's or the environment's, before validation) has a value at
+    ``path``."""
+    for key in path:
+        if isinstance(tree, dict) and key in tree:
+            tree = tree[key]
+        elif isinstance(tree, list) and key.isdigit() and int(key) < len(tree):
+            tree = tree[int(key)]
+        else:
+            return False
+    return True
+
+
+def _one_line(
+    exc: ValidationError,
+    path: Path | None,
+    environ: Mapping[str, str],
+    overrides: Mapping[str, Any],
+    from_file: Mapping[str, Any],
+) -> str:
     errors = exc.errors()
     first = errors[0]
     key = ".".join(str(part) for part in first["loc"])
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         message = "unknown key"
-    env_name = _env_name_for(first["loc"], environ)
+    env_name = _env_name_for(first["loc"], environ, overrides, from_file)
     where = f"environment variable {env_name}: " if env_name else f"{path}: " if path else ""
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
     return f"{where}config key {key}: {message}{more}"

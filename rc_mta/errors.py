@@ -23,6 +23,10 @@ class ConfigError(RcMtaError):
     """The configuration is wrong; the message names the key."""
 
 
+class StoreIncompatible(RcMtaError):
+    """The store lacks what this version needs and cannot add: an operator must act."""
+
+
 # May work later: the sender (or the poller, or the API client) retries. ----------------------
 
 

@@ -133,8 +133,10 @@ class FailureNotices:
         return NoticeTerms(cls.EVENT, holder, STALE_SECONDS)
 
     async def tell_recorded(self, request_id: str) -> None:
-        """A request mail failed for good and its notice, held by us, was written with it:
-        tell the backend now; should that not work, the follow-up rounds try again."""
+        """A request mail failed for good and its notice, held by us, was written with it
+        (the queue calls this only when ``settle_outbound`` says ``WITH_NOTICE``: a notice
+        that was there already is its own holder's, or a round's, to tell): tell the backend
+        now; should that not work, the follow-up rounds try again."""
         notice = await asyncio.to_thread(self._service.store.get_notice, request_id, self.EVENT)
         if notice is not None and notice.state == "pending":
             await self._tell(notice)

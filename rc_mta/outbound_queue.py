@@ -23,7 +23,7 @@ from . import metrics
 from .config import OutboundConfig
 from .errors import TemporaryFailure
 from .outbound import Delivered, DeliveryDeferred, DeliveryRefused, Transport
-from .store import REQUEST_MAIL, Delivery, NoticeTerms, OutboundMail, Request, Store
+from .store import REQUEST_MAIL, Delivery, NoticeTerms, OutboundMail, Request, Settled, Store
 
 log = logging.getLogger("rc_mta.outbound")
 
@@ -32,7 +32,8 @@ log = logging.getLogger("rc_mta.outbound")
 # (another instance would then take it and send it too).
 BATCH = 1
 
-# Told when a request could not be delivered: (request id, the relay's answer).
+# Told when a request mail failed for good and that very transaction wrote its notice
+# (``failure_notice``): (request id, the relay's answer).
 FailureHook = Callable[[str, str], Awaitable[None]]
 # Asked before a reminder is sent: why it must not be (None: send it); TemporaryFailure
 # when that cannot be told now (the mail is deferred, never sent on a guess).
@@ -211,7 +212,8 @@ class OutboundQueue:
         # request did arrive.
         told = mail.kind == REQUEST_MAIL
         settled = await self._settle(mail, Delivery.FAILED, answer, notice=self.failure_notice if told else None)
-        if settled and told and self.on_failure is not None:
+        # Told by whoever wrote the notice: one already there is another's (or a round's) to tell.
+        if settled is Settled.WITH_NOTICE and self.on_failure is not None:
             try:
                 await self.on_failure(mail.request_id, answer)
             except Exception as exc:  # the failure is recorded either way; telling is best effort
@@ -226,7 +228,7 @@ class OutboundQueue:
         next_attempt_at: float | None = None,
         path: str | None = None,
         notice: NoticeTerms | None = None,
-    ) -> bool:
+    ) -> Settled:
         settled = await asyncio.to_thread(
             self.store.settle_outbound,
             mail.request_id,

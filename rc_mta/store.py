@@ -14,7 +14,7 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
@@ -51,7 +51,7 @@ from sqlalchemy.engine import ExceptionContext, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.schema import CreateTable
 
-from .errors import StoreUnavailable, TemporaryFailure
+from .errors import StoreIncompatible, StoreUnavailable, TemporaryFailure
 
 log = logging.getLogger("rc_mta.store")
 
@@ -224,6 +224,18 @@ class Delivery(Enum):
         return self in (Delivery.QUEUED, Delivery.DEFERRED)
 
 
+class Settled(Enum):
+    """What ``settle_outbound`` wrote. False only as ``LOST``: the holder's lease had run out
+    and someone else held the mail, so nothing was written."""
+
+    LOST = "lost"
+    SETTLED = "settled"  # the attempt, and no notice (none asked for, or one was there already)
+    WITH_NOTICE = "with_notice"  # the attempt, and the notice to the task backend with it
+
+    def __bool__(self) -> bool:
+        return self is not Settled.LOST
+
+
 @dataclass(frozen=True)
 class OutboundMail:
     """A mail of a request in the outbound queue and what became of it so far."""
@@ -336,7 +348,6 @@ class Store:
                 return  # made by another instance while we waited
             metadata.create_all(conn)
             _add_missing_columns(conn)
-            _key_outbound_by_kind(conn)
             _add_missing_indexes(conn)
 
     def ping(self) -> None:
@@ -568,12 +579,13 @@ class Store:
         path: str | None = None,
         kind: str = REQUEST_MAIL,
         notice: NoticeTerms | None = None,
-    ) -> bool:
-        """Record what one delivery attempt found and give the row back; False when
+    ) -> Settled:
+        """Record what one delivery attempt found and give the row back; ``LOST`` when
         ``holder`` no longer held it (its lease ran out and someone else took it), and then
         nothing was written. ``notice``: a FAILED request mail's notice to the task backend,
         written in the same transaction, so no crash or store error between the two loses
-        it (``request_notices``)."""
+        it (``request_notices``); ``WITH_NOTICE`` when this transaction wrote it, so its
+        writer tells it, and no one else's notice (one already there) is told twice."""
         q = outbound_queue.c
         values: dict[str, Any] = {
             "state": state.value,
@@ -590,6 +602,7 @@ class Store:
             values["message"] = b""  # the relay has it: the store keeps the record, not the mail
         if path is not None:
             values["path"] = path
+        written = 0
         with self._begin() as conn:
             changed = conn.execute(
                 update(outbound_queue)
@@ -598,12 +611,14 @@ class Store:
             ).rowcount
             if changed == 1 and notice is not None and state is Delivery.FAILED:
                 row = _new_notice(request_id, notice.event, answer, now)
-                conn.execute(
-                    _insert_unless_there(conn, request_notices).values(
-                        **row, holder=notice.holder, lease_until=now + notice.lease
-                    )
-                )
-        return changed == 1
+                written = conn.execute(
+                    _insert_unless_there(conn, request_notices)
+                    .values(**row, holder=notice.holder, lease_until=now + notice.lease)
+                    .execution_options(preserve_rowcount=True)  # an INSERT's is kept only when asked
+                ).rowcount
+        if changed != 1:
+            return Settled.LOST
+        return Settled.WITH_NOTICE if written == 1 else Settled.SETTLED
 
     def get_outbound(self, request_id: str, kind: str = REQUEST_MAIL) -> OutboundMail | None:
         """One mail of a request: by default the request mail itself."""
@@ -1627,35 +1642,51 @@ def _lock_schema(conn: Connection) -> None:
 
 
 def _schema_lacks(conn: Connection) -> bool:
-    """Whether any table, column or index of this version is missing (only reads)."""
+    """Whether any table, column or index of this version is missing (only reads). A column
+    missing that no upgrade adds (``_UPGRADES``) is no store an older version left: refused
+    (StoreIncompatible), rather than the schema lock taken at every start for nothing."""
     found = inspect(conn)
     tables = set(found.get_table_names())
-    if any(table.name not in tables for table in metadata.tables.values()):
-        return True
     columns = found.get_multi_columns()
     indexes = found.get_multi_indexes()
+    upgraded = {(table, column) for table, column, _ in _UPGRADES}
+    lacks = False
     for table in metadata.tables.values():
+        if table.name not in tables:
+            lacks = True  # create_all makes it, whole
+            continue
         key = (None, table.name)
-        if not {c.name for c in table.columns} <= {c["name"] for c in columns.get(key, [])}:
-            return True
-        if not {i.name for i in table.indexes} <= {i["name"] for i in indexes.get(key, [])}:
-            return True
-    return False
+        have = {c["name"] for c in columns.get(key, [])}
+        missing = [c.name for c in table.columns if c.name not in have]
+        if unknown := [name for name in missing if (table.name, name) not in upgraded]:
+            raise StoreIncompatible(
+                f"the store's table {table.name} lacks column(s) {', '.join(unknown)}, which no upgrade adds: "
+                "it was not made by rc-mta or was changed by hand; set [store] url to rc-mta's own store, "
+                "or restore it from a backup"
+            )
+        if missing or not {i.name for i in table.indexes} <= {i["name"] for i in indexes.get(key, [])}:
+            lacks = True
+    return lacks
 
 
 def _add_missing_columns(conn: Connection) -> None:
     """Bring a store made by an older version up to date (``create_all`` adds tables, not
-    columns). Under the schema lock: no other instance changes it meanwhile."""
-    if "attempt" not in {c["name"] for c in inspect(conn).get_columns("used_tokens")}:
-        conn.execute(text("ALTER TABLE used_tokens ADD COLUMN attempt VARCHAR(32)"))
+    columns): each column of ``_UPGRADES`` it lacks. Under the schema lock, in
+    ``create_schema``'s transaction: no other instance changes it meanwhile, and all of it
+    is done or nothing."""
+    for table, column, upgrade in _UPGRADES:
+        if column not in {c["name"] for c in inspect(conn).get_columns(table)}:
+            upgrade(conn)
+
+
+def _add_attempt(conn: Connection) -> None:
+    """A store from before each attempt at answering held its claim under its own id."""
+    conn.execute(text("ALTER TABLE used_tokens ADD COLUMN attempt VARCHAR(32)"))
 
 
 def _key_outbound_by_kind(conn: Connection) -> None:
     """A store from before reminders went through the queue keys ``outbound_queue`` by
-    request alone: key it by (request, kind), each row it holds a request mail. Under the
-    schema lock, in ``create_schema``'s transaction: all of it or nothing."""
-    if "kind" in {c["name"] for c in inspect(conn).get_columns("outbound_queue")}:
-        return
+    request alone: key it by (request, kind), each row it holds a request mail."""
     if conn.dialect.name == "sqlite":
         # SQLite cannot change a primary key: a new table, the rows copied, renamed.
         scratch = MetaData()
@@ -1677,6 +1708,14 @@ def _key_outbound_by_kind(conn: Connection) -> None:
         )
         conn.exec_driver_sql(f'ALTER TABLE outbound_queue DROP CONSTRAINT "{key}"')
         conn.exec_driver_sql("ALTER TABLE outbound_queue ADD PRIMARY KEY (request_id, kind)")
+
+
+# The columns of this version an older version's tables may lack, and the step that adds
+# each: the one list both the look at start (``_schema_lacks``) and the upgrade go by.
+_UPGRADES: tuple[tuple[str, str, Callable[[Connection], None]], ...] = (
+    ("used_tokens", "attempt", _add_attempt),
+    ("outbound_queue", "kind", _key_outbound_by_kind),
+)
 
 
 def _add_missing_indexes(conn: Connection) -> None:

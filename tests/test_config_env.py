@@ -5,6 +5,8 @@ naming the variable."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -66,6 +68,9 @@ def test_lists_tables_and_nested_sections_come_as_json_or_by_key(
         ("RC_MTA_LOG", "debug", "config key log: its value (5 characters) is not JSON"),
         ("RC_MTA_INBOUND__TLS__NOPE", "1", "config key inbound.tls.nope: unknown key"),
         ("RC_MTA_INBOUND__MAX_RECIPIENTS", "many", "config key inbound.max_recipients:"),
+        ("RC_MTA_LOG__LEVEL__X", "1", "log.level is not a table"),  # log.level set nowhere
+        ("RC_MTA_INBOUND__NOPE__X", "1", "config key inbound.nope: unknown key"),
+        ("RC_MTA_LOG", '{"level": "loud"}', "config key log.level:"),
     ],
 )
 def test_a_wrong_variable_is_named_in_one_line(
@@ -117,6 +122,20 @@ def test_a_key_below_a_value_that_is_set_is_refused_not_dropped(
         load_settings(str(config_file))
 
     assert str(raised.value) == "environment variable RC_MTA_LOG__LEVEL__X: log.level is not a table"
+
+
+def test_the_cli_names_a_variable_below_a_value_in_one_line(config_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RC_MTA_LOG__LEVEL__X", "1")  # and log.level in neither file nor environment
+
+    result = subprocess.run(
+        [sys.executable, "-m", "rc_mta", "--config", str(config_file), "task", "show", "t-1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert result.returncode != 0
+    assert result.stderr == "rc-mta: error: environment variable RC_MTA_LOG__LEVEL__X: log.level is not a table\n"
 
 
 def test_two_spellings_of_one_section_in_the_file_are_refused(config_file: Path) -> None:

@@ -97,6 +97,27 @@ def test_missing_task_is_a_one_line_error(fresh_rc: RcMta) -> None:
     assert result.stderr.strip() == "rc-mta: error: no task t-doesnotexist"
 
 
+def test_request_show_is_always_the_word_and_request_task_still_asks(fresh_rc: RcMta) -> None:
+    fresh_rc.write_config()
+    task_id = fresh_rc.add_task()
+    sent = fresh_rc.request(task_id)  # rc-mta request TASK_ID --json
+
+    shown = fresh_rc.cli("request", "show", sent["request_id"]).stdout
+    alone = fresh_rc.cli("request", "show", check=False)
+    with_owner = fresh_rc.cli("request", "show", sent["request_id"], "--owner", "bob@example.com", check=False)
+
+    assert shown.startswith(f"request {sent['request_id']} for task {task_id}: Approve deploy to prod\n")
+    assert (alone.returncode, alone.stderr) == (
+        1,
+        "rc-mta: error: request show needs the request's id: rc-mta request show REQUEST_ID\n",
+    )
+    assert (with_owner.returncode, with_owner.stderr) == (
+        1,
+        "rc-mta: error: --owner is for sending a request; request show takes REQUEST_ID and --json\n",
+    )
+    assert [mail.stem for mail in (fresh_rc.workdir / "outbox").glob("*.eml")] == [sent["request_id"]]
+
+
 def test_check_config_reports_each_part(fresh_rc: RcMta, dns_server: NsdServer) -> None:
     fresh_rc.settings["dns"] = {"nameservers": ["127.0.0.1"], "port": dns_server.port, "timeout": "2s"}
     fresh_rc.settings["inbound"]["reply_domain"] = "reply.good.test"

@@ -26,7 +26,7 @@ from smtpsink import RELAY_USER, running_relay
 from test_store import store as store  # SQLite and PostgreSQL
 from webhook_receiver import WebhookReceiver
 
-from rc_mta.store import Delivery, Notice, OutboundMail, Request, Store
+from rc_mta.store import Delivery, Notice, OutboundMail, Request, Store, request_notices
 from rc_mta.tokens import new_request_id
 
 TOKEN = "queue-test-token"
@@ -34,19 +34,23 @@ PASSWORD = "relay-secret"
 RELEASE_TOKEN = "release-personal-token-0123"
 
 
+def _relay_outbound(port: int) -> dict[str, Any]:
+    """The [outbound] keys that send through the test relay at ``port``."""
+    return {
+        "transport": "smtp",
+        "smtp_host": "127.0.0.1",
+        "smtp_port": port,
+        "smtp_username": RELAY_USER,
+        "smtp_password": PASSWORD,
+        "smtp_timeout": "5s",
+        "from_address": "release@example.com",
+    }
+
+
 def _with_relay(server: RcMta, port: int) -> RcMta:
     """Send through the relay at ``port``, retry after a second, look twice a second."""
     server.settings["outbound"].update(
-        transport="smtp",
-        smtp_host="127.0.0.1",
-        smtp_port=port,
-        smtp_username=RELAY_USER,
-        smtp_password=PASSWORD,
-        smtp_timeout="5s",
-        from_address="release@example.com",
-        retry_min="1s",
-        retry_max="2s",
-        queue_poll_interval="0.3s",
+        _relay_outbound(port), retry_min="1s", retry_max="2s", queue_poll_interval="0.3s"
     )
     server.settings["http"]["api_tokens"] = [TOKEN]
     server.write_config()
@@ -461,16 +465,7 @@ def test_a_reminder_whose_task_cannot_be_read_within_its_lease_is_deferred_and_s
         signing=SigningConfig(generated_key_file=tmp_path / "key"),
         tasks=TasksConfig(backend="release", release=ReleaseConfig(url=release.url, token=RELEASE_TOKEN, retries=0)),
         outbound=OutboundConfig(
-            transport="smtp",
-            smtp_host="127.0.0.1",
-            smtp_port=port,
-            smtp_username=RELAY_USER,
-            smtp_password=PASSWORD,
-            smtp_timeout="5s",
-            from_address="release@example.com",
-            retry_min="0.2s",
-            retry_max="0.2s",
-            queue_poll_interval="0.1s",
+            **_relay_outbound(port), retry_min="0.2s", retry_max="0.2s", queue_poll_interval="0.1s"
         ),
     )
     instances = [Service.open(settings, generate_key=True) for _ in range(2)]
@@ -518,3 +513,73 @@ def test_a_reminder_whose_task_cannot_be_read_within_its_lease_is_deferred_and_s
     assert deferred.last_answer == "not sent yet, as it could not be told within 1s whether it is still wanted"
     assert received == ["<reminder-1@example.com>"]  # once, by one of the two
     assert reminder().attempts >= 3
+
+
+# The failure notice is told by the transaction that wrote it -----------------------------------
+
+
+def test_a_failed_request_is_told_to_the_webhook_only_where_its_failing_transaction_wrote_the_notice(
+    store: Store, tmp_path: Path
+) -> None:
+    """Of two request mails the relay refuses, one already has its notice in the store (held
+    by another instance, which is telling it): failing the mail writes no second notice, so
+    this instance does not tell it too. The other's notice is written with its failure and
+    told at once."""
+    from rc_mta.app import Service
+    from rc_mta.config import OutboundConfig, Settings, SigningConfig, StoreConfig, TasksConfig, WebhookConfig
+
+    receiver = WebhookReceiver().start()
+    port = free_port()
+    settings = Settings(
+        store=StoreConfig(url=store.url),
+        signing=SigningConfig(generated_key_file=tmp_path / "key"),
+        tasks=TasksConfig(backend="webhook", webhook=WebhookConfig(url=receiver.url, secret=receiver.secret)),
+        outbound=OutboundConfig(**_relay_outbound(port)),
+    )
+    service = Service.open(settings, generate_key=True)
+    now = time.time()
+    fresh, known = (
+        Request(new_request_id(), task, "bob@example.com", "Approve deploy", now, now + 3600, None, None)
+        for task in ("JIRA-1", "JIRA-2")
+    )
+    for request in (fresh, known):  # queued, their leases over at once: the sender loop takes them
+        store.add_request_with_mail(request, b"Subject: t\r\n\r\nt\r\n", "release@example.com", now, "-", 0)
+    with store.engine.begin() as conn:
+        conn.execute(
+            request_notices.insert().values(
+                request_id=known.id,
+                event="request_failed",
+                answer="550 5.7.1 refused before",
+                state="pending",
+                attempts=0,
+                created_at=now,
+                next_attempt_at=now,
+                holder="another-instance",
+                lease_until=now + 300,
+            )
+        )
+
+    async def one_round() -> None:
+        try:
+            await service.queue.round()
+        finally:
+            await service.backend.close()
+
+    try:
+        with running_relay(port, PASSWORD, answers=["550 5.7.1 Sender not allowed"] * 2) as relay:
+            asyncio.run(one_round())
+            assert relay.answered == ["550 5.7.1 Sender not allowed"] * 2
+    finally:
+        service.close()
+        receiver.stop()
+
+    assert [(p["event"], p["request_id"]) for p in receiver.payloads] == [("request_failed", fresh.id)]
+    told = store.get_notice(fresh.id, "request_failed")
+    assert told is not None and (told.state, told.attempts) == ("told", 1)
+    theirs = store.get_notice(known.id, "request_failed")
+    assert theirs is not None and (theirs.state, theirs.attempts, theirs.answer) == (
+        "pending",
+        0,
+        "550 5.7.1 refused before",
+    )
+    assert [m.state for m in (store.get_outbound(fresh.id), store.get_outbound(known.id)) if m] == [Delivery.FAILED] * 2

@@ -12,6 +12,7 @@ from sqlalchemy import inspect, text
 from test_outbound_store import _old_outbound_table
 from test_store import store as store  # SQLite and PostgreSQL
 
+from rc_mta.errors import StoreIncompatible
 from rc_mta.store import Delivery, NoticeTerms, Request, Store, metadata
 from rc_mta.tokens import new_request_id
 
@@ -111,3 +112,27 @@ def test_readiness_probes_while_instances_start_on_a_new_store_stop_none_of_them
 
     assert errors == []
     assert _missing(store) == []
+
+
+def test_a_store_lacking_a_column_no_upgrade_adds_is_refused_in_one_line_and_left_as_it_is(store: Store) -> None:
+    """``approval_members.approved_at`` came after its table, with no upgrade: a store that
+    lacks it is not one an older version leaves. Refused at once, naming what is missing,
+    rather than locked for at every start and never made; the column an upgrade would add
+    (``used_tokens.attempt``) is not added either."""
+    with store.engine.begin() as conn:
+        conn.execute(text("ALTER TABLE approval_members DROP COLUMN approved_at"))
+        conn.execute(text("ALTER TABLE used_tokens DROP COLUMN attempt"))
+    store.engine.dispose()
+    starting = Store(store.url, busy_timeout=5)
+
+    try:
+        with pytest.raises(StoreIncompatible) as raised:
+            starting.create_schema()
+    finally:
+        starting.close()
+
+    assert str(raised.value) == (
+        "the store's table approval_members lacks column(s) approved_at, which no upgrade adds: it was not made by "
+        "rc-mta or was changed by hand; set [store] url to rc-mta's own store, or restore it from a backup"
+    )
+    assert sorted(_missing(store)) == ["approval_members.approved_at", "used_tokens.attempt"]
