@@ -51,6 +51,7 @@ from sqlalchemy.engine import ExceptionContext, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.schema import CreateTable
 
+from .config import ACTION_DEADLINE_MAX
 from .errors import StoreUnavailable, TemporaryFailure
 
 log = logging.getLogger("rc_mta.store")
@@ -296,9 +297,10 @@ class _NotAtOnce(Exception):
 
 # Claiming retries this often when the row it collided with was given back meanwhile.
 CLAIM_TRIES = 5
-# A pending claim older than this belongs to a process that died mid-action: another attempt
-# may take it over, and an N-of-M decision it made is taken back (``GroupState``).
-STALE_CLAIM_SECONDS = 600.0
+# A pending claim older than this belongs to an attempt that can no longer act (its process
+# died, or its action was cut at ``[tasks] action_deadline``, at most half this): another
+# attempt may take it over, and an N-of-M decision it made is taken back (``GroupState``).
+STALE_CLAIM_SECONDS = 2 * ACTION_DEADLINE_MAX
 
 
 def new_attempt_id() -> str:

@@ -18,12 +18,11 @@ import pytest
 from conftest import RcMta, make_rc_mta, wait_until
 from mailclient import reply_message, send_smtp
 from release_server import FakeRelease
-from sqlalchemy import update
 from test_approvals import TOKEN as API_TOKEN
-from test_approvals import answer, ask
+from test_approvals import answer, ask, claim_taken_earlier
 from webhook_receiver import WebhookReceiver
 
-from rc_mta.store import STALE_CLAIM_SECONDS, Store, used_tokens
+from rc_mta.store import STALE_CLAIM_SECONDS, Store
 
 ALICE = "alice@example.com"
 BOB = "bob@example.com"
@@ -251,19 +250,6 @@ def test_a_webhook_group_failed_by_one_withdraws_reminders_saying_who_failed_it(
     finally:
         server.stop()
         receiver.stop()
-
-
-def claim_taken_earlier(server: RcMta, request_id: str, seconds: float) -> None:
-    """As if ``seconds`` had passed since the request's answer was claimed."""
-    store = Store(server.settings["store"]["url"])
-    try:
-        with store.engine.begin() as conn:
-            claim = used_tokens.c
-            conn.execute(
-                update(used_tokens).where(claim.request_id == request_id).values(claimed_at=claim.claimed_at - seconds)
-            )
-    finally:
-        store.close()
 
 
 def test_a_group_decision_not_yet_told_defers_a_reminder_and_one_whose_attempt_died_lets_it_go(
