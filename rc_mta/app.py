@@ -122,11 +122,12 @@ class Service:
             from .followups import FailureNotices
 
             service.queue.failure_notice = FailureNotices.terms(service.queue.holder)
-        service.queue.withheld = service._reminder_withheld
+        service.queue.withheld = service._mail_withheld
         return service
 
-    async def _reminder_withheld(self, request: Request) -> str | None:
-        """Why a queued reminder of ``request`` must not go out now (see ``followups``)."""
+    async def _mail_withheld(self, request: Request) -> str | None:
+        """Why a queued mail of ``request`` (its request mail, a reminder) must not go out
+        now (see ``followups``)."""
         from .followups import withheld_because
 
         return await withheld_because(self, request)
