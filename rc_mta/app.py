@@ -119,9 +119,9 @@ class Service:
         service = cls(settings, store, signer, backend, transport, pipeline, queue, dkim)
         service.queue.on_failure = service._request_failed
         if isinstance(backend, RequestFailureListener):
-            from .followups import FailureNotices
+            from .followups import Notices
 
-            service.queue.failure_notice = FailureNotices.terms(service.queue.holder)
+            service.queue.failure_notice = Notices.terms(service.queue.holder)
         service.queue.withheld = service._mail_withheld
         return service
 
@@ -138,9 +138,9 @@ class Service:
         written with the mail's failure, held by the queue (``queue.failure_notice``)."""
         if not isinstance(self.backend, RequestFailureListener):
             return
-        from .followups import FailureNotices
+        from .followups import Notices
 
-        await FailureNotices(self, holder=self.queue.holder).tell_recorded(request_id)
+        await Notices(self, holder=self.queue.holder).tell_recorded(request_id)
 
     def close(self) -> None:
         self.store.close()

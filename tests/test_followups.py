@@ -151,6 +151,43 @@ def test_expiry_is_an_expired_event_to_the_webhook(tmp_path: Path) -> None:
         receiver.stop()
 
 
+def test_an_expired_event_the_webhook_cannot_take_is_kept_and_posted_again_with_back_off(tmp_path: Path) -> None:
+    """As request_failed is: recorded with the step, tried at once, then again with the
+    outbound queue's back-off (not every round) until the receiver takes it, once."""
+    receiver = WebhookReceiver(answer=(503, {"detail": "maintenance"}))
+    receiver.start()
+    server = following_up(tmp_path, reminders=[], ttl="1s")
+    server.settings["tasks"] = {"backend": "webhook", "webhook": {"url": receiver.url, "secret": receiver.secret}}
+    server.settings["outbound"].update(retry_min="1s", retry_max="2s")
+    try:
+        server.start()
+        sent = server.cli_json("request", "ticket-43", "--owner", ALICE)
+        request_id = sent["request_id"]
+        store = Store(server.settings["store"]["url"])
+        try:
+            kept = wait_until(
+                lambda: (n := store.get_notice(request_id, "expired")) is not None and n.attempts >= 2 and n,
+                what="the expired event tried again",
+            )
+            assert kept.state == "pending" and "HTTP 503" in (kept.last_error or "")
+            assert logged(server, f"could not tell the backend that request {request_id} expired unanswered")
+            assert logged(server, "next try in 2s")  # the back-off doubled: 1s, then 2s
+            assert followup_state(server, request_id, "expired") == "done"  # the step, once
+
+            receiver.answer = None
+            wait_until(lambda: (n := store.get_notice(request_id, "expired")) and n.state == "told", what="told")
+            tries = len(receiver.payloads)
+            told = store.get_notice(request_id, "expired")
+        finally:
+            store.close()
+        assert told is not None and told.attempts == tries  # one POST per attempt, none after it was told
+        assert all(p["event"] == "expired" and p["request_id"] == request_id for p in receiver.payloads)
+        assert logged(server, f"backend told that request {request_id} to {ALICE} expired unanswered")
+    finally:
+        server.stop()
+        receiver.stop()
+
+
 def followup_state(server: RcMta, request_id: str, step: str) -> str | None:
     """What the store recorded for one follow-up step (None: not taken yet)."""
     store = Store(server.settings["store"]["url"])
