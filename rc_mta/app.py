@@ -119,14 +119,15 @@ class Service:
         service = cls(settings, store, signer, backend, transport, pipeline, queue, dkim)
         service.queue.on_failure = service._request_failed
         if isinstance(backend, RequestFailureListener):
-            from .followups import FailureNotices
+            from .followups import Notices
 
-            service.queue.failure_notice = FailureNotices.terms(service.queue.holder)
-        service.queue.withheld = service._reminder_withheld
+            service.queue.failure_notice = Notices.terms(service.queue.holder)
+        service.queue.withheld = service._mail_withheld
         return service
 
-    async def _reminder_withheld(self, request: Request) -> str | None:
-        """Why a queued reminder of ``request`` must not go out now (see ``followups``)."""
+    async def _mail_withheld(self, request: Request) -> str | None:
+        """Why a queued mail of ``request`` (its request mail, a reminder) must not go out
+        now (see ``followups``)."""
         from .followups import withheld_because
 
         return await withheld_because(self, request)
@@ -137,9 +138,9 @@ class Service:
         written with the mail's failure, held by the queue (``queue.failure_notice``)."""
         if not isinstance(self.backend, RequestFailureListener):
             return
-        from .followups import FailureNotices
+        from .followups import Notices
 
-        await FailureNotices(self, holder=self.queue.holder).tell_recorded(request_id)
+        await Notices(self, holder=self.queue.holder).tell_recorded(request_id)
 
     def close(self) -> None:
         self.store.close()

@@ -317,6 +317,22 @@ class StoreConfig(Section):
         return value
 
 
+# The longest one action on a task backend may take, its claim included
+# (``[tasks] action_deadline`` at most): half the age at which an unfinished answer's claim
+# is taken for dead (``store.STALE_CLAIM_SECONDS``), so a claim is never taken over while
+# its attempt can still act, and the backend has as long again to finish what it was told.
+ACTION_DEADLINE_MAX = 300.0
+
+
+def _within_action_deadline(worst: float, what: str) -> None:
+    """Refuse a backend's settings whose own worst case could outlast any action deadline."""
+    if worst > ACTION_DEADLINE_MAX:
+        raise ValueError(
+            f"{what} may take {worst:g}s, over the {ACTION_DEADLINE_MAX:g}s one action on a task may take"
+            " (half the time after which an unfinished answer is taken for dead)"
+        )
+
+
 class ReleaseConfig(Section):
     """Digital.ai Release's public REST API."""
 
@@ -332,6 +348,12 @@ class ReleaseConfig(Section):
     watch_tag: str = Field(default="email-completion", min_length=1, max_length=100)
     watch_interval: Seconds = 10.0
 
+    @model_validator(mode="after")
+    def _fits_an_action(self) -> ReleaseConfig:
+        tries = self.retries + 1
+        _within_action_deadline(self.timeout * tries, f"timeout {self.timeout:g}s × {tries} tries (retries + 1)")
+        return self
+
 
 class WebhookConfig(Section):
     """A signed JSON POST of each action to a URL of the user's choice."""
@@ -339,6 +361,12 @@ class WebhookConfig(Section):
     url: str = ""
     secret: SecretStr = SecretStr("")
     timeout: Seconds = 10.0
+
+    @field_validator("timeout")
+    @classmethod
+    def _fits_an_action(cls, value: float) -> float:
+        _within_action_deadline(value, "a POST")
+        return value
 
 
 class TasksConfig(Section):
@@ -350,6 +378,10 @@ class TasksConfig(Section):
     model_config = ConfigDict(extra="allow", frozen=True)
 
     backend: str = "embedded"
+    # One action on the backend (complete or fail, its retries included) ends by then,
+    # counted from the answer's claim; past it, whether it acted is unknown: 451, and the
+    # claim is kept until taken for dead, so no other answer acts meanwhile.
+    action_deadline: Seconds = ACTION_DEADLINE_MAX
     release: ReleaseConfig = ReleaseConfig()
     webhook: WebhookConfig = WebhookConfig()
 
@@ -357,6 +389,16 @@ class TasksConfig(Section):
     @classmethod
     def _known_backend(cls, value: str) -> str:
         return TASK_BACKENDS.check(value)
+
+    @field_validator("action_deadline")
+    @classmethod
+    def _below_staleness(cls, value: float) -> float:
+        if value > ACTION_DEADLINE_MAX:
+            raise ValueError(
+                f"must be at most {ACTION_DEADLINE_MAX:g}s, half the time after which an unfinished answer"
+                " is taken for dead"
+            )
+        return value
 
     @model_validator(mode="after")
     def _sections_are_backends(self) -> TasksConfig:

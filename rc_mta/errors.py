@@ -46,6 +46,16 @@ class BackendUnavailable(TemporaryFailure):
     """The workflow system (or a service it needs) could not be reached or answered oddly."""
 
 
+class ActionOutcomeUnknown(BackendUnavailable):
+    """An action on the task was cut at ``[tasks] action_deadline``: the backend may have
+    acted or not. The answer's claim (and its N-of-M decision) is kept, so no other answer
+    acts until it is taken for dead; the sender retries."""
+
+    def __init__(self, task_id: str, deadline: float) -> None:
+        super().__init__(f"acting on task {task_id} did not end within {deadline:g}s: whether it acted is unknown")
+        self.task_id = task_id
+
+
 class DecisionPending(TemporaryFailure):
     """Another answer decided this N-of-M task and is telling the backend right now: the
     decision is not final (if the backend cannot be told, it is taken back), so this one

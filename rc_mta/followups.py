@@ -10,13 +10,15 @@ does each step, once):
   keyed by (request, ``reminder-N``): the same lease, back-off and lifetime, and the step is
   done once it is queued.
 * ``expired``: once it expired, the backend is told (``TaskBackend.expired``: a comment on
-  a Release or embedded task, an ``expired`` event to a webhook). A reply after that gets
-  the expired-token refusal, which says when it expired.
+  a Release or embedded task, an ``expired`` event to a webhook), as a notice (below)
+  recorded with the step. A reply after that gets the expired-token refusal, which says
+  when it expired.
 
-Each round also tells the backend, where it listens (``RequestFailureListener``), of the
-request mails that failed for good and it has not yet been told of (``FailureNotices``):
-recorded with the mail's failure (one transaction) and tried at once, then again with the
-outbound queue's back-off until ``[outbound] queue_lifetime``, then given up with an ERROR.
+Each round also tells the backend what it has not yet been told (``Notices``): the
+``expired`` notices, and, where it listens (``RequestFailureListener``), the request mails
+that failed for good. Each is recorded with what causes it (the step, the mail's failure:
+one transaction) and tried at once, then again with the outbound queue's back-off until
+``[outbound] queue_lifetime``, then given up with an ERROR.
 
 Answered and revoked requests get neither, and neither goes out for a task that was
 decided another way: before each step the task is read (``TaskBackend.get``: the embedded
@@ -37,7 +39,7 @@ import secrets
 import socket
 import time
 from email.message import EmailMessage
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from .config import Settings
 from .errors import BackendUnavailable, DecisionPending, StoreUnavailable, TemporaryFailure
@@ -112,50 +114,62 @@ def _holder() -> str:
     return f"{socket.gethostname()[:40]}:{os.getpid()}:{secrets.token_hex(4)}"
 
 
-class FailureNotices:
-    """``request_failed`` told to the backend for good: a record in the store first, with
-    the mail's failure (so neither a backend that is down nor a crash loses it), an attempt
-    at once, then one in each follow-up round that finds it due, with the outbound queue's
-    back-off, until ``[outbound] queue_lifetime``. Of several instances one tells it at a
-    time (a lease)."""
+class Notices:
+    """What the backend must be told for good about a request: ``request_failed`` (its mail
+    will never arrive) and ``expired`` (unanswered). A record in the store first, with what
+    causes it (so neither a backend that is down nor a crash loses it), an attempt at once,
+    then one in each follow-up round that finds it due, with the outbound queue's back-off,
+    until ``[outbound] queue_lifetime``. Of several instances one tells it at a time (a lease)."""
 
-    EVENT = "request_failed"
+    REQUEST_FAILED = "request_failed"
+    EXPIRED = "expired"
+    # How the log says what the backend is told of a request.
+    _TOLD: ClassVar[dict[str, str]] = {REQUEST_FAILED: "failed", EXPIRED: "expired unanswered"}
 
     def __init__(self, service: Service, holder: str | None = None) -> None:
         self._service = service
         self.holder = holder or _holder()
 
     @classmethod
-    def terms(cls, holder: str) -> NoticeTerms:
-        """The notice the outbound queue writes with a request mail's FAILED state (in one
-        transaction: nothing between the two can lose it), held by ``holder`` (who tells
-        it at once: ``tell_recorded``) for as long as a stale step lasts."""
-        return NoticeTerms(cls.EVENT, holder, STALE_SECONDS)
+    def terms(cls, holder: str, event: str = REQUEST_FAILED) -> NoticeTerms:
+        """The notice written with what causes it (a request mail's FAILED state, the
+        expired step: one transaction, so nothing between the two can lose it), held by
+        ``holder`` (who tells it at once: ``tell_recorded``) for as long as a stale step lasts."""
+        return NoticeTerms(event, holder, STALE_SECONDS)
 
-    async def tell_recorded(self, request_id: str) -> None:
-        """A request mail failed for good and its notice, held by us, was written with it
-        (the queue calls this only when ``settle_outbound`` says ``WITH_NOTICE``: a notice
-        that was there already is its own holder's, or a round's, to tell): tell the backend
-        now; should that not work, the follow-up rounds try again."""
-        notice = await asyncio.to_thread(self._service.store.get_notice, request_id, self.EVENT)
+    def events(self) -> tuple[str, ...]:
+        """What this backend is told: ``request_failed`` only where it listens."""
+        listens = isinstance(self._service.backend, RequestFailureListener)
+        return (self.REQUEST_FAILED, self.EXPIRED) if listens else (self.EXPIRED,)
+
+    async def tell_recorded(self, request_id: str, event: str = REQUEST_FAILED) -> None:
+        """A notice held by us was written with what caused it (the queue calls this only
+        when ``settle_outbound`` says ``WITH_NOTICE``: a notice that was there already is its
+        own holder's, or a round's, to tell): tell the backend now; should that not work,
+        the follow-up rounds try again."""
+        notice = await asyncio.to_thread(self._service.store.get_notice, request_id, event)
         if notice is not None and notice.state == "pending":
             await self._tell(notice)
 
     async def round(self) -> None:
         """Tell what is due again."""
-        if not isinstance(self._service.backend, RequestFailureListener):
-            return
         store = self._service.store
-        for notice in await asyncio.to_thread(store.claim_notices, self.holder, time.time(), STALE_SECONDS):
+        for notice in await asyncio.to_thread(
+            store.claim_notices, self.holder, time.time(), STALE_SECONDS, self.events()
+        ):
             await self._tell(notice)
 
     async def _tell(self, notice: Notice) -> None:
         service, store = self._service, self._service.store
         backend = service.backend
-        assert isinstance(backend, RequestFailureListener)
+        told = self._TOLD.get(notice.event, notice.event)
         try:
             async with asyncio.timeout(STALE_SECONDS / 2):
-                await backend.request_failed(notice.task_id, notice.request_id, notice.owner, notice.answer)
+                if notice.event == self.EXPIRED:
+                    await backend.expired(notice.task_id, notice.owner, notice.request_id, notice.expires_at)
+                else:
+                    assert isinstance(backend, RequestFailureListener)
+                    await backend.request_failed(notice.task_id, notice.request_id, notice.owner, notice.answer)
         except asyncio.CancelledError:
             raise  # still held: another round takes it after the lease
         except Exception as exc:
@@ -165,9 +179,10 @@ class FailureNotices:
             if now - notice.created_at >= lifetime:
                 await asyncio.to_thread(store.settle_notice, notice, self.holder, "given_up", now, error=why)
                 log.error(
-                    "gave up telling the backend that request %s to %s failed, after %d attempt(s) in %gs: %s",
+                    "gave up telling the backend that request %s to %s %s, after %d attempt(s) in %gs: %s",
                     notice.request_id,
                     notice.owner,
+                    told,
                     attempts,
                     lifetime,
                     why,
@@ -178,11 +193,15 @@ class FailureNotices:
                 store.settle_notice, notice, self.holder, "pending", now, error=why, next_attempt_at=now + delay
             )
             log.warning(
-                "could not tell the backend that request %s failed (%s); next try in %gs", notice.request_id, why, delay
+                "could not tell the backend that request %s %s (%s); next try in %gs",
+                notice.request_id,
+                told,
+                why,
+                delay,
             )
             return
         await asyncio.to_thread(store.settle_notice, notice, self.holder, "told", time.time())
-        log.info("backend told that request %s to %s failed", notice.request_id, notice.owner)
+        log.info("backend told that request %s to %s %s", notice.request_id, notice.owner, told)
 
 
 class FollowUps:
@@ -192,7 +211,7 @@ class FollowUps:
         self._service = service
         self._config = service.settings.requests
         self.holder = _holder()
-        self._notices = FailureNotices(service)
+        self._notices = Notices(service)
 
     async def run(self) -> None:
         """Until cancelled; a failed round is logged and the next one tries again."""
@@ -255,9 +274,11 @@ class FollowUps:
         error path, which gives it back for the next round)."""
         service, store = self._service, self._service.store
         if step == "expired":
-            await service.backend.expired(request.task_id, request.owner, request.id, request.expires_at)
-            await asyncio.to_thread(store.followup_done, request.id, step, self.holder, time.time())
-            log.info("request %s to %s expired unanswered: task %s told", request.id, request.owner, request.task_id)
+            # Recorded with the step: told now, else again with back-off (``Notices``).
+            terms = Notices.terms(self._notices.holder, Notices.EXPIRED)
+            await asyncio.to_thread(store.followup_done, request.id, step, self.holder, time.time(), notice=terms)
+            log.info("request %s to %s expired unanswered: telling task %s", request.id, request.owner, request.task_id)
+            await self._notices.tell_recorded(request.id, Notices.EXPIRED)
             return
         number = int(step.removeprefix("reminder-"))
         message = wire_bytes(reminder(service.settings, service.signer, request, number, time.time()))

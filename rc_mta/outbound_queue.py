@@ -4,9 +4,10 @@ it is due (``followups.py``), then each is delivered.
 The sender loop takes due mails from the store under a lease (so of several instances on
 one PostgreSQL only one sends a given mail), hands each to the transport, and records the
 answer: sent; deferred with a doubling back-off when the relay is down or answers 4xx;
-failed when it answers 5xx or the mail waited longer than ``queue_lifetime``. A mail of a
-request revoked meanwhile is never sent; nor is a reminder of a request answered, expired,
-or whose task was decided meanwhile (asked again before each attempt). A request mail's
+failed when it answers 5xx or the mail waited longer than ``queue_lifetime``. No mail, the
+request mail or a reminder, is sent for a request revoked, answered or expired meanwhile,
+or whose task was decided meanwhile (asked again before each attempt): it is recorded as
+withdrawn, with why. A request mail's
 failure is told to the task backend where it listens (``RequestFailureListener``); a
 reminder's is only logged (its request did arrive).
 """
@@ -35,7 +36,7 @@ BATCH = 1
 # Told when a request mail failed for good and that very transaction wrote its notice
 # (``failure_notice``): (request id, the relay's answer).
 FailureHook = Callable[[str, str], Awaitable[None]]
-# Asked before a reminder is sent: why it must not be (None: send it); TemporaryFailure
+# Asked before a mail is sent: why it must not be (None: send it); TemporaryFailure
 # when that cannot be told now (the mail is deferred, never sent on a guess).
 WithheldHook = Callable[[Request], Awaitable[str | None]]
 
@@ -75,7 +76,8 @@ class OutboundQueue:
         # Stored: from here the sender loop delivers it whatever happens, so a failure of
         # this first attempt must not reach the caller (who would retry and make a twin).
         try:
-            await self._deliver(mail, now)
+            # Its creator has just found the task in progress: asked again from the next attempt on.
+            await self._deliver(mail, now, checked=True)
             return await asyncio.to_thread(self.store.get_outbound, request.id) or mail
         except Exception as exc:
             log.warning("request %s queued; its first delivery attempt failed: %s", request.id, exc)
@@ -137,10 +139,11 @@ class OutboundQueue:
         )
 
     async def _deliver(self, mail: OutboundMail, leased_at: float, *, checked: bool = False) -> None:
-        """One attempt at a mail held since ``leased_at``. ``checked``: a reminder whose
-        follow-up step has just asked whether it is still wanted (not asked twice in a row).
+        """One attempt at a mail held since ``leased_at``. ``checked``: its request was just
+        made, or its follow-up step has just asked whether it is still wanted (not asked
+        twice in a row).
 
-        The look at whether it is still wanted (for a reminder the task, asked of a backend
+        The look at whether it is still wanted (the task, asked of a backend
         that may retry for long) and the delivery end together within half the lease: past
         the lease another instance may take the mail, and both would send it. A look that
         cannot finish in time defers the mail: it is never sent blindly. The look ends a
@@ -182,7 +185,7 @@ class OutboundQueue:
         request = await asyncio.to_thread(self.store.get_request, mail.request_id)
         if request is not None and request.revoked_at is not None:
             return "revoked before it was sent"
-        if mail.kind != REQUEST_MAIL and request is not None and not checked:
+        if request is not None and not checked:
             why_not = await self._withheld(request)
             if why_not is not None:
                 log.info("%s withdrawn, nothing sent: %s", mail.label, why_not)
@@ -190,7 +193,7 @@ class OutboundQueue:
         return None
 
     async def _withheld(self, request: Request) -> str | None:
-        """Why a reminder of ``request`` must not go out now (None: it may)."""
+        """Why no mail of ``request`` may go out now (None: it may)."""
         if request.expires_at <= time.time():
             return "the request expired"
         return await self.withheld(request) if self.withheld is not None else None

@@ -30,6 +30,7 @@ from . import smtp_replies as R
 from .authresults import strip_forged_authentication_results
 from .config import Settings
 from .errors import (
+    ActionOutcomeUnknown,
     BackendAuthFailed,
     DecisionMade,
     DecisionPending,
@@ -468,6 +469,8 @@ class Pipeline:
         alone = decision.group is None
         if alone and self._acts_in_store and await self._act_at_once(decision, request, action, attempt, actor, source):
             return replace(decision, recorded=True)
+        # Counted from the claim: the action ends well before the claim may be taken for dead.
+        deadline = asyncio.get_running_loop().time() + self.settings.tasks.action_deadline
         outcome, claim = await asyncio.to_thread(
             self.store.claim, request.id, attempt, message_id, action.value, actor, self.clock(), STALE_CLAIM_SECONDS
         )
@@ -476,12 +479,14 @@ class Pipeline:
         if outcome is not ClaimOutcome.OURS:
             return _not_ours(decision, request, outcome, claim)
         if decision.group is not None:
-            return await self._act_together(decision, decision.group, attempt, actor, source)
+            return await self._act_together(decision, decision.group, attempt, actor, source, deadline)
         try:
             context = ActionContext(
                 request.id, message_id, source, {name: v["result"] for name, v in decision.checks.items()}
             )
-            await self._drive_backend(action, request.task_id, decision.comment, actor, context)
+            await self._drive_backend(action, request.task_id, decision.comment, actor, context, deadline)
+        except ActionOutcomeUnknown:
+            raise  # the claim stays ours until taken for dead: no other answer acts meanwhile
         except TaskNotInProgress as exc:
             task = exc.task
             if task.acted_by == actor and task.status == action.past:
@@ -509,7 +514,7 @@ class Pipeline:
         return decision
 
     async def _act_together(
-        self, decision: Decision, group: ApprovalGroup, attempt: str, actor: str, source: str
+        self, decision: Decision, group: ApprovalGroup, attempt: str, actor: str, source: str, deadline: float
     ) -> Decision:
         """N of M: an approval is counted (in one statement, so two at once are both
         counted); the one that reaches ``needed``, or any fail, decides and drives the
@@ -545,10 +550,14 @@ class Pipeline:
                 request.id, decision.message_id, source, {name: v["result"] for name, v in decision.checks.items()}
             )
             try:
-                await self._drive_backend(action, request.task_id, comment, actor, context)
+                await self._drive_backend(action, request.task_id, comment, actor, context, deadline)
             except TaskNotInProgress as exc:
                 if not (exc.task.acted_by == actor and exc.task.status == action.past):
                     raise
+        except ActionOutcomeUnknown:
+            # Told or not, only the backend knows: the decision and the claim stand (others
+            # wait, 451) until the claim is taken for dead, long after this attempt ended.
+            raise
         except BaseException:
             try:
                 if decided:
@@ -729,16 +738,33 @@ class Pipeline:
     # Helpers ---------------------------------------------------------------------------
 
     async def _drive_backend(
-        self, action: TaskAction, task_id: str, comment: str, actor: str, context: ActionContext
+        self, action: TaskAction, task_id: str, comment: str, actor: str, context: ActionContext, deadline: float
     ) -> None:
-        """One backend call, timed and counted; the backend's own refusals pass through."""
+        """One backend call, timed and counted, cut at ``deadline`` (loop time) whatever the
+        backend's own timeouts and retries: then ActionOutcomeUnknown. The backend's own
+        refusals pass through."""
         name = self.backend.name
         started = time.monotonic()
+        cut = asyncio.timeout_at(deadline)
         try:
-            if action is TaskAction.COMPLETE:
-                await self.backend.complete(task_id, comment, actor, context)
-            else:
-                await self.backend.fail(task_id, comment, actor, context)
+            async with cut:
+                if action is TaskAction.COMPLETE:
+                    await self.backend.complete(task_id, comment, actor, context)
+                else:
+                    await self.backend.fail(task_id, comment, actor, context)
+        except TimeoutError:
+            if not cut.expired():
+                metrics.BACKEND_ERRORS.labels(name, "error").inc()
+                raise
+            metrics.BACKEND_ERRORS.labels(name, "deadline").inc()
+            log.error(
+                "acting on task %s did not end within [tasks] action_deadline (%ss): whether the %s backend acted"
+                " is unknown; the answer's claim is kept until taken for dead",
+                task_id,
+                self.settings.tasks.action_deadline,
+                name,
+            )
+            raise ActionOutcomeUnknown(task_id, self.settings.tasks.action_deadline) from None
         except Refusal:
             raise
         except BackendAuthFailed:

@@ -236,6 +236,14 @@ UNKNOWN_COMMAND = _reply("UNKNOWN_COMMAND", 500, "5.5.2", 'Command "{command}" i
 BACKEND_UNAVAILABLE = _reply(
     "BACKEND_UNAVAILABLE", 451, "4.3.0", "Temporary problem acting on the task; please try again later"
 )
+# The action was cut at its deadline: done or not, only the backend knows; nothing else acts
+# on the request until its claim is taken for dead, then the retry finds out.
+ACTION_OUTCOME_UNKNOWN = _reply(
+    "ACTION_OUTCOME_UNKNOWN",
+    451,
+    "4.3.0",
+    "The workflow system is slow to act on task {task_id}; please try again later",
+)
 INTERNAL_ERROR = _reply("INTERNAL_ERROR", 451, "4.3.0", "Temporary local problem; please try again later")
 # RFC 3463 X.3.2: system not accepting network messages (for now). Many messages are being
 # read at once: the sender retries rather than wait behind them.
@@ -351,6 +359,8 @@ def reply_for(error: BaseException) -> SmtpReply:
             return BACKEND_AUTH_FAILED
         case E.ReaderBusy():
             return READER_BUSY
+        case E.ActionOutcomeUnknown():
+            return ACTION_OUTCOME_UNKNOWN.with_text(task_id=error.task_id)
         case E.DecisionPending():
             return DECISION_IN_PROGRESS.with_text(task_id=error.task_id)
         case E.TemporaryFailure():

@@ -51,6 +51,7 @@ from sqlalchemy.engine import ExceptionContext, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.schema import CreateTable
 
+from .config import ACTION_DEADLINE_MAX
 from .errors import StoreIncompatible, StoreUnavailable, TemporaryFailure
 
 log = logging.getLogger("rc_mta.store")
@@ -308,9 +309,10 @@ class _NotAtOnce(Exception):
 
 # Claiming retries this often when the row it collided with was given back meanwhile.
 CLAIM_TRIES = 5
-# A pending claim older than this belongs to a process that died mid-action: another attempt
-# may take it over, and an N-of-M decision it made is taken back (``GroupState``).
-STALE_CLAIM_SECONDS = 600.0
+# A pending claim older than this belongs to an attempt that can no longer act (its process
+# died, or its action was cut at ``[tasks] action_deadline``, at most half this): another
+# attempt may take it over, and an N-of-M decision it made is taken back (``GroupState``).
+STALE_CLAIM_SECONDS = 2 * ACTION_DEADLINE_MAX
 
 
 def new_attempt_id() -> str:
@@ -1080,16 +1082,33 @@ class Store:
             ).rowcount
         return taken == 1
 
-    def followup_done(self, request_id: str, step: str, holder: str, now: float, *, withdrawn: bool = False) -> None:
+    def followup_done(
+        self,
+        request_id: str,
+        step: str,
+        holder: str,
+        now: float,
+        *,
+        withdrawn: bool = False,
+        notice: NoticeTerms | None = None,
+    ) -> None:
         """The step is over: done, or ``withdrawn`` (nothing was sent: the task was decided
-        another way). Either way no round takes it again."""
+        another way). Either way no round takes it again. ``notice``: what the step tells the
+        backend, recorded with it (one transaction) and held by its holder for a first try."""
         f = request_followups.c
         with self._begin() as conn:
-            conn.execute(
+            changed = conn.execute(
                 update(request_followups)
                 .where(f.request_id == request_id, f.step == step, f.holder == holder)
                 .values(state="withdrawn" if withdrawn else "done", at=now)
-            )
+            ).rowcount
+            if changed == 1 and notice is not None and not withdrawn:
+                row = _new_notice(request_id, notice.event, "", now)
+                conn.execute(
+                    _insert_unless_there(conn, request_notices).values(
+                        **row, holder=notice.holder, lease_until=now + notice.lease
+                    )
+                )
 
     def followup_state(self, request_id: str, step: str) -> str | None:
         """``sending``, ``done`` or ``withdrawn``; None when the step was not taken yet."""
@@ -1170,13 +1189,21 @@ class Store:
                 )
             )
 
-    # Notices to the task backend about a request (request_failed), until told ----------
+    # Notices to the task backend about a request (request_failed, expired), until told ----
 
-    def claim_notices(self, holder: str, now: float, lease: float, limit: int = 100) -> list[Notice]:
-        """Take the notices due for another attempt, each by a conditional UPDATE: of several
-        instances asking at once only one gets it; a dead holder's goes after its lease."""
+    def claim_notices(
+        self, holder: str, now: float, lease: float, events: tuple[str, ...], limit: int = 100
+    ) -> list[Notice]:
+        """Take the notices of ``events`` due for another attempt, each by a conditional
+        UPDATE: of several instances asking at once only one gets it; a dead holder's goes
+        after its lease."""
         n = request_notices.c
-        due = (n.state == "pending", n.next_attempt_at <= now, n.lease_until.is_(None) | (n.lease_until < now))
+        due = (
+            n.state == "pending",
+            n.event.in_(events),
+            n.next_attempt_at <= now,
+            n.lease_until.is_(None) | (n.lease_until < now),
+        )
         with self._begin() as conn:
             rows = conn.execute(select(n.request_id, n.event).where(*due).order_by(n.next_attempt_at).limit(limit))
             candidates = [(row[0], row[1]) for row in rows]
@@ -1225,7 +1252,7 @@ class Store:
         with self._begin() as conn:
             row = (
                 conn.execute(
-                    select(request_notices, r.task_id, r.owner)
+                    select(request_notices, r.task_id, r.owner, r.expires_at)
                     .join(requests, r.id == n.request_id)
                     .where(n.request_id == request_id, n.event == event)
                 )
@@ -1580,10 +1607,11 @@ request_notices = Table(
     "request_notices",
     metadata,
     # What the task backend must still be told about a request, until it was: ``request_failed``
-    # (its mail will never arrive). Tried at once, then each follow-up round with back-off.
+    # (its mail will never arrive), ``expired`` (unanswered). Tried at once, then each
+    # follow-up round with back-off.
     Column("request_id", String(16), ForeignKey("requests.id"), primary_key=True),
     Column("event", String(32), primary_key=True),
-    Column("answer", Text, nullable=False),  # the relay's answer that failed the mail
+    Column("answer", Text, nullable=False),  # the relay's answer that failed the mail ("" for expired)
     Column("state", String(16), nullable=False),  # pending | told | given_up
     Column("attempts", Integer, nullable=False),
     Column("created_at", Float, nullable=False),
@@ -1732,12 +1760,13 @@ def _add_missing_indexes(conn: Connection) -> None:
 
 @dataclass(frozen=True)
 class Notice:
-    """Something the task backend must be told about a request (``request_failed``)."""
+    """Something the task backend must be told about a request (``request_failed``, ``expired``)."""
 
     request_id: str
     event: str
     task_id: str
     owner: str
+    expires_at: float
     answer: str
     state: str  # pending | told | given_up
     attempts: int
@@ -1757,8 +1786,9 @@ class GroupState(Enum):
 
 @dataclass(frozen=True)
 class NoticeTerms:
-    """The notice ``settle_outbound`` writes with a request mail's FAILED state: ``event``,
-    held by ``holder`` for its first attempt, for ``lease`` seconds."""
+    """The notice ``settle_outbound`` writes with a request mail's FAILED state (or
+    ``followup_done`` with the expired step): ``event``, held by ``holder`` for its first
+    attempt, for ``lease`` seconds."""
 
     event: str
     holder: str

@@ -22,11 +22,11 @@ from typing import Any
 import pytest
 from conftest import RcMta, make_rc_mta, wait_until
 from mailclient import SmtpOutcome, reply_message, send_smtp
-from sqlalchemy import select
+from sqlalchemy import select, update
 from webhook_receiver import WebhookReceiver
 
 from rc_mta import smtp_replies as R
-from rc_mta.store import Request, Store, requests
+from rc_mta.store import STALE_CLAIM_SECONDS, Request, Store, requests, used_tokens
 from rc_mta.tokens import new_request_id
 
 TOKEN = "approvals-api-token-5d1e"
@@ -207,6 +207,58 @@ def test_an_answer_while_the_decision_is_being_told_waits_and_counts_once_it_is_
         assert bob_again.text.endswith(
             R.DECISION_MADE.with_text(task_id="CHANGE-9", action_past="failed", by=CAROL).text
         )
+        assert [(p["action"], p["actor"]) for p in receiver.payloads] == [("complete", BOB), ("fail", CAROL)]
+    finally:
+        gate.set()
+        server.stop()
+        receiver.stop()
+
+
+def claim_taken_earlier(server: RcMta, request_id: str, seconds: float) -> None:
+    """As if ``seconds`` had passed since the request's answer was claimed."""
+    store = Store(server.settings["store"]["url"])
+    try:
+        with store.engine.begin() as conn:
+            claim = used_tokens.c
+            conn.execute(
+                update(used_tokens).where(claim.request_id == request_id).values(claimed_at=claim.claimed_at - seconds)
+            )
+    finally:
+        store.close()
+
+
+def test_a_decider_slower_than_the_action_deadline_is_cut_and_its_decision_stands_until_its_claim_is_dead(
+    tmp_path: Path,
+) -> None:
+    """Bob's approval decides 2 of 3, and the webhook holds his POST past [tasks]
+    action_deadline (under its own timeout): Bob's attempt ends there with 451, since the
+    receiver may yet act on it. His decision and claim stand, so Carol's fail waits (451)
+    rather than act beside it; only once Bob's claim is taken for dead (ten minutes on, long
+    after his attempt ended) does her fail decide, and the receiver sees one action at a time."""
+    gate = threading.Event()
+    receiver = WebhookReceiver(gate=gate).start()
+    server = make_rc_mta(tmp_path, http={"api_tokens": [TOKEN]})
+    webhook = {"url": receiver.url, "secret": receiver.secret, "timeout": "30s"}
+    server.settings["tasks"] = {"backend": "webhook", "action_deadline": "1s", "webhook": webhook}
+    try:
+        server.start()
+        sent = ask(server, "CHANGE-11", [ALICE, BOB, CAROL], 2)
+        assert "1 of the 2" in answer(server, sent, ALICE).text
+        bobs = reply_message(sent[BOB]["complete_address"], "Approved", sender=BOB)
+        bob = send_smtp(server.smtp_port, bobs, sent[BOB]["complete_address"], mail_from=BOB)
+        assert f"{bob.code} {bob.text}" == str(R.ACTION_OUTCOME_UNKNOWN.with_text(task_id="CHANGE-11")), bob
+        assert [(p["action"], p["actor"]) for p in receiver.payloads] == [("complete", BOB)]  # still held
+
+        waiting = answer(server, sent, CAROL, "fail")
+        assert f"{waiting.code} {waiting.text}" == str(R.DECISION_IN_PROGRESS.with_text(task_id="CHANGE-11"))
+        again = send_smtp(server.smtp_port, bobs, sent[BOB]["complete_address"], mail_from=BOB)
+        assert f"{again.code} {again.text}" == str(R.MESSAGE_IN_PROGRESS), again  # his claim, kept
+        assert len(receiver.payloads) == 1
+
+        gate.set()  # the receiver ends what Bob's cut attempt sent; then Bob's claim is taken for dead
+        claim_taken_earlier(server, sent[BOB]["request_id"], STALE_CLAIM_SECONDS + 1)
+        failed = answer(server, sent, CAROL, "fail")
+        assert failed.code == 250 and "CHANGE-11 failed" in failed.text, failed
         assert [(p["action"], p["actor"]) for p in receiver.payloads] == [("complete", BOB), ("fail", CAROL)]
     finally:
         gate.set()

@@ -18,12 +18,11 @@ import pytest
 from conftest import RcMta, make_rc_mta, wait_until
 from mailclient import reply_message, send_smtp
 from release_server import FakeRelease
-from sqlalchemy import update
 from test_approvals import TOKEN as API_TOKEN
-from test_approvals import answer, ask
+from test_approvals import answer, ask, claim_taken_earlier
 from webhook_receiver import WebhookReceiver
 
-from rc_mta.store import STALE_CLAIM_SECONDS, Store, used_tokens
+from rc_mta.store import STALE_CLAIM_SECONDS, Store
 
 ALICE = "alice@example.com"
 BOB = "bob@example.com"
@@ -152,6 +151,43 @@ def test_expiry_is_an_expired_event_to_the_webhook(tmp_path: Path) -> None:
         receiver.stop()
 
 
+def test_an_expired_event_the_webhook_cannot_take_is_kept_and_posted_again_with_back_off(tmp_path: Path) -> None:
+    """As request_failed is: recorded with the step, tried at once, then again with the
+    outbound queue's back-off (not every round) until the receiver takes it, once."""
+    receiver = WebhookReceiver(answer=(503, {"detail": "maintenance"}))
+    receiver.start()
+    server = following_up(tmp_path, reminders=[], ttl="1s")
+    server.settings["tasks"] = {"backend": "webhook", "webhook": {"url": receiver.url, "secret": receiver.secret}}
+    server.settings["outbound"].update(retry_min="1s", retry_max="2s")
+    try:
+        server.start()
+        sent = server.cli_json("request", "ticket-43", "--owner", ALICE)
+        request_id = sent["request_id"]
+        store = Store(server.settings["store"]["url"])
+        try:
+            kept = wait_until(
+                lambda: (n := store.get_notice(request_id, "expired")) is not None and n.attempts >= 2 and n,
+                what="the expired event tried again",
+            )
+            assert kept.state == "pending" and "HTTP 503" in (kept.last_error or "")
+            assert logged(server, f"could not tell the backend that request {request_id} expired unanswered")
+            assert logged(server, "next try in 2s")  # the back-off doubled: 1s, then 2s
+            assert followup_state(server, request_id, "expired") == "done"  # the step, once
+
+            receiver.answer = None
+            wait_until(lambda: (n := store.get_notice(request_id, "expired")) and n.state == "told", what="told")
+            tries = len(receiver.payloads)
+            told = store.get_notice(request_id, "expired")
+        finally:
+            store.close()
+        assert told is not None and told.attempts == tries  # one POST per attempt, none after it was told
+        assert all(p["event"] == "expired" and p["request_id"] == request_id for p in receiver.payloads)
+        assert logged(server, f"backend told that request {request_id} to {ALICE} expired unanswered")
+    finally:
+        server.stop()
+        receiver.stop()
+
+
 def followup_state(server: RcMta, request_id: str, step: str) -> str | None:
     """What the store recorded for one follow-up step (None: not taken yet)."""
     store = Store(server.settings["store"]["url"])
@@ -251,19 +287,6 @@ def test_a_webhook_group_failed_by_one_withdraws_reminders_saying_who_failed_it(
     finally:
         server.stop()
         receiver.stop()
-
-
-def claim_taken_earlier(server: RcMta, request_id: str, seconds: float) -> None:
-    """As if ``seconds`` had passed since the request's answer was claimed."""
-    store = Store(server.settings["store"]["url"])
-    try:
-        with store.engine.begin() as conn:
-            claim = used_tokens.c
-            conn.execute(
-                update(used_tokens).where(claim.request_id == request_id).values(claimed_at=claim.claimed_at - seconds)
-            )
-    finally:
-        store.close()
 
 
 def test_a_group_decision_not_yet_told_defers_a_reminder_and_one_whose_attempt_died_lets_it_go(

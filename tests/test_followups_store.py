@@ -24,6 +24,8 @@ from rc_mta.store import (
 )
 from rc_mta.tokens import new_request_id
 
+EVENTS = ("request_failed", "expired")
+
 
 def _request(store: Store, task_id: str, owner: str, created: float) -> Request:
     request = Request(new_request_id(), task_id, owner, "t", created, created + 3600, None, None)
@@ -152,11 +154,11 @@ def test_a_notice_is_recorded_once_with_its_failed_mail_and_retried_by_one_insta
     assert not store.settle_outbound(request.id, "twin", Delivery.FAILED, "550 other", now, notice=twin)
     assert store.get_notice(request.id, "request_failed") == first
 
-    assert store.claim_notices("round", now + 1, 300) == []  # its recorder holds it for the first try
+    assert store.claim_notices("round", now + 1, 300, EVENTS) == []  # its recorder holds it for the first try
     assert store.settle_notice(first, "failer", "pending", now + 1, error="down", next_attempt_at=now + 60)
-    assert store.claim_notices("round", now + 59, 300) == []  # backing off
+    assert store.claim_notices("round", now + 59, 300, EVENTS) == []  # backing off
 
-    claimed = all_at_once(4, lambda i: store.claim_notices(f"instance-{i}", now + 61, 300))
+    claimed = all_at_once(4, lambda i: store.claim_notices(f"instance-{i}", now + 61, 300, EVENTS))
     taken = [f"{i}:{n.request_id}" for i, notices in enumerate(claimed) for n in notices]
     assert len(taken) == 1
     holder = "instance-" + taken[0].split(":")[0]
@@ -167,7 +169,7 @@ def test_a_notice_is_recorded_once_with_its_failed_mail_and_retried_by_one_insta
     assert store.settle_notice(again, holder, "told", now + 62)
     told = store.get_notice(request.id, "request_failed")
     assert told is not None and (told.state, told.attempts) == ("told", 2)
-    assert store.claim_notices("round", now + 10_000, 300) == []
+    assert store.claim_notices("round", now + 10_000, 300, EVENTS) == []
 
 
 def test_a_request_mail_is_failed_only_with_its_notice_written_too(store: Store) -> None:

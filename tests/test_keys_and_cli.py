@@ -79,6 +79,29 @@ def test_unknown_config_key_is_refused(fresh_rc: RcMta) -> None:
     assert "inbound.lisen: unknown key" in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("tasks", "key", "said"),
+    [
+        ({"action_deadline": "6m"}, "tasks.action_deadline", "must be at most 300s, half the time after which"),
+        ({"webhook": {"timeout": "6m"}}, "tasks.webhook.timeout", "a POST may take 360s, over the 300s one action"),
+        ({"release": {"timeout": "1m", "retries": 5}}, "tasks.release", "timeout 60s × 6 tries (retries + 1) may take"),
+    ],
+)
+def test_backend_settings_that_could_outlast_a_claim_are_refused_in_one_line(
+    fresh_rc: RcMta, tasks: dict[str, object], key: str, said: str
+) -> None:
+    """An action must end well before its claim may be taken for dead: a deadline or a
+    backend's own worst case (timeout x tries) over half that age is refused at start."""
+    fresh_rc.settings["tasks"] = tasks
+    fresh_rc.write_config()
+
+    result = fresh_rc.cli("serve", check=False)
+
+    assert result.returncode != 0
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert f"config key {key}: {said}" in result.stderr
+
+
 def test_environment_overrides_the_file(fresh_rc: RcMta) -> None:
     fresh_rc.write_config()
 

@@ -31,7 +31,7 @@ When a request mail cannot be delivered (the relay answered 5xx, or it waited lo
 It has no ``action``: a receiver that does not know the event answers 4xx and nothing acts.
 While the receiver cannot take it (down, 5xx, 401), it is kept in the store and POSTed
 again each follow-up round with the outbound queue's back-off, until ``queue_lifetime``
-(``followups.FailureNotices``); a POST that timed out may have arrived, so a receiver may
+(``followups.Notices``); a POST that timed out may have arrived, so a receiver may
 see it more than once, with the same ``request_id``.
 
 A POST that timed out may have acted: the retry carries the same ``request_id``, so a
@@ -198,7 +198,9 @@ class WebhookBackend:
 
     async def expired(self, task_id: str, owner: str, request_id: str, expired_at: float) -> None:
         """``{"event": "expired", "task_id", "owner", "request_id", "expired_at", "sent_at"}``,
-        signed like an action; any 2xx (or 409: the task is closed anyway) is taken."""
+        signed like an action; any 2xx (or 409: the task is closed anyway) is taken. Anything
+        else raises, and it is POSTed again with back-off until ``queue_lifetime``, as
+        ``request_failed`` is (``followups.Notices``)."""
         payload: dict[str, Any] = {
             "event": "expired",
             "task_id": task_id,
