@@ -842,7 +842,8 @@ class Store:
         """Take a mailbox message for ``holder`` (one poller process) before fetching it.
 
         Ours when no one had it, when ``holder`` already had it (a reconnect), or when the
-        other holder's claim went stale (its process died). Never ours once it was filed.
+        other holder's claim went stale (its process died). Never ours once it was filed
+        (``filed`` then says so: no poller needs to look at it again).
         """
         row = {
             "mailbox": message.mailbox,
@@ -869,12 +870,12 @@ class Store:
                 )
                 .values(holder=holder, claimed_at=now)
             ).rowcount
-            if taken != 1:
-                return MailboxClaim(False, None)
-            disposition = conn.execute(
-                select(mailbox_claims.c.disposition).where(*_mailbox_key(message))
-            ).scalar_one_or_none()
-        return MailboxClaim(True, disposition)
+            found = conn.execute(
+                select(mailbox_claims.c.state, mailbox_claims.c.disposition).where(*_mailbox_key(message))
+            ).first()
+        if taken != 1:
+            return MailboxClaim(False, None, filed=found is not None and found.state == "filed")
+        return MailboxClaim(True, found.disposition if found is not None else None)
 
     def settle_mailbox_message(self, message: MailboxMessage, holder: str, disposition: str, now: float) -> None:
         """Handled: only filing it as ``disposition`` is left (whoever holds it next does that)."""
@@ -1855,7 +1856,8 @@ RATE_SLOTS = 10
 
 @dataclass(frozen=True)
 class MailboxMessage:
-    """A message in a mailbox folder, as IMAP names it for good (RFC 3501 §2.3.1.1)."""
+    """A message in a mailbox folder, as IMAP names it for good (RFC 3501 §2.3.1.1). A
+    source with other names (Graph's opaque ids) puts its own in ``mailbox``, with 0, 0."""
 
     mailbox: str  # imap://user@host/folder
     uidvalidity: int
@@ -1868,6 +1870,7 @@ class MailboxClaim:
 
     ours: bool
     disposition: str | None  # processed | rejected: handled already, only filing is left
+    filed: bool = False  # not ours because it was filed: done with for good
 
 
 def _new_mail(request_id: str, kind: str, message: bytes, sender: str, recipient: str, now: float) -> dict[str, Any]:
