@@ -752,19 +752,18 @@ class Store:
         return True
 
     def finish_claim(self, request_id: str, attempt: str, now: float) -> bool:
-        """Mark this attempt's claim answered; False if it no longer holds it (it was
-        taken over as stale while the backend call took longer than that)."""
+        """Mark this attempt's claim answered; True also when it is already (a commit whose
+        acknowledgement was lost, then tried again; or a retry of the same message that
+        recorded it on this attempt's behalf). False if the attempt no longer holds it (it
+        was taken over as stale while the backend call took longer than that)."""
+        mine = (used_tokens.c.request_id == request_id, used_tokens.c.attempt == attempt)
         with self._begin() as conn:
             changed = conn.execute(
-                update(used_tokens)
-                .where(
-                    used_tokens.c.request_id == request_id,
-                    used_tokens.c.attempt == attempt,
-                    used_tokens.c.state == "pending",
-                )
-                .values(state="done", done_at=now)
+                update(used_tokens).where(*mine, used_tokens.c.state == "pending").values(state="done", done_at=now)
             ).rowcount
-        return changed == 1
+            if changed == 1:
+                return True
+            return conn.execute(select(used_tokens.c.state).where(*mine)).scalar_one_or_none() == "done"
 
     def release_claim(self, request_id: str, attempt: str) -> None:
         """Give this attempt's claim back after a failure, so any later reply may try.
