@@ -23,11 +23,14 @@ import psycopg
 import pytest
 from conftest import RcMta, make_rc_mta, require_server, store_write_locked, wait_until
 from mailclient import SmtpOutcome, reply_message, send_smtp
+from release_server import FakeRelease
 from webhook_receiver import WebhookReceiver
 
 TASK = "JIRA-77"
 ALICE = "alice@example.com"
 API_TOKEN = "exactly-once-token-5d1e"
+RELEASE_TASK = "Applications/Folder1/Release1/Phase1/Task1"
+RELEASE_TOKEN = "release-token-for-exactly-once"
 
 
 @pytest.fixture
@@ -297,3 +300,31 @@ def test_an_action_the_store_could_not_record_is_recorded_by_the_senders_retry_n
     assert len(receiver.payloads) == 1  # acted once
     state = request_state(server, sent["request_id"])
     assert state["state"] == "answered" and state["answered"]["action"] == "complete"
+
+
+def test_after_a_restart_the_retry_of_an_action_not_recorded_is_recognised_in_release(tmp_path: Path) -> None:
+    """The process that acted is gone with what it remembered: Release itself shows the task
+    completed by this sender's email, so the retry records it and gets its 250, and Release
+    is not asked again."""
+    release = FakeRelease(token=RELEASE_TOKEN, action_delay=2.0).start()  # acts at once, answers late
+    release.add_task(RELEASE_TASK, owner="alice")
+    settings = {"url": release.url, "token": RELEASE_TOKEN, "timeout": "10s"}
+    server = make_rc_mta(tmp_path, tasks={"backend": "release", "release": settings})
+    try:
+        server.start()
+        address = server.cli_json("request", RELEASE_TASK, "--owner", ALICE)["complete_address"]
+        message = reply_message(address, "Ship it")
+        with ThreadPoolExecutor(1) as pool:
+            answer = pool.submit(send_smtp, server.smtp_port, message, address)
+            wait_until(lambda: release.status(RELEASE_TASK) == "COMPLETED", what="Release to act")
+            with store_write_locked(server.workdir / "rc-mta.db"):  # down until rc-mta has answered
+                first = answer.result(timeout=60)
+        server.restart()
+        retried = send_smtp(server.smtp_port, message, address)
+    finally:
+        server.stop()
+        release.stop()
+
+    assert (first.code, first.enhanced) == (451, "4.3.0") and "could not be recorded" in first.text, first
+    assert retried.code == 250 and "already processed" in retried.text, retried
+    assert len(release.actions_on(RELEASE_TASK)) == 1
