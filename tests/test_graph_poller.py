@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
-from conftest import RcMta, make_rc_mta, wait_until
+from conftest import RcMta, instances_sharing, make_rc_mta, wait_until
 from dnsserver import NsdServer
 from graph_server import GraphServer
 from mailclient import reply_message
@@ -339,23 +339,14 @@ def test_two_instances_polling_one_mailbox_read_act_on_and_file_each_reply_once(
     each reply is read once (the other instance skips it unread), reaches the task backend
     once and is moved to Processed once, and neither instance trips over the other."""
     receiver = WebhookReceiver(delay=0.5).start()  # a slow backend: the other poller has time to look
-    instances: list[RcMta] = []
+    instances = instances_sharing(tmp_path, pg_url, receiver.url, receiver.secret)
+    a, b = instances
     try:
-        for name in ("a", "b"):
-            server = make_rc_mta(tmp_path / name)
-            server.settings["store"]["url"] = pg_url
-            server.settings["tasks"] = {
-                "backend": "webhook",
-                "webhook": {"url": receiver.url, "secret": receiver.secret, "timeout": "5s"},
-            }
+        for server in instances:
             server.settings["mailbox"] = mailbox_settings(graph)
             server.settings["dns"] = {"nameservers": ["127.0.0.1"], "port": dns_server.port, "timeout": "2s"}
-            if instances:  # one signing key for both, as for any instances behind one reply domain
-                server.settings["signing"] = instances[0].settings["signing"]
             server.workdir.mkdir(exist_ok=True)
             server.write_config()
-            instances.append(server)
-        a, b = instances
         tasks = [f"T-{i}" for i in range(8)]
         replies = []
         for task_id in tasks:
