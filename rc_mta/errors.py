@@ -66,6 +66,16 @@ class DecisionPending(TemporaryFailure):
         self.task_id = task_id
 
 
+class ActionNotRecorded(StoreUnavailable):
+    """The task was acted on, but the store could not record it: the sender's retry of the
+    same reply records it and is answered as done, without acting again."""
+
+    def __init__(self, task_id: str, action_past: str, why: str) -> None:
+        super().__init__(f"task {task_id} was {action_past}, but the store could not record it: {why}")
+        self.task_id = task_id
+        self.action_past = action_past
+
+
 class BackendAuthFailed(BackendUnavailable):
     """The workflow system refused our credentials: an operator must act; the sender retries."""
 

@@ -30,6 +30,7 @@ from . import smtp_replies as R
 from .authresults import strip_forged_authentication_results
 from .config import Settings
 from .errors import (
+    ActionNotRecorded,
     ActionOutcomeUnknown,
     BackendAuthFailed,
     DecisionMade,
@@ -82,6 +83,11 @@ log = logging.getLogger("rc_mta.pipeline")
 _TRACE_NAME = re.compile(r"[A-Za-z0-9.:\[\]-]{1,255}")
 # Owners of the requests whose tokens verified lately (an id and an address each).
 OWNERS_KEPT = 10_000
+# Recording an action that happened (finishing its claim) is tried again after these pauses
+# while the sender waits: a store down for a moment costs seconds, not a 451.
+FINISH_RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0)
+# Attempts that acted but could not record it, remembered for the sender's retry.
+UNRECORDED_KEPT = 10_000
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -220,6 +226,8 @@ class Pipeline:
         self.store = store
         self.signer = signer
         self._owners = _Recent[str, str](OWNERS_KEPT)
+        # Request id -> the attempt that acted on it here but could not record it (``_finish``).
+        self._unrecorded = _Recent[str, str](UNRECORDED_KEPT)
         self.backend = backend
         # Tasks in this very store: claim, task, comment and record go in one transaction.
         self._acts_in_store = isinstance(backend, EmbeddedBackend) and backend.keeps_tasks_in(store)
@@ -476,6 +484,8 @@ class Pipeline:
         )
         if outcome is ClaimOutcome.REVOKED:
             raise RequestRevoked(f"request {request.id} was withdrawn")
+        if outcome is ClaimOutcome.BUSY and claim is not None and await self._acted_unrecorded(decision, claim, actor):
+            outcome = ClaimOutcome.DONE  # recorded now, on that attempt's behalf: this is its retry
         if outcome is not ClaimOutcome.OURS:
             return _not_ours(decision, request, outcome, claim)
         if decision.group is not None:
@@ -504,13 +514,8 @@ class Pipeline:
             except TemporaryFailure:
                 pass  # the claim goes stale and is taken over later
             raise
-        if not await asyncio.to_thread(self.store.finish_claim, request.id, attempt, self.clock()):
-            log.error(
-                "request %s: acted, but the claim was taken over as stale meanwhile (the action took over %ss)",
-                request.id,
-                STALE_CLAIM_SECONDS,
-            )
         metrics.TASKS_ACTED.labels(self.backend.name, action.value).inc()
+        await self._finish(request, attempt, action)
         return decision
 
     async def _act_together(
@@ -536,7 +541,7 @@ class Pipeline:
                     raise await self._decision_made(request)
                 counted = True
                 if count < group.needed:
-                    await self._finish(request, attempt)
+                    await self._finish(request, attempt, None)  # counted only: undone below if it fails
                     log.info("request %s: approval %d of %d by %s", request.id, count, group.needed, actor)
                     reply = R.APPROVAL_RECORDED.with_text(task_id=request.task_id, count=count, needed=group.needed)
                     return replace(decision, reply=reply, outcome=Outcome.APPROVE)
@@ -568,19 +573,61 @@ class Pipeline:
             except TemporaryFailure:
                 pass  # the claim goes stale and is taken over later
             raise
-        await self._finish(request, attempt)  # the decision is final from here
         metrics.TASKS_ACTED.labels(self.backend.name, action.value).inc()
+        await self._finish(request, attempt, action)  # the decision is final from here
         # Judged an approval to be counted, it may have been the one that decided meanwhile.
         reply = R.TASK_ACTED.with_text(task_id=request.task_id, action_past=action.past)
         return replace(decision, reply=reply, outcome=Outcome(action.value))
 
-    async def _finish(self, request: Request, attempt: str) -> None:
-        if not await asyncio.to_thread(self.store.finish_claim, request.id, attempt, self.clock()):
+    async def _finish(self, request: Request, attempt: str, acted: TaskAction | None) -> None:
+        """Record that this attempt is done: its claim is answered. When the backend ``acted``,
+        that happened, so a store that fails for a moment is tried again a few times while
+        the sender waits. If it still fails, the attempt is remembered and the sender is told
+        451 (``ActionNotRecorded``): its retry of the same reply finds the claim held by this
+        attempt, records it and is answered as done (``_acted_unrecorded``), instead of
+        waiting for the claim to go stale."""
+        for delay in (*FINISH_RETRY_DELAYS, None):
+            try:
+                finished = await asyncio.to_thread(self.store.finish_claim, request.id, attempt, self.clock())
+                break
+            except TemporaryFailure as exc:
+                if delay is None:
+                    if acted is None:
+                        raise
+                    self._unrecorded.put(request.id, attempt)
+                    log.warning("request %s: acted, but the store could not record it: %s", request.id, exc)
+                    raise ActionNotRecorded(request.task_id, acted.past, str(exc)) from exc
+                await asyncio.sleep(delay)
+        if not finished:
             log.error(
                 "request %s: acted, but the claim was taken over as stale meanwhile (the action took over %ss)",
                 request.id,
                 STALE_CLAIM_SECONDS,
             )
+
+    async def _acted_unrecorded(self, decision: Decision, claim: Claim, actor: str) -> bool:
+        """Whether the attempt holding the claim, with this very message, already acted and
+        only failed to record it, and if so record it now, on its behalf. Known when this
+        process remembers that attempt (``_finish``), or when the backend shows the task in
+        the state this answer asks for, attributed to this sender: what ``act`` takes as its
+        own earlier attempt's doing. Anything else (the holder may still be at work) is no."""
+        request, action = decision.request, decision.action
+        if request is None or action is None or claim.attempt is None:
+            return False
+        if claim.message_id != decision.message_id or claim.action != action.value:
+            return False
+        if self._unrecorded.get(request.id) != claim.attempt:
+            try:
+                task = await self.backend.get(request.task_id)
+            except (TemporaryFailure, Refusal):
+                return False
+            acted_by = (task.acted_by or "").lower()
+            if not (task.known and task.status == action.past and acted_by == actor.lower()):
+                return False
+        if not await asyncio.to_thread(self.store.finish_claim, request.id, claim.attempt, self.clock()):
+            return False  # released or taken over meanwhile: not what we saw
+        log.info("request %s: recorded the action of an earlier delivery of message %s", request.id, claim.message_id)
+        return True
 
     async def _decision_made(self, request: Request) -> DecisionMade | DecisionPending:
         """Why another answer's decision stops this one: made for good (refused), or still

@@ -256,6 +256,14 @@ DECISION_IN_PROGRESS = _reply(
     "4.3.0",
     "Task {task_id} is being decided by another answer right now; please try again later",
 )
+# The action happened, its record did not: the retry records it (250), never acts again.
+ACTION_NOT_RECORDED = _reply(
+    "ACTION_NOT_RECORDED",
+    451,
+    "4.3.0",
+    "Task {task_id} was {action_past}, but this could not be recorded yet; please try again later"
+    " (it will not be done twice)",
+)
 MESSAGE_IN_PROGRESS = _reply(
     "MESSAGE_IN_PROGRESS",
     451,
@@ -363,6 +371,8 @@ def reply_for(error: BaseException) -> SmtpReply:
             return ACTION_OUTCOME_UNKNOWN.with_text(task_id=error.task_id)
         case E.DecisionPending():
             return DECISION_IN_PROGRESS.with_text(task_id=error.task_id)
+        case E.ActionNotRecorded():
+            return ACTION_NOT_RECORDED.with_text(task_id=error.task_id, action_past=error.action_past)
         case E.TemporaryFailure():
             return BACKEND_UNAVAILABLE
     return INTERNAL_ERROR

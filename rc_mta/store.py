@@ -769,19 +769,18 @@ class Store:
         return True
 
     def finish_claim(self, request_id: str, attempt: str, now: float) -> bool:
-        """Mark this attempt's claim answered; False if it no longer holds it (it was
-        taken over as stale while the backend call took longer than that)."""
+        """Mark this attempt's claim answered; True also when it is already (a commit whose
+        acknowledgement was lost, then tried again; or a retry of the same message that
+        recorded it on this attempt's behalf). False if the attempt no longer holds it (it
+        was taken over as stale while the backend call took longer than that)."""
+        mine = (used_tokens.c.request_id == request_id, used_tokens.c.attempt == attempt)
         with self._begin() as conn:
             changed = conn.execute(
-                update(used_tokens)
-                .where(
-                    used_tokens.c.request_id == request_id,
-                    used_tokens.c.attempt == attempt,
-                    used_tokens.c.state == "pending",
-                )
-                .values(state="done", done_at=now)
+                update(used_tokens).where(*mine, used_tokens.c.state == "pending").values(state="done", done_at=now)
             ).rowcount
-        return changed == 1
+            if changed == 1:
+                return True
+            return conn.execute(select(used_tokens.c.state).where(*mine)).scalar_one_or_none() == "done"
 
     def release_claim(self, request_id: str, attempt: str) -> None:
         """Give this attempt's claim back after a failure, so any later reply may try.
@@ -859,7 +858,8 @@ class Store:
         """Take a mailbox message for ``holder`` (one poller process) before fetching it.
 
         Ours when no one had it, when ``holder`` already had it (a reconnect), or when the
-        other holder's claim went stale (its process died). Never ours once it was filed.
+        other holder's claim went stale (its process died). Never ours once it was filed
+        (``filed`` then says so: no poller needs to look at it again).
         """
         row = {
             "mailbox": message.mailbox,
@@ -886,12 +886,12 @@ class Store:
                 )
                 .values(holder=holder, claimed_at=now)
             ).rowcount
-            if taken != 1:
-                return MailboxClaim(False, None)
-            disposition = conn.execute(
-                select(mailbox_claims.c.disposition).where(*_mailbox_key(message))
-            ).scalar_one_or_none()
-        return MailboxClaim(True, disposition)
+            found = conn.execute(
+                select(mailbox_claims.c.state, mailbox_claims.c.disposition).where(*_mailbox_key(message))
+            ).first()
+        if taken != 1:
+            return MailboxClaim(False, None, filed=found is not None and found.state == "filed")
+        return MailboxClaim(True, found.disposition if found is not None else None)
 
     def settle_mailbox_message(self, message: MailboxMessage, holder: str, disposition: str, now: float) -> None:
         """Handled: only filing it as ``disposition`` is left (whoever holds it next does that)."""
@@ -1924,7 +1924,8 @@ RATE_SLOTS = 10
 
 @dataclass(frozen=True)
 class MailboxMessage:
-    """A message in a mailbox folder, as IMAP names it for good (RFC 3501 §2.3.1.1)."""
+    """A message in a mailbox folder, as IMAP names it for good (RFC 3501 §2.3.1.1). A
+    source with other names (Graph's opaque ids) puts its own in ``mailbox``, with 0, 0."""
 
     mailbox: str  # imap://user@host/folder
     uidvalidity: int
@@ -1937,6 +1938,7 @@ class MailboxClaim:
 
     ours: bool
     disposition: str | None  # processed | rejected: handled already, only filing is left
+    filed: bool = False  # not ours because it was filed: done with for good
 
 
 def _new_mail(request_id: str, kind: str, message: bytes, sender: str, recipient: str, now: float) -> dict[str, Any]:

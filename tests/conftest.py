@@ -240,6 +240,23 @@ def make_rc_mta(workdir: Path, **overrides: dict[str, Any]) -> RcMta:
     return RcMta(workdir, settings, smtp_port=smtp_port, lmtp_port=lmtp_port)
 
 
+def instances_sharing(tmp_path: Path, store_url: str, webhook_url: str, webhook_secret: str) -> list[RcMta]:
+    """Two rc-mta instances as behind one reply domain, not started: one store, one signing
+    key, one webhook backend (a test adds what each polls or listens on)."""
+    instances: list[RcMta] = []
+    for name in ("a", "b"):
+        server = make_rc_mta(tmp_path / name)
+        server.settings["store"]["url"] = store_url
+        server.settings["tasks"] = {
+            "backend": "webhook",
+            "webhook": {"url": webhook_url, "secret": webhook_secret, "timeout": "5s"},
+        }
+        if instances:
+            server.settings["signing"] = instances[0].settings["signing"]
+        instances.append(server)
+    return instances
+
+
 @pytest.fixture(scope="module")
 def rc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RcMta]:
     """A running rc-mta on its embedded default, shared by one test module."""

@@ -9,23 +9,28 @@ import json
 import shutil
 import subprocess
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-from conftest import RcMta, make_rc_mta, require_server, wait_until
+from conftest import RcMta, make_rc_mta, require_server, store_write_locked, wait_until
 from mailclient import SmtpOutcome, reply_message, send_smtp
+from release_server import FakeRelease
 from webhook_receiver import WebhookReceiver
 
 TASK = "JIRA-77"
 ALICE = "alice@example.com"
 API_TOKEN = "exactly-once-token-5d1e"
+RELEASE_TASK = "Applications/Folder1/Release1/Phase1/Task1"
+RELEASE_TOKEN = "release-token-for-exactly-once"
 
 
 @pytest.fixture
@@ -217,3 +222,109 @@ def test_a_deleted_store_makes_rc_mta_unready_and_answer_451_not_250(fresh_rc: R
     assert ready_before == 200
     assert (outcome.code, outcome.enhanced) == (451, "4.3.0"), outcome
     assert ready_after == 503 and "removed or replaced" in report["store"], report
+
+
+# The action happened, its record did not -------------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def gated(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[RcMta, WebhookReceiver, Callable[[], Any]]]:
+    """An rc-mta on SQLite or PostgreSQL whose webhook holds each answer until the test
+    opens its gate, and a way to take the store down: its claims table locked from another
+    connection, so every write to it fails after the busy timeout (1 s)."""
+    receiver = WebhookReceiver(gate=threading.Event()).start()
+    server = make_rc_mta(
+        tmp_path,
+        tasks={"backend": "webhook", "webhook": {"url": receiver.url, "secret": receiver.secret, "timeout": "30s"}},
+        http={"api_tokens": [API_TOKEN]},
+    )
+    if request.param == "postgresql":
+        url = request.getfixturevalue("pg_url")
+        server.settings["store"]["url"] = url
+        down: Callable[[], Any] = lambda: table_locked(url, "used_tokens", at_most=60)  # noqa: E731
+    else:
+        down = lambda: store_write_locked(server.workdir / "rc-mta.db")  # noqa: E731
+    try:
+        server.start()
+        yield server, receiver, down
+    finally:
+        server.stop()
+        receiver.stop()
+
+
+def _answer_while_the_store_goes_down(
+    server: RcMta, receiver: WebhookReceiver, down: Callable[[], Any], down_for: float | None
+) -> tuple[dict[str, Any], EmailMessage, SmtpOutcome]:
+    """Send Alice's reply; once the backend is being told, take the store down, let the
+    backend answer (it acts), and keep the store down for ``down_for`` seconds (None: until
+    rc-mta has answered the sender)."""
+    sent = server.cli_json("request", TASK, "--owner", ALICE)
+    address = sent["complete_address"]
+    message = reply_message(address, "Ship it")
+    assert receiver.gate is not None
+    with ThreadPoolExecutor(1) as pool:
+        answer = pool.submit(send_smtp, server.smtp_port, message, address)
+        wait_until(lambda: receiver.payloads, what="the backend to be told")  # the claim is taken
+        with down():
+            receiver.gate.set()  # the backend acts; rc-mta now records it, in a store that is down
+            if down_for is None:
+                answer.result(timeout=60)
+            else:
+                time.sleep(down_for)
+        first = answer.result(timeout=60)
+    return sent, message, first
+
+
+def test_a_store_down_for_a_moment_after_the_action_is_waited_out_and_answered_250(
+    gated: tuple[RcMta, WebhookReceiver, Callable[[], Any]],
+) -> None:
+    server, receiver, down = gated
+    sent, _, first = _answer_while_the_store_goes_down(server, receiver, down, down_for=1.5)
+
+    assert first.code == 250 and "completed; thank you" in first.text, first
+    assert len(receiver.payloads) == 1
+    state = request_state(server, sent["request_id"])
+    assert state["state"] == "answered" and state["answered"]["action"] == "complete"
+
+
+def test_an_action_the_store_could_not_record_is_recorded_by_the_senders_retry_not_done_again(
+    gated: tuple[RcMta, WebhookReceiver, Callable[[], Any]],
+) -> None:
+    server, receiver, down = gated
+    sent, message, first = _answer_while_the_store_goes_down(server, receiver, down, down_for=None)
+    retried = send_smtp(server.smtp_port, message, sent["complete_address"])  # the sender's server retries
+
+    assert (first.code, first.enhanced) == (451, "4.3.0"), first
+    assert "could not be recorded" in first.text and "not be done twice" in first.text, first
+    assert retried.code == 250 and "already processed" in retried.text, retried  # at once, not in 10 minutes
+    assert len(receiver.payloads) == 1  # acted once
+    state = request_state(server, sent["request_id"])
+    assert state["state"] == "answered" and state["answered"]["action"] == "complete"
+
+
+def test_after_a_restart_the_retry_of_an_action_not_recorded_is_recognised_in_release(tmp_path: Path) -> None:
+    """The process that acted is gone with what it remembered: Release itself shows the task
+    completed by this sender's email, so the retry records it and gets its 250, and Release
+    is not asked again."""
+    release = FakeRelease(token=RELEASE_TOKEN, action_delay=2.0).start()  # acts at once, answers late
+    release.add_task(RELEASE_TASK, owner="alice")
+    settings = {"url": release.url, "token": RELEASE_TOKEN, "timeout": "10s"}
+    server = make_rc_mta(tmp_path, tasks={"backend": "release", "release": settings})
+    try:
+        server.start()
+        address = server.cli_json("request", RELEASE_TASK, "--owner", ALICE)["complete_address"]
+        message = reply_message(address, "Ship it")
+        with ThreadPoolExecutor(1) as pool:
+            answer = pool.submit(send_smtp, server.smtp_port, message, address)
+            wait_until(lambda: release.status(RELEASE_TASK) == "COMPLETED", what="Release to act")
+            with store_write_locked(server.workdir / "rc-mta.db"):  # down until rc-mta has answered
+                first = answer.result(timeout=60)
+        server.restart()
+        retried = send_smtp(server.smtp_port, message, address)
+    finally:
+        server.stop()
+        release.stop()
+
+    assert (first.code, first.enhanced) == (451, "4.3.0") and "could not be recorded" in first.text, first
+    assert retried.code == 250 and "already processed" in retried.text, retried
+    assert len(release.actions_on(RELEASE_TASK)) == 1

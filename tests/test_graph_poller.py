@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import email.policy
+import re
 import time
 import urllib.error
 import urllib.request
@@ -14,16 +15,18 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
-from conftest import RcMta, make_rc_mta, wait_until
+from conftest import RcMta, instances_sharing, make_rc_mta, wait_until
 from dnsserver import NsdServer
 from graph_server import GraphServer
 from mailclient import reply_message
+from webhook_receiver import WebhookReceiver
 
 from rc_mta import smtp_replies as R
 from rc_mta.config import MailboxConfig
 from rc_mta.http import Health
 from rc_mta.mailbox.graph import GraphPoller
 from rc_mta.pipeline import Decision, Inbound, Outcome, Pipeline, Recipient
+from rc_mta.store import STALE_CLAIM_SECONDS, Store
 
 AUTH_RESULTS = "mx.example.com; spf=pass smtp.mailfrom=alice@example.com; dmarc=pass header.from=example.com"
 
@@ -73,6 +76,22 @@ def reply(server: RcMta, task_id: str, body: str = "Looks good, ship it", *, for
     else:
         message = reply_message(request["complete_address"], body, headers={"Authentication-Results": AUTH_RESULTS})
     return message.as_bytes(policy=email.policy.SMTP)
+
+
+def graph_metric(server: RcMta, name: str) -> float:
+    """The value of rc-mta's ``name{source="graph"}`` sample on /metrics (0 if absent)."""
+    with urllib.request.urlopen(server.http_url + "/metrics", timeout=5) as response:
+        text = response.read().decode()
+    found = re.search(rf'^{re.escape(name)}\{{source="graph"\}} (\S+)$', text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def synced_again(*servers: RcMta, rounds: int = 2) -> None:
+    """Wait until each server finished ``rounds`` more mailbox syncs (so at least one more
+    began after this call): what a later sync would do again has had its chance to show."""
+    name = "rc_mta_poller_messages_per_cycle_count"
+    targets = [(server, graph_metric(server, name) + rounds) for server in servers]
+    wait_until(lambda: all(graph_metric(s, name) >= n for s, n in targets), what=f"{rounds} more syncs of each")
 
 
 def completed(server: RcMta, *task_ids: str) -> bool:
@@ -211,11 +230,22 @@ def test_wrong_client_secret_processes_nothing_and_says_why(rc_graph: RcMta, gra
 # -- in-process: staleness and retry, where a subprocess would be too slow or too coarse ----
 
 
-class StubPipeline:
-    """Answers from a script, so a test can make the pipeline say "retry"."""
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    """The store the pollers claim messages in (a real one: SQLite)."""
+    made = Store(f"sqlite:///{tmp_path / 'claims.db'}")
+    made.create_schema()
+    yield made
+    made.close()
 
-    def __init__(self, dispositions: list[str]) -> None:
+
+class StubPipeline:
+    """Answers from a script, so a test can make the pipeline say "retry"; the claims on
+    messages go to a real store."""
+
+    def __init__(self, dispositions: list[str], store: Store) -> None:
         self.dispositions = dispositions
+        self.store = store
         self.seen: list[bytes] = []
 
     async def process(self, inbound: Inbound, *, act: bool) -> list[Decision]:
@@ -246,9 +276,9 @@ async def run_for(target: GraphPoller, seconds: float) -> None:
         pass
 
 
-def test_healthz_fails_once_a_poller_that_cannot_sign_in_is_stale(graph: GraphServer) -> None:
+def test_healthz_fails_once_a_poller_that_cannot_sign_in_is_stale(graph: GraphServer, store: Store) -> None:
     now = [time.time()]
-    bad = poller(graph, StubPipeline([]), clock=lambda: now[0], client_secret="wrong")
+    bad = poller(graph, StubPipeline([], store), clock=lambda: now[0], client_secret="wrong")
     health = Health(liveness={"graph": bad.staleness})
 
     asyncio.run(run_for(bad, 1.5))
@@ -259,13 +289,13 @@ def test_healthz_fails_once_a_poller_that_cannot_sign_in_is_stale(graph: GraphSe
     ok, report = health.live()
     assert not ok and report["graph"] == {"ok": False, "age_seconds": 64.0, "limit_seconds": 63.0}
 
-    good = poller(graph, StubPipeline([]), clock=lambda: now[0])
+    good = poller(graph, StubPipeline([], store), clock=lambda: now[0])
     asyncio.run(run_for(good, 0.5))
     assert good.staleness()[0] < 1 and good.watcher.last_sync is not None
 
 
-def test_retry_is_seen_again_although_the_delta_does_not_list_it(graph: GraphServer) -> None:
-    pipeline = StubPipeline(["retry", "retry"])
+def test_retry_is_seen_again_although_the_delta_does_not_list_it(graph: GraphServer, store: Store) -> None:
+    pipeline = StubPipeline(["retry", "retry"], store)
     graph.add_message(b"From: alice@example.com\r\nSubject: hi\r\n\r\nyes\r\n")
     target = poller(graph, pipeline)
 
@@ -276,8 +306,8 @@ def test_retry_is_seen_again_although_the_delta_does_not_list_it(graph: GraphSer
     assert graph.count("GET", "/delta") >= 3 and graph.count("GET", "/mailFolders/{folder}/messages") == 0
 
 
-def test_a_round_cut_short_leaves_its_messages_pending_for_the_next(graph: GraphServer) -> None:
-    pipeline = StubPipeline([])
+def test_a_round_cut_short_leaves_its_messages_pending_for_the_next(graph: GraphServer, store: Store) -> None:
+    pipeline = StubPipeline([], store)
     graph.add_message(b"From: alice@example.com\r\nSubject: hi\r\n\r\nyes\r\n")
     graph.throttle(6, status=503, retry_after="0", route="/$value")  # more than the poller waits out
     target = poller(graph, pipeline)
@@ -287,9 +317,9 @@ def test_a_round_cut_short_leaves_its_messages_pending_for_the_next(graph: Graph
     assert len(pipeline.seen) == 1 and len(graph.folder("Processed")) == 1
 
 
-def test_refresh_token_flow_when_configured(graph: GraphServer) -> None:
+def test_refresh_token_flow_when_configured(graph: GraphServer, store: Store) -> None:
     graph.refresh_tokens = {"rt-1"}
-    pipeline = StubPipeline([])
+    pipeline = StubPipeline([], store)
     graph.add_message(b"From: alice@example.com\r\nSubject: hi\r\n\r\nyes\r\n")
     settings = mailbox_settings(graph) | {"oauth2": {"refresh_token": "rt-1"}}
     target = GraphPoller(MailboxConfig.model_validate(settings), cast(Pipeline, pipeline))
@@ -297,3 +327,92 @@ def test_refresh_token_flow_when_configured(graph: GraphServer) -> None:
     asyncio.run(run_for(target, 1.5))
     assert graph.grants and set(graph.grants) == {"refresh_token"}
     assert len(pipeline.seen) == 1 and len(graph.folder("Processed")) == 1
+
+
+# -- several instances on one mailbox ------------------------------------------------------
+
+
+def test_two_instances_polling_one_mailbox_read_act_on_and_file_each_reply_once(
+    tmp_path: Path, graph: GraphServer, dns_server: NsdServer, pg_url: str
+) -> None:
+    """Two rc-mta processes share one PostgreSQL store and poll the same inbox every second:
+    each reply is read once (the other instance skips it unread), reaches the task backend
+    once and is moved to Processed once, and neither instance trips over the other."""
+    receiver = WebhookReceiver(delay=0.5).start()  # a slow backend: the other poller has time to look
+    instances = instances_sharing(tmp_path, pg_url, receiver.url, receiver.secret)
+    a, b = instances
+    try:
+        for server in instances:
+            server.settings["mailbox"] = mailbox_settings(graph)
+            server.settings["dns"] = {"nameservers": ["127.0.0.1"], "port": dns_server.port, "timeout": "2s"}
+            server.workdir.mkdir(exist_ok=True)
+            server.write_config()
+        tasks = [f"T-{i}" for i in range(8)]
+        replies = []
+        for task_id in tasks:
+            address = a.cli_json("request", task_id, "--owner", "alice@example.com")["complete_address"]
+            message = reply_message(address, f"Ship {task_id}", headers={"Authentication-Results": AUTH_RESULTS})
+            replies.append(message.as_bytes(policy=email.policy.SMTP))
+        graph.add_messages(replies[:4])  # waiting before either starts: both list them in their first sync
+        a.start()
+        b.start()
+        for raw in replies[4:]:  # and the rest one by one while both poll
+            graph.add_message(raw)
+
+        wait_until(lambda: len(graph.folder("Processed")) >= len(replies), timeout=60, what="every reply filed")
+        synced_again(a, b)  # a double read, action or filing would show by then
+    finally:
+        for server in instances:
+            server.stop()
+        receiver.stop()
+
+    assert sorted(p["task_id"] for p in receiver.payloads) == sorted(tasks)  # each acted on once
+    assert graph.count("GET", "/$value") == len(replies)  # each read by one instance only
+    assert graph.count("POST", "/move") == len(replies)  # and filed once
+    assert len(graph.folder("Processed")) == len(replies) and graph.folder("inbox") == []
+    for server in (a, b):
+        log = server.log_path.read_text(errors="replace")
+        assert "graph message" in log  # both really handled replies
+        assert "Traceback" not in log and " ERROR " not in log and "reconnecting" not in log, log[-3000:]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def shared_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """The store two pollers share: SQLite (one host) or PostgreSQL (several)."""
+    url = f"sqlite:///{tmp_path / 'shared.db'}" if request.param == "sqlite" else request.getfixturevalue("pg_url")
+    made = Store(url)
+    made.create_schema()
+    yield made
+    made.close()
+
+
+class DyingPipeline(StubPipeline):
+    """An instance that took a message and then hung (or was killed) in the middle of it."""
+
+    async def process(self, inbound: Inbound, *, act: bool) -> list[Decision]:
+        self.seen.append(inbound.raw)
+        await asyncio.Event().wait()  # until cancelled: nothing after this runs
+        raise AssertionError("unreachable")
+
+
+def test_a_message_another_instance_holds_is_skipped_until_its_claim_is_stale(
+    graph: GraphServer, shared_store: Store
+) -> None:
+    message_id = graph.add_message(b"From: alice@example.com\r\nSubject: hi\r\n\r\nyes\r\n")
+    dying = DyingPipeline([], shared_store)
+    asyncio.run(run_for(poller(graph, dying), 1.5))
+    assert len(dying.seen) == 1  # it claimed and read the message, then died mid-action
+
+    later = [0.0]
+    survivor = StubPipeline([], shared_store)
+    other = poller(graph, survivor, clock=lambda: time.time() + later[0])
+    asyncio.run(run_for(other, 2.5))
+    assert survivor.seen == []  # a live claim of another instance: skipped, unread
+    assert [m.id for m in graph.folder("inbox")] == [message_id]
+    assert other.state.pending_ids == {message_id}  # but looked at again each round
+
+    later[0] = STALE_CLAIM_SECONDS + 1  # the dead instance's claim has gone stale
+    asyncio.run(run_for(other, 1.5))
+    assert len(survivor.seen) == 1  # taken over: handled once
+    assert graph.folder("inbox") == [] and len(graph.folder("Processed")) == 1
+    assert other.state.pending_ids == set()

@@ -16,7 +16,7 @@ from typing import Any
 
 import dkim
 import pytest
-from conftest import RcMta, make_rc_mta, require_server, store_write_locked, wait_until
+from conftest import RcMta, instances_sharing, make_rc_mta, require_server, store_write_locked, wait_until
 from dnsserver import NsdServer
 from dovecot import Dovecot, available
 from mailclient import reply_message
@@ -350,18 +350,10 @@ def test_two_instances_polling_one_inbox_act_on_and_file_each_reply_once(
     """Two rc-mta processes share one PostgreSQL store and poll the same INBOX every second:
     each reply reaches the task backend once and lands in Processed once, and neither
     instance trips over the other (no error, no reconnect)."""
-    instances = []
-    for name in ("a", "b"):
-        server = make_rc_mta(tmp_path / name)
-        server.settings["store"]["url"] = pg_url
-        server.settings["tasks"] = {
-            "backend": "webhook",
-            "webhook": {"url": receiver.url, "secret": receiver.secret, "timeout": "5s"},
-        }
-        if instances:  # one signing key for both, as for any instances behind one reply domain
-            server.settings["signing"] = instances[0].settings["signing"]
-        instances.append(polling(server, dovecot, dns_server, sync_interval="1s", pool_size=2, disposition="move"))
-    a, b = instances
+    a, b = (
+        polling(server, dovecot, dns_server, sync_interval="1s", pool_size=2, disposition="move")
+        for server in instances_sharing(tmp_path, pg_url, receiver.url, receiver.secret)
+    )
     tasks = [f"T-{i}" for i in range(10)]
     replies = []
     for task_id in tasks:

@@ -109,6 +109,18 @@ def test_a_copy_that_loses_the_claim_cannot_give_back_or_finish_the_winners(stor
     assert outcome is ClaimOutcome.DONE and claim is not None and claim.message_id == "<a@x>"
 
 
+def test_finishing_a_claim_again_says_it_is_finished_and_only_for_its_own_attempt(store: Store) -> None:
+    request = _request(store, "t-2e")
+    now = time.time()
+    store.claim(request.id, "a", "<a@x>", "complete", ALICE, now, 600)
+
+    assert store.finish_claim(request.id, "a", now + 1)
+    assert store.finish_claim(request.id, "a", now + 2)  # a commit whose answer was lost, tried again
+    assert not store.finish_claim(request.id, "b", now + 3)  # never another attempt's
+    claim = store.get_claim(request.id)
+    assert claim is not None and claim.done and claim.done_at == now + 1
+
+
 def test_the_first_attempt_giving_back_lets_the_copys_retry_claim(store: Store) -> None:
     request = _request(store, "t-2c")
     now = time.time()

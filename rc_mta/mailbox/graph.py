@@ -4,11 +4,18 @@ Each sync lists the folder (a delta query, so a round costs one call when nothin
 fetches each new message's MIME, hands it to the pipeline and, only once the pipeline has
 committed the action, files the message away (move, delete or flag). The poll loop itself
 (interval, reconnect, backoff, liveness) is the shared Watcher's.
+
+Several instances may poll one mailbox: each message is claimed in the shared store before
+it is read (``MessageClaims``, as for IMAP), under a name made of the mailbox, the folder
+and a digest of Graph's id (ids are opaque and long), so only one instance handles and
+files it. A message another instance holds stays pending here: if that instance dies, its
+claim goes stale and this one takes it over.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import time
@@ -24,8 +31,10 @@ from yarl import URL
 from ..config import MailboxConfig
 from ..errors import ConfigError, TemporaryFailure
 from ..oauth2 import OAuth2Error, TokenProvider
-from ..pipeline import Inbound, MailboxOutcome, Pipeline
+from ..pipeline import Pipeline
 from ..registry import MAILBOX_SOURCES
+from ..store import MailboxMessage
+from ._claims import Handled, MessageClaims
 from ._graph_push import GraphPush
 from ._watcher import Watcher
 
@@ -59,8 +68,9 @@ class _State:
 
     delta_link: str | None = None
     delta_supported: bool = True
-    # Listed but not yet filed: disposition "retry", a round cut short, or filing failed. The
-    # delta link has moved past these, so they are looked at again from here.
+    # Listed but not yet filed: disposition "retry", a round cut short, filing failed, or
+    # another instance holds it. The delta link has moved past these, so they are looked at
+    # again from here.
     pending_ids: set[str] = field(default_factory=set)
     kept_ids: set[str] = field(default_factory=set)  # disposition "keep": handled, left in place
     folder_ids: dict[str, str] = field(default_factory=dict)  # displayName -> folder id
@@ -75,6 +85,7 @@ class GraphPoller:
         self.config = config
         self.pipeline = pipeline
         self.state = _State()
+        self.claims = MessageClaims(SOURCE, pipeline, tuple(config.trusted_authserv_ids), clock)
         self.watcher = Watcher(SOURCE, self._connect, config.sync_interval, config.startup_delay, clock=clock)
         # Change notifications only wake the poll early; the delta stays the source of truth.
         self.push = GraphPush(config.graph.push, config.graph.base_url) if config.graph.push.enabled else None
@@ -126,7 +137,7 @@ class GraphPoller:
             except OAuth2Error as exc:
                 log.error("graph poller: cannot sign in as client %s: %s", tokens.client_id, exc)
                 raise
-            yield GraphConnection(self.config, self.pipeline, self.state, session, tokens, self.push)
+            yield GraphConnection(self.config, self.claims, self.state, session, tokens, self.push)
         finally:
             await session.close()
             await tokens.close()
@@ -138,7 +149,7 @@ class GraphConnection:
     def __init__(
         self,
         config: MailboxConfig,
-        pipeline: Pipeline,
+        claims: MessageClaims,
         state: _State,
         session: aiohttp.ClientSession,
         tokens: TokenProvider,
@@ -146,7 +157,7 @@ class GraphConnection:
     ) -> None:
         self.config = config
         self.push = push
-        self.pipeline = pipeline
+        self.claims = claims
         self.state = state
         self.session = session
         self.tokens = tokens
@@ -154,6 +165,8 @@ class GraphConnection:
         folder = config.folder
         self.folder_ref = WELL_KNOWN_FOLDERS.get(folder.lower(), folder) if folder.upper() != "INBOX" else "inbox"
         self.folder_url: str | None = None
+        # What names this folder's messages in the store's claims (see ``_claimed``).
+        self.mailbox = f"graph://{config.graph.user.lower()}/{self.folder_ref}"
 
     async def wait(self, timeout: float) -> None:
         if self.push is None:
@@ -164,7 +177,9 @@ class GraphConnection:
         await self.push.wait(timeout, self._call, resource)
 
     async def sync(self) -> int:
-        """Handle every message waiting now: new ones from the listing, and earlier retries."""
+        """Handle every message waiting now: new ones from the listing, earlier retries, and
+        those another instance held last time."""
+        await self.claims.prune()
         ids = await self._list_ids()
         ids.extend(sorted(self.state.pending_ids.difference(ids)))
         self.state.pending_ids.update(ids)
@@ -173,8 +188,10 @@ class GraphConnection:
             if message_id in self.state.kept_ids:
                 self.state.pending_ids.discard(message_id)
                 continue
-            if await self._handle(message_id):
-                handled += 1
+            outcome = await self._handle(message_id)
+            if not outcome.again:
+                self.state.pending_ids.discard(message_id)
+            handled += outcome.counted
         return handled
 
     # -- listing ----------------------------------------------------------------------------
@@ -234,35 +251,31 @@ class GraphConnection:
 
     # -- one message ------------------------------------------------------------------------
 
-    async def _handle(self, message_id: str) -> bool:
-        """Fetch, decide, file. False when the message is gone (someone else filed it)."""
-        message_url = f"{self.base}/messages/{quote(message_id, safe='')}"
-        try:
-            raw = await self._bytes(message_url + "/$value")
-        except GraphError as exc:
-            if exc.status != 404:
-                raise
-            self.state.pending_ids.discard(message_id)
-            log.info("graph message %s: gone before it was read", message_id)
-            return False
-        try:
-            inbound = Inbound(raw, SOURCE, trusted_ids=tuple(self.config.trusted_authserv_ids))
-            outcome = MailboxOutcome.of(await self.pipeline.process(inbound, act=True))
-        except Exception:
-            # One bad message must not stop the round for the others: it stays pending.
-            log.exception("graph message %s: could not be handled; retrying next round", message_id)
-            return True
-        if outcome.disposition == "retry":  # stays pending: read again next round
-            log.info("graph message %s: retry (%s)", message_id, outcome.reason)
-            return True
-        # Filing fails? It stays pending; the action is committed, and the pipeline knows the
-        # message again next round, so nothing is done twice.
-        filed = await self._file(message_url, message_id, outcome)
-        self.state.pending_ids.discard(message_id)
-        log.info("graph message %s: %s (%s) -> %s", message_id, outcome.disposition, outcome.reason, filed)
-        return True
+    def _claimed(self, message_id: str) -> MailboxMessage:
+        """The message as the store's claims name it: Graph's ids are opaque and may be long,
+        so a digest of the id stands in for IMAP's UID (an id is stable while the message
+        stays in this folder; a move gives it a new one, elsewhere)."""
+        digest = hashlib.sha256(message_id.encode()).hexdigest()
+        return MailboxMessage(f"{self.mailbox}#{digest}", 0, 0)
 
-    async def _file(self, message_url: str, message_id: str, outcome: MailboxOutcome) -> str:
+    async def _handle(self, message_id: str) -> Handled:
+        """Claim, fetch, decide, file (``MessageClaims``)."""
+        message_url = f"{self.base}/messages/{quote(message_id, safe='')}"
+
+        async def fetch() -> bytes | None:
+            try:
+                return await self._bytes(message_url + "/$value")
+            except GraphError as exc:
+                if exc.status != 404:
+                    raise
+                return None  # gone: someone else filed it
+
+        async def file(disposition: str) -> str:
+            return await self._file(message_url, message_id, disposition)
+
+        return await self.claims.handle(self._claimed(message_id), f"message {message_id}", fetch, file)
+
+    async def _file(self, message_url: str, message_id: str, handled_as: str) -> str:
         """Dispose of a handled message as configured; returns what was done, for the log."""
         disposition = self.config.disposition
         if disposition == "delete":
@@ -272,7 +285,7 @@ class GraphConnection:
             await self._ignore_gone("PATCH", message_url, {"flag": {"flagStatus": "flagged"}})
             self.state.kept_ids.add(message_id)
             return "flagged"
-        name = self.config.processed_folder if outcome.disposition == "processed" else self.config.rejected_folder
+        name = self.config.processed_folder if handled_as == "processed" else self.config.rejected_folder
         for attempt in range(2):
             folder_id = await self._find_folder(name, create=True)
             try:

@@ -21,13 +21,9 @@ import asyncio
 import base64
 import itertools
 import logging
-import os
 import re
-import secrets
-import socket
 import ssl
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
+from collections.abc import AsyncIterator, Awaitable, Coroutine, Iterable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
@@ -35,13 +31,14 @@ from aioimaplib import aioimaplib as lib
 
 from .. import metrics
 from ..config import MailboxConfig
-from ..errors import ConfigError, TemporaryFailure
+from ..errors import ConfigError
 from ..logs import TRACE
 from ..oauth2 import TokenProvider
-from ..pipeline import Inbound, MailboxOutcome, Pipeline
+from ..pipeline import Pipeline
 from ..registry import MAILBOX_SOURCES
-from ..store import STALE_CLAIM_SECONDS, MailboxMessage, Store
+from ..store import MailboxMessage
 from ._aioimaplib import Client
+from ._claims import MessageClaims
 from ._watcher import Watcher
 
 log = logging.getLogger("rc_mta.mailbox.imap")
@@ -55,8 +52,6 @@ _UIDVALIDITY = re.compile(rb"\[UIDVALIDITY (\d+)\]")
 _BODY_LITERAL = re.compile(rb"BODY\[\] \{\d+\}$")
 # RFC 5530: the message named is gone (moved or expunged by another session meanwhile).
 _GONE = ("[EXPUNGEISSUED]", "[NONEXISTENT]")
-CLAIMS_KEPT = 7 * 86400.0  # a filed message's claim is forgotten after this long
-CLAIMS_PRUNED_EVERY = 3600.0
 
 
 class ImapError(Exception):
@@ -233,20 +228,22 @@ class _Connection:
         else:  # also expunges whatever else is marked \Deleted: the best plain IMAP4rev1 allows
             await self._ok(self._client.expunge(), "EXPUNGE")
 
-    async def dispose(self, uid: int, disposition: str) -> None:
-        """File a handled message: delete it, move it to Processed/Rejected, or flag it.
-        A UID that no longer exists is filed already (UID commands skip it, or say so)."""
+    async def dispose(self, uid: int, disposition: str) -> str:
+        """File a handled message: delete it, move it to Processed/Rejected, or flag it; say
+        which. A UID that no longer exists is filed already (UID commands skip it, or say so)."""
         config = self.config
         if config.disposition == "keep":
             await self._store(uid, "\\Flagged")
-        elif config.disposition == "delete":
+            return "flagged"
+        if config.disposition == "delete":
             await self._delete(uid)
-        else:
-            folder = config.processed_folder if disposition == "processed" else config.rejected_folder
-            if "MOVE" in self.capabilities:
-                await self._ok_unless_gone(self._client.uid("MOVE", str(uid), lib.quoted(folder)), f"UID MOVE {uid}")
-            elif await self._ok_unless_gone(self._client.uid("COPY", str(uid), lib.quoted(folder)), f"UID COPY {uid}"):
-                await self._delete(uid)
+            return "deleted"
+        folder = config.processed_folder if disposition == "processed" else config.rejected_folder
+        if "MOVE" in self.capabilities:
+            await self._ok_unless_gone(self._client.uid("MOVE", str(uid), lib.quoted(folder)), f"UID MOVE {uid}")
+        elif await self._ok_unless_gone(self._client.uid("COPY", str(uid), lib.quoted(folder)), f"UID COPY {uid}"):
+            await self._delete(uid)
+        return f"moved to {folder}"
 
     async def wait(self, timeout: float) -> None:
         """IDLE until new mail (EXISTS) or ``timeout``; a plain sleep when there is no IDLE."""
@@ -341,7 +338,7 @@ class _Session:
 
     async def sync(self) -> int:
         criteria = ["UNDELETED", "UNFLAGGED"] if self.poller.config.disposition == "keep" else ["UNDELETED"]
-        await self.poller.prune_claims()
+        await self.poller.claims.prune()
         main, *others = self.connections
         await _all(c.keepalive() for c in others)
         uids = await main.search(*criteria)
@@ -378,22 +375,11 @@ class ImapPoller:
                 refresh_token=oauth2.refresh_token.get_secret_value(),
             )
         self.uidvalidity: int | None = None
-        # UID -> processed|rejected for messages acted on but not yet filed (the connection
-        # dropped in between): the next round files them without handling them again. The
-        # store's claim says the same to every instance; this covers a store that failed.
-        self.settled: dict[int, str] = {}
-        # Names this process in the store's claims on messages: unique per process, so two
-        # instances with the same configuration never take each other's claims for their own.
-        self.holder = f"{socket.gethostname()[:32]}:{os.getpid()}:{secrets.token_hex(4)}"
+        # Several instances on one folder: each message is claimed in the store first.
+        self.claims = MessageClaims(self.source, pipeline, tuple(config.trusted_authserv_ids))
         self.mailbox = f"imap://{config.username}@{config.host.lower()}/{config.folder}"
-        self._next_prune = 0.0
         self.watcher = Watcher(self.source, self._session, config.sync_interval, config.startup_delay)
         _show_exchange_at_trace()
-
-    @property
-    def store(self) -> Store:
-        """The store of claims on messages (the pipeline's: a probe, which has none, never needs it)."""
-        return self.pipeline.store
 
     async def run(self) -> None:
         try:
@@ -433,7 +419,7 @@ class ImapPoller:
                 self.config.port,
                 self.config.folder,
                 len(session.connections),
-                self.holder,
+                self.claims.holder,
             )
             yield session
         finally:
@@ -443,72 +429,22 @@ class ImapPoller:
         """A new UIDVALIDITY means every UID we remember now names another message (RFC 3501 §2.3.1.1)."""
         if self.uidvalidity is not None and value != self.uidvalidity:
             log.warning("imap: UIDVALIDITY of %s changed (%d -> %d)", self.config.folder, self.uidvalidity, value)
-            self.settled.clear()
+            self.claims.forget_settled()
         self.uidvalidity = value
 
     async def handle(self, connection: _Connection, uid: int) -> int:
-        """Claim, fetch, handle and file one message; 1 when it was handled (even if left to
-        retry), 0 when it was gone or is another instance's."""
+        """Claim, fetch, handle and file one message (``MessageClaims``); 1 when it was
+        handled (even if left to retry), 0 when it was gone or is another instance's."""
         message = MailboxMessage(self.mailbox, connection.uidvalidity, uid)
-        try:
-            claim = await asyncio.to_thread(
-                self.store.claim_mailbox_message, message, self.holder, time.time(), STALE_CLAIM_SECONDS
-            )
-        except TemporaryFailure as exc:
-            log.warning("imap uid=%d retry: cannot claim it (%s); left for the next round", uid, exc)
-            return 0
-        if not claim.ours:
-            return 0  # another instance is handling it, or filed it already
-        disposition = claim.disposition or self.settled.get(uid)
-        if disposition is None:
-            raw = await connection.fetch(uid)
-            if raw is None:
-                await self._store_quietly(self.store.release_mailbox_message, message, self.holder)
-                return 0  # expunged by someone else meanwhile
-            try:
-                inbound = Inbound(raw, self.source, trusted_ids=tuple(self.config.trusted_authserv_ids))
-                outcome = MailboxOutcome.of(await self.pipeline.process(inbound, act=True))
-            except Exception:
-                log.exception("imap uid=%d: handling failed; left for the next round", uid)
-                await self._store_quietly(self.store.release_mailbox_message, message, self.holder)
-                return 1
-            log.info(
-                "imap uid=%d %s: %s (message-id %s, connection %s)",
-                uid,
-                outcome.disposition,
-                outcome.reason,
-                outcome.message_id,
-                connection.name,
-            )
-            if outcome.disposition == "retry":
-                # Untouched: the next round (of any instance) tries again.
-                await self._store_quietly(self.store.release_mailbox_message, message, self.holder)
-                return 1
-            disposition = self.settled[uid] = outcome.disposition
-            await self._store_quietly(self.store.settle_mailbox_message, message, self.holder, disposition, time.time())
-        await connection.dispose(uid, disposition)
-        self.settled.pop(uid, None)
-        await self._store_quietly(self.store.mailbox_message_filed, message, self.holder, time.time())
-        return 1
 
-    async def _store_quietly(self, write: Callable[..., None], *args: Any) -> None:
-        """Note a message's progress in the store. If that fails, the claim stays as it was
-        and goes stale: this process (``settled``) or, later, another files it, not acts again."""
-        try:
-            await asyncio.to_thread(write, *args)
-        except TemporaryFailure as exc:
-            log.warning("imap: could not note a message's progress in the store: %s", exc)
+        async def fetch() -> bytes | None:
+            return await connection.fetch(uid)
 
-    async def prune_claims(self) -> None:
-        """Now and then, forget the claims on messages filed long ago."""
-        now = time.time()
-        if now < self._next_prune:
-            return
-        self._next_prune = now + CLAIMS_PRUNED_EVERY
-        try:
-            await asyncio.to_thread(self.store.prune_mailbox_claims, now - CLAIMS_KEPT)
-        except TemporaryFailure as exc:
-            log.warning("imap: could not prune old message claims: %s", exc)
+        async def dispose(disposition: str) -> str:
+            return f"{await connection.dispose(uid, disposition)} (connection {connection.name})"
+
+        handled = await self.claims.handle(message, f"uid={uid}", fetch, dispose)
+        return 1 if handled.counted else 0
 
 
 @MAILBOX_SOURCES.register("imap")
