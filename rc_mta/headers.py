@@ -16,6 +16,13 @@ from email.headerregistry import BaseHeader, HeaderRegistry
 from functools import lru_cache
 
 _LINE_BREAKS = re.compile(r"[\r\n]")
+_FOLD = re.compile(r"\r?\n(?=[ \t])")
+
+
+def unfold(value: str) -> str:
+    """A raw header value with its folding line breaks removed (RFC 5322 2.2.3). Most
+    values are one line: they are returned as they are, without running the pattern."""
+    return _FOLD.sub("", value) if "\n" in value else value
 
 
 _REGISTRY = HeaderRegistry()  # the registry policy.default has: the same classes

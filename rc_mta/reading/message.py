@@ -17,7 +17,7 @@ from email.message import Message
 from email.parser import BytesParser
 from email.utils import getaddresses
 
-from ..headers import structured_header
+from ..headers import structured_header, unfold
 from ..machine_mail import machine_reason
 from .comment import extract_comment
 from .html import QUOTE_MARK, render_html
@@ -108,7 +108,7 @@ def _raw_headers_kept(message: Message, name: str) -> list[str]:
 
 def _raw_headers(message: Message, name: str) -> list[str]:
     """Unparsed, unfolded values of every header called ``name``; never raises."""
-    return [_fix_surrogates(re.sub(r"\r?\n(?=[ \t])", "", value)).strip() for value in _raw_headers_kept(message, name)]
+    return [_fix_surrogates(unfold(value)).strip() for value in _raw_headers_kept(message, name)]
 
 
 def _header_text(message: Message, name: str) -> str | None:
@@ -119,7 +119,7 @@ def _header_text(message: Message, name: str) -> str | None:
     try:
         return _fix_surrogates(str(structured_header(name, raw[0])))
     except Exception:
-        return _fix_surrogates(re.sub(r"\r?\n(?=[ \t])", "", raw[0])).strip()
+        return _fix_surrogates(unfold(raw[0])).strip()
 
 
 def _message_id(message: Message) -> str | None:
