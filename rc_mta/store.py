@@ -1367,7 +1367,8 @@ class Store:
     # (``claim``), so a decision this request made earlier was made by an attempt that is gone.
     # A decision is final once its deciding claim is finished (``finish_claim``): until then
     # it may still be taken back (``undo_group_decision``), and other answers wait (``DECIDING``).
-    # One whose deciding claim went stale (its process died) is taken back by the next answer.
+    # One whose deciding claim went stale (its process died) is taken back by the next answer,
+    # unless the backend shows that it acted: the pipeline asks first (``_stale_decision_acted``).
 
     def count_approval(
         self, group_id: str, request_id: str, actor: str, now: float, stale_after: float = STALE_CLAIM_SECONDS
