@@ -10,6 +10,7 @@ No lock in the process is needed, so several instances can share one PostgreSQL.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import secrets
 import threading
@@ -862,7 +863,7 @@ class Store:
         (``filed`` then says so: no poller needs to look at it again).
         """
         row = {
-            "mailbox": message.mailbox,
+            "mailbox": _claimed_mailbox(message.mailbox),
             "uidvalidity": message.uidvalidity,
             "uid": message.uid,
             "holder": holder,
@@ -1547,12 +1548,15 @@ class Store:
 
 # Several instances on one store --------------------------------------------------------
 
+# The longest mailbox name a claim keeps; longer ones are kept shortened (``_claimed_mailbox``).
+MAILBOX_NAME_LENGTH = 512
+
 mailbox_claims = Table(
     "mailbox_claims",
     metadata,
     # One row per message a poller took from a folder, so two instances polling the same
     # mailbox never both handle or both file it. UIDVALIDITY is 32-bit unsigned: BigInteger.
-    Column("mailbox", String(512), primary_key=True),
+    Column("mailbox", String(MAILBOX_NAME_LENGTH), primary_key=True),  # as ``_claimed_mailbox`` names it
     Column("uidvalidity", BigInteger, primary_key=True, autoincrement=False),
     Column("uid", BigInteger, primary_key=True, autoincrement=False),
     Column("holder", String(64), nullable=False),  # the poller process that has it
@@ -2006,7 +2010,18 @@ def _outbound_mail(row: Any) -> OutboundMail:
 
 def _mailbox_key(message: MailboxMessage) -> tuple[Any, ...]:
     c = mailbox_claims.c
-    return (c.mailbox == message.mailbox, c.uidvalidity == message.uidvalidity, c.uid == message.uid)
+    return (c.mailbox == _claimed_mailbox(message.mailbox), c.uidvalidity == message.uidvalidity, c.uid == message.uid)
+
+
+def _claimed_mailbox(name: str) -> str:
+    """The name a mailbox's claims are kept under: ``name`` where it fits the column, else
+    its start (readable) and a SHA-256 of all of it, which every instance and every restart
+    computes alike. A long IMAP user, host or folder, or Graph user or folder, would
+    otherwise fail every claim on that mailbox (PostgreSQL keeps to the length)."""
+    if len(name) <= MAILBOX_NAME_LENGTH:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()
+    return f"{name[: MAILBOX_NAME_LENGTH - len(digest) - 1]}~{digest}"
 
 
 class SharedCounters:
