@@ -312,7 +312,8 @@ class _NotAtOnce(Exception):
 CLAIM_TRIES = 5
 # A pending claim older than this belongs to an attempt that can no longer act (its process
 # died, or its action was cut at ``[tasks] action_deadline``, at most half this): another
-# attempt may take it over, and an N-of-M decision it made is taken back (``GroupState``).
+# attempt may take it over, and an N-of-M decision it made is taken back (``GroupState``),
+# unless the backend shows it acted (then it is recorded: ``Pipeline._stale_decision_acted``).
 STALE_CLAIM_SECONDS = 2 * ACTION_DEADLINE_MAX
 
 
