@@ -531,6 +531,8 @@ class Pipeline:
         store, now = self.store, self.clock()
         counted = decided = False
         try:
+            if await self._stale_decision_acted(request, group):
+                raise await self._decision_made(request)
             if action is TaskAction.FAIL:
                 decided = await asyncio.to_thread(store.decide_group_fail, group.id, request.id, actor, now)
                 if not decided:
@@ -616,17 +618,52 @@ class Pipeline:
             return False
         if claim.message_id != decision.message_id or claim.action != action.value:
             return False
-        if self._unrecorded.get(request.id) != claim.attempt:
-            try:
-                task = await self.backend.get(request.task_id)
-            except (TemporaryFailure, Refusal):
-                return False
-            acted_by = (task.acted_by or "").lower()
-            if not (task.known and task.status == action.past and acted_by == actor.lower()):
-                return False
+        if self._unrecorded.get(request.id) != claim.attempt and not await self._backend_shows(
+            request.task_id, action, actor
+        ):
+            return False
         if not await asyncio.to_thread(self.store.finish_claim, request.id, claim.attempt, self.clock()):
             return False  # released or taken over meanwhile: not what we saw
         log.info("request %s: recorded the action of an earlier delivery of message %s", request.id, claim.message_id)
+        return True
+
+    async def _backend_shows(self, task_id: str, action: TaskAction, actor: str) -> bool:
+        """Whether the backend shows the task in the state ``action`` leaves it, attributed
+        to ``actor``: the evidence that an attempt which never recorded its action did act.
+        No when the backend cannot read a task (the webhook: ``known`` is False) or cannot
+        be asked now."""
+        try:
+            task = await self.backend.get(task_id)
+        except (TemporaryFailure, Refusal):
+            return False
+        acted_by = (task.acted_by or "").lower()
+        return task.known and task.status == action.past and acted_by == actor.lower()
+
+    async def _stale_decision_acted(self, request: Request, group: ApprovalGroup) -> bool:
+        """Whether another answer's decision of ``group``, whose claim went stale, did act:
+        the backend shows the task as that decision leaves it, by its decider. Then the
+        decider only failed to record it (its process died first, or the store was down),
+        and its claim is finished here on its behalf: the decision is final, never taken
+        back to act again. Where the backend cannot tell (the webhook), it is taken back
+        as before (``Store.count_approval``): the receiver may be told the other way."""
+        decider, decision = group.decided_request, group.decision
+        if group.decided_at is None or group.state is not GroupState.OPEN or decider in (None, request.id):
+            return False  # undecided, final, still being told, or our own earlier attempt's
+        assert decider is not None and decision is not None
+        claim = await asyncio.to_thread(self.store.get_claim, decider)
+        if claim is None or claim.done or claim.attempt is None or claim.action != decision:
+            return False
+        if not await self._backend_shows(group.task_id, TaskAction(decision), claim.actor):
+            return False
+        if not await asyncio.to_thread(self.store.finish_claim, decider, claim.attempt, self.clock()):
+            return False  # taken back meanwhile by another answer: it decides anew
+        log.warning(
+            "approval group %s: the %s decided by request %s acted but was never recorded (the backend shows it):"
+            " recorded now, and it stands",
+            group.id,
+            decision,
+            decider,
+        )
         return True
 
     async def _decision_made(self, request: Request) -> DecisionMade | DecisionPending:

@@ -10,6 +10,7 @@ No lock in the process is needed, so several instances can share one PostgreSQL.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import secrets
 import threading
@@ -311,7 +312,8 @@ class _NotAtOnce(Exception):
 CLAIM_TRIES = 5
 # A pending claim older than this belongs to an attempt that can no longer act (its process
 # died, or its action was cut at ``[tasks] action_deadline``, at most half this): another
-# attempt may take it over, and an N-of-M decision it made is taken back (``GroupState``).
+# attempt may take it over, and an N-of-M decision it made is taken back (``GroupState``),
+# unless the backend shows it acted (then it is recorded: ``Pipeline._stale_decision_acted``).
 STALE_CLAIM_SECONDS = 2 * ACTION_DEADLINE_MAX
 
 
@@ -862,7 +864,7 @@ class Store:
         (``filed`` then says so: no poller needs to look at it again).
         """
         row = {
-            "mailbox": message.mailbox,
+            "mailbox": _claimed_mailbox(message.mailbox),
             "uidvalidity": message.uidvalidity,
             "uid": message.uid,
             "holder": holder,
@@ -1367,7 +1369,8 @@ class Store:
     # (``claim``), so a decision this request made earlier was made by an attempt that is gone.
     # A decision is final once its deciding claim is finished (``finish_claim``): until then
     # it may still be taken back (``undo_group_decision``), and other answers wait (``DECIDING``).
-    # One whose deciding claim went stale (its process died) is taken back by the next answer.
+    # One whose deciding claim went stale (its process died) is taken back by the next answer,
+    # unless the backend shows that it acted: the pipeline asks first (``_stale_decision_acted``).
 
     def count_approval(
         self, group_id: str, request_id: str, actor: str, now: float, stale_after: float = STALE_CLAIM_SECONDS
@@ -1546,12 +1549,15 @@ class Store:
 
 # Several instances on one store --------------------------------------------------------
 
+# The longest mailbox name a claim keeps; longer ones are kept shortened (``_claimed_mailbox``).
+MAILBOX_NAME_LENGTH = 512
+
 mailbox_claims = Table(
     "mailbox_claims",
     metadata,
     # One row per message a poller took from a folder, so two instances polling the same
     # mailbox never both handle or both file it. UIDVALIDITY is 32-bit unsigned: BigInteger.
-    Column("mailbox", String(512), primary_key=True),
+    Column("mailbox", String(MAILBOX_NAME_LENGTH), primary_key=True),  # as ``_claimed_mailbox`` names it
     Column("uidvalidity", BigInteger, primary_key=True, autoincrement=False),
     Column("uid", BigInteger, primary_key=True, autoincrement=False),
     Column("holder", String(64), nullable=False),  # the poller process that has it
@@ -2005,7 +2011,18 @@ def _outbound_mail(row: Any) -> OutboundMail:
 
 def _mailbox_key(message: MailboxMessage) -> tuple[Any, ...]:
     c = mailbox_claims.c
-    return (c.mailbox == message.mailbox, c.uidvalidity == message.uidvalidity, c.uid == message.uid)
+    return (c.mailbox == _claimed_mailbox(message.mailbox), c.uidvalidity == message.uidvalidity, c.uid == message.uid)
+
+
+def _claimed_mailbox(name: str) -> str:
+    """The name a mailbox's claims are kept under: ``name`` where it fits the column, else
+    its start (readable) and a SHA-256 of all of it, which every instance and every restart
+    computes alike. A long IMAP user, host or folder, or Graph user or folder, would
+    otherwise fail every claim on that mailbox (PostgreSQL keeps to the length)."""
+    if len(name) <= MAILBOX_NAME_LENGTH:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()
+    return f"{name[: MAILBOX_NAME_LENGTH - len(digest) - 1]}~{digest}"
 
 
 class SharedCounters:

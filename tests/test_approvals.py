@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import RcMta, make_rc_mta, wait_until
+from conftest import RcMta, make_rc_mta, store_write_locked, wait_until
 from mailclient import SmtpOutcome, reply_message, send_smtp
+from release_server import FakeRelease
 from sqlalchemy import select, update
 from webhook_receiver import WebhookReceiver
 
@@ -34,11 +35,12 @@ ALICE, BOB, CAROL = "alice@example.com", "bob@example.com", "carol@example.com"
 DAVE = "dave@example.com"
 
 
-def post(server: RcMta, path: str, body: dict[str, Any]) -> tuple[int, Any]:
+def post(server: RcMta, path: str, body: dict[str, Any] | None) -> tuple[int, Any]:
+    """POST ``body`` to the API (GET when None): the status and the JSON answer."""
     request = urllib.request.Request(
         server.http_url + path,
-        data=json.dumps(body).encode(),
-        method="POST",
+        data=None if body is None else json.dumps(body).encode(),
+        method="GET" if body is None else "POST",
         headers={"Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"},
     )
     try:
@@ -264,6 +266,50 @@ def test_a_decider_slower_than_the_action_deadline_is_cut_and_its_decision_stand
         gate.set()
         server.stop()
         receiver.stop()
+
+
+RELEASE_TASK = "Applications/Folder1/Release1/Phase1/Task1"
+RELEASE_TOKEN = "release-token-for-approvals"
+
+
+def test_a_stale_decision_that_release_shows_acted_stands_and_is_not_taken_back(tmp_path: Path) -> None:
+    """Bob's approval decides 2 of 3 and Release completes the task, but the store is down
+    when rc-mta would record it (451), and rc-mta restarts. Ten minutes on, Bob's claim is
+    stale: Carol's fail asks Release first, which shows the task completed by Bob's email,
+    so his decision is recorded and stands: Carol is told who decided, and Release is not
+    asked to act again. Bob's retry is answered as done."""
+    release = FakeRelease(token=RELEASE_TOKEN, action_delay=2.0).start()  # acts at once, answers late
+    release.add_task(RELEASE_TASK, owner="alice")
+    settings = {"url": release.url, "token": RELEASE_TOKEN, "timeout": "10s"}
+    server = make_rc_mta(tmp_path, http={"api_tokens": [TOKEN]}, tasks={"backend": "release", "release": settings})
+    try:
+        server.start()
+        sent = ask(server, RELEASE_TASK, [ALICE, BOB, CAROL], 2)
+        assert "1 of the 2" in answer(server, sent, ALICE).text
+        bobs = reply_message(sent[BOB]["complete_address"], "Approved", sender=BOB)
+        with ThreadPoolExecutor(1) as pool:
+            deciding = pool.submit(send_smtp, server.smtp_port, bobs, sent[BOB]["complete_address"], BOB)
+            wait_until(lambda: release.status(RELEASE_TASK) == "COMPLETED", what="Release to act")
+            with store_write_locked(server.workdir / "rc-mta.db"):  # down until rc-mta has answered
+                bob = deciding.result(timeout=60)
+        assert (bob.code, bob.enhanced) == (451, "4.3.0") and "could not be recorded" in bob.text, bob
+        server.restart()
+        claim_taken_earlier(server, sent[BOB]["request_id"], STALE_CLAIM_SECONDS + 1)
+
+        carol = answer(server, sent, CAROL, "fail")
+        _, bobs_request = post(server, f"/v1/requests/{sent[BOB]['request_id']}", None)
+        bob_again = send_smtp(server.smtp_port, bobs, sent[BOB]["complete_address"], mail_from=BOB)
+    finally:
+        server.stop()
+        release.stop()
+
+    decided = R.DECISION_MADE.with_text(task_id=RELEASE_TASK, action_past="completed", by=f"{ALICE}, {BOB}")
+    assert f"{carol.code} {carol.text}" == str(decided), carol
+    assert bobs_request["state"] == "answered" and bobs_request["answered"]["by"] == BOB, bobs_request
+    done = R.ALREADY_DONE.with_text(task_id=RELEASE_TASK, action_past="completed")
+    assert f"{bob_again.code} {bob_again.text}" == str(done), bob_again
+    assert [(a.action, a.task_id) for a in release.actions_on(RELEASE_TASK)] == [("complete", RELEASE_TASK)]
+    assert release.calls[(RELEASE_TASK, "fail")] == 0
 
 
 # Nothing outside the group decides while the group may ----------------------------------------

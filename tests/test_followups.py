@@ -151,14 +151,50 @@ def test_expiry_is_an_expired_event_to_the_webhook(tmp_path: Path) -> None:
         receiver.stop()
 
 
+def expiring_to(tmp_path: Path, receiver: WebhookReceiver) -> RcMta:
+    """A server whose requests expire after a second, told to ``receiver``'s webhook, and
+    told again (if need be) after 1s, then 2s."""
+    server = following_up(tmp_path, reminders=[], ttl="1s")
+    server.settings["tasks"] = {"backend": "webhook", "webhook": {"url": receiver.url, "secret": receiver.secret}}
+    server.settings["outbound"].update(retry_min="1s", retry_max="2s")
+    return server
+
+
+def test_an_expired_event_the_webhook_refuses_with_a_4xx_is_its_answer_logged_once_not_posted_again(
+    tmp_path: Path,
+) -> None:
+    """As request_failed is: a 4xx (other than "try again later") is the receiver's final
+    answer, not a receiver that is down: one POST, one warning, and the notice is settled."""
+    receiver = WebhookReceiver(answer=(410, {"detail": "no such workflow"})).start()
+    server = expiring_to(tmp_path, receiver)
+    try:
+        server.start()
+        request_id = server.cli_json("request", "ticket-44", "--owner", ALICE)["request_id"]
+        store = Store(server.settings["store"]["url"])
+        try:
+            settled = wait_until(
+                lambda: (n := store.get_notice(request_id, "expired")) and (n.state != "pending" or n.attempts >= 2),
+                what="the expired event settled, or tried again",
+            )
+            notice = store.get_notice(request_id, "expired")
+        finally:
+            store.close()
+        assert settled and notice is not None
+        assert (notice.state, notice.attempts, len(receiver.payloads)) == ("told", 1, 1), notice
+        refused = f"webhook answered HTTP 410 to the expired event of request {request_id}, for good: no such workflow"
+        assert server.log_path.read_text(errors="replace").count(refused) == 1
+        assert not logged(server, f"could not tell the backend that request {request_id}")
+    finally:
+        server.stop()
+        receiver.stop()
+
+
 def test_an_expired_event_the_webhook_cannot_take_is_kept_and_posted_again_with_back_off(tmp_path: Path) -> None:
     """As request_failed is: recorded with the step, tried at once, then again with the
     outbound queue's back-off (not every round) until the receiver takes it, once."""
     receiver = WebhookReceiver(answer=(503, {"detail": "maintenance"}))
     receiver.start()
-    server = following_up(tmp_path, reminders=[], ttl="1s")
-    server.settings["tasks"] = {"backend": "webhook", "webhook": {"url": receiver.url, "secret": receiver.secret}}
-    server.settings["outbound"].update(retry_min="1s", retry_max="2s")
+    server = expiring_to(tmp_path, receiver)
     try:
         server.start()
         sent = server.cli_json("request", "ticket-43", "--owner", ALICE)

@@ -12,10 +12,11 @@ from typing import TypeVar
 import pytest
 from conftest import wait_until
 from racing import all_at_once
+from sqlalchemy import select
 from test_store import store as store  # the same store fixture: SQLite and PostgreSQL
 
 from rc_mta.ratelimit import SharedRateLimiter
-from rc_mta.store import MailboxMessage, SharedCounters, Store
+from rc_mta.store import MAILBOX_NAME_LENGTH, MailboxMessage, SharedCounters, Store, mailbox_claims
 
 T = TypeVar("T")
 
@@ -72,6 +73,34 @@ def test_a_released_message_is_free_for_any_poller(store: Store) -> None:
     store.release_mailbox_message(MESSAGE, "a")
 
     assert store.claim_mailbox_message(MESSAGE, "b", now, STALE).ours
+
+
+def test_a_mailbox_named_longer_than_its_column_is_claimed_under_a_short_name_every_instance_agrees_on(
+    store: Store,
+) -> None:
+    """A folder name of 600 characters: its claims are kept under a name that fits the
+    column, its start and a digest of all of it, the same for another instance (another
+    Store on the database); a folder that differs only after the column's length is another."""
+    now = time.time()
+    server = "imap://replies@imap.example.test/"
+    long = MailboxMessage(server + "Replies/" + "x" * 600, 1, 7)
+    beside = MailboxMessage(server + "Replies/" + "x" * 600 + "y", 1, 7)
+    assert store.claim_mailbox_message(long, "a", now, STALE).ours
+    assert store.claim_mailbox_message(beside, "b", now, STALE).ours
+    store.settle_mailbox_message(long, "a", "processed", now)
+    store.mailbox_message_filed(long, "a", now)
+
+    other = Store(store.engine.url.render_as_string(hide_password=False))
+    try:
+        late = other.claim_mailbox_message(long, "c", now + 10 * STALE, STALE)
+        assert not late.ours and late.filed  # filed by "a": the other instance names it alike
+        with other.engine.connect() as conn:
+            names = conn.execute(select(mailbox_claims.c.mailbox)).scalars().all()
+    finally:
+        other.close()
+    assert len(names) == 2 and len(set(names)) == 2
+    assert all(len(n) <= MAILBOX_NAME_LENGTH and n.startswith(server + "Replies/xxx") for n in names), names
+    assert not store.claim_mailbox_message(beside, "a", now + 1, STALE).ours  # still b's
 
 
 # Rate-limit counters ------------------------------------------------------------------

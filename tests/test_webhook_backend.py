@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import logging
 import time
 import urllib.error
 import urllib.request
@@ -37,9 +38,12 @@ def receiver() -> Iterator[WebhookReceiver]:
     server.stop()
 
 
+def backend_for(receiver: WebhookReceiver, secret: str | None = None, timeout: float = 2.0) -> WebhookBackend:
+    return WebhookBackend(WebhookConfig(url=receiver.url, secret=SecretStr(secret or receiver.secret), timeout=timeout))
+
+
 def act(receiver: WebhookReceiver, action: str = "complete", secret: str | None = None, timeout: float = 2.0) -> None:
-    config = WebhookConfig(url=receiver.url, secret=SecretStr(secret or receiver.secret), timeout=timeout)
-    backend = WebhookBackend(config)
+    backend = backend_for(receiver, secret, timeout)
 
     async def go() -> None:
         try:
@@ -158,6 +162,48 @@ def test_500_and_an_unreachable_receiver_are_temporary(receiver: WebhookReceiver
     receiver.stop()
     with pytest.raises(TemporaryFailure):
         act(receiver)
+
+
+# Notices: events that act on nothing --------------------------------------------------
+
+
+def notify(receiver: WebhookReceiver, event: str) -> None:
+    """Tell the receiver one notice: a request mail that failed, or a request that expired."""
+    backend = backend_for(receiver)
+
+    async def go() -> None:
+        try:
+            if event == "expired":
+                await backend.expired(TASK, ALICE, "req-42", time.time())
+            else:
+                await backend.request_failed(TASK, "req-42", ALICE, "550 5.1.1 no such user")
+        finally:
+            await backend.close()
+
+    asyncio.run(go())
+
+
+@pytest.mark.parametrize("event", ["expired", "request_failed"])
+def test_every_notice_takes_a_4xx_as_the_receivers_final_answer_and_retries_the_rest(
+    receiver: WebhookReceiver, event: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One rule for both events: a 4xx says the receiver does not want it (logged once, not
+    sent again); 5xx, 408, 429 and no answer at all say try again later."""
+    caplog.set_level(logging.INFO, "rc_mta.tasks.webhook")
+    for status in (404, 410, 422, 409):
+        receiver.answer = (status, {"detail": f"no thanks {status}"})
+        notify(receiver, event)  # taken: nothing raised
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert [m.split(": ")[-1] for m in warned] == ["no thanks 404", "no thanks 410", "no thanks 422"], warned
+    assert all(f"to the {event} event of request req-42, for good" in m for m in warned)
+    for status in (408, 429, 500, 503):
+        receiver.answer = (status, {"detail": "later"})
+        with pytest.raises(TemporaryFailure, match=f"HTTP {status} to the {event} event"):
+            notify(receiver, event)
+    receiver.stop()
+    with pytest.raises(TemporaryFailure, match="cannot reach webhook"):
+        notify(receiver, event)
+    assert len(receiver.payloads) == 8 and {p["event"] for p in receiver.payloads} == {event}
 
 
 def test_get_asks_no_one_and_check_only_knocks() -> None:

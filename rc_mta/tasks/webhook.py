@@ -29,10 +29,13 @@ When a request mail cannot be delivered (the relay answered 5xx, or it waited lo
     {"event": "request_failed", "task_id", "request_id", "owner", "answer", "sent_at"}
 
 It has no ``action``: a receiver that does not know the event answers 4xx and nothing acts.
-While the receiver cannot take it (down, 5xx, 401), it is kept in the store and POSTed
-again each follow-up round with the outbound queue's back-off, until ``queue_lifetime``
-(``followups.Notices``); a POST that timed out may have arrived, so a receiver may
-see it more than once, with the same ``request_id``.
+When a request expires unanswered it is told the same way, with ``"event": "expired"``.
+Both events are answered by one rule (``_noticed``): 2xx is taken; while the receiver
+cannot take it (down, timeout, 5xx, 408/425/429, 401: our secret), it is kept in the store
+and POSTed again each follow-up round with the outbound queue's back-off, until
+``queue_lifetime`` (``followups.Notices``); any other 4xx is the receiver's final answer,
+logged once and never POSTed again. A POST that timed out may have arrived, so a receiver
+may see it more than once, with the same ``request_id``.
 
 A POST that timed out may have acted: the retry carries the same ``request_id``, so a
 receiver answers a repeat of an action it already took with 2xx (or 409 naming the same
@@ -62,6 +65,8 @@ log = logging.getLogger("rc_mta.tasks.webhook")
 
 TIMESTAMP_HEADER = "X-RC-MTA-Timestamp"
 SIGNATURE_HEADER = "X-RC-MTA-Signature"
+# 4xx that mean "try again later", in the receiver's words: not its answer to what we sent.
+_TRY_LATER = frozenset({408, 425, 429})
 
 
 def signature(secret: bytes, timestamp: str, body: bytes) -> str:
@@ -119,10 +124,8 @@ class WebhookBackend:
         self._session_loop = None
 
     async def request_failed(self, task_id: str, request_id: str, owner: str, answer: str) -> None:
-        """Tell the receiver a request mail will never arrive. 2xx: told. A receiver that
-        cannot take it now (no connection, timeout, 5xx, 408/425/429, or 401: our secret)
-        raises BackendUnavailable, and the caller tries again later; any other 4xx says it
-        does not want the event: logged, and taken as its answer."""
+        """Tell the receiver a request mail will never arrive; its answer means what
+        ``_noticed`` says."""
         payload = {
             "event": "request_failed",
             "task_id": task_id,
@@ -131,14 +134,25 @@ class WebhookBackend:
             "answer": answer,
             "sent_at": int(time.time()),
         }
-        status, text = await self._send(payload)
+        self._noticed("request_failed", request_id, *await self._send(payload))
+
+    def _noticed(self, event: str, request_id: str, status: int, text: str) -> None:
+        """What the receiver's answer to a notice (an event that acts on nothing) means, the
+        same for every event. 2xx: taken. It cannot take it now (5xx, 408/425/429, 401: our
+        signature, or no answer of its own: a redirect, which is not followed): raises
+        BackendUnavailable, and the caller POSTs it again later. Any other 4xx is its final
+        answer: it does not want the event (409: the task is closed anyway), logged once,
+        here, and taken; POSTing it again would get the same answer until ``queue_lifetime``."""
         if 200 <= status < 300:
             return
         if status == 401:
             raise BackendAuthFailed("webhook refused our signature (HTTP 401)")
-        if status >= 500 or status in (408, 425, 429):
-            raise BackendUnavailable(f"webhook {self._config.url} answered HTTP {status} to request_failed")
-        log.warning("webhook answered HTTP %d to request_failed of %s: %s", status, request_id, _one_line(text))
+        if not 400 <= status < 500 or status in _TRY_LATER:
+            raise BackendUnavailable(f"webhook {self._config.url} answered HTTP {status} to the {event} event")
+        level = logging.INFO if status == 409 else logging.WARNING
+        why = _why(_json(text), text, status)
+        message = "webhook answered HTTP %d to the %s event of request %s, for good: %s"
+        log.log(level, message, status, event, request_id, why)
 
     async def _send(self, payload: dict[str, Any]) -> tuple[int, str]:
         """POST one signed JSON body; its status and text. BackendUnavailable when unreachable."""
@@ -187,20 +201,17 @@ class WebhookBackend:
                 self._config.url,
             )
             raise BackendAuthFailed("webhook refused our signature (HTTP 401)")
-        if status in (408, 425, 429):  # "try again later", in the receiver's words
+        if status in _TRY_LATER:
             raise BackendUnavailable(f"webhook {self._config.url} answered HTTP {status}")
         if 400 <= status < 500:
-            reason = answer.get("detail") or answer.get("error") or text
-            why = _one_line(str(reason)) or f"HTTP {status}"
+            why = _why(answer, text, status)
             log.info("webhook refused %s of task %s: HTTP %d %s", action, task_id, status, why)
             raise BackendRefused(why)
         raise BackendUnavailable(f"webhook {self._config.url} answered HTTP {status}")
 
     async def expired(self, task_id: str, owner: str, request_id: str, expired_at: float) -> None:
         """``{"event": "expired", "task_id", "owner", "request_id", "expired_at", "sent_at"}``,
-        signed like an action; any 2xx (or 409: the task is closed anyway) is taken. Anything
-        else raises, and it is POSTed again with back-off until ``queue_lifetime``, as
-        ``request_failed`` is (``followups.Notices``)."""
+        signed like an action; its answer means what ``_noticed`` says, as for ``request_failed``."""
         payload: dict[str, Any] = {
             "event": "expired",
             "task_id": task_id,
@@ -209,12 +220,7 @@ class WebhookBackend:
             "expired_at": int(expired_at),
             "sent_at": int(time.time()),
         }
-        status, _ = await self._send(payload)
-        if 200 <= status < 300 or status == 409:
-            return
-        if status == 401:
-            raise BackendAuthFailed("webhook refused our signature (HTTP 401)")
-        raise BackendUnavailable(f"webhook {self._config.url} answered HTTP {status} to the expired event")
+        self._noticed("expired", request_id, *await self._send(payload))
 
     def _client(self) -> aiohttp.ClientSession:
         """One session per event loop, made on first use."""
@@ -231,6 +237,11 @@ def _json(text: str) -> dict[str, Any]:
     except ValueError:
         return {}
     return value if isinstance(value, dict) else {}
+
+
+def _why(answer: dict[str, Any], text: str, status: int) -> str:
+    """The receiver's reason for a 4xx, on one short line: its ``detail`` (or ``error``, or text)."""
+    return _one_line(str(answer.get("detail") or answer.get("error") or text)) or f"HTTP {status}"
 
 
 def _closed_task(task_id: str, answer: dict[str, Any]) -> TaskInfo:
