@@ -46,7 +46,14 @@ class BackendUnavailable(TemporaryFailure):
     """The workflow system (or a service it needs) could not be reached or answered oddly."""
 
 
-class ActionOutcomeUnknown(BackendUnavailable):
+class BackendOutcomeUnknown(BackendUnavailable):
+    """The backend was asked to act and no answer came back (its own timeout, or the
+    connection dropped once the request was sent): it may have acted, or not. An N-of-M
+    decision stands meanwhile (``Pipeline._act_together``): taken back, another member's
+    answer could act the other way beside it."""
+
+
+class ActionOutcomeUnknown(BackendOutcomeUnknown):
     """An action on the task was cut at ``[tasks] action_deadline``: the backend may have
     acted or not. The answer's claim (and its N-of-M decision) is kept, so no other answer
     acts until it is taken for dead; the sender retries."""

@@ -33,6 +33,7 @@ from .errors import (
     ActionNotRecorded,
     ActionOutcomeUnknown,
     BackendAuthFailed,
+    BackendOutcomeUnknown,
     DecisionMade,
     DecisionPending,
     MessageRefused,
@@ -561,9 +562,10 @@ class Pipeline:
             except TaskNotInProgress as exc:
                 if not (exc.task.acted_by == actor and exc.task.status == action.past):
                     raise
-        except ActionOutcomeUnknown:
-            # Told or not, only the backend knows: the decision and the claim stand (others
-            # wait, 451) until the claim is taken for dead, long after this attempt ended.
+        except BackendOutcomeUnknown:
+            # Told or not, only the backend knows (cut at the deadline, or no answer came):
+            # the decision and the claim stand (others wait, 451) until the claim is taken
+            # for dead, long after this attempt ended, or the backend shows it acted.
             raise
         except BaseException:
             try:

@@ -229,26 +229,36 @@ def claim_taken_earlier(server: RcMta, request_id: str, seconds: float) -> None:
         store.close()
 
 
-def test_a_decider_slower_than_the_action_deadline_is_cut_and_its_decision_stands_until_its_claim_is_dead(
-    tmp_path: Path,
+# Two ways a deciding POST ends with no answer: cut at [tasks] action_deadline (under the
+# webhook's own timeout), or the webhook's own timeout (under the deadline).
+_NO_ANSWER = {
+    "action deadline": ({"action_deadline": "1s"}, "30s", R.ACTION_OUTCOME_UNKNOWN.with_text(task_id="CHANGE-11")),
+    "webhook timeout": ({}, "1s", R.BACKEND_UNAVAILABLE),
+}
+
+
+@pytest.mark.parametrize("cut", list(_NO_ANSWER))
+def test_a_decider_with_no_answer_from_the_backend_keeps_its_decision_until_its_claim_is_dead(
+    tmp_path: Path, cut: str
 ) -> None:
-    """Bob's approval decides 2 of 3, and the webhook holds his POST past [tasks]
-    action_deadline (under its own timeout): Bob's attempt ends there with 451, since the
+    """Bob's approval decides 2 of 3, and the webhook holds his POST until his attempt gives
+    up (at the action deadline, or at the webhook's own timeout): Bob gets 451, since the
     receiver may yet act on it. His decision and claim stand, so Carol's fail waits (451)
     rather than act beside it; only once Bob's claim is taken for dead (ten minutes on, long
     after his attempt ended) does her fail decide, and the receiver sees one action at a time."""
+    tasks, timeout, bobs_answer = _NO_ANSWER[cut]
     gate = threading.Event()
     receiver = WebhookReceiver(gate=gate).start()
     server = make_rc_mta(tmp_path, http={"api_tokens": [TOKEN]})
-    webhook = {"url": receiver.url, "secret": receiver.secret, "timeout": "30s"}
-    server.settings["tasks"] = {"backend": "webhook", "action_deadline": "1s", "webhook": webhook}
+    webhook = {"url": receiver.url, "secret": receiver.secret, "timeout": timeout}
+    server.settings["tasks"] = {"backend": "webhook", **tasks, "webhook": webhook}
     try:
         server.start()
         sent = ask(server, "CHANGE-11", [ALICE, BOB, CAROL], 2)
         assert "1 of the 2" in answer(server, sent, ALICE).text
         bobs = reply_message(sent[BOB]["complete_address"], "Approved", sender=BOB)
         bob = send_smtp(server.smtp_port, bobs, sent[BOB]["complete_address"], mail_from=BOB)
-        assert f"{bob.code} {bob.text}" == str(R.ACTION_OUTCOME_UNKNOWN.with_text(task_id="CHANGE-11")), bob
+        assert f"{bob.code} {bob.text}" == str(bobs_answer), bob
         assert [(p["action"], p["actor"]) for p in receiver.payloads] == [("complete", BOB)]  # still held
 
         waiting = answer(server, sent, CAROL, "fail")

@@ -31,7 +31,7 @@ from typing import Any, NoReturn
 import aiohttp
 
 from ..config import ReleaseConfig
-from ..errors import BackendAuthFailed, BackendRefused, BackendUnavailable, ConfigError
+from ..errors import BackendAuthFailed, BackendOutcomeUnknown, BackendRefused, BackendUnavailable, ConfigError
 from ..registry import TASK_BACKENDS
 from ..store import Store
 from ._base import ActionContext, TaskInfo, TaskNotFound, TaskNotInProgress, expiry_note
@@ -270,7 +270,7 @@ class ReleaseBackend:
                     raise BackendUnavailable(f"cannot reach Release at {self._base}: {exc}") from None
             except (aiohttp.ClientError, TimeoutError) as exc:
                 # Sent, perhaps acted on: only a fresh read (the sender's retry) can tell.
-                raise BackendUnavailable(f"Release did not answer POST {path}: {_describe(exc)}") from None
+                raise BackendOutcomeUnknown(f"Release did not answer POST {path}: {_describe(exc)}") from None
             else:
                 if answer.status < 300:
                     return

@@ -39,7 +39,9 @@ may see it more than once, with the same ``request_id``.
 
 A POST that timed out may have acted: the retry carries the same ``request_id``, so a
 receiver answers a repeat of an action it already took with 2xx (or 409 naming the same
-status and ``acted_by``), and nothing is done twice.
+status and ``acted_by``), and nothing is done twice. In an N-of-M group such a POST keeps
+its decision (``BackendOutcomeUnknown``): until its claim is taken for dead, the group's
+other members get ``451``, so the receiver is never told the other way beside it.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from ..config import WebhookConfig
-from ..errors import BackendAuthFailed, BackendRefused, BackendUnavailable, ConfigError
+from ..errors import BackendAuthFailed, BackendOutcomeUnknown, BackendRefused, BackendUnavailable, ConfigError
 from ..registry import TASK_BACKENDS
 from ..store import Store
 from ._base import ActionContext, TaskInfo, TaskNotInProgress
@@ -170,11 +172,13 @@ class WebhookBackend:
             ) as response:
                 return response.status, await response.text()
         except TimeoutError:
-            raise BackendUnavailable(
+            raise BackendOutcomeUnknown(
                 f"webhook {self._config.url} did not answer within {self._config.timeout}s"
             ) from None
-        except aiohttp.ClientError as exc:
+        except aiohttp.ClientConnectorError as exc:  # never connected: nothing was sent
             raise BackendUnavailable(f"cannot reach webhook {self._config.url}: {exc}") from None
+        except aiohttp.ClientError as exc:  # sent, perhaps received: no answer to tell
+            raise BackendOutcomeUnknown(f"webhook {self._config.url} gave no answer: {exc}") from None
 
     async def _post(self, task_id: str, action: str, comment: str, actor: str, context: ActionContext) -> None:
         now = int(time.time())
