@@ -128,7 +128,7 @@ def cmd_request(settings: Settings, args: argparse.Namespace) -> int:
             raise RcMtaError(f"{given[0]} is for sending a request; request show takes REQUEST_ID and --json")
         return cmd_request_show(settings, args)
     if args.request_id is not None:
-        raise RcMtaError(f"unexpected argument {args.request_id!r} (to see a request: rc-mta request show ID)")
+        raise RcMtaError(f"unexpected argument {args.request_id!r} (to see a request: rc-mta request show REQUEST_ID)")
     import asyncio
 
     from .app import Service
@@ -160,7 +160,7 @@ def cmd_request(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_request_show(settings: Settings, args: argparse.Namespace) -> int:
-    """``request show ID``: the request, its mail's delivery and its answer, as the API shows them."""
+    """``request show REQUEST_ID``: the request, its mail's delivery and its answer, as the API shows them."""
     from .api import request_json
     from .store import Store
 
