@@ -9,6 +9,7 @@ messages are tests/hostile_messages.py's, each as large as the server accepts.
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -19,10 +20,20 @@ from pathlib import Path
 import pytest
 from conftest import RcMta, make_rc_mta, wait_until
 from hostile_messages import hostile
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from mailclient import SmtpOutcome, reply_message, send_smtp
 
 from rc_mta import smtp_replies as R
-from rc_mta.budget import DEFAULT_LIMITS, INLINE_WHITESPACE_COST, Cost, HeavyWork, check_budget, reader_view
+from rc_mta.budget import (
+    DEFAULT_LIMITS,
+    INLINE_WHITESPACE_COST,
+    Cost,
+    HeavyWork,
+    check_budget,
+    reader_view,
+    relaxed_body_cost,
+)
 from rc_mta.errors import MessageRefused, ReaderBusy
 from rc_mta.pipeline import _return_path
 from rc_mta.rawmessage import canonical_message, measured_message
@@ -186,6 +197,16 @@ def test_a_light_reply_is_read_at_once_while_the_reading_pool_is_full(tmp_path: 
 
 def canonical_message_cost(raw: bytes) -> Cost:
     return measured_message(raw)[1]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from([b" ", b"\t", b"x", b"\r\n", b" " * 31, b" " * 33, b"\t" * 40]), max_size=60))
+def test_white_space_cost_skips_its_pattern_only_where_the_pattern_finds_nothing(pieces: list[bytes]) -> None:
+    """The cost of white-space runs is what the pattern counts, whether the body was
+    scanned by it or passed by for holding no tab and no 32 spaces."""
+    body = b"".join(pieces)
+    expected = sum(len(run) ** 2 // 2 for run in re.findall(rb"[\t ]{32,}", body))
+    assert relaxed_body_cost(body) == expected
 
 
 def test_what_makes_a_message_too_heavy_to_read_on_the_loop() -> None:
