@@ -895,17 +895,36 @@ class Store:
 
     def release_mailbox_message(self, message: MailboxMessage, holder: str) -> None:
         """Not handled after all (gone, or left for a retry): any poller may take it next round."""
-        with self._begin() as conn:
-            conn.execute(
-                mailbox_claims.delete().where(
-                    *_mailbox_key(message), mailbox_claims.c.holder == holder, mailbox_claims.c.state == "handling"
-                )
-            )
+        self._give_back(mailbox_claims, holder, "handling", *_mailbox_key(message))
 
     def prune_mailbox_claims(self, older_than: float) -> int:
         """Forget claims untouched since ``older_than``: their messages left the folder long ago."""
         with self._begin() as conn:
             return int(conn.execute(mailbox_claims.delete().where(mailbox_claims.c.claimed_at < older_than)).rowcount)
+
+    # Claims that age: a mailbox message, a watched task, a follow-up step is claimed by
+    # inserting its row (the key lets one instance in), or, when the row is there, by taking
+    # it over with a conditional UPDATE whose where-clause says when that is allowed (its
+    # holder's ``claimed_at``/``at`` is older than ``stale_after``: that process died).
+
+    def _insert_or_take_over(self, table: Table, row: dict[str, Any], take_over: Any) -> bool:
+        """Claim by inserting ``row``, or else by ``take_over``: True for the one instance
+        whose insert or update wrote."""
+        try:
+            with self._begin() as conn:
+                conn.execute(insert(table).values(**row))
+            return True
+        except IntegrityError:
+            pass  # someone has (or had) it
+        with self._begin() as conn:
+            return bool(conn.execute(take_over).rowcount == 1)
+
+    def _give_back(self, table: Table, holder: str, unfinished: str, *key: Any) -> None:
+        """``holder`` lets go of a claim it did not finish (still in state ``unfinished``):
+        the row goes, so the next round (of any instance) claims it anew. A claim taken
+        over meanwhile, or finished, is left alone."""
+        with self._begin() as conn:
+            conn.execute(table.delete().where(*key, table.c.holder == holder, table.c.state == unfinished))
 
     def shared_counters(self, window: float, timeout: float) -> SharedCounters | None:
         """Counters every instance on this store sees, for the rate limits; None on SQLite,
@@ -923,24 +942,17 @@ class Store:
         when another holder's send went stale (its process died mid-send). The insert or
         the conditional update is the one decision: two instances never both send."""
         row = {"task_id": task_id, "owner": owner, "holder": holder, "state": "sending", "claimed_at": now}
-        try:
-            with self._begin() as conn:
-                conn.execute(insert(watched_tasks).values(**row))
-            return True
-        except IntegrityError:
-            pass
         c = watched_tasks.c
-        with self._begin() as conn:
-            taken = conn.execute(
-                update(watched_tasks)
-                .where(
-                    c.task_id == task_id,
-                    c.owner == owner,
-                    (c.state == "closed") | ((c.state == "sending") & (c.claimed_at < now - stale_after)),
-                )
-                .values(holder=holder, state="sending", claimed_at=now)
-            ).rowcount
-        return taken == 1
+        take_over = (
+            update(watched_tasks)
+            .where(
+                c.task_id == task_id,
+                c.owner == owner,
+                (c.state == "closed") | ((c.state == "sending") & (c.claimed_at < now - stale_after)),
+            )
+            .values(holder=holder, state="sending", claimed_at=now)
+        )
+        return self._insert_or_take_over(watched_tasks, row, take_over)
 
     def watched_task_sent(self, task_id: str, owner: str, holder: str, now: float) -> None:
         c = watched_tasks.c
@@ -954,12 +966,7 @@ class Store:
     def release_watched_task(self, task_id: str, owner: str, holder: str) -> None:
         """The send failed: give it back so the next round (of anyone) tries again."""
         c = watched_tasks.c
-        with self._begin() as conn:
-            conn.execute(
-                watched_tasks.delete().where(
-                    c.task_id == task_id, c.owner == owner, c.holder == holder, c.state == "sending"
-                )
-            )
+        self._give_back(watched_tasks, holder, "sending", c.task_id == task_id, c.owner == owner)
 
     def sent_watched_tasks(self) -> list[tuple[str, str]]:
         """(task id, owner) of every request sent in watch mode whose task was not seen leave yet."""
@@ -1045,24 +1052,14 @@ class Store:
     def claim_followup(self, request_id: str, step: str, holder: str, now: float, stale_after: float) -> bool:
         """Take one follow-up for ``holder``: True for exactly one instance (or for anyone
         once the holder's claim went stale: it died before finishing)."""
-        try:
-            with self._begin() as conn:
-                conn.execute(
-                    insert(request_followups).values(
-                        request_id=request_id, step=step, holder=holder, state="sending", at=now
-                    )
-                )
-            return True
-        except IntegrityError:
-            pass
+        row = {"request_id": request_id, "step": step, "holder": holder, "state": "sending", "at": now}
         f = request_followups.c
-        with self._begin() as conn:
-            taken = conn.execute(
-                update(request_followups)
-                .where(f.request_id == request_id, f.step == step, f.state == "sending", f.at < now - stale_after)
-                .values(holder=holder, at=now)
-            ).rowcount
-        return taken == 1
+        take_over = (
+            update(request_followups)
+            .where(f.request_id == request_id, f.step == step, f.state == "sending", f.at < now - stale_after)
+            .values(holder=holder, at=now)
+        )
+        return self._insert_or_take_over(request_followups, row, take_over)
 
     def followup_done(
         self,
@@ -1159,12 +1156,7 @@ class Store:
     def release_followup(self, request_id: str, step: str, holder: str) -> None:
         """It failed: the next round (of anyone) tries again."""
         f = request_followups.c
-        with self._begin() as conn:
-            conn.execute(
-                request_followups.delete().where(
-                    f.request_id == request_id, f.step == step, f.holder == holder, f.state == "sending"
-                )
-            )
+        self._give_back(request_followups, holder, "sending", f.request_id == request_id, f.step == step)
 
     # Notices to the task backend about a request (request_failed, expired), until told ----
 
