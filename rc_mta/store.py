@@ -906,6 +906,8 @@ class Store:
     # inserting its row (the key lets one instance in), or, when the row is there, by taking
     # it over with a conditional UPDATE whose where-clause says when that is allowed (its
     # holder's ``claimed_at``/``at`` is older than ``stale_after``: that process died).
+    # ``claim_mailbox_message`` writes the two steps out itself: it reads the row in the
+    # take-over's own transaction, to say how the message was settled or that it was filed.
 
     def _insert_or_take_over(self, table: Table, row: dict[str, Any], take_over: Any) -> bool:
         """Claim by inserting ``row``, or else by ``take_over``: True for the one instance
