@@ -511,7 +511,7 @@ class Store:
         row = _new_mail(request.id, REQUEST_MAIL, message, sender, request.owner, now)
         with self._begin() as conn:
             conn.execute(insert(requests).values(**request.__dict__))
-            conn.execute(insert(outbound_queue).values(**row, holder=holder, lease_until=now + lease))
+            conn.execute(insert(outbound_queue).values(**row, **_leased_to(holder, now, lease)))
         return _outbound_mail(row)
 
     def queue_followup_mail(
@@ -540,7 +540,7 @@ class Store:
                 ).rowcount
                 if took != 1:
                     raise _NotAtOnce  # taken over as stale: the other holder queues it
-                conn.execute(insert(outbound_queue).values(**row, holder=holder, lease_until=now + lease))
+                conn.execute(insert(outbound_queue).values(**row, **_leased_to(holder, now, lease)))
         except (IntegrityError, _NotAtOnce):
             return None
         return _outbound_mail(row)
@@ -550,22 +550,20 @@ class Store:
         row is taken by a conditional UPDATE, so of two instances asking at once only one
         gets it; a holder that died loses it when its lease runs out."""
         q = outbound_queue.c
-        due = (
-            q.state.in_([Delivery.QUEUED.value, Delivery.DEFERRED.value]),
-            q.next_attempt_at <= now,
-            q.lease_until.is_(None) | (q.lease_until < now),
-        )
+        due = (q.state.in_([Delivery.QUEUED.value, Delivery.DEFERRED.value]), q.next_attempt_at <= now)
         with self._begin() as conn:
-            wanted = select(q.request_id, q.kind).where(*due).order_by(q.next_attempt_at).limit(limit)
+            wanted = (
+                select(q.request_id, q.kind)
+                .where(*due, _lease_free(outbound_queue, now))
+                .order_by(q.next_attempt_at)
+                .limit(limit)
+            )
             candidates = [(row[0], row[1]) for row in conn.execute(wanted)]
         taken: list[OutboundMail] = []
         for request_id, kind in candidates:
             this = (q.request_id == request_id, q.kind == kind)
             with self._begin() as conn:
-                changed = conn.execute(
-                    update(outbound_queue).where(*this, *due).values(holder=holder, lease_until=now + lease)
-                ).rowcount
-                if changed != 1:
+                if not _take_lease(conn, outbound_queue, holder, now, lease, *this, *due):
                     continue  # another instance took it first
                 row = conn.execute(select(outbound_queue).where(*this)).mappings().one()
             taken.append(_outbound_mail(row))
@@ -591,38 +589,20 @@ class Store:
         it (``request_notices``); ``WITH_NOTICE`` when this transaction wrote it, so its
         writer tells it, and no one else's notice (one already there) is told twice."""
         q = outbound_queue.c
-        values: dict[str, Any] = {
-            "state": state.value,
-            "attempts": q.attempts + 1,
-            "last_answer": answer[:1000],
-            "holder": None,
-            "lease_until": None,
-        }
-        if state.pending:
-            values["next_attempt_at"] = next_attempt_at if next_attempt_at is not None else now
-        else:
-            values["done_at"] = now
+        values = _attempt_over(outbound_queue, state.value, state.pending, now, next_attempt_at)
+        values["last_answer"] = answer[:1000]
         if state is Delivery.SENT:
             values["message"] = b""  # the relay has it: the store keeps the record, not the mail
         if path is not None:
             values["path"] = path
-        written = 0
+        written = False
         with self._begin() as conn:
-            changed = conn.execute(
-                update(outbound_queue)
-                .where(q.request_id == request_id, q.kind == kind, q.holder == holder)
-                .values(**values)
-            ).rowcount
-            if changed == 1 and notice is not None and state is Delivery.FAILED:
-                row = _new_notice(request_id, notice.event, answer, now)
-                written = conn.execute(
-                    _insert_unless_there(conn, request_notices)
-                    .values(**row, holder=notice.holder, lease_until=now + notice.lease)
-                    .execution_options(preserve_rowcount=True)  # an INSERT's is kept only when asked
-                ).rowcount
-        if changed != 1:
+            held = _settle_lease(conn, outbound_queue, holder, values, q.request_id == request_id, q.kind == kind)
+            if held and notice is not None and state is Delivery.FAILED:
+                written = _add_notice(conn, request_id, notice, answer, now)
+        if not held:
             return Settled.LOST
-        return Settled.WITH_NOTICE if written == 1 else Settled.SETTLED
+        return Settled.WITH_NOTICE if written else Settled.SETTLED
 
     def get_outbound(self, request_id: str, kind: str = REQUEST_MAIL) -> OutboundMail | None:
         """One mail of a request: by default the request mail itself."""
@@ -915,17 +895,38 @@ class Store:
 
     def release_mailbox_message(self, message: MailboxMessage, holder: str) -> None:
         """Not handled after all (gone, or left for a retry): any poller may take it next round."""
-        with self._begin() as conn:
-            conn.execute(
-                mailbox_claims.delete().where(
-                    *_mailbox_key(message), mailbox_claims.c.holder == holder, mailbox_claims.c.state == "handling"
-                )
-            )
+        self._give_back(mailbox_claims, holder, "handling", *_mailbox_key(message))
 
     def prune_mailbox_claims(self, older_than: float) -> int:
         """Forget claims untouched since ``older_than``: their messages left the folder long ago."""
         with self._begin() as conn:
             return int(conn.execute(mailbox_claims.delete().where(mailbox_claims.c.claimed_at < older_than)).rowcount)
+
+    # Claims that age: a mailbox message, a watched task, a follow-up step is claimed by
+    # inserting its row (the key lets one instance in), or, when the row is there, by taking
+    # it over with a conditional UPDATE whose where-clause says when that is allowed (its
+    # holder's ``claimed_at``/``at`` is older than ``stale_after``: that process died).
+    # ``claim_mailbox_message`` writes the two steps out itself: it reads the row in the
+    # take-over's own transaction, to say how the message was settled or that it was filed.
+
+    def _insert_or_take_over(self, table: Table, row: dict[str, Any], take_over: Any) -> bool:
+        """Claim by inserting ``row``, or else by ``take_over``: True for the one instance
+        whose insert or update wrote."""
+        try:
+            with self._begin() as conn:
+                conn.execute(insert(table).values(**row))
+            return True
+        except IntegrityError:
+            pass  # someone has (or had) it
+        with self._begin() as conn:
+            return bool(conn.execute(take_over).rowcount == 1)
+
+    def _give_back(self, table: Table, holder: str, unfinished: str, *key: Any) -> None:
+        """``holder`` lets go of a claim it did not finish (still in state ``unfinished``):
+        the row goes, so the next round (of any instance) claims it anew. A claim taken
+        over meanwhile, or finished, is left alone."""
+        with self._begin() as conn:
+            conn.execute(table.delete().where(*key, table.c.holder == holder, table.c.state == unfinished))
 
     def shared_counters(self, window: float, timeout: float) -> SharedCounters | None:
         """Counters every instance on this store sees, for the rate limits; None on SQLite,
@@ -943,24 +944,17 @@ class Store:
         when another holder's send went stale (its process died mid-send). The insert or
         the conditional update is the one decision: two instances never both send."""
         row = {"task_id": task_id, "owner": owner, "holder": holder, "state": "sending", "claimed_at": now}
-        try:
-            with self._begin() as conn:
-                conn.execute(insert(watched_tasks).values(**row))
-            return True
-        except IntegrityError:
-            pass
         c = watched_tasks.c
-        with self._begin() as conn:
-            taken = conn.execute(
-                update(watched_tasks)
-                .where(
-                    c.task_id == task_id,
-                    c.owner == owner,
-                    (c.state == "closed") | ((c.state == "sending") & (c.claimed_at < now - stale_after)),
-                )
-                .values(holder=holder, state="sending", claimed_at=now)
-            ).rowcount
-        return taken == 1
+        take_over = (
+            update(watched_tasks)
+            .where(
+                c.task_id == task_id,
+                c.owner == owner,
+                (c.state == "closed") | ((c.state == "sending") & (c.claimed_at < now - stale_after)),
+            )
+            .values(holder=holder, state="sending", claimed_at=now)
+        )
+        return self._insert_or_take_over(watched_tasks, row, take_over)
 
     def watched_task_sent(self, task_id: str, owner: str, holder: str, now: float) -> None:
         c = watched_tasks.c
@@ -974,12 +968,7 @@ class Store:
     def release_watched_task(self, task_id: str, owner: str, holder: str) -> None:
         """The send failed: give it back so the next round (of anyone) tries again."""
         c = watched_tasks.c
-        with self._begin() as conn:
-            conn.execute(
-                watched_tasks.delete().where(
-                    c.task_id == task_id, c.owner == owner, c.holder == holder, c.state == "sending"
-                )
-            )
+        self._give_back(watched_tasks, holder, "sending", c.task_id == task_id, c.owner == owner)
 
     def sent_watched_tasks(self) -> list[tuple[str, str]]:
         """(task id, owner) of every request sent in watch mode whose task was not seen leave yet."""
@@ -1065,24 +1054,14 @@ class Store:
     def claim_followup(self, request_id: str, step: str, holder: str, now: float, stale_after: float) -> bool:
         """Take one follow-up for ``holder``: True for exactly one instance (or for anyone
         once the holder's claim went stale: it died before finishing)."""
-        try:
-            with self._begin() as conn:
-                conn.execute(
-                    insert(request_followups).values(
-                        request_id=request_id, step=step, holder=holder, state="sending", at=now
-                    )
-                )
-            return True
-        except IntegrityError:
-            pass
+        row = {"request_id": request_id, "step": step, "holder": holder, "state": "sending", "at": now}
         f = request_followups.c
-        with self._begin() as conn:
-            taken = conn.execute(
-                update(request_followups)
-                .where(f.request_id == request_id, f.step == step, f.state == "sending", f.at < now - stale_after)
-                .values(holder=holder, at=now)
-            ).rowcount
-        return taken == 1
+        take_over = (
+            update(request_followups)
+            .where(f.request_id == request_id, f.step == step, f.state == "sending", f.at < now - stale_after)
+            .values(holder=holder, at=now)
+        )
+        return self._insert_or_take_over(request_followups, row, take_over)
 
     def followup_done(
         self,
@@ -1105,12 +1084,7 @@ class Store:
                 .values(state="withdrawn" if withdrawn else "done", at=now)
             ).rowcount
             if changed == 1 and notice is not None and not withdrawn:
-                row = _new_notice(request_id, notice.event, "", now)
-                conn.execute(
-                    _insert_unless_there(conn, request_notices).values(
-                        **row, holder=notice.holder, lease_until=now + notice.lease
-                    )
-                )
+                _add_notice(conn, request_id, notice, "", now)
 
     def followup_state(self, request_id: str, step: str) -> str | None:
         """``sending``, ``done`` or ``withdrawn``; None when the step was not taken yet."""
@@ -1184,12 +1158,7 @@ class Store:
     def release_followup(self, request_id: str, step: str, holder: str) -> None:
         """It failed: the next round (of anyone) tries again."""
         f = request_followups.c
-        with self._begin() as conn:
-            conn.execute(
-                request_followups.delete().where(
-                    f.request_id == request_id, f.step == step, f.holder == holder, f.state == "sending"
-                )
-            )
+        self._give_back(request_followups, holder, "sending", f.request_id == request_id, f.step == step)
 
     # Notices to the task backend about a request (request_failed, expired), until told ----
 
@@ -1200,24 +1169,22 @@ class Store:
         UPDATE: of several instances asking at once only one gets it; a dead holder's goes
         after its lease."""
         n = request_notices.c
-        due = (
-            n.state == "pending",
-            n.event.in_(events),
-            n.next_attempt_at <= now,
-            n.lease_until.is_(None) | (n.lease_until < now),
-        )
+        due = (n.state == "pending", n.event.in_(events), n.next_attempt_at <= now)
         with self._begin() as conn:
-            rows = conn.execute(select(n.request_id, n.event).where(*due).order_by(n.next_attempt_at).limit(limit))
+            rows = conn.execute(
+                select(n.request_id, n.event)
+                .where(*due, _lease_free(request_notices, now))
+                .order_by(n.next_attempt_at)
+                .limit(limit)
+            )
             candidates = [(row[0], row[1]) for row in rows]
         taken: list[Notice] = []
         for request_id, what in candidates:
             with self._begin() as conn:
-                changed = conn.execute(
-                    update(request_notices)
-                    .where(n.request_id == request_id, n.event == what, *due)
-                    .values(holder=holder, lease_until=now + lease)
-                ).rowcount
-            if changed == 1 and (notice := self.get_notice(request_id, what)) is not None:
+                took = _take_lease(
+                    conn, request_notices, holder, now, lease, n.request_id == request_id, n.event == what, *due
+                )
+            if took and (notice := self.get_notice(request_id, what)) is not None:
                 taken.append(notice)
         return taken
 
@@ -1234,20 +1201,13 @@ class Store:
         """Record one attempt (``told``, ``given_up``, or ``pending`` again until
         ``next_attempt_at``) and let go; False when ``holder`` no longer held it."""
         n = request_notices.c
-        values: dict[str, Any] = {"state": state, "attempts": n.attempts + 1, "holder": None, "lease_until": None}
+        values = _attempt_over(request_notices, state, state == "pending", now, next_attempt_at)
         if error is not None:
             values["last_error"] = error[:1000]
-        if state == "pending":
-            values["next_attempt_at"] = next_attempt_at if next_attempt_at is not None else now
-        else:
-            values["done_at"] = now
         with self._begin() as conn:
-            changed = conn.execute(
-                update(request_notices)
-                .where(n.request_id == notice.request_id, n.event == notice.event, n.holder == holder)
-                .values(**values)
-            ).rowcount
-        return changed == 1
+            return _settle_lease(
+                conn, request_notices, holder, values, n.request_id == notice.request_id, n.event == notice.event
+            )
 
     def get_notice(self, request_id: str, event: str) -> Notice | None:
         n, r = request_notices.c, requests.c
@@ -1978,6 +1938,60 @@ def _new_notice(request_id: str, event: str, answer: str, now: float) -> dict[st
         "last_error": None,
         "done_at": None,
     }
+
+
+# Leases: a row of ``outbound_queue`` or ``request_notices`` is worked on by one instance at a
+# time. Its ``holder`` has it until ``lease_until``; a row no one holds, or whose holder's lease
+# ran out (that instance died or hangs), may be taken by anyone. Each taking or settling is
+# one conditional UPDATE, so of several instances at once exactly one sees its row count be 1.
+
+
+def _lease_free(table: Table, now: float) -> Any:
+    """Where the row is free to take: no one holds it, or its holder's lease ran out."""
+    c = table.c
+    return c.lease_until.is_(None) | (c.lease_until < now)
+
+
+def _leased_to(holder: str, now: float, lease: float) -> dict[str, Any]:
+    """The columns that make ``holder`` hold a row until ``now + lease``."""
+    return {"holder": holder, "lease_until": now + lease}
+
+
+def _take_lease(conn: Connection, table: Table, holder: str, now: float, lease: float, *where: Any) -> bool:
+    """Take the row ``where`` says for ``holder`` if it is free (``_lease_free``): False
+    when another instance holds it, or took it first."""
+    taken = update(table).where(*where, _lease_free(table, now)).values(**_leased_to(holder, now, lease))
+    return bool(conn.execute(taken).rowcount == 1)
+
+
+def _attempt_over(table: Table, state: str, pending: bool, now: float, next_attempt_at: float | None) -> dict[str, Any]:
+    """The columns of one attempt recorded and its lease given back: due again at
+    ``next_attempt_at`` (default ``now``) while ``pending``, else done at ``now``."""
+    values: dict[str, Any] = {"state": state, "attempts": table.c.attempts + 1, "holder": None, "lease_until": None}
+    if pending:
+        values["next_attempt_at"] = next_attempt_at if next_attempt_at is not None else now
+    else:
+        values["done_at"] = now
+    return values
+
+
+def _settle_lease(conn: Connection, table: Table, holder: str, values: dict[str, Any], *where: Any) -> bool:
+    """Write ``values`` (``_attempt_over``) to the row ``where`` says if ``holder`` still holds
+    it; False, with nothing written, when its lease ran out and another instance took it."""
+    settled = update(table).where(*where, table.c.holder == holder).values(**values)
+    return bool(conn.execute(settled).rowcount == 1)
+
+
+def _add_notice(conn: Connection, request_id: str, notice: NoticeTerms, answer: str, now: float) -> bool:
+    """Record ``notice`` held by its ``holder`` for a first try, unless that notice of the
+    request is recorded already: True when this wrote it (then its holder tells it)."""
+    row = _new_notice(request_id, notice.event, answer, now)
+    added = (
+        _insert_unless_there(conn, request_notices)
+        .values(**row, **_leased_to(notice.holder, now, notice.lease))
+        .execution_options(preserve_rowcount=True)  # an INSERT's is kept only when asked
+    )
+    return bool(conn.execute(added).rowcount == 1)
 
 
 def _insert_unless_there(conn: Connection, table: Table) -> Any:
