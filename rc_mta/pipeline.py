@@ -646,8 +646,9 @@ class Pipeline:
         the backend shows the task as that decision leaves it, by its decider. Then the
         decider only failed to record it (its process died first, or the store was down),
         and its claim is finished here on its behalf: the decision is final, never taken
-        back to act again. Where the backend cannot tell (the webhook), it is taken back
-        as before (``Store.count_approval``): the receiver may be told the other way."""
+        back to act again. So it is when this process remembers the attempt acting. Where
+        neither can tell (the webhook, another instance), it is taken back as before
+        (``Store.count_approval``): the receiver may be told the other way."""
         decider, decision = group.decided_request, group.decision
         if group.decided_at is None or group.state is not GroupState.OPEN or decider in (None, request.id):
             return False  # undecided, final, still being told, or our own earlier attempt's
@@ -655,7 +656,9 @@ class Pipeline:
         claim = await asyncio.to_thread(self.store.get_claim, decider)
         if claim is None or claim.done or claim.attempt is None or claim.action != decision:
             return False
-        if not await self._backend_shows(group.task_id, TaskAction(decision), claim.actor):
+        # This process remembers that attempt acting (``_finish``), or the backend shows it.
+        acted_here = self._unrecorded.get(decider) == claim.attempt
+        if not acted_here and not await self._backend_shows(group.task_id, TaskAction(decision), claim.actor):
             return False
         if not await asyncio.to_thread(self.store.finish_claim, decider, claim.attempt, self.clock()):
             return False  # taken back meanwhile by another answer: it decides anew

@@ -231,9 +231,16 @@ def claim_taken_earlier(server: RcMta, request_id: str, seconds: float) -> None:
 
 # Two ways a deciding POST ends with no answer: cut at [tasks] action_deadline (under the
 # webhook's own timeout), or the webhook's own timeout (under the deadline).
+# Or an answer that does not say whether it acted: a 502 from a proxy in front of it.
 _NO_ANSWER = {
-    "action deadline": ({"action_deadline": "1s"}, "30s", R.ACTION_OUTCOME_UNKNOWN.with_text(task_id="CHANGE-11")),
-    "webhook timeout": ({}, "1s", R.BACKEND_UNAVAILABLE),
+    "action deadline": (
+        {"action_deadline": "1s"},
+        "30s",
+        None,
+        R.ACTION_OUTCOME_UNKNOWN.with_text(task_id="CHANGE-11"),
+    ),
+    "webhook timeout": ({}, "1s", None, R.BACKEND_UNAVAILABLE),
+    "bad gateway": ({}, "30s", 502, R.BACKEND_UNAVAILABLE),
 }
 
 
@@ -246,9 +253,12 @@ def test_a_decider_with_no_answer_from_the_backend_keeps_its_decision_until_its_
     receiver may yet act on it. His decision and claim stand, so Carol's fail waits (451)
     rather than act beside it; only once Bob's claim is taken for dead (ten minutes on, long
     after his attempt ended) does her fail decide, and the receiver sees one action at a time."""
-    tasks, timeout, bobs_answer = _NO_ANSWER[cut]
+    tasks, timeout, status, bobs_answer = _NO_ANSWER[cut]
     gate = threading.Event()
     receiver = WebhookReceiver(gate=gate).start()
+    if status is not None:  # answered at once, with a status that says nothing of the action
+        receiver.answer = (status, {"detail": "upstream gave no answer"})
+        gate.set()
     server = make_rc_mta(tmp_path, http={"api_tokens": [TOKEN]})
     webhook = {"url": receiver.url, "secret": receiver.secret, "timeout": timeout}
     server.settings["tasks"] = {"backend": "webhook", **tasks, "webhook": webhook}
@@ -267,6 +277,7 @@ def test_a_decider_with_no_answer_from_the_backend_keeps_its_decision_until_its_
         assert f"{again.code} {again.text}" == str(R.MESSAGE_IN_PROGRESS), again  # his claim, kept
         assert len(receiver.payloads) == 1
 
+        receiver.answer = (200, {})
         gate.set()  # the receiver ends what Bob's cut attempt sent; then Bob's claim is taken for dead
         claim_taken_earlier(server, sent[BOB]["request_id"], STALE_CLAIM_SECONDS + 1)
         failed = answer(server, sent, CAROL, "fail")
@@ -320,6 +331,39 @@ def test_a_stale_decision_that_release_shows_acted_stands_and_is_not_taken_back(
     assert f"{bob_again.code} {bob_again.text}" == str(done), bob_again
     assert [(a.action, a.task_id) for a in release.actions_on(RELEASE_TASK)] == [("complete", RELEASE_TASK)]
     assert release.calls[(RELEASE_TASK, "fail")] == 0
+
+
+def test_a_stale_decision_this_process_saw_act_stands_though_the_webhook_cannot_say(tmp_path: Path) -> None:
+    """The webhook cannot be asked how a task stands; but the process that POSTed Bob's
+    deciding complete, answered 2xx, remembers it when the store could not record it. Ten
+    minutes on, Bob's claim is stale, and Carol's fail finds his decision standing instead
+    of taking it back: the receiver is never told fail beside the complete it took."""
+    gate = threading.Event()
+    receiver = WebhookReceiver(gate=gate).start()
+    webhook = {"url": receiver.url, "secret": receiver.secret, "timeout": "30s"}
+    server = make_rc_mta(tmp_path, http={"api_tokens": [TOKEN]}, tasks={"backend": "webhook", "webhook": webhook})
+    try:
+        server.start()
+        sent = ask(server, "CHANGE-12", [ALICE, BOB, CAROL], 2)
+        assert "1 of the 2" in answer(server, sent, ALICE).text
+        bobs = reply_message(sent[BOB]["complete_address"], "Approved", sender=BOB)
+        with ThreadPoolExecutor(1) as pool:
+            deciding = pool.submit(send_smtp, server.smtp_port, bobs, sent[BOB]["complete_address"], BOB)
+            wait_until(lambda: len(receiver.payloads) == 1, what="Bob's POST to arrive")
+            with store_write_locked(server.workdir / "rc-mta.db"):  # down until rc-mta has answered
+                gate.set()  # the receiver takes the complete
+                bob = deciding.result(timeout=60)
+        assert (bob.code, bob.enhanced) == (451, "4.3.0") and "could not be recorded" in bob.text, bob
+        claim_taken_earlier(server, sent[BOB]["request_id"], STALE_CLAIM_SECONDS + 1)
+        carol = answer(server, sent, CAROL, "fail")
+    finally:
+        gate.set()
+        server.stop()
+        receiver.stop()
+
+    decided = R.DECISION_MADE.with_text(task_id="CHANGE-12", action_past="completed", by=f"{ALICE}, {BOB}")
+    assert f"{carol.code} {carol.text}" == str(decided), carol
+    assert [(p["action"], p["actor"]) for p in receiver.payloads] == [("complete", BOB)]
 
 
 # Nothing outside the group decides while the group may ----------------------------------------

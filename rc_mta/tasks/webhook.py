@@ -211,7 +211,10 @@ class WebhookBackend:
             why = _why(answer, text, status)
             log.info("webhook refused %s of task %s: HTTP %d %s", action, task_id, status, why)
             raise BackendRefused(why)
-        raise BackendUnavailable(f"webhook {self._config.url} answered HTTP {status}")
+        if status == 503:  # not taking requests now: nothing was done
+            raise BackendUnavailable(f"webhook {self._config.url} answered HTTP {status}")
+        # A 500 may come after the receiver acted, a 502 or 504 from a proxy that lost its answer.
+        raise BackendOutcomeUnknown(f"webhook {self._config.url} answered HTTP {status}: it may have acted")
 
     async def expired(self, task_id: str, owner: str, request_id: str, expired_at: float) -> None:
         """``{"event": "expired", "task_id", "owner", "request_id", "expired_at", "sent_at"}``,
