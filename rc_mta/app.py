@@ -20,7 +20,7 @@ from .api import add_api_routes
 from .config import Settings, SigningConfig
 from .dkim_signing import DkimSigner, make_dkim_signer
 from .dns import DnsResolver
-from .errors import ApprovalConflict, ConfigError, RcMtaError
+from .errors import ConfigError, RcMtaError
 from .http import Health, add_mta_sts_route, make_app, metrics_app, start_http
 from .inbound import Listener, session_limits, start_listener
 from .inbound.shutdown import FLUSH_SECONDS
@@ -34,7 +34,7 @@ from .pipeline import Decision, Inbound, Pipeline
 from .ratelimit import rate_limiter
 from .request_mail import Language, RequestContext, compose
 from .sender_auth import Client, SenderAuth
-from .store import IN_PROGRESS, GroupState, Request, Store
+from .store import IN_PROGRESS, ApprovalCheck, Request, Store, approval_rule
 from .tasks import RequestFailureListener, TaskBackend, TaskNotFound, TaskNotInProgress, make_backend
 from .tokens import (
     GENERATED_KEY_ID,
@@ -159,51 +159,21 @@ class Service:
             await self.backend.close()
 
     async def check_approvals(self, task_id: str, owner: str | None, group_id: str | None, *, new_group: bool) -> None:
-        """The rule around N-of-M groups, for a new request (to ``owner``; in ``group_id``, or
-        in a group about to be made, or alone): while a group may still decide the task, no
-        request outside it may (it would decide alone); a group is not made, or added to, while
-        requests outside any group may still decide it; a person is asked once in a group.
-        This look is not one with making the request: two made at the same moment may both
-        pass it. Then only answers keep the rule, and only one way (``Pipeline.evaluate``): an
-        answer is refused while a group of its task it is not part of may still decide it. So
-        a lone request made beside a new group never decides while the group may, but the
-        group is not held back by it; and two groups made at once refuse each other's answers
-        until one group's requests are revoked. One person's approvals count once in a group
+        """The rule around N-of-M groups (``store.approval_rule``), for a new request (to
+        ``owner``; in ``group_id``, or in a group about to be made, or alone), looked at
+        early: a clear refusal before a mail is composed and signed, or a group made. It is
+        looked at again as the request is written (``Store.add_request_with_mail``), in a
+        transaction no other request of the task passes meanwhile: of two made at the same
+        moment (two groups made at once for one task, say) one is written, the other refused
+        the same way, with nothing written or queued. Answers keep the rule too
+        (``Pipeline.evaluate``): an answer is refused while a group of its task it is not
+        part of may still decide it. One person's approvals count once in a group
         (``Store.count_approval``)."""
         found = await asyncio.to_thread(self.store.task_approvals, task_id, time.time())
+        known = None
         if group_id is not None:
             known = await asyncio.to_thread(self.store.approval_group, group_id)
-            if known is None or known[0].task_id != task_id:
-                raise RcMtaError(f"task {task_id} has no approval group {group_id}")
-            group, asked = known
-            if group.state is GroupState.DECIDED:
-                past = "completed" if group.decision == "complete" else "failed"
-                why = f"approval group {group_id} of task {task_id} was already decided: {past} by {group.decided_by}"
-                raise ApprovalConflict(why, "nothing is left to approve")
-            if group.state is GroupState.DECIDING:
-                why = f"approval group {group_id} of task {task_id} is being decided right now"
-                raise ApprovalConflict(why, "ask again once the backend was told (or the decision taken back)")
-            if owner is not None and owner in asked:
-                raise ApprovalConflict(
-                    f"{owner} is already asked in approval group {group_id}",
-                    "one person's approval counts once; revoke their request first to ask them again",
-                )
-        for other in found.groups:
-            if other.id != group_id:
-                many = f"{other.needed} must approve, {other.approvals} did so far"
-                outside = "a request outside it" if group_id is None and not new_group else "another group"
-                raise ApprovalConflict(
-                    f"task {task_id} is decided by approval group {other.id} ({many}), and {outside} would decide"
-                    " past its rule",
-                    "revoke the group's requests first, or add the person to the group",
-                    other.id,
-                )
-        if (group_id is not None or new_group) and found.alone:
-            raise ApprovalConflict(
-                f"task {task_id} has {len(found.alone)} request(s) outside any approval group that may still decide"
-                f" it alone ({', '.join(found.alone)})",
-                "revoke them first, then ask the group",
-            )
+        approval_rule(task_id, owner, group_id, found, known, new_group=new_group)
 
     async def send_request(
         self,
@@ -248,11 +218,10 @@ class Service:
         message = wire_bytes(compose(self.settings, request, addresses, now, context=context, language=language))
         if self.dkim is not None:
             message = await asyncio.to_thread(self.dkim.sign, message)  # RSA: off the loop
-        if approval_group is not None:
-            # Before the mail can leave: no answer to it may act alone.
-            await asyncio.to_thread(self.store.add_approval_member, request.id, approval_group)
-        # Stored before any attempt to send: from here on the request is not lost.
-        mail = await self.queue.submit(request, message, self.settings.from_address)
+        # Stored before any attempt to send, with its group (no answer to it may act alone),
+        # under the rule looked at again: from here on the request is not lost.
+        checked = ApprovalCheck(approval_group)
+        mail = await self.queue.submit(request, message, self.settings.from_address, approvals=checked)
         log.info(
             "request queued request=%s task=%s to=%s delivery=%s",
             request.id,

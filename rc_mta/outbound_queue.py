@@ -24,7 +24,7 @@ from . import metrics
 from .config import OutboundConfig
 from .errors import TemporaryFailure
 from .outbound import Delivered, DeliveryDeferred, DeliveryRefused, Transport
-from .store import REQUEST_MAIL, Delivery, NoticeTerms, OutboundMail, Request, Settled, Store
+from .store import REQUEST_MAIL, ApprovalCheck, Delivery, NoticeTerms, OutboundMail, Request, Settled, Store
 
 log = logging.getLogger("rc_mta.outbound")
 
@@ -65,13 +65,24 @@ class OutboundQueue:
         """Seconds before the next try after ``attempts`` tries: doubling, capped."""
         return float(min(self.config.retry_max, self.config.retry_min * 2 ** min(attempts - 1, 30)))
 
-    async def submit(self, request: Request, message: bytes, sender: str) -> OutboundMail:
+    async def submit(
+        self, request: Request, message: bytes, sender: str, *, approvals: ApprovalCheck | None = None
+    ) -> OutboundMail:
         """Store a new request with its mail, then try to deliver it at once: its state
         after that attempt. The row is ours from the start, so no sender loop (ours or
-        another instance's) takes it meanwhile; should we die, the lease hands it on."""
+        another instance's) takes it meanwhile; should we die, the lease hands it on.
+        ``approvals``: written under the N-of-M rule, or refused (ApprovalConflict) with
+        nothing stored (``Store.add_request_with_mail``)."""
         now = time.time()
         mail = await asyncio.to_thread(
-            self.store.add_request_with_mail, request, message, sender, now, self.holder, self.lease
+            self.store.add_request_with_mail,
+            request,
+            message,
+            sender,
+            now,
+            self.holder,
+            self.lease,
+            approvals=approvals,
         )
         # Stored: from here the sender loop delivers it whatever happens, so a failure of
         # this first attempt must not reach the caller (who would retry and make a twin).

@@ -53,7 +53,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.schema import CreateTable
 
 from .config import ACTION_DEADLINE_MAX
-from .errors import StoreIncompatible, StoreUnavailable, TemporaryFailure
+from .errors import ApprovalConflict, RcMtaError, StoreIncompatible, StoreUnavailable, TemporaryFailure
 
 log = logging.getLogger("rc_mta.store")
 
@@ -504,13 +504,33 @@ class Store:
     # Outbound queue: a request mail is stored with its request, then delivered ---------
 
     def add_request_with_mail(
-        self, request: Request, message: bytes, sender: str, now: float, holder: str, lease: float
+        self,
+        request: Request,
+        message: bytes,
+        sender: str,
+        now: float,
+        holder: str,
+        lease: float,
+        *,
+        approvals: ApprovalCheck | None = None,
     ) -> OutboundMail:
         """Record a request and its mail in one transaction: from here on it is not lost.
-        ``holder`` holds it for its first delivery attempt (others take it after ``lease``)."""
+        ``holder`` holds it for its first delivery attempt (others take it after ``lease``).
+        ``approvals``: the request is made under the N-of-M rule (``approval_rule``), in
+        its group or alone; the rule is looked at again in this transaction, which no other
+        request of the task passes meanwhile (``_lock_task_approvals``), and the request is
+        written with its membership, or not at all (ApprovalConflict)."""
         row = _new_mail(request.id, REQUEST_MAIL, message, sender, request.owner, now)
         with self._begin() as conn:
+            if approvals is not None:
+                _lock_task_approvals(conn, request.task_id)
+                found = _task_approvals(conn, request.task_id, now, STALE_CLAIM_SECONDS)
+                group_id = approvals.group_id
+                known = None if group_id is None else _approval_group(conn, group_id, now, STALE_CLAIM_SECONDS)
+                approval_rule(request.task_id, request.owner, group_id, found, known, new_group=False)
             conn.execute(insert(requests).values(**request.__dict__))
+            if approvals is not None and approvals.group_id is not None:
+                conn.execute(insert(approval_members).values(request_id=request.id, group_id=approvals.group_id))
             conn.execute(insert(outbound_queue).values(**row, **_leased_to(holder, now, lease)))
         return _outbound_mail(row)
 
@@ -1235,7 +1255,8 @@ class Store:
     # The rule around a group: while it may still decide its task (undecided, with a member
     # request someone may still answer), no request outside it may decide that task alone,
     # and no group is made while requests outside any group may still decide it. Requests are
-    # checked when made (``task_approvals``) and answers when they come (``approval_standing``).
+    # checked when made (``approval_rule``: early, then again as written, ``add_request_with_mail``)
+    # and answers when they come (``approval_standing``).
 
     def add_approval_group(self, task_id: str, needed: int, now: float) -> str:
         group_id = "g-" + secrets.token_hex(8)
@@ -1276,35 +1297,15 @@ class Store:
     ) -> tuple[ApprovalGroup, frozenset[str]] | None:
         """A group, and the owners asked in it (by a request not withdrawn): one person is
         asked once, or their one approval could count twice."""
-        g, m, r = approval_groups.c, approval_members.c, requests.c
         with self._begin() as conn:
-            row = (
-                conn.execute(
-                    select(approval_groups, *_DECIDER_COLUMNS)
-                    .select_from(approval_groups.outerjoin(_DECIDER, _DECIDER.c.request_id == g.decided_request))
-                    .where(g.id == group_id)
-                )
-                .mappings()
-                .first()
-            )
-            if row is None:
-                return None
-            owners = conn.execute(
-                select(r.owner)
-                .join(approval_members, m.request_id == r.id)
-                .where(m.group_id == group_id, r.revoked_at.is_(None))
-            ).scalars()
-            return _group(row, _now(now), stale_after), frozenset(owners)
+            return _approval_group(conn, group_id, _now(now), stale_after)
 
     def task_approvals(self, task_id: str, now: float, stale_after: float = STALE_CLAIM_SECONDS) -> TaskApprovals:
         """What may still decide ``task_id``, for a new request to be checked against: its
         groups that may still decide it (a decision not yet told to the backend included),
         and its requests outside any group that may still be answered."""
-        values = {"task_id": task_id, "now": now}
         with self._begin() as conn:
-            groups = conn.execute(_APPROVALS.live_groups, values).mappings().all()
-            alone = conn.execute(_APPROVALS.alone, values).scalars().all()
-        return TaskApprovals(tuple(_group(row, now, stale_after) for row in groups), tuple(alone))
+            return _task_approvals(conn, task_id, now, stale_after)
 
     def approval_standing(
         self, request_id: str, task_id: str, now: float, stale_after: float = STALE_CLAIM_SECONDS
@@ -1882,6 +1883,112 @@ def _approval_statements() -> _ApprovalStatements:
 
 
 _APPROVALS = _approval_statements()
+
+
+@dataclass(frozen=True)
+class ApprovalCheck:
+    """A new request made under the N-of-M rule: in ``group_id`` (None: alone)."""
+
+    group_id: str | None
+
+
+def approval_rule(
+    task_id: str,
+    owner: str | None,
+    group_id: str | None,
+    found: TaskApprovals,
+    known: tuple[ApprovalGroup, frozenset[str]] | None,
+    *,
+    new_group: bool,
+) -> None:
+    """The rule around N-of-M groups, for a new request (to ``owner``; in ``group_id``, or
+    in a group about to be made, or alone), against what may decide its task (``found``)
+    and its group with the owners asked there (``known``): while a group may still decide
+    the task, no request outside it may (it would decide alone); a group is not made, or
+    added to, while requests outside any group may still decide it; a person is asked once
+    in a group. Raises ApprovalConflict (RcMtaError: no such group of the task)."""
+    if group_id is not None:
+        if known is None or known[0].task_id != task_id:
+            raise RcMtaError(f"task {task_id} has no approval group {group_id}")
+        group, asked = known
+        if group.state is GroupState.DECIDED:
+            past = "completed" if group.decision == "complete" else "failed"
+            why = f"approval group {group_id} of task {task_id} was already decided: {past} by {group.decided_by}"
+            raise ApprovalConflict(why, "nothing is left to approve")
+        if group.state is GroupState.DECIDING:
+            why = f"approval group {group_id} of task {task_id} is being decided right now"
+            raise ApprovalConflict(why, "ask again once the backend was told (or the decision taken back)")
+        if owner is not None and owner in asked:
+            raise ApprovalConflict(
+                f"{owner} is already asked in approval group {group_id}",
+                "one person's approval counts once; revoke their request first to ask them again",
+            )
+    for other in found.groups:
+        if other.id != group_id:
+            many = f"{other.needed} must approve, {other.approvals} did so far"
+            outside = "a request outside it" if group_id is None and not new_group else "another group"
+            raise ApprovalConflict(
+                f"task {task_id} is decided by approval group {other.id} ({many}), and {outside} would decide"
+                " past its rule",
+                "revoke the group's requests first, or add the person to the group",
+                other.id,
+            )
+    if (group_id is not None or new_group) and found.alone:
+        raise ApprovalConflict(
+            f"task {task_id} has {len(found.alone)} request(s) outside any approval group that may still decide"
+            f" it alone ({', '.join(found.alone)})",
+            "revoke them first, then ask the group",
+        )
+
+
+def _task_approvals(conn: Connection, task_id: str, now: float, stale_after: float) -> TaskApprovals:
+    values = {"task_id": task_id, "now": now}
+    groups = conn.execute(_APPROVALS.live_groups, values).mappings().all()
+    alone = conn.execute(_APPROVALS.alone, values).scalars().all()
+    return TaskApprovals(tuple(_group(row, now, stale_after) for row in groups), tuple(alone))
+
+
+def _approval_group(
+    conn: Connection, group_id: str, now: float, stale_after: float
+) -> tuple[ApprovalGroup, frozenset[str]] | None:
+    g, m, r = approval_groups.c, approval_members.c, requests.c
+    row = (
+        conn.execute(
+            select(approval_groups, *_DECIDER_COLUMNS)
+            .select_from(approval_groups.outerjoin(_DECIDER, _DECIDER.c.request_id == g.decided_request))
+            .where(g.id == group_id)
+        )
+        .mappings()
+        .first()
+    )
+    if row is None:
+        return None
+    owners = conn.execute(
+        select(r.owner)
+        .join(approval_members, m.request_id == r.id)
+        .where(m.group_id == group_id, r.revoked_at.is_(None))
+    ).scalars()
+    return _group(row, now, stale_after), frozenset(owners)
+
+
+# PostgreSQL advisory lock key (with the task's id hashed as the second half) that a request
+# made under the N-of-M rule takes (``_lock_task_approvals``); not ``SCHEMA_LOCK``.
+APPROVALS_LOCK = 0x72636D61  # "rcma"
+
+
+def _lock_task_approvals(conn: Connection, task_id: str) -> None:
+    """Take, for the rest of ``conn``'s transaction, the lock that makes the new requests of
+    one task pass the N-of-M rule one at a time, so that the rule looked at and the request
+    written are one decision. PostgreSQL: an advisory lock for the task, held until commit
+    (the reads after it, each a new snapshot under READ COMMITTED, see what the previous
+    holder wrote); SQLite: the write lock, taken now, before the reads (a deferred
+    transaction would read first, and two could both pass). Waits as long as any lock."""
+    if conn.dialect.name == "sqlite":
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+    else:
+        conn.execute(
+            text("SELECT pg_advisory_xact_lock(:key, hashtext(:task_id))"), {"key": APPROVALS_LOCK, "task_id": task_id}
+        )
 
 
 # A window is counted in this many slots: the limit slides with the clock, a slot at a time.

@@ -22,12 +22,22 @@ from typing import Any
 import pytest
 from conftest import RcMta, make_rc_mta, store_write_locked, wait_until
 from mailclient import SmtpOutcome, reply_message, send_smtp
+from racing import all_at_once
 from release_server import FakeRelease
 from sqlalchemy import select, update
 from webhook_receiver import WebhookReceiver
 
 from rc_mta import smtp_replies as R
-from rc_mta.store import STALE_CLAIM_SECONDS, Request, Store, requests, used_tokens
+from rc_mta.errors import ApprovalConflict
+from rc_mta.store import (
+    STALE_CLAIM_SECONDS,
+    ApprovalCheck,
+    Request,
+    Store,
+    approval_rule,
+    requests,
+    used_tokens,
+)
 from rc_mta.tokens import new_request_id
 
 TOKEN = "approvals-api-token-5d1e"
@@ -419,6 +429,95 @@ def test_no_group_is_made_while_a_request_outside_one_may_still_decide(both: RcM
 
     both.cli("revoke", alone["request_id"])
     ask(both, task, [ALICE, BOB], "all")
+
+
+def test_two_groups_asked_for_at_the_same_moment_one_is_made_the_other_refused(both: RcMta) -> None:
+    task = both.add_task(owner=ALICE)
+    groups = ({"owners": [ALICE, BOB], "approvals": "all"}, {"owners": [CAROL, DAVE], "approvals": "all"})
+    outcomes = all_at_once(2, lambda i: post(both, "/v1/requests", {"task_id": task, **groups[i]}))
+    assert sorted(status for status, _ in outcomes) == [201, 409], outcomes
+    made = next(body for status, body in outcomes if status == 201)
+    refused = next(body for status, body in outcomes if status == 409)
+    assert refused["error"]["message"].startswith(
+        f"task {task} is decided by approval group {made['approval_group']} (2 must approve, 0 did so far)"
+    ), refused
+
+    store = Store(str(both.settings["store"]["url"]))
+    try:
+        assert sum(store.outbound_summary().counts.values()) == 2  # the made group's two mails, no more
+    finally:
+        store.close()
+    sent = {r["owner"]: r for r in made["requests"]}
+    first, second = sorted(sent)
+    assert "1 of the 2" in answer(both, sent, first).text
+    assert answer(both, sent, second).code == 250
+    assert both.task(task)["status"] == "completed"
+
+
+MAIL = b"Subject: t\r\n\r\nt\r\n"
+
+
+def asked(task_id: str, owner: str, now: float) -> Request:
+    return Request(new_request_id(), task_id, owner, "Approve deploy to prod", now, now + 3600, None, None)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_of_two_groups_that_passed_the_early_look_the_store_writes_one(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """Two instances (a store each) make a group for one task at the same moment: both pass
+    the early look, before either request is written; the store writes one, refuses the other
+    with nothing written, and the group written decides the task."""
+    url = f"sqlite:///{tmp_path / 'store.db'}" if kind == "sqlite" else request.getfixturevalue("pg_url")
+    stores = [Store(url, busy_timeout=5) for _ in range(2)]
+    try:
+        stores[0].create_schema()
+        now = time.time()
+        task = stores[0].add_task("Approve deploy to prod", ALICE, now).id
+        groups = [store.add_approval_group(task, 2, now) for store in stores]
+        made = [asked(task, owner, now) for owner in (ALICE, BOB)]
+        for store, group, one in zip(stores, groups, made, strict=True):
+            found, known = store.task_approvals(task, now), store.approval_group(group)
+            approval_rule(task, one.owner, group, found, known, new_group=False)  # both pass it
+
+        def write(i: int) -> ApprovalConflict | None:
+            try:
+                stores[i].add_request_with_mail(made[i], MAIL, "rc@x", now, "i", 60, approvals=ApprovalCheck(groups[i]))
+            except ApprovalConflict as exc:
+                return exc
+            return None
+
+        if kind == "sqlite":
+            # Both writers come while another connection holds the write lock, and go on when
+            # it is let go: without the lock taken before the rule is read, both would pass.
+            with ThreadPoolExecutor(1) as pool:
+                with store_write_locked(tmp_path / "store.db"):
+                    racing = pool.submit(all_at_once, 2, write)
+                    time.sleep(0.5)  # for both to be waiting; shorter only makes the test weaker
+                outcomes = racing.result()
+        else:
+            outcomes = all_at_once(2, write)
+        assert sorted(o is None for o in outcomes) == [False, True], outcomes
+        won = outcomes.index(None)
+        lost = 1 - won
+        assert str(outcomes[lost]).startswith(
+            f"task {task} is decided by approval group {groups[won]} (2 must approve, 0 did so far), and another group"
+            " would decide past its rule"
+        )
+        assert stores[0].get_request(made[lost].id) is None and stores[0].get_outbound(made[lost].id) is None
+        unasked = stores[0].approval_group(groups[lost])
+        assert unasked is not None and unasked[1] == frozenset()  # no one asked in the group refused
+
+        # The group written decides: a second person asked in it, then both approve.
+        carol = asked(task, CAROL, now)
+        stores[lost].add_request_with_mail(carol, MAIL, "rc@x", now, "me", 60, approvals=ApprovalCheck(groups[won]))
+        assert stores[0].count_approval(groups[won], made[won].id, made[won].owner, now) == 1
+        assert stores[1].count_approval(groups[won], carol.id, CAROL, now) == 2
+        decided = stores[0].approval_group(groups[won])
+        assert decided is not None and decided[0].decision == "complete"
+    finally:
+        for store in stores:
+            store.close()
 
 
 def test_the_person_is_added_to_the_group_under_its_rule(api: RcMta) -> None:
