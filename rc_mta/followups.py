@@ -276,7 +276,9 @@ class FollowUps:
         if step == "expired":
             # Recorded with the step: told now, else again with back-off (``Notices``).
             terms = Notices.terms(self._notices.holder, Notices.EXPIRED)
-            await asyncio.to_thread(store.followup_done, request.id, step, self.holder, time.time(), notice=terms)
+            done = time.time()
+            if not await asyncio.to_thread(store.followup_done, request.id, step, self.holder, done, notice=terms):
+                return  # taken over meanwhile (this instance was too slow): the holder tells it
             log.info("request %s to %s expired unanswered: telling task %s", request.id, request.owner, request.task_id)
             await self._notices.tell_recorded(request.id, Notices.EXPIRED)
             return

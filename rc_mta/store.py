@@ -1092,10 +1092,12 @@ class Store:
         *,
         withdrawn: bool = False,
         notice: NoticeTerms | None = None,
-    ) -> None:
+    ) -> bool:
         """The step is over: done, or ``withdrawn`` (nothing was sent: the task was decided
         another way). Either way no round takes it again. ``notice``: what the step tells the
-        backend, recorded with it (one transaction) and held by its holder for a first try."""
+        backend, recorded with it (one transaction) and held by its holder for a first try:
+        True when this wrote it (then its holder tells it; a step taken over meanwhile, or
+        a notice already there, is someone else's to tell)."""
         f = request_followups.c
         with self._begin() as conn:
             changed = conn.execute(
@@ -1104,7 +1106,8 @@ class Store:
                 .values(state="withdrawn" if withdrawn else "done", at=now)
             ).rowcount
             if changed == 1 and notice is not None and not withdrawn:
-                _add_notice(conn, request_id, notice, "", now)
+                return _add_notice(conn, request_id, notice, "", now)
+        return False
 
     def followup_state(self, request_id: str, step: str) -> str | None:
         """``sending``, ``done`` or ``withdrawn``; None when the step was not taken yet."""

@@ -135,6 +135,20 @@ def test_a_withdrawn_step_is_never_due_again(store: Store) -> None:
     assert not store.claim_followup(request.id, "reminder-1", "other", now + 1000, 300)
 
 
+def test_a_steps_notice_is_told_by_the_holder_whose_transaction_wrote_it(store: Store) -> None:
+    """A slow instance's expired step is taken over as stale and done by another; the slow
+    one, ending late, writes nothing and is told so, so it does not tell the notice too."""
+    now = time.time()
+    request = _request(store, "ticket-12", "alice@example.com", now - 10)
+    assert store.claim_followup(request.id, "expired", "slow", now, 300)
+    assert store.claim_followup(request.id, "expired", "fast", now + 301, 300)  # slow's claim went stale
+
+    assert store.followup_done(request.id, "expired", "fast", now + 302, notice=NoticeTerms("expired", "fast", 300))
+    assert not store.followup_done(request.id, "expired", "slow", now + 303, notice=NoticeTerms("expired", "slow", 300))
+    notice = store.get_notice(request.id, "expired")
+    assert notice is not None and notice.state == "pending", notice
+
+
 def _request_mail(store: Store, task_id: str, owner: str, now: float, holder: str) -> Request:
     """A request whose mail ``holder`` is sending."""
     request = Request(new_request_id(), task_id, owner, "t", now, now + 3600, None, None)
