@@ -569,11 +569,14 @@ class Pipeline:
             raise
         except BaseException:
             try:
-                if decided:
-                    await asyncio.to_thread(store.undo_group_decision, group.id, request.id, counted)
-                elif counted:
-                    await asyncio.to_thread(store.uncount_approval, group.id, request.id)
-                await asyncio.to_thread(store.release_claim, request.id, attempt)
+                mine = await asyncio.to_thread(store.get_claim, request.id)
+                # Done for us (a retry saw the backend show our action, ``_acted_unrecorded``): it stands.
+                if not (mine is not None and mine.done and mine.attempt == attempt):
+                    if decided:
+                        await asyncio.to_thread(store.undo_group_decision, group.id, request.id, counted)
+                    elif counted:
+                        await asyncio.to_thread(store.uncount_approval, group.id, request.id)
+                    await asyncio.to_thread(store.release_claim, request.id, attempt)
             except TemporaryFailure:
                 pass  # the claim goes stale and is taken over later
             raise
@@ -656,9 +659,13 @@ class Pipeline:
         claim = await asyncio.to_thread(self.store.get_claim, decider)
         if claim is None or claim.done or claim.attempt is None or claim.action != decision:
             return False
-        # This process remembers that attempt acting (``_finish``), or the backend shows it.
+        # This process remembers that attempt acting (``_finish``), or the backend shows it
+        # for a claim gone stale (a fresh one may still be at work: it finishes itself).
         acted_here = self._unrecorded.get(decider) == claim.attempt
-        if not acted_here and not await self._backend_shows(group.task_id, TaskAction(decision), claim.actor):
+        stale = self.clock() - claim.claimed_at >= STALE_CLAIM_SECONDS
+        if not acted_here and not (
+            stale and await self._backend_shows(group.task_id, TaskAction(decision), claim.actor)
+        ):
             return False
         if not await asyncio.to_thread(self.store.finish_claim, decider, claim.attempt, self.clock()):
             return False  # taken back meanwhile by another answer: it decides anew
