@@ -7,6 +7,8 @@ import asyncio
 import hashlib
 import hmac
 import logging
+import socket
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -22,7 +24,13 @@ from webhook_receiver import WebhookReceiver
 
 from rc_mta import smtp_replies as R
 from rc_mta.config import WebhookConfig
-from rc_mta.errors import BackendAuthFailed, BackendRefused, TemporaryFailure
+from rc_mta.errors import (
+    BackendAuthFailed,
+    BackendOutcomeUnknown,
+    BackendRefused,
+    BackendUnavailable,
+    TemporaryFailure,
+)
 from rc_mta.tasks import ActionContext, TaskNotInProgress
 from rc_mta.tasks.webhook import WebhookBackend
 
@@ -162,6 +170,41 @@ def test_500_and_an_unreachable_receiver_are_temporary(receiver: WebhookReceiver
     receiver.stop()
     with pytest.raises(TemporaryFailure):
         act(receiver)
+
+
+def test_a_connect_that_times_out_sent_nothing_but_a_post_left_unanswered_may_have_acted() -> None:
+    """SYNs dropped without a word (a full accept queue here, a firewall in life): the POST
+    never left, so nothing was done. A receiver that took the POST and never answered may
+    have acted: the pipeline keeps an N-of-M decision for that one."""
+    with socket.socket() as hole:
+        hole.bind(("127.0.0.1", 0))
+        hole.listen(0)
+        port = hole.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port)):  # fills the queue: the next SYNs are dropped
+            backend = WebhookBackend(
+                WebhookConfig(url=f"http://127.0.0.1:{port}/hook", secret=SecretStr("s" * 16), timeout=2.0)
+            )
+
+            async def go() -> None:
+                try:
+                    await backend.complete(TASK, "Ship it", ALICE, CONTEXT)
+                finally:
+                    await backend.close()
+
+            with pytest.raises(BackendUnavailable) as unsent:
+                asyncio.run(go())
+    assert not isinstance(unsent.value, BackendOutcomeUnknown), unsent.value
+    assert "no connection within 1s" in str(unsent.value)
+
+    gate = threading.Event()
+    held = WebhookReceiver(gate=gate).start()
+    try:
+        with pytest.raises(BackendOutcomeUnknown):
+            act(held, timeout=1.0)
+        assert len(held.payloads) == 1  # it arrived
+    finally:
+        gate.set()
+        held.stop()
 
 
 # Notices: events that act on nothing --------------------------------------------------

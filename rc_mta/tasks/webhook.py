@@ -69,6 +69,7 @@ TIMESTAMP_HEADER = "X-RC-MTA-Timestamp"
 SIGNATURE_HEADER = "X-RC-MTA-Signature"
 # 4xx that mean "try again later", in the receiver's words: not its answer to what we sent.
 _TRY_LATER = frozenset({408, 425, 429})
+_CONNECT_SECONDS = 10.0  # at most, and half the POST's timeout
 
 
 def signature(secret: bytes, timestamp: str, body: bytes) -> str:
@@ -165,12 +166,19 @@ class WebhookBackend:
             TIMESTAMP_HEADER: timestamp,
             SIGNATURE_HEADER: signature(self._config.secret.get_secret_value().encode(), timestamp, body),
         }
-        timeout = aiohttp.ClientTimeout(total=self._config.timeout)
+        # Connecting has a deadline of its own, so a connect that never completes (a firewall
+        # dropping it) is told apart from a POST sent and left unanswered.
+        connect = min(_CONNECT_SECONDS, self._config.timeout / 2)
+        timeout = aiohttp.ClientTimeout(total=self._config.timeout, sock_connect=connect)
         try:
             async with self._client().post(
                 self._config.url, data=body, headers=headers, timeout=timeout, allow_redirects=False
             ) as response:
                 return response.status, await response.text()
+        except aiohttp.ConnectionTimeoutError:  # never connected: nothing was sent
+            raise BackendUnavailable(
+                f"cannot reach webhook {self._config.url}: no connection within {connect:g}s"
+            ) from None
         except TimeoutError:
             raise BackendOutcomeUnknown(
                 f"webhook {self._config.url} did not answer within {self._config.timeout}s"
