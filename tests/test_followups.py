@@ -298,13 +298,19 @@ def test_webhook_task_decided_by_a_sibling_request_gets_no_reminder_and_no_expir
         receiver.stop()
 
 
+def _group_on_webhook(tmp_path: Path, receiver: WebhookReceiver) -> RcMta:
+    """An rc-mta (not started) whose API asks groups, acting through ``receiver``; no reminders yet."""
+    server = following_up(tmp_path, reminders=[])
+    server.settings["http"]["api_tokens"] = [API_TOKEN]
+    server.settings["tasks"] = {"backend": "webhook", "webhook": {"url": receiver.url, "secret": receiver.secret}}
+    return server
+
+
 def test_a_webhook_group_failed_by_one_withdraws_reminders_saying_who_failed_it(tmp_path: Path) -> None:
     """What decided is the group: Alice approved, then Dave failed it; Carol's reminder is
     withdrawn saying Dave failed it, not that Alice's approval completed it."""
     receiver = WebhookReceiver().start()
-    server = following_up(tmp_path, reminders=[])
-    server.settings["http"]["api_tokens"] = [API_TOKEN]
-    server.settings["tasks"] = {"backend": "webhook", "webhook": {"url": receiver.url, "secret": receiver.secret}}
+    server = _group_on_webhook(tmp_path, receiver)
     try:
         server.start()
         sent = ask(server, "CHANGE-5", [ALICE, DAVE, CAROL], 2)
@@ -334,9 +340,7 @@ def test_a_group_decision_not_yet_told_defers_a_reminder_and_one_whose_attempt_d
     answer to it decides the group."""
     gate = threading.Event()
     receiver = WebhookReceiver(gate=gate).start()
-    server = following_up(tmp_path, reminders=[])
-    server.settings["http"]["api_tokens"] = [API_TOKEN]
-    server.settings["tasks"] = {"backend": "webhook", "webhook": {"url": receiver.url, "secret": receiver.secret}}
+    server = _group_on_webhook(tmp_path, receiver)
     try:
         server.start()
         sent = ask(server, "CHANGE-4", [ALICE, BOB, CAROL], 2)

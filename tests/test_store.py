@@ -395,17 +395,24 @@ def _state(store: Store, request: Request, at: float) -> GroupState:
     return found.state
 
 
-def test_a_decision_is_final_only_once_its_answer_told_the_backend(store: Store) -> None:
-    """Decided is not final: while Bob's deciding answer is telling the backend, Carol's is
-    neither counted nor refused for good, and the group still stands in anyone's way."""
-    group = store.add_approval_group("t-deciding", 2, 1.0)
-    alice, bob, carol = (_asked(store, "t-deciding", f"{n}@example.com", group) for n in ("alice", "bob", "carol"))
+def _bob_deciding(store: Store, task_id: str) -> tuple[str, tuple[Request, Request], str, float]:
+    """A 2-of-3 group of ``task_id``: Alice's approval counted and finished, Bob's deciding
+    approval counted under his claim (the attempt returned), not finished; Carol not yet."""
+    group = store.add_approval_group(task_id, 2, 1.0)
+    alice, bob, carol = (_asked(store, task_id, f"{n}@example.com", group) for n in ("alice", "bob", "carol"))
     now = time.time()
     alices = _claimed(store, alice, now)
     assert store.count_approval(group, alice.id, alice.owner, now) == 1
     assert store.finish_claim(alice.id, alices, now)
     bobs = _claimed(store, bob, now + 1)
     assert store.count_approval(group, bob.id, bob.owner, now + 1) == 2
+    return group, (bob, carol), bobs, now
+
+
+def test_a_decision_is_final_only_once_its_answer_told_the_backend(store: Store) -> None:
+    """Decided is not final: while Bob's deciding answer is telling the backend, Carol's is
+    neither counted nor refused for good, and the group still stands in anyone's way."""
+    group, (bob, carol), bobs, now = _bob_deciding(store, "t-deciding")
     _claimed(store, carol, now + 2, "fail")
 
     assert _state(store, carol, now + 2) is GroupState.DECIDING
@@ -424,14 +431,7 @@ def test_a_decision_is_final_only_once_its_answer_told_the_backend(store: Store)
 def test_a_decision_whose_attempt_died_is_taken_back_by_the_next_answer(store: Store) -> None:
     """Bob's deciding attempt died (its claim went stale): Carol's fail decides instead, and
     Bob's dead claim is given back, so that attempt can never finish it; Bob's retry is told."""
-    group = store.add_approval_group("t-died", 2, 1.0)
-    alice, bob, carol = (_asked(store, "t-died", f"{n}@example.com", group) for n in ("alice", "bob", "carol"))
-    now = time.time()
-    alices = _claimed(store, alice, now)
-    assert store.count_approval(group, alice.id, alice.owner, now) == 1
-    assert store.finish_claim(alice.id, alices, now)
-    bobs = _claimed(store, bob, now + 1)
-    assert store.count_approval(group, bob.id, bob.owner, now + 1) == 2
+    group, (bob, carol), bobs, now = _bob_deciding(store, "t-died")
 
     later = now + 1 + STALE_CLAIM_SECONDS + 1
     assert _state(store, carol, later - 2) is GroupState.DECIDING
