@@ -34,9 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import secrets
-import socket
 import time
 from email.message import EmailMessage
 from typing import TYPE_CHECKING, ClassVar
@@ -45,7 +42,7 @@ from .config import Settings
 from .errors import BackendUnavailable, DecisionPending, StoreUnavailable, TemporaryFailure
 from .outbound import reply_addresses, wire_bytes
 from .request_mail import compose
-from .store import IN_PROGRESS, Notice, NoticeTerms, Request
+from .store import IN_PROGRESS, Notice, NoticeTerms, Request, new_holder
 from .tasks import RequestFailureListener, TaskNotFound
 from .tokens import Signer
 
@@ -109,11 +106,6 @@ async def withheld_because(service: Service, request: Request) -> str | None:
     return f"task {request.task_id} was {past} by {sibling.actor} (request {sibling.request_id})"
 
 
-def _holder() -> str:
-    """Who holds a step or a notice: this process, and this one object in it."""
-    return f"{socket.gethostname()[:40]}:{os.getpid()}:{secrets.token_hex(4)}"
-
-
 class Notices:
     """What the backend must be told for good about a request: ``request_failed`` (its mail
     will never arrive) and ``expired`` (unanswered). A record in the store first, with what
@@ -128,7 +120,7 @@ class Notices:
 
     def __init__(self, service: Service, holder: str | None = None) -> None:
         self._service = service
-        self.holder = holder or _holder()
+        self.holder = holder or new_holder()
 
     @classmethod
     def terms(cls, holder: str, event: str = REQUEST_FAILED) -> NoticeTerms:
@@ -210,7 +202,7 @@ class FollowUps:
     def __init__(self, service: Service) -> None:
         self._service = service
         self._config = service.settings.requests
-        self.holder = _holder()
+        self.holder = new_holder()
         self._notices = Notices(service)
 
     async def run(self) -> None:

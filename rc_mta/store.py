@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import secrets
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -315,6 +317,12 @@ CLAIM_TRIES = 5
 # attempt may take it over, and an N-of-M decision it made is taken back (``GroupState``),
 # unless the backend shows it acted (then it is recorded: ``Pipeline._stale_decision_acted``).
 STALE_CLAIM_SECONDS = 2 * ACTION_DEADLINE_MAX
+
+
+def new_holder() -> str:
+    """Who holds a claim, a lease or a step in the shared store: this host, this process,
+    and this one object in it (64 characters at most, as the holder columns)."""
+    return f"{socket.gethostname()[:40]}:{os.getpid()}:{secrets.token_hex(4)}"
 
 
 def new_attempt_id() -> str:

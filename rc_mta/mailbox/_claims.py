@@ -17,16 +17,13 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-import os
-import secrets
-import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ..errors import TemporaryFailure
 from ..pipeline import Inbound, MailboxOutcome, Pipeline
-from ..store import STALE_CLAIM_SECONDS, MailboxMessage, Store
+from ..store import STALE_CLAIM_SECONDS, MailboxMessage, Store, new_holder
 
 log = logging.getLogger("rc_mta.mailbox")
 
@@ -66,7 +63,7 @@ class MessageClaims:
         self.trusted_ids = trusted_ids
         # Names this process in the store's claims: unique per process, so two instances
         # with the same configuration never take each other's claims for their own.
-        self.holder = f"{socket.gethostname()[:32]}:{os.getpid()}:{secrets.token_hex(4)}"
+        self.holder = new_holder()
         # Messages acted on but not yet filed, and how to file them: the store's claim says
         # the same to every instance; this covers a store that could not be written.
         self.settled: dict[MailboxMessage, str] = {}

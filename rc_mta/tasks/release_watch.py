@@ -18,14 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import secrets
-import socket
 import time
 from typing import TYPE_CHECKING
 
 from ..errors import RcMtaError, TemporaryFailure
 from ..request_mail import RequestContext
+from ..store import new_holder
 from .release import ReleaseBackend, StartedTask
 
 if TYPE_CHECKING:
@@ -49,7 +47,7 @@ class ReleaseWatcher:
         self._backend: ReleaseBackend = service.backend
         self._config = service.settings.tasks.release
         self._store = service.store
-        self.holder = f"{socket.gethostname()[:40]}:{os.getpid()}:{secrets.token_hex(4)}"
+        self.holder = new_holder()
         self.last_round: float | None = None
         # Why each (task, email) was last not mailed: a refusal that lasts (an N-of-M group
         # of the task stands in the way until its requests are revoked) is logged once.
