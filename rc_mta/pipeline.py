@@ -598,9 +598,9 @@ class Pipeline:
                 finished = await asyncio.to_thread(self.store.finish_claim, request.id, attempt, self.clock())
                 break
             except TemporaryFailure as exc:
+                if acted is None:
+                    raise  # only counted: nothing happened that must be recorded, the caller undoes it
                 if delay is None:
-                    if acted is None:
-                        raise
                     self._unrecorded.put(request.id, attempt)
                     log.warning("request %s: acted, but the store could not record it: %s", request.id, exc)
                     raise ActionNotRecorded(request.task_id, acted.past, str(exc)) from exc
@@ -621,8 +621,9 @@ class Pipeline:
         request, action = decision.request, decision.action
         if request is None or action is None or claim.attempt is None:
             return False
-        if claim.message_id != decision.message_id or claim.action != action.value:
-            return False
+        held = (claim.message_id, claim.action, claim.actor.lower())
+        if held != (decision.message_id, action.value, actor.lower()):
+            return False  # not this very answer, from this very sender
         if self._unrecorded.get(request.id) != claim.attempt and not await self._backend_shows(
             request.task_id, action, actor
         ):
