@@ -679,7 +679,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _run(args)
     finally:
-        if collecting:
+        # Run as the program (no ``argv``), the process ends here, and Python would collect
+        # everything once more on its way out if the collector were back on.
+        if collecting and argv is not None:
             gc.enable()
 
 

@@ -33,6 +33,11 @@ from .registry import MAILBOX_SOURCES, TASK_BACKENDS
 
 DEFAULT_CONFIG_PATH = Path("conf/rc-mta.toml")
 
+# rc-mta uses no pydantic plugin, and looking for one reads the metadata of every installed
+# package when the first model is made, on every CLI call (issue 17). Setting the variable
+# (even to "") before rc-mta starts keeps pydantic's own behaviour.
+os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
+
 # Matched on stripped text: two runs of optional white space around an optional unit would
 # try every split of a long run between them.
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?")
