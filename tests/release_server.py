@@ -23,14 +23,16 @@ for the calls rc-mta makes, with the documented shapes and codes:
 
 Task ids are paths (``Applications/Folder1/Release1/Phase1/Task1``) and arrive unencoded.
 It runs on 127.0.0.1, a free port, in a thread with its own event loop. Knobs: tasks,
-credentials, ``go_down()``/``come_back()`` (stop and resume listening), ``unavailable``
-(answer 503 to every call while set) and ``unavailable_paths`` (only to calls whose path
-starts with one of these: a Release failing part-way through a round), ``delay`` (every
-answer is late), ``action_delay`` (complete/fail take effect at once, the answer comes late,
-as a slow Release that commits before it answers), ``gateway_errors`` (a proxy's 502 for the
-next calls, before or after Release acted), and ``calls``/``actions`` (what arrived, what
-changed), ``seen`` (every call served: method, path, who), ``refused`` (every call answered
-503 for being unavailable: method, path).
+credentials, ``go_down()``/``come_back()`` (stop and resume listening), ``silent_after_read``
+(answer the next read of a task, close its connection, then take no connection and refuse
+none until ``come_back()``: connecting hangs, as behind a firewall that drops SYNs, between
+rc-mta's read and its POST), ``unavailable`` (answer 503 to every call while set) and
+``unavailable_paths`` (only to calls whose path starts with one of these: a Release failing
+part-way through a round), ``delay`` (every answer is late), ``action_delay`` (complete/fail
+take effect at once, the answer comes late, as a slow Release that commits before it
+answers), ``gateway_errors`` (a proxy's 502 for the next calls, before or after Release
+acted), and ``calls``/``actions`` (what arrived, what changed), ``seen`` (every call served:
+method, path, who), ``refused`` (every call answered 503 for being unavailable: method, path).
 A task's release is its id up to the ``Release…`` segment; ``users``, ``teams``,
 ``release_status``, ``reassign()``, ``set_status()`` and ``abort_release()`` play what
 people do in the UI.
@@ -88,6 +90,7 @@ class FakeRelease:
     unavailable_paths: tuple[str, ...] = ()  # ... or only those whose path starts with one of these
     delay: float = 0.0
     action_delay: float = 0.0
+    silent_after_read: bool = False
     gateway_errors: int = 0  # the next N complete/fail calls get a proxy's 502 ...
     gateway_error_acts: bool = False  # ... after Release did act (True) or before it saw them
     tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -102,6 +105,7 @@ class FakeRelease:
     port: int = 0
     _server: AppThread | None = None
     _site: web.SockSite | None = None
+    _hole: list[socket.socket] = field(default_factory=list)  # silent: the port's socket, and what fills its queue
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     # Test-side API ---------------------------------------------------------------------
@@ -186,6 +190,7 @@ class FakeRelease:
         if self._server is not None:
             self._server.stop()
         self._server = None
+        self._close_hole()
 
     def go_down(self) -> None:
         """Stop listening: connections are refused, as when Release is not running."""
@@ -194,6 +199,7 @@ class FakeRelease:
 
     def come_back(self) -> None:
         assert self._server is not None
+        self._close_hole()
         self._server.call(self._listen(self._server.runner))
 
     # Server side -----------------------------------------------------------------------
@@ -215,6 +221,23 @@ class FakeRelease:
         assert self._server is not None and self._server.runner.server is not None
         for connection in self._server.runner.server.connections:  # kept-alive clients see it go, too
             connection.close()
+
+    async def _go_silent(self) -> None:
+        """Stop listening and hold the port with a socket whose accept queue is full, so the
+        kernel drops every SYN (as a firewall does); connections already open stay open."""
+        if self._site is not None:
+            await self._site.stop()
+            self._site = None
+        hole = socket.socket()
+        hole.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        hole.bind(("127.0.0.1", self.port))
+        hole.listen(0)
+        self._hole = [hole, socket.create_connection(("127.0.0.1", self.port))]  # the one place it queues
+
+    def _close_hole(self) -> None:
+        for sock in self._hole:
+            sock.close()
+        self._hole = []
 
     def _app(self) -> web.Application:
         app = web.Application(middlewares=[self._gate])
@@ -331,7 +354,12 @@ class FakeRelease:
                 return _error(404, f"Repository entity [{task_id}] not found")
             if task_id in self.forbidden:
                 return _error(403, f"You do not have view permission on {task_id}")
-            return web.json_response(json.loads(json.dumps(task)))
+            answer = web.json_response(json.loads(json.dumps(task)))
+            silence, self.silent_after_read = self.silent_after_read, False
+        if silence:
+            await self._go_silent()
+            answer.force_close()  # the next call must connect again
+        return answer
 
     async def _act(self, request: web.Request) -> web.Response:
         task_id, action = request.match_info["task_id"], request.match_info["action"]

@@ -16,6 +16,7 @@ import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,14 @@ def ask(server: RcMta, task_id: str, owners: list[str], approvals: int | str) ->
 def answer(server: RcMta, sent: dict[str, Any], owner: str, action: str = "complete") -> SmtpOutcome:
     address = sent[owner][f"{action}_address"]
     return send_smtp(server.smtp_port, reply_message(address, "My answer", sender=owner), address, mail_from=owner)
+
+
+def alice_approved(server: RcMta, task_id: str) -> tuple[dict[str, Any], EmailMessage]:
+    """2 of 3 asked of Alice, Bob and Carol, Alice's approval counted: what was sent, and
+    Bob's approval (not sent yet), which decides."""
+    sent = ask(server, task_id, [ALICE, BOB, CAROL], 2)
+    assert "1 of the 2" in answer(server, sent, ALICE).text
+    return sent, reply_message(sent[BOB]["complete_address"], "Approved", sender=BOB)
 
 
 @pytest.fixture
@@ -193,9 +202,7 @@ def test_an_answer_while_the_decision_is_being_told_waits_and_counts_once_it_is_
     server = webhook_server(tmp_path, store, request, receiver)
     try:
         server.start()
-        sent = ask(server, "CHANGE-9", [ALICE, BOB, CAROL], 2)
-        assert "1 of the 2" in answer(server, sent, ALICE).text
-        bobs = reply_message(sent[BOB]["complete_address"], "Approved", sender=BOB)
+        sent, bobs = alice_approved(server, "CHANGE-9")
         carols = reply_message(sent[CAROL]["fail_address"], "No, not this week", sender=CAROL)
         waiting = R.DECISION_IN_PROGRESS.with_text(task_id="CHANGE-9")
         with ThreadPoolExecutor(1) as pool:
@@ -274,9 +281,7 @@ def test_a_decider_with_no_answer_from_the_backend_keeps_its_decision_until_its_
     server.settings["tasks"] = {"backend": "webhook", **tasks, "webhook": webhook}
     try:
         server.start()
-        sent = ask(server, "CHANGE-11", [ALICE, BOB, CAROL], 2)
-        assert "1 of the 2" in answer(server, sent, ALICE).text
-        bobs = reply_message(sent[BOB]["complete_address"], "Approved", sender=BOB)
+        sent, bobs = alice_approved(server, "CHANGE-11")
         bob = send_smtp(server.smtp_port, bobs, sent[BOB]["complete_address"], mail_from=BOB)
         assert f"{bob.code} {bob.text}" == str(bobs_answer), bob
         assert [(p["action"], p["actor"]) for p in receiver.payloads] == [("complete", BOB)]  # still held
@@ -303,6 +308,40 @@ RELEASE_TASK = "Applications/Folder1/Release1/Phase1/Task1"
 RELEASE_TOKEN = "release-token-for-approvals"
 
 
+def on_release(tmp_path: Path, release: FakeRelease, **settings: str | int) -> RcMta:
+    """An rc-mta (not started) whose API asks groups, acting on Alice's ``RELEASE_TASK`` in ``release``."""
+    release.add_task(RELEASE_TASK, owner="alice")
+    tasks = {"backend": "release", "release": {"url": release.url, "token": RELEASE_TOKEN, **settings}}
+    return make_rc_mta(tmp_path, http={"api_tokens": [TOKEN]}, tasks=tasks)
+
+
+def test_a_deciding_post_that_never_connected_to_release_leaves_nothing_standing(tmp_path: Path) -> None:
+    """Bob's approval decides 2 of 3, and Release goes silent between rc-mta's read of the
+    task and its POST (SYNs dropped: a full accept queue here, a firewall in life), so the
+    POST is never sent. Bob gets 451, as when Release is down, and his decision and claim are
+    taken back at once: his retry, once Release takes connections again, completes the task,
+    once, without waiting ten minutes for his claim to be taken for dead."""
+    release = FakeRelease(token=RELEASE_TOKEN).start()
+    server = on_release(tmp_path, release, timeout="1s", retries=0)
+    try:
+        server.start()
+        sent, bobs = alice_approved(server, RELEASE_TASK)
+        release.silent_after_read = True
+        bob = send_smtp(server.smtp_port, bobs, sent[BOB]["complete_address"], mail_from=BOB)
+        assert not release.calls and release.status(RELEASE_TASK) == "IN_PROGRESS"
+        release.come_back()
+        bob_again = send_smtp(server.smtp_port, bobs, sent[BOB]["complete_address"], mail_from=BOB)
+    finally:
+        server.stop()
+        release.stop()
+
+    assert f"{bob.code} {bob.text}" == str(R.BACKEND_UNAVAILABLE), bob
+    acted = R.TASK_ACTED.with_text(task_id=RELEASE_TASK, action_past="completed")
+    assert bob_again.code == 250 and bob_again.text.endswith(acted.text), bob_again
+    assert [(a.action, a.task_id) for a in release.actions_on(RELEASE_TASK)] == [("complete", RELEASE_TASK)]
+    assert release.calls[(RELEASE_TASK, "complete")] == 1
+
+
 def test_a_stale_decision_that_release_shows_acted_stands_and_is_not_taken_back(tmp_path: Path) -> None:
     """Bob's approval decides 2 of 3 and Release completes the task, but the store is down
     when rc-mta would record it (451), and rc-mta restarts. Ten minutes on, Bob's claim is
@@ -310,14 +349,10 @@ def test_a_stale_decision_that_release_shows_acted_stands_and_is_not_taken_back(
     so his decision is recorded and stands: Carol is told who decided, and Release is not
     asked to act again. Bob's retry is answered as done."""
     release = FakeRelease(token=RELEASE_TOKEN, action_delay=2.0).start()  # acts at once, answers late
-    release.add_task(RELEASE_TASK, owner="alice")
-    settings = {"url": release.url, "token": RELEASE_TOKEN, "timeout": "10s"}
-    server = make_rc_mta(tmp_path, http={"api_tokens": [TOKEN]}, tasks={"backend": "release", "release": settings})
+    server = on_release(tmp_path, release, timeout="10s")
     try:
         server.start()
-        sent = ask(server, RELEASE_TASK, [ALICE, BOB, CAROL], 2)
-        assert "1 of the 2" in answer(server, sent, ALICE).text
-        bobs = reply_message(sent[BOB]["complete_address"], "Approved", sender=BOB)
+        sent, bobs = alice_approved(server, RELEASE_TASK)
         with ThreadPoolExecutor(1) as pool:
             deciding = pool.submit(send_smtp, server.smtp_port, bobs, sent[BOB]["complete_address"], BOB)
             wait_until(lambda: release.status(RELEASE_TASK) == "COMPLETED", what="Release to act")
@@ -354,9 +389,7 @@ def test_a_stale_decision_this_process_saw_act_stands_though_the_webhook_cannot_
     server = make_rc_mta(tmp_path, http={"api_tokens": [TOKEN]}, tasks={"backend": "webhook", "webhook": webhook})
     try:
         server.start()
-        sent = ask(server, "CHANGE-12", [ALICE, BOB, CAROL], 2)
-        assert "1 of the 2" in answer(server, sent, ALICE).text
-        bobs = reply_message(sent[BOB]["complete_address"], "Approved", sender=BOB)
+        sent, bobs = alice_approved(server, "CHANGE-12")
         with ThreadPoolExecutor(1) as pool:
             deciding = pool.submit(send_smtp, server.smtp_port, bobs, sent[BOB]["complete_address"], BOB)
             wait_until(lambda: len(receiver.payloads) == 1, what="Bob's POST to arrive")

@@ -17,7 +17,13 @@ from release_server import FakeRelease
 
 from rc_mta import smtp_replies as R
 from rc_mta.config import ReleaseConfig
-from rc_mta.errors import BackendAuthFailed, BackendRefused, TemporaryFailure
+from rc_mta.errors import (
+    BackendAuthFailed,
+    BackendOutcomeUnknown,
+    BackendRefused,
+    BackendUnavailable,
+    TemporaryFailure,
+)
 from rc_mta.tasks import ActionContext, TaskNotFound, TaskNotInProgress
 from rc_mta.tasks.release import ReleaseBackend
 
@@ -193,6 +199,18 @@ def test_post_that_timed_out_but_acted_is_recognised_as_ours_on_the_retry(releas
         run(backend_for(release), lambda b: b.complete(TASK, "ok", ALICE, CONTEXT))
     assert (again.value.task.status, again.value.task.acted_by) == ("completed", ALICE)
     assert release.calls[TASK, "complete"] == 1
+
+
+def test_a_post_that_could_not_connect_sent_nothing_and_is_no_unknown_outcome(release: FakeRelease) -> None:
+    """Release goes silent between our read and our POST (SYNs dropped without a word: a full
+    accept queue here, a firewall in life): the POST never left, so Release is unavailable,
+    not 'may have acted', and the POST does not wait out the whole timeout to say so."""
+    release.silent_after_read = True
+    with pytest.raises(BackendUnavailable) as unsent:
+        run(backend_for(release, timeout=1.0, retries=0), lambda b: b.complete(TASK, "ok", ALICE, CONTEXT))
+    assert not isinstance(unsent.value, BackendOutcomeUnknown), unsent.value
+    assert str(unsent.value) == f"cannot reach Release at {release.url}: connecting timed out"
+    assert not release.calls and release.status(TASK) == "IN_PROGRESS"
 
 
 def test_bad_gateway_before_release_saw_the_call_is_retried(release: FakeRelease) -> None:

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from ..errors import TaskNotFound, TaskNotInProgress
+
+if TYPE_CHECKING:
+    import aiohttp
 
 __all__ = [
     "ActionContext",
@@ -22,7 +25,19 @@ __all__ = [
     "TaskNotFound",
     "TaskNotInProgress",
     "expiry_note",
+    "http_timeout",
 ]
+
+CONNECT_SECONDS = 10.0  # connecting's own deadline: at most this, and half the call's timeout
+
+
+def http_timeout(total: float) -> aiohttp.ClientTimeout:
+    """A backend call's timeout, with half of it (at most ``CONNECT_SECONDS``) for connecting:
+    a connect that never finished sent nothing, so it must be told apart from a lost answer
+    (aiohttp raises ``ConnectionTimeoutError`` for it, a plain ``TimeoutError`` for the rest)."""
+    import aiohttp  # here, so the embedded backend and the CLI never load it (0.14 s)
+
+    return aiohttp.ClientTimeout(total=total, sock_connect=min(CONNECT_SECONDS, total / 2))
 
 
 def expiry_note(owner: str, expired_at: float) -> str:

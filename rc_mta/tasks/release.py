@@ -10,10 +10,11 @@ Watch mode (``release_watch.py``) also reads ``POST /api/v1/releases/search``,
 
 Acting twice is the one thing that must never happen, so: a task is read before acting and
 only an ``IN_PROGRESS`` one is acted on; a POST is retried only when it surely did not reach
-Release (no connection) or a proxy said Release was unavailable (502/503), and the task
-is read again before each retry. A POST that timed out is not retried here: the sender's
-retry reads the task first, and finds our own attribution line in its comments if the first
-attempt did act — the pipeline then finishes instead of refusing.
+Release (no connection, or none within connecting's own deadline: ``http_timeout``) or a
+proxy said Release was unavailable (502/503), and the task is read again before each retry.
+A POST that timed out once connected is not retried here: the sender's retry reads the task
+first, and finds our own attribution line in its comments if the first attempt did act —
+the pipeline then finishes instead of refusing.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from ..config import ReleaseConfig
 from ..errors import BackendAuthFailed, BackendOutcomeUnknown, BackendRefused, BackendUnavailable, ConfigError
 from ..registry import TASK_BACKENDS
 from ..store import Store
-from ._base import ActionContext, TaskInfo, TaskNotFound, TaskNotInProgress, expiry_note
+from ._base import ActionContext, TaskInfo, TaskNotFound, TaskNotInProgress, expiry_note, http_timeout
 
 log = logging.getLogger("rc_mta.tasks.release")
 
@@ -264,10 +265,10 @@ class ReleaseBackend:
             last = attempt == self._config.retries
             try:
                 answer = await self._call("POST", path, body)
-            except aiohttp.ClientConnectorError as exc:
+            except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
                 # Never connected, so the request was not sent: safe to try again.
                 if last:
-                    raise BackendUnavailable(f"cannot reach Release at {self._base}: {exc}") from None
+                    raise BackendUnavailable(f"cannot reach Release at {self._base}: {_describe(exc)}") from None
             except (aiohttp.ClientError, TimeoutError) as exc:
                 # Sent, perhaps acted on: only a fresh read (the sender's retry) can tell.
                 raise BackendOutcomeUnknown(f"Release did not answer POST {path}: {_describe(exc)}") from None
@@ -332,7 +333,7 @@ class ReleaseBackend:
 
     async def _call(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> _Answer:
         session = self._client()
-        timeout = aiohttp.ClientTimeout(total=self._config.timeout)
+        timeout = http_timeout(self._config.timeout)
         async with session.request(method, self._base + path, json=body, timeout=timeout) as response:
             return _Answer(response.status, await response.text())
 
@@ -412,6 +413,8 @@ def _epoch(value: Any) -> float | None:
 
 
 def _describe(exc: BaseException) -> str:
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return "connecting timed out"
     if isinstance(exc, TimeoutError):
         return "timed out"
     return str(exc) or type(exc).__name__

@@ -61,7 +61,7 @@ from ..config import WebhookConfig
 from ..errors import BackendAuthFailed, BackendOutcomeUnknown, BackendRefused, BackendUnavailable, ConfigError
 from ..registry import TASK_BACKENDS
 from ..store import Store
-from ._base import ActionContext, TaskInfo, TaskNotInProgress
+from ._base import ActionContext, TaskInfo, TaskNotInProgress, http_timeout
 
 log = logging.getLogger("rc_mta.tasks.webhook")
 
@@ -69,7 +69,6 @@ TIMESTAMP_HEADER = "X-RC-MTA-Timestamp"
 SIGNATURE_HEADER = "X-RC-MTA-Signature"
 # 4xx that mean "try again later", in the receiver's words: not its answer to what we sent.
 _TRY_LATER = frozenset({408, 425, 429})
-_CONNECT_SECONDS = 10.0  # at most, and half the POST's timeout
 
 
 def signature(secret: bytes, timestamp: str, body: bytes) -> str:
@@ -166,10 +165,7 @@ class WebhookBackend:
             TIMESTAMP_HEADER: timestamp,
             SIGNATURE_HEADER: signature(self._config.secret.get_secret_value().encode(), timestamp, body),
         }
-        # Connecting has a deadline of its own, so a connect that never completes (a firewall
-        # dropping it) is told apart from a POST sent and left unanswered.
-        connect = min(_CONNECT_SECONDS, self._config.timeout / 2)
-        timeout = aiohttp.ClientTimeout(total=self._config.timeout, sock_connect=connect)
+        timeout = http_timeout(self._config.timeout)
         try:
             async with self._client().post(
                 self._config.url, data=body, headers=headers, timeout=timeout, allow_redirects=False
@@ -177,7 +173,7 @@ class WebhookBackend:
                 return response.status, await response.text()
         except aiohttp.ConnectionTimeoutError:  # never connected: nothing was sent
             raise BackendUnavailable(
-                f"cannot reach webhook {self._config.url}: no connection within {connect:g}s"
+                f"cannot reach webhook {self._config.url}: no connection within {timeout.sock_connect:g}s"
             ) from None
         except TimeoutError:
             raise BackendOutcomeUnknown(
