@@ -834,18 +834,14 @@ class Store:
         """Revoke unless answered or being answered, in one statement, so a reply racing the
         revocation cannot both act and be withdrawn. False when a claim stopped it (or it was
         already revoked, or is unknown). A pending claim older than ``stale_after`` is dead."""
-        blocking_claim = (
-            select(used_tokens.c.request_id)
-            .where(
-                used_tokens.c.request_id == requests.c.id,
-                (used_tokens.c.state == "done") | (used_tokens.c.claimed_at >= now - stale_after),
-            )
-            .exists()
-        )
         with self._begin() as conn:
             changed = conn.execute(
                 update(requests)
-                .where(requests.c.id == request_id, requests.c.revoked_at.is_(None), ~blocking_claim)
+                .where(
+                    requests.c.id == request_id,
+                    requests.c.revoked_at.is_(None),
+                    ~_claim_stands(requests.c.id, now, stale_after),
+                )
                 .values(revoked_at=now)
             ).rowcount
         return bool(changed)
@@ -2056,6 +2052,15 @@ def _new_notice(request_id: str, event: str, answer: str, now: float) -> dict[st
         "last_error": None,
         "done_at": None,
     }
+
+
+def _claim_stands(request_id: Any, now: float, stale_after: float) -> Any:
+    """Where the request ``request_id`` (a column, for a correlated subquery) has a claim
+    that counts: answered, or being answered by an attempt not yet taken for dead (a pending
+    claim older than ``stale_after`` is: its process died, another answer may take it over)."""
+    t = used_tokens.c
+    live = (t.state == "done") | (t.claimed_at >= now - stale_after)
+    return select(t.request_id).where(t.request_id == request_id, live).exists()
 
 
 # Leases: a row of ``outbound_queue`` or ``request_notices`` is worked on by one instance at a
