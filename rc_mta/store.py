@@ -214,6 +214,11 @@ class Claim:
     def done(self) -> bool:
         return self.state == "done"
 
+    def stale(self, now: float, stale_after: float) -> bool:
+        """Pending and older than ``stale_after``: its attempt can no longer act (its process
+        died), so another may take it over; as the store's queries judge it (``claim``)."""
+        return not self.done and self.claimed_at < now - stale_after
+
 
 class Delivery(Enum):
     """Where a request mail is on its way to the relay."""
@@ -1039,13 +1044,21 @@ class Store:
     # Follow-ups of a request: reminders, the expiry notice ---------------------------
 
     def due_followups(
-        self, now: float, reminders: tuple[float, ...], expired_since: float, limit: int = 100
+        self,
+        now: float,
+        reminders: tuple[float, ...],
+        expired_since: float,
+        limit: int = 100,
+        stale_after: float = STALE_CLAIM_SECONDS,
     ) -> list[tuple[Request, str]]:
         """Unanswered, unrevoked requests with a follow-up due: ``reminder-N`` once the
         N-th delay has passed (and not the next one: a late round sends the latest only),
-        ``expired`` once it expired (since ``expired_since``). Each step at most once."""
+        ``expired`` once it expired (since ``expired_since``). Each step at most once.
+        A request whose only claim is pending and older than ``stale_after`` counts as
+        unanswered: that attempt died mid-action, and what it did is for the caller to
+        find out (``followups.withheld_because``), not a reason for silence for good."""
         r = requests.c
-        unanswered = ~select(used_tokens.c.request_id).where(used_tokens.c.request_id == r.id).exists()
+        unanswered = ~_claim_stands(r.id, now, stale_after)
 
         def not_done(step: str) -> Any:
             f = request_followups.c
