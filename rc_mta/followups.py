@@ -20,14 +20,16 @@ that failed for good. Each is recorded with what causes it (the step, the mail's
 one transaction) and tried at once, then again with the outbound queue's back-off until
 ``[outbound] queue_lifetime``, then given up with an ERROR.
 
-Answered and revoked requests get neither, and neither goes out for a task that was
-decided another way: before each step the task is read (``TaskBackend.get``: the embedded
-store, Release), and where the backend cannot be read (the webhook) rc-mta's own record
-says whether another request of the task was answered since, or its N-of-M group decided
-(with the group's decision and approvers). A task no longer in progress withdraws the step
-(logged, recorded, never tried again); a backend that cannot tell now (down), or a group
-decision still being told to the backend (it may yet be taken back), leaves the step for
-the next round: nothing is sent blindly, nothing is dropped.
+Answered and revoked requests get neither (an answer being acted on holds them back a
+round at a time; one whose attempt died mid-action, its claim taken for dead after
+``STALE_CLAIM_SECONDS``, does not: see ``withheld_because``), and neither goes out for a
+task that was decided another way: before each step the task is read (``TaskBackend.get``:
+the embedded store, Release), and where the backend cannot be read (the webhook) rc-mta's
+own record says whether another request of the task was answered since, or its N-of-M
+group decided (with the group's decision and approvers). A task no longer in progress
+withdraws the step (logged, recorded, never tried again); a backend that cannot tell now
+(down), or a group decision still being told to the backend (it may yet be taken back),
+leaves the step for the next round: nothing is sent blindly, nothing is dropped.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from .config import Settings
 from .errors import BackendUnavailable, DecisionPending, StoreUnavailable, TemporaryFailure
 from .outbound import reply_addresses, wire_bytes
 from .request_mail import compose
-from .store import IN_PROGRESS, Notice, NoticeTerms, Request, new_holder
+from .store import IN_PROGRESS, STALE_CLAIM_SECONDS, Claim, Notice, NoticeTerms, Request, new_holder
 from .tasks import RequestFailureListener, TaskNotFound
 from .tokens import Signer
 
@@ -75,7 +77,12 @@ def reminder(settings: Settings, signer: Signer, request: Request, number: int, 
 async def withheld_because(service: Service, request: Request) -> str | None:
     """Why no follow-up of ``request`` may go out, or None when it is still wanted: the
     request is open and its task in progress. Raises TemporaryFailure when that cannot be
-    told now (the backend or the store is down, a reply is being handled): ask again later."""
+    told now (the backend or the store is down, a reply is being handled): ask again later.
+
+    An answer whose attempt died mid-action (its claim pending and stale) may or may not
+    have acted: the task says which where the backend can be read (in progress: it did
+    not, and the follow-up goes; a reply to it takes the dead claim over). Where it cannot
+    (the webhook) nothing is guessed: the follow-up is withdrawn, and an operator warned."""
     store = service.store
     found = await asyncio.to_thread(store.get_request_with_claim, request.id)
     if found is None:
@@ -84,9 +91,10 @@ async def withheld_because(service: Service, request: Request) -> str | None:
     if current.revoked_at is not None:
         return "the request was revoked"
     if claim is not None:
-        if not claim.done:
+        if claim.done:
+            return f"the request was answered ({claim.action} by {claim.actor})"
+        if not claim.stale(time.time(), STALE_CLAIM_SECONDS):
             raise TemporaryFailure(f"request {request.id} is being answered right now")
-        return f"the request was answered ({claim.action} by {claim.actor})"
     try:
         task = await service.backend.get(request.task_id)
     except TaskNotFound:
@@ -96,6 +104,8 @@ async def withheld_because(service: Service, request: Request) -> str | None:
             return None
         by = f" by {task.acted_by}" if task.acted_by else ""
         return f"task {request.task_id} is {task.status}{by}"
+    if claim is not None:
+        return _interrupted(service, request, claim)
     sibling = await asyncio.to_thread(store.decided_by_sibling, request.id, time.time())
     if sibling is None:
         return None
@@ -104,6 +114,24 @@ async def withheld_because(service: Service, request: Request) -> str | None:
         raise DecisionPending(request.task_id)
     past = "failed" if sibling.action == "fail" else "completed"
     return f"task {request.task_id} was {past} by {sibling.actor} (request {sibling.request_id})"
+
+
+def _interrupted(service: Service, request: Request, claim: Claim) -> str:
+    """Why a follow-up is withdrawn after an answer's attempt died mid-action, where the
+    backend cannot be asked whether the task was acted on: said to an operator, who can."""
+    why = (
+        f"an answer's action was interrupted ({claim.action} by {claim.actor}, claimed"
+        f" {time.time() - claim.claimed_at:.0f}s ago, never finished) and its outcome is unknown"
+    )
+    log.warning(
+        "request %s: %s: the %s backend cannot say whether task %s was acted on, so no follow-up is sent;"
+        " check the task there",
+        request.id,
+        why,
+        service.backend.name,
+        request.task_id,
+    )
+    return why
 
 
 class Notices:

@@ -214,6 +214,11 @@ class Claim:
     def done(self) -> bool:
         return self.state == "done"
 
+    def stale(self, now: float, stale_after: float) -> bool:
+        """Pending and older than ``stale_after``: its attempt can no longer act (its process
+        died), so another may take it over; as the store's queries judge it (``claim``)."""
+        return not self.done and self.claimed_at < now - stale_after
+
 
 class Delivery(Enum):
     """Where a request mail is on its way to the relay."""
@@ -834,18 +839,14 @@ class Store:
         """Revoke unless answered or being answered, in one statement, so a reply racing the
         revocation cannot both act and be withdrawn. False when a claim stopped it (or it was
         already revoked, or is unknown). A pending claim older than ``stale_after`` is dead."""
-        blocking_claim = (
-            select(used_tokens.c.request_id)
-            .where(
-                used_tokens.c.request_id == requests.c.id,
-                (used_tokens.c.state == "done") | (used_tokens.c.claimed_at >= now - stale_after),
-            )
-            .exists()
-        )
         with self._begin() as conn:
             changed = conn.execute(
                 update(requests)
-                .where(requests.c.id == request_id, requests.c.revoked_at.is_(None), ~blocking_claim)
+                .where(
+                    requests.c.id == request_id,
+                    requests.c.revoked_at.is_(None),
+                    ~_claim_stands(requests.c.id, now, stale_after),
+                )
                 .values(revoked_at=now)
             ).rowcount
         return bool(changed)
@@ -1043,13 +1044,21 @@ class Store:
     # Follow-ups of a request: reminders, the expiry notice ---------------------------
 
     def due_followups(
-        self, now: float, reminders: tuple[float, ...], expired_since: float, limit: int = 100
+        self,
+        now: float,
+        reminders: tuple[float, ...],
+        expired_since: float,
+        limit: int = 100,
+        stale_after: float = STALE_CLAIM_SECONDS,
     ) -> list[tuple[Request, str]]:
         """Unanswered, unrevoked requests with a follow-up due: ``reminder-N`` once the
         N-th delay has passed (and not the next one: a late round sends the latest only),
-        ``expired`` once it expired (since ``expired_since``). Each step at most once."""
+        ``expired`` once it expired (since ``expired_since``). Each step at most once.
+        A request whose only claim is pending and older than ``stale_after`` counts as
+        unanswered: that attempt died mid-action, and what it did is for the caller to
+        find out (``followups.withheld_because``), not a reason for silence for good."""
         r = requests.c
-        unanswered = ~select(used_tokens.c.request_id).where(used_tokens.c.request_id == r.id).exists()
+        unanswered = ~_claim_stands(r.id, now, stale_after)
 
         def not_done(step: str) -> Any:
             f = request_followups.c
@@ -2060,6 +2069,15 @@ def _new_notice(request_id: str, event: str, answer: str, now: float) -> dict[st
         "last_error": None,
         "done_at": None,
     }
+
+
+def _claim_stands(request_id: Any, now: float, stale_after: float) -> Any:
+    """Where the request ``request_id`` (a column, for a correlated subquery) has a claim
+    that counts: answered, or being answered by an attempt not yet taken for dead (a pending
+    claim older than ``stale_after`` is: its process died, another answer may take it over)."""
+    t = used_tokens.c
+    live = (t.state == "done") | (t.claimed_at >= now - stale_after)
+    return select(t.request_id).where(t.request_id == request_id, live).exists()
 
 
 # Leases: a row of ``outbound_queue`` or ``request_notices`` is worked on by one instance at a

@@ -8,6 +8,7 @@ import email
 import email.policy
 import smtplib
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from email.message import EmailMessage
@@ -22,7 +23,7 @@ from test_approvals import TOKEN as API_TOKEN
 from test_approvals import answer, ask, claim_taken_earlier
 from webhook_receiver import WebhookReceiver
 
-from rc_mta.store import STALE_CLAIM_SECONDS, Store
+from rc_mta.store import STALE_CLAIM_SECONDS, ClaimOutcome, Store, new_attempt_id
 
 ALICE = "alice@example.com"
 BOB = "bob@example.com"
@@ -374,6 +375,106 @@ def test_a_group_decision_not_yet_told_defers_a_reminder_and_one_whose_attempt_d
         assert [(p["action"], p["actor"]) for p in receiver.payloads] == [("complete", BOB), ("fail", CAROL)]
     finally:
         gate.set()
+        server.stop()
+        receiver.stop()
+
+
+# A follow-up step, and the reminders and request_ttl that make it due for a request sent
+# before rc-mta serves: the reminder's delay passed (a day to live), or the request expired.
+_STEPS: dict[str, tuple[list[str], str]] = {"reminder-1": (["1s"], "1d"), "expired": ([], "1s")}
+
+
+def claim_left_by_a_dead_attempt(server: RcMta, request_id: str, age: float) -> None:
+    """What the store holds when an answer's attempt died mid-action ``age`` seconds ago:
+    its claim on the request, pending, never finished nor given back."""
+    store = Store(server.settings["store"]["url"])
+    try:
+        taken = time.time() - age
+        outcome, _ = store.claim(
+            request_id, new_attempt_id(), "<died@example.com>", "complete", ALICE, taken, STALE_CLAIM_SECONDS
+        )
+    finally:
+        store.close()
+    assert outcome is ClaimOutcome.OURS
+
+
+def followed_up(server: RcMta, step: str, task: str, request_id: str) -> bool:
+    """Whether ``step`` reached the owner or the embedded task: the reminder mailed, the
+    expiry noted on the task."""
+    if step == "expired":
+        noted = f"The email request to {ALICE} expired unanswered at "
+        return any(c["text"].startswith(noted) for c in server.task(task)["comments"])
+    return outbox_mail(server, f"{request_id}-{step}") is not None
+
+
+@pytest.mark.parametrize("step", list(_STEPS))
+def test_an_answer_whose_attempt_died_holds_the_follow_ups_back_only_until_its_claim_is_dead(
+    tmp_path: Path, step: str
+) -> None:
+    """Two answers' attempts died mid-action, one just now, one longer ago than a claim
+    lives. The young claim may still be at work: its request's step waits (neither sent nor
+    withdrawn). The dead one's task is still in progress, so its action never happened:
+    the reminder goes (and an answer to it takes the dead claim over), the expiry is told.
+    Once the young claim is dead too, its step goes as well."""
+    reminders, ttl = _STEPS[step]
+    server = following_up(tmp_path, reminders=reminders, ttl=ttl)
+    server.write_config()
+    young_task, dead_task = server.add_task(), server.add_task()
+    young = server.request(young_task)["request_id"]  # the older request: due first in each round
+    dead = server.request(dead_task)
+    claim_left_by_a_dead_attempt(server, young, 0)
+    claim_left_by_a_dead_attempt(server, dead["request_id"], STALE_CLAIM_SECONDS + 60)
+    try:
+        server.start()
+
+        wait_until(
+            lambda: followed_up(server, step, dead_task, dead["request_id"]),
+            what=f"the {step} of the dead claim's request",
+        )
+        assert followup_state(server, dead["request_id"], step) == "done"
+        assert server.task(dead_task)["status"] == "in_progress"
+        assert followup_state(server, young, step) is None  # waits: not done, not withdrawn
+        assert not followed_up(server, step, young_task, young)
+
+        claim_taken_earlier(server, young, STALE_CLAIM_SECONDS + 1)
+        wait_until(lambda: followed_up(server, step, young_task, young), what=f"the {step} once the claim is dead")
+        assert followup_state(server, young, step) == "done"
+
+        if step == "reminder-1":
+            address = dead["complete_address"]
+            outcome = send_smtp(server.smtp_port, reply_message(address, "Done"), address)
+            assert outcome.code == 250, outcome
+            assert server.task(dead_task)["status"] == "completed"
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("step", list(_STEPS))
+def test_a_webhook_answer_whose_attempt_died_withdraws_the_follow_ups_and_warns(tmp_path: Path, step: str) -> None:
+    """The webhook cannot say whether a dead attempt's action reached it: nothing is
+    guessed. The step is withdrawn (no reminder, no expired event) and an operator warned."""
+    receiver = WebhookReceiver().start()
+    reminders, ttl = _STEPS[step]
+    server = following_up(tmp_path, reminders=reminders, ttl=ttl)
+    server.settings["tasks"] = {"backend": "webhook", "webhook": {"url": receiver.url, "secret": receiver.secret}}
+    server.write_config()
+    try:
+        request_id = server.cli_json("request", "ticket-9", "--owner", ALICE)["request_id"]
+        claim_left_by_a_dead_attempt(server, request_id, STALE_CLAIM_SECONDS + 60)
+        server.start()
+
+        why = f"an answer's action was interrupted (complete by {ALICE}, claimed "
+        wait_until(lambda: logged(server, f"request {request_id}: {step} withdrawn, nothing sent: {why}"))
+        assert followup_state(server, request_id, step) == "withdrawn"
+        warning = f"WARNING rc_mta.followups request {request_id}: {why}"
+        lines = [line for line in server.log_path.read_text(errors="replace").splitlines() if warning in line]
+        assert len(lines) == 1, lines
+        assert (
+            "and its outcome is unknown: the webhook backend cannot say whether task ticket-9 was acted on" in lines[0]
+        )
+        assert receiver.payloads == []
+        assert outbox_mail(server, f"{request_id}-reminder-1") is None
+    finally:
         server.stop()
         receiver.stop()
 

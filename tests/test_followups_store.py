@@ -122,6 +122,21 @@ def test_a_group_decision_whose_attempt_died_decided_nothing(store: Store) -> No
     assert store.decided_by_sibling(alice.id, now + STALE_CLAIM_SECONDS + 1) is None
 
 
+def test_a_request_whose_only_claim_is_dead_is_due_for_its_follow_ups(store: Store) -> None:
+    """An answer being acted on holds the follow-ups back; one whose attempt died (its claim
+    pending for longer than a claim lives) does not, and an answered request stays answered."""
+    now = time.time()
+    dead, young, answered = (_request(store, "ticket-6", "alice@example.com", now - 12 + n) for n in range(3))
+    long_ago = now - STALE_CLAIM_SECONDS - 1
+    for request, taken in ((dead, long_ago), (young, now)):
+        store.claim(request.id, f"a-{request.id}", f"<{request.id}@x>", "complete", request.owner, taken, 600)
+    _answer(store, answered, "complete", long_ago)
+
+    assert store.due_followups(now, (5.0,), now - 86400) == [(dead, "reminder-1")]
+    expired = now + 3600
+    assert store.due_followups(expired, (), now - 86400) == [(dead, "expired"), (young, "expired")]
+
+
 def test_a_withdrawn_step_is_never_due_again(store: Store) -> None:
     now = time.time()
     request = _request(store, "ticket-5", "alice@example.com", now - 10)
