@@ -35,7 +35,6 @@ import secrets
 import sqlite3
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -171,36 +170,27 @@ async def rc_path_ms(service: object, replies: Sequence[throughput.Reply]) -> fl
 
 
 async def measure(count: int) -> dict[str, float]:
-    from dnsserver import NsdServer
-
     from rc_mta.app import Service
     from rc_mta.config import load_settings
 
-    with tempfile.TemporaryDirectory(prefix="rc-mta-floor-") as tmp:
-        workdir = Path(tmp)
-        (workdir / "nsd").mkdir()
-        dns = NsdServer(workdir / "nsd", throughput.free_port())
-        dns.start()
+    with throughput.workdir_with_dns("rc-mta-floor-") as (workdir, dns):
+        settings = load_settings(str(throughput.write_config(workdir, throughput.free_port(), dns.port)))
+        service = Service.open(settings)
         try:
-            settings = load_settings(str(throughput.write_config(workdir, throughput.free_port(), dns.port)))
-            service = Service.open(settings)
-            try:
-                print(f"preparing {count} + {count} signed replies ...", file=sys.stderr)
-                replies = await throughput.prepare(service, 2 * count)
-                steps, path_replies = replies[:count], replies[count:]
-                raws = [r.data for r in steps]
-                figures = {
-                    "sink_ms": sink_ms(workdir, steps),
-                    "dkim_ms": per_reply_ms(dkim_step(raws), count),
-                    "parse_ms": per_reply_ms(parse_step(raws), count),
-                    "token_ms": per_reply_ms(token_step([r.rcpt_to for r in steps]), count),
-                    "store_ms": per_reply_ms(store_step(workdir / "floor.db", count), count),
-                }
-                figures["rc_path_ms"] = await rc_path_ms(service, path_replies)
-            finally:
-                service.close()
+            print(f"preparing {count} + {count} signed replies ...", file=sys.stderr)
+            replies = await throughput.prepare(service, 2 * count)
+            steps, path_replies = replies[:count], replies[count:]
+            raws = [r.data for r in steps]
+            figures = {
+                "sink_ms": sink_ms(workdir, steps),
+                "dkim_ms": per_reply_ms(dkim_step(raws), count),
+                "parse_ms": per_reply_ms(parse_step(raws), count),
+                "token_ms": per_reply_ms(token_step([r.rcpt_to for r in steps]), count),
+                "store_ms": per_reply_ms(store_step(workdir / "floor.db", count), count),
+            }
+            figures["rc_path_ms"] = await rc_path_ms(service, path_replies)
         finally:
-            dns.stop()
+            service.close()
     return figures
 
 

@@ -26,7 +26,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -105,21 +104,12 @@ def main() -> int:
         return 0
     if shutil.which("valgrind") is None:
         raise SystemExit("bench/instructions.py needs valgrind (apt-get install valgrind)")
-    from dnsserver import NsdServer
-
     few, many = max(1, args.replies // 5), args.replies
-    with tempfile.TemporaryDirectory(prefix="rc-mta-instructions-") as tmp:
-        workdir = Path(tmp)
-        (workdir / "nsd").mkdir()
-        dns = NsdServer(workdir / "nsd", throughput.free_port())
-        dns.start()
-        try:
-            print(f"preparing {many} signed replies ...", file=sys.stderr)
-            asyncio.run(_prepare(workdir, dns.port, many))
-            print(f"counting {few} and {many} replies under callgrind ...", file=sys.stderr)
-            small, large = _count(workdir, few), _count(workdir, many)
-        finally:
-            dns.stop()
+    with throughput.workdir_with_dns("rc-mta-instructions-") as (workdir, dns):
+        print(f"preparing {many} signed replies ...", file=sys.stderr)
+        asyncio.run(_prepare(workdir, dns.port, many))
+        print(f"counting {few} and {many} replies under callgrind ...", file=sys.stderr)
+        small, large = _count(workdir, few), _count(workdir, many)
     per_reply = (large - small) / (many - few)
     print(f"instructions: {small:,} for {few} replies, {large:,} for {many}")
     print(f"instructions per reply (MAIL + RCPT + DATA, warm): {per_reply:,.0f}")

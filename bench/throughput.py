@@ -45,7 +45,8 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
@@ -164,6 +165,24 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@contextmanager
+def workdir_with_dns(prefix: str) -> Iterator[tuple[Path, Any]]:
+    """A bench run's temporary directory, and NSD serving tests/zones from it (the benches
+    that drive rc-mta's path in process share this with this one)."""
+    sys.path.insert(0, str(TESTS))
+    from dnsserver import NsdServer
+
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        workdir = Path(tmp)
+        (workdir / "nsd").mkdir()
+        dns = NsdServer(workdir / "nsd", free_port())
+        dns.start()
+        try:
+            yield workdir, dns
+        finally:
+            dns.stop()
 
 
 def wait_for_port(name: str, port: int, proc: subprocess.Popen[bytes], log_path: Path, timeout: float = 30.0) -> None:
