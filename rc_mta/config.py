@@ -329,13 +329,19 @@ class StoreConfig(Section):
 ACTION_DEADLINE_MAX = 300.0
 
 
-def _within_action_deadline(worst: float, what: str) -> None:
+def _within_action_deadline(worst: float, what: str, remedy: str) -> None:
     """Refuse a backend's settings whose own worst case could outlast any action deadline."""
     if worst > ACTION_DEADLINE_MAX:
         raise ValueError(
             f"{what} may take {worst:g}s, over the {ACTION_DEADLINE_MAX:g}s one action on a task may take"
-            " (half the time after which an unfinished answer is taken for dead)"
+            f" (half the time after which an unfinished answer is taken for dead): {remedy}"
         )
+
+
+# Release's pause before trying a call again (``ReleaseConfig.backoff``): doubling from the
+# first, at most the cap, and never longer than one call's timeout.
+RELEASE_BACKOFF_SECONDS = 0.2
+RELEASE_BACKOFF_CAP_SECONDS = 2.0
 
 
 class ReleaseConfig(Section):
@@ -356,8 +362,26 @@ class ReleaseConfig(Section):
     @model_validator(mode="after")
     def _fits_an_action(self) -> ReleaseConfig:
         tries = self.retries + 1
-        _within_action_deadline(self.timeout * tries, f"timeout {self.timeout:g}s × {tries} tries (retries + 1)")
+        _within_action_deadline(
+            self.worst_case(),
+            f"timeout {self.timeout:g}s × {tries} tries (retries + 1), with back-offs between, for the POST"
+            f" and each of the {self.retries + 2} reads of the task around it",
+            "lower timeout or retries",
+        )
         return self
+
+    def backoff(self, attempt: int) -> float:
+        """The pause after the failed try number ``attempt`` (from 0) of a call, before the next."""
+        return float(min(RELEASE_BACKOFF_SECONDS * 2**attempt, RELEASE_BACKOFF_CAP_SECONDS, self.timeout))
+
+    def worst_case(self) -> float:
+        """The longest one action on a task can take (``ReleaseBackend._act``): a read of the
+        task and a POST are each up to ``retries + 1`` tries of ``timeout`` with back-offs
+        between; the task is read before the first POST, after each POST that may be tried
+        again, and once after the last (a 400 or 409 is told apart by a read): ``retries + 2``
+        reads and the POST, every one at its worst. ``_act``'s shape and this must agree."""
+        one = self.timeout * (self.retries + 1) + sum(self.backoff(attempt) for attempt in range(self.retries))
+        return round((self.retries + 3) * one, 3)  # to the millisecond: 19.8 × 3 + 0.6 is not over 60
 
 
 class WebhookConfig(Section):
@@ -370,7 +394,7 @@ class WebhookConfig(Section):
     @field_validator("timeout")
     @classmethod
     def _fits_an_action(cls, value: float) -> float:
-        _within_action_deadline(value, "a POST")
+        _within_action_deadline(value, "a POST", "lower timeout")
         return value
 
 

@@ -31,7 +31,8 @@ rc-mta's read and its POST), ``unavailable`` (answer 503 to every call while set
 part-way through a round), ``delay`` (every answer is late), ``action_delay`` (complete/fail
 take effect at once, the answer comes late, as a slow Release that commits before it
 answers), ``gateway_errors`` (a proxy's 502 for the next calls, before or after Release
-acted), and ``calls``/``actions`` (what arrived, what changed), ``seen`` (every call served:
+acted), ``script`` (the next calls, in order: each answered late, with a status or as
+usual), and ``calls``/``actions`` (what arrived, what changed), ``seen`` (every call served:
 method, path, who), ``refused`` (every call answered 503 for being unavailable: method, path).
 A task's release is its id up to the ``Release…`` segment; ``users``, ``teams``,
 ``release_status``, ``reassign()``, ``set_status()`` and ``abort_release()`` play what
@@ -93,6 +94,7 @@ class FakeRelease:
     silent_after_read: bool = False
     gateway_errors: int = 0  # the next N complete/fail calls get a proxy's 502 ...
     gateway_error_acts: bool = False  # ... after Release did act (True) or before it saw them
+    script: list[tuple[float, int | None]] = field(default_factory=list)  # next calls: (late by, status or None)
     tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
     forbidden: set[str] = field(default_factory=set)
     calls: Counter[tuple[str, str]] = field(default_factory=Counter)  # (task id, action) -> POSTs received
@@ -253,6 +255,12 @@ class FakeRelease:
 
     @web.middleware
     async def _gate(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        with self._lock:
+            late, status = self.script.pop(0) if self.script else (0.0, None)
+        if late:
+            await asyncio.sleep(late)
+        if status is not None:
+            return _error(status, f"scripted {status} to {request.method} {request.path}")
         if self.delay:
             await asyncio.sleep(self.delay)
         if self.unavailable or request.path.startswith(self.unavailable_paths):

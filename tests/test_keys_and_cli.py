@@ -11,11 +11,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import RcMta
+from conftest import ROOT, RcMta
 from dnsserver import NsdServer
 from mailclient import reply_message, send_smtp
+from pydantic import ValidationError
 
 import rc_mta
+from rc_mta.config import ReleaseConfig, load_settings
 
 
 def _key_id(address: str) -> int:
@@ -84,14 +86,26 @@ def test_unknown_config_key_is_refused(fresh_rc: RcMta) -> None:
     [
         ({"action_deadline": "6m"}, "tasks.action_deadline", "must be at most 300s, half the time after which"),
         ({"webhook": {"timeout": "6m"}}, "tasks.webhook.timeout", "a POST may take 360s, over the 300s one action"),
-        ({"release": {"timeout": "1m", "retries": 5}}, "tasks.release", "timeout 60s × 6 tries (retries + 1) may take"),
+        (
+            {"release": {"timeout": "1m", "retries": 5}},
+            "tasks.release",
+            "timeout 60s × 6 tries (retries + 1), with back-offs between, for the POST and each of the 7 reads",
+        ),
+        (  # its POSTs alone (3 × 100s) would fit: the reads of the task around them do not
+            {"release": {"timeout": "100s", "retries": 2}},
+            "tasks.release",
+            "timeout 100s × 3 tries (retries + 1), with back-offs between, for the POST and each of the 4 reads"
+            " of the task around it may take 1503s, over the 300s one action on a task may take (half the time"
+            " after which an unfinished answer is taken for dead): lower timeout or retries",
+        ),
     ],
 )
 def test_backend_settings_that_could_outlast_a_claim_are_refused_in_one_line(
     fresh_rc: RcMta, tasks: dict[str, object], key: str, said: str
 ) -> None:
     """An action must end well before its claim may be taken for dead: a deadline or a
-    backend's own worst case (timeout x tries) over half that age is refused at start."""
+    backend's own worst case (every try of every call, with back-offs) over half that age is
+    refused at start."""
     fresh_rc.settings["tasks"] = tasks
     fresh_rc.write_config()
 
@@ -100,6 +114,19 @@ def test_backend_settings_that_could_outlast_a_claim_are_refused_in_one_line(
     assert result.returncode != 0
     assert result.stderr.count("\n") == 1, result.stderr
     assert f"config key {key}: {said}" in result.stderr
+
+
+def test_release_is_checked_with_the_reads_and_back_offs_around_its_post() -> None:
+    """Release's worst case is its POST and the reads of the task around it, each with every
+    retry and back-off: the shipped settings (10s, 2 retries) take at most 153s and load; a
+    timeout of 19.8s reaches the 300s exactly and loads; 19.9s is refused, though its POSTs
+    alone (59.7s) would fit."""
+    assert load_settings(str(ROOT / "conf" / "rc-mta.toml")).tasks.release.worst_case() == 153.0
+    assert ReleaseConfig(timeout=19.8, retries=2).worst_case() == 300.0
+    with pytest.raises(ValidationError) as over:
+        ReleaseConfig(timeout=19.9, retries=2)
+    said = over.value.errors()[0]["msg"]
+    assert "may take 301.5s, over the 300s one action" in said and said.endswith(": lower timeout or retries")
 
 
 def test_environment_overrides_the_file(fresh_rc: RcMta) -> None:

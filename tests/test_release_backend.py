@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -225,6 +226,28 @@ def test_bad_gateway_after_release_acted_is_not_retried(release: FakeRelease) ->
         run(backend_for(release), lambda b: b.complete(TASK, "ok", ALICE, CONTEXT))
     assert (done.value.task.status, done.value.task.acted_by) == ("completed", ALICE)
     assert release.calls[TASK, "complete"] == 1
+
+
+def test_an_action_at_its_longest_ends_within_the_worst_case_the_config_checks(release: FakeRelease) -> None:
+    """Every call comes late, near its timeout, and every read and POST fails all its tries
+    but the last: a read (503, then the task), the POST (503), a back-off, a read, the last
+    POST (409), and the read that tells a 409 apart. ``ReleaseConfig.worst_case``, which the
+    config checks against the action deadline, counts exactly these calls and back-offs: the
+    action ends within it, and no sooner than it less each call's unused time."""
+    timeout, late, retries = 0.5, 0.35, 1
+    read = [(late, 503), (late, None)]
+    release.script = [*read, (late, 503), *read, (late, 409), *read]
+    calls = len(release.script)
+    worst = ReleaseConfig(timeout=timeout, retries=retries).worst_case()
+
+    started = time.monotonic()
+    with pytest.raises(BackendRefused, match="scripted 409"):
+        run(backend_for(release, timeout=timeout, retries=retries), lambda b: b.complete(TASK, "ok", ALICE, CONTEXT))
+    took = time.monotonic() - started
+
+    assert release.script == [] and [(m, p) for m, p, _ in release.seen] == [("GET", f"/api/v1/tasks/{TASK}")] * 3
+    assert worst - calls * (timeout - late) <= took <= worst, (took, worst)
+    assert release.status(TASK) == "IN_PROGRESS"
 
 
 def test_bad_request_on_a_task_still_in_progress_is_a_refusal_with_releases_words(release: FakeRelease) -> None:

@@ -46,8 +46,6 @@ _ATTRIBUTED = re.compile(re.escape(ATTRIBUTION) + r"(\S+)\s*$")
 # 502/503: the proxy could not hand the POST to Release. Not 504: the proxy did hand it
 # over and gave up waiting, so Release may have acted; re-POSTing could act twice.
 _RETRYABLE_POST_STATUS = frozenset({502, 503})
-_BACKOFF_SECONDS = 0.2
-_BACKOFF_CAP_SECONDS = 2.0
 # Watch mode reads releases a page at a time, and at most this many pages per round.
 _PAGE_SIZE = 100
 _MAX_PAGES = 50
@@ -255,6 +253,10 @@ class ReleaseBackend:
     # Acting -------------------------------------------------------------------------------
 
     async def _act(self, task_id: str, action: str, comment: str, actor: str) -> None:
+        # At its longest: a read; each POST but the last, a back-off and a read; the last POST
+        # and the read that tells a 400/409 apart (``_refused``). Every read, and the POSTs
+        # together, up to retries + 1 tries with back-offs between. ReleaseConfig.worst_case
+        # counts just these, for the config's check against the action deadline: change both.
         task = _task_info(task_id, await self._read_task(task_id))
         if task.status != "in_progress":
             raise TaskNotInProgress(task)
@@ -277,7 +279,7 @@ class ReleaseBackend:
                     return
                 if answer.status not in _RETRYABLE_POST_STATUS or last:
                     await self._refused(task_id, path, answer)
-            await asyncio.sleep(self._backoff(attempt))
+            await asyncio.sleep(self._config.backoff(attempt))
             task = _task_info(task_id, await self._read_task(task_id))
             if task.status != "in_progress":
                 raise TaskNotInProgress(task)
@@ -318,7 +320,7 @@ class ReleaseBackend:
         problem = ""
         for attempt in range(self._config.retries + 1):
             if attempt:
-                await asyncio.sleep(self._backoff(attempt - 1))
+                await asyncio.sleep(self._config.backoff(attempt - 1))
             try:
                 answer = await self._call("GET", path)
             except (aiohttp.ClientError, TimeoutError) as exc:
@@ -364,9 +366,6 @@ class ReleaseBackend:
                 what,
             )
             raise BackendAuthFailed(f"Release refused our credentials (HTTP {answer.status})")
-
-    def _backoff(self, attempt: int) -> float:
-        return float(min(_BACKOFF_SECONDS * 2**attempt, _BACKOFF_CAP_SECONDS, self._config.timeout))
 
 
 def _plausible_id(task_id: str) -> bool:
