@@ -663,7 +663,7 @@ class Pipeline:
         # This process remembers that attempt acting (``_finish``), or the backend shows it
         # for a claim gone stale (a fresh one may still be at work: it finishes itself).
         acted_here = self._unrecorded.get(decider) == claim.attempt
-        stale = self.clock() - claim.claimed_at >= STALE_CLAIM_SECONDS
+        stale = claim.stale(self.clock(), STALE_CLAIM_SECONDS)
         if not acted_here and not (
             stale and await self._backend_shows(group.task_id, TaskAction(decision), claim.actor)
         ):

@@ -27,6 +27,7 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     Column,
+    ColumnElement,
     Connection,
     Engine,
     Float,
@@ -216,8 +217,16 @@ class Claim:
 
     def stale(self, now: float, stale_after: float) -> bool:
         """Pending and older than ``stale_after``: its attempt can no longer act (its process
-        died), so another may take it over; as the store's queries judge it (``claim``)."""
-        return not self.done and self.claimed_at < now - stale_after
+        died), so another may take it over (``claim_stale``)."""
+        return claim_stale(self.state, self.claimed_at, now, stale_after)
+
+
+def claim_stale(state: str, claimed_at: float, now: float, stale_after: float) -> bool:
+    """The one rule of when a claim is dead, for a claim read into Python: pending, and
+    taken strictly more than ``stale_after`` before ``now``. ``_claim_is_stale`` is the same
+    in SQL, and is what lets another attempt take it over (``Store.claim``), so whatever
+    judges a claim here agrees with that at the very boundary."""
+    return state == "pending" and claimed_at < now - stale_after
 
 
 class Delivery(Enum):
@@ -721,7 +730,7 @@ class Store:
                     .where(
                         used_tokens.c.request_id == request_id,
                         used_tokens.c.state == "pending",
-                        (used_tokens.c.attempt == attempt) | (used_tokens.c.claimed_at < now - stale_after),
+                        (used_tokens.c.attempt == attempt) | _claim_is_stale(now, stale_after),
                         used_tokens.c.request_id.in_(select(requests.c.id).where(live)),
                     )
                     .values(message_id=message_id, action=action, actor=actor, claimed_at=now, attempt=attempt)
@@ -1189,7 +1198,7 @@ class Store:
             by = str(row.decided_by or "the other owners")
             if row.state == "done":
                 found.append((float(row.done_at), SiblingDecision(str(row.decision), by, str(row.decided_request))))
-            elif row.claimed_at >= _now(now) - stale_after:
+            elif not claim_stale(row.state, row.claimed_at, _now(now), stale_after):
                 being_told = SiblingDecision(str(row.decision), by, str(row.decided_request), final=False)
         if found:
             return min(found, key=lambda at_and_decision: at_and_decision[0])[1]
@@ -1465,9 +1474,7 @@ class Store:
         it), or gone. A finished claim (final) or a live one (telling the backend) stands."""
         t = used_tokens.c
         given_back = conn.execute(
-            used_tokens.delete().where(
-                t.request_id == group.decided_request, t.state == "pending", t.claimed_at < now - stale_after
-            )
+            used_tokens.delete().where(t.request_id == group.decided_request, _claim_is_stale(now, stale_after))
         ).rowcount
         if given_back:
             return True
@@ -1818,7 +1825,9 @@ def _group(row: Any, now: float, stale_after: float) -> ApprovalGroup:
     if row["decided_at"] is not None:
         if row["decider_state"] == "done":
             state = GroupState.DECIDED
-        elif row["decider_state"] == "pending" and row["decider_claimed_at"] >= now - stale_after:
+        elif row["decider_state"] == "pending" and not claim_stale(
+            row["decider_state"], row["decider_claimed_at"], now, stale_after
+        ):
             state = GroupState.DECIDING
     return ApprovalGroup(**{c.name: row[c.name] for c in approval_groups.c}, state=state)
 
@@ -2076,8 +2085,14 @@ def _claim_stands(request_id: Any, now: float, stale_after: float) -> Any:
     that counts: answered, or being answered by an attempt not yet taken for dead (a pending
     claim older than ``stale_after`` is: its process died, another answer may take it over)."""
     t = used_tokens.c
-    live = (t.state == "done") | (t.claimed_at >= now - stale_after)
-    return select(t.request_id).where(t.request_id == request_id, live).exists()
+    return select(t.request_id).where(t.request_id == request_id, ~_claim_is_stale(now, stale_after)).exists()
+
+
+def _claim_is_stale(now: float, stale_after: float) -> ColumnElement[bool]:
+    """Where a ``used_tokens`` row is a dead claim: ``claim_stale``, in SQL (the same
+    boundary, strict); ``Store.claim`` takes such a claim over."""
+    t = used_tokens.c
+    return (t.state == "pending") & (t.claimed_at < now - stale_after)
 
 
 # Leases: a row of ``outbound_queue`` or ``request_notices`` is worked on by one instance at a

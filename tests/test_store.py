@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -450,6 +451,49 @@ def test_a_decision_whose_attempt_died_is_taken_back_by_the_next_answer(store: S
     assert store.count_approval(group, bob.id, bob.owner, later + 1) is None  # Carol's is being told
     assert store.finish_claim(carol.id, carols, later + 2)
     assert _state(store, bob, later + 2) is GroupState.DECIDED
+
+
+def test_a_claim_exactly_stale_claim_seconds_old_is_alive_to_the_pipeline_as_to_the_store(
+    store: Store, tmp_path: Path
+) -> None:
+    """When a claim is dead is one rule (``claim_stale``), strict, as ``claim``'s take-over.
+    Bob's deciding claim exactly STALE_CLAIM_SECONDS old still stands for the store (his
+    retry is busy, his decision is being told, Carol's fail does not take it back) and for
+    the pipeline, which judges the claim it reads itself: it does not finish it on Bob's
+    behalf though the task shows his approval acted. A second later it is dead to both."""
+    from rc_mta.app import Service
+    from rc_mta.config import Settings, SigningConfig, StoreConfig
+
+    task = store.add_task("Deploy", ALICE, time.time())
+    group, (bob, carol), bobs, _ = _bob_deciding(store, task.id)
+    assert store.set_task_status(task.id, "completed", "Approved", bob.owner, time.time())  # acted, unrecorded
+    held = store.get_claim(bob.id)
+    assert held is not None
+    at = held.claimed_at + STALE_CLAIM_SECONDS
+    assert at - STALE_CLAIM_SECONDS == held.claimed_at  # exactly at the limit, no rounding
+    clock = [at]
+    service = Service.open(
+        Settings(store=StoreConfig(url=store.url), signing=SigningConfig(generated_key_file=tmp_path / "key"))
+    )
+    service.pipeline.clock = lambda: clock[0]
+    found = store.approval_group_of(carol.id, at + 1)  # a group read a moment later: open, Bob's claim dead
+    assert found is not None and found.state is GroupState.OPEN
+    try:
+        retry = store.claim(bob.id, new_attempt_id(), "<retry@x>", "complete", bob.owner, at, STALE_CLAIM_SECONDS)
+        assert retry[0] is ClaimOutcome.BUSY
+        assert _state(store, carol, at) is GroupState.DECIDING
+        assert store.decide_group_fail(group, carol.id, carol.owner, at) is False
+        assert store.revoke_unanswered_request(bob.id, at, STALE_CLAIM_SECONDS) is False
+        assert asyncio.run(service.pipeline._stale_decision_acted(carol, found)) is False
+        still = store.get_claim(bob.id)
+        assert still is not None and (still.state, still.attempt) == ("pending", bobs)
+
+        clock[0] = at + 1
+        assert asyncio.run(service.pipeline._stale_decision_acted(carol, found)) is True
+        recorded = store.get_claim(bob.id)
+        assert recorded is not None and recorded.done and recorded.attempt == bobs
+    finally:
+        service.close()
 
 
 def test_the_deciding_requests_next_attempt_decides_anew(store: Store) -> None:
