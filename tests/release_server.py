@@ -32,7 +32,10 @@ part-way through a round), ``delay`` (every answer is late), ``action_delay`` (c
 take effect at once, the answer comes late, as a slow Release that commits before it
 answers), ``gateway_errors`` (a proxy's 502 for the next calls, before or after Release
 acted), ``script`` (the next calls, in order: each answered late, with a status or as
-usual), and ``calls``/``actions`` (what arrived, what changed), ``seen`` (every call served:
+usual), ``lost_comment_answers`` (how the answers to the next comment POSTs go astray after
+Release added the comment, one each: ``"drop"`` the connection closes without an answer,
+``"504"`` a proxy that gave up waiting, ``"late"`` the answer comes ``LATE_SECONDS`` late),
+and ``calls``/``actions`` (what arrived, what changed), ``seen`` (every call served:
 method, path, who), ``refused`` (every call answered 503 for being unavailable: method, path).
 A task's release is its id up to the ``Release…`` segment; ``users``, ``teams``,
 ``release_status``, ``reassign()``, ``set_status()`` and ``abort_release()`` play what
@@ -69,6 +72,10 @@ STATUSES = (
 )
 
 
+LATE_SECONDS = 3.0  # how late a "late" comment answer is: past any client timeout the tests use
+_LOST_ANSWERS = ("drop", "504", "late")
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
@@ -95,6 +102,7 @@ class FakeRelease:
     gateway_errors: int = 0  # the next N complete/fail calls get a proxy's 502 ...
     gateway_error_acts: bool = False  # ... after Release did act (True) or before it saw them
     script: list[tuple[float, int | None]] = field(default_factory=list)  # next calls: (late by, status or None)
+    lost_comment_answers: list[str] = field(default_factory=list)  # drop | 504 | late, one per comment POST
     tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
     forbidden: set[str] = field(default_factory=set)
     calls: Counter[tuple[str, str]] = field(default_factory=Counter)  # (task id, action) -> POSTs received
@@ -352,7 +360,17 @@ class FakeRelease:
                 {"id": f"{task_id}/Comment{len(task['comments']) + 1}", "type": "xlrelease.Comment"}
                 | {"author": self._user(request), "date": _now(), "text": body["comment"]}
             )
-            return web.json_response(json.loads(json.dumps(task)))
+            answer = web.json_response(json.loads(json.dumps(task)))
+            lost = self.lost_comment_answers.pop(0) if self.lost_comment_answers else None
+        assert lost in (None, *_LOST_ANSWERS), lost
+        if lost == "drop":
+            assert request.transport is not None
+            request.transport.close()  # added, and no answer at all
+        elif lost == "504":
+            return _error(504, "Gateway Timeout")
+        elif lost == "late":
+            await asyncio.sleep(LATE_SECONDS)
+        return answer
 
     async def _get_task(self, request: web.Request) -> web.Response:
         task_id = request.match_info["task_id"]

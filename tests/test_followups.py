@@ -114,17 +114,54 @@ def test_expiry_is_noted_on_the_embedded_task_and_a_late_reply_is_told_it_expire
         server.stop()
 
 
-def test_expiry_is_a_comment_on_the_release_task(tmp_path: Path) -> None:
-    release = FakeRelease(token=TOKEN).start()
+def expiring_on(tmp_path: Path, release: FakeRelease) -> RcMta:
+    """A server whose requests expire after a second, noted on ``release``'s task ``TASK``
+    (Alice's), and noted again (if need be) after 1s, then 2s."""
     release.add_task(TASK, owner="alice")
     server = following_up(tmp_path, reminders=[], ttl="1s")
     server.settings["tasks"] = {"backend": "release", "release": {"url": release.url, "token": TOKEN, "timeout": "2s"}}
+    server.settings["outbound"].update(retry_min="1s", retry_max="2s")
+    return server
+
+
+def test_expiry_is_a_comment_on_the_release_task(tmp_path: Path) -> None:
+    release = FakeRelease(token=TOKEN).start()
+    server = expiring_on(tmp_path, release)
     try:
         server.start()
         server.cli_json("request", TASK, "--owner", ALICE)
         comments: list[dict[str, Any]] = wait_until(lambda: release.comments(TASK), what="a comment in Release")
         assert comments[0]["text"].startswith(f"The email request to {ALICE} expired unanswered at ")
         assert release.status(TASK) == "IN_PROGRESS" and not release.calls
+    finally:
+        server.stop()
+        release.stop()
+
+
+def test_an_expiry_comment_whose_answer_was_lost_is_told_on_the_retry_without_saying_it_twice(
+    tmp_path: Path,
+) -> None:
+    """Release adds the expiry comment and the connection drops before it answers: the notice
+    is kept and tried again with back-off, and that try finds the comment on the task and
+    counts it told, so the people in Release read it once."""
+    release = FakeRelease(token=TOKEN, lost_comment_answers=["drop"]).start()
+    server = expiring_on(tmp_path, release)
+    try:
+        server.start()
+        request_id = server.cli_json("request", TASK, "--owner", ALICE)["request_id"]
+        store = Store(server.settings["store"]["url"])
+        try:
+            told = wait_until(
+                lambda: (n := store.get_notice(request_id, "expired")) is not None and n.state == "told" and n,
+                what="the expiry told",
+            )
+        finally:
+            store.close()
+        assert told.attempts == 2
+        assert logged(server, f"could not tell the backend that request {request_id} expired unanswered (Backend")
+        comments = [c["text"] for c in release.comments(TASK)]
+        assert len(comments) == 1 and comments[0].startswith(f"The email request to {ALICE} expired unanswered at ")
+        assert release.calls_by("token-user", "POST", f"/api/v1/tasks/{TASK}/comment") == 1
     finally:
         server.stop()
         release.stop()

@@ -26,6 +26,7 @@ from rc_mta.errors import (
     TemporaryFailure,
 )
 from rc_mta.tasks import ActionContext, TaskNotFound, TaskNotInProgress
+from rc_mta.tasks._base import expiry_note
 from rc_mta.tasks.release import ReleaseBackend
 
 TASK = "Applications/Folder1/Release1/Phase1/Task1"
@@ -212,6 +213,36 @@ def test_a_post_that_could_not_connect_sent_nothing_and_is_no_unknown_outcome(re
     assert not isinstance(unsent.value, BackendOutcomeUnknown), unsent.value
     assert str(unsent.value) == f"cannot reach Release at {release.url}: connecting timed out"
     assert not release.calls and release.status(TASK) == "IN_PROGRESS"
+
+
+NOTE, LATER_NOTE = expiry_note(ALICE, 1_900_000_000), expiry_note(ALICE, 1_900_000_060)  # two different minutes
+
+
+@pytest.mark.parametrize("lost", ["drop", "504", "late"])
+def test_a_comment_whose_answer_was_lost_is_there_once_after_the_retry(release: FakeRelease, lost: str) -> None:
+    """Release added the comment but its answer never came back (the connection dropped, a
+    proxy's 504, a timeout once connected): the retry (the next notice round) finds the
+    comment there and counts it told, instead of saying it a second time."""
+    release.lost_comment_answers = [lost]
+    with pytest.raises(BackendUnavailable):
+        run(backend_for(release, timeout=1.0), lambda b: b.add_comment(TASK, NOTE))
+    run(backend_for(release), lambda b: b.add_comment(TASK, NOTE))
+    assert [c["text"] for c in release.comments(TASK)] == [NOTE]
+    assert release.calls_by("token-user", "POST", f"/api/v1/tasks/{TASK}/comment") == 1
+
+
+def test_a_comment_that_never_connected_is_posted_on_the_retry(release: FakeRelease) -> None:
+    """Release goes silent between our read and our POST: nothing was sent, so the retry
+    posts it (once), and another note is not taken for this one."""
+    release.silent_after_read = True
+    with pytest.raises(BackendUnavailable) as unsent:
+        run(backend_for(release, timeout=1.0, retries=0), lambda b: b.add_comment(TASK, NOTE))
+    assert not isinstance(unsent.value, BackendOutcomeUnknown), unsent.value
+    assert release.comments(TASK) == []
+    release.come_back()
+    run(backend_for(release), lambda b: b.add_comment(TASK, NOTE))
+    run(backend_for(release), lambda b: b.add_comment(TASK, LATER_NOTE))
+    assert [c["text"] for c in release.comments(TASK)] == [NOTE, LATER_NOTE]
 
 
 def test_bad_gateway_before_release_saw_the_call_is_retried(release: FakeRelease) -> None:

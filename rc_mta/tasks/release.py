@@ -14,7 +14,9 @@ Release (no connection, or none within connecting's own deadline: ``http_timeout
 proxy said Release was unavailable (502/503), and the task is read again before each retry.
 A POST that timed out once connected is not retried here: the sender's retry reads the task
 first, and finds our own attribution line in its comments if the first attempt did act —
-the pipeline then finishes instead of refusing.
+the pipeline then finishes instead of refusing. Saying a thing twice is no better, so a
+comment (``add_comment``) goes the same way: the task is read before each POST, and a
+comment with exactly its text already there counts as said.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import base64
 import json
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NoReturn
@@ -197,19 +199,24 @@ class ReleaseBackend:
         return email if "@" in email and not any(c.isspace() or ord(c) < 32 for c in email) else None
 
     async def add_comment(self, task_id: str, text: str) -> None:
-        """``POST /api/v1/tasks/{id}/comment``: tell the people in Release something."""
-        if not _plausible_id(task_id):
-            raise TaskNotFound(task_id)
+        """``POST /api/v1/tasks/{id}/comment``: tell the people in Release something, once.
+
+        The task is read before every POST, the first one too, and a comment with exactly this
+        text already there counts as said: an earlier attempt whose answer was lost may have
+        added it, and that attempt may be this process's last round, another instance's, or
+        one that died before it could record anything, so this call cannot know whether its
+        POST is the first; only the task can. Notices are rare (one per expired request), so
+        a GET before each costs nothing worth saving. A POST that surely did not reach Release
+        is tried again here (``_post_unrepeated``); one whose answer was lost, or a 504, is
+        not: it may still be being applied, so the caller's next round reads and decides."""
         path = f"/api/v1/tasks/{task_id}/comment"
-        try:
-            answer = await self._call("POST", path, {"comment": text})
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise BackendUnavailable(f"Release did not answer POST {path}: {_describe(exc)}") from None
+        answer = await self._post_unrepeated(task_id, path, {"comment": text}, lambda task: _said(task, text))
+        if answer is None or answer.status < 300:
+            return
         self._raise_for_auth(answer, f"POST {path}")
         if answer.status == 404:
             raise TaskNotFound(task_id)
-        if answer.status >= 300:
-            raise BackendUnavailable(f"Release answered {answer.status} to POST {path}")
+        raise BackendUnavailable(f"Release answered {answer.status} to POST {path}")
 
     async def _releases_in_progress(self) -> list[dict[str, Any]]:
         releases: list[dict[str, Any]] = []
@@ -257,13 +264,31 @@ class ReleaseBackend:
         # and the read that tells a 400/409 apart (``_refused``). Every read, and the POSTs
         # together, up to retries + 1 tries with back-offs between. ReleaseConfig.worst_case
         # counts just these, for the config's check against the action deadline: change both.
-        task = _task_info(task_id, await self._read_task(task_id))
-        if task.status != "in_progress":
-            raise TaskNotInProgress(task)
-        log.info("release: %s task %s (owner %s) for %s", action, task_id, task.owner or "-", actor)
+        def still_in_progress(found: dict[str, Any]) -> bool:
+            task = _task_info(task_id, found)
+            if task.status != "in_progress":
+                raise TaskNotInProgress(task)
+            log.info("release: %s task %s (owner %s) for %s", action, task_id, task.owner or "-", actor)
+            return False
+
         path = f"/api/v1/tasks/{task_id}/{action}"
         body = {"comment": attributed(comment, actor)}
-        for attempt in range(self._config.retries + 1):
+        answer = await self._post_unrepeated(task_id, path, body, still_in_progress)
+        if answer is not None and answer.status >= 300:
+            await self._refused(task_id, path, answer)
+
+    async def _post_unrepeated(
+        self, task_id: str, path: str, body: Mapping[str, Any], done: Callable[[dict[str, Any]], bool]
+    ) -> _Answer | None:
+        """POST ``body`` to ``path`` unless ``done`` (which may raise instead) finds in the task,
+        read before each try, that it needs no POST (None then). Tried again, after back-off,
+        only when it surely did not reach Release: no connection (``http_timeout``), or a
+        proxy's 502/503. Once sent, a lost answer is ``BackendOutcomeUnknown``: only a read
+        some time later can tell what became of it. Else Release's answer, whatever it is."""
+        attempt = 0
+        while True:
+            if done(await self._read_task(task_id)):
+                return None
             last = attempt == self._config.retries
             try:
                 answer = await self._call("POST", path, body)
@@ -272,17 +297,13 @@ class ReleaseBackend:
                 if last:
                     raise BackendUnavailable(f"cannot reach Release at {self._base}: {_describe(exc)}") from None
             except (aiohttp.ClientError, TimeoutError) as exc:
-                # Sent, perhaps acted on: only a fresh read (the sender's retry) can tell.
+                # Sent, perhaps applied (perhaps still being applied): only a later read can tell.
                 raise BackendOutcomeUnknown(f"Release did not answer POST {path}: {_describe(exc)}") from None
             else:
-                if answer.status < 300:
-                    return
                 if answer.status not in _RETRYABLE_POST_STATUS or last:
-                    await self._refused(task_id, path, answer)
+                    return answer
             await asyncio.sleep(self._config.backoff(attempt))
-            task = _task_info(task_id, await self._read_task(task_id))
-            if task.status != "in_progress":
-                raise TaskNotInProgress(task)
+            attempt += 1
 
     async def _refused(self, task_id: str, path: str, answer: _Answer) -> NoReturn:
         """Turn a POST's error answer into the exception the pipeline maps to a reply."""
@@ -400,6 +421,12 @@ def _our_actor(comments: Any) -> str | None:
             if match:
                 return match.group(1)
     return None
+
+
+def _said(task: Mapping[str, Any], text: str) -> bool:
+    """Whether the task's comments hold one with exactly ``text`` (an earlier attempt's)."""
+    comments = task.get("comments")
+    return isinstance(comments, list) and any(isinstance(c, dict) and c.get("text") == text for c in comments)
 
 
 def _epoch(value: Any) -> float | None:
