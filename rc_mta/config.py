@@ -33,11 +33,6 @@ from .registry import MAILBOX_SOURCES, TASK_BACKENDS
 
 DEFAULT_CONFIG_PATH = Path("conf/rc-mta.toml")
 
-# rc-mta uses no pydantic plugin, and looking for one reads the metadata of every installed
-# package when the first model is made, on every CLI call (issue 17). Setting the variable
-# (even to "") before rc-mta starts keeps pydantic's own behaviour.
-os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
-
 # Matched on stripped text: two runs of optional white space around an optional unit would
 # try every split of a long run between them.
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?")
@@ -440,6 +435,14 @@ class TasksConfig(Section):
                 raise ValueError(f"[tasks.{name}] must be a table of that backend's keys")
         if self.release.watch and self.backend != "release":
             raise ValueError("[tasks.release] watch = true needs backend 'release'")
+        least = 2 * self.release.timeout + 1
+        if self.backend == "release" and self.action_deadline < least:
+            # An action reads the task, then POSTs; each may take the timeout, and the backend
+            # starts no POST it could not end before the deadline (``ReleaseBackend._act``).
+            raise ValueError(
+                f"action_deadline {self.action_deadline:g}s leaves no time to read a Release task and then POST"
+                f" within [tasks.release] timeout {self.release.timeout:g}s: make it at least {least:g}s"
+            )
         return self
 
     def section(self, name: str) -> Any:

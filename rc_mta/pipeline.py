@@ -493,7 +493,7 @@ class Pipeline:
             return await self._act_together(decision, decision.group, attempt, actor, source, deadline)
         try:
             context = ActionContext(
-                request.id, message_id, source, {name: v["result"] for name, v in decision.checks.items()}
+                request.id, message_id, source, {name: v["result"] for name, v in decision.checks.items()}, deadline
             )
             await self._drive_backend(action, request.task_id, decision.comment, actor, context, deadline)
         except ActionOutcomeUnknown:
@@ -555,7 +555,11 @@ class Pipeline:
                 decision.comment if action is TaskAction.FAIL else f"{decision.comment}\n\nApproved by {by}".strip()
             )
             context = ActionContext(
-                request.id, decision.message_id, source, {name: v["result"] for name, v in decision.checks.items()}
+                request.id,
+                decision.message_id,
+                source,
+                {name: v["result"] for name, v in decision.checks.items()},
+                deadline,
             )
             try:
                 await self._drive_backend(action, request.task_id, comment, actor, context, deadline)

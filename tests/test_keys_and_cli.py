@@ -85,6 +85,12 @@ def test_unknown_config_key_is_refused(fresh_rc: RcMta) -> None:
     ("tasks", "key", "said"),
     [
         ({"action_deadline": "6m"}, "tasks.action_deadline", "must be at most 300s, half the time after which"),
+        (
+            {"backend": "release", "action_deadline": "20s", "release": {"url": "http://127.0.0.1:9", "token": "t"}},
+            "tasks",
+            "action_deadline 20s leaves no time to read a Release task and then POST within [tasks.release]"
+            " timeout 10s: make it at least 21s",
+        ),
         ({"webhook": {"timeout": "6m"}}, "tasks.webhook.timeout", "a POST may take 360s, over the 300s one action"),
         (
             {"release": {"timeout": "1m", "retries": 5}},

@@ -281,6 +281,57 @@ def test_an_action_at_its_longest_ends_within_the_worst_case_the_config_checks(r
     assert release.status(TASK) == "IN_PROGRESS"
 
 
+def _by(seconds: float) -> ActionContext:
+    """The test's context, with an action deadline ``seconds`` from now on the running loop."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    return ActionContext(CONTEXT.request_id, CONTEXT.message_id, CONTEXT.source, CONTEXT.verdicts, deadline)
+
+
+def test_no_post_is_started_that_could_not_end_before_the_action_deadline(release: FakeRelease) -> None:
+    """The first POST meets a proxy's 503 (not sent); after the back-off and a read, less of
+    the deadline is left than Release's timeout: a second POST could be cut by the pipeline
+    at the deadline, which must then call the outcome unknown. It is not started: nothing
+    was sent, said as such (BackendUnavailable, the sender tries again)."""
+    late = 0.3
+    release.script = [(late, None), (late, 503), (late, None), (late, None)]
+    backend = backend_for(release, timeout=1.0, retries=2)
+
+    with pytest.raises(BackendUnavailable, match="nothing was sent"):
+        run(backend, lambda b: b.complete(TASK, "ok", ALICE, _by(2.6)))
+
+    # Served as usual: the two reads (the 503 was the script's). Left: the second POST's turn.
+    assert [(m, p) for m, p, _ in release.seen] == [("GET", f"/api/v1/tasks/{TASK}")] * 2
+    assert release.script == [(late, None)]  # the second POST was never made
+    assert release.status(TASK) == "IN_PROGRESS"
+
+
+def test_a_read_that_would_run_into_the_action_deadline_is_cut_short_of_it(release: FakeRelease) -> None:
+    """Release answers the task's read late, within its own timeout but past the action
+    deadline: the backend ends the action just short of the deadline with nothing sent
+    (BackendUnavailable), before the pipeline's cut at the deadline would have to say
+    that whether it acted is unknown."""
+    release.script = [(1.5, None)]
+    backend = backend_for(release, timeout=2.0, retries=0)
+    ended: list[tuple[float, float]] = []  # (when it ended, the deadline), on the loop's clock
+
+    async def go() -> None:
+        context = _by(1.0)
+        assert context.deadline is not None
+        try:
+            await backend.complete(TASK, "ok", ALICE, context)
+        finally:
+            ended.append((asyncio.get_running_loop().time(), context.deadline))
+            await backend.close()
+
+    with pytest.raises(BackendUnavailable, match="before the action deadline; nothing was sent"):
+        asyncio.run(go())
+
+    when, deadline = ended[0]
+    assert when < deadline, (when, deadline)
+    assert not [p for m, p, _ in release.seen if m == "POST"]
+    assert release.status(TASK) == "IN_PROGRESS"
+
+
 def test_bad_request_on_a_task_still_in_progress_is_a_refusal_with_releases_words(release: FakeRelease) -> None:
     backend = backend_for(release)
 

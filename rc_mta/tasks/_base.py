@@ -37,7 +37,9 @@ def http_timeout(total: float) -> aiohttp.ClientTimeout:
     (aiohttp raises ``ConnectionTimeoutError`` for it, a plain ``TimeoutError`` for the rest)."""
     import aiohttp  # here, so the embedded backend and the CLI never load it (0.14 s)
 
-    return aiohttp.ClientTimeout(total=total, sock_connect=min(CONNECT_SECONDS, total / 2))
+    # ceil_threshold: aiohttp would round a timeout of 5 s or more up to the next whole
+    # second; the config's worst case and the action deadline count the timeout as given.
+    return aiohttp.ClientTimeout(total=total, sock_connect=min(CONNECT_SECONDS, total / 2), ceil_threshold=float("inf"))
 
 
 def expiry_note(owner: str, expired_at: float) -> str:
@@ -67,6 +69,10 @@ class ActionContext:
     message_id: str
     source: str  # smtp | lmtp | imap | graph
     verdicts: dict[str, str] = field(default_factory=dict)  # check name -> result
+    # When the action must have ended (the event loop's clock; ``[tasks] action_deadline``
+    # from the claim), None for none. Past it the pipeline takes the outcome for unknown, so
+    # a backend that retries starts no call it could not finish by then.
+    deadline: float | None = None
 
 
 class TaskBackend(Protocol):

@@ -48,6 +48,10 @@ _ATTRIBUTED = re.compile(re.escape(ATTRIBUTION) + r"(\S+)\s*$")
 # 502/503: the proxy could not hand the POST to Release. Not 504: the proxy did hand it
 # over and gave up waiting, so Release may have acted; re-POSTing could act twice.
 _RETRYABLE_POST_STATUS = frozenset({502, 503})
+# What ``_post_unrepeated`` keeps between its own ends and the action deadline: a POST
+# ends on its own timeout at least this long before the reads around it are cut, and they at
+# least this long before the deadline.
+_DEADLINE_SLACK_SECONDS = 0.5
 # Watch mode reads releases a page at a time, and at most this many pages per round.
 _PAGE_SIZE = 100
 _MAX_PAGES = 50
@@ -109,10 +113,10 @@ class ReleaseBackend:
         return _task_info(task_id, await self._read_task(task_id))
 
     async def complete(self, task_id: str, comment: str, actor: str, context: ActionContext) -> None:
-        await self._act(task_id, "complete", comment, actor)
+        await self._act(task_id, "complete", comment, actor, context.deadline)
 
     async def fail(self, task_id: str, comment: str, actor: str, context: ActionContext) -> None:
-        await self._act(task_id, "fail", comment, actor)
+        await self._act(task_id, "fail", comment, actor, context.deadline)
 
     async def expired(self, task_id: str, owner: str, request_id: str, expired_at: float) -> None:
         """A comment on the task, so the people watching it in Release see it."""
@@ -259,7 +263,7 @@ class ReleaseBackend:
 
     # Acting -------------------------------------------------------------------------------
 
-    async def _act(self, task_id: str, action: str, comment: str, actor: str) -> None:
+    async def _act(self, task_id: str, action: str, comment: str, actor: str, deadline: float | None = None) -> None:
         # At its longest: a read; each POST but the last, a back-off and a read; the last POST
         # and the read that tells a 400/409 apart (``_refused``). Every read, and the POSTs
         # together, up to retries + 1 tries with back-offs between. ReleaseConfig.worst_case
@@ -273,22 +277,59 @@ class ReleaseBackend:
 
         path = f"/api/v1/tasks/{task_id}/{action}"
         body = {"comment": attributed(comment, actor)}
-        answer = await self._post_unrepeated(task_id, path, body, still_in_progress)
+        answer = await self._post_unrepeated(task_id, path, body, still_in_progress, deadline)
         if answer is not None and answer.status >= 300:
             await self._refused(task_id, path, answer)
 
     async def _post_unrepeated(
-        self, task_id: str, path: str, body: Mapping[str, Any], done: Callable[[dict[str, Any]], bool]
+        self,
+        task_id: str,
+        path: str,
+        body: Mapping[str, Any],
+        done: Callable[[dict[str, Any]], bool],
+        deadline: float | None = None,
     ) -> _Answer | None:
         """POST ``body`` to ``path`` unless ``done`` (which may raise instead) finds in the task,
         read before each try, that it needs no POST (None then). Tried again, after back-off,
         only when it surely did not reach Release: no connection (``http_timeout``), or a
         proxy's 502/503. Once sent, a lost answer is ``BackendOutcomeUnknown``: only a read
-        some time later can tell what became of it. Else Release's answer, whatever it is."""
+        some time later can tell what became of it. Else Release's answer, whatever it is.
+
+        By ``deadline`` (loop time) it has ended, and said whether anything was sent: a POST
+        is started only with time to end on its own timeout before it, and the reads and
+        back-offs around POSTs that never reached Release are cut just short of it
+        (``BackendUnavailable``: the sender tries again), so the caller's own cut at the
+        deadline, which must call the outcome unknown, never falls on this."""
+        stop = None if deadline is None else deadline - _DEADLINE_SLACK_SECONDS
+        cut = asyncio.timeout_at(stop)
+        try:
+            async with cut:
+                return await self._post_tries(task_id, path, body, done, stop)
+        except TimeoutError:
+            if not cut.expired():
+                raise
+            raise BackendUnavailable(
+                f"Release did not let POST {path} be made before the action deadline; nothing was sent"
+            ) from None
+
+    async def _post_tries(
+        self,
+        task_id: str,
+        path: str,
+        body: Mapping[str, Any],
+        done: Callable[[dict[str, Any]], bool],
+        stop: float | None,
+    ) -> _Answer | None:
         attempt = 0
+        loop = asyncio.get_running_loop()
         while True:
             if done(await self._read_task(task_id)):
                 return None
+            if stop is not None and stop - loop.time() < self._config.timeout + _DEADLINE_SLACK_SECONDS:
+                raise BackendUnavailable(
+                    f"too little of the action deadline is left for POST {path} within Release's timeout"
+                    f" ({self._config.timeout:g}s); nothing was sent"
+                )
             last = attempt == self._config.retries
             try:
                 answer = await self._call("POST", path, body)
