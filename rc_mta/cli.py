@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 from . import __version__
 from .errors import RcMtaError
@@ -668,7 +668,13 @@ def _reader_gone() -> int:
     return 128 + signal.SIGPIPE
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def run() -> NoReturn:
+    """The ``rc-mta`` program: the process ends with the command, so ``main`` may leave the
+    cycle collector off on its way out (Python would otherwise walk every object once more)."""
+    sys.exit(main(exiting=True))
+
+
+def main(argv: Sequence[str] | None = None, *, exiting: bool = False) -> int:
     args = build_parser().parse_args(argv)
     # A one-shot command runs without the cycle collector: it lives for a moment, and the
     # collector would spend a twentieth of ``task show`` walking what its imports made,
@@ -676,12 +682,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     collecting = gc.isenabled()
     if args.run is not cmd_serve:
         gc.disable()
+    # rc-mta uses no pydantic plugin, and looking for one reads the metadata of every
+    # installed package when the first model is made, on every call. Setting the variable
+    # (even to "") before rc-mta starts keeps pydantic's own behaviour.
+    os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
     try:
         return _run(args)
     finally:
-        # Run as the program (no ``argv``), the process ends here, and Python would collect
-        # everything once more on its way out if the collector were back on.
-        if collecting and argv is not None:
+        if collecting and not exiting:
             gc.enable()
 
 
@@ -713,4 +721,4 @@ def _run(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

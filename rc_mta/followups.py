@@ -124,8 +124,8 @@ def _interrupted(service: Service, request: Request, claim: Claim) -> str:
         f" {time.time() - claim.claimed_at:.0f}s ago, never finished) and its outcome is unknown"
     )
     log.warning(
-        "request %s: %s: the %s backend cannot say whether task %s was acted on, so no follow-up is sent;"
-        " check the task there",
+        "request %s: %s: the %s backend cannot say whether task %s was acted on, so nothing more is mailed"
+        " for this request; check the task there",
         request.id,
         why,
         service.backend.name,
