@@ -26,9 +26,12 @@ It runs on 127.0.0.1, a free port, in a thread with its own event loop. Knobs: t
 credentials, ``go_down()``/``come_back()`` (stop and resume listening), ``silent_after_read``
 (answer the next read of a task, close its connection, then take no connection and refuse
 none until ``come_back()``: connecting hangs, as behind a firewall that drops SYNs, between
-rc-mta's read and its POST), ``unavailable`` (answer 503 to every call while set) and
-``unavailable_paths`` (only to calls whose path starts with one of these: a Release failing
-part-way through a round), ``delay`` (every answer is late), ``action_delay`` (complete/fail
+rc-mta's read and its POST), ``silent_connects`` (with ``silent_after_read``: come back by
+itself once that many connects were given up, ``dropped_connects`` counting them, and run
+``meanwhile`` first, what people did in the UI while rc-mta could not reach Release),
+``unavailable`` (answer 503 to every call while set) and ``unavailable_paths`` (only to
+calls whose path starts with one of these: a Release failing part-way through a round),
+``delay`` (every answer is late), ``action_delay`` (complete/fail
 take effect at once, the answer comes late, as a slow Release that commits before it
 answers), ``gateway_errors`` (a proxy's 502 for the next calls, before or after Release
 acted), ``script`` (the next calls, in order: each answered late, with a status or as
@@ -48,8 +51,10 @@ import asyncio
 import base64
 import json
 import socket
+import sys
 import threading
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -99,6 +104,9 @@ class FakeRelease:
     delay: float = 0.0
     action_delay: float = 0.0
     silent_after_read: bool = False
+    silent_connects: int = 0  # ... and silent for only this many connects (0: until come_back())
+    meanwhile: Callable[[], None] | None = None  # ... done as it comes back by itself
+    dropped_connects: int = 0  # connects given up while silent (counted when silent_connects is set)
     gateway_errors: int = 0  # the next N complete/fail calls get a proxy's 502 ...
     gateway_error_acts: bool = False  # ... after Release did act (True) or before it saw them
     script: list[tuple[float, int | None]] = field(default_factory=list)  # next calls: (late by, status or None)
@@ -116,6 +124,7 @@ class FakeRelease:
     _server: AppThread | None = None
     _site: web.SockSite | None = None
     _hole: list[socket.socket] = field(default_factory=list)  # silent: the port's socket, and what fills its queue
+    _watch: asyncio.Task[None] | None = None  # silent_connects: counts the dropped connects, comes back
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     # Test-side API ---------------------------------------------------------------------
@@ -198,6 +207,8 @@ class FakeRelease:
 
     def stop(self) -> None:
         if self._server is not None:
+            if self._watch is not None:
+                self._server.call(self._stop_watching())
             self._server.stop()
         self._server = None
         self._close_hole()
@@ -209,8 +220,7 @@ class FakeRelease:
 
     def come_back(self) -> None:
         assert self._server is not None
-        self._close_hole()
-        self._server.call(self._listen(self._server.runner))
+        self._server.call(self._come_back())
 
     # Server side -----------------------------------------------------------------------
 
@@ -243,6 +253,38 @@ class FakeRelease:
         hole.bind(("127.0.0.1", self.port))
         hole.listen(0)
         self._hole = [hole, socket.create_connection(("127.0.0.1", self.port))]  # the one place it queues
+        if self.silent_connects:
+            self._watch = asyncio.create_task(self._come_back_after(self.silent_connects))
+
+    async def _come_back(self) -> None:
+        """Listen again (if silent_connects has not made it so already)."""
+        self._close_hole()
+        if self._site is None:
+            assert self._server is not None
+            await self._listen(self._server.runner)
+
+    async def _come_back_after(self, connects: int) -> None:
+        """Count the connects given up while silent (a socket here that was trying to connect
+        to our port is gone: its connect timed out), and after ``connects`` come back."""
+        trying: set[tuple[str, str]] = set()
+        while self._hole:
+            now = _connecting_to(self.port)
+            gone = len(trying - now)
+            trying = now
+            with self._lock:
+                self.dropped_connects += gone
+            connects -= gone
+            if connects <= 0:
+                if self.meanwhile is not None:
+                    self.meanwhile()
+                await self._come_back()
+                return
+            await asyncio.sleep(0.01)  # far shorter than any back-off: listening before the next try
+
+    async def _stop_watching(self) -> None:
+        assert self._watch is not None
+        self._watch.cancel()
+        await asyncio.wait([self._watch])
 
     def _close_hole(self) -> None:
         for sock in self._hole:
@@ -440,6 +482,15 @@ _RELEASE_FILTERS = {
 }
 # What Release counts as a release's active tasks.
 _ACTIVE = frozenset({"IN_PROGRESS", "FAILING", "FAILED", "WAITING_FOR_INPUT"})
+
+
+def _connecting_to(port: int) -> set[tuple[str, str]]:
+    """The sockets on this host still connecting to 127.0.0.1:``port`` (local address, inode):
+    Linux's table of TCP sockets, state 02 (SYN_SENT), addresses as the kernel prints them."""
+    wanted = f"{int.from_bytes(socket.inet_aton('127.0.0.1'), sys.byteorder):08X}:{port:04X}"
+    with open("/proc/net/tcp", encoding="ascii") as table:
+        rows = [line.split() for line in table]
+    return {(row[1], row[9]) for row in rows[1:] if row[2] == wanted and row[3] == "02"}
 
 
 def _release_of(task_id: str) -> str:

@@ -215,6 +215,29 @@ def test_a_post_that_could_not_connect_sent_nothing_and_is_no_unknown_outcome(re
     assert not release.calls and release.status(TASK) == "IN_PROGRESS"
 
 
+def test_a_post_that_could_not_connect_is_tried_again_after_reading_the_task_again(release: FakeRelease) -> None:
+    """Release is silent for the POST's connect only, then answers again: nothing was sent, so
+    after a back-off the task is read again and, still in progress, completed by a second POST."""
+    release.silent_after_read, release.silent_connects = True, 1
+    run(backend_for(release, timeout=1.0, retries=1), lambda b: b.complete(TASK, "ok", ALICE, CONTEXT))
+    read, post = ("GET", f"/api/v1/tasks/{TASK}"), ("POST", f"/api/v1/tasks/{TASK}/complete")
+    assert [(m, p) for m, p, _ in release.seen] == [read, read, post] and release.dropped_connects == 1
+    assert [(a.action, a.user) for a in release.actions_on(TASK)] == [("complete", "token-user")]
+    assert release.status(TASK) == "COMPLETED" and release.calls[TASK, "complete"] == 1
+
+
+def test_a_post_that_could_not_connect_is_not_tried_again_on_a_task_done_meanwhile(release: FakeRelease) -> None:
+    """As above, but someone completes the task in Release's UI during the back-off: the read
+    before the second try shows it, so there is no second POST, and the task is not in progress."""
+    release.silent_after_read, release.silent_connects = True, 1
+    release.meanwhile = lambda: release.set_status(TASK, "COMPLETED")
+    with pytest.raises(TaskNotInProgress) as done:
+        run(backend_for(release, timeout=1.0, retries=1), lambda b: b.complete(TASK, "ok", ALICE, CONTEXT))
+    assert (done.value.task.status, done.value.task.acted_by) == ("completed", None)
+    assert [(m, p) for m, p, _ in release.seen] == [("GET", f"/api/v1/tasks/{TASK}")] * 2
+    assert release.dropped_connects == 1 and not release.calls and not release.actions_on(TASK)
+
+
 NOTE, LATER_NOTE = expiry_note(ALICE, 1_900_000_000), expiry_note(ALICE, 1_900_000_060)  # two different minutes
 
 
