@@ -469,6 +469,91 @@ def test_request_failed_a_webhook_never_takes_is_given_up_with_an_error_after_th
         receiver.stop()
 
 
+# A failed request told to Release: a comment on the task ---------------------------------------
+
+RELEASE_TASK = "Applications/Folder1/Release1/Phase1/Task1"
+ADVICE = "Check the address, then send the request again with `rc-mta request` or POST /v1/requests."
+
+
+def _failed_request_on_release(rc: RcMta, release: FakeRelease, port: int, answer: str) -> str:
+    """A request for the Release task that the relay refuses (``answer``), made while rc-mta
+    serves (its follow-up rounds tell the notice again); its id."""
+    release.add_task(RELEASE_TASK, owner="bob")
+    rc.settings["tasks"] = {
+        "backend": "release",
+        "release": {"url": release.url, "token": RELEASE_TOKEN, "timeout": "2s", "retries": 0},
+    }
+    rc.settings["requests"] = {"followup_interval": "0.2s"}
+    rc.start()
+    with running_relay(port, PASSWORD, answers=[answer]) as relay:
+        result = rc.cli("request", RELEASE_TASK, "--owner", "bob@example.com", check=False)
+        assert relay.received == []
+    assert result.returncode == 1 and "FAILED" in result.stdout
+    return result.stdout.split()[1]
+
+
+def _told(rc: RcMta, request_id: str) -> Notice:
+    found: Notice = wait_until(
+        lambda: (n := _notice(rc, request_id)) is not None and n.state == "told" and n, what="request_failed told"
+    )
+    return found
+
+
+def test_a_request_mail_the_relay_refuses_is_one_comment_on_the_release_task(fresh_rc: RcMta) -> None:
+    """The people watching the task in Release read that its owner never got the mail, the
+    relay's answer (one line, its bidi override escaped, cut short), and what to do; once,
+    though rc-mta's rounds go on."""
+    release = FakeRelease(token=RELEASE_TOKEN).start()
+    port = free_port()
+    rc = _with_relay(fresh_rc, port)
+    answer = "550 5.1.1 <bob@example.com>: No such user \u202egnp.exe" + " and more from the relay" * 40
+    try:
+        request_id = _failed_request_on_release(rc, release, port, answer)
+
+        assert _told(rc, request_id).attempts == 1  # at once, by the call that made it
+        time.sleep(1.0)  # five more follow-up rounds of the serving instance
+        [comment] = [c["text"] for c in release.comments(RELEASE_TASK)]
+        assert comment.startswith(
+            "The email request to bob@example.com could not be delivered (127.0.0.1:"
+            f"{port} answered: 550 5.1.1 <bob@example.com>: No such user \\u202egnp.exe and more from the relay"
+        )
+        assert comment.endswith(f"...), so its owner was not asked by email. {ADVICE}")
+        assert "\u202e" not in comment and "\n" not in comment and len(comment) < 500
+        assert release.calls_by("token-user", "POST", f"/api/v1/tasks/{RELEASE_TASK}/comment") == 1
+        assert release.status(RELEASE_TASK) == "IN_PROGRESS" and not release.calls
+    finally:
+        release.stop()
+
+
+def test_a_failed_request_is_commented_on_once_release_can_be_reached_again(fresh_rc: RcMta) -> None:
+    """Release cannot take the notice when the mail fails (503, as from its proxy, to the
+    reads before the comment): it is kept and tried again by the follow-up rounds with
+    back-off, and the task gets its comment once Release answers, once."""
+    release = FakeRelease(token=RELEASE_TOKEN).start()
+    port = free_port()
+    rc = _with_relay(fresh_rc, port)
+    rc.settings["outbound"].update(retry_min="0.5s", retry_max="0.5s")
+    try:
+        # The read that makes the request goes through; the next three calls (the call's own
+        # try at once, then two rounds') get 503.
+        release.script = [(0.0, None), (0.0, 503), (0.0, 503), (0.0, 503)]
+        request_id = _failed_request_on_release(rc, release, port, "550 5.7.1 Sender not allowed")
+
+        told = _told(rc, request_id)
+        assert told.attempts == 4 and "503" in (told.last_error or "")
+        assert not release.script
+        [comment] = [c["text"] for c in release.comments(RELEASE_TASK)]
+        assert comment == (
+            f"The email request to bob@example.com could not be delivered (127.0.0.1:{port} answered:"
+            f" 550 5.7.1 Sender not allowed), so its owner was not asked by email. {ADVICE}"
+        )
+        assert release.calls_by("token-user", "POST", f"/api/v1/tasks/{RELEASE_TASK}/comment") == 1
+        log = rc.log_path.read_text()
+        assert f"could not tell the backend that request {request_id} failed (BackendUnavailable" in log
+    finally:
+        release.stop()
+
+
 # The look at whether a reminder is still wanted counts against its lease ----------------------
 
 

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from ..errors import TaskNotFound, TaskNotInProgress
+from ..safetext import excerpt, one_line
 
 if TYPE_CHECKING:
     import aiohttp
@@ -26,9 +27,12 @@ __all__ = [
     "TaskNotInProgress",
     "expiry_note",
     "http_timeout",
+    "undelivered_note",
 ]
 
 CONNECT_SECONDS = 10.0  # connecting's own deadline: at most this, and half the call's timeout
+# How much of a relay's answer a task's comment quotes (the relay's text is untrusted).
+ANSWER_CHARS = 300
 
 
 def http_timeout(total: float) -> aiohttp.ClientTimeout:
@@ -46,6 +50,18 @@ def expiry_note(owner: str, expired_at: float) -> str:
     """What the task's comments say when a request expired unanswered."""
     when = datetime.fromtimestamp(expired_at, UTC).strftime("%Y-%m-%d %H:%M UTC")
     return f"The email request to {owner} expired unanswered at {when}; rc-mta sends no more reminders."
+
+
+def undelivered_note(owner: str, answer: str) -> str:
+    """What the task's comments say when a request mail failed for good: ``answer`` is the
+    relay's (or "not delivered within …" when the queue gave up), so it is made one line, its
+    control characters escaped, and cut short. The same notice gives the same text, so a
+    retry can find it already said."""
+    why = excerpt(one_line(answer), ANSWER_CHARS) or "no reason given"
+    return (
+        f"The email request to {owner} could not be delivered ({why}), so its owner was not asked by email."
+        " Check the address, then send the request again with `rc-mta request` or POST /v1/requests."
+    )
 
 
 @dataclass(frozen=True)

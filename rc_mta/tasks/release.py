@@ -1,7 +1,9 @@
 """Digital.ai Release as the task backend, through its public REST API.
 
 ``GET /api/v1/tasks/{id}`` reads a task, ``POST /api/v1/tasks/{id}/complete`` and ``/fail``
-act with ``{"comment": ...}``. Task ids are paths (``Applications/Folder1/Release1/Phase1/Task1``)
+act with ``{"comment": ...}``, and ``POST /api/v1/tasks/{id}/comment`` tells the people watching
+it that a request expired unanswered (``expired``) or that its mail was never delivered
+(``request_failed``). Task ids are paths (``Applications/Folder1/Release1/Phase1/Task1``)
 and go into the URL as they are. Authentication is HTTP basic or a personal access token
 (``x-release-personal-token``).
 
@@ -37,7 +39,15 @@ from ..config import ReleaseConfig
 from ..errors import BackendAuthFailed, BackendOutcomeUnknown, BackendRefused, BackendUnavailable, ConfigError
 from ..registry import TASK_BACKENDS
 from ..store import Store
-from ._base import ActionContext, TaskInfo, TaskNotFound, TaskNotInProgress, expiry_note, http_timeout
+from ._base import (
+    ActionContext,
+    TaskInfo,
+    TaskNotFound,
+    TaskNotInProgress,
+    expiry_note,
+    http_timeout,
+    undelivered_note,
+)
 
 log = logging.getLogger("rc_mta.tasks.release")
 
@@ -121,6 +131,11 @@ class ReleaseBackend:
     async def expired(self, task_id: str, owner: str, request_id: str, expired_at: float) -> None:
         """A comment on the task, so the people watching it in Release see it."""
         await self.add_comment(task_id, expiry_note(owner, expired_at))
+
+    async def request_failed(self, task_id: str, request_id: str, owner: str, answer: str) -> None:
+        """``RequestFailureListener``: a comment on the task, as for ``expired``, so the people
+        watching it in Release learn that its owner never got the mail."""
+        await self.add_comment(task_id, undelivered_note(owner, answer))
 
     async def check(self) -> str:
         """A cheap authenticated read: proves Release answers and accepts our credentials."""
@@ -209,10 +224,11 @@ class ReleaseBackend:
         text already there counts as said: an earlier attempt whose answer was lost may have
         added it, and that attempt may be this process's last round, another instance's, or
         one that died before it could record anything, so this call cannot know whether its
-        POST is the first; only the task can. Notices are rare (one per expired request), so
-        a GET before each costs nothing worth saving. A POST that surely did not reach Release
-        is tried again here (``_post_unrepeated``); one whose answer was lost, or a 504, is
-        not: it may still be being applied, so the caller's next round reads and decides."""
+        POST is the first; only the task can. Notices are rare (one per request that expired
+        or whose mail was never delivered), so a GET before each costs nothing worth saving.
+        A POST that surely did not reach Release is tried again here (``_post_unrepeated``);
+        one whose answer was lost, or a 504, is not: it may still be being applied, so the
+        caller's next round reads and decides."""
         path = f"/api/v1/tasks/{task_id}/comment"
         answer = await self._post_unrepeated(task_id, path, {"comment": text}, lambda task: _said(task, text))
         if answer is None or answer.status < 300:
