@@ -66,7 +66,8 @@ class ActionOutcomeUnknown(BackendOutcomeUnknown):
 class DecisionPending(TemporaryFailure):
     """Another answer decided this N-of-M task and is telling the backend right now: the
     decision is not final (if the backend cannot be told, it is taken back), so this one
-    waits and is tried again."""
+    waits and is tried again. So it does while another request's answer to the task is
+    being acted on, where the backend cannot be asked how that ended (the webhook)."""
 
     def __init__(self, task_id: str) -> None:
         super().__init__(f"task {task_id} is being decided by another answer right now")
@@ -135,6 +136,16 @@ class DecisionMade(Refusal):
     def __init__(self, task_id: str, action_past: str, by: str) -> None:
         super().__init__(f"the decision on task {task_id} was already made: {action_past} by {by}")
         self.task_id, self.action_past, self.by = task_id, action_past, by
+
+
+class SiblingOutcomeUnknown(Refusal):
+    """Another request's answer to the task was cut off while it was acted on (its attempt
+    died), and the backend cannot be asked whether it acted (the webhook): this answer is
+    not acted on beside it on a guess; a person decides the task in the workflow system."""
+
+    def __init__(self, task_id: str, request_id: str) -> None:
+        super().__init__(f"whether the answer to request {request_id} acted on task {task_id} is unknown")
+        self.task_id, self.request_id = task_id, request_id
 
 
 class NotInApprovalGroup(Refusal):

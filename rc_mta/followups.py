@@ -44,7 +44,7 @@ from .config import Settings
 from .errors import BackendUnavailable, DecisionPending, StoreUnavailable, TemporaryFailure
 from .outbound import reply_addresses, wire_bytes
 from .request_mail import compose
-from .store import IN_PROGRESS, STALE_CLAIM_SECONDS, Claim, Notice, NoticeTerms, Request, new_holder
+from .store import IN_PROGRESS, STALE_CLAIM_SECONDS, Notice, NoticeTerms, Request, new_holder
 from .tasks import RequestFailureListener, TaskNotFound
 from .tokens import Signer
 
@@ -82,7 +82,9 @@ async def withheld_because(service: Service, request: Request) -> str | None:
     An answer whose attempt died mid-action (its claim pending and stale) may or may not
     have acted: the task says which where the backend can be read (in progress: it did
     not, and the follow-up goes; a reply to it takes the dead claim over). Where it cannot
-    (the webhook) nothing is guessed: the follow-up is withdrawn, and an operator warned."""
+    (the webhook) nothing is guessed: the follow-up is withdrawn, and an operator warned. So
+    it is for such an answer to another request of the task; one of them being acted on
+    now leaves the follow-up for the next round."""
     store = service.store
     found = await asyncio.to_thread(store.get_request_with_claim, request.id)
     if found is None:
@@ -105,24 +107,31 @@ async def withheld_because(service: Service, request: Request) -> str | None:
         by = f" by {task.acted_by}" if task.acted_by else ""
         return f"task {request.task_id} is {task.status}{by}"
     if claim is not None:
-        return _interrupted(service, request, claim)
+        why = (
+            f"an answer's action was interrupted ({claim.action} by {claim.actor}, claimed"
+            f" {time.time() - claim.claimed_at:.0f}s ago, never finished) and its outcome is unknown"
+        )
+        return _interrupted(service, request, why)
     sibling = await asyncio.to_thread(store.decided_by_sibling, request.id, time.time())
     if sibling is None:
         return None
+    if sibling.unknown:
+        why = (
+            f"the answer to request {sibling.request_id} of the same task was interrupted ({sibling.action} by"
+            f" {sibling.actor}, never finished) and its outcome is unknown"
+        )
+        return _interrupted(service, request, why)
     if not sibling.final:
-        # Its decision may yet be taken back (the backend cannot be told): not withdrawn for it.
+        # Being acted on now, or a decision that may yet be taken back: not withdrawn for it.
         raise DecisionPending(request.task_id)
     past = "failed" if sibling.action == "fail" else "completed"
     return f"task {request.task_id} was {past} by {sibling.actor} (request {sibling.request_id})"
 
 
-def _interrupted(service: Service, request: Request, claim: Claim) -> str:
-    """Why a follow-up is withdrawn after an answer's attempt died mid-action, where the
-    backend cannot be asked whether the task was acted on: said to an operator, who can."""
-    why = (
-        f"an answer's action was interrupted ({claim.action} by {claim.actor}, claimed"
-        f" {time.time() - claim.claimed_at:.0f}s ago, never finished) and its outcome is unknown"
-    )
+def _interrupted(service: Service, request: Request, why: str) -> str:
+    """Why a follow-up is withdrawn after an answer's attempt (to this request or another of
+    its task) died mid-action, where the backend cannot be asked whether the task was acted
+    on: said to an operator, who can."""
     log.warning(
         "request %s: %s: the %s backend cannot say whether task %s was acted on, so nothing more is mailed"
         " for this request; check the task there",

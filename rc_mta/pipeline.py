@@ -43,6 +43,7 @@ from .errors import (
     Refusal,
     RequestAnswered,
     RequestRevoked,
+    SiblingOutcomeUnknown,
     TaskNotFound,
     TaskNotInProgress,
     TemporaryFailure,
@@ -72,7 +73,7 @@ from .store import (
     Store,
     new_attempt_id,
 )
-from .tasks import ActionContext, EmbeddedBackend, TaskBackend
+from .tasks import ActionContext, EmbeddedBackend, TaskBackend, reads_tasks
 from .tokens import Action, Signer, Token, redact_address
 
 if TYPE_CHECKING:
@@ -232,6 +233,8 @@ class Pipeline:
         self.backend = backend
         # Tasks in this very store: claim, task, comment and record go in one transaction.
         self._acts_in_store = isinstance(backend, EmbeddedBackend) and backend.keeps_tasks_in(store)
+        # A backend that cannot read a task (the webhook): rc-mta's record of its other requests stands in.
+        self._reads_tasks = reads_tasks(backend)
         self.clock = clock
         self.complete_words: Sequence[str] = settings.replies.complete_words or DEFAULT_COMPLETE_WORDS
         self.fail_words: Sequence[str] = settings.replies.fail_words or DEFAULT_FAIL_WORDS
@@ -455,6 +458,9 @@ class Pipeline:
                 return _answered(base, request, claim)
             raise refusal
         group = standing.group
+        # Acting, this is asked once the claim is ours (``act``): two answers at once each see the other's.
+        if not acting and group is None and (stopped := await self._stopped_by_sibling(request)) is not None:
+            raise stopped
         if group is not None and action is TaskAction.COMPLETE:
             counted = standing.counted or standing.owner_counted or group.decided_request == request.id
             count = group.approvals + (0 if counted else 1)
@@ -492,6 +498,8 @@ class Pipeline:
         if decision.group is not None:
             return await self._act_together(decision, decision.group, attempt, actor, source, deadline)
         try:
+            if (stopped := await self._stopped_by_sibling(request)) is not None:
+                raise stopped  # our claim is given back below
             context = ActionContext(
                 request.id, message_id, source, {name: v["result"] for name, v in decision.checks.items()}, deadline
             )
@@ -518,6 +526,36 @@ class Pipeline:
         metrics.TASKS_ACTED.labels(self.backend.name, action.value).inc()
         await self._finish(request, attempt, action)
         return decision
+
+    async def _stopped_by_sibling(self, request: Request) -> RcMtaError | None:
+        """Where the backend cannot read the task (the webhook), what stops an answer that
+        decides alone, by rc-mta's own record of the task's other requests
+        (``Store.decided_by_sibling``): one decided it (refused, saying by whom); one is
+        being acted on (451: it may yet land, and the backend must not get two); one's
+        attempt died mid-action (refused: whether it acted only the backend knows, and it
+        cannot be asked, so a person decides; an operator is warned). Asked while this
+        answer holds its claim, so of two answers at once each sees the other's."""
+        if self._reads_tasks:
+            return None
+        sibling = await asyncio.to_thread(self.store.decided_by_sibling, request.id, self.clock())
+        if sibling is None:
+            return None
+        if sibling.unknown:
+            log.warning(
+                "request %s: not acted on: the %s of task %s by %s (request %s) was cut off mid-action and the %s"
+                " backend cannot say whether it acted; decide task %s there",
+                request.id,
+                sibling.action,
+                request.task_id,
+                sibling.actor,
+                sibling.request_id,
+                self.backend.name,
+                request.task_id,
+            )
+            return SiblingOutcomeUnknown(request.task_id, sibling.request_id)
+        if not sibling.final:
+            return DecisionPending(request.task_id)
+        return DecisionMade(request.task_id, TaskAction(sibling.action).past, sibling.actor)
 
     async def _act_together(
         self, decision: Decision, group: ApprovalGroup, attempt: str, actor: str, source: str, deadline: float

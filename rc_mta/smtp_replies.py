@@ -133,6 +133,15 @@ ACTION_UNCLEAR = _reply(
     " (or press a button in the request)",
 )
 TASK_NOT_FOUND = _reply("TASK_NOT_FOUND", 550, "5.1.1", "Task {task_id} no longer exists")
+# For good: nothing rc-mta can learn later would settle it (the webhook cannot be asked),
+# so the owner is told where the task can still be decided.
+SIBLING_OUTCOME_UNKNOWN = _reply(
+    "SIBLING_OUTCOME_UNKNOWN",
+    550,
+    "5.7.1",
+    "Another answer to task {task_id} (request {request_id}) was cut off while it was acted on, and whether it"
+    " was is unknown; nothing was changed: please decide task {task_id} in the workflow system",
+)
 TASK_NOT_IN_PROGRESS = _reply(
     "TASK_NOT_IN_PROGRESS", 550, "5.7.1", "Task {task_id} was already {status}{by}; nothing was changed"
 )
@@ -353,6 +362,8 @@ def reply_for(error: BaseException) -> SmtpReply:
             return TOKEN_USED.with_text(task_id=error.task_id, action_past=error.action_past)
         case E.DecisionMade():
             return DECISION_MADE.with_text(task_id=error.task_id, action_past=error.action_past, by=error.by)
+        case E.SiblingOutcomeUnknown():
+            return SIBLING_OUTCOME_UNKNOWN.with_text(task_id=error.task_id, request_id=error.request_id)
         case E.NotInApprovalGroup():
             return NOT_IN_APPROVAL_GROUP.with_text(task_id=error.task_id, needed=error.needed)
         case E.TaskNotFound():

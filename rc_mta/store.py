@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,7 @@ from sqlalchemy import (
     Text,
     and_,
     bindparam,
+    case,
     cast,
     create_engine,
     event,
@@ -1150,7 +1151,11 @@ class Store:
         or an N-of-M group's decision, with its approvers. An approval that did not decide
         its group decided nothing. A group decision still being told to the backend is
         returned not ``final`` (it may yet be taken back: ask again later); one whose
-        deciding attempt died decided nothing."""
+        deciding attempt died decided nothing. Another request's answer being acted on (its
+        claim pending, and not yet dead when this request was made) is returned not
+        ``final`` too: it may yet land. One whose attempt died (``claim_stale``) may or may
+        not have acted, which only the backend knows: returned ``unknown``. A finished
+        answer goes before one under way, and that before a dead one."""
         mine = requests.alias("mine")
         r, u, m, g = requests.c, used_tokens.c, approval_members.c, approval_groups.c
         in_group = (
@@ -1159,17 +1164,20 @@ class Store:
             .where(m.request_id == r.id, g.needed > 1)
             .exists()
         )
+        at = _now(now)
+        dead = _claim_is_stale(at, stale_after)
         alone = (
-            select(u.action, u.actor, r.id, u.done_at)
+            select(u.action, u.actor, r.id, u.state, u.claimed_at, u.done_at)
             .select_from(used_tokens.join(requests, r.id == u.request_id).join(mine, mine.c.task_id == r.task_id))
             .where(
                 mine.c.id == request_id,
                 r.id != request_id,
-                u.state == "done",
-                u.done_at >= mine.c.created_at,
+                # Finished since this request was made, or under way (not yet dead) then.
+                (u.done_at >= mine.c.created_at)
+                | ((u.state == "pending") & (u.claimed_at >= mine.c.created_at - stale_after)),
                 ~in_group,
             )
-            .order_by(u.done_at)
+            .order_by(case((u.state == "done", 0), (dead, 2), else_=1), u.done_at, u.claimed_at)
             .limit(1)
         )
         d = _DECIDER.c
@@ -1191,18 +1199,24 @@ class Store:
             lone = conn.execute(alone).first()
             decided = conn.execute(groups).all()
         found: list[tuple[float, SiblingDecision]] = []
+        being_told = lost = None
         if lone is not None:
-            found.append((float(lone.done_at), SiblingDecision(str(lone[0]), str(lone[1]), str(lone[2]))))
-        being_told: SiblingDecision | None = None
+            answer = SiblingDecision(str(lone.action), str(lone.actor), str(lone.id))
+            if lone.state == "done":
+                found.append((float(lone.done_at), answer))
+            elif claim_stale(lone.state, lone.claimed_at, at, stale_after):
+                lost = replace(answer, final=False, unknown=True)
+            else:
+                being_told = replace(answer, final=False)
         for row in decided:
             by = str(row.decided_by or "the other owners")
             if row.state == "done":
                 found.append((float(row.done_at), SiblingDecision(str(row.decision), by, str(row.decided_request))))
-            elif not claim_stale(row.state, row.claimed_at, _now(now), stale_after):
+            elif not claim_stale(row.state, row.claimed_at, at, stale_after):
                 being_told = SiblingDecision(str(row.decision), by, str(row.decided_request), final=False)
         if found:
             return min(found, key=lambda at_and_decision: at_and_decision[0])[1]
-        return being_told
+        return being_told or lost
 
     def release_followup(self, request_id: str, step: str, holder: str) -> None:
         """It failed: the next round (of anyone) tries again."""
@@ -1812,6 +1826,9 @@ class SiblingDecision:
     actor: str  # who answered; for a group, who approved (or who failed it)
     request_id: str  # the answer that decided
     final: bool = True  # False: that answer is telling the backend now and may still be taken back
+    # That answer's attempt died telling the backend (its claim pending and dead): whether
+    # it acted only the backend knows.
+    unknown: bool = False
 
 
 # The claim of the answer that decided a group: whether it finished says whether the decision is final.

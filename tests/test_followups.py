@@ -21,6 +21,7 @@ from mailclient import reply_message, send_smtp
 from release_server import FakeRelease
 from test_approvals import TOKEN as API_TOKEN
 from test_approvals import answer, ask, claim_taken_earlier
+from test_webhook_backend import all_earlier
 from webhook_receiver import WebhookReceiver
 
 from rc_mta.store import STALE_CLAIM_SECONDS, ClaimOutcome, Store, new_attempt_id
@@ -421,14 +422,14 @@ def test_a_group_decision_not_yet_told_defers_a_reminder_and_one_whose_attempt_d
 _STEPS: dict[str, tuple[list[str], str]] = {"reminder-1": (["1s"], "1d"), "expired": ([], "1s")}
 
 
-def claim_left_by_a_dead_attempt(server: RcMta, request_id: str, age: float) -> None:
+def claim_left_by_a_dead_attempt(server: RcMta, request_id: str, age: float, actor: str = ALICE) -> None:
     """What the store holds when an answer's attempt died mid-action ``age`` seconds ago:
     its claim on the request, pending, never finished nor given back."""
     store = Store(server.settings["store"]["url"])
     try:
         taken = time.time() - age
         outcome, _ = store.claim(
-            request_id, new_attempt_id(), "<died@example.com>", "complete", ALICE, taken, STALE_CLAIM_SECONDS
+            request_id, new_attempt_id(), "<died@example.com>", "complete", actor, taken, STALE_CLAIM_SECONDS
         )
     finally:
         store.close()
@@ -486,15 +487,22 @@ def test_an_answer_whose_attempt_died_holds_the_follow_ups_back_only_until_its_c
         server.stop()
 
 
+def webhook_due(tmp_path: Path, step: str, receiver: WebhookReceiver) -> RcMta:
+    """An rc-mta (its config written, not started) acting through ``receiver``, for whose
+    requests made now ``step`` is due at its first round."""
+    reminders, ttl = _STEPS[step]
+    server = following_up(tmp_path, reminders=reminders, ttl=ttl)
+    server.settings["tasks"] = {"backend": "webhook", "webhook": {"url": receiver.url, "secret": receiver.secret}}
+    server.write_config()
+    return server
+
+
 @pytest.mark.parametrize("step", list(_STEPS))
 def test_a_webhook_answer_whose_attempt_died_withdraws_the_follow_ups_and_warns(tmp_path: Path, step: str) -> None:
     """The webhook cannot say whether a dead attempt's action reached it: nothing is
     guessed. The step is withdrawn (no reminder, no expired event) and an operator warned."""
     receiver = WebhookReceiver().start()
-    reminders, ttl = _STEPS[step]
-    server = following_up(tmp_path, reminders=reminders, ttl=ttl)
-    server.settings["tasks"] = {"backend": "webhook", "webhook": {"url": receiver.url, "secret": receiver.secret}}
-    server.write_config()
+    server = webhook_due(tmp_path, step, receiver)
     try:
         request_id = server.cli_json("request", "ticket-9", "--owner", ALICE)["request_id"]
         claim_left_by_a_dead_attempt(server, request_id, STALE_CLAIM_SECONDS + 60)
@@ -511,6 +519,40 @@ def test_a_webhook_answer_whose_attempt_died_withdraws_the_follow_ups_and_warns(
         )
         assert receiver.payloads == []
         assert outbox_mail(server, f"{request_id}-reminder-1") is None
+    finally:
+        server.stop()
+        receiver.stop()
+
+
+@pytest.mark.parametrize("step", list(_STEPS))
+def test_a_webhook_request_waits_while_another_of_its_task_is_answered_and_is_withdrawn_if_that_died(
+    tmp_path: Path, step: str
+) -> None:
+    """Bob's answer to his request of Alice's task is being acted on: Alice's step waits
+    (neither sent nor withdrawn), as his action may yet land. Once his claim is dead,
+    whether it acted is unknown and the webhook cannot be asked: nothing is guessed, her
+    step is withdrawn (no reminder, no expired event) and an operator warned."""
+    receiver = WebhookReceiver().start()
+    server = webhook_due(tmp_path, step, receiver)
+    try:
+        alices = server.cli_json("request", "ticket-10", "--owner", ALICE)["request_id"]
+        bobs = server.cli_json("request", "ticket-10", "--owner", BOB)["request_id"]
+        claim_left_by_a_dead_attempt(server, bobs, 0, BOB)  # under way: young
+        server.start()
+
+        waits = f"follow-up {step} of request {alices} left for the next round: DecisionPending: task ticket-10"
+        wait_until(lambda: logged(server, waits), what="Alice's step deferred")
+        assert followup_state(server, alices, step) is None  # not withdrawn
+
+        all_earlier(server, STALE_CLAIM_SECONDS + 1)
+        why = f"the answer to request {bobs} of the same task was interrupted (complete by {BOB}, never finished)"
+        wait_until(lambda: logged(server, f"request {alices}: {step} withdrawn, nothing sent: {why}"))
+        assert followup_state(server, alices, step) == "withdrawn"
+        warning = f"WARNING rc_mta.followups request {alices}: {why}"
+        lines = [line for line in server.log_path.read_text(errors="replace").splitlines() if warning in line]
+        assert len(lines) == 1 and "cannot say whether task ticket-10 was acted on" in lines[0], lines
+        assert receiver.payloads == []
+        assert outbox_mail(server, f"{alices}-reminder-1") is None
     finally:
         server.stop()
         receiver.stop()

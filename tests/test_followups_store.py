@@ -235,3 +235,39 @@ def test_a_mail_sent_or_deferred_records_no_notice(store: Store) -> None:
 
     assert store.get_notice(sent.id, "request_failed") is None
     assert store.get_notice(deferred.id, "request_failed") is None
+
+
+def test_a_sibling_answer_under_way_or_cut_off_is_said_so_and_a_finished_one_goes_first(store: Store) -> None:
+    """Another request's answer being acted on is not final (it may yet land); one whose
+    attempt died may or may not have acted (unknown); a finished one decides, whatever
+    else is under way."""
+    now = time.time()
+    alice = _request(store, "ticket-11", "alice@example.com", now)
+    bob = _request(store, "ticket-11", "bob@example.com", now)
+    carol = _request(store, "ticket-11", "carol@example.com", now)
+    _claim(store, bob, "complete", now + 1)
+
+    assert store.decided_by_sibling(alice.id, now + 2) == SiblingDecision("complete", bob.owner, bob.id, final=False)
+    dead = now + 2 + STALE_CLAIM_SECONDS
+    cut_off = SiblingDecision("complete", bob.owner, bob.id, final=False, unknown=True)
+    assert store.decided_by_sibling(alice.id, dead) == cut_off
+    carols = _claim(store, carol, "fail", dead)  # under way: it may yet decide, so it goes first
+    assert store.decided_by_sibling(alice.id, dead) == SiblingDecision("fail", carol.owner, carol.id, final=False)
+    assert store.finish_claim(carol.id, carols, dead)
+    assert store.decided_by_sibling(alice.id, dead) == SiblingDecision("fail", carol.owner, carol.id)
+
+
+def test_a_sibling_answer_dead_before_the_request_was_made_decides_nothing(store: Store) -> None:
+    """The request was made after the other answer's attempt was taken for dead (the task
+    asked again): that answer stands in its way no more than one finished before it."""
+    now = time.time()
+    bob = _request(store, "ticket-12", "bob@example.com", now)
+    _claim(store, bob, "complete", now)
+    alive_then = _request(store, "ticket-12", "alice@example.com", now + STALE_CLAIM_SECONDS)
+    dead_then = _request(store, "ticket-12", "carol@example.com", now + STALE_CLAIM_SECONDS + 1)
+
+    later = now + 2 * STALE_CLAIM_SECONDS
+    assert store.decided_by_sibling(alive_then.id, later) == SiblingDecision(
+        "complete", bob.owner, bob.id, final=False, unknown=True
+    )
+    assert store.decided_by_sibling(dead_then.id, later) is None

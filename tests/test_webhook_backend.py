@@ -13,13 +13,17 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import RcMta, make_rc_mta
+from conftest import RcMta, make_rc_mta, wait_until
 from mailclient import reply_message, send_smtp
 from pydantic import SecretStr
+from racing import all_at_once
+from sqlalchemy import update
+from test_approvals import diagnose
 from webhook_receiver import WebhookReceiver
 
 from rc_mta import smtp_replies as R
@@ -31,6 +35,7 @@ from rc_mta.errors import (
     BackendUnavailable,
     TemporaryFailure,
 )
+from rc_mta.store import STALE_CLAIM_SECONDS, Store, requests, used_tokens
 from rc_mta.tasks import ActionContext, TaskNotInProgress
 from rc_mta.tasks.webhook import WebhookBackend
 
@@ -314,3 +319,129 @@ def test_receiver_failing_with_500_answers_451_and_the_retry_succeeds(
     assert retried.code == 250
     first_try, second_try = receiver.payloads  # the receiver saw both; the retry is the same request
     assert first_try["request_id"] == second_try["request_id"] and first_try["message_id"] == second_try["message_id"]
+
+
+# Several requests of one task (not an N-of-M group): the webhook cannot be asked whether the
+# task is still in progress, so rc-mta's own record of the other requests' answers stands in.
+
+BOB = "bob@example.com"
+
+
+def all_earlier(server: RcMta, seconds: float) -> None:
+    """As if ``seconds`` had passed since every request was made and every answer claimed
+    (one transaction: a claim made dead is never seen beside requests made after it)."""
+    store = Store(server.settings["store"]["url"])
+    try:
+        r, u = requests.c, used_tokens.c
+        with store.engine.begin() as conn:
+            conn.execute(update(requests).values(created_at=r.created_at - seconds, expires_at=r.expires_at - seconds))
+            conn.execute(update(used_tokens).values(claimed_at=u.claimed_at - seconds))
+    finally:
+        store.close()
+
+
+def answer_as(server: RcMta, sent: dict[str, Any], owner: str) -> Any:
+    address = sent["complete_address"]
+    return send_smtp(server.smtp_port, reply_message(address, "Ship it", sender=owner), address, mail_from=owner)
+
+
+def test_an_answer_while_another_requests_answer_is_acted_on_waits_then_is_refused_saying_who(
+    tmp_path: Path,
+) -> None:
+    """Bob's answer to his request is being POSTed (the receiver holds it) when Alice answers
+    hers: nothing is POSTed beside it (451, try again); once Bob's is done, Alice's retry is
+    refused saying Bob decided, and the receiver saw one action."""
+    gate = threading.Event()
+    held = WebhookReceiver(gate=gate).start()
+    server = make_rc_mta(tmp_path)
+    server.settings["tasks"] = {"backend": "webhook", "webhook": {"url": held.url, "secret": held.secret}}
+    try:
+        server.start()
+        alices = server.cli_json("request", TASK, "--owner", ALICE)
+        bobs = server.cli_json("request", TASK, "--owner", BOB)
+        with ThreadPoolExecutor(1) as pool:
+            bob = pool.submit(answer_as, server, bobs, BOB)
+            wait_until(lambda: len(held.payloads) == 1, what="Bob's POST under way")
+            alice_says = reply_message(alices["complete_address"], "Ship it", sender=ALICE)
+            predicted = diagnose(server, tmp_path, alice_says, ALICE)
+            waiting = answer_as(server, alices, ALICE)
+            in_progress = str(R.DECISION_IN_PROGRESS.with_text(task_id=TASK))
+            assert f"{waiting.code} {waiting.text}" == predicted["smtp_reply"] == in_progress, (waiting, predicted)
+            gate.set()
+            assert bob.result().code == 250
+
+        refused = answer_as(server, alices, ALICE)
+        decided = R.DECISION_MADE.with_text(task_id=TASK, action_past="completed", by=BOB)
+        assert f"{refused.code} {refused.text}" == str(decided), refused
+        assert [(p["request_id"], p["actor"]) for p in held.payloads] == [(bobs["request_id"], BOB)]
+    finally:
+        gate.set()
+        server.stop()
+        held.stop()
+
+
+def test_an_answer_beside_another_requests_answer_cut_off_mid_post_is_refused_and_an_operator_warned(
+    tmp_path: Path,
+) -> None:
+    """Bob's POST got no answer before the action deadline (451 to him) and his attempt was
+    never finished: once his claim is taken for dead, whether the receiver acted on it is
+    unknown and cannot be asked. Alice's answer is not POSTed on a guess: refused, saying
+    so and to decide the task in the workflow system, with a WARNING naming the task."""
+    gate = threading.Event()
+    held = WebhookReceiver(gate=gate).start()
+    server = make_rc_mta(tmp_path)
+    webhook = {"url": held.url, "secret": held.secret, "timeout": "30s"}
+    server.settings["tasks"] = {"backend": "webhook", "action_deadline": "1s", "webhook": webhook}
+    try:
+        server.start()
+        alices = server.cli_json("request", TASK, "--owner", ALICE)
+        bobs = server.cli_json("request", TASK, "--owner", BOB)
+        cut = answer_as(server, bobs, BOB)
+        assert f"{cut.code} {cut.text}" == str(R.ACTION_OUTCOME_UNKNOWN.with_text(task_id=TASK)), cut
+        gate.set()  # the receiver ends what it was sent; rc-mta never learns how
+        all_earlier(server, STALE_CLAIM_SECONDS + 1)
+
+        refused = answer_as(server, alices, ALICE)
+        unknown = R.SIBLING_OUTCOME_UNKNOWN.with_text(task_id=TASK, request_id=bobs["request_id"])
+        assert f"{refused.code} {refused.text}" == str(unknown), refused
+        assert (refused.code, refused.enhanced) == (550, "5.7.1")
+        assert [p["request_id"] for p in held.payloads] == [bobs["request_id"]]
+        warned = [line for line in server.log_path.read_text().splitlines() if " WARNING " in line and TASK in line]
+        assert any(alices["request_id"] in line and bobs["request_id"] in line for line in warned), warned
+    finally:
+        gate.set()
+        server.stop()
+        held.stop()
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
+def test_two_requests_answers_at_the_same_moment_post_one_action(
+    store: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """Alice and Bob answer their requests of one task at once: each answer looks at the
+    other's once its own claim is taken, so at least one of them sees the other and waits
+    (451); the receiver never gets both. Retried, one acts and the other is refused."""
+    receiver = WebhookReceiver().start()
+    server = make_rc_mta(tmp_path)
+    server.settings["tasks"] = {"backend": "webhook", "webhook": {"url": receiver.url, "secret": receiver.secret}}
+    if store == "postgresql":
+        server.settings["store"] = {"url": request.getfixturevalue("pg_url"), "busy_timeout": "2s"}
+    try:
+        server.start()
+        sent = [(server.cli_json("request", TASK, "--owner", owner), owner) for owner in (ALICE, BOB)]
+        first = all_at_once(2, lambda i: answer_as(server, *sent[i]))
+        assert sorted(o.code for o in first) in ([250, 451], [451, 451]), first
+        assert len(receiver.payloads) == [o.code for o in first].count(250)
+
+        for (made, owner), outcome in zip(sent, first, strict=True):
+            if outcome.code == 451:
+                assert f"{outcome.code} {outcome.text}" == str(R.DECISION_IN_PROGRESS.with_text(task_id=TASK))
+                outcome = answer_as(server, made, owner)  # the sender's retry
+            assert outcome.code in (250, 550), outcome
+        [posted] = receiver.payloads
+        refused = answer_as(server, *next(s for s in sent if s[1] != posted["actor"]))
+        decided = R.DECISION_MADE.with_text(task_id=TASK, action_past="completed", by=posted["actor"])
+        assert f"{refused.code} {refused.text}" == str(decided), refused
+    finally:
+        server.stop()
+        receiver.stop()

@@ -11,7 +11,15 @@ from ..config import Settings
 from ..errors import ConfigError
 from ..registry import TASK_BACKENDS
 from ..store import Store
-from ._base import ActionContext, RequestFailureListener, TaskBackend, TaskInfo, TaskNotFound, TaskNotInProgress
+from ._base import (
+    ActionContext,
+    RequestFailureListener,
+    TaskBackend,
+    TaskInfo,
+    TaskNotFound,
+    TaskNotInProgress,
+    reads_tasks,
+)
 from .embedded import EmbeddedBackend
 
 __all__ = [
@@ -23,6 +31,7 @@ __all__ = [
     "TaskNotFound",
     "TaskNotInProgress",
     "make_backend",
+    "reads_tasks",
 ]
 
 

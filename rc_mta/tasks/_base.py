@@ -27,6 +27,7 @@ __all__ = [
     "TaskNotInProgress",
     "expiry_note",
     "http_timeout",
+    "reads_tasks",
     "undelivered_note",
 ]
 
@@ -75,6 +76,14 @@ class TaskInfo:
     # False when the backend has no way to read a task (the webhook) and ``status`` is only
     # assumed: callers that must not act on a closed task look for other evidence then.
     known: bool = True
+
+
+def reads_tasks(backend: object) -> bool:
+    """Whether ``backend.get`` reads a task (``TaskInfo.known``). One that cannot, only
+    assumes it in progress (the webhook), says so with ``reads_tasks = False``; then before
+    acting, rc-mta's own record of the task's other requests stands in for it
+    (``Store.decided_by_sibling``)."""
+    return getattr(backend, "reads_tasks", True) is not False
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,10 @@ A POST that timed out may have acted: the retry carries the same ``request_id``,
 receiver answers a repeat of an action it already took with 2xx (or 409 naming the same
 status and ``acted_by``), and nothing is done twice. In an N-of-M group such a POST keeps
 its decision (``BackendOutcomeUnknown``): until its claim is taken for dead, the group's
-other members get ``451``, so the receiver is never told the other way beside it.
+other members get ``451``, so the receiver is never told the other way beside it. So do
+answers to the task's other requests outside a group (``reads_tasks`` is False: rc-mta's
+own record stands in, ``Store.decided_by_sibling``); once that claim is taken for dead,
+whether it acted is unknown, and they are refused rather than POSTed on a guess.
 """
 
 from __future__ import annotations
@@ -83,6 +86,7 @@ def _one_line(text: str, limit: int = 200) -> str:
 
 class WebhookBackend:
     name = "webhook"
+    reads_tasks = False  # ``get`` only assumes a task in progress: rc-mta's own record stands in
 
     def __init__(self, config: WebhookConfig) -> None:
         self._config = config
