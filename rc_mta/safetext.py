@@ -97,7 +97,8 @@ def hostile_character(text: str) -> str | None:
 _line_breaking = _char_class(_CONTROLS, _TAB)
 
 
-def one_line(text: str) -> str:
+def one_line(text: str, limit: int | None = None) -> str:
     """``text`` for a mail header or a line of its own: control characters and line breaks
-    become spaces, runs of spaces one."""
-    return " ".join(_line_breaking().sub(" ", text).split())
+    become spaces, runs of spaces one; cut at ``limit`` characters when given (what another
+    system answered, told in a log line or an error)."""
+    return " ".join(_line_breaking().sub(" ", text).split())[:limit]

@@ -38,6 +38,7 @@ import aiohttp
 from ..config import ReleaseConfig
 from ..errors import BackendAuthFailed, BackendOutcomeUnknown, BackendRefused, BackendUnavailable, ConfigError
 from ..registry import TASK_BACKENDS
+from ..safetext import one_line
 from ..store import Store
 from ._base import (
     ActionContext,
@@ -71,10 +72,6 @@ def attributed(comment: str, actor: str) -> str:
     """The comment recorded in Release: the reply's words, then who answered by email."""
     line = f"{ATTRIBUTION}{actor}"
     return f"{comment.rstrip()}\n\n{line}" if comment.strip() else line
-
-
-def _one_line(text: str, limit: int = 200) -> str:
-    return " ".join(text.split())[:limit]
 
 
 @dataclass(frozen=True)
@@ -372,7 +369,7 @@ class ReleaseBackend:
             task = _task_info(task_id, await self._read_task(task_id))
             if task.status != "in_progress":
                 raise TaskNotInProgress(task)
-            reason = _one_line(str(answer.json().get("message") or answer.text)) or f"HTTP {answer.status}"
+            reason = one_line(str(answer.json().get("message") or answer.text), 200) or f"HTTP {answer.status}"
             raise BackendRefused(reason)
         raise BackendUnavailable(f"Release answered {answer.status} to POST {path}")
 

@@ -63,6 +63,7 @@ import aiohttp
 from ..config import WebhookConfig
 from ..errors import BackendAuthFailed, BackendOutcomeUnknown, BackendRefused, BackendUnavailable, ConfigError
 from ..registry import TASK_BACKENDS
+from ..safetext import one_line
 from ..store import Store
 from ._base import ActionContext, TaskInfo, TaskNotInProgress, http_timeout
 
@@ -78,10 +79,6 @@ def signature(secret: bytes, timestamp: str, body: bytes) -> str:
     """The ``X-RC-MTA-Signature`` value for one body sent at ``timestamp``."""
     digest = hmac.new(secret, f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
     return f"sha256={digest}"
-
-
-def _one_line(text: str, limit: int = 200) -> str:
-    return " ".join(text.split())[:limit]
 
 
 class WebhookBackend:
@@ -256,13 +253,13 @@ def _json(text: str) -> dict[str, Any]:
 
 def _why(answer: dict[str, Any], text: str, status: int) -> str:
     """The receiver's reason for a 4xx, on one short line: its ``detail`` (or ``error``, or text)."""
-    return _one_line(str(answer.get("detail") or answer.get("error") or text)) or f"HTTP {status}"
+    return one_line(str(answer.get("detail") or answer.get("error") or text), 200) or f"HTTP {status}"
 
 
 def _closed_task(task_id: str, answer: dict[str, Any]) -> TaskInfo:
     """What a 409 tells us: its status (else its detail, else just "closed") and who acted."""
-    status = _one_line(str(answer.get("status") or ""), 40).lower()
-    detail = _one_line(str(answer.get("detail") or ""))
+    status = one_line(str(answer.get("status") or ""), 40).lower()
+    detail = one_line(str(answer.get("detail") or ""), 200)
     if not status:
         status = f"closed ({detail})" if detail else "closed"
     acted_by = answer.get("acted_by")
