@@ -138,10 +138,12 @@ class DecisionMade(Refusal):
         self.task_id, self.action_past, self.by = task_id, action_past, by
 
 
-class SiblingOutcomeUnknown(Refusal):
+class SiblingOutcomeUnknown(TemporaryFailure):
     """Another request's answer to the task was cut off while it was acted on (its attempt
-    died), and the backend cannot be asked whether it acted (the webhook): this answer is
-    not acted on beside it on a guess; a person decides the task in the workflow system."""
+    died, or the backend gave no answer), and the backend cannot be asked whether it acted
+    (the webhook): this answer is not acted on beside it on a guess. The doubt is settled
+    when that answer's sender tries again (it takes the dead claim over and finishes), so
+    this one waits too; a person may also decide the task in the workflow system."""
 
     def __init__(self, task_id: str, request_id: str) -> None:
         super().__init__(f"whether the answer to request {request_id} acted on task {task_id} is unknown")

@@ -114,6 +114,16 @@ class _Recent(Generic[K, V]):
         if len(self._items) > self._size:
             self._items.popitem(last=False)
 
+    def pop(self, key: K) -> V | None:
+        return self._items.pop(key, None)
+
+
+def _same_answer(decision: Decision, claim: Claim, actor: str) -> bool:
+    """Whether ``claim`` was taken by this very answer (message, action), from this very sender."""
+    action = decision.action
+    held = (claim.message_id, claim.action, claim.actor.lower())
+    return action is not None and held == (decision.message_id, action.value, actor.lower())
+
 
 class Outcome(enum.Enum):
     """What a message comes to, for one recipient."""
@@ -230,6 +240,9 @@ class Pipeline:
         self._owners = _Recent[str, str](OWNERS_KEPT)
         # Request id -> the attempt that acted on it here but could not record it (``_finish``).
         self._unrecorded = _Recent[str, str](UNRECORDED_KEPT)
+        # Attempts whose POST got no answer and that kept their claim (the webhook): request
+        # id -> attempt. The very same answer, sent again, posts again as that attempt.
+        self._unanswered = _Recent[str, str](UNRECORDED_KEPT)
         self.backend = backend
         # Tasks in this very store: claim, task, comment and record go in one transaction.
         self._acts_in_store = isinstance(backend, EmbeddedBackend) and backend.keeps_tasks_in(store)
@@ -491,6 +504,8 @@ class Pipeline:
         )
         if outcome is ClaimOutcome.REVOKED:
             raise RequestRevoked(f"request {request.id} was withdrawn")
+        if outcome is ClaimOutcome.BUSY and claim is not None and await self._posts_again(decision, claim, actor):
+            attempt, outcome = str(claim.attempt), ClaimOutcome.OURS  # that attempt's retry, as that attempt
         if outcome is ClaimOutcome.BUSY and claim is not None and await self._acted_unrecorded(decision, claim, actor):
             outcome = ClaimOutcome.DONE  # recorded now, on that attempt's behalf: this is its retry
         if outcome is not ClaimOutcome.OURS:
@@ -504,8 +519,19 @@ class Pipeline:
                 request.id, message_id, source, {name: v["result"] for name, v in decision.checks.items()}, deadline
             )
             await self._drive_backend(action, request.task_id, decision.comment, actor, context, deadline)
-        except ActionOutcomeUnknown:
-            raise  # the claim stays ours until taken for dead: no other answer acts meanwhile
+        except BackendOutcomeUnknown as exc:
+            # Sent, perhaps acted on. Cut at the deadline, or where the task cannot be read
+            # (the webhook: this claim is what holds the task's other requests' answers back,
+            # ``_stopped_by_sibling``), the claim stays ours: only this very answer, sent
+            # again, posts again (``_posts_again``, here; elsewhere once it is taken for dead),
+            # with the same request id. Release's retry reads the task first: given back.
+            if isinstance(exc, ActionOutcomeUnknown):
+                raise
+            if not self._reads_tasks:
+                self._unanswered.put(request.id, attempt)
+                raise
+            await self._give_back(request.id, attempt)
+            raise
         except TaskNotInProgress as exc:
             task = exc.task
             if task.acted_by == actor and task.status == action.past:
@@ -518,22 +544,27 @@ class Pipeline:
             await asyncio.to_thread(self.store.release_claim, request.id, attempt)
             raise
         except BaseException:
-            try:
-                await asyncio.to_thread(self.store.release_claim, request.id, attempt)
-            except TemporaryFailure:
-                pass  # the claim goes stale and is taken over later
+            await self._give_back(request.id, attempt)
             raise
         metrics.TASKS_ACTED.labels(self.backend.name, action.value).inc()
         await self._finish(request, attempt, action)
         return decision
+
+    async def _give_back(self, request_id: str, attempt: str) -> None:
+        """Our claim back after a failure, so a later answer may act; if the store cannot
+        take it back now, the claim goes stale and is taken over later."""
+        try:
+            await asyncio.to_thread(self.store.release_claim, request_id, attempt)
+        except TemporaryFailure:
+            pass
 
     async def _stopped_by_sibling(self, request: Request) -> RcMtaError | None:
         """Where the backend cannot read the task (the webhook), what stops an answer that
         decides alone, by rc-mta's own record of the task's other requests
         (``Store.decided_by_sibling``): one decided it (refused, saying by whom); one is
         being acted on (451: it may yet land, and the backend must not get two); one's
-        attempt died mid-action (refused: whether it acted only the backend knows, and it
-        cannot be asked, so a person decides; an operator is warned). Asked while this
+        attempt was cut off mid-action (451 too: whether it acted is settled when its sender
+        tries again, or by a person in the workflow system; an operator is warned). Asked while this
         answer holds its claim, so of two answers at once each sees the other's."""
         if self._reads_tasks:
             return None
@@ -543,7 +574,7 @@ class Pipeline:
         if sibling.unknown:
             log.warning(
                 "request %s: not acted on: the %s of task %s by %s (request %s) was cut off mid-action and the %s"
-                " backend cannot say whether it acted; decide task %s there",
+                " backend cannot say whether it acted; its sender's retry settles it, or decide task %s there",
                 request.id,
                 sibling.action,
                 request.task_id,
@@ -654,6 +685,18 @@ class Pipeline:
                 STALE_CLAIM_SECONDS,
             )
 
+    async def _posts_again(self, decision: Decision, claim: Claim, actor: str) -> bool:
+        """Whether this is the very answer whose POST got no answer here (that attempt has
+        ended and kept its claim, ``_unanswered``): then it posts again as that attempt, its
+        claim counted from now, and the receiver takes the same request id as a repeat.
+        Taken once: of two copies sent again at the same moment, the other waits."""
+        request = decision.request
+        if request is None or claim.attempt is None or not _same_answer(decision, claim, actor):
+            return False
+        if self._unanswered.pop(request.id) != claim.attempt:
+            return False
+        return await asyncio.to_thread(self.store.renew_claim, request.id, claim.attempt, self.clock())
+
     async def _acted_unrecorded(self, decision: Decision, claim: Claim, actor: str) -> bool:
         """Whether the attempt holding the claim, with this very message, already acted and
         only failed to record it, and if so record it now, on its behalf. Known when this
@@ -661,11 +704,8 @@ class Pipeline:
         the state this answer asks for, attributed to this sender: what ``act`` takes as its
         own earlier attempt's doing. Anything else (the holder may still be at work) is no."""
         request, action = decision.request, decision.action
-        if request is None or action is None or claim.attempt is None:
+        if request is None or action is None or claim.attempt is None or not _same_answer(decision, claim, actor):
             return False
-        held = (claim.message_id, claim.action, claim.actor.lower())
-        if held != (decision.message_id, action.value, actor.lower()):
-            return False  # not this very answer, from this very sender
         if self._unrecorded.get(request.id) != claim.attempt and not await self._backend_shows(
             request.task_id, action, actor
         ):

@@ -133,14 +133,13 @@ ACTION_UNCLEAR = _reply(
     " (or press a button in the request)",
 )
 TASK_NOT_FOUND = _reply("TASK_NOT_FOUND", 550, "5.1.1", "Task {task_id} no longer exists")
-# For good: nothing rc-mta can learn later would settle it (the webhook cannot be asked),
-# so the owner is told where the task can still be decided.
+# Until that answer's sender tries again (which settles it), or a person decides the task.
 SIBLING_OUTCOME_UNKNOWN = _reply(
     "SIBLING_OUTCOME_UNKNOWN",
-    550,
-    "5.7.1",
+    451,
+    "4.3.0",
     "Another answer to task {task_id} (request {request_id}) was cut off while it was acted on, and whether it"
-    " was is unknown; nothing was changed: please decide task {task_id} in the workflow system",
+    " was is not known yet; nothing was changed: try again later, or decide task {task_id} in the workflow system",
 )
 TASK_NOT_IN_PROGRESS = _reply(
     "TASK_NOT_IN_PROGRESS", 550, "5.7.1", "Task {task_id} was already {status}{by}; nothing was changed"

@@ -807,6 +807,19 @@ class Store:
                 return True
             return conn.execute(select(used_tokens.c.state).where(*mine)).scalar_one_or_none() == "done"
 
+    def renew_claim(self, request_id: str, attempt: str, now: float) -> bool:
+        """This attempt's claim, still pending, counted from ``now`` again: its own retry acts
+        as it (``Pipeline._posts_again``), with as long before it may be taken for dead as a
+        new claim. False when the attempt no longer holds it."""
+        t = used_tokens.c
+        with self._begin() as conn:
+            changed = conn.execute(
+                update(used_tokens)
+                .where(t.request_id == request_id, t.attempt == attempt, t.state == "pending")
+                .values(claimed_at=now)
+            ).rowcount
+        return bool(changed)
+
     def release_claim(self, request_id: str, attempt: str) -> None:
         """Give this attempt's claim back after a failure, so any later reply may try.
         Another attempt's claim (a copy of the same message included) is left alone."""

@@ -380,13 +380,15 @@ def test_an_answer_while_another_requests_answer_is_acted_on_waits_then_is_refus
         held.stop()
 
 
-def test_an_answer_beside_another_requests_answer_cut_off_mid_post_is_refused_and_an_operator_warned(
+def test_an_answer_beside_another_requests_answer_cut_off_mid_post_waits_for_its_retry_and_an_operator_is_warned(
     tmp_path: Path,
 ) -> None:
     """Bob's POST got no answer before the action deadline (451 to him) and his attempt was
     never finished: once his claim is taken for dead, whether the receiver acted on it is
-    unknown and cannot be asked. Alice's answer is not POSTed on a guess: refused, saying
-    so and to decide the task in the workflow system, with a WARNING naming the task."""
+    unknown and cannot be asked. Alice's answer is not POSTed on a guess: 451 (the doubt is
+    temporary), saying so and that the task may be decided in the workflow system, with a
+    WARNING naming the task. Bob's sender's retry settles it (his POST again, same request
+    id); then Alice is refused saying Bob decided."""
     gate = threading.Event()
     held = WebhookReceiver(gate=gate).start()
     server = make_rc_mta(tmp_path)
@@ -404,14 +406,47 @@ def test_an_answer_beside_another_requests_answer_cut_off_mid_post_is_refused_an
         refused = answer_as(server, alices, ALICE)
         unknown = R.SIBLING_OUTCOME_UNKNOWN.with_text(task_id=TASK, request_id=bobs["request_id"])
         assert f"{refused.code} {refused.text}" == str(unknown), refused
-        assert (refused.code, refused.enhanced) == (550, "5.7.1")
+        assert (refused.code, refused.enhanced) == (451, "4.3.0")
         assert [p["request_id"] for p in held.payloads] == [bobs["request_id"]]
         warned = [line for line in server.log_path.read_text().splitlines() if " WARNING " in line and TASK in line]
         assert any(alices["request_id"] in line and bobs["request_id"] in line for line in warned), warned
+
+        settled = answer_as(server, bobs, BOB)  # Bob's sender tries again: his dead claim is taken over
+        assert settled.code == 250, settled
+        assert [p["request_id"] for p in held.payloads] == [bobs["request_id"]] * 2  # the receiver dedupes
+        after = answer_as(server, alices, ALICE)
+        decided = R.DECISION_MADE.with_text(task_id=TASK, action_past="completed", by=BOB)
+        assert f"{after.code} {after.text}" == str(decided), after
     finally:
         gate.set()
         server.stop()
         held.stop()
+
+
+def test_an_answer_whose_post_may_have_acted_keeps_its_claim_so_another_requests_answer_waits(
+    tmp_path: Path,
+) -> None:
+    """Bob's POST is answered 500: the receiver may have acted on it (451 to Bob). His claim
+    stays, so Alice's answer to her request of the same task waits (451) instead of being
+    POSTed beside an action that may have happened; the receiver saw Bob's alone."""
+    receiver = WebhookReceiver().start()
+    receiver.answer = (500, {"detail": "crashed after the commit"})
+    server = make_rc_mta(tmp_path)
+    server.settings["tasks"] = {"backend": "webhook", "webhook": {"url": receiver.url, "secret": receiver.secret}}
+    try:
+        server.start()
+        alices = server.cli_json("request", TASK, "--owner", ALICE)
+        bobs = server.cli_json("request", TASK, "--owner", BOB)
+        bob = answer_as(server, bobs, BOB)
+        assert bob.code == 451, bob
+        receiver.answer = None  # answering as usual from here
+        alice = answer_as(server, alices, ALICE)
+    finally:
+        server.stop()
+        receiver.stop()
+
+    assert f"{alice.code} {alice.text}" == str(R.DECISION_IN_PROGRESS.with_text(task_id=TASK)), alice
+    assert [(p["request_id"], p["actor"]) for p in receiver.payloads] == [(bobs["request_id"], BOB)]
 
 
 @pytest.mark.parametrize("store", ["sqlite", "postgresql"])

@@ -43,8 +43,9 @@ status and ``acted_by``), and nothing is done twice. In an N-of-M group such a P
 its decision (``BackendOutcomeUnknown``): until its claim is taken for dead, the group's
 other members get ``451``, so the receiver is never told the other way beside it. So do
 answers to the task's other requests outside a group (``reads_tasks`` is False: rc-mta's
-own record stands in, ``Store.decided_by_sibling``); once that claim is taken for dead,
-whether it acted is unknown, and they are refused rather than POSTed on a guess.
+own record stands in, ``Store.decided_by_sibling``): a lone answer's claim stands too.
+Once that claim is taken for dead, whether it acted is unknown until its sender tries
+again, and they wait (451) rather than being POSTed on a guess.
 """
 
 from __future__ import annotations
