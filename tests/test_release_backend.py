@@ -310,6 +310,22 @@ def _by(seconds: float) -> ActionContext:
     return ActionContext(CONTEXT.request_id, CONTEXT.message_id, CONTEXT.source, CONTEXT.verdicts, deadline)
 
 
+def _complete_by(backend: ReleaseBackend, seconds: float) -> None:
+    """Complete ``TASK`` with an action deadline ``seconds`` away, and check that however the
+    backend ends, it ends before that deadline (the pipeline's own cut falls there)."""
+
+    async def go() -> None:
+        context = _by(seconds)
+        assert context.deadline is not None
+        try:
+            await backend.complete(TASK, "ok", ALICE, context)
+        finally:
+            assert asyncio.get_running_loop().time() < context.deadline
+            await backend.close()
+
+    asyncio.run(go())
+
+
 def test_no_post_is_started_that_could_not_end_before_the_action_deadline(release: FakeRelease) -> None:
     """The first POST meets a proxy's 503 (not sent); after the back-off and a read, less of
     the deadline is left than Release's timeout: a second POST could be cut by the pipeline
@@ -335,23 +351,20 @@ def test_a_read_that_would_run_into_the_action_deadline_is_cut_short_of_it(relea
     that whether it acted is unknown."""
     release.script = [(1.5, None)]
     backend = backend_for(release, timeout=2.0, retries=0)
-    ended: list[tuple[float, float]] = []  # (when it ended, the deadline), on the loop's clock
-
-    async def go() -> None:
-        context = _by(1.0)
-        assert context.deadline is not None
-        try:
-            await backend.complete(TASK, "ok", ALICE, context)
-        finally:
-            ended.append((asyncio.get_running_loop().time(), context.deadline))
-            await backend.close()
-
     with pytest.raises(BackendUnavailable, match="before the action deadline; nothing was sent"):
-        asyncio.run(go())
-
-    when, deadline = ended[0]
-    assert when < deadline, (when, deadline)
+        _complete_by(backend, 1.0)
     assert not [p for m, p, _ in release.seen if m == "POST"]
+    assert release.status(TASK) == "IN_PROGRESS"
+
+
+def test_the_read_after_a_refused_post_is_cut_short_of_the_action_deadline_too(release: FakeRelease) -> None:
+    """Release refuses the POST (409) late, and the read that tells why is slower still: it
+    is cut just short of the deadline, with nothing changed (BackendUnavailable), rather
+    than running into the pipeline's cut, which would call the outcome unknown."""
+    release.script = [(0.05, None), (1.0, 409), (1.9, None)]
+    backend = backend_for(release, timeout=2.0, retries=0)
+    with pytest.raises(BackendUnavailable, match="before the action deadline; nothing was sent, or Release refused"):
+        _complete_by(backend, 3.1)
     assert release.status(TASK) == "IN_PROGRESS"
 
 

@@ -340,6 +340,13 @@ def all_earlier(server: RcMta, seconds: float) -> None:
         store.close()
 
 
+def on_webhook(tmp_path: Path, receiver: WebhookReceiver) -> RcMta:
+    """An rc-mta (not started) acting on tasks through ``receiver``."""
+    server = make_rc_mta(tmp_path)
+    server.settings["tasks"] = {"backend": "webhook", "webhook": {"url": receiver.url, "secret": receiver.secret}}
+    return server
+
+
 def answer_as(server: RcMta, sent: dict[str, Any], owner: str) -> Any:
     address = sent["complete_address"]
     return send_smtp(server.smtp_port, reply_message(address, "Ship it", sender=owner), address, mail_from=owner)
@@ -353,12 +360,10 @@ def test_an_answer_while_another_requests_answer_is_acted_on_waits_then_is_refus
     refused saying Bob decided, and the receiver saw one action."""
     gate = threading.Event()
     held = WebhookReceiver(gate=gate).start()
-    server = make_rc_mta(tmp_path)
-    server.settings["tasks"] = {"backend": "webhook", "webhook": {"url": held.url, "secret": held.secret}}
+    server = on_webhook(tmp_path, held)
     try:
         server.start()
-        alices = server.cli_json("request", TASK, "--owner", ALICE)
-        bobs = server.cli_json("request", TASK, "--owner", BOB)
+        alices, bobs = (server.cli_json("request", TASK, "--owner", owner) for owner in (ALICE, BOB))
         with ThreadPoolExecutor(1) as pool:
             bob = pool.submit(answer_as, server, bobs, BOB)
             wait_until(lambda: len(held.payloads) == 1, what="Bob's POST under way")
@@ -431,12 +436,10 @@ def test_an_answer_whose_post_may_have_acted_keeps_its_claim_so_another_requests
     POSTed beside an action that may have happened; the receiver saw Bob's alone."""
     receiver = WebhookReceiver().start()
     receiver.answer = (500, {"detail": "crashed after the commit"})
-    server = make_rc_mta(tmp_path)
-    server.settings["tasks"] = {"backend": "webhook", "webhook": {"url": receiver.url, "secret": receiver.secret}}
+    server = on_webhook(tmp_path, receiver)
     try:
         server.start()
-        alices = server.cli_json("request", TASK, "--owner", ALICE)
-        bobs = server.cli_json("request", TASK, "--owner", BOB)
+        alices, bobs = (server.cli_json("request", TASK, "--owner", owner) for owner in (ALICE, BOB))
         bob = answer_as(server, bobs, BOB)
         assert bob.code == 451, bob
         receiver.answer = None  # answering as usual from here

@@ -290,9 +290,25 @@ class ReleaseBackend:
 
         path = f"/api/v1/tasks/{task_id}/{action}"
         body = {"comment": attributed(comment, actor)}
-        answer = await self._post_unrepeated(task_id, path, body, still_in_progress, deadline)
-        if answer is not None and answer.status >= 300:
-            await self._refused(task_id, path, answer)
+        # By the deadline (loop time) the action has ended, and said whether anything was
+        # sent: a POST starts only with time to end on its own timeout before it, and the
+        # reads and back-offs around POSTs that never reached Release, or after one Release
+        # refused, are cut just short of it (BackendUnavailable: the sender tries again), so
+        # the pipeline's own cut at the deadline, which must call the outcome unknown, never
+        # falls here.
+        stop = None if deadline is None else deadline - _DEADLINE_SLACK_SECONDS
+        cut = asyncio.timeout_at(stop)
+        try:
+            async with cut:
+                answer = await self._post_unrepeated(task_id, path, body, still_in_progress, stop)
+                if answer is not None and answer.status >= 300:
+                    await self._refused(task_id, path, answer)
+        except TimeoutError:
+            if not cut.expired():
+                raise
+            raise BackendUnavailable(
+                f"Release: POST {path} did not end before the action deadline; nothing was sent, or Release refused it"
+            ) from None
 
     async def _post_unrepeated(
         self,
@@ -300,39 +316,14 @@ class ReleaseBackend:
         path: str,
         body: Mapping[str, Any],
         done: Callable[[dict[str, Any]], bool],
-        deadline: float | None = None,
+        stop: float | None = None,
     ) -> _Answer | None:
         """POST ``body`` to ``path`` unless ``done`` (which may raise instead) finds in the task,
         read before each try, that it needs no POST (None then). Tried again, after back-off,
         only when it surely did not reach Release: no connection (``http_timeout``), or a
         proxy's 502/503. Once sent, a lost answer is ``BackendOutcomeUnknown``: only a read
         some time later can tell what became of it. Else Release's answer, whatever it is.
-
-        By ``deadline`` (loop time) it has ended, and said whether anything was sent: a POST
-        is started only with time to end on its own timeout before it, and the reads and
-        back-offs around POSTs that never reached Release are cut just short of it
-        (``BackendUnavailable``: the sender tries again), so the caller's own cut at the
-        deadline, which must call the outcome unknown, never falls on this."""
-        stop = None if deadline is None else deadline - _DEADLINE_SLACK_SECONDS
-        cut = asyncio.timeout_at(stop)
-        try:
-            async with cut:
-                return await self._post_tries(task_id, path, body, done, stop)
-        except TimeoutError:
-            if not cut.expired():
-                raise
-            raise BackendUnavailable(
-                f"Release did not let POST {path} be made before the action deadline; nothing was sent"
-            ) from None
-
-    async def _post_tries(
-        self,
-        task_id: str,
-        path: str,
-        body: Mapping[str, Any],
-        done: Callable[[dict[str, Any]], bool],
-        stop: float | None,
-    ) -> _Answer | None:
+        No POST is started that could not end on its own timeout by ``stop`` (loop time)."""
         attempt = 0
         loop = asyncio.get_running_loop()
         while True:
