@@ -288,7 +288,7 @@ def test_an_action_at_its_longest_ends_within_the_worst_case_the_config_checks(r
     POST (409), and the read that tells a 409 apart. ``ReleaseConfig.worst_case``, which the
     config checks against the action deadline, counts exactly these calls and back-offs: the
     action ends within it, and no sooner than it less each call's unused time."""
-    timeout, late, retries = 0.5, 0.35, 1
+    timeout, late, retries = 1.0, 0.35, 1  # 0.65 s of slack per call on a loaded machine
     read = [(late, 503), (late, None)]
     release.script = [*read, (late, 503), *read, (late, 409), *read]
     calls = len(release.script)
