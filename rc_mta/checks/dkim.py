@@ -167,12 +167,26 @@ MAX_KEY_BITS = 8192
 MAX_KEY_EXPONENT = 2**32
 
 
-@functools.lru_cache(maxsize=256)
+# A key record a real key fits in (8192 bits: about 1.4 KB of base64): only such are kept.
+_KEPT_RECORD_BYTES = 4096
+
+
 def unreasonable_key(record: bytes | None) -> str | None:
     """Why a published RSA key is refused before use (too large a modulus or exponent), or
     None: also None for what is not an RSA key dkimpy could use (it says why itself).
-    Kept per record: a domain's next reply meets the same key, and parsing it each time
-    cost 40 µs."""
+    Kept per record of a real key's size: a domain's next reply meets the same key, and
+    parsing it each time cost 40 µs; larger ones (a sender's 64 KiB TXT) are not kept."""
+    if record and len(record) <= _KEPT_RECORD_BYTES:
+        return _kept_verdict(record)
+    return _key_verdict(record)
+
+
+@functools.lru_cache(maxsize=256)
+def _kept_verdict(record: bytes) -> str | None:
+    return _key_verdict(record)
+
+
+def _key_verdict(record: bytes | None) -> str | None:
     if not record:
         return None
     try:
