@@ -87,7 +87,7 @@ def main() -> int:
     record = public_key()
     worst: dict[str, tuple[float, int]] = {}
     shapes = {kind: (lambda size, kind=kind: hostile(kind, size, "rc@reply.example.test")) for kind in HOSTILE}
-    for run in (40, 100, 300, 1000):
+    for run in (1, 4, 31, 40, 100, 300, 1000):
         shapes[f"white space runs of {run}"] = lambda size, run=run: white_space(size, run)
     # Lines the comment reader weighs one by one (quote headers, attributions, banners,
     # NFKC-expanding characters), as many as fit, signed twice (each hashes the body).

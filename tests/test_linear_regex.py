@@ -141,7 +141,9 @@ FAMILIES: list[Family] = [
     Family("request tokens in ids", ADDRESSES.tokens_in, lambda n: repeat("rc+" + "a" * 39, n)),
     Family("request tokens, near-misses", ADDRESSES.tokens_in, lambda n: repeat("rc.", n)),
     Family("DMARC version", dmarc._VERSION.match, lambda n: "v" + " " * n + "x"),
-    Family("DKIM white space scan", budget._LONG_WHITESPACE.findall, lambda n: lines(b" " * 31 + b"x", n)),
+    Family("DKIM white space cost, runs of 31", budget.relaxed_body_cost, lambda n: lines(b" " * 31 + b"x", n)),
+    Family("DKIM white space cost, runs of 4", budget.relaxed_body_cost, lambda n: lines(b" \t  x", n)),
+    Family("DKIM white space cost, one run", budget.relaxed_body_cost, lambda n: b" " * n + b"x"),
     # inbound/aiosmtpd_private.py: MAIL FROM / RCPT TO read without the header parser.
     Family("SMTP address, near-miss", private.plain_address, lambda n: "<" + repeat("a.", n, "@a-")),
     Family("SMTP address, long domain", private.plain_address, lambda n: "<a@" + repeat("a.", n, "!")),

@@ -27,7 +27,9 @@ from mailclient import SmtpOutcome, reply_message, send_smtp
 from rc_mta import smtp_replies as R
 from rc_mta.budget import (
     DEFAULT_LIMITS,
+    INLINE_BYTES,
     INLINE_WHITESPACE_COST,
+    RUN_STEPS,
     Cost,
     HeavyWork,
     check_budget,
@@ -200,12 +202,17 @@ def canonical_message_cost(raw: bytes) -> Cost:
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.sampled_from([b" ", b"\t", b"x", b"\r\n", b" " * 31, b" " * 33, b"\t" * 40]), max_size=60))
-def test_white_space_cost_skips_its_pattern_only_where_the_pattern_finds_nothing(pieces: list[bytes]) -> None:
-    """The cost of white-space runs is what the pattern counts, whether the body was
-    scanned by it or passed by for holding no tab and no 32 spaces."""
+@given(
+    st.lists(
+        st.sampled_from([b" ", b"\t", b"x", b"\r", b"\r\n", b"  ", b" " * 4, b" " * 5, b" " * 31, b"\t" * 40]),
+        max_size=60,
+    )
+)
+def test_white_space_cost_counts_every_run_as_dkimpy_pays_for_it(pieces: list[bytes]) -> None:
+    """Every run of spaces and tabs costs dkimpy's relaxed canonicalization a match and each
+    start its pattern tries (L(L+1)/2 for a run of L), however the estimate counts them."""
     body = b"".join(pieces)
-    expected = sum(len(run) ** 2 // 2 for run in re.findall(rb"[\t ]{32,}", body))
+    expected = sum(RUN_STEPS + len(run) * (len(run) + 1) // 2 for run in re.findall(rb"[\t ]+", body))
     assert relaxed_body_cost(body) == expected
 
 
@@ -217,6 +224,11 @@ def test_what_makes_a_message_too_heavy_to_read_on_the_loop() -> None:
     spaced = bytes(reply_message("rc@reply.example.com", "Approved\n" + ("x" + " " * 200 + "y\n") * 20))
     assert canonical_message_cost(spaced).whitespace_cost > INLINE_WHITESPACE_COST
     assert not canonical_message_cost(spaced).light
+    # Runs just short of what a long run once was (32), in a message small enough for the loop.
+    short_runs = bytes(reply_message("rc@reply.example.com", "Approved\n" + (("x" + " " * 31) * 2 + "y\n") * 110))
+    assert len(short_runs) < INLINE_BYTES
+    assert canonical_message_cost(short_runs).whitespace_cost > INLINE_WHITESPACE_COST
+    assert not canonical_message_cost(short_runs).light
     assert not canonical_message_cost(ordinary_reply_with_attachments()).light  # parts and size
     for kind in ("references", "html", "from_comments"):
         try:
