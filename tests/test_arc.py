@@ -273,3 +273,27 @@ def test_chain_longer_than_any_real_one_is_not_verified(black_hole_resolver: Dns
 
     assert verdict is not None and verdict.result == "fail", verdict
     assert f"more than {MAX_ARC_SETS} ARC sets" in verdict.reason
+
+
+def test_a_large_body_is_not_canonicalized_once_for_each_set_of_a_chain(black_hole_resolver: DnsResolver) -> None:
+    # dkimpy canonicalizes the body for each set's ARC-Message-Signature: 1 MiB of runs of 31
+    # spaces (~100 ms each time) is worth verifying under one set, not under two.
+    line = (b" " * 31 + b"x") * 30 + b"\r\n"
+    body = line * (1024 * 1024 // len(line))
+    message = f"From: {OWNER}\r\nTo: rc@{REPLY_DOMAIN}\r\nSubject: Re: deploy\r\n\r\n".encode() + body
+
+    def chain(sets: int) -> bytes:
+        return b"".join(
+            b"ARC-Seal: i=%d; cv=%s; a=rsa-sha256; d=sealer.test; s=arc; b=AAAA\r\n"
+            b"ARC-Message-Signature: i=%d; a=rsa-sha256; d=sealer.test; s=arc; h=from; bh=AAAA; b=AAAA\r\n"
+            b"ARC-Authentication-Results: i=%d; gw.sealer.test; dmarc=pass header.from=corp.test\r\n"
+            % (i, b"pass" if i > 1 else b"none", i, i)
+            for i in range(sets, 0, -1)
+        )
+
+    one_set = arc_verdict(black_hole_resolver, chain(1) + message)
+    two_sets = arc_verdict(black_hole_resolver, chain(2) + message)
+
+    assert one_set is not None and one_set.result == "temperror", one_set  # verified: its key at a black hole
+    assert two_sets is not None and two_sets.result == "fail", two_sets
+    assert "too costly to canonicalize for 2" in two_sets.reason

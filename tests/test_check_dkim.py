@@ -224,6 +224,50 @@ def test_relaxed_signature_over_a_body_of_endless_white_space_is_not_verified(re
     assert "white space" in signatures[0].reason
 
 
+MIB = 1024 * 1024
+
+
+def lines_of(atom: bytes, size: int) -> bytes:
+    """``atom`` repeated on lines of under 998 bytes, to some ``size`` bytes of body."""
+    line = atom * (990 // len(atom)) + b"\r\n"
+    return line * (size // len(line))
+
+
+# Bodies of 1 MiB (rc-mta's default max_message_size) whose runs of white space are each
+# short, costing dkimpy's relaxed canonicalization 130-170 ms a signature (bench/dkim_whitespace.py).
+SHORT_RUNS = {
+    "a space between every letter": lines_of(b"x ", MIB),
+    "runs of 31 beside one of 4400": b" " * 4400 + b"x\r\n" + lines_of(b" " * 31 + b"x", MIB - 4403),
+}
+
+
+@pytest.mark.parametrize("shape", sorted(SHORT_RUNS))
+def test_relaxed_signature_over_a_megabyte_of_short_white_space_runs_is_not_verified(
+    resolver: DnsResolver, shape: str
+) -> None:
+    hostile = MESSAGE.replace(b"approve\r\n", SHORT_RUNS[shape])
+    verdict, signatures = verify(resolver, sign_relaxed(hostile, "good.test", "sel", "good-sel2048.pem"))
+    assert verdict.result == "permerror"
+    assert [(s.domain, s.result) for s in signatures] == [("good.test", "permerror")]
+    assert "white space" in signatures[0].reason
+
+
+def test_a_large_body_is_canonicalized_for_as_many_relaxed_signatures_as_its_cost_allows(
+    resolver: DnsResolver,
+) -> None:
+    # dkimpy canonicalizes the body again for each signature: 1 MiB of runs of 31 spaces
+    # (~100 ms each time) is verified once, not once for each signature on it.
+    body = lines_of(b" " * 31 + b"x", MIB)
+    signed_once = sign_relaxed(MESSAGE.replace(b"approve\r\n", body), "good.test", "sel", "good-sel2048.pem")
+    signed_twice = sign_relaxed(signed_once, "good.test", "sel", "good-sel2048.pem")
+
+    verdict, signatures = verify(resolver, signed_twice)
+
+    assert verdict.result == "pass"
+    assert [s.result for s in signatures] == ["pass", "permerror"]
+    assert "too costly to canonicalize for 2 relaxed signatures" in signatures[1].reason
+
+
 def test_a_signature_field_too_long_to_be_real_is_not_verified(resolver: DnsResolver) -> None:
     signed = sign(MESSAGE, "good.test", "sel", "good-sel2048.pem")
     padded = signed.replace(b"DKIM-Signature: ", b"DKIM-Signature: z=" + b"a" * 5000 + b"; ", 1)

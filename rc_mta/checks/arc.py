@@ -32,13 +32,13 @@ from rc_mta.checks._base import CheckContext, OwnerProof, Verdict, domain_of
 from rc_mta.checks.binding import RequestAddresses
 from rc_mta.checks.dkim import (
     MAX_SIGNATURE_BYTES,
-    MAX_WHITESPACE_COST,
     KeyLookup,
     Keys,
     key_name,
     look_up_keys,
     prefetched_dnsfunc,
     signed_binding_fields,
+    too_costly_to_canonicalize,
 )
 from rc_mta.checks.dmarc import organizational_domain
 from rc_mta.checks.whitelist import domain_listed
@@ -79,8 +79,10 @@ def _survey(raw: bytes) -> _Survey:
     raw_fields = [value for name, value in arc.headers if name.lower() in (_SEAL, _AMS)]
     if any(len(value) > MAX_SIGNATURE_BYTES for value in raw_fields):
         return _Survey(latest, sealer, unusable=f"an ARC field over {MAX_SIGNATURE_BYTES} bytes")
-    if relaxed_body_cost(arc.body) > MAX_WHITESPACE_COST:  # ARC always canonicalizes relaxed
-        return _Survey(latest, sealer, unusable="the body has longer runs of white space than any text")
+    # ARC always canonicalizes relaxed, the body once for each set's ARC-Message-Signature.
+    too_costly = too_costly_to_canonicalize(relaxed_body_cost(arc.body), latest)
+    if too_costly is not None:
+        return _Survey(latest, sealer, unusable=too_costly)
     pairs = [(_tag(value, b"s"), _tag(value, b"d")) for value in signatures]
     return _Survey(latest, sealer, frozenset(key_name(f"{s}._domainkey.{d}") for s, d in pairs if s and d))
 

@@ -9,8 +9,9 @@ Verifying is CPU work (hashing, RSA) and runs in the reading pool (rc_mta/budget
 keys are looked up before, on the loop, so no worker of that small pool ever waits on DNS.
 Two of dkimpy's regular expressions take time growing with the square of their input: the
 check of a signature's ``b=`` (so a signature field over 4 KiB is not verified) and the
-relaxed body canonicalization, on long runs of spaces and tabs (so a body with more of them
-than any text has is not verified with a ``c=*/relaxed`` signature).
+relaxed body canonicalization, on runs of spaces and tabs, which dkimpy runs again for each
+signature (so a body with more of them than text has is not verified with a ``c=*/relaxed``
+signature, nor a large body with more such signatures than its cost allows).
 """
 
 from __future__ import annotations
@@ -36,10 +37,22 @@ from rc_mta.dns import DnsResolver, DnsTemporaryError
 MAX_SIGNATURES = 16
 # Real signatures are under 2 KiB (a 4096-bit b= is 684 characters).
 MAX_SIGNATURE_BYTES = 4096
-# Relaxed canonicalization costs about the sum of the squares of the lengths of the body's
-# runs of white space (dkimpy's [\t ]+\r\n tries every start in a run); 10 million steps
-# is some 70 ms. Tables padded with spaces come to a few hundred thousand.
-MAX_WHITESPACE_COST = 10_000_000
+# Relaxed body canonicalization, which dkimpy runs again for each signature, costs what
+# ``budget.relaxed_body_cost`` counts: some 10 steps a byte of text, and the square of the
+# length of each run of white space that does not end a line (its ``[\\t ]+\\r\\n`` tries every
+# start in a run). 20 million steps, over all the signatures of a message, is some 100 ms
+# (~5 ns a step, bench/dkim_whitespace.py): 2 MiB of text, once.
+MAX_WHITESPACE_COST = 20_000_000
+
+
+def too_costly_to_canonicalize(body_cost: int, times: int) -> str | None:
+    """Why a body of ``relaxed_body_cost`` ``body_cost`` is not canonicalized ``times`` times
+    (once per relaxed signature or ARC set verified), or None when it may be."""
+    if body_cost > MAX_WHITESPACE_COST:
+        return "the body has more white space than text has"
+    if body_cost * times > MAX_WHITESPACE_COST:
+        return f"the body is too costly to canonicalize for {times} relaxed signatures"
+    return None
 
 
 @dataclass
@@ -125,6 +138,7 @@ def _signatures(raw: bytes, parsed: Parsed | None = None) -> tuple[list[_Signed]
     fields = [value for name, value in headers if name.lower() == b"dkim-signature"]
     found: list[_Signed] = []
     body_cost: int | None = None
+    canonicalizations = 0  # of the body, relaxed: each verified signature runs one
     for index, value in enumerate(fields[:MAX_SIGNATURES]):
         if len(value) > MAX_SIGNATURE_BYTES:
             found.append(_Signed(index, unusable=f"signature field over {MAX_SIGNATURE_BYTES} bytes"))
@@ -141,8 +155,11 @@ def _signatures(raw: bytes, parsed: Parsed | None = None) -> tuple[list[_Signed]
         if tags.get(b"c", b"").partition(b"/")[2].strip().lower() == b"relaxed":
             if body_cost is None:
                 body_cost = relaxed_body_cost(body)
-            if body_cost > MAX_WHITESPACE_COST:
-                signed = replace(signed, unusable="the body has longer runs of white space than any text")
+            why = too_costly_to_canonicalize(body_cost, canonicalizations + 1)
+            if why is None:
+                canonicalizations += 1
+            else:
+                signed = replace(signed, unusable=why)
         found.append(signed)
     return found, len(fields)
 
