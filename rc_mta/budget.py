@@ -118,11 +118,12 @@ INLINE_SIGNATURES = 2
 INLINE_SIGNATURE_BYTES = 2048
 # HTML is what costs most per byte (``</`` repeated: ~1.2 µs a byte in the HTML parser).
 INLINE_HTML_BYTES = 1024
-# dkimpy's relaxed canonicalization on white space (``relaxed_body_cost``): ~5 ns a step,
-# this is at most ~0.5 ms (bench/dkim_whitespace.py; bench/inline_read.py the whole read).
+# dkimpy's relaxed canonicalization on white space (``relaxed_body_cost``): 5-7 ns a step,
+# this is at most ~0.7 ms (bench/dkim_whitespace.py; bench/inline_read.py the whole read).
 INLINE_WHITESPACE_COST = 100_000
 # What one run of white space costs dkimpy beyond the starts its pattern tries: a match and a
-# replaced piece of the result, ~240 ns, some 48 steps (bench/dkim_whitespace.py).
+# replaced piece of the result, ~240 ns, some 48 steps (bench/dkim_whitespace.py: 1 MiB of
+# single spaces between letters, 0.5 M runs of one, takes 130-145 ms).
 RUN_STEPS = 48
 # Runs shorter than this are counted by ``bytes.count`` (one pass each), longer ones one by one.
 _COUNTED_BELOW = 5

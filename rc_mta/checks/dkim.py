@@ -40,8 +40,9 @@ MAX_SIGNATURE_BYTES = 4096
 # Relaxed body canonicalization, which dkimpy runs again for each signature, costs what
 # ``budget.relaxed_body_cost`` counts: some 10 steps a byte of text, and the square of the
 # length of each run of white space that does not end a line (its ``[\\t ]+\\r\\n`` tries every
-# start in a run). 20 million steps, over all the signatures of a message, is some 100 ms
-# (~5 ns a step, bench/dkim_whitespace.py): 2 MiB of text, once.
+# start in a run). 20 million steps, over all the signatures of a message, is 100-150 ms
+# (5-7 ns a step on a busy 2-core machine, bench/dkim_whitespace.py): 2 MiB of text, once.
+# Every body costs ~30 ms a MiB more, whatever it holds: that is max_message_size's to bound.
 MAX_WHITESPACE_COST = 20_000_000
 
 
