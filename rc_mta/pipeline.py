@@ -246,7 +246,9 @@ class Pipeline:
         self.backend = backend
         # Tasks in this very store: claim, task, comment and record go in one transaction.
         self._acts_in_store = isinstance(backend, EmbeddedBackend) and backend.keeps_tasks_in(store)
-        # A backend that cannot read a task (the webhook): rc-mta's record of its other requests stands in.
+        # A backend that cannot read a task (the webhook): rc-mta's record of its other requests
+        # stands in, and an N-of-M decision whose attempt died is never taken back by another
+        # request's answer (``Store.count_approval``'s ``take_back_stale``): whether it acted is unknown.
         self._reads_tasks = reads_tasks(backend)
         self.clock = clock
         self.complete_words: Sequence[str] = settings.replies.complete_words or DEFAULT_COMPLETE_WORDS
@@ -595,7 +597,9 @@ class Pipeline:
         counted); the one that reaches ``needed``, or any fail, decides and drives the
         backend, once. The decision is final once this claim is finished: until then
         another answer waits (451), and if the backend cannot be told it is taken back.
-        An answer after the final decision is refused, saying by whom."""
+        An answer after the final decision is refused, saying by whom. A decision whose
+        attempt died is taken back by another answer only where the backend can say it did
+        not act (``take_back_stale``): with the webhook that answer waits (451) instead."""
         request, action = decision.request, decision.action
         assert request is not None and action is not None
         store, now = self.store, self.clock()
@@ -604,11 +608,15 @@ class Pipeline:
             if await self._stale_decision_acted(request, group):
                 raise await self._decision_made(request)
             if action is TaskAction.FAIL:
-                decided = await asyncio.to_thread(store.decide_group_fail, group.id, request.id, actor, now)
+                decided = await asyncio.to_thread(
+                    store.decide_group_fail, group.id, request.id, actor, now, take_back_stale=self._reads_tasks
+                )
                 if not decided:
                     raise await self._decision_made(request)
             else:
-                count = await asyncio.to_thread(store.count_approval, group.id, request.id, actor, now)
+                count = await asyncio.to_thread(
+                    store.count_approval, group.id, request.id, actor, now, take_back_stale=self._reads_tasks
+                )
                 if count is None:
                     raise await self._decision_made(request)
                 counted = True
@@ -733,8 +741,9 @@ class Pipeline:
         decider only failed to record it (its process died first, or the store was down),
         and its claim is finished here on its behalf: the decision is final, never taken
         back to act again. So it is when this process remembers the attempt acting. Where
-        neither can tell (the webhook, another instance), it is taken back as before
-        (``Store.count_approval``): the receiver may be told the other way."""
+        neither tells, the store decides (``Store.count_approval``): a backend that reads
+        tasks did not show it acting, so it is taken back; the webhook cannot show anything,
+        so it stands, and this answer waits (``take_back_stale``: SiblingOutcomeUnknown)."""
         decider, decision = group.decided_request, group.decision
         if group.decided_at is None or group.state is not GroupState.OPEN or decider in (None, request.id):
             return False  # undecided, final, still being told, or our own earlier attempt's
