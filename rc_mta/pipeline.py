@@ -473,8 +473,9 @@ class Pipeline:
                 return _answered(base, request, claim)
             raise refusal
         group = standing.group
-        # Acting, this is asked once the claim is ours (``act``): two answers at once each see the other's.
-        if not acting and group is None and (stopped := await self._stopped_by_sibling(request)) is not None:
+        # Acting, this is asked once the claim is ours (``act``): two answers at once each see the
+        # other's; in an N-of-M group the store asks it as it counts (``take_back_stale``).
+        if not acting and (stopped := await self._stopped_by_sibling(request)) is not None:
             raise stopped
         if group is not None and action is TaskAction.COMPLETE:
             counted = standing.counted or standing.owner_counted or group.decided_request == request.id
@@ -567,7 +568,9 @@ class Pipeline:
         being acted on (451: it may yet land, and the backend must not get two); one's
         attempt was cut off mid-action (451 too: whether it acted is settled when its sender
         tries again, or by a person in the workflow system; an operator is warned). Asked while this
-        answer holds its claim, so of two answers at once each sees the other's."""
+        answer holds its claim, so of two answers at once each sees the other's. Without
+        acting (``diagnose``) it is asked of an N-of-M answer too, and says what the store
+        says acting: its group's decision cut off mid-action is not taken back (451)."""
         if self._reads_tasks:
             return None
         sibling = await asyncio.to_thread(self.store.decided_by_sibling, request.id, self.clock())
