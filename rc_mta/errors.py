@@ -50,7 +50,8 @@ class BackendOutcomeUnknown(BackendUnavailable):
     """The backend was asked to act and no answer came back (its own timeout, or the
     connection dropped once the request was sent): it may have acted, or not. An N-of-M
     decision stands meanwhile (``Pipeline._act_together``): taken back, another member's
-    answer could act the other way beside it."""
+    answer could act the other way beside it. With the webhook it stands even once its
+    claim is taken for dead (``SiblingOutcomeUnknown``)."""
 
 
 class ActionOutcomeUnknown(BackendOutcomeUnknown):
@@ -139,11 +140,12 @@ class DecisionMade(Refusal):
 
 
 class SiblingOutcomeUnknown(TemporaryFailure):
-    """Another request's answer to the task was cut off while it was acted on (its attempt
-    died, or the backend gave no answer), and the backend cannot be asked whether it acted
-    (the webhook): this answer is not acted on beside it on a guess. The doubt is settled
-    when that answer's sender tries again (it takes the dead claim over and finishes), so
-    this one waits too; a person may also decide the task in the workflow system."""
+    """Another request's answer to the task (alone, or the one that decided its N-of-M
+    group) was cut off while it was acted on (its attempt died, or the backend gave no
+    answer), and the backend cannot be asked whether it acted (the webhook): this answer is
+    not acted on beside it on a guess, nor is such a group decision taken back. The doubt is
+    settled when that answer's sender tries again (it takes the dead claim over and
+    finishes), so this one waits too; a person may also decide the task in the workflow system."""
 
     def __init__(self, task_id: str, request_id: str) -> None:
         super().__init__(f"whether the answer to request {request_id} acted on task {task_id} is unknown")

@@ -83,8 +83,8 @@ async def withheld_because(service: Service, request: Request) -> str | None:
     have acted: the task says which where the backend can be read (in progress: it did
     not, and the follow-up goes; a reply to it takes the dead claim over). Where it cannot
     (the webhook) nothing is guessed: the follow-up is withdrawn, and an operator warned. So
-    it is for such an answer to another request of the task; one of them being acted on
-    now leaves the follow-up for the next round."""
+    it is for such an answer to another request of the task, the one that decided its N-of-M
+    group included; one of them being acted on now leaves the follow-up for the next round."""
     store = service.store
     found = await asyncio.to_thread(store.get_request_with_claim, request.id)
     if found is None:

@@ -246,7 +246,9 @@ class Pipeline:
         self.backend = backend
         # Tasks in this very store: claim, task, comment and record go in one transaction.
         self._acts_in_store = isinstance(backend, EmbeddedBackend) and backend.keeps_tasks_in(store)
-        # A backend that cannot read a task (the webhook): rc-mta's record of its other requests stands in.
+        # A backend that cannot read a task (the webhook): rc-mta's record of its other requests
+        # stands in, and an N-of-M decision whose attempt died is never taken back by another
+        # request's answer (``Store.count_approval``'s ``take_back_stale``): whether it acted is unknown.
         self._reads_tasks = reads_tasks(backend)
         self.clock = clock
         self.complete_words: Sequence[str] = settings.replies.complete_words or DEFAULT_COMPLETE_WORDS
@@ -471,8 +473,9 @@ class Pipeline:
                 return _answered(base, request, claim)
             raise refusal
         group = standing.group
-        # Acting, this is asked once the claim is ours (``act``): two answers at once each see the other's.
-        if not acting and group is None and (stopped := await self._stopped_by_sibling(request)) is not None:
+        # Acting, this is asked once the claim is ours (``act``): two answers at once each see the
+        # other's; in an N-of-M group the store asks it as it counts (``take_back_stale``).
+        if not acting and (stopped := await self._stopped_by_sibling(request)) is not None:
             raise stopped
         if group is not None and action is TaskAction.COMPLETE:
             counted = standing.counted or standing.owner_counted or group.decided_request == request.id
@@ -565,7 +568,9 @@ class Pipeline:
         being acted on (451: it may yet land, and the backend must not get two); one's
         attempt was cut off mid-action (451 too: whether it acted is settled when its sender
         tries again, or by a person in the workflow system; an operator is warned). Asked while this
-        answer holds its claim, so of two answers at once each sees the other's."""
+        answer holds its claim, so of two answers at once each sees the other's. Without
+        acting (``diagnose``) it is asked of an N-of-M answer too, and says what the store
+        says acting: its group's decision cut off mid-action is not taken back (451)."""
         if self._reads_tasks:
             return None
         sibling = await asyncio.to_thread(self.store.decided_by_sibling, request.id, self.clock())
@@ -595,7 +600,9 @@ class Pipeline:
         counted); the one that reaches ``needed``, or any fail, decides and drives the
         backend, once. The decision is final once this claim is finished: until then
         another answer waits (451), and if the backend cannot be told it is taken back.
-        An answer after the final decision is refused, saying by whom."""
+        An answer after the final decision is refused, saying by whom. A decision whose
+        attempt died is taken back by another answer only where the backend can say it did
+        not act (``take_back_stale``): with the webhook that answer waits (451) instead."""
         request, action = decision.request, decision.action
         assert request is not None and action is not None
         store, now = self.store, self.clock()
@@ -604,11 +611,15 @@ class Pipeline:
             if await self._stale_decision_acted(request, group):
                 raise await self._decision_made(request)
             if action is TaskAction.FAIL:
-                decided = await asyncio.to_thread(store.decide_group_fail, group.id, request.id, actor, now)
+                decided = await asyncio.to_thread(
+                    store.decide_group_fail, group.id, request.id, actor, now, take_back_stale=self._reads_tasks
+                )
                 if not decided:
                     raise await self._decision_made(request)
             else:
-                count = await asyncio.to_thread(store.count_approval, group.id, request.id, actor, now)
+                count = await asyncio.to_thread(
+                    store.count_approval, group.id, request.id, actor, now, take_back_stale=self._reads_tasks
+                )
                 if count is None:
                     raise await self._decision_made(request)
                 counted = True
@@ -733,8 +744,9 @@ class Pipeline:
         decider only failed to record it (its process died first, or the store was down),
         and its claim is finished here on its behalf: the decision is final, never taken
         back to act again. So it is when this process remembers the attempt acting. Where
-        neither can tell (the webhook, another instance), it is taken back as before
-        (``Store.count_approval``): the receiver may be told the other way."""
+        neither tells, the store decides (``Store.count_approval``): a backend that reads
+        tasks did not show it acting, so it is taken back; the webhook cannot show anything,
+        so it stands, and this answer waits (``take_back_stale``: SiblingOutcomeUnknown)."""
         decider, decision = group.decided_request, group.decision
         if group.decided_at is None or group.state is not GroupState.OPEN or decider in (None, request.id):
             return False  # undecided, final, still being told, or our own earlier attempt's

@@ -57,7 +57,14 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.schema import CreateTable
 
 from .config import ACTION_DEADLINE_MAX
-from .errors import ApprovalConflict, RcMtaError, StoreIncompatible, StoreUnavailable, TemporaryFailure
+from .errors import (
+    ApprovalConflict,
+    RcMtaError,
+    SiblingOutcomeUnknown,
+    StoreIncompatible,
+    StoreUnavailable,
+    TemporaryFailure,
+)
 
 log = logging.getLogger("rc_mta.store")
 
@@ -330,7 +337,8 @@ CLAIM_TRIES = 5
 # A pending claim older than this belongs to an attempt that can no longer act (its process
 # died, or its action was cut at ``[tasks] action_deadline``, at most half this): another
 # attempt may take it over, and an N-of-M decision it made is taken back (``GroupState``),
-# unless the backend shows it acted (then it is recorded: ``Pipeline._stale_decision_acted``).
+# unless the backend shows it acted (then it is recorded: ``Pipeline._stale_decision_acted``)
+# or cannot say (the webhook: it stands until its own request's retry, ``take_back_stale``).
 STALE_CLAIM_SECONDS = 2 * ACTION_DEADLINE_MAX
 
 
@@ -1163,12 +1171,13 @@ class Store:
         record (for a backend that cannot be asked, the webhook): another request's answer,
         or an N-of-M group's decision, with its approvers. An approval that did not decide
         its group decided nothing. A group decision still being told to the backend is
-        returned not ``final`` (it may yet be taken back: ask again later); one whose
-        deciding attempt died decided nothing. Another request's answer being acted on (its
-        claim pending, and not yet dead when this request was made) is returned not
-        ``final`` too: it may yet land. One whose attempt died (``claim_stale``) may or may
-        not have acted, which only the backend knows: returned ``unknown``. A finished
-        answer goes before one under way, and that before a dead one."""
+        returned not ``final`` (it may yet be taken back: ask again later). Another
+        request's answer being acted on (its claim pending, and not yet dead when this
+        request was made) is returned not ``final`` too: it may yet land. One whose attempt
+        died (``claim_stale``), a lone answer's or a group decision's, may or may not have
+        acted, which only the backend knows: returned ``unknown`` (such a decision is not
+        taken back either: ``count_approval``'s ``take_back_stale``). A finished answer goes
+        before one under way, and that before a dead one."""
         mine = requests.alias("mine")
         r, u, m, g = requests.c, used_tokens.c, approval_members.c, approval_groups.c
         in_group = (
@@ -1223,10 +1232,13 @@ class Store:
                 being_told = replace(answer, final=False)
         for row in decided:
             by = str(row.decided_by or "the other owners")
+            group = SiblingDecision(str(row.decision), by, str(row.decided_request))
             if row.state == "done":
-                found.append((float(row.done_at), SiblingDecision(str(row.decision), by, str(row.decided_request))))
+                found.append((float(row.done_at), group))
             elif not claim_stale(row.state, row.claimed_at, at, stale_after):
-                being_told = SiblingDecision(str(row.decision), by, str(row.decided_request), final=False)
+                being_told = replace(group, final=False)
+            else:
+                lost = lost or replace(group, final=False, unknown=True)
         if found:
             return min(found, key=lambda at_and_decision: at_and_decision[0])[1]
         return being_told or lost
@@ -1386,17 +1398,21 @@ class Store:
     # (``claim``), so a decision this request made earlier was made by an attempt that is gone.
     # A decision is final once its deciding claim is finished (``finish_claim``): until then
     # it may still be taken back (``undo_group_decision``), and other answers wait (``DECIDING``).
-    # One whose deciding claim went stale (its process died) is taken back by the next answer,
-    # unless the backend shows that it acted: the pipeline asks first (``_stale_decision_acted``).
+    # One whose deciding claim went stale (its process died) is taken back by the next answer
+    # when ``take_back_stale`` (a backend that reads tasks: the pipeline asked it first whether
+    # that decision acted, ``_stale_decision_acted``). Without it (the webhook; the default, the
+    # side that never acts twice) only the decider's own request may take it up again: another
+    # request's answer gets SiblingOutcomeUnknown.
 
     def count_approval(
-        self, group_id: str, request_id: str, actor: str, now: float, stale_after: float = STALE_CLAIM_SECONDS
+        self, group_id: str, request_id: str, actor: str, now: float, *, take_back_stale: bool = False
     ) -> int | None:
         """This request's approval, counted once however often its reply comes again, and
         once per person however many of the group's requests name them: the group's count,
         or None when the group was decided by another answer (for good, or being told to
         the backend). The approval that reaches ``needed`` decides (complete); its retry
-        gets the count again, to finish the job."""
+        gets the count again, to finish the job. A decision whose attempt died is taken back
+        only ``take_back_stale`` (``_decider_gone``)."""
         g, m, r = approval_groups.c, approval_members.c, requests.c
         with self._begin() as conn:
             group = self._lock_group(conn, group_id)
@@ -1406,7 +1422,9 @@ class Store:
             if group.decided_at is not None:
                 if group.decided_request == request_id and group.decision == "complete":
                     return approvals  # our own earlier attempt decided: finish telling the backend
-                if group.decided_request != request_id and not self._decider_gone(conn, group, now, stale_after):
+                if group.decided_request != request_id and not self._decider_gone(
+                    conn, group, request_id, now, take_back_stale=take_back_stale
+                ):
                     return None
                 approvals = self._take_back(conn, group)  # gone, or our own earlier fail: decide anew
             others = approval_members.alias("others")
@@ -1437,10 +1455,11 @@ class Store:
             return count
 
     def decide_group_fail(
-        self, group_id: str, request_id: str, actor: str, now: float, stale_after: float = STALE_CLAIM_SECONDS
+        self, group_id: str, request_id: str, actor: str, now: float, *, take_back_stale: bool = False
     ) -> bool:
         """A fail from anyone decides: True for the one answer that did (and for its retry);
-        False when another answer decided (for good, or being told to the backend)."""
+        False when another answer decided (for good, or being told to the backend). A
+        decision whose attempt died is taken back only ``take_back_stale`` (``_decider_gone``)."""
         g = approval_groups.c
         with self._begin() as conn:
             group = self._lock_group(conn, group_id)
@@ -1449,7 +1468,9 @@ class Store:
             if group.decided_at is not None:
                 if group.decided_request == request_id and group.decision == "fail":
                     return True
-                if group.decided_request != request_id and not self._decider_gone(conn, group, now, stale_after):
+                if group.decided_request != request_id and not self._decider_gone(
+                    conn, group, request_id, now, take_back_stale=take_back_stale
+                ):
                     return False
                 self._take_back(conn, group)  # gone, or our own earlier approval: decide anew
             conn.execute(
@@ -1491,19 +1512,36 @@ class Store:
             update(approval_groups)
             .where(g.id == group_id)
             .values(approvals=g.approvals)
-            .returning(g.id, g.approvals, g.needed, g.decided_at, g.decision, g.decided_request)
+            .returning(g.id, g.task_id, g.approvals, g.needed, g.decided_at, g.decision, g.decided_request)
         ).first()
 
     @staticmethod
-    def _decider_gone(conn: Connection, group: Any, now: float, stale_after: float) -> bool:
-        """Whether the attempt that decided ``group`` died before it finished: its claim is
-        pending and stale (then it is given back here, so that attempt can no longer finish
-        it), or gone. A finished claim (final) or a live one (telling the backend) stands."""
+    def _decider_gone(conn: Connection, group: Any, request_id: str, now: float, *, take_back_stale: bool) -> bool:
+        """Whether the attempt that decided ``group`` is gone, so ``request_id``'s answer may
+        decide anew: its claim was given back (it ended knowing it had not acted), or it is
+        pending and stale (``STALE_CLAIM_SECONDS``, as the pipeline judges it) and
+        ``take_back_stale`` (then it is given back here, so that attempt can no longer finish
+        it). A finished claim (final) or a live one (telling the backend) stands. A stale one
+        without ``take_back_stale`` (a backend that cannot be asked whether it acted) stands
+        too, and this answer waits for it: SiblingOutcomeUnknown (451), until the decider's
+        own retry settles it or a person decides the task in the workflow system."""
         t = used_tokens.c
-        given_back = conn.execute(
-            used_tokens.delete().where(t.request_id == group.decided_request, _claim_is_stale(now, stale_after))
-        ).rowcount
-        if given_back:
+        decider_dead = (t.request_id == group.decided_request, _claim_is_stale(now, STALE_CLAIM_SECONDS))
+        if not take_back_stale:
+            if conn.execute(select(t.request_id).where(*decider_dead)).first() is not None:
+                log.warning(
+                    "approval group %s of task %s: the %s decided by request %s was cut off mid-action and the"
+                    " backend cannot say whether it acted: not taken back, so request %s is not acted on; its"
+                    " sender's retry settles it, or decide task %s in the workflow system",
+                    group.id,
+                    group.task_id,
+                    group.decision,
+                    group.decided_request,
+                    request_id,
+                    group.task_id,
+                )
+                raise SiblingOutcomeUnknown(group.task_id, group.decided_request)
+        elif conn.execute(used_tokens.delete().where(*decider_dead)).rowcount:
             return True
         return conn.execute(select(t.state).where(t.request_id == group.decided_request)).first() is None
 
@@ -1800,7 +1838,9 @@ class GroupState(Enum):
     """How an N-of-M group's decision stands. Decided is not yet final: the deciding answer
     still has to tell the backend, and if it cannot, the decision is taken back."""
 
-    OPEN = "open"  # undecided, or decided by an attempt that died (the next answer decides again)
+    # Undecided, or decided by an attempt that died: the next answer decides again, where the
+    # backend can say whether that decision acted (``Store.count_approval``'s ``take_back_stale``).
+    OPEN = "open"
     DECIDING = "deciding"  # decided; the deciding answer is telling the backend: others wait (4xx)
     DECIDED = "decided"  # decided, and the deciding answer finished: for good
 

@@ -262,14 +262,15 @@ _NO_ANSWER = {
 
 
 @pytest.mark.parametrize("cut", list(_NO_ANSWER))
-def test_a_decider_with_no_answer_from_the_backend_keeps_its_decision_until_its_claim_is_dead(
+def test_a_decider_with_no_answer_from_the_backend_keeps_its_decision_even_once_its_claim_is_dead(
     tmp_path: Path, cut: str
 ) -> None:
     """Bob's approval decides 2 of 3, and the webhook holds his POST until his attempt gives
     up (at the action deadline, or at the webhook's own timeout): Bob gets 451, since the
     receiver may yet act on it. His decision and claim stand, so Carol's fail waits (451)
-    rather than act beside it; only once Bob's claim is taken for dead (ten minutes on, long
-    after his attempt ended) does her fail decide, and the receiver sees one action at a time."""
+    rather than act beside it; once Bob's claim is taken for dead (ten minutes on, long
+    after his attempt ended) she still waits, since the webhook cannot say whether his
+    acted: the receiver is never told fail beside the complete it may have taken."""
     tasks, timeout, status, bobs_answer = _NO_ANSWER[cut]
     gate = threading.Event()
     receiver = WebhookReceiver(gate=gate).start()
@@ -295,11 +296,68 @@ def test_a_decider_with_no_answer_from_the_backend_keeps_its_decision_until_its_
         receiver.answer = (200, {})
         gate.set()  # the receiver ends what Bob's cut attempt sent; then Bob's claim is taken for dead
         claim_taken_earlier(server, sent[BOB]["request_id"], STALE_CLAIM_SECONDS + 1)
-        failed = answer(server, sent, CAROL, "fail")
-        assert failed.code == 250 and "CHANGE-11 failed" in failed.text, failed
-        assert [(p["action"], p["actor"]) for p in receiver.payloads] == [("complete", BOB), ("fail", CAROL)]
+        still = answer(server, sent, CAROL, "fail")
+        unknown = R.SIBLING_OUTCOME_UNKNOWN.with_text(task_id="CHANGE-11", request_id=sent[BOB]["request_id"])
+        assert f"{still.code} {still.text}" == str(unknown), still
+        assert [(p["action"], p["actor"]) for p in receiver.payloads] == [("complete", BOB)]
     finally:
         gate.set()
+        server.stop()
+        receiver.stop()
+
+
+def group_of(server: RcMta, request_id: str) -> str:
+    """The id of the approval group the request decides in."""
+    store = Store(server.settings["store"]["url"])
+    try:
+        group = store.approval_group_of(request_id)
+    finally:
+        store.close()
+    assert group is not None
+    return group.id
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
+def test_a_webhook_decision_whose_attempt_died_is_not_taken_back_by_another_members_answer(
+    store: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """Bob's approval decides 2 of 3 and the webhook answers his POST 502 (a proxy's: it may
+    have acted); ten minutes on, his claim is taken for dead. The webhook cannot be asked
+    whether it acted, so neither Carol's fail nor her approval is POSTed beside it: 451,
+    saying whether Bob's answer acted is unknown, and a WARNING names the task and the group.
+    Bob's sender's retry settles it: POSTed again with his request id (the receiver dedupes);
+    then Carol is refused, saying who decided."""
+    receiver = WebhookReceiver(answer=(502, {"detail": "upstream gave no answer"})).start()
+    server = webhook_server(tmp_path, store, request, receiver)
+    try:
+        server.start()
+        sent, bobs = alice_approved(server, "CHANGE-13")
+        bobs_request = sent[BOB]["request_id"]
+        bob = send_smtp(server.smtp_port, bobs, sent[BOB]["complete_address"], mail_from=BOB)
+        assert f"{bob.code} {bob.text}" == str(R.BACKEND_UNAVAILABLE), bob
+        receiver.answer = None  # answering as usual from here
+        claim_taken_earlier(server, bobs_request, STALE_CLAIM_SECONDS + 1)
+
+        unknown = R.SIBLING_OUTCOME_UNKNOWN.with_text(task_id="CHANGE-13", request_id=bobs_request)
+        for action in ("fail", "complete"):
+            carols_says = reply_message(sent[CAROL][f"{action}_address"], "My answer", sender=CAROL)
+            predicted = diagnose(server, tmp_path, carols_says, CAROL)
+            waiting = send_smtp(server.smtp_port, carols_says, sent[CAROL][f"{action}_address"], mail_from=CAROL)
+            assert f"{waiting.code} {waiting.text}" == predicted["smtp_reply"] == str(unknown), (action, waiting)
+        assert [(p["action"], p["request_id"]) for p in receiver.payloads] == [("complete", bobs_request)]
+        group, carols = group_of(server, bobs_request), sent[CAROL]["request_id"]
+        log = server.log_path.read_text().splitlines()
+        warned = [line for line in log if " WARNING " in line and "task CHANGE-13" in line and group in line]
+        assert any(bobs_request in line and carols in line for line in warned), warned
+
+        settled = send_smtp(server.smtp_port, bobs, sent[BOB]["complete_address"], mail_from=BOB)
+        acted = R.TASK_ACTED.with_text(task_id="CHANGE-13", action_past="completed")
+        assert settled.code == 250 and settled.text.endswith(acted.text), settled
+        assert [(p["action"], p["request_id"]) for p in receiver.payloads] == [("complete", bobs_request)] * 2
+        after = answer(server, sent, CAROL, "fail")
+        decided = R.DECISION_MADE.with_text(task_id="CHANGE-13", action_past="completed", by=f"{ALICE}, {BOB}")
+        assert f"{after.code} {after.text}" == str(decided), after
+    finally:
         server.stop()
         receiver.stop()
 

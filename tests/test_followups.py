@@ -370,13 +370,15 @@ def test_a_webhook_group_failed_by_one_withdraws_reminders_saying_who_failed_it(
         receiver.stop()
 
 
-def test_a_group_decision_not_yet_told_defers_a_reminder_and_one_whose_attempt_died_lets_it_go(
+def test_a_group_decision_not_yet_told_defers_a_reminder_and_one_whose_attempt_died_withdraws_it(
     tmp_path: Path,
 ) -> None:
     """Bob's approval decides 2 of 3 and the instance dies while telling the webhook. Carol's
     reminder is due: while Bob's decision may still be told (his claim is young) it waits,
-    neither sent nor withdrawn; once his attempt is taken for dead, it goes, and Carol's
-    answer to it decides the group."""
+    neither sent nor withdrawn; once his attempt is taken for dead, whether it acted is
+    unknown (the webhook cannot be asked), as for a lone answer's: nothing more is mailed
+    to Carol, an operator is warned, and her answer waits (451) rather than decide beside
+    it. Bob's sender's retry decides, with his request id."""
     gate = threading.Event()
     receiver = WebhookReceiver(gate=gate).start()
     server = _group_on_webhook(tmp_path, receiver)
@@ -401,16 +403,24 @@ def test_a_group_decision_not_yet_told_defers_a_reminder_and_one_whose_attempt_d
         assert followup_state(server, carols, "reminder-1") is None  # not withdrawn
         assert outbox_mail(server, f"{carols}-reminder-1") is None
 
-        claim_taken_earlier(server, sent[BOB]["request_id"], STALE_CLAIM_SECONDS + 1)
-        wait_for_mail(server, f"{carols}-reminder-1")
-        assert followup_state(server, carols, "reminder-1") == "done"
+        bobs = sent[BOB]["request_id"]
+        claim_taken_earlier(server, bobs, STALE_CLAIM_SECONDS + 1)
+        interrupted = f"the answer to request {bobs} of the same task was interrupted (complete by {ALICE}, {BOB},"
+        withdrawn = f"request {carols}: reminder-1 withdrawn, nothing sent: {interrupted}"
+        wait_until(lambda: logged(server, withdrawn), what="Carol's reminder withdrawn")
+        assert followup_state(server, carols, "reminder-1") == "withdrawn"
+        assert outbox_mail(server, f"{carols}-reminder-1") is None
+        warned = [line for line in server.log_path.read_text().splitlines() if " WARNING " in line]
+        assert any(carols in line and "task CHANGE-4" in line and interrupted in line for line in warned), warned
 
-        failed = answer(server, sent, CAROL, "fail")
-        assert failed.code == 250 and "CHANGE-4 failed" in failed.text, failed
-        assert logged(server, f"the complete decided by request {sent[BOB]['request_id']} is taken back")
-        late = answer(server, sent, BOB)
-        assert (late.code, late.enhanced) == (550, "5.7.1") and f"already made: failed by {CAROL}" in late.text
-        assert [(p["action"], p["actor"]) for p in receiver.payloads] == [("complete", BOB), ("fail", CAROL)]
+        waiting = answer(server, sent, CAROL, "fail")
+        assert (waiting.code, waiting.enhanced) == (451, "4.3.0") and f"(request {bobs})" in waiting.text, waiting
+        assert not logged(server, "is taken back")
+        settled = answer(server, sent, BOB)  # Bob's sender tries again: his dead claim is taken over
+        assert settled.code == 250 and "CHANGE-4 completed" in settled.text, settled
+        late = answer(server, sent, CAROL, "fail")
+        assert (late.code, late.enhanced) == (550, "5.7.1") and "already made: completed by" in late.text, late
+        assert [(p["action"], p["request_id"]) for p in receiver.payloads] == [("complete", bobs)] * 2
     finally:
         gate.set()
         server.stop()

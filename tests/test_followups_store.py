@@ -112,14 +112,17 @@ def test_a_group_failed_by_one_is_reported_failed_by_them(store: Store) -> None:
     assert store.decided_by_sibling(carol.id, now + 3) == SiblingDecision("fail", dave.owner, dave.id)
 
 
-def test_a_group_decision_whose_attempt_died_decided_nothing(store: Store) -> None:
+def test_a_group_decision_whose_attempt_died_is_of_unknown_outcome(store: Store) -> None:
+    """Bob's fail decided the group and his attempt died telling the webhook: whether it
+    acted is unknown, as for a lone answer's (its follow-ups are withdrawn, not sent)."""
     group, (alice, bob) = _group(store, "ticket-9", 2, "alice", "bob")
     now = time.time()
     _claim(store, bob, "fail", now)
     assert store.decide_group_fail(group, bob.id, bob.owner, now)
     assert store.decided_by_sibling(alice.id, now + 1) == SiblingDecision("fail", bob.owner, bob.id, final=False)
 
-    assert store.decided_by_sibling(alice.id, now + STALE_CLAIM_SECONDS + 1) is None
+    lost = SiblingDecision("fail", bob.owner, bob.id, final=False, unknown=True)
+    assert store.decided_by_sibling(alice.id, now + STALE_CLAIM_SECONDS + 1) == lost
 
 
 def test_a_request_whose_only_claim_is_dead_is_due_for_its_follow_ups(store: Store) -> None:

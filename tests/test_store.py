@@ -12,6 +12,7 @@ import pytest
 from racing import all_at_once
 from sqlalchemy import event, inspect, text
 
+from rc_mta.errors import SiblingOutcomeUnknown
 from rc_mta.store import STALE_CLAIM_SECONDS, Answer, ClaimOutcome, GroupState, Request, Store, new_attempt_id
 from rc_mta.tokens import new_request_id
 
@@ -430,15 +431,17 @@ def test_a_decision_is_final_only_once_its_answer_told_the_backend(store: Store)
 
 
 def test_a_decision_whose_attempt_died_is_taken_back_by_the_next_answer(store: Store) -> None:
-    """Bob's deciding attempt died (its claim went stale): Carol's fail decides instead, and
-    Bob's dead claim is given back, so that attempt can never finish it; Bob's retry is told."""
+    """Bob's deciding attempt died (its claim went stale), and the backend can be read (it
+    did not show his action, ``Pipeline._stale_decision_acted``): Carol's fail decides
+    instead, and Bob's dead claim is given back, so that attempt can never finish it; Bob's
+    retry is told."""
     group, (bob, carol), bobs, now = _bob_deciding(store, "t-died")
 
     later = now + 1 + STALE_CLAIM_SECONDS + 1
     assert _state(store, carol, later - 2) is GroupState.DECIDING
     assert _state(store, carol, later) is GroupState.OPEN
     carols = _claimed(store, carol, later, "fail")
-    assert store.decide_group_fail(group, carol.id, carol.owner, later) is True
+    assert store.decide_group_fail(group, carol.id, carol.owner, later, take_back_stale=True) is True
 
     assert store.get_claim(bob.id) is None
     assert not store.finish_claim(bob.id, bobs, later)  # the dead attempt, woken up, cannot finish
@@ -451,6 +454,31 @@ def test_a_decision_whose_attempt_died_is_taken_back_by_the_next_answer(store: S
     assert store.count_approval(group, bob.id, bob.owner, later + 1) is None  # Carol's is being told
     assert store.finish_claim(carol.id, carols, later + 2)
     assert _state(store, bob, later + 2) is GroupState.DECIDED
+
+
+def test_a_decision_whose_attempt_died_stands_where_the_backend_cannot_say_whether_it_acted(store: Store) -> None:
+    """The webhook cannot be asked whether Bob's deciding approval acted before his attempt
+    died: another request's answer, fail or approval, does not take it back (nothing of the
+    group or of Bob's claim changes) but learns that its outcome is unknown; Bob's own
+    retry takes his dead claim over and decides again, as his request."""
+    group, (bob, carol), bobs, now = _bob_deciding(store, "t-unknown")
+    later = now + 1 + STALE_CLAIM_SECONDS + 1
+    _claimed(store, carol, later, "fail")
+
+    with pytest.raises(SiblingOutcomeUnknown) as failing:
+        store.decide_group_fail(group, carol.id, carol.owner, later)
+    with pytest.raises(SiblingOutcomeUnknown) as approving:
+        store.count_approval(group, carol.id, carol.owner, later)
+    for unknown in (failing.value, approving.value):
+        assert (unknown.task_id, unknown.request_id) == ("t-unknown", bob.id)
+    found = store.approval_group(group, later)
+    assert found is not None
+    assert (found[0].decision, found[0].decided_request, found[0].approvals) == ("complete", bob.id, 2)
+    held = store.get_claim(bob.id)
+    assert held is not None and (held.state, held.attempt) == ("pending", bobs)
+
+    _claimed(store, bob, later + 1)  # his sender's retry: the dead claim taken over
+    assert store.count_approval(group, bob.id, bob.owner, later + 1) == 2
 
 
 def test_a_claim_exactly_stale_claim_seconds_old_is_alive_to_the_pipeline_as_to_the_store(
@@ -522,7 +550,7 @@ def test_an_undo_leaves_a_decision_that_is_no_longer_its_own(store: Store) -> No
     assert store.decide_group_fail(group, bob.id, bob.owner, now) is True
     later = now + STALE_CLAIM_SECONDS + 1
     _claimed(store, carol, later, "fail")
-    assert store.decide_group_fail(group, carol.id, carol.owner, later) is True  # Bob's died
+    assert store.decide_group_fail(group, carol.id, carol.owner, later, take_back_stale=True) is True  # Bob's died
 
     store.undo_group_decision(group, bob.id, counted=False)  # Bob's attempt, late, could not tell
     found = store.approval_group(group, later)

@@ -45,7 +45,9 @@ other members get ``451``, so the receiver is never told the other way beside it
 answers to the task's other requests outside a group (``reads_tasks`` is False: rc-mta's
 own record stands in, ``Store.decided_by_sibling``): a lone answer's claim stands too.
 Once that claim is taken for dead, whether it acted is unknown until its sender tries
-again, and they wait (451) rather than being POSTed on a guess.
+again, and they wait (451) rather than being POSTed on a guess: a group's decision is not
+taken back then either (``Store.count_approval``'s ``take_back_stale``), as it is for a
+backend that can be read and shows it did not act.
 """
 
 from __future__ import annotations
