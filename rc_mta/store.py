@@ -48,6 +48,7 @@ from sqlalchemy import (
     insert,
     inspect,
     literal,
+    or_,
     select,
     text,
     update,
@@ -1372,6 +1373,8 @@ class Store:
         must not act). Every answer asks this: its statements are built once (``_APPROVALS``)."""
         values = {"request_id": request_id, "task_id": task_id, "now": now}
         with self._begin() as conn:
+            if not conn.execute(_APPROVALS.any_group, values).scalar():
+                return ApprovalStanding(None)  # the usual case, in one statement of two key lookups
             own = conn.execute(_APPROVALS.own_group, values).mappings().first()
             group = _group(own, now, stale_after) if own else None
             owner_counted = False
@@ -1890,6 +1893,7 @@ class _ApprovalStatements:
     parameters (as ``_AnswerStatements``): every answer runs them, and building them each
     time cost more than running them."""
 
+    any_group: Any  # whether the request is in a group (N of M), or its task has one: else it stands alone
     own_group: Any  # the request's group (N of M) and its approval mark
     owner_counted: Any  # another request of the group, of the same owner, whose approval counted
     live_groups: Any  # the task's groups that may still decide it (not decided for good), oldest first
@@ -1918,6 +1922,17 @@ def _approval_statements() -> _ApprovalStatements:
     )
     with_decider = approval_groups.outerjoin(_DECIDER, _DECIDER.c.request_id == g.decided_request)
     return _ApprovalStatements(
+        # Without a group of more than one approval, of the task or holding the request, the
+        # request decides alone and nothing stands in its way: what the others then say.
+        any_group=select(
+            or_(
+                select(g.id).where(g.task_id == p("task_id"), g.needed > 1).exists(),
+                select(m.request_id)
+                .join(approval_groups, g.id == m.group_id)
+                .where(m.request_id == p("request_id"), g.needed > 1)
+                .exists(),
+            )
+        ),
         own_group=select(approval_groups, m.approved_at, *_DECIDER_COLUMNS)
         .select_from(with_decider.join(approval_members, m.group_id == g.id))
         .where(m.request_id == p("request_id"), g.needed > 1),

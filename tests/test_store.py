@@ -12,7 +12,16 @@ import pytest
 from racing import all_at_once
 from sqlalchemy import event, inspect, text
 
-from rc_mta.store import STALE_CLAIM_SECONDS, Answer, ClaimOutcome, GroupState, Request, Store, new_attempt_id
+from rc_mta.store import (
+    STALE_CLAIM_SECONDS,
+    Answer,
+    ApprovalStanding,
+    ClaimOutcome,
+    GroupState,
+    Request,
+    Store,
+    new_attempt_id,
+)
 from rc_mta.tokens import new_request_id
 
 ALICE = "alice@example.com"
@@ -581,6 +590,24 @@ def test_a_group_stands_in_the_way_while_one_of_its_requests_may_still_be_answer
 
     assert store.task_approvals(task_id, time.time()).groups == ()
     assert store.approval_standing(alone.id, task_id, time.time()).blocking is None
+
+
+def test_an_answer_to_a_task_without_groups_stands_alone_after_one_statement(store: Store) -> None:
+    """Every answer asks where it stands; nearly every task has no N-of-M group."""
+    alone = _asked(store, "t-no-groups", ALICE)
+    statements: list[str] = []
+
+    def _count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        statements.append(statement)
+
+    event.listen(store.engine, "before_cursor_execute", _count)
+    try:
+        standing = store.approval_standing(alone.id, alone.task_id, time.time())
+    finally:
+        event.remove(store.engine, "before_cursor_execute", _count)
+
+    assert standing == ApprovalStanding(None)
+    assert len(statements) == 1, statements
 
 
 def test_a_store_from_before_the_task_index_of_approval_groups_gets_it(store: Store) -> None:
