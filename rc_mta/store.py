@@ -48,12 +48,14 @@ from sqlalchemy import (
     insert,
     inspect,
     literal,
+    or_,
     select,
     text,
     update,
 )
 from sqlalchemy.engine import ExceptionContext, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.pool import QueuePool
 from sqlalchemy.schema import CreateTable
 
 from .config import ACTION_DEADLINE_MAX
@@ -365,6 +367,9 @@ class Store:
         # file (CLI commands) still meet the busy handler. PostgreSQL needs no such lock.
         self._one_at_a_time: threading.Lock | None = threading.Lock() if self.engine.dialect.name == "sqlite" else None
         self._file = _sqlite_file(url)
+        # A SQLite file in WAL mode: a reader never waits for the writer, so the service reads
+        # by key on its event loop, for less than a thread hop costs (``_reading``).
+        self.reads_on_loop = self._file is not None and isinstance(self.engine.pool, QueuePool)
         self._file_identity: tuple[int, int] | None = None
         self._probe_table_seen = False
 
@@ -426,6 +431,34 @@ class Store:
         finally:
             if lock is not None:
                 lock.release()
+
+    @contextmanager
+    def _reading(self, waits: bool) -> Iterator[Connection]:
+        """A read. ``waits=False`` (``reads_on_loop``): for the event loop, so it must not wait.
+        In WAL mode a reader waits neither for the writer nor for a checkpoint: it takes no
+        ``_one_at_a_time``. SQLite tells a reader "busy" (and sleeps in its busy handler) only
+        while no connection holds the file open: another's exclusive locking mode, the last
+        connection's clean-up, recovery after a crash (wal.html, "Sometimes queries return
+        SQLITE_BUSY"); on a connection already open none of them can arise (nor did, tried:
+        an exclusive locking mode, BEGIN EXCLUSIVE, a TRUNCATE checkpoint, VACUUM, a change of
+        journal mode, a writer killed mid-transaction). So it reads on one the pool holds open,
+        and without one (at start, or after the pool was emptied) raises ReadWouldWait: opening
+        one may wait, the caller reads in a thread instead. The loop's read and the one
+        transaction ``_begin`` lets run at a time hold at most two: the pool never runs dry."""
+        if waits:
+            with self._begin() as conn:
+                yield conn
+            return
+        pool = self.engine.pool  # a new one after dispose()
+        assert self.reads_on_loop and isinstance(pool, QueuePool), "only a SQLite file is read on the loop"
+        if not pool.checkedin():
+            raise ReadWouldWait("no connection to the store is open yet")
+        self._check_file()
+        try:
+            with self.engine.connect() as conn:
+                yield conn
+        except (OperationalError, DBAPIError) as exc:
+            raise StoreUnavailable(f"store unavailable: {exc.orig or exc}") from exc
 
     def _check_file(self) -> None:
         """SQLite keeps writing into a database file that was deleted (or its directory
@@ -500,8 +533,9 @@ class Store:
         with self._begin() as conn:
             conn.execute(insert(requests).values(**request.__dict__))
 
-    def get_request(self, request_id: str) -> Request | None:
-        with self._begin() as conn:
+    def get_request(self, request_id: str, *, waits: bool = True) -> Request | None:
+        """``waits=False``: on the event loop (``_reading``)."""
+        with self._reading(waits) as conn:
             row = conn.execute(_REQUEST_BY_ID, {"request_id": request_id}).mappings().first()
         return Request(**row) if row else None
 
@@ -840,9 +874,10 @@ class Store:
                 )
             )
 
-    def get_claim(self, request_id: str) -> Claim | None:
-        with self._begin() as conn:
-            row = conn.execute(select(used_tokens).where(used_tokens.c.request_id == request_id)).mappings().first()
+    def get_claim(self, request_id: str, *, waits: bool = True) -> Claim | None:
+        """``waits=False``: on the event loop (``_reading``)."""
+        with self._reading(waits) as conn:
+            row = conn.execute(_CLAIM_BY_ID, {"request_id": request_id}).mappings().first()
         return Claim(**row) if row else None
 
     def record_processed(
@@ -1376,14 +1411,18 @@ class Store:
             return _task_approvals(conn, task_id, now, stale_after)
 
     def approval_standing(
-        self, request_id: str, task_id: str, now: float, stale_after: float = STALE_CLAIM_SECONDS
+        self, request_id: str, task_id: str, now: float, stale_after: float = STALE_CLAIM_SECONDS, *, waits: bool = True
     ) -> ApprovalStanding:
         """Where an answer to this request stands: the group it decides in (None: alone) and
         how its decision stands, whether its owner's approval is counted there already, and a
         group of its task it is not part of that may still decide the task (then this answer
-        must not act). Every answer asks this: its statements are built once (``_APPROVALS``)."""
+        must not act). Every answer asks this: its statements are built once (``_APPROVALS``).
+        ``waits=False``: on the event loop (``_reading``)."""
         values = {"request_id": request_id, "task_id": task_id, "now": now}
-        with self._begin() as conn:
+        with self._reading(waits) as conn:
+            if not conn.execute(_APPROVALS.any_group, values).scalar():
+                return ApprovalStanding(None)  # the usual case, in one statement of two key lookups
+            _one_snapshot(conn)  # the statements below read the groups as they stand at one moment
             own = conn.execute(_APPROVALS.own_group, values).mappings().first()
             group = _group(own, now, stale_after) if own else None
             owner_counted = False
@@ -1930,6 +1969,7 @@ class _ApprovalStatements:
     parameters (as ``_AnswerStatements``): every answer runs them, and building them each
     time cost more than running them."""
 
+    any_group: Any  # whether the request is in a group (N of M), or its task has one: else it stands alone
     own_group: Any  # the request's group (N of M) and its approval mark
     owner_counted: Any  # another request of the group, of the same owner, whose approval counted
     live_groups: Any  # the task's groups that may still decide it (not decided for good), oldest first
@@ -1958,6 +1998,17 @@ def _approval_statements() -> _ApprovalStatements:
     )
     with_decider = approval_groups.outerjoin(_DECIDER, _DECIDER.c.request_id == g.decided_request)
     return _ApprovalStatements(
+        # Without a group of more than one approval, of the task or holding the request, the
+        # request decides alone and nothing stands in its way: what the others then say.
+        any_group=select(
+            or_(
+                select(g.id).where(g.task_id == p("task_id"), g.needed > 1).exists(),
+                select(m.request_id)
+                .join(approval_groups, g.id == m.group_id)
+                .where(m.request_id == p("request_id"), g.needed > 1)
+                .exists(),
+            )
+        ),
         own_group=select(approval_groups, m.approved_at, *_DECIDER_COLUMNS)
         .select_from(with_decider.join(approval_members, m.group_id == g.id))
         .where(m.request_id == p("request_id"), g.needed > 1),
@@ -1986,6 +2037,21 @@ _APPROVALS = _approval_statements()
 # Every reply's RCPT reads its request by id: built here once, as the statements above, it
 # is run for a third of what building it each time cost (55 vs 120 µs with the commit).
 _REQUEST_BY_ID = select(requests).where(requests.c.id == bindparam("request_id"))
+_CLAIM_BY_ID = select(used_tokens).where(used_tokens.c.request_id == bindparam("request_id"))
+
+
+class ReadWouldWait(Exception):
+    """A read asked not to wait (``Store._reading``) might: read it again where waiting is harmless."""
+
+
+def _one_snapshot(conn: Connection) -> None:
+    """On SQLite, let the rest of ``conn``'s transaction read the store as it is at one moment:
+    Python's sqlite3 begins none before a SELECT, so each statement would read it as it is
+    then. ``_begin``'s lock keeps this process's writes from between them; a read on the loop
+    takes no lock. (PostgreSQL: unchanged, each statement reads what was committed before it.)"""
+    driver = conn.connection.driver_connection
+    if conn.dialect.name == "sqlite" and driver is not None and not driver.in_transaction:
+        conn.exec_driver_sql("BEGIN")
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +14,17 @@ from racing import all_at_once
 from sqlalchemy import event, inspect, text
 
 from rc_mta.errors import SiblingOutcomeUnknown
-from rc_mta.store import STALE_CLAIM_SECONDS, Answer, ClaimOutcome, GroupState, Request, Store, new_attempt_id
+from rc_mta.store import (
+    STALE_CLAIM_SECONDS,
+    Answer,
+    ApprovalStanding,
+    ClaimOutcome,
+    GroupState,
+    ReadWouldWait,
+    Request,
+    Store,
+    new_attempt_id,
+)
 from rc_mta.tokens import new_request_id
 
 ALICE = "alice@example.com"
@@ -609,6 +620,47 @@ def test_a_group_stands_in_the_way_while_one_of_its_requests_may_still_be_answer
 
     assert store.task_approvals(task_id, time.time()).groups == ()
     assert store.approval_standing(alone.id, task_id, time.time()).blocking is None
+
+
+def test_an_answer_to_a_task_without_groups_stands_alone_after_one_statement(store: Store) -> None:
+    """Every answer asks where it stands; nearly every task has no N-of-M group."""
+    alone = _asked(store, "t-no-groups", ALICE)
+    statements: list[str] = []
+
+    def _count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        statements.append(statement)
+
+    event.listen(store.engine, "before_cursor_execute", _count)
+    try:
+        standing = store.approval_standing(alone.id, alone.task_id, time.time())
+    finally:
+        event.remove(store.engine, "before_cursor_execute", _count)
+
+    assert standing == ApprovalStanding(None)
+    assert len(statements) == 1, statements
+
+
+def test_a_read_for_the_event_loop_is_sent_to_a_thread_rather_than_open_a_connection(tmp_path: Path) -> None:
+    """Opening a connection to a SQLite file may sleep in the busy handler (here: another
+    process holds the file in exclusive locking mode); a read on the loop never does."""
+    path = tmp_path / "store.db"
+    store = Store(f"sqlite:///{path}", busy_timeout=2)
+    store.create_schema()
+    request = _request(store, "t-loop")
+    store.engine.dispose()  # no connection open: as at start, or once the pool was emptied
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("PRAGMA locking_mode=EXCLUSIVE")
+    holder.execute("DELETE FROM store_probe")  # a write: the exclusive lock is held from now on
+    try:
+        started = time.monotonic()
+        with pytest.raises(ReadWouldWait):
+            store.get_request(request.id, waits=False)
+        assert time.monotonic() - started < 0.5
+    finally:
+        holder.close()
+    assert store.get_request(request.id) == request  # where waiting is harmless: opens one
+    assert store.get_request(request.id, waits=False) == request  # and on the loop, on that one
+    store.close()
 
 
 def test_a_store_from_before_the_task_index_of_approval_groups_gets_it(store: Store) -> None:
