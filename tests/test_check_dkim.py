@@ -18,9 +18,9 @@ from rc_mta.checks.dkim import (
     MAX_SIGNATURES,
     DkimSignature,
     NeedsThread,
-    _parse,
     _verify_one,
     check_dkim,
+    parse,
     unreasonable_key,
 )
 from rc_mta.dns import DnsResolver
@@ -276,6 +276,20 @@ def test_a_signature_field_too_long_to_be_real_is_not_verified(resolver: DnsReso
     assert "over 4096 bytes" in signatures[0].reason
 
 
+def test_the_message_is_split_once_exactly_as_dkimpy_splits_it() -> None:
+    signed = sign(MESSAGE, "good.test", "sel", "good-sel2048.pem")
+    for raw in (
+        signed,
+        signed + b"\r\n\r\n",
+        b"\r\nno header at all\r\n",
+        b"From: a@good.test\r\nSubject: no body\r\n",
+        b"From: a@good.test\r\nSubject: folded\r\n\tline\r\n\r\nbody\rwith a bare CR\r\n",
+        b"From: a@good.test\nSubject: bare LF\n\nbody\r\nmixed\n",
+        b"From: a@good.test\r\n\r\n" + b"\r\n" * 1000,
+    ):
+        assert parse(raw) == tuple(dkim.rfc822_parse(raw)), raw
+
+
 # On the loop (a light message) and in the reading pool: the same verdicts -------------------
 
 
@@ -303,9 +317,9 @@ def test_a_key_not_looked_up_ahead_sends_the_verification_to_the_pool(resolver: 
     raw = sign(MESSAGE, "good.test", "sel", "good-sel2048.pem")
     # On the loop nothing may wait for DNS: without the key at hand, verification moves.
     with pytest.raises(NeedsThread):
-        _verify_one(resolver, raw, 0, 1024, {}, _parse(raw))
+        _verify_one(resolver, parse(raw), 0, 1024, {}, on_loop=True)
     # In the pool the same call asks DNS itself and verifies.
-    assert _verify_one(resolver, raw, 0, 1024, {}).result == "pass"
+    assert _verify_one(resolver, parse(raw), 0, 1024, {}).result == "pass"
 
 
 # Keys a sender publishes to make verification cost seconds -----------------------------------
@@ -341,7 +355,7 @@ def test_a_key_too_large_or_with_a_huge_exponent_is_refused_before_use(resolver:
     raw = sign(MESSAGE, "good.test", "sel", "good-sel2048.pem").replace(b"s=sel", b"s=huge", 1)
     keys = {"huge._domainkey.good.test": rsa_record(4096, (1 << 4095) | 1)}
 
-    signature = _verify_one(resolver, raw, 0, 1024, keys)
+    signature = _verify_one(resolver, parse(raw), 0, 1024, keys)
 
     assert (signature.result, signature.reason) == (
         "permerror",

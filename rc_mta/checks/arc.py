@@ -36,9 +36,11 @@ from rc_mta.checks.dkim import (
     Keys,
     key_name,
     look_up_keys,
+    parse,
     prefetched_dnsfunc,
     signed_binding_fields,
     too_costly_to_canonicalize,
+    verifier_of,
 )
 from rc_mta.checks.dmarc import organizational_domain
 from rc_mta.checks.whitelist import domain_listed
@@ -65,7 +67,7 @@ class _Survey:
 
 def _survey(raw: bytes) -> _Survey:
     """Who sealed last, and the keys the chain names. Blocking: runs in the reading pool."""
-    arc = dkim.ARC(raw)
+    arc = verifier_of(dkim.ARC, parse(raw), 1024)  # the key size matters only to verify
     latest, fields = arc.sorted_arc_headers()
     if latest == 0:
         return _Survey(0)
@@ -121,7 +123,7 @@ def _text(value: object) -> str:
 def _verify_chain(resolver: DnsResolver, raw: bytes, min_key_bits: int, keys: Keys, latest: int) -> _Chain:
     """dkimpy's chain validation with the keys looked up ahead (blocking: in the reading pool)."""
     lookup = KeyLookup()
-    arc = dkim.ARC(raw, minkey=min_key_bits)
+    arc = verifier_of(dkim.ARC, parse(raw), min_key_bits)
     try:
         cv, results, reason = arc.verify(dnsfunc=prefetched_dnsfunc(resolver, keys, lookup))
     except Exception as exc:  # dkimpy raises more than DKIMException on hostile input
