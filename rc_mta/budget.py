@@ -39,7 +39,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from email import policy
 from email.message import Message
-from functools import partial
+from functools import cached_property, partial
 from typing import TYPE_CHECKING, TypeVar
 
 from . import smtp_replies as R
@@ -155,6 +155,103 @@ def relaxed_body_cost(body: bytes) -> int:
     for length, many in Counter(map(len, _LONGER_RUN.findall(marks))).items():
         steps += many * (length * (length + 1) // 2 - counted)
     return steps
+
+
+# What verifying a message's DKIM signatures and ARC sets costs dkimpy, all of them together.
+# It runs in the reading pool (on the loop for a light message) and holds the interpreter lock
+# through each of its regular expressions, so it is bounded per message, in the steps of
+# ``relaxed_body_cost`` (5-7 ns each): 20 million is 100-150 ms, what one message may take.
+MAX_VERIFICATION_COST = 20_000_000
+# Each of these was measured in bench/dkim_whitespace.py, in ns, and is given here in steps of
+# ~5 ns. dkimpy's relaxed canonicalization of the header section, which it runs over every
+# field for each relaxed signature and twice for each ARC set (and three times more to sort
+# the sets): ~3 µs a field, ~21 ns a byte (two scans and a strip), and a match, ~100-160 ns,
+# for each run of white space and each line break (256 KiB of "a a a": 21-26 ms).
+HEADER_FIELD_STEPS = 600
+HEADER_BYTE_STEPS = 4
+HEADER_RUN_STEPS = 32
+# ``dkim.select_headers`` looks at every field, from the bottom, for each distinct name of h=
+# (another instance of a name goes on from the last one): ~55 ns a field looked at (1,000
+# names over 1,000 fields: 50-55 ms).
+SELECT_STEPS = 11
+# The body, again for each signature: relaxed, ~25 ns a byte that is not white space (1 MiB
+# without any: 25-27 ms; ``relaxed_body_cost`` counts the rest); simple, a copy and SHA-256,
+# ~1 ns a byte; either way each empty line ending it, stripped one at a time (~110-145 ns).
+RELAXED_BODY_BYTE_STEPS = 5
+SIMPLE_BODY_BYTES_A_STEP = 4
+TRAILING_LINE_STEPS = 28
+# A signature's own work: its tags, its key, one RSA verification (well under 0.5 ms).
+SIGNATURE_STEPS = 100_000
+
+
+def relaxed_header_cost(fields: int, header: bytes) -> int:
+    """About how many steps dkimpy's relaxed canonicalization of a header section of
+    ``fields`` fields, ``header`` bytes, takes: a pass over its bytes, a match for each run of
+    white space and each line break. Linear; cheap."""
+    runs = (b"x" + header.translate(_AS_RUNS)).count(b"x ")
+    return (
+        fields * HEADER_FIELD_STEPS + len(header) * HEADER_BYTE_STEPS + (runs + header.count(b"\n")) * HEADER_RUN_STEPS
+    )
+
+
+@dataclass
+class VerificationCost:
+    """One message's figures that a signature's cost is made of, each counted once: dkimpy's
+    split (its header fields, its body) gives them."""
+
+    fields: int
+    header: int  # ``relaxed_header_cost`` of the header section
+    body: bytes = field(repr=False)
+
+    @classmethod
+    def of(cls, headers: list[tuple[bytes, bytes]], body: bytes) -> VerificationCost:
+        section = b"".join(name + b":" + value for name, value in headers)
+        return cls(len(headers), relaxed_header_cost(len(headers), section), body)
+
+    @cached_property
+    def relaxed_body(self) -> int:
+        """``relaxed_body_cost`` of the body."""
+        return relaxed_body_cost(self.body)
+
+    @cached_property
+    def _relaxed_body_text(self) -> int:
+        return (len(self.body) - self.body.count(b" ") - self.body.count(b"\t")) * RELAXED_BODY_BYTE_STEPS
+
+    @cached_property
+    def _trailing_lines(self) -> int:
+        return (len(self.body) - len(self.body.rstrip(b"\r\n"))) // 2 * TRAILING_LINE_STEPS
+
+    def canonicalization(self, header_relaxed: bool, body_relaxed: bool) -> int:
+        """The header section and the body canonicalized and hashed once, as ``c=`` says."""
+        cost = self._trailing_lines + (self.header if header_relaxed else 0)
+        if body_relaxed:
+            return cost + self._relaxed_body_text + self.relaxed_body
+        return cost + len(self.body) // SIMPLE_BODY_BYTES_A_STEP
+
+    def selection(self, names: int) -> int:
+        """``select_headers`` for an h= of ``names`` distinct names."""
+        return (names + 1) * self.fields * SELECT_STEPS  # +1: dkimpy looks for one more From
+
+
+@dataclass
+class VerificationBudget:
+    """The steps left of ``MAX_VERIFICATION_COST`` for one message: the DKIM check and then the
+    ARC check (one ``CheckContext``) spend the same one, each signature or chain before dkimpy
+    starts on it, so that what is not verified is known and said."""
+
+    left: int = MAX_VERIFICATION_COST
+
+    def spend(self, cost: int) -> str | None:
+        """None when ``cost`` fits, and then it is spent; else why it is not verified."""
+        if cost > self.left:
+            spent = MAX_VERIFICATION_COST - self.left
+            return (
+                f"verifying it would cost ~{cost / 1e6:.1f} M steps, over what is left ({self.left / 1e6:.1f} M) "
+                f"of the message's {MAX_VERIFICATION_COST / 1e6:.0f} M"
+                + (f" after {spent / 1e6:.1f} M on other signatures" if spent else "")
+            )
+        self.left -= cost
+        return None
 
 
 @dataclass

@@ -29,6 +29,7 @@ from mailclient import send_smtp as _send_smtp
 from rc_mta.checks import CheckContext, Verdict
 from rc_mta.checks.arc import MAX_ARC_SETS, ArcCheck
 from rc_mta.checks.binding import RequestAddresses
+from rc_mta.checks.dkim import DkimCheck
 from rc_mta.checks.dmarc import DmarcCheck
 from rc_mta.dns import DnsResolver
 
@@ -275,25 +276,49 @@ def test_chain_longer_than_any_real_one_is_not_verified(black_hole_resolver: Dns
     assert f"more than {MAX_ARC_SETS} ARC sets" in verdict.reason
 
 
+def unverifiable_chain(sets: int) -> bytes:
+    """An ARC chain of ``sets`` sets sealed last by sealer.test, whose b= verify nothing."""
+    return b"".join(
+        b"ARC-Seal: i=%d; cv=%s; a=rsa-sha256; d=sealer.test; s=arc; b=AAAA\r\n"
+        b"ARC-Message-Signature: i=%d; a=rsa-sha256; d=sealer.test; s=arc; h=from; bh=AAAA; b=AAAA\r\n"
+        b"ARC-Authentication-Results: i=%d; gw.sealer.test; dmarc=pass header.from=corp.test\r\n"
+        % (i, b"pass" if i > 1 else b"none", i, i)
+        for i in range(sets, 0, -1)
+    )
+
+
+# 1 MiB of runs of 31 spaces: ~100 ms to canonicalize relaxed, each time.
+_LINE = (b" " * 31 + b"x") * 30 + b"\r\n"
+COSTLY_MESSAGE = f"From: {OWNER}\r\nTo: rc@{REPLY_DOMAIN}\r\nSubject: Re: deploy\r\n\r\n".encode() + _LINE * (
+    1024 * 1024 // len(_LINE)
+)
+
+
 def test_a_large_body_is_not_canonicalized_once_for_each_set_of_a_chain(black_hole_resolver: DnsResolver) -> None:
     # dkimpy canonicalizes the body for each set's ARC-Message-Signature: 1 MiB of runs of 31
     # spaces (~100 ms each time) is worth verifying under one set, not under two.
-    line = (b" " * 31 + b"x") * 30 + b"\r\n"
-    body = line * (1024 * 1024 // len(line))
-    message = f"From: {OWNER}\r\nTo: rc@{REPLY_DOMAIN}\r\nSubject: Re: deploy\r\n\r\n".encode() + body
-
-    def chain(sets: int) -> bytes:
-        return b"".join(
-            b"ARC-Seal: i=%d; cv=%s; a=rsa-sha256; d=sealer.test; s=arc; b=AAAA\r\n"
-            b"ARC-Message-Signature: i=%d; a=rsa-sha256; d=sealer.test; s=arc; h=from; bh=AAAA; b=AAAA\r\n"
-            b"ARC-Authentication-Results: i=%d; gw.sealer.test; dmarc=pass header.from=corp.test\r\n"
-            % (i, b"pass" if i > 1 else b"none", i, i)
-            for i in range(sets, 0, -1)
-        )
-
-    one_set = arc_verdict(black_hole_resolver, chain(1) + message)
-    two_sets = arc_verdict(black_hole_resolver, chain(2) + message)
+    one_set = arc_verdict(black_hole_resolver, unverifiable_chain(1) + COSTLY_MESSAGE)
+    two_sets = arc_verdict(black_hole_resolver, unverifiable_chain(2) + COSTLY_MESSAGE)
 
     assert one_set is not None and one_set.result == "temperror", one_set  # verified: its key at a black hole
     assert two_sets is not None and two_sets.result == "fail", two_sets
-    assert "too costly to canonicalize for 2" in two_sets.reason
+    assert "over what is left (20.0 M) of the message's 20 M" in two_sets.reason
+
+
+def test_a_chain_is_verified_only_within_what_the_messages_dkim_signatures_left(
+    black_hole_resolver: DnsResolver,
+) -> None:
+    # DKIM and then ARC spend one budget for the message: the owner's signature, canonicalized
+    # over the costly body first, leaves too little for the chain to canonicalize it again.
+    signature = b"DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed; d=corp.test; s=sel; h=from; bh=AAAA; b=AAAA\r\n"
+    raw = unverifiable_chain(1) + signature + COSTLY_MESSAGE
+    context = CheckContext(raw=raw, header_from=OWNER)
+    dkim_check = DkimCheck(black_hole_resolver, 1024)
+    arc_check = ArcCheck(black_hole_resolver, ["sealer.test"], RequestAddresses("rc", REPLY_DOMAIN), 1024)
+
+    dkim_verdict = asyncio.run(dkim_check.evaluate(context))
+    arc = asyncio.run(arc_check.evaluate(context))
+
+    assert dkim_verdict.result == "temperror", dkim_verdict  # verified: its key at a black hole
+    assert arc is not None and arc.result == "fail", arc
+    assert "chain not verified" in arc.reason and "after" in arc.reason and "on other signatures" in arc.reason

@@ -144,6 +144,12 @@ FAMILIES: list[Family] = [
     Family("DKIM white space cost, runs of 31", budget.relaxed_body_cost, lambda n: lines(b" " * 31 + b"x", n)),
     Family("DKIM white space cost, runs of 4", budget.relaxed_body_cost, lambda n: lines(b" \t  x", n)),
     Family("DKIM white space cost, one run", budget.relaxed_body_cost, lambda n: b" " * n + b"x"),
+    Family("DKIM header cost, folded", lambda h: budget.relaxed_header_cost(1, h), lambda n: b"a\r\n " * n),
+    Family(
+        "DKIM signature cost",
+        lambda h: budget.VerificationCost.of([(b"X", h)], h).canonicalization(True, True),
+        lambda n: b" \t" * n + b"\r\n" * n,
+    ),
     # inbound/aiosmtpd_private.py: MAIL FROM / RCPT TO read without the header parser.
     Family("SMTP address, near-miss", private.plain_address, lambda n: "<" + repeat("a.", n, "@a-")),
     Family("SMTP address, long domain", private.plain_address, lambda n: "<a@" + repeat("a.", n, "!")),

@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+from rc_mta.budget import VerificationBudget
+
 Result = Literal["pass", "fail", "softfail", "neutral", "none", "temperror", "permerror", "policy"]
 
 
@@ -90,6 +92,8 @@ class CheckContext:
     verdicts: Mapping[str, Verdict] = field(default_factory=dict)
     stamped: Mapping[str, Verdict] = field(default_factory=dict)
     light: bool = False  # small and plain enough to verify on the event loop (budget.Cost.light)
+    # What DKIM and then ARC may still spend verifying this message (one for the message).
+    verification: VerificationBudget = field(default_factory=VerificationBudget, compare=False)
 
     @property
     def from_domain(self) -> str | None:

@@ -27,18 +27,20 @@ import dkim
 import dkim.util
 
 from rc_mta.authresults import ReceivedAuthResult, arc_authentication_results
-from rc_mta.budget import heavy_work, relaxed_body_cost
+from rc_mta.budget import SIGNATURE_STEPS, VerificationCost, heavy_work
 from rc_mta.checks._base import CheckContext, OwnerProof, Verdict, domain_of
 from rc_mta.checks.binding import RequestAddresses
 from rc_mta.checks.dkim import (
     MAX_SIGNATURE_BYTES,
     KeyLookup,
     Keys,
+    canonicalization_cost,
     key_name,
     look_up_keys,
+    parse,
     prefetched_dnsfunc,
     signed_binding_fields,
-    too_costly_to_canonicalize,
+    verifier_of,
 )
 from rc_mta.checks.dmarc import organizational_domain
 from rc_mta.checks.whitelist import domain_listed
@@ -61,11 +63,16 @@ class _Survey:
     sealer: str = ""  # d= of the latest ARC-Seal
     key_names: frozenset[str] = frozenset()
     unusable: str | None = None  # why the chain is not verified
+    cost: int = 0  # of verifying it, in ``budget`` steps
 
 
 def _survey(raw: bytes) -> _Survey:
-    """Who sealed last, and the keys the chain names. Blocking: runs in the reading pool."""
-    arc = dkim.ARC(raw)
+    """Who sealed last, the keys the chain names, and what verifying it costs. Blocking: runs
+    in the reading pool."""
+    parsed = parse(raw)
+    if not any(name.lower() in dkim.ARC.ARC_HEADERS for name, _ in parsed[0]):
+        return _Survey(0)  # most mail: not sorted (a relaxed canonicalization of every field)
+    arc = verifier_of(dkim.ARC, parsed, 1024)  # the key size matters only to verify
     latest, fields = arc.sorted_arc_headers()
     if latest == 0:
         return _Survey(0)
@@ -79,12 +86,34 @@ def _survey(raw: bytes) -> _Survey:
     raw_fields = [value for name, value in arc.headers if name.lower() in (_SEAL, _AMS)]
     if any(len(value) > MAX_SIGNATURE_BYTES for value in raw_fields):
         return _Survey(latest, sealer, unusable=f"an ARC field over {MAX_SIGNATURE_BYTES} bytes")
-    # ARC always canonicalizes relaxed, the body once for each set's ARC-Message-Signature.
-    too_costly = too_costly_to_canonicalize(relaxed_body_cost(arc.body), latest)
-    if too_costly is not None:
-        return _Survey(latest, sealer, unusable=too_costly)
+    cost = _chain_cost(VerificationCost.of(*parsed), fields)
+    if isinstance(cost, str):
+        return _Survey(latest, sealer, unusable=cost)
     pairs = [(_tag(value, b"s"), _tag(value, b"d")) for value in signatures]
-    return _Survey(latest, sealer, frozenset(key_name(f"{s}._domainkey.{d}") for s, d in pairs if s and d))
+    names = frozenset(key_name(f"{s}._domainkey.{d}") for s, d in pairs if s and d)
+    return _Survey(latest, sealer, names, cost=cost)
+
+
+def _chain_cost(cost: VerificationCost, fields: list[tuple[int, tuple[bytes, bytes]]]) -> int | str:
+    """What dkimpy's validation of the chain costs (``budget`` steps), or why it is not made:
+    the sets sorted twice more (each time a relaxed canonicalization of the header section);
+    each ARC-Message-Signature verified as a DKIM signature (relaxed, as ARC canonicalizes,
+    unless its c= says otherwise); each ARC-Seal over the header section again."""
+    total = 2 * cost.header
+    for _, (name, value) in fields:
+        if name.lower() == _SEAL:
+            total += SIGNATURE_STEPS + cost.header + cost.selection(3)  # its h= is the ARC fields
+            continue
+        try:
+            tags = dkim.util.parse_tag_value(value)
+        except Exception:
+            continue  # dkimpy stops there, saying why
+        if name.lower() == _AMS:
+            one = canonicalization_cost(cost, tags, b"relaxed/relaxed")
+            if isinstance(one, str):
+                return f"an ARC-Message-Signature: {one}" if one.startswith("h=") else one
+            total += one
+    return total
 
 
 def _tag(value: bytes, name: bytes) -> str:
@@ -121,7 +150,7 @@ def _text(value: object) -> str:
 def _verify_chain(resolver: DnsResolver, raw: bytes, min_key_bits: int, keys: Keys, latest: int) -> _Chain:
     """dkimpy's chain validation with the keys looked up ahead (blocking: in the reading pool)."""
     lookup = KeyLookup()
-    arc = dkim.ARC(raw, minkey=min_key_bits)
+    arc = verifier_of(dkim.ARC, parse(raw), min_key_bits)
     try:
         cv, results, reason = arc.verify(dnsfunc=prefetched_dnsfunc(resolver, keys, lookup))
     except Exception as exc:  # dkimpy raises more than DKIMException on hostile input
@@ -208,8 +237,9 @@ class ArcCheck:
             why = f"sealed last by {sealer}, not in [checks.arc] trusted_sealers: not evaluated, changes nothing"
             return Verdict("neutral", why, {**facts, "trusted": "no"})
         facts["trusted"] = "yes"
-        if survey.unusable is not None:
-            return Verdict("fail", f"chain not verified: {survey.unusable}; changes nothing", facts)
+        unusable = survey.unusable or context.verification.spend(survey.cost)  # what DKIM left
+        if unusable is not None:
+            return Verdict("fail", f"chain not verified: {unusable}; changes nothing", facts)
         keys = await look_up_keys(self.resolver, set(survey.key_names))
         chain = await pool.run(_verify_chain, self.resolver, context.raw, self.min_key_bits, keys, survey.sets)
         if chain.dns_error is not None:

@@ -7,11 +7,13 @@ lookup saw: that is how a DNS timeout becomes ``temperror`` (retry later) and a 
 
 Verifying is CPU work (hashing, RSA) and runs in the reading pool (rc_mta/budget.py); the
 keys are looked up before, on the loop, so no worker of that small pool ever waits on DNS.
-Two of dkimpy's regular expressions take time growing with the square of their input: the
-check of a signature's ``b=`` (so a signature field over 4 KiB is not verified) and the
-relaxed body canonicalization, on runs of spaces and tabs, which dkimpy runs again for each
-signature (so a body with more of them than text has is not verified with a ``c=*/relaxed``
-signature, nor a large body with more such signatures than its cost allows).
+dkimpy holds the interpreter lock through each of its regular expressions and redoes for
+each signature what costs most: the relaxed canonicalization of the whole header section
+and of the body (quadratic on runs of spaces and tabs), the scan of every field for each
+name of h=. So each signature's cost is estimated before it is verified and charged to the
+message's ``VerificationBudget`` (shared with ARC), the From domain's own signatures first;
+one that does not fit, or lists more names than any signer, is not verified, and says why.
+A signature field over 4 KiB is not verified either (dkimpy's check of its b= is quadratic).
 """
 
 from __future__ import annotations
@@ -21,13 +23,21 @@ import base64
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
 import dkim
 import dkim.crypto
 import dkim.util
 
-from rc_mta.budget import heavy_work, relaxed_body_cost
+from rc_mta.budget import (
+    MAX_VERIFICATION_COST,
+    SIGNATURE_STEPS,
+    VerificationBudget,
+    VerificationCost,
+    heavy_work,
+)
 from rc_mta.checks._base import CheckContext, DkimSignature, Verdict
+from rc_mta.checks.dmarc import organizational_domain
 
 __all__ = ["MAX_SIGNATURES", "DkimCheck", "DkimSignature", "check_dkim"]
 from rc_mta.dns import DnsResolver, DnsTemporaryError
@@ -37,23 +47,31 @@ from rc_mta.dns import DnsResolver, DnsTemporaryError
 MAX_SIGNATURES = 16
 # Real signatures are under 2 KiB (a 4096-bit b= is 684 characters).
 MAX_SIGNATURE_BYTES = 4096
-# Relaxed body canonicalization, which dkimpy runs again for each signature, costs what
-# ``budget.relaxed_body_cost`` counts: some 10 steps a byte of text, and the square of the
-# length of each run of white space that does not end a line (its ``[\\t ]+\\r\\n`` tries every
-# start in a run). 20 million steps, over all the signatures of a message, is 100-150 ms
-# (5-7 ns a step on a busy 2-core machine, bench/dkim_whitespace.py): 2 MiB of text, once.
-# Every body costs ~30 ms a MiB more, whatever it holds: that is max_message_size's to bound.
-MAX_WHITESPACE_COST = 20_000_000
+# Real signers list under ~40 names in h= (oversigning lists a name once more than it is
+# present, RFC 6376 8.15): a signature listing more is not verified. dkimpy looks for every
+# field for each distinct name (``budget.SELECT_STEPS``): 1,000 names over 1,000 fields cost
+# 50 ms a signature, twice for one that passes (its signed To and References are read again).
+MAX_SIGNED_NAMES = 100
 
 
-def too_costly_to_canonicalize(body_cost: int, times: int) -> str | None:
-    """Why a body of ``relaxed_body_cost`` ``body_cost`` is not canonicalized ``times`` times
-    (once per relaxed signature or ARC set verified), or None when it may be."""
-    if body_cost > MAX_WHITESPACE_COST:
+def signed_names(tags: dict[bytes, bytes]) -> list[bytes]:
+    """The names of h=, as dkimpy reads them."""
+    return [name.strip().lower() for name in tags.get(b"h", b"").split(b":")]
+
+
+def canonicalization_cost(cost: VerificationCost, tags: dict[bytes, bytes], default: bytes) -> int | str:
+    """What one signature (or ARC-Message-Signature) with ``tags`` costs to canonicalize,
+    hash and select the fields of, once (``default`` is the c= assumed where it is absent);
+    or why it is not verified at any cost."""
+    names = signed_names(tags)
+    if len(names) > MAX_SIGNED_NAMES:
+        return f"h= lists {len(names)} header fields, more than the {MAX_SIGNED_NAMES} any signer lists"
+    header, _, body = tags.get(b"c", default).lower().partition(b"/")
+    header_relaxed, body_relaxed = header.strip() == b"relaxed", body.strip() == b"relaxed"
+    if body_relaxed and cost.relaxed_body > MAX_VERIFICATION_COST:
         return "the body has more white space than text has"
-    if body_cost * times > MAX_WHITESPACE_COST:
-        return f"the body is too costly to canonicalize for {times} relaxed signatures"
-    return None
+    # The fields are selected twice: to verify, and to read what a passing one signs (``signed_binding_fields``).
+    return SIGNATURE_STEPS + cost.canonicalization(header_relaxed, body_relaxed) + 2 * cost.selection(len(set(names)))
 
 
 @dataclass
@@ -83,8 +101,8 @@ BINDING_FIELDS = frozenset({b"to", b"cc", b"in-reply-to", b"references"})
 def signed_binding_fields(verifier: dkim.DomainSigner, fields: dict[bytes, bytes]) -> tuple[tuple[str, str], ...]:
     """The To/Cc/In-Reply-To/References instances the signature covers (RFC 6376 5.4.2:
     each name in h= picks the next instance from the bottom), as dkimpy itself selects them."""
-    names = [name.strip().lower() for name in fields.get(b"h", b"").split(b":")]
-    signed = dkim.select_headers(getattr(verifier, "headers", None) or [], [n for n in names if n])
+    names = [name for name in signed_names(fields) if name]
+    signed = dkim.select_headers(getattr(verifier, "headers", None) or [], names)
     out: list[tuple[str, str]] = []
     for name, value in signed:
         if name.lower() in BINDING_FIELDS:
@@ -115,31 +133,42 @@ class _Signed:
 
 # A message as dkimpy splits it (``rfc822_parse``): its header fields and its body.
 Parsed = tuple[list[tuple[bytes, bytes]], bytes]
+_Signer = TypeVar("_Signer", dkim.DKIM, dkim.ARC)
 
 
-def _parse(raw: bytes) -> Parsed:
-    headers, body = dkim.rfc822_parse(raw)
-    return headers, body
+def parse(raw: bytes) -> Parsed:
+    """dkimpy's split of ``raw``, made once for all its signatures and ARC sets: dkimpy's own
+    parse splits the body into lines and joins them again (1 MiB of blank lines: ~100 ms,
+    which each ``dkim.DKIM(raw)`` paid again). Where every line ends in CRLF (as
+    ``canonical_message`` makes them), the body it would join is the bytes as they stand:
+    only the header section is given to dkimpy's parse."""
+    header_end = 0 if raw.startswith(b"\r\n") else raw.find(b"\r\n\r\n") + 2
+    if header_end == 1 or raw.count(b"\n") != raw.count(b"\r\n"):  # no blank line, or a bare LF
+        headers, body = dkim.rfc822_parse(raw)
+        return headers, body
+    headers, _ = dkim.rfc822_parse(raw[:header_end])
+    return headers, raw[header_end + 2 :]
 
 
-def _verifier(raw: bytes, min_key_bits: int, parsed: Parsed | None) -> dkim.DKIM:
-    """dkimpy's verifier for ``raw``, on the split made once already when there is one."""
-    if parsed is None:
-        return dkim.DKIM(raw, minkey=min_key_bits)
-    verifier = dkim.DKIM(minkey=min_key_bits)
+def verifier_of(signer: type[_Signer], parsed: Parsed, min_key_bits: int) -> _Signer:
+    """dkimpy's verifier (``dkim.DKIM`` or ``dkim.ARC``) on the split made once already."""
+    verifier = signer(minkey=min_key_bits)
     verifier.headers, verifier.body = list(parsed[0]), parsed[1]
     return verifier
 
 
-def _signatures(raw: bytes, parsed: Parsed | None = None) -> tuple[list[_Signed], int]:
+def _signatures(
+    parsed: Parsed, budget: VerificationBudget, from_domain: str | None = None
+) -> tuple[list[_Signed], int]:
     """The first ``MAX_SIGNATURES`` DKIM-Signature fields in dkimpy's order (its own parse, so
-    indexes agree), and how many there are. Blocking: in the reading pool, or on the loop
-    for a light message (with its split, ``parsed``, shared with the verifications)."""
-    headers, body = parsed or _parse(raw)
+    indexes agree), and how many there are; each charged to ``budget`` before it is verified,
+    the From domain's own (aligned) first, then the others from the top, so that a relay's
+    signatures above the owner's cannot spend the message's budget before it. Blocking: in
+    the reading pool, or on the loop for a light message."""
+    headers, body = parsed
     fields = [value for name, value in headers if name.lower() == b"dkim-signature"]
     found: list[_Signed] = []
-    body_cost: int | None = None
-    canonicalizations = 0  # of the body, relaxed: each verified signature runs one
+    tags_of: dict[int, dict[bytes, bytes]] = {}
     for index, value in enumerate(fields[:MAX_SIGNATURES]):
         if len(value) > MAX_SIGNATURE_BYTES:
             found.append(_Signed(index, unusable=f"signature field over {MAX_SIGNATURE_BYTES} bytes"))
@@ -152,17 +181,31 @@ def _signatures(raw: bytes, parsed: Parsed | None = None) -> tuple[list[_Signed]
             continue
         domain, selector = (tags.get(tag, b"").decode("ascii", "replace").strip() for tag in (b"d", b"s"))
         name = key_name(tags[b"s"] + b"._domainkey." + tags[b"d"]) if b"s" in tags and b"d" in tags else None
-        signed = _Signed(index, name, None, domain.lower(), selector)
-        if tags.get(b"c", b"").partition(b"/")[2].strip().lower() == b"relaxed":
-            if body_cost is None:
-                body_cost = relaxed_body_cost(body)
-            why = too_costly_to_canonicalize(body_cost, canonicalizations + 1)
-            if why is None:
-                canonicalizations += 1
-            else:
-                signed = replace(signed, unusable=why)
-        found.append(signed)
+        found.append(_Signed(index, name, None, domain.lower(), selector))
+        tags_of[index] = tags
+    if not tags_of:
+        return found, len(fields)
+    owner = organizational_domain(from_domain) if from_domain else None
+    aligned = [s for s in found if s.index in tags_of and owner and organizational_domain(s.domain) == owner]
+    cost = VerificationCost.of(headers, body)
+    for signed in aligned + [s for s in found if s.index in tags_of and s not in aligned]:
+        why = _charge(budget, canonicalization_cost(cost, tags_of[signed.index], b"simple/simple"))
+        if why is not None:
+            found[found.index(signed)] = replace(signed, unusable=why)
     return found, len(fields)
+
+
+def _charge(budget: VerificationBudget, cost: int | str) -> str | None:
+    """None when ``cost`` is within ``budget`` (and spent), else why it is not verified."""
+    return cost if isinstance(cost, str) else budget.spend(cost)
+
+
+def _read_signatures(
+    raw: bytes, budget: VerificationBudget, from_domain: str | None
+) -> tuple[Parsed, list[_Signed], int]:
+    """The message's split and ``_signatures``, in one go (one hop to the pool)."""
+    parsed = parse(raw)
+    return (parsed, *_signatures(parsed, budget, from_domain))
 
 
 async def look_up_keys(resolver: DnsResolver, names: set[str]) -> Keys:
@@ -258,16 +301,16 @@ def _usable(record: bytes | None, lookup: KeyLookup) -> bytes | None:
 
 
 def _verify_one(
-    resolver: DnsResolver, raw: bytes, idx: int, min_key_bits: int, keys: Keys, parsed: Parsed | None = None
+    resolver: DnsResolver, parsed: Parsed, idx: int, min_key_bits: int, keys: Keys, on_loop: bool = False
 ) -> DkimSignature:
-    """Verify signature ``idx`` with the keys looked up ahead (blocking: in the reading pool;
-    or, given the message's split ``parsed``, on the loop for a light message, raising
+    """Verify signature ``idx`` of the message split as ``parsed``, with the keys looked up
+    ahead (blocking: in the reading pool; or ``on_loop`` for a light message, raising
     NeedsThread if a key was not looked up ahead)."""
-    lookup = KeyLookup(on_loop=parsed is not None)
+    lookup = KeyLookup(on_loop=on_loop)
     dnsfunc = prefetched_dnsfunc(resolver, keys, lookup)
     verifier: dkim.DKIM | None = None
     try:
-        verifier = _verifier(raw, min_key_bits, parsed)
+        verifier = verifier_of(dkim.DKIM, parsed, min_key_bits)
         ok = bool(verifier.verify(idx=idx, dnsfunc=dnsfunc))
         failure: str | None = None if ok else "signature did not verify"
     except Exception as exc:  # dkimpy raises more than DKIMException on hostile input
@@ -307,19 +350,22 @@ def _verify_one(
 
 
 async def check_dkim(
-    resolver: DnsResolver, raw: bytes, min_key_bits: int = 1024, *, on_loop: bool = False
+    resolver: DnsResolver,
+    raw: bytes,
+    min_key_bits: int = 1024,
+    *,
+    on_loop: bool = False,
+    from_domain: str | None = None,
+    budget: VerificationBudget | None = None,
 ) -> tuple[Verdict, list[DkimSignature]]:
-    """Verify every DKIM signature; pass if any one passes. In the reading pool, or here on
-    the loop when the caller found the message light (``budget.Cost.light``: small, with
-    short signature fields), which costs less than the thread hops would."""
-    pool = heavy_work()
-    parsed: Parsed | None = None
+    """Verify every DKIM signature that ``budget`` (the message's, shared with ARC) covers,
+    ``from_domain``'s first; pass if any one passes. In the reading pool, or here on the loop
+    when the caller found the message light (``budget.Cost.light``: small, with short
+    signature fields), which costs less than the thread hops would."""
+    pool, budget = heavy_work(), budget or VerificationBudget()
     try:
-        if on_loop:
-            parsed = _parse(raw)
-            checked, count = _signatures(raw, parsed)
-        else:
-            checked, count = await pool.run(_signatures, raw)
+        read = (raw, budget, from_domain)
+        parsed, checked, count = _read_signatures(*read) if on_loop else await pool.run(_read_signatures, *read)
     except Exception as exc:  # dkimpy's parser on hostile input
         return Verdict("permerror", f"message could not be parsed for DKIM: {exc}"), []
     if count == 0:
@@ -329,12 +375,12 @@ async def check_dkim(
     async def verify(signed: _Signed) -> DkimSignature:
         if signed.unusable is not None:
             return DkimSignature(signed.domain, signed.selector, "permerror", f"not verified: {signed.unusable}", None)
-        if parsed is not None:
+        if on_loop:
             try:
-                return _verify_one(resolver, raw, signed.index, min_key_bits, keys, parsed)
+                return _verify_one(resolver, parsed, signed.index, min_key_bits, keys, on_loop=True)
             except NeedsThread:
                 pass
-        return await pool.run(_verify_one, resolver, raw, signed.index, min_key_bits, keys)
+        return await pool.run(_verify_one, resolver, parsed, signed.index, min_key_bits, keys)
 
     signatures = list(await asyncio.gather(*(verify(signed) for signed in checked)))
     verdict = _overall(signatures)
@@ -367,5 +413,12 @@ class DkimCheck:
         self.min_key_bits = min_key_bits
 
     async def evaluate(self, context: CheckContext) -> Verdict:
-        verdict, signatures = await check_dkim(self.resolver, context.raw, self.min_key_bits, on_loop=context.light)
+        verdict, signatures = await check_dkim(
+            self.resolver,
+            context.raw,
+            self.min_key_bits,
+            on_loop=context.light,
+            from_domain=context.from_domain,
+            budget=context.verification,
+        )
         return replace(verdict, signatures=tuple(signatures))
