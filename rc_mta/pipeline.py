@@ -507,6 +507,8 @@ class Pipeline:
         )
         if outcome is ClaimOutcome.REVOKED:
             raise RequestRevoked(f"request {request.id} was withdrawn")
+        if outcome is ClaimOutcome.TAKEN_OVER:
+            outcome = ClaimOutcome.OURS  # from an attempt that died: it may have acted
         if outcome is ClaimOutcome.BUSY and claim is not None and await self._posts_again(decision, claim, actor):
             attempt, outcome = str(claim.attempt), ClaimOutcome.OURS  # that attempt's retry, as that attempt
         if outcome is ClaimOutcome.BUSY and claim is not None and await self._acted_unrecorded(decision, claim, actor):
