@@ -145,7 +145,8 @@ class SiblingOutcomeUnknown(TemporaryFailure):
     answer), and the backend cannot be asked whether it acted (the webhook): this answer is
     not acted on beside it on a guess, nor is such a group decision taken back. The doubt is
     settled when that answer's sender tries again (it takes the dead claim over and
-    finishes), so this one waits too; a person may also decide the task in the workflow system."""
+    finishes; a try that fails again without acting keeps it), so this one waits too; a
+    person may also decide the task in the workflow system."""
 
     def __init__(self, task_id: str, request_id: str) -> None:
         super().__init__(f"whether the answer to request {request_id} acted on task {task_id} is unknown")

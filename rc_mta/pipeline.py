@@ -511,6 +511,7 @@ class Pipeline:
         if decision.outcome not in _ACTING or request is None or action is None:
             return decision
         attempt = new_attempt_id()
+        inherited = False  # this attempt took up a claim whose earlier action may have acted
         alone = decision.group is None
         if alone and self._acts_in_store and await self._act_at_once(decision, request, action, attempt, actor, source):
             return replace(decision, recorded=True)
@@ -521,34 +522,25 @@ class Pipeline:
         )
         if outcome is ClaimOutcome.REVOKED:
             raise RequestRevoked(f"request {request.id} was withdrawn")
+        if outcome is ClaimOutcome.TAKEN_OVER:
+            outcome, inherited = ClaimOutcome.OURS, True  # from an attempt that died: it may have acted
         if outcome is ClaimOutcome.BUSY and claim is not None and await self._posts_again(decision, claim, actor):
-            attempt, outcome = str(claim.attempt), ClaimOutcome.OURS  # that attempt's retry, as that attempt
+            attempt, outcome, inherited = str(claim.attempt), ClaimOutcome.OURS, True  # as that attempt
         if outcome is ClaimOutcome.BUSY and claim is not None and await self._acted_unrecorded(decision, claim, actor):
             outcome = ClaimOutcome.DONE  # recorded now, on that attempt's behalf: this is its retry
         if outcome is not ClaimOutcome.OURS:
             return _not_ours(decision, request, outcome, claim)
         if decision.group is not None:
-            return await self._act_together(decision, decision.group, attempt, actor, source, deadline)
+            return await self._act_together(decision, decision.group, attempt, actor, source, deadline, inherited)
         try:
             if (stopped := await self._stopped_by_sibling(request)) is not None:
-                raise stopped  # our claim is given back below
+                raise stopped  # our claim is given back below, unless in doubt
             context = ActionContext(
                 request.id, message_id, source, {name: v["result"] for name, v in decision.checks.items()}, deadline
             )
             await self._drive_backend(action, request.task_id, decision.comment, actor, context, deadline)
-        except BackendOutcomeUnknown as exc:
-            # Sent, perhaps acted on. Cut at the deadline, or where the task cannot be read
-            # (the webhook: this claim is what holds the task's other requests' answers back,
-            # ``_stopped_by_sibling``), the claim stays ours: only this very answer, sent
-            # again, posts again (``_posts_again``, here; elsewhere once it is taken for dead),
-            # with the same request id. Release's retry reads the task first: given back.
-            if isinstance(exc, ActionOutcomeUnknown):
-                raise
-            if not self._reads_tasks:
-                self._unanswered.put(request.id, attempt)
-                raise
-            await self._give_back(request.id, attempt)
-            raise
+        except ActionOutcomeUnknown:
+            raise  # cut at the deadline: the claim stays ours until it is taken for dead
         except TaskNotInProgress as exc:
             task = exc.task
             if task.acted_by == actor and task.status == action.past:
@@ -560,12 +552,45 @@ class Pipeline:
         except TaskNotFound:
             await asyncio.to_thread(self.store.release_claim, request.id, attempt)
             raise
-        except BaseException:
-            await self._give_back(request.id, attempt)
+        except BaseException as exc:
+            if not self._keeps_doubt(exc, inherited):
+                await self._give_back(request.id, attempt)
+                raise
+            # Whether the task was acted on is unknown (``_keeps_doubt``): the claim stays
+            # ours, holding the task's other requests' answers back (``_stopped_by_sibling``),
+            # and this very answer, sent again, posts again (``_posts_again``, here; elsewhere
+            # once it is taken for dead), with the same request id.
+            self._unanswered.put(request.id, attempt)
             raise
         metrics.TASKS_ACTED.labels(self.backend.name, action.value).inc()
         await self._finish(request, attempt, action)
         return decision
+
+    def _keeps_doubt(self, failure: BaseException, inherited: bool) -> bool:
+        """The one rule of when a failed action leaves the task perhaps acted on, with a
+        backend that cannot be read (the webhook): then the attempt's claim, and the N-of-M
+        decision it holds, stand, so no other request's answer is POSTed under a request id
+        the receiver cannot tie to this one; only this answer, sent again, settles it (the
+        same request id: the receiver dedupes). A backend that reads tasks is read again by
+        the retry: never.
+
+        Its own POST may have acted (``BackendOutcomeUnknown``: no answer, or one that does
+        not say). Or it took up a claim whose earlier POST may have (``inherited``: that
+        attempt got no answer, ``_posts_again``, or died, ``ClaimOutcome.TAKEN_OVER``): then
+        any failure of its own keeps that doubt. One without acting (503, no connection, our
+        signature refused, another answer seen beside it) says nothing of the earlier POST;
+        nor does a refusal (422: a receiver may refuse a repeat for a reason of the moment,
+        or the earlier POST may still be at work there): the sender is told the refusal, and
+        the same answer sent again asks again. Except the receiver's word that the task is
+        closed, or unknown to it (``TaskNotInProgress`` not by this answer, ``TaskNotFound``):
+        no answer can act on it now, so the claim is given back, and another request's
+        answer is refused by the receiver in turn rather than wait on a doubt that no longer
+        matters."""
+        if self._reads_tasks:
+            return False
+        if isinstance(failure, BackendOutcomeUnknown):
+            return True
+        return inherited and not isinstance(failure, (TaskNotInProgress, TaskNotFound))
 
     async def _give_back(self, request_id: str, attempt: str) -> None:
         """Our claim back after a failure, so a later answer may act; if the store cannot
@@ -608,7 +633,14 @@ class Pipeline:
         return DecisionMade(request.task_id, TaskAction(sibling.action).past, sibling.actor)
 
     async def _act_together(
-        self, decision: Decision, group: ApprovalGroup, attempt: str, actor: str, source: str, deadline: float
+        self,
+        decision: Decision,
+        group: ApprovalGroup,
+        attempt: str,
+        actor: str,
+        source: str,
+        deadline: float,
+        inherited: bool,
     ) -> Decision:
         """N of M: an approval is counted (in one statement, so two at once are both
         counted); the one that reaches ``needed``, or any fail, decides and drives the
@@ -616,7 +648,9 @@ class Pipeline:
         another answer waits (451), and if the backend cannot be told it is taken back.
         An answer after the final decision is refused, saying by whom. A decision whose
         attempt died is taken back by another answer only where the backend can say it did
-        not act (``take_back_stale``): with the webhook that answer waits (451) instead."""
+        not act (``take_back_stale``): with the webhook that answer waits (451) instead. Nor
+        is it taken back when the retry of the answer that made it (``inherited``) fails
+        without acting: the first POST may have acted all the same (``_keeps_doubt``)."""
         request, action = decision.request, decision.action
         assert request is not None and action is not None
         store, now = self.store, self.clock()
@@ -665,7 +699,12 @@ class Pipeline:
             # the decision and the claim stand (others wait, 451) until the claim is taken
             # for dead, long after this attempt ended, or the backend shows it acted.
             raise
-        except BaseException:
+        except BaseException as exc:
+            # Doubt comes along only with a decision this request made before: else its earlier
+            # attempt never POSTed (with the webhook no other answer takes such a decision back).
+            if self._keeps_doubt(exc, inherited and group.decided_request == request.id):
+                self._unanswered.put(request.id, attempt)  # sent again, it posts again at once
+                raise
             try:
                 mine = await asyncio.to_thread(store.get_claim, request.id)
                 # Done for us (a retry saw the backend show our action, ``_acted_unrecorded``): it stands.

@@ -307,6 +307,9 @@ class ClaimOutcome(Enum):
     """What trying to claim a request found."""
 
     OURS = "ours"  # this attempt holds the claim: it may act
+    # This attempt holds the claim, taken over from one that died mid-answer (``claim_stale``):
+    # it may act, and whether that one acted only the backend knows.
+    TAKEN_OVER = "taken_over"
     DONE = "done"  # answered already; the claim row says by which message
     BUSY = "busy"  # another live attempt (maybe a copy of this very message) is answering it
     REVOKED = "revoked"  # the request row says it was withdrawn
@@ -735,7 +738,8 @@ class Store:
     ) -> tuple[ClaimOutcome, Claim | None]:
         """Claim a request for one attempt at answering it with one message.
 
-        OURS when the row is new or when a pending claim went stale (its process died).
+        OURS when the row is new (or already this attempt's); TAKEN_OVER when it held
+        another attempt's pending claim that went stale (its process died, maybe mid-action).
         A pending claim of another attempt is BUSY even when it is for this same message:
         that is another delivery of it, still at work. REVOKED only when the request row
         says so; a claim given back between our insert and our read is claimed again.
@@ -766,18 +770,19 @@ class Store:
                 return ClaimOutcome.REVOKED, None
             except IntegrityError:
                 pass
+            take = (
+                update(used_tokens)
+                .where(
+                    used_tokens.c.request_id == request_id,
+                    used_tokens.c.state == "pending",
+                    used_tokens.c.request_id.in_(select(requests.c.id).where(live)),
+                )
+                .values(message_id=message_id, action=action, actor=actor, claimed_at=now, attempt=attempt)
+            )
             with self._begin() as conn:
-                # The write first: on SQLite it takes the write lock, so the read below is current.
-                taken = conn.execute(
-                    update(used_tokens)
-                    .where(
-                        used_tokens.c.request_id == request_id,
-                        used_tokens.c.state == "pending",
-                        (used_tokens.c.attempt == attempt) | _claim_is_stale(now, stale_after),
-                        used_tokens.c.request_id.in_(select(requests.c.id).where(live)),
-                    )
-                    .values(message_id=message_id, action=action, actor=actor, claimed_at=now, attempt=attempt)
-                ).rowcount
+                # The writes first: on SQLite they take the write lock, so the read below is current.
+                taken = conn.execute(take.where(used_tokens.c.attempt == attempt)).rowcount
+                taken_over = not taken and conn.execute(take.where(_claim_is_stale(now, stale_after))).rowcount == 1
                 found = (
                     conn.execute(
                         select(used_tokens, requests.c.revoked_at)
@@ -790,6 +795,8 @@ class Store:
             if found is None:
                 continue  # given back between our insert and our read: try again
             current = Claim(**{c.name: found[c.name] for c in used_tokens.c})
+            if taken_over:
+                return ClaimOutcome.TAKEN_OVER, current
             if taken == 1:
                 return ClaimOutcome.OURS, current
             if current.done:

@@ -317,6 +317,19 @@ def group_of(server: RcMta, request_id: str) -> str:
     return group.id
 
 
+def bobs_decision_unanswered(
+    server: RcMta, receiver: WebhookReceiver, task_id: str
+) -> tuple[dict[str, Any], EmailMessage]:
+    """2 of 3 asked of Alice, Bob and Carol, Alice's approval counted, and Bob's deciding
+    approval POSTed and answered 502 (a proxy's: the receiver may have acted; 451 to Bob):
+    what was sent, and Bob's message, for his server to send again."""
+    receiver.answer = (502, {"detail": "upstream gave no answer"})
+    sent, bobs = alice_approved(server, task_id)
+    bob = send_smtp(server.smtp_port, bobs, sent[BOB]["complete_address"], mail_from=BOB)
+    assert f"{bob.code} {bob.text}" == str(R.BACKEND_UNAVAILABLE), bob
+    return sent, bobs
+
+
 @pytest.mark.parametrize("store", ["sqlite", "postgresql"])
 def test_a_webhook_decision_whose_attempt_died_is_not_taken_back_by_another_members_answer(
     store: str, request: pytest.FixtureRequest, tmp_path: Path
@@ -327,14 +340,12 @@ def test_a_webhook_decision_whose_attempt_died_is_not_taken_back_by_another_memb
     saying whether Bob's answer acted is unknown, and a WARNING names the task and the group.
     Bob's sender's retry settles it: POSTed again with his request id (the receiver dedupes);
     then Carol is refused, saying who decided."""
-    receiver = WebhookReceiver(answer=(502, {"detail": "upstream gave no answer"})).start()
+    receiver = WebhookReceiver().start()
     server = webhook_server(tmp_path, store, request, receiver)
     try:
         server.start()
-        sent, bobs = alice_approved(server, "CHANGE-13")
+        sent, bobs = bobs_decision_unanswered(server, receiver, "CHANGE-13")
         bobs_request = sent[BOB]["request_id"]
-        bob = send_smtp(server.smtp_port, bobs, sent[BOB]["complete_address"], mail_from=BOB)
-        assert f"{bob.code} {bob.text}" == str(R.BACKEND_UNAVAILABLE), bob
         receiver.answer = None  # answering as usual from here
         claim_taken_earlier(server, bobs_request, STALE_CLAIM_SECONDS + 1)
 
@@ -360,6 +371,53 @@ def test_a_webhook_decision_whose_attempt_died_is_not_taken_back_by_another_memb
     finally:
         server.stop()
         receiver.stop()
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
+def test_a_deciders_retry_that_fails_cleanly_after_a_post_that_may_have_acted_keeps_the_decision(
+    store: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """Bob's approval decides 2 of 3 and the webhook answers his POST 502 (it may have
+    acted); ten minutes on his claim is dead, and his sender's retry takes it over and POSTs
+    again with his request id, answered 503 (nothing done this time; the first may still
+    have acted). Bob gets 451, and his decision stands: sent again at once it POSTs again,
+    and once his claim is dead again Carol's fail is not POSTed beside it (451, whether
+    Bob's acted is unknown). Bob's retry, answered 2xx, settles it: Carol is refused."""
+    receiver = WebhookReceiver().start()
+    server = webhook_server(tmp_path, store, request, receiver)
+    try:
+        server.start()
+        sent, bobs = bobs_decision_unanswered(server, receiver, "CHANGE-14")
+        bobs_request = sent[BOB]["request_id"]
+
+        def bob_sends() -> SmtpOutcome:  # the very same message each time, as his server retries it
+            return send_smtp(server.smtp_port, bobs, sent[BOB]["complete_address"], mail_from=BOB)
+
+        claim_taken_earlier(server, bobs_request, STALE_CLAIM_SECONDS + 1)
+        receiver.answer = (503, {"detail": "maintenance"})
+        for _ in range(2):  # the retry taking the dead claim over, and its retry: each POSTs again
+            retried = bob_sends()
+            assert f"{retried.code} {retried.text}" == str(R.BACKEND_UNAVAILABLE), retried
+        assert [(p["action"], p["request_id"]) for p in receiver.payloads] == [("complete", bobs_request)] * 3
+
+        claim_taken_earlier(server, bobs_request, STALE_CLAIM_SECONDS + 1)
+        waiting = answer(server, sent, CAROL, "fail")
+        unknown = R.SIBLING_OUTCOME_UNKNOWN.with_text(task_id="CHANGE-14", request_id=bobs_request)
+        assert f"{waiting.code} {waiting.text}" == str(unknown), waiting
+        assert [(p["action"], p["request_id"]) for p in receiver.payloads] == [("complete", bobs_request)] * 3
+
+        receiver.answer = None  # answering as usual from here
+        settled = bob_sends()
+        acted = R.TASK_ACTED.with_text(task_id="CHANGE-14", action_past="completed")
+        assert settled.code == 250 and settled.text.endswith(acted.text), settled
+        after = answer(server, sent, CAROL, "fail")
+    finally:
+        server.stop()
+        receiver.stop()
+
+    decided = R.DECISION_MADE.with_text(task_id="CHANGE-14", action_past="completed", by=f"{ALICE}, {BOB}")
+    assert f"{after.code} {after.text}" == str(decided), after
+    assert [(p["action"], p["request_id"]) for p in receiver.payloads] == [("complete", bobs_request)] * 4
 
 
 RELEASE_TASK = "Applications/Folder1/Release1/Phase1/Task1"

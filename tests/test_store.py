@@ -102,7 +102,9 @@ def test_another_copy_of_a_message_being_answered_is_not_ours_until_stale(store:
     outcome, claim = store.claim(request.id, "b", "<a@x>", "complete", ALICE, now + 1, 600)
     assert outcome is ClaimOutcome.BUSY and claim is not None and claim.message_id == "<a@x>"
     assert store.claim(request.id, "c", "<c@x>", "fail", ALICE, now + 2, 600)[0] is ClaimOutcome.BUSY
-    assert store.claim(request.id, "c", "<c@x>", "fail", ALICE, now + 700, 600)[0] is ClaimOutcome.OURS  # stale
+    taken = store.claim(request.id, "c", "<c@x>", "fail", ALICE, now + 700, 600)[0]
+    assert taken is ClaimOutcome.TAKEN_OVER  # stale: ours, and whether "a" acted is unknown
+    assert store.claim(request.id, "c", "<c@x>", "fail", ALICE, now + 1400, 600)[0] is ClaimOutcome.OURS  # its own
 
 
 def test_a_copy_that_loses_the_claim_cannot_give_back_or_finish_the_winners(store: Store) -> None:
@@ -151,7 +153,7 @@ def test_a_stale_attempt_taken_over_can_no_longer_finish_or_release(store: Store
     request = _request(store, "t-2d")
     now = time.time()
     store.claim(request.id, "a", "<a@x>", "complete", ALICE, now, 600)
-    assert store.claim(request.id, "b", "<b@x>", "fail", ALICE, now + 700, 600)[0] is ClaimOutcome.OURS
+    assert store.claim(request.id, "b", "<b@x>", "fail", ALICE, now + 700, 600)[0] is ClaimOutcome.TAKEN_OVER
 
     store.release_claim(request.id, "a")
     assert not store.finish_claim(request.id, "a", now + 701)
@@ -256,7 +258,7 @@ def test_a_store_from_before_attempt_ids_is_upgraded_and_its_pending_claims_only
     store.create_schema()  # what the new version does at start
 
     assert store.claim(request.id, "a", "<old@x>", "complete", ALICE, now + 1, 600)[0] is ClaimOutcome.BUSY
-    assert store.claim(request.id, "a", "<old@x>", "complete", ALICE, now + 700, 600)[0] is ClaimOutcome.OURS
+    assert store.claim(request.id, "a", "<old@x>", "complete", ALICE, now + 700, 600)[0] is ClaimOutcome.TAKEN_OVER
     assert store.finish_claim(request.id, "a", now + 701)
 
 
@@ -364,7 +366,7 @@ def _claimed(store: Store, request: Request, at: float, action: str = "complete"
     """The claim an answer takes before it counts (as ``Pipeline.act`` does): its attempt id."""
     attempt = new_attempt_id()
     outcome, _ = store.claim(request.id, attempt, f"<{attempt}@x>", action, request.owner, at, STALE_CLAIM_SECONDS)
-    assert outcome is ClaimOutcome.OURS
+    assert outcome in (ClaimOutcome.OURS, ClaimOutcome.TAKEN_OVER)  # taken over from a dead attempt's
     return attempt
 
 

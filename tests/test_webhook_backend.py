@@ -484,3 +484,94 @@ def test_two_requests_answers_at_the_same_moment_post_one_action(
     finally:
         server.stop()
         receiver.stop()
+
+
+# A retry of an answer whose POST may have acted inherits that doubt: if the retry's own POST
+# fails without acting (503), the first may still have acted, so the doubt is kept.
+
+_INHERITED = {
+    "remembered": False,  # this process remembers the POST that got no answer: posted again at once
+    "taken over": True,  # the claim taken for dead first: the retry takes it over
+}
+
+
+@pytest.mark.parametrize("inherited", list(_INHERITED))
+@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
+def test_a_retry_that_fails_cleanly_after_a_post_that_may_have_acted_keeps_the_doubt(
+    store: str, inherited: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """Bob's POST is answered 502 (a proxy's: the receiver may have acted). His sender's
+    retry POSTs again with his request id, and the receiver answers 503 (nothing done this
+    time, but the first may still have acted): Bob gets 451, and his claim stands, so sent
+    again at once it POSTs again. Once that claim is dead, Alice's answer to her request of
+    the same task waits (451, whether Bob's acted is unknown) and nothing is POSTed under her
+    request id; Bob's retry, answered 2xx, settles it, and then Alice is refused saying Bob
+    decided."""
+    receiver = WebhookReceiver(answer=(502, {"detail": "upstream gave no answer"})).start()
+    server = on_webhook(tmp_path, receiver)
+    if store == "postgresql":
+        server.settings["store"] = {"url": request.getfixturevalue("pg_url"), "busy_timeout": "2s"}
+    try:
+        server.start()
+        alices, bobs = (server.cli_json("request", TASK, "--owner", owner) for owner in (ALICE, BOB))
+        bobs_answer = reply_message(bobs["complete_address"], "Ship it", sender=BOB)
+
+        def bob_sends() -> Any:  # the very same message each time, as his server retries it
+            return send_smtp(server.smtp_port, bobs_answer, bobs["complete_address"], mail_from=BOB)
+
+        first = bob_sends()
+        assert f"{first.code} {first.text}" == str(R.BACKEND_UNAVAILABLE), first
+        if _INHERITED[inherited]:
+            all_earlier(server, STALE_CLAIM_SECONDS + 1)
+
+        receiver.answer = (503, {"detail": "maintenance"})
+        for _ in range(2):  # the retry, and the retry of that retry: each POSTs again at once
+            retried = bob_sends()
+            assert f"{retried.code} {retried.text}" == str(R.BACKEND_UNAVAILABLE), retried
+        assert [p["request_id"] for p in receiver.payloads] == [bobs["request_id"]] * 3
+
+        all_earlier(server, STALE_CLAIM_SECONDS + 1)
+        waiting = answer_as(server, alices, ALICE)
+        unknown = R.SIBLING_OUTCOME_UNKNOWN.with_text(task_id=TASK, request_id=bobs["request_id"])
+        assert f"{waiting.code} {waiting.text}" == str(unknown), waiting
+        assert [p["request_id"] for p in receiver.payloads] == [bobs["request_id"]] * 3
+
+        receiver.answer = None  # answering as usual from here
+        settled = bob_sends()
+        assert settled.code == 250, settled
+        after = answer_as(server, alices, ALICE)
+    finally:
+        server.stop()
+        receiver.stop()
+
+    decided = R.DECISION_MADE.with_text(task_id=TASK, action_past="completed", by=BOB)
+    assert f"{after.code} {after.text}" == str(decided), after
+    assert [p["request_id"] for p in receiver.payloads] == [bobs["request_id"]] * 4  # the receiver dedupes
+
+
+def test_a_refusal_of_the_retry_after_a_post_that_may_have_acted_is_told_and_the_doubt_kept(
+    tmp_path: Path,
+) -> None:
+    """Bob's POST is answered 502 (it may have acted); his sender's retry is refused 422. The
+    refusal is his to read (550, the receiver's reason), but it does not say the first POST
+    did not act: his claim stands, and Alice's answer to her request waits (451) with nothing
+    POSTed under her request id. Only the receiver's word that the task is closed (409) ends
+    the doubt."""
+    receiver = WebhookReceiver(answer=(502, {"detail": "upstream gave no answer"})).start()
+    server = on_webhook(tmp_path, receiver)
+    try:
+        server.start()
+        alices, bobs = (server.cli_json("request", TASK, "--owner", owner) for owner in (ALICE, BOB))
+        bobs_answer = reply_message(bobs["complete_address"], "Ship it", sender=BOB)
+        first = send_smtp(server.smtp_port, bobs_answer, bobs["complete_address"], mail_from=BOB)
+        assert first.code == 451, first
+        receiver.answer = (422, {"detail": "Change freeze until Monday"})
+        refused = send_smtp(server.smtp_port, bobs_answer, bobs["complete_address"], mail_from=BOB)
+        alice = answer_as(server, alices, ALICE)
+    finally:
+        server.stop()
+        receiver.stop()
+
+    assert (refused.code, refused.enhanced) == (550, "5.7.1") and "Change freeze until Monday" in refused.text
+    assert f"{alice.code} {alice.text}" == str(R.DECISION_IN_PROGRESS.with_text(task_id=TASK)), alice
+    assert [p["request_id"] for p in receiver.payloads] == [bobs["request_id"]] * 2

@@ -47,7 +47,10 @@ own record stands in, ``Store.decided_by_sibling``): a lone answer's claim stand
 Once that claim is taken for dead, whether it acted is unknown until its sender tries
 again, and they wait (451) rather than being POSTed on a guess: a group's decision is not
 taken back then either (``Store.count_approval``'s ``take_back_stale``), as it is for a
-backend that can be read and shows it did not act.
+backend that can be read and shows it did not act. Nor does the retry's own failure end the
+doubt: answered 503, not reached, or refused, it says nothing of the first POST, so the
+claim and the decision stand as before (``Pipeline._keeps_doubt``); only a 409 (the task is
+closed) gives them back.
 """
 
 from __future__ import annotations
