@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from email import policy
 from email.message import Message
 from functools import cached_property, partial
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 from . import smtp_replies as R
 from .errors import MessageRefused, ReaderBusy
@@ -160,7 +160,12 @@ def relaxed_body_cost(body: bytes) -> int:
 # What verifying a message's DKIM signatures and ARC sets costs dkimpy, all of them together.
 # It runs in the reading pool (on the loop for a light message) and holds the interpreter lock
 # through each of its regular expressions, so it is bounded per message, in the steps of
-# ``relaxed_body_cost`` (5-7 ns each): 20 million is 100-150 ms, what one message may take.
+# ``relaxed_body_cost`` (5-7 ns each): 20 million is 100-150 ms, what all but one pass over
+# the body may take (white space, header fields, each further signature or ARC set).
+# One pass over the body's bytes is not counted in it (``VerificationBudget.spend``): any
+# verification makes one, [inbound] max_message_size bounds it (a 5 MiB reply of base64 under
+# one relaxed signature: ~180 ms the whole check; 10 MiB ~400 ms), and counted here it would
+# leave the owner's own signature on a reply over ~4 MiB unverified, whatever the limit.
 MAX_VERIFICATION_COST = 20_000_000
 # Each of these was measured in bench/dkim_whitespace.py, in ns, and is given here in steps of
 # ~5 ns. dkimpy's relaxed canonicalization of the header section, which it runs over every
@@ -176,7 +181,8 @@ HEADER_RUN_STEPS = 32
 SELECT_STEPS = 11
 # The body, again for each signature: relaxed, ~25 ns a byte that is not white space (1 MiB
 # without any: 25-27 ms; ``relaxed_body_cost`` counts the rest); simple, a copy and SHA-256,
-# ~1 ns a byte; either way each empty line ending it, stripped one at a time (~110-145 ns).
+# ~1 ns a byte (these two: ``VerificationCost.body_pass``, free to the first signature
+# verified); either way each empty line ending it, stripped one at a time (~110-145 ns).
 RELAXED_BODY_BYTE_STEPS = 5
 SIMPLE_BODY_BYTES_A_STEP = 4
 TRAILING_LINE_STEPS = 28
@@ -221,36 +227,55 @@ class VerificationCost:
     def _trailing_lines(self) -> int:
         return (len(self.body) - len(self.body.rstrip(b"\r\n"))) // 2 * TRAILING_LINE_STEPS
 
+    def body_pass(self, body_relaxed: bool) -> int:
+        """One pass over the body's bytes, as ``c=`` canonicalizes it, its white space apart:
+        what verifying any one signature costs, however plain the message."""
+        return self._relaxed_body_text if body_relaxed else len(self.body) // SIMPLE_BODY_BYTES_A_STEP
+
     def canonicalization(self, header_relaxed: bool, body_relaxed: bool) -> int:
         """The header section and the body canonicalized and hashed once, as ``c=`` says."""
-        cost = self._trailing_lines + (self.header if header_relaxed else 0)
-        if body_relaxed:
-            return cost + self._relaxed_body_text + self.relaxed_body
-        return cost + len(self.body) // SIMPLE_BODY_BYTES_A_STEP
+        cost = self._trailing_lines + (self.header if header_relaxed else 0) + self.body_pass(body_relaxed)
+        return cost + self.relaxed_body if body_relaxed else cost
 
     def selection(self, names: int) -> int:
         """``select_headers`` for an h= of ``names`` distinct names."""
         return (names + 1) * self.fields * SELECT_STEPS  # +1: dkimpy looks for one more From
 
 
+class Charge(NamedTuple):
+    """What verifying one signature (or one ARC chain) costs, in steps, and how many of them
+    are its pass over the body's bytes (``VerificationCost.body_pass``)."""
+
+    steps: int
+    body_pass: int = 0
+
+
 @dataclass
 class VerificationBudget:
     """The steps left of ``MAX_VERIFICATION_COST`` for one message: the DKIM check and then the
     ARC check (one ``CheckContext``) spend the same one, each signature or chain before dkimpy
-    starts on it, so that what is not verified is known and said."""
+    starts on it, so that what is not verified is known and said. The first to be verified
+    (the From domain's own signature comes first) does not pay its pass over the body's bytes,
+    which the message's size bounds: so one signature fits on a message of any size the limit
+    admits, unless its white space (prose: ~9 M steps a MiB) or header section alone is over
+    the budget; every further signature or chain pays in full."""
 
     left: int = MAX_VERIFICATION_COST
+    body_passed: bool = False  # a signature or chain has had its pass over the body free
 
-    def spend(self, cost: int) -> str | None:
-        """None when ``cost`` fits, and then it is spent; else why it is not verified."""
+    def spend(self, charge: Charge) -> str | None:
+        """None when ``charge`` fits, and then it is spent; else why it is not verified."""
+        cost = charge.steps - (0 if self.body_passed else charge.body_pass)
         if cost > self.left:
             spent = MAX_VERIFICATION_COST - self.left
             return (
                 f"verifying it would cost ~{cost / 1e6:.1f} M steps, over what is left ({self.left / 1e6:.1f} M) "
                 f"of the message's {MAX_VERIFICATION_COST / 1e6:.0f} M"
                 + (f" after {spent / 1e6:.1f} M on other signatures" if spent else "")
+                + ("; only the first verified reads the body free" if self.body_passed and charge.body_pass else "")
             )
         self.left -= cost
+        self.body_passed = True
         return None
 
 

@@ -340,6 +340,39 @@ def test_the_from_domains_own_signature_is_verified_first_under_a_relays_above_i
     assert "over what is left" in verdict.signatures[0].reason
 
 
+def with_attachment(size: int) -> bytes:
+    """MESSAGE as a reply with a base64 attachment of some ``size`` bytes (lines without white space)."""
+    data = base64.encodebytes(bytes(range(256)) * (size * 3 // 4 // 256)).replace(b"\n", b"\r\n")
+    head = MESSAGE.replace(b"\r\n\r\n", b"\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n")
+    return head.replace(
+        b"approve\r\n",
+        b"--b\r\nContent-Type: text/plain\r\n\r\napprove, logs attached\r\n--b\r\n"
+        b"Content-Type: application/gzip\r\nContent-Transfer-Encoding: base64\r\n\r\n" + data + b"--b--\r\n",
+    )
+
+
+def test_the_owners_signature_over_a_reply_larger_than_the_budget_reads_is_verified(resolver: DnsResolver) -> None:
+    # An operator who raises max_message_size accepts replies with attachments: reading 5 MiB
+    # relaxed once (~130 ms, 26 M steps) is what any verification of them costs; the size
+    # limit bounds it, the budget only what is repeated on it.
+    owners = sign_relaxed(with_attachment(5 * MIB), "good.test", "sel", "good-sel2048.pem")
+    relayed = sign_relaxed(
+        sign_relaxed(owners, "evil.test", "evil", "evil-sel2048.pem"), "good.test", "sel", "good-sel2048.pem"
+    )
+    check = DkimCheck(resolver, 1024)
+
+    alone = asyncio.run(check.evaluate(CheckContext(raw=owners, header_from="alice@good.test")))
+    signed_thrice = asyncio.run(check.evaluate(CheckContext(raw=relayed, header_from="alice@good.test")))
+
+    assert alone.result == "pass", alone
+    assert [(s.domain, s.result) for s in alone.signatures] == [("good.test", "pass")]
+    assert signed_thrice.result == "pass", signed_thrice
+    results = [(s.domain, s.result) for s in signed_thrice.signatures]
+    assert results == [("good.test", "pass"), ("evil.test", "permerror"), ("good.test", "permerror")]
+    for repeat in signed_thrice.signatures[1:]:
+        assert "over what is left" in repeat.reason and "only the first verified reads the body free" in repeat.reason
+
+
 def test_a_signature_field_too_long_to_be_real_is_not_verified(resolver: DnsResolver) -> None:
     signed = sign(MESSAGE, "good.test", "sel", "good-sel2048.pem")
     padded = signed.replace(b"DKIM-Signature: ", b"DKIM-Signature: z=" + b"a" * 5000 + b"; ", 1)

@@ -27,7 +27,7 @@ import dkim
 import dkim.util
 
 from rc_mta.authresults import ReceivedAuthResult, arc_authentication_results
-from rc_mta.budget import SIGNATURE_STEPS, VerificationCost, heavy_work
+from rc_mta.budget import SIGNATURE_STEPS, Charge, VerificationCost, heavy_work
 from rc_mta.checks._base import CheckContext, OwnerProof, Verdict, domain_of
 from rc_mta.checks.binding import RequestAddresses
 from rc_mta.checks.dkim import (
@@ -63,7 +63,7 @@ class _Survey:
     sealer: str = ""  # d= of the latest ARC-Seal
     key_names: frozenset[str] = frozenset()
     unusable: str | None = None  # why the chain is not verified
-    cost: int = 0  # of verifying it, in ``budget`` steps
+    cost: Charge = Charge(0)  # noqa: RUF009 (immutable) of verifying it, in ``budget`` steps
 
 
 def _survey(raw: bytes) -> _Survey:
@@ -94,12 +94,13 @@ def _survey(raw: bytes) -> _Survey:
     return _Survey(latest, sealer, names, cost=cost)
 
 
-def _chain_cost(cost: VerificationCost, fields: list[tuple[int, tuple[bytes, bytes]]]) -> int | str:
+def _chain_cost(cost: VerificationCost, fields: list[tuple[int, tuple[bytes, bytes]]]) -> Charge | str:
     """What dkimpy's validation of the chain costs (``budget`` steps), or why it is not made:
     the sets sorted twice more (each time a relaxed canonicalization of the header section);
     each ARC-Message-Signature verified as a DKIM signature (relaxed, as ARC canonicalizes,
-    unless its c= says otherwise); each ARC-Seal over the header section again."""
-    total = 2 * cost.header
+    unless its c= says otherwise); each ARC-Seal over the header section again. Its pass over
+    the body is one AMS's (free if no DKIM signature was verified before)."""
+    total, body_pass = 2 * cost.header, 0
     for _, (name, value) in fields:
         if name.lower() == _SEAL:
             total += SIGNATURE_STEPS + cost.header + cost.selection(3)  # its h= is the ARC fields
@@ -112,8 +113,8 @@ def _chain_cost(cost: VerificationCost, fields: list[tuple[int, tuple[bytes, byt
             one = canonicalization_cost(cost, tags, b"relaxed/relaxed")
             if isinstance(one, str):
                 return f"an ARC-Message-Signature: {one}" if one.startswith("h=") else one
-            total += one
-    return total
+            total, body_pass = total + one.steps, max(body_pass, one.body_pass)
+    return Charge(total, body_pass)
 
 
 def _tag(value: bytes, name: bytes) -> str:

@@ -11,8 +11,10 @@ dkimpy holds the interpreter lock through each of its regular expressions and re
 each signature what costs most: the relaxed canonicalization of the whole header section
 and of the body (quadratic on runs of spaces and tabs), the scan of every field for each
 name of h=. So each signature's cost is estimated before it is verified and charged to the
-message's ``VerificationBudget`` (shared with ARC), the From domain's own signatures first;
-one that does not fit, or lists more names than any signer, is not verified, and says why.
+message's ``VerificationBudget`` (shared with ARC), the From domain's own signatures first
+(the first verified does not pay its one pass over the body's bytes, which the message's size
+bounds); one that does not fit, or lists more names than any signer, is not verified, and
+says why.
 A signature field over 4 KiB is not verified either (dkimpy's check of its b= is quadratic).
 """
 
@@ -32,6 +34,7 @@ import dkim.util
 from rc_mta.budget import (
     MAX_VERIFICATION_COST,
     SIGNATURE_STEPS,
+    Charge,
     VerificationBudget,
     VerificationCost,
     heavy_work,
@@ -59,7 +62,7 @@ def signed_names(tags: dict[bytes, bytes]) -> list[bytes]:
     return [name.strip().lower() for name in tags.get(b"h", b"").split(b":")]
 
 
-def canonicalization_cost(cost: VerificationCost, tags: dict[bytes, bytes], default: bytes) -> int | str:
+def canonicalization_cost(cost: VerificationCost, tags: dict[bytes, bytes], default: bytes) -> Charge | str:
     """What one signature (or ARC-Message-Signature) with ``tags`` costs to canonicalize,
     hash and select the fields of, once (``default`` is the c= assumed where it is absent);
     or why it is not verified at any cost."""
@@ -71,7 +74,8 @@ def canonicalization_cost(cost: VerificationCost, tags: dict[bytes, bytes], defa
     if body_relaxed and cost.relaxed_body > MAX_VERIFICATION_COST:
         return "the body has more white space than text has"
     # The fields are selected twice: to verify, and to read what a passing one signs (``signed_binding_fields``).
-    return SIGNATURE_STEPS + cost.canonicalization(header_relaxed, body_relaxed) + 2 * cost.selection(len(set(names)))
+    steps = SIGNATURE_STEPS + cost.canonicalization(header_relaxed, body_relaxed) + 2 * cost.selection(len(set(names)))
+    return Charge(steps, cost.body_pass(body_relaxed))
 
 
 @dataclass
@@ -195,7 +199,7 @@ def _signatures(
     return found, len(fields)
 
 
-def _charge(budget: VerificationBudget, cost: int | str) -> str | None:
+def _charge(budget: VerificationBudget, cost: Charge | str) -> str | None:
     """None when ``cost`` is within ``budget`` (and spent), else why it is not verified."""
     return cost if isinstance(cost, str) else budget.spend(cost)
 
