@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import hashlib
 import hmac
 import os
 import re
@@ -204,12 +205,16 @@ class Signer:
         if (active_key is None) != (not keys) or (active_key is not None and active_key not in keys):
             raise ValueError(f"active key {active_key} is not among the keys")
         self._keys = dict(keys)
+        # Each key's HMAC set up once (its padded key hashed): a MAC copies it, ~1.5 us less
+        # than hmac.new or hmac.digest, whose OpenSSL set-up is paid at every call.
+        self._keyed = {key_id: hmac.new(key, digestmod=hashlib.sha256) for key_id, key in self._keys.items()}
         self.active_key = active_key
         self.missing = missing
 
     def _mac(self, key_id: int, signed: bytes, owner: str) -> bytes:
-        # hmac.digest: the one-shot HMAC-SHA256, the same bytes as hmac.new(...).digest()
-        return hmac.digest(self._keys[key_id], signed + b"\0" + _owner_bytes(owner), "sha256")[:_MAC_BYTES]
+        mac = self._keyed[key_id].copy()
+        mac.update(signed + b"\0" + _owner_bytes(owner))
+        return mac.digest()[:_MAC_BYTES]
 
     def issue(self, request_id: str, action: Action, expires_at: int, owner: str) -> str:
         if self.active_key is None:
