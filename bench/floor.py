@@ -141,8 +141,7 @@ def store_step(path: Path, count: int) -> Callable[[], object]:
 def sink_ms(workdir: Path, replies: Sequence[throughput.Reply]) -> float:
     """The bare aiosmtpd sink's CPU per reply, measured as bench/throughput.py measures it."""
     port = throughput.free_port()
-    argv = [sys.executable, "-c", throughput.SINK_SCRIPT, str(port)]
-    sink = throughput.start_server("sink", argv, port, workdir)
+    sink = throughput.start_server("sink", throughput.sink_argv(port), port, workdir)
     try:
         throughput.run_client(workdir, throughput.reply_job("sink", port, replies, 10), sink.pid)
         return statistics.median(

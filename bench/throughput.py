@@ -68,38 +68,13 @@ IDLE_SESSIONS = 1000
 
 T = TypeVar("T")
 
-# The sink: aiosmtpd with a handler that accepts everything. It advertises PIPELINING as
-# rc-mta does, so the client speaks exactly the same protocol to both servers.
-SINK_SCRIPT = """
-import asyncio, signal, sys
-from aiosmtpd.smtp import SMTP
+# The sink (bench/sink.py), a process of its own: ``sink_argv(port)``.
+SINK = REPO / "bench" / "sink.py"
 
-class Sink:
-    async def handle_EHLO(self, server, session, envelope, hostname, responses):
-        session.host_name = hostname
-        return [*responses[:-1], "250-PIPELINING", responses[-1]]
 
-    async def handle_DATA(self, server, session, envelope):
-        return "250 OK"
-
-async def main():
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    server = await loop.create_server(
-        lambda: SMTP(Sink(), hostname="sink.bench.test", enable_SMTPUTF8=True, decode_data=False),
-        "127.0.0.1",
-        int(sys.argv[1]),
-        reuse_address=True,
-        backlog=2048,
-    )
-    await stop.wait()
-    server.close()
-    await server.wait_closed()
-
-asyncio.run(main())
-"""
+def sink_argv(port: int) -> list[str]:
+    """The command that serves the bare aiosmtpd sink on 127.0.0.1:``port``."""
+    return [sys.executable, str(SINK), str(port)]
 
 
 @dataclass(frozen=True)
@@ -650,8 +625,7 @@ async def run(messages: int, rounds: int, warmup: int, concurrency: int, as_json
             replies = await prepare(service, total)
             rc_argv = [sys.executable, "-m", "rc_mta", "--config", str(workdir / "rc-mta.toml"), "serve"]
             rc_proc = start_server("rc-mta", rc_argv, rc_port, workdir)
-            sink_argv = [sys.executable, "-c", SINK_SCRIPT, str(sink_port)]
-            sink_proc = start_server("sink", sink_argv, sink_port, workdir)
+            sink_proc = start_server("sink", sink_argv(sink_port), sink_port, workdir)
 
             print(f"warming up with {warmup} replies each ...", file=sys.stderr)
             warm = replies[:warmup]

@@ -29,10 +29,11 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cache, lru_cache
+from json.encoder import encode_basestring_ascii
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -114,7 +115,10 @@ _CREDENTIAL_WORDS = (
 
 def _may_hold_credential(text: str) -> bool:
     lowered = text.lower()
-    return any(word in lowered for word in _CREDENTIAL_WORDS)
+    for word in _CREDENTIAL_WORDS:  # a loop, not any(<generator>): this runs for every field of every line
+        if word in lowered:
+            return True
+    return False
 
 
 @lru_cache(maxsize=256)
@@ -185,36 +189,60 @@ class SecretFilter(logging.Filter):
     """Masks secrets in the message, its structured fields and its traceback before any
     handler formats it. On the handler, so records of every logger pass through it."""
 
+    # Short texts found to hold no secret, kept so that the same text (a reply's sentence,
+    # a reason, a client's address: most of a refusal's line) is not read again; only
+    # clean ones, so no secret is kept. Emptied when full: a bound, whatever clients send.
+    CLEAN_KEPT = 1024
+    CLEAN_LENGTH = 256
+
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         super().__init__()
-        self.secrets = list(secrets)
+        self.secrets = secrets
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        return self._secrets
+
+    @secrets.setter
+    def secrets(self, secrets: Iterable[str]) -> None:
+        """New secrets: every text is read again (one found clean may hold one of them)."""
+        self._secrets = tuple(secrets)
+        self._clean: set[str] = set()
+
+    def _masked(self, text: str) -> str:
+        if text in self._clean:
+            return text
+        masked = mask_secrets(text, self.secrets)
+        if masked == text and len(text) <= self.CLEAN_LENGTH:
+            if len(self._clean) >= self.CLEAN_KEPT:
+                self._clean.clear()
+            self._clean.add(text)
+        return masked
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        masked = mask_secrets(message, self.secrets)
+        masked = self._masked(message)
         if masked != message or record.args:
             record.msg, record.args = masked, None
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
             record.exc_text = mask_secrets(record.exc_text, self.secrets)
-        for key, value in list(record.__dict__.items()):
-            if key in _RECORD_ATTRS:
-                continue
+        fields = record.__dict__
+        for key in fields.keys() - _RECORD_ATTRS:  # the structured fields (``extra={...}``) alone
             if _is_secret_field(key):  # a named secret: masked whole, its text unread
-                record.__dict__[key] = MASK
-            elif isinstance(value, str):
-                record.__dict__[key] = mask_secrets(value, self.secrets)
+                fields[key] = MASK
+            elif isinstance(value := fields[key], str):
+                fields[key] = self._masked(value)
         return True
 
 
 # Formats ---------------------------------------------------------------------------------
 
 
-def _fields(record: logging.LogRecord) -> Iterator[tuple[str, Any]]:
-    for key, value in record.__dict__.items():
-        if key not in _RECORD_ATTRS and not key.startswith("_"):
-            yield key, value
+def _fields(record: logging.LogRecord) -> list[tuple[str, Any]]:
+    """The structured fields, in the order given."""
+    return [(k, v) for k, v in record.__dict__.items() if k not in _RECORD_ATTRS and not k.startswith("_")]
 
 
 class TextFormatter(logging.Formatter):
@@ -260,7 +288,7 @@ def _text_value(value: Any) -> str:
     equals sign or a control character."""
     text = str(value)
     quote = not text or _NEEDS_QUOTES.search(text) is not None or has_unsafe(text)
-    return json.dumps(text) if quote else text
+    return encode_basestring_ascii(text) if quote else text  # json.dumps(text), without its set-up
 
 
 class JsonFormatter(logging.Formatter):
@@ -325,9 +353,11 @@ def setup_logging(
     handler.addFilter(SecretFilter(_runtime.secrets))
     root.addHandler(handler)
     _runtime.handler = handler
-    # Neither format shows where a line was logged from: the stack walk that finds it for
-    # every record is skipped, as the logging HOWTO's "Optimization" section advises.
+    # Neither format shows where a line was logged from, nor which thread or process logged
+    # it: the stack walk and the look-ups that find them for every record are skipped, as
+    # the logging HOWTO's "Optimization" section advises.
     logging._srcfile = None
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     set_level(level)
 
 

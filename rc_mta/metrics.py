@@ -8,6 +8,8 @@ and ``cipher`` are those of rc-mta's own short list (rc_mta/inbound/tls.py).
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from . import __version__
@@ -132,8 +134,20 @@ GRAPH_SUBSCRIPTION_EXPIRY = Gauge(
 )
 
 
+@lru_cache(maxsize=1024)
+def _counter(counter: Counter, *values: str) -> Counter:
+    """``counter.labels(*values)``, looked up once: ``labels`` checks the values and takes a
+    lock every time, and the hot counters are counted at nearly every RCPT (a refusal) or
+    DNS look-up. Label values are bounded (see above), and so is the cache."""
+    return counter.labels(*values)
+
+
+def count_rejection(stage: str, reason: str) -> None:
+    _counter(REJECTIONS, stage, reason).inc()
+
+
 def observe_dns(rdtype: str, seconds: float, cached: bool) -> None:
     """The DNS resolver's hook: cache outcome and, for real queries, latency."""
-    DNS_CACHE.labels("hit" if cached else "miss").inc()
+    _counter(DNS_CACHE, "hit" if cached else "miss").inc()
     if not cached:
         DNS_LATENCY.labels(rdtype).observe(seconds)

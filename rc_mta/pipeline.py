@@ -268,7 +268,7 @@ class Pipeline:
         return await self.sender_auth.at_mail(client, mail_from)
 
     def count_refusal(self, stage: str, reply: SmtpReply) -> None:
-        metrics.REJECTIONS.labels(stage, reply.reason).inc()
+        metrics.count_rejection(stage, reply.reason)
 
     # RCPT ------------------------------------------------------------------------------
 

@@ -118,14 +118,26 @@ def _network_of(ip: str) -> str | None:
     return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False))
 
 
-def _in(ip: str | None, networks: Sequence[str]) -> bool:
-    if not ip:
-        return False
+@lru_cache(maxsize=64)
+def _networks(networks: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """Configured networks, read once (asked at every connection and MAIL)."""
+    return tuple(ipaddress.ip_network(n, strict=False) for n in networks)
+
+
+@lru_cache(maxsize=4096)
+def _address(ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address ``ip`` spells, None for text that is none; the same few clients ask."""
     try:
-        address = ipaddress.ip_address(ip)
+        return ipaddress.ip_address(ip)
     except ValueError:
+        return None
+
+
+def _in(ip: str | None, networks: Sequence[str]) -> bool:
+    address = _address(ip) if ip else None
+    if address is None or not networks:
         return False
-    return any(address in ipaddress.ip_network(n, strict=False) for n in networks)
+    return any(address in network for network in _networks(tuple(networks)))
 
 
 class SenderAuth:

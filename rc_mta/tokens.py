@@ -173,6 +173,24 @@ def new_request_id() -> str:
     return secrets.token_hex(8)
 
 
+_ACTIONS = {action.value: action for action in Action}
+# A token as issued: 40 characters of the base32 alphabet, either case. Read as one base-32
+# number (int() is C; base64.b32decode loops in Python), the same 25 bytes b32decode gives.
+_BASE32_TOKEN = re.compile(r"[A-Za-z2-7]{40}")
+_BASE32_AS_DIGITS = str.maketrans(
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567abcdefghijklmnopqrstuvwxyz",
+    "0123456789abcdefghijklmnopqrstuv0123456789abcdefghijklmnop",
+)
+
+
+def _b32decode(text: str) -> bytes:
+    """``base64.b32decode(text.upper())``, at once for a token as issued (any other text,
+    padding or odd letters included, is decoded by b32decode itself, as before)."""
+    if _BASE32_TOKEN.fullmatch(text) is None:
+        return base64.b32decode(text.upper())
+    return int(text.translate(_BASE32_AS_DIGITS), 32).to_bytes(TOKEN_LENGTH * 5 // 8, "big")
+
+
 def _owner_bytes(owner: str) -> bytes:
     return owner.strip().lower().encode("utf-8")
 
@@ -187,12 +205,16 @@ class Signer:
         if (active_key is None) != (not keys) or (active_key is not None and active_key not in keys):
             raise ValueError(f"active key {active_key} is not among the keys")
         self._keys = dict(keys)
+        # Each key's HMAC set up once (its padded key hashed): a MAC copies it, ~1.5 us less
+        # than hmac.new or hmac.digest, whose OpenSSL set-up is paid at every call.
+        self._keyed = {key_id: hmac.new(key, digestmod=hashlib.sha256) for key_id, key in self._keys.items()}
         self.active_key = active_key
         self.missing = missing
 
     def _mac(self, key_id: int, signed: bytes, owner: str) -> bytes:
-        digest = hmac.new(self._keys[key_id], signed + b"\0" + _owner_bytes(owner), hashlib.sha256)
-        return digest.digest()[:_MAC_BYTES]
+        mac = self._keyed[key_id].copy()
+        mac.update(signed + b"\0" + _owner_bytes(owner))
+        return mac.digest()[:_MAC_BYTES]
 
     def issue(self, request_id: str, action: Action, expires_at: int, owner: str) -> str:
         if self.active_key is None:
@@ -206,16 +228,17 @@ class Signer:
         if len(text) != TOKEN_LENGTH:
             raise TokenMalformed("the reply address is damaged")
         try:
-            raw = base64.b32decode(text.upper())
+            raw = _b32decode(text)
         except (binascii.Error, ValueError):
             raise TokenMalformed("the reply address is damaged") from None
         signed, mac = raw[: _HEADER.size], raw[_HEADER.size :]
         version, key_id, request_id, action_value, expires_at = _HEADER.unpack(signed)
-        if version != VERSION or action_value not in {a.value for a in Action}:
+        action = _ACTIONS.get(action_value)
+        if version != VERSION or action is None:
             raise TokenMalformed("the reply address is damaged")
         if key_id not in self._keys:
             raise TokenKeyRetired(f"signed with key {key_id}, which this server no longer has")
-        return Token(key_id, request_id.hex(), Action(action_value), expires_at, signed, mac)
+        return Token(key_id, request_id.hex(), action, expires_at, signed, mac)
 
     def verify(self, token: Token, owner: str, now: float) -> None:
         """Check the MAC (constant time) against the request's owner, then the expiry."""

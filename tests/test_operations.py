@@ -253,6 +253,28 @@ def test_secret_filter_masks_messages_fields_and_tracebacks() -> None:
         assert secret not in line
 
 
+def test_a_text_logged_again_is_masked_as_the_first_time_and_again_once_its_secret_is_configured() -> None:
+    # The filter remembers texts it found clean (a refusal's line repeats most of its fields).
+    secret_filter, formatter = SecretFilter(), TextFormatter()
+
+    def line(**fields: str) -> str:
+        record = logging.LogRecord("rc_mta.test", logging.INFO, __file__, 1, "rcpt refused", None, None)
+        record.__dict__.update(fields)
+        secret_filter.filter(record)
+        return formatter.format(record)
+
+    for _ in range(3):
+        assert line(reason="token_invalid", reply="550 5.7.1 deploy-key-41ab").endswith(
+            'reason=token_invalid reply="550 5.7.1 deploy-key-41ab"'
+        )
+        assert line(detail="token=abcdef123456").endswith('detail="token=***"')
+    secret_filter.secrets = ["deploy-key-41ab"]  # as a filter given the configured secrets
+    assert line(reply="550 5.7.1 deploy-key-41ab").endswith('reply="550 5.7.1 ***"')
+    for n in range(3 * SecretFilter.CLEAN_KEPT):  # what it remembers stays bounded
+        line(rcpt=f"rc+{n}@reply.example")
+    assert len(secret_filter._clean) <= SecretFilter.CLEAN_KEPT
+
+
 @pytest.mark.parametrize(
     ("text", "kept"),
     [

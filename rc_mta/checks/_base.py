@@ -7,13 +7,16 @@ check runs when is ``sender_auth``'s.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Literal, Protocol
 
 from rc_mta.budget import VerificationBudget
 
 Result = Literal["pass", "fail", "softfail", "neutral", "none", "temperror", "permerror", "policy"]
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,23 @@ class Verdict:
 
     def as_json(self) -> dict[str, str]:
         return {"result": self.result, "reason": self.reason, **self.facts}
+
+
+@lru_cache(maxsize=4096)
+def client_address(client_ip: str) -> IPAddress:
+    """The client's address; an IPv4-mapped IPv6 one (dual-stack sockets) as the IPv4 it is.
+    ValueError for text that is no address. Every MAIL asks it of the same few clients, in
+    more than one check: the answers (immutable) are kept."""
+    address = ipaddress.ip_address(client_ip)
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+@lru_cache(maxsize=4096)
+def client_address_text(client_ip: str) -> str:
+    """``client_address`` written out: the key the checks keep their verdicts under."""
+    return str(client_address(client_ip))
 
 
 def domain_of(address: str | None) -> str | None:

@@ -11,20 +11,10 @@ import ipaddress
 
 from rc_mta.dns import DnsResolver, DnsTemporaryError
 
-from ._base import CheckContext, Verdict
+from ._base import CheckContext, IPAddress, Verdict, client_address, client_address_text
 
 # Bound the work one client can cause, as RFC 7208 5.5 does for the ptr mechanism.
 MAX_PTR_NAMES = 10
-
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-
-def _client_address(client_ip: str) -> IPAddress:
-    """The client's address; an IPv4-mapped IPv6 one (dual-stack sockets) as the IPv4 it is."""
-    address = ipaddress.ip_address(client_ip)
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
 
 
 async def _points_back(resolver: DnsResolver, name: str, address: IPAddress) -> bool:
@@ -42,10 +32,10 @@ async def check_rdns(resolver: DnsResolver, client_ip: str) -> Verdict:
     """pass if some PTR name of the client resolves back to it; temperror if DNS can't say.
     A verdict is kept for as long as the records it read (``DnsResolver.keep_derived``)."""
     try:
-        address = _client_address(client_ip)
+        address = client_address(client_ip)
     except ValueError:
         return Verdict("permerror", f"{client_ip!r} is not an IP address")
-    key = ("rdns", str(address))
+    key = ("rdns", client_address_text(client_ip))
     kept = resolver.derived(key)
     if isinstance(kept, Verdict):
         return Verdict(kept.result, kept.reason, dict(kept.facts))

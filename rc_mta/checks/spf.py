@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import ipaddress
 from typing import Any
 
 import spf
 
 from rc_mta.dns import DnsResolver, DnsTemporaryError
 
-from ._base import CheckContext, Result, Verdict
+from ._base import CheckContext, Result, Verdict, client_address_text
 
 _current_resolver: contextvars.ContextVar[DnsResolver | None] = contextvars.ContextVar(
     "rc_mta_spf_resolver", default=None
@@ -70,20 +69,18 @@ async def check_spf(resolver: DnsResolver, client_ip: str, mail_from: str, helo:
     identity = mail_from or f"postmaster@{helo}"
     facts = {"domain": identity.rpartition("@")[2], "smtp.mailfrom": identity, "smtp.helo": helo}
     try:
-        address = ipaddress.ip_address(client_ip)
+        address = client_address_text(client_ip)  # an IPv4-mapped IPv6 address as the IPv4 it is
     except ValueError:
         return Verdict("permerror", f"{client_ip!r} is not an IP address", facts)
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
     if not mail_from and not helo:
         return Verdict("none", "null sender and no HELO name: no identity to check", facts)
-    key = ("spf", str(address), mail_from, helo)  # as given: the verdict's facts and text quote them
+    key = ("spf", address, mail_from, helo)  # as given: the verdict's facts and text quote them
     kept = resolver.derived(key)
     if isinstance(kept, Verdict):
         return Verdict(kept.result, kept.reason, dict(kept.facts))
     try:
         # asyncio.to_thread runs _run in a copy of this context: the resolver it sets stays in that copy.
-        result, explanation, domain, reads = await asyncio.to_thread(_run, resolver, str(address), mail_from, helo)
+        result, explanation, domain, reads = await asyncio.to_thread(_run, resolver, address, mail_from, helo)
     except DnsTemporaryError as exc:
         return Verdict("temperror", f"SPF Temporary Error: {exc}", facts)
     facts["domain"] = domain

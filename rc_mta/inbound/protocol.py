@@ -91,6 +91,22 @@ def parse_relay_attributes(arg: str | None, allowed: set[str]) -> dict[str, str]
     return facts
 
 
+def _outgoing_line(line: str) -> str:
+    """``SmtpServer._reply_line`` but for the size reply, which is the listener's own."""
+    if line.startswith(VRFY_UNPARSEABLE_PREFIX):
+        return str(R.VRFY_UNPARSEABLE.with_text(argument=line[len(VRFY_UNPARSEABLE_PREFIX) :]))
+    unknown = _UNKNOWN_COMMAND.fullmatch(line)
+    if unknown is not None:
+        return str(R.UNKNOWN_COMMAND.with_text(command=unknown.group(1)))
+    line = escape_controls(R.with_enhanced_code(line))
+    return line if len(line) <= _MAX_REPLY_LINE else line[: _MAX_REPLY_LINE - 3] + "..."
+
+
+# A session sends the same few lines again and again (250 2.1.0, 250 2.0.0 after RSET, a
+# refusal): each is made once. Lines echoing a client's words only make it churn: it holds
+# at most 512 lines, of at most _MAX_REPLY_LINE characters (longer ones are made each time).
+_known_outgoing_line = functools.lru_cache(maxsize=512)(_outgoing_line)
+
 SmtpMethod = Callable[[Any, str | None], Awaitable[None]]
 
 
@@ -259,6 +275,10 @@ class SmtpServer(ClosableSession, DataReading, ReplyObjects):
     def data_received(self, data: bytes) -> None:
         if self._refused or not data:
             return
+        small = len(data) <= READ_SLICE and data.count(b"\n") <= READ_SLICE_LINES
+        if small and not self._pending and self.transport is not None:
+            super().data_received(data)  # a slice already, and nothing waits before it: as _feed would
+            return
         self._pending.append(memoryview(data))
         self._pending_bytes += len(data)
         if not self._feeding:
@@ -320,16 +340,19 @@ class SmtpServer(ClosableSession, DataReading, ReplyObjects):
 
     async def push(self, status: AnyStr) -> None:
         text = status.decode(errors="surrogateescape") if isinstance(status, bytes) else status
-        if self._idle_too_long(text):
+        lines = text.split("\r\n")
+        if self._idle_too_long(lines[-1]):
             log.info("session of %s ended: %d replies without progress", self._admitted_ip, self.idle_replies - 1)
             self.end(str(R.NO_PROGRESS))
             return
-        await super().push("\r\n".join(self._reply_line(line) for line in text.split("\r\n")))
+        if len(lines) == 1:
+            await super().push(self._reply_line(text))
+        else:
+            await super().push("\r\n".join([self._reply_line(line) for line in lines]))
 
-    def _idle_too_long(self, text: str) -> bool:
-        """Count one reply (a multi-line one once, at its last line) outside a transaction;
+    def _idle_too_long(self, last: str) -> bool:
+        """Count one reply (a multi-line one once, at its ``last`` line) outside a transaction;
         True when this one is over ``max_idle_commands`` since the last accepted recipient."""
-        last = text.rsplit("\r\n", 1)[-1]
         if self.in_transaction or last[3:4] == "-":
             return False
         self.idle_replies += 1
@@ -341,13 +364,7 @@ class SmtpServer(ClosableSession, DataReading, ReplyObjects):
         escape sequence, nor a way to end the line early)."""
         if line.startswith(TOO_BIG_PREFIX):
             return self._size_reply
-        if line.startswith(VRFY_UNPARSEABLE_PREFIX):
-            return str(R.VRFY_UNPARSEABLE.with_text(argument=line[len(VRFY_UNPARSEABLE_PREFIX) :]))
-        unknown = _UNKNOWN_COMMAND.fullmatch(line)
-        if unknown is not None:
-            return str(R.UNKNOWN_COMMAND.with_text(command=unknown.group(1)))
-        line = escape_controls(R.with_enhanced_code(line))
-        return line if len(line) <= _MAX_REPLY_LINE else line[: _MAX_REPLY_LINE - 3] + "..."
+        return _known_outgoing_line(line) if len(line) <= _MAX_REPLY_LINE else _outgoing_line(line)
 
     async def _relay_command(self, command: str, arg: str | None, allowed: set[str]) -> dict[str, str] | None:
         """Shared checks of XCLIENT and XFORWARD: who may send them, when, and their syntax."""
