@@ -15,8 +15,8 @@ VENV_MARK := $(VENV)/.made-with-$(subst /,_,$(PYTHON))
 RUNTIME_STAMP := $(VENV)/.installed-runtime
 TEST_STAMP    := $(VENV)/.installed-test
 # Test processes in parallel (pytest-xdist): two per core (most tests wait on servers, not
-# on the CPU), at most 8; each starts its own NSD and PostgreSQL. On 2 cores the suite took
-# 7 min 23 s with 4 and 8 min 26 s with 2. `make test TEST_WORKERS=1` runs one process.
+# on the CPU), at most 8; each starts its own NSD and PostgreSQL. `make test TEST_WORKERS=1`
+# runs one process.
 TEST_WORKERS ?= $(shell n=$$(( $$(nproc 2>/dev/null || echo 1) * 2 )); [ "$$n" -gt 8 ] && n=8; echo $$n)
 
 .PHONY: run test lint install install-system system-deps clean

@@ -13,7 +13,6 @@ import shutil
 import socket
 import sqlite3
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -28,6 +27,7 @@ from dns_fixtures import black_hole_resolver as black_hole_resolver  # fixtures 
 from dns_fixtures import dns_server as dns_server
 from dns_fixtures import resolver as resolver
 from dnsserver import NsdServer
+from launcher import LaunchedProcess, launcher
 from processes import stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -108,7 +108,7 @@ def free_port(udp: bool = False) -> int:
     raise RuntimeError(f"no free loopback port in {ports}")
 
 
-def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+def wait_for_port(port: int, proc: subprocess.Popen[bytes] | LaunchedProcess, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -143,7 +143,7 @@ class RcMta:
     settings: dict[str, dict[str, Any]]
     smtp_port: int = 0
     lmtp_port: int = 0
-    proc: subprocess.Popen[bytes] | None = None
+    proc: subprocess.Popen[bytes] | LaunchedProcess | None = None
     log_path: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -163,13 +163,8 @@ class RcMta:
     def cli(
         self, *args: str, check: bool = True, env: dict[str, str] | None = None
     ) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            [sys.executable, "-m", "rc_mta", "--config", str(self.config_path), *args],
-            cwd=self.workdir,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env={**os.environ, **(env or {})},
+        result = launcher().run(
+            ["--config", str(self.config_path), *args], cwd=self.workdir, env={**os.environ, **(env or {})}
         )
         if check and result.returncode != 0:
             raise AssertionError(f"rc-mta {' '.join(args)} failed ({result.returncode}): {result.stderr}")
@@ -185,12 +180,13 @@ class RcMta:
     def start(self) -> None:
         self.write_config()
         log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "rc_mta", "--config", str(self.config_path), "serve"],
-            cwd=self.workdir,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        with log:
+            self.proc = launcher().popen(
+                ["--config", str(self.config_path), "serve"],
+                cwd=self.workdir,
+                stdout=log.fileno(),
+                stderr=subprocess.STDOUT,
+            )
         wait_for_port(self.smtp_port, self.proc)
         if self.lmtp_port:
             wait_for_port(self.lmtp_port, self.proc)
