@@ -40,13 +40,12 @@ def _print_json(value: Any) -> None:
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
-    import asyncio
-
     from .app import Service
+    from .eventloop import run
 
     service = Service.open(settings, generate_key=True)
     try:
-        asyncio.run(service.serve())
+        run(service.serve())
     finally:
         service.close()
     return 0

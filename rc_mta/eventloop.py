@@ -1,0 +1,90 @@
+"""The event loop ``serve`` runs on: asyncio's own, made to behave when file descriptors run out.
+
+Why: when ``accept()`` fails for want of a descriptor (EMFILE and its kin), CPython before
+the fix of gh-151615 (3.11 on Debian 12 among them) takes the listener off the loop and
+schedules its return in a second, but then goes on calling ``accept()`` up to the backlog
+(1,024 here): each failure logs an ERROR with its traceback and schedules one more return,
+and each return that comes back while descriptors are still short does it all again. Seen
+here: 56,000 tracebacks in 27 s, and clients left ungreeted for a minute, from a limit set
+a little too low. rc-mta tells new clients ``421`` well before the limit
+(``inbound.limits``), so this happens only when the process's other descriptors eat the
+reserve; then it must stay one warning a second and a loop that keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import socket
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+log = logging.getLogger("rc_mta.inbound")
+
+# What accept() fails with when the process or the system is out of a resource.
+_SHORT_OF = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+_ACCEPT_FAILED = "socket.accept() out of system resource"  # asyncio's message for it
+
+
+class _ListenerOnce:
+    """The listening socket as asyncio's accept loop sees it for one round: after one
+    ``accept()`` failed for want of a resource, the next says nothing is pending, so the
+    round ends there (one error, one return scheduled) as it does on the fixed versions."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._short = False
+
+    def accept(self) -> tuple[socket.socket, Any]:
+        if self._short:
+            raise BlockingIOError(errno.EAGAIN, "accept() failed for want of a resource this round")
+        try:
+            return self.sock.accept()
+        except OSError as exc:
+            self._short = exc.errno in _SHORT_OF
+            raise
+
+    def __getattr__(self, name: str) -> Any:  # fileno, family, type...: the socket's own
+        return getattr(self.sock, name)
+
+
+class ServingLoop(asyncio.SelectorEventLoop):
+    """asyncio's selector loop, with accept() ending its round at the first resource error.
+    Overrides two private methods, by passing through: their arguments stay asyncio's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.set_exception_handler(_exception_handler)
+
+    def _accept_connection(self, protocol_factory: Any, sock: Any, *args: Any, **kwargs: Any) -> None:
+        listener = sock.sock if isinstance(sock, _ListenerOnce) else sock
+        super()._accept_connection(protocol_factory, _ListenerOnce(listener), *args, **kwargs)  # type: ignore[misc]
+
+    def _start_serving(self, protocol_factory: Any, sock: Any, *args: Any, **kwargs: Any) -> None:
+        # A return scheduled after a resource error, for a listener closed meanwhile
+        # (rc-mta stopping): nothing to serve. asyncio would log "Invalid file descriptor".
+        if sock.fileno() < 0:
+            return
+        super()._start_serving(protocol_factory, sock, *args, **kwargs)  # type: ignore[misc]
+
+
+def _exception_handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """accept()'s resource errors as one line that says what it means; the rest as asyncio does."""
+    exc = context.get("exception")
+    if context.get("message") == _ACCEPT_FAILED and isinstance(exc, OSError):
+        log.warning(
+            "file descriptors run short: a new connection waits in the listen queue (accept: %s);"
+            " trying again in a second (raise LimitNOFILE / ulimit -n)",
+            exc.strerror or exc,
+        )
+        return
+    loop.default_exception_handler(context)
+
+
+def run(main: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run`` on a ``ServingLoop``."""
+    with asyncio.Runner(loop_factory=ServingLoop) as runner:
+        return runner.run(main)
