@@ -35,7 +35,7 @@ from rc_mta.errors import (
     BackendUnavailable,
     TemporaryFailure,
 )
-from rc_mta.store import STALE_CLAIM_SECONDS, Store, requests, used_tokens
+from rc_mta.store import STALE_CLAIM_SECONDS, Claim, Store, requests, used_tokens
 from rc_mta.tasks import ActionContext, TaskNotInProgress
 from rc_mta.tasks.webhook import WebhookBackend
 
@@ -575,3 +575,66 @@ def test_a_refusal_of_the_retry_after_a_post_that_may_have_acted_is_told_and_the
     assert (refused.code, refused.enhanced) == (550, "5.7.1") and "Change freeze until Monday" in refused.text
     assert f"{alice.code} {alice.text}" == str(R.DECISION_IN_PROGRESS.with_text(task_id=TASK)), alice
     assert [p["request_id"] for p in receiver.payloads] == [bobs["request_id"]] * 2
+
+
+def claim_of(server: RcMta, request_id: str) -> Claim:
+    store = Store(server.settings["store"]["url"])
+    try:
+        claim = store.get_claim(request_id)
+    finally:
+        store.close()
+    assert claim is not None
+    return claim
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
+def test_another_answer_to_a_request_whose_answer_may_have_acted_is_not_posted_and_leaves_its_claim(
+    store: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """Alice answers Complete and the POST is answered 502 (the receiver may have acted:
+    451). Once her claim is taken for dead, she answers Fail to the same request. POSTed
+    under the same request id, a receiver that dedupes by it could answer 2xx for the
+    complete it did while rc-mta records a fail, or fail what it completed. So it is not
+    POSTed: 451 saying the earlier complete may have acted (as diagnose predicts), with a
+    WARNING naming the request and the task, and the claim left to the complete, whose
+    sender's retry then POSTs it and settles it; the fail is then refused as answered."""
+    receiver = WebhookReceiver(answer=(502, {"detail": "upstream gave no answer"})).start()
+    server = on_webhook(tmp_path, receiver)
+    if store == "postgresql":
+        server.settings["store"] = {"url": request.getfixturevalue("pg_url"), "busy_timeout": "2s"}
+    try:
+        server.start()
+        sent = server.cli_json("request", TASK, "--owner", ALICE)
+        complete = reply_message(sent["complete_address"], "Ship it", sender=ALICE)
+        fail = reply_message(sent["fail_address"], "Broken after all", sender=ALICE)
+
+        def alice_sends(message: Any, action: str) -> Any:
+            return send_smtp(server.smtp_port, message, sent[f"{action}_address"], mail_from=ALICE)
+
+        first = alice_sends(complete, "complete")
+        assert f"{first.code} {first.text}" == str(R.BACKEND_UNAVAILABLE), first
+        all_earlier(server, STALE_CLAIM_SECONDS + 1)
+        receiver.answer = None  # answering as usual from here
+
+        predicted = diagnose(server, tmp_path, fail, ALICE)
+        other = alice_sends(fail, "fail")
+        unknown = R.EARLIER_ANSWER_OUTCOME_UNKNOWN.with_text(task_id=TASK, action="complete")
+        assert f"{other.code} {other.text}" == predicted["smtp_reply"] == str(unknown), (other, predicted)
+        assert (other.code, other.enhanced) == (451, "4.3.0")
+        assert [p["action"] for p in receiver.payloads] == ["complete"]
+        claim = claim_of(server, sent["request_id"])
+        assert (claim.action, claim.message_id, claim.done) == ("complete", complete["Message-ID"], False)
+        log = server.log_path.read_text().splitlines()
+        warned = [line for line in log if " WARNING " in line and "earlier answer" in line]
+        assert any(sent["request_id"] in line and f"task {TASK}" in line for line in warned), warned
+
+        settled = alice_sends(complete, "complete")  # her server's retry takes the dead claim over
+        assert settled.code == 250, settled
+        refused = alice_sends(fail, "fail")
+    finally:
+        server.stop()
+        receiver.stop()
+
+    used = R.TOKEN_USED.with_text(task_id=TASK, action_past="completed")
+    assert f"{refused.code} {refused.text}" == str(used), refused
+    assert [(p["action"], p["request_id"]) for p in receiver.payloads] == [("complete", sent["request_id"])] * 2

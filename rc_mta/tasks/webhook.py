@@ -51,6 +51,9 @@ backend that can be read and shows it did not act. Nor does the retry's own fail
 doubt: answered 503, not reached, or refused, it says nothing of the first POST, so the
 claim and the decision stand as before (``Pipeline._keeps_doubt``); only a 409 (the task is
 closed) gives them back.
+Meanwhile another answer to the same request (the other action) is not POSTed under its
+request id, which the receiver would take for a repeat: it gets ``451 4.3.0`` too, saying
+the earlier answer may have acted (``ClaimOutcome.IN_DOUBT``).
 """
 
 from __future__ import annotations
