@@ -98,6 +98,17 @@ class EarlierAnswerOutcomeUnknown(TemporaryFailure):
         self.task_id, self.request_id, self.action = task_id, request_id, action
 
 
+class RefusedInDoubt(TemporaryFailure):
+    """The backend refused this try of an answer whose earlier try may have acted (the
+    webhook, ``Pipeline._keeps_doubt``): the refusal says nothing of that try, so the
+    claim and the doubt stand, and the sender is told a 4xx, not the refusal's 5xx: only
+    its retry can settle the doubt, and a 5xx would end its retries."""
+
+    def __init__(self, task_id: str, refusal: Refusal) -> None:
+        super().__init__(f"{refusal}; an earlier try of this answer may have acted on task {task_id}")
+        self.task_id, self.refusal = task_id, refusal
+
+
 class BackendAuthFailed(BackendUnavailable):
     """The workflow system refused our credentials: an operator must act; the sender retries."""
 

@@ -42,6 +42,7 @@ from .errors import (
     RcMtaError,
     ReaderBusy,
     Refusal,
+    RefusedInDoubt,
     RequestAnswered,
     RequestRevoked,
     SiblingOutcomeUnknown,
@@ -568,11 +569,7 @@ class Pipeline:
             if not self._keeps_doubt(exc, inherited):
                 await self._give_back(request.id, attempt)
                 raise
-            # Whether the task was acted on is unknown (``_keeps_doubt``): the claim stays
-            # ours, holding the task's other requests' answers back (``_stopped_by_sibling``),
-            # and this very answer, sent again, posts again (``_posts_again``, here; elsewhere
-            # once it is taken for dead), with the same request id.
-            self._unanswered.put(request.id, attempt)
+            self._keep_doubt(request, attempt, exc)
             raise
         metrics.TASKS_ACTED.labels(self.backend.name, action.value).inc()
         await self._finish(request, attempt, action)
@@ -592,17 +589,28 @@ class Pipeline:
         any failure of its own keeps that doubt. One without acting (503, no connection, our
         signature refused, another answer seen beside it) says nothing of the earlier POST;
         nor does a refusal (422: a receiver may refuse a repeat for a reason of the moment,
-        or the earlier POST may still be at work there): the sender is told the refusal, and
-        the same answer sent again asks again. Except the receiver's word that the task is
-        closed, or unknown to it (``TaskNotInProgress`` not by this answer, ``TaskNotFound``):
-        no answer can act on it now, so the claim is given back, and another request's
-        answer is refused by the receiver in turn rather than wait on a doubt that no longer
-        matters."""
+        or the earlier POST may still be at work there): the sender is told the refusal as a
+        4xx (``_keep_doubt``), and the same answer sent again asks again. Except the
+        receiver's word that the task is closed, or unknown to it (``TaskNotInProgress`` not
+        by this answer, ``TaskNotFound``): no answer can act on it now, so the claim is given
+        back, and another request's answer is refused by the receiver in turn rather than
+        wait on a doubt that no longer matters."""
         if self._reads_tasks:
             return False
         if isinstance(failure, BackendOutcomeUnknown):
             return True
         return inherited and not isinstance(failure, (TaskNotInProgress, TaskNotFound))
+
+    def _keep_doubt(self, request: Request, attempt: str, failure: BaseException) -> None:
+        """After a failure that leaves the task perhaps acted on (``_keeps_doubt``): the claim
+        stays this attempt's, holding the task's other answers back (``_stopped_by_sibling``),
+        and this very answer, sent again, posts again with the same request id
+        (``_posts_again``, here; elsewhere once it is taken for dead). So a refusal is told as
+        a 4xx (``RefusedInDoubt``): a 5xx would end the sender's retries, the one thing that
+        can settle the doubt."""
+        self._unanswered.put(request.id, attempt)
+        if isinstance(failure, Refusal):
+            raise RefusedInDoubt(request.task_id, failure) from failure
 
     def _doubts(self, claim: Claim, action: TaskAction, actor: str) -> bool:
         """Whether ``claim`` holds this request for another answer (action or sender) whose
@@ -740,7 +748,7 @@ class Pipeline:
             # Doubt comes along only with a decision this request made before: else its earlier
             # attempt never POSTed (with the webhook no other answer takes such a decision back).
             if self._keeps_doubt(exc, inherited and group.decided_request == request.id):
-                self._unanswered.put(request.id, attempt)  # sent again, it posts again at once
+                self._keep_doubt(request, attempt, exc)
                 raise
             try:
                 mine = await asyncio.to_thread(store.get_claim, request.id)

@@ -549,32 +549,55 @@ def test_a_retry_that_fails_cleanly_after_a_post_that_may_have_acted_keeps_the_d
     assert [p["request_id"] for p in receiver.payloads] == [bobs["request_id"]] * 4  # the receiver dedupes
 
 
+@pytest.mark.parametrize("inherited", list(_INHERITED))
+@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
 def test_a_refusal_of_the_retry_after_a_post_that_may_have_acted_is_told_and_the_doubt_kept(
-    tmp_path: Path,
+    store: str, inherited: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
     """Bob's POST is answered 502 (it may have acted); his sender's retry is refused 422. The
-    refusal is his to read (550, the receiver's reason), but it does not say the first POST
-    did not act: his claim stands, and Alice's answer to her request waits (451) with nothing
-    POSTed under her request id. Only the receiver's word that the task is closed (409) ends
-    the doubt."""
+    refusal is his to read (the receiver's reason), but it does not say the first POST did
+    not act: his claim stands, and Alice's answer to her request waits (451) with nothing
+    POSTed under her request id. Since the doubt stands, Bob is told 451, not the 550 of a
+    refusal without it: only his sender's retry can settle it, and it does (answered 2xx:
+    250, then Alice is refused saying Bob decided). Only that, or the receiver's word that
+    the task is closed (409), ends the doubt."""
     receiver = WebhookReceiver(answer=(502, {"detail": "upstream gave no answer"})).start()
     server = on_webhook(tmp_path, receiver)
+    if store == "postgresql":
+        server.settings["store"] = {"url": request.getfixturevalue("pg_url"), "busy_timeout": "2s"}
     try:
         server.start()
         alices, bobs = (server.cli_json("request", TASK, "--owner", owner) for owner in (ALICE, BOB))
         bobs_answer = reply_message(bobs["complete_address"], "Ship it", sender=BOB)
-        first = send_smtp(server.smtp_port, bobs_answer, bobs["complete_address"], mail_from=BOB)
+
+        def bob_sends() -> Any:  # the very same message each time, as his server retries it
+            return send_smtp(server.smtp_port, bobs_answer, bobs["complete_address"], mail_from=BOB)
+
+        first = bob_sends()
         assert first.code == 451, first
+        if _INHERITED[inherited]:
+            all_earlier(server, STALE_CLAIM_SECONDS + 1)
         receiver.answer = (422, {"detail": "Change freeze until Monday"})
-        refused = send_smtp(server.smtp_port, bobs_answer, bobs["complete_address"], mail_from=BOB)
+        refused = bob_sends()
         alice = answer_as(server, alices, ALICE)
+        receiver.answer = None  # answering as usual from here
+        settled = bob_sends()
+        after = answer_as(server, alices, ALICE)
     finally:
         server.stop()
         receiver.stop()
 
-    assert (refused.code, refused.enhanced) == (550, "5.7.1") and "Change freeze until Monday" in refused.text
+    # Was 550 5.7.1: a 5xx ends the sender's retries, and the doubt, kept, could never be
+    # settled by the one answer that may: any doubt that is temporary is told as a 4xx.
+    said = R.BACKEND_REFUSED.with_text(why="Change freeze until Monday").text
+    kept = R.RETRY_REFUSED_IN_DOUBT.with_text(refused=said, task_id=TASK)
+    assert f"{refused.code} {refused.text}" == str(kept), refused
+    assert (refused.code, refused.enhanced) == (451, "4.3.0") and "Change freeze until Monday" in refused.text
     assert f"{alice.code} {alice.text}" == str(R.DECISION_IN_PROGRESS.with_text(task_id=TASK)), alice
-    assert [p["request_id"] for p in receiver.payloads] == [bobs["request_id"]] * 2
+    assert settled.code == 250, settled
+    decided = R.DECISION_MADE.with_text(task_id=TASK, action_past="completed", by=BOB)
+    assert f"{after.code} {after.text}" == str(decided), after
+    assert [p["request_id"] for p in receiver.payloads] == [bobs["request_id"]] * 3
 
 
 def claim_of(server: RcMta, request_id: str) -> Claim:
