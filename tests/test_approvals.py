@@ -330,6 +330,15 @@ def bobs_decision_unanswered(
     return sent, bobs
 
 
+def bobs_decision_dead(server: RcMta, receiver: WebhookReceiver, task_id: str) -> tuple[dict[str, Any], EmailMessage]:
+    """``bobs_decision_unanswered``, and ten minutes on: his claim is dead, and the receiver
+    answers as usual again."""
+    sent, bobs = bobs_decision_unanswered(server, receiver, task_id)
+    receiver.answer = None
+    claim_taken_earlier(server, sent[BOB]["request_id"], STALE_CLAIM_SECONDS + 1)
+    return sent, bobs
+
+
 @pytest.mark.parametrize("store", ["sqlite", "postgresql"])
 def test_a_webhook_decision_whose_attempt_died_is_not_taken_back_by_another_members_answer(
     store: str, request: pytest.FixtureRequest, tmp_path: Path
@@ -344,10 +353,8 @@ def test_a_webhook_decision_whose_attempt_died_is_not_taken_back_by_another_memb
     server = webhook_server(tmp_path, store, request, receiver)
     try:
         server.start()
-        sent, bobs = bobs_decision_unanswered(server, receiver, "CHANGE-13")
+        sent, bobs = bobs_decision_dead(server, receiver, "CHANGE-13")
         bobs_request = sent[BOB]["request_id"]
-        receiver.answer = None  # answering as usual from here
-        claim_taken_earlier(server, bobs_request, STALE_CLAIM_SECONDS + 1)
 
         unknown = R.SIBLING_OUTCOME_UNKNOWN.with_text(task_id="CHANGE-13", request_id=bobs_request)
         for action in ("fail", "complete"):
@@ -434,11 +441,8 @@ def test_a_deciders_other_answer_is_not_posted_while_its_decision_may_have_acted
     server = webhook_server(tmp_path, store, request, receiver)
     try:
         server.start()
-        sent, bobs = bobs_decision_unanswered(server, receiver, "CHANGE-15")
+        sent, bobs = bobs_decision_dead(server, receiver, "CHANGE-15")
         bobs_request = sent[BOB]["request_id"]
-        receiver.answer = None  # answering as usual from here
-        claim_taken_earlier(server, bobs_request, STALE_CLAIM_SECONDS + 1)
-
         bobs_fail = reply_message(sent[BOB]["fail_address"], "No after all", sender=BOB)
         predicted = diagnose(server, tmp_path, bobs_fail, BOB)
         refused = send_smtp(server.smtp_port, bobs_fail, sent[BOB]["fail_address"], mail_from=BOB)

@@ -14,6 +14,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ from rc_mta.errors import (
     BackendUnavailable,
     TemporaryFailure,
 )
-from rc_mta.store import STALE_CLAIM_SECONDS, Claim, Store, requests, used_tokens
+from rc_mta.store import STALE_CLAIM_SECONDS, Store, requests, used_tokens
 from rc_mta.tasks import ActionContext, TaskNotInProgress
 from rc_mta.tasks.webhook import WebhookBackend
 
@@ -340,10 +341,16 @@ def all_earlier(server: RcMta, seconds: float) -> None:
         store.close()
 
 
-def on_webhook(tmp_path: Path, receiver: WebhookReceiver) -> RcMta:
-    """An rc-mta (not started) acting on tasks through ``receiver``."""
+def on_webhook(
+    tmp_path: Path, receiver: WebhookReceiver, store: str = "sqlite", request: pytest.FixtureRequest | None = None
+) -> RcMta:
+    """An rc-mta (not started) acting on tasks through ``receiver``, on the ``store`` named
+    (sqlite, or postgresql: the test's ``request`` gives its ``pg_url``)."""
     server = make_rc_mta(tmp_path)
     server.settings["tasks"] = {"backend": "webhook", "webhook": {"url": receiver.url, "secret": receiver.secret}}
+    if store == "postgresql":
+        assert request is not None
+        server.settings["store"] = {"url": request.getfixturevalue("pg_url"), "busy_timeout": "2s"}
     return server
 
 
@@ -461,10 +468,7 @@ def test_two_requests_answers_at_the_same_moment_post_one_action(
     (451), or is refused if the other was done by then; the receiver never gets both.
     Retried, one acts and the other is refused."""
     receiver = WebhookReceiver().start()
-    server = make_rc_mta(tmp_path)
-    server.settings["tasks"] = {"backend": "webhook", "webhook": {"url": receiver.url, "secret": receiver.secret}}
-    if store == "postgresql":
-        server.settings["store"] = {"url": request.getfixturevalue("pg_url"), "busy_timeout": "2s"}
+    server = on_webhook(tmp_path, receiver, store, request)
     try:
         server.start()
         sent = [(server.cli_json("request", TASK, "--owner", owner), owner) for owner in (ALICE, BOB)]
@@ -508,9 +512,7 @@ def test_a_retry_that_fails_cleanly_after_a_post_that_may_have_acted_keeps_the_d
     request id; Bob's retry, answered 2xx, settles it, and then Alice is refused saying Bob
     decided."""
     receiver = WebhookReceiver(answer=(502, {"detail": "upstream gave no answer"})).start()
-    server = on_webhook(tmp_path, receiver)
-    if store == "postgresql":
-        server.settings["store"] = {"url": request.getfixturevalue("pg_url"), "busy_timeout": "2s"}
+    server = on_webhook(tmp_path, receiver, store, request)
     try:
         server.start()
         alices, bobs = (server.cli_json("request", TASK, "--owner", owner) for owner in (ALICE, BOB))
@@ -562,9 +564,7 @@ def test_a_refusal_of_the_retry_after_a_post_that_may_have_acted_is_told_and_the
     250, then Alice is refused saying Bob decided). Only that, or the receiver's word that
     the task is closed (409), ends the doubt."""
     receiver = WebhookReceiver(answer=(502, {"detail": "upstream gave no answer"})).start()
-    server = on_webhook(tmp_path, receiver)
-    if store == "postgresql":
-        server.settings["store"] = {"url": request.getfixturevalue("pg_url"), "busy_timeout": "2s"}
+    server = on_webhook(tmp_path, receiver, store, request)
     try:
         server.start()
         alices, bobs = (server.cli_json("request", TASK, "--owner", owner) for owner in (ALICE, BOB))
@@ -600,16 +600,6 @@ def test_a_refusal_of_the_retry_after_a_post_that_may_have_acted_is_told_and_the
     assert [p["request_id"] for p in receiver.payloads] == [bobs["request_id"]] * 3
 
 
-def claim_of(server: RcMta, request_id: str) -> Claim:
-    store = Store(server.settings["store"]["url"])
-    try:
-        claim = store.get_claim(request_id)
-    finally:
-        store.close()
-    assert claim is not None
-    return claim
-
-
 @pytest.mark.parametrize("store", ["sqlite", "postgresql"])
 def test_another_answer_to_a_request_whose_answer_may_have_acted_is_not_posted_and_leaves_its_claim(
     store: str, request: pytest.FixtureRequest, tmp_path: Path
@@ -622,9 +612,7 @@ def test_another_answer_to_a_request_whose_answer_may_have_acted_is_not_posted_a
     WARNING naming the request and the task, and the claim left to the complete, whose
     sender's retry then POSTs it and settles it; the fail is then refused as answered."""
     receiver = WebhookReceiver(answer=(502, {"detail": "upstream gave no answer"})).start()
-    server = on_webhook(tmp_path, receiver)
-    if store == "postgresql":
-        server.settings["store"] = {"url": request.getfixturevalue("pg_url"), "busy_timeout": "2s"}
+    server = on_webhook(tmp_path, receiver, store, request)
     try:
         server.start()
         sent = server.cli_json("request", TASK, "--owner", ALICE)
@@ -645,8 +633,13 @@ def test_another_answer_to_a_request_whose_answer_may_have_acted_is_not_posted_a
         assert f"{other.code} {other.text}" == predicted["smtp_reply"] == str(unknown), (other, predicted)
         assert (other.code, other.enhanced) == (451, "4.3.0")
         assert [p["action"] for p in receiver.payloads] == ["complete"]
-        claim = claim_of(server, sent["request_id"])
-        assert (claim.action, claim.message_id, claim.done) == ("complete", complete["Message-ID"], False)
+        with closing(Store(server.settings["store"]["url"])) as store_now:
+            claim = store_now.get_claim(sent["request_id"])
+        assert claim is not None and (claim.action, claim.message_id, claim.done) == (
+            "complete",
+            complete["Message-ID"],
+            False,
+        )
         log = server.log_path.read_text().splitlines()
         warned = [line for line in log if " WARNING " in line and "earlier answer" in line]
         assert any(sent["request_id"] in line and f"task {TASK}" in line for line in warned), warned
