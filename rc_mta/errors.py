@@ -85,6 +85,30 @@ class ActionNotRecorded(StoreUnavailable):
         self.action_past = action_past
 
 
+class EarlierAnswerOutcomeUnknown(TemporaryFailure):
+    """An earlier answer to this same request, another action (or another sender's), was
+    cut off while it was acted on, and the backend cannot be asked whether it acted (the
+    webhook): this one is not sent under the same request id, which the receiver may take
+    for a repeat of that one (and answer 2xx for what it did) or act on beside it. That
+    answer's claim stays as it was: its sender's retry settles it, or a person deciding the
+    task in the workflow system."""
+
+    def __init__(self, task_id: str, request_id: str, action: str) -> None:
+        super().__init__(f"an earlier answer to request {request_id}, to {action} task {task_id}, may have acted")
+        self.task_id, self.request_id, self.action = task_id, request_id, action
+
+
+class RefusedInDoubt(TemporaryFailure):
+    """The backend refused this try of an answer whose earlier try may have acted (the
+    webhook, ``Pipeline._keeps_doubt``): the refusal says nothing of that try, so the
+    claim and the doubt stand, and the sender is told a 4xx, not the refusal's 5xx: only
+    its retry can settle the doubt, and a 5xx would end its retries."""
+
+    def __init__(self, task_id: str, refusal: Refusal) -> None:
+        super().__init__(f"{refusal}; an earlier try of this answer may have acted on task {task_id}")
+        self.task_id, self.refusal = task_id, refusal
+
+
 class BackendAuthFailed(BackendUnavailable):
     """The workflow system refused our credentials: an operator must act; the sender retries."""
 

@@ -36,11 +36,13 @@ from .errors import (
     BackendOutcomeUnknown,
     DecisionMade,
     DecisionPending,
+    EarlierAnswerOutcomeUnknown,
     MessageRefused,
     NotInApprovalGroup,
     RcMtaError,
     ReaderBusy,
     Refusal,
+    RefusedInDoubt,
     RequestAnswered,
     RequestRevoked,
     SiblingOutcomeUnknown,
@@ -123,8 +125,7 @@ class _Recent(Generic[K, V]):
 def _same_answer(decision: Decision, claim: Claim, actor: str) -> bool:
     """Whether ``claim`` was taken by this very answer (message, action), from this very sender."""
     action = decision.action
-    held = (claim.message_id, claim.action, claim.actor.lower())
-    return action is not None and held == (decision.message_id, action.value, actor.lower())
+    return action is not None and claim.message_id == decision.message_id and claim.same_answer(action.value, actor)
 
 
 class Outcome(enum.Enum):
@@ -487,8 +488,10 @@ class Pipeline:
                 return _answered(base, request, claim)
             raise refusal
         group = standing.group
-        # Acting, this is asked once the claim is ours (``act``): two answers at once each see the
+        # Acting, these are asked as the claim is taken (``act``): two answers at once each see the
         # other's; in an N-of-M group the store asks it as it counts (``take_back_stale``).
+        if not acting and claim is not None and self._doubts(claim, action, sender or ""):
+            raise self._in_doubt(request, claim, action, sender or "")
         if not acting and (stopped := await self._stopped_by_sibling(request)) is not None:
             raise stopped
         if group is not None and action is TaskAction.COMPLETE:
@@ -518,10 +521,20 @@ class Pipeline:
         # Counted from the claim: the action ends well before the claim may be taken for dead.
         deadline = asyncio.get_running_loop().time() + self.settings.tasks.action_deadline
         outcome, claim = await asyncio.to_thread(
-            self.store.claim, request.id, attempt, message_id, action.value, actor, self.clock(), STALE_CLAIM_SECONDS
+            self.store.claim,
+            request.id,
+            attempt,
+            message_id,
+            action.value,
+            actor,
+            self.clock(),
+            STALE_CLAIM_SECONDS,
+            keep_doubt=not self._reads_tasks,
         )
         if outcome is ClaimOutcome.REVOKED:
             raise RequestRevoked(f"request {request.id} was withdrawn")
+        if outcome is ClaimOutcome.IN_DOUBT and claim is not None:
+            raise self._in_doubt(request, claim, action, actor)  # the claim left as it was
         if outcome is ClaimOutcome.TAKEN_OVER:
             outcome, inherited = ClaimOutcome.OURS, True  # from an attempt that died: it may have acted
         if outcome is ClaimOutcome.BUSY and claim is not None and await self._posts_again(decision, claim, actor):
@@ -556,11 +569,7 @@ class Pipeline:
             if not self._keeps_doubt(exc, inherited):
                 await self._give_back(request.id, attempt)
                 raise
-            # Whether the task was acted on is unknown (``_keeps_doubt``): the claim stays
-            # ours, holding the task's other requests' answers back (``_stopped_by_sibling``),
-            # and this very answer, sent again, posts again (``_posts_again``, here; elsewhere
-            # once it is taken for dead), with the same request id.
-            self._unanswered.put(request.id, attempt)
+            self._keep_doubt(request, attempt, exc)
             raise
         metrics.TASKS_ACTED.labels(self.backend.name, action.value).inc()
         await self._finish(request, attempt, action)
@@ -580,17 +589,53 @@ class Pipeline:
         any failure of its own keeps that doubt. One without acting (503, no connection, our
         signature refused, another answer seen beside it) says nothing of the earlier POST;
         nor does a refusal (422: a receiver may refuse a repeat for a reason of the moment,
-        or the earlier POST may still be at work there): the sender is told the refusal, and
-        the same answer sent again asks again. Except the receiver's word that the task is
-        closed, or unknown to it (``TaskNotInProgress`` not by this answer, ``TaskNotFound``):
-        no answer can act on it now, so the claim is given back, and another request's
-        answer is refused by the receiver in turn rather than wait on a doubt that no longer
-        matters."""
+        or the earlier POST may still be at work there): the sender is told the refusal as a
+        4xx (``_keep_doubt``), and the same answer sent again asks again. Except the
+        receiver's word that the task is closed, or unknown to it (``TaskNotInProgress`` not
+        by this answer, ``TaskNotFound``): no answer can act on it now, so the claim is given
+        back, and another request's answer is refused by the receiver in turn rather than
+        wait on a doubt that no longer matters."""
         if self._reads_tasks:
             return False
         if isinstance(failure, BackendOutcomeUnknown):
             return True
         return inherited and not isinstance(failure, (TaskNotInProgress, TaskNotFound))
+
+    def _keep_doubt(self, request: Request, attempt: str, failure: BaseException) -> None:
+        """After a failure that leaves the task perhaps acted on (``_keeps_doubt``): the claim
+        stays this attempt's, holding the task's other answers back (``_stopped_by_sibling``),
+        and this very answer, sent again, posts again with the same request id
+        (``_posts_again``, here; elsewhere once it is taken for dead). So a refusal is told as
+        a 4xx (``RefusedInDoubt``): a 5xx would end the sender's retries, the one thing that
+        can settle the doubt."""
+        self._unanswered.put(request.id, attempt)
+        if isinstance(failure, Refusal):
+            raise RefusedInDoubt(request.task_id, failure) from failure
+
+    def _doubts(self, claim: Claim, action: TaskAction, actor: str) -> bool:
+        """Whether ``claim`` holds this request for another answer (action or sender) whose
+        attempt died, and the backend cannot say whether it acted (the webhook): then this
+        answer may not act. Acting, ``Store.claim`` says so itself (``keep_doubt``: IN_DOUBT)."""
+        return not self._reads_tasks and claim.in_doubt_for(action.value, actor, self.clock(), STALE_CLAIM_SECONDS)
+
+    def _in_doubt(self, request: Request, claim: Claim, action: TaskAction, actor: str) -> EarlierAnswerOutcomeUnknown:
+        """Why this answer is not acted on (``_doubts``): an earlier answer to the same request,
+        cut off mid-action, may have acted, and this one, under the same request id, could be
+        taken by the receiver for a repeat of it, or done beside it. An operator is warned."""
+        log.warning(
+            "request %s: the answer to %s task %s (by %s) was not acted on: an earlier answer to the request, to %s"
+            " it (by %s), was cut off mid-action and the %s backend cannot say whether it acted; its sender's retry"
+            " settles it, or decide task %s there",
+            request.id,
+            action.value,
+            request.task_id,
+            actor,
+            claim.action,
+            claim.actor,
+            self.backend.name,
+            request.task_id,
+        )
+        return EarlierAnswerOutcomeUnknown(request.task_id, request.id, claim.action)
 
     async def _give_back(self, request_id: str, attempt: str) -> None:
         """Our claim back after a failure, so a later answer may act; if the store cannot
@@ -703,7 +748,7 @@ class Pipeline:
             # Doubt comes along only with a decision this request made before: else its earlier
             # attempt never POSTed (with the webhook no other answer takes such a decision back).
             if self._keeps_doubt(exc, inherited and group.decided_request == request.id):
-                self._unanswered.put(request.id, attempt)  # sent again, it posts again at once
+                self._keep_doubt(request, attempt, exc)
                 raise
             try:
                 mine = await asyncio.to_thread(store.get_claim, request.id)

@@ -284,6 +284,25 @@ REQUEST_IN_PROGRESS = _reply(
     "4.3.0",
     "Another reply to this completion request is being processed right now; please try again later",
 )
+# The webhook: an earlier answer to the same request, the other way, may have acted; until
+# its sender tries it again (which settles it), or a person decides the task.
+EARLIER_ANSWER_OUTCOME_UNKNOWN = _reply(
+    "EARLIER_ANSWER_OUTCOME_UNKNOWN",
+    451,
+    "4.3.0",
+    "An earlier answer to this request, to {action} task {task_id}, was cut off while it was acted on and may"
+    " have been; this one was not acted on: that answer's retry settles it, or decide task {task_id} in the"
+    " workflow system",
+)
+# The webhook refused the retry of an answer whose earlier try may have acted: its reason,
+# and a 4xx, since only the sender's retry can settle whether that try acted.
+RETRY_REFUSED_IN_DOUBT = _reply(
+    "RETRY_REFUSED_IN_DOUBT",
+    451,
+    "4.3.0",
+    "{refused}; but an earlier try of this answer may have acted on task {task_id}, so it will be tried again",
+    echo_limit=300,
+)
 BACKEND_AUTH_FAILED = _reply(
     "BACKEND_AUTH_FAILED",
     451,
@@ -381,6 +400,10 @@ def reply_for(error: BaseException) -> SmtpReply:
             return ACTION_OUTCOME_UNKNOWN.with_text(task_id=error.task_id)
         case E.DecisionPending():
             return DECISION_IN_PROGRESS.with_text(task_id=error.task_id)
+        case E.EarlierAnswerOutcomeUnknown():
+            return EARLIER_ANSWER_OUTCOME_UNKNOWN.with_text(task_id=error.task_id, action=error.action)
+        case E.RefusedInDoubt():
+            return RETRY_REFUSED_IN_DOUBT.with_text(refused=reply_for(error.refusal).text, task_id=error.task_id)
         case E.ActionNotRecorded():
             return ACTION_NOT_RECORDED.with_text(task_id=error.task_id, action_past=error.action_past)
         case E.TemporaryFailure():

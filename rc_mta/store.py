@@ -230,6 +230,16 @@ class Claim:
         died), so another may take it over (``claim_stale``)."""
         return claim_stale(self.state, self.claimed_at, now, stale_after)
 
+    def same_answer(self, action: str, actor: str) -> bool:
+        """Whether this claim was taken to do ``action`` for ``actor`` (``_same_answer_sql``)."""
+        return self.action == action and self.actor.lower() == actor.lower()
+
+    def in_doubt_for(self, action: str, actor: str, now: float, stale_after: float) -> bool:
+        """Dead, and taken for another answer (another action or sender): where the backend
+        cannot say whether that answer acted, this one may not take it over (``Store.claim``'s
+        ``keep_doubt``: IN_DOUBT)."""
+        return self.stale(now, stale_after) and not self.same_answer(action, actor)
+
 
 def claim_stale(state: str, claimed_at: float, now: float, stale_after: float) -> bool:
     """The one rule of when a claim is dead, for a claim read into Python: pending, and
@@ -310,6 +320,9 @@ class ClaimOutcome(Enum):
     # This attempt holds the claim, taken over from one that died mid-answer (``claim_stale``):
     # it may act, and whether that one acted only the backend knows.
     TAKEN_OVER = "taken_over"
+    # Dead, but another answer's, and whether it acted cannot be read (``keep_doubt``): left
+    # as it was, and this answer may not act (``Claim.in_doubt_for``).
+    IN_DOUBT = "in_doubt"
     DONE = "done"  # answered already; the claim row says by which message
     BUSY = "busy"  # another live attempt (maybe a copy of this very message) is answering it
     REVOKED = "revoked"  # the request row says it was withdrawn
@@ -735,11 +748,17 @@ class Store:
         actor: str,
         now: float,
         stale_after: float,
+        *,
+        keep_doubt: bool = False,
     ) -> tuple[ClaimOutcome, Claim | None]:
         """Claim a request for one attempt at answering it with one message.
 
         OURS when the row is new (or already this attempt's); TAKEN_OVER when it held
         another attempt's pending claim that went stale (its process died, maybe mid-action).
+        With ``keep_doubt`` (a backend that cannot read the task: the webhook) only the same
+        answer (action and sender) takes a stale claim over, and another finds it IN_DOUBT,
+        left as it was: that attempt may have acted, and another action under the same
+        request id may be taken by the receiver for a repeat of it, or done beside it.
         A pending claim of another attempt is BUSY even when it is for this same message:
         that is another delivery of it, still at work. REVOKED only when the request row
         says so; a claim given back between our insert and our read is claimed again.
@@ -782,7 +801,10 @@ class Store:
             with self._begin() as conn:
                 # The writes first: on SQLite they take the write lock, so the read below is current.
                 taken = conn.execute(take.where(used_tokens.c.attempt == attempt)).rowcount
-                taken_over = not taken and conn.execute(take.where(_claim_is_stale(now, stale_after))).rowcount == 1
+                dead = _claim_is_stale(now, stale_after)
+                if keep_doubt:
+                    dead = dead & _same_answer_sql(action, actor)
+                taken_over = not taken and conn.execute(take.where(dead)).rowcount == 1
                 found = (
                     conn.execute(
                         select(used_tokens, requests.c.revoked_at)
@@ -803,6 +825,8 @@ class Store:
                 return ClaimOutcome.DONE, current
             if found["revoked_at"] is not None:
                 return ClaimOutcome.REVOKED, current
+            if keep_doubt and current.in_doubt_for(action, actor, now, stale_after):
+                return ClaimOutcome.IN_DOUBT, current
             return ClaimOutcome.BUSY, current
         raise StoreUnavailable(f"the claim on request {request_id} kept changing hands")
 
@@ -2236,6 +2260,12 @@ def _claim_is_stale(now: float, stale_after: float) -> ColumnElement[bool]:
     boundary, strict); ``Store.claim`` takes such a claim over."""
     t = used_tokens.c
     return (t.state == "pending") & (t.claimed_at < now - stale_after)
+
+
+def _same_answer_sql(action: str, actor: str) -> ColumnElement[bool]:
+    """Where a ``used_tokens`` row was taken to do ``action`` for ``actor``: ``Claim.same_answer``, in SQL."""
+    t = used_tokens.c
+    return (t.action == action) & (func.lower(t.actor) == actor.lower())
 
 
 # Leases: a row of ``outbound_queue`` or ``request_notices`` is worked on by one instance at a

@@ -330,6 +330,15 @@ def bobs_decision_unanswered(
     return sent, bobs
 
 
+def bobs_decision_dead(server: RcMta, receiver: WebhookReceiver, task_id: str) -> tuple[dict[str, Any], EmailMessage]:
+    """``bobs_decision_unanswered``, and ten minutes on: his claim is dead, and the receiver
+    answers as usual again."""
+    sent, bobs = bobs_decision_unanswered(server, receiver, task_id)
+    receiver.answer = None
+    claim_taken_earlier(server, sent[BOB]["request_id"], STALE_CLAIM_SECONDS + 1)
+    return sent, bobs
+
+
 @pytest.mark.parametrize("store", ["sqlite", "postgresql"])
 def test_a_webhook_decision_whose_attempt_died_is_not_taken_back_by_another_members_answer(
     store: str, request: pytest.FixtureRequest, tmp_path: Path
@@ -344,10 +353,8 @@ def test_a_webhook_decision_whose_attempt_died_is_not_taken_back_by_another_memb
     server = webhook_server(tmp_path, store, request, receiver)
     try:
         server.start()
-        sent, bobs = bobs_decision_unanswered(server, receiver, "CHANGE-13")
+        sent, bobs = bobs_decision_dead(server, receiver, "CHANGE-13")
         bobs_request = sent[BOB]["request_id"]
-        receiver.answer = None  # answering as usual from here
-        claim_taken_earlier(server, bobs_request, STALE_CLAIM_SECONDS + 1)
 
         unknown = R.SIBLING_OUTCOME_UNKNOWN.with_text(task_id="CHANGE-13", request_id=bobs_request)
         for action in ("fail", "complete"):
@@ -418,6 +425,42 @@ def test_a_deciders_retry_that_fails_cleanly_after_a_post_that_may_have_acted_ke
     decided = R.DECISION_MADE.with_text(task_id="CHANGE-14", action_past="completed", by=f"{ALICE}, {BOB}")
     assert f"{after.code} {after.text}" == str(decided), after
     assert [(p["action"], p["request_id"]) for p in receiver.payloads] == [("complete", bobs_request)] * 4
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
+def test_a_deciders_other_answer_is_not_posted_while_its_decision_may_have_acted(
+    store: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """Bob's approval decides 2 of 3 and the webhook answers his POST 502 (it may have
+    acted); ten minutes on his claim is dead, and he answers Fail to the same request.
+    POSTed under his request id, the receiver could take it for a repeat of the complete it
+    did (2xx, while rc-mta records a fail), or fail what it completed. So it is not: 451
+    saying his earlier complete may have acted, as diagnose predicts, and his claim left
+    as it was: his first answer's retry settles it, and the fail is then refused."""
+    receiver = WebhookReceiver().start()
+    server = webhook_server(tmp_path, store, request, receiver)
+    try:
+        server.start()
+        sent, bobs = bobs_decision_dead(server, receiver, "CHANGE-15")
+        bobs_request = sent[BOB]["request_id"]
+        bobs_fail = reply_message(sent[BOB]["fail_address"], "No after all", sender=BOB)
+        predicted = diagnose(server, tmp_path, bobs_fail, BOB)
+        refused = send_smtp(server.smtp_port, bobs_fail, sent[BOB]["fail_address"], mail_from=BOB)
+        unknown = R.EARLIER_ANSWER_OUTCOME_UNKNOWN.with_text(task_id="CHANGE-15", action="complete")
+        assert f"{refused.code} {refused.text}" == predicted["smtp_reply"] == str(unknown), (refused, predicted)
+        assert [(p["action"], p["request_id"]) for p in receiver.payloads] == [("complete", bobs_request)]
+
+        settled = send_smtp(server.smtp_port, bobs, sent[BOB]["complete_address"], mail_from=BOB)
+        acted = R.TASK_ACTED.with_text(task_id="CHANGE-15", action_past="completed")
+        assert settled.code == 250 and settled.text.endswith(acted.text), settled
+        again = send_smtp(server.smtp_port, bobs_fail, sent[BOB]["fail_address"], mail_from=BOB)
+    finally:
+        server.stop()
+        receiver.stop()
+
+    used = R.TOKEN_USED.with_text(task_id="CHANGE-15", action_past="completed")
+    assert f"{again.code} {again.text}" == str(used), again
+    assert [(p["action"], p["request_id"]) for p in receiver.payloads] == [("complete", bobs_request)] * 2
 
 
 RELEASE_TASK = "Applications/Folder1/Release1/Phase1/Task1"

@@ -162,6 +162,29 @@ def test_a_stale_attempt_taken_over_can_no_longer_finish_or_release(store: Store
     assert claim is not None and (claim.attempt, claim.message_id, claim.done) == ("b", "<b@x>", False)
 
 
+def test_keeping_doubt_a_dead_claim_is_taken_over_only_by_the_same_answer(store: Store) -> None:
+    """Where whether a dead attempt acted cannot be read (the webhook): another action, or
+    another sender, finds it IN_DOUBT and leaves it as it was; the same action by the same
+    sender (another message, the address in another case) takes it over; a live claim is BUSY."""
+    request = _request(store, "t-2f")
+    now = time.time()
+    store.claim(request.id, "a", "<a@x>", "complete", ALICE, now, 600)
+    for attempt, action, actor in (("b", "fail", ALICE), ("c", "complete", "bob@example.com")):
+        outcome, claim = store.claim(request.id, attempt, "<b@x>", action, actor, now + 700, 600, keep_doubt=True)
+        assert outcome is ClaimOutcome.IN_DOUBT, (action, actor)
+        assert claim == store.get_claim(request.id)
+        assert claim is not None and (claim.attempt, claim.message_id, claim.action, claim.claimed_at) == (
+            "a",
+            "<a@x>",
+            "complete",
+            now,
+        )
+
+    same = store.claim(request.id, "d", "<d@x>", "complete", ALICE.upper(), now + 700, 600, keep_doubt=True)
+    assert same[0] is ClaimOutcome.TAKEN_OVER and same[1] is not None and same[1].attempt == "d"
+    assert store.claim(request.id, "e", "<e@x>", "fail", ALICE, now + 701, 600, keep_doubt=True)[0] is ClaimOutcome.BUSY
+
+
 def test_a_claim_given_back_between_insert_and_read_is_claimed_not_called_withdrawn(store: Store) -> None:
     """The window the fault campaign hit: B's insert collides with A's claim, A gives it
     back, and only then does B look at the row."""

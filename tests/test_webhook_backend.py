@@ -14,6 +14,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -340,10 +341,16 @@ def all_earlier(server: RcMta, seconds: float) -> None:
         store.close()
 
 
-def on_webhook(tmp_path: Path, receiver: WebhookReceiver) -> RcMta:
-    """An rc-mta (not started) acting on tasks through ``receiver``."""
+def on_webhook(
+    tmp_path: Path, receiver: WebhookReceiver, store: str = "sqlite", request: pytest.FixtureRequest | None = None
+) -> RcMta:
+    """An rc-mta (not started) acting on tasks through ``receiver``, on the ``store`` named
+    (sqlite, or postgresql: the test's ``request`` gives its ``pg_url``)."""
     server = make_rc_mta(tmp_path)
     server.settings["tasks"] = {"backend": "webhook", "webhook": {"url": receiver.url, "secret": receiver.secret}}
+    if store == "postgresql":
+        assert request is not None
+        server.settings["store"] = {"url": request.getfixturevalue("pg_url"), "busy_timeout": "2s"}
     return server
 
 
@@ -461,10 +468,7 @@ def test_two_requests_answers_at_the_same_moment_post_one_action(
     (451), or is refused if the other was done by then; the receiver never gets both.
     Retried, one acts and the other is refused."""
     receiver = WebhookReceiver().start()
-    server = make_rc_mta(tmp_path)
-    server.settings["tasks"] = {"backend": "webhook", "webhook": {"url": receiver.url, "secret": receiver.secret}}
-    if store == "postgresql":
-        server.settings["store"] = {"url": request.getfixturevalue("pg_url"), "busy_timeout": "2s"}
+    server = on_webhook(tmp_path, receiver, store, request)
     try:
         server.start()
         sent = [(server.cli_json("request", TASK, "--owner", owner), owner) for owner in (ALICE, BOB)]
@@ -508,9 +512,7 @@ def test_a_retry_that_fails_cleanly_after_a_post_that_may_have_acted_keeps_the_d
     request id; Bob's retry, answered 2xx, settles it, and then Alice is refused saying Bob
     decided."""
     receiver = WebhookReceiver(answer=(502, {"detail": "upstream gave no answer"})).start()
-    server = on_webhook(tmp_path, receiver)
-    if store == "postgresql":
-        server.settings["store"] = {"url": request.getfixturevalue("pg_url"), "busy_timeout": "2s"}
+    server = on_webhook(tmp_path, receiver, store, request)
     try:
         server.start()
         alices, bobs = (server.cli_json("request", TASK, "--owner", owner) for owner in (ALICE, BOB))
@@ -549,29 +551,106 @@ def test_a_retry_that_fails_cleanly_after_a_post_that_may_have_acted_keeps_the_d
     assert [p["request_id"] for p in receiver.payloads] == [bobs["request_id"]] * 4  # the receiver dedupes
 
 
+@pytest.mark.parametrize("inherited", list(_INHERITED))
+@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
 def test_a_refusal_of_the_retry_after_a_post_that_may_have_acted_is_told_and_the_doubt_kept(
-    tmp_path: Path,
+    store: str, inherited: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
     """Bob's POST is answered 502 (it may have acted); his sender's retry is refused 422. The
-    refusal is his to read (550, the receiver's reason), but it does not say the first POST
-    did not act: his claim stands, and Alice's answer to her request waits (451) with nothing
-    POSTed under her request id. Only the receiver's word that the task is closed (409) ends
-    the doubt."""
+    refusal is his to read (the receiver's reason), but it does not say the first POST did
+    not act: his claim stands, and Alice's answer to her request waits (451) with nothing
+    POSTed under her request id. Since the doubt stands, Bob is told 451, not the 550 of a
+    refusal without it: only his sender's retry can settle it, and it does (answered 2xx:
+    250, then Alice is refused saying Bob decided). Only that, or the receiver's word that
+    the task is closed (409), ends the doubt."""
     receiver = WebhookReceiver(answer=(502, {"detail": "upstream gave no answer"})).start()
-    server = on_webhook(tmp_path, receiver)
+    server = on_webhook(tmp_path, receiver, store, request)
     try:
         server.start()
         alices, bobs = (server.cli_json("request", TASK, "--owner", owner) for owner in (ALICE, BOB))
         bobs_answer = reply_message(bobs["complete_address"], "Ship it", sender=BOB)
-        first = send_smtp(server.smtp_port, bobs_answer, bobs["complete_address"], mail_from=BOB)
+
+        def bob_sends() -> Any:  # the very same message each time, as his server retries it
+            return send_smtp(server.smtp_port, bobs_answer, bobs["complete_address"], mail_from=BOB)
+
+        first = bob_sends()
         assert first.code == 451, first
+        if _INHERITED[inherited]:
+            all_earlier(server, STALE_CLAIM_SECONDS + 1)
         receiver.answer = (422, {"detail": "Change freeze until Monday"})
-        refused = send_smtp(server.smtp_port, bobs_answer, bobs["complete_address"], mail_from=BOB)
+        refused = bob_sends()
         alice = answer_as(server, alices, ALICE)
+        receiver.answer = None  # answering as usual from here
+        settled = bob_sends()
+        after = answer_as(server, alices, ALICE)
     finally:
         server.stop()
         receiver.stop()
 
-    assert (refused.code, refused.enhanced) == (550, "5.7.1") and "Change freeze until Monday" in refused.text
+    # Was 550 5.7.1: a 5xx ends the sender's retries, and the doubt, kept, could never be
+    # settled by the one answer that may: any doubt that is temporary is told as a 4xx.
+    said = R.BACKEND_REFUSED.with_text(why="Change freeze until Monday").text
+    kept = R.RETRY_REFUSED_IN_DOUBT.with_text(refused=said, task_id=TASK)
+    assert f"{refused.code} {refused.text}" == str(kept), refused
+    assert (refused.code, refused.enhanced) == (451, "4.3.0") and "Change freeze until Monday" in refused.text
     assert f"{alice.code} {alice.text}" == str(R.DECISION_IN_PROGRESS.with_text(task_id=TASK)), alice
-    assert [p["request_id"] for p in receiver.payloads] == [bobs["request_id"]] * 2
+    assert settled.code == 250, settled
+    decided = R.DECISION_MADE.with_text(task_id=TASK, action_past="completed", by=BOB)
+    assert f"{after.code} {after.text}" == str(decided), after
+    assert [p["request_id"] for p in receiver.payloads] == [bobs["request_id"]] * 3
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
+def test_another_answer_to_a_request_whose_answer_may_have_acted_is_not_posted_and_leaves_its_claim(
+    store: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """Alice answers Complete and the POST is answered 502 (the receiver may have acted:
+    451). Once her claim is taken for dead, she answers Fail to the same request. POSTed
+    under the same request id, a receiver that dedupes by it could answer 2xx for the
+    complete it did while rc-mta records a fail, or fail what it completed. So it is not
+    POSTed: 451 saying the earlier complete may have acted (as diagnose predicts), with a
+    WARNING naming the request and the task, and the claim left to the complete, whose
+    sender's retry then POSTs it and settles it; the fail is then refused as answered."""
+    receiver = WebhookReceiver(answer=(502, {"detail": "upstream gave no answer"})).start()
+    server = on_webhook(tmp_path, receiver, store, request)
+    try:
+        server.start()
+        sent = server.cli_json("request", TASK, "--owner", ALICE)
+        complete = reply_message(sent["complete_address"], "Ship it", sender=ALICE)
+        fail = reply_message(sent["fail_address"], "Broken after all", sender=ALICE)
+
+        def alice_sends(message: Any, action: str) -> Any:
+            return send_smtp(server.smtp_port, message, sent[f"{action}_address"], mail_from=ALICE)
+
+        first = alice_sends(complete, "complete")
+        assert f"{first.code} {first.text}" == str(R.BACKEND_UNAVAILABLE), first
+        all_earlier(server, STALE_CLAIM_SECONDS + 1)
+        receiver.answer = None  # answering as usual from here
+
+        predicted = diagnose(server, tmp_path, fail, ALICE)
+        other = alice_sends(fail, "fail")
+        unknown = R.EARLIER_ANSWER_OUTCOME_UNKNOWN.with_text(task_id=TASK, action="complete")
+        assert f"{other.code} {other.text}" == predicted["smtp_reply"] == str(unknown), (other, predicted)
+        assert (other.code, other.enhanced) == (451, "4.3.0")
+        assert [p["action"] for p in receiver.payloads] == ["complete"]
+        with closing(Store(server.settings["store"]["url"])) as store_now:
+            claim = store_now.get_claim(sent["request_id"])
+        assert claim is not None and (claim.action, claim.message_id, claim.done) == (
+            "complete",
+            complete["Message-ID"],
+            False,
+        )
+        log = server.log_path.read_text().splitlines()
+        warned = [line for line in log if " WARNING " in line and "earlier answer" in line]
+        assert any(sent["request_id"] in line and f"task {TASK}" in line for line in warned), warned
+
+        settled = alice_sends(complete, "complete")  # her server's retry takes the dead claim over
+        assert settled.code == 250, settled
+        refused = alice_sends(fail, "fail")
+    finally:
+        server.stop()
+        receiver.stop()
+
+    used = R.TOKEN_USED.with_text(task_id=TASK, action_past="completed")
+    assert f"{refused.code} {refused.text}" == str(used), refused
+    assert [(p["action"], p["request_id"]) for p in receiver.payloads] == [("complete", sent["request_id"])] * 2

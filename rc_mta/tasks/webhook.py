@@ -20,7 +20,8 @@ and rejects timestamps older than a few minutes (replays). Its answer decides ou
   (or ``"detail"``) says how (``550``).
 * 401: it did not accept our signature: an operator must fix the secret (``451``, retried).
 * other 4xx: it refuses, ``{"detail": "why"}`` (or ``"error"``, or the text body) is
-  quoted to the person in the ``550 5.7.1``.
+  quoted to the person in the ``550 5.7.1`` (in a ``451 4.3.0`` when an earlier try of
+  the same answer may have acted: below).
 * 5xx, timeout, no connection: ``451``; the sender's server retries.
 
 When a request mail cannot be delivered (the relay answered 5xx, or it waited longer than
@@ -49,8 +50,11 @@ again, and they wait (451) rather than being POSTed on a guess: a group's decisi
 taken back then either (``Store.count_approval``'s ``take_back_stale``), as it is for a
 backend that can be read and shows it did not act. Nor does the retry's own failure end the
 doubt: answered 503, not reached, or refused, it says nothing of the first POST, so the
-claim and the decision stand as before (``Pipeline._keeps_doubt``); only a 409 (the task is
-closed) gives them back.
+claim and the decision stand as before (``Pipeline._keeps_doubt``), and a refusal is told as
+a 451, so that the sender tries again; only a 409 (the task is closed) gives them back.
+Meanwhile another answer to the same request (the other action) is not POSTed under its
+request id, which the receiver would take for a repeat: it gets ``451 4.3.0`` too, saying
+the earlier answer may have acted (``ClaimOutcome.IN_DOUBT``).
 """
 
 from __future__ import annotations
