@@ -75,10 +75,12 @@ def _exception_handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any])
     """accept()'s resource errors as one line that says what it means; the rest as asyncio does."""
     exc = context.get("exception")
     if context.get("message") == _ACCEPT_FAILED and isinstance(exc, OSError):
+        descriptors = exc.errno in (errno.EMFILE, errno.ENFILE)
         log.warning(
-            "file descriptors run short: a new connection waits in the listen queue (accept: %s);"
-            " trying again in a second (raise LimitNOFILE / ulimit -n)",
+            "%s: a new connection waits in the listen queue (accept: %s); trying again in a second%s",
+            "file descriptors run short" if descriptors else "memory runs short",
             exc.strerror or exc,
+            " (raise LimitNOFILE / ulimit -n)" if descriptors else "",
         )
         return
     loop.default_exception_handler(context)

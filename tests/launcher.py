@@ -15,11 +15,17 @@ The forking process (run as ``python launcher.py FD``) is single-threaded and ta
 child's stdin, stdout and stderr passed as descriptors) and is answered with its pid; a
 message per child tells its exit status. ``Launcher`` is the tests' side: ``popen`` gives an
 object with ``subprocess.Popen``'s ``pid``/``poll``/``wait``/``send_signal``/``terminate``/
-``kill``, ``run`` a ``CompletedProcess`` as ``subprocess.run(capture_output=True)``."""
+``kill``, ``run`` a ``CompletedProcess`` as ``subprocess.run(capture_output=True)``.
+
+A command whose environment differs from the forking process's in what is read as an
+interpreter starts (``PYTHON*``, the locale, ``TZ``, ``SSL_CERT_*``) runs in a new
+interpreter, and so does every command with ``RC_MTA_TEST_LAUNCHER=exec`` set for the run
+(``RC_MTA_TEST_LAUNCHER=exec make test``: the suite as it ran before, to compare with)."""
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import gc
 import json
 import os
@@ -83,7 +89,7 @@ def _serve(channel: socket.socket) -> dict[str, Any] | None:
     os.set_blocking(wake_write, False)
     signal.signal(signal.SIGCHLD, lambda *_: None)
     signal.set_wakeup_fd(wake_write)
-    children: set[int] = set()
+    children: dict[int, int] = {}  # pid: the number of the request it runs
     while True:
         try:
             ready = select.select([channel, wake_read], [], [])[0]
@@ -95,8 +101,8 @@ def _serve(channel: socket.socket) -> dict[str, Any] | None:
             for pid in list(children):
                 done, status = os.waitpid(pid, os.WNOHANG)
                 if done:
-                    children.discard(pid)
-                    channel.send(json.dumps({"exited": pid, "code": os.waitstatus_to_exitcode(status)}).encode())
+                    number = children.pop(pid)
+                    channel.send(json.dumps({"exited": number, "code": os.waitstatus_to_exitcode(status)}).encode())
         if channel in ready:
             message, fds, _flags, _address = socket.recv_fds(channel, MESSAGE_BYTES, 3)
             if not message:
@@ -117,8 +123,8 @@ def _serve(channel: socket.socket) -> dict[str, Any] | None:
                 return dict(request)
             for fd in fds:
                 os.close(fd)
-            children.add(pid)
-            channel.send(json.dumps({"pid": pid}).encode())
+            children[pid] = request["id"]
+            channel.send(json.dumps({"id": request["id"], "pid": pid}).encode())
 
 
 def _drained(fd: int) -> bool:
@@ -134,13 +140,13 @@ def _become(request: dict[str, Any]) -> NoReturn:
     module the fork shares is left out: nothing of it can be seen, and it cost 0.35 s."""
     import runpy
 
-    os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
-    sys.path[0] = os.getcwd()  # what -m puts first
     sys.argv = ["rc_mta", *request["args"]]
     code = 0
     try:
+        os.chdir(request["cwd"])
+        sys.path[0] = os.getcwd()  # what -m puts first
         runpy.run_module("rc_mta", run_name="__main__", alter_sys=True)
     except SystemExit as exc:
         code = _exit_code(exc.code)
@@ -149,6 +155,7 @@ def _become(request: dict[str, Any]) -> NoReturn:
         code = 1
     threading._shutdown()  # type: ignore[attr-defined]
     atexit._run_exitfuncs()
+    gc.collect()  # what the command left unclosed says so on stderr, as at a real exit (cheap: frozen)
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
@@ -176,28 +183,42 @@ class LaunchedProcess:
     stdout: IO[bytes] | None = None
     stderr: IO[bytes] | None = None
 
-    def __init__(self, launcher: Launcher, pid: int, args: list[str]) -> None:
+    def __init__(self, launcher: Launcher, number: int, pid: int, args: list[str]) -> None:
         self._launcher = launcher
+        self._number = number  # the launcher's, unlike a pid never used again
         self.pid = pid
         self.args = args
         self.returncode: int | None = None
+        # The forking process reaps its children at once: a signal by pid could reach a
+        # process that got the number since. A pidfd names this process alone.
+        try:
+            self._pidfd: int | None = os.pidfd_open(pid)
+        except ProcessLookupError:
+            self._pidfd = None  # exited already
 
     def poll(self) -> int | None:
         if self.returncode is None:
-            self.returncode = self._launcher.exit_code(self.pid, timeout=0)
+            self._exited(self._launcher.exit_code(self._number, timeout=0))
         return self.returncode
 
     def wait(self, timeout: float | None = None) -> int:
         if self.returncode is None:
-            code = self._launcher.exit_code(self.pid, timeout=timeout)
-            if code is None:
+            self._exited(self._launcher.exit_code(self._number, timeout=timeout))
+            if self.returncode is None:
                 raise subprocess.TimeoutExpired(self.args, timeout or 0)
-            self.returncode = code
         return self.returncode
 
+    def _exited(self, code: int | None) -> None:
+        if code is not None:
+            self.returncode = code
+            if self._pidfd is not None:
+                os.close(self._pidfd)
+                self._pidfd = None
+
     def send_signal(self, sig: int) -> None:
-        if self.returncode is None:
-            os.kill(self.pid, sig)
+        if self.poll() is None and self._pidfd is not None:
+            with contextlib.suppress(ProcessLookupError):  # exited: as Popen, no error
+                signal.pidfd_send_signal(self._pidfd, sig)
 
     def terminate(self) -> None:
         self.send_signal(signal.SIGTERM)
@@ -217,28 +238,32 @@ class Launcher:
             [sys.executable, str(Path(__file__).resolve()), str(theirs.fileno()), "rc_mta"],
             pass_fds=[theirs.fileno()],
             stdin=subprocess.DEVNULL,
+            env=BASE_ENVIRONMENT,  # not what the first test to launch happened to set
         )
         theirs.close()
         self._channel = ours
         self._sending = threading.Lock()
         self._changed = threading.Condition()
-        self._pids: list[int] = []
-        self._exits: dict[int, int] = {}
+        self._requests = 0
+        self._pids: dict[int, int] = {}  # request number: pid
+        self._exits: dict[int, int] = {}  # request number: exit status
         self._gone = False
         threading.Thread(target=self._read, name="launcher-reader", daemon=True).start()
 
     def _read(self) -> None:
-        while message := self._channel.recv(MESSAGE_BYTES):
-            reply = json.loads(message)
+        try:
+            while message := self._channel.recv(MESSAGE_BYTES):
+                reply = json.loads(message)
+                with self._changed:
+                    if "pid" in reply:
+                        self._pids[reply["id"]] = reply["pid"]
+                    else:
+                        self._exits[reply["exited"]] = reply["code"]
+                    self._changed.notify_all()
+        finally:
             with self._changed:
-                if "pid" in reply:
-                    self._pids.append(reply["pid"])
-                else:
-                    self._exits[reply["exited"]] = reply["code"]
+                self._gone = True
                 self._changed.notify_all()
-        with self._changed:
-            self._gone = True
-            self._changed.notify_all()
 
     def popen(
         self,
@@ -248,27 +273,47 @@ class Launcher:
         env: Mapping[str, str] | None = None,
         stdout: int | None = None,
         stderr: int | None = None,
-    ) -> LaunchedProcess:
+    ) -> LaunchedProcess | subprocess.Popen[bytes]:
         """``python -m rc_mta *args`` in ``cwd``: stdout and stderr to the descriptors given
-        (the tests' own where ``None``), stdin from /dev/null."""
-        request = {"args": list(args), "cwd": str(cwd), "env": dict(os.environ if env is None else env)}
-        devnull = os.open(os.devnull, os.O_RDONLY)
+        (or ``subprocess.DEVNULL``; the tests' own where ``None``), stdin from /dev/null. A new interpreter instead
+        where the environment differs from the forking process's in what an interpreter
+        reads as it starts (``_needs_interpreter``)."""
+        environment = dict(os.environ if env is None else env)
+        if _needs_interpreter(environment):
+            return subprocess.Popen(
+                [sys.executable, "-m", "rc_mta", *args],
+                cwd=cwd,
+                env=environment,
+                stdin=subprocess.DEVNULL,
+                stdout=stdout,
+                stderr=stderr,
+            )
+        devnull = os.open(os.devnull, os.O_RDWR)
+        given = {None: None, subprocess.DEVNULL: devnull}
         try:
-            fds = [devnull, 1 if stdout is None else stdout]
-            fds.append(fds[1] if stderr == subprocess.STDOUT else 2 if stderr is None else stderr)
+            fds = [devnull, given.get(stdout, stdout) or 1]
+            fds.append(fds[1] if stderr == subprocess.STDOUT else given.get(stderr, stderr) or 2)
             with self._sending, self._changed:
+                self._requests += 1
+                number = self._requests
+                request = {"id": number, "args": list(args), "cwd": str(cwd), "env": environment}
                 socket.send_fds(self._channel, [json.dumps(request).encode()], fds)
-                if not self._changed.wait_for(lambda: self._pids or self._gone, timeout=30) or self._gone:
+                if not self._changed.wait_for(lambda: number in self._pids or self._gone, timeout=30):
+                    raise RuntimeError("the forking process did not start a command within 30 s")
+                if number not in self._pids:
                     raise RuntimeError("the forking process is gone")
-                pid = self._pids.pop(0)
+                pid = self._pids.pop(number)
         finally:
             os.close(devnull)
-        return LaunchedProcess(self, pid, ["rc-mta", *args])
+        return LaunchedProcess(self, number, pid, ["rc-mta", *args])
 
-    def exit_code(self, pid: int, timeout: float | None) -> int | None:
+    def exit_code(self, number: int, timeout: float | None) -> int | None:
+        """The exit status of the command of request ``number``, once it has exited."""
         with self._changed:
-            self._changed.wait_for(lambda: pid in self._exits or self._gone, timeout=timeout)
-            return self._exits.get(pid)
+            self._changed.wait_for(lambda: number in self._exits or self._gone, timeout=timeout)
+            if number not in self._exits and self._gone:
+                raise RuntimeError("the forking process is gone: the exit of its children is unknown")
+            return self._exits.pop(number, None)
 
     def run(
         self, args: Sequence[str], *, cwd: Path | str, env: Mapping[str, str] | None = None, timeout: float = 60
@@ -289,6 +334,24 @@ class Launcher:
     def close(self) -> None:
         self._channel.shutdown(socket.SHUT_RDWR)
         self._process.wait(10)
+
+
+# What the forking process starts with, whatever a test sets later (at conftest's import).
+BASE_ENVIRONMENT = dict(os.environ)
+# Read as an interpreter or a module starts, so a child cannot take them from its request:
+# Python's own settings, the locale, the time zone, the CA files (aiohttp builds its default
+# TLS context as it is imported).
+_READ_AT_START = ("PYTHON", "LANG", "LC_", "TZ", "SSL_CERT_")
+
+
+def _needs_interpreter(environment: Mapping[str, str]) -> bool:
+    """Whether a command with ``environment`` must start a new interpreter: it differs from
+    the forking process's in what is read at start, or RC_MTA_TEST_LAUNCHER=exec (every
+    command so, as before the launcher: a run to compare with)."""
+    if environment.get("RC_MTA_TEST_LAUNCHER") == "exec":
+        return True
+    names = {name for name in (*environment, *BASE_ENVIRONMENT) if name.startswith(_READ_AT_START)}
+    return any(environment.get(name) != BASE_ENVIRONMENT.get(name) for name in names)
 
 
 def _text(data: bytes) -> str:

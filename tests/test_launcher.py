@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import RcMta, wait_for_port
-from launcher import launcher
+from launcher import LaunchedProcess, launcher
 
 
 def interpreter(rc: RcMta, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -94,3 +94,17 @@ def test_a_killed_server_reports_the_signal_as_popen_does(fresh_rc: RcMta) -> No
     child.kill()
 
     assert child.wait(30) == -signal.SIGKILL
+
+
+def test_a_command_that_changes_what_an_interpreter_reads_at_start_gets_a_new_interpreter(tmp_path: Path) -> None:
+    same = launcher().popen(["--version"], cwd=tmp_path, stdout=subprocess.DEVNULL)
+    new_zone = launcher().popen(
+        ["--version"], cwd=tmp_path, env={**os.environ, "TZ": "Pacific/Auckland"}, stdout=subprocess.DEVNULL
+    )
+    asked = launcher().popen(
+        ["--version"], cwd=tmp_path, env={**os.environ, "RC_MTA_TEST_LAUNCHER": "exec"}, stdout=subprocess.DEVNULL
+    )
+
+    assert isinstance(same, LaunchedProcess)
+    assert isinstance(new_zone, subprocess.Popen) and isinstance(asked, subprocess.Popen)
+    assert same.wait(60) == new_zone.wait(60) == asked.wait(60) == 0

@@ -9,6 +9,7 @@ cap), clients bind 127.0.0.2, .3 ... to be other clients."""
 from __future__ import annotations
 
 import asyncio
+import asyncio.selector_events
 import os
 import re
 import resource
@@ -24,6 +25,7 @@ from conftest import REPLY_DOMAIN, RcMta, make_rc_mta, wait_until
 from test_hostile_protocol import RawSmtp, read_until_closed
 
 from rc_mta import smtp_replies as R
+from rc_mta.eventloop import ServingLoop
 
 
 def configure(rc: RcMta, **inbound: object) -> RcMta:
@@ -223,6 +225,14 @@ def test_500_clients_connecting_at_once_are_all_greeted(fresh_rc: RcMta) -> None
 
 def open_descriptors(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_the_serving_loop_still_finds_the_asyncio_methods_it_passes_through() -> None:
+    # rc_mta.eventloop overrides these two private methods of asyncio's selector loop; a
+    # Python that renamed them would silently bring the accept() storm back.
+    for name in ("_accept_connection", "_start_serving"):
+        assert name in vars(asyncio.selector_events.BaseSelectorEventLoop)
+        assert name in vars(ServingLoop)
 
 
 def test_when_file_descriptors_run_short_new_clients_get_421_and_service_resumes(fresh_rc: RcMta) -> None:
