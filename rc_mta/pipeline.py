@@ -196,6 +196,9 @@ class Decision:
     message_id: str = ""
     recorded: bool = False  # processed_messages has it already (written with the action)
     group: ApprovalGroup | None = None  # N of M: the group this answer decides in, with others
+    # Judged without reading how the task's N-of-M groups stand (``evaluate``, acting on a
+    # task in the store): ``act`` tries ``Store.answer_at_once``, which asks it as it writes.
+    groups_unread: bool = False
 
 
 @dataclass(frozen=True)
@@ -478,7 +481,16 @@ class Pipeline:
             action = TaskAction(decided)
         else:
             action = TaskAction(token.action.label)
+        if acting and self._acts_in_store:
+            # The usual case, an answer that decides alone, is tried first in the store's one
+            # transaction, which asks as it writes what the standing would say (``act``).
+            reply = R.TASK_ACTED.with_text(task_id=request.task_id, action_past=action.past)
+            return replace(base, reply=reply, outcome=Outcome(action.value), action=action, groups_unread=True)
+        return await self._as_groups_stand(base, request, action, acting=acting)
 
+    async def _as_groups_stand(self, base: Decision, request: Request, action: TaskAction, *, acting: bool) -> Decision:
+        """The decision as the task's N-of-M groups stand: refused, an approval to count, or
+        an action (in its group, or alone)."""
         # N of M: the one place that asks which group this answer decides in, or stands outside.
         standing = await self._read_by_key(self.store.approval_standing, request.id, request.task_id, self.clock())
         refusal = _group_refusal(request, standing)
@@ -515,9 +527,13 @@ class Pipeline:
             return decision
         attempt = new_attempt_id()
         inherited = False  # this attempt took up a claim whose earlier action may have acted
-        alone = decision.group is None
-        if alone and self._acts_in_store and await self._act_at_once(decision, request, action, attempt, actor, source):
-            return replace(decision, recorded=True)
+        if decision.groups_unread:
+            if await self._act_at_once(decision, request, action, attempt, actor, source):
+                return replace(decision, recorded=True)
+            # Nothing written: judged now as the groups stand, it takes the general path.
+            decision = await self._as_groups_stand(replace(decision, groups_unread=False), request, action, acting=True)
+            if decision.outcome not in _ACTING:
+                return decision  # answered already, by this very message
         # Counted from the claim: the action ends well before the claim may be taken for dead.
         deadline = asyncio.get_running_loop().time() + self.settings.tasks.action_deadline
         outcome, claim = await asyncio.to_thread(

@@ -835,9 +835,12 @@ class Store:
         for this attempt (already done), move the task, keep the comment, record the message.
 
         True when all of it was written. False when nothing was: the request was claimed
-        before (by anyone, this very message included), is revoked, is one of an N-of-M
-        group, or its task is not in progress; the caller then takes the general path (``claim`` and the backend), which
-        tells those cases apart. Exactly-once is the claim row's primary key, as there.
+        before (by anyone, this very message included), is revoked, is one of a group, or
+        its task has an N-of-M group that may still decide it (what ``approval_standing``
+        calls ``blocking``, asked here as the claim is written), or its task is not in
+        progress; the caller then reads the standing and takes the general path (``claim``
+        and the backend), which tells those cases apart. Exactly-once is the claim row's
+        primary key, as there.
         """
         values = {
             "request_id": answer.request_id,
@@ -856,7 +859,7 @@ class Store:
         try:
             with self._begin() as conn:
                 if conn.execute(_ANSWER.claim_done, values).rowcount != 1:
-                    raise _NotAtOnce  # revoked, one of several approvals, or no such request
+                    raise _NotAtOnce  # revoked, one of several approvals, a group's to decide, or no such request
                 if conn.execute(_ANSWER.move_task, values).rowcount != 1:
                     raise _NotAtOnce  # not in progress (or unknown): the general path says which
                 if answer.comment:
@@ -1447,7 +1450,8 @@ class Store:
         """Where an answer to this request stands: the group it decides in (None: alone) and
         how its decision stands, whether its owner's approval is counted there already, and a
         group of its task it is not part of that may still decide the task (then this answer
-        must not act). Every answer asks this: its statements are built once (``_APPROVALS``).
+        must not act). Every answer asks this (but one ``answer_at_once`` writes: it asks the
+        same as it writes), so its statements are built once (``_APPROVALS``).
         ``waits=False``: on the event loop (``_reading``)."""
         values = {"request_id": request_id, "task_id": task_id, "now": now}
         with self._reading(waits) as conn:
@@ -2004,6 +2008,7 @@ class _ApprovalStatements:
     own_group: Any  # the request's group (N of M) and its approval mark
     owner_counted: Any  # another request of the group, of the same owner, whose approval counted
     live_groups: Any  # the task's groups that may still decide it (not decided for good), oldest first
+    any_live_group: Any  # whether ``live_groups`` has one: a condition, for ``answer_at_once``'s claim
     alone: Any  # the task's requests outside any group that may still be answered
 
 
@@ -2028,6 +2033,7 @@ def _approval_statements() -> _ApprovalStatements:
         select(t.request_id).where(t.request_id == g.decided_request, t.state == "done").exists(),
     )
     with_decider = approval_groups.outerjoin(_DECIDER, _DECIDER.c.request_id == g.decided_request)
+    may_still_decide = (g.task_id == p("task_id"), ~decided_for_good, g.needed > 1, member_may_answer)
     return _ApprovalStatements(
         # Without a group of more than one approval, of the task or holding the request, the
         # request decides alone and nothing stands in its way: what the others then say.
@@ -2054,8 +2060,9 @@ def _approval_statements() -> _ApprovalStatements:
         .limit(1),
         live_groups=select(approval_groups, *_DECIDER_COLUMNS)
         .select_from(with_decider)
-        .where(g.task_id == p("task_id"), ~decided_for_good, g.needed > 1, member_may_answer)
+        .where(*may_still_decide)
         .order_by(g.created_at, g.id),
+        any_live_group=select(g.id).where(*may_still_decide).exists(),
         alone=select(r.id)
         .where(r.task_id == p("task_id"), may_be_answered)
         .where(~select(m.request_id).where(m.request_id == r.id).exists())
@@ -2497,6 +2504,9 @@ def _answer_statements() -> _AnswerStatements:
         requests.c.revoked_at.is_(None),
         # N of M: one answer never acts alone; the general path counts it.
         ~select(approval_members.c.request_id).where(approval_members.c.request_id == p("request_id")).exists(),
+        # Nor does one outside a group that may still decide its task (``approval_standing``'s
+        # ``blocking``): the general path refuses it, or waits.
+        ~_APPROVALS.any_live_group,
     )
     return _AnswerStatements(
         claim_done=insert(used_tokens).from_select(columns, claim_values).execution_options(preserve_rowcount=True),

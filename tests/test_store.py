@@ -647,6 +647,33 @@ def test_a_group_stands_in_the_way_while_one_of_its_requests_may_still_be_answer
     assert store.approval_standing(alone.id, task_id, time.time()).blocking is None
 
 
+def test_an_answer_at_once_asks_as_it_writes_whether_a_group_may_still_decide_the_task(store: Store) -> None:
+    """``answer_at_once`` applies exactly where ``approval_standing`` would let the answer act
+    alone: the pipeline reads the standing only when it did not."""
+    task = store.add_task("Deploy", ALICE, time.time())
+    alone = _asked(store, task.id, ALICE)
+    _asked(store, task.id, "erin@example.com", store.add_approval_group(task.id, 1, 1.0))  # one decides: no N of M
+    group = store.add_approval_group(task.id, 2, 2.0)
+    bob, carol = (_asked(store, task.id, f"{n}@example.com", group) for n in ("bob", "carol"))
+    assert store.approval_standing(alone.id, task.id, time.time()).blocking is not None
+
+    assert store.answer_at_once(_answer(alone)) is False
+
+    assert store.get_claim(alone.id) is None and _records(store, alone.id) == []
+    stored = store.get_task(task.id)
+    assert stored is not None and stored.status == "in_progress" and stored.comments == ()
+
+    for member in (bob, carol):  # nothing of the group is left to decide
+        assert store.revoke_unanswered_request(member.id, time.time(), 600)
+    assert store.approval_standing(alone.id, task.id, time.time()) == ApprovalStanding(None)
+
+    assert store.answer_at_once(_answer(alone)) is True
+
+    stored = store.get_task(task.id)
+    assert stored is not None and (stored.status, stored.acted_by) == ("completed", ALICE)
+    assert _records(store, alone.id) == [("TASK_ACTED", 250)]
+
+
 def test_an_answer_to_a_task_without_groups_stands_alone_after_one_statement(store: Store) -> None:
     """Every answer asks where it stands; nearly every task has no N-of-M group."""
     alone = _asked(store, "t-no-groups", ALICE)
