@@ -486,24 +486,34 @@ class Pipeline:
             # transaction, which asks as it writes what the standing would say (``act``).
             reply = R.TASK_ACTED.with_text(task_id=request.task_id, action_past=action.past)
             return replace(base, reply=reply, outcome=Outcome(action.value), action=action, groups_unread=True)
-        return await self._as_groups_stand(base, request, action, acting=acting)
+        return await self._as_groups_stand(base, request, action, acting=acting, claim=claim, sender=sender or "")
 
-    async def _as_groups_stand(self, base: Decision, request: Request, action: TaskAction, *, acting: bool) -> Decision:
+    async def _as_groups_stand(
+        self,
+        base: Decision,
+        request: Request,
+        action: TaskAction,
+        *,
+        acting: bool,
+        claim: Claim | None = None,
+        sender: str = "",
+    ) -> Decision:
         """The decision as the task's N-of-M groups stand: refused, an approval to count, or
-        an action (in its group, or alone)."""
+        an action (in its group, or alone). Without acting (``diagnose``), ``claim`` is the
+        request's as read, and ``sender`` the reply's From: what ``act`` would find in doubt."""
         # N of M: the one place that asks which group this answer decides in, or stands outside.
         standing = await self._read_by_key(self.store.approval_standing, request.id, request.task_id, self.clock())
         refusal = _group_refusal(request, standing)
         if refusal is not None:
             # The claim speaks first: the very message that acted, sent again, still gets its 250.
-            if acting and (claim := await self._read_by_key(self.store.get_claim, request.id)) and claim.done:
-                return _answered(base, request, claim)
+            if acting and (mine := await self._read_by_key(self.store.get_claim, request.id)) and mine.done:
+                return _answered(base, request, mine)
             raise refusal
         group = standing.group
         # Acting, these are asked as the claim is taken (``act``): two answers at once each see the
         # other's; in an N-of-M group the store asks it as it counts (``take_back_stale``).
-        if not acting and claim is not None and self._doubts(claim, action, sender or ""):
-            raise self._in_doubt(request, claim, action, sender or "")
+        if not acting and claim is not None and self._doubts(claim, action, sender):
+            raise self._in_doubt(request, claim, action, sender)
         if not acting and (stopped := await self._stopped_by_sibling(request)) is not None:
             raise stopped
         if group is not None and action is TaskAction.COMPLETE:
