@@ -103,10 +103,12 @@ def test_expiry_is_noted_on_the_embedded_task_and_a_late_reply_is_told_it_expire
     server.start()
     try:
         task = server.add_task()
-        address = server.request(task)["complete_address"]
+        request = server.request(task)
+        address = request["complete_address"]
         comments = wait_until(lambda: server.task(task)["comments"], what="the expiry noted on the task")
         assert [c["author"] for c in comments] == ["rc-mta"]
         assert comments[0]["text"].startswith(f"The email request to {ALICE} expired unanswered at ")
+        assert comments[0]["text"].endswith(f"; rc-mta sends no more reminders (request {request['request_id']}).")
         outcome = send_smtp(server.smtp_port, reply_message(address, "Done"), address)
         assert (outcome.code, outcome.enhanced) == (550, "5.7.1")
         assert "This completion request expired at " in outcome.text
@@ -130,9 +132,10 @@ def test_expiry_is_a_comment_on_the_release_task(tmp_path: Path) -> None:
     server = expiring_on(tmp_path, release)
     try:
         server.start()
-        server.cli_json("request", TASK, "--owner", ALICE)
+        sent = server.cli_json("request", TASK, "--owner", ALICE)
         comments: list[dict[str, Any]] = wait_until(lambda: release.comments(TASK), what="a comment in Release")
         assert comments[0]["text"].startswith(f"The email request to {ALICE} expired unanswered at ")
+        assert comments[0]["text"].endswith(f"(request {sent['request_id']}).")
         assert release.status(TASK) == "IN_PROGRESS" and not release.calls
     finally:
         server.stop()

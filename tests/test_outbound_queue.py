@@ -472,7 +472,7 @@ def test_request_failed_a_webhook_never_takes_is_given_up_with_an_error_after_th
 # A failed request told to Release: a comment on the task ---------------------------------------
 
 RELEASE_TASK = "Applications/Folder1/Release1/Phase1/Task1"
-ADVICE = "Check the address, then send the request again with `rc-mta request` or POST /v1/requests."
+ADVICE = "Check the address, then send the request again with `rc-mta request` or POST /v1/requests"
 
 
 def _failed_request_on_release(rc: RcMta, release: FakeRelease, port: int, answer: str) -> str:
@@ -517,10 +517,33 @@ def test_a_request_mail_the_relay_refuses_is_one_comment_on_the_release_task(fre
             "The email request to bob@example.com could not be delivered (127.0.0.1:"
             f"{port} answered: 550 5.1.1 <bob@example.com>: No such user \\u202egnp.exe and more from the relay"
         )
-        assert comment.endswith(f"...), so its owner was not asked by email. {ADVICE}")
-        assert "\u202e" not in comment and "\n" not in comment and len(comment) < 500
+        assert comment.endswith(f"...), so its owner was not asked by email. {ADVICE} (request {request_id}).")
+        assert "\u202e" not in comment and "\n" not in comment and len(comment) < 540  # the answer cut at 300
         assert release.calls_by("token-user", "POST", f"/api/v1/tasks/{RELEASE_TASK}/comment") == 1
         assert release.status(RELEASE_TASK) == "IN_PROGRESS" and not release.calls
+    finally:
+        release.stop()
+
+
+def test_two_requests_refused_in_the_same_words_are_two_comments_each_naming_its_request(fresh_rc: RcMta) -> None:
+    """A notice counts as said when the task holds its very text (``add_comment``): a second
+    request to the same owner, refused by the relay in the same words, must not pass for
+    the first one's notice, said already."""
+    release = FakeRelease(token=RELEASE_TOKEN).start()
+    port = free_port()
+    rc = _with_relay(fresh_rc, port)
+    refusal = "550 5.1.1 <bob@example.com>: No such user"
+    try:
+        first = _failed_request_on_release(rc, release, port, refusal)
+        _told(rc, first)
+        with running_relay(port, PASSWORD, answers=[refusal]):
+            again = rc.cli("request", RELEASE_TASK, "--owner", "bob@example.com", check=False)
+        second = again.stdout.split()[1]
+        _told(rc, second)
+
+        comments = [c["text"] for c in release.comments(RELEASE_TASK)]
+        assert first != second and len(comments) == 2
+        assert [c.endswith(f"(request {r}).") for c, r in zip(comments, (first, second), strict=True)] == [True, True]
     finally:
         release.stop()
 
@@ -545,7 +568,7 @@ def test_a_failed_request_is_commented_on_once_release_can_be_reached_again(fres
         [comment] = [c["text"] for c in release.comments(RELEASE_TASK)]
         assert comment == (
             f"The email request to bob@example.com could not be delivered (127.0.0.1:{port} answered:"
-            f" 550 5.7.1 Sender not allowed), so its owner was not asked by email. {ADVICE}"
+            f" 550 5.7.1 Sender not allowed), so its owner was not asked by email. {ADVICE} (request {request_id})."
         )
         assert release.calls_by("token-user", "POST", f"/api/v1/tasks/{RELEASE_TASK}/comment") == 1
         log = rc.log_path.read_text()

@@ -238,7 +238,7 @@ def test_a_post_that_could_not_connect_is_not_tried_again_on_a_task_done_meanwhi
     assert release.dropped_connects == 1 and not release.calls and not release.actions_on(TASK)
 
 
-NOTE, LATER_NOTE = expiry_note(ALICE, 1_900_000_000), expiry_note(ALICE, 1_900_000_060)  # two different minutes
+NOTE, LATER_NOTE = (expiry_note(ALICE, "4f1c0e2a9b7d3e65", t) for t in (1_900_000_000, 1_900_000_060))  # two minutes
 
 
 @pytest.mark.parametrize("lost", ["drop", "504", "late"])

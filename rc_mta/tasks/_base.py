@@ -47,21 +47,27 @@ def http_timeout(total: float) -> aiohttp.ClientTimeout:
     return aiohttp.ClientTimeout(total=total, sock_connect=min(CONNECT_SECONDS, total / 2), ceil_threshold=float("inf"))
 
 
-def expiry_note(owner: str, expired_at: float) -> str:
-    """What the task's comments say when a request expired unanswered."""
+def expiry_note(owner: str, request_id: str, expired_at: float) -> str:
+    """What the task's comments say when a request expired unanswered. The request's id
+    tells it from the task's other requests to the same owner (``rc-mta revoke``, the logs)."""
     when = datetime.fromtimestamp(expired_at, UTC).strftime("%Y-%m-%d %H:%M UTC")
-    return f"The email request to {owner} expired unanswered at {when}; rc-mta sends no more reminders."
+    return (
+        f"The email request to {owner} expired unanswered at {when}; rc-mta sends no more reminders"
+        f" (request {request_id})."
+    )
 
 
-def undelivered_note(owner: str, answer: str) -> str:
+def undelivered_note(owner: str, request_id: str, answer: str) -> str:
     """What the task's comments say when a request mail failed for good: ``answer`` is the
     relay's (or "not delivered within …" when the queue gave up), so it is made one line, its
     control characters escaped, and cut short. The same notice gives the same text, so a
-    retry can find it already said."""
+    retry can find it already said; the request's id keeps another request's notice, the
+    same owner refused in the same words, from passing for said."""
     why = excerpt(one_line(answer), ANSWER_CHARS) or "no reason given"
     return (
         f"The email request to {owner} could not be delivered ({why}), so its owner was not asked by email."
-        " Check the address, then send the request again with `rc-mta request` or POST /v1/requests."
+        f" Check the address, then send the request again with `rc-mta request` or POST /v1/requests"
+        f" (request {request_id})."
     )
 
 

@@ -33,7 +33,7 @@ class EmbeddedBackend:
         await self._set(task_id, FAILED, comment, actor)
 
     async def expired(self, task_id: str, owner: str, request_id: str, expired_at: float) -> None:
-        text = expiry_note(owner, expired_at)
+        text = expiry_note(owner, request_id, expired_at)
         await asyncio.to_thread(self._store.add_task_comment, task_id, "rc-mta", text, time.time())
 
     async def check(self) -> str:

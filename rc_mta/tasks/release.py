@@ -127,12 +127,12 @@ class ReleaseBackend:
 
     async def expired(self, task_id: str, owner: str, request_id: str, expired_at: float) -> None:
         """A comment on the task, so the people watching it in Release see it."""
-        await self.add_comment(task_id, expiry_note(owner, expired_at))
+        await self.add_comment(task_id, expiry_note(owner, request_id, expired_at))
 
     async def request_failed(self, task_id: str, request_id: str, owner: str, answer: str) -> None:
         """``RequestFailureListener``: a comment on the task, as for ``expired``, so the people
         watching it in Release learn that its owner never got the mail."""
-        await self.add_comment(task_id, undelivered_note(owner, answer))
+        await self.add_comment(task_id, undelivered_note(owner, request_id, answer))
 
     async def check(self) -> str:
         """A cheap authenticated read: proves Release answers and accepts our credentials."""
