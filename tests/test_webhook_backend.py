@@ -12,7 +12,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from pathlib import Path
@@ -499,6 +499,22 @@ _INHERITED = {
 }
 
 
+def bobs_post_may_have_acted(server: RcMta) -> tuple[dict[str, Any], dict[str, Any], Callable[[], Any]]:
+    """``server`` started, Alice's and Bob's requests of TASK, and Bob's answer sent once to a
+    receiver that answers 502 (it may have acted): his 451. With the two requests, the way
+    Bob's server sends that very message again."""
+    server.start()
+    alices, bobs = (server.cli_json("request", TASK, "--owner", owner) for owner in (ALICE, BOB))
+    bobs_answer = reply_message(bobs["complete_address"], "Ship it", sender=BOB)
+
+    def bob_sends() -> Any:  # the very same message each time, as his server retries it
+        return send_smtp(server.smtp_port, bobs_answer, bobs["complete_address"], mail_from=BOB)
+
+    first = bob_sends()
+    assert f"{first.code} {first.text}" == str(R.BACKEND_UNAVAILABLE), first
+    return alices, bobs, bob_sends
+
+
 @pytest.mark.parametrize("inherited", list(_INHERITED))
 @pytest.mark.parametrize("store", ["sqlite", "postgresql"])
 def test_a_retry_that_fails_cleanly_after_a_post_that_may_have_acted_keeps_the_doubt(
@@ -514,15 +530,7 @@ def test_a_retry_that_fails_cleanly_after_a_post_that_may_have_acted_keeps_the_d
     receiver = WebhookReceiver(answer=(502, {"detail": "upstream gave no answer"})).start()
     server = on_webhook(tmp_path, receiver, store, request)
     try:
-        server.start()
-        alices, bobs = (server.cli_json("request", TASK, "--owner", owner) for owner in (ALICE, BOB))
-        bobs_answer = reply_message(bobs["complete_address"], "Ship it", sender=BOB)
-
-        def bob_sends() -> Any:  # the very same message each time, as his server retries it
-            return send_smtp(server.smtp_port, bobs_answer, bobs["complete_address"], mail_from=BOB)
-
-        first = bob_sends()
-        assert f"{first.code} {first.text}" == str(R.BACKEND_UNAVAILABLE), first
+        alices, bobs, bob_sends = bobs_post_may_have_acted(server)
         if _INHERITED[inherited]:
             all_earlier(server, STALE_CLAIM_SECONDS + 1)
 
@@ -566,15 +574,7 @@ def test_a_refusal_of_the_retry_after_a_post_that_may_have_acted_is_told_and_the
     receiver = WebhookReceiver(answer=(502, {"detail": "upstream gave no answer"})).start()
     server = on_webhook(tmp_path, receiver, store, request)
     try:
-        server.start()
-        alices, bobs = (server.cli_json("request", TASK, "--owner", owner) for owner in (ALICE, BOB))
-        bobs_answer = reply_message(bobs["complete_address"], "Ship it", sender=BOB)
-
-        def bob_sends() -> Any:  # the very same message each time, as his server retries it
-            return send_smtp(server.smtp_port, bobs_answer, bobs["complete_address"], mail_from=BOB)
-
-        first = bob_sends()
-        assert first.code == 451, first
+        alices, bobs, bob_sends = bobs_post_may_have_acted(server)
         if _INHERITED[inherited]:
             all_earlier(server, STALE_CLAIM_SECONDS + 1)
         receiver.answer = (422, {"detail": "Change freeze until Monday"})
