@@ -214,7 +214,14 @@ def main() -> int:
         return 0
     if args.measure_refusals:
         where, refusals, server = args.measure_refusals
-        print(asyncio.run(_measure_refusals(Path(where), int(refusals), server)))
+        # rc-mta on the loop ``serve`` runs (``eventloop.run``); the sink on asyncio's own.
+        measure = _measure_refusals(Path(where), int(refusals), server)
+        if server == "sink":
+            print(asyncio.run(measure))
+        else:
+            from rc_mta import eventloop
+
+            print(eventloop.run(measure))
         return 0
     if shutil.which("valgrind") is None:
         raise SystemExit("bench/instructions.py needs valgrind (apt-get install valgrind)")
