@@ -446,7 +446,20 @@ class Pipeline:
         if token is None or request is None:
             token, request = await self._token_from_message(parsed)
         base = replace(base, token=token, request=request)
+        try:
+            return await self._answer(parsed, auth, base, token, request, acting=acting)
+        except Refusal as exc:
+            # Refused with the request known: the decision names it (the log line, the
+            # processed record, ``diagnose``'s token), and keeps the owner and binding checks.
+            return replace(base, reply=R.reply_for(exc), outcome=Outcome.REFUSE)
+        except TemporaryFailure as exc:
+            log.warning("temporary failure for request %s: %s", request.id, exc)
+            return replace(base, reply=R.reply_for(exc), outcome=Outcome.RETRY)
 
+    async def _answer(
+        self, parsed: ParsedReply, auth: AuthState, base: Decision, token: Token, request: Request, *, acting: bool
+    ) -> Decision:
+        """The reply of the request's owner, or not; bound to it, or not; what it answers."""
         sender = parsed.from_address
         owner_ok = sender is not None and sender == request.owner.lower()
         base.checks["owner"] = {"result": "pass" if owner_ok else "fail", "from": sender or "", "owner": request.owner}

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, RcMta
+from conftest import REPLY_DOMAIN, ROOT, RcMta
 from dnsserver import NsdServer
 from mailclient import reply_message, send_smtp
 from pydantic import ValidationError
@@ -202,6 +202,31 @@ def test_diagnose_judges_a_saved_reply_without_acting(fresh_rc: RcMta, tmp_path:
     assert report["token"]["task_id"] == task_id
     assert report["checks"]["owner"]["result"] == "pass"
     assert report["smtp_reply"].startswith("250 2.0.0")
+    assert fresh_rc.task(task_id)["status"] == "in_progress"
+
+
+def test_a_refused_answer_to_the_bare_address_still_names_its_request(fresh_rc: RcMta, tmp_path: Path) -> None:
+    """The token was found (through In-Reply-To) and is good; only the words are unclear: the
+    refusal must say so, not report the token invalid, and the log line must name the task."""
+    fresh_rc.write_config()
+    fresh_rc.start()
+    task_id = fresh_rc.add_task()
+    request = fresh_rc.request(task_id)
+    bare = f"rc@{REPLY_DOMAIN}"
+    unclear = reply_message(bare, "Let me check with the team first", in_reply_to=request["message_id"])
+    saved = tmp_path / "reply.eml"
+    saved.write_bytes(bytes(unclear))
+
+    report = json.loads(fresh_rc.cli("diagnose", "--json", "--client-ip", "127.0.0.1", str(saved)).stdout)
+    outcome = send_smtp(fresh_rc.smtp_port, unclear, bare)
+
+    assert report["smtp_reply"].startswith("550 5.6.0 Could not tell whether to complete or fail"), report
+    assert report["token"]["valid"] is True
+    assert (report["token"]["request_id"], report["token"]["task_id"]) == (request["request_id"], task_id)
+    assert report["checks"]["owner"]["result"] == "pass"
+    assert (outcome.code, outcome.enhanced) == (550, "5.6.0")
+    refused = [line for line in fresh_rc.log_path.read_text().splitlines() if "reply refuse" in line]
+    assert refused and task_id in refused[-1] and request["request_id"] in refused[-1], refused
     assert fresh_rc.task(task_id)["status"] == "in_progress"
 
 
