@@ -209,6 +209,34 @@ def test_signed_to_below_an_added_unsigned_to_is_what_counts(rc: RcMta) -> None:
     assert untouched(rc, task_id)
 
 
+@pytest.mark.parametrize("address", ["complete_address", "reply_to"])
+def test_owners_server_relaying_a_post_to_a_list_the_reply_address_was_added_to_acts_on_nothing(
+    rc: RcMta, address: str
+) -> None:
+    task_id, request = new_request(rc)
+    # Mallory, who saw the request, adds its reply address to corp.test's team list. Alice
+    # posts to the list about something else; corp.test's own server (SPF: 127.0.0.2) expands
+    # it, From and To as she wrote them, to every member: rc-mta among them.
+    post = reply_message("team@corp.test", "Approved, the offsite is on Friday", sender=OWNER, subject="Offsite")
+
+    outcome = send(rc.smtp_port, post, request[address], "team-bounces@corp.test", "127.0.0.2")
+
+    assert (outcome.code, outcome.enhanced) == (550, "5.7.21"), outcome
+    assert "written as an answer to this request" in outcome.text
+    assert untouched(rc, task_id)
+
+
+def test_owners_server_sending_the_reply_to_the_reply_address_still_completes(rc: RcMta) -> None:
+    task_id, request = new_request(rc)
+    answer = reply_message(request["reply_to"], "Approved", sender=OWNER, in_reply_to=request["message_id"])
+    answer["Cc"] = "bob@corp.test"
+
+    outcome = send(rc.smtp_port, answer, request["reply_to"], OWNER, "127.0.0.2")
+
+    assert outcome.code == 250, outcome
+    assert rc.task(task_id)["status"] == "completed"
+
+
 # Class 2: DKIM and the reader see the same bytes ---------------------------------------------
 
 

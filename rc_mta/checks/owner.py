@@ -33,7 +33,7 @@ class OwnerCheck:
         if spf is not None and spf.result == "pass":
             spf_domain = spf.facts.get("domain", "")
             if spf_domain and organizational_domain(spf_domain) == org:
-                proofs.append(OwnerProof("spf", spf_domain, None))
+                proofs.append(OwnerProof("spf", spf_domain, self.addresses.tokens_bound_by(context.addressed)))
         dkim = context.verdicts.get("dkim")
         for signature in dkim.signatures if dkim else ():
             if signature.result == "pass" and organizational_domain(signature.domain) == org:
