@@ -158,7 +158,7 @@ class SenderAuth:
         self.data_checks: tuple[Check, ...] = (dkim, arc, dmarc, from_listed)
         both = WhitelistCheck("whitelist", listed, ("envelope_from", "header_from"))
         self.mailbox_checks: tuple[Check, ...] = (both, dkim, arc, dmarc)
-        self.owner = OwnerCheck(self.addresses)
+        self.owner = OwnerCheck(resolver, self.addresses)
 
     def is_trusted_relay(self, ip: str | None) -> bool:
         return _in(ip, self.settings.inbound.trusted_relays)

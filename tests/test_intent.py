@@ -237,6 +237,24 @@ def test_owners_server_sending_the_reply_to_the_reply_address_still_completes(rc
     assert rc.task(task_id)["status"] == "completed"
 
 
+def test_signature_of_another_subdomain_does_not_speak_for_a_domain_that_asks_strict_alignment(rc: RcMta) -> None:
+    owner = "alice@strictnone.dmarc.test"  # p=none; adkim=s; aspf=s
+    task_id = rc.add_task(owner=owner)
+    request = rc.request(task_id)
+    answer = reply_message(request["complete_address"], "Approved", sender=owner)
+    # tenant.dmarc.test is held by someone else; relaxed alignment would let it sign for the
+    # whole organizational domain, which strictnone.dmarc.test's record says it may not.
+    raw = answer.as_bytes(policy=email.policy.SMTP)
+    key = (Path(__file__).parent / "keys" / "evil-sel2048.pem").read_bytes()
+    names = [name.encode() for name in CLIENT_SIGNED_FIELDS["gmail"]]
+    raw = bytes(dkim.sign(raw, b"sel", b"tenant.dmarc.test", key, include_headers=names)) + raw
+
+    outcome = send(rc.smtp_port, raw, request["complete_address"], "mallory@evil.test", "127.0.0.6")
+
+    assert (outcome.code, outcome.enhanced) == (550, "5.7.26"), outcome
+    assert untouched(rc, task_id)
+
+
 # Class 2: DKIM and the reader see the same bytes ---------------------------------------------
 
 
