@@ -9,7 +9,9 @@ corp.test; 127.0.0.6 is mallory's own server, SPF-valid for evil.test.
 
 from __future__ import annotations
 
+import base64
 import email.policy
+import hashlib
 import smtplib
 import socket
 import struct
@@ -252,6 +254,36 @@ def test_signature_of_another_subdomain_does_not_speak_for_a_domain_that_asks_st
     outcome = send(rc.smtp_port, raw, request["complete_address"], "mallory@evil.test", "127.0.0.6")
 
     assert (outcome.code, outcome.enhanced) == (550, "5.7.26"), outcome
+    assert untouched(rc, task_id)
+
+
+def signed_without_from(message: EmailMessage, fields: list[str]) -> bytes:
+    """``message`` signed by corp.test over ``fields`` without From, as RFC 6376 5.4 forbids
+    (dkimpy's sign() refuses to: its header generator is called directly)."""
+    raw = message.as_bytes(policy=email.policy.SMTP)
+    signer = dkim.DKIM(raw)
+    policy = dkim.CanonicalizationPolicy.from_c_value(b"relaxed/simple")
+    signer.hasher = hashlib.sha256
+    names = [name.encode() for name in fields]
+    body_hash = base64.b64encode(hashlib.sha256(policy.canonicalize_body(signer.body)).digest())
+    tags = [(b"v", b"1"), (b"a", b"rsa-sha256"), (b"c", b"relaxed/simple"), (b"d", b"corp.test"), (b"s", b"sel")]
+    tags += [(b"h", b":".join(names)), (b"bh", body_hash), (b"b", b"0" * 60)]
+    key = dkim.crypto.parse_pem_private_key(KEY)
+    return b"DKIM-Signature: " + signer.gen_header(tags, names, policy, b"DKIM-Signature", key) + raw
+
+
+def test_signature_that_does_not_sign_from_authenticates_no_from(rc: RcMta) -> None:
+    task_id, request = new_request(rc)
+    # Signed for mallory@corp.test by a corp.test signer that leaves From out of h=; she
+    # then writes alice's From on it: the signature still verifies, and says nothing of it.
+    note = reply_message(request["complete_address"], "Approved", sender="mallory@corp.test")
+    raw = signed_without_from(note, ["to", "subject", "date", "message-id"])
+    forged = raw.replace(b"Alice <mallory@corp.test>", f"Alice <{OWNER}>".encode())
+    assert forged != raw
+
+    outcome = send(rc.smtp_port, forged, request["complete_address"], "b@noreply.spf.test", "127.0.0.5")
+
+    assert outcome.code == 550, outcome
     assert untouched(rc, task_id)
 
 
