@@ -132,6 +132,21 @@ def test_client_that_dropped_the_plus_token_is_bound_by_its_signed_in_reply_to(r
     assert rc.task(task_id)["status"] == "completed"
 
 
+def test_a_complete_address_in_the_threading_fields_binds_no_complete(rc: RcMta) -> None:
+    task_id, request = new_request(rc)
+    complete_token = request["complete_address"].split("+", 1)[1].split("@", 1)[0]
+    # Mallory wrote to alice with Message-ID <rc.<the Complete token>@...> and Reply-To the
+    # bare rc@: alice's signed reply says no, to rc@, "in reply to" that id.
+    bare = f"rc@{REPLY_DOMAIN}"
+    answer = reply_message(bare, "No, not this one", sender=OWNER, in_reply_to=f"<rc.{complete_token}@{REPLY_DOMAIN}>")
+    signed_no = signed(answer, CLIENT_SIGNED_FIELDS["gmail"])
+
+    outcome = send(rc.smtp_port, signed_no, request["complete_address"], "mallory@evil.test", "127.0.0.6")
+
+    assert (outcome.code, outcome.enhanced) == (550, "5.7.21"), outcome
+    assert untouched(rc, task_id)
+
+
 def test_owners_signed_forward_of_the_request_cannot_be_replayed_to_a_reply_address(rc: RcMta) -> None:
     task_id, request = new_request(rc)
     # Alice forwards the request to a colleague: "should I approve this?" Her server signs it.

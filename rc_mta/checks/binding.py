@@ -7,7 +7,9 @@ signs. The rule (README, "Sender authentication"):
 
 - its signed To or Cc names the very reply address acted on (``rc+<token>@``), or
 - its signed To or Cc names our bare address (``rc@``, a client that dropped the
-  ``+token``) and its signed In-Reply-To or References holds the request's Message-ID.
+  ``+token``) and its signed In-Reply-To or References holds the request's Message-ID,
+  which carries the request's decide-from-reply token (a Complete or Fail token there
+  was put in a Message-ID by whoever wrote the message answered: it binds nothing).
 
 An SPF pass aligned with the From domain shows that the owner's own server handed this
 transaction to us (or to the trusted receiver that stamped it), and nothing about its
@@ -25,7 +27,7 @@ from email.message import Message
 from email.utils import getaddresses
 
 from rc_mta.headers import unfold
-from rc_mta.tokens import TOKEN_LENGTH
+from rc_mta.tokens import TOKEN_LENGTH, Action, claimed_action
 
 MAX_FIELD_CHARS = 16384
 BINDING_NAMES = frozenset({"to", "cc", "in-reply-to", "references"})
@@ -83,5 +85,6 @@ class RequestAddresses:
             for name, value in fields:
                 if name in ("in-reply-to", "references"):
                     # The end: the request a reply answers is the last id of a long References.
-                    tokens.update(token.lower() for token in self.tokens_in(value[-MAX_FIELD_CHARS:]))
+                    threaded = self.tokens_in(value[-MAX_FIELD_CHARS:])
+                    tokens.update(t.lower() for t in threaded if claimed_action(t) is Action.REPLY)
         return frozenset(tokens)
