@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from . import budget, metrics
 from . import smtp_replies as R
 from .authresults import strip_forged_authentication_results
+from .checks.binding import addressed_fields
 from .config import Settings
 from .errors import (
     ActionNotRecorded,
@@ -400,11 +401,16 @@ class Pipeline:
         then DKIM, DMARC, the From whitelist and the owner rule), or a mailbox's trusted stamps.
         ``light``: the message is small and plain enough to verify on the loop."""
         auth = self.sender_auth
+        addressed = addressed_fields(parsed.message)
         try:
             if inbound.client is None:
-                return await auth.at_mailbox(raw, envelope_sender, parsed.from_address, inbound.trusted_ids, light)
+                return await auth.at_mailbox(
+                    raw, envelope_sender, parsed.from_address, inbound.trusted_ids, light, addressed
+                )
             state = inbound.mail_auth or await auth.at_mail(inbound.client, inbound.mail_from or "")
-            return await auth.at_data(inbound.client, inbound.mail_from, raw, parsed.from_address, state, light)
+            return await auth.at_data(
+                inbound.client, inbound.mail_from, raw, parsed.from_address, state, light, addressed
+            )
         except Exception:
             log.exception("sender authentication failed")
             return AuthState(refusal=R.INTERNAL_ERROR)
@@ -480,7 +486,10 @@ class Pipeline:
             }
             if proof is None:
                 domains = ", ".join(dict.fromkeys(p.domain for p in auth.proofs))
-                return replace(base, reply=R.NOT_BOUND_TO_REQUEST.with_text(domain=domains or request.owner))
+                unbound = R.NOT_BOUND_TO_REQUEST
+                if all(p.method == "spf" for p in auth.proofs):  # no signature: the fields it sent
+                    unbound = R.NOT_ADDRESSED_TO_REQUEST
+                return replace(base, reply=unbound.with_text(domain=domains or request.owner))
 
         # Acting, the claim itself says whether the request was answered: no extra read.
         claim = await self._read_by_key(self.store.get_claim, request.id) if not acting else None

@@ -69,7 +69,7 @@ class AuthState:
     def binds(self, token: str) -> OwnerProof | None:
         """The proof that authenticates an action on reply token ``token``, if any."""
         for proof in self.proofs:
-            if proof.tokens is None or token.lower() in proof.tokens:
+            if token.lower() in proof.tokens:
                 return proof
         return None
 
@@ -158,7 +158,7 @@ class SenderAuth:
         self.data_checks: tuple[Check, ...] = (dkim, arc, dmarc, from_listed)
         both = WhitelistCheck("whitelist", listed, ("envelope_from", "header_from"))
         self.mailbox_checks: tuple[Check, ...] = (both, dkim, arc, dmarc)
-        self.owner = OwnerCheck(self.addresses)
+        self.owner = OwnerCheck(resolver, self.addresses)
 
     def is_trusted_relay(self, ip: str | None) -> bool:
         return _in(ip, self.settings.inbound.trusted_relays)
@@ -283,8 +283,10 @@ class SenderAuth:
         header_from: str | None,
         state: AuthState,
         light: bool = False,
+        addressed: tuple[tuple[str, str], ...] = (),
     ) -> AuthState:
-        """DKIM, DMARC, the header-From whitelist, and whether the From is authenticated."""
+        """DKIM, DMARC, the header-From whitelist, and whether the From is authenticated.
+        ``addressed``: the message's own To/Cc/In-Reply-To/References (``CheckContext``)."""
         if state.exempt or state.refusal:
             return state
         # A front MTA's own verdicts about the transaction it received (SPF, DMARC). DKIM we
@@ -292,7 +294,7 @@ class SenderAuth:
         trusted = self.checks.trusted_authserv_ids if self.relays_verdicts(client) else ()
         stamped = self._stamped(raw, trusted, header_from)
         context = CheckContext(
-            client.ip or "", client.helo or "", mail_from, raw, header_from, state.verdicts, stamped, light
+            client.ip or "", client.helo or "", mail_from, raw, header_from, state.verdicts, stamped, light, addressed
         )
         return await self._data_stage(self.data_checks, context, state)
 
@@ -303,12 +305,13 @@ class SenderAuth:
         header_from: str | None,
         trusted_ids: Sequence[str],
         light: bool = False,
+        addressed: tuple[tuple[str, str], ...] = (),
     ) -> AuthState:
         """Mailbox mode has no SMTP facts: DKIM is verified here; SPF and DMARC are taken from
         the Authentication-Results of the receiving server we trust (by authserv-id) only."""
         state = AuthState()
         stamped = self._stamped(raw, trusted_ids, header_from)
-        context = CheckContext("", "", mail_from, raw, header_from, state.verdicts, stamped, light)
+        context = CheckContext("", "", mail_from, raw, header_from, state.verdicts, stamped, light, addressed)
         return await self._data_stage(self.mailbox_checks, context, state)
 
     async def _data_stage(self, checks: Sequence[Check], context: CheckContext, state: AuthState) -> AuthState:

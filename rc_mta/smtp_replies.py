@@ -180,6 +180,15 @@ NOT_BOUND_TO_REQUEST = _reply(
     "The signature of {domain} on this message does not show it was written as an answer to this request "
     "(its signed To/Cc must name the reply address): answer with Reply or a button of the request email",
 )
+# Only an SPF pass authenticates it: the owner's server sent it, addressed to someone else
+# (a list or alias the reply address was added to): its own To/Cc must name the address.
+NOT_ADDRESSED_TO_REQUEST = _reply(
+    "NOT_ADDRESSED_TO_REQUEST",
+    550,
+    "5.7.21",
+    "This message from a server of {domain} was not written as an answer to this request "
+    "(its To/Cc must name the reply address): answer with Reply or a button of the request email",
+)
 DKIM_FAIL = _reply("DKIM_FAIL", 550, "5.7.20", "No valid DKIM signature: {why}")
 # {why}: the policy, and what an ARC seal on the message did not do (checks/arc.py).
 DMARC_REJECT = _reply("DMARC_REJECT", 550, "5.7.1", "Rejected by the DMARC policy of {domain}: {why}", echo_limit=120)

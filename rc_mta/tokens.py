@@ -191,6 +191,18 @@ def _b32decode(text: str) -> bytes:
     return int(text.translate(_BASE32_AS_DIGITS), 32).to_bytes(TOKEN_LENGTH * 5 // 8, "big")
 
 
+def claimed_action(text: str) -> Action | None:
+    """The action a token's text says, before any check of its MAC; None for text that is
+    no token. Only to tell which of the tokens a message names could be a request's own."""
+    if len(text) != TOKEN_LENGTH:
+        return None
+    try:
+        raw = _b32decode(text)
+    except (binascii.Error, ValueError):
+        return None
+    return _ACTIONS.get(_HEADER.unpack(raw[: _HEADER.size])[3])
+
+
 def _owner_bytes(owner: str) -> bytes:
     return owner.strip().lower().encode("utf-8")
 

@@ -46,6 +46,8 @@ def test_aligned_dkim_passes_a_reject_policy(resolver: DnsResolver) -> None:
         "record_domain": "reject.dmarc.test",
         "spf_aligned": "no",
         "dkim_aligned": "yes",
+        "adkim": "r",
+        "aspf": "r",
     }
 
 

@@ -184,6 +184,29 @@ def test_move_files_replies_in_processed_and_forgeries_in_rejected(
     assert all("\\Seen" not in flags for flags, _ in dovecot.messages("Processed"))
 
 
+def test_a_post_stamped_spf_pass_but_addressed_to_a_list_acts_on_nothing(
+    servers: Callable[..., RcMta], dovecot: Dovecot
+) -> None:
+    server = servers(disposition="move")
+    task_id = server.add_task()
+    address = server.request(task_id)["complete_address"]
+    # The owner's post to a list someone added the reply address to: the owner's own server
+    # sent it (the trusted receiver stamped spf=pass), but to the list, not to the request.
+    post = reply_message(
+        "team@example.com",
+        "Approved, the offsite is on Friday",
+        headers={"Authentication-Results": TRUSTED_STAMP, "Delivered-To": address},
+    )
+    dovecot.deliver(post)
+    server.start()
+
+    wait_until(lambda: len(dovecot.messages("Rejected")) == 1, what="the post in Rejected")
+
+    assert message_ids(dovecot.messages("Rejected")) == [post["Message-ID"]]
+    task = server.task(task_id)
+    assert task["status"] == "in_progress" and task["comments"] == []
+
+
 def test_keep_flags_handled_replies_and_never_acts_on_them_twice(
     servers: Callable[..., RcMta], dovecot: Dovecot
 ) -> None:

@@ -9,7 +9,9 @@ corp.test; 127.0.0.6 is mallory's own server, SPF-valid for evil.test.
 
 from __future__ import annotations
 
+import base64
 import email.policy
+import hashlib
 import smtplib
 import socket
 import struct
@@ -130,6 +132,21 @@ def test_client_that_dropped_the_plus_token_is_bound_by_its_signed_in_reply_to(r
     assert rc.task(task_id)["status"] == "completed"
 
 
+def test_a_complete_address_in_the_threading_fields_binds_no_complete(rc: RcMta) -> None:
+    task_id, request = new_request(rc)
+    complete_token = request["complete_address"].split("+", 1)[1].split("@", 1)[0]
+    # Mallory wrote to alice with Message-ID <rc.<the Complete token>@...> and Reply-To the
+    # bare rc@: alice's signed reply says no, to rc@, "in reply to" that id.
+    bare = f"rc@{REPLY_DOMAIN}"
+    answer = reply_message(bare, "No, not this one", sender=OWNER, in_reply_to=f"<rc.{complete_token}@{REPLY_DOMAIN}>")
+    signed_no = signed(answer, CLIENT_SIGNED_FIELDS["gmail"])
+
+    outcome = send(rc.smtp_port, signed_no, request["complete_address"], "mallory@evil.test", "127.0.0.6")
+
+    assert (outcome.code, outcome.enhanced) == (550, "5.7.21"), outcome
+    assert untouched(rc, task_id)
+
+
 def test_owners_signed_forward_of_the_request_cannot_be_replayed_to_a_reply_address(rc: RcMta) -> None:
     task_id, request = new_request(rc)
     # Alice forwards the request to a colleague: "should I approve this?" Her server signs it.
@@ -204,6 +221,82 @@ def test_signed_to_below_an_added_unsigned_to_is_what_counts(rc: RcMta) -> None:
     forged = f"To: {request['complete_address']}\r\n".encode() + raw
 
     outcome = send(rc.smtp_port, forged, request["complete_address"], "mallory@evil.test", "127.0.0.6")
+
+    assert outcome.code == 550, outcome
+    assert untouched(rc, task_id)
+
+
+@pytest.mark.parametrize("address", ["complete_address", "reply_to"])
+def test_owners_server_relaying_a_post_to_a_list_the_reply_address_was_added_to_acts_on_nothing(
+    rc: RcMta, address: str
+) -> None:
+    task_id, request = new_request(rc)
+    # Mallory, who saw the request, adds its reply address to corp.test's team list. Alice
+    # posts to the list about something else; corp.test's own server (SPF: 127.0.0.2) expands
+    # it, From and To as she wrote them, to every member: rc-mta among them.
+    post = reply_message("team@corp.test", "Approved, the offsite is on Friday", sender=OWNER, subject="Offsite")
+
+    outcome = send(rc.smtp_port, post, request[address], "team-bounces@corp.test", "127.0.0.2")
+
+    assert (outcome.code, outcome.enhanced) == (550, "5.7.21"), outcome
+    assert "written as an answer to this request" in outcome.text
+    assert untouched(rc, task_id)
+
+
+def test_owners_server_sending_the_reply_to_the_reply_address_still_completes(rc: RcMta) -> None:
+    task_id, request = new_request(rc)
+    answer = reply_message(request["reply_to"], "Approved", sender=OWNER, in_reply_to=request["message_id"])
+    answer["Cc"] = "bob@corp.test"
+
+    outcome = send(rc.smtp_port, answer, request["reply_to"], OWNER, "127.0.0.2")
+
+    assert outcome.code == 250, outcome
+    assert rc.task(task_id)["status"] == "completed"
+
+
+def test_signature_of_another_subdomain_does_not_speak_for_a_domain_that_asks_strict_alignment(rc: RcMta) -> None:
+    owner = "alice@strictnone.dmarc.test"  # p=none; adkim=s; aspf=s
+    task_id = rc.add_task(owner=owner)
+    request = rc.request(task_id)
+    answer = reply_message(request["complete_address"], "Approved", sender=owner)
+    # tenant.dmarc.test is held by someone else; relaxed alignment would let it sign for the
+    # whole organizational domain, which strictnone.dmarc.test's record says it may not.
+    raw = answer.as_bytes(policy=email.policy.SMTP)
+    key = (Path(__file__).parent / "keys" / "evil-sel2048.pem").read_bytes()
+    names = [name.encode() for name in CLIENT_SIGNED_FIELDS["gmail"]]
+    raw = bytes(dkim.sign(raw, b"sel", b"tenant.dmarc.test", key, include_headers=names)) + raw
+
+    outcome = send(rc.smtp_port, raw, request["complete_address"], "mallory@evil.test", "127.0.0.6")
+
+    assert (outcome.code, outcome.enhanced) == (550, "5.7.26"), outcome
+    assert untouched(rc, task_id)
+
+
+def signed_without_from(message: EmailMessage, fields: list[str]) -> bytes:
+    """``message`` signed by corp.test over ``fields`` without From, as RFC 6376 5.4 forbids
+    (dkimpy's sign() refuses to: its header generator is called directly)."""
+    raw = message.as_bytes(policy=email.policy.SMTP)
+    signer = dkim.DKIM(raw)
+    policy = dkim.CanonicalizationPolicy.from_c_value(b"relaxed/simple")
+    signer.hasher = hashlib.sha256
+    names = [name.encode() for name in fields]
+    body_hash = base64.b64encode(hashlib.sha256(policy.canonicalize_body(signer.body)).digest())
+    tags = [(b"v", b"1"), (b"a", b"rsa-sha256"), (b"c", b"relaxed/simple"), (b"d", b"corp.test"), (b"s", b"sel")]
+    tags += [(b"h", b":".join(names)), (b"bh", body_hash), (b"b", b"0" * 60)]
+    key = dkim.crypto.parse_pem_private_key(KEY)
+    return b"DKIM-Signature: " + signer.gen_header(tags, names, policy, b"DKIM-Signature", key) + raw
+
+
+def test_signature_that_does_not_sign_from_authenticates_no_from(rc: RcMta) -> None:
+    task_id, request = new_request(rc)
+    # Signed for mallory@corp.test by a corp.test signer that leaves From out of h=; she
+    # then writes alice's From on it: the signature still verifies, and says nothing of it.
+    note = reply_message(request["complete_address"], "Approved", sender="mallory@corp.test")
+    raw = signed_without_from(note, ["to", "subject", "date", "message-id"])
+    forged = raw.replace(b"Alice <mallory@corp.test>", f"Alice <{OWNER}>".encode())
+    assert forged != raw
+
+    outcome = send(rc.smtp_port, forged, request["complete_address"], "b@noreply.spf.test", "127.0.0.5")
 
     assert outcome.code == 550, outcome
     assert untouched(rc, task_id)

@@ -37,14 +37,16 @@ class DkimSignature:
 class OwnerProof:
     """One thing that shows the From domain sent this message, and what it ties it to.
 
-    ``tokens`` is None for an aligned SPF pass (the owner's own server handed over this
-    very transaction: it is bound by itself); for a DKIM signature, or a trusted sealer's
-    ARC-Message-Signature, it is the reply tokens its signed fields name (``checks/binding.py``).
+    ``tokens`` are the reply tokens it may act on (``checks/binding.py``): for a DKIM
+    signature, or a trusted sealer's ARC-Message-Signature, those its signed fields name; for
+    an aligned SPF pass (the owner's server handed over this transaction, which covers no
+    field), those the message's own To/Cc name: the server may have sent it where its author
+    never addressed it (a list, an alias, a forwarding rule the reply address was added to).
     """
 
     method: str  # spf | dkim | arc
     domain: str
-    tokens: frozenset[str] | None
+    tokens: frozenset[str]
 
 
 @dataclass(frozen=True)
@@ -112,6 +114,9 @@ class CheckContext:
     verdicts: Mapping[str, Verdict] = field(default_factory=dict)
     stamped: Mapping[str, Verdict] = field(default_factory=dict)
     light: bool = False  # small and plain enough to verify on the event loop (budget.Cost.light)
+    # The message's own To, Cc, In-Reply-To and References fields (name lower case, value
+    # unfolded): what binds an SPF pass, which signs nothing, to a request.
+    addressed: tuple[tuple[str, str], ...] = ()
     # What DKIM and then ARC may still spend verifying this message (one for the message).
     verification: VerificationBudget = field(default_factory=VerificationBudget, compare=False)
 

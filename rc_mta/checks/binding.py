@@ -7,21 +7,45 @@ signs. The rule (README, "Sender authentication"):
 
 - its signed To or Cc names the very reply address acted on (``rc+<token>@``), or
 - its signed To or Cc names our bare address (``rc@``, a client that dropped the
-  ``+token``) and its signed In-Reply-To or References holds the request's Message-ID.
+  ``+token``) and its signed In-Reply-To or References holds the request's Message-ID,
+  which carries the request's decide-from-reply token (a Complete or Fail token there
+  was put in a Message-ID by whoever wrote the message answered: it binds nothing).
 
-An SPF pass aligned with the From domain needs no such proof: the owner's own server
-handed this very transaction to us (or to the trusted receiver that stamped it).
+An SPF pass aligned with the From domain shows that the owner's own server handed this
+transaction to us (or to the trusted receiver that stamped it), and nothing about its
+fields: a server also relays what its author sent elsewhere (a list or an alias that the
+reply address was added to, a forwarding rule). So it is bound by the same rule, read on
+the message's own To/Cc and threading fields (``addressed_fields``): whatever the server
+handed over, its author addressed it to the request, or it acts on nothing.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from email.message import Message
 from email.utils import getaddresses
 
-from rc_mta.tokens import TOKEN_LENGTH
+from rc_mta.headers import unfold
+from rc_mta.tokens import TOKEN_LENGTH, Action, claimed_action
 
 MAX_FIELD_CHARS = 16384
+BINDING_NAMES = frozenset({"to", "cc", "in-reply-to", "references"})
+
+
+def addressed_fields(message: Message) -> tuple[tuple[str, str], ...]:
+    """The To, Cc, In-Reply-To and References fields of ``message`` (parsed with compat32:
+    raw values), names lower case, values unfolded: what an SPF pass is bound by. The header
+    section's size is bounded before it is parsed; ``tokens_bound_by`` bounds each value."""
+    try:
+        items = message.raw_items()
+        return tuple(
+            (str(name).lower(), unfold(str(value)).strip())
+            for name, value in items
+            if str(name).lower() in BINDING_NAMES
+        )
+    except Exception:  # a header the library cannot give back: nothing is addressed
+        return ()
 
 
 class RequestAddresses:
@@ -61,5 +85,6 @@ class RequestAddresses:
             for name, value in fields:
                 if name in ("in-reply-to", "references"):
                     # The end: the request a reply answers is the last id of a long References.
-                    tokens.update(token.lower() for token in self.tokens_in(value[-MAX_FIELD_CHARS:]))
+                    threaded = self.tokens_in(value[-MAX_FIELD_CHARS:])
+                    tokens.update(t.lower() for t in threaded if claimed_action(t) is Action.REPLY)
         return frozenset(tokens)

@@ -55,6 +55,7 @@ MAX_SIGNATURE_BYTES = 4096
 # field for each distinct name (``budget.SELECT_STEPS``): 1,000 names over 1,000 fields cost
 # 50 ms a signature, twice for one that passes (its signed To and References are read again).
 MAX_SIGNED_NAMES = 100
+UNSIGNED_FROM = "h= does not list From, which every signature must sign (RFC 6376 5.4)"
 
 
 def signed_names(tags: dict[bytes, bytes]) -> list[bytes]:
@@ -184,6 +185,11 @@ def _signatures(
             found.append(_Signed(index))  # dkimpy says what is wrong, before any key lookup
             continue
         domain, selector = (tags.get(tag, b"").decode("ascii", "replace").strip() for tag in (b"d", b"s"))
+        if b"from" not in signed_names(tags):
+            # RFC 6376 6.1.1: ignored, PERMFAIL. dkimpy verifies it, yet a From written
+            # after signing rides on it: it would authenticate any sender for its domain.
+            found.append(_Signed(index, unusable=UNSIGNED_FROM, domain=domain.lower(), selector=selector))
+            continue
         name = key_name(tags[b"s"] + b"._domainkey." + tags[b"d"]) if b"s" in tags and b"d" in tags else None
         found.append(_Signed(index, name, None, domain.lower(), selector))
         tags_of[index] = tags

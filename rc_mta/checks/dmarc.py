@@ -119,11 +119,24 @@ async def find_dmarc_record(resolver: DnsResolver, from_domain: str) -> DmarcRec
     return parse_dmarc_record(text, org) if text is not None else None
 
 
-def _aligned(authenticated: str, from_domain: str, mode: str) -> bool:
-    authenticated = _normalize(authenticated)
+def aligned(authenticated: str, from_domain: str, mode: str) -> bool:
+    """``authenticated`` speaks for ``from_domain`` under ``mode``: "s" the very domain, "r"
+    (relaxed) any of its organizational domain."""
+    authenticated, from_domain = _normalize(authenticated), _normalize(from_domain)
     if mode == "s":
         return authenticated == from_domain
     return organizational_domain(authenticated) == organizational_domain(from_domain)
+
+
+async def alignment_modes(resolver: DnsResolver, from_domain: str) -> tuple[str, str]:
+    """(adkim, aspf): the alignment the From domain's DMARC record asks of DKIM and SPF;
+    relaxed, RFC 7489's default, where it publishes no usable record. DNS trouble raises
+    ``DnsTemporaryError``."""
+    try:
+        record = await find_dmarc_record(resolver, from_domain)
+    except (_MultipleRecords, DmarcRecordError):
+        return "r", "r"
+    return (record.adkim, record.aspf) if record is not None else ("r", "r")
 
 
 async def check_dmarc(
@@ -151,15 +164,17 @@ async def check_dmarc(
     policy = record.policy
     if record.domain != domain and record.subdomain_policy is not None:
         policy = record.subdomain_policy
-    spf_aligned = spf_result == "pass" and bool(spf_domain) and _aligned(spf_domain or "", domain, record.aspf)
+    spf_aligned = spf_result == "pass" and bool(spf_domain) and aligned(spf_domain or "", domain, record.aspf)
     dkim_passes = [s.domain for s in dkim if s.result == "pass"]
-    dkim_aligned = any(_aligned(d, domain, record.adkim) for d in dkim_passes)
+    dkim_aligned = any(aligned(d, domain, record.adkim) for d in dkim_passes)
     facts = {
         "policy": policy,
         "domain": domain,
         "record_domain": record.domain,
         "spf_aligned": "yes" if spf_aligned else "no",
         "dkim_aligned": "yes" if dkim_aligned else "no",
+        "adkim": record.adkim,  # the alignment the record asks for (the owner rule's too)
+        "aspf": record.aspf,
     }
     if spf_aligned or dkim_aligned:
         how = " and ".join(n for n, ok in (("SPF", spf_aligned), ("DKIM", dkim_aligned)) if ok)

@@ -1,5 +1,9 @@
 """The owner rule, "who": an SPF or a DKIM pass aligned with the From domain.
 
+Aligned as the From domain's DMARC record asks (``adkim``/``aspf``): relaxed by default,
+any domain of the same organizational domain; strict, the From domain itself, which a
+domain asks for when others hold some of its subdomains.
+
 Each such pass is kept as a proof with what it binds to (``OwnerProof``), and so is a
 trusted ARC sealer's record of one (``arc.py``: its ARC-Message-Signature shows what it
 signed); the pipeline then asks whether one of them covers the request acted on ("for
@@ -10,9 +14,11 @@ shows neither which fields were signed nor for whom: it is no proof here.
 
 from __future__ import annotations
 
+from rc_mta.dns import DnsResolver, DnsTemporaryError
+
 from ._base import CheckContext, OwnerProof, Verdict
 from .binding import RequestAddresses
-from .dmarc import organizational_domain
+from .dmarc import aligned, alignment_modes
 
 
 class OwnerCheck:
@@ -20,31 +26,46 @@ class OwnerCheck:
 
     name = "owner_auth"
 
-    def __init__(self, addresses: RequestAddresses) -> None:
+    def __init__(self, resolver: DnsResolver, addresses: RequestAddresses) -> None:
+        self.resolver = resolver
         self.addresses = addresses
 
     async def evaluate(self, context: CheckContext) -> Verdict:
         from_domain = context.from_domain
         if not from_domain:
             return Verdict("fail", "no usable From address")
-        org = organizational_domain(from_domain)
+        facts = {"domain": from_domain}
         proofs: list[OwnerProof] = []
         spf = context.verdicts.get("spf")
-        if spf is not None and spf.result == "pass":
-            spf_domain = spf.facts.get("domain", "")
-            if spf_domain and organizational_domain(spf_domain) == org:
-                proofs.append(OwnerProof("spf", spf_domain, None))
+        spf_domain = spf.facts.get("domain", "") if spf is not None and spf.result == "pass" else ""
         dkim = context.verdicts.get("dkim")
-        for signature in dkim.signatures if dkim else ():
-            if signature.result == "pass" and organizational_domain(signature.domain) == org:
-                tokens = self.addresses.tokens_bound_by(signature.binding_fields)
-                proofs.append(OwnerProof("dkim", signature.domain, tokens))
+        signatures = [s for s in (dkim.signatures if dkim else ()) if s.result == "pass"]
+        if spf_domain or signatures:
+            try:
+                adkim, aspf = await self._modes(from_domain, context.verdicts.get("dmarc"))
+            except DnsTemporaryError:
+                return Verdict("temperror", f"the DMARC record of {from_domain} could not be fetched", facts)
+            if spf_domain and aligned(spf_domain, from_domain, aspf):
+                proofs.append(OwnerProof("spf", spf_domain, self.addresses.tokens_bound_by(context.addressed)))
+            for signature in signatures:
+                if aligned(signature.domain, from_domain, adkim):
+                    tokens = self.addresses.tokens_bound_by(signature.binding_fields)
+                    proofs.append(OwnerProof("dkim", signature.domain, tokens))
         arc = context.verdicts.get("arc")
         proofs.extend(arc.proofs if arc else ())  # a trusted sealer vouching for from_domain
-        facts = {"domain": from_domain}
         if proofs:
             via = ", ".join(f"aligned {p.method.upper()} pass ({p.domain})" for p in proofs)
             return Verdict("pass", via, facts, proofs=tuple(proofs))
         if any(v.temporary for v in context.verdicts.values()):
             return Verdict("temperror", "DNS trouble while authenticating", facts)
         return Verdict("fail", f"no aligned SPF or DKIM pass for {from_domain}", facts)
+
+    async def _modes(self, from_domain: str, dmarc: Verdict | None) -> tuple[str, str]:
+        """(adkim, aspf) for ``from_domain``: as our DMARC evaluation read its record; relaxed
+        where a trusted receiver stamped a DMARC pass for it (it found an aligned pass under
+        the record's own modes); else the record looked up (a cached answer, mostly)."""
+        if dmarc is not None and not dmarc.stamped and "adkim" in dmarc.facts:
+            return dmarc.facts["adkim"], dmarc.facts.get("aspf", "r")
+        if dmarc is not None and dmarc.stamped and dmarc.result == "pass":
+            return "r", "r"
+        return await alignment_modes(self.resolver, from_domain)
