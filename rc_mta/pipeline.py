@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from . import budget, metrics
 from . import smtp_replies as R
 from .authresults import strip_forged_authentication_results
-from .checks.binding import addressed_fields
+from .checks.binding import addressed_fields, others_addressed
 from .config import Settings
 from .errors import (
     ActionNotRecorded,
@@ -490,6 +490,16 @@ class Pipeline:
                 if all(p.method == "spf" for p in auth.proofs):  # no signature: the fields it sent
                     unbound = R.NOT_ADDRESSED_TO_REQUEST
                 return replace(base, reply=unbound.with_text(domain=domains or request.owner))
+
+        if token.action is not Action.REPLY:
+            others = others_addressed(addressed_fields(parsed.message), self.sender_auth.addresses, sender)
+            if others:
+                shown = others[0] + (f" and {len(others) - 1} more" if len(others) > 1 else "")
+                word = token.action.label.capitalize()
+                refusal = R.BUTTON_WITH_OTHERS.with_text(
+                    others=shown, action=token.action.label, task_id=request.task_id, word=word
+                )
+                return replace(base, reply=refusal)
 
         # Acting, the claim itself says whether the request was answered: no extra read.
         claim = await self._read_by_key(self.store.get_claim, request.id) if not acting else None

@@ -189,6 +189,16 @@ NOT_ADDRESSED_TO_REQUEST = _reply(
     "This message from a server of {domain} was not written as an answer to this request "
     "(its To/Cc must name the reply address): answer with Reply or a button of the request email",
 )
+# A button's address (a fixed action) on a message that also went to other people: it may
+# answer one of them (a reply-all to a question whose Cc someone gave a button address).
+BUTTON_WITH_OTHERS = _reply(
+    "BUTTON_WITH_OTHERS",
+    550,
+    "5.7.1",
+    "This message went to {others} as well as to the {action} address of task {task_id}, so it may answer"
+    " something else: to {action} the task, press the button in the request email and send its message to"
+    " rc-mta alone, or reply to the request email starting with {word}",
+)
 DKIM_FAIL = _reply("DKIM_FAIL", 550, "5.7.20", "No valid DKIM signature: {why}")
 # {why}: the policy, and what an ARC seal on the message did not do (checks/arc.py).
 DMARC_REJECT = _reply("DMARC_REJECT", 550, "5.7.1", "Rejected by the DMARC policy of {domain}: {why}", echo_limit=120)

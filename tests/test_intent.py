@@ -272,6 +272,35 @@ def test_signature_of_another_subdomain_does_not_speak_for_a_domain_that_asks_st
     assert untouched(rc, task_id)
 
 
+@pytest.mark.parametrize("button", ["complete_address", "fail_address"])
+def test_a_reply_all_to_someone_elses_question_that_went_to_a_button_acts_on_nothing(rc: RcMta, button: str) -> None:
+    task_id, request = new_request(rc)
+    # Mallory, who saw a button address, asks alice something with it in Cc. Alice answers
+    # her, reply-all: signed by corp.test, To and Cc signed, and sent to the button as well.
+    answer = reply_message("mallory@evil.test", "Yes, it is broken: stop it", sender=OWNER, subject="Re: prod?")
+    answer["Cc"] = request[button]
+    answer["In-Reply-To"] = answer["References"] = "<question-1@evil.test>"
+
+    outcome = send(rc.smtp_port, signed(answer, CLIENT_SIGNED_FIELDS["gmail"]), request[button], OWNER, "127.0.0.2")
+
+    assert (outcome.code, outcome.enhanced) == (550, "5.7.1"), outcome
+    assert "went to mallory@evil.test as well" in outcome.text and "send its message to rc-mta alone" in outcome.text
+    assert untouched(rc, task_id)
+
+
+def test_a_buttons_message_copied_to_the_owner_herself_still_acts(rc: RcMta) -> None:
+    task_id, request = new_request(rc)
+    pressed = reply_message(request["fail_address"], "Tests are red", sender=OWNER, subject="Fail: Deploy")
+    pressed["Cc"] = f"Alice <{OWNER.upper()}>"  # a client that copies its user
+
+    outcome = send(
+        rc.smtp_port, signed(pressed, CLIENT_SIGNED_FIELDS["gmail"]), request["fail_address"], OWNER, "127.0.0.2"
+    )
+
+    assert outcome.code == 250, outcome
+    assert rc.task(task_id)["status"] == "failed"
+
+
 def signed_without_from(message: EmailMessage, fields: list[str]) -> bytes:
     """``message`` signed by corp.test over ``fields`` without From, as RFC 6376 5.4 forbids
     (dkimpy's sign() refuses to: its header generator is called directly)."""

@@ -48,6 +48,23 @@ def addressed_fields(message: Message) -> tuple[tuple[str, str], ...]:
         return ()
 
 
+def others_addressed(fields: Iterable[tuple[str, str]], ours: RequestAddresses, sender: str | None) -> list[str]:
+    """Who else the To and Cc of ``fields`` (``addressed_fields``) name: neither a reply
+    address of ours (``rc@``, ``rc+<token>@``) nor the sender's own. A Complete or Fail
+    button's mail names no one else; one that does may be a reply-all to someone's question
+    that also went to a button address (put in its Cc by whoever asked), and acting on it
+    would take "yes, it's broken" for Complete."""
+    addressed = [value[:MAX_FIELD_CHARS] for name, value in fields if name in ("to", "cc")]
+    own = (sender or "").lower()
+    found: list[str] = []
+    for _, address in getaddresses(addressed):
+        lowered = address.lower()
+        if not lowered or lowered == own or ours.is_ours(lowered) or lowered in found:
+            continue
+        found.append(lowered)
+    return found
+
+
 class RequestAddresses:
     """Finds our reply addresses and their tokens in header values."""
 
@@ -58,6 +75,11 @@ class RequestAddresses:
             rf"{re.escape(self.local_part)}[+.]([a-z2-7]{{{TOKEN_LENGTH}}})@{re.escape(self.reply_domain)}",
             re.IGNORECASE,
         )
+
+    def is_ours(self, address: str) -> bool:
+        """A reply address of ours, with or without a token (``address`` in lower case)."""
+        local, _, domain = address.rpartition("@")
+        return domain.rstrip(".") == self.reply_domain and local.partition("+")[0] == self.local_part
 
     def tokens_in(self, text: str) -> list[str]:
         """Tokens of ours inside a Message-ID list or text (``rc.<token>@`` or ``rc+<token>@``)."""
