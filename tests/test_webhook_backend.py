@@ -214,6 +214,21 @@ def test_a_connect_that_times_out_sent_nothing_but_a_post_left_unanswered_may_ha
         held.stop()
 
 
+def test_a_2xx_whose_body_trickles_in_is_done_at_once_not_a_post_that_may_have_acted() -> None:
+    """The receiver answered 200 (it acted) and sends its body a byte a second: the status is
+    its answer, so the action is done without waiting for the body. Waiting for it ran into
+    the timeout and called the outcome unknown: 451, Alice's claim and doubt kept, and her
+    sender's retry POSTed the same action again."""
+    receiver = WebhookReceiver(trickle=1.0).start()
+    try:
+        started = time.monotonic()
+        act(receiver, timeout=2.0)
+        took = time.monotonic() - started
+    finally:
+        receiver.stop()
+    assert len(receiver.payloads) == 1 and took < 1.5, took
+
+
 # The receiver's name, in a process whose DNS never answers (silent_dns).
 UNRESOLVED_POST = """
 import asyncio, json, os, time
