@@ -12,6 +12,7 @@ import random
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +26,9 @@ RESOLV_CONF = "nameserver {address}\noptions timeout:30 attempts:1\n"
 
 def run_where_names_hang(tmp_path: Path, code: str, timeout: float = 60.0) -> dict[str, Any]:
     """Run ``code`` (a Python script that prints one JSON object last) with every DNS look-up
-    unanswered; its object. The script should end with ``os._exit`` once it has printed,
-    rather than wait for the resolver's thread."""
+    unanswered; its object, with ``"exited_after"``: the seconds the process took in all.
+    A script that leaves asyncio's executor a look-up in flight waits for it as it ends (up
+    to glibc's 30 s) unless it leaves by ``os._exit``."""
     usable = os.geteuid() == 0 and shutil.which("unshare") is not None and shutil.which("mount") is not None
     require_server(usable, "root, unshare and mount (util-linux: a resolv.conf of the test's own)")
     address = f"127.{random.randint(1, 254)}.{random.randint(0, 255)}.{random.randint(1, 254)}"
@@ -38,11 +40,16 @@ def run_where_names_hang(tmp_path: Path, code: str, timeout: float = 60.0) -> di
         script.write_text(code)
         bind = 'mount --bind "$1" /etc/resolv.conf && exec "$2" "$3"'
         command = ["unshare", "--mount", "--propagation", "private", "sh", "-c", bind, "sh"]
-        done = subprocess.run(
-            [*command, str(conf), sys.executable, str(script)], capture_output=True, text=True, timeout=timeout
-        )
+        started = time.monotonic()
+        try:
+            done = subprocess.run(
+                [*command, str(conf), sys.executable, str(script)], capture_output=True, text=True, timeout=timeout
+            )
+        except subprocess.TimeoutExpired as late:
+            raise AssertionError(f"the script did not end within {timeout:g}s: {late.stdout!r}") from None
+        exited_after = time.monotonic() - started
     finally:
         hole.close()
     assert done.returncode == 0, done.stderr
     found: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    return found
+    return found | {"exited_after": exited_after}
