@@ -9,6 +9,14 @@ here: 56,000 tracebacks in 27 s, and clients left ungreeted for a minute, from a
 a little too low. rc-mta tells new clients ``421`` well before the limit
 (``inbound.limits``), so this happens only when the process's other descriptors eat the
 reserve; then it must stay one warning a second and a loop that keeps serving.
+
+And name look-ups (``getaddrinfo``: aiohttp's, aiosmtplib's, aioimaplib's connects) run in
+threads of their own, not in asyncio's default executor, where the store's calls run: a DNS
+server that never answers holds a look-up until glibc's resolver gives up (30 s for each
+nameserver at most, with each retry), and in that executor every store call queued behind
+such look-ups (aiohttp lets a look-up run on after the request that wanted it was cut),
+and the end of the loop waited for them all. A look-up's thread is a daemon: no one waits
+for it, and its answer is dropped once no one wants it.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ import asyncio
 import errno
 import logging
 import socket
+import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
@@ -52,12 +61,41 @@ class _ListenerOnce:
 
 
 class ServingLoop(asyncio.SelectorEventLoop):
-    """asyncio's selector loop, with accept() ending its round at the first resource error.
-    Overrides two private methods, by passing through: their arguments stay asyncio's."""
+    """asyncio's selector loop, with accept() ending its round at the first resource error
+    (two private methods overridden, by passing through: their arguments stay asyncio's),
+    and name look-ups each in a daemon thread of its own (``getaddrinfo``)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.set_exception_handler(_exception_handler)
+
+    async def getaddrinfo(
+        self, host: Any, port: Any, *, family: int = 0, type: int = 0, proto: int = 0, flags: int = 0
+    ) -> list[Any]:
+        """``socket.getaddrinfo`` as asyncio's, but off the default executor (see above)."""
+        found: asyncio.Future[list[Any]] = self.create_future()
+
+        def answer(result: list[Any] | None, error: BaseException | None) -> None:
+            if found.done():
+                return  # no one waits for it any more
+            if error is not None:
+                found.set_exception(error)
+            else:
+                found.set_result(result or [])
+
+        def look_up() -> None:
+            try:
+                result: list[Any] | None = socket.getaddrinfo(host, port, family, type, proto, flags)
+                error: BaseException | None = None
+            except Exception as exc:  # handed to the caller, as the executor would
+                result, error = None, exc
+            try:
+                self.call_soon_threadsafe(answer, result, error)
+            except RuntimeError:
+                pass  # the loop is closed: rc-mta is gone
+
+        threading.Thread(target=look_up, name="getaddrinfo", daemon=True).start()
+        return await found
 
     def _accept_connection(self, protocol_factory: Any, sock: Any, *args: Any, **kwargs: Any) -> None:
         listener = sock.sock if isinstance(sock, _ListenerOnce) else sock

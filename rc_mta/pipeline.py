@@ -361,7 +361,13 @@ class Pipeline:
         """The message read once: a small, plain one (``budget.Cost.light``) here on the loop,
         where it costs less than a thread hop; any other in the reading pool, where store calls
         keep their own threads, and a pool with a queue already answers 451 now rather than
-        make the sender wait. The flag says which, so DKIM verification follows suit."""
+        make the sender wait. The flag says which, so DKIM verification follows suit.
+
+        Over ``[inbound] max_message_size`` it is refused unread, whatever the door: SMTP
+        refuses it at DATA already, and a mailbox's poller reads no more of it than one byte
+        past the limit (``message_limit``), so no message costs more to read than SMTP allows."""
+        if len(raw) > self.message_limit:
+            raise MessageRefused(R.MESSAGE_TOO_BIG.with_text(limit=self.message_limit))
         if len(raw) <= budget.INLINE_BYTES:
             canonical, cost = measured_message(raw, self.limits)
             if cost.light:
@@ -369,6 +375,12 @@ class Pipeline:
                 return canonical, parse_reply(view, envelope_sender=envelope_sender), True
         canonical, parsed = await self.reader.admit(read_message, raw, envelope_sender, self.limits)
         return canonical, parsed, False
+
+    @property
+    def message_limit(self) -> int:
+        """The largest message read (``[inbound] max_message_size``); a door that reads a
+        message itself (a mailbox) reads at most one byte more, enough to know it is over."""
+        return int(self.settings.inbound.max_message_size)
 
     async def recipients_from_headers(
         self, parsed: ParsedReply, message_id: str

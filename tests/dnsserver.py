@@ -74,9 +74,18 @@ class NsdServer:
 
 
 class BlackHole:
-    """A DNS 'server' that reads queries and never answers (UDP and TCP)."""
+    """A DNS 'server' that reads queries and never answers (UDP and TCP): on a free loopback
+    port, or on ``host``'s port 53, where the system resolver asks (which takes root)."""
 
-    def __init__(self) -> None:
+    def __init__(self, host: str | None = None) -> None:
+        if host is not None:
+            self.port = 53
+            self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            self.tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            self.udp.bind((host, self.port))
+            self.tcp.bind((host, self.port))
+            self.tcp.listen(16)
+            return
         # The same port for UDP and TCP: retry until a UDP port is free for TCP too.
         for _ in range(50):
             self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

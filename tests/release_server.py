@@ -33,9 +33,10 @@ itself once that many connects were given up, ``dropped_connects`` counting them
 calls whose path starts with one of these: a Release failing part-way through a round),
 ``delay`` (every answer is late), ``action_delay`` (complete/fail
 take effect at once, the answer comes late, as a slow Release that commits before it
-answers), ``gateway_errors`` (a proxy's 502 for the next calls, before or after Release
-acted), ``script`` (the next calls, in order: each answered late, with a status or as
-usual), ``lost_comment_answers`` (how the answers to the next comment POSTs go astray after
+answers), ``gateway_errors`` (a proxy's 502, or ``gateway_status``: a 504 that gave up
+waiting, a 500, for the next calls, before or after Release acted), ``script`` (the next
+calls, in order: each answered late, with a status or as usual),
+``lost_comment_answers`` (how the answers to the next comment POSTs go astray after
 Release added the comment, one each: ``"drop"`` the connection closes without an answer,
 ``"504"`` a proxy that gave up waiting, ``"late"`` the answer comes ``LATE_SECONDS`` late),
 and ``calls``/``actions`` (what arrived, what changed), ``seen`` (every call served:
@@ -109,6 +110,7 @@ class FakeRelease:
     dropped_connects: int = 0  # connects given up while silent (counted when silent_connects is set)
     gateway_errors: int = 0  # the next N complete/fail calls get a proxy's 502 ...
     gateway_error_acts: bool = False  # ... after Release did act (True) or before it saw them
+    gateway_status: int = 502  # ... with this status
     script: list[tuple[float, int | None]] = field(default_factory=list)  # next calls: (late by, status or None)
     lost_comment_answers: list[str] = field(default_factory=list)  # drop | 504 | late, one per comment POST
     tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -440,7 +442,7 @@ class FakeRelease:
             bad_gateway = self.gateway_errors > 0
             self.gateway_errors -= bad_gateway
             if bad_gateway and not self.gateway_error_acts:
-                return _error(502, "Bad Gateway")
+                return _error(self.gateway_status, "Bad Gateway")
             task = self.tasks.get(task_id)
             if task is None:
                 return _error(404, f"Repository entity [{task_id}] not found")
@@ -462,7 +464,7 @@ class FakeRelease:
         if self.action_delay:
             await asyncio.sleep(self.action_delay)
         if bad_gateway:
-            return _error(502, "Bad Gateway")
+            return _error(self.gateway_status, "Bad Gateway")
         return web.json_response(answer)
 
 

@@ -127,6 +127,22 @@ def test_forged_reply_is_moved_to_rejected_and_task_untouched(rc_graph: RcMta, g
     assert "rejected" in rc_graph.log_path.read_text()
 
 
+def test_a_reply_over_max_message_size_is_moved_to_rejected_unread(rc_graph: RcMta, graph: GraphServer) -> None:
+    """As SMTP refuses it at DATA: at most one byte past [inbound] max_message_size is read of
+    a message's MIME, and a message over it is refused unread, its task untouched."""
+    limit = 64 * 1024
+    rc_graph.settings["inbound"]["max_message_size"] = limit
+    rc_graph.start()
+    task_id = rc_graph.add_task()
+    padding = "".join(f"line {i} of what was quoted below the answer\n" for i in range(4000))  # ~180 KB
+    graph.add_message(reply(rc_graph, task_id, f"Looks good, ship it\n\n{padding}"))
+
+    wait_until(lambda: len(graph.folder("Rejected")) == 1, what="message moved to Rejected")
+    task = rc_graph.task(task_id)
+    assert task["status"] == "in_progress" and task["comments"] == []
+    assert f"Message too big: replies are limited to {limit} bytes" in rc_graph.log_path.read_text()
+
+
 def test_delete_disposition_deletes_after_completing(rc_graph: RcMta, graph: GraphServer) -> None:
     rc_graph.settings["mailbox"]["disposition"] = "delete"
     rc_graph.start()
@@ -242,6 +258,8 @@ def store(tmp_path: Path) -> Iterator[Store]:
 class StubPipeline:
     """Answers from a script, so a test can make the pipeline say "retry"; the claims on
     messages go to a real store."""
+
+    message_limit = 1024 * 1024  # [inbound] max_message_size's default: the poller reads no more
 
     def __init__(self, dispositions: list[str], store: Store) -> None:
         self.dispositions = dispositions

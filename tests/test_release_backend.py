@@ -32,6 +32,7 @@ from rc_mta.tasks.release import ReleaseBackend
 TASK = "Applications/Folder1/Release1/Phase1/Task1"
 TOKEN = "release-personal-token-0123"
 ALICE = "alice@example.com"
+BOB = "bob@example.com"
 CONTEXT = ActionContext("request-1", "<m1@example.com>", "smtp", {"spf": "pass"})
 T = TypeVar("T")
 
@@ -481,3 +482,34 @@ def test_slow_release_answers_451_and_the_retry_does_not_act_twice(rc_release: R
     assert (first.code, first.enhanced) == (451, "4.3.0")
     assert retried.code == 250, retried
     assert release.calls[TASK, "complete"] == 1 and len(release.actions_on(TASK)) == 1
+
+
+@pytest.mark.parametrize("status", [500, 504])
+def test_a_5xx_after_release_acted_is_a_451_its_retry_a_250_and_another_owner_learns_who(
+    rc_release: RcMta, release: FakeRelease, status: int
+) -> None:
+    """Release completed the task, but the answer to the POST was a 5xx (a proxy's 504 after it
+    gave up waiting, a 500 after the commit): whether it acted is not known then, so Alice is
+    told 451. The task is read before anything else: Bob, answering his own request the other
+    way meanwhile, is refused saying Alice completed it (no POST), and Alice's retry finds her
+    own completion and gets 250, with nothing done twice."""
+    alices = request_for(rc_release)
+    bobs: dict[str, Any] = rc_release.cli_json("request", TASK, "--owner", BOB)
+    alices_answer = reply_message(alices["complete_address"], "Ship it")
+    release.gateway_errors, release.gateway_error_acts, release.gateway_status = 1, True, status
+
+    first = send_smtp(rc_release.smtp_port, alices_answer, alices["complete_address"])
+    assert f"{first.code} {first.text}" == str(R.BACKEND_UNAVAILABLE), first
+    assert release.status(TASK) == "COMPLETED"
+
+    bobs_answer = reply_message(bobs["fail_address"], "Tests are red", sender=BOB)
+    bob = send_smtp(rc_release.smtp_port, bobs_answer, bobs["fail_address"], mail_from=BOB)
+    refused = R.TASK_NOT_IN_PROGRESS.with_text(task_id=TASK, status="completed", by=f" by {ALICE}")
+    assert f"{bob.code} {bob.text}" == str(refused), bob
+
+    retried = send_smtp(rc_release.smtp_port, alices_answer, alices["complete_address"])
+    assert retried.code == 250, retried
+    assert release.calls[TASK, "complete"] == 1 and release.calls[TASK, "fail"] == 0
+    assert [(a.action, a.comment.endswith(f"answered by email by {ALICE}")) for a in release.actions_on(TASK)] == [
+        ("complete", True)
+    ]

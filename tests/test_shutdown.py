@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, RcMta, make_rc_mta, wait_until
 from mailclient import LmtpClient, SmtpOutcome, reply_message, send_smtp
+from silent_dns import run_where_names_hang
 from webhook_receiver import WebhookReceiver
 
 from rc_mta import smtp_replies as R
@@ -204,3 +205,44 @@ def test_systemd_waits_longer_than_the_grace_period_before_killing() -> None:
     documented = tomllib.loads((ROOT / "conf" / "rc-mta.toml").read_text())["inbound"]["shutdown_grace"]
     assert InboundConfig(shutdown_grace=documented).shutdown_grace == InboundConfig().shutdown_grace
     assert int(stop_timeout) >= 2 * InboundConfig().shutdown_grace
+
+
+# On the loop `rc-mta serve` runs on, in a process whose DNS never answers (silent_dns): a
+# webhook POST to each of more hosts than asyncio's default executor has threads (32 at most).
+LOOK_UPS_HANG = """
+import asyncio, json, time
+from pydantic import SecretStr
+from rc_mta.config import WebhookConfig
+from rc_mta.eventloop import run
+from rc_mta.tasks import ActionContext
+from rc_mta.tasks.webhook import WebhookBackend
+
+async def main():
+    loop = asyncio.get_running_loop()
+    backends = [
+        WebhookBackend(WebhookConfig(url=f"http://hooks{i}.example.test/hook", secret=SecretStr("s" * 16), timeout=2.0))
+        for i in range(40)
+    ]
+    context = ActionContext("req-42", "<m>", "smtp")
+    acting = (b.complete("T-1", "ok", "alice@example.com", context) for b in backends)
+    posts = await asyncio.gather(*acting, return_exceptions=True)
+    started = loop.time()
+    await asyncio.to_thread(time.sleep, 0)  # what every store call does
+    store_call = loop.time() - started
+    for backend in backends:
+        await backend.close()
+    return {"posts": sorted({type(p).__name__ for p in posts}), "store_call": store_call}
+
+print(json.dumps(run(main())), flush=True)
+"""
+
+
+def test_name_look_ups_that_hang_hold_neither_the_store_calls_nor_the_end_of_the_loop(tmp_path: Path) -> None:
+    """Name look-ups run where the store's calls run, asyncio's default executor, and it
+    waits for each at the end of the loop: with DNS down, a store call waited behind them
+    (every reply's claim: SMTP answers held) and stopping waited out glibc's resolver timeout
+    (30 s here; up to minutes with several nameservers), past the unit's TimeoutStopSec."""
+    outcome = run_where_names_hang(tmp_path, LOOK_UPS_HANG)
+    assert outcome["posts"] == ["BackendUnavailable"], outcome
+    assert outcome["store_call"] < 1.0, outcome
+    assert outcome["exited_after"] < 10.0, outcome

@@ -23,6 +23,7 @@ from conftest import RcMta, make_rc_mta, wait_until
 from mailclient import reply_message, send_smtp
 from pydantic import SecretStr
 from racing import all_at_once
+from silent_dns import run_where_names_hang
 from sqlalchemy import update
 from test_approvals import diagnose
 from webhook_receiver import WebhookReceiver
@@ -211,6 +212,58 @@ def test_a_connect_that_times_out_sent_nothing_but_a_post_left_unanswered_may_ha
     finally:
         gate.set()
         held.stop()
+
+
+def test_a_2xx_whose_body_trickles_in_is_done_at_once_not_a_post_that_may_have_acted() -> None:
+    """The receiver answered 200 (it acted) and sends its body a byte a second: the status is
+    its answer, so the action is done without waiting for the body. Waiting for it ran into
+    the timeout and called the outcome unknown: 451, Alice's claim and doubt kept, and her
+    sender's retry POSTed the same action again."""
+    receiver = WebhookReceiver(trickle=1.0).start()
+    try:
+        started = time.monotonic()
+        act(receiver, timeout=2.0)
+        took = time.monotonic() - started
+    finally:
+        receiver.stop()
+    assert len(receiver.payloads) == 1 and took < 1.5, took
+
+
+# The receiver's name, in a process whose DNS never answers (silent_dns).
+UNRESOLVED_POST = """
+import asyncio, json, os, time
+from pydantic import SecretStr
+from rc_mta.config import WebhookConfig
+from rc_mta.errors import BackendOutcomeUnknown
+from rc_mta.tasks import ActionContext
+from rc_mta.tasks.webhook import WebhookBackend
+
+async def main():
+    config = WebhookConfig(url="http://hooks.example.test/hook", secret=SecretStr("s" * 16), timeout=2.0)
+    backend = WebhookBackend(config)
+    started = time.monotonic()
+    try:
+        await backend.complete("JIRA-1234", "Ship it", "alice@example.com", ActionContext("req-42", "<m>", "smtp"))
+        return {"raised": None}
+    except Exception as exc:
+        unknown = isinstance(exc, BackendOutcomeUnknown)
+        return {"raised": type(exc).__name__, "unknown": unknown, "why": str(exc), "took": time.monotonic() - started}
+    finally:
+        await backend.close()
+
+print(json.dumps(asyncio.new_event_loop().run_until_complete(main())), flush=True)
+os._exit(0)  # not waiting for the resolver's thread
+"""
+
+
+def test_a_receiver_whose_name_never_resolves_was_sent_nothing(tmp_path: Path) -> None:
+    """The receiver's DNS server takes the queries and never answers: no connection was made,
+    so nothing was sent, and the POST is unavailable within connecting's own deadline (half
+    the timeout), not 'may have acted' at the whole timeout, which would hold the task's
+    other answers back and withdraw the request's follow-ups until this sender tried again."""
+    outcome = run_where_names_hang(tmp_path, UNRESOLVED_POST)
+    assert (outcome["raised"], outcome["unknown"]) == ("BackendUnavailable", False), outcome
+    assert "no connection within 1s" in outcome["why"] and outcome["took"] < 1.8, outcome
 
 
 # Notices: events that act on nothing --------------------------------------------------

@@ -5,8 +5,9 @@ body, compared in constant time, and the timestamp no older than five minutes (a
 request is refused). Verified payloads are recorded; refusals are counted. ``answer`` makes
 it reply 409/422/500 (or anything) to verified requests; ``delay`` makes it slow to answer,
 and ``gate`` holds each answer until the test opens it (a verified request is recorded
-first, so a test can wait for it to be under way). It runs on 127.0.0.1, a free port (or ``port``), in a
-thread with its own event loop.
+first, so a test can wait for it to be under way); ``trickle`` sends the answer's status at
+once and its body a byte every so many seconds (a receiver, or a proxy, streaming slowly).
+It runs on 127.0.0.1, a free port (or ``port``), in a thread with its own event loop.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class WebhookReceiver:
     rejected: list[str] = field(default_factory=list)  # why each refused request was refused
     delay: float = 0.0  # seconds to wait before answering a verified request
     gate: threading.Event | None = None  # when given, each answer waits until it is set
+    trickle: float = 0.0  # seconds between the bytes of the answer's body (0: all at once)
     port: int = 0
     _server: AppThread | None = None
 
@@ -69,12 +71,25 @@ class WebhookReceiver:
             await asyncio.sleep(self.delay)
         if self.gate is not None:
             await asyncio.to_thread(self.gate.wait, 60)
-        if self.answer is None:
-            return web.json_response({"ok": True})
-        status, content = self.answer
+        status, content = self.answer or (200, {"ok": True})
+        if self.trickle:
+            return await self._trickled(request, status, content)
         if isinstance(content, str):
             return web.Response(status=status, text=content)
         return web.json_response(content, status=status)
+
+    async def _trickled(self, request: web.Request, status: int, content: Any) -> web.StreamResponse:
+        body = (content if isinstance(content, str) else json.dumps(content)).encode()
+        response = web.StreamResponse(status=status, headers={"Content-Type": "application/json"})
+        response.content_length = len(body)
+        await response.prepare(request)
+        try:
+            for i in range(len(body)):
+                await response.write(body[i : i + 1])
+                await asyncio.sleep(self.trickle)
+        except ConnectionResetError:
+            pass  # the client did not wait for the rest
+        return response
 
     def start(self) -> WebhookReceiver:
         """Listen on ``port``, or on a free one when it is 0 (a receiver that comes up late

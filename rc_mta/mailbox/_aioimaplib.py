@@ -3,11 +3,16 @@
 
 aioimaplib (2.0) has no STARTTLS and no SASL exchange beyond an initial response: a server
 that refuses a bearer token sends its reason as a challenge that must be answered before
-its NO (RFC 7628 §3.2.3), and aioimaplib would wait out its timeout instead. Two things here
-depend on how the library is built, and ``tests/test_imap_library.py`` pins both:
+its NO (RFC 7628 §3.2.3), and aioimaplib would wait out its timeout instead. What here
+depends on how the library is built, ``tests/test_imap_library.py`` pins:
 
 - ``Protocol._continuation`` overrides a private method: it is where the library hands a
   ``+`` line to the pending command, and the only place to answer a challenge;
+- ``Protocol.data_received`` reads the library's ``incomplete_line``: the library joins what
+  it holds of an unfinished line to each chunk that arrives and scans it all again, so a
+  line that never ends (a broken server) would cost the event loop quadratic time and
+  unbounded memory until the command's timeout; the chunks of such a line are held here
+  instead, until one can end it, and past ``MAX_LINE`` the connection is dropped;
 - ``Client.create_client`` swaps in ``Protocol`` after the library's own ``create_client``:
   the connection it starts asks ``client.protocol`` for its protocol only once connected.
 """
@@ -26,16 +31,43 @@ from ..logs import TRACE
 
 log = logging.getLogger("rc_mta.mailbox.imap")
 
+# The longest response line taken (a literal, the message itself, is not a line): far more
+# than a SEARCH answer for a folder of a million messages.
+MAX_LINE = 16 * 1024 * 1024
+
 
 class Protocol(lib.IMAP4ClientProtocol):  # type: ignore[misc]
     """aioimaplib's protocol plus STARTTLS and SASL challenge answers."""
 
     transport: Any
+    incomplete_line: bytes  # the library's: what it holds of a line not ended yet
 
     def __init__(self, loop: asyncio.AbstractEventLoop, conn_lost_cb: Any) -> None:
         super().__init__(loop, conn_lost_cb)
         self.sasl_replies: list[bytes] = []
         self.sasl_challenge = ""
+        self._held: list[bytes] = []  # chunks of an unfinished line, none of them ending it
+        self._held_bytes = 0
+
+    def data_received(self, d: bytes) -> None:
+        """Hand the library a chunk once it may end the line the library holds (it holds one
+        only outside a literal): each chunk is then joined and scanned once, not again at
+        every chunk after it. A line longer than ``MAX_LINE`` drops the connection."""
+        if self.incomplete_line and b"\n" not in d:
+            self._held.append(d)
+            self._held_bytes += len(d)
+            if len(self.incomplete_line) + self._held_bytes > MAX_LINE:
+                log.warning("imap: the server sent a line longer than %d bytes; dropping the connection", MAX_LINE)
+                self._held.clear()
+                self._held_bytes = 0
+                self.incomplete_line = b""
+                self.transport.close()
+            return
+        if self._held:
+            d = b"".join((*self._held, d))
+            self._held.clear()
+            self._held_bytes = 0
+        super().data_received(d)
 
     def _continuation(self, line: bytes) -> None:
         command = self.pending_sync_command

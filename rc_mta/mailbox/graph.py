@@ -264,7 +264,7 @@ class GraphConnection:
 
         async def fetch() -> bytes | None:
             try:
-                return await self._bytes(message_url + "/$value")
+                return await self._bytes(message_url + "/$value", self.claims.pipeline.message_limit + 1)
             except GraphError as exc:
                 if exc.status != 404:
                     raise
@@ -342,11 +342,14 @@ class GraphConnection:
             raise GraphError(502, "badJson", f"{method} {url} did not answer a JSON object")
         return parsed
 
-    async def _bytes(self, url: str) -> bytes:
-        return await self._call("GET", url)
+    async def _bytes(self, url: str, limit: int) -> bytes:
+        return await self._call("GET", url, limit=limit)
 
-    async def _call(self, method: str, url: str | URL, body: dict[str, Any] | None = None) -> bytes:
-        """One Graph call, honouring 429/503 Retry-After (bounded) and renewing the token once on 401."""
+    async def _call(
+        self, method: str, url: str | URL, body: dict[str, Any] | None = None, *, limit: int | None = None
+    ) -> bytes:
+        """One Graph call, honouring 429/503 Retry-After (bounded) and renewing the token once on 401.
+        A 2xx body is read up to ``limit`` bytes (a message: what is past it is never read)."""
         target = url if isinstance(url, URL) else URL(url, encoded=True)
         throttled = 0
         renewed = False
@@ -355,7 +358,7 @@ class GraphConnection:
             try:
                 async with self.session.request(method, target, json=body, headers=headers) as response:
                     status = response.status
-                    data = await response.read()
+                    data = await _read(response, limit if status < 300 else None)
                     retry_after = response.headers.get("Retry-After")
             except (TimeoutError, aiohttp.ClientError) as exc:
                 raise TemporaryFailure(f"Graph {method} {target.path}: {type(exc).__name__}: {exc}") from None
@@ -373,6 +376,18 @@ class GraphConnection:
                 continue
             code, message = _error(data)
             raise GraphError(status, code, message)
+
+
+async def _read(response: aiohttp.ClientResponse, limit: int | None) -> bytes:
+    """The body, or its first ``limit`` bytes (the connection is dropped on the rest)."""
+    if limit is None:
+        return await response.read()
+    data = bytearray()
+    async for chunk in response.content.iter_chunked(64 * 1024):
+        data += chunk
+        if len(data) >= limit:
+            break
+    return bytes(data[:limit])
 
 
 def _retry_after(value: str | None) -> float:

@@ -49,7 +49,7 @@ COMMAND_TIMEOUT = 60.0  # a server silent this long on one command is gone: reco
 IDLE_MAX = 29 * 60.0  # RFC 2177: servers may drop an IDLE client after 30 minutes
 KEEPALIVE = 10 * 60.0  # pool connections say NOOP when unused this long
 _UIDVALIDITY = re.compile(rb"\[UIDVALIDITY (\d+)\]")
-_BODY_LITERAL = re.compile(rb"BODY\[\] \{\d+\}$")
+_BODY_LITERAL = re.compile(rb"BODY\[\](?:<0>)? \{\d+\}$")  # <0>: a partial fetch's (RFC 3501 §7.4.2)
 # RFC 5530: the message named is gone (moved or expunged by another session meanwhile).
 _GONE = ("[EXPUNGEISSUED]", "[NONEXISTENT]")
 
@@ -194,9 +194,11 @@ class _Connection:
         # aioimaplib hands over each "* SEARCH" line without its name, then the tagged text.
         return [int(uid) for line in response.lines[:-1] for uid in bytes(line).split() if uid.isdigit()]
 
-    async def fetch(self, uid: int) -> bytes | None:
-        """The whole message, without setting \\Seen; None when it is gone meanwhile."""
-        response = await self._ok(self._client.uid("FETCH", str(uid), "BODY.PEEK[]"), f"UID FETCH {uid}")
+    async def fetch(self, uid: int, limit: int) -> bytes | None:
+        """The message, at most ``limit`` bytes of it (a partial fetch: the server sends no
+        more), without setting \\Seen; None when it is gone meanwhile."""
+        part = f"BODY.PEEK[]<0.{limit}>"
+        response = await self._ok(self._client.uid("FETCH", str(uid), part), f"UID FETCH {uid}")
         lines = response.lines
         for line, following in itertools.pairwise(lines):
             if isinstance(line, bytes) and isinstance(following, bytearray) and _BODY_LITERAL.search(line):
@@ -438,7 +440,7 @@ class ImapPoller:
         message = MailboxMessage(self.mailbox, connection.uidvalidity, uid)
 
         async def fetch() -> bytes | None:
-            return await connection.fetch(uid)
+            return await connection.fetch(uid, self.pipeline.message_limit + 1)
 
         async def dispose(disposition: str) -> str:
             return f"{await connection.dispose(uid, disposition)} (connection {connection.name})"

@@ -39,12 +39,16 @@ ANSWER_CHARS = 300
 def http_timeout(total: float) -> aiohttp.ClientTimeout:
     """A backend call's timeout, with half of it (at most ``CONNECT_SECONDS``) for connecting:
     a connect that never finished sent nothing, so it must be told apart from a lost answer
-    (aiohttp raises ``ConnectionTimeoutError`` for it, a plain ``TimeoutError`` for the rest)."""
+    (aiohttp raises ``ConnectionTimeoutError`` for it, a plain ``TimeoutError`` for the rest).
+    Connecting is all of it: resolving the host's name (``connect``: a DNS server that never
+    answers must not pass for a receiver that took the request and never answered), the TCP
+    connect and the TLS handshake (``sock_connect`` for each of these two as well)."""
     import aiohttp  # here, so the embedded backend and the CLI never load it (0.14 s)
 
+    connecting = min(CONNECT_SECONDS, total / 2)
     # ceil_threshold: aiohttp would round a timeout of 5 s or more up to the next whole
     # second; the config's worst case and the action deadline count the timeout as given.
-    return aiohttp.ClientTimeout(total=total, sock_connect=min(CONNECT_SECONDS, total / 2), ceil_threshold=float("inf"))
+    return aiohttp.ClientTimeout(total=total, connect=connecting, sock_connect=connecting, ceil_threshold=float("inf"))
 
 
 def expiry_note(owner: str, request_id: str, expired_at: float) -> str:

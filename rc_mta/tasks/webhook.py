@@ -15,7 +15,7 @@ fresh::
 The receiver recomputes the HMAC over the raw body it received, compares in constant time,
 and rejects timestamps older than a few minutes (replays). Its answer decides ours:
 
-* 2xx: done (``250``).
+* 2xx: done (``250``), as soon as its status arrives: its body is not read.
 * 409: the task is no longer in progress; ``{"status": "completed", "acted_by": ...}``
   (or ``"detail"``) says how (``550``).
 * 401: it did not accept our signature: an operator must fix the secret (``451``, retried).
@@ -168,7 +168,8 @@ class WebhookBackend:
         log.log(level, message, status, event, request_id, why)
 
     async def _send(self, payload: dict[str, Any]) -> tuple[int, str]:
-        """POST one signed JSON body; its status and text. BackendUnavailable when unreachable."""
+        """POST one signed JSON body; its status and text (none for a 2xx: its status says
+        all, and its body is not waited for). BackendUnavailable when unreachable."""
         body = json.dumps(payload, separators=(",", ":")).encode()
         timestamp = str(payload["sent_at"])
         headers = {
@@ -181,6 +182,8 @@ class WebhookBackend:
             async with self._client().post(
                 self._config.url, data=body, headers=headers, timeout=timeout, allow_redirects=False
             ) as response:
+                if 200 <= response.status < 300:
+                    return response.status, ""  # taken: that is the answer, however slow its body
                 return response.status, await response.text()
         except aiohttp.ConnectionTimeoutError:  # never connected: nothing was sent
             raise BackendUnavailable(
