@@ -575,6 +575,8 @@ HOSTILE_HTML = {
     "style braces": lambda n: "<style>" + "{" * n + "</style>",
     "style comments": lambda n: "<style>" + "/*" * (n // 2) + "</style>",
     "style strings": lambda n: "<style>" + '"\\' * (n // 2) + "</style>",
+    "opacity() runs of a filter": lambda n: '<p style="filter:' + "opacity(" * (n // 8) + '">Approved</p>',
+    "opacity() runs in a style sheet": lambda n: "<style>p{filter:" + "opacity(" * (n // 8) + "}</style>",
 }
 
 

@@ -122,6 +122,9 @@ _CSS_STRUCTURE_RE = re.compile(r"\\(?:.|\Z)|" + _CSS_STRING + r"|[{};]", re.S)
 _CSS_ESCAPE_RE = re.compile(r"\\(?:([0-9a-fA-F]{1,6})[ \t\n\r\f]?|(\n)|(.))", re.S)
 _IMPORTANT_RE = re.compile(r"!\s*important\s*$")
 _LENGTH_RE = re.compile(r"([+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:e[+-]?\d+)?)([a-z%]*)")
+# An opacity() filter's argument, up to its end or the next bracket (never past it: a run of
+# "opacity(" without ")" must not be scanned again from each one).
+_FILTER_OPACITY_RE = re.compile(r"opacity\(([^()]*)(\(?)")
 _SCALE_ZERO_RE = re.compile(r"scale(?:x|y|z|3d)?\(\s*[+-]?[0.]+(?:e[+-]?\d+)?\s*[,)]")
 _CSS_MATH = ("calc(", "min(", "max(", "clamp(", "var(", "env(", "attr(")
 _NEGATING_SELECTOR_RE = re.compile(r":[-\w]*(?:not|is|where|has|matches|any)\(")
@@ -332,8 +335,10 @@ def _declaration_hides(name: str, value: str, clipped: bool, background: _Colour
     if name == "opacity":
         return _almost_transparent(value)
     if name == "filter":
-        found = re.search(r"opacity\(([^)]*)\)", value)
-        return found is not None and _almost_transparent(found.group(1) or "0")
+        # Every opacity() applies; one holding another function is read as the worst.
+        return any(
+            nested or _almost_transparent(argument or "0") for argument, nested in _FILTER_OPACITY_RE.findall(value)
+        )
     if name == "font-size":
         return _too_small_font(value)
     if name == "font":  # the size is the token before "/line-height", else the one with a unit
