@@ -36,6 +36,24 @@ NEGATION = [
     ("not now", None),
 ]
 
+# A negation after the decision, as German and the Nordic languages place it and English
+# answers with it, may turn the decision around: refused, never read as the decision.
+NEGATION_AFTER = [
+    ("Absolutely not", None),
+    ("Of course not.", None),
+    ("Approve it? Absolutely not.", None),
+    ("OK not yet", None),
+    ("Approved... not", None),
+    ("Ich genehmige das nicht", None),
+    ("Passt nicht", None),
+    ("Einverstanden bin ich nicht.", None),
+    ("Jag godk\u00e4nner inte", None),
+    ("Jeg godkender det ikke", None),
+    ("Jeg godkjenner ikke dette", None),
+    # A negated word of the same decision is the same decision.
+    ("Rejected, the numbers are not ok", "fail"),
+]
+
 PLAIN_ENGLISH = [
     ("Complete", "complete"),
     ("COMPLETE.", "complete"),
@@ -202,7 +220,17 @@ LANGUAGES = [
     ("Hay\u0131r", "fail"),
 ]
 
-TABLE = NEGATION + PLAIN_ENGLISH + NOT_DECISIONS + CONFLICTS + CONTRASTS + QUESTIONS + DEFERRALS + LANGUAGES
+TABLE = (
+    NEGATION
+    + NEGATION_AFTER
+    + PLAIN_ENGLISH
+    + NOT_DECISIONS
+    + CONFLICTS
+    + CONTRASTS
+    + QUESTIONS
+    + DEFERRALS
+    + LANGUAGES
+)
 
 
 @pytest.mark.parametrize(("comment", "expected"), TABLE, ids=[repr(comment) for comment, _ in TABLE])
@@ -311,4 +339,19 @@ def test_configured_words_replace_the_built_in_ones_in_a_running_rc_mta(fresh_rc
         "Freigegeben, danke.": (250, "completed"),
         "Approved": (550, "in_progress"),  # not a configured word any more
         "Nicht freigegeben.": (250, "failed"),  # the grammar applies to configured words
+    }
+
+
+def test_a_negation_after_the_approval_is_refused_not_taken_for_an_approval(rc: RcMta) -> None:
+    outcomes = {}
+    for body in ("Absolutely not.", "Ich genehmige das nicht.", "Jag godk\u00e4nner inte"):
+        task_id = rc.add_task()
+        address = rc.request(task_id)["reply_to"]
+        outcome = send_smtp(rc.smtp_port, reply_message(address, body), address)
+        outcomes[body] = (outcome.code, outcome.enhanced, rc.task(task_id)["status"])
+
+    assert outcomes == {
+        "Absolutely not.": (550, "5.6.0", "in_progress"),
+        "Ich genehmige das nicht.": (550, "5.6.0", "in_progress"),
+        "Jag godk\u00e4nner inte": (550, "5.6.0", "in_progress"),
     }

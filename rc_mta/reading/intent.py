@@ -16,7 +16,8 @@ phrases of their own; the longest phrase at a place wins. Words that also mean s
 else ("no changes", Spanish "si" = if) decide only when they stand alone.
 
 Every clause is read, and one that contradicts another — or whose rest holds the
-opposite decision ("OK to reject") — makes the whole reply undecidable: a reply is
+opposite decision ("OK to reject") or a negation ("Absolutely not", "Ich genehmige das
+nicht"), or that is a negation alone ("Done. Not.") — makes the whole reply undecidable: a reply is
 never read as the opposite of what the person meant, because a doubt refuses.
 Acknowledgments ("OK", "sure", "yes") decide only when no clause puts the decision
 off ("OK, I'll check tomorrow" decides nothing).
@@ -210,7 +211,10 @@ def _read_clause(words: list[str], vocab: _Vocabulary) -> tuple[_Side, bool]:
         if skipped is None:
             break
         at = skipped
-    if decision is None:  # no decision: does it put one off ("I'll have a look later")?
+    if decision is None:
+        if _listed_at(vocab.negators, words, 0) == len(words):
+            return _Side.CONFLICT, False  # "Done. Not.": a negation of what was said before
+        # No decision: does it put one off ("I'll have a look later")?
         deferring = any(_listed_at(vocab.deferrals, words, where) is not None for where in range(len(words)))
         return (_Side.DEFER if deferring else _Side.NOTHING), False
     weak = tuple(words[at : decision[1]]) in vocab.weak
@@ -220,9 +224,16 @@ def _read_clause(words: list[str], vocab: _Vocabulary) -> tuple[_Side, bool]:
     while at < len(words):  # "OK to reject", "Yes I don't approve": undecidable
         later = _decision_at(words, at, vocab)
         if later is None:
+            if _listed_at(vocab.negators, words, at) is not None:
+                # "Absolutely not", "Ich genehmige das nicht", "Jag godkänner inte": a
+                # negation after the decision may turn it around (German and the Nordic
+                # languages put it there); which it reaches is not ours to guess.
+                return _Side.CONFLICT, False
             at += 1
             continue
-        if later[0] is _Side.CONFLICT or (later[0] in (_Side.COMPLETE, _Side.FAIL) and later[0] is not side):
+        if later[0] in (_Side.CONFLICT, _Side.NOTHING) or (
+            later[0] in (_Side.COMPLETE, _Side.FAIL) and later[0] is not side
+        ):
             return _Side.CONFLICT, False
         at = later[1]
     return side, weak
