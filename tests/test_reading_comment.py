@@ -6,8 +6,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from email.message import EmailMessage
+from email.utils import make_msgid
 
 import pytest
+from conftest import RcMta
+from mailclient import send_smtp
 
 from rc_mta.reading import MAX_TEXT_CHARS, extract_comment, parse_reply
 
@@ -181,3 +184,31 @@ def test_hostile_replies_of_a_mebibyte_take_linear_time(make: Callable[[int], st
     large = _best_of(lambda: parse_reply(large_raw))
 
     assert large < 16 * max(small, 0.005)  # eight times the input; quadratic would be 64
+
+
+def _raw_reply(address: str, charset: str, body: bytes) -> bytes:
+    head = (
+        f"From: Alice <alice@example.com>\r\nTo: {address}\r\nSubject: Re: Action needed\r\n"
+        f"Message-ID: {make_msgid(domain='example.com')}\r\nMIME-Version: 1.0\r\n"
+        f"Content-Type: text/plain; charset={charset}\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+@pytest.mark.parametrize(
+    ("charset", "encoding"),
+    [("utf-8", "cp1252"), ("iso-8859-1", "utf-8")],
+    ids=["windows-1252 labelled utf-8", "utf-8 labelled latin-1"],
+)
+def test_mislabelled_charset_keeps_the_owners_words(rc: RcMta, charset: str, encoding: str) -> None:
+    # What Windows clients and webmails send under another charset's label.
+    task_id = rc.add_task()
+    address = rc.request(task_id)["reply_to"]
+    words = "Bestätigt – schöne Grüße"
+
+    outcome = send_smtp(rc.smtp_port, _raw_reply(address, charset, words.encode(encoding) + b"\r\n"), address)
+
+    assert outcome.code == 250, outcome
+    task = rc.task(task_id)
+    assert task["status"] == "completed"
+    assert [c["text"] for c in task["comments"]] == [words]

@@ -9,6 +9,7 @@ no action.
 
 from __future__ import annotations
 
+import codecs
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from email.utils import getaddresses
 
 from ..headers import structured_header, unfold
 from ..machine_mail import machine_reason
-from .comment import extract_comment
+from .comment import MAX_TEXT_CHARS, extract_comment
 from .html import QUOTE_MARK, render_html
 
 __all__ = ["ParsedReply", "decode_bytes", "parse_reply"]
@@ -275,18 +276,41 @@ _ASCII_NAMES = frozenset({"us-ascii", "ascii", "ansi_x3.4-1968", "us"})
 _SUPERSETS = {"gb2312": "gb18030", "gbk": "gb18030", "ks_c_5601-1987": "cp949", "euc-kr": "cp949"}
 
 
+def _bytes_as_cp1252(error: UnicodeError) -> tuple[str, int]:
+    """Decoding error handler: bytes that are not UTF-8 are read as windows-1252, one by one."""
+    if not isinstance(error, UnicodeDecodeError):
+        raise error
+    return error.object[error.start : error.end].decode("cp1252", "replace"), error.end
+
+
+codecs.register_error("rc_mta_cp1252", _bytes_as_cp1252)
+_UTF8_NAMES = frozenset({"utf-8", "utf8", "utf_8"})
+_STRAY_BYTES_READ = 4 * MAX_TEXT_CHARS
+
+
 def decode_bytes(data: bytes, charset: str | None) -> str:
     """Decode body bytes using a declared charset, tolerating mislabelled and unknown ones.
 
     iso-8859-1 is read as windows-1252 (as browsers do) because Windows clients
-    routinely label cp1252 text (curly quotes, euro sign) as latin-1.
+    routinely label cp1252 text (curly quotes, euro sign) as latin-1; and text labelled
+    latin-1 that is valid UTF-8 with 8-bit bytes is UTF-8 (a client's default label on
+    UTF-8 text), as windows-1252 text almost never is. Text labelled UTF-8 whose bytes
+    are not all UTF-8 keeps its UTF-8 and reads the rest as windows-1252 (a Windows
+    client's text under a gateway's or webmail's label), so "Bestätigt" is not "Best\ufffdtigt".
     """
     label = (charset or "").strip().strip("\"'").lower()
     label = _SUPERSETS.get(label, label)
     if label in _LATIN1_NAMES:
-        return _first_decoding(data, ("cp1252",), fallback="latin-1")
+        encodings = ("utf-8", "cp1252") if not data.isascii() else ("cp1252",)
+        return _first_decoding(data, encodings, fallback="latin-1")
     if not label or label in _ASCII_NAMES:
         return _first_decoding(data, ("ascii", "utf-8", "cp1252"), fallback="latin-1")
+    if label in _UTF8_NAMES:
+        # The handler is a call per stray byte: only as far as the comment is read (64 KiB
+        # of text is at most 256 KiB of UTF-8); beyond, where only tokens are looked for,
+        # a stray byte is a replacement character.
+        head, tail = data[:_STRAY_BYTES_READ], data[_STRAY_BYTES_READ:]
+        return head.decode("utf-8", "rc_mta_cp1252") + tail.decode("utf-8", "replace")
     try:
         return data.decode(label, "replace")
     except Exception:
