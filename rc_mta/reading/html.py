@@ -406,6 +406,42 @@ def _attributes_hide(tag: str, attrs: list[tuple[str, str | None]]) -> bool:
     return False
 
 
+# What an element paints its text with and under: a colour, None (unreadable: an image,
+# a formula), or _INHERITED where the element sets nothing and its parent's shows through.
+_INHERITED = "inherited"
+_Paint = tuple[_Colour | str | None, _Colour | str | None]
+
+
+def _own_paint(tag: str, attrs: list[tuple[str, str | None]]) -> _Paint:
+    """The text colour and background an element's own attributes set (its inline style,
+    ``<font color>``, ``bgcolor``, ``<body text>``); the last one written counts."""
+    colour: _Colour | str | None = _INHERITED
+    background: _Colour | str | None = _INHERITED
+    for name, value in attrs:
+        if value is None:
+            continue
+        if name == "bgcolor":
+            background = _legacy_colour(value)
+        elif (name, tag) in (("color", "font"), ("color", "basefont"), ("text", "body")):
+            colour = _legacy_colour(value)
+        elif name == "style":
+            for declaration, setting in _declarations(_strip_css_noise(value)):
+                if declaration in ("color", "-webkit-text-fill-color"):
+                    colour = _parse_colour(setting)
+                elif declaration in ("background", "background-color"):
+                    background = _background([(declaration, setting)])
+    if isinstance(background, tuple) and background[3] < 0.9:
+        background = _INHERITED if background[3] < 0.1 else None  # see-through: what is under it, unknown
+    return colour, background
+
+
+def _same_colour(colour: _Colour | str | None, background: _Colour | str | None) -> bool:
+    """Text drawn in its background's own colour, both known (the background opaque)."""
+    if not isinstance(colour, tuple) or not isinstance(background, tuple):
+        return False
+    return max(abs(colour[i] - background[i]) for i in range(3)) <= 24
+
+
 @dataclass
 class _StyleSheet:
     """What the message's own style sheets hide, over-approximated so it can be checked
@@ -612,6 +648,9 @@ class _HTMLToText(_MarkupReader):
         self._where: dict[str, list[int]] = {}  # tag -> stack indexes, innermost last
         self._hiding: list[int] = []  # stack indexes of hiding elements
         self._special: list[int] = []  # stack indexes of special elements
+        # Each open element's text colour and background as inherited (``_own_paint``), the
+        # body's first: text in an ancestor's background colour is as hidden as in its own.
+        self._paints: list[_Paint] = [(_INHERITED, _INHERITED)]
         self._raw: str | None = None  # inside <script>, <style>, <title>, ... until its end tag
         self._script_escaped = False
         self._revealed = 0  # inside <!--[if !mso]><!--> ... <!--<![endif]-->: Outlook does not show it
@@ -631,9 +670,19 @@ class _HTMLToText(_MarkupReader):
 
     # The stack of open elements --------------------------------------------------
 
-    def _push(self, tag: str, hides: bool) -> None:
+    def _paint(self, tag: str, attrs: list[tuple[str, str | None]]) -> _Paint:
+        """The colour and background an element shows, its own or else its parent's."""
+        colour, background = _own_paint(tag, attrs)
+        inherited_colour, inherited_background = self._paints[-1]
+        return (
+            inherited_colour if colour == _INHERITED else colour,
+            inherited_background if background == _INHERITED else background,
+        )
+
+    def _push(self, tag: str, hides: bool, paint: _Paint) -> None:
         index = len(self._stack)
         self._stack.append((tag, hides))
+        self._paints.append(paint)
         self._where.setdefault(tag, []).append(index)
         if hides:
             self._hiding.append(index)
@@ -644,6 +693,7 @@ class _HTMLToText(_MarkupReader):
         """Close the element at ``index`` and everything opened inside it."""
         while len(self._stack) > index:
             tag, hides = self._stack.pop()
+            self._paints.pop()
             self._where[tag].pop()
             if hides:
                 self._hiding.pop()
@@ -704,6 +754,8 @@ class _HTMLToText(_MarkupReader):
         if name in ("html", "body"):
             if name == "body" and self._top_is_head():
                 self._pop_to(len(self._stack) - 1)
+            if not self._stack:  # what the whole message is painted with, under every element
+                self._paints[0] = self._paint(name, attrs)
             return  # never pushed: the first pass judged their attributes
         if self._top_is_head() and name not in _HEAD_CONTENT:
             self._pop_to(len(self._stack) - 1)  # body content ends an unclosed <head>
@@ -726,12 +778,14 @@ class _HTMLToText(_MarkupReader):
             return
         css_class = next((v for n, v in attrs if n == "class" and v), "").lower()
         quote = name == "blockquote" or any(c in css_class for c in _QUOTE_CLASSES)
+        paint = self._paint(name, attrs)
         hides = quote or name in _HIDDEN_TAGS or _attributes_hide(name, attrs) or self._sheet.hides(name, attrs)
+        hides = hides or _same_colour(*paint)
         if quote and not self._hiding and not self._revealed:
             self._soft_break()
             self._parts.append(QUOTE_MARK + "\n")  # what follows was written below the quote
             self._line_has_content = False
-        self._push(name, hides)
+        self._push(name, hides, paint)
         if name in _BLOCK_TAGS:
             self._soft_break()
         elif name in ("td", "th") and self._line_has_content:
