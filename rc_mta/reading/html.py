@@ -126,6 +126,8 @@ _LENGTH_RE = re.compile(r"([+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:e[+-]?\d+)?)([a-z%]*)"
 # "opacity(" without ")" must not be scanned again from each one).
 _FILTER_OPACITY_RE = re.compile(r"opacity\(([^()]*)(\(?)")
 _SCALE_ZERO_RE = re.compile(r"scale(?:x|y|z|3d)?\(\s*[+-]?[0.]+(?:e[+-]?\d+)?\s*[,)]")
+# A transform function and its arguments, up to the next bracket (linear, as above).
+_TRANSFORM_RE = re.compile(r"(scale(?:x|y|z|3d)?|translate(?:x|y|z|3d)?)\(([^()]*)")
 _CSS_MATH = ("calc(", "min(", "max(", "clamp(", "var(", "env(", "attr(")
 _NEGATING_SELECTOR_RE = re.compile(r":[-\w]*(?:not|is|where|has|matches|any)\(")
 _IDENT = r"[^\s.#\[\]:>+~,()*|=^$\"'!]+"
@@ -216,6 +218,21 @@ def _too_small_font(value: str) -> bool:
         return False  # a keyword such as "small", or not a size at all
     number, unit = length
     return number <= 0 or number * _PX_PER_UNIT.get(unit, 16.0) < 2
+
+
+def _transform_hides(function: str, arguments: str) -> bool:
+    """A scale() that shrinks text below a readable size (an eighth: 2px of 16px), or a
+    translate() that moves it 500px or more away."""
+    for argument in re.split(r"[\s,]+", arguments.strip()):
+        length = _length(argument)
+        if length is None:
+            continue
+        number, unit = length
+        if function.startswith("scale") and abs(number / 100 if unit == "%" else number) < 0.125:
+            return True
+        if function.startswith("translate") and unit != "%" and abs(number) * _PX_PER_UNIT.get(unit, 16.0) >= 500:
+            return True
+    return False
 
 
 def _is_font_size(token: str) -> bool:
@@ -360,8 +377,13 @@ def _declaration_hides(name: str, value: str, clipped: bool, background: _Colour
     if name == "clip-path":
         return first not in ("", "none")
     if name == "transform":
-        return _SCALE_ZERO_RE.search(value) is not None
-    if name in ("text-indent", "left", "top", "margin-left", "margin-top"):
+        return _SCALE_ZERO_RE.search(value) is not None or any(
+            _transform_hides(function, argument) for function, argument in _TRANSFORM_RE.findall(value)
+        )
+    if name == "zoom":  # Chromium and the webmails built on it apply it: a dot of text
+        length = _length(first)
+        return length is not None and (length[0] / 100 if length[1] == "%" else length[0]) < 0.125
+    if name in ("text-indent", "left", "top", "right", "bottom", "margin-left", "margin-top"):
         length = _length(first)
         return length is not None and length[0] * _PX_PER_UNIT.get(length[1], 16.0) <= -500
     if name in ("color", "-webkit-text-fill-color"):
