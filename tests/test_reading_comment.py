@@ -6,6 +6,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from email.message import EmailMessage
+from email.mime.application import MIMEApplication
+from email.mime.multipart import MIMEMultipart
+from email.mime.text import MIMEText
 from email.utils import make_msgid
 
 import pytest
@@ -212,3 +215,40 @@ def test_mislabelled_charset_keeps_the_owners_words(rc: RcMta, charset: str, enc
     task = rc.task(task_id)
     assert task["status"] == "completed"
     assert [c["text"] for c in task["comments"]] == [words]
+
+
+def _apple_mail_split_reply(address: str, before: str, after: str) -> bytes:
+    """Apple Mail's plain text with an attachment placed in it: text, the file, text."""
+    message = MIMEMultipart("mixed")
+    message["From"] = "Alice <alice@example.com>"
+    message["To"] = address
+    message["Subject"] = "Re: Action needed"
+    message["Message-ID"] = make_msgid(domain="example.com")
+    report = MIMEApplication(b"%PDF-1.4\n", "pdf")
+    report.add_header("Content-Disposition", "inline", filename="report.pdf")
+    for part in (MIMEText(before, "plain"), report, MIMEText(f"\n{after}\n\n> Complete\n", "plain")):
+        message.attach(part)
+    return message.as_bytes()
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "status", "comments"),
+    [
+        ("Here is the report from QA:", "Rejected, the numbers are wrong.", "failed", 1),
+        ("Approved the layout, here is the report:", "But the budget is wrong: rejected.", "in_progress", 0),
+    ],
+    ids=["decided below the attachment", "changed below the attachment"],
+)
+def test_words_on_both_sides_of_an_attachment_are_read(
+    rc: RcMta, before: str, after: str, status: str, comments: int
+) -> None:
+    task_id = rc.add_task()
+    address = rc.request(task_id)["reply_to"]
+
+    outcome = send_smtp(rc.smtp_port, _apple_mail_split_reply(address, before, after), address)
+
+    task = rc.task(task_id)
+    assert task["status"] == status, outcome
+    assert [c["text"] for c in task["comments"]] == [f"{before}\n\n{after}"] * comments
+    if status == "in_progress":
+        assert (outcome.code, outcome.enhanced) == (550, "5.6.0")

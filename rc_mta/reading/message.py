@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import codecs
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from email import policy
 from email.message import Message
@@ -185,23 +185,26 @@ def _referenced_ids(message: Message) -> tuple[str, ...]:
 # --------------------------------------------------------------------------
 
 
-def _leaf_parts(part: Message, depth: int = 0) -> Iterator[Message]:
-    """Body leaves in order, not descending into attached/forwarded messages."""
+def _body_parts(part: Message, kind: str, depth: int = 0) -> list[Message]:
+    """The inline ``kind`` parts a reader sees, in order, not descending into attached or
+    forwarded messages: each one of a mixed body (Apple Mail splits the text around an
+    attachment placed in it), and of an alternative only the first choice that has any."""
     if depth > 40:
-        return
+        return []
     try:
         if depth > 0 and part.get_content_maintype() == "message":
-            return
-        if part.is_multipart():
-            payload = part.get_payload()
-            if isinstance(payload, list):
-                for sub in payload:
-                    if isinstance(sub, Message):
-                        yield from _leaf_parts(sub, depth + 1)
-            return
+            return []
+        if not part.is_multipart():
+            return [part] if part.get_content_type() == kind and not _is_attachment(part) else []
+        payload = part.get_payload()
+        if not isinstance(payload, list):
+            return []
+        choices = (_body_parts(sub, kind, depth + 1) for sub in payload if isinstance(sub, Message))
+        if part.get_content_subtype() == "alternative":
+            return next((found for found in choices if found), [])
+        return [found for parts in choices for found in parts]
     except Exception:
-        return
-    yield part
+        return []
 
 
 def _is_attachment(part: Message) -> bool:
@@ -212,23 +215,15 @@ def _is_attachment(part: Message) -> bool:
 
 
 def _extract_text(message: Message) -> str:
-    """The reply body as plain text: first inline text/plain, else first text/html, with
-    a ``QUOTE_MARK`` line where the HTML had a quote block (and nowhere else)."""
-    html_part: Message | None = None
+    """The reply body as plain text: its inline text/plain parts, else its text/html ones,
+    with a ``QUOTE_MARK`` line where the HTML had a quote block (and nowhere else)."""
     try:
-        for part in _leaf_parts(message):
-            content_type = part.get_content_type()
-            if content_type not in ("text/plain", "text/html") or _is_attachment(part):
-                continue
-            if content_type == "text/plain":
-                return _plain_part_text(part).replace(QUOTE_MARK, "")
-            if html_part is None:
-                html_part = part
-        if html_part is not None:
-            return render_html(_decoded_part(html_part))
+        plain = _body_parts(message, "text/plain")
+        if plain:
+            return "\n\n".join(_plain_part_text(part) for part in plain).replace(QUOTE_MARK, "")
+        return "\n\n".join(render_html(_decoded_part(part)) for part in _body_parts(message, "text/html"))
     except Exception:
         return ""
-    return ""
 
 
 def _without_quote_marks(text: str) -> str:
