@@ -52,6 +52,10 @@ NEGATION_AFTER = [
     ("Jeg godkjenner ikke dette", None),
     # A negated word of the same decision is the same decision.
     ("Rejected, the numbers are not ok", "fail"),
+    # A refusal said as what one is doing.
+    ("I'm declining this one.", "fail"),
+    ("Fine, but I'm rejecting it", None),
+    ("Sure. Rejecting.", None),
 ]
 
 PLAIN_ENGLISH = [
@@ -342,9 +346,14 @@ def test_configured_words_replace_the_built_in_ones_in_a_running_rc_mta(fresh_rc
     }
 
 
-def test_a_negation_after_the_approval_is_refused_not_taken_for_an_approval(rc: RcMta) -> None:
+def test_a_no_said_after_the_approval_word_is_never_taken_for_an_approval(rc: RcMta) -> None:
     outcomes = {}
-    for body in ("Absolutely not.", "Ich genehmige das nicht.", "Jag godk\u00e4nner inte"):
+    for body in (
+        "Absolutely not.",
+        "Ich genehmige das nicht.",
+        "Jag godk\u00e4nner inte",
+        "Fine, but I'm rejecting it",
+    ):
         task_id = rc.add_task()
         address = rc.request(task_id)["reply_to"]
         outcome = send_smtp(rc.smtp_port, reply_message(address, body), address)
@@ -354,4 +363,5 @@ def test_a_negation_after_the_approval_is_refused_not_taken_for_an_approval(rc: 
         "Absolutely not.": (550, "5.6.0", "in_progress"),
         "Ich genehmige das nicht.": (550, "5.6.0", "in_progress"),
         "Jag godk\u00e4nner inte": (550, "5.6.0", "in_progress"),
+        "Fine, but I'm rejecting it": (550, "5.6.0", "in_progress"),
     }

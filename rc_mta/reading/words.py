@@ -106,6 +106,8 @@ DEFAULT_FAIL_WORDS: tuple[str, ...] = (
     # English
     *("fail", "failed", "reject", "rejected", "no", "nope", "nah", "deny", "denied", "decline"),
     *("declined", "abort", "refuse", "refused", "disapprove", "disapproved", "veto", "vetoed", "no way"),
+    # "I'm rejecting it" (not "failing": "failing tests fixed" is no decision)
+    *("rejecting", "declining", "refusing", "denying", "vetoing", "aborting"),
     *("no go", "\N{THUMBS DOWN SIGN}", "\N{CROSS MARK}", "\N{HEAVY MULTIPLICATION X}", "\N{NO ENTRY}"),
     *("\N{NO ENTRY SIGN}",),
     # German
