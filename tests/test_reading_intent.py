@@ -56,6 +56,11 @@ NEGATION_AFTER = [
     ("I'm declining this one.", "fail"),
     ("Fine, but I'm rejecting it", None),
     ("Sure. Rejecting.", None),
+    # A sentence wrapped onto the next line is one sentence (a plain-text client wraps at 72-78).
+    ("After looking at the budget again I cannot\napprove it this quarter.", None),
+    ("Please do not\nreject", None),
+    ("I would say this is\nrejected", "fail"),
+    ("Approved\nNo changes needed", "complete"),
 ]
 
 PLAIN_ENGLISH = [
@@ -285,8 +290,9 @@ def test_default_word_lists_do_not_overlap() -> None:
         lambda n: "?" * n,
         lambda n: "- " * (n // 2),
         lambda n: "a" * n,
+        lambda n: "not\nok " * (n // 7),
     ],
-    ids=["no runs", "ja runs", "not runs", "clauses", "leading words", "question marks", "dashes", "one word"],
+    ids=["no runs", "ja runs", "not runs", "clauses", "leading words", "question marks", "dashes", "one word", "wraps"],
 )
 def test_reading_hostile_comments_takes_linear_time(make: object) -> None:
     assert callable(make)
@@ -347,21 +353,19 @@ def test_configured_words_replace_the_built_in_ones_in_a_running_rc_mta(fresh_rc
 
 
 def test_a_no_said_after_the_approval_word_is_never_taken_for_an_approval(rc: RcMta) -> None:
-    outcomes = {}
-    for body in (
+    bodies = (
         "Absolutely not.",
         "Ich genehmige das nicht.",
         "Jag godk\u00e4nner inte",
         "Fine, but I'm rejecting it",
-    ):
+        # Gmail's plain-text mode wraps the sentence at 78 characters: "approve" starts a line.
+        "Thanks for the numbers. After looking at the budget again with Bob, I cannot\napprove it this quarter.",
+    )
+    outcomes = {}
+    for body in bodies:
         task_id = rc.add_task()
         address = rc.request(task_id)["reply_to"]
         outcome = send_smtp(rc.smtp_port, reply_message(address, body), address)
         outcomes[body] = (outcome.code, outcome.enhanced, rc.task(task_id)["status"])
 
-    assert outcomes == {
-        "Absolutely not.": (550, "5.6.0", "in_progress"),
-        "Ich genehmige das nicht.": (550, "5.6.0", "in_progress"),
-        "Jag godk\u00e4nner inte": (550, "5.6.0", "in_progress"),
-        "Fine, but I'm rejecting it": (550, "5.6.0", "in_progress"),
-    }
+    assert outcomes == dict.fromkeys(bodies, (550, "5.6.0", "in_progress"))

@@ -64,6 +64,8 @@ _CONTRAST_RE = re.compile(
     rf"|(?<![^\s,])(?:{'|'.join(map(re.escape, CJK_CONTRASTS))})"
     r"|(?<=\uc9c0\ub9cc)(?=\s)"
 )
+# After these a line break is no break inside a sentence.
+_LINE_ENDS = frozenset(".!?,;:\u3002\u2026\uff01\uff1f\u3001")
 _TOKEN_RE = re.compile(r"[+-]?\d+|\w+(?:'\w+)*|[^\w\s]")
 
 
@@ -252,12 +254,42 @@ def _clauses(comment: str) -> Iterator[tuple[str, bool]]:
 
 def interpret_action(comment: str, complete_words: Sequence[str], fail_words: Sequence[str]) -> str | None:
     """``"complete"``, ``"fail"``, or None when the words decide nothing or contradict
-    each other (then the reply is refused, never guessed)."""
+    each other (then the reply is refused, never guessed).
+
+    A line break ends a sentence ("Approved" / "Thanks"), but one a client or the person
+    put inside a sentence ("I cannot" / "approve it") does not: where the next line goes on
+    in lower case after no punctuation, the words are read both ways, and must agree."""
     vocab = _vocabulary(tuple(complete_words), tuple(fail_words))
+    text = normalise(comment[:MAX_COMMENT_CHARS])
+    found = _decide(text, vocab)
+    unwrapped = _unwrapped(comment[:MAX_COMMENT_CHARS])
+    if unwrapped is not None and _decide(normalise(unwrapped), vocab) is not found:
+        return None  # line by line it says one thing, as sentences another
+    return found.value if found is not None else None
+
+
+def _unwrapped(text: str) -> str | None:
+    """``text`` with each line break inside a sentence made a space, or None if it has none."""
+    pieces: list[str] = []
+    previous = ""
+    joined = False
+    for line in text.split("\n"):
+        plain = line.strip()
+        if pieces:
+            inside = previous != "" and previous[-1] not in _LINE_ENDS and plain[:1].islower()
+            pieces.append(" " if inside else "\n")
+            joined = joined or inside
+        pieces.append(line)
+        previous = plain
+    return "".join(pieces) if joined else None
+
+
+def _decide(text: str, vocab: _Vocabulary) -> _Side | None:
+    """What normalised ``text`` decides: COMPLETE, FAIL, or None."""
     strong: set[_Side] = set()
     weak: set[_Side] = set()
     deferred = False
-    for clause, after_contrast in _clauses(normalise(comment[:MAX_COMMENT_CHARS])):
+    for clause, after_contrast in _clauses(text):
         words = tokens(clause)
         if not words:
             continue
@@ -273,4 +305,4 @@ def interpret_action(comment: str, complete_words: Sequence[str], fail_words: Se
     found = strong if deferred else strong | weak
     if len(strong | weak) != 1 or len(found) != 1:
         return None  # contradictory, or nothing but an acknowledgment of a deferral
-    return found.pop().value
+    return found.pop()
