@@ -61,6 +61,11 @@ NEGATION_AFTER = [
     ("Please do not\nreject", None),
     ("I would say this is\nrejected", "fail"),
     ("Approved\nNo changes needed", "complete"),
+    # A signature's phone number is no "+1".
+    ("Let me check with finance first.\n\nAlice Example\n+1 555 010 0100", None),
+    ("Alice\nTel. +1 (555) 010-0100", None),
+    ("Rejected.\n\nAlice\n+1-555-010-0100", "fail"),
+    ("+1, ship it", "complete"),
 ]
 
 PLAIN_ENGLISH = [
@@ -369,3 +374,19 @@ def test_a_no_said_after_the_approval_word_is_never_taken_for_an_approval(rc: Rc
         outcomes[body] = (outcome.code, outcome.enhanced, rc.task(task_id)["status"])
 
     assert outcomes == dict.fromkeys(bodies, (550, "5.6.0", "in_progress"))
+
+
+def test_a_phone_number_in_a_signature_is_not_a_plus_one(rc: RcMta) -> None:
+    # Outlook's signatures have no "-- " line above them, so they stay in the comment.
+    signature = "\n\nAlice Example\nDirector, Finance\n+1 (555) 010-0100"
+    outcomes = {}
+    for body in ("Let me check with finance first.", "Rejected, the numbers are wrong."):
+        task_id = rc.add_task()
+        address = rc.request(task_id)["reply_to"]
+        outcome = send_smtp(rc.smtp_port, reply_message(address, body + signature), address)
+        outcomes[body] = (outcome.code, rc.task(task_id)["status"])
+
+    assert outcomes == {
+        "Let me check with finance first.": (550, "in_progress"),
+        "Rejected, the numbers are wrong.": (250, "failed"),
+    }

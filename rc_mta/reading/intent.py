@@ -64,6 +64,8 @@ _CONTRAST_RE = re.compile(
     rf"|(?<![^\s,])(?:{'|'.join(map(re.escape, CJK_CONTRASTS))})"
     r"|(?<=\uc9c0\ub9cc)(?=\s)"
 )
+# An international phone number, as signatures write them: a country code and more digits.
+_PHONE_NUMBER_RE = re.compile(r"\+\d{1,3}(?:[ \t().\-/]*\d){4,}")
 # After these a line break is no break inside a sentence.
 _LINE_ENDS = frozenset(".!?,;:\u3002\u2026\uff01\uff1f\u3001")
 _TOKEN_RE = re.compile(r"[+-]?\d+|\w+(?:'\w+)*|[^\w\s]")
@@ -260,9 +262,10 @@ def interpret_action(comment: str, complete_words: Sequence[str], fail_words: Se
     put inside a sentence ("I cannot" / "approve it") does not: where the next line goes on
     in lower case after no punctuation, the words are read both ways, and must agree."""
     vocab = _vocabulary(tuple(complete_words), tuple(fail_words))
-    text = normalise(comment[:MAX_COMMENT_CHARS])
+    comment = _PHONE_NUMBER_RE.sub(" ", comment[:MAX_COMMENT_CHARS])  # "+1 (555) 010-0100" is no "+1"
+    text = normalise(comment)
     found = _decide(text, vocab)
-    unwrapped = _unwrapped(comment[:MAX_COMMENT_CHARS])
+    unwrapped = _unwrapped(comment)
     if unwrapped is not None and _decide(normalise(unwrapped), vocab) is not found:
         return None  # line by line it says one thing, as sentences another
     return found.value if found is not None else None
