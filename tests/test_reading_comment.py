@@ -148,6 +148,19 @@ def test_html_longer_than_its_bound_shows_nothing() -> None:
     assert parse_reply(_reply(html, "html")).comment == ""
 
 
+def test_html_parts_together_longer_than_the_bound_show_nothing_past_it() -> None:
+    message = MIMEMultipart("mixed")
+    message["From"] = "alice@example.com"
+    padding = "<p>padding</p>" * (600 * 1024 // 14)
+    for words in ("Let me check", "Approved"):
+        message.attach(MIMEText(f"<div>{words}</div>{padding}", "html"))
+
+    reply = parse_reply(message.as_bytes())
+
+    assert reply.comment.startswith("Let me check")
+    assert "Approved" not in reply.text
+
+
 HOSTILE_TEXT: dict[str, Callable[[int], str]] = {
     "words of attributions": lambda n: "On " + " wrote" * (n // 6),
     "colon lines": lambda n: "On 1 wrote:\n" * (n // 12),

@@ -21,7 +21,7 @@ from email.utils import getaddresses
 from ..headers import structured_header, unfold
 from ..machine_mail import machine_reason
 from .comment import MAX_TEXT_CHARS, extract_comment
-from .html import QUOTE_MARK, render_html
+from .html import MAX_HTML_CHARS, QUOTE_MARK, render_html
 
 __all__ = ["ParsedReply", "decode_bytes", "parse_reply"]
 
@@ -221,7 +221,15 @@ def _extract_text(message: Message) -> str:
         plain = _body_parts(message, "text/plain")
         if plain:
             return "\n\n".join(_plain_part_text(part) for part in plain).replace(QUOTE_MARK, "")
-        return "\n\n".join(render_html(_decoded_part(part)) for part in _body_parts(message, "text/html"))
+        shown: list[str] = []
+        left = MAX_HTML_CHARS  # for all the parts together: rendering is the costly read
+        for part in _body_parts(message, "text/html"):
+            html = _decoded_part(part)
+            left -= len(html)
+            if left < 0:
+                break  # too long to read, so the rest decides nothing
+            shown.append(render_html(html))
+        return "\n\n".join(shown)
     except Exception:
         return ""
 
