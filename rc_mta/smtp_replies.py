@@ -137,7 +137,7 @@ ACTION_CONTRADICTS_BUTTON = _reply(
     "ACTION_CONTRADICTS_BUTTON",
     550,
     "5.6.0",
-    "Your words say {said}, but this reply went to the {button} address: press the button you mean in the"
+    "Your words do not agree with the {button} address this reply went to: press the button you mean in the"
     " request, or reply to the request email starting with Complete or Fail",
 )
 TASK_NOT_FOUND = _reply("TASK_NOT_FOUND", 550, "5.1.1", "Task {task_id} no longer exists")

@@ -44,7 +44,7 @@ from .words import (
     WEAK_WORDS,
 )
 
-__all__ = ["MAX_COMMENT_CHARS", "interpret_action", "normalise", "tokens"]
+__all__ = ["MAX_COMMENT_CHARS", "contradicts", "interpret_action", "normalise", "tokens"]
 
 #: Longest comment read for a decision (the comment itself is already bounded).
 MAX_COMMENT_CHARS = 64 * 1024
@@ -261,14 +261,33 @@ def interpret_action(comment: str, complete_words: Sequence[str], fail_words: Se
     A line break ends a sentence ("Approved" / "Thanks"), but one a client or the person
     put inside a sentence ("I cannot" / "approve it") does not: where the next line goes on
     in lower case after no punctuation, the words are read both ways, and must agree."""
+    readings = _readings(comment, complete_words, fail_words)
+    if len(readings) != 1:
+        return None  # line by line it says one thing, as sentences another
+    found = readings.pop()
+    return found.value if found in (_Side.COMPLETE, _Side.FAIL) else None
+
+
+def contradicts(comment: str, action: str, complete_words: Sequence[str], fail_words: Sequence[str]) -> bool:
+    """Whether the words, read either way, decide against ``action`` ("complete" or
+    "fail") or against themselves ("Absolutely not", "Approved. Rejected."): what a
+    Complete or Fail button's reply may not say. Words that decide nothing do not."""
+    return any(
+        side is _Side.CONFLICT or (side in (_Side.COMPLETE, _Side.FAIL) and side.value != action)
+        for side in _readings(comment, complete_words, fail_words)
+    )
+
+
+def _readings(comment: str, complete_words: Sequence[str], fail_words: Sequence[str]) -> set[_Side]:
+    """What the words decide, line by line and with wrapped sentences joined (one reading
+    where no sentence is wrapped): each COMPLETE, FAIL, NOTHING or CONFLICT."""
     vocab = _vocabulary(tuple(complete_words), tuple(fail_words))
     comment = _PHONE_NUMBER_RE.sub(" ", comment[:MAX_COMMENT_CHARS])  # "+1 (555) 010-0100" is no "+1"
-    text = normalise(comment)
-    found = _decide(text, vocab)
+    readings = {_decide(normalise(comment), vocab)}
     unwrapped = _unwrapped(comment)
-    if unwrapped is not None and _decide(normalise(unwrapped), vocab) is not found:
-        return None  # line by line it says one thing, as sentences another
-    return found.value if found is not None else None
+    if unwrapped is not None:
+        readings.add(_decide(normalise(unwrapped), vocab))
+    return readings
 
 
 def _unwrapped(text: str) -> str | None:
@@ -287,8 +306,8 @@ def _unwrapped(text: str) -> str | None:
     return "".join(pieces) if joined else None
 
 
-def _decide(text: str, vocab: _Vocabulary) -> _Side | None:
-    """What normalised ``text`` decides: COMPLETE, FAIL, or None."""
+def _decide(text: str, vocab: _Vocabulary) -> _Side:
+    """What normalised ``text`` decides: COMPLETE, FAIL, NOTHING, or CONFLICT."""
     strong: set[_Side] = set()
     weak: set[_Side] = set()
     deferred = False
@@ -298,14 +317,14 @@ def _decide(text: str, vocab: _Vocabulary) -> _Side | None:
             continue
         side, acknowledgment = _read_clause(words, vocab)
         if side is _Side.CONFLICT:
-            return None
+            return side
         if side is _Side.DEFER and after_contrast:
-            return None  # "looks good, but wait for Bob": a condition on the decision, not one
+            return _Side.CONFLICT  # "looks good, but wait for Bob": a condition on the decision, not one
         if side is _Side.DEFER:
             deferred = True
         elif side in (_Side.COMPLETE, _Side.FAIL):
             (weak if acknowledgment else strong).add(side)
+    if len(strong | weak) > 1:
+        return _Side.CONFLICT
     found = strong if deferred else strong | weak
-    if len(strong | weak) != 1 or len(found) != 1:
-        return None  # contradictory, or nothing but an acknowledgment of a deferral
-    return found.pop()
+    return found.pop() if found else _Side.NOTHING  # nothing, or an acknowledgment of a deferral
