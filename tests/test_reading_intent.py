@@ -66,6 +66,14 @@ NEGATION_AFTER = [
     ("Alice\nTel. +1 (555) 010-0100", None),
     ("Rejected.\n\nAlice\n+1-555-010-0100", "fail"),
     ("+1, ship it", "complete"),
+    # An acknowledgment beside a "no" it does not read as a decision approves nothing.
+    ("Yes, but I cannot sign off on this", None),
+    ("Ja, aber ich kann das nicht freigeben", None),
+    ("OK, das kann ich nicht genehmigen", None),
+    ("Oui, mais je ne peux pas valider", None),
+    ("S\u00ed, pero no lo puedo aprobar", None),
+    ("Nein, noch nicht", "fail"),
+    ("Oui, pas de souci", "complete"),
 ]
 
 PLAIN_ENGLISH = [
@@ -363,6 +371,7 @@ def test_a_no_said_after_the_approval_word_is_never_taken_for_an_approval(rc: Rc
         "Ich genehmige das nicht.",
         "Jag godk\u00e4nner inte",
         "Fine, but I'm rejecting it",
+        "Yes, but I cannot sign off on this.",
         # Gmail's plain-text mode wraps the sentence at 78 characters: "approve" starts a line.
         "Thanks for the numbers. After looking at the budget again with Bob, I cannot\napprove it this quarter.",
     )

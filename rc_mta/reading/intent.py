@@ -20,7 +20,8 @@ opposite decision ("OK to reject") or a negation ("Absolutely not", "Ich genehmi
 nicht"), or that is a negation alone ("Done. Not.") — makes the whole reply undecidable: a reply is
 never read as the opposite of what the person meant, because a doubt refuses.
 Acknowledgments ("OK", "sure", "yes") decide only when no clause puts the decision
-off ("OK, I'll check tomorrow" decides nothing).
+off ("OK, I'll check tomorrow" decides nothing), and approve nothing next to a clause
+with a negation that decides nothing ("Yes, but I cannot sign off on this").
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ class _Side(enum.Enum):
     NOTHING = "nothing"  # a decision-shaped clause that decides nothing ("not sure")
     CONFLICT = "conflict"  # undecidable: the whole reply is refused
     DEFER = "defer"  # "let me check": acknowledgments elsewhere decide nothing
+    NEGATED = "negated"  # "I cannot sign off": no decision read, but a "no": no "OK" approves
 
 
 _Phrase = tuple[str, ...]
@@ -220,7 +222,10 @@ def _read_clause(words: list[str], vocab: _Vocabulary) -> tuple[_Side, bool]:
             return _Side.CONFLICT, False  # "Done. Not.": a negation of what was said before
         # No decision: does it put one off ("I'll have a look later")?
         deferring = any(_listed_at(vocab.deferrals, words, where) is not None for where in range(len(words)))
-        return (_Side.DEFER if deferring else _Side.NOTHING), False
+        if deferring:
+            return _Side.DEFER, False
+        negated = any(_listed_at(vocab.negators, words, where) is not None for where in range(len(words)))
+        return (_Side.NEGATED if negated else _Side.NOTHING), False
     weak = tuple(words[at : decision[1]]) in vocab.weak
     side, at = decision
     if side in (_Side.NOTHING, _Side.CONFLICT):
@@ -310,7 +315,7 @@ def _decide(text: str, vocab: _Vocabulary) -> _Side:
     """What normalised ``text`` decides: COMPLETE, FAIL, NOTHING, or CONFLICT."""
     strong: set[_Side] = set()
     weak: set[_Side] = set()
-    deferred = False
+    deferred = negated = False
     for clause, after_contrast in _clauses(text):
         words = tokens(clause)
         if not words:
@@ -322,9 +327,13 @@ def _decide(text: str, vocab: _Vocabulary) -> _Side:
             return _Side.CONFLICT  # "looks good, but wait for Bob": a condition on the decision, not one
         if side is _Side.DEFER:
             deferred = True
+        elif side is _Side.NEGATED:
+            negated = True
         elif side in (_Side.COMPLETE, _Side.FAIL):
             (weak if acknowledgment else strong).add(side)
     if len(strong | weak) > 1:
         return _Side.CONFLICT
+    if negated:
+        weak.discard(_Side.COMPLETE)  # "Yes, but I cannot sign off": no approval ("No, not yet" is a no)
     found = strong if deferred else strong | weak
     return found.pop() if found else _Side.NOTHING  # nothing, or an acknowledgment of a deferral

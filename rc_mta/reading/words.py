@@ -52,6 +52,7 @@ DEFAULT_COMPLETE_WORDS: tuple[str, ...] = (
     *("j'accepte", "d'accord", "je suis d'accord", "c'est bon", "c'est ok", "ça marche", "ça me va"),
     *("parfait", "fait", "bon pour moi", "je confirme", "confirmé", "allez-y", "feu vert", "bien sûr"),
     *("pas de problème", "aucun problème", "aucune objection", "pas d'objection", "sans problème"),
+    *("pas de souci", "pas de soucis", "aucun souci"),
     # Spanish
     *("sí", "si", "aprobado", "aprobada", "apruebo", "de acuerdo", "estoy de acuerdo", "adelante", "hecho"),
     *("listo", "conforme", "claro", "por supuesto", "confirmado", "acepto", "aceptado", "perfecto"),
