@@ -3,8 +3,10 @@ and the bounds that keep the reading linear on hostile input."""
 
 from __future__ import annotations
 
+import email.policy
 import time
 from collections.abc import Callable
+from email import message_from_bytes
 from email.message import EmailMessage
 from email.mime.application import MIMEApplication
 from email.mime.multipart import MIMEMultipart
@@ -13,7 +15,7 @@ from email.utils import make_msgid
 
 import pytest
 from conftest import RcMta
-from mailclient import send_smtp
+from mailclient import reply_message, send_smtp
 
 from rc_mta.reading import MAX_TEXT_CHARS, extract_comment, parse_reply
 
@@ -265,3 +267,28 @@ def test_words_on_both_sides_of_an_attachment_are_read(
     assert [c["text"] for c in task["comments"]] == [f"{before}\n\n{after}"] * comments
     if status == "in_progress":
         assert (outcome.code, outcome.enhanced) == (550, "5.6.0")
+
+
+OUTLOOK_BLOCKS = {
+    "Ukrainian": "Від: {robot}\nНадіслано: 30 листопада 2026 р. 10:00\nКому: {owner}\nТема: {subject}",
+    "Romanian": "De la: {robot}\nTrimis: luni, 30 noiembrie 2026 10:00\nCătre: {owner}\nSubiect: {subject}",
+    "Indonesian": "Dari: {robot}\nDikirim: Senin, 30 November 2026 10.00\nKepada: {owner}\nPerihal: {subject}",
+}
+
+
+@pytest.mark.parametrize("block", OUTLOOK_BLOCKS.values(), ids=OUTLOOK_BLOCKS.keys())
+def test_request_quoted_below_a_header_block_in_any_language_is_not_the_comment(rc: RcMta, block: str) -> None:
+    # Outlook's plain text: the owner's words, a rule, the header block, the request unquoted.
+    task_id = rc.add_task()  # "Approve deploy to prod": the title must not decide
+    sent = rc.request(task_id)
+    with open(sent["path"], "rb") as saved:
+        request = message_from_bytes(saved.read(), _class=EmailMessage, policy=email.policy.default)
+    original = request.get_body(("plain",))
+    assert original is not None
+    header = block.format(robot=request["From"], owner="Alice <alice@example.com>", subject=request["Subject"])
+    body = f"Let me check with the team.\n\n{'_' * 32}\n{header}\n\n{original.get_content()}"
+
+    outcome = send_smtp(rc.smtp_port, reply_message(sent["reply_to"], body), sent["reply_to"])
+
+    assert (outcome.code, outcome.enhanced) == (550, "5.6.0"), outcome
+    assert rc.task(task_id)["status"] == "in_progress"
