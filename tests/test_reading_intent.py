@@ -74,6 +74,12 @@ NEGATION_AFTER = [
     ("S\u00ed, pero no lo puedo aprobar", None),
     ("Nein, noch nicht", "fail"),
     ("Oui, pas de souci", "complete"),
+    # Asked for in the infinitive, as German and French write it.
+    ("Bitte freigeben.", "complete"),
+    ("Bitte nicht freigeben.", "fail"),
+    ("Nicht genehmigen", "fail"),
+    ("Merci de ne pas valider", None),
+    ("Ne pas valider.", "fail"),
 ]
 
 PLAIN_ENGLISH = [
@@ -348,20 +354,28 @@ def test_a_word_configured_as_both_complete_and_fail_is_refused(fresh_rc: RcMta)
     assert "'ok' is both a complete word and a fail word" in result.stderr
 
 
+def answered(server: RcMta, bodies: tuple[str, ...], below: str = "") -> dict[str, tuple[int, str, str]]:
+    """Each body (with ``below`` under it) as a reply to a task's request of its own:
+    the SMTP code, the enhanced code and the task's status after it."""
+    outcomes = {}
+    for body in bodies:
+        task_id = server.add_task()
+        address = server.request(task_id)["reply_to"]
+        outcome = send_smtp(server.smtp_port, reply_message(address, body + below), address)
+        outcomes[body] = (outcome.code, outcome.enhanced, server.task(task_id)["status"])
+    return outcomes
+
+
 def test_configured_words_replace_the_built_in_ones_in_a_running_rc_mta(fresh_rc: RcMta) -> None:
     fresh_rc.settings["replies"] = {"complete_words": ["Freigegeben"], "fail_words": ["Abgelehnt"]}
     fresh_rc.start()
-    outcomes = {}
-    for body in ("Freigegeben, danke.", "Approved", "Nicht freigegeben."):
-        task_id = fresh_rc.add_task()
-        address = fresh_rc.request(task_id)["reply_to"]
-        outcome = send_smtp(fresh_rc.smtp_port, reply_message(address, body), address)
-        outcomes[body] = (outcome.code, fresh_rc.task(task_id)["status"])
+
+    outcomes = answered(fresh_rc, ("Freigegeben, danke.", "Approved", "Nicht freigegeben."))
 
     assert outcomes == {
-        "Freigegeben, danke.": (250, "completed"),
-        "Approved": (550, "in_progress"),  # not a configured word any more
-        "Nicht freigegeben.": (250, "failed"),  # the grammar applies to configured words
+        "Freigegeben, danke.": (250, "2.0.0", "completed"),
+        "Approved": (550, "5.6.0", "in_progress"),  # not a configured word any more
+        "Nicht freigegeben.": (250, "2.0.0", "failed"),  # the grammar applies to configured words
     }
 
 
@@ -375,27 +389,27 @@ def test_a_no_said_after_the_approval_word_is_never_taken_for_an_approval(rc: Rc
         # Gmail's plain-text mode wraps the sentence at 78 characters: "approve" starts a line.
         "Thanks for the numbers. After looking at the budget again with Bob, I cannot\napprove it this quarter.",
     )
-    outcomes = {}
-    for body in bodies:
-        task_id = rc.add_task()
-        address = rc.request(task_id)["reply_to"]
-        outcome = send_smtp(rc.smtp_port, reply_message(address, body), address)
-        outcomes[body] = (outcome.code, outcome.enhanced, rc.task(task_id)["status"])
 
-    assert outcomes == dict.fromkeys(bodies, (550, "5.6.0", "in_progress"))
+    assert answered(rc, bodies) == dict.fromkeys(bodies, (550, "5.6.0", "in_progress"))
 
 
 def test_a_phone_number_in_a_signature_is_not_a_plus_one(rc: RcMta) -> None:
     # Outlook's signatures have no "-- " line above them, so they stay in the comment.
     signature = "\n\nAlice Example\nDirector, Finance\n+1 (555) 010-0100"
-    outcomes = {}
-    for body in ("Let me check with finance first.", "Rejected, the numbers are wrong."):
-        task_id = rc.add_task()
-        address = rc.request(task_id)["reply_to"]
-        outcome = send_smtp(rc.smtp_port, reply_message(address, body + signature), address)
-        outcomes[body] = (outcome.code, rc.task(task_id)["status"])
+
+    outcomes = answered(rc, ("Let me check with finance first.", "Rejected, the numbers are wrong."), signature)
 
     assert outcomes == {
-        "Let me check with finance first.": (550, "in_progress"),
-        "Rejected, the numbers are wrong.": (250, "failed"),
+        "Let me check with finance first.": (550, "5.6.0", "in_progress"),
+        "Rejected, the numbers are wrong.": (250, "2.0.0", "failed"),
+    }
+
+
+def test_a_request_in_the_infinitive_decides(rc: RcMta) -> None:
+    outcomes = answered(rc, ("Bitte freigeben.", "Bitte nicht freigeben.", "Ne pas valider, merci."))
+
+    assert outcomes == {
+        "Bitte freigeben.": (250, "2.0.0", "completed"),
+        "Bitte nicht freigeben.": (250, "2.0.0", "failed"),
+        "Ne pas valider, merci.": (250, "2.0.0", "failed"),
     }
