@@ -57,6 +57,7 @@ from .reading import (
     DEFAULT_COMPLETE_WORDS,
     DEFAULT_FAIL_WORDS,
     ParsedReply,
+    contradicts,
     interpret_action,
     parse_reply,
 )
@@ -525,6 +526,12 @@ class Pipeline:
             action = TaskAction(decided)
         else:
             action = TaskAction(token.action.label)
+            # A button's address decides, unless the person's own words decide the other way.
+            if contradicts(parsed.comment, action.value, self.complete_words, self.fail_words):
+                answered = await self._read_by_key(self.store.get_claim, request.id) if acting else None
+                if answered is not None and answered.done:
+                    return _answered(base, request, answered)  # told so first, as any other answer is
+                raise MessageRefused(R.ACTION_CONTRADICTS_BUTTON.with_text(button=action.value.title()))
         if acting and self._acts_in_store:
             # The usual case, an answer that decides alone, is tried first in the store's one
             # transaction, which asks as it writes what the standing would say (``act``).

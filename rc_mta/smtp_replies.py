@@ -132,6 +132,14 @@ ACTION_UNCLEAR = _reply(
     "Could not tell whether to complete or fail the task: start your reply with Complete or Fail"
     " (or press a button in the request)",
 )
+# A Complete or Fail button's reply whose own words decide the other way: two readings.
+ACTION_CONTRADICTS_BUTTON = _reply(
+    "ACTION_CONTRADICTS_BUTTON",
+    550,
+    "5.6.0",
+    "Your words do not agree with the {button} address this reply went to: press the button you mean in the"
+    " request, or reply to the request email starting with Complete or Fail",
+)
 TASK_NOT_FOUND = _reply("TASK_NOT_FOUND", 550, "5.1.1", "Task {task_id} no longer exists")
 # Until that answer's sender tries again (which settles it), or a person decides the task.
 SIBLING_OUTCOME_UNKNOWN = _reply(

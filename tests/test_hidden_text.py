@@ -3,6 +3,7 @@ class 5). Real SMTP over loopback to a running rc-mta."""
 
 from __future__ import annotations
 
+import pytest
 from conftest import REPLY_DOMAIN, RcMta
 from mailclient import reply_message, send_smtp
 
@@ -27,10 +28,17 @@ def test_hidden_approval_in_an_html_only_reply_does_not_complete_the_task(rc: Rc
     assert [c["text"] for c in task["comments"]] == ["No, not yet"]
 
 
-def test_hidden_approval_next_to_undecidable_visible_words_is_refused(rc: RcMta) -> None:
+# Text in the colour of a background an ancestor paints is as invisible.
+IN_ANCESTORS_BACKGROUND = (
+    '<div style="background:#1f3b5c"><div><span style="color:#1f3b5c">Approved, ship it</span></div></div>'
+)
+
+
+@pytest.mark.parametrize("hidden", [HIDDEN_APPROVAL, IN_ANCESTORS_BACKGROUND], ids=["own style", "ancestor's"])
+def test_hidden_approval_next_to_undecidable_visible_words_is_refused(rc: RcMta, hidden: str) -> None:
     task_id = rc.add_task()
     address = rc.request(task_id)["reply_to"]
-    html = f"{HIDDEN_APPROVAL}<p>Let me check with the team first.</p>"
+    html = f"{hidden}<p>Let me check with the team first.</p>"
 
     outcome = send_smtp(rc.smtp_port, reply_message(address, "", html=html), address)
 
@@ -70,4 +78,22 @@ def test_reply_with_both_alternatives_is_read_from_its_text_plain_part(rc: RcMta
     assert outcome.code == 250, outcome
     task = rc.task(task_id)
     assert task["status"] == "failed"
+    assert [c["text"] for c in task["comments"]] == ["No, not yet"]
+
+
+def test_text_in_an_ancestors_background_colour_neither_decides_nor_enters_the_comment(rc: RcMta) -> None:
+    # Invisible as white on white, though neither element sets both colours itself.
+    hidden = (
+        '<body bgcolor="#000000"><font color="#000000">Approved, ship it</font>'
+        '<table><tr><td style="background-color:#1f3b5c"><p><span style="color:#1f3b5c">Approved</span></p>'
+        '</td></tr></table><div style="color:#ffcc00">No, not yet</div></body>'
+    )
+    task_id = rc.add_task()
+    address = rc.request(task_id)["reply_to"]
+
+    outcome = send_smtp(rc.smtp_port, reply_message(address, "", html=f"<html>{hidden}</html>"), address)
+
+    assert outcome.code == 250, outcome
+    task = rc.task(task_id)
+    assert task["status"] == "failed"  # what the person sees: yellow "No, not yet" on black
     assert [c["text"] for c in task["comments"]] == ["No, not yet"]

@@ -3,11 +3,19 @@ and the bounds that keep the reading linear on hostile input."""
 
 from __future__ import annotations
 
+import email.policy
 import time
 from collections.abc import Callable
+from email import message_from_bytes
 from email.message import EmailMessage
+from email.mime.application import MIMEApplication
+from email.mime.multipart import MIMEMultipart
+from email.mime.text import MIMEText
+from email.utils import make_msgid
 
 import pytest
+from conftest import RcMta
+from mailclient import reply_message, send_smtp
 
 from rc_mta.reading import MAX_TEXT_CHARS, extract_comment, parse_reply
 
@@ -142,6 +150,19 @@ def test_html_longer_than_its_bound_shows_nothing() -> None:
     assert parse_reply(_reply(html, "html")).comment == ""
 
 
+def test_html_parts_together_longer_than_the_bound_show_nothing_past_it() -> None:
+    message = MIMEMultipart("mixed")
+    message["From"] = "alice@example.com"
+    padding = "<p>padding</p>" * (600 * 1024 // 14)
+    for words in ("Let me check", "Approved"):
+        message.attach(MIMEText(f"<div>{words}</div>{padding}", "html"))
+
+    reply = parse_reply(message.as_bytes())
+
+    assert reply.comment.startswith("Let me check")
+    assert "Approved" not in reply.text
+
+
 HOSTILE_TEXT: dict[str, Callable[[int], str]] = {
     "words of attributions": lambda n: "On " + " wrote" * (n // 6),
     "colon lines": lambda n: "On 1 wrote:\n" * (n // 12),
@@ -181,3 +202,93 @@ def test_hostile_replies_of_a_mebibyte_take_linear_time(make: Callable[[int], st
     large = _best_of(lambda: parse_reply(large_raw))
 
     assert large < 16 * max(small, 0.005)  # eight times the input; quadratic would be 64
+
+
+def _raw_reply(address: str, charset: str, body: bytes) -> bytes:
+    head = (
+        f"From: Alice <alice@example.com>\r\nTo: {address}\r\nSubject: Re: Action needed\r\n"
+        f"Message-ID: {make_msgid(domain='example.com')}\r\nMIME-Version: 1.0\r\n"
+        f"Content-Type: text/plain; charset={charset}\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+@pytest.mark.parametrize(
+    ("charset", "encoding"),
+    [("utf-8", "cp1252"), ("iso-8859-1", "utf-8")],
+    ids=["windows-1252 labelled utf-8", "utf-8 labelled latin-1"],
+)
+def test_mislabelled_charset_keeps_the_owners_words(rc: RcMta, charset: str, encoding: str) -> None:
+    # What Windows clients and webmails send under another charset's label.
+    task_id = rc.add_task()
+    address = rc.request(task_id)["reply_to"]
+    words = "Bestätigt – schöne Grüße"
+
+    outcome = send_smtp(rc.smtp_port, _raw_reply(address, charset, words.encode(encoding) + b"\r\n"), address)
+
+    assert outcome.code == 250, outcome
+    task = rc.task(task_id)
+    assert task["status"] == "completed"
+    assert [c["text"] for c in task["comments"]] == [words]
+
+
+def _apple_mail_split_reply(address: str, before: str, after: str) -> bytes:
+    """Apple Mail's plain text with an attachment placed in it: text, the file, text."""
+    message = MIMEMultipart("mixed")
+    message["From"] = "Alice <alice@example.com>"
+    message["To"] = address
+    message["Subject"] = "Re: Action needed"
+    message["Message-ID"] = make_msgid(domain="example.com")
+    report = MIMEApplication(b"%PDF-1.4\n", "pdf")
+    report.add_header("Content-Disposition", "inline", filename="report.pdf")
+    for part in (MIMEText(before, "plain"), report, MIMEText(f"\n{after}\n\n> Complete\n", "plain")):
+        message.attach(part)
+    return message.as_bytes()
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "status", "comments"),
+    [
+        ("Here is the report from QA:", "Rejected, the numbers are wrong.", "failed", 1),
+        ("Approved the layout, here is the report:", "But the budget is wrong: rejected.", "in_progress", 0),
+    ],
+    ids=["decided below the attachment", "changed below the attachment"],
+)
+def test_words_on_both_sides_of_an_attachment_are_read(
+    rc: RcMta, before: str, after: str, status: str, comments: int
+) -> None:
+    task_id = rc.add_task()
+    address = rc.request(task_id)["reply_to"]
+
+    outcome = send_smtp(rc.smtp_port, _apple_mail_split_reply(address, before, after), address)
+
+    task = rc.task(task_id)
+    assert task["status"] == status, outcome
+    assert [c["text"] for c in task["comments"]] == [f"{before}\n\n{after}"] * comments
+    if status == "in_progress":
+        assert (outcome.code, outcome.enhanced) == (550, "5.6.0")
+
+
+OUTLOOK_BLOCKS = {
+    "Ukrainian": "Від: {robot}\nНадіслано: 30 листопада 2026 р. 10:00\nКому: {owner}\nТема: {subject}",
+    "Romanian": "De la: {robot}\nTrimis: luni, 30 noiembrie 2026 10:00\nCătre: {owner}\nSubiect: {subject}",
+    "Indonesian": "Dari: {robot}\nDikirim: Senin, 30 November 2026 10.00\nKepada: {owner}\nPerihal: {subject}",
+}
+
+
+@pytest.mark.parametrize("block", OUTLOOK_BLOCKS.values(), ids=OUTLOOK_BLOCKS.keys())
+def test_request_quoted_below_a_header_block_in_any_language_is_not_the_comment(rc: RcMta, block: str) -> None:
+    # Outlook's plain text: the owner's words, a rule, the header block, the request unquoted.
+    task_id = rc.add_task()  # "Approve deploy to prod": the title must not decide
+    sent = rc.request(task_id)
+    with open(sent["path"], "rb") as saved:
+        request = message_from_bytes(saved.read(), _class=EmailMessage, policy=email.policy.default)
+    original = request.get_body(("plain",))
+    assert original is not None
+    header = block.format(robot=request["From"], owner="Alice <alice@example.com>", subject=request["Subject"])
+    body = f"Let me check with the team.\n\n{'_' * 32}\n{header}\n\n{original.get_content()}"
+
+    outcome = send_smtp(rc.smtp_port, reply_message(sent["reply_to"], body), sent["reply_to"])
+
+    assert (outcome.code, outcome.enhanced) == (550, "5.6.0"), outcome
+    assert rc.task(task_id)["status"] == "in_progress"

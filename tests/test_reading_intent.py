@@ -36,6 +36,52 @@ NEGATION = [
     ("not now", None),
 ]
 
+# A negation after the decision, as German and the Nordic languages place it and English
+# answers with it, may turn the decision around: refused, never read as the decision.
+NEGATION_AFTER = [
+    ("Absolutely not", None),
+    ("Of course not.", None),
+    ("Approve it? Absolutely not.", None),
+    ("OK not yet", None),
+    ("Approved... not", None),
+    ("Ich genehmige das nicht", None),
+    ("Passt nicht", None),
+    ("Einverstanden bin ich nicht.", None),
+    ("Jag godk\u00e4nner inte", None),
+    ("Jeg godkender det ikke", None),
+    ("Jeg godkjenner ikke dette", None),
+    # A negated word of the same decision is the same decision.
+    ("Rejected, the numbers are not ok", "fail"),
+    # A refusal said as what one is doing.
+    ("I'm declining this one.", "fail"),
+    ("Fine, but I'm rejecting it", None),
+    ("Sure. Rejecting.", None),
+    # A sentence wrapped onto the next line is one sentence (a plain-text client wraps at 72-78).
+    ("After looking at the budget again I cannot\napprove it this quarter.", None),
+    ("Please do not\nreject", None),
+    ("I would say this is\nrejected", "fail"),
+    ("Approved\nNo changes needed", "complete"),
+    # A signature's phone number is no "+1".
+    ("Let me check with finance first.\n\nAlice Example\n+1 555 010 0100", None),
+    ("Alice\nTel. +1 (555) 010-0100", None),
+    ("Rejected.\n\nAlice\n+1-555-010-0100", "fail"),
+    ("+1, ship it", "complete"),
+    # An acknowledgment beside a "no" it does not read as a decision approves nothing.
+    ("Yes, but I cannot sign off on this", None),
+    ("Ja, aber ich kann das nicht freigeben", None),
+    ("OK, das kann ich nicht genehmigen", None),
+    ("Oui, mais je ne peux pas valider", None),
+    ("S\u00ed, pero no lo puedo aprobar", None),
+    ("Nein, noch nicht", "fail"),
+    ("Oui, pas de souci", "complete"),
+    # Asked for in the infinitive, as German and French write it.
+    ("Bitte freigeben.", "complete"),
+    ("Bitte nicht freigeben.", "fail"),
+    ("Nicht genehmigen", "fail"),
+    ("Merci de ne pas valider", None),
+    ("Ne pas valider.", "fail"),
+]
+
 PLAIN_ENGLISH = [
     ("Complete", "complete"),
     ("COMPLETE.", "complete"),
@@ -202,7 +248,17 @@ LANGUAGES = [
     ("Hay\u0131r", "fail"),
 ]
 
-TABLE = NEGATION + PLAIN_ENGLISH + NOT_DECISIONS + CONFLICTS + CONTRASTS + QUESTIONS + DEFERRALS + LANGUAGES
+TABLE = (
+    NEGATION
+    + NEGATION_AFTER
+    + PLAIN_ENGLISH
+    + NOT_DECISIONS
+    + CONFLICTS
+    + CONTRASTS
+    + QUESTIONS
+    + DEFERRALS
+    + LANGUAGES
+)
 
 
 @pytest.mark.parametrize(("comment", "expected"), TABLE, ids=[repr(comment) for comment, _ in TABLE])
@@ -253,8 +309,9 @@ def test_default_word_lists_do_not_overlap() -> None:
         lambda n: "?" * n,
         lambda n: "- " * (n // 2),
         lambda n: "a" * n,
+        lambda n: "not\nok " * (n // 7),
     ],
-    ids=["no runs", "ja runs", "not runs", "clauses", "leading words", "question marks", "dashes", "one word"],
+    ids=["no runs", "ja runs", "not runs", "clauses", "leading words", "question marks", "dashes", "one word", "wraps"],
 )
 def test_reading_hostile_comments_takes_linear_time(make: object) -> None:
     assert callable(make)
@@ -297,18 +354,62 @@ def test_a_word_configured_as_both_complete_and_fail_is_refused(fresh_rc: RcMta)
     assert "'ok' is both a complete word and a fail word" in result.stderr
 
 
+def answered(server: RcMta, bodies: tuple[str, ...], below: str = "") -> dict[str, tuple[int, str, str]]:
+    """Each body (with ``below`` under it) as a reply to a task's request of its own:
+    the SMTP code, the enhanced code and the task's status after it."""
+    outcomes = {}
+    for body in bodies:
+        task_id = server.add_task()
+        address = server.request(task_id)["reply_to"]
+        outcome = send_smtp(server.smtp_port, reply_message(address, body + below), address)
+        outcomes[body] = (outcome.code, outcome.enhanced, server.task(task_id)["status"])
+    return outcomes
+
+
 def test_configured_words_replace_the_built_in_ones_in_a_running_rc_mta(fresh_rc: RcMta) -> None:
     fresh_rc.settings["replies"] = {"complete_words": ["Freigegeben"], "fail_words": ["Abgelehnt"]}
     fresh_rc.start()
-    outcomes = {}
-    for body in ("Freigegeben, danke.", "Approved", "Nicht freigegeben."):
-        task_id = fresh_rc.add_task()
-        address = fresh_rc.request(task_id)["reply_to"]
-        outcome = send_smtp(fresh_rc.smtp_port, reply_message(address, body), address)
-        outcomes[body] = (outcome.code, fresh_rc.task(task_id)["status"])
+
+    outcomes = answered(fresh_rc, ("Freigegeben, danke.", "Approved", "Nicht freigegeben."))
 
     assert outcomes == {
-        "Freigegeben, danke.": (250, "completed"),
-        "Approved": (550, "in_progress"),  # not a configured word any more
-        "Nicht freigegeben.": (250, "failed"),  # the grammar applies to configured words
+        "Freigegeben, danke.": (250, "2.0.0", "completed"),
+        "Approved": (550, "5.6.0", "in_progress"),  # not a configured word any more
+        "Nicht freigegeben.": (250, "2.0.0", "failed"),  # the grammar applies to configured words
+    }
+
+
+def test_a_no_said_after_the_approval_word_is_never_taken_for_an_approval(rc: RcMta) -> None:
+    bodies = (
+        "Absolutely not.",
+        "Ich genehmige das nicht.",
+        "Jag godk\u00e4nner inte",
+        "Fine, but I'm rejecting it",
+        "Yes, but I cannot sign off on this.",
+        # Gmail's plain-text mode wraps the sentence at 78 characters: "approve" starts a line.
+        "Thanks for the numbers. After looking at the budget again with Bob, I cannot\napprove it this quarter.",
+    )
+
+    assert answered(rc, bodies) == dict.fromkeys(bodies, (550, "5.6.0", "in_progress"))
+
+
+def test_a_phone_number_in_a_signature_is_not_a_plus_one(rc: RcMta) -> None:
+    # Outlook's signatures have no "-- " line above them, so they stay in the comment.
+    signature = "\n\nAlice Example\nDirector, Finance\n+1 (555) 010-0100"
+
+    outcomes = answered(rc, ("Let me check with finance first.", "Rejected, the numbers are wrong."), signature)
+
+    assert outcomes == {
+        "Let me check with finance first.": (550, "5.6.0", "in_progress"),
+        "Rejected, the numbers are wrong.": (250, "2.0.0", "failed"),
+    }
+
+
+def test_a_request_in_the_infinitive_decides(rc: RcMta) -> None:
+    outcomes = answered(rc, ("Bitte freigeben.", "Bitte nicht freigeben.", "Ne pas valider, merci."))
+
+    assert outcomes == {
+        "Bitte freigeben.": (250, "2.0.0", "completed"),
+        "Bitte nicht freigeben.": (250, "2.0.0", "failed"),
+        "Ne pas valider, merci.": (250, "2.0.0", "failed"),
     }

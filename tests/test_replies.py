@@ -445,6 +445,13 @@ HIDING_TECHNIQUES = {
     "opacity 0": '<div style="opacity:0">{}</div>',
     "Outlook mso-hide": '<div style="mso-hide:all">{}</div>',
     "off-screen": '<div style="position:absolute;left:-9999px">{}</div>',
+    "off-screen to the right": '<div style="position:absolute;right:-9999px">{}</div>',
+    "translated off-screen": '<div style="transform:translateX(-9999px)">{}</div>',
+    "scaled to a dot": '<div style="transform:scale(0.01)">{}</div>',
+    "zoomed to a dot": '<div style="zoom:0.01">{}</div>',
+    "coloured like an ancestor's background": (
+        '<table><tr><td bgcolor="#1f3b5c"><p><span style="color:#1f3b5c">{}</span></p></td></tr></table>'
+    ),
     "clipped to nothing": '<div style="position:absolute;clip:rect(0 0 0 0)">{}</div>',
     "CSS escapes": '<div style="disp\\6c ay:n\\6f ne">{}</div>',
     "CSS comment inside": '<div style="display:/* x */none">{}</div>',
@@ -575,6 +582,8 @@ HOSTILE_HTML = {
     "style braces": lambda n: "<style>" + "{" * n + "</style>",
     "style comments": lambda n: "<style>" + "/*" * (n // 2) + "</style>",
     "style strings": lambda n: "<style>" + '"\\' * (n // 2) + "</style>",
+    "opacity() runs of a filter": lambda n: '<p style="filter:' + "opacity(" * (n // 8) + '">Approved</p>',
+    "opacity() runs in a style sheet": lambda n: "<style>p{filter:" + "opacity(" * (n // 8) + "}</style>",
 }
 
 

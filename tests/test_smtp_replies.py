@@ -48,6 +48,33 @@ def test_fail_button_reply_fails_task(rc: RcMta) -> None:
     assert task["comments"][0]["text"] == "Tests are red"
 
 
+def test_button_reply_whose_own_words_decide_the_other_way_is_refused(rc: RcMta) -> None:
+    # Complete pressed, then "Rejected…" written (or the other way round): two readings.
+    answers = (
+        ("complete_address", "Rejected, the numbers are wrong"),
+        ("complete_address", "Absolutely not."),
+        ("complete_address", "Sorry, I can't\napprove this one."),  # wrapped by the client
+        ("fail_address", "Approved"),
+    )
+    outcomes = []
+    for button, body in answers:
+        task_id = rc.add_task()
+        address = rc.request(task_id)[button]
+        outcome = send_smtp(rc.smtp_port, reply_message(address, body + QUOTED_REQUEST), address)
+        outcomes.append((outcome.code, outcome.text, rc.task(task_id)["status"], rc.task(task_id)["comments"]))
+
+    refused = (
+        "5.6.0 Your words do not agree with the {} address this reply went to: press the button you mean in the"
+        " request, or reply to the request email starting with Complete or Fail"
+    )
+    assert outcomes == [
+        (550, refused.format("Complete"), "in_progress", []),
+        (550, refused.format("Complete"), "in_progress", []),
+        (550, refused.format("Complete"), "in_progress", []),
+        (550, refused.format("Fail"), "in_progress", []),
+    ]
+
+
 def test_plain_reply_decides_from_first_word(rc: RcMta) -> None:
     approve, reject = rc.add_task(), rc.add_task()
     for task_id, body, expected in ((approve, "Approved. Go ahead", "completed"), (reject, "No, not today", "failed")):

@@ -63,6 +63,8 @@ _HEADER_LABEL_RE = re.compile(
     rf"[*_\s]*({_alternation([label for labels in HEADER_LABELS.values() for label in labels])})[*_\s]*[:\uff1a]",
     re.IGNORECASE,
 )
+# Any header label: a word or few, no digits, then a colon ("Надіслано:", "Đã gửi:").
+_ANY_LABEL_RE = re.compile(r"[*_]*[^\W\d_][^:\uff1a\d@<>]{0,23}[:\uff1a](?:\s|$)")
 _LABEL_KIND = {normalise(label): kind for kind, labels in HEADER_LABELS.items() for label in labels}
 _MOBILE_SIGNATURE_RE = re.compile(
     rf"(?:{'|'.join(MOBILE_SIGNATURES)})\.?\s*(?:<[^<>\s]{{1,200}}>|\[[^\[\]\s]{{1,200}}\])?", re.IGNORECASE
@@ -246,12 +248,26 @@ def _label_kind(plain: str) -> str | None:
     return _LABEL_KIND.get(normalise(match.group(1))) if match else None
 
 
+def _any_label(plain: str) -> bool:
+    return _ANY_LABEL_RE.match(plain[:_MAX_SHORT_LINE]) is not None
+
+
+def _unknown_header_block_at(stripped: list[str], index: int) -> bool:
+    """A header block in labels of a language we do not list ("Від: … Надіслано: …",
+    "De la: … Trimis: …"): a labelled line with an address, then at least two more
+    labelled lines among the next four."""
+    if "@" not in stripped[index][:_MAX_SHORT_LINE] or not _any_label(stripped[index]):
+        return False
+    following = [plain for plain in stripped[index + 1 : index + _HEADER_BLOCK_LINES] if plain][:4]
+    return sum(1 for plain in following if _any_label(plain)) >= 2
+
+
 def _header_block_at(stripped: list[str], index: int) -> bool:
     """Whether an Outlook-style header block ("From: … Sent: … To: … Subject: …") starts
     here: labelled lines of at least two fields, one of them the sender or the date."""
     first = _label_kind(stripped[index])
     if first is None:
-        return False
+        return _unknown_header_block_at(stripped, index)
     kinds = {first}
     unlabelled = 0
     for plain in stripped[index + 1 : index + _HEADER_BLOCK_LINES]:
@@ -264,7 +280,7 @@ def _header_block_at(stripped: list[str], index: int) -> bool:
                 break
             continue
         kinds.add(kind)
-    return len(kinds) >= 2 and bool(kinds & {"from", "date"})
+    return (len(kinds) >= 2 and bool(kinds & {"from", "date"})) or _unknown_header_block_at(stripped, index)
 
 
 # --- Gateway warnings --------------------------------------------------------------

@@ -122,7 +122,12 @@ _CSS_STRUCTURE_RE = re.compile(r"\\(?:.|\Z)|" + _CSS_STRING + r"|[{};]", re.S)
 _CSS_ESCAPE_RE = re.compile(r"\\(?:([0-9a-fA-F]{1,6})[ \t\n\r\f]?|(\n)|(.))", re.S)
 _IMPORTANT_RE = re.compile(r"!\s*important\s*$")
 _LENGTH_RE = re.compile(r"([+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:e[+-]?\d+)?)([a-z%]*)")
+# An opacity() filter's argument, up to its end or the next bracket (never past it: a run of
+# "opacity(" without ")" must not be scanned again from each one).
+_FILTER_OPACITY_RE = re.compile(r"opacity\(([^()]*)(\(?)")
 _SCALE_ZERO_RE = re.compile(r"scale(?:x|y|z|3d)?\(\s*[+-]?[0.]+(?:e[+-]?\d+)?\s*[,)]")
+# A transform function and its arguments, up to the next bracket (linear, as above).
+_TRANSFORM_RE = re.compile(r"(scale(?:x|y|z|3d)?|translate(?:x|y|z|3d)?)\(([^()]*)")
 _CSS_MATH = ("calc(", "min(", "max(", "clamp(", "var(", "env(", "attr(")
 _NEGATING_SELECTOR_RE = re.compile(r":[-\w]*(?:not|is|where|has|matches|any)\(")
 _IDENT = r"[^\s.#\[\]:>+~,()*|=^$\"'!]+"
@@ -213,6 +218,21 @@ def _too_small_font(value: str) -> bool:
         return False  # a keyword such as "small", or not a size at all
     number, unit = length
     return number <= 0 or number * _PX_PER_UNIT.get(unit, 16.0) < 2
+
+
+def _transform_hides(function: str, arguments: str) -> bool:
+    """A scale() that shrinks text below a readable size (an eighth: 2px of 16px), or a
+    translate() that moves it 500px or more away."""
+    for argument in re.split(r"[\s,]+", arguments.strip()):
+        length = _length(argument)
+        if length is None:
+            continue
+        number, unit = length
+        if function.startswith("scale") and abs(number / 100 if unit == "%" else number) < 0.125:
+            return True
+        if function.startswith("translate") and unit != "%" and abs(number) * _PX_PER_UNIT.get(unit, 16.0) >= 500:
+            return True
+    return False
 
 
 def _is_font_size(token: str) -> bool:
@@ -332,8 +352,10 @@ def _declaration_hides(name: str, value: str, clipped: bool, background: _Colour
     if name == "opacity":
         return _almost_transparent(value)
     if name == "filter":
-        found = re.search(r"opacity\(([^)]*)\)", value)
-        return found is not None and _almost_transparent(found.group(1) or "0")
+        # Every opacity() applies; one holding another function is read as the worst.
+        return any(
+            nested or _almost_transparent(argument or "0") for argument, nested in _FILTER_OPACITY_RE.findall(value)
+        )
     if name == "font-size":
         return _too_small_font(value)
     if name == "font":  # the size is the token before "/line-height", else the one with a unit
@@ -355,8 +377,13 @@ def _declaration_hides(name: str, value: str, clipped: bool, background: _Colour
     if name == "clip-path":
         return first not in ("", "none")
     if name == "transform":
-        return _SCALE_ZERO_RE.search(value) is not None
-    if name in ("text-indent", "left", "top", "margin-left", "margin-top"):
+        return _SCALE_ZERO_RE.search(value) is not None or any(
+            _transform_hides(function, argument) for function, argument in _TRANSFORM_RE.findall(value)
+        )
+    if name == "zoom":  # Chromium and the webmails built on it apply it: a dot of text
+        length = _length(first)
+        return length is not None and (length[0] / 100 if length[1] == "%" else length[0]) < 0.125
+    if name in ("text-indent", "left", "top", "right", "bottom", "margin-left", "margin-top"):
         length = _length(first)
         return length is not None and length[0] * _PX_PER_UNIT.get(length[1], 16.0) <= -500
     if name in ("color", "-webkit-text-fill-color"):
@@ -399,6 +426,42 @@ def _attributes_hide(tag: str, attrs: list[tuple[str, str | None]]) -> bool:
             if colour is not None and _invisible_colour(colour, background):
                 return True
     return False
+
+
+# What an element paints its text with and under: a colour, None (unreadable: an image,
+# a formula), or _INHERITED where the element sets nothing and its parent's shows through.
+_INHERITED = "inherited"
+_Paint = tuple[_Colour | str | None, _Colour | str | None]
+
+
+def _own_paint(tag: str, attrs: list[tuple[str, str | None]]) -> _Paint:
+    """The text colour and background an element's own attributes set (its inline style,
+    ``<font color>``, ``bgcolor``, ``<body text>``); the last one written counts."""
+    colour: _Colour | str | None = _INHERITED
+    background: _Colour | str | None = _INHERITED
+    for name, value in attrs:
+        if value is None:
+            continue
+        if name == "bgcolor":
+            background = _legacy_colour(value)
+        elif (name, tag) in (("color", "font"), ("color", "basefont"), ("text", "body")):
+            colour = _legacy_colour(value)
+        elif name == "style":
+            for declaration, setting in _declarations(_strip_css_noise(value)):
+                if declaration in ("color", "-webkit-text-fill-color"):
+                    colour = _parse_colour(setting)
+                elif declaration in ("background", "background-color"):
+                    background = _background([(declaration, setting)])
+    if isinstance(background, tuple) and background[3] < 0.9:
+        background = _INHERITED if background[3] < 0.1 else None  # see-through: what is under it, unknown
+    return colour, background
+
+
+def _same_colour(colour: _Colour | str | None, background: _Colour | str | None) -> bool:
+    """Text drawn in its background's own colour, both known (the background opaque)."""
+    if not isinstance(colour, tuple) or not isinstance(background, tuple):
+        return False
+    return max(abs(colour[i] - background[i]) for i in range(3)) <= 24
 
 
 @dataclass
@@ -607,6 +670,9 @@ class _HTMLToText(_MarkupReader):
         self._where: dict[str, list[int]] = {}  # tag -> stack indexes, innermost last
         self._hiding: list[int] = []  # stack indexes of hiding elements
         self._special: list[int] = []  # stack indexes of special elements
+        # Each open element's text colour and background as inherited (``_own_paint``), the
+        # body's first: text in an ancestor's background colour is as hidden as in its own.
+        self._paints: list[_Paint] = [(_INHERITED, _INHERITED)]
         self._raw: str | None = None  # inside <script>, <style>, <title>, ... until its end tag
         self._script_escaped = False
         self._revealed = 0  # inside <!--[if !mso]><!--> ... <!--<![endif]-->: Outlook does not show it
@@ -626,9 +692,19 @@ class _HTMLToText(_MarkupReader):
 
     # The stack of open elements --------------------------------------------------
 
-    def _push(self, tag: str, hides: bool) -> None:
+    def _paint(self, tag: str, attrs: list[tuple[str, str | None]]) -> _Paint:
+        """The colour and background an element shows, its own or else its parent's."""
+        colour, background = _own_paint(tag, attrs)
+        inherited_colour, inherited_background = self._paints[-1]
+        return (
+            inherited_colour if colour == _INHERITED else colour,
+            inherited_background if background == _INHERITED else background,
+        )
+
+    def _push(self, tag: str, hides: bool, paint: _Paint) -> None:
         index = len(self._stack)
         self._stack.append((tag, hides))
+        self._paints.append(paint)
         self._where.setdefault(tag, []).append(index)
         if hides:
             self._hiding.append(index)
@@ -639,6 +715,7 @@ class _HTMLToText(_MarkupReader):
         """Close the element at ``index`` and everything opened inside it."""
         while len(self._stack) > index:
             tag, hides = self._stack.pop()
+            self._paints.pop()
             self._where[tag].pop()
             if hides:
                 self._hiding.pop()
@@ -699,6 +776,8 @@ class _HTMLToText(_MarkupReader):
         if name in ("html", "body"):
             if name == "body" and self._top_is_head():
                 self._pop_to(len(self._stack) - 1)
+            if not self._stack:  # what the whole message is painted with, under every element
+                self._paints[0] = self._paint(name, attrs)
             return  # never pushed: the first pass judged their attributes
         if self._top_is_head() and name not in _HEAD_CONTENT:
             self._pop_to(len(self._stack) - 1)  # body content ends an unclosed <head>
@@ -721,12 +800,14 @@ class _HTMLToText(_MarkupReader):
             return
         css_class = next((v for n, v in attrs if n == "class" and v), "").lower()
         quote = name == "blockquote" or any(c in css_class for c in _QUOTE_CLASSES)
+        paint = self._paint(name, attrs)
         hides = quote or name in _HIDDEN_TAGS or _attributes_hide(name, attrs) or self._sheet.hides(name, attrs)
+        hides = hides or _same_colour(*paint)
         if quote and not self._hiding and not self._revealed:
             self._soft_break()
             self._parts.append(QUOTE_MARK + "\n")  # what follows was written below the quote
             self._line_has_content = False
-        self._push(name, hides)
+        self._push(name, hides, paint)
         if name in _BLOCK_TAGS:
             self._soft_break()
         elif name in ("td", "th") and self._line_has_content:

@@ -16,10 +16,12 @@ phrases of their own; the longest phrase at a place wins. Words that also mean s
 else ("no changes", Spanish "si" = if) decide only when they stand alone.
 
 Every clause is read, and one that contradicts another — or whose rest holds the
-opposite decision ("OK to reject") — makes the whole reply undecidable: a reply is
+opposite decision ("OK to reject") or a negation ("Absolutely not", "Ich genehmige das
+nicht"), or that is a negation alone ("Done. Not.") — makes the whole reply undecidable: a reply is
 never read as the opposite of what the person meant, because a doubt refuses.
 Acknowledgments ("OK", "sure", "yes") decide only when no clause puts the decision
-off ("OK, I'll check tomorrow" decides nothing).
+off ("OK, I'll check tomorrow" decides nothing), and approve nothing next to a clause
+with a negation that decides nothing ("Yes, but I cannot sign off on this").
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from .words import (
     WEAK_WORDS,
 )
 
-__all__ = ["MAX_COMMENT_CHARS", "interpret_action", "normalise", "tokens"]
+__all__ = ["MAX_COMMENT_CHARS", "contradicts", "interpret_action", "normalise", "tokens"]
 
 #: Longest comment read for a decision (the comment itself is already bounded).
 MAX_COMMENT_CHARS = 64 * 1024
@@ -63,6 +65,10 @@ _CONTRAST_RE = re.compile(
     rf"|(?<![^\s,])(?:{'|'.join(map(re.escape, CJK_CONTRASTS))})"
     r"|(?<=\uc9c0\ub9cc)(?=\s)"
 )
+# An international phone number, as signatures write them: a country code and more digits.
+_PHONE_NUMBER_RE = re.compile(r"\+\d{1,3}(?:[ \t().\-/]*\d){4,}")
+# After these a line break is no break inside a sentence.
+_LINE_ENDS = frozenset(".!?,;:\u3002\u2026\uff01\uff1f\u3001")
 _TOKEN_RE = re.compile(r"[+-]?\d+|\w+(?:'\w+)*|[^\w\s]")
 
 
@@ -72,6 +78,7 @@ class _Side(enum.Enum):
     NOTHING = "nothing"  # a decision-shaped clause that decides nothing ("not sure")
     CONFLICT = "conflict"  # undecidable: the whole reply is refused
     DEFER = "defer"  # "let me check": acknowledgments elsewhere decide nothing
+    NEGATED = "negated"  # "I cannot sign off": no decision read, but a "no": no "OK" approves
 
 
 _Phrase = tuple[str, ...]
@@ -210,9 +217,15 @@ def _read_clause(words: list[str], vocab: _Vocabulary) -> tuple[_Side, bool]:
         if skipped is None:
             break
         at = skipped
-    if decision is None:  # no decision: does it put one off ("I'll have a look later")?
+    if decision is None:
+        if _listed_at(vocab.negators, words, 0) == len(words):
+            return _Side.CONFLICT, False  # "Done. Not.": a negation of what was said before
+        # No decision: does it put one off ("I'll have a look later")?
         deferring = any(_listed_at(vocab.deferrals, words, where) is not None for where in range(len(words)))
-        return (_Side.DEFER if deferring else _Side.NOTHING), False
+        if deferring:
+            return _Side.DEFER, False
+        negated = any(_listed_at(vocab.negators, words, where) is not None for where in range(len(words)))
+        return (_Side.NEGATED if negated else _Side.NOTHING), False
     weak = tuple(words[at : decision[1]]) in vocab.weak
     side, at = decision
     if side in (_Side.NOTHING, _Side.CONFLICT):
@@ -220,9 +233,16 @@ def _read_clause(words: list[str], vocab: _Vocabulary) -> tuple[_Side, bool]:
     while at < len(words):  # "OK to reject", "Yes I don't approve": undecidable
         later = _decision_at(words, at, vocab)
         if later is None:
+            if _listed_at(vocab.negators, words, at) is not None:
+                # "Absolutely not", "Ich genehmige das nicht", "Jag godkänner inte": a
+                # negation after the decision may turn it around (German and the Nordic
+                # languages put it there); which it reaches is not ours to guess.
+                return _Side.CONFLICT, False
             at += 1
             continue
-        if later[0] is _Side.CONFLICT or (later[0] in (_Side.COMPLETE, _Side.FAIL) and later[0] is not side):
+        if later[0] in (_Side.CONFLICT, _Side.NOTHING) or (
+            later[0] in (_Side.COMPLETE, _Side.FAIL) and later[0] is not side
+        ):
             return _Side.CONFLICT, False
         at = later[1]
     return side, weak
@@ -241,25 +261,79 @@ def _clauses(comment: str) -> Iterator[tuple[str, bool]]:
 
 def interpret_action(comment: str, complete_words: Sequence[str], fail_words: Sequence[str]) -> str | None:
     """``"complete"``, ``"fail"``, or None when the words decide nothing or contradict
-    each other (then the reply is refused, never guessed)."""
+    each other (then the reply is refused, never guessed).
+
+    A line break ends a sentence ("Approved" / "Thanks"), but one a client or the person
+    put inside a sentence ("I cannot" / "approve it") does not: where the next line goes on
+    in lower case after no punctuation, the words are read both ways, and must agree."""
+    readings = _readings(comment, complete_words, fail_words)
+    if len(readings) != 1:
+        return None  # line by line it says one thing, as sentences another
+    found = readings.pop()
+    return found.value if found in (_Side.COMPLETE, _Side.FAIL) else None
+
+
+def contradicts(comment: str, action: str, complete_words: Sequence[str], fail_words: Sequence[str]) -> bool:
+    """Whether the words, read either way, decide against ``action`` ("complete" or
+    "fail") or against themselves ("Absolutely not", "Approved. Rejected."): what a
+    Complete or Fail button's reply may not say. Words that decide nothing do not."""
+    return any(
+        side is _Side.CONFLICT or (side in (_Side.COMPLETE, _Side.FAIL) and side.value != action)
+        for side in _readings(comment, complete_words, fail_words)
+    )
+
+
+def _readings(comment: str, complete_words: Sequence[str], fail_words: Sequence[str]) -> set[_Side]:
+    """What the words decide, line by line and with wrapped sentences joined (one reading
+    where no sentence is wrapped): each COMPLETE, FAIL, NOTHING or CONFLICT."""
     vocab = _vocabulary(tuple(complete_words), tuple(fail_words))
+    comment = _PHONE_NUMBER_RE.sub(" ", comment[:MAX_COMMENT_CHARS])  # "+1 (555) 010-0100" is no "+1"
+    readings = {_decide(normalise(comment), vocab)}
+    unwrapped = _unwrapped(comment)
+    if unwrapped is not None:
+        readings.add(_decide(normalise(unwrapped), vocab))
+    return readings
+
+
+def _unwrapped(text: str) -> str | None:
+    """``text`` with each line break inside a sentence made a space, or None if it has none."""
+    pieces: list[str] = []
+    previous = ""
+    joined = False
+    for line in text.split("\n"):
+        plain = line.strip()
+        if pieces:
+            inside = previous != "" and previous[-1] not in _LINE_ENDS and plain[:1].islower()
+            pieces.append(" " if inside else "\n")
+            joined = joined or inside
+        pieces.append(line)
+        previous = plain
+    return "".join(pieces) if joined else None
+
+
+def _decide(text: str, vocab: _Vocabulary) -> _Side:
+    """What normalised ``text`` decides: COMPLETE, FAIL, NOTHING, or CONFLICT."""
     strong: set[_Side] = set()
     weak: set[_Side] = set()
-    deferred = False
-    for clause, after_contrast in _clauses(normalise(comment[:MAX_COMMENT_CHARS])):
+    deferred = negated = False
+    for clause, after_contrast in _clauses(text):
         words = tokens(clause)
         if not words:
             continue
         side, acknowledgment = _read_clause(words, vocab)
         if side is _Side.CONFLICT:
-            return None
+            return side
         if side is _Side.DEFER and after_contrast:
-            return None  # "looks good, but wait for Bob": a condition on the decision, not one
+            return _Side.CONFLICT  # "looks good, but wait for Bob": a condition on the decision, not one
         if side is _Side.DEFER:
             deferred = True
+        elif side is _Side.NEGATED:
+            negated = True
         elif side in (_Side.COMPLETE, _Side.FAIL):
             (weak if acknowledgment else strong).add(side)
+    if len(strong | weak) > 1:
+        return _Side.CONFLICT
+    if negated:
+        weak.discard(_Side.COMPLETE)  # "Yes, but I cannot sign off": no approval ("No, not yet" is a no)
     found = strong if deferred else strong | weak
-    if len(strong | weak) != 1 or len(found) != 1:
-        return None  # contradictory, or nothing but an acknowledgment of a deferral
-    return found.pop().value
+    return found.pop() if found else _Side.NOTHING  # nothing, or an acknowledgment of a deferral

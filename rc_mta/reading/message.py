@@ -9,8 +9,9 @@ no action.
 
 from __future__ import annotations
 
+import codecs
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from email import policy
 from email.message import Message
@@ -19,8 +20,8 @@ from email.utils import getaddresses
 
 from ..headers import structured_header, unfold
 from ..machine_mail import machine_reason
-from .comment import extract_comment
-from .html import QUOTE_MARK, render_html
+from .comment import MAX_TEXT_CHARS, extract_comment
+from .html import MAX_HTML_CHARS, QUOTE_MARK, render_html
 
 __all__ = ["ParsedReply", "decode_bytes", "parse_reply"]
 
@@ -184,23 +185,26 @@ def _referenced_ids(message: Message) -> tuple[str, ...]:
 # --------------------------------------------------------------------------
 
 
-def _leaf_parts(part: Message, depth: int = 0) -> Iterator[Message]:
-    """Body leaves in order, not descending into attached/forwarded messages."""
+def _body_parts(part: Message, kind: str, depth: int = 0) -> list[Message]:
+    """The inline ``kind`` parts a reader sees, in order, not descending into attached or
+    forwarded messages: each one of a mixed body (Apple Mail splits the text around an
+    attachment placed in it), and of an alternative only the first choice that has any."""
     if depth > 40:
-        return
+        return []
     try:
         if depth > 0 and part.get_content_maintype() == "message":
-            return
-        if part.is_multipart():
-            payload = part.get_payload()
-            if isinstance(payload, list):
-                for sub in payload:
-                    if isinstance(sub, Message):
-                        yield from _leaf_parts(sub, depth + 1)
-            return
+            return []
+        if not part.is_multipart():
+            return [part] if part.get_content_type() == kind and not _is_attachment(part) else []
+        payload = part.get_payload()
+        if not isinstance(payload, list):
+            return []
+        choices = (_body_parts(sub, kind, depth + 1) for sub in payload if isinstance(sub, Message))
+        if part.get_content_subtype() == "alternative":
+            return next((found for found in choices if found), [])
+        return [found for parts in choices for found in parts]
     except Exception:
-        return
-    yield part
+        return []
 
 
 def _is_attachment(part: Message) -> bool:
@@ -211,23 +215,23 @@ def _is_attachment(part: Message) -> bool:
 
 
 def _extract_text(message: Message) -> str:
-    """The reply body as plain text: first inline text/plain, else first text/html, with
-    a ``QUOTE_MARK`` line where the HTML had a quote block (and nowhere else)."""
-    html_part: Message | None = None
+    """The reply body as plain text: its inline text/plain parts, else its text/html ones,
+    with a ``QUOTE_MARK`` line where the HTML had a quote block (and nowhere else)."""
     try:
-        for part in _leaf_parts(message):
-            content_type = part.get_content_type()
-            if content_type not in ("text/plain", "text/html") or _is_attachment(part):
-                continue
-            if content_type == "text/plain":
-                return _plain_part_text(part).replace(QUOTE_MARK, "")
-            if html_part is None:
-                html_part = part
-        if html_part is not None:
-            return render_html(_decoded_part(html_part))
+        plain = _body_parts(message, "text/plain")
+        if plain:
+            return "\n\n".join(_plain_part_text(part) for part in plain).replace(QUOTE_MARK, "")
+        shown: list[str] = []
+        left = MAX_HTML_CHARS  # for all the parts together: rendering is the costly read
+        for part in _body_parts(message, "text/html"):
+            html = _decoded_part(part)
+            left -= len(html)
+            if left < 0:
+                break  # too long to read, so the rest decides nothing
+            shown.append(render_html(html))
+        return "\n\n".join(shown)
     except Exception:
         return ""
-    return ""
 
 
 def _without_quote_marks(text: str) -> str:
@@ -275,18 +279,41 @@ _ASCII_NAMES = frozenset({"us-ascii", "ascii", "ansi_x3.4-1968", "us"})
 _SUPERSETS = {"gb2312": "gb18030", "gbk": "gb18030", "ks_c_5601-1987": "cp949", "euc-kr": "cp949"}
 
 
+def _bytes_as_cp1252(error: UnicodeError) -> tuple[str, int]:
+    """Decoding error handler: bytes that are not UTF-8 are read as windows-1252, one by one."""
+    if not isinstance(error, UnicodeDecodeError):
+        raise error
+    return error.object[error.start : error.end].decode("cp1252", "replace"), error.end
+
+
+codecs.register_error("rc_mta_cp1252", _bytes_as_cp1252)
+_UTF8_NAMES = frozenset({"utf-8", "utf8", "utf_8"})
+_STRAY_BYTES_READ = 4 * MAX_TEXT_CHARS
+
+
 def decode_bytes(data: bytes, charset: str | None) -> str:
     """Decode body bytes using a declared charset, tolerating mislabelled and unknown ones.
 
     iso-8859-1 is read as windows-1252 (as browsers do) because Windows clients
-    routinely label cp1252 text (curly quotes, euro sign) as latin-1.
+    routinely label cp1252 text (curly quotes, euro sign) as latin-1; and text labelled
+    latin-1 that is valid UTF-8 with 8-bit bytes is UTF-8 (a client's default label on
+    UTF-8 text), as windows-1252 text almost never is. Text labelled UTF-8 whose bytes
+    are not all UTF-8 keeps its UTF-8 and reads the rest as windows-1252 (a Windows
+    client's text under a gateway's or webmail's label), so "Bestätigt" is not "Best\ufffdtigt".
     """
     label = (charset or "").strip().strip("\"'").lower()
     label = _SUPERSETS.get(label, label)
     if label in _LATIN1_NAMES:
-        return _first_decoding(data, ("cp1252",), fallback="latin-1")
+        encodings = ("utf-8", "cp1252") if not data.isascii() else ("cp1252",)
+        return _first_decoding(data, encodings, fallback="latin-1")
     if not label or label in _ASCII_NAMES:
         return _first_decoding(data, ("ascii", "utf-8", "cp1252"), fallback="latin-1")
+    if label in _UTF8_NAMES:
+        # The handler is a call per stray byte: only as far as the comment is read (64 KiB
+        # of text is at most 256 KiB of UTF-8); beyond, where only tokens are looked for,
+        # a stray byte is a replacement character.
+        head, tail = data[:_STRAY_BYTES_READ], data[_STRAY_BYTES_READ:]
+        return head.decode("utf-8", "rc_mta_cp1252") + tail.decode("utf-8", "replace")
     try:
         return data.decode(label, "replace")
     except Exception:

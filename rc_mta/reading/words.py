@@ -47,11 +47,13 @@ DEFAULT_COMPLETE_WORDS: tuple[str, ...] = (
     *("ja", "jawohl", "genehmigt", "genehmige", "freigegeben", "erledigt", "akzeptiert", "akzeptiere"),
     *("einverstanden", "bestätigt", "bestätige", "passt", "in ordnung", "alles klar", "gerne", "geht klar"),
     *("kein problem", "keine probleme", "keine einwände", "keine bedenken", "nichts dagegen"),
+    *("freigeben", "genehmigen"),  # "Bitte freigeben", and so "Bitte nicht freigeben" fails
     # French
     *("oui", "approuvé", "approuvée", "j'approuve", "validé", "validée", "je valide", "accepté", "acceptée"),
     *("j'accepte", "d'accord", "je suis d'accord", "c'est bon", "c'est ok", "ça marche", "ça me va"),
     *("parfait", "fait", "bon pour moi", "je confirme", "confirmé", "allez-y", "feu vert", "bien sûr"),
     *("pas de problème", "aucun problème", "aucune objection", "pas d'objection", "sans problème"),
+    *("pas de souci", "pas de soucis", "aucun souci", "valider", "approuver"),
     # Spanish
     *("sí", "si", "aprobado", "aprobada", "apruebo", "de acuerdo", "estoy de acuerdo", "adelante", "hecho"),
     *("listo", "conforme", "claro", "por supuesto", "confirmado", "acepto", "aceptado", "perfecto"),
@@ -106,6 +108,8 @@ DEFAULT_FAIL_WORDS: tuple[str, ...] = (
     # English
     *("fail", "failed", "reject", "rejected", "no", "nope", "nah", "deny", "denied", "decline"),
     *("declined", "abort", "refuse", "refused", "disapprove", "disapproved", "veto", "vetoed", "no way"),
+    # "I'm rejecting it" (not "failing": "failing tests fixed" is no decision)
+    *("rejecting", "declining", "refusing", "denying", "vetoing", "aborting"),
     *("no go", "\N{THUMBS DOWN SIGN}", "\N{CROSS MARK}", "\N{HEAVY MULTIPLICATION X}", "\N{NO ENTRY}"),
     *("\N{NO ENTRY SIGN}",),
     # German
@@ -198,7 +202,7 @@ NEGATORS: tuple[str, ...] = (
     *("not", "don't", "dont", "do not", "doesn't", "does not", "didn't", "did not", "can't", "cant"),
     *("cannot", "can not", "couldn't", "could not", "won't", "will not", "wouldn't", "would not"),
     *("shouldn't", "should not", "isn't", "is not", "aren't", "are not", "wasn't", "was not", "never"),
-    *("no", "nicht", "kein", "keine", "nie", "niemals", "pas", "ne", "non", "niet", "geen", "inte", "ej"),
+    *("no", "nicht", "kein", "keine", "nie", "niemals", "pas", "ne", "ne pas", "non", "niet", "geen", "inte", "ej"),
     *("ikke", "не", "não", "nao", "ei"),
 )
 
