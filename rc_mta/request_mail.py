@@ -23,7 +23,7 @@ from typing import Literal
 from urllib.parse import quote
 
 from .config import Settings
-from .reading import METADATA_END, METADATA_START
+from .reading import METADATA_END, METADATA_START, REQUEST_LEADS
 from .safetext import one_line
 from .store import Request
 
@@ -83,7 +83,7 @@ class _Words:
 _WORDS: dict[Language, _Words] = {
     "en": _Words(
         subject="Action needed: {title}",
-        lead="Your decision is needed",
+        lead=REQUEST_LEADS["en"],  # where a reply quoting the request unmarked is cut
         where="In",
         requested_by="Requested by",
         due="Due",
@@ -109,7 +109,7 @@ _WORDS: dict[Language, _Words] = {
     ),
     "de": _Words(
         subject="Ihre Entscheidung: {title}",
-        lead="Ihre Entscheidung wird gebraucht",
+        lead=REQUEST_LEADS["de"],  # where a reply quoting the request unmarked is cut
         where="In",
         requested_by="Angefragt von",
         due="Fällig",
@@ -135,7 +135,7 @@ _WORDS: dict[Language, _Words] = {
     ),
     "fr": _Words(
         subject="Décision attendue : {title}",
-        lead="Votre décision est attendue",
+        lead=REQUEST_LEADS["fr"],  # where a reply quoting the request unmarked is cut
         where="Dans",
         requested_by="Demandé par",
         due="Échéance",

@@ -120,6 +120,15 @@ SHAPES: dict[str, tuple[str, str]] = {
         "Warning: the deploy takes an hour.\nApproved",
         "Warning: the deploy takes an hour.\nApproved",
     ),
+    # Our request quoted with no marker at all: cut at its first sentence, its title too.
+    "request text unmarked": (
+        "Rejected, wrong window.\n\nApprove deploy\n==============\n\nYour decision is needed.\nWhere: prod",
+        "Rejected, wrong window.",
+    ),
+    "request HTML rendered unmarked": (
+        "Rejected.\nNot this week.\n\nApprove deploy\nIhre Entscheidung wird gebraucht\nApprove",
+        "Rejected.\nNot this week.",
+    ),
 }
 
 
@@ -287,6 +296,30 @@ def test_request_quoted_below_a_header_block_in_any_language_is_not_the_comment(
     assert original is not None
     header = block.format(robot=request["From"], owner="Alice <alice@example.com>", subject=request["Subject"])
     body = f"Let me check with the team.\n\n{'_' * 32}\n{header}\n\n{original.get_content()}"
+
+    outcome = send_smtp(rc.smtp_port, reply_message(sent["reply_to"], body), sent["reply_to"])
+
+    assert (outcome.code, outcome.enhanced) == (550, "5.6.0"), outcome
+    assert rc.task(task_id)["status"] == "in_progress"
+
+
+@pytest.mark.parametrize("language", ["en", "de", "fr"])
+@pytest.mark.parametrize("shape", ["text", "rendered html"])
+def test_request_quoted_with_no_marker_at_all_is_not_the_comment(rc: RcMta, language: str, shape: str) -> None:
+    # A client that quotes with no ">", no attribution and no header block: the request's own
+    # text follows the owner's words as it came, or as its HTML renders (no underline).
+    task_id = rc.add_task()  # "Approve deploy to prod": the title must not decide
+    rc.settings.setdefault("outbound", {})["language"] = language
+    rc.write_config()
+    sent = rc.request(task_id)
+    with open(sent["path"], "rb") as saved:
+        request = message_from_bytes(saved.read(), _class=EmailMessage, policy=email.policy.default)
+    original = request.get_body(("plain",))
+    assert original is not None
+    quoted = original.get_content()
+    if shape == "rendered html":
+        quoted = "\n".join(line for line in quoted.splitlines() if not set(line) <= {"="})
+    body = f"Let me check with the team.\n\n{quoted}"
 
     outcome = send_smtp(rc.smtp_port, reply_message(sent["reply_to"], body), sent["reply_to"])
 

@@ -10,7 +10,7 @@ decision grammar) and ``words`` (every word list, in one place).
 
 from __future__ import annotations
 
-from .comment import MAX_TEXT_CHARS, METADATA_END, METADATA_START, extract_comment
+from .comment import MAX_TEXT_CHARS, METADATA_END, METADATA_START, REQUEST_LEADS, extract_comment
 from .html import html_to_text
 from .intent import contradicts, interpret_action
 from .message import ParsedReply, decode_bytes, parse_reply
@@ -22,6 +22,7 @@ __all__ = [
     "MAX_TEXT_CHARS",
     "METADATA_END",
     "METADATA_START",
+    "REQUEST_LEADS",
     "ParsedReply",
     "contradicts",
     "decode_bytes",

@@ -6,7 +6,8 @@ in many languages and shapes) that introduce a quote, mail-gateway warnings, sep
 lines, our own request's metadata block.  Reading stops (the rest is history or a
 signature) at an Outlook-style header block ("From: … Sent: …"), an "-----Original
 Message-----" style separator, an attribution followed by unquoted history, a "-- "
-signature or a mobile one ("Sent from my iPhone").  Text written below or between
+signature or a mobile one ("Sent from my iPhone"), or our own request quoted with no marker
+(at its first sentence, the title above it dropped too).  Text written below or between
 quotes is kept: each quote becomes a paragraph break.
 
 Only the first ``MAX_TEXT_CHARS`` of the text are read, and every pattern runs on a
@@ -31,13 +32,22 @@ from .words import (
     MOBILE_SIGNATURES,
 )
 
-__all__ = ["MAX_TEXT_CHARS", "METADATA_END", "METADATA_START", "extract_comment"]
+__all__ = ["MAX_TEXT_CHARS", "METADATA_END", "METADATA_START", "REQUEST_LEADS", "extract_comment"]
 
 #: First line of the metadata block our outgoing request carries; replies quote
 #: it back, and it must never be mistaken for the person's own words.
 METADATA_START = "-- rc-mta request --"
 #: Last line of that metadata block.
 METADATA_END = "-- end of rc-mta request --"
+#: The request mail's first sentence below its title, in each language it is written in
+#: (``request_mail`` takes it from here). Quoted back with no marker at all, where it stands
+#: the request begins: it and all below it, and the title just above it, are not the person's.
+REQUEST_LEADS = {
+    "en": "Your decision is needed",
+    "de": "Ihre Entscheidung wird gebraucht",
+    "fr": "Votre décision est attendue",
+}
+_LEADS = frozenset(normalise(lead) for lead in REQUEST_LEADS.values())
 #: Longest text read for the comment (and so for the decision).
 MAX_TEXT_CHARS = 64 * 1024
 
@@ -115,6 +125,9 @@ def _own_lines(lines: list[str]) -> list[str]:
             continue
         if line.rstrip() == "--" or _is_mobile_signature(plain):
             break
+        if _is_request_lead(plain):
+            del kept[_request_top(stripped, index) :]  # the request quoted with no marker
+            break
         untagged = _without_banner_tag(plain)
         if untagged != plain:
             folded = normalise(untagged[:_MAX_ATTRIBUTION])
@@ -154,6 +167,22 @@ def _own_lines(lines: list[str]) -> list[str]:
         kept.append(line)
         index += 1
     return kept
+
+
+def _is_request_lead(plain: str) -> bool:
+    return len(plain) <= _MAX_SHORT_LINE and normalise(plain).rstrip(" .") in _LEADS
+
+
+def _request_top(stripped: list[str], lead: int) -> int:
+    """The first line of our request quoted with no marker, its lead sentence at ``lead``:
+    the title above it, as its text part has it (the title, an underline of "=", a blank
+    line) or as its HTML renders (the title, perhaps a blank line)."""
+    above = lead - 1
+    while above >= 0 and not stripped[above]:
+        above -= 1
+    if above >= 1 and len(stripped[above]) >= 3 and set(stripped[above]) == {"="}:
+        above -= 1  # the underline: the title is the line above it
+    return max(above, 0)
 
 
 def _is_quoted(plain: str) -> bool:
