@@ -312,8 +312,11 @@ BUTTONS = [
     # ... and agrees with the Fail button, unless its reach is a guess.
     ("After looking at the budget I cannot approve it", "fail", False),
     ("Ich kann das leider nicht freigeben", "fail", False),
-    ("Yes, but I cannot sign off on this", "fail", False),
     ("I do not think we should approve this", "fail", True),
+    # An acknowledgment beside a "no" the grammar does not read is an answer to neither button.
+    ("Yes, but I cannot sign off on this", "fail", True),
+    ("Sure, why not", "fail", True),
+    ("Sure, why not", "complete", True),
     ("I don't think we should reject it", "fail", True),
     # Words of both sides in one sentence read against either button.
     ("Complete failure of the build", "complete", True),

@@ -403,7 +403,9 @@ def _decide(text: str, vocab: _Vocabulary) -> _Side:
     if found:
         return found.pop()
     if unsaid:
-        return _Side.LEANS_FAIL  # nor may the Complete button take it for one
+        # Nor may a button take it for its answer: "Yes, but I cannot sign off" is no yes to
+        # the Complete button, "Sure, why not" no no to the Fail button.
+        return _Side.CONFLICT
     # Nothing decided, or an acknowledgment of a deferral; but words further on in a clause
     # still speak against a button: "I cannot approve it" to the Complete address.
     return _LEANING[inside.pop()] if inside else _Side.NOTHING
