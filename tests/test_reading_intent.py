@@ -270,6 +270,13 @@ FURTHER_ON = [
     ("Bestätigt, der Build ist kaputt.", None),
     ("Validé : le build est cassé.", None),
     ("Confirmed, it doesn't work", None),
+    ("Complete disaster", None),
+    ("Confirmed: this is a bug", None),
+    ("Approved, no errors", None),  # a negated trouble word too: the price of never guessing
+    # A negation said as a word of its own ("unable", "impossible") reaches a decision too.
+    ("I am unable to approve this", None),
+    ("Unable to approve.", None),
+    ("Approved, unable to attend the call though.", "complete"),
     # Trouble in a sentence of its own beside a decision that is no acknowledgment, and
     # trouble only foreseen, change nothing.
     ("Approved. The old build was broken.", "complete"),
@@ -318,6 +325,7 @@ BUTTONS = [
     ("Sure, why not", "fail", True),
     ("Sure, why not", "complete", True),
     ("I don't think we should reject it", "fail", True),
+    ("I am unable to approve this", "complete", True),
     # Words of both sides in one sentence read against either button.
     ("Complete failure of the build", "complete", True),
     ("Confirmed: the build is broken", "complete", True),

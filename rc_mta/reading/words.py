@@ -205,13 +205,15 @@ CJK_CONTRASTS: tuple[str, ...] = ("但是", "但", "不过", "不過", "可是")
 TROUBLE: tuple[str, ...] = (
     # English
     *("failure", "failures", "broken", "broke", "crashed", "crashes", "crashing", "wrong", "fails"),
+    *("error", "errors", "bug", "bugs", "regression", "disaster", "mess", "fiasco"),
     *("doesn't work", "does not work", "don't work", "didn't work", "did not work", "isn't working"),
     *("is not working", "not working", "won't work", "will not work"),
     # German, French, Spanish, Italian, Portuguese, Dutch
-    *("kaputt", "defekt", "fehlerhaft", "fehlgeschlagen", "funktioniert nicht", "geht nicht"),
-    *("cassé", "cassée", "échec", "échoué", "en panne", "ne marche pas", "ne fonctionne pas"),
+    *("kaputt", "defekt", "fehler", "fehlerhaft", "fehlgeschlagen", "funktioniert nicht", "geht nicht"),
+    *("cassé", "cassée", "échec", "échoué", "erreur", "en panne", "ne marche pas", "ne fonctionne pas"),
     *("roto", "rota", "falló", "fracaso", "no funciona", "rotto", "rotta", "fallito", "fallita", "guasto"),
-    *("non funziona", "quebrado", "quebrada", "falhou", "não funciona", "kapot", "mislukt", "werkt niet"),
+    *("errore", "non funziona", "quebrado", "quebrada", "falhou", "erro", "não funciona", "kapot"),
+    *("mislukt", "werkt niet"),
     # Swedish, Danish, Norwegian, Polish, Russian, Finnish, Turkish
     *("trasig", "trasigt", "misslyckades", "fungerar inte", "i stykker", "mislykkedes", "virker ikke"),
     *("ødelagt", "mislyktes", "fungerer ikke", "zepsute", "zepsuty", "nie działa", "сломано", "сломан"),
@@ -233,6 +235,9 @@ NEGATORS: tuple[str, ...] = (
     *("shouldn't", "should not", "isn't", "is not", "aren't", "are not", "wasn't", "was not", "never"),
     *("no", "nicht", "kein", "keine", "nie", "niemals", "pas", "ne", "ne pas", "non", "niet", "geen", "inte", "ej"),
     *("ikke", "не", "não", "nao", "ei"),
+    # "I am unable to approve this": a negation that stands before the decision, not right
+    # before it, so it is read as doubt, never as a decision
+    *("unable", "unwilling", "impossible", "hardly"),
 )
 
 #: Decision words whose negation is doubt, not a refusal: "not sure", "not done yet".
