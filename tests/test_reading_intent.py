@@ -275,6 +275,7 @@ FURTHER_ON = [
     ("Approved, no errors", None),  # a negated trouble word too: the price of never guessing
     # A negation said as a word of its own ("unable", "impossible") reaches a decision too.
     ("I am unable to approve this", None),
+    ("Not sure I can approve this", None),
     ("Unable to approve.", None),
     ("Approved, unable to attend the call though.", "complete"),
     # Trouble in a sentence of its own beside a decision that is no acknowledgment, and
@@ -326,6 +327,12 @@ BUTTONS = [
     ("Sure, why not", "complete", True),
     ("I don't think we should reject it", "fail", True),
     ("I am unable to approve this", "complete", True),
+    # Doubt is no answer to either button.
+    ("Not sure.", "complete", True),
+    ("Not sure.", "fail", True),
+    ("Not sure I can approve this", "complete", True),
+    ("Approved. I'm not sure about the date though.", "complete", False),
+    ("Not done yet, but approved", "complete", False),
     # Words of both sides in one sentence read against either button.
     ("Complete failure of the build", "complete", True),
     ("Confirmed: the build is broken", "complete", True),

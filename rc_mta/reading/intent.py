@@ -275,7 +275,13 @@ def _read_clause(words: list[str], vocab: _Vocabulary) -> tuple[_Side, bool, set
         return (_Side.NEGATED if negated else _Side.NOTHING), False, inside
     weak = tuple(words[at : decision[1]]) in vocab.weak
     side, at = decision
-    if side in (_Side.NOTHING, _Side.CONFLICT):
+    if side is _Side.NOTHING:
+        # "Not sure", "not done yet": doubt, which no button may take for its answer; and
+        # "Not sure I can approve this" holds a decision it doubts.
+        if _inside(words[at:], vocab):
+            return _Side.CONFLICT, False, set()
+        return side, False, {_Side.NOTHING}
+    if side is _Side.CONFLICT:
         return side, False, set()
     while at < len(words):  # "OK to reject", "Yes I don't approve": undecidable
         later = _decision_at(words, at, vocab)
@@ -365,7 +371,7 @@ def _decide(text: str, vocab: _Vocabulary) -> _Side:
     strong: set[_Side] = set()
     weak: set[_Side] = set()
     inside: set[_Side] = set()
-    deferred = negated = troubled = False
+    deferred = negated = troubled = hedged = False
     sentence: tuple[int, set[_Side], bool] = (-1, set(), False)  # its number, sides read, trouble
     for clause, after_contrast, number in _clauses(text):
         words = tokens(clause)
@@ -382,6 +388,8 @@ def _decide(text: str, vocab: _Vocabulary) -> _Side:
             negated = True
         elif side in (_Side.COMPLETE, _Side.FAIL):
             (weak if acknowledgment else strong).add(side)
+        hedged = hedged or _Side.NOTHING in further
+        further.discard(_Side.NOTHING)
         inside |= further
         # "Complete failure of the build", "Confirmed: the build is broken", "OK, this is
         # broken": a complete word beside words of trouble in one sentence reads either way.
@@ -402,9 +410,9 @@ def _decide(text: str, vocab: _Vocabulary) -> _Side:
     found = strong if deferred else strong | weak
     if found:
         return found.pop()
-    if unsaid:
+    if unsaid or hedged:
         # Nor may a button take it for its answer: "Yes, but I cannot sign off" is no yes to
-        # the Complete button, "Sure, why not" no no to the Fail button.
+        # the Complete button, "Sure, why not" no no to the Fail button, "Not sure" neither.
         return _Side.CONFLICT
     # Nothing decided, or an acknowledgment of a deferral; but words further on in a clause
     # still speak against a button: "I cannot approve it" to the Complete address.
