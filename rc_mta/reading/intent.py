@@ -372,7 +372,8 @@ def _decide(text: str, vocab: _Vocabulary) -> _Side:
     weak: set[_Side] = set()
     inside: set[_Side] = set()
     deferred = negated = troubled = hedged = False
-    sentence: tuple[int, set[_Side], bool] = (-1, set(), False)  # its number, sides read, trouble
+    # The sentence read, the sides its clauses hold and whether it has words of trouble.
+    sentence, sides, sentence_troubled = -1, set[_Side](), False
     for clause, after_contrast, number in _clauses(text):
         words = tokens(clause)
         if not words:
@@ -395,12 +396,11 @@ def _decide(text: str, vocab: _Vocabulary) -> _Side:
         # broken": a complete word beside words of trouble in one sentence reads either way.
         trouble = any(_listed_at(vocab.trouble, words, where) is not None for where in range(len(words)))
         troubled = troubled or trouble
-        if number != sentence[0]:
-            sentence = (number, set(), False)
-        sides = sentence[1]
+        if number != sentence:
+            sentence, sides, sentence_troubled = number, set(), False
         sides |= further | ({side} if side in (_Side.COMPLETE, _Side.FAIL) else set())
-        sentence = (number, sides, sentence[2] or trouble)
-        if _Side.COMPLETE in sides and (_Side.FAIL in sides or sentence[2]):
+        sentence_troubled = sentence_troubled or trouble
+        if _Side.COMPLETE in sides and (_Side.FAIL in sides or sentence_troubled):
             return _Side.CONFLICT
     if len(strong | weak | inside) > 1:
         return _Side.CONFLICT  # "Approved. The CAB rejected it." reads both ways too
