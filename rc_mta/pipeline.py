@@ -526,7 +526,7 @@ class Pipeline:
             action = TaskAction(decided)
         else:
             action = TaskAction(token.action.label)
-            # A button's address decides, unless the person's own words decide the other way.
+            # A button's address decides, unless the person's own words read the other way.
             if contradicts(parsed.comment, action.value, self.complete_words, self.fail_words):
                 answered = await self._read_by_key(self.store.get_claim, request.id) if acting else None
                 if answered is not None and answered.done:

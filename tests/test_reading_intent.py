@@ -12,7 +12,7 @@ import pytest
 from conftest import RcMta
 from mailclient import reply_message, send_smtp
 
-from rc_mta.reading import DEFAULT_COMPLETE_WORDS, DEFAULT_FAIL_WORDS, interpret_action
+from rc_mta.reading import DEFAULT_COMPLETE_WORDS, DEFAULT_FAIL_WORDS, contradicts, interpret_action
 
 NEGATION = [
     # The issue's misreadings: a leading "No" must not win over an approval.
@@ -248,6 +248,45 @@ LANGUAGES = [
     ("Hay\u0131r", "fail"),
 ]
 
+# A decision word further on in a sentence decides nothing here (the clause does not start
+# with it), but a negated one, or one beside words of the other side, is never read as the
+# decision at its start either: refused.
+FURTHER_ON = [
+    ("After looking at the budget I cannot approve it", None),
+    ("Ich kann das leider nicht freigeben", None),
+    ("I do not think we should approve this", None),
+    ("I would approve this if not for the budget", None),
+    ("The tests are not done yet", None),
+    ("The CAB rejected it", None),
+    ("Approved. After looking at the budget I cannot approve it.", None),
+    ("Rejected. I cannot approve it.", "fail"),
+    # A decision word beside words of the other side, in one sentence.
+    ("Complete failure of the build", None),
+    ("Confirmed: the build is broken", None),
+    ("Confirmed: the build failed", None),
+    ("OK, this is broken", None),
+    ("OK. This is broken.", None),
+    ("Approved, the broken test is fixed.", None),
+    ("Bestätigt, der Build ist kaputt.", None),
+    ("Validé : le build est cassé.", None),
+    ("Confirmed, it doesn't work", None),
+    ("Complete disaster", None),
+    ("Confirmed: this is a bug", None),
+    ("Approved, no errors", None),  # a negated trouble word too: the price of never guessing
+    # A negation said as a word of its own ("unable", "impossible") reaches a decision too.
+    ("I am unable to approve this", None),
+    ("Not sure I can approve this", None),
+    ("Unable to approve.", None),
+    ("Approved, unable to attend the call though.", "complete"),
+    # Trouble in a sentence of its own beside a decision that is no acknowledgment, and
+    # trouble only foreseen, change nothing.
+    ("Approved. The old build was broken.", "complete"),
+    ("Rejected, the build is broken.", "fail"),
+    # A legal disclaimer's "accepted" and "not accept" are no one's decision.
+    ("Rejected.\n\nNo liability is accepted for viruses.", "fail"),
+    ("Approved.\n\nThe company does not accept responsibility for errors.", "complete"),
+]
+
 TABLE = (
     NEGATION
     + NEGATION_AFTER
@@ -258,12 +297,63 @@ TABLE = (
     + QUESTIONS
     + DEFERRALS
     + LANGUAGES
+    + FURTHER_ON
 )
 
 
 @pytest.mark.parametrize(("comment", "expected"), TABLE, ids=[repr(comment) for comment, _ in TABLE])
 def test_words_decide(comment: str, expected: str | None) -> None:
     assert interpret_action(comment, DEFAULT_COMPLETE_WORDS, DEFAULT_FAIL_WORDS) == expected
+
+
+# What a Complete or Fail button's reply may say: True where it is refused (550 5.6.0).
+BUTTONS = [
+    # A negated decision word anywhere reads against the Complete button.
+    ("After looking at the budget I cannot approve it", "complete", True),
+    ("We should not go ahead with this", "complete", True),
+    ("Ich kann das leider nicht freigeben", "complete", True),
+    ("Thanks.\n\nSadly I cannot approve it this quarter.", "complete", True),
+    ("Yes, but I cannot sign off on this", "complete", True),
+    ("OK. This is broken.", "complete", True),
+    ("The CAB rejected it", "complete", True),
+    ("The tests are not done yet", "complete", True),
+    # ... and agrees with the Fail button, unless its reach is a guess.
+    ("After looking at the budget I cannot approve it", "fail", False),
+    ("Ich kann das leider nicht freigeben", "fail", False),
+    ("I do not think we should approve this", "fail", True),
+    # An acknowledgment beside a "no" the grammar does not read is an answer to neither button.
+    ("Yes, but I cannot sign off on this", "fail", True),
+    ("Sure, why not", "fail", True),
+    ("Sure, why not", "complete", True),
+    ("I don't think we should reject it", "fail", True),
+    ("I am unable to approve this", "complete", True),
+    # Doubt is no answer to either button.
+    ("Not sure.", "complete", True),
+    ("Not sure.", "fail", True),
+    ("Not sure I can approve this", "complete", True),
+    ("Approved. I'm not sure about the date though.", "complete", False),
+    ("Not done yet, but approved", "complete", False),
+    # Words of both sides in one sentence read against either button.
+    ("Complete failure of the build", "complete", True),
+    ("Confirmed: the build is broken", "complete", True),
+    ("OK, this is broken", "complete", True),
+    ("Complete failure of the build", "fail", True),
+    ("The build is fine", "fail", True),
+    # What a button's reply says in agreement, or not at all, still acts.
+    ("Looks good, ship it", "complete", False),
+    ("Approved, no changes needed", "complete", False),
+    ("Tests are red", "fail", False),
+    ("Approved.\n\nNo liability is accepted for viruses.", "complete", False),
+    ("Rejected.\n\nThe company does not accept responsibility for errors.", "fail", False),
+    ("", "complete", False),
+]
+
+
+@pytest.mark.parametrize(
+    ("comment", "button", "refused"), BUTTONS, ids=[f"{button}: {comment!r}" for comment, button, _ in BUTTONS]
+)
+def test_words_a_button_may_not_carry(comment: str, button: str, refused: bool) -> None:
+    assert contradicts(comment, button, DEFAULT_COMPLETE_WORDS, DEFAULT_FAIL_WORDS) is refused
 
 
 def test_no_reading_in_the_table_is_the_opposite_of_another_rows() -> None:
@@ -310,8 +400,15 @@ def test_default_word_lists_do_not_overlap() -> None:
         lambda n: "- " * (n // 2),
         lambda n: "a" * n,
         lambda n: "not\nok " * (n // 7),
+        lambda n: "the cannot approve " * (n // 19),
+        lambda n: "the not build approved " * (n // 23),
+        lambda n: "the build is broken ok " * (n // 23),
+        lambda n: "ok: broken, " * (n // 12),
     ],
-    ids=["no runs", "ja runs", "not runs", "clauses", "leading words", "question marks", "dashes", "one word", "wraps"],
+    ids=[
+        *("no runs", "ja runs", "not runs", "clauses", "leading words", "question marks", "dashes", "one word"),
+        *("wraps", "negated further on", "negation far off", "trouble", "trouble in clauses"),
+    ],
 )
 def test_reading_hostile_comments_takes_linear_time(make: object) -> None:
     assert callable(make)
@@ -354,13 +451,16 @@ def test_a_word_configured_as_both_complete_and_fail_is_refused(fresh_rc: RcMta)
     assert "'ok' is both a complete word and a fail word" in result.stderr
 
 
-def answered(server: RcMta, bodies: tuple[str, ...], below: str = "") -> dict[str, tuple[int, str, str]]:
-    """Each body (with ``below`` under it) as a reply to a task's request of its own:
-    the SMTP code, the enhanced code and the task's status after it."""
+def answered(
+    server: RcMta, bodies: tuple[str, ...], below: str = "", to: str = "reply_to"
+) -> dict[str, tuple[int, str, str]]:
+    """Each body (with ``below`` under it) as a reply to a task's request of its own, sent
+    to its ``to`` address ("reply_to", "complete_address", "fail_address"): the SMTP code,
+    the enhanced code and the task's status after it."""
     outcomes = {}
     for body in bodies:
         task_id = server.add_task()
-        address = server.request(task_id)["reply_to"]
+        address = server.request(task_id)[to]
         outcome = send_smtp(server.smtp_port, reply_message(address, body + below), address)
         outcomes[body] = (outcome.code, outcome.enhanced, server.task(task_id)["status"])
     return outcomes
@@ -413,3 +513,28 @@ def test_a_request_in_the_infinitive_decides(rc: RcMta) -> None:
         "Bitte nicht freigeben.": (250, "2.0.0", "failed"),
         "Ne pas valider, merci.": (250, "2.0.0", "failed"),
     }
+
+
+def test_a_negated_decision_further_on_never_completes_the_task(rc: RcMta) -> None:
+    bodies = (
+        "After looking at the budget I cannot approve it.",
+        "Thanks for the numbers.\n\nSadly I cannot approve it this quarter.",
+        "Ich kann das leider nicht freigeben.",
+    )
+
+    # Pressed Complete, then wrote the opposite: refused, the task untouched.
+    assert answered(rc, bodies, to="complete_address") == dict.fromkeys(bodies, (550, "5.6.0", "in_progress"))
+    # Read for its words alone it decides nothing either (a guess would be "fail").
+    assert answered(rc, bodies) == dict.fromkeys(bodies, (550, "5.6.0", "in_progress"))
+    # Sent to the Fail button, the words agree with it.
+    assert answered(rc, bodies[:1], to="fail_address") == {bodies[0]: (250, "2.0.0", "failed")}
+
+
+def test_a_decision_word_beside_words_of_the_other_side_decides_nothing(rc: RcMta) -> None:
+    bodies = ("Complete failure of the build.", "Confirmed: the build is broken.", "OK, this is broken.")
+
+    assert answered(rc, bodies) == dict.fromkeys(bodies, (550, "5.6.0", "in_progress"))
+    assert answered(rc, bodies, to="complete_address") == dict.fromkeys(bodies, (550, "5.6.0", "in_progress"))
+    # A clear answer keeps deciding, a disclaimer below it too.
+    clear = ("Approved. The old build was broken.", "Approved.\n\nNo liability is accepted for viruses.")
+    assert answered(rc, clear) == dict.fromkeys(clear, (250, "2.0.0", "completed"))

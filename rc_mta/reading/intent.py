@@ -22,6 +22,13 @@ never read as the opposite of what the person meant, because a doubt refuses.
 Acknowledgments ("OK", "sure", "yes") decide only when no clause puts the decision
 off ("OK, I'll check tomorrow" decides nothing), and approve nothing next to a clause
 with a negation that decides nothing ("Yes, but I cannot sign off on this").
+
+A decision word further on in a clause ("I cannot *approve* it", "the CAB *rejected* it")
+decides nothing, but is read: beside a decision of the other side it is a second
+reading, after a negation that does not stand right before it a doubt ("I do not think
+we should approve"), and to a button of the other side a contradiction. A complete
+word in one sentence with words of trouble ("Complete failure of the build",
+"Confirmed: the build is broken") reads either way.
 """
 
 from __future__ import annotations
@@ -37,11 +44,13 @@ from .words import (
     CJK_CONTRASTS,
     CONTRASTS,
     DEFERRALS,
+    DISCLAIMER_WORDS,
     HEDGES,
     LEADING_WORDS,
     NEGATORS,
     POLITE_WORDS,
     STANDALONE_ONLY,
+    TROUBLE,
     WEAK_WORDS,
 )
 
@@ -79,9 +88,12 @@ class _Side(enum.Enum):
     CONFLICT = "conflict"  # undecidable: the whole reply is refused
     DEFER = "defer"  # "let me check": acknowledgments elsewhere decide nothing
     NEGATED = "negated"  # "I cannot sign off": no decision read, but a "no": no "OK" approves
+    LEANS_COMPLETE = "leans complete"  # no decision, but "I'd approve it" further on in a clause
+    LEANS_FAIL = "leans fail"  # no decision, but "the CAB rejected it", "I cannot approve it"
 
 
 _Phrase = tuple[str, ...]
+_LEANING = {_Side.COMPLETE: _Side.LEANS_COMPLETE, _Side.FAIL: _Side.LEANS_FAIL}
 
 
 def normalise(text: str) -> str:
@@ -108,6 +120,7 @@ class _Vocabulary:
     negators: dict[str, list[_Phrase]]
     leading: dict[str, list[_Phrase]]
     deferrals: dict[str, list[_Phrase]]
+    trouble: dict[str, list[_Phrase]]
     weak: frozenset[_Phrase]
 
 
@@ -137,7 +150,12 @@ def _vocabulary(complete_words: tuple[str, ...], fail_words: tuple[str, ...]) ->
                 phrases[phrase] = side if phrases.get(phrase, side) is side else _Side.CONFLICT
     weak = frozenset(tuple(tokens(normalise(word))) for word in WEAK_WORDS)
     return _Vocabulary(
-        _index(phrases), _phrase_index(NEGATORS), _phrase_index(LEADING_WORDS), _phrase_index(DEFERRALS), weak
+        _index(phrases),
+        _phrase_index(NEGATORS),
+        _phrase_index(LEADING_WORDS),
+        _phrase_index(DEFERRALS),
+        _phrase_index(TROUBLE),
+        weak,
     )
 
 
@@ -202,9 +220,37 @@ def _listed_at(index: dict[str, list[_Phrase]], words: list[str], at: int) -> in
     return None
 
 
-def _read_clause(words: list[str], vocab: _Vocabulary) -> tuple[_Side, bool]:
-    """What one clause decides (its first decision, unless the rest contradicts it), and
-    whether that decision is only an acknowledgment ("OK")."""
+def _inside(words: list[str], vocab: _Vocabulary) -> set[_Side]:
+    """The decisions a clause that does not start with one holds further on: "the CAB
+    *rejected* it", "I *cannot approve* it" (FAIL), "Ich kann das leider *nicht freigeben*".
+    A negation that does not stand right before the decision it may reach ("I do not think
+    we should approve", "I would approve this if not for…"), a negated hedge ("the tests
+    are not done yet") and a negated fail word are CONFLICT: which way they go is a guess.
+    A disclaimer's clause ("No liability is accepted", "does not accept responsibility")
+    is not read: its decision words are the lawyers', not the person's."""
+    if any(word in DISCLAIMER_WORDS for word in words):
+        return set()
+    found: set[_Side] = set()
+    negation = False
+    at = 0
+    while at < len(words):
+        decision = _decision_at(words, at, vocab)
+        if decision is not None:
+            side, at = decision
+            found.add(_Side.CONFLICT if side is _Side.NOTHING else side)
+            continue
+        after = _listed_at(vocab.negators, words, at)
+        negation = negation or after is not None
+        at = after or at + 1
+    if negation and found:
+        return {_Side.CONFLICT}
+    return found
+
+
+def _read_clause(words: list[str], vocab: _Vocabulary) -> tuple[_Side, bool, set[_Side]]:
+    """What one clause decides (its first decision, unless the rest contradicts it),
+    whether that decision is only an acknowledgment ("OK"), and, when it does not start
+    with one, the decisions it holds further on (``_inside``)."""
     at = 0
     decision: tuple[_Side, int] | None = None
     for _ in range(_MAX_LEADING + 1):
@@ -219,17 +265,24 @@ def _read_clause(words: list[str], vocab: _Vocabulary) -> tuple[_Side, bool]:
         at = skipped
     if decision is None:
         if _listed_at(vocab.negators, words, 0) == len(words):
-            return _Side.CONFLICT, False  # "Done. Not.": a negation of what was said before
+            return _Side.CONFLICT, False, set()  # "Done. Not.": a negation of what was said before
+        inside = _inside(words, vocab)
         # No decision: does it put one off ("I'll have a look later")?
         deferring = any(_listed_at(vocab.deferrals, words, where) is not None for where in range(len(words)))
         if deferring:
-            return _Side.DEFER, False
+            return _Side.DEFER, False, inside
         negated = any(_listed_at(vocab.negators, words, where) is not None for where in range(len(words)))
-        return (_Side.NEGATED if negated else _Side.NOTHING), False
+        return (_Side.NEGATED if negated else _Side.NOTHING), False, inside
     weak = tuple(words[at : decision[1]]) in vocab.weak
     side, at = decision
-    if side in (_Side.NOTHING, _Side.CONFLICT):
-        return side, False
+    if side is _Side.NOTHING:
+        # "Not sure", "not done yet": doubt, which no button may take for its answer; and
+        # "Not sure I can approve this" holds a decision it doubts.
+        if _inside(words[at:], vocab):
+            return _Side.CONFLICT, False, set()
+        return side, False, {_Side.NOTHING}
+    if side is _Side.CONFLICT:
+        return side, False, set()
     while at < len(words):  # "OK to reject", "Yes I don't approve": undecidable
         later = _decision_at(words, at, vocab)
         if later is None:
@@ -237,26 +290,26 @@ def _read_clause(words: list[str], vocab: _Vocabulary) -> tuple[_Side, bool]:
                 # "Absolutely not", "Ich genehmige das nicht", "Jag godkänner inte": a
                 # negation after the decision may turn it around (German and the Nordic
                 # languages put it there); which it reaches is not ours to guess.
-                return _Side.CONFLICT, False
+                return _Side.CONFLICT, False, set()
             at += 1
             continue
         if later[0] in (_Side.CONFLICT, _Side.NOTHING) or (
             later[0] in (_Side.COMPLETE, _Side.FAIL) and later[0] is not side
         ):
-            return _Side.CONFLICT, False
+            return _Side.CONFLICT, False, set()
         at = later[1]
-    return side, weak
+    return side, weak, set()
 
 
-def _clauses(comment: str) -> Iterator[tuple[str, bool]]:
+def _clauses(comment: str) -> Iterator[tuple[str, bool, int]]:
     """The clauses of every sentence that is not a question, each with whether it opens
-    right after a contrast ("looks good, *but* wait for Bob")."""
-    for match in _SENTENCE_RE.finditer(comment):
+    right after a contrast ("looks good, *but* wait for Bob") and its sentence's number."""
+    for number, match in enumerate(_SENTENCE_RE.finditer(comment)):
         if "?" in match.group(2):
             continue
         for n, part in enumerate(_CONTRAST_RE.split(_DASH_RE.sub(",", match.group(1)))):
             for m, clause in enumerate(_CLAUSE_SPLIT_RE.split(part)):
-                yield clause, n > 0 and m == 0
+                yield clause, n > 0 and m == 0, number
 
 
 def interpret_action(comment: str, complete_words: Sequence[str], fail_words: Sequence[str]) -> str | None:
@@ -275,12 +328,12 @@ def interpret_action(comment: str, complete_words: Sequence[str], fail_words: Se
 
 def contradicts(comment: str, action: str, complete_words: Sequence[str], fail_words: Sequence[str]) -> bool:
     """Whether the words, read either way, decide against ``action`` ("complete" or
-    "fail") or against themselves ("Absolutely not", "Approved. Rejected."): what a
-    Complete or Fail button's reply may not say. Words that decide nothing do not."""
-    return any(
-        side is _Side.CONFLICT or (side in (_Side.COMPLETE, _Side.FAIL) and side.value != action)
-        for side in _readings(comment, complete_words, fail_words)
-    )
+    "fail") or against themselves ("Absolutely not", "Approved. Rejected."), or hold a
+    decision word further on that reads against it ("Sadly I cannot approve it", "the CAB
+    rejected it"): what a Complete or Fail button's reply may not say. Words that decide
+    nothing and say nothing against it ("Tests are red") do not."""
+    against = {"complete": (_Side.FAIL, _Side.LEANS_FAIL), "fail": (_Side.COMPLETE, _Side.LEANS_COMPLETE)}[action]
+    return any(side is _Side.CONFLICT or side in against for side in _readings(comment, complete_words, fail_words))
 
 
 def _readings(comment: str, complete_words: Sequence[str], fail_words: Sequence[str]) -> set[_Side]:
@@ -312,17 +365,22 @@ def _unwrapped(text: str) -> str | None:
 
 
 def _decide(text: str, vocab: _Vocabulary) -> _Side:
-    """What normalised ``text`` decides: COMPLETE, FAIL, NOTHING, or CONFLICT."""
+    """What normalised ``text`` decides: COMPLETE, FAIL, NOTHING or CONFLICT, or when it
+    decides nothing but holds a decision word further on in a clause, LEANS_COMPLETE or
+    LEANS_FAIL (what a button's reply may not say against it)."""
     strong: set[_Side] = set()
     weak: set[_Side] = set()
-    deferred = negated = False
-    for clause, after_contrast in _clauses(text):
+    inside: set[_Side] = set()
+    deferred = negated = troubled = hedged = False
+    # The sentence read, the sides its clauses hold and whether it has words of trouble.
+    sentence, sides, sentence_troubled = -1, set[_Side](), False
+    for clause, after_contrast, number in _clauses(text):
         words = tokens(clause)
         if not words:
             continue
-        side, acknowledgment = _read_clause(words, vocab)
-        if side is _Side.CONFLICT:
-            return side
+        side, acknowledgment, further = _read_clause(words, vocab)
+        if side is _Side.CONFLICT or _Side.CONFLICT in further:
+            return _Side.CONFLICT
         if side is _Side.DEFER and after_contrast:
             return _Side.CONFLICT  # "looks good, but wait for Bob": a condition on the decision, not one
         if side is _Side.DEFER:
@@ -331,9 +389,31 @@ def _decide(text: str, vocab: _Vocabulary) -> _Side:
             negated = True
         elif side in (_Side.COMPLETE, _Side.FAIL):
             (weak if acknowledgment else strong).add(side)
-    if len(strong | weak) > 1:
-        return _Side.CONFLICT
-    if negated:
+        hedged = hedged or _Side.NOTHING in further
+        further.discard(_Side.NOTHING)
+        inside |= further
+        # "Complete failure of the build", "Confirmed: the build is broken", "OK, this is
+        # broken": a complete word beside words of trouble in one sentence reads either way.
+        trouble = any(_listed_at(vocab.trouble, words, where) is not None for where in range(len(words)))
+        troubled = troubled or trouble
+        if number != sentence:
+            sentence, sides, sentence_troubled = number, set(), False
+        sides |= further | ({side} if side in (_Side.COMPLETE, _Side.FAIL) else set())
+        sentence_troubled = sentence_troubled or trouble
+        if _Side.COMPLETE in sides and (_Side.FAIL in sides or sentence_troubled):
+            return _Side.CONFLICT
+    if len(strong | weak | inside) > 1:
+        return _Side.CONFLICT  # "Approved. The CAB rejected it." reads both ways too
+    unsaid = (negated or troubled) and _Side.COMPLETE in weak
+    if unsaid:
         weak.discard(_Side.COMPLETE)  # "Yes, but I cannot sign off": no approval ("No, not yet" is a no)
     found = strong if deferred else strong | weak
-    return found.pop() if found else _Side.NOTHING  # nothing, or an acknowledgment of a deferral
+    if found:
+        return found.pop()
+    if unsaid or hedged:
+        # Nor may a button take it for its answer: "Yes, but I cannot sign off" is no yes to
+        # the Complete button, "Sure, why not" no no to the Fail button, "Not sure" neither.
+        return _Side.CONFLICT
+    # Nothing decided, or an acknowledgment of a deferral; but words further on in a clause
+    # still speak against a button: "I cannot approve it" to the Complete address.
+    return _LEANING[inside.pop()] if inside else _Side.NOTHING

@@ -27,6 +27,7 @@ __all__ = [
     "NEGATORS",
     "POLITE_WORDS",
     "STANDALONE_ONLY",
+    "TROUBLE",
     "WEAK_WORDS",
 ]
 
@@ -197,6 +198,36 @@ CONTRASTS: tuple[str, ...] = (
 #: The same, written before the next word without a space (Chinese).
 CJK_CONTRASTS: tuple[str, ...] = ("但是", "但", "不过", "不過", "可是")
 
+#: Words that say something is wrong without deciding: a complete word in the same sentence
+#: reads either way ("Complete failure of the build", "Confirmed: the build is broken",
+#: "OK, this is broken"), and an acknowledgment elsewhere approves nothing. Not what may
+#: go wrong ("let me know if anything breaks"), nor "failing" ("failing tests fixed").
+TROUBLE: tuple[str, ...] = (
+    # English
+    *("failure", "failures", "broken", "broke", "crashed", "crashes", "crashing", "wrong", "fails"),
+    *("error", "errors", "bug", "bugs", "regression", "disaster", "mess", "fiasco"),
+    *("doesn't work", "does not work", "don't work", "didn't work", "did not work", "isn't working"),
+    *("is not working", "not working", "won't work", "will not work"),
+    # German, French, Spanish, Italian, Portuguese, Dutch
+    *("kaputt", "defekt", "fehler", "fehlerhaft", "fehlgeschlagen", "funktioniert nicht", "geht nicht"),
+    *("cassé", "cassée", "échec", "échoué", "erreur", "en panne", "ne marche pas", "ne fonctionne pas"),
+    *("roto", "rota", "falló", "fracaso", "no funciona", "rotto", "rotta", "fallito", "fallita", "guasto"),
+    *("errore", "non funziona", "quebrado", "quebrada", "falhou", "erro", "não funciona", "kapot"),
+    *("mislukt", "werkt niet"),
+    # Swedish, Danish, Norwegian, Polish, Russian, Finnish, Turkish
+    *("trasig", "trasigt", "misslyckades", "fungerar inte", "i stykker", "mislykkedes", "virker ikke"),
+    *("ødelagt", "mislyktes", "fungerer ikke", "zepsute", "zepsuty", "nie działa", "сломано", "сломан"),
+    *("не работает", "rikki", "epäonnistui", "ei toimi", "bozuk", "başarısız", "çalışmıyor"),
+)
+
+#: Words of the legal disclaimers servers add below every message ("No liability is
+#: accepted for viruses", "does not accept responsibility for…"): decision words further
+#: on in a clause holding one of these are not read as the person's.
+DISCLAIMER_WORDS: frozenset[str] = frozenset(
+    """liability liable responsibility haftung responsabilité responsabilidad responsabilità responsabilidade
+    aansprakelijkheid ansvar odpowiedzialności ответственности""".split()
+)
+
 #: Words that turn the decision after them around: "not approved", "nicht genehmigt".
 NEGATORS: tuple[str, ...] = (
     *("not", "don't", "dont", "do not", "doesn't", "does not", "didn't", "did not", "can't", "cant"),
@@ -204,6 +235,9 @@ NEGATORS: tuple[str, ...] = (
     *("shouldn't", "should not", "isn't", "is not", "aren't", "are not", "wasn't", "was not", "never"),
     *("no", "nicht", "kein", "keine", "nie", "niemals", "pas", "ne", "ne pas", "non", "niet", "geen", "inte", "ej"),
     *("ikke", "не", "não", "nao", "ei"),
+    # "I am unable to approve this": a negation that stands before the decision, not right
+    # before it, so it is read as doubt, never as a decision
+    *("unable", "unwilling", "impossible", "hardly"),
 )
 
 #: Decision words whose negation is doubt, not a refusal: "not sure", "not done yet".
