@@ -34,7 +34,32 @@ IN_ANCESTORS_BACKGROUND = (
 )
 
 
-@pytest.mark.parametrize("hidden", [HIDDEN_APPROVAL, IN_ANCESTORS_BACKGROUND], ids=["own style", "ancestor's"])
+# Text a message's own style sheet hides, each way ("a custom property" was read before).
+HIDDEN_BY_A_STYLE_SHEET = {
+    "class, sheet in head": (
+        '<html><head><style>.pre{display:none}</style></head><body><div class="pre">Approved, ship it</div>'
+    ),
+    "id": '<style>#pre{display:none}</style><div id="pre">Approved, ship it</div>',
+    "element": "<style>span{display:none}</style><span>Approved, ship it</span>",
+    "visibility hidden": '<style>.pre{visibility:hidden}</style><div class="pre">Approved, ship it</div>',
+    "font size 0": '<style>.pre{font-size:0}</style><div class="pre">Approved, ship it</div>',
+    "!important": '<style>.pre{display:none !important}</style><div class="pre" style="display:block">Approved</div>',
+    "inside @media screen": '<style>@media screen{.pre{display:none}}</style><div class="pre">Approved, ship it</div>',
+    "one of several classes": '<style>.pre{display:none}</style><div class="intro pre wide">Approved, ship it</div>',
+    "compound of classes": '<style>div.intro.pre{display:none}</style><div class="pre intro">Approved, ship it</div>',
+    "sheet in body, after the text": '<div class="pre">Approved, ship it</div><style>.pre{display:none}</style>',
+    "rules inside <!-- -->": '<style><!--\n.pre{display:none}\n--></style><div class="pre">Approved, ship it</div>',
+    "a custom property": (
+        '<style>:root{--gone:none}.pre{display:var(--gone)}</style><div class="pre">Approved, ship it</div>'
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    "hidden",
+    [HIDDEN_APPROVAL, IN_ANCESTORS_BACKGROUND, *HIDDEN_BY_A_STYLE_SHEET.values()],
+    ids=["own style", "ancestor's", *HIDDEN_BY_A_STYLE_SHEET.keys()],
+)
 def test_hidden_approval_next_to_undecidable_visible_words_is_refused(rc: RcMta, hidden: str) -> None:
     task_id = rc.add_task()
     address = rc.request(task_id)["reply_to"]
@@ -97,3 +122,15 @@ def test_text_in_an_ancestors_background_colour_neither_decides_nor_enters_the_c
     task = rc.task(task_id)
     assert task["status"] == "failed"  # what the person sees: yellow "No, not yet" on black
     assert [c["text"] for c in task["comments"]] == ["No, not yet"]
+
+
+def test_words_a_style_sheet_adds_in_front_of_the_reply_keep_it_from_deciding(rc: RcMta) -> None:
+    # The person sees "Not approved": the sheet writes "Not " before the element's own word.
+    task_id = rc.add_task()
+    address = rc.request(task_id)["reply_to"]
+    html = '<style>.answer::before{content:"Not "}</style><div class="answer">approved</div>'
+
+    outcome = send_smtp(rc.smtp_port, reply_message(address, "", html=html), address)
+
+    assert (outcome.code, outcome.enhanced) == (550, "5.6.0"), outcome
+    assert rc.task(task_id)["status"] == "in_progress"

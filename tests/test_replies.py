@@ -471,6 +471,8 @@ HIDING_TECHNIQUES = {
     "style sheet after the element": '<span class="pre x">{}</span><style>span.pre{{font-size:0}}</style>',
     "id hidden inside @media": '<style>@media screen {{ #pre {{ visibility:hidden }} }}</style><div id="pre">{}</div>',
     "type hidden by a style sheet": "<style>h6 {{ display:none }}</style><h6>{}</h6>",
+    "display from a custom property": '<div style="--h:none;display:var(--h)">{}</div>',
+    "moved off-screen by the margin shorthand": '<div style="margin:0 0 0 -9999px">{}</div>',
     "nested deep inside a hidden ancestor": (
         '<div style="display:none"><table><tr><td><p><b>{}</b></p></td></tr></table></div>'
     ),
@@ -547,6 +549,10 @@ HIDDEN_TO_THE_END = {
     "tag name with a Kelvin sign (not <track>)": "<tra\u212a hidden>Approved",
     "plaintext": "<plaintext>Approved",
     "nesting deeper than the reader follows": "<div>" * 300 + "Approved",
+    # Words a style adds, which the reader does not see: the person reads "Not Approved".
+    "words before a class": '<style>.a::before { content: "Not " }</style><div class="a">Approved</div>',
+    "words after a type": "<style>b:after { content: ' not' }</style><p><b>Approved</b></p>",
+    "a list marker": "<ul style=\"list-style-type:'Not '\"><li>Approved</li></ul>",
 }
 
 

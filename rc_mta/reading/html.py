@@ -129,6 +129,15 @@ _SCALE_ZERO_RE = re.compile(r"scale(?:x|y|z|3d)?\(\s*[+-]?[0.]+(?:e[+-]?\d+)?\s*
 # A transform function and its arguments, up to the next bracket (linear, as above).
 _TRANSFORM_RE = re.compile(r"(scale(?:x|y|z|3d)?|translate(?:x|y|z|3d)?)\(([^()]*)")
 _CSS_MATH = ("calc(", "min(", "max(", "clamp(", "var(", "env(", "attr(")
+_CSS_SUBSTITUTIONS = ("var(", "env(", "attr(")
+_CSS_URL_RE = re.compile(r"url\([^()]*\)?")
+# Properties that can hide text (``_declaration_hides``): a value substituted when the page is
+# drawn may be any of their hiding values.
+_HIDING_PROPERTIES = frozenset(
+    """display visibility content-visibility mso-hide opacity filter font-size font width height max-width
+    max-height line-height clip clip-path transform zoom text-indent left top right bottom margin-left
+    margin-top inset margin color -webkit-text-fill-color""".split()
+)
 _NEGATING_SELECTOR_RE = re.compile(r":[-\w]*(?:not|is|where|has|matches|any)\(")
 _IDENT = r"[^\s.#\[\]:>+~,()*|=^$\"'!]+"
 _ID_RE = re.compile(r"#(" + _IDENT + ")")
@@ -341,6 +350,12 @@ def _declaration_hides(name: str, value: str, clipped: bool, background: _Colour
     """Whether one declaration makes an element's text invisible (see ``_style_hides``)."""
     words = value.split()
     first = words[0] if words else ""
+    if name in _HIDING_PROPERTIES and any(function in value for function in _CSS_SUBSTITUTIONS):
+        return True  # a value known only when the page is drawn ("display: var(--x)")
+    if name == "content":  # on ::before and ::after: text the person sees and the reader does not
+        return value not in ("", "none", "normal", '""', "''")
+    if name in ("list-style", "list-style-type"):  # a string marker ("Not ") is text too
+        return any(quote in _CSS_URL_RE.sub("", value) for quote in "\"'")
     if name == "display":
         return first == "none"
     if name == "visibility":
@@ -386,6 +401,9 @@ def _declaration_hides(name: str, value: str, clipped: bool, background: _Colour
     if name in ("text-indent", "left", "top", "right", "bottom", "margin-left", "margin-top"):
         length = _length(first)
         return length is not None and length[0] * _PX_PER_UNIT.get(length[1], 16.0) <= -500
+    if name in ("inset", "margin"):  # shorthands: any side moved 500px or more away
+        lengths = [length for word in words if (length := _length(word)) is not None]
+        return any(number * _PX_PER_UNIT.get(unit, 16.0) <= -500 for number, unit in lengths)
     if name in ("color", "-webkit-text-fill-color"):
         colour = _parse_colour(value)
         if colour is None:
