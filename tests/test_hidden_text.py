@@ -34,7 +34,9 @@ IN_ANCESTORS_BACKGROUND = (
 )
 
 
-# Text a message's own style sheet hides, each way ("a custom property" was read before).
+# Text a message's own style sheet hides, each way. From "colour of the background, by class"
+# on, each was read (and completed the task) before style sheets' colours, clipping, custom
+# properties, SVG sheets and escaped or bracketed selectors were followed.
 HIDDEN_BY_A_STYLE_SHEET = {
     "class, sheet in head": (
         '<html><head><style>.pre{display:none}</style></head><body><div class="pre">Approved, ship it</div>'
@@ -49,9 +51,28 @@ HIDDEN_BY_A_STYLE_SHEET = {
     "compound of classes": '<style>div.intro.pre{display:none}</style><div class="pre intro">Approved, ship it</div>',
     "sheet in body, after the text": '<div class="pre">Approved, ship it</div><style>.pre{display:none}</style>',
     "rules inside <!-- -->": '<style><!--\n.pre{display:none}\n--></style><div class="pre">Approved, ship it</div>',
+    # Colours: a class's text colour on an ancestor's background, and the other way round.
+    "colour of the background, by class": (
+        '<style>.note{color:#1f3b5c}</style><div style="background:#1f3b5c"><span class="note">Approved</span></div>'
+    ),
+    "background by class, colour inline": (
+        '<style>.box{background-color:#1f3b5c}</style><div class="box"><font color="#1f3b5c">Approved</font></div>'
+    ),
+    "body background by the sheet": (
+        '<style>body{background:#000}p.x{color:#000}</style><body><p class="x">Approved, ship it</p>'
+    ),
+    # One rule's overflow cut-off meets another's (or the element's own) one-pixel height.
+    "clipped by the sheet, one pixel high inline": (
+        '<style>.pre{overflow:hidden}</style><div class="pre" style="height:1px">Approved, ship it</div>'
+    ),
     "a custom property": (
         '<style>:root{--gone:none}.pre{display:var(--gone)}</style><div class="pre">Approved, ship it</div>'
     ),
+    "an SVG style sheet's character references": (
+        '<svg width="0" height="0"><style>&#46;pre{display:none}</style></svg><div class="pre">Approved</div>'
+    ),
+    "an attribute test holding #id": '<style>span[title="#x"]{display:none}</style><span title="#x">Approved</span>',
+    "an escaped dot in a class": '<style>.a\\.b{display:none}</style><div class="a.b">Approved, ship it</div>',
 }
 
 
@@ -134,3 +155,51 @@ def test_words_a_style_sheet_adds_in_front_of_the_reply_keep_it_from_deciding(rc
 
     assert (outcome.code, outcome.enhanced) == (550, "5.6.0"), outcome
     assert rc.task(task_id)["status"] == "in_progress"
+
+
+# What Outlook for Windows writes in every HTML reply: its style sheet (fonts, paragraph
+# and link styles, list definitions), a link colour on <body>, and a signature in grey.
+OUTLOOK_REPLY = """<html xmlns:o="urn:schemas-microsoft-com:office:office"><head>
+<meta http-equiv="Content-Type" content="text/html; charset=utf-8">
+<style><!--
+/* Font Definitions */
+@font-face {font-family:"Cambria Math"; panose-1:2 4 5 3 5 4 6 3 2 4;}
+@font-face {font-family:Calibri; panose-1:2 15 5 2 2 2 4 3 2 4;}
+/* Style Definitions */
+p.MsoNormal, li.MsoNormal, div.MsoNormal {margin:0cm; font-size:11.0pt; font-family:"Calibri",sans-serif;}
+a:link, span.MsoHyperlink {mso-style-priority:99; color:#0563C1; text-decoration:underline;}
+a:visited, span.MsoHyperlinkFollowed {mso-style-priority:99; color:#954F72; text-decoration:underline;}
+p.MsoListParagraph, li.MsoListParagraph, div.MsoListParagraph {mso-style-priority:34; margin-top:0cm;
+  margin-right:0cm; margin-bottom:0cm; margin-left:36.0pt; font-size:11.0pt; font-family:"Calibri",sans-serif;}
+span.EmailStyle17 {mso-style-type:personal-reply; font-family:"Calibri",sans-serif; color:#1F497D;}
+.MsoChpDefault {mso-style-type:export-only; font-size:10.0pt;}
+@page WordSection1 {size:612.0pt 792.0pt; margin:72.0pt 72.0pt 72.0pt 72.0pt;}
+div.WordSection1 {page:WordSection1;}
+@list l0 {mso-list-id:1203793386; mso-list-type:hybrid;}
+@list l0:level1 {mso-level-number-format:bullet; mso-level-text:\\F0B7; mso-level-tab-stop:none;
+  mso-level-number-position:left; text-indent:-18.0pt; font-family:Symbol;}
+--></style><!--[if gte mso 9]><xml>
+<o:shapedefaults v:ext="edit" spidmax="1026" />
+</xml><![endif]--></head>
+<body lang="EN-US" link="#0563C1" vlink="#954F72" style="word-wrap:break-word">
+<div class="WordSection1">
+<p class="MsoNormal"><span style="color:#1F497D">Approved, go ahead.<o:p></o:p></span></p>
+<p class="MsoNormal"><span style="color:#1F497D"><o:p>&nbsp;</o:p></span></p>
+<p class="MsoNormal"><span style="font-size:9.0pt;color:#7F7F7F">Alice Example | Release Manager<o:p></o:p></span></p>
+<div style="border:none;border-top:solid #E1E1E1 1.0pt;padding:3.0pt 0cm 0cm 0cm">
+<p class="MsoNormal"><b>From:</b> rc-mta &lt;rc@reply.example&gt;<br><b>Sent:</b> Monday, June 3, 2024 9:14 AM<br>
+<b>To:</b> Alice Example &lt;alice@example.com&gt;<br><b>Subject:</b> Action needed<o:p></o:p></p></div>
+<p class="MsoNormal">Please approve deploy to prod.<o:p></o:p></p>
+</div></body></html>"""
+
+
+def test_an_outlook_reply_with_its_style_sheet_decides(rc: RcMta) -> None:
+    task_id = rc.add_task()
+    address = rc.request(task_id)["reply_to"]
+
+    outcome = send_smtp(rc.smtp_port, reply_message(address, "", html=OUTLOOK_REPLY), address)
+
+    assert outcome.code == 250, outcome
+    task = rc.task(task_id)
+    assert task["status"] == "completed"
+    assert [c["text"] for c in task["comments"]] == ["Approved, go ahead.\n\nAlice Example | Release Manager"]
