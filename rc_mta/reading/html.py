@@ -521,6 +521,11 @@ def _add_shades(shades: tuple[_Shade, ...], added: list[_Shade], inherited: tupl
 def _same_colour(paint: _Paint) -> bool:
     """Text that may be drawn in its background's own colour, both known (the background opaque)."""
     colours, backgrounds = paint
+    if len(colours) == len(backgrounds) == 1:  # the usual case, without a style sheet's colours
+        colour, background = colours[0], backgrounds[0]
+        if not isinstance(colour, tuple) or not isinstance(background, tuple):
+            return False
+        return max(abs(colour[0] - background[0]), abs(colour[1] - background[1]), abs(colour[2] - background[2])) <= 24
     return any(
         max(abs(colour[i] - background[i]) for i in range(3)) <= 24
         for colour in colours
@@ -581,18 +586,19 @@ class _StyleSheet:
     shades: dict[str, tuple[list[_Shade], list[_Shade]]] = field(default_factory=dict)  # key: colours, backgrounds
     rules: int = 0
 
-    def hides(self, tag: str, attrs: list[tuple[str, str | None]]) -> bool:
-        return any(key in self.hiding for key in _element_keys(tag, attrs))
+    # Each takes an element's ``_element_keys``.
+    def hides(self, keys: list[str]) -> bool:
+        return bool(self.hiding) and any(key in self.hiding for key in keys)
 
-    def clips(self, tag: str, attrs: list[tuple[str, str | None]]) -> bool:
-        return bool(self.clipping) and any(key in self.clipping for key in _element_keys(tag, attrs))
+    def clips(self, keys: list[str]) -> bool:
+        return bool(self.clipping) and any(key in self.clipping for key in keys)
 
-    def paint(self, tag: str, attrs: list[tuple[str, str | None]]) -> tuple[list[_Shade], list[_Shade]]:
+    def paint(self, keys: list[str]) -> tuple[list[_Shade], list[_Shade]]:
         """Every colour and background the rules that may apply to this element set."""
         colours: list[_Shade] = []
         backgrounds: list[_Shade] = []
         if self.shades:
-            for key in _element_keys(tag, attrs):
+            for key in keys:
                 if key in self.shades and len(colours) + len(backgrounds) <= 2 * _MAX_SHADES:
                     colours.extend(self.shades[key][0])
                     backgrounds.extend(self.shades[key][1])
@@ -804,9 +810,10 @@ class _HTMLToText(_MarkupReader):
         self._special: list[int] = []  # stack indexes of special elements
         # Each open element's text colour and background as inherited (``_own_paint``), the
         # body's first: text in an ancestor's background colour is as hidden as in its own.
+        self._keyed = bool(sheet.hiding or sheet.clipping or sheet.shades)  # else no element's keys matter
         self._paints: list[_Paint] = [((_INHERITED,), (_INHERITED,))]
         for root in ("html", "body"):  # a style sheet paints them even where no tag is written
-            self._paints[0] = self._paint(root, []) or ((None,), (None,))
+            self._paints[0] = self._paint(root, [], [root, "*"]) or ((None,), (None,))
         self._blank = _same_colour(self._paints[0])  # the whole message drawn in its background
         self._raw: str | None = None  # inside <script>, <style>, <title>, ... until its end tag
         self._script_escaped = False
@@ -827,14 +834,14 @@ class _HTMLToText(_MarkupReader):
 
     # The stack of open elements --------------------------------------------------
 
-    def _paint(self, tag: str, attrs: list[tuple[str, str | None]]) -> _Paint | None:
+    def _paint(self, tag: str, attrs: list[tuple[str, str | None]], keys: list[str]) -> _Paint | None:
         """The colours and backgrounds an element may show: its own or else its parent's, and
         each one a style sheet's rule may give it; None if there may be too many to compare."""
         colour, background = _own_paint(tag, attrs)
         inherited_colours, inherited_backgrounds = self._paints[-1]
         colours = inherited_colours if colour == _INHERITED else (colour,)
         backgrounds = inherited_backgrounds if background == _INHERITED else (background,)
-        sheet_colours, sheet_backgrounds = self._sheet.paint(tag, attrs)
+        sheet_colours, sheet_backgrounds = self._sheet.paint(keys)
         if sheet_colours:
             colours = _add_shades(colours, sheet_colours, inherited_colours)
         if sheet_backgrounds:
@@ -919,7 +926,7 @@ class _HTMLToText(_MarkupReader):
             if name == "body" and self._top_is_head():
                 self._pop_to(len(self._stack) - 1)
             if not self._stack:  # what the whole message is painted with, under every element
-                self._paints[0] = self._paint(name, attrs) or ((None,), (None,))
+                self._paints[0] = self._paint(name, attrs, _element_keys(name, attrs)) or ((None,), (None,))
                 self._blank = self._blank or _same_colour(self._paints[0])
             return  # never pushed: the first pass judged their attributes
         if self._top_is_head() and name not in _HEAD_CONTENT:
@@ -943,9 +950,10 @@ class _HTMLToText(_MarkupReader):
             return
         css_class = next((v for n, v in attrs if n == "class" and v), "").lower()
         quote = name == "blockquote" or any(c in css_class for c in _QUOTE_CLASSES)
-        paint = self._paint(name, attrs)
-        hides = quote or name in _HIDDEN_TAGS or paint is None or self._sheet.hides(name, attrs)
-        hides = hides or _attributes_hide(name, attrs, self._sheet.clips(name, attrs))
+        keys = _element_keys(name, attrs) if self._keyed else []
+        paint = self._paint(name, attrs, keys)
+        hides = quote or name in _HIDDEN_TAGS or paint is None or self._sheet.hides(keys)
+        hides = hides or _attributes_hide(name, attrs, self._sheet.clips(keys))
         if paint is None:
             paint = ((None,), (None,))  # its text counts as hidden: what it paints does not matter
         hides = hides or _same_colour(paint)
