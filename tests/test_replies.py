@@ -490,6 +490,11 @@ HIDING_TECHNIQUES = {
     ),
     "attribute test holding #id": '<style>span[title="#x"] {{ display:none }}</style><span title="#x">{}</span>',
     "attribute test holding a space": '<style>span[title="a b"] {{ display:none }}</style><span title="a b">{}</span>',
+    "drawn in a symbol font": '<span style="font-family:Wingdings">{}</span>',
+    "drawn in a symbol font, font shorthand": "<span style=\"font:12px/1 'Wingdings 2', serif\">{}</span>",
+    "letters drawn as discs": '<span style="-webkit-text-security:disc">{}</span>',
+    "drawn backwards": '<span style="unicode-bidi:bidi-override;direction:rtl">{}</span>',
+    "bdo right to left": '<bdo dir="rtl">{}</bdo>',
     "nested deep inside a hidden ancestor": (
         '<div style="display:none"><table><tr><td><p><b>{}</b></p></td></tr></table></div>'
     ),
@@ -578,6 +583,11 @@ HIDDEN_TO_THE_END = {
     "words before a class": '<style>.a::before { content: "Not " }</style><div class="a">Approved</div>',
     "words after a type": "<style>b:after { content: ' not' }</style><p><b>Approved</b></p>",
     "a list marker": "<ul style=\"list-style-type:'Not '\"><li>Approved</li></ul>",
+    "quotes of a <q>": "<p style=\"quotes:'Not ' ''\"><q>Approved</q></p>",
+    "a counter style's markers": (
+        '<style>@counter-style n { system: cyclic; symbols: "Not "; suffix: "" }</style>'
+        '<ol style="list-style:n"><li>Approved</li></ol>'
+    ),
 }
 
 

@@ -137,8 +137,11 @@ _CSS_URL_RE = re.compile(r"url\([^()]*\)?")
 _HIDING_PROPERTIES = frozenset(
     """display visibility content-visibility mso-hide opacity filter font-size font width height max-width
     max-height line-height clip clip-path transform zoom text-indent left top right bottom margin-left
-    margin-top inset margin color -webkit-text-fill-color""".split()
+    margin-top inset margin color -webkit-text-fill-color content list-style list-style-type quotes
+    -webkit-text-security font-family unicode-bidi""".split()
 )
+# Fonts that draw letters as pictures: "Approved" in Wingdings is a row of symbols.
+_SYMBOL_FONTS = frozenset({"symbol", "wingdings", "wingdings 2", "wingdings 3", "webdings", "marlett", "zapf dingbats"})
 _CSS_STRING_RE = re.compile(_CSS_STRING, re.S)
 _CSS_ATTRIBUTE_TEST_RE = re.compile(r"\[[^\[\]]*\]")
 _CSS_ARGUMENTS_RE = re.compile(r"\([^()]*\)")
@@ -231,6 +234,19 @@ def _too_small_font(value: str) -> bool:
         return False  # a keyword such as "small", or not a size at all
     number, unit = length
     return number <= 0 or number * _PX_PER_UNIT.get(unit, 16.0) < 2
+
+
+def _font_families(name: str, value: str) -> list[str]:
+    """The font names a ``font-family`` lists; of a ``font`` shorthand, its first family's
+    last one to three words too, for where an unquoted name starts is not told."""
+    families = value.split(",")
+    found = [family.strip(" \t\n\r\f\"'") for family in families]
+    if name == "font":
+        first = families[0]
+        quote = min((i for i in (first.find("'"), first.find('"')) if i >= 0), default=-1)
+        words = first.split()
+        found += [first[quote:].strip(" \t\n\r\f\"'")] if quote >= 0 else [" ".join(words[-k:]) for k in (1, 2, 3)]
+    return found
 
 
 def _transform_hides(function: str, arguments: str) -> bool:
@@ -358,8 +374,14 @@ def _declaration_hides(name: str, value: str, clipped: bool, background: _Colour
         return True  # a value known only when the page is drawn ("display: var(--x)")
     if name == "content":  # on ::before and ::after: text the person sees and the reader does not
         return value not in ("", "none", "normal", '""', "''")
-    if name in ("list-style", "list-style-type"):  # a string marker ("Not ") is text too
+    if name in ("list-style", "list-style-type", "quotes"):  # a string marker or quote ("Not ") is text too
         return any(quote in _CSS_URL_RE.sub("", value) for quote in "\"'")
+    if name == "-webkit-text-security":  # letters drawn as discs
+        return first != "none"
+    if name == "unicode-bidi":  # "Approved" drawn backwards
+        return "override" in value
+    if name in ("font-family", "font") and not _SYMBOL_FONTS.isdisjoint(_font_families(name, value)):
+        return True
     if name == "display":
         return first == "none"
     if name == "visibility":
@@ -443,6 +465,8 @@ def _attributes_hide(tag: str, attrs: list[tuple[str, str | None]], clipped: boo
     names = {name for name, _value in attrs}
     if "hidden" in names or (tag in _CLOSED_UNLESS_OPEN and "open" not in names):
         return True
+    if tag == "bdo" and not any(n == "dir" and (v or "").strip(_HTML_SPACE).lower() == "ltr" for n, v in attrs):
+        return True  # its text drawn right to left, letter by letter: backwards
     background = next((_legacy_colour(v) for n, v in attrs if n == "bgcolor" and v), None)
     for name, value in attrs:
         if value is None:
@@ -644,6 +668,8 @@ class _StyleSheet:
         if selectors.startswith("@"):
             if selectors.startswith("@font-face") and any(name == "src" for name, _ in declarations):
                 self.hide_all = True  # a downloaded font can draw any text as anything
+            if selectors.startswith("@counter-style"):
+                self.hide_all = True  # list markers of any words
             return
         # A rule may meet an overflow cut-off set anywhere else: judged as if it did.
         hides = _style_hides(declarations, clipped=True)
