@@ -158,6 +158,20 @@ def test_words_a_style_sheet_adds_in_front_of_the_reply_keep_it_from_deciding(rc
     assert rc.task(task_id)["status"] == "in_progress"
 
 
+@pytest.mark.parametrize(
+    "body", ["\u202eApproved", "Let me check. \u202eApproved\u202c"], ids=["alone", "after words, ended"]
+)
+def test_words_drawn_in_another_order_by_a_bidi_override_do_not_decide(rc: RcMta, body: str) -> None:
+    # U+202E shows "\u202eApproved" as "devorppA": the person never saw the word.
+    task_id = rc.add_task()
+    address = rc.request(task_id)["reply_to"]
+
+    outcome = send_smtp(rc.smtp_port, reply_message(address, body), address)
+
+    assert (outcome.code, outcome.enhanced) == (550, "5.6.0"), outcome
+    assert rc.task(task_id)["status"] == "in_progress"
+
+
 # What Outlook for Windows writes in every HTML reply: its style sheet (fonts, paragraph
 # and link styles, list definitions), a link colour on <body>, and a signature in grey.
 OUTLOOK_REPLY = """<html xmlns:o="urn:schemas-microsoft-com:office:office"><head>
