@@ -24,6 +24,7 @@ from rc_mta.checks.binding import RequestAddresses
 from rc_mta.inbound import aiosmtpd_private as private
 from rc_mta.inbound import protocol
 from rc_mta.mailbox import imap
+from rc_mta.reading.html import html_to_text
 from rc_mta.tasks import release
 
 SIZES = (2 * 1024, 16 * 1024, 128 * 1024, 1024 * 1024)
@@ -166,6 +167,17 @@ FAMILIES: list[Family] = [
     Family("IMAP UIDVALIDITY", imap._UIDVALIDITY.search, lambda n: brepeat(b"[UIDVALIDITY 1", n)),
     Family("IMAP literal", imap._BODY_LITERAL.search, lambda n: brepeat(b"BODY[] {1", n)),
     Family("Release attribution", release._ATTRIBUTED.search, lambda n: repeat(release.ATTRIBUTION + "a", n, " x")),
+    # reading/html.py: a reply's own style sheets, read before its text.
+    Family("style sheet: selector brackets", html_to_text, lambda n: repeat("[a(", n - 30, "{display:none}")),
+    Family("style sheet: selector escapes", html_to_text, lambda n: "<style>" + repeat("\\2e ", n - 30, "{c:d}")),
+    Family("style sheet: selector lists", html_to_text, lambda n: "<style>" + repeat(".a,", n - 30, "{color:#000}")),
+    Family("style sheet: colour rules", html_to_text, lambda n: "<style>" + repeat(".a{color:#123}", n - 30)),
+    Family(
+        "style sheet: painted elements",
+        html_to_text,
+        lambda n: "<style>.a{color:#123}.b{background:#123}</style>" + repeat('<b class="a b c">x</b>', n - 60),
+    ),
+    Family("style sheet in SVG: markup", html_to_text, lambda n: "<svg><style>" + repeat("<&#", n - 30)),
 ]
 
 

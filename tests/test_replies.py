@@ -471,6 +471,30 @@ HIDING_TECHNIQUES = {
     "style sheet after the element": '<span class="pre x">{}</span><style>span.pre{{font-size:0}}</style>',
     "id hidden inside @media": '<style>@media screen {{ #pre {{ visibility:hidden }} }}</style><div id="pre">{}</div>',
     "type hidden by a style sheet": "<style>h6 {{ display:none }}</style><h6>{}</h6>",
+    "colour of an ancestor's background, by class": (
+        '<style>.n {{ color:#1f3b5c }}</style><div style="background:#1f3b5c"><span class="n">{}</span></div>'
+    ),
+    "background by class under an inline colour": (
+        '<style>.box {{ background:#1f3b5c }}</style><div class="box"><font color="#1f3b5c">{}</font></div>'
+    ),
+    "clipped by the sheet, one pixel high inline": (
+        '<style>.c {{ overflow:hidden }}</style><div class="c" style="height:1px">{}</div>'
+    ),
+    "one pixel high by the sheet, clipped by another rule": (
+        '<style>.c {{ height:1px }} .d {{ overflow:hidden }}</style><div class="c d">{}</div>'
+    ),
+    "display from a custom property": '<div style="--h:none;display:var(--h)">{}</div>',
+    "moved off-screen by the margin shorthand": '<div style="margin:0 0 0 -9999px">{}</div>',
+    "SVG style sheet with character references": (
+        '<svg><style>&#46;h {{ display:none }}</style></svg><div class="h">{}</div>'
+    ),
+    "attribute test holding #id": '<style>span[title="#x"] {{ display:none }}</style><span title="#x">{}</span>',
+    "attribute test holding a space": '<style>span[title="a b"] {{ display:none }}</style><span title="a b">{}</span>',
+    "drawn in a symbol font": '<span style="font-family:Wingdings">{}</span>',
+    "drawn in a symbol font, font shorthand": "<span style=\"font:12px/1 'Wingdings 2', serif\">{}</span>",
+    "letters drawn as discs": '<span style="-webkit-text-security:disc">{}</span>',
+    "drawn backwards": '<span style="unicode-bidi:bidi-override;direction:rtl">{}</span>',
+    "bdo right to left": '<bdo dir="rtl">{}</bdo>',
     "nested deep inside a hidden ancestor": (
         '<div style="display:none"><table><tr><td><p><b>{}</b></p></td></tr></table></div>'
     ),
@@ -547,6 +571,23 @@ HIDDEN_TO_THE_END = {
     "tag name with a Kelvin sign (not <track>)": "<tra\u212a hidden>Approved",
     "plaintext": "<plaintext>Approved",
     "nesting deeper than the reader follows": "<div>" * 300 + "Approved",
+    "hiding class with an escaped dot": "<style>.a\\.b { display: none }</style><p>Approved</p>",
+    "namespaced hiding selector": "<style>h|p { display: none }</style><p>Approved</p>",
+    "escaped @import": "<style>@\\69mport url(https://example.net/x.css);</style><p>Approved</p>",
+    "escaped, upper-case negation": "<style>p:N\\6fT(.shown) { display: none }</style><p>Approved</p>",
+    "colours an animation sets": "<style>@keyframes k { to { color: #1f3b5c } }</style><p>Approved</p>",
+    "the whole message in its background's colour": (
+        "<style>html { background: #222 } body { color: #222 }</style><p>Approved</p>"
+    ),
+    # Words a style adds, which the reader does not see: the person reads "Not Approved".
+    "words before a class": '<style>.a::before { content: "Not " }</style><div class="a">Approved</div>',
+    "words after a type": "<style>b:after { content: ' not' }</style><p><b>Approved</b></p>",
+    "a list marker": "<ul style=\"list-style-type:'Not '\"><li>Approved</li></ul>",
+    "quotes of a <q>": "<p style=\"quotes:'Not ' ''\"><q>Approved</q></p>",
+    "a counter style's markers": (
+        '<style>@counter-style n { system: cyclic; symbols: "Not "; suffix: "" }</style>'
+        '<ol style="list-style:n"><li>Approved</li></ol>'
+    ),
 }
 
 
@@ -556,6 +597,18 @@ def test_markup_that_may_hide_the_rest_decides_nothing(html: str) -> None:
 
     assert "Approved" not in reply.text
     assert _action(reply) is None
+
+
+def test_a_style_sheets_colours_leave_visible_text_readable() -> None:
+    html = (
+        "<style>body { background: #222; color: #eee } .sig { color: #7f7f7f } a:link { color: #0563c1 }"
+        " .btn { background: #0563c1; color: #fff }</style>"
+        '<p>Approved</p><p class="sig">Bob</p><p><a href="https://example.net">docs</a></p>'
+    )
+    reply = _html_reply(html)
+
+    assert _action(reply) == "complete"
+    assert reply.comment == "Approved\nBob\ndocs"
 
 
 def test_text_plain_alternative_is_read_and_the_html_is_not() -> None:
@@ -584,6 +637,16 @@ HOSTILE_HTML = {
     "style strings": lambda n: "<style>" + '"\\' * (n // 2) + "</style>",
     "opacity() runs of a filter": lambda n: '<p style="filter:' + "opacity(" * (n // 8) + '">Approved</p>',
     "opacity() runs in a style sheet": lambda n: "<style>p{filter:" + "opacity(" * (n // 8) + "}</style>",
+    "colour rules and classed elements": lambda n: (
+        "<style>" + ".a{color:#123}.b{background:#123}" * (n // 68) + "</style>" + '<b class="a b">x</b>' * (n // 40)
+    ),
+    "classes on one element": lambda n: (
+        "<style>.a{color:#111}.b{background:#eee}</style><p class='" + "a b c " * (n // 6)
+    ),
+    "selector brackets": lambda n: "<style>" + "[a(" * (n // 3) + "{display:none}</style>",
+    "selector escapes": lambda n: "<style>" + "\\2e " * (n // 5) + "{display:none}</style>",
+    "selector lists": lambda n: "<style>" + ".a," * (n // 3) + "{color:#000}</style>",
+    "SVG style sheet markup": lambda n: "<svg><style>" + "<&#" * (n // 3) + "</style></svg>",
 }
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import colorsys
 import re
 from dataclasses import dataclass, field
+from html import unescape as html_unescape
 from html.parser import HTMLParser
 
 __all__ = ["MAX_HTML_CHARS", "QUOTE_MARK", "html_to_text", "render_html"]
@@ -129,6 +130,21 @@ _SCALE_ZERO_RE = re.compile(r"scale(?:x|y|z|3d)?\(\s*[+-]?[0.]+(?:e[+-]?\d+)?\s*
 # A transform function and its arguments, up to the next bracket (linear, as above).
 _TRANSFORM_RE = re.compile(r"(scale(?:x|y|z|3d)?|translate(?:x|y|z|3d)?)\(([^()]*)")
 _CSS_MATH = ("calc(", "min(", "max(", "clamp(", "var(", "env(", "attr(")
+_CSS_SUBSTITUTIONS = ("var(", "env(", "attr(")
+_CSS_URL_RE = re.compile(r"url\([^()]*\)?")
+# Properties that can hide text (``_declaration_hides``): a value substituted when the page is
+# drawn may be any of their hiding values.
+_HIDING_PROPERTIES = frozenset(
+    """display visibility content-visibility mso-hide opacity filter font-size font width height max-width
+    max-height line-height clip clip-path transform zoom text-indent left top right bottom margin-left
+    margin-top inset margin color -webkit-text-fill-color content list-style list-style-type quotes
+    -webkit-text-security font-family unicode-bidi""".split()
+)
+# Fonts that draw letters as pictures: "Approved" in Wingdings is a row of symbols.
+_SYMBOL_FONTS = frozenset({"symbol", "wingdings", "wingdings 2", "wingdings 3", "webdings", "marlett", "zapf dingbats"})
+_CSS_STRING_RE = re.compile(_CSS_STRING, re.S)
+_CSS_ATTRIBUTE_TEST_RE = re.compile(r"\[[^\[\]]*\]")
+_CSS_ARGUMENTS_RE = re.compile(r"\([^()]*\)")
 _NEGATING_SELECTOR_RE = re.compile(r":[-\w]*(?:not|is|where|has|matches|any)\(")
 _IDENT = r"[^\s.#\[\]:>+~,()*|=^$\"'!]+"
 _ID_RE = re.compile(r"#(" + _IDENT + ")")
@@ -218,6 +234,19 @@ def _too_small_font(value: str) -> bool:
         return False  # a keyword such as "small", or not a size at all
     number, unit = length
     return number <= 0 or number * _PX_PER_UNIT.get(unit, 16.0) < 2
+
+
+def _font_families(name: str, value: str) -> list[str]:
+    """The font names a ``font-family`` lists; of a ``font`` shorthand, its first family's
+    last one to three words too, for where an unquoted name starts is not told."""
+    families = value.split(",")
+    found = [family.strip(" \t\n\r\f\"'") for family in families]
+    if name == "font":
+        first = families[0]
+        quote = min((i for i in (first.find("'"), first.find('"')) if i >= 0), default=-1)
+        words = first.split()
+        found += [first[quote:].strip(" \t\n\r\f\"'")] if quote >= 0 else [" ".join(words[-k:]) for k in (1, 2, 3)]
+    return found
 
 
 def _transform_hides(function: str, arguments: str) -> bool:
@@ -341,6 +370,18 @@ def _declaration_hides(name: str, value: str, clipped: bool, background: _Colour
     """Whether one declaration makes an element's text invisible (see ``_style_hides``)."""
     words = value.split()
     first = words[0] if words else ""
+    if name in _HIDING_PROPERTIES and any(function in value for function in _CSS_SUBSTITUTIONS):
+        return True  # a value known only when the page is drawn ("display: var(--x)")
+    if name == "content":  # on ::before and ::after: text the person sees and the reader does not
+        return value not in ("", "none", "normal", '""', "''")
+    if name in ("list-style", "list-style-type", "quotes"):  # a string marker or quote ("Not ") is text too
+        return any(quote in _CSS_URL_RE.sub("", value) for quote in "\"'")
+    if name == "-webkit-text-security":  # letters drawn as discs
+        return first != "none"
+    if name == "unicode-bidi":  # "Approved" drawn backwards
+        return "override" in value
+    if name in ("font-family", "font") and not _SYMBOL_FONTS.isdisjoint(_font_families(name, value)):
+        return True
     if name == "display":
         return first == "none"
     if name == "visibility":
@@ -386,6 +427,9 @@ def _declaration_hides(name: str, value: str, clipped: bool, background: _Colour
     if name in ("text-indent", "left", "top", "right", "bottom", "margin-left", "margin-top"):
         length = _length(first)
         return length is not None and length[0] * _PX_PER_UNIT.get(length[1], 16.0) <= -500
+    if name in ("inset", "margin"):  # shorthands: any side moved 500px or more away
+        lengths = [length for word in words if (length := _length(word)) is not None]
+        return any(number * _PX_PER_UNIT.get(unit, 16.0) <= -500 for number, unit in lengths)
     if name in ("color", "-webkit-text-fill-color"):
         colour = _parse_colour(value)
         if colour is None:
@@ -394,32 +438,40 @@ def _declaration_hides(name: str, value: str, clipped: bool, background: _Colour
     return False
 
 
-def _style_hides(declarations: list[tuple[str, str]]) -> bool:
+def _style_hides(declarations: list[tuple[str, str]], clipped: bool = False) -> bool:
     """Whether these declarations hide an element's text: not displayed, invisible,
     transparent, too small, clipped away, off-screen, or coloured like the background.
 
     Any hiding declaration counts, even one a later declaration overrides, and a
     child cannot make visible what its parent hid: doubt is read as hidden.
     """
-    clipped = any(
-        value.split()[:1] in (["hidden"], ["clip"])
-        for name, value in declarations
-        if name in ("overflow", "overflow-x", "overflow-y")
-    )
+    clipped = clipped or _clips(declarations)
     background = _background(declarations)
     return any(_declaration_hides(name, value, clipped, background) for name, value in declarations)
 
 
-def _attributes_hide(tag: str, attrs: list[tuple[str, str | None]]) -> bool:
-    """Whether an element's own attributes hide it (every copy of a repeated attribute counts)."""
+def _clips(declarations: list[tuple[str, str]]) -> bool:
+    """Whether these declarations cut off what overflows the element's box."""
+    return any(
+        value.split()[:1] in (["hidden"], ["clip"])
+        for name, value in declarations
+        if name in ("overflow", "overflow-x", "overflow-y")
+    )
+
+
+def _attributes_hide(tag: str, attrs: list[tuple[str, str | None]], clipped: bool = False) -> bool:
+    """Whether an element's own attributes hide it (every copy of a repeated attribute counts);
+    ``clipped``: a style sheet may cut off its overflow."""
     names = {name for name, _value in attrs}
     if "hidden" in names or (tag in _CLOSED_UNLESS_OPEN and "open" not in names):
         return True
+    if tag == "bdo" and not any(n == "dir" and (v or "").strip(_HTML_SPACE).lower() == "ltr" for n, v in attrs):
+        return True  # its text drawn right to left, letter by letter: backwards
     background = next((_legacy_colour(v) for n, v in attrs if n == "bgcolor" and v), None)
     for name, value in attrs:
         if value is None:
             continue
-        if name == "style" and _style_hides(_declarations(_strip_css_noise(value))):
+        if name == "style" and _style_hides(_declarations(_strip_css_noise(value)), clipped):
             return True
         if (name, tag) in (("color", "font"), ("color", "basefont"), ("text", "body")):
             colour = _legacy_colour(value)
@@ -431,14 +483,29 @@ def _attributes_hide(tag: str, attrs: list[tuple[str, str | None]]) -> bool:
 # What an element paints its text with and under: a colour, None (unreadable: an image,
 # a formula), or _INHERITED where the element sets nothing and its parent's shows through.
 _INHERITED = "inherited"
-_Paint = tuple[_Colour | str | None, _Colour | str | None]
+_Shade = _Colour | str | None
+# Every colour an element's text may have and every background it may be drawn on: a style
+# sheet's rule may or may not apply (``_StyleSheet``), so each one it could apply adds one.
+_Paint = tuple[tuple[_Shade, ...], tuple[_Shade, ...]]
+# Most shades an element may have of each kind; one that could have more counts as hidden.
+_MAX_SHADES = 8
+# Most rules (and selectors of rules that hide or paint) read from a message's style sheets;
+# an Outlook reply has some hundreds, mostly its lists'. More hide everything.
+_MAX_CSS_RULES = 20_000
 
 
-def _own_paint(tag: str, attrs: list[tuple[str, str | None]]) -> _Paint:
+def _behind(background: _Shade) -> _Shade:
+    """A background as far as it hides text: see-through shows what is under it, unknown."""
+    if isinstance(background, tuple) and background[3] < 0.9:
+        return _INHERITED if background[3] < 0.1 else None
+    return background
+
+
+def _own_paint(tag: str, attrs: list[tuple[str, str | None]]) -> tuple[_Shade, _Shade]:
     """The text colour and background an element's own attributes set (its inline style,
     ``<font color>``, ``bgcolor``, ``<body text>``); the last one written counts."""
-    colour: _Colour | str | None = _INHERITED
-    background: _Colour | str | None = _INHERITED
+    colour: _Shade = _INHERITED
+    background: _Shade = _INHERITED
     for name, value in attrs:
         if value is None:
             continue
@@ -452,43 +519,119 @@ def _own_paint(tag: str, attrs: list[tuple[str, str | None]]) -> _Paint:
                     colour = _parse_colour(setting)
                 elif declaration in ("background", "background-color"):
                     background = _background([(declaration, setting)])
-    if isinstance(background, tuple) and background[3] < 0.9:
-        background = _INHERITED if background[3] < 0.1 else None  # see-through: what is under it, unknown
-    return colour, background
+    return colour, _behind(background)
 
 
-def _same_colour(colour: _Colour | str | None, background: _Colour | str | None) -> bool:
-    """Text drawn in its background's own colour, both known (the background opaque)."""
-    if not isinstance(colour, tuple) or not isinstance(background, tuple):
-        return False
-    return max(abs(colour[i] - background[i]) for i in range(3)) <= 24
+def _rule_shades(declarations: list[tuple[str, str]]) -> tuple[list[_Shade], list[_Shade]]:
+    """Every text colour and background a style sheet's rule sets (any of them may show)."""
+    colours: list[_Shade] = []
+    backgrounds: list[_Shade] = []
+    for name, value in declarations:
+        if name in ("color", "-webkit-text-fill-color"):
+            colours.append(_parse_colour(value))
+        elif name in ("background", "background-color"):
+            backgrounds.append(_behind(_background([(name, value)])))
+    return colours, backgrounds
+
+
+def _add_shades(shades: tuple[_Shade, ...], added: list[_Shade], inherited: tuple[_Shade, ...]) -> tuple[_Shade, ...]:
+    """``shades`` and ``added`` (one of them _INHERITED: the parent's shades) without repeats."""
+    merged = dict.fromkeys(shades)
+    for shade in added:
+        merged.update(dict.fromkeys(inherited if shade == _INHERITED else (shade,)))
+    return tuple(merged)
+
+
+def _same_colour(paint: _Paint) -> bool:
+    """Text that may be drawn in its background's own colour, both known (the background opaque)."""
+    colours, backgrounds = paint
+    if len(colours) == len(backgrounds) == 1:  # the usual case, without a style sheet's colours
+        colour, background = colours[0], backgrounds[0]
+        if not isinstance(colour, tuple) or not isinstance(background, tuple):
+            return False
+        return max(abs(colour[0] - background[0]), abs(colour[1] - background[1]), abs(colour[2] - background[2])) <= 24
+    return any(
+        max(abs(colour[i] - background[i]) for i in range(3)) <= 24
+        for colour in colours
+        if isinstance(colour, tuple)
+        for background in backgrounds
+        if isinstance(background, tuple)
+    )
+
+
+def _element_keys(tag: str, attrs: list[tuple[str, str | None]]) -> list[str]:
+    """What a style sheet's rule may be keyed on for this element (see ``_selector_key``)."""
+    keys = [tag, "*"]
+    for name, value in attrs:
+        if value and name == "id":
+            keys.append("#" + value.strip(_HTML_SPACE).lower())
+        elif value and name == "class":
+            keys.extend("." + css_class for css_class in value.lower().split())
+    return keys
+
+
+# Characters that are a selector's syntax where they are not escaped.
+_SELECTOR_SYNTAX = frozenset(" \t\n\r\f.#[]:>+~,()*|=^$\"'!&\\")
+
+
+def _selector_key(selector: str) -> str:
+    """What every element a selector matches has: ``#id`` or ``.class`` of its last compound,
+    else its type; ``*`` where that is not known (a negation, ``*``, an attribute alone, a
+    namespace, an escaped syntax character)."""
+    if any(_css_unescape(escape.group()) in _SELECTOR_SYNTAX for escape in _CSS_ESCAPE_RE.finditer(selector)):
+        return "*"
+    # Arguments and attribute tests may hold anything ("#x", spaces): they only narrow it down.
+    bare = _CSS_STRING_RE.sub("''", selector)
+    bare = _css_unescape(_CSS_ARGUMENTS_RE.sub("()", _CSS_ATTRIBUTE_TEST_RE.sub("[]", bare))).strip().lower()
+    if _NEGATING_SELECTOR_RE.search(bare) or re.search(r"[\[\]()]", bare.replace("[]", "").replace("()", "")):
+        return "*"  # a negation, or nested or unclosed brackets
+    compound = re.split(r"[\s>+~]+", bare)[-1].split("::")[0]
+    if "|" in compound:
+        return "*"
+    if found := _ID_RE.search(compound):
+        return "#" + found.group(1)
+    if found := _CLASS_RE.search(compound):
+        return "." + found.group(1)
+    if (found := _TYPE_RE.match(compound)) is not None:
+        return found.group()
+    return "*"  # "*", "[attr]", ":first-child": could be anything
 
 
 @dataclass
 class _StyleSheet:
-    """What the message's own style sheets hide, over-approximated so it can be checked
-    per element in constant time: a hiding rule hides every element that has the id,
-    the first class, or else the type of its selector's last compound."""
+    """What the message's own style sheets hide and paint, over-approximated so it can be
+    checked per element in constant time: a rule applies to every element that has the id,
+    the first class, or else the type of its selector's last compound (``_selector_key``),
+    and to every element where that is not known."""
 
     hide_all: bool = False
-    ids: set[str] = field(default_factory=set)
-    classes: set[str] = field(default_factory=set)
-    types: set[str] = field(default_factory=set)
+    hiding: set[str] = field(default_factory=set)  # keys of rules that hide
+    clipping: set[str] = field(default_factory=set)  # keys of rules that cut off overflow
+    shades: dict[str, tuple[list[_Shade], list[_Shade]]] = field(default_factory=dict)  # key: colours, backgrounds
+    rules: int = 0
 
-    def hides(self, tag: str, attrs: list[tuple[str, str | None]]) -> bool:
-        if tag in self.types:
-            return True
-        for name, value in attrs:
-            if value and name == "id" and value.strip(_HTML_SPACE).lower() in self.ids:
-                return True
-            if value and name == "class" and any(c in self.classes for c in value.lower().split()):
-                return True
-        return False
+    # Each takes an element's ``_element_keys``.
+    def hides(self, keys: list[str]) -> bool:
+        return bool(self.hiding) and any(key in self.hiding for key in keys)
+
+    def clips(self, keys: list[str]) -> bool:
+        return bool(self.clipping) and any(key in self.clipping for key in keys)
+
+    def paint(self, keys: list[str]) -> tuple[list[_Shade], list[_Shade]]:
+        """Every colour and background the rules that may apply to this element set."""
+        colours: list[_Shade] = []
+        backgrounds: list[_Shade] = []
+        if self.shades:
+            for key in keys:
+                if key in self.shades and len(colours) + len(backgrounds) <= 2 * _MAX_SHADES:
+                    colours.extend(self.shades[key][0])
+                    backgrounds.extend(self.shades[key][1])
+        return colours, backgrounds
 
     def add_css(self, css: str) -> None:
         """Read one style sheet's rules, nested ones (``@media``) included."""
         css = _strip_css_noise(css)
-        if "@import" in css.lower():
+        if "@import" in _css_unescape(css).lower():
             self.hide_all = True  # rules we cannot see
         frames: list[tuple[str, list[str]]] = []  # (prelude, declaration text) of each open block
         segment = boundary = 0
@@ -516,37 +659,51 @@ class _StyleSheet:
             segment = len(css)
 
     def _add_rule(self, prelude: str, block: str, parent: str) -> None:
+        self.rules += 1
+        if self.rules > _MAX_CSS_RULES:
+            self.hide_all = True
+            return
         selectors = _css_unescape(prelude).strip().lower()
         declarations = _declarations(block)
         if selectors.startswith("@"):
             if selectors.startswith("@font-face") and any(name == "src" for name, _ in declarations):
                 self.hide_all = True  # a downloaded font can draw any text as anything
+            if selectors.startswith("@counter-style"):
+                self.hide_all = True  # list markers of any words
             return
-        if not _style_hides(declarations):
+        # A rule may meet an overflow cut-off set anywhere else: judged as if it did.
+        hides = _style_hides(declarations, clipped=True)
+        colours, backgrounds = _rule_shades(declarations)
+        if not (hides or colours or backgrounds or _clips(declarations)):
             return
         if "keyframes" in _css_unescape(parent).lower():
-            self.hide_all = True  # an animation that ends invisible
+            self.hide_all = True  # an animation that may end invisible
             return
-        for selector in selectors.split(","):
-            if _NEGATING_SELECTOR_RE.search(selector):
-                self.hide_all = True
-                continue
-            compound = re.split(r"[\s>+~]+", selector.strip())[-1].split("::")[0]
-            if found := _ID_RE.search(compound):
-                self.ids.add(found.group(1))
-            elif found := _CLASS_RE.search(compound):
-                self.classes.add(found.group(1))
-            elif (found := _TYPE_RE.match(compound)) is not None:
-                self.types.add(found.group())
-            else:
-                self.hide_all = True  # "*", "[attr]", ":first-child": could be anything
-        if self.types & {"html", "body"}:
+        self.rules += prelude.count(",")  # each selector of a list counts as a rule
+        if self.rules > _MAX_CSS_RULES:
+            self.hide_all = True
+            return
+        for selector in prelude.split(","):  # a comma inside brackets leaves them unclosed: "*"
+            key = _selector_key(selector)
+            if hides:
+                self.hiding.add(key)
+            if _clips(declarations):
+                self.clipping.add(key)
+            if colours or backgrounds:
+                known = self.shades.setdefault(key, ([], []))
+                known[0].extend(colours)
+                known[1].extend(backgrounds)
+                if len(known[0]) > _MAX_SHADES or len(known[1]) > _MAX_SHADES:
+                    self.hiding.add(key)  # too many to compare: whatever has it counts as hidden
+                    del known[0][_MAX_SHADES:], known[1][_MAX_SHADES:]
+        if self.hiding & {"*", "html", "body"}:
             self.hide_all = True
 
 
 # --- Reading the markup ------------------------------------------------------
 
 
+_MARKUP_TAG_RE = re.compile(r"<[^<>]*>")
 _STYLE_PASS_NEEDED_RE = re.compile(r"<(?:style|link|body|html)|\[if", re.IGNORECASE)
 
 
@@ -613,6 +770,7 @@ class _StyleCollector(_MarkupReader):
         super().__init__(html)
         self.sheet = _StyleSheet()
         self._css: list[str] | None = None
+        self._foreign = False  # an <svg> or <math> began: a <style> may be one of theirs
 
     def collect(self) -> _StyleSheet:
         self.read()
@@ -627,6 +785,7 @@ class _StyleCollector(_MarkupReader):
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         name = self.written_start_tag()
+        self._foreign = self._foreign or name in ("svg", "math")
         if name == "style":
             self._css = []
         elif name == "link" and any(n == "rel" and v and "stylesheet" in v.lower() for n, v in attrs):
@@ -643,7 +802,12 @@ class _StyleCollector(_MarkupReader):
             return
         if self.written_end_tag() != "style":
             self.sheet.hide_all = True  # html.parser ended the style sheet where a browser does not
-        self.sheet.add_css("".join(self._css))
+        css = "".join(self._css)
+        self.sheet.add_css(css)
+        if self._foreign:
+            # SVG's <style> holds markup, not raw text: a browser decodes "&#46;x" to ".x" and
+            # drops the tags; whichever way it was written, its rules count.
+            self.sheet.add_css(html_unescape(_MARKUP_TAG_RE.sub("", css)))
         self._css = None
 
     def handle_comment(self, data: str) -> None:
@@ -672,14 +836,18 @@ class _HTMLToText(_MarkupReader):
         self._special: list[int] = []  # stack indexes of special elements
         # Each open element's text colour and background as inherited (``_own_paint``), the
         # body's first: text in an ancestor's background colour is as hidden as in its own.
-        self._paints: list[_Paint] = [(_INHERITED, _INHERITED)]
+        self._keyed = bool(sheet.hiding or sheet.clipping or sheet.shades)  # else no element's keys matter
+        self._paints: list[_Paint] = [((_INHERITED,), (_INHERITED,))]
+        for root in ("html", "body"):  # a style sheet paints them even where no tag is written
+            self._paints[0] = self._paint(root, [], [root, "*"]) or ((None,), (None,))
+        self._blank = _same_colour(self._paints[0])  # the whole message drawn in its background
         self._raw: str | None = None  # inside <script>, <style>, <title>, ... until its end tag
         self._script_escaped = False
         self._revealed = 0  # inside <!--[if !mso]><!--> ... <!--<![endif]-->: Outlook does not show it
         self._stopped = False
 
     def text(self) -> str:
-        return "".join(self._parts)
+        return "" if self._blank else "".join(self._parts)
 
     def _soft_break(self) -> None:
         if self._line_has_content:
@@ -692,14 +860,21 @@ class _HTMLToText(_MarkupReader):
 
     # The stack of open elements --------------------------------------------------
 
-    def _paint(self, tag: str, attrs: list[tuple[str, str | None]]) -> _Paint:
-        """The colour and background an element shows, its own or else its parent's."""
+    def _paint(self, tag: str, attrs: list[tuple[str, str | None]], keys: list[str]) -> _Paint | None:
+        """The colours and backgrounds an element may show: its own or else its parent's, and
+        each one a style sheet's rule may give it; None if there may be too many to compare."""
         colour, background = _own_paint(tag, attrs)
-        inherited_colour, inherited_background = self._paints[-1]
-        return (
-            inherited_colour if colour == _INHERITED else colour,
-            inherited_background if background == _INHERITED else background,
-        )
+        inherited_colours, inherited_backgrounds = self._paints[-1]
+        colours = inherited_colours if colour == _INHERITED else (colour,)
+        backgrounds = inherited_backgrounds if background == _INHERITED else (background,)
+        sheet_colours, sheet_backgrounds = self._sheet.paint(keys)
+        if sheet_colours:
+            colours = _add_shades(colours, sheet_colours, inherited_colours)
+        if sheet_backgrounds:
+            backgrounds = _add_shades(backgrounds, sheet_backgrounds, inherited_backgrounds)
+        if len(colours) > _MAX_SHADES or len(backgrounds) > _MAX_SHADES:
+            return None
+        return colours, backgrounds
 
     def _push(self, tag: str, hides: bool, paint: _Paint) -> None:
         index = len(self._stack)
@@ -777,7 +952,8 @@ class _HTMLToText(_MarkupReader):
             if name == "body" and self._top_is_head():
                 self._pop_to(len(self._stack) - 1)
             if not self._stack:  # what the whole message is painted with, under every element
-                self._paints[0] = self._paint(name, attrs)
+                self._paints[0] = self._paint(name, attrs, _element_keys(name, attrs)) or ((None,), (None,))
+                self._blank = self._blank or _same_colour(self._paints[0])
             return  # never pushed: the first pass judged their attributes
         if self._top_is_head() and name not in _HEAD_CONTENT:
             self._pop_to(len(self._stack) - 1)  # body content ends an unclosed <head>
@@ -800,9 +976,13 @@ class _HTMLToText(_MarkupReader):
             return
         css_class = next((v for n, v in attrs if n == "class" and v), "").lower()
         quote = name == "blockquote" or any(c in css_class for c in _QUOTE_CLASSES)
-        paint = self._paint(name, attrs)
-        hides = quote or name in _HIDDEN_TAGS or _attributes_hide(name, attrs) or self._sheet.hides(name, attrs)
-        hides = hides or _same_colour(*paint)
+        keys = _element_keys(name, attrs) if self._keyed else []
+        paint = self._paint(name, attrs, keys)
+        hides = quote or name in _HIDDEN_TAGS or paint is None or self._sheet.hides(keys)
+        hides = hides or _attributes_hide(name, attrs, self._sheet.clips(keys))
+        if paint is None:
+            paint = ((None,), (None,))  # its text counts as hidden: what it paints does not matter
+        hides = hides or _same_colour(paint)
         if quote and not self._hiding and not self._revealed:
             self._soft_break()
             self._parts.append(QUOTE_MARK + "\n")  # what follows was written below the quote

@@ -339,6 +339,8 @@ def contradicts(comment: str, action: str, complete_words: Sequence[str], fail_w
 def _readings(comment: str, complete_words: Sequence[str], fail_words: Sequence[str]) -> set[_Side]:
     """What the words decide, line by line and with wrapped sentences joined (one reading
     where no sentence is wrapped): each COMPLETE, FAIL, NOTHING or CONFLICT."""
+    if "\u202d" in comment or "\u202e" in comment:
+        return {_Side.NOTHING}  # a bidi override draws letters in another order: "\u202eApproved" shows "devorppA"
     vocab = _vocabulary(tuple(complete_words), tuple(fail_words))
     comment = _PHONE_NUMBER_RE.sub(" ", comment[:MAX_COMMENT_CHARS])  # "+1 (555) 010-0100" is no "+1"
     readings = {_decide(normalise(comment), vocab)}
