@@ -252,6 +252,9 @@ LANGUAGES = [
 # with it), but a negated one, or one beside words of the other side, is never read as the
 # decision at its start either: refused.
 FURTHER_ON = [
+    ("Approved, no errors", "complete"),
+    ("Genehmigt, keine Fehler", "complete"),
+    ("No, errors everywhere", "fail"),
     ("After looking at the budget I cannot approve it", None),
     ("Ich kann das leider nicht freigeben", None),
     ("I do not think we should approve this", None),
@@ -272,7 +275,6 @@ FURTHER_ON = [
     ("Confirmed, it doesn't work", None),
     ("Complete disaster", None),
     ("Confirmed: this is a bug", None),
-    ("Approved, no errors", None),  # a negated trouble word too: the price of never guessing
     # A negation said as a word of its own ("unable", "impossible") reaches a decision too.
     ("I am unable to approve this", None),
     ("Not sure I can approve this", None),
@@ -342,6 +344,11 @@ BUTTONS = [
     # What a button's reply says in agreement, or not at all, still acts.
     ("Looks good, ship it", "complete", False),
     ("Approved, no changes needed", "complete", False),
+    # Trouble a negator just before takes back is none: all is well.
+    ("Approved, no errors", "complete", False),
+    ("Genehmigt, keine Fehler", "complete", False),
+    ("No, errors everywhere", "complete", True),
+    ("Approved, no errors here but the window is wrong", "complete", True),
     ("Tests are red", "fail", False),
     ("Approved.\n\nNo liability is accepted for viruses.", "complete", False),
     ("Rejected.\n\nThe company does not accept responsibility for errors.", "fail", False),
@@ -538,3 +545,7 @@ def test_a_decision_word_beside_words_of_the_other_side_decides_nothing(rc: RcMt
     # A clear answer keeps deciding, a disclaimer below it too.
     clear = ("Approved. The old build was broken.", "Approved.\n\nNo liability is accepted for viruses.")
     assert answered(rc, clear) == dict.fromkeys(clear, (250, "2.0.0", "completed"))
+    # Trouble taken back by the negator just before it is none, at either address.
+    well = ("Approved, no errors.", "Genehmigt, keine Fehler.")
+    assert answered(rc, well) == dict.fromkeys(well, (250, "2.0.0", "completed"))
+    assert answered(rc, well, to="complete_address") == dict.fromkeys(well, (250, "2.0.0", "completed"))

@@ -336,6 +336,17 @@ def contradicts(comment: str, action: str, complete_words: Sequence[str], fail_w
     return any(side is _Side.CONFLICT or side in against for side in _readings(comment, complete_words, fail_words))
 
 
+def _troubled(words: list[str], vocab: _Vocabulary) -> bool:
+    """Words of trouble in the clause that no negator just before them takes back: "no
+    errors", "not broken", "keine Fehler" say all is well."""
+    for where in range(len(words)):
+        if _listed_at(vocab.trouble, words, where) is None:
+            continue
+        if not any(_listed_at(vocab.negators, words, start) == where for start in range(max(0, where - 3), where)):
+            return True
+    return False
+
+
 def _readings(comment: str, complete_words: Sequence[str], fail_words: Sequence[str]) -> set[_Side]:
     """What the words decide, line by line and with wrapped sentences joined (one reading
     where no sentence is wrapped): each COMPLETE, FAIL, NOTHING or CONFLICT."""
@@ -396,7 +407,7 @@ def _decide(text: str, vocab: _Vocabulary) -> _Side:
         inside |= further
         # "Complete failure of the build", "Confirmed: the build is broken", "OK, this is
         # broken": a complete word beside words of trouble in one sentence reads either way.
-        trouble = any(_listed_at(vocab.trouble, words, where) is not None for where in range(len(words)))
+        trouble = _troubled(words, vocab)
         troubled = troubled or trouble
         if number != sentence:
             sentence, sides, sentence_troubled = number, set(), False
