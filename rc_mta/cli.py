@@ -128,8 +128,7 @@ def cmd_request(settings: Settings, args: argparse.Namespace) -> int:
         return cmd_request_show(settings, args)
     if args.request_id is not None:
         raise RcMtaError(f"unexpected argument {args.request_id!r} (to see a request: rc-mta request show REQUEST_ID)")
-    import asyncio
-
+    from . import eventloop  # look-ups off the executor: a hung one never holds the exit
     from .app import Service
     from .errors import ApprovalConflict
 
@@ -138,7 +137,7 @@ def cmd_request(settings: Settings, args: argparse.Namespace) -> int:
         asked = service.send_request_once(
             args.task_id, owner=args.owner, language=args.language, approval_group=args.approval_group
         )
-        sent = asyncio.run(asked)
+        sent = eventloop.run(asked)
     except ApprovalConflict as exc:
         raise RcMtaError(exc.said(f"--approval-group {exc.group_id}")) from None
     finally:
@@ -223,8 +222,7 @@ def cmd_diagnose(settings: Settings, args: argparse.Namespace) -> int:
         raw = Path(args.file).read_bytes()
     except OSError as exc:
         raise RcMtaError(f"cannot read {args.file}: {exc.strerror}") from None
-    import asyncio
-
+    from . import eventloop
     from .app import Service
     from .sender_auth import Client
 
@@ -232,7 +230,7 @@ def cmd_diagnose(settings: Settings, args: argparse.Namespace) -> int:
     try:
         as_mailbox = args.as_mailbox or (args.client_ip is None and settings.mailbox.source != "none")
         client = Client(ip=args.client_ip, helo=args.helo or args.client_ip, peer_ip=args.client_ip)
-        result = asyncio.run(service.diagnose(raw, client=client, mail_from=args.mail_from, as_mailbox=as_mailbox))
+        result = eventloop.run(service.diagnose(raw, client=client, mail_from=args.mail_from, as_mailbox=as_mailbox))
     finally:
         service.close()
     if args.json:
@@ -404,8 +402,7 @@ async def _check_all(settings: Settings, store: Store) -> list[_Check]:
 
 def cmd_check_config(settings: Settings, args: argparse.Namespace) -> int:
     """Reach every part with the real settings, so a mistake shows before the service starts."""
-    import asyncio
-
+    from . import eventloop
     from .config import config_path
     from .store import Store
 
@@ -413,7 +410,7 @@ def cmd_check_config(settings: Settings, args: argparse.Namespace) -> int:
     print(_Check("config", True, f"{where or 'defaults and environment'} parsed"), flush=True)
     store = Store(settings.store.url, settings.store.busy_timeout)
     try:
-        results = asyncio.run(_check_all(settings, store))
+        results = eventloop.run(_check_all(settings, store))
     finally:
         store.close()
     for result in results:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import json
 from collections.abc import Iterator
 from email.message import EmailMessage
 from pathlib import Path
@@ -11,6 +12,7 @@ from urllib.parse import parse_qs, unquote, urlparse
 
 import pytest
 from conftest import REPLY_DOMAIN, RcMta, free_port
+from silent_dns import run_where_names_hang
 from smtpsink import SmtpRelay, running_relay
 
 
@@ -90,3 +92,30 @@ def test_unreachable_smtp_server_keeps_the_request_queued_with_one_line_saying_w
     assert first.startswith("request ") and "queued (could not send through 127.0.0.1" in first
     assert "rc-mta serve delivers it" in first
     assert "Traceback" not in result.stderr
+
+
+UNRESOLVED_RELAY = """
+import json, subprocess, sys, time
+started = time.monotonic()
+done = subprocess.run([sys.executable, "-m", "rc_mta", *{argv!r}], capture_output=True, text=True, cwd={cwd!r})
+print(json.dumps({{"code": done.returncode, "out": done.stdout, "err": done.stderr,
+                  "took": time.monotonic() - started}}), flush=True)
+"""
+
+
+def test_a_relay_whose_name_never_resolves_leaves_the_request_deferred_within_its_timeout(
+    fresh_rc: RcMta, tmp_path: Path
+) -> None:
+    """The command gives up on the relay at ``smtp_timeout``; its name look-up, which glibc
+    keeps trying for 30 s here, must not keep it from exiting (asyncio.run waits for the
+    executor's threads at the end, and the look-up was one of them)."""
+    fresh_rc.settings["outbound"].update(transport="smtp", smtp_host="relay.silent.test", smtp_timeout="2s")
+    fresh_rc.write_config()
+    task_id = fresh_rc.add_task()
+    argv = ["--config", str(fresh_rc.config_path), "request", task_id, "--json"]
+
+    outcome = run_where_names_hang(tmp_path, UNRESOLVED_RELAY.format(argv=argv, cwd=str(fresh_rc.workdir)))
+
+    assert outcome["code"] == 0, outcome
+    assert json.loads(outcome["out"])["delivery"] == "deferred", outcome  # kept for serve to retry
+    assert outcome["took"] < 10.0, outcome
