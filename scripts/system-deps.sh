@@ -20,6 +20,8 @@ command -v chromium >/dev/null 2>&1 || need+=(chromium)          # renders the r
 command -v openssl >/dev/null 2>&1 || need+=(openssl)            # the tests' CA and Dovecot's certificate
 command -v ss >/dev/null 2>&1 || need+=(iproute2)                # reads the listen backlog in a test
 command -v prlimit >/dev/null 2>&1 || need+=(util-linux)         # lowers a running server's descriptor limit
+command -v unshare >/dev/null 2>&1 || need+=(util-linux)         # a resolv.conf of a test's own (silent DNS)
+command -v mount >/dev/null 2>&1 || need+=(mount)                # ... bound over /etc/resolv.conf in that namespace
 [ ${#need[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" -ne 0 ]; then
