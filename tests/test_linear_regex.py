@@ -177,6 +177,14 @@ FAMILIES: list[Family] = [
         html_to_text,
         lambda n: "<style>.a{color:#123}.b{background:#123}</style>" + repeat('<b class="a b c">x</b>', n - 60),
     ),
+    Family(
+        "style sheet: one rule, many selectors and declarations",
+        html_to_text,
+        # Distinct selectors (fewer than the sheet's cap of rules), declarations the rest.
+        lambda n: (
+            "<style>" + ",".join(f".c{i}" for i in range(n // 60)) + "{" + "color:#123;" * (n // 13) + "}</style>x"
+        ),
+    ),
     Family("style sheet in SVG: markup", html_to_text, lambda n: "<svg><style>" + repeat("<&#", n - 30)),
 ]
 

@@ -672,9 +672,12 @@ class _StyleSheet:
                 self.hide_all = True  # list markers of any words
             return
         # A rule may meet an overflow cut-off set anywhere else: judged as if it did.
-        hides = _style_hides(declarations, clipped=True)
+        hides, clips = _style_hides(declarations, clipped=True), _clips(declarations)
         colours, backgrounds = _rule_shades(declarations)
-        if not (hides or colours or backgrounds or _clips(declarations)):
+        # One more than is kept tells "too many": each selector then costs the same, whatever
+        # the block holds (selectors x declarations was quadratic on one long rule).
+        colours, backgrounds = colours[: _MAX_SHADES + 1], backgrounds[: _MAX_SHADES + 1]
+        if not (hides or colours or backgrounds or clips):
             return
         if "keyframes" in _css_unescape(parent).lower():
             self.hide_all = True  # an animation that may end invisible
@@ -687,7 +690,7 @@ class _StyleSheet:
             key = _selector_key(selector)
             if hides:
                 self.hiding.add(key)
-            if _clips(declarations):
+            if clips:
                 self.clipping.add(key)
             if colours or backgrounds:
                 known = self.shades.setdefault(key, ([], []))
