@@ -279,6 +279,7 @@ FURTHER_ON = [
     ("I am unable to approve this", None),
     ("Not sure I can approve this", None),
     ("Unable to approve.", None),
+    ("Hardly approved", None),  # doubt right before the decision: neither way
     ("Approved, unable to attend the call though.", "complete"),
     # Trouble in a sentence of its own beside a decision that is no acknowledgment, and
     # trouble only foreseen, change nothing.

@@ -45,6 +45,7 @@ from .words import (
     CONTRASTS,
     DEFERRALS,
     DISCLAIMER_WORDS,
+    DOUBTING_NEGATORS,
     HEDGES,
     LEADING_WORDS,
     NEGATORS,
@@ -187,7 +188,9 @@ def _decision_at(words: list[str], at: int, vocab: _Vocabulary) -> tuple[_Side, 
         phrase, side = negated
         end = after + len(phrase)
         if best is None or end > best[1]:
-            if side is _Side.COMPLETE:
+            if side is _Side.COMPLETE and negator[0] in DOUBTING_NEGATORS:
+                best = (_Side.CONFLICT, end)  # "hardly approved": doubt, no decision either way
+            elif side is _Side.COMPLETE:
                 best = (_Side.NOTHING if len(phrase) == 1 and phrase[0] in HEDGES else _Side.FAIL, end)
             else:
                 best = (_Side.CONFLICT, end)  # "don't reject": not a decision we can trust

@@ -228,6 +228,10 @@ DISCLAIMER_WORDS: frozenset[str] = frozenset(
     aansprakelijkheid ansvar odpowiedzialności ответственности""".split()
 )
 
+#: Negators that say doubt, never a decision, even right before a decision word: "Hardly
+#: approved" fails nothing (it is refused), "unable to approve" neither.
+DOUBTING_NEGATORS: tuple[str, ...] = ("unable", "unwilling", "impossible", "hardly")
+
 #: Words that turn the decision after them around: "not approved", "nicht genehmigt".
 NEGATORS: tuple[str, ...] = (
     *("not", "don't", "dont", "do not", "doesn't", "does not", "didn't", "did not", "can't", "cant"),
@@ -237,7 +241,7 @@ NEGATORS: tuple[str, ...] = (
     *("ikke", "не", "não", "nao", "ei"),
     # "I am unable to approve this": a negation that stands before the decision, not right
     # before it, so it is read as doubt, never as a decision
-    *("unable", "unwilling", "impossible", "hardly"),
+    *DOUBTING_NEGATORS,
 )
 
 #: Decision words whose negation is doubt, not a refusal: "not sure", "not done yet".
