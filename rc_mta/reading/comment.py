@@ -180,7 +180,7 @@ def _request_top(stripped: list[str], lead: int) -> int:
     above = lead - 1
     while above >= 0 and not stripped[above]:
         above -= 1
-    if above >= 1 and len(stripped[above]) >= 3 and set(stripped[above]) == {"="}:
+    if above >= 1 and _is_separator(stripped[above]):
         above -= 1  # the underline: the title is the line above it
     return max(above, 0)
 
