@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from . import budget, metrics
 from . import smtp_replies as R
 from .authresults import strip_forged_authentication_results
-from .checks.binding import addressed_fields, others_addressed
+from .checks.binding import others_addressed
 from .config import Settings
 from .errors import (
     ActionNotRecorded,
@@ -414,7 +414,7 @@ class Pipeline:
         then DKIM, DMARC, the From whitelist and the owner rule), or a mailbox's trusted stamps.
         ``light``: the message is small and plain enough to verify on the loop."""
         auth = self.sender_auth
-        addressed = addressed_fields(parsed.message)
+        addressed = parsed.addressed
         try:
             if inbound.client is None:
                 return await auth.at_mailbox(
@@ -505,7 +505,7 @@ class Pipeline:
                 return replace(base, reply=unbound.with_text(domain=domains or request.owner))
 
         if token.action is not Action.REPLY:
-            others = others_addressed(addressed_fields(parsed.message), self.sender_auth.addresses, sender)
+            others = others_addressed(parsed.addressed, self.sender_auth.addresses, sender)
             if others:
                 shown = others[0] + (f" and {len(others) - 1} more" if len(others) > 1 else "")
                 word = token.action.label.capitalize()

@@ -15,7 +15,7 @@ An SPF pass aligned with the From domain shows that the owner's own server hande
 transaction to us (or to the trusted receiver that stamped it), and nothing about its
 fields: a server also relays what its author sent elsewhere (a list or an alias that the
 reply address was added to, a forwarding rule). So it is bound by the same rule, read on
-the message's own To/Cc and threading fields (``addressed_fields``): whatever the server
+the message's own To/Cc and threading fields (``ParsedReply.addressed``): whatever the server
 handed over, its author addressed it to the request, or it acts on nothing.
 """
 
@@ -23,34 +23,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from email.message import Message
 from email.utils import getaddresses
 from functools import lru_cache
 
-from rc_mta.headers import unfold
 from rc_mta.tokens import TOKEN_LENGTH, Action, claimed_action
 
 MAX_FIELD_CHARS = 16384
-BINDING_NAMES = frozenset({"to", "cc", "in-reply-to", "references"})
-
-
-def addressed_fields(message: Message) -> tuple[tuple[str, str], ...]:
-    """The To, Cc, In-Reply-To and References fields of ``message`` (parsed with compat32:
-    raw values), names lower case, values unfolded: what an SPF pass is bound by. The header
-    section's size is bounded before it is parsed; ``tokens_bound_by`` bounds each value."""
-    try:
-        items = message.raw_items()
-        return tuple(
-            (str(name).lower(), unfold(str(value)).strip())
-            for name, value in items
-            if str(name).lower() in BINDING_NAMES
-        )
-    except Exception:  # a header the library cannot give back: nothing is addressed
-        return ()
 
 
 def others_addressed(fields: Iterable[tuple[str, str]], ours: RequestAddresses, sender: str | None) -> list[str]:
-    """Who else the To and Cc of ``fields`` (``addressed_fields``) name: neither a reply
+    """Who else the To and Cc of ``fields`` (``ParsedReply.addressed``) name: neither a reply
     address of ours (``rc@``, ``rc+<token>@``) nor the sender's own. A Complete or Fail
     button's mail names no one else; one that does may be a reply-all to someone's question
     that also went to a button address (put in its Cc by whoever asked), and acting on it

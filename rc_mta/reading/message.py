@@ -38,6 +38,9 @@ class ParsedReply:
     comment: str
     auto_reply: str | None
     referenced_ids: tuple[str, ...]
+    # To, Cc, In-Reply-To and References as sent (names lower case, values unfolded): what
+    # ties the message to a request where a signature does not (``checks/binding.py``).
+    addressed: tuple[tuple[str, str], ...] = ()
 
 
 # --------------------------------------------------------------------------
@@ -63,6 +66,7 @@ def parse_reply(raw: bytes, *, envelope_sender: str | None = None) -> ParsedRepl
         comment=extract_comment(marked),
         auto_reply=machine_reason(message, envelope_sender),
         referenced_ids=_referenced_ids(message),
+        addressed=_addressed(message),
     )
 
 
@@ -121,6 +125,22 @@ def _header_text(message: Message, name: str) -> str | None:
         return _fix_surrogates(str(structured_header(name, raw[0])))
     except Exception:
         return _fix_surrogates(unfold(raw[0])).strip()
+
+
+_ADDRESSING = frozenset({"to", "cc", "in-reply-to", "references"})
+
+
+def _addressed(message: Message) -> tuple[tuple[str, str], ...]:
+    """``ParsedReply.addressed``: the header section was bounded before it was parsed, and
+    ``checks/binding.py`` bounds each value it reads."""
+    try:
+        return tuple(
+            (str(name).lower(), unfold(str(value)).strip())
+            for name, value in message.raw_items()
+            if str(name).lower() in _ADDRESSING
+        )
+    except Exception:  # a header the library cannot give back: nothing is addressed
+        return ()
 
 
 def _message_id(message: Message) -> str | None:
