@@ -5,14 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 from pathlib import Path
 
 import dkim
+import dkim.crypto
 import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from dns_fixtures import black_hole_resolver as black_hole_resolver
 from dns_fixtures import dns_server as dns_server
 from dns_fixtures import resolver as resolver
 
+from rc_mta import dkim_rsa
 from rc_mta.checks._base import CheckContext, Verdict
 from rc_mta.checks.dkim import (
     MAX_SIGNATURES,
@@ -465,4 +470,55 @@ def test_a_key_too_large_or_with_a_huge_exponent_is_refused_before_use(resolver:
     assert (signature.result, signature.reason) == (
         "permerror",
         "unusable key at huge._domainkey.good.test: a public exponent over 2^32 (real keys use 65537)",
+    )
+
+
+# OpenSSL's RSA (dkim_rsa.py) gives dkimpy's own answers ---------------------------------
+
+
+def _rsa_cases() -> list[tuple[str, object, bytes, dict[str, int]]]:
+    """(name, hash, signature, public key as dkimpy parses it): good, forged and malformed."""
+    cases: list[tuple[str, object, bytes, dict[str, int]]] = []
+    for bits, exponent in ((1024, 65537), (2048, 65537), (2048, 3)):
+        private = rsa.generate_private_key(public_exponent=exponent, key_size=bits)
+        numbers = private.public_key().public_numbers()
+        key = {"modulus": numbers.n, "publicExponent": numbers.e}
+        for algorithm, name in ((hashes.SHA256(), "sha256"), (hashes.SHA1(), "sha1")):
+            message = f"{bits}-bit {name} body".encode()
+            signature = private.sign(message, padding.PKCS1v15(), algorithm)
+            digest = hashlib.new(name, message)
+            value = int.from_bytes(signature, "big")
+            cases += [
+                (f"{bits}/{exponent} {name}: genuine", digest, signature, key),
+                (f"{bits}/{exponent} {name}: one bit flipped", digest, bytes([signature[0] ^ 1]) + signature[1:], key),
+                (f"{bits}/{exponent} {name}: other message", hashlib.new(name, b"other"), signature, key),
+                (
+                    f"{bits}/{exponent} {name}: plus the modulus",
+                    digest,
+                    (value + numbers.n).to_bytes(len(signature) + 1, "big"),
+                    key,
+                ),
+                (f"{bits}/{exponent} {name}: leading zeros", digest, b"\x00\x00" + signature, key),
+                (f"{bits}/{exponent} {name}: truncated", digest, signature[1:], key),
+                (f"{bits}/{exponent} {name}: empty", digest, b"", key),
+                (f"{bits}/{exponent} {name}: all ones", digest, b"\xff" * len(signature), key),
+            ]
+    return cases
+
+
+@pytest.mark.parametrize("case", _rsa_cases(), ids=lambda case: case[0])
+def test_openssl_rsa_check_answers_as_dkimpy_own(case: tuple[str, object, bytes, dict[str, int]]) -> None:
+    name, digest, signature, key = case
+    expected = dkim.crypto.RSASSA_PKCS1_v1_5_verify(digest, signature, key)
+    assert dkim_rsa.verify_pkcs1_v1_5(digest, signature, key) == expected  # type: ignore[arg-type]
+    assert expected == name.endswith(("genuine", "plus the modulus", "leading zeros"))
+
+
+@pytest.mark.parametrize("pem", ["good-sel2048.pem", "good-small1024.pem", "sealer-arc2048.pem"])
+@pytest.mark.parametrize("name", ["sha256", "sha1"])
+def test_openssl_rsa_signature_is_dkimpy_own_byte_for_byte(pem: str, name: str) -> None:
+    private_key = dkim.crypto.parse_pem_private_key((KEYS / pem).read_bytes())
+    digest = hashlib.new(name, f"a request mail signed with {pem}".encode())
+    assert dkim_rsa.sign_pkcs1_v1_5(digest, private_key) == bytes(
+        dkim.crypto.RSASSA_PKCS1_v1_5_sign(digest, private_key)
     )
