@@ -445,6 +445,28 @@ def test_an_idempotency_key_holds_across_a_restart(fresh_rc: RcMta) -> None:
     assert len(mails_of(fresh_rc, task_id)) == 1
 
 
+def test_an_idempotency_key_holds_across_two_instances_on_one_postgresql(tmp_path: Path, pg_url: str) -> None:
+    """The client's retry reaches the other instance behind the load balancer."""
+    first, second = make_rc_mta(tmp_path / "a"), make_rc_mta(tmp_path / "b")
+    for server in (first, second):
+        server.workdir.mkdir()
+        server.settings["store"]["url"] = pg_url
+    second.settings["signing"] = first.settings["signing"]
+    try:
+        for server in (first, second):
+            start_with_api(server)
+        task_id = new_task(first)
+        made = keyed(first, {"task_id": task_id}, "across-instances")
+        again = keyed(second, {"task_id": task_id}, "across-instances")
+    finally:
+        first.stop()
+        second.stop()
+
+    assert made.status == 201
+    assert (again.status, again.headers.get("Idempotent-Replayed"), again.body) == (201, "true", made.body)
+    assert (len(mails_of(first, task_id)), mails_of(second, task_id)) == (1, [])
+
+
 def test_a_retry_while_the_first_call_still_runs_is_409_and_then_gets_its_answer(fresh_rc: RcMta) -> None:
     """The relay accepts the connection and says nothing: the first call waits for it
     (``smtp_timeout``) while the client, having given up on it, retries."""
