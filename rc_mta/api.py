@@ -10,6 +10,7 @@ document cannot drift from what the server accepts and answers.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import logging
 import re
@@ -37,7 +38,17 @@ from .shapes import Email, Link, TaskCreate, TaskId, TaskOut, Text, Timestamp, t
 from .shapes import StrictBody as _Body
 from .shapes import iso as _iso
 from .shapes import iso_or_none as _iso_or_none
-from .store import REQUEST_MAIL, STALE_CLAIM_SECONDS, Claim, Delivery, OutboundMail, Request
+from .store import (
+    IDEMPOTENCY_KEY_TTL,
+    REQUEST_MAIL,
+    STALE_CLAIM_SECONDS,
+    Claim,
+    Delivery,
+    KeyState,
+    OutboundMail,
+    Request,
+    new_holder,
+)
 
 if TYPE_CHECKING:
     from .app import Service
@@ -51,6 +62,13 @@ MAX_EXPIRES_IN = 90 * 86400
 _REQUEST_ID = re.compile(r"[0-9a-f]{16}")
 _GROUP_ID = r"^g-[0-9a-f]{16}$"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# An Idempotency-Key: an RFC 8941 sf-string (quoted) as the draft has it, or the bare
+# token most clients send (Stripe's style); visible ASCII, at most 255 characters (a bare
+# one without quote or backslash).
+_IDEMPOTENCY_KEY = re.compile(r'"((?:[ !#-\[\]-~]|\\["\\]){1,255})"|([!#-\[\]-~]{1,255})')
+_IDEMPOTENCY_KEY_PATTERN = f"^(?:{_IDEMPOTENCY_KEY.pattern})$"
+# Where ``_authenticate`` leaves whose call it is: the key's scope.
+_CLIENT = web.RequestKey("rc_mta_client", str)
 
 # Paragraphs: line breaks and tabs, but no other control character.
 Description = Annotated[
@@ -66,7 +84,7 @@ def _whole_number(value: Any) -> Any:
 
 Seconds = Annotated[int, Field(ge=MIN_EXPIRES_IN, le=MAX_EXPIRES_IN), BeforeValidator(_whole_number)]
 M = TypeVar("M", bound=BaseModel)
-ErrorCode = Literal["not_found", "unauthorized", "invalid_request", "conflict", "unavailable", "internal"]
+ErrorCode = Literal["not_found", "unauthorized", "invalid_request", "conflict", "key_reused", "unavailable", "internal"]
 
 
 # Bodies ------------------------------------------------------------------------------------
@@ -362,6 +380,23 @@ def _request_id(request: web.Request) -> str:
     return value
 
 
+def _idempotency_key(request: web.Request) -> str | None:
+    """The call's Idempotency-Key, if it has one; 400 when it is not one we take."""
+    values = request.headers.getall("Idempotency-Key", [])
+    if not values:
+        return None
+    match = _IDEMPOTENCY_KEY.fullmatch(values[0].strip()) if len(values) == 1 else None
+    if match is None:
+        raise ApiError(
+            400,
+            "invalid_request",
+            "Idempotency-Key must be one key of 1 to 255 visible ASCII characters, quoted or not",
+            [ErrorDetail(field="Idempotency-Key", message="not a key of 1 to 255 visible ASCII characters")],
+        )
+    quoted, bare = match.groups()
+    return bare if quoted is None else re.sub(r"\\(.)", r"\1", quoted)
+
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -423,11 +458,76 @@ class _Api:
             raise ApiError(
                 401, "unauthorized", "a valid 'Authorization: Bearer <token>' is required", headers=challenge
             )
+        request[_CLIENT] = hashlib.sha256(given).hexdigest()[:32]
 
     # Requests ------------------------------------------------------------------------------
 
     async def create_request(self, request: web.Request) -> web.Response:
+        key = _idempotency_key(request)
         body = await _body(request, RequestCreate, self.service.settings.http.body_timeout)
+        if key is None:
+            return await self._create_request(body)
+        return await self._once(request[_CLIENT], key, body, self._create_request)
+
+    async def _once(self, scope: str, key: str, body: M, call: Callable[[M], Awaitable[web.Response]]) -> web.Response:
+        """``call`` once per Idempotency-Key (draft-ietf-httpapi-idempotency-key-header):
+        a retry with the same body gets the first answer again (``Idempotent-Replayed:
+        true``), one with another body 422, one while the first still runs 409. Only a
+        success is kept, for ``IDEMPOTENCY_KEY_TTL``: after an error the key is given back,
+        and a retry runs again (the call is all or nothing). A call cut off with its
+        instance holds the key until ``IDEMPOTENCY_LEASE`` ran out, then a retry takes it."""
+        store = self.service.store
+        fingerprint = hashlib.sha256(body.model_dump_json().encode()).hexdigest()
+        holder = new_holder()
+        found = await asyncio.to_thread(store.reserve_idempotency_key, scope, key, fingerprint, holder, time.time())
+        if found.state is KeyState.MISMATCH:
+            raise ApiError(
+                422,
+                "key_reused",
+                f"Idempotency-Key {key!r} was used with another body: a new call needs a new key",
+                [ErrorDetail(field="Idempotency-Key", message="already used with another body")],
+            )
+        if found.state is KeyState.RUNNING:
+            raise ApiError(
+                409,
+                "conflict",
+                f"a call with Idempotency-Key {key!r} is still being processed: try again in a moment",
+                headers={"Retry-After": "1"},
+            )
+        if found.state is KeyState.DONE:
+            log.info("api idempotency key %r: the first answer replayed", key)
+            return web.Response(
+                text=found.response,
+                status=found.status or 200,
+                content_type="application/json",
+                headers={"Idempotent-Replayed": "true"},
+            )
+        if found.state is KeyState.TAKEN_OVER:
+            log.warning(
+                "api idempotency key %r: its first call was cut off (its instance died?); running it again", key
+            )
+        try:
+            response = await call(body)
+        except BaseException:
+            try:
+                await asyncio.to_thread(store.release_idempotency_key, scope, key, holder)
+            except TemporaryFailure as exc:
+                log.warning("api idempotency key %r not given back (a retry waits for its lease): %s", key, exc)
+            raise
+        assert isinstance(response.text, str)
+        try:
+            kept = await asyncio.to_thread(
+                store.finish_idempotency_key, scope, key, holder, response.status, response.text
+            )
+        except TemporaryFailure as exc:  # the call acted: its answer goes out all the same
+            kept, why = False, f"the store failed: {exc}"
+        else:
+            why = "held past its lease"
+        if not kept:
+            log.warning("api idempotency key %r: its answer is not kept (%s); a retry would run again", key, why)
+        return response
+
+    async def _create_request(self, body: RequestCreate) -> web.Response:
         service = self.service
         task = await service.backend.get(body.task_id)
         recipients = body.recipients()
@@ -597,6 +697,7 @@ _ERROR_TEXT = {
     408: "The body did not arrive in time ([http] body_timeout); the connection is closed.",
     409: "The resource's state forbids this.",
     413: "The body is too large.",
+    422: "The Idempotency-Key was used with another body: a new call needs a new key.",
     500: "A bug: the server log has the details.",
     503: "Something needed is unavailable now (store, task backend): retry later.",
 }
@@ -660,9 +761,42 @@ def openapi_document() -> dict[str, Any]:
                 "outside any group) may still decide it: the message says what to do. Each request is stored "
                 "with its mail before the mail is sent; `delivery` says how the first attempt went (a relay that "
                 "is down or answers 4xx defers it, and it is tried again; a 5xx fails it). All or nothing: when "
-                "storing fails (503), the requests already made by this call are revoked.",
+                "storing fails (503), the requests already made by this call are revoked. A client that may "
+                "retry (a timeout after the server acted) sends an `Idempotency-Key`: the retry then gets the "
+                "first answer, and no second request is made or mailed. Without one, each call makes new "
+                "requests (a deliberate re-ask: the task still acts once, on the first answer).",
+                "parameters": [
+                    {
+                        "name": "Idempotency-Key",
+                        "in": "header",
+                        "required": False,
+                        "description": "draft-ietf-httpapi-idempotency-key-header: a unique key for this call"
+                        ' (a UUID, say), quoted (`"8e03978e-..."`, an RFC 8941 string) or bare; 1 to 255 visible'
+                        " ASCII characters. A retry with the same key and the same body gets the first call's"
+                        " answer again, with `Idempotent-Replayed: true`; the same key with another body is 422;"
+                        " while the first call still runs, 409 (retry). Keys are kept"
+                        f" {IDEMPOTENCY_KEY_TTL / 3600:g} hours, per API token, in the store (across restarts and"
+                        " instances). Only a success is kept: after an error the key may be used again.",
+                        "schema": {"type": "string", "pattern": _IDEMPOTENCY_KEY_PATTERN},
+                    }
+                ],
                 "requestBody": _body_spec(RequestCreate),
-                "responses": {"201": _json("Sent.", _ref(RequestsCreated)), **_errors(400, 404, 408, 409, 413)},
+                "responses": {
+                    "201": {
+                        **_json(
+                            "Sent (or, with `Idempotent-Replayed: true`, sent by an earlier call with this"
+                            " Idempotency-Key).",
+                            _ref(RequestsCreated),
+                        ),
+                        "headers": {
+                            "Idempotent-Replayed": {
+                                "description": "`true` when this is the earlier call's answer, replayed.",
+                                "schema": {"type": "string", "enum": ["true"]},
+                            }
+                        },
+                    },
+                    **_errors(400, 404, 408, 409, 413, 422),
+                },
             }
         },
         "/v1/requests/{request_id}": {

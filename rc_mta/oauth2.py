@@ -7,6 +7,7 @@ says "that one was refused". Secrets and tokens never reach a log line or an exc
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from typing import Any
 import aiohttp
 
 from .errors import TemporaryFailure
+from .http_client import SMALL_BODY, read_body
 
 log = logging.getLogger("rc_mta.oauth2")
 
@@ -100,7 +102,7 @@ class TokenProvider:
             ) as response:
                 status = response.status
                 try:
-                    body: Any = await response.json(content_type=None)
+                    body: Any = json.loads(await read_body(response, SMALL_BODY))
                 except ValueError:
                     body = None
         except (TimeoutError, aiohttp.ClientError) as exc:

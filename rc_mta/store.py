@@ -172,6 +172,27 @@ outbound_queue = Table(
     Column("lease_until", Float),
 )
 
+# How long an Idempotency-Key is kept (POST /v1/requests), and how long a call that holds
+# one may take before a retry with the same key may take it over (its instance died).
+IDEMPOTENCY_KEY_TTL = 24 * 3600.0
+IDEMPOTENCY_LEASE = 600.0
+
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    # One row per Idempotency-Key a client sent (draft-ietf-httpapi-idempotency-key-header):
+    # the first call holds it while it runs, then keeps its answer for the retries.
+    Column("scope", String(64), primary_key=True),  # whose key: a hash of the API token
+    Column("key", String(255), primary_key=True),
+    Column("fingerprint", String(64), nullable=False),  # the call's body, normalised and hashed
+    Column("state", String(16), nullable=False),  # running | done
+    Column("created_at", Float, nullable=False, index=True),
+    Column("holder", String(64)),  # the call running it, until lease_until
+    Column("lease_until", Float),
+    Column("status", Integer),  # the answer kept once done
+    Column("response", Text),
+)
+
 IN_PROGRESS = "in_progress"
 COMPLETED = "completed"
 FAILED = "failed"
@@ -311,6 +332,25 @@ class QueueSummary:
 
     counts: dict[Delivery, int]
     oldest_pending_at: float | None
+
+
+class KeyState(Enum):
+    """What reserving an Idempotency-Key found (``Store.reserve_idempotency_key``)."""
+
+    NEW = "new"  # this call holds the key: it runs, then keeps or gives back its answer
+    TAKEN_OVER = "taken_over"  # held by a call whose lease ran out (its instance died): now this one's
+    RUNNING = "running"  # another call with this key runs now
+    DONE = "done"  # answered: ``IdempotentAnswer`` holds the answer to replay
+    MISMATCH = "mismatch"  # the key was used with another body
+
+
+@dataclass(frozen=True)
+class IdempotentAnswer:
+    """An Idempotency-Key's row: the state found and, once done, the answer kept."""
+
+    state: KeyState
+    status: int | None = None
+    response: str | None = None
 
 
 class ClaimOutcome(Enum):
@@ -580,6 +620,62 @@ class Store:
                     .where(requests.c.id == request_id, requests.c.revoked_at.is_(None))
                     .values(revoked_at=now)
                 ).rowcount
+            )
+
+    # Idempotency keys (POST /v1/requests) --------------------------------------------
+
+    def reserve_idempotency_key(
+        self, scope: str, key: str, fingerprint: str, holder: str, now: float
+    ) -> IdempotentAnswer:
+        """Take ``key`` for the call ``holder`` with the body ``fingerprint``, or say why not:
+        it runs elsewhere, it was answered (the answer to replay), or it came with another
+        body. A key older than ``IDEMPOTENCY_KEY_TTL`` is forgotten (old keys of anyone's
+        are cleared on the way); one whose call held it past ``IDEMPOTENCY_LEASE`` (its
+        instance died mid-call) is taken over. The primary key decides between two calls
+        at once, on one instance or several."""
+        k = idempotency_keys.c
+        this = (k.scope == scope, k.key == key)
+        row = {"scope": scope, "key": key, "fingerprint": fingerprint, "state": "running", "created_at": now}
+        for _ in range(CLAIM_TRIES):
+            try:
+                with self._begin() as conn:
+                    conn.execute(idempotency_keys.delete().where(k.created_at < now - IDEMPOTENCY_KEY_TTL))
+                    conn.execute(insert(idempotency_keys).values(**row, **_leased_to(holder, now, IDEMPOTENCY_LEASE)))
+                return IdempotentAnswer(KeyState.NEW)
+            except IntegrityError:
+                pass
+            with self._begin() as conn:
+                found = conn.execute(select(idempotency_keys).where(*this)).mappings().first()
+                if found is None:
+                    continue  # forgotten or given back meanwhile: try again
+                if found["fingerprint"] != fingerprint:
+                    return IdempotentAnswer(KeyState.MISMATCH)
+                if found["state"] == "done":
+                    return IdempotentAnswer(KeyState.DONE, found["status"], found["response"])
+                if _take_lease(conn, idempotency_keys, holder, now, IDEMPOTENCY_LEASE, *this, k.state == "running"):
+                    return IdempotentAnswer(KeyState.TAKEN_OVER)
+                return IdempotentAnswer(KeyState.RUNNING)
+        return IdempotentAnswer(KeyState.RUNNING)
+
+    def finish_idempotency_key(self, scope: str, key: str, holder: str, status: int, response: str) -> bool:
+        """Keep the answer of the call that holds ``key``; False when it no longer held it."""
+        k = idempotency_keys.c
+        with self._begin() as conn:
+            done = conn.execute(
+                update(idempotency_keys)
+                .where(k.scope == scope, k.key == key, k.holder == holder, k.state == "running")
+                .values(state="done", status=status, response=response, holder=None, lease_until=None)
+            )
+            return bool(done.rowcount == 1)
+
+    def release_idempotency_key(self, scope: str, key: str, holder: str) -> None:
+        """Give ``key`` back after a call that answered an error: a retry runs again."""
+        k = idempotency_keys.c
+        with self._begin() as conn:
+            conn.execute(
+                idempotency_keys.delete().where(
+                    k.scope == scope, k.key == key, k.holder == holder, k.state == "running"
+                )
             )
 
     # Outbound queue: a request mail is stored with its request, then delivered ---------

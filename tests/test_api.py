@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
+import socket
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -47,10 +50,13 @@ def call(
     token: str | None = TOKEN,
     raw: bytes | None = None,
     authorization: str | None = None,
+    headers: dict[str, str] | None = None,
 ) -> Answer:
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
     request = urllib.request.Request(server.http_url + path, data=data, method=method)
     request.add_header("Content-Type", "application/json")
+    for name, value in (headers or {}).items():
+        request.add_header(name, value)
     if authorization is not None:
         request.add_header("Authorization", authorization)
     elif token is not None:
@@ -358,6 +364,176 @@ def test_task_endpoints_are_404_when_tasks_live_elsewhere(fresh_rc: RcMta) -> No
         assert answer.body["error"]["details"][0]["field"] == "tasks.backend"
 
 
+# Retries: Idempotency-Key -----------------------------------------------------------------
+
+
+def mails_of(server: RcMta, task_id: str) -> list[Path]:
+    """The request mails written to the outbox for ``task_id`` (the outbox transport)."""
+    outbox = Path(server.settings["outbound"]["outbox_dir"])
+    return [p for p in outbox.glob("*.eml") if task_id in p.read_text()]
+
+
+def keyed(server: RcMta, body: dict[str, Any], key: str) -> Answer:
+    return call(server, "POST", "/v1/requests", body, headers={"Idempotency-Key": key})
+
+
+def test_a_retry_with_the_same_idempotency_key_gets_the_first_answer_and_mails_no_one_again(api: RcMta) -> None:
+    task_id = new_task(api, owner="frank@example.com")
+    body = {"task_id": task_id, "owners": ["frank@example.com", "gina@example.com"]}
+
+    first = keyed(api, body, '"8e03978e-40d5-43e8-bc93-6894a57f9324"')
+    again = keyed(api, body, '"8e03978e-40d5-43e8-bc93-6894a57f9324"')
+
+    assert first.status == 201 and "Idempotent-Replayed" not in first.headers
+    assert (again.status, again.headers["Idempotent-Replayed"]) == (201, "true")
+    assert again.body == first.body
+    assert len(mails_of(api, task_id)) == 2  # one per owner, once
+    for made in first.body["requests"]:
+        assert call(api, "GET", f"/v1/requests/{made['request_id']}").body["state"] == "sent"
+    # The same body sent differently (key order, spacing) is the same call.
+    reordered = json.dumps({"owners": body["owners"], "task_id": task_id}, indent=2).encode()
+    replayed = call(
+        api, "POST", "/v1/requests", raw=reordered, headers={"Idempotency-Key": "8e03978e-40d5-43e8-bc93-6894a57f9324"}
+    )
+    assert (replayed.status, replayed.body) == (201, first.body)
+    assert len(mails_of(api, task_id)) == 2
+
+
+def test_the_same_idempotency_key_with_another_body_is_422_and_mails_no_one(api: RcMta) -> None:
+    task_id = new_task(api, owner="hank@example.com")
+    assert keyed(api, {"task_id": task_id}, "key-hank-1").status == 201
+
+    reused = keyed(api, {"task_id": task_id, "title": "Another title"}, "key-hank-1")
+
+    assert (reused.status, reused.error_code) == (422, "key_reused")
+    assert reused.body["error"]["details"] == [
+        {"field": "Idempotency-Key", "message": "already used with another body"}
+    ]
+    assert len(mails_of(api, task_id)) == 1
+
+
+def test_keys_are_per_api_token(fresh_rc: RcMta) -> None:
+    start_with_api(fresh_rc, tokens=[TOKEN, "second-token-bbbbbbb"])
+    task_id = new_task(fresh_rc)
+    request = urllib.request.Request(
+        fresh_rc.http_url + "/v1/requests",
+        data=json.dumps({"task_id": task_id}).encode(),
+        method="POST",
+        headers={"Authorization": "Bearer second-token-bbbbbbb", "Idempotency-Key": "shared-key"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as other:
+        assert other.status == 201
+
+    mine = keyed(fresh_rc, {"task_id": task_id}, "shared-key")
+
+    assert mine.status == 201 and "Idempotent-Replayed" not in mine.headers
+    assert keyed(fresh_rc, {"task_id": task_id}, "shared-key").headers.get("Idempotent-Replayed") == "true"
+    assert len(mails_of(fresh_rc, task_id)) == 2
+
+
+def test_an_idempotency_key_holds_across_a_restart(fresh_rc: RcMta) -> None:
+    start_with_api(fresh_rc)
+    task_id = new_task(fresh_rc)
+    first = keyed(fresh_rc, {"task_id": task_id}, "restart-key")
+    assert first.status == 201
+
+    fresh_rc.restart()
+    wait_for_http(fresh_rc)
+    again = keyed(fresh_rc, {"task_id": task_id}, "restart-key")
+
+    assert (again.status, again.headers.get("Idempotent-Replayed"), again.body) == (201, "true", first.body)
+    assert len(mails_of(fresh_rc, task_id)) == 1
+
+
+def test_an_idempotency_key_holds_across_two_instances_on_one_postgresql(tmp_path: Path, pg_url: str) -> None:
+    """The client's retry reaches the other instance behind the load balancer."""
+    first, second = make_rc_mta(tmp_path / "a"), make_rc_mta(tmp_path / "b")
+    for server in (first, second):
+        server.workdir.mkdir()
+        server.settings["store"]["url"] = pg_url
+    second.settings["signing"] = first.settings["signing"]
+    try:
+        for server in (first, second):
+            start_with_api(server)
+        task_id = new_task(first)
+        made = keyed(first, {"task_id": task_id}, "across-instances")
+        again = keyed(second, {"task_id": task_id}, "across-instances")
+    finally:
+        first.stop()
+        second.stop()
+
+    assert made.status == 201
+    assert (again.status, again.headers.get("Idempotent-Replayed"), again.body) == (201, "true", made.body)
+    assert (len(mails_of(first, task_id)), mails_of(second, task_id)) == (1, [])
+
+
+def test_a_retry_while_the_first_call_still_runs_is_409_and_then_gets_its_answer(fresh_rc: RcMta) -> None:
+    """The relay accepts the connection and says nothing: the first call waits for it
+    (``smtp_timeout``) while the client, having given up on it, retries."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    port = silent.getsockname()[1]
+    fresh_rc.settings["outbound"] = {
+        "transport": "smtp",
+        "smtp_host": "127.0.0.1",
+        "smtp_port": port,
+        "smtp_timeout": 4,
+    }
+    start_with_api(fresh_rc)
+    task_id = new_task(fresh_rc)
+    body = {"task_id": task_id}
+    try:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            first = pool.submit(keyed, fresh_rc, body, "slow-key")
+            time.sleep(1.5)
+            running = keyed(fresh_rc, body, "slow-key")
+            answered = first.result(timeout=30)
+    finally:
+        silent.close()
+    after = keyed(fresh_rc, body, "slow-key")
+
+    assert (running.status, running.error_code, running.headers["Retry-After"]) == (409, "conflict", "1")
+    assert "still being processed" in running.body["error"]["message"]
+    assert answered.status == 201
+    assert answered.body["requests"][0]["delivery"] == "deferred"
+    assert (after.status, after.headers.get("Idempotent-Replayed"), after.body) == (201, "true", answered.body)
+
+
+def test_after_an_error_the_key_is_given_back_and_a_retry_runs_again(api: RcMta) -> None:
+    """An error is not kept: the call made nothing, and a retry once the cause is gone acts."""
+    task_id = new_task(api, owner="ivy@example.com")
+    group = send_request(
+        api, {"task_id": task_id, "owners": ["ivy@example.com", "jack@example.com"], "approvals": "all"}
+    )
+    body = {"task_id": task_id, "owner": "kim@example.com"}
+
+    refused = keyed(api, body, "after-error")
+    for made in group["requests"]:
+        assert call(api, "DELETE", f"/v1/requests/{made['request_id']}").status == 200
+    retried = keyed(api, body, "after-error")
+
+    assert (refused.status, refused.error_code) == (409, "conflict")
+    assert retried.status == 201 and "Idempotent-Replayed" not in retried.headers
+    assert [r["owner"] for r in retried.body["requests"]] == ["kim@example.com"]
+    assert keyed(api, body, "after-error").body == retried.body
+    assert len(mails_of(api, task_id)) == 3  # the group's two, and kim's once
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["", '""', '"unterminated', "a b", "x" * 256, "caf\u00e9", "two\\backslash"],
+    ids=["empty", "empty-quoted", "unterminated", "space", "long", "non-ascii", "bare-backslash"],
+)
+def test_a_malformed_idempotency_key_is_400_and_mails_no_one(api: RcMta, key: str) -> None:
+    task_id = new_task(api)
+    answer = call(api, "POST", "/v1/requests", {"task_id": task_id}, headers={"Idempotency-Key": key})
+
+    assert (answer.status, answer.error_code) == (400, "invalid_request")
+    assert answer.body["error"]["details"][0]["field"] == "Idempotency-Key"
+    assert mails_of(api, task_id) == []
+
+
 # The OpenAPI document ----------------------------------------------------------------------
 
 
@@ -447,6 +623,10 @@ def test_no_input_makes_the_api_answer_500(
             # Reach the sending path, not only "no such task". (Not for negative cases: a
             # real id could mend the very field that was made invalid.)
             case.body["task_id"] = real_task
+        if positive and case.headers and "Idempotency-Key" in case.headers:
+            # Each generated call is a new call: one key reused with another body is the
+            # client's mistake (422), which positive data must not make.
+            case.headers["Idempotency-Key"] = f'"{uuid.uuid4()}"'
         response = case.call(headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
         assert response.status_code < 500, response.text
         case.validate_response(response)  # every schemathesis check: the document says what we answer

@@ -17,7 +17,7 @@ from rc_mta.store import Delivery, NoticeTerms, Request, Store, metadata
 from rc_mta.tokens import new_request_id
 
 # What each age of store lacks, newest first: what it takes to make one.
-AGES = ["new", "before notices and approvals", "before attempts, reminders and notices"]
+AGES = ["new", "before notices, approvals and idempotency keys", "before attempts, reminders and notices"]
 
 
 def _make_older(store: Store, age: str) -> Request | None:
@@ -29,10 +29,10 @@ def _make_older(store: Store, age: str) -> Request | None:
         store.engine.dispose()
         return None
     with store.engine.begin() as conn:
-        for table in ("request_notices", "approval_members", "approval_groups"):
+        for table in ("idempotency_keys", "request_notices", "approval_members", "approval_groups"):
             conn.execute(text(f"DROP TABLE {table}"))
     store.engine.dispose()
-    if age == "before notices and approvals":
+    if age == "before notices, approvals and idempotency keys":
         return None
     now = time.time()
     request = Request(new_request_id(), "t-1", "alice@example.com", "t", now, now + 3600, None, None)

@@ -30,6 +30,7 @@ from yarl import URL
 
 from ..config import MailboxConfig
 from ..errors import ConfigError, TemporaryFailure
+from ..http_client import LARGE_BODY, SMALL_BODY, read_body
 from ..oauth2 import OAuth2Error, TokenProvider
 from ..pipeline import Pipeline
 from ..registry import MAILBOX_SOURCES
@@ -379,9 +380,10 @@ class GraphConnection:
 
 
 async def _read(response: aiohttp.ClientResponse, limit: int | None) -> bytes:
-    """The body, or its first ``limit`` bytes (the connection is dropped on the rest)."""
+    """The body, or its first ``limit`` bytes (the connection is dropped on the rest).
+    Without ``limit`` (JSON, an error), at most ``http_client``'s bound, else no answer."""
     if limit is None:
-        return await response.read()
+        return await read_body(response, LARGE_BODY if response.status < 300 else SMALL_BODY)
     data = bytearray()
     async for chunk in response.content.iter_chunked(64 * 1024):
         data += chunk

@@ -37,6 +37,7 @@ import aiohttp
 
 from ..config import ReleaseConfig
 from ..errors import BackendAuthFailed, BackendOutcomeUnknown, BackendRefused, BackendUnavailable, ConfigError
+from ..http_client import LARGE_BODY, SMALL_BODY, read_text
 from ..registry import TASK_BACKENDS
 from ..safetext import one_line
 from ..store import Store
@@ -91,7 +92,7 @@ def _name(value: Any) -> str | None:
 
 
 class _Answer:
-    """An HTTP answer read in full (Release's bodies are small)."""
+    """An HTTP answer read in full, up to a bound (``http_client``)."""
 
     def __init__(self, status: int, text: str) -> None:
         self.status = status
@@ -403,7 +404,8 @@ class ReleaseBackend:
         session = self._client()
         timeout = http_timeout(self._config.timeout)
         async with session.request(method, self._base + path, json=body, timeout=timeout) as response:
-            return _Answer(response.status, await response.text())
+            limit = LARGE_BODY if response.status < 300 else SMALL_BODY
+            return _Answer(response.status, await read_text(response, limit))
 
     def _client(self) -> aiohttp.ClientSession:
         """One session per event loop, made on first use (the CLI runs its own short loops)."""

@@ -72,6 +72,7 @@ import aiohttp
 
 from ..config import WebhookConfig
 from ..errors import BackendAuthFailed, BackendOutcomeUnknown, BackendRefused, BackendUnavailable, ConfigError
+from ..http_client import SMALL_BODY, read_text
 from ..registry import TASK_BACKENDS
 from ..safetext import one_line
 from ..store import Store
@@ -184,7 +185,7 @@ class WebhookBackend:
             ) as response:
                 if 200 <= response.status < 300:
                     return response.status, ""  # taken: that is the answer, however slow its body
-                return response.status, await response.text()
+                return response.status, await read_text(response, SMALL_BODY)
         except aiohttp.ConnectionTimeoutError:  # never connected: nothing was sent
             raise BackendUnavailable(
                 f"cannot reach webhook {self._config.url}: no connection within {timeout.sock_connect:g}s"
