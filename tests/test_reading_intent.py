@@ -344,6 +344,8 @@ DOUBT_AFTER = [
     ("\uc2b9\uc778 \uc548 \ud569\ub2c8\ub2e4", None),  # 승인 안 합니다: I do not approve
     ("\uc2b9\uc778 \ubabb \ud569\ub2c8\ub2e4", None),  # 승인 못 합니다: I cannot approve
     ("\u4e0d\u540c\u610f\uff0c\u6d4b\u8bd5\u8fd8\u6ca1\u6709\u5b8c\u6210\u3002", "fail"),  # disagree, tests not done
+    ("\u540c\u610f\u3002\u7b49\u4e00\u4e0b\u3002", None),  # 同意。等一下。: agreed. Wait.
+    ("\u7b49\u4e00\u4e0b\u3002\u540c\u610f\u3002", "complete"),  # 等一下。同意。: wait... agreed.
 ]
 
 TABLE = (
@@ -436,6 +438,9 @@ BUTTONS = [
     ("\u6211\u5b8c\u5168\u4e0d\u540c\u610f", "complete", True),  # 我完全不同意: I fully disagree
     ("\u627f\u8a8d\u3067\u304d\u306a\u3044", "complete", True),  # 承認できない
     ("\uc2b9\uc778\ud560 \uc218 \uc5c6\uc2b5\ub2c8\ub2e4", "complete", True),  # 승인할 수 없습니다
+    ("\u7b49\u4e00\u4e0b", "complete", True),  # 等一下: wait a moment
+    ("\u627f\u8a8d\u306f\u4fdd\u7559\u3057\u307e\u3059", "complete", True),  # 承認は保留します: on hold
+    ("\uc7a0\uae50\ub9cc\uc694", "complete", True),  # 잠깐만요: just a moment
     ("\u6211\u540c\u610f\u4e86", "complete", False),  # 我同意了: I agreed
     ("\u6211\u6ca1\u95ee\u9898", "complete", False),  # 我没问题: no problem for me
     ("\u4f60\u597d\uff0c\u6d4b\u8bd5\u5931\u8d25\u4e86", "fail", False),  # hello, the tests failed

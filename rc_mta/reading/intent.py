@@ -55,6 +55,7 @@ from dataclasses import dataclass
 
 from .words import (
     CJK_CONTRASTS,
+    CJK_DOUBTS,
     CJK_NEGATIONS,
     CJK_NEGATORS,
     CONTRASTS,
@@ -434,7 +435,11 @@ def _doubt(words: list[str], vocab: _Vocabulary) -> _Doubt | None:
     the date" names something: a doubt about a detail, which leaves the decision standing.
     A clause that asks to hold the decision itself ("Please hold off on approving", "Wait
     before you approve", "Warte mit der Freigabe") is a doubt about a completion too;
-    a hold that names something else ("Wait for the deploy window") is none."""
+    a hold that names something else ("Wait for the deploy window") is none. A run of
+    Chinese, Japanese or Korean holding one of ``CJK_DOUBTS`` ("等一下", "承認は保留します")
+    is a doubt: what else the run says is not read."""
+    if any(_is_cjk(word) and any(mark in word for mark in CJK_DOUBTS) for word in words):
+        return _Doubt.ANY
     for start in _starts_after_leading(words, vocab):
         if start >= len(words):
             break

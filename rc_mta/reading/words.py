@@ -16,6 +16,7 @@ __all__ = [
     "BANNER_SENTENCES",
     "BANNER_WORDS",
     "CJK_CONTRASTS",
+    "CJK_DOUBTS",
     "CJK_NEGATIONS",
     "CJK_NEGATORS",
     "CONTRASTS",
@@ -267,6 +268,14 @@ DECISION_NAMES: tuple[str, ...] = (
     *("freigabe", "genehmigung", "zustimmung", "entscheidung", "approbation", "validation", "décision"),
     *("aprobar", "aprobación", "aprobacion", "decisión", "godkännande", "godkännandet", "godkänna"),
     *("beslut", "beslutet"),
+)
+
+#: Doubt and waits inside a run of Chinese, Japanese or Korean (read as ``DOUBTS`` are):
+#: "等一下" (wait a moment), "不确定" (not sure), "承認は保留します" (approval on hold), "잠깐만요".
+CJK_DOUBTS: tuple[str, ...] = (
+    *("等一下", "等等", "稍等", "暂缓", "暫緩", "先别", "先別", "先不要", "不确定", "不確定", "再说", "再說"),
+    *("保留します", "保留で", "保留中", "待って", "ちょっと待", "検討中", "分かりません", "わかりません"),
+    *("잠깐", "잠시만", "보류", "모르겠"),
 )
 
 #: Chinese negations right before a decision word in the same run: "我*不能*批准" (I cannot
