@@ -159,7 +159,7 @@ def test_two_owners_get_their_own_addresses_and_only_the_first_answer_counts(api
     assert len({alice["complete_address"], bob["complete_address"], alice["fail_address"]}) == 3
 
     assert reply_as(api, "bob@example.com", bob["complete_address"])[0] == 250
-    code, text = reply_as(api, "alice@example.com", alice["fail_address"], "No, wait")
+    code, text = reply_as(api, "alice@example.com", alice["fail_address"], "No.")
 
     assert code == 550
     assert "already completed by bob@example.com" in text

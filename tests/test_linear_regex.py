@@ -26,6 +26,7 @@ from rc_mta.checks.binding import RequestAddresses
 from rc_mta.inbound import aiosmtpd_private as private
 from rc_mta.inbound import protocol
 from rc_mta.mailbox import imap
+from rc_mta.reading import DEFAULT_COMPLETE_WORDS, DEFAULT_FAIL_WORDS, interpret_action
 from rc_mta.reading.html import html_to_text
 from rc_mta.tasks import release
 
@@ -72,6 +73,11 @@ def _quietly(call: Callable[[Any], object]) -> Callable[[Any], object]:
 
 
 ADDRESSES = RequestAddresses("rc", "reply.example")
+
+
+def _read_words(comment: str) -> object:
+    return interpret_action(comment, DEFAULT_COMPLETE_WORDS, DEFAULT_FAIL_WORDS)
+
 
 FAMILIES: list[Family] = [
     # logs.py: the secret filter sees every log line, attacker text included.
@@ -188,6 +194,10 @@ FAMILIES: list[Family] = [
         ),
     ),
     Family("style sheet in SVG: markup", html_to_text, lambda n: "<svg><style>" + repeat("<&#", n - 30)),
+    # reading/intent.py: the decision words inside a run of Chinese, Japanese or Korean.
+    Family("CJK run: negated decisions", _read_words, lambda n: repeat("\u6211\u4e0d\u80fd\u6279\u51c6", n)),
+    Family("CJK run: near decisions", _read_words, lambda n: repeat("\u627f\u8a8d\u3057", n)),
+    Family("CJK run: negations only", _read_words, lambda n: repeat("\u6ca1\u6709", n, "\u6279\u51c6")),
 ]
 
 

@@ -290,6 +290,64 @@ FURTHER_ON = [
     ("Approved.\n\nThe company does not accept responsibility for errors.", "complete"),
 ]
 
+# Doubt said after a decision takes it back; doubt that names a detail does not.
+DOUBT_AFTER = [
+    ("Approved. Not sure.", None),
+    ("Approved. Not really.", None),
+    ("Approved. Wait.", None),
+    ("Approved. Hold on.", None),
+    ("Approved. Hmm.", None),
+    ("Approved, not sure.", None),
+    ("Approved - not sure about it though.", None),
+    ("Approved. On second thought\u2026", None),
+    ("Approved. Or not.", None),
+    ("Approved... or not?", None),
+    ("Approved. Not yet.", None),
+    ("OK. Not sure.", None),
+    ("Rejected. Not sure.", None),
+    ("Rejected. Wait.", None),
+    ("Genehmigt. Nicht sicher.", None),
+    ("Genehmigt. Noch nicht.", None),
+    ("Approuv\u00e9. Pas s\u00fbr.", None),
+    ("Valid\u00e9. Je ne suis pas s\u00fbre.", None),
+    ("Aprobado. No estoy seguro.", None),
+    ("Aprobado. Espera.", None),
+    ("Godk\u00e4nd. Inte s\u00e4ker.", None),
+    ("Godk\u00e4nd. V\u00e4nta.", None),
+    # A correction after a decision, whichever way it goes.
+    ("Approved. Actually, no.", None),
+    ("Rejected. Actually, no.", None),
+    ("Rejected. Wait, no.", None),
+    ("Rejected. On second thought, no.", None),
+    ("No, wait", None),
+    # A decision after the doubt stands; doubt about a detail leaves the decision standing;
+    # "not yet" after a no agrees with it.
+    ("Hmm. Approved.", "complete"),
+    ("Not sure at first, but approved.", "complete"),
+    ("Approved. Not sure about the date.", "complete"),
+    ("Approved. Wait for the deploy window.", "complete"),
+    ("Approved. Actually, the date is wrong in the ticket.", "complete"),
+    ("Approved. Wait for the window, then go ahead.", "complete"),
+    ("Approved. Wait until the backup is done.", "complete"),
+    ("Actually, no.", "fail"),
+    ("No, not yet.", "fail"),
+    ("Rejected. Hold off on approving anything until QA signs off.", "fail"),
+    # A hold on the decision itself, or one asked for, decides nothing.
+    ("Please hold off on approving", None),
+    ("Warte mit der Freigabe", None),
+    ("Approve or not?", None),
+    ("Approved? Yes.", "complete"),
+    # Chinese, Japanese and Korean: a negated decision word inside a run is no decision,
+    # and never the decision word.
+    ("\u6211\u4e0d\u80fd\u6279\u51c6", None),  # 我不能批准: I cannot approve
+    ("\u627f\u8a8d\u3057\u306a\u3044", None),  # 承認しない: (I) do not approve
+    ("\uc2b9\uc778 \uc548 \ud569\ub2c8\ub2e4", None),  # 승인 안 합니다: I do not approve
+    ("\uc2b9\uc778 \ubabb \ud569\ub2c8\ub2e4", None),  # 승인 못 합니다: I cannot approve
+    ("\u4e0d\u540c\u610f\uff0c\u6d4b\u8bd5\u8fd8\u6ca1\u6709\u5b8c\u6210\u3002", "fail"),  # disagree, tests not done
+    ("\u540c\u610f\u3002\u7b49\u4e00\u4e0b\u3002", None),  # 同意。等一下。: agreed. Wait.
+    ("\u7b49\u4e00\u4e0b\u3002\u540c\u610f\u3002", "complete"),  # 等一下。同意。: wait... agreed.
+]
+
 TABLE = (
     NEGATION
     + NEGATION_AFTER
@@ -301,6 +359,7 @@ TABLE = (
     + DEFERRALS
     + LANGUAGES
     + FURTHER_ON
+    + DOUBT_AFTER
 )
 
 
@@ -354,6 +413,37 @@ BUTTONS = [
     ("Approved.\n\nNo liability is accepted for viruses.", "complete", False),
     ("Rejected.\n\nThe company does not accept responsibility for errors.", "fail", False),
     ("", "complete", False),
+    # Doubt, a wait, a hold on the decision or a question is no answer to a button.
+    ("Approved. Not sure.", "complete", True),
+    ("Rejected. Not sure.", "fail", True),
+    ("Not really.", "complete", True),
+    ("Wait.", "complete", True),
+    ("Hold off", "complete", True),
+    ("Hold on.", "fail", True),
+    ("Not yet.", "complete", True),
+    ("Please hold off on approving", "complete", True),
+    ("Please wait before you approve", "complete", True),
+    ("Don't approve yet", "complete", True),
+    ("Approved?", "complete", True),
+    ("Wait, no.", "complete", True),
+    ("No, let me check first", "complete", True),
+    ("OK, I will check tomorrow", "fail", True),
+    ("Approved. Not sure about the date.", "complete", False),
+    ("Approved. Wait for the deploy window.", "complete", False),
+    ("OK, could you also update the docs?", "complete", False),
+    # Chinese, Japanese and Korean "I cannot approve" reads against the Complete button;
+    # a Chinese negation right before the word agrees with the Fail button.
+    ("\u6211\u4e0d\u80fd\u6279\u51c6", "complete", True),  # 我不能批准
+    ("\u6211\u4e0d\u80fd\u6279\u51c6", "fail", False),
+    ("\u6211\u5b8c\u5168\u4e0d\u540c\u610f", "complete", True),  # 我完全不同意: I fully disagree
+    ("\u627f\u8a8d\u3067\u304d\u306a\u3044", "complete", True),  # 承認できない
+    ("\uc2b9\uc778\ud560 \uc218 \uc5c6\uc2b5\ub2c8\ub2e4", "complete", True),  # 승인할 수 없습니다
+    ("\u7b49\u4e00\u4e0b", "complete", True),  # 等一下: wait a moment
+    ("\u627f\u8a8d\u306f\u4fdd\u7559\u3057\u307e\u3059", "complete", True),  # 承認は保留します: on hold
+    ("\uc7a0\uae50\ub9cc\uc694", "complete", True),  # 잠깐만요: just a moment
+    ("\u6211\u540c\u610f\u4e86", "complete", False),  # 我同意了: I agreed
+    ("\u6211\u6ca1\u95ee\u9898", "complete", False),  # 我没问题: no problem for me
+    ("\u4f60\u597d\uff0c\u6d4b\u8bd5\u5931\u8d25\u4e86", "fail", False),  # hello, the tests failed
 ]
 
 
@@ -550,3 +640,31 @@ def test_a_decision_word_beside_words_of_the_other_side_decides_nothing(rc: RcMt
     well = ("Approved, no errors.", "Genehmigt, keine Fehler.")
     assert answered(rc, well) == dict.fromkeys(well, (250, "2.0.0", "completed"))
     assert answered(rc, well, to="complete_address") == dict.fromkeys(well, (250, "2.0.0", "completed"))
+
+
+def test_doubt_said_after_the_decision_leaves_the_task_untouched(rc: RcMta) -> None:
+    bodies = ("Approved. Not sure.", "Approved. Not really.", "Approved. Wait.", "Rejected. Not sure.")
+
+    assert answered(rc, bodies) == dict.fromkeys(bodies, (550, "5.6.0", "in_progress"))
+    # Doubt about a detail leaves the decision standing.
+    detail = ("Approved. I'm not sure about the date though.",)
+    assert answered(rc, detail) == dict.fromkeys(detail, (250, "2.0.0", "completed"))
+
+
+def test_a_hold_or_a_negated_approval_sent_to_the_complete_button_completes_nothing(rc: RcMta) -> None:
+    bodies = (
+        "Please hold off on approving",
+        "Hold off",
+        "Don't approve yet",
+        "Approved?",
+        "\u6211\u4e0d\u80fd\u6279\u51c6",  # 我不能批准: I cannot approve
+        "\u4e0d\u6279\u51c6",  # 不批准: not approved
+        "\u627f\u8a8d\u3067\u304d\u307e\u305b\u3093",  # 承認できません: cannot approve
+        "\u627f\u8a8d\u3057\u307e\u305b\u3093",  # 承認しません: do not approve
+        "\uc2b9\uc778 \uc548 \ud569\ub2c8\ub2e4",  # 승인 안 합니다: I do not approve
+    )
+
+    assert answered(rc, bodies, to="complete_address") == dict.fromkeys(bodies, (550, "5.6.0", "in_progress"))
+    # The Fail button's own "I cannot approve" still fails.
+    agreeing = bodies[4:5]
+    assert answered(rc, agreeing, to="fail_address") == dict.fromkeys(agreeing, (250, "2.0.0", "failed"))

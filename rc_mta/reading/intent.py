@@ -23,12 +23,25 @@ Acknowledgments ("OK", "sure", "yes") decide only when no clause puts the decisi
 off ("OK, I'll check tomorrow" decides nothing), and approve nothing next to a clause
 with a negation that decides nothing ("Yes, but I cannot sign off on this").
 
+Doubt takes back the decision before it. A clause that is nothing but doubt or a wait
+("Not sure.", "Not really.", "Wait.", "Hold on.", "Hmm.", "Nicht sicher.", "Pas sûr.",
+"No estoy seguro.", "Vänta."; words.DOUBTS) after a decision leaves none ("Approved. Not
+sure."), and alone is no answer to a button; a decision after it stands ("Hmm. Approved.").
+Doubt that names what it doubts ("Approved. I'm not sure about the date though.") is about
+a detail: the decision stands. "Not yet" and a hold on the decision itself ("Please hold
+off on approving", "Warte mit der Freigabe") take back only a completion ("No, not yet"
+fails). A correction after a decision ("Rejected. Actually, no.", "Rejected. Wait, no.")
+is undecidable whichever way it goes. A question decides nothing, and one asking for the
+decision ("Approved?", "Approve or not?") answers no button.
+
 A decision word further on in a clause ("I cannot *approve* it", "the CAB *rejected* it")
 decides nothing, but is read: beside a decision of the other side it is a second
 reading, after a negation that does not stand right before it a doubt ("I do not think
 we should approve"), and to a button of the other side a contradiction. A complete
 word in one sentence with words of trouble ("Complete failure of the build",
-"Confirmed: the build is broken") reads either way.
+"Confirmed: the build is broken") reads either way. Chinese, Japanese and Korean write
+words without spaces, so a run of them is one word: read as a decision only when it is a
+listed phrase, and otherwise for the decision words inside it (``_cjk_reading``).
 """
 
 from __future__ import annotations
@@ -42,13 +55,22 @@ from dataclasses import dataclass
 
 from .words import (
     CJK_CONTRASTS,
+    CJK_DOUBTS,
+    CJK_NEGATIONS,
+    CJK_NEGATORS,
     CONTRASTS,
+    CORRECTIONS,
+    DECISION_NAMES,
     DEFERRALS,
     DISCLAIMER_WORDS,
+    DOUBT_TRAILERS,
     DOUBTING_NEGATORS,
+    DOUBTS,
     HEDGES,
+    HOLDS,
     LEADING_WORDS,
     NEGATORS,
+    NOT_YET,
     POLITE_WORDS,
     STANDALONE_ONLY,
     TROUBLE,
@@ -123,6 +145,15 @@ class _Vocabulary:
     deferrals: dict[str, list[_Phrase]]
     trouble: dict[str, list[_Phrase]]
     weak: frozenset[_Phrase]
+    doubts: dict[str, list[_Phrase]]
+    not_yet: dict[str, list[_Phrase]]
+    corrections: dict[str, list[_Phrase]]
+    holds: dict[str, list[_Phrase]]
+    names: dict[str, list[_Phrase]]
+    # The decision words of Chinese, Japanese and Korean that a longer run may hold, and
+    # their sides: "我不能*批准*" is one word to ``tokens``.
+    cjk: re.Pattern[str] | None
+    cjk_sides: dict[str, _Side]
 
 
 def _index(phrases: dict[_Phrase, _Side]) -> dict[str, list[tuple[_Phrase, _Side]]]:
@@ -150,6 +181,18 @@ def _vocabulary(complete_words: tuple[str, ...], fail_words: tuple[str, ...]) ->
                 # A phrase in both lists decides nothing but doubt.
                 phrases[phrase] = side if phrases.get(phrase, side) is side else _Side.CONFLICT
     weak = frozenset(tuple(tokens(normalise(word))) for word in WEAK_WORDS)
+    # Single-character words ("好", "不") are too common inside other words to be read there.
+    cjk_sides: dict[str, _Side] = {
+        phrase[0]: side
+        for phrase, side in phrases.items()
+        if len(phrase) == 1 and len(phrase[0]) > 1 and _is_cjk(phrase[0]) and side is not _Side.CONFLICT
+    }
+    cjk = None
+    if cjk_sides:
+        negators, decisions = (
+            "|".join(map(re.escape, sorted(listed, key=len, reverse=True))) for listed in (CJK_NEGATORS, cjk_sides)
+        )
+        cjk = re.compile(f"({negators})?({decisions})")  # a negation right before the word, perhaps
     return _Vocabulary(
         _index(phrases),
         _phrase_index(NEGATORS),
@@ -157,7 +200,53 @@ def _vocabulary(complete_words: tuple[str, ...], fail_words: tuple[str, ...]) ->
         _phrase_index(DEFERRALS),
         _phrase_index(TROUBLE),
         weak,
+        _phrase_index(DOUBTS),
+        _phrase_index(NOT_YET),
+        _phrase_index(CORRECTIONS),
+        _phrase_index(HOLDS),
+        _phrase_index(DECISION_NAMES),
+        cjk,
+        cjk_sides,
     )
+
+
+def _is_cjk(word: str) -> bool:
+    """Whether ``word`` holds Chinese, Japanese or Korean letters (written without spaces
+    between words, so a whole run of them is one word to ``tokens``)."""
+    return any(
+        "\u3040" <= char <= "\u30ff"  # hiragana, katakana
+        or "\u3400" <= char <= "\u9fff"  # CJK ideographs
+        or "\uac00" <= char <= "\ud7af"  # Hangul syllables
+        or "\uf900" <= char <= "\ufaff"  # compatibility ideographs
+        for char in word
+    )
+
+
+def _cjk_reading(word: str, vocab: _Vocabulary) -> tuple[set[_Side], bool]:
+    """The decision words a run of Chinese, Japanese or Korean holds without being one
+    ("我不能批准" holds 批准), and whether the rest of it says "not" (不, ない, 않…).
+
+    The rule is deliberately small, since the grammar has no words inside such a run: a
+    decision word inside one leans as a decision word further on in a clause does; one
+    right after a negation of ``CJK_NEGATORS`` is negated as "not approved" is ("我不能批准"
+    leans to fail, "不拒绝" is doubt); and any other "not" in the run (``CJK_NEGATIONS``:
+    "承認しない", where it comes after the word) is doubt, which way it reaches not read,
+    as ``_inside`` does for words with spaces between them."""
+    if vocab.cjk is None or not _is_cjk(word):
+        return set(), False
+    sides: set[_Side] = set()
+    rest: list[str] = []
+    at = 0
+    for found in vocab.cjk.finditer(word):
+        side = vocab.cjk_sides[found.group(2)]
+        if found.group(1):  # "不能批准": not approved; "不拒绝": doubt
+            side = _Side.FAIL if side is _Side.COMPLETE else _Side.CONFLICT
+        sides.add(side)
+        rest.append(word[at : found.start()])
+        at = found.end()
+    rest.append(word[at:])
+    others = "\n".join(rest)
+    return sides, any(mark in others for mark in CJK_NEGATIONS)
 
 
 def _starts(words: list[str], at: int, phrase: _Phrase) -> bool:
@@ -243,7 +332,9 @@ def _inside(words: list[str], vocab: _Vocabulary) -> set[_Side]:
             found.add(_Side.CONFLICT if side is _Side.NOTHING else side)
             continue
         after = _listed_at(vocab.negators, words, at)
-        negation = negation or after is not None
+        sides, negated = _cjk_reading(words[at], vocab)
+        found |= sides
+        negation = negation or negated or after is not None
         at = after or at + 1
     if negation and found:
         return {_Side.CONFLICT}
@@ -289,7 +380,7 @@ def _read_clause(words: list[str], vocab: _Vocabulary) -> tuple[_Side, bool, set
     while at < len(words):  # "OK to reject", "Yes I don't approve": undecidable
         later = _decision_at(words, at, vocab)
         if later is None:
-            if _listed_at(vocab.negators, words, at) is not None:
+            if _listed_at(vocab.negators, words, at) is not None or _cjk_reading(words[at], vocab)[1]:
                 # "Absolutely not", "Ich genehmige das nicht", "Jag godkänner inte": a
                 # negation after the decision may turn it around (German and the Nordic
                 # languages put it there); which it reaches is not ours to guess.
@@ -304,15 +395,88 @@ def _read_clause(words: list[str], vocab: _Vocabulary) -> tuple[_Side, bool, set
     return side, weak, set()
 
 
-def _clauses(comment: str) -> Iterator[tuple[str, bool, int]]:
-    """The clauses of every sentence that is not a question, each with whether it opens
-    right after a contrast ("looks good, *but* wait for Bob") and its sentence's number."""
+def _clauses(comment: str) -> Iterator[tuple[str, bool, int, bool]]:
+    """The clauses of every sentence, each with whether it opens right after a contrast
+    ("looks good, *but* wait for Bob"), its sentence's number and whether that sentence is
+    a question (which decides nothing)."""
     for number, match in enumerate(_SENTENCE_RE.finditer(comment)):
-        if "?" in match.group(2):
-            continue
+        question = "?" in match.group(2)
         for n, part in enumerate(_CONTRAST_RE.split(_DASH_RE.sub(",", match.group(1)))):
             for m, clause in enumerate(_CLAUSE_SPLIT_RE.split(part)):
-                yield clause, n > 0 and m == 0, number
+                yield clause, n > 0 and m == 0, number, question
+
+
+def _starts_after_leading(words: list[str], vocab: _Vocabulary) -> Iterator[int]:
+    """Where a clause may start once its leading words ("I'm", "please", "hmm") are
+    skipped: at 0 and after each of the first few of them."""
+    at = 0
+    for _ in range(_MAX_LEADING + 1):
+        yield at
+        if at >= len(words):
+            return
+        skipped = _listed_at(vocab.leading, words, at)
+        if skipped is None:
+            return
+        at = skipped
+
+
+class _Doubt(enum.Enum):
+    ANY = "any"  # "Not sure.", "Wait.": takes back any decision
+    COMPLETION = "completion"  # "Not yet.", "Hold off on approving": takes back only a completion
+
+
+def _doubt(words: list[str], vocab: _Vocabulary) -> _Doubt | None:
+    """Whether a clause is nothing but doubt about the decision, and of which kind.
+
+    A doubt is a clause that, after its leading words, is all of one phrase of ``DOUBTS``
+    ("Not sure.", "Hmm.", "Wait.", "Nicht sicher.", "Pas sûr.", "Vänta.") or ``NOT_YET``
+    ("Not yet."), perhaps with a few ``DOUBT_TRAILERS`` after it ("Not sure about it
+    though"): it names nothing else, so what it doubts is the decision. "Not sure about
+    the date" names something: a doubt about a detail, which leaves the decision standing.
+    A clause that asks to hold the decision itself ("Please hold off on approving", "Wait
+    before you approve", "Warte mit der Freigabe") is a doubt about a completion too;
+    a hold that names something else ("Wait for the deploy window") is none. A run of
+    Chinese, Japanese or Korean holding one of ``CJK_DOUBTS`` ("等一下", "承認は保留します")
+    is a doubt: what else the run says is not read."""
+    if any(_is_cjk(word) and any(mark in word for mark in CJK_DOUBTS) for word in words):
+        return _Doubt.ANY
+    for start in _starts_after_leading(words, vocab):
+        if start >= len(words):
+            break
+        for index, kind in ((vocab.doubts, _Doubt.ANY), (vocab.not_yet, _Doubt.COMPLETION)):
+            end = _listed_at(index, words, start)
+            if end is not None and all(word in DOUBT_TRAILERS for word in words[end:]):
+                return kind
+        held = _listed_at(vocab.holds, words, start)
+        if held is not None and any(_names_decision(words, at, vocab) for at in range(held, len(words))):
+            return _Doubt.COMPLETION
+    return None
+
+
+def _names_decision(words: list[str], at: int, vocab: _Vocabulary) -> bool:
+    """Whether the word at ``at`` names the decision: "approving", "the approval", or a
+    decision word that is no state ("wait until the backup is *done*" names none)."""
+    if _listed_at(vocab.names, words, at) is not None:
+        return True
+    found = _phrase_at(words, at, vocab)
+    return found is not None and not (len(found[0]) == 1 and found[0][0] in HEDGES)
+
+
+def _doubts(doubt: _Doubt | None, last: _Side) -> bool:
+    """Whether ``doubt`` takes back ``last``, the decision before it (or none): "Not
+    sure" any, "Not yet" all but a no ("No, not yet")."""
+    return doubt is _Doubt.ANY or (doubt is _Doubt.COMPLETION and last is not _Side.FAIL)
+
+
+def _corrects(words: list[str], vocab: _Vocabulary) -> bool:
+    """Whether a clause opens a correction of what was said before: it is nothing but
+    the opener ("Actually, no", "Wait, no", "On second thought, approved") or the opener
+    right before a decision ("Actually no"); "Wait for the window" corrects nothing."""
+    for start in _starts_after_leading(words, vocab):
+        end = _listed_at(vocab.corrections, words, start) if start < len(words) else None
+        if end is not None and (end == len(words) or _decision_at(words, end, vocab) is not None):
+            return True
+    return False
 
 
 def interpret_action(comment: str, complete_words: Sequence[str], fail_words: Sequence[str]) -> str | None:
@@ -390,11 +554,32 @@ def _decide(text: str, vocab: _Vocabulary) -> _Side:
     deferred = negated = troubled = hedged = False
     # The sentence read, the sides its clauses hold and whether it has words of trouble.
     sentence, sides, sentence_troubled = -1, set[_Side](), False
-    for clause, after_contrast, number in _clauses(text):
+    # Doubt after the last decision ("Approved. Not sure."), the side last decided, the
+    # sentence a correction of an earlier decision opened, and whether a question asked
+    # for a decision ("Approved?").
+    doubted, last, correcting = False, _Side.NOTHING, -1
+    # Per question, whether its last clause asks for the decision ("Approved?", "Hi,
+    # approve or not?"; not "OK, could you update the docs?").
+    asking: dict[int, bool] = {}
+    for clause, after_contrast, number, question in _clauses(text):
         words = tokens(clause)
         if not words:
             continue
+        doubt = _doubt(words, vocab)
+        if question:
+            # "Approved?", "Approve or not?" decide nothing, but are no answer to a button;
+            # "Approved... or not?" doubts what was said.
+            asking[number] = _read_clause(words, vocab)[0] in (_Side.COMPLETE, _Side.FAIL, _Side.CONFLICT)
+            doubted = doubted or _doubts(doubt, last)
+            continue
+        if last is not _Side.NOTHING and _corrects(words, vocab):
+            correcting = number  # "Rejected. Actually, no.": which one stands is a guess
         side, acknowledgment, further = _read_clause(words, vocab)
+        if side in (_Side.COMPLETE, _Side.FAIL):
+            if correcting == number:
+                return _Side.CONFLICT
+            doubted, last = False, side  # "Hmm. Approved.": the decision after the doubt stands
+        doubted = doubted or _doubts(doubt, last)
         if side is _Side.CONFLICT or _Side.CONFLICT in further:
             return _Side.CONFLICT
         if side is _Side.DEFER and after_contrast:
@@ -418,6 +603,8 @@ def _decide(text: str, vocab: _Vocabulary) -> _Side:
         sentence_troubled = sentence_troubled or trouble
         if _Side.COMPLETE in sides and (_Side.FAIL in sides or sentence_troubled):
             return _Side.CONFLICT
+    if doubted:
+        return _Side.CONFLICT  # "Approved. Not sure.", "Hold off on approving": neither way
     if len(strong | weak | inside) > 1:
         return _Side.CONFLICT  # "Approved. The CAB rejected it." reads both ways too
     unsaid = (negated or troubled) and _Side.COMPLETE in weak
@@ -426,9 +613,10 @@ def _decide(text: str, vocab: _Vocabulary) -> _Side:
     found = strong if deferred else strong | weak
     if found:
         return found.pop()
-    if unsaid or hedged:
+    if unsaid or hedged or any(asking.values()) or (deferred and weak):
         # Nor may a button take it for its answer: "Yes, but I cannot sign off" is no yes to
-        # the Complete button, "Sure, why not" no no to the Fail button, "Not sure" neither.
+        # the Complete button, "Sure, why not" no no to the Fail button, "Not sure" neither,
+        # nor "No, let me check first" (a no put off) or "Approved?" (asked, not said).
         return _Side.CONFLICT
     # Nothing decided, or an acknowledgment of a deferral; but words further on in a clause
     # still speak against a button: "I cannot approve it" to the Complete address.

@@ -16,15 +16,24 @@ __all__ = [
     "BANNER_SENTENCES",
     "BANNER_WORDS",
     "CJK_CONTRASTS",
+    "CJK_DOUBTS",
+    "CJK_NEGATIONS",
+    "CJK_NEGATORS",
     "CONTRASTS",
+    "CORRECTIONS",
+    "DECISION_NAMES",
     "DEFAULT_COMPLETE_WORDS",
     "DEFAULT_FAIL_WORDS",
     "DEFERRALS",
+    "DOUBTS",
+    "DOUBT_TRAILERS",
     "HEADER_LABELS",
     "HEDGES",
+    "HOLDS",
     "LEADING_WORDS",
     "MOBILE_SIGNATURES",
     "NEGATORS",
+    "NOT_YET",
     "POLITE_WORDS",
     "STANDALONE_ONLY",
     "TROUBLE",
@@ -189,6 +198,101 @@ DEFERRALS: tuple[str, ...] = (
     *("我确认一下", "확인하겠습니다", "내일", "검토하겠습니다"),
 )
 
+#: A sentence (or clause) that is nothing but doubt or a wait: said after a decision, it
+#: takes the decision back ("Approved. Not sure.", "Rejected. Wait."); said alone, it is
+#: no answer to a button either. Only alone, after the leading words, perhaps with a few
+#: of ``DOUBT_TRAILERS``: doubt about something named ("not sure about the date") is no
+#: doubt about the decision.
+DOUBTS: tuple[str, ...] = (
+    # English
+    *("not sure", "not so sure", "not too sure", "not really", "not certain", "unsure", "uncertain"),
+    *("not really sure", "not quite sure", "not entirely sure", "not fully sure"),
+    *("maybe", "maybe not", "perhaps", "perhaps not", "probably", "probably not", "or not", "hmm", "hm"),
+    *("wait", "wait a moment", "wait a minute", "wait a sec", "wait a second", "hold on", "hold off"),
+    *("hang on", "one moment", "one sec", "one second", "just a moment", "on second thought"),
+    *("on second thoughts", "second thoughts", "on reflection", "never mind", "nevermind", "scratch that"),
+    *("don't know", "do not know", "dunno", "no idea", "let me think", "let me think about it"),
+    *("need to think", "need to think about it", "have to think about it"),
+    # German
+    *("nicht sicher", "bin nicht sicher", "mir nicht sicher", "bin mir nicht sicher", "unsicher"),
+    *("weiß nicht", "weiss nicht", "keine ahnung", "vielleicht", "warte", "wartet", "warten sie"),
+    *("moment", "einen moment", "augenblick", "halt", "doch nicht"),
+    # French
+    *("pas sûr", "pas sûre", "pas certain", "pas certaine", "ne suis pas sûr", "ne suis pas sûre"),
+    *("sais pas", "ne sais pas", "aucune idée", "peut-être", "peut être", "attends", "attendez"),
+    *("un instant", "un moment", "à la réflexion", "réflexion faite"),
+    # Spanish
+    *("no estoy seguro", "no estoy segura", "no seguro", "no segura", "no sé", "ni idea", "quizás"),
+    *("quizá", "tal vez", "espera", "espere", "esperad", "un momento", "pensándolo bien"),
+    # Swedish
+    *("inte säker", "osäker", "inte riktigt", "vet inte", "ingen aning", "kanske", "vänta"),
+    *("ett ögonblick", "vänta lite"),
+)
+
+#: The same, only against a completion: "not yet" after a "no" agrees with it ("No, not
+#: yet" fails), after a "yes" takes it back ("Approved. Not yet.").
+NOT_YET: tuple[str, ...] = (
+    *("not yet", "not now", "noch nicht", "jetzt nicht", "pas encore", "pas maintenant", "todavía no"),
+    *("aún no", "aun no", "ahora no", "inte än", "inte ännu", "inte nu"),
+)
+
+#: Words after a doubt that leave it a doubt about the decision: "Not sure about it though".
+DOUBT_TRAILERS: frozenset[str] = frozenset(
+    """about on it this that one though yet actually really now then either anymore sorry please
+    thanks so bitte doch noch mal darüber dabei encore merci todavía gracias ändå tack""".split()
+)
+
+#: Words that open a correction of what was said before: a decision after one of these in
+#: its sentence, when an earlier one was made, makes the reply unclear ("Rejected. Actually,
+#: no.", "Rejected. Wait, no.", "Approved. On second thought, no.").
+CORRECTIONS: tuple[str, ...] = (
+    *("actually", "wait", "on second thought", "on second thoughts", "second thoughts", "on reflection"),
+    *("scratch that", "never mind", "nevermind", "correction"),
+    *("moment", "warte", "eigentlich", "à la réflexion", "réflexion faite", "en fait", "attends"),
+    *("pensándolo bien", "espera", "en realidad", "vänta", "förresten"),
+)
+
+#: Words that ask to hold what a clause names: "Please hold off on approving", "Wait with
+#: the approval", "Warte mit der Freigabe": against a completion when the clause names the
+#: decision (``DECISION_NAMES`` or a decision word); "Wait for the window" names none.
+HOLDS: tuple[str, ...] = (
+    *("hold", "hold off", "hold on", "hang on", "wait", "let's wait", "let us wait", "pause", "postpone"),
+    *("delay", "warte", "wartet", "warten", "attends", "attendez", "attendre", "espera", "espere"),
+    *("esperad", "esperar", "vänta", "avvakta"),
+)
+
+#: Words naming the decision itself (not in the decision lists): "hold off on *approving*".
+DECISION_NAMES: tuple[str, ...] = (
+    *("approving", "approval", "approvals", "completing", "completion", "sign off", "signing off"),
+    *("sign-off", "signoff", "rejecting", "rejection", "decision", "deciding", "go-ahead", "green light"),
+    *("freigabe", "genehmigung", "zustimmung", "entscheidung", "approbation", "validation", "décision"),
+    *("aprobar", "aprobación", "aprobacion", "decisión", "godkännande", "godkännandet", "godkänna"),
+    *("beslut", "beslutet"),
+)
+
+#: Doubt and waits inside a run of Chinese, Japanese or Korean (read as ``DOUBTS`` are):
+#: "等一下" (wait a moment), "不确定" (not sure), "承認は保留します" (approval on hold), "잠깐만요".
+CJK_DOUBTS: tuple[str, ...] = (
+    *("等一下", "等等", "稍等", "暂缓", "暫緩", "先别", "先別", "先不要", "不确定", "不確定", "再说", "再說"),
+    *("保留します", "保留で", "保留中", "待って", "ちょっと待", "検討中", "分かりません", "わかりません"),
+    *("잠깐", "잠시만", "보류", "모르겠"),
+)
+
+#: Chinese negations right before a decision word in the same run: "我*不能*批准" (I cannot
+#: approve), "测试还*没有*完成" (the tests are not complete) read as "not approved" does.
+CJK_NEGATORS: tuple[str, ...] = (
+    *("不", "没", "沒", "未", "别", "別", "勿", "无", "無", "没有", "沒有", "不能", "不会", "不會", "不可"),
+    *("不要", "不想", "无法", "無法", "还没", "還沒", "尚未"),
+)
+
+#: Marks of a "not" anywhere else inside a run of Chinese, Japanese or Korean, which is one
+#: word to the grammar (no spaces): "承認しない", "승인할 수 없습니다" put it after the word.
+CJK_NEGATIONS: tuple[str, ...] = (
+    *("不", "没", "沒", "未", "别", "別", "勿", "无", "無", "否"),
+    *("ない", "ません", "せず", "できず"),
+    *("않", "못", "없"),
+)
+
 #: "But" in many languages: a new clause starts after it ("out tomorrow but approved").
 #: Not "and": "not tested and approved" leaves the reach of "not" unclear.
 CONTRASTS: tuple[str, ...] = (
@@ -239,6 +343,8 @@ NEGATORS: tuple[str, ...] = (
     *("shouldn't", "should not", "isn't", "is not", "aren't", "are not", "wasn't", "was not", "never"),
     *("no", "nicht", "kein", "keine", "nie", "niemals", "pas", "ne", "ne pas", "non", "niet", "geen", "inte", "ej"),
     *("ikke", "не", "não", "nao", "ei"),
+    # Korean writes "not" as a word of its own before the verb: "승인 안 합니다" (I do not approve)
+    *("안", "못"),
     # "I am unable to approve this": a negation that stands before the decision, not right
     # before it, so it is read as doubt, never as a decision
     *DOUBTING_NEGATORS,
