@@ -270,6 +270,9 @@ class OutboundConfig(Section):
     smtp_username: str = ""
     smtp_password: SecretStr = SecretStr("")
     smtp_timeout: Seconds = 30.0
+    # False behind a relay that replaces Message-IDs, where owners' replies lose the
+    # request's thread: a reply's In-Reply-To/References are then not checked (thread_ids).
+    relay_keeps_message_id: bool = True
     language: Literal["en", "de", "fr"] = "en"  # of request mails; a request may choose its own
     # The queue: a request is stored first, then delivered; a relay that answers 4xx or
     # cannot be reached is tried again after retry_min, doubling up to retry_max, until

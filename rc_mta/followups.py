@@ -46,6 +46,7 @@ from .outbound import reply_addresses, wire_bytes
 from .request_mail import compose
 from .store import IN_PROGRESS, STALE_CLAIM_SECONDS, Notice, NoticeTerms, Request, new_holder
 from .tasks import RequestFailureListener, TaskNotFound
+from .thread_ids import reminder_id, thread_id
 from .tokens import Signer
 
 if TYPE_CHECKING:
@@ -67,10 +68,13 @@ def reminder(settings: Settings, signer: Signer, request: Request, number: int, 
     subject = str(message["Subject"])
     del message["Subject"], message["Message-ID"]
     message["Subject"] = f"Reminder: {subject}"
-    message["Message-ID"] = f"<{inbound.local_part}.reminder{number}.{request.id}@{inbound.reply_domain}>"
+    local_part, domain = inbound.local_part, inbound.reply_domain
+    message["Message-ID"] = reminder_id(request.message_id, request.id, number, local_part, domain)
     if request.message_id:
+        del message["References"]
         message["In-Reply-To"] = request.message_id
-        message["References"] = request.message_id
+        thread = thread_id(request.message_id)
+        message["References"] = f"{thread} {request.message_id}" if thread else request.message_id
     return message
 
 

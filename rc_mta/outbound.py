@@ -3,8 +3,9 @@ directory or SMTP); ``request_mail`` writes the mail itself.
 
 One request mail carries three signed reply addresses: Complete, Fail (the two mailto
 buttons) and Reply-To (decide from the reply's first words). The decide token also sits
-in the Message-ID, so a plain Reply still finds its request through In-Reply-To, and in
-a metadata block in the body for clients that drop plus-addressing.
+in the Message-ID, beside a random part (``thread_ids``), so a plain Reply still finds its
+request through In-Reply-To, and in a metadata block in the body for clients that drop
+plus-addressing.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from .errors import RcMtaError, TemporaryFailure
 from .request_mail import ReplyAddresses
 from .safetext import one_line
 from .store import Delivery, OutboundMail, Request
+from .thread_ids import request_message_id
 from .tokens import Action, Signer
 
 
@@ -65,7 +67,8 @@ def reply_addresses(settings: Settings, signer: Signer, request: Request) -> Rep
         complete=address(Action.COMPLETE),
         fail=address(Action.FAIL),
         reply_to=reply_to,
-        message_id=f"<{inbound.local_part}.{decide_token}@{inbound.reply_domain}>",
+        # A request sent already keeps its id (a reminder's thread names it).
+        message_id=request.message_id or request_message_id(inbound.local_part, decide_token, inbound.reply_domain),
     )
 
 

@@ -514,6 +514,15 @@ class Pipeline:
                 )
                 return replace(base, reply=refusal)
 
+        if self.settings.outbound.relay_keeps_message_id:
+            # An answer to the request mail, not to someone's question that set Reply-To our address.
+            elsewhere = self.sender_auth.addresses.answered_elsewhere(
+                parsed.referenced_ids, request.message_id, request.id
+            )
+            base.checks["thread"] = {"result": "fail" if elsewhere else "pass", "answers": elsewhere or ""}
+            if elsewhere is not None:
+                return replace(base, reply=R.REPLY_TO_ANOTHER_MESSAGE.with_text(message_id=elsewhere))
+
         # Acting, the claim itself says whether the request was answered: no extra read.
         claim = await self._read_by_key(self.store.get_claim, request.id) if not acting else None
         if claim is not None and claim.done:

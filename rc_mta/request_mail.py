@@ -14,10 +14,13 @@ solid colours, and a ``lang`` attribute. The plain-text part says the same.
 
 from __future__ import annotations
 
+import email.policy
 import html
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from email.headerregistry import BaseHeader, HeaderRegistry, UnstructuredHeader
 from email.message import EmailMessage
+from email.policy import Policy
 from email.utils import format_datetime, formataddr
 from typing import Literal
 from urllib.parse import quote
@@ -26,10 +29,28 @@ from .config import Settings
 from .reading import METADATA_END, METADATA_START, REQUEST_LEADS
 from .safetext import one_line
 from .store import Request
+from .thread_ids import thread_id
 
 Language = Literal["en", "de", "fr"]
 LANGUAGES: tuple[Language, ...] = ("en", "de", "fr")
 MAX_DESCRIPTION_CHARS = 4000
+
+
+class _MessageIds(UnstructuredHeader, BaseHeader):
+    """In-Reply-To and References of our own mails: each id whole on its line, as the
+    library writes a Message-ID (as unstructured text, an id longer than a line, such as
+    ``thread_ids``' with a long reply domain, would be written as an RFC 2047 encoded word,
+    which no client takes for an id)."""
+
+    def fold(self, *, policy: Policy) -> str:
+        return f"{self.name}: " + f"{policy.linesep} ".join(str(self).split()) + policy.linesep
+
+
+_HEADERS = HeaderRegistry()
+_HEADERS.map_to_type("in-reply-to", _MessageIds)
+_HEADERS.map_to_type("references", _MessageIds)
+# The policy of request and reminder mails.
+MAIL_POLICY = email.policy.default.clone(header_factory=_HEADERS)
 
 
 @dataclass(frozen=True)
@@ -266,13 +287,16 @@ def compose(
             "",
         ]
     )
-    message = EmailMessage()
+    message = EmailMessage(policy=MAIL_POLICY)
     message["From"] = formataddr(("rc-mta", settings.from_address))
     message["To"] = request.owner
     message["Reply-To"] = addresses.reply_to
     message["Subject"] = words.subject.format(title=title)
     message["Date"] = format_datetime(datetime.fromtimestamp(now, UTC))
     message["Message-ID"] = addresses.message_id
+    if (thread := thread_id(addresses.message_id)) is not None:
+        # Kept by a relay that replaces the Message-ID, and by the reply (``thread_ids``).
+        message["References"] = thread
     message["Auto-Submitted"] = "auto-generated"
     message["X-Auto-Response-Suppress"] = "OOF, AutoReply"
     message["X-RC-MTA-Task"] = request.task_id

@@ -197,6 +197,15 @@ NOT_ADDRESSED_TO_REQUEST = _reply(
     "This message from a server of {domain} was not written as an answer to this request "
     "(its To/Cc must name the reply address): answer with Reply or a button of the request email",
 )
+# Addressed to the request, but an answer to another message (its In-Reply-To/References name
+# no mail of the request): someone asked the owner something else with Reply-To our address.
+REPLY_TO_ANOTHER_MESSAGE = _reply(
+    "REPLY_TO_ANOTHER_MESSAGE",
+    550,
+    "5.7.1",
+    "This is a reply to another message ({message_id}), not to the request; reply to the request mail itself",
+    echo_limit=100,
+)
 # A button's address (a fixed action) on a message that also went to other people: it may
 # answer one of them (a reply-all to a question whose Cc someone gave a button address).
 BUTTON_WITH_OTHERS = _reply(

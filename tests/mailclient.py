@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import make_msgid
 
+from rc_mta.request_mail import MAIL_POLICY
+
 
 def reply_message(
     to: str,
@@ -21,8 +23,9 @@ def reply_message(
     charset: str = "utf-8",
     headers: dict[str, str] | None = None,
 ) -> EmailMessage:
-    """A reply as a mail client writes it."""
-    message = EmailMessage()
+    """A reply as a mail client writes it: In-Reply-To and References as ids, however long
+    (the library's default would write a long one as an encoded word, as no client does)."""
+    message = EmailMessage(policy=MAIL_POLICY)
     message["From"] = f"Alice <{sender}>"
     message["To"] = to
     message["Subject"] = subject

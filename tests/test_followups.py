@@ -73,7 +73,8 @@ def test_reminders_go_out_in_the_requests_thread_with_the_same_addresses(remindi
         assert reminder["To"] == ALICE
         assert reminder["Subject"] == "Reminder: Action needed: Approve deploy to prod"
         assert reminder["In-Reply-To"] == sent["message_id"]
-        assert reminder["References"] == sent["message_id"]
+        # The request's thread id first (it passes a relay that replaces Message-IDs), then the request.
+        assert reminder["References"].split() == [f"<thread.{sent['message_id'][1:]}", sent["message_id"]]
         assert reminder["Message-ID"] != sent["message_id"]
         assert reminder["Reply-To"] == sent["reply_to"]
         body = reminder.get_body(("plain",))

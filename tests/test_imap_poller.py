@@ -25,6 +25,7 @@ from webhook_receiver import WebhookReceiver
 
 CORP_KEY = (Path(__file__).parent / "keys" / "good-sel2048.pem").read_bytes()  # corp.test's selector "sel"
 TRUSTED_STAMP = "mx.example.com; spf=pass smtp.mailfrom=alice@example.com; dmarc=pass header.from=example.com"
+CORP_OWNER = "alice@corp.test"
 
 
 def polling(server: RcMta, dovecot: Dovecot, dns_server: NsdServer, **mailbox: Any) -> RcMta:
@@ -327,34 +328,63 @@ def test_starttls_connection_verifies_the_server_certificate(
         dovecot.cleanup()
 
 
-def test_owners_signed_forward_delivered_to_the_mailbox_is_not_an_answer(
-    servers: Callable[..., RcMta], dovecot: Dovecot
-) -> None:
-    server = servers(disposition="move")
-    owner = "alice@corp.test"
-    forwarded_task, answered_task = server.add_task("Forwarded", owner=owner), server.add_task("Answered", owner=owner)
-    forwarded, answered = server.request(forwarded_task), server.request(answered_task)
-    # The mailbox's MX stamps what it saw: corp.test's signature verified, no SPF of corp.test.
-    stamp = "mx.example.com; spf=none; dkim=pass header.d=corp.test; dmarc=pass header.from=corp.test"
-    # Alice forwarded one request to bob; mallory re-sends that signed forward to the mailbox.
-    forward = reply_message("bob@corp.test", "Approve? I think yes.", sender=owner, subject="Fwd: Approve")
-    forward["References"] = forwarded["message_id"]
-    # Alice answered the other with Reply: her signature covers To and In-Reply-To.
-    answer = reply_message(answered["reply_to"], "Approved", sender=owner, in_reply_to=answered["message_id"])
-    for message in (forward, answer):
+def deliver_signed_by_corp(dovecot: Dovecot, stamp: str, *messages: EmailMessage) -> None:
+    """Each message signed by corp.test (To and the threading fields), as the mailbox's MX
+    stamped it (``stamp``)."""
+    for message in messages:
         raw = message.as_bytes(policy=email.policy.SMTP)
         headers = [b"from", b"to", b"subject", b"date", b"message-id", b"in-reply-to", b"references"]
         raw = bytes(dkim.sign(raw, b"sel", b"corp.test", CORP_KEY, include_headers=headers)) + raw
         dovecot.deliver(f"Authentication-Results: {stamp}\r\n".encode() + raw)
+
+
+def owners_signed_forward(request: dict[str, Any]) -> EmailMessage:
+    """Alice forwarded the request to bob; mallory re-sends that signed forward to the mailbox."""
+    forward = reply_message("bob@corp.test", "Approve? I think yes.", sender=CORP_OWNER, subject="Fwd: Approve")
+    forward["References"] = request["message_id"]
+    return forward
+
+
+def owners_yes_to_someone_elses_question(request: dict[str, Any]) -> EmailMessage:
+    """Mallory asked alice something else, Reply-To the request's address; alice said yes to her."""
+    return reply_message(request["reply_to"], "Yes, go ahead", sender=CORP_OWNER, in_reply_to="<cleanup-1@corp.test>")
+
+
+NOT_ANSWERS = {
+    "signed_forward": (owners_signed_forward, "5.7.21"),
+    "yes_to_someone_elses_question": (
+        owners_yes_to_someone_elses_question,
+        "This is a reply to another message (<cleanup-1@corp.test>)",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", NOT_ANSWERS)
+def test_an_owners_signed_mail_that_is_not_an_answer_acts_on_nothing(
+    servers: Callable[..., RcMta], dovecot: Dovecot, case: str
+) -> None:
+    build, refused = NOT_ANSWERS[case]
+    server = servers(disposition="move")
+    other_task, answered_task = (
+        server.add_task("Other", owner=CORP_OWNER),
+        server.add_task("Answered", owner=CORP_OWNER),
+    )
+    other, answered = server.request(other_task), server.request(answered_task)
+    # The mailbox's MX stamps what it saw: corp.test's signature verified, no SPF of corp.test.
+    stamp = "mx.example.com; spf=none; dkim=pass header.d=corp.test; dmarc=pass header.from=corp.test"
+    not_an_answer = build(other)
+    # Alice answered the other with Reply: her signature covers To and In-Reply-To.
+    answer = reply_message(answered["reply_to"], "Approved", sender=CORP_OWNER, in_reply_to=answered["message_id"])
+    deliver_signed_by_corp(dovecot, stamp, not_an_answer, answer)
     server.start()
 
-    wait_until(lambda: len(dovecot.messages("Rejected")) == 1, what="the forward in Rejected")
+    wait_until(lambda: len(dovecot.messages("Rejected")) == 1, what="the message in Rejected")
     wait_until(lambda: len(dovecot.messages("Processed")) == 1, what="the answer in Processed")
 
-    assert message_ids(dovecot.messages("Rejected")) == [forward["Message-ID"]]
-    assert server.task(forwarded_task)["status"] == "in_progress"
+    assert message_ids(dovecot.messages("Rejected")) == [not_an_answer["Message-ID"]]
+    assert server.task(other_task)["status"] == "in_progress"
     assert completed(server, answered_task)
-    assert "5.7.21" in rc_log(server)
+    assert refused in rc_log(server)
 
 
 # Several instances on one mailbox ---------------------------------------------------------

@@ -17,15 +17,24 @@ fields: a server also relays what its author sent elsewhere (a list or an alias 
 reply address was added to, a forwarding rule). So it is bound by the same rule, read on
 the message's own To/Cc and threading fields (``ParsedReply.addressed``): whatever the server
 handed over, its author addressed it to the request, or it acts on nothing.
+
+Nor does an address alone show that the owner saw the request: someone who has seen a reply
+address can ask the owner something else with ``Reply-To:`` that address, and the owner's
+"yes" goes to it, authenticated and addressed. So a reply that names the message it answers
+(In-Reply-To, References) must name a mail of the request (``thread_ids``: the request mail,
+its thread id, a reminder), whose ids carry a random part no address reveals
+(``RequestAddresses.answered_elsewhere``). One that names none (a button's mailto opens a
+new mail) is judged by the rest.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from email.utils import getaddresses
 from functools import lru_cache
 
+from rc_mta.thread_ids import names_request
 from rc_mta.tokens import TOKEN_LENGTH, Action, claimed_action
 
 MAX_FIELD_CHARS = 16384
@@ -102,3 +111,18 @@ class RequestAddresses:
                     threaded = self.tokens_in(value[-MAX_FIELD_CHARS:])
                     tokens.update(t.lower() for t in threaded if claimed_action(t) is Action.REPLY)
         return frozenset(tokens)
+
+    def answered_elsewhere(self, referenced: Sequence[str], stored: str | None, request_id: str) -> str | None:
+        """The message a reply answers when it is not a mail of the request, else None.
+
+        ``referenced`` are the ids of its In-Reply-To, then its References
+        (``ParsedReply.referenced_ids``); ``stored`` the request mail's Message-ID. Any of
+        them naming a mail of the request will do: behind a relay that replaced our
+        Message-ID, In-Reply-To names the relay's id and References still holds the
+        request's thread id, which no one who has not seen the request mail knows either.
+        Naming no message, or a request stored without an id, there is nothing to judge."""
+        if not referenced or stored is None:
+            return None
+        if any(names_request(i, stored, request_id, self.local_part, self.reply_domain) for i in referenced):
+            return None
+        return f"<{referenced[0]}>"
