@@ -32,6 +32,7 @@ from ..config import MailboxConfig
 from ..errors import ConfigError, TemporaryFailure
 from ..oauth2 import OAuth2Error, TokenProvider
 from ..pipeline import Pipeline
+from ..refusal_notices import RefusalNotices
 from ..registry import MAILBOX_SOURCES
 from ..store import MailboxMessage
 from ._claims import Handled, MessageClaims
@@ -92,6 +93,9 @@ class GraphPoller:
 
     def staleness(self) -> tuple[float, float]:
         return self.watcher.staleness()
+
+    def notify_refusals(self, notices: RefusalNotices) -> None:
+        self.claims.notices = notices
 
     async def run(self) -> None:
         try:

@@ -35,6 +35,7 @@ from ..errors import ConfigError
 from ..logs import TRACE
 from ..oauth2 import TokenProvider
 from ..pipeline import Pipeline
+from ..refusal_notices import RefusalNotices
 from ..registry import MAILBOX_SOURCES
 from ..store import MailboxMessage
 from ._aioimaplib import Client
@@ -393,6 +394,9 @@ class ImapPoller:
 
     def staleness(self) -> tuple[float, float]:
         return self.watcher.staleness()
+
+    def notify_refusals(self, notices: RefusalNotices) -> None:
+        self.claims.notices = notices
 
     async def probe(self) -> str:
         """Connect, (STARTTLS,) log in and select the folder exactly as a sync does; log out."""
