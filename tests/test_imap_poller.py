@@ -504,7 +504,9 @@ def test_an_unclear_authenticated_reply_gets_one_notice_and_forged_list_and_auto
     server = servers(disposition="move")
     server.settings["outbound"].update(relay_outbound(port, RELAY_PASSWORD))
     server.write_config()
-    unclear_task, list_task, auto_task = (server.add_task(t) for t in ("Unclear", "Listed", "Automatic"))
+    unclear_task, list_task, auto_task, wrong_task = (
+        server.add_task(t) for t in ("Unclear", "Listed", "Automatic", "Wrong sender")
+    )
     forged_task = server.add_task("Forged", owner="alice@good.test")
     request = server.request(unclear_task)
     stamped = {"Authentication-Results": TRUSTED_STAMP}
@@ -523,16 +525,18 @@ def test_an_unclear_authenticated_reply_gets_one_notice_and_forged_list_and_auto
         sender="alice@good.test",
         headers={"Authentication-Results": "evil.test; dmarc=pass"},
     )
+    # Authenticated (example.com's SPF), but not the owner: told who may answer.
+    wrong = reply_message(server.request(wrong_task)["reply_to"], "Approved", sender="bob@example.com", headers=stamped)
     with running_relay(port, RELAY_PASSWORD) as relay:
-        for message in (unclear, listed, automatic, forged, unclear):  # the unclear one twice: a copy
+        for message in (unclear, listed, automatic, forged, wrong, unclear):  # the unclear one twice: a copy
             dovecot.deliver(message)
         server.start()
-        wait_until(lambda: len(dovecot.messages("Rejected")) == 4, what="four replies in Rejected")
+        wait_until(lambda: len(dovecot.messages("Rejected")) == 5, what="five replies in Rejected")
         wait_until(lambda: len(dovecot.messages("Processed")) == 1, what="the automatic one in Processed")
-        wait_until(lambda: notices(relay), what="a notice at the relay")
-        synced_again(server)  # a second notice would have been sent by then
+        wait_until(lambda: len(notices(relay)) >= 2, what="two notices at the relay")
+        synced_again(server)  # a third would have been sent by then
 
-        [(mail_from, rcpts, notice)] = notices(relay)
+        [(mail_from, rcpts, notice), (_, to_bob, bobs)] = sorted(notices(relay), key=lambda n: n[1])
     assert mail_from == "<>" and rcpts == ["alice@example.com"]  # MAIL FROM:<>, as a bounce
     assert notice["To"] == "alice@example.com" and notice["Auto-Submitted"] == "auto-replied"
     assert notice["Subject"] == "Re: Action needed"
@@ -541,7 +545,13 @@ def test_an_unclear_authenticated_reply_gets_one_notice_and_forged_list_and_auto
     assert str(R.ACTION_UNCLEAR) in body  # what SMTP's 550 would have said, code and sentence
     assert f"Complete: {request['complete_address']}" in body and f"Fail: {request['fail_address']}" in body
     assert notice["Reply-To"] == request["reply_to"]  # answering the notice decides from the words
-    for task_id in (unclear_task, list_task, auto_task, forged_task):
+    assert to_bob == ["bob@example.com"] and bobs["In-Reply-To"] == wrong["Message-ID"]
+    assert "550 5.7.1 This reply comes from bob@example.com, but the request was sent to alice@example.com" in (
+        bobs.get_content()
+    )
+    assert "only alice@example.com, to whom the request was sent, can answer it" in bobs.get_content()
+    assert bobs["Reply-To"] is None  # no reply address of the request for someone else
+    for task_id in (unclear_task, list_task, auto_task, forged_task, wrong_task):
         assert server.task(task_id)["status"] == "in_progress"
     log = rc_log(server)
     assert "no notice (machine or list mail (List-Id" in log
