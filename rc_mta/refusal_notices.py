@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING
 
 from . import metrics
 from .config import Settings
+from .machine_mail import machine_reason
 from .outbound import reply_addresses, wire_bytes
 from .pipeline import Decision, MailboxOutcome
 from .safetext import one_line
@@ -52,7 +53,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("rc_mta.refusal_notices")
 
 _HEADER_BYTES = 64 * 1024  # of the reply, read for the fields below
-_BULK = frozenset({"bulk", "list", "junk", "auto_reply"})
 _REFERENCES_KEPT = 10  # of the reply's References, carried on (RFC 5322 3.6.4)
 # Refusals an answer sent again can cure (the request still open, from its owner): the
 # notice gives the request's reply addresses, and a Reply-To that decides from the words.
@@ -90,20 +90,15 @@ class ReplyFields:
 
 
 def _machine_signs(head: email.message.Message) -> str | None:
-    """RFC 3834 §2: a message no automatic response may answer."""
+    """RFC 3834 §2: a message no automatic response may answer. The reader's own detectors
+    (a null Return-Path, Auto-Submitted, Precedence, MAILER-DAEMON, no-reply...), asked
+    again of the header here, and what makes it a list's message: any List-* field."""
     return_path = head.get("Return-Path")
-    if return_path is not None and str(return_path).strip().strip("<>").strip() == "":
-        return "null Return-Path"
-    for value in head.get_all("Auto-Submitted", []):
-        if str(value).split(";", 1)[0].split("(", 1)[0].strip().lower() != "no":
-            return "Auto-Submitted"
-    for name in ("Precedence", "X-Precedence"):
-        if any(str(v).strip().lower() in _BULK for v in head.get_all(name, [])):
-            return name
+    envelope_sender = None if return_path is None else str(return_path).strip().strip("<>").strip()
+    if reason := machine_reason(head, envelope_sender):
+        return reason
     listed = [str(name) for name in head.keys() if str(name).lower().startswith("list-")]
-    if listed:
-        return f"{listed[0]} (a list's message)"
-    return None
+    return f"{listed[0]}: a list's message" if listed else None
 
 
 def notice_kind(message_id: str) -> str:

@@ -554,7 +554,7 @@ def test_an_unclear_authenticated_reply_gets_one_notice_and_forged_list_and_auto
     for task_id in (unclear_task, list_task, auto_task, forged_task, wrong_task):
         assert server.task(task_id)["status"] == "in_progress"
     log = rc_log(server)
-    assert "no notice (machine or list mail (List-Id" in log
+    assert "no notice (machine or list mail (List-Id: a list's message))" in log
     assert "no notice (its From (good.test) is not authenticated)" in log
 
 
