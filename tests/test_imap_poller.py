@@ -8,6 +8,7 @@ import base64
 import email.policy
 import re
 import threading
+import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from email.message import EmailMessage
@@ -586,3 +587,26 @@ def test_a_temporary_refusal_gets_no_notice_and_its_retry_refused_for_good_gets_
     assert "550 5.7.1 The workflow system refused this action:" in notice.get_content()
     assert "T-1 is locked by a release freeze" in notice.get_content()
     assert notice["In-Reply-To"] == reply["Message-ID"]
+
+
+def test_a_reply_to_an_expired_request_tells_its_owner_to_ask_for_a_new_one(
+    servers: Callable[..., RcMta], dovecot: Dovecot
+) -> None:
+    port = free_port()
+    server = servers(disposition="move")
+    server.settings["outbound"].update(relay_outbound(port, RELAY_PASSWORD))
+    server.settings["signing"]["request_ttl"] = "1s"
+    server.write_config()
+    task_id = server.add_task()
+    reply = good_reply(server, task_id)
+    time.sleep(2.1)  # the request expires before its answer is read
+    with running_relay(port, RELAY_PASSWORD) as relay:
+        dovecot.deliver(reply)
+        server.start()
+        wait_until(lambda: len(dovecot.messages("Rejected")) == 1, what="the late reply in Rejected")
+        wait_until(lambda: notices(relay), what="its notice")
+        [(_, rcpts, notice)] = notices(relay)
+    assert rcpts == ["alice@example.com"] and notice["In-Reply-To"] == reply["Message-ID"]
+    body = notice.get_content()
+    assert "550 5.7.1 This completion request expired at " in body and ": ask for a new one" in body
+    assert f"task {task_id}" in body and server.task(task_id)["status"] == "in_progress"
