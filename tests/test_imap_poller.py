@@ -554,6 +554,18 @@ def test_an_unclear_authenticated_reply_gets_one_notice_and_forged_list_and_auto
     assert bobs["Reply-To"] is None  # no reply address of the request for someone else
     for task_id in (unclear_task, list_task, auto_task, forged_task, wrong_task):
         assert server.task(task_id)["status"] == "in_progress"
+    # The owner answers the notice itself, quoting it: that answer decides.
+    quoted = "\n".join(f"> {line}" for line in body.splitlines())
+    answer = reply_message(
+        notice["Reply-To"],
+        f"Complete, the rollout is fine\n\nOn Monday rc-mta wrote:\n{quoted}",
+        subject=f"Re: {notice['Subject']}",
+        in_reply_to=notice["Message-ID"],
+        headers=stamped,
+    )
+    dovecot.deliver(answer)
+    wait_until(lambda: completed(server, unclear_task), what="the task completed by the answer to the notice")
+    assert [c["text"] for c in server.task(unclear_task)["comments"]] == ["Complete, the rollout is fine"]
     log = rc_log(server)
     assert "no notice (machine or list mail (List-Id: a list's message))" in log
     assert "no notice (its From (good.test) is not authenticated)" in log
