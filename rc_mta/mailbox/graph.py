@@ -22,7 +22,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import aiohttp
@@ -32,12 +32,14 @@ from ..config import MailboxConfig
 from ..errors import ConfigError, TemporaryFailure
 from ..oauth2 import OAuth2Error, TokenProvider
 from ..pipeline import Pipeline
-from ..refusal_notices import RefusalNotices
 from ..registry import MAILBOX_SOURCES
 from ..store import MailboxMessage
 from ._claims import Handled, MessageClaims
 from ._graph_push import GraphPush
 from ._watcher import Watcher
+
+if TYPE_CHECKING:
+    from ..refusal_notices import RefusalNotices
 
 log = logging.getLogger("rc_mta.mailbox.graph")
 

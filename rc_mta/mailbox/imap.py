@@ -25,7 +25,7 @@ import re
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Coroutine, Iterable
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from aioimaplib import aioimaplib as lib
 
@@ -35,12 +35,14 @@ from ..errors import ConfigError
 from ..logs import TRACE
 from ..oauth2 import TokenProvider
 from ..pipeline import Pipeline
-from ..refusal_notices import RefusalNotices
 from ..registry import MAILBOX_SOURCES
 from ..store import MailboxMessage
 from ._aioimaplib import Client
 from ._claims import MessageClaims
 from ._watcher import Watcher
+
+if TYPE_CHECKING:
+    from ..refusal_notices import RefusalNotices
 
 log = logging.getLogger("rc_mta.mailbox.imap")
 
