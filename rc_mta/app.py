@@ -296,6 +296,10 @@ class Service:
         background.append(asyncio.create_task(self.queue.run(), name="outbound-queue"))
 
         poller = make_poller(self.settings, self.pipeline)
+        if poller is not None and self.settings.mailbox.notify_refusals:
+            from .refusal_notices import RefusalNotices
+
+            poller.notify_refusals(RefusalNotices(self.settings, self.signer, self.queue, self.dkim))
         runners = []
         if http.listen:
             app = make_app(health, with_metrics=not http.metrics_listen)

@@ -571,6 +571,9 @@ class MailboxConfig(Section):
     processed_folder: str = "Processed"
     rejected_folder: str = "Rejected"
     trusted_authserv_ids: list[str] = Field(default_factory=list)
+    # A refused reply's sender is told, as SMTP's bounce would tell them (refusal_notices.py).
+    notify_refusals: bool = True
+    refusal_notices_per_hour: int = Field(default=3, ge=1, le=100)
     oauth2: OAuth2Config = OAuth2Config()
     graph: GraphConfig = GraphConfig()
 

@@ -54,6 +54,13 @@ REJECTIONS = Counter(
 TASKS_ACTED = Counter(
     "rc_mta_tasks_acted", "Tasks completed or failed by a reply.", ["backend", "action"], registry=REGISTRY
 )
+REFUSAL_NOTICES = Counter(
+    "rc_mta_refusal_notices",
+    "Replies a poller refused for good, by what was done about telling their sender:"
+    " queued, duplicate (told before), rate_limited, not_due (unauthenticated, machine mail...).",
+    ["result"],
+    registry=REGISTRY,
+)
 AUTO_REPLIES_DROPPED = Counter(
     "rc_mta_auto_replies_dropped",
     "Auto-replies and delivery reports accepted and dropped without acting.",

@@ -24,7 +24,18 @@ from . import metrics
 from .config import OutboundConfig
 from .errors import TemporaryFailure
 from .outbound import Delivered, DeliveryDeferred, DeliveryRefused, Transport
-from .store import REQUEST_MAIL, ApprovalCheck, Delivery, NoticeTerms, OutboundMail, Request, Settled, Store
+from .store import (
+    REFUSAL_NOTICE,
+    REQUEST_MAIL,
+    ApprovalCheck,
+    Delivery,
+    NoticeQueued,
+    NoticeTerms,
+    OutboundMail,
+    Request,
+    Settled,
+    Store,
+)
 
 log = logging.getLogger("rc_mta.outbound")
 
@@ -113,6 +124,33 @@ class OutboundQueue:
             log.warning("%s queued; its first delivery attempt failed: %s", mail.label, exc)
             return mail
 
+    async def submit_notice(
+        self, request_id: str, kind: str, message: bytes, sender: str, recipient: str, *, per_hour: int
+    ) -> tuple[NoticeQueued, OutboundMail | None]:
+        """Queue a refused reply's notice (``Store.queue_refusal_notice``: one per reply, a
+        few per recipient an hour), then try it at once, as ``submit`` does."""
+        now = time.time()
+        queued, mail = await asyncio.to_thread(
+            self.store.queue_refusal_notice,
+            request_id,
+            kind,
+            message,
+            sender,
+            recipient,
+            now,
+            self.holder,
+            self.lease,
+            per_hour=per_hour,
+        )
+        if mail is None:
+            return queued, None
+        try:
+            await self._deliver(mail, now, checked=True)
+            return queued, await asyncio.to_thread(self.store.get_outbound, request_id, kind) or mail
+        except Exception as exc:
+            log.warning("%s queued; its first delivery attempt failed: %s", mail.label, exc)
+            return queued, mail
+
     async def run(self) -> None:
         """The sender loop: every ``queue_poll_interval``, deliver what is due."""
         while True:
@@ -193,6 +231,8 @@ class OutboundQueue:
     async def _not_wanted(self, mail: OutboundMail, checked: bool) -> str | None:
         """Why ``mail`` must not be sent (what its row records), None when it may be; raises
         TemporaryFailure when that cannot be told now."""
+        if mail.kind.startswith(REFUSAL_NOTICE):
+            return None  # it tells of a reply already refused: nothing since makes it untrue
         request = await asyncio.to_thread(self.store.get_request, mail.request_id)
         if request is not None and request.revoked_at is not None:
             return "revoked before it was sent"

@@ -50,6 +50,7 @@ from .errors import (
     TaskNotFound,
     TaskNotInProgress,
     TemporaryFailure,
+    TokenExpired,
     TokenForged,
 )
 from .rawmessage import canonical_message, measured_message
@@ -293,6 +294,15 @@ class Pipeline:
         token, request = await self.verify_token(token_text)
         return Recipient(address, token, request)
 
+    async def _request_named(self, address: str) -> Request | None:
+        """The request a reply address of ours names, read without judging it (None when
+        the store cannot say now)."""
+        try:
+            token = self.signer.decode(address.rpartition("@")[0].partition("+")[2])
+            return await self._read_by_key(self.store.get_request, token.request_id)
+        except (Refusal, TemporaryFailure):
+            return None
+
     async def verify_token(self, token_text: str) -> tuple[Token, Request]:
         token = self.signer.decode(token_text)
         if (owner := self._owners.get(token.request_id)) is not None:
@@ -352,6 +362,12 @@ class Pipeline:
         else:
             recipients, decisions = await self.recipients_from_headers(parsed, message_id)
         auth = await self.authenticate(inbound, raw, parsed, envelope_sender, light)
+        if decisions:  # refused at the address: they carry the verdicts too, as every decision does
+            results = self.sender_auth.authentication_results(auth)
+            decisions = [
+                replace(d, checks={n: v.as_json() for n, v in auth.verdicts.items()}, authentication_results=results)
+                for d in decisions
+            ]
         for recipient in recipients:
             decisions.append(await self.decide(parsed, message_id, recipient, auth, act=act, source=inbound.source))
         if act:
@@ -397,7 +413,12 @@ class Pipeline:
             try:
                 recipient = await self.check_recipient(address)
             except (Refusal, TemporaryFailure) as exc:
-                refused.append(replace(named, reply=R.reply_for(exc), outcome=_failed(R.reply_for(exc))))
+                refusal = replace(named, reply=R.reply_for(exc), outcome=_failed(R.reply_for(exc)))
+                if isinstance(exc, (TokenExpired, RequestRevoked)):
+                    # A genuine address (its MAC verified) of a request no longer open: the
+                    # decision names the request (the record, a mailbox's notice to its owner).
+                    refusal = replace(refusal, request=await self._request_named(address))
+                refused.append(refusal)
                 continue
             key = recipient.request.id if recipient.request else address.lower()
             if key not in seen:

@@ -155,7 +155,8 @@ outbound_queue = Table(
     # One row per mail of a request: the request mail, written with the request, and each
     # reminder, written when it is due. What the sender loop delivers.
     Column("request_id", String(16), ForeignKey("requests.id"), primary_key=True),
-    # request | reminder-1 | reminder-2 ...: one mail of each kind per request, ever.
+    # request | reminder-1 | reminder-2 ... | notice-<digest> (a refused reply's, mailbox mode):
+    # one mail of each kind per request, ever.
     Column("kind", String(16), primary_key=True, server_default=REQUEST_MAIL),
     Column("message", LargeBinary, nullable=False),  # the mail as sent, signature included
     Column("sender", String(320), nullable=False),
@@ -192,6 +193,9 @@ idempotency_keys = Table(
     Column("status", Integer),  # the answer kept once done
     Column("response", Text),
 )
+
+# The kind of a refused reply's notice (mailbox mode): this, and a digest of the reply's Message-ID.
+REFUSAL_NOTICE = "notice-"
 
 IN_PROGRESS = "in_progress"
 COMPLETED = "completed"
@@ -310,7 +314,7 @@ class OutboundMail:
     last_answer: str | None
     done_at: float | None
     path: str | None
-    kind: str = REQUEST_MAIL  # request | reminder-N
+    kind: str = REQUEST_MAIL  # request | reminder-N | notice-<digest>
 
     @property
     def name(self) -> str:
@@ -351,6 +355,14 @@ class IdempotentAnswer:
     state: KeyState
     status: int | None = None
     response: str | None = None
+
+
+class NoticeQueued(Enum):
+    """What ``queue_refusal_notice`` did."""
+
+    QUEUED = "queued"
+    DUPLICATE = "duplicate"  # this reply's notice was queued before (a retry, another poller)
+    RATE_LIMITED = "rate_limited"  # its recipient had enough notices this hour
 
 
 class ClaimOutcome(Enum):
@@ -741,6 +753,48 @@ class Store:
         except (IntegrityError, _NotAtOnce):
             return None
         return _outbound_mail(row)
+
+    def queue_refusal_notice(
+        self,
+        request_id: str,
+        kind: str,
+        message: bytes,
+        sender: str,
+        recipient: str,
+        now: float,
+        holder: str,
+        lease: float,
+        *,
+        per_hour: int,
+    ) -> tuple[NoticeQueued, OutboundMail | None]:
+        """Queue the notice of a refused reply (mailbox mode) to ``recipient``, as mail
+        ``kind`` of the request it answered (``REFUSAL_NOTICE`` and a digest of the reply's
+        Message-ID): so one reply gets one notice, however often it is handled, by however
+        many pollers. Not queued when that notice is there already, or when ``recipient``
+        was sent ``per_hour`` notices in the last hour (no loop of mail can form). ``holder``
+        holds it for its first attempt, as ``add_request_with_mail``'s."""
+        q = outbound_queue.c
+        row = _new_mail(request_id, kind, message, sender, recipient, now)
+        with self._begin() as conn:
+            if conn.execute(select(q.kind).where(q.request_id == request_id, q.kind == kind)).first():
+                return NoticeQueued.DUPLICATE, None
+            recent = conn.execute(
+                select(func.count()).where(
+                    q.kind.like(f"{REFUSAL_NOTICE}%"),
+                    func.lower(q.recipient) == recipient.lower(),
+                    q.created_at > now - 3600.0,
+                )
+            ).scalar()
+            if int(recent or 0) >= per_hour:
+                return NoticeQueued.RATE_LIMITED, None
+            added = conn.execute(
+                _insert_unless_there(conn, outbound_queue)
+                .values(**row, **_leased_to(holder, now, lease))
+                .execution_options(preserve_rowcount=True)
+            )
+            if added.rowcount != 1:
+                return NoticeQueued.DUPLICATE, None  # another instance queued it meanwhile
+        return NoticeQueued.QUEUED, _outbound_mail(row)
 
     def claim_outbound(self, holder: str, now: float, lease: float, limit: int) -> list[OutboundMail]:
         """Take up to ``limit`` mails that are due for ``holder`` until ``now + lease``. Each

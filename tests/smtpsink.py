@@ -47,3 +47,16 @@ def running_relay(port: int, password: str, answers: Sequence[str] = ()) -> Iter
         yield relay
     finally:
         controller.stop()
+
+
+def relay_outbound(port: int, password: str) -> dict[str, object]:
+    """The [outbound] keys that send through a ``running_relay`` at ``port``."""
+    return {
+        "transport": "smtp",
+        "smtp_host": "127.0.0.1",
+        "smtp_port": port,
+        "smtp_username": RELAY_USER,
+        "smtp_password": password,
+        "smtp_timeout": "5s",
+        "from_address": "release@example.com",
+    }

@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
-from conftest import RcMta, instances_sharing, make_rc_mta, wait_until
+from conftest import RcMta, free_port, instances_sharing, make_rc_mta, wait_until
 from dnsserver import NsdServer
 from graph_server import GraphServer
 from mailclient import reply_message
+from smtpsink import relay_outbound, running_relay
 from webhook_receiver import WebhookReceiver
 
 from rc_mta import smtp_replies as R
@@ -125,6 +126,36 @@ def test_forged_reply_is_moved_to_rejected_and_task_untouched(rc_graph: RcMta, g
     task = rc_graph.task(task_id)
     assert task["status"] == "in_progress" and task["comments"] == []
     assert "rejected" in rc_graph.log_path.read_text()
+
+
+def test_an_unclear_authenticated_reply_gets_one_notice_and_a_forged_one_none(
+    rc_graph: RcMta, graph: GraphServer
+) -> None:
+    port = free_port()
+    rc_graph.settings["outbound"].update(relay_outbound(port, "relay-secret"))
+    rc_graph.write_config()
+    unclear_task, forged_task = rc_graph.add_task("Unclear"), rc_graph.add_task("Forged", owner="alice@good.test")
+    request = rc_graph.cli_json("request", unclear_task)
+    unclear = reply_message(request["reply_to"], "Maybe next week", headers={"Authentication-Results": AUTH_RESULTS})
+    with running_relay(port, "relay-secret") as relay:
+        rc_graph.start()
+        raw = unclear.as_bytes(policy=email.policy.SMTP)
+        graph.add_messages([raw, reply(rc_graph, forged_task, "Maybe", forged=True), raw])  # the unclear one twice
+
+        def told() -> list[tuple[str, list[str], email.message.EmailMessage]]:
+            parsed = [(f, r, email.message_from_bytes(m, policy=email.policy.default)) for f, r, m in relay.received]
+            return [(f, r, cast(Any, m)) for f, r, m in parsed if m["Auto-Submitted"] == "auto-replied"]
+
+        wait_until(lambda: len(graph.folder("Rejected")) == 3, what="the three replies in Rejected")
+        wait_until(told, what="a notice at the relay")
+        synced_again(rc_graph)
+        [(mail_from, rcpts, notice)] = told()
+    assert mail_from == rc_graph.settings["outbound"]["from_address"] and rcpts == ["alice@example.com"]
+    assert notice["In-Reply-To"] == unclear["Message-ID"] and notice["Subject"] == "Re: Action needed"
+    assert str(R.ACTION_UNCLEAR) in notice.get_content()
+    assert notice["Reply-To"] == request["reply_to"]
+    assert rc_graph.task(unclear_task)["status"] == rc_graph.task(forged_task)["status"] == "in_progress"
+    assert "no notice (its From (good.test) is not authenticated)" in rc_graph.log_path.read_text()
 
 
 def test_a_reply_over_max_message_size_is_moved_to_rejected_unread(rc_graph: RcMta, graph: GraphServer) -> None:

@@ -8,20 +8,32 @@ import base64
 import email.policy
 import re
 import threading
+import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from email.message import EmailMessage
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import dkim
 import pytest
-from conftest import RcMta, instances_sharing, make_rc_mta, require_server, store_write_locked, wait_until
+from conftest import (
+    RcMta,
+    free_port,
+    instances_sharing,
+    make_rc_mta,
+    require_server,
+    store_write_locked,
+    wait_until,
+)
 from dnsserver import NsdServer
 from dovecot import Dovecot, available
 from mailclient import reply_message
+from smtpsink import SmtpRelay, relay_outbound, running_relay
 from token_introspection import AuthServer
 from webhook_receiver import WebhookReceiver
+
+from rc_mta import smtp_replies as R
 
 CORP_KEY = (Path(__file__).parent / "keys" / "good-sel2048.pem").read_bytes()  # corp.test's selector "sel"
 TRUSTED_STAMP = "mx.example.com; spf=pass smtp.mailfrom=alice@example.com; dmarc=pass header.from=example.com"
@@ -498,3 +510,150 @@ def test_a_reply_over_max_message_size_is_filed_as_rejected_and_never_read_whole
     log = rc_log(server)
     assert f"Message too big: replies are limited to {limit} bytes" in log
     assert f"BODY[]<0> {{{limit + 1}}}" in log  # the server sent no more than that
+
+
+# Mailbox mode's bounce: a notice to the sender of a refused reply -------------------------
+
+RELAY_PASSWORD = "relay-secret"
+
+
+def notices(relay: SmtpRelay) -> list[tuple[str, list[str], EmailMessage]]:
+    """What the relay took that is a notice (the request mails, queued while it was down, may
+    reach it too): envelope sender, recipients and the mail."""
+    found = []
+    for mail_from, rcpts, raw in relay.received:
+        message = email.message_from_bytes(raw, policy=email.policy.default)
+        if message["Auto-Submitted"] == "auto-replied":
+            found.append((mail_from, rcpts, cast(EmailMessage, message)))
+    return found
+
+
+def test_an_unclear_authenticated_reply_gets_one_notice_and_forged_list_and_automatic_ones_none(
+    servers: Callable[..., RcMta], dovecot: Dovecot
+) -> None:
+    port = free_port()
+    server = servers(disposition="move")
+    server.settings["outbound"].update(relay_outbound(port, RELAY_PASSWORD))
+    server.write_config()
+    unclear_task, list_task, auto_task, wrong_task = (
+        server.add_task(t) for t in ("Unclear", "Listed", "Automatic", "Wrong sender")
+    )
+    forged_task = server.add_task("Forged", owner="alice@good.test")
+    request = server.request(unclear_task)
+    stamped = {"Authentication-Results": TRUSTED_STAMP}
+    unclear = reply_message(request["reply_to"], "Maybe, let me think", headers=stamped)
+    # The owner's own words through a list the reply address was put on: no one is answered.
+    listed = reply_message(
+        server.request(list_task)["reply_to"], "Maybe", headers={**stamped, "List-Id": "<team.example.com>"}
+    )
+    automatic = reply_message(
+        server.request(auto_task)["reply_to"], "Maybe", headers={**stamped, "Auto-Submitted": "auto-replied"}
+    )
+    # good.test publishes DMARC p=reject: this unsigned reply's only "pass" is an untrusted stamp.
+    forged = reply_message(
+        server.request(forged_task)["reply_to"],
+        "Maybe",
+        sender="alice@good.test",
+        headers={"Authentication-Results": "evil.test; dmarc=pass"},
+    )
+    # Authenticated (example.com's SPF), but not the owner: told who may answer.
+    wrong = reply_message(server.request(wrong_task)["reply_to"], "Approved", sender="bob@example.com", headers=stamped)
+    with running_relay(port, RELAY_PASSWORD) as relay:
+        for message in (unclear, listed, automatic, forged, wrong, unclear):  # the unclear one twice: a copy
+            dovecot.deliver(message)
+        server.start()
+        wait_until(lambda: len(dovecot.messages("Rejected")) == 5, what="five replies in Rejected")
+        wait_until(lambda: len(dovecot.messages("Processed")) == 1, what="the automatic one in Processed")
+        wait_until(lambda: len(notices(relay)) >= 2, what="two notices at the relay")
+        synced_again(server)  # a third would have been sent by then
+
+        [(mail_from, rcpts, notice), (_, to_bob, bobs)] = sorted(notices(relay), key=lambda n: n[1])
+    # From the request mails' address: a submission server takes mail only from its account.
+    assert mail_from == server.settings["outbound"]["from_address"] and rcpts == ["alice@example.com"]
+    assert notice["To"] == "alice@example.com" and notice["Auto-Submitted"] == "auto-replied"
+    assert notice["Subject"] == "Re: Action needed"
+    assert notice["In-Reply-To"] == unclear["Message-ID"] and unclear["Message-ID"] in notice["References"]
+    body = notice.get_content()
+    assert str(R.ACTION_UNCLEAR) in body  # what SMTP's 550 would have said, code and sentence
+    assert f"Complete: {request['complete_address']}" in body and f"Fail: {request['fail_address']}" in body
+    assert notice["Reply-To"] == request["reply_to"]  # answering the notice decides from the words
+    assert to_bob == ["bob@example.com"] and bobs["In-Reply-To"] == wrong["Message-ID"]
+    assert "550 5.7.1 This reply comes from bob@example.com, but the request was sent to alice@example.com" in (
+        bobs.get_content()
+    )
+    assert "only alice@example.com, to whom the request was sent, can answer it" in bobs.get_content()
+    assert bobs["Reply-To"] is None  # no reply address of the request for someone else
+    for task_id in (unclear_task, list_task, auto_task, forged_task, wrong_task):
+        assert server.task(task_id)["status"] == "in_progress"
+    # The owner answers the notice itself, quoting it: that answer decides.
+    quoted = "\n".join(f"> {line}" for line in body.splitlines())
+    answer = reply_message(
+        notice["Reply-To"],
+        f"Complete, the rollout is fine\n\nOn Monday rc-mta wrote:\n{quoted}",
+        subject=f"Re: {notice['Subject']}",
+        in_reply_to=notice["Message-ID"],
+        headers=stamped,
+    )
+    # As a client threads it: the notice's References, then the notice. They name the
+    # request mail though the unclear reply (from a mailto button) named nothing.
+    del answer["References"]
+    answer["References"] = f"{notice['References']} {notice['Message-ID']}"
+    dovecot.deliver(answer)
+    wait_until(lambda: completed(server, unclear_task), what="the task completed by the answer to the notice")
+    assert [c["text"] for c in server.task(unclear_task)["comments"]] == ["Complete, the rollout is fine"]
+    log = rc_log(server)
+    assert "no notice (machine or list mail (List-Id: a list's message))" in log
+    assert "no notice (its From (good.test) is not authenticated)" in log
+
+
+def test_a_temporary_refusal_gets_no_notice_and_its_retry_refused_for_good_gets_one(
+    servers: Callable[..., RcMta], dovecot: Dovecot, receiver: WebhookReceiver
+) -> None:
+    port = free_port()
+    receiver.delay, receiver.answer = 0.0, (503, {"detail": "down for maintenance"})
+    server = servers(disposition="move", sync_interval="1s")
+    server.settings["outbound"].update(relay_outbound(port, RELAY_PASSWORD))
+    server.settings["tasks"] = {"backend": "webhook", "webhook": {"url": receiver.url, "secret": receiver.secret}}
+    server.write_config()
+    address = server.cli_json("request", "T-1", "--owner", "alice@example.com")["complete_address"]
+    reply = reply_message(address, "Ship it", headers={"Authentication-Results": TRUSTED_STAMP})
+    with running_relay(port, RELAY_PASSWORD) as relay:
+        dovecot.deliver(reply)
+        server.start()
+        wait_until(lambda: len(receiver.payloads) >= 2, what="the backend tried twice")
+        synced_again(server)
+        assert notices(relay) == []  # a 451: the reply stays, nobody is told
+        [(flags, _)] = dovecot.messages()
+        assert "\\Deleted" not in flags
+
+        receiver.answer = (422, {"detail": "T-1 is locked by a release freeze"})
+        wait_until(lambda: len(dovecot.messages("Rejected")) == 1, what="the reply refused for good")
+        wait_until(lambda: notices(relay), what="its notice")
+        synced_again(server)
+        [(_, _, notice)] = notices(relay)
+    assert "550 5.7.1 The workflow system refused this action:" in notice.get_content()
+    assert "T-1 is locked by a release freeze" in notice.get_content()
+    assert notice["In-Reply-To"] == reply["Message-ID"]
+
+
+def test_a_reply_to_an_expired_request_tells_its_owner_to_ask_for_a_new_one(
+    servers: Callable[..., RcMta], dovecot: Dovecot
+) -> None:
+    port = free_port()
+    server = servers(disposition="move")
+    server.settings["outbound"].update(relay_outbound(port, RELAY_PASSWORD))
+    server.settings["signing"]["request_ttl"] = "1s"
+    server.write_config()
+    task_id = server.add_task()
+    reply = good_reply(server, task_id)
+    time.sleep(2.1)  # the request expires before its answer is read
+    with running_relay(port, RELAY_PASSWORD) as relay:
+        dovecot.deliver(reply)
+        server.start()
+        wait_until(lambda: len(dovecot.messages("Rejected")) == 1, what="the late reply in Rejected")
+        wait_until(lambda: notices(relay), what="its notice")
+        [(_, rcpts, notice)] = notices(relay)
+    assert rcpts == ["alice@example.com"] and notice["In-Reply-To"] == reply["Message-ID"]
+    body = notice.get_content()
+    assert "550 5.7.1 This completion request expired at " in body and ": ask for a new one" in body
+    assert f"task {task_id}" in body and server.task(task_id)["status"] == "in_progress"

@@ -11,7 +11,8 @@ from racing import all_at_once
 from sqlalchemy import Column, Float, ForeignKey, Integer, LargeBinary, MetaData, String, Table, Text, inspect, text
 from test_store import store as store  # the same store fixture: SQLite and PostgreSQL
 
-from rc_mta.store import Delivery, Request, Store, requests
+from rc_mta.refusal_notices import notice_kind
+from rc_mta.store import Delivery, NoticeQueued, Request, Store, requests
 from rc_mta.tokens import new_request_id
 
 
@@ -155,6 +156,34 @@ def _old_outbound_table(store: Store, request: Request, now: float) -> None:
             )
         )
     store.engine.dispose()  # SQLite caches the old table shape per connection
+
+
+def test_a_refused_replys_notice_is_queued_once_by_racing_pollers_and_a_few_an_hour_per_address(
+    store: Store,
+) -> None:
+    now = time.time()
+    request = _queued(store, now)
+    notice = b"Subject: Re: hi\r\nAuto-Submitted: auto-replied\r\n\r\nnot acted on\r\n"
+
+    def queue(message_id: str, at: float, recipient: str = "Alice@Example.com", holder: str = "p") -> NoticeQueued:
+        kind = notice_kind(message_id)
+        return store.queue_refusal_notice(
+            request.id, kind, notice, "rc-mta@reply.example", recipient, at, holder, 60, per_hour=3
+        )[0]
+
+    # Two pollers (or a restart) handling the same reply at once: one notice.
+    raced = all_at_once(4, lambda i: queue("<r1@example.com>", now, holder=f"poller-{i}"))
+    assert sorted(r.value for r in raced) == ["duplicate", "duplicate", "duplicate", "queued"]
+    mail = store.get_outbound(request.id, notice_kind("<r1@example.com>"))
+    assert mail is not None and mail.sender == "rc-mta@reply.example" and mail.recipient == "Alice@Example.com"
+    assert mail.label == f"{notice_kind('<r1@example.com>')} of request {request.id}"
+    # Other replies of the same address: three an hour, whatever its case, then none.
+    assert queue("<r2@example.com>", now + 1, "alice@example.com") is NoticeQueued.QUEUED
+    assert queue("<r3@example.com>", now + 2) is NoticeQueued.QUEUED
+    assert queue("<r4@example.com>", now + 3) is NoticeQueued.RATE_LIMITED
+    assert queue("<r4@example.com>", now + 3, "bob@example.com") is NoticeQueued.QUEUED  # not another's
+    assert queue("<r4@example.com>", now + 3601) is NoticeQueued.DUPLICATE  # bob's has that key
+    assert queue("<r5@example.com>", now + 3601) is NoticeQueued.QUEUED  # an hour on
 
 
 def test_a_store_from_before_queued_reminders_is_rekeyed_at_start_by_one_of_several(store: Store) -> None:

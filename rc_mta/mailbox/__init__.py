@@ -4,11 +4,14 @@ registered by name (``rc_mta.registry.MAILBOX_SOURCES``) and chosen by ``[mailbo
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ..config import Settings
 from ..pipeline import Pipeline
 from ..registry import MAILBOX_SOURCES
+
+if TYPE_CHECKING:
+    from ..refusal_notices import RefusalNotices
 
 
 class Poller(Protocol):
@@ -24,6 +27,10 @@ class Poller(Protocol):
 
     async def probe(self) -> str:
         """Reach the mailbox the way a sync does (check-config); say what was proven."""
+        ...
+
+    def notify_refusals(self, notices: RefusalNotices) -> None:
+        """Tell the sender of each reply refused for good (``[mailbox] notify_refusals``)."""
         ...
 
 

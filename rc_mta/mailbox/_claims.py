@@ -19,11 +19,14 @@ import enum
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import TemporaryFailure
 from ..pipeline import Inbound, MailboxOutcome, Pipeline
 from ..store import STALE_CLAIM_SECONDS, MailboxMessage, Store, new_holder
+
+if TYPE_CHECKING:
+    from ..refusal_notices import RefusalNotices
 
 log = logging.getLogger("rc_mta.mailbox")
 
@@ -68,6 +71,8 @@ class MessageClaims:
         # the same to every instance; this covers a store that could not be written.
         self.settled: dict[MailboxMessage, str] = {}
         self._next_prune = 0.0
+        # Tells the sender of a reply refused for good (``[mailbox] notify_refusals``).
+        self.notices: RefusalNotices | None = None
 
     @property
     def store(self) -> Store:
@@ -114,6 +119,17 @@ class MessageClaims:
                 log.info("%s %s retry: %s (message-id %s)", self.source, name, outcome.reason, outcome.message_id)
                 await self._note(self.store.release_mailbox_message, message, self.holder)
                 return Handled.LEFT
+            if outcome.disposition == "rejected" and self.notices is not None:
+                # Before the claim is settled: handled again (we die first), the reply finds
+                # its notice queued already, by its Message-ID; never one more.
+                try:
+                    await self.notices.refused(raw, outcome)
+                except TemporaryFailure as exc:
+                    log.info("%s %s retry: its notice cannot be queued now (%s)", self.source, name, exc)
+                    await self._note(self.store.release_mailbox_message, message, self.holder)
+                    return Handled.LEFT
+                except Exception:
+                    log.exception("%s %s: its refusal notice failed; filed without one", self.source, name)
             disposition = self.settled[message] = outcome.disposition
             await self._note(self.store.settle_mailbox_message, message, self.holder, disposition, self.clock())
         said = f"{outcome.reason} (message-id {outcome.message_id})" if outcome else "handled before"

@@ -22,7 +22,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import aiohttp
@@ -38,6 +38,9 @@ from ..store import MailboxMessage
 from ._claims import Handled, MessageClaims
 from ._graph_push import GraphPush
 from ._watcher import Watcher
+
+if TYPE_CHECKING:
+    from ..refusal_notices import RefusalNotices
 
 log = logging.getLogger("rc_mta.mailbox.graph")
 
@@ -93,6 +96,9 @@ class GraphPoller:
 
     def staleness(self) -> tuple[float, float]:
         return self.watcher.staleness()
+
+    def notify_refusals(self, notices: RefusalNotices) -> None:
+        self.claims.notices = notices
 
     async def run(self) -> None:
         try:

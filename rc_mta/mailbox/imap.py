@@ -25,7 +25,7 @@ import re
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Coroutine, Iterable
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from aioimaplib import aioimaplib as lib
 
@@ -40,6 +40,9 @@ from ..store import MailboxMessage
 from ._aioimaplib import Client
 from ._claims import MessageClaims
 from ._watcher import Watcher
+
+if TYPE_CHECKING:
+    from ..refusal_notices import RefusalNotices
 
 log = logging.getLogger("rc_mta.mailbox.imap")
 
@@ -393,6 +396,9 @@ class ImapPoller:
 
     def staleness(self) -> tuple[float, float]:
         return self.watcher.staleness()
+
+    def notify_refusals(self, notices: RefusalNotices) -> None:
+        self.claims.notices = notices
 
     async def probe(self) -> str:
         """Connect, (STARTTLS,) log in and select the folder exactly as a sync does; log out."""
