@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import email.policy
+import json
 import re
 import time
 import urllib.error
@@ -18,7 +19,7 @@ import dkim
 import pytest
 from conftest import RcMta, instances_sharing, make_rc_mta, wait_until
 from dnsserver import NsdServer
-from graph_server import GraphServer
+from graph_server import GraphServer, exchange_online_delivery
 from mailclient import reply_message
 from webhook_receiver import WebhookReceiver
 
@@ -364,6 +365,39 @@ def test_an_outsiders_forged_internal_mark_does_not_act(rc_graph: RcMta, graph: 
 
     rejected_untouched(rc_graph, graph, task_id)
     assert graph.folder("Processed") == []
+
+
+def test_diagnose_as_mailbox_explains_exchange_onlines_word_as_the_poller_takes_it(
+    rc_graph: RcMta, graph: GraphServer, tmp_path: Path
+) -> None:
+    """One path: ``diagnose --as-mailbox`` reads Exchange's mark as the Graph poller does, and
+    says why a second mark, or a rule's forward, counts for nothing."""
+    trusting_exchange_online(rc_graph, "corp.test")
+    rc_graph.write_config()
+    task_id = rc_graph.add_task(owner="alice@corp.test")
+    genuine = exchange_online_delivery(corp_reply(rc_graph, task_id), internal=True)
+    forwarded = exchange_online_delivery(
+        corp_reply(rc_graph, task_id, **{"X-MS-Exchange-Organization-AutoForwarded": "true"}), internal=True
+    )
+    doubled = genuine.replace(b"\r\n\r\n", b"\r\nX-MS-Exchange-Organization-AuthAs: Internal\r\n\r\n", 1)
+
+    def diagnosed(raw: bytes) -> dict[str, Any]:
+        saved = tmp_path / "reply.eml"
+        saved.write_bytes(raw)
+        report = json.loads(rc_graph.cli("diagnose", "--json", "--as-mailbox", str(saved)).stdout)
+        assert "Exchange Online" in report["assumed"]
+        return cast(dict[str, Any], report["decisions"][0])
+
+    decision = diagnosed(genuine)
+    assert decision["would"] == "complete", decision
+    assert decision["checks"]["exchange_online"]["result"] == "pass"
+    assert decision["checks"]["binding"] == {"result": "pass", "via": "exchange-online corp.test"}
+    for raw, result, why in ((doubled, "fail", "2 X-MS-Exchange-Organization-AuthAs"), (forwarded, "none", "auto-")):
+        decision = diagnosed(raw)
+        assert decision["would"] == "refuse", decision
+        assert decision["checks"]["exchange_online"]["result"] == result
+        assert why in decision["checks"]["exchange_online"]["reason"]
+    assert rc_graph.task(task_id)["status"] == "in_progress"
 
 
 # -- in-process: staleness and retry, where a subprocess would be too slow or too coarse ----
