@@ -371,7 +371,7 @@ def test_diagnose_as_mailbox_explains_exchange_onlines_word_as_the_poller_takes_
     rc_graph: RcMta, graph: GraphServer, tmp_path: Path
 ) -> None:
     """One path: ``diagnose --as-mailbox`` reads Exchange's mark as the Graph poller does, and
-    says why a second mark, or a rule's forward, counts for nothing."""
+    says why a second mark, a rule's forward or a delegate's Send on Behalf counts for nothing."""
     trusting_exchange_online(rc_graph, "corp.test")
     rc_graph.write_config()
     task_id = rc_graph.add_task(owner="alice@corp.test")
@@ -380,6 +380,7 @@ def test_diagnose_as_mailbox_explains_exchange_onlines_word_as_the_poller_takes_
         corp_reply(rc_graph, task_id, **{"X-MS-Exchange-Organization-AutoForwarded": "true"}), internal=True
     )
     doubled = genuine.replace(b"\r\n\r\n", b"\r\nX-MS-Exchange-Organization-AuthAs: Internal\r\n\r\n", 1)
+    on_behalf = exchange_online_delivery(corp_reply(rc_graph, task_id, Sender="Bob <bob@corp.test>"), internal=True)
 
     def diagnosed(raw: bytes) -> dict[str, Any]:
         saved = tmp_path / "reply.eml"
@@ -392,7 +393,12 @@ def test_diagnose_as_mailbox_explains_exchange_onlines_word_as_the_poller_takes_
     assert decision["would"] == "complete", decision
     assert decision["checks"]["exchange_online"]["result"] == "pass"
     assert decision["checks"]["binding"] == {"result": "pass", "via": "exchange-online corp.test"}
-    for raw, result, why in ((doubled, "fail", "2 X-MS-Exchange-Organization-AuthAs"), (forwarded, "none", "auto-")):
+    refused = (
+        (doubled, "fail", "2 X-MS-Exchange-Organization-AuthAs"),
+        (forwarded, "none", "auto-forwarded"),
+        (on_behalf, "none", "on behalf of its From by bob@corp.test"),
+    )
+    for raw, result, why in refused:
         decision = diagnosed(raw)
         assert decision["would"] == "refuse", decision
         assert decision["checks"]["exchange_online"]["result"] == result

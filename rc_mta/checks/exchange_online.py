@@ -24,10 +24,12 @@ nothing. What this check asks instead, all of it:
   Exchange's SPF verdict is what authenticates it;
 - not auto-forwarded (``X-MS-Exchange-Organization-AutoForwarded``): a rule's forward is
   Exchange's submission, not its author's;
+- no Sender field naming someone else: Exchange writes one when a delegate sends on behalf
+  of the From, and then the delegate answered, not the owner;
 - its From domain is one of ``tenant_domains``, the tenant's accepted domains the admin named.
 
 What ties the From address to the user who signed in is Exchange's own rule: a user may send
-only as a mailbox they hold, or hold Send As (or Send on Behalf) permission for, and an
+only as a mailbox they hold, or hold Send As permission for (Send on Behalf shows in Sender), and an
 application with the Mail.Send application permission may send as any mailbox the admin did
 not scope it away from. So this proves "sent by someone Exchange lets send as this address",
 which is why it is off unless the admin turns it on (README).
@@ -38,6 +40,8 @@ message's own To/Cc name (``binding.py``).
 
 from __future__ import annotations
 
+from email.utils import parseaddr
+
 from ..authresults import exchange_online_authentication_results, header_fields
 from ..config import MailboxConfig
 from ._base import CheckContext, ExchangeOnlineTrust, OwnerProof, Verdict
@@ -46,6 +50,7 @@ from .binding import RequestAddresses
 AUTH_AS = b"x-ms-exchange-organization-authas"
 AUTO_FORWARDED = b"x-ms-exchange-organization-autoforwarded"
 RECEIVED_SPF = b"received-spf"
+SENDER = b"sender"
 METHOD = "exchange-online"
 
 
@@ -85,6 +90,10 @@ class ExchangeOnlineCheck:
             return Verdict("fail", why, facts)
         if any(name == AUTO_FORWARDED and value.strip().lower() == "true" for name, value in fields):
             return Verdict("none", "auto-forwarded inside the organization, not submitted by its author", facts)
+        on_behalf = {parseaddr(value)[1].lower() for name, value in fields if name == SENDER}
+        if on_behalf - {(context.header_from or "").lower()}:
+            why = f"sent on behalf of its From by {', '.join(sorted(on_behalf))} (Sender), not by its From"
+            return Verdict("none", why, facts)
         if from_domain not in trust.tenant_domains:
             return Verdict("none", f"{from_domain} is not one of [mailbox.graph] tenant_domains", facts)
         proof = OwnerProof(METHOD, from_domain, self.addresses.tokens_bound_by(context.addressed))
