@@ -91,6 +91,8 @@ class AuthState:
             methods.append(("arc", arc.result, _arc_comment(arc)))
         if dmarc := self.verdicts.get("dmarc"):
             via = {"reason": f"via ARC from {dmarc.facts['via_arc']}"} if "via_arc" in dmarc.facts else {}
+            if "via_exchange_online" in dmarc.facts:
+                via = {"reason": "via Exchange Online: sent by a user of the tenant"}
             methods.append(("dmarc", dmarc.result, {**via, "header.from": dmarc.facts.get("domain", "")}))
         if rdns := self.verdicts.get("rdns"):
             methods.append(("iprev", rdns.result, {"policy.iprev": rdns.facts.get("ip", "")}))
