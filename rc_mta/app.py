@@ -17,6 +17,7 @@ from aiohttp import web
 
 from . import metrics
 from .api import add_api_routes
+from .checks.exchange_online import exchange_online_trust
 from .config import Settings, SigningConfig
 from .dkim_signing import DkimSigner, make_dkim_signer
 from .dns import DnsResolver
@@ -248,8 +249,10 @@ class Service:
         from ``client`` (unknown when None), or, ``as_mailbox``, as a poller reads it."""
         if as_mailbox:
             trusted = tuple(self.settings.mailbox.trusted_authserv_ids)
-            inbound = Inbound(raw, "file", trusted_ids=trusted)
-            assumed = f"read from a mailbox, believing the stamps of {', '.join(trusted) or 'no receiver'}"
+            exchange_online = exchange_online_trust(self.settings.mailbox)
+            inbound = Inbound(raw, "file", trusted_ids=trusted, exchange_online=exchange_online)
+            believed = [*trusted, *(["Exchange Online"] if exchange_online else [])]
+            assumed = f"read from a mailbox, believing the stamps of {', '.join(believed) or 'no receiver'}"
         else:
             client = client or Client(ip=None, helo=None)
             mail_from = mail_from if mail_from is not None else _header_from(raw)

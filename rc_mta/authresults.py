@@ -98,6 +98,11 @@ def _header_fields(raw: bytes) -> tuple[list[_Field], bytes]:
     return fields, raw[consumed:]
 
 
+def header_fields(raw: bytes) -> list[tuple[bytes, str]]:
+    """The header section's fields, top down: (name lower-cased, unfolded value)."""
+    return [(item.name, item.value) for item in _header_fields(raw)[0]]
+
+
 class _Lexer:
     """RFC 8601 values: words, quoted strings and the specials ``; = /``, with comments skipped."""
 
@@ -188,6 +193,14 @@ class ReceivedAuthResult:
 _RECEIVED_BY = re.compile(r"\bby\s+([^\s;()]+)", re.IGNORECASE)
 
 
+_RECEIVED_FROM = re.compile(r"^\s*from\s+([^\s;()]+)", re.IGNORECASE)
+
+
+def _received_from(value: str) -> str:
+    match = _RECEIVED_FROM.match(value[:4096])
+    return match.group(1).lower().rstrip(".") if match else ""
+
+
 def _received_by(value: str) -> str:
     match = _RECEIVED_BY.search(value[:4096])
     return match.group(1).lower().rstrip(".") if match else ""
@@ -211,6 +224,66 @@ def trusted_authentication_results(raw: bytes, trusted_ids: Sequence[str]) -> li
         if item.name == HEADER and _authserv_id(item.value) in trusted:
             return _parse_results(item.value)
     return []
+
+
+# Exchange Online's own hosts, as its Received fields name them (``by BN1PR10CA0002.outlook.
+# office365.com``, ``by CH2PEPF00000140.mail.protection.outlook.com``, ``by
+# VI1PR08MB5423.eurprd08.prod.outlook.com``); the national clouds' too.
+EXCHANGE_ONLINE_HOSTS = (".outlook.com", ".office365.com", ".office365.us", ".outlook.cn")
+# The authserv-id Exchange Online has begun to write ("mx.microsoft.com 1; spf=..."); most
+# tenants still get its older form, with no authserv-id at all ("spf=pass (sender IP is ...").
+EXCHANGE_ONLINE_AUTHSERV_ID = "mx.microsoft.com"
+
+
+def is_exchange_online_host(host: str) -> bool:
+    host = host.lower().rstrip(".")
+    return any(host.endswith(suffix) for suffix in EXCHANGE_ONLINE_HOSTS)
+
+
+def exchange_online_authentication_results(raw: bytes) -> list[ReceivedAuthResult] | None:
+    """The results of Exchange Online's own Authentication-Results, if the message shows
+    Exchange Online's layout; None if it does not (then nothing here is Exchange Online's).
+
+    Exchange Online writes its field without an authserv-id (or, lately, ``mx.microsoft.com``),
+    so no configured id can pick it out: its place does. It stamps the field where the message
+    enters it, just above the Received field of that hand-over, and renames every
+    Authentication-Results already in the message to Authentication-Results-Original; after
+    that only its own hops prepend Received fields. So the topmost Authentication-Results is
+    its own when every Received field above it was written by an Exchange Online host and
+    there is at least one (a message appended to the mailbox shows none). Whatever a sender
+    wrote lies below Exchange Online's entry (the Received field from a host outside it, with
+    its Received-SPF just above), under its field: reading stops there.
+
+    (A sender may name itself after an Exchange host in HELO, so that its entry looks like an
+    inner hop: then Exchange's own field, always written on entry, is still the topmost.)"""
+    fields, _ = _header_fields(raw)
+    hops_above = 0
+    for item in fields:
+        if item.name == b"received":
+            if not is_exchange_online_host(_received_by(item.value)):
+                return None  # another receiver's hop above any stamp: not Exchange Online's layout
+            if not is_exchange_online_host(_received_from(item.value)):
+                return None  # its entry from outside, and no stamp of its own above it
+            hops_above += 1
+        elif item.name == b"received-spf":
+            return None  # Exchange writes its SPF verdict below its own field: this one is lower
+        elif item.name == HEADER:
+            if not hops_above:
+                return None
+            return _exchange_online_results(item.value)
+    return None
+
+
+def _exchange_online_results(value: str) -> list[ReceivedAuthResult] | None:
+    """Exchange Online's field value: ``spf=pass (sender IP is 1.2.3.4) smtp.mailfrom=d;
+    dkim=...;dmarc=... header.from=d;compauth=...``, or the same after ``mx.microsoft.com 1;``.
+    None for a field with any other authserv-id (then it is not Exchange Online's)."""
+    tokens = list(_Lexer(value).tokens())
+    if len(tokens) >= 2 and tokens[0][0] == "word" and tokens[1][0] in ("=", "/"):
+        return _parse_results(";" + value)  # no authserv-id: the first statement is a result
+    if _authserv_id(value) == EXCHANGE_ONLINE_AUTHSERV_ID:
+        return _parse_results(value)
+    return None
 
 
 _ARC_INSTANCE = re.compile(r"^\s*i\s*=\s*[0-9]{1,3}\s*;")

@@ -89,6 +89,15 @@ Listen = Annotated[str, BeforeValidator(lambda v: _check_listen(str(v)))]
 _DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
 
+def _domain_names(value: list[str], *, wildcard: bool = False) -> list[str]:
+    """Domain names as compared later: lower case, no trailing dot; "*.D" too if ``wildcard``."""
+    out = [name.strip().lower().rstrip(".") for name in value]
+    for name in out:
+        if not _DOMAIN.match(name.removeprefix("*.") if wildcard else name):
+            raise ValueError(f"{name!r} is not a domain name" + (" (or *.domain)" if wildcard else ""))
+    return out
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -549,6 +558,22 @@ class GraphConfig(Section):
     base_url: str = "https://graph.microsoft.com/v1.0"
     token_url: str = "https://login.microsoftonline.com/{tenant_id}/oauth2/v2.0/token"
     push: GraphPushConfig = GraphPushConfig()
+    # Believe Exchange Online about the mailbox it hosts: its own Authentication-Results
+    # (which name no authserv-id), and its mark on mail a user of the tenant sent from one of
+    # tenant_domains (README, "Exchange Online").
+    trust_exchange_online: bool = False
+    tenant_domains: list[str] = Field(default_factory=list)
+
+    @field_validator("tenant_domains")
+    @classmethod
+    def _tenant_domains(cls, value: list[str]) -> list[str]:
+        return _domain_names(value)
+
+    @model_validator(mode="after")
+    def _domains_need_trust(self) -> GraphConfig:
+        if self.tenant_domains and not self.trust_exchange_online:
+            raise ValueError("tenant_domains needs trust_exchange_online = true: nothing reads them otherwise")
+        return self
 
 
 class MailboxConfig(Section):
@@ -656,11 +681,7 @@ class ArcCheck(Section):
     @field_validator("trusted_sealers")
     @classmethod
     def _sealers(cls, value: list[str]) -> list[str]:
-        out = [name.strip().lower().rstrip(".") for name in value]
-        for name in out:
-            if not _DOMAIN.match(name.removeprefix("*.")):
-                raise ValueError(f"{name!r} is not a domain name (or *.domain)")
-        return out
+        return _domain_names(value, wildcard=True)
 
 
 class WhitelistCheck(Section):

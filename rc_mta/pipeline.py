@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from . import budget, metrics
 from . import smtp_replies as R
 from .authresults import strip_forged_authentication_results
+from .checks import ExchangeOnlineTrust
 from .checks.binding import others_addressed
 from .config import Settings
 from .errors import (
@@ -166,7 +167,8 @@ class Inbound:
     """One message at one door: all that differs between SMTP, LMTP, a mailbox and diagnose.
 
     ``client`` is the sending host as the SMTP session knew it; without one (a mailbox), the
-    sender is judged by the stamps of the receivers in ``trusted_ids`` and by DKIM.
+    sender is judged by the stamps of the receivers in ``trusted_ids`` and by DKIM, and, for a
+    mailbox Exchange Online hosts whose admin trusts it, by Exchange Online's (``exchange_online``).
     ``recipients`` are those accepted at RCPT; without them, they are found in the headers.
     """
 
@@ -177,6 +179,7 @@ class Inbound:
     recipients: tuple[Recipient, ...] | None = None
     mail_auth: AuthState | None = None  # the MAIL stage's verdicts, when it already ran
     trusted_ids: tuple[str, ...] = ()
+    exchange_online: ExchangeOnlineTrust | None = None
     received_at: float = field(default_factory=time.monotonic)
     tls: TlsFacts | None = None  # what the SMTP/LMTP session negotiated; None: in clear
 
@@ -439,7 +442,13 @@ class Pipeline:
         try:
             if inbound.client is None:
                 return await auth.at_mailbox(
-                    raw, envelope_sender, parsed.from_address, inbound.trusted_ids, light, addressed
+                    raw,
+                    envelope_sender,
+                    parsed.from_address,
+                    inbound.trusted_ids,
+                    light,
+                    addressed,
+                    exchange_online=inbound.exchange_online,
                 )
             state = inbound.mail_auth or await auth.at_mail(inbound.client, inbound.mail_from or "")
             return await auth.at_data(
@@ -521,7 +530,7 @@ class Pipeline:
             if proof is None:
                 domains = ", ".join(dict.fromkeys(p.domain for p in auth.proofs))
                 unbound = R.NOT_BOUND_TO_REQUEST
-                if all(p.method == "spf" for p in auth.proofs):  # no signature: the fields it sent
+                if not any(p.signs_fields for p in auth.proofs):  # no signature: the fields it sent
                     unbound = R.NOT_ADDRESSED_TO_REQUEST
                 return replace(base, reply=unbound.with_text(domain=domains or request.owner))
 

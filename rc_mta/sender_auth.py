@@ -17,16 +17,17 @@ from functools import lru_cache
 from . import smtp_replies as R
 from .authresults import format_authentication_results
 from .checks import Check, CheckContext, DkimSignature, OwnerProof, Verdict
-from .checks._base import domain_of
+from .checks._base import ExchangeOnlineTrust, domain_of
 from .checks.arc import ArcCheck
 from .checks.binding import RequestAddresses
 from .checks.dkim import DkimCheck
 from .checks.dmarc import DmarcCheck
+from .checks.exchange_online import ExchangeOnlineCheck
 from .checks.owner import OwnerCheck
 from .checks.policy import PolicyTable
 from .checks.rdns import RdnsCheck
 from .checks.spf import SpfCheck
-from .checks.stamped import trusted_verdicts
+from .checks.stamped import exchange_online_verdicts, trusted_verdicts
 from .checks.whitelist import WhitelistCheck
 from .config import Settings
 from .dns import DnsResolver
@@ -90,6 +91,8 @@ class AuthState:
             methods.append(("arc", arc.result, _arc_comment(arc)))
         if dmarc := self.verdicts.get("dmarc"):
             via = {"reason": f"via ARC from {dmarc.facts['via_arc']}"} if "via_arc" in dmarc.facts else {}
+            if "via_exchange_online" in dmarc.facts:
+                via = {"reason": "via Exchange Online: sent by a user of the tenant"}
             methods.append(("dmarc", dmarc.result, {**via, "header.from": dmarc.facts.get("domain", "")}))
         if rdns := self.verdicts.get("rdns"):
             methods.append(("iprev", rdns.result, {"policy.iprev": rdns.facts.get("ip", "")}))
@@ -157,7 +160,9 @@ class SenderAuth:
         from_listed = WhitelistCheck("whitelist_from", listed, ("header_from",))
         self.data_checks: tuple[Check, ...] = (dkim, arc, dmarc, from_listed)
         both = WhitelistCheck("whitelist", listed, ("envelope_from", "header_from"))
-        self.mailbox_checks: tuple[Check, ...] = (both, dkim, arc, dmarc)
+        # Exchange Online's word on a mailbox it hosts, before DMARC, which may rest on it.
+        exchange_online = ExchangeOnlineCheck(self.addresses)
+        self.mailbox_checks: tuple[Check, ...] = (both, dkim, arc, exchange_online, dmarc)
         self.owner = OwnerCheck(resolver, self.addresses)
 
     def is_trusted_relay(self, ip: str | None) -> bool:
@@ -306,12 +311,28 @@ class SenderAuth:
         trusted_ids: Sequence[str],
         light: bool = False,
         addressed: tuple[tuple[str, str], ...] = (),
+        exchange_online: ExchangeOnlineTrust | None = None,
     ) -> AuthState:
         """Mailbox mode has no SMTP facts: DKIM is verified here; SPF and DMARC are taken from
-        the Authentication-Results of the receiving server we trust (by authserv-id) only."""
+        the Authentication-Results of the receiving server we trust (by authserv-id) only, or,
+        where the admin trusts it (``exchange_online``), from Exchange Online's own, told by
+        its place; a receiver named by id speaks first."""
         state = AuthState()
         stamped = self._stamped(raw, trusted_ids, header_from)
-        context = CheckContext("", "", mail_from, raw, header_from, state.verdicts, stamped, light, addressed)
+        if exchange_online is not None:
+            stamped = exchange_online_verdicts(raw, domain_of(header_from)) | stamped
+        context = CheckContext(
+            "",
+            "",
+            mail_from,
+            raw,
+            header_from,
+            state.verdicts,
+            stamped,
+            light,
+            addressed,
+            exchange_online=exchange_online,
+        )
         return await self._data_stage(self.mailbox_checks, context, state)
 
     async def _data_stage(self, checks: Sequence[Check], context: CheckContext, state: AuthState) -> AuthState:

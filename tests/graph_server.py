@@ -14,6 +14,37 @@ folder is announced by a changeNotificationCollection POSTed to the notification
 the subscription's clientState and no message content. ``send_lifecycle()`` sends a lifecycle
 notification (reauthorizationRequired, subscriptionRemoved, missed). One deviation: Graph
 requires an https:// notificationUrl; the tests have no TLS, so http://127.0.0.1 is accepted.
+
+``deliver()`` stores a message as Exchange Online hands it to Graph's ``/$value``, where
+``add_message()`` stores it as given (a message appended to the mailbox). What real Exchange
+Online does, and where it is shown (README, "Exchange Online", has the list of sources):
+
+- At its edge (``*.mail.protection.outlook.com``), a message from the Internet gets, above
+  the Received field of that hand-over, ``Received-SPF: ... receiver=protection.outlook.com``
+  and its Authentication-Results, which name no authserv-id (``spf=pass (sender IP is
+  209.85.220.41) smtp.mailfrom=example.com; dkim=pass (signature was verified)
+  header.d=example.com;dmarc=pass action=none header.from=example.com;compauth=pass
+  reason=100``; lately some tenants get ``mx.microsoft.com 1;`` in front); then its own
+  internal hops prepend their Received fields (``by *.outlook.office365.com``, ``by
+  *.prod.outlook.com``). Samples: messages Exchange Online delivered, quoted in public
+  repositories (a Proofpoint-fronted tenant's, and Microsoft's own tenant's in a bounce).
+- Every Authentication-Results already in the message is renamed
+  Authentication-Results-Original (the same Proofpoint-fronted sample).
+- Its header firewall removes the ``X-MS-Exchange-Organization-*`` fields of a message that
+  enters from an untrusted source (Exchange's "Header firewall" documentation), and Exchange
+  writes its own at the end of the header block: ``AuthAs: Anonymous`` for the Internet,
+  ``AuthAs: Internal`` for mail a user of the organization submitted, with ``AuthMechanism``
+  and ``AuthSource`` (Graph's "Get MIME content of a message" example; delivered samples).
+- A colleague's message (Outlook, over MAPI) is not DKIM-signed and gets no SPF verdict:
+  its Received fields are Exchange's own (``with mapi id``, then ``via Mailbox Transport``),
+  and Exchange notes ``dkim=none (message not signed) header.d=none;dmarc=none action=none``.
+- Outlook does not store messages as MIME (Graph's documentation): ``/$value`` is MIME made
+  again from what Exchange stored, which can re-encode a body and so break its sender's
+  DKIM signature (``rewrites_body``).
+
+Two knobs exist only to test defences: ``header_firewall=False`` keeps the sender's
+``X-MS-Exchange-Organization-*`` fields (as if the firewall had failed) and ``own_mark=False``
+leaves out Exchange's own.
 """
 
 from __future__ import annotations
@@ -40,6 +71,96 @@ WELL_KNOWN = {"inbox": "Inbox", "deleteditems": "Deleted Items", "msgfolderroot"
 def _new_id(prefix: str = "AAMkAGI") -> str:
     """Graph ids are opaque base64-ish strings; these include '=', '-' and '_' like the real ones."""
     return prefix + base64.urlsafe_b64encode(secrets.token_bytes(24)).decode() + "="
+
+
+EXO_MAILBOX = "DM4PR12MB6448.namprd12.prod.outlook.com"
+EXO_FRONTEND = "BN1PR10CA0002.outlook.office365.com"
+EXO_EDGE = "BN1PEPF00004687.mail.protection.outlook.com"
+EXO_ORGANIZATION_FIELD = re.compile(rb"^x-ms-exchange-organization-[^:]*:", re.IGNORECASE)
+
+
+def _fields_and_body(raw: bytes) -> tuple[list[bytes], bytes]:
+    """The header fields (each with its continuation lines and line ends) and the rest."""
+    head, _, body = raw.partition(b"\r\n\r\n")
+    fields: list[bytes] = []
+    for line in head.split(b"\r\n"):
+        if line[:1] in (b" ", b"\t") and fields:
+            fields[-1] += line + b"\r\n"
+        else:
+            fields.append(line + b"\r\n")
+    return fields, body
+
+
+def _rewrite_body(fields: list[bytes], body: bytes) -> tuple[list[bytes], bytes]:
+    """A single-part text body as Exchange may write it again: base64, the same text."""
+    encoding = b"Content-Transfer-Encoding: base64\r\n"
+    kept = [f for f in fields if not f.lower().startswith(b"content-transfer-encoding:")]
+    text = body.replace(b"\r\n", b"\n").decode()
+    encoded = base64.encodebytes(text.replace("\n", "\r\n").encode()).replace(b"\n", b"\r\n")
+    return [*kept, encoding], encoded
+
+
+def exchange_online_delivery(
+    raw: bytes,
+    *,
+    internal: bool = False,
+    authentication_results: str = "",
+    client_ip: str = "203.0.113.25",
+    helo: str = "mail.example.net",
+    header_firewall: bool = True,
+    own_mark: bool = True,
+    rewrites_body: bool = False,
+) -> bytes:
+    """``raw`` (CRLF line ends) as Exchange Online stores it in a mailbox and Graph serves it:
+    from a user of the tenant (``internal``), or from the Internet at ``client_ip``/``helo``
+    with Exchange's ``authentication_results`` value (see the module's docstring)."""
+    when = datetime.now(UTC).strftime("%a, %d %b %Y %H:%M:%S +0000")
+    server = "Microsoft SMTP Server (version=TLS1_2, cipher=TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384)"
+    fields, body = _fields_and_body(raw)
+    if rewrites_body:
+        fields, body = _rewrite_body(fields, body)
+    if internal:
+        from_header = next((f for f in fields if f.lower().startswith(b"from:")), b"")
+        domain = from_header.rsplit(b"@", 1)[-1].strip().rstrip(b">").decode()
+        top = [
+            f"Received: from {EXO_MAILBOX} (2603:10b6:8:8a::7) by {EXO_MAILBOX}\r\n"
+            f" (2603:10b6:8:8a::7) with {server} id 15.20.8511.27 via Mailbox Transport; {when}",
+            f"Authentication-Results: dkim=none (message not signed)\r\n"
+            f" header.d=none;dmarc=none action=none header.from={domain};",
+            f"Received: from {EXO_MAILBOX} ([fe80::5bf:5059:4ca0:5017]) by\r\n"
+            f" {EXO_MAILBOX} ([fe80::5bf:5059:4ca0:5017%4]) with mapi id 15.20.8511.027; {when}",
+        ]
+        marks = [("AuthAs", "Internal"), ("AuthMechanism", "04"), ("AuthSource", EXO_MAILBOX), ("SCL", "-1")]
+    else:
+        found = re.search(r"smtp\.mailfrom=([^;\s]+)", authentication_results)
+        mailfrom = found.group(1) if found else helo
+        passed = "spf=pass" in authentication_results
+        says = "designates" if passed else "does not designate"
+        spf = f"{'Pass' if passed else 'Fail'} (protection.outlook.com: domain of {mailfrom} {says}\r\n"
+        spf += f" {client_ip} as permitted sender)"
+        top = [
+            f"Received: from {EXO_FRONTEND} (2603:10b6:408:e0::7) by {EXO_MAILBOX}\r\n"
+            f" (2603:10b6:8:8a::7) with {server} id 15.20.8511.27; {when}",
+            f"Received: from {EXO_EDGE} (2603:10b6:408:e0:cafe::b7) by\r\n"
+            f" {EXO_FRONTEND} (2603:10b6:408:e0::7) with {server} id 15.20.8534.21 via\r\n"
+            f" Frontend Transport; {when}",
+            f"Authentication-Results: {authentication_results}",
+            f"Received-SPF: {spf}\r\n receiver=protection.outlook.com; client-ip={client_ip}; helo={helo};",
+            f"Received: from {helo} ({client_ip}) by {EXO_EDGE} (10.167.243.132) with\r\n"
+            f" {server} id 15.20.8534.20 via Frontend Transport; {when}",
+        ]
+        marks = [("AuthSource", EXO_EDGE), ("AuthAs", "Anonymous"), ("SCL", "1")]
+        renamed = []
+        for field_ in fields:
+            if header_firewall and EXO_ORGANIZATION_FIELD.match(field_):
+                continue
+            if field_.lower().startswith(b"authentication-results:"):
+                field_ = b"Authentication-Results-Original:" + field_.split(b":", 1)[1]
+            renamed.append(field_)
+        fields = renamed
+    stamped = [f"X-MS-Exchange-Organization-{name}: {value}\r\n".encode() for name, value in marks]
+    head = [f"{line}\r\n".encode() for line in top] + fields + (stamped if own_mark else [])
+    return b"".join(head) + b"\r\n" + body
 
 
 @dataclass
@@ -222,6 +343,10 @@ class GraphServer:
     def add_message(self, raw: bytes, folder: str = "inbox", *, notify: bool = True) -> str:
         """Deliver raw MIME into a folder (well-known name or display name); returns its id."""
         return self.add_messages([raw], folder, notify=notify)[0]
+
+    def deliver(self, raw: bytes, **exchange: Any) -> str:
+        """Deliver ``raw`` to the inbox as Exchange Online would (``exchange_online_delivery``)."""
+        return self.add_message(exchange_online_delivery(raw, **exchange))
 
     def add_messages(self, raws: list[bytes], folder: str = "inbox", *, notify: bool = True) -> list[str]:
         """Deliver several at once, so that no listing sees only some of them; subscribers

@@ -6,6 +6,7 @@ from __future__ import annotations
 from rc_mta.authresults import (
     ReceivedAuthResult,
     arc_authentication_results,
+    exchange_online_authentication_results,
     format_authentication_results,
     strip_forged_authentication_results,
     trusted_authentication_results,
@@ -167,3 +168,57 @@ def test_unquoted_slashes_and_quoted_local_parts_are_read_whole() -> None:
         ReceivedAuthResult("dkim", "fail", {"reason": "bad sig", "header.b": "ab/cd+e="}),
         ReceivedAuthResult("spf", "pass", {"smtp.mailfrom": "john doe@good.test"}),
     ]
+
+
+# Exchange Online's field names no authserv-id: only its place tells it (README, "Exchange Online").
+EXO_HOPS = (
+    b"Received: from BN1PR10CA0002.outlook.office365.com (2603:10b6:408:e0::7) by\r\n"
+    b" DM4PR12MB6448.namprd12.prod.outlook.com (2603:10b6:8:8a::7) with Microsoft SMTP Server; Mon, 30 Nov 2026\r\n"
+)
+EXO_ENTRY = (
+    b"Received-SPF: Pass (protection.outlook.com: domain of good.test designates 192.0.2.1 as permitted sender)\r\n"
+    b"Received: from mx.good.test (192.0.2.1) by BN1PEPF00004687.mail.protection.outlook.com (10.167.243.132)\r\n"
+    b" with Microsoft SMTP Server via Frontend Transport; Mon, 30 Nov 2026\r\n"
+)
+EXO_STAMP = (
+    b"Authentication-Results: spf=pass (sender IP is 192.0.2.1) smtp.mailfrom=good.test; dkim=pass (signature\r\n"
+    b" was verified) header.d=good.test;dmarc=pass action=none header.from=good.test;compauth=pass reason=100\r\n"
+)
+
+
+def test_exchange_onlines_field_without_authserv_id_is_read_from_its_first_result() -> None:
+    raw = EXO_HOPS + EXO_STAMP + EXO_ENTRY + b"From: a@good.test\r\n\r\nbody\r\n"
+    results = exchange_online_authentication_results(raw)
+    assert results is not None
+    assert [(r.method, r.result) for r in results] == [
+        ("spf", "pass"),
+        ("dkim", "pass"),
+        ("dmarc", "pass"),
+        ("compauth", "pass"),
+    ]
+    assert results[0].properties["smtp.mailfrom"] == "good.test"
+    assert results[2].properties["header.from"] == "good.test"
+
+
+def test_exchange_onlines_field_with_its_new_authserv_id_is_read_too() -> None:
+    stamp = EXO_STAMP.replace(b"Authentication-Results: ", b"Authentication-Results: mx.microsoft.com 1; ")
+    results = exchange_online_authentication_results(EXO_HOPS + stamp + EXO_ENTRY + b"\r\n")
+    assert results is not None and results[0] == ReceivedAuthResult("spf", "pass", {"smtp.mailfrom": "good.test"})
+
+
+def test_a_field_with_another_hop_above_it_or_none_is_not_exchange_onlines() -> None:
+    """Another receiver's Received above it, no Exchange hop above it (a message appended to
+    the mailbox), or another authserv-id: nothing here is Exchange Online's."""
+    other_hop = b"Received: from a by mx.other.test; Mon, 30 Nov 2026\r\n"
+    assert exchange_online_authentication_results(other_hop + EXO_HOPS + EXO_STAMP + EXO_ENTRY + b"\r\n") is None
+    assert exchange_online_authentication_results(EXO_STAMP + EXO_HOPS + EXO_ENTRY + b"\r\n") is None
+    named = EXO_STAMP.replace(b"Authentication-Results: ", b"Authentication-Results: mx.good.test; ")
+    assert exchange_online_authentication_results(EXO_HOPS + named + EXO_ENTRY + b"\r\n") is None
+
+
+def test_only_exchange_onlines_topmost_field_is_read_not_a_senders_below_its_entry() -> None:
+    sender_stamp = b"Authentication-Results: dmarc=pass header.from=bank.test\r\n"
+    raw = EXO_HOPS + EXO_STAMP + EXO_ENTRY + sender_stamp + b"\r\n"
+    results = exchange_online_authentication_results(raw)
+    assert results is not None and "bank.test" not in {r.properties.get("header.from") for r in results}
+    assert exchange_online_authentication_results(EXO_HOPS + EXO_ENTRY + sender_stamp + b"\r\n") is None

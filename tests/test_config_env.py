@@ -145,3 +145,17 @@ def test_two_spellings_of_one_section_in_the_file_are_refused(config_file: Path)
         load_settings(str(config_file))
 
     assert "[Log] and another spelling of it are the same section" in str(raised.value)
+
+
+def test_tenant_domains_without_trusting_exchange_online_is_refused_in_one_line(config_file: Path) -> None:
+    """tenant_domains is read only when Exchange Online is trusted: set alone, it would
+    look like protection that is not there."""
+    config_file.write_text(config_file.read_text() + '[mailbox.graph]\ntenant_domains = ["Corp.Test."]\n')
+
+    with pytest.raises(ConfigError) as raised:
+        load_settings(str(config_file))
+    assert "tenant_domains needs trust_exchange_online = true" in str(raised.value)
+    assert "\n" not in str(raised.value)
+
+    config_file.write_text(config_file.read_text() + "trust_exchange_online = true\n")
+    assert load_settings(str(config_file)).mailbox.graph.tenant_domains == ["corp.test"]

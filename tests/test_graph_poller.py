@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import email.policy
+import json
 import re
 import time
 import urllib.error
@@ -14,10 +15,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
 
+import dkim
 import pytest
 from conftest import RcMta, free_port, instances_sharing, make_rc_mta, wait_until
 from dnsserver import NsdServer
-from graph_server import GraphServer
+from graph_server import GraphServer, exchange_online_delivery
 from mailclient import reply_message
 from smtpsink import relay_outbound, running_relay
 from webhook_receiver import WebhookReceiver
@@ -272,6 +274,174 @@ def test_wrong_client_secret_processes_nothing_and_says_why(rc_graph: RcMta, gra
     assert rc_graph.task(task_id)["status"] == "in_progress"
     with urllib.request.urlopen(rc_graph.http_url + "/healthz") as response:  # not stale yet: limit 63 s
         assert response.status == 200
+
+
+# -- Exchange Online's own stamps (README, "Exchange Online") ---------------------------------
+
+CORP_KEY = (Path(__file__).parent / "keys" / "good-sel2048.pem").read_bytes()  # corp.test's selector "sel"
+# Exchange Online's Authentication-Results for corp.test's own server (127.0.0.2, its SPF):
+# no authserv-id, or the "mx.microsoft.com 1;" some tenants now get in front.
+EXO_PASS = (
+    "spf=pass (sender IP is 127.0.0.2) smtp.mailfrom=corp.test; dkim=pass (signature was verified)"
+    " header.d=corp.test;dmarc=pass action=none header.from=corp.test;compauth=pass reason=100"
+)
+
+
+def trusting_exchange_online(server: RcMta, *tenant_domains: str, trust: bool = True) -> None:
+    graph_settings = server.settings["mailbox"]["graph"]
+    graph_settings.pop("tenant_domains", None)
+    graph_settings["trust_exchange_online"] = trust
+    if tenant_domains:
+        graph_settings["tenant_domains"] = list(tenant_domains)
+
+
+def corp_reply(server: RcMta, task_id: str, *, sender: str = "alice@corp.test", **headers: str) -> bytes:
+    request = server.cli_json("request", task_id)
+    message = reply_message(request["complete_address"], sender=sender, headers=headers)
+    return message.as_bytes(policy=email.policy.SMTP)
+
+
+def signed(raw: bytes) -> bytes:
+    """Signed by corp.test's server, as it left for the Internet."""
+    headers = [b"from", b"to", b"subject", b"date", b"message-id"]
+    return bytes(dkim.sign(raw, b"sel", b"corp.test", CORP_KEY, include_headers=headers)) + raw
+
+
+def rejected_untouched(server: RcMta, graph: GraphServer, task_id: str, count: int = 1) -> None:
+    wait_until(lambda: len(graph.folder("Rejected")) == count, what=f"{count} message(s) in Rejected")
+    task = server.task(task_id)
+    assert task["status"] == "in_progress" and task["comments"] == []
+
+
+def test_a_colleagues_reply_acts_once_exchange_online_is_trusted_for_the_tenant(
+    rc_graph: RcMta, graph: GraphServer
+) -> None:
+    """Mail inside a Microsoft 365 tenant is neither DKIM-signed nor SPF-checked: as today,
+    nothing authenticates it; with trust_exchange_online, Exchange's mark (AuthAs: Internal)
+    on a From in tenant_domains does."""
+    trusting_exchange_online(rc_graph, trust=False)
+    rc_graph.start()
+    before = rc_graph.add_task("Before", owner="alice@corp.test")
+    graph.deliver(corp_reply(rc_graph, before), internal=True)
+    rejected_untouched(rc_graph, graph, before)
+    rc_graph.stop()
+
+    trusting_exchange_online(rc_graph, "corp.test")
+    rc_graph.start()
+    task_id = rc_graph.add_task(owner="alice@corp.test")
+    graph.deliver(corp_reply(rc_graph, task_id), internal=True)
+
+    wait_until(lambda: completed(rc_graph, task_id), what="task completed")
+    assert [c["author"] for c in rc_graph.task(task_id)["comments"]] == ["alice@corp.test"]
+    assert len(graph.folder("Processed")) == 1
+
+
+def test_a_colleagues_reply_from_a_domain_outside_tenant_domains_does_not_act(
+    rc_graph: RcMta, graph: GraphServer
+) -> None:
+    trusting_exchange_online(rc_graph, "example.com")
+    rc_graph.start()
+    task_id = rc_graph.add_task(owner="alice@corp.test")
+    graph.deliver(corp_reply(rc_graph, task_id), internal=True)
+    rejected_untouched(rc_graph, graph, task_id)
+
+
+@pytest.mark.parametrize("stamp", [EXO_PASS, f"mx.microsoft.com 1; {EXO_PASS}"], ids=["no-authserv-id", "mx"])
+def test_an_outside_reply_acts_on_exchange_onlines_own_stamp_once_trusted(
+    rc_graph: RcMta, graph: GraphServer, stamp: str
+) -> None:
+    """A partner's reply, signed by corp.test, whose signature Exchange's MIME broke: as
+    today, no configured authserv-id can name Exchange's field, and nothing acts; trusted, its
+    SPF pass for corp.test (aligned, and the reply addressed to the request) does."""
+    trusting_exchange_online(rc_graph, trust=False)
+    rc_graph.start()
+    exchange = {"authentication_results": stamp, "client_ip": "127.0.0.2", "helo": "mx.corp.test"}
+    before = rc_graph.add_task("Before", owner="alice@corp.test")
+    graph.deliver(signed(corp_reply(rc_graph, before)), rewrites_body=True, **exchange)
+    rejected_untouched(rc_graph, graph, before)
+    rc_graph.stop()
+
+    trusting_exchange_online(rc_graph)
+    rc_graph.start()
+    task_id = rc_graph.add_task(owner="alice@corp.test")
+    graph.deliver(signed(corp_reply(rc_graph, task_id)), rewrites_body=True, **exchange)
+
+    wait_until(lambda: completed(rc_graph, task_id), what="task completed")
+    assert [c["text"] for c in rc_graph.task(task_id)["comments"]] == ["Looks good, ship it"]
+
+
+@pytest.mark.parametrize("own_mark", [True, False], ids=["exchange-marks-it-anonymous", "no-mark-of-exchange"])
+def test_an_outsiders_forged_internal_mark_does_not_act(rc_graph: RcMta, graph: GraphServer, own_mark: bool) -> None:
+    """Mallory writes ``X-MS-Exchange-Organization-AuthAs: Internal`` and Alice's From into
+    her message. Exchange's header firewall removes such a field; here it is left in, below
+    Exchange's own fields, and still counts for nothing: beside Exchange's own mark there are
+    two, and without it Exchange's SPF verdict shows the message came in from outside."""
+    trusting_exchange_online(rc_graph, "corp.test")
+    rc_graph.start()
+    task_id = rc_graph.add_task(owner="alice@corp.test")
+    forged = corp_reply(
+        rc_graph,
+        task_id,
+        **{
+            "X-MS-Exchange-Organization-AuthAs": "Internal",
+            "X-MS-Exchange-Organization-AuthSource": "DM4PR12MB6448.namprd12.prod.outlook.com",
+        },
+    )
+    stamp = (
+        "spf=fail (sender IP is 192.0.2.66) smtp.mailfrom=evil.test; dkim=none (message not signed)"
+        " header.d=none;dmarc=fail action=none header.from=corp.test;compauth=fail reason=000"
+    )
+    exchange = {"client_ip": "192.0.2.66", "helo": "mail.evil.test", "authentication_results": stamp}
+    graph.deliver(forged, header_firewall=False, own_mark=own_mark, **exchange)
+
+    rejected_untouched(rc_graph, graph, task_id)
+    assert graph.folder("Processed") == []
+
+
+def test_diagnose_as_mailbox_explains_exchange_onlines_word_as_the_poller_takes_it(
+    rc_graph: RcMta, graph: GraphServer, tmp_path: Path
+) -> None:
+    """One path: ``diagnose --as-mailbox`` reads Exchange's mark as the Graph poller does, and
+    says why a second mark, a rule's forward or a delegate's Send on Behalf counts for nothing."""
+    trusting_exchange_online(rc_graph, "corp.test")
+    rc_graph.write_config()
+    task_id = rc_graph.add_task(owner="alice@corp.test")
+    genuine = exchange_online_delivery(corp_reply(rc_graph, task_id), internal=True)
+    forwarded = exchange_online_delivery(
+        corp_reply(rc_graph, task_id, **{"X-MS-Exchange-Organization-AutoForwarded": "true"}), internal=True
+    )
+    doubled = genuine.replace(b"\r\n\r\n", b"\r\nX-MS-Exchange-Organization-AuthAs: Internal\r\n\r\n", 1)
+    on_behalf = exchange_online_delivery(corp_reply(rc_graph, task_id, Sender="Bob <bob@corp.test>"), internal=True)
+
+    def diagnosed(raw: bytes) -> dict[str, Any]:
+        saved = tmp_path / "reply.eml"
+        saved.write_bytes(raw)
+        report = json.loads(rc_graph.cli("diagnose", "--json", "--as-mailbox", str(saved)).stdout)
+        assert "Exchange Online" in report["assumed"]
+        return cast(dict[str, Any], report["decisions"][0])
+
+    decision = diagnosed(genuine)
+    assert decision["would"] == "complete", decision
+    assert decision["checks"]["exchange_online"]["result"] == "pass"
+    assert decision["checks"]["binding"] == {"result": "pass", "via": "exchange-online corp.test"}
+    assert "dmarc=none header.from=corp.test" in decision["authentication_results"]  # Exchange's own note
+    # Where Exchange notes nothing for mail inside the tenant, corp.test's DMARC (p=reject) is
+    # evaluated, and passes on Exchange's mark: our Authentication-Results says so.
+    unstamped = re.sub(rb"Authentication-Results: dkim=none[^\r]*\r\n [^\r]*\r\n", b"", genuine)
+    decision = diagnosed(unstamped)
+    assert decision["would"] == "complete", decision
+    assert 'dmarc=pass reason="via Exchange Online: sent by a user of the tenant"' in decision["authentication_results"]
+    refused = (
+        (doubled, "fail", "2 X-MS-Exchange-Organization-AuthAs"),
+        (forwarded, "none", "auto-forwarded"),
+        (on_behalf, "none", "on behalf of its From by bob@corp.test"),
+    )
+    for raw, result, why in refused:
+        decision = diagnosed(raw)
+        assert decision["would"] == "refuse", decision
+        assert decision["checks"]["exchange_online"]["result"] == result
+        assert why in decision["checks"]["exchange_online"]["reason"]
+    assert rc_graph.task(task_id)["status"] == "in_progress"
 
 
 # -- in-process: staleness and retry, where a subprocess would be too slow or too coarse ----

@@ -44,9 +44,24 @@ class OwnerProof:
     never addressed it (a list, an alias, a forwarding rule the reply address was added to).
     """
 
-    method: str  # spf | dkim | arc
+    method: str  # spf | dkim | arc | exchange-online
     domain: str
     tokens: frozenset[str]
+
+    @property
+    def signs_fields(self) -> bool:
+        """Whether it covers fields of the message (a signature), or only vouches for the
+        sender (an SPF pass, Exchange Online's word), and so binds through the message's own To/Cc."""
+        return self.method in ("dkim", "arc")
+
+
+@dataclass(frozen=True)
+class ExchangeOnlineTrust:
+    """What the admin of a mailbox hosted by Exchange Online lets it vouch for
+    (``[mailbox.graph] trust_exchange_online``): its own Authentication-Results, and its
+    mark on a message a user of its tenant sent from one of ``tenant_domains``."""
+
+    tenant_domains: frozenset[str]
 
 
 @dataclass(frozen=True)
@@ -119,6 +134,8 @@ class CheckContext:
     addressed: tuple[tuple[str, str], ...] = ()
     # What DKIM and then ARC may still spend verifying this message (one for the message).
     verification: VerificationBudget = field(default_factory=VerificationBudget, compare=False)
+    # Set for a message read from a mailbox Exchange Online hosts, when its admin trusts it.
+    exchange_online: ExchangeOnlineTrust | None = None
 
     @property
     def from_domain(self) -> str | None:

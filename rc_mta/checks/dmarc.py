@@ -229,6 +229,12 @@ class DmarcCheck:
                 verdict = replace(
                     verdict, reason=f"{verdict.reason}; {note}", facts={**verdict.facts, "arc_note": note}
                 )
+        exchange_online = context.verdicts.get("exchange_online")
+        if verdict.result == "fail" and exchange_online is not None and exchange_online.proofs:
+            # Mail inside a Microsoft 365 tenant is neither signed nor SPF-checked: the
+            # tenant's own mark is what authenticates it (checks/exchange_online.py).
+            reason = f"via Exchange Online: {exchange_online.reason}"
+            return Verdict("pass", reason, {**verdict.facts, "via_exchange_online": from_domain})
         org = organizational_domain(from_domain)
         if verdict.result == "fail" and any(
             sig.result == "temperror" and organizational_domain(sig.domain) == org for sig in signatures

@@ -53,6 +53,8 @@ class OwnerCheck:
                     proofs.append(OwnerProof("dkim", signature.domain, tokens))
         arc = context.verdicts.get("arc")
         proofs.extend(arc.proofs if arc else ())  # a trusted sealer vouching for from_domain
+        exchange_online = context.verdicts.get("exchange_online")
+        proofs.extend(exchange_online.proofs if exchange_online else ())  # a colleague, per the tenant
         if proofs:
             via = ", ".join(f"aligned {p.method.upper()} pass ({p.domain})" for p in proofs)
             return Verdict("pass", via, facts, proofs=tuple(proofs))

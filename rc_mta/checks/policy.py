@@ -90,6 +90,9 @@ def policy_table(config: ChecksConfig) -> dict[str, CheckPolicy]:
         # verdict and the owner rule; without trusted sealers it does not run at all.
         "arc": CheckPolicy(bool(config.arc.trusted_sealers)),
         "whitelist_from": whitelist,
+        # Refuses nothing by itself: its pass counts in DMARC's verdict and the owner rule;
+        # it judges only what a Graph poller trusting Exchange Online hands over.
+        "exchange_online": CheckPolicy(True),
         "dkim": CheckPolicy(
             dkim.policy != "off" or dmarc.policy != "off" or owner_rule,
             _rejecting(dkim.policy, Rule(TEMPERROR, R.AUTH_TEMPERROR), Rule(frozenset({"fail"}), R.DKIM_FAIL)),

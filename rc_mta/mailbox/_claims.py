@@ -21,6 +21,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from ..checks import ExchangeOnlineTrust
 from ..errors import TemporaryFailure
 from ..pipeline import Inbound, MailboxOutcome, Pipeline
 from ..store import STALE_CLAIM_SECONDS, MailboxMessage, Store, new_holder
@@ -58,12 +59,18 @@ class MessageClaims:
     """One poller process's claims on messages, in the pipeline's store."""
 
     def __init__(
-        self, source: str, pipeline: Pipeline, trusted_ids: tuple[str, ...], clock: Callable[[], float] = time.time
+        self,
+        source: str,
+        pipeline: Pipeline,
+        trusted_ids: tuple[str, ...],
+        clock: Callable[[], float] = time.time,
+        exchange_online: ExchangeOnlineTrust | None = None,
     ) -> None:
         self.source = source
         self.clock = clock
         self.pipeline = pipeline
         self.trusted_ids = trusted_ids
+        self.exchange_online = exchange_online  # what the mailbox's host may vouch for (Graph)
         # Names this process in the store's claims: unique per process, so two instances
         # with the same configuration never take each other's claims for their own.
         self.holder = new_holder()
@@ -107,7 +114,7 @@ class MessageClaims:
                 log.info("%s %s: gone before it was read", self.source, name)
                 return Handled.GONE
             try:
-                inbound = Inbound(raw, self.source, trusted_ids=self.trusted_ids)
+                inbound = Inbound(raw, self.source, trusted_ids=self.trusted_ids, exchange_online=self.exchange_online)
                 outcome = MailboxOutcome.of(await self.pipeline.process(inbound, act=True))
             except Exception:
                 # One bad message must not stop the round for the others.

@@ -28,6 +28,7 @@ from urllib.parse import quote
 import aiohttp
 from yarl import URL
 
+from ..checks.exchange_online import exchange_online_trust
 from ..config import MailboxConfig
 from ..errors import ConfigError, TemporaryFailure
 from ..http_client import LARGE_BODY, SMALL_BODY, read_body
@@ -89,7 +90,8 @@ class GraphPoller:
         self.config = config
         self.pipeline = pipeline
         self.state = _State()
-        self.claims = MessageClaims(SOURCE, pipeline, tuple(config.trusted_authserv_ids), clock)
+        trusted, exchange_online = tuple(config.trusted_authserv_ids), exchange_online_trust(config)
+        self.claims = MessageClaims(SOURCE, pipeline, trusted, clock, exchange_online)
         self.watcher = Watcher(SOURCE, self._connect, config.sync_interval, config.startup_delay, clock=clock)
         # Change notifications only wake the poll early; the delta stays the source of truth.
         self.push = GraphPush(config.graph.push, config.graph.base_url) if config.graph.push.enabled else None
