@@ -314,12 +314,13 @@ def request_json(
 ) -> dict[str, Any]:
     """Only a finished (``done``) claim is an answer: a pending one may still be given back.
     ``mails``: the request's mails in the queue (``Store.outbound_mails``): ``delivery`` is
-    the request mail's, ``reminders`` the others'."""
+    the request mail's, ``reminders`` the reminders' (not the notices of refused replies,
+    which answer someone's reply, not the request)."""
     mail = next((m for m in mails if m.kind == REQUEST_MAIL), None)
     reminders = [
         ReminderOut(kind=m.kind, **delivery.model_dump())
         for m in mails
-        if m.kind != REQUEST_MAIL and (delivery := delivery_out(m)) is not None
+        if m.kind.startswith("reminder-") and (delivery := delivery_out(m)) is not None
     ]
     answered = None
     if claim is not None and claim.done:

@@ -233,6 +233,9 @@ EXCHANGE_ONLINE_HOSTS = (".outlook.com", ".office365.com", ".office365.us", ".ou
 # The authserv-id Exchange Online has begun to write ("mx.microsoft.com 1; spf=..."); most
 # tenants still get its older form, with no authserv-id at all ("spf=pass (sender IP is ...").
 EXCHANGE_ONLINE_AUTHSERV_ID = "mx.microsoft.com"
+# How Exchange marks where a message came from (Anonymous: the Internet; Internal: a user of
+# the tenant); its header firewall removes the field from mail arriving from outside.
+EXCHANGE_ONLINE_AUTH_AS = b"x-ms-exchange-organization-authas"
 
 
 def is_exchange_online_host(host: str) -> bool:
@@ -255,8 +258,16 @@ def exchange_online_authentication_results(raw: bytes) -> list[ReceivedAuthResul
     its Received-SPF just above), under its field: reading stops there.
 
     (A sender may name itself after an Exchange host in HELO, so that its entry looks like an
-    inner hop: then Exchange's own field, always written on entry, is still the topmost.)"""
+    inner hop: then Exchange's own field, always written on entry, is still the topmost.)
+
+    Only on mail Exchange received from outside (its one mark ``AuthAs: Anonymous``, or
+    ``Partner`` over a partner's connector): a message a user of the tenant submitted
+    (``Internal``) holds only Exchange's inner hops above what its author wrote, so an
+    Authentication-Results its author put on top would stand where Exchange's would."""
     fields, _ = _header_fields(raw)
+    marks = [item.value.strip().lower() for item in fields if item.name == EXCHANGE_ONLINE_AUTH_AS]
+    if len(marks) != 1 or marks[0] not in ("anonymous", "partner"):
+        return None
     hops_above = 0
     for item in fields:
         if item.name == b"received":

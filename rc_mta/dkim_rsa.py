@@ -46,6 +46,15 @@ class _Hash(Protocol):
     def digest(self) -> bytes: ...
 
 
+def _openssl_takes(modulus: int, exponent: int) -> bool:
+    """OpenSSL's own limits (rsa_local.h): a modulus of at most 16384 bits, and above 3072
+    bits an exponent of at most 64. It refuses such a key only when it checks a signature,
+    as it would a forged one: so those keys (rc-mta's checks refuse them before, at
+    ``checks.dkim.MAX_KEY_BITS`` and ``MAX_KEY_EXPONENT``) keep dkimpy's maths."""
+    bits = modulus.bit_length()
+    return bits <= 16384 and (bits <= 3072 or exponent.bit_length() <= 64)
+
+
 @functools.lru_cache(maxsize=64)
 def _public_key(modulus: int, exponent: int) -> rsa.RSAPublicKey:
     """OpenSSL's key for a DKIM key record (a few keys sign nearly every reply)."""
@@ -59,6 +68,8 @@ def verify_pkcs1_v1_5(hash: _Hash, signature: bytes, public_key: dict[str, Any])
     expected = dkim.crypto.EMSA_PKCS1_v1_5_encode(hash, length)  # raises as dkimpy's does
     digest_info = expected[expected.index(b"\x00", 2) + 1 :]
     try:
+        if not _openssl_takes(modulus, exponent):
+            raise ValueError("beyond OpenSSL's limits")
         key = _public_key(modulus, exponent)
     except ValueError:  # an exponent or modulus OpenSSL will not take: dkimpy's own maths
         return bool(dkim.crypto.RSASSA_PKCS1_v1_5_verify(hash, signature, public_key))

@@ -546,8 +546,9 @@ class Pipeline:
 
         if self.settings.outbound.relay_keeps_message_id:
             # An answer to the request mail, not to someone's question that set Reply-To our address.
+            threaded = any(name in ("in-reply-to", "references") and value.strip() for name, value in parsed.addressed)
             elsewhere = self.sender_auth.addresses.answered_elsewhere(
-                parsed.referenced_ids, request.message_id, request.id
+                parsed.referenced_ids, threaded, request.message_id, request.id
             )
             base.checks["thread"] = {"result": "fail" if elsewhere else "pass", "answers": elsewhere or ""}
             if elsewhere is not None:

@@ -45,6 +45,7 @@ from .config import Settings
 from .machine_mail import machine_reason
 from .outbound import reply_addresses, wire_bytes
 from .pipeline import Decision, MailboxOutcome
+from .request_mail import MAIL_POLICY
 from .safetext import one_line
 from .store import REFUSAL_NOTICE, NoticeQueued, Request
 
@@ -83,7 +84,9 @@ class ReplyFields:
     def read(cls, raw: bytes) -> ReplyFields:
         head = BytesHeaderParser(policy=email.policy.compat32).parsebytes(raw[:_HEADER_BYTES])
         found = [a for _, a in getaddresses([str(v) for v in head.get_all("From", [])]) if a]
-        references = tuple(str(head.get("References", "")).split())[-_REFERENCES_KEPT:]
+        # The thread's first id (where a request mail's thread starts) and the last ones.
+        every = str(head.get("References", "")).split()
+        references = tuple(every[:1] + every[1:][-(_REFERENCES_KEPT - 1) :])
         return cls(
             found[0].strip().lower() if len(found) == 1 else None,
             one_line(str(head.get("Subject", "")), 200),
@@ -142,7 +145,7 @@ def compose_notice(
     assert fields.from_address is not None
     inbound = settings.inbound
     reply = decision.reply
-    message = EmailMessage()
+    message = EmailMessage(policy=MAIL_POLICY)  # ids as ids, never as encoded words
     message["From"] = settings.from_address
     message["To"] = fields.from_address
     subject = fields.subject or "your reply"
@@ -151,23 +154,25 @@ def compose_notice(
     digest = notice_kind(decision.message_id).removeprefix(REFUSAL_NOTICE)
     message["Message-ID"] = f"<{inbound.local_part}.notice.{request.id}.{digest}@{inbound.reply_domain}>"
     message["In-Reply-To"] = decision.message_id
-    # The request mail first: an answer to this notice is an answer to the request too
-    # (``RequestAddresses.answered_elsewhere``), whatever the refused reply's own threading.
-    thread = [request.message_id] if request.message_id else []
+    # To the owner, the request mail first: an answer to this notice is an answer to the
+    # request too (``RequestAddresses.answered_elsewhere``), whatever the refused reply's own
+    # threading. Never to anyone else: its random part is what keeps someone who knows only
+    # a reply address from threading a question of theirs to the request.
+    owner = fields.from_address == request.owner.lower()
+    thread = [request.message_id] if request.message_id and owner else []
     earlier = [r for r in fields.references if r not in (decision.message_id, request.message_id)]
     message["References"] = " ".join([*thread, *earlier, decision.message_id])
     message["Auto-Submitted"] = "auto-replied"  # RFC 3834 §5
     message["X-Auto-Response-Suppress"] = "All"  # Exchange: no out-of-office answers this
-    title = one_line(request.title, 200)
+    about = f"task {request.task_id} ({one_line(request.title, 200)})" if owner else f"task {request.task_id}"
     lines = [
-        f"Your reply about task {request.task_id} ({title}) was not acted on; the task is unchanged.",
+        f"Your reply about {about} was not acted on; the task is unchanged.",
         "",
         "Why, as a mail server would have bounced it:",
         "",
         f"    {reply.code} {reply.enhanced} {reply.text}",
         "",
     ]
-    owner = fields.from_address == request.owner.lower()
     if owner and reply.name in _ANSWER_AGAIN and request.expires_at > now and request.revoked_at is None:
         addresses = reply_addresses(settings, signer, request)
         message["Reply-To"] = addresses.reply_to

@@ -180,6 +180,8 @@ EXO_ENTRY = (
     b"Received: from mx.good.test (192.0.2.1) by BN1PEPF00004687.mail.protection.outlook.com (10.167.243.132)\r\n"
     b" with Microsoft SMTP Server via Frontend Transport; Mon, 30 Nov 2026\r\n"
 )
+# Exchange's mark of mail from the Internet, written at the end of the header block.
+EXO_MARK = b"X-MS-Exchange-Organization-AuthAs: Anonymous\r\n"
 EXO_STAMP = (
     b"Authentication-Results: spf=pass (sender IP is 192.0.2.1) smtp.mailfrom=good.test; dkim=pass (signature\r\n"
     b" was verified) header.d=good.test;dmarc=pass action=none header.from=good.test;compauth=pass reason=100\r\n"
@@ -187,7 +189,7 @@ EXO_STAMP = (
 
 
 def test_exchange_onlines_field_without_authserv_id_is_read_from_its_first_result() -> None:
-    raw = EXO_HOPS + EXO_STAMP + EXO_ENTRY + b"From: a@good.test\r\n\r\nbody\r\n"
+    raw = EXO_HOPS + EXO_STAMP + EXO_ENTRY + b"From: a@good.test\r\n" + EXO_MARK + b"\r\nbody\r\n"
     results = exchange_online_authentication_results(raw)
     assert results is not None
     assert [(r.method, r.result) for r in results] == [
@@ -202,7 +204,7 @@ def test_exchange_onlines_field_without_authserv_id_is_read_from_its_first_resul
 
 def test_exchange_onlines_field_with_its_new_authserv_id_is_read_too() -> None:
     stamp = EXO_STAMP.replace(b"Authentication-Results: ", b"Authentication-Results: mx.microsoft.com 1; ")
-    results = exchange_online_authentication_results(EXO_HOPS + stamp + EXO_ENTRY + b"\r\n")
+    results = exchange_online_authentication_results(EXO_HOPS + stamp + EXO_ENTRY + EXO_MARK + b"\r\n")
     assert results is not None and results[0] == ReceivedAuthResult("spf", "pass", {"smtp.mailfrom": "good.test"})
 
 
@@ -210,15 +212,35 @@ def test_a_field_with_another_hop_above_it_or_none_is_not_exchange_onlines() -> 
     """Another receiver's Received above it, no Exchange hop above it (a message appended to
     the mailbox), or another authserv-id: nothing here is Exchange Online's."""
     other_hop = b"Received: from a by mx.other.test; Mon, 30 Nov 2026\r\n"
-    assert exchange_online_authentication_results(other_hop + EXO_HOPS + EXO_STAMP + EXO_ENTRY + b"\r\n") is None
-    assert exchange_online_authentication_results(EXO_STAMP + EXO_HOPS + EXO_ENTRY + b"\r\n") is None
+    assert (
+        exchange_online_authentication_results(other_hop + EXO_HOPS + EXO_STAMP + EXO_ENTRY + EXO_MARK + b"\r\n")
+        is None
+    )
+    assert exchange_online_authentication_results(EXO_STAMP + EXO_HOPS + EXO_ENTRY + EXO_MARK + b"\r\n") is None
     named = EXO_STAMP.replace(b"Authentication-Results: ", b"Authentication-Results: mx.good.test; ")
-    assert exchange_online_authentication_results(EXO_HOPS + named + EXO_ENTRY + b"\r\n") is None
+    assert exchange_online_authentication_results(EXO_HOPS + named + EXO_ENTRY + EXO_MARK + b"\r\n") is None
 
 
 def test_only_exchange_onlines_topmost_field_is_read_not_a_senders_below_its_entry() -> None:
     sender_stamp = b"Authentication-Results: dmarc=pass header.from=bank.test\r\n"
-    raw = EXO_HOPS + EXO_STAMP + EXO_ENTRY + sender_stamp + b"\r\n"
+    raw = EXO_HOPS + EXO_STAMP + EXO_ENTRY + sender_stamp + EXO_MARK + b"\r\n"
     results = exchange_online_authentication_results(raw)
     assert results is not None and "bank.test" not in {r.properties.get("header.from") for r in results}
-    assert exchange_online_authentication_results(EXO_HOPS + EXO_ENTRY + sender_stamp + b"\r\n") is None
+    assert exchange_online_authentication_results(EXO_HOPS + EXO_ENTRY + sender_stamp + EXO_MARK + b"\r\n") is None
+
+
+def test_exchange_onlines_place_is_read_only_on_mail_it_received_from_outside() -> None:
+    """A colleague's message (AuthAs Internal) has only Exchange's inner hops above what its
+    author wrote: an Authentication-Results the author put on top is not Exchange's. Two
+    marks (one a sender's that the header firewall missed) or none: not read either."""
+    authors_stamp = (
+        b"Authentication-Results: spf=pass smtp.mailfrom=tenant.test; dmarc=pass header.from=tenant.test\r\n"
+    )
+    submitted = EXO_HOPS + authors_stamp + b"From: owner@tenant.test\r\nSender: delegate@tenant.test\r\n"
+    internal = b"X-MS-Exchange-Organization-AuthAs: Internal\r\n"
+    assert exchange_online_authentication_results(submitted + internal + b"\r\n") is None
+    outside = EXO_HOPS + EXO_STAMP + EXO_ENTRY
+    assert exchange_online_authentication_results(outside + internal + EXO_MARK + b"\r\n") is None
+    assert exchange_online_authentication_results(outside + b"\r\n") is None
+    partner = b"X-MS-Exchange-Organization-AuthAs: Partner\r\n"
+    assert exchange_online_authentication_results(outside + partner + b"\r\n") is not None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import math
 from pathlib import Path
 
 import dkim
@@ -522,3 +523,19 @@ def test_openssl_rsa_signature_is_dkimpy_own_byte_for_byte(pem: str, name: str) 
     assert dkim_rsa.sign_pkcs1_v1_5(digest, private_key) == bytes(
         dkim.crypto.RSASSA_PKCS1_v1_5_sign(digest, private_key)
     )
+
+
+def test_openssl_rsa_check_keeps_dkimpys_answer_for_keys_openssl_will_not_take() -> None:
+    # Above 3072 bits OpenSSL takes no exponent over 64 bits, and says so only as "invalid".
+    numbers = rsa.generate_private_key(public_exponent=65537, key_size=4096).private_numbers()
+    p, q = numbers.p, numbers.q
+    totient = (p - 1) * (q - 1)
+    exponent = next(e for e in range(2**65 + 1, 2**65 + 1000, 2) if math.gcd(e, totient) == 1)
+    modulus, private = p * q, pow(exponent, -1, totient)
+    digest = hashlib.sha256(b"a key with a large exponent")
+    encoded = dkim.crypto.EMSA_PKCS1_v1_5_encode(digest, 512)
+    signature = pow(int.from_bytes(encoded, "big"), private, modulus).to_bytes(512, "big")
+    key = {"modulus": modulus, "publicExponent": exponent}
+
+    assert dkim.crypto.RSASSA_PKCS1_v1_5_verify(digest, signature, key)
+    assert dkim_rsa.verify_pkcs1_v1_5(digest, signature, key)  # type: ignore[arg-type]

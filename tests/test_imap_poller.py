@@ -557,7 +557,8 @@ def test_an_unclear_authenticated_reply_gets_one_notice_and_forged_list_and_auto
         headers={"Authentication-Results": "evil.test; dmarc=pass"},
     )
     # Authenticated (example.com's SPF), but not the owner: told who may answer.
-    wrong = reply_message(server.request(wrong_task)["reply_to"], "Approved", sender="bob@example.com", headers=stamped)
+    wrong_request = server.request(wrong_task)
+    wrong = reply_message(wrong_request["reply_to"], "Approved", sender="bob@example.com", headers=stamped)
     with running_relay(port, RELAY_PASSWORD) as relay:
         for message in (unclear, listed, automatic, forged, wrong, unclear):  # the unclear one twice: a copy
             dovecot.deliver(message)
@@ -583,6 +584,16 @@ def test_an_unclear_authenticated_reply_gets_one_notice_and_forged_list_and_auto
     )
     assert "only alice@example.com, to whom the request was sent, can answer it" in bobs.get_content()
     assert bobs["Reply-To"] is None  # no reply address of the request for someone else
+    # Nor its title, nor the request mail's id, whose random part keeps someone who knows only
+    # a reply address from threading a question of theirs to the request.
+    assert wrong_request["message_id"] not in bobs["References"] and "Wrong sender" not in bobs.get_content()
+    # To the owner it names the request mail first, as an id (an encoded word is no id).
+    [raw_notice] = [
+        raw for _, rcpts, raw in relay.received if rcpts == ["alice@example.com"] and b"auto-replied" in raw
+    ]
+    raw_head = raw_notice.split(b"\r\n\r\n", 1)[0]
+    assert b"=?" not in raw_head and request["message_id"].encode() in raw_head
+    assert notice["References"].split()[0] == request["message_id"]
     for task_id in (unclear_task, list_task, auto_task, forged_task, wrong_task):
         assert server.task(task_id)["status"] == "in_progress"
     # The owner answers the notice itself, quoting it: that answer decides.

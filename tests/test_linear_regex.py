@@ -28,6 +28,7 @@ from rc_mta.inbound import protocol
 from rc_mta.mailbox import imap
 from rc_mta.reading import DEFAULT_COMPLETE_WORDS, DEFAULT_FAIL_WORDS, interpret_action
 from rc_mta.reading.html import html_to_text
+from rc_mta.reading.message import parse_reply
 from rc_mta.tasks import release
 
 SIZES = (2 * 1024, 16 * 1024, 128 * 1024, 1024 * 1024)
@@ -145,6 +146,16 @@ FAMILIES: list[Family] = [
         "reader view: bare ids",
         lambda raw: budget.reader_view(raw, 100),
         lambda n: message(b"In-Reply-To: " + b"\r\n ".join(b"a@x" for _ in range(n // 6)) + b"\r\n"),
+    ),
+    Family(
+        "reader: many References fields of distinct ids",
+        lambda raw: parse_reply(budget.reader_view(raw, 100)),
+        lambda n: message(
+            b"".join(
+                b"References: " + b" ".join(b"<%d.%d@x>" % (f, i) for i in range(100)) + b"\r\n"
+                for f in range(n // 1100)
+            )
+        ),
     ),
     # checks/: tokens in Message-IDs, DMARC records, DKIM's white space scan.
     Family("request tokens in ids", ADDRESSES.tokens_in, lambda n: repeat("rc+" + "a" * 39, n)),

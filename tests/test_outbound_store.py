@@ -11,6 +11,7 @@ from racing import all_at_once
 from sqlalchemy import Column, Float, ForeignKey, Integer, LargeBinary, MetaData, String, Table, Text, inspect, text
 from test_store import store as store  # the same store fixture: SQLite and PostgreSQL
 
+from rc_mta.api import request_json
 from rc_mta.refusal_notices import notice_kind
 from rc_mta.store import Delivery, NoticeQueued, Request, Store, requests
 from rc_mta.tokens import new_request_id
@@ -183,6 +184,9 @@ def test_a_refused_replys_notice_is_queued_once_by_racing_pollers_and_a_few_an_h
     assert queue("<r4@example.com>", now + 3) is NoticeQueued.RATE_LIMITED
     assert queue("<r4@example.com>", now + 3, "bob@example.com") is NoticeQueued.QUEUED  # not another's
     assert queue("<r4@example.com>", now + 3601) is NoticeQueued.DUPLICATE  # bob's has that key
+    # The API shows the request's reminders, not the notices of replies to it.
+    shown = request_json(request, None, now, store.outbound_mails(request.id))
+    assert shown["reminders"] == [] and shown["delivery"] is not None
     assert queue("<r5@example.com>", now + 3601) is NoticeQueued.QUEUED  # an hour on
 
 

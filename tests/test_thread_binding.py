@@ -71,6 +71,20 @@ def test_a_yes_to_someone_elses_question_is_refused(rc: RcMta, address: str) -> 
     assert rc.task(task_id)["status"] == "in_progress"
 
 
+@pytest.mark.parametrize("malformed", ["<x y@evil.example>", "<>", "< >", "cleanup-question"])
+@pytest.mark.parametrize("address", ["reply_to", "complete_address"])
+def test_a_yes_to_a_question_whose_id_cannot_be_read_is_refused(rc: RcMta, address: str, malformed: str) -> None:
+    # Mallory's question carries a Message-ID no parser reads as an id; the owner's client
+    # copies it into In-Reply-To: the reply names some message, not the request.
+    task_id, request = new_request(rc)
+
+    said = sent_by_owner(rc, owners_yes(request[address], malformed), request[address])
+
+    assert said.startswith(REFUSED), said
+    assert "an id that cannot be read" in said
+    assert rc.task(task_id)["status"] == "in_progress"
+
+
 def test_a_question_whose_message_id_was_made_to_look_like_the_requests_is_refused(rc: RcMta) -> None:
     task_id, request = new_request(rc)
     forged = derived_id(request["reply_to"])

@@ -38,6 +38,8 @@ from rc_mta.thread_ids import names_request
 from rc_mta.tokens import TOKEN_LENGTH, Action, claimed_action
 
 MAX_FIELD_CHARS = 16384
+# What ``answered_elsewhere`` names for threading fields that hold no id it can read.
+UNREADABLE_ID = "an id that cannot be read"
 
 
 def others_addressed(fields: Iterable[tuple[str, str]], ours: RequestAddresses, sender: str | None) -> list[str]:
@@ -112,7 +114,9 @@ class RequestAddresses:
                     tokens.update(t.lower() for t in threaded if claimed_action(t) is Action.REPLY)
         return frozenset(tokens)
 
-    def answered_elsewhere(self, referenced: Sequence[str], stored: str | None, request_id: str) -> str | None:
+    def answered_elsewhere(
+        self, referenced: Sequence[str], threaded: bool, stored: str | None, request_id: str
+    ) -> str | None:
         """The message a reply answers when it is not a mail of the request, else None.
 
         ``referenced`` are the ids of its In-Reply-To, then its References
@@ -120,9 +124,14 @@ class RequestAddresses:
         them naming a mail of the request will do: behind a relay that replaced our
         Message-ID, In-Reply-To names the relay's id and References still holds the
         request's thread id, which no one who has not seen the request mail knows either.
-        Naming no message, or a request stored without an id, there is nothing to judge."""
-        if not referenced or stored is None:
+        With threading fields (``threaded``) that name no id we can read, it answers some
+        message, not the request: a question with a malformed Message-ID, copied by the
+        owner's client, must not pass as naming nothing. Naming no message at all (a
+        button's mailto), or a request stored without an id, there is nothing to judge."""
+        if stored is None:
             return None
+        if not referenced:
+            return UNREADABLE_ID if threaded else None
         if any(names_request(i, stored, request_id, self.local_part, self.reply_domain) for i in referenced):
             return None
         return f"<{referenced[0]}>"

@@ -42,12 +42,12 @@ from __future__ import annotations
 
 from email.utils import parseaddr
 
-from ..authresults import exchange_online_authentication_results, header_fields
+from ..authresults import EXCHANGE_ONLINE_AUTH_AS, exchange_online_authentication_results, header_fields
 from ..config import MailboxConfig
 from ._base import CheckContext, ExchangeOnlineTrust, OwnerProof, Verdict
 from .binding import RequestAddresses
 
-AUTH_AS = b"x-ms-exchange-organization-authas"
+AUTH_AS = EXCHANGE_ONLINE_AUTH_AS
 AUTO_FORWARDED = b"x-ms-exchange-organization-autoforwarded"
 RECEIVED_SPF = b"received-spf"
 SENDER = b"sender"

@@ -183,17 +183,20 @@ def _from_address(message: Message) -> str | None:
 
 
 def _referenced_ids(message: Message) -> tuple[str, ...]:
-    """Message-IDs this reply points at, in header order, so the caller can find the request."""
-    found: list[str] = []
+    """Message-IDs this reply points at, in header order, so the caller can find the request.
+
+    Only the first In-Reply-To and the first References field (RFC 5322 3.6.4 allows one
+    each; a client writes one): a hostile message may carry hundreds, each of the ids
+    ``budget.reader_view`` leaves (a first and the last 99). Duplicates are dropped in a
+    dict: in a list that was quadratic (30,000 ids, 6 s)."""
+    found: dict[str, None] = {}
     for name in ("In-Reply-To", "References"):
-        for value in _raw_headers(message, name):
+        for value in _raw_headers(message, name)[:1]:
             ids = re.findall(r"<\s*([^<>\s]+)\s*>", value)
             if not ids and "<" not in value:
                 # Some broken clients drop the angle brackets entirely.
                 ids = [token for token in value.split() if "@" in token]
-            for msg_id in ids:
-                if msg_id not in found:
-                    found.append(msg_id)
+            found.update(dict.fromkeys(ids))
     return tuple(found)
 
 
