@@ -40,6 +40,7 @@ from .shapes import iso as _iso
 from .shapes import iso_or_none as _iso_or_none
 from .store import (
     IDEMPOTENCY_KEY_TTL,
+    IDEMPOTENCY_LEASE,
     REQUEST_MAIL,
     STALE_CLAIM_SECONDS,
     Claim,
@@ -47,6 +48,7 @@ from .store import (
     KeyState,
     OutboundMail,
     Request,
+    Store,
     new_holder,
 )
 
@@ -398,6 +400,24 @@ def _idempotency_key(request: web.Request) -> str | None:
     return bare if quoted is None else re.sub(r"\\(.)", r"\1", quoted)
 
 
+async def hold_idempotency_key(
+    store: Store, scope: str, key: str, holder: str, every: float = IDEMPOTENCY_LEASE / 3
+) -> None:
+    """Renew a running call's hold on its key every ``every`` seconds, until cancelled: a
+    call that mails many owners through a slow relay may outlast one lease, and a retry
+    must not take the key over and mail them all again while it still runs."""
+    while True:
+        await asyncio.sleep(every)
+        try:
+            held = await asyncio.to_thread(store.renew_idempotency_key, scope, key, holder, time.time())
+        except TemporaryFailure as exc:
+            log.warning("api idempotency key %r: its hold not renewed (tried again later): %s", key, exc)
+            continue
+        if not held:
+            log.warning("api idempotency key %r: no longer held by its call (taken over)", key)
+            return
+
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -475,8 +495,9 @@ class _Api:
         a retry with the same body gets the first answer again (``Idempotent-Replayed:
         true``), one with another body 422, one while the first still runs 409. Only a
         success is kept, for ``IDEMPOTENCY_KEY_TTL``: after an error the key is given back,
-        and a retry runs again (the call is all or nothing). A call cut off with its
-        instance holds the key until ``IDEMPOTENCY_LEASE`` ran out, then a retry takes it."""
+        and a retry runs again (the call is all or nothing). A running call renews its hold
+        (``hold_idempotency_key``); one cut off with its instance holds the key until
+        ``IDEMPOTENCY_LEASE`` ran out, then a retry takes it."""
         store = self.service.store
         fingerprint = hashlib.sha256(body.model_dump_json().encode()).hexdigest()
         holder = new_holder()
@@ -507,6 +528,7 @@ class _Api:
             log.warning(
                 "api idempotency key %r: its first call was cut off (its instance died?); running it again", key
             )
+        holding = asyncio.create_task(hold_idempotency_key(store, scope, key, holder))
         try:
             response = await call(body)
         except BaseException:
@@ -515,6 +537,8 @@ class _Api:
             except TemporaryFailure as exc:
                 log.warning("api idempotency key %r not given back (a retry waits for its lease): %s", key, exc)
             raise
+        finally:
+            holding.cancel()
         assert isinstance(response.text, str)
         try:
             kept = await asyncio.to_thread(

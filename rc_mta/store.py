@@ -669,6 +669,18 @@ class Store:
                 return IdempotentAnswer(KeyState.RUNNING)
         return IdempotentAnswer(KeyState.RUNNING)
 
+    def renew_idempotency_key(self, scope: str, key: str, holder: str, now: float) -> bool:
+        """Hold ``key`` for ``IDEMPOTENCY_LEASE`` more from ``now``, while its call still runs
+        (one that sends many request mails may outlast one lease); False when no longer held."""
+        k = idempotency_keys.c
+        with self._begin() as conn:
+            renewed = conn.execute(
+                update(idempotency_keys)
+                .where(k.scope == scope, k.key == key, k.holder == holder, k.state == "running")
+                .values(**_leased_to(holder, now, IDEMPOTENCY_LEASE))
+            )
+            return bool(renewed.rowcount == 1)
+
     def finish_idempotency_key(self, scope: str, key: str, holder: str, status: int, response: str) -> bool:
         """Keep the answer of the call that holds ``key``; False when it no longer held it."""
         k = idempotency_keys.c
