@@ -9,18 +9,20 @@ test_one_path.py."""
 
 from __future__ import annotations
 
+import email.header
 import json
 import sqlite3
 from pathlib import Path
 from typing import Any
 
+import dkim
 import pytest
 from conftest import REPLY_DOMAIN, RcMta, make_rc_mta, wait_until, with_real_dns
 from dnsserver import NsdServer
 from mailclient import reply_message
 from test_followups import outbox_mail
 from test_intent import HELO, raw_smtp
-from test_one_path import OWNER, signed
+from test_one_path import KEY, OWNER, SIGNED_FIELDS, signed, wire
 
 OWNER_HOST = "127.0.0.2"
 MALLORYS_QUESTION = "<cleanup-question.1@corp.test>"
@@ -235,3 +237,18 @@ def test_a_request_sent_before_keeps_its_old_ids(rc: RcMta) -> None:
 
     assert to_request.startswith("250") and to_reminder.startswith("250"), (to_request, to_reminder)
     assert rc.task(first)["status"] == rc.task(second)["status"] == "completed"
+
+
+def test_a_reply_whose_client_wrote_its_in_reply_to_as_an_encoded_word_still_acts(rc: RcMta) -> None:
+    # Python's own email.policy.default writes a long id as an RFC 2047 word: still the id.
+    task_id, request = new_request(rc)
+    encoded = email.header.Header(request["message_id"], "utf-8").encode(maxlinelen=998)
+    assert encoded.startswith("=?utf-8?q?=3C")
+    threading = f"In-Reply-To: {encoded}\r\nReferences: {encoded}\r\n".encode()
+    raw = threading + wire(reply_message(request["reply_to"], "Yes, go ahead", sender=OWNER))
+    raw = bytes(dkim.sign(raw, b"sel", b"corp.test", KEY, include_headers=SIGNED_FIELDS)) + raw
+
+    said = sent_by_owner(rc, raw, request["reply_to"])
+
+    assert said.startswith("250"), said
+    assert rc.task(task_id)["status"] == "completed"

@@ -14,6 +14,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from email import policy
+from email.header import decode_header, make_header
 from email.message import Message
 from email.parser import BytesParser
 from email.utils import getaddresses
@@ -182,6 +183,18 @@ def _from_address(message: Message) -> str | None:
     return structured.lower()
 
 
+def _words_decoded(value: str) -> str:
+    """``value`` with RFC 2047 encoded words decoded: Python's own ``policy.default`` writes
+    a long In-Reply-To as one (``=?utf-8?q?=3C...?=``), and the ids inside are still the
+    ones the sender meant. Left as it is when it does not decode."""
+    if "=?" not in value:
+        return value
+    try:
+        return str(make_header(decode_header(value)))
+    except Exception:
+        return value
+
+
 def _referenced_ids(message: Message) -> tuple[str, ...]:
     """Message-IDs this reply points at, in header order, so the caller can find the request.
 
@@ -192,6 +205,7 @@ def _referenced_ids(message: Message) -> tuple[str, ...]:
     found: dict[str, None] = {}
     for name in ("In-Reply-To", "References"):
         for value in _raw_headers(message, name)[:1]:
+            value = _words_decoded(value)
             ids = re.findall(r"<\s*([^<>\s]+)\s*>", value)
             if not ids and "<" not in value:
                 # Some broken clients drop the angle brackets entirely.
