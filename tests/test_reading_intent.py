@@ -378,9 +378,14 @@ TAKEN_BACK = [
     ("Goedgekeurd, maar wacht nog even.", None),
     ("Approvato, ma aspetta.", None),
     ("\uc2b9\uc778, \ud558\uc9c0\ub9cc \uc544\uc9c1", None),  # 승인, 하지만 아직: approved, but not yet
+    # Doubt before the decision in its own sentence.
+    ("Not sure, approve.", None),
+    ("\u6211\u4e0d\u786e\u5b9a\uff0c\u6279\u51c6", None),  # 我不确定，批准: not sure, approve
+    ("Wait, approved.", None),
     # Guards, which read so before as after: a correction's opener before the other
     # decision, a wait after a no; and what still decides: a time that qualifies something
-    # else, a wait for something named, "rather not" after a no.
+    # else, a wait for something named, a filler before the decision, doubt in a sentence
+    # of its own before it, "rather not" after a no.
     ("Approve, or rather reject.", None),
     ("No wait", None),
     ("Approved and later we deploy", "complete"),
@@ -389,6 +394,8 @@ TAKEN_BACK = [
     ("Approved, deploy tomorrow", "complete"),
     ("Approved and I'll deploy it tomorrow", "complete"),
     ("Approved, hold the release for the window", "complete"),
+    ("Hmm, approved.", "complete"),
+    ("Not sure. Approved.", "complete"),
     ("Rejected, rather not.", "fail"),
     ("Goedgekeurd, wacht op het venster.", "complete"),
 ]
@@ -493,6 +500,7 @@ BUTTONS = [
     ("Approve later", "complete", True),
     ("Approved (hold until Monday)", "complete", True),
     ("Approvato, ma aspetta.", "complete", True),
+    ("Not sure, approve.", "complete", True),
     ("\u540c\u610f\uff0c\u7b97\u4e86", "complete", True),  # 同意，算了
     ("Approved, I'll update the ticket later", "complete", False),
     ("\u6211\u540c\u610f\u4e86", "complete", False),  # 我同意了: I agreed
@@ -557,11 +565,12 @@ def test_default_word_lists_do_not_overlap() -> None:
         lambda n: "the build is broken ok " * (n // 23),
         lambda n: "ok: broken, " * (n // 12),
         lambda n: "approved hold the " * (n // 18),
+        lambda n: "not sure, or rather " * (n // 20),
     ],
     ids=[
         *("no runs", "ja runs", "not runs", "clauses", "leading words", "question marks", "dashes", "one word"),
         *("wraps", "negated further on", "negation far off", "trouble", "trouble in clauses"),
-        *("holds after a decision",),
+        *("holds after a decision", "doubts before one"),
     ],
 )
 def test_reading_hostile_comments_takes_linear_time(make: object) -> None:
