@@ -396,6 +396,10 @@ TAKEN_BACK = [
     ("Approved, hold the release for the window", "complete"),
     ("Hmm, approved.", "complete"),
     ("Not sure. Approved.", "complete"),
+    ("Hm, approved.", "complete"),
+    ("Not yet reviewed by QA, but approved", "complete"),
+    ("Noch nicht getestet, aber genehmigt.", "complete"),
+    ("Erst einmal danke, genehmigt.", "complete"),
     ("Rejected, rather not.", "fail"),
     ("Goedgekeurd, wacht op het venster.", "complete"),
 ]

@@ -45,7 +45,8 @@ or as a time right after the decision word ("Approve later", "Approve it tomorro
 words.LATER). A time anywhere else qualifies something else ("Approved, I'll update the
 ticket later"). Doubt *before* the decision in the same sentence is the decision's own:
 "Not sure, approve", "Wait, approved", "我不确定，批准" are unclear; a filler that is only a
-leading word ("Hmm, approved") is none, and a sentence of doubt before the decision's
+leading word ("Hmm, approved") is none, nor is a "not yet" ("Noch nicht getestet, aber
+genehmigt", "Erst einmal danke, genehmigt": it has a subject of its own), and a sentence of doubt before the decision's
 sentence ("Hmm. Approved.", "Not sure. Approved.") is thought the person had before deciding.
 
 A decision word further on in a clause ("I cannot *approve* it", "the CAB *rejected* it")
@@ -607,8 +608,9 @@ def _decide(text: str, vocab: _Vocabulary) -> _Side:
     # sentence a correction of an earlier decision opened, and whether a question asked
     # for a decision ("Approved?").
     doubted, last, correcting = False, _Side.NOTHING, -1
-    # The sentence a doubt opened before any decision in it ("Not sure, approve"), and its kind.
-    doubting: tuple[int, _Doubt | None] = (-1, None)
+    # The sentence a doubt opened before any decision in it ("Not sure, approve"); "not
+    # yet" there is about something else ("Not yet tested, but approved").
+    doubting = -1
     # Per question, whether its last clause asks for the decision ("Approved?", "Hi,
     # approve or not?"; not "OK, could you update the docs?").
     asking: dict[int, bool] = {}
@@ -627,12 +629,11 @@ def _decide(text: str, vocab: _Vocabulary) -> _Side:
             correcting = number  # "Rejected. Actually, no.": which one stands is a guess
         side, acknowledgment, further = _read_clause(words, vocab)
         if side in (_Side.COMPLETE, _Side.FAIL):
-            if correcting == number or (doubting[0] == number and _doubts(doubting[1], side)):
+            if correcting == number or doubting == number:
                 return _Side.CONFLICT  # "Not sure, approve": the doubt is the decision's own
             doubted, last = False, side  # "Hmm. Approved.": the decision after the doubt stands
-        elif doubt is not None and _listed_at(vocab.leading, words, 0) != len(words):  # no filler ("Hmm, approved")
-            if doubting[0] != number or doubt is _Doubt.ANY:
-                doubting = (number, doubt)
+        elif doubt is _Doubt.ANY and _listed_at(vocab.leading, words, 0) != len(words):  # no filler ("Hmm, approved")
+            doubting = number
         doubted = doubted or _doubts(doubt, last)
         if side is _Side.CONFLICT or _Side.CONFLICT in further:
             return _Side.CONFLICT

@@ -414,7 +414,7 @@ LEADING_WORDS: tuple[str, ...] = (
     *("this", "that", "it", "so", "and", "but", "then", "also", "well", "please", "hereby", "i'll"),
     *("i will", "we'll", "we will", "i'd say", "i would say", "i think", "i guess", "for me"),
     *("from my side", "from our side", "all", "hi", "hello", "hey", "thanks", "thank you", "totally"),
-    *("fully", "definitely", "certainly", "happily", "gladly", "actually", "oh", "hmm", "sorry", "um"),
+    *("fully", "definitely", "certainly", "happily", "gladly", "actually", "oh", "hmm", "hm", "sorry", "um"),
     # German
     *("ich", "wir", "ich bin", "wir sind", "das ist", "es ist", "ist", "also", "dann", "und", "aber"),
     *("bitte", "hiermit", "von mir", "von meiner seite", "hallo", "danke", "für mich", "ja"),
