@@ -737,3 +737,21 @@ def test_a_hold_or_a_negated_approval_sent_to_the_complete_button_completes_noth
     # The Fail button's own "I cannot approve" still fails.
     agreeing = bodies[4:5]
     assert answered(rc, agreeing, to="fail_address") == dict.fromkeys(agreeing, (250, "2.0.0", "failed"))
+
+
+def test_an_approval_taken_back_or_put_off_leaves_the_task_untouched(rc: RcMta) -> None:
+    bodies = (
+        "Approve, or rather wait.",
+        "Approved wait",
+        "Approve later",
+        "Approved, but not until Monday",
+        "Not sure, approve.",
+        "Approvato, ma aspetta.",
+        "\u540c\u610f\uff0c\u7b97\u4e86",  # 同意，算了: agreed, forget it
+    )
+
+    assert answered(rc, bodies) == dict.fromkeys(bodies, (550, "5.6.0", "in_progress"))
+    assert answered(rc, bodies, to="complete_address") == dict.fromkeys(bodies, (550, "5.6.0", "in_progress"))
+    # A time that qualifies something else leaves the approval standing.
+    standing = ("Approved, I'll update the ticket later.",)
+    assert answered(rc, standing) == dict.fromkeys(standing, (250, "2.0.0", "completed"))
