@@ -348,6 +348,62 @@ DOUBT_AFTER = [
     ("\u7b49\u4e00\u4e0b\u3002\u540c\u610f\u3002", "complete"),  # 等一下。同意。: wait... agreed.
 ]
 
+# The owner takes the approval back or puts it off: never acted on.
+TAKEN_BACK = [
+    # Taken back in the same sentence, after a correction's opener or none.
+    ("Approve, rather not.", None),
+    ("Approve, better not.", None),
+    ("Approve, then again maybe not.", None),
+    ("Approve, or rather wait.", None),
+    ("Approve, I mean wait.", None),
+    ("Genehmigt, oder doch lieber warten.", None),
+    ("\u540c\u610f\uff0c\u7b97\u4e86", None),  # 同意，算了: agreed, forget it
+    ("\u540c\u610f\uff0c\u8fd8\u662f\u7b97\u4e86", None),  # 同意，还是算了: agreed, rather forget it
+    ("\u627f\u8a8d\u3001\u3084\u3063\u3071\u308a\u3084\u3081\u307e\u3059", None),  # 承認、やっぱりやめます
+    # A wait with no punctuation before it.
+    ("Approved wait", None),
+    ("Approved hold on", None),
+    ("approved hmm wait", None),
+    # A hold that names no decision, or a time right after the decision word.
+    ("Approve. On hold.", None),
+    ("Approved. Pending.", None),
+    ("Approve later", None),
+    ("Approve tomorrow", None),
+    ("Approve it next week", None),
+    ("Approved (hold until Monday)", None),
+    ("Approved, but not until Monday", None),
+    ("Genehmigt, aber erst n\u00e4chste Woche.", None),
+    ("Genehmigt, aber noch nicht umsetzen.", None),
+    # Waits in Dutch, Italian and Korean.
+    ("Goedgekeurd, maar wacht nog even.", None),
+    ("Approvato, ma aspetta.", None),
+    ("\uc2b9\uc778, \ud558\uc9c0\ub9cc \uc544\uc9c1", None),  # 승인, 하지만 아직: approved, but not yet
+    # Doubt before the decision in its own sentence.
+    ("Not sure, approve.", None),
+    ("\u6211\u4e0d\u786e\u5b9a\uff0c\u6279\u51c6", None),  # 我不确定，批准: not sure, approve
+    ("Wait, approved.", None),
+    # Guards, which read so before as after: a correction's opener before the other
+    # decision, a wait after a no; and what still decides: a time that qualifies something
+    # else, a wait for something named, a filler before the decision, doubt in a sentence
+    # of its own before it, "rather not" after a no.
+    ("Approve, or rather reject.", None),
+    ("No wait", None),
+    ("Approved and later we deploy", "complete"),
+    ("Approved, I'll update the ticket later", "complete"),
+    ("Approved. I'll update the ticket tomorrow.", "complete"),
+    ("Approved, deploy tomorrow", "complete"),
+    ("Approved and I'll deploy it tomorrow", "complete"),
+    ("Approved, hold the release for the window", "complete"),
+    ("Hmm, approved.", "complete"),
+    ("Not sure. Approved.", "complete"),
+    ("Hm, approved.", "complete"),
+    ("Not yet reviewed by QA, but approved", "complete"),
+    ("Noch nicht getestet, aber genehmigt.", "complete"),
+    ("Erst einmal danke, genehmigt.", "complete"),
+    ("Rejected, rather not.", "fail"),
+    ("Goedgekeurd, wacht op het venster.", "complete"),
+]
+
 TABLE = (
     NEGATION
     + NEGATION_AFTER
@@ -360,6 +416,7 @@ TABLE = (
     + LANGUAGES
     + FURTHER_ON
     + DOUBT_AFTER
+    + TAKEN_BACK
 )
 
 
@@ -441,6 +498,15 @@ BUTTONS = [
     ("\u7b49\u4e00\u4e0b", "complete", True),  # 等一下: wait a moment
     ("\u627f\u8a8d\u306f\u4fdd\u7559\u3057\u307e\u3059", "complete", True),  # 承認は保留します: on hold
     ("\uc7a0\uae50\ub9cc\uc694", "complete", True),  # 잠깐만요: just a moment
+    # Taken back or put off: no answer to the Complete button.
+    ("Approve, rather not.", "complete", True),
+    ("Approved wait", "complete", True),
+    ("Approve later", "complete", True),
+    ("Approved (hold until Monday)", "complete", True),
+    ("Approvato, ma aspetta.", "complete", True),
+    ("Not sure, approve.", "complete", True),
+    ("\u540c\u610f\uff0c\u7b97\u4e86", "complete", True),  # 同意，算了
+    ("Approved, I'll update the ticket later", "complete", False),
     ("\u6211\u540c\u610f\u4e86", "complete", False),  # 我同意了: I agreed
     ("\u6211\u6ca1\u95ee\u9898", "complete", False),  # 我没问题: no problem for me
     ("\u4f60\u597d\uff0c\u6d4b\u8bd5\u5931\u8d25\u4e86", "fail", False),  # hello, the tests failed
@@ -502,10 +568,13 @@ def test_default_word_lists_do_not_overlap() -> None:
         lambda n: "the not build approved " * (n // 23),
         lambda n: "the build is broken ok " * (n // 23),
         lambda n: "ok: broken, " * (n // 12),
+        lambda n: "approved hold the " * (n // 18),
+        lambda n: "not sure, or rather " * (n // 20),
     ],
     ids=[
         *("no runs", "ja runs", "not runs", "clauses", "leading words", "question marks", "dashes", "one word"),
         *("wraps", "negated further on", "negation far off", "trouble", "trouble in clauses"),
+        *("holds after a decision", "doubts before one"),
     ],
 )
 def test_reading_hostile_comments_takes_linear_time(make: object) -> None:
@@ -668,3 +737,21 @@ def test_a_hold_or_a_negated_approval_sent_to_the_complete_button_completes_noth
     # The Fail button's own "I cannot approve" still fails.
     agreeing = bodies[4:5]
     assert answered(rc, agreeing, to="fail_address") == dict.fromkeys(agreeing, (250, "2.0.0", "failed"))
+
+
+def test_an_approval_taken_back_or_put_off_leaves_the_task_untouched(rc: RcMta) -> None:
+    bodies = (
+        "Approve, or rather wait.",
+        "Approved wait",
+        "Approve later",
+        "Approved, but not until Monday",
+        "Not sure, approve.",
+        "Approvato, ma aspetta.",
+        "\u540c\u610f\uff0c\u7b97\u4e86",  # 同意，算了: agreed, forget it
+    )
+
+    assert answered(rc, bodies) == dict.fromkeys(bodies, (550, "5.6.0", "in_progress"))
+    assert answered(rc, bodies, to="complete_address") == dict.fromkeys(bodies, (550, "5.6.0", "in_progress"))
+    # A time that qualifies something else leaves the approval standing.
+    standing = ("Approved, I'll update the ticket later.",)
+    assert answered(rc, standing) == dict.fromkeys(standing, (250, "2.0.0", "completed"))

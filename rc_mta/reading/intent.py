@@ -26,13 +26,28 @@ with a negation that decides nothing ("Yes, but I cannot sign off on this").
 Doubt takes back the decision before it. A clause that is nothing but doubt or a wait
 ("Not sure.", "Not really.", "Wait.", "Hold on.", "Hmm.", "Nicht sicher.", "Pas sûr.",
 "No estoy seguro.", "Vänta."; words.DOUBTS) after a decision leaves none ("Approved. Not
-sure."), and alone is no answer to a button; a decision after it stands ("Hmm. Approved.").
+sure."), and alone is no answer to a button; a decision in a later sentence stands ("Hmm.
+Approved.").
 Doubt that names what it doubts ("Approved. I'm not sure about the date though.") is about
 a detail: the decision stands. "Not yet" and a hold on the decision itself ("Please hold
 off on approving", "Warte mit der Freigabe") take back only a completion ("No, not yet"
 fails). A correction after a decision ("Rejected. Actually, no.", "Rejected. Wait, no.")
 is undecidable whichever way it goes. A question decides nothing, and one asking for the
 decision ("Approved?", "Approve or not?") answers no button.
+
+Taking it back or putting it off counts the same wherever it is said after the decision:
+after a correction's opener ("Approve, or rather wait", "I mean wait", "then again maybe
+not"; words.CORRECTIONS), with no punctuation ("Approved wait", "approved hmm wait"), as a
+hold that names nothing ("On hold.", "Pending."), as "rather not" (words.NOT_YET: after a
+no it agrees), as a time the decision waits for when a clause opens with it ("but not until
+Monday", "hold until Monday", "erst nächste Woche", "noch nicht umsetzen"; words.PUT_OFF),
+or as a time right after the decision word ("Approve later", "Approve it tomorrow";
+words.LATER). A time anywhere else qualifies something else ("Approved, I'll update the
+ticket later"). Doubt *before* the decision in the same sentence is the decision's own:
+"Not sure, approve", "Wait, approved", "我不确定，批准" are unclear; a filler that is only a
+leading word ("Hmm, approved") is none, nor is a "not yet" ("Noch nicht getestet, aber
+genehmigt", "Erst einmal danke, genehmigt": it has a subject of its own), and a sentence of doubt before the decision's
+sentence ("Hmm. Approved.", "Not sure. Approved.") is thought the person had before deciding.
 
 A decision word further on in a clause ("I cannot *approve* it", "the CAB *rejected* it")
 decides nothing, but is read: beside a decision of the other side it is a second
@@ -55,6 +70,7 @@ from dataclasses import dataclass
 
 from .words import (
     CJK_CONTRASTS,
+    CJK_DOUBT_RUNS,
     CJK_DOUBTS,
     CJK_NEGATIONS,
     CJK_NEGATORS,
@@ -68,10 +84,13 @@ from .words import (
     DOUBTS,
     HEDGES,
     HOLDS,
+    LATER,
+    LATER_OBJECTS,
     LEADING_WORDS,
     NEGATORS,
     NOT_YET,
     POLITE_WORDS,
+    PUT_OFF,
     STANDALONE_ONLY,
     TROUBLE,
     WEAK_WORDS,
@@ -150,6 +169,8 @@ class _Vocabulary:
     corrections: dict[str, list[_Phrase]]
     holds: dict[str, list[_Phrase]]
     names: dict[str, list[_Phrase]]
+    put_off: dict[str, list[_Phrase]]
+    later: dict[str, list[_Phrase]]
     # The decision words of Chinese, Japanese and Korean that a longer run may hold, and
     # their sides: "我不能*批准*" is one word to ``tokens``.
     cjk: re.Pattern[str] | None
@@ -205,6 +226,8 @@ def _vocabulary(complete_words: tuple[str, ...], fail_words: tuple[str, ...]) ->
         _phrase_index(CORRECTIONS),
         _phrase_index(HOLDS),
         _phrase_index(DECISION_NAMES),
+        _phrase_index(PUT_OFF),
+        _phrase_index(LATER),
         cjk,
         cjk_sides,
     )
@@ -377,6 +400,8 @@ def _read_clause(words: list[str], vocab: _Vocabulary) -> tuple[_Side, bool, set
         return side, False, {_Side.NOTHING}
     if side is _Side.CONFLICT:
         return side, False, set()
+    if at < len(words) and _takes_back(words[at:], side, vocab):
+        return _Side.CONFLICT, False, set()  # "Approved wait", "Approve later"
     while at < len(words):  # "OK to reject", "Yes I don't approve": undecidable
         later = _decision_at(words, at, vocab)
         if later is None:
@@ -393,6 +418,18 @@ def _read_clause(words: list[str], vocab: _Vocabulary) -> tuple[_Side, bool, set
             return _Side.CONFLICT, False, set()
         at = later[1]
     return side, weak, set()
+
+
+def _takes_back(rest: list[str], side: _Side, vocab: _Vocabulary) -> bool:
+    """Whether the words after a decision in its own clause take it back or put it off:
+    a doubt or a wait with no punctuation before it ("Approved wait", "approved hmm
+    wait", ``_doubt``), or a time right after the decision word, perhaps after its object
+    ("Approve later", "Approve it tomorrow"; ``LATER``). A time further on qualifies
+    something else ("Approved and later we deploy", "Approved and I'll deploy it tomorrow")."""
+    if _doubts(_doubt(rest, vocab), side):
+        return True
+    start = 1 if rest[0] in LATER_OBJECTS and len(rest) > 1 else 0
+    return _listed_at(vocab.later, rest, start) is not None
 
 
 def _clauses(comment: str) -> Iterator[tuple[str, bool, int, bool]]:
@@ -438,19 +475,32 @@ def _doubt(words: list[str], vocab: _Vocabulary) -> _Doubt | None:
     a hold that names something else ("Wait for the deploy window") is none. A run of
     Chinese, Japanese or Korean holding one of ``CJK_DOUBTS`` ("等一下", "承認は保留します")
     is a doubt: what else the run says is not read."""
-    if any(_is_cjk(word) and any(mark in word for mark in CJK_DOUBTS) for word in words):
+    if any(_is_cjk(word) and (word in CJK_DOUBT_RUNS or any(mark in word for mark in CJK_DOUBTS)) for word in words):
         return _Doubt.ANY
-    for start in _starts_after_leading(words, vocab):
+    for start in _openings(words, vocab):
         if start >= len(words):
             break
         for index, kind in ((vocab.doubts, _Doubt.ANY), (vocab.not_yet, _Doubt.COMPLETION)):
             end = _listed_at(index, words, start)
             if end is not None and all(word in DOUBT_TRAILERS for word in words[end:]):
                 return kind
+        if _listed_at(vocab.put_off, words, start) is not None:
+            return _Doubt.COMPLETION  # "not until Monday", "erst nächste Woche"
         held = _listed_at(vocab.holds, words, start)
         if held is not None and any(_names_decision(words, at, vocab) for at in range(held, len(words))):
             return _Doubt.COMPLETION
     return None
+
+
+def _openings(words: list[str], vocab: _Vocabulary) -> Iterator[int]:
+    """Where a doubt may start: after the leading words (``_starts_after_leading``), and
+    after a correction's opener there ("or rather wait", "I mean wait", "then again maybe
+    not", "oder lieber warten")."""
+    for start in _starts_after_leading(words, vocab):
+        yield start
+        opened = _listed_at(vocab.corrections, words, start) if start < len(words) else None
+        if opened is not None:
+            yield opened
 
 
 def _names_decision(words: list[str], at: int, vocab: _Vocabulary) -> bool:
@@ -558,6 +608,9 @@ def _decide(text: str, vocab: _Vocabulary) -> _Side:
     # sentence a correction of an earlier decision opened, and whether a question asked
     # for a decision ("Approved?").
     doubted, last, correcting = False, _Side.NOTHING, -1
+    # The sentence a doubt opened before any decision in it ("Not sure, approve"); "not
+    # yet" there is about something else ("Not yet tested, but approved").
+    doubting = -1
     # Per question, whether its last clause asks for the decision ("Approved?", "Hi,
     # approve or not?"; not "OK, could you update the docs?").
     asking: dict[int, bool] = {}
@@ -576,9 +629,11 @@ def _decide(text: str, vocab: _Vocabulary) -> _Side:
             correcting = number  # "Rejected. Actually, no.": which one stands is a guess
         side, acknowledgment, further = _read_clause(words, vocab)
         if side in (_Side.COMPLETE, _Side.FAIL):
-            if correcting == number:
-                return _Side.CONFLICT
+            if correcting == number or doubting == number:
+                return _Side.CONFLICT  # "Not sure, approve": the doubt is the decision's own
             doubted, last = False, side  # "Hmm. Approved.": the decision after the doubt stands
+        elif doubt is _Doubt.ANY and _listed_at(vocab.leading, words, 0) != len(words):  # no filler ("Hmm, approved")
+            doubting = number
         doubted = doubted or _doubts(doubt, last)
         if side is _Side.CONFLICT or _Side.CONFLICT in further:
             return _Side.CONFLICT

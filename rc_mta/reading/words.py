@@ -17,6 +17,7 @@ __all__ = [
     "BANNER_WORDS",
     "CJK_CONTRASTS",
     "CJK_DOUBTS",
+    "CJK_DOUBT_RUNS",
     "CJK_NEGATIONS",
     "CJK_NEGATORS",
     "CONTRASTS",
@@ -30,11 +31,14 @@ __all__ = [
     "HEADER_LABELS",
     "HEDGES",
     "HOLDS",
+    "LATER",
+    "LATER_OBJECTS",
     "LEADING_WORDS",
     "MOBILE_SIGNATURES",
     "NEGATORS",
     "NOT_YET",
     "POLITE_WORDS",
+    "PUT_OFF",
     "STANDALONE_ONLY",
     "TROUBLE",
     "WEAK_WORDS",
@@ -213,10 +217,12 @@ DOUBTS: tuple[str, ...] = (
     *("on second thoughts", "second thoughts", "on reflection", "never mind", "nevermind", "scratch that"),
     *("don't know", "do not know", "dunno", "no idea", "let me think", "let me think about it"),
     *("need to think", "need to think about it", "have to think about it"),
+    *("on hold", "hold", "pending", "still pending"),
     # German
     *("nicht sicher", "bin nicht sicher", "mir nicht sicher", "bin mir nicht sicher", "unsicher"),
     *("weiß nicht", "weiss nicht", "keine ahnung", "vielleicht", "warte", "wartet", "warten sie"),
-    *("moment", "einen moment", "augenblick", "halt", "doch nicht"),
+    *("moment", "einen moment", "augenblick", "halt", "doch nicht", "warten", "lieber warten"),
+    *("abwarten", "lieber abwarten"),
     # French
     *("pas sûr", "pas sûre", "pas certain", "pas certaine", "ne suis pas sûr", "ne suis pas sûre"),
     *("sais pas", "ne sais pas", "aucune idée", "peut-être", "peut être", "attends", "attendez"),
@@ -227,6 +233,11 @@ DOUBTS: tuple[str, ...] = (
     # Swedish
     *("inte säker", "osäker", "inte riktigt", "vet inte", "ingen aning", "kanske", "vänta"),
     *("ett ögonblick", "vänta lite"),
+    # Dutch, Italian, Portuguese
+    *("niet zeker", "weet niet", "weet ik niet", "misschien", "wacht", "wacht even", "wacht nog even"),
+    *("wacht nog", "even wachten", "momentje", "een moment", "non sono sicuro", "non sono sicura"),
+    *("forse", "aspetta", "aspetti", "aspettate", "un attimo", "não tenho certeza", "talvez"),
+    *("aguarde", "aguarda", "um momento"),
 )
 
 #: The same, only against a completion: "not yet" after a "no" agrees with it ("No, not
@@ -234,6 +245,34 @@ DOUBTS: tuple[str, ...] = (
 NOT_YET: tuple[str, ...] = (
     *("not yet", "not now", "noch nicht", "jetzt nicht", "pas encore", "pas maintenant", "todavía no"),
     *("aún no", "aun no", "ahora no", "inte än", "inte ännu", "inte nu"),
+    *("nog niet", "nu niet", "non ancora", "ancora no", "non adesso", "ainda não", "agora não"),
+    *("아직", "아직요", "아직은"),
+    # Rather not: after a "no" it agrees ("Rejected, rather not"), after a "yes" takes it back.
+    *("rather not", "better not", "i'd rather not", "maybe better not", "lieber nicht", "besser nicht"),
+    *("doch lieber nicht", "plutôt pas", "mieux vaut pas", "mejor no", "meglio di no", "liever niet"),
+)
+
+#: Words that put the decision off to a time, whatever follows them, when they open a
+#: clause after it: "Approved, but *not until* Monday", "Approved (*hold until* Monday)",
+#: "Genehmigt, aber *erst* nächste Woche", "Genehmigt, aber *noch nicht* umsetzen". Against
+#: a completion only, as ``NOT_YET`` is ("No, not until the audit" stays a no).
+PUT_OFF: tuple[str, ...] = (
+    *("not until", "not till", "not before", "no earlier than", "hold until", "hold till", "not yet"),
+    *("on hold until", "erst", "erst ab", "nicht vor", "noch nicht", "pas avant", "pas encore"),
+    *("no antes de", "todavía no", "aún no", "non prima", "non ancora", "só depois", "ainda não"),
+    *("pas maintenant", "nog niet", "niet voor", "inte förrän", "inte än", "inte ännu"),
+)
+
+#: Times that put the decision off when they stand right after its word, perhaps after
+#: one of ``LATER_OBJECTS`` ("Approve later", "Approve it tomorrow", "Genehmige morgen"). A
+#: time anywhere else qualifies something else: "Approved, I'll update the ticket later",
+#: "Approved and later we deploy".
+LATER: tuple[str, ...] = (
+    *("later", "tomorrow", "next week", "next month", "tonight", "another time", "some other time"),
+    *("in a bit", "in a while", "after the weekend", "später", "morgen", "nächste woche"),
+    *("übermorgen", "plus tard", "demain", "la semaine prochaine", "más tarde", "mañana"),
+    *("la semana que viene", "la próxima semana", "più tardi", "domani", "mais tarde"),
+    *("amanhã", "straks", "volgende week", "senare", "imorgon", "i morgon", "nästa vecka"),
 )
 
 #: Words after a doubt that leave it a doubt about the decision: "Not sure about it though".
@@ -242,12 +281,18 @@ DOUBT_TRAILERS: frozenset[str] = frozenset(
     thanks so bitte doch noch mal darüber dabei encore merci todavía gracias ändå tack""".split()
 )
 
+#: What may stand between a decision word and ``LATER``: "Approve *it* tomorrow".
+LATER_OBJECTS: frozenset[str] = frozenset(
+    """it this that them all es das sie ihn le la les ça cela lo los las het dit dat den det""".split()
+)
+
 #: Words that open a correction of what was said before: a decision after one of these in
 #: its sentence, when an earlier one was made, makes the reply unclear ("Rejected. Actually,
 #: no.", "Rejected. Wait, no.", "Approved. On second thought, no.").
 CORRECTIONS: tuple[str, ...] = (
     *("actually", "wait", "on second thought", "on second thoughts", "second thoughts", "on reflection"),
-    *("scratch that", "never mind", "nevermind", "correction"),
+    *("scratch that", "never mind", "nevermind", "correction", "then again", "or rather", "rather"),
+    *("or", "i mean", "oder", "beziehungsweise", "ou plutôt", "o mejor", "o meglio", "of liever"),
     *("moment", "warte", "eigentlich", "à la réflexion", "réflexion faite", "en fait", "attends"),
     *("pensándolo bien", "espera", "en realidad", "vänta", "förresten"),
 )
@@ -275,8 +320,13 @@ DECISION_NAMES: tuple[str, ...] = (
 CJK_DOUBTS: tuple[str, ...] = (
     *("等一下", "等等", "稍等", "暂缓", "暫緩", "先别", "先別", "先不要", "不确定", "不確定", "再说", "再說"),
     *("保留します", "保留で", "保留中", "待って", "ちょっと待", "検討中", "分かりません", "わかりません"),
+    *("还是算了", "還是算了", "算了吧", "やっぱりやめ", "やっぱり止め", "やめておきます", "やめときます"),
     *("잠깐", "잠시만", "보류", "모르겠"),
 )
+
+#: Runs that are nothing but a take-back (Chinese "forget it"): only as the whole run, since
+#: "算了" is also the end of other words ("计算了", calculated).
+CJK_DOUBT_RUNS: frozenset[str] = frozenset({"算了", "那算了", "那就算了", "就算了"})
 
 #: Chinese negations right before a decision word in the same run: "我*不能*批准" (I cannot
 #: approve), "测试还*没有*完成" (the tests are not complete) read as "not approved" does.
@@ -364,7 +414,7 @@ LEADING_WORDS: tuple[str, ...] = (
     *("this", "that", "it", "so", "and", "but", "then", "also", "well", "please", "hereby", "i'll"),
     *("i will", "we'll", "we will", "i'd say", "i would say", "i think", "i guess", "for me"),
     *("from my side", "from our side", "all", "hi", "hello", "hey", "thanks", "thank you", "totally"),
-    *("fully", "definitely", "certainly", "happily", "gladly", "actually", "oh", "hmm", "sorry", "um"),
+    *("fully", "definitely", "certainly", "happily", "gladly", "actually", "oh", "hmm", "hm", "sorry", "um"),
     # German
     *("ich", "wir", "ich bin", "wir sind", "das ist", "es ist", "ist", "also", "dann", "und", "aber"),
     *("bitte", "hiermit", "von mir", "von meiner seite", "hallo", "danke", "für mich", "ja"),
