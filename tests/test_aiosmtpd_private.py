@@ -207,3 +207,23 @@ def test_the_local_part_limit_still_applies_to_plain_addresses(servers: tuple[SM
         assert ours._getaddr("<short@example.com> SIZE=1") == ("short@example.com", "SIZE=1")
     finally:
         ours.local_part_limit = 0
+
+
+def test_shared_tables_answer_as_aiosmtpds_own_and_are_not_made_per_session() -> None:
+    """aiosmtpd's per-session tables of commands and hooks, replaced by one per handler and
+    methods bound when used: the same commands, the same methods, the same hooks."""
+    loop = asyncio.new_event_loop()
+    handler = Recorder()
+    try:
+        plain = SMTP(handler, loop=loop)
+        one, two = P.SharedTables(handler, loop=loop), P.SharedTables(handler, loop=loop)
+    finally:
+        loop.close()
+
+    assert list(one._smtp_methods) == list(plain._smtp_methods)
+    functions = {name: method.__func__ for name, method in plain._smtp_methods.items()}
+    assert {name: method.__func__ for name, method in one._smtp_methods.items()} == functions
+    assert one._smtp_methods.get("MAIL").__func__ is functions["MAIL"] and one._smtp_methods.get("NOPE") is None
+    assert one._handle_hooks == plain._handle_hooks
+    assert one._handle_hooks is two._handle_hooks  # one table for every session of a handler
+    assert one._smtp_methods["EHLO"].__self__ is one and two._smtp_methods["EHLO"].__self__ is two

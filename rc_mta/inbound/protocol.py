@@ -32,6 +32,7 @@ from .aiosmtpd_private import (
     UNKNOWN_COMMAND_PATTERN,
     VRFY_UNPARSEABLE_PREFIX,
     ReplyObjects,
+    SharedTables,
     reset_transaction,
 )
 from .data import DataReading
@@ -157,7 +158,7 @@ def _transport_fileno(transport: asyncio.BaseTransport) -> int:
     return int(sock.fileno()) if sock is not None else -1
 
 
-class SmtpServer(ClosableSession, DataReading, ReplyObjects):
+class SmtpServer(ClosableSession, DataReading, ReplyObjects, SharedTables):
     def __init__(
         self,
         handler: ReplyHandler,
