@@ -427,6 +427,25 @@ def test_words_decide(comment: str, expected: str | None) -> None:
 
 # What a Complete or Fail button's reply may say: True where it is refused (550 5.6.0).
 BUTTONS = [
+    # A hold or a time alone is no answer to the Complete button ("Later" never completes).
+    ("Not just yet", "complete", True),
+    ("Not today.", "complete", True),
+    ("Later", "complete", True),
+    ("Tomorrow", "complete", True),
+    ("Hold for now", "complete", True),
+    ("Put it on hold", "complete", True),
+    ("I'd rather wait", "complete", True),
+    ("Need more time", "complete", True),
+    ("Pas tout de suite", "complete", True),
+    ("Plus tard", "complete", True),
+    ("Heute nicht", "complete", True),
+    ("Später", "complete", True),
+    ("Mañana", "complete", True),
+    ("Nog even niet", "complete", True),
+    ("Inte idag", "complete", True),
+    ("Later, approved", "complete", False),
+    ("Morgen, genehmigt", "complete", False),
+    ("No, not today", "fail", False),
     # A negated decision word anywhere reads against the Complete button.
     ("After looking at the budget I cannot approve it", "complete", True),
     ("We should not go ahead with this", "complete", True),

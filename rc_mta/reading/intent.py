@@ -467,9 +467,10 @@ def _doubt(words: list[str], vocab: _Vocabulary) -> _Doubt | None:
 
     A doubt is a clause that, after its leading words, is all of one phrase of ``DOUBTS``
     ("Not sure.", "Hmm.", "Wait.", "Nicht sicher.", "Pas sûr.", "Vänta.") or ``NOT_YET``
-    ("Not yet."), perhaps with a few ``DOUBT_TRAILERS`` after it ("Not sure about it
-    though"): it names nothing else, so what it doubts is the decision. "Not sure about
-    the date" names something: a doubt about a detail, which leaves the decision standing.
+    ("Not yet.", "Not today.") or ``LATER`` ("Later.", "Tomorrow."), perhaps with a few
+    ``DOUBT_TRAILERS`` after it ("Not sure about it though"): it names nothing else, so
+    what it doubts is the decision. "Not sure about the date" names something: a doubt
+    about a detail, which leaves the decision standing.
     A clause that asks to hold the decision itself ("Please hold off on approving", "Wait
     before you approve", "Warte mit der Freigabe") is a doubt about a completion too;
     a hold that names something else ("Wait for the deploy window") is none. A run of
@@ -480,7 +481,12 @@ def _doubt(words: list[str], vocab: _Vocabulary) -> _Doubt | None:
     for start in _openings(words, vocab):
         if start >= len(words):
             break
-        for index, kind in ((vocab.doubts, _Doubt.ANY), (vocab.not_yet, _Doubt.COMPLETION)):
+        # A time alone ("Later.", "Tomorrow.", "Plus tard.") puts a completion off as "Not yet." does.
+        for index, kind in (
+            (vocab.doubts, _Doubt.ANY),
+            (vocab.not_yet, _Doubt.COMPLETION),
+            (vocab.later, _Doubt.COMPLETION),
+        ):
             end = _listed_at(index, words, start)
             if end is not None and all(word in DOUBT_TRAILERS for word in words[end:]):
                 return kind

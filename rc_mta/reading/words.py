@@ -217,7 +217,10 @@ DOUBTS: tuple[str, ...] = (
     *("on second thoughts", "second thoughts", "on reflection", "never mind", "nevermind", "scratch that"),
     *("don't know", "do not know", "dunno", "no idea", "let me think", "let me think about it"),
     *("need to think", "need to think about it", "have to think about it"),
-    *("on hold", "hold", "pending", "still pending"),
+    *("on hold", "hold", "pending", "still pending", "hold for now", "put it on hold", "let's hold off"),
+    *("hold off for now", "i'd rather wait", "i would rather wait", "better wait", "need more time"),
+    *("give me a minute", "give me a moment", "just a sec", "just a second", "hang on a sec"),
+    *("hold on a sec", "hold on a second", "hold on a moment", "not so fast"),
     # German
     *("nicht sicher", "bin nicht sicher", "mir nicht sicher", "bin mir nicht sicher", "unsicher"),
     *("weiß nicht", "weiss nicht", "keine ahnung", "vielleicht", "warte", "wartet", "warten sie"),
@@ -247,6 +250,9 @@ NOT_YET: tuple[str, ...] = (
     *("aún no", "aun no", "ahora no", "inte än", "inte ännu", "inte nu"),
     *("nog niet", "nu niet", "non ancora", "ancora no", "non adesso", "ainda não", "agora não"),
     *("아직", "아직요", "아직은"),
+    *("not today", "not right now", "not for now", "not just yet", "just not yet", "not this week"),
+    *("pas tout de suite", "pas aujourd'hui", "heute nicht", "nicht heute", "gerade nicht", "hoy no"),
+    *("oggi no", "non oggi", "niet vandaag", "nog even niet", "inte idag", "inte i dag"),
     # Rather not: after a "no" it agrees ("Rejected, rather not"), after a "yes" takes it back.
     *("rather not", "better not", "i'd rather not", "maybe better not", "lieber nicht", "besser nicht"),
     *("doch lieber nicht", "plutôt pas", "mieux vaut pas", "mejor no", "meglio di no", "liever niet"),
