@@ -400,6 +400,12 @@ TAKEN_BACK = [
     ("Not yet reviewed by QA, but approved", "complete"),
     ("Noch nicht getestet, aber genehmigt.", "complete"),
     ("Erst einmal danke, genehmigt.", "complete"),
+    # "erst" puts off only before a time: "first of all, thanks" and "only seen it now" do not.
+    ("Genehmigt, erst einmal danke.", "complete"),
+    ("Genehmigt, erst jetzt gesehen, sorry.", "complete"),
+    ("Genehmigt, aber erst morgen.", None),
+    ("Genehmigt, erst nach dem Audit.", None),
+    ("Genehmigt, erst ab Montag.", None),
     ("Rejected, rather not.", "fail"),
     ("Goedgekeurd, wacht op het venster.", "complete"),
 ]

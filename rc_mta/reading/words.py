@@ -264,7 +264,12 @@ NOT_YET: tuple[str, ...] = (
 #: a completion only, as ``NOT_YET`` is ("No, not until the audit" stays a no).
 PUT_OFF: tuple[str, ...] = (
     *("not until", "not till", "not before", "no earlier than", "hold until", "hold till", "not yet"),
-    *("on hold until", "erst", "erst ab", "nicht vor", "noch nicht", "pas avant", "pas encore"),
+    *("on hold until", "nicht vor", "noch nicht", "pas avant", "pas encore"),
+    # "erst" puts off only before a time ("erst nächste Woche"): "erst einmal danke" (first
+    # of all, thanks) and "erst jetzt gesehen" (only seen now) put off nothing.
+    *("erst ab", "erst am", "erst im", "erst in", "erst nach", "erst wenn", "erst morgen", "erst später"),
+    *("erst übermorgen", "erst nächste", "erst nächsten", "erst nächstes", "erst kommende", "erst kommenden"),
+    *("erst montag", "erst dienstag", "erst mittwoch", "erst donnerstag", "erst freitag", "erst heute abend"),
     *("no antes de", "todavía no", "aún no", "non prima", "non ancora", "só depois", "ainda não"),
     *("pas maintenant", "nog niet", "niet voor", "inte förrän", "inte än", "inte ännu"),
 )
