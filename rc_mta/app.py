@@ -19,7 +19,7 @@ from . import metrics
 from .api import add_api_routes
 from .checks.exchange_online import exchange_online_trust
 from .config import Settings, SigningConfig
-from .dkim_signing import DkimSigner, make_dkim_signer
+from .dkim_signing import DkimSigner, make_dkim_signer, signed
 from .dns import DnsResolver
 from .errors import ConfigError, RcMtaError
 from .http import Health, add_mta_sts_route, make_app, metrics_app, start_http
@@ -217,8 +217,7 @@ class Service:
         request = Request(**{**request.__dict__, "message_id": addresses.message_id})
         language = language or self.settings.outbound.language
         message = wire_bytes(compose(self.settings, request, addresses, now, context=context, language=language))
-        if self.dkim is not None:
-            message = await asyncio.to_thread(self.dkim.sign, message)  # RSA: off the loop
+        message = await signed(self.dkim, message)
         # Stored before any attempt to send, with its group (no answer to it may act alone),
         # under the rule looked at again: from here on the request is not lost.
         checked = ApprovalCheck(approval_group)

@@ -41,6 +41,7 @@ from email.message import EmailMessage
 from typing import TYPE_CHECKING, ClassVar
 
 from .config import Settings
+from .dkim_signing import signed
 from .errors import BackendUnavailable, DecisionPending, StoreUnavailable, TemporaryFailure
 from .outbound import reply_addresses, wire_bytes
 from .request_mail import compose
@@ -317,8 +318,7 @@ class FollowUps:
             return
         number = int(step.removeprefix("reminder-"))
         message = wire_bytes(reminder(service.settings, service.signer, request, number, time.time()))
-        if service.dkim is not None:
-            message = await asyncio.to_thread(service.dkim.sign, message)
+        message = await signed(service.dkim, message)
         # Into the outbound queue, the step marked done with it in one transaction: from
         # here the sender loop delivers it (back-off, lifetime, a revocation honoured) and
         # the step is never taken again, so no relay trouble can make a second reminder.

@@ -29,7 +29,6 @@ comes back to the mailbox as machine mail, which is filed and never told.
 
 from __future__ import annotations
 
-import asyncio
 import email.policy
 import hashlib
 import logging
@@ -42,6 +41,7 @@ from typing import TYPE_CHECKING
 
 from . import metrics
 from .config import Settings
+from .dkim_signing import signed
 from .machine_mail import machine_reason
 from .outbound import reply_addresses, wire_bytes
 from .pipeline import Decision, MailboxOutcome
@@ -222,8 +222,7 @@ class RefusalNotices:
         assert request is not None and fields.from_address is not None
         now = time.time()
         message = wire_bytes(compose_notice(self.settings, self.signer, decision, request, fields, now))
-        if self.dkim is not None:
-            message = await asyncio.to_thread(self.dkim.sign, message)
+        message = await signed(self.dkim, message)
         queued, mail = await self.queue.submit_notice(
             request.id,
             notice_kind(decision.message_id),
