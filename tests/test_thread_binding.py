@@ -24,6 +24,8 @@ from test_followups import outbox_mail
 from test_intent import HELO, raw_smtp
 from test_one_path import KEY, OWNER, SIGNED_FIELDS, signed, wire
 
+from rc_mta.reading.message import parse_reply
+
 OWNER_HOST = "127.0.0.2"
 MALLORYS_QUESTION = "<cleanup-question.1@corp.test>"
 REFUSED = "550 5.7.1 This is a reply to another message"
@@ -252,3 +254,16 @@ def test_a_reply_whose_client_wrote_its_in_reply_to_as_an_encoded_word_still_act
 
     assert said.startswith("250"), said
     assert rc.task(task_id)["status"] == "completed"
+
+
+def test_the_binding_and_the_threading_rule_read_the_same_first_threading_fields() -> None:
+    raw = (
+        b"From: owner@corp.test\r\nTo: rc@reply.example.test\r\n"
+        b"In-Reply-To: <first@x>\r\nIn-Reply-To: <second@x>\r\n"
+        b"References: <a@x> <b@x>\r\nReferences: <c@x>\r\n\r\nYes\r\n"
+    )
+    parsed = parse_reply(raw)
+
+    threading = [(name, value) for name, value in parsed.addressed if name in ("in-reply-to", "references")]
+    assert threading == [("in-reply-to", "<first@x>"), ("references", "<a@x> <b@x>")]
+    assert parsed.referenced_ids == ("first@x", "a@x", "b@x")

@@ -129,19 +129,27 @@ def _header_text(message: Message, name: str) -> str | None:
 
 
 _ADDRESSING = frozenset({"to", "cc", "in-reply-to", "references"})
+_THREADING = frozenset({"in-reply-to", "references"})
 
 
 def _addressed(message: Message) -> tuple[tuple[str, str], ...]:
     """``ParsedReply.addressed``: the header section was bounded before it was parsed, and
-    ``checks/binding.py`` bounds each value it reads."""
+    ``checks/binding.py`` bounds each value it reads. Of In-Reply-To and References only
+    the first field each, as ``_referenced_ids`` reads them: the binding and the threading
+    rule must judge the same ids (a client writes one of each; RFC 5322 3.6.4)."""
+    found: list[tuple[str, str]] = []
+    threading_seen: set[str] = set()
     try:
-        return tuple(
-            (str(name).lower(), unfold(str(value)).strip())
-            for name, value in message.raw_items()
-            if str(name).lower() in _ADDRESSING
-        )
+        for name, value in message.raw_items():
+            lowered = str(name).lower()
+            if lowered not in _ADDRESSING or lowered in threading_seen:
+                continue
+            if lowered in _THREADING:
+                threading_seen.add(lowered)
+            found.append((lowered, unfold(str(value)).strip()))
     except Exception:  # a header the library cannot give back: nothing is addressed
         return ()
+    return tuple(found)
 
 
 def _message_id(message: Message) -> str | None:
