@@ -68,10 +68,10 @@ def verify_pkcs1_v1_5(hash: _Hash, signature: bytes, public_key: dict[str, Any])
     expected = dkim.crypto.EMSA_PKCS1_v1_5_encode(hash, length)  # raises as dkimpy's does
     digest_info = expected[expected.index(b"\x00", 2) + 1 :]
     try:
-        if not _openssl_takes(modulus, exponent):
-            raise ValueError("beyond OpenSSL's limits")
-        key = _public_key(modulus, exponent)
-    except ValueError:  # an exponent or modulus OpenSSL will not take: dkimpy's own maths
+        key = _public_key(modulus, exponent) if _openssl_takes(modulus, exponent) else None
+    except ValueError:  # an exponent or modulus OpenSSL will not take
+        key = None
+    if key is None:  # dkimpy's own maths
         return bool(dkim.crypto.RSASSA_PKCS1_v1_5_verify(hash, signature, public_key))
     reduced = (int.from_bytes(signature, "big") % modulus).to_bytes(length, "big")
     try:

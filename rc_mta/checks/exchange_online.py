@@ -42,7 +42,7 @@ from __future__ import annotations
 
 from email.utils import parseaddr
 
-from ..authresults import EXCHANGE_ONLINE_AUTH_AS, exchange_online_authentication_results, header_fields
+from ..authresults import EXCHANGE_ONLINE_AUTH_AS, header_fields
 from ..config import MailboxConfig
 from ._base import CheckContext, ExchangeOnlineTrust, OwnerProof, Verdict
 from .binding import RequestAddresses
@@ -50,6 +50,7 @@ from .binding import RequestAddresses
 AUTH_AS = EXCHANGE_ONLINE_AUTH_AS
 AUTO_FORWARDED = b"x-ms-exchange-organization-autoforwarded"
 RECEIVED_SPF = b"received-spf"
+AUTHENTICATION_RESULTS = b"authentication-results"
 SENDER = b"sender"
 METHOD = "exchange-online"
 
@@ -84,8 +85,11 @@ class ExchangeOnlineCheck:
             )
         if not marks or marks[0].lower() != "internal":
             return Verdict("none", "Exchange Online does not mark it as sent inside the organization", facts)
-        stamped = exchange_online_authentication_results(context.raw) or []
-        if any(name == RECEIVED_SPF for name, _ in fields) or any(r.method == "spf" for r in stamped):
+        # Exchange's field is not told by its place on a colleague's message (its author could
+        # have written one on top): any SPF verdict in any Authentication-Results counts here,
+        # which only ever refuses.
+        spf_noted = any(name == AUTHENTICATION_RESULTS and "spf=" in value.lower() for name, value in fields)
+        if spf_noted or any(name == RECEIVED_SPF for name, _ in fields):
             why = "marked Internal, but Exchange Online received it from outside over SMTP (it holds an SPF verdict)"
             return Verdict("fail", why, facts)
         if any(name == AUTO_FORWARDED and value.strip().lower() == "true" for name, value in fields):
