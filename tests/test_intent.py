@@ -484,6 +484,34 @@ def test_stamp_above_the_fronts_received_field_is_believed(strict_rc: RcMta) -> 
     assert strict_rc.task(task_id)["status"] == "completed"
 
 
+def test_trusted_dmarc_pass_does_not_relax_the_alignment_the_from_domains_record_asks(strict_rc: RcMta) -> None:
+    strict_rc.settings["checks"]["trusted_authserv_ids"] = ["front.example.test"]
+    strict_rc.start()
+    owner = "alice@strictnone.dmarc.test"  # p=none; adkim=s; aspf=s
+    task_id = strict_rc.add_task(owner=owner)
+    request = strict_rc.request(task_id)
+    # The front's DMARC pass rests on a DKIM signature of strictnone.dmarc.test (a mail of
+    # alice's, replayed); its SPF pass is for tenant.dmarc.test, held by someone else, which
+    # the record's aspf=s says may not speak for alice. Relaxed, that SPF pass bound the
+    # replayer's envelope to the request.
+    message = reply_message(request["complete_address"], "Approved", sender=owner)
+    raw = (
+        b"Authentication-Results: front.example.test; spf=pass smtp.mailfrom=bounce@tenant.dmarc.test; "
+        b"dkim=pass header.d=strictnone.dmarc.test; dmarc=pass header.from=strictnone.dmarc.test\r\n"
+        b"Received: from mail.pass.spf.test (mail.pass.spf.test [127.0.0.2]) by front.example.test "
+        b"with ESMTP id 3; Sun, 29 Nov 2026 03:00:00 +0000\r\n" + message.as_bytes(policy=email.policy.SMTP)
+    )
+
+    with _front_session(strict_rc.smtp_port) as client:
+        assert client.mail("bounce@tenant.dmarc.test")[0] == 250
+        assert client.rcpt(request["complete_address"])[0] == 250
+        code, text = client.data(raw)
+
+    assert code == 550, text
+    assert b"5.7.26" in text
+    assert untouched(strict_rc, task_id)
+
+
 # Class 4: PROXY without an address is not the balancer ----------------------------------------
 
 PROXY_V2_LOCAL = b"\r\n\r\n\x00\r\nQUIT\n" + struct.pack("!BBH", 0x20, 0x00, 0)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from rc_mta.dns import DnsResolver, DnsTemporaryError
 
-from ._base import CheckContext, OwnerProof, Verdict
+from ._base import CheckContext, DkimSignature, OwnerProof, Verdict
 from .binding import RequestAddresses
 from .dmarc import aligned, alignment_modes
 
@@ -42,7 +42,7 @@ class OwnerCheck:
         signatures = [s for s in (dkim.signatures if dkim else ()) if s.result == "pass"]
         if spf_domain or signatures:
             try:
-                adkim, aspf = await self._modes(from_domain, context.verdicts.get("dmarc"))
+                adkim, aspf = await self._modes(from_domain, spf_domain, signatures, context.verdicts.get("dmarc"))
             except DnsTemporaryError:
                 return Verdict("temperror", f"the DMARC record of {from_domain} could not be fetched", facts)
             if spf_domain and aligned(spf_domain, from_domain, aspf):
@@ -62,12 +62,19 @@ class OwnerCheck:
             return Verdict("temperror", "DNS trouble while authenticating", facts)
         return Verdict("fail", f"no aligned SPF or DKIM pass for {from_domain}", facts)
 
-    async def _modes(self, from_domain: str, dmarc: Verdict | None) -> tuple[str, str]:
-        """(adkim, aspf) for ``from_domain``: as our DMARC evaluation read its record; relaxed
-        where a trusted receiver stamped a DMARC pass for it (it found an aligned pass under
-        the record's own modes); else the record looked up (a cached answer, mostly)."""
+    async def _modes(
+        self, from_domain: str, spf_domain: str, signatures: list[DkimSignature], dmarc: Verdict | None
+    ) -> tuple[str, str]:
+        """(adkim, aspf) for ``from_domain``: as our DMARC evaluation read its record; strict
+        where every pass is for the From domain itself (both modes agree: nothing to look up,
+        as in most mailbox replies); else the record looked up (a cached answer, mostly).
+        A trusted receiver's stamped DMARC pass does not stand in for the record: it may rest
+        on another pass (a replayed signature) than the one aligned here, and relaxing then
+        let a subdomain the record excludes speak for the owner."""
         if dmarc is not None and not dmarc.stamped and "adkim" in dmarc.facts:
             return dmarc.facts["adkim"], dmarc.facts.get("aspf", "r")
-        if dmarc is not None and dmarc.stamped and dmarc.result == "pass":
-            return "r", "r"
+        domains = {spf_domain} if spf_domain else set()
+        domains.update(signature.domain for signature in signatures)
+        if all(aligned(domain, from_domain, "s") for domain in domains):
+            return "s", "s"
         return await alignment_modes(self.resolver, from_domain)
