@@ -14,7 +14,14 @@ from dns_fixtures import resolver as resolver
 
 from rc_mta.checks._base import Verdict
 from rc_mta.checks.dkim import DkimSignature, check_dkim
-from rc_mta.checks.dmarc import DmarcRecord, check_dmarc, find_dmarc_record, organizational_domain, parse_dmarc_record
+from rc_mta.checks.dmarc import (
+    DmarcRecord,
+    aligned,
+    check_dmarc,
+    find_dmarc_record,
+    organizational_domain,
+    parse_dmarc_record,
+)
 from rc_mta.dns import DnsResolver
 
 KEYS = Path(__file__).parent / "keys"
@@ -110,6 +117,13 @@ def test_strict_alignment_requires_the_exact_from_domain(resolver: DnsResolver) 
     assert (parent.facts["spf_aligned"], parent.facts["dkim_aligned"]) == ("no", "no")
     exact = dmarc(resolver, "strict.dmarc.test", dkim_sigs=[passing("Strict.DMARC.test.")])
     assert exact.result == "pass"
+
+
+def test_one_microsoft_365_tenant_does_not_align_with_another() -> None:
+    # Not in the public suffix list, yet each <tenant>.onmicrosoft.com is another customer's.
+    assert organizational_domain("mail.Contoso.onmicrosoft.com.") == "contoso.onmicrosoft.com"
+    assert not aligned("fabrikam.onmicrosoft.com", "contoso.onmicrosoft.com", "r")
+    assert aligned("contoso.onmicrosoft.com", "contoso.onmicrosoft.com", "s")
 
 
 def test_spf_alone_can_align(resolver: DnsResolver) -> None:

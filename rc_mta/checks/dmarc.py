@@ -50,12 +50,21 @@ def _normalize(domain: str) -> str:
     return domain.rsplit("@", 1)[-1]
 
 
+# Domains the public suffix list does not name though each of their subdomains belongs to
+# another customer: every Microsoft 365 tenant gets <tenant>.onmicrosoft.com, and Exchange
+# Online signs with it. Relaxed alignment must not let one tenant speak for another.
+SHARED_SUFFIXES = ("onmicrosoft.com",)
+
+
 def organizational_domain(domain: str) -> str:
     """The registered domain (RFC 7489 3.2): one label below the public suffix."""
     domain = _normalize(domain)
     labels = domain.split(".")
     if labels[-1] == "test":  # RFC 2606 test names: not in the list; treat "test" as the suffix.
         return ".".join(labels[-2:])
+    for suffix in SHARED_SUFFIXES:
+        if domain.endswith("." + suffix):
+            return ".".join(labels[-(suffix.count(".") + 2) :])
     private = _psl().privatesuffix(domain)
     return str(private) if private else domain
 
