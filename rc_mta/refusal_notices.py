@@ -69,6 +69,9 @@ _ANSWER_AGAIN = frozenset(
         "NOT_ADDRESSED_TO_REQUEST",
     }
 )
+# Of those, refusals of a mail that may have been about something else entirely (an answer
+# to someone's question that reached a reply address): the notice says so before "how to".
+_MAYBE_NOT_FOR_THE_REQUEST = frozenset({"BUTTON_WITH_OTHERS", "NOT_BOUND_TO_REQUEST", "NOT_ADDRESSED_TO_REQUEST"})
 
 
 @dataclass(frozen=True)
@@ -148,8 +151,15 @@ def compose_notice(
     message = EmailMessage(policy=MAIL_POLICY)  # ids as ids, never as encoded words
     message["From"] = settings.from_address
     message["To"] = fields.from_address
-    subject = fields.subject or "your reply"
-    message["Subject"] = subject if subject.lower().startswith("re:") else f"Re: {subject}"
+    owner = fields.from_address == request.owner.lower()
+    if owner:
+        # The task's title, not the refused mail's Subject: that may be someone else's
+        # question the owner answered, and a notice under it inviting "Complete or Fail"
+        # would read as being about that question.
+        message["Subject"] = f"Your reply was not acted on: {one_line(request.title, 200)}"
+    else:
+        subject = fields.subject or "your reply"
+        message["Subject"] = subject if subject.lower().startswith("re:") else f"Re: {subject}"
     message["Date"] = formatdate(now, usegmt=True)
     digest = notice_kind(decision.message_id).removeprefix(REFUSAL_NOTICE)
     message["Message-ID"] = f"<{inbound.local_part}.notice.{request.id}.{digest}@{inbound.reply_domain}>"
@@ -158,7 +168,6 @@ def compose_notice(
     # request too (``RequestAddresses.answered_elsewhere``), whatever the refused reply's own
     # threading. Never to anyone else: its random part is what keeps someone who knows only
     # a reply address from threading a question of theirs to the request.
-    owner = fields.from_address == request.owner.lower()
     thread = [request.message_id] if request.message_id and owner else []
     earlier = [r for r in fields.references if r not in (decision.message_id, request.message_id)]
     message["References"] = " ".join([*thread, *earlier, decision.message_id])
@@ -176,6 +185,8 @@ def compose_notice(
     if owner and reply.name in _ANSWER_AGAIN and request.expires_at > now and request.revoked_at is None:
         addresses = reply_addresses(settings, signer, request)
         message["Reply-To"] = addresses.reply_to
+        if reply.name in _MAYBE_NOT_FOR_THE_REQUEST:
+            lines += ["If your mail was not meant as an answer to this task, nothing more is needed.", ""]
         lines += [
             "How to answer: reply to this message starting with Complete or Fail, or send a mail",
             "to one of these addresses:",

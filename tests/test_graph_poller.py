@@ -153,7 +153,8 @@ def test_an_unclear_authenticated_reply_gets_one_notice_and_a_forged_one_none(
         synced_again(rc_graph)
         [(mail_from, rcpts, notice)] = told()
     assert mail_from == rc_graph.settings["outbound"]["from_address"] and rcpts == ["alice@example.com"]
-    assert notice["In-Reply-To"] == unclear["Message-ID"] and notice["Subject"] == "Re: Action needed"
+    assert notice["In-Reply-To"] == unclear["Message-ID"]
+    assert notice["Subject"] == "Your reply was not acted on: Unclear"  # the task, not the refused mail
     assert str(R.ACTION_UNCLEAR) in notice.get_content()
     assert notice["Reply-To"] == request["reply_to"]
     assert rc_graph.task(unclear_task)["status"] == rc_graph.task(forged_task)["status"] == "in_progress"

@@ -572,7 +572,7 @@ def test_an_unclear_authenticated_reply_gets_one_notice_and_forged_list_and_auto
     # From the request mails' address: a submission server takes mail only from its account.
     assert mail_from == server.settings["outbound"]["from_address"] and rcpts == ["alice@example.com"]
     assert notice["To"] == "alice@example.com" and notice["Auto-Submitted"] == "auto-replied"
-    assert notice["Subject"] == "Re: Action needed"
+    assert notice["Subject"] == "Your reply was not acted on: Unclear"  # the task, not the refused mail
     assert notice["In-Reply-To"] == unclear["Message-ID"] and unclear["Message-ID"] in notice["References"]
     body = notice.get_content()
     assert str(R.ACTION_UNCLEAR) in body  # what SMTP's 550 would have said, code and sentence
