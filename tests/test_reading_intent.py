@@ -421,6 +421,10 @@ ON_A_DAY = [
     ("Approve this afternoon", None),
     ("Approve end of day", None),
     ("Approved for Monday's release", None),  # for that release, or to act on Monday: two readings
+    ("Approved, effective Monday", None),
+    ("Approve first thing tomorrow", None),
+    ("Approved, wait until Monday", None),
+    ("Approved. Wait until Monday.", None),
 ]
 AT_A_TIME = [
     ("Approve at 5pm", None),
@@ -497,6 +501,7 @@ DECIDED_NOW = [
     ("Approve as soon as possible", "complete"),
     ("Approve by Friday", "complete"),  # a deadline: now is before it
     ("Approve today", "complete"),
+    ("Approved, effective immediately", "complete"),
     ("Approved for now", "complete"),
     ("Approved for production", "complete"),
     ("Approved in the CAB meeting", "complete"),

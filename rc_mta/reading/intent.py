@@ -625,6 +625,8 @@ def _doubt(words: list[str], vocab: _Vocabulary) -> _Doubt | None:
         if timed is not None and any(_names_decision(words, at, vocab) for at in range(timed, len(words))):
             return _Doubt.LATER
         held = _listed_at(vocab.holds, words, start)
+        if held is not None and held < len(words) and _time_at(words, held, vocab) is not None:
+            return _Doubt.LATER  # "Wait until Monday", "Hold off till next week" (not "Wait for the window")
         if held is not None and any(_names_decision(words, at, vocab) for at in range(held, len(words))):
             return _Doubt.COMPLETION
     return None

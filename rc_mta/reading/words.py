@@ -318,9 +318,9 @@ LATER: tuple[str, ...] = (
 #: ("next sprint", "lundi prochain"). Not "by Friday" (a deadline: now is before it), "now",
 #: "today", "for now", nor "for production" (no time).
 TIME_LEADS: frozenset[str] = frozenset(
-    """on at in for from around after the this a an starting of am um ab an im für zum le la les
-    à au dès pour ce del el los las a para desde il lo l alle per dal da o os na no em op om voor vanaf
-    på till för kl klo""".split()
+    """on at in for from around after the this a an starting of until till effective valid first thing
+    am um ab an im für zum le la les à au dès pour ce del el los las a para desde il lo l alle per
+    dal da o os na no em op om voor vanaf på till för kl klo""".split()
 )
 
 #: Words that are a time to act by themselves (behind ``TIME_LEADS``, or alone in a clause
@@ -395,6 +395,7 @@ CONDITIONS: tuple[str, ...] = (
     *("så snart", "efter", "etter", "når"),
     # "from" with a time after it is a lead of ``TIME_LEADS``; these say it with more words.
     *("à partir de", "à partir du", "a partir de", "a partire da", "a partire dal", "starting from"),
+    *("as of", "with effect from"),
 )
 
 #: What follows a condition word without making it one: "approved *once again*", "after
