@@ -209,6 +209,10 @@ FAMILIES: list[Family] = [
     Family("CJK run: negated decisions", _read_words, lambda n: repeat("\u6211\u4e0d\u80fd\u6279\u51c6", n)),
     Family("CJK run: near decisions", _read_words, lambda n: repeat("\u627f\u8a8d\u3057", n)),
     Family("CJK run: negations only", _read_words, lambda n: repeat("\u6ca1\u6709", n, "\u6279\u51c6")),
+    # reading/intent.py: the times inside such a run ("明日承認", "月曜日に"), and times in words.
+    Family("CJK run: times", _read_words, lambda n: repeat("\u660e\u65e5\u627f\u8a8d", n)),
+    Family("CJK run: near times", _read_words, lambda n: repeat("\u6708\u66dc", n, "\u306b")),
+    Family("times and conditions", _read_words, lambda n: repeat("approve on the next once ", n)),
 ]
 
 

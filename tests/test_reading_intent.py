@@ -410,6 +410,112 @@ TAKEN_BACK = [
     ("Goedgekeurd, wacht op het venster.", "complete"),
 ]
 
+# When to act, said with the decision, is no decision now: rc-mta acts the moment it reads
+# the reply, and completing a gate task starts what it gates at once.
+ON_A_DAY = [
+    ("Approve on Monday", None),
+    ("Approve Monday", None),
+    ("Approved, on Monday.", None),
+    ("Approve on the 3rd", None),
+    ("Approve on 12/3", None),
+    ("Approve this afternoon", None),
+    ("Approve end of day", None),
+    ("Approved for Monday's release", None),  # for that release, or to act on Monday: two readings
+    ("Approved, effective Monday", None),
+    ("Approve first thing tomorrow", None),
+    ("Approved, wait until Monday", None),
+    ("Approved. Wait until Monday.", None),
+]
+AT_A_TIME = [
+    ("Approve at 5pm", None),
+    ("Approve at 17:00", None),
+    ("Approve in an hour", None),
+    ("Approve in 2 days", None),
+    ("Approve soon", None),
+    ("Approve, next sprint.", None),
+    ("Approved for the next release", None),
+]
+WAITING_FOR_SOMETHING = [
+    ("Approve after the freeze", None),
+    ("Approve once QA passes", None),
+    ("Approve when ready", None),
+    ("Approve, once QA passes.", None),
+    ("Once QA passes, approve.", None),
+    ("After the freeze, approve.", None),
+    ("Yes, but only after the release", None),
+    ("LGTM once CI is green", None),
+    ("Ship it after lunch", None),
+    ("Approved - go ahead on Friday", None),
+    ("Approve after review", None),  # an order: the review is still to come
+]
+A_REFUSAL_PUT_OFF = [
+    ("Reject, but not until Monday", None),
+    ("Reject on Monday", None),
+    # A no for now stays a no: the yes waits, not the no.
+    ("No, not before the audit.", "fail"),
+    ("No, next sprint.", "fail"),
+    ("Not approved until the tests pass", "fail"),
+    ("Rejected until the tests pass", "fail"),
+    ("Nein, erst nach dem Lasttest.", "fail"),
+]
+WHEN_IN_OTHER_LANGUAGES = [
+    ("Genehmigt am Montag", None),
+    ("Genehmigt ab Montag", None),
+    ("Freigegeben, sobald die Tests gr\u00fcn sind.", None),
+    ("Ja, n\u00e4chste Woche", None),
+    ("Approuv\u00e9 lundi", None),
+    ("Valid\u00e9 \u00e0 partir de lundi", None),
+    ("Oui, la semaine prochaine", None),
+    ("Aprobado el lunes", None),
+    ("Aprobado cuando est\u00e9 listo", None),
+    ("Approvato luned\u00ec", None),
+    ("S\u00ec, luned\u00ec prossimo", None),
+    ("Aprovado na segunda-feira", None),
+    ("Goedgekeurd op maandag", None),
+    ("Goedgekeurd zodra QA klaar is", None),
+    ("Godk\u00e4nt p\u00e5 m\u00e5ndag", None),
+    ("\u6708\u66dc\u65e5\u306b\u627f\u8a8d", None),  # 月曜日に承認: approve on Monday
+    ("\u660e\u65e5\u627f\u8a8d\u3057\u307e\u3059", None),  # 明日承認します: I will approve tomorrow
+    ("\u627f\u8a8d\u3057\u307e\u3059\u3001\u6708\u66dc\u65e5\u306b", None),  # 承認します、月曜日に
+    ("\u4e0b\u5468\u6279\u51c6", None),  # 下周批准: approve next week
+    ("\u540c\u610f\uff0c\u660e\u5929", None),  # 同意，明天: agreed, tomorrow
+    ("\ub0b4\uc77c \uc2b9\uc778\ud569\ub2c8\ub2e4", None),  # 내일 승인합니다: I will approve tomorrow
+]
+# A decision now beside a time or a wait that is about something else still decides.
+DECIDED_NOW = [
+    ("Approved. Will check the logs tomorrow.", "complete"),
+    ("Approved, see you Monday", "complete"),
+    ("Approved, thanks. Have a nice weekend!", "complete"),
+    ("Approved. The release goes out on Monday.", "complete"),
+    ("Approved, go live Monday", "complete"),
+    ("Approved. After the deploy, please update the wiki.", "complete"),
+    ("Approved. When you deploy, tell ops.", "complete"),
+    ("Approved, when you get a chance update the docs", "complete"),
+    ("Approved after review", "complete"),
+    ("After careful review, approved.", "complete"),
+    ("Approved after discussion with Bob", "complete"),
+    ("Genehmigt nach R\u00fccksprache mit Bob", "complete"),
+    ("Approuv\u00e9 apr\u00e8s v\u00e9rification", "complete"),
+    ("Approved after all", "complete"),
+    ("Approved once again, thanks", "complete"),
+    ("Approve as soon as possible", "complete"),
+    ("Approve by Friday", "complete"),  # a deadline: now is before it
+    ("Approve today", "complete"),
+    ("Approved, effective immediately", "complete"),
+    ("Approved for now", "complete"),
+    ("Approved for production", "complete"),
+    ("Approved in the CAB meeting", "complete"),
+    ("Approved, next please", "complete"),
+    ("Approved as discussed on Monday", "complete"),
+    ("Valid\u00e9, \u00e0 demain", "complete"),  # see you tomorrow
+    ("Approvato, a domani", "complete"),
+    # 承認します。明日から休暇です: approved; on leave from tomorrow
+    ("\u627f\u8a8d\u3057\u307e\u3059\u3002\u660e\u65e5\u304b\u3089\u4f11\u6687\u3067\u3059", "complete"),
+    ("\u6279\u51c6\uff0c\u5468\u4e00\u4e0a\u7ebf", "complete"),  # 批准，周一上线: approved, live on Monday
+    # 승인합니다. 내일 배포합니다.: approved. Deploying tomorrow
+    ("\uc2b9\uc778\ud569\ub2c8\ub2e4. \ub0b4\uc77c \ubc30\ud3ec\ud569\ub2c8\ub2e4.", "complete"),
+]
+
 TABLE = (
     NEGATION
     + NEGATION_AFTER
@@ -423,6 +529,12 @@ TABLE = (
     + FURTHER_ON
     + DOUBT_AFTER
     + TAKEN_BACK
+    + ON_A_DAY
+    + AT_A_TIME
+    + WAITING_FOR_SOMETHING
+    + A_REFUSAL_PUT_OFF
+    + WHEN_IN_OTHER_LANGUAGES
+    + DECIDED_NOW
 )
 
 
@@ -535,6 +647,20 @@ BUTTONS = [
     ("\u6211\u540c\u610f\u4e86", "complete", False),  # 我同意了: I agreed
     ("\u6211\u6ca1\u95ee\u9898", "complete", False),  # 我没问题: no problem for me
     ("\u4f60\u597d\uff0c\u6d4b\u8bd5\u5931\u8d25\u4e86", "fail", False),  # hello, the tests failed
+    # When to act is no answer to a button now: not to Complete, nor to Fail for a no put off.
+    ("Approve on Monday", "complete", True),
+    ("Approve once QA passes", "complete", True),
+    ("Yes, but only after the release", "complete", True),
+    ("On Monday", "complete", True),
+    ("Monday.", "complete", True),
+    ("Once QA passes, approve.", "complete", True),
+    ("\u6708\u66dc\u65e5\u306b\u627f\u8a8d", "complete", True),  # 月曜日に承認
+    ("Reject, but not until Monday", "fail", True),
+    ("Reject on Monday", "fail", True),
+    ("No, not before the audit.", "fail", False),
+    ("Rejected until the tests pass", "fail", False),
+    ("Approved after review", "complete", False),
+    ("Approved. Will check the logs tomorrow.", "complete", False),
 ]
 
 
@@ -595,11 +721,17 @@ def test_default_word_lists_do_not_overlap() -> None:
         lambda n: "ok: broken, " * (n // 12),
         lambda n: "approved hold the " * (n // 18),
         lambda n: "not sure, or rather " * (n // 20),
+        lambda n: "approve on the next " * (n // 20),
+        lambda n: "once monday approve " * (n // 20),
+        lambda n: "in a a 5 " * (n // 9),
+        lambda n: "approved, once qa passes, " * (n // 26),
+        lambda n: "\u660e\u65e5\u627f\u8a8d" * (n // 4),
     ],
     ids=[
         *("no runs", "ja runs", "not runs", "clauses", "leading words", "question marks", "dashes", "one word"),
         *("wraps", "negated further on", "negation far off", "trouble", "trouble in clauses"),
-        *("holds after a decision", "doubts before one"),
+        *("holds after a decision", "doubts before one", "times after a decision", "times before one"),
+        *("numbers of units", "conditions in clauses", "CJK times"),
     ],
 )
 def test_reading_hostile_comments_takes_linear_time(make: object) -> None:
@@ -780,3 +912,28 @@ def test_an_approval_taken_back_or_put_off_leaves_the_task_untouched(rc: RcMta) 
     # A time that qualifies something else leaves the approval standing.
     standing = ("Approved, I'll update the ticket later.",)
     assert answered(rc, standing) == dict.fromkeys(standing, (250, "2.0.0", "completed"))
+
+
+def test_a_decision_for_later_leaves_the_task_untouched(rc: RcMta) -> None:
+    bodies = (
+        "Approve on Monday",
+        "Approve at 5pm",
+        "Approve once QA passes",
+        "Yes, but only after the release",
+        "Approved - go ahead on Friday",
+        "Genehmigt am Montag",
+        "\u6708\u66dc\u65e5\u306b\u627f\u8a8d",  # 月曜日に承認: approve on Monday
+    )
+
+    # Read for their words, or sent to the Complete button: refused (550 5.6.0), untouched.
+    assert answered(rc, bodies) == dict.fromkeys(bodies, (550, "5.6.0", "in_progress"))
+    assert answered(rc, bodies, to="complete_address") == dict.fromkeys(bodies, (550, "5.6.0", "in_progress"))
+    # A refusal put off is no refusal now either, at the Fail button too.
+    later_no = ("Reject, but not until Monday",)
+    assert answered(rc, later_no) == dict.fromkeys(later_no, (550, "5.6.0", "in_progress"))
+    assert answered(rc, later_no, to="fail_address") == dict.fromkeys(later_no, (550, "5.6.0", "in_progress"))
+    # A decision now with a remark about later still acts; a no for now is still a no.
+    assert answered(rc, ("Approved. Will check the logs tomorrow.", "No, not before the audit.")) == {
+        "Approved. Will check the logs tomorrow.": (250, "2.0.0", "completed"),
+        "No, not before the audit.": (250, "2.0.0", "failed"),
+    }

@@ -41,13 +41,26 @@ not"; words.CORRECTIONS), with no punctuation ("Approved wait", "approved hmm wa
 hold that names nothing ("On hold.", "Pending."), as "rather not" (words.NOT_YET: after a
 no it agrees), as a time the decision waits for when a clause opens with it ("but not until
 Monday", "hold until Monday", "erst nächste Woche", "noch nicht umsetzen"; words.PUT_OFF),
-or as a time right after the decision word ("Approve later", "Approve it tomorrow";
-words.LATER). A time anywhere else qualifies something else ("Approved, I'll update the
-ticket later"). Doubt *before* the decision in the same sentence is the decision's own:
-"Not sure, approve", "Wait, approved", "我不确定，批准" are unclear; a filler that is only a
-leading word ("Hmm, approved") is none, nor is a "not yet" ("Noch nicht getestet, aber
-genehmigt", "Erst einmal danke, genehmigt": it has a subject of its own), and a sentence of doubt before the decision's
-sentence ("Hmm. Approved.", "Not sure. Approved.") is thought the person had before deciding.
+or as when to act right after the decision word, perhaps after its object ("Approve later",
+"Approve it tomorrow", "Approve on Monday", "Approve at 5 pm", "Approve in an hour",
+"Approved for Monday's release", "Genehmigt am Montag", "Approuvé lundi"; words.LATER and
+``_time_at``; "Approve once QA passes", "Approve when ready", "Approve after the freeze";
+``_condition_at``), as a clause that is only a time ("Approve, next sprint"), or as a
+condition opening a clause in the decision's sentence ("Approve, once QA passes"; before
+it: "Once QA passes, approve"). rc-mta acts the moment it reads the reply, so a decision
+for later is none now. What was done before deciding is no wait ("Approved after review",
+but "Approve after review" is), nor is a deadline ("Approve by Friday") or a goodbye
+("Validé, à demain"). A refusal put off ("Reject on Monday", "Reject, but not until
+Monday") is none either, but a no for now stays a no ("No, not before the audit",
+"Rejected until the tests pass", "Not approved until the tests pass"). Chinese, Japanese
+and Korean say the time inside the run ("明日承認します", "月曜日に承認"; words.CJK_LATER).
+A time anywhere else qualifies something else ("Approved, I'll update the ticket later",
+"Approved. The release goes out on Monday"). Doubt *before* the decision in the same
+sentence is the decision's own: "Not sure, approve", "Wait, approved", "我不确定，批准" are
+unclear; a filler that is only a leading word ("Hmm, approved") is none, nor is a "not
+yet" ("Noch nicht getestet, aber genehmigt", "Erst einmal danke, genehmigt": it has a
+subject of its own), and a sentence of doubt before the decision's sentence ("Hmm.
+Approved.", "Not sure. Approved.") is thought the person had before deciding.
 
 A decision word further on in a clause ("I cannot *approve* it", "the CAB *rejected* it")
 decides nothing, but is read: beside a decision of the other side it is a second
@@ -72,12 +85,16 @@ from .words import (
     CJK_CONTRASTS,
     CJK_DOUBT_RUNS,
     CJK_DOUBTS,
+    CJK_LATER,
     CJK_NEGATIONS,
     CJK_NEGATORS,
+    CLOCK_MARKS,
+    CONDITIONS,
     CONTRASTS,
     CORRECTIONS,
     DECISION_NAMES,
     DEFERRALS,
+    DELIBERATIONS,
     DISCLAIMER_WORDS,
     DOUBT_TRAILERS,
     DOUBTING_NEGATORS,
@@ -88,11 +105,22 @@ from .words import (
     LATER_OBJECTS,
     LEADING_WORDS,
     NEGATORS,
+    NEXT,
+    NOT_CONDITIONS,
     NOT_YET,
+    NUMBER_LEADS,
+    ORDERS,
     POLITE_WORDS,
     PUT_OFF,
+    QUANTITIES,
+    SEE_YOU,
     STANDALONE_ONLY,
+    TIME_LEADS,
+    TIME_UNITS,
+    TIME_WORDS,
     TROUBLE,
+    UNIT_LEADS,
+    UNTIL,
     WEAK_WORDS,
 )
 
@@ -171,6 +199,8 @@ class _Vocabulary:
     names: dict[str, list[_Phrase]]
     put_off: dict[str, list[_Phrase]]
     later: dict[str, list[_Phrase]]
+    conditions: dict[str, list[_Phrase]]
+    not_conditions: dict[str, list[_Phrase]]
     # The decision words of Chinese, Japanese and Korean that a longer run may hold, and
     # their sides: "我不能*批准*" is one word to ``tokens``.
     cjk: re.Pattern[str] | None
@@ -228,6 +258,8 @@ def _vocabulary(complete_words: tuple[str, ...], fail_words: tuple[str, ...]) ->
         _phrase_index(DECISION_NAMES),
         _phrase_index(PUT_OFF),
         _phrase_index(LATER),
+        _phrase_index(CONDITIONS),
+        _phrase_index(NOT_CONDITIONS),
         cjk,
         cjk_sides,
     )
@@ -364,10 +396,10 @@ def _inside(words: list[str], vocab: _Vocabulary) -> set[_Side]:
     return found
 
 
-def _read_clause(words: list[str], vocab: _Vocabulary) -> tuple[_Side, bool, set[_Side]]:
-    """What one clause decides (its first decision, unless the rest contradicts it),
-    whether that decision is only an acknowledgment ("OK"), and, when it does not start
-    with one, the decisions it holds further on (``_inside``)."""
+def _read_clause(words: list[str], vocab: _Vocabulary) -> tuple[_Side, tuple[str, ...], set[_Side]]:
+    """What one clause decides (its first decision, unless the rest contradicts it), the
+    words that said it (an acknowledgment such as "OK" is weak; "Approve" is an order),
+    and, when it does not start with one, the decisions it holds further on (``_inside``)."""
     at = 0
     decision: tuple[_Side, int] | None = None
     for _ in range(_MAX_LEADING + 1):
@@ -382,26 +414,26 @@ def _read_clause(words: list[str], vocab: _Vocabulary) -> tuple[_Side, bool, set
         at = skipped
     if decision is None:
         if _listed_at(vocab.negators, words, 0) == len(words):
-            return _Side.CONFLICT, False, set()  # "Done. Not.": a negation of what was said before
+            return _Side.CONFLICT, (), set()  # "Done. Not.": a negation of what was said before
         inside = _inside(words, vocab)
         # No decision: does it put one off ("I'll have a look later")?
         deferring = any(_listed_at(vocab.deferrals, words, where) is not None for where in range(len(words)))
         if deferring:
-            return _Side.DEFER, False, inside
+            return _Side.DEFER, (), inside
         negated = any(_listed_at(vocab.negators, words, where) is not None for where in range(len(words)))
-        return (_Side.NEGATED if negated else _Side.NOTHING), False, inside
-    weak = tuple(words[at : decision[1]]) in vocab.weak
+        return (_Side.NEGATED if negated else _Side.NOTHING), (), inside
+    said = words[at : decision[1]]
     side, at = decision
     if side is _Side.NOTHING:
         # "Not sure", "not done yet": doubt, which no button may take for its answer; and
         # "Not sure I can approve this" holds a decision it doubts.
         if _inside(words[at:], vocab):
-            return _Side.CONFLICT, False, set()
-        return side, False, {_Side.NOTHING}
+            return _Side.CONFLICT, (), set()
+        return side, (), {_Side.NOTHING}
     if side is _Side.CONFLICT:
-        return side, False, set()
-    if at < len(words) and _takes_back(words[at:], side, vocab):
-        return _Side.CONFLICT, False, set()  # "Approved wait", "Approve later"
+        return side, (), set()
+    if at < len(words) and _takes_back(said, words[at:], side, vocab):
+        return _Side.CONFLICT, (), set()  # "Approved wait", "Approve later"
     while at < len(words):  # "OK to reject", "Yes I don't approve": undecidable
         later = _decision_at(words, at, vocab)
         if later is None:
@@ -409,27 +441,117 @@ def _read_clause(words: list[str], vocab: _Vocabulary) -> tuple[_Side, bool, set
                 # "Absolutely not", "Ich genehmige das nicht", "Jag godkänner inte": a
                 # negation after the decision may turn it around (German and the Nordic
                 # languages put it there); which it reaches is not ours to guess.
-                return _Side.CONFLICT, False, set()
+                return _Side.CONFLICT, (), set()
             at += 1
             continue
         if later[0] in (_Side.CONFLICT, _Side.NOTHING) or (
             later[0] in (_Side.COMPLETE, _Side.FAIL) and later[0] is not side
         ):
-            return _Side.CONFLICT, False, set()
+            return _Side.CONFLICT, (), set()
         at = later[1]
-    return side, weak, set()
+    return side, tuple(said), set()
 
 
-def _takes_back(rest: list[str], side: _Side, vocab: _Vocabulary) -> bool:
+def _takes_back(said: list[str], rest: list[str], side: _Side, vocab: _Vocabulary) -> bool:
     """Whether the words after a decision in its own clause take it back or put it off:
     a doubt or a wait with no punctuation before it ("Approved wait", "approved hmm
-    wait", ``_doubt``), or a time right after the decision word, perhaps after its object
-    ("Approve later", "Approve it tomorrow"; ``LATER``). A time further on qualifies
-    something else ("Approved and later we deploy", "Approved and I'll deploy it tomorrow")."""
+    wait", ``_doubt``), or when to act right after the decision words ``said``, perhaps
+    after its object ("Approve later", "Approve it tomorrow", "Approve the change on
+    Monday", "Approve once QA passes"; ``_waits_at``). A time further on qualifies
+    something else ("Approved and later we deploy", "Go ahead with the deploy tonight"). A
+    negated decision waits for nothing: "Not approved until the tests pass" is a no now,
+    as "No, not until the audit" is."""
     if _doubts(_doubt(rest, vocab), side):
         return True
-    start = 1 if rest[0] in LATER_OBJECTS and len(rest) > 1 else 0
-    return _listed_at(vocab.later, rest, start) is not None
+    if _listed_at(vocab.negators, said, 0) is not None:
+        return False
+    order = said[-1] in ORDERS or tuple(said) in _ORDER_PHRASES
+    starts = [0]
+    if rest[0] in LATER_OBJECTS:
+        starts.append(1)  # "Approve it tomorrow"
+    elif rest[0] in _ARTICLES:
+        starts += [2, 3]  # "Approve the change on Monday", "Approve the prod deploy after the freeze"
+    return any(
+        at < len(rest)
+        and not (side is _Side.FAIL and rest[at] in UNTIL)  # "Rejected until the tests pass": a no for now
+        and _waits_at(rest, at, vocab, order=order)
+        for at in starts
+    )
+
+
+#: Decision phrases said as an order ("Go ahead after the freeze"), beside ``ORDERS``.
+_ORDER_PHRASES = frozenset({("go", "ahead"), ("go", "for", "it"), ("ship", "it")})
+#: Articles before a decision's object: "Approve *the* change on Monday".
+_ARTICLES = frozenset("the this that my our your die den das le la les el il lo het de".split())
+#: Most words a time's leads ("on the", "at around") or a number's quantity ("a few") take.
+_MAX_TIME_LEADS = 3
+
+
+def _waits_at(words: list[str], at: int, vocab: _Vocabulary, *, order: bool) -> bool:
+    """Whether the words at ``at`` say when to act: a time (``LATER``, ``_time_at``) or a
+    condition it waits for (``_condition_at``)."""
+    return (
+        _listed_at(vocab.later, words, at) is not None
+        or _time_at(words, at, vocab) is not None
+        or _condition_at(words, at, vocab, order=order) is not None
+    )
+
+
+def _time_at(words: list[str], at: int, vocab: _Vocabulary) -> int | None:
+    """Where a time to act that starts at ``at`` ends, or None: "on Monday", "Monday's",
+    "at 5 pm", "17:00", "in an hour", "in 2 days", "next sprint", "lundi prochain", "am
+    Montag", "el lunes" (``words.TIME_LEADS`` and the lists after it). A few words ahead
+    at most, so a clause is read in linear time."""
+    count = len(words)
+    if words[at] in UNIT_LEADS:  # "in an hour", "in a few days", "dans deux jours"
+        end = at + 1
+        while end < count and end <= at + _MAX_TIME_LEADS and (words[end] in QUANTITIES or words[end].isdigit()):
+            end += 1
+        if at + 1 < end < count and words[end] in TIME_UNITS:
+            return end + 1
+    if words[at] in SEE_YOU and not any(word.isdigit() for word in words[at + 1 : at + _MAX_TIME_LEADS]):
+        return None  # "à demain", "a domani", "bis Montag": goodbye, not when to act
+    where = at
+    while where < count and where < at + _MAX_TIME_LEADS and words[where] in TIME_LEADS:
+        where += 1
+    if where >= count:
+        return None
+    later = _listed_at(vocab.later, words, where)
+    if later is not None:
+        return later
+    word = words[where].removesuffix("'s")  # "Monday's release"
+    after = words[where + 1] if where + 1 < count else None
+    if after in NEXT:  # "lundi prochain", "la semana próxima"
+        return where + 2
+    if word in TIME_WORDS:
+        return where + 1
+    if word in NEXT and after is not None and after not in DOUBT_TRAILERS and after not in POLITE_WORDS:
+        return where + 2  # "next sprint", "nächste Woche"; not "Approved, next please"
+    # A number is a time after a lead only ("at 17:00", "on 12/3"), or as "5 pm": a phone
+    # number or a version in a signature ("030 1234 5678", "4.2 1") is none.
+    if word.isdigit() and len(word) <= 4 and (where > at or after in _HALF_DAYS):
+        if after is not None and (after in CLOCK_MARKS or after in TIME_WORDS or (after.isdigit() and len(after) <= 4)):
+            return where + 2  # "5 pm", "3rd", "3 January", "17:00", "12/3"
+        if words[where - 1] in NUMBER_LEADS:
+            return where + 1  # "at 5", "um 17"
+    return None
+
+
+_HALF_DAYS = frozenset({"am", "pm"})
+
+
+def _condition_at(words: list[str], at: int, vocab: _Vocabulary, *, order: bool) -> int | None:
+    """Where a condition the decision waits for opens at ``at`` ("once QA passes", "when
+    ready", "after the freeze", "sobald", "dès que", "después de") ends, or None. Not
+    what only looks like one ("once again", "after all", "as soon as possible"), nor, but
+    after an order ("Approve after review"), what the person did before deciding
+    ("Approved after review", "Genehmigt nach Rücksprache"; ``words.DELIBERATIONS``)."""
+    end = _listed_at(vocab.conditions, words, at)
+    if end is None or _listed_at(vocab.not_conditions, words, at) is not None:
+        return None
+    if not order and any(word in DELIBERATIONS for word in words[end : end + _MAX_TIME_LEADS]):
+        return None
+    return end
 
 
 def _clauses(comment: str) -> Iterator[tuple[str, bool, int, bool]]:
@@ -460,6 +582,9 @@ def _starts_after_leading(words: list[str], vocab: _Vocabulary) -> Iterator[int]
 class _Doubt(enum.Enum):
     ANY = "any"  # "Not sure.", "Wait.": takes back any decision
     COMPLETION = "completion"  # "Not yet.", "Hold off on approving": takes back only a completion
+    # "Later.", "On Monday.", "Not until Monday", "Only after the release": a completion
+    # put off; a refusal too when a contrast opens it ("Reject, but not until Monday").
+    LATER = "later"
 
 
 def _doubt(words: list[str], vocab: _Vocabulary) -> _Doubt | None:
@@ -478,23 +603,62 @@ def _doubt(words: list[str], vocab: _Vocabulary) -> _Doubt | None:
     is a doubt: what else the run says is not read."""
     if any(_is_cjk(word) and (word in CJK_DOUBT_RUNS or any(mark in word for mark in CJK_DOUBTS)) for word in words):
         return _Doubt.ANY
+    if _cjk_later(words, vocab):
+        return _Doubt.LATER
     for start in _openings(words, vocab):
         if start >= len(words):
             break
-        # A time alone ("Later.", "Tomorrow.", "Plus tard.") puts a completion off as "Not yet." does.
-        for index, kind in (
-            (vocab.doubts, _Doubt.ANY),
-            (vocab.not_yet, _Doubt.COMPLETION),
-            (vocab.later, _Doubt.COMPLETION),
+        # A time alone ("Later.", "Tomorrow.", "On Monday.", "Next sprint.", "Plus tard.")
+        # puts a completion off as "Not yet." does.
+        for end, kind in (
+            (_listed_at(vocab.doubts, words, start), _Doubt.ANY),
+            (_listed_at(vocab.not_yet, words, start), _Doubt.COMPLETION),
+            (_listed_at(vocab.later, words, start), _Doubt.LATER),
+            (_time_at(words, start, vocab), _Doubt.LATER),
         ):
-            end = _listed_at(index, words, start)
             if end is not None and all(word in DOUBT_TRAILERS for word in words[end:]):
                 return kind
         if _listed_at(vocab.put_off, words, start) is not None:
-            return _Doubt.COMPLETION  # "not until Monday", "erst nächste Woche"
+            return _Doubt.LATER  # "not until Monday", "erst nächste Woche", "only after the release"
+        # "On Monday approve it", "Once QA passes approve": when to act, then the decision.
+        timed = _time_at(words, start, vocab) or _condition_at(words, start, vocab, order=False)
+        if timed is not None and any(_names_decision(words, at, vocab) for at in range(timed, len(words))):
+            return _Doubt.LATER
         held = _listed_at(vocab.holds, words, start)
+        if held is not None and held < len(words) and _time_at(words, held, vocab) is not None:
+            return _Doubt.LATER  # "Wait until Monday", "Hold off till next week" (not "Wait for the window")
         if held is not None and any(_names_decision(words, at, vocab) for at in range(held, len(words))):
             return _Doubt.COMPLETION
+    return None
+
+
+def _cjk_later(words: list[str], vocab: _Vocabulary) -> bool:
+    """Whether a clause of Chinese, Japanese or Korean says when to act: a run holding a
+    time of ``CJK_LATER`` ("明日", "月曜日に", "下周", "내일") beside a decision word
+    ("明日承認します", "月曜日に承認", "내일 승인합니다"), or nothing but such runs ("承認します、
+    *月曜日に*"). A time beside other words ("明日から休暇です", on leave from tomorrow) is
+    about something else."""
+    if not any(_is_cjk(word) and any(mark in word for mark in CJK_LATER) for word in words):
+        return False
+    if all(len(_CJK_LATER_RE.sub("", word)) <= 1 for word in words):
+        return True  # "月曜日に", "明日で", "来週以降": a time alone (and a particle)
+    return any(_names_decision(words, at, vocab) or _cjk_reading(words[at], vocab)[0] for at in range(len(words)))
+
+
+# The times of ``CJK_LATER``, longest first, to see what else a run says ("周一*上线*").
+_CJK_LATER_RE = re.compile("|".join(map(re.escape, sorted(CJK_LATER, key=len, reverse=True))))
+
+
+def _opens_condition(words: list[str], vocab: _Vocabulary) -> bool | None:
+    """Whether, after its leading words, a clause opens with a condition the decision
+    waits for ("once QA passes", "when ready", "after the freeze"): None if it does not,
+    else whether it is only what was done before deciding ("after review",
+    ``words.DELIBERATIONS``), which an order still waits for ("After review, approve")."""
+    for start in _starts_after_leading(words, vocab):
+        if start >= len(words):
+            break
+        if _condition_at(words, start, vocab, order=True) is not None:
+            return _condition_at(words, start, vocab, order=False) is None
     return None
 
 
@@ -521,7 +685,7 @@ def _names_decision(words: list[str], at: int, vocab: _Vocabulary) -> bool:
 def _doubts(doubt: _Doubt | None, last: _Side) -> bool:
     """Whether ``doubt`` takes back ``last``, the decision before it (or none): "Not
     sure" any, "Not yet" all but a no ("No, not yet")."""
-    return doubt is _Doubt.ANY or (doubt is _Doubt.COMPLETION and last is not _Side.FAIL)
+    return doubt is _Doubt.ANY or (doubt in (_Doubt.COMPLETION, _Doubt.LATER) and last is not _Side.FAIL)
 
 
 def _corrects(words: list[str], vocab: _Vocabulary) -> bool:
@@ -620,11 +784,18 @@ def _decide(text: str, vocab: _Vocabulary) -> _Side:
     # Per question, whether its last clause asks for the decision ("Approved?", "Hi,
     # approve or not?"; not "OK, could you update the docs?").
     asking: dict[int, bool] = {}
+    # The sentence of the last decision, whether it was an acknowledgment ("No") or an
+    # order ("Approve"); and the sentence a condition opened before any decision in it
+    # ("Once QA passes, approve"), with whether it was only what was done before deciding
+    # ("After review, approved").
+    decided, last_weak, last_order = -1, False, False
+    conditioned, deliberated = -1, False
     for clause, after_contrast, number, question in _clauses(text):
         words = tokens(clause)
         if not words:
             continue
         doubt = _doubt(words, vocab)
+        condition = _opens_condition(words, vocab)
         if question:
             # "Approved?", "Approve or not?" decide nothing, but are no answer to a button;
             # "Approved... or not?" doubts what was said.
@@ -633,13 +804,25 @@ def _decide(text: str, vocab: _Vocabulary) -> _Side:
             continue
         if last is not _Side.NOTHING and _corrects(words, vocab):
             correcting = number  # "Rejected. Actually, no.": which one stands is a guess
-        side, acknowledgment, further = _read_clause(words, vocab)
+        side, said, further = _read_clause(words, vocab)
+        acknowledgment = said in vocab.weak
         if side in (_Side.COMPLETE, _Side.FAIL):
             if correcting == number or doubting == number:
                 return _Side.CONFLICT  # "Not sure, approve": the doubt is the decision's own
+            order = said[-1] in ORDERS or said in _ORDER_PHRASES
+            if conditioned == number and (order or not deliberated):
+                return _Side.CONFLICT  # "Once QA passes, approve": not now
             doubted, last = False, side  # "Hmm. Approved.": the decision after the doubt stands
+            decided, last_weak, last_order = number, acknowledgment, order
         elif doubt is _Doubt.ANY and _listed_at(vocab.leading, words, 0) != len(words):  # no filler ("Hmm, approved")
             doubting = number
+        elif condition is not None:
+            conditioned, deliberated = number, condition
+        if side not in (_Side.COMPLETE, _Side.FAIL) and condition is not None and decided == number:
+            # "Approve, once QA passes", "Yes, when ready": the decision waits in its own sentence.
+            doubt = doubt or (_Doubt.LATER if last_order or not condition else None)
+        if doubt is _Doubt.LATER and after_contrast and last is _Side.FAIL and not last_weak:
+            return _Side.CONFLICT  # "Reject, but not until Monday" ("No, but not before the audit" agrees)
         doubted = doubted or _doubts(doubt, last)
         if side is _Side.CONFLICT or _Side.CONFLICT in further:
             return _Side.CONFLICT

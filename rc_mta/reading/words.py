@@ -18,14 +18,18 @@ __all__ = [
     "CJK_CONTRASTS",
     "CJK_DOUBTS",
     "CJK_DOUBT_RUNS",
+    "CJK_LATER",
     "CJK_NEGATIONS",
     "CJK_NEGATORS",
+    "CLOCK_MARKS",
+    "CONDITIONS",
     "CONTRASTS",
     "CORRECTIONS",
     "DECISION_NAMES",
     "DEFAULT_COMPLETE_WORDS",
     "DEFAULT_FAIL_WORDS",
     "DEFERRALS",
+    "DELIBERATIONS",
     "DOUBTS",
     "DOUBT_TRAILERS",
     "HEADER_LABELS",
@@ -36,11 +40,22 @@ __all__ = [
     "LEADING_WORDS",
     "MOBILE_SIGNATURES",
     "NEGATORS",
+    "NEXT",
+    "NOT_CONDITIONS",
     "NOT_YET",
+    "NUMBER_LEADS",
+    "ORDERS",
     "POLITE_WORDS",
     "PUT_OFF",
+    "QUANTITIES",
+    "SEE_YOU",
     "STANDALONE_ONLY",
+    "TIME_LEADS",
+    "TIME_UNITS",
+    "TIME_WORDS",
     "TROUBLE",
+    "UNIT_LEADS",
+    "UNTIL",
     "WEAK_WORDS",
 ]
 
@@ -272,6 +287,13 @@ PUT_OFF: tuple[str, ...] = (
     *("erst montag", "erst dienstag", "erst mittwoch", "erst donnerstag", "erst freitag", "erst heute abend"),
     *("no antes de", "todavía no", "aún no", "non prima", "non ancora", "só depois", "ainda não"),
     *("pas maintenant", "nog niet", "niet voor", "inte förrän", "inte än", "inte ännu"),
+    # "Yes, but *only after* the release": only then, so not now.
+    *("only after", "only once", "only when", "only on", "only at", "only from", "only in", "only next"),
+    *("only tomorrow", "only later", "only as of", "nur nach", "nur wenn", "seulement après"),
+    *("uniquement après", "qu'après", "seulement quand", "seulement lundi", "solo después", "sólo después"),
+    *("solamente después", "solo cuando", "sólo cuando", "solo dopo", "soltanto dopo", "solo quando"),
+    *("somente depois", "apenas depois", "só quando", "somente quando", "pas na", "pas als", "pas op"),
+    *("pas morgen", "pas volgende", "först efter", "först när", "först på", "først efter", "først etter"),
 )
 
 #: Times that put the decision off when they stand right after its word, perhaps after
@@ -284,6 +306,144 @@ LATER: tuple[str, ...] = (
     *("übermorgen", "plus tard", "demain", "la semaine prochaine", "más tarde", "mañana"),
     *("la semana que viene", "la próxima semana", "più tardi", "domani", "mais tarde"),
     *("amanhã", "straks", "volgende week", "senare", "imorgon", "i morgon", "nästa vecka"),
+    *("end of day", "end of the day", "end of week", "end of the week", "close of business"),
+)
+
+#: When to act, said right after the decision word ("Approve *on Monday*", "Approve *at 5
+#: pm*", "Approve *in an hour*", "Approved *for Monday's release*", "Genehmigt *am Montag*",
+#: "Approuvé *lundi*", "Aprobado *el lunes*") or as a clause of its own after it ("Approve,
+#: *next sprint*."): a time is ``TIME_LEADS`` (at most three) before one of ``TIME_WORDS``, a
+#: clock time or date ("at 5", "5 pm", "17 h", "on the 3rd"), "in" a number of
+#: ``TIME_UNITS`` ("in an hour", "in 2 days"), or one of ``NEXT`` before or after a word
+#: ("next sprint", "lundi prochain"). Not "by Friday" (a deadline: now is before it), "now",
+#: "today", "for now", nor "for production" (no time).
+TIME_LEADS: frozenset[str] = frozenset(
+    """on at in for from around after the this a an starting of until till effective valid first thing
+    am um ab an im für zum le la les à au dès pour ce del el los las a para desde il lo l alle per
+    dal da o os na no em op om voor vanaf på till för kl klo""".split()
+)
+
+#: Words that are a time to act by themselves (behind ``TIME_LEADS``, or alone in a clause
+#: after the decision): weekdays, "tomorrow", "tonight", "soon", "afternoon", a month's name.
+#: Not "may", "mai", "march" (other words too), "pronto" (Portuguese "done"), nor "Mon",
+#: "Fri" (the dates of quoted headers: "On Mon, Jun 3, 2024").
+TIME_WORDS: frozenset[str] = frozenset(
+    """monday tuesday wednesday thursday friday saturday sunday weekend tomorrow tonight soon shortly
+    afternoon evening midnight noon eod eow cob
+    january february april june july august september october november december
+    montag dienstag mittwoch donnerstag freitag samstag sonnabend sonntag wochenende morgen übermorgen
+    bald nachmittag abend mittag januar februar märz juni juli oktober dezember
+    lundi mardi mercredi jeudi vendredi samedi dimanche demain bientôt soir
+    janvier février mars avril juin juillet août septembre octobre novembre décembre
+    lunes martes miércoles miercoles jueves viernes sábado sabado domingo mañana tarde noche
+    enero febrero marzo abril mayo junio julio agosto septiembre setiembre octubre noviembre diciembre
+    lunedì lunedi martedì martedi mercoledì mercoledi giovedì giovedi venerdì venerdi sabato domenica
+    domani stasera pomeriggio gennaio febbraio aprile maggio giugno luglio settembre ottobre dicembre
+    segunda terça terca quarta quinta sexta amanhã amanha janeiro fevereiro março junho julho
+    maandag dinsdag woensdag donderdag vrijdag zaterdag zondag morgenavond vanavond straks binnenkort
+    måndag tisdag onsdag torsdag fredag lördag söndag imorgon ikväll snart mandag tirsdag
+    lørdag søndag""".split()
+)
+
+#: "Next", which makes a time of the word beside it: "next sprint", "nächste Woche",
+#: "la semaine prochaine", "lunes próximo".
+NEXT: frozenset[str] = frozenset(
+    """next coming following upcoming nächste nächsten nächster nächstes kommende kommenden kommender
+    prochain prochaine próximo próxima proximo proxima prossimo prossima volgende komende nästa
+    kommande næste neste 다음""".split()
+)
+
+#: Units after "in" and a number: "in an hour", "in 2 days", "in ein paar Tagen", "dans une heure".
+TIME_UNITS: frozenset[str] = frozenset(
+    """minute minutes min mins hour hours hr hrs h day days week weeks month months sprint sprints
+    minuten stunde stunden tag tagen tage woche wochen monat monaten minuto minutos minuti heure
+    heures jour jours semaine semaines mois hora horas día días dia dias semana semanas mes meses
+    ora ore giorno giorni settimana settimane mese mesi uur dag dagen weken maand maanden timme
+    timmar dagar veckor time timer uge uger""".split()
+)
+
+#: Words before a number of ``TIME_UNITS``: "*in* an hour", "*within* two days", "*dans* une heure".
+UNIT_LEADS: frozenset[str] = frozenset("""in within dans en dentro entro tra fra binnen over om inom""".split())
+
+#: What follows a number to make it a time or date: "5 *pm*", "17 *h*", "the 3*rd*".
+CLOCK_MARKS: frozenset[str] = frozenset("""am pm h uhr hs o'clock st nd rd th er e""".split())
+
+#: Words that before a time say goodbye ("Validé, *à* demain", "Approvato, *a* domani", "bis
+#: Montag", "hasta mañana", "tot morgen"): a time after them only when it is a clock time
+#: ("à 17 h").
+SEE_YOU: frozenset[str] = frozenset("""à a bis hasta até tot""".split())
+
+#: Words before a bare number that make it a clock time: "*at* 5", "*um* 17", "*à* 14".
+NUMBER_LEADS: frozenset[str] = frozenset("""at um à a las alle om kl klo""".split())
+
+#: How many of a unit: "in *a few* days", "in *an* hour", "dans *une* heure"; or a number.
+QUANTITIES: frozenset[str] = frozenset(
+    """a an one two three few couple of several ein eine einer einem einen paar un une deux quelques
+    una uno dos unos unas pocos due tre qualche um uma dois duas een twee en ett två några""".split()
+)
+
+#: Words that make the decision wait for something, right after the decision word ("Approve
+#: *once* QA passes", "Approve *when* ready", "Approve *after* the freeze") or opening a
+#: clause in its sentence ("Approved, once the tests pass"; "Once QA passes, approve"). An
+#: "if" is a condition too, but no time: left to the words around it.
+CONDITIONS: tuple[str, ...] = (
+    *("once", "when", "as soon as", "after", "afterwards", "until", "till", "not until", "not before"),
+    *("sobald", "wenn", "nach", "nachdem", "danach", "dès que", "une fois que", "quand", "lorsque"),
+    *("après", "cuando", "una vez que", "en cuanto", "tan pronto como", "después de", "después", "tras"),
+    *("quando", "appena", "non appena", "una volta che", "dopo", "dopo che", "assim que", "logo que"),
+    *("depois de", "depois", "após", "zodra", "wanneer", "nadat", "daarna", "na de", "na het", "när"),
+    *("så snart", "efter", "etter", "når"),
+    # "from" with a time after it is a lead of ``TIME_LEADS``; these say it with more words.
+    *("à partir de", "à partir du", "a partir de", "a partire da", "a partire dal", "starting from"),
+    *("as of", "with effect from"),
+)
+
+#: What follows a condition word without making it one: "approved *once again*", "after
+#: all", "as soon as possible" (now), "when I saw it"; ``DELIBERATIONS`` after "after".
+NOT_CONDITIONS: tuple[str, ...] = (
+    *("once again", "once more", "after all", "as soon as possible", "as soon as you can"),
+    *("après tout", "dès que possible", "sobald wie möglich", "nach allem"),
+    *("después de todo", "dopo tutto", "depois de tudo", "så snart som möjligt", "nach plan"),
+    # A courtesy for what is asked next: "Approved, when you get a chance update the docs".
+    *("when you have a minute", "when you have a moment", "when you have a chance", "when you have time"),
+    *("when you get a chance", "when you get a minute", "when you get a moment", "when you can"),
+    *("when you find time", "when you find the time", "when possible", "once you have a minute"),
+)
+
+#: What was done before deciding: "Approved *after review*", "Genehmigt nach Rücksprache",
+#: "Goedgekeurd na overleg". After one of ``ORDERS`` it is still to come ("Approve after
+#: review"), so there the decision waits.
+DELIBERATIONS: frozenset[str] = frozenset(
+    """review reviewing reviews discussion discussions discussing checking talking speaking
+    consulting consultation consideration considering careful thought looking reading testing
+    rücksprache absprache prüfung durchsicht überprüfung abstimmung vérification discussion réflexion
+    examen relecture revisión revision discusión consulta revisar hablar verificar comprobar verifica
+    revisione discussione revisão
+    análise analise conversa overleg controle granskning""".split()
+)
+
+#: Conditions that agree with a refusal: "Rejected until the tests pass" is a no for now.
+UNTIL: frozenset[str] = frozenset("""until till not bis jusqu'à hasta finché até tot tills""".split())
+
+#: Decision words said as an order, whose "after …" is still to come: "Approve after review".
+ORDERS: frozenset[str] = frozenset(
+    """approve accept confirm complete proceed reject decline deny refuse abort veto fail disapprove
+    freigeben genehmigen valider approuver""".split()
+)
+
+#: Times inside a run of Chinese, Japanese or Korean ("明日承認します", "月曜日に承認",
+#: "下周批准", "내일 승인"): with a decision word in the clause, or alone after it, the
+#: decision waits, as "Approve tomorrow" does.
+CJK_LATER: tuple[str, ...] = (
+    *("明日", "明後日", "あした", "来週", "来月", "後で", "あとで", "後ほど", "のちほど", "週明け", "次回"),
+    *("月曜", "火曜", "水曜", "木曜", "金曜", "土曜", "日曜", "以降", "次第", "終わったら", "終了後"),
+    *("明天", "后天", "後天", "下周", "下週", "下星期", "下个月", "下個月", "以后", "以後", "之后", "之後"),
+    *("稍后", "稍後", "晚点", "晚點", "晚些", "下次", "星期一", "星期二", "星期三", "星期四", "星期五"),
+    *("月曜日", "火曜日", "水曜日", "木曜日", "金曜日", "土曜日", "日曜日"),
+    *("星期六", "星期日", "星期天", "周一", "周二", "周三", "周四", "周五", "週一", "週二", "週三"),
+    *("週四", "週五", "礼拜一", "禮拜一"),
+    *("내일", "모레", "다음주", "나중에", "월요일", "화요일", "수요일", "목요일", "금요일"),
+    *("이후", "후에"),
 )
 
 #: Words after a doubt that leave it a doubt about the decision: "Not sure about it though".
