@@ -129,16 +129,16 @@ ACTION_UNCLEAR = _reply(
     "ACTION_UNCLEAR",
     550,
     "5.6.0",
-    "Could not tell whether to complete or fail the task: start your reply with Complete or Fail"
-    " (or press a button in the request)",
+    "Could not tell whether to complete or fail the task now: start your reply with Complete or Fail"
+    " (or press a button in the request), and send it when the task should move; rc-mta acts as soon as it reads it",
 )
 # A Complete or Fail button's reply whose own words decide the other way: two readings.
 ACTION_CONTRADICTS_BUTTON = _reply(
     "ACTION_CONTRADICTS_BUTTON",
     550,
     "5.6.0",
-    "Your words do not agree with the {button} address this reply went to: press the button you mean in the"
-    " request, or reply to the request email starting with Complete or Fail",
+    "Your words do not agree with the {button} address this reply went to (or ask for it later): press the button"
+    " you mean in the request when the task should move, or reply to the request email starting with Complete or Fail",
 )
 TASK_NOT_FOUND = _reply("TASK_NOT_FOUND", 550, "5.1.1", "Task {task_id} no longer exists")
 # Until that answer's sender tries again (which settles it), or a person decides the task.

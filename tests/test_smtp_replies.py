@@ -64,8 +64,9 @@ def test_button_reply_whose_own_words_decide_the_other_way_is_refused(rc: RcMta)
         outcomes.append((outcome.code, outcome.text, rc.task(task_id)["status"], rc.task(task_id)["comments"]))
 
     refused = (
-        "5.6.0 Your words do not agree with the {} address this reply went to: press the button you mean in the"
-        " request, or reply to the request email starting with Complete or Fail"
+        "5.6.0 Your words do not agree with the {} address this reply went to (or ask for it later): press the"
+        " button you mean in the request when the task should move, or reply to the request email starting with"
+        " Complete or Fail"
     )
     assert outcomes == [
         (550, refused.format("Complete"), "in_progress", []),
