@@ -191,10 +191,12 @@ class Dovecot:
         conn.login(self.username, self.password)
         return conn
 
-    def deliver(self, message: EmailMessage | bytes, folder: str = "INBOX") -> None:
+    def deliver(self, message: EmailMessage | bytes, folder: str = "INBOX", flags: str = "") -> None:
+        """APPEND ``message`` to ``folder`` with ``flags`` (e.g. ``(\\Draft)``: a mail client
+        saving a draft there)."""
         raw = message if isinstance(message, bytes) else message.as_bytes()
         with self.client() as conn:
-            status, data = conn.append(folder, "", imaplib.Time2Internaldate(time.time()), raw)
+            status, data = conn.append(folder, flags, imaplib.Time2Internaldate(time.time()), raw)
             assert status == "OK", data
 
     def messages(self, folder: str = "INBOX") -> list[tuple[set[str], bytes]]:

@@ -15,6 +15,13 @@ the subscription's clientState and no message content. ``send_lifecycle()`` send
 notification (reauthorizationRequired, subscriptionRemoved, missed). One deviation: Graph
 requires an https:// notificationUrl; the tests have no TLS, so http://127.0.0.1 is accepted.
 
+A message's JSON carries ``isDraft`` (the v1.0 message resource: "a message is a draft if it
+hasn't been sent yet"; read-only, kept by a move), and a listing or a delta honours ``$select``
+as a GET does, ``id`` always returned (the "message: delta" page: it supports ``$select``).
+Graph's ``POST /messages`` with MIME creates a draft of whatever headers it is given ("Create
+message"), and a mail client saves an unsent reply as one: ``add_message(draft=True)`` stands
+in for both, rather than serving that POST.
+
 ``deliver()`` stores a message as Exchange Online hands it to Graph's ``/$value``, where
 ``add_message()`` stores it as given (a message appended to the mailbox). What real Exchange
 Online does, and where it is shown (README, "Exchange Online", has the list of sources):
@@ -178,12 +185,14 @@ class Message:
     folder_id: str
     changed: int
     flag: str = "notFlagged"
+    draft: bool = False  # isDraft: saved, never sent (read-only in Graph)
 
     def resource(self) -> dict[str, Any]:
         return {
             "@odata.etag": f'W/"{self.changed}"',
             "id": self.id,
             "parentFolderId": self.folder_id,
+            "isDraft": self.draft,
             "flag": {"flagStatus": self.flag},
         }
 
@@ -264,7 +273,7 @@ class Failures:
 
 @dataclass
 class GraphServer:
-    """Knobs: add_message(), throttle(), fail_token_endpoint(), token_lifetime, page_size,
+    """Knobs: add_message() (draft=True for a draft), throttle(), fail_token_endpoint(), token_lifetime, page_size,
     expire_delta_links(), revoke_tokens(); observation: calls, folder(), tokens_issued."""
 
     tenant_id: str = "t1"
@@ -340,21 +349,25 @@ class GraphServer:
 
     # -- knobs ------------------------------------------------------------------------------
 
-    def add_message(self, raw: bytes, folder: str = "inbox", *, notify: bool = True) -> str:
-        """Deliver raw MIME into a folder (well-known name or display name); returns its id."""
-        return self.add_messages([raw], folder, notify=notify)[0]
+    def add_message(self, raw: bytes, folder: str = "inbox", *, notify: bool = True, draft: bool = False) -> str:
+        """Deliver raw MIME into a folder (well-known name or display name); returns its id.
+        ``draft``: saved there as a draft instead (``isDraft``), as ``POST .../messages`` with
+        MIME or a mail client's unsent reply would, headers and all as given."""
+        return self.add_messages([raw], folder, notify=notify, draft=draft)[0]
 
     def deliver(self, raw: bytes, **exchange: Any) -> str:
         """Deliver ``raw`` to the inbox as Exchange Online would (``exchange_online_delivery``)."""
         return self.add_message(exchange_online_delivery(raw, **exchange))
 
-    def add_messages(self, raws: list[bytes], folder: str = "inbox", *, notify: bool = True) -> list[str]:
+    def add_messages(
+        self, raws: list[bytes], folder: str = "inbox", *, notify: bool = True, draft: bool = False
+    ) -> list[str]:
         """Deliver several at once, so that no listing sees only some of them; subscribers
         to the folder are notified (unless ``notify`` is False: a notification Graph lost)."""
         with self._lock:
             messages = []
             for raw in raws:
-                message = Message(_new_id(), raw, self._resolve(folder).id, next(self._seq))
+                message = Message(_new_id(), raw, self._resolve(folder).id, next(self._seq), draft=draft)
                 self._messages[message.id] = message
                 messages.append(message)
             if notify:
@@ -866,7 +879,7 @@ class GraphServer:
             if folder is None or (destination not in self._folders and destination not in WELL_KNOWN):
                 return self._error(404, "ErrorItemNotFound", "The specified destination folder was not found.")
             self._remove(message)
-            moved = Message(_new_id(), message.raw, folder.id, next(self._seq), message.flag)
+            moved = Message(_new_id(), message.raw, folder.id, next(self._seq), message.flag, message.draft)
             self._messages[moved.id] = moved
             return web.json_response(moved.resource(), status=201)
 

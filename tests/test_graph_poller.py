@@ -202,6 +202,33 @@ def test_keep_disposition_flags_and_handles_once(rc_graph: RcMta, graph: GraphSe
     assert graph.count("GET", "/$value") == 1  # the flag change shows in the delta, but it is not read again
 
 
+def test_a_draft_in_the_folder_is_never_read_acted_on_or_filed(rc_graph: RcMta, graph: GraphServer) -> None:
+    """A draft was never received: Graph's POST /messages with MIME makes one of any header
+    (Authentication-Results included), and a client saves the owner's unsent reply as one.
+    One holding the owner's stamped "Approved" stays where it is, unread, in a delta and in a
+    full listing alike; replies delivered beside it act."""
+    rc_graph.write_config()  # the CLI needs it; the server starts once the mailbox is full
+    drafted, answered, later = (rc_graph.add_task(title) for title in ("Drafted", "Answered", "Later"))
+    draft_id = graph.add_message(reply(rc_graph, drafted, "Approved"), draft=True)
+    graph.add_message(reply(rc_graph, answered))
+    rc_graph.start()
+    wait_until(lambda: completed(rc_graph, answered), what="the reply's task completed")
+
+    # The sync state is lost: a full listing, then a fresh delta, list the draft again.
+    graph.expire_delta_links()
+    graph.add_message(reply(rc_graph, later))
+    wait_until(lambda: completed(rc_graph, later), what="the later reply's task completed")
+    wait_until(lambda: len(graph.folder("Processed")) >= 2, what="both replies moved")
+    synced_again(rc_graph)
+
+    task = rc_graph.task(drafted)
+    assert task["status"] == "in_progress" and task["comments"] == []
+    assert [(m.id, m.draft) for m in graph.folder("inbox")] == [(draft_id, True)]
+    assert graph.count("GET", "/$value") == 2  # the replies', never the draft's
+    assert graph.count("GET", "/mailFolders/{folder}/messages") >= 1
+    assert rc_graph.log_path.read_text().count(f"graph message {draft_id} draft: left alone") == 1
+
+
 @pytest.mark.parametrize("status", [429, 503])
 def test_throttling_with_retry_after_is_honoured(rc_graph: RcMta, graph: GraphServer, status: int) -> None:
     rc_graph.start()

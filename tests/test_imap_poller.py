@@ -238,6 +238,31 @@ def test_keep_flags_handled_replies_and_never_acts_on_them_twice(
     assert len(re.findall(r"imap uid=\d+ processed", rc_log(server))) == 1
 
 
+def test_a_draft_in_the_folder_is_never_read_acted_on_or_filed(servers: Callable[..., RcMta], dovecot: Dovecot) -> None:
+    """A draft was never received: whoever can write to the mailbox, or a client saving the
+    owner's unsent reply there, can make one look like anything. One holding the owner's
+    stamped "Approved" stays where it is, unread; a reply delivered beside it acts."""
+    server = servers(disposition="move")
+    drafted, answered = server.add_task("Drafted"), server.add_task("Answered")
+    draft = good_reply(server, drafted, "Approved")
+    dovecot.deliver(draft, flags="(\\Draft)")  # uid 1
+    dovecot.deliver(good_reply(server, answered))
+    server.start()
+
+    wait_until(lambda: completed(server, answered), what="the reply's task to complete")
+    wait_until(lambda: len(dovecot.messages("Processed")) >= 1, what="the reply in Processed")
+    synced_again(server)  # a later round would read the draft by now
+
+    task = server.task(drafted)
+    assert task["status"] == "in_progress" and task["comments"] == []
+    [(flags, _)] = dovecot.messages()
+    assert message_ids(dovecot.messages()) == [draft["Message-ID"]]
+    assert "\\Draft" in flags and "\\Seen" not in flags
+    log = rc_log(server)
+    assert log.count("imap uid=1 draft: left alone") == 1  # said once, not every round
+    assert "UID FETCH 1 " not in log  # the protocol trace: never fetched
+
+
 def test_dovecot_restart_midway_loses_no_reply_and_doubles_none(
     servers: Callable[..., RcMta], dovecot: Dovecot
 ) -> None:

@@ -5,6 +5,11 @@ fetches each new message's MIME, hands it to the pipeline and, only once the pip
 committed the action, files the message away (move, delete or flag). The poll loop itself
 (interval, reconnect, backoff, liveness) is the shared Watcher's.
 
+A draft (``isDraft``) is left alone: never read, acted on or filed. Nobody received it:
+whoever can write to the mailbox can save one (a client's unsent reply, or Graph's own
+``POST /messages`` with MIME, which makes a draft of any header, Authentication-Results and
+Received included), and its owner may still be writing it.
+
 Several instances may poll one mailbox: each message is claimed in the shared store before
 it is read (``MessageClaims``, as for IMAP), under a name made of the mailbox, the folder
 and a digest of Graph's id (ids are opaque and long), so only one instance handles and
@@ -55,6 +60,9 @@ UNSUBSCRIBE_SECONDS = 5.0  # at shutdown, for deleting the change-notification s
 MAX_PAGES = 10_000  # a nextLink loop is a server bug; don't follow it forever
 # Answers to a stale or unusable delta link: start again with a full listing.
 BAD_DELTA_CODES = {"syncstatenotfound", "syncstateinvalid", "invalidsynctoken", "resyncrequired"}
+# What a listing asks of each message: its id, and whether it is a draft (message resource,
+# isDraft: "a message is a draft if it hasn't been sent yet"); delta honours $select too.
+LISTED = {"$select": "id,isDraft"}
 WELL_KNOWN_FOLDERS = {"inbox": "inbox", "junk email": "junkemail", "junkemail": "junkemail", "archive": "archive"}
 
 
@@ -79,6 +87,7 @@ class _State:
     pending_ids: set[str] = field(default_factory=set)
     kept_ids: set[str] = field(default_factory=set)  # disposition "keep": handled, left in place
     folder_ids: dict[str, str] = field(default_factory=dict)  # displayName -> folder id
+    drafts: set[str] = field(default_factory=set)  # drafts passed over (and said so) while listed
 
 
 class GraphPoller:
@@ -214,10 +223,11 @@ class GraphConnection:
         return self.folder_url
 
     async def _list_ids(self) -> list[str]:
+        """The ids of the messages to handle now; the drafts among those listed are left out."""
         folder_url = await self._folder_url()
         if self.state.delta_supported:
             try:
-                return await self._delta_ids(folder_url)
+                return self._leave_drafts(await self._delta_items(folder_url), every=False)
             except GraphError as exc:
                 if self.state.delta_link is None and exc.status in (400, 404, 405, 501):
                     log.warning("graph: delta query not available (%s); listing the folder every round", exc)
@@ -227,34 +237,51 @@ class GraphConnection:
                 else:
                     raise
                 self.state.delta_link = None
-        return await self._full_ids(folder_url)
+        return self._leave_drafts(await self._full_items(folder_url), every=True)
 
-    async def _delta_ids(self, folder_url: str) -> list[str]:
-        url: str | URL = self.state.delta_link or URL(folder_url + "/messages/delta").with_query({"$select": "id"})
-        ids: dict[str, None] = {}  # ordered, without duplicates (a message changed twice shows twice)
+    def _leave_drafts(self, listed: dict[str, bool], *, every: bool) -> list[str]:
+        """The ids of ``listed`` (id -> isDraft) that are not drafts. A draft is said once,
+        the first time it is passed over; ``every``: the listing is the whole folder, so a
+        draft it lacks is gone."""
+        drafts = {message_id for message_id, draft in listed.items() if draft}
+        for message_id in sorted(drafts - self.state.drafts):
+            log.info("graph message %s draft: left alone, unread (a draft was never received)", message_id)
+        self.state.drafts = drafts if every else (self.state.drafts - listed.keys()) | drafts
+        self.state.pending_ids -= drafts
+        return [message_id for message_id, draft in listed.items() if not draft]
+
+    async def _delta_items(self, folder_url: str) -> dict[str, bool]:
+        """What changed since the last round: id -> isDraft, in order, each once (a message
+        changed twice shows twice); a message gone is forgotten."""
+        url: str | URL = self.state.delta_link or URL(folder_url + "/messages/delta").with_query(LISTED)
+        items: dict[str, bool] = {}
         for _ in range(MAX_PAGES):
             page = await self._json("GET", url)
             for item in page.get("value", []):
                 if "@removed" in item:
-                    self.state.kept_ids.discard(str(item.get("id")))  # gone: no need to remember it
+                    gone = str(item.get("id"))
+                    self.state.kept_ids.discard(gone)  # gone: no need to remember it
+                    self.state.drafts.discard(gone)
                 elif item.get("id"):
-                    ids[str(item["id"])] = None
+                    items[str(item["id"])] = _is_draft(item)
             if "@odata.nextLink" in page:
                 url = str(page["@odata.nextLink"])
                 continue
             if "@odata.deltaLink" in page:
                 self.state.delta_link = str(page["@odata.deltaLink"])
-            return list(ids)
+            return items
         raise GraphError(200, "tooManyPages", "the delta query did not end")
 
-    async def _full_ids(self, folder_url: str) -> list[str]:
-        url: str | URL = URL(folder_url + "/messages").with_query({"$select": "id", "$top": str(PAGE_SIZE)})
-        ids: dict[str, None] = {}
+    async def _full_items(self, folder_url: str) -> dict[str, bool]:
+        """Every message in the folder: id -> isDraft."""
+        query = {**LISTED, "$top": str(PAGE_SIZE)}
+        url: str | URL = URL(folder_url + "/messages").with_query(query)
+        items: dict[str, bool] = {}
         for _ in range(MAX_PAGES):
             page = await self._json("GET", url)
-            ids.update((str(m["id"]), None) for m in page.get("value", []) if m.get("id"))
+            items.update((str(m["id"]), _is_draft(m)) for m in page.get("value", []) if m.get("id"))
             if "@odata.nextLink" not in page:
-                return list(ids)
+                return items
             url = str(page["@odata.nextLink"])
         raise GraphError(200, "tooManyPages", "the folder listing did not end")
 
@@ -398,6 +425,11 @@ async def _read(response: aiohttp.ClientResponse, limit: int | None) -> bytes:
         if len(data) >= limit:
             break
     return bytes(data[:limit])
+
+
+def _is_draft(item: dict[str, Any]) -> bool:
+    """Graph's ``isDraft``: only ``true`` is a draft (a server that leaves it out lists mail, as before)."""
+    return item.get("isDraft") is True
 
 
 def _retry_after(value: str | None) -> float:

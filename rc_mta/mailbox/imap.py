@@ -4,7 +4,10 @@ action is committed, so a crash or a dropped connection never loses or doubles a
 One connection searches and waits in IDLE; it and ``pool_size - 1`` more connections fetch,
 handle and file messages in parallel (the seed's ``mail.imap.connectionpoolsize``). Messages
 are read with ``BODY.PEEK[]`` and addressed by UID only, so a human reading the same mailbox
-sees nothing marked \\Seen and expunges elsewhere never shift what we act on.
+sees nothing marked \\Seen and expunges elsewhere never shift what we act on. A message
+flagged \\Draft is never read, acted on or filed (the search asks for UNDRAFT, RFC 3501
+§6.4.4): nobody received it, whoever can write to the mailbox can save one (a client's
+unsent reply to the request, say), and its owner may still be writing it.
 
 Several instances may poll one folder: each message is claimed in the shared store by
 (mailbox, UIDVALIDITY, UID) before it is fetched, so only one instance handles and files
@@ -342,11 +345,14 @@ class _Session:
         await asyncio.gather(*(c.close() for c in self.connections), return_exceptions=True)
 
     async def sync(self) -> int:
-        criteria = ["UNDELETED", "UNFLAGGED"] if self.poller.config.disposition == "keep" else ["UNDELETED"]
+        criteria = ["UNDELETED", "UNDRAFT"]
+        if self.poller.config.disposition == "keep":
+            criteria.append("UNFLAGGED")
         await self.poller.claims.prune()
         main, *others = self.connections
         await _all(c.keepalive() for c in others)
         uids = await main.search(*criteria)
+        self.poller.drafts_passed_over(await main.search("UNDELETED", "DRAFT"))
         queue: asyncio.Queue[int] = asyncio.Queue()
         for uid in uids:
             queue.put_nowait(uid)
@@ -380,6 +386,7 @@ class ImapPoller:
                 refresh_token=oauth2.refresh_token.get_secret_value(),
             )
         self.uidvalidity: int | None = None
+        self.drafts: set[int] = set()  # the folder's drafts, each said once (UIDs)
         # Several instances on one folder: each message is claimed in the store first.
         self.claims = MessageClaims(self.source, pipeline, tuple(config.trusted_authserv_ids))
         self.mailbox = f"imap://{config.username}@{config.host.lower()}/{config.folder}"
@@ -438,7 +445,14 @@ class ImapPoller:
         if self.uidvalidity is not None and value != self.uidvalidity:
             log.warning("imap: UIDVALIDITY of %s changed (%d -> %d)", self.config.folder, self.uidvalidity, value)
             self.claims.forget_settled()
+            self.drafts.clear()
         self.uidvalidity = value
+
+    def drafts_passed_over(self, uids: list[int]) -> None:
+        """Say once of each draft in the folder that it is left alone (not every round)."""
+        for uid in sorted(set(uids) - self.drafts):
+            log.info("imap uid=%d draft: left alone, unread (a draft was never received)", uid)
+        self.drafts = set(uids)
 
     async def handle(self, connection: _Connection, uid: int) -> int:
         """Claim, fetch, handle and file one message (``MessageClaims``); 1 when it was
