@@ -107,6 +107,9 @@ DEFAULT_LIMITS = Limits()
 # 5-30 µs each), decoded text (base64 turns short lines into many; NFKC can make one
 # character eighteen) and signatures (each hashes the body again): each has its cap.
 INLINE_BYTES = 8 * 1024
+# A comment judged on the loop (``Pipeline.words_say``); its worst shape, a clause a line,
+# costs the grammar some 20 ms (most replies' comments are a few hundred characters).
+INLINE_COMMENT_CHARS = 2 * 1024
 INLINE_LINES = 200
 INLINE_FIELDS = 50
 INLINE_PARTS = 8

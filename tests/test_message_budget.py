@@ -197,6 +197,47 @@ def test_a_light_reply_is_read_at_once_while_the_reading_pool_is_full(tmp_path: 
     assert not light.startswith("451"), light  # read and judged (no request matches: refused)
 
 
+def test_a_long_comment_is_judged_in_the_reading_pool_and_a_short_one_at_once(tmp_path: Path) -> None:
+    # The grammar costs some 10 µs a character: a log pasted into a reply (64 KiB, a clause a
+    # line) held the event loop half a second. Judged in the pool, it waits for a worker there.
+    from rc_mta.app import Service
+    from rc_mta.config import InboundConfig, Settings, SigningConfig, StoreConfig
+    from rc_mta.reading.intent import interpret_action
+
+    service = Service.open(
+        Settings(
+            store=StoreConfig(url=f"sqlite:///{tmp_path / 'db.sqlite'}"),
+            signing=SigningConfig(generated_key_file=tmp_path / "key"),
+            inbound=InboundConfig(parse_workers=1, parse_queue=0),
+        )
+    )
+    words = (("approve", "approved"), ("reject", "rejected"))
+    pasted = "Approved\n" + "worker 7: cannot connect\nretrying\n" * 1800
+
+    async def scenario() -> tuple[str | None, bool, str | None]:
+        pipeline = service.pipeline
+        release = threading.Event()
+        held = asyncio.ensure_future(pipeline.reader.admit(release.wait, 30))
+        await asyncio.sleep(0)  # the one worker is taken
+        try:
+            long = asyncio.ensure_future(pipeline.words_say(interpret_action, pasted, *words))
+            short = await pipeline.words_say(interpret_action, "Rejected, sorry", *words)
+            await asyncio.sleep(0.3)
+            waited = not long.done()
+        finally:
+            release.set()
+            await held
+        return short, waited, await long
+
+    try:
+        short, waited, long = asyncio.run(scenario())
+    finally:
+        service.close()
+    assert short == "fail"  # judged on the loop while the pool was busy
+    assert waited  # the long one waited for the pool's worker, not run on the loop
+    assert long == "complete"
+
+
 def canonical_message_cost(raw: bytes) -> Cost:
     return measured_message(raw)[1]
 
