@@ -448,6 +448,26 @@ WAITING_FOR_SOMETHING = [
     ("Approved - go ahead on Friday", None),
     ("Approve after review", None),  # an order: the review is still to come
 ]
+# A condition rc-mta cannot check: completing now would guess that it holds.
+ON_A_CONDITION = [
+    ("Approved pending QA", None),
+    ("Approved if CI is green", None),
+    ("Approve if the tests pass", None),
+    ("Approved, provided the tests pass", None),
+    ("Approved subject to QA sign-off", None),
+    ("Approved as long as Bob agrees", None),
+    ("LGTM if CI passes", None),
+    ("If CI is green, approve.", None),
+    ("Genehmigt, sofern die Tests gr\u00fcn sind", None),
+    ("Approuv\u00e9 sous r\u00e9serve de la recette", None),
+    ("Aprobado siempre que pasen las pruebas", None),
+    # An offer or an aside is no condition of the decision.
+    ("Approved. If you need anything, let me know.", "complete"),
+    ("Approved, if that helps", "complete"),
+    ("Approved - if any issues arise, ping me", "complete"),
+    ("Approved, the pending changes look fine", "complete"),
+    ("Rejected unless Bob agrees", "fail"),  # a no for now stays a no
+]
 A_REFUSAL_PUT_OFF = [
     ("Reject, but not until Monday", None),
     ("Reject on Monday", None),
@@ -532,6 +552,7 @@ TABLE = (
     + ON_A_DAY
     + AT_A_TIME
     + WAITING_FOR_SOMETHING
+    + ON_A_CONDITION
     + A_REFUSAL_PUT_OFF
     + WHEN_IN_OTHER_LANGUAGES
     + DECIDED_NOW

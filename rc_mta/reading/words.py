@@ -396,6 +396,14 @@ CONDITIONS: tuple[str, ...] = (
     # "from" with a time after it is a lead of ``TIME_LEADS``; these say it with more words.
     *("à partir de", "à partir du", "a partir de", "a partire da", "a partire dal", "starting from"),
     *("as of", "with effect from"),
+    # A condition rc-mta cannot check: acting now would guess it holds ("Approved if CI is
+    # green", "Approve pending QA", "Genehmigt, sofern die Tests grün sind"). Not the one-
+    # letter words of other languages ("si", "se", "als", "om"): they mean too much else.
+    *("if", "only if", "pending", "provided", "provided that", "providing", "subject to", "as long as"),
+    *("assuming", "on condition", "conditional on", "contingent on", "falls", "sofern", "vorausgesetzt"),
+    *("vorbehaltlich", "unter vorbehalt", "à condition", "sous réserve", "pourvu que", "siempre que"),
+    *("siempre y cuando", "sujeto a", "a condición de", "purché", "a condizione", "desde que"),
+    *("contanto que", "mits", "op voorwaarde", "onder voorbehoud", "förutsatt att"),
 )
 
 #: What follows a condition word without making it one: "approved *once again*", "after
@@ -408,6 +416,10 @@ NOT_CONDITIONS: tuple[str, ...] = (
     *("when you have a minute", "when you have a moment", "when you have a chance", "when you have time"),
     *("when you get a chance", "when you get a minute", "when you get a moment", "when you can"),
     *("when you find time", "when you find the time", "when possible", "once you have a minute"),
+    # An offer or an aside, not a condition of the decision: "Approved, if you need anything
+    # let me know", "Approved, if that helps".
+    *("if you need", "if you have", "if you want", "if you like", "if you wish", "if needed", "if necessary"),
+    *("if any", "if anything", "if that helps", "if it helps", "if there are", "if there is", "if so"),
 )
 
 #: What was done before deciding: "Approved *after review*", "Genehmigt nach Rücksprache",
