@@ -260,12 +260,15 @@ def _is_attachment(part: Message) -> bool:
 
 
 def _extract_text(message: Message) -> str:
-    """The reply body as plain text: its inline text/plain parts, else its text/html ones,
-    with a ``QUOTE_MARK`` line where the HTML had a quote block (and nowhere else)."""
+    """The reply body as plain text: its inline text/plain parts, else (none, or only blank
+    ones) its text/html ones, with a ``QUOTE_MARK`` line where the HTML had a
+    quote block (and nowhere else). A blank plain alternative beside an HTML "Rejected"
+    hides nothing: a client shows the HTML, so that is what the person wrote."""
     try:
-        plain = _body_parts(message, "text/plain")
-        if plain:
-            return "\n\n".join(_plain_part_text(part) for part in plain).replace(QUOTE_MARK, "")
+        plain = "\n\n".join(_plain_part_text(part) for part in _body_parts(message, "text/plain"))
+        plain = plain.replace(QUOTE_MARK, "")
+        if plain.strip():
+            return plain
         shown: list[str] = []
         left = MAX_HTML_CHARS  # for all the parts together: rendering is the costly read
         for part in _body_parts(message, "text/html"):
