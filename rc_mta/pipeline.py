@@ -63,6 +63,7 @@ from .reading import (
     interpret_action,
     parse_reply,
 )
+from .reading.message import typed_subject
 from .sender_auth import AuthState, Client, SenderAuth
 from .smtp_replies import SmtpReply
 from .store import (
@@ -566,8 +567,12 @@ class Pipeline:
             action = TaskAction(decided)
         else:
             action = TaskAction(token.action.label)
-            # A button's address decides, unless the person's own words read the other way.
-            if contradicts(parsed.comment, action.value, self.complete_words, self.fail_words):
+            # A button's address decides, unless the person's own words read the other way: in
+            # the body, or a Subject retyped to decide the other way ("Reject"; the request's
+            # title, which may hold any word, left out).
+            words = (self.complete_words, self.fail_words)
+            subject = interpret_action(typed_subject(parsed.subject, request.title), *words)
+            if contradicts(parsed.comment, action.value, *words) or subject not in (None, action.value):
                 answered = await self._read_by_key(self.store.get_claim, request.id) if acting else None
                 if answered is not None and answered.done:
                     return _answered(base, request, answered)  # told so first, as any other answer is

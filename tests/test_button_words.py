@@ -119,7 +119,8 @@ def rc(auth_rc: RcMta) -> RcMta:
 )
 def test_a_buttons_reply_that_says_the_opposite_leaves_the_task(rc: RcMta, words: str, address: str) -> None:
     task_id, request = new_request(rc)
-    answer = reply_message(request[address], words, sender=OWNER, subject="Complete: deploy")
+    subject = "Complete: deploy" if address == "complete_address" else "Fail: deploy"
+    answer = reply_message(request[address], words, sender=OWNER, subject=subject)
 
     said = sent_by_owner(rc, signed(answer), request[address])
 
