@@ -221,6 +221,10 @@ FAMILIES: list[Family] = [
     Family("button words: one clause of negations", _at_complete, lambda n: repeat("don't ", n)),
     Family("button words: clauses of prohibitions", _at_complete, lambda n: repeat("Don't see any issues, ", n)),
     Family("button words: go words", _at_fail, lambda n: repeat("please definitely ", n, "deploy")),
+    # Struck-through text: plain "~~" marks, and HTML strike elements rendered with them.
+    Family("struck text: unpaired marks", _read_words, lambda n: repeat("~~ approved ~", n)),
+    Family("struck text: long spans", _read_words, lambda n: repeat("~~" + "no " * 50 + "~~", n)),
+    Family("struck text: nested strike elements", html_to_text, lambda n: repeat("<s><del>a<p>b", n)),
 ]
 
 

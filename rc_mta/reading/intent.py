@@ -654,6 +654,27 @@ def _negates_action(words: list[str], start: int, end: int, vocab: _Vocabulary, 
     return not (words[at] in button_lists.BUTTON_NEGATED_BENIGN or _listed_at(vocab.trouble, words, at) is not None)
 
 
+# Struck-through text as plain text writes it, and as ``html.render_html`` marks it.
+_STRUCK_RE = re.compile(r"~~([^~\n]*)~~")
+
+
+def _without_struck(comment: str, vocab: _Vocabulary) -> str | None:
+    """``comment`` without its struck-through words ("~~typo~~"), or None when any of them
+    decide or say which way the person leans ("~~Approved~~", "~~Deploy it~~"): struck out,
+    a decision is taken back, and what replaced it, if anything, is a guess."""
+    if "~~" not in comment:
+        return comment
+    for found in _STRUCK_RE.finditer(comment):
+        span = found.group(1)
+        if not span.strip():
+            continue
+        if _decide(normalise(span), vocab) is not _Side.NOTHING or any(
+            _against_button(span, action, {_Side.NOTHING}, vocab) for action in ("complete", "fail")
+        ):
+            return None
+    return _STRUCK_RE.sub(" ", comment)
+
+
 def _says_go(words: list[str], vocab: _Vocabulary, button: _ButtonWords, *, intensifier: bool) -> bool:
     """Whether a clause asks for the change ("Deploy it", "Release this now") or, when
     ``intensifier`` (nothing in the reply fails: "Rejected, definitely" is an emphatic no),
@@ -688,6 +709,10 @@ def _readings(comment: str, complete_words: Sequence[str], fail_words: Sequence[
         return {_Side.NOTHING}  # a bidi override draws letters in another order: "\u202eApproved" shows "devorppA"
     vocab = _vocabulary(tuple(complete_words), tuple(fail_words))
     comment = _PHONE_NUMBER_RE.sub(" ", comment[:MAX_COMMENT_CHARS])  # "+1 (555) 010-0100" is no "+1"
+    unstruck = _without_struck(comment, vocab)
+    if unstruck is None:
+        return {_Side.CONFLICT}  # "~~Approved~~": a decision struck out
+    comment = unstruck
     readings = {_decide(normalise(comment), vocab)}
     unwrapped = _unwrapped(comment)
     if unwrapped is not None:
