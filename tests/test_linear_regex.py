@@ -213,10 +213,6 @@ FAMILIES: list[Family] = [
         ),
     ),
     Family("style sheet in SVG: markup", html_to_text, lambda n: "<svg><style>" + repeat("<&#", n - 30)),
-    # reading/intent.py: the decision words inside a run of Chinese, Japanese or Korean.
-    Family("CJK run: negated decisions", _read_words, lambda n: repeat("\u6211\u4e0d\u80fd\u6279\u51c6", n)),
-    Family("CJK run: near decisions", _read_words, lambda n: repeat("\u627f\u8a8d\u3057", n)),
-    Family("CJK run: negations only", _read_words, lambda n: repeat("\u6ca1\u6709", n, "\u6279\u51c6")),
     # reading/intent.py: what a button's reply may not say (``contradicts``).
     Family("button words: one clause of negations", _at_complete, lambda n: repeat("don't ", n)),
     Family("button words: clauses of prohibitions", _at_complete, lambda n: repeat("Don't see any issues, ", n)),
@@ -225,6 +221,10 @@ FAMILIES: list[Family] = [
     Family("struck text: unpaired marks", _read_words, lambda n: repeat("~~ approved ~", n)),
     Family("struck text: long spans", _read_words, lambda n: repeat("~~" + "no " * 50 + "~~", n)),
     Family("struck text: nested strike elements", html_to_text, lambda n: repeat("<s><del>a<p>b", n)),
+    # reading/intent.py: the decision words inside a run of Chinese, Japanese or Korean.
+    Family("CJK run: negated decisions", _read_words, lambda n: repeat("\u6211\u4e0d\u80fd\u6279\u51c6", n)),
+    Family("CJK run: near decisions", _read_words, lambda n: repeat("\u627f\u8a8d\u3057", n)),
+    Family("CJK run: negations only", _read_words, lambda n: repeat("\u6ca1\u6709", n, "\u6279\u51c6")),
 ]
 
 
