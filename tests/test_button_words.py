@@ -73,6 +73,9 @@ AGREEING = [
             "Pas de problème",
             "Keine Anmerkungen.",
             "Release notes are attached.",
+            "Can't wait to see it live!",
+            "Nie mam uwag.",
+            "Not yet tested in staging, but approved.",
         )
     ),
     *(

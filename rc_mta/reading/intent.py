@@ -622,8 +622,8 @@ def _says_no(words: list[str], vocab: _Vocabulary, button: _ButtonWords) -> bool
     for start in _starts_after_leading(words, vocab):
         if start >= len(words):
             return False
-        if _decision_at(words, start, vocab) is not None:
-            return False  # "No problem", "Pas de souci", "Not approved": the grammar's to read
+        if _decision_at(words, start, vocab) is not None or _listed_at(vocab.not_yet, words, start) is not None:
+            return False  # "No problem", "Not approved", "Not yet tested, but approved": the grammar's to read
         end = _listed_at(button.no_answers, words, start)
         if end is not None and all(word in button.trailers for word in words[end:]):
             return True

@@ -664,14 +664,14 @@ BUTTON_NEGATED_BENIGN: frozenset[str] = frozenset(
     bother risk risks regression regressions impact impacts affect affects break breaks breaking much anything
     worse urgent sorge sorgen schlecht anmerkungen fragen einwand einwände mal inquiète inquiétez souci soucis
     remarques commentaire commentaires preocupes preocupe preocupéis male preoccuparti preoccupatevi problemi
-    slecht zorgen""".split()
+    slecht zorgen wait uwag uwagi zastrzeżeń""".split()
 )
 
 #: Words skipped after such a negator to find what it negates: "I don't *see any* issues",
 #: "I don't *think there are any* problems".
 BUTTON_NEGATION_FILLERS: frozenset[str] = frozenset(
     """any a an the see seen saw find found have has had spot spotted notice noticed expect think there are is be
-    were was too very really real major big further other more de du des""".split()
+    were was too very really real major big further other more de du des mam""".split()
 )
 
 #: Determiners that negate a noun ("No changes needed", "Keine Anmerkungen"): a no only
