@@ -318,6 +318,36 @@ def _report(mail: Mail) -> str | None:
     return None
 
 
+# iTIP (RFC 5546) methods a calendar sends on a click (an attendee's Accept, Decline or
+# new-time proposal, an organiser's invitation, update or cancellation): never a person's
+# answer to a request, whatever address an invitation named. PUBLISH (an event shared as
+# a file) is no scheduling message.
+_CALENDAR_METHODS = frozenset({"reply", "counter", "request", "cancel", "refresh", "declinecounter", "add"})
+_CALENDAR_TYPES = frozenset({"text/calendar", "application/ics"})
+_CALENDAR_METHOD_RE = re.compile(r"^method[ \t]*:[ \t]*([a-z-]{1,20})[ \t]*\r?$", re.IGNORECASE | re.MULTILINE)
+
+
+def _calendar(mail: Mail) -> str | None:
+    """A calendar's meeting message: a text/calendar part whose iTIP method (its
+    Content-Type parameter, else its own METHOD line) schedules, or Outlook's
+    Content-Class of meeting mail. A declined meeting whose organiser was the Complete
+    address is no completion (found in review), nor is an accepted one."""
+    for value in mail.header("Content-Class"):
+        if value.strip().lower() == "urn:content-classes:calendarmessage":
+            return "calendar message"
+    for part in _parts(mail.message):
+        if part.get_content_type() not in _CALENDAR_TYPES:
+            continue
+        method = part.get_param("method")
+        found = str(method).strip().lower() if isinstance(method, str) else ""
+        if not found:
+            match = _CALENDAR_METHOD_RE.search(_decoded_start(part))
+            found = match.group(1).lower() if match else ""
+        if found in _CALENDAR_METHODS:
+            return f"calendar {found}"
+    return None
+
+
 def _keyword(value: str) -> str:
     return value.split(";", 1)[0].split("(", 1)[0].strip().lower()
 
@@ -731,6 +761,7 @@ def _auto_reply_subject(mail: Mail) -> str | None:
 DETECTORS: tuple[tuple[str, Detector], ...] = (
     ("null envelope sender", _null_sender),
     ("multipart/report", _report),
+    ("calendar meeting message", _calendar),
     ("RFC 3834 Auto-Submitted", _auto_submitted),
     ("X-Autoreply and friends", _auto_reply_headers),
     ("Precedence", _precedence),

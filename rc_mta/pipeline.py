@@ -63,6 +63,7 @@ from .reading import (
     interpret_action,
     parse_reply,
 )
+from .reading.message import typed_subject
 from .sender_auth import AuthState, Client, SenderAuth
 from .smtp_replies import SmtpReply
 from .store import (
@@ -574,8 +575,14 @@ class Pipeline:
             action = TaskAction(decided)
         else:
             action = TaskAction(token.action.label)
-            # A button's address decides, unless the person's own words read the other way.
-            if await self.words_say(contradicts, parsed.comment, action.value, self.complete_words, self.fail_words):
+            # A button's address decides, unless the person's own words read the other way: in
+            # the body, or a Subject retyped to decide the other way ("Reject"; the request's
+            # title, which may hold any word, left out).
+            words = (self.complete_words, self.fail_words)
+            subject = await self.words_say(interpret_action, typed_subject(parsed.subject, request.title), *words)
+            if subject not in (None, action.value) or await self.words_say(
+                contradicts, parsed.comment, action.value, *words
+            ):
                 answered = await self._read_by_key(self.store.get_claim, request.id) if acting else None
                 if answered is not None and answered.done:
                     return _answered(base, request, answered)  # told so first, as any other answer is

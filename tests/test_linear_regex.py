@@ -26,7 +26,7 @@ from rc_mta.checks.binding import RequestAddresses
 from rc_mta.inbound import aiosmtpd_private as private
 from rc_mta.inbound import protocol
 from rc_mta.mailbox import imap
-from rc_mta.reading import DEFAULT_COMPLETE_WORDS, DEFAULT_FAIL_WORDS, interpret_action
+from rc_mta.reading import DEFAULT_COMPLETE_WORDS, DEFAULT_FAIL_WORDS, contradicts, interpret_action
 from rc_mta.reading.html import html_to_text
 from rc_mta.reading.message import parse_reply
 from rc_mta.tasks import release
@@ -78,6 +78,14 @@ ADDRESSES = RequestAddresses("rc", "reply.example")
 
 def _read_words(comment: str) -> object:
     return interpret_action(comment, DEFAULT_COMPLETE_WORDS, DEFAULT_FAIL_WORDS)
+
+
+def _at_complete(comment: str) -> object:
+    return contradicts(comment, "complete", DEFAULT_COMPLETE_WORDS, DEFAULT_FAIL_WORDS)
+
+
+def _at_fail(comment: str) -> object:
+    return contradicts(comment, "fail", DEFAULT_COMPLETE_WORDS, DEFAULT_FAIL_WORDS)
 
 
 FAMILIES: list[Family] = [
@@ -205,6 +213,14 @@ FAMILIES: list[Family] = [
         ),
     ),
     Family("style sheet in SVG: markup", html_to_text, lambda n: "<svg><style>" + repeat("<&#", n - 30)),
+    # reading/intent.py: what a button's reply may not say (``contradicts``).
+    Family("button words: one clause of negations", _at_complete, lambda n: repeat("don't ", n)),
+    Family("button words: clauses of prohibitions", _at_complete, lambda n: repeat("Don't see any issues, ", n)),
+    Family("button words: go words", _at_fail, lambda n: repeat("please definitely ", n, "deploy")),
+    # Struck-through text: plain "~~" marks, and HTML strike elements rendered with them.
+    Family("struck text: unpaired marks", _read_words, lambda n: repeat("~~ approved ~", n)),
+    Family("struck text: long spans", _read_words, lambda n: repeat("~~" + "no " * 50 + "~~", n)),
+    Family("struck text: nested strike elements", html_to_text, lambda n: repeat("<s><del>a<p>b", n)),
     # reading/intent.py: the decision words inside a run of Chinese, Japanese or Korean.
     Family("CJK run: negated decisions", _read_words, lambda n: repeat("\u6211\u4e0d\u80fd\u6279\u51c6", n)),
     Family("CJK run: near decisions", _read_words, lambda n: repeat("\u627f\u8a8d\u3057", n)),

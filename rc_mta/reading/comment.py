@@ -205,6 +205,8 @@ def _is_dashed_title(plain: str) -> bool:
     left = len(plain) - len(plain.lstrip("".join(_DASH_CHARS)))
     right = len(plain) - len(plain.rstrip("".join(_DASH_CHARS)))
     inner = plain[left : len(plain) - right]
+    if plain[:left] == "~~" == plain[len(plain) - right :]:
+        return False  # "~~Approved~~": struck-through words, not a title (``intent._without_struck``)
     return left >= 2 and right >= 2 and any(c.isalpha() for c in inner)
 
 

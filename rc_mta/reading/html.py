@@ -27,6 +27,10 @@ MAX_HTML_CHARS = 1024 * 1024
 #: A line of its own where quoted history (a blockquote, a client's quote block) was left
 #: out, so the comment reader knows what follows it was written below the quote.
 QUOTE_MARK = "\ue000"  # a private-use character: never whitespace, never shown
+#: Around struck-through text (<s>, <del>, <strike>, ``text-decoration: line-through``), as a
+#: plain-text writer marks it: a decision the person struck out is no decision
+#: (``intent._without_struck``), and the comment shows it struck.
+STRIKE_MARK = "~~"
 
 _BLOCK_TAGS = frozenset(
     {
@@ -450,6 +454,23 @@ def _style_hides(declarations: list[tuple[str, str]], clipped: bool = False) -> 
     return any(_declaration_hides(name, value, clipped, background) for name, value in declarations)
 
 
+def _strikes(declarations: list[tuple[str, str]]) -> bool:
+    """Whether these declarations draw a line through the text (``text-decoration``)."""
+    return any(
+        "line-through" in value for name, value in declarations if name in ("text-decoration", "text-decoration-line")
+    )
+
+
+_STRIKING_TAGS = frozenset({"s", "strike", "del"})
+
+
+def _attributes_strike(tag: str, attrs: list[tuple[str, str | None]]) -> bool:
+    """Whether an element draws its text struck through: by its tag or its own style."""
+    return tag in _STRIKING_TAGS or any(
+        name == "style" and value and _strikes(_declarations(_strip_css_noise(value))) for name, value in attrs
+    )
+
+
 def _clips(declarations: list[tuple[str, str]]) -> bool:
     """Whether these declarations cut off what overflows the element's box."""
     return any(
@@ -607,6 +628,7 @@ class _StyleSheet:
     hide_all: bool = False
     hiding: set[str] = field(default_factory=set)  # keys of rules that hide
     clipping: set[str] = field(default_factory=set)  # keys of rules that cut off overflow
+    striking: set[str] = field(default_factory=set)  # keys of rules that strike text through
     shades: dict[str, tuple[list[_Shade], list[_Shade]]] = field(default_factory=dict)  # key: colours, backgrounds
     rules: int = 0
 
@@ -616,6 +638,9 @@ class _StyleSheet:
 
     def clips(self, keys: list[str]) -> bool:
         return bool(self.clipping) and any(key in self.clipping for key in keys)
+
+    def strikes(self, keys: list[str]) -> bool:
+        return bool(self.striking) and any(key in self.striking for key in keys)
 
     def paint(self, keys: list[str]) -> tuple[list[_Shade], list[_Shade]]:
         """Every colour and background the rules that may apply to this element set."""
@@ -673,11 +698,12 @@ class _StyleSheet:
             return
         # A rule may meet an overflow cut-off set anywhere else: judged as if it did.
         hides, clips = _style_hides(declarations, clipped=True), _clips(declarations)
+        strikes = _strikes(declarations)
         colours, backgrounds = _rule_shades(declarations)
         # One more than is kept tells "too many": each selector then costs the same, whatever
         # the block holds (selectors x declarations was quadratic on one long rule).
         colours, backgrounds = colours[: _MAX_SHADES + 1], backgrounds[: _MAX_SHADES + 1]
-        if not (hides or colours or backgrounds or clips):
+        if not (hides or colours or backgrounds or clips or strikes):
             return
         if "keyframes" in _css_unescape(parent).lower():
             self.hide_all = True  # an animation that may end invisible
@@ -692,6 +718,8 @@ class _StyleSheet:
                 self.hiding.add(key)
             if clips:
                 self.clipping.add(key)
+            if strikes:
+                self.striking.add(key)
             if colours or backgrounds:
                 known = self.shades.setdefault(key, ([], []))
                 known[0].extend(colours)
@@ -837,9 +865,11 @@ class _HTMLToText(_MarkupReader):
         self._where: dict[str, list[int]] = {}  # tag -> stack indexes, innermost last
         self._hiding: list[int] = []  # stack indexes of hiding elements
         self._special: list[int] = []  # stack indexes of special elements
+        self._struck: list[int] = []  # stack indexes of elements striking their text through
         # Each open element's text colour and background as inherited (``_own_paint``), the
         # body's first: text in an ancestor's background colour is as hidden as in its own.
-        self._keyed = bool(sheet.hiding or sheet.clipping or sheet.shades)  # else no element's keys matter
+        # Else no element's keys matter.
+        self._keyed = bool(sheet.hiding or sheet.clipping or sheet.shades or sheet.striking)
         self._paints: list[_Paint] = [((_INHERITED,), (_INHERITED,))]
         for root in ("html", "body"):  # a style sheet paints them even where no tag is written
             self._paints[0] = self._paint(root, [], [root, "*"]) or ((None,), (None,))
@@ -850,15 +880,15 @@ class _HTMLToText(_MarkupReader):
         self._stopped = False
 
     def text(self) -> str:
-        return "" if self._blank else "".join(self._parts)
+        return "" if self._blank else "".join(self._parts) + (STRIKE_MARK if self._struck else "")
 
     def _soft_break(self) -> None:
         if self._line_has_content:
-            self._parts.append("\n")
-            self._line_has_content = False
+            self._hard_break()
 
     def _hard_break(self) -> None:
-        self._parts.append("\n")
+        # Struck text ends with its line and goes on on the next: a mark pairs on one line.
+        self._parts.append(f"{STRIKE_MARK}\n{STRIKE_MARK}" if self._struck else "\n")
         self._line_has_content = False
 
     # The stack of open elements --------------------------------------------------
@@ -899,6 +929,10 @@ class _HTMLToText(_MarkupReader):
                 self._hiding.pop()
             if tag in _SPECIAL_TAGS:
                 self._special.pop()
+            if self._struck and self._struck[-1] == len(self._stack):
+                self._struck.pop()
+                if not self._struck:
+                    self._parts.append(STRIKE_MARK)
 
     def _top_is(self, *tags: str) -> bool:
         """Whether the innermost element is one of ``tags`` and does not hide."""
@@ -988,9 +1022,14 @@ class _HTMLToText(_MarkupReader):
         hides = hides or _same_colour(paint)
         if quote and not self._hiding and not self._revealed:
             self._soft_break()
-            self._parts.append(QUOTE_MARK + "\n")  # what follows was written below the quote
+            # What follows was written below the quote (a line of its own, struck or not).
+            self._parts.append(f"{STRIKE_MARK}\n{QUOTE_MARK}\n{STRIKE_MARK}" if self._struck else QUOTE_MARK + "\n")
             self._line_has_content = False
         self._push(name, hides, paint)
+        if _attributes_strike(name, attrs) or self._sheet.strikes(keys):
+            if not self._struck:
+                self._parts.append(STRIKE_MARK)
+            self._struck.append(len(self._stack) - 1)
         if name in _BLOCK_TAGS:
             self._soft_break()
         elif name in ("td", "th") and self._line_has_content:
@@ -1046,6 +1085,8 @@ class _HTMLToText(_MarkupReader):
                 self._line_has_content = True
             return
         collapsed = _HTML_SPACE_RE.sub(" ", data)
+        if self._struck:
+            collapsed = collapsed.replace("~", " ")  # its own tildes would end the mark
         if collapsed.strip(" "):
             self._line_has_content = True
         self._parts.append(collapsed)

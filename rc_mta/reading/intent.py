@@ -81,6 +81,7 @@ import unicodedata
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+from . import words as button_lists  # the BUTTON_* lists, read by ``_against_button``
 from .words import (
     CJK_CONTRASTS,
     CJK_DOUBT_RUNS,
@@ -720,7 +721,138 @@ def contradicts(comment: str, action: str, complete_words: Sequence[str], fail_w
     rejected it"): what a Complete or Fail button's reply may not say. Words that decide
     nothing and say nothing against it ("Tests are red") do not."""
     against = {"complete": (_Side.FAIL, _Side.LEANS_FAIL), "fail": (_Side.COMPLETE, _Side.LEANS_COMPLETE)}[action]
-    return any(side is _Side.CONFLICT or side in against for side in _readings(comment, complete_words, fail_words))
+    readings = _readings(comment, complete_words, fail_words)
+    if any(side is _Side.CONFLICT or side in against for side in readings):
+        return True
+    return _against_button(comment, action, readings, _vocabulary(tuple(complete_words), tuple(fail_words)))
+
+
+# --- What a button's reply says without a decision word ---------------------------------
+
+
+@dataclass(frozen=True)
+class _ButtonWords:
+    """``words.BUTTON_*`` as phrases indexed by their first word."""
+
+    no_answers: dict[str, list[_Phrase]]
+    no_openers: dict[str, list[_Phrase]]
+    go_answers: dict[str, list[_Phrase]]
+    actions: dict[str, list[_Phrase]]
+    trailers: frozenset[str]
+
+
+@functools.lru_cache(maxsize=1)
+def _button_words() -> _ButtonWords:
+    return _ButtonWords(
+        _phrase_index(button_lists.BUTTON_NO_ANSWERS),
+        _phrase_index(button_lists.BUTTON_NO_OPENERS),
+        _phrase_index(button_lists.BUTTON_GO_ANSWERS),
+        _phrase_index(button_lists.BUTTON_ACTIONS),
+        DOUBT_TRAILERS | POLITE_WORDS,
+    )
+
+
+def _against_button(comment: str, action: str, readings: set[_Side], vocab: _Vocabulary) -> bool:
+    """Whether words the grammar reads as no decision still say the opposite of ``action``.
+
+    To the Complete address: a clause that, after its leading words, is a no ("Definitely
+    not", "I'm afraid not", "Keinesfalls"), asks to stop or undo or judges the change
+    unacceptable ("Stop the release", "Roll back", "Unacceptable"), or opens with a
+    negation of anything but trouble ("Do not deploy", "Not ready to ship", "I don't
+    think so"; not "Don't worry", "Not bad", "I didn't find any issues"). To the Fail
+    address: a clause asking for the change ("Deploy it", "Release this"), or that is a yes
+    alone ("Definitely", "Green light", "Let's go") where nothing in the reply fails.
+    Completing on a no starts what the task gates: a button acts only on words that do
+    not say otherwise. Each clause is read once, from a bounded number of openings."""
+    if not comment.strip():
+        return False
+    button = _button_words()
+    comment = _PHONE_NUMBER_RE.sub(" ", comment[:MAX_COMMENT_CHARS])
+    unwrapped = _unwrapped(comment)
+    for text in (comment, unwrapped) if unwrapped is not None else (comment,):
+        for clause, _after_contrast, _number, question in _clauses(normalise(text)):
+            words = tokens(clause)
+            if question or not words:
+                continue
+            if action == "complete" and _says_no(words, vocab, button):
+                return True
+            if action == "fail" and _says_go(words, vocab, button, intensifier=_Side.FAIL not in readings):
+                return True
+    return False
+
+
+def _says_no(words: list[str], vocab: _Vocabulary, button: _ButtonWords) -> bool:
+    """Whether a clause is a no, a stop or a prohibition (``_against_button``)."""
+    for start in _starts_after_leading(words, vocab):
+        if start >= len(words):
+            return False
+        if _decision_at(words, start, vocab) is not None or _listed_at(vocab.not_yet, words, start) is not None:
+            return False  # "No problem", "Not approved", "Not yet tested, but approved": the grammar's to read
+        end = _listed_at(button.no_answers, words, start)
+        if end is not None and all(word in button.trailers for word in words[end:]):
+            return True
+        if _listed_at(button.no_openers, words, start) is not None:
+            return True
+        if _is_cjk(words[start]) and any(mark in words[start] for mark in button_lists.BUTTON_CJK_NO_MARKS):
+            return True
+        end = _listed_at(vocab.negators, words, start)
+        if end is not None:
+            return _negates_action(words, start, end, vocab, button)
+    return False
+
+
+def _negates_action(words: list[str], start: int, end: int, vocab: _Vocabulary, button: _ButtonWords) -> bool:
+    """Whether the negation opening a clause at ``start`` (ending at ``end``) forbids or
+    refuses: a determiner only before the change or the decision ("No deploy", "Keine
+    Freigabe"; not "No changes needed"), any other negator unless what it negates, past
+    a few fillers, is trouble or a worry ("Don't worry", "I didn't see any issues")."""
+    if end - start == 1 and words[start] in button_lists.BUTTON_DETERMINERS:
+        return end < len(words) and (
+            _listed_at(button.actions, words, end) is not None or _listed_at(vocab.names, words, end) is not None
+        )
+    at = end
+    while at < len(words) and at - end < 6 and words[at] in button_lists.BUTTON_NEGATION_FILLERS:
+        at += 1
+    if at == len(words):
+        return True  # "Definitely not", "I can't", "Not at all"
+    return not (words[at] in button_lists.BUTTON_NEGATED_BENIGN or _listed_at(vocab.trouble, words, at) is not None)
+
+
+# Struck-through text as plain text writes it, and as ``html.render_html`` marks it.
+_STRUCK_RE = re.compile(r"~~([^~\n]*)~~")
+
+
+def _without_struck(comment: str, vocab: _Vocabulary) -> str | None:
+    """``comment`` without its struck-through words ("~~typo~~"), or None when any of them
+    decide or say which way the person leans ("~~Approved~~", "~~Deploy it~~"): struck out,
+    a decision is taken back, and what replaced it, if anything, is a guess."""
+    if "~~" not in comment:
+        return comment
+    for found in _STRUCK_RE.finditer(comment):
+        span = found.group(1)
+        if not span.strip():
+            continue
+        if _decide(normalise(span), vocab) is not _Side.NOTHING or any(
+            _against_button(span, action, {_Side.NOTHING}, vocab) for action in ("complete", "fail")
+        ):
+            return None
+    return _STRUCK_RE.sub(" ", comment)
+
+
+def _says_go(words: list[str], vocab: _Vocabulary, button: _ButtonWords, *, intensifier: bool) -> bool:
+    """Whether a clause asks for the change ("Deploy it", "Release this now") or, when
+    ``intensifier`` (nothing in the reply fails: "Rejected, definitely" is an emphatic no),
+    is a yes alone ("Definitely", "Green light")."""
+    for start in _starts_after_leading(words, vocab):
+        if start >= len(words):
+            return False
+        end = _listed_at(button.go_answers, words, start)
+        if intensifier and end is not None and all(word in button.trailers for word in words[end:]):
+            return True
+        end = _listed_at(button.actions, words, start)
+        if end is not None and (end == len(words) or words[end] in button_lists.BUTTON_ACTION_OBJECTS):
+            return True
+    return False
 
 
 def _troubled(words: list[str], vocab: _Vocabulary) -> bool:
@@ -741,6 +873,10 @@ def _readings(comment: str, complete_words: Sequence[str], fail_words: Sequence[
         return {_Side.NOTHING}  # a bidi override draws letters in another order: "\u202eApproved" shows "devorppA"
     vocab = _vocabulary(tuple(complete_words), tuple(fail_words))
     comment = _PHONE_NUMBER_RE.sub(" ", comment[:MAX_COMMENT_CHARS])  # "+1 (555) 010-0100" is no "+1"
+    unstruck = _without_struck(comment, vocab)
+    if unstruck is None:
+        return {_Side.CONFLICT}  # "~~Approved~~": a decision struck out
+    comment = unstruck
     readings = {_decide(normalise(comment), vocab)}
     unwrapped = _unwrapped(comment)
     if unwrapped is not None:

@@ -24,7 +24,7 @@ from ..machine_mail import machine_reason
 from .comment import MAX_TEXT_CHARS, extract_comment
 from .html import MAX_HTML_CHARS, QUOTE_MARK, render_html
 
-__all__ = ["ParsedReply", "decode_bytes", "parse_reply"]
+__all__ = ["ParsedReply", "decode_bytes", "parse_reply", "typed_subject"]
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,16 @@ def parse_reply(raw: bytes, *, envelope_sender: str | None = None) -> ParsedRepl
         referenced_ids=_referenced_ids(message),
         addressed=_addressed(message),
     )
+
+
+def typed_subject(subject: str, title: str) -> str:
+    """What of ``subject`` the person may have typed: all of it but the request's ``title``
+    (which a button's ``mailto:`` and a reply carry, and which may hold any word: "Reject
+    stale branches"). A button's reply whose Subject was retyped to "Reject" says so there,
+    and an empty body does not make it a Complete (found in review)."""
+    folded, wanted = " ".join(subject.split()).casefold(), " ".join(title.split()).casefold()
+    at = folded.find(wanted) if wanted else -1
+    return folded if at < 0 else folded[:at] + " " + folded[at + len(wanted) :]
 
 
 # --------------------------------------------------------------------------
@@ -260,12 +270,15 @@ def _is_attachment(part: Message) -> bool:
 
 
 def _extract_text(message: Message) -> str:
-    """The reply body as plain text: its inline text/plain parts, else its text/html ones,
-    with a ``QUOTE_MARK`` line where the HTML had a quote block (and nowhere else)."""
+    """The reply body as plain text: its inline text/plain parts, else (none, or only blank
+    ones) its text/html ones, with a ``QUOTE_MARK`` line where the HTML had a
+    quote block (and nowhere else). A blank plain alternative beside an HTML "Rejected"
+    hides nothing: a client shows the HTML, so that is what the person wrote."""
     try:
-        plain = _body_parts(message, "text/plain")
-        if plain:
-            return "\n\n".join(_plain_part_text(part) for part in plain).replace(QUOTE_MARK, "")
+        plain = "\n\n".join(_plain_part_text(part) for part in _body_parts(message, "text/plain"))
+        plain = plain.replace(QUOTE_MARK, "")
+        if plain.strip():
+            return plain
         shown: list[str] = []
         left = MAX_HTML_CHARS  # for all the parts together: rendering is the costly read
         for part in _body_parts(message, "text/html"):

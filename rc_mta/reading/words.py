@@ -750,3 +750,146 @@ BANNER_CONTINUATION: tuple[str, ...] = (
     *("liitte", "linkk", "lähettäj", "anexo", "ekler", "bağlantı", "링크", "첨부", "afsender", "avsender"),
     *("avsändare", "expéditeur", "remitente", "mittente", "afzender", "remetente", "gönderen"),
 )
+
+# --- What a Complete or Fail button's reply may not say (``intent._against_button``) ---------
+# Words that decide nothing in the grammar above, but say which way the person leans: a
+# "Definitely not" or "Do not deploy" to the Complete address, a "Deploy it" to the Fail one.
+
+#: A clause that is all of one of these (after the leading words, perhaps with a few
+#: ``DOUBT_TRAILERS``) is a no: "Definitely not", "I'm afraid not", "Keinesfalls".
+BUTTON_NO_ANSWERS: tuple[str, ...] = (
+    # English ("Definitely not", "Certainly not": the adverb is a leading word)
+    *("not", "not at all", "afraid not", "i fear not", "don't think so", "do not think so", "hope not"),
+    *("think not", "surely not", "no chance", "not a chance", "not happening", "never", "never ever"),
+    *("over my dead body", "out of the question", "nothing doing", "negative", "no can do", "forget it"),
+    # German
+    *("keinesfalls", "keineswegs", "niemals", "nie", "nicht", "auf gar keinen fall", "ganz und gar nicht"),
+    *("gar nicht", "bestimmt nicht", "sicher nicht", "eher nicht", "kommt nicht in frage"),
+    *("kommt nicht infrage", "glaube nicht", "denke nicht"),
+    # French, Spanish, Italian, Portuguese
+    *("pas du tout", "absolument pas", "certainement pas", "sûrement pas", "jamais", "en aucun cas"),
+    *("pas question", "je ne pense pas", "je ne crois pas", "je crois pas", "para nada", "en absoluto"),
+    *("ni hablar", "nunca", "jamás", "de ningún modo", "claro que no", "creo que no", "per niente"),
+    *("niente affatto", "assolutamente no", "mai", "in nessun caso", "nemmeno per sogno", "credo di no"),
+    *("direi di no", "de jeito nenhum", "nem pensar", "de forma alguma", "acho que não", "claro que não"),
+    # Dutch, Scandinavian, Polish, Russian, Finnish, Turkish
+    *("absoluut niet", "zeker niet", "geenszins", "nooit", "helemaal niet", "geen sprake van"),
+    *("ik denk het niet", "absolut inte", "aldrig", "inte alls", "absolut ikke", "aldri", "slet ikke"),
+    *("overhovedet ikke", "ikke tale om", "w żadnym wypadku", "absolutnie nie", "nigdy", "wykluczone"),
+    *("raczej nie", "ни в коем случае", "никогда", "ни за что", "исключено", "конечно нет", "точно нет"),
+    *("ei missään nimessä", "ei ikinä", "ei todellakaan", "ehdottomasti ei", "ei käy", "asla"),
+    *("kesinlikle hayır", "kesinlikle olmaz", "olmaz"),
+    # Japanese, Korean
+    *("だめ", "ダメ", "駄目", "だめです", "ダメです", "駄目です", "안 됩니다", "안됩니다", "안 돼요", "안돼요"),
+)
+
+#: Words that, opening a clause (after the leading words), ask to stop or undo, or judge
+#: the change unacceptable: "Stop the release", "Cancel the deployment", "Roll back",
+#: "Unacceptable", "Abbrechen", "Annulez".
+BUTTON_NO_OPENERS: tuple[str, ...] = (
+    # English
+    *("stop", "stop it", "cancel", "halt", "roll back", "roll it back", "rollback", "revert", "back out"),
+    *("back it out", "undo", "kill it", "scrap it", "scrap", "call it off", "pull the plug", "withdraw"),
+    *("terminate", "block it", "shut it down", "unacceptable", "not acceptable", "bad idea", "a bad idea"),
+    *("terrible idea", "a terrible idea", "too risky", "too dangerous", "premature", "a non-starter"),
+    *("non-starter", "dangerous", "risky"),
+    # German
+    *("stopp", "stoppen", "stoppt", "abbrechen", "brich ab", "brecht ab", "anhalten", "zurückrollen"),
+    *("zurücksetzen", "rückgängig", "absagen", "stornieren", "inakzeptabel", "unannehmbar", "nicht akzeptabel"),
+    *("schlechte idee", "zu riskant", "zu gefährlich"),
+    # French
+    *("arrête", "arrêtez", "arrêter", "stoppe", "stoppez", "annule", "annulez", "annuler", "inacceptable"),
+    *("revenir en arrière", "reviens en arrière", "revenez en arrière", "mauvaise idée", "trop risqué"),
+    # Spanish, Italian, Portuguese
+    *("detén", "deténgalo", "detener", "detened", "cancela", "cancele", "cancelar", "revierte", "revertir"),
+    *("deshaz", "inaceptable", "mala idea", "demasiado arriesgado", "ferma", "fermate", "fermare", "annulla"),
+    *("annullare", "interrompi", "interrompere", "inaccettabile", "pessima idea", "troppo rischioso"),
+    *("pare", "parar", "cancele", "reverter", "reverta", "interrompa", "inaceitável", "inaceitavel", "má ideia"),
+    # Dutch, Scandinavian
+    *("stoppen", "annuleer", "annuleren", "terugdraaien", "draai terug", "afbreken", "onaanvaardbaar"),
+    *("onacceptabel", "slecht idee", "stoppa", "avbryt", "avbryta", "ställ in", "rulla tillbaka"),
+    *("oacceptabelt", "oacceptabel", "annuller", "afbryd", "rul tilbage", "uacceptabelt", "uacceptabel"),
+    *("rull tilbake", "uakseptabelt", "uakseptabel"),
+    # Polish, Russian, Finnish, Turkish
+    *("zatrzymaj", "zatrzymajcie", "anuluj", "anulujcie", "wycofaj", "wycofajcie", "przerwij"),
+    *("nie do przyjęcia", "niedopuszczalne", "стоп", "остановите", "остановить", "отмена", "отменить"),
+    *("отмените", "откатить", "откатите", "прекратите", "неприемлемо", "недопустимо", "pysäytä"),
+    *("peruuta", "keskeytä", "seis", "mahdotonta", "durdur", "durdurun", "iptal", "geri al"),
+    *("kabul edilemez",),
+    # Korean (written with spaces)
+    *("중지", "중지해 주세요", "취소", "취소해 주세요", "중단", "롤백"),
+)
+
+#: Marks of stopping or undoing inside a run of Chinese or Japanese (one word to the
+#: grammar): "中止してください", "停止发布", "回滚", "キャンセル".
+BUTTON_CJK_NO_MARKS: tuple[str, ...] = (
+    *("中止", "停止", "取消", "取り消", "回滚", "回滾", "撤销", "撤銷", "キャンセル", "ロールバック"),
+    *("やめて", "止めて", "だめ", "ダメ", "駄目", "不可能", "绝对不", "絕對不"),
+)
+
+#: What a negator at the opening of a clause may say is not there, without the clause
+#: being a no: "Don't worry", "Not bad", "I didn't find any issues", "Don't forget the
+#: changelog" (and ``TROUBLE``: "No errors").
+BUTTON_NEGATED_BENIGN: frozenset[str] = frozenset(
+    """issue issues problem problems concern concerns objection objections blocker blockers blocking complaint
+    complaints comment comments remark remarks question questions worry worries worried forget hesitate mind bad
+    bother risk risks regression regressions impact impacts affect affects break breaks breaking much anything
+    worse urgent sorge sorgen schlecht anmerkungen fragen einwand einwände mal inquiète inquiétez souci soucis
+    remarques commentaire commentaires preocupes preocupe preocupéis male preoccuparti preoccupatevi problemi
+    slecht zorgen wait uwag uwagi zastrzeżeń""".split()
+)
+
+#: Words skipped after such a negator to find what it negates: "I don't *see any* issues",
+#: "I don't *think there are any* problems".
+BUTTON_NEGATION_FILLERS: frozenset[str] = frozenset(
+    """any a an the see seen saw find found have has had spot spotted notice noticed expect think there are is be
+    were was too very really real major big further other more de du des mam""".split()
+)
+
+#: Determiners that negate a noun ("No changes needed", "Keine Anmerkungen"): a no only
+#: before one of ``BUTTON_ACTIONS`` ("No deploy today", "Kein Release") or a decision's name.
+BUTTON_DETERMINERS: frozenset[str] = frozenset(
+    """no kein keine keinen keinem geen ingen inga inget aucun aucune ningún ninguna nessun nessuna nenhum
+    nenhuma""".split()
+)
+
+#: The change a request gates, as verbs and nouns: "Deploy it" to the Fail address, "No
+#: release" to the Complete one.
+BUTTON_ACTIONS: tuple[str, ...] = (
+    *("deploy", "deployment", "deploying", "release", "releasing", "ship", "shipping", "merge", "merging"),
+    *("rollout", "roll out", "launch", "launching", "publish", "publishing", "promote", "push", "go live"),
+    *("go-live", "deployen", "ausrollen", "veröffentlichen", "déployer", "déployez", "déploie", "livrer"),
+    *("livrez", "mettre en production", "desplegar", "despliega", "despliegue", "publicar", "publica"),
+    *("rilascia", "rilasciare", "rilascio", "implantar", "implante", "publique", "uitrollen", "rol uit"),
+    *("släpp", "driftsätt", "wdrażaj", "wdróż", "wdrożenie", "выкатывайте", "разворачивайте", "выкатить"),
+)
+
+#: What may follow one of ``BUTTON_ACTIONS`` opening a clause for it to ask for it: "Deploy
+#: *it*", "Ship *now*", "Release *this*" (not "Release notes attached", "Merge conflict").
+BUTTON_ACTION_OBJECTS: frozenset[str] = frozenset(
+    """it this that them now asap today please away already es das le la lo""".split()
+)
+
+#: A clause that is all of one of these (perhaps after leading words and with a few
+#: ``DOUBT_TRAILERS``) is a yes: "Definitely.", "Green light", "Let's go".
+BUTTON_GO_ANSWERS: tuple[str, ...] = (
+    # English
+    *("definitely", "certainly", "totally", "gladly", "happily", "indeed", "for sure", "you bet"),
+    *("green light", "greenlight", "green lit", "green-lit", "go", "go go go", "let's go", "let's do it"),
+    *("do it", "just do it", "make it so", "send it", "let's ship it", "let's ship", "full steam ahead"),
+    *("by all means",),
+    # German, French, Spanish, Italian, Portuguese
+    *("auf jeden fall", "unbedingt", "los", "los geht's", "mach es", "mach das", "leg los", "grünes licht"),
+    *("vas-y", "allez", "on y va", "absolument", "tout à fait", "carrément", "dale", "vamos", "sin duda"),
+    *("absolutamente", "totalmente", "luz verde", "claro que sí", "vai", "andiamo", "assolutamente"),
+    *("certamente", "sicuramente", "via libera", "assolutamente sì", "pode ir", "com certeza"),
+    *("sinal verde",),
+    # Dutch, Scandinavian, Polish, Russian, Finnish, Turkish
+    *("doen", "doe maar", "zeker", "absoluut", "groen licht", "kör", "kör på", "absolut", "självklart"),
+    *("visst", "grönt ljus", "kør", "kør bare", "selvfølgelig", "grønt lys", "kjør", "absolutt"),
+    *("działaj", "śmiało", "zdecydowanie", "zielone światło", "вперёд", "вперед", "давай", "давайте"),
+    *("разумеется", "безусловно", "зелёный свет", "зеленый свет", "ehdottomasti", "tottakai", "totta kai"),
+    *("anna mennä", "vihreää valoa", "kesinlikle", "elbette", "tabii ki", "yeşil ışık"),
+    # Japanese, Chinese, Korean
+    *("ぜひ", "是非", "当然", "當然", "물론", "물론입니다", "진행하세요", "배포하세요"),
+)
