@@ -205,6 +205,9 @@ FAMILIES: list[Family] = [
         ),
     ),
     Family("style sheet in SVG: markup", html_to_text, lambda n: "<svg><style>" + repeat("<&#", n - 30)),
+    # reading/html.py: short tags, each costing the parser and the checks (read to MAX_HTML_TAGS).
+    Family("HTML: <p> runs", html_to_text, lambda n: repeat("<p>", n)),
+    Family("HTML: <b>x</b> runs", html_to_text, lambda n: repeat("<b>x</b>", n)),
     # reading/intent.py: the decision words inside a run of Chinese, Japanese or Korean.
     Family("CJK run: negated decisions", _read_words, lambda n: repeat("\u6211\u4e0d\u80fd\u6279\u51c6", n)),
     Family("CJK run: near decisions", _read_words, lambda n: repeat("\u627f\u8a8d\u3057", n)),
