@@ -1,7 +1,7 @@
 """A genuine reply's latency while hostile clients do their worst, in one run.
 
 Why: one message built to be expensive to read (a References field with tens of thousands
-of ids, MIME nested thousands deep, RFC 2231 continuations, an HTML body of ``</``) or a
+of ids, MIME nested thousands deep, RFC 2231 continuations, an HTML body of ``</``, of ``<p>`` or ``<b>x</b>``) or a
 crowd of slow clients must not stall the service for everyone else. What: start rc-mta
 (embedded SQLite store, its HTTP listener for /healthz) on loopback; run a mix of hostile
 senders in parallel, each sending its kind of message again and again, plus clients that
@@ -14,7 +14,7 @@ trip, the worst event-loop lag /healthz reported, and what the hostile senders w
                             [--replies N] [--noop-clients N] [--json]
 
 ``--mix`` names hostile kinds (tests/hostile_messages.py) with the number of parallel
-senders of each; the default is eight senders of eight kinds. ``--size`` is each hostile
+senders of each; the default is ten senders of ten kinds. ``--size`` is each hostile
 message's size (default: rc-mta's max_message_size, 1 MiB). Everything stays on loopback
 and stops by itself: a hostile message rc-mta has not answered after ``--hostile-timeout``
 seconds is counted as "no answer", and genuine replies not answered within
@@ -52,7 +52,10 @@ from rc_mta.config import load_settings
 
 REPLY_DOMAIN = "reply.bench.test"
 CLIENT_HOSTNAME = "mta.bench.test"
-DEFAULT_MIX = "references=1,deep_mime=1,many_parts=1,rfc2231=1,mime_parameters=1,many_headers=1,from_comments=1,html=1"
+DEFAULT_MIX = (
+    "references=1,deep_mime=1,many_parts=1,rfc2231=1,mime_parameters=1,many_headers=1,from_comments=1,html=1,"
+    "html_paragraphs=1,html_bold_letters=1"
+)
 
 
 @dataclass

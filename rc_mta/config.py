@@ -658,6 +658,12 @@ class PolicyCheck(Section):
 
 class SpfCheck(PolicyCheck):
     reject_softfail: bool = False
+    # pyspf blocks a thread per lookup: these threads are SPF's own, so slow DNS never
+    # holds the store's; past ``queue`` waiting checks, or ``time_limit`` (RFC 7208 4.6.4
+    # asks for at least 20 s), a check is temperror → 451 4.7.24.
+    workers: int = Field(default=4, ge=1, le=64)
+    queue: int = Field(default=32, ge=0)
+    time_limit: Seconds = 20.0
 
 
 class DkimCheck(PolicyCheck):

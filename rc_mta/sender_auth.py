@@ -26,7 +26,7 @@ from .checks.exchange_online import ExchangeOnlineCheck
 from .checks.owner import OwnerCheck
 from .checks.policy import PolicyTable
 from .checks.rdns import RdnsCheck
-from .checks.spf import SpfCheck
+from .checks.spf import SpfCheck, SpfPool
 from .checks.stamped import exchange_online_verdicts, trusted_verdicts
 from .checks.whitelist import WhitelistCheck
 from .config import Settings
@@ -155,7 +155,9 @@ class SenderAuth:
         dkim, dmarc = DkimCheck(resolver, settings.checks.dkim.min_key_bits), DmarcCheck(resolver)
         arc = ArcCheck(resolver, settings.checks.arc.trusted_sealers, self.addresses, settings.checks.dkim.min_key_bits)
         # The stages, in order. Between MAIL's two groups come the per-domain limits.
-        self.mail_checks: tuple[Check, ...] = (RdnsCheck(resolver), SpfCheck(resolver))
+        spf = settings.checks.spf
+        spf_pool = SpfPool(spf.workers, spf.queue, spf.time_limit)
+        self.mail_checks: tuple[Check, ...] = (RdnsCheck(resolver), SpfCheck(resolver, spf_pool))
         self.mail_checks_after_limits: tuple[Check, ...] = (WhitelistCheck("whitelist", listed, ("envelope_from",)),)
         from_listed = WhitelistCheck("whitelist_from", listed, ("header_from",))
         self.data_checks: tuple[Check, ...] = (dkim, arc, dmarc, from_listed)

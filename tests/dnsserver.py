@@ -1,15 +1,21 @@
 """A real DNS server for the tests: NSD (Debian's ``nsd``) on a loopback high port,
 serving every zone file in ``tests/zones/`` (the file name, minus ``.zone``, is the zone),
-over UDP and TCP. Also a "black hole" that accepts queries and never answers, for timeouts."""
+over UDP and TCP. Also a "black hole" that accepts queries and never answers, for timeouts,
+and a slow server that answers every query correctly but late."""
 
 from __future__ import annotations
 
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
+import dns.flags
+import dns.message
+import dns.rdatatype
+import dns.rrset
 from processes import stop_process
 
 ZONES_DIR = Path(__file__).parent / "zones"
@@ -105,3 +111,58 @@ class BlackHole:
     def close(self) -> None:
         self.udp.close()
         self.tcp.close()
+
+
+class SlowDns:
+    """Test-only DNS server (UDP, loopback) that answers every query right but ``delay``
+    seconds late, each in a thread of its own: NSD cannot be made to answer late on purpose.
+
+    Its records make the costliest SPF evaluation there is: the TXT of ``spf.D`` is
+    ``v=spf1 mx:m0.D … mx:m9.D -all``, each ``mx`` names ``hosts`` hosts, each has an A
+    record, so one check looks up 1 + 10 + 100 names. ``queries`` counts what it was asked."""
+
+    def __init__(self, delay: float, hosts: int = 10, mechanisms: int = 10) -> None:
+        self.delay = delay
+        self.hosts = hosts
+        self.mechanisms = mechanisms
+        self.queries = 0
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = int(self.sock.getsockname()[1])
+        self._closed = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while not self._closed.is_set():
+            try:
+                data, peer = self.sock.recvfrom(4096)
+            except OSError:
+                return
+            self.queries += 1
+            threading.Thread(target=self._answer, args=(data, peer), daemon=True).start()
+
+    def _answer(self, data: bytes, peer: tuple[str, int]) -> None:
+        query = dns.message.from_wire(data)
+        response = dns.message.make_response(query)
+        response.flags |= dns.flags.AA
+        name = query.question[0].name.to_text()
+        rdtype = query.question[0].rdtype
+        label, _, parent = name.partition(".")
+        if rdtype == dns.rdatatype.TXT and label == "spf":
+            mechanisms = " ".join(f"mx:m{i}.{parent}" for i in range(self.mechanisms))
+            response.answer.append(dns.rrset.from_text(name, 60, "IN", "TXT", f'"v=spf1 {mechanisms} -all"'))
+        elif rdtype == dns.rdatatype.MX:
+            exchanges = [f"10 h{i}.{name}" for i in range(self.hosts)]
+            response.answer.append(dns.rrset.from_text(name, 60, "IN", "MX", *exchanges))
+        elif rdtype == dns.rdatatype.A:
+            response.answer.append(dns.rrset.from_text(name, 60, "IN", "A", "192.0.2.1"))
+        if self._closed.wait(self.delay):
+            return
+        try:
+            self.sock.sendto(response.to_wire(), peer)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self._closed.set()
+        self.sock.close()

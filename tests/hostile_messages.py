@@ -93,6 +93,23 @@ def html_close_tags(size: int, to: str, sender: str) -> bytes:
     return _head(to, sender) + b"Content-Type: text/html\r\n\r\n" + lines
 
 
+def _html_of(atom: bytes, size: int, to: str, sender: str) -> bytes:
+    """An HTML body of ``atom`` over and over, on lines of ``LINE`` bytes, after a person's words."""
+    line = atom * (LINE // len(atom)) + b"\r\n"
+    body = b"<p>Approved</p>\r\n" + line * (size // len(line))
+    return _head(to, sender) + b"Content-Type: text/html\r\n\r\n" + body
+
+
+def html_paragraphs(size: int, to: str, sender: str) -> bytes:
+    """An HTML body of ``<p>`` runs: each tag costs the reader some 20 µs (4.8 s a MiB)."""
+    return _html_of(b"<p>", size, to, sender)
+
+
+def html_bold_letters(size: int, to: str, sender: str) -> bytes:
+    """An HTML body of ``<b>x</b>``: two tags a letter (4.1 s a MiB read whole)."""
+    return _html_of(b"<b>x</b>", size, to, sender)
+
+
 Builder = Callable[[int, str, str], bytes]
 
 HOSTILE: dict[str, Builder] = {
@@ -104,6 +121,8 @@ HOSTILE: dict[str, Builder] = {
     "many_headers": many_headers,
     "from_comments": from_comments,
     "html": html_close_tags,
+    "html_paragraphs": html_paragraphs,
+    "html_bold_letters": html_bold_letters,
 }
 
 

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
 
+import aiohttp
 import dkim
 import pytest
 from conftest import RcMta, free_port, instances_sharing, make_rc_mta, wait_until
@@ -26,8 +27,9 @@ from webhook_receiver import WebhookReceiver
 
 from rc_mta import smtp_replies as R
 from rc_mta.config import MailboxConfig
+from rc_mta.errors import TemporaryFailure
 from rc_mta.http import Health
-from rc_mta.mailbox.graph import GraphPoller
+from rc_mta.mailbox.graph import GraphConnection, GraphPoller
 from rc_mta.pipeline import Decision, Inbound, Outcome, Pipeline, Recipient
 from rc_mta.store import STALE_CLAIM_SECONDS, Store
 
@@ -665,3 +667,55 @@ def test_a_message_another_instance_holds_is_skipped_until_its_claim_is_stale(
     assert len(survivor.seen) == 1  # taken over: handled once
     assert graph.folder("inbox") == [] and len(graph.folder("Processed")) == 1
     assert other.state.pending_ids == set()
+
+
+class _FixedToken:
+    """The token provider's two calls; the page server below checks no token."""
+
+    async def access_token(self) -> str:
+        return "token"
+
+    def invalidate(self) -> None:
+        pass
+
+
+def _listing_page(size: int) -> bytes:
+    """A listing page of ``size`` bytes, as Graph writes one (ids and isDraft)."""
+    item = b'{"id":"AAMkAGI2TG93AAA=","isDraft":false},'
+    return b'{"value":[' + (item * ((size - 20) // len(item)))[:-1] + b"]}"
+
+
+def test_a_listing_page_past_a_few_mib_is_no_answer() -> None:
+    """A page of 50 ids is some 10 KiB; one of 64 MiB was parsed on the event loop (1.3 s
+    stalled). A JSON answer past 2 MiB is now no answer (a WARNING, the round retried)."""
+    from aiohttp import web
+
+    pages = {"/small": _listing_page(512 * 1024), "/large": _listing_page(3 * 1024 * 1024)}
+
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(body=pages[request.path], content_type="application/json")
+
+    async def scenario() -> tuple[int, str]:
+        app = web.Application()
+        app.router.add_get("/{name}", page)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        try:
+            async with aiohttp.ClientSession() as session:
+                connection = GraphConnection.__new__(GraphConnection)  # _json needs only these two
+                connection.session, connection.tokens = session, cast(Any, _FixedToken())
+                small = await connection._json("GET", f"http://127.0.0.1:{port}/small")
+                try:
+                    await connection._json("GET", f"http://127.0.0.1:{port}/large")
+                except TemporaryFailure as exc:  # as any Graph trouble: the round is retried
+                    return len(small["value"]), str(exc)
+                return len(small["value"]), "parsed"
+        finally:
+            await runner.cleanup()
+
+    listed, large = asyncio.run(scenario())
+    assert listed > 10_000
+    assert large == "Graph GET /large: AnswerTooLarge: HTTP 200 answer over 2097152 bytes"

@@ -28,6 +28,7 @@ from conftest import (
 )
 from dnsserver import NsdServer
 from dovecot import Dovecot, available
+from huge_literal_imap import HugeLiteralImap
 from mailclient import reply_message
 from smtpsink import SmtpRelay, relay_outbound, running_relay
 from token_introspection import AuthServer
@@ -693,3 +694,46 @@ def test_a_reply_to_an_expired_request_tells_its_owner_to_ask_for_a_new_one(
     body = notice.get_content()
     assert "550 5.7.1 This completion request expired at " in body and ": ask for a new one" in body
     assert f"task {task_id}" in body and server.task(task_id)["status"] == "in_progress"
+
+
+def _rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def test_a_literal_far_larger_than_the_partial_fetch_drops_the_connection(tmp_path: Path) -> None:
+    """aioimaplib buffers every literal whole, whatever a partial fetch asked for: a server
+    answering BODY.PEEK[]<0.N> with {8589934592} grew rc-mta by 1.4 GiB in 10 s. Past the
+    limit (plus slack) the connection is dropped with a WARNING and the message retried."""
+    imap = HugeLiteralImap()
+    server = make_rc_mta(tmp_path)
+    server.settings["mailbox"] = {
+        "source": "imap",
+        "host": "127.0.0.1",
+        "port": imap.port,
+        "tls": False,
+        "username": "u",
+        "password": "p",
+        "sync_interval": "1s",
+        "startup_delay": 0,
+        "pool_size": 1,
+    }
+    server.start()
+    try:
+        assert server.proc is not None
+        before = _rss_mib(server.proc.pid)
+        peak = before
+        deadline = time.monotonic() + 8
+        while time.monotonic() < deadline and imap.fetches < 2:
+            time.sleep(0.2)
+            peak = max(peak, _rss_mib(server.proc.pid))
+        assert imap.fetches >= 2, f"one fetch, {imap.sent >> 20} MiB read and still reading"
+        assert imap.sent < 16 * 1024 * 1024, f"{imap.sent >> 20} MiB of a 64 KiB fetch read"
+        assert peak - before < 32, f"rc-mta grew {peak - before:.0f} MiB"
+        # Asked for 64 KiB + 1 (to tell a message over the limit), taken with 64 KiB of slack.
+        assert "announced a literal of 8589934592 bytes, over the 131073 asked for" in rc_log(server)
+    finally:
+        server.stop()
+        imap.close()

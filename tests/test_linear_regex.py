@@ -221,6 +221,9 @@ FAMILIES: list[Family] = [
     Family("struck text: unpaired marks", _read_words, lambda n: repeat("~~ approved ~", n)),
     Family("struck text: long spans", _read_words, lambda n: repeat("~~" + "no " * 50 + "~~", n)),
     Family("struck text: nested strike elements", html_to_text, lambda n: repeat("<s><del>a<p>b", n)),
+    # reading/html.py: short tags, each costing the parser and the checks (read to MAX_HTML_TAGS).
+    Family("HTML: <p> runs", html_to_text, lambda n: repeat("<p>", n)),
+    Family("HTML: <b>x</b> runs", html_to_text, lambda n: repeat("<b>x</b>", n)),
     # reading/intent.py: the decision words inside a run of Chinese, Japanese or Korean.
     Family("CJK run: negated decisions", _read_words, lambda n: repeat("\u6211\u4e0d\u80fd\u6279\u51c6", n)),
     Family("CJK run: near decisions", _read_words, lambda n: repeat("\u627f\u8a8d\u3057", n)),

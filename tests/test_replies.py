@@ -20,6 +20,7 @@ from rc_mta.reading import (
     interpret_action,
     parse_reply,
 )
+from rc_mta.reading.html import MAX_HTML_TAGS
 
 REQUEST_ID = "<req-1234.abcdef@rc-mta.example>"
 METADATA = f"{METADATA_START}\ntask: 1234\ntoken: s3cr3t-token\naction words: complete / fail\n{METADATA_END}"
@@ -663,6 +664,59 @@ def test_hostile_html_takes_linear_time(make: Callable[[int], str]) -> None:
 
     small, large = seconds(32 * 1024), seconds(128 * 1024)
     assert large < 10 * max(small, 0.005)  # four times the input; quadratic would be sixteen
+
+
+# Short tags, many of them: linear, but some 20 µs a tag (4-5 s a MiB) while text/plain is
+# read to 64 KiB only. Read now to MAX_HTML_TAGS tags, a person's words come first.
+SHORT_TAGS = {"<p> runs": "<p>", "<b>x</b> runs": "<b>x</b>"}
+
+
+def _cpu_seconds(read: Callable[[], object]) -> float:
+    start = time.thread_time()
+    read()
+    return time.thread_time() - start
+
+
+@pytest.mark.parametrize("atom", SHORT_TAGS.values(), ids=SHORT_TAGS.keys())
+def test_a_megabyte_of_short_tags_is_read_only_to_the_tag_limit(atom: str) -> None:
+    html = "<p>Approved, thanks</p>" + atom * (1000 * 1024 // len(atom))
+    text = ""
+
+    def read() -> None:
+        nonlocal text
+        text = html_to_text(html)
+
+    took = _cpu_seconds(read)
+    assert took < 1.0, f"{took:.1f}s for 1 MiB of {atom}"  # 4-5 s when every tag was read
+    assert text.startswith("Approved, thanks")
+    assert len(text) < 2 * MAX_HTML_TAGS
+
+
+def test_the_tag_limit_is_shared_by_the_html_parts_of_one_message() -> None:
+    msg = MIMEMultipart("mixed")
+    _headers(msg)
+    msg.attach(MIMEText("<p>Approved, thanks</p>", "html"))
+    for _ in range(60):  # 900 KiB in all, under MAX_HTML_CHARS: 300,000 tags
+        msg.attach(MIMEText("<p>" * 5000, "html"))
+    raw = msg.as_bytes()
+    reply = None
+
+    def read() -> None:
+        nonlocal reply
+        reply = parse_reply(raw)
+
+    took = _cpu_seconds(read)
+    assert took < 1.5, f"{took:.1f}s for 60 parts of 5,000 tags"  # 6 s and more read whole
+    assert reply is not None and _action(reply) == "complete"
+
+
+def test_a_style_sheet_beyond_the_tag_limit_still_hides_what_it_hides() -> None:
+    # A browser applies a sheet wherever it stands: left unread, it could hide the words above.
+    hidden_later = '<p class="x">Approved</p>' + "<b>y</b>" * MAX_HTML_TAGS + "<style>.x{display:none}</style>"
+    reply = _html_reply(hidden_later)
+
+    assert "Approved" not in reply.text
+    assert _action(reply) is None
 
 
 # --------------------------------------------------------------------------

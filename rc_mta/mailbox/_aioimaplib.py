@@ -13,6 +13,10 @@ depends on how the library is built, ``tests/test_imap_library.py`` pins:
   line that never ends (a broken server) would cost the event loop quadratic time and
   unbounded memory until the command's timeout; the chunks of such a line are held here
   instead, until one can end it, and past ``MAX_LINE`` the connection is dropped;
+- ``Protocol._handle_line`` overrides a private method: the library calls it with each
+  response line before it reads the literal that line announces (``{N}``, its
+  ``literal_data_re``) into memory, however large; a literal over ``max_literal`` (set by
+  the poller to what its partial fetch asked for, plus slack) drops the connection there;
 - ``Client.create_client`` swaps in ``Protocol`` after the library's own ``create_client``:
   the connection it starts asks ``client.protocol`` for its protocol only once connected.
 """
@@ -34,6 +38,8 @@ log = logging.getLogger("rc_mta.mailbox.imap")
 # The longest response line taken (a literal, the message itself, is not a line): far more
 # than a SEARCH answer for a folder of a million messages.
 MAX_LINE = 16 * 1024 * 1024
+# Digits of a literal's size worth reading as a number (a 16 MiB line of digits is not).
+_SIZE_DIGITS = 18
 
 
 class Protocol(lib.IMAP4ClientProtocol):  # type: ignore[misc]
@@ -41,6 +47,8 @@ class Protocol(lib.IMAP4ClientProtocol):  # type: ignore[misc]
 
     transport: Any
     incomplete_line: bytes  # the library's: what it holds of a line not ended yet
+    # The largest literal read; the poller lowers it to its partial fetch's size, plus slack.
+    max_literal: int = MAX_LINE
 
     def __init__(self, loop: asyncio.AbstractEventLoop, conn_lost_cb: Any) -> None:
         super().__init__(loop, conn_lost_cb)
@@ -68,6 +76,23 @@ class Protocol(lib.IMAP4ClientProtocol):  # type: ignore[misc]
             self._held.clear()
             self._held_bytes = 0
         super().data_received(d)
+
+    def _handle_line(self, line: bytes, current_cmd: Any) -> Any:
+        """The library's line handler, unless ``line`` announces a literal over
+        ``max_literal``: the library would buffer all of it (a server answered a partial
+        fetch of 64 KiB with 8 GiB), so the connection is dropped before it reads a byte more."""
+        announced = lib.literal_data_re.match(line)
+        if announced is not None:
+            size = announced.group("size")
+            if len(size) > _SIZE_DIGITS or int(size) > self.max_literal:
+                log.warning(
+                    "imap: the server announced a literal of %s bytes, over the %d asked for; dropping the connection",
+                    size.decode() if len(size) <= _SIZE_DIGITS else f"{len(size)}-digit",
+                    self.max_literal,
+                )
+                self.transport.close()
+                return None
+        return super()._handle_line(line, current_cmd)
 
     def _continuation(self, line: bytes) -> None:
         command = self.pending_sync_command

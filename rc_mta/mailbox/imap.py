@@ -54,6 +54,9 @@ T = TypeVar("T")
 COMMAND_TIMEOUT = 60.0  # a server silent this long on one command is gone: reconnect
 IDLE_MAX = 29 * 60.0  # RFC 2177: servers may drop an IDLE client after 30 minutes
 KEEPALIVE = 10 * 60.0  # pool connections say NOOP when unused this long
+# A partial fetch's literal is at most what it asked for (RFC 3501 6.4.5); past this much
+# more the server is broken or hostile, and the connection is dropped (``_aioimaplib``).
+LITERAL_SLACK = 64 * 1024
 _UIDVALIDITY = re.compile(rb"\[UIDVALIDITY (\d+)\]")
 _BODY_LITERAL = re.compile(rb"BODY\[\](?:<0>)? \{\d+\}$")  # <0>: a partial fetch's (RFC 3501 §7.4.2)
 # RFC 5530: the message named is gone (moved or expunged by another session meanwhile).
@@ -204,6 +207,7 @@ class _Connection:
         """The message, at most ``limit`` bytes of it (a partial fetch: the server sends no
         more), without setting \\Seen; None when it is gone meanwhile."""
         part = f"BODY.PEEK[]<0.{limit}>"
+        self._client.protocol.max_literal = limit + LITERAL_SLACK  # more: the connection is dropped
         response = await self._ok(self._client.uid("FETCH", str(uid), part), f"UID FETCH {uid}")
         lines = response.lines
         for line, following in itertools.pairwise(lines):

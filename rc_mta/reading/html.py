@@ -9,7 +9,9 @@ html.parser tokenises but does not build the tree a browser builds, so every
 place where the two could disagree errs towards "hidden": the reader may drop
 text a person sees (the reply then decides nothing and is refused), never read
 text a person does not see.  Everything here is linear in the input size, and
-input beyond ``MAX_HTML_CHARS`` is not read at all.
+input beyond ``MAX_HTML_CHARS`` is not read at all; of a body of more than
+``MAX_HTML_TAGS`` tags only the markup before the next one is read (as text/plain
+is read to 64 KiB), unless what is left out could hide text above it.
 """
 
 from __future__ import annotations
@@ -20,10 +22,14 @@ from dataclasses import dataclass, field
 from html import unescape as html_unescape
 from html.parser import HTMLParser
 
-__all__ = ["MAX_HTML_CHARS", "QUOTE_MARK", "html_to_text", "render_html"]
+__all__ = ["MAX_HTML_CHARS", "MAX_HTML_TAGS", "QUOTE_MARK", "html_to_text", "render_html"]
 
 #: Longest HTML body read; a longer one shows nothing (and so decides nothing).
 MAX_HTML_CHARS = 1024 * 1024
+#: Most tags (each "<") read of one body: html.parser and the checks here cost some 20 µs a
+#: tag, so a MiB of "<b>x</b>" held a reader 4 s. A person's words come first; a reply's
+#: own markup (Outlook's: 5 or 6 tags a paragraph) reaches this deep in quoted history only.
+MAX_HTML_TAGS = 5000
 #: A line of its own where quoted history (a blockquote, a client's quote block) was left
 #: out, so the comment reader knows what follows it was written below the quote.
 QUOTE_MARK = "\ue000"  # a private-use character: never whitespace, never shown
@@ -1126,11 +1132,15 @@ def html_to_text(html: str) -> str:
     return re.sub(r"\n{3,}", "\n\n", "\n".join(line for line in lines if line != QUOTE_MARK)).strip()
 
 
-def render_html(html: str) -> str:
-    """``html_to_text``, with a ``QUOTE_MARK`` line where each quoted block was left out."""
+def render_html(html: str, max_tags: int = MAX_HTML_TAGS) -> str:
+    """``html_to_text``, with a ``QUOTE_MARK`` line where each quoted block was left out;
+    of its first ``max_tags`` tags only (the parts of one message share ``MAX_HTML_TAGS``)."""
     if len(html) > MAX_HTML_CHARS:
         return ""  # bounded before it starts: too long to read, so it decides nothing
     html = html.replace("\r\n", "\n").replace("\r", "\n")
+    if (read := _within_tag_limit(html, max_tags)) is None:
+        return ""  # what is not read could hide what is: decides nothing
+    html = read
     # The first pass only matters if something it looks at is there at all.
     sheet = _StyleCollector(html).collect() if _STYLE_PASS_NEEDED_RE.search(html) else _StyleSheet()
     if sheet.hide_all:
@@ -1140,3 +1150,15 @@ def render_html(html: str) -> str:
     text = parser.text().replace("\xa0", " ")
     lines = [line.strip() for line in text.split("\n")]
     return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+
+
+def _within_tag_limit(html: str, max_tags: int) -> str | None:
+    """``html`` before its tag after ``max_tags``; None when the part left out holds what
+    would change how the part read is shown (a style sheet, a <body>'s or <html>'s
+    attributes, Outlook's conditional markup)."""
+    if html.count("<") <= max_tags:
+        return html
+    cut = -1
+    for _ in range(max(max_tags, 0) + 1):
+        cut = html.find("<", cut + 1)
+    return None if _STYLE_PASS_NEEDED_RE.search(html, cut) else html[:cut]

@@ -22,7 +22,7 @@ from email.utils import getaddresses
 from ..headers import structured_header, unfold
 from ..machine_mail import machine_reason
 from .comment import MAX_TEXT_CHARS, extract_comment
-from .html import MAX_HTML_CHARS, QUOTE_MARK, render_html
+from .html import MAX_HTML_CHARS, MAX_HTML_TAGS, QUOTE_MARK, render_html
 
 __all__ = ["ParsedReply", "decode_bytes", "parse_reply", "typed_subject"]
 
@@ -281,12 +281,14 @@ def _extract_text(message: Message) -> str:
             return plain
         shown: list[str] = []
         left = MAX_HTML_CHARS  # for all the parts together: rendering is the costly read
+        tags = MAX_HTML_TAGS  # and so is each tag: a part beyond them is not read
         for part in _body_parts(message, "text/html"):
             html = _decoded_part(part)
             left -= len(html)
-            if left < 0:
+            if left < 0 or tags <= 0:
                 break  # too long to read, so the rest decides nothing
-            shown.append(render_html(html))
+            shown.append(render_html(html, tags))
+            tags -= html.count("<")
         return "\n\n".join(shown)
     except Exception:
         return ""
