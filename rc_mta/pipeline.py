@@ -680,9 +680,8 @@ class Pipeline:
         try:
             if (stopped := await self._stopped_by_sibling(request)) is not None:
                 raise stopped  # our claim is given back below, unless in doubt
-            context = ActionContext(
-                request.id, message_id, source, {name: v["result"] for name, v in decision.checks.items()}, deadline
-            )
+            verdicts = {name: v["result"] for name, v in decision.checks.items()}
+            context = ActionContext(request.id, message_id, source, verdicts, deadline, request.owner)
             await self._drive_backend(action, request.task_id, decision.comment, actor, context, deadline)
         except ActionOutcomeUnknown:
             raise  # cut at the deadline: the claim stays ours until it is taken for dead
@@ -865,6 +864,7 @@ class Pipeline:
                 source,
                 {name: v["result"] for name, v in decision.checks.items()},
                 deadline,
+                request.owner,
             )
             try:
                 await self._drive_backend(action, request.task_id, comment, actor, context, deadline)

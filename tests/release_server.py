@@ -34,7 +34,8 @@ calls whose path starts with one of these: a Release failing part-way through a 
 ``delay`` (every answer is late), ``action_delay`` (complete/fail
 take effect at once, the answer comes late, as a slow Release that commits before it
 answers), ``gateway_errors`` (a proxy's 502, or ``gateway_status``: a 504 that gave up
-waiting, a 500, for the next calls, before or after Release acted), ``script`` (the next
+waiting, a 500, for the next calls, before or after Release acted; ``gateway_meanwhile`` is
+what people did in the UI as the proxy answered one that never reached Release), ``script`` (the next
 calls, in order: each answered late, with a status or as usual),
 ``lost_comment_answers`` (how the answers to the next comment POSTs go astray after
 Release added the comment, one each: ``"drop"`` the connection closes without an answer,
@@ -111,6 +112,7 @@ class FakeRelease:
     gateway_errors: int = 0  # the next N complete/fail calls get a proxy's 502 ...
     gateway_error_acts: bool = False  # ... after Release did act (True) or before it saw them
     gateway_status: int = 502  # ... with this status
+    gateway_meanwhile: Callable[[], None] | None = None  # ... done as a proxy answers one Release never saw
     script: list[tuple[float, int | None]] = field(default_factory=list)  # next calls: (late by, status or None)
     lost_comment_answers: list[str] = field(default_factory=list)  # drop | 504 | late, one per comment POST
     tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -437,12 +439,18 @@ class FakeRelease:
             body = await request.json()
         except ValueError:
             body = None
+        meanwhile: Callable[[], None] | None = None
         with self._lock:
             self.calls[task_id, action] += 1
             bad_gateway = self.gateway_errors > 0
             self.gateway_errors -= bad_gateway
             if bad_gateway and not self.gateway_error_acts:
-                return _error(self.gateway_status, "Bad Gateway")
+                meanwhile, self.gateway_meanwhile = self.gateway_meanwhile, None
+        if bad_gateway and not self.gateway_error_acts:
+            if meanwhile is not None:
+                meanwhile()  # outside the lock: what people do in the UI takes it
+            return _error(self.gateway_status, "Bad Gateway")
+        with self._lock:
             task = self.tasks.get(task_id)
             if task is None:
                 return _error(404, f"Repository entity [{task_id}] not found")

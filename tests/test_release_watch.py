@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import email
 import email.policy
+import sqlite3
+import time
 from collections.abc import Iterator
 from email.message import EmailMessage
 from pathlib import Path
@@ -19,6 +21,7 @@ from test_approvals import TOKEN as API_TOKEN
 from test_approvals import post
 
 from rc_mta import smtp_replies as R
+from rc_mta.store import STALE_CLAIM_SECONDS, ClaimOutcome, Store
 
 TASK = "Applications/Folder1/Release1/Phase1/Task1"
 TAG = "email-completion"
@@ -280,3 +283,47 @@ def test_task_back_with_its_first_owner_is_mailed_again(rc_watch: RcMta, release
     wait_for_request(BOB, rc_watch)
     release.reassign(TASK, "alice")
     wait_until(lambda: len(mailed_to(ALICE, rc_watch)) == 2, what="a second request to alice")
+
+
+def test_a_task_reassigned_while_its_answer_is_acting_is_not_acted_on(rc_watch: RcMta, release: FakeRelease) -> None:
+    """Alice's answer read the task (hers, in progress), and a proxy answered its POST 502
+    before Release saw it; meanwhile the task went to Bob in the UI. The retry reads the task
+    again before it POSTs: it is Bob's now, so Alice's answer is refused as a withdrawn
+    request's is, and Bob's request still completes it."""
+    release.add_task(TASK, owner="alice", tags=(TAG,))
+    address = complete_address(wait_for_request(ALICE, rc_watch))
+    release.gateway_errors = 1
+    release.gateway_meanwhile = lambda: release.reassign(TASK, "bob")
+
+    outcome = send_smtp(rc_watch.smtp_port, reply_message(address, "Ship it"), address)
+    assert (outcome.code, outcome.enhanced) == (550, "5.7.1"), outcome
+    assert outcome.text.endswith(R.TOKEN_HANDED_OVER.with_text(now_with=BOB).text)
+    assert release.status(TASK) == "IN_PROGRESS"
+    assert release.calls[TASK, "complete"] == 1  # the one the proxy answered, never a second
+
+    new = complete_address(wait_for_request(BOB, rc_watch))
+    done = send_smtp(rc_watch.smtp_port, reply_message(new, "Ship it", sender=BOB), new, mail_from=BOB)
+    assert done.code == 250, done
+    assert [a.comment.rsplit(" ", 1)[-1] for a in release.actions_on(TASK)] == [BOB]
+
+
+def test_a_request_whose_answer_may_still_be_acting_is_not_withdrawn(rc_watch: RcMta, release: FakeRelease) -> None:
+    """An answer's claim stands as long as its action may run ([tasks] action_deadline, up to
+    300 s): the watch withdraws the request only once the claim is taken for dead, as the API's
+    revoke does, never while the answer may still be telling Release."""
+    release.add_task(TASK, owner="alice", tags=(TAG,))
+    wait_for_request(ALICE, rc_watch)
+    store = Store(f"sqlite:///{rc_watch.workdir / 'rc-mta.db'}", busy_timeout=5)
+    (request_id,) = store.open_requests_for(TASK, ALICE)
+    # Alice's answer has been acting for 200 s (Release slow, its reads retried): still in time.
+    outcome, _ = store.claim(request_id, "a1", "<m1@example.com>", "complete", ALICE, time.time() - 200, 600)
+    assert outcome is ClaimOutcome.OURS
+    release.reassign(TASK, "dave")  # no email: no one is mailed, alice's request is to go
+    watched_again(release, rounds=3)
+    request = store.get_request(request_id)
+    assert request is not None and request.revoked_at is None
+
+    # Once the claim is taken for dead, the next round withdraws the request.
+    with sqlite3.connect(rc_watch.workdir / "rc-mta.db") as db:
+        db.execute("UPDATE used_tokens SET claimed_at = claimed_at - ?", (STALE_CLAIM_SECONDS,))
+    wait_until(lambda: (r := store.get_request(request_id)) is not None and r.revoked_at, what="request withdrawn")

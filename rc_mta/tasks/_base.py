@@ -108,6 +108,9 @@ class ActionContext:
     # from the claim), None for none. Past it the pipeline takes the outcome for unknown, so
     # a backend that retries starts no call it could not finish by then.
     deadline: float | None = None
+    # The email of the request's owner, that the answer came from: a backend that tells who
+    # has the task now (Release in watch mode) acts only while the task is still theirs.
+    owner: str | None = None
 
 
 class TaskBackend(Protocol):

@@ -28,7 +28,7 @@ import base64
 import json
 import logging
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NoReturn
@@ -36,7 +36,14 @@ from typing import Any, NoReturn
 import aiohttp
 
 from ..config import ReleaseConfig
-from ..errors import BackendAuthFailed, BackendOutcomeUnknown, BackendRefused, BackendUnavailable, ConfigError
+from ..errors import (
+    BackendAuthFailed,
+    BackendOutcomeUnknown,
+    BackendRefused,
+    BackendUnavailable,
+    ConfigError,
+    RequestRevoked,
+)
 from ..http_client import LARGE_BODY, SMALL_BODY, read_text
 from ..registry import TASK_BACKENDS
 from ..safetext import one_line
@@ -121,10 +128,10 @@ class ReleaseBackend:
         return _task_info(task_id, await self._read_task(task_id))
 
     async def complete(self, task_id: str, comment: str, actor: str, context: ActionContext) -> None:
-        await self._act(task_id, "complete", comment, actor, context.deadline)
+        await self._act(task_id, "complete", comment, actor, context.deadline, context.owner)
 
     async def fail(self, task_id: str, comment: str, actor: str, context: ActionContext) -> None:
-        await self._act(task_id, "fail", comment, actor, context.deadline)
+        await self._act(task_id, "fail", comment, actor, context.deadline, context.owner)
 
     async def expired(self, task_id: str, owner: str, request_id: str, expired_at: float) -> None:
         """A comment on the task, so the people watching it in Release see it."""
@@ -156,7 +163,6 @@ class ReleaseBackend:
         """Every ``IN_PROGRESS`` task tagged ``tag`` (case-insensitively) in a release that is
         in progress: ``POST /api/v1/releases/search`` pages through the releases, then
         ``GET /api/v1/releases/{id}/active-tasks`` lists each one's active tasks."""
-        wanted = tag.strip().lower()
         found: list[StartedTask] = []
         for release in await self._releases_in_progress():
             release_id = str(release.get("id") or "")
@@ -165,11 +171,7 @@ class ReleaseBackend:
             path = f"/api/v1/releases/{release_id}/active-tasks"
             for task in await self._read_list(path):
                 task_id = str(task.get("id") or "")
-                tags = task.get("tags")
-                tagged = isinstance(tags, list) and any(
-                    isinstance(t, str) and t.strip().lower() == wanted for t in tags
-                )
-                if not tagged or task.get("status") != IN_PROGRESS or not _plausible_id(task_id):
+                if not _tagged(task, tag) or task.get("status") != IN_PROGRESS or not _plausible_id(task_id):
                     continue
                 found.append(
                     StartedTask(
@@ -228,7 +230,11 @@ class ReleaseBackend:
         one whose answer was lost, or a 504, is not: it may still be being applied, so the
         caller's next round reads and decides."""
         path = f"/api/v1/tasks/{task_id}/comment"
-        answer = await self._post_unrepeated(task_id, path, {"comment": text}, lambda task: _said(task, text))
+
+        async def said(task: dict[str, Any]) -> bool:
+            return _said(task, text)
+
+        answer = await self._post_unrepeated(task_id, path, {"comment": text}, said)
         if answer is None or answer.status < 300:
             return
         self._raise_for_auth(answer, f"POST {path}")
@@ -277,15 +283,28 @@ class ReleaseBackend:
 
     # Acting -------------------------------------------------------------------------------
 
-    async def _act(self, task_id: str, action: str, comment: str, actor: str, deadline: float | None = None) -> None:
+    async def _act(
+        self,
+        task_id: str,
+        action: str,
+        comment: str,
+        actor: str,
+        deadline: float | None = None,
+        owner: str | None = None,
+    ) -> None:
         # At its longest: a read; each POST but the last, a back-off and a read; the last POST
         # and the read that tells a 400/409 apart (``_refused``). Every read, and the POSTs
         # together, up to retries + 1 tries with back-offs between. ReleaseConfig.worst_case
         # counts just these, for the config's check against the action deadline: change both.
-        def still_in_progress(found: dict[str, Any]) -> bool:
+        # (In watch mode a user lookup may come with a read, ``_still_with``: the action's
+        # cut below ends it, nothing sent, should Release be that slow.)
+        emails: dict[tuple[str | None, str | None], tuple[str, ...]] = {}
+
+        async def still_in_progress(found: dict[str, Any]) -> bool:
             task = _task_info(task_id, found)
             if task.status != "in_progress":
                 raise TaskNotInProgress(task)
+            await self._still_with(task_id, found, owner, emails)
             log.info("release: %s task %s (owner %s) for %s", action, task_id, task.owner or "-", actor)
             return False
 
@@ -311,12 +330,49 @@ class ReleaseBackend:
                 f"Release: POST {path} did not end before the action deadline; nothing was sent, or Release refused it"
             ) from None
 
+    async def _still_with(
+        self,
+        task_id: str,
+        found: Mapping[str, Any],
+        owner: str | None,
+        emails: dict[tuple[str | None, str | None], tuple[str, ...]],
+    ) -> None:
+        """Watch mode: a watched task's request belongs to whom Release gives the task now
+        (``owner_emails``, as the watch reads it). One that left the request's ``owner`` while
+        the answer was on its way (reassigned in the UI between the answer's reads and its
+        POST, before the watch's next round withdraws the request) is not acted on: the answer
+        gets what a withdrawn request gets (``RequestRevoked``), saying who has the task now.
+        ``emails`` keeps the lookups of this one action, so its retries read no user twice."""
+        if owner is None or not self._config.watch or not _tagged(found, self._config.watch_tag):
+            return
+        started = StartedTask(
+            id=task_id,
+            title=task_id,
+            release_id=_release_of(task_id),
+            release_title="",
+            owner=_name(found.get("owner")),
+            team=_name(found.get("team")),
+        )
+        key = (started.owner, started.team)
+        if key not in emails:
+            emails[key] = await self.owner_emails(started)
+        now_with = emails[key]
+        if owner.strip().lower() in now_with:
+            return
+        log.warning(
+            "release: task %s is no longer with %s (now with %s): their answer was not acted on",
+            task_id,
+            owner,
+            ", ".join(now_with) or "no one with an email",
+        )
+        raise RequestRevoked(f"task {task_id} left {owner} in Release", ", ".join(now_with) or None)
+
     async def _post_unrepeated(
         self,
         task_id: str,
         path: str,
         body: Mapping[str, Any],
-        done: Callable[[dict[str, Any]], bool],
+        done: Callable[[dict[str, Any]], Awaitable[bool]],
         stop: float | None = None,
     ) -> _Answer | None:
         """POST ``body`` to ``path`` unless ``done`` (which may raise instead) finds in the task,
@@ -328,7 +384,7 @@ class ReleaseBackend:
         attempt = 0
         loop = asyncio.get_running_loop()
         while True:
-            if done(await self._read_task(task_id)):
+            if await done(await self._read_task(task_id)):
                 return None
             if stop is not None and stop - loop.time() < self._config.timeout + _DEADLINE_SLACK_SECONDS:
                 raise BackendUnavailable(
@@ -468,6 +524,22 @@ def _our_actor(comments: Any) -> str | None:
             if match:
                 return match.group(1)
     return None
+
+
+def _tagged(task: Mapping[str, Any], tag: str) -> bool:
+    """Whether the task carries ``tag`` (case-insensitively): the watch's mark."""
+    tags, wanted = task.get("tags"), tag.strip().lower()
+    return isinstance(tags, list) and any(isinstance(t, str) and t.strip().lower() == wanted for t in tags)
+
+
+def _release_of(task_id: str) -> str:
+    """The release a task lives in: its id up to its ``Release…`` segment (ids are paths:
+    ``Applications/Folder1/Release1/Phase1/Task1``), else all but its phase and task."""
+    segments = task_id.split("/")
+    for i, segment in enumerate(segments):
+        if segment.startswith("Release"):
+            return "/".join(segments[: i + 1])
+    return "/".join(segments[:-2])
 
 
 def _said(task: Mapping[str, Any], text: str) -> bool:

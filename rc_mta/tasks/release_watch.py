@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import RcMtaError, TemporaryFailure
 from ..request_mail import RequestContext
-from ..store import new_holder
+from ..store import STALE_CLAIM_SECONDS, new_holder
 from .release import ReleaseBackend, StartedTask
 
 if TYPE_CHECKING:
@@ -33,8 +33,9 @@ log = logging.getLogger("rc_mta.tasks.release_watch")
 
 # A send claimed this long ago and not finished: its instance died; another may take it.
 STALE_SEND_SECONDS = 300.0
-# A reply's claim younger than this blocks a revocation (as the API's revoke does).
-STALE_ANSWER_SECONDS = 120.0
+# A reply's claim blocks a revocation until it is taken for dead, as for the API's revoke:
+# ``STALE_CLAIM_SECONDS``, twice the longest an action may run (``[tasks] action_deadline``),
+# so a request is never withdrawn while its answer may still be telling Release.
 
 
 class ReleaseWatcher:
@@ -128,7 +129,7 @@ class ReleaseWatcher:
                 if now_with:
                     await asyncio.to_thread(store.record_handover, request_id, ", ".join(now_with), time.time())
                 if await asyncio.to_thread(
-                    store.revoke_unanswered_request, request_id, time.time(), STALE_ANSWER_SECONDS
+                    store.revoke_unanswered_request, request_id, time.time(), STALE_CLAIM_SECONDS
                 ):
                     why = f"now with {', '.join(now_with)}" if now_with else "no longer in progress for them"
                     log.info("release watch: task %s %s: request %s to %s revoked", task_id, why, request_id, owner)
