@@ -274,7 +274,8 @@ class Failures:
 @dataclass
 class GraphServer:
     """Knobs: add_message() (draft=True for a draft), throttle(), fail_token_endpoint(), token_lifetime, page_size,
-    expire_delta_links(), revoke_tokens(); observation: calls, folder(), tokens_issued."""
+    expire_delta_links(), revoke_tokens(), lost_move_answers, taken_after_read; observation: calls, folder(),
+    tokens_issued."""
 
     tenant_id: str = "t1"
     client_id: str = "c1"
@@ -293,6 +294,10 @@ class GraphServer:
     # Observation: every POST to a subscriber, (kind, url, HTTP status or -1 when unreachable).
     deliveries: list[tuple[str, str, int]] = field(default_factory=list)
     validations_refused: int = 0
+    # The next N moves are done, but their connection closes without an answer (a lost 201).
+    lost_move_answers: int = 0
+    # The next N messages read (/$value) are deleted by a person right after, before rc-mta files them.
+    taken_after_read: int = 0
 
     def __post_init__(self) -> None:
         self.port = 0
@@ -324,6 +329,7 @@ class GraphServer:
         app.router.add_get(graph + "/mailFolders/{folder}/messages", self._list_messages)
         app.router.add_get(graph + "/mailFolders/{folder}/messages/delta", self._delta)
         app.router.add_get(graph + "/messages/{id}/$value", self._mime)
+        app.router.add_get(graph + "/messages/{id}", self._get_message)
         app.router.add_post(graph + "/messages/{id}/move", self._move)
         app.router.add_patch(graph + "/messages/{id}", self._update)
         app.router.add_delete(graph + "/messages/{id}", self._delete)
@@ -856,12 +862,24 @@ class GraphServer:
         fields = {f.strip() for f in wanted.split(",")} | {"id", "@odata.etag"}
         return {k: v for k, v in resource.items() if k in fields}
 
+    async def _get_message(self, request: web.Request) -> web.Response:
+        """GET /users/{id}/messages/{id}: the message resource ($select honoured), wherever it is
+        filed; 404 ErrorItemNotFound once it was moved (it has a new id there) or deleted."""
+        with self._lock:
+            message = self._gated_message(request)
+            if isinstance(message, web.Response):
+                return message
+            return web.json_response(self._select(message.resource(), request))
+
     async def _mime(self, request: web.Request) -> web.StreamResponse:
         """GET /users/{id}/messages/{id}/$value: the message's MIME content."""
         with self._lock:
             message = self._gated_message(request)
             if isinstance(message, web.Response):
                 return message
+            if self.taken_after_read > 0:
+                self.taken_after_read -= 1
+                self._remove(message)
             return web.Response(body=message.raw, content_type="message/rfc822")
 
     async def _move(self, request: web.Request) -> web.Response:
@@ -881,7 +899,12 @@ class GraphServer:
             self._remove(message)
             moved = Message(_new_id(), message.raw, folder.id, next(self._seq), message.flag, message.draft)
             self._messages[moved.id] = moved
-            return web.json_response(moved.resource(), status=201)
+            lost = self.lost_move_answers > 0
+            self.lost_move_answers -= lost
+        if lost:
+            assert request.transport is not None
+            request.transport.close()  # moved; the answer never reaches the client
+        return web.json_response(moved.resource(), status=201)
 
     async def _update(self, request: web.Request) -> web.Response:
         """PATCH /users/{id}/messages/{id}: only flag is writable here."""

@@ -190,6 +190,49 @@ def test_delete_disposition_deletes_after_completing(rc_graph: RcMta, graph: Gra
     assert graph.folder("inbox") == [] and graph.folder("Processed") == []
 
 
+def test_a_move_whose_answer_was_lost_counts_as_filed(rc_graph: RcMta, graph: GraphServer) -> None:
+    """Graph moved the message but the connection closed before its answer: the message is
+    gone from the folder (a GET says 404), so it counts as filed at once, never moved again
+    each round (404) with a growing back-off while new replies wait."""
+    graph.lost_move_answers = 1
+    first_reply_filed(rc_graph, graph, "its answer was lost")
+    assert len(graph.folder("Processed")) == 1 and graph.folder("inbox") == []
+    second_reply_acts_at_once(rc_graph, graph, processed=2)
+    assert graph.count("POST", "/move") == 2  # the first, the second's: never the old id again
+
+
+def test_a_reply_someone_filed_before_its_move_counts_as_filed(rc_graph: RcMta, graph: GraphServer) -> None:
+    """A person deleted the reply after rc-mta read it and before it moved it: the move's 404
+    names the message, not the folder (a GET says it is gone), so it counts as filed."""
+    graph.taken_after_read = 1
+    first_reply_filed(rc_graph, graph, "already gone")
+    second_reply_acts_at_once(rc_graph, graph, processed=1)
+    assert graph.count("POST", "/move") == 2  # the first (404), the second's
+
+
+def first_reply_filed(rc_graph: RcMta, graph: GraphServer, said: str) -> None:
+    """Start; a first reply completes its task and its filing is logged as ``said``."""
+    rc_graph.start()
+    first = rc_graph.add_task("first")
+    graph.add_message(reply(rc_graph, first))
+    wait_until(lambda: completed(rc_graph, first), what="first task completed")
+    wait_until(lambda: said in rc_graph.log_path.read_text(), what=f"the first reply filed: {said}")
+
+
+def second_reply_acts_at_once(rc_graph: RcMta, graph: GraphServer, processed: int) -> None:
+    """A new reply is acted on and moved (``processed`` in the folder then) while the poller
+    stays well: no failed round, healthy."""
+    second = rc_graph.add_task("second")
+    graph.add_message(reply(rc_graph, second))
+    wait_until(lambda: completed(rc_graph, second), what="second task completed")
+    wait_until(lambda: len(graph.folder("Processed")) == processed, what="second reply moved")
+    synced_again(rc_graph)
+    assert "reconnecting" not in rc_graph.log_path.read_text()
+    assert graph_metric(rc_graph, "rc_mta_poller_errors_total") == 0
+    with urllib.request.urlopen(rc_graph.http_url + "/healthz", timeout=5) as response:
+        assert response.status == 200
+
+
 def test_keep_disposition_flags_and_handles_once(rc_graph: RcMta, graph: GraphServer) -> None:
     rc_graph.settings["mailbox"]["disposition"] = "keep"
     rc_graph.start()

@@ -328,11 +328,40 @@ class GraphConnection:
                 await self._ignore_gone("POST", message_url + "/move", {"destinationId": folder_id})
                 return f"moved to {name}"
             except GraphError as exc:
-                # A 400/404 here most likely means the folder was deleted since we cached its id.
+                if exc.status == 404 and await self._gone(message_url):
+                    # Moved by an earlier move whose answer was lost (the message has a new
+                    # id there), or filed by someone else: nothing is left to file.
+                    log.info("graph: POST %s/move: message already gone from the folder", message_url)
+                    return f"already gone (moved to {name} before, or filed elsewhere)"
+                # Else a 400/404 most likely means the folder was deleted since we cached its id.
                 if attempt or exc.status not in (400, 404):
                     raise
                 self.state.folder_ids.pop(name, None)
+            except TemporaryFailure as lost:
+                # No answer (the connection closed, a timeout): the move may be done all the
+                # same. Gone from the folder, it is; else (or Graph cannot say) the next round
+                # moves it again, and a 404 then is read as above.
+                try:
+                    gone = await self._gone(message_url)
+                except TemporaryFailure:
+                    raise lost from None
+                if not gone:
+                    raise
+                log.info("graph: POST %s/move: no answer, and the message is gone from the folder", message_url)
+                return f"moved to {name} (its answer was lost; the message is gone from the folder)"
         raise AssertionError("unreachable")
+
+    async def _gone(self, message_url: str) -> bool:
+        """Whether the message no longer exists under its id (GET answers 404), as IMAP's
+        ``_ok_unless_gone`` takes a UID the server no longer has: a move's 404 names either
+        the message or the destination, and only this read tells them apart."""
+        try:
+            await self._call("GET", URL(message_url, encoded=True).with_query({"$select": "id"}))
+        except GraphError as exc:
+            if exc.status == 404:
+                return True
+            raise
+        return False
 
     async def _ignore_gone(self, method: str, url: str, body: dict[str, Any] | None = None) -> None:
         """A message already gone from the folder needs no filing."""
