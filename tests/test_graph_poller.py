@@ -8,6 +8,7 @@ import asyncio
 import email.policy
 import json
 import re
+import sqlite3
 import time
 import urllib.error
 import urllib.request
@@ -29,6 +30,7 @@ from rc_mta import smtp_replies as R
 from rc_mta.config import MailboxConfig
 from rc_mta.errors import TemporaryFailure
 from rc_mta.http import Health
+from rc_mta.mailbox._claims import CLAIMS_KEPT
 from rc_mta.mailbox.graph import GraphConnection, GraphPoller
 from rc_mta.pipeline import Decision, Inbound, Outcome, Pipeline, Recipient
 from rc_mta.store import STALE_CLAIM_SECONDS, Store
@@ -233,18 +235,39 @@ def second_reply_acts_at_once(rc_graph: RcMta, graph: GraphServer, processed: in
         assert response.status == 200
 
 
-def test_keep_disposition_flags_and_handles_once(rc_graph: RcMta, graph: GraphServer) -> None:
+def kept_reply(rc_graph: RcMta, graph: GraphServer) -> str:
+    """With disposition "keep": a reply that completed its task and was flagged; its id."""
     rc_graph.settings["mailbox"]["disposition"] = "keep"
     rc_graph.start()
     task_id = rc_graph.add_task()
     message_id = graph.add_message(reply(rc_graph, task_id))
-
     wait_until(lambda: completed(rc_graph, task_id), what="task completed")
     wait_until(lambda: [m.flag for m in graph.folder("inbox")] == ["flagged"], what="message flagged")
+    return message_id
+
+
+def test_keep_disposition_flags_and_handles_once(rc_graph: RcMta, graph: GraphServer) -> None:
+    message_id = kept_reply(rc_graph, graph)
     rounds = graph.count("GET", "/delta")
     wait_until(lambda: graph.count("GET", "/delta") >= rounds + 3, what="three more rounds")
     assert [m.id for m in graph.folder("inbox")] == [message_id]
     assert graph.count("GET", "/$value") == 1  # the flag change shows in the delta, but it is not read again
+
+
+def test_a_kept_reply_is_not_read_again_once_its_claim_is_forgotten(rc_graph: RcMta, graph: GraphServer) -> None:
+    """Disposition "keep": the flag is what says a message was handled. A week on, its claim is
+    pruned, and after a restart (a full delta) the listing shows it again: flagged, it is left
+    alone, never read again nor refused to its owner (whose reply did complete the task)."""
+    message_id = kept_reply(rc_graph, graph)
+    rc_graph.stop()
+    with sqlite3.connect(rc_graph.workdir / "rc-mta.db") as db:  # a week passes: prune forgets the claim
+        db.execute("UPDATE mailbox_claims SET claimed_at = claimed_at - ?", (CLAIMS_KEPT + 86400,))
+
+    rc_graph.start()
+    synced_again(rc_graph, rounds=3)
+    assert graph.count("GET", "/$value") == 1  # read once, before the restart
+    assert [(m.id, m.flag) for m in graph.folder("inbox")] == [(message_id, "flagged")]
+    assert "rejected" not in rc_graph.log_path.read_text()
 
 
 def test_a_draft_in_the_folder_is_never_read_acted_on_or_filed(rc_graph: RcMta, graph: GraphServer) -> None:

@@ -60,9 +60,10 @@ UNSUBSCRIBE_SECONDS = 5.0  # at shutdown, for deleting the change-notification s
 MAX_PAGES = 10_000  # a nextLink loop is a server bug; don't follow it forever
 # Answers to a stale or unusable delta link: start again with a full listing.
 BAD_DELTA_CODES = {"syncstatenotfound", "syncstateinvalid", "invalidsynctoken", "resyncrequired"}
-# What a listing asks of each message: its id, and whether it is a draft (message resource,
-# isDraft: "a message is a draft if it hasn't been sent yet"); delta honours $select too.
-LISTED = {"$select": "id,isDraft"}
+# What a listing asks of each message: its id, whether it is a draft (message resource,
+# isDraft: "a message is a draft if it hasn't been sent yet"), and its flag (disposition
+# "keep" files a message by flagging it); delta honours $select too.
+LISTED = {"$select": "id,isDraft,flag"}
 WELL_KNOWN_FOLDERS = {"inbox": "inbox", "junk email": "junkemail", "junkemail": "junkemail", "archive": "archive"}
 
 
@@ -262,7 +263,7 @@ class GraphConnection:
                     gone = str(item.get("id"))
                     self.state.kept_ids.discard(gone)  # gone: no need to remember it
                     self.state.drafts.discard(gone)
-                elif item.get("id"):
+                elif item.get("id") and not self._kept(item):
                     items[str(item["id"])] = _is_draft(item)
             if "@odata.nextLink" in page:
                 url = str(page["@odata.nextLink"])
@@ -279,11 +280,23 @@ class GraphConnection:
         items: dict[str, bool] = {}
         for _ in range(MAX_PAGES):
             page = await self._json("GET", url)
-            items.update((str(m["id"]), _is_draft(m)) for m in page.get("value", []) if m.get("id"))
+            items.update(
+                (str(m["id"]), _is_draft(m)) for m in page.get("value", []) if m.get("id") and not self._kept(m)
+            )
             if "@odata.nextLink" not in page:
                 return items
             url = str(page["@odata.nextLink"])
         raise GraphError(200, "tooManyPages", "the folder listing did not end")
+
+    def _kept(self, item: dict[str, Any]) -> bool:
+        """Disposition "keep": a flagged message was filed (by us, or flagged by a person, as
+        IMAP searches UNFLAGGED) and is never read again. Its claim is forgotten after a week
+        (``CLAIMS_KEPT``) and ``kept_ids`` at a restart, but the flag stays in the mailbox: else
+        a reply that acted would be read again and its owner told it was refused (expired)."""
+        if self.config.disposition != "keep" or not _is_flagged(item):
+            return False
+        self.state.pending_ids.discard(str(item["id"]))
+        return True
 
     # -- one message ------------------------------------------------------------------------
 
@@ -474,6 +487,13 @@ async def _read(response: aiohttp.ClientResponse, limit: int | None, bound: int 
 def _is_draft(item: dict[str, Any]) -> bool:
     """Graph's ``isDraft``: only ``true`` is a draft (a server that leaves it out lists mail, as before)."""
     return item.get("isDraft") is True
+
+
+def _is_flagged(item: dict[str, Any]) -> bool:
+    """Graph's ``flag.flagStatus``: ``flagged`` is what "keep" sets (``notFlagged`` and
+    ``complete`` are not it)."""
+    flag = item.get("flag")
+    return isinstance(flag, dict) and flag.get("flagStatus") == "flagged"
 
 
 def _retry_after(value: str | None) -> float:
