@@ -46,7 +46,7 @@ from .errors import BackendUnavailable, DecisionPending, StoreUnavailable, Tempo
 from .outbound import reply_addresses, wire_bytes
 from .request_mail import compose
 from .store import IN_PROGRESS, STALE_CLAIM_SECONDS, Notice, NoticeTerms, Request, new_holder
-from .tasks import RequestFailureListener, TaskNotFound
+from .tasks import EmbeddedBackend, RequestFailureListener, TaskNotFound
 from .thread_ids import reminder_id, thread_id
 from .tokens import Signer
 
@@ -199,6 +199,15 @@ class Notices:
         told = self._TOLD.get(notice.event, notice.event)
         try:
             async with asyncio.timeout(STALE_SECONDS / 2):
+                if (
+                    notice.event == self.EXPIRED
+                    and isinstance(backend, EmbeddedBackend)
+                    and backend.keeps_tasks_in(store)
+                ):
+                    # Comment and settlement in one transaction: told once, whatever dies when.
+                    if await backend.tell_expired(notice, self.holder):
+                        log.info("backend told that request %s to %s %s", notice.request_id, notice.owner, told)
+                    return
                 if notice.event == self.EXPIRED:
                     await backend.expired(notice.task_id, notice.owner, notice.request_id, notice.expires_at)
                 else:

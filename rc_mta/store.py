@@ -1528,6 +1528,20 @@ class Store:
                 conn, request_notices, holder, values, n.request_id == notice.request_id, n.event == notice.event
             )
 
+    def tell_notice_in_comment(self, notice: Notice, holder: str, author: str, text: str, now: float) -> bool:
+        """Tell an embedded task's notice (an expiry): its comment added and the notice settled
+        ``told`` in one transaction, so neither is written without the other (in two, a crash
+        between them left the notice pending and its next holder wrote the comment again).
+        False, with nothing written, when ``holder`` no longer held the notice."""
+        n = request_notices.c
+        values = _attempt_over(request_notices, "told", False, now, None)
+        with self._begin() as conn:
+            where = (n.request_id == notice.request_id, n.event == notice.event)
+            if not _settle_lease(conn, request_notices, holder, values, *where):
+                return False
+            conn.execute(insert(task_comments).values(task_id=notice.task_id, author=author, text=text, at=now))
+        return True
+
     def get_notice(self, request_id: str, event: str) -> Notice | None:
         n, r = request_notices.c, requests.c
         with self._begin() as conn:

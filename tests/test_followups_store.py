@@ -5,7 +5,11 @@ one instance at a time."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, cast
 
 import pytest
 from racing import all_at_once
@@ -13,6 +17,7 @@ from sqlalchemy import text
 from test_store import store as store  # the same store fixture: SQLite and PostgreSQL
 
 from rc_mta.errors import StoreUnavailable
+from rc_mta.followups import STALE_SECONDS, Notices
 from rc_mta.store import (
     STALE_CLAIM_SECONDS,
     Delivery,
@@ -22,7 +27,12 @@ from rc_mta.store import (
     Store,
     new_attempt_id,
 )
+from rc_mta.tasks._base import expiry_note
+from rc_mta.tasks.embedded import EmbeddedBackend
 from rc_mta.tokens import new_request_id
+
+if TYPE_CHECKING:
+    from rc_mta.app import Service
 
 EVENTS = ("request_failed", "expired")
 
@@ -274,3 +284,68 @@ def test_a_sibling_answer_dead_before_the_request_was_made_decides_nothing(store
         "complete", bob.owner, bob.id, final=False, unknown=True
     )
     assert store.decided_by_sibling(dead_then.id, later) is None
+
+
+def _cut_when_told(store: Store, cut: bool) -> None:
+    """The database refuses (or again allows) settling a notice ``told``: the moment a crash,
+    or a store that fails, falls between telling an embedded task and recording it."""
+    with store.engine.begin() as conn:
+        if store.engine.dialect.name == "sqlite":
+            conn.execute(
+                text(
+                    "CREATE TRIGGER cut_told BEFORE UPDATE ON request_notices WHEN NEW.state = 'told'"
+                    " BEGIN SELECT RAISE(ABORT, 'cut'); END"
+                )
+                if cut
+                else text("DROP TRIGGER cut_told")
+            )
+        elif cut:
+            cut_told = "CREATE FUNCTION cut_told() RETURNS trigger AS $$ BEGIN RAISE 'cut'; END $$ LANGUAGE plpgsql"
+            conn.execute(text(cut_told))
+            conn.execute(
+                text(
+                    "CREATE TRIGGER cut_told BEFORE UPDATE ON request_notices FOR EACH ROW"
+                    " WHEN (NEW.state = 'told') EXECUTE FUNCTION cut_told()"
+                )
+            )
+        else:
+            conn.execute(text("DROP TRIGGER cut_told ON request_notices"))
+
+
+def test_an_embedded_tasks_expiry_comment_is_written_once_whatever_fails_between(store: Store) -> None:
+    """The expiry comment and the notice's ``told`` are one transaction: the store failing at
+    the notice undoes the comment too, and the notice's next holder writes it once."""
+    now = time.time()
+    task = store.add_task("Deploy", "alice@example.com", now - 100)
+    request = Request(new_request_id(), task.id, "alice@example.com", "t", now - 100, now - 10, None, None)
+    store.add_request(request)
+    backend = EmbeddedBackend(store)
+    settings = SimpleNamespace(outbound=SimpleNamespace(queue_lifetime=5 * 86400))
+    service = cast("Service", SimpleNamespace(store=store, backend=backend, settings=settings, queue=Queue))
+    first = Notices(service, holder="instance-a")
+    assert store.claim_followup(request.id, "expired", "instance-a", now, STALE_SECONDS)
+    terms = Notices.terms("instance-a", Notices.EXPIRED)
+    assert store.followup_done(request.id, "expired", "instance-a", now, notice=terms)
+
+    _cut_when_told(store, True)
+    with contextlib.suppress(Exception):  # the old way: the comment stayed, the error went up
+        asyncio.run(first.tell_recorded(request.id, Notices.EXPIRED))
+    _cut_when_told(store, False)
+
+    later = now + 86400  # the holder's lease, and any back-off, long over: another instance tells it
+    second = Notices(service, holder="instance-b")
+    for notice in store.claim_notices("instance-b", later, STALE_SECONDS, second.events()):
+        asyncio.run(second._tell(notice))
+    task_now = store.get_task(task.id)
+    assert task_now is not None
+    assert [c.text for c in task_now.comments] == [expiry_note(request.owner, request.id, request.expires_at)]
+    notice = store.get_notice(request.id, "expired")
+    assert notice is not None and notice.state == "told"
+
+
+class Queue:
+    """The outbound queue's back-off, as the notices use it."""
+
+    @staticmethod
+    def backoff(attempts: int) -> float:
+        return 60.0

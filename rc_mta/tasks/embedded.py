@@ -6,7 +6,7 @@ import asyncio
 import time
 
 from ..registry import TASK_BACKENDS
-from ..store import COMPLETED, FAILED, Store
+from ..store import COMPLETED, FAILED, Notice, Store
 from ._base import ActionContext, TaskInfo, TaskNotFound, TaskNotInProgress, expiry_note
 
 
@@ -35,6 +35,14 @@ class EmbeddedBackend:
     async def expired(self, task_id: str, owner: str, request_id: str, expired_at: float) -> None:
         text = expiry_note(owner, request_id, expired_at)
         await asyncio.to_thread(self._store.add_task_comment, task_id, "rc-mta", text, time.time())
+
+    async def tell_expired(self, notice: Notice, holder: str) -> bool:
+        """``expired`` for a notice held by ``holder``: the comment written with the notice
+        settled, in one transaction of the store the task lives in (``tell_notice_in_comment``),
+        so a crash never leaves the comment written and the notice to tell again. False when
+        ``holder`` no longer held the notice (another instance tells it)."""
+        text = expiry_note(notice.owner, notice.request_id, notice.expires_at)
+        return await asyncio.to_thread(self._store.tell_notice_in_comment, notice, holder, "rc-mta", text, time.time())
 
     async def check(self) -> str:
         await asyncio.to_thread(self._store.ping)
