@@ -554,7 +554,8 @@ class Pipeline:
 
         if self.settings.outbound.relay_keeps_message_id:
             # An answer to the request mail, not to someone's question that set Reply-To our address.
-            threaded = any(name in ("in-reply-to", "references") and value.strip() for name, value in parsed.addressed)
+            # A threading field present but empty names some message too: not "a new mail".
+            threaded = any(name in ("in-reply-to", "references") for name, _ in parsed.addressed)
             elsewhere = self.sender_auth.addresses.answered_elsewhere(
                 parsed.referenced_ids, threaded, request.message_id, request.id
             )

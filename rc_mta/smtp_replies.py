@@ -160,6 +160,14 @@ BACKEND_REFUSED = _reply(
 MESSAGE_MALFORMED = _reply(
     "MESSAGE_MALFORMED", 554, "5.6.0", "Message refused: {why}; send it again from an ordinary mail client"
 )
+# Two fields where a message has one (rawmessage.SINGLE_FIELDS): readers would disagree on it.
+DUPLICATE_FIELD = _reply(
+    "DUPLICATE_FIELD",
+    550,
+    "5.6.0",
+    "Message refused: it has more than one {field} field, where a message has one (RFC 5322);"
+    " send your reply again from your mail client, as it wrote it",
+)
 MESSAGE_TOO_BIG = _reply("MESSAGE_TOO_BIG", 552, "5.3.4", "Message too big: replies are limited to {limit} bytes")
 # A message built to be expensive to read (rc_mta/budget.py): refused before any parser runs.
 HEADER_TOO_BIG = _reply(

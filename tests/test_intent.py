@@ -28,6 +28,9 @@ from dnsserver import NsdServer
 from mailclient import SmtpOutcome, reply_message
 from mailclient import send_smtp as _send_smtp
 
+from rc_mta.errors import MessageRefused
+from rc_mta.rawmessage import SINGLE_FIELDS, canonical_message
+
 OWNER = "alice@corp.test"
 KEY = (Path(__file__).parent / "keys" / "good-sel2048.pem").read_bytes()
 HELO = {
@@ -393,6 +396,54 @@ def test_header_line_that_is_not_a_field_is_refused(rc: RcMta) -> None:
 
     assert (code, text.split()[0]) == (554, "5.6.0"), text
     assert untouched(rc, task_id)
+
+
+# A field a message has once, there twice: the reader reads the first, DKIM the bottom-most.
+ON_TOP = {
+    "empty threading fields": b"In-Reply-To:\r\nReferences:\r\n",
+    "blank threading fields": b"In-Reply-To: \r\nReferences:  \r\n",
+    "a transfer encoding": b"Content-Transfer-Encoding: quoted-printable\r\n",
+    "a second From": b"From: Alice <alice@corp.test>\r\n",
+}
+
+
+@pytest.mark.parametrize("added", sorted(ON_TOP))
+def test_a_field_put_on_top_of_a_signed_one_of_its_kind_is_refused(rc: RcMta, added: str) -> None:
+    task_id, request = new_request(rc)
+    # Alice's signed "Yes, go ahead" answers Mallory's question (whose Reply-To named the
+    # reply address and Mallory): refused, as a reply to another message.
+    answer = reply_message(request["reply_to"], "Yes, go ahead", sender=OWNER, subject="Re: Cleanup?")
+    answer.replace_header("To", f"{request['reply_to']}, mallory@evil.test")
+    answer["In-Reply-To"] = answer["References"] = "<question-1@evil.test>"
+    raw = signed(answer, CLIENT_SIGNED_FIELDS["gmail"])
+
+    # Mallory replays her copy with a field of a kind the message already has, above it.
+    code, text = raw_smtp(rc.smtp_port, ON_TOP[added] + raw, request["reply_to"], "mallory@evil.test", "127.0.0.6")
+
+    assert (code, text.split()[0]) == (550, "5.6.0"), text
+    assert "more than one" in text and "(RFC 5322)" in text
+    assert untouched(rc, task_id)
+
+
+def test_only_the_fields_a_message_has_once_may_not_repeat() -> None:
+    body = b"\r\nApproved\r\n"
+    for name in sorted(SINGLE_FIELDS):
+        twice = b"From: a@corp.test\r\n" if name == b"from" else b"From: a@corp.test\r\n" + name + b": x\r\n"
+        with pytest.raises(MessageRefused) as refused:
+            canonical_message(twice + name.upper() + b": y\r\n" + body)
+        assert refused.value.reply.name == "DUPLICATE_FIELD", name
+    repeatable = b"".join(
+        field + b"\r\n" + field + b"\r\n"
+        for field in (b"Received: by a", b"Resent-To: b@c", b"Comments: c", b"Keywords: k", b"X-Note: n")
+    )
+    assert canonical_message(b"From: a@corp.test\r\n" + repeatable + body).endswith(body)
+
+
+def test_no_message_of_the_corpus_repeats_a_field_it_has_once() -> None:
+    corpus = sorted((Path(__file__).parent / "corpus").rglob("*.eml"))
+    assert len(corpus) > 300
+    for path in corpus:
+        canonical_message(path.read_bytes())  # raises for a field twice
 
 
 # Class 3: a trusted front's verdicts only where they are its own ------------------------------

@@ -138,6 +138,11 @@ FAMILIES: list[Family] = [
         lambda n: message(b"Content-Type: text/plain\r\n", lines(b"a:", n)),
     ),
     Family(
+        "fields a message has once, each twice",
+        _quietly(rawmessage.canonical_message),
+        lambda n: message(b"".join(b"Subject: s\r\n\tt\r\n" for _ in range(n // 15))),
+    ),
+    Family(
         "reader view: References",
         lambda raw: budget.reader_view(raw, 100),
         lambda n: message(b"References: " + b"\r\n ".join(b"<%d@x>" % i for i in range(n // 9)) + b"\r\n"),

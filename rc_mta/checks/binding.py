@@ -124,9 +124,9 @@ class RequestAddresses:
         them naming a mail of the request will do: behind a relay that replaced our
         Message-ID, In-Reply-To names the relay's id and References still holds the
         request's thread id, which no one who has not seen the request mail knows either.
-        With threading fields (``threaded``) that name no id we can read, it answers some
-        message, not the request: a question with a malformed Message-ID, copied by the
-        owner's client, must not pass as naming nothing. Naming no message at all (a
+        With threading fields (``threaded``, empty ones too) that name no id we can read, it
+        answers some message, not the request: a question with a malformed Message-ID, copied
+        by the owner's client, must not pass as naming nothing. Naming no message at all (a
         button's mailto), or a request stored without an id, there is nothing to judge."""
         if stored is None:
             return None
