@@ -30,6 +30,7 @@ from . import smtp_replies as R
 from .authresults import strip_forged_authentication_results
 from .checks import ExchangeOnlineTrust
 from .checks.binding import others_addressed
+from .checks.framing import unread_framing
 from .config import Settings
 from .errors import (
     ActionNotRecorded,
@@ -541,6 +542,10 @@ class Pipeline:
                 if not any(p.signs_fields for p in auth.proofs):  # no signature: the fields it sent
                     unbound = R.NOT_ADDRESSED_TO_REQUEST
                 return replace(base, reply=unbound.with_text(domain=domains or request.owner))
+            # Nor may what the signature leaves open read its signed body otherwise.
+            if why := unread_framing(parsed.message, proof.open_fields):
+                base.checks["binding"] |= {"result": "fail", "framing": why}
+                return replace(base, reply=R.UNSIGNED_FRAMING.with_text(domain=proof.domain, why=why))
 
         if token.action is not Action.REPLY:
             others = others_addressed(parsed.addressed, self.sender_auth.addresses, sender)

@@ -205,6 +205,16 @@ NOT_ADDRESSED_TO_REQUEST = _reply(
     "This message from a server of {domain} was not written as an answer to this request "
     "(its To/Cc must name the reply address): answer with Reply or a button of the request email",
 )
+# Signed, but not what says how the body is read (checks/framing.py), and the body does not
+# read as its author's client wrote it: changed on the way, maybe, to unquote quoted words.
+UNSIGNED_FRAMING = _reply(
+    "UNSIGNED_FRAMING",
+    550,
+    "5.6.0",
+    "The signature of {domain} does not cover how this message's text is to be read, and {why}: it may have"
+    " been changed on the way; send your reply again from your mail client",
+    echo_limit=120,
+)
 # Addressed to the request, but an answer to another message (its In-Reply-To/References name
 # no mail of the request): someone asked the owner something else with Reply-To our address.
 REPLY_TO_ANOTHER_MESSAGE = _reply(

@@ -23,6 +23,7 @@ import pytest
 from rc_mta import authresults, budget, config, logs, rawmessage, safetext, tokens
 from rc_mta.checks import dmarc
 from rc_mta.checks.binding import RequestAddresses
+from rc_mta.checks.framing import FRAMING_FIELDS, unread_framing
 from rc_mta.inbound import aiosmtpd_private as private
 from rc_mta.inbound import protocol
 from rc_mta.mailbox import imap
@@ -74,6 +75,10 @@ def _quietly(call: Callable[[Any], object]) -> Callable[[Any], object]:
 
 
 ADDRESSES = RequestAddresses("rc", "reply.example")
+
+
+def _framing(raw: bytes) -> object:
+    return unread_framing(parse_reply(raw).message, FRAMING_FIELDS)
 
 
 def _read_words(comment: str) -> object:
@@ -161,6 +166,22 @@ FAMILIES: list[Family] = [
                 for f in range(n // 1100)
             )
         ),
+    ),
+    # checks/framing.py: a body read under fields its signature leaves open.
+    Family(
+        "framing: quoted-printable near-escapes",
+        _framing,
+        lambda n: message(b"Content-Transfer-Encoding: quoted-printable\r\n", lines(b"=0=3=", n)),
+    ),
+    Family(
+        "framing: base64 then one stray character",
+        _framing,
+        lambda n: message(b"Content-Transfer-Encoding: base64\r\n", lines(b"QUJD", n) + b"!\r\n"),
+    ),
+    Family(
+        "framing: a body of near MIME parts",
+        _framing,
+        lambda n: message(b"Content-Type: text/plain\r\n", b" \r\n" * (n // 3) + b"--" + b"-" * 60 + b"\r\n"),
     ),
     # checks/: tokens in Message-IDs, DMARC records, DKIM's white space scan.
     Family("request tokens in ids", ADDRESSES.tokens_in, lambda n: repeat("rc+" + "a" * 39, n)),

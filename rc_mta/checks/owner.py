@@ -50,7 +50,7 @@ class OwnerCheck:
             for signature in signatures:
                 if aligned(signature.domain, from_domain, adkim):
                     tokens = self.addresses.tokens_bound_by(signature.binding_fields)
-                    proofs.append(OwnerProof("dkim", signature.domain, tokens))
+                    proofs.append(OwnerProof("dkim", signature.domain, tokens, signature.open_fields))
         arc = context.verdicts.get("arc")
         proofs.extend(arc.proofs if arc else ())  # a trusted sealer vouching for from_domain
         exchange_online = context.verdicts.get("exchange_online")
