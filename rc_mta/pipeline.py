@@ -548,7 +548,12 @@ class Pipeline:
                 return replace(base, reply=R.UNSIGNED_FRAMING.with_text(domain=proof.domain, why=why))
 
         if token.action is not Action.REPLY:
-            others = others_addressed(parsed.addressed, self.sender_auth.addresses, sender)
+            others = others_addressed(
+                parsed.addressed,
+                self.sender_auth.addresses,
+                sender,
+                lambda text: self.signer.of_request(text, request.id, request.owner),
+            )
             if others:
                 shown = others[0] + (f" and {len(others) - 1} more" if len(others) > 1 else "")
                 word = token.action.label.capitalize()

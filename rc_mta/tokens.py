@@ -252,6 +252,16 @@ class Signer:
             raise TokenKeyRetired(f"signed with key {key_id}, which this server no longer has")
         return Token(key_id, request_id.hex(), action, expires_at, signed, mac)
 
+    def of_request(self, text: str, request_id: str, owner: str) -> bool:
+        """Whether ``text`` is a token issued for request ``request_id`` (its MAC checks out
+        for ``owner``; expired or not)."""
+        try:
+            token = self.decode(text)
+        except RcMtaError:
+            return False
+        expected = self._mac(token.key_id, token.signed, owner)
+        return token.request_id == request_id and hmac.compare_digest(expected, token.mac)
+
     def verify(self, token: Token, owner: str, now: float) -> None:
         """Check the MAC (constant time) against the request's owner, then the expiry."""
         expected = self._mac(token.key_id, token.signed, owner)

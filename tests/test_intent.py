@@ -28,6 +28,7 @@ from dnsserver import NsdServer
 from mailclient import SmtpOutcome, reply_message
 from mailclient import send_smtp as _send_smtp
 
+from rc_mta.checks.binding import RequestAddresses, others_addressed
 from rc_mta.errors import MessageRefused
 from rc_mta.rawmessage import SINGLE_FIELDS, canonical_message
 
@@ -289,6 +290,60 @@ def test_a_reply_all_to_someone_elses_question_that_went_to_a_button_acts_on_not
     assert (outcome.code, outcome.enhanced) == (550, "5.7.1"), outcome
     assert "went to mallory@evil.test as well" in outcome.text and "send its message to rc-mta alone" in outcome.text
     assert untouched(rc, task_id)
+
+
+@pytest.mark.parametrize("asker", ["a domain literal", "an rc address of her own", "another request's address"])
+def test_a_reply_all_to_a_question_from_an_address_that_is_not_this_requests_acts_on_nothing(
+    rc: RcMta, asker: str
+) -> None:
+    task_id, request = new_request(rc)
+    # The question comes from an address the address parser cannot read, or from one at the
+    # reply domain that is not this request's: the reply-all still goes to someone else.
+    mallory = {
+        "a domain literal": "mallory@[127.0.0.6]",
+        "an rc address of her own": f"rc+from-mallory@{REPLY_DOMAIN}",
+        "another request's address": new_request(rc)[1]["reply_to"],
+    }[asker]
+    answer = reply_message(mallory, "Yes, go ahead", sender=OWNER, subject="Re: Shall I roll back prod?")
+    answer["Cc"] = request["complete_address"]
+    answer["In-Reply-To"] = "<question-1@evil.test>"
+    answer["References"] = f"{request['message_id']} <question-1@evil.test>"
+
+    outcome = send(
+        rc.smtp_port, signed(answer, CLIENT_SIGNED_FIELDS["gmail"]), request["complete_address"], OWNER, "127.0.0.2"
+    )
+
+    assert (outcome.code, outcome.enhanced) == (550, "5.7.1"), outcome
+    assert f"went to {mallory} as well" in outcome.text, outcome.text
+    assert untouched(rc, task_id)
+
+
+def test_a_buttons_message_copied_to_the_requests_own_reply_address_still_acts(rc: RcMta) -> None:
+    task_id, request = new_request(rc)
+    pressed = reply_message(request["complete_address"], "Ship it", sender=OWNER, subject="Complete: Deploy")
+    pressed["Cc"] = f"{request['reply_to']}, rc@{REPLY_DOMAIN}"
+
+    outcome = send(
+        rc.smtp_port, signed(pressed, CLIENT_SIGNED_FIELDS["gmail"]), request["complete_address"], OWNER, "127.0.0.2"
+    )
+
+    assert outcome.code == 250, outcome
+    assert rc.task(task_id)["status"] == "completed"
+
+
+def test_an_empty_field_or_group_names_no_one_else_and_an_unreadable_address_someone() -> None:
+    ours = RequestAddresses("rc", REPLY_DOMAIN)
+    button = f"rc+{'a' * 40}@{REPLY_DOMAIN}"
+
+    def others(*fields: tuple[str, str]) -> list[str]:
+        return others_addressed([("to", button), *fields], ours, OWNER, lambda token: token == "a" * 40)
+
+    assert others(("cc", "")) == others(("cc", " undisclosed-recipients: ;")) == []
+    assert others(("cc", "bob@corp.test, mallory@[127.0.0.6]")) == [
+        "bob@corp.test",
+        "bob@corp.test, mallory@[127.0.0.6]",
+    ]
+    assert others(("cc", f"rc+{'b' * 40}@{REPLY_DOMAIN}")) == [f"rc+{'b' * 40}@{REPLY_DOMAIN}"]
 
 
 def test_a_buttons_message_copied_to_the_owner_herself_still_acts(rc: RcMta) -> None:

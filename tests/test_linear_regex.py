@@ -22,7 +22,7 @@ import pytest
 
 from rc_mta import authresults, budget, config, logs, rawmessage, safetext, tokens
 from rc_mta.checks import dmarc
-from rc_mta.checks.binding import RequestAddresses
+from rc_mta.checks.binding import RequestAddresses, others_addressed
 from rc_mta.checks.framing import FRAMING_FIELDS, unread_framing
 from rc_mta.inbound import aiosmtpd_private as private
 from rc_mta.inbound import protocol
@@ -186,6 +186,16 @@ FAMILIES: list[Family] = [
     # checks/: tokens in Message-IDs, DMARC records, DKIM's white space scan.
     Family("request tokens in ids", ADDRESSES.tokens_in, lambda n: repeat("rc+" + "a" * 39, n)),
     Family("request tokens, near-misses", ADDRESSES.tokens_in, lambda n: repeat("rc.", n)),
+    Family(
+        "others addressed: near an empty group",
+        lambda value: others_addressed([("cc", value)], ADDRESSES, None, bool),
+        lambda n: " " * n + ":",
+    ),
+    Family(
+        "others addressed: many unreadable addresses",
+        lambda value: others_addressed([("cc", value)], ADDRESSES, None, bool),
+        lambda n: repeat("m@[1.2.3.4], ", n),
+    ),
     Family("DMARC version", dmarc._VERSION.match, lambda n: "v" + " " * n + "x"),
     Family("DKIM white space cost, runs of 31", budget.relaxed_body_cost, lambda n: lines(b" " * 31 + b"x", n)),
     Family("DKIM white space cost, runs of 4", budget.relaxed_body_cost, lambda n: lines(b" \t  x", n)),

@@ -8,7 +8,7 @@ from mailclient import LmtpClient, reply_message
 
 def test_lmtp_gives_each_recipient_its_own_reply(rc: RcMta) -> None:
     fresh, answered = rc.add_task(), rc.add_task()
-    fresh_address = rc.request(fresh)["complete_address"]
+    fresh_address = rc.request(fresh)["reply_to"]  # a button's mail would name another request's address
     answered_request = rc.request(answered)
     client = LmtpClient(rc.lmtp_port)
     try:
