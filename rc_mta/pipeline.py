@@ -29,7 +29,7 @@ from . import budget, metrics
 from . import smtp_replies as R
 from .authresults import strip_forged_authentication_results
 from .checks import ExchangeOnlineTrust
-from .checks.binding import others_addressed
+from .checks.binding import others_addressed, tokens_addressed
 from .checks.framing import unread_framing
 from .config import Settings
 from .errors import (
@@ -372,7 +372,12 @@ class Pipeline:
                 replace(d, checks={n: v.as_json() for n, v in auth.verdicts.items()}, authentication_results=results)
                 for d in decisions
             ]
+        both = _both_buttons(recipients)  # LMTP: the envelope may name both where To/Cc do not
         for recipient in recipients:
+            if recipient.request is not None and recipient.request.id in both:
+                refusal = R.BOTH_BUTTONS.with_text(task_id=recipient.request.task_id)
+                decisions.append(self._judged(parsed, message_id, recipient, auth, refusal, Outcome.REFUSE))
+                continue
             decisions.append(await self.decide(parsed, message_id, recipient, auth, act=act, source=inbound.source))
         if act:
             await self._after(inbound, raw, decisions)
@@ -547,10 +552,18 @@ class Pipeline:
                 base.checks["binding"] |= {"result": "fail", "framing": why}
                 return replace(base, reply=R.UNSIGNED_FRAMING.with_text(domain=proof.domain, why=why))
 
+        # Both buttons of the request on one message: it says both, whichever was delivered first.
+        addresses = self.sender_auth.addresses
+        named = {
+            self.signer.action_for(t, request.id, request.owner) for t in tokens_addressed(parsed.addressed, addresses)
+        }
+        if {Action.COMPLETE, Action.FAIL} <= named:
+            return replace(base, reply=R.BOTH_BUTTONS.with_text(task_id=request.task_id))
+
         if token.action is not Action.REPLY:
             others = others_addressed(
                 parsed.addressed,
-                self.sender_auth.addresses,
+                addresses,
                 sender,
                 lambda text: self.signer.of_request(text, request.id, request.owner),
             )
@@ -566,9 +579,7 @@ class Pipeline:
             # An answer to the request mail, not to someone's question that set Reply-To our address.
             # A threading field present but empty names some message too: not "a new mail".
             threaded = any(name in ("in-reply-to", "references") for name, _ in parsed.addressed)
-            elsewhere = self.sender_auth.addresses.answered_elsewhere(
-                parsed.referenced_ids, threaded, request.message_id, request.id
-            )
+            elsewhere = addresses.answered_elsewhere(parsed.referenced_ids, threaded, request.message_id, request.id)
             base.checks["thread"] = {"result": "fail" if elsewhere else "pass", "answers": elsewhere or ""}
             if elsewhere is not None:
                 return replace(base, reply=R.REPLY_TO_ANOTHER_MESSAGE.with_text(message_id=elsewhere))
@@ -1260,6 +1271,15 @@ def _group_refusal(request: Request, standing: ApprovalStanding) -> RcMtaError |
         return DecisionPending(request.task_id)
     past = TaskAction(group.decision).past if group.decision else "decided"
     return DecisionMade(request.task_id, past, group.decided_by or "the other owners")
+
+
+def _both_buttons(recipients: Sequence[Recipient]) -> set[str]:
+    """The requests whose Complete and Fail addresses are both among ``recipients``."""
+    actions: dict[str, set[Action]] = {}
+    for recipient in recipients:
+        if recipient.request is not None and recipient.token is not None:
+            actions.setdefault(recipient.request.id, set()).add(recipient.token.action)
+    return {request for request, named in actions.items() if {Action.COMPLETE, Action.FAIL} <= named}
 
 
 def _named(inbound: Inbound) -> tuple[Recipient, ...]:

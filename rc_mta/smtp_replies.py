@@ -234,6 +234,15 @@ BUTTON_WITH_OTHERS = _reply(
     " something else: to {action} the task, press the button in the request email and send its message to"
     " rc-mta alone, or reply to the request email starting with {word}",
 )
+# The Complete and the Fail address of one request on one message: it says both.
+BOTH_BUTTONS = _reply(
+    "BOTH_BUTTONS",
+    550,
+    "5.6.0",
+    "This message went to both the Complete and the Fail address of task {task_id}, so it says both: press"
+    " one button in the request email and send its message alone, or reply to the request email starting"
+    " with Complete or Fail",
+)
 DKIM_FAIL = _reply("DKIM_FAIL", 550, "5.7.20", "No valid DKIM signature: {why}")
 # {why}: the policy, and what an ARC seal on the message did not do (checks/arc.py).
 DMARC_REJECT = _reply("DMARC_REJECT", 550, "5.7.1", "Rejected by the DMARC policy of {domain}: {why}", echo_limit=120)

@@ -255,12 +255,19 @@ class Signer:
     def of_request(self, text: str, request_id: str, owner: str) -> bool:
         """Whether ``text`` is a token issued for request ``request_id`` (its MAC checks out
         for ``owner``; expired or not)."""
+        return self.action_for(text, request_id, owner) is not None
+
+    def action_for(self, text: str, request_id: str, owner: str) -> Action | None:
+        """The action of ``text`` when it is a token issued for request ``request_id`` (its
+        MAC checks out for ``owner``; expired or not), else None."""
         try:
             token = self.decode(text)
         except RcMtaError:
-            return False
+            return None
         expected = self._mac(token.key_id, token.signed, owner)
-        return token.request_id == request_id and hmac.compare_digest(expected, token.mac)
+        if token.request_id != request_id or not hmac.compare_digest(expected, token.mac):
+            return None
+        return token.action
 
     def verify(self, token: Token, owner: str, now: float) -> None:
         """Check the MAC (constant time) against the request's owner, then the expiry."""

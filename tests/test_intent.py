@@ -331,6 +331,27 @@ def test_a_buttons_message_copied_to_the_requests_own_reply_address_still_acts(r
     assert rc.task(task_id)["status"] == "completed"
 
 
+@pytest.mark.parametrize("first", ["complete_address", "fail_address"])
+def test_a_message_to_both_buttons_of_a_request_acts_on_neither(rc: RcMta, first: str) -> None:
+    task_id, request = new_request(rc)
+    second = "fail_address" if first == "complete_address" else "complete_address"
+    both = reply_message(f"{request[first]}, {request[second]}", "", sender=OWNER, subject="Re: Deploy")
+    raw = signed(both, CLIENT_SIGNED_FIELDS["gmail"])
+
+    with smtplib.SMTP("127.0.0.1", rc.smtp_port, source_address=("127.0.0.2", 0)) as client:
+        client.ehlo(HELO["127.0.0.2"])
+        client.mail(OWNER)
+        assert client.rcpt(request[first])[0] == 250
+        assert client.rcpt(request[second])[0] == 452  # the sending MTA delivers it on its own
+        first_code, said = client.data(raw)
+    later = send(rc.smtp_port, raw, request[second], OWNER, "127.0.0.2")
+
+    for code, text in ((first_code, said.decode()), (later.code, later.text)):
+        assert (code, text.split()[0]) == (550, "5.6.0"), text
+        assert "both the Complete and the Fail address" in text and "press one button" in " ".join(text.split())
+    assert untouched(rc, task_id)
+
+
 def test_an_empty_field_or_group_names_no_one_else_and_an_unreadable_address_someone() -> None:
     ours = RequestAddresses("rc", REPLY_DOMAIN)
     button = f"rc+{'a' * 40}@{REPLY_DOMAIN}"

@@ -32,6 +32,22 @@ def test_lmtp_gives_each_recipient_its_own_reply(rc: RcMta) -> None:
     assert rc.task(answered)["status"] == "completed"
 
 
+def test_lmtp_message_to_both_buttons_of_one_request_acts_on_neither(rc: RcMta) -> None:
+    task_id = rc.add_task()
+    request = rc.request(task_id)
+    # The front MTA hands over both recipients; the Fail address was in Bcc.
+    message = reply_message(request["complete_address"], "")
+    client = LmtpClient(rc.lmtp_port)
+    try:
+        replies = client.send(message, [request["complete_address"], request["fail_address"]])
+    finally:
+        client.close()
+
+    assert [(r.code, r.enhanced) for r in replies] == [(550, "5.6.0")] * 2
+    assert "both the Complete and the Fail address" in replies[0].text
+    assert rc.task(task_id)["status"] == "in_progress"
+
+
 def test_lmtp_advertises_enhanced_status_codes_and_pipelining(rc: RcMta) -> None:
     client = LmtpClient(rc.lmtp_port)
     try:

@@ -71,6 +71,12 @@ def others_addressed(
     return list(found)
 
 
+def tokens_addressed(fields: Iterable[tuple[str, str]], ours: RequestAddresses) -> list[str]:
+    """The tokens of the ``rc+<token>@`` addresses the To and Cc of ``fields`` name."""
+    tokens = (ours.token_of(address) for address in _addresses_in(fields))
+    return list(dict.fromkeys(token for token in tokens if token))
+
+
 # A group with no one in it (RFC 5322 3.4): what a client writes in To when all are in Bcc.
 # No class here overlaps the next: linear on any field.
 _EMPTY_GROUP = re.compile(r'[^:;,@<>"]*:\s*;\s*')
