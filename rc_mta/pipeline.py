@@ -31,6 +31,7 @@ from .authresults import strip_forged_authentication_results
 from .checks import ExchangeOnlineTrust
 from .checks.binding import others_addressed, tokens_addressed
 from .checks.framing import unread_framing
+from .checks.owner import sent_on_behalf
 from .config import Settings
 from .errors import (
     ActionNotRecorded,
@@ -529,6 +530,10 @@ class Pipeline:
         if not owner_ok:
             sender_text = sender or "an unknown sender"
             return replace(base, reply=R.OWNER_MISMATCH.with_text(sender=sender_text, owner=request.owner))
+        if delegates := sent_on_behalf(_raw_values(parsed.message, "sender"), sender):
+            base.checks["owner"] |= {"result": "fail", "sender": ", ".join(delegates)}
+            shown = delegates[0] or "an address that cannot be read"
+            return replace(base, reply=R.SENT_ON_BEHALF.with_text(delegate=shown, owner=request.owner))
         owner_auth = auth.verdicts.get("owner_auth")
         if self.settings.checks.owner_auth.required and not auth.exempt:
             if owner_auth is not None and owner_auth.temporary:
@@ -1280,6 +1285,11 @@ def _both_buttons(recipients: Sequence[Recipient]) -> set[str]:
         if recipient.request is not None and recipient.token is not None:
             actions.setdefault(recipient.request.id, set()).add(recipient.token.action)
     return {request for request, named in actions.items() if {Action.COMPLETE, Action.FAIL} <= named}
+
+
+def _raw_values(message: Message, name: str) -> list[str]:
+    """The values of every field called ``name`` (lower case), as sent, bounded."""
+    return [str(value)[:_MAX_ADDRESS_FIELD] for key, value in message.raw_items() if str(key).lower() == name]
 
 
 def _named(inbound: Inbound) -> tuple[Recipient, ...]:

@@ -125,6 +125,14 @@ NO_TOKEN = _reply(
 OWNER_MISMATCH = _reply(
     "OWNER_MISMATCH", 550, "5.7.1", "This reply comes from {sender}, but the request was sent to {owner}"
 )
+# From: the owner, Sender: someone else (a delegate's Send on Behalf): not the owner's answer.
+SENT_ON_BEHALF = _reply(
+    "SENT_ON_BEHALF",
+    550,
+    "5.7.1",
+    "This reply was sent by {delegate} on behalf of {owner} (its Sender field), but the request asks {owner}"
+    " to answer: {owner} should reply from their own mailbox, or have the task reassigned",
+)
 ACTION_UNCLEAR = _reply(
     "ACTION_UNCLEAR",
     550,

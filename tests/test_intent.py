@@ -352,6 +352,33 @@ def test_a_message_to_both_buttons_of_a_request_acts_on_neither(rc: RcMta, first
     assert untouched(rc, task_id)
 
 
+@pytest.mark.parametrize(
+    ("sender", "acts"),
+    [("Bob Delegate <bob@corp.test>", False), ("bob@[127.0.0.6]", False), (f"Alice <{OWNER.upper()}>", True)],
+)
+def test_a_reply_sent_on_behalf_of_the_owner_is_not_the_owners(rc: RcMta, sender: str, acts: bool) -> None:
+    task_id, request = new_request(rc)
+    # A delegate's Send on Behalf: From the owner, Sender the delegate, signed by corp.test.
+    answer = reply_message(request["reply_to"], "Approved", sender=OWNER, in_reply_to=request["message_id"])
+    answer["Sender"] = sender
+
+    outcome = send(
+        rc.smtp_port,
+        signed(answer, [*CLIENT_SIGNED_FIELDS["gmail"], "sender"]),
+        request["reply_to"],
+        OWNER,
+        "127.0.0.2",
+    )
+
+    if acts:  # a client that writes its user's own address as Sender too
+        assert outcome.code == 250, outcome
+        assert rc.task(task_id)["status"] == "completed"
+    else:
+        assert (outcome.code, outcome.enhanced) == (550, "5.7.1"), outcome
+        assert f"on behalf of {OWNER} (its Sender field)" in outcome.text
+        assert untouched(rc, task_id)
+
+
 def test_an_empty_field_or_group_names_no_one_else_and_an_unreadable_address_someone() -> None:
     ours = RequestAddresses("rc", REPLY_DOMAIN)
     button = f"rc+{'a' * 40}@{REPLY_DOMAIN}"

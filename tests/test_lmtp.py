@@ -48,6 +48,22 @@ def test_lmtp_message_to_both_buttons_of_one_request_acts_on_neither(rc: RcMta) 
     assert rc.task(task_id)["status"] == "in_progress"
 
 
+def test_lmtp_reply_a_delegate_sent_on_behalf_of_the_owner_is_refused(rc: RcMta) -> None:
+    task_id = rc.add_task()
+    request = rc.request(task_id)
+    message = reply_message(request["complete_address"], "Approved")
+    message["Sender"] = "Bob <bob@example.com>"
+    client = LmtpClient(rc.lmtp_port)
+    try:
+        replies = client.send(message, [request["complete_address"]])
+    finally:
+        client.close()
+
+    assert [(r.code, r.enhanced) for r in replies] == [(550, "5.7.1")]
+    assert "sent by bob@example.com on behalf of" in replies[0].text
+    assert rc.task(task_id)["status"] == "in_progress"
+
+
 def test_lmtp_advertises_enhanced_status_codes_and_pipelining(rc: RcMta) -> None:
     client = LmtpClient(rc.lmtp_port)
     try:
