@@ -29,7 +29,9 @@ from . import budget, metrics
 from . import smtp_replies as R
 from .authresults import strip_forged_authentication_results
 from .checks import ExchangeOnlineTrust
-from .checks.binding import others_addressed
+from .checks.binding import others_addressed, tokens_addressed
+from .checks.framing import unread_framing
+from .checks.owner import sent_on_behalf
 from .config import Settings
 from .errors import (
     ActionNotRecorded,
@@ -372,7 +374,12 @@ class Pipeline:
                 replace(d, checks={n: v.as_json() for n, v in auth.verdicts.items()}, authentication_results=results)
                 for d in decisions
             ]
+        both = _both_buttons(recipients)  # LMTP: the envelope may name both where To/Cc do not
         for recipient in recipients:
+            if recipient.request is not None and recipient.request.id in both:
+                refusal = R.BOTH_BUTTONS.with_text(task_id=recipient.request.task_id)
+                decisions.append(self._judged(parsed, message_id, recipient, auth, refusal, Outcome.REFUSE))
+                continue
             decisions.append(await self.decide(parsed, message_id, recipient, auth, act=act, source=inbound.source))
         if act:
             await self._after(inbound, raw, decisions)
@@ -524,6 +531,10 @@ class Pipeline:
         if not owner_ok:
             sender_text = sender or "an unknown sender"
             return replace(base, reply=R.OWNER_MISMATCH.with_text(sender=sender_text, owner=request.owner))
+        if delegates := sent_on_behalf(_raw_values(parsed.message, "sender"), sender):
+            base.checks["owner"] |= {"result": "fail", "sender": ", ".join(delegates)}
+            shown = delegates[0] or "an address that cannot be read"
+            return replace(base, reply=R.SENT_ON_BEHALF.with_text(delegate=shown, owner=request.owner))
         owner_auth = auth.verdicts.get("owner_auth")
         if self.settings.checks.owner_auth.required and not auth.exempt:
             if owner_auth is not None and owner_auth.temporary:
@@ -542,9 +553,26 @@ class Pipeline:
                 if not any(p.signs_fields for p in auth.proofs):  # no signature: the fields it sent
                     unbound = R.NOT_ADDRESSED_TO_REQUEST
                 return replace(base, reply=unbound.with_text(domain=domains or request.owner))
+            # Nor may what the signature leaves open read its signed body otherwise.
+            if why := unread_framing(parsed.message, proof.open_fields):
+                base.checks["binding"] |= {"result": "fail", "framing": why}
+                return replace(base, reply=R.UNSIGNED_FRAMING.with_text(domain=proof.domain, why=why))
+
+        # Both buttons of the request on one message: it says both, whichever was delivered first.
+        addresses = self.sender_auth.addresses
+        named = {
+            self.signer.action_for(t, request.id, request.owner) for t in tokens_addressed(parsed.addressed, addresses)
+        }
+        if {Action.COMPLETE, Action.FAIL} <= named:
+            return replace(base, reply=R.BOTH_BUTTONS.with_text(task_id=request.task_id))
 
         if token.action is not Action.REPLY:
-            others = others_addressed(parsed.addressed, self.sender_auth.addresses, sender)
+            others = others_addressed(
+                parsed.addressed,
+                addresses,
+                sender,
+                lambda text: self.signer.of_request(text, request.id, request.owner),
+            )
             if others:
                 shown = others[0] + (f" and {len(others) - 1} more" if len(others) > 1 else "")
                 word = token.action.label.capitalize()
@@ -555,10 +583,9 @@ class Pipeline:
 
         if self.settings.outbound.relay_keeps_message_id:
             # An answer to the request mail, not to someone's question that set Reply-To our address.
-            threaded = any(name in ("in-reply-to", "references") and value.strip() for name, value in parsed.addressed)
-            elsewhere = self.sender_auth.addresses.answered_elsewhere(
-                parsed.referenced_ids, threaded, request.message_id, request.id
-            )
+            # A threading field present but empty names some message too: not "a new mail".
+            threaded = any(name in ("in-reply-to", "references") for name, _ in parsed.addressed)
+            elsewhere = addresses.answered_elsewhere(parsed.referenced_ids, threaded, request.message_id, request.id)
             base.checks["thread"] = {"result": "fail" if elsewhere else "pass", "answers": elsewhere or ""}
             if elsewhere is not None:
                 return replace(base, reply=R.REPLY_TO_ANOTHER_MESSAGE.with_text(message_id=elsewhere))
@@ -1256,6 +1283,20 @@ def _group_refusal(request: Request, standing: ApprovalStanding) -> RcMtaError |
         return DecisionPending(request.task_id)
     past = TaskAction(group.decision).past if group.decision else "decided"
     return DecisionMade(request.task_id, past, group.decided_by or "the other owners")
+
+
+def _both_buttons(recipients: Sequence[Recipient]) -> set[str]:
+    """The requests whose Complete and Fail addresses are both among ``recipients``."""
+    actions: dict[str, set[Action]] = {}
+    for recipient in recipients:
+        if recipient.request is not None and recipient.token is not None:
+            actions.setdefault(recipient.request.id, set()).add(recipient.token.action)
+    return {request for request, named in actions.items() if {Action.COMPLETE, Action.FAIL} <= named}
+
+
+def _raw_values(message: Message, name: str) -> list[str]:
+    """The values of every field called ``name`` (lower case), as sent, bounded."""
+    return [str(value)[:_MAX_ADDRESS_FIELD] for key, value in message.raw_items() if str(key).lower() == name]
 
 
 def _named(inbound: Inbound) -> tuple[Recipient, ...]:

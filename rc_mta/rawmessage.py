@@ -11,7 +11,12 @@ form or refused:
   lines all end in a bare LF (an old script's), is converted to CRLF;
 - in the header block, a bare CR, CRLF mixed with bare LF, or a line that is neither a
   field (``name:``) nor a folded continuation refuses the message;
-- in the body, a bare CR or LF becomes CRLF (both parsers then agree on the lines).
+- in the body, a bare CR or LF becomes CRLF (both parsers then agree on the lines);
+- a field RFC 5322 (3.6) or MIME allows once (``SINGLE_FIELDS``) that is there twice refuses
+  the message: the reader reads the first of a kind, DKIM signs the bottom-most, so empty
+  In-Reply-To and References fields put on top of the owner's signed reply to someone's
+  question made it look like an answer to nothing. No mail client writes two; Gmail refuses
+  such mail since 2024, so none of it reaches anyone on the way here.
 
 Every step is a linear scan of the bytes. Last, ``check_budget`` refuses what would cost
 more to read than any genuine reply does (rc_mta/budget.py), before DKIM or the reader start.
@@ -28,6 +33,16 @@ from .errors import MessageRefused
 # RFC 5322 field name: printable US-ASCII except ":", then the colon (no space before it).
 _FIELD_START = re.compile(rb"[\x21-\x39\x3b-\x7e]+:")
 _ANY_NEWLINE = re.compile(rb"\r\n|\r|\n")
+# At most one each: RFC 5322 3.6's table (the eleven Gmail also counts) and the MIME fields
+# that say how the one body is read (RFC 2045, RFC 2183). Trace and Resent-* fields,
+# Comments, Keywords and every other field may repeat.
+SINGLE_FIELDS = frozenset(
+    {
+        *(b"date", b"from", b"sender", b"reply-to", b"to", b"cc", b"bcc"),
+        *(b"message-id", b"in-reply-to", b"references", b"subject"),
+        *(b"mime-version", b"content-type", b"content-transfer-encoding", b"content-disposition"),
+    }
+)
 
 
 def _refuse(why: str) -> MessageRefused:
@@ -55,11 +70,14 @@ def measured_message(raw: bytes, limits: Limits = DEFAULT_LIMITS) -> tuple[bytes
         head = head.replace(b"\n", b"\r\n")  # every line ends in a bare LF: one format, not two
     elif crlf != lf:
         raise _refuse("CRLF and bare LF line endings mixed in the header section")
-    _check_header_block(head)
+    twice = _check_header_block(head)
     if body.count(b"\r") != body.count(b"\n") or body.count(b"\r\n") != body.count(b"\n"):
         body = _ANY_NEWLINE.sub(b"\r\n", body)
     raw = head + body
-    return raw, check_budget(raw, limits)
+    cost = check_budget(raw, limits)  # a flood of fields is refused as one, for its size
+    if twice is not None:
+        raise MessageRefused(R.DUPLICATE_FIELD.with_text(field=twice))
+    return raw, cost
 
 
 def _header_end(raw: bytes) -> int:
@@ -71,17 +89,29 @@ def _header_end(raw: bytes) -> int:
     return min(ends) if ends else len(raw)
 
 
-def _check_header_block(head: bytes) -> None:
+def _check_header_block(head: bytes) -> str | None:
+    """Refuses a header section two parsers would split differently; else the name of the
+    first field of ``SINGLE_FIELDS`` found twice (None: none is)."""
     if not head:
-        return
+        return None
     if b"\x00" in head:
         raise _refuse("a NUL byte in the header section")
     lines = head.split(b"\r\n")
     if lines[-1] != b"":
         raise _refuse("the header section does not end with a line break")
+    seen: set[bytes] = set()
+    twice: str | None = None
     for number, line in enumerate(lines[:-1]):
         if line[:1] in (b" ", b"\t"):
             if number == 0:
                 raise _refuse("the message starts with a continuation line")
-        elif not _FIELD_START.match(line):
+            continue
+        start = _FIELD_START.match(line)
+        if not start:
             raise _refuse(f"header line {number + 1} is not a header field")
+        name = line[: start.end() - 1].lower()
+        if name in SINGLE_FIELDS and twice is None:
+            if name in seen:
+                twice = line[: start.end() - 1].decode("ascii")
+            seen.add(name)
+    return twice

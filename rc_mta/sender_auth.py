@@ -68,11 +68,10 @@ class AuthState:
         return owner.proofs if owner else ()
 
     def binds(self, token: str) -> OwnerProof | None:
-        """The proof that authenticates an action on reply token ``token``, if any."""
-        for proof in self.proofs:
-            if token.lower() in proof.tokens:
-                return proof
-        return None
+        """The proof that authenticates an action on reply token ``token``, if any: of several,
+        one that leaves the least of how the body is read open (``OwnerProof.open_fields``)."""
+        binding = [proof for proof in self.proofs if token.lower() in proof.tokens]
+        return min(binding, key=lambda proof: len(proof.open_fields), default=None)
 
     def header(self, authserv_id: str) -> str:
         """The RFC 8601 Authentication-Results value for these verdicts."""

@@ -125,6 +125,14 @@ NO_TOKEN = _reply(
 OWNER_MISMATCH = _reply(
     "OWNER_MISMATCH", 550, "5.7.1", "This reply comes from {sender}, but the request was sent to {owner}"
 )
+# From: the owner, Sender: someone else (a delegate's Send on Behalf): not the owner's answer.
+SENT_ON_BEHALF = _reply(
+    "SENT_ON_BEHALF",
+    550,
+    "5.7.1",
+    "This reply was sent by {delegate} on behalf of {owner} (its Sender field), but the request asks {owner}"
+    " to answer: {owner} should reply from their own mailbox, or have the task reassigned",
+)
 ACTION_UNCLEAR = _reply(
     "ACTION_UNCLEAR",
     550,
@@ -159,6 +167,14 @@ BACKEND_REFUSED = _reply(
 )
 MESSAGE_MALFORMED = _reply(
     "MESSAGE_MALFORMED", 554, "5.6.0", "Message refused: {why}; send it again from an ordinary mail client"
+)
+# Two fields where a message has one (rawmessage.SINGLE_FIELDS): readers would disagree on it.
+DUPLICATE_FIELD = _reply(
+    "DUPLICATE_FIELD",
+    550,
+    "5.6.0",
+    "Message refused: it has more than one {field} field, where a message has one (RFC 5322);"
+    " send your reply again from your mail client, as it wrote it",
 )
 MESSAGE_TOO_BIG = _reply("MESSAGE_TOO_BIG", 552, "5.3.4", "Message too big: replies are limited to {limit} bytes")
 # A message built to be expensive to read (rc_mta/budget.py): refused before any parser runs.
@@ -197,6 +213,16 @@ NOT_ADDRESSED_TO_REQUEST = _reply(
     "This message from a server of {domain} was not written as an answer to this request "
     "(its To/Cc must name the reply address): answer with Reply or a button of the request email",
 )
+# Signed, but not what says how the body is read (checks/framing.py), and the body does not
+# read as its author's client wrote it: changed on the way, maybe, to unquote quoted words.
+UNSIGNED_FRAMING = _reply(
+    "UNSIGNED_FRAMING",
+    550,
+    "5.6.0",
+    "The signature of {domain} does not cover how this message's text is to be read, and {why}: it may have"
+    " been changed on the way; send your reply again from your mail client",
+    echo_limit=120,
+)
 # Addressed to the request, but an answer to another message (its In-Reply-To/References name
 # no mail of the request): someone asked the owner something else with Reply-To our address.
 REPLY_TO_ANOTHER_MESSAGE = _reply(
@@ -215,6 +241,15 @@ BUTTON_WITH_OTHERS = _reply(
     "This message went to {others} as well as to the {action} address of task {task_id}, so it may answer"
     " something else: to {action} the task, press the button in the request email and send its message to"
     " rc-mta alone, or reply to the request email starting with {word}",
+)
+# The Complete and the Fail address of one request on one message: it says both.
+BOTH_BUTTONS = _reply(
+    "BOTH_BUTTONS",
+    550,
+    "5.6.0",
+    "This message went to both the Complete and the Fail address of task {task_id}, so it says both: press"
+    " one button in the request email and send its message alone, or reply to the request email starting"
+    " with Complete or Fail",
 )
 DKIM_FAIL = _reply("DKIM_FAIL", 550, "5.7.20", "No valid DKIM signature: {why}")
 # {why}: the policy, and what an ARC seal on the message did not do (checks/arc.py).

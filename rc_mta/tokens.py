@@ -252,6 +252,23 @@ class Signer:
             raise TokenKeyRetired(f"signed with key {key_id}, which this server no longer has")
         return Token(key_id, request_id.hex(), action, expires_at, signed, mac)
 
+    def of_request(self, text: str, request_id: str, owner: str) -> bool:
+        """Whether ``text`` is a token issued for request ``request_id`` (its MAC checks out
+        for ``owner``; expired or not)."""
+        return self.action_for(text, request_id, owner) is not None
+
+    def action_for(self, text: str, request_id: str, owner: str) -> Action | None:
+        """The action of ``text`` when it is a token issued for request ``request_id`` (its
+        MAC checks out for ``owner``; expired or not), else None."""
+        try:
+            token = self.decode(text)
+        except RcMtaError:
+            return None
+        expected = self._mac(token.key_id, token.signed, owner)
+        if token.request_id != request_id or not hmac.compare_digest(expected, token.mac):
+            return None
+        return token.action
+
     def verify(self, token: Token, owner: str, now: float) -> None:
         """Check the MAC (constant time) against the request's owner, then the expiry."""
         expected = self._mac(token.key_id, token.signed, owner)

@@ -28,6 +28,10 @@ from dnsserver import NsdServer
 from mailclient import SmtpOutcome, reply_message
 from mailclient import send_smtp as _send_smtp
 
+from rc_mta.checks.binding import RequestAddresses, others_addressed
+from rc_mta.errors import MessageRefused
+from rc_mta.rawmessage import SINGLE_FIELDS, canonical_message
+
 OWNER = "alice@corp.test"
 KEY = (Path(__file__).parent / "keys" / "good-sel2048.pem").read_bytes()
 HELO = {
@@ -288,6 +292,108 @@ def test_a_reply_all_to_someone_elses_question_that_went_to_a_button_acts_on_not
     assert untouched(rc, task_id)
 
 
+@pytest.mark.parametrize("asker", ["a domain literal", "an rc address of her own", "another request's address"])
+def test_a_reply_all_to_a_question_from_an_address_that_is_not_this_requests_acts_on_nothing(
+    rc: RcMta, asker: str
+) -> None:
+    task_id, request = new_request(rc)
+    # The question comes from an address the address parser cannot read, or from one at the
+    # reply domain that is not this request's: the reply-all still goes to someone else.
+    mallory = {
+        "a domain literal": "mallory@[127.0.0.6]",
+        "an rc address of her own": f"rc+from-mallory@{REPLY_DOMAIN}",
+        "another request's address": new_request(rc)[1]["reply_to"],
+    }[asker]
+    answer = reply_message(mallory, "Yes, go ahead", sender=OWNER, subject="Re: Shall I roll back prod?")
+    answer["Cc"] = request["complete_address"]
+    answer["In-Reply-To"] = "<question-1@evil.test>"
+    answer["References"] = f"{request['message_id']} <question-1@evil.test>"
+
+    outcome = send(
+        rc.smtp_port, signed(answer, CLIENT_SIGNED_FIELDS["gmail"]), request["complete_address"], OWNER, "127.0.0.2"
+    )
+
+    assert (outcome.code, outcome.enhanced) == (550, "5.7.1"), outcome
+    assert f"went to {mallory} as well" in outcome.text, outcome.text
+    assert untouched(rc, task_id)
+
+
+def test_a_buttons_message_copied_to_the_requests_own_reply_address_still_acts(rc: RcMta) -> None:
+    task_id, request = new_request(rc)
+    pressed = reply_message(request["complete_address"], "Ship it", sender=OWNER, subject="Complete: Deploy")
+    pressed["Cc"] = f"{request['reply_to']}, rc@{REPLY_DOMAIN}"
+
+    outcome = send(
+        rc.smtp_port, signed(pressed, CLIENT_SIGNED_FIELDS["gmail"]), request["complete_address"], OWNER, "127.0.0.2"
+    )
+
+    assert outcome.code == 250, outcome
+    assert rc.task(task_id)["status"] == "completed"
+
+
+@pytest.mark.parametrize("first", ["complete_address", "fail_address"])
+def test_a_message_to_both_buttons_of_a_request_acts_on_neither(rc: RcMta, first: str) -> None:
+    task_id, request = new_request(rc)
+    second = "fail_address" if first == "complete_address" else "complete_address"
+    both = reply_message(f"{request[first]}, {request[second]}", "", sender=OWNER, subject="Re: Deploy")
+    raw = signed(both, CLIENT_SIGNED_FIELDS["gmail"])
+
+    with smtplib.SMTP("127.0.0.1", rc.smtp_port, source_address=("127.0.0.2", 0)) as client:
+        client.ehlo(HELO["127.0.0.2"])
+        client.mail(OWNER)
+        assert client.rcpt(request[first])[0] == 250
+        assert client.rcpt(request[second])[0] == 452  # the sending MTA delivers it on its own
+        first_code, said = client.data(raw)
+    later = send(rc.smtp_port, raw, request[second], OWNER, "127.0.0.2")
+
+    for code, text in ((first_code, said.decode()), (later.code, later.text)):
+        assert (code, text.split()[0]) == (550, "5.6.0"), text
+        assert "both the Complete and the Fail address" in text and "press one button" in " ".join(text.split())
+    assert untouched(rc, task_id)
+
+
+@pytest.mark.parametrize(
+    ("sender", "acts"),
+    [("Bob Delegate <bob@corp.test>", False), ("bob@[127.0.0.6]", False), (f"Alice <{OWNER.upper()}>", True)],
+)
+def test_a_reply_sent_on_behalf_of_the_owner_is_not_the_owners(rc: RcMta, sender: str, acts: bool) -> None:
+    task_id, request = new_request(rc)
+    # A delegate's Send on Behalf: From the owner, Sender the delegate, signed by corp.test.
+    answer = reply_message(request["reply_to"], "Approved", sender=OWNER, in_reply_to=request["message_id"])
+    answer["Sender"] = sender
+
+    outcome = send(
+        rc.smtp_port,
+        signed(answer, [*CLIENT_SIGNED_FIELDS["gmail"], "sender"]),
+        request["reply_to"],
+        OWNER,
+        "127.0.0.2",
+    )
+
+    if acts:  # a client that writes its user's own address as Sender too
+        assert outcome.code == 250, outcome
+        assert rc.task(task_id)["status"] == "completed"
+    else:
+        assert (outcome.code, outcome.enhanced) == (550, "5.7.1"), outcome
+        assert f"on behalf of {OWNER} (its Sender field)" in outcome.text
+        assert untouched(rc, task_id)
+
+
+def test_an_empty_field_or_group_names_no_one_else_and_an_unreadable_address_someone() -> None:
+    ours = RequestAddresses("rc", REPLY_DOMAIN)
+    button = f"rc+{'a' * 40}@{REPLY_DOMAIN}"
+
+    def others(*fields: tuple[str, str]) -> list[str]:
+        return others_addressed([("to", button), *fields], ours, OWNER, lambda token: token == "a" * 40)
+
+    assert others(("cc", "")) == others(("cc", " undisclosed-recipients: ;")) == []
+    assert others(("cc", "bob@corp.test, mallory@[127.0.0.6]")) == [
+        "bob@corp.test",
+        "bob@corp.test, mallory@[127.0.0.6]",
+    ]
+    assert others(("cc", f"rc+{'b' * 40}@{REPLY_DOMAIN}")) == [f"rc+{'b' * 40}@{REPLY_DOMAIN}"]
+
+
 def test_a_buttons_message_copied_to_the_owner_herself_still_acts(rc: RcMta) -> None:
     task_id, request = new_request(rc)
     pressed = reply_message(request["fail_address"], "Tests are red", sender=OWNER, subject="Fail: Deploy")
@@ -393,6 +499,54 @@ def test_header_line_that_is_not_a_field_is_refused(rc: RcMta) -> None:
 
     assert (code, text.split()[0]) == (554, "5.6.0"), text
     assert untouched(rc, task_id)
+
+
+# A field a message has once, there twice: the reader reads the first, DKIM the bottom-most.
+ON_TOP = {
+    "empty threading fields": b"In-Reply-To:\r\nReferences:\r\n",
+    "blank threading fields": b"In-Reply-To: \r\nReferences:  \r\n",
+    "a transfer encoding": b"Content-Transfer-Encoding: quoted-printable\r\n",
+    "a second From": b"From: Alice <alice@corp.test>\r\n",
+}
+
+
+@pytest.mark.parametrize("added", sorted(ON_TOP))
+def test_a_field_put_on_top_of_a_signed_one_of_its_kind_is_refused(rc: RcMta, added: str) -> None:
+    task_id, request = new_request(rc)
+    # Alice's signed "Yes, go ahead" answers Mallory's question (whose Reply-To named the
+    # reply address and Mallory): refused, as a reply to another message.
+    answer = reply_message(request["reply_to"], "Yes, go ahead", sender=OWNER, subject="Re: Cleanup?")
+    answer.replace_header("To", f"{request['reply_to']}, mallory@evil.test")
+    answer["In-Reply-To"] = answer["References"] = "<question-1@evil.test>"
+    raw = signed(answer, CLIENT_SIGNED_FIELDS["gmail"])
+
+    # Mallory replays her copy with a field of a kind the message already has, above it.
+    code, text = raw_smtp(rc.smtp_port, ON_TOP[added] + raw, request["reply_to"], "mallory@evil.test", "127.0.0.6")
+
+    assert (code, text.split()[0]) == (550, "5.6.0"), text
+    assert "more than one" in text and "(RFC 5322)" in text
+    assert untouched(rc, task_id)
+
+
+def test_only_the_fields_a_message_has_once_may_not_repeat() -> None:
+    body = b"\r\nApproved\r\n"
+    for name in sorted(SINGLE_FIELDS):
+        twice = b"From: a@corp.test\r\n" if name == b"from" else b"From: a@corp.test\r\n" + name + b": x\r\n"
+        with pytest.raises(MessageRefused) as refused:
+            canonical_message(twice + name.upper() + b": y\r\n" + body)
+        assert refused.value.reply.name == "DUPLICATE_FIELD", name
+    repeatable = b"".join(
+        field + b"\r\n" + field + b"\r\n"
+        for field in (b"Received: by a", b"Resent-To: b@c", b"Comments: c", b"Keywords: k", b"X-Note: n")
+    )
+    assert canonical_message(b"From: a@corp.test\r\n" + repeatable + body).endswith(body)
+
+
+def test_no_message_of_the_corpus_repeats_a_field_it_has_once() -> None:
+    corpus = sorted((Path(__file__).parent / "corpus").rglob("*.eml"))
+    assert len(corpus) > 300
+    for path in corpus:
+        canonical_message(path.read_bytes())  # raises for a field twice
 
 
 # Class 3: a trusted front's verdicts only where they are its own ------------------------------

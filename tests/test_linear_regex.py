@@ -22,7 +22,8 @@ import pytest
 
 from rc_mta import authresults, budget, config, logs, rawmessage, safetext, tokens
 from rc_mta.checks import dmarc
-from rc_mta.checks.binding import RequestAddresses
+from rc_mta.checks.binding import RequestAddresses, others_addressed
+from rc_mta.checks.framing import FRAMING_FIELDS, unread_framing
 from rc_mta.inbound import aiosmtpd_private as private
 from rc_mta.inbound import protocol
 from rc_mta.mailbox import imap
@@ -74,6 +75,10 @@ def _quietly(call: Callable[[Any], object]) -> Callable[[Any], object]:
 
 
 ADDRESSES = RequestAddresses("rc", "reply.example")
+
+
+def _framing(raw: bytes) -> object:
+    return unread_framing(parse_reply(raw).message, FRAMING_FIELDS)
 
 
 def _read_words(comment: str) -> object:
@@ -146,6 +151,11 @@ FAMILIES: list[Family] = [
         lambda n: message(b"Content-Type: text/plain\r\n", lines(b"a:", n)),
     ),
     Family(
+        "fields a message has once, each twice",
+        _quietly(rawmessage.canonical_message),
+        lambda n: message(b"".join(b"Subject: s\r\n\tt\r\n" for _ in range(n // 15))),
+    ),
+    Family(
         "reader view: References",
         lambda raw: budget.reader_view(raw, 100),
         lambda n: message(b"References: " + b"\r\n ".join(b"<%d@x>" % i for i in range(n // 9)) + b"\r\n"),
@@ -165,9 +175,35 @@ FAMILIES: list[Family] = [
             )
         ),
     ),
+    # checks/framing.py: a body read under fields its signature leaves open.
+    Family(
+        "framing: quoted-printable near-escapes",
+        _framing,
+        lambda n: message(b"Content-Transfer-Encoding: quoted-printable\r\n", lines(b"=0=3=", n)),
+    ),
+    Family(
+        "framing: base64 then one stray character",
+        _framing,
+        lambda n: message(b"Content-Transfer-Encoding: base64\r\n", lines(b"QUJD", n) + b"!\r\n"),
+    ),
+    Family(
+        "framing: a body of near MIME parts",
+        _framing,
+        lambda n: message(b"Content-Type: text/plain\r\n", b" \r\n" * (n // 3) + b"--" + b"-" * 60 + b"\r\n"),
+    ),
     # checks/: tokens in Message-IDs, DMARC records, DKIM's white space scan.
     Family("request tokens in ids", ADDRESSES.tokens_in, lambda n: repeat("rc+" + "a" * 39, n)),
     Family("request tokens, near-misses", ADDRESSES.tokens_in, lambda n: repeat("rc.", n)),
+    Family(
+        "others addressed: near an empty group",
+        lambda value: others_addressed([("cc", value)], ADDRESSES, None, bool),
+        lambda n: " " * n + ":",
+    ),
+    Family(
+        "others addressed: many unreadable addresses",
+        lambda value: others_addressed([("cc", value)], ADDRESSES, None, bool),
+        lambda n: repeat("m@[1.2.3.4], ", n),
+    ),
     Family("DMARC version", dmarc._VERSION.match, lambda n: "v" + " " * n + "x"),
     Family("DKIM white space cost, runs of 31", budget.relaxed_body_cost, lambda n: lines(b" " * 31 + b"x", n)),
     Family("DKIM white space cost, runs of 4", budget.relaxed_body_cost, lambda n: lines(b" \t  x", n)),

@@ -256,6 +256,19 @@ def test_a_reply_whose_client_wrote_its_in_reply_to_as_an_encoded_word_still_act
     assert rc.task(task_id)["status"] == "completed"
 
 
+@pytest.mark.parametrize("empty", [b"In-Reply-To:\r\n", b"References: \r\n"])
+def test_a_reply_whose_threading_field_is_empty_answers_some_other_message(rc: RcMta, empty: bytes) -> None:
+    # An empty In-Reply-To or References names a message no one can read, not "a new mail".
+    task_id, request = new_request(rc)
+    raw = empty + wire(reply_message(request["reply_to"], "Yes, go ahead", sender=OWNER))
+    raw = bytes(dkim.sign(raw, b"sel", b"corp.test", KEY, include_headers=SIGNED_FIELDS)) + raw
+
+    said = sent_by_owner(rc, raw, request["reply_to"])
+
+    assert said.startswith(REFUSED) and "an id that cannot be read" in said, said
+    assert rc.task(task_id)["status"] == "in_progress"
+
+
 def test_the_binding_and_the_threading_rule_read_the_same_first_threading_fields() -> None:
     raw = (
         b"From: owner@corp.test\r\nTo: rc@reply.example.test\r\n"

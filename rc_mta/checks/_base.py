@@ -31,6 +31,8 @@ class DkimSignature:
     # The signed instances of the fields that can tie a message to a request (To, Cc,
     # In-Reply-To, References), exactly as dkimpy selected them for verification.
     binding_fields: tuple[tuple[str, str], ...] = ()
+    # Content-Type / Content-Transfer-Encoding when h= leaves them out (``framing.py``).
+    open_fields: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,10 @@ class OwnerProof:
     method: str  # spf | dkim | arc | exchange-online
     domain: str
     tokens: frozenset[str]
+    # What says how the body is read and the signature does not cover (``framing.py``):
+    # whoever holds the message may change it. None for what vouches for the transaction
+    # itself (SPF, Exchange Online), which no one changed on the way.
+    open_fields: frozenset[str] = frozenset()
 
     @property
     def signs_fields(self) -> bool:

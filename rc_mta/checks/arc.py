@@ -43,6 +43,7 @@ from rc_mta.checks.dkim import (
     verifier_of,
 )
 from rc_mta.checks.dmarc import organizational_domain
+from rc_mta.checks.framing import open_fields
 from rc_mta.checks.whitelist import domain_listed
 from rc_mta.dns import DnsResolver
 
@@ -140,6 +141,7 @@ class _Chain:
     ams_partial: bool = False  # l=: only the first bytes of the body are signed
     ams_signs_from: bool = False
     binding_fields: tuple[tuple[str, str], ...] = ()
+    open_fields: frozenset[str] = frozenset()
 
 
 def _text(value: object) -> str:
@@ -176,6 +178,7 @@ def _verify_chain(resolver: DnsResolver, raw: bytes, min_key_bits: int, keys: Ke
         b"l" in tags,
         b"from" in signed,
         signed_binding_fields(arc, tags),
+        open_fields(signed),
     )
 
 
@@ -263,6 +266,6 @@ class ArcCheck:
             why = f"{sealer} recorded no aligned DKIM or SPF pass and DMARC pass for {from_domain or 'the From'}"
             return Verdict("pass", f"chain verified, but {why}; changes nothing", facts)
         tokens = self.addresses.tokens_bound_by(chain.binding_fields)
-        proof = OwnerProof("arc", sealer, tokens)
+        proof = OwnerProof("arc", sealer, tokens, chain.open_fields)
         reason = f"chain of {facts['instance']} ARC set(s) verified; trusted sealer {sealer} recorded {vouched}"
         return Verdict("pass", reason, facts, proofs=(proof,))

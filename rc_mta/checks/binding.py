@@ -30,7 +30,7 @@ new mail) is judged by the rest.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from email.utils import getaddresses
 from functools import lru_cache
 
@@ -42,19 +42,44 @@ MAX_FIELD_CHARS = 16384
 UNREADABLE_ID = "an id that cannot be read"
 
 
-def others_addressed(fields: Iterable[tuple[str, str]], ours: RequestAddresses, sender: str | None) -> list[str]:
+def others_addressed(
+    fields: Iterable[tuple[str, str]], ours: RequestAddresses, sender: str | None, mine: Callable[[str], bool]
+) -> list[str]:
     """Who else the To and Cc of ``fields`` (``ParsedReply.addressed``) name: neither a reply
-    address of ours (``rc@``, ``rc+<token>@``) nor the sender's own. A Complete or Fail
-    button's mail names no one else; one that does may be a reply-all to someone's question
-    that also went to a button address (put in its Cc by whoever asked), and acting on it
-    would take "yes, it's broken" for Complete."""
+    address of this request (``rc@``, or ``rc+<token>@`` whose token ``mine`` says is one of
+    its own) nor the sender's own. A Complete or Fail button's mail names no one else; one that
+    does may be a reply-all to someone's question that also went to a button address (put in
+    its Cc by whoever asked), and acting on it would take "yes, it's broken" for Complete.
+
+    Someone else too: an address the parser cannot read (``mallory@[127.0.0.6]``, a domain
+    literal, comes back empty), shown as written; and any other ``rc+…@`` address (one she
+    wrote as her own From). A field that is empty, or an empty group
+    (``undisclosed-recipients:;``), names no one."""
     own = (sender or "").lower()
-    found: list[str] = []
-    for lowered in _addresses_in(fields):
-        if not lowered or lowered == own or ours.is_ours(lowered) or lowered in found:
+    found: dict[str, None] = {}
+    for name, value in fields:
+        if name not in ("to", "cc") or not value.strip() or _EMPTY_GROUP.fullmatch(value):
             continue
-        found.append(lowered)
-    return found
+        bounded = value[:MAX_FIELD_CHARS]
+        for lowered in dict.fromkeys(_parsed_addresses((bounded,))):
+            if not lowered:
+                found[" ".join(bounded.split())] = None  # unreadable: who it is, as written
+                continue
+            token = ours.token_of(lowered)
+            if lowered != own and token != "" and not (token and mine(token)):
+                found[lowered] = None
+    return list(found)
+
+
+def tokens_addressed(fields: Iterable[tuple[str, str]], ours: RequestAddresses) -> list[str]:
+    """The tokens of the ``rc+<token>@`` addresses the To and Cc of ``fields`` name."""
+    tokens = (ours.token_of(address) for address in _addresses_in(fields))
+    return list(dict.fromkeys(token for token in tokens if token))
+
+
+# A group with no one in it (RFC 5322 3.4): what a client writes in To when all are in Bcc.
+# No class here overlaps the next: linear on any field.
+_EMPTY_GROUP = re.compile(r'[^:;,@<>"]*:\s*;\s*')
 
 
 def _addresses_in(fields: Iterable[tuple[str, str]]) -> tuple[str, ...]:
@@ -81,10 +106,14 @@ class RequestAddresses:
             re.IGNORECASE,
         )
 
-    def is_ours(self, address: str) -> bool:
-        """A reply address of ours, with or without a token (``address`` in lower case)."""
+    def token_of(self, address: str) -> str | None:
+        """The token of a reply address of ours (``address`` in lower case): "" for the bare
+        ``rc@``; None for an address that is not ours."""
         local, _, domain = address.rpartition("@")
-        return domain.rstrip(".") == self.reply_domain and local.partition("+")[0] == self.local_part
+        base, _, token = local.partition("+")
+        if domain.rstrip(".") != self.reply_domain or base != self.local_part:
+            return None
+        return token
 
     def tokens_in(self, text: str) -> list[str]:
         """Tokens of ours inside a Message-ID list or text (``rc.<token>@`` or ``rc+<token>@``)."""
@@ -124,9 +153,9 @@ class RequestAddresses:
         them naming a mail of the request will do: behind a relay that replaced our
         Message-ID, In-Reply-To names the relay's id and References still holds the
         request's thread id, which no one who has not seen the request mail knows either.
-        With threading fields (``threaded``) that name no id we can read, it answers some
-        message, not the request: a question with a malformed Message-ID, copied by the
-        owner's client, must not pass as naming nothing. Naming no message at all (a
+        With threading fields (``threaded``, empty ones too) that name no id we can read, it
+        answers some message, not the request: a question with a malformed Message-ID, copied
+        by the owner's client, must not pass as naming nothing. Naming no message at all (a
         button's mailto), or a request stored without an id, there is nothing to judge."""
         if stored is None:
             return None

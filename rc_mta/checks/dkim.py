@@ -42,6 +42,7 @@ from rc_mta.budget import (
 )
 from rc_mta.checks._base import CheckContext, DkimSignature, Verdict
 from rc_mta.checks.dmarc import organizational_domain
+from rc_mta.checks.framing import open_fields
 
 __all__ = ["MAX_SIGNATURES", "DkimCheck", "DkimSignature", "check_dkim"]
 from rc_mta.dns import DnsResolver, DnsTemporaryError
@@ -358,7 +359,8 @@ def _verify_one(
         return DkimSignature(domain, selector, "policy", "l= tag: only part of the body is signed", key_bits)
     if ok:
         bound = signed_binding_fields(verifier, fields) if verifier is not None else ()
-        return DkimSignature(domain, selector, "pass", "signature verified", key_bits, bound)
+        unsigned = open_fields(signed_names(fields))
+        return DkimSignature(domain, selector, "pass", "signature verified", key_bits, bound, unsigned)
     return DkimSignature(domain, selector, "fail", failure or "signature did not verify", key_bits)
 
 

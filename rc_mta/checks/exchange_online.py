@@ -25,7 +25,8 @@ nothing. What this check asks instead, all of it:
 - not auto-forwarded (``X-MS-Exchange-Organization-AutoForwarded``): a rule's forward is
   Exchange's submission, not its author's;
 - no Sender field naming someone else: Exchange writes one when a delegate sends on behalf
-  of the From, and then the delegate answered, not the owner;
+  of the From, and then the delegate answered, not the owner (``owner.sent_on_behalf``, the
+  rule every door applies);
 - its From domain is one of ``tenant_domains``, the tenant's accepted domains the admin named.
 
 What ties the From address to the user who signed in is Exchange's own rule: a user may send
@@ -40,12 +41,11 @@ message's own To/Cc name (``binding.py``).
 
 from __future__ import annotations
 
-from email.utils import parseaddr
-
 from ..authresults import EXCHANGE_ONLINE_AUTH_AS, header_fields
 from ..config import MailboxConfig
 from ._base import CheckContext, ExchangeOnlineTrust, OwnerProof, Verdict
 from .binding import RequestAddresses
+from .owner import sent_on_behalf
 
 AUTH_AS = EXCHANGE_ONLINE_AUTH_AS
 AUTO_FORWARDED = b"x-ms-exchange-organization-autoforwarded"
@@ -94,9 +94,9 @@ class ExchangeOnlineCheck:
             return Verdict("fail", why, facts)
         if any(name == AUTO_FORWARDED and value.strip().lower() == "true" for name, value in fields):
             return Verdict("none", "auto-forwarded inside the organization, not submitted by its author", facts)
-        on_behalf = {parseaddr(value)[1].lower() for name, value in fields if name == SENDER}
-        if on_behalf - {(context.header_from or "").lower()}:
-            why = f"sent on behalf of its From by {', '.join(sorted(on_behalf))} (Sender), not by its From"
+        on_behalf = sent_on_behalf((value for name, value in fields if name == SENDER), context.header_from)
+        if on_behalf:
+            why = f"sent on behalf of its From by {', '.join(on_behalf)} (Sender), not by its From"
             return Verdict("none", why, facts)
         if from_domain not in trust.tenant_domains:
             return Verdict("none", f"{from_domain} is not one of [mailbox.graph] tenant_domains", facts)

@@ -14,11 +14,25 @@ shows neither which fields were signed nor for whom: it is no proof here.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from email.utils import parseaddr
+
 from rc_mta.dns import DnsResolver, DnsTemporaryError
 
 from ._base import CheckContext, DkimSignature, OwnerProof, Verdict
 from .binding import RequestAddresses
 from .dmarc import aligned, alignment_modes
+
+
+def sent_on_behalf(senders: Iterable[str], header_from: str | None) -> list[str]:
+    """Who the Sender fields ``senders`` name besides ``header_from``: a delegate's Send on
+    Behalf (Exchange, Outlook, Gmail's delegation write From: the owner, Sender: the delegate).
+    Then the delegate answered, not the owner; whatever authenticates the message vouches for
+    the mailbox it came from, which the owner shared. Every door refuses it (the pipeline's
+    owner rule), and Exchange Online's word does not count for it (``exchange_online.py``).
+    An address the parser cannot read is someone else too."""
+    own = (header_from or "").lower()
+    return sorted({parseaddr(value)[1].lower() for value in senders} - {own})
 
 
 class OwnerCheck:
@@ -50,7 +64,7 @@ class OwnerCheck:
             for signature in signatures:
                 if aligned(signature.domain, from_domain, adkim):
                     tokens = self.addresses.tokens_bound_by(signature.binding_fields)
-                    proofs.append(OwnerProof("dkim", signature.domain, tokens))
+                    proofs.append(OwnerProof("dkim", signature.domain, tokens, signature.open_fields))
         arc = context.verdicts.get("arc")
         proofs.extend(arc.proofs if arc else ())  # a trusted sealer vouching for from_domain
         exchange_online = context.verdicts.get("exchange_online")
