@@ -12,11 +12,13 @@ form or refused:
 - in the header block, a bare CR, CRLF mixed with bare LF, or a line that is neither a
   field (``name:``) nor a folded continuation refuses the message;
 - in the body, a bare CR or LF becomes CRLF (both parsers then agree on the lines);
-- a field RFC 5322 (3.6) or MIME allows once (``SINGLE_FIELDS``) that is there twice refuses
-  the message: the reader reads the first of a kind, DKIM signs the bottom-most, so empty
-  In-Reply-To and References fields put on top of the owner's signed reply to someone's
-  question made it look like an answer to nothing. No mail client writes two; Gmail refuses
-  such mail since 2024, so none of it reaches anyone on the way here.
+- a field RFC 5322 (3.6) or MIME allows once (``SINGLE_FIELDS``) that is there twice with
+  another value refuses the message: the reader reads the first of a kind, DKIM signs the
+  bottom-most, so empty In-Reply-To and References fields put on top of the owner's signed
+  reply to someone's question made it look like an answer to nothing. No mail client writes
+  two that differ (Gmail refuses such mail since 2024). Two alike are let through: both
+  readers see the same, and some mailers write a MIME field twice (Tine 2.0's ActiveSync
+  replies from Android phones, PHP mailers).
 
 Every step is a linear scan of the bytes. Last, ``check_budget`` refuses what would cost
 more to read than any genuine reply does (rc_mta/budget.py), before DKIM or the reader start.
@@ -33,14 +35,15 @@ from .errors import MessageRefused
 # RFC 5322 field name: printable US-ASCII except ":", then the colon (no space before it).
 _FIELD_START = re.compile(rb"[\x21-\x39\x3b-\x7e]+:")
 _ANY_NEWLINE = re.compile(rb"\r\n|\r|\n")
-# At most one each: RFC 5322 3.6's table (the eleven Gmail also counts) and the MIME fields
-# that say how the one body is read (RFC 2045, RFC 2183). Trace and Resent-* fields,
-# Comments, Keywords and every other field may repeat.
+# At most one each (or copies alike): RFC 5322 3.6's table (the eleven Gmail also counts) and
+# the MIME fields that say how the one body is read (RFC 2045, RFC 2183; not MIME-Version,
+# which says nothing the reader uses). Trace and Resent-* fields, Comments, Keywords and
+# every other field may repeat.
 SINGLE_FIELDS = frozenset(
     {
         *(b"date", b"from", b"sender", b"reply-to", b"to", b"cc", b"bcc"),
         *(b"message-id", b"in-reply-to", b"references", b"subject"),
-        *(b"mime-version", b"content-type", b"content-transfer-encoding", b"content-disposition"),
+        *(b"content-type", b"content-transfer-encoding", b"content-disposition"),
     }
 )
 
@@ -91,7 +94,7 @@ def _header_end(raw: bytes) -> int:
 
 def _check_header_block(head: bytes) -> str | None:
     """Refuses a header section two parsers would split differently; else the name of the
-    first field of ``SINGLE_FIELDS`` found twice (None: none is)."""
+    first field of ``SINGLE_FIELDS`` found twice with another value (None: none is)."""
     if not head:
         return None
     if b"\x00" in head:
@@ -99,19 +102,32 @@ def _check_header_block(head: bytes) -> str | None:
     lines = head.split(b"\r\n")
     if lines[-1] != b"":
         raise _refuse("the header section does not end with a line break")
-    seen: set[bytes] = set()
+    seen: dict[bytes, bytes] = {}  # a single field's value, its white space made one space
     twice: str | None = None
+    field: tuple[bytes, str, list[bytes]] | None = None  # (lowercase name, name, value lines)
     for number, line in enumerate(lines[:-1]):
         if line[:1] in (b" ", b"\t"):
             if number == 0:
                 raise _refuse("the message starts with a continuation line")
+            if field is not None:
+                field[2].append(line)
             continue
         start = _FIELD_START.match(line)
         if not start:
             raise _refuse(f"header line {number + 1} is not a header field")
-        name = line[: start.end() - 1].lower()
-        if name in SINGLE_FIELDS and twice is None:
-            if name in seen:
-                twice = line[: start.end() - 1].decode("ascii")
-            seen.add(name)
-    return twice
+        twice = twice or _differs(field, seen)
+        name = line[: start.end() - 1]
+        field = (name.lower(), name.decode("ascii"), [line[start.end() :]]) if name.lower() in SINGLE_FIELDS else None
+    return twice or _differs(field, seen)
+
+
+def _differs(field: tuple[bytes, str, list[bytes]] | None, seen: dict[bytes, bytes]) -> str | None:
+    """The field's name if one of its kind came before with another value; else None (and
+    its value is kept)."""
+    if field is None:
+        return None
+    key, name, parts = field
+    value = b" ".join(b" ".join(parts).split())
+    if seen.setdefault(key, value) != value:
+        return name
+    return None

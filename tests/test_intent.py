@@ -506,7 +506,7 @@ ON_TOP = {
     "empty threading fields": b"In-Reply-To:\r\nReferences:\r\n",
     "blank threading fields": b"In-Reply-To: \r\nReferences:  \r\n",
     "a transfer encoding": b"Content-Transfer-Encoding: quoted-printable\r\n",
-    "a second From": b"From: Alice <alice@corp.test>\r\n",
+    "a second From": b"From: Alice (CEO) <alice@corp.test>\r\n",
 }
 
 
@@ -540,6 +540,27 @@ def test_only_the_fields_a_message_has_once_may_not_repeat() -> None:
         for field in (b"Received: by a", b"Resent-To: b@c", b"Comments: c", b"Keywords: k", b"X-Note: n")
     )
     assert canonical_message(b"From: a@corp.test\r\n" + repeatable + body).endswith(body)
+    # Copies alike say the same to both readers (folded or not), and MIME-Version says nothing
+    # the reader uses: mailers that write a MIME field twice are let through.
+    alike = (
+        b"From: a@corp.test\r\nMIME-Version: 1.0\r\nMIME-Version: 1.0 (Mailer)\r\n"
+        b"Content-Type: text/plain;\r\n charset=utf-8\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    )
+    assert canonical_message(alike + body).endswith(body)
+
+
+def test_a_signed_reply_from_a_mailer_that_writes_its_mime_fields_twice_acts(rc: RcMta) -> None:
+    task_id, request = new_request(rc)
+    answer = reply_message(request["reply_to"], "Approved", sender=OWNER, in_reply_to=request["message_id"])
+    head, _, body = signed(answer, CLIENT_SIGNED_FIELDS["gmail"]).partition(b"\r\n\r\n")
+    # As Tine 2.0's ActiveSync server sends an Android phone's reply: each MIME field twice.
+    twice = b"".join(line + b"\r\n" for line in head.split(b"\r\n") if line.lower().startswith(b"content-type"))
+    raw = head + b"\r\nMIME-Version: 1.0\r\n" + twice + b"\r\n" + body
+
+    code, text = raw_smtp(rc.smtp_port, raw, request["reply_to"], OWNER, "127.0.0.2")
+
+    assert code == 250, text
+    assert rc.task(task_id)["status"] == "completed"
 
 
 def test_no_message_of_the_corpus_repeats_a_field_it_has_once() -> None:
