@@ -336,7 +336,7 @@ def _calendar(mail: Mail) -> str | None:
         if value.strip().lower() == "urn:content-classes:calendarmessage":
             return "calendar message"
     for part in _parts(mail.message):
-        if part.get_content_type() not in _CALENDAR_TYPES:
+        if part.get_content_type() not in _CALENDAR_TYPES or _attached(part):
             continue
         method = part.get_param("method")
         found = str(method).strip().lower() if isinstance(method, str) else ""
@@ -346,6 +346,12 @@ def _calendar(mail: Mail) -> str | None:
         if found in _CALENDAR_METHODS:
             return f"calendar {found}"
     return None
+
+
+def _attached(part: Message) -> bool:
+    """A file a person attached ("invite attached", an .ics with a name), not the calendar
+    message itself, which a calendar sends inline (Google's adds a named copy beside it)."""
+    return part.get_content_disposition() == "attachment" or part.get_filename() is not None
 
 
 def _keyword(value: str) -> str:

@@ -75,6 +75,20 @@ def test_an_event_a_person_shares_is_no_meeting_response(method: str | None) -> 
     assert reason(message) is None
 
 
+def test_an_invitation_a_person_attached_to_a_reply_leaves_it_a_reply() -> None:
+    # "Approved, invite for the rollout attached": an .ics file the person attached, with a
+    # name, is no calendar's own message; dropping the reply as machine mail lost the answer.
+    message = EmailMessage()
+    message["From"] = f"Alice <{OWNER}>"
+    message["To"] = "rc@reply.example"
+    message["Subject"] = "Re: Deploy"
+    message.set_content("Approved, invite for the rollout attached")
+    message.add_attachment(ics("REQUEST", OWNER).encode(), "text", "calendar", filename="rollout.ics")
+    assert reason(message) is None
+    inline = meeting_response("rc@reply.example", method="REQUEST")
+    assert reason(inline) == "calendar request"  # the invitation itself still is
+
+
 @pytest.fixture
 def rc(auth_rc: RcMta) -> RcMta:
     return auth_rc
