@@ -51,10 +51,40 @@ AGAINST = [
         )
     ),
     *((words, "fail") for words in ("Deploy it.", "Definitely.", "Green light", "Release it now", "Let's go")),
+    # A no with regret, or in other words (found in review).
+    *(
+        (words, "complete")
+        for words in (
+            "Unfortunately not",
+            "Sadly not",
+            "Under no circumstances",
+            "By no means",
+            "Let's not",
+            "Let's not do this",
+            "Leider nicht",
+            "Helaas niet",
+            "Tyv\u00e4rr inte",
+            "Surtout pas",
+            "Postponed",
+            "Cancelled",
+            "Changes requested",
+            "Needs changes",
+        )
+    ),
 ]
 
 #: What a button's reply says in agreement, or not at all: it still acts.
 AGREEING = [
+    # A signature's or disclaimer's "do not" (Outlook puts the signature in a button's mail).
+    *(
+        (words, "complete")
+        for words in (
+            "Please do not print this email",
+            "Do not reply to this address",
+            "I do not expect a response outside your working hours",
+            "If you are not the intended recipient, do not read, copy or distribute it",
+        )
+    ),
     *(
         (words, "complete")
         for words in (

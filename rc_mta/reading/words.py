@@ -779,6 +779,11 @@ BUTTON_NO_ANSWERS: tuple[str, ...] = (
     *("raczej nie", "ни в коем случае", "никогда", "ни за что", "исключено", "конечно нет", "точно нет"),
     *("ei missään nimessä", "ei ikinä", "ei todellakaan", "ehdottomasti ei", "ei käy", "asla"),
     *("kesinlikle hayır", "kesinlikle olmaz", "olmaz"),
+    # A no with regret ("Unfortunately not", "Leider nicht"), and a no in other words
+    *("unfortunately not", "sadly not", "regrettably not", "under no circumstances", "by no means"),
+    *("let's not", "let us not", "leider nicht", "leider nein", "helaas niet", "helaas nee", "tyvärr inte"),
+    *("tyvärr nej", "surtout pas", "malheureusement pas", "malheureusement non", "lamentablemente no"),
+    *("por desgracia no", "purtroppo no", "infelizmente não", "niestety nie"),
     # Japanese, Korean
     *("だめ", "ダメ", "駄目", "だめです", "ダメです", "駄目です", "안 됩니다", "안됩니다", "안 돼요", "안돼요"),
 )
@@ -792,7 +797,9 @@ BUTTON_NO_OPENERS: tuple[str, ...] = (
     *("back it out", "undo", "kill it", "scrap it", "scrap", "call it off", "pull the plug", "withdraw"),
     *("terminate", "block it", "shut it down", "unacceptable", "not acceptable", "bad idea", "a bad idea"),
     *("terrible idea", "a terrible idea", "too risky", "too dangerous", "premature", "a non-starter"),
-    *("non-starter", "dangerous", "risky"),
+    *("non-starter", "dangerous", "risky", "let's not do", "let's not ship", "let's not deploy"),
+    *("let's not release", "let's not merge", "postponed", "cancelled", "canceled", "changes requested"),
+    *("needs changes", "needs more work", "needs work", "nack"),
     # German
     *("stopp", "stoppen", "stoppt", "abbrechen", "brich ab", "brecht ab", "anhalten", "zurückrollen"),
     *("zurücksetzen", "rückgängig", "absagen", "stornieren", "inakzeptabel", "unannehmbar", "nicht akzeptabel"),
@@ -836,7 +843,9 @@ BUTTON_NEGATED_BENIGN: frozenset[str] = frozenset(
     bother risk risks regression regressions impact impacts affect affects break breaks breaking much anything
     worse urgent sorge sorgen schlecht anmerkungen fragen einwand einwände mal inquiète inquiétez souci soucis
     remarques commentaire commentaires preocupes preocupe preocupéis male preoccuparti preoccupatevi problemi
-    slecht zorgen wait uwag uwagi zastrzeżeń""".split()
+    slecht zorgen wait uwag uwagi zastrzeżeń
+    print printing reply replying respond responding response responses read copy copying distribute
+    forward forwarding disclose use intended""".split()
 )
 
 #: Words skipped after such a negator to find what it negates: "I don't *see any* issues",
