@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rc_mta.pipeline import _return_path, read_message
-from rc_mta.reading import DEFAULT_COMPLETE_WORDS, DEFAULT_FAIL_WORDS, interpret_action
+from rc_mta.reading import DEFAULT_COMPLETE_WORDS, DEFAULT_FAIL_WORDS, contradicts, interpret_action
 
 CORPUS = Path(__file__).parent / "corpus"
 
@@ -79,5 +79,8 @@ def read(path: Path) -> Reading:
     """Read a saved message as the mailbox doors do (envelope sender from Return-Path)."""
     raw = path.read_bytes()
     _, parsed = read_message(raw, _return_path(raw))
-    action = interpret_action(parsed.comment, DEFAULT_COMPLETE_WORDS, DEFAULT_FAIL_WORDS)
+    words = (DEFAULT_COMPLETE_WORDS, DEFAULT_FAIL_WORDS)
+    action = interpret_action(parsed.comment, *words)
+    if action is not None and contradicts(parsed.comment, action, *words):
+        action = None  # the pipeline's check: words a button would not take for that answer
     return Reading(action or "none", parsed.comment, parsed.auto_reply)

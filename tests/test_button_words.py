@@ -170,3 +170,30 @@ def test_a_plain_comment_to_the_complete_button_still_completes(rc: RcMta) -> No
 
     assert said.startswith("250"), said
     assert rc.task(task_id)["status"] == "completed"
+
+
+@pytest.mark.parametrize(
+    "words",
+    ["Yes, stop the release.", "Agreed, do not deploy.", "I agree, it's not ready.", "No, deploy it."],
+)
+def test_a_reply_whose_answer_a_button_would_refuse_decides_nothing(rc: RcMta, words: str) -> None:
+    # To the address that decides from the words: "Yes, stop the release" completed the task
+    # and "No, deploy it" failed it (found in review). Its words read both ways.
+    task_id, request = new_request(rc)
+    answer = reply_message(request["reply_to"], words, sender=OWNER, in_reply_to=request["message_id"])
+
+    said = sent_by_owner(rc, signed(answer), request["reply_to"])
+
+    assert said.startswith("550 5.6.0 Could not tell whether to complete or fail"), said
+    assert rc.task(task_id)["status"] == "in_progress"
+
+
+def test_a_plan_for_what_may_go_wrong_is_no_answer_against_the_approval(rc: RcMta) -> None:
+    task_id, request = new_request(rc)
+    words = "Approved. If anything goes wrong, roll back."
+    answer = reply_message(request["reply_to"], words, sender=OWNER, in_reply_to=request["message_id"])
+
+    said = sent_by_owner(rc, signed(answer), request["reply_to"])
+
+    assert said.startswith("250"), said
+    assert rc.task(task_id)["status"] == "completed"

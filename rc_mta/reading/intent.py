@@ -770,11 +770,14 @@ def _against_button(comment: str, action: str, readings: set[_Side], vocab: _Voc
     comment = _PHONE_NUMBER_RE.sub(" ", comment[:MAX_COMMENT_CHARS])
     unwrapped = _unwrapped(comment)
     for text in (comment, unwrapped) if unwrapped is not None else (comment,):
-        for clause, _after_contrast, _number, question in _clauses(normalise(text)):
-            words = tokens(clause)
+        clauses = [(tokens(clause), number, question) for clause, _, number, question in _clauses(normalise(text))]
+        # A plan for what may go wrong is no answer: "If anything goes wrong, roll back",
+        # "Roll back if error rates spike" (in the sentence, a word of ``words.CONTINGENCIES``).
+        contingent = {number for words, number, _ in clauses if button_lists.CONTINGENCIES.intersection(words)}
+        for words, number, question in clauses:
             if question or not words:
                 continue
-            if action == "complete" and _says_no(words, vocab, button):
+            if action == "complete" and number not in contingent and _says_no(words, vocab, button):
                 return True
             if action == "fail" and _says_go(words, vocab, button, intensifier=_Side.FAIL not in readings):
                 return True

@@ -23,6 +23,7 @@ __all__ = [
     "CJK_NEGATORS",
     "CLOCK_MARKS",
     "CONDITIONS",
+    "CONTINGENCIES",
     "CONTRASTS",
     "CORRECTIONS",
     "DECISION_NAMES",
@@ -901,4 +902,11 @@ BUTTON_GO_ANSWERS: tuple[str, ...] = (
     *("anna mennä", "vihreää valoa", "kesinlikle", "elbette", "tabii ki", "yeşil ışık"),
     # Japanese, Chinese, Korean
     *("ぜひ", "是非", "当然", "當然", "물론", "물론입니다", "진행하세요", "배포하세요"),
+)
+
+#: Words that make a sentence a plan for what may happen, not an answer: a stop or an undo
+#: in it ("If anything goes wrong, roll back", "Roll back if needed") is no "no" at the
+#: Complete address.
+CONTINGENCIES: frozenset[str] = frozenset(
+    """if unless case should otherwise falls sonst si sinon se als om jeśli если""".split()
 )
