@@ -51,6 +51,19 @@ AGAINST = [
         )
     ),
     *((words, "fail") for words in ("Deploy it.", "Definitely.", "Green light", "Release it now", "Let's go")),
+    # When to act, or on what, with no decision: not now (found in review).
+    *(
+        (words, "complete")
+        for words in (
+            "Once CI is green.",
+            "If CI is green.",
+            "Pending QA.",
+            "Tomorrow morning.",
+            "Please deploy tomorrow.",
+            "Go live Monday.",
+            "Sobald CI gr\u00fcn ist.",
+        )
+    ),
     # A no with regret, or in other words (found in review).
     *(
         (words, "complete")
@@ -75,6 +88,15 @@ AGAINST = [
 
 #: What a button's reply says in agreement, or not at all: it still acts.
 AGREEING = [
+    # A time or a courtesy beside no request to wait.
+    *(
+        (words, "complete")
+        for words in (
+            "Thanks, see you tomorrow",
+            "Tested this morning, looks good",
+            "If possible, add a changelog entry",
+        )
+    ),
     # A signature's or disclaimer's "do not" (Outlook puts the signature in a button's mail).
     *(
         (words, "complete")

@@ -779,8 +779,29 @@ def _against_button(comment: str, action: str, readings: set[_Side], vocab: _Voc
                 continue
             if action == "complete" and number not in contingent and _says_no(words, vocab, button):
                 return True
+            if action == "complete" and readings <= {_Side.NOTHING} and _says_when(words, vocab, button):
+                return True
             if action == "fail" and _says_go(words, vocab, button, intensifier=_Side.FAIL not in readings):
                 return True
+    return False
+
+
+def _says_when(words: list[str], vocab: _Vocabulary, button: _ButtonWords) -> bool:
+    """Whether a clause of a reply that decides nothing says when to act or on what
+    condition: it opens with a time or a condition ("Tomorrow morning.", "Once CI is
+    green.", "If CI is green.", "Pending QA."), or asks for the change at a time ("Please
+    deploy tomorrow", "Go live Monday", "Do it tomorrow"). To the Complete address that is
+    not now (``_against_button``)."""
+    for start in _starts_after_leading(words, vocab):
+        if start >= len(words):
+            return False
+        if _time_at(words, start, vocab) is not None or _condition_at(words, start, vocab, order=False) is not None:
+            return True
+        end = _listed_at(button.actions, words, start) or _listed_at(button.go_answers, words, start)
+        if end is not None:
+            while end < len(words) and words[end] in button_lists.BUTTON_ACTION_OBJECTS:
+                end += 1
+            return end < len(words) and _waits_at(words, end, vocab, order=True)
     return False
 
 

@@ -421,6 +421,7 @@ NOT_CONDITIONS: tuple[str, ...] = (
     # let me know", "Approved, if that helps".
     *("if you need", "if you have", "if you want", "if you like", "if you wish", "if needed", "if necessary"),
     *("if any", "if anything", "if that helps", "if it helps", "if there are", "if there is", "if so"),
+    *("if possible", "if you can", "if you are not", "if you have received", "if you received"),
 )
 
 #: What was done before deciding: "Approved *after review*", "Genehmigt nach Rücksprache",
