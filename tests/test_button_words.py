@@ -88,6 +88,8 @@ AGAINST = [
 
 #: What a button's reply says in agreement, or not at all: it still acts.
 AGREEING = [
+    # A no with its reason: the Fail address takes it.
+    *((words, "fail") for words in ("No, the migration failed", "No, we found a bug", "No. Tests are red.")),
     # A time or a courtesy beside no request to wait.
     *(
         (words, "complete")
@@ -196,7 +198,15 @@ def test_a_plain_comment_to_the_complete_button_still_completes(rc: RcMta) -> No
 
 @pytest.mark.parametrize(
     "words",
-    ["Yes, stop the release.", "Agreed, do not deploy.", "I agree, it's not ready.", "No, deploy it."],
+    [
+        "Yes, stop the release.",
+        "Agreed, do not deploy.",
+        "I agree, it's not ready.",
+        "No, deploy it.",
+        # A bare no, then nothing is wrong: the no answered a question about trouble.
+        "No, I don't have any concerns.",
+        "No, nothing blocking.",
+    ],
 )
 def test_a_reply_whose_answer_a_button_would_refuse_decides_nothing(rc: RcMta, words: str) -> None:
     # To the address that decides from the words: "Yes, stop the release" completed the task

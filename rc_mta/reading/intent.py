@@ -783,6 +783,39 @@ def _against_button(comment: str, action: str, readings: set[_Side], vocab: _Voc
                 return True
             if action == "fail" and _says_go(words, vocab, button, intensifier=_Side.FAIL not in readings):
                 return True
+        if action == "fail" and _bare_no_then_all_well(clauses, vocab, button):
+            return True
+    return False
+
+
+def _bare_no_then_all_well(
+    clauses: list[tuple[list[str], int, bool]], vocab: _Vocabulary, button: _ButtonWords
+) -> bool:
+    """Whether the reply opens with a bare no and goes on to say nothing is wrong: "No, I
+    don't have any concerns", "No, nothing blocking" answer a question about trouble, not
+    the request, and failing on them was the opposite of what was meant (found in review)."""
+    spoken = [words for words, _, question in clauses if words and not question]
+    if len(spoken) < 2 or len(spoken[0]) != 1 or spoken[0][0] not in button_lists.BARE_NOS:
+        return False
+    return any(_says_all_well(words, vocab) for words in spoken[1:])
+
+
+def _says_all_well(words: list[str], vocab: _Vocabulary) -> bool:
+    """Whether a clause opens with a negation of trouble or a worry: "I don't have any
+    concerns", "nothing blocking", "no issues" (``words.BUTTON_NEGATED_BENIGN``, ``TROUBLE``;
+    "nothing" and its kin, ``words.NOTHING_WORDS``, negate what follows too)."""
+    for start in _starts_after_leading(words, vocab):
+        if start >= len(words):
+            return False
+        end = start + 1 if words[start] in button_lists.NOTHING_WORDS else _listed_at(vocab.negators, words, start)
+        if end is None:
+            continue
+        at = end
+        while at < len(words) and at - end < 6 and words[at] in button_lists.BUTTON_NEGATION_FILLERS:
+            at += 1
+        return at < len(words) and (
+            words[at] in button_lists.BUTTON_NEGATED_BENIGN or _listed_at(vocab.trouble, words, at) is not None
+        )
     return False
 
 

@@ -15,6 +15,7 @@ __all__ = [
     "BANNER_LABELS",
     "BANNER_SENTENCES",
     "BANNER_WORDS",
+    "BARE_NOS",
     "CJK_CONTRASTS",
     "CJK_DOUBTS",
     "CJK_DOUBT_RUNS",
@@ -42,6 +43,7 @@ __all__ = [
     "MOBILE_SIGNATURES",
     "NEGATORS",
     "NEXT",
+    "NOTHING_WORDS",
     "NOT_CONDITIONS",
     "NOT_YET",
     "NUMBER_LEADS",
@@ -911,3 +913,9 @@ BUTTON_GO_ANSWERS: tuple[str, ...] = (
 CONTINGENCIES: frozenset[str] = frozenset(
     """if unless case should otherwise falls sonst si sinon se als om jeśli если""".split()
 )
+
+#: A no that is the whole first clause: "No, I don't have any concerns" then says all is
+#: well, and reads both ways (``intent._bare_no_then_all_well``).
+BARE_NOS: frozenset[str] = frozenset("no nope nah nein nee non nej nei niet nie".split())
+#: "Nothing" and its kin: "nothing blocking", "nichts Neues" negate what follows.
+NOTHING_WORDS: frozenset[str] = frozenset("nothing nichts rien nada niente niets inget ingenting".split())
