@@ -64,6 +64,11 @@ AGAINST = [
             "Sobald CI gr\u00fcn ist.",
         )
     ),
+    # A yes written as nothing wrong, to the Fail address (found in review).
+    *(
+        (words, "fail")
+        for words in ("I don't object", "Not opposed", "No blockers", "Nothing wrong with it", "No blockers, thanks")
+    ),
     # A no with regret, or in other words (found in review).
     *(
         (words, "complete")
@@ -90,6 +95,9 @@ AGAINST = [
 AGREEING = [
     # A no with its reason: the Fail address takes it.
     *((words, "fail") for words in ("No, the migration failed", "No, we found a bug", "No. Tests are red.")),
+    *((words, "fail") for words in ("No errors in the log, but it hangs", "Tests are red")),
+    # A yes written as nothing against it, to the Complete address.
+    *((words, "complete") for words in ("I don't object", "I'm not against it")),
     # A time or a courtesy beside no request to wait.
     *(
         (words, "complete")

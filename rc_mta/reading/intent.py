@@ -785,7 +785,18 @@ def _against_button(comment: str, action: str, readings: set[_Side], vocab: _Voc
                 return True
         if action == "fail" and _bare_no_then_all_well(clauses, vocab, button):
             return True
+        if action == "fail" and readings <= {_Side.NOTHING} and _all_well(clauses, vocab, button):
+            return True
     return False
+
+
+def _all_well(clauses: list[tuple[list[str], int, bool]], vocab: _Vocabulary, button: _ButtonWords) -> bool:
+    """Whether every clause says nothing is wrong, or is a courtesy: "No blockers", "Nothing
+    wrong with it", "I don't object, thanks" to the Fail address is a yes (found in review);
+    "No errors in the log, but it hangs" is not."""
+    spoken = [words for words, _, question in clauses if words and not question]
+    said = [words for words in spoken if not all(word in button.trailers for word in words)]
+    return bool(said) and all(_says_all_well(words, vocab) for words in said)
 
 
 def _bare_no_then_all_well(

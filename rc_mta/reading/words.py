@@ -849,7 +849,7 @@ BUTTON_NEGATED_BENIGN: frozenset[str] = frozenset(
     remarques commentaire commentaires preocupes preocupe preocupéis male preoccuparti preoccupatevi problemi
     slecht zorgen wait uwag uwagi zastrzeżeń
     print printing reply replying respond responding response responses read copy copying distribute
-    forward forwarding disclose use intended""".split()
+    forward forwarding disclose use intended object objecting opposed against wrong""".split()
 )
 
 #: Words skipped after such a negator to find what it negates: "I don't *see any* issues",
