@@ -27,7 +27,7 @@ from rc_mta.checks.framing import FRAMING_FIELDS, unread_framing
 from rc_mta.inbound import aiosmtpd_private as private
 from rc_mta.inbound import protocol
 from rc_mta.mailbox import imap
-from rc_mta.reading import DEFAULT_COMPLETE_WORDS, DEFAULT_FAIL_WORDS, contradicts, interpret_action
+from rc_mta.reading import DEFAULT_COMPLETE_WORDS, DEFAULT_FAIL_WORDS, contradicts, intent, interpret_action
 from rc_mta.reading.html import html_to_text
 from rc_mta.reading.message import parse_reply
 from rc_mta.tasks import release
@@ -81,15 +81,20 @@ def _framing(raw: bytes) -> object:
     return unread_framing(parse_reply(raw).message, FRAMING_FIELDS)
 
 
+# The grammar's readings are kept for the last few comments (``intent._readings``): each
+# timed call reads its words afresh.
 def _read_words(comment: str) -> object:
+    intent._readings.cache_clear()
     return interpret_action(comment, DEFAULT_COMPLETE_WORDS, DEFAULT_FAIL_WORDS)
 
 
 def _at_complete(comment: str) -> object:
+    intent._readings.cache_clear()
     return contradicts(comment, "complete", DEFAULT_COMPLETE_WORDS, DEFAULT_FAIL_WORDS)
 
 
 def _at_fail(comment: str) -> object:
+    intent._readings.cache_clear()
     return contradicts(comment, "fail", DEFAULT_COMPLETE_WORDS, DEFAULT_FAIL_WORDS)
 
 

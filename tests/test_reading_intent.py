@@ -12,7 +12,7 @@ import pytest
 from conftest import RcMta
 from mailclient import reply_message, send_smtp
 
-from rc_mta.reading import DEFAULT_COMPLETE_WORDS, DEFAULT_FAIL_WORDS, contradicts, interpret_action
+from rc_mta.reading import DEFAULT_COMPLETE_WORDS, DEFAULT_FAIL_WORDS, contradicts, intent, interpret_action
 
 NEGATION = [
     # The misreadings: a leading "No" must not win over an approval.
@@ -762,6 +762,7 @@ def test_reading_hostile_comments_takes_linear_time(make: object) -> None:
         text = make(size)
         best = float("inf")
         for _ in range(5):
+            intent._readings.cache_clear()  # kept for the last few comments: read afresh
             start = time.thread_time()
             interpret_action(text, DEFAULT_COMPLETE_WORDS, DEFAULT_FAIL_WORDS)
             best = min(best, time.thread_time() - start)

@@ -79,6 +79,7 @@ import functools
 import re
 import unicodedata
 from collections.abc import Iterator, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 from . import words as button_lists  # the BUTTON_* lists, read by ``_against_button``
@@ -707,10 +708,10 @@ def interpret_action(comment: str, complete_words: Sequence[str], fail_words: Se
     A line break ends a sentence ("Approved" / "Thanks"), but one a client or the person
     put inside a sentence ("I cannot" / "approve it") does not: where the next line goes on
     in lower case after no punctuation, the words are read both ways, and must agree."""
-    readings = _readings(comment, complete_words, fail_words)
+    readings = _readings(comment, tuple(complete_words), tuple(fail_words))
     if len(readings) != 1:
         return None  # line by line it says one thing, as sentences another
-    found = readings.pop()
+    [found] = readings
     return found.value if found in (_Side.COMPLETE, _Side.FAIL) else None
 
 
@@ -721,7 +722,7 @@ def contradicts(comment: str, action: str, complete_words: Sequence[str], fail_w
     rejected it"): what a Complete or Fail button's reply may not say. Words that decide
     nothing and say nothing against it ("Tests are red") do not."""
     against = {"complete": (_Side.FAIL, _Side.LEANS_FAIL), "fail": (_Side.COMPLETE, _Side.LEANS_COMPLETE)}[action]
-    readings = _readings(comment, complete_words, fail_words)
+    readings = _readings(comment, tuple(complete_words), tuple(fail_words))
     if any(side is _Side.CONFLICT or side in against for side in readings):
         return True
     return _against_button(comment, action, readings, _vocabulary(tuple(complete_words), tuple(fail_words)))
@@ -752,7 +753,7 @@ def _button_words() -> _ButtonWords:
     )
 
 
-def _against_button(comment: str, action: str, readings: set[_Side], vocab: _Vocabulary) -> bool:
+def _against_button(comment: str, action: str, readings: AbstractSet[_Side], vocab: _Vocabulary) -> bool:
     """Whether words the grammar reads as no decision still say the opposite of ``action``.
 
     To the Complete address: a clause that, after its leading words, is a no ("Definitely
@@ -934,22 +935,27 @@ def _troubled(words: list[str], vocab: _Vocabulary) -> bool:
     return False
 
 
-def _readings(comment: str, complete_words: Sequence[str], fail_words: Sequence[str]) -> set[_Side]:
+@functools.lru_cache(maxsize=8)
+def _readings(comment: str, complete_words: tuple[str, ...], fail_words: tuple[str, ...]) -> frozenset[_Side]:
     """What the words decide, line by line and with wrapped sentences joined (one reading
-    where no sentence is wrapped): each COMPLETE, FAIL, NOTHING or CONFLICT."""
+    where no sentence is wrapped): each COMPLETE, FAIL, NOTHING or CONFLICT. Kept for the
+    last few comments: the pipeline asks ``interpret_action`` and then ``contradicts`` of
+    the same words, and the grammar is most of what either costs."""
     if "\u202d" in comment or "\u202e" in comment:
-        return {_Side.NOTHING}  # a bidi override draws letters in another order: "\u202eApproved" shows "devorppA"
-    vocab = _vocabulary(tuple(complete_words), tuple(fail_words))
+        return frozenset(
+            {_Side.NOTHING}
+        )  # a bidi override draws letters in another order: "\u202eApproved" shows "devorppA"
+    vocab = _vocabulary(complete_words, fail_words)
     comment = _PHONE_NUMBER_RE.sub(" ", comment[:MAX_COMMENT_CHARS])  # "+1 (555) 010-0100" is no "+1"
     unstruck = _without_struck(comment, vocab)
     if unstruck is None:
-        return {_Side.CONFLICT}  # "~~Approved~~": a decision struck out
+        return frozenset({_Side.CONFLICT})  # "~~Approved~~": a decision struck out
     comment = unstruck
     readings = {_decide(normalise(comment), vocab)}
     unwrapped = _unwrapped(comment)
     if unwrapped is not None:
         readings.add(_decide(normalise(unwrapped), vocab))
-    return readings
+    return frozenset(readings)
 
 
 def _unwrapped(text: str) -> str | None:
