@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from email.message import EmailMessage
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from conftest import RcMta, make_rc_mta, wait_until
@@ -39,6 +40,9 @@ from rc_mta.budget import (
 from rc_mta.errors import MessageRefused, ReaderBusy
 from rc_mta.pipeline import _return_path
 from rc_mta.rawmessage import canonical_message, measured_message
+
+if TYPE_CHECKING:
+    from rc_mta.app import Service
 
 MIB = 1024 * 1024
 
@@ -160,19 +164,25 @@ def test_a_full_reading_queue_answers_451_at_once() -> None:
     assert waiting == 1
 
 
-def test_a_light_reply_is_read_at_once_while_the_reading_pool_is_full(tmp_path: Path) -> None:
-    # A small plain reply is read on the loop (budget.Cost.light): a pool full of expensive
-    # messages makes the heavy ones wait or hear 451, not the ordinary replies.
+def one_reader_service(tmp_path: Path) -> Service:
+    """A service whose reading pool has one worker and no queue: holding the worker shows
+    what waits for the pool and what does not."""
     from rc_mta.app import Service
     from rc_mta.config import InboundConfig, Settings, SigningConfig, StoreConfig
 
-    service = Service.open(
+    return Service.open(
         Settings(
             store=StoreConfig(url=f"sqlite:///{tmp_path / 'db.sqlite'}"),
             signing=SigningConfig(generated_key_file=tmp_path / "key"),
             inbound=InboundConfig(parse_workers=1, parse_queue=0),
         )
     )
+
+
+def test_a_light_reply_is_read_at_once_while_the_reading_pool_is_full(tmp_path: Path) -> None:
+    # A small plain reply is read on the loop (budget.Cost.light): a pool full of expensive
+    # messages makes the heavy ones wait or hear 451, not the ordinary replies.
+    service = one_reader_service(tmp_path)
     plain = bytes(reply_message("rc@reply.example.com", "Approved, thanks"))
     html = bytes(reply_message("rc@reply.example.com", "Approved", html="<p>" + "Approved, thanks. " * 200 + "</p>"))
     assert canonical_message_cost(plain).light and not canonical_message_cost(html).light
@@ -200,17 +210,9 @@ def test_a_light_reply_is_read_at_once_while_the_reading_pool_is_full(tmp_path: 
 def test_a_long_comment_is_judged_in_the_reading_pool_and_a_short_one_at_once(tmp_path: Path) -> None:
     # The grammar costs some 10 µs a character: a log pasted into a reply (64 KiB, a clause a
     # line) held the event loop half a second. Judged in the pool, it waits for a worker there.
-    from rc_mta.app import Service
-    from rc_mta.config import InboundConfig, Settings, SigningConfig, StoreConfig
     from rc_mta.reading.intent import interpret_action
 
-    service = Service.open(
-        Settings(
-            store=StoreConfig(url=f"sqlite:///{tmp_path / 'db.sqlite'}"),
-            signing=SigningConfig(generated_key_file=tmp_path / "key"),
-            inbound=InboundConfig(parse_workers=1, parse_queue=0),
-        )
-    )
+    service = one_reader_service(tmp_path)
     words = (("approve", "approved"), ("reject", "rejected"))
     pasted = "Approved\n" + "worker 7: cannot connect\nretrying\n" * 1800
 
