@@ -61,6 +61,7 @@ from .reading import (
     DEFAULT_COMPLETE_WORDS,
     DEFAULT_FAIL_WORDS,
     ParsedReply,
+    answer_of,
     contradicts,
     interpret_action,
     parse_reply,
@@ -596,11 +597,8 @@ class Pipeline:
             return _answered(base, request, claim)
 
         if token.action is Action.REPLY:
-            words = (self.complete_words, self.fail_words)
-            decided = await self.words_say(interpret_action, parsed.comment, *words)
-            # Words a button would not take for that answer read both ways: "Yes, stop the
-            # release", "Agreed, do not deploy", "No, deploy it".
-            if decided is None or await self.words_say(contradicts, parsed.comment, decided, *words):
+            decided = await self.words_say(answer_of, parsed.comment, self.complete_words, self.fail_words)
+            if decided is None:
                 raise MessageRefused(R.ACTION_UNCLEAR)
             action = TaskAction(decided)
         else:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rc_mta.pipeline import _return_path, read_message
-from rc_mta.reading import DEFAULT_COMPLETE_WORDS, DEFAULT_FAIL_WORDS, contradicts, interpret_action
+from rc_mta.reading import DEFAULT_COMPLETE_WORDS, DEFAULT_FAIL_WORDS, answer_of
 
 CORPUS = Path(__file__).parent / "corpus"
 
@@ -79,8 +79,5 @@ def read(path: Path) -> Reading:
     """Read a saved message as the mailbox doors do (envelope sender from Return-Path)."""
     raw = path.read_bytes()
     _, parsed = read_message(raw, _return_path(raw))
-    words = (DEFAULT_COMPLETE_WORDS, DEFAULT_FAIL_WORDS)
-    action = interpret_action(parsed.comment, *words)
-    if action is not None and contradicts(parsed.comment, action, *words):
-        action = None  # the pipeline's check: words a button would not take for that answer
+    action = answer_of(parsed.comment, DEFAULT_COMPLETE_WORDS, DEFAULT_FAIL_WORDS)  # as the pipeline reads
     return Reading(action or "none", parsed.comment, parsed.auto_reply)

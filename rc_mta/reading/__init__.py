@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from .comment import MAX_TEXT_CHARS, METADATA_END, METADATA_START, REQUEST_LEADS, extract_comment
 from .html import html_to_text
-from .intent import contradicts, interpret_action
+from .intent import answer_of, contradicts, interpret_action
 from .message import ParsedReply, decode_bytes, parse_reply
 from .words import DEFAULT_COMPLETE_WORDS, DEFAULT_FAIL_WORDS
 
@@ -24,6 +24,7 @@ __all__ = [
     "METADATA_START",
     "REQUEST_LEADS",
     "ParsedReply",
+    "answer_of",
     "contradicts",
     "decode_bytes",
     "extract_comment",

@@ -126,7 +126,7 @@ from .words import (
     WEAK_WORDS,
 )
 
-__all__ = ["MAX_COMMENT_CHARS", "contradicts", "interpret_action", "normalise", "tokens"]
+__all__ = ["MAX_COMMENT_CHARS", "answer_of", "contradicts", "interpret_action", "normalise", "tokens"]
 
 #: Longest comment read for a decision (the comment itself is already bounded).
 MAX_COMMENT_CHARS = 64 * 1024
@@ -713,6 +713,17 @@ def interpret_action(comment: str, complete_words: Sequence[str], fail_words: Se
         return None  # line by line it says one thing, as sentences another
     [found] = readings
     return found.value if found in (_Side.COMPLETE, _Side.FAIL) else None
+
+
+def answer_of(comment: str, complete_words: Sequence[str], fail_words: Sequence[str]) -> str | None:
+    """The answer a reply to the address that decides from the words gives: what
+    ``interpret_action`` reads, unless a button would refuse those words for that answer
+    ("Yes, stop the release", "Agreed, do not deploy", "No, deploy it": they read both ways).
+    The one reading the pipeline acts on, and the corpus bench measures."""
+    decided = interpret_action(comment, complete_words, fail_words)
+    if decided is None or contradicts(comment, decided, complete_words, fail_words):
+        return None
+    return decided
 
 
 def contradicts(comment: str, action: str, complete_words: Sequence[str], fail_words: Sequence[str]) -> bool:
